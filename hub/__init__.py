@@ -1,0 +1,1 @@
+"""CareHub: the hub itself (core decisions, store, API, CLI)."""

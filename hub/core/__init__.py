@@ -1,0 +1,1 @@
+"""Decisions only: no I/O, no clock reads, no environment reads."""

@@ -1,0 +1,104 @@
+"""The one error tree. Each edge translates it in exactly one place (ACK, OperationOutcome, CLI).
+
+    HubError(code, diagnostics, expression)          FHIR IssueType code + a message a person can act on
+    ├── InvalidMessageError        invalid           content is wrong: bad NHS number, missing field (ACK AE)
+    │   └── UnsupportedMessageError not-supported    a message type or frame we do not take (ACK AR)
+    ├── UnknownPersonError         not-found         no such person or resource
+    ├── ConsentDeniedError         forbidden         sharing agreement or consent forbids it
+    ├── DuplicateEventError        duplicate         already applied: acknowledge, never dead-letter
+    └── InfrastructureError        transient         a dependency failed; retry, never dead-letter
+        ├── StoreUnavailableError  transient         the database did not answer
+        ├── ConcurrentWriteError   conflict          another worker wrote the same rows first; retry
+        └── BrokerUnavailableError transient         Kafka did not acknowledge
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False)
+class HubError(Exception):
+    """Base of every error CareHub raises on purpose."""
+
+    diagnostics: str
+    expression: tuple[str, ...] = field(default_factory=tuple)
+    code: str = "processing"
+
+    def __post_init__(self) -> None:
+        super().__init__(self.diagnostics)
+
+    def __str__(self) -> str:
+        where = f" [{', '.join(self.expression)}]" if self.expression else ""
+        return f"{self.diagnostics}{where}"
+
+
+@dataclass(eq=False)
+class InvalidMessageError(HubError):
+    """The content is wrong; the sender must correct it."""
+
+    code: str = "invalid"
+
+
+@dataclass(eq=False)
+class UnsupportedMessageError(InvalidMessageError):
+    """A message type, event or frame this hub does not accept."""
+
+    code: str = "not-supported"
+
+
+@dataclass(eq=False)
+class UnknownPersonError(HubError):
+    """No such person or resource."""
+
+    code: str = "not-found"
+
+
+@dataclass(eq=False)
+class ConsentDeniedError(HubError):
+    """A sharing agreement or the person's consent forbids this disclosure."""
+
+    code: str = "forbidden"
+
+
+@dataclass(eq=False)
+class DuplicateEventError(HubError):
+    """Already applied; acknowledge and do nothing."""
+
+    code: str = "duplicate"
+
+
+@dataclass(eq=False)
+class InfrastructureError(HubError):
+    """A dependency failed; the work must be retried, never dead-lettered."""
+
+    code: str = "transient"
+
+
+@dataclass(eq=False)
+class StoreUnavailableError(InfrastructureError):
+    """The database did not answer."""
+
+
+@dataclass(eq=False)
+class ConcurrentWriteError(InfrastructureError):
+    """Another worker committed some of the same events first (a rebalance); retrying skips them."""
+
+    code: str = "conflict"
+
+
+@dataclass(eq=False)
+class BrokerUnavailableError(InfrastructureError):
+    """Kafka did not acknowledge in time."""
+
+
+def operation_outcome(error: HubError) -> dict[str, object]:
+    """The error as a FHIR OperationOutcome (JSON), for every edge that must explain itself."""
+    issue: dict[str, object] = {
+        "severity": "error",
+        "code": error.code,
+        "diagnostics": error.diagnostics,
+    }
+    if error.expression:
+        issue["expression"] = list(error.expression)
+    return {"resourceType": "OperationOutcome", "issue": [issue]}

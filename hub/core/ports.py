@@ -1,0 +1,111 @@
+"""Ports: what the core and the edges need from storage, as Protocols. Implementations in hub.store."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RecordEvent:
+    """One event as the record consumer sees it: envelope attributes plus the FHIR payload.
+
+    `payload` is the validated FHIR JSON (a `collection` Bundle for ADT events); consumers trust
+    the topic contract and never re-validate it.
+    """
+
+    id: str
+    type: str
+    source: str
+    time: datetime
+    subject: str
+    payload: Json
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    """The current version of one FHIR resource in the shared care record."""
+
+    resource_type: str
+    id: str
+    person_key: str | None
+    version_id: int
+    event_time: datetime
+    source_event_id: str
+    content: Json
+
+
+class RecordUnitOfWork(Protocol):
+    """One transaction over the record: resource writes and processed-event rows commit together."""
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def processed(self, event_ids: Collection[str]) -> set[str]:
+        """Those of `event_ids` already applied by this consumer."""
+        ...
+
+    def get(self, resource_type: str, id: str) -> StoredResource | None: ...
+
+    def find_by_identifier(self, resource_type: str, system: str, value: str) -> list[StoredResource]:
+        """Current resources of that type carrying identifier system|value."""
+        ...
+
+    def of_person(self, person_key: str) -> list[StoredResource]:
+        """Every current resource filed under that person key."""
+        ...
+
+    def put(self, resource: StoredResource) -> None:
+        """Insert or replace the current version (and its identifier index rows)."""
+        ...
+
+    def mark_processed(self, event_id: str) -> None: ...
+
+    def commit(self) -> None: ...
+
+
+class RecordReader(Protocol):
+    """Read side of the record for the API, the CLI and pages (cosmicpython views)."""
+
+    def read(self, resource_type: str, id: str) -> Json | None: ...
+
+    def patients_by_identifier(self, system: str, value: str) -> list[Json]: ...
+
+    def search(self, resource_type: str, patient_id: str | None) -> list[Json]:
+        """Resources of a type, optionally only those whose subject/patient is that Patient."""
+        ...
+
+    def everything(self, patient_id: str) -> list[Json]:
+        """The Patient and every resource about them (Patient/$everything)."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """How many current resources of each type the record holds."""
+        ...
+
+
+class DeadLetters(Protocol):
+    """Where rejected input is kept whole, with its reason, for an operator to see and replay."""
+
+    def keep(
+        self,
+        *,
+        received_at: datetime,
+        source: str,
+        origin: str,
+        reason: Json,
+        payload: bytes,
+    ) -> None: ...
+
+    def recent(self, limit: int) -> Sequence[Json]: ...

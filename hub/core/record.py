@@ -1,0 +1,269 @@
+"""The shared care record's rules: how events change the current version of each resource.
+
+Pure decisions over a RecordUnitOfWork; no I/O of its own, no clock reads (time comes from events,
+so a replay of the log gives the same record).
+
+Rules, in the order they are applied to each event:
+    idempotent      an event id already applied (or repeated in the batch) is skipped, counted as a duplicate
+    reordering      a resource is only replaced by content from an event at least as new as the one that
+                    wrote it; older content is skipped and counted as stale
+    identity        resources are filed under a person key; a key retired by a merge (A40) is followed to
+                    the surviving person, so events that arrive late for the old identity land on the survivor
+    merge           the retired person's resources move to the survivor (subject rewritten, new version)
+    encounter       an update overlays the stored Encounter (an A08 says nothing about status);
+                    a cancelled discharge (A13) removes the end of the stay and the discharge disposition
+    provenance      each event that writes anything leaves a Provenance naming the sending organisation,
+                    the event and every resource version it wrote
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hub.core.errors import InvalidMessageError
+from hub.core.ports import Json, RecordEvent, RecordUnitOfWork, StoredResource
+
+MERGED = "uk.nhs.carehub.patient.merged.v1"
+DISCHARGE_CANCELLED = "uk.nhs.carehub.encounter.discharge-cancelled.v1"
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+EVENT_SYSTEM = "https://carehub.invalid/Id/event"
+_SHARED = frozenset({"Organization", "Practitioner", "Location"})  # not about one person
+_MAX_HOPS = 16
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What one batch did: events applied, duplicates skipped, resources skipped as stale."""
+
+    applied: int = 0
+    duplicates: int = 0
+    stale: int = 0
+
+
+def apply_events(uow: RecordUnitOfWork, events: Sequence[RecordEvent]) -> ApplyResult:
+    """Apply events in order inside the caller's unit of work (the caller commits)."""
+    done = uow.processed([e.id for e in events])
+    applied = duplicates = stale = 0
+    for event in events:
+        if event.id in done:
+            duplicates += 1
+            continue
+        stale += _apply(uow, event)
+        uow.mark_processed(event.id)
+        done.add(event.id)
+        applied += 1
+    return ApplyResult(applied=applied, duplicates=duplicates, stale=stale)
+
+
+def resources_of(event: RecordEvent) -> list[Json]:
+    """The resources an event carries: a Bundle's entries, or the one resource it is."""
+    payload = event.payload
+    if payload.get("resourceType") == "Bundle":
+        entries = payload.get("entry") or []
+        resources = [e.get("resource") for e in entries if isinstance(e, dict)]
+    else:
+        resources = [payload]
+    for index, resource in enumerate(resources):
+        if not isinstance(resource, dict) or not resource.get("resourceType") or not resource.get("id"):
+            raise InvalidMessageError(
+                f"entry {index} has no resourceType and id", (f"Bundle.entry[{index}].resource",)
+            )
+    return [r for r in resources if isinstance(r, dict)]
+
+
+def _apply(uow: RecordUnitOfWork, event: RecordEvent) -> int:
+    resources = resources_of(event)
+    written: list[StoredResource] = []
+    stale = 0
+    if event.type == MERGED:
+        written += _merge(uow, event, resources)
+    for resource in resources:
+        stored = _write(uow, event, resource)
+        if stored is None:
+            stale += 1
+        else:
+            written.append(stored)
+    if written:
+        _provenance(uow, event, written)
+    return stale
+
+
+def survivor(uow: RecordUnitOfWork, key: str) -> str:
+    """The person key that `key` now resolves to, following replaced-by links left by merges."""
+    seen = {key}
+    for _ in range(_MAX_HOPS):
+        patient = uow.get("Patient", key)
+        nxt = _replaced_by(patient.content) if patient else None
+        if nxt is None or nxt in seen:
+            return key
+        seen.add(nxt)
+        key = nxt
+    return key
+
+
+def _replaced_by(patient: Json) -> str | None:
+    for link in patient.get("link") or []:
+        if link.get("type") == "replaced-by":
+            ref = (link.get("other") or {}).get("reference", "")
+            if ref.startswith("Patient/"):
+                return str(ref.removeprefix("Patient/"))
+    return None
+
+
+def _subject_key(resource: Json) -> str | None:
+    for field in ("subject", "patient"):
+        ref = (resource.get(field) or {}).get("reference", "")
+        if ref.startswith("Patient/"):
+            return str(ref.removeprefix("Patient/"))
+    return None
+
+
+def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json) -> StoredResource | None:
+    """Write one resource unless what is stored came from a newer event; None when stale."""
+    kind, rid = incoming["resourceType"], incoming["id"]
+    current = uow.get(kind, rid)
+    if current is not None and event.time < current.event_time:
+        return None
+    content = _next_content(event, incoming, current)
+    key: str | None
+    if kind in _SHARED:
+        key = None
+    elif kind == "Patient":
+        key = _replaced_by(content) or rid
+    else:
+        subject = _subject_key(content)
+        key = survivor(uow, subject) if subject else survivor(uow, event.subject)
+        if subject and key != subject:
+            _point_at(content, key)
+    stored = _stamp(event, content, kind, rid, key, current, event.time)
+    uow.put(stored)
+    return stored
+
+
+def _next_content(event: RecordEvent, incoming: Json, current: StoredResource | None) -> Json:
+    content = dict(incoming)
+    content.pop("meta", None)
+    if current is None:
+        return _cancel_discharge(event, content)
+    before = current.content
+    kind = content["resourceType"]
+    if kind == "Encounter":
+        merged = {k: v for k, v in before.items() if k != "meta"}
+        merged.update(content)
+        if content.get("status") == "unknown" and before.get("status"):
+            merged["status"] = before["status"]
+        if "period" in content and "period" in before:
+            merged["period"] = {**before["period"], **content["period"]}
+        content = merged
+    elif kind == "Patient":
+        retired_to = _replaced_by(before)
+        if retired_to and event.type != MERGED:  # late news about a merged-away identity
+            content["active"] = False
+            content["link"] = before["link"]
+        elif "link" not in content and before.get("link"):
+            content["link"] = before["link"]
+    return _cancel_discharge(event, content)
+
+
+def _cancel_discharge(event: RecordEvent, content: Json) -> Json:
+    if event.type != DISCHARGE_CANCELLED or content.get("resourceType") != "Encounter":
+        return content
+    content["status"] = "in-progress"
+    period = {k: v for k, v in (content.get("period") or {}).items() if k != "end"}
+    if period:
+        content["period"] = period
+    else:
+        content.pop("period", None)
+    stay = {k: v for k, v in (content.get("hospitalization") or {}).items() if k != "dischargeDisposition"}
+    if stay:
+        content["hospitalization"] = stay
+    else:
+        content.pop("hospitalization", None)
+    return content
+
+
+def _point_at(content: Json, key: str) -> None:
+    for field in ("subject", "patient"):
+        if field in content:
+            content[field] = {**content[field], "reference": f"Patient/{key}"}
+
+
+def _stamp(
+    event: RecordEvent,
+    content: Json,
+    kind: str,
+    rid: str,
+    key: str | None,
+    current: StoredResource | None,
+    content_time: Any,
+) -> StoredResource:
+    version = (current.version_id if current else 0) + 1
+    content = {**content, "meta": _meta(event, version)}
+    return StoredResource(
+        resource_type=kind,
+        id=rid,
+        person_key=key,
+        version_id=version,
+        event_time=content_time,
+        source_event_id=event.id,
+        content=content,
+    )
+
+
+def _meta(event: RecordEvent, version: int) -> Json:
+    return {"versionId": str(version), "lastUpdated": event.time.isoformat(), "source": event.source}
+
+
+def _merge(uow: RecordUnitOfWork, event: RecordEvent, resources: list[Json]) -> list[StoredResource]:
+    """Move every resource filed under each retired person to the survivor."""
+    moved: list[StoredResource] = []
+    for patient in resources:
+        if patient.get("resourceType") != "Patient":
+            continue
+        target = _replaced_by(patient)
+        if target is None:
+            continue
+        retired, to = patient["id"], survivor(uow, target)
+        if retired == to:
+            continue
+        for current in uow.of_person(retired):
+            if current.resource_type == "Patient" and current.id == retired:
+                continue  # written from the event itself
+            content = {k: v for k, v in current.content.items() if k != "meta"}
+            _point_at(content, to)
+            stored = _stamp(event, content, current.resource_type, current.id, to, current, current.event_time)
+            uow.put(stored)
+            moved.append(stored)
+    return moved
+
+
+def _provenance(uow: RecordUnitOfWork, event: RecordEvent, written: list[StoredResource]) -> None:
+    sender = event.source.removeprefix("urn:ods:")
+    keys = sorted({w.person_key for w in written if w.person_key})
+    provenance: Json = {
+        "resourceType": "Provenance",
+        "id": event.id,
+        "target": [
+            {"reference": f"{w.resource_type}/{w.id}/_history/{w.version_id}"} for w in written
+        ],
+        "recorded": event.time.isoformat(),
+        "activity": {"text": event.type},
+        "agent": [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                            "code": "author",
+                        }
+                    ]
+                },
+                "who": {"identifier": {"system": ODS_SYSTEM, "value": sender}},
+            }
+        ],
+        "entity": [{"role": "source", "what": {"identifier": {"system": EVENT_SYSTEM, "value": event.id}}}],
+    }
+    key = survivor(uow, keys[0]) if keys else survivor(uow, event.subject)
+    uow.put(_stamp(event, provenance, "Provenance", event.id, key, None, event.time))

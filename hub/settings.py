@@ -1,0 +1,78 @@
+"""One Settings object, built once in an entrypoint and passed down. Env prefix CAREHUB_."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseModel):
+    """Where Kafka is; empty bootstrap_servers means: start the embedded broker."""
+
+    bootstrap_servers: str = ""
+    group_id: str = "carehub-record"
+    client_id: str = "carehub"
+    publish_timeout_s: float = 5.0
+
+
+class DatabaseSettings(BaseModel):
+    """The record's database; empty url means: a SQLite file under the data directory."""
+
+    url: str = ""
+
+
+class MllpSettings(BaseModel):
+    """The hospital-facing MLLP listener."""
+
+    host: str = "127.0.0.1"
+    port: int = 2575
+    max_message_bytes: int = 1_048_576
+
+
+class HttpSettings(BaseModel):
+    """The FHIR API."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+class SecuritySettings(BaseModel):
+    """Secrets; unset means: generated once and kept in <data_dir>/secrets.json (mode 0600)."""
+
+    key_secret: SecretStr | None = None
+    token_secret: SecretStr | None = None
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Defaults run the embedded broker and a SQLite file in ./var."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CAREHUB_", env_nested_delimiter="__", populate_by_name=True
+    )
+
+    data_dir: Path = Path("var")
+    kafka: KafkaSettings = KafkaSettings()
+    db: DatabaseSettings = DatabaseSettings()
+    mllp: MllpSettings = MllpSettings()
+    http: HttpSettings = HttpSettings()
+    security: SecuritySettings = SecuritySettings()
+    # The two names the issue and operators use, read without the prefix as well.
+    kafka_bootstrap_servers: str = Field(
+        default="",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "CAREHUB_KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    database_url: str = Field(
+        default="", validation_alias=AliasChoices("CAREHUB_DATABASE_URL", "database_url")
+    )
+
+    def bootstrap_servers(self) -> str:
+        """The configured Kafka, or '' to start the embedded broker."""
+        return self.kafka_bootstrap_servers or self.kafka.bootstrap_servers
+
+    def database(self) -> str:
+        """The SQLAlchemy URL of the record database."""
+        if self.database_url or self.db.url:
+            return self.database_url or self.db.url
+        return f"sqlite:///{(self.data_dir / 'carehub.db').resolve()}"

@@ -1,0 +1,1 @@
+"""Contracts only: the CloudEvent envelope, event types, topics. Imports nothing of CareHub's."""

@@ -1,0 +1,1 @@
+"""One frozen class per event type and version; the type strings are spelled only here."""

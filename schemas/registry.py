@@ -1,0 +1,31 @@
+"""Event type string -> EventType, for every event CareHub publishes."""
+
+from __future__ import annotations
+
+from schemas.events.base import EventType
+from schemas.events.encounter import (
+    ADMISSION_CANCELLED,
+    DISCHARGE_CANCELLED,
+    ENCOUNTER_ADMITTED,
+    ENCOUNTER_DISCHARGED,
+    ENCOUNTER_TRANSFERRED,
+)
+from schemas.events.patient import PATIENT_MERGED, PATIENT_UPDATED
+
+REGISTRY: dict[str, EventType] = {
+    e.type: e
+    for e in (
+        ENCOUNTER_ADMITTED,
+        ENCOUNTER_TRANSFERRED,
+        ENCOUNTER_DISCHARGED,
+        ADMISSION_CANCELLED,
+        DISCHARGE_CANCELLED,
+        PATIENT_UPDATED,
+        PATIENT_MERGED,
+    )
+}
+
+
+def lookup(type_: str) -> EventType | None:
+    """The registered event type, or None for a type this hub does not know."""
+    return REGISTRY.get(type_)

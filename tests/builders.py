@@ -1,0 +1,64 @@
+"""Test data builders: small, explicit HL7 v2 messages (`an_adt(trigger="A03", nhs_number=...)`)."""
+
+from __future__ import annotations
+
+import random
+
+from hub.core.nhs_number import check_digit
+
+
+def a_valid_nhs_number(rng: random.Random | None = None) -> str:
+    """A Modulus-11-valid NHS number in the 999 test range (never issued to a real person)."""
+    rng = rng or random.Random()
+    while True:
+        nine = "999" + "".join(str(rng.randrange(10)) for _ in range(6))
+        digit = check_digit(nine)
+        if digit is not None:
+            return nine + str(digit)
+
+
+def an_adt(
+    *,
+    trigger: str = "A03",
+    nhs_number: str | None = "9434765919",
+    mrn: str | None = "M100",
+    control_id: str = "MSG0001",
+    sender: str = "RXX",
+    practice: str | None = "Y00001",
+    visit: str | None = "V1",
+    admit: str | None = "202611010930",
+    discharge: str | None = "202611031100",
+    event_time: str = "202611031105",
+    family: str = "SMITH",
+    given: str = "JANE",
+    version: str = "2.4",
+    charset: str = "UNICODE UTF-8",
+    patient_class: str = "I",
+    merged_mrn: str | None = None,
+    seg_end: bytes = b"\r",
+    extra_segments: tuple[str, ...] = (),
+    encoding: str = "utf-8",
+) -> bytes:
+    """One ADT message; None leaves a field empty. A03 carries PV1-45, others do not."""
+    ids = [f"{nhs_number}^^^NHS^NH"] if nhs_number else []
+    ids += [f"{mrn}^^^{sender}^MR"] if mrn else []
+    structure = {"A40": "ADT_A39", "A03": "ADT_A03"}.get(trigger, "ADT_A01")
+    segments = [
+        f"MSH|^~\\&|PAS|{sender}|CAREHUB|CAREHUB|{event_time}||ADT^{trigger}^{structure}|{control_id}"
+        f"|P|{version}|||AL|NE|GBR|{charset}|EN||iTKv1.0",
+        f"EVN|{trigger}|{event_time}",
+        f"PID|1||{'~'.join(ids)}||{family}^{given}^^^MRS||19400312|F|||1 HIGH STREET^^MALTON^^YO17 7AA"
+        "|||||||||||||||||||||NSTS01",
+    ]
+    if practice:
+        segments.append(f"PD1|||MALTON SURGERY^^{practice}|G1234567^DOC^A")
+    if trigger == "A40":
+        segments.append(f"MRG|{merged_mrn or 'OLD1'}^^^{sender}^MR")
+    else:
+        end = discharge if trigger == "A03" else ""
+        segments.append(
+            f"PV1|1|{patient_class}|WARD1^BAY2^BED3||||||||||||||||{visit or ''}|||||||||||||||||19||||||||"
+            f"{admit or ''}|{end or ''}"
+        )
+    segments += list(extra_segments)
+    return seg_end.join(s.encode(encoding) for s in segments) + seg_end
