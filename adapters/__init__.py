@@ -1,0 +1,1 @@
+"""Adapters: each organisation's own format in, FHIR events out."""

@@ -1,0 +1,90 @@
+"""HL7 v2 data types -> FHIR JSON values: TS/DTM time stamps, XPN names, XAD addresses, XTN."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+from hub.core.errors import InvalidMessageError
+
+UK = ZoneInfo("Europe/London")
+_TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-]\d{4})?$")
+
+
+def timestamp(text: str, where: str) -> datetime | None:
+    """An HL7 time stamp as an aware datetime; no offset means UK local time (GMT or BST)."""
+    if not text:
+        return None
+    match = _TS.match(text)
+    if not match:
+        raise InvalidMessageError(f"{text!r} is not an HL7 time stamp (YYYYMMDDHHMMSS)", (where,), code="value")
+    year, month, day, hour, minute, second, offset = match.groups()
+    try:
+        naive = datetime(  # noqa: DTZ001 - the zone is attached just below
+            int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0), int(second or 0)
+        )
+    except ValueError as exc:
+        raise InvalidMessageError(f"{text!r} is not a real date and time", (where,), code="value") from exc
+    if offset:
+        sign = -1 if offset[0] == "-" else 1
+        delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
+        return naive.replace(tzinfo=timezone(sign * delta))
+    return naive.replace(tzinfo=UK)
+
+
+def fhir_datetime(value: datetime) -> str:
+    """FHIR dateTime text with the offset kept."""
+    return value.isoformat()
+
+
+def utc(value: datetime) -> datetime:
+    """The same instant in UTC."""
+    return value.astimezone(UTC)
+
+
+def birth_date(text: str, where: str = "PID-7") -> str | None:
+    """PID-7 as a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD); a date that cannot exist is an error."""
+    if not text:
+        return None
+    moment = timestamp(text, where)
+    assert moment is not None
+    digits = min(len(text.split("+")[0].split("-")[0]), 8)
+    return moment.date().isoformat()[: {4: 4, 6: 7}.get(digits, 10)]
+
+
+def human_name(xpn: list[str]) -> dict[str, object] | None:
+    """XPN: family^given^middle^suffix^prefix."""
+    family, given = xpn[0] if xpn else "", [g for g in xpn[1:3] if g] if len(xpn) > 1 else []
+    if not family and not given:
+        return None
+    name: dict[str, object] = {"use": "official"}
+    if family:
+        name["family"] = family
+    if given:
+        name["given"] = given
+    if len(xpn) > 4 and xpn[4]:
+        name["prefix"] = [xpn[4]]
+    return name
+
+
+def address(xad: list[str]) -> dict[str, object] | None:
+    """XAD: street^other^city^state^postcode^country."""
+    lines = [p for p in xad[:2] if p]
+    parts = {"city": _at(xad, 2), "district": _at(xad, 3), "postalCode": _at(xad, 4), "country": _at(xad, 5)}
+    found: dict[str, object] = {k: v for k, v in parts.items() if v}
+    if lines:
+        found["line"] = lines
+    return found or None
+
+
+def telecom(xtn: list[str]) -> dict[str, object] | None:
+    """XTN: number, or email in component 4."""
+    if _at(xtn, 3) and "@" in _at(xtn, 3):
+        return {"system": "email", "value": _at(xtn, 3)}
+    number = xtn[0] if xtn and xtn[0] else _at(xtn, 11)
+    return {"system": "phone", "value": number} if number else None
+
+
+def _at(parts: list[str], i: int) -> str:
+    return parts[i] if i < len(parts) else ""

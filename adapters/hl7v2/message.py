@@ -1,0 +1,188 @@
+"""Raw HL7 v2 bytes -> python-hl7 Message: batches, BOM, line endings, MSH-18 character sets.
+
+Parsing itself is python-hl7's; this module only prepares the text (real feeds send LF or CRLF,
+a UTF-8 BOM, trailing spaces) and gives one flat accessor over python-hl7's nesting (a field is
+a string, or repetitions of components of subcomponents). Anything unreadable becomes an
+InvalidMessageError (or UnsupportedMessageError), never another exception.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import hl7
+
+from hub.core.errors import InvalidMessageError, UnsupportedMessageError
+
+BOM = b"\xef\xbb\xbf"
+_SEGMENT_END = re.compile(rb"\r\n|\n|\r")
+_ENVELOPE = (b"FHS", b"BHS", b"BTS", b"FTS")
+_CHARSETS = {
+    "": "utf-8",
+    "UNICODE": "utf-8",
+    "UNICODE UTF-8": "utf-8",
+    "UTF-8": "utf-8",
+    "8859/1": "latin-1",
+    "ISO-8859-1": "latin-1",
+    "ASCII": "ascii",
+}
+
+
+@dataclass(frozen=True)
+class Header:
+    """What MSH says, read leniently enough to answer even a message that will not parse."""
+
+    field_separator: str
+    encoding_characters: str
+    sending_application: str
+    sending_facility: str
+    receiving_application: str
+    receiving_facility: str
+    message_type: str
+    trigger_event: str
+    structure: str
+    control_id: str
+    processing_id: str
+    version: str
+    charset: str
+
+
+def _segments(raw: bytes) -> list[bytes]:
+    raw = raw.removeprefix(BOM)
+    return [s.rstrip() for s in _SEGMENT_END.split(raw) if s.strip()]
+
+
+def split_batch(raw: bytes) -> list[bytes]:
+    """One message, several, or an FHS/BHS batch -> each message (MSH first), CR-terminated."""
+    messages: list[list[bytes]] = []
+    for segment in _segments(raw):
+        if segment.startswith(_ENVELOPE):
+            continue
+        if segment.startswith(b"MSH") or not messages:
+            messages.append([])
+        messages[-1].append(segment)
+    return [b"\r".join(m) + b"\r" for m in messages]
+
+
+def read_header(raw: bytes) -> Header | None:
+    """MSH of the first message, or None when there is no readable MSH at all."""
+    first = next((s for s in _segments(raw) if s.startswith(b"MSH")), None)
+    if first is None or len(first) < 8:
+        return None
+    text = first.decode("latin-1")
+    sep, encoding = text[3], text[4:8].split(text[3])[0]
+    if not encoding or sep.isalnum():
+        return None
+    component = encoding[0]
+    fields = text.split(sep)
+
+    def msh(n: int, part: int = 0) -> str:
+        value = fields[n - 1] if n - 1 < len(fields) else ""
+        parts = value.split(component)
+        return parts[part].strip() if part < len(parts) else ""
+
+    return Header(
+        field_separator=sep,
+        encoding_characters=encoding,
+        sending_application=msh(3),
+        sending_facility=msh(4),
+        receiving_application=msh(5),
+        receiving_facility=msh(6),
+        message_type=msh(9, 0),
+        trigger_event=msh(9, 1),
+        structure=msh(9, 2),
+        control_id=msh(10),
+        processing_id=msh(11),
+        version=msh(12),
+        charset=msh(18),
+    )
+
+
+def decode(raw: bytes) -> str:
+    """The message as text in the character set MSH-18 declares, segments ending in CR."""
+    header = read_header(raw)
+    if header is None:
+        raise UnsupportedMessageError(
+            "not an HL7 v2 message: no MSH segment with delimiters", ("MSH",), code="structure"
+        )
+    declared = header.charset.split(header.encoding_characters[1:2] or "~")[0].strip().upper()
+    codec = _CHARSETS.get(declared)
+    if codec is None:
+        raise UnsupportedMessageError(
+            f"character set {declared!r} is not supported (use UNICODE UTF-8 or 8859/1)",
+            ("MSH-18",),
+        )
+    try:
+        segments = [s.decode(codec) for s in _segments(raw)]
+    except UnicodeDecodeError as exc:
+        raise InvalidMessageError(
+            f"bytes at offset {exc.start} are not valid {codec} as MSH-18 declares",
+            ("MSH-18",),
+        ) from exc
+    return "\r".join(segments) + "\r"
+
+
+def parse(raw: bytes) -> hl7.Message:
+    """Decode and parse one message with python-hl7 (a batch envelope around one message is fine)."""
+    messages = split_batch(raw)
+    if len(messages) > 1:
+        raise InvalidMessageError(
+            f"this holds {len(messages)} messages; send one message per frame", ("MSH",), code="structure"
+        )
+    text = decode(messages[0] if messages else raw)
+    if not text.startswith("MSH"):
+        raise InvalidMessageError("a message must begin with MSH", ("MSH",), code="structure")
+    try:
+        return hl7.parse(text)
+    except Exception as exc:  # python-hl7 raises several types for malformed input
+        raise InvalidMessageError(f"cannot parse: {exc}", ("MSH",), code="structure") from exc
+
+
+class Fields:
+    """Flat, unescaped access to a python-hl7 message: repetitions of component strings."""
+
+    def __init__(self, message: hl7.Message) -> None:
+        self.message = message
+        self._escape = str(message.esc) if getattr(message, "esc", None) else "\\"
+
+    def segments(self, name: str) -> list[Any]:
+        return [s for s in self.message if str(s[0]) == name]
+
+    def first(self, name: str) -> Any | None:
+        found = self.segments(name)
+        return found[0] if found else None
+
+    def reps(self, segment: Any | None, n: int) -> list[list[str]]:
+        """Field n's repetitions, each a list of component texts ("" for absent or "" nulls)."""
+        if segment is None or n >= len(segment):
+            return []
+        field = segment[n]
+        items = [field] if isinstance(field, str) else list(field)
+        out = []
+        for rep in items:
+            comps = [rep] if isinstance(rep, str) else [_flat(c) for c in rep]
+            out.append([self._clean(c) for c in comps])
+        return [r for r in out if any(r)]
+
+    def get(self, segment: Any | None, n: int, component: int = 1) -> str:
+        """Component `component` (1-based) of the first repetition of field n, or ""."""
+        reps = self.reps(segment, n)
+        if not reps or component > len(reps[0]):
+            return ""
+        return reps[0][component - 1]
+
+    def _clean(self, text: str) -> str:
+        text = text.strip()
+        if text == '""':
+            return ""
+        if self._escape in text:
+            return str(self.message.unescape(text))
+        return text
+
+
+def _flat(value: Any) -> str:
+    while not isinstance(value, str):
+        value = value[0] if len(value) else ""
+    return value

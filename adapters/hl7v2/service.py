@@ -1,0 +1,163 @@
+"""Hospital intake: HL7 v2 frame -> FHIR events -> Kafka (acks=all) -> HL7 ACK.
+
+AA is sent only after Kafka has acknowledged every event of the message. Content errors are
+answered AE/AR and the message is kept whole on the dead-letter topic. While Kafka is
+unreachable the answer is AE (never AA), so the sender retries; a retried message carries the
+same control ID, hence the same event id, and the record applies it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+from aiokafka.errors import KafkaError
+from faststream.kafka import KafkaBroker
+
+from adapters.hl7v2.message import Header, read_header, split_batch
+from adapters.hl7v2.replies import ack
+from adapters.hl7v2.to_fhir import MappedEvent, map_message
+from hub.core.errors import (
+    BrokerUnavailableError,
+    HubError,
+    InvalidMessageError,
+    UnsupportedMessageError,
+    operation_outcome,
+)
+from schemas.envelope import Envelope
+from schemas.events.rejected import (
+    HL7_V2_CONTENT_TYPE,
+    INPUT_REJECTED,
+    ORIGIN_HEADER,
+    OUTCOME_HEADER,
+)
+from schemas.topics import DEAD_LETTER, EVENTS
+
+log = logging.getLogger(__name__)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one message: its control ID, the ACK code, events published, the reason."""
+
+    control_id: str
+    code: str
+    events: int
+    reason: str | None = None
+
+
+class HospitalIntake:
+    """Receives HL7 v2 ADT (MLLP frames or files), publishes FHIR events, answers with ACKs."""
+
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        *,
+        key_secret: bytes,
+        publish_timeout: float = 5.0,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._broker = broker
+        self._key_secret = key_secret
+        self._timeout = publish_timeout
+        self._clock = clock
+
+    async def receive(self, frame: bytes, origin: str) -> bytes:
+        """One MLLP frame in, one ACK out."""
+        _, reply = await self.accept(frame, origin)
+        return reply
+
+    def refuse(self, reason: str) -> bytes:
+        """The ACK for a frame that could not even be read."""
+        return self._ack(None, UnsupportedMessageError(reason, ("MSH",), code="structure"))
+
+    async def ingest(self, raw: bytes, origin: str) -> list[Outcome]:
+        """A file: one message, several, or an FHS/BHS batch; each message stands alone."""
+        outcomes = []
+        for message in split_batch(raw):
+            outcome, _ = await self.accept(message, origin)
+            outcomes.append(outcome)
+        return outcomes
+
+    async def accept(self, raw: bytes, origin: str) -> tuple[Outcome, bytes]:
+        """Map, publish and answer one message."""
+        header = read_header(raw)
+        control_id = header.control_id if header else ""
+        try:
+            events = map_message(raw, key_secret=self._key_secret)
+        except InvalidMessageError as error:
+            return await self._reject(raw, header, error, origin)
+        try:
+            for event in events:
+                await self._publish(event)
+        except BrokerUnavailableError as error:
+            log.warning("message %s not accepted: %s", control_id, error)
+            return Outcome(control_id, "AE", 0, str(error)), self._ack(header, error)
+        log.info("message %s accepted: %d event(s)", control_id, len(events))
+        return Outcome(control_id, "AA", len(events)), self._ack(header, None)
+
+    async def _reject(
+        self, raw: bytes, header: Header | None, error: HubError, origin: str
+    ) -> tuple[Outcome, bytes]:
+        control_id = header.control_id if header else ""
+        try:
+            await self._dead_letter(raw, header, error, origin)
+        except BrokerUnavailableError as down:
+            return Outcome(control_id, "AE", 0, str(down)), self._ack(header, down)
+        reply = self._ack(header, error)
+        code = "AR" if isinstance(error, UnsupportedMessageError) or header is None else "AE"
+        log.info("message %s rejected %s: %s", control_id, code, error.code)
+        return Outcome(control_id, code, 0, str(error)), reply
+
+    def _ack(self, header: Header | None, error: HubError | None) -> bytes:
+        return ack(header, error, control_id=uuid.uuid4().hex[:20], now=self._clock())
+
+    async def _publish(self, event: MappedEvent) -> None:
+        envelope = Envelope(
+            id=event.event_id,
+            source=event.source,
+            type=event.event_type,
+            time=event.event_time,
+            subject=event.person_key,
+            data=orjson.dumps(event.payload),
+        )
+        await self._send(
+            envelope.data, EVENTS.name, envelope.subject.encode(), envelope.kafka_headers()
+        )
+
+    async def _dead_letter(
+        self, raw: bytes, header: Header | None, error: HubError, origin: str
+    ) -> None:
+        sender = (header.sending_facility or header.sending_application) if header else ""
+        headers = {
+            "ce_specversion": "1.0",
+            "ce_id": str(uuid.uuid4()),
+            "ce_source": f"urn:ods:{sender}" if sender else origin,
+            "ce_type": INPUT_REJECTED.type,
+            "ce_time": self._clock().isoformat(),
+            "ce_subject": sender or "unknown",
+            "content-type": HL7_V2_CONTENT_TYPE,
+            OUTCOME_HEADER: orjson.dumps(operation_outcome(error)).decode(),
+            ORIGIN_HEADER: origin,
+        }
+        await self._send(raw, DEAD_LETTER.name, (sender or "unknown").encode(), headers)
+
+    async def _send(self, value: bytes, topic: str, key: bytes, headers: dict[str, str]) -> None:
+        try:
+            await asyncio.wait_for(
+                self._broker.publish(value, topic, key=key, headers=headers), self._timeout
+            )
+        except (TimeoutError, KafkaError, OSError) as exc:
+            raise BrokerUnavailableError(
+                "Kafka did not acknowledge the message in time; it was not accepted, send it again",
+                code="transient",
+            ) from exc

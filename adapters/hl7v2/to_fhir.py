@@ -1,0 +1,299 @@
+"""HL7 v2 ADT -> FHIR R4 events (UK Core identifiers), after the HL7 v2-to-FHIR IG's segment maps.
+
+Pure: bytes in, validated FHIR JSON out. Each resource is validated once here, at the edge where
+it enters, with the fhir.resources R4B models; the plain dicts travel on, never re-validated.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from fhir.resources.R4B.encounter import Encounter
+from fhir.resources.R4B.organization import Organization
+from fhir.resources.R4B.patient import Patient
+from pydantic import ValidationError
+
+from adapters.hl7v2 import fields as dt
+from adapters.hl7v2.message import Fields, parse
+from hub.core import nhs_number
+from hub.core.errors import InvalidMessageError, UnsupportedMessageError
+from hub.core.identity import person_key, stable_id
+from schemas.events import encounter as enc
+from schemas.events import patient as pat
+
+Json = dict[str, Any]
+NHS_SYSTEM = nhs_number.NHS_NUMBER_SYSTEM
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+MRN_SYSTEM = "https://fhir.nhs.uk/Id/MRN/"
+VERIFICATION_URL = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus"
+VERIFICATION_SYSTEM = "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland"
+DISCHARGE_DESTINATION = "https://fhir.hl7.org.uk/CodeSystem/UKCore-DischargeDestinationEngland"
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+PATIENT_CLASS = "http://terminology.hl7.org/CodeSystem/v2-0004"
+_DESTINATIONS = {"19", "29", "30", "37", "38", *map(str, range(48, 55)), "65", "66", "79", "84", "85", "87", "88", "98", "99"}
+
+TRIGGERS = {
+    "A01": enc.ENCOUNTER_ADMITTED,
+    "A02": enc.ENCOUNTER_TRANSFERRED,
+    "A03": enc.ENCOUNTER_DISCHARGED,
+    "A08": pat.PATIENT_UPDATED,
+    "A11": enc.ADMISSION_CANCELLED,
+    "A13": enc.DISCHARGE_CANCELLED,
+    "A28": pat.PATIENT_UPDATED,
+    "A31": pat.PATIENT_UPDATED,
+    "A40": pat.PATIENT_MERGED,
+}
+STATUS = {"A01": "in-progress", "A02": "in-progress", "A03": "finished", "A08": "unknown"}
+STATUS |= {"A11": "cancelled", "A13": "in-progress"}
+CLASS = {"E": (ACT_CODE, "EMER"), "I": (ACT_CODE, "IMP"), "O": (ACT_CODE, "AMB"), "P": (ACT_CODE, "PRENC")}
+GENDER = {"M": "male", "F": "female", "U": "unknown", "O": "other", "A": "other", "N": "unknown"}
+GENDER |= {"1": "male", "2": "female", "9": "other", "0": "unknown"}  # NHS Data Dictionary codes
+VERIFICATION = {
+    "01": "Number present and verified",
+    "02": "Number present but not traced",
+    "03": "Trace required",
+    "04": "Trace attempted - No match or multiple match found",
+    "05": "Trace needs to be resolved - (NHS number or patient detail conflict)",
+    "06": "Trace in progress",
+    "07": "Number not present and trace not required",
+    "08": "Trace postponed (baby under six weeks old)",
+}
+
+
+@dataclass(frozen=True)
+class MappedEvent:
+    """One FHIR event from one HL7 message (an A40 may give several)."""
+
+    event_type: str
+    control_id: str
+    sender: str
+    source: str
+    event_id: str
+    event_time: datetime
+    person_key: str
+    payload: Json
+
+
+@dataclass(frozen=True)
+class _Person:
+    key: str
+    identifiers: list[Json]
+
+
+def map_message(raw: bytes, *, key_secret: bytes) -> list[MappedEvent]:
+    """Parse, map and validate one ADT message; raises InvalidMessageError naming the field."""
+    f = Fields(parse(raw))
+    msh = f.first("MSH")
+    trigger = _trigger(f, msh)
+    sender = f.get(msh, 4) or f.get(msh, 3)
+    if not sender:
+        raise InvalidMessageError("MSH-4 (sending facility) is required", ("MSH-4",), code="required")
+    control_id = f.get(msh, 10)
+    if not control_id:
+        raise InvalidMessageError("MSH-10 (message control ID) is required", ("MSH-10",), code="required")
+    when = dt.timestamp(f.get(f.first("EVN"), 2), "EVN-2") or dt.timestamp(f.get(msh, 7), "MSH-7")
+    if when is None:
+        raise InvalidMessageError("MSH-7 (date/time of message) is required", ("MSH-7",), code="required")
+    base = {"trigger": trigger, "sender": sender, "control_id": control_id, "when": when}
+    if trigger == "A40":
+        return _merges(f, key_secret, **base)
+    pid = f.first("PID")
+    person = _person(f, pid, "PID", sender, key_secret)
+    resources = _patient_and_practice(f, pid, person)
+    pv1 = f.first("PV1")
+    if trigger in ("A01", "A02", "A03", "A11", "A13") and pv1 is None:
+        raise InvalidMessageError(f"PV1 is required in an ADT^{trigger}", ("PV1",), code="required")
+    if pv1 is not None and trigger not in ("A28", "A31"):
+        resources.append(_encounter(f, pv1, trigger, sender, control_id, person.key))
+    return [_event(trigger, sender, control_id, control_id, when, person.key, resources)]
+
+
+def _trigger(f: Fields, msh: Any) -> str:
+    kind, trigger = f.get(msh, 9, 1), f.get(msh, 9, 2)
+    version = f.get(msh, 12)
+    if version and not version.startswith("2."):
+        raise UnsupportedMessageError(f"HL7 version {version} is not supported (2.x only)", ("MSH-12",))
+    if kind != "ADT":
+        raise UnsupportedMessageError(
+            f"message type {kind or '(empty)'} is not accepted here: this listener takes ADT", ("MSH-9",)
+        )
+    if trigger not in TRIGGERS:
+        raise UnsupportedMessageError(
+            f"ADT^{trigger or '(empty)'} is not supported; supported events: {', '.join(TRIGGERS)}",
+            ("MSH-9.2",),
+        )
+    return trigger
+
+
+def _event(
+    trigger: str, sender: str, control_id: str, event_key: str, when: datetime, key: str, resources: list[Json]
+) -> MappedEvent:
+    for resource in resources:
+        _validate(resource)
+    bundle = {"resourceType": "Bundle", "type": "collection", "timestamp": dt.fhir_datetime(when)}
+    bundle["entry"] = [{"resource": r} for r in resources]
+    return MappedEvent(
+        event_type=TRIGGERS[trigger].type,
+        control_id=control_id,
+        sender=sender,
+        source=f"urn:ods:{sender}",
+        event_id=stable_id("hl7v2", sender, event_key),
+        event_time=dt.utc(when),
+        person_key=key,
+        payload=bundle,
+    )
+
+
+_MODELS: dict[str, Any] = {"Patient": Patient, "Encounter": Encounter, "Organization": Organization}
+
+
+def _validate(resource: Json) -> None:
+    try:
+        _MODELS[resource["resourceType"]].model_validate(resource)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidMessageError(
+            f"{resource['resourceType']} would not be valid FHIR: {where}: {first['msg']}",
+            (resource["resourceType"],),
+        ) from exc
+
+
+def _person(f: Fields, segment: Any, name: str, sender: str, secret: bytes) -> _Person:
+    field = 3 if name == "PID" else 1
+    where = f"{name}-{field}"
+    nhs: str | None = None
+    identifiers: list[Json] = []
+    local: tuple[str, str] | None = None
+    for cx in f.reps(segment, field):
+        value, authority = cx[0], (cx[3] if len(cx) > 3 else "")
+        if not value:
+            continue
+        if authority.upper() == "NHS":
+            why = nhs_number.why_invalid(value)
+            if why:
+                raise InvalidMessageError(why, (where,), code="value")
+            nhs = nhs_number.normalise(value)
+            identifiers.insert(0, {"system": NHS_SYSTEM, "value": nhs})
+        else:
+            scope = re.sub(r"[^A-Za-z0-9._-]", "_", authority or sender)
+            identifiers.append({"system": MRN_SYSTEM + scope, "value": value})
+            local = local or (scope, value)
+    if nhs is None and local is None:
+        raise InvalidMessageError(f"{where} has no patient identifier with a value", (where,), code="required")
+    return _Person(person_key(secret, nhs, local), identifiers)
+
+
+def _patient_and_practice(f: Fields, pid: Any, person: _Person) -> list[Json]:
+    patient: Json = {"resourceType": "Patient", "id": person.key, "identifier": person.identifiers}
+    status = next((r[0][4:] for r in f.reps(pid, 32) if r[0].startswith("NSTS")), "")
+    if status in VERIFICATION and patient["identifier"][0]["system"] == NHS_SYSTEM:
+        coding = {"system": VERIFICATION_SYSTEM, "code": status, "display": VERIFICATION[status]}
+        ext = {"url": VERIFICATION_URL, "valueCodeableConcept": {"coding": [coding]}}
+        patient["identifier"][0]["extension"] = [ext]
+    _demographics(f, pid, patient)
+    resources = [patient]
+    practice = next((x for x in f.reps(f.first("PD1"), 3) if len(x) > 2 and x[2]), None)
+    if practice:
+        org_id = stable_id("ods", practice[2])
+        org: Json = {"resourceType": "Organization", "id": org_id}
+        org["identifier"] = [{"system": ODS_SYSTEM, "value": practice[2]}]
+        if practice[0]:
+            org["name"] = practice[0]
+        patient["generalPractitioner"] = [{"reference": f"Organization/{org_id}"}]
+        resources.append(org)
+    return resources
+
+
+def _demographics(f: Fields, pid: Any, patient: Json) -> None:
+    names = [n for n in (dt.human_name(x) for x in f.reps(pid, 5)) if n]
+    if names:
+        patient["name"] = names
+    if gender := GENDER.get(f.get(pid, 8).upper()):
+        patient["gender"] = gender
+    if born := dt.birth_date(f.get(pid, 7)):
+        patient["birthDate"] = born
+    if addresses := [a for a in (dt.address(x) for x in f.reps(pid, 11)) if a]:
+        patient["address"] = addresses
+    if telecoms := [t for t in (dt.telecom(x) for x in f.reps(pid, 13)) if t]:
+        patient["telecom"] = telecoms
+    died = dt.timestamp(f.get(pid, 29), "PID-29")
+    if died:
+        patient["deceasedDateTime"] = dt.fhir_datetime(died)
+    elif f.get(pid, 30).upper() == "Y":
+        patient["deceasedBoolean"] = True
+
+
+def _encounter(f: Fields, pv1: Any, trigger: str, sender: str, control_id: str, key: str) -> Json:
+    visit, admit_text = f.get(pv1, 19), f.get(pv1, 44)
+    if visit:
+        enc_id = stable_id("hl7v2", sender, "visit", visit)
+    elif admit_text:
+        enc_id = stable_id("hl7v2", sender, "admit", key, admit_text)
+    else:
+        enc_id = stable_id("hl7v2", sender, control_id)
+    admitted, discharged = dt.timestamp(admit_text, "PV1-44"), dt.timestamp(f.get(pv1, 45), "PV1-45")
+    status = "finished" if discharged and trigger in ("A03", "A08") else STATUS[trigger]
+    system, code = CLASS.get(f.get(pv1, 2).upper(), (PATIENT_CLASS, f.get(pv1, 2).upper() or "U"))
+    resource: Json = {
+        "resourceType": "Encounter",
+        "id": enc_id,
+        "status": status,
+        "class": {"system": system, "code": code},
+        "subject": {"reference": f"Patient/{key}"},
+        "serviceProvider": {"identifier": {"system": ODS_SYSTEM, "value": sender}},
+    }
+    if visit:
+        vn = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "VN"}]}
+        resource["identifier"] = [{"type": vn, "system": MRN_SYSTEM + "visit/" + sender, "value": visit}]
+    period = {k: dt.fhir_datetime(v) for k, v in (("start", admitted), ("end", discharged)) if v}
+    if period and trigger != "A13":
+        resource["period"] = period
+    elif admitted:
+        resource["period"] = {"start": dt.fhir_datetime(admitted)}
+    if ward := " ".join(p for p in (f.reps(pv1, 3) or [[]])[0][:3] if p):
+        resource["location"] = [{"location": {"display": ward}}]
+    if disposition := _disposition(f.reps(pv1, 36)):
+        resource["hospitalization"] = {"dischargeDisposition": disposition}
+    return resource
+
+
+def _disposition(reps: list[list[str]]) -> Json | None:
+    if not reps or not reps[0][0]:
+        return None
+    code = reps[0][0]
+    text = reps[0][1] if len(reps[0]) > 1 and reps[0][1] else code
+    if code in _DESTINATIONS:
+        return {"coding": [{"system": DISCHARGE_DESTINATION, "code": code}], "text": text}
+    return {"text": text}
+
+
+def _merges(
+    f: Fields, secret: bytes, *, trigger: str, sender: str, control_id: str, when: datetime
+) -> list[MappedEvent]:
+    pairs, current = [], None
+    for segment in f.message:
+        name = str(segment[0])
+        if name == "PID":
+            current = segment
+        elif name == "MRG" and current is not None:
+            pairs.append((current, segment))
+            current = None
+    if not pairs:
+        raise InvalidMessageError("ADT^A40 needs a PID followed by an MRG", ("MRG-1",), code="required")
+    events = []
+    for index, (pid, mrg) in enumerate(pairs, start=1):
+        survivor = _person(f, pid, "PID", sender, secret)
+        retired = _person(f, mrg, "MRG", sender, secret)
+        if retired.key == survivor.key:
+            raise InvalidMessageError("MRG-1 names the surviving record itself", ("MRG-1",), code="value")
+        resources = _patient_and_practice(f, pid, survivor)
+        resources[0]["link"] = [{"other": {"reference": f"Patient/{retired.key}"}, "type": "replaces"}]
+        old = {"resourceType": "Patient", "id": retired.key, "active": False, "identifier": retired.identifiers}
+        old["link"] = [{"other": {"reference": f"Patient/{survivor.key}"}, "type": "replaced-by"}]
+        key = control_id if len(pairs) == 1 else f"{control_id}#{index}"
+        events.append(_event(trigger, sender, control_id, key, when, survivor.key, [*resources, old]))
+    return events

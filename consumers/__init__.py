@@ -1,0 +1,1 @@
+"""Consumers: Kafka -> record, dead-letter store (and later sharing, coordination, ledger, KPIs)."""

@@ -1,0 +1,40 @@
+"""Consumer composition root: one KafkaBroker, one router per concern."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from faststream.kafka import KafkaBroker
+
+from consumers.deadletters import dead_letter_router
+from consumers.record import UnitOfWorkFactory, record_router
+from hub.core.ports import DeadLetters
+from hub.core.record import ApplyResult
+
+
+def build_broker(bootstrap: str, *, client_id: str = "carehub") -> KafkaBroker:
+    """A broker that publishes with acks=all and logs per batch at DEBUG, not per message."""
+    return KafkaBroker(
+        bootstrap,
+        acks="all",
+        client_id=client_id,
+        linger_ms=1,
+        request_timeout_ms=10_000,
+        log_level=logging.DEBUG,
+    )
+
+
+def include_consumers(
+    broker: KafkaBroker,
+    *,
+    uow_factory: UnitOfWorkFactory,
+    dead_letters: DeadLetters,
+    group_prefix: str = "carehub",
+    on_applied: Callable[[ApplyResult], None] | None = None,
+) -> None:
+    """Attach every consumer of the hub to `broker`."""
+    broker.include_router(
+        record_router(uow_factory, broker, group_id=f"{group_prefix}-record", on_applied=on_applied)
+    )
+    broker.include_router(dead_letter_router(dead_letters, group_id=f"{group_prefix}-deadletters"))

@@ -1,0 +1,90 @@
+"""Shared care record consumer: every event on the events topic, applied once, in one transaction
+per batch together with its processed-event rows."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, KafkaRouter
+from faststream.kafka.annotations import KafkaMessage
+
+from consumers.decoding import Decoded, decode_all
+from consumers.middlewares import dead_letter, retrying
+from hub.core.errors import InfrastructureError, InvalidMessageError
+from hub.core.ports import RecordEvent, RecordUnitOfWork
+from hub.core.record import ApplyResult, apply_events
+from schemas.topics import EVENTS
+
+log = logging.getLogger(__name__)
+UnitOfWorkFactory = Callable[[], RecordUnitOfWork]
+
+
+def apply_batch(uow_factory: UnitOfWorkFactory, events: Sequence[RecordEvent]) -> ApplyResult:
+    """One transaction: the record writes and the processed-event rows commit together."""
+    with uow_factory() as uow:
+        result = apply_events(uow, events)
+        uow.commit()
+    return result
+
+
+def record_router(
+    uow_factory: UnitOfWorkFactory,
+    broker: KafkaBroker,
+    *,
+    group_id: str,
+    max_records: int = 500,
+    on_applied: Callable[[ApplyResult], None] | None = None,
+) -> KafkaRouter:
+    """The record consumer as a router; `broker` is where unappliable events are dead-lettered."""
+    router = KafkaRouter()
+
+    async def apply(events: Sequence[RecordEvent]) -> ApplyResult:
+        return await retrying(lambda: asyncio.to_thread(apply_batch, uow_factory, events))
+
+    @router.subscriber(
+        EVENTS.name,
+        group_id=group_id,
+        batch=True,
+        max_records=max_records,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+    )
+    async def on_events(message: KafkaMessage) -> None:
+        raw = message.raw_message
+        records = raw if isinstance(raw, tuple) else (raw,)
+        decoded, rejected = decode_all(records)
+        for record, error in rejected:
+            await dead_letter(broker, record, error)
+        try:
+            result = await apply([event for _, event in decoded])
+        except InfrastructureError:
+            raise
+        except Exception:  # a poison event: apply one by one, keep the rest, dead-letter it
+            log.exception("batch of %d failed; applying one by one", len(decoded))
+            result = await _one_by_one(broker, decoded, apply)
+        if on_applied:
+            on_applied(result)
+
+    return router
+
+
+async def _one_by_one(
+    broker: KafkaBroker,
+    decoded: Decoded,
+    apply: Callable[[Sequence[RecordEvent]], Awaitable[ApplyResult]],
+) -> ApplyResult:
+    applied = duplicates = stale = 0
+    for record, event in decoded:
+        try:
+            result = await apply([event])
+        except InfrastructureError:
+            raise
+        except Exception as exc:
+            await dead_letter(broker, record, InvalidMessageError(f"could not apply: {exc}"))
+            continue
+        applied, duplicates = applied + result.applied, duplicates + result.duplicates
+        stale += result.stale
+    return ApplyResult(applied=applied, duplicates=duplicates, stale=stale)

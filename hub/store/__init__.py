@@ -1,0 +1,1 @@
+"""SQLAlchemy 2 implementations of the ports (SQLite file by default, PostgreSQL in production) and memory fakes."""

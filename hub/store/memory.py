@@ -1,0 +1,170 @@
+"""In-memory fakes of the record ports, for unit tests and the AsyncAPI generator (cosmicpython's
+FakeRepository): the same contract tests run against these and the SQL stores."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Collection
+from datetime import datetime
+from types import TracebackType
+from typing import Self
+
+from hub.core.ports import Json, StoredResource
+from hub.store.sql import identifiers_of
+
+
+class MemoryRecordStore:
+    """Committed state; `unit_of_work()` gives a transaction over it."""
+
+    def __init__(self) -> None:
+        self.resources: dict[tuple[str, str], StoredResource] = {}
+        self.processed: set[tuple[str, str]] = set()
+
+    def unit_of_work(self, consumer: str = "record") -> MemoryRecordUnitOfWork:
+        return MemoryRecordUnitOfWork(self, consumer)
+
+    def reader(self) -> MemoryRecordReader:
+        return MemoryRecordReader(self)
+
+
+class MemoryRecordUnitOfWork:
+    """Stages writes; commit applies them all, exit without commit drops them."""
+
+    def __init__(self, store: MemoryRecordStore, consumer: str) -> None:
+        self.store = store
+        self.consumer = consumer
+        self._pending: dict[tuple[str, str], StoredResource] = {}
+        self._processed: list[str] = []
+        self.committed = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._pending.clear()
+        self._processed.clear()
+
+    def processed(self, event_ids: Collection[str]) -> set[str]:
+        return {
+            e for e in event_ids if (self.consumer, e) in self.store.processed or e in self._processed
+        }
+
+    def _view(self) -> dict[tuple[str, str], StoredResource]:
+        return {**self.store.resources, **self._pending}
+
+    def get(self, resource_type: str, id: str) -> StoredResource | None:
+        return self._view().get((resource_type, id))
+
+    def find_by_identifier(self, resource_type: str, system: str, value: str) -> list[StoredResource]:
+        return sorted(
+            (
+                r
+                for (kind, _), r in self._view().items()
+                if kind == resource_type and (system, value) in identifiers_of(r.content)
+            ),
+            key=lambda r: r.id,
+        )
+
+    def of_person(self, person_key: str) -> list[StoredResource]:
+        return sorted(
+            (r for r in self._view().values() if r.person_key == person_key),
+            key=lambda r: (r.resource_type, r.id),
+        )
+
+    def put(self, resource: StoredResource) -> None:
+        self._pending[(resource.resource_type, resource.id)] = copy.deepcopy(resource)
+
+    def mark_processed(self, event_id: str) -> None:
+        self._processed.append(event_id)
+
+    def commit(self) -> None:
+        if any((self.consumer, e) in self.store.processed for e in self._processed):
+            from hub.core.errors import ConcurrentWriteError
+
+            raise ConcurrentWriteError("another worker applied some of these events at the same time")
+        for key, resource in self._pending.items():
+            current = self.store.resources.get(key)
+            if current is None or current.event_time <= resource.event_time:
+                self.store.resources[key] = resource
+        self.store.processed.update((self.consumer, e) for e in self._processed)
+        self._pending.clear()
+        self._processed.clear()
+        self.committed = True
+
+
+class MemoryRecordReader:
+    """The read side over a MemoryRecordStore, same answers as SqlRecordReader."""
+
+    def __init__(self, store: MemoryRecordStore) -> None:
+        self.store = store
+
+    def read(self, resource_type: str, id: str) -> Json | None:
+        found = self.store.resources.get((resource_type, id))
+        return copy.deepcopy(found.content) if found else None
+
+    def patients_by_identifier(self, system: str, value: str) -> list[Json]:
+        return [
+            copy.deepcopy(r.content)
+            for (kind, _), r in sorted(self.store.resources.items())
+            if kind == "Patient" and (system, value) in identifiers_of(r.content)
+        ]
+
+    def search(self, resource_type: str, patient_id: str | None) -> list[Json]:
+        found = [
+            r
+            for (kind, _), r in self.store.resources.items()
+            if kind == resource_type and (patient_id is None or r.person_key == patient_id)
+        ]
+        return [copy.deepcopy(r.content) for r in sorted(found, key=lambda r: (r.event_time, r.id))]
+
+    def everything(self, patient_id: str) -> list[Json]:
+        patient = self.read("Patient", patient_id)
+        if patient is None:
+            return []
+        theirs = sorted(
+            (
+                r
+                for r in self.store.resources.values()
+                if r.person_key == patient_id and (r.resource_type, r.id) != ("Patient", patient_id)
+            ),
+            key=lambda r: (r.resource_type, r.event_time, r.id),
+        )
+        practices = [
+            org
+            for ref in patient.get("generalPractitioner") or []
+            if str(ref.get("reference", "")).startswith("Organization/")
+            and (org := self.read("Organization", ref["reference"].split("/", 1)[1])) is not None
+        ]
+        return [patient, *practices, *(copy.deepcopy(r.content) for r in theirs)]
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for kind, _ in self.store.resources:
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+
+class MemoryDeadLetters:
+    """Dead letters in a list, kept once per (origin, content, time) like the SQL store."""
+
+    def __init__(self) -> None:
+        self.kept: list[Json] = []
+        self._seen: set[tuple[str, str, datetime]] = set()
+
+    def keep(self, *, received_at: datetime, source: str, origin: str, reason: Json, payload: bytes) -> None:
+        once = (origin, hashlib.sha256(payload).hexdigest(), received_at)
+        if once in self._seen:
+            return
+        self._seen.add(once)
+        self.kept.append(
+            {"received_at": received_at, "source": source, "origin": origin, "reason": reason, "payload": payload}
+        )
+
+    def recent(self, limit: int) -> list[Json]:
+        return list(reversed(self.kept))[:limit]

@@ -1,0 +1,1 @@
+"""Alembic migrations, run programmatically by hub.store.database.open_engine."""

@@ -1,0 +1,327 @@
+"""SQLAlchemy 2 Core implementations of the record ports (SQLite and PostgreSQL).
+
+The unit of work stages writes in memory and flushes them in bulk at commit (one upsert for the
+resources, one insert for the identifier index, one for processed-event rows), so a batch of
+hundreds of events costs a handful of statements.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Collection, Iterator, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from hub.core.errors import ConcurrentWriteError, StoreUnavailableError
+from hub.core.ports import Json, StoredResource
+from hub.store.tables import dead_letter, processed_event, record_identifier, record_resource
+
+_CHUNK = 500
+R = record_resource
+
+
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """Database outages become StoreUnavailableError (retried by consumers, 503 at the API)."""
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise StoreUnavailableError(f"database unavailable: {type(exc.orig).__name__}") from exc
+    except sa.exc.DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise StoreUnavailableError("database connection lost") from exc
+        raise
+
+
+def _insert(engine: sa.Engine | sa.Connection, table: sa.Table) -> Any:
+    dialect = engine.dialect.name
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    raise NotImplementedError(f"database {dialect} is not supported (SQLite or PostgreSQL)")
+
+
+def _row(resource: StoredResource) -> dict[str, Any]:
+    return {
+        "resource_type": resource.resource_type,
+        "id": resource.id,
+        "person_key": resource.person_key,
+        "version_id": resource.version_id,
+        "event_time": resource.event_time,
+        "source_event_id": resource.source_event_id,
+        "content": resource.content,
+    }
+
+
+def _stored(row: Any) -> StoredResource:
+    return StoredResource(
+        resource_type=row.resource_type,
+        id=row.id,
+        person_key=row.person_key,
+        version_id=row.version_id,
+        event_time=row.event_time,
+        source_event_id=row.source_event_id,
+        content=row.content,
+    )
+
+
+def identifiers_of(content: Json) -> set[tuple[str, str]]:
+    """(system, value) pairs of a resource's identifiers, as indexed for search."""
+    found = content.get("identifier") or []
+    if isinstance(found, dict):
+        found = [found]
+    return {
+        (str(i["system"])[:255], str(i["value"])[:255])
+        for i in found
+        if isinstance(i, dict) and i.get("system") and i.get("value")
+    }
+
+
+def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+class SqlRecordUnitOfWork:
+    """One database transaction over the record for one consumer (processed rows are per consumer)."""
+
+    def __init__(self, engine: sa.Engine, consumer: str = "record") -> None:
+        self.engine = engine
+        self.consumer = consumer
+        self._conn: sa.Connection | None = None
+        self._pending: dict[tuple[str, str], StoredResource] = {}
+        self._loaded: dict[tuple[str, str], StoredResource | None] = {}
+        self._processed: list[str] = []
+
+    def __enter__(self) -> Self:
+        with store_errors():
+            self._conn = self.engine.connect().execution_options(immediate=True)
+            self._conn.begin()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sa.exc.DBAPIError):
+                conn.rollback()  # a no-op after commit
+            conn.close()
+        self._pending.clear()
+        self._loaded.clear()
+        self._processed.clear()
+
+    @property
+    def conn(self) -> sa.Connection:
+        if self._conn is None:
+            raise RuntimeError("unit of work used outside `with`")
+        return self._conn
+
+    def processed(self, event_ids: Collection[str]) -> set[str]:
+        ids = sorted(set(event_ids))
+        found: set[str] = {e for e in ids if e in self._processed}
+        table = processed_event
+        with store_errors():
+            for chunk in _chunks(ids):
+                query = sa.select(table.c.event_id).where(
+                    table.c.consumer == self.consumer, table.c.event_id.in_(chunk)
+                )
+                found.update(self.conn.scalars(query))
+        return found
+
+    def get(self, resource_type: str, id: str) -> StoredResource | None:
+        key = (resource_type, id)
+        if key in self._pending:
+            return self._pending[key]
+        if key not in self._loaded:
+            query = sa.select(R).where(R.c.resource_type == resource_type, R.c.id == id)
+            with store_errors():
+                row = self.conn.execute(query).first()
+            self._loaded[key] = _stored(row) if row else None
+        return self._loaded[key]
+
+    def find_by_identifier(self, resource_type: str, system: str, value: str) -> list[StoredResource]:
+        I = record_identifier  # noqa: E741, N806
+        query = (
+            sa.select(R)
+            .join(I, sa.and_(I.c.resource_type == R.c.resource_type, I.c.resource_id == R.c.id))
+            .where(I.c.resource_type == resource_type, I.c.system == system, I.c.value == value)
+        )
+        with store_errors():
+            rows = {(r.resource_type, r.id): _stored(r) for r in self.conn.execute(query)}
+        for key, pending in self._pending.items():
+            if key[0] != resource_type:
+                continue
+            if (system, value) in identifiers_of(pending.content):
+                rows[key] = pending
+            else:
+                rows.pop(key, None)
+        return sorted(rows.values(), key=lambda r: r.id)
+
+    def of_person(self, person_key: str) -> list[StoredResource]:
+        query = sa.select(R).where(R.c.person_key == person_key)
+        with store_errors():
+            rows = {(r.resource_type, r.id): _stored(r) for r in self.conn.execute(query)}
+        for key, pending in self._pending.items():
+            if pending.person_key == person_key:
+                rows[key] = pending
+            else:
+                rows.pop(key, None)
+        return sorted(rows.values(), key=lambda r: (r.resource_type, r.id))
+
+    def put(self, resource: StoredResource) -> None:
+        self._pending[(resource.resource_type, resource.id)] = resource
+
+    def mark_processed(self, event_id: str) -> None:
+        self._processed.append(event_id)
+
+    def commit(self) -> None:
+        try:
+            with store_errors():
+                self._flush()
+                self.conn.commit()
+        except sa.exc.IntegrityError as exc:
+            raise ConcurrentWriteError(
+                "another worker applied some of these events at the same time; retrying"
+            ) from exc
+
+    def _flush(self) -> None:
+        conn = self.conn
+        rows = [_row(r) for r in self._pending.values()]
+        if rows:
+            stmt = _insert(conn, R)
+            columns = ("person_key", "version_id", "event_time", "source_event_id", "content")
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[R.c.resource_type, R.c.id],
+                set_={c: stmt.excluded[c] for c in columns},
+                where=R.c.event_time <= stmt.excluded.event_time,
+            )
+            for chunk in _chunks(rows):
+                conn.execute(stmt, list(chunk))
+            self._reindex(conn)
+        if self._processed:
+            values = [{"consumer": self.consumer, "event_id": e} for e in self._processed]
+            for chunk in _chunks(values):
+                conn.execute(sa.insert(processed_event), list(chunk))
+        self._loaded.update(self._pending)
+        self._pending.clear()
+        self._processed.clear()
+
+    def _reindex(self, conn: sa.Connection) -> None:
+        I = record_identifier  # noqa: E741, N806
+        by_type: dict[str, list[str]] = {}
+        for kind, rid in self._pending:
+            by_type.setdefault(kind, []).append(rid)
+        for kind, ids in by_type.items():
+            for chunk in _chunks(ids):
+                conn.execute(sa.delete(I).where(I.c.resource_type == kind, I.c.resource_id.in_(chunk)))
+        values = [
+            {"resource_type": r.resource_type, "resource_id": r.id, "system": s, "value": v}
+            for r in self._pending.values()
+            for s, v in sorted(identifiers_of(r.content))
+        ]
+        if values:
+            stmt = _insert(conn, I).on_conflict_do_nothing()
+            for chunk in _chunks(values):
+                conn.execute(stmt, list(chunk))
+
+
+class SqlRecordReader:
+    """Read side for the API, the CLI and pages: current versions as FHIR JSON."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def _all(self, query: sa.Select[Any]) -> list[Json]:
+        with store_errors(), self.engine.connect() as conn:
+            return [dict(c) for c in conn.scalars(query)]
+
+    def read(self, resource_type: str, id: str) -> Json | None:
+        found = self._all(sa.select(R.c.content).where(R.c.resource_type == resource_type, R.c.id == id))
+        return found[0] if found else None
+
+    def patients_by_identifier(self, system: str, value: str) -> list[Json]:
+        I = record_identifier  # noqa: E741, N806
+        query = (
+            sa.select(R.c.content)
+            .join(I, sa.and_(I.c.resource_type == R.c.resource_type, I.c.resource_id == R.c.id))
+            .where(I.c.resource_type == "Patient", I.c.system == system, I.c.value == value)
+            .order_by(R.c.id)
+        )
+        return self._all(query)
+
+    def search(self, resource_type: str, patient_id: str | None) -> list[Json]:
+        query = sa.select(R.c.content).where(R.c.resource_type == resource_type)
+        if patient_id is not None:
+            query = query.where(R.c.person_key == patient_id)
+        return self._all(query.order_by(R.c.event_time, R.c.id))
+
+    def everything(self, patient_id: str) -> list[Json]:
+        patient = self.read("Patient", patient_id)
+        if patient is None:
+            return []
+        query = (
+            sa.select(R.c.content)
+            .where(R.c.person_key == patient_id)
+            .where(sa.or_(R.c.resource_type != "Patient", R.c.id != patient_id))
+            .order_by(R.c.resource_type, R.c.event_time, R.c.id)
+        )
+        theirs = self._all(query)
+        practices = [
+            org
+            for ref in patient.get("generalPractitioner") or []
+            if str(ref.get("reference", "")).startswith("Organization/")
+            and (org := self.read("Organization", ref["reference"].split("/", 1)[1])) is not None
+        ]
+        return [patient, *practices, *theirs]
+
+    def counts(self) -> dict[str, int]:
+        query = sa.select(R.c.resource_type, sa.func.count()).group_by(R.c.resource_type)
+        with store_errors(), self.engine.connect() as conn:
+            return {kind: n for kind, n in conn.execute(query)}
+
+
+class SqlDeadLetters:
+    """The dead-letter store: rejected input kept whole, once per (origin, content, time)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def keep(self, *, received_at: datetime, source: str, origin: str, reason: Json, payload: bytes) -> None:
+        row = {
+            "received_at": received_at,
+            "source": source[:255],
+            "origin": origin[:255],
+            "digest": hashlib.sha256(payload).hexdigest(),
+            "reason": reason,
+            "payload": payload,
+        }
+        stmt = _insert(self.engine, dead_letter).on_conflict_do_nothing()
+        with store_errors(), self.engine.connect().execution_options(immediate=True) as conn:
+            conn.begin()
+            conn.execute(stmt, row)
+            conn.commit()
+
+    def recent(self, limit: int) -> list[Json]:
+        D = dead_letter  # noqa: N806
+        query = sa.select(D).order_by(D.c.id.desc()).limit(limit)
+        with store_errors(), self.engine.connect() as conn:
+            return [
+                {
+                    "received_at": r.received_at,
+                    "source": r.source,
+                    "origin": r.origin,
+                    "reason": r.reason,
+                    "payload": bytes(r.payload),
+                }
+                for r in conn.execute(query)
+            ]

@@ -1,0 +1,153 @@
+"""One contract, every back end: the in-memory fake, a SQLite file and PostgreSQL (eventsourcing style).
+
+The record rules run on each store and must give the same answers; PostgreSQL is skipped with its
+reason where no server answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from hub.core.errors import ConcurrentWriteError, StoreUnavailableError
+from hub.core.ports import DeadLetters, RecordReader, RecordUnitOfWork, StoredResource
+from hub.store.database import current_revision, open_engine
+from hub.store.memory import MemoryDeadLetters, MemoryRecordStore
+from hub.store.sql import SqlDeadLetters, SqlRecordReader, SqlRecordUnitOfWork
+
+T0 = datetime(2026, 11, 1, 9, 30, tzinfo=UTC)
+NHS = "https://fhir.nhs.uk/Id/nhs-number"
+
+
+@dataclass
+class Backend:
+    name: str
+    uow: Callable[[], RecordUnitOfWork]
+    reader: RecordReader
+    dead_letters: DeadLetters
+    engine: sa.Engine | None = None
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "memory":
+        store = MemoryRecordStore()
+        yield Backend("memory", store.unit_of_work, store.reader(), MemoryDeadLetters())
+        return
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+    engine = open_engine(url)
+    yield Backend(request.param, lambda: SqlRecordUnitOfWork(engine), SqlRecordReader(engine), SqlDeadLetters(engine), engine)
+    engine.dispose()
+
+
+def a_patient(pid: str, nhs: str, *, version: int = 1, time: datetime = T0, family: str = "SMITH") -> StoredResource:
+    content: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": pid,
+        "identifier": [{"system": NHS, "value": nhs}],
+        "name": [{"family": family}],
+        "meta": {"versionId": str(version)},
+    }
+    return StoredResource("Patient", pid, pid, version, time, f"e-{pid}-{version}", content)
+
+
+def an_encounter(eid: str, pid: str, *, time: datetime = T0) -> StoredResource:
+    content = {"resourceType": "Encounter", "id": eid, "status": "in-progress", "subject": {"reference": f"Patient/{pid}"}}
+    return StoredResource("Encounter", eid, pid, 1, time, f"e-{eid}", content)
+
+
+def test_what_is_committed_is_read_back_exactly(backend: Backend) -> None:
+    with backend.uow() as uow:
+        uow.put(a_patient("p1", "9434765919"))
+        uow.put(an_encounter("e1", "p1"))
+        uow.mark_processed("ev1")
+        uow.commit()
+    with backend.uow() as uow:
+        stored = uow.get("Patient", "p1")
+        assert stored is not None and stored.event_time == T0 and stored.version_id == 1
+        assert stored.content["name"] == [{"family": "SMITH"}]
+        assert uow.processed(["ev1", "ev2"]) == {"ev1"}
+        assert [r.id for r in uow.find_by_identifier("Patient", NHS, "9434765919")] == ["p1"]
+        assert [(r.resource_type, r.id) for r in uow.of_person("p1")] == [("Encounter", "e1"), ("Patient", "p1")]
+    assert backend.reader.read("Patient", "p1") == stored.content
+    assert [p["id"] for p in backend.reader.patients_by_identifier(NHS, "9434765919")] == ["p1"]
+    assert backend.reader.patients_by_identifier(NHS, "9999999999") == []
+    assert [e["id"] for e in backend.reader.search("Encounter", "p1")] == ["e1"]
+    assert backend.reader.search("Encounter", "nobody") == []
+    assert [r["resourceType"] for r in backend.reader.everything("p1")] == ["Patient", "Encounter"]
+    assert backend.reader.everything("nobody") == []
+    assert backend.reader.counts() == {"Patient": 1, "Encounter": 1}
+
+
+def test_nothing_is_kept_without_commit(backend: Backend) -> None:
+    with backend.uow() as uow:
+        uow.put(a_patient("p1", "9434765919"))
+        uow.mark_processed("ev1")
+        assert uow.get("Patient", "p1") is not None  # visible inside its own transaction
+    with backend.uow() as uow:
+        assert uow.get("Patient", "p1") is None
+        assert uow.processed(["ev1"]) == set()
+
+
+def test_a_replaced_version_updates_the_identifier_index(backend: Backend) -> None:
+    with backend.uow() as uow:
+        uow.put(a_patient("p1", "9434765919"))
+        uow.commit()
+    with backend.uow() as uow:
+        uow.put(a_patient("p1", "9990000018", version=2, time=T0 + timedelta(hours=1)))
+        assert [r.id for r in uow.find_by_identifier("Patient", NHS, "9434765919")] == []
+        uow.commit()
+    assert backend.reader.patients_by_identifier(NHS, "9434765919") == []
+    assert [p["meta"]["versionId"] for p in backend.reader.patients_by_identifier(NHS, "9990000018")] == ["2"]
+
+
+def test_an_older_write_racing_a_newer_one_does_not_win(backend: Backend) -> None:
+    with backend.uow() as uow:
+        uow.put(a_patient("p1", "9434765919", version=2, time=T0 + timedelta(hours=1), family="NEWER"))
+        uow.commit()
+    with backend.uow() as uow:
+        uow.put(a_patient("p1", "9434765919", version=2, time=T0, family="OLDER"))
+        uow.commit()
+    found = backend.reader.read("Patient", "p1")
+    assert found is not None and found["name"] == [{"family": "NEWER"}]
+
+
+def test_the_same_event_committed_by_two_workers_is_refused_the_second_time(backend: Backend) -> None:
+    first, second = backend.uow(), backend.uow()
+    with first:
+        first.mark_processed("ev1")
+        first.commit()
+    with second, pytest.raises(ConcurrentWriteError):
+        second.mark_processed("ev1")
+        second.commit()
+
+
+def test_dead_letters_are_kept_whole_once_newest_first(backend: Backend) -> None:
+    reason = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid"}]}
+    for n, payload in enumerate([b"MSH|first\r", b"MSH|second\r\xff"]):
+        for _ in range(2):  # redelivered: kept once
+            backend.dead_letters.keep(
+                received_at=T0 + timedelta(seconds=n), source="urn:ods:RXX", origin=f"mllp:{n}", reason=reason, payload=payload
+            )
+    kept = backend.dead_letters.recent(10)
+    assert [k["payload"] for k in kept] == [b"MSH|second\r\xff", b"MSH|first\r"]
+    assert kept[0]["reason"] == reason and kept[0]["received_at"] == T0 + timedelta(seconds=1)
+
+
+def test_migrations_bring_an_empty_database_to_head_and_are_idempotent(backend: Backend) -> None:
+    if backend.engine is None:
+        pytest.skip("the memory fake has no schema")
+    assert current_revision(backend.engine) == "0001"
+    again = open_engine(str(backend.engine.url.render_as_string(hide_password=False)))
+    assert current_revision(again) == "0001"
+    again.dispose()
+
+
+def test_an_unreachable_database_is_reported_as_unavailable() -> None:
+    with pytest.raises(StoreUnavailableError, match="not answering"):
+        open_engine("postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=2")

@@ -1,0 +1,149 @@
+"""The record's rules (hub.core.record) over the in-memory store, with events mapped from real ADT."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from adapters.hl7v2.to_fhir import map_message
+from hub.core.errors import InvalidMessageError
+from hub.core.ports import RecordEvent
+from hub.core.record import ApplyResult, apply_events
+from hub.store.memory import MemoryRecordStore
+from tests.builders import an_adt
+
+SECRET = b"test-secret"
+
+
+def events_of(raw: bytes) -> list[RecordEvent]:
+    return [
+        RecordEvent(
+            id=m.event_id, type=m.event_type, source=m.source, time=m.event_time, subject=m.person_key, payload=m.payload
+        )
+        for m in map_message(raw, key_secret=SECRET)
+    ]
+
+
+def apply(store: MemoryRecordStore, *raws: bytes) -> ApplyResult:
+    events = [e for raw in raws for e in events_of(raw)]
+    with store.unit_of_work() as uow:
+        result = apply_events(uow, events)
+        uow.commit()
+    return result
+
+
+def encounters(store: MemoryRecordStore) -> list[dict]:
+    return store.reader().search("Encounter", None)
+
+
+ADMIT = an_adt(trigger="A01", control_id="C1", visit="V9", event_time="202611010930")
+DISCHARGE = an_adt(trigger="A03", control_id="C2", visit="V9", event_time="202611031105")
+
+
+def test_admission_then_discharge_leaves_one_finished_encounter_at_version_2() -> None:
+    store = MemoryRecordStore()
+    assert apply(store, ADMIT, DISCHARGE) == ApplyResult(applied=2, duplicates=0, stale=0)
+    [encounter] = encounters(store)
+    assert encounter["status"] == "finished"
+    assert encounter["meta"]["versionId"] == "2"
+    assert encounter["period"]["end"].startswith("2026-11-03T11:00")
+    assert encounter["hospitalization"]["dischargeDisposition"]["coding"][0]["code"] == "19"
+
+
+def test_the_same_event_twice_in_a_batch_or_across_batches_is_applied_once() -> None:
+    store = MemoryRecordStore()
+    assert apply(store, ADMIT, ADMIT) == ApplyResult(applied=1, duplicates=1, stale=0)
+    assert apply(store, ADMIT) == ApplyResult(applied=0, duplicates=1, stale=0)
+    assert encounters(store)[0]["meta"]["versionId"] == "1"
+
+
+def test_an_older_event_arriving_late_never_overwrites_a_newer_one() -> None:
+    store = MemoryRecordStore()
+    result = apply(store, DISCHARGE, ADMIT)
+    assert result.applied == 2 and result.stale >= 1
+    [encounter] = encounters(store)
+    assert encounter["status"] == "finished"
+    assert encounter["meta"]["versionId"] == "1"
+
+
+def test_cancelled_discharge_reopens_the_stay_without_end_or_disposition() -> None:
+    store = MemoryRecordStore()
+    cancel = an_adt(trigger="A13", control_id="C3", visit="V9", event_time="202611031200")
+    apply(store, ADMIT, DISCHARGE, cancel)
+    [encounter] = encounters(store)
+    assert encounter["status"] == "in-progress"
+    assert "end" not in encounter.get("period", {})
+    assert "dischargeDisposition" not in encounter.get("hospitalization", {})
+    assert encounter["period"]["start"].startswith("2026-11-01")
+
+
+def test_cancelled_admission_marks_the_encounter_cancelled() -> None:
+    store = MemoryRecordStore()
+    cancel = an_adt(trigger="A11", control_id="C3", visit="V9", event_time="202611011000")
+    apply(store, ADMIT, cancel)
+    assert encounters(store)[0]["status"] == "cancelled"
+
+
+def test_a_demographic_update_does_not_wipe_the_encounter_status() -> None:
+    store = MemoryRecordStore()
+    update = an_adt(trigger="A08", control_id="C3", visit="V9", event_time="202611011000", family="JONES")
+    apply(store, ADMIT, update)
+    assert encounters(store)[0]["status"] == "in-progress"
+    [patient] = store.reader().search("Patient", None)
+    assert patient["name"][0]["family"] == "JONES"
+
+
+def test_every_write_leaves_a_provenance_naming_the_sender_and_the_versions_written() -> None:
+    store = MemoryRecordStore()
+    apply(store, ADMIT, DISCHARGE)
+    provenances = store.reader().search("Provenance", None)
+    assert len(provenances) == 2
+    last = provenances[-1]
+    assert last["agent"][0]["who"]["identifier"]["value"] == "RXX"
+    targets = {t["reference"].rsplit("/_history/", 1)[0] for t in last["target"]}
+    assert any(t.startswith("Encounter/") for t in targets)
+    assert any(t.endswith("/_history/2") for t in (x["reference"] for x in last["target"]))
+
+
+def test_merge_moves_the_retired_persons_records_to_the_survivor_and_redirects_late_events() -> None:
+    store = MemoryRecordStore()
+    old = an_adt(trigger="A01", nhs_number=None, mrn="OLD1", control_id="O1", visit="V1", event_time="202611010900")
+    survivor = an_adt(trigger="A01", mrn="NEW1", control_id="N1", visit="V2", event_time="202611011000")
+    merge = an_adt(trigger="A40", mrn="NEW1", merged_mrn="OLD1", control_id="M1", event_time="202611021000")
+    late = an_adt(trigger="A03", nhs_number=None, mrn="OLD1", control_id="O2", visit="V1", event_time="202611030900")
+    apply(store, old, survivor, merge, late)
+    reader = store.reader()
+    [new_id] = {e.subject for e in events_of(survivor)}
+    [old_id] = {e.subject for e in events_of(old)}
+    retired = reader.read("Patient", old_id)
+    assert retired is not None and retired["active"] is False
+    assert retired["link"][0] == {"other": {"reference": f"Patient/{new_id}"}, "type": "replaced-by"}
+    theirs = reader.search("Encounter", new_id)
+    assert {e["subject"]["reference"] for e in theirs} == {f"Patient/{new_id}"}
+    assert len(theirs) == 2
+    assert reader.search("Encounter", old_id) == []
+    late_stay = next(e for e in theirs if e["status"] == "finished")
+    assert late_stay["identifier"][0]["value"] == "V1"
+    kinds = [r["resourceType"] for r in reader.everything(new_id)]
+    assert kinds[0] == "Patient" and kinds.count("Encounter") == 2
+
+
+def test_meta_is_taken_from_the_event_not_the_wall_clock() -> None:
+    store = MemoryRecordStore()
+    apply(store, ADMIT)
+    [encounter] = encounters(store)
+    assert datetime.fromisoformat(encounter["meta"]["lastUpdated"]) == datetime(2026, 11, 1, 9, 30, tzinfo=UTC)
+
+
+def test_an_entry_without_id_is_refused_and_nothing_of_the_batch_is_kept() -> None:
+    store = MemoryRecordStore()
+    good = events_of(ADMIT)[0]
+    bad = RecordEvent(
+        id="bad", type=good.type, source=good.source, time=good.time + timedelta(seconds=1), subject=good.subject,
+        payload={"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Patient"}}]},
+    )
+    with pytest.raises(InvalidMessageError), store.unit_of_work() as uow:
+        apply_events(uow, [good, bad])
+        uow.commit()
+    assert store.resources == {} and store.processed == set()
