@@ -32,9 +32,8 @@ def include_consumers(
     dead_letters: DeadLetters,
     group_prefix: str = "carehub",
     on_applied: Callable[[ApplyResult], None] | None = None,
+    on_kept: Callable[[int], None] | None = None,
 ) -> None:
     """Attach every consumer of the hub to `broker`."""
-    broker.include_router(
-        record_router(uow_factory, broker, group_id=f"{group_prefix}-record", on_applied=on_applied)
-    )
-    broker.include_router(dead_letter_router(dead_letters, group_id=f"{group_prefix}-deadletters"))
+    broker.include_router(record_router(uow_factory, broker, group_id=f"{group_prefix}-record", on_applied=on_applied))
+    broker.include_router(dead_letter_router(dead_letters, group_id=f"{group_prefix}-deadletters", on_kept=on_kept))

@@ -4,7 +4,7 @@ whole, with its reason, so operators can see and resend it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,9 +28,7 @@ def keep_all(store: DeadLetters, records: Sequence[Any]) -> None:
         time = header_value(headers, "ce_time")
         store.keep(
             received_at=(
-                datetime.fromisoformat(time)
-                if time
-                else datetime.fromtimestamp(record.timestamp / 1000, tz=UTC)
+                datetime.fromisoformat(time) if time else datetime.fromtimestamp(record.timestamp / 1000, tz=UTC)
             ),
             source=header_value(headers, "ce_source") or "unknown",
             origin=header_value(headers, ORIGIN_HEADER) or origin(record),
@@ -39,7 +37,9 @@ def keep_all(store: DeadLetters, records: Sequence[Any]) -> None:
         )
 
 
-def dead_letter_router(store: DeadLetters, *, group_id: str) -> KafkaRouter:
+def dead_letter_router(
+    store: DeadLetters, *, group_id: str, on_kept: Callable[[int], None] | None = None
+) -> KafkaRouter:
     """Both dead-letter topics into the store."""
     router = KafkaRouter()
 
@@ -56,5 +56,7 @@ def dead_letter_router(store: DeadLetters, *, group_id: str) -> KafkaRouter:
         raw = message.raw_message
         records = raw if isinstance(raw, tuple) else (raw,)
         await retrying(lambda: asyncio.to_thread(keep_all, store, records))
+        if on_kept:
+            on_kept(len(records))
 
     return router

@@ -21,9 +21,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-async def retrying(
-    work: Callable[[], Awaitable[T]], *, first: float = 0.2, most: float = 5.0
-) -> T:
+async def retrying(work: Callable[[], Awaitable[T]], *, first: float = 0.2, most: float = 5.0) -> T:
     """Run `work` until it succeeds, backing off while a dependency is down (never gives up:
     the consumer pauses in place, so nothing is skipped or committed past)."""
     delay = first

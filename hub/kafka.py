@@ -75,9 +75,7 @@ async def embedded_broker(
             sink.close()
 
 
-async def create_topics(
-    bootstrap: str, topics: Iterable[Topic] = CATALOGUE, *, replication: int = 1
-) -> list[str]:
+async def create_topics(bootstrap: str, topics: Iterable[Topic] = CATALOGUE, *, replication: int = 1) -> list[str]:
     """Create any catalogue topic that does not exist yet; returns the names created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     await admin.start()

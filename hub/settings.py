@@ -48,9 +48,7 @@ class SecuritySettings(BaseModel):
 class Settings(BaseSettings):
     """Everything configurable. Defaults run the embedded broker and a SQLite file in ./var."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="CAREHUB_", env_nested_delimiter="__", populate_by_name=True
-    )
+    model_config = SettingsConfigDict(env_prefix="CAREHUB_", env_nested_delimiter="__", populate_by_name=True)
 
     data_dir: Path = Path("var")
     kafka: KafkaSettings = KafkaSettings()
@@ -63,9 +61,7 @@ class Settings(BaseSettings):
         default="",
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "CAREHUB_KAFKA_BOOTSTRAP_SERVERS"),
     )
-    database_url: str = Field(
-        default="", validation_alias=AliasChoices("CAREHUB_DATABASE_URL", "database_url")
-    )
+    database_url: str = Field(default="", validation_alias=AliasChoices("CAREHUB_DATABASE_URL", "database_url"))
 
     def bootstrap_servers(self) -> str:
         """The configured Kafka, or '' to start the embedded broker."""

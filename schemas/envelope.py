@@ -49,9 +49,7 @@ class Envelope(BaseModel):
         }
 
     @classmethod
-    def from_kafka(
-        cls, value: bytes, headers: Iterable[tuple[str, bytes]] | dict[str, str]
-    ) -> Envelope:
+    def from_kafka(cls, value: bytes, headers: Iterable[tuple[str, bytes]] | dict[str, str]) -> Envelope:
         """Read a binary-mode record back; raises EnvelopeError naming what is missing."""
         pairs = headers.items() if isinstance(headers, dict) else headers
         found = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in pairs}

@@ -47,12 +47,14 @@ def _utcnow() -> datetime:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one message: its control ID, the ACK code, events published, the reason."""
+    """What became of one message: its control ID, the ACK code, events published, the reason,
+    and whether it was kept whole on the dead-letter topic."""
 
     control_id: str
     code: str
     events: int
     reason: str | None = None
+    dead_lettered: bool = False
 
 
 class HospitalIntake:
@@ -116,7 +118,7 @@ class HospitalIntake:
         reply = self._ack(header, error)
         code = "AR" if isinstance(error, UnsupportedMessageError) or header is None else "AE"
         log.info("message %s rejected %s: %s", control_id, code, error.code)
-        return Outcome(control_id, code, 0, str(error)), reply
+        return Outcome(control_id, code, 0, str(error), dead_lettered=True), reply
 
     def _ack(self, header: Header | None, error: HubError | None) -> bytes:
         return ack(header, error, control_id=uuid.uuid4().hex[:20], now=self._clock())

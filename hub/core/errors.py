@@ -1,15 +1,15 @@
 """The one error tree. Each edge translates it in exactly one place (ACK, OperationOutcome, CLI).
 
-    HubError(code, diagnostics, expression)          FHIR IssueType code + a message a person can act on
-    ├── InvalidMessageError        invalid           content is wrong: bad NHS number, missing field (ACK AE)
-    │   └── UnsupportedMessageError not-supported    a message type or frame we do not take (ACK AR)
-    ├── UnknownPersonError         not-found         no such person or resource
-    ├── ConsentDeniedError         forbidden         sharing agreement or consent forbids it
-    ├── DuplicateEventError        duplicate         already applied: acknowledge, never dead-letter
-    └── InfrastructureError        transient         a dependency failed; retry, never dead-letter
-        ├── StoreUnavailableError  transient         the database did not answer
-        ├── ConcurrentWriteError   conflict          another worker wrote the same rows first; retry
-        └── BrokerUnavailableError transient         Kafka did not acknowledge
+HubError(code, diagnostics, expression)          FHIR IssueType code + a message a person can act on
+├── InvalidMessageError        invalid           content is wrong: bad NHS number, missing field (ACK AE)
+│   └── UnsupportedMessageError not-supported    a message type or frame we do not take (ACK AR)
+├── UnknownPersonError         not-found         no such person or resource
+├── ConsentDeniedError         forbidden         sharing agreement or consent forbids it
+├── DuplicateEventError        duplicate         already applied: acknowledge, never dead-letter
+└── InfrastructureError        transient         a dependency failed; retry, never dead-letter
+    ├── StoreUnavailableError  transient         the database did not answer
+    ├── ConcurrentWriteError   conflict          another worker wrote the same rows first; retry
+    └── BrokerUnavailableError transient         Kafka did not acknowledge
 """
 
 from __future__ import annotations

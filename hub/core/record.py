@@ -67,9 +67,7 @@ def resources_of(event: RecordEvent) -> list[Json]:
         resources = [payload]
     for index, resource in enumerate(resources):
         if not isinstance(resource, dict) or not resource.get("resourceType") or not resource.get("id"):
-            raise InvalidMessageError(
-                f"entry {index} has no resourceType and id", (f"Bundle.entry[{index}].resource",)
-            )
+            raise InvalidMessageError(f"entry {index} has no resourceType and id", (f"Bundle.entry[{index}].resource",))
     return [r for r in resources if isinstance(r, dict)]
 
 
@@ -213,7 +211,11 @@ def _stamp(
 
 
 def _meta(event: RecordEvent, version: int) -> Json:
-    return {"versionId": str(version), "lastUpdated": event.time.isoformat(), "source": event.source}
+    return {
+        "versionId": str(version),
+        "lastUpdated": event.time.isoformat(),
+        "source": event.source,
+    }
 
 
 def _merge(uow: RecordUnitOfWork, event: RecordEvent, resources: list[Json]) -> list[StoredResource]:
@@ -245,9 +247,7 @@ def _provenance(uow: RecordUnitOfWork, event: RecordEvent, written: list[StoredR
     provenance: Json = {
         "resourceType": "Provenance",
         "id": event.id,
-        "target": [
-            {"reference": f"{w.resource_type}/{w.id}/_history/{w.version_id}"} for w in written
-        ],
+        "target": [{"reference": f"{w.resource_type}/{w.id}/_history/{w.version_id}"} for w in written],
         "recorded": event.time.isoformat(),
         "activity": {"text": event.type},
         "agent": [

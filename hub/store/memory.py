@@ -51,9 +51,7 @@ class MemoryRecordUnitOfWork:
         self._processed.clear()
 
     def processed(self, event_ids: Collection[str]) -> set[str]:
-        return {
-            e for e in event_ids if (self.consumer, e) in self.store.processed or e in self._processed
-        }
+        return {e for e in event_ids if (self.consumer, e) in self.store.processed or e in self._processed}
 
     def _view(self) -> dict[tuple[str, str], StoredResource]:
         return {**self.store.resources, **self._pending}
@@ -163,7 +161,13 @@ class MemoryDeadLetters:
             return
         self._seen.add(once)
         self.kept.append(
-            {"received_at": received_at, "source": source, "origin": origin, "reason": reason, "payload": payload}
+            {
+                "received_at": received_at,
+                "source": source,
+                "origin": origin,
+                "reason": reason,
+                "payload": payload,
+            }
         )
 
     def recent(self, limit: int) -> list[Json]:

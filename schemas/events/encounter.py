@@ -6,15 +6,11 @@ from schemas.events.base import EventType
 
 _CARRIES = ("Patient", "Organization", "Encounter")
 
-ENCOUNTER_ADMITTED = EventType(
-    "uk.nhs.carehub.encounter.admitted.v1", "A01: a person was admitted", _CARRIES
-)
+ENCOUNTER_ADMITTED = EventType("uk.nhs.carehub.encounter.admitted.v1", "A01: a person was admitted", _CARRIES)
 ENCOUNTER_TRANSFERRED = EventType(
     "uk.nhs.carehub.encounter.transferred.v1", "A02: a person moved ward or bed", _CARRIES
 )
-ENCOUNTER_DISCHARGED = EventType(
-    "uk.nhs.carehub.encounter.discharged.v1", "A03: a person was discharged", _CARRIES
-)
+ENCOUNTER_DISCHARGED = EventType("uk.nhs.carehub.encounter.discharged.v1", "A03: a person was discharged", _CARRIES)
 ADMISSION_CANCELLED = EventType(
     "uk.nhs.carehub.encounter.admission-cancelled.v1", "A11: an admission is undone", _CARRIES
 )

@@ -41,7 +41,13 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         return
     url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
     engine = open_engine(url)
-    yield Backend(request.param, lambda: SqlRecordUnitOfWork(engine), SqlRecordReader(engine), SqlDeadLetters(engine), engine)
+    yield Backend(
+        request.param,
+        lambda: SqlRecordUnitOfWork(engine),
+        SqlRecordReader(engine),
+        SqlDeadLetters(engine),
+        engine,
+    )
     engine.dispose()
 
 
@@ -57,7 +63,12 @@ def a_patient(pid: str, nhs: str, *, version: int = 1, time: datetime = T0, fami
 
 
 def an_encounter(eid: str, pid: str, *, time: datetime = T0) -> StoredResource:
-    content = {"resourceType": "Encounter", "id": eid, "status": "in-progress", "subject": {"reference": f"Patient/{pid}"}}
+    content = {
+        "resourceType": "Encounter",
+        "id": eid,
+        "status": "in-progress",
+        "subject": {"reference": f"Patient/{pid}"},
+    }
     return StoredResource("Encounter", eid, pid, 1, time, f"e-{eid}", content)
 
 
@@ -73,7 +84,10 @@ def test_what_is_committed_is_read_back_exactly(backend: Backend) -> None:
         assert stored.content["name"] == [{"family": "SMITH"}]
         assert uow.processed(["ev1", "ev2"]) == {"ev1"}
         assert [r.id for r in uow.find_by_identifier("Patient", NHS, "9434765919")] == ["p1"]
-        assert [(r.resource_type, r.id) for r in uow.of_person("p1")] == [("Encounter", "e1"), ("Patient", "p1")]
+        assert [(r.resource_type, r.id) for r in uow.of_person("p1")] == [
+            ("Encounter", "e1"),
+            ("Patient", "p1"),
+        ]
     assert backend.reader.read("Patient", "p1") == stored.content
     assert [p["id"] for p in backend.reader.patients_by_identifier(NHS, "9434765919")] == ["p1"]
     assert backend.reader.patients_by_identifier(NHS, "9999999999") == []
@@ -117,7 +131,9 @@ def test_an_older_write_racing_a_newer_one_does_not_win(backend: Backend) -> Non
     assert found is not None and found["name"] == [{"family": "NEWER"}]
 
 
-def test_the_same_event_committed_by_two_workers_is_refused_the_second_time(backend: Backend) -> None:
+def test_the_same_event_committed_by_two_workers_is_refused_the_second_time(
+    backend: Backend,
+) -> None:
     first, second = backend.uow(), backend.uow()
     with first:
         first.mark_processed("ev1")
@@ -128,11 +144,18 @@ def test_the_same_event_committed_by_two_workers_is_refused_the_second_time(back
 
 
 def test_dead_letters_are_kept_whole_once_newest_first(backend: Backend) -> None:
-    reason = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid"}]}
+    reason = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "invalid"}],
+    }
     for n, payload in enumerate([b"MSH|first\r", b"MSH|second\r\xff"]):
         for _ in range(2):  # redelivered: kept once
             backend.dead_letters.keep(
-                received_at=T0 + timedelta(seconds=n), source="urn:ods:RXX", origin=f"mllp:{n}", reason=reason, payload=payload
+                received_at=T0 + timedelta(seconds=n),
+                source="urn:ods:RXX",
+                origin=f"mllp:{n}",
+                reason=reason,
+                payload=payload,
             )
     kept = backend.dead_letters.recent(10)
     assert [k["payload"] for k in kept] == [b"MSH|second\r\xff", b"MSH|first\r"]

@@ -88,7 +88,7 @@ def test_stable_ids_are_deterministic() -> None:
     ],
 )
 def test_each_error_carries_its_fhir_issue_type(error: Exception, code: str) -> None:
-    assert getattr(error, "code") == code
+    assert error.code == code
 
 
 def test_operation_outcome_names_the_place() -> None:

@@ -19,7 +19,12 @@ SECRET = b"test-secret"
 def events_of(raw: bytes) -> list[RecordEvent]:
     return [
         RecordEvent(
-            id=m.event_id, type=m.event_type, source=m.source, time=m.event_time, subject=m.person_key, payload=m.payload
+            id=m.event_id,
+            type=m.event_type,
+            source=m.source,
+            time=m.event_time,
+            subject=m.person_key,
+            payload=m.payload,
         )
         for m in map_message(raw, key_secret=SECRET)
     ]
@@ -108,17 +113,34 @@ def test_every_write_leaves_a_provenance_naming_the_sender_and_the_versions_writ
 
 def test_merge_moves_the_retired_persons_records_to_the_survivor_and_redirects_late_events() -> None:
     store = MemoryRecordStore()
-    old = an_adt(trigger="A01", nhs_number=None, mrn="OLD1", control_id="O1", visit="V1", event_time="202611010900")
+    old = an_adt(
+        trigger="A01",
+        nhs_number=None,
+        mrn="OLD1",
+        control_id="O1",
+        visit="V1",
+        event_time="202611010900",
+    )
     survivor = an_adt(trigger="A01", mrn="NEW1", control_id="N1", visit="V2", event_time="202611011000")
     merge = an_adt(trigger="A40", mrn="NEW1", merged_mrn="OLD1", control_id="M1", event_time="202611021000")
-    late = an_adt(trigger="A03", nhs_number=None, mrn="OLD1", control_id="O2", visit="V1", event_time="202611030900")
+    late = an_adt(
+        trigger="A03",
+        nhs_number=None,
+        mrn="OLD1",
+        control_id="O2",
+        visit="V1",
+        event_time="202611030900",
+    )
     apply(store, old, survivor, merge, late)
     reader = store.reader()
     [new_id] = {e.subject for e in events_of(survivor)}
     [old_id] = {e.subject for e in events_of(old)}
     retired = reader.read("Patient", old_id)
     assert retired is not None and retired["active"] is False
-    assert retired["link"][0] == {"other": {"reference": f"Patient/{new_id}"}, "type": "replaced-by"}
+    assert retired["link"][0] == {
+        "other": {"reference": f"Patient/{new_id}"},
+        "type": "replaced-by",
+    }
     theirs = reader.search("Encounter", new_id)
     assert {e["subject"]["reference"] for e in theirs} == {f"Patient/{new_id}"}
     assert len(theirs) == 2
@@ -140,8 +162,16 @@ def test_an_entry_without_id_is_refused_and_nothing_of_the_batch_is_kept() -> No
     store = MemoryRecordStore()
     good = events_of(ADMIT)[0]
     bad = RecordEvent(
-        id="bad", type=good.type, source=good.source, time=good.time + timedelta(seconds=1), subject=good.subject,
-        payload={"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Patient"}}]},
+        id="bad",
+        type=good.type,
+        source=good.source,
+        time=good.time + timedelta(seconds=1),
+        subject=good.subject,
+        payload={
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": {"resourceType": "Patient"}}],
+        },
     )
     with pytest.raises(InvalidMessageError), store.unit_of_work() as uow:
         apply_events(uow, [good, bad])

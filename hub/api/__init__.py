@@ -1,0 +1,1 @@
+"""The FHIR R4 read API (FastAPI) over the shared care record."""

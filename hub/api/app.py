@@ -1,0 +1,28 @@
+"""The HTTP application: FHIR routes under /fhir, errors as OperationOutcome, /healthz for probes."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from hub.api import outcomes
+from hub.api.auth import TokenVerifier
+from hub.api.routes.fhir import router
+from hub.core.ports import RecordReader
+
+
+def create_app(reader: RecordReader, tokens: TokenVerifier) -> FastAPI:
+    """The API over a record reader, checking tokens with `tokens`."""
+    app = FastAPI(
+        title="CareHub FHIR API",
+        version="0.1.0",
+        description="The shared care record, read over FHIR R4. Bearer tokens from `carehub token`.",
+        default_response_class=outcomes.FhirResponse,
+    )
+    outcomes.install(app)
+    app.include_router(router(reader, tokens))
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,218 @@
+"""Composition root: settings in, running services out. The only place that names concrete classes
+for the hub as a whole (store, broker, adapters, consumers, API)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+import uvicorn
+
+from hub.core.ports import DeadLetters, RecordReader, RecordUnitOfWork
+from hub.core.record import ApplyResult
+from hub.kafka import create_topics, embedded_broker
+from hub.settings import Settings
+from hub.store.database import open_engine
+from hub.store.sql import SqlDeadLetters, SqlRecordReader, SqlRecordUnitOfWork
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """The person-key HMAC secret and the token signing secret."""
+
+    key: bytes
+    token: bytes
+
+
+@dataclass
+class Services:
+    """What the edges need, built once from Settings."""
+
+    settings: Settings
+    engine: sa.Engine
+    secrets: Secrets
+    uow_factory: Callable[[], RecordUnitOfWork]
+    reader: RecordReader
+    dead_letters: DeadLetters
+
+
+def load_secrets(settings: Settings) -> Secrets:
+    """Secrets from settings, else from <data_dir>/secrets.json, created on first use."""
+    sec = settings.security
+    if sec.key_secret and sec.token_secret:
+        return Secrets(sec.key_secret.get_secret_value().encode(), sec.token_secret.get_secret_value().encode())
+    path = settings.data_dir / "secrets.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = {"key": secrets.token_hex(32), "token": secrets.token_hex(32)}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(fresh, out)
+    stored = json.loads(path.read_text())
+    key = sec.key_secret.get_secret_value() if sec.key_secret else stored["key"]
+    token = sec.token_secret.get_secret_value() if sec.token_secret else stored["token"]
+    return Secrets(key.encode(), token.encode())
+
+
+def build(settings: Settings, **overrides: Any) -> Services:
+    """Open the database (migrating it) and assemble the services; overrides replace any part."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = overrides.pop("engine", None) or open_engine(settings.database())
+    parts: dict[str, Any] = {
+        "settings": settings,
+        "engine": engine,
+        "secrets": load_secrets(settings),
+        "uow_factory": lambda: SqlRecordUnitOfWork(engine),
+        "reader": SqlRecordReader(engine),
+        "dead_letters": SqlDeadLetters(engine),
+    }
+    parts.update(overrides)
+    return Services(**parts)
+
+
+@contextlib.asynccontextmanager
+async def kafka(settings: Settings) -> AsyncIterator[str]:
+    """The configured Kafka, or the embedded broker for as long as the context lasts."""
+    configured = settings.bootstrap_servers()
+    if configured:
+        yield configured
+        return
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    async with embedded_broker(log_path=settings.data_dir / "broker.log") as bootstrap:
+        yield bootstrap
+
+
+@dataclass
+class Running:
+    """A running hub: where each part listens, and how far the record consumer has got."""
+
+    services: Services
+    bootstrap: str
+    mllp_port: int | None = None
+    http_port: int | None = None
+    intake: Any = None
+    applied: int = 0
+    seen: int = 0
+    kept: int = 0
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def count(self, result: ApplyResult) -> None:
+        """Record consumer progress (events applied plus duplicates skipped)."""
+        self.applied += result.applied
+        self.seen += result.applied + result.duplicates
+
+    def count_kept(self, records: int) -> None:
+        """Record dead-letter consumer progress (records kept in the store)."""
+        self.kept += records
+
+    async def caught_up(self, events: int, timeout: float = 60.0, *, dead_letters: int = 0) -> bool:
+        """Wait until the record consumer has seen `events` events and the dead-letter consumer has
+        kept `dead_letters` records; False on timeout."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.seen < events or self.kept < dead_letters:
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn inside our own loop: the hub, not uvicorn, owns the process's signals."""
+
+    def install_signal_handlers(self) -> None:
+        return None
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[no-untyped-def]
+        yield
+
+
+async def _serve_http(services: Services, host: str, port: int) -> tuple[_QuietServer, asyncio.Task[None]]:
+    from hub.api.app import create_app
+    from hub.api.auth import TokenVerifier
+
+    app = create_app(services.reader, TokenVerifier(services.secrets.token))
+    server = _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            await task
+            raise RuntimeError(f"HTTP server did not start on {host}:{port}")
+        await asyncio.sleep(0.02)
+    return server, task
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: Settings,
+    *,
+    services: Services | None = None,
+    mllp: bool = True,
+    http: bool = True,
+    consumers: bool = True,
+) -> AsyncIterator[Running]:
+    """Start Kafka (embedded unless configured), topics, consumers, MLLP and HTTP; stop them all."""
+    from adapters.hl7v2.service import HospitalIntake
+    from adapters.hl7v2.transport import serve
+    from consumers.app import build_broker, include_consumers
+
+    services = services or await asyncio.to_thread(build, settings)
+    async with kafka(settings) as bootstrap:
+        await create_topics(bootstrap)
+        broker = build_broker(bootstrap, client_id=settings.kafka.client_id)
+        run = Running(services=services, bootstrap=bootstrap)
+        if consumers:
+            include_consumers(
+                broker,
+                uow_factory=services.uow_factory,
+                dead_letters=services.dead_letters,
+                group_prefix=settings.kafka.group_id.removesuffix("-record"),
+                on_applied=run.count,
+                on_kept=run.count_kept,
+            )
+        await broker.start()
+        run.intake = HospitalIntake(
+            broker,
+            key_secret=services.secrets.key,
+            publish_timeout=settings.kafka.publish_timeout_s,
+        )
+        stack = contextlib.AsyncExitStack()
+        try:
+            if mllp:
+                server = await serve(
+                    run.intake.receive,
+                    run.intake.refuse,
+                    settings.mllp.host,
+                    settings.mllp.port,
+                    limit=settings.mllp.max_message_bytes,
+                )
+                stack.push_async_callback(_close_server, server)
+                run.mllp_port = server.sockets[0].getsockname()[1]
+            if http:
+                web, task = await _serve_http(services, settings.http.host, settings.http.port)
+                stack.push_async_callback(_stop_http, web, task)
+                run.http_port = web.servers[0].sockets[0].getsockname()[1]
+            yield run
+        finally:
+            await stack.aclose()
+            await broker.stop()
+
+
+async def _close_server(server: asyncio.Server) -> None:
+    server.close()
+    await server.wait_closed()
+
+
+async def _stop_http(server: _QuietServer, task: asyncio.Task[None]) -> None:
+    server.should_exit = True
+    await task

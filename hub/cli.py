@@ -1,0 +1,167 @@
+"""The `carehub` command: parse options, call a service, print, exit code. Nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hub.settings import HttpSettings, MllpSettings, Settings
+from hub.terminal import until_signalled, where_table
+
+app = typer.Typer(help="CareHub: joins up health and social care around one person.", no_args_is_help=True)
+topics_app = typer.Typer(help="The Kafka topic catalogue.", no_args_is_help=True)
+ingest_app = typer.Typer(help="Feed files into the hub.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(ingest_app, name="ingest")
+console = Console()
+
+DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the hub keeps its state")]
+MllpPort = Annotated[int, typer.Option("--mllp-port", help="MLLP listener port (0 = any free)")]
+HttpPort = Annotated[int, typer.Option("--http-port", help="FHIR API port (0 = any free)")]
+
+
+def make_settings(data_dir: Path, mllp_port: int | None = None, http_port: int | None = None) -> Settings:
+    """Settings from the environment, with the command line's options on top."""
+    base = Settings(data_dir=data_dir)
+    update: dict[str, object] = {}
+    if mllp_port is not None:
+        update["mllp"] = MllpSettings(**{**base.mllp.model_dump(), "port": mllp_port})
+    if http_port is not None:
+        update["http"] = HttpSettings(**{**base.http.model_dump(), "port": http_port})
+    return base.model_copy(update=update)
+
+
+@app.command()
+def up(data_dir: DataDir = Path("var"), mllp_port: MllpPort = 2575, http_port: HttpPort = 8000) -> None:
+    """Run broker (embedded unless KAFKA_BOOTSTRAP_SERVERS), consumers, MLLP and HTTP until Ctrl-C."""
+    from hub.bootstrap import running
+
+    async def main() -> None:
+        async with running(make_settings(data_dir, mllp_port, http_port)) as run:
+            console.print(where_table(run))
+            console.print("Press Ctrl-C to stop.")
+            await until_signalled()
+
+    asyncio.run(main())
+
+
+@app.command()
+def worker(data_dir: DataDir = Path("var")) -> None:
+    """Run the consumers only; several workers share the partitions as one consumer group."""
+    from hub.bootstrap import running
+
+    settings = make_settings(data_dir)
+    if not settings.bootstrap_servers():
+        console.print("[red]carehub worker needs KAFKA_BOOTSTRAP_SERVERS (a shared Kafka)[/red]")
+        raise typer.Exit(2)
+
+    async def main() -> None:
+        async with running(settings, mllp=False, http=False) as run:
+            console.print(f"worker consuming from {run.bootstrap}")
+            await until_signalled()
+
+    asyncio.run(main())
+
+
+@app.command()
+def demo(
+    data_dir: DataDir = Path("var"),
+    mllp_port: MllpPort = 2575,
+    http_port: HttpPort = 8000,
+    people: Annotated[int, typer.Option(help="People in the synthetic locality")] = 500,
+    days: Annotated[int, typer.Option(help="Days of ADT traffic")] = 30,
+    seed: Annotated[int, typer.Option(help="Random seed (the same seed, the same locality)")] = 1,
+    serve: Annotated[bool, typer.Option(help="Keep running after the demo")] = False,
+) -> None:
+    """Run the hub, feed a synthetic locality's month of ADT through MLLP, show the record."""
+    from hub.demo import run_demo
+
+    settings = make_settings(data_dir, mllp_port, http_port)
+    code = asyncio.run(run_demo(settings, console, people=people, days=days, seed=seed, serve=serve))
+    raise typer.Exit(code)
+
+
+@ingest_app.command("hl7")
+def ingest_hl7(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders of HL7 v2 messages")],
+    data_dir: DataDir = Path("var"),
+) -> None:
+    """Send HL7 v2 files (single messages, several, or FHS/BHS batches) through the hospital adapter."""
+    from hub.ingest import ingest_files
+
+    settings = make_settings(data_dir)
+    code = asyncio.run(ingest_files(settings, paths, console))
+    raise typer.Exit(code)
+
+
+@topics_app.command("create")
+def topics_create(data_dir: DataDir = Path("var")) -> None:
+    """Create every topic of the catalogue that the Kafka at KAFKA_BOOTSTRAP_SERVERS lacks."""
+    from hub.kafka import create_topics
+
+    settings = make_settings(data_dir)
+    if not settings.bootstrap_servers():
+        console.print("[red]set KAFKA_BOOTSTRAP_SERVERS to the Kafka to create topics on[/red]")
+        raise typer.Exit(2)
+    created = asyncio.run(create_topics(settings.bootstrap_servers()))
+    console.print(f"created: {', '.join(created) or 'nothing (all exist)'}")
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """Show the topic catalogue."""
+    from schemas.topics import CATALOGUE
+
+    table = Table("topic", "key", "partitions", "configs", "what")
+    for t in CATALOGUE:
+        configs = ", ".join(f"{k}={v}" for k, v in t.configs.items())
+        table.add_row(t.name, t.key, str(t.partitions), configs, t.description)
+    console.print(table)
+
+
+@app.command()
+def token(
+    org: Annotated[str, typer.Option(help="The user's organisation (ODS code)")],
+    role: Annotated[str, typer.Option(help="clinician, coordinator, auditor, admin or system")],
+    user: Annotated[str | None, typer.Option(help="User id (SDS user id or login)")] = None,
+    hours: Annotated[float, typer.Option(help="Lifetime in hours")] = 12.0,
+    data_dir: DataDir = Path("var"),
+) -> None:
+    """Print a signed bearer token that the running hub (same --data-dir) accepts."""
+    from hub.api.auth import issue_token
+    from hub.bootstrap import load_secrets
+
+    secrets = load_secrets(make_settings(data_dir))
+    now = datetime.now(UTC)
+    try:
+        typer.echo(issue_token(secrets.token, org=org, role=role, user=user, now=now, ttl=timedelta(hours=hours)))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def deadletters(
+    data_dir: DataDir = Path("var"),
+    limit: Annotated[int, typer.Option(help="How many, newest first")] = 20,
+) -> None:
+    """Show rejected input kept in the dead-letter store, with the reason."""
+    from hub.bootstrap import build
+
+    services = build(make_settings(data_dir))
+    table = Table("received", "source", "origin", "reason")
+    for row in services.dead_letters.recent(limit):
+        issues = row.get("reason", {}).get("issue", [{}])
+        table.add_row(
+            str(row.get("received_at")),
+            str(row.get("source")),
+            str(row.get("origin")),
+            str(issues[0].get("diagnostics", "")),
+        )
+    console.print(table)

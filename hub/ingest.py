@@ -1,0 +1,51 @@
+"""`carehub ingest hl7`: files and folders through the hospital adapter, one line per message."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from hub.bootstrap import running
+from hub.settings import Settings
+
+
+def collect(paths: list[Path]) -> list[Path]:
+    """Files as given, and every file under each folder, in name order."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file())
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    return found
+
+
+async def ingest_files(settings: Settings, paths: list[Path], console: Console) -> int:
+    """Send every message; 0 when all were accepted, 1 when any was rejected, 2 on bad paths."""
+    try:
+        files = collect(paths)
+    except FileNotFoundError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    embedded = not settings.bootstrap_servers()
+    async with running(settings, mllp=False, http=False, consumers=embedded) as run:
+        table = Table("file", "control id", "ACK", "events", "reason")
+        codes: Counter[str] = Counter()
+        events = kept = 0
+        for path in files:
+            for outcome in await run.intake.ingest(path.read_bytes(), f"file:{path}"):
+                codes[outcome.code] += 1
+                events += outcome.events
+                kept += outcome.dead_lettered
+                table.add_row(path.name, outcome.control_id, outcome.code, str(outcome.events), outcome.reason or "")
+        console.print(table)
+        if embedded and not await run.caught_up(events, dead_letters=kept):
+            console.print("[yellow]the record had not applied every event before the timeout[/yellow]")
+    summary = ", ".join(f"{code} {n}" for code, n in sorted(codes.items()))
+    console.print(f"{sum(codes.values())} message(s): {summary or 'none'}")
+    return 0 if set(codes) <= {"AA"} else 1

@@ -1,0 +1,40 @@
+"""Terminal rendering shared by the CLI commands (Rich)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from rich.table import Table
+
+from hub.bootstrap import Running
+
+
+def where_table(run: Running) -> Table:
+    """Where each part of a running hub listens."""
+    table = Table(title="CareHub is running", show_header=False)
+    settings = run.services.settings
+    embedded = "" if settings.bootstrap_servers() else " (embedded, in memory)"
+    table.add_row("Kafka", f"{run.bootstrap}{embedded}")
+    table.add_row("Record database", _redact(settings.database()))
+    if run.mllp_port:
+        table.add_row("MLLP (HL7 v2)", f"{settings.mllp.host}:{run.mllp_port}")
+    if run.http_port:
+        table.add_row("FHIR API", f"http://{settings.http.host}:{run.http_port}/fhir")
+    return table
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+async def until_signalled() -> None:
+    """Return on SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

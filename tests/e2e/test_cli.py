@@ -1,0 +1,85 @@
+"""The `carehub` command as an operator runs it: real processes, real sockets."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
+CAREHUB = str(Path(sys.executable).with_name("carehub"))
+
+
+def carehub(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CAREHUB, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+    )
+
+
+def test_ingest_of_every_sample_reports_each_message_and_keeps_the_rejected(tmp_path: Path, samples: Path) -> None:
+    result = carehub("ingest", "hl7", str(samples / "hl7v2"), "--data-dir", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr  # some samples are rightly rejected
+    assert "AA" in result.stdout and ("AE" in result.stdout or "AR" in result.stdout)
+    assert "itk-v2.4-ADT_A03-discharge" in result.stdout
+    kept = carehub("deadletters", "--data-dir", str(tmp_path), cwd=tmp_path)
+    assert kept.returncode == 0
+    assert "urn:ods:" in kept.stdout or "file:" in kept.stdout
+
+
+def test_ingest_of_a_missing_path_names_it(tmp_path: Path) -> None:
+    result = carehub("ingest", "hl7", str(tmp_path / "nope.hl7"), "--data-dir", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "nope.hl7" in result.stdout
+
+
+def test_up_listens_where_it_says_serves_fhir_with_a_token_from_the_cli_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    proc = subprocess.Popen(
+        [CAREHUB, "up", "--mllp-port", "0", "--http-port", "0", "--data-dir", str(tmp_path)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline() if proc.stdout else ""
+            lines.append(line)
+            if "Ctrl-C" in line or proc.poll() is not None:
+                break
+        text = "".join(lines)
+        api = re.search(r"http://127\.0\.0\.1:(\d+)/fhir", text)
+        assert api, text + (proc.stderr.read() if proc.stderr and proc.poll() is not None else "")
+        base = f"http://127.0.0.1:{api.group(1)}/fhir"
+        assert re.search(r"MLLP \(HL7 v2\)\s*│?\s*127\.0\.0\.1:(\d+)", text)
+        assert httpx.get(f"{base}/metadata").status_code == 200
+        assert httpx.get(f"{base}/Patient/x").status_code == 401
+        token = carehub("token", "--org", "Y90001", "--role", "clinician", "--data-dir", str(tmp_path), cwd=tmp_path)
+        assert token.returncode == 0 and token.stdout.count(".") == 2
+        read = httpx.get(f"{base}/Patient/nobody", headers={"Authorization": f"Bearer {token.stdout.strip()}"})
+        assert read.status_code == 404
+        assert read.json()["resourceType"] == "OperationOutcome"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+
+
+def test_token_with_an_unknown_role_is_refused(tmp_path: Path) -> None:
+    result = carehub("token", "--org", "Y90001", "--role", "wizard", "--data-dir", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "role" in result.stdout

@@ -1,0 +1,141 @@
+"""The spine end to end: HL7 v2 over a real MLLP socket -> Kafka -> record -> FHIR over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from hub.api.auth import issue_token
+
+from adapters.hl7v2.transport import MllpClient
+from hub.bootstrap import running
+from hub.settings import HttpSettings, KafkaSettings, MllpSettings, Settings
+from tests.builders import an_adt
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
+NHS = "https://fhir.nhs.uk/Id/nhs-number"
+
+
+def hub_settings(tmp_path: Path, bootstrap: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path,
+        kafka_bootstrap_servers=bootstrap,
+        kafka=KafkaSettings(group_id=f"t{uuid.uuid4().hex[:8]}-record"),
+        mllp=MllpSettings(port=0),
+        http=HttpSettings(port=0),
+    )
+
+
+def msa(ack: bytes) -> list[str]:
+    segment = next(s for s in ack.split(b"\r") if s.startswith(b"MSA"))
+    return segment.decode().split("|")
+
+
+def err(ack: bytes) -> str:
+    return next((s.decode() for s in ack.split(b"\r") if s.startswith(b"ERR")), "")
+
+
+async def fhir_get(client: httpx.AsyncClient, path: str, token: str) -> httpx.Response:
+    return await client.get(path, headers={"Authorization": f"Bearer {token}"})
+
+
+async def wait_for(client: httpx.AsyncClient, path: str, token: str, *, total: int, within: float) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < within:
+        response = await fhir_get(client, path, token)
+        if response.status_code == 200 and response.json().get("total", 0) >= total:
+            return time.perf_counter() - started
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{path} did not show {total} result(s) within {within}s")
+
+
+async def test_discharge_sent_over_mllp_is_readable_over_fhir_within_one_second(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    settings = hub_settings(tmp_path, kafka_bootstrap)
+    nhs = "9434765919"
+    async with running(settings) as run:
+        token = issue_token(run.services.secrets.token, org="Y00001", role="clinician", now=datetime.now(UTC))
+        client = await MllpClient.connect("127.0.0.1", run.mllp_port or 0)
+        base = f"http://127.0.0.1:{run.http_port}/fhir"
+        async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+            admit = await client.send(an_adt(trigger="A01", nhs_number=nhs, control_id="C1", visit="V77"))
+            assert msa(admit)[1] == "AA"
+            started = time.perf_counter()
+            discharge = await client.send(an_adt(trigger="A03", nhs_number=nhs, control_id="C2", visit="V77"))
+            assert msa(discharge)[1:3] == ["AA", "C2"]
+            found = await fhir_get(http, f"/Patient?identifier={NHS}|{nhs}", token)
+            while found.json().get("total", 0) == 0 and time.perf_counter() - started < 1:
+                found = await fhir_get(http, f"/Patient?identifier={NHS}|{nhs}", token)
+            patient_id = found.json()["entry"][0]["resource"]["id"]
+            while time.perf_counter() - started < 1:
+                encounters = (await fhir_get(http, f"/Encounter?patient={patient_id}", token)).json()
+                statuses = [e["resource"]["status"] for e in encounters.get("entry", [])]
+                if statuses == ["finished"]:
+                    break
+                await asyncio.sleep(0.01)
+            elapsed = time.perf_counter() - started
+            assert statuses == ["finished"], statuses
+            assert elapsed < 1.0, f"discharge took {elapsed:.3f}s to reach /fhir"
+            everything = (await fhir_get(http, f"/Patient/{patient_id}/$everything", token)).json()
+            kinds = {e["resource"]["resourceType"] for e in everything["entry"]}
+            assert {"Patient", "Encounter", "Provenance"} <= kinds
+        await client.close()
+
+
+async def test_bad_nhs_number_is_answered_AE_naming_PID_3_and_kept_while_good_messages_go_through(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    settings = hub_settings(tmp_path, kafka_bootstrap)
+    async with running(settings) as run:
+        token = issue_token(run.services.secrets.token, org="Y00001", role="clinician", now=datetime.now(UTC))
+        client = await MllpClient.connect("127.0.0.1", run.mllp_port or 0)
+        bad = an_adt(trigger="A03", nhs_number="9434765910", control_id="BAD1")
+        good = an_adt(trigger="A03", nhs_number="9434765919", control_id="GOOD1")
+        bad_ack, good_ack = await client.send(bad), await client.send(good)
+        await client.close()
+        assert msa(bad_ack)[1:3] == ["AE", "BAD1"]
+        assert "PID" in err(bad_ack) and "3" in err(bad_ack)
+        assert "Modulus 11" in err(bad_ack)
+        assert "9434765910" not in bad_ack.decode()
+        assert msa(good_ack)[1] == "AA"
+        deadline = time.perf_counter() + 10
+        while not run.services.dead_letters.recent(10) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)
+        kept = run.services.dead_letters.recent(10)
+        assert [k["payload"] for k in kept] == [bad]
+        assert kept[0]["reason"]["resourceType"] == "OperationOutcome"
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{run.http_port}/fhir") as http:
+            await wait_for(http, f"/Patient?identifier={NHS}|9434765919", token, total=1, within=5)
+            none = await fhir_get(http, f"/Patient?identifier={NHS}|9434765910", token)
+            assert none.json()["total"] == 0
+
+
+async def test_resent_control_id_is_acknowledged_again_but_applied_once(tmp_path: Path, kafka_bootstrap: str) -> None:
+    settings = hub_settings(tmp_path, kafka_bootstrap)
+    async with running(settings) as run:
+        client = await MllpClient.connect("127.0.0.1", run.mllp_port or 0)
+        message = an_adt(trigger="A01", nhs_number="9434765919", control_id="SAME", visit="V1")
+        acks = [await client.send(message) for _ in range(3)]
+        await client.close()
+        assert [msa(a)[1] for a in acks] == ["AA", "AA", "AA"]
+        assert await run.caught_up(3, timeout=10)
+        assert run.applied == 1
+        encounter = run.services.reader.search("Encounter", None)
+        assert len(encounter) == 1 and encounter[0]["meta"]["versionId"] == "1"
+
+
+async def test_unparseable_frame_gets_a_well_formed_AR(tmp_path: Path) -> None:
+    settings = hub_settings(tmp_path, "")
+    async with running(settings, http=False) as run:
+        client = await MllpClient.connect("127.0.0.1", run.mllp_port or 0)
+        ack = await client.send(b"\x00\xffthis is not HL7 at all")
+        await client.close()
+        assert ack.startswith(b"MSH|^~\\&|")
+        assert msa(ack)[1] == "AR"
+        assert err(ack)
