@@ -22,6 +22,7 @@ def build_broker(bootstrap: str, *, client_id: str = "carehub") -> KafkaBroker:
         linger_ms=1,
         request_timeout_ms=10_000,
         log_level=logging.DEBUG,
+        logger=logging.getLogger("carehub.kafka"),  # FastStream's service messages, under our name
     )
 
 

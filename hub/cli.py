@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +17,23 @@ from hub.settings import HttpSettings, MllpSettings, Settings
 from hub.terminal import until_signalled, where_table
 
 app = typer.Typer(help="CareHub: joins up health and social care around one person.", no_args_is_help=True)
+
+
+@app.callback()
+def _logging(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at DEBUG (may show patient data)")] = False,
+) -> None:
+    """Logs go to stderr at INFO (WARNING for the Kafka client libraries); --verbose for DEBUG."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not verbose:
+        for noisy in ("carehub.kafka", "faststream", "aiokafka", "uvicorn", "alembic", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 topics_app = typer.Typer(help="The Kafka topic catalogue.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Feed files into the hub.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")

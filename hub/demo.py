@@ -68,10 +68,12 @@ async def run_demo(settings: Settings, console: Console, *, people: int, days: i
         codes = await _feed(run, traffic, console)
         caught_up = await run.caught_up(codes["AA"], timeout=120, dead_letters=codes["AE"] + codes["AR"])
         await _settle(run)
+        someone = next(iter(run.services.reader.search("Encounter", None)), None)
+        about = someone["subject"]["reference"] + "/$everything" if someone else "metadata"
         hint = (
             f"TOKEN=$(carehub token --org {locality.practices[0].ods} --role clinician "
             f'--data-dir {settings.data_dir}); curl -H "Authorization: Bearer $TOKEN" '
-            f"http://{settings.http.host}:{run.http_port}/fhir/Encounter?patient=<id>"
+            f"'http://{settings.http.host}:{run.http_port}/fhir/{about}'"
         )
         _report(run, codes, console, hint)
         if serve:

@@ -104,7 +104,7 @@ class HospitalIntake:
         except BrokerUnavailableError as error:
             log.warning("message %s not accepted: %s", control_id, error)
             return Outcome(control_id, "AE", 0, str(error)), self._ack(header, error)
-        log.info("message %s accepted: %d event(s)", control_id, len(events))
+        log.debug("message %s accepted: %d event(s)", control_id, len(events))
         return Outcome(control_id, "AA", len(events)), self._ack(header, None)
 
     async def _reject(
