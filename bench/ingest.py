@@ -34,13 +34,15 @@ from hub.kafka import embedded_broker, free_port
 START = datetime(2026, 10, 1, tzinfo=UTC)
 
 
-def traffic(n: int) -> list[bytes]:
-    """At least n synthetic ADT messages (more people and days as n grows), first n taken."""
-    people = max(500, n // 4)
-    messages = [m for _, m in adt_traffic(make_locality(people=people), start=START, days=30)]
-    while len(messages) < n:
-        messages += messages[: n - len(messages)]
-    return messages[:n]
+def traffic(n: int, *, seed: int = 1) -> list[bytes]:
+    """n distinct synthetic ADT messages (a bigger locality until there are enough); never repeats,
+    since a repeated control id is rightly applied once and would stall the count."""
+    people = max(500, n // 2)
+    while True:
+        messages = [m for _, m in adt_traffic(make_locality(people=people, seed=seed), start=START, days=30, seed=seed)]
+        if len(messages) >= n:
+            return messages[:n]
+        people *= 2
 
 
 def validation_only(messages: list[bytes]) -> float:
@@ -108,7 +110,10 @@ async def end_to_end(hub: HubProcess, messages: list[bytes], connections: int) -
     shares = [messages[i::connections] for i in range(connections)]
     acks = await asyncio.gather(*(_send_all(hub.mllp_port, s) for s in shares))
     accepted = sum(1 for batch in acks for a in batch if b"MSA|AA" in a)
+    deadline = time.perf_counter() + 300
     while hub.applied() - before < accepted:
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"the record applied {hub.applied() - before} of {accepted} events in 300 s")
         await asyncio.sleep(0.02)
     return len(messages) / (time.perf_counter() - started)
 
@@ -146,7 +151,7 @@ async def main(n: int, connections: int, rate: float, seconds: float) -> dict[st
     with tempfile.TemporaryDirectory() as tmp, HubProcess(Path(tmp)) as hub:
         await hub.ready()
         hub_rate = await end_to_end(hub, messages, connections)
-        load = traffic(int(rate * seconds) + n)[n:]
+        load = traffic(int(rate * seconds), seed=2)
         latencies = await ack_latency(hub, load, rate, connections)
     return {
         "bench": "ingest",

@@ -105,8 +105,9 @@ def make_locality(people: int = 500, practices: int = 5, seed: int = 1) -> Local
 class _Writer:
     """Builds HL7 v2.4 ADT messages with unique control ids."""
 
-    def __init__(self, hospital: str) -> None:
+    def __init__(self, hospital: str, seed: int) -> None:
         self.hospital = hospital
+        self.prefix = f"{hospital}{seed % 100:02d}"  # traffic from different seeds never shares a control id
         self.sequence = 0
 
     def message(
@@ -127,7 +128,7 @@ class _Writer:
         ids = f"{nhs_number or person.nhs_number}^^^NHS^NH~{mrn or person.mrn}^^^{self.hospital}^MR"
         segments = [
             f"MSH|^~\\&|PAS|{self.hospital}|CAREHUB|CAREHUB|{stamp}||ADT^{trigger}^{structure}"
-            f"|{self.hospital}{self.sequence:08d}|P|2.4|||AL|NE|GBR|UNICODE UTF-8",
+            f"|{self.prefix}{self.sequence:07d}|P|2.4|||AL|NE|GBR|UNICODE UTF-8",
             f"EVN|{trigger}|{stamp}",
             f"PID|1||{ids}||{family or person.family}^{person.given}||{person.birth_date:%Y%m%d}|{person.sex}"
             f"|||{person.address}^^{person.postcode}|||||||||||||||||||||NSTS01",
@@ -151,7 +152,7 @@ def adt_traffic(
 ) -> list[tuple[datetime, bytes]]:
     """A month (or `days`) of the hospital's ADT for the locality, in time order."""
     rng = random.Random(seed)
-    writer = _Writer(locality.hospital_ods)
+    writer = _Writer(locality.hospital_ods, seed)
     out: list[tuple[datetime, bytes]] = []
     horizon = start + timedelta(days=days)
     duplicate_mrns = 0

@@ -139,3 +139,36 @@ async def test_unparseable_frame_gets_a_well_formed_AR(tmp_path: Path) -> None:
         assert ack.startswith(b"MSH|^~\\&|")
         assert msa(ack)[1] == "AR"
         assert err(ack)
+
+
+@pytest.mark.postgres
+async def test_the_record_lives_in_postgresql_when_carehub_database_url_names_it(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAREHUB_DATABASE_URL", postgres_url)
+    settings = Settings(
+        data_dir=tmp_path,
+        kafka=KafkaSettings(group_id=f"t{uuid.uuid4().hex[:8]}-record"),
+        mllp=MllpSettings(port=0),
+        http=HttpSettings(port=0),
+    )
+    assert settings.database() == postgres_url
+    async with running(settings, http=False) as run:
+        client = await MllpClient.connect("127.0.0.1", run.mllp_port or 0)
+        for n, trigger in enumerate(["A01", "A03"]):
+            ack = await client.send(an_adt(trigger=trigger, control_id=f"PG{n}", visit="V5"))
+            assert msa(ack)[1] == "AA"
+        await client.close()
+        assert await run.caught_up(2, timeout=20)
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(postgres_url)
+    with engine.connect() as conn:
+        statuses = conn.execute(
+            sa.text("select content->>'status' from record_resource where resource_type = 'Encounter'")
+        ).scalars().all()
+        processed = conn.execute(sa.text("select count(*) from processed_event")).scalar_one()
+    engine.dispose()
+    assert statuses == ["finished"]
+    assert processed == 2
+    assert not (tmp_path / "carehub.db").exists()

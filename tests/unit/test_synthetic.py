@@ -76,3 +76,9 @@ def test_faults_come_only_when_asked_and_each_is_refused_for_its_own_reason() ->
         unsupported = isinstance(refused.value, UnsupportedMessageError)
         reasons["AR" if unsupported else "AE", refused.value.expression] += 1
     assert set(reasons) == {("AE", ("PID-3",)), ("AR", ("MSH-9.2",)), ("AE", ("PV1",))}
+
+
+def test_traffic_from_different_seeds_never_shares_a_control_id() -> None:
+    locality = make_locality(people=50, seed=1)
+    ids = [{m.split(b"|")[9] for _, m in adt_traffic(locality, start=START, seed=s)} for s in (1, 2)]
+    assert not ids[0] & ids[1]

@@ -1,0 +1,1 @@
+"""Benchmarks: figures as ratios against references measured in the same run (bench/RESULTS.md)."""
