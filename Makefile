@@ -19,7 +19,8 @@ demo: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/carehub up
 
-test: $(STAMP)
+test: lint
+	$(PY) -m hub.specs --check
 	$(PY) -m pytest
 
 test-fast: $(STAMP)

@@ -52,7 +52,7 @@ async def _main(n: int) -> None:
     payload = b"MSH|" + b"x" * 1000
     async with embedded_broker() as bootstrap:
         rate = await raw_kafka_throughput(bootstrap, [payload] * n)
-    print(f"raw aiokafka produce+consume, {n} messages: {rate:,.0f} msg/s")  # noqa: T201
+    print(f"raw aiokafka produce+consume, {n} messages: {rate:,.0f} msg/s")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+    )
 
 
 def emit(figures: dict[str, object], *, command: str) -> None:
@@ -32,4 +34,4 @@ def emit(figures: dict[str, object], *, command: str) -> None:
     with RESULTS.open("a") as out:
         out.write(f"\n## {figures.get('bench')} — {stamp}\n\n- machine: {machine()}\n- command: `{command}`\n")
         out.write(f"\n```json\n{json.dumps(figures, indent=2)}\n```\n")
-    print(json.dumps(figures))  # noqa: T201 - the benchmark's contract is its last stdout line
+    print(json.dumps(figures))

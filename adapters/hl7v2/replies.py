@@ -7,6 +7,7 @@ the v2.5 ERR-2/3/4/8 fields, so either generation of receiver can read where and
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
 
 from adapters.hl7v2.message import Header
@@ -42,10 +43,17 @@ def ack(header: Header | None, error: HubError | None, *, control_id: str, now: 
     code = _ack_code(header, error)
     h = header
     msh = [
-        "MSH", enc, esc(h.receiving_application if h else "CAREHUB"), esc(h.receiving_facility if h else ""),
-        esc(h.sending_application if h else ""), esc(h.sending_facility if h else ""),
-        now.strftime("%Y%m%d%H%M%S%z"), "", f"ACK{enc[0]}{esc(h.trigger_event if h else '')}{enc[0]}ACK",
-        control_id, esc(h.processing_id if h and h.processing_id else "P"),
+        "MSH",
+        enc,
+        esc(h.receiving_application if h else "CAREHUB"),
+        esc(h.receiving_facility if h else ""),
+        esc(h.sending_application if h else ""),
+        esc(h.sending_facility if h else ""),
+        now.strftime("%Y%m%d%H%M%S%z"),
+        "",
+        f"ACK{enc[0]}{esc(h.trigger_event if h else '')}{enc[0]}ACK",
+        control_id,
+        esc(h.processing_id if h and h.processing_id else "P"),
         esc(h.version if h and h.version else "2.4"),
     ]
     if h and h.charset:
@@ -73,13 +81,16 @@ def _condition(error: HubError) -> tuple[str, str]:
     return _TABLE_0357.get(error.code, _INTERNAL)
 
 
-def _err(error: HubError, sep: str, enc: str, esc: object) -> str:
-    assert callable(esc)
+def _err(error: HubError, sep: str, enc: str, esc: Callable[[str], str]) -> str:
     comp, sub = enc[0], enc[3]
     number, meaning = _condition(error)
     place = _PLACE.match(error.expression[0]) if error.expression else None
     segment, field, component = place.groups() if place else ("", None, None)
     eld = comp.join([segment or "", "1" if segment else "", field or "", f"{number}{sub}{esc(meaning)}"])
-    erl = comp.join(p for p in [segment or "", "1" if segment else "", field or "", "1" if component else "", component or ""] if p is not None).rstrip(comp)
+    erl = comp.join(
+        p
+        for p in [segment or "", "1" if segment else "", field or "", "1" if component else "", component or ""]
+        if p is not None
+    ).rstrip(comp)
     code = comp.join([number, esc(meaning), "HL70357"])
     return sep.join(["ERR", eld, erl, code, "E", "", "", "", esc(error.diagnostics)])

@@ -107,9 +107,7 @@ class HospitalIntake:
         log.debug("message %s accepted: %d event(s)", control_id, len(events))
         return Outcome(control_id, "AA", len(events)), self._ack(header, None)
 
-    async def _reject(
-        self, raw: bytes, header: Header | None, error: HubError, origin: str
-    ) -> tuple[Outcome, bytes]:
+    async def _reject(self, raw: bytes, header: Header | None, error: HubError, origin: str) -> tuple[Outcome, bytes]:
         control_id = header.control_id if header else ""
         try:
             await self._dead_letter(raw, header, error, origin)
@@ -132,13 +130,9 @@ class HospitalIntake:
             subject=event.person_key,
             data=orjson.dumps(event.payload),
         )
-        await self._send(
-            envelope.data, EVENTS.name, envelope.subject.encode(), envelope.kafka_headers()
-        )
+        await self._send(envelope.data, EVENTS.name, envelope.subject.encode(), envelope.kafka_headers())
 
-    async def _dead_letter(
-        self, raw: bytes, header: Header | None, error: HubError, origin: str
-    ) -> None:
+    async def _dead_letter(self, raw: bytes, header: Header | None, error: HubError, origin: str) -> None:
         sender = (header.sending_facility or header.sending_application) if header else ""
         headers = {
             "ce_specversion": "1.0",
@@ -155,9 +149,7 @@ class HospitalIntake:
 
     async def _send(self, value: bytes, topic: str, key: bytes, headers: dict[str, str]) -> None:
         try:
-            await asyncio.wait_for(
-                self._broker.publish(value, topic, key=key, headers=headers), self._timeout
-            )
+            await asyncio.wait_for(self._broker.publish(value, topic, key=key, headers=headers), self._timeout)
         except (TimeoutError, KafkaError, OSError) as exc:
             raise BrokerUnavailableError(
                 "Kafka did not acknowledge the message in time; it was not accepted, send it again",

@@ -20,15 +20,84 @@ from hub.core.nhs_number import check_digit
 
 UK = ZoneInfo("Europe/London")
 HOSPITAL = "RZZ"
-_FAMILY = (
-    "SMITH JONES TAYLOR BROWN WILLIAMS WILSON JOHNSON DAVIES ROBINSON WRIGHT THOMPSON EVANS WALKER WHITE ROBERTS "
-    "GREEN HALL WOOD JACKSON CLARKE PATEL KHAN LEWIS JAMES PHILLIPS MASON MORGAN HUGHES PRICE OBRIEN"
-).split()
-_FEMALE = "MARGARET JEAN JOAN PATRICIA DOROTHY ELSIE IRENE SHEILA BARBARA BRENDA EILEEN MAUREEN".split()
-_MALE = "JOHN WILLIAM GEORGE DAVID PETER RONALD KENNETH BRIAN DEREK ALAN FRANK ARTHUR".split()
-_STREETS = "HIGH STREET|CHURCH LANE|STATION ROAD|MILL LANE|THE GREEN|PARK AVENUE|VICTORIA ROAD|MAIN STREET".split("|")
+_FAMILY = [
+    "SMITH",
+    "JONES",
+    "TAYLOR",
+    "BROWN",
+    "WILLIAMS",
+    "WILSON",
+    "JOHNSON",
+    "DAVIES",
+    "ROBINSON",
+    "WRIGHT",
+    "THOMPSON",
+    "EVANS",
+    "WALKER",
+    "WHITE",
+    "ROBERTS",
+    "GREEN",
+    "HALL",
+    "WOOD",
+    "JACKSON",
+    "CLARKE",
+    "PATEL",
+    "KHAN",
+    "LEWIS",
+    "JAMES",
+    "PHILLIPS",
+    "MASON",
+    "MORGAN",
+    "HUGHES",
+    "PRICE",
+    "OBRIEN",
+]
+_FEMALE = [
+    "MARGARET",
+    "JEAN",
+    "JOAN",
+    "PATRICIA",
+    "DOROTHY",
+    "ELSIE",
+    "IRENE",
+    "SHEILA",
+    "BARBARA",
+    "BRENDA",
+    "EILEEN",
+    "MAUREEN",
+]
+_MALE = [
+    "JOHN",
+    "WILLIAM",
+    "GEORGE",
+    "DAVID",
+    "PETER",
+    "RONALD",
+    "KENNETH",
+    "BRIAN",
+    "DEREK",
+    "ALAN",
+    "FRANK",
+    "ARTHUR",
+]
+_STREETS = [
+    "HIGH STREET",
+    "CHURCH LANE",
+    "STATION ROAD",
+    "MILL LANE",
+    "THE GREEN",
+    "PARK AVENUE",
+    "VICTORIA ROAD",
+    "MAIN STREET",
+]
 _TOWNS = ("MALTON", "PICKERING", "HELMSLEY", "KIRKBYMOORSIDE", "NORTON")
-_PRACTICE_NAMES = ("DERWENT PRACTICE", "PICKERING MEDICAL PRACTICE", "HELMSLEY SURGERY", "BEDALE HOUSE", "NORTON SURGERY")
+_PRACTICE_NAMES = (
+    "DERWENT PRACTICE",
+    "PICKERING MEDICAL PRACTICE",
+    "HELMSLEY SURGERY",
+    "BEDALE HOUSE",
+    "NORTON SURGERY",
+)
 _WARDS = ("WARD 1", "WARD 3", "ELDERLY CARE", "STROKE UNIT", "AMU")
 _DISPOSITIONS = ("19", "19", "19", "29", "54", "65", "79")  # usual residence, temporary, care home, hospice, died
 
@@ -215,7 +284,9 @@ def _faults(
         if kind == 0:  # a transcription slip: last digit wrong, fails Modulus 11
             wrong = person.nhs_number[:-1] + str((int(person.nhs_number[-1]) + 1) % 10)
             visit = f"F{n:07d}"
-            faults.append((when, writer.message("A01", when, person, nhs_number=wrong, pv1=_pv1(visit, "AMU", when, None))))
+            faults.append(
+                (when, writer.message("A01", when, person, nhs_number=wrong, pv1=_pv1(visit, "AMU", when, None)))
+            )
         elif kind == 1:  # a link message this hub does not take
             faults.append((when, writer.message("A24", when, person)))
         else:  # a discharge that lost its visit segment

@@ -33,7 +33,23 @@ VERIFICATION_SYSTEM = "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerifi
 DISCHARGE_DESTINATION = "https://fhir.hl7.org.uk/CodeSystem/UKCore-DischargeDestinationEngland"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 PATIENT_CLASS = "http://terminology.hl7.org/CodeSystem/v2-0004"
-_DESTINATIONS = {"19", "29", "30", "37", "38", *map(str, range(48, 55)), "65", "66", "79", "84", "85", "87", "88", "98", "99"}
+_DESTINATIONS = {
+    "19",
+    "29",
+    "30",
+    "37",
+    "38",
+    *map(str, range(48, 55)),
+    "65",
+    "66",
+    "79",
+    "84",
+    "85",
+    "87",
+    "88",
+    "98",
+    "99",
+}
 
 TRIGGERS = {
     "A01": enc.ENCOUNTER_ADMITTED,
@@ -97,9 +113,8 @@ def map_message(raw: bytes, *, key_secret: bytes) -> list[MappedEvent]:
     when = dt.timestamp(f.get(f.first("EVN"), 2), "EVN-2") or dt.timestamp(f.get(msh, 7), "MSH-7")
     if when is None:
         raise InvalidMessageError("MSH-7 (date/time of message) is required", ("MSH-7",), code="required")
-    base = {"trigger": trigger, "sender": sender, "control_id": control_id, "when": when}
     if trigger == "A40":
-        return _merges(f, key_secret, **base)
+        return _merges(f, key_secret, trigger=trigger, sender=sender, control_id=control_id, when=when)
     pid = f.first("PID")
     person = _person(f, pid, "PID", sender, key_secret)
     resources = _patient_and_practice(f, pid, person)
@@ -133,7 +148,7 @@ def _event(
 ) -> MappedEvent:
     for resource in resources:
         _validate(resource)
-    bundle = {"resourceType": "Bundle", "type": "collection", "timestamp": dt.fhir_datetime(when)}
+    bundle: Json = {"resourceType": "Bundle", "type": "collection", "timestamp": dt.fhir_datetime(when)}
     bundle["entry"] = [{"resource": r} for r in resources]
     return MappedEvent(
         event_type=TRIGGERS[trigger].type,

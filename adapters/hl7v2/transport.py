@@ -8,6 +8,7 @@ because the framing can no longer be trusted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -25,9 +26,7 @@ Receive = Callable[[bytes, str], Awaitable[bytes]]
 Refuse = Callable[[str], bytes]
 
 
-async def serve(
-    receive: Receive, refuse: Refuse, host: str, port: int, *, limit: int
-) -> asyncio.Server:
+async def serve(receive: Receive, refuse: Refuse, host: str, port: int, *, limit: int) -> asyncio.Server:
     """Listen for MLLP; `receive(frame, origin)` returns the ACK, `refuse(reason)` answers a bad frame."""
 
     async def on_connection(reader: HL7StreamReader, writer: HL7StreamWriter) -> None:
@@ -39,12 +38,11 @@ async def serve(
             pass
         finally:
             writer.close()
-            try:
+            with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
-            except ConnectionError:
-                pass
 
-    return await start_hl7_server(on_connection, host, port, limit=limit)
+    server: asyncio.Server = await start_hl7_server(on_connection, host, port, limit=limit)
+    return server
 
 
 async def _converse(
@@ -93,7 +91,5 @@ class MllpClient:
     async def close(self) -> None:
         """Close the connection."""
         self._writer.close()
-        try:
+        with contextlib.suppress(ConnectionError):
             await self._writer.wait_closed()
-        except ConnectionError:
-            pass

@@ -162,12 +162,17 @@ def test_dead_letters_are_kept_whole_once_newest_first(backend: Backend) -> None
     assert kept[0]["reason"] == reason and kept[0]["received_at"] == T0 + timedelta(seconds=1)
 
 
-def test_migrations_bring_an_empty_database_to_head_and_are_idempotent(backend: Backend) -> None:
-    if backend.engine is None:
-        pytest.skip("the memory fake has no schema")
-    assert current_revision(backend.engine) == "0001"
-    again = open_engine(str(backend.engine.url.render_as_string(hide_password=False)))
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url"))
+
+
+def test_migrations_bring_an_empty_database_to_head_and_are_idempotent(database_url: str) -> None:
+    first = open_engine(database_url)
+    assert current_revision(first) == "0001"
+    again = open_engine(database_url)
     assert current_revision(again) == "0001"
+    first.dispose()
     again.dispose()
 
 

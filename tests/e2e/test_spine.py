@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hub.api.auth import issue_token
 
 from adapters.hl7v2.transport import MllpClient
+from hub.api.auth import issue_token
 from hub.bootstrap import running
 from hub.settings import HttpSettings, KafkaSettings, MllpSettings, Settings
 from tests.builders import an_adt
@@ -164,9 +164,11 @@ async def test_the_record_lives_in_postgresql_when_carehub_database_url_names_it
 
     engine = sa.create_engine(postgres_url)
     with engine.connect() as conn:
-        statuses = conn.execute(
-            sa.text("select content->>'status' from record_resource where resource_type = 'Encounter'")
-        ).scalars().all()
+        statuses = (
+            conn.execute(sa.text("select content->>'status' from record_resource where resource_type = 'Encounter'"))
+            .scalars()
+            .all()
+        )
         processed = conn.execute(sa.text("select count(*) from processed_event")).scalar_one()
     engine.dispose()
     assert statuses == ["finished"]

@@ -39,7 +39,10 @@ def test_a_bad_nhs_number_is_invalid_at_pid_3_and_the_number_is_never_echoed() -
 
 @pytest.mark.parametrize(
     ("local", "utc"),
-    [("202607011200", datetime(2026, 7, 1, 11, 0, tzinfo=UTC)), ("202601151200", datetime(2026, 1, 15, 12, 0, tzinfo=UTC))],
+    [
+        ("202607011200", datetime(2026, 7, 1, 11, 0, tzinfo=UTC)),
+        ("202601151200", datetime(2026, 1, 15, 12, 0, tzinfo=UTC)),
+    ],
 )
 def test_time_stamps_without_an_offset_are_uk_local_time(local: str, utc: datetime) -> None:
     [event] = map_message(an_adt(trigger="A01", event_time=local), key_secret=SECRET)
@@ -59,7 +62,10 @@ def test_discharge_finishes_the_encounter_with_end_and_disposition() -> None:
     assert encounter["class"]["code"] == "IMP"
 
 
-@pytest.mark.parametrize(("trigger", "status"), [("A01", "in-progress"), ("A02", "in-progress"), ("A11", "cancelled"), ("A13", "in-progress")])
+@pytest.mark.parametrize(
+    ("trigger", "status"),
+    [("A01", "in-progress"), ("A02", "in-progress"), ("A11", "cancelled"), ("A13", "in-progress")],
+)
 def test_encounter_status_follows_the_trigger(trigger: str, status: str) -> None:
     [encounter] = resources(an_adt(trigger=trigger), "Encounter")
     assert encounter["status"] == status

@@ -7,7 +7,6 @@ No `from __future__ import annotations` here: FastAPI reads these annotations at
 some name closures of `router`.
 """
 
-
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -42,7 +41,7 @@ def router(reader: RecordReader, tokens: TokenVerifier) -> APIRouter:
             raise AuthError("the Authorization header must be 'Bearer <token>'")
         return tokens.verify(token.strip())
 
-    Caller = Annotated[Principal, Depends(caller)]
+    Caller = Annotated[Principal, Depends(caller)]  # noqa: N806 - a type alias
 
     @api.get("/metadata", summary="CapabilityStatement")
     def metadata(request: Request) -> FhirResponse:
@@ -125,8 +124,7 @@ def capability_statement(base: str) -> Json:
             entry["searchParam"] = [{"name": n, "type": t} for n, t in searches]
         if operations:
             entry["operation"] = [
-                {"name": op, "definition": f"http://hl7.org/fhir/OperationDefinition/Patient-{op}"}
-                for op in operations
+                {"name": op, "definition": f"http://hl7.org/fhir/OperationDefinition/Patient-{op}"} for op in operations
             ]
         return entry
 
@@ -143,7 +141,9 @@ def capability_statement(base: str) -> Json:
             {
                 "mode": "server",
                 "security": {
-                    "service": [{"coding": [{"system": "http://hl7.org/fhir/restful-security-service", "code": "OAuth"}]}],
+                    "service": [
+                        {"coding": [{"system": "http://hl7.org/fhir/restful-security-service", "code": "OAuth"}]}
+                    ],
                     "description": "Bearer token (JWT) naming the caller's organisation (ODS code) and role; "
                     "issue one with `carehub token --org ODS --role ROLE`.",
                 },
