@@ -16,11 +16,12 @@ from typing import Any
 import sqlalchemy as sa
 import uvicorn
 
-from hub.core.ports import DeadLetters, RecordReader, RecordUnitOfWork
+from hub.core.ports import DeadLetters, Ledger, RecordReader, RecordUnitOfWork
 from hub.core.record import ApplyResult
 from hub.kafka import create_topics, embedded_broker
 from hub.settings import Settings
 from hub.store.database import open_engine
+from hub.store.ledger import SqlLedger
 from hub.store.sql import SqlDeadLetters, SqlRecordReader, SqlRecordUnitOfWork
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class Services:
     uow_factory: Callable[[], RecordUnitOfWork]
     reader: RecordReader
     dead_letters: DeadLetters
+    ledger: Ledger
 
 
 def load_secrets(settings: Settings) -> Secrets:
@@ -75,6 +77,7 @@ def build(settings: Settings, **overrides: Any) -> Services:
         "uow_factory": lambda: SqlRecordUnitOfWork(engine),
         "reader": SqlRecordReader(engine),
         "dead_letters": SqlDeadLetters(engine),
+        "ledger": SqlLedger(engine),
     }
     parts.update(overrides)
     return Services(**parts)
@@ -141,7 +144,7 @@ async def _serve_http(services: Services, host: str, port: int) -> tuple[_QuietS
     from hub.api.app import create_app
     from hub.api.auth import TokenVerifier
 
-    app = create_app(services.reader, TokenVerifier(services.secrets.token))
+    app = create_app(services.reader, TokenVerifier(services.secrets.token), services.ledger)
     server = _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve())
     while not server.started:

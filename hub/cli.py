@@ -38,6 +38,8 @@ topics_app = typer.Typer(help="The Kafka topic catalogue.", no_args_is_help=True
 ingest_app = typer.Typer(help="Feed files into the hub.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(ingest_app, name="ingest")
+audit_app = typer.Typer(help="The disclosure ledger: verify it, answer subject-access requests.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 console = Console()
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the hub keeps its state")]
@@ -184,3 +186,50 @@ def deadletters(
             str(issues[0].get("diagnostics", "")),
         )
     console.print(table)
+
+
+@audit_app.command("verify")
+def audit_verify(data_dir: DataDir = Path("var")) -> None:
+    """Recompute the ledger's hash chain; name the first entry altered, removed or reordered."""
+    from hub.bootstrap import build
+    from hub.core.ledger import verify
+
+    services = build(make_settings(data_dir))
+    checked, broken = verify(services.ledger.entries())
+    if broken:
+        console.print(f"[red]ledger broken at entry {broken.seq}: {broken.problem}[/red] ({checked} entries read)")
+        raise typer.Exit(1)
+    console.print(f"ledger intact: {checked} entries, chain verified")
+
+
+@audit_app.command("disclosures")
+def audit_disclosures(
+    nhs_number: Annotated[str, typer.Option("--nhs-number", help="The person's NHS number")],
+    data_dir: DataDir = Path("var"),
+) -> None:
+    """Subject-access request: who was given what about this person, when, and on what basis."""
+    from hub.bootstrap import build
+    from hub.core import nhs_number as nhs
+    from hub.core.identity import person_key
+
+    problem = nhs.why_invalid(nhs_number)
+    if problem:
+        console.print(f"[red]--nhs-number: {problem}[/red]")
+        raise typer.Exit(2)
+    services = build(make_settings(data_dir))
+    key = person_key(services.secrets.key, nhs.normalise(nhs_number), None)
+    table = Table("#", "when", "to (org / user)", "how", "decision", "resources", "basis")
+    entries = services.ledger.about(key)
+    for entry in entries:
+        body = entry.body
+        table.add_row(
+            str(entry.seq),
+            body["at"],
+            f"{body['recipient_org']} / {body['recipient_user']}",
+            body["channel"],
+            body["decision"],
+            "\n".join(r.split("#")[0] for r in body["resources"]),
+            "; ".join(body["reasons"]),
+        )
+    console.print(table)
+    console.print(f"{len(entries)} disclosure(s) recorded")

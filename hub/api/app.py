@@ -7,11 +7,11 @@ from fastapi import FastAPI
 from hub.api import outcomes
 from hub.api.auth import TokenVerifier
 from hub.api.routes.fhir import router
-from hub.core.ports import RecordReader
+from hub.core.ports import Ledger, RecordReader
 
 
-def create_app(reader: RecordReader, tokens: TokenVerifier) -> FastAPI:
-    """The API over a record reader, checking tokens with `tokens`."""
+def create_app(reader: RecordReader, tokens: TokenVerifier, ledger: Ledger | None = None) -> FastAPI:
+    """The API over a record reader, checking tokens with `tokens`, recording disclosures in `ledger`."""
     app = FastAPI(
         title="CareHub FHIR API",
         version="0.1.0",
@@ -19,7 +19,7 @@ def create_app(reader: RecordReader, tokens: TokenVerifier) -> FastAPI:
         default_response_class=outcomes.FhirResponse,
     )
     outcomes.install(app)
-    app.include_router(router(reader, tokens))
+    app.include_router(router(reader, tokens, ledger))
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

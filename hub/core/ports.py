@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -109,3 +109,13 @@ class DeadLetters(Protocol):
     ) -> None: ...
 
     def recent(self, limit: int) -> Sequence[Json]: ...
+
+
+class Ledger(Protocol):
+    """The disclosure ledger: append-only, hash-chained (rules in hub.core.ledger)."""
+
+    def append(self, disclosures: Sequence[Any]) -> None: ...
+
+    def entries(self) -> Iterator[Any]: ...
+
+    def about(self, person_key: str) -> list[Any]: ...

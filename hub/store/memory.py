@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Collection
+from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Self
 
+from hub.core.ledger import Disclosure, Entry, seal
 from hub.core.ports import Json, StoredResource
 from hub.store.sql import identifiers_of
 
@@ -172,3 +173,22 @@ class MemoryDeadLetters:
 
     def recent(self, limit: int) -> list[Json]:
         return list(reversed(self.kept))[:limit]
+
+
+class MemoryLedger:
+    """The disclosure ledger in a list, with the same chain as SqlLedger."""
+
+    def __init__(self) -> None:
+        self.rows: list[Entry] = []
+
+    def append(self, disclosures: Sequence[Disclosure]) -> None:
+        bodies = [d.body() for d in disclosures]
+        sealed = seal([self.rows[-1].hash] if self.rows else [], bodies)
+        for body, (prev, digest) in zip(bodies, sealed, strict=True):
+            self.rows.append(Entry(len(self.rows) + 1, body, prev, digest))
+
+    def entries(self) -> Iterator[Entry]:
+        return iter(list(self.rows))
+
+    def about(self, person_key: str) -> list[Entry]:
+        return [e for e in self.rows if e.body.get("person_key") == person_key]

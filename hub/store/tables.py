@@ -73,3 +73,13 @@ dead_letter = sa.Table(
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.UniqueConstraint("origin", "digest", "received_at", name="uq_dead_letter_once"),
 )
+
+disclosure_ledger = sa.Table(
+    "disclosure_ledger",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False),
+    sa.Column("body", JsonColumn, nullable=False),
+    sa.Column("person_key", sa.String(64), nullable=True, index=True),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)

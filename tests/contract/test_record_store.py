@@ -169,9 +169,9 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 def test_migrations_bring_an_empty_database_to_head_and_are_idempotent(database_url: str) -> None:
     first = open_engine(database_url)
-    assert current_revision(first) == "0001"
+    assert current_revision(first) == "0002"
     again = open_engine(database_url)
-    assert current_revision(again) == "0001"
+    assert current_revision(again) == "0002"
     first.dispose()
     again.dispose()
 

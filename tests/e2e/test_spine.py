@@ -14,6 +14,7 @@ import pytest
 from adapters.hl7v2.transport import MllpClient
 from hub.api.auth import issue_token
 from hub.bootstrap import running
+from hub.core.ledger import verify
 from hub.settings import HttpSettings, KafkaSettings, MllpSettings, Settings
 from tests.builders import an_adt
 
@@ -85,6 +86,12 @@ async def test_discharge_sent_over_mllp_is_readable_over_fhir_within_one_second(
             everything = (await fhir_get(http, f"/Patient/{patient_id}/$everything", token)).json()
             kinds = {e["resource"]["resourceType"] for e in everything["entry"]}
             assert {"Patient", "Encounter", "Provenance"} <= kinds
+        ledger = run.services.ledger
+        assert verify(ledger.entries())[1] is None
+        about = [e.body for e in ledger.about(patient_id)]
+        assert {b["channel"] for b in about} == {"search", "everything"}
+        assert all(b["recipient_org"] == "Y00001" and b["decision"] == "permit" for b in about)
+        assert any(r.startswith("Encounter/") for b in about for r in b["resources"])
         await client.close()
 
 

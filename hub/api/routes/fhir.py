@@ -8,6 +8,7 @@ some name closures of `router`.
 """
 
 import uuid
+from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -16,7 +17,8 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from hub.api.auth import AuthError, Principal, TokenVerifier
 from hub.api.outcomes import FhirResponse
 from hub.core.errors import InvalidMessageError, UnknownPersonError
-from hub.core.ports import Json, RecordReader
+from hub.core.ledger import Disclosure, resource_ref
+from hub.core.ports import Json, Ledger, RecordReader
 
 READABLE = ("Patient", "Encounter", "Organization", "Provenance")
 PERSONAL = ("Encounter", "Provenance")  # searchable by ?patient=
@@ -29,8 +31,46 @@ def allowed(principal: Principal, resource: Json) -> bool:
     return bool(principal.org) and bool(resource)
 
 
-def router(reader: RecordReader, tokens: TokenVerifier) -> APIRouter:
-    """The /fhir routes over a record reader."""
+def person_of(resource: Json) -> str | None:
+    """The person key a resource is about (Patient id or its subject), None if shared."""
+    if resource.get("resourceType") == "Patient":
+        return str(resource.get("id"))
+    for field in ("subject", "patient"):
+        ref = str((resource.get(field) or {}).get("reference", ""))
+        if ref.startswith("Patient/"):
+            return ref.removeprefix("Patient/")
+    return None
+
+
+def disclose(ledger: Ledger | None, who: Principal, channel: str, resources: list[Json]) -> None:
+    """Record what is about to leave, one ledger entry per person, before it leaves: if the ledger
+    cannot be written the request fails (503) rather than disclosing unrecorded."""
+    if ledger is None or not resources:
+        return
+    by_person: dict[str | None, list[str]] = defaultdict(list)
+    for resource in resources:
+        by_person[person_of(resource)].append(resource_ref(resource))
+    now = datetime.now(UTC)
+    ledger.append(
+        [
+            Disclosure(
+                at=now,
+                recipient_org=who.org,
+                recipient_user=who.user,
+                channel=channel,
+                person_key=person,
+                resources=tuple(refs),
+                decision="permit",
+                reasons=("authenticated user; information-sharing policy not yet enforced",),
+                basis={"role": who.role},
+            )
+            for person, refs in by_person.items()
+        ]
+    )
+
+
+def router(reader: RecordReader, tokens: TokenVerifier, ledger: Ledger | None = None) -> APIRouter:
+    """The /fhir routes over a record reader; every disclosure is recorded in `ledger`."""
     api = APIRouter(prefix="/fhir", default_response_class=FhirResponse)
 
     def caller(authorization: Annotated[str | None, Header()] = None) -> Principal:
@@ -61,14 +101,14 @@ def router(reader: RecordReader, tokens: TokenVerifier) -> APIRouter:
                 "identifier must be system|value, e.g. https://fhir.nhs.uk/Id/nhs-number|9434765919",
                 ("identifier",),
             )
-        return searchset(request, who, reader.patients_by_identifier(system, value))
+        return searchset(request, who, reader.patients_by_identifier(system, value), ledger, "search")
 
     @api.get("/Patient/{id}/$everything", summary="Everything about one patient")
     def everything(request: Request, who: Caller, id: str) -> FhirResponse:
         found = reader.everything(id)
         if not found or not allowed(who, found[0]):
             raise UnknownPersonError(f"Patient/{id} is not known here", ("Patient.id",))
-        return searchset(request, who, found)
+        return searchset(request, who, found, ledger, "everything")
 
     @api.get("/{kind}", summary="Search Encounter or Provenance by patient")
     def search_by_patient(
@@ -81,7 +121,7 @@ def router(reader: RecordReader, tokens: TokenVerifier) -> APIRouter:
             raise UnknownPersonError(f"searching {kind} is not supported here (see /fhir/metadata)", (kind,))
         if not patient:
             raise InvalidMessageError(f"{kind} search needs patient=<id>", ("patient",), code="required")
-        return searchset(request, who, reader.search(kind, patient.removeprefix("Patient/")))
+        return searchset(request, who, reader.search(kind, patient.removeprefix("Patient/")), ledger, "search")
 
     @api.get("/{kind}/{id}", summary="Read one resource")
     def read(who: Caller, kind: str, id: str) -> FhirResponse:
@@ -90,15 +130,19 @@ def router(reader: RecordReader, tokens: TokenVerifier) -> APIRouter:
         found = reader.read(kind, id)
         if found is None or not allowed(who, found):
             raise UnknownPersonError(f"{kind}/{id} is not known here", (f"{kind}.id",))
+        disclose(ledger, who, "read", [found])
         return FhirResponse(found)
 
     return api
 
 
-def searchset(request: Request, who: Principal, resources: list[Json]) -> FhirResponse:
-    """A searchset Bundle of what `who` may see."""
+def searchset(
+    request: Request, who: Principal, resources: list[Json], ledger: Ledger | None, channel: str
+) -> FhirResponse:
+    """A searchset Bundle of what `who` may see, recorded in the ledger before it is sent."""
     base = str(request.base_url).rstrip("/") + "/fhir"
     shown = [r for r in resources if allowed(who, r)]
+    disclose(ledger, who, channel, shown)
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),

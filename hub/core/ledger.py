@@ -1,0 +1,110 @@
+"""The disclosure ledger's rules: a hash chain over every decision to disclose (or not).
+
+Each entry's hash covers its own fields and the previous entry's hash, in canonical JSON, so an
+entry altered, removed or moved breaks the chain from that point; `verify` names the first
+entry where it breaks. Pure: no I/O, no clock (the caller supplies `at`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    """One decision: who was given (or refused) what about whom, when, and on what basis."""
+
+    at: datetime
+    recipient_org: str
+    recipient_user: str
+    channel: str  # "read", "search", "everything", later "delivery"
+    person_key: str | None
+    resources: tuple[str, ...]  # "Type/id/_history/n#sha256"
+    decision: str  # "permit", "deny", "break-glass"
+    reasons: tuple[str, ...] = ()
+    basis: dict[str, Any] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        """The fields the hash covers, as plain JSON."""
+        return {
+            "at": self.at.isoformat(),
+            "recipient_org": self.recipient_org,
+            "recipient_user": self.recipient_user,
+            "channel": self.channel,
+            "person_key": self.person_key,
+            "resources": list(self.resources),
+            "decision": self.decision,
+            "reasons": list(self.reasons),
+            "basis": self.basis,
+        }
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A stored ledger entry: its place in the chain, body, and hashes."""
+
+    seq: int
+    body: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+def canonical(value: Any) -> bytes:
+    """Canonical JSON: sorted keys, no spaces, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:
+    """The hash of an entry that follows `prev_hash`."""
+    return hashlib.sha256(prev_hash.encode() + canonical(body)).hexdigest()
+
+
+def resource_ref(resource: dict[str, Any]) -> str:
+    """How a disclosed resource is named in the ledger: its version and a hash of its content."""
+    version = (resource.get("meta") or {}).get("versionId", "?")
+    digest = hashlib.sha256(canonical(resource)).hexdigest()
+    return f"{resource.get('resourceType')}/{resource.get('id')}/_history/{version}#{digest}"
+
+
+@dataclass(frozen=True)
+class Break:
+    """Where the chain first fails, and how."""
+
+    seq: int
+    problem: str
+
+
+def verify(entries: Iterable[Entry]) -> tuple[int, Break | None]:
+    """Walk the chain in order: (entries checked, first break or None)."""
+    prev, expected_seq, checked = GENESIS, 1, 0
+    for entry in entries:
+        checked += 1
+        if entry.seq != expected_seq:
+            gap = "removed" if entry.seq > expected_seq else "out of order"
+            return checked, Break(expected_seq, f"entry {expected_seq} is missing ({gap}); found {entry.seq}")
+        if entry.prev_hash != prev:
+            return checked, Break(
+                entry.seq, f"entry {entry.seq} does not follow entry {entry.seq - 1} (reordered or removed)"
+            )
+        if chain_hash(prev, entry.body) != entry.hash:
+            return checked, Break(entry.seq, f"entry {entry.seq} was altered (its content no longer matches its hash)")
+        prev, expected_seq = entry.hash, expected_seq + 1
+    return checked, None
+
+
+def seal(previous: Sequence[str], bodies: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(prev_hash, hash) for bodies appended after the chain whose last hash is previous[-1]."""
+    prev = previous[-1] if previous else GENESIS
+    out = []
+    for body in bodies:
+        digest = chain_hash(prev, body)
+        out.append((prev, digest))
+        prev = digest
+    return out
