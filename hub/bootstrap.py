@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +20,11 @@ from hub.core.ports import DeadLetters, Ledger, RecordReader, RecordUnitOfWork
 from hub.core.record import ApplyResult
 from hub.kafka import create_topics, embedded_broker
 from hub.settings import Settings
+from hub.store.agreements import PolicySource, SqlAgreements
 from hub.store.database import open_engine
 from hub.store.ledger import SqlLedger
 from hub.store.sql import SqlDeadLetters, SqlRecordReader, SqlRecordUnitOfWork
+from schemas.envelope import Envelope
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ class Services:
     reader: RecordReader
     dead_letters: DeadLetters
     ledger: Ledger
+    agreements: SqlAgreements
+    policy: PolicySource | None
 
 
 def load_secrets(settings: Settings) -> Secrets:
@@ -78,7 +82,13 @@ def build(settings: Settings, **overrides: Any) -> Services:
         "reader": SqlRecordReader(engine),
         "dead_letters": SqlDeadLetters(engine),
         "ledger": SqlLedger(engine),
+        "agreements": SqlAgreements(engine),
     }
+    parts["policy"] = (
+        PolicySource(parts["agreements"], parts["reader"], ttl=settings.policy.agreements_ttl_s)
+        if settings.policy.enforce
+        else None
+    )
     parts.update(overrides)
     return Services(**parts)
 
@@ -140,11 +150,34 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-async def _serve_http(services: Services, host: str, port: int) -> tuple[_QuietServer, asyncio.Task[None]]:
+def _publisher(broker: Any, timeout: float) -> Callable[[Envelope], Awaitable[None]]:
+    """Publish an API-originated event to the events topic; BrokerUnavailableError if Kafka won't ack."""
+    from aiokafka.errors import KafkaError
+
+    from hub.core.errors import BrokerUnavailableError
+    from schemas.topics import EVENTS
+
+    async def publish(envelope: Envelope) -> None:
+        try:
+            await asyncio.wait_for(
+                broker.publish(
+                    envelope.data, EVENTS.name, key=envelope.subject.encode(), headers=envelope.kafka_headers()
+                ),
+                timeout,
+            )
+        except (TimeoutError, KafkaError, OSError) as exc:
+            raise BrokerUnavailableError("Kafka did not acknowledge; nothing was recorded, send it again") from exc
+
+    return publish
+
+
+async def _serve_http(
+    services: Services, host: str, port: int, publish: Callable[[Envelope], Awaitable[None]] | None = None
+) -> tuple[_QuietServer, asyncio.Task[None]]:
     from hub.api.app import create_app
     from hub.api.auth import TokenVerifier
 
-    app = create_app(services.reader, TokenVerifier(services.secrets.token), services.ledger)
+    app = create_app(services.reader, TokenVerifier(services.secrets.token), services.ledger, services.policy, publish)
     server = _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -203,7 +236,8 @@ async def running(
                 stack.push_async_callback(_close_server, server)
                 run.mllp_port = server.sockets[0].getsockname()[1]
             if http:
-                web, task = await _serve_http(services, settings.http.host, settings.http.port)
+                publish = _publisher(broker, settings.kafka.publish_timeout_s)
+                web, task = await _serve_http(services, settings.http.host, settings.http.port, publish)
                 stack.push_async_callback(_stop_http, web, task)
                 run.http_port = web.servers[0].sockets[0].getsockname()[1]
             yield run

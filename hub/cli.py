@@ -38,6 +38,8 @@ topics_app = typer.Typer(help="The Kafka topic catalogue.", no_args_is_help=True
 ingest_app = typer.Typer(help="Feed files into the hub.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(ingest_app, name="ingest")
+agreements_app = typer.Typer(help="Information sharing agreements.", no_args_is_help=True)
+app.add_typer(agreements_app, name="agreements")
 audit_app = typer.Typer(help="The disclosure ledger: verify it, answer subject-access requests.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 console = Console()
@@ -233,3 +235,54 @@ def audit_disclosures(
         )
     console.print(table)
     console.print(f"{len(entries)} disclosure(s) recorded")
+
+
+@agreements_app.command("load")
+def agreements_load(
+    paths: Annotated[list[Path], typer.Argument(help="Agreement YAML files (one version each)")],
+    data_dir: DataDir = Path("var"),
+) -> None:
+    """Validate and load agreement versions; earlier versions stay stored for audit."""
+    import yaml
+    from pydantic import ValidationError
+
+    from hub.bootstrap import build
+    from hub.core.errors import InvalidMessageError
+    from schemas.agreements import Agreement
+
+    services = build(make_settings(data_dir))
+    failed = 0
+    for path in paths:
+        try:
+            agreement = Agreement.model_validate(yaml.safe_load(path.read_text()))
+            fresh = services.agreements.load(agreement, at=datetime.now(UTC))
+        except (OSError, yaml.YAMLError) as exc:
+            console.print(f"[red]{path}: cannot read: {exc}[/red]")
+            failed += 1
+        except ValidationError as exc:
+            for error in exc.errors():
+                where = ".".join(str(p) for p in error["loc"]) or "(document)"
+                console.print(f"[red]{path}: {where}: {error['msg']}[/red]")
+            failed += 1
+        except InvalidMessageError as exc:
+            console.print(f"[red]{path}: {exc.diagnostics}[/red]")
+            failed += 1
+        else:
+            state = "loaded" if fresh else "already loaded"
+            console.print(f"{path}: {agreement.id} version {agreement.version} {state}")
+    raise typer.Exit(1 if failed else 0)
+
+
+@agreements_app.command("list")
+def agreements_list(data_dir: DataDir = Path("var")) -> None:
+    """Every agreement version held, newest last."""
+    from hub.bootstrap import build
+
+    services = build(make_settings(data_dir))
+    table = Table("id", "version", "parties", "purposes", "categories", "valid")
+    for a in services.agreements.all_versions():
+        valid = f"{a.valid_from} to {a.valid_to or 'open'}"
+        table.add_row(
+            a.id, str(a.version), " ".join(sorted(a.party_codes)), ", ".join(a.purposes), ", ".join(a.categories), valid
+        )
+    console.print(table)

@@ -10,11 +10,12 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from adapters.hl7v2.synthetic import adt_traffic, make_locality
+from adapters.hl7v2.synthetic import Locality, adt_traffic, make_locality
 from adapters.hl7v2.transport import MllpClient
-from hub.bootstrap import Running, running
+from hub.bootstrap import Running, build, running
 from hub.settings import Settings
 from hub.terminal import until_signalled, where_table
+from schemas.agreements import Agreement
 
 DEMO_START = datetime(2026, 10, 1, tzinfo=UTC)
 
@@ -64,7 +65,9 @@ async def run_demo(settings: Settings, console: Console, *, people: int, days: i
         f"Synthetic locality: hospital {locality.hospital_ods}, {len(locality.practices)} GP practices, "
         f"{len(locality.people)} people, {len(traffic)} ADT messages over {days} days"
     )
-    async with running(settings) as run:
+    services = build(settings)
+    services.agreements.load(demo_agreement(locality), at=datetime.now(UTC))
+    async with running(settings, services=services) as run:
         console.print(where_table(run))
         codes = await _feed(run, traffic, console)
         caught_up = await run.caught_up(codes["AA"], timeout=120, dead_letters=codes["AE"] + codes["AR"])
@@ -91,3 +94,22 @@ async def _settle(run: Running, quiet: timedelta = timedelta(seconds=1)) -> None
     while last != run.seen:
         last = run.seen
         await asyncio.sleep(quiet.total_seconds())
+
+
+def demo_agreement(locality: Locality) -> Agreement:
+    """The locality's sharing agreement: the hospital and every practice, for direct care and coordination."""
+    return Agreement.model_validate(
+        {
+            "id": "demo-locality-pisa",
+            "version": 1,
+            "title": "Demo locality personal information sharing agreement",
+            "parties": [
+                {"code": locality.hospital_ods},
+                *({"code": p.ods, "name": p.name} for p in locality.practices),
+            ],
+            "purposes": ["direct-care", "care-coordination"],
+            "categories": ["demographics", "encounters", "provenance", "consents"],
+            "lawful_basis": {"article6": "6(1)(e) public task", "article9": "9(2)(h) health or social care"},
+            "valid_from": "2026-01-01",
+        }
+    )

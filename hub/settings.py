@@ -45,6 +45,13 @@ class SecuritySettings(BaseModel):
     token_secret: SecretStr | None = None
 
 
+class PolicySettings(BaseModel):
+    """Information sharing: enforce agreements and consent on every read (off only to measure its cost)."""
+
+    enforce: bool = True
+    agreements_ttl_s: float = Field(default=1.0, description="a new agreement version applies within this")
+
+
 class Settings(BaseSettings):
     """Everything configurable. Defaults run the embedded broker and a SQLite file in ./var."""
 
@@ -56,6 +63,7 @@ class Settings(BaseSettings):
     mllp: MllpSettings = MllpSettings()
     http: HttpSettings = HttpSettings()
     security: SecuritySettings = SecuritySettings()
+    policy: PolicySettings = PolicySettings()
     # The two names the issue and operators use, read without the prefix as well.
     kafka_bootstrap_servers: str = Field(
         default="",

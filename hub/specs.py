@@ -10,6 +10,7 @@ from typing import Any
 
 from faststream.specification import AsyncAPI
 
+from schemas.agreements import Agreement
 from schemas.envelope import Envelope
 from schemas.events.rejected import OUTCOME_HEADER
 from schemas.registry import REGISTRY
@@ -26,6 +27,13 @@ def envelope_schema() -> dict[str, Any]:
     schema["description"] = (
         Envelope.__doc__ or ""
     ).strip() + " Kafka binary mode: attributes travel as ce_* headers, data as the record value, subject as the key."
+    return schema
+
+
+def agreement_schema() -> dict[str, Any]:
+    """The JSON Schema that sharing agreement documents (YAML) are validated against."""
+    schema = Agreement.model_json_schema()
+    schema["$id"] = "https://carehub.invalid/schemas/agreement.schema.json"
     return schema
 
 
@@ -57,6 +65,7 @@ def documents() -> dict[str, str]:
     return {
         "envelope.schema.json": json.dumps(envelope_schema(), indent=2, sort_keys=True) + "\n",
         "asyncapi.json": json.dumps(asyncapi(), indent=2, sort_keys=True) + "\n",
+        "agreement.schema.json": json.dumps(agreement_schema(), indent=2, sort_keys=True) + "\n",
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from schemas.events.base import EventType
+from schemas.events.consent import CONSENT_RECORDED
 from schemas.events.encounter import (
     ADMISSION_CANCELLED,
     DISCHARGE_CANCELLED,
@@ -22,6 +23,7 @@ REGISTRY: dict[str, EventType] = {
         DISCHARGE_CANCELLED,
         PATIENT_UPDATED,
         PATIENT_MERGED,
+        CONSENT_RECORDED,
     )
 }
 

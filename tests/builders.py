@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from hub.core.nhs_number import check_digit
+from schemas.agreements import Agreement
 
 
 def a_valid_nhs_number(rng: random.Random | None = None) -> str:
@@ -62,3 +63,30 @@ def an_adt(
         )
     segments += list(extra_segments)
     return seg_end.join(s.encode(encoding) for s in segments) + seg_end
+
+
+def an_agreement(
+    *parties: str,
+    id: str = "test-locality-sharing",
+    version: int = 1,
+    purposes: tuple[str, ...] = ("direct-care", "care-coordination"),
+    categories: tuple[str, ...] = ("demographics", "encounters", "provenance", "consents"),
+    sensitive: tuple[str, ...] = (),
+    valid_from: str = "2026-01-01",
+    valid_to: str | None = None,
+) -> Agreement:
+    """An information sharing agreement between `parties` (ODS codes)."""
+    return Agreement.model_validate(
+        {
+            "id": id,
+            "version": version,
+            "title": "Test locality information sharing agreement",
+            "parties": [{"code": p} for p in parties or ("RXX", "Y00001")],
+            "purposes": purposes,
+            "categories": categories,
+            "sensitive": sensitive,
+            "lawful_basis": {"article6": "6(1)(e) public task", "article9": "9(2)(h) health or social care"},
+            "valid_from": valid_from,
+            "valid_to": valid_to,
+        }
+    )

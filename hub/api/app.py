@@ -6,12 +6,20 @@ from fastapi import FastAPI
 
 from hub.api import outcomes
 from hub.api.auth import TokenVerifier
-from hub.api.routes.fhir import router
+from hub.api.routes.fhir import Publish, router
 from hub.core.ports import Ledger, RecordReader
+from hub.store.agreements import PolicySource
 
 
-def create_app(reader: RecordReader, tokens: TokenVerifier, ledger: Ledger | None = None) -> FastAPI:
-    """The API over a record reader, checking tokens with `tokens`, recording disclosures in `ledger`."""
+def create_app(
+    reader: RecordReader,
+    tokens: TokenVerifier,
+    ledger: Ledger | None = None,
+    policy: PolicySource | None = None,
+    publish: Publish | None = None,
+) -> FastAPI:
+    """The API over a record reader: tokens checked by `tokens`, every read decided by `policy`
+    (None: not enforced) and recorded in `ledger`; Consents published with `publish`."""
     app = FastAPI(
         title="CareHub FHIR API",
         version="0.1.0",
@@ -19,7 +27,7 @@ def create_app(reader: RecordReader, tokens: TokenVerifier, ledger: Ledger | Non
         default_response_class=outcomes.FhirResponse,
     )
     outcomes.install(app)
-    app.include_router(router(reader, tokens, ledger))
+    app.include_router(router(reader, tokens, ledger, policy, publish))
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

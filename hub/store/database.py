@@ -61,11 +61,21 @@ def _sqlite_begin(connection: sa.Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def upgrade(engine: sa.Engine) -> None:
-    """Run every Alembic migration not yet applied, once, even with several processes starting."""
+def _config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    head = ScriptDirectory.from_config(config).get_current_head()
+    return config
+
+
+def head_revision() -> str | None:
+    """The newest migration this code knows."""
+    return ScriptDirectory.from_config(_config()).get_current_head()
+
+
+def upgrade(engine: sa.Engine) -> None:
+    """Run every Alembic migration not yet applied, once, even with several processes starting."""
+    config = _config()
+    head = head_revision()
     with engine.connect().execution_options(immediate=True) as connection, connection.begin():
         if engine.dialect.name == "postgresql":
             connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})

@@ -83,3 +83,13 @@ disclosure_ledger = sa.Table(
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
 )
+
+sharing_agreement = sa.Table(
+    "sharing_agreement",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("document", JsonColumn, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("loaded_at", UtcDateTime, nullable=False),
+)

@@ -13,10 +13,10 @@ import pytest
 
 from adapters.hl7v2.transport import MllpClient
 from hub.api.auth import issue_token
-from hub.bootstrap import running
+from hub.bootstrap import Services, build, running
 from hub.core.ledger import verify
 from hub.settings import HttpSettings, KafkaSettings, MllpSettings, Settings
-from tests.builders import an_adt
+from tests.builders import an_adt, an_agreement
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -30,6 +30,13 @@ def hub_settings(tmp_path: Path, bootstrap: str) -> Settings:
         mllp=MllpSettings(port=0),
         http=HttpSettings(port=0),
     )
+
+
+def sharing(settings: Settings, *parties: str) -> Services:
+    """The hub's services with an agreement letting the test's GP practice read the hospital's data."""
+    services = build(settings)
+    services.agreements.load(an_agreement(*parties), at=datetime.now(UTC))
+    return services
 
 
 def msa(ack: bytes) -> list[str]:
@@ -60,7 +67,7 @@ async def test_discharge_sent_over_mllp_is_readable_over_fhir_within_one_second(
 ) -> None:
     settings = hub_settings(tmp_path, kafka_bootstrap)
     nhs = "9434765919"
-    async with running(settings) as run:
+    async with running(settings, services=sharing(settings)) as run:
         token = issue_token(run.services.secrets.token, org="Y00001", role="clinician", now=datetime.now(UTC))
         client = await MllpClient.connect("127.0.0.1", run.mllp_port or 0)
         base = f"http://127.0.0.1:{run.http_port}/fhir"
@@ -91,6 +98,7 @@ async def test_discharge_sent_over_mllp_is_readable_over_fhir_within_one_second(
         about = [e.body for e in ledger.about(patient_id)]
         assert {b["channel"] for b in about} == {"search", "everything"}
         assert all(b["recipient_org"] == "Y00001" and b["decision"] == "permit" for b in about)
+        assert all(b["basis"]["agreements"] == ["test-locality-sharing@1"] for b in about)
         assert any(r.startswith("Encounter/") for b in about for r in b["resources"])
         await client.close()
 
@@ -99,7 +107,7 @@ async def test_bad_nhs_number_is_answered_AE_naming_PID_3_and_kept_while_good_me
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
     settings = hub_settings(tmp_path, kafka_bootstrap)
-    async with running(settings) as run:
+    async with running(settings, services=sharing(settings)) as run:
         token = issue_token(run.services.secrets.token, org="Y00001", role="clinician", now=datetime.now(UTC))
         client = await MllpClient.connect("127.0.0.1", run.mllp_port or 0)
         bad = an_adt(trigger="A03", nhs_number="9434765910", control_id="BAD1")

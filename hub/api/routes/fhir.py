@@ -1,7 +1,9 @@
-"""/fhir: read and search the shared care record (FHIR R4, application/fhir+json).
+"""/fhir: read and search the shared care record (FHIR R4, application/fhir+json), and record
+people's sharing choices (POST Consent).
 
-Every route but `metadata` needs a bearer token. What a caller may see goes through `allowed`, the
-seam where the information-sharing policy decides each disclosure.
+Every route but `metadata` needs a bearer token. Every resource that would leave is decided by the
+policy decision point (hub.core.policy: agreements and consent) and every decision, permit or deny,
+is written to the disclosure ledger before the response is sent.
 
 No `from __future__ import annotations` here: FastAPI reads these annotations at runtime, and
 some name closures of `router`.
@@ -9,47 +11,58 @@ some name closures of `router`.
 
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
+from fhir.resources.R4B.consent import Consent
+from pydantic import ValidationError
 
 from hub.api.auth import AuthError, Principal, TokenVerifier
 from hub.api.outcomes import FhirResponse
-from hub.core.errors import InvalidMessageError, UnknownPersonError
+from hub.core.errors import ConsentDeniedError, InvalidMessageError, UnknownPersonError
 from hub.core.ledger import Disclosure, resource_ref
+from hub.core.policy import Asker, Decision, decide, person_of
 from hub.core.ports import Json, Ledger, RecordReader
+from hub.store.agreements import PolicySource
+from schemas.envelope import Envelope
+from schemas.events.consent import CONSENT_RECORDED
 
-READABLE = ("Patient", "Encounter", "Organization", "Provenance")
-PERSONAL = ("Encounter", "Provenance")  # searchable by ?patient=
-
-
-def allowed(principal: Principal, resource: Json) -> bool:
-    """May `principal` see `resource`? Every authenticated role may, until the information-sharing
-    policy (agreements and consent) takes this decision; every read already passes through here."""
-
-    return bool(principal.org) and bool(resource)
-
-
-def person_of(resource: Json) -> str | None:
-    """The person key a resource is about (Patient id or its subject), None if shared."""
-    if resource.get("resourceType") == "Patient":
-        return str(resource.get("id"))
-    for field in ("subject", "patient"):
-        ref = str((resource.get(field) or {}).get("reference", ""))
-        if ref.startswith("Patient/"):
-            return ref.removeprefix("Patient/")
-    return None
+READABLE = ("Patient", "Encounter", "Organization", "Provenance", "Consent")
+PERSONAL = ("Encounter", "Provenance", "Consent")  # searchable by ?patient=
+NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+UNENFORCED = Decision("permit", ("information-sharing enforcement is switched off (policy.enforce=false)",))
+Publish = Callable[[Envelope], Awaitable[None]]
 
 
-def disclose(ledger: Ledger | None, who: Principal, channel: str, resources: list[Json]) -> None:
-    """Record what is about to leave, one ledger entry per person, before it leaves: if the ledger
+class Judge:
+    """Decides each resource for one request, with each person's consents read once."""
+
+    def __init__(self, policy: PolicySource | None, asker: Asker) -> None:
+        self.policy = policy
+        self.asker = asker
+        self._consents: dict[str, Any] = {}
+
+    def __call__(self, resource: Json) -> Decision:
+        if self.policy is None:
+            return UNENFORCED
+        person = person_of(resource)
+        if person is not None and person not in self._consents:
+            self._consents[person] = self.policy.consents(person)
+        consents = self._consents.get(person, []) if person else []
+        return decide(self.asker, resource, self.policy.agreements(), consents)
+
+
+def record(ledger: Ledger | None, who: Principal, channel: str, judged: list[tuple[Json, Decision]]) -> None:
+    """One ledger entry per person and decision, written before anything leaves: if the ledger
     cannot be written the request fails (503) rather than disclosing unrecorded."""
-    if ledger is None or not resources:
+    if ledger is None or not judged:
         return
-    by_person: dict[str | None, list[str]] = defaultdict(list)
-    for resource in resources:
-        by_person[person_of(resource)].append(resource_ref(resource))
+    groups: dict[tuple[str | None, Decision], list[str]] = defaultdict(list)
+    for resource, decision in judged:
+        groups[(person_of(resource), decision)].append(resource_ref(resource))
     now = datetime.now(UTC)
     ledger.append(
         [
@@ -60,17 +73,23 @@ def disclose(ledger: Ledger | None, who: Principal, channel: str, resources: lis
                 channel=channel,
                 person_key=person,
                 resources=tuple(refs),
-                decision="permit",
-                reasons=("authenticated user; information-sharing policy not yet enforced",),
-                basis={"role": who.role},
+                decision=decision.outcome,
+                reasons=decision.reasons,
+                basis={"role": who.role, "agreements": list(decision.agreements), "consents": list(decision.consents)},
             )
-            for person, refs in by_person.items()
+            for (person, decision), refs in groups.items()
         ]
     )
 
 
-def router(reader: RecordReader, tokens: TokenVerifier, ledger: Ledger | None = None) -> APIRouter:
-    """The /fhir routes over a record reader; every disclosure is recorded in `ledger`."""
+def router(
+    reader: RecordReader,
+    tokens: TokenVerifier,
+    ledger: Ledger | None = None,
+    policy: PolicySource | None = None,
+    publish: Publish | None = None,
+) -> APIRouter:
+    """The /fhir routes over a record reader."""
     api = APIRouter(prefix="/fhir", default_response_class=FhirResponse)
 
     def caller(authorization: Annotated[str | None, Header()] = None) -> Principal:
@@ -82,6 +101,18 @@ def router(reader: RecordReader, tokens: TokenVerifier, ledger: Ledger | None = 
         return tokens.verify(token.strip())
 
     Caller = Annotated[Principal, Depends(caller)]  # noqa: N806 - a type alias
+    BreakGlass = Annotated[  # noqa: N806 - a type alias
+        str | None,
+        Header(alias="X-Break-Glass-Reason", description="a clinician's emergency, stated; always audited"),
+    ]
+
+    def judge(who: Principal, break_glass: str | None) -> Judge:
+        return Judge(policy, Asker(who.org, who.role, datetime.now(UTC), break_glass))
+
+    def disclose(request: Request, who: Principal, judge_: Judge, channel: str, found: list[Json]) -> FhirResponse:
+        judged = [(r, judge_(r)) for r in found]
+        record(ledger, who, channel, judged)
+        return searchset(request, [r for r, d in judged if d.permitted], sum(not d.permitted for _, d in judged))
 
     @api.get("/metadata", summary="CapabilityStatement")
     def metadata(request: Request) -> FhirResponse:
@@ -91,6 +122,7 @@ def router(reader: RecordReader, tokens: TokenVerifier, ledger: Ledger | None = 
     def search_patients(
         request: Request,
         who: Caller,
+        break_glass: BreakGlass = None,
         identifier: Annotated[str | None, Query(description="system|value, e.g. the NHS number")] = None,
     ) -> FhirResponse:
         if not identifier:
@@ -101,48 +133,127 @@ def router(reader: RecordReader, tokens: TokenVerifier, ledger: Ledger | None = 
                 "identifier must be system|value, e.g. https://fhir.nhs.uk/Id/nhs-number|9434765919",
                 ("identifier",),
             )
-        return searchset(request, who, reader.patients_by_identifier(system, value), ledger, "search")
+        found = reader.patients_by_identifier(system, value)
+        return disclose(request, who, judge(who, break_glass), "search", found)
 
     @api.get("/Patient/{id}/$everything", summary="Everything about one patient")
-    def everything(request: Request, who: Caller, id: str) -> FhirResponse:
+    def everything(request: Request, who: Caller, id: str, break_glass: BreakGlass = None) -> FhirResponse:
         found = reader.everything(id)
-        if not found or not allowed(who, found[0]):
+        if not found:
             raise UnknownPersonError(f"Patient/{id} is not known here", ("Patient.id",))
-        return searchset(request, who, found, ledger, "everything")
+        judge_ = judge(who, break_glass)
+        first = judge_(found[0])
+        if not first.permitted:
+            record(ledger, who, "everything", [(r, first) for r in found])
+            raise ConsentDeniedError("; ".join(first.reasons), ("Patient",))
+        return disclose(request, who, judge_, "everything", found)
 
-    @api.get("/{kind}", summary="Search Encounter or Provenance by patient")
+    @api.get("/{kind}", summary="Search Encounter, Provenance or Consent by patient")
     def search_by_patient(
         request: Request,
         who: Caller,
         kind: str,
+        break_glass: BreakGlass = None,
         patient: Annotated[str | None, Query(description="Patient id or Patient/<id>")] = None,
     ) -> FhirResponse:
         if kind not in PERSONAL:
             raise UnknownPersonError(f"searching {kind} is not supported here (see /fhir/metadata)", (kind,))
         if not patient:
             raise InvalidMessageError(f"{kind} search needs patient=<id>", ("patient",), code="required")
-        return searchset(request, who, reader.search(kind, patient.removeprefix("Patient/")), ledger, "search")
+        found = reader.search(kind, patient.removeprefix("Patient/"))
+        return disclose(request, who, judge(who, break_glass), "search", found)
 
     @api.get("/{kind}/{id}", summary="Read one resource")
-    def read(who: Caller, kind: str, id: str) -> FhirResponse:
+    def read(who: Caller, kind: str, id: str, break_glass: BreakGlass = None) -> FhirResponse:
         if kind not in READABLE:
             raise UnknownPersonError(f"{kind} is not a resource type this server holds", (kind,))
         found = reader.read(kind, id)
-        if found is None or not allowed(who, found):
+        if found is None:
             raise UnknownPersonError(f"{kind}/{id} is not known here", (f"{kind}.id",))
-        disclose(ledger, who, "read", [found])
+        decision = judge(who, break_glass)(found)
+        record(ledger, who, "read", [(found, decision)])
+        if not decision.permitted:
+            raise ConsentDeniedError("; ".join(decision.reasons), (kind,))
         return FhirResponse(found)
+
+    @api.post("/Consent", status_code=201, summary="Record a person's permit or objection to sharing")
+    async def record_consent(request: Request, who: Caller) -> FhirResponse:
+        if publish is None:
+            raise InvalidMessageError("this server does not take Consent", ("Consent",), code="not-supported")
+        consent = _parse_consent(await request.body())
+        person = _person_for(reader, consent)
+        consent["id"] = str(uuid.uuid4())
+        consent["patient"] = {"reference": f"Patient/{person}"}
+        consent["meta"] = {"source": f"urn:ods:{who.org}"}
+        now = datetime.now(UTC)
+        await publish(
+            Envelope(
+                id=str(uuid.uuid4()),
+                source=f"urn:ods:{who.org}",
+                type=CONSENT_RECORDED.type,
+                time=now,
+                subject=person,
+                data=orjson.dumps(consent),
+            )
+        )
+        location = str(request.base_url).rstrip("/") + f"/fhir/Consent/{consent['id']}"
+        return FhirResponse(consent, status_code=201, headers={"Location": location})
 
     return api
 
 
-def searchset(
-    request: Request, who: Principal, resources: list[Json], ledger: Ledger | None, channel: str
-) -> FhirResponse:
-    """A searchset Bundle of what `who` may see, recorded in the ledger before it is sent."""
+def _parse_consent(body: bytes) -> Json:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessageError(f"the body is not JSON: {exc}", ("Consent",)) from exc
+    if not isinstance(data, dict) or data.get("resourceType") != "Consent":
+        raise InvalidMessageError("the body must be a FHIR Consent resource", ("Consent.resourceType",))
+    try:
+        Consent.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidMessageError(
+            f"not a valid FHIR R4 Consent: {where}: {first['msg']}", (f"Consent.{where}",)
+        ) from exc
+    provision = data.get("provision") or {}
+    if provision.get("type") not in ("permit", "deny"):
+        raise InvalidMessageError("provision.type must be permit or deny", ("Consent.provision.type",), code="required")
+    return dict(data)
+
+
+def _person_for(reader: RecordReader, consent: Json) -> str:
+    patient = consent.get("patient") or {}
+    ref = str(patient.get("reference", ""))
+    if ref.startswith("Patient/") and reader.read("Patient", ref.removeprefix("Patient/")):
+        return ref.removeprefix("Patient/")
+    ident = patient.get("identifier") or {}
+    if ident.get("system") and ident.get("value"):
+        found = reader.patients_by_identifier(str(ident["system"]), str(ident["value"]))
+        if found:
+            return str(found[0]["id"])
+    raise UnknownPersonError("Consent.patient names no person in the shared care record", ("Consent.patient",))
+
+
+def searchset(request: Request, shown: list[Json], withheld: int) -> FhirResponse:
+    """A searchset Bundle of what may be shown, saying how many were withheld."""
     base = str(request.base_url).rstrip("/") + "/fhir"
-    shown = [r for r in resources if allowed(who, r)]
-    disclose(ledger, who, channel, shown)
+    entries: list[Json] = [
+        {"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}} for r in shown
+    ]
+    if withheld:
+        note = {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {
+                    "severity": "information",
+                    "code": "suppressed",
+                    "diagnostics": f"{withheld} resource(s) withheld under the information-sharing policy",
+                }
+            ],
+        }
+        entries.append({"resource": note, "search": {"mode": "outcome"}})
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),
@@ -150,10 +261,7 @@ def searchset(
         "type": "searchset",
         "total": len(shown),
         "link": [{"relation": "self", "url": str(request.url)}],
-        "entry": [
-            {"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
-            for r in shown
-        ],
+        "entry": entries,
     }
     return FhirResponse(bundle)
 
@@ -161,7 +269,7 @@ def searchset(
 def capability_statement(base: str) -> Json:
     """What this server does, for clients that ask first."""
 
-    def resource(kind: str, searches: list[tuple[str, str]], operations: list[str] = ()) -> Json:  # type: ignore[assignment]
+    def resource(kind: str, searches: list[tuple[str, str]], operations: tuple[str, ...] = ()) -> Json:
         entry: Json = {"type": kind, "interaction": [{"code": "read"}]}
         if searches:
             entry["interaction"].append({"code": "search-type"})
@@ -172,6 +280,8 @@ def capability_statement(base: str) -> Json:
             ]
         return entry
 
+    consent = resource("Consent", [("patient", "reference")])
+    consent["interaction"].append({"code": "create"})
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -189,13 +299,16 @@ def capability_statement(base: str) -> Json:
                         {"coding": [{"system": "http://hl7.org/fhir/restful-security-service", "code": "OAuth"}]}
                     ],
                     "description": "Bearer token (JWT) naming the caller's organisation (ODS code) and role; "
-                    "issue one with `carehub token --org ODS --role ROLE`.",
+                    "issue one with `carehub token --org ODS --role ROLE`. Every read is decided under the "
+                    "information-sharing agreements and the person's consent, and recorded in the "
+                    "disclosure ledger; a clinician may assert an emergency with X-Break-Glass-Reason.",
                 },
                 "resource": [
-                    resource("Patient", [("identifier", "token")], ["everything"]),
+                    resource("Patient", [("identifier", "token")], ("everything",)),
                     resource("Encounter", [("patient", "reference")]),
                     resource("Organization", []),
                     resource("Provenance", [("patient", "reference")]),
+                    consent,
                 ],
             }
         ],

@@ -1,0 +1,220 @@
+"""The policy decision point: may this organisation's user see this resource, now, and why.
+
+One pure function, `decide`, used for every FHIR read, search and $everything (and, as they come,
+deliveries and replay exports). Default deny. The rules, in order:
+
+    shared data        a resource about no person (a GP practice's Organization) is not personal data
+    purpose            the user's role names the purpose; a role with no purpose reads nothing personal
+    own data           the organisation that supplied a resource may always see it
+    break-glass        a clinician asserting an emergency, with a reason, is permitted; marked, always audited
+    agreement          some agreement in force names both organisations, the purpose, the data category
+                       and every sensitive category the resource carries (and, where it applies the
+                       national data opt-out, the person has not opted out)
+    objection          a Consent with provision.type=deny in force for that recipient (or everyone) and
+                       category (or all) overrides any agreement; a permit never widens an agreement
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from schemas.agreements import Agreement
+
+Json = dict[str, Any]
+CATEGORY_SYSTEM = "https://carehub.invalid/CodeSystem/data-category"
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+PURPOSE_OF_ROLE = {"clinician": "direct-care", "coordinator": "care-coordination", "auditor": "audit"}
+CATEGORY_OF_TYPE = {
+    "Patient": "demographics",
+    "Encounter": "encounters",
+    "ServiceRequest": "referrals",
+    "Task": "tasks",
+    "CarePlan": "care-plans",
+    "Provenance": "provenance",
+    "Consent": "consents",
+}
+SHARED_TYPES = frozenset({"Organization", "Practitioner", "Location"})
+SENSITIVE_OF_LABEL = {
+    "PSY": "mental-health",
+    "MH": "mental-health",
+    "SEX": "sexual-health",
+    "STD": "sexual-health",
+    "HIV": "sexual-health",
+    "SDV": "safeguarding",
+    "CHILD": "safeguarding",
+    "ETH": "substance-misuse",
+    "SUD": "substance-misuse",
+}
+
+
+@dataclass(frozen=True)
+class Asker:
+    """Who asks, when, and whether they assert an emergency."""
+
+    org: str
+    role: str
+    at: datetime
+    break_glass: str | None = None
+
+
+@dataclass(frozen=True)
+class ConsentRule:
+    """A person's choice, from a FHIR Consent."""
+
+    id: str
+    person_key: str
+    deny: bool
+    actors: frozenset[str] = frozenset()  # ODS codes; empty = every organisation
+    categories: frozenset[str] = frozenset()  # empty = every category
+    start: datetime | None = None
+    end: datetime | None = None
+    version: str = "1"
+
+    def in_force(self, at: datetime) -> bool:
+        return (self.start is None or self.start <= at) and (self.end is None or at <= self.end)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """permit / deny / break-glass, with reasons a person can read and what the decision rested on."""
+
+    outcome: str
+    reasons: tuple[str, ...]
+    agreements: tuple[str, ...] = ()
+    consents: tuple[str, ...] = ()
+    obligations: tuple[str, ...] = field(default=())
+
+    @property
+    def permitted(self) -> bool:
+        return self.outcome in ("permit", "break-glass")
+
+
+def person_of(resource: Json) -> str | None:
+    """The person key a resource is about: a Patient's id or its subject/patient, else None."""
+    if resource.get("resourceType") == "Patient":
+        return str(resource.get("id"))
+    for name in ("subject", "patient"):
+        ref = str((resource.get(name) or {}).get("reference", ""))
+        if ref.startswith("Patient/"):
+            return ref.removeprefix("Patient/")
+    return None
+
+
+def provider_of(resource: Json) -> str | None:
+    """The supplying organisation, from meta.source (`urn:ods:CODE`)."""
+    source = str((resource.get("meta") or {}).get("source", ""))
+    return source.removeprefix("urn:ods:") if source.startswith("urn:ods:") else None
+
+
+def classify(resource: Json) -> tuple[str | None, frozenset[str]]:
+    """(data category, sensitive categories) of a resource."""
+    labels = (resource.get("meta") or {}).get("security") or []
+    sensitive = frozenset(SENSITIVE_OF_LABEL[c["code"]] for c in labels if c.get("code") in SENSITIVE_OF_LABEL)
+    return CATEGORY_OF_TYPE.get(str(resource.get("resourceType"))), sensitive
+
+
+def decide(
+    asker: Asker,
+    resource: Json,
+    agreements: Iterable[Agreement],
+    consents: Sequence[ConsentRule],
+    *,
+    opted_out: bool = False,
+) -> Decision:
+    """Decide one disclosure of one resource."""
+    kind = str(resource.get("resourceType"))
+    if kind in SHARED_TYPES:
+        return Decision("permit", (f"{kind} is about no person (not personal data)",))
+    purpose = PURPOSE_OF_ROLE.get(asker.role)
+    if purpose is None:
+        return Decision("deny", (f"the role {asker.role} has no purpose for reading personal data",))
+    category, sensitive = classify(resource)
+    if category is None:
+        return Decision("deny", (f"{kind} is not a data category any agreement can cover",))
+    provider = provider_of(resource)
+    if provider == asker.org:
+        return Decision("permit", (f"{asker.org} supplied this {category} record",))
+    if asker.break_glass and asker.role == "clinician" and asker.break_glass.strip():
+        return Decision(
+            "break-glass",
+            (f"emergency asserted by the user: {asker.break_glass.strip()[:200]}",),
+            obligations=("audit-break-glass",),
+        )
+    day = asker.at.date()
+    covering = [
+        a
+        for a in agreements
+        if a.valid_from <= day
+        and (a.valid_to is None or day <= a.valid_to)
+        and asker.org in a.party_codes
+        and (provider is None or provider in a.party_codes)
+        and purpose in a.purposes
+        and category in a.categories
+        and sensitive <= set(a.sensitive)
+        and not (a.national_data_opt_out and opted_out)
+    ]
+    if not covering:
+        extra = f" including {', '.join(sorted(sensitive))}" if sensitive else ""
+        source = f" from {provider}" if provider else ""
+        return Decision(
+            "deny", (f"no agreement in force shares {category}{extra}{source} with {asker.org} for {purpose}",)
+        )
+    basis = tuple(sorted(f"{a.id}@{a.version}" for a in covering))
+    person = person_of(resource)
+    objections = [
+        c
+        for c in consents
+        if c.deny
+        and c.person_key == person
+        and c.in_force(asker.at)
+        and (not c.actors or asker.org in c.actors)
+        and (not c.categories or category in c.categories)
+    ]
+    if objections:
+        ids = tuple(sorted(f"Consent/{c.id}/_history/{c.version}" for c in objections))
+        return Decision("deny", (f"the person objected to sharing {category} with {asker.org}",), basis, ids)
+    return Decision("permit", (f"shared under {', '.join(basis)} for {purpose}",), basis)
+
+
+def consent_rule(consent: Json) -> ConsentRule | None:
+    """A FHIR Consent as a rule; None when it is not an active privacy choice about a known person."""
+    if consent.get("resourceType") != "Consent" or consent.get("status") != "active":
+        return None
+    person = person_of(consent)
+    provision = consent.get("provision") or {}
+    if person is None or provision.get("type") not in ("deny", "permit"):
+        return None
+    actors = frozenset(
+        str(ident.get("value"))
+        for actor in provision.get("actor") or []
+        if (ident := (actor.get("reference") or {}).get("identifier") or {}).get("system") == ODS_SYSTEM
+    )
+    categories = frozenset(
+        str(c.get("code")) for c in provision.get("class") or [] if c.get("system") == CATEGORY_SYSTEM
+    )
+    period = provision.get("period") or {}
+    return ConsentRule(
+        id=str(consent.get("id")),
+        person_key=person,
+        deny=provision["type"] == "deny",
+        actors=actors,
+        categories=categories,
+        start=_instant(period.get("start")),
+        end=_instant(period.get("end"), end_of_day=True),
+        version=str((consent.get("meta") or {}).get("versionId", "1")),
+    )
+
+
+def _instant(text: str | None, *, end_of_day: bool = False) -> datetime | None:
+    """A FHIR date or dateTime as an instant; a bare date ending a period means the whole day."""
+    if not text:
+        return None
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    if end_of_day and len(text) == 10:
+        value += timedelta(days=1, microseconds=-1)
+    return value

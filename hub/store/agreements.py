@@ -1,0 +1,101 @@
+"""Sharing agreements in the database (every version kept) and the policy's view of them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from hub.core.errors import InvalidMessageError
+from hub.core.policy import ConsentRule, consent_rule
+from hub.core.ports import RecordReader
+from hub.store.sql import store_errors
+from hub.store.tables import sharing_agreement
+from schemas.agreements import Agreement
+
+A = sharing_agreement
+
+
+def _digest(agreement: Agreement) -> str:
+    return hashlib.sha256(json.dumps(agreement.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+class SqlAgreements:
+    """Versions in, the latest version of each agreement out."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def load(self, agreement: Agreement, *, at: datetime) -> bool:
+        """Store a version; False if that exact version is already loaded; InvalidMessageError if the
+        same id and version was loaded with different content (versions are immutable)."""
+        digest = _digest(agreement)
+        with store_errors(), self.engine.connect().execution_options(immediate=True) as conn:
+            conn.begin()
+            found = conn.execute(
+                sa.select(A.c.digest).where(A.c.id == agreement.id, A.c.version == agreement.version)
+            ).scalar_one_or_none()
+            if found == digest:
+                return False
+            if found is not None:
+                raise InvalidMessageError(
+                    f"agreement {agreement.id} version {agreement.version} is already loaded with different "
+                    "content; give the change a new version number",
+                    ("version",),
+                )
+            conn.execute(
+                sa.insert(A).values(
+                    id=agreement.id,
+                    version=agreement.version,
+                    document=agreement.model_dump(mode="json"),
+                    digest=digest,
+                    loaded_at=at,
+                )
+            )
+            conn.commit()
+        return True
+
+    def all_versions(self) -> list[Agreement]:
+        with store_errors(), self.engine.connect() as conn:
+            rows = conn.execute(sa.select(A.c.document).order_by(A.c.id, A.c.version)).scalars().all()
+        return [Agreement.model_validate(r) for r in rows]
+
+    def current(self) -> list[Agreement]:
+        """The newest version of each agreement (older versions stay stored, for audit)."""
+        latest: dict[str, Agreement] = {}
+        for agreement in self.all_versions():
+            latest[agreement.id] = agreement
+        return list(latest.values())
+
+
+class PolicySource:
+    """What decisions need: current agreements (re-read at most every `ttl` seconds, so a new version
+    applies within that) and a person's consents, read from the record at decision time."""
+
+    def __init__(
+        self,
+        agreements: SqlAgreements,
+        reader: RecordReader,
+        *,
+        ttl: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._agreements = agreements
+        self._reader = reader
+        self._ttl = ttl
+        self._clock = clock
+        self._cached: tuple[float, list[Agreement]] | None = None
+
+    def agreements(self) -> list[Agreement]:
+        now = self._clock()
+        if self._cached is None or now - self._cached[0] > self._ttl:
+            self._cached = (now, self._agreements.current())
+        return self._cached[1]
+
+    def consents(self, person_key: str) -> list[ConsentRule]:
+        rules = (consent_rule(c) for c in self._reader.search("Consent", person_key))
+        return [r for r in rules if r is not None]
