@@ -37,6 +37,7 @@ schemas: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.ingest
+	$(PY) -m bench.policy
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

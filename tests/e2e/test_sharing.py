@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -81,14 +81,25 @@ async def test_reads_follow_agreements_and_consent_and_changes_apply_within_two_
             consent = {
                 "resourceType": "Consent",
                 "status": "active",
-                "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+                "scope": {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}
+                    ]
+                },
                 "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
                 "patient": {"identifier": {"system": NHS, "value": "9434765919"}},
                 "provision": {
                     "type": "deny",
                     "actor": [
                         {
-                            "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                            "role": {
+                                "coding": [
+                                    {
+                                        "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                        "code": "IRCP",
+                                    }
+                                ]
+                            },
                             "reference": {"identifier": {"system": ODS, "value": "Y00001"}},
                         }
                     ],
@@ -103,12 +114,16 @@ async def test_reads_follow_agreements_and_consent_and_changes_apply_within_two_
                 return shown["total"] == 0
 
             await until(encounters_hidden_from_y00001, within=2.0)
-            assert (await http.get(f"/Patient/{pid}", headers=as_("Y00001"))).status_code == 200  # demographics still shared
+            assert (
+                await http.get(f"/Patient/{pid}", headers=as_("Y00001"))
+            ).status_code == 200  # demographics still shared
             third = (await http.get(f"/Encounter?patient={pid}", headers=as_("Y00003"))).json()
             assert third["total"] == 1  # the objection named Y00001 only
 
             # the agreement ends (a new version with an end date in the past): Y00003 loses access
-            ended = an_agreement("RXX", "Y00001", "Y00003", version=2, valid_to=str(date.today() - timedelta(days=1)))
+            ended = an_agreement(
+                "RXX", "Y00001", "Y00003", version=2, valid_to=str(datetime.now(UTC).date() - timedelta(days=1))
+            )
             run.services.agreements.load(ended, at=datetime.now(UTC))
 
             async def y00003_cut_off() -> bool:

@@ -131,7 +131,7 @@ def oracle(
         if not choice.deny or choice.person_key != person:
             continue
         started = choice.start is None or choice.start <= NOW
-        not_ended = choice.end is None or NOW <= choice.end
+        not_ended = choice.end is None or choice.end >= NOW
         if not (started and not_ended):
             continue
         if choice.actors and org not in choice.actors:
@@ -144,9 +144,7 @@ def oracle(
 
 @settings(max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(agreements, consents, requests)
-def test_every_decision_matches_the_oracle(
-    deals: list[Agreement], choices: list[ConsentRule], request: tuple
-) -> None:
+def test_every_decision_matches_the_oracle(deals: list[Agreement], choices: list[ConsentRule], request: tuple) -> None:
     org, role, kind, person, source, labels, break_glass = request
     decision = decide(Asker(org, role, NOW, break_glass), resource(kind, person, source, labels), deals, choices)
     expected = oracle(org, role, kind, person, source, labels, break_glass, deals, choices)
@@ -194,7 +192,9 @@ def test_break_glass_is_marked_and_needs_a_reason_and_a_clinician() -> None:
 
 def test_an_ended_agreement_no_longer_shares() -> None:
     ended = an_agreement("RXX", "Y00001", valid_to="2026-05-31")
-    assert decide(Asker("Y00001", "clinician", NOW), resource("Patient", "p1", "RXX", []), [ended], []).outcome == "deny"
+    assert (
+        decide(Asker("Y00001", "clinician", NOW), resource("Patient", "p1", "RXX", []), [ended], []).outcome == "deny"
+    )
 
 
 def test_a_fhir_consent_becomes_a_rule() -> None:
