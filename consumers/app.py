@@ -8,6 +8,7 @@ from collections.abc import Callable
 from faststream.kafka import KafkaBroker
 
 from consumers.deadletters import dead_letter_router
+from consumers.delivery import Deliverer, delivery_router
 from consumers.record import UnitOfWorkFactory, record_router
 from hub.core.ports import DeadLetters
 from hub.core.record import ApplyResult
@@ -34,7 +35,10 @@ def include_consumers(
     group_prefix: str = "carehub",
     on_applied: Callable[[ApplyResult], None] | None = None,
     on_kept: Callable[[int], None] | None = None,
+    deliverer: Deliverer | None = None,
 ) -> None:
     """Attach every consumer of the hub to `broker`."""
     broker.include_router(record_router(uow_factory, broker, group_id=f"{group_prefix}-record", on_applied=on_applied))
     broker.include_router(dead_letter_router(dead_letters, group_id=f"{group_prefix}-deadletters", on_kept=on_kept))
+    if deliverer is not None:
+        broker.include_router(delivery_router(deliverer, group_id=f"{group_prefix}-delivery"))

@@ -24,6 +24,7 @@ from hub.store.agreements import PolicySource, SqlAgreements
 from hub.store.database import open_engine
 from hub.store.ledger import SqlLedger
 from hub.store.sql import SqlDeadLetters, SqlRecordReader, SqlRecordUnitOfWork
+from hub.store.subscriptions import SqlOutbox, SqlSubscriptions
 from schemas.envelope import Envelope
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class Services:
     ledger: Ledger
     agreements: SqlAgreements
     policy: PolicySource | None
+    subscriptions: SqlSubscriptions
+    outbox: SqlOutbox
 
 
 def load_secrets(settings: Settings) -> Secrets:
@@ -83,6 +86,8 @@ def build(settings: Settings, **overrides: Any) -> Services:
         "dead_letters": SqlDeadLetters(engine),
         "ledger": SqlLedger(engine),
         "agreements": SqlAgreements(engine),
+        "subscriptions": SqlSubscriptions(engine, ttl=settings.policy.agreements_ttl_s),
+        "outbox": SqlOutbox(engine),
     }
     parts["policy"] = (
         PolicySource(parts["agreements"], parts["reader"], ttl=settings.policy.agreements_ttl_s)
@@ -201,6 +206,7 @@ async def running(
     from adapters.hl7v2.service import HospitalIntake
     from adapters.hl7v2.transport import serve
     from consumers.app import build_broker, include_consumers
+    from consumers.delivery import Deliverer, WebhookSender
 
     if services is None:
         services = await asyncio.to_thread(build, settings)
@@ -208,6 +214,16 @@ async def running(
         await create_topics(bootstrap)
         broker = build_broker(bootstrap, client_id=settings.kafka.client_id)
         run = Running(services=services, bootstrap=bootstrap)
+        deliverer = Deliverer(
+            broker=broker,
+            bootstrap=bootstrap,
+            uow_factory=services.uow_factory,
+            subscriptions=services.subscriptions,
+            outbox=services.outbox,
+            policy=services.policy or PolicySource(services.agreements, services.reader),
+            ledger=services.ledger,
+            enforce=services.policy is not None,
+        )
         if consumers:
             include_consumers(
                 broker,
@@ -216,6 +232,7 @@ async def running(
                 group_prefix=settings.kafka.group_id.removesuffix("-record"),
                 on_applied=run.count,
                 on_kept=run.count_kept,
+                deliverer=deliverer,
             )
         await broker.start()
         run.intake = HospitalIntake(
@@ -225,6 +242,9 @@ async def running(
         )
         stack = contextlib.AsyncExitStack()
         try:
+            if consumers:
+                sender = asyncio.create_task(WebhookSender(deliverer).run(run.stopping))
+                stack.push_async_callback(_stop_task, run.stopping, sender)
             if mllp:
                 server = await serve(
                     run.intake.receive,
@@ -253,4 +273,9 @@ async def _close_server(server: asyncio.Server) -> None:
 
 async def _stop_http(server: _QuietServer, task: asyncio.Task[None]) -> None:
     server.should_exit = True
+    await task
+
+
+async def _stop_task(stopping: asyncio.Event, task: asyncio.Task[None]) -> None:
+    stopping.set()
     await task

@@ -40,6 +40,10 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(ingest_app, name="ingest")
 agreements_app = typer.Typer(help="Information sharing agreements.", no_args_is_help=True)
 app.add_typer(agreements_app, name="agreements")
+subscriptions_app = typer.Typer(help="Organisations' subscriptions to events.", no_args_is_help=True)
+app.add_typer(subscriptions_app, name="subscriptions")
+deliveries_app = typer.Typer(help="Webhook deliveries: see them, redeliver failed ones.", no_args_is_help=True)
+app.add_typer(deliveries_app, name="deliveries")
 audit_app = typer.Typer(help="The disclosure ledger: verify it, answer subject-access requests.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 console = Console()
@@ -286,3 +290,81 @@ def agreements_list(data_dir: DataDir = Path("var")) -> None:
             a.id, str(a.version), " ".join(sorted(a.party_codes)), ", ".join(a.purposes), ", ".join(a.categories), valid
         )
     console.print(table)
+
+
+@subscriptions_app.command("load")
+def subscriptions_load(
+    paths: Annotated[list[Path], typer.Argument(help="Subscription YAML files")],
+    data_dir: DataDir = Path("var"),
+) -> None:
+    """Validate and save subscriptions (a file with an existing id replaces it); the hub picks them up within 1 s."""
+    import yaml
+    from pydantic import ValidationError
+
+    from hub.bootstrap import build
+    from schemas.subscriptions import Subscription
+
+    services = build(make_settings(data_dir))
+    failed = 0
+    for path in paths:
+        try:
+            subscription = Subscription.model_validate(yaml.safe_load(path.read_text()))
+        except (OSError, yaml.YAMLError) as exc:
+            console.print(f"[red]{path}: cannot read: {exc}[/red]")
+            failed += 1
+            continue
+        except ValidationError as exc:
+            for error in exc.errors():
+                where = ".".join(str(p) for p in error["loc"]) or "(document)"
+                console.print(f"[red]{path}: {where}: {error['msg']}[/red]")
+            failed += 1
+            continue
+        services.subscriptions.save(subscription)
+        console.print(f"{path}: subscription {subscription.id} for {subscription.org} saved")
+    raise typer.Exit(1 if failed else 0)
+
+
+@subscriptions_app.command("list")
+def subscriptions_list(data_dir: DataDir = Path("var")) -> None:
+    """Every subscription."""
+    from hub.bootstrap import build
+
+    services = build(make_settings(data_dir))
+    table = Table("id", "org", "events", "scope", "content", "webhook", "active")
+    for s, active in services.subscriptions.all():
+        hook = str(s.webhook.url) if s.webhook else "-"
+        table.add_row(s.id, s.org, "\n".join(s.events), s.scope, s.content, hook, "yes" if active else "no")
+    console.print(table)
+
+
+@deliveries_app.command("list")
+def deliveries_list(
+    status: Annotated[str | None, typer.Option(help="pending, delivered, failed or withheld")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first")] = 50,
+    data_dir: DataDir = Path("var"),
+) -> None:
+    """Webhook deliveries, newest first."""
+    from hub.bootstrap import build
+
+    services = build(make_settings(data_dir))
+    table = Table("id", "subscription", "event", "status", "attempts", "last error")
+    for d in services.outbox.listing(status, limit):
+        table.add_row(str(d.id), d.subscription_id, d.event_id, d.status, str(d.attempts), d.last_error or "")
+    console.print(table)
+
+
+@deliveries_app.command("redeliver")
+def deliveries_redeliver(
+    ids: Annotated[list[int] | None, typer.Argument(help="Delivery ids (see deliveries list)")] = None,
+    all_failed: Annotated[bool, typer.Option("--all-failed", help="Every failed delivery")] = False,
+    data_dir: DataDir = Path("var"),
+) -> None:
+    """Queue failed deliveries again; each is decided again under today's policy before it is sent."""
+    from hub.bootstrap import build
+
+    if not ids and not all_failed:
+        console.print("[red]name delivery ids, or --all-failed[/red]")
+        raise typer.Exit(2)
+    services = build(make_settings(data_dir))
+    count = services.outbox.redeliver(None if all_failed else ids, now=datetime.now(UTC))
+    console.print(f"{count} failed deliver{'y' if count == 1 else 'ies'} queued again")

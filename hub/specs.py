@@ -14,6 +14,7 @@ from schemas.agreements import Agreement
 from schemas.envelope import Envelope
 from schemas.events.rejected import OUTCOME_HEADER
 from schemas.registry import REGISTRY
+from schemas.subscriptions import Subscription
 from schemas.topics import DEAD_LETTER, EVENTS
 
 GENERATED = Path(__file__).resolve().parents[1] / "schemas" / "generated"
@@ -34,6 +35,13 @@ def agreement_schema() -> dict[str, Any]:
     """The JSON Schema that sharing agreement documents (YAML) are validated against."""
     schema = Agreement.model_json_schema()
     schema["$id"] = "https://carehub.invalid/schemas/agreement.schema.json"
+    return schema
+
+
+def subscription_schema() -> dict[str, Any]:
+    """The JSON Schema of subscription documents (YAML)."""
+    schema = Subscription.model_json_schema()
+    schema["$id"] = "https://carehub.invalid/schemas/subscription.schema.json"
     return schema
 
 
@@ -66,6 +74,7 @@ def documents() -> dict[str, str]:
         "envelope.schema.json": json.dumps(envelope_schema(), indent=2, sort_keys=True) + "\n",
         "asyncapi.json": json.dumps(asyncapi(), indent=2, sort_keys=True) + "\n",
         "agreement.schema.json": json.dumps(agreement_schema(), indent=2, sort_keys=True) + "\n",
+        "subscription.schema.json": json.dumps(subscription_schema(), indent=2, sort_keys=True) + "\n",
     }
 
 

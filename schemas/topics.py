@@ -44,3 +44,14 @@ EVENTS_DEAD_LETTER = Topic(
 )
 
 CATALOGUE: tuple[Topic, ...] = (EVENTS, DEAD_LETTER, EVENTS_DEAD_LETTER)
+
+
+def subscriber_topic(org: str) -> Topic:
+    """The topic where one subscribing organisation's permitted events are delivered."""
+    return Topic(
+        name=f"carehub.subscriber.{org.lower()}.v1",
+        key="person key",
+        partitions=1,
+        description=f"Events {org} subscribed to, as its agreements and each person's consent allow",
+        configs={"retention.ms": str(30 * 24 * 3600 * 1000), "cleanup.policy": "delete"},
+    )

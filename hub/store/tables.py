@@ -93,3 +93,27 @@ sharing_agreement = sa.Table(
     sa.Column("digest", sa.String(64), nullable=False),
     sa.Column("loaded_at", UtcDateTime, nullable=False),
 )
+
+subscription = sa.Table(
+    "subscription",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("document", JsonColumn, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+)
+
+delivery_outbox = sa.Table(
+    "delivery_outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("subscription_id", sa.String(64), nullable=False),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("person_key", sa.String(64), nullable=True),
+    sa.Column("body", JsonColumn, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending, delivered, failed, withheld
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", UtcDateTime, nullable=False),
+    sa.Column("last_error", sa.String(500), nullable=True),
+    sa.UniqueConstraint("subscription_id", "event_id", name="uq_delivery_once"),
+    sa.Index("ix_delivery_outbox_due", "status", "next_attempt_at"),
+)

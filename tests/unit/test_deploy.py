@@ -37,3 +37,13 @@ def test_every_carehub_variable_in_deploy_is_read_by_settings(monkeypatch: pytes
             value = settings.database_url
         shown = value.get_secret_value() if hasattr(value, "get_secret_value") else value
         assert str(shown) in {"x-value", "5"}, f"{name} is not read by Settings"
+
+
+def test_the_example_agreement_and_subscription_validate() -> None:
+    from schemas.agreements import Agreement
+    from schemas.subscriptions import Subscription
+
+    examples = DEPLOY.parent / "schemas" / "examples"
+    agreement = Agreement.model_validate(yaml.safe_load((examples / "agreement.example.yaml").read_text()))
+    subscription = Subscription.model_validate(yaml.safe_load((examples / "subscription.example.yaml").read_text()))
+    assert subscription.org in agreement.party_codes

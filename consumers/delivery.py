@@ -1,0 +1,310 @@
+"""Deliveries to subscribers: each event decided again for each subscription, at delivery time.
+
+The delivery consumer reads the events topic in its own consumer group. For each event and each
+matching subscription it decides every resource under the current agreements and the person's
+consents (a Consent event on the same partition is applied to the record first, so an objection
+holds for every later event about that person), records each decision in the disclosure ledger,
+publishes what is permitted to the subscriber's own topic, and queues a webhook delivery. The
+webhook sender decides again before every attempt, signs the body (HMAC-SHA256), retries with
+backoff and marks a delivery failed after the subscription's attempts, for `carehub deliveries
+redeliver`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import orjson
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, KafkaRouter
+from faststream.kafka.annotations import KafkaMessage
+
+from consumers.decoding import decode_all
+from consumers.middlewares import retrying
+from consumers.record import UnitOfWorkFactory, apply_batch
+from hub.core.delivery import in_scope, plan
+from hub.core.errors import InfrastructureError
+from hub.core.ledger import Disclosure, resource_ref
+from hub.core.policy import Asker, Decision, decide, person_of
+from hub.core.ports import Json, Ledger, RecordEvent
+from hub.core.record import resources_of
+from hub.kafka import create_topics
+from hub.store.agreements import PolicySource
+from hub.store.subscriptions import Delivery, SqlOutbox, SqlSubscriptions
+from schemas.events.consent import CONSENT_RECORDED
+from schemas.subscriptions import Subscription
+from schemas.topics import EVENTS, subscriber_topic
+
+log = logging.getLogger(__name__)
+SIGNATURE_HEADER = "X-CareHub-Signature"
+UNENFORCED = Decision("permit", ("information-sharing enforcement is switched off (policy.enforce=false)",))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def ledger_entries(
+    sub: Subscription, channel: str, judged: Sequence[tuple[Json, Decision]], at: datetime
+) -> list[Disclosure]:
+    """One entry per person and decision for a delivery attempt."""
+    groups: dict[tuple[str | None, Decision], list[str]] = {}
+    for resource, decision in judged:
+        if resource.get("resourceType") == "Organization":
+            continue
+        groups.setdefault((person_of(resource), decision), []).append(resource_ref(resource))
+    return [
+        Disclosure(
+            at=at,
+            recipient_org=sub.org,
+            recipient_user=f"subscription:{sub.id}",
+            channel=channel,
+            person_key=person,
+            resources=tuple(refs),
+            decision=decision.outcome,
+            reasons=decision.reasons,
+            basis={
+                "purpose": sub.purpose,
+                "agreements": list(decision.agreements),
+                "consents": list(decision.consents),
+            },
+        )
+        for (person, decision), refs in groups.items()
+    ]
+
+
+class Deliverer:
+    """Decides and delivers events to subscriptions (topic + webhook outbox)."""
+
+    def __init__(
+        self,
+        *,
+        broker: KafkaBroker,
+        bootstrap: str,
+        uow_factory: UnitOfWorkFactory,
+        subscriptions: SqlSubscriptions,
+        outbox: SqlOutbox,
+        policy: PolicySource,
+        ledger: Ledger,
+        clock: Callable[[], datetime] = _now,
+        enforce: bool = True,
+    ) -> None:
+        self.enforce = enforce
+        self.broker, self.bootstrap = broker, bootstrap
+        self.uow_factory = uow_factory
+        self.subscriptions, self.outbox, self.policy, self.ledger = subscriptions, outbox, policy, ledger
+        self.clock = clock
+        self._topics: set[str] = set()
+
+    def judge(self, sub: Subscription, person: str | None, at: datetime) -> Callable[[Json], Decision]:
+        if not self.enforce:
+            return lambda _: UNENFORCED
+        consents = self.policy.consents(person) if person else []
+        agreements = self.policy.agreements()
+        asker = Asker(sub.org, "system", at, purpose=sub.purpose)
+        return lambda resource: decide(asker, resource, agreements, consents)
+
+    async def handle(self, events: Sequence[RecordEvent]) -> int:
+        """Deliver a batch in order; the number of topic deliveries made."""
+        delivered = 0
+        for event in events:
+            try:
+                if event.type == CONSENT_RECORDED.type:  # objections hold for every later event about them
+                    await asyncio.to_thread(apply_batch, self.uow_factory, [event])
+                subs = [s for s in await asyncio.to_thread(self.subscriptions.active) if event.type in s.events]
+                if subs:
+                    delivered += await self._deliver(event, subs)
+            except InfrastructureError:
+                raise
+            except Exception:  # a poison event: the record consumer dead-letters it; deliver the rest
+                log.exception("event %s could not be delivered; skipped", event.id)
+        return delivered
+
+    async def _deliver(self, event: RecordEvent, subs: list[Subscription]) -> int:
+        resources = [{**r, "meta": {**(r.get("meta") or {}), "source": event.source}} for r in resources_of(event)]
+        summary = {"id": event.id, "type": event.type, "time": event.time.isoformat()}
+        delivered, queued, entries = 0, [], []
+        now = self.clock()
+        for sub in subs:
+            if not in_scope(sub.scope, sub.org, resources):
+                continue
+            judge = await asyncio.to_thread(self.judge, sub, event.subject, now)
+            planned = plan(
+                subscription_id=sub.id, content=sub.content, event=summary, resources=resources, decide=judge
+            )
+            entries += ledger_entries(sub, "topic", planned.judged, now)
+            if planned.body is None:
+                continue
+            await asyncio.to_thread(self.ledger.append, entries)
+            entries = []
+            await self._publish(sub, event, planned.body)
+            delivered += 1
+            if sub.webhook:
+                queued.append(
+                    {
+                        "subscription_id": sub.id,
+                        "event_id": event.id,
+                        "person_key": event.subject,
+                        "body": {"event": summary, "resources": planned.permitted},
+                    }
+                )
+        if entries:
+            await asyncio.to_thread(self.ledger.append, entries)
+        if queued:
+            await asyncio.to_thread(self.outbox.enqueue, queued, now=now)
+        return delivered
+
+    async def _publish(self, sub: Subscription, event: RecordEvent, body: Json) -> None:
+        topic = subscriber_topic(sub.org)
+        if topic.name not in self._topics:
+            await create_topics(self.bootstrap, [topic])
+            self._topics.add(topic.name)
+        headers = {
+            "ce_specversion": "1.0",
+            "ce_id": event.id,
+            "ce_source": event.source,
+            "ce_type": event.type,
+            "ce_time": event.time.isoformat(),
+            "ce_subject": event.subject,
+            "content-type": "application/fhir+json",
+        }
+        await self.broker.publish(orjson.dumps(body), topic.name, key=event.subject.encode(), headers=headers)
+
+
+def delivery_router(deliverer: Deliverer, *, group_id: str, max_records: int = 200) -> KafkaRouter:
+    """The delivery consumer as a router."""
+    router = KafkaRouter()
+
+    @router.subscriber(
+        EVENTS.name,
+        group_id=group_id,
+        batch=True,
+        max_records=max_records,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+    )
+    async def on_events(message: KafkaMessage) -> None:
+        raw = message.raw_message
+        records = raw if isinstance(raw, tuple) else (raw,)
+        decoded, _ = decode_all(records)  # the record consumer dead-letters what cannot be decoded
+        await retrying(lambda: deliverer.handle([e for _, e in decoded]))
+
+    return router
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The signature header value: sha256=<hex HMAC of the body>."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def backoff(attempts: int) -> timedelta:
+    """0.5 s, 1 s, 2 s ... capped at 5 minutes."""
+    return timedelta(seconds=min(0.5 * 2 ** max(attempts - 1, 0), 300))
+
+
+class WebhookSender:
+    """Sends due outbox deliveries, deciding each again first."""
+
+    def __init__(
+        self,
+        deliverer: Deliverer,
+        *,
+        client: httpx.AsyncClient | None = None,
+        env: dict[str, str] | None = None,
+        interval: float = 0.2,
+    ) -> None:
+        self.deliverer = deliverer
+        self.client = client or httpx.AsyncClient(timeout=10)
+        self.env = env if env is not None else os.environ
+        self.interval = interval
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Send until `stopping` is set; a database outage pauses, never loses, deliveries."""
+        while not stopping.is_set():
+            try:
+                await self.once()
+            except Exception:  # keep the loop alive; the outbox keeps the work
+                log.exception("webhook sender pass failed; retrying")
+            try:
+                await asyncio.wait_for(stopping.wait(), self.interval)
+            except TimeoutError:
+                pass
+        await self.client.aclose()
+
+    async def once(self) -> int:
+        """One pass over due deliveries; how many were settled (delivered, failed or withheld)."""
+        d = self.deliverer
+        due = await asyncio.to_thread(d.outbox.due, d.clock())
+        settled = 0
+        for delivery in due:
+            settled += await self._attempt(delivery)
+        return settled
+
+    async def _attempt(self, delivery: Delivery) -> int:
+        d = self.deliverer
+        sub = await asyncio.to_thread(d.subscriptions.get, delivery.subscription_id)
+        now = d.clock()
+        attempts = delivery.attempts + 1
+        if sub is None or sub.webhook is None:
+            await asyncio.to_thread(
+                d.outbox.settle, delivery.id, status="failed", attempts=attempts, next_attempt_at=now,
+                error="the subscription or its webhook no longer exists",
+            )  # fmt: skip
+            return 1
+        judge = await asyncio.to_thread(d.judge, sub, delivery.person_key, now)
+        planned = plan(
+            subscription_id=sub.id,
+            content=sub.content,
+            event=delivery.body["event"],
+            resources=delivery.body["resources"],
+            decide=judge,
+        )
+        await asyncio.to_thread(d.ledger.append, ledger_entries(sub, "webhook", planned.judged, now))
+        if planned.body is None:
+            await asyncio.to_thread(
+                d.outbox.settle, delivery.id, status="withheld", attempts=attempts, next_attempt_at=now,
+                error="withheld: the policy no longer permits it",
+            )  # fmt: skip
+            return 1
+        secret = self.env.get(sub.webhook.secret_env)
+        error = None
+        if not secret:
+            error = f"the webhook secret variable {sub.webhook.secret_env} is not set"
+        else:
+            body = orjson.dumps(planned.body)
+            headers = {
+                "Content-Type": "application/fhir+json",
+                SIGNATURE_HEADER: sign(secret.encode(), body),
+                "X-CareHub-Event-Id": delivery.event_id,
+                "X-CareHub-Subscription": sub.id,
+            }
+            try:
+                response = await self.client.post(str(sub.webhook.url), content=body, headers=headers)
+                if response.is_success:
+                    await asyncio.to_thread(
+                        d.outbox.settle,
+                        delivery.id,
+                        status="delivered",
+                        attempts=attempts,
+                        next_attempt_at=now,
+                        error=None,
+                    )
+                    return 1
+                error = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+        final = attempts >= sub.max_attempts
+        await asyncio.to_thread(
+            d.outbox.settle, delivery.id, status="failed" if final else "pending", attempts=attempts,
+            next_attempt_at=now + backoff(attempts), error=error,
+        )  # fmt: skip
+        if final:
+            log.warning("webhook delivery %s failed after %d attempts: %s", delivery.id, attempts, error)
+        return int(final)

@@ -1,0 +1,80 @@
+"""Which subscription gets what of an event: scope, per-resource policy decisions, content level.
+
+Pure: the caller supplies the decision function (hub.core.policy.decide with the current agreements
+and the person's consents) so the same rules hold on the Kafka topic and at every webhook attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hub.core.policy import Decision
+
+Json = dict[str, Any]
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+EVENT_TAG = "https://carehub.invalid/CodeSystem/event-type"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to deliver (None when nothing may go) and every decision taken on the way."""
+
+    body: Json | None
+    permitted: list[Json]
+    judged: list[tuple[Json, Decision]]
+
+
+def registered_practices(resources: Sequence[Json]) -> set[str]:
+    """ODS codes of the GP practices the event's Patients are registered with (PD1-3)."""
+    organisations = {
+        f"Organization/{r['id']}": {i.get("value") for i in r.get("identifier") or [] if i.get("system") == ODS_SYSTEM}
+        for r in resources
+        if r.get("resourceType") == "Organization"
+    }
+    codes: set[str] = set()
+    for patient in (r for r in resources if r.get("resourceType") == "Patient"):
+        for gp in patient.get("generalPractitioner") or []:
+            codes |= {c for c in organisations.get(str(gp.get("reference")), set()) if c}
+    return codes
+
+
+def in_scope(scope: str, org: str, resources: Sequence[Json]) -> bool:
+    """registered: only people registered with `org`; all-permitted: anyone (the policy still decides)."""
+    return scope == "all-permitted" or org in registered_practices(resources)
+
+
+def plan(
+    *,
+    subscription_id: str,
+    content: str,
+    event: Json,
+    resources: Sequence[Json],
+    decide: Callable[[Json], Decision],
+) -> Plan:
+    """Decide each resource and build the delivery body at the subscription's content level."""
+    judged = [(r, decide(r)) for r in resources]
+    permitted = [r for r, d in judged if d.permitted]
+    if not any(r.get("resourceType") != "Organization" for r in permitted):
+        return Plan(None, [], judged)
+    return Plan(body(subscription_id, content, event, permitted), permitted, judged)
+
+
+def body(subscription_id: str, content: str, event: Json, permitted: Sequence[Json]) -> Json:
+    """A FHIR `collection` Bundle tagged with the event; entries per the content level."""
+    bundle: Json = {
+        "resourceType": "Bundle",
+        "id": event["id"],
+        "type": "collection",
+        "timestamp": event["time"],
+        "meta": {
+            "tag": [{"system": EVENT_TAG, "code": event["type"]}],
+            "source": f"urn:carehub:subscription:{subscription_id}",
+        },
+    }
+    if content == "id-only":
+        bundle["entry"] = [{"fullUrl": f"{r['resourceType']}/{r['id']}"} for r in permitted]
+    elif content == "full-resource":
+        bundle["entry"] = [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r} for r in permitted]
+    return bundle
