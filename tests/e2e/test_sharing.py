@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
 
 from adapters.hl7v2.transport import MllpClient
 from hub.api.auth import issue_token
@@ -133,6 +134,15 @@ async def test_reads_follow_agreements_and_consent_and_changes_apply_within_two_
             bad = await http.post("/Consent", json={"resourceType": "Consent"}, headers=as_("RXX"))
             assert bad.status_code == 400
             assert bad.json()["resourceType"] == "OperationOutcome"
+
+            # auditors read the same ledger as FHIR AuditEvents; nobody else may
+            assert (await http.get(f"/AuditEvent?patient={pid}", headers=as_("Y00001"))).status_code == 403
+            audit = (await http.get(f"/AuditEvent?patient={pid}", headers=as_("RXX", "auditor"))).json()
+            events = [e["resource"] for e in audit["entry"]]
+            for event in events:
+                AuditEvent.model_validate(event)
+            assert {"0", "4"} <= {e["outcome"] for e in events}
+            assert any(e.get("purposeOfEvent") for e in events)  # the break-glass read
 
         entries = list(run.services.ledger.entries())
         assert verify(iter(entries))[1] is None

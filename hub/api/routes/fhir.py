@@ -33,6 +33,7 @@ from schemas.events.consent import CONSENT_RECORDED
 READABLE = ("Patient", "Encounter", "Organization", "Provenance", "Consent")
 PERSONAL = ("Encounter", "Provenance", "Consent")  # searchable by ?patient=
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 UNENFORCED = Decision("permit", ("information-sharing enforcement is switched off (policy.enforce=false)",))
 Publish = Callable[[Envelope], Awaitable[None]]
 
@@ -147,6 +148,24 @@ def router(
             record(ledger, who, "everything", [(r, first) for r in found])
             raise ConsentDeniedError("; ".join(first.reasons), ("Patient",))
         return disclose(request, who, judge_, "everything", found)
+
+    @api.get("/AuditEvent", summary="The disclosure ledger about one patient, for auditors")
+    def audit_events(
+        request: Request,
+        who: Caller,
+        patient: Annotated[str | None, Query(description="Patient id or Patient/<id>")] = None,
+    ) -> FhirResponse:
+        if who.role != "auditor":
+            raise ConsentDeniedError("AuditEvent is readable by the auditor role only", ("AuditEvent",))
+        if not patient:
+            raise InvalidMessageError("AuditEvent search needs patient=<id>", ("patient",), code="required")
+        if ledger is None:
+            return searchset(request, [], 0)
+        person = patient.removeprefix("Patient/")
+        events = [audit_event(entry) for entry in ledger.about(person)]
+        audit = Decision("permit", ("the auditor role reads the disclosure ledger for audit",))
+        record(ledger, who, "audit", [({"resourceType": "Patient", "id": person}, audit)])
+        return searchset(request, events, 0)
 
     @api.get("/{kind}", summary="Search Encounter, Provenance or Consent by patient")
     def search_by_patient(
@@ -309,7 +328,50 @@ def capability_statement(base: str) -> Json:
                     resource("Organization", []),
                     resource("Provenance", [("patient", "reference")]),
                     consent,
+                    {
+                        "type": "AuditEvent",
+                        "interaction": [{"code": "search-type"}],
+                        "searchParam": [{"name": "patient", "type": "reference"}],
+                        "documentation": "the disclosure ledger about one person; auditor role only",
+                    },
                 ],
             }
         ],
     }
+
+
+_OUTCOME = {"permit": "0", "break-glass": "0", "deny": "4"}
+_ACTION = {"read": "R", "search": "E", "everything": "E", "topic": "E", "webhook": "E", "audit": "R"}
+
+
+def audit_event(entry: Any) -> Json:
+    """One ledger entry as a FHIR R4 AuditEvent (seq in the id, reasons in outcomeDesc)."""
+    body = entry.body
+    decision = body["decision"]
+    event: Json = {
+        "resourceType": "AuditEvent",
+        "id": f"ledger-{entry.seq}",
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+        "action": _ACTION.get(body["channel"], "E"),
+        "recorded": body["at"],
+        "outcome": _OUTCOME.get(decision, "4"),
+        "outcomeDesc": f"{decision}: " + "; ".join(body.get("reasons") or []),
+        "agent": [
+            {
+                "who": {"identifier": {"system": ODS_SYSTEM, "value": body["recipient_org"]}},
+                "altId": body["recipient_user"],
+                "requestor": True,
+            }
+        ],
+        "source": {"observer": {"display": "CareHub disclosure ledger"}},
+        "entity": [
+            {"what": {"reference": ref.split("#", 1)[0]}, "description": f"sha256:{ref.split('#', 1)[-1]}"}
+            for ref in body.get("resources") or []
+        ],
+    }
+    if body.get("person_key"):
+        event["entity"].insert(0, {"what": {"reference": f"Patient/{body['person_key']}"}, "role": {"code": "1"}})
+    if decision == "break-glass":
+        reason = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "ETREAT"}
+        event["purposeOfEvent"] = [{"coding": [reason]}]
+    return event
