@@ -38,6 +38,7 @@ schemas: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.ingest
 	$(PY) -m bench.policy
+	$(PY) -m bench.enforcement
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

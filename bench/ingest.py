@@ -57,8 +57,9 @@ def validation_only(messages: list[bytes]) -> float:
 class HubProcess:
     """`carehub up` in its own process on free ports, with a SQLite record in a temp folder."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        self.extra_env = env or {}
         self.mllp_port = free_port()
         self.http_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -69,6 +70,7 @@ class HubProcess:
         args += ["--mllp-port", str(self.mllp_port), "--http-port", str(self.http_port)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAREHUB_")}
         env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+        env.update(self.extra_env)
         self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return self
 

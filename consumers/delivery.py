@@ -32,7 +32,7 @@ from consumers.record import UnitOfWorkFactory, apply_batch
 from hub.core.delivery import in_scope, plan
 from hub.core.errors import InfrastructureError
 from hub.core.ledger import Disclosure, resource_ref
-from hub.core.policy import Asker, Decision, decide, person_of
+from hub.core.policy import Asker, ConsentRule, Decision, decide, person_of
 from hub.core.ports import Json, Ledger, RecordEvent
 from hub.core.record import resources_of
 from hub.kafka import create_topics
@@ -103,10 +103,13 @@ class Deliverer:
         self.clock = clock
         self._topics: set[str] = set()
 
-    def judge(self, sub: Subscription, person: str | None, at: datetime) -> Callable[[Json], Decision]:
+    def judge(
+        self, sub: Subscription, person: str | None, at: datetime, consents: list[ConsentRule] | None = None
+    ) -> Callable[[Json], Decision]:
         if not self.enforce:
             return lambda _: UNENFORCED
-        consents = self.policy.consents(person) if person else []
+        if consents is None:
+            consents = self.policy.consents(person) if person else []
         agreements = self.policy.agreements()
         asker = Asker(sub.org, "system", at, purpose=sub.purpose)
         return lambda resource: decide(asker, resource, agreements, consents)
@@ -114,20 +117,24 @@ class Deliverer:
     async def handle(self, events: Sequence[RecordEvent]) -> int:
         """Deliver a batch in order; the number of topic deliveries made."""
         delivered = 0
+        people = {e.subject for e in events}
+        consents = await asyncio.to_thread(self.policy.consents_of, people) if self.enforce else {}
         for event in events:
             try:
                 if event.type == CONSENT_RECORDED.type:  # objections hold for every later event about them
                     await asyncio.to_thread(apply_batch, self.uow_factory, [event])
+                    if self.enforce:
+                        consents[event.subject] = await asyncio.to_thread(self.policy.consents, event.subject)
                 subs = [s for s in await asyncio.to_thread(self.subscriptions.active) if event.type in s.events]
                 if subs:
-                    delivered += await self._deliver(event, subs)
+                    delivered += await self._deliver(event, subs, consents.get(event.subject, []))
             except InfrastructureError:
                 raise
             except Exception:  # a poison event: the record consumer dead-letters it; deliver the rest
                 log.exception("event %s could not be delivered; skipped", event.id)
         return delivered
 
-    async def _deliver(self, event: RecordEvent, subs: list[Subscription]) -> int:
+    async def _deliver(self, event: RecordEvent, subs: list[Subscription], consents: list[ConsentRule]) -> int:
         resources = [{**r, "meta": {**(r.get("meta") or {}), "source": event.source}} for r in resources_of(event)]
         summary = {"id": event.id, "type": event.type, "time": event.time.isoformat()}
         delivered, queued, entries = 0, [], []
@@ -135,7 +142,7 @@ class Deliverer:
         for sub in subs:
             if not in_scope(sub.scope, sub.org, resources):
                 continue
-            judge = await asyncio.to_thread(self.judge, sub, event.subject, now)
+            judge = self.judge(sub, event.subject, now, consents)
             planned = plan(
                 subscription_id=sub.id, content=sub.content, event=summary, resources=resources, decide=judge
             )

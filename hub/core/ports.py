@@ -86,6 +86,10 @@ class RecordReader(Protocol):
         """Resources of a type, optionally only those whose subject/patient is that Patient."""
         ...
 
+    def search_many(self, resource_type: str, patient_ids: Sequence[str]) -> list[Json]:
+        """Resources of a type about any of these patients (one query, for batches)."""
+        ...
+
     def everything(self, patient_id: str) -> list[Json]:
         """The Patient and every resource about them (Patient/$everything)."""
         ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -99,3 +99,12 @@ class PolicySource:
     def consents(self, person_key: str) -> list[ConsentRule]:
         rules = (consent_rule(c) for c in self._reader.search("Consent", person_key))
         return [r for r in rules if r is not None]
+
+    def consents_of(self, person_keys: Collection[str]) -> dict[str, list[ConsentRule]]:
+        """Consents of many people in one query (a delivery batch)."""
+        found: dict[str, list[ConsentRule]] = {k: [] for k in person_keys}
+        for consent in self._reader.search_many("Consent", sorted(found)):
+            rule = consent_rule(consent)
+            if rule is not None and rule.person_key in found:
+                found[rule.person_key].append(rule)
+        return found

@@ -122,6 +122,11 @@ class MemoryRecordReader:
         ]
         return [copy.deepcopy(r.content) for r in sorted(found, key=lambda r: (r.event_time, r.id))]
 
+    def search_many(self, resource_type: str, patient_ids: Sequence[str]) -> list[Json]:
+        wanted = set(patient_ids)
+        found = [r for (kind, _), r in self.store.resources.items() if kind == resource_type and r.person_key in wanted]
+        return [copy.deepcopy(r.content) for r in sorted(found, key=lambda r: (r.event_time, r.id))]
+
     def everything(self, patient_id: str) -> list[Json]:
         patient = self.read("Patient", patient_id)
         if patient is None:

@@ -265,6 +265,13 @@ class SqlRecordReader:
             query = query.where(R.c.person_key == patient_id)
         return self._all(query.order_by(R.c.event_time, R.c.id))
 
+    def search_many(self, resource_type: str, patient_ids: Sequence[str]) -> list[Json]:
+        found: list[Json] = []
+        for chunk in _chunks(list(patient_ids)):
+            query = sa.select(R.c.content).where(R.c.resource_type == resource_type, R.c.person_key.in_(chunk))
+            found += self._all(query.order_by(R.c.event_time, R.c.id))
+        return found
+
     def everything(self, patient_id: str) -> list[Json]:
         patient = self.read("Patient", patient_id)
         if patient is None:

@@ -93,6 +93,7 @@ def test_what_is_committed_is_read_back_exactly(backend: Backend) -> None:
     assert backend.reader.patients_by_identifier(NHS, "9999999999") == []
     assert [e["id"] for e in backend.reader.search("Encounter", "p1")] == ["e1"]
     assert backend.reader.search("Encounter", "nobody") == []
+    assert [e["id"] for e in backend.reader.search_many("Encounter", ["nobody", "p1"])] == ["e1"]
     assert [r["resourceType"] for r in backend.reader.everything("p1")] == ["Patient", "Encounter"]
     assert backend.reader.everything("nobody") == []
     assert backend.reader.counts() == {"Patient": 1, "Encounter": 1}
