@@ -44,6 +44,8 @@ subscriptions_app = typer.Typer(help="Organisations' subscriptions to events.", 
 app.add_typer(subscriptions_app, name="subscriptions")
 deliveries_app = typer.Typer(help="Webhook deliveries: see them, redeliver failed ones.", no_args_is_help=True)
 app.add_typer(deliveries_app, name="deliveries")
+record_app = typer.Typer(help="The shared care record.", no_args_is_help=True)
+app.add_typer(record_app, name="record")
 audit_app = typer.Typer(help="The disclosure ledger: verify it, answer subject-access requests.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 console = Console()
@@ -368,3 +370,14 @@ def deliveries_redeliver(
     services = build(make_settings(data_dir))
     count = services.outbox.redeliver(None if all_failed else ids, now=datetime.now(UTC))
     console.print(f"{count} failed deliver{'y' if count == 1 else 'ies'} queued again")
+
+
+@record_app.command("hash")
+def record_hash_command(data_dir: DataDir = Path("var")) -> None:
+    """A canonical hash of the record (every current resource and applied event id)."""
+    from hub.bootstrap import build
+    from hub.store.hashing import record_hash
+
+    services = build(make_settings(data_dir))
+    digest, resources, events = record_hash(services.engine)
+    typer.echo(f"{digest}  {resources} resources, {events} events applied")

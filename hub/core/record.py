@@ -19,8 +19,8 @@ Rules, in the order they are applied to each event:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from hub.core.errors import InvalidMessageError
 from hub.core.ports import Json, RecordEvent, RecordUnitOfWork, StoredResource
@@ -31,6 +31,7 @@ ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 EVENT_SYSTEM = "https://carehub.invalid/Id/event"
 _SHARED = frozenset({"Organization", "Practitioner", "Location"})  # not about one person
 _MAX_HOPS = 16
+UNCHANGED = StoredResource("", "", None, 0, datetime.min.replace(tzinfo=UTC), "", {})
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def _apply(uow: RecordUnitOfWork, event: RecordEvent) -> int:
         stored = _write(uow, event, resource)
         if stored is None:
             stale += 1
-        else:
+        elif stored is not UNCHANGED:
             written.append(stored)
     if written:
         _provenance(uow, event, written)
@@ -119,9 +120,14 @@ def _subject_key(resource: Json) -> str | None:
 
 
 def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json) -> StoredResource | None:
-    """Write one resource unless what is stored came from a newer event; None when stale."""
+    """Write one resource unless what is stored came from a newer event (None: stale) or says the
+    same already (UNCHANGED)."""
     kind, rid = incoming["resourceType"], incoming["id"]
     current = uow.get(kind, rid)
+    if current is not None and kind in _SHARED:
+        same = _same_reference_data(uow, event, incoming, current)
+        if same is not None:
+            return same
     if current is not None and event.time < current.event_time:
         return None
     content = _next_content(event, incoming, current)
@@ -135,9 +141,35 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json) -> StoredR
         key = survivor(uow, subject) if subject else survivor(uow, event.subject)
         if subject and key != subject:
             _point_at(content, key)
+    if current is not None and key == current.person_key and content == _without_meta(current.content):
+        # nothing new: no new version (so versions do not depend on the order partitions are read
+        # in), but remember the newer event time so older content arriving later stays stale
+        uow.put(replace(current, event_time=event.time))
+        return UNCHANGED
     stored = _stamp(event, content, kind, rid, key, current, event.time)
     uow.put(stored)
     return stored
+
+
+def _same_reference_data(
+    uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, current: StoredResource
+) -> StoredResource | None:
+    """Shared reference data (a GP practice) said again, in any order: no new version, and meta
+    names the earliest event that said it, so the record does not depend on which partition a
+    consumer happened to read first. None when the content differs (then newest wins)."""
+    content = {k: v for k, v in incoming.items() if k != "meta"}
+    if content != _without_meta(current.content):
+        return None
+    meta = current.content.get("meta") or {}
+    first = (event.time.isoformat(), event.source)
+    if first < (str(meta.get("lastUpdated", "")), str(meta.get("source", ""))) or not meta:
+        meta = {**meta, "lastUpdated": first[0], "source": first[1]}
+    uow.put(replace(current, event_time=max(current.event_time, event.time), content={**current.content, "meta": meta}))
+    return UNCHANGED
+
+
+def _without_meta(content: Json) -> Json:
+    return {k: v for k, v in content.items() if k != "meta"}
 
 
 def _next_content(event: RecordEvent, incoming: Json, current: StoredResource | None) -> Json:
@@ -195,7 +227,7 @@ def _stamp(
     rid: str,
     key: str | None,
     current: StoredResource | None,
-    content_time: Any,
+    content_time: datetime,
 ) -> StoredResource:
     version = (current.version_id if current else 0) + 1
     content = {**content, "meta": _meta(event, version)}
@@ -243,6 +275,9 @@ def _merge(uow: RecordUnitOfWork, event: RecordEvent, resources: list[Json]) -> 
 
 def _provenance(uow: RecordUnitOfWork, event: RecordEvent, written: list[StoredResource]) -> None:
     sender = event.source.removeprefix("urn:ods:")
+    written = [w for w in written if w.person_key]  # shared reference data (a practice) has no provenance
+    if not written:
+        return
     keys = sorted({w.person_key for w in written if w.person_key})
     provenance: Json = {
         "resourceType": "Provenance",

@@ -177,3 +177,18 @@ def test_an_entry_without_id_is_refused_and_nothing_of_the_batch_is_kept() -> No
         apply_events(uow, [good, bad])
         uow.commit()
     assert store.resources == {} and store.processed == set()
+
+
+def test_shared_practice_data_ends_the_same_whichever_person_is_read_first() -> None:
+    one = an_adt(trigger="A01", control_id="P1", visit="VA", event_time="202611010900")
+    other = an_adt(
+        trigger="A01", nhs_number="9990000018", mrn="M2", control_id="P2", visit="VB", event_time="202611011000"
+    )
+    forward, backward = MemoryRecordStore(), MemoryRecordStore()
+    apply(forward, one, other)
+    apply(backward, other, one)
+    assert forward.reader().search("Organization", None) == backward.reader().search("Organization", None)
+    [practice] = forward.reader().search("Organization", None)
+    assert practice["meta"]["versionId"] == "1"
+    assert practice["meta"]["lastUpdated"].startswith("2026-11-01T09:00")
+    assert forward.reader().search("Provenance", None) == backward.reader().search("Provenance", None)

@@ -1,0 +1,185 @@
+"""Nothing lost, nothing applied twice: workers SIGKILLed mid-stream, and three workers sharing the
+partitions with one killed, end with the same record as one uninterrupted pass over the same events.
+
+Sizes: CAREHUB_CRASH_EVENTS (default 5,000; the issue's full run is 50,000) and CAREHUB_CRASH_KILLS
+(default 5; full run 20). `CAREHUB_CRASH_EVENTS=50000 CAREHUB_CRASH_KILLS=20 make test` runs it at size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+import sqlalchemy as sa
+from aiokafka import AIOKafkaProducer
+
+from adapters.hl7v2.synthetic import adt_traffic, make_locality
+from adapters.hl7v2.to_fhir import map_message
+from hub.core.ports import RecordEvent
+from hub.core.record import apply_events
+from hub.kafka import create_topics
+from hub.store.database import open_engine
+from hub.store.hashing import record_hash
+from hub.store.sql import SqlRecordUnitOfWork
+from schemas.envelope import Envelope
+from schemas.topics import EVENTS
+from tests.conftest import TansuProcess
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(1500)]
+SECRET = "crash-test-key-secret"
+EVENT_COUNT = int(os.environ.get("CAREHUB_CRASH_EVENTS", "5000"))
+KILLS = int(os.environ.get("CAREHUB_CRASH_KILLS", "5"))
+
+
+def the_events(n: int) -> list[RecordEvent]:
+    """n distinct events from synthetic ADT (a locality as large as it takes)."""
+    people = max(500, n // 2)
+    while True:
+        traffic = adt_traffic(make_locality(people=people, seed=5), start=datetime(2026, 9, 1, tzinfo=UTC), seed=5)
+        events = [
+            RecordEvent(m.event_id, m.event_type, m.source, m.event_time, m.person_key, m.payload)
+            for _, raw in traffic
+            for m in map_message(raw, key_secret=SECRET.encode())
+        ]
+        if len(events) >= n:
+            return events[:n]
+        people *= 2
+
+
+async def produce(bootstrap: str, events: list[RecordEvent]) -> None:
+    await create_topics(bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        sends = []
+        for e in events:
+            envelope = Envelope(
+                id=e.id, source=e.source, type=e.type, time=e.time, subject=e.subject, data=orjson.dumps(e.payload)
+            )
+            headers = [(k, v.encode()) for k, v in envelope.kafka_headers().items()]
+            sends.append(await producer.send(EVENTS.name, envelope.data, key=e.subject.encode(), headers=headers))
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+
+
+def reference_hash(tmp: Path, events: list[RecordEvent]) -> tuple[str, int, int]:
+    """The record from one uninterrupted pass, in log order per person."""
+    engine = open_engine(f"sqlite:///{tmp / 'reference.db'}")
+    with SqlRecordUnitOfWork(engine) as uow:
+        apply_events(uow, events)
+        uow.commit()
+    found = record_hash(engine)
+    engine.dispose()
+    return found
+
+
+class Worker:
+    """`carehub worker` as a process on a shared database and broker."""
+
+    def __init__(self, data_dir: Path, bootstrap: str, log: Path) -> None:
+        self.args = [str(Path(sys.executable).with_name("carehub")), "worker", "--data-dir", str(data_dir)]
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CAREHUB_")}
+        self.env |= {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "CAREHUB_SECURITY__KEY_SECRET": SECRET}
+        self.env |= {
+            "CAREHUB_SECURITY__TOKEN_SECRET": "crash-test-token-secret",
+            "CAREHUB_KAFKA__GROUP_ID": "crash-record",
+        }
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=out, stderr=out)
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def applied(url: str) -> int:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text("select count(*) from processed_event")).scalar_one())
+    except sa.exc.OperationalError:
+        return 0
+    finally:
+        engine.dispose()
+
+
+async def wait_until(check, within: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what} not reached within {within}s")
+
+
+async def test_sigkilled_worker_recovers_to_the_same_record(tmp_path: Path, tansu: TansuProcess) -> None:
+    events = the_events(EVENT_COUNT)
+    assert len({e.id for e in events}) == EVENT_COUNT
+    await produce(tansu.bootstrap, events)
+    data = tmp_path / "live"
+    url = f"sqlite:///{(data / 'carehub.db').resolve()}"
+    open_engine(url).dispose()  # migrate once, before the first worker
+    rng = random.Random(20)
+    kill_points = sorted(rng.sample(range(EVENT_COUNT // 20, EVENT_COUNT - EVENT_COUNT // 20), KILLS))
+    worker = Worker(data, tansu.bootstrap, tmp_path / "worker.log").start()
+    kills = 0
+    try:
+        for point in kill_points:
+            await wait_until(lambda p=point: applied(url) >= p, 300, f"{point} events applied")
+            worker.kill()
+            kills += 1
+            worker.start()
+        await wait_until(lambda: applied(url) >= EVENT_COUNT, 600, "every event applied")
+    finally:
+        worker.stop()
+    assert kills == KILLS
+    engine = open_engine(url)
+    live = record_hash(engine)
+    engine.dispose()
+    assert live == reference_hash(tmp_path, events)
+
+
+async def test_three_workers_share_the_partitions_and_survive_losing_one(tmp_path: Path, tansu: TansuProcess) -> None:
+    events = the_events(EVENT_COUNT)
+    await produce(tansu.bootstrap, events)
+    data = tmp_path / "live"
+    url = f"sqlite:///{(data / 'carehub.db').resolve()}"
+    open_engine(url).dispose()
+    workers = [Worker(data, tansu.bootstrap, tmp_path / f"worker{n}.log").start() for n in range(3)]
+    try:
+        await wait_until(lambda: applied(url) >= EVENT_COUNT // 3, 300, "a third applied")
+        workers[1].kill()  # its partitions move to the other two
+        await wait_until(lambda: applied(url) >= EVENT_COUNT, 600, "every event applied")
+    finally:
+        for worker in workers:
+            worker.stop()
+    logs = [(tmp_path / f"worker{n}.log").read_text(errors="replace") for n in range(3)]
+    assert sum("Traceback" in log for log in logs) == 0, logs
+    engine = open_engine(url)
+    live = record_hash(engine)
+    engine.dispose()
+    assert live == reference_hash(tmp_path, events)
