@@ -51,7 +51,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(UnknownPersonError)
     async def not_found(_: Request, exc: UnknownPersonError) -> Response:
-        return outcome(404, exc.diagnostics, expression=list(exc.expression) or None)
+        return outcome(404, exc.diagnostics, code=exc.code, expression=list(exc.expression) or None)
 
     @app.exception_handler(InfrastructureError)
     async def unavailable(_: Request, exc: InfrastructureError) -> Response:

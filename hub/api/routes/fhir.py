@@ -176,7 +176,9 @@ def router(
         patient: Annotated[str | None, Query(description="Patient id or Patient/<id>")] = None,
     ) -> FhirResponse:
         if kind not in PERSONAL:
-            raise UnknownPersonError(f"searching {kind} is not supported here (see /fhir/metadata)", (kind,))
+            raise UnknownPersonError(
+                f"searching {kind} is not supported here (see /fhir/metadata)", (kind,), code="not-supported"
+            )
         if not patient:
             raise InvalidMessageError(f"{kind} search needs patient=<id>", ("patient",), code="required")
         found = reader.search(kind, patient.removeprefix("Patient/"))
@@ -185,7 +187,9 @@ def router(
     @api.get("/{kind}/{id}", summary="Read one resource")
     def read(who: Caller, kind: str, id: str, break_glass: BreakGlass = None) -> FhirResponse:
         if kind not in READABLE:
-            raise UnknownPersonError(f"{kind} is not a resource type this server holds", (kind,))
+            raise UnknownPersonError(
+                f"{kind} is not a resource type this server holds (see /fhir/metadata)", (kind,), code="not-supported"
+            )
         found = reader.read(kind, id)
         if found is None:
             raise UnknownPersonError(f"{kind}/{id} is not known here", (f"{kind}.id",))
