@@ -31,6 +31,7 @@ ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 EVENT_SYSTEM = "https://carehub.invalid/Id/event"
 _SHARED = frozenset({"Organization", "Practitioner", "Location"})  # not about one person
 _MAX_HOPS = 16
+_MISSING = object()
 UNCHANGED = StoredResource("", "", None, 0, datetime.min.replace(tzinfo=UTC), "", {})
 
 
@@ -157,15 +158,24 @@ def _same_reference_data(
     """Shared reference data (a GP practice) said again, in any order: no new version, and meta
     names the earliest event that said it, so the record does not depend on which partition a
     consumer happened to read first. None when the content differs (then newest wins)."""
-    content = {k: v for k, v in incoming.items() if k != "meta"}
-    if content != _without_meta(current.content):
+    if not _same_content(incoming, current.content):
         return None
     meta = current.content.get("meta") or {}
     first = (event.time.isoformat(), event.source)
-    if first < (str(meta.get("lastUpdated", "")), str(meta.get("source", ""))) or not meta:
+    earlier = first < (str(meta.get("lastUpdated", "")), str(meta.get("source", ""))) or not meta
+    if not earlier and event.time <= current.event_time:
+        return UNCHANGED  # nothing to remember: the fast path when many people share one practice
+    if earlier:
         meta = {**meta, "lastUpdated": first[0], "source": first[1]}
     uow.put(replace(current, event_time=max(current.event_time, event.time), content={**current.content, "meta": meta}))
     return UNCHANGED
+
+
+def _same_content(incoming: Json, stored: Json) -> bool:
+    """Equal apart from meta, without copying either."""
+    if len(incoming) - ("meta" in incoming) != len(stored) - ("meta" in stored):
+        return False
+    return all(k == "meta" or stored.get(k, _MISSING) == v for k, v in incoming.items())
 
 
 def _without_meta(content: Json) -> Json:

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -26,6 +27,8 @@ _MIGRATION_LOCK = 0x4361_7265_4875_62  # "CareHub": the PostgreSQL advisory lock
 def open_engine(url: str, *, migrate: bool = True, **options: Any) -> sa.Engine:
     """An engine for `url` with the schema current; StoreUnavailableError if the database won't answer."""
     parsed = sa.make_url(url)
+    options.setdefault("json_serializer", _json_text)
+    options.setdefault("json_deserializer", orjson.loads)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +46,10 @@ def open_engine(url: str, *, migrate: bool = True, **options: Any) -> sa.Engine:
             where = parsed.render_as_string(hide_password=True)
             raise StoreUnavailableError(f"database {where} is not answering: {exc.orig}") from exc
     return engine
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
