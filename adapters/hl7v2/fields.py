@@ -26,11 +26,20 @@ def timestamp(text: str, where: str) -> datetime | None:
         )
     except ValueError as exc:
         raise InvalidMessageError(f"{text!r} is not a real date and time", (where,), code="value") from exc
-    if offset:
-        sign = -1 if offset[0] == "-" else 1
-        delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
-        return naive.replace(tzinfo=timezone(sign * delta))
-    return naive.replace(tzinfo=UK)
+    moment = naive.replace(tzinfo=_zone(offset, text, where) if offset else UK)
+    try:  # an offset can push the first or last representable day out of range in UTC
+        moment.astimezone(UTC)
+    except OverflowError as exc:
+        raise InvalidMessageError(f"{text!r} is out of the supported date range", (where,), code="value") from exc
+    return moment
+
+
+def _zone(offset: str, text: str, where: str) -> timezone:
+    hours, minutes = int(offset[1:3]), int(offset[3:5])
+    if hours > 23 or minutes > 59:
+        raise InvalidMessageError(f"{text!r} has an impossible UTC offset {offset}", (where,), code="value")
+    sign = -1 if offset[0] == "-" else 1
+    return timezone(sign * timedelta(hours=hours, minutes=minutes))
 
 
 def fhir_datetime(value: datetime) -> str:

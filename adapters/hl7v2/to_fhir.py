@@ -191,8 +191,11 @@ def _person(f: Fields, segment: Any, name: str, sender: str, secret: bytes) -> _
             why = nhs_number.why_invalid(value)
             if why:
                 raise InvalidMessageError(why, (where,), code="value")
-            nhs = nhs_number.normalise(value)
-            identifiers.insert(0, {"system": NHS_SYSTEM, "value": nhs})
+            if nhs is not None and nhs != nhs_number.normalise(value):
+                raise InvalidMessageError(f"{where} carries two different NHS numbers", (where,), code="value")
+            if nhs is None:  # UK Core allows one NHS number; a repeated identical one is dropped
+                nhs = nhs_number.normalise(value)
+                identifiers.insert(0, {"system": NHS_SYSTEM, "value": nhs})
         else:
             scope = re.sub(r"[^A-Za-z0-9._-]", "_", authority or sender)
             identifiers.append({"system": MRN_SYSTEM + scope, "value": value})
