@@ -95,8 +95,10 @@ class Deliverer:
         ledger: Ledger,
         clock: Callable[[], datetime] = _now,
         enforce: bool = True,
+        replication: int = 1,
     ) -> None:
         self.enforce = enforce
+        self.replication = replication
         self.broker, self.bootstrap = broker, bootstrap
         self.uow_factory = uow_factory
         self.subscriptions, self.outbox, self.policy, self.ledger = subscriptions, outbox, policy, ledger
@@ -171,7 +173,7 @@ class Deliverer:
     async def _publish(self, sub: Subscription, event: RecordEvent, body: Json) -> None:
         topic = subscriber_topic(sub.org)
         if topic.name not in self._topics:
-            await create_topics(self.bootstrap, [topic])
+            await create_topics(self.bootstrap, [topic], replication=self.replication)
             self._topics.add(topic.name)
         headers = {
             "ce_specversion": "1.0",

@@ -211,10 +211,12 @@ async def running(
     if services is None:
         services = await asyncio.to_thread(build, settings)
     async with kafka(settings) as bootstrap:
-        await create_topics(bootstrap)
+        replication = settings.kafka.replication_factor if settings.bootstrap_servers() else 1
+        await create_topics(bootstrap, replication=replication)
         broker = build_broker(bootstrap, client_id=settings.kafka.client_id)
         run = Running(services=services, bootstrap=bootstrap)
         deliverer = Deliverer(
+            replication=replication,
             broker=broker,
             bootstrap=bootstrap,
             uow_factory=services.uow_factory,

@@ -138,7 +138,7 @@ def topics_create(data_dir: DataDir = Path("var")) -> None:
     if not settings.bootstrap_servers():
         console.print("[red]set KAFKA_BOOTSTRAP_SERVERS to the Kafka to create topics on[/red]")
         raise typer.Exit(2)
-    created = asyncio.run(create_topics(settings.bootstrap_servers()))
+    created = asyncio.run(create_topics(settings.bootstrap_servers(), replication=settings.kafka.replication_factor))
     console.print(f"created: {', '.join(created) or 'nothing (all exist)'}")
 
 

@@ -15,6 +15,7 @@ class KafkaSettings(BaseModel):
     group_id: str = "carehub-record"
     client_id: str = "carehub"
     publish_timeout_s: float = 5.0
+    replication_factor: int = Field(default=1, ge=1, description="copies of each topic it creates (3 on a cluster)")
 
 
 class DatabaseSettings(BaseModel):

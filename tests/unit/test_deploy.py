@@ -27,7 +27,7 @@ def test_every_carehub_variable_in_deploy_is_read_by_settings(monkeypatch: pytes
     }
     assert names
     for name in sorted(names):
-        monkeypatch.setenv(name, "5" if name.endswith("PORT") else "x-value")
+        monkeypatch.setenv(name, "5" if name.endswith(("PORT", "FACTOR")) else "x-value")
     settings = Settings()
     dumped = settings.model_dump()
     for name in sorted(names):
