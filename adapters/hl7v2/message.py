@@ -19,6 +19,7 @@ from hub.core.errors import InvalidMessageError, UnsupportedMessageError
 BOM = b"\xef\xbb\xbf"
 _SEGMENT_END = re.compile(rb"\r\n|\n|\r")
 _ENVELOPE = (b"FHS", b"BHS", b"BTS", b"FTS")
+_HEX = re.compile(r"(?:[0-9A-Fa-f]{2})+")
 _CHARSETS = {
     "": "utf-8",
     "UNICODE": "utf-8",
@@ -178,8 +179,29 @@ class Fields:
         if text == '""':
             return ""
         if self._escape in text:
-            return str(self.message.unescape(text))
+            return self._unescape(text)
         return text
+
+    def _unescape(self, text: str) -> str:
+        """HL7 escape sequences (v2.5 section 2.7). Our own, not python-hl7's `unescape`, which raises
+        ValueError on `\\.spX\\` and logs the whole field (patient data) on a sequence it cannot read."""
+        pieces = text.split(self._escape)
+        literals, codes = pieces[0::2], pieces[1::2]
+        if len(pieces) % 2 == 0:
+            codes = codes[:-1]  # an unterminated sequence at the end is dropped
+        out = [literals[0]]
+        for code, after in zip(codes, literals[1:], strict=True):
+            out += [self._sequence(code), after]
+        return "".join(out)
+
+    def _sequence(self, code: str) -> str:
+        seps = str(self.message.separators)
+        named = {"F": seps[1], "R": seps[2], "S": seps[3], "T": seps[4], "E": self._escape, ".br": "\r"}
+        if code in named:
+            return named[code]
+        if code[:1] == "X" and _HEX.fullmatch(code[1:]):
+            return bytes.fromhex(code[1:]).decode("latin-1")
+        return ""  # highlighting, character-set switches and local (Z) sequences carry no text
 
 
 def _flat(value: Any) -> str:

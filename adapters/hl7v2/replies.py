@@ -32,8 +32,7 @@ _CODECS = {"8859/1": "latin-1", "ASCII": "ascii"}
 
 def ack(header: Header | None, error: HubError | None, *, control_id: str, now: datetime) -> bytes:
     """The ACK for a message (header None: the frame could not be read at all)."""
-    sep = header.field_separator if header else "|"
-    enc = header.encoding_characters if header and len(header.encoding_characters) >= 4 else "^~\\&"
+    sep, enc = _delimiters(header)
 
     def esc(text: str) -> str:
         for char, code in ((enc[2], "E"), (sep, "F"), (enc[0], "S"), (enc[1], "R"), (enc[3], "T")):
@@ -64,6 +63,16 @@ def ack(header: Header | None, error: HubError | None, *, control_id: str, now: 
         segments.append(_err(error, sep, enc, esc))
     codec = _CODECS.get(h.charset.upper() if h else "", "utf-8")
     return ("\r".join(segments) + "\r").encode(codec, errors="replace")
+
+
+def _delimiters(header: Header | None) -> tuple[str, str]:
+    """The sender's own delimiters when they are five distinct printable ASCII symbols, else the defaults."""
+    if header and len(header.encoding_characters) >= 4:
+        sep, enc = header.field_separator, header.encoding_characters[:4]
+        usable = all(" " < c < "\x7f" and not c.isalnum() for c in sep + enc)
+        if usable and len(set(sep + enc)) == 5:
+            return sep, enc
+    return "|", "^~\\&"
 
 
 def _ack_code(header: Header | None, error: HubError | None) -> str:

@@ -370,7 +370,9 @@ def test_a_date_of_death_makes_the_patient_deceased() -> None:
     assert patient["deceasedDateTime"] == "2026-11-03T02:00:00+00:00"
 
 
-@pytest.mark.parametrize(("born", "expected"), [("1940", "1940"), ("194003", "1940-03"), ("194003121015", "1940-03-12")])
+@pytest.mark.parametrize(
+    ("born", "expected"), [("1940", "1940"), ("194003", "1940-03"), ("194003121015", "1940-03-12")]
+)
 def test_birth_dates_keep_their_precision(born: str, expected: str) -> None:
     [patient] = resources(an_adt().replace(b"|19400312|", f"|{born}|".encode()), "Patient")
     assert patient["birthDate"] == expected

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from adapters.hl7v2.message import BOM, Fields, decode, parse, read_header, split_batch
@@ -92,6 +94,32 @@ def test_escape_sequences_are_unescaped_inside_a_component(escaped: str, plain: 
     raw = an_adt(family=escaped)
     assert pid_field(raw, 5) == plain
     assert pid_field(raw, 5, 2) == "JANE"  # the escaped delimiter did not split the field
+
+
+@pytest.mark.parametrize(
+    ("escaped", "plain"),
+    [
+        ("A\\X41\\B", "AAB"),  # hex data
+        ("A\\X4\\B", "AB"),  # odd-length hex: dropped
+        ("A\\Xzz\\B", "AB"),
+        ("A\\.br\\B", "A\rB"),  # line break
+        ("A\\H\\B\\N\\", "AB"),  # highlighting carries no text
+        ("A\\Zlocal\\B", "AB"),
+        ("A\\C2842\\B", "AB"),  # character-set switches are not text either
+        ("A\\.spX\\B", "AB"),  # python-hl7's unescape raises ValueError on this
+        ("A\\\\B", "AB"),  # empty sequence
+        ("A\\F", "A"),  # unterminated sequence at the end
+        ("\\F\\\\S\\", "|^"),
+    ],
+)
+def test_other_escape_sequences_never_raise_and_carry_only_text(escaped: str, plain: str) -> None:
+    assert pid_field(an_adt(family=escaped), 5) == plain
+
+
+def test_unreadable_escape_sequences_are_not_logged_with_the_field(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG):
+        assert pid_field(an_adt(family="SECRETNAME\\Xzz\\\\Zq\\\\C2842\\\\\\"), 5) == "SECRETNAME"
+    assert "SECRETNAME" not in caplog.text
 
 
 def test_a_quoted_empty_string_is_an_explicit_null_not_a_value() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import hl7
 import pytest
 
-from adapters.hl7v2.message import read_header, split_batch
+from adapters.hl7v2.message import Fields, parse, read_header, split_batch
 from adapters.hl7v2.replies import ack
 from adapters.hl7v2.to_fhir import MappedEvent, map_message
 from hub.core import nhs_number
@@ -69,8 +69,8 @@ EXPECTED: dict[str, Accepted | Refused] = {
     "microsoft-fhir-converter/ms-v2.8-ADT_A03.hl7": Accepted(
         DISCHARGED, "GHHSFacility", "MSG00001", None, "finished", ended=True
     ),
-    "microsoft-fhir-converter/ms-v2.8-ADT_A08.hl7": Accepted(
-        UPDATED, "GHHSFacility", "MSG00001", None, "finished", ended=True  # PV1-45 valued
+    "microsoft-fhir-converter/ms-v2.8-ADT_A08.hl7": Accepted(  # finished: PV1-45 is valued
+        UPDATED, "GHHSFacility", "MSG00001", None, "finished", ended=True
     ),
     "microsoft-fhir-converter/ms-v2.8-ADT_A40-two-merges.hl7": Accepted(
         MERGED * 2, "Ntierprise Clinic", "8919-40", None
@@ -301,8 +301,15 @@ def test_cerner_quoted_nulls_do_not_become_values(samples: Path) -> None:
     assert encounter["period"] == {"start": "2014-02-10T22:53:00+00:00"}  # PV1-45 is "" : no end
 
 
-def test_the_escape_sequence_sample_is_refused_only_for_its_event(samples: Path) -> None:
+def test_the_escape_sequence_sample_unescapes_and_is_refused_only_for_its_event(samples: Path) -> None:
     raw = (samples / "hl7v2/uclh-emap/uclh-epic-v2.4-ADT_A15-escape-sequence.hl7").read_bytes()
+    f = Fields(parse(raw))
+    assert f.get(f.first("PV1"), 10) == "A&E"  # sent as A\T\E
     accepted = raw.replace(b"|ADT^A15", b"|ADT^A08", 1).replace(b"EVN|A15", b"EVN|A08", 1)
-    events = map_message(accepted, key_secret=SECRET)
-    assert [short(e) for e in events] == ["patient.updated"]
+    [event] = map_message(accepted, key_secret=SECRET)
+    assert short(event) == "patient.updated"
+    [practice] = entries(event, "Organization")
+    assert practice["identifier"][0]["value"] == "E85124"  # PD1-3 with empty repeats after it
+    [encounter] = entries(event, "Encounter")
+    assert encounter["period"] == {"start": "2022-04-21T19:50:00+01:00"}  # BST
+    assert encounter["class"]["code"] == "EMER"
