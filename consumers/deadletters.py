@@ -13,7 +13,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 
-from consumers.decoding import origin
+from consumers.decoding import origin, records_of
 from consumers.middlewares import retrying
 from hub.core.ports import DeadLetters
 from schemas.envelope import header_value
@@ -53,8 +53,7 @@ def dead_letter_router(
         ack_policy=AckPolicy.NACK_ON_ERROR,
     )
     async def on_dead_letters(message: KafkaMessage) -> None:
-        raw = message.raw_message
-        records = raw if isinstance(raw, tuple) else (raw,)
+        records = records_of(message)
         await retrying(lambda: asyncio.to_thread(keep_all, store, records))
         if on_kept:
             on_kept(len(records))

@@ -13,6 +13,12 @@ from hub.core.ports import RecordEvent
 from schemas.envelope import Envelope, EnvelopeError
 
 
+def records_of(message: Any) -> tuple[Any, ...]:
+    """The raw aiokafka records of a FastStream message (a batch, or one record)."""
+    raw = message.raw_message
+    return raw if isinstance(raw, tuple) else (raw,)
+
+
 def decode(record: Any) -> RecordEvent:
     """One aiokafka ConsumerRecord as a RecordEvent; InvalidMessageError if it breaks the contract."""
     try:

@@ -26,13 +26,13 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 
-from consumers.decoding import decode_all
+from consumers.decoding import decode_all, records_of
 from consumers.middlewares import retrying
 from consumers.record import UnitOfWorkFactory, apply_batch
 from hub.core.delivery import in_scope, plan
 from hub.core.errors import InfrastructureError
 from hub.core.ledger import Disclosure, resource_ref
-from hub.core.policy import Asker, ConsentRule, Decision, decide, person_of
+from hub.core.policy import UNENFORCED, Asker, ConsentRule, Decision, decide, person_of
 from hub.core.ports import Json, Ledger, RecordEvent
 from hub.core.record import resources_of
 from hub.kafka import create_topics
@@ -44,7 +44,6 @@ from schemas.topics import EVENTS, subscriber_topic
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-CareHub-Signature"
-UNENFORCED = Decision("permit", ("information-sharing enforcement is switched off (policy.enforce=false)",))
 
 
 def _now() -> datetime:
@@ -120,6 +119,7 @@ class Deliverer:
         """Deliver a batch in order; the number of topic deliveries made."""
         delivered = 0
         people = {e.subject for e in events}
+        active = await asyncio.to_thread(self.subscriptions.active)  # once a batch, not once an event
         consents = await asyncio.to_thread(self.policy.consents_of, people) if self.enforce else {}
         for event in events:
             try:
@@ -127,7 +127,7 @@ class Deliverer:
                     await asyncio.to_thread(apply_batch, self.uow_factory, [event])
                     if self.enforce:
                         consents[event.subject] = await asyncio.to_thread(self.policy.consents, event.subject)
-                subs = [s for s in await asyncio.to_thread(self.subscriptions.active) if event.type in s.events]
+                subs = [s for s in active if event.type in s.events]
                 if subs:
                     delivered += await self._deliver(event, subs, consents.get(event.subject, []))
             except InfrastructureError:
@@ -200,8 +200,7 @@ def delivery_router(deliverer: Deliverer, *, group_id: str, max_records: int = 2
         ack_policy=AckPolicy.NACK_ON_ERROR,
     )
     async def on_events(message: KafkaMessage) -> None:
-        raw = message.raw_message
-        records = raw if isinstance(raw, tuple) else (raw,)
+        records = records_of(message)
         decoded, _ = decode_all(records)  # the record consumer dead-letters what cannot be decoded
         await retrying(lambda: deliverer.handle([e for _, e in decoded]))
 

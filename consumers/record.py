@@ -11,7 +11,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 
-from consumers.decoding import Decoded, decode_all
+from consumers.decoding import Decoded, decode_all, records_of
 from consumers.middlewares import dead_letter, retrying
 from hub.core.errors import InfrastructureError, InvalidMessageError
 from hub.core.ports import RecordEvent, RecordUnitOfWork
@@ -53,8 +53,7 @@ def record_router(
         ack_policy=AckPolicy.NACK_ON_ERROR,
     )
     async def on_events(message: KafkaMessage) -> None:
-        raw = message.raw_message
-        records = raw if isinstance(raw, tuple) else (raw,)
+        records = records_of(message)
         decoded, rejected = decode_all(records)
         for record, error in rejected:
             await dead_letter(broker, record, error)

@@ -7,10 +7,12 @@ import logging
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hub.settings import HttpSettings, MllpSettings, Settings
@@ -49,6 +51,7 @@ app.add_typer(record_app, name="record")
 audit_app = typer.Typer(help="The disclosure ledger: verify it, answer subject-access requests.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 console = Console()
+M = TypeVar("M", bound=BaseModel)
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the hub keeps its state")]
 MllpPort = Annotated[int, typer.Option("--mllp-port", help="MLLP listener port (0 = any free)")]
@@ -249,27 +252,15 @@ def agreements_load(
     data_dir: DataDir = Path("var"),
 ) -> None:
     """Validate and load agreement versions; earlier versions stay stored for audit."""
-    import yaml
-    from pydantic import ValidationError
-
     from hub.bootstrap import build
     from hub.core.errors import InvalidMessageError
     from schemas.agreements import Agreement
 
     services = build(make_settings(data_dir))
-    failed = 0
-    for path in paths:
+    documents, failed = _read_documents(paths, Agreement)
+    for path, agreement in documents:
         try:
-            agreement = Agreement.model_validate(yaml.safe_load(path.read_text()))
             fresh = services.agreements.load(agreement, at=datetime.now(UTC))
-        except (OSError, yaml.YAMLError) as exc:
-            console.print(f"[red]{path}: cannot read: {exc}[/red]")
-            failed += 1
-        except ValidationError as exc:
-            for error in exc.errors():
-                where = ".".join(str(p) for p in error["loc"]) or "(document)"
-                console.print(f"[red]{path}: {where}: {error['msg']}[/red]")
-            failed += 1
         except InvalidMessageError as exc:
             console.print(f"[red]{path}: {exc.diagnostics}[/red]")
             failed += 1
@@ -277,6 +268,28 @@ def agreements_load(
             state = "loaded" if fresh else "already loaded"
             console.print(f"{path}: {agreement.id} version {agreement.version} {state}")
     raise typer.Exit(1 if failed else 0)
+
+
+def _read_documents(paths: list[Path], model: type[M]) -> tuple[list[tuple[Path, M]], int]:
+    """Each YAML file validated as `model`; every problem printed with file and field, and counted."""
+    import yaml
+    from pydantic import ValidationError
+
+    documents: list[tuple[Path, M]] = []
+    failed = 0
+    for path in paths:
+        try:
+            documents.append((path, model.model_validate(yaml.safe_load(path.read_text()))))
+        except (OSError, yaml.YAMLError) as exc:
+            console.print(f"[red]{escape(f'{path}: cannot read: {exc}')}[/red]")
+            failed += 1
+        except ValidationError as exc:
+            for error in exc.errors():
+                where = ".".join(str(p) for p in error["loc"]) or "(document)"
+                message = f"{path}: {where}: {error['msg']}"
+                console.print(f"[red]{escape(message)}[/red]")  # pydantic messages hold [...], not markup
+            failed += 1
+    return documents, failed
 
 
 @agreements_app.command("list")
@@ -300,27 +313,12 @@ def subscriptions_load(
     data_dir: DataDir = Path("var"),
 ) -> None:
     """Validate and save subscriptions (a file with an existing id replaces it); the hub picks them up within 1 s."""
-    import yaml
-    from pydantic import ValidationError
-
     from hub.bootstrap import build
     from schemas.subscriptions import Subscription
 
     services = build(make_settings(data_dir))
-    failed = 0
-    for path in paths:
-        try:
-            subscription = Subscription.model_validate(yaml.safe_load(path.read_text()))
-        except (OSError, yaml.YAMLError) as exc:
-            console.print(f"[red]{path}: cannot read: {exc}[/red]")
-            failed += 1
-            continue
-        except ValidationError as exc:
-            for error in exc.errors():
-                where = ".".join(str(p) for p in error["loc"]) or "(document)"
-                console.print(f"[red]{path}: {where}: {error['msg']}[/red]")
-            failed += 1
-            continue
+    documents, failed = _read_documents(paths, Subscription)
+    for path, subscription in documents:
         services.subscriptions.save(subscription)
         console.print(f"{path}: subscription {subscription.id} for {subscription.org} saved")
     raise typer.Exit(1 if failed else 0)

@@ -90,3 +90,32 @@ def an_agreement(
             "valid_to": valid_to,
         }
     )
+
+
+def an_objection(nhs_number: str, recipient: str, *, category: str | None = None) -> dict[str, object]:
+    """A FHIR Consent in which the person objects to `recipient` (ODS) seeing their data (one category, or all)."""
+    provision: dict[str, object] = {
+        "type": "deny",
+        "actor": [
+            {
+                "role": {
+                    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]
+                },
+                "reference": {
+                    "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": recipient}
+                },
+            }
+        ],
+    }
+    if category:
+        provision["class"] = [{"system": "https://carehub.invalid/CodeSystem/data-category", "code": category}]
+    return {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs_number}},
+        "provision": provision,
+    }

@@ -93,6 +93,9 @@ class Decision:
         return self.outcome in ("permit", "break-glass")
 
 
+UNENFORCED = Decision("permit", ("information-sharing enforcement is switched off (policy.enforce=false)",))
+
+
 def person_of(resource: Json) -> str | None:
     """The person key a resource is about: a Patient's id or its subject/patient, else None."""
     if resource.get("resourceType") == "Patient":

@@ -83,3 +83,15 @@ def test_token_with_an_unknown_role_is_refused(tmp_path: Path) -> None:
     result = carehub("token", "--org", "Y90001", "--role", "wizard", "--data-dir", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 2
     assert "role" in result.stdout
+
+
+def test_agreements_load_names_the_bad_file_and_field_and_keeps_the_good_one(tmp_path: Path) -> None:
+    good = Path(__file__).resolve().parents[2] / "schemas" / "examples" / "agreement.example.yaml"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("id: Not An Id\nversion: 1\n")
+    result = carehub("agreements", "load", str(good), str(bad), "--data-dir", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"{bad}: id: String should match pattern '^[a-z0-9][a-z0-9-]{{1,63}}$'" in result.stdout
+    assert "example-locality-pisa version 1 loaded" in result.stdout
+    listed = carehub("agreements", "list", "--data-dir", str(tmp_path), cwd=tmp_path)
+    assert "example-locality-pisa" in listed.stdout

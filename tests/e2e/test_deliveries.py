@@ -30,7 +30,7 @@ from hub.kafka import free_port
 from hub.settings import HttpSettings, KafkaSettings, MllpSettings, Settings
 from schemas.subscriptions import Subscription
 from schemas.topics import subscriber_topic
-from tests.builders import an_adt, an_agreement
+from tests.builders import an_adt, an_agreement, an_objection
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(150)]
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -139,23 +139,7 @@ async def test_subscribers_get_what_policy_allows_signed_retried_and_redecided(
 
             # the person objects to any sharing with Y00001; later events about them go nowhere
             token = issue_token(services.secrets.token, org="RXX", role="coordinator", now=datetime.now(UTC))
-            objection = {
-                "resourceType": "Consent",
-                "status": "active",
-                "scope": {
-                    "coding": [
-                        {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}
-                    ]
-                },
-                "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-                "patient": {"identifier": {"system": NHS, "value": "9434765919"}},
-                "provision": {
-                    "type": "deny",
-                    "actor": [
-                        {"role": {"text": "recipient"}, "reference": {"identifier": {"system": ODS, "value": "Y00001"}}}
-                    ],
-                },
-            }
+            objection = an_objection("9434765919", "Y00001")
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{run.http_port}/fhir") as http:
                 created = await http.post("/Consent", json=objection, headers={"Authorization": f"Bearer {token}"})
             assert created.status_code == 201, created.text

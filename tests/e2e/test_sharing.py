@@ -18,7 +18,7 @@ from hub.api.auth import issue_token
 from hub.bootstrap import build, running
 from hub.core.ledger import verify
 from hub.settings import HttpSettings, KafkaSettings, MllpSettings, Settings
-from tests.builders import an_adt, an_agreement
+from tests.builders import an_adt, an_agreement, an_objection
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -79,34 +79,7 @@ async def test_reads_follow_agreements_and_consent_and_changes_apply_within_two_
             assert (await http.get(f"/Patient/{pid}", headers=glass)).status_code == 200
 
             # the person objects to Y00001 seeing their encounters
-            consent = {
-                "resourceType": "Consent",
-                "status": "active",
-                "scope": {
-                    "coding": [
-                        {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}
-                    ]
-                },
-                "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-                "patient": {"identifier": {"system": NHS, "value": "9434765919"}},
-                "provision": {
-                    "type": "deny",
-                    "actor": [
-                        {
-                            "role": {
-                                "coding": [
-                                    {
-                                        "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                        "code": "IRCP",
-                                    }
-                                ]
-                            },
-                            "reference": {"identifier": {"system": ODS, "value": "Y00001"}},
-                        }
-                    ],
-                    "class": [{"system": "https://carehub.invalid/CodeSystem/data-category", "code": "encounters"}],
-                },
-            }
+            consent = an_objection("9434765919", "Y00001", category="encounters")
             created = await http.post("/Consent", json=consent, headers=as_("RXX", "coordinator"))
             assert created.status_code == 201, created.text
 

@@ -24,7 +24,7 @@ from hub.api.auth import AuthError, Principal, TokenVerifier
 from hub.api.outcomes import FhirResponse
 from hub.core.errors import ConsentDeniedError, InvalidMessageError, UnknownPersonError
 from hub.core.ledger import Disclosure, resource_ref
-from hub.core.policy import Asker, Decision, decide, person_of
+from hub.core.policy import UNENFORCED, Asker, Decision, decide, person_of
 from hub.core.ports import Json, Ledger, RecordReader
 from hub.store.agreements import PolicySource
 from schemas.envelope import Envelope
@@ -34,7 +34,6 @@ READABLE = ("Patient", "Encounter", "Organization", "Provenance", "Consent")
 PERSONAL = ("Encounter", "Provenance", "Consent")  # searchable by ?patient=
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
-UNENFORCED = Decision("permit", ("information-sharing enforcement is switched off (policy.enforce=false)",))
 Publish = Callable[[Envelope], Awaitable[None]]
 
 
