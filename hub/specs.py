@@ -11,6 +11,7 @@ from typing import Any
 from faststream.specification import AsyncAPI
 
 from schemas.agreements import Agreement
+from schemas.coordination_rules import CoordinationRules
 from schemas.envelope import Envelope
 from schemas.events.rejected import OUTCOME_HEADER
 from schemas.registry import REGISTRY
@@ -45,6 +46,13 @@ def subscription_schema() -> dict[str, Any]:
     return schema
 
 
+def coordination_rules_schema() -> dict[str, Any]:
+    """The JSON Schema coordination rule files (hub/rules/*.yaml) are validated against."""
+    schema = CoordinationRules.model_json_schema()
+    schema["$id"] = "https://carehub.invalid/schemas/coordination-rules.schema.json"
+    return schema
+
+
 def asyncapi() -> dict[str, Any]:
     """The AsyncAPI 3.0 document of the hub's channels, from the real routers."""
     from consumers.app import build_broker, include_consumers
@@ -75,6 +83,7 @@ def documents() -> dict[str, str]:
         "asyncapi.json": json.dumps(asyncapi(), indent=2, sort_keys=True) + "\n",
         "agreement.schema.json": json.dumps(agreement_schema(), indent=2, sort_keys=True) + "\n",
         "subscription.schema.json": json.dumps(subscription_schema(), indent=2, sort_keys=True) + "\n",
+        "coordination-rules.schema.json": json.dumps(coordination_rules_schema(), indent=2, sort_keys=True) + "\n",
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from schemas.events import coordination
+from schemas.events.agreement import AGREEMENT_LOADED
 from schemas.events.base import EventType
 from schemas.events.consent import CONSENT_RECORDED
 from schemas.events.encounter import (
@@ -24,6 +26,8 @@ REGISTRY: dict[str, EventType] = {
         PATIENT_UPDATED,
         PATIENT_MERGED,
         CONSENT_RECORDED,
+        AGREEMENT_LOADED,
+        *coordination.ALL,
     )
 }
 

@@ -8,6 +8,10 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+import orjson
+
+from schemas.envelope import Envelope
+
 Json = dict[str, Any]
 
 
@@ -25,6 +29,17 @@ class RecordEvent:
     time: datetime
     subject: str
     payload: Json
+
+    def envelope(self) -> Envelope:
+        """The CloudEvent this event travels in (the inverse of decoding one from Kafka)."""
+        return Envelope(
+            id=self.id,
+            source=self.source,
+            type=self.type,
+            time=self.time,
+            subject=self.subject,
+            data=orjson.dumps(self.payload),
+        )
 
 
 @dataclass(frozen=True)
@@ -94,6 +109,11 @@ class RecordReader(Protocol):
         """The Patient and every resource about them (Patient/$everything)."""
         ...
 
+    def registered_with(self, practice_ods: str) -> list[Json]:
+        """Current Patients registered with that GP practice (generalPractitioner names its ODS code,
+        or an Organization carrying it), by id."""
+        ...
+
     def counts(self) -> dict[str, int]:
         """How many current resources of each type the record holds."""
         ...
@@ -123,3 +143,48 @@ class Ledger(Protocol):
     def entries(self) -> Iterator[Any]: ...
 
     def about(self, person_key: str) -> list[Any]: ...
+
+
+class CoordinationUnitOfWork(Protocol):
+    """One transaction over the coordination service's state: each person's tasks and episode, the
+    deadline clocks, and the processed-event rows, committed together."""
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def processed(self, event_ids: Collection[str]) -> set[str]: ...
+
+    def mark_processed(self, event_id: str) -> None: ...
+
+    def state(self, person_key: str) -> Json | None:
+        """The person's coordination state, or None if the service has not heard of them."""
+        ...
+
+    def save(self, person_key: str, state: Json) -> None: ...
+
+    def set_clock(self, clock_id: str, person_key: str, due: datetime, kind: str, partition: int) -> None: ...
+
+    def clear_clock(self, clock_id: str) -> None: ...
+
+    def due_clocks(self, partition: int, until: datetime) -> list[tuple[str, str, datetime, str]]:
+        """(clock id, person key, due, kind) of the partition's clocks due at or before `until`,
+        in due order then id."""
+        ...
+
+    def commit(self) -> None: ...
+
+
+class CoordinationReader(Protocol):
+    """The read side of the coordination service, for commands that must check its rules."""
+
+    def caseloads(self) -> dict[str, int]:
+        """Coordinator -> people on their caseload now."""
+        ...
+
+    def state(self, person_key: str) -> Json | None: ...

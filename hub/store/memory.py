@@ -10,6 +10,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Self
 
+from hub.core.huddle import practice_codes
 from hub.core.ledger import Disclosure, Entry, seal
 from hub.core.ports import Json, StoredResource
 from hub.store.sql import identifiers_of
@@ -147,6 +148,15 @@ class MemoryRecordReader:
         ]
         return [patient, *practices, *(copy.deepcopy(r.content) for r in theirs)]
 
+    def registered_with(self, practice_ods: str) -> list[Json]:
+        held = self.store.resources.items()
+        organizations = {f"Organization/{rid}": r.content for (kind, rid), r in held if kind == "Organization"}
+        return [
+            copy.deepcopy(r.content)
+            for (kind, _), r in sorted(self.store.resources.items())
+            if kind == "Patient" and practice_ods in practice_codes(r.content, organizations)
+        ]
+
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for kind, _ in self.store.resources:
@@ -197,3 +207,57 @@ class MemoryLedger:
 
     def about(self, person_key: str) -> list[Entry]:
         return [e for e in self.rows if e.body.get("person_key") == person_key]
+
+
+class MemoryCoordinationStore:
+    """The coordination port in memory, for unit tests; commit replaces the store's state."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, Json] = {}
+        self.clocks: dict[str, tuple[str, datetime, str, int]] = {}
+        self.done: set[str] = set()
+
+    def unit_of_work(self) -> MemoryCoordinationUnitOfWork:
+        return MemoryCoordinationUnitOfWork(self)
+
+
+class MemoryCoordinationUnitOfWork:
+    """Changes kept aside until commit, as a transaction would."""
+
+    def __init__(self, store: MemoryCoordinationStore) -> None:
+        self._store = store
+        self._states = copy.deepcopy(store.states)
+        self._clocks = dict(store.clocks)
+        self._done = set(store.done)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        return None
+
+    def processed(self, event_ids: Collection[str]) -> set[str]:
+        return {e for e in event_ids if e in self._done}
+
+    def mark_processed(self, event_id: str) -> None:
+        self._done.add(event_id)
+
+    def state(self, person_key: str) -> Json | None:
+        found = self._states.get(person_key)
+        return copy.deepcopy(found) if found is not None else None
+
+    def save(self, person_key: str, state: Json) -> None:
+        self._states[person_key] = copy.deepcopy(state)
+
+    def set_clock(self, clock_id: str, person_key: str, due: datetime, kind: str, partition: int) -> None:
+        self._clocks[clock_id] = (person_key, due, kind, partition)
+
+    def clear_clock(self, clock_id: str) -> None:
+        self._clocks.pop(clock_id, None)
+
+    def due_clocks(self, partition: int, until: datetime) -> list[tuple[str, str, datetime, str]]:
+        due = [(c, p, d, k) for c, (p, d, k, part) in self._clocks.items() if part == partition and d <= until]
+        return sorted(due, key=lambda c: (c[2], c[0]))
+
+    def commit(self) -> None:
+        self._store.states, self._store.clocks, self._store.done = self._states, self._clocks, self._done

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.core.errors import ConcurrentWriteError, StoreUnavailableError
+from hub.core.huddle import ODS_SYSTEM, practice_codes
 from hub.core.ports import Json, StoredResource
 from hub.store.tables import dead_letter, processed_event, record_identifier, record_resource
 
@@ -290,6 +291,20 @@ class SqlRecordReader:
             and (org := self.read("Organization", ref["reference"].split("/", 1)[1])) is not None
         ]
         return [patient, *practices, *theirs]
+
+    def registered_with(self, practice_ods: str) -> list[Json]:
+        # No index on generalPractitioner: a text match narrows the Patients, the core's rule decides.
+        I = record_identifier  # noqa: E741, N806
+        orgs = sa.select(I.c.resource_id).where(
+            I.c.resource_type == "Organization", I.c.system == ODS_SYSTEM, I.c.value == practice_ods
+        )
+        with store_errors(), self.engine.connect() as conn:
+            refs = {f"Organization/{rid}" for rid in conn.scalars(orgs)}
+        text = sa.cast(R.c.content, sa.Text)
+        needles = [sa.or_(*(text.contains(n, autoescape=True) for n in [practice_ods, *sorted(refs)]))]
+        query = sa.select(R.c.content).where(R.c.resource_type == "Patient", *needles).order_by(R.c.id)
+        known = {ref: {"identifier": [{"system": ODS_SYSTEM, "value": practice_ods}]} for ref in refs}
+        return [p for p in self._all(query) if practice_ods in practice_codes(p, known)]
 
     def counts(self) -> dict[str, int]:
         query = sa.select(R.c.resource_type, sa.func.count()).group_by(R.c.resource_type)

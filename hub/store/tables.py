@@ -117,3 +117,22 @@ delivery_outbox = sa.Table(
     sa.UniqueConstraint("subscription_id", "event_id", name="uq_delivery_once"),
     sa.Index("ix_delivery_outbox_due", "status", "next_attempt_at"),
 )
+
+coordination_state = sa.Table(
+    "coordination_state",
+    metadata,
+    sa.Column("person_key", sa.String(64), primary_key=True),
+    sa.Column("state", JsonColumn, nullable=False),
+    sa.Column("coordinator", sa.String(64), nullable=True, index=True),
+)
+
+coordination_clock = sa.Table(
+    "coordination_clock",
+    metadata,
+    sa.Column("id", sa.String(80), primary_key=True),
+    sa.Column("person_key", sa.String(64), nullable=False),
+    sa.Column("due", UtcDateTime, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Index("ix_coordination_clock_due", "partition", "due"),
+)

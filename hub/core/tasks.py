@@ -1,0 +1,509 @@
+"""Care coordination rules: case finding, coordinator tasks, deadline clocks, long stays on a caseload.
+
+Pure: one person's state (plain JSON, kept by the caller) and one event in; the state changed in
+place, derived events and clock changes out. No clock reads: a task is due a duration after the
+event that opened it, and a clock runs out only when a clock tick (the hub's clock, written onto
+the log) reaches its due time, so a replay of the log opens, closes and escalates exactly the same
+tasks at exactly the same times.
+
+Order of work for each event:
+    person      a Patient's registered practice is remembered
+    fulfil      open tasks whose rule names this event (and contact kind or referral outcome, and not
+                earlier than `not_before` after the task opened) complete; `cancelled_by` cancels
+    case-find   a register row meeting a criterion, or a referral from a listed source, puts the person
+                on their practice's case list once (caselist.added)
+    episode     episode.opened starts a caseload stay and its long-stay clock; episode.closed ends both
+    open        every task rule triggered by this event (and its condition) opens a task with a clock
+    manual      a task.updated from a coordinator (the API) moves the task's status; a final status
+                stops its clock
+
+A clock that runs out marks its task overdue, hands it to the team lead and emits one task.overdue;
+a long-stay clock emits one caseload.long-stay flag. Derived events have deterministic ids, so
+emitting one again after a crash is recognised downstream as the same event.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from hub.core.identity import stable_id
+from hub.core.pic_summary import document
+from hub.core.ports import CoordinationUnitOfWork, Json, RecordEvent
+from schemas.coordination_rules import CoordinationRules, Fulfilment, TaskRule
+from schemas.events import coordination as co
+
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+FINAL = frozenset({"completed", "cancelled", "failed", "rejected", "entered-in-error"})
+OVERDUE = "overdue"
+_OWN = frozenset(
+    {
+        co.TASK_CREATED.type,
+        co.TASK_OVERDUE.type,
+        co.CASELIST_ADDED.type,
+        co.CASELOAD_LONG_STAY.type,
+        co.CLOCK_TICK.type,
+        co.HUDDLE_AGENDA.type,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Clock:
+    """A deadline: when it runs out, `fire` is called with it."""
+
+    id: str
+    person_key: str
+    due: datetime
+    kind: str  # "task" or "long-stay"
+
+
+@dataclass
+class Outcome:
+    """What one event or one clock did: events to publish, clocks to set and clear."""
+
+    events: list[RecordEvent] = field(default_factory=list)
+    set: list[Clock] = field(default_factory=list)
+    cleared: list[str] = field(default_factory=list)
+
+    def extend(self, other: Outcome) -> None:
+        self.events += other.events
+        self.set += other.set
+        self.cleared += other.cleared
+
+
+def short_name(event_type: str) -> str:
+    """`uk.nhs.carehub.referral.received.v1` -> `referral.received`."""
+    parts = event_type.split(".")
+    return ".".join(parts[3:-1]) if len(parts) >= 6 else event_type
+
+
+def new_state() -> Json:
+    """A person the coordination service has not heard of."""
+    return {"practice": None, "eligible": None, "episode": None, "tasks": {}}
+
+
+class Engine:
+    """One version of a locality's rules, applied event by event."""
+
+    def __init__(self, rules: CoordinationRules) -> None:
+        self.rules = rules
+        self._source = f"urn:ods:{rules.service.ods}"
+        self._team = {
+            "identifier": {"system": ODS_SYSTEM, "value": rules.service.ods},
+            "display": rules.service.name,
+        }
+
+    def handle(self, state: Json, event: RecordEvent) -> Outcome:
+        """Apply one event to one person's state."""
+        out = Outcome()
+        if event.type in _OWN:
+            return out
+        name = short_name(event.type)
+        resources = bundle_resources(event.payload)
+        self._remember_practice(state, resources)
+        if name == "task.updated":
+            return self._manual(state, event, resources)
+        self._fulfil(state, event, name, resources, out)
+        self._case_find(state, event, name, resources, out)
+        self._episode(state, event, name, resources, out)
+        for rule in self.rules.tasks:
+            if rule.trigger == name and self._condition(rule, state, resources):
+                self._open(state, event, rule, resources, out)
+        return out
+
+    def fire(self, state: Json, clock: Clock) -> Outcome:
+        """A clock ran out (a tick at or after its due time reached the person's partition)."""
+        out = Outcome(cleared=[clock.id])
+        if clock.kind == "long-stay":
+            episode = state.get("episode")
+            if episode and episode.get("id") == clock.id.removeprefix("long-stay:") and not episode.get("long_stay"):
+                episode["long_stay"] = True
+                out.events.append(self._long_stay_flag(clock, episode))
+            return out
+        task = state["tasks"].get(clock.id)
+        if task is None or task["status"] in FINAL or task.get("overdue"):
+            return out
+        task["overdue"] = True
+        task["escalated_from"] = task["owner"]
+        task["owner"] = self.rules.service.team_lead
+        out.events.append(self._task_event(co.TASK_OVERDUE.type, clock.id, clock.person_key, clock.due, task))
+        return out
+
+    # --- the steps -------------------------------------------------------------------------
+
+    def _remember_practice(self, state: Json, resources: list[Json]) -> None:
+        for patient in _of(resources, "Patient"):
+            for gp in patient.get("generalPractitioner") or []:
+                ident = gp.get("identifier") or {}
+                if ident.get("system") == ODS_SYSTEM and ident.get("value"):
+                    state["practice"] = ident["value"]
+            for ident in patient.get("identifier") or []:
+                if ident.get("system") == NHS_SYSTEM and ident.get("value"):
+                    state["nhs"] = ident["value"]
+
+    def _fulfil(self, state: Json, event: RecordEvent, name: str, resources: list[Json], out: Outcome) -> None:
+        rules = {r.id: r for r in self.rules.tasks}
+        for task_id, task in sorted(state["tasks"].items(), key=lambda kv: (kv[1]["due"], kv[0])):
+            rule = rules.get(task["rule"])
+            if rule is None or task["status"] in FINAL:
+                continue
+            opened = datetime.fromisoformat(task["opened"])
+            if any(_matches(f, name, event, resources, opened, task) for f in rule.done_by):
+                status = "completed"
+            elif any(_matches(f, name, event, resources, opened, task) for f in rule.cancelled_by):
+                status = "cancelled"
+            else:
+                continue
+            task["status"] = status
+            task["closed"] = event.time.isoformat()
+            out.cleared.append(task_id)
+            out.events.append(self._task_event(co.TASK_UPDATED.type, task_id, event.subject, event.time, task))
+
+    def _case_find(self, state: Json, event: RecordEvent, name: str, resources: list[Json], out: Outcome) -> None:
+        if state.get("eligible"):
+            return
+        matched: str | None = None
+        if name == "register.row":
+            measures = _measures(resources)
+            for criterion in self.rules.case_finding:
+                if criterion.at_least and all(measures.get(m, -1) >= n for m, n in criterion.at_least.items()):
+                    matched = criterion.id
+                    break
+        elif name == "referral.received":
+            source = _referral_source(resources)
+            for criterion in self.rules.case_finding:
+                if source and source in criterion.referral_sources:
+                    matched = criterion.id
+                    break
+        if matched is None:
+            return
+        state["eligible"] = matched
+        flag_id = stable_id("case-list", event.subject, self.rules.id)
+        flag: Json = {
+            "resourceType": "Flag",
+            "id": flag_id,
+            "status": "active",
+            "code": {"coding": [{"system": co.FLAG_SYSTEM, "code": co.ELIGIBLE, "display": "On the case list"}]},
+            "subject": {"reference": f"Patient/{event.subject}"},
+            "period": {"start": event.time.isoformat()},
+            "extension": [{"url": co.CRITERION_EXTENSION, "valueCode": matched}],
+        }
+        if state.get("practice"):
+            flag["author"] = {"identifier": {"system": ODS_SYSTEM, "value": state["practice"]}}
+        out.events.append(
+            self._derived(co.CASELIST_ADDED.type, f"case-list|{flag_id}", event.subject, event.time, flag)
+        )
+
+    def _episode(self, state: Json, event: RecordEvent, name: str, resources: list[Json], out: Outcome) -> None:
+        for episode in _of(resources, "EpisodeOfCare"):
+            if name == "episode.opened":
+                start = datetime.fromisoformat(
+                    str((episode.get("period") or {}).get("start") or event.time.isoformat())
+                )
+                state["episode"] = {
+                    "id": episode["id"],
+                    "coordinator": _coordinator(episode),
+                    "start": start.isoformat(),
+                    "long_stay": False,
+                }
+                clock = Clock(f"long-stay:{episode['id']}", event.subject, start + self.rules.long_stay, "long-stay")
+                out.set.append(clock)
+                for task in state["tasks"].values():  # the team's open tasks go to the new coordinator
+                    if task["status"] not in FINAL and task["owner"] == self.rules.service.ods:
+                        task["owner"] = state["episode"]["coordinator"] or task["owner"]
+            elif name == "episode.closed":
+                current = state.get("episode")
+                if current and current.get("id") == episode["id"]:
+                    state["episode"] = None
+                    out.cleared.append(f"long-stay:{episode['id']}")
+                for summary in _of(resources, "Composition"):
+                    out.events.append(self._pic_summary(state, event, episode, summary))
+
+    def _condition(self, rule: TaskRule, state: Json, resources: list[Json]) -> bool:
+        if rule.when == "on-caseload-or-case-list":
+            return bool(state.get("episode") or state.get("eligible"))
+        if rule.when == "addressed-to-service":
+            return any(_addressed_to(sr, self.rules.service.ods) for sr in _of(resources, "ServiceRequest"))
+        return True
+
+    def _open(self, state: Json, event: RecordEvent, rule: TaskRule, resources: list[Json], out: Outcome) -> None:
+        task_id = stable_id("task", event.id, rule.id)
+        if task_id in state["tasks"]:
+            return
+        episode = state.get("episode") or {}
+        closing = [c for c in map(_coordinator, _of(resources, "EpisodeOfCare")) if c]  # episode.closed
+        coordinator = episode.get("coordinator") or (closing[0] if closing else None)
+        owner = coordinator if rule.owner == "coordinator" and coordinator else self.rules.service.ods
+        task: Json = {
+            "rule": rule.id,
+            "title": rule.title,
+            "status": "requested",
+            "opened": event.time.isoformat(),
+            "due": (event.time + rule.due).isoformat(),
+            "owner": owner,
+            "focus": _focus(resources),
+        }
+        state["tasks"][task_id] = task
+        out.set.append(Clock(task_id, event.subject, event.time + rule.due, "task"))
+        out.events.append(self._task_event(co.TASK_CREATED.type, task_id, event.subject, event.time, task))
+
+    def _manual(self, state: Json, event: RecordEvent, resources: list[Json]) -> Outcome:
+        out = Outcome()
+        for resource in _of(resources, "Task"):
+            task = state["tasks"].get(resource.get("id"))
+            status = resource.get("status")
+            if task is None or not isinstance(status, str) or status == task["status"] or task["status"] in FINAL:
+                continue
+            task["status"] = status
+            if status in FINAL:
+                task["closed"] = event.time.isoformat()
+                out.cleared.append(resource["id"])
+        return out
+
+    # --- what the derived events carry -------------------------------------------------------
+
+    def _task_event(self, type_: str, task_id: str, person: str, time: datetime, task: Json) -> RecordEvent:
+        return self._derived(
+            type_, f"{type_}|{task_id}|{task['status']}", person, time, self.task_resource(task_id, person, task)
+        )
+
+    def task_resource(self, task_id: str, person: str, task: Json) -> Json:
+        """The FHIR Task for one task of a person's state."""
+        resource: Json = {
+            "resourceType": "Task",
+            "id": task_id,
+            "status": task["status"],
+            "intent": "order",
+            "code": {"coding": [{"system": co.TASK_SYSTEM, "code": task["rule"], "display": task["title"]}]},
+            "description": task["title"],
+            "for": {"reference": f"Patient/{person}"},
+            "authoredOn": task["opened"],
+            "lastModified": task.get("closed") or task["opened"],
+            "requester": self._team,
+            "owner": self._owner(task["owner"]),
+            "restriction": {"period": {"start": task["opened"], "end": task["due"]}},
+            "instantiatesUri": f"https://carehub.invalid/rules/{self.rules.id}/v{self.rules.version}#{task['rule']}",
+        }
+        if task.get("focus"):
+            resource["focus"] = {"reference": task["focus"]}
+        if task.get("overdue"):
+            resource["businessStatus"] = {
+                "coding": [{"system": co.BUSINESS_STATUS_SYSTEM, "code": OVERDUE, "display": "Overdue"}],
+                "text": f"overdue; escalated from {task.get('escalated_from')}",
+            }
+        return resource
+
+    def _owner(self, owner: str) -> Json:
+        if owner == self.rules.service.ods:
+            return self._team
+        return {"identifier": {"system": co.COORDINATOR_SYSTEM, "value": owner}}
+
+    def _pic_summary(self, state: Json, event: RecordEvent, episode: Json, summary: Json) -> RecordEvent:
+        """The PIC summary as a document for the person's practice (GP subscriptions deliver it)."""
+        patient: Json = {"resourceType": "Patient", "id": event.subject}
+        if state.get("nhs"):
+            patient["identifier"] = [{"system": NHS_SYSTEM, "value": state["nhs"]}]
+        if state.get("practice"):
+            patient["generalPractitioner"] = [{"identifier": {"system": ODS_SYSTEM, "value": state["practice"]}}]
+        doc = document(summary, patient=patient, episode=episode, referrals=[], at=event.time)
+        return self._derived(co.PIC_SUMMARY_SENT.type, f"pic-summary|{summary['id']}", event.subject, event.time, doc)
+
+    def _long_stay_flag(self, clock: Clock, episode: Json) -> RecordEvent:
+        flag_id = stable_id("long-stay", clock.id)
+        flag: Json = {
+            "resourceType": "Flag",
+            "id": flag_id,
+            "status": "active",
+            "code": {
+                "coding": [{"system": co.FLAG_SYSTEM, "code": co.LONG_STAY, "display": "On caseload over 12 weeks"}]
+            },
+            "subject": {"reference": f"Patient/{clock.person_key}"},
+            "period": {"start": clock.due.isoformat()},
+            "author": self._team,
+            "encounter": {"reference": f"EpisodeOfCare/{episode['id']}"},
+        }
+        return self._derived(co.CASELOAD_LONG_STAY.type, f"long-stay|{clock.id}", clock.person_key, clock.due, flag)
+
+    def _derived(self, type_: str, natural_key: str, person: str, time: datetime, resource: Json) -> RecordEvent:
+        return RecordEvent(
+            id=stable_id("derived", natural_key),
+            type=type_,
+            source=self._source,
+            time=time,
+            subject=person,
+            payload=resource,
+        )
+
+
+def bundle_resources(payload: Json) -> list[Json]:
+    """The resources of an event payload: a Bundle's entries, or the one resource it is (never raises)."""
+    if payload.get("resourceType") == "Bundle":
+        return [
+            e["resource"]
+            for e in payload.get("entry") or []
+            if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+        ]
+    return [payload]
+
+
+def _of(resources: list[Json], kind: str) -> list[Json]:
+    return [r for r in resources if r.get("resourceType") == kind]
+
+
+def _matches(f: Fulfilment, name: str, event: RecordEvent, resources: list[Json], opened: datetime, task: Json) -> bool:
+    if f.event != name or event.time < opened + f.not_before:
+        return False
+    if f.contact and not ({contact_kind(e) for e in _of(resources, "Encounter")} & set(f.contact)):
+        return False
+    if f.outcome:
+        requests = _of(resources, "ServiceRequest")
+        focus = task.get("focus") or ""
+        if focus.startswith("ServiceRequest/"):
+            requests = [r for r in requests if f"ServiceRequest/{r.get('id')}" == focus]
+        if not any(_extension(r, co.OUTCOME_EXTENSION, "valueCode") in f.outcome for r in requests):
+            return False
+    return True
+
+
+def contact_kind(encounter: Json) -> str | None:
+    """The coordination contact kind an Encounter records (first-contact, face-to-face, ...), if any."""
+    for concept in encounter.get("type") or []:
+        for coding in concept.get("coding") or []:
+            if coding.get("system") == co.CONTACT_SYSTEM:
+                return str(coding.get("code"))
+    return None
+
+
+def _measures(resources: list[Json]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for obs in _of(resources, "Observation"):
+        for coding in (obs.get("code") or {}).get("coding") or []:
+            if coding.get("system") == co.MEASURE_SYSTEM and isinstance(obs.get("valueInteger"), int):
+                found[str(coding.get("code"))] = int(obs["valueInteger"])
+    return found
+
+
+def _referral_source(resources: list[Json]) -> str | None:
+    for sr in _of(resources, "ServiceRequest"):
+        concept = _extension(sr, co.SOURCE_EXTENSION, "valueCodeableConcept")
+        if isinstance(concept, dict):
+            for coding in concept.get("coding") or []:
+                if coding.get("system") == co.REFERRAL_SOURCE_SYSTEM:
+                    return str(coding.get("code"))
+    return None
+
+
+def _extension(resource: Json, url: str, value: str) -> Any:
+    for ext in resource.get("extension") or []:
+        if ext.get("url") == url:
+            return ext.get(value)
+    return None
+
+
+def _addressed_to(request: Json, ods: str) -> bool:
+    performers = request.get("performer") or []
+    if not performers:
+        return True  # a referral addressed to nobody in particular comes to the coordination service
+    return any((p.get("identifier") or {}).get("value") == ods for p in performers)
+
+
+def _coordinator(episode: Json) -> str | None:
+    manager = episode.get("careManager") or {}
+    value = (manager.get("identifier") or {}).get("value")
+    return str(value) if value else None
+
+
+def _focus(resources: list[Json]) -> str | None:
+    for kind in ("ServiceRequest", "EpisodeOfCare", "Encounter"):
+        for resource in _of(resources, kind):
+            return f"{kind}/{resource['id']}"
+    return None
+
+
+def due_of(task: Json) -> datetime:
+    """A stored task's due time."""
+    return datetime.fromisoformat(task["due"])
+
+
+def caseload_days(episode: Json, at: datetime) -> float:
+    """How long an open episode has run, in days, at `at`."""
+    return (at - datetime.fromisoformat(episode["start"])) / timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Positioned:
+    """An event and the partition of the log it was read from (clocks live on their person's partition)."""
+
+    event: RecordEvent
+    partition: int
+
+
+def process(engine: Engine, uow: CoordinationUnitOfWork, batch: Sequence[Positioned]) -> list[RecordEvent]:
+    """Apply a batch in log order inside the caller's unit of work; returns the derived events to publish.
+
+    A clock tick fires, in due order, every clock of its partition that is due at or before the tick.
+    """
+    done = uow.processed([p.event.id for p in batch])
+    states: dict[str, Json] = {}
+    derived: list[RecordEvent] = []
+
+    def state_of(person: str) -> Json:
+        if person not in states:
+            states[person] = uow.state(person) or new_state()
+        return states[person]
+
+    def settle(person: str, partition: int, out: Outcome) -> None:
+        for clock in out.set:
+            uow.set_clock(clock.id, clock.person_key, clock.due, clock.kind, partition)
+        for clock_id in out.cleared:
+            uow.clear_clock(clock_id)
+        derived.extend(out.events)
+        uow.save(person, states[person])
+
+    for item in batch:
+        event = item.event
+        if event.id in done:
+            continue
+        if event.type == co.CLOCK_TICK.type:
+            for clock_id, person, due, kind in uow.due_clocks(_tick_partition(event, item.partition), event.time):
+                settle(person, item.partition, engine.fire(state_of(person), Clock(clock_id, person, due, kind)))
+        else:
+            state = state_of(event.subject)
+            before = copy.deepcopy(state)
+            out = engine.handle(state, event)
+            if out.events or out.set or out.cleared or state != before:
+                settle(event.subject, item.partition, out)
+        uow.mark_processed(event.id)
+        done.add(event.id)
+    return derived
+
+
+def _tick_partition(event: RecordEvent, read_from: int) -> int:
+    for parameter in event.payload.get("parameter") or []:
+        if parameter.get("name") == "partition" and isinstance(parameter.get("valueInteger"), int):
+            return int(parameter["valueInteger"])
+    return read_from
+
+
+def tick(partition: int, at: datetime) -> RecordEvent:
+    """A clock tick for one partition of the events topic."""
+    return RecordEvent(
+        id=stable_id("tick", str(partition), at.isoformat()),
+        type=co.CLOCK_TICK.type,
+        source="urn:carehub:clock",
+        time=at,
+        subject=f"clock-{partition}",
+        payload={
+            "resourceType": "Parameters",
+            "id": stable_id("tick", str(partition), at.isoformat()),
+            "parameter": [
+                {"name": "partition", "valueInteger": partition},
+                {"name": "time", "valueDateTime": at.isoformat()},
+            ],
+        },
+    )

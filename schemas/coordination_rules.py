@@ -1,0 +1,87 @@
+"""Coordination rules: case finding, coordinator tasks and their deadlines, caseload limits.
+
+Rules are versioned data (YAML validated against this schema), not code: a commissioner's change of
+target (say, first visit within 3 weeks instead of 4) is a new version of the file. Every task and
+flag the hub creates names the rule set and version that made it.
+
+Event names in rules are short (`referral.received`), the middle of the full type string
+`uk.nhs.carehub.<family>.<event>.v1`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EventName = str
+Condition = Literal[
+    "always",
+    "on-caseload-or-case-list",
+    "addressed-to-service",
+]
+
+
+class Fulfilment(BaseModel):
+    """An event that completes a task: its name, and optionally the contact kind or referral outcome it
+    must carry; `not_before` keeps a later review from being closed by an early contact."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event: EventName
+    contact: tuple[str, ...] = ()
+    outcome: tuple[str, ...] = ()
+    not_before: timedelta = timedelta(0)
+
+
+class TaskRule(BaseModel):
+    """When to open a task, when it is due, what completes it and what cancels it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,63}$")
+    title: str
+    trigger: EventName
+    when: Condition = "always"
+    due: timedelta = Field(description="ISO 8601 duration after the triggering event's time, e.g. P28D, PT48H")
+    done_by: tuple[Fulfilment, ...] = Field(min_length=1)
+    cancelled_by: tuple[Fulfilment, ...] = ()
+    owner: Literal["coordinator", "team"] = "coordinator"
+
+
+class RegisterCriterion(BaseModel):
+    """Case finding from the at-risk register: every listed measure at least its minimum."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    description: str
+    at_least: dict[str, int] = Field(default_factory=dict, description="register measure -> minimum")
+    referral_sources: tuple[str, ...] = Field(
+        default=(), description="or: a referral from one of these sources (GP, huddle member) makes the person eligible"
+    )
+
+
+class Service(BaseModel):
+    """The coordination service the rules are for."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ods: str = Field(pattern=r"^[A-Z0-9]{3,10}$")
+    name: str
+    team_lead: str = Field(description="coordinator id escalations go to")
+
+
+class CoordinationRules(BaseModel):
+    """One version of a locality's coordination rules."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,63}$")
+    version: int = Field(ge=1)
+    service: Service
+    caseload_cap: int = Field(default=28, ge=1)
+    long_stay: timedelta = Field(default=timedelta(weeks=12), description="flag people on a caseload this long")
+    case_finding: tuple[RegisterCriterion, ...] = ()
+    tasks: tuple[TaskRule, ...] = ()

@@ -1,0 +1,135 @@
+"""The coordination rules over a scripted locality month, against answers worked out by hand
+(tests/locality_month.py), on the pure engine and the in-memory store."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+from fhir.resources.R4B.flag import Flag
+from fhir.resources.R4B.task import Task
+
+from hub.core.ports import RecordEvent
+from hub.core.tasks import Engine, Positioned, process, tick
+from hub.store.memory import MemoryCoordinationStore
+from schemas.coordination_rules import CoordinationRules
+from schemas.events import coordination as co
+from tests import locality_month as month
+
+RULES = Path(__file__).parents[2] / "hub" / "rules" / "croydon-pic.v1.yaml"
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine(CoordinationRules.model_validate(yaml.safe_load(RULES.read_text())))
+
+
+def run(engine: Engine, events: list[RecordEvent], store: MemoryCoordinationStore) -> list[RecordEvent]:
+    derived: list[RecordEvent] = []
+    for event in events:
+        with store.unit_of_work() as uow:
+            derived += process(engine, uow, [Positioned(event, 0)])
+            uow.commit()
+    return derived
+
+
+def month_with_ticks() -> list[RecordEvent]:
+    timeline = [(e.time, 1, e) for e in month.script()] + [(t, 0, tick(0, t)) for t in month.tick_times()]
+    return [e for _, _, e in sorted(timeline, key=lambda x: (x[0], x[1]))]
+
+
+def final_tasks(derived: list[RecordEvent]) -> dict[str, dict[str, tuple[str, datetime, str, bool]]]:
+    people = {key: who for who, key in month.PEOPLE.items()}
+    latest: dict[str, dict[str, object]] = {}
+    for event in derived:
+        if event.payload["resourceType"] == "Task":
+            latest[event.payload["id"]] = event.payload
+    found: dict[str, dict[str, tuple[str, datetime, str, bool]]] = {}
+    for task in latest.values():
+        who = people[str(task["for"]["reference"]).removeprefix("Patient/")]  # type: ignore[index]
+        owner = task["owner"]["identifier"]["value"]  # type: ignore[index]
+        due = datetime.fromisoformat(task["restriction"]["period"]["end"])  # type: ignore[index]
+        found.setdefault(who, {})[task["code"]["coding"][0]["code"]] = (  # type: ignore[index]
+            str(task["status"]),
+            due,
+            owner,
+            "businessStatus" in task,
+        )
+    return found
+
+
+def test_the_month_gives_the_hand_computed_tasks(engine: Engine) -> None:
+    derived = run(engine, month_with_ticks(), MemoryCoordinationStore())
+    assert final_tasks(derived) == month.EXPECTED_TASKS
+
+
+def test_exactly_the_hand_computed_tasks_go_overdue_once_each(engine: Engine) -> None:
+    derived = run(engine, month_with_ticks(), MemoryCoordinationStore())
+    people = {key: who for who, key in month.PEOPLE.items()}
+    overdue = [
+        (people[e.subject], e.payload["code"]["coding"][0]["code"], e.time)
+        for e in derived
+        if e.type == co.TASK_OVERDUE.type
+    ]
+    assert sorted(overdue) == sorted(month.EXPECTED_OVERDUE)
+    escalated = [e.payload["owner"]["identifier"]["value"] for e in derived if e.type == co.TASK_OVERDUE.type]
+    assert escalated == ["team-lead"] * len(month.EXPECTED_OVERDUE)
+
+
+def test_case_finding_puts_the_right_people_on_the_case_list_once(engine: Engine) -> None:
+    derived = run(engine, month_with_ticks(), MemoryCoordinationStore())
+    people = {key: who for who, key in month.PEOPLE.items()}
+    added = [e for e in derived if e.type == co.CASELIST_ADDED.type]
+    assert {people[e.subject]: e.payload["extension"][0]["valueCode"] for e in added} == month.EXPECTED_CASE_LIST
+    assert len(added) == len(month.EXPECTED_CASE_LIST)
+    assert added[0].payload["author"]["identifier"]["value"] == month.PRACTICE
+
+
+def test_derived_resources_are_valid_fhir(engine: Engine) -> None:
+    derived = run(engine, month_with_ticks(), MemoryCoordinationStore())
+    for event in derived:
+        model = {"Task": Task, "Flag": Flag}[event.payload["resourceType"]]
+        model.model_validate(event.payload)
+
+
+def test_the_same_log_twice_applies_once_and_derives_the_same_ids(engine: Engine) -> None:
+    store = MemoryCoordinationStore()
+    events = month_with_ticks()
+    first = run(engine, events, store)
+    again = run(engine, events, store)
+    assert again == []
+    fresh = run(engine, events, MemoryCoordinationStore())
+    assert [e.id for e in fresh] == [e.id for e in first]
+
+
+def test_a_clock_fires_on_its_own_partition_only(engine: Engine) -> None:
+    store = MemoryCoordinationStore()
+    referral = month.referral("P4", month.at(4, 10), "adult-social-care")
+    with store.unit_of_work() as uow:
+        process(engine, uow, [Positioned(referral, 3)])
+        late = process(engine, uow, [Positioned(tick(2, month.at(9)), 2)])
+        assert late == []
+        fired = process(engine, uow, [Positioned(tick(3, month.at(9)), 3)])
+        uow.commit()
+    assert [e.type for e in fired] == [co.TASK_OVERDUE.type]
+
+
+def test_a_coordinator_can_cancel_a_task_and_its_clock_stops(engine: Engine) -> None:
+    store = MemoryCoordinationStore()
+    referral = month.referral("P4", month.at(4, 10), "adult-social-care")
+    created = run(engine, [referral], store)
+    triage = next(e.payload for e in created if e.payload["code"]["coding"][0]["code"] == "referral-triage")
+    manual = RecordEvent(
+        id="manual-1",
+        type=co.TASK_UPDATED.type,
+        source="urn:ods:Y0PIC",
+        time=month.at(5),
+        subject=referral.subject,
+        payload={**triage, "status": "cancelled"},
+    )
+    run(engine, [manual], store)
+    assert run(engine, [tick(0, month.at(20))], store) == []  # the triage clock was stopped
+    fired = run(engine, [tick(0, month.at(3, month=12))], store)
+    assert [e.payload["code"]["coding"][0]["code"] for e in fired] == ["first-visit"]
