@@ -12,18 +12,27 @@ Rules, in the order they are applied to each event:
     merge           the retired person's resources move to the survivor (subject rewritten, new version)
     encounter       an update overlays the stored Encounter (an A08 says nothing about status);
                     a cancelled discharge (A13) removes the end of the stay and the discharge disposition
+    outcomes        a referral outcome overlays the stored ServiceRequest (status, outcome, notes) rather
+                    than replacing what the referral said
+    stubs           a Patient carried by a referral or register row only introduces a person the record does
+                    not know yet; it never replaces what a hospital or practice said, and anything they say
+                    later replaces it, whatever its event time
+    not recorded    clock ticks write nothing and leave no processed-event row
     provenance      each event that writes anything leaves a Provenance naming the sending organisation,
                     the event and every resource version it wrote
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from hub.core.errors import InvalidMessageError
 from hub.core.ports import Json, RecordEvent, RecordUnitOfWork, StoredResource
+from schemas.events.coordination import NOT_RECORDED, PATIENT_STUB_EVENTS, REFERRAL_OUTCOME
 
 MERGED = "uk.nhs.carehub.patient.merged.v1"
 DISCHARGE_CANCELLED = "uk.nhs.carehub.encounter.discharge-cancelled.v1"
@@ -31,8 +40,9 @@ ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 EVENT_SYSTEM = "https://carehub.invalid/Id/event"
 _SHARED = frozenset({"Organization", "Practitioner", "Location"})  # not about one person
 _MAX_HOPS = 16
-_MISSING = object()
+_SUBJECT_FIELDS = ("subject", "patient", "for")
 UNCHANGED = StoredResource("", "", None, 0, datetime.min.replace(tzinfo=UTC), "", {})
+_STUB_TIME = datetime(1900, 1, 1, tzinfo=UTC)  # a stub loses to anything said about the person
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,8 @@ def apply_events(uow: RecordUnitOfWork, events: Sequence[RecordEvent]) -> ApplyR
     done = uow.processed([e.id for e in events])
     applied = duplicates = stale = 0
     for event in events:
+        if event.type in NOT_RECORDED:
+            continue  # a clock tick is not news for the record: nothing to write, nothing to remember
         if event.id in done:
             duplicates += 1
             continue
@@ -62,36 +74,42 @@ def apply_events(uow: RecordUnitOfWork, events: Sequence[RecordEvent]) -> ApplyR
 def resources_of(event: RecordEvent) -> list[Json]:
     """The resources an event carries: a Bundle's entries, or the one resource it is."""
     payload = event.payload
+    resources: list[Any]  # checked below: every one a dict with resourceType and id
     if payload.get("resourceType") == "Bundle":
-        entries = payload.get("entry") or []
-        resources = [e.get("resource") for e in entries if isinstance(e, dict)]
+        resources = [e.get("resource") for e in payload.get("entry") or [] if isinstance(e, dict)]
     else:
         resources = [payload]
     for index, resource in enumerate(resources):
         if not isinstance(resource, dict) or not resource.get("resourceType") or not resource.get("id"):
             raise InvalidMessageError(f"entry {index} has no resourceType and id", (f"Bundle.entry[{index}].resource",))
-    return [r for r in resources if isinstance(r, dict)]
+    return resources
 
 
 def _apply(uow: RecordUnitOfWork, event: RecordEvent) -> int:
+    if event.type in NOT_RECORDED:
+        return 0
     resources = resources_of(event)
+    when = event.time.isoformat()  # once per event: it is stamped on everything the event writes
     written: list[StoredResource] = []
     stale = 0
     if event.type == MERGED:
-        written += _merge(uow, event, resources)
+        written += _merge(uow, event, resources, when)
     for resource in resources:
-        stored = _write(uow, event, resource)
+        stored = _write(uow, event, resource, when)
         if stored is None:
             stale += 1
         elif stored is not UNCHANGED:
             written.append(stored)
     if written:
-        _provenance(uow, event, written)
+        _provenance(uow, event, written, when)
     return stale
 
 
 def survivor(uow: RecordUnitOfWork, key: str) -> str:
     """The person key that `key` now resolves to, following replaced-by links left by merges."""
+    patient = uow.get("Patient", key)
+    if patient is None or "link" not in patient.content:
+        return key  # the common case: nobody merged this person away
     seen = {key}
     for _ in range(_MAX_HOPS):
         patient = uow.get("Patient", key)
@@ -113,20 +131,23 @@ def _replaced_by(patient: Json) -> str | None:
 
 
 def _subject_key(resource: Json) -> str | None:
-    for field in ("subject", "patient"):
+    for field in _SUBJECT_FIELDS:
         ref = (resource.get(field) or {}).get("reference", "")
         if ref.startswith("Patient/"):
             return str(ref.removeprefix("Patient/"))
     return None
 
 
-def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json) -> StoredResource | None:
+def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str) -> StoredResource | None:
     """Write one resource unless what is stored came from a newer event (None: stale) or says the
     same already (UNCHANGED)."""
     kind, rid = incoming["resourceType"], incoming["id"]
     current = uow.get(kind, rid)
+    stub = kind == "Patient" and event.type in PATIENT_STUB_EVENTS
+    if stub and current is not None:
+        return UNCHANGED
     if current is not None and kind in _SHARED:
-        same = _same_reference_data(uow, event, incoming, current)
+        same = _same_reference_data(uow, event, incoming, current, when)
         if same is not None:
             return same
     if current is not None and event.time < current.event_time:
@@ -142,18 +163,18 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json) -> StoredR
         key = survivor(uow, subject) if subject else survivor(uow, event.subject)
         if subject and key != subject:
             _point_at(content, key)
-    if current is not None and key == current.person_key and content == _without_meta(current.content):
+    if current is not None and key == current.person_key and _same_content(content, current.content):
         # nothing new: no new version (so versions do not depend on the order partitions are read
         # in), but remember the newer event time so older content arriving later stays stale
-        uow.put(replace(current, event_time=event.time))
+        uow.put(_retimed(current, event.time, current.content))
         return UNCHANGED
-    stored = _stamp(event, content, kind, rid, key, current, event.time)
+    stored = _stamp(event, content, kind, rid, key, current, _STUB_TIME if stub else event.time, when)
     uow.put(stored)
     return stored
 
 
 def _same_reference_data(
-    uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, current: StoredResource
+    uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, current: StoredResource, when: str
 ) -> StoredResource | None:
     """Shared reference data (a GP practice) said again, in any order: no new version, and meta
     names the earliest event that said it, so the record does not depend on which partition a
@@ -161,25 +182,34 @@ def _same_reference_data(
     if not _same_content(incoming, current.content):
         return None
     meta = current.content.get("meta") or {}
-    first = (event.time.isoformat(), event.source)
+    first = (when, event.source)
     earlier = first < (str(meta.get("lastUpdated", "")), str(meta.get("source", ""))) or not meta
     if not earlier and event.time <= current.event_time:
         return UNCHANGED  # nothing to remember: the fast path when many people share one practice
     if earlier:
         meta = {**meta, "lastUpdated": first[0], "source": first[1]}
-    uow.put(replace(current, event_time=max(current.event_time, event.time), content={**current.content, "meta": meta}))
+    uow.put(_retimed(current, max(current.event_time, event.time), {**current.content, "meta": meta}))
     return UNCHANGED
 
 
+def _retimed(current: StoredResource, event_time: datetime, content: Json) -> StoredResource:
+    # what dataclasses.replace does, without its per-call introspection (a hot path in replay)
+    return StoredResource(
+        current.resource_type,
+        current.id,
+        current.person_key,
+        current.version_id,
+        event_time,
+        current.source_event_id,
+        content,
+    )
+
+
 def _same_content(incoming: Json, stored: Json) -> bool:
-    """Equal apart from meta, without copying either."""
-    if len(incoming) - ("meta" in incoming) != len(stored) - ("meta" in stored):
-        return False
-    return all(k == "meta" or stored.get(k, _MISSING) == v for k, v in incoming.items())
-
-
-def _without_meta(content: Json) -> Json:
-    return {k: v for k, v in content.items() if k != "meta"}
+    """Equal apart from meta, without copying the stored side (compared in C: a hot path)."""
+    if "meta" in incoming:
+        incoming = {k: v for k, v in incoming.items() if k != "meta"}
+    return len(incoming) == len(stored) - ("meta" in stored) and incoming.items() <= stored.items()
 
 
 def _next_content(event: RecordEvent, incoming: Json, current: StoredResource | None) -> Json:
@@ -196,6 +226,15 @@ def _next_content(event: RecordEvent, incoming: Json, current: StoredResource | 
             merged["status"] = before["status"]
         if "period" in content and "period" in before:
             merged["period"] = {**before["period"], **content["period"]}
+        content = merged
+    elif kind == "ServiceRequest" and event.type == REFERRAL_OUTCOME.type:
+        # an outcome update knows the referral by id: it overlays what the referral said (status,
+        # the outcome extension, notes), never erases the reasons, dates and addressee
+        merged = {k: v for k, v in before.items() if k != "meta"}
+        merged.update(content)
+        urls = {e.get("url") for e in content.get("extension") or []}
+        kept = [e for e in before.get("extension") or [] if e.get("url") not in urls]
+        merged["extension"] = [*kept, *(content.get("extension") or [])]
         content = merged
     elif kind == "Patient":
         retired_to = _replaced_by(before)
@@ -225,7 +264,7 @@ def _cancel_discharge(event: RecordEvent, content: Json) -> Json:
 
 
 def _point_at(content: Json, key: str) -> None:
-    for field in ("subject", "patient"):
+    for field in _SUBJECT_FIELDS:
         if field in content:
             content[field] = {**content[field], "reference": f"Patient/{key}"}
 
@@ -238,29 +277,14 @@ def _stamp(
     key: str | None,
     current: StoredResource | None,
     content_time: datetime,
+    when: str,
 ) -> StoredResource:
     version = (current.version_id if current else 0) + 1
-    content = {**content, "meta": _meta(event, version)}
-    return StoredResource(
-        resource_type=kind,
-        id=rid,
-        person_key=key,
-        version_id=version,
-        event_time=content_time,
-        source_event_id=event.id,
-        content=content,
-    )
+    content["meta"] = {"versionId": str(version), "lastUpdated": when, "source": event.source}
+    return StoredResource(kind, rid, key, version, content_time, event.id, content)
 
 
-def _meta(event: RecordEvent, version: int) -> Json:
-    return {
-        "versionId": str(version),
-        "lastUpdated": event.time.isoformat(),
-        "source": event.source,
-    }
-
-
-def _merge(uow: RecordUnitOfWork, event: RecordEvent, resources: list[Json]) -> list[StoredResource]:
+def _merge(uow: RecordUnitOfWork, event: RecordEvent, resources: list[Json], when: str) -> list[StoredResource]:
     """Move every resource filed under each retired person to the survivor."""
     moved: list[StoredResource] = []
     for patient in resources:
@@ -277,13 +301,27 @@ def _merge(uow: RecordUnitOfWork, event: RecordEvent, resources: list[Json]) -> 
                 continue  # written from the event itself
             content = {k: v for k, v in current.content.items() if k != "meta"}
             _point_at(content, to)
-            stored = _stamp(event, content, current.resource_type, current.id, to, current, current.event_time)
+            stored = _stamp(event, content, current.resource_type, current.id, to, current, current.event_time, when)
             uow.put(stored)
             moved.append(stored)
     return moved
 
 
-def _provenance(uow: RecordUnitOfWork, event: RecordEvent, written: list[StoredResource]) -> None:
+@functools.lru_cache(maxsize=1024)
+def _activity(event_type: str) -> Json:
+    # built once per event type and shared by every Provenance that names it (as _agent)
+    return {"text": event_type}
+
+
+@functools.lru_cache(maxsize=4096)
+def _agent(sender: str) -> list[Json]:
+    """The sending organisation as the author: built once per sender and shared, not once per event
+    (a replay holds millions of Provenances; stored content is never changed in place)."""
+    author = {"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "author"}
+    return [{"type": {"coding": [author]}, "who": {"identifier": {"system": ODS_SYSTEM, "value": sender}}}]
+
+
+def _provenance(uow: RecordUnitOfWork, event: RecordEvent, written: list[StoredResource], when: str) -> None:
     sender = event.source.removeprefix("urn:ods:")
     written = [w for w in written if w.person_key]  # shared reference data (a practice) has no provenance
     if not written:
@@ -293,22 +331,10 @@ def _provenance(uow: RecordUnitOfWork, event: RecordEvent, written: list[StoredR
         "resourceType": "Provenance",
         "id": event.id,
         "target": [{"reference": f"{w.resource_type}/{w.id}/_history/{w.version_id}"} for w in written],
-        "recorded": event.time.isoformat(),
-        "activity": {"text": event.type},
-        "agent": [
-            {
-                "type": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                            "code": "author",
-                        }
-                    ]
-                },
-                "who": {"identifier": {"system": ODS_SYSTEM, "value": sender}},
-            }
-        ],
+        "recorded": when,
+        "activity": _activity(event.type),
+        "agent": _agent(sender),
         "entity": [{"role": "source", "what": {"identifier": {"system": EVENT_SYSTEM, "value": event.id}}}],
     }
     key = survivor(uow, keys[0]) if keys else survivor(uow, event.subject)
-    uow.put(_stamp(event, provenance, "Provenance", event.id, key, None, event.time))
+    uow.put(_stamp(event, provenance, "Provenance", event.id, key, None, event.time, when))

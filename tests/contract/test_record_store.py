@@ -170,7 +170,7 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 def test_migrations_bring_an_empty_database_to_head_and_are_idempotent(database_url: str) -> None:
     first = open_engine(database_url)
-    assert head_revision() == "0004"
+    assert head_revision() == "0005"
     assert current_revision(first) == head_revision()
     again = open_engine(database_url)
     assert current_revision(again) == head_revision()
@@ -181,3 +181,25 @@ def test_migrations_bring_an_empty_database_to_head_and_are_idempotent(database_
 def test_an_unreachable_database_is_reported_as_unavailable() -> None:
     with pytest.raises(StoreUnavailableError, match="not answering"):
         open_engine("postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=2")
+
+
+def test_registered_with_finds_a_practices_patients_by_ods_identifier_or_organization(backend: Backend) -> None:
+    ods = "https://fhir.nhs.uk/Id/ods-organization-code"
+    practice = {"resourceType": "Organization", "id": "org-y1", "identifier": [{"system": ods, "value": "Y00001"}]}
+    other = {"resourceType": "Organization", "id": "org-y2", "identifier": [{"system": ods, "value": "Y00002"}]}
+    by_reference = a_patient("p1", "9434765919")
+    by_reference.content["generalPractitioner"] = [{"reference": "Organization/org-y1"}]
+    by_identifier = a_patient("p2", "9990000018")
+    by_identifier.content["generalPractitioner"] = [{"identifier": {"system": ods, "value": "Y00001"}}]
+    elsewhere = a_patient("p3", "9990000026")
+    elsewhere.content["generalPractitioner"] = [{"reference": "Organization/org-y2"}]
+    mentions_only = a_patient("p4", "9990000034", family="Y00001")  # the code in a name is no registration
+    with backend.uow() as uow:
+        for org in (practice, other):
+            uow.put(StoredResource("Organization", org["id"], None, 1, T0, f"e-{org['id']}", org))
+        for patient in (by_reference, by_identifier, elsewhere, mentions_only):
+            uow.put(patient)
+        uow.commit()
+    assert [p["id"] for p in backend.reader.registered_with("Y00001")] == ["p1", "p2"]
+    assert [p["id"] for p in backend.reader.registered_with("Y00002")] == ["p3"]
+    assert backend.reader.registered_with("Y99999") == []
