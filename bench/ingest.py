@@ -92,7 +92,7 @@ class HubProcess:
     def applied(self) -> int:
         engine = sa.create_engine(f"sqlite:///{self.data_dir / 'carehub.db'}")
         with engine.connect() as conn:
-            count = conn.execute(sa.text("select count(*) from processed_event")).scalar_one()
+            count = conn.execute(sa.text("select count(*) from processed_event where consumer = 'record'")).scalar_one()
         engine.dispose()
         return int(count)
 

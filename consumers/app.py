@@ -7,11 +7,13 @@ from collections.abc import Callable
 
 from faststream.kafka import KafkaBroker
 
+from consumers.coordination import coordination_router
 from consumers.deadletters import dead_letter_router
 from consumers.delivery import Deliverer, delivery_router
 from consumers.record import UnitOfWorkFactory, record_router
-from hub.core.ports import DeadLetters
+from hub.core.ports import CoordinationUnitOfWork, DeadLetters
 from hub.core.record import ApplyResult
+from hub.core.tasks import Engine
 
 
 def build_broker(bootstrap: str, *, client_id: str = "carehub") -> KafkaBroker:
@@ -36,9 +38,17 @@ def include_consumers(
     on_applied: Callable[[ApplyResult], None] | None = None,
     on_kept: Callable[[int], None] | None = None,
     deliverer: Deliverer | None = None,
+    coordination: tuple[Engine, Callable[[], CoordinationUnitOfWork]] | None = None,
+    on_coordinated: Callable[[int, int], None] | None = None,
 ) -> None:
     """Attach every consumer of the hub to `broker`."""
     broker.include_router(record_router(uow_factory, broker, group_id=f"{group_prefix}-record", on_applied=on_applied))
     broker.include_router(dead_letter_router(dead_letters, group_id=f"{group_prefix}-deadletters", on_kept=on_kept))
     if deliverer is not None:
         broker.include_router(delivery_router(deliverer, group_id=f"{group_prefix}-delivery"))
+    if coordination is not None:
+        engine, factory = coordination
+        router = coordination_router(
+            engine, factory, broker, group_id=f"{group_prefix}-coordination", on_done=on_coordinated
+        )
+        broker.include_router(router)

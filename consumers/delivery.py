@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import orjson
@@ -31,6 +32,7 @@ from consumers.middlewares import retrying
 from consumers.record import UnitOfWorkFactory, apply_batch
 from hub.core.delivery import in_scope, plan
 from hub.core.errors import InfrastructureError
+from hub.core.identity import stable_id
 from hub.core.ledger import Disclosure, resource_ref
 from hub.core.policy import UNENFORCED, Asker, ConsentRule, Decision, decide, person_of
 from hub.core.ports import Json, Ledger, RecordEvent
@@ -38,12 +40,22 @@ from hub.core.record import resources_of
 from hub.kafka import create_topics
 from hub.store.agreements import PolicySource
 from hub.store.subscriptions import Delivery, SqlOutbox, SqlSubscriptions
+from schemas.envelope import Envelope
 from schemas.events.consent import CONSENT_RECORDED
+from schemas.events.coordination import PIC_SUMMARY_RECEIPT, PIC_SUMMARY_SENT
 from schemas.subscriptions import Subscription
 from schemas.topics import EVENTS, subscriber_topic
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-CareHub-Signature"
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+
+
+def _write_whole(target: Path, body: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    partial.write_bytes(body)
+    os.replace(partial, target)
 
 
 def _now() -> datetime:
@@ -155,7 +167,7 @@ class Deliverer:
             entries = []
             await self._publish(sub, event, planned.body)
             delivered += 1
-            if sub.webhook:
+            if sub.webhook or sub.mailbox:
                 queued.append(
                     {
                         "subscription_id": sub.id,
@@ -169,6 +181,32 @@ class Deliverer:
         if queued:
             await asyncio.to_thread(self.outbox.enqueue, queued, now=now)
         return delivered
+
+    async def receipt(self, sub: Subscription, delivery: Delivery, at: datetime, how: str) -> None:
+        """Publish the practice's receipt for a PIC summary (same id however often it is sent)."""
+        composition = next((r for r in delivery.body["resources"] if r.get("resourceType") == "Composition"), None)
+        communication: Json = {
+            "resourceType": "Communication",
+            "id": stable_id("receipt", delivery.event_id, sub.id),
+            "status": "completed",
+            "subject": {"reference": f"Patient/{delivery.person_key}"},
+            "received": at.isoformat(),
+            "recipient": [{"identifier": {"system": ODS_SYSTEM, "value": sub.org}}],
+            "note": [{"text": f"delivered by {how} to subscription {sub.id}"}],
+        }
+        if composition is not None:
+            communication["about"] = [{"reference": f"Composition/{composition['id']}"}]
+        envelope = Envelope(
+            id=stable_id("receipt-event", delivery.event_id, sub.id),
+            source=f"urn:ods:{sub.org}",
+            type=PIC_SUMMARY_RECEIPT.type,
+            time=at,
+            subject=str(delivery.person_key),
+            data=orjson.dumps(communication),
+        )
+        await self.broker.publish(
+            envelope.data, EVENTS.name, key=envelope.subject.encode(), headers=envelope.kafka_headers()
+        )
 
     async def _publish(self, sub: Subscription, event: RecordEvent, body: Json) -> None:
         topic = subscriber_topic(sub.org)
@@ -260,7 +298,7 @@ class WebhookSender:
         sub = await asyncio.to_thread(d.subscriptions.get, delivery.subscription_id)
         now = d.clock()
         attempts = delivery.attempts + 1
-        if sub is None or sub.webhook is None:
+        if sub is None or (sub.webhook is None and sub.mailbox is None):
             await asyncio.to_thread(
                 d.outbox.settle, delivery.id, status="failed", attempts=attempts, next_attempt_at=now,
                 error="the subscription or its webhook no longer exists",
@@ -281,6 +319,8 @@ class WebhookSender:
                 error="withheld: the policy no longer permits it",
             )  # fmt: skip
             return 1
+        if sub.webhook is None:
+            return await self._to_mailbox(sub, str(sub.mailbox), delivery, planned.body, attempts, now)
         secret = self.env.get(sub.webhook.secret_env)
         error = None
         if not secret:
@@ -296,14 +336,7 @@ class WebhookSender:
             try:
                 response = await self.client.post(str(sub.webhook.url), content=body, headers=headers)
                 if response.is_success:
-                    await asyncio.to_thread(
-                        d.outbox.settle,
-                        delivery.id,
-                        status="delivered",
-                        attempts=attempts,
-                        next_attempt_at=now,
-                        error=None,
-                    )
+                    await self._delivered(sub, delivery, attempts, now, "webhook")
                     return 1
                 error = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
@@ -316,3 +349,30 @@ class WebhookSender:
         if final:
             log.warning("webhook delivery %s failed after %d attempts: %s", delivery.id, attempts, error)
         return int(final)
+
+    async def _to_mailbox(
+        self, sub: Subscription, mailbox: str, delivery: Delivery, body: Json, attempts: int, now: datetime
+    ) -> int:
+        """Write the delivery into the practice's mailbox folder: a whole file or none (write, then rename)."""
+        target = Path(mailbox) / f"{delivery.event_id}.json"
+        try:
+            await asyncio.to_thread(_write_whole, target, orjson.dumps(body, option=orjson.OPT_INDENT_2))
+        except OSError as exc:
+            final = attempts >= sub.max_attempts
+            await asyncio.to_thread(
+                self.deliverer.outbox.settle, delivery.id, status="failed" if final else "pending",
+                attempts=attempts, next_attempt_at=now + backoff(attempts), error=f"mailbox: {exc.strerror or exc}",
+            )  # fmt: skip
+            return int(final)
+        await self._delivered(sub, delivery, attempts, now, "mailbox")
+        return 1
+
+    async def _delivered(self, sub: Subscription, delivery: Delivery, attempts: int, now: datetime, how: str) -> None:
+        """Settle a delivery; a PIC summary's delivery is the practice's receipt, published as an event
+        (it closes the coordinator's PIC-summary task)."""
+        d = self.deliverer
+        if delivery.body["event"].get("type") == PIC_SUMMARY_SENT.type:
+            await d.receipt(sub, delivery, now, how)
+        await asyncio.to_thread(
+            d.outbox.settle, delivery.id, status="delivered", attempts=attempts, next_attempt_at=now, error=None
+        )

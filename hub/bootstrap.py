@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +18,12 @@ import uvicorn
 
 from hub.core.ports import DeadLetters, Ledger, RecordReader, RecordUnitOfWork
 from hub.core.record import ApplyResult
+from hub.core.tasks import Engine
 from hub.kafka import create_topics, embedded_broker
+from hub.rules import load_rules
 from hub.settings import Settings
 from hub.store.agreements import PolicySource, SqlAgreements
+from hub.store.coordination import SqlCoordinationStore
 from hub.store.database import open_engine
 from hub.store.ledger import SqlLedger
 from hub.store.sql import SqlDeadLetters, SqlRecordReader, SqlRecordUnitOfWork
@@ -53,6 +56,8 @@ class Services:
     policy: PolicySource | None
     subscriptions: SqlSubscriptions
     outbox: SqlOutbox
+    coordination: SqlCoordinationStore
+    rules: Engine
 
 
 def load_secrets(settings: Settings) -> Secrets:
@@ -88,6 +93,8 @@ def build(settings: Settings, **overrides: Any) -> Services:
         "agreements": SqlAgreements(engine),
         "subscriptions": SqlSubscriptions(engine, ttl=settings.policy.agreements_ttl_s),
         "outbox": SqlOutbox(engine),
+        "coordination": SqlCoordinationStore(engine),
+        "rules": Engine(load_rules(settings.coordination.rules)),
     }
     parts["policy"] = (
         PolicySource(parts["agreements"], parts["reader"], ttl=settings.policy.agreements_ttl_s)
@@ -122,16 +129,40 @@ class Running:
     applied: int = 0
     seen: int = 0
     kept: int = 0
+    coordinated: int = 0
+    derived: int = 0
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    publish: Callable[[Envelope], Awaitable[None]] | None = None  # to the events topic, as POST Consent does
+    tick: Callable[[], Awaitable[None]] | None = None  # the hub's clock onto every partition, now
 
     def count(self, result: ApplyResult) -> None:
         """Record consumer progress (events applied plus duplicates skipped)."""
         self.applied += result.applied
         self.seen += result.applied + result.duplicates
 
+    def count_coordinated(self, seen: int, derived: int) -> None:
+        """Coordination consumer progress (events seen, events derived)."""
+        self.coordinated += seen
+        self.derived += derived
+
     def count_kept(self, records: int) -> None:
         """Record dead-letter consumer progress (records kept in the store)."""
         self.kept += records
+
+    async def applied_ids(self, event_ids: Collection[str], *, dead_letters: int = 0, timeout: float = 60.0) -> bool:
+        """Wait until the record has applied these events (by id: the rules engine and the clock add
+        events of their own to the topic, so a count would be reached early) and the dead-letter
+        consumer has kept `dead_letters` records; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        wanted = set(event_ids)
+        while True:
+            done = await asyncio.to_thread(_processed, self.services.uow_factory, wanted)
+            if done >= wanted and self.kept >= dead_letters:
+                return True
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.1)
 
     async def caught_up(self, events: int, timeout: float = 60.0, *, dead_letters: int = 0) -> bool:
         """Wait until the record consumer has seen `events` events and the dead-letter consumer has
@@ -181,8 +212,20 @@ async def _serve_http(
 ) -> tuple[_QuietServer, asyncio.Task[None]]:
     from hub.api.app import create_app
     from hub.api.auth import TokenVerifier
+    from hub.api.routes.coordination import CoordinationApi
 
-    app = create_app(services.reader, TokenVerifier(services.secrets.token), services.ledger, services.policy, publish)
+    commands = None
+    if publish is not None and services.settings.coordination.enabled:
+        commands = CoordinationApi(
+            reader=services.reader,
+            coordination=services.coordination,
+            engine=services.rules,
+            key_secret=services.secrets.key,
+            publish=publish,
+        )
+    app = create_app(
+        services.reader, TokenVerifier(services.secrets.token), services.ledger, services.policy, publish, commands
+    )
     server = _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -206,6 +249,7 @@ async def running(
     from adapters.hl7v2.service import HospitalIntake
     from adapters.hl7v2.transport import serve
     from consumers.app import build_broker, include_consumers
+    from consumers.coordination import Ticker
     from consumers.delivery import Deliverer, WebhookSender
 
     if services is None:
@@ -215,6 +259,7 @@ async def running(
         await create_topics(bootstrap, replication=replication)
         broker = build_broker(bootstrap, client_id=settings.kafka.client_id)
         run = Running(services=services, bootstrap=bootstrap)
+        run.publish = _publisher(broker, settings.kafka.publish_timeout_s)
         deliverer = Deliverer(
             replication=replication,
             broker=broker,
@@ -235,6 +280,10 @@ async def running(
                 on_applied=run.count,
                 on_kept=run.count_kept,
                 deliverer=deliverer,
+                coordination=(services.rules, services.coordination.unit_of_work)
+                if settings.coordination.enabled
+                else None,
+                on_coordinated=run.count_coordinated,
             )
         await broker.start()
         run.intake = HospitalIntake(
@@ -247,6 +296,11 @@ async def running(
             if consumers:
                 sender = asyncio.create_task(WebhookSender(deliverer).run(run.stopping))
                 stack.push_async_callback(_stop_task, run.stopping, sender)
+            clock = Ticker(broker, every=settings.coordination.tick_s or 60.0)
+            run.tick = clock.tick_once
+            if consumers and settings.coordination.enabled and settings.coordination.tick_s > 0:
+                ticker = asyncio.create_task(clock.run(run.stopping))
+                stack.push_async_callback(_stop_task, run.stopping, ticker)
             if mllp:
                 server = await serve(
                     run.intake.receive,
@@ -266,6 +320,11 @@ async def running(
         finally:
             await stack.aclose()
             await broker.stop()
+
+
+def _processed(uow_factory: Callable[[], RecordUnitOfWork], event_ids: set[str]) -> set[str]:
+    with uow_factory() as uow:
+        return uow.processed(event_ids)
 
 
 async def _close_server(server: asyncio.Server) -> None:

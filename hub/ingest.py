@@ -37,14 +37,16 @@ async def ingest_files(settings: Settings, paths: list[Path], console: Console) 
         table = Table("file", "control id", "ACK", "events", "reason")
         codes: Counter[str] = Counter()
         events = kept = 0
+        ids: list[str] = []
         for path in files:
             for outcome in await run.intake.ingest(path.read_bytes(), f"file:{path}"):
                 codes[outcome.code] += 1
                 events += outcome.events
+                ids += outcome.event_ids
                 kept += outcome.dead_lettered
                 table.add_row(path.name, outcome.control_id, outcome.code, str(outcome.events), outcome.reason or "")
         console.print(table)
-        if embedded and not await run.caught_up(events, dead_letters=kept):
+        if embedded and not await run.applied_ids(ids, dead_letters=kept):
             console.print("[yellow]the record had not applied every event before the timeout[/yellow]")
     summary = ", ".join(f"{code} {n}" for code, n in sorted(codes.items()))
     console.print(f"{sum(codes.values())} message(s): {summary or 'none'}")

@@ -53,6 +53,14 @@ class PolicySettings(BaseModel):
     agreements_ttl_s: float = Field(default=1.0, description="a new agreement version applies within this")
 
 
+class CoordinationSettings(BaseModel):
+    """Care coordination: the rule set (YAML; the shipped Croydon PIC rules if unset) and the clock."""
+
+    enabled: bool = True
+    rules: Path | None = None
+    tick_s: float = Field(default=60.0, ge=0, description="how often the hub's clock ticks onto the log (0: never)")
+
+
 class Settings(BaseSettings):
     """Everything configurable. Defaults run the embedded broker and a SQLite file in ./var."""
 
@@ -65,6 +73,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     security: SecuritySettings = SecuritySettings()
     policy: PolicySettings = PolicySettings()
+    coordination: CoordinationSettings = CoordinationSettings()
     # The two names the issue and operators use, read without the prefix as well.
     kafka_bootstrap_servers: str = Field(
         default="",

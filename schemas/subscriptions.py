@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 
 class Webhook(BaseModel):
@@ -29,11 +29,24 @@ class Subscription(BaseModel):
     org: str = Field(pattern=r"^[A-Z0-9]{3,10}$", description="the subscribing organisation (ODS code)")
     purpose: Literal["direct-care", "care-coordination"] = "direct-care"
     events: tuple[str, ...] = Field(min_length=1, description="event types (uk.nhs.carehub.<family>.<event>.vN)")
-    scope: Literal["registered", "all-permitted"] = Field(
+    scope: Literal["registered", "addressed", "all-permitted"] = Field(
         default="registered",
         description="registered: only people registered with `org` (a GP practice's list); "
+        "addressed: referrals addressed to `org` (ServiceRequest.performer), as social care subscribes; "
         "all-permitted: everyone the agreements and consent allow",
     )
     content: Literal["empty", "id-only", "full-resource"] = "full-resource"
     webhook: Webhook | None = None
+    mailbox: str | None = Field(
+        default=None,
+        min_length=1,
+        description="a folder the hub writes each delivery into (one JSON file per event), for practices "
+        "without an endpoint; instead of a webhook",
+    )
     max_attempts: int = Field(default=6, ge=1, le=50)
+
+    @model_validator(mode="after")
+    def _one_way_out(self) -> Subscription:
+        if self.webhook is not None and self.mailbox is not None:
+            raise ValueError("a subscription has a webhook or a mailbox, not both")
+        return self

@@ -55,6 +55,7 @@ class Outcome:
     events: int
     reason: str | None = None
     dead_lettered: bool = False
+    event_ids: tuple[str, ...] = ()
 
 
 class HospitalIntake:
@@ -105,7 +106,8 @@ class HospitalIntake:
             log.warning("message %s not accepted: %s", control_id, error)
             return Outcome(control_id, "AE", 0, str(error)), self._ack(header, error)
         log.debug("message %s accepted: %d event(s)", control_id, len(events))
-        return Outcome(control_id, "AA", len(events)), self._ack(header, None)
+        ids = tuple(e.event_id for e in events)
+        return Outcome(control_id, "AA", len(events), event_ids=ids), self._ack(header, None)
 
     async def _reject(self, raw: bytes, header: Header | None, error: HubError, origin: str) -> tuple[Outcome, bytes]:
         control_id = header.control_id if header else ""

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from hub.api import outcomes
 from hub.api.auth import TokenVerifier
+from hub.api.routes import coordination, huddle
 from hub.api.routes.fhir import Publish, router
 from hub.core.ports import Ledger, RecordReader
 from hub.store.agreements import PolicySource
@@ -17,6 +18,7 @@ def create_app(
     ledger: Ledger | None = None,
     policy: PolicySource | None = None,
     publish: Publish | None = None,
+    commands: coordination.CoordinationApi | None = None,
 ) -> FastAPI:
     """The API over a record reader: tokens checked by `tokens`, every read decided by `policy`
     (None: not enforced) and recorded in `ledger`; Consents published with `publish`."""
@@ -27,6 +29,9 @@ def create_app(
         default_response_class=outcomes.FhirResponse,
     )
     outcomes.install(app)
+    app.include_router(huddle.router(reader, tokens, ledger, policy))  # before /fhir/{kind}: it serves /fhir/List
+    if commands is not None:
+        app.include_router(coordination.router(commands, tokens))
     app.include_router(router(reader, tokens, ledger, policy, publish))
 
     @app.get("/healthz", include_in_schema=False)

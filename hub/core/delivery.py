@@ -27,7 +27,8 @@ class Plan:
 
 
 def registered_practices(resources: Sequence[Json]) -> set[str]:
-    """ODS codes of the GP practices the event's Patients are registered with (PD1-3)."""
+    """ODS codes of the GP practices the event's Patients are registered with (PD1-3, by reference to
+    an Organization in the event or by ODS identifier)."""
     organisations = {
         f"Organization/{r['id']}": {i.get("value") for i in r.get("identifier") or [] if i.get("system") == ODS_SYSTEM}
         for r in resources
@@ -37,11 +38,28 @@ def registered_practices(resources: Sequence[Json]) -> set[str]:
     for patient in (r for r in resources if r.get("resourceType") == "Patient"):
         for gp in patient.get("generalPractitioner") or []:
             codes |= {c for c in organisations.get(str(gp.get("reference")), set()) if c}
+            ident = gp.get("identifier") or {}
+            if ident.get("system") == ODS_SYSTEM and ident.get("value"):
+                codes.add(str(ident["value"]))
     return codes
 
 
+def addressed_to(resources: Sequence[Json]) -> set[str]:
+    """Organisation codes the event's referrals are addressed to (ServiceRequest.performer identifiers)."""
+    return {
+        str((p.get("identifier") or {}).get("value"))
+        for r in resources
+        if r.get("resourceType") == "ServiceRequest"
+        for p in r.get("performer") or []
+        if (p.get("identifier") or {}).get("value")
+    }
+
+
 def in_scope(scope: str, org: str, resources: Sequence[Json]) -> bool:
-    """registered: only people registered with `org`; all-permitted: anyone (the policy still decides)."""
+    """registered: only people registered with `org`; addressed: referrals addressed to `org`;
+    all-permitted: anyone (the policy still decides, in every case)."""
+    if scope == "addressed":
+        return org in addressed_to(resources)
     return scope == "all-permitted" or org in registered_practices(resources)
 
 

@@ -6,6 +6,7 @@ HubError(code, diagnostics, expression)          FHIR IssueType code + a message
 ├── UnknownPersonError         not-found         no such person or resource
 ├── ConsentDeniedError         forbidden         sharing agreement or consent forbids it
 ├── DuplicateEventError        duplicate         already applied: acknowledge, never dead-letter
+├── RuleRefusedError           business-rule     a service rule refuses it: a full caseload, a closed task (409)
 └── InfrastructureError        transient         a dependency failed; retry, never dead-letter
     ├── StoreUnavailableError  transient         the database did not answer
     ├── ConcurrentWriteError   conflict          another worker wrote the same rows first; retry
@@ -66,6 +67,13 @@ class DuplicateEventError(HubError):
     """Already applied; acknowledge and do nothing."""
 
     code: str = "duplicate"
+
+
+@dataclass(eq=False)
+class RuleRefusedError(HubError):
+    """A coordination rule refuses the request as asked (a coordinator at their caseload cap)."""
+
+    code: str = "business-rule"
 
 
 @dataclass(eq=False)

@@ -184,7 +184,7 @@ async def test_the_record_lives_in_postgresql_when_carehub_database_url_names_it
             .scalars()
             .all()
         )
-        processed = conn.execute(sa.text("select count(*) from processed_event")).scalar_one()
+        processed = conn.execute(sa.text("select count(*) from processed_event where consumer = 'record'")).scalar_one()
     engine.dispose()
     assert statuses == ["finished"]
     assert processed == 2

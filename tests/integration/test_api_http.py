@@ -271,7 +271,7 @@ def test_organization_read(http: httpx.Client, token: str) -> None:
 
 
 def test_unsupported_resource_type_is_404_not_supported(http: httpx.Client, token: str) -> None:
-    assert "Observation" in outcome(get(http, "/fhir/Observation/o1", token), 404, "not-supported")
+    assert "MedicationRequest" in outcome(get(http, "/fhir/MedicationRequest/o1", token), 404, "not-supported")
 
 
 @pytest.mark.parametrize("patient", ["p1", "Patient/p1"])

@@ -113,7 +113,7 @@ async def test_ten_seconds_without_the_database_loses_nothing(tmp_path: Path, po
         await client.close()
     engine = sa.create_engine(postgres_url)
     with engine.connect() as conn:
-        processed = conn.execute(sa.text("select count(*) from processed_event")).scalar_one()
+        processed = conn.execute(sa.text("select count(*) from processed_event where consumer = 'record'")).scalar_one()
         finished = conn.execute(
             sa.text(
                 "select count(*) from record_resource"

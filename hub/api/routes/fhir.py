@@ -9,6 +9,7 @@ No `from __future__ import annotations` here: FastAPI reads these annotations at
 some name closures of `router`.
 """
 
+import re
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -16,12 +17,13 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fhir.resources.R4B.consent import Consent
 from pydantic import ValidationError
 
 from hub.api.auth import AuthError, Principal, TokenVerifier
-from hub.api.outcomes import FhirResponse
+from hub.api.outcomes import FHIR_JSON, FhirResponse
 from hub.core.errors import ConsentDeniedError, InvalidMessageError, UnknownPersonError
 from hub.core.ledger import Disclosure, resource_ref
 from hub.core.policy import UNENFORCED, Asker, Decision, decide, person_of
@@ -30,11 +32,177 @@ from hub.store.agreements import PolicySource
 from schemas.envelope import Envelope
 from schemas.events.consent import CONSENT_RECORDED
 
-READABLE = ("Patient", "Encounter", "Organization", "Provenance", "Consent")
-PERSONAL = ("Encounter", "Provenance", "Consent")  # searchable by ?patient=
+COORDINATION = ("ServiceRequest", "Task", "EpisodeOfCare", "Flag", "Observation", "Communication", "Composition")
+READABLE = ("Patient", "Encounter", "Organization", "Provenance", "Consent", *COORDINATION)
+PERSONAL = ("Encounter", "Provenance", "Consent", *COORDINATION)  # searchable by ?patient=
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 Publish = Callable[[Envelope], Awaitable[None]]
+TAG = "FHIR record"  # the OpenAPI tag of these routes
+MAX_BODY = 1 << 20  # a Consent is a few kilobytes; a megabyte is already hostile
+MAX_DEPTH = 32  # a Consent nests about 7 levels deep
+
+# What the API takes, said once for the OpenAPI document and checked once in code (the schemathesis
+# fuzz tests hold the two to each other).
+FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
+PATIENT_REF = r"^(Patient/)?[A-Za-z0-9\-.]{1,64}$"
+SYSTEM_VALUE = r"^[^|\x00-\x1f\x7f]+\|[^\x00-\x1f\x7f]+$"
+REASON = r"^[^\x00-\x1f\x7f]{1,500}$"
+_FHIR_ID, _PATIENT_REF, _SYSTEM_VALUE, _REASON = (re.compile(p) for p in (FHIR_ID, PATIENT_REF, SYSTEM_VALUE, REASON))
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    bearerFormat="JWT",
+    description="a token from `carehub token --org ODS --role ROLE`",
+)
+
+_ISSUE: Json = {
+    "type": "object",
+    "required": ["severity", "code"],
+    "properties": {
+        "severity": {"type": "string", "enum": ["fatal", "error", "warning", "information"]},
+        "code": {"type": "string"},
+        "diagnostics": {"type": "string"},
+        "expression": {"type": "array", "items": {"type": "string"}},
+    },
+}
+OUTCOME: Json = {
+    "type": "object",
+    "required": ["resourceType", "issue"],
+    "properties": {
+        "resourceType": {"type": "string", "enum": ["OperationOutcome"]},
+        "issue": {"type": "array", "minItems": 1, "items": _ISSUE},
+    },
+}
+RESOURCE: Json = {
+    "type": "object",
+    "required": ["resourceType", "id"],
+    "properties": {"resourceType": {"type": "string", "enum": list(READABLE)}, "id": {"type": "string"}},
+}
+BUNDLE: Json = {
+    "type": "object",
+    "required": ["resourceType", "type", "total"],
+    "properties": {
+        "resourceType": {"type": "string", "enum": ["Bundle"]},
+        "type": {"type": "string", "enum": ["searchset"]},
+        "total": {"type": "integer", "minimum": 0},
+        "entry": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["resource"],
+                "properties": {
+                    "resource": {"type": "object", "required": ["resourceType"]},
+                    "search": {"type": "object", "properties": {"mode": {"enum": ["match", "outcome"]}}},
+                },
+            },
+        },
+    },
+}
+CAPABILITY: Json = {
+    "type": "object",
+    "required": ["resourceType", "fhirVersion", "rest"],
+    "properties": {"resourceType": {"type": "string", "enum": ["CapabilityStatement"]}},
+}
+# The shape of what is taken; FHIR's rules for primitives (no edge whitespace, code and uri patterns) are
+# checked by fhir.resources and answered with a 400 naming the element.
+_TEXT: Json = {"type": "string", "minLength": 1}
+
+
+def _object(properties: Json, required: tuple[str, ...] = ()) -> Json:
+    """A FHIR element: only these properties, at least one of them."""
+    shape: Json = {"type": "object", "properties": properties, "additionalProperties": False, "minProperties": 1}
+    if required:
+        shape["required"] = list(required)
+    return shape
+
+
+def _some(item: Json) -> Json:
+    return {"type": "array", "minItems": 1, "items": item}
+
+
+_CODING = _object({"system": _TEXT, "code": _TEXT}, ("system", "code"))
+_CONCEPT = _object({"coding": _some(_CODING), "text": _TEXT})
+_IDENTIFIER = _object({"system": _TEXT, "value": _TEXT}, ("system", "value"))
+CONSENT_IN: Json = _object(
+    {
+        "resourceType": {"type": "string", "enum": ["Consent"]},
+        "status": {"type": "string", "enum": ["draft", "proposed", "active", "rejected", "inactive"]},
+        "scope": _CONCEPT,
+        "category": _some(_CONCEPT),
+        "patient": _object({"reference": {"type": "string", "pattern": PATIENT_REF}, "identifier": _IDENTIFIER}),
+        "provision": _object(
+            {
+                "type": {"type": "string", "enum": ["permit", "deny"]},
+                "actor": _some(
+                    _object(
+                        {"role": _CONCEPT, "reference": _object({"identifier": _IDENTIFIER})}, ("role", "reference")
+                    )
+                ),
+                "class": _some(_CODING),
+            },
+            ("type",),
+        ),
+    },
+    ("resourceType", "status", "scope", "category", "patient", "provision"),
+)
+CONSENT_IN["description"] = "a FHIR R4 Consent naming the person by NHS number or Patient reference"
+CONSENT_OUT: Json = {
+    "type": "object",
+    "required": ["resourceType", "id", "patient"],
+    "properties": {"resourceType": {"type": "string", "enum": ["Consent"]}, "id": {"type": "string"}},
+}
+_WHY = {
+    400: "the request is not valid (OperationOutcome names the parameter)",
+    401: "no bearer token, or one this server does not accept",
+    403: "the sharing agreements, the person's consent or the caller's role forbid it",
+    404: "no such resource, or a resource type this server does not hold",
+    413: "the body is larger than this server takes",
+}
+
+
+def ok(schema: Json) -> dict[int | str, Any]:
+    """The OpenAPI entry for a successful FHIR JSON response."""
+    return {200: {"description": "FHIR R4 JSON", "content": {FHIR_JSON: {"schema": schema}}}}
+
+
+def created(schema: Json) -> dict[int | str, Any]:
+    """The OpenAPI entry for a resource created (201)."""
+    return {201: {"description": "created", "content": {FHIR_JSON: {"schema": schema}}}}
+
+
+def errors(*statuses: int) -> dict[int | str, Any]:
+    """The OpenAPI entries for the OperationOutcome errors a route answers with."""
+    return {s: {"description": _WHY[s], "content": {FHIR_JSON: {"schema": OUTCOME}}} for s in statuses}
+
+
+def bearer_caller(tokens: TokenVerifier) -> Callable[..., Principal]:
+    """The FastAPI dependency that names who is asking, from the bearer token (401 without one)."""
+
+    def caller(request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]) -> Principal:
+        if bearer is None:
+            if not request.headers.get("authorization"):
+                raise AuthError("this API needs a bearer token (Authorization: Bearer <token>)")
+            raise AuthError("the Authorization header must be 'Bearer <token>'")
+        return tokens.verify(bearer.credentials)
+
+    return caller
+
+
+def fhir_id(id: str, kind: str) -> str:
+    """`id` if it is a FHIR id (1 to 64 letters, digits, '-' and '.'); otherwise a 400."""
+    if not _FHIR_ID.match(id):
+        raise InvalidMessageError(f"{kind} id must be 1 to 64 letters, digits, '-' or '.'", (f"{kind}.id",))
+    return id
+
+
+def patient_id(patient: str, kind: str) -> str:
+    """The person a `patient=` search parameter names (`<id>` or `Patient/<id>`); otherwise a 400."""
+    if not patient:
+        raise InvalidMessageError(f"{kind} search needs patient=<id>", ("patient",), code="required")
+    if not _PATIENT_REF.match(patient):
+        raise InvalidMessageError("patient must be a Patient id or Patient/<id>", ("patient",))
+    return patient.removeprefix("Patient/")
 
 
 class Judge:
@@ -90,23 +258,28 @@ def router(
     publish: Publish | None = None,
 ) -> APIRouter:
     """The /fhir routes over a record reader."""
-    api = APIRouter(prefix="/fhir", default_response_class=FhirResponse)
+    api = APIRouter(prefix="/fhir", default_response_class=FhirResponse, tags=[TAG])
 
-    def caller(authorization: Annotated[str | None, Header()] = None) -> Principal:
-        if not authorization:
-            raise AuthError("this API needs a bearer token (Authorization: Bearer <token>)")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise AuthError("the Authorization header must be 'Bearer <token>'")
-        return tokens.verify(token.strip())
-
-    Caller = Annotated[Principal, Depends(caller)]  # noqa: N806 - a type alias
+    Caller = Annotated[Principal, Depends(bearer_caller(tokens))]  # noqa: N806 - a type alias
     BreakGlass = Annotated[  # noqa: N806 - a type alias
         str | None,
-        Header(alias="X-Break-Glass-Reason", description="a clinician's emergency, stated; always audited"),
+        Header(
+            alias="X-Break-Glass-Reason",
+            description="a clinician's emergency, stated; always audited",
+            json_schema_extra={"pattern": REASON},
+        ),
+    ]
+    Id = Annotated[str, Path(description="a FHIR id", json_schema_extra={"pattern": FHIR_ID})]  # noqa: N806
+    PatientRef = Annotated[  # noqa: N806 - a type alias
+        str, Query(description="Patient id or Patient/<id>", json_schema_extra={"pattern": PATIENT_REF})
     ]
 
     def judge(who: Principal, break_glass: str | None) -> Judge:
+        if break_glass is not None and not _REASON.match(break_glass):
+            raise InvalidMessageError(
+                "X-Break-Glass-Reason must be a line of text (1 to 500 characters, no control characters)",
+                ("X-Break-Glass-Reason",),
+            )
         return Judge(policy, Asker(who.org, who.role, datetime.now(UTC), break_glass))
 
     def disclose(request: Request, who: Principal, judge_: Judge, channel: str, found: list[Json]) -> FhirResponse:
@@ -114,21 +287,23 @@ def router(
         record(ledger, who, channel, judged)
         return searchset(request, [r for r, d in judged if d.permitted], sum(not d.permitted for _, d in judged))
 
-    @api.get("/metadata", summary="CapabilityStatement")
+    @api.get("/metadata", summary="CapabilityStatement", responses=ok(CAPABILITY))
     def metadata(request: Request) -> FhirResponse:
         return FhirResponse(capability_statement(str(request.base_url).rstrip("/") + "/fhir"))
 
-    @api.get("/Patient", summary="Search patients by identifier")
+    @api.get("/Patient", summary="Search patients by identifier", responses=ok(BUNDLE) | errors(400, 401, 403))
     def search_patients(
         request: Request,
         who: Caller,
+        identifier: Annotated[
+            str, Query(description="system|value, e.g. the NHS number", json_schema_extra={"pattern": SYSTEM_VALUE})
+        ],
         break_glass: BreakGlass = None,
-        identifier: Annotated[str | None, Query(description="system|value, e.g. the NHS number")] = None,
     ) -> FhirResponse:
         if not identifier:
             raise InvalidMessageError("Patient search needs identifier=system|value", ("identifier",), code="required")
-        system, bar, value = identifier.partition("|")
-        if not bar or not system or not value:
+        system, _, value = identifier.partition("|")
+        if not _SYSTEM_VALUE.match(identifier):
             raise InvalidMessageError(
                 "identifier must be system|value, e.g. https://fhir.nhs.uk/Id/nhs-number|9434765919",
                 ("identifier",),
@@ -136,73 +311,97 @@ def router(
         found = reader.patients_by_identifier(system, value)
         return disclose(request, who, judge(who, break_glass), "search", found)
 
-    @api.get("/Patient/{id}/$everything", summary="Everything about one patient")
-    def everything(request: Request, who: Caller, id: str, break_glass: BreakGlass = None) -> FhirResponse:
-        found = reader.everything(id)
+    @api.get(
+        "/Patient/{id}/$everything",
+        summary="Everything about one patient",
+        responses=ok(BUNDLE) | errors(400, 401, 403, 404),
+    )
+    def everything(request: Request, who: Caller, id: Id, break_glass: BreakGlass = None) -> FhirResponse:
+        judge_ = judge(who, break_glass)
+        found = reader.everything(fhir_id(id, "Patient"))
         if not found:
             raise UnknownPersonError(f"Patient/{id} is not known here", ("Patient.id",))
-        judge_ = judge(who, break_glass)
         first = judge_(found[0])
         if not first.permitted:
             record(ledger, who, "everything", [(r, first) for r in found])
             raise ConsentDeniedError("; ".join(first.reasons), ("Patient",))
         return disclose(request, who, judge_, "everything", found)
 
-    @api.get("/AuditEvent", summary="The disclosure ledger about one patient, for auditors")
-    def audit_events(
-        request: Request,
-        who: Caller,
-        patient: Annotated[str | None, Query(description="Patient id or Patient/<id>")] = None,
-    ) -> FhirResponse:
+    @api.get(
+        "/AuditEvent",
+        summary="The disclosure ledger about one patient, for auditors",
+        responses=ok(BUNDLE) | errors(400, 401, 403),
+    )
+    def audit_events(request: Request, who: Caller, patient: PatientRef) -> FhirResponse:
         if who.role != "auditor":
             raise ConsentDeniedError("AuditEvent is readable by the auditor role only", ("AuditEvent",))
-        if not patient:
-            raise InvalidMessageError("AuditEvent search needs patient=<id>", ("patient",), code="required")
+        person = patient_id(patient, "AuditEvent")
         if ledger is None:
             return searchset(request, [], 0)
-        person = patient.removeprefix("Patient/")
         events = [audit_event(entry) for entry in ledger.about(person)]
         audit = Decision("permit", ("the auditor role reads the disclosure ledger for audit",))
         record(ledger, who, "audit", [({"resourceType": "Patient", "id": person}, audit)])
         return searchset(request, events, 0)
 
-    @api.get("/{kind}", summary="Search Encounter, Provenance or Consent by patient")
+    @api.get("/Consent", summary="Search a person's consents", responses=ok(BUNDLE) | errors(400, 401, 403))
+    def search_consents(
+        request: Request, who: Caller, patient: PatientRef, break_glass: BreakGlass = None
+    ) -> FhirResponse:
+        return search_by_patient(request, who, "Consent", patient, break_glass)
+
+    @api.get(
+        "/{kind}",
+        summary="Search Encounter, Provenance or Consent by patient",
+        responses=ok(BUNDLE) | errors(400, 401, 403, 404),
+    )
     def search_by_patient(
         request: Request,
         who: Caller,
-        kind: str,
+        kind: Annotated[str, Path(json_schema_extra={"enum": list(PERSONAL)})],
+        patient: PatientRef,
         break_glass: BreakGlass = None,
-        patient: Annotated[str | None, Query(description="Patient id or Patient/<id>")] = None,
     ) -> FhirResponse:
         if kind not in PERSONAL:
             raise UnknownPersonError(
                 f"searching {kind} is not supported here (see /fhir/metadata)", (kind,), code="not-supported"
             )
-        if not patient:
-            raise InvalidMessageError(f"{kind} search needs patient=<id>", ("patient",), code="required")
-        found = reader.search(kind, patient.removeprefix("Patient/"))
-        return disclose(request, who, judge(who, break_glass), "search", found)
+        judge_ = judge(who, break_glass)
+        found = reader.search(kind, patient_id(patient, kind))
+        return disclose(request, who, judge_, "search", found)
 
-    @api.get("/{kind}/{id}", summary="Read one resource")
-    def read(who: Caller, kind: str, id: str, break_glass: BreakGlass = None) -> FhirResponse:
+    @api.get("/{kind}/{id}", summary="Read one resource", responses=ok(RESOURCE) | errors(400, 401, 403, 404))
+    def read(
+        who: Caller,
+        kind: Annotated[str, Path(json_schema_extra={"enum": list(READABLE)})],
+        id: Id,
+        break_glass: BreakGlass = None,
+    ) -> FhirResponse:
         if kind not in READABLE:
             raise UnknownPersonError(
                 f"{kind} is not a resource type this server holds (see /fhir/metadata)", (kind,), code="not-supported"
             )
-        found = reader.read(kind, id)
+        judge_ = judge(who, break_glass)
+        found = reader.read(kind, fhir_id(id, kind))
         if found is None:
             raise UnknownPersonError(f"{kind}/{id} is not known here", (f"{kind}.id",))
-        decision = judge(who, break_glass)(found)
+        decision = judge_(found)
         record(ledger, who, "read", [(found, decision)])
         if not decision.permitted:
             raise ConsentDeniedError("; ".join(decision.reasons), (kind,))
         return FhirResponse(found)
 
-    @api.post("/Consent", status_code=201, summary="Record a person's permit or objection to sharing")
+    @api.post(
+        "/Consent",
+        status_code=201,
+        summary="Record a person's permit or objection to sharing",
+        responses=created(CONSENT_OUT) | errors(400, 401, 404, 413),
+        openapi_extra={"requestBody": {"required": True, "content": {"application/fhir+json": {"schema": CONSENT_IN}}}},
+    )
     async def record_consent(request: Request, who: Caller) -> FhirResponse:
         if publish is None:
             raise InvalidMessageError("this server does not take Consent", ("Consent",), code="not-supported")
-        consent = _parse_consent(await request.body())
+        body = await read_body(request)
+        consent = _parse_consent(body)
         person = _person_for(reader, consent)
         consent["id"] = str(uuid.uuid4())
         consent["patient"] = {"reference": f"Patient/{person}"}
@@ -224,6 +423,38 @@ def router(
     return api
 
 
+async def read_body(request: Request) -> bytes:
+    """The request body, refused (413) past MAX_BODY without reading the rest."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise HTTPException(413, f"the body is larger than this server takes ({MAX_BODY} bytes)")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise HTTPException(413, f"the body is larger than this server takes ({MAX_BODY} bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def check_shape(data: Any, what: str = "Consent") -> None:
+    """Refuse what no database or validator should meet: NUL (U+0000) in any string, key or value,
+    and nesting deeper than MAX_DEPTH (fhir.resources recurses, so a deep enough body would crash it).
+    A loop, not recursion: the nesting is the sender's to choose."""
+    pending: list[tuple[Any, int]] = [(data, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidMessageError(f"the body nests deeper than {MAX_DEPTH} levels", (what,))
+        if isinstance(item, str) and "\x00" in item:
+            raise InvalidMessageError("FHIR strings may not contain the NUL character (\\u0000)", (what,))
+        if isinstance(item, dict):
+            pending += [(k, depth) for k in item] + [(v, depth + 1) for v in item.values()]
+        elif isinstance(item, list):
+            pending += [(v, depth + 1) for v in item]
+
+
 def _parse_consent(body: bytes) -> Json:
     try:
         data = orjson.loads(body)
@@ -231,6 +462,7 @@ def _parse_consent(body: bytes) -> Json:
         raise InvalidMessageError(f"the body is not JSON: {exc}", ("Consent",)) from exc
     if not isinstance(data, dict) or data.get("resourceType") != "Consent":
         raise InvalidMessageError("the body must be a FHIR Consent resource", ("Consent.resourceType",))
+    check_shape(data)
     try:
         Consent.model_validate(data)
     except ValidationError as exc:
@@ -248,7 +480,7 @@ def _parse_consent(body: bytes) -> Json:
 def _person_for(reader: RecordReader, consent: Json) -> str:
     patient = consent.get("patient") or {}
     ref = str(patient.get("reference", ""))
-    if ref.startswith("Patient/") and reader.read("Patient", ref.removeprefix("Patient/")):
+    if _PATIENT_REF.match(ref) and ref.startswith("Patient/") and reader.read("Patient", ref.removeprefix("Patient/")):
         return ref.removeprefix("Patient/")
     ident = patient.get("identifier") or {}
     if ident.get("system") and ident.get("value"):

@@ -1,0 +1,159 @@
+"""Coordination consumer: the rules engine over the events topic, and the clock that ticks onto it.
+
+For each batch, in one database transaction: the coordination state of each person changes, clocks
+are set, cleared or fired, and processed-event rows are written; the derived events (tasks, case
+list flags, overdue escalations) are published with acks=all BEFORE that transaction commits, and
+the Kafka offsets are committed after it. A crash anywhere therefore repeats the batch, never skips
+it; the repeat derives the same events with the same ids, which every consumer applies once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka.errors import KafkaError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, KafkaRouter
+from faststream.kafka.annotations import KafkaMessage
+
+from consumers.decoding import decode_all, records_of
+from consumers.middlewares import dead_letter, retrying
+from hub.core.errors import BrokerUnavailableError, InfrastructureError, InvalidMessageError
+from hub.core.ports import CoordinationUnitOfWork, RecordEvent
+from hub.core.tasks import Engine, Positioned, process, tick
+from schemas.topics import EVENTS
+
+log = logging.getLogger(__name__)
+Publish = Callable[[Sequence[RecordEvent]], Coroutine[Any, Any, None]]
+
+
+def publisher(broker: KafkaBroker, timeout: float = 10.0) -> Publish:
+    """Publish derived events to the events topic, keyed by person, all acknowledged or an error."""
+
+    async def publish(events: Sequence[RecordEvent]) -> None:
+        sends = []
+        for event in events:
+            envelope = event.envelope()
+            sends.append(
+                broker.publish(
+                    envelope.data, EVENTS.name, key=envelope.subject.encode(), headers=envelope.kafka_headers()
+                )
+            )
+        if not sends:
+            return
+        try:
+            await asyncio.wait_for(asyncio.gather(*sends), timeout)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            raise BrokerUnavailableError(
+                "Kafka did not acknowledge the derived events; the batch will be redone"
+            ) from exc
+
+    return publish
+
+
+def run_batch(
+    engine: Engine,
+    uow_factory: Callable[[], CoordinationUnitOfWork],
+    batch: Sequence[Positioned],
+    publish_blocking: Callable[[Sequence[RecordEvent]], None],
+) -> int:
+    """One transaction: derive, publish (and wait for the acks), then commit. Returns events derived."""
+    with uow_factory() as uow:
+        derived = process(engine, uow, batch)
+        publish_blocking(derived)
+        uow.commit()
+    return len(derived)
+
+
+def coordination_router(
+    engine: Engine,
+    uow_factory: Callable[[], CoordinationUnitOfWork],
+    broker: KafkaBroker,
+    *,
+    group_id: str,
+    max_records: int = 500,
+    on_done: Callable[[int, int], None] | None = None,
+) -> KafkaRouter:
+    """The rules engine as a router; `on_done(events seen, events derived)` reports progress."""
+    router = KafkaRouter()
+    publish = publisher(broker)
+
+    @router.subscriber(
+        EVENTS.name,
+        group_id=group_id,
+        batch=True,
+        max_records=max_records,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+    )
+    async def on_events(message: KafkaMessage) -> None:
+        records = records_of(message)
+        decoded, rejected = decode_all(records)
+        for record, error in rejected:
+            await dead_letter(broker, record, error)
+        batch = [Positioned(event, record.partition) for record, event in decoded]
+        loop = asyncio.get_running_loop()
+
+        def publish_blocking(events: Sequence[RecordEvent]) -> None:
+            asyncio.run_coroutine_threadsafe(publish(events), loop).result()
+
+        async def apply(items: Sequence[Positioned]) -> int:
+            return await retrying(lambda: asyncio.to_thread(run_batch, engine, uow_factory, items, publish_blocking))
+
+        try:
+            derived = await apply(batch)
+        except InfrastructureError:
+            raise
+        except Exception:  # a poison event: one by one, keep the rest, dead-letter it
+            log.exception("coordination batch of %d failed; applying one by one", len(batch))
+            derived = 0
+            for (record, _), item in zip(decoded, batch, strict=True):
+                try:
+                    derived += await apply([item])
+                except InfrastructureError:
+                    raise
+                except Exception as exc:
+                    await dead_letter(broker, record, InvalidMessageError(f"coordination rules could not apply: {exc}"))
+        if on_done:
+            on_done(len(records), derived)
+
+    return router
+
+
+class Ticker:
+    """The hub's clock on the log: a tick onto every partition of the events topic every `every` seconds.
+
+    Several hubs ticking at once is harmless: firing a clock is decided by state, once.
+    """
+
+    def __init__(self, broker: KafkaBroker, *, every: float, partitions: int = EVENTS.partitions) -> None:
+        self._broker = broker
+        self._every = every
+        self._partitions = partitions
+
+    async def tick_once(self, at: datetime | None = None) -> None:
+        now = at or datetime.now(UTC)
+        for partition in range(self._partitions):
+            envelope = tick(partition, now).envelope()
+            await self._broker.publish(
+                envelope.data,
+                EVENTS.name,
+                key=envelope.subject.encode(),
+                partition=partition,
+                headers=envelope.kafka_headers(),
+            )
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await self.tick_once()
+            except Exception as exc:  # Kafka away: the next tick carries the time forward
+                log.warning("clock tick not published: %s", exc)
+            try:
+                await asyncio.wait_for(stopping.wait(), self._every)
+            except TimeoutError:
+                continue

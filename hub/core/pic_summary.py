@@ -1,0 +1,70 @@
+"""The PIC summary: the coordination service's discharge letter to the GP, as a FHIR document.
+
+A Composition (type SNOMED 373942005 "Discharge summary", as UK Core's discharge Composition) with
+the sections the Croydon specification asks for: reason for referral, goals and outcomes,
+interventions, onward referrals and follow-up. `document` wraps it with the resources it cites into
+a FHIR document Bundle (Composition first, then the Patient, the episode and the referrals).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from html import escape
+
+from hub.core.identity import stable_id
+from hub.core.ports import Json
+
+SNOMED = "http://snomed.info/sct"
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+BASE = "https://carehub.invalid/fhir"
+XHTML = "http://www.w3.org/1999/xhtml"
+SECTIONS = (
+    ("reason", "Reason for referral"),
+    ("goals", "Goals and outcomes"),
+    ("interventions", "Interventions"),
+    ("onward", "Onward referrals"),
+    ("follow-up", "Follow-up"),
+)
+
+
+def composition(
+    *, episode: Json, person: str, at: datetime, author: str, author_name: str, sections: dict[str, str]
+) -> Json:
+    """The PIC summary Composition for a closed episode."""
+    return {
+        "resourceType": "Composition",
+        "id": stable_id("pic-summary", str(episode["id"])),
+        "status": "final",
+        "type": {"coding": [{"system": SNOMED, "code": "373942005", "display": "Discharge summary"}]},
+        "subject": {"reference": f"Patient/{person}"},
+        "date": at.isoformat(),
+        "author": [{"identifier": {"system": ODS_SYSTEM, "value": author}, "display": author_name}],
+        "title": "PIC summary",
+        "section": [
+            {
+                "title": title,
+                "text": {
+                    "status": "generated",
+                    "div": f'<div xmlns="{XHTML}">{escape(sections.get(key) or "None recorded")}</div>',
+                },
+            }
+            for key, title in SECTIONS
+        ],
+    }
+
+
+def document(summary: Json, *, patient: Json | None, episode: Json, referrals: list[Json], at: datetime) -> Json:
+    """The FHIR document Bundle sent to the practice."""
+    entries = [summary, *([patient] if patient else []), episode, *referrals]
+    return {
+        "resourceType": "Bundle",
+        "id": stable_id("pic-summary-document", str(summary["id"])),
+        "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{stable_id('pic-doc', str(summary['id']))}"},
+        "type": "document",
+        "timestamp": at.isoformat(),
+        "entry": [{"fullUrl": f"{BASE}/{r['resourceType']}/{r['id']}", "resource": _bare(r)} for r in entries],
+    }
+
+
+def _bare(resource: Json) -> Json:
+    return {k: v for k, v in resource.items() if k != "meta"}

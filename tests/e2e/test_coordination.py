@@ -1,0 +1,290 @@
+"""Care coordination end to end on a real broker, a real database and real HTTP.
+
+1. The scripted locality month (tests/locality_month.py) goes onto the events topic with its clock
+   ticks; the running hub's record ends with exactly the hand-computed tasks, the log holds exactly
+   the hand-computed overdue events, and the caseloads answer over HTTP.
+2. A coordinator's month over the API: a GP refers, a coordinator accepts (and is refused over the
+   caseload cap), records a visit, closes the episode; the PIC summary lands in the practice's
+   mailbox, the delivery is the receipt, and the PIC-summary task closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import yaml
+from aiokafka import AIOKafkaConsumer
+
+from hub.api.auth import issue_token
+from hub.bootstrap import Services, build, running
+from hub.core.ports import RecordEvent
+from hub.core.tasks import tick
+from hub.rules import DEFAULT
+from hub.settings import CoordinationSettings, HttpSettings, KafkaSettings, MllpSettings, Settings
+from hub.store.coordination import SqlCoordinationStore
+from hub.store.database import open_engine
+from hub.store.hashing import record_hash
+from schemas.events import coordination as co
+from schemas.subscriptions import Subscription
+from schemas.topics import EVENTS, subscriber_topic
+from tests import locality_month as month
+from tests.builders import an_agreement
+from tests.kafka_log import header, produce, read_all
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
+ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
+
+
+async def until(check: Any, within: float, what: str) -> None:
+    deadline = time.perf_counter() + within
+    while time.perf_counter() < deadline:
+        if check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what}: not true within {within}s")
+
+
+def settings_for(tmp_path: Path, **coordination: Any) -> Settings:
+    return Settings(
+        data_dir=tmp_path,
+        kafka=KafkaSettings(group_id=f"t{uuid.uuid4().hex[:8]}-record"),
+        mllp=MllpSettings(port=0),
+        http=HttpSettings(port=0),
+        coordination=CoordinationSettings(tick_s=0, **coordination),
+    )
+
+
+async def publish_timeline(bootstrap: str, items: list[tuple[datetime, int, RecordEvent | None]]) -> int:
+    """Events keyed by person; a tick (None) goes onto every partition. Returns records sent."""
+    targets: list[tuple[RecordEvent, int | None]] = []
+    for at, _, event in items:
+        targets += [(tick(p, at), p) for p in range(EVENTS.partitions)] if event is None else [(event, None)]
+    return await produce(bootstrap, targets)
+
+
+def record_tasks(services: Services) -> dict[str, dict[str, tuple[str, datetime, str, bool]]]:
+    found: dict[str, dict[str, tuple[str, datetime, str, bool]]] = {}
+    for who, key in month.PEOPLE.items():
+        for task in services.reader.search("Task", key):
+            code = task["code"]["coding"][0]["code"]
+            due = datetime.fromisoformat(task["restriction"]["period"]["end"])
+            owner = task["owner"]["identifier"]["value"]
+            found.setdefault(who, {})[code] = (task["status"], due, owner, "businessStatus" in task)
+    return found
+
+
+async def log_events(bootstrap: str, type_: str) -> list[tuple[str, str, str]]:
+    """(event id, subject, time) of every event of `type_` on the events topic, to the high watermark."""
+    return [
+        (header(r, "ce_id"), header(r, "ce_subject"), header(r, "ce_time"))
+        for r in await read_all(bootstrap)
+        if header(r, "ce_type") == type_
+    ]
+
+
+async def test_the_scripted_month_gives_the_hand_computed_tasks_overdues_and_caseloads(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    services = build(settings)
+    timeline = [(e.time, 1, e) for e in month.script()] + [(t, 0, None) for t in month.tick_times()]
+    timeline.sort(key=lambda x: (x[0], x[1]))
+    async with running(settings, services=services, mllp=False) as run:
+        await publish_timeline(run.bootstrap, timeline)  # type: ignore[arg-type]
+        await until(lambda: record_tasks(services) == month.EXPECTED_TASKS, 90, "the hand-computed tasks")
+        await asyncio.sleep(1.5)  # nothing more arrives after the answer
+        assert record_tasks(services) == month.EXPECTED_TASKS
+
+        overdue = await log_events(run.bootstrap, co.TASK_OVERDUE.type)
+        people = {key: who for who, key in month.PEOPLE.items()}
+        assert len(overdue) == len({i for i, _, _ in overdue}) == len(month.EXPECTED_OVERDUE)
+        assert {(people[s], datetime.fromisoformat(t)) for _, s, t in overdue} == {
+            (who, due) for who, _, due in month.EXPECTED_OVERDUE
+        }
+        flags = {people[f["subject"]["reference"].removeprefix("Patient/")] for f in _all(services, "Flag")}
+        assert flags == set(month.EXPECTED_CASE_LIST)
+
+        token = issue_token(services.secrets.token, org=month.SERVICE, role="coordinator", now=datetime.now(UTC))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{run.http_port}") as http:
+            auth = {"Authorization": f"Bearer {token}"}
+            loads = (await http.get("/coordination/caseloads", headers=auth)).json()
+            assert {c["coordinator"]: c["people"] for c in loads["caseloads"]} == {"c-ann": 1}
+            assert loads["cap"] == 28
+            tasks = await http.get("/fhir/Task", params={"patient": month.PEOPLE["P3"]}, headers=auth)
+            assert tasks.status_code == 200, tasks.text
+            assert len(tasks.json()["entry"]) == len(month.EXPECTED_TASKS["P3"])
+            refused = await http.get("/coordination/caseloads")
+            assert refused.status_code == 401
+
+        # the commissioner's report, from the same log, by the command a commissioner's analyst runs
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CAREHUB_")}
+        env["KAFKA_BOOTSTRAP_SERVERS"] = run.bootstrap
+        carehub = str(Path(sys.executable).with_name("carehub"))
+        args = [carehub, "kpi", "--month", "2026-11", "--out", str(tmp_path / "kpi"), "--data-dir", str(tmp_path / "c")]
+        done = await asyncio.to_thread(subprocess.run, args, env=env, capture_output=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        with (tmp_path / "kpi" / "kpi-2026-11.csv").open() as report:
+            figures = {(r["kpi"], r["breakdown"]): float(r["value"]) for r in csv.DictReader(report)}
+        assert figures == month.EXPECTED_KPIS
+        html = (tmp_path / "kpi" / "kpi-2026-11.html").read_text()
+        assert "<svg" in html
+        assert "huddles attended" in html
+
+        # replay: the record (tasks included) hashes the same, and the caseloads and clocks come back
+        replayed = tmp_path / "replayed"
+        args = [carehub, "replay", "--into", str(replayed)]
+        done = await asyncio.to_thread(subprocess.run, args, env=env, capture_output=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        live = record_hash(services.engine)
+        assert done.stdout.decode().strip().splitlines()[-1].startswith(live[0])
+        again = open_engine(f"sqlite:///{replayed / 'carehub.db'}")
+        assert SqlCoordinationStore(again).caseloads() == services.coordination.caseloads()
+        assert SqlCoordinationStore(again).pending_clocks() == services.coordination.pending_clocks()
+        again.dispose()
+
+
+async def subscriber_records(bootstrap: str, topic: str, at_least: int, within: float = 20) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=f"t-{uuid.uuid4().hex[:8]}", auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    seen: list[Any] = []
+    try:
+        deadline = time.perf_counter() + within
+        while time.perf_counter() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            seen += [orjson.loads(r.value) for records in batches.values() for r in records]
+            if len(seen) >= at_least and not batches:
+                break
+    finally:
+        await consumer.stop()
+    return seen
+
+
+def _all(services: Services, kind: str) -> list[dict[str, Any]]:
+    return [r for key in month.PEOPLE.values() for r in services.reader.search(kind, key)]
+
+
+def _params(**values: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Parameters",
+        "parameter": [{"name": k.replace("_", "-"), "valueString": v} for k, v in values.items()],
+    }
+
+
+def _referral(nhs: str) -> dict[str, Any]:
+    return {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "subject": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}},
+        "reasonCode": [{"text": "lives alone, two falls this autumn"}],
+    }
+
+
+async def test_a_coordinators_work_over_the_api_ends_with_the_pic_summary_at_the_gp(tmp_path: Path) -> None:
+    rules = yaml.safe_load(DEFAULT.read_text()) | {"caseload_cap": 1, "version": 2}
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
+    settings = settings_for(tmp_path, rules=tmp_path / "rules.yaml")
+    services = build(settings)
+    now = datetime.now(UTC)
+    services.agreements.load(
+        an_agreement(
+            month.SERVICE, month.PRACTICE, "LA123", categories=("demographics", "care-plans", "referrals", "tasks")
+        ),
+        at=now,
+    )
+    services.subscriptions.save(
+        Subscription(
+            id="council-referrals",
+            org="LA123",
+            purpose="care-coordination",
+            events=(co.REFERRAL_RECEIVED.type,),
+            scope="addressed",
+        )
+    )
+    mailbox = tmp_path / "mailbox" / month.PRACTICE
+    services.subscriptions.save(
+        Subscription(id="gp-pic", org=month.PRACTICE, events=(co.PIC_SUMMARY_SENT.type,), mailbox=str(mailbox))
+    )
+    gp = {
+        "Authorization": f"Bearer {issue_token(services.secrets.token, org=month.PRACTICE, role='clinician', now=now)}"
+    }
+    pic = {
+        "Authorization": f"Bearer {issue_token(services.secrets.token, org=month.SERVICE, role='coordinator', now=now)}"
+    }
+
+    async with (
+        running(settings, services=services, mllp=False) as run,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{run.http_port}/fhir") as http,
+    ):
+        bad = await http.post("/ServiceRequest", json=_referral("9434765918"), headers=gp)
+        assert bad.status_code == 400
+        assert bad.json()["issue"][0]["expression"] == ["ServiceRequest.subject.identifier"]
+
+        first = await http.post("/ServiceRequest", json=_referral("9434765919"), headers=gp)
+        second = await http.post("/ServiceRequest", json=_referral("9990000018"), headers=gp)
+        assert first.status_code == second.status_code == 201, first.text
+        referral, other = first.json(), second.json()
+        person = referral["subject"]["reference"].removeprefix("Patient/")
+
+        def open_tasks() -> dict[str, str]:
+            return {t["code"]["coding"][0]["code"]: t["status"] for t in services.reader.search("Task", person)}
+
+        await until(lambda: set(open_tasks()) == {"referral-triage", "first-visit"}, 30, "referral tasks")
+        assert services.reader.search("Flag", person)  # a GP referral puts the person on the case list
+
+        to_council = _referral("9990000026") | {"performer": [{"identifier": {"system": ODS, "value": "LA123"}}]}
+        assert (await http.post("/ServiceRequest", json=to_council, headers=gp)).status_code == 201
+        council = await subscriber_records(run.bootstrap, subscriber_topic("LA123").name, at_least=1)
+        assert len(council) == 1  # only the referral addressed to the council, not those to the PIC service
+        kinds = {e["resource"]["resourceType"]: e["resource"] for e in council[0]["entry"]}
+        assert kinds["ServiceRequest"]["performer"][0]["identifier"]["value"] == "LA123"
+
+        not_allowed = await http.post(
+            f"/ServiceRequest/{referral['id']}/$accept", json=_params(coordinator="c-ann"), headers=gp
+        )
+        assert not_allowed.status_code == 403
+        accepted = await http.post(
+            f"/ServiceRequest/{referral['id']}/$accept", json=_params(coordinator="c-ann"), headers=pic
+        )
+        assert accepted.status_code == 201, accepted.text
+        episode = accepted.json()
+        await until(lambda: services.coordination.caseloads().get("c-ann") == 1, 30, "c-ann's caseload")
+        over = await http.post(f"/ServiceRequest/{other['id']}/$accept", json=_params(coordinator="c-ann"), headers=pic)
+        assert over.status_code == 409
+        assert "cap 1" in over.json()["issue"][0]["diagnostics"]
+
+        visit = await http.post(f"/Patient/{person}/$record-contact", json=_params(kind="face-to-face"), headers=pic)
+        assert visit.status_code == 201, visit.text
+        await until(lambda: open_tasks().get("first-visit") == "completed", 30, "first visit completed")
+        assert open_tasks()["referral-triage"] == "completed"
+        assert open_tasks()["review-6-weeks"] == "requested"
+
+        closing = _params(
+            goals="Goes to the lunch club weekly", interventions="Befriending; benefits check", follow_up="None"
+        )
+        closed = await http.post(f"/EpisodeOfCare/{episode['id']}/$close", json=closing, headers=pic)
+        assert closed.status_code == 200, closed.text
+        await until(lambda: any(mailbox.glob("*.json")), 30, "the PIC summary in the practice mailbox")
+        letter = orjson.loads(next(mailbox.glob("*.json")).read_bytes())
+        composition = next(e["resource"] for e in letter["entry"] if e["resource"]["resourceType"] == "Composition")
+        assert [s["title"] for s in composition["section"]][:2] == ["Reason for referral", "Goals and outcomes"]
+        assert "two falls" in composition["section"][0]["text"]["div"]
+        await until(
+            lambda: open_tasks().get("pic-summary") == "completed", 30, "the receipt closes the PIC-summary task"
+        )
+        assert open_tasks()["review-6-weeks"] == "cancelled"
+        assert (services.reader.read("EpisodeOfCare", episode["id"]) or {})["status"] == "finished"
+        again = await http.post(f"/EpisodeOfCare/{episode['id']}/$close", json=closing, headers=pic)
+        assert again.status_code == 409
