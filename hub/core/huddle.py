@@ -1,0 +1,369 @@
+"""The weekly GP huddle / PCN MDT agenda: who a practice's meeting should talk about, and why.
+
+Pure: the caller hands in the resources (the practice's registered people and what the record holds
+about them) and the meeting date; nothing here reads a clock or a store. Four sections:
+
+    new referrals       ServiceRequests authored in the window (any status but entered-in-error)
+    newly eligible      active case-list Flags (ELIGIBLE in FLAG_SYSTEM) whose period started in the window
+    recent discharges   finished hospital Encounters whose period.end falls in the window (a
+                        coordinator's contact, typed in CONTACT_SYSTEM, is not a hospital stay)
+    overdue tasks       coordinator Tasks whose businessStatus is `overdue` and that are still open
+                        (not completed, cancelled, failed, rejected or entered-in-error), whatever their age
+
+The window is the seven Europe/London days before the meeting day: [day - 7, day), so a referral
+authored at 00:00 on the meeting day is on next week's agenda. People count as the practice's when
+their Patient's generalPractitioner names it, by ODS identifier or by reference to an Organization
+carrying that ODS code (the hospital adapter's `Organization/{stable_id("ods", code)}` among them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from hub.core.identity import stable_id
+from schemas.events.coordination import (
+    BUSINESS_STATUS_SYSTEM,
+    CONTACT_SYSTEM,
+    CRITERION_EXTENSION,
+    ELIGIBLE,
+    FLAG_SYSTEM,
+    SOURCE_EXTENSION,
+    TASK_SYSTEM,
+)
+
+Json = dict[str, Any]
+UK = ZoneInfo("Europe/London")
+WINDOW_DAYS = 7
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+OVERDUE = "overdue"
+CLOSED_TASK = frozenset({"completed", "cancelled", "failed", "rejected", "entered-in-error"})  # as hub.core.tasks
+# Not (yet) in schemas/events/coordination.py: how a huddle.agenda List names its practice and sections.
+AGENDA_SYSTEM = "https://carehub.invalid/Id/huddle-agenda"
+SECTION_SYSTEM = "https://carehub.invalid/CodeSystem/huddle-section"
+PRACTICE_EXTENSION = "https://carehub.invalid/StructureDefinition/huddle-practice"
+SECTIONS = {
+    "new-referral": "New referrals",
+    "newly-eligible": "Newly eligible for care coordination",
+    "recent-discharge": "Recent discharges",
+    "overdue-task": "Overdue tasks",
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One line of the agenda: whom, what, when (the record's own FHIR time), and the resource."""
+
+    section: str
+    person_key: str
+    name: str | None
+    nhs_number: str | None
+    what: str
+    when: str
+    reference: str
+
+
+@dataclass(frozen=True)
+class Agenda:
+    """A practice's agenda for one meeting; `withheld_*` count what the sharing policy kept back."""
+
+    practice_ods: str
+    meeting_date: date
+    referrals: tuple[Item, ...] = ()
+    eligible: tuple[Item, ...] = ()
+    discharges: tuple[Item, ...] = ()
+    overdue: tuple[Item, ...] = ()
+    practice_name: str | None = None
+    withheld_people: int = 0
+    withheld_items: int = 0
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def window(self) -> tuple[date, date]:
+        """First and last day the dated sections cover (inclusive)."""
+        return self.meeting_date - timedelta(days=WINDOW_DAYS), self.meeting_date - timedelta(days=1)
+
+    @property
+    def items(self) -> tuple[Item, ...]:
+        return self.referrals + self.eligible + self.discharges + self.overdue
+
+    def people(self) -> list[str]:
+        """Person keys on the agenda, in order of first appearance."""
+        return list(dict.fromkeys(i.person_key for i in self.items))
+
+
+def agenda(practice_ods: str, meeting_date: date, resources: Iterable[Json]) -> Agenda:
+    """The agenda for `practice_ods`'s meeting on `meeting_date`, from whatever `resources` hold."""
+    found = list(resources)
+    organizations = {f"Organization/{r['id']}": r for r in found if r.get("resourceType") == "Organization"}
+    patients = {
+        str(r["id"]): r
+        for r in found
+        if r.get("resourceType") == "Patient" and practice_ods in practice_codes(r, organizations)
+    }
+    start = datetime.combine(meeting_date - timedelta(days=WINDOW_DAYS), datetime.min.time(), UK)
+    end = datetime.combine(meeting_date, datetime.min.time(), UK)
+
+    def in_window(text: str | None) -> bool:
+        instant = _instant(text)
+        return instant is not None and start <= instant < end
+
+    def section(name: str, keep: Callable[[Json], str | None], describe: Callable[[Json], str]) -> tuple[Item, ...]:
+        items = []
+        for r in found:
+            person = _person(r)
+            when = keep(r)
+            if person in patients and when is not None:
+                items.append(_item(name, patients[person], describe(r), when, r))
+        return tuple(sorted(items, key=lambda i: (_instant(i.when) or end, i.name or "", i.reference)))
+
+    practice = next((o for o in organizations.values() if practice_ods in _ods_codes(o)), None)
+    return Agenda(
+        practice_ods=practice_ods,
+        meeting_date=meeting_date,
+        referrals=section("new-referral", _referral_time(in_window), describe_referral),
+        eligible=section("newly-eligible", _flag_time(in_window), describe_flag),
+        discharges=section("recent-discharge", _discharge_time(in_window), describe_discharge),
+        overdue=section("overdue-task", _overdue_due, describe_task),
+        practice_name=str(practice["name"]) if practice and practice.get("name") else None,
+    )
+
+
+def practice_codes(patient: Json, organizations: Mapping[str, Json]) -> set[str]:
+    """ODS codes of the practices a Patient is registered with: from generalPractitioner's identifier,
+    or from the Organization it references (looked up in `organizations`, keyed `Organization/{id}`)."""
+    codes: set[str] = set()
+    for gp in patient.get("generalPractitioner") or []:
+        ident = gp.get("identifier") or {}
+        if ident.get("system") == ODS_SYSTEM and ident.get("value"):
+            codes.add(str(ident["value"]))
+        ref = str(gp.get("reference", ""))
+        if ref in organizations:
+            codes |= _ods_codes(organizations[ref])
+    return codes
+
+
+def practice_reference(practice_ods: str) -> str:
+    """The hospital adapter's reference for a practice's Organization (hub.core.identity.stable_id)."""
+    return f"Organization/{stable_id('ods', practice_ods)}"
+
+
+def withhold(full: Agenda, permitted: Callable[[str], bool]) -> Agenda:
+    """The agenda without the people whose Patient may not be shown, and without the items whose
+    resource may not be; `permitted` takes a reference (`Patient/{key}`, `Task/{id}`)."""
+    hidden = {p for p in full.people() if not permitted(f"Patient/{p}")}
+
+    def keep(items: tuple[Item, ...]) -> tuple[Item, ...]:
+        return tuple(i for i in items if i.person_key not in hidden and permitted(i.reference))
+
+    kept = replace(
+        full,
+        referrals=keep(full.referrals),
+        eligible=keep(full.eligible),
+        discharges=keep(full.discharges),
+        overdue=keep(full.overdue),
+    )
+    shown_people = {i.person_key for i in kept.items}
+    return replace(
+        kept,
+        withheld_people=full.withheld_people + len(set(full.people()) - shown_people),
+        withheld_items=full.withheld_items + len(full.items) - len(kept.items),
+    )
+
+
+def disclosed(full: Agenda, resources: Iterable[Json]) -> list[Json]:
+    """What showing `full` would disclose: each person's Patient and each item's resource."""
+    wanted = {f"Patient/{p}" for p in full.people()} | {i.reference for i in full.items}
+    return [r for r in resources if f"{r.get('resourceType')}/{r.get('id')}" in wanted]
+
+
+def to_fhir_list(agenda: Agenda) -> Json:
+    """The agenda as a FHIR R4 List (status current, mode snapshot): one entry per item, pointing at
+    the resource, its section in entry.flag; the practice in an extension, the meeting in `date`."""
+    entries = [
+        {
+            "flag": {"coding": [{"system": SECTION_SYSTEM, "code": i.section, "display": SECTIONS[i.section]}]},
+            "item": {"reference": i.reference},
+        }
+        for i in agenda.items
+    ]
+    day = agenda.meeting_date.isoformat()
+    practice: Json = {"system": ODS_SYSTEM, "value": agenda.practice_ods}
+    result: Json = {
+        "resourceType": "List",
+        "id": stable_id("huddle-agenda", agenda.practice_ods, day),
+        "extension": [{"url": PRACTICE_EXTENSION, "valueIdentifier": practice}],
+        "identifier": [{"system": AGENDA_SYSTEM, "value": f"{agenda.practice_ods}/{day}"}],
+        "status": "current",
+        "mode": "snapshot",
+        "title": f"Huddle agenda for {agenda.practice_name or agenda.practice_ods}, {day}",
+        "code": {"text": "GP huddle / MDT agenda"},
+        "date": day,
+        "orderedBy": {"text": "by section, then by date"},
+    }
+    notes = [*agenda.notes]
+    if agenda.withheld_people or agenda.withheld_items:
+        notes.append(
+            f"{agenda.withheld_people} person(s) and {agenda.withheld_items} item(s) withheld under the "
+            "information-sharing policy"
+        )
+    if notes:
+        result["note"] = [{"text": n} for n in notes]
+    if entries:
+        result["entry"] = entries
+    else:
+        reason = "withheld" if agenda.withheld_items else "nilknown"
+        system = "http://terminology.hl7.org/CodeSystem/list-empty-reason"
+        result["emptyReason"] = {"coding": [{"system": system, "code": reason}]}
+    return result
+
+
+def event_id(fhir_list: Json) -> str:
+    """The huddle.agenda event id: the same agenda published twice is one event, a changed one a new one."""
+    digest = hashlib.sha256(json.dumps(fhir_list, sort_keys=True).encode()).hexdigest()
+    return stable_id("huddle-agenda-event", str(fhir_list["id"]), digest)
+
+
+def describe_referral(r: Json) -> str:
+    requester = r.get("requester") or {}
+    source = _coded_text(next((e.get("valueCodeableConcept") for e in _ext(r, SOURCE_EXTENSION)), None))
+    by = requester.get("display") or (requester.get("identifier") or {}).get("value")
+    reasons = "; ".join(str(c["text"]) for c in r.get("reasonCode") or [] if c.get("text"))
+    text = "Referral" + (f" from {by}" if by else "") + (f" ({source})" if source else "")
+    text += f": {reasons}" if reasons else ""
+    return text + (f" [{r['status']}]" if r.get("status") not in (None, "active") else "")
+
+
+def describe_flag(r: Json) -> str:
+    criterion = next((str(e["valueCode"]) for e in _ext(r, CRITERION_EXTENSION) if e.get("valueCode")), None)
+    return "Meets the case-finding criteria" + (f" ({criterion})" if criterion else "")
+
+
+def describe_discharge(r: Json) -> str:
+    provider = (r.get("serviceProvider") or {}).get("identifier", {}).get("value")
+    disposition = _coded_text((r.get("hospitalization") or {}).get("dischargeDisposition"))
+    kind = (r.get("class") or {}).get("display") or (r.get("class") or {}).get("code")
+    text = "Discharged" + (f" from {provider}" if provider else "") + (f" ({kind})" if kind else "")
+    if disposition and disposition.isdigit():  # a bare NHS discharge destination code
+        disposition = f"destination {disposition}"
+    return text + (f" to {disposition}" if disposition else "")
+
+
+def describe_task(r: Json) -> str:
+    code = r.get("code") or {}
+    coding: Json = next((c for c in code.get("coding") or [] if c.get("system") == TASK_SYSTEM), {})
+    name = code.get("text") or coding.get("display") or coding.get("code") or "Task"
+    owner = r.get("owner") or {}
+    who = owner.get("display") or (owner.get("identifier") or {}).get("value")
+    return f"{name}" + (f", owner {who}" if who else "") + f" [{r.get('status', 'unknown')}]"
+
+
+def _referral_time(in_window: Callable[[str | None], bool]) -> Callable[[Json], str | None]:
+    def keep(r: Json) -> str | None:
+        ok = r.get("resourceType") == "ServiceRequest" and r.get("status") != "entered-in-error"
+        return str(r["authoredOn"]) if ok and in_window(r.get("authoredOn")) else None
+
+    return keep
+
+
+def _flag_time(in_window: Callable[[str | None], bool]) -> Callable[[Json], str | None]:
+    def keep(r: Json) -> str | None:
+        codings = (r.get("code") or {}).get("coding") or []
+        eligible = any(c.get("system") == FLAG_SYSTEM and c.get("code") == ELIGIBLE for c in codings)
+        started = (r.get("period") or {}).get("start")
+        ok = r.get("resourceType") == "Flag" and r.get("status") == "active" and eligible
+        return str(started) if ok and in_window(started) else None
+
+    return keep
+
+
+def _discharge_time(in_window: Callable[[str | None], bool]) -> Callable[[Json], str | None]:
+    def keep(r: Json) -> str | None:
+        if r.get("resourceType") != "Encounter" or r.get("status") != "finished":
+            return None
+        if any(c.get("system") == CONTACT_SYSTEM for t in r.get("type") or [] for c in t.get("coding") or []):
+            return None
+        ended = (r.get("period") or {}).get("end")
+        return str(ended) if in_window(ended) else None
+
+    return keep
+
+
+def _overdue_due(r: Json) -> str | None:
+    if r.get("resourceType") != "Task" or r.get("status") in CLOSED_TASK:
+        return None
+    business = (r.get("businessStatus") or {}).get("coding") or []
+    if not any(c.get("system") == BUSINESS_STATUS_SYSTEM and c.get("code") == OVERDUE for c in business):
+        return None
+    return str(((r.get("restriction") or {}).get("period") or {}).get("end") or "")
+
+
+def _item(section: str, patient: Json, what: str, when: str, resource: Json) -> Item:
+    return Item(
+        section=section,
+        person_key=str(patient["id"]),
+        name=display_name(patient),
+        nhs_number=next(
+            (str(i["value"]) for i in patient.get("identifier") or [] if i.get("system") == NHS_SYSTEM), None
+        ),
+        what=what,
+        when=when,
+        reference=f"{resource['resourceType']}/{resource['id']}",
+    )
+
+
+def display_name(patient: Json) -> str | None:
+    """`Given FAMILY` from the official (else first) name; its text if that is all there is."""
+    names = patient.get("name") or []
+    name = next((n for n in names if n.get("use") == "official"), names[0] if names else None)
+    if not name:
+        return None
+    parts = [*(name.get("given") or []), name.get("family") or ""]
+    return " ".join(p for p in parts if p) or name.get("text") or None
+
+
+def _person(resource: Json) -> str | None:
+    for name in ("subject", "patient", "for"):
+        ref = str((resource.get(name) or {}).get("reference", ""))
+        if ref.startswith("Patient/"):
+            return ref.removeprefix("Patient/")
+    return None
+
+
+def _ods_codes(organization: Json) -> set[str]:
+    return {str(i["value"]) for i in organization.get("identifier") or [] if i.get("system") == ODS_SYSTEM}
+
+
+def _ext(resource: Json, url: str) -> list[Json]:
+    return [e for e in resource.get("extension") or [] if e.get("url") == url]
+
+
+def _coded_text(concept: Json | None) -> str | None:
+    if not concept:
+        return None
+    coding = (concept.get("coding") or [{}])[0]
+    found = concept.get("text") or coding.get("display") or coding.get("code")
+    return str(found) if found else None
+
+
+def _instant(text: str | None) -> datetime | None:
+    """A FHIR date or dateTime as an instant; a bare date, or a time without offset, is UK local time."""
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:  # a partial date (year, year-month) is no day of any week
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UK)
+
+
+def local_day(text: str) -> date | None:
+    """The Europe/London day a FHIR date or dateTime falls on."""
+    instant = _instant(text)
+    return instant.astimezone(UK).date() if instant else None
