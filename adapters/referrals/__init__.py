@@ -1,0 +1,1 @@
+"""Referrals and registers in: GP at-risk register CSV, adult social care and voluntary-sector referrals."""

@@ -1,0 +1,190 @@
+"""One row's fields, checked one at a time; each problem names the row and the field.
+
+The values come from CSV cells (strings) or flat JSON documents; nothing here knows FHIR.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from hub.core import nhs_number as nhs
+from hub.core.errors import InvalidMessageError
+
+UK = ZoneInfo("Europe/London")
+MAX_TEXT = 2000
+FHIR_INTEGER_MAX = 2_147_483_647
+_ODS = re.compile(r"[A-Z0-9]{3,6}", re.ASCII)
+_PRACTICE = re.compile(r"[A-Z][0-9]{5}", re.ASCII)
+_GSS = re.compile(r"[EWSN][0-9]{8}", re.ASCII)  # ONS/GSS local-authority code, e.g. E09000008 Croydon
+_COUNT = re.compile(r"[0-9]{1,10}", re.ASCII)
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
+_DATETIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?"
+)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class When:
+    """A date or an instant from the input: `fhir` as FHIR writes it, `utc` as the event time."""
+
+    fhir: str
+    utc: datetime
+    day: date
+
+
+def is_gss(code: str) -> bool:
+    """True for an ONS (GSS) local-authority code such as E09000008."""
+    return bool(_GSS.fullmatch(code))
+
+
+def is_ods(code: str) -> bool:
+    """True for something shaped like an ODS organisation code (3 to 6 letters and digits)."""
+    return bool(_ODS.fullmatch(code))
+
+
+class RowFields:
+    """Typed, checked access to one row's values; every failure is an InvalidMessageError."""
+
+    def __init__(self, number: int, values: Mapping[str, Any]) -> None:
+        self.number = number
+        self._values = values
+
+    def fail(self, name: str, problem: str, code: str = "value") -> InvalidMessageError:
+        """The error for one field of this row."""
+        return InvalidMessageError(f"row {self.number}, field {name}: {problem}", (f"row {self.number}", name), code)
+
+    def text(self, name: str, *, required: bool = True) -> str | None:
+        """A string value, stripped; None (or a `required` error) when absent or blank."""
+        value = self._values.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            if required:
+                raise self.fail(name, "is required", "required")
+            return None
+        if not isinstance(value, str):
+            raise self.fail(name, f"must be a string, got {type(value).__name__}")
+        value = value.strip()
+        if not _encodable(value) or _CONTROL.search(value):
+            raise self.fail(name, "contains characters that are not printable text")
+        if len(value) > MAX_TEXT:
+            raise self.fail(name, f"is longer than {MAX_TEXT} characters")
+        return value
+
+    def nhs_number(self, name: str = "nhs_number") -> str:
+        """A Modulus-11-valid NHS number, spaces and dashes removed (never echoed in the message)."""
+        raw = self.text(name) or ""
+        problem = nhs.why_invalid(raw)
+        if problem:
+            raise self.fail(name, problem.removeprefix("NHS number "))
+        return nhs.normalise(raw)
+
+    def ods(self, name: str, *, practice: bool = False, required: bool = True) -> str | None:
+        """An ODS code (upper-cased); a GP practice code is one letter and five digits."""
+        raw = self.text(name, required=required)
+        if raw is None:
+            return None
+        code = raw.upper()
+        if practice and not _PRACTICE.fullmatch(code):
+            raise self.fail(name, f"{raw!r} is not a GP practice ODS code (a letter and 5 digits, e.g. Y00001)")
+        if not _ODS.fullmatch(code):
+            raise self.fail(name, f"{raw!r} is not an ODS code (3 to 6 letters and digits)")
+        return code
+
+    def local_authority(self, name: str) -> str:
+        """An ONS (GSS) local-authority code, e.g. E09000008."""
+        raw = self.text(name) or ""
+        if not _GSS.fullmatch(raw.upper()):
+            raise self.fail(name, f"{raw!r} is not a local-authority (ONS) code such as E09000008")
+        return raw.upper()
+
+    def choice(self, name: str, allowed: tuple[str, ...], *, required: bool = True) -> str | None:
+        """One of `allowed` (case-insensitive), lower-cased."""
+        raw = self.text(name, required=required)
+        if raw is None:
+            return None
+        if raw.lower() not in allowed:
+            raise self.fail(name, f"{raw[:40]!r} is not one of {', '.join(allowed)}")
+        return raw.lower()
+
+    def choices(self, name: str, allowed: tuple[str, ...]) -> list[str]:
+        """A JSON list of values each one of `allowed`; [] when absent."""
+        value = self._values.get(name)
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(name, "must be a list of strings")
+        wrong = [v[:40] for v in value if v.strip().lower() not in allowed]
+        if wrong:
+            raise self.fail(name, f"{wrong[0]!r} is not one of {', '.join(allowed)}")
+        return list(dict.fromkeys(v.strip().lower() for v in value))
+
+    def count(self, name: str) -> int:
+        """A whole number, 0 or more (as written: digits only)."""
+        value = self._values.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            raw = self.text(name) or ""
+            if not _COUNT.fullmatch(raw):
+                raise self.fail(name, f"{raw[:40]!r} is not a whole number of 0 or more")
+            number = int(raw)
+        if number < 0:
+            raise self.fail(name, f"{number} is not a whole number of 0 or more")
+        if number > FHIR_INTEGER_MAX:
+            raise self.fail(name, f"{number} is too large")
+        return number
+
+    def day(self, name: str) -> When:
+        """An ISO 8601 date (YYYY-MM-DD); its event time is midnight UTC that day."""
+        return self._to_day(name, self.text(name) or "")
+
+    def optional_day(self, name: str) -> When | None:
+        """An ISO 8601 date, or None when absent."""
+        raw = self.text(name, required=False)
+        return None if raw is None else self._to_day(name, raw)
+
+    def when(self, name: str) -> When:
+        """An ISO 8601 date, or date and time (no offset means UK local time)."""
+        raw = self.text(name) or ""
+        if _DATE.fullmatch(raw):
+            return self._to_day(name, raw)
+        if not _DATETIME.fullmatch(raw):
+            raise self.fail(name, f"{raw[:40]!r} is not an ISO 8601 date or date-time")
+        self._real_date(name, raw[:10])
+        try:
+            moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=UK)
+            utc = moment.astimezone(UTC)
+        except (ValueError, OverflowError) as exc:
+            raise self.fail(name, f"{raw[:40]!r} is not a real date and time") from exc
+        if abs(moment.utcoffset() or timedelta()) > timedelta(hours=14):
+            raise self.fail(name, f"{raw[:40]!r} has a UTC offset beyond 14 hours")
+        return When(moment.isoformat(), utc, moment.date())
+
+    def _to_day(self, name: str, raw: str) -> When:
+        if not _DATE.fullmatch(raw):
+            raise self.fail(name, f"{raw[:40]!r} is not an ISO 8601 date (YYYY-MM-DD)")
+        day = self._real_date(name, raw)
+        return When(day.isoformat(), datetime.combine(day, time(), tzinfo=UTC), day)
+
+    def _real_date(self, name: str, raw: str) -> date:
+        try:
+            day = date.fromisoformat(raw)
+        except ValueError as exc:
+            raise self.fail(name, f"{raw!r} is not a real date") from exc
+        if day.year < 1900:
+            raise self.fail(name, f"{raw!r} is before 1900")
+        return day
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -1,0 +1,196 @@
+"""Files -> rows: CSV (a header, then one row per record) or JSON (one document or an array of them).
+
+Each row keeps its own bytes, so a rejected row can be kept whole on the dead-letter topic: a CSV
+row as the header line plus its own line(s), a JSON document as sent (an array element re-encoded).
+Row numbers are what a person sees: in CSV the header is row 1 and each record is one row, as a
+spreadsheet numbers them (the line number too, unless a quoted value spans lines); in a JSON array
+the first document is row 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from adapters.referrals.fields import is_gss, is_ods
+from hub.core.errors import InvalidMessageError, UnsupportedMessageError
+
+BOM = b"\xef\xbb\xbf"
+
+
+class Format(StrEnum):
+    """The input layouts this adapter reads."""
+
+    REGISTER = "register"
+    ASC_JSON = "asc-json"
+    ASC_CSV = "asc-csv"
+    VCSE_JSON = "vcse-json"
+    VCSE_OUTCOME = "vcse-outcome"
+
+    @property
+    def is_csv(self) -> bool:
+        return self in (Format.REGISTER, Format.ASC_CSV)
+
+    @property
+    def content_type(self) -> str:
+        return "text/csv" if self.is_csv else "application/json"
+
+
+REQUIRED_COLUMNS = {
+    Format.REGISTER: ("nhs_number", "practice_ods", "non_elective_admissions_12m", "long_term_conditions", "frailty"),
+    Format.ASC_CSV: ("nhs_number", "gp_practice_ods", "referred_on", "referrer", "addressed_to", "reason"),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One record of a file: its number, its values, its own bytes, and why it could not be read."""
+
+    number: int
+    values: dict[str, Any] = field(repr=False)
+    raw: bytes = field(repr=False)
+    problem: InvalidMessageError | None = None
+
+
+def read_rows(raw: bytes, fmt: Format) -> list[Row]:
+    """Every row of a file; InvalidMessageError when the file as a whole cannot be read."""
+    return _csv_rows(raw, fmt) if fmt.is_csv else _json_rows(raw)
+
+
+def detect(raw: bytes) -> Format:
+    """The format from the content: the CSV header's columns, or the first JSON document's fields."""
+    head = raw.removeprefix(BOM).lstrip()[:1]
+    if head in (b"{", b"["):
+        first = next((r.values for r in _json_rows(raw) if r.values), {})
+        referrer = first.get("referrer")
+        referrer = referrer.strip().upper() if isinstance(referrer, str) else ""
+        if "outcome" in first:
+            return Format.VCSE_OUTCOME
+        if is_gss(referrer) or "care_act_assessment_outcome" in first:
+            return Format.ASC_JSON
+        if is_ods(referrer):
+            return Format.VCSE_JSON
+        raise UnsupportedMessageError(
+            "cannot tell which referral document this is (referrer is neither a local-authority nor an ODS "
+            "code, and there is no outcome); name the format",
+            ("file",),
+        )
+    names = set(_header(_decode(raw)))
+    if {"practice_ods", "frailty"} <= names:
+        return Format.REGISTER
+    if "referred_on" in names:
+        return Format.ASC_CSV
+    raise UnsupportedMessageError(
+        "cannot tell which CSV this is: a register has practice_ods and frailty columns, adult social care "
+        "referrals a referred_on column; name the format",
+        ("file",),
+    )
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidMessageError(f"the file is not UTF-8 text (byte {exc.start})", ("file",)) from exc
+
+
+class _Tape:
+    """The file's lines, remembering which ones the CSV reader has taken since the last `cut`."""
+
+    def __init__(self, text: str) -> None:
+        self._lines = iter(io.StringIO(text, newline=""))
+        self._taken: list[str] = []
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self._taken.append(line)
+        return line
+
+    def cut(self) -> str:
+        taken, self._taken = "".join(self._taken), []
+        return taken
+
+
+def _header(text: str) -> list[str]:
+    try:
+        header = next(csv.reader(io.StringIO(text, newline="")), [])
+    except csv.Error as exc:
+        raise InvalidMessageError(f"row 1 (the header) cannot be read as CSV: {exc}", ("row 1",)) from exc
+    names = [h.strip().lower() for h in header]
+    if not any(names):
+        raise InvalidMessageError("the file is empty: row 1 must name the columns", ("row 1",), code="required")
+    duplicated = sorted({n for n in names if n and names.count(n) > 1})
+    if duplicated:
+        raise InvalidMessageError(f"row 1 (the header) names {', '.join(duplicated)} twice", ("row 1",))
+    return names
+
+
+def _csv_rows(raw: bytes, fmt: Format) -> list[Row]:
+    text = _decode(raw)
+    names = _header(text)
+    missing = [c for c in REQUIRED_COLUMNS[fmt] if c not in names]
+    if missing:
+        raise InvalidMessageError(
+            f"row 1 (the header) lacks the column(s) {', '.join(missing)}", ("row 1", *missing), code="required"
+        )
+    tape = _Tape(text)
+    reader = csv.reader(tape)
+    next(reader)
+    header_line = tape.cut()
+    rows: list[Row] = []
+    number = 1
+    while True:
+        number += 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return rows
+        except csv.Error as exc:
+            unread = InvalidMessageError(f"row {number}: cannot be read as CSV: {exc}", (f"row {number}",))
+            rows.append(Row(number, {}, (header_line + tape.cut()).encode(), unread))
+            continue
+        chunk = (header_line + tape.cut()).encode()
+        if not any(c.strip() for c in cells):
+            continue  # blank lines and spreadsheets' empty trailing rows
+        problem: InvalidMessageError | None = None
+        if len(cells) != len(names):
+            where = f"row {number}"
+            problem = InvalidMessageError(f"{where}: has {len(cells)} values, the header names {len(names)}", (where,))
+        rows.append(Row(number, dict(zip(names, cells, strict=False)), chunk, problem))
+
+
+def _json_rows(raw: bytes) -> list[Row]:
+    body = raw.removeprefix(BOM)
+    if not body.strip():
+        raise InvalidMessageError("the file is empty", ("file",), code="required")
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessageError(f"the file is not JSON: {exc}", ("file",)) from exc
+    if isinstance(document, dict):
+        return [Row(1, document, raw)]
+    if not isinstance(document, list):
+        kind = type(document).__name__
+        raise InvalidMessageError(f"the file holds a JSON {kind}, not a document or an array of documents", ("file",))
+    return [_json_item(number, item) for number, item in enumerate(document, start=1)]
+
+
+def _json_item(number: int, item: Any) -> Row:
+    try:
+        raw = orjson.dumps(item)
+    except orjson.JSONEncodeError:  # text orjson will not write back (a lone surrogate): escape it
+        raw = json.dumps(item, ensure_ascii=True).encode()
+    if not isinstance(item, dict):
+        problem = InvalidMessageError(f"row {number}: is not a JSON object", (f"row {number}",))
+        return Row(number, {}, raw, problem)
+    return Row(number, item, raw)

@@ -1,0 +1,155 @@
+"""Referral and register intake: a file -> rows -> FHIR events -> Kafka (acks=all), row by row.
+
+Each row stands alone: it becomes exactly one event, published, or it is rejected and kept whole
+on the dead-letter topic (the CSV header and the row, or the JSON document) with the reason, row
+and field, as an OperationOutcome header; the file's other rows go on. A file that cannot be read
+at all (not UTF-8, not JSON, no header) is rejected whole. A row Kafka does not acknowledge is
+reported "not sent" and neither published nor dead-lettered: ingesting the file again sends it,
+and the rows already applied are recognised by their event ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+import orjson
+from aiokafka.errors import KafkaError
+from faststream.kafka import KafkaBroker
+
+from adapters.referrals.fields import is_gss, is_ods
+from adapters.referrals.rows import BOM, Format, Row, detect, read_rows
+from adapters.referrals.to_fhir import MappedEvent, map_row
+from hub.core.errors import BrokerUnavailableError, HubError, InvalidMessageError, operation_outcome
+from hub.core.identity import stable_id
+from schemas.envelope import Envelope
+from schemas.events.rejected import INPUT_REJECTED, ORIGIN_HEADER, OUTCOME_HEADER
+from schemas.topics import DEAD_LETTER, EVENTS
+
+log = logging.getLogger(__name__)
+ACCEPTED, REJECTED, NOT_SENT = "accepted", "rejected", "not sent"
+_SENDER_FIELDS = ("practice_ods", "referrer")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one row (row None: the file as a whole): accepted, rejected or not sent."""
+
+    row: int | None
+    status: str
+    event_type: str = ""
+    reason: str | None = None
+    dead_lettered: bool = False
+    event_id: str = ""
+
+
+class ReferralIntake:
+    """Reads register and referral files, publishes one FHIR event per good row, dead-letters the rest."""
+
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        *,
+        key_secret: bytes,
+        publish_timeout: float = 5.0,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._broker = broker
+        self._key_secret = key_secret
+        self._timeout = publish_timeout
+        self._clock = clock
+
+    async def ingest(
+        self, raw: bytes, origin: str, fmt: Format | None = None, *, extracted_on: date | None = None
+    ) -> list[Outcome]:
+        """One file; `fmt` None means detect it from the content."""
+        try:
+            fmt = fmt or detect(raw)
+            rows = read_rows(raw, fmt)
+        except InvalidMessageError as error:
+            return [await self._reject(raw, None, error, origin, _content_type(raw, fmt))]
+        return [await self.accept(row, fmt, origin, extracted_on=extracted_on) for row in rows]
+
+    async def accept(self, row: Row, fmt: Format, origin: str, *, extracted_on: date | None = None) -> Outcome:
+        """Map and publish one row, or dead-letter it."""
+        try:
+            event = map_row(fmt, row, key_secret=self._key_secret, extracted_on=extracted_on)
+        except InvalidMessageError as error:
+            return await self._reject(row.raw, row, error, origin, fmt.content_type)
+        try:
+            await self._publish(event)
+        except BrokerUnavailableError as error:
+            log.warning("row %d not sent: %s", row.number, error)
+            return Outcome(row.number, NOT_SENT, event.event_type, error.diagnostics)
+        log.debug("row %d accepted: %s %s", row.number, event.event_type, event.event_id)
+        return Outcome(row.number, ACCEPTED, event.event_type, event_id=event.event_id)
+
+    async def _reject(self, raw: bytes, row: Row | None, error: HubError, origin: str, content_type: str) -> Outcome:
+        number = row.number if row else None
+        where = f"{origin}#row={number}" if number is not None else origin
+        try:
+            await self._dead_letter(raw, row, error, where, content_type)
+        except BrokerUnavailableError as down:
+            log.warning("row %s not sent: %s", number or "(file)", down)
+            return Outcome(number, NOT_SENT, reason=f"{error.diagnostics}; not dead-lettered: {down.diagnostics}")
+        log.info("row %s rejected: %s [%s]", number or "(file)", error.code, ", ".join(error.expression))
+        return Outcome(number, REJECTED, reason=error.diagnostics, dead_lettered=True)
+
+    async def _publish(self, event: MappedEvent) -> None:
+        envelope = Envelope(
+            id=event.event_id,
+            source=event.source,
+            type=event.event_type,
+            time=event.event_time,
+            subject=event.person_key,
+            data=orjson.dumps(event.payload),
+        )
+        await self._send(envelope.data, EVENTS.name, envelope.subject.encode(), envelope.kafka_headers())
+
+    async def _dead_letter(self, raw: bytes, row: Row | None, error: HubError, where: str, content_type: str) -> None:
+        sender = _sender(row)
+        headers = {
+            "ce_specversion": "1.0",
+            "ce_id": stable_id("rejected", where, hashlib.sha256(raw).hexdigest()),
+            "ce_source": f"urn:ods:{sender}" if sender else where,
+            "ce_type": INPUT_REJECTED.type,
+            "ce_time": self._clock().isoformat(),
+            "ce_subject": sender or "unknown",
+            "content-type": content_type,
+            OUTCOME_HEADER: orjson.dumps(operation_outcome(error)).decode(),
+            ORIGIN_HEADER: where,
+        }
+        await self._send(raw, DEAD_LETTER.name, (sender or "unknown").encode(), headers)
+
+    async def _send(self, value: bytes, topic: str, key: bytes, headers: dict[str, str]) -> None:
+        try:
+            await asyncio.wait_for(self._broker.publish(value, topic, key=key, headers=headers), self._timeout)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            raise BrokerUnavailableError(
+                "Kafka did not acknowledge the row in time; it was not accepted, ingest the file again",
+                code="transient",
+            ) from exc
+
+
+def _sender(row: Row | None) -> str:
+    """The sending organisation of a rejected row, where it reads as a code (else '')."""
+    for name in _SENDER_FIELDS:
+        value = row.values.get(name) if row else None
+        code = value.strip().upper() if isinstance(value, str) else ""
+        if is_ods(code) or is_gss(code):
+            return code
+    return ""
+
+
+def _content_type(raw: bytes, fmt: Format | None) -> str:
+    if fmt is not None:
+        return fmt.content_type
+    return "application/json" if raw.removeprefix(BOM).lstrip()[:1] in (b"{", b"[") else "text/csv"

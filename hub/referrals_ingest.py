@@ -1,0 +1,83 @@
+"""`carehub ingest register` and `carehub ingest referrals`: files through the referrals adapter,
+one line per row."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from hub.bootstrap import running
+from hub.settings import Settings
+
+SUFFIXES = (".csv", ".json")
+
+
+def collect(paths: list[Path]) -> list[Path]:
+    """Files as given, and the .csv and .json files under each folder, in name order."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    return found
+
+
+async def ingest_referral_files(
+    settings: Settings,
+    paths: list[Path],
+    console: Console,
+    *,
+    fmt: str | None = None,
+    extracted_on: date | None = None,
+) -> int:
+    """Send every row; 0 when all were accepted, 1 when any was rejected or not sent, 2 on bad input."""
+    from adapters.referrals.rows import Format
+    from adapters.referrals.service import ACCEPTED, ReferralIntake
+    from consumers.app import build_broker
+
+    if fmt is not None and fmt not in set(Format):
+        console.print(f"[red]--format must be one of {', '.join(Format)}, not {escape(repr(fmt))}[/red]")
+        return 2
+    try:
+        files = collect(paths)
+    except FileNotFoundError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        return 2
+    embedded = not settings.bootstrap_servers()
+    statuses: Counter[str] = Counter()
+    async with running(settings, mllp=False, http=False, consumers=embedded) as run:
+        broker = build_broker(run.bootstrap, client_id=f"{settings.kafka.client_id}-referrals")
+        await broker.start()
+        try:
+            intake = ReferralIntake(
+                broker, key_secret=run.services.secrets.key, publish_timeout=settings.kafka.publish_timeout_s
+            )
+            table = Table("file", "row", "outcome", "event", "reason")
+            accepted: list[str] = []
+            kept = 0
+            for path in files:
+                chosen = Format(fmt) if fmt else None
+                outcomes = await intake.ingest(path.read_bytes(), f"file:{path}", chosen, extracted_on=extracted_on)
+                for o in outcomes:
+                    statuses[o.status] += 1
+                    accepted += [o.event_id] if o.status == ACCEPTED else []
+                    kept += o.dead_lettered
+                    row = "file" if o.row is None else str(o.row)
+                    kind = o.event_type.removeprefix("uk.nhs.carehub.")
+                    table.add_row(escape(path.name), row, o.status, kind, escape(o.reason or ""))
+            console.print(table)
+        finally:
+            await broker.stop()
+        if embedded and not await run.applied_ids(accepted, dead_letters=kept):
+            console.print("[yellow]the record had not applied every event before the timeout[/yellow]")
+    summary = ", ".join(f"{status} {n}" for status, n in sorted(statuses.items()))
+    console.print(f"{sum(statuses.values())} row(s) from {len(files)} file(s): {summary or 'none'}")
+    return 0 if set(statuses) <= {ACCEPTED} else 1

@@ -1,0 +1,125 @@
+"""Registers and referrals through `carehub ingest`, as an operator runs it: the embedded Kafka-protocol
+broker (Tansu), the consumers and a SQLite record, all real; good rows land in the record, bad rows in
+the dead-letter store with their row and field."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hub.bootstrap import Services, build
+from hub.core.identity import person_key
+from hub.settings import Settings
+from schemas.events import coordination as co
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
+CAREHUB = str(Path(sys.executable).with_name("carehub"))
+EXAMPLES = Path(__file__).resolve().parents[2] / "adapters" / "referrals" / "examples"
+GOOD, BAD, LATER = "9434765919", "9434765918", "9990000018"
+HEADER = "nhs_number,practice_ods,non_elective_admissions_12m,long_term_conditions,frailty,birth_date"
+
+
+def carehub(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CAREHUB, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "250"},
+    )
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_good_rows_reach_the_record_and_bad_rows_the_dead_letter_store_with_row_and_field(tmp_path: Path) -> None:
+    register = write(
+        tmp_path / "register.csv",
+        f"{HEADER}\n{GOOD},Y90001,3,2,severe,1938-02-01\n{BAD},Y90001,1,1,mild,\n{LATER},Y90001,0,4,frailish,\n",
+    )
+    first = carehub(
+        "ingest", "register", str(register), "--extracted-on", "2026-11-02", "--data-dir", "d", cwd=tmp_path
+    )
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "row 3, field nhs_number: fails the Modulus 11 check" in first.stdout
+    assert "row 4, field frailty: 'frailish' is not one of none, mild, moderate, severe" in first.stdout
+    assert "3 row(s) from 1 file(s): accepted 1, rejected 2" in first.stdout
+    assert GOOD not in first.stderr and BAD not in first.stderr  # INFO logs name no NHS number
+
+    example = json.loads((EXAMPLES / "4-vcse-referrals.json").read_text())[0]
+    impossible = {**example, "referral_id": "VCS-9", "referred_on": "2026-11-31"}
+    vcse_docs = [{**example, "nhs_number": GOOD}, {**impossible, "nhs_number": GOOD}]
+    referrals = json.dumps(vcse_docs)
+    vcse = write(tmp_path / "vcse.json", referrals)
+    again = carehub("ingest", "referrals", str(vcse), "--data-dir", "d", cwd=tmp_path)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "row 2, field referred_on: '2026-11-31' is not a real date" in again.stdout
+
+    services = build(Settings(data_dir=tmp_path / "d"))
+    key = person_key(services.secrets.key, GOOD, None)
+    observations = services.reader.search("Observation", key)
+    measures = {o["code"]["coding"][0]["code"]: o for o in observations}
+    assert measures["non-elective-admissions-12m"]["valueInteger"] == 3
+    assert measures["frailty"]["valueCodeableConcept"]["coding"][0]["code"] == co.FRAILTY["severe"]
+    (request,) = services.reader.search("ServiceRequest", key)
+    assert request["status"] == "active"
+    assert request["performer"][0]["identifier"]["value"] == "Y0PIC"
+    assert request["meta"]["source"] == "urn:ods:VCS001"
+    for rejected in (BAD, LATER):
+        assert not services.reader.everything(person_key(services.secrets.key, rejected, None))
+
+    kept = services.dead_letters.recent(20)
+    reasons = {row["reason"]["issue"][0]["diagnostics"]: row for row in kept}
+    assert len(kept) == 3
+    nhs_row = next(row for text, row in reasons.items() if text.startswith("row 3, field nhs_number"))
+    assert nhs_row["payload"] == f"{HEADER}\n{BAD},Y90001,1,1,mild,\n".encode()
+    assert nhs_row["origin"].endswith("register.csv#row=3")
+    assert nhs_row["reason"]["issue"][0]["expression"] == ["row 3", "nhs_number"]
+    assert nhs_row["source"] == "urn:ods:Y90001"
+    date_row = next(row for text, row in reasons.items() if text.startswith("row 2, field referred_on"))
+    assert json.loads(date_row["payload"])["referral_id"] == "VCS-9"
+
+
+def ingested(services: Services) -> dict[str, list[dict[str, object]]]:
+    """What the adapter wrote (the coordination consumer's tasks and clock ticks move with the clock)."""
+    return {kind: services.reader.search(kind, None) for kind in ("Patient", "ServiceRequest", "Observation")}
+
+
+def test_the_examples_are_accepted_and_a_second_ingest_leaves_the_record_as_it_was(tmp_path: Path) -> None:
+    first = carehub("ingest", "referrals", str(EXAMPLES), "--data-dir", "d", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "18 row(s) from 5 file(s): accepted 18" in first.stdout
+    services = build(Settings(data_dir=tmp_path / "d"))
+    before = ingested(services)
+    counts = services.reader.counts()
+    assert counts["ServiceRequest"] == 6
+    assert counts["Observation"] >= 33
+    declined = [r for r in services.reader.search("ServiceRequest", None) if r["status"] == "revoked"]
+    assert len(declined) == 1
+    again = carehub("ingest", "referrals", str(EXAMPLES), "--format", "", "--data-dir", "d", cwd=tmp_path)
+    assert again.returncode == 2  # an empty --format is refused, nothing sent
+    again = carehub("ingest", "referrals", str(EXAMPLES), "--data-dir", "d", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert ingested(services) == before  # same resources, same versions: every event applied once
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("ingest", "referrals", "nope.json"), "no such file or folder: nope.json"),
+        (("ingest", "register", "nope.csv"), "no such file or folder: nope.csv"),
+        (("ingest", "referrals", "--format", "pdf", "x.json"), "--format must be one of"),
+        (("ingest", "register", "--extracted-on", "2 Nov", "x.csv"), "Invalid value for '--extracted-on'"),
+    ],
+)
+def test_bad_paths_and_options_exit_2_before_anything_is_sent(tmp_path: Path, args: tuple[str, ...], says: str) -> None:
+    result = carehub(*args, "--data-dir", "d", cwd=tmp_path)
+    assert result.returncode == 2
+    assert says in result.stdout + result.stderr
