@@ -9,7 +9,9 @@ deliveries and replay exports). Default deny. The rules, in order:
     break-glass        a clinician asserting an emergency, with a reason, is permitted; marked, always audited
     agreement          some agreement in force names both organisations, the purpose, the data category
                        and every sensitive category the resource carries (and, where it applies the
-                       national data opt-out, the person has not opted out)
+                       national data opt-out, the person has not opted out: a Consent with provision deny
+                       and policyRule CONSENT_POLICY_SYSTEM#national-data-opt-out, which applies only
+                       through agreements that say so, never to direct care by itself)
     objection          a Consent with provision.type=deny in force for that recipient (or everyone) and
                        category (or all) overrides any agreement; a permit never widens an agreement
 """
@@ -25,14 +27,22 @@ from schemas.agreements import Agreement
 
 Json = dict[str, Any]
 CATEGORY_SYSTEM = "https://carehub.invalid/CodeSystem/data-category"
+CONSENT_POLICY_SYSTEM = "https://carehub.invalid/CodeSystem/consent-policy"
+NATIONAL_OPT_OUT = "national-data-opt-out"  # a Consent whose policyRule carries this is the national opt-out
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 PURPOSE_OF_ROLE = {"clinician": "direct-care", "coordinator": "care-coordination", "auditor": "audit"}
 CATEGORY_OF_TYPE = {
     "Patient": "demographics",
     "Encounter": "encounters",
     "ServiceRequest": "referrals",
+    "Flag": "referrals",  # a case-list Flag is a referral by risk stratification (Croydon PIC spec 3.4)
+    "Observation": "referrals",  # at-risk register measures, the evidence for case finding
     "Task": "tasks",
+    "Communication": "tasks",  # a practice's receipt for the PIC summary closes a task
     "CarePlan": "care-plans",
+    "EpisodeOfCare": "care-plans",
+    "Composition": "care-plans",  # the PIC summary
+    "List": "care-plans",  # a huddle agenda
     "Provenance": "provenance",
     "Consent": "consents",
 }
@@ -73,6 +83,7 @@ class ConsentRule:
     start: datetime | None = None
     end: datetime | None = None
     version: str = "1"
+    national_opt_out: bool = False  # the national data opt-out, not an objection to one organisation
 
     def in_force(self, at: datetime) -> bool:
         return (self.start is None or self.start <= at) and (self.end is None or at <= self.end)
@@ -100,7 +111,7 @@ def person_of(resource: Json) -> str | None:
     """The person key a resource is about: a Patient's id or its subject/patient, else None."""
     if resource.get("resourceType") == "Patient":
         return str(resource.get("id"))
-    for name in ("subject", "patient"):
+    for name in ("subject", "patient", "for"):
         ref = str((resource.get(name) or {}).get("reference", ""))
         if ref.startswith("Patient/"):
             return ref.removeprefix("Patient/")
@@ -148,6 +159,10 @@ def decide(
             obligations=("audit-break-glass",),
         )
     day = asker.at.date()
+    person = person_of(resource)
+    opted_out = opted_out or any(
+        c.national_opt_out and c.person_key == person and c.in_force(asker.at) for c in consents
+    )
     covering = [
         a
         for a in agreements
@@ -163,11 +178,12 @@ def decide(
     if not covering:
         extra = f" including {', '.join(sorted(sensitive))}" if sensitive else ""
         source = f" from {provider}" if provider else ""
+        opt_out = " (the person has registered a national data opt-out)" if opted_out else ""
         return Decision(
-            "deny", (f"no agreement in force shares {category}{extra}{source} with {asker.org} for {purpose}",)
+            "deny",
+            (f"no agreement in force shares {category}{extra}{source} with {asker.org} for {purpose}{opt_out}",),
         )
     basis = tuple(sorted(f"{a.id}@{a.version}" for a in covering))
-    person = person_of(resource)
     objections = [
         c
         for c in consents
@@ -200,10 +216,15 @@ def consent_rule(consent: Json) -> ConsentRule | None:
         str(c.get("code")) for c in provision.get("class") or [] if c.get("system") == CATEGORY_SYSTEM
     )
     period = provision.get("period") or {}
+    national = any(
+        coding.get("system") == CONSENT_POLICY_SYSTEM and coding.get("code") == NATIONAL_OPT_OUT
+        for coding in (consent.get("policyRule") or {}).get("coding") or []
+    )
     return ConsentRule(
         id=str(consent.get("id")),
         person_key=person,
-        deny=provision["type"] == "deny",
+        deny=provision["type"] == "deny" and not national,
+        national_opt_out=national and provision["type"] == "deny",
         actors=actors,
         categories=categories,
         start=_instant(period.get("start")),

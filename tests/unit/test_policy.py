@@ -227,3 +227,42 @@ def test_a_fhir_consent_becomes_a_rule() -> None:
     assert rule.in_force(datetime(2026, 12, 31, 23, 0, tzinfo=UTC))
     assert not rule.in_force(datetime(2027, 1, 1, 0, 1, tzinfo=UTC))
     assert rule.version == "2"
+
+
+def national_opt_out(person: str, start: str = "2026-01-01", end: str | None = None) -> dict:
+    period = {"start": start} | ({"end": end} if end else {})
+    return {
+        "resourceType": "Consent",
+        "id": f"ndoo-{person}",
+        "status": "active",
+        "patient": {"reference": f"Patient/{person}"},
+        "policyRule": {
+            "coding": [{"system": "https://carehub.invalid/CodeSystem/consent-policy", "code": "national-data-opt-out"}]
+        },
+        "provision": {"type": "deny", "period": period},
+    }
+
+
+def test_the_national_data_opt_out_is_read_from_its_consent_and_is_not_an_objection() -> None:
+    rule = consent_rule(national_opt_out("p1"))
+    assert rule is not None
+    assert rule.national_opt_out
+    assert not rule.deny
+
+
+def test_the_national_data_opt_out_applies_only_through_agreements_that_say_so() -> None:
+    planning = an_agreement("RXX", "Y00001", id="planning", purposes=("care-coordination",))
+    planning = planning.model_copy(update={"national_data_opt_out": True})
+    direct = an_agreement("RXX", "Y00001", id="direct", purposes=("direct-care",))
+    encounter = resource("Encounter", "p1", "RXX", [])
+    rules = [r for r in [consent_rule(national_opt_out("p1"))] if r]
+    coordinator = Asker("Y00001", "coordinator", NOW)
+    clinician = Asker("Y00001", "clinician", NOW)
+
+    withheld = decide(coordinator, encounter, [planning], rules)
+    assert withheld.outcome == "deny"
+    assert "national data opt-out" in withheld.reasons[0]
+    assert decide(coordinator, resource("Encounter", "p2", "RXX", []), [planning], rules).outcome == "permit"
+    assert decide(clinician, encounter, [direct], rules).outcome == "permit"  # direct care is not affected
+    ended = [r for r in [consent_rule(national_opt_out("p1", end="2026-03-01"))] if r]
+    assert decide(coordinator, encounter, [planning], ended).outcome == "permit"
