@@ -14,9 +14,10 @@ watermark each fetch reports), so a replay never disturbs the live consumers' of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -28,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from hub.core.ports import RecordEvent, StoredResource
 from hub.core.record import apply_events
-from hub.store.sql import _insert, identifiers_of
+from hub.store.sql import identifiers_of
 from hub.store.tables import processed_event, record_identifier, record_resource
 from schemas.topics import EVENTS
 
@@ -70,11 +71,14 @@ class FoldUnitOfWork:
     def put(self, resource: StoredResource) -> None:
         key = (resource.resource_type, resource.id)
         old = self.resources.get(key)
-        if old is not None and old.person_key and old.person_key != resource.person_key:
-            self.by_person[old.person_key].discard(key)
         self.resources[key] = resource
-        if resource.person_key:
-            self.by_person.setdefault(resource.person_key, set()).add(key)
+        person = resource.person_key
+        if old is not None and old.person_key == person:
+            return  # filed where it was: the common case, a new version of the same resource
+        if old is not None and old.person_key:
+            self.by_person[old.person_key].discard(key)
+        if person:
+            self.by_person.setdefault(person, set()).add(key)
 
     def mark_processed(self, event_id: str) -> None:
         self.done.add(event_id)
@@ -83,19 +87,32 @@ class FoldUnitOfWork:
         return None
 
 
-def _event(record: Any) -> RecordEvent | None:
-    headers = {k: v for k, v in record.headers}
-    try:
-        return RecordEvent(
-            id=headers["ce_id"].decode(),
-            type=headers["ce_type"].decode(),
-            source=headers["ce_source"].decode(),
-            time=datetime.fromisoformat(headers["ce_time"].decode()),
-            subject=headers["ce_subject"].decode(),
-            payload=orjson.loads(record.value),
-        )
-    except (KeyError, ValueError):
-        return None  # not a CareHub event: the live consumer dead-lettered it; so does replay
+class _Names(dict[bytes, str]):
+    """Decoded header values that repeat (event types, sources): one string each, not one per event."""
+
+    def __missing__(self, raw: bytes) -> str:
+        text = self[raw] = raw.decode()
+        return text
+
+
+def _decoder() -> Callable[[Any], RecordEvent | None]:
+    names = _Names()
+
+    def event(record: Any) -> RecordEvent | None:
+        headers = dict(record.headers)
+        try:
+            return RecordEvent(
+                headers["ce_id"].decode(),
+                names[headers["ce_type"]],
+                names[headers["ce_source"]],
+                datetime.fromisoformat(headers["ce_time"].decode()),
+                headers["ce_subject"].decode(),
+                orjson.loads(record.value),
+            )
+        except (KeyError, ValueError):
+            return None  # not a CareHub event: the live consumer dead-lettered it; so does replay
+
+    return event
 
 
 async def read_log(bootstrap: str, *, batch: int = 5000, idle_ms: int = 1000) -> AsyncIterator[list[Any]]:
@@ -157,13 +174,12 @@ async def replay(
     """Fold the log (events with since <= time <= until) into memory, then write it to `engine`."""
     started = time.perf_counter()
     fold = FoldUnitOfWork()
-    read = applied = skipped = 0
-    gc.disable()  # the fold only grows; cyclic GC passes over it cost more than the fold itself
+    gc.disable()  # fold and rows only grow; cyclic GC passes over them cost more than the work itself
     try:
         read, applied, skipped = await _fold(bootstrap, fold, since, until, progress)
+        await asyncio.to_thread(write, engine, fold)
     finally:
         gc.enable()
-    await asyncio.to_thread(write, engine, fold)
     return ReplayResult(read, applied, skipped, len(fold.resources), time.perf_counter() - started)
 
 
@@ -171,11 +187,12 @@ async def _fold(
     bootstrap: str, fold: FoldUnitOfWork, since: datetime | None, until: datetime | None, progress: Progress | None
 ) -> tuple[int, int, int]:
     read = applied = skipped = 0
+    decode = _decoder()
     async for records in read_log(bootstrap):
         events = []
         for record in records:
             read += 1
-            event = _event(record)
+            event = decode(record)
             if event is None:
                 skipped += 1
             elif (since is None or event.time >= since) and (until is None or event.time <= until):
@@ -186,36 +203,89 @@ async def _fold(
     return read, applied, skipped
 
 
-def write(engine: sa.Engine, fold: FoldUnitOfWork, chunk: int = 5000) -> None:
-    """The folded record into an empty database, in bulk, in one transaction."""
-    resources = [
-        {
-            "resource_type": r.resource_type,
-            "id": r.id,
-            "person_key": r.person_key,
-            "version_id": r.version_id,
-            "event_time": r.event_time,
-            "source_event_id": r.source_event_id,
-            "content": r.content,
-        }
-        for r in fold.resources.values()
-    ]
-    identifiers = [
-        {"resource_type": r.resource_type, "resource_id": r.id, "system": s, "value": v}
-        for r in fold.resources.values()
-        for s, v in sorted(identifiers_of(r.content))
-    ]
-    processed = [{"consumer": "record", "event_id": e} for e in sorted(fold.done)]
-    with engine.connect().execution_options(immediate=True) as conn:
+def write(engine: sa.Engine, fold: FoldUnitOfWork, chunk: int = 20_000) -> None:
+    """The folded record into an empty database, in bulk, in one transaction.
+
+    Rows go in primary-key order (appends, not page splits) as plain tuples straight to the
+    driver's executemany, each value bound by its column type's own processor, so the stored
+    bytes are what the live consumer's SQLAlchemy statements store. Rows are serialised a chunk at a
+    time, so the JSON text of the whole record is never held at once.
+    """
+    with engine.connect().execution_options(immediate=True) as conn, _bulk_cache(conn):
         conn.begin()
         if conn.execute(sa.select(sa.func.count()).select_from(record_resource)).scalar_one():
             raise RuntimeError("replay writes into an empty record; this database already holds one")
-        for table, rows in (
-            (record_resource, resources),
-            (record_identifier, identifiers),
-            (processed_event, processed),
-        ):
-            stmt = _insert(conn, table)
-            for start in range(0, len(rows), chunk):
-                conn.execute(stmt, rows[start : start + chunk])
+        for sql, rows in _chunks(fold, conn.dialect, chunk):
+            conn.exec_driver_sql(sql, rows)
         conn.commit()
+
+
+def _chunks(fold: FoldUnitOfWork, dialect: sa.Dialect, chunk: int) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
+    """(INSERT, rows) for every table, `chunk` rows at a time, built only when asked for."""
+    keys = sorted(fold.resources)
+    content = _bind(record_resource.c.content, dialect)
+    at = _Memo(_bind(record_resource.c.event_time, dialect))  # events stamp several resources
+
+    def row(r: StoredResource) -> tuple[Any, ...]:
+        return (
+            r.resource_type,
+            r.id,
+            r.person_key,
+            r.version_id,
+            at[r.event_time],
+            r.source_event_id,
+            content(r.content),
+        )
+
+    sql = _insert_sql(record_resource, dialect)
+    for start in range(0, len(keys), chunk):
+        yield sql, [row(fold.resources[key]) for key in keys[start : start + chunk]]
+    resources = (fold.resources[key] for key in keys)
+    identifiers = [(r.resource_type, r.id, s, v) for r in resources for s, v in sorted(identifiers_of(r.content))]
+    processed = [("record", e) for e in sorted(fold.done)]
+    for table, rows in ((record_identifier, identifiers), (processed_event, processed)):
+        sql = _insert_sql(table, dialect)
+        for start in range(0, len(rows), chunk):
+            yield sql, rows[start : start + chunk]
+
+
+def _bind(column: sa.Column[Any], dialect: sa.Dialect) -> Callable[[Any], Any]:
+    process = column.type.dialect_impl(dialect).bind_processor(dialect)
+    return process if process is not None else _same
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+class _Memo(dict[Any, Any]):
+    def __init__(self, compute: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.compute = compute
+
+    def __missing__(self, key: Any) -> Any:
+        value = self[key] = self.compute(key)
+        return value
+
+
+def _insert_sql(table: sa.Table, dialect: sa.Dialect) -> str:
+    """A positional INSERT of every column, in table order, for the driver's executemany."""
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    names = ", ".join(dialect.identifier_preparer.quote(c.name) for c in table.columns)
+    marks = ", ".join([mark] * len(table.columns))
+    return f"INSERT INTO {table.name} ({names}) VALUES ({marks})"  # noqa: S608 (names from our own tables)
+
+
+@contextlib.contextmanager
+def _bulk_cache(conn: sa.Connection, kib: int = 512 * 1024) -> Iterator[None]:
+    """SQLite: a page cache big enough for the indexes being built, for this load only."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    sqlite: Any = conn.connection.driver_connection  # PRAGMAs outside SQLAlchemy's transaction
+    before = int(sqlite.execute("PRAGMA cache_size").fetchone()[0])
+    sqlite.execute(f"PRAGMA cache_size=-{kib}")
+    try:
+        yield
+    finally:
+        sqlite.execute(f"PRAGMA cache_size={before}")

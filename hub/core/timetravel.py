@@ -1,0 +1,96 @@
+"""The policy time-travel report: what was disclosed then, on what basis, and what today's policy
+would decide instead.
+
+Pure. The ledger says, for each decision, who asked (organisation, user, role or subscription
+purpose), when, which resource versions, the decision and the agreement and consent versions it
+rested on. Each resource is decided again with today's agreements and the person's consents as they
+stand now, for the same organisation and purpose. A resource the record no longer holds cannot be
+decided again and says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from hub.core.policy import Asker, ConsentRule, decide
+from hub.core.ports import Json
+
+
+@dataclass(frozen=True)
+class Reconsidered:
+    """One resource of one ledger entry, then and now."""
+
+    seq: int
+    at: str
+    recipient: str
+    channel: str
+    resource: str
+    then: str
+    then_basis: str
+    now: str
+    now_basis: str
+
+    @property
+    def changed(self) -> bool:
+        return _shown(self.then) != _shown(self.now)
+
+
+def reconsider(
+    entries: Iterable[Any],
+    resources: Mapping[str, Json | None],
+    agreements: Sequence[Any],
+    consents: Sequence[ConsentRule],
+    now: datetime,
+) -> list[Reconsidered]:
+    """Every resource of every entry, decided again under today's policy."""
+    found: list[Reconsidered] = []
+    for entry in entries:
+        body = entry.body
+        basis = body.get("basis") or {}
+        role = str(basis.get("role") or "system")
+        purpose = basis.get("purpose")
+        asker = Asker(str(body["recipient_org"]), role, now, purpose=str(purpose) if purpose else None)
+        then_basis = ", ".join([*basis.get("agreements", []), *basis.get("consents", [])]) or "; ".join(
+            body.get("reasons") or []
+        )
+        for ref in body.get("resources") or []:
+            versioned = str(ref).split("#")[0]
+            kind_id = "/".join(versioned.split("/")[:2])
+            current = resources.get(kind_id)
+            if current is None:
+                now_decision, now_basis = "unknown", "the record no longer holds this resource"
+            else:
+                decision = decide(asker, current, agreements, consents)
+                now_decision = decision.outcome
+                now_basis = ", ".join([*decision.agreements, *decision.consents]) or "; ".join(decision.reasons)
+            found.append(
+                Reconsidered(
+                    seq=int(entry.seq),
+                    at=str(body["at"]),
+                    recipient=f"{body['recipient_org']} / {body['recipient_user']}",
+                    channel=str(body["channel"]),
+                    resource=versioned,
+                    then=str(body["decision"]),
+                    then_basis=then_basis,
+                    now=now_decision,
+                    now_basis=now_basis,
+                )
+            )
+    return found
+
+
+def in_period(entries: Iterable[Any], since: datetime | None, until: datetime | None) -> list[Any]:
+    """Ledger entries decided within [since, until]."""
+    kept = []
+    for entry in entries:
+        at = datetime.fromisoformat(str(entry.body["at"]))
+        if (since is None or at >= since) and (until is None or at <= until):
+            kept.append(entry)
+    return kept
+
+
+def _shown(outcome: str) -> bool:
+    return outcome in ("permit", "break-glass")

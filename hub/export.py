@@ -1,0 +1,178 @@
+"""`carehub audit export`: the event log as NDJSON for auditors, with signed checkpoints.
+
+Each event line carries the log position, the envelope attributes and the SHA-256 of the payload
+(canonical JSON). With `--payloads`, the payload itself is included where the auditor's own
+agreement permits every resource in it (decided by the same policy as any read, for the auditor's
+organisation and the audit purpose, and written to the disclosure ledger); otherwise the line says
+it was withheld and keeps the hash. Every `checkpoint_every` lines, and at the end, a checkpoint
+states the line count and the running chain, signed with the hub's Ed25519 export key; an auditor
+verifies the file with `hub/export_verify.py` and the public key alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+)
+
+from hub.core.ledger import Disclosure, resource_ref
+from hub.core.policy import Decision, person_of
+from hub.core.ports import Json, Ledger
+from hub.core.record import resources_of
+from hub.export_verify import GENESIS, canonical, step
+from hub.replay import read_log
+from schemas.envelope import header_value
+from schemas.topics import EVENTS
+
+KEY_FILE = "export-signing-key.pem"
+
+
+@dataclass(frozen=True)
+class Summary:
+    events: int
+    checkpoints: int
+    payloads: int
+    withheld: int
+
+
+def signing_key(data_dir: Path) -> Ed25519PrivateKey:
+    """The hub's export signing key, created once in the data directory (mode 0600)."""
+    path = data_dir / KEY_FILE
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        pem = Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+    key = load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def public_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+
+
+class Writer:
+    """Writes event lines and signed checkpoints, keeping the chain."""
+
+    def __init__(self, out: IO[bytes], key: Ed25519PrivateKey, *, every: int, exported_at: datetime) -> None:
+        self.out, self.key, self.every, self.exported_at = out, key, every, exported_at
+        self.chain, self.events, self.checkpoints = GENESIS, 0, 0
+
+    def event(self, line: Json) -> None:
+        data = canonical(line)
+        self.out.write(data + b"\n")
+        self.chain = step(self.chain, data)
+        self.events += 1
+        if self.events % self.every == 0:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        point = {
+            "lines": self.events,
+            "chain": self.chain,
+            "topic": EVENTS.name,
+            "exported_at": self.exported_at.isoformat(),
+        }
+        signature = base64.b64encode(self.key.sign(canonical(point))).decode()
+        self.out.write(canonical({"checkpoint": point, "signature": signature}) + b"\n")
+        self.checkpoints += 1
+
+
+Decide = Callable[[Json], Decision]
+_WITHHELD = Decision("deny", ("withheld with the rest of its event: not every resource in it is covered",))
+
+
+async def export(
+    bootstrap: str,
+    out: IO[bytes],
+    key: Ed25519PrivateKey,
+    *,
+    payloads: Decide | None,
+    ledger: Ledger | None,
+    auditor: tuple[str, str],
+    every: int = 10_000,
+) -> Summary:
+    """Write the whole log, partition by partition in offset order, then a final checkpoint."""
+    now = datetime.now(UTC)
+    writer = Writer(out, key, every=every, exported_at=now)
+    included = withheld = 0
+    disclosures: list[Disclosure] = []
+    async for records in read_log(bootstrap):
+        for record in records:
+            headers = list(record.headers)
+            line: Json = {
+                "partition": record.partition,
+                "offset": record.offset,
+                **{name: header_value(headers, f"ce_{name}") for name in ("id", "type", "source", "time", "subject")},
+            }
+            try:
+                payload: Any = orjson.loads(record.value)
+            except orjson.JSONDecodeError:
+                payload = None
+            line["payload_sha256"] = hashlib.sha256(canonical(payload)).hexdigest() if payload is not None else None
+            if payloads is not None and isinstance(payload, dict):
+                shown, judged = _decide(payload, payloads)
+                if not shown:  # nothing of it leaves: the ledger must not show a permit for it
+                    judged = [(r, d if not d.permitted else _WITHHELD) for r, d in judged]
+                disclosures += _entries(judged, auditor, now)
+                if shown:
+                    line["payload"] = payload
+                    included += 1
+                else:
+                    line["payload_withheld"] = "the auditor's agreements do not cover every resource in it"
+                    withheld += 1
+            writer.event(line)
+        if ledger is not None and disclosures:
+            ledger.append(disclosures)
+            disclosures = []
+    writer.checkpoint()
+    return Summary(writer.events, writer.checkpoints, included, withheld)
+
+
+def _decide(payload: Json, decide: Decide) -> tuple[bool, list[tuple[Json, Decision]]]:
+    from hub.core.ports import RecordEvent
+
+    try:
+        resources = resources_of(RecordEvent("", "", "", datetime.now(UTC), "", payload))
+    except Exception:  # not a FHIR payload the policy can read: withheld
+        return False, []
+    judged = [(r, decide(r)) for r in resources]
+    return all(d.permitted for _, d in judged), judged
+
+
+def _entries(judged: list[tuple[Json, Decision]], auditor: tuple[str, str], at: datetime) -> list[Disclosure]:
+    groups: dict[tuple[str | None, Decision], list[str]] = {}
+    for resource, decision in judged:
+        groups.setdefault((person_of(resource), decision), []).append(resource_ref(resource))
+    return [
+        Disclosure(
+            at=at,
+            recipient_org=auditor[0],
+            recipient_user=auditor[1],
+            channel="export",
+            person_key=person,
+            resources=tuple(refs),
+            decision=decision.outcome,
+            reasons=decision.reasons,
+            basis={"role": "auditor", "agreements": list(decision.agreements), "consents": list(decision.consents)},
+        )
+        for (person, decision), refs in groups.items()
+    ]

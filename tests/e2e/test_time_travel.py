@@ -1,0 +1,81 @@
+"""The policy time-travel report: a read permitted under last month's agreement, then the person
+objects; `carehub audit time-travel` shows the permit and its basis then, and today's deny."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from adapters.hl7v2.to_fhir import map_message
+from hub.bootstrap import build
+from hub.core.identity import person_key
+from hub.core.ledger import Disclosure, resource_ref
+from hub.core.policy import Asker, consent_rule, decide
+from hub.core.ports import RecordEvent
+from hub.core.record import apply_events
+from hub.settings import Settings
+from schemas.events.consent import CONSENT_RECORDED
+from tests.builders import an_adt, an_agreement, an_objection
+
+NHS = "9434765919"
+
+
+def test_the_report_shows_then_and_today_for_each_disclosure(tmp_path: Path) -> None:
+    services = build(Settings(data_dir=tmp_path))
+    secret = services.secrets.key
+    person = person_key(secret, NHS, None)
+    events = [
+        RecordEvent(m.event_id, m.event_type, m.source, m.event_time, m.person_key, m.payload)
+        for m in map_message(an_adt(trigger="A01", nhs_number=NHS, control_id="T1", visit="V1"), key_secret=secret)
+    ]
+    with services.uow_factory() as uow:
+        apply_events(uow, events)
+        uow.commit()
+    month_ago = datetime.now(UTC) - timedelta(days=30)
+    services.agreements.load(an_agreement("RXX", "Y00001", valid_from="2026-01-01"), at=month_ago)
+    [encounter] = services.reader.search("Encounter", person)
+    then = decide(Asker("Y00001", "clinician", month_ago), encounter, services.agreements.current(), [])
+    assert then.outcome == "permit"
+    services.ledger.append(
+        [
+            Disclosure(
+                at=month_ago,
+                recipient_org="Y00001",
+                recipient_user="dr-jones",
+                channel="read",
+                person_key=person,
+                resources=(resource_ref(encounter),),
+                decision=then.outcome,
+                reasons=then.reasons,
+                basis={"role": "clinician", "agreements": list(then.agreements), "consents": []},
+            )
+        ]
+    )
+    objection = an_objection(NHS, "Y00001") | {"id": "c1", "patient": {"reference": f"Patient/{person}"}}
+    assert consent_rule(objection) is not None
+    with services.uow_factory() as uow:
+        apply_events(
+            uow,
+            [RecordEvent("consent-1", CONSENT_RECORDED.type, "urn:ods:Y00001", datetime.now(UTC), person, objection)],
+        )
+        uow.commit()
+    services.engine.dispose()
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREHUB_")} | {"COLUMNS": "260"}
+    carehub = str(Path(sys.executable).with_name("carehub"))
+    args = [carehub, "audit", "time-travel", "--nhs-number", NHS, "--data-dir", str(tmp_path)]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if "dr-jones" in line)
+    assert row.index("permit") < row.index("deny")
+    assert "test-locality-sharing@1" in row
+    assert "Consent/c1" in row
+    assert "today's policy differs on 1" in done.stdout
+    unchanged = subprocess.run(
+        [*args, "--changed", "--until", "2020-01-01"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "0 decision(s)" in unchanged.stdout
