@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo up test test-fast lint schemas bench clean
+.PHONY: demo up test test-fast lint schemas bench clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,11 @@ demo: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/carehub up
 
-test: lint
+test: lint chromium
 	$(PY) -m hub.specs --check
 	$(PY) -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) chromium
 	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)
@@ -31,6 +31,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+# Debian's chromium for the browser tests (Playwright drives /usr/bin/chromium; its own browser download
+# cannot work here). Needs root and apt; without them the browser tests skip, saying why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
+		|| echo "chromium not installed (needs root and apt-get): the browser tests will be skipped"
 
 schemas: $(STAMP)
 	$(PY) -m hub.specs

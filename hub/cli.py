@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -42,6 +43,8 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(ingest_app, name="ingest")
 agreements_app = typer.Typer(help="Information sharing agreements.", no_args_is_help=True)
 app.add_typer(agreements_app, name="agreements")
+optouts_app = typer.Typer(help="The national data opt-out.", no_args_is_help=True)
+app.add_typer(optouts_app, name="optouts")
 subscriptions_app = typer.Typer(help="Organisations' subscriptions to events.", no_args_is_help=True)
 app.add_typer(subscriptions_app, name="subscriptions")
 deliveries_app = typer.Typer(help="Webhook deliveries: see them, redeliver failed ones.", no_args_is_help=True)
@@ -129,6 +132,41 @@ def ingest_hl7(
 
     settings = make_settings(data_dir)
     code = asyncio.run(ingest_files(settings, paths, console))
+    raise typer.Exit(code)
+
+
+@ingest_app.command("register")
+def ingest_register(
+    paths: Annotated[list[Path], typer.Argument(help="GP at-risk register CSV files (risk-stratification exports)")],
+    extracted_on: Annotated[
+        datetime | None,
+        typer.Option("--extracted-on", formats=["%Y-%m-%d"], help="Extraction date for rows without extracted_on"),
+    ] = None,
+    data_dir: DataDir = Path("var"),
+) -> None:
+    """Send at-risk register rows through the referrals adapter: one event per row, bad rows dead-lettered."""
+    from hub.referrals_ingest import ingest_referral_files
+
+    settings = make_settings(data_dir)
+    day = extracted_on.date() if extracted_on else None
+    code = asyncio.run(ingest_referral_files(settings, paths, console, fmt="register", extracted_on=day))
+    raise typer.Exit(code)
+
+
+@ingest_app.command("referrals")
+def ingest_referrals(
+    paths: Annotated[list[Path], typer.Argument(help="Referral files (JSON or CSV), or folders of them")],
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="asc-json, asc-csv, vcse-json, vcse-outcome or register (default: detect)"),
+    ] = None,
+    data_dir: DataDir = Path("var"),
+) -> None:
+    """Send adult social care and voluntary-sector referrals and outcomes: one event per row or document."""
+    from hub.referrals_ingest import ingest_referral_files
+
+    settings = make_settings(data_dir)
+    code = asyncio.run(ingest_referral_files(settings, paths, console, fmt=fmt))
     raise typer.Exit(code)
 
 
@@ -246,6 +284,110 @@ def audit_disclosures(
     console.print(f"{len(entries)} disclosure(s) recorded")
 
 
+@audit_app.command("time-travel")
+def audit_time_travel(
+    nhs_number: Annotated[str | None, typer.Option("--nhs-number", help="One person (else everyone)")] = None,
+    since: Annotated[datetime | None, typer.Option(help="Decisions at or after this time (ISO 8601)")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Decisions up to this time (ISO 8601)")] = None,
+    changed: Annotated[
+        bool, typer.Option("--changed", help="Only what today's policy would decide differently")
+    ] = False,
+    data_dir: DataDir = Path("var"),
+) -> None:
+    """What was disclosed then, under which agreement and consent versions, and what today's policy would decide."""
+    from hub.bootstrap import build
+    from hub.core import nhs_number as nhs
+    from hub.core.identity import person_key
+    from hub.core.timetravel import in_period, reconsider
+    from hub.store.agreements import PolicySource
+
+    services = build(make_settings(data_dir))
+    if nhs_number is not None:
+        problem = nhs.why_invalid(nhs_number)
+        if problem:
+            console.print(f"[red]--nhs-number: {problem}[/red]")
+            raise typer.Exit(2)
+        entries = services.ledger.about(person_key(services.secrets.key, nhs.normalise(nhs_number), None))
+    else:
+        entries = list(services.ledger.entries())
+    since, until = (b.replace(tzinfo=b.tzinfo or UTC) if b else None for b in (since, until))
+    entries = in_period(entries, since, until)
+    policy = services.policy or PolicySource(services.agreements, services.reader)
+    refs = {"/".join(str(r).split("#")[0].split("/")[:2]) for e in entries for r in e.body.get("resources") or []}
+    resources = {ref: services.reader.read(*ref.split("/", 1)) for ref in refs if "/" in ref}
+    people = {str(e.body["person_key"]) for e in entries if e.body.get("person_key")}
+    consents = [rule for person in sorted(people) for rule in policy.consents(person)]
+    rows = reconsider(entries, resources, policy.agreements(), consents, datetime.now(UTC))
+    table = Table("#", "when", "to", "how", "resource", "then", "on", "today", "on", title="Policy time travel")
+    shown = [r for r in rows if r.changed or not changed]
+    for r in shown:
+        mark = "[bold yellow]" if r.changed else ""
+        table.add_row(
+            str(r.seq), r.at, r.recipient, r.channel, r.resource, r.then, r.then_basis, f"{mark}{r.now}", r.now_basis
+        )
+    console.print(table)
+    differ = sum(r.changed for r in rows)
+    console.print(f"{len(rows)} decision(s) about {len(entries)} ledger entr(ies); today's policy differs on {differ}")
+
+
+@audit_app.command("export")
+def audit_export(
+    out: Annotated[Path, typer.Option(help="The NDJSON file to write (its public key goes beside it, .pub.pem)")],
+    payloads: Annotated[
+        bool, typer.Option(help="Include payloads the auditor's agreements permit (else hashes only)")
+    ] = False,
+    org: Annotated[str, typer.Option(help="The auditor's organisation (ODS code), for --payloads")] = "",
+    user: Annotated[str, typer.Option(help="The auditor, as the ledger should name them")] = "auditor",
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Lines between signed checkpoints")] = 10_000,
+    data_dir: DataDir = Path("var"),
+) -> None:
+    """Export the event log for auditors: NDJSON with payload hashes and Ed25519-signed checkpoints,
+    verifiable without the hub (python hub/export_verify.py FILE FILE.pub.pem)."""
+    from hub.bootstrap import build
+    from hub.core.policy import Asker, decide, person_of
+    from hub.export import export, public_pem, signing_key
+    from hub.store.agreements import PolicySource
+
+    settings = make_settings(data_dir)
+    if not settings.bootstrap_servers():
+        console.print("[red]carehub audit export reads the Kafka log: set KAFKA_BOOTSTRAP_SERVERS[/red]")
+        raise typer.Exit(2)
+    if payloads and not org:
+        console.print("[red]--payloads needs --org: payloads follow the auditor's own agreements[/red]")
+        raise typer.Exit(2)
+    services = build(settings)
+    key = signing_key(settings.data_dir)
+    judge = None
+    if payloads:
+        policy = services.policy or PolicySource(services.agreements, services.reader)
+        agreements, asker = policy.agreements(), Asker(org.strip().upper(), "auditor", datetime.now(UTC))
+
+        def judge(resource: dict[str, Any]) -> Any:
+            person = person_of(resource)
+            return decide(asker, resource, agreements, policy.consents(person) if person else [])
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("wb") as target:
+        summary = asyncio.run(
+            export(
+                settings.bootstrap_servers(),
+                target,
+                key,
+                payloads=judge,
+                ledger=services.ledger,
+                auditor=(org.strip().upper() or "none", user),
+                every=checkpoint_every,
+            )
+        )
+    public = out.with_name(out.name + ".pub.pem")
+    public.write_bytes(public_pem(key))
+    console.print(
+        f"{summary.events:,} events, {summary.checkpoints} signed checkpoints"
+        + (f", {summary.payloads:,} payloads included, {summary.withheld:,} withheld" if payloads else "")
+        + f"; written to {out}, public key {public}"
+    )
+
+
 @agreements_app.command("load")
 def agreements_load(
     paths: Annotated[list[Path], typer.Argument(help="Agreement YAML files (one version each)")],
@@ -256,8 +398,10 @@ def agreements_load(
     from hub.core.errors import InvalidMessageError
     from schemas.agreements import Agreement
 
-    services = build(make_settings(data_dir))
+    settings = make_settings(data_dir)
+    services = build(settings)
     documents, failed = _read_documents(paths, Agreement)
+    loaded: list[Agreement] = []
     for path, agreement in documents:
         try:
             fresh = services.agreements.load(agreement, at=datetime.now(UTC))
@@ -267,7 +411,33 @@ def agreements_load(
         else:
             state = "loaded" if fresh else "already loaded"
             console.print(f"{path}: {agreement.id} version {agreement.version} {state}")
+            loaded.append(agreement)
+    if loaded and settings.bootstrap_servers():
+        asyncio.run(_agreements_on_the_log(settings, loaded))
+        console.print(f"{len(loaded)} agreement version(s) on the log as uk.nhs.carehub.agreement.loaded.v1")
+    elif loaded:
+        console.print("(not on the log: the embedded broker keeps no log; with KAFKA_BOOTSTRAP_SERVERS it does)")
     raise typer.Exit(1 if failed else 0)
+
+
+async def _agreements_on_the_log(settings: Settings, agreements: list[Any]) -> None:
+    """Publish each loaded version as an event, acknowledged by Kafka (acks=all)."""
+    from consumers.app import build_broker
+    from hub.agreement_events import envelope
+    from hub.kafka import create_topics
+    from schemas.topics import EVENTS
+
+    bootstrap = settings.bootstrap_servers()
+    await create_topics(bootstrap, replication=settings.kafka.replication_factor)
+    broker = build_broker(bootstrap, client_id=settings.kafka.client_id)
+    await broker.start()
+    try:
+        now = datetime.now(UTC)
+        for agreement in agreements:
+            event = envelope(agreement, now)
+            await broker.publish(event.data, EVENTS.name, key=event.subject.encode(), headers=event.kafka_headers())
+    finally:
+        await broker.stop()
 
 
 def _read_documents(paths: list[Path], model: type[M]) -> tuple[list[tuple[Path, M]], int]:
@@ -290,6 +460,49 @@ def _read_documents(paths: list[Path], model: type[M]) -> tuple[list[tuple[Path,
                 console.print(f"[red]{escape(message)}[/red]")  # pydantic messages hold [...], not markup
             failed += 1
     return documents, failed
+
+
+@optouts_app.command("load")
+def optouts_load(
+    path: Annotated[Path, typer.Argument(help="NHS numbers with a national data opt-out: one per line, or CSV")],
+    source: Annotated[str, typer.Option(help="ODS code of the organisation that checked the list")],
+    data_dir: DataDir = Path("var"),
+) -> None:
+    """Record each person's national data opt-out as a Consent on the log (applied through agreements that
+    say the opt-out applies); lines that are not NHS numbers are refused by line and dead-lettered."""
+    from hub.bootstrap import build, running
+    from hub.optouts import keep_refused, read
+
+    if not path.is_file():
+        console.print(f"[red]no such file: {escape(str(path))}[/red]")
+        raise typer.Exit(2)
+    settings = make_settings(data_dir)
+    services = build(settings)
+    raw = path.read_bytes()
+    lines = read(raw, key_secret=services.secrets.key, source=source.strip().upper(), as_of=datetime.now(UTC))
+    refused = [line for line in lines if line.envelope is None]
+    for line in refused:
+        console.print(f"[red]{escape(line.reason or '')}[/red]")
+        keep_refused(services.dead_letters, line, raw, source=source, origin=f"file:{path}")
+
+    async def publish() -> int:
+        embedded = not settings.bootstrap_servers()
+        sent = 0
+        async with running(settings, services=services, mllp=False, http=False, consumers=embedded) as run:
+            if run.publish is None:
+                raise RuntimeError("the hub started without a publisher")
+            for line in lines:
+                if line.envelope is not None:
+                    await run.publish(line.envelope)
+                    sent += 1
+            ids = [line.envelope.id for line in lines if line.envelope is not None]
+            if embedded and not await run.applied_ids(ids):
+                console.print("[yellow]the record had not applied every opt-out before the timeout[/yellow]")
+        return sent
+
+    sent = asyncio.run(publish())
+    console.print(f"{sent} national data opt-out(s) recorded, {len(refused)} line(s) refused")
+    raise typer.Exit(1 if refused else 0)
 
 
 @agreements_app.command("list")
@@ -385,7 +598,9 @@ def record_hash_command(data_dir: DataDir = Path("var")) -> None:
 def replay(
     into: Annotated[Path, typer.Option("--into", help="Data directory for the rebuilt record (must be new)")],
     since: Annotated[datetime | None, typer.Option(help="Only events at or after this time (ISO 8601)")] = None,
-    until: Annotated[datetime | None, typer.Option(help="Only events up to this time: the record as of then")] = None,
+    until: Annotated[
+        datetime | None, typer.Option("--until", "--as-of", help="Only events up to this time: the record as of then")
+    ] = None,
 ) -> None:
     """Rebuild the shared care record from the Kafka log into a fresh database, and print its hash."""
     from rich.progress import Progress, SpinnerColumn, TextColumn
@@ -416,9 +631,143 @@ def replay(
         except RuntimeError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from exc
+    if settings.coordination.enabled:
+        from hub.core.tasks import Engine
+        from hub.replay_coordination import rebuild as rebuild_coordination
+        from hub.rules import load_rules
+
+        folded = asyncio.run(
+            rebuild_coordination(
+                settings.bootstrap_servers(),
+                engine,
+                Engine(load_rules(settings.coordination.rules)),
+                since=since,
+                until=until,
+            )
+        )
+        console.print(f"coordination: {folded.people:,} people's tasks and episodes, {folded.clocks:,} clocks pending")
     digest, resources, events = record_hash(engine)
     console.print(
         f"replayed {result.events:,} events ({result.applied:,} applied, {result.skipped} not CareHub events) "
         f"in {result.seconds:.1f}s: {resources:,} resources"
     )
     typer.echo(f"{digest}  {resources} resources, {events} events applied")
+
+
+@app.command()
+def kpi(
+    month: Annotated[str, typer.Option(help="The month, YYYY-MM")],
+    out: Annotated[Path, typer.Option(help="Folder for kpi-YYYY-MM.csv and kpi-YYYY-MM.html")] = Path("var/kpi"),
+    data_dir: DataDir = Path("var"),
+) -> None:
+    """The commissioner's KPIs for a month, computed from the event log: CSV and an HTML report with charts."""
+    from hub.kpi_report import fold_log, write_csv, write_html
+    from hub.rules import load_rules
+
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
+        console.print(f"[red]--month {month!r}: give the month as YYYY-MM, e.g. 2026-11[/red]")
+        raise typer.Exit(2)
+    settings = make_settings(data_dir)
+    if not settings.bootstrap_servers():
+        console.print("[red]carehub kpi reads the Kafka log: set KAFKA_BOOTSTRAP_SERVERS[/red]")
+        raise typer.Exit(2)
+    rules = load_rules(settings.coordination.rules)
+    fold, read = asyncio.run(fold_log(settings.bootstrap_servers(), rules.service.ods))
+    rows = fold.report(month)
+    write_csv(rows, out / f"kpi-{month}.csv")
+    write_html(rows, out / f"kpi-{month}.html", month=month, title=rules.service.name)
+    table = Table("KPI", "breakdown", "value", "target")
+    for row in rows:
+        table.add_row(row.kpi, row.breakdown, f"{row.value:g}", row.target)
+    console.print(table)
+    console.print(f"{read:,} events read; wrote {out / f'kpi-{month}.csv'} and {out / f'kpi-{month}.html'}")
+
+
+@app.command()
+def huddle(
+    practice: Annotated[str, typer.Option("--practice", help="The practice's ODS code")],
+    day: Annotated[str | None, typer.Option("--date", help="Meeting day, YYYY-MM-DD (default today)")] = None,
+    org: Annotated[str | None, typer.Option(help="Who it is for (ODS code; default the practice)")] = None,
+    publish: Annotated[bool, typer.Option(help="Publish it as a huddle.agenda event")] = True,
+    attended: Annotated[
+        bool, typer.Option(help="The meeting was held and the coordinator attended (counts in the KPIs)")
+    ] = False,
+    data_dir: DataDir = Path("var"),
+) -> None:
+    """Print a practice's weekly huddle / MDT agenda (as its coordinator may see it) and publish it."""
+    from hub.api.auth import Principal
+    from hub.api.routes.fhir import Judge, record
+    from hub.bootstrap import build
+    from hub.core.errors import InvalidMessageError
+    from hub.core.huddle import UK, to_fhir_list
+    from hub.core.policy import Asker
+    from hub.web.views import decided_agenda
+    from schemas.events.coordination import ATTENDED_EXTENSION
+
+    practice, who_org = practice.strip().upper(), (org or practice).strip().upper()
+    try:
+        meeting = date.fromisoformat(day) if day else datetime.now(UK).date()
+    except ValueError as exc:
+        console.print(f"[red]--date: {escape(str(exc))} (use YYYY-MM-DD)[/red]")
+        raise typer.Exit(2) from exc
+    settings = make_settings(data_dir)
+    services = build(settings)
+    who = Principal(org=who_org, role="coordinator", user="carehub-cli")
+    judge = Judge(services.policy, Asker(who.org, who.role, datetime.now(UTC)))
+    try:
+        shown = decided_agenda(
+            services.reader, practice, meeting, judge, lambda judged: record(services.ledger, who, "huddle", judged)
+        )
+    except InvalidMessageError as exc:
+        console.print(f"[red]{escape(exc.diagnostics)}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(_agenda_table(shown))
+    if shown.withheld_people or shown.withheld_items:
+        console.print(f"{shown.withheld_people} person(s), {shown.withheld_items} item(s) withheld by the policy")
+    if publish:
+        agenda = to_fhir_list(shown)
+        if attended:
+            agenda["extension"] = [*agenda.get("extension", []), {"url": ATTENDED_EXTENSION, "valueBoolean": True}]
+        event = asyncio.run(_publish_agenda(settings, services, agenda))
+        console.print(f"published {event}")
+
+
+def _agenda_table(shown: Any) -> Table:
+    from hub.core.huddle import SECTIONS
+    from hub.web.views import nhs_text, when_text
+
+    first, last = shown.window
+    title = f"Huddle agenda {shown.practice_name or shown.practice_ods}, {shown.meeting_date} ({first} to {last})"
+    table = Table("section", "name", "NHS number", "what", "when / due", title=escape(title))
+    for item in shown.items:
+        cells = (SECTIONS[item.section], item.name or "", nhs_text(item.nhs_number), item.what, when_text(item))
+        table.add_row(*(escape(c) for c in cells))
+    return table
+
+
+async def _publish_agenda(settings: Settings, services: Any, fhir_list: dict[str, Any]) -> str:
+    """Publish the List on the events topic (with the embedded broker, the record applies it first)."""
+    import orjson
+
+    from hub.bootstrap import running
+    from hub.core.huddle import event_id
+    from schemas.envelope import Envelope
+    from schemas.events.coordination import HUDDLE_AGENDA
+
+    practice = fhir_list["identifier"][0]["value"].split("/")[0]
+    envelope = Envelope(
+        id=event_id(fhir_list),
+        source=f"urn:ods:{practice}",
+        type=HUDDLE_AGENDA.type,
+        time=datetime.now(UTC),
+        subject=f"urn:ods:{practice}",
+        data=orjson.dumps(fhir_list),
+    )
+    embedded = not settings.bootstrap_servers()
+    async with running(settings, services=services, mllp=False, http=False, consumers=embedded) as run:
+        if run.publish is None:
+            raise RuntimeError("the hub started without a publisher")
+        await run.publish(envelope)
+        if embedded and not await run.applied_ids([envelope.id]):
+            console.print("[yellow]the record had not applied the agenda before the timeout[/yellow]")
+    return f"{HUDDLE_AGENDA.type} {envelope.id} (List/{fhir_list['id']}, {len(fhir_list.get('entry', []))} entries)"

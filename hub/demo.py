@@ -13,11 +13,11 @@ from rich.table import Table
 from adapters.hl7v2.synthetic import Locality, adt_traffic, make_locality
 from adapters.hl7v2.transport import MllpClient
 from hub.bootstrap import Running, build, running
+from hub.demo_coordination import kpis, report, run_month, settle
+from hub.rules import load_rules
 from hub.settings import Settings
 from hub.terminal import until_signalled, where_table
 from schemas.agreements import Agreement
-
-DEMO_START = datetime(2026, 10, 1, tzinfo=UTC)
 
 
 def _ack_code(ack: bytes) -> str:
@@ -60,13 +60,16 @@ def _report(run: Running, codes: Counter[str], console: Console, token_hint: str
 async def run_demo(settings: Settings, console: Console, *, people: int, days: int, seed: int, serve: bool) -> int:
     """Run the demo; 0 when the record caught up with everything accepted."""
     locality = make_locality(people=people, seed=seed)
-    traffic = [m for _, m in adt_traffic(locality, start=DEMO_START, days=days, seed=seed, include_faults=True)]
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = today - timedelta(days=days)  # the month just gone, so today's clock finds deadlines in it
+    traffic = [m for _, m in adt_traffic(locality, start=start, days=days, seed=seed, include_faults=True)]
     console.print(
         f"Synthetic locality: hospital {locality.hospital_ods}, {len(locality.practices)} GP practices, "
         f"{len(locality.people)} people, {len(traffic)} ADT messages over {days} days"
     )
     services = build(settings)
-    services.agreements.load(demo_agreement(locality), at=datetime.now(UTC))
+    service = load_rules(settings.coordination.rules).service.ods
+    services.agreements.load(demo_agreement(locality, service), at=datetime.now(UTC))
     async with running(settings, services=services) as run:
         console.print(where_table(run))
         codes = await _feed(run, traffic, console)
@@ -80,6 +83,17 @@ async def run_demo(settings: Settings, console: Console, *, people: int, days: i
             f"'http://{settings.http.host}:{run.http_port}/fhir/{about}'"
         )
         _report(run, codes, console, hint)
+        console.rule("Care coordination")
+        month = await run_month(run, locality, start, today, seed)
+        await settle(run)
+        meeting = today.date()
+        report(run, month, locality, console, meeting)
+        await kpis(run, month.busiest, console)
+        practice = month.practice
+        console.print(
+            f"The huddle page: TOKEN=$(carehub token --org {practice} --role coordinator "
+            f"--data-dir {settings.data_dir}); open 'http://{settings.http.host}:{run.http_port}/huddle/{practice}?date={meeting}&token='$TOKEN"
+        )
         if serve:
             console.print("Still running; Ctrl-C to stop.")
             await until_signalled()
@@ -96,8 +110,9 @@ async def _settle(run: Running, quiet: timedelta = timedelta(seconds=1)) -> None
         await asyncio.sleep(quiet.total_seconds())
 
 
-def demo_agreement(locality: Locality) -> Agreement:
-    """The locality's sharing agreement: the hospital and every practice, for direct care and coordination."""
+def demo_agreement(locality: Locality, service: str | None = None) -> Agreement:
+    """The locality's sharing agreement: the hospital, every practice and the coordination service, for
+    direct care and coordination."""
     return Agreement.model_validate(
         {
             "id": "demo-locality-pisa",
@@ -106,9 +121,10 @@ def demo_agreement(locality: Locality) -> Agreement:
             "parties": [
                 {"code": locality.hospital_ods},
                 *({"code": p.ods, "name": p.name} for p in locality.practices),
+                *([{"code": service, "name": "Personal Independence Coordinator service"}] if service else []),
             ],
             "purposes": ["direct-care", "care-coordination"],
-            "categories": ["demographics", "encounters", "provenance", "consents"],
+            "categories": ["demographics", "encounters", "provenance", "consents", "referrals", "tasks", "care-plans"],
             "lawful_basis": {"article6": "6(1)(e) public task", "article9": "9(2)(h) health or social care"},
             "valid_from": "2026-01-01",
         }

@@ -1,0 +1,240 @@
+"""The demo's care coordination month: referrals from practices and partners, a PIC service that
+triages, allocates, visits and discharges, and what that leaves behind: tasks with deadlines, caseloads,
+PIC summaries in practice mailboxes, a huddle agenda and the commissioner's KPIs.
+
+Everything goes through the hub's own front doors (the FHIR API with each organisation's token), so
+the demo exercises the same paths a practice or a coordinator would. Output names no person: the
+huddle page, behind a token, does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from adapters.hl7v2.synthetic import Locality, Person
+from hub.api.auth import issue_token
+from hub.bootstrap import Running
+from hub.core.huddle import SECTIONS
+from hub.kpi_report import fold_log, write_csv, write_html
+from schemas.events import coordination as co
+from schemas.subscriptions import Subscription
+
+NHS = "https://fhir.nhs.uk/Id/nhs-number"
+REASONS = (
+    "lives alone, two falls this autumn",
+    "carer stress; wife has dementia",
+    "struggling with medicines after discharge",
+    "socially isolated since bereavement",
+    "benefits and housing worries",
+    "wants to get back to the lunch club",
+)
+SOURCES = ("gp", "gp", "huddle", "adult-social-care", "community-nursing", "voluntary-sector")
+COORDINATORS = ("c-amara", "c-ben", "c-chloe")
+
+
+@dataclass
+class Month:
+    """What the coordination month did, for the report."""
+
+    referrals: Counter[str]
+    accepted: int
+    declined: int
+    closed: int
+    busiest: str  # the month (YYYY-MM) most referrals fell in
+    practice: str  # the practice of the latest referral, whose huddle agenda the demo shows
+
+
+def _params(**values: str) -> dict[str, Any]:
+    parameters = [{"name": k.replace("_", "-"), "valueString": v} for k, v in values.items()]
+    return {"resourceType": "Parameters", "parameter": parameters}
+
+
+async def _until(check: Any, within: float = 60) -> bool:
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def run_month(run: Running, locality: Locality, start: datetime, end: datetime, seed: int) -> Month:
+    """Refer, triage, allocate, visit and discharge between `start` and `end` (event time, never later
+    than now), through the API."""
+    services = run.services
+    rules = services.rules.rules
+    for practice in locality.practices:
+        mailbox = services.settings.data_dir / "mailbox" / practice.ods
+        services.subscriptions.save(
+            Subscription(
+                id=f"pic-summary-{practice.ods.lower()}",
+                org=practice.ods,
+                events=(co.PIC_SUMMARY_SENT.type,),
+                mailbox=str(mailbox),
+            )
+        )
+    rng = random.Random(seed)  # noqa: S311 - invented people, not secrets
+    people: list[Person] = rng.sample(list(locality.people), min(24, len(locality.people)))
+    now = datetime.now(UTC)
+    secret = services.secrets.token
+    service = {"Authorization": f"Bearer {issue_token(secret, org=rules.service.ods, role='coordinator', now=now)}"}
+    latest = min(end, now) - timedelta(hours=1)
+    step = max(end - start - timedelta(days=3), timedelta(days=1)) / len(people)
+
+    def when(t: datetime) -> datetime:
+        return min(t, latest)
+
+    sources: Counter[str] = Counter()
+    months: Counter[str] = Counter()
+    referrals: list[tuple[dict[str, Any], datetime]] = []
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{run.http_port}/fhir", timeout=30) as http:
+        for i, person in enumerate(people):
+            at = when(start + step * i + timedelta(hours=9 + i % 5))
+            months[at.strftime("%Y-%m")] += 1
+            source = SOURCES[i % len(SOURCES)]
+            gp = issue_token(secret, org=person.practice.ods, role="clinician", now=now)
+            body = {
+                "resourceType": "ServiceRequest",
+                "status": "active",
+                "intent": "order",
+                "authoredOn": at.isoformat(),
+                "subject": {"identifier": {"system": NHS, "value": person.nhs_number}},
+                "reasonCode": [{"text": REASONS[i % len(REASONS)]}],
+                "extension": [
+                    {
+                        "url": co.SOURCE_EXTENSION,
+                        "valueCodeableConcept": {"coding": [{"system": co.REFERRAL_SOURCE_SYSTEM, "code": source}]},
+                    }
+                ],
+            }
+            made = await http.post("/ServiceRequest", json=body, headers={"Authorization": f"Bearer {gp}"})
+            made.raise_for_status()
+            referrals.append((made.json(), at))
+            sources[source] += 1
+        await _until(lambda: all(services.reader.read("ServiceRequest", r["id"]) for r, _ in referrals))
+        accepted = declined = closed = 0
+        episodes: list[tuple[dict[str, Any], datetime]] = []
+        for i, (referral, at) in enumerate(referrals):
+            if i % 8 == 7:
+                answer = await http.post(
+                    f"/ServiceRequest/{referral['id']}/$decline",
+                    json=_params(reason="does not wish to engage", at=when(at + timedelta(days=2)).isoformat()),
+                    headers=service,
+                )
+                declined += answer.status_code == 200
+                continue
+            if i >= 18:
+                continue  # still waiting for triage: these go overdue
+            person = referral["subject"]["reference"].removeprefix("Patient/")
+            triaged = when(at + timedelta(days=1, hours=2))
+            await http.post(
+                f"/Patient/{person}/$record-contact",
+                json=_params(kind="first-contact", at=triaged.isoformat(), referral=referral["id"]),
+                headers=service,
+            )
+            coordinator = COORDINATORS[i % len(COORDINATORS)]
+            answer = await http.post(
+                f"/ServiceRequest/{referral['id']}/$accept",
+                json=_params(coordinator=coordinator, at=when(triaged + timedelta(minutes=30)).isoformat()),
+                headers=service,
+            )
+            if answer.status_code != 201:
+                continue
+            accepted += 1
+            if i % 3 != 2:
+                visit = when(triaged + timedelta(days=2 + i % 6, hours=1))
+                await http.post(
+                    f"/Patient/{person}/$record-contact",
+                    json=_params(kind="face-to-face", at=visit.isoformat(), referral=referral["id"]),
+                    headers=service,
+                )
+                episodes.append((answer.json(), visit))
+        await _until(lambda: all(services.reader.read("EpisodeOfCare", e["id"]) for e, _ in episodes))
+        for k, (episode, _) in enumerate(episodes[:5]):  # discharged from the service this morning
+            answer = await http.post(
+                f"/EpisodeOfCare/{episode['id']}/$close",
+                json=_params(
+                    at=(latest - timedelta(hours=5 - k)).isoformat(),
+                    goals="Back at the lunch club weekly; feels less alone",
+                    interventions="Befriending referral; benefits check; falls assessment booked",
+                    onward_referrals="Age UK befriending",
+                    follow_up="GP to review medicines at next visit",
+                ),
+                headers=service,
+            )
+            closed += answer.status_code == 200
+    if run.tick is not None:
+        await run.tick()  # the hub's clock, now: every deadline already past runs out
+    return Month(sources, accepted, declined, closed, months.most_common(1)[0][0], people[-1].practice.ods)
+
+
+async def settle(run: Running, quiet: float = 1.5, within: float = 90) -> None:
+    """Wait until the record and the rules engine have both been idle for a moment."""
+    deadline = asyncio.get_running_loop().time() + within
+    last = (-1, -1)
+    while (run.seen, run.coordinated) != last and asyncio.get_running_loop().time() < deadline:
+        last = (run.seen, run.coordinated)
+        await asyncio.sleep(quiet)
+
+
+def report(run: Running, month: Month, locality: Locality, console: Console, meeting: date) -> None:
+    """Referrals, tasks, caseloads and a huddle agenda, with no person named."""
+    services = run.services
+    referrals = Table("source", "referrals", title="Referrals to the PIC service")
+    for source, n in sorted(month.referrals.items()):
+        referrals.add_row(source, str(n))
+    console.print(referrals)
+    console.print(f"Accepted {month.accepted}, declined {month.declined}, discharged from the service {month.closed}")
+    tasks = services.reader.search("Task", None)
+    counts: Counter[tuple[str, str]] = Counter()
+    for task in tasks:
+        code = task["code"]["coding"][0]["code"]
+        counts[(code, task["status"])] += 1
+        counts[(code, "late")] += "businessStatus" in task
+    columns = ("requested", "completed", "cancelled", "late")
+    table = Table("task", "open", "completed", "cancelled", "went overdue", title="Coordinator tasks and their clocks")
+    for code in sorted({c for c, _ in counts}):
+        table.add_row(code, *(str(counts[(code, s)]) for s in columns))
+    console.print(table)
+    loads = Table("coordinator", "people", "cap", title="Caseloads")
+    for coordinator, n in sorted(services.coordination.caseloads().items()):
+        loads.add_row(coordinator, str(n), str(services.rules.rules.caseload_cap))
+    console.print(loads)
+    letters = sum(1 for _ in (services.settings.data_dir / "mailbox").rglob("*.json"))
+    console.print(
+        f"PIC summaries delivered to practice mailboxes: {letters} (under {services.settings.data_dir / 'mailbox'})"
+    )
+    from hub.core.huddle import agenda
+    from hub.web.views import gather
+
+    shown = agenda(month.practice, meeting, gather(services.reader, month.practice))
+    huddle = Table("section", "items", title=f"Huddle agenda for {month.practice} on {meeting} (names on the page)")
+    for code, label in SECTIONS.items():
+        huddle.add_row(label, str(sum(1 for i in shown.items if i.section == code)))
+    console.print(huddle)
+
+
+async def kpis(run: Running, month: str, console: Console) -> None:
+    """The commissioner's report for the month, from the log."""
+    rules = run.services.rules.rules
+    fold, _ = await fold_log(run.bootstrap, rules.service.ods)
+    rows = fold.report(month)
+    out = run.services.settings.data_dir / "kpi"
+    write_csv(rows, out / f"kpi-{month}.csv")
+    write_html(rows, out / f"kpi-{month}.html", month=month, title=rules.service.name)
+    headline = {(r.kpi, r.breakdown): r.value for r in rows}
+    console.print(
+        f"KPIs for {month}: {headline[('referrals', '')]:g} referrals, "
+        f"first visits within 4 weeks {headline[('first visits within 4 weeks', '%')]:g}% (target 95%), "
+        f"GP letters within 48 h {headline[('GP letters within 48 hours', '%')]:g}% (target 90%); "
+        f"report in {out}"
+    )
