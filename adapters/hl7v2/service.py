@@ -8,35 +8,27 @@ same control ID, hence the same event id, and the record applies it once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import orjson
-from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
 
 from adapters.hl7v2.message import Header, read_header, split_batch
 from adapters.hl7v2.replies import ack
-from adapters.hl7v2.to_fhir import MappedEvent, map_message
+from adapters.hl7v2.to_fhir import map_message
+from adapters.publishing import Publisher
 from hub.core.errors import (
     BrokerUnavailableError,
     HubError,
     InvalidMessageError,
     UnsupportedMessageError,
-    operation_outcome,
 )
-from schemas.envelope import Envelope
 from schemas.events.rejected import (
     HL7_V2_CONTENT_TYPE,
-    INPUT_REJECTED,
-    ORIGIN_HEADER,
-    OUTCOME_HEADER,
 )
-from schemas.topics import DEAD_LETTER, EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +61,9 @@ class HospitalIntake:
         publish_timeout: float = 5.0,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
-        self._broker = broker
         self._key_secret = key_secret
-        self._timeout = publish_timeout
         self._clock = clock
+        self._out = Publisher(broker, timeout=publish_timeout, clock=clock, unit="the message", retry="send it again")
 
     async def receive(self, frame: bytes, origin: str) -> bytes:
         """One MLLP frame in, one ACK out."""
@@ -101,7 +92,7 @@ class HospitalIntake:
             return await self._reject(raw, header, error, origin)
         try:
             for event in events:
-                await self._publish(event)
+                await self._out.event(event)
         except BrokerUnavailableError as error:
             log.warning("message %s not accepted: %s", control_id, error)
             return Outcome(control_id, "AE", 0, str(error)), self._ack(header, error)
@@ -112,7 +103,15 @@ class HospitalIntake:
     async def _reject(self, raw: bytes, header: Header | None, error: HubError, origin: str) -> tuple[Outcome, bytes]:
         control_id = header.control_id if header else ""
         try:
-            await self._dead_letter(raw, header, error, origin)
+            sender = (header.sending_facility or header.sending_application) if header else ""
+            await self._out.rejected(
+                raw,
+                event_id=str(uuid.uuid4()),
+                sender=sender,
+                origin=origin,
+                content_type=HL7_V2_CONTENT_TYPE,
+                error=error,
+            )
         except BrokerUnavailableError as down:
             return Outcome(control_id, "AE", 0, str(down)), self._ack(header, down)
         reply = self._ack(header, error)
@@ -122,38 +121,3 @@ class HospitalIntake:
 
     def _ack(self, header: Header | None, error: HubError | None) -> bytes:
         return ack(header, error, control_id=uuid.uuid4().hex[:20], now=self._clock())
-
-    async def _publish(self, event: MappedEvent) -> None:
-        envelope = Envelope(
-            id=event.event_id,
-            source=event.source,
-            type=event.event_type,
-            time=event.event_time,
-            subject=event.person_key,
-            data=orjson.dumps(event.payload),
-        )
-        await self._send(envelope.data, EVENTS.name, envelope.subject.encode(), envelope.kafka_headers())
-
-    async def _dead_letter(self, raw: bytes, header: Header | None, error: HubError, origin: str) -> None:
-        sender = (header.sending_facility or header.sending_application) if header else ""
-        headers = {
-            "ce_specversion": "1.0",
-            "ce_id": str(uuid.uuid4()),
-            "ce_source": f"urn:ods:{sender}" if sender else origin,
-            "ce_type": INPUT_REJECTED.type,
-            "ce_time": self._clock().isoformat(),
-            "ce_subject": sender or "unknown",
-            "content-type": HL7_V2_CONTENT_TYPE,
-            OUTCOME_HEADER: orjson.dumps(operation_outcome(error)).decode(),
-            ORIGIN_HEADER: origin,
-        }
-        await self._send(raw, DEAD_LETTER.name, (sender or "unknown").encode(), headers)
-
-    async def _send(self, value: bytes, topic: str, key: bytes, headers: dict[str, str]) -> None:
-        try:
-            await asyncio.wait_for(self._broker.publish(value, topic, key=key, headers=headers), self._timeout)
-        except (TimeoutError, KafkaError, OSError) as exc:
-            raise BrokerUnavailableError(
-                "Kafka did not acknowledge the message in time; it was not accepted, send it again",
-                code="transient",
-            ) from exc

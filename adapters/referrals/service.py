@@ -10,25 +10,20 @@ and the rows already applied are recognised by their event ids.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-import orjson
-from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
 
+from adapters.publishing import Publisher
 from adapters.referrals.fields import is_gss, is_ods
 from adapters.referrals.rows import BOM, Format, Row, detect, read_rows
-from adapters.referrals.to_fhir import MappedEvent, map_row
-from hub.core.errors import BrokerUnavailableError, HubError, InvalidMessageError, operation_outcome
+from adapters.referrals.to_fhir import map_row
+from hub.core.errors import BrokerUnavailableError, HubError, InvalidMessageError
 from hub.core.identity import stable_id
-from schemas.envelope import Envelope
-from schemas.events.rejected import INPUT_REJECTED, ORIGIN_HEADER, OUTCOME_HEADER
-from schemas.topics import DEAD_LETTER, EVENTS
 
 log = logging.getLogger(__name__)
 ACCEPTED, REJECTED, NOT_SENT = "accepted", "rejected", "not sent"
@@ -62,10 +57,10 @@ class ReferralIntake:
         publish_timeout: float = 5.0,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
-        self._broker = broker
         self._key_secret = key_secret
-        self._timeout = publish_timeout
-        self._clock = clock
+        self._out = Publisher(
+            broker, timeout=publish_timeout, clock=clock, unit="the row", retry="ingest the file again"
+        )
 
     async def ingest(
         self, raw: bytes, origin: str, fmt: Format | None = None, *, extracted_on: date | None = None
@@ -85,7 +80,7 @@ class ReferralIntake:
         except InvalidMessageError as error:
             return await self._reject(row.raw, row, error, origin, fmt.content_type)
         try:
-            await self._publish(event)
+            await self._out.event(event)
         except BrokerUnavailableError as error:
             log.warning("row %d not sent: %s", row.number, error)
             return Outcome(row.number, NOT_SENT, event.event_type, error.diagnostics)
@@ -96,47 +91,19 @@ class ReferralIntake:
         number = row.number if row else None
         where = f"{origin}#row={number}" if number is not None else origin
         try:
-            await self._dead_letter(raw, row, error, where, content_type)
+            await self._out.rejected(
+                raw,
+                event_id=stable_id("rejected", where, hashlib.sha256(raw).hexdigest()),
+                sender=_sender(row),
+                origin=where,
+                content_type=content_type,
+                error=error,
+            )
         except BrokerUnavailableError as down:
             log.warning("row %s not sent: %s", number or "(file)", down)
             return Outcome(number, NOT_SENT, reason=f"{error.diagnostics}; not dead-lettered: {down.diagnostics}")
         log.info("row %s rejected: %s [%s]", number or "(file)", error.code, ", ".join(error.expression))
         return Outcome(number, REJECTED, reason=error.diagnostics, dead_lettered=True)
-
-    async def _publish(self, event: MappedEvent) -> None:
-        envelope = Envelope(
-            id=event.event_id,
-            source=event.source,
-            type=event.event_type,
-            time=event.event_time,
-            subject=event.person_key,
-            data=orjson.dumps(event.payload),
-        )
-        await self._send(envelope.data, EVENTS.name, envelope.subject.encode(), envelope.kafka_headers())
-
-    async def _dead_letter(self, raw: bytes, row: Row | None, error: HubError, where: str, content_type: str) -> None:
-        sender = _sender(row)
-        headers = {
-            "ce_specversion": "1.0",
-            "ce_id": stable_id("rejected", where, hashlib.sha256(raw).hexdigest()),
-            "ce_source": f"urn:ods:{sender}" if sender else where,
-            "ce_type": INPUT_REJECTED.type,
-            "ce_time": self._clock().isoformat(),
-            "ce_subject": sender or "unknown",
-            "content-type": content_type,
-            OUTCOME_HEADER: orjson.dumps(operation_outcome(error)).decode(),
-            ORIGIN_HEADER: where,
-        }
-        await self._send(raw, DEAD_LETTER.name, (sender or "unknown").encode(), headers)
-
-    async def _send(self, value: bytes, topic: str, key: bytes, headers: dict[str, str]) -> None:
-        try:
-            await asyncio.wait_for(self._broker.publish(value, topic, key=key, headers=headers), self._timeout)
-        except (TimeoutError, KafkaError, OSError) as exc:
-            raise BrokerUnavailableError(
-                "Kafka did not acknowledge the row in time; it was not accepted, ingest the file again",
-                code="transient",
-            ) from exc
 
 
 def _sender(row: Row | None) -> str:
