@@ -16,12 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka.errors import KafkaError
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 
 from consumers.decoding import decode_all, records_of
-from consumers.middlewares import dead_letter, retrying
+from consumers.middlewares import dead_letter, on_event_batches, retrying
 from hub.core.errors import BrokerUnavailableError, InfrastructureError, InvalidMessageError
 from hub.core.ports import CoordinationUnitOfWork, RecordEvent
 from hub.core.tasks import Engine, Positioned, process, tick
@@ -82,19 +81,10 @@ def coordination_router(
     router = KafkaRouter()
     publish = publisher(broker)
 
-    @router.subscriber(
-        EVENTS.name,
-        group_id=group_id,
-        batch=True,
-        max_records=max_records,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-    )
+    @on_event_batches(router, group_id=group_id, max_records=max_records)
     async def on_events(message: KafkaMessage) -> None:
         records = records_of(message)
-        decoded, rejected = decode_all(records)
-        for record, error in rejected:
-            await dead_letter(broker, record, error)
+        decoded, _ = decode_all(records)  # the record consumer dead-letters what cannot be decoded
         batch = [Positioned(event, record.partition) for record, event in decoded]
         loop = asyncio.get_running_loop()
 

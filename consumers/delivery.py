@@ -23,12 +23,11 @@ from pathlib import Path
 
 import httpx
 import orjson
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 
 from consumers.decoding import decode_all, records_of
-from consumers.middlewares import retrying
+from consumers.middlewares import on_event_batches, retrying
 from consumers.record import UnitOfWorkFactory, apply_batch
 from hub.core.delivery import in_scope, plan
 from hub.core.errors import InfrastructureError
@@ -229,14 +228,7 @@ def delivery_router(deliverer: Deliverer, *, group_id: str, max_records: int = 2
     """The delivery consumer as a router."""
     router = KafkaRouter()
 
-    @router.subscriber(
-        EVENTS.name,
-        group_id=group_id,
-        batch=True,
-        max_records=max_records,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-    )
+    @on_event_batches(router, group_id=group_id, max_records=max_records)
     async def on_events(message: KafkaMessage) -> None:
         records = records_of(message)
         decoded, _ = decode_all(records)  # the record consumer dead-letters what cannot be decoded

@@ -1,4 +1,5 @@
-"""Cross-cutting consumer behaviour: retry with backoff on transient failures, dead-lettering."""
+"""Cross-cutting consumer behaviour: how each consumer group reads the events topic, retry with
+backoff on transient failures, dead-lettering."""
 
 from __future__ import annotations
 
@@ -10,15 +11,32 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
-from faststream.kafka import KafkaBroker
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, KafkaRouter
+from faststream.kafka.annotations import KafkaMessage
 
 from consumers.decoding import origin
 from hub.core.errors import HubError, InfrastructureError, operation_outcome
 from schemas.events.rejected import EVENT_UNAPPLIED, ORIGIN_HEADER, OUTCOME_HEADER
-from schemas.topics import EVENTS_DEAD_LETTER
+from schemas.topics import EVENTS, EVENTS_DEAD_LETTER
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def on_event_batches(
+    router: KafkaRouter, *, group_id: str, max_records: int
+) -> Callable[[Callable[[KafkaMessage], Awaitable[None]]], object]:
+    """The subscriber decorator every consumer group uses on the events topic: batches, from the
+    earliest uncommitted offset, committed only when the handler returns (at-least-once)."""
+    return router.subscriber(
+        EVENTS.name,
+        group_id=group_id,
+        batch=True,
+        max_records=max_records,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+    )
 
 
 async def retrying(work: Callable[[], Awaitable[T]], *, first: float = 0.2, most: float = 5.0) -> T:

@@ -7,16 +7,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 
 from consumers.decoding import Decoded, decode_all, records_of
-from consumers.middlewares import dead_letter, retrying
+from consumers.middlewares import dead_letter, on_event_batches, retrying
 from hub.core.errors import InfrastructureError, InvalidMessageError
 from hub.core.ports import RecordEvent, RecordUnitOfWork
 from hub.core.record import ApplyResult, apply_events
-from schemas.topics import EVENTS
 
 log = logging.getLogger(__name__)
 UnitOfWorkFactory = Callable[[], RecordUnitOfWork]
@@ -44,14 +42,7 @@ def record_router(
     async def apply(events: Sequence[RecordEvent]) -> ApplyResult:
         return await retrying(lambda: asyncio.to_thread(apply_batch, uow_factory, events))
 
-    @router.subscriber(
-        EVENTS.name,
-        group_id=group_id,
-        batch=True,
-        max_records=max_records,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-    )
+    @on_event_batches(router, group_id=group_id, max_records=max_records)
     async def on_events(message: KafkaMessage) -> None:
         records = records_of(message)
         decoded, rejected = decode_all(records)

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from adapters.hl7v2.transport import MllpClient
 from hub.api.auth import issue_token
 from hub.bootstrap import Services, build, running
 from hub.core.ledger import verify
 from hub.settings import HttpSettings, KafkaSettings, MllpSettings, Settings
+from schemas.topics import EVENTS
 from tests.builders import an_adt, an_agreement
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
@@ -143,6 +145,28 @@ async def test_resent_control_id_is_acknowledged_again_but_applied_once(tmp_path
         assert run.applied == 1
         encounter = run.services.reader.search("Encounter", None)
         assert len(encounter) == 1 and encounter[0]["meta"]["versionId"] == "1"
+
+
+async def test_a_record_that_is_not_a_carehub_event_is_dead_lettered_once(tmp_path: Path, kafka_bootstrap: str) -> None:
+    # three consumer groups read the events topic; only the record consumer speaks for what none can decode
+    settings = hub_settings(tmp_path, kafka_bootstrap)
+    async with running(settings) as run:
+        producer = AIOKafkaProducer(bootstrap_servers=run.bootstrap, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(EVENTS.name, b"not an event", key=b"someone")
+        finally:
+            await producer.stop()
+        client = await MllpClient.connect("127.0.0.1", run.mllp_port or 0)
+        assert msa(await client.send(an_adt(trigger="A01", nhs_number="9434765919", control_id="AFTER")))[1] == "AA"
+        await client.close()
+        deadline = time.perf_counter() + 30
+        while (run.coordinated < 2 or not run.services.dead_letters.recent(10)) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)
+        assert run.coordinated >= 2, "the coordination consumer did not read both records"
+        await asyncio.sleep(2)  # time for a second dead letter to arrive, were one sent
+        kept = run.services.dead_letters.recent(10)
+        assert [k["payload"] for k in kept] == [b"not an event"]
 
 
 async def test_unparseable_frame_gets_a_well_formed_AR(tmp_path: Path) -> None:
