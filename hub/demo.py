@@ -97,6 +97,11 @@ async def run_demo(settings: Settings, console: Console, *, people: int, days: i
         if serve:
             console.print("Still running; Ctrl-C to stop.")
             await until_signalled()
+        else:
+            console.print(
+                "The hub has stopped with the demo. To follow the links above, run it with --serve "
+                "(.venv/bin/carehub demo --serve) and leave it running."
+            )
     return 0 if caught_up else 1
 
 
