@@ -211,13 +211,13 @@ def write(engine: sa.Engine, fold: FoldUnitOfWork, chunk: int = 20_000) -> None:
     bytes are what the live consumer's SQLAlchemy statements store. Rows are serialised a chunk at a
     time, so the JSON text of the whole record is never held at once.
     """
-    with engine.connect().execution_options(immediate=True) as conn, _bulk_cache(conn):
-        conn.begin()
+    # the transaction ends (committed or rolled back) before the bulk-load settings are undone
+    with engine.connect().execution_options(immediate=True) as conn, _bulk_load(conn), conn.begin():
         if conn.execute(sa.select(sa.func.count()).select_from(record_resource)).scalar_one():
             raise RuntimeError("replay writes into an empty record; this database already holds one")
-        for sql, rows in _chunks(fold, conn.dialect, chunk):
-            conn.exec_driver_sql(sql, rows)
-        conn.commit()
+        with _indexes_after(conn, record_resource, record_identifier):
+            for sql, rows in _chunks(fold, conn.dialect, chunk):
+                conn.exec_driver_sql(sql, rows)
 
 
 def _chunks(fold: FoldUnitOfWork, dialect: sa.Dialect, chunk: int) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
@@ -277,15 +277,34 @@ def _insert_sql(table: sa.Table, dialect: sa.Dialect) -> str:
 
 
 @contextlib.contextmanager
-def _bulk_cache(conn: sa.Connection, kib: int = 512 * 1024) -> Iterator[None]:
-    """SQLite: a page cache big enough for the indexes being built, for this load only."""
+def _bulk_load(conn: sa.Connection, kib: int = 512 * 1024) -> Iterator[None]:
+    """SQLite: load a fresh file without a journal, without fsyncs and with a page cache big enough
+    for the indexes being built, for this load only. Safe because the target is new and empty: a
+    replay cut off part way leaves a file to delete and replay again, never a record to trust (the
+    WAL journal and normal syncing are back before anything else writes to it)."""
     if conn.dialect.name != "sqlite":
         yield
         return
     sqlite: Any = conn.connection.driver_connection  # PRAGMAs outside SQLAlchemy's transaction
     before = int(sqlite.execute("PRAGMA cache_size").fetchone()[0])
     sqlite.execute(f"PRAGMA cache_size=-{kib}")
+    sqlite.execute("PRAGMA journal_mode=OFF")
+    sqlite.execute("PRAGMA synchronous=OFF")
     try:
         yield
     finally:
+        sqlite.execute("PRAGMA journal_mode=WAL")
+        sqlite.execute("PRAGMA synchronous=NORMAL")
         sqlite.execute(f"PRAGMA cache_size={before}")
+
+
+@contextlib.contextmanager
+def _indexes_after(conn: sa.Connection, *tables: sa.Table) -> Iterator[None]:
+    """Secondary indexes dropped for the load and built once it is in (one sort each, not a random
+    insert per row); inside the load's transaction, so they are there when it commits."""
+    indexes = [index for table in tables for index in sorted(table.indexes, key=lambda i: str(i.name))]
+    for index in indexes:
+        conn.execute(sa.schema.DropIndex(index, if_exists=True))
+    yield
+    for index in indexes:
+        conn.execute(sa.schema.CreateIndex(index))

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from hub.core.ports import RecordEvent
 from hub.replay import replay
@@ -42,6 +43,10 @@ async def test_replay_rebuilds_the_same_record_and_as_of_a_moment(tmp_path: Path
     result = await replay(tansu.bootstrap, engine)
     assert (result.events, result.applied, result.skipped) == (3000, 3000, 0)
     assert record_hash(engine) == reference_hash(tmp_path, events)
+    with engine.connect() as conn:  # the bulk load's settings are undone; its indexes are built
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
+    assert "ix_record_resource_person_key" in {i["name"] for i in sa.inspect(engine).get_indexes("record_resource")}
     engine.dispose()
 
     moment = sorted(e.time for e in events)[1500] + timedelta(seconds=0)
@@ -53,6 +58,20 @@ async def test_replay_rebuilds_the_same_record_and_as_of_a_moment(tmp_path: Path
     assert record_hash(partial) == reference_hash(reference_dir, earlier)
     assert record_hash(partial)[2] == len(earlier) < len(events)
     partial.dispose()
+
+
+@pytest.mark.postgres
+async def test_replay_into_postgresql_hashes_the_same_and_keeps_its_indexes(
+    tmp_path: Path, tansu: TansuProcess, postgres_url: str
+) -> None:
+    events = the_events(1000)
+    await produce(tansu.bootstrap, events)
+    engine = open_engine(postgres_url)
+    await replay(tansu.bootstrap, engine)
+    assert record_hash(engine) == reference_hash(tmp_path, events)
+    indexes = {i["name"] for t in ("record_resource", "record_identifier") for i in sa.inspect(engine).get_indexes(t)}
+    assert {"ix_record_resource_person_key", "ix_record_identifier_lookup"} <= indexes
+    engine.dispose()
 
 
 def test_the_replay_command_prints_the_hash(tmp_path: Path, tansu: TansuProcess) -> None:
