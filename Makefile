@@ -42,10 +42,13 @@ chromium:
 schemas: $(STAMP)
 	$(PY) -m hub.specs
 
+# About 25 minutes in all: load runs for 10 minutes and replay folds a million events.
 bench: $(STAMP)
 	$(PY) -m bench.ingest
 	$(PY) -m bench.policy
 	$(PY) -m bench.enforcement
+	$(PY) -m bench.replay --events 1000000
+	$(PY) -m bench.load --seconds 600
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -5,7 +5,8 @@ subscription per GP practice (registered patients, full resources, to the practi
 messages over 8 MLLP connections, timed until the record has applied every event AND the delivery
 consumer has committed past every event (so every delivery was decided, recorded in the ledger and
 published). Off means CAREHUB_POLICY__ENFORCE=false: deliveries and ledger entries still happen,
-only the decisions are skipped. Target: on keeps at least 80% of off.
+only the decisions are skipped. Target: on keeps at least 80% of off. The same run also reports
+the policy decision point's own rate (bench/policy's decisions per second over mapped ADT).
 
 Run: `.venv/bin/python -m bench.enforcement --messages 2000`.
 """
@@ -24,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from adapters.hl7v2.synthetic import make_locality
 from bench.ingest import HubProcess, _send_all, traffic
+from bench.policy import decisions_per_second, record
 from bench.results import emit
 from hub.bootstrap import build
 from hub.demo import demo_agreement
@@ -85,7 +87,9 @@ async def one_side(messages: list[bytes], *, enforce: bool, tmp: Path) -> tuple[
     return rate, applied
 
 
-async def main(n: int) -> dict[str, object]:
+async def main(n: int, decisions: int) -> dict[str, object]:
+    store, _ = record(500)
+    per_second = decisions_per_second(store, decisions)
     messages = traffic(n)
     offs, ons = [], []
     for round_ in range(2):  # interleaved, best of two each: drift on a shared machine hits both alike
@@ -101,6 +105,7 @@ async def main(n: int) -> dict[str, object]:
         "messages": n,
         "events": events,
         "subscriptions": 5,
+        "decisions_per_s": round(per_second),
         "msgs_per_s_enforcement_off": round(off, 1),
         "msgs_per_s_enforcement_on": round(on, 1),
         "ratio_on_vs_off": round(on / off, 3),
@@ -111,6 +116,7 @@ async def main(n: int) -> dict[str, object]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--decisions", type=int, default=200_000)
     ns = parser.parse_args()
-    figures = asyncio.run(main(ns.messages))
+    figures = asyncio.run(main(ns.messages, ns.decisions))
     emit(figures, command=" ".join(["python -m bench.enforcement", *sys.argv[1:]]))

@@ -3,8 +3,8 @@
 (a) decisions per second of hub.core.policy.decide alone, over resources from real mapped ADT;
 (b) FHIR reads per second over a real socket (uvicorn, httpx, 16 concurrent clients, every read also
 written to the SQLite disclosure ledger) with enforcement on and off, same data, same run;
-(c) ingest is not touched by enforcement today (it decides reads; deliveries come with
-subscriptions), so its on/off ratio is 1 by construction and is not re-measured here.
+Ingest with enforcement on versus off (every subscription delivery decided) is bench/enforcement,
+which reports this decision rate beside it in the same run.
 
 Run: `.venv/bin/python -m bench.policy`.
 """
