@@ -4,6 +4,9 @@ consent, changes applying within 2 seconds, every decision in the ledger."""
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -22,6 +25,7 @@ from tests.builders import an_adt, an_agreement, an_objection
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
+CAREHUB = str(Path(sys.executable).with_name("carehub"))
 ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
 
 
@@ -130,3 +134,21 @@ async def test_reads_follow_agreements_and_consent_and_changes_apply_within_two_
         assert all(b["basis"]["consents"] and b["resources"][0].startswith("Encounter/") for b in objected)
         glass = next(e.body for e in entries if e.body["decision"] == "break-glass")
         assert "collapsed in clinic" in glass["reasons"][0]
+        about = run.services.ledger.about(pid)
+
+    # the person's subject-access request, as an operator answers it: who was given what, and why
+    sar = await asyncio.to_thread(subject_access, "943 476 5919", tmp_path)
+    assert sar.returncode == 0, sar.stdout + sar.stderr
+    assert f"{len(about)} disclosure(s) recorded" in sar.stdout
+    assert len(about) >= 6
+    for org, decision in [("Y00001", "permit"), ("Y00002", "deny"), ("Y00002", "break-glass"), ("Y00003", "deny")]:
+        assert re.search(rf"{org} / .*{decision}", sar.stdout), (org, decision, sar.stdout)
+    assert "collapsed in clinic" in sar.stdout
+    nobody = await asyncio.to_thread(subject_access, "9990000018", tmp_path)
+    assert "0 disclosure(s) recorded" in nobody.stdout
+
+
+def subject_access(nhs_number: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    args = [CAREHUB, "audit", "disclosures", "--nhs-number", nhs_number, "--data-dir", str(data_dir)]
+    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "250"}
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, env=env, check=False)
