@@ -238,17 +238,34 @@ def deadletters(
 
 
 @audit_app.command("verify")
-def audit_verify(data_dir: DataDir = Path("var")) -> None:
+def audit_verify(
+    head: Annotated[
+        str | None,
+        typer.Option(help="SEQ:HASH of the head an earlier verify printed: also proves nothing was cut from the end"),
+    ] = None,
+    data_dir: DataDir = Path("var"),
+) -> None:
     """Recompute the ledger's hash chain; name the first entry altered, removed or reordered."""
     from hub.bootstrap import build
     from hub.core.ledger import verify
 
+    anchor = None
+    if head is not None:
+        seq, _, digest = head.partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            console.print("[red]--head: give SEQ:HASH as `carehub audit verify` printed it[/red]")
+            raise typer.Exit(2)
+        anchor = (int(seq), digest)
     services = build(make_settings(data_dir))
-    checked, broken = verify(services.ledger.entries())
+    entries = list(services.ledger.entries())
+    checked, broken = verify(entries, anchor)
     if broken:
         console.print(f"[red]ledger broken at entry {broken.seq}: {broken.problem}[/red] ({checked} entries read)")
         raise typer.Exit(1)
     console.print(f"ledger intact: {checked} entries, chain verified")
+    if entries:
+        last = entries[-1]
+        console.print(f"head {last.seq}:{last.hash} (keep it; a later `--head` with it proves no entry was cut)")
 
 
 @audit_app.command("disclosures")

@@ -81,8 +81,12 @@ class Break:
     problem: str
 
 
-def verify(entries: Iterable[Entry]) -> tuple[int, Break | None]:
-    """Walk the chain in order: (entries checked, first break or None)."""
+def verify(entries: Iterable[Entry], head: tuple[int, str] | None = None) -> tuple[int, Break | None]:
+    """Walk the chain in order: (entries checked, first break or None).
+
+    A chain cut short at its end still verifies on its own; `head`, an entry's (seq, hash) recorded
+    earlier (printed by `carehub audit verify`, or a signed export checkpoint), proves it was not.
+    """
     prev, expected_seq, checked = GENESIS, 1, 0
     for entry in entries:
         checked += 1
@@ -95,7 +99,11 @@ def verify(entries: Iterable[Entry]) -> tuple[int, Break | None]:
             )
         if chain_hash(prev, entry.body) != entry.hash:
             return checked, Break(entry.seq, f"entry {entry.seq} was altered (its content no longer matches its hash)")
+        if head is not None and entry.seq == head[0] and entry.hash != head[1]:
+            return checked, Break(entry.seq, f"entry {entry.seq} is not the entry recorded earlier as the head")
         prev, expected_seq = entry.hash, expected_seq + 1
+    if head is not None and head[0] >= expected_seq:
+        return checked, Break(expected_seq, f"the ledger ends at entry {expected_seq - 1}, before the head {head[0]}")
     return checked, None
 
 

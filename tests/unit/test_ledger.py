@@ -70,3 +70,22 @@ def test_appending_later_continues_the_same_chain() -> None:
     ledger.append([Disclosure(T0, "Y1", "u", "read", None, (), "permit")])
     assert verify(ledger.entries()) == (4, None)
     assert more.rows[0].hash != ledger.rows[3].hash
+
+
+def test_a_chain_cut_short_is_caught_only_against_a_head_recorded_earlier() -> None:
+    ledger = a_ledger()
+    head = (ledger.rows[-1].seq, ledger.rows[-1].hash)
+    assert verify(ledger.entries(), head) == (5, None)
+    del ledger.rows[-2:]
+    assert verify(ledger.entries()) == (3, None)  # on its own a shorter chain is a valid chain
+    _, broken = verify(ledger.entries(), head)
+    assert broken is not None
+    assert (broken.seq, broken.problem) == (4, "the ledger ends at entry 3, before the head 5")
+
+
+def test_a_head_that_no_longer_matches_its_entry_is_caught() -> None:
+    ledger = a_ledger()
+    _, broken = verify(ledger.entries(), (3, "f" * 64))
+    assert broken is not None
+    assert broken.seq == 3
+    assert "recorded earlier as the head" in broken.problem
