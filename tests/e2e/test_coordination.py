@@ -6,6 +6,8 @@
 2. A coordinator's month over the API: a GP refers, a coordinator accepts (and is refused over the
    caseload cap), records a visit, closes the episode; the PIC summary lands in the practice's
    mailbox, the delivery is the receipt, and the PIC-summary task closes.
+3. A task's lifecycle over the API (`$status`): permitted moves are recorded, forbidden ones and
+   other organisations' tokens are refused with an OperationOutcome, and a completed task's clock stops.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -288,3 +290,74 @@ async def test_a_coordinators_work_over_the_api_ends_with_the_pic_summary_at_the
         assert (services.reader.read("EpisodeOfCare", episode["id"]) or {})["status"] == "finished"
         again = await http.post(f"/EpisodeOfCare/{episode['id']}/$close", json=closing, headers=pic)
         assert again.status_code == 409
+
+
+async def read_until(http: httpx.AsyncClient, path: str, headers: dict[str, str], check: Any, what: str) -> Any:
+    """GET `path` until `check(resource)` holds (a command's effect reaches the record through the log)."""
+    deadline = time.perf_counter() + 30
+    while time.perf_counter() < deadline:
+        answer = await http.get(path, headers=headers)
+        if answer.status_code == 200 and check(answer.json()):
+            return answer.json()
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what}: not read within 30s (last answer {answer.status_code}: {answer.text[:300]})")
+
+
+async def test_a_coordinator_moves_a_task_through_permitted_statuses_only(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    services = build(settings)
+    now = datetime.now(UTC)
+    secret = services.secrets.token
+    gp = {"Authorization": f"Bearer {issue_token(secret, org=month.PRACTICE, role='clinician', now=now)}"}
+    pic = {"Authorization": f"Bearer {issue_token(secret, org=month.SERVICE, role='coordinator', now=now)}"}
+    council = {"Authorization": f"Bearer {issue_token(secret, org='LA123', role='coordinator', now=now)}"}
+
+    async with (
+        running(settings, services=services, mllp=False) as run,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{run.http_port}/fhir") as http,
+    ):
+        referral = await http.post("/ServiceRequest", json=_referral("9434765919"), headers=gp)
+        assert referral.status_code == 201, referral.text
+        person = referral.json()["subject"]["reference"].removeprefix("Patient/")
+        await until(lambda: len(services.reader.search("Task", person)) == 2, 30, "the referral's tasks")
+        tasks = {t["code"]["coding"][0]["code"]: t for t in services.reader.search("Task", person)}
+        triage, visit = tasks["referral-triage"], tasks["first-visit"]
+        path = f"/Task/{triage['id']}"
+        assert triage["status"] == "requested"
+
+        for who in (gp, council):  # a practice clinician; a coordinator, but of another organisation
+            refused = await http.post(f"{path}/$status", json=_params(status="in-progress"), headers=who)
+            assert refused.status_code == 403, refused.text
+            assert refused.json()["resourceType"] == "OperationOutcome"
+            assert refused.json()["issue"][0]["code"] == "forbidden"
+        unauthenticated = await http.post(f"{path}/$status", json=_params(status="in-progress"))
+        assert unauthenticated.status_code == 401
+
+        started = await http.post(f"{path}/$status", json=_params(status="in-progress"), headers=pic)
+        assert started.status_code == 200, started.text
+        assert started.json()["status"] == "in-progress"
+        await read_until(http, path, pic, lambda t: t["status"] == "in-progress", "the task in progress")
+
+        backwards = await http.post(f"{path}/$status", json=_params(status="requested"), headers=pic)
+        assert backwards.status_code == 409, backwards.text
+        issue = backwards.json()["issue"][0]
+        assert backwards.json()["resourceType"] == "OperationOutcome"
+        assert (issue["code"], issue["expression"]) == ("business-rule", ["Parameters.status"])
+        assert "cannot become requested; allowed: cancelled, completed, failed, on-hold" in issue["diagnostics"]
+
+        done = await http.post(f"{path}/$status", json=_params(status="completed"), headers=pic)
+        assert done.status_code == 200, done.text
+        await read_until(http, path, pic, lambda t: t["status"] == "completed", "the task completed")
+        reopened = await http.post(f"{path}/$status", json=_params(status="in-progress"), headers=pic)
+        assert reopened.status_code == 409
+        assert "allowed: none (it is finished)" in reopened.json()["issue"][0]["diagnostics"]
+        unknown = await http.post(f"/Task/{uuid.uuid4()}/$status", json=_params(status="completed"), headers=pic)
+        assert unknown.status_code == 404
+
+        # the completed task's clock stopped: a tick past both deadlines makes only the first visit overdue
+        # (a tick fires every due clock of its partition in due order, so the triage would have come first)
+        await publish_timeline(run.bootstrap, [(now + timedelta(days=29), 0, None)])
+        overdue = await read_until(http, f"/Task/{visit['id']}", pic, lambda t: "businessStatus" in t, "visit overdue")
+        assert overdue["owner"]["identifier"]["value"] == "team-lead"
+        final = (await http.get(path, headers=pic)).json()
+        assert (final["status"], "businessStatus" in final) == ("completed", False)

@@ -1,9 +1,10 @@
 """The coordination rules over a scripted locality month, against answers worked out by hand
-(tests/locality_month.py), on the pure engine and the in-memory store."""
+(tests/locality_month.py), on the pure engine and the in-memory store; and the clocks that run
+past the month (a long stay on a caseload)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -90,8 +91,8 @@ def test_case_finding_puts_the_right_people_on_the_case_list_once(engine: Engine
 def test_derived_resources_are_valid_fhir(engine: Engine) -> None:
     derived = run(engine, month_with_ticks(), MemoryCoordinationStore())
     for event in derived:
-        model = {"Task": Task, "Flag": Flag}[event.payload["resourceType"]]
-        model.model_validate(event.payload)
+        validate = {"Task": Task.model_validate, "Flag": Flag.model_validate}[event.payload["resourceType"]]
+        validate(event.payload)
 
 
 def test_the_same_log_twice_applies_once_and_derives_the_same_ids(engine: Engine) -> None:
@@ -133,3 +134,40 @@ def test_a_coordinator_can_cancel_a_task_and_its_clock_stops(engine: Engine) -> 
     assert run(engine, [tick(0, month.at(20))], store) == []  # the triage clock was stopped
     fired = run(engine, [tick(0, month.at(3, month=12))], store)
     assert [e.payload["code"]["coding"][0]["code"] for e in fired] == ["first-visit"]
+
+
+def long_stay_flags(
+    engine: Engine, store: MemoryCoordinationStore, ticks: list[datetime]
+) -> list[tuple[datetime, RecordEvent]]:
+    """(tick time, flag) for every long-stay flag the ticks raise, in tick order."""
+    return [
+        (at, event)
+        for at in sorted(ticks)
+        for event in run(engine, [tick(0, at)], store)
+        if event.type == co.CASELOAD_LONG_STAY.type
+    ]
+
+
+def test_a_person_on_a_caseload_over_12_weeks_is_flagged_once_dated_when_the_12_weeks_ran_out(engine: Engine) -> None:
+    store = MemoryCoordinationStore()
+    start = month.at(6, 9)
+    run(engine, [month.episode("P3", start, "c-ann")], store)
+    twelve_weeks = start + timedelta(weeks=12)  # 29 Jan 2027 09:00
+    midnights = [month.at(7) + timedelta(days=d) for d in range(100)]  # to 14 Feb 2027, two weeks past
+    flags = long_stay_flags(engine, store, [*midnights, twelve_weeks - timedelta(seconds=1)])
+    # raised by the first tick at or after the 12 weeks (the next midnight), dated at the 12 weeks
+    assert [(at, flag.time) for at, flag in flags] == [(month.at(30, month=1, year=2027), twelve_weeks)]
+    flag = flags[0][1]
+    assert flag.subject == month.PEOPLE["P3"]
+    assert flag.payload["code"]["coding"][0]["code"] == co.LONG_STAY
+    assert flag.payload["subject"] == {"reference": f"Patient/{month.PEOPLE['P3']}"}
+    assert flag.payload["period"] == {"start": twelve_weeks.isoformat()}
+    Flag.model_validate(flag.payload)
+
+
+def test_a_person_discharged_from_the_service_within_12_weeks_is_never_flagged(engine: Engine) -> None:
+    store = MemoryCoordinationStore()
+    run(engine, [month.episode("P6", month.at(10, 9), "c-bob")], store)
+    run(engine, [month.episode("P6", month.at(20, 9, month=12), "c-bob", closed=True)], store)
+    midnights = [month.at(11) + timedelta(days=d) for d in range(120)]  # to 10 Mar 2027
+    assert long_stay_flags(engine, store, midnights) == []
