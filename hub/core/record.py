@@ -12,6 +12,9 @@ Rules, in the order they are applied to each event:
     merge           the retired person's resources move to the survivor (subject rewritten, new version)
     encounter       an update overlays the stored Encounter (an A08 says nothing about status);
                     a cancelled discharge (A13) removes the end of the stay and the discharge disposition
+    task moves      a task.updated that asks for a move hub.core.task_status does not allow (a finished
+                    task reopened, say: two coordinators at once) writes nothing, as the rules engine
+                    ignores it, so the record and the engine agree on every task's status
     outcomes        a referral outcome overlays the stored ServiceRequest (status, outcome, notes) rather
                     than replacing what the referral said
     stubs           a Patient carried by a referral or register row only introduces a person the record does
@@ -32,7 +35,8 @@ from typing import Any
 
 from hub.core.errors import InvalidMessageError
 from hub.core.ports import Json, RecordEvent, RecordUnitOfWork, StoredResource
-from schemas.events.coordination import NOT_RECORDED, PATIENT_STUB_EVENTS, REFERRAL_OUTCOME
+from hub.core.task_status import may_move
+from schemas.events.coordination import NOT_RECORDED, PATIENT_STUB_EVENTS, REFERRAL_OUTCOME, TASK_UPDATED
 
 MERGED = "uk.nhs.carehub.patient.merged.v1"
 DISCHARGE_CANCELLED = "uk.nhs.carehub.encounter.discharge-cancelled.v1"
@@ -146,6 +150,8 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
     stub = kind == "Patient" and event.type in PATIENT_STUB_EVENTS
     if stub and current is not None:
         return UNCHANGED
+    if kind == "Task" and current is not None and event.type == TASK_UPDATED.type and _refused_move(current, incoming):
+        return UNCHANGED
     if current is not None and kind in _SHARED:
         same = _same_reference_data(uow, event, incoming, current, when)
         if same is not None:
@@ -171,6 +177,11 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
     stored = _stamp(event, content, kind, rid, key, current, _STUB_TIME if stub else event.time, when)
     uow.put(stored)
     return stored
+
+
+def _refused_move(current: StoredResource, incoming: Json) -> bool:
+    before, after = current.content.get("status"), incoming.get("status")
+    return before != after and not may_move(str(before), str(after))
 
 
 def _same_reference_data(

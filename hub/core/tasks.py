@@ -14,8 +14,8 @@ Order of work for each event:
                 on their practice's case list once (caselist.added)
     episode     episode.opened starts a caseload stay and its long-stay clock; episode.closed ends both
     open        every task rule triggered by this event (and its condition) opens a task with a clock
-    manual      a task.updated from a coordinator (the API) moves the task's status; a final status
-                stops its clock
+    manual      a task.updated from a coordinator (the API) moves the task's status if the move is
+                allowed (hub.core.task_status); a final status stops its clock
 
 A clock that runs out marks its task overdue, hands it to the team lead and emits one task.overdue;
 a long-stay clock emits one caseload.long-stay flag. Derived events have deterministic ids, so
@@ -33,12 +33,12 @@ from typing import Any
 from hub.core.identity import stable_id
 from hub.core.pic_summary import document
 from hub.core.ports import CoordinationUnitOfWork, Json, RecordEvent
+from hub.core.task_status import FINAL, may_move
 from schemas.coordination_rules import CoordinationRules, Fulfilment, TaskRule
 from schemas.events import coordination as co
 
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
-FINAL = frozenset({"completed", "cancelled", "failed", "rejected", "entered-in-error"})
 OVERDUE = "overdue"
 _OWN = frozenset(
     {
@@ -257,8 +257,8 @@ class Engine:
         for resource in _of(resources, "Task"):
             task = state["tasks"].get(resource.get("id"))
             status = resource.get("status")
-            if task is None or not isinstance(status, str) or status == task["status"] or task["status"] in FINAL:
-                continue
+            if task is None or not isinstance(status, str) or not may_move(task["status"], status):
+                continue  # the record refuses the same moves (hub.core.task_status), so both agree
             task["status"] = status
             if status in FINAL:
                 task["closed"] = event.time.isoformat()

@@ -338,6 +338,11 @@ async def test_a_coordinator_moves_a_task_through_permitted_statuses_only(tmp_pa
         assert started.json()["status"] == "in-progress"
         await read_until(http, path, pic, lambda t: t["status"] == "in-progress", "the task in progress")
 
+        made_up = await http.post(f"{path}/$status", json=_params(status="done"), headers=pic)
+        assert made_up.status_code == 400, made_up.text
+        assert made_up.json()["issue"][0]["code"] == "code-invalid"
+        assert "in-progress" in made_up.json()["issue"][0]["diagnostics"]  # the statuses it may be
+
         backwards = await http.post(f"{path}/$status", json=_params(status="requested"), headers=pic)
         assert backwards.status_code == 409, backwards.text
         issue = backwards.json()["issue"][0]

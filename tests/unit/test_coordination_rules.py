@@ -136,6 +136,27 @@ def test_a_coordinator_can_cancel_a_task_and_its_clock_stops(engine: Engine) -> 
     assert [e.payload["code"]["coding"][0]["code"] for e in fired] == ["first-visit"]
 
 
+def test_a_move_the_statuses_do_not_allow_is_ignored_as_the_record_ignores_it(engine: Engine) -> None:
+    store = MemoryCoordinationStore()
+    referral = month.referral("P4", month.at(4, 10), "adult-social-care")
+    created = run(engine, [referral], store)
+    triage = next(e.payload for e in created if e.payload["code"]["coding"][0]["code"] == "referral-triage")
+
+    def moved(n: int, status: str) -> RecordEvent:
+        return RecordEvent(
+            f"manual-{n}",
+            co.TASK_UPDATED.type,
+            "urn:ods:Y0PIC",
+            month.at(5),
+            referral.subject,
+            {**triage, "status": status},
+        )
+
+    run(engine, [moved(1, "completed"), moved(2, "in-progress")], store)  # two coordinators at once
+    assert store.states[referral.subject]["tasks"][triage["id"]]["status"] == "completed"
+    assert run(engine, [tick(0, month.at(20))], store) == []  # and its clock stays stopped
+
+
 def long_stay_flags(
     engine: Engine, store: MemoryCoordinationStore, ticks: list[datetime]
 ) -> list[tuple[datetime, RecordEvent]]:

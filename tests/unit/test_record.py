@@ -192,3 +192,36 @@ def test_shared_practice_data_ends_the_same_whichever_person_is_read_first() -> 
     assert practice["meta"]["versionId"] == "1"
     assert practice["meta"]["lastUpdated"].startswith("2026-11-01T09:00")
     assert forward.reader().search("Provenance", None) == backward.reader().search("Provenance", None)
+
+
+def a_task_event(event_id: str, status: str, at: datetime) -> RecordEvent:
+    task = {
+        "resourceType": "Task",
+        "id": "task-1",
+        "status": status,
+        "intent": "order",
+        "for": {"reference": "Patient/p1"},
+    }
+    return RecordEvent(event_id, "uk.nhs.carehub.task.updated.v1", "urn:ods:Y12345", at, "p1", task)
+
+
+@pytest.mark.parametrize(
+    ("moves", "stays"),
+    [
+        (["requested", "completed", "in-progress"], "completed"),  # a finished task is never reopened
+        (["requested", "in-progress", "requested"], "in-progress"),  # nor moved backwards
+        (["requested", "on-hold", "completed"], "completed"),  # the rules may complete it from any open status
+        (["requested", "in-progress", "on-hold", "in-progress"], "in-progress"),
+    ],
+)
+def test_a_task_moves_only_as_fhir_task_statuses_allow_whatever_the_api_let_through(
+    moves: list[str], stays: str
+) -> None:
+    store = MemoryRecordStore()
+    at = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    with store.unit_of_work() as uow:
+        apply_events(uow, [a_task_event(f"e{n}", s, at + timedelta(minutes=n)) for n, s in enumerate(moves)])
+        uow.commit()
+    task = store.reader().read("Task", "task-1")
+    assert task is not None
+    assert task["status"] == stays

@@ -36,21 +36,13 @@ from hub.core.errors import ConsentDeniedError, InvalidMessageError, RuleRefused
 from hub.core.identity import person_key
 from hub.core.pic_summary import composition
 from hub.core.ports import CoordinationReader, Json, RecordReader
-from hub.core.tasks import FINAL, Engine
+from hub.core.task_status import MOVES, STATUSES, may_move
+from hub.core.tasks import Engine
 from schemas.envelope import Envelope
 from schemas.events import coordination as co
 
 Publish = Callable[[Envelope], Awaitable[None]]
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
-TASK_MOVES = {
-    "draft": {"requested", "cancelled"},
-    "requested": {"accepted", "rejected", "in-progress", "on-hold", "cancelled", "completed"},
-    "received": {"accepted", "rejected", "in-progress", "cancelled"},
-    "accepted": {"in-progress", "on-hold", "cancelled", "completed"},
-    "ready": {"in-progress", "cancelled", "completed"},
-    "in-progress": {"on-hold", "completed", "failed", "cancelled"},
-    "on-hold": {"in-progress", "cancelled"},
-}
 COMMAND_ROLES = ("coordinator", "admin")
 
 
@@ -254,14 +246,20 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         coordinator_only(who)
         params = _parameters(await read_body(request))
         status = str(_param(params, "status", required=True))
+        if status not in STATUSES:
+            raise InvalidMessageError(
+                f"status must be a FHIR Task status: {', '.join(sorted(STATUSES))}",
+                ("Parameters.status",),
+                code="code-invalid",
+            )
         task = api_.reader.read("Task", fhir_id(id, "Task"))
         if task is None:
             raise UnknownPersonError(f"no Task/{id} in the shared care record", ("Task",))
         current = str(task.get("status"))
-        if current in FINAL or status not in TASK_MOVES.get(current, set()):
-            allowed = ", ".join(sorted(TASK_MOVES.get(current, set()))) or "none (it is finished)"
+        if not may_move(current, status):
+            allowed = ", ".join(sorted(MOVES.get(current, ()))) or "none (it is finished)"
             raise RuleRefusedError(
-                f"a {current} task cannot become {status}; allowed: {allowed}", ("Parameters.status",)
+                f"a task that is {current} cannot become {status}; allowed: {allowed}", ("Parameters.status",)
             )
         at = datetime.now(UTC)
         moved = {k: v for k, v in task.items() if k != "meta"}
