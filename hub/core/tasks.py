@@ -221,6 +221,8 @@ class Engine:
                 if current and current.get("id") == episode["id"]:
                     state["episode"] = None
                     out.cleared.append(f"long-stay:{episode['id']}")
+                    if current.get("long_stay"):  # the flag ends with the stay
+                        out.events.append(self._long_stay_ended(state, event, current))
                 for summary in _of(resources, "Composition"):
                     out.events.append(self._pic_summary(state, event, episode, summary))
 
@@ -325,9 +327,18 @@ class Engine:
             "subject": {"reference": f"Patient/{clock.person_key}"},
             "period": {"start": clock.due.isoformat()},
             "author": self._team,
-            "encounter": {"reference": f"EpisodeOfCare/{episode['id']}"},
+            "extension": [
+                {"url": co.EPISODE_EXTENSION, "valueReference": {"reference": f"EpisodeOfCare/{episode['id']}"}}
+            ],
         }
         return self._derived(co.CASELOAD_LONG_STAY.type, f"long-stay|{clock.id}", clock.person_key, clock.due, flag)
+
+    def _long_stay_ended(self, state: Json, event: RecordEvent, episode: Json) -> RecordEvent:
+        clock = Clock(f"long-stay:{episode['id']}", event.subject, event.time, "long-stay")
+        flag = self._long_stay_flag(clock, episode).payload
+        start = datetime.fromisoformat(episode["start"]) + self.rules.long_stay
+        flag |= {"status": "inactive", "period": {"start": start.isoformat(), "end": event.time.isoformat()}}
+        return self._derived(co.CASELOAD_LONG_STAY.type, f"long-stay-ended|{clock.id}", event.subject, event.time, flag)
 
     def _derived(self, type_: str, natural_key: str, person: str, time: datetime, resource: Json) -> RecordEvent:
         return RecordEvent(

@@ -24,7 +24,9 @@ episode.opened      EpisodeOfCare (status active, careManager Practitioner ident
                     period.start, managingOrganization = the coordination service).
 episode.closed      the same EpisodeOfCare with status finished and period.end, and the PIC summary
                     Composition (hub.core.pic_summary) the coordinator wrote on closing it.
-caseload.long-stay  Flag (code LONG_STAY in FLAG_SYSTEM) when an episode has been open longer than the rules allow.
+caseload.long-stay  Flag (code LONG_STAY in FLAG_SYSTEM, extension EPISODE_EXTENSION naming the EpisodeOfCare)
+                    when an episode has been open longer than the rules allow; the same Flag again, status
+                    inactive with period.end, when that episode closes.
 task.created / task.updated / task.overdue
                     Task (for Patient/{key}, code in TASK_SYSTEM, status per FHIR Task, owner, focus,
                     restriction.period.end = due, businessStatus overdue once the clock has run out).
@@ -67,6 +69,7 @@ FLAG_SYSTEM = "https://carehub.invalid/CodeSystem/case-finding"
 ELIGIBLE = "eligible-for-care-coordination"
 LONG_STAY = "on-caseload-over-12-weeks"
 CRITERION_EXTENSION = "https://carehub.invalid/StructureDefinition/case-finding-criterion"
+EPISODE_EXTENSION = "https://carehub.invalid/StructureDefinition/episode-of-care"  # Flag.encounter is Encounter only
 CONTACT_SYSTEM = "https://carehub.invalid/CodeSystem/coordination-contact"
 CONTACT_KINDS = ("first-contact", "face-to-face", "follow-up", "non-face-to-face")
 TASK_SYSTEM = "https://carehub.invalid/CodeSystem/coordination-task"

@@ -192,3 +192,20 @@ def test_a_person_discharged_from_the_service_within_12_weeks_is_never_flagged(e
     run(engine, [month.episode("P6", month.at(20, 9, month=12), "c-bob", closed=True)], store)
     midnights = [month.at(11) + timedelta(days=d) for d in range(120)]  # to 10 Mar 2027
     assert long_stay_flags(engine, store, midnights) == []
+
+
+def test_a_long_stay_flag_ends_when_the_person_is_discharged_from_the_service(engine: Engine) -> None:
+    store = MemoryCoordinationStore()
+    start = month.at(6, 9)
+    run(engine, [month.episode("P3", start, "c-ann")], store)
+    [(_, raised)] = long_stay_flags(engine, store, [start + timedelta(weeks=13)])
+    closed_at = start + timedelta(weeks=14)
+    derived = run(engine, [month.episode("P3", closed_at, "c-ann", closed=True)], store)
+    [ended] = [e for e in derived if e.type == co.CASELOAD_LONG_STAY.type]
+    assert ended.payload["id"] == raised.payload["id"] and ended.id != raised.id
+    assert ended.payload["status"] == "inactive"
+    assert ended.payload["period"] == {"start": raised.payload["period"]["start"], "end": closed_at.isoformat()}
+    assert ended.payload["extension"] == raised.payload["extension"]
+    assert raised.payload["extension"][0]["valueReference"]["reference"].startswith("EpisodeOfCare/")
+    Flag.model_validate(ended.payload)
+    assert long_stay_flags(engine, store, [closed_at + timedelta(weeks=20)]) == []
