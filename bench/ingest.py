@@ -79,15 +79,20 @@ class HubProcess:
         self.proc.terminate()
         self.proc.wait(20)
 
-    async def ready(self) -> None:
-        for _ in range(400):
+    async def ready(self, within: float = 120.0) -> None:
+        """Wait for the MLLP port (the hub opens it once its consumers have joined: tens of seconds
+        on a busy 2-core machine)."""
+        deadline = time.perf_counter() + within
+        while time.perf_counter() < deadline:
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"carehub up exited with {self.proc.returncode}")
             try:
                 client = await MllpClient.connect("127.0.0.1", self.mllp_port)
                 await client.close()
                 return
             except OSError:
                 await asyncio.sleep(0.05)
-        raise RuntimeError("carehub up did not start")
+        raise RuntimeError(f"carehub up did not open its MLLP port within {within:.0f}s")
 
     def applied(self) -> int:
         engine = sa.create_engine(f"sqlite:///{self.data_dir / 'carehub.db'}")
