@@ -30,6 +30,7 @@ CATEGORY_SYSTEM = "https://carehub.invalid/CodeSystem/data-category"
 CONSENT_POLICY_SYSTEM = "https://carehub.invalid/CodeSystem/consent-policy"
 NATIONAL_OPT_OUT = "national-data-opt-out"  # a Consent whose policyRule carries this is the national opt-out
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+PERSON_EXTENSION = "https://carehub.invalid/StructureDefinition/about-person"  # on the record's Provenances
 PURPOSE_OF_ROLE = {"clinician": "direct-care", "coordinator": "care-coordination", "auditor": "audit"}
 CATEGORY_OF_TYPE = {
     "Patient": "demographics",
@@ -108,9 +109,17 @@ UNENFORCED = Decision("permit", ("information-sharing enforcement is switched of
 
 
 def person_of(resource: Json) -> str | None:
-    """The person key a resource is about: a Patient's id or its subject/patient, else None."""
-    if resource.get("resourceType") == "Patient":
+    """The person key a resource is about: a Patient's id, its subject/patient/for, or (a Provenance,
+    which has none of those) the person the record names in PERSON_EXTENSION; else None."""
+    kind = resource.get("resourceType")
+    if kind == "Patient":
         return str(resource.get("id"))
+    if kind == "Provenance":
+        for extension in resource.get("extension") or []:
+            ref = str((extension.get("valueReference") or {}).get("reference", ""))
+            if extension.get("url") == PERSON_EXTENSION and ref.startswith("Patient/"):
+                return ref.removeprefix("Patient/")
+        return None
     for name in ("subject", "patient", "for"):
         ref = str((resource.get(name) or {}).get("reference", ""))
         if ref.startswith("Patient/"):

@@ -22,7 +22,9 @@ Rules, in the order they are applied to each event:
                     later replaces it, whatever its event time
     not recorded    clock ticks write nothing and leave no processed-event row
     provenance      each event that writes anything leaves a Provenance naming the sending organisation,
-                    the event and every resource version it wrote
+                    the event, every resource version it wrote and (extension PERSON_EXTENSION) the
+                    person it is about, so that their consents apply to it as to the rest of their record
+    labels          security labels (meta.security) are kept; an overlay keeps the earlier ones too
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hub.core.errors import InvalidMessageError
+from hub.core.policy import PERSON_EXTENSION
 from hub.core.ports import Json, RecordEvent, RecordUnitOfWork, StoredResource
 from hub.core.task_status import may_move
 from schemas.events.coordination import NOT_RECORDED, PATIENT_STUB_EVENTS, REFERRAL_OUTCOME, TASK_UPDATED
@@ -217,19 +220,27 @@ def _retimed(current: StoredResource, event_time: datetime, content: Json) -> St
 
 
 def _same_content(incoming: Json, stored: Json) -> bool:
-    """Equal apart from meta, without copying the stored side (compared in C: a hot path)."""
-    if "meta" in incoming:
+    """Equal apart from meta (but for its security labels), without copying the stored side
+    (compared in C: a hot path)."""
+    meta = incoming.get("meta")
+    if meta is not None:
         incoming = {k: v for k, v in incoming.items() if k != "meta"}
+    if (meta or {}).get("security") != (stored.get("meta") or {}).get("security"):
+        return False
     return len(incoming) == len(stored) - ("meta" in stored) and incoming.items() <= stored.items()
 
 
 def _next_content(event: RecordEvent, incoming: Json, current: StoredResource | None) -> Json:
     content = dict(incoming)
-    content.pop("meta", None)
+    labels = _labels(content.pop("meta", None))
     if current is None:
-        return _cancel_discharge(event, content)
+        return _labelled(_cancel_discharge(event, content), labels)
     before = current.content
     kind = content["resourceType"]
+    if kind == "Encounter" or (kind == "ServiceRequest" and event.type == REFERRAL_OUTCOME.type):
+        # an overlay keeps what was said before, sensitivity labels included: an update that does
+        # not repeat a label never makes a sensitive record ordinary
+        labels = _labels(before.get("meta")) | labels
     if kind == "Encounter":
         merged = {k: v for k, v in before.items() if k != "meta"}
         merged.update(content)
@@ -254,7 +265,20 @@ def _next_content(event: RecordEvent, incoming: Json, current: StoredResource | 
             content["link"] = before["link"]
         elif "link" not in content and before.get("link"):
             content["link"] = before["link"]
-    return _cancel_discharge(event, content)
+    return _labelled(_cancel_discharge(event, content), labels)
+
+
+def _labels(meta: Json | None) -> dict[tuple[str, str], Json]:
+    """A resource's security labels (meta.security), by (system, code)."""
+    found = (meta or {}).get("security") or []
+    return {(str(c.get("system")), str(c.get("code"))): c for c in found if isinstance(c, dict)}
+
+
+def _labelled(content: Json, labels: dict[tuple[str, str], Json]) -> Json:
+    """Content whose meta (stamped later, by _stamp) is to carry these security labels."""
+    if labels:
+        content["meta"] = {"security": [labels[k] for k in sorted(labels)]}
+    return content
 
 
 def _cancel_discharge(event: RecordEvent, content: Json) -> Json:
@@ -278,6 +302,11 @@ def _point_at(content: Json, key: str) -> None:
     for field in _SUBJECT_FIELDS:
         if field in content:
             content[field] = {**content[field], "reference": f"Patient/{key}"}
+    if content.get("resourceType") == "Provenance":
+        content["extension"] = [
+            {**e, "valueReference": {"reference": f"Patient/{key}"}} if e.get("url") == PERSON_EXTENSION else e
+            for e in content.get("extension") or []
+        ]
 
 
 def _stamp(
@@ -291,7 +320,10 @@ def _stamp(
     when: str,
 ) -> StoredResource:
     version = (current.version_id if current else 0) + 1
+    labels = (content.get("meta") or {}).get("security")
     content["meta"] = {"versionId": str(version), "lastUpdated": when, "source": event.source}
+    if labels:
+        content["meta"]["security"] = labels
     return StoredResource(kind, rid, key, version, content_time, event.id, content)
 
 
@@ -310,7 +342,9 @@ def _merge(uow: RecordUnitOfWork, event: RecordEvent, resources: list[Json], whe
         for current in uow.of_person(retired):
             if current.resource_type == "Patient" and current.id == retired:
                 continue  # written from the event itself
-            content = {k: v for k, v in current.content.items() if k != "meta"}
+            content = _labelled(
+                {k: v for k, v in current.content.items() if k != "meta"}, _labels(current.content.get("meta"))
+            )
             _point_at(content, to)
             stored = _stamp(event, content, current.resource_type, current.id, to, current, current.event_time, when)
             uow.put(stored)
@@ -348,4 +382,5 @@ def _provenance(uow: RecordUnitOfWork, event: RecordEvent, written: list[StoredR
         "entity": [{"role": "source", "what": {"identifier": {"system": EVENT_SYSTEM, "value": event.id}}}],
     }
     key = survivor(uow, keys[0]) if keys else survivor(uow, event.subject)
+    provenance["extension"] = [{"url": PERSON_EXTENSION, "valueReference": {"reference": f"Patient/{key}"}}]
     uow.put(_stamp(event, provenance, "Provenance", event.id, key, None, event.time, when))

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hub.core.policy import Asker, ConsentRule, consent_rule, decide
+from hub.core.policy import PERSON_EXTENSION, Asker, ConsentRule, consent_rule, decide
 from schemas.agreements import Agreement
 from tests.builders import an_agreement
 
@@ -33,6 +33,8 @@ def resource(kind: str, person: str, source: str | None, labels: list[str]) -> d
         out["id"] = person
     elif kind == "Consent":
         out["patient"] = {"reference": f"Patient/{person}"}
+    elif kind == "Provenance":  # no subject of its own: the record names the person in an extension
+        out["extension"] = [{"url": PERSON_EXTENSION, "valueReference": {"reference": f"Patient/{person}"}}]
     else:
         out["subject"] = {"reference": f"Patient/{person}"}
     return out

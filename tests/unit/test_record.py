@@ -225,3 +225,36 @@ def test_a_task_moves_only_as_fhir_task_statuses_allow_whatever_the_api_let_thro
     task = store.reader().read("Task", "task-1")
     assert task is not None
     assert task["status"] == stays
+
+
+def test_security_labels_are_kept_and_an_update_that_omits_them_does_not_drop_them() -> None:
+    psy = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}
+    at = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+
+    def encounter(event_id: str, minutes: int, status: str, labels: list[dict]) -> RecordEvent:
+        content = {"resourceType": "Encounter", "id": "enc-1", "status": status, "subject": {"reference": "Patient/p1"}}
+        if labels:
+            content["meta"] = {"security": labels}
+        return RecordEvent(
+            event_id,
+            "uk.nhs.carehub.encounter.updated.v1",
+            "urn:ods:RXX",
+            at + timedelta(minutes=minutes),
+            "p1",
+            content,
+        )
+
+    store = MemoryRecordStore()
+    with store.unit_of_work() as uow:
+        apply_events(uow, [encounter("e1", 0, "in-progress", [psy]), encounter("e2", 5, "finished", [])])
+        uow.commit()
+    stored = store.reader().read("Encounter", "enc-1")
+    assert stored is not None
+    assert (stored["status"], stored["meta"]["versionId"], stored["meta"]["security"]) == ("finished", "2", [psy])
+    with store.unit_of_work() as uow:  # the same content with a label added is a new version
+        provenance = store.reader().read("Provenance", "e2")
+        apply_events(uow, [encounter("e3", 9, "finished", [psy, {**psy, "code": "SDV"}])])
+        uow.commit()
+    assert store.reader().read("Encounter", "enc-1")["meta"]["versionId"] == "3"
+    assert provenance is not None
+    assert provenance["extension"][0]["valueReference"] == {"reference": "Patient/p1"}  # whose Provenance it is
