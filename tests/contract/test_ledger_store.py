@@ -1,5 +1,6 @@
 """The SQL ledger on SQLite and PostgreSQL: tampering with rows in the database is caught by verify,
-and the `carehub audit verify` command names the entry and exits 1."""
+and the `carehub audit verify` command, run as an operator runs it, names the first bad entry and
+exits 1 whether a row was altered, deleted or swapped."""
 
 from __future__ import annotations
 
@@ -18,12 +19,17 @@ from hub.store.database import open_engine
 from hub.store.ledger import SqlLedger
 
 T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+CAREHUB = str(Path(sys.executable).with_name("carehub"))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest) -> Iterator[sa.Engine]:
-    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
-    engine = open_engine(url)
+def database_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url"))
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    engine = open_engine(database_url)
     yield engine
     engine.dispose()
 
@@ -47,6 +53,36 @@ def filled(engine: sa.Engine, n: int = 6) -> SqlLedger:
     return ledger
 
 
+def alter(engine: sa.Engine, seq: int) -> None:
+    """Rewrite one entry's decision, as someone with write access to the database could."""
+    with engine.begin() as conn:
+        table = sa.Table("disclosure_ledger", sa.MetaData(), autoload_with=conn)
+        body = conn.execute(sa.select(table.c.body).where(table.c.seq == seq)).scalar_one()
+        body = json.loads(body) if isinstance(body, str) else body
+        conn.execute(table.update().where(table.c.seq == seq).values(body={**body, "decision": "deny"}))
+
+
+def delete(engine: sa.Engine, seq: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("delete from disclosure_ledger where seq = :seq"), {"seq": seq})
+
+
+def swap(engine: sa.Engine, first: int, second: int) -> None:
+    """Exchange two entries' places in the chain."""
+    with engine.begin() as conn:
+        move = sa.text("update disclosure_ledger set seq = :to where seq = :seq")
+        conn.execute(move, {"seq": first, "to": 1000})
+        conn.execute(move, {"seq": second, "to": first})
+        conn.execute(move, {"seq": 1000, "to": second})
+
+
+def audit_verify(database_url: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`carehub audit verify` as an operator runs it: the installed command, in its own process."""
+    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "200", "CAREHUB_DATABASE_URL": database_url}
+    command = [CAREHUB, "audit", "verify", "--data-dir", str(data_dir)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, env=env)
+
+
 def test_appends_form_one_verified_chain(engine: sa.Engine) -> None:
     ledger = filled(engine)
     assert verify(ledger.entries()) == (6, None)
@@ -55,11 +91,7 @@ def test_appends_form_one_verified_chain(engine: sa.Engine) -> None:
 
 def test_an_updated_row_is_caught(engine: sa.Engine) -> None:
     ledger = filled(engine)
-    with engine.begin() as conn:
-        table = sa.Table("disclosure_ledger", sa.MetaData(), autoload_with=conn)
-        body = conn.execute(sa.select(table.c.body).where(table.c.seq == 4)).scalar_one()
-        body = json.loads(body) if isinstance(body, str) else body
-        conn.execute(table.update().where(table.c.seq == 4).values(body={**body, "decision": "deny"}))
+    alter(engine, 4)
     _, broken = verify(ledger.entries())
     assert broken is not None
     assert broken.seq == 4
@@ -67,8 +99,7 @@ def test_an_updated_row_is_caught(engine: sa.Engine) -> None:
 
 def test_a_deleted_row_is_caught(engine: sa.Engine) -> None:
     ledger = filled(engine)
-    with engine.begin() as conn:
-        conn.execute(sa.text("delete from disclosure_ledger where seq = 3"))
+    delete(engine, 3)
     _, broken = verify(ledger.entries())
     assert broken is not None
     assert broken.seq == 3
@@ -76,25 +107,44 @@ def test_a_deleted_row_is_caught(engine: sa.Engine) -> None:
 
 def test_swapped_rows_are_caught(engine: sa.Engine) -> None:
     ledger = filled(engine)
-    with engine.begin() as conn:
-        conn.execute(sa.text("update disclosure_ledger set seq = 1000 where seq = 2"))
-        conn.execute(sa.text("update disclosure_ledger set seq = 2 where seq = 5"))
-        conn.execute(sa.text("update disclosure_ledger set seq = 5 where seq = 1000"))
+    swap(engine, 2, 5)
     _, broken = verify(ledger.entries())
     assert broken is not None
     assert broken.seq == 2
 
 
-def test_the_cli_names_the_broken_entry_and_exits_1(tmp_path: Path) -> None:
-    engine = open_engine(f"sqlite:///{tmp_path / 'carehub.db'}")
+def test_audit_verify_says_an_untouched_ledger_is_intact_and_exits_0(
+    engine: sa.Engine, database_url: str, tmp_path: Path
+) -> None:
     filled(engine)
-    carehub = [str(Path(sys.executable).with_name("carehub")), "audit", "verify", "--data-dir", str(tmp_path)]
-    intact = subprocess.run(carehub, capture_output=True, text=True, timeout=60, check=False)
+    intact = audit_verify(database_url, tmp_path)
     assert intact.returncode == 0, intact.stdout + intact.stderr
-    assert "6 entries" in intact.stdout
-    with engine.begin() as conn:
-        conn.execute(sa.text("delete from disclosure_ledger where seq = 5"))
-    engine.dispose()
-    broken = subprocess.run(carehub, capture_output=True, text=True, timeout=60, check=False)
-    assert broken.returncode == 1
-    assert "entry 5" in broken.stdout
+    assert "ledger intact: 6 entries, chain verified" in intact.stdout
+
+
+def test_audit_verify_names_an_altered_entry_and_exits_1(engine: sa.Engine, database_url: str, tmp_path: Path) -> None:
+    filled(engine)
+    alter(engine, 4)
+    broken = audit_verify(database_url, tmp_path)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "ledger broken at entry 4: entry 4 was altered" in broken.stdout
+
+
+def test_audit_verify_names_the_entry_after_a_deleted_one_as_missing_and_exits_1(
+    engine: sa.Engine, database_url: str, tmp_path: Path
+) -> None:
+    filled(engine)
+    delete(engine, 3)
+    broken = audit_verify(database_url, tmp_path)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "ledger broken at entry 3: entry 3 is missing (removed); found 4" in broken.stdout
+
+
+def test_audit_verify_names_the_first_of_two_swapped_entries_and_exits_1(
+    engine: sa.Engine, database_url: str, tmp_path: Path
+) -> None:
+    filled(engine)
+    swap(engine, 3, 4)
+    broken = audit_verify(database_url, tmp_path)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "ledger broken at entry 3: entry 3 does not follow entry 2" in broken.stdout
