@@ -150,7 +150,7 @@ class Deliverer:
     async def _deliver(self, event: RecordEvent, subs: list[Subscription], consents: list[ConsentRule]) -> int:
         resources = [{**r, "meta": {**(r.get("meta") or {}), "source": event.source}} for r in resources_of(event)]
         summary = {"id": event.id, "type": event.type, "time": event.time.isoformat()}
-        delivered, queued, entries = 0, [], []
+        delivered, queued = 0, []
         now = self.clock()
         for sub in subs:
             if not in_scope(sub.scope, sub.org, resources):
@@ -159,11 +159,12 @@ class Deliverer:
             planned = plan(
                 subscription_id=sub.id, content=sub.content, event=summary, resources=resources, decide=judge
             )
-            entries += ledger_entries(sub, "topic", planned.judged, now)
+            # recorded before it leaves, and once however often a crash makes the batch be redone (the
+            # publish that follows may then repeat: subscribers see at-least-once, by ce_id)
+            entries = ledger_entries(sub, "topic", planned.judged, now)
+            await asyncio.to_thread(self.ledger.append, entries, once=f"topic|{sub.id}|{event.id}")
             if planned.body is None:
                 continue
-            await asyncio.to_thread(self.ledger.append, entries)
-            entries = []
             await self._publish(sub, event, planned.body)
             delivered += 1
             if sub.webhook or sub.mailbox:
@@ -175,8 +176,6 @@ class Deliverer:
                         "body": {"event": summary, "resources": planned.permitted},
                     }
                 )
-        if entries:
-            await asyncio.to_thread(self.ledger.append, entries)
         if queued:
             await asyncio.to_thread(self.outbox.enqueue, queued, now=now)
         return delivered

@@ -195,12 +195,20 @@ class MemoryLedger:
 
     def __init__(self) -> None:
         self.rows: list[Entry] = []
+        self.once: set[str] = set()
 
-    def append(self, disclosures: Sequence[Disclosure]) -> None:
+    def append(self, disclosures: Sequence[Disclosure], *, once: str | None = None) -> bool:
+        if not disclosures:
+            return True
+        if once is not None:
+            if once in self.once:
+                return False
+            self.once.add(once)
         bodies = [d.body() for d in disclosures]
         sealed = seal([self.rows[-1].hash] if self.rows else [], bodies)
         for body, (prev, digest) in zip(bodies, sealed, strict=True):
             self.rows.append(Entry(len(self.rows) + 1, body, prev, digest))
+        return True
 
     def entries(self) -> Iterator[Entry]:
         return iter(list(self.rows))

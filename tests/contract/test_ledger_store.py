@@ -89,6 +89,17 @@ def test_appends_form_one_verified_chain(engine: sa.Engine) -> None:
     assert [e.seq for e in ledger.about("p1")] == [2, 5]
 
 
+def test_a_decision_appended_once_is_recorded_once_however_often_it_is_redone(engine: sa.Engine) -> None:
+    ledger = filled(engine, 2)
+    decision = Disclosure(T0, "Y90001", "subscription:s1", "topic", "p1", ("Encounter/e1/_history/1#h",), "permit")
+    key = "topic|s1|" + "e" * 40  # longer than the processed-event column: stored as its hash
+    assert ledger.append([decision], once=key) is True
+    assert ledger.append([decision], once=key) is False  # a consumer redoing its batch after a crash
+    assert ledger.append([decision], once=key.replace("s1", "s2")) is True
+    assert [e.body["recipient_user"] for e in ledger.entries()] == ["u0", "u1", "subscription:s1", "subscription:s1"]
+    assert verify(ledger.entries()) == (4, None)
+
+
 def test_an_updated_row_is_caught(engine: sa.Engine) -> None:
     ledger = filled(engine)
     alter(engine, 4)
