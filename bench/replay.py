@@ -96,7 +96,7 @@ async def raw_consume(bootstrap: str) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
-async def main(n: int, templates: int) -> dict[str, object]:
+async def main(n: int, templates: int, one_process: bool) -> dict[str, object]:
     records = copies(pool(templates), n)
     async with embedded_broker() as bootstrap:
         await produce(bootstrap, records)
@@ -106,8 +106,19 @@ async def main(n: int, templates: int) -> dict[str, object]:
             engine = open_engine(f"sqlite:///{Path(tmp) / 'replay.db'}")
             result = await replay(bootstrap, engine)
             engine.dispose()
+            one = None
+            if one_process:
+                engine = open_engine(f"sqlite:///{Path(tmp) / 'one.db'}")
+                one = await replay(bootstrap, engine, workers=1)
+                engine.dispose()
     raw_rate = raw_count / raw_seconds
     rate = result.events / result.seconds
+    extra = {}
+    if one is not None:
+        extra = {
+            "one_process_events_per_s": round(one.events / one.seconds),
+            "one_process_ratio_vs_raw": round(one.events / one.seconds / raw_rate, 3),
+        }
     return {
         "bench": "replay",
         "events": result.events,
@@ -116,8 +127,10 @@ async def main(n: int, templates: int) -> dict[str, object]:
         "raw_aiokafka_events_per_s": round(raw_rate),
         "replay_events_per_s": round(rate),
         "replay_seconds": round(result.seconds, 1),
+        "replay_workers": result.workers,
         "ratio_vs_raw": round(rate / raw_rate, 3),
         "target_ratio": 0.25,
+        **extra,
     }
 
 
@@ -125,6 +138,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--templates", type=int, default=5_000)
+    parser.add_argument("--one-process", action="store_true", help="also time the one-process replay, same run")
     ns = parser.parse_args()
-    figures = asyncio.run(main(ns.events, ns.templates))
+    figures = asyncio.run(main(ns.events, ns.templates, ns.one_process))
     emit(figures, command=" ".join(["python -m bench.replay", *sys.argv[1:]]))

@@ -618,6 +618,10 @@ def replay(
     until: Annotated[
         datetime | None, typer.Option("--until", "--as-of", help="Only events up to this time: the record as of then")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Processes folding the log's partitions (default: one per core, at most 4)"),
+    ] = None,
 ) -> None:
     """Rebuild the shared care record from the Kafka log into a fresh database, and print its hash."""
     from rich.progress import Progress, SpinnerColumn, TextColumn
@@ -643,6 +647,7 @@ def replay(
                     since=since,
                     until=until,
                     progress=lambda read, _: progress.update(task, description=f"{read:,} events read"),
+                    workers=workers,
                 )
             )
         except RuntimeError as exc:
@@ -666,7 +671,8 @@ def replay(
     digest, resources, events = record_hash(engine)
     console.print(
         f"replayed {result.events:,} events ({result.applied:,} applied, {result.skipped} not CareHub events) "
-        f"in {result.seconds:.1f}s: {resources:,} resources"
+        f"in {result.seconds:.1f}s on {result.workers} process{'es' if result.workers > 1 else ''}: "
+        f"{resources:,} resources"
     )
     typer.echo(f"{digest}  {resources} resources, {events} events applied")
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from hub.store.sql import identifiers_of
 from hub.store.tables import processed_event, record_identifier, record_resource
 from schemas.topics import EVENTS
 
+log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (events read, events expected)
 
 
@@ -115,8 +118,11 @@ def _decoder() -> Callable[[Any], RecordEvent | None]:
     return event
 
 
-async def read_log(bootstrap: str, *, batch: int = 5000, idle_ms: int = 1000) -> AsyncIterator[list[Any]]:
-    """Every record on the events topic, partition by partition as fetched, up to the high watermark."""
+async def read_log(
+    bootstrap: str, *, batch: int = 5000, idle_ms: int = 1000, only: Callable[[int], bool] | None = None
+) -> AsyncIterator[list[Any]]:
+    """Every record on the events topic (or on the partitions `only` picks), partition by partition
+    as fetched, up to the high watermark."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -133,6 +139,9 @@ async def read_log(bootstrap: str, *, batch: int = 5000, idle_ms: int = 1000) ->
             partitions = [
                 TopicPartition(EVENTS.name, p) for p in sorted(consumer.partitions_for_topic(EVENTS.name) or [])
             ]
+        partitions = [tp for tp in partitions if only is None or only(tp.partition)]
+        if not partitions:
+            return
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         while True:
@@ -161,6 +170,7 @@ class ReplayResult:
     skipped: int
     resources: int
     seconds: float
+    workers: int = 1  # processes that folded the log (1: in the caller's own)
 
 
 async def replay(
@@ -170,8 +180,23 @@ async def replay(
     since: datetime | None = None,
     until: datetime | None = None,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> ReplayResult:
-    """Fold the log (events with since <= time <= until) into memory, then write it to `engine`."""
+    """Fold the log (events with since <= time <= until) into memory, then write it to `engine`.
+
+    With more than one worker (default: one per core, at most 4 and at most one per partition) the
+    partitions are folded in worker processes (hub.replay_parallel); where partitions turn out to
+    depend on each other it folds again here, in one process, and says so in the log."""
+    from hub.replay_parallel import partition_count, replay_in_parallel
+
+    wanted = workers if workers is not None else min(os.cpu_count() or 1, 4)
+    if wanted > 1:
+        wanted = min(wanted, await partition_count(bootstrap))
+    if wanted > 1:
+        outcome = await replay_in_parallel(bootstrap, engine, wanted, since=since, until=until, progress=progress)
+        if isinstance(outcome, ReplayResult):
+            return outcome
+        log.warning("replay: %s, so the log is folded again in one process", outcome)
     started = time.perf_counter()
     fold = FoldUnitOfWork()
     gc.disable()  # fold and rows only grow; cyclic GC passes over them cost more than the work itself
@@ -184,11 +209,16 @@ async def replay(
 
 
 async def _fold(
-    bootstrap: str, fold: FoldUnitOfWork, since: datetime | None, until: datetime | None, progress: Progress | None
+    bootstrap: str,
+    fold: FoldUnitOfWork,
+    since: datetime | None,
+    until: datetime | None,
+    progress: Progress | None,
+    only: Callable[[int], bool] | None = None,
 ) -> tuple[int, int, int]:
     read = applied = skipped = 0
     decode = _decoder()
-    async for records in read_log(bootstrap):
+    async for records in read_log(bootstrap, only=only):
         events = []
         for record in records:
             read += 1
@@ -220,10 +250,13 @@ def write(engine: sa.Engine, fold: FoldUnitOfWork, chunk: int = 20_000) -> None:
                 conn.exec_driver_sql(sql, rows)
 
 
-def _chunks(fold: FoldUnitOfWork, dialect: sa.Dialect, chunk: int) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
-    """(INSERT, rows) for every table, `chunk` rows at a time, built only when asked for."""
+def _chunks(
+    fold: FoldUnitOfWork, dialect: sa.Dialect, chunk: int, content: Callable[[Any], Any] | None = None
+) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
+    """(INSERT, rows) for every table, `chunk` rows at a time, built only when asked for; content
+    bound as the dialect binds it unless `content` says otherwise."""
     keys = sorted(fold.resources)
-    content = _bind(record_resource.c.content, dialect)
+    content = content or _bind(record_resource.c.content, dialect)
     at = _Memo(_bind(record_resource.c.event_time, dialect))  # events stamp several resources
 
     def row(r: StoredResource) -> tuple[Any, ...]:
@@ -277,18 +310,19 @@ def _insert_sql(table: sa.Table, dialect: sa.Dialect) -> str:
 
 
 @contextlib.contextmanager
-def _bulk_load(conn: sa.Connection, kib: int = 512 * 1024) -> Iterator[None]:
-    """SQLite: load a fresh file without a journal, without fsyncs and with a page cache big enough
-    for the indexes being built, for this load only. Safe because the target is new and empty: a
-    replay cut off part way leaves a file to delete and replay again, never a record to trust (the
-    WAL journal and normal syncing are back before anything else writes to it)."""
+def _bulk_load(conn: sa.Connection, kib: int = 512 * 1024, journal: str = "OFF") -> Iterator[None]:
+    """SQLite: load a fresh file without a journal (or with it in memory, where the load may have
+    to roll back), without fsyncs and with a page cache big enough for the indexes being built, for
+    this load only. Safe because the target is new and empty: a replay cut off part way leaves a
+    file to delete and replay again, never a record to trust (the WAL journal and normal syncing
+    are back before anything else writes to it)."""
     if conn.dialect.name != "sqlite":
         yield
         return
     sqlite: Any = conn.connection.driver_connection  # PRAGMAs outside SQLAlchemy's transaction
     before = int(sqlite.execute("PRAGMA cache_size").fetchone()[0])
     sqlite.execute(f"PRAGMA cache_size=-{kib}")
-    sqlite.execute("PRAGMA journal_mode=OFF")
+    sqlite.execute(f"PRAGMA journal_mode={journal}")
     sqlite.execute("PRAGMA synchronous=OFF")
     try:
         yield

@@ -45,7 +45,7 @@ MERGED = "uk.nhs.carehub.patient.merged.v1"
 DISCHARGE_CANCELLED = "uk.nhs.carehub.encounter.discharge-cancelled.v1"
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 EVENT_SYSTEM = "https://carehub.invalid/Id/event"
-_SHARED = frozenset({"Organization", "Practitioner", "Location"})  # not about one person
+SHARED_KINDS = frozenset({"Organization", "Practitioner", "Location"})  # not about one person
 _MAX_HOPS = 16
 _SUBJECT_FIELDS = ("subject", "patient", "for")
 UNCHANGED = StoredResource("", "", None, 0, datetime.min.replace(tzinfo=UTC), "", {})
@@ -155,7 +155,7 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
         return UNCHANGED
     if kind == "Task" and current is not None and event.type == TASK_UPDATED.type and _refused_move(current, incoming):
         return UNCHANGED
-    if current is not None and kind in _SHARED:
+    if current is not None and kind in SHARED_KINDS:
         same = _same_reference_data(uow, event, incoming, current, when)
         if same is not None:
             return same
@@ -163,7 +163,7 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
         return None
     content = _next_content(event, incoming, current)
     key: str | None
-    if kind in _SHARED:
+    if kind in SHARED_KINDS:
         key = None
     elif kind == "Patient":
         key = _replaced_by(content) or rid

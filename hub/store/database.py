@@ -27,7 +27,7 @@ _MIGRATION_LOCK = 0x4361_7265_4875_62  # "CareHub": the PostgreSQL advisory lock
 def open_engine(url: str, *, migrate: bool = True, **options: Any) -> sa.Engine:
     """An engine for `url` with the schema current; StoreUnavailableError if the database won't answer."""
     parsed = sa.make_url(url)
-    options.setdefault("json_serializer", _json_text)
+    options.setdefault("json_serializer", json_text)
     options.setdefault("json_deserializer", orjson.loads)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -48,7 +48,8 @@ def open_engine(url: str, *, migrate: bool = True, **options: Any) -> sa.Engine:
     return engine
 
 
-def _json_text(value: Any) -> str:
+def json_text(value: Any) -> str:
+    """JSON text as every record column holds it (orjson: compact, UTF-8)."""
     return orjson.dumps(value).decode()
 
 

@@ -67,7 +67,8 @@ async def test_replay_into_postgresql_hashes_the_same_and_keeps_its_indexes(
     events = the_events(1000)
     await produce(tansu.bootstrap, events)
     engine = open_engine(postgres_url)
-    await replay(tansu.bootstrap, engine)
+    parallel = await replay(tansu.bootstrap, engine, workers=2)  # shards read back into PostgreSQL
+    assert parallel.workers == 2
     assert record_hash(engine) == reference_hash(tmp_path, events)
     indexes = {i["name"] for t in ("record_resource", "record_identifier") for i in sa.inspect(engine).get_indexes(t)}
     assert {"ix_record_resource_person_key", "ix_record_identifier_lookup"} <= indexes

@@ -1,0 +1,351 @@
+"""Replay on several cores: the log's partitions folded in worker processes, then loaded in bulk.
+
+One person's events share a partition (events are keyed by person), so what each partition adds to
+the record is, nearly always, independent of the others. Each worker process reads its share of
+the partitions (partition p goes to worker p mod N), folds them with the record's own rules, exactly
+as the one-process replay does, and writes what it folded to a shard: a SQLite file with the
+record's tables and no secondary indexes. The shards are then loaded into the target in one
+transaction (on SQLite, INSERT ... SELECT from the attached shards: no Python per row).
+
+Partitions can depend on each other in three ways. If one is found, nothing is kept of the load
+and the caller folds the log again in one process, which gives the record the live consumer gives
+(slower; the same answer as before this module existed):
+
+    merges          a person merged away (A40) on one worker's partitions has resources on another's
+                    (looked for before loading)
+    shared ids      one resource id (other than reference data) or one event id on two workers'
+                    partitions (the target's primary keys refuse the second; the load rolls back)
+    reference data  a practice, practitioner or location whose content differs between workers, or
+                    changed on one of them, so that its version would depend on the order partitions
+                    are read in (looked for before loading)
+
+Reference data said the same on several workers' partitions is reconciled as the fold itself does
+it (hub.core.record): one version, meta naming the earliest event that said it, the latest event
+time kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import itertools
+import multiprocessing
+import sqlite3
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from aiokafka import AIOKafkaConsumer
+
+from hub.core.record import SHARED_KINDS, _replaced_by, _same_content
+from hub.replay import (
+    FoldUnitOfWork,
+    Progress,
+    ReplayResult,
+    _bind,
+    _bulk_load,
+    _chunks,
+    _fold,
+    _indexes_after,
+    _insert_sql,
+)
+from hub.store.database import json_text
+from hub.store.sql import identifiers_of
+from hub.store.tables import processed_event, record_identifier, record_resource
+from schemas.topics import EVENTS
+
+_TABLES = (record_resource, record_identifier, processed_event)
+_SHARED_SQL = "(" + ", ".join(f"'{kind}'" for kind in sorted(SHARED_KINDS)) + ")"
+_POLL_S = 0.2
+
+
+async def partition_count(bootstrap: str) -> int:
+    """How many partitions the events topic has (0 if it does not exist yet)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        return len(consumer.partitions_for_topic(EVENTS.name) or ())
+    finally:
+        await consumer.stop()
+
+
+async def replay_in_parallel(
+    bootstrap: str,
+    engine: sa.Engine,
+    workers: int,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    progress: Progress | None = None,
+) -> ReplayResult | str:
+    """The replay on `workers` processes, or why it cannot be (partitions that depend on each other:
+    then nothing has been written and the caller folds in one process)."""
+    started = time.perf_counter()
+    target = engine.url.database if engine.dialect.name == "sqlite" else None
+    near = Path(target).parent if target and target != ":memory:" else None  # shards beside the target
+    with tempfile.TemporaryDirectory(prefix="carehub-replay-", dir=near) as tmp:
+        paths = [Path(tmp) / f"shard-{i}.db" for i in range(workers)]
+        counts = await _run_workers(bootstrap, paths, since, until, progress)
+        outcome = await asyncio.to_thread(load, engine, paths)
+    if isinstance(outcome, str):
+        return outcome
+    read, applied, skipped = (sum(c[k] for c in counts) for k in range(3))
+    return ReplayResult(read, applied, skipped, outcome, time.perf_counter() - started, workers=workers)
+
+
+async def _run_workers(
+    bootstrap: str, paths: Sequence[Path], since: datetime | None, until: datetime | None, progress: Progress | None
+) -> list[tuple[int, int, int]]:
+    # spawn, not fork: the caller may have threads (an event loop's executor, a web server's)
+    context = multiprocessing.get_context("spawn")
+    counters = [context.Value("q", 0, lock=False) for _ in paths]
+    processes = [
+        context.Process(
+            target=_worker,
+            args=(bootstrap, index, len(paths), since, until, str(path), counters[index]),
+            name=f"carehub-replay-{index}",
+            daemon=True,
+        )
+        for index, path in enumerate(paths)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        while any(p.is_alive() for p in processes):
+            await asyncio.sleep(_POLL_S)
+            if progress:
+                progress(sum(c.value for c in counters), 0)
+    finally:
+        for process in processes:
+            if process.is_alive():  # cancelled (Ctrl-C): the workers go with the replay
+                process.terminate()
+            process.join()
+    failed = [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode != 0]
+    if failed:
+        index, code = failed[0]
+        error = paths[index].with_suffix(".error")
+        why = error.read_text().strip().splitlines()[-1] if error.exists() else f"exit code {code}"
+        raise RuntimeError(f"replay worker {index} failed: {why}")
+    return [_shard_counts(path) for path in paths]
+
+
+def _worker(
+    bootstrap: str,
+    index: int,
+    workers: int,
+    since: datetime | None,
+    until: datetime | None,
+    path: str,
+    counter: Any,
+) -> None:
+    """One worker process: fold partitions p with p mod workers == index, write them to a shard."""
+    try:
+        gc.disable()  # as in the one-process replay: the fold only grows
+        fold = FoldUnitOfWork()
+
+        def seen(read: int, _expected: int) -> None:
+            counter.value = read
+
+        counts = asyncio.run(_fold(bootstrap, fold, since, until, seen, only=lambda p: p % workers == index))
+        write_shard(Path(path), fold, counts)
+    except BaseException:
+        Path(path).with_suffix(".error").write_text(traceback.format_exc())
+        raise
+
+
+def _sqlite_dialect() -> sa.Dialect:
+    """SQLite as the record's engines bind it (JSON as orjson text), so a shard holds the bytes the
+    live consumer would store."""
+    return sa.create_engine("sqlite://", json_serializer=json_text).dialect
+
+
+def write_shard(path: Path, fold: FoldUnitOfWork, counts: tuple[int, int, int]) -> None:
+    """What one worker folded: the record's three tables (primary keys only), the people it holds
+    resources for, the people merged away on its partitions, and its counts."""
+    dialect = _sqlite_dialect()
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("PRAGMA synchronous=OFF")
+        db.execute("BEGIN")
+        for table in _TABLES:  # no keys, no indexes: the target's primary keys catch any clash
+            db.execute(f"CREATE TABLE {table.name} ({', '.join(c.name for c in table.columns)})")
+        db.execute("CREATE TABLE person (person_key TEXT PRIMARY KEY)")
+        db.execute("CREATE TABLE retired (person_key TEXT PRIMARY KEY)")
+        db.execute("CREATE TABLE counts (read INTEGER, applied INTEGER, skipped INTEGER)")
+        for sql, rows in _chunks(fold, dialect, 20_000, content=orjson.dumps):
+            db.executemany(sql, rows)
+        db.executemany("INSERT INTO person VALUES (?)", ((k,) for k in sorted(fold.by_person) if fold.by_person[k]))
+        retired = (
+            (r.id,)
+            for (kind, _), r in fold.resources.items()
+            if kind == "Patient" and "link" in r.content and _replaced_by(r.content)
+        )
+        db.executemany("INSERT OR IGNORE INTO retired VALUES (?)", retired)
+        db.execute("INSERT INTO counts VALUES (?, ?, ?)", counts)
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+def _shard_counts(path: Path) -> tuple[int, int, int]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        read, applied, skipped = db.execute("SELECT read, applied, skipped FROM counts").fetchone()
+        return int(read), int(applied), int(skipped)
+
+
+def load(engine: sa.Engine, paths: Sequence[Path]) -> int | str:
+    """The shards into the (empty) target in one transaction: resources written, or why not."""
+    with engine.connect().execution_options(immediate=True) as conn:
+        if conn.dialect.name == "sqlite":
+            db: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+            names = _attach(db, paths)  # outside any transaction, as SQLite requires
+            try:
+                return _load(conn, db, names)
+            finally:
+                for name in names:
+                    db.execute(f"DETACH DATABASE {name}")
+        with contextlib.closing(sqlite3.connect(":memory:", isolation_level=None)) as db:
+            return _load(conn, db, _attach(db, paths))
+
+
+def _attach(db: sqlite3.Connection, paths: Sequence[Path]) -> list[str]:
+    names = []
+    for index, path in enumerate(paths):
+        name = f"shard{index}"
+        db.execute(f"ATTACH DATABASE ? AS {name}", (str(path),))
+        names.append(name)
+    return names
+
+
+class _ClashError(Exception):
+    """The same row key on two shards: partitions depend on each other."""
+
+
+def _load(conn: sa.Connection, db: sqlite3.Connection, names: list[str]) -> int | str:
+    why = _merged_across(db, names)
+    if why:
+        return why
+    shared = _reconciled(db, names)
+    if isinstance(shared, str):
+        return shared
+    try:
+        # a journal in memory, not none: a clash found part way through has to roll back
+        with _bulk_load(conn, journal="MEMORY"), conn.begin():
+            if conn.execute(sa.select(sa.func.count()).select_from(record_resource)).scalar_one():
+                raise RuntimeError("replay writes into an empty record; this database already holds one")
+            with _indexes_after(conn, record_resource, record_identifier):
+                try:
+                    if conn.dialect.name == "sqlite":
+                        _copy_in_sqlite(conn, names, shared)
+                    else:
+                        _copy_rows(conn, db, names, shared)
+                except sa.exc.IntegrityError as exc:
+                    raise _ClashError from exc
+            return int(conn.execute(sa.select(sa.func.count()).select_from(record_resource)).scalar_one())
+    except _ClashError:
+        return "one resource or event is on partitions read by two workers"
+
+
+def _merged_across(db: sqlite3.Connection, names: list[str]) -> str | None:
+    """Why: a person merged away on one shard's partitions who has resources on another's."""
+    for a in names:
+        for b in names:
+            if (
+                a != b
+                and db.execute(
+                    f"SELECT 1 FROM {a}.retired m JOIN {b}.person p USING (person_key) LIMIT 1"  # noqa: S608 (our names)
+                ).fetchone()
+            ):
+                return "a person merged away on one worker's partitions has resources on another's"
+    return None
+
+
+_COLUMNS = ", ".join(c.name for c in record_resource.columns)
+
+
+def _reconciled(db: sqlite3.Connection, names: list[str]) -> list[tuple[Any, ...]] | str:
+    """Reference data rows (resource table order), one per resource, as the one-process fold leaves
+    them; or why they cannot be (content that differs or changed: its versions depend on read order)."""
+    found: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+    for name in names:
+        cursor = db.execute(
+            f"SELECT {_COLUMNS} FROM {name}.record_resource WHERE resource_type IN {_SHARED_SQL}"  # noqa: S608
+        )
+        for row in cursor:
+            found.setdefault((row[0], row[1]), []).append(tuple(row))
+    out = []
+    for key in sorted(found):
+        rows = found[key]
+        if len(rows) == 1:
+            out.append(rows[0])
+            continue
+        contents = [orjson.loads(row[6]) for row in rows]
+        if any(row[3] != 1 for row in rows) or not all(_same_content(c, contents[0]) for c in contents[1:]):
+            return f"{key[0]} reference data differs between partitions read by different workers"
+        first = min(range(len(rows)), key=lambda i: _said(contents[i]))
+        latest = max(row[4] for row in rows)  # the same text form on every shard, so it sorts as time
+        out.append((*rows[first][:4], latest, *rows[first][5:]))
+    return out
+
+
+def _said(content: dict[str, Any]) -> tuple[str, str]:
+    meta = content.get("meta") or {}
+    return str(meta.get("lastUpdated", "")), str(meta.get("source", ""))
+
+
+def _copy_in_sqlite(conn: sa.Connection, names: list[str], shared: list[tuple[Any, ...]]) -> None:
+    """Shards to target inside SQLite: the shards hold the values the target's columns bind (content
+    as the UTF-8 of its JSON text, made text again here)."""
+    for table in _TABLES:
+        columns = ", ".join(c.name for c in table.columns)
+        picked = columns.replace("content", "CAST(content AS TEXT)") if table is record_resource else columns
+        kinds = f" WHERE resource_type NOT IN {_SHARED_SQL}" if table is not processed_event else ""
+        for name in names:  # each shard's rows are in key order already (inserted so)
+            conn.exec_driver_sql(
+                f"INSERT INTO {table.name} ({columns}) SELECT {picked} FROM {name}.{table.name}{kinds}"  # noqa: S608
+            )
+        rows: list[tuple[Any, ...]] = []
+        if table is record_resource:
+            rows = [(*r[:6], r[6].decode()) for r in shared]
+        elif table is record_identifier:
+            rows = list(_identifiers(shared))
+        if rows:  # (an empty list would be taken for no parameters at all)
+            conn.exec_driver_sql(_insert_sql(table, conn.dialect), rows)
+
+
+def _identifiers(shared: list[tuple[Any, ...]]) -> list[tuple[str, str, str, str]]:
+    return [(r[0], r[1], s, v) for r in shared for s, v in sorted(identifiers_of(orjson.loads(r[6])))]
+
+
+def _copy_rows(
+    conn: sa.Connection, db: sqlite3.Connection, names: list[str], shared: list[tuple[Any, ...]], chunk: int = 5000
+) -> None:
+    """Shards to another database (PostgreSQL): rows read back and bound by the target's own types."""
+    dialect = conn.dialect
+    when, content = _bind(record_resource.c.event_time, dialect), _bind(record_resource.c.content, dialect)
+
+    def resource(row: Sequence[Any]) -> tuple[Any, ...]:
+        at = datetime.fromisoformat(row[4]).replace(tzinfo=UTC)  # shards keep UTC without an offset
+        return (*row[:4], when(at), row[5], content(orjson.loads(row[6])))
+
+    for table in _TABLES:
+        columns = ", ".join(c.name for c in table.columns)
+        kinds = f" WHERE resource_type NOT IN {_SHARED_SQL}" if table is not processed_event else ""
+        parts = [db.execute(f"SELECT {columns} FROM {name}.{table.name}{kinds}") for name in names]  # noqa: S608
+        rows: Iterator[Sequence[Any]] = itertools.chain.from_iterable(parts)
+        if table is record_resource:
+            rows = (resource(row) for row in itertools.chain(rows, shared))
+        elif table is record_identifier:
+            rows = itertools.chain(rows, _identifiers(shared))
+        sql = _insert_sql(table, dialect)
+        while batch := [tuple(row) for row in itertools.islice(rows, chunk)]:
+            conn.exec_driver_sql(sql, batch)

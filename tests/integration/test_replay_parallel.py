@@ -1,0 +1,190 @@
+"""Replay on several worker processes (hub.replay_parallel) against the one-process replay, on a real
+broker and real SQLite files.
+
+Each test picks person keys by the partition the producer puts them on (partition mod 2 is the
+worker that reads them when there are two), so that a dependence between partitions lands across
+workers, or deliberately does not.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import sqlalchemy as sa
+from aiokafka.partitioner import DefaultPartitioner
+
+from hub.core.ports import RecordEvent
+from hub.core.record import MERGED
+from hub.replay import replay
+from hub.store.database import open_engine
+from hub.store.hashing import record_hash
+from schemas.events.encounter import ENCOUNTER_ADMITTED
+from schemas.topics import EVENTS
+from tests.conftest import TansuProcess
+from tests.integration.test_crash_safety import produce, reference_hash, the_events
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
+T0 = datetime(2026, 10, 5, 9, 0, tzinfo=UTC)
+PRACTICE = "6e4a5b4c-0000-5000-8000-00000000a001"
+
+
+def partition_of(key: str) -> int:
+    partitions = list(range(EVENTS.partitions))
+    return int(DefaultPartitioner()(key.encode(), partitions, partitions))
+
+
+def keys(same_worker: bool, prefix: str) -> tuple[str, str]:
+    """Two person keys read by the same worker (on one partition, so in log order), or by different
+    workers (partition mod 2 differs)."""
+    first = f"{prefix}{0:028x}"
+    for n in range(1, 500):
+        other = f"{prefix}{n:028x}"
+        if same_worker and partition_of(other) == partition_of(first):
+            return first, other
+        if not same_worker and partition_of(other) % 2 != partition_of(first) % 2:
+            return first, other
+    raise AssertionError("no such pair of keys")
+
+
+def patient(key: str, **extra: Any) -> dict[str, Any]:
+    return {"resourceType": "Patient", "id": key, "name": [{"family": "TEST"}], **extra}
+
+
+def encounter(eid: str, key: str) -> dict[str, Any]:
+    return {"resourceType": "Encounter", "id": eid, "status": "in-progress", "subject": {"reference": f"Patient/{key}"}}
+
+
+def practice(name: str) -> dict[str, Any]:
+    ods = {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "Y90001"}
+    return {"resourceType": "Organization", "id": PRACTICE, "identifier": [ods], "name": name}
+
+
+def event(n: int, key: str, *resources: dict[str, Any], kind: str = ENCOUNTER_ADMITTED.type) -> RecordEvent:
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
+    return RecordEvent(f"evt-{n:04d}", kind, "urn:ods:RZZ", T0 + timedelta(hours=n), key, bundle)
+
+
+async def replayed(tmp: Path, bootstrap: str, name: str, workers: int) -> tuple[Any, tuple[str, int, int], sa.Engine]:
+    engine = open_engine(f"sqlite:///{tmp / name}")
+    result = await replay(bootstrap, engine, workers=workers)
+    return result, record_hash(engine), engine
+
+
+async def test_two_workers_give_the_one_process_record(tmp_path: Path, tansu: TansuProcess) -> None:
+    events = the_events(3000)  # ADT traffic with merges (within a person's partition) and shared practices
+    await produce(tansu.bootstrap, events)
+    parallel, digest, engine = await replayed(tmp_path, tansu.bootstrap, "two.db", 2)
+    assert parallel.workers == 2
+    assert (parallel.events, parallel.applied, parallel.skipped) == (3000, 3000, 0)
+    assert digest == reference_hash(tmp_path, events)
+    one, one_digest, _ = await replayed(tmp_path, tansu.bootstrap, "one.db", 1)
+    assert one.workers == 1
+    assert one_digest == digest
+    assert parallel.resources == one.resources == digest[1]
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
+        # content is stored as text, exactly as the live consumer stores it
+        kinds = conn.exec_driver_sql("SELECT DISTINCT typeof(content) FROM record_resource").scalars().all()
+        assert kinds == ["text"]
+    indexes = {i["name"] for t in ("record_resource", "record_identifier") for i in sa.inspect(engine).get_indexes(t)}
+    assert {"ix_record_resource_person_key", "ix_record_identifier_lookup"} <= indexes
+
+
+async def test_the_same_practice_on_both_workers_is_one_version_naming_the_earliest_event(
+    tmp_path: Path, tansu: TansuProcess
+) -> None:
+    a, b = keys(same_worker=False, prefix="a1")
+    events = [
+        event(1, b, patient(b), practice("HELMSLEY SURGERY")),
+        event(2, a, patient(a), practice("HELMSLEY SURGERY")),
+    ]
+    await produce(tansu.bootstrap, list(reversed(events)))
+    parallel, digest, engine = await replayed(tmp_path, tansu.bootstrap, "two.db", 2)
+    assert parallel.workers == 2
+    assert digest == reference_hash(tmp_path, events)
+    with engine.connect() as conn:
+        version, content = conn.execute(
+            sa.text("SELECT version_id, content FROM record_resource WHERE id = :id"), {"id": PRACTICE}
+        ).one()
+    assert version == 1
+    assert orjson.loads(content)["meta"]["lastUpdated"] == events[0].time.isoformat()
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["merge across workers", "practice differs across workers", "one encounter on both workers"],
+)
+async def test_partitions_that_depend_on_each_other_fold_again_in_one_process(
+    tmp_path: Path, tansu: TansuProcess, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
+    retired, survivor = keys(same_worker=False, prefix="b2")
+    if case == "merge across workers":
+        events = [
+            event(1, retired, patient(retired), encounter("enc-r", retired)),
+            event(2, survivor, patient(survivor), encounter("enc-s", survivor)),
+            event(
+                3,
+                survivor,
+                patient(survivor, link=[{"other": {"reference": f"Patient/{retired}"}, "type": "replaces"}]),
+                patient(
+                    retired, active=False, link=[{"other": {"reference": f"Patient/{survivor}"}, "type": "replaced-by"}]
+                ),
+                kind=MERGED,
+            ),
+        ]
+        why = "merged away"
+    elif case == "practice differs across workers":
+        events = [
+            event(1, retired, patient(retired), practice("HELMSLEY SURGERY")),
+            event(2, survivor, patient(survivor), practice("HELMSLEY MEDICAL PRACTICE")),
+        ]
+        why = "reference data differs"
+    else:
+        events = [
+            event(1, retired, patient(retired), encounter("enc-x", retired)),
+            event(2, survivor, patient(survivor), encounter("enc-x", survivor)),
+        ]
+        why = "two workers"
+    await produce(tansu.bootstrap, events)
+    with caplog.at_level(logging.WARNING, logger="hub.replay"):
+        parallel, digest, engine = await replayed(tmp_path, tansu.bootstrap, "two.db", 2)
+    assert parallel.workers == 1, "the dependence was not noticed"
+    assert why in caplog.text and "folded again in one process" in caplog.text
+    _, one_digest, _ = await replayed(tmp_path, tansu.bootstrap, "one.db", 1)
+    assert digest == one_digest
+    assert parallel.events == len(events) == digest[2]
+    with engine.connect() as conn:  # a load that clashed part way was rolled back, not left behind
+        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+        if case == "merge across workers":
+            owner = conn.execute(
+                sa.text("SELECT person_key FROM record_resource WHERE resource_type = 'Encounter' AND id = 'enc-r'")
+            ).scalar_one()
+            assert owner == survivor  # the retired person's stay is filed under the survivor
+    assert "ix_record_resource_person_key" in {i["name"] for i in sa.inspect(engine).get_indexes("record_resource")}
+
+
+async def test_a_merge_within_one_worker_stays_parallel(tmp_path: Path, tansu: TansuProcess) -> None:
+    retired, survivor = keys(same_worker=True, prefix="c3")
+    events = [
+        event(1, retired, patient(retired), encounter("enc-r", retired)),
+        event(
+            2,
+            survivor,
+            patient(survivor, link=[{"other": {"reference": f"Patient/{retired}"}, "type": "replaces"}]),
+            patient(
+                retired, active=False, link=[{"other": {"reference": f"Patient/{survivor}"}, "type": "replaced-by"}]
+            ),
+            kind=MERGED,
+        ),
+    ]
+    await produce(tansu.bootstrap, events)
+    parallel, digest, _ = await replayed(tmp_path, tansu.bootstrap, "two.db", 2)
+    assert parallel.workers == 2
+    assert digest == reference_hash(tmp_path, events)
