@@ -7,6 +7,9 @@ without pydantic, payloads parsed with orjson and folded as plain dicts in memor
 re-validated with fhir.resources: they were validated once, where they entered), and the final
 state is written in bulk.
 
+On more than one core the partitions are folded in worker processes (hub.replay_parallel) and
+loaded from their shards, unless partitions turn out to depend on each other.
+
 The log is read without a consumer group (partitions assigned, from the beginning, up to the high
 watermark each fetch reports), so a replay never disturbs the live consumers' offsets.
 """
