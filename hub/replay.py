@@ -49,6 +49,7 @@ class FoldUnitOfWork:
         self.resources: dict[tuple[str, str], StoredResource] = {}
         self.by_person: dict[str, set[tuple[str, str]]] = {}
         self.done: set[str] = set()
+        self.merged_away: set[str] = set()  # every person a merge moved resources from (see of_person)
 
     def __enter__(self) -> Self:
         return self
@@ -70,6 +71,9 @@ class FoldUnitOfWork:
         ]
 
     def of_person(self, person_key: str) -> list[StoredResource]:
+        # only a merge asks for a person's resources: remember whom, whatever the merge's own
+        # Patient write then does (it may be stale, or a later merge may make them a survivor)
+        self.merged_away.add(person_key)
         return sorted(
             (self.resources[k] for k in self.by_person.get(person_key, ())), key=lambda r: (r.resource_type, r.id)
         )
@@ -190,9 +194,11 @@ async def replay(
     With more than one worker (default: one per core, at most 4 and at most one per partition) the
     partitions are folded in worker processes (hub.replay_parallel); where partitions turn out to
     depend on each other it folds again here, in one process, and says so in the log."""
-    from hub.replay_parallel import partition_count, replay_in_parallel
+    from hub.replay_parallel import MAX_WORKERS, partition_count, replay_in_parallel
 
-    wanted = workers if workers is not None else min(os.cpu_count() or 1, 4)
+    started = time.perf_counter()
+    await asyncio.to_thread(_refuse_unless_empty, engine)  # before minutes of folding, not after
+    wanted = min(workers if workers is not None else min(_cores(), 4), MAX_WORKERS)
     if wanted > 1:
         wanted = min(wanted, await partition_count(bootstrap))
     if wanted > 1:
@@ -200,7 +206,6 @@ async def replay(
         if isinstance(outcome, ReplayResult):
             return outcome
         log.warning("replay: %s, so the log is folded again in one process", outcome)
-    started = time.perf_counter()
     fold = FoldUnitOfWork()
     gc.disable()  # fold and rows only grow; cyclic GC passes over them cost more than the work itself
     try:
@@ -209,6 +214,12 @@ async def replay(
     finally:
         gc.enable()
     return ReplayResult(read, applied, skipped, len(fold.resources), time.perf_counter() - started)
+
+
+def _cores() -> int:
+    """Cores this process may run on (its affinity, where the platform says; else all of them)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 async def _fold(
@@ -246,11 +257,20 @@ def write(engine: sa.Engine, fold: FoldUnitOfWork, chunk: int = 20_000) -> None:
     """
     # the transaction ends (committed or rolled back) before the bulk-load settings are undone
     with engine.connect().execution_options(immediate=True) as conn, _bulk_load(conn), conn.begin():
-        if conn.execute(sa.select(sa.func.count()).select_from(record_resource)).scalar_one():
-            raise RuntimeError("replay writes into an empty record; this database already holds one")
+        refuse_unless_empty(conn)
         with _indexes_after(conn, record_resource, record_identifier):
             for sql, rows in _chunks(fold, conn.dialect, chunk):
                 conn.exec_driver_sql(sql, rows)
+
+
+def refuse_unless_empty(conn: sa.Connection) -> None:
+    if conn.execute(sa.select(sa.func.count()).select_from(record_resource)).scalar_one():
+        raise RuntimeError("replay writes into an empty record; this database already holds one")
+
+
+def _refuse_unless_empty(engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        refuse_unless_empty(conn)
 
 
 def _chunks(
@@ -323,16 +343,16 @@ def _bulk_load(conn: sa.Connection, kib: int = 512 * 1024, journal: str = "OFF")
         yield
         return
     sqlite: Any = conn.connection.driver_connection  # PRAGMAs outside SQLAlchemy's transaction
-    before = int(sqlite.execute("PRAGMA cache_size").fetchone()[0])
-    sqlite.execute(f"PRAGMA cache_size=-{kib}")
-    sqlite.execute(f"PRAGMA journal_mode={journal}")
-    sqlite.execute("PRAGMA synchronous=OFF")
+    before = int(sqlite.execute("PRAGMA main.cache_size").fetchone()[0])
+    sqlite.execute(f"PRAGMA main.cache_size=-{kib}")
+    sqlite.execute(f"PRAGMA main.journal_mode={journal}")
+    sqlite.execute("PRAGMA main.synchronous=OFF")
     try:
         yield
     finally:
-        sqlite.execute("PRAGMA journal_mode=WAL")
-        sqlite.execute("PRAGMA synchronous=NORMAL")
-        sqlite.execute(f"PRAGMA cache_size={before}")
+        sqlite.execute("PRAGMA main.journal_mode=WAL")
+        sqlite.execute("PRAGMA main.synchronous=NORMAL")
+        sqlite.execute(f"PRAGMA main.cache_size={before}")
 
 
 @contextlib.contextmanager

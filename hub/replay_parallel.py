@@ -55,6 +55,7 @@ from hub.replay import (
     _fold,
     _indexes_after,
     _insert_sql,
+    refuse_unless_empty,
 )
 from hub.store.database import json_text
 from hub.store.sql import identifiers_of
@@ -64,6 +65,7 @@ from schemas.topics import EVENTS
 _TABLES = (record_resource, record_identifier, processed_event)
 _SHARED_SQL = "(" + ", ".join(f"'{kind}'" for kind in sorted(SHARED_KINDS)) + ")"
 _POLL_S = 0.2
+MAX_WORKERS = 8  # each shard is an ATTACHed database; SQLite allows 10 by default
 
 
 async def partition_count(bootstrap: str) -> int:
@@ -116,25 +118,32 @@ async def _run_workers(
         )
         for index, path in enumerate(paths)
     ]
-    for process in processes:
-        process.start()
     try:
+        for process in processes:
+            process.start()
         while any(p.is_alive() for p in processes):
             await asyncio.sleep(_POLL_S)
             if progress:
                 progress(sum(c.value for c in counters), 0)
+            if any(p.exitcode for p in processes):
+                break  # one failed: the others' work is no use, stop them now
     finally:
         for process in processes:
-            if process.is_alive():  # cancelled (Ctrl-C): the workers go with the replay
+            if process.is_alive():  # one failed, or the replay was cancelled (Ctrl-C)
                 process.terminate()
-            process.join()
+            if process.pid is not None:
+                process.join()
     failed = [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode != 0]
     if failed:
-        index, code = failed[0]
-        error = paths[index].with_suffix(".error")
-        why = error.read_text().strip().splitlines()[-1] if error.exists() else f"exit code {code}"
-        raise RuntimeError(f"replay worker {index} failed: {why}")
+        index, code = next(((i, c) for i, c in failed if c and c > 0), failed[0])
+        raise RuntimeError(f"replay worker {index} failed: {_error_of(paths[index], code)}")
     return [_shard_counts(path) for path in paths]
+
+
+def _error_of(path: Path, code: int | None) -> str:
+    error = path.with_suffix(".error")
+    lines = error.read_text().strip().splitlines() if error.exists() else []
+    return lines[-1] if lines else f"exit code {code}"
 
 
 def _worker(
@@ -184,12 +193,10 @@ def write_shard(path: Path, fold: FoldUnitOfWork, counts: tuple[int, int, int]) 
         for sql, rows in _chunks(fold, dialect, 20_000, content=orjson.dumps):
             db.executemany(sql, rows)
         db.executemany("INSERT INTO person VALUES (?)", ((k,) for k in sorted(fold.by_person) if fold.by_person[k]))
-        retired = (
-            (r.id,)
-            for (kind, _), r in fold.resources.items()
-            if kind == "Patient" and "link" in r.content and _replaced_by(r.content)
-        )
-        db.executemany("INSERT OR IGNORE INTO retired VALUES (?)", retired)
+        retired = fold.merged_away | {
+            r.id for (kind, _), r in fold.resources.items() if kind == "Patient" and _replaced_by(r.content)
+        }
+        db.executemany("INSERT INTO retired VALUES (?)", ((k,) for k in sorted(retired)))
         db.execute("INSERT INTO counts VALUES (?, ?, ?)", counts)
         db.execute("COMMIT")
     finally:
@@ -240,8 +247,7 @@ def _load(conn: sa.Connection, db: sqlite3.Connection, names: list[str]) -> int 
     try:
         # a journal in memory, not none: a clash found part way through has to roll back
         with _bulk_load(conn, journal="MEMORY"), conn.begin():
-            if conn.execute(sa.select(sa.func.count()).select_from(record_resource)).scalar_one():
-                raise RuntimeError("replay writes into an empty record; this database already holds one")
+            refuse_unless_empty(conn)
             with _indexes_after(conn, record_resource, record_identifier):
                 try:
                     if conn.dialect.name == "sqlite":

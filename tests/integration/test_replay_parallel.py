@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from aiokafka.partitioner import DefaultPartitioner
 
 from hub.core.ports import RecordEvent
-from hub.core.record import MERGED
+from hub.core.record import MERGED, SHARED_KINDS
 from hub.replay import replay
 from hub.store.database import open_engine
 from hub.store.hashing import record_hash
@@ -59,14 +59,34 @@ def encounter(eid: str, key: str) -> dict[str, Any]:
     return {"resourceType": "Encounter", "id": eid, "status": "in-progress", "subject": {"reference": f"Patient/{key}"}}
 
 
+ODS = {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "Y90001"}
+
+
 def practice(name: str) -> dict[str, Any]:
-    ods = {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "Y90001"}
-    return {"resourceType": "Organization", "id": PRACTICE, "identifier": [ods], "name": name}
+    return {"resourceType": "Organization", "id": PRACTICE, "identifier": [ODS], "name": name}
 
 
 def event(n: int, key: str, *resources: dict[str, Any], kind: str = ENCOUNTER_ADMITTED.type) -> RecordEvent:
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
     return RecordEvent(f"evt-{n:04d}", kind, "urn:ods:RZZ", T0 + timedelta(hours=n), key, bundle)
+
+
+def tables(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row the replay wrote, beyond what `record hash` covers (event times, identifiers). For
+    reference data the event that first wrote it is whichever was read first, so it is left out."""
+    with engine.connect() as conn:
+        resources = [
+            (*row[:5], None if row[0] in SHARED_KINDS else row[5], row[6])
+            for row in conn.exec_driver_sql(
+                "SELECT resource_type, id, person_key, version_id, event_time, source_event_id, content"
+                " FROM record_resource ORDER BY resource_type, id"
+            )
+        ]
+        rest = {
+            t: [tuple(r) for r in conn.exec_driver_sql(f"SELECT * FROM {t} ORDER BY {order}")]  # noqa: S608
+            for t, order in (("record_identifier", "1, 2, 3, 4"), ("processed_event", "1, 2"))
+        }
+    return {"record_resource": resources, **rest}
 
 
 async def replayed(tmp: Path, bootstrap: str, name: str, workers: int) -> tuple[Any, tuple[str, int, int], sa.Engine]:
@@ -82,10 +102,12 @@ async def test_two_workers_give_the_one_process_record(tmp_path: Path, tansu: Ta
     assert parallel.workers == 2
     assert (parallel.events, parallel.applied, parallel.skipped) == (3000, 3000, 0)
     assert digest == reference_hash(tmp_path, events)
-    one, one_digest, _ = await replayed(tmp_path, tansu.bootstrap, "one.db", 1)
+    one, one_digest, one_engine = await replayed(tmp_path, tansu.bootstrap, "one.db", 1)
     assert one.workers == 1
     assert one_digest == digest
     assert parallel.resources == one.resources == digest[1]
+    assert tables(engine) == tables(one_engine)
+    assert len(tables(engine)["record_identifier"]) > 3000  # identifiers of reference data too
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
         assert conn.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
@@ -114,6 +136,9 @@ async def test_the_same_practice_on_both_workers_is_one_version_naming_the_earli
         ).one()
     assert version == 1
     assert orjson.loads(content)["meta"]["lastUpdated"] == events[0].time.isoformat()
+    _, _, one = await replayed(tmp_path, tansu.bootstrap, "one.db", 1)
+    assert tables(engine) == tables(one)  # the latest event time kept, the practice's ODS code indexed
+    assert ("Organization", PRACTICE, ODS["system"], ODS["value"]) in tables(engine)["record_identifier"]
 
 
 @pytest.mark.parametrize(
@@ -188,3 +213,35 @@ async def test_a_merge_within_one_worker_stays_parallel(tmp_path: Path, tansu: T
     parallel, digest, _ = await replayed(tmp_path, tansu.bootstrap, "two.db", 2)
     assert parallel.workers == 2
     assert digest == reference_hash(tmp_path, events)
+
+
+async def test_a_merge_whose_own_patient_write_was_stale_still_counts_as_a_merge(
+    tmp_path: Path, tansu: TansuProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On one worker: news of the retired person newer than the merge, read before it, so the
+    merge's own write of the retired Patient is stale and leaves no replaced-by link. On the other:
+    another person's event carrying an encounter about the retired person. Only the merge itself
+    says the partitions depend on each other."""
+    retired, survivor = keys(same_worker=True, prefix="d4")
+    other = next(k for n in range(500) if partition_of(k := f"e5{n:030x}") % 2 != partition_of(retired) % 2)
+    merge = event(
+        3,
+        survivor,
+        patient(survivor, link=[{"other": {"reference": f"Patient/{retired}"}, "type": "replaces"}]),
+        patient(retired, active=False, link=[{"other": {"reference": f"Patient/{survivor}"}, "type": "replaced-by"}]),
+        kind=MERGED,
+    )
+    events = [
+        event(1, retired, patient(retired), encounter("enc-r", retired)),
+        event(5, retired, patient(retired, gender="female")),  # an A08 stamped after the merge, sent before it
+        merge,
+        event(2, other, patient(other), encounter("enc-o", retired)),
+    ]
+    await produce(tansu.bootstrap, events)
+    with caplog.at_level(logging.WARNING, logger="hub.replay"):
+        parallel, digest, engine = await replayed(tmp_path, tansu.bootstrap, "two.db", 2)
+    assert parallel.workers == 1, "the merge was not noticed"
+    assert "merged away" in caplog.text
+    _, one_digest, one = await replayed(tmp_path, tansu.bootstrap, "one.db", 1)
+    assert digest == one_digest
+    assert tables(engine) == tables(one)

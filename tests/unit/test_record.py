@@ -258,3 +258,32 @@ def test_security_labels_are_kept_and_an_update_that_omits_them_does_not_drop_th
     assert store.reader().read("Encounter", "enc-1")["meta"]["versionId"] == "3"
     assert provenance is not None
     assert provenance["extension"][0]["valueReference"] == {"reference": "Patient/p1"}  # whose Provenance it is
+
+
+def test_reference_data_labelled_in_any_order_is_the_same_data_whichever_is_read_first() -> None:
+    # the record keeps labels in a fixed order; a sender may list them in another
+    psy = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}
+    restricted = {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}
+
+    def practice(event_id: str, hour: int, labels: list[dict]) -> RecordEvent:
+        content = {
+            "resourceType": "Organization",
+            "id": "org-1",
+            "name": "HELMSLEY SURGERY",
+            "meta": {"security": labels},
+        }
+        return RecordEvent(event_id, "uk.nhs.carehub.encounter.admitted.v1", "urn:ods:RXX",
+                           datetime(2026, 11, 2, hour, tzinfo=UTC), "p1", content)  # fmt: skip
+
+    later, earlier = practice("e20", 20, [restricted, psy]), practice("e10", 10, [restricted, psy])
+    ends = []
+    for order in ([later, earlier], [earlier, later]):
+        store = MemoryRecordStore()
+        with store.unit_of_work() as uow:
+            apply_events(uow, order)
+            uow.commit()
+        ends.append(store.reader().read("Organization", "org-1"))
+    assert ends[0] == ends[1]
+    assert ends[0] is not None
+    assert ends[0]["meta"]["versionId"] == "1"
+    assert ends[0]["meta"]["lastUpdated"].startswith("2026-11-02T10:00")  # the earliest event that said it
