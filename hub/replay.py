@@ -125,6 +125,13 @@ def _decoder() -> Callable[[Any], RecordEvent | None]:
     return event
 
 
+def _subject_of(record: Any) -> str | None:
+    for name, value in record.headers:
+        if name == "ce_subject":
+            return str(value.decode())
+    return None
+
+
 async def read_log(
     bootstrap: str, *, batch: int = 5000, idle_ms: int = 1000, only: Callable[[int], bool] | None = None
 ) -> AsyncIterator[list[Any]]:
@@ -178,6 +185,7 @@ class ReplayResult:
     resources: int
     seconds: float
     workers: int = 1  # processes that folded the log (1: in the caller's own)
+    refolded: int = 0  # people whose events were folded again together (merged across workers)
 
 
 async def replay(
@@ -229,18 +237,25 @@ async def _fold(
     until: datetime | None,
     progress: Progress | None,
     only: Callable[[int], bool] | None = None,
+    subjects: Collection[str] | None = None,
 ) -> tuple[int, int, int]:
+    """Fold the events on the partitions `only` picks (all) about the people `subjects` names (all)."""
     read = applied = skipped = 0
     decode = _decoder()
+    batch = getattr(fold, "batch", None)  # a fold that wants to know each batch's events first
     async for records in read_log(bootstrap, only=only):
         events = []
         for record in records:
             read += 1
+            if subjects is not None and _subject_of(record) not in subjects:
+                continue  # looked up in the headers: no need to parse the payload
             event = decode(record)
             if event is None:
                 skipped += 1
             elif (since is None or event.time >= since) and (until is None or event.time <= until):
                 events.append(event)
+        if batch:
+            batch(events)
         applied += apply_events(fold, events).applied
         if progress:
             progress(read, 0)
@@ -274,11 +289,15 @@ def _refuse_unless_empty(engine: sa.Engine) -> None:
 
 
 def _chunks(
-    fold: FoldUnitOfWork, dialect: sa.Dialect, chunk: int, content: Callable[[Any], Any] | None = None
+    fold: FoldUnitOfWork,
+    dialect: sa.Dialect,
+    chunk: int,
+    content: Callable[[Any], Any] | None = None,
+    kinds: Callable[[str], bool] | None = None,
 ) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
-    """(INSERT, rows) for every table, `chunk` rows at a time, built only when asked for; content
-    bound as the dialect binds it unless `content` says otherwise."""
-    keys = sorted(fold.resources)
+    """(INSERT, rows) for every table (resources of the `kinds` picked), `chunk` rows at a time,
+    built only when asked for; content bound as the dialect binds it unless `content` says otherwise."""
+    keys = sorted(k for k in fold.resources if kinds is None or kinds(k[0]))
     content = content or _bind(record_resource.c.content, dialect)
     at = _Memo(_bind(record_resource.c.event_time, dialect))  # events stamp several resources
 

@@ -30,12 +30,13 @@ import asyncio
 import contextlib
 import gc
 import itertools
+import logging
 import multiprocessing
 import sqlite3
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ import orjson
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer
 
+from hub.core.ports import RecordEvent, StoredResource
 from hub.core.record import SHARED_KINDS, _replaced_by, _same_content
 from hub.replay import (
     FoldUnitOfWork,
@@ -62,10 +64,44 @@ from hub.store.sql import identifiers_of
 from hub.store.tables import processed_event, record_identifier, record_resource
 from schemas.topics import EVENTS
 
+log = logging.getLogger(__name__)
 _TABLES = (record_resource, record_identifier, processed_event)
 _SHARED_SQL = "(" + ", ".join(f"'{kind}'" for kind in sorted(SHARED_KINDS)) + ")"
 _POLL_S = 0.2
 MAX_WORKERS = 8  # each shard is an ATTACHed database; SQLite allows 10 by default
+
+
+class LinkedFold(FoldUnitOfWork):
+    """A worker's fold, which also notes the people each event touched beyond its own subject (a
+    merge's retired person, a resource about someone else): the links along which partitions can
+    depend on each other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: set[tuple[str, str]] = set()
+        self._subjects: dict[str, str] = {}
+        self._touched: set[str] = set()
+
+    def batch(self, events: Sequence[RecordEvent]) -> None:
+        self._subjects = {e.id: e.subject for e in events}
+
+    def of_person(self, person_key: str) -> list[StoredResource]:
+        self._touched.add(person_key)
+        return super().of_person(person_key)
+
+    def put(self, resource: StoredResource) -> None:
+        old = self.resources.get((resource.resource_type, resource.id))
+        if old is not None and old.person_key and old.person_key != resource.person_key:
+            self._touched.add(old.person_key)
+        if resource.person_key:
+            self._touched.add(resource.person_key)
+        super().put(resource)
+
+    def mark_processed(self, event_id: str) -> None:
+        super().mark_processed(event_id)
+        subject = self._subjects.get(event_id, "")
+        self.links.update((subject, key) for key in self._touched if key != subject)
+        self._touched.clear()
 
 
 async def partition_count(bootstrap: str) -> int:
@@ -96,11 +132,21 @@ async def replay_in_parallel(
     with tempfile.TemporaryDirectory(prefix="carehub-replay-", dir=near) as tmp:
         paths = [Path(tmp) / f"shard-{i}.db" for i in range(workers)]
         counts = await _run_workers(bootstrap, paths, since, until, progress)
-        outcome = await asyncio.to_thread(load, engine, paths)
+        tangled = await asyncio.to_thread(_tangled_in, paths)
+        together = FoldUnitOfWork()
+        if tangled:  # their events again, read from every partition, folded together here
+            log.info("replay: %d people merged across workers are folded again together", len(tangled))
+            gc.disable()
+            try:
+                await _fold(bootstrap, together, since, until, None, subjects=tangled)
+            finally:
+                gc.enable()
+        outcome = await asyncio.to_thread(load, engine, paths, tangled, together)
     if isinstance(outcome, str):
         return outcome
     read, applied, skipped = (sum(c[k] for c in counts) for k in range(3))
-    return ReplayResult(read, applied, skipped, outcome, time.perf_counter() - started, workers=workers)
+    seconds = time.perf_counter() - started
+    return ReplayResult(read, applied, skipped, outcome, seconds, workers=workers, refolded=len(tangled))
 
 
 async def _run_workers(
@@ -158,7 +204,7 @@ def _worker(
     """One worker process: fold partitions p with p mod workers == index, write them to a shard."""
     try:
         gc.disable()  # as in the one-process replay: the fold only grows
-        fold = FoldUnitOfWork()
+        fold = LinkedFold()
 
         def seen(read: int, _expected: int) -> None:
             counter.value = read
@@ -176,9 +222,9 @@ def _sqlite_dialect() -> sa.Dialect:
     return sa.create_engine("sqlite://", json_serializer=json_text).dialect
 
 
-def write_shard(path: Path, fold: FoldUnitOfWork, counts: tuple[int, int, int]) -> None:
-    """What one worker folded: the record's three tables (primary keys only), the people it holds
-    resources for, the people merged away on its partitions, and its counts."""
+def write_shard(path: Path, fold: LinkedFold, counts: tuple[int, int, int]) -> None:
+    """What one worker folded: the record's three tables (no keys), the people it holds resources
+    for or links to, the people merged away on its partitions, the links, and its counts."""
     dialect = _sqlite_dialect()
     db = sqlite3.connect(path, isolation_level=None)
     try:
@@ -189,10 +235,13 @@ def write_shard(path: Path, fold: FoldUnitOfWork, counts: tuple[int, int, int]) 
             db.execute(f"CREATE TABLE {table.name} ({', '.join(c.name for c in table.columns)})")
         db.execute("CREATE TABLE person (person_key TEXT PRIMARY KEY)")
         db.execute("CREATE TABLE retired (person_key TEXT PRIMARY KEY)")
+        db.execute("CREATE TABLE link (a TEXT, b TEXT)")
         db.execute("CREATE TABLE counts (read INTEGER, applied INTEGER, skipped INTEGER)")
         for sql, rows in _chunks(fold, dialect, 20_000, content=orjson.dumps):
             db.executemany(sql, rows)
-        db.executemany("INSERT INTO person VALUES (?)", ((k,) for k in sorted(fold.by_person) if fold.by_person[k]))
+        people = {k for k, held in fold.by_person.items() if held} | {k for link in fold.links for k in link}
+        db.executemany("INSERT INTO person VALUES (?)", ((k,) for k in sorted(people)))
+        db.executemany("INSERT INTO link VALUES (?, ?)", sorted(fold.links))
         retired = fold.merged_away | {
             r.id for (kind, _), r in fold.resources.items() if kind == "Patient" and _replaced_by(r.content)
         }
@@ -209,19 +258,59 @@ def _shard_counts(path: Path) -> tuple[int, int, int]:
         return int(read), int(applied), int(skipped)
 
 
-def load(engine: sa.Engine, paths: Sequence[Path]) -> int | str:
-    """The shards into the (empty) target in one transaction: resources written, or why not."""
+def load(
+    engine: sa.Engine, paths: Sequence[Path], tangled: Collection[str] = (), together: FoldUnitOfWork | None = None
+) -> int | str:
+    """The shards into the (empty) target in one transaction, but for the `tangled` people, whose
+    resources and events come from `together` instead: resources written, or why not."""
     with engine.connect().execution_options(immediate=True) as conn:
         if conn.dialect.name == "sqlite":
             db: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
             names = _attach(db, paths)  # outside any transaction, as SQLite requires
             try:
-                return _load(conn, db, names)
+                return _load(conn, db, names, tangled, together)
             finally:
+                db.execute("DROP TABLE IF EXISTS temp.tangled_person")
+                db.execute("DROP TABLE IF EXISTS temp.tangled_event")
                 for name in names:
                     db.execute(f"DETACH DATABASE {name}")
         with contextlib.closing(sqlite3.connect(":memory:", isolation_level=None)) as db:
-            return _load(conn, db, _attach(db, paths))
+            return _load(conn, db, _attach(db, paths), tangled, together)
+
+
+def _tangled_in(paths: Sequence[Path]) -> set[str]:
+    with contextlib.closing(sqlite3.connect(":memory:", isolation_level=None)) as db:
+        return tangled(db, _attach(db, paths))
+
+
+def tangled(db: sqlite3.Connection, names: list[str]) -> set[str]:
+    """People whose events must be folded together, whatever partition they are on: each person
+    merged away on one worker's partitions whom another worker holds resources for (or saw
+    linked), with everyone linked to them on any worker, and so on."""
+    seeds: set[str] = set()
+    for a in names:
+        for b in names:
+            if a != b:
+                found = db.execute(
+                    f"SELECT m.person_key FROM {a}.retired m JOIN {b}.person p USING (person_key)"  # noqa: S608
+                )
+                seeds.update(k for (k,) in found)
+    if not seeds:
+        return set()
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for name in names:
+        for a, b in db.execute(f"SELECT a, b FROM {name}.link"):  # noqa: S608
+            parent[root(a)] = root(b)
+    roots = {root(k) for k in seeds}
+    return {k for k in parent if root(k) in roots} | seeds
 
 
 def _attach(db: sqlite3.Connection, paths: Sequence[Path]) -> list[str]:
@@ -237,13 +326,21 @@ class _ClashError(Exception):
     """The same row key on two shards: partitions depend on each other."""
 
 
-def _load(conn: sa.Connection, db: sqlite3.Connection, names: list[str]) -> int | str:
-    why = _merged_across(db, names)
-    if why:
-        return why
+def _load(
+    conn: sa.Connection,
+    db: sqlite3.Connection,
+    names: list[str],
+    tangled: Collection[str],
+    together: FoldUnitOfWork | None,
+) -> int | str:
     shared = _reconciled(db, names)
     if isinstance(shared, str):
         return shared
+    db.execute("CREATE TEMP TABLE tangled_person (person_key TEXT PRIMARY KEY)")
+    db.execute("CREATE TEMP TABLE tangled_event (event_id TEXT PRIMARY KEY)")
+    db.executemany("INSERT INTO temp.tangled_person VALUES (?)", ((k,) for k in sorted(tangled)))
+    if together is not None:
+        db.executemany("INSERT INTO temp.tangled_event VALUES (?)", ((e,) for e in sorted(together.done)))
     try:
         # a journal in memory, not none: a clash found part way through has to roll back
         with _bulk_load(conn, journal="MEMORY"), conn.begin():
@@ -251,9 +348,13 @@ def _load(conn: sa.Connection, db: sqlite3.Connection, names: list[str]) -> int 
             with _indexes_after(conn, record_resource, record_identifier):
                 try:
                     if conn.dialect.name == "sqlite":
-                        _copy_in_sqlite(conn, names, shared)
+                        _copy_in_sqlite(conn, names, shared, bool(tangled))
                     else:
-                        _copy_rows(conn, db, names, shared)
+                        _copy_rows(conn, db, names, shared, bool(tangled))
+                    if together is not None and tangled:
+                        for sql, rows in _chunks(together, conn.dialect, 20_000, kinds=_personal):
+                            if rows:
+                                conn.exec_driver_sql(sql, rows)
                 except sa.exc.IntegrityError as exc:
                     raise _ClashError from exc
             return int(conn.execute(sa.select(sa.func.count()).select_from(record_resource)).scalar_one())
@@ -261,18 +362,24 @@ def _load(conn: sa.Connection, db: sqlite3.Connection, names: list[str]) -> int 
         return "one resource or event is on partitions read by two workers"
 
 
-def _merged_across(db: sqlite3.Connection, names: list[str]) -> str | None:
-    """Why: a person merged away on one shard's partitions who has resources on another's."""
-    for a in names:
-        for b in names:
-            if (
-                a != b
-                and db.execute(
-                    f"SELECT 1 FROM {a}.retired m JOIN {b}.person p USING (person_key) LIMIT 1"  # noqa: S608 (our names)
-                ).fetchone()
-            ):
-                return "a person merged away on one worker's partitions has resources on another's"
-    return None
+def _personal(kind: str) -> bool:
+    return kind not in SHARED_KINDS  # reference data comes from the shards, reconciled
+
+
+def _picks(table: sa.Table, name: str, tangled: bool) -> str:
+    """WHERE for one shard's rows of `table`: not reference data (reconciled apart), and, where
+    some people are folded again together, none of theirs."""
+    if table is processed_event:
+        return " WHERE event_id NOT IN (SELECT event_id FROM temp.tangled_event)" if tangled else ""
+    where = f" WHERE resource_type NOT IN {_SHARED_SQL}"
+    if tangled and table is record_resource:
+        where += " AND person_key NOT IN (SELECT person_key FROM temp.tangled_person)"
+    elif tangled:
+        where += (
+            f" AND (resource_type, resource_id) NOT IN (SELECT resource_type, id FROM {name}.record_resource"  # noqa: S608
+            " WHERE person_key IN (SELECT person_key FROM temp.tangled_person))"
+        )
+    return where
 
 
 _COLUMNS = ", ".join(c.name for c in record_resource.columns)
@@ -308,16 +415,16 @@ def _said(content: dict[str, Any]) -> tuple[str, str]:
     return str(meta.get("lastUpdated", "")), str(meta.get("source", ""))
 
 
-def _copy_in_sqlite(conn: sa.Connection, names: list[str], shared: list[tuple[Any, ...]]) -> None:
+def _copy_in_sqlite(conn: sa.Connection, names: list[str], shared: list[tuple[Any, ...]], tangled: bool) -> None:
     """Shards to target inside SQLite: the shards hold the values the target's columns bind (content
     as the UTF-8 of its JSON text, made text again here)."""
     for table in _TABLES:
         columns = ", ".join(c.name for c in table.columns)
         picked = columns.replace("content", "CAST(content AS TEXT)") if table is record_resource else columns
-        kinds = f" WHERE resource_type NOT IN {_SHARED_SQL}" if table is not processed_event else ""
         for name in names:  # each shard's rows are in key order already (inserted so)
+            where = _picks(table, name, tangled)
             conn.exec_driver_sql(
-                f"INSERT INTO {table.name} ({columns}) SELECT {picked} FROM {name}.{table.name}{kinds}"  # noqa: S608
+                f"INSERT INTO {table.name} ({columns}) SELECT {picked} FROM {name}.{table.name}{where}"  # noqa: S608
             )
         rows: list[tuple[Any, ...]] = []
         if table is record_resource:
@@ -333,7 +440,12 @@ def _identifiers(shared: list[tuple[Any, ...]]) -> list[tuple[str, str, str, str
 
 
 def _copy_rows(
-    conn: sa.Connection, db: sqlite3.Connection, names: list[str], shared: list[tuple[Any, ...]], chunk: int = 5000
+    conn: sa.Connection,
+    db: sqlite3.Connection,
+    names: list[str],
+    shared: list[tuple[Any, ...]],
+    tangled: bool,
+    chunk: int = 5000,
 ) -> None:
     """Shards to another database (PostgreSQL): rows read back and bound by the target's own types."""
     dialect = conn.dialect
@@ -345,8 +457,10 @@ def _copy_rows(
 
     for table in _TABLES:
         columns = ", ".join(c.name for c in table.columns)
-        kinds = f" WHERE resource_type NOT IN {_SHARED_SQL}" if table is not processed_event else ""
-        parts = [db.execute(f"SELECT {columns} FROM {name}.{table.name}{kinds}") for name in names]  # noqa: S608
+        parts = [
+            db.execute(f"SELECT {columns} FROM {name}.{table.name}{_picks(table, name, tangled)}")  # noqa: S608
+            for name in names
+        ]
         rows: Iterator[Sequence[Any]] = itertools.chain.from_iterable(parts)
         if table is record_resource:
             rows = (resource(row) for row in itertools.chain(rows, shared))
