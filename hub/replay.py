@@ -126,10 +126,12 @@ def _decoder() -> Callable[[Any], RecordEvent | None]:
 
 
 def _subject_of(record: Any) -> str | None:
+    """The event's subject header, as the decoder reads it (a repeated header: the last one)."""
+    found = None
     for name, value in record.headers:
         if name == "ce_subject":
-            return str(value.decode())
-    return None
+            found = value
+    return found.decode() if found is not None else None
 
 
 async def read_log(

@@ -373,7 +373,7 @@ def _picks(table: sa.Table, name: str, tangled: bool) -> str:
         return " WHERE event_id NOT IN (SELECT event_id FROM temp.tangled_event)" if tangled else ""
     where = f" WHERE resource_type NOT IN {_SHARED_SQL}"
     if tangled and table is record_resource:
-        where += " AND person_key NOT IN (SELECT person_key FROM temp.tangled_person)"
+        where += " AND (person_key IS NULL OR person_key NOT IN (SELECT person_key FROM temp.tangled_person))"
     elif tangled:
         where += (
             f" AND (resource_type, resource_id) NOT IN (SELECT resource_type, id FROM {name}.record_resource"  # noqa: S608
