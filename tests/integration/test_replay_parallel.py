@@ -93,6 +93,15 @@ def tables(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
     return {"record_resource": resources, **rest}
 
 
+def merge_event(n: int, survivor: str, retired: str) -> RecordEvent:
+    """An A40 as the mapper gives it: the survivor replaces the retired identity."""
+    replaces = [{"other": {"reference": f"Patient/{retired}"}, "type": "replaces"}]
+    replaced_by = [{"other": {"reference": f"Patient/{survivor}"}, "type": "replaced-by"}]
+    return event(
+        n, survivor, patient(survivor, link=replaces), patient(retired, active=False, link=replaced_by), kind=MERGED
+    )
+
+
 async def replayed(tmp: Path, bootstrap: str, name: str, workers: int) -> tuple[Any, tuple[str, int, int], sa.Engine]:
     engine = open_engine(f"sqlite:///{tmp / name}")
     result = await replay(bootstrap, engine, workers=workers)
@@ -183,15 +192,7 @@ def merged_across_workers() -> tuple[list[RecordEvent], str, str, str]:
         event(1, retired, patient(retired), encounter("enc-r", retired)),
         event(2, survivor, patient(survivor), encounter("enc-s", survivor)),
         event(3, bystander, patient(bystander), encounter("enc-b", bystander)),
-        event(
-            4,
-            survivor,
-            patient(survivor, link=[{"other": {"reference": f"Patient/{retired}"}, "type": "replaces"}]),
-            patient(
-                retired, active=False, link=[{"other": {"reference": f"Patient/{survivor}"}, "type": "replaced-by"}]
-            ),
-            kind=MERGED,
-        ),
+        merge_event(4, survivor, retired),
         event(5, retired, patient(retired), encounter("enc-r2", retired)),  # late news of the old identity
     ]
     return events, retired, survivor, bystander
@@ -233,15 +234,7 @@ async def test_a_merge_within_one_worker_stays_parallel(tmp_path: Path, tansu: T
     retired, survivor = keys(same_worker=True, prefix="c3")
     events = [
         event(1, retired, patient(retired), encounter("enc-r", retired)),
-        event(
-            2,
-            survivor,
-            patient(survivor, link=[{"other": {"reference": f"Patient/{retired}"}, "type": "replaces"}]),
-            patient(
-                retired, active=False, link=[{"other": {"reference": f"Patient/{survivor}"}, "type": "replaced-by"}]
-            ),
-            kind=MERGED,
-        ),
+        merge_event(2, survivor, retired),
     ]
     await produce(tansu.bootstrap, events)
     parallel, digest, _ = await replayed(tmp_path, tansu.bootstrap, "two.db", 2)
@@ -258,13 +251,7 @@ async def test_a_merge_whose_own_patient_write_was_stale_still_counts_as_a_merge
     says the partitions depend on each other: all three people are folded again together."""
     retired, survivor = keys(same_worker=True, prefix="d4")
     other = next(k for n in range(500) if partition_of(k := f"e5{n:030x}") % 2 != partition_of(retired) % 2)
-    merge = event(
-        3,
-        survivor,
-        patient(survivor, link=[{"other": {"reference": f"Patient/{retired}"}, "type": "replaces"}]),
-        patient(retired, active=False, link=[{"other": {"reference": f"Patient/{survivor}"}, "type": "replaced-by"}]),
-        kind=MERGED,
-    )
+    merge = merge_event(3, survivor, retired)
     events = [
         event(1, retired, patient(retired), encounter("enc-r", retired)),
         event(5, retired, patient(retired, gender="female")),  # an A08 stamped after the merge, sent before it
