@@ -34,12 +34,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from hub.core.ports import RecordEvent, StoredResource
 from hub.core.record import apply_events
+from hub.store.database import json_text
 from hub.store.sql import identifiers_of
 from hub.store.tables import processed_event, record_identifier, record_resource
 from schemas.topics import EVENTS
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (events read, events expected)
+_HOT = 16  # events decoded at a time in a fold
+_FETCHED = 500  # records taken from the consumer at a time in a fold (see _fold)
 
 
 class FoldUnitOfWork:
@@ -47,6 +50,11 @@ class FoldUnitOfWork:
 
     def __init__(self) -> None:
         self.resources: dict[tuple[str, str], StoredResource] = {}
+        # each resource's JSON text and identifiers, made when it is put: its content is then still
+        # in the CPU's caches; made at write time, a million contents scattered over gigabytes of
+        # memory cost many times more to read than to serialise
+        self.text: dict[tuple[str, str], bytes] = {}
+        self.identifiers: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self.by_person: dict[str, set[tuple[str, str]]] = {}
         self.done: set[str] = set()
         self.merged_away: set[str] = set()  # every person a merge moved resources from (see of_person)
@@ -65,9 +73,9 @@ class FoldUnitOfWork:
 
     def find_by_identifier(self, resource_type: str, system: str, value: str) -> list[StoredResource]:
         return [
-            r
-            for (kind, _), r in self.resources.items()
-            if kind == resource_type and (system, value) in identifiers_of(r.content)
+            self.resources[key]
+            for key, found in self.identifiers.items()
+            if key[0] == resource_type and (system, value) in found
         ]
 
     def of_person(self, person_key: str) -> list[StoredResource]:
@@ -82,6 +90,13 @@ class FoldUnitOfWork:
         key = (resource.resource_type, resource.id)
         old = self.resources.get(key)
         self.resources[key] = resource
+        content = resource.content
+        if old is None or old.content is not content:  # (stored content is never changed in place)
+            self.text[key] = orjson.dumps(content)
+            if "identifier" in content:
+                self.identifiers[key] = sorted(identifiers_of(content))
+            elif old is not None:
+                self.identifiers.pop(key, None)
         person = resource.person_key
         if old is not None and old.person_key == person:
             return  # filed where it was: the common case, a new version of the same resource
@@ -245,20 +260,23 @@ async def _fold(
     read = applied = skipped = 0
     decode = _decoder()
     batch = getattr(fold, "batch", None)  # a fold that wants to know each batch's events first
-    async for records in read_log(bootstrap, only=only):
-        events = []
-        for record in records:
-            read += 1
-            if subjects is not None and _subject_of(record) not in subjects:
-                continue  # looked up in the headers: no need to parse the payload
-            event = decode(record)
-            if event is None:
-                skipped += 1
-            elif (since is None or event.time >= since) and (until is None or event.time <= until):
-                events.append(event)
-        if batch:
-            batch(events)
-        applied += apply_events(fold, events).applied
+    async for records in read_log(bootstrap, batch=_FETCHED, only=only):
+        # decoded and applied a few events at a time, not a whole fetch: each event's payload is
+        # then still in the CPU's caches when the rules read it and when its resources are serialised
+        for start in range(0, len(records), _HOT):
+            events = []
+            for record in records[start : start + _HOT]:
+                if subjects is not None and _subject_of(record) not in subjects:
+                    continue  # looked up in the headers: no need to parse the payload
+                event = decode(record)
+                if event is None:
+                    skipped += 1
+                elif (since is None or event.time >= since) and (until is None or event.time <= until):
+                    events.append(event)
+            if batch:
+                batch(events)
+            applied += apply_events(fold, events).applied
+        read += len(records)
         if progress:
             progress(read, 0)
     return read, applied, skipped
@@ -294,16 +312,19 @@ def _chunks(
     fold: FoldUnitOfWork,
     dialect: sa.Dialect,
     chunk: int,
-    content: Callable[[Any], Any] | None = None,
+    content: Callable[[bytes], Any] | None = None,
     kinds: Callable[[str], bool] | None = None,
 ) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
     """(INSERT, rows) for every table (resources of the `kinds` picked), `chunk` rows at a time,
-    built only when asked for; content bound as the dialect binds it unless `content` says otherwise."""
+    built only when asked for; content (its JSON text) bound as the dialect binds JSON unless
+    `content` says otherwise."""
     keys = sorted(k for k in fold.resources if kinds is None or kinds(k[0]))
-    content = content or _bind(record_resource.c.content, dialect)
+    content = content or _text_bound(dialect)
     at = _Memo(_bind(record_resource.c.event_time, dialect))  # events stamp several resources
+    resources, text = fold.resources, fold.text
 
-    def row(r: StoredResource) -> tuple[Any, ...]:
+    def row(key: tuple[str, str]) -> tuple[Any, ...]:
+        r = resources[key]
         return (
             r.resource_type,
             r.id,
@@ -311,19 +332,29 @@ def _chunks(
             r.version_id,
             at[r.event_time],
             r.source_event_id,
-            content(r.content),
+            content(text[key]),
         )
 
     sql = _insert_sql(record_resource, dialect)
     for start in range(0, len(keys), chunk):
-        yield sql, [row(fold.resources[key]) for key in keys[start : start + chunk]]
-    resources = (fold.resources[key] for key in keys)
-    identifiers = [(r.resource_type, r.id, s, v) for r in resources for s, v in sorted(identifiers_of(r.content))]
+        yield sql, [row(key) for key in keys[start : start + chunk]]
+    found = fold.identifiers
+    held = sorted(k for k in found if kinds is None or kinds(k[0]))
+    identifiers = [(kind, rid, s, v) for kind, rid in held for s, v in found[kind, rid]]
     processed = [("record", e) for e in sorted(fold.done)]
     for table, rows in ((record_identifier, identifiers), (processed_event, processed)):
         sql = _insert_sql(table, dialect)
         for start in range(0, len(rows), chunk):
             yield sql, rows[start : start + chunk]
+
+
+def _text_bound(dialect: sa.Dialect) -> Callable[[bytes], Any]:
+    """JSON text as the dialect binds the content column: the text itself where its JSON serialiser
+    is the record's own (every engine hub.store.database opens), else the content bound anew."""
+    if getattr(dialect, "_json_serializer", None) is json_text:
+        return bytes.decode
+    bind = _bind(record_resource.c.content, dialect)
+    return lambda text: bind(orjson.loads(text))
 
 
 def _bind(column: sa.Column[Any], dialect: sa.Dialect) -> Callable[[Any], Any]:

@@ -32,7 +32,9 @@ import gc
 import itertools
 import logging
 import multiprocessing
+import os
 import sqlite3
+import sys
 import tempfile
 import time
 import traceback
@@ -57,6 +59,8 @@ from hub.replay import (
     _fold,
     _indexes_after,
     _insert_sql,
+    _same,
+    _text_bound,
     refuse_unless_empty,
 )
 from hub.store.database import json_text
@@ -209,11 +213,17 @@ def _worker(
         def seen(read: int, _expected: int) -> None:
             counter.value = read
 
+        started = time.perf_counter()
         counts = asyncio.run(_fold(bootstrap, fold, since, until, seen, only=lambda p: p % workers == index))
-        write_shard(Path(path), fold, counts)
+        write_shard(Path(path), fold, counts, folded_s=time.perf_counter() - started)
     except BaseException:
         Path(path).with_suffix(".error").write_text(traceback.format_exc())
         raise
+    # the shard is written and closed: exit now, without freeing the fold object by object (millions
+    # of them, scattered over gigabytes: seconds of work for nothing)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _sqlite_dialect() -> sa.Dialect:
@@ -222,9 +232,11 @@ def _sqlite_dialect() -> sa.Dialect:
     return sa.create_engine("sqlite://", json_serializer=json_text).dialect
 
 
-def write_shard(path: Path, fold: LinkedFold, counts: tuple[int, int, int]) -> None:
+def write_shard(path: Path, fold: LinkedFold, counts: tuple[int, int, int], folded_s: float = 0.0) -> None:
     """What one worker folded: the record's three tables (no keys), the people it holds resources
-    for or links to, the people merged away on its partitions, the links, and its counts."""
+    for or links to, the people merged away on its partitions, the links, its counts and how long
+    it took to fold and to write."""
+    started = time.perf_counter()
     dialect = _sqlite_dialect()
     db = sqlite3.connect(path, isolation_level=None)
     try:
@@ -236,8 +248,10 @@ def write_shard(path: Path, fold: LinkedFold, counts: tuple[int, int, int]) -> N
         db.execute("CREATE TABLE person (person_key TEXT PRIMARY KEY)")
         db.execute("CREATE TABLE retired (person_key TEXT PRIMARY KEY)")
         db.execute("CREATE TABLE link (a TEXT, b TEXT)")
-        db.execute("CREATE TABLE counts (read INTEGER, applied INTEGER, skipped INTEGER)")
-        for sql, rows in _chunks(fold, dialect, 20_000, content=orjson.dumps):
+        db.execute(
+            "CREATE TABLE counts (read INTEGER, applied INTEGER, skipped INTEGER, folded_s REAL, written_s REAL)"
+        )
+        for sql, rows in _chunks(fold, dialect, 20_000, content=_same):
             db.executemany(sql, rows)
         people = {k for k, held in fold.by_person.items() if held} | {k for link in fold.links for k in link}
         db.executemany("INSERT INTO person VALUES (?)", ((k,) for k in sorted(people)))
@@ -246,7 +260,7 @@ def write_shard(path: Path, fold: LinkedFold, counts: tuple[int, int, int]) -> N
             r.id for (kind, _), r in fold.resources.items() if kind == "Patient" and _replaced_by(r.content)
         }
         db.executemany("INSERT INTO retired VALUES (?)", ((k,) for k in sorted(retired)))
-        db.execute("INSERT INTO counts VALUES (?, ?, ?)", counts)
+        db.execute("INSERT INTO counts VALUES (?, ?, ?, ?, ?)", (*counts, folded_s, time.perf_counter() - started))
         db.execute("COMMIT")
     finally:
         db.close()
@@ -254,8 +268,9 @@ def write_shard(path: Path, fold: LinkedFold, counts: tuple[int, int, int]) -> N
 
 def _shard_counts(path: Path) -> tuple[int, int, int]:
     with contextlib.closing(sqlite3.connect(path)) as db:
-        read, applied, skipped = db.execute("SELECT read, applied, skipped FROM counts").fetchone()
-        return int(read), int(applied), int(skipped)
+        read, applied, skipped, folded, written = db.execute("SELECT * FROM counts").fetchone()
+    log.debug("replay: %s folded %d events in %.1f s and was written in %.1f s", path.stem, read, folded, written)
+    return int(read), int(applied), int(skipped)
 
 
 def load(
@@ -449,11 +464,11 @@ def _copy_rows(
 ) -> None:
     """Shards to another database (PostgreSQL): rows read back and bound by the target's own types."""
     dialect = conn.dialect
-    when, content = _bind(record_resource.c.event_time, dialect), _bind(record_resource.c.content, dialect)
+    when, content = _bind(record_resource.c.event_time, dialect), _text_bound(dialect)
 
     def resource(row: Sequence[Any]) -> tuple[Any, ...]:
         at = datetime.fromisoformat(row[4]).replace(tzinfo=UTC)  # shards keep UTC without an offset
-        return (*row[:4], when(at), row[5], content(orjson.loads(row[6])))
+        return (*row[:4], when(at), row[5], content(row[6]))
 
     for table in _TABLES:
         columns = ", ".join(c.name for c in table.columns)
