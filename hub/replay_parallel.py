@@ -169,8 +169,9 @@ async def _run_workers(
         for index, path in enumerate(paths)
     ]
     try:
-        for process in processes:
-            process.start()
+        with _environment(_worker_environment()):  # read by each worker's interpreter as it starts
+            for process in processes:
+                process.start()
         while any(p.is_alive() for p in processes):
             await asyncio.sleep(_POLL_S)
             if progress:
@@ -188,6 +189,45 @@ async def _run_workers(
         index, code = next(((i, c) for i, c in failed if c and c > 0), failed[0])
         raise RuntimeError(f"replay worker {index} failed: {_error_of(paths[index], code)}")
     return [_shard_counts(path) for path in paths]
+
+
+_THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def _worker_environment() -> dict[str, str]:
+    """Workers allocate with the C library's malloc, asking it for transparent huge pages (glibc's
+    hugetlb tunable, 2.35 and later: madvise on its heap), where the kernel offers them.
+
+    A worker holds gigabytes of small objects; on 4 KiB pages, finding them costs TLB misses that
+    grow with the fold (measured here at a million events: an event folded in ~155 us by the end
+    with Python's own allocator, ~110 us with huge pages). Python's allocator cannot use huge pages
+    (its 1 MiB arenas are not aligned to them), so this takes the system's. Nothing changes where
+    the kernel has them off, or where the caller has chosen an allocator already (PYTHONMALLOC)."""
+    try:
+        offered = "[never]" not in _THP.read_text()
+    except OSError:
+        offered = False  # not Linux, or no transparent huge pages
+    if not offered or "PYTHONMALLOC" in os.environ:
+        return {}
+    tunables = os.environ.get("GLIBC_TUNABLES")
+    hugetlb = "glibc.malloc.hugetlb=1"
+    return {"PYTHONMALLOC": "malloc", "GLIBC_TUNABLES": f"{tunables}:{hugetlb}" if tunables else hugetlb}
+
+
+@contextlib.contextmanager
+def _environment(changes: dict[str, str]) -> Iterator[None]:
+    """os.environ with `changes` while the workers start (a spawned process takes the environment
+    as it is when it starts), as it was afterwards."""
+    before = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _error_of(path: Path, code: int | None) -> str:

@@ -1,0 +1,51 @@
+"""The environment replay workers start with: the C library's malloc on transparent huge pages,
+only where the kernel offers them and the caller has not chosen an allocator."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hub import replay_parallel
+from hub.replay_parallel import _environment, _worker_environment
+
+
+@pytest.fixture
+def thp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "enabled"
+    monkeypatch.setattr(replay_parallel, "_THP", path)
+    monkeypatch.delenv("PYTHONMALLOC", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["always [madvise] never", "[always] madvise never"])
+def test_workers_ask_for_huge_pages_where_the_kernel_offers_them(thp: Path, mode: str) -> None:
+    thp.write_text(mode + "\n")
+    assert _worker_environment() == {"PYTHONMALLOC": "malloc", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+
+
+def test_nothing_changes_where_huge_pages_are_off_or_unknown(thp: Path) -> None:
+    thp.write_text("always madvise [never]\n")
+    assert _worker_environment() == {}
+    thp.unlink()
+    assert _worker_environment() == {}
+
+
+def test_the_callers_own_choices_are_kept(thp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    thp.write_text("always [madvise] never\n")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    assert _worker_environment()["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    monkeypatch.setenv("PYTHONMALLOC", "pymalloc")
+    assert _worker_environment() == {}
+
+
+def test_the_environment_is_restored_after_the_workers_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLIBC_TUNABLES", "before")
+    monkeypatch.delenv("PYTHONMALLOC", raising=False)
+    with _environment({"PYTHONMALLOC": "malloc", "GLIBC_TUNABLES": "during"}):
+        assert (os.environ["PYTHONMALLOC"], os.environ["GLIBC_TUNABLES"]) == ("malloc", "during")
+    assert "PYTHONMALLOC" not in os.environ
+    assert os.environ["GLIBC_TUNABLES"] == "before"
