@@ -42,6 +42,7 @@ from schemas.topics import EVENTS
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (events read, events expected)
 _HOT = 16  # events decoded at a time in a fold
+MMAP_BYTES = 8 << 30  # SQLite reads a bulk load's pages through a memory map (capped by its build)
 _FETCHED = 500  # records taken from the consumer at a time in a fold (see _fold)
 
 
@@ -387,16 +388,19 @@ def _insert_sql(table: sa.Table, dialect: sa.Dialect) -> str:
 @contextlib.contextmanager
 def _bulk_load(conn: sa.Connection, kib: int = 512 * 1024, journal: str = "OFF") -> Iterator[None]:
     """SQLite: load a fresh file without a journal (or with it in memory, where the load may have
-    to roll back), without fsyncs and with a page cache big enough for the indexes being built, for
-    this load only. Safe because the target is new and empty: a replay cut off part way leaves a
-    file to delete and replay again, never a record to trust (the WAL journal and normal syncing
-    are back before anything else writes to it)."""
+    to roll back), without fsyncs, with a page cache big enough for the indexes being built and
+    pages read through a memory map, for this load only. Safe because the target is new and
+    empty: a replay cut off part way leaves a file to delete and replay again, never a record to
+    trust (the WAL journal, normal syncing and the connection's own cache and map sizes are back
+    before anything else writes to it)."""
     if conn.dialect.name != "sqlite":
         yield
         return
     sqlite: Any = conn.connection.driver_connection  # PRAGMAs outside SQLAlchemy's transaction
     before = int(sqlite.execute("PRAGMA main.cache_size").fetchone()[0])
+    mapped = int(sqlite.execute("PRAGMA main.mmap_size").fetchone()[0])
     sqlite.execute(f"PRAGMA main.cache_size=-{kib}")
+    sqlite.execute(f"PRAGMA main.mmap_size={MMAP_BYTES}")  # building the indexes reads every page back
     sqlite.execute(f"PRAGMA main.journal_mode={journal}")
     sqlite.execute("PRAGMA main.synchronous=OFF")
     try:
@@ -404,6 +408,7 @@ def _bulk_load(conn: sa.Connection, kib: int = 512 * 1024, journal: str = "OFF")
     finally:
         sqlite.execute("PRAGMA main.journal_mode=WAL")
         sqlite.execute("PRAGMA main.synchronous=NORMAL")
+        sqlite.execute(f"PRAGMA main.mmap_size={mapped}")
         sqlite.execute(f"PRAGMA main.cache_size={before}")
 
 

@@ -50,6 +50,7 @@ from aiokafka import AIOKafkaConsumer
 from hub.core.ports import RecordEvent, StoredResource
 from hub.core.record import SHARED_KINDS, _replaced_by, _same_content
 from hub.replay import (
+    MMAP_BYTES,
     FoldUnitOfWork,
     Progress,
     ReplayResult,
@@ -373,6 +374,7 @@ def _attach(db: sqlite3.Connection, paths: Sequence[Path]) -> list[str]:
     for index, path in enumerate(paths):
         name = f"shard{index}"
         db.execute(f"ATTACH DATABASE ? AS {name}", (str(path),))
+        db.execute(f"PRAGMA {name}.mmap_size={MMAP_BYTES}")  # read once, in order: no copies
         names.append(name)
     return names
 
