@@ -220,15 +220,18 @@ async def replay(
     With more than one worker (default: one per core, at most 4 and at most one per partition) the
     partitions are folded in worker processes (hub.replay_parallel); where partitions turn out to
     depend on each other it folds again here, in one process, and says so in the log."""
-    from hub.replay_parallel import MAX_WORKERS, partition_count, replay_in_parallel
+    from hub.replay_parallel import HUGE_PAGES_FROM, MAX_WORKERS, log_extent, replay_in_parallel
 
     started = time.perf_counter()
     await asyncio.to_thread(_refuse_unless_empty, engine)  # before minutes of folding, not after
     wanted = min(workers if workers is not None else min(_cores(), 4), MAX_WORKERS)
+    extent = await log_extent(bootstrap) if wanted > 1 else []
+    wanted = min(wanted, len(extent))
     if wanted > 1:
-        wanted = min(wanted, await partition_count(bootstrap))
-    if wanted > 1:
-        outcome = await replay_in_parallel(bootstrap, engine, wanted, since=since, until=until, progress=progress)
+        huge = sum(extent) / wanted >= HUGE_PAGES_FROM
+        outcome = await replay_in_parallel(
+            bootstrap, engine, wanted, since=since, until=until, progress=progress, huge_pages=huge
+        )
         if isinstance(outcome, ReplayResult):
             return outcome
         log.warning("replay: %s, so the log is folded again in one process", outcome)

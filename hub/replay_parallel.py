@@ -46,7 +46,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from hub.core.ports import RecordEvent, StoredResource
 from hub.core.record import SHARED_KINDS, _replaced_by, _same_content
@@ -109,13 +109,30 @@ class LinkedFold(FoldUnitOfWork):
         self._touched.clear()
 
 
-async def partition_count(bootstrap: str) -> int:
-    """How many partitions the events topic has (0 if it does not exist yet)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+async def log_extent(bootstrap: str, wait_s: float = 5.0) -> list[int]:
+    """How many records each partition of the events topic holds (none if it does not exist yet):
+    its high watermark, as a fetch reports it, less its first offset. (Tansu answers ListOffsets
+    'latest' wrongly, so the watermark comes from a fetch, of at most a batch or so a partition.)"""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=1024,
+    )
     await consumer.start()
     try:
         await consumer.topics()
-        return len(consumer.partitions_for_topic(EVENTS.name) or ())
+        partitions = [TopicPartition(EVENTS.name, p) for p in sorted(consumer.partitions_for_topic(EVENTS.name) or ())]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        first = await consumer.beginning_offsets(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        deadline = time.monotonic() + wait_s
+        while any(consumer.highwater(tp) is None for tp in partitions) and time.monotonic() < deadline:
+            await consumer.getmany(timeout_ms=200, max_records=len(partitions))
+        return [max(0, (consumer.highwater(tp) or 0) - first[tp]) for tp in partitions]
     finally:
         await consumer.stop()
 
@@ -128,6 +145,7 @@ async def replay_in_parallel(
     since: datetime | None = None,
     until: datetime | None = None,
     progress: Progress | None = None,
+    huge_pages: bool = False,
 ) -> ReplayResult | str:
     """The replay on `workers` processes, or why it cannot be (partitions that depend on each other:
     then nothing has been written and the caller folds in one process)."""
@@ -136,7 +154,7 @@ async def replay_in_parallel(
     near = Path(target).parent if target and target != ":memory:" else None  # shards beside the target
     with tempfile.TemporaryDirectory(prefix="carehub-replay-", dir=near) as tmp:
         paths = [Path(tmp) / f"shard-{i}.db" for i in range(workers)]
-        counts = await _run_workers(bootstrap, paths, since, until, progress)
+        counts = await _run_workers(bootstrap, paths, since, until, progress, huge_pages)
         tangled = await asyncio.to_thread(_tangled_in, paths)
         together = FoldUnitOfWork()
         if tangled:  # their events again, read from every partition, folded together here
@@ -155,7 +173,12 @@ async def replay_in_parallel(
 
 
 async def _run_workers(
-    bootstrap: str, paths: Sequence[Path], since: datetime | None, until: datetime | None, progress: Progress | None
+    bootstrap: str,
+    paths: Sequence[Path],
+    since: datetime | None,
+    until: datetime | None,
+    progress: Progress | None,
+    huge_pages: bool = False,
 ) -> list[tuple[int, int, int]]:
     # spawn, not fork: the caller may have threads (an event loop's executor, a web server's)
     context = multiprocessing.get_context("spawn")
@@ -170,7 +193,7 @@ async def _run_workers(
         for index, path in enumerate(paths)
     ]
     try:
-        with _environment(_worker_environment()):  # read by each worker's interpreter as it starts
+        with _environment(_worker_environment() if huge_pages else {}):  # read by each worker as it starts
             for process in processes:
                 process.start()
         while any(p.is_alive() for p in processes):
@@ -193,6 +216,7 @@ async def _run_workers(
 
 
 _THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+HUGE_PAGES_FROM = 300_000  # events a worker folds, from which huge pages pay for their slower start
 
 
 def _worker_environment() -> dict[str, str]:
@@ -200,10 +224,12 @@ def _worker_environment() -> dict[str, str]:
     hugetlb tunable, 2.35 and later: madvise on its heap), where the kernel offers them.
 
     A worker holds gigabytes of small objects; on 4 KiB pages, finding them costs TLB misses that
-    grow with the fold (measured here at a million events: an event folded in ~155 us by the end
+    grow with the fold (measured here, in memory: by 400,000 events an event took ~170 us to fold
     with Python's own allocator, ~110 us with huge pages). Python's allocator cannot use huge pages
-    (its 1 MiB arenas are not aligned to them), so this takes the system's. Nothing changes where
-    the kernel has them off, or where the caller has chosen an allocator already (PYTHONMALLOC)."""
+    (its 1 MiB arenas are not aligned to them), so this takes the system's, which is slower for the
+    first ~300,000 events (HUGE_PAGES_FROM): replay asks for it only for folds bigger than that.
+    Nothing changes where the kernel has them off, or where the caller has chosen an allocator
+    already (PYTHONMALLOC)."""
     try:
         offered = "[never]" not in _THP.read_text()
     except OSError:

@@ -21,6 +21,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from hub.core.ports import RecordEvent
 from hub.core.record import MERGED, SHARED_KINDS
 from hub.replay import replay
+from hub.replay_parallel import log_extent
 from hub.store.database import open_engine
 from hub.store.hashing import record_hash
 from schemas.events.encounter import ENCOUNTER_ADMITTED
@@ -228,6 +229,18 @@ async def test_partitions_that_depend_on_each_other_fold_again_in_one_process(
         assert conn.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
     assert "ix_record_resource_person_key" in {i["name"] for i in sa.inspect(engine).get_indexes("record_resource")}
+
+
+async def test_the_log_extent_counts_every_record_on_every_partition(tansu: TansuProcess) -> None:
+    """How big a fold each worker will have (it decides whether workers ask for huge pages) comes
+    from the high watermarks fetches report, as Tansu answers ListOffsets 'latest' wrongly."""
+    assert sum(await log_extent(tansu.bootstrap)) == 0
+    events = the_events(700)
+    await produce(tansu.bootstrap, events)
+    extent = await log_extent(tansu.bootstrap)
+    assert len(extent) == EVENTS.partitions
+    assert sum(extent) == 700
+    assert sum(1 for n in extent if n) > 1  # spread over the partitions, each counted
 
 
 async def test_a_merge_within_one_worker_stays_parallel(tmp_path: Path, tansu: TansuProcess) -> None:
