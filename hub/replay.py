@@ -291,8 +291,8 @@ def write(engine: sa.Engine, fold: FoldUnitOfWork, chunk: int = 20_000) -> None:
 
     Rows go in primary-key order (appends, not page splits) as plain tuples straight to the
     driver's executemany, each value bound by its column type's own processor, so the stored
-    bytes are what the live consumer's SQLAlchemy statements store. Rows are serialised a chunk at a
-    time, so the JSON text of the whole record is never held at once.
+    bytes are what the live consumer's SQLAlchemy statements store (the JSON text was made when
+    each resource was put into the fold, and is held with it; rows are built a chunk at a time).
     """
     # the transaction ends (committed or rolled back) before the bulk-load settings are undone
     with engine.connect().execution_options(immediate=True) as conn, _bulk_load(conn), conn.begin():

@@ -41,6 +41,7 @@ import time
 import traceback
 from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
 
@@ -112,13 +113,13 @@ class LinkedFold(FoldUnitOfWork):
 async def log_extent(bootstrap: str, wait_s: float = 5.0) -> list[int]:
     """How many records each partition of the events topic holds (none if it does not exist yet):
     its high watermark, as a fetch reports it, less its first offset. (Tansu answers ListOffsets
-    'latest' wrongly, so the watermark comes from a fetch, of at most a batch or so a partition.)"""
+    'latest' wrongly, so the watermark comes from a fetch, of a megabyte or so a partition.)"""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_partition_fetch_bytes=1024,
+        max_partition_fetch_bytes=1024 * 1024,  # (a broker that does not return a bigger first batch anyway)
     )
     await consumer.start()
     try:
@@ -228,23 +229,37 @@ def _worker_environment() -> dict[str, str]:
     with Python's own allocator, ~110 us with huge pages). Python's allocator cannot use huge pages
     (its 1 MiB arenas are not aligned to them), so this takes the system's, which is slower for the
     first ~300,000 events (HUGE_PAGES_FROM): replay asks for it only for folds bigger than that.
-    Nothing changes where the kernel has them off, or where the caller has chosen an allocator
-    already (PYTHONMALLOC)."""
+    Nothing changes where the kernel has them off, where the C library is not glibc 2.35 or later
+    (malloc without huge pages is only slower), or where the caller has chosen an allocator or
+    glibc's huge-page setting already (PYTHONMALLOC, glibc.malloc.hugetlb)."""
     try:
         offered = "[never]" not in _THP.read_text()
     except OSError:
         offered = False  # not Linux, or no transparent huge pages
-    if not offered or "PYTHONMALLOC" in os.environ:
-        return {}
     tunables = os.environ.get("GLIBC_TUNABLES")
+    if not offered or not _glibc_has_hugetlb() or "PYTHONMALLOC" in os.environ or "malloc.hugetlb" in (tunables or ""):
+        return {}
     hugetlb = "glibc.malloc.hugetlb=1"
     return {"PYTHONMALLOC": "malloc", "GLIBC_TUNABLES": f"{tunables}:{hugetlb}" if tunables else hugetlb}
+
+
+def _glibc_has_hugetlb() -> bool:
+    found = os.confstr("CS_GNU_LIBC_VERSION") if "CS_GNU_LIBC_VERSION" in os.confstr_names else None
+    name, _, version = (found or "").partition(" ")
+    try:
+        return name == "glibc" and tuple(int(part) for part in version.split(".")[:2]) >= (2, 35)
+    except ValueError:
+        return False
 
 
 @contextlib.contextmanager
 def _environment(changes: dict[str, str]) -> Iterator[None]:
     """os.environ with `changes` while the workers start (a spawned process takes the environment
-    as it is when it starts), as it was afterwards."""
+    as it is when it starts), as it was afterwards. (The whole process sees them meanwhile: a thread
+    starting a subprocess at that moment would pass them on. Multiprocessing's resource tracker is
+    started first, so that it, at least, does not.)"""
+    if changes:
+        resource_tracker.ensure_running()
     before = {name: os.environ.get(name) for name in changes}
     os.environ.update(changes)
     try:
@@ -288,8 +303,9 @@ def _worker(
         raise
     # the shard is written and closed: exit now, without freeing the fold object by object (millions
     # of them, scattered over gigabytes: seconds of work for nothing)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # none, or closed
+            stream.flush()
     os._exit(0)
 
 

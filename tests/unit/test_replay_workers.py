@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hub import replay_parallel
-from hub.replay_parallel import _environment, _worker_environment
+from hub.replay_parallel import _environment, _glibc_has_hugetlb, _worker_environment
 
 
 @pytest.fixture
@@ -18,6 +18,7 @@ def thp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(replay_parallel, "_THP", path)
     monkeypatch.delenv("PYTHONMALLOC", raising=False)
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.setattr(replay_parallel, "_glibc_has_hugetlb", lambda: True)
     return path
 
 
@@ -38,8 +39,21 @@ def test_the_callers_own_choices_are_kept(thp: Path, monkeypatch: pytest.MonkeyP
     thp.write_text("always [madvise] never\n")
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
     assert _worker_environment()["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")
+    assert _worker_environment() == {}
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
     monkeypatch.setenv("PYTHONMALLOC", "pymalloc")
     assert _worker_environment() == {}
+
+
+def test_nothing_changes_without_a_glibc_that_has_the_setting(thp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    thp.write_text("always [madvise] never\n")
+    monkeypatch.setattr(replay_parallel, "_glibc_has_hugetlb", _glibc_has_hugetlb)  # the real check
+    for found in ("glibc 2.34", "musl 1.2", "glibc unknown"):
+        monkeypatch.setattr(replay_parallel.os, "confstr", lambda _name, found=found: found)
+        assert _worker_environment() == {}, found
+    monkeypatch.setattr(replay_parallel.os, "confstr", lambda _name: "glibc 2.36")
+    assert _worker_environment() != {}
 
 
 def test_the_environment_is_restored_after_the_workers_start(monkeypatch: pytest.MonkeyPatch) -> None:
