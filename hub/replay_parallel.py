@@ -244,7 +244,7 @@ def _worker_environment() -> dict[str, str]:
 
 
 def _glibc_has_hugetlb() -> bool:
-    found = os.confstr("CS_GNU_LIBC_VERSION") if "CS_GNU_LIBC_VERSION" in os.confstr_names else None
+    found = os.confstr("CS_GNU_LIBC_VERSION") if "CS_GNU_LIBC_VERSION" in getattr(os, "confstr_names", {}) else None
     name, _, version = (found or "").partition(" ")
     try:
         return name == "glibc" and tuple(int(part) for part in version.split(".")[:2]) >= (2, 35)
