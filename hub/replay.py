@@ -165,13 +165,7 @@ async def read_log(
     )
     await consumer.start()
     try:
-        partitions = [TopicPartition(EVENTS.name, p) for p in sorted(consumer.partitions_for_topic(EVENTS.name) or [])]
-        if not partitions:
-            await consumer.topics()
-            partitions = [
-                TopicPartition(EVENTS.name, p) for p in sorted(consumer.partitions_for_topic(EVENTS.name) or [])
-            ]
-        partitions = [tp for tp in partitions if only is None or only(tp.partition)]
+        partitions = [tp for tp in await events_partitions(consumer) if only is None or only(tp.partition)]
         if not partitions:
             return
         consumer.assign(partitions)
@@ -184,6 +178,15 @@ async def read_log(
                 return
     finally:
         await consumer.stop()
+
+
+async def events_partitions(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+    """The events topic's partitions, in order (none if it does not exist yet)."""
+    found = consumer.partitions_for_topic(EVENTS.name)
+    if not found:
+        await consumer.topics()  # metadata not fetched yet
+        found = consumer.partitions_for_topic(EVENTS.name)
+    return [TopicPartition(EVENTS.name, p) for p in sorted(found or ())]
 
 
 async def _at_end(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> bool:
@@ -323,6 +326,24 @@ def _chunks(
     built only when asked for; content (its JSON text) bound as the dialect binds JSON unless
     `content` says otherwise."""
     keys = sorted(k for k in fold.resources if kinds is None or kinds(k[0]))
+    row = resource_row(fold, dialect, content)
+    sql = _insert_sql(record_resource, dialect)
+    for start in range(0, len(keys), chunk):
+        yield sql, [row(key) for key in keys[start : start + chunk]]
+    found = fold.identifiers
+    held = sorted(k for k in found if kinds is None or kinds(k[0]))
+    identifiers = [(kind, rid, s, v) for kind, rid in held for s, v in found[kind, rid]]
+    processed = [("record", e) for e in sorted(fold.done)]
+    for table, rows in ((record_identifier, identifiers), (processed_event, processed)):
+        sql = _insert_sql(table, dialect)
+        for start in range(0, len(rows), chunk):
+            yield sql, rows[start : start + chunk]
+
+
+def resource_row(
+    fold: FoldUnitOfWork, dialect: sa.Dialect, content: Callable[[bytes], Any] | None = None
+) -> Callable[[tuple[str, str]], tuple[Any, ...]]:
+    """One folded resource's record_resource row, by key, in table column order."""
     content = content or _text_bound(dialect)
     at = _Memo(_bind(record_resource.c.event_time, dialect))  # events stamp several resources
     resources, text = fold.resources, fold.text
@@ -339,17 +360,7 @@ def _chunks(
             content(text[key]),
         )
 
-    sql = _insert_sql(record_resource, dialect)
-    for start in range(0, len(keys), chunk):
-        yield sql, [row(key) for key in keys[start : start + chunk]]
-    found = fold.identifiers
-    held = sorted(k for k in found if kinds is None or kinds(k[0]))
-    identifiers = [(kind, rid, s, v) for kind, rid in held for s, v in found[kind, rid]]
-    processed = [("record", e) for e in sorted(fold.done)]
-    for table, rows in ((record_identifier, identifiers), (processed_event, processed)):
-        sql = _insert_sql(table, dialect)
-        for start in range(0, len(rows), chunk):
-            yield sql, rows[start : start + chunk]
+    return row
 
 
 def _text_bound(dialect: sa.Dialect) -> Callable[[bytes], Any]:

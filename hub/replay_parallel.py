@@ -34,6 +34,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import platform
 import sqlite3
 import sys
 import tempfile
@@ -47,7 +48,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from hub.core.ports import RecordEvent, StoredResource
 from hub.core.record import SHARED_KINDS, _replaced_by, _same_content
@@ -64,12 +65,13 @@ from hub.replay import (
     _insert_sql,
     _same,
     _text_bound,
+    events_partitions,
     refuse_unless_empty,
+    resource_row,
 )
 from hub.store.database import json_text
 from hub.store.sql import identifiers_of
 from hub.store.tables import processed_event, record_identifier, record_resource
-from schemas.topics import EVENTS
 
 log = logging.getLogger(__name__)
 _TABLES = (record_resource, record_identifier, processed_event)
@@ -123,8 +125,7 @@ async def log_extent(bootstrap: str, wait_s: float = 5.0) -> list[int]:
     )
     await consumer.start()
     try:
-        await consumer.topics()
-        partitions = [TopicPartition(EVENTS.name, p) for p in sorted(consumer.partitions_for_topic(EVENTS.name) or ())]
+        partitions = await events_partitions(consumer)
         if not partitions:
             return []
         consumer.assign(partitions)
@@ -244,8 +245,7 @@ def _worker_environment() -> dict[str, str]:
 
 
 def _glibc_has_hugetlb() -> bool:
-    found = os.confstr("CS_GNU_LIBC_VERSION") if "CS_GNU_LIBC_VERSION" in getattr(os, "confstr_names", {}) else None
-    name, _, version = (found or "").partition(" ")
+    name, version = platform.libc_ver()
     try:
         return name == "glibc" and tuple(int(part) for part in version.split(".")[:2]) >= (2, 35)
     except ValueError:
@@ -339,13 +339,9 @@ def write_shard(path: Path, fold: LinkedFold, counts: tuple[int, int, int], fold
         )
         for sql, rows in _chunks(fold, dialect, 20_000, content=_same, kinds=_personal):
             db.executemany(sql, rows)
-        at = _bind(record_resource.c.event_time, dialect)
+        row = resource_row(fold, dialect, content=_same)
         shared = sorted(key for key in fold.resources if key[0] in SHARED_KINDS)
-        db.executemany(
-            "INSERT INTO shared VALUES (?, ?, ?, ?, ?, ?, ?)",
-            ((*key, r.person_key, r.version_id, at(r.event_time), r.source_event_id, fold.text[key])
-             for key, r in ((key, fold.resources[key]) for key in shared)),
-        )  # fmt: skip
+        db.executemany("INSERT INTO shared VALUES (?, ?, ?, ?, ?, ?, ?)", (row(key) for key in shared))
         people = {k for k, held in fold.by_person.items() if held} | {k for link in fold.links for k in link}
         db.executemany("INSERT INTO person VALUES (?)", ((k,) for k in sorted(people)))
         db.executemany("INSERT INTO link VALUES (?, ?)", sorted(fold.links))
