@@ -53,8 +53,10 @@ class FoldUnitOfWork:
         self.resources: dict[tuple[str, str], StoredResource] = {}
         # each resource's JSON text and identifiers, made when it is put: its content is then still
         # in the CPU's caches; made at write time, a million contents scattered over gigabytes of
-        # memory cost many times more to read than to serialise
-        self.text: dict[tuple[str, str], bytes] = {}
+        # memory cost many times more to read than to serialise. Held as str, not as orjson's bytes:
+        # orjson.dumps returns its whole working buffer (~8 KiB, whatever the text's length), and a
+        # fold keeps millions of them
+        self.text: dict[tuple[str, str], str] = {}
         self.identifiers: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self.by_person: dict[str, set[tuple[str, str]]] = {}
         self.done: set[str] = set()
@@ -93,7 +95,7 @@ class FoldUnitOfWork:
         self.resources[key] = resource
         content = resource.content
         if old is None or old.content is not content:  # (stored content is never changed in place)
-            self.text[key] = orjson.dumps(content)
+            self.text[key] = orjson.dumps(content).decode()
             if "identifier" in content:
                 self.identifiers[key] = sorted(identifiers_of(content))
             elif old is not None:
@@ -319,7 +321,7 @@ def _chunks(
     fold: FoldUnitOfWork,
     dialect: sa.Dialect,
     chunk: int,
-    content: Callable[[bytes], Any] | None = None,
+    content: Callable[[str], Any] | None = None,
     kinds: Callable[[str], bool] | None = None,
 ) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
     """(INSERT, rows) for every table (resources of the `kinds` picked), `chunk` rows at a time,
@@ -341,7 +343,7 @@ def _chunks(
 
 
 def resource_row(
-    fold: FoldUnitOfWork, dialect: sa.Dialect, content: Callable[[bytes], Any] | None = None
+    fold: FoldUnitOfWork, dialect: sa.Dialect, content: Callable[[str], Any] | None = None
 ) -> Callable[[tuple[str, str]], tuple[Any, ...]]:
     """One folded resource's record_resource row, by key, in table column order."""
     content = content or _text_bound(dialect)
@@ -363,11 +365,11 @@ def resource_row(
     return row
 
 
-def _text_bound(dialect: sa.Dialect) -> Callable[[bytes], Any]:
+def _text_bound(dialect: sa.Dialect) -> Callable[[str], Any]:
     """JSON text as the dialect binds the content column: the text itself where its JSON serialiser
     is the record's own (every engine hub.store.database opens), else the content bound anew."""
     if getattr(dialect, "_json_serializer", None) is json_text:
-        return bytes.decode
+        return _same
     bind = _bind(record_resource.c.content, dialect)
     return lambda text: bind(orjson.loads(text))
 

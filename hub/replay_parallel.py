@@ -521,18 +521,17 @@ def _said(content: dict[str, Any]) -> tuple[str, str]:
 
 def _copy_in_sqlite(conn: sa.Connection, names: list[str], shared: list[tuple[Any, ...]], tangled: bool) -> None:
     """Shards to target inside SQLite: the shards hold the values the target's columns bind (content
-    as the UTF-8 of its JSON text, made text again here)."""
+    as its JSON text)."""
     for table in _TABLES:
         columns = ", ".join(c.name for c in table.columns)
-        picked = columns.replace("content", "CAST(content AS TEXT)") if table is record_resource else columns
         for name in names:  # each shard's rows are in key order already (inserted so)
             where = _picks(table, name, tangled)
             conn.exec_driver_sql(
-                f"INSERT INTO {table.name} ({columns}) SELECT {picked} FROM {name}.{table.name}{where}"  # noqa: S608
+                f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {name}.{table.name}{where}"  # noqa: S608
             )
         rows: list[tuple[Any, ...]] = []
         if table is record_resource:
-            rows = [(*r[:6], r[6].decode()) for r in shared]
+            rows = shared
         elif table is record_identifier:
             rows = list(_identifiers(shared))
         if rows:  # (an empty list would be taken for no parameters at all)
