@@ -22,18 +22,18 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import orjson
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from hub.core.ports import RecordEvent, StoredResource
-from hub.core.record import apply_events
+from hub.core.record import _replaced_by, apply_events
 from hub.store.database import json_text
 from hub.store.sql import identifiers_of
 from hub.store.tables import processed_event, record_identifier, record_resource
@@ -46,21 +46,35 @@ MMAP_BYTES = 8 << 30  # SQLite reads a bulk load's pages through a memory map (c
 _FETCHED = 500  # records taken from the consumer at a time in a fold (see _fold)
 
 
+Key = tuple[str, str]  # (resource type, id)
+Row = tuple[str, str, str | None, int, datetime, str, str]  # a resource as record_resource holds it
+_PERSON: Final = 2  # where a Row holds the person key
+_TEXT: Final = 6  # and the JSON text
+_TEXT_ONLY = frozenset({"Provenance"})  # kinds a fold holds as text only (see FoldUnitOfWork)
+
+
 class FoldUnitOfWork:
-    """The record port over plain dicts, for one long fold: no copies, no transaction."""
+    """The record port over plain dicts, for one long fold: no copies, no transaction.
+
+    Each resource is held as its row: the StoredResource's fields and its JSON text, made when it is
+    put, while its content is still in the CPU's caches (made at write time, a million contents
+    scattered over gigabytes of memory cost many times more to read than to serialise). The rules
+    read content back as dicts, so that is kept too, but for Provenances: one for nearly every
+    event, read again only by a merge, which gets theirs parsed from the text. (Memory is what a
+    long fold spends its time on: first touching it cost ~2 s of system time per GB on the VMs this
+    was measured on, and parsed content takes about three times the memory of its text.)
+    """
 
     def __init__(self) -> None:
-        self.resources: dict[tuple[str, str], StoredResource] = {}
-        # each resource's JSON text and identifiers, made when it is put: its content is then still
-        # in the CPU's caches; made at write time, a million contents scattered over gigabytes of
-        # memory cost many times more to read than to serialise. Held as str, not as orjson's bytes:
-        # orjson.dumps returns its whole working buffer (~8 KiB, whatever the text's length), and a
-        # fold keeps millions of them
-        self.text: dict[tuple[str, str], str] = {}
-        self.identifiers: dict[tuple[str, str], list[tuple[str, str]]] = {}
-        self.by_person: dict[str, set[tuple[str, str]]] = {}
+        # text as str, not as orjson's bytes: orjson.dumps returns its whole working buffer (~8 KiB,
+        # whatever the text's length), and a fold keeps millions of them
+        self.rows: dict[Key, Row] = {}
+        self.identifiers: dict[Key, list[tuple[str, str]]] = {}
+        self.by_person: dict[str, set[Key]] = {}
         self.done: set[str] = set()
         self.merged_away: set[str] = set()  # every person a merge moved resources from (see of_person)
+        self.retired: set[str] = set()  # every Patient whose content says who replaced them
+        self._parsed: dict[Key, StoredResource] = {}  # every resource but the text-only kinds, as put
 
     def __enter__(self) -> Self:
         return self
@@ -72,39 +86,52 @@ class FoldUnitOfWork:
         return {e for e in event_ids if e in self.done}
 
     def get(self, resource_type: str, id: str) -> StoredResource | None:
-        return self.resources.get((resource_type, id))
+        key = (resource_type, id)
+        found = self._parsed.get(key)
+        if found is None:
+            row = self.rows.get(key)
+            if row is None:
+                return None
+            found = StoredResource(*row[:_TEXT], orjson.loads(row[_TEXT]))
+        return found
 
     def find_by_identifier(self, resource_type: str, system: str, value: str) -> list[StoredResource]:
-        return [
-            self.resources[key]
-            for key, found in self.identifiers.items()
-            if key[0] == resource_type and (system, value) in found
-        ]
+        found = [key for key, held in self.identifiers.items() if key[0] == resource_type and (system, value) in held]
+        return [r for r in (self.get(*key) for key in found) if r is not None]
 
     def of_person(self, person_key: str) -> list[StoredResource]:
         # only a merge asks for a person's resources: remember whom, whatever the merge's own
         # Patient write then does (it may be stale, or a later merge may make them a survivor)
         self.merged_away.add(person_key)
-        return sorted(
-            (self.resources[k] for k in self.by_person.get(person_key, ())), key=lambda r: (r.resource_type, r.id)
-        )
+        found = (self.get(*key) for key in sorted(self.by_person.get(person_key, ())))
+        return [r for r in found if r is not None]
 
     def put(self, resource: StoredResource) -> None:
-        key = (resource.resource_type, resource.id)
-        old = self.resources.get(key)
-        self.resources[key] = resource
+        kind, rid, person = resource.resource_type, resource.id, resource.person_key
+        key = (kind, rid)
+        old = self.rows.get(key)
         content = resource.content
-        if old is None or old.content is not content:  # (stored content is never changed in place)
-            self.text[key] = orjson.dumps(content).decode()
+        held = self._parsed.get(key)
+        if old is not None and held is not None and held.content is content:
+            text = old[_TEXT]  # the same content again (stored content is never changed in place)
+        else:
+            text = orjson.dumps(content).decode()
             if "identifier" in content:
                 self.identifiers[key] = sorted(identifiers_of(content))
             elif old is not None:
                 self.identifiers.pop(key, None)
-        person = resource.person_key
-        if old is not None and old.person_key == person:
+            if kind == "Patient":
+                if "link" in content and _replaced_by(content):
+                    self.retired.add(rid)
+                else:
+                    self.retired.discard(rid)
+        self.rows[key] = (kind, rid, person, resource.version_id, resource.event_time, resource.source_event_id, text)
+        if kind not in _TEXT_ONLY:
+            self._parsed[key] = resource
+        if old is not None and old[_PERSON] == person:
             return  # filed where it was: the common case, a new version of the same resource
-        if old is not None and old.person_key:
-            self.by_person[old.person_key].discard(key)
+        if old is not None and old[_PERSON]:
+            self.by_person[old[_PERSON]].discard(key)
         if person:
             self.by_person.setdefault(person, set()).add(key)
 
@@ -247,7 +274,7 @@ async def replay(
         await asyncio.to_thread(write, engine, fold)
     finally:
         gc.enable()
-    return ReplayResult(read, applied, skipped, len(fold.resources), time.perf_counter() - started)
+    return ReplayResult(read, applied, skipped, len(fold.rows), time.perf_counter() - started)
 
 
 def _cores() -> int:
@@ -327,13 +354,13 @@ def _chunks(
     """(INSERT, rows) for every table (resources of the `kinds` picked), `chunk` rows at a time,
     built only when asked for; content (its JSON text) bound as the dialect binds JSON unless
     `content` says otherwise."""
-    keys = sorted(k for k in fold.resources if kinds is None or kinds(k[0]))
+    keys = in_key_order(k for k in fold.rows if kinds is None or kinds(k[0]))
     row = resource_row(fold, dialect, content)
     sql = _insert_sql(record_resource, dialect)
     for start in range(0, len(keys), chunk):
         yield sql, [row(key) for key in keys[start : start + chunk]]
     found = fold.identifiers
-    held = sorted(k for k in found if kinds is None or kinds(k[0]))
+    held = in_key_order(k for k in found if kinds is None or kinds(k[0]))
     identifiers = [(kind, rid, s, v) for kind, rid in held for s, v in found[kind, rid]]
     processed = [("record", e) for e in sorted(fold.done)]
     for table, rows in ((record_identifier, identifiers), (processed_event, processed)):
@@ -342,25 +369,26 @@ def _chunks(
             yield sql, rows[start : start + chunk]
 
 
+def in_key_order(keys: Iterable[Key]) -> list[Key]:
+    """Resource keys sorted as the tables' primary keys sort them: by type, then id (the ids of
+    each type sorted as strings, several times faster than sorting the pairs)."""
+    ids: dict[str, list[str]] = {}
+    for kind, rid in keys:
+        ids.setdefault(kind, []).append(rid)
+    return [(kind, rid) for kind in sorted(ids) for rid in sorted(ids[kind])]
+
+
 def resource_row(
     fold: FoldUnitOfWork, dialect: sa.Dialect, content: Callable[[str], Any] | None = None
-) -> Callable[[tuple[str, str]], tuple[Any, ...]]:
-    """One folded resource's record_resource row, by key, in table column order."""
+) -> Callable[[Key], tuple[Any, ...]]:
+    """One folded resource's record_resource row, by key, in table column order, its values bound."""
     content = content or _text_bound(dialect)
     at = _Memo(_bind(record_resource.c.event_time, dialect))  # events stamp several resources
-    resources, text = fold.resources, fold.text
+    rows = fold.rows
 
-    def row(key: tuple[str, str]) -> tuple[Any, ...]:
-        r = resources[key]
-        return (
-            r.resource_type,
-            r.id,
-            r.person_key,
-            r.version_id,
-            at[r.event_time],
-            r.source_event_id,
-            content(text[key]),
-        )
+    def row(key: Key) -> tuple[Any, ...]:
+        kind, rid, person, version, when, event, text = rows[key]
+        return (kind, rid, person, version, at[when], event, content(text))
 
     return row
 

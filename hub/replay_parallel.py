@@ -51,8 +51,9 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer
 
 from hub.core.ports import RecordEvent, StoredResource
-from hub.core.record import SHARED_KINDS, _replaced_by, _same_content
+from hub.core.record import SHARED_KINDS, _same_content
 from hub.replay import (
+    _PERSON,
     MMAP_BYTES,
     FoldUnitOfWork,
     Progress,
@@ -66,6 +67,7 @@ from hub.replay import (
     _same,
     _text_bound,
     events_partitions,
+    in_key_order,
     refuse_unless_empty,
     resource_row,
 )
@@ -98,9 +100,9 @@ class LinkedFold(FoldUnitOfWork):
         return super().of_person(person_key)
 
     def put(self, resource: StoredResource) -> None:
-        old = self.resources.get((resource.resource_type, resource.id))
-        if old is not None and old.person_key and old.person_key != resource.person_key:
-            self._touched.add(old.person_key)
+        old = self.rows.get((resource.resource_type, resource.id))
+        if old is not None and old[_PERSON] and old[_PERSON] != resource.person_key:
+            self._touched.add(old[_PERSON])
         if resource.person_key:
             self._touched.add(resource.person_key)
         super().put(resource)
@@ -340,14 +342,12 @@ def write_shard(path: Path, fold: LinkedFold, counts: tuple[int, int, int], fold
         for sql, rows in _chunks(fold, dialect, 20_000, content=_same, kinds=_personal):
             db.executemany(sql, rows)
         row = resource_row(fold, dialect, content=_same)
-        shared = sorted(key for key in fold.resources if key[0] in SHARED_KINDS)
+        shared = in_key_order(key for key in fold.rows if key[0] in SHARED_KINDS)
         db.executemany("INSERT INTO shared VALUES (?, ?, ?, ?, ?, ?, ?)", (row(key) for key in shared))
         people = {k for k, held in fold.by_person.items() if held} | {k for link in fold.links for k in link}
         db.executemany("INSERT INTO person VALUES (?)", ((k,) for k in sorted(people)))
         db.executemany("INSERT INTO link VALUES (?, ?)", sorted(fold.links))
-        retired = fold.merged_away | {
-            r.id for (kind, _), r in fold.resources.items() if kind == "Patient" and _replaced_by(r.content)
-        }
+        retired = fold.merged_away | fold.retired
         db.executemany("INSERT INTO retired VALUES (?)", ((k,) for k in sorted(retired)))
         db.execute("INSERT INTO counts VALUES (?, ?, ?, ?, ?)", (*counts, folded_s, time.perf_counter() - started))
         db.execute("COMMIT")
