@@ -15,7 +15,7 @@ from schemas.envelope import Envelope
 Json = dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class RecordEvent:
     """One event as the record consumer sees it: envelope attributes plus the FHIR payload.
 
@@ -30,6 +30,11 @@ class RecordEvent:
     subject: str
     payload: Json
 
+    def __init__(self, id: str, type: str, source: str, time: datetime, subject: str, payload: Json) -> None:
+        # what dataclass's own __init__ does, without its object.__setattr__ for every field (as the
+        # class is frozen): a replay makes a million of these, and StoredResources more
+        self.__dict__.update(id=id, type=type, source=source, time=time, subject=subject, payload=payload)
+
     def envelope(self) -> Envelope:
         """The CloudEvent this event travels in (the inverse of decoding one from Kafka)."""
         return Envelope(
@@ -42,7 +47,7 @@ class RecordEvent:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class StoredResource:
     """The current version of one FHIR resource in the shared care record."""
 
@@ -53,6 +58,26 @@ class StoredResource:
     event_time: datetime
     source_event_id: str
     content: Json
+
+    def __init__(
+        self,
+        resource_type: str,
+        id: str,
+        person_key: str | None,
+        version_id: int,
+        event_time: datetime,
+        source_event_id: str,
+        content: Json,
+    ) -> None:
+        self.__dict__.update(  # (as RecordEvent's)
+            resource_type=resource_type,
+            id=id,
+            person_key=person_key,
+            version_id=version_id,
+            event_time=event_time,
+            source_event_id=source_event_id,
+            content=content,
+        )
 
 
 class RecordUnitOfWork(Protocol):
