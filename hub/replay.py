@@ -22,7 +22,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -73,7 +73,8 @@ class FoldUnitOfWork:
         # text as str, not as orjson's bytes: orjson.dumps returns its whole working buffer (~8 KiB,
         # whatever the text's length), and a fold keeps millions of them
         self.rows: dict[Key, Row] = {}
-        self.identifiers: dict[Key, list[tuple[str, str]]] = {}
+        self.identifiers: dict[Key, list[tuple[str, str, str, str]]] = {}  # record_identifier rows
+        self.ids: dict[str, list[str]] = {}  # each type's resource ids, in the order first put
         self.by_person: dict[str, set[Key]] = {}
         self.done: set[str] = set()
         self.merged_away: set[str] = set()  # every person a merge moved resources from (see of_person)
@@ -100,7 +101,11 @@ class FoldUnitOfWork:
         return found
 
     def find_by_identifier(self, resource_type: str, system: str, value: str) -> list[StoredResource]:
-        found = [key for key, held in self.identifiers.items() if key[0] == resource_type and (system, value) in held]
+        found = [
+            key
+            for key, held in self.identifiers.items()
+            if key[0] == resource_type and any(row[2:] == (system, value) for row in held)
+        ]
         return [r for r in (self.get(*key) for key in found) if r is not None]
 
     def of_person(self, person_key: str) -> list[StoredResource]:
@@ -121,7 +126,7 @@ class FoldUnitOfWork:
         else:
             text = orjson.dumps(content).decode()
             if "identifier" in content:
-                self.identifiers[key] = sorted(identifiers_of(content))
+                self.identifiers[key] = [(kind, rid, s, v) for s, v in sorted(identifiers_of(content))]
             elif old is not None:
                 self.identifiers.pop(key, None)
             if kind == "Patient":
@@ -132,7 +137,9 @@ class FoldUnitOfWork:
         self.rows[key] = (kind, rid, person, resource.version_id, resource.event_time, resource.source_event_id, text)
         if kind not in _TEXT_ONLY:
             self._parsed[key] = resource
-        if old is not None and old[_PERSON] == person:
+        if old is None:
+            self.ids.setdefault(kind, []).append(rid)
+        elif old[_PERSON] == person:
             return  # filed where it was: the common case, a new version of the same resource
         if old is not None and old[_PERSON]:
             self.by_person[old[_PERSON]].discard(key)
@@ -358,13 +365,13 @@ def _chunks(
     """(INSERT, rows) for every table (resources of the `kinds` picked), `chunk` rows at a time,
     built only when asked for; content (its JSON text) bound as the dialect binds JSON unless
     `content` says otherwise."""
-    keys = in_key_order(fold.rows, kinds)
+    keys = in_key_order(fold, kinds)
     row = resource_row(fold, dialect, content)
     sql = _insert_sql(record_resource, dialect)
     for start in range(0, len(keys), chunk):
         yield sql, [row(key) for key in keys[start : start + chunk]]
     found = fold.identifiers  # in the same key order
-    identifiers = [(*key, s, v) for key in keys if key in found for s, v in found[key]]
+    identifiers = [row for key in keys if key in found for row in found[key]]
     processed = [("record", e) for e in sorted(fold.done)]
     for table, rows in ((record_identifier, identifiers), (processed_event, processed)):
         sql = _insert_sql(table, dialect)
@@ -372,14 +379,12 @@ def _chunks(
             yield sql, rows[start : start + chunk]
 
 
-def in_key_order(keys: Iterable[Key], kinds: Callable[[str], bool] | None = None) -> list[Key]:
-    """Resource keys (of the `kinds` picked) sorted as the tables' primary keys sort them: by type,
-    then id (the ids of each type sorted as strings, several times faster than sorting the pairs)."""
-    ids: dict[str, list[str]] = {}
-    for kind, rid in keys:
-        ids.setdefault(kind, []).append(rid)
-    picked = sorted(kind for kind in ids if kinds is None or kinds(kind))
-    return [(kind, rid) for kind in picked for rid in sorted(ids[kind])]
+def in_key_order(fold: FoldUnitOfWork, kinds: Callable[[str], bool] | None = None) -> list[Key]:
+    """The fold's resource keys (of the `kinds` picked) sorted as the tables' primary keys sort
+    them: by type, then id (each type's ids sorted as strings, several times faster than sorting
+    the pairs)."""
+    picked = sorted(kind for kind in fold.ids if kinds is None or kinds(kind))
+    return [(kind, rid) for kind in picked for rid in sorted(fold.ids[kind])]
 
 
 def resource_row(

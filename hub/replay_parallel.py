@@ -343,7 +343,7 @@ def write_shard(path: Path, fold: LinkedFold, counts: tuple[int, int, int], fold
         for sql, rows in _chunks(fold, dialect, 20_000, content=_same, kinds=_personal):
             db.executemany(sql, rows)
         row = resource_row(fold, dialect, content=_same)
-        shared = in_key_order(fold.rows, SHARED_KINDS.__contains__)
+        shared = in_key_order(fold, SHARED_KINDS.__contains__)
         db.executemany("INSERT INTO shared VALUES (?, ?, ?, ?, ?, ?, ?)", (row(key) for key in shared))
         people = {k for k, held in fold.by_person.items() if held} | {k for link in fold.links for k in link}
         db.executemany("INSERT INTO person VALUES (?)", ((k,) for k in sorted(people)))
