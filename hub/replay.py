@@ -370,7 +370,7 @@ def _chunks(
     sql = _insert_sql(record_resource, dialect)
     for start in range(0, len(keys), chunk):
         yield sql, [row(key) for key in keys[start : start + chunk]]
-    found = fold.identifiers  # in the same key order
+    found = fold.identifiers  # (taken in the resources' key order, so sorted as they are)
     identifiers = [row for key in keys if key in found for row in found[key]]
     processed = [("record", e) for e in sorted(fold.done)]
     for table, rows in ((record_identifier, identifiers), (processed_event, processed)):
