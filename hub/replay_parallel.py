@@ -53,7 +53,6 @@ from aiokafka import AIOKafkaConsumer
 from hub.core.ports import RecordEvent, StoredResource
 from hub.core.record import SHARED_KINDS, _same_content
 from hub.replay import (
-    _PERSON,
     MMAP_BYTES,
     FoldUnitOfWork,
     Progress,
@@ -90,7 +89,7 @@ class LinkedFold(FoldUnitOfWork):
         super().__init__()
         self.links: set[tuple[str, str]] = set()
         self._subjects: dict[str, str] = {}
-        self._touched: set[str] = set()
+        self._touched: set[str] = set()  # filled by FoldUnitOfWork.put
 
     def batch(self, events: Sequence[RecordEvent]) -> None:
         self._subjects = {e.id: e.subject for e in events}
@@ -99,19 +98,15 @@ class LinkedFold(FoldUnitOfWork):
         self._touched.add(person_key)
         return super().of_person(person_key)
 
-    def put(self, resource: StoredResource) -> None:
-        old = self.rows.get((resource.resource_type, resource.id))
-        if old is not None and old[_PERSON] and old[_PERSON] != resource.person_key:
-            self._touched.add(old[_PERSON])
-        if resource.person_key:
-            self._touched.add(resource.person_key)
-        super().put(resource)
-
     def mark_processed(self, event_id: str) -> None:
         super().mark_processed(event_id)
+        touched = self._touched
+        if not touched:
+            return
         subject = self._subjects.get(event_id, "")
-        self.links.update((subject, key) for key in self._touched if key != subject)
-        self._touched.clear()
+        if len(touched) > 1 or subject not in touched:  # (most events touch their own subject only)
+            self.links.update((subject, key) for key in touched if key != subject)
+        touched.clear()
 
 
 async def log_extent(bootstrap: str, wait_s: float = 5.0) -> list[int]:

@@ -161,6 +161,19 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
             return same
     if current is not None and event.time < current.event_time:
         return None
+    if (
+        kind == "Patient"
+        and current is not None
+        and current.person_key == rid
+        and "link" not in incoming
+        and "link" not in current.content
+        and _same_content(incoming, current.content)
+    ):
+        # the person said again as they are (the commonest write of all): what the general path
+        # below decides (_next_content adds nothing to a Patient without links but its labels,
+        # which _same_content compares as a set), without copying the content first
+        uow.put(_retimed(current, event.time, current.content))
+        return UNCHANGED
     content = _next_content(event, incoming, current)
     key: str | None
     if kind in SHARED_KINDS:
