@@ -22,6 +22,7 @@ import gc
 import logging
 import os
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -74,8 +75,8 @@ class FoldUnitOfWork:
         # whatever the text's length), and a fold keeps millions of them
         self.rows: dict[Key, Row] = {}
         self.identifiers: dict[Key, list[tuple[str, str, str, str]]] = {}  # record_identifier rows
-        self.ids: dict[str, list[str]] = {}  # each type's resource ids, in the order first put
-        self.by_person: dict[str, set[Key]] = {}
+        self.ids: defaultdict[str, list[str]] = defaultdict(list)  # each type's ids, in the order first put
+        self.by_person: defaultdict[str, set[Key]] = defaultdict(set)  # (no empty set made a put)
         self.done: set[str] = set()
         self.merged_away: set[str] = set()  # every person a merge moved resources from (see of_person)
         self.retired: set[str] = set()  # every Patient whose content says who replaced them
@@ -145,13 +146,13 @@ class FoldUnitOfWork:
         if kind not in _TEXT_ONLY:
             self._parsed[key] = resource
         if old is None:
-            self.ids.setdefault(kind, []).append(rid)
+            self.ids[kind].append(rid)
         elif old[_PERSON] == person:
             return  # filed where it was: the common case, a new version of the same resource
         if old is not None and old[_PERSON]:
             self.by_person[old[_PERSON]].discard(key)
         if person:
-            self.by_person.setdefault(person, set()).add(key)
+            self.by_person[person].add(key)
 
     def mark_processed(self, event_id: str) -> None:
         self.done.add(event_id)
