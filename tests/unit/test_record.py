@@ -287,3 +287,38 @@ def test_reference_data_labelled_in_any_order_is_the_same_data_whichever_is_read
     assert ends[0] is not None
     assert ends[0]["meta"]["versionId"] == "1"
     assert ends[0]["meta"]["lastUpdated"].startswith("2026-11-02T10:00")  # the earliest event that said it
+
+
+def test_a_patient_said_again_as_stored_keeps_its_version_and_takes_the_newer_event_time() -> None:
+    psy = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}
+    sdv = {**psy, "code": "SDV"}
+    at = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+
+    def patient(event_id: str, minutes: int, family: str, labels: list[dict]) -> RecordEvent:
+        content: dict = {"resourceType": "Patient", "id": "p1", "name": [{"family": family}]}
+        if labels:
+            content["meta"] = {"security": labels, "lastUpdated": "2026-01-01T00:00:00+00:00"}
+        when = at + timedelta(minutes=minutes)
+        return RecordEvent(event_id, "uk.nhs.carehub.patient.updated.v1", "urn:ods:RXX", when, "p1", content)
+
+    def stored() -> tuple[str, list[dict], datetime]:
+        with store.unit_of_work() as uow:
+            held = uow.get("Patient", "p1")
+        assert held is not None
+        return held.content["meta"]["versionId"], held.content["meta"].get("security", []), held.event_time
+
+    store = MemoryRecordStore()
+    with store.unit_of_work() as uow:
+        # said again with its labels in another order (and other meta): the same person, no new version
+        result = apply_events(uow, [patient("e1", 0, "Smith", [psy, sdv]), patient("e2", 5, "Smith", [sdv, psy])])
+        uow.commit()
+    assert result == ApplyResult(applied=2, duplicates=0, stale=0)
+    assert stored() == ("1", [psy, sdv], at + timedelta(minutes=5))
+    with store.unit_of_work() as uow:  # older news arriving late is stale against the newer event time
+        result = apply_events(uow, [patient("e0", 3, "Jones", [psy, sdv])])
+        uow.commit()
+    assert (result.stale, stored()[0]) == (1, "1")
+    with store.unit_of_work() as uow:  # a label dropped and another added: a new version
+        apply_events(uow, [patient("e3", 9, "Smith", [psy, {**psy, "code": "ETH"}])])
+        uow.commit()
+    assert stored()[:2] == ("2", [{**psy, "code": "ETH"}, psy])
