@@ -407,11 +407,7 @@ def resource_row(
         kind, rid, person, version, when, event, text = rows[key]
         return (kind, rid, person, version, at[when], event, content(text))
 
-    def as_held(key: Key) -> tuple[Any, ...]:  # the text as it is (a shard's or the record's own JSON)
-        kind, rid, person, version, when, event, text = rows[key]
-        return (kind, rid, person, version, at[when], event, text)
-
-    return as_held if content is _same else row
+    return row
 
 
 def _text_bound(dialect: sa.Dialect) -> Callable[[str], Any]:

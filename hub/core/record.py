@@ -172,8 +172,7 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
         # the person said again as they are (the commonest write of all): what the general path
         # below decides (_next_content adds nothing to a Patient without links but its labels,
         # which _same_content compares as a set), without copying the content first
-        uow.put(_retimed(current, event.time, current.content))
-        return UNCHANGED
+        return _said_again(uow, current, event)
     content = _next_content(event, incoming, current)
     key: str | None
     if kind in SHARED_KINDS:
@@ -186,13 +185,17 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
         if subject and key != subject:
             _point_at(content, key)
     if current is not None and key == current.person_key and _same_content(content, current.content):
-        # nothing new: no new version (so versions do not depend on the order partitions are read
-        # in), but remember the newer event time so older content arriving later stays stale
-        uow.put(_retimed(current, event.time, current.content))
-        return UNCHANGED
+        return _said_again(uow, current, event)
     stored = _stamp(event, content, kind, rid, key, current, _STUB_TIME if stub else event.time, when)
     uow.put(stored)
     return stored
+
+
+def _said_again(uow: RecordUnitOfWork, current: StoredResource, event: RecordEvent) -> StoredResource:
+    """Nothing new: no new version (so versions do not depend on the order partitions are read in),
+    but the newer event time remembered, so that older content arriving later stays stale."""
+    uow.put(_retimed(current, event.time, current.content))
+    return UNCHANGED
 
 
 def _refused_move(current: StoredResource, incoming: Json) -> bool:
