@@ -40,15 +40,16 @@ def include_consumers(
     deliverer: Deliverer | None = None,
     coordination: tuple[Engine, Callable[[], CoordinationUnitOfWork]] | None = None,
     on_coordinated: Callable[[int, int], None] | None = None,
-) -> None:
-    """Attach every consumer of the hub to `broker`."""
-    broker.include_router(record_router(uow_factory, broker, group_id=f"{group_prefix}-record", on_applied=on_applied))
+) -> list[str]:
+    """Attach every consumer of the hub to `broker`; the consumer groups that read the events topic."""
+    groups = [f"{group_prefix}-record"]
+    broker.include_router(record_router(uow_factory, broker, group_id=groups[0], on_applied=on_applied))
     broker.include_router(dead_letter_router(dead_letters, group_id=f"{group_prefix}-deadletters", on_kept=on_kept))
     if deliverer is not None:
-        broker.include_router(delivery_router(deliverer, group_id=f"{group_prefix}-delivery"))
+        groups.append(f"{group_prefix}-delivery")
+        broker.include_router(delivery_router(deliverer, group_id=groups[-1]))
     if coordination is not None:
         engine, factory = coordination
-        router = coordination_router(
-            engine, factory, broker, group_id=f"{group_prefix}-coordination", on_done=on_coordinated
-        )
-        broker.include_router(router)
+        groups.append(f"{group_prefix}-coordination")
+        broker.include_router(coordination_router(engine, factory, broker, group_id=groups[-1], on_done=on_coordinated))
+    return groups

@@ -134,6 +134,9 @@ class Running:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     publish: Callable[[Envelope], Awaitable[None]] | None = None  # to the events topic, as POST Consent does
     tick: Callable[[], Awaitable[None]] | None = None  # the hub's clock onto every partition, now
+    consumer_groups: list[str] = field(
+        default_factory=list
+    )  # the consumer groups running here that read the events topic
 
     def count(self, result: ApplyResult) -> None:
         """Record consumer progress (events applied plus duplicates skipped)."""
@@ -163,6 +166,22 @@ class Running:
             if loop.time() > deadline:
                 return False
             await asyncio.sleep(0.1)
+
+    async def settled(self, timeout: float = 120.0, *, poll: float = 0.3) -> dict[str, int]:
+        """Wait until every consumer group on the events topic has committed to the end of the log
+        (so the rules engine's derived events, published before it commits, have been read by every
+        consumer too); {} then, else how far each group is still behind when `timeout` runs out.
+
+        Progress is measured, not guessed from quiet: a consumer waiting out a slow broker or
+        database makes no progress for seconds at a time, and is still not done."""
+        from hub.kafka import behind
+
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            lag = await behind(self.bootstrap, self.consumer_groups)
+            if not lag or asyncio.get_running_loop().time() > deadline:
+                return lag
+            await asyncio.sleep(poll)
 
     async def caught_up(self, events: int, timeout: float = 60.0, *, dead_letters: int = 0) -> bool:
         """Wait until the record consumer has seen `events` events and the dead-letter consumer has
@@ -272,7 +291,7 @@ async def running(
             enforce=services.policy is not None,
         )
         if consumers:
-            include_consumers(
+            run.consumer_groups = include_consumers(
                 broker,
                 uow_factory=services.uow_factory,
                 dead_letters=services.dead_letters,

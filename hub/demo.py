@@ -74,7 +74,7 @@ async def run_demo(settings: Settings, console: Console, *, people: int, days: i
         console.print(where_table(run))
         codes = await _feed(run, traffic, console)
         caught_up = await run.caught_up(codes["AA"], timeout=120, dead_letters=codes["AE"] + codes["AR"])
-        await _settle(run)
+        await settle(run)
         someone = next(iter(run.services.reader.search("Encounter", None)), None)
         about = someone["subject"]["reference"] + "/$everything" if someone else "metadata"
         hint = (
@@ -103,16 +103,6 @@ async def run_demo(settings: Settings, console: Console, *, people: int, days: i
                 "(.venv/bin/carehub demo --serve) and leave it running."
             )
     return 0 if caught_up else 1
-
-
-async def _settle(run: Running, quiet: timedelta = timedelta(seconds=1)) -> None:
-    """Wait until the consumers have been idle for a moment (dead letters land asynchronously)."""
-    import asyncio
-
-    last = -1
-    while last != run.seen:
-        last = run.seen
-        await asyncio.sleep(quiet.total_seconds())
 
 
 def demo_agreement(locality: Locality, service: str | None = None) -> Agreement:

@@ -10,6 +10,7 @@ huddle page, behind a token, does.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ REASONS = (
 )
 SOURCES = ("gp", "gp", "huddle", "adult-social-care", "community-nursing", "voluntary-sector")
 COORDINATORS = ("c-amara", "c-ben", "c-chloe")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -177,13 +179,12 @@ async def run_month(run: Running, locality: Locality, start: datetime, end: date
     return Month(sources, accepted, declined, closed, months.most_common(1)[0][0], people[-1].practice.ods)
 
 
-async def settle(run: Running, quiet: float = 1.5, within: float = 90) -> None:
-    """Wait until the record and the rules engine have both been idle for a moment."""
-    deadline = asyncio.get_running_loop().time() + within
-    last = (-1, -1)
-    while (run.seen, run.coordinated) != last and asyncio.get_running_loop().time() < deadline:
-        last = (run.seen, run.coordinated)
-        await asyncio.sleep(quiet)
+async def settle(run: Running, within: float = 120) -> None:
+    """Wait until every consumer has been through everything on the log (the rules engine's own
+    derived events included), or say who is still behind."""
+    lag = await run.settled(within)
+    if lag:
+        log.warning("the consumers had not caught up after %.0f s: %s", within, lag)
 
 
 def report(run: Running, month: Month, locality: Locality, console: Console, meeting: date) -> None:

@@ -13,13 +13,15 @@ import contextlib
 import logging
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from schemas.topics import CATALOGUE, Topic
+from schemas.topics import CATALOGUE, EVENTS, Topic
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +97,52 @@ async def create_topics(bootstrap: str, topics: Iterable[Topic] = CATALOGUE, *, 
         return created
     finally:
         await admin.close()
+
+
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str = EVENTS.name) -> list[TopicPartition]:
+    """The topic's partitions, in order (none if it does not exist yet)."""
+    found = consumer.partitions_for_topic(topic)
+    if not found:
+        await consumer.topics()  # metadata not fetched yet
+        found = consumer.partitions_for_topic(topic)
+    return [TopicPartition(topic, p) for p in sorted(found or ())]
+
+
+async def high_watermarks(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], wait_s: float = 5.0
+) -> dict[TopicPartition, int]:
+    """Where each partition's log ends, as a fetch reports it (Tansu answers ListOffsets 'latest'
+    wrongly, so end_offsets cannot be trusted): `consumer`, with no group, is assigned the
+    partitions and fetches a little of each from the beginning. A partition no fetch answered for
+    within `wait_s` counts as 0."""
+    consumer.assign(partitions)
+    await consumer.seek_to_beginning(*partitions)
+    deadline = time.monotonic() + wait_s
+    while any(consumer.highwater(tp) is None for tp in partitions) and time.monotonic() < deadline:
+        await consumer.getmany(timeout_ms=200, max_records=len(partitions))
+    return {tp: consumer.highwater(tp) or 0 for tp in partitions}
+
+
+async def behind(bootstrap: str, groups: Iterable[str], topic: str = EVENTS.name) -> dict[str, int]:
+    """How many records of `topic` each consumer group has yet to commit (only the groups behind).
+
+    Committed offsets are read before the log's ends, so an answer of {} means every group had been
+    through everything on the log when it was asked, including anything a group published before
+    it committed (as the rules engine does with what it derives)."""
+    at: dict[str, dict[TopicPartition, int]] = {}
+    for group in groups:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partitions = await partitions_of(consumer, topic)
+            at[group] = {tp: (await consumer.committed(tp)) or 0 for tp in partitions}
+        finally:
+            await consumer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, max_partition_fetch_bytes=64 * 1024)
+    await consumer.start()
+    try:
+        ends = await high_watermarks(consumer, await partitions_of(consumer, topic))
+    finally:
+        await consumer.stop()
+    lag = {group: sum(max(0, end - offsets.get(tp, 0)) for tp, end in ends.items()) for group, offsets in at.items()}
+    return {group: n for group, n in lag.items() if n}

@@ -35,10 +35,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from hub.core.ports import RecordEvent, StoredResource
 from hub.core.record import _replaced_by, apply_events
+from hub.kafka import partitions_of
 from hub.store.database import json_text
 from hub.store.sql import identifiers_of
 from hub.store.tables import processed_event, record_identifier, record_resource
-from schemas.topics import EVENTS
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (events read, events expected)
@@ -213,7 +213,7 @@ async def read_log(
     )
     await consumer.start()
     try:
-        partitions = [tp for tp in await events_partitions(consumer) if only is None or only(tp.partition)]
+        partitions = [tp for tp in await partitions_of(consumer) if only is None or only(tp.partition)]
         if not partitions:
             return
         consumer.assign(partitions)
@@ -226,15 +226,6 @@ async def read_log(
                 return
     finally:
         await consumer.stop()
-
-
-async def events_partitions(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-    """The events topic's partitions, in order (none if it does not exist yet)."""
-    found = consumer.partitions_for_topic(EVENTS.name)
-    if not found:
-        await consumer.topics()  # metadata not fetched yet
-        found = consumer.partitions_for_topic(EVENTS.name)
-    return [TopicPartition(EVENTS.name, p) for p in sorted(found or ())]
 
 
 async def _at_end(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> bool:

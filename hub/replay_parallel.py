@@ -52,6 +52,7 @@ from aiokafka import AIOKafkaConsumer
 
 from hub.core.ports import RecordEvent, StoredResource
 from hub.core.record import SHARED_KINDS, _same_content
+from hub.kafka import high_watermarks, partitions_of
 from hub.replay import (
     MMAP_BYTES,
     FoldUnitOfWork,
@@ -65,7 +66,6 @@ from hub.replay import (
     _insert_sql,
     _same,
     _text_bound,
-    events_partitions,
     in_key_order,
     refuse_unless_empty,
     resource_row,
@@ -122,16 +122,12 @@ async def log_extent(bootstrap: str, wait_s: float = 5.0) -> list[int]:
     )
     await consumer.start()
     try:
-        partitions = await events_partitions(consumer)
+        partitions = await partitions_of(consumer)
         if not partitions:
             return []
-        consumer.assign(partitions)
         first = await consumer.beginning_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        deadline = time.monotonic() + wait_s
-        while any(consumer.highwater(tp) is None for tp in partitions) and time.monotonic() < deadline:
-            await consumer.getmany(timeout_ms=200, max_records=len(partitions))
-        return [max(0, (consumer.highwater(tp) or 0) - first[tp]) for tp in partitions]
+        ends = await high_watermarks(consumer, partitions, wait_s)
+        return [max(0, ends[tp] - first[tp]) for tp in partitions]
     finally:
         await consumer.stop()
 
