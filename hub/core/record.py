@@ -216,9 +216,10 @@ def _same_reference_data(
     earlier = first < (str(meta.get("lastUpdated", "")), str(meta.get("source", ""))) or not meta
     if not earlier and event.time <= current.event_time:
         return UNCHANGED  # nothing to remember: the fast path when many people share one practice
-    if earlier:
-        meta = {**meta, "lastUpdated": first[0], "source": first[1]}
-    uow.put(_retimed(current, max(current.event_time, event.time), {**current.content, "meta": meta}))
+    content = current.content  # only retimed, as most events leave it: the same object, so a
+    if earlier:  # replay keeps its text rather than serialising a copy (one for nearly every event)
+        content = {**content, "meta": {**meta, "lastUpdated": first[0], "source": first[1]}}
+    uow.put(_retimed(current, max(current.event_time, event.time), content))
     return UNCHANGED
 
 
