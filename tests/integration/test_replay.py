@@ -46,6 +46,7 @@ async def test_replay_rebuilds_the_same_record_and_as_of_a_moment(tmp_path: Path
     with engine.connect() as conn:  # the bulk load's settings are undone; its indexes are built
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
         assert conn.exec_driver_sql("PRAGMA mmap_size").scalar_one() == 0
+        assert conn.exec_driver_sql("PRAGMA threads").scalar_one() == 0
         assert conn.exec_driver_sql("PRAGMA page_size").scalar_one() == PAGE_BYTES  # made so while empty
         assert conn.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
     assert "ix_record_resource_person_key" in {i["name"] for i in sa.inspect(engine).get_indexes("record_resource")}

@@ -63,3 +63,38 @@ def test_the_environment_is_restored_after_the_workers_start(monkeypatch: pytest
         assert (os.environ["PYTHONMALLOC"], os.environ["GLIBC_TUNABLES"]) == ("malloc", "during")
     assert "PYTHONMALLOC" not in os.environ
     assert os.environ["GLIBC_TUNABLES"] == "before"
+
+
+@pytest.fixture
+def shm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    place = tmp_path / "shm"
+    place.mkdir()
+    monkeypatch.setattr(replay_parallel, "_SHM", place)
+    return place
+
+
+def meminfo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, available_kib: int) -> None:
+    info = tmp_path / "meminfo"
+    info.write_text(f"MemTotal:       99999999 kB\nMemFree:  1 kB\nMemAvailable:   {available_kib} kB\n")
+    monkeypatch.setattr(replay_parallel, "_MEMINFO", info)
+
+
+def test_shards_go_to_memory_backed_storage_where_there_is_room(
+    shm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    meminfo(monkeypatch, tmp_path, available_kib=16 * 1024 * 1024)  # 16 GiB
+    assert replay_parallel.scratch(tmp_path, 1_000_000) == shm  # 2 GB of shards
+    assert replay_parallel.scratch(tmp_path, 3_000_000) == tmp_path  # 6 GB: 24 GB wanted available
+    meminfo(monkeypatch, tmp_path, available_kib=10**15)
+    free = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize
+    assert replay_parallel.scratch(tmp_path, free // replay_parallel.SHARD_BYTES_PER_EVENT) == tmp_path  # no room
+
+
+def test_shards_go_beside_the_target_without_dev_shm_or_a_memory_figure(
+    shm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replay_parallel, "_MEMINFO", tmp_path / "absent")
+    assert replay_parallel.scratch(tmp_path, 10) == tmp_path
+    meminfo(monkeypatch, tmp_path, available_kib=16 * 1024 * 1024)
+    shm.rmdir()
+    assert replay_parallel.scratch(None, 10) is None
