@@ -134,9 +134,8 @@ class Running:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     publish: Callable[[Envelope], Awaitable[None]] | None = None  # to the events topic, as POST Consent does
     tick: Callable[[], Awaitable[None]] | None = None  # the hub's clock onto every partition, now
-    consumer_groups: list[str] = field(
-        default_factory=list
-    )  # the consumer groups running here that read the events topic
+    # the consumer groups running here that read the events topic
+    consumer_groups: list[str] = field(default_factory=list)
 
     def count(self, result: ApplyResult) -> None:
         """Record consumer progress (events applied plus duplicates skipped)."""

@@ -130,7 +130,7 @@ async def behind(bootstrap: str, groups: Iterable[str], topic: str = EVENTS.name
     through everything on the log when it was asked, including anything a group published before
     it committed (as the rules engine does with what it derives)."""
     at: dict[str, dict[TopicPartition, int]] = {}
-    for group in groups:
+    for group in groups:  # (a consumer each: Tansu garbles the admin client's OffsetFetch reply)
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
         await consumer.start()
         try:

@@ -55,7 +55,8 @@ _FETCHED = 500  # records taken from the consumer at a time in a fold (see _fold
 Key = tuple[str, str]  # (resource type, id)
 Row = tuple[str, str, str | None, int, str, str, str]  # a resource as SQLite's record_resource holds it
 _PERSON: Final = 2  # where a Row holds the person key
-_TIME: Final = 4  # the event time, as SQLite holds it (UTC, no offset: see at_of)
+_TIME: Final = 4  # the event time, as SQLite holds it (UTC, no offset: see time_of)
+_EVENT: Final = 5  # the source event's id
 _TEXT: Final = 6  # and the JSON text
 _TEXT_ONLY = frozenset({"Provenance"})  # kinds a fold holds as text only (see FoldUnitOfWork)
 _RECENT = 32_768  # resources a fold holds parsed, in each of its two generations (see FoldUnitOfWork)
@@ -90,8 +91,9 @@ class FoldUnitOfWork:
         self._parsed: dict[Key, StoredResource] = {}  # resources lately put or read, parsed (see _RECENT)
         self._older: dict[Key, StoredResource] = {}  # the generation before
         self._touched: set[str] | None = None  # where a fold notes the people each put touches
-        # event times as SQLite holds them (an event stamps several resources, and events share times)
-        self._at = _Memo(_bind(record_resource.c.event_time, sqlite_dialect()))
+        # event times as SQLite holds them (an event stamps several resources, and events share times;
+        # forgotten every _RECENT times, so a log of distinct times does not grow it without end)
+        self._at = _Memo(_bind(record_resource.c.event_time, sqlite_dialect()), most=_RECENT)
 
     def __enter__(self) -> Self:
         return self
@@ -111,7 +113,7 @@ class FoldUnitOfWork:
                 row = self.rows.get(key)
                 if row is None:
                     return None
-                found = StoredResource(*row[:_TIME], time_of(row[_TIME]), row[5], orjson.loads(row[_TEXT]))
+                found = StoredResource(*row[:_TIME], time_of(row[_TIME]), row[_EVENT], orjson.loads(row[_TEXT]))
                 if resource_type in _TEXT_ONLY:
                     return found
             self._keep(key, found)
@@ -457,11 +459,16 @@ def _same(value: Any) -> Any:
 
 
 class _Memo(dict[Any, Any]):
-    def __init__(self, compute: Callable[[Any], Any]) -> None:
+    """compute(key), remembered (all of them, or up to `most` at a time)."""
+
+    def __init__(self, compute: Callable[[Any], Any], most: int = 0) -> None:
         super().__init__()
         self.compute = compute
+        self.most = most
 
     def __missing__(self, key: Any) -> Any:
+        if self.most and len(self) >= self.most:
+            self.clear()
         value = self[key] = self.compute(key)
         return value
 

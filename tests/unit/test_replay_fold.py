@@ -33,3 +33,9 @@ def test_a_fold_holding_few_resources_parsed_gives_the_same_record(monkeypatch: 
     assert few.done == everything.done
     assert few.by_person == everything.by_person
     assert (few.merged_away, few.retired) == (everything.merged_away, everything.retired)
+
+
+def test_the_folds_memo_of_event_times_is_bounded() -> None:
+    memo = replay._Memo(lambda n: n * 2, most=3)
+    assert [memo[n] for n in range(10)] == [n * 2 for n in range(10)]
+    assert len(memo) <= 3
