@@ -49,7 +49,12 @@ MMAP_BYTES = 8 << 30  # SQLite reads a bulk load's pages through a memory map (c
 # default) the load of a million events' 1.7 million rows took twice as long (5.5 s against 2.5 s,
 # and its person index 1.8 s against 1.4 s)
 PAGE_BYTES = 16384
-_FETCHED = 500  # records taken from the consumer at a time in a fold (see _fold)
+# records taken from the consumer at a time (getmany's max_records), by every reader of the log: a
+# fold, the export, the KPI report and bench/replay's raw reference. Fewer records alive at once keep
+# aiokafka's record parsing in the CPU's caches: reading a million events took 8-10 s at 100-250,
+# 10-13 s at 500 and 16-18 s at 5,000 on the 2-core VMs this was measured on (fetch sizes made no
+# difference); a fold also applies each batch while its payloads are still warm
+READ_BATCH = 250
 
 
 Key = tuple[str, str]  # (resource type, id)
@@ -223,7 +228,7 @@ def _subject_of(record: Any) -> str | None:
 
 
 async def read_log(
-    bootstrap: str, *, batch: int = 5000, idle_ms: int = 1000, only: Callable[[int], bool] | None = None
+    bootstrap: str, *, batch: int = READ_BATCH, idle_ms: int = 1000, only: Callable[[int], bool] | None = None
 ) -> AsyncIterator[list[Any]]:
     """Every record on the events topic (or on the partitions `only` picks), partition by partition
     as fetched, up to the high watermark."""
@@ -330,7 +335,7 @@ async def _fold(
     read = applied = skipped = 0
     decode = _decoder()
     batch = getattr(fold, "batch", None)  # a fold that wants to know each batch's events first
-    async for records in read_log(bootstrap, batch=_FETCHED, only=only):
+    async for records in read_log(bootstrap, only=only):
         # decoded and applied a few events at a time, not a whole fetch: each event's payload is
         # then still in the CPU's caches when the rules read it and when its resources are serialised
         for start in range(0, len(records), _HOT):
