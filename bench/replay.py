@@ -7,7 +7,8 @@ every reader of the log uses: `hub.replay.read_log`), before the replay and agai
 `replay` folds it into a fresh SQLite record and writes it in bulk. Target: (b) at least 25% of (a),
 the mean of the two raw readings (these VMs' speed drifts over minutes; both are reported). Also
 timed: the extra pass a log needs when merges cross workers (the log read again, the people merged
-across folded together), and with --one-process the replay on one process.
+across folded together), with --one-process the replay on one process, and with --compare-batches
+raw reading at other records per getmany (why READ_BATCH is what it is).
 
 Run: `.venv/bin/python -m bench.replay --events 1000000`.
 """
@@ -30,7 +31,7 @@ from adapters.hl7v2.synthetic import adt_traffic, make_locality
 from adapters.hl7v2.to_fhir import map_message
 from bench.results import emit
 from hub.kafka import create_topics, embedded_broker
-from hub.replay import FoldUnitOfWork, _fold, read_log, replay
+from hub.replay import READ_BATCH, FoldUnitOfWork, _fold, read_log, replay
 from hub.store.database import open_engine
 from schemas.envelope import Envelope
 from schemas.topics import EVENTS
@@ -92,15 +93,15 @@ async def produce(bootstrap: str, records: list[tuple[bytes, bytes, list[tuple[s
         await producer.stop()
 
 
-async def raw_consume(bootstrap: str) -> tuple[int, float]:
+async def raw_consume(bootstrap: str, batch: int = READ_BATCH) -> tuple[int, float]:
     started = time.perf_counter()
     count = 0
-    async for records in read_log(bootstrap):
+    async for records in read_log(bootstrap, batch=batch):
         count += len(records)
     return count, time.perf_counter() - started
 
 
-async def main(n: int, templates: int, one_process: bool) -> dict[str, object]:
+async def main(n: int, templates: int, one_process: bool, batches: list[int]) -> dict[str, object]:
     records = copies(pool(templates), n)
     records_subject = records[0][0].decode()
     async with embedded_broker() as bootstrap:
@@ -122,15 +123,20 @@ async def main(n: int, templates: int, one_process: bool) -> dict[str, object]:
                 engine = open_engine(f"sqlite:///{Path(tmp) / 'one.db'}")
                 one = await replay(bootstrap, engine, workers=1)
                 engine.dispose()
+        by_batch: dict[int, list[int]] = {b: [] for b in batches}
+        for _ in range(2):  # alternating, twice: the VMs' speed drifts over minutes
+            for size in batches:
+                count, seconds = await raw_consume(bootstrap, size)
+                by_batch[size].append(round(count / seconds))
     raw_before, raw_after = raw_count / raw_seconds, raw_after_count / raw_after_seconds
     raw_rate = (raw_before + raw_after) / 2
     rate = result.events / result.seconds
-    extra = {}
+    extra: dict[str, object] = {}
+    if batches:
+        extra["raw_events_per_s_by_records_per_getmany"] = {str(b): rates for b, rates in by_batch.items()}
     if one is not None:
-        extra = {
-            "one_process_events_per_s": round(one.events / one.seconds),
-            "one_process_ratio_vs_raw": round(one.events / one.seconds / raw_rate, 3),
-        }
+        extra["one_process_events_per_s"] = round(one.events / one.seconds)
+        extra["one_process_ratio_vs_raw"] = round(one.events / one.seconds / raw_rate, 3)
     return {
         "bench": "replay",
         "events": result.events,
@@ -153,6 +159,12 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--templates", type=int, default=5_000)
     parser.add_argument("--one-process", action="store_true", help="also time the one-process replay, same run")
+    parser.add_argument(
+        "--compare-batches",
+        default="",
+        help="also read the topic raw at these records per getmany, comma-separated (e.g. 5000,500,250,100)",
+    )
     ns = parser.parse_args()
-    figures = asyncio.run(main(ns.events, ns.templates, ns.one_process))
+    batches = [int(b) for b in ns.compare_batches.split(",") if b.strip()]
+    figures = asyncio.run(main(ns.events, ns.templates, ns.one_process, batches))
     emit(figures, command=" ".join(["python -m bench.replay", *sys.argv[1:]]))
