@@ -523,7 +523,7 @@ def _reconciled(db: sqlite3.Connection, names: list[str]) -> list[tuple[Any, ...
         contents = [orjson.loads(row[6]) for row in rows]
         if any(row[3] != 1 for row in rows) or not all(_same_content(c, contents[0]) for c in contents[1:]):
             return f"{key[0]} reference data differs between partitions read by different workers"
-        first = min(range(len(rows)), key=lambda i: _said(contents[i]))
+        first = min(range(len(rows)), key=lambda i: (*_said(contents[i]), rows[i][5]))  # as the fold picks
         latest = max(row[4] for row in rows)  # the same text form on every shard, so it sorts as time
         out.append((*rows[first][:4], latest, *rows[first][5:]))
     return out

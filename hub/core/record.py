@@ -206,24 +206,28 @@ def _refused_move(current: StoredResource, incoming: Json) -> bool:
 def _same_reference_data(
     uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, current: StoredResource, when: str
 ) -> StoredResource | None:
-    """Shared reference data (a GP practice) said again, in any order: no new version, and meta
-    names the earliest event that said it, so the record does not depend on which partition a
-    consumer happened to read first. None when the content differs (then newest wins)."""
+    """Shared reference data (a GP practice) said again, in any order: no new version, and meta and
+    the source event id name the earliest event that said it (by time, then sender, then event id),
+    so the record does not depend on which partition a consumer happened to read first. None when
+    the content differs (then newest wins)."""
     if not _same_content(incoming, current.content):
         return None
     meta = current.content.get("meta") or {}
-    first = (when, event.source)
-    earlier = first < (str(meta.get("lastUpdated", "")), str(meta.get("source", ""))) or not meta
+    said = (str(meta.get("lastUpdated", "")), str(meta.get("source", "")), current.source_event_id)
+    earlier = (when, event.source, event.id) < said or not meta
     if not earlier and event.time <= current.event_time:
         return UNCHANGED  # nothing to remember: the fast path when many people share one practice
-    content = current.content  # only retimed, as most events leave it: the same object, so a
-    if earlier:  # replay keeps its text rather than serialising a copy (one for nearly every event)
-        content = {**content, "meta": {**meta, "lastUpdated": first[0], "source": first[1]}}
-    uow.put(_retimed(current, max(current.event_time, event.time), content))
+    content, first = current.content, current.source_event_id  # only retimed, as most events leave it:
+    if earlier:  # the same object, so a replay keeps its text rather than serialising a copy
+        content = {**content, "meta": {**meta, "lastUpdated": when, "source": event.source}}
+        first = event.id
+    uow.put(_retimed(current, max(current.event_time, event.time), content, first))
     return UNCHANGED
 
 
-def _retimed(current: StoredResource, event_time: datetime, content: Json) -> StoredResource:
+def _retimed(
+    current: StoredResource, event_time: datetime, content: Json, source_event_id: str | None = None
+) -> StoredResource:
     # what dataclasses.replace does, without its per-call introspection (a hot path in replay)
     return StoredResource(
         current.resource_type,
@@ -231,7 +235,7 @@ def _retimed(current: StoredResource, event_time: datetime, content: Json) -> St
         current.person_key,
         current.version_id,
         event_time,
-        current.source_event_id,
+        current.source_event_id if source_event_id is None else source_event_id,
         content,
     )
 

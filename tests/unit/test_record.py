@@ -276,17 +276,23 @@ def test_reference_data_labelled_in_any_order_is_the_same_data_whichever_is_read
                            datetime(2026, 11, 2, hour, tzinfo=UTC), "p1", content)  # fmt: skip
 
     later, earlier = practice("e20", 20, [restricted, psy]), practice("e10", 10, [restricted, psy])
-    ends = []
-    for order in ([later, earlier], [earlier, later]):
+    tied = practice("e09", 10, [psy, restricted])  # the same time and sender as e10: the event id decides
+    ends, stored = [], []
+    for order in ([later, earlier, tied], [tied, earlier, later], [earlier, later, tied], [later, tied, earlier]):
         store = MemoryRecordStore()
         with store.unit_of_work() as uow:
             apply_events(uow, order)
+            stored.append(uow.get("Organization", "org-1"))
             uow.commit()
         ends.append(store.reader().read("Organization", "org-1"))
-    assert ends[0] == ends[1]
+    assert all(end == ends[0] for end in ends)
+    assert all(s == stored[0] for s in stored)  # the source event and event time too, not only the content
     assert ends[0] is not None
+    assert stored[0] is not None
     assert ends[0]["meta"]["versionId"] == "1"
     assert ends[0]["meta"]["lastUpdated"].startswith("2026-11-02T10:00")  # the earliest event that said it
+    assert stored[0].source_event_id == "e09"  # and so does the row's source event
+    assert stored[0].event_time == later.time  # while the latest time is remembered (older content stays stale)
 
 
 def test_a_patient_said_again_as_stored_keeps_its_version_and_takes_the_newer_event_time() -> None:
