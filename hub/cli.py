@@ -653,20 +653,30 @@ def replay(
         except RuntimeError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from exc
+        except KeyboardInterrupt:
+            console.print(f"[yellow]replay interrupted: no record was written to {into}; run it again[/yellow]")
+            raise typer.Exit(130) from None
     if settings.coordination.enabled:
         from hub.core.tasks import Engine
         from hub.replay_coordination import rebuild as rebuild_coordination
         from hub.rules import load_rules
 
-        folded = asyncio.run(
-            rebuild_coordination(
-                settings.bootstrap_servers(),
-                engine,
-                Engine(load_rules(settings.coordination.rules)),
-                since=since,
-                until=until,
+        try:
+            folded = asyncio.run(
+                rebuild_coordination(
+                    settings.bootstrap_servers(),
+                    engine,
+                    Engine(load_rules(settings.coordination.rules)),
+                    since=since,
+                    until=until,
+                )
             )
-        )
+        except KeyboardInterrupt:
+            console.print(
+                f"[yellow]replay interrupted: {into} holds the record but not the coordination tasks; "
+                "delete it and replay again[/yellow]"
+            )
+            raise typer.Exit(130) from None
         console.print(f"coordination: {folded.people:,} people's tasks and episodes, {folded.clocks:,} clocks pending")
     digest, resources, events = record_hash(engine)
     console.print(

@@ -22,13 +22,14 @@ import gc
 import itertools
 import logging
 import os
+import threading
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -43,6 +44,7 @@ from hub.store.tables import processed_event, record_identifier, record_resource
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (events read, events expected)
+T = TypeVar("T")
 _HOT = 16  # events decoded at a time in a fold
 MMAP_BYTES = 8 << 30  # SQLite reads a bulk load's pages through a memory map (capped by its build)
 # a replayed record's SQLite pages: its rows are ~1 KB of JSON each, and on 4 KiB pages (SQLite's
@@ -310,7 +312,7 @@ async def replay(
     gc.disable()  # fold and rows only grow; cyclic GC passes over them cost more than the work itself
     try:
         read, applied, skipped = await _fold(bootstrap, fold, since, until, progress)
-        await asyncio.to_thread(write, engine, fold)
+        await in_thread(write, engine, fold)
     finally:
         gc.enable()
     return ReplayResult(read, applied, skipped, len(fold.rows), time.perf_counter() - started)
@@ -357,7 +359,7 @@ async def _fold(
     return read, applied, skipped
 
 
-def write(engine: sa.Engine, fold: FoldUnitOfWork, chunk: int = 20_000) -> None:
+def write(engine: sa.Engine, fold: FoldUnitOfWork, chunk: int = 20_000, stop: Stop | None = None) -> None:
     """The folded record into an empty database, in bulk, in one transaction.
 
     Rows go in primary-key order (appends, not page splits) as plain tuples straight to the
@@ -366,10 +368,13 @@ def write(engine: sa.Engine, fold: FoldUnitOfWork, chunk: int = 20_000) -> None:
     each resource was put into the fold, and is held with it; rows are built a chunk at a time).
     """
     # the transaction ends (committed or rolled back) before the bulk-load settings are undone
+    stop = stop or Stop()
     with engine.connect().execution_options(immediate=True) as conn, _bulk_load(conn), conn.begin():
+        stop.watch(conn)
         refuse_unless_empty(conn)
-        with _indexes_after(conn, record_resource, record_identifier):
+        with _indexes_after(conn, record_resource, record_identifier, stop=stop):
             for sql, rows in _chunks(fold, conn.dialect, chunk):
+                stop.check()
                 conn.exec_driver_sql(sql, rows)
 
 
@@ -492,14 +497,16 @@ def _holds_a_record(sqlite: Any) -> bool:
 
 
 @contextlib.contextmanager
-def _bulk_load(conn: sa.Connection, kib: int = 64 * 1024, journal: str = "OFF") -> Iterator[None]:
-    """SQLite: load a fresh file without a journal (or with it in memory, where the load may have
-    to roll back), without fsyncs, with a page cache of `kib` KiB and pages read through a memory
-    map, sorting for its indexes on every core, for this load only; its pages made PAGE_BYTES first,
-    while it is still empty. Safe because the target is new and empty: a replay cut off part way
-    leaves a file to delete and replay again, never a record to trust (the WAL journal, normal
-    syncing and the connection's own cache, map size and sorter threads are back before anything
-    else writes to it).
+def _bulk_load(conn: sa.Connection, kib: int = 64 * 1024) -> Iterator[None]:
+    """SQLite: load a fresh file with its rollback journal in memory, without fsyncs, with a page
+    cache of `kib` KiB and pages read through a memory map, sorting for its indexes on every core,
+    for this load only; its pages made PAGE_BYTES first, while it is still empty. The journal costs
+    next to nothing (pages past the file's size when the load began, nearly all of them, are not
+    journalled) and lets a load that fails or is cancelled part way roll back, where no journal at
+    all would leave half a record. Safe because the target is new and empty: a process killed part
+    way (no rollback then) leaves a file to delete and replay again, never a record to trust (the
+    WAL journal, normal syncing and the connection's own cache, map size and sorter threads are back
+    before anything else writes to it).
 
     A bigger cache is slower: loading a million events' shards took 8.9-10.7 s with 512 MiB (most
     of it the system's time to hand the process fresh memory, then the file's pages at commit),
@@ -514,7 +521,7 @@ def _bulk_load(conn: sa.Connection, kib: int = 64 * 1024, journal: str = "OFF") 
     sqlite.execute(f"PRAGMA threads={_cores()}")  # the indexes' sorts on every core (person index 1.9 s -> 1.35 s)
     sqlite.execute(f"PRAGMA main.cache_size=-{kib}")
     sqlite.execute(f"PRAGMA main.mmap_size={MMAP_BYTES}")  # building the indexes reads every page back
-    sqlite.execute(f"PRAGMA main.journal_mode={journal}")
+    sqlite.execute("PRAGMA main.journal_mode=MEMORY")
     sqlite.execute("PRAGMA main.synchronous=OFF")
     if int(sqlite.execute("PRAGMA main.page_size").fetchone()[0]) < PAGE_BYTES and not _holds_a_record(sqlite):
         # an empty record is rebuilt at once with bigger pages (not in WAL mode: hence here)
@@ -531,7 +538,7 @@ def _bulk_load(conn: sa.Connection, kib: int = 64 * 1024, journal: str = "OFF") 
 
 
 @contextlib.contextmanager
-def _indexes_after(conn: sa.Connection, *tables: sa.Table) -> Iterator[None]:
+def _indexes_after(conn: sa.Connection, *tables: sa.Table, stop: Stop | None = None) -> Iterator[None]:
     """Secondary indexes dropped for the load and built once it is in (one sort each, not a random
     insert per row); inside the load's transaction, so they are there when it commits."""
     indexes = [index for table in tables for index in sorted(table.indexes, key=lambda i: str(i.name))]
@@ -539,4 +546,60 @@ def _indexes_after(conn: sa.Connection, *tables: sa.Table) -> Iterator[None]:
         conn.execute(sa.schema.DropIndex(index, if_exists=True))
     yield
     for index in indexes:
+        if stop:
+            stop.check()
         conn.execute(sa.schema.CreateIndex(index))
+
+
+class ReplayCancelledError(Exception):
+    """The replay was cancelled while it wrote: its transaction rolled back."""
+
+
+class Stop:
+    """Stops a bulk write running in a thread when the replay is cancelled (Ctrl-C): the statement
+    in flight is interrupted (SQLite) or cancelled (PostgreSQL), and the write checks between
+    statements, so its transaction rolls back and nothing of it is kept. (Before, a cancelled replay
+    waited for the load to finish and commit: a record with no tasks, in a directory that then
+    refused a second replay.)"""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._driver: Any = None
+        self.requested = False
+
+    def watch(self, conn: sa.Connection) -> None:
+        """The connection whose statements a stop interrupts (the writing thread's own)."""
+        with self._lock:
+            self._driver = conn.connection.driver_connection
+            if self.requested:
+                self._interrupt()
+
+    def check(self) -> None:
+        if self.requested:
+            raise ReplayCancelledError("the replay was cancelled; nothing of its load was kept")
+
+    def __call__(self) -> None:
+        with self._lock:
+            self.requested = True
+            self._interrupt()
+
+    def _interrupt(self) -> None:
+        driver = self._driver
+        halt = getattr(driver, "interrupt", None) or getattr(driver, "cancel", None)  # sqlite3 / psycopg
+        if halt is not None:
+            with contextlib.suppress(Exception):  # nothing running, or the connection already closed
+                halt()
+
+
+async def in_thread(work: Callable[..., T], *args: Any) -> T:
+    """work(*args, stop=...) in a thread. Cancelling the caller stops the work and waits until it
+    has let go (its transaction rolled back), then the cancellation goes on."""
+    stop = Stop()
+    running = asyncio.ensure_future(asyncio.to_thread(work, *args, stop=stop))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        stop()
+        with contextlib.suppress(Exception):  # (ReplayCancelledError: what was asked for)
+            await running
+        raise

@@ -58,6 +58,7 @@ from hub.replay import (
     FoldUnitOfWork,
     Progress,
     ReplayResult,
+    Stop,
     _bind,
     _bulk_load,
     _chunks,
@@ -67,6 +68,7 @@ from hub.replay import (
     _same,
     _text_bound,
     in_key_order,
+    in_thread,
     refuse_unless_empty,
     resource_row,
     sqlite_dialect,
@@ -161,7 +163,7 @@ async def replay_in_parallel(
                 await _fold(bootstrap, together, since, until, None, subjects=tangled)
             finally:
                 gc.enable()
-        outcome = await asyncio.to_thread(load, engine, paths, tangled, together)
+        outcome = await in_thread(load, engine, paths, tangled, together)
     if isinstance(outcome, str):
         return outcome
     read, applied, skipped = (sum(c[k] for c in counts) for k in range(3))
@@ -378,23 +380,29 @@ def _shard_counts(path: Path) -> tuple[int, int, int]:
 
 
 def load(
-    engine: sa.Engine, paths: Sequence[Path], tangled: Collection[str] = (), together: FoldUnitOfWork | None = None
+    engine: sa.Engine,
+    paths: Sequence[Path],
+    tangled: Collection[str] = (),
+    together: FoldUnitOfWork | None = None,
+    stop: Stop | None = None,
 ) -> int | str:
     """The shards into the (empty) target in one transaction, but for the `tangled` people, whose
     resources and events come from `together` instead: resources written, or why not."""
+    stop = stop or Stop()
     with engine.connect().execution_options(immediate=True) as conn:
+        stop.watch(conn)
         if conn.dialect.name == "sqlite":
             db: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
             names = _attach(db, paths)  # outside any transaction, as SQLite requires
             try:
-                return _load(conn, db, names, tangled, together)
+                return _load(conn, db, names, tangled, together, stop)
             finally:
                 db.execute("DROP TABLE IF EXISTS temp.tangled_person")
                 db.execute("DROP TABLE IF EXISTS temp.tangled_event")
                 for name in names:
                     db.execute(f"DETACH DATABASE {name}")
         with contextlib.closing(sqlite3.connect(":memory:", isolation_level=None)) as db:
-            return _load(conn, db, _attach(db, paths), tangled, together)
+            return _load(conn, db, _attach(db, paths), tangled, together, stop)
 
 
 def _tangled_in(paths: Sequence[Path]) -> set[str]:
@@ -452,6 +460,7 @@ def _load(
     names: list[str],
     tangled: Collection[str],
     together: FoldUnitOfWork | None,
+    stop: Stop,
 ) -> int | str:
     shared = _reconciled(db, names)
     if isinstance(shared, str):
@@ -462,17 +471,18 @@ def _load(
     if together is not None:
         db.executemany("INSERT INTO temp.tangled_event VALUES (?)", ((e,) for e in sorted(together.done)))
     try:
-        # a journal in memory, not none: a clash found part way through has to roll back
-        with _bulk_load(conn, journal="MEMORY"), conn.begin():
+        # (a clash found part way through rolls back: the load's journal is in memory)
+        with _bulk_load(conn), conn.begin():
             refuse_unless_empty(conn)
-            with _indexes_after(conn, record_resource, record_identifier):
+            with _indexes_after(conn, record_resource, record_identifier, stop=stop):
                 try:
                     if conn.dialect.name == "sqlite":
-                        _copy_in_sqlite(conn, names, shared, bool(tangled))
+                        _copy_in_sqlite(conn, names, shared, bool(tangled), stop)
                     else:
-                        _copy_rows(conn, db, names, shared, bool(tangled))
+                        _copy_rows(conn, db, names, shared, bool(tangled), stop)
                     if together is not None and tangled:
                         for sql, rows in _chunks(together, conn.dialect, 20_000, kinds=_personal):
+                            stop.check()
                             if rows:
                                 conn.exec_driver_sql(sql, rows)
                 except sa.exc.IntegrityError as exc:
@@ -534,12 +544,15 @@ def _said(content: dict[str, Any]) -> tuple[str, str]:
     return str(meta.get("lastUpdated", "")), str(meta.get("source", ""))
 
 
-def _copy_in_sqlite(conn: sa.Connection, names: list[str], shared: list[tuple[Any, ...]], tangled: bool) -> None:
+def _copy_in_sqlite(
+    conn: sa.Connection, names: list[str], shared: list[tuple[Any, ...]], tangled: bool, stop: Stop
+) -> None:
     """Shards to target inside SQLite: the shards hold the values the target's columns bind (content
     as its JSON text)."""
     for table in _TABLES:
         columns = ", ".join(c.name for c in table.columns)
         for name in names:  # each shard's rows are in key order already (inserted so)
+            stop.check()
             where = _picks(table, name, tangled)
             conn.exec_driver_sql(
                 f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {name}.{table.name}{where}"  # noqa: S608
@@ -563,6 +576,7 @@ def _copy_rows(
     names: list[str],
     shared: list[tuple[Any, ...]],
     tangled: bool,
+    stop: Stop,
     chunk: int = 5000,
 ) -> None:
     """Shards to another database (PostgreSQL): rows read back and bound by the target's own types."""
@@ -586,4 +600,5 @@ def _copy_rows(
             rows = itertools.chain(rows, _identifiers(shared))
         sql = _insert_sql(table, dialect)
         while batch := [tuple(row) for row in itertools.islice(rows, chunk)]:
+            stop.check()
             conn.exec_driver_sql(sql, batch)

@@ -13,11 +13,15 @@ SIGKILL test in test_crash_safety.py also replays the log its killed workers rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -26,6 +30,7 @@ from hub.core.ports import RecordEvent
 from hub.replay import PAGE_BYTES, replay
 from hub.store.database import open_engine
 from hub.store.hashing import record_hash
+from hub.store.tables import processed_event, record_resource
 from schemas.events.coordination import CLOCK_TICK
 from tests import locality_month
 from tests.conftest import TansuProcess
@@ -114,6 +119,54 @@ def test_the_replay_command_prints_the_hash(tmp_path: Path, tansu: TansuProcess)
     )
     assert refused.returncode == 1
     assert "empty record" in refused.stdout
+
+
+_FOREVER = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1e12) SELECT count(*) FROM c"
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process write", "load of the shards"])
+async def test_a_replay_cancelled_while_it_writes_stops_at_once_and_keeps_nothing(
+    tmp_path: Path, tansu: TansuProcess, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    # Ctrl-C (asyncio.run cancels the replay) while the bulk write runs in its thread: here, with every
+    # row written, the write is held in a statement that would run for hours (a million events' load
+    # runs for seconds); nothing of it may be committed, then or later
+    import hub.replay
+    import hub.replay_parallel
+
+    events = the_events(300)
+    await produce(tansu.bootstrap, events)
+    writing, finished = threading.Event(), threading.Event()
+    real = hub.replay._indexes_after
+
+    @contextlib.contextmanager
+    def held(conn: sa.Connection, *tables: sa.Table, stop: Any = None) -> Iterator[None]:
+        try:
+            with real(conn, *tables, stop=stop):
+                yield  # every row is in (not yet committed) when the write is held
+                writing.set()
+                conn.exec_driver_sql(_FOREVER)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(hub.replay, "_indexes_after", held)
+    monkeypatch.setattr(hub.replay_parallel, "_indexes_after", held)
+    engine = open_engine(f"sqlite:///{tmp_path / 'replayed.db'}")
+    task = asyncio.create_task(replay(tansu.bootstrap, engine, workers=workers))
+    assert await asyncio.to_thread(writing.wait, 120), "the replay never reached its write"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 30)
+    assert finished.is_set(), "the cancelled replay returned while its write still ran on"
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(record_resource)).scalar_one() == 0
+        assert conn.execute(sa.select(sa.func.count()).select_from(processed_event)).scalar_one() == 0
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"  # the bulk settings undone
+    monkeypatch.undo()
+    again = await replay(tansu.bootstrap, engine, workers=workers)  # the same target takes a replay again
+    assert again.events == len(events)
+    assert record_hash(engine) == reference_hash(tmp_path, events)
+    engine.dispose()
 
 
 def a_tick(n: int, when: datetime, key: str) -> RecordEvent:
