@@ -8,12 +8,14 @@ number would find different people.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 
+from hub.core.ports import RecordEvent
 from hub.core.record import apply_events
 from hub.store.database import open_engine
 from hub.store.hashing import record_hash
@@ -23,23 +25,58 @@ from tests.integration.test_crash_safety import the_events
 
 R, I = record_resource, record_identifier  # noqa: E741
 EVENTS = the_events(60)
+# ids that a language's collation sorts otherwise than their bytes do ("a-c" after "ab" in en-GB)
+PUNCTUATED = [
+    RecordEvent(
+        f"sorting-{n}",
+        EVENTS[0].type,
+        EVENTS[0].source,
+        EVENTS[0].time,
+        pid,
+        {"resourceType": "Patient", "id": pid, "identifier": [{"system": "urn:test", "value": pid}]},
+    )
+    for n, pid in enumerate(["p-c", "pb", "p_a", "pA"])
+]
 
 
 def a_record(url: str) -> sa.Engine:
     engine = open_engine(url)
     with SqlRecordUnitOfWork(engine) as uow:
-        apply_events(uow, EVENTS)
+        apply_events(uow, [*EVENTS, *PUNCTUATED])
         uow.commit()
     return engine
 
 
-@pytest.mark.postgres
-def test_the_same_events_hash_the_same_on_sqlite_and_postgresql(sqlite_url: str, postgres_url: str) -> None:
-    sqlite, postgres = a_record(sqlite_url), a_record(postgres_url)
+@pytest.fixture
+def postgres_in_english(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database whose text sorts by the en-GB collation (ICU), not by bytes."""
+    name = f"carehub_t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-GB'"))
     try:
+        yield postgres_admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("collation", ["bytes", "en-GB"])
+def test_the_same_events_hash_the_same_on_sqlite_and_postgresql(
+    sqlite_url: str, request: pytest.FixtureRequest, collation: str
+) -> None:
+    url = request.getfixturevalue("postgres_url" if collation == "bytes" else "postgres_in_english")
+    sqlite, postgres = a_record(sqlite_url), a_record(url)
+    try:
+        if collation != "bytes":  # (so the database does sort these ids otherwise than SQLite)
+            with postgres.connect() as conn:
+                ids = conn.execute(sa.text("SELECT id FROM record_resource WHERE id LIKE 'p%' ORDER BY id"))
+                assert [i for (i,) in ids] != sorted(e.subject for e in PUNCTUATED)
         found = record_hash(sqlite)
         assert found == record_hash(postgres)
-        assert found[1] > len(EVENTS) and found[2] == len(EVENTS)
+        assert found[1] > len(EVENTS) and found[2] == len(EVENTS) + len(PUNCTUATED)
     finally:
         sqlite.dispose()
         postgres.dispose()
