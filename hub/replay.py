@@ -538,7 +538,7 @@ def _bulk_load(conn: sa.Connection, kib: int = 64 * 1024) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _indexes_after(conn: sa.Connection, *tables: sa.Table, stop: Stop | None = None) -> Iterator[None]:
+def _indexes_after(conn: sa.Connection, *tables: sa.Table, stop: Stop) -> Iterator[None]:
     """Secondary indexes dropped for the load and built once it is in (one sort each, not a random
     insert per row); inside the load's transaction, so they are there when it commits."""
     indexes = [index for table in tables for index in sorted(table.indexes, key=lambda i: str(i.name))]
@@ -546,8 +546,7 @@ def _indexes_after(conn: sa.Connection, *tables: sa.Table, stop: Stop | None = N
         conn.execute(sa.schema.DropIndex(index, if_exists=True))
     yield
     for index in indexes:
-        if stop:
-            stop.check()
+        stop.check()
         conn.execute(sa.schema.CreateIndex(index))
 
 

@@ -8,7 +8,6 @@ number would find different people.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 
@@ -21,6 +20,7 @@ from hub.store.database import open_engine
 from hub.store.hashing import record_hash
 from hub.store.sql import SqlRecordUnitOfWork
 from hub.store.tables import processed_event, record_identifier, record_resource
+from tests.conftest import fresh_postgres
 from tests.integration.test_crash_safety import the_events
 
 R, I = record_resource, record_identifier  # noqa: E741
@@ -50,16 +50,8 @@ def a_record(url: str) -> sa.Engine:
 @pytest.fixture
 def postgres_in_english(postgres_admin_url: str) -> Iterator[str]:
     """A fresh PostgreSQL database whose text sorts by the en-GB collation (ICU), not by bytes."""
-    name = f"carehub_t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-GB'"))
-    try:
-        yield postgres_admin_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres(postgres_admin_url, options="TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-GB'") as url:
+        yield url
 
 
 @pytest.mark.postgres

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 import uvicorn
 from fastapi import FastAPI
 
@@ -27,6 +25,7 @@ from hub.kafka import free_port
 from hub.settings import DatabaseSettings, SecuritySettings, Settings
 from schemas.envelope import Envelope
 from tests.builders import an_adt, an_agreement
+from tests.conftest import fresh_postgres
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 NHS_NUMBERS = ("9434765919", "9434765870")
@@ -69,17 +68,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('fuzz-db') / 'carehub.db'}"
         return
-    admin_url = request.getfixturevalue("postgres_admin_url")
-    name = f"carehub_fuzz_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres(request.getfixturevalue("postgres_admin_url"), prefix="carehub_fuzz") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
