@@ -611,6 +611,15 @@ def record_hash_command(data_dir: DataDir = Path("var")) -> None:
     typer.echo(f"{digest}  {resources} resources, {events} events applied")
 
 
+def _holds_a_record(engine: Any) -> bool:
+    import sqlalchemy as sa
+
+    from hub.store.tables import record_resource
+
+    with engine.connect() as conn:
+        return bool(conn.execute(sa.select(sa.func.count()).select_from(record_resource)).scalar_one())
+
+
 @app.command()
 def replay(
     into: Annotated[Path, typer.Option("--into", help="Data directory for the rebuilt record (must be new)")],
@@ -654,7 +663,13 @@ def replay(
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from exc
         except KeyboardInterrupt:
-            console.print(f"[yellow]replay interrupted: no record was written to {into}; run it again[/yellow]")
+            if _holds_a_record(engine):  # (the stop came while the load committed: it let the commit end)
+                console.print(
+                    f"[yellow]replay interrupted: {into} holds the record but not the coordination tasks; "
+                    "delete it and replay again[/yellow]"
+                )
+            else:
+                console.print(f"[yellow]replay interrupted: no record was written to {into}; run it again[/yellow]")
             raise typer.Exit(130) from None
     if settings.coordination.enabled:
         from hub.core.tasks import Engine

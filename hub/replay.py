@@ -369,8 +369,12 @@ def write(engine: sa.Engine, fold: FoldUnitOfWork, chunk: int = 20_000, stop: St
     """
     # the transaction ends (committed or rolled back) before the bulk-load settings are undone
     stop = stop or Stop()
-    with engine.connect().execution_options(immediate=True) as conn, _bulk_load(conn), conn.begin():
-        stop.watch(conn)
+    with (
+        engine.connect().execution_options(immediate=True) as conn,
+        _bulk_load(conn),
+        conn.begin(),
+        stop.watching(conn),
+    ):
         refuse_unless_empty(conn)
         with _indexes_after(conn, record_resource, record_identifier, stop=stop):
             for sql, rows in _chunks(fold, conn.dialect, chunk):
@@ -559,19 +563,30 @@ class Stop:
     in flight is interrupted (SQLite) or cancelled (PostgreSQL), and the write checks between
     statements, so its transaction rolls back and nothing of it is kept. (Before, a cancelled replay
     waited for the load to finish and commit: a record with no tasks, in a directory that then
-    refused a second replay.)"""
+    refused a second replay.)
+
+    An interrupt that falls between two statements finds nothing to stop (sqlite3_interrupt and a
+    PostgreSQL cancel request both act only on what runs when they arrive), so `in_thread` asks
+    again until the work has let go. Only the statements inside `watching` are interrupted: never
+    the commit or the rollback that follows them."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._driver: Any = None
         self.requested = False
 
-    def watch(self, conn: sa.Connection) -> None:
-        """The connection whose statements a stop interrupts (the writing thread's own)."""
+    @contextlib.contextmanager
+    def watching(self, conn: sa.Connection) -> Iterator[None]:
+        """Statements on `conn` (the writing thread's own) are interrupted by a stop while inside."""
         with self._lock:
             self._driver = conn.connection.driver_connection
             if self.requested:
                 self._interrupt()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._driver = None
 
     def check(self) -> None:
         if self.requested:
@@ -590,15 +605,18 @@ class Stop:
                 halt()
 
 
-async def in_thread(work: Callable[..., T], *args: Any) -> T:
-    """work(*args, stop=...) in a thread. Cancelling the caller stops the work and waits until it
-    has let go (its transaction rolled back), then the cancellation goes on."""
+async def in_thread(work: Callable[..., T], *args: Any, again_s: float = 0.1) -> T:
+    """work(*args, stop=...) in a thread. Cancelling the caller stops the work, asking again every
+    `again_s` until it has let go (its transaction rolled back, or committed if the stop came during
+    the commit), then the cancellation goes on."""
     stop = Stop()
     running = asyncio.ensure_future(asyncio.to_thread(work, *args, stop=stop))
     try:
         return await asyncio.shield(running)
     except asyncio.CancelledError:
-        stop()
+        while not running.done():
+            stop()
+            await asyncio.wait({running}, timeout=again_s)
         with contextlib.suppress(Exception):  # (ReplayCancelledError: what was asked for)
-            await running
+            running.result()
         raise

@@ -390,7 +390,6 @@ def load(
     resources and events come from `together` instead: resources written, or why not."""
     stop = stop or Stop()
     with engine.connect().execution_options(immediate=True) as conn:
-        stop.watch(conn)
         if conn.dialect.name == "sqlite":
             db: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
             names = _attach(db, paths)  # outside any transaction, as SQLite requires
@@ -473,20 +472,21 @@ def _load(
     try:
         # (a clash found part way through rolls back: the load's journal is in memory)
         with _bulk_load(conn), conn.begin():
-            refuse_unless_empty(conn)
-            with _indexes_after(conn, record_resource, record_identifier, stop=stop):
-                try:
-                    if conn.dialect.name == "sqlite":
-                        _copy_in_sqlite(conn, names, shared, bool(tangled), stop)
-                    else:
-                        _copy_rows(conn, db, names, shared, bool(tangled), stop)
-                    if together is not None and tangled:
-                        for sql, rows in _chunks(together, conn.dialect, 20_000, kinds=_personal):
-                            stop.check()
-                            if rows:
-                                conn.exec_driver_sql(sql, rows)
-                except sa.exc.IntegrityError as exc:
-                    raise _ClashError from exc
+            with stop.watching(conn):
+                refuse_unless_empty(conn)
+                with _indexes_after(conn, record_resource, record_identifier, stop=stop):
+                    try:
+                        if conn.dialect.name == "sqlite":
+                            _copy_in_sqlite(conn, names, shared, bool(tangled), stop)
+                        else:
+                            _copy_rows(conn, db, names, shared, bool(tangled), stop)
+                        if together is not None and tangled:
+                            for sql, rows in _chunks(together, conn.dialect, 20_000, kinds=_personal):
+                                stop.check()
+                                if rows:
+                                    conn.exec_driver_sql(sql, rows)
+                    except sa.exc.IntegrityError as exc:
+                        raise _ClashError from exc
             return int(conn.execute(sa.select(sa.func.count()).select_from(record_resource)).scalar_one())
     except _ClashError:
         return "one resource or event is on partitions read by two workers"
