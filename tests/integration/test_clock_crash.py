@@ -68,13 +68,27 @@ def count(url: str, sql: str) -> int:
         engine.dispose()
 
 
-async def wait_until(check, within: float, what: str) -> None:  # type: ignore[no-untyped-def]
+async def wait_until(url: str, sql: str, target: int, within: float, what: str, *, at_most: bool = False) -> None:
+    """Until count(sql) reaches target (at least it, or with at_most, at most it)."""
     deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if check():
+    while True:
+        now = count(url, sql)
+        if (now <= target) if at_most else (now >= target):
             return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: {now}, not {'at most' if at_most else 'at least'} {target}, after {within}s")
         await asyncio.sleep(0.2)
-    raise AssertionError(f"{what} not reached within {within}s")
+
+
+def state(url: str, log: Path) -> str:
+    """What a failure shows: how far each consumer got, the clocks left, the worker's last words."""
+    counts = {
+        "record": count(url, "select count(*) from processed_event where consumer = 'record'"),
+        "coordination": count(url, "select count(*) from processed_event where consumer = 'coordination'"),
+        "clocks pending": count(url, "select count(*) from coordination_clock"),
+    }
+    tail = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else []
+    return f"{counts}; worker log ends:\n" + "\n".join(tail)
 
 
 async def overdue_on_the_log(bootstrap: str) -> list[tuple[str, str]]:
@@ -95,26 +109,30 @@ async def test_killed_worker_yields_every_overdue_event_once(tmp_path: Path, tan
     open_engine(url).dispose()
     coordinated = "select count(*) from processed_event where consumer = 'coordination'"
     clock_from_the_log = {"CAREHUB_COORDINATION__TICK_S": "0", "CAREHUB_KAFKA__GROUP_ID": "clock-record"}
-    worker = Worker(data, tansu.bootstrap, tmp_path / "worker.log", env=clock_from_the_log).start()
+    log = tmp_path / "worker.log"
+    worker = Worker(data, tansu.bootstrap, log, env=clock_from_the_log).start()
+    expected = 2 * PEOPLE  # each person's triage (3 days) and first visit (28 days) run out
+    overdue_tasks = "select count(*) from record_resource where resource_type = 'Task' and content like '%\"overdue\"%'"
     try:
         for point in (total // 4, total // 2, (3 * total) // 4):
-            await wait_until(lambda p=point: count(url, coordinated) >= p, 300, f"{point} events coordinated")
+            await wait_until(url, coordinated, point, 300, "events coordinated")
             worker.kill()
             worker.start()
-        expected = 2 * PEOPLE  # each person's triage (3 days) and first visit (28 days) run out
-        overdue_tasks = (
-            "select count(*) from record_resource where resource_type = 'Task' and content like '%\"overdue\"%'"
-        )
-        await wait_until(lambda: count(url, overdue_tasks) >= expected, 300, "every overdue task in the record")
-        await asyncio.sleep(2)
+        await wait_until(url, overdue_tasks, expected, 300, "overdue tasks in the record")
+        # the record sees an overdue event once it is published, which is before the coordination
+        # consumer commits the batch that fired it (at-least-once): wait for that commit too
+        await wait_until(url, "select count(*) from coordination_clock", 0, 120, "clocks pending", at_most=True)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; {state(url, log)}") from None
     finally:
         worker.stop()
     on_log = await overdue_on_the_log(tansu.bootstrap)
     ids = {event_id for event_id, _ in on_log}
     per_task = Counter(task for _, task in set(on_log))
-    assert len(ids) == expected
-    assert set(per_task.values()) == {1}  # one overdue event id per task
-    assert count(url, overdue_tasks) == expected
-    assert count(url, "select count(*) from coordination_clock") == 0
+    why = state(url, log)
+    assert len(ids) == expected, why
+    assert set(per_task.values()) == {1}, why  # one overdue event id per task
+    assert count(url, overdue_tasks) == expected, why
+    assert count(url, "select count(*) from coordination_clock") == 0, why
     repeats = len(on_log) - len(ids)
     print(f"overdue events: {expected} distinct, {repeats} repeated after kills")  # noqa: T201
