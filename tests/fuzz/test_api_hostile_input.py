@@ -128,7 +128,7 @@ def hostile_tokens(draw: st.DrawFn) -> str:
     signing = b".".join(_b64(orjson.dumps(part)).encode() for part in (header, claims))
     how = draw(st.sampled_from(["ours", "forged", "none", "garbage"]))
     if how == "garbage":
-        return draw(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=200))
+        return draw(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=200))
     key = TOKEN_SECRET.encode() if how == "ours" else b"not-the-hub-secret-not-the-hub!!"
     signature = "" if how == "none" else _b64(hmac.new(key, signing, hashlib.sha256).digest())
     return f"{signing.decode()}.{signature}"
@@ -136,6 +136,7 @@ def hostile_tokens(draw: st.DrawFn) -> str:
 
 @HOSTILE
 @given(candidate=hostile_tokens())
+@example(candidate="")  # (over HTTP an empty token is "Bearer " with a trailing space, which httpx will not send)
 def test_a_hostile_token_is_refused_as_an_auth_error_or_accepted_whole(candidate: str) -> None:
     try:
         who = TokenVerifier(TOKEN_SECRET.encode()).verify(candidate)
