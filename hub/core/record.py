@@ -225,6 +225,24 @@ def _same_reference_data(
     return UNCHANGED
 
 
+def reconcile_reference_data(stored: StoredResource | None, ours: StoredResource) -> StoredResource:
+    """Reference data as one worker wrote it (`ours`), against what another worker committed to the
+    same row meanwhile (`stored`): the row that one worker reading both events would have left, in
+    either order. The same data (and version): the earliest event that said it, the latest time.
+    Otherwise the newer event's row, as ever."""
+    if stored is None or stored == ours:
+        return ours
+    if stored.version_id == ours.version_id and _same_content(ours.content, stored.content):
+        first = min(stored, ours, key=_said)
+        return _retimed(first, max(stored.event_time, ours.event_time), first.content, first.source_event_id)
+    return ours if ours.event_time >= stored.event_time else stored
+
+
+def _said(row: StoredResource) -> tuple[str, str, str]:
+    meta = row.content.get("meta") or {}
+    return str(meta.get("lastUpdated", "")), str(meta.get("source", "")), row.source_event_id
+
+
 def _retimed(
     current: StoredResource, event_time: datetime, content: Json, source_event_id: str | None = None
 ) -> StoredResource:

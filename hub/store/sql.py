@@ -20,10 +20,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from hub.core.errors import ConcurrentWriteError, StoreUnavailableError
 from hub.core.huddle import ODS_SYSTEM, practice_codes
 from hub.core.ports import Json, StoredResource
+from hub.core.record import SHARED_KINDS, reconcile_reference_data
 from hub.store.tables import dead_letter, processed_event, record_identifier, record_resource
 
 _CHUNK = 500
 R = record_resource
+_SHARED_LOCKS = 0x43_52_65_66  # "CRef": the advisory lock space of shared reference data rows
 
 
 @contextlib.contextmanager
@@ -82,6 +84,12 @@ def identifiers_of(content: Json) -> set[tuple[str, str]]:
         for i in found
         if isinstance(i, dict) and i.get("system") and i.get("value")
     }
+
+
+def _lock_slot(resource_type: str, id: str) -> int:
+    """A row's advisory lock within _SHARED_LOCKS (a shared slot only makes two rows wait for each other)."""
+    digest = hashlib.blake2b(f"{resource_type}/{id}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
@@ -197,6 +205,8 @@ class SqlRecordUnitOfWork:
 
     def _flush(self) -> None:
         conn = self.conn
+        if conn.dialect.name == "postgresql":
+            self._reconcile_shared(conn)
         rows = [_row(r) for r in self._pending.values()]
         if rows:
             stmt = _insert(conn, R)
@@ -216,6 +226,30 @@ class SqlRecordUnitOfWork:
         self._loaded.update(self._pending)
         self._pending.clear()
         self._processed.clear()
+
+    def _reconcile_shared(self, conn: sa.Connection) -> None:
+        """Reference data (a GP practice) is shared by people on every partition, so on PostgreSQL
+        two workers can write its row in overlapping transactions (SQLite runs them one at a time).
+        Here, under a lock per row held to commit, each row is taken as it now stands and, where
+        another worker committed it since this one read it, the two are reconciled as one worker
+        reading both events would have (the upsert alone kept whichever committed first, when the
+        second was retimed or said earlier). Locks are taken in one order, so never deadlock."""
+        keys = [k for k in self._pending if k[0] in SHARED_KINDS]
+        if not keys:
+            return
+        slots = sorted({_lock_slot(*k) for k in keys})
+        lock = sa.text("SELECT count(pg_advisory_xact_lock(:space, s)) FROM unnest(CAST(:slots AS integer[])) AS s")
+        with store_errors():
+            conn.execute(lock, {"space": _SHARED_LOCKS, "slots": slots})
+            now: dict[tuple[str, str], StoredResource] = {}
+            for kind in sorted({k[0] for k in keys}):
+                ids = sorted(rid for k, rid in keys if k == kind)
+                for chunk in _chunks(ids):
+                    query = sa.select(R).where(R.c.resource_type == kind, R.c.id.in_(chunk))
+                    now.update(((r.resource_type, r.id), _stored(r)) for r in conn.execute(query))
+        for key in keys:
+            if now.get(key) != self._loaded.get(key):  # committed by another worker since read here
+                self._pending[key] = reconcile_reference_data(now.get(key), self._pending[key])
 
     def _reindex(self, conn: sa.Connection) -> None:
         I = record_identifier  # noqa: E741, N806

@@ -6,7 +6,9 @@ reason where no server answers.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 from hub.core.errors import ConcurrentWriteError, StoreUnavailableError
-from hub.core.ports import DeadLetters, RecordReader, RecordUnitOfWork, StoredResource
+from hub.core.ports import DeadLetters, RecordEvent, RecordReader, RecordUnitOfWork, StoredResource
+from hub.core.record import apply_events
 from hub.store.database import current_revision, head_revision, open_engine
 from hub.store.memory import MemoryDeadLetters, MemoryRecordStore
 from hub.store.sql import SqlDeadLetters, SqlRecordReader, SqlRecordUnitOfWork
@@ -203,3 +206,69 @@ def test_registered_with_finds_a_practices_patients_by_ods_identifier_or_organiz
     assert [p["id"] for p in backend.reader.registered_with("Y00001")] == ["p1", "p2"]
     assert [p["id"] for p in backend.reader.registered_with("Y00002")] == ["p3"]
     assert backend.reader.registered_with("Y99999") == []
+
+
+def a_practice_said(event_id: str, hour: int, person: str) -> RecordEvent:
+    content = {"resourceType": "Organization", "id": "org-1", "name": "HELMSLEY SURGERY"}
+    return RecordEvent(event_id, "uk.nhs.carehub.encounter.admitted.v1", "urn:ods:RXX",
+                       T0.replace(hour=hour), person, content)  # fmt: skip
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("later_first", [True, False], ids=["the later commits first", "the earlier commits first"])
+@pytest.mark.parametrize("exists", [False, True], ids=["first said at once", "said again at once"])
+def test_two_workers_saying_one_practice_at_once_keep_what_one_worker_would(
+    postgres_url: str, exists: bool, later_first: bool
+) -> None:
+    # people on different partitions share their GP practice, so two live workers can write its row in
+    # overlapping transactions (PostgreSQL runs them at once; SQLite one after the other). The row must
+    # end as one worker reading both events would leave it, in either order: the earliest event that
+    # said it named, the latest time remembered. (Before, the later commit's upsert was refused by the
+    # newer time already stored, and the row named whichever event committed first.)
+    engine = open_engine(postgres_url)
+    earlier, later = a_practice_said("e10", 10, "p1"), a_practice_said("e20", 20, "p2")
+    if exists:
+        with SqlRecordUnitOfWork(engine) as uow:
+            apply_events(uow, [a_practice_said("e12", 12, "p0")])
+            uow.commit()
+    one = MemoryRecordStore()
+    with one.unit_of_work() as uow:
+        apply_events(uow, [a_practice_said("e12", 12, "p0")] if exists else [])
+        apply_events(uow, [earlier, later])
+        expected = uow.get("Organization", "org-1")
+    first, second = SqlRecordUnitOfWork(engine), SqlRecordUnitOfWork(engine)
+    with first, second:
+        apply_events(first, [later if later_first else earlier])
+        apply_events(second, [earlier if later_first else later])  # read before the first commits
+        first.commit()
+        second.commit()
+    with SqlRecordUnitOfWork(engine) as uow:
+        assert uow.get("Organization", "org-1") == expected
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_many_workers_writing_one_practice_at_once_end_as_one_worker_would(postgres_url: str) -> None:
+    # the same, with the commits themselves overlapping: eight threads, each a worker's transactions
+    # saying the practice at its own times; each reads the row, then commits at once with the others
+    engine = open_engine(postgres_url, pool_size=8)
+    said = [[a_practice_said(f"e{w}-{n}", (7 * n + 3 * w) % 24, f"p{w}") for n in range(6)] for w in range(8)]
+    one = MemoryRecordStore()
+    with one.unit_of_work() as uow:
+        apply_events(uow, [e for worker in said for e in worker])
+        expected = uow.get("Organization", "org-1")
+    rounds = threading.Barrier(len(said))
+
+    def worker(events: list[RecordEvent]) -> None:
+        for event in events:
+            with SqlRecordUnitOfWork(engine) as uow:
+                apply_events(uow, [event])
+                rounds.wait(30)  # every worker has read the row; now all commit together
+                uow.commit()
+
+    with ThreadPoolExecutor(len(said)) as pool:
+        for done in [pool.submit(worker, events) for events in said]:
+            done.result(120)
+    with SqlRecordUnitOfWork(engine) as uow:
+        assert uow.get("Organization", "org-1") == expected
+    engine.dispose()

@@ -8,8 +8,8 @@ import pytest
 
 from adapters.hl7v2.to_fhir import map_message
 from hub.core.errors import InvalidMessageError
-from hub.core.ports import RecordEvent
-from hub.core.record import ApplyResult, apply_events
+from hub.core.ports import RecordEvent, StoredResource
+from hub.core.record import ApplyResult, apply_events, reconcile_reference_data
 from hub.store.memory import MemoryRecordStore
 from tests.builders import an_adt
 
@@ -328,3 +328,23 @@ def test_a_patient_said_again_as_stored_keeps_its_version_and_takes_the_newer_ev
         apply_events(uow, [patient("e3", 9, "Smith", [psy, {**psy, "code": "ETH"}])])
         uow.commit()
     assert stored()[:2] == ("2", [{**psy, "code": "ETH"}, psy])
+
+
+def test_reference_data_two_workers_wrote_at_once_is_reconciled_as_one_worker_would_in_either_order() -> None:
+    # what a PostgreSQL flush does when another worker committed the row since this one read it
+    def said(event_id: str, hour: int, name: str = "HELMSLEY SURGERY", version: int = 1) -> StoredResource:
+        when = datetime(2026, 11, 2, hour, tzinfo=UTC)
+        meta = {"versionId": str(version), "lastUpdated": when.isoformat(), "source": "urn:ods:RXX"}
+        content = {"resourceType": "Organization", "id": "org-1", "name": name, "meta": meta}
+        return StoredResource("Organization", "org-1", None, version, when, event_id, content)
+
+    early, late = said("e10", 10), said("e20", 20)
+    for stored, ours in ((early, late), (late, early)):
+        both = reconcile_reference_data(stored, ours)
+        assert (both.source_event_id, both.event_time, both.content) == ("e10", late.event_time, early.content)
+    renamed = said("e23", 23, "HELMSLEY MEDICAL CENTRE", version=2)  # new data: the newer event's row
+    assert reconcile_reference_data(renamed, early) == renamed
+    assert reconcile_reference_data(early, renamed) == renamed
+    again = said("e05", 5, version=2)  # the same data at another version is not the same row: newer wins
+    assert reconcile_reference_data(again, late) == late
+    assert reconcile_reference_data(None, late) == late
