@@ -35,6 +35,7 @@ import logging
 import multiprocessing
 import os
 import platform
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -153,7 +154,7 @@ async def replay_in_parallel(
     near = Path(target).parent if target and target != ":memory:" else None
     with tempfile.TemporaryDirectory(prefix="carehub-replay-", dir=scratch(near, events)) as tmp:
         paths = [Path(tmp) / f"shard-{i}.db" for i in range(workers)]
-        counts = await _run_workers(bootstrap, paths, since, until, progress, huge_pages)
+        counts = await _run_workers(bootstrap, paths, since, until, progress, huge_pages, events)
         tangled = await asyncio.to_thread(_tangled_in, paths)
         together = FoldUnitOfWork()
         if tangled:  # their events again, read from every partition, folded together here
@@ -178,8 +179,10 @@ async def _run_workers(
     until: datetime | None,
     progress: Progress | None,
     huge_pages: bool = False,
+    events: int = 0,
 ) -> list[tuple[int, int, int]]:
     # spawn, not fork: the caller may have threads (an event loop's executor, a web server's)
+    available = memory_available()  # for what to say if the system stops a worker for want of it
     context = multiprocessing.get_context("spawn")
     counters = [context.Value("q", 0, lock=False) for _ in paths]
     processes = [
@@ -191,6 +194,7 @@ async def _run_workers(
         )
         for index, path in enumerate(paths)
     ]
+    stopped: set[int] = set()  # workers stopped here, not failed on their own
     try:
         with _environment(_worker_environment() if huge_pages else {}):  # read by each worker as it starts
             for process in processes:
@@ -202,15 +206,17 @@ async def _run_workers(
             if any(p.exitcode for p in processes):
                 break  # one failed: the others' work is no use, stop them now
     finally:
-        for process in processes:
+        for index, process in enumerate(processes):
             if process.is_alive():  # one failed, or the replay was cancelled (Ctrl-C)
                 process.terminate()
+                stopped.add(index)
             if process.pid is not None:
                 process.join()
     failed = [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode != 0]
     if failed:
-        index, code = next(((i, c) for i, c in failed if c and c > 0), failed[0])
-        raise RuntimeError(f"replay worker {index} failed: {_error_of(paths[index], code)}")
+        # the worker that failed, not one stopped because it had (a traceback first: it says most)
+        index, code = min(failed, key=lambda f: (f[0] in stopped, not (f[1] and f[1] > 0), f[0]))
+        raise RuntimeError(f"replay worker {index} failed: {_error_of(paths[index], code, events, available)}")
     return [_shard_counts(path) for path in paths]
 
 
@@ -228,17 +234,48 @@ def scratch(near: Path | None, events: int) -> Path | None:
     pages still cost its bookkeeping (a million-event replay took about 2 s longer with its shards
     on ext4 than on tmpfs, on the 2-core VMs this was measured on)."""
     need = events * SHARD_BYTES_PER_EVENT
+    available = memory_available()
     try:
         stat = os.statvfs(_SHM)
-        available = next(
+    except OSError:
+        return near  # no /dev/shm (not Linux, or a container without it)
+    if available is None:
+        return near  # no memory figure
+    room = stat.f_bavail * stat.f_frsize
+    return _SHM if os.access(_SHM, os.W_OK) and room >= 2 * need and available >= 4 * need else near
+
+
+def memory_available() -> int | None:
+    """Bytes of memory the system can give without swapping (Linux's MemAvailable), or None where
+    it does not say."""
+    try:
+        return next(
             int(line.split()[1]) * 1024
             for line in _MEMINFO.read_text().splitlines()
             if line.startswith("MemAvailable:")
         )
     except (OSError, StopIteration, ValueError, IndexError):
-        return near  # no /dev/shm (not Linux, or a container without it), or no memory figure
-    room = stat.f_bavail * stat.f_frsize
-    return _SHM if os.access(_SHM, os.W_OK) and room >= 2 * need and available >= 4 * need else near
+        return None
+
+
+# measured: workers folding 500,000 of bench/replay's events each held 1.8 GB (maxrss), and one
+# process folding a million about 3.6 GB; events with bigger payloads take more
+FOLD_BYTES_PER_EVENT = 3600
+
+
+def short_of_memory(events: int, available: int | None) -> str | None:
+    """Why a replay of about `events` events may be stopped by the system part way, if it may: a
+    fold holds the whole record in memory until it is written."""
+    need = events * FOLD_BYTES_PER_EVENT
+    if available is None or need <= available:
+        return None
+    return (
+        f"folding up to the log's {events:,} events takes about {_gb(need)} of memory and {_gb(available)} is available"
+    )
+
+
+def _gb(size: int) -> str:
+    return f"{size / 1e9:.1f} GB"
 
 
 _THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
@@ -297,10 +334,29 @@ def _environment(changes: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _error_of(path: Path, code: int | None) -> str:
+def _error_of(path: Path, code: int | None, events: int = 0, available: int | None = None) -> str:
+    """What stopped a worker: the last line of its traceback, or the signal that killed it (SIGKILL,
+    on Linux, is nearly always the kernel's out-of-memory killer: say so, with the figures)."""
     error = path.with_suffix(".error")
     lines = error.read_text().strip().splitlines() if error.exists() else []
-    return lines[-1] if lines else f"exit code {code}"
+    if lines:
+        return lines[-1]
+    if code is None or code >= 0:
+        return f"exit code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    if -code != getattr(signal, "SIGKILL", 9):
+        return f"killed by {name}"
+    figures = ""
+    if events and available is not None:
+        need = _gb(events * FOLD_BYTES_PER_EVENT)
+        figures = f" (folding about {events:,} events takes about {need}; {_gb(available)} was available at the start)"
+    return (
+        f"killed by {name}, most likely by the system for want of memory{figures}: a replay holds the whole "
+        "record in memory until it writes it; run it where more memory is free"
+    )
 
 
 def _worker(

@@ -8,7 +8,11 @@ workers, or deliberately does not.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import multiprocessing
+import os
+import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 from aiokafka.partitioner import DefaultPartitioner
 
+from hub import replay_parallel
 from hub.core.ports import RecordEvent
 from hub.core.record import MERGED, SHARED_KINDS
 from hub.replay import replay
@@ -277,3 +282,36 @@ async def test_a_merge_whose_own_patient_write_was_stale_still_counts_as_a_merge
     _, one_digest, one = await replayed(tmp_path, tansu.bootstrap, "one.db", 1)
     assert digest == one_digest
     assert tables(engine) == tables(one)
+
+
+async def test_a_worker_stopped_by_the_system_fails_the_replay_plainly_and_keeps_nothing(
+    tmp_path: Path, tansu: TansuProcess, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The kernel's out-of-memory killer, as a worker sees it: SIGKILL, no traceback. The replay says
+    what most likely happened and with what figures, before folding and after; nothing is written
+    and no shard is left behind."""
+    await produce(tansu.bootstrap, the_events(300))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(replay_parallel, "scratch", lambda near, events: scratch)
+    monkeypatch.setattr(replay_parallel, "memory_available", lambda: 1_000_000)  # 1 MB: too little for 300
+    engine = open_engine(f"sqlite:///{tmp_path / 'target.db'}")
+    caplog.set_level(logging.WARNING, logger="hub.replay")
+    running = asyncio.create_task(replay(tansu.bootstrap, engine, workers=2))
+    killed = False
+    while not killed and not running.done():
+        for child in multiprocessing.active_children():
+            if child.name == "carehub-replay-1" and child.pid:
+                os.kill(child.pid, signal.SIGKILL)
+                killed = True
+        await asyncio.sleep(0.005)
+    assert killed, "the replay ended before its worker could be stopped"
+    with pytest.raises(RuntimeError) as failure:
+        await running
+    said = str(failure.value)
+    assert said.startswith("replay worker 1 failed: killed by SIGKILL, most likely by the system for want of memory")
+    assert "folding about 300 events takes about 0.0 GB; 0.0 GB was available at the start" in said
+    assert "folding up to the log's 300 events takes about 0.0 GB of memory and 0.0 GB is available" in caplog.text
+    assert not [c for c in multiprocessing.active_children() if c.name.startswith("carehub-replay-")]
+    assert list(scratch.iterdir()) == []
+    assert record_hash(engine)[1:] == (0, 0)

@@ -1,9 +1,11 @@
-"""The environment replay workers start with: the C library's malloc on transparent huge pages,
-only where the kernel offers them and the caller has not chosen an allocator."""
+"""The environment replay workers start with (the C library's malloc on transparent huge pages,
+only where the kernel offers them and the caller has not chosen an allocator), where their shards
+go, and what a replay says of the memory it needs and of a worker that was stopped."""
 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,24 @@ def test_shards_go_beside_the_target_without_dev_shm_or_a_memory_figure(
     meminfo(monkeypatch, tmp_path, available_kib=16 * 1024 * 1024)
     shm.rmdir()
     assert replay_parallel.scratch(None, 10) is None
+
+
+def test_a_replay_short_of_memory_says_so_with_its_figures() -> None:
+    per = replay_parallel.FOLD_BYTES_PER_EVENT
+    assert replay_parallel.short_of_memory(1_000_000, 1_000_000 * per) is None  # (just enough)
+    assert replay_parallel.short_of_memory(1_000_000, None) is None  # no figure: nothing to say
+    said = replay_parallel.short_of_memory(1_000_000, 2_000_000_000)
+    assert said == "folding up to the log's 1,000,000 events takes about 3.6 GB of memory and 2.0 GB is available"
+
+
+def test_what_stopped_a_worker_is_said_plainly(tmp_path: Path) -> None:
+    shard = tmp_path / "shard-0.db"
+    error_of = replay_parallel._error_of
+    assert error_of(shard, 1) == "exit code 1"
+    assert error_of(shard, -signal.SIGSEGV) == "killed by SIGSEGV"
+    killed = error_of(shard, -signal.SIGKILL, 2_000_000, 4_000_000_000)
+    assert killed.startswith("killed by SIGKILL, most likely by the system for want of memory")
+    assert "2,000,000 events takes about 7.2 GB; 4.0 GB was available at the start" in killed
+    assert "(" not in error_of(shard, -signal.SIGKILL)  # no figures to give
+    shard.with_suffix(".error").write_text("Traceback (most recent call last):\n  ...\nValueError: bad shard\n")
+    assert error_of(shard, 1) == error_of(shard, -signal.SIGKILL) == "ValueError: bad shard"
