@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from hub.instants import from_, up_to
 from hub.settings import HttpSettings, MllpSettings, Settings
 from hub.terminal import until_signalled, where_table
 
@@ -55,6 +56,8 @@ audit_app = typer.Typer(help="The disclosure ledger: verify it, answer subject-a
 app.add_typer(audit_app, name="audit")
 console = Console()
 M = TypeVar("M", bound=BaseModel)
+# how a moment is typed (hub.instants)
+_WHEN = "ISO 8601; without an offset, UK time; a date alone"
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the hub keeps its state")]
 MllpPort = Annotated[int, typer.Option("--mllp-port", help="MLLP listener port (0 = any free)")]
@@ -304,8 +307,12 @@ def audit_disclosures(
 @audit_app.command("time-travel")
 def audit_time_travel(
     nhs_number: Annotated[str | None, typer.Option("--nhs-number", help="One person (else everyone)")] = None,
-    since: Annotated[datetime | None, typer.Option(help="Decisions at or after this time (ISO 8601)")] = None,
-    until: Annotated[datetime | None, typer.Option(help="Decisions up to this time (ISO 8601)")] = None,
+    since: Annotated[
+        datetime | None, typer.Option(parser=from_, help=f"Decisions from this time ({_WHEN}: its start)")
+    ] = None,
+    until: Annotated[
+        datetime | None, typer.Option(parser=up_to, help=f"Decisions up to this time ({_WHEN}: its end)")
+    ] = None,
     changed: Annotated[
         bool, typer.Option("--changed", help="Only what today's policy would decide differently")
     ] = False,
@@ -315,7 +322,7 @@ def audit_time_travel(
     from hub.bootstrap import build
     from hub.core import nhs_number as nhs
     from hub.core.identity import person_key
-    from hub.core.timetravel import in_period, reconsider
+    from hub.core.timetravel import in_period, people_of, reconsider
     from hub.store.agreements import PolicySource
 
     services = build(make_settings(data_dir))
@@ -327,13 +334,11 @@ def audit_time_travel(
         entries = services.ledger.about(person_key(services.secrets.key, nhs.normalise(nhs_number), None))
     else:
         entries = list(services.ledger.entries())
-    since, until = (b.replace(tzinfo=b.tzinfo or UTC) if b else None for b in (since, until))
     entries = in_period(entries, since, until)
     policy = services.policy or PolicySource(services.agreements, services.reader)
     refs = {"/".join(str(r).split("#")[0].split("/")[:2]) for e in entries for r in e.body.get("resources") or []}
     resources = {ref: services.reader.read(*ref.split("/", 1)) for ref in refs if "/" in ref}
-    people = {str(e.body["person_key"]) for e in entries if e.body.get("person_key")}
-    consents = [rule for person in sorted(people) for rule in policy.consents(person)]
+    consents = [rule for person in sorted(people_of(entries, resources)) for rule in policy.consents(person)]
     rows = reconsider(entries, resources, policy.agreements(), consents, datetime.now(UTC))
     table = Table("#", "when", "to", "how", "resource", "then", "on", "today", "on", title="Policy time travel")
     shown = [r for r in rows if r.changed or not changed]
@@ -623,9 +628,17 @@ def _holds_a_record(engine: Any) -> bool:
 @app.command()
 def replay(
     into: Annotated[Path, typer.Option("--into", help="Data directory for the rebuilt record (must be new)")],
-    since: Annotated[datetime | None, typer.Option(help="Only events at or after this time (ISO 8601)")] = None,
+    since: Annotated[
+        datetime | None, typer.Option(parser=from_, help=f"Only events from this time ({_WHEN}: its start)")
+    ] = None,
     until: Annotated[
-        datetime | None, typer.Option("--until", "--as-of", help="Only events up to this time: the record as of then")
+        datetime | None,
+        typer.Option(
+            "--until",
+            "--as-of",
+            parser=up_to,
+            help=f"Only events up to this time: the record as of then ({_WHEN}: its end)",
+        ),
     ] = None,
     workers: Annotated[
         int | None,
@@ -644,8 +657,6 @@ def replay(
         console.print("[red]carehub replay reads a Kafka log: set KAFKA_BOOTSTRAP_SERVERS[/red]")
         raise typer.Exit(2)
     engine = open_engine(settings.database())
-    bounds = [(since, "since"), (until, "until")]
-    since, until = (b.replace(tzinfo=b.tzinfo or UTC) if b else None for b, _ in bounds)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console) as progress:
         task = progress.add_task("reading the log", total=None)
         try:

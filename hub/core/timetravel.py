@@ -6,6 +6,16 @@ purpose), when, which resource versions, the decision and the agreement and cons
 rested on. Each resource is decided again with today's agreements and the person's consents as they
 stand now, for the same organisation and purpose. A resource the record no longer holds cannot be
 decided again and says so.
+
+What "today" means, so that only a change of policy shows as one:
+    emergencies     a break-glass read is decided again with the same emergency asserted (the
+                    ledger keeps that one was, not why): today's policy differs only if it would no
+                    longer let that emergency through
+    versions        the record keeps current versions only, so a resource changed since it was
+                    disclosed is decided again as it stands now; the basis says so, naming both
+                    versions, since its content (its supplier, its labels) may be what changed
+    people          the person's consents are looked for under the key the ledger names and under
+                    the key the resource is filed under now (a merge since moves it to the survivor)
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from hub.core.policy import Asker, ConsentRule, decide
+from hub.core.policy import Asker, ConsentRule, decide, person_of
 from hub.core.ports import Json
 
 
@@ -52,7 +62,8 @@ def reconsider(
         basis = body.get("basis") or {}
         role = str(basis.get("role") or "system")
         purpose = basis.get("purpose")
-        asker = Asker(str(body["recipient_org"]), role, now, purpose=str(purpose) if purpose else None)
+        emergency = _EMERGENCY if body.get("decision") == "break-glass" else None
+        asker = Asker(str(body["recipient_org"]), role, now, emergency, purpose=str(purpose) if purpose else None)
         then_basis = ", ".join([*basis.get("agreements", []), *basis.get("consents", [])]) or "; ".join(
             body.get("reasons") or []
         )
@@ -66,6 +77,10 @@ def reconsider(
                 decision = decide(asker, current, agreements, consents)
                 now_decision = decision.outcome
                 now_basis = ", ".join([*decision.agreements, *decision.consents]) or "; ".join(decision.reasons)
+                then_version = versioned.split("/_history/")[1] if "/_history/" in versioned else "?"
+                now_version = str((current.get("meta") or {}).get("versionId", "?"))
+                if now_version != then_version:
+                    now_basis = f"{now_basis} (decided on version {now_version}: version {then_version} was disclosed)"
             found.append(
                 Reconsidered(
                     seq=int(entry.seq),
@@ -80,6 +95,17 @@ def reconsider(
                 )
             )
     return found
+
+
+# the reason a break-glass read is decided again with (the ledger keeps that an emergency was asserted)
+_EMERGENCY = "the emergency asserted then"
+
+
+def people_of(entries: Iterable[Any], resources: Mapping[str, Json | None]) -> set[str]:
+    """Everyone whose consents bear on the report: the people the ledger names and those the
+    resources are filed under now."""
+    people = {str(e.body["person_key"]) for e in entries if e.body.get("person_key")}
+    return people | {p for r in resources.values() if r is not None and (p := person_of(r))}
 
 
 def in_period(entries: Iterable[Any], since: datetime | None, until: datetime | None) -> list[Any]:

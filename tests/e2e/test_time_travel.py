@@ -16,6 +16,7 @@ from hub.core.ledger import Disclosure, resource_ref
 from hub.core.policy import Asker, consent_rule, decide
 from hub.core.ports import RecordEvent
 from hub.core.record import apply_events
+from hub.instants import UK
 from hub.settings import Settings
 from schemas.events.consent import CONSENT_RECORDED
 from tests.builders import an_adt, an_agreement, an_objection
@@ -79,3 +80,8 @@ def test_the_report_shows_then_and_today_for_each_disclosure(tmp_path: Path) -> 
         [*args, "--changed", "--until", "2020-01-01"], env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert "0 decision(s)" in unchanged.stdout
+    day = month_ago.astimezone(UK).date().isoformat()  # a date alone: the whole of that UK day
+    that_day = subprocess.run(
+        [*args, "--since", day, "--until", day], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "1 decision(s)" in that_day.stdout, that_day.stdout + that_day.stderr
