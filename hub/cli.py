@@ -364,10 +364,12 @@ def audit_export(
     data_dir: DataDir = Path("var"),
 ) -> None:
     """Export the event log for auditors: NDJSON with payload hashes and Ed25519-signed checkpoints,
-    verifiable without the hub (python hub/export_verify.py FILE FILE.pub.pem)."""
+    verifiable without the hub (python hub/export_verify.py FILE FILE.pub.pem); prints the public
+    key's fingerprint for the auditor to confirm through another channel."""
     from hub.bootstrap import build
     from hub.core.policy import Asker, decide, person_of
     from hub.export import export, public_pem, signing_key
+    from hub.export_verify import fingerprint
     from hub.store.agreements import PolicySource
 
     settings = make_settings(data_dir)
@@ -408,6 +410,8 @@ def audit_export(
         + (f", {summary.payloads:,} payloads included, {summary.withheld:,} withheld" if payloads else "")
         + f"; written to {out}, public key {public}"
     )
+    # the key travels with the file: the auditor confirms this through another channel
+    console.print(f"public key fingerprint (SHA-256 of its DER): {fingerprint(public_pem(key))}", soft_wrap=True)
 
 
 @agreements_app.command("load")

@@ -1,12 +1,15 @@
 """`carehub audit export`: the event log as NDJSON for auditors, with signed checkpoints.
 
-Each event line carries the log position, the envelope attributes and the SHA-256 of the payload
-(canonical JSON). With `--payloads`, the payload itself is included where the auditor's own
-agreement permits every resource in it (decided by the same policy as any read, for the auditor's
-organisation and the audit purpose, and written to the disclosure ledger); otherwise the line says
-it was withheld and keeps the hash. Every `checkpoint_every` lines, and at the end, a checkpoint
-states the line count and the running chain, signed with the hub's Ed25519 export key; an auditor
-verifies the file with `hub/export_verify.py` and the public key alone.
+Each event line carries the log position, the envelope attributes, the SHA-256 of the record value's
+bytes as they lie on the log and the SHA-256 of the payload (canonical JSON; null when the value is
+not JSON). With `--payloads`, the payload itself is included where the auditor's own agreement
+permits every resource in it (decided by the same policy as any read, for the auditor's
+organisation and the audit purpose, with the supplier named by the event's source as on delivery,
+and written to the disclosure ledger); otherwise the line says it was withheld and keeps the hashes.
+Every `checkpoint_every` lines a checkpoint states the line count and the running chain, and the
+last line is the final checkpoint, which also states each partition's first and last offset and
+event count; all are signed with the hub's Ed25519 export key. An auditor verifies the file with
+`hub/export_verify.py` and the public key alone (whose fingerprint they confirm with the hub).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from hub.core.ledger import Disclosure, resource_ref
 from hub.core.policy import Decision, person_of
 from hub.core.ports import Json, Ledger
 from hub.core.record import resources_of
-from hub.export_verify import GENESIS, canonical, step
+from hub.export_verify import GENESIS, Extents, canonical, extend, listed, step
 from hub.replay import read_log
 from schemas.envelope import header_value
 from schemas.topics import EVENTS
@@ -75,22 +78,29 @@ class Writer:
     def __init__(self, out: IO[bytes], key: Ed25519PrivateKey, *, every: int, exported_at: datetime) -> None:
         self.out, self.key, self.every, self.exported_at = out, key, every, exported_at
         self.chain, self.events, self.checkpoints = GENESIS, 0, 0
+        self.extents: Extents = {}
 
     def event(self, line: Json) -> None:
         data = canonical(line)
         self.out.write(data + b"\n")
         self.chain = step(self.chain, data)
         self.events += 1
+        extend(self.extents, line["partition"], line["offset"])
         if self.events % self.every == 0:
             self.checkpoint()
 
-    def checkpoint(self) -> None:
-        point = {
+    def checkpoint(self, *, final: bool = False) -> None:
+        """A signed checkpoint; the final one (the last line) also names each partition's extent,
+        so that a file cut after a middle checkpoint, or missing a partition, shows it."""
+        point: Json = {
             "lines": self.events,
             "chain": self.chain,
             "topic": EVENTS.name,
             "exported_at": self.exported_at.isoformat(),
+            "final": final,
         }
+        if final:
+            point["partitions"] = listed(self.extents)
         signature = base64.b64encode(self.key.sign(canonical(point))).decode()
         self.out.write(canonical({"checkpoint": point, "signature": signature}) + b"\n")
         self.checkpoints += 1
@@ -98,6 +108,7 @@ class Writer:
 
 Decide = Callable[[Json], Decision]
 _WITHHELD = Decision("deny", ("withheld with the rest of its event: not every resource in it is covered",))
+_NO_SUPPLIER = Decision("deny", ("the event names no supplying organisation (ce_source urn:ods:CODE)",))
 
 
 async def export(
@@ -123,13 +134,14 @@ async def export(
                 "offset": record.offset,
                 **{name: header_value(headers, f"ce_{name}") for name in ("id", "type", "source", "time", "subject")},
             }
+            line["value_sha256"] = hashlib.sha256(record.value).hexdigest() if record.value is not None else None
             try:
                 payload: Any = orjson.loads(record.value)
-            except orjson.JSONDecodeError:
-                payload = None
-            line["payload_sha256"] = hashlib.sha256(canonical(payload)).hexdigest() if payload is not None else None
+                line["payload_sha256"] = hashlib.sha256(canonical(payload)).hexdigest()
+            except orjson.JSONDecodeError:  # (a record with no value too)
+                payload, line["payload_sha256"] = None, None
             if payloads is not None and isinstance(payload, dict):
-                shown, judged = _decide(payload, payloads)
+                shown, judged = _decide(payload, line["source"], payloads)
                 if not shown:  # nothing of it leaves: the ledger must not show a permit for it
                     judged = [(r, d if not d.permitted else _WITHHELD) for r, d in judged]
                 disclosures += _entries(judged, auditor, now)
@@ -143,18 +155,22 @@ async def export(
         if ledger is not None and disclosures:
             ledger.append(disclosures)
             disclosures = []
-    writer.checkpoint()
+    writer.checkpoint(final=True)
     return Summary(writer.events, writer.checkpoints, included, withheld)
 
 
-def _decide(payload: Json, decide: Decide) -> tuple[bool, list[tuple[Json, Decision]]]:
+def _decide(payload: Json, source: str | None, decide: Decide) -> tuple[bool, list[tuple[Json, Decision]]]:
     from hub.core.ports import RecordEvent
 
     try:
         resources = resources_of(RecordEvent("", "", "", datetime.now(UTC), "", payload))
     except Exception:  # not a FHIR payload the policy can read: withheld
         return False, []
-    judged = [(r, decide(r)) for r in resources]
+    if not (source or "").startswith("urn:ods:"):  # no supplier to check the agreement against
+        return False, [(r, _NO_SUPPLIER) for r in resources]
+    # the event's source names the supplier, as on delivery (payloads carry no meta.source)
+    stamped = [{**r, "meta": {**(r.get("meta") or {}), "source": source}} for r in resources]
+    judged = [(r, decide(r)) for r in stamped]
     return all(d.permitted for _, d in judged), judged
 
 

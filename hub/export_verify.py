@@ -3,14 +3,22 @@
 This file stands alone (Python 3.11 and the `cryptography` package; nothing of CareHub's), so an
 auditor can copy it and check an export on their own machine.
 
-The export is NDJSON. Event lines carry the envelope attributes, the log position and the SHA-256 of
-the payload (and the payload itself where the export included it). Every line but checkpoints feeds a
+The export is NDJSON. Event lines carry the envelope attributes, the log position, the SHA-256 of
+the record value's bytes as they lie on the log (`value_sha256`; null only for a record with no
+value), the SHA-256 of the payload's canonical JSON (`payload_sha256`; null when the value is not
+JSON) and, where the export included it, the payload itself. Every line but checkpoints feeds a
 running chain: chain = SHA-256(previous chain + SHA-256(line bytes)), starting from 64 zeros. A
 checkpoint line {"checkpoint": {...}, "signature": ...} states the number of lines and the chain so
-far, signed with Ed25519 over its canonical JSON (sorted keys, no spaces). Verification recomputes
-the chain, checks each checkpoint's count, chain and signature, checks each included payload against
-its hash, and requires the file to end with a checkpoint: a line altered, removed, added or moved,
-or a file cut short, fails and is named.
+far, signed with Ed25519 over its canonical JSON (sorted keys, no spaces). The last line is the one
+checkpoint marked `"final": true`, which also signs each partition's first and last offset and
+event count. Verification recomputes the chain, checks each checkpoint's count, chain and
+signature, each included payload against its hash and the final checkpoint's partitions against
+the lines, and requires exactly one final checkpoint, on the last line: a line altered, removed,
+added or moved, or a file cut short anywhere, fails and is named.
+
+The public key travels beside the export, so it proves nothing by itself: the verifier prints its
+fingerprint (SHA-256 of the key's DER, in hex); confirm that with the hub's operator through
+another channel, or obtain the key that way.
 """
 
 from __future__ import annotations
@@ -19,14 +27,16 @@ import base64
 import hashlib
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 
 GENESIS = "0" * 64
+Extents = dict[int, dict[str, int]]
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,7 @@ class Verdict:
     events: int
     checkpoints: int
     problem: str | None = None
+    partitions: list[dict[str, int]] = field(default_factory=list)
 
 
 def canonical(value: object) -> bytes:
@@ -47,53 +58,123 @@ def step(chain: str, line: bytes) -> str:
     return hashlib.sha256((chain + hashlib.sha256(line).hexdigest()).encode()).hexdigest()
 
 
+def fingerprint(public_key_pem: bytes) -> str:
+    """SHA-256 of the public key's DER (SubjectPublicKeyInfo), in hex; the same as
+    `openssl pkey -pubin -in KEY.pem -outform DER | sha256sum`."""
+    der = load_pem_public_key(public_key_pem).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def extend(extents: Extents, partition: int, offset: int) -> None:
+    """Count one event line into its partition's first and last offset and event count."""
+    extent = extents.setdefault(partition, {"partition": partition, "first": offset, "last": offset, "events": 0})
+    extent["first"], extent["last"] = min(extent["first"], offset), max(extent["last"], offset)
+    extent["events"] += 1
+
+
+def listed(extents: Extents) -> list[dict[str, int]]:
+    return [extents[p] for p in sorted(extents)]
+
+
+class _Reading:
+    """The chain, counts and partitions read so far, and where the final checkpoint was."""
+
+    def __init__(self, key: Ed25519PublicKey) -> None:
+        self.key, self.chain, self.events, self.checkpoints = key, GENESIS, 0, 0
+        self.extents: Extents = {}
+        self.last_point: dict[str, Any] | None = None  # the checkpoint on the line just read, if any
+        self.final_at: int | None = None
+
+    def verdict(self, problem: str | None) -> Verdict:
+        return Verdict(problem is None, self.events, self.checkpoints, problem, listed(self.extents))
+
+    def read(self, number: int, line: bytes) -> str | None:
+        if self.final_at is not None:
+            return f"line {number} comes after the final checkpoint (line {self.final_at}): lines were added"
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return f"line {number} is not JSON"
+        if not isinstance(record, dict):
+            return f"line {number} is JSON but not an object ({type(record).__name__})"
+        problem = self._checkpoint(number, record) if "checkpoint" in record else self._event(line, record)
+        return f"line {number}: {problem}" if problem else None
+
+    def _checkpoint(self, number: int, record: dict[str, Any]) -> str | None:
+        point, signature = record["checkpoint"], record.get("signature")
+        if not isinstance(point, dict) or not isinstance(signature, str):
+            return "a checkpoint must be an object with a signature string"
+        if point.get("lines") != self.events or point.get("chain") != self.chain:
+            return "checkpoint does not match the lines before it"
+        try:
+            self.key.verify(base64.b64decode(signature, validate=True), canonical(point))
+        except (InvalidSignature, ValueError):
+            return "checkpoint signature is not valid"
+        self.checkpoints += 1
+        self.last_point = point
+        if point.get("final") is True:
+            self.final_at = number
+            if point.get("partitions") != listed(self.extents):
+                return "the final checkpoint's partitions do not match the lines before it"
+        return None
+
+    def _event(self, line: bytes, record: dict[str, Any]) -> str | None:
+        partition, offset = record.get("partition"), record.get("offset")
+        if not isinstance(partition, int) or not isinstance(offset, int):
+            return "an event line needs a whole-number partition and offset"
+        if "payload" in record:
+            digest = hashlib.sha256(canonical(record["payload"])).hexdigest()
+            if digest != record.get("payload_sha256"):
+                return "payload does not match its hash"
+        self.chain = step(self.chain, line)
+        self.events += 1
+        self.last_point = None
+        extend(self.extents, partition, offset)
+        return None
+
+    def ending(self) -> str | None:
+        if self.final_at is not None:
+            return None
+        if self.last_point is not None and "final" not in self.last_point:
+            return (
+                "the export has no final checkpoint: it comes from an older CareHub version, whose "
+                "exports cannot show they are complete; export it again"
+            )
+        return f"the export ends without its final checkpoint, after {self.events} event lines: it was cut short"
+
+
 def verify(export: Path, public_key_pem: bytes) -> Verdict:
     key = load_pem_public_key(public_key_pem)
     if not isinstance(key, Ed25519PublicKey):
         return Verdict(False, 0, 0, "the public key is not an Ed25519 key")
-    chain, events, checkpoints, last_was_checkpoint = GENESIS, 0, 0, False
+    reading = _Reading(key)
     with export.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
-            line = raw.rstrip(b"\n")
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                return Verdict(False, events, checkpoints, f"line {number} is not JSON")
-            if "checkpoint" in record:
-                point = record["checkpoint"]
-                if point.get("lines") != events or point.get("chain") != chain:
-                    return Verdict(
-                        False, events, checkpoints, f"line {number}: checkpoint does not match the lines before it"
-                    )
-                try:
-                    key.verify(base64.b64decode(record.get("signature", "")), canonical(point))
-                except (InvalidSignature, ValueError):
-                    return Verdict(False, events, checkpoints, f"line {number}: checkpoint signature is not valid")
-                checkpoints += 1
-                last_was_checkpoint = True
-                continue
-            if "payload" in record:
-                digest = hashlib.sha256(canonical(record["payload"])).hexdigest()
-                if digest != record.get("payload_sha256"):
-                    return Verdict(False, events, checkpoints, f"line {number}: payload does not match its hash")
-            chain = step(chain, line)
-            events += 1
-            last_was_checkpoint = False
-    if not last_was_checkpoint:
-        return Verdict(False, events, checkpoints, "the export does not end with a signed checkpoint (cut short?)")
-    return Verdict(True, events, checkpoints)
+            problem = reading.read(number, raw.rstrip(b"\n"))
+            if problem:
+                return reading.verdict(problem)
+    return reading.verdict(reading.ending())
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 3:
         print("usage: python export_verify.py EXPORT.ndjson PUBLIC_KEY.pem")  # noqa: T201
         return 2
-    verdict = verify(Path(argv[1]), Path(argv[2]).read_bytes())
-    if verdict.ok:
-        print(f"verified: {verdict.events} events, {verdict.checkpoints} signed checkpoints")  # noqa: T201
-        return 0
-    print(f"NOT verified after {verdict.events} events: {verdict.problem}")  # noqa: T201
-    return 1
+    pem = Path(argv[2]).read_bytes()
+    try:
+        print(f"public key fingerprint (SHA-256 of its DER): {fingerprint(pem)}")  # noqa: T201
+    except ValueError:
+        print(f"NOT verified: {argv[2]} is not a PEM public key")  # noqa: T201
+        return 1
+    print("  confirm it with the hub's operator through another channel: the key came with the file")  # noqa: T201
+    verdict = verify(Path(argv[1]), pem)
+    if not verdict.ok:
+        print(f"NOT verified after {verdict.events} events: {verdict.problem}")  # noqa: T201
+        return 1
+    print(f"verified: {verdict.events} events, {verdict.checkpoints} signed checkpoints")  # noqa: T201
+    for p in verdict.partitions:
+        print(f"  partition {p['partition']}: offsets {p['first']}-{p['last']}, {p['events']} events")  # noqa: T201
+    return 0
 
 
 if __name__ == "__main__":

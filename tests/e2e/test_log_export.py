@@ -5,25 +5,39 @@ needs only the file and the public key, and names the line where a tampered copy
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import subprocess
 import sys
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 
+from adapters.hl7v2.to_fhir import map_message
 from hub.api.auth import issue_token
 from hub.bootstrap import build, running
 from hub.export_verify import verify
+from hub.kafka import free_port
 from hub.settings import CoordinationSettings, HttpSettings, KafkaSettings, MllpSettings, Settings
 from tests.builders import an_adt, an_agreement, an_objection
+from tests.conftest import TansuProcess
+from tests.kafka_log import read_all
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 VERIFIER = Path(__file__).parents[2] / "hub" / "export_verify.py"
+
+
+def carehub(*args: str, bootstrap: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREHUB_")} | {"KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    command = [str(Path(sys.executable).with_name("carehub")), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
 def run_verifier(export: Path, key: Path) -> subprocess.CompletedProcess[str]:
@@ -114,3 +128,110 @@ async def test_the_export_verifies_without_the_hub_and_tampering_is_named(tmp_pa
         assert not verdict.ok, name
         assert verdict.problem, name
     assert "line 3" in (verify(tmp_path / "altered.ndjson", key.read_bytes()).problem or "")
+
+
+# --- one export of a log written by hand: two suppliers, and records that are not FHIR events ---
+
+
+@dataclass(frozen=True)
+class Exported:
+    out: Path
+    key: Path
+    printed: str
+    log: list[ConsumerRecord[bytes, bytes]]
+
+    def lines(self) -> list[bytes]:
+        return self.out.read_bytes().splitlines(keepends=True)
+
+    def events(self) -> list[dict[str, object]]:
+        return [orjson.loads(line) for line in self.lines() if b'"checkpoint"' not in line]
+
+
+async def put_on_the_log(bootstrap: str) -> None:
+    from hub.kafka import create_topics
+    from schemas.topics import EVENTS
+
+    await create_topics(bootstrap)
+    mapped = [m for sender in ("RXX", "RZZ") for m in map_message(an_adt(sender=sender), key_secret=b"s")]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for m in mapped:
+            headers = [("ce_id", m.event_id), ("ce_type", m.event_type), ("ce_source", m.source)]
+            headers += [("ce_time", m.event_time.isoformat()), ("ce_subject", m.person_key)]
+            encoded = [(k, v.encode()) for k, v in headers]
+            await producer.send(EVENTS.name, orjson.dumps(m.payload), key=b"p", partition=0, headers=encoded)
+        junk = [("ce_id", b"junk"), ("ce_source", b"urn:ods:RXX")]
+        for value in (b"not json \xff", b"null", None):
+            await producer.send(EVENTS.name, value, key=b"junk", partition=2, headers=junk)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """`carehub audit export --payloads` for AUD01, whose agreement is with RXX only."""
+    data = tmp_path_factory.mktemp("export")
+    build(Settings(data_dir=data)).agreements.load(
+        an_agreement("RXX", "AUD01", id="audit", purposes=("audit",), categories=("demographics", "encounters")),
+        at=datetime.now(UTC),
+    )
+    broker = TansuProcess(free_port()).start()
+    try:
+        asyncio.run(put_on_the_log(broker.bootstrap))
+        out = data / "log.ndjson"
+        args = ["audit", "export", "--out", str(out), "--payloads", "--org", "AUD01", "--data-dir", str(data)]
+        done = carehub(*args, "--checkpoint-every", "2", bootstrap=broker.bootstrap)
+        assert done.returncode == 0, done.stdout + done.stderr
+        log = asyncio.run(read_all(broker.bootstrap))
+    finally:
+        broker.stop()
+    return Exported(out, out.with_name("log.ndjson.pub.pem"), done.stdout, log)
+
+
+def test_payloads_follow_the_supplier_named_by_the_events_source(exported: Exported) -> None:
+    shown = {str(e["source"]): "payload" in e for e in exported.events() if e["type"]}
+    assert shown == {"urn:ods:RXX": True, "urn:ods:RZZ": False}  # RZZ is no party to the agreement
+
+
+def test_every_record_value_is_hashed_as_it_lies_on_the_log(exported: Exported) -> None:
+    on_log = {(r.partition, r.offset): r.value for r in exported.log}
+    hashed = {(e["partition"], e["offset"]): e["value_sha256"] for e in exported.events()}
+    assert len(on_log) == len(hashed) == 5
+    for position, value in on_log.items():
+        expected = hashlib.sha256(value).hexdigest() if value is not None else None  # a tombstone has no bytes
+        assert hashed[position] == expected, position
+    junk = [e for e in exported.events() if e["partition"] == 2]
+    assert [e["payload_sha256"] for e in junk] == [None, hashlib.sha256(b"null").hexdigest(), None]
+
+
+def test_the_final_checkpoint_signs_each_partitions_extent(exported: Exported) -> None:
+    final = orjson.loads(exported.lines()[-1])["checkpoint"]
+    assert final["final"] is True
+    assert final["partitions"] == [
+        {"partition": 0, "first": 0, "last": 1, "events": 2},
+        {"partition": 2, "first": 0, "last": 2, "events": 3},
+    ]
+    verified = run_verifier(exported.out, exported.key)
+    assert verified.returncode == 0, verified.stdout
+    assert "partition 2: offsets 0-2, 3 events" in verified.stdout
+
+
+def test_an_export_cut_just_after_a_middle_checkpoint_fails(exported: Exported, tmp_path: Path) -> None:
+    lines = exported.lines()
+    middle = [n for n, line in enumerate(lines[:-1], start=1) if b'"checkpoint"' in line]
+    assert middle
+    for kept in middle:
+        cut = tmp_path / f"cut{kept}.ndjson"
+        cut.write_bytes(b"".join(lines[:kept]))
+        verdict = verify(cut, exported.key.read_bytes())
+        assert not verdict.ok, f"cut after line {kept}"
+        assert "cut short" in (verdict.problem or "")
+
+
+def test_the_export_and_the_verifier_print_the_keys_fingerprint(exported: Exported) -> None:
+    der = load_pem_public_key(exported.key.read_bytes()).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    expected = hashlib.sha256(der).hexdigest()
+    assert expected in "".join(exported.printed.split())  # (the console may wrap it)
+    assert expected in run_verifier(exported.out, exported.key).stdout

@@ -1,0 +1,116 @@
+"""The export verifier on exports written by the hub's own Writer and signed with a real key: a file cut
+anywhere fails, the final checkpoint must be the one last line, and lines that are JSON but not
+objects fail by line number instead of crashing the verifier."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from hub.export import Writer, public_pem
+from hub.export_verify import GENESIS, canonical, fingerprint, main, verify
+
+KEY = Ed25519PrivateKey.generate()
+AT = datetime(2026, 11, 3, 12, 0, tzinfo=UTC)
+
+
+def an_export(events: int = 5, every: int = 2, *, finals: int = 1) -> list[bytes]:
+    """The lines of an export of `events` event lines on two partitions (a final checkpoint after
+    each of `finals` runs of them)."""
+    out = io.BytesIO()
+    writer = Writer(out, KEY, every=every, exported_at=AT)
+    for _ in range(finals):
+        for n in range(events):
+            writer.event({"partition": n % 2, "offset": writer.events, "id": f"e{writer.events}"})
+        writer.checkpoint(final=True)
+    return out.getvalue().splitlines(keepends=True)
+
+
+def verdict_of(lines: list[bytes], tmp_path: Path) -> tuple[bool, str]:
+    path = tmp_path / "export.ndjson"
+    path.write_bytes(b"".join(lines))
+    verdict = verify(path, public_pem(KEY))
+    return verdict.ok, verdict.problem or ""
+
+
+def test_a_whole_export_verifies_and_its_final_checkpoint_signs_each_partitions_extent(tmp_path: Path) -> None:
+    lines = an_export()
+    assert verdict_of(lines, tmp_path) == (True, "")
+    path = tmp_path / "export.ndjson"
+    assert verify(path, public_pem(KEY)).partitions == [
+        {"partition": 0, "first": 0, "last": 4, "events": 3},
+        {"partition": 1, "first": 1, "last": 3, "events": 2},
+    ]
+
+
+def test_an_export_cut_after_any_line_fails_and_says_it_was_cut_short(tmp_path: Path) -> None:
+    lines = an_export()
+    middle = [n for n, line in enumerate(lines[:-1], start=1) if b'"checkpoint"' in line]
+    assert middle == [3, 6]
+    for kept in range(len(lines)):
+        ok, problem = verdict_of(lines[:kept], tmp_path)
+        assert not ok, f"cut after line {kept}"
+        assert "cut short" in problem, f"cut after line {kept}: {problem}"
+
+
+def test_a_final_checkpoint_before_the_last_line_fails_naming_the_line_after_it(tmp_path: Path) -> None:
+    lines = an_export(events=3, finals=2)  # e e c e F | e c e c F
+    ok, problem = verdict_of(lines, tmp_path)
+    assert not ok
+    assert "line 6 comes after the final checkpoint (line 5)" in problem
+
+
+def test_a_final_checkpoint_whose_partitions_disagree_with_the_lines_fails(tmp_path: Path) -> None:
+    out = io.BytesIO()
+    writer = Writer(out, KEY, every=100, exported_at=AT)
+    writer.event({"partition": 0, "offset": 0})
+    writer.extents[3] = {"partition": 3, "first": 0, "last": 9, "events": 10}  # signed, but not in the file
+    writer.checkpoint(final=True)
+    ok, problem = verdict_of(out.getvalue().splitlines(keepends=True), tmp_path)
+    assert not ok
+    assert "line 2: the final checkpoint's partitions do not match the lines before it" in problem
+
+
+def test_an_export_from_before_final_checkpoints_is_refused_as_from_an_older_version(tmp_path: Path) -> None:
+    point = {"lines": 0, "chain": GENESIS, "topic": "carehub.events.v1", "exported_at": AT.isoformat()}
+    signature = base64.b64encode(KEY.sign(canonical(point))).decode()
+    ok, problem = verdict_of([canonical({"checkpoint": point, "signature": signature}) + b"\n"], tmp_path)
+    assert not ok
+    assert "older CareHub version" in problem
+
+
+@pytest.mark.parametrize("line", [b"42", b"[]", b"null", b"true", b'"checkpoint"', b'{"checkpoint": 7}'])
+def test_a_line_that_is_json_but_not_what_an_export_holds_fails_naming_the_line(tmp_path: Path, line: bytes) -> None:
+    lines = an_export()
+    lines.insert(1, line + b"\n")
+    ok, problem = verdict_of(lines, tmp_path)
+    assert not ok
+    assert problem.startswith("line 2"), problem
+
+
+def test_a_checkpoint_with_a_signature_that_is_not_a_string_fails_naming_the_line(tmp_path: Path) -> None:
+    lines = an_export()
+    lines[2] = lines[2].replace(b'"signature":"', b'"signature":["').replace(b'"}\n', b'"]}\n')
+    ok, problem = verdict_of(lines, tmp_path)
+    assert not ok
+    assert problem == "line 3: a checkpoint must be an object with a signature string"
+
+
+def test_the_verifier_prints_the_key_fingerprint_the_auditor_confirms_elsewhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "export.ndjson").write_bytes(b"".join(an_export()))
+    (tmp_path / "key.pem").write_bytes(public_pem(KEY))
+    der = KEY.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    assert fingerprint(public_pem(KEY)) == hashlib.sha256(der).hexdigest()
+    assert main(["export_verify.py", str(tmp_path / "export.ndjson"), str(tmp_path / "key.pem")]) == 0
+    printed = capsys.readouterr().out
+    assert f"fingerprint (SHA-256 of its DER): {hashlib.sha256(der).hexdigest()}" in printed
+    assert "verified: 5 events, 3 signed checkpoints" in printed
