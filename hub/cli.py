@@ -724,7 +724,7 @@ def kpi(
     data_dir: DataDir = Path("var"),
 ) -> None:
     """The commissioner's KPIs for a month, computed from the event log: CSV and an HTML report with charts."""
-    from hub.kpi_report import fold_log, write_csv, write_html
+    from hub.kpi_report import fold_log, skipped_note, write_csv, write_html
     from hub.rules import load_rules
 
     if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
@@ -737,12 +737,15 @@ def kpi(
     rules = load_rules(settings.coordination.rules)
     fold, read = asyncio.run(fold_log(settings.bootstrap_servers(), rules.service.ods))
     rows = fold.report(month)
-    write_csv(rows, out / f"kpi-{month}.csv")
-    write_html(rows, out / f"kpi-{month}.html", month=month, title=rules.service.name)
+    write_csv(rows, out / f"kpi-{month}.csv", skipped=fold.skipped)
+    write_html(rows, out / f"kpi-{month}.html", month=month, title=rules.service.name, skipped=fold.skipped)
     table = Table("KPI", "breakdown", "value", "target")
-    for row in rows:
-        table.add_row(row.kpi, row.breakdown, f"{row.value:g}", row.target)
+    for row in rows:  # practice, source and coordinator codes come from payloads: text, never markup
+        value = "n/a" if row.value is None else f"{row.value:g}"
+        table.add_row(escape(row.kpi), escape(row.breakdown), value, escape(row.target))
     console.print(table)
+    if fold.skipped:
+        console.print(f"[yellow]{escape(skipped_note(fold.skipped))}[/yellow]")
     console.print(f"{read:,} events read; wrote {out / f'kpi-{month}.csv'} and {out / f'kpi-{month}.html'}")
 
 

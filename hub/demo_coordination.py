@@ -233,9 +233,14 @@ async def kpis(run: Running, month: str, console: Console) -> None:
     write_csv(rows, out / f"kpi-{month}.csv")
     write_html(rows, out / f"kpi-{month}.html", month=month, title=rules.service.name)
     headline = {(r.kpi, r.breakdown): r.value for r in rows}
+
+    def shown(kpi: str, breakdown: str, unit: str = "") -> str:
+        value = headline[(kpi, breakdown)]
+        return "n/a" if value is None else f"{value:g}{unit}"  # (no value: nothing to divide by)
+
     console.print(
-        f"KPIs for {month}: {headline[('referrals', '')]:g} referrals, "
-        f"first visits within 4 weeks {headline[('first visits within 4 weeks', '%')]:g}% (target 95%), "
-        f"GP letters within 48 h {headline[('GP letters within 48 hours', '%')]:g}% (target 90%); "
+        f"KPIs for {month}: {shown('referrals', '')} referrals, "
+        f"first visits within 4 weeks {shown('first visits within 4 weeks', '%', '%')} (target 95%), "
+        f"GP letters within 48 h {shown('GP letters within 48 hours', '%', '%')} (target 90%); "
         f"report in {out}"
     )

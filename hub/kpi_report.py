@@ -8,7 +8,8 @@ report is one self-contained file that prints and opens anywhere, with no script
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
 
@@ -17,32 +18,52 @@ from hub.core.errors import InvalidMessageError
 from hub.core.kpis import KpiFold, Row
 from hub.replay import read_log
 
+SKIPPED = "events skipped (whole log)"
+# a spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
 
 async def fold_log(bootstrap: str, service: str) -> tuple[KpiFold, int]:
-    """Every event on the log, folded; (fold, events read)."""
+    """Every event on the log, folded; (fold, records read). What could not be read is in fold.skipped."""
     fold = KpiFold(service=service)
     read = 0
     async for records in read_log(bootstrap):
         for record in records:
             read += 1
             try:
-                fold.add(decode(record))
-            except InvalidMessageError:
-                continue  # not a CareHub event: the record consumer dead-lettered it
+                event = decode(record)
+            except InvalidMessageError as error:  # the record consumer dead-lettered it too
+                fold.skip(str(error))
+                continue
+            fold.add(event)
     return fold, read
 
 
-def write_csv(rows: Sequence[Row], path: Path) -> None:
-    """kpi, breakdown, value, target: one line per figure."""
+def write_csv(rows: Sequence[Row], path: Path, *, skipped: Mapping[str, int] | None = None) -> None:
+    """kpi, breakdown, value, target: one line per figure (value blank when there is nothing to divide
+    by), then one line per reason events were skipped, if any were."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(["kpi", "breakdown", "value", "target"])
         for row in rows:
-            writer.writerow([row.kpi, row.breakdown, _number(row.value), row.target])
+            writer.writerow([_cell(row.kpi), _cell(row.breakdown), _number(row.value), _cell(row.target)])
+        for reason, count in sorted((skipped or {}).items()):
+            writer.writerow([SKIPPED, _cell(reason), count, ""])
 
 
-def write_html(rows: Sequence[Row], path: Path, *, month: str, title: str) -> None:
+def skipped_note(skipped: Mapping[str, int]) -> str:
+    """One sentence on the events left out of the figures, and why ('' if none were)."""
+    if not skipped:
+        return ""
+    why = "; ".join(f"{reason} ({count:,})" for reason, count in sorted(skipped.items()))
+    return f"{sum(skipped.values()):,} events on the log could not be read and are not in the figures: {why}"
+
+
+def write_html(
+    rows: Sequence[Row], path: Path, *, month: str, title: str, skipped: Mapping[str, int] | None = None
+) -> None:
     """A printable report: a table of every figure, and a bar chart for each measure with a breakdown."""
     groups: dict[str, list[Row]] = {}
     for row in rows:
@@ -52,9 +73,11 @@ def write_html(rows: Sequence[Row], path: Path, *, month: str, title: str) -> No
     ]
     table = "\n".join(
         f"<tr><td>{escape(r.kpi)}</td><td>{escape(r.breakdown)}</td>"
-        f'<td class="n">{escape(_number(r.value))}</td><td>{escape(r.target)}</td></tr>'
+        f'<td class="n">{escape(_shown(r.value))}</td><td>{escape(r.target)}</td></tr>'
         for r in rows
     )
+    note = skipped_note(skipped or {})
+    warning = f'<p class="warning">{escape(note)}.</p>' if note else ""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         f"""<!doctype html>
@@ -64,12 +87,15 @@ body {{ font-family: Arial, sans-serif; margin: 2em; color: #212b32; }}
 table {{ border-collapse: collapse; margin-bottom: 2em; }}
 td, th {{ border-bottom: 1px solid #d8dde0; padding: 4px 12px; text-align: left; }}
 td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
+p.warning {{ border-left: 4px solid #ffb81c; padding-left: 8px; }}
 figure {{ display: inline-block; margin: 0 2em 2em 0; }}
 @media print {{ figure {{ break-inside: avoid; }} }}
 </style></head>
 <body>
 <h1>{escape(title)}: {escape(month)}</h1>
-<p>Computed from the event log by <code>carehub kpi --month {escape(month)}</code>.</p>
+<p>Computed from the event log by <code>carehub kpi --month {escape(month)}</code>.
+n/a: nothing to divide by this month.</p>
+{warning}
 <table><thead><tr><th>KPI</th><th>breakdown</th><th>value</th><th>target</th></tr></thead>
 <tbody>
 {table}
@@ -82,14 +108,17 @@ figure {{ display: inline-block; margin: 0 2em 2em 0; }}
 
 def _chart(kpi: str, rows: list[Row]) -> str:
     width, bar, gap = 360, 18, 6
-    top = max((r.value for r in rows), default=0) or 1
+    top = max((r.value for r in rows if r.value is not None), default=0) or 1
     height = len(rows) * (bar + gap)
 
     def one(i: int, r: Row) -> str:
-        y, length, label = i * (bar + gap), int((width - 170) * r.value / top), escape(_number(r.value))
+        y, label = i * (bar + gap), escape(_shown(r.value))
+        name = f'<text x="0" y="{y + 13}" font-size="12">{escape(r.breakdown)}</text>'
+        if r.value is None:  # no value is no bar: a zero-length bar would read as 0
+            return f'{name}<text x="136" y="{y + 13}" font-size="12">{label}</text>'
+        length = int((width - 170) * r.value / top)
         return (
-            f'<text x="0" y="{y + 13}" font-size="12">{escape(r.breakdown)}</text>'
-            f'<rect x="130" y="{y}" width="{length}" height="{bar}" fill="#005eb8">'
+            f'{name}<rect x="130" y="{y}" width="{length}" height="{bar}" fill="#005eb8">'
             f"<title>{escape(r.breakdown)}: {label}</title></rect>"
             f'<text x="{136 + length}" y="{y + 13}" font-size="12">{label}</text>'
         )
@@ -101,5 +130,19 @@ def _chart(kpi: str, rows: list[Row]) -> str:
     )
 
 
-def _number(value: float) -> str:
+def _cell(text: str) -> str:
+    """A text cell a spreadsheet shows as text: a leading formula character gets a quote first
+    (a number, negative ones included, stays a number)."""
+    if text.startswith(_FORMULA_START) and not _NUMBER.fullmatch(text):
+        return f"'{text}"
+    return text
+
+
+def _shown(value: float | None) -> str:
+    return "n/a" if value is None else _number(value)
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return ""
     return str(int(value)) if float(value).is_integer() else f"{value:.2f}".rstrip("0").rstrip(".")

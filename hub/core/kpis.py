@@ -2,48 +2,70 @@
 
 A fold over the log in any partition order: every measure is per person first (a person's events
 keep their order on their partition) and summed after. `report(month)` gives one row per measure and
-breakdown, with the contract target where there is one.
+breakdown, with the contract target where there is one. Months and days are Europe/London ones.
 
 Definitions (each names its source events):
     referrals                referral.received addressed to the service, authored in the month; by practice
-                             (the person's registered practice, else the requester) and by source
-    first visits             the person's first face-to-face contact after a referral, in the month
+                             (the person's registered practice, else the requester) and by source. One
+                             ServiceRequest is one referral: a later event for the same request id (a
+                             corrected re-send) replaces what the earlier one said
+    first visits             face-to-face contacts that answered a referral, in the month (see below)
     days to first contact    referral -> first contact of any kind (mean, referrals whose first contact is in
                              the month)
     days to first visit      referral -> first face-to-face visit (mean), and % within 28 days (target 95%)
     discharges               episode.closed in the month
-    declined                 referral.outcome declined in the month, by practice; % of the month's referrals
-    age at referral          bands <65, 65-74, 75-84, 85+ from the birth date the referral carried
+    declined                 referrals to the service whose latest outcome is declined, by the month of that
+                             outcome, by practice; % of the month's referrals
+    age at referral          bands <65, 65-74, 75-84, 85+ from the birth date the referral carried, and
+                             "unknown" when it carried none (the bands add up to the referrals)
     GP letter                episode.closed -> pic-summary.receipt, hours; % within 48 h (target 90%)
     onward referrals         referral.received made by the service itself, in the month
     caseload                 open episodes per coordinator at the end of the month (target 28)
     over 12 weeks            % of the month's discharges that had been on the caseload more than 84 days
                              (target 20-25%)
     huddles attended         huddle.agenda Lists dated in the month, and those marked attended (target 95%)
+
+A contact answers every referral of the person that is waiting for one (made before it, not yet
+answered, not declined), and is used once: it counts as one first contact (first visit) however many
+referrals it answers, and its wait is measured from the earliest of them. The MDS counts visits
+("number of first visits", "% of visits within 4 weeks of referral"), so one visit is never two first
+visits, and a later visit is a follow-up, not the first visit of a second, overlapping referral.
+
+A percentage or mean with nothing to divide by has no value (None), not 0. An event the fold cannot
+read (a resource without an id, a field of the wrong shape) is skipped and counted in `skipped`, by
+reason, as the record consumer dead-letters it; the rest of the log still counts.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
+from hub.core.errors import InvalidMessageError
+from hub.core.huddle import UK
 from hub.core.ports import Json, RecordEvent
-from hub.core.tasks import bundle_resources, contact_kind
+from hub.core.record import resources_of
+from hub.core.tasks import contact_kind
 from schemas.events import coordination as co
 
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+UNKNOWN_AGE = "unknown"
 BANDS = ((0, 65, "<65"), (65, 75, "65-74"), (75, 85, "75-84"), (85, 200, "85+"))
+# what a payload of the wrong shape raises in a handler (a list where a dict belongs, and so on)
+_UNREADABLE = (InvalidMessageError, LookupError, AttributeError, TypeError, ValueError, OverflowError)
 
 
 @dataclass(frozen=True)
 class Row:
-    """One figure: measure, breakdown ('' for the total), value, and target if the contract sets one."""
+    """One figure: measure, breakdown ('' for the total), value (None: nothing to divide by), and
+    target if the contract sets one."""
 
     kpi: str
     breakdown: str
-    value: float
+    value: float | None
     target: str = ""
 
 
@@ -74,75 +96,98 @@ class KpiFold:
     """Folds events into the measures; feed every event of the log, then ask for a month."""
 
     service: str
-    referrals: list[_Referral] = field(default_factory=list)
-    onward: list[datetime] = field(default_factory=list)
-    declined: list[tuple[datetime, str]] = field(default_factory=list)
+    referrals: dict[str, _Referral] = field(default_factory=dict)
+    onward: dict[str, datetime] = field(default_factory=dict)
+    outcomes: dict[str, tuple[datetime, str]] = field(default_factory=dict)
     episodes: dict[str, _Episode] = field(default_factory=dict)
     huddles: dict[str, tuple[date, bool]] = field(default_factory=dict)
+    skipped: Counter[str] = field(default_factory=Counter)
     _seen: set[str] = field(default_factory=set)
     _contacts: dict[str, list[tuple[datetime, str]]] = field(default_factory=dict)
 
     def add(self, event: RecordEvent) -> None:
+        """Fold one event; one the fold cannot read is skipped and counted, never raised."""
         if event.id in self._seen:
             return
         self._seen.add(event.id)
-        resources = bundle_resources(event.payload)
         handler = _HANDLERS.get(event.type)
-        if handler is not None:
-            handler(self, event, resources)
+        if handler is None:
+            return
+        try:  # each handler reads everything before it changes anything: a skip leaves no trace
+            handler(self, event, resources_of(event))
+        except _UNREADABLE as exc:
+            self.skip(f"{event.type}: {_why(exc)}")
+
+    def skip(self, reason: str) -> None:
+        """Count an event or record left out of the figures, and why."""
+        self.skipped[reason] += 1
 
     # --- per event type ----------------------------------------------------------------------
 
     def _referral(self, event: RecordEvent, resources: list[Json]) -> None:
-        patient = next((r for r in resources if r.get("resourceType") == "Patient"), {})
-        for request in (r for r in resources if r.get("resourceType") == "ServiceRequest"):
-            requester = ((request.get("requester") or {}).get("identifier") or {}).get("value")
-            if requester == self.service:
-                self.onward.append(_time(request.get("authoredOn"), event.time))
-                continue
-            performers = {(p.get("identifier") or {}).get("value") for p in request.get("performer") or []}
-            if performers and self.service not in performers:
-                continue
-            at = _time(request.get("authoredOn"), event.time)
-            self.referrals.append(
-                _Referral(
-                    id=str(request["id"]),
-                    person=event.subject,
-                    at=at,
-                    practice=_practice(patient) or str(requester or "unknown"),
-                    source=_source(request),
-                    age=_age(patient.get("birthDate"), at),
-                )
-            )
+        patient = next(iter(_of(resources, "Patient")), {})
+        said = [(str(r["id"]), self._request(event, patient, r)) for r in _of(resources, "ServiceRequest")]
+        for rid, what in said:
+            self.referrals.pop(rid, None)  # a later event for the same request replaces the earlier
+            self.onward.pop(rid, None)
+            if isinstance(what, _Referral):
+                self.referrals[rid] = what
+            elif what is not None:
+                self.onward[rid] = what
+
+    def _request(self, event: RecordEvent, patient: Json, request: Json) -> _Referral | datetime | None:
+        """A referral to the service, an onward referral's time, or None (addressed elsewhere)."""
+        at = _time(request.get("authoredOn"), event.time)
+        requester = _ident(request.get("requester"))
+        if requester == self.service:
+            return at
+        performers = {_ident(p) for p in request.get("performer") or []}
+        if performers and self.service not in performers:
+            return None
+        practice = _practice(patient) or str(requester or "unknown")
+        age = _age(patient.get("birthDate"), at)
+        return _Referral(str(request["id"]), event.subject, at, practice, _source(request), age)
 
     def _contact(self, event: RecordEvent, resources: list[Json]) -> None:
-        for encounter in (r for r in resources if r.get("resourceType") == "Encounter"):
-            kind = contact_kind(encounter) or "unknown"
-            at = _time((encounter.get("period") or {}).get("start"), event.time)
-            self._contacts.setdefault(event.subject, []).append((at, kind))
+        said = [
+            (_time((e.get("period") or {}).get("start"), event.time), contact_kind(e) or "unknown")
+            for e in _of(resources, "Encounter")
+        ]
+        self._contacts.setdefault(event.subject, []).extend(said)
 
     def _outcome(self, event: RecordEvent, resources: list[Json]) -> None:
-        for request in (r for r in resources if r.get("resourceType") == "ServiceRequest"):
-            outcome = next(
-                (e.get("valueCode") for e in request.get("extension") or [] if e.get("url") == co.OUTCOME_EXTENSION),
-                None,
-            )
-            if outcome == "declined":
-                self.declined.append((event.time, str(request["id"])))
-            elif outcome == "attended":
+        said = [(str(r["id"]), _outcome_code(r)) for r in _of(resources, "ServiceRequest")]
+        for rid, outcome in said:
+            if outcome is not None:
+                self.outcomes[rid] = (event.time, outcome)  # the latest outcome is the referral's
+            if outcome == "attended":
                 self._contacts.setdefault(event.subject, []).append((event.time, "face-to-face"))
 
     def _opened(self, event: RecordEvent, resources: list[Json]) -> None:
-        for episode in (r for r in resources if r.get("resourceType") == "EpisodeOfCare"):
-            manager = ((episode.get("careManager") or {}).get("identifier") or {}).get("value") or "unallocated"
-            start = _time((episode.get("period") or {}).get("start"), event.time)
-            self.episodes[str(episode["id"])] = _Episode(str(episode["id"]), event.subject, str(manager), start)
+        said = [
+            _Episode(
+                str(e["id"]),
+                event.subject,
+                str(_ident(e.get("careManager")) or "unallocated"),
+                _time((e.get("period") or {}).get("start"), event.time),
+            )
+            for e in _of(resources, "EpisodeOfCare")
+        ]
+        for episode in said:
+            before = self.episodes.get(episode.id)
+            if before is not None:  # a re-sent opening does not reopen a closed episode
+                episode.end, episode.letter = before.end, before.letter
+            self.episodes[episode.id] = episode
 
     def _closed(self, event: RecordEvent, resources: list[Json]) -> None:
-        for episode in (r for r in resources if r.get("resourceType") == "EpisodeOfCare"):
-            found = self.episodes.get(str(episode["id"]))
+        said = [
+            (str(e["id"]), _time((e.get("period") or {}).get("end"), event.time))
+            for e in _of(resources, "EpisodeOfCare")
+        ]
+        for eid, end in said:
+            found = self.episodes.get(eid)
             if found is not None:
-                found.end = _time((episode.get("period") or {}).get("end"), event.time)
+                found.end = end
 
     def _receipt(self, event: RecordEvent, resources: list[Json]) -> None:
         closed = [e for e in self.episodes.values() if e.person == event.subject and e.end and e.end <= event.time]
@@ -152,72 +197,119 @@ class KpiFold:
                 latest.letter = event.time
 
     def _huddle(self, event: RecordEvent, resources: list[Json]) -> None:
-        for agenda in (r for r in resources if r.get("resourceType") == "List"):
-            held = _time(agenda.get("date"), event.time).date()
-            attended = any(
-                e.get("url") == co.ATTENDED_EXTENSION and e.get("valueBoolean") is True
-                for e in agenda.get("extension") or []
+        said = [
+            (
+                str(agenda["id"]),
+                _time(agenda.get("date"), event.time).astimezone(UK).date(),
+                any(
+                    e.get("url") == co.ATTENDED_EXTENSION and e.get("valueBoolean") is True
+                    for e in agenda.get("extension") or []
+                ),
             )
-            before = self.huddles.get(str(agenda["id"]))
-            self.huddles[str(agenda["id"])] = (held, attended or bool(before and before[1]))
+            for agenda in _of(resources, "List")
+        ]
+        for hid, held, attended in said:
+            before = self.huddles.get(hid)
+            self.huddles[hid] = (held, attended or bool(before and before[1]))
 
     # --- the report ----------------------------------------------------------------------------
 
     def report(self, month: str) -> list[Row]:
-        """Every measure for `month` (YYYY-MM)."""
-        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
-        end = (start + timedelta(days=32)).replace(day=1)
+        """Every measure for `month` (YYYY-MM, a Europe/London month)."""
+        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UK)
+        end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
 
         def inside(t: datetime | None) -> bool:
             return t is not None and start <= t < end
 
         self._first_contacts()
-        rows: list[Row] = []
-        referred = [r for r in self.referrals if inside(r.at)]
-        rows.append(Row("referrals", "", len(referred)))
+        referred = [r for r in self.referrals.values() if inside(r.at)]
+        discharged = [e for e in self.episodes.values() if inside(e.end)]
+        return [
+            *self._referral_rows(referred),
+            *self._visit_rows(inside),
+            Row("discharges", "", len(discharged)),
+            *self._declined_rows(inside, len(referred)),
+            *self._letter_rows(discharged),
+            Row("onward referrals", "", sum(inside(t) for t in self.onward.values())),
+            *self._caseload_rows(end),
+            Row(
+                "discharged after over 12 weeks on caseload",
+                "%",
+                _pct(len(_long(discharged)), len(discharged)),
+                "20-25%",
+            ),
+            *self._huddle_rows(start.date(), end.date()),
+        ]
+
+    def _referral_rows(self, referred: list[_Referral]) -> list[Row]:
+        rows = [Row("referrals", "", len(referred))]
         rows += [Row("referrals by practice", p, n) for p, n in sorted(Counter(r.practice for r in referred).items())]
         rows += [Row("referrals by source", s, n) for s, n in sorted(Counter(r.source for r in referred).items())]
         bands = Counter(_band(r.age) for r in referred)
-        rows += [Row("age at referral", label, bands.get(label, 0)) for _, _, label in BANDS]
-        visited = [r for r in self.referrals if inside(r.first_visit)]
-        rows.append(Row("first visits", "", len(visited)))
-        contacted = [r for r in self.referrals if inside(r.first_contact)]
-        rows.append(Row("days from referral to first contact", "mean", _mean_days(contacted, "first_contact")))
-        rows.append(Row("days from referral to first visit", "mean", _mean_days(visited, "first_visit")))
+        return rows + [Row("age at referral", label, bands.get(label, 0)) for label in _band_labels()]
+
+    def _visit_rows(self, inside: Callable[[datetime | None], bool]) -> list[Row]:
+        visited = [r for r in self.referrals.values() if inside(r.first_visit)]
+        contacted = [r for r in self.referrals.values() if inside(r.first_contact)]
         within = [r for r in visited if r.first_visit and r.first_visit - r.at <= timedelta(days=28)]
-        rows.append(Row("first visits within 4 weeks", "%", _pct(len(within), len(visited)), "95%"))
-        discharged = [e for e in self.episodes.values() if inside(e.end)]
-        rows.append(Row("discharges", "", len(discharged)))
-        declined = [rid for t, rid in self.declined if inside(t)]
-        practice_of = {r.id: r.practice for r in self.referrals}
-        rows += [
-            Row("declined by practice", p, n)
-            for p, n in sorted(Counter(practice_of.get(d, "unknown") for d in declined).items())
+        return [
+            Row("first visits", "", len(visited)),
+            Row("days from referral to first contact", "mean", _mean_days(contacted, "first_contact")),
+            Row("days from referral to first visit", "mean", _mean_days(visited, "first_visit")),
+            Row("first visits within 4 weeks", "%", _pct(len(within), len(visited)), "95%"),
         ]
-        rows.append(Row("declined", "% of referrals", _pct(len(declined), len(referred)), "to be baselined"))
-        letters = [e for e in discharged if e.letter and e.end]
-        hours = [((e.letter or e.start) - (e.end or e.start)) / timedelta(hours=1) for e in letters]
-        rows.append(Row("hours from discharge to GP letter", "mean", round(sum(hours) / len(hours), 2) if hours else 0))
-        rows.append(Row("GP letters within 48 hours", "%", _pct(sum(h <= 48 for h in hours), len(discharged)), "90%"))
-        rows.append(Row("onward referrals", "", sum(inside(t) for t in self.onward)))
-        loads = Counter(
-            e.coordinator for e in self.episodes.values() if e.start < end and (e.end is None or e.end >= end)
-        )
-        for coordinator in sorted({e.coordinator for e in self.episodes.values() if e.start < end}):
-            rows.append(Row("caseload at month end", coordinator, loads.get(coordinator, 0), "28"))
-        long = [e for e in discharged if e.end and e.end - e.start > timedelta(days=84)]
-        rows.append(Row("discharged after over 12 weeks on caseload", "%", _pct(len(long), len(discharged)), "20-25%"))
-        held = [attended for day, attended in self.huddles.values() if start.date() <= day < end.date()]
-        rows.append(Row("huddles held", "", len(held)))
-        rows.append(Row("huddles attended", "%", _pct(sum(held), len(held)), "95%"))
-        return rows
+
+    def _declined_rows(self, inside: Callable[[datetime | None], bool], referred: int) -> list[Row]:
+        # only referrals to the service: an outcome on a referral to someone else is not this service declined
+        declined = [
+            self.referrals[rid].practice
+            for rid, (at, outcome) in self.outcomes.items()
+            if outcome == "declined" and rid in self.referrals and inside(at)
+        ]
+        rows = [Row("declined by practice", p, n) for p, n in sorted(Counter(declined).items())]
+        return [*rows, Row("declined", "% of referrals", _pct(len(declined), referred), "to be baselined")]
+
+    def _letter_rows(self, discharged: list[_Episode]) -> list[Row]:
+        hours = [(e.letter - e.end) / timedelta(hours=1) for e in discharged if e.letter and e.end]
+        return [
+            Row("hours from discharge to GP letter", "mean", round(sum(hours) / len(hours), 2) if hours else None),
+            Row("GP letters within 48 hours", "%", _pct(sum(h <= 48 for h in hours), len(discharged)), "90%"),
+        ]
+
+    def _caseload_rows(self, end: datetime) -> list[Row]:
+        started = [e for e in self.episodes.values() if e.start < end]
+        loads = Counter(e.coordinator for e in started if e.end is None or e.end >= end)
+        return [
+            Row("caseload at month end", c, loads.get(c, 0), "28") for c in sorted({e.coordinator for e in started})
+        ]
+
+    def _huddle_rows(self, first: date, after: date) -> list[Row]:
+        held = [attended for day, attended in self.huddles.values() if first <= day < after]
+        return [Row("huddles held", "", len(held)), Row("huddles attended", "%", _pct(sum(held), len(held)), "95%")]
 
     def _first_contacts(self) -> None:
-        for referral in self.referrals:
-            after = sorted(c for c in self._contacts.get(referral.person, []) if c[0] >= referral.at)
-            referral.first_contact = after[0][0] if after else None
-            visits = [t for t, kind in after if kind == "face-to-face"]
-            referral.first_visit = visits[0] if visits else None
+        by_person: dict[str, list[_Referral]] = {}
+        for referral in sorted(self.referrals.values(), key=lambda r: (r.at, r.id)):
+            referral.first_contact = referral.first_visit = None
+            by_person.setdefault(referral.person, []).append(referral)
+        for person, referrals in by_person.items():
+            contacts = sorted(self._contacts.get(person, []))
+            self._answer(referrals, [t for t, _ in contacts], "first_contact")
+            self._answer(referrals, [t for t, kind in contacts if kind == "face-to-face"], "first_visit")
+
+    def _answer(self, referrals: list[_Referral], contacts: list[datetime], attribute: str) -> None:
+        """Each contact answers the referrals waiting for it, once: the earliest of them carries it."""
+        answered: set[str] = set()
+        for t in contacts:
+            waiting = [r for r in referrals if r.at <= t and r.id not in answered and not self._declined_by(r.id, t)]
+            if waiting:
+                setattr(waiting[0], attribute, t)
+                answered |= {r.id for r in waiting}
+
+    def _declined_by(self, rid: str, t: datetime) -> bool:
+        at, outcome = self.outcomes.get(rid, (t, ""))
+        return outcome == "declined" and at <= t
 
 
 _HANDLERS: dict[str, Any] = {
@@ -231,14 +323,38 @@ _HANDLERS: dict[str, Any] = {
 }
 
 
+def _why(exc: Exception) -> str:
+    if isinstance(exc, InvalidMessageError):
+        return exc.diagnostics
+    return f"a field of the wrong shape ({type(exc).__name__}: {exc})"
+
+
+def _of(resources: list[Json], kind: str) -> list[Json]:
+    return [r for r in resources if r.get("resourceType") == kind]
+
+
+def _ident(reference: Any) -> Any:
+    return ((reference or {}).get("identifier") or {}).get("value")
+
+
 def _time(value: Any, default: datetime) -> datetime:
+    """A FHIR dateTime as an instant; one without an offset (or a bare date) is UK local time."""
     if not isinstance(value, str):
         return default
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UK)
+        parsed.astimezone(UK)  # an instant too near year 1 or 9999 to have a UK day is no time
+    except (ValueError, OverflowError):
         return default
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def _outcome_code(request: Json) -> str | None:
+    for ext in request.get("extension") or []:
+        if ext.get("url") == co.OUTCOME_EXTENSION:
+            return str(ext.get("valueCode"))
+    return None
 
 
 def _practice(patient: Json) -> str | None:
@@ -264,21 +380,29 @@ def _age(birth: Any, at: datetime) -> int | None:
         born = date.fromisoformat(birth[:10])
     except ValueError:
         return None
-    day = at.date()
+    day = at.astimezone(UK).date()  # a birthday is a UK day
     return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+
+
+def _band_labels() -> list[str]:
+    return [label for _, _, label in BANDS] + [UNKNOWN_AGE]
 
 
 def _band(age: int | None) -> str:
     for low, high, label in BANDS:
         if age is not None and low <= age < high:
             return label
-    return "unknown"
+    return UNKNOWN_AGE
 
 
-def _mean_days(referrals: list[_Referral], attribute: str) -> float:
+def _long(discharged: list[_Episode]) -> list[_Episode]:
+    return [e for e in discharged if e.end and e.end - e.start > timedelta(days=84)]
+
+
+def _mean_days(referrals: list[_Referral], attribute: str) -> float | None:
     spans = [(getattr(r, attribute) - r.at) / timedelta(days=1) for r in referrals if getattr(r, attribute)]
-    return round(sum(spans) / len(spans), 2) if spans else 0.0
+    return round(sum(spans) / len(spans), 2) if spans else None
 
 
-def _pct(part: int, whole: int) -> float:
-    return round(100 * part / whole, 1) if whole else 0.0
+def _pct(part: int, whole: int) -> float | None:
+    return round(100 * part / whole, 1) if whole else None

@@ -3,10 +3,23 @@
 
 from __future__ import annotations
 
+import copy
+import csv
 import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
-from hub.core.kpis import KpiFold
+import pytest
+from typer.testing import CliRunner
+
+from hub import cli, kpi_report
+from hub.core.kpis import KpiFold, Row
 from hub.core.ports import RecordEvent
+from hub.kpi_report import write_csv, write_html
+from schemas.events import coordination as co
 from tests import locality_month as month
 
 
@@ -45,3 +58,179 @@ def test_events_seen_twice_count_once_and_other_months_are_empty() -> None:
     october = {(r.kpi, r.breakdown): r.value for r in fold.report("2026-10")}
     assert october[("referrals", "")] == 0
     assert october[("huddles held", "")] == 0
+
+
+# --- reviewed defects: each test below fails on the fold and report before the review's fixes -------
+
+OCTOBER_00_30_BST = datetime(2026, 9, 30, 23, 30, tzinfo=UTC)  # 00:30 on 1 October in the UK
+
+
+def fold_of(*events: RecordEvent) -> KpiFold:
+    fold = KpiFold(service=month.SERVICE)
+    for event in events:
+        fold.add(event)
+    return fold
+
+
+def report(fold: KpiFold, of: str) -> dict[tuple[str, str], float | None]:
+    return {(r.kpi, r.breakdown): r.value for r in fold.report(of)}
+
+
+def edited(event: RecordEvent, *, event_id: str | None = None, **changes: Any) -> RecordEvent:
+    """The event again, as a re-send with a new event id; `changes` edit its first ServiceRequest
+    (or Patient, for keys starting patient_; None removes the key)."""
+    payload = copy.deepcopy(event.payload)
+    for entry in payload.get("entry", []):
+        resource = entry["resource"]
+        prefix = "patient_" if resource["resourceType"] == "Patient" else ""
+        for key, value in changes.items():
+            if key.startswith("patient_") == bool(prefix):
+                name = key.removeprefix(prefix)
+                if value is None:
+                    resource.pop(name, None)
+                else:
+                    resource[name] = value
+    return RecordEvent(
+        id=event_id or f"{event.id}-again",
+        type=event.type,
+        source=event.source,
+        time=event.time,
+        subject=event.subject,
+        payload=payload,
+    )
+
+
+def test_a_referral_at_half_past_midnight_bst_on_1_october_counts_in_october() -> None:
+    # UTC months put it in September, and its birthday (1 October, UK) a day late: 64, not 65
+    referral = edited(month.referral("P3", OCTOBER_00_30_BST, "gp"), patient_birthDate="1961-10-01")
+    huddle = month.huddle(3, attended=True)
+    huddle = RecordEvent(
+        id=huddle.id,
+        type=huddle.type,
+        source=huddle.source,
+        time=huddle.time,
+        subject=huddle.subject,
+        payload=huddle.payload | {"date": OCTOBER_00_30_BST.isoformat()},
+    )
+    fold = fold_of(referral, huddle)
+    october, september = report(fold, "2026-10"), report(fold, "2026-09")
+    assert october[("referrals", "")] == 1
+    assert september[("referrals", "")] == 0
+    assert october[("age at referral", "65-74")] == 1
+    assert october[("huddles held", "")] == 1
+    assert september[("huddles held", "")] == 0
+
+
+def test_a_corrected_resend_of_a_referral_is_one_referral_saying_what_the_correction_says() -> None:
+    first = month.referral("P3", month.at(3, 10), "gp")
+    source = {"url": co.SOURCE_EXTENSION, "valueCodeableConcept": {"coding": [{"code": "huddle"}]}}
+    corrected = edited(first, extension=[source])
+    onward = month.referral("P6", month.at(20, 11), "care-coordination", to="LA123", by=month.SERVICE)
+    figures = report(fold_of(first, corrected, onward, edited(onward)), "2026-11")
+    assert figures[("referrals", "")] == 1
+    assert figures[("referrals by source", "huddle")] == 1
+    assert ("referrals by source", "gp") not in figures
+    assert figures[("onward referrals", "")] == 1
+
+
+def test_one_visit_is_the_first_visit_of_one_referral_and_a_later_one_is_a_follow_up() -> None:
+    # the MDS counts visits; two referrals waiting for the same visit (a GP's and a huddle's) share it,
+    # and its wait runs from the earlier referral: 3 Nov 10:00 -> 10 Nov 10:00 = 7 days
+    gp = month.referral("P3", month.at(3, 10), "gp")
+    huddle = edited(month.referral("P3", month.at(5, 10), "huddle"), id="a-second-request")
+    visits = [
+        month.contact("P3", month.at(10, 10), "face-to-face"),
+        month.contact("P3", month.at(20, 10), "face-to-face"),
+    ]
+    figures = report(fold_of(gp, huddle, *visits), "2026-11")
+    assert figures[("referrals", "")] == 2
+    assert figures[("first visits", "")] == 1
+    assert figures[("days from referral to first visit", "mean")] == 7.0
+    assert figures[("days from referral to first contact", "mean")] == 7.0
+
+
+def test_declines_count_referrals_to_the_service_once_and_no_one_elses() -> None:
+    # P5's referral is addressed to the council (LA123): its decline is not this service declined
+    # (it showed as practice "unknown"); P4's decline re-sent with a new event id is still one decline
+    declined = month.outcome("P4", month.at(13, 11), "declined")
+    events = [*month.script(), edited(declined), month.outcome("P5", month.at(6, 9), "declined")]
+    figures = report(fold_of(*events), "2026-11")
+    assert {k: v for k, v in figures.items() if k[0].startswith("declined")} == {
+        ("declined by practice", month.PRACTICE): 1,
+        ("declined", "% of referrals"): 33.3,
+    }
+
+
+def test_referrals_without_a_birth_date_have_an_age_band_so_the_bands_add_up() -> None:
+    # as the API's referrals are: its Patient stub carries no birthDate
+    unknown = edited(month.referral("P3", month.at(3, 10), "gp"), patient_birthDate=None)
+    figures = report(fold_of(unknown, month.referral("P4", month.at(4, 10), "gp")), "2026-11")
+    assert figures[("age at referral", "unknown")] == 1
+    assert sum(v or 0 for (kpi, _), v in figures.items() if kpi == "age at referral") == figures[("referrals", "")]
+
+
+def test_an_empty_month_has_no_percentages_or_means_rather_than_zero(tmp_path: Path) -> None:
+    rows = fold_of(*month.script()).report("2026-10")
+    empty = {(r.kpi, r.breakdown): r.value for r in rows if r.breakdown in ("%", "mean", "% of referrals")}
+    assert empty and all(value is None for value in empty.values()), empty
+    write_csv(rows, tmp_path / "kpi.csv")
+    with (tmp_path / "kpi.csv").open() as out:
+        written = {(r["kpi"], r["breakdown"]): r["value"] for r in csv.DictReader(out)}
+    assert written[("first visits within 4 weeks", "%")] == ""
+    assert written[("hours from discharge to GP letter", "mean")] == ""
+    chart = [Row("caseload", "c-ann", None), Row("caseload", "c-bob", 2)]
+    write_html([*rows, *chart], tmp_path / "kpi.html", month="2026-10", title="PIC")
+    html = (tmp_path / "kpi.html").read_text()
+    assert '<td class="n">n/a</td><td>95%</td>' in html
+    assert "<title>c-bob: 2</title></rect>" in html
+    assert "<title>c-ann" not in html  # no bar for no value
+
+
+def test_text_cells_that_start_a_formula_are_quoted_and_numbers_are_not(tmp_path: Path) -> None:
+    starts = ["=HYPERLINK(1)", "+1", "-1+2", "@SUM(A1)", "\tx", "\rx"]
+    rows = [Row("referrals by practice", text, -2.5) for text in starts] + [Row("=kpi", "Y01", -3, "-1")]
+    write_csv(rows, tmp_path / "kpi.csv")
+    with (tmp_path / "kpi.csv").open(newline="") as out:
+        written = list(csv.DictReader(out))
+    assert [r["breakdown"] for r in written[:-1]] == [f"'{text}" for text in starts]
+    assert {r["value"] for r in written[:-1]} == {"-2.5"}
+    assert (written[-1]["kpi"], written[-1]["value"], written[-1]["target"]) == ("'=kpi", "-3", "-1")
+
+
+def test_an_event_the_fold_cannot_read_is_skipped_counted_and_the_rest_still_count() -> None:
+    no_id = edited(month.referral("P2", month.at(2, 10), "gp"), event_id="no-id", id=None)
+    bad_shape = edited(month.referral("P1", month.at(2, 10), "gp"), event_id="bad-shape", requester="Y01")
+    fold = fold_of(no_id, bad_shape, *month.script())
+    assert {(r.kpi, r.breakdown): r.value for r in fold.report("2026-11")} == month.EXPECTED_KPIS
+    assert sum(fold.skipped.values()) == 2
+    assert any("has no resourceType and id" in reason for reason in fold.skipped)
+
+
+def test_the_kpi_command_says_how_many_records_were_skipped_and_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def record(event: RecordEvent) -> SimpleNamespace:
+        envelope = event.envelope()
+        return SimpleNamespace(
+            value=envelope.data, headers=[(k, v.encode()) for k, v in envelope.kafka_headers().items()]
+        )
+
+    no_id = edited(month.referral("P2", month.at(2, 10), "gp"), event_id="no-id", id=None)
+    log = [record(e) for e in [*month.script(), no_id]] + [SimpleNamespace(value=b"{}", headers=[])]
+
+    async def read_log(bootstrap: str) -> AsyncIterator[list[Any]]:
+        yield log
+
+    monkeypatch.setattr(kpi_report, "read_log", read_log)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka.invalid:9092")
+    out = tmp_path / "kpi"
+    done = CliRunner().invoke(cli.app, ["kpi", "--month", "2026-11", "--out", str(out), "--data-dir", str(tmp_path)])
+    assert done.exit_code == 0, done.output
+    said = " ".join(done.output.split())
+    assert "2 events on the log could not be read" in said
+    assert "has no resourceType and id" in said
+    assert "not a CareHub CloudEvent" in said
+    assert "2 events on the log could not be read" in (out / "kpi-2026-11.html").read_text()
+    with (out / "kpi-2026-11.csv").open() as report_:
+        skipped = [r for r in csv.DictReader(report_) if r["kpi"] == kpi_report.SKIPPED]
+    assert sorted(int(r["value"]) for r in skipped) == [1, 1]
