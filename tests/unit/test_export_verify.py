@@ -14,7 +14,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from hub.export import Writer, public_pem
+from hub.core.policy import Decision
+from hub.export import Writer, _decide, public_pem
 from hub.export_verify import GENESIS, canonical, fingerprint, main, verify
 
 KEY = Ed25519PrivateKey.generate()
@@ -114,3 +115,18 @@ def test_the_verifier_prints_the_key_fingerprint_the_auditor_confirms_elsewhere(
     printed = capsys.readouterr().out
     assert f"fingerprint (SHA-256 of its DER): {hashlib.sha256(der).hexdigest()}" in printed
     assert "verified: 5 events, 3 signed checkpoints" in printed
+
+
+def test_a_payload_from_an_event_naming_no_organisation_is_withheld_whatever_the_agreements_say() -> None:
+    """The supplier is the event's source (urn:ods:CODE): with none to check the agreement against,
+    nothing leaves, and the ledger is told why for each resource."""
+    encounter = {"resourceType": "Encounter", "id": "e1", "status": "finished", "subject": {"reference": "Patient/p"}}
+    everything = lambda resource: Decision("permit", ("allowed",))  # noqa: E731 - an agreement that covers all
+    for source in ("urn:carehub:clock", "", None):
+        shown, judged = _decide(encounter, source, everything)
+        assert not shown
+        assert [d.outcome for _, d in judged] == ["deny"]
+        assert "names no supplying organisation" in judged[0][1].reasons[0]
+    shown, judged = _decide(encounter, "urn:ods:RXX", everything)
+    assert shown
+    assert judged[0][0]["meta"]["source"] == "urn:ods:RXX"  # decided as supplied by RXX
