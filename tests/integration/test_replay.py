@@ -6,7 +6,9 @@ its `[full]` case replays 100,000, the size issue 6 asks for, and runs only when
 
     .venv/bin/pytest -m long tests/integration/test_replay.py
 
-(minutes on a 2-core machine, most of them mapping the ADT and building the live reference). The
+(minutes on a 2-core machine, most of them mapping the ADT and building the live reference). So
+does the killed-run test: `carehub worker` SIGKILLed a third of the way through the log and started
+again, then the log replayed (CAREHUB_REPLAY_KILLED_EVENTS, default 3,000; `[full]` 100,000). The
 SIGKILL test in test_crash_safety.py also replays the log its killed workers read and compares.
 """
 
@@ -34,11 +36,20 @@ from hub.store.tables import processed_event, record_resource
 from schemas.events.coordination import CLOCK_TICK
 from tests import locality_month
 from tests.conftest import TansuProcess
-from tests.integration.test_crash_safety import long_selected, produce, reference_hash, the_events
+from tests.integration.test_crash_safety import (
+    Worker,
+    applied,
+    long_selected,
+    produce,
+    reference_hash,
+    the_events,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 LARGE = int(os.environ.get("CAREHUB_REPLAY_EVENTS", "10000"))
 FULL = 100_000
+KILLED = int(os.environ.get("CAREHUB_REPLAY_KILLED_EVENTS", "3000"))  # the killed live run's reduced size
 
 
 async def test_replay_rebuilds_the_same_record_and_as_of_a_moment(tmp_path: Path, tansu: TansuProcess) -> None:
@@ -233,3 +244,43 @@ async def test_a_large_log_replays_to_the_live_record(
     assert (result.events, result.applied, result.skipped) == (size, size, 0)
     assert record_hash(engine) == reference_hash(tmp_path, events)
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        pytest.param(KILLED, id="reduced"),
+        pytest.param(FULL, id="full", marks=[pytest.mark.long, pytest.mark.timeout(3600)]),
+    ],
+)
+async def test_a_large_log_replays_to_the_record_a_worker_killed_and_restarted_left(
+    tmp_path: Path, tansu: TansuProcess, request: pytest.FixtureRequest, size: int
+) -> None:
+    """The live run of the done-when: `carehub worker` SIGKILLed a third of the way through the log
+    and started again; the replayed record hashes the same as the record it left (and as an
+    uninterrupted pass)."""
+    if size == FULL and not long_selected(request.config):
+        pytest.skip("the full-size killed run (100,000 events) runs with -m long")
+    events = the_events(size)
+    await produce(tansu.bootstrap, events)
+    data = tmp_path / "live"
+    url = f"sqlite:///{(data / 'carehub.db').resolve()}"
+    open_engine(url).dispose()
+    worker = Worker(data, tansu.bootstrap, tmp_path / "worker.log", group="killed").start()
+    try:
+        await wait_until(lambda: applied(url) >= size // 3, 1200, "a third applied")
+        worker.kill()
+        assert applied(url) < size, "the worker finished before it could be killed"
+        worker = Worker(data, tansu.bootstrap, tmp_path / "worker.log", group="killed").start()
+        await wait_until(lambda: applied(url) >= size, 3000, "every event applied after the restart")
+    finally:
+        worker.stop()
+    assert "Traceback" not in (tmp_path / "worker.log").read_text(errors="replace")
+    engine = open_engine(url)
+    live = record_hash(engine)
+    engine.dispose()
+    rebuilt = open_engine(f"sqlite:///{tmp_path / 'replayed.db'}")
+    result = await replay(tansu.bootstrap, rebuilt)
+    assert (result.events, result.applied, result.skipped) == (size, size, 0)
+    assert record_hash(rebuilt) == live
+    assert live == reference_hash(tmp_path, events)
