@@ -105,7 +105,7 @@ class Engine:
             return out
         name = short_name(event.type)
         resources = bundle_resources(event.payload)
-        self._remember_practice(state, resources)
+        self._remember_practice(state, resources, referral=event.type == co.REFERRAL_RECEIVED.type)
         if name == "task.updated":
             return self._manual(state, event, resources)
         self._fulfil(state, event, name, resources, out)
@@ -136,9 +136,14 @@ class Engine:
 
     # --- the steps -------------------------------------------------------------------------
 
-    def _remember_practice(self, state: Json, resources: list[Json]) -> None:
+    def _remember_practice(self, state: Json, resources: list[Json], *, referral: bool) -> None:
+        """The person's practice (where the PIC summary goes) and NHS number. The Patient a referral
+        carries only says the practice when none is known yet: the referrer may be any partner, and
+        its referral must not move the person's GP letters elsewhere. (A register row comes from the
+        practice itself, and a hospital's ADT from PD1: those say where the person is registered.)"""
+        says_practice = not (referral and state.get("practice"))
         for patient in _of(resources, "Patient"):
-            for gp in patient.get("generalPractitioner") or []:
+            for gp in (patient.get("generalPractitioner") or []) if says_practice else []:
                 ident = gp.get("identifier") or {}
                 if ident.get("system") == ODS_SYSTEM and ident.get("value"):
                     state["practice"] = ident["value"]

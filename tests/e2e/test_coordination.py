@@ -253,6 +253,27 @@ async def test_a_coordinators_work_over_the_api_ends_with_the_pic_summary_at_the
         kinds = {e["resource"]["resourceType"]: e["resource"] for e in council[0]["entry"]}
         assert kinds["ServiceRequest"]["performer"][0]["identifier"]["value"] == "LA123"
 
+        # adult social care refers people on too: its referral says nothing of anyone's GP, so the
+        # PIC summary below still goes to the practice, and a person new to the record has no GP
+        la = {"Authorization": f"Bearer {issue_token(services.secrets.token, org='LA123', role='clinician', now=now)}"}
+        for nhs in ("9434765919", "9999000037"):
+            onward = _referral(nhs) | {
+                "performer": [{"identifier": {"system": ODS, "value": "VCS01"}}],
+                "extension": [
+                    {
+                        "url": co.SOURCE_EXTENSION,
+                        "valueCodeableConcept": {
+                            "coding": [{"system": co.REFERRAL_SOURCE_SYSTEM, "code": "adult-social-care"}]
+                        },
+                    }
+                ],
+            }
+            made = await http.post("/ServiceRequest", json=onward, headers=la)
+            assert made.status_code == 201, made.text
+        newcomer = made.json()["subject"]["reference"].removeprefix("Patient/")
+        await until(lambda: services.reader.read("Patient", newcomer) is not None, 30, "the newcomer's stub")
+        assert "generalPractitioner" not in (services.reader.read("Patient", newcomer) or {})
+
         not_allowed = await http.post(
             f"/ServiceRequest/{referral['id']}/$accept", json=_params(coordinator="c-ann"), headers=gp
         )

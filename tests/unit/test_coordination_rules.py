@@ -209,3 +209,29 @@ def test_a_long_stay_flag_ends_when_the_person_is_discharged_from_the_service(en
     assert raised.payload["extension"][0]["valueReference"]["reference"].startswith("EpisodeOfCare/")
     Flag.model_validate(ended.payload)
     assert long_stay_flags(engine, store, [closed_at + timedelta(weeks=20)]) == []
+
+
+def test_a_referral_never_moves_the_persons_gp_letters_from_the_practice_already_known(engine: Engine) -> None:
+    """The Patient a referral carries says the practice only for someone not known yet: a partner's
+    (or a stale) view of the person's GP must not send the PIC summary elsewhere."""
+    who = "P1"
+    elsewhere = month.referral(who, month.at(3, 9), "adult-social-care", by="LA123")
+    [stub] = [r["resource"] for r in elsewhere.payload["entry"] if r["resource"]["resourceType"] == "Patient"]
+    stub["generalPractitioner"] = [{"identifier": {"system": month.ODS, "value": "LA123"}}]
+    summary = {"resourceType": "Composition", "id": "pic-p1", "status": "final", "title": "PIC summary"}
+    closing = month.episode(who, month.at(20, 9), "c-ann", closed=True)
+    closing.payload["entry"].append({"resource": summary})
+    events = [
+        month.discharge(who, month.at(1, 9)),  # a hospital's ADT: registered at month.PRACTICE
+        elsewhere,
+        month.episode(who, month.at(4, 9), "c-ann"),
+        closing,
+    ]
+    derived = run(engine, events, MemoryCoordinationStore())
+    [letter] = [e for e in derived if e.type == co.PIC_SUMMARY_SENT.type]
+    [patient] = [r["resource"] for r in letter.payload["entry"] if r["resource"]["resourceType"] == "Patient"]
+    assert patient["generalPractitioner"][0]["identifier"]["value"] == month.PRACTICE
+    newcomer = run(engine, [elsewhere, month.episode(who, month.at(4, 9), "c-ann"), closing], MemoryCoordinationStore())
+    [first] = [e for e in newcomer if e.type == co.PIC_SUMMARY_SENT.type]
+    [unknown] = [r["resource"] for r in first.payload["entry"] if r["resource"]["resourceType"] == "Patient"]
+    assert unknown["generalPractitioner"][0]["identifier"]["value"] == "LA123"  # all anyone has said
