@@ -106,6 +106,10 @@ class _Reading:
             return "a checkpoint must be an object with a signature string"
         if point.get("lines") != self.events or point.get("chain") != self.chain:
             return "checkpoint does not match the lines before it"
+        if self.last_point is not None and point.get("final") is not True:
+            # (the writer puts event lines between checkpoints; only the final one may follow
+            # another directly): a signed checkpoint copied in after itself would otherwise verify
+            return "checkpoint repeats the one before it: lines were added"
         try:
             self.key.verify(base64.b64decode(signature, validate=True), canonical(point))
         except (InvalidSignature, ValueError):

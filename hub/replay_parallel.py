@@ -246,16 +246,66 @@ def scratch(near: Path | None, events: int) -> Path | None:
 
 
 def memory_available() -> int | None:
-    """Bytes of memory the system can give without swapping (Linux's MemAvailable), or None where
-    it does not say."""
+    """Bytes of memory a replay can have without being stopped for want of it: the system's
+    MemAvailable (Linux), or less where this process's cgroup (a container's memory limit) leaves
+    less, since the kernel stops a process over its limit whatever the host has free. None where
+    neither says."""
     try:
-        return next(
+        system: int | None = next(
             int(line.split()[1]) * 1024
             for line in _MEMINFO.read_text().splitlines()
             if line.startswith("MemAvailable:")
         )
     except (OSError, StopIteration, ValueError, IndexError):
+        system = None
+    found = [room for room in (system, _cgroup_room()) if room is not None]
+    return min(found) if found else None
+
+
+_SELF_CGROUP = Path("/proc/self/cgroup")
+_CGROUPS = Path("/sys/fs/cgroup")
+
+
+def _cgroup_room() -> int | None:
+    """The least room any memory limit on this process's cgroup or its ancestors leaves (the limit
+    less the usage, plus the file pages the kernel can drop), cgroup v2 or v1; None without one."""
+    try:
+        lines = _SELF_CGROUP.read_text().splitlines()
+    except OSError:
         return None
+    rooms: list[int] = []
+    for line in lines:  # hierarchy:controllers:path, one line a hierarchy ("0::path" for v2)
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[1] == "":  # v2: at the root of the mount, or under unified/ beside v1's
+            root = _CGROUPS if (_CGROUPS / "cgroup.controllers").exists() else _CGROUPS / "unified"
+            files = ("memory.max", "memory.current")
+        elif "memory" in parts[1].split(","):
+            root, files = _CGROUPS / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        path = root / parts[2].lstrip("/")
+        for place in (path, *path.parents):
+            if place != root and root not in place.parents:
+                break
+            room = _room_in(place, *files)
+            if room is not None:
+                rooms.append(room)
+    return min(rooms) if rooms else None
+
+
+def _room_in(place: Path, limit_file: str, usage_file: str) -> int | None:
+    try:
+        limit = (place / limit_file).read_text().strip()
+        if limit == "max" or int(limit) >= 1 << 60:  # no limit (v2 says max, v1 a huge number)
+            return None
+        used = int((place / usage_file).read_text())
+        stat = (place / "memory.stat").read_text() if (place / "memory.stat").exists() else ""
+    except (OSError, ValueError):
+        return None
+    droppable = next((int(line.split()[1]) for line in stat.splitlines() if line.startswith("inactive_file ")), 0)
+    return max(0, int(limit) - used + droppable)
 
 
 # measured: workers folding 500,000 of bench/replay's events each held 1.8 GB (maxrss), and one

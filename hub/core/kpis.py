@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from hub.core.errors import InvalidMessageError
@@ -338,16 +338,18 @@ def _ident(reference: Any) -> Any:
 
 
 def _time(value: Any, default: datetime) -> datetime:
-    """A FHIR dateTime as an instant; one without an offset (or a bare date) is UK local time."""
+    """A FHIR dateTime as an instant in UTC; one without an offset (or a bare date) is UK local time.
+    (In UTC, not UK time: Python subtracts two times of one zone as clock times, so a wait across a
+    clock change would be an hour out.)"""
     if not isinstance(value, str):
         return default
     try:
         parsed = datetime.fromisoformat(value)
         parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UK)
         parsed.astimezone(UK)  # an instant too near year 1 or 9999 to have a UK day is no time
+        return parsed.astimezone(UTC)
     except (ValueError, OverflowError):
         return default
-    return parsed
 
 
 def _outcome_code(request: Json) -> str | None:

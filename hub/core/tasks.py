@@ -137,16 +137,18 @@ class Engine:
     # --- the steps -------------------------------------------------------------------------
 
     def _remember_practice(self, state: Json, resources: list[Json], *, referral: bool) -> None:
-        """The person's practice (where the PIC summary goes) and NHS number. The Patient a referral
-        carries only says the practice when none is known yet: the referrer may be any partner, and
-        its referral must not move the person's GP letters elsewhere. (A register row comes from the
-        practice itself, and a hospital's ADT from PD1: those say where the person is registered.)"""
-        says_practice = not (referral and state.get("practice"))
+        """The person's practice (where the PIC summary goes) and NHS number. A hospital's ADT (PD1:
+        generalPractitioner pointing at the Organization it carries) and a practice's register row
+        say where the person is registered. The Patient a referral carries is only the referrer's
+        word (any partner may refer): it says the practice until a registration has, never after."""
+        says_practice = not (referral and state.get("practice_from") == "registration")
+        practices = {f"Organization/{o.get('id')}": _ods(o.get("identifier")) for o in _of(resources, "Organization")}
         for patient in _of(resources, "Patient"):
             for gp in (patient.get("generalPractitioner") or []) if says_practice else []:
-                ident = gp.get("identifier") or {}
-                if ident.get("system") == ODS_SYSTEM and ident.get("value"):
-                    state["practice"] = ident["value"]
+                code = _ods([gp.get("identifier") or {}]) or practices.get(str(gp.get("reference")))
+                if code:
+                    state["practice"] = code
+                    state["practice_from"] = "referral" if referral else "registration"
             for ident in patient.get("identifier") or []:
                 if ident.get("system") == NHS_SYSTEM and ident.get("value"):
                     state["nhs"] = ident["value"]
@@ -426,6 +428,14 @@ def _addressed_to(request: Json, ods: str) -> bool:
     if not performers:
         return True  # a referral addressed to nobody in particular comes to the coordination service
     return any((p.get("identifier") or {}).get("value") == ods for p in performers)
+
+
+def _ods(identifiers: Any) -> str | None:
+    """The ODS code among these identifiers, if any."""
+    for ident in identifiers or []:
+        if isinstance(ident, dict) and ident.get("system") == ODS_SYSTEM and ident.get("value"):
+            return str(ident["value"])
+    return None
 
 
 def _coordinator(episode: Json) -> str | None:

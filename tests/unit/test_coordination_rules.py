@@ -12,12 +12,14 @@ import yaml
 from fhir.resources.R4B.flag import Flag
 from fhir.resources.R4B.task import Task
 
+from adapters.hl7v2.to_fhir import map_message
 from hub.core.ports import RecordEvent
 from hub.core.tasks import Engine, Positioned, process, tick
 from hub.store.memory import MemoryCoordinationStore
 from schemas.coordination_rules import CoordinationRules
 from schemas.events import coordination as co
 from tests import locality_month as month
+from tests.builders import an_adt
 
 RULES = Path(__file__).parents[2] / "hub" / "rules" / "croydon-pic.v1.yaml"
 
@@ -211,27 +213,44 @@ def test_a_long_stay_flag_ends_when_the_person_is_discharged_from_the_service(en
     assert long_stay_flags(engine, store, [closed_at + timedelta(weeks=20)]) == []
 
 
-def test_a_referral_never_moves_the_persons_gp_letters_from_the_practice_already_known(engine: Engine) -> None:
-    """The Patient a referral carries says the practice only for someone not known yet: a partner's
-    (or a stale) view of the person's GP must not send the PIC summary elsewhere."""
-    who = "P1"
-    elsewhere = month.referral(who, month.at(3, 9), "adult-social-care", by="LA123")
-    [stub] = [r["resource"] for r in elsewhere.payload["entry"] if r["resource"]["resourceType"] == "Patient"]
-    stub["generalPractitioner"] = [{"identifier": {"system": month.ODS, "value": "LA123"}}]
+def referred_by(org: str, source: str, when: datetime) -> RecordEvent:
+    """P1 referred by `org`, whose referral's Patient names `org` as the GP (as the API's stub does)."""
+    event = month.referral("P1", when, source, by=org)
+    [stub] = [r["resource"] for r in event.payload["entry"] if r["resource"]["resourceType"] == "Patient"]
+    stub["generalPractitioner"] = [{"identifier": {"system": month.ODS, "value": org}}]
+    return event
+
+
+def hospital_adt(when: datetime) -> RecordEvent:
+    """A real A03 through the HL7 adapter: PD1-3 names Y00001, as generalPractitioner -> Organization."""
+    [mapped] = map_message(an_adt(trigger="A03", practice="Y00001"), key_secret=b"k")
+    return RecordEvent(mapped.event_id, mapped.event_type, mapped.source, when, month.PEOPLE["P1"], mapped.payload)
+
+
+def letter_to(engine: Engine, events: list[RecordEvent]) -> str | None:
+    """Where P1's PIC summary goes after these events, an episode and its close."""
     summary = {"resourceType": "Composition", "id": "pic-p1", "status": "final", "title": "PIC summary"}
-    closing = month.episode(who, month.at(20, 9), "c-ann", closed=True)
+    closing = month.episode("P1", month.at(20, 9), "c-ann", closed=True)
     closing.payload["entry"].append({"resource": summary})
-    events = [
-        month.discharge(who, month.at(1, 9)),  # a hospital's ADT: registered at month.PRACTICE
-        elsewhere,
-        month.episode(who, month.at(4, 9), "c-ann"),
-        closing,
-    ]
-    derived = run(engine, events, MemoryCoordinationStore())
+    derived = run(engine, [*events, month.episode("P1", month.at(10, 9), "c-ann"), closing], MemoryCoordinationStore())
     [letter] = [e for e in derived if e.type == co.PIC_SUMMARY_SENT.type]
     [patient] = [r["resource"] for r in letter.payload["entry"] if r["resource"]["resourceType"] == "Patient"]
-    assert patient["generalPractitioner"][0]["identifier"]["value"] == month.PRACTICE
-    newcomer = run(engine, [elsewhere, month.episode(who, month.at(4, 9), "c-ann"), closing], MemoryCoordinationStore())
-    [first] = [e for e in newcomer if e.type == co.PIC_SUMMARY_SENT.type]
-    [unknown] = [r["resource"] for r in first.payload["entry"] if r["resource"]["resourceType"] == "Patient"]
-    assert unknown["generalPractitioner"][0]["identifier"]["value"] == "LA123"  # all anyone has said
+    gps = patient.get("generalPractitioner") or [{}]
+    code = gps[0].get("identifier", {}).get("value")
+    return None if code is None else str(code)
+
+
+def test_a_referral_never_moves_the_gp_letters_from_where_the_person_is_registered(engine: Engine) -> None:
+    """A hospital's ADT (PD1) or the practice's register says where the person is registered; a
+    partner's referral after it must not send the PIC summary elsewhere."""
+    partner = referred_by("LA123", "adult-social-care", month.at(3, 9))
+    assert letter_to(engine, [hospital_adt(month.at(1, 9)), partner]) == "Y00001"
+    register = month.register_row("P1", month.at(1, 9), admissions=0, conditions=0)
+    assert letter_to(engine, [register, partner]) == month.PRACTICE
+
+
+def test_until_a_registration_says_the_practice_the_latest_referral_does(engine: Engine) -> None:
+    partner = referred_by("LA123", "gp", month.at(3, 9))  # a partner that did not say its source
+    assert letter_to(engine, [partner]) == "LA123"  # all anyone has said
+    assert letter_to(engine, [partner, referred_by("Y01", "gp", month.at(4, 9))]) == "Y01"  # the GP corrects it
+    assert letter_to(engine, [partner, hospital_adt(month.at(5, 9))]) == "Y00001"

@@ -61,6 +61,16 @@ def test_an_export_cut_after_any_line_fails_and_says_it_was_cut_short(tmp_path: 
         assert "cut short" in problem, f"cut after line {kept}: {problem}"
 
 
+def test_a_checkpoint_copied_in_after_itself_fails_though_its_signature_is_good(tmp_path: Path) -> None:
+    lines = an_export(events=5, every=2)  # e e c e e c e F
+    assert b'"checkpoint"' in lines[2]
+    ok, problem = verdict_of([*lines[:3], lines[2], *lines[3:]], tmp_path)
+    assert not ok
+    assert "line 4: checkpoint repeats the one before it" in problem
+    exact = an_export(events=4, every=2)  # e e c e e c F: the final may follow a checkpoint directly
+    assert verdict_of(exact, tmp_path) == (True, "")
+
+
 def test_a_final_checkpoint_before_the_last_line_fails_naming_the_line_after_it(tmp_path: Path) -> None:
     lines = an_export(events=3, finals=2)  # e e c e F | e c e c F
     ok, problem = verdict_of(lines, tmp_path)

@@ -149,6 +149,18 @@ def test_one_visit_is_the_first_visit_of_one_referral_and_a_later_one_is_a_follo
     assert figures[("days from referral to first contact", "mean")] == 7.0
 
 
+def test_a_wait_across_the_clocks_going_forward_is_the_time_that_passed() -> None:
+    # referred 10 March 10:00 GMT, visited 7 April 10:30 BST, both written without an offset (as
+    # files may): 27 days 23.5 hours passed, within 4 weeks; as clock times it was 28 days 0.5 hours
+    referral = edited(month.referral("P3", datetime(2027, 3, 10, 10, tzinfo=UTC), "gp"), authoredOn="2027-03-10T10:00")
+    visit = month.contact("P3", datetime(2027, 4, 7, 9, 30, tzinfo=UTC), "face-to-face")
+    for entry in visit.payload["entry"]:
+        entry["resource"]["period"] = {"start": "2027-04-07T10:30"}
+    figures = report(fold_of(referral, visit), "2027-04")
+    assert figures[("first visits", "")] == 1
+    assert figures[("first visits within 4 weeks", "%")] == 100.0
+
+
 def test_declines_count_referrals_to_the_service_once_and_no_one_elses() -> None:
     # P5's referral is addressed to the council (LA123): its decline is not this service declined
     # (it showed as practice "unknown"); P4's decline re-sent with a new event id is still one decline

@@ -121,3 +121,50 @@ def test_what_stopped_a_worker_is_said_plainly(tmp_path: Path) -> None:
     assert "(" not in error_of(shard, -signal.SIGKILL)  # no figures to give
     shard.with_suffix(".error").write_text("Traceback (most recent call last):\n  ...\nValueError: bad shard\n")
     assert error_of(shard, 1) == error_of(shard, -signal.SIGKILL) == "ValueError: bad shard"
+
+
+def cgroup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, own: str, files: dict[str, str]) -> None:
+    """A fake /proc/self/cgroup and /sys/fs/cgroup: `files` by path under the cgroup mount."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "self").write_text(own)
+    for name, text in files.items():
+        (tmp_path / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "fs" / name).write_text(text)
+    monkeypatch.setattr(replay_parallel, "_SELF_CGROUP", tmp_path / "self")
+    monkeypatch.setattr(replay_parallel, "_CGROUPS", tmp_path / "fs")
+
+
+def test_a_containers_memory_limit_is_what_a_replay_has_whatever_the_host_has_free(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    meminfo(monkeypatch, tmp_path, available_kib=64 * 1024 * 1024)  # the host: 64 GiB available
+    gib = 1 << 30
+    v2 = {
+        "cgroup.controllers": "memory",
+        "pod/memory.max": str(8 * gib),  # a pod limit above the container's
+        "pod/memory.current": str(gib),
+        "pod/box/memory.max": str(4 * gib),
+        "pod/box/memory.current": str(3 * gib),
+        "pod/box/memory.stat": f"anon {2 * gib}\ninactive_file {gib // 2}\n",
+    }
+    cgroup(monkeypatch, tmp_path, "0::/pod/box\n", v2)
+    assert replay_parallel.memory_available() == 4 * gib - 3 * gib + gib // 2  # the container's room
+    v1 = {
+        "memory/docker/abc/memory.limit_in_bytes": str(2 * gib),
+        "memory/docker/abc/memory.usage_in_bytes": str(gib),
+        "memory/docker/memory.limit_in_bytes": "9223372036854771712",  # v1's "no limit"
+    }
+    cgroup(monkeypatch, tmp_path / "v1", "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/\n", v1)
+    assert replay_parallel.memory_available() == gib
+    said = replay_parallel.short_of_memory(1_000_000, replay_parallel.memory_available())
+    assert said is not None and "1.1 GB is available" in said
+
+
+def test_without_a_limit_the_system_figure_stands(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    meminfo(monkeypatch, tmp_path, available_kib=1024)
+    cgroup(monkeypatch, tmp_path, "0::/\n", {"cgroup.controllers": "memory", "memory.max": "max"})
+    assert replay_parallel.memory_available() == 1024 * 1024
+    monkeypatch.setattr(replay_parallel, "_SELF_CGROUP", tmp_path / "absent")
+    assert replay_parallel.memory_available() == 1024 * 1024
+    monkeypatch.setattr(replay_parallel, "_MEMINFO", tmp_path / "absent")
+    assert replay_parallel.memory_available() is None
