@@ -3,7 +3,9 @@
 A time without an offset is UK local time (Europe/London: GMT in winter, BST in summer), as a
 coordinator or an auditor reads a clock; one with an offset or Z is taken as it says. A date alone
 is the start of that day, or, where it bounds a period from above (--until, --as-of), its end, so
-that `--until 2026-10-05` includes the 5th. Everything is returned in UTC.
+that `--until 2026-10-05` includes the 5th. A UK time the clocks go back through (01:00-02:00 on
+the last Sunday of October happens twice) is its first occurrence when it starts a period and its
+second when it ends one, so the period keeps the whole hour. Everything is returned in UTC.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ def instant(text: str, *, end_of_day: bool = False) -> datetime:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{text!r} is not an ISO 8601 date or time ({_EXAMPLE})") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UK)).astimezone(UTC)
+    if moment.tzinfo is None:  # UK time; in the hour the clocks go back, the occurrence that keeps the
+        moment = moment.replace(tzinfo=UK, fold=1 if end_of_day else 0)  # period whole (BST from, GMT to)
+    return moment.astimezone(UTC)
 
 
 def from_(text: str | datetime | None) -> datetime | None:

@@ -26,7 +26,8 @@ Definitions (each names its source events):
     huddles attended         huddle.agenda Lists dated in the month, and those marked attended (target 95%)
 
 A contact answers every referral of the person that is waiting for one (made before it, not yet
-answered, not declined), and is used once: it counts as one first contact (first visit) however many
+answered, not declined, and not followed by a caseload episode that closed before the contact), and
+is used once: it counts as one first contact (first visit) however many
 referrals it answers, and its wait is measured from the earliest of them. The MDS counts visits
 ("number of first visits", "% of visits within 4 weeks of referral"), so one visit is never two first
 visits, and a later visit is a follow-up, not the first visit of a second, overlapping referral.
@@ -293,23 +294,32 @@ class KpiFold:
         for referral in sorted(self.referrals.values(), key=lambda r: (r.at, r.id)):
             referral.first_contact = referral.first_visit = None
             by_person.setdefault(referral.person, []).append(referral)
+        ends = {p: [(e.start, e.end) for e in self.episodes.values() if e.person == p and e.end] for p in by_person}
         for person, referrals in by_person.items():
             contacts = sorted(self._contacts.get(person, []))
-            self._answer(referrals, [t for t, _ in contacts], "first_contact")
-            self._answer(referrals, [t for t, kind in contacts if kind == "face-to-face"], "first_visit")
+            self._answer(referrals, [t for t, _ in contacts], "first_contact", ends[person])
+            self._answer(referrals, [t for t, kind in contacts if kind == "face-to-face"], "first_visit", ends[person])
 
-    def _answer(self, referrals: list[_Referral], contacts: list[datetime], attribute: str) -> None:
+    def _answer(
+        self,
+        referrals: list[_Referral],
+        contacts: list[datetime],
+        attribute: str,
+        ended: list[tuple[datetime, datetime]],
+    ) -> None:
         """Each contact answers the referrals waiting for it, once: the earliest of them carries it."""
         answered: set[str] = set()
         for t in contacts:
-            waiting = [r for r in referrals if r.at <= t and r.id not in answered and not self._declined_by(r.id, t)]
+            waiting = [r for r in referrals if r.at <= t and r.id not in answered and not self._over(r, t, ended)]
             if waiting:
                 setattr(waiting[0], attribute, t)
                 answered |= {r.id for r in waiting}
 
-    def _declined_by(self, rid: str, t: datetime) -> bool:
-        at, outcome = self.outcomes.get(rid, (t, ""))
-        return outcome == "declined" and at <= t
+    def _over(self, referral: _Referral, t: datetime, ended: list[tuple[datetime, datetime]]) -> bool:
+        """No longer waiting at t: declined by then, or the person has been on the caseload since it
+        and discharged (an episode begun after it closed by then) without the contact it waited for."""
+        at, outcome = self.outcomes.get(referral.id, (t, ""))
+        return (outcome == "declined" and at <= t) or any(referral.at <= start and end <= t for start, end in ended)
 
 
 _HANDLERS: dict[str, Any] = {

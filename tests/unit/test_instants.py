@@ -37,6 +37,13 @@ def test_a_date_that_ends_a_period_includes_the_whole_uk_day() -> None:
     assert up_to("2026-07-01T09:00") == datetime(2026, 7, 1, 8, 0, tzinfo=UTC)  # a time is as typed
 
 
+def test_the_hour_the_clocks_go_back_is_kept_whole_by_a_period_that_names_it() -> None:
+    # 01:30 on 25 October 2026 happens at 00:30Z (BST) and again at 01:30Z (GMT)
+    assert from_("2026-10-25T01:30") == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
+    assert up_to("2026-10-25T01:30") == datetime(2026, 10, 25, 1, 30, tzinfo=UTC)
+    assert up_to("2026-10-25T03:00") == from_("2026-10-25T03:00")  # (an hour that happens once)
+
+
 def test_what_is_not_a_moment_is_refused_saying_what_is() -> None:
     for typed in ("2026-13-01", "yesterday", "", "2026-07-01T25:00"):
         with pytest.raises(ValueError, match="is not an ISO 8601 date or time"):

@@ -161,6 +161,25 @@ def test_a_wait_across_the_clocks_going_forward_is_the_time_that_passed() -> Non
     assert figures[("first visits within 4 weeks", "%")] == 100.0
 
 
+def test_a_referral_whose_episode_closed_without_a_visit_waits_no_more() -> None:
+    # P3 referred 3 Nov, on the caseload 4-10 Nov, discharged unvisited; referred again 20 Nov and
+    # visited 24 Nov: that visit answers the second referral (4 days), not the first (21 days)
+    first = month.referral("P3", month.at(3, 10), "gp")
+    opened = month.episode("P3", month.at(4, 10), "c-ann")
+    closed = month.episode("P3", month.at(10, 10), "c-ann", closed=True)
+    closed.payload["entry"][0]["resource"]["period"] = {
+        "start": month.at(4, 10).isoformat(),
+        "end": month.at(10, 10).isoformat(),
+    }
+    again = edited(
+        month.referral("P3", month.at(20, 10), "huddle"), id="a-second-request", authoredOn=month.at(20, 10).isoformat()
+    )
+    visit = month.contact("P3", month.at(24, 10), "face-to-face")
+    figures = report(fold_of(first, opened, closed, again, visit), "2026-11")
+    assert figures[("first visits", "")] == 1
+    assert figures[("days from referral to first visit", "mean")] == 4.0
+
+
 def test_declines_count_referrals_to_the_service_once_and_no_one_elses() -> None:
     # P5's referral is addressed to the council (LA123): its decline is not this service declined
     # (it showed as practice "unknown"); P4's decline re-sent with a new event id is still one decline
