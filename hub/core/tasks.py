@@ -407,12 +407,16 @@ def _measures(resources: list[Json]) -> dict[str, int]:
 
 
 def _referral_source(resources: list[Json]) -> str | None:
-    for sr in _of(resources, "ServiceRequest"):
-        concept = _extension(sr, co.SOURCE_EXTENSION, "valueCodeableConcept")
-        if isinstance(concept, dict):
-            for coding in concept.get("coding") or []:
-                if coding.get("system") == co.REFERRAL_SOURCE_SYSTEM:
-                    return str(coding.get("code"))
+    return next((code for sr in _of(resources, "ServiceRequest") if (code := referral_source(sr))), None)
+
+
+def referral_source(request: Json) -> str | None:
+    """A referral's source (UK Core SourceOfServiceRequest, CareHub's code system), if it says one."""
+    concept = _extension(request, co.SOURCE_EXTENSION, "valueCodeableConcept")
+    if isinstance(concept, dict):
+        for coding in concept.get("coding") or []:
+            if coding.get("system") == co.REFERRAL_SOURCE_SYSTEM:
+                return str(coding.get("code"))
     return None
 
 

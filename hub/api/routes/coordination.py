@@ -37,7 +37,7 @@ from hub.core.identity import person_key
 from hub.core.pic_summary import composition
 from hub.core.ports import CoordinationReader, Json, RecordReader
 from hub.core.task_status import MOVES, STATUSES, may_move
-from hub.core.tasks import Engine
+from hub.core.tasks import Engine, referral_source
 from schemas.envelope import Envelope
 from schemas.events import coordination as co
 
@@ -120,7 +120,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
             "id": person,
             "identifier": [{"system": nhs_number.NHS_NUMBER_SYSTEM, "value": nhs}],
         }
-        if _source_code(request_) == "gp":  # only a GP's own referral says the caller is the person's practice
+        if referral_source(request_) == "gp":  # only a GP's own referral says the caller is the person's practice
             stub["generalPractitioner"] = [{"identifier": {"system": ODS_SYSTEM, "value": who.org}}]
         await emit(co.REFERRAL_RECEIVED.type, who, person, _at(request_["authoredOn"]), request_, stub)
         return FhirResponse(request_, status_code=201, headers={"Location": f"/fhir/ServiceRequest/{request_['id']}"})
@@ -367,13 +367,3 @@ def _with_outcome(referral: Json, outcome: str, status: str) -> Json:
     others = [e for e in updated.get("extension") or [] if e.get("url") != co.OUTCOME_EXTENSION]
     updated["extension"] = [*others, {"url": co.OUTCOME_EXTENSION, "valueCode": outcome}]
     return updated
-
-
-def _source_code(request: Json) -> str | None:
-    """The referral's source (UK Core SourceOfServiceRequest, CareHub's code system), if it says one."""
-    for extension in request.get("extension") or []:
-        if extension.get("url") == co.SOURCE_EXTENSION:
-            for coding in (extension.get("valueCodeableConcept") or {}).get("coding") or []:
-                if coding.get("system") == co.REFERRAL_SOURCE_SYSTEM:
-                    return str(coding.get("code"))
-    return None
