@@ -8,8 +8,9 @@ organisation and the audit purpose, with the supplier named by the event's sourc
 and written to the disclosure ledger); otherwise the line says it was withheld and keeps the hashes.
 Every `checkpoint_every` lines a checkpoint states the line count and the running chain, and the
 last line is the final checkpoint, which also states each partition's first and last offset and
-event count; all are signed with the hub's Ed25519 export key. An auditor verifies the file with
-`hub/export_verify.py` and the public key alone (whose fingerprint they confirm with the hub).
+event count and how many partitions the topic has (so one with no events shows); all are signed
+with the hub's Ed25519 export key. An auditor verifies the file with `hub/export_verify.py` and the
+public key alone (whose fingerprint they confirm with the hub).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class Writer:
         self.out, self.key, self.every, self.exported_at = out, key, every, exported_at
         self.chain, self.events, self.checkpoints = GENESIS, 0, 0
         self.extents: Extents = {}
+        self.topic_partitions: int | None = None  # how many the topic has, once known
 
     def event(self, line: Json) -> None:
         data = canonical(line)
@@ -101,6 +103,8 @@ class Writer:
         }
         if final:
             point["partitions"] = listed(self.extents)
+            if self.topic_partitions is not None:  # so a partition with no events shows as one
+                point["topic_partitions"] = self.topic_partitions
         signature = base64.b64encode(self.key.sign(canonical(point))).decode()
         self.out.write(canonical({"checkpoint": point, "signature": signature}) + b"\n")
         self.checkpoints += 1
@@ -126,7 +130,11 @@ async def export(
     writer = Writer(out, key, every=every, exported_at=now)
     included = withheld = 0
     disclosures: list[Disclosure] = []
-    async for records in read_log(bootstrap):
+
+    def partitions_read(partitions: list[int]) -> None:
+        writer.topic_partitions = len(partitions)
+
+    async for records in read_log(bootstrap, partitions_read=partitions_read):
         for record in records:
             headers = list(record.headers)
             line: Json = {

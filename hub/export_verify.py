@@ -11,10 +11,12 @@ running chain: chain = SHA-256(previous chain + SHA-256(line bytes)), starting f
 checkpoint line {"checkpoint": {...}, "signature": ...} states the number of lines and the chain so
 far, signed with Ed25519 over its canonical JSON (sorted keys, no spaces). The last line is the one
 checkpoint marked `"final": true`, which also signs each partition's first and last offset and
-event count. Verification recomputes the chain, checks each checkpoint's count, chain and
-signature, each included payload against its hash and the final checkpoint's partitions against
-the lines, and requires exactly one final checkpoint, on the last line: a line altered, removed,
-added or moved, or a file cut short anywhere, fails and is named.
+event count, and how many partitions the topic has (`topic_partitions`; absent from exports made
+before CareHub stated it), so a partition with no events is listed as one. Verification recomputes
+the chain, checks each checkpoint's count, chain and signature, each included payload against its
+hash and the final checkpoint's partitions against the lines, and requires exactly one final
+checkpoint, on the last line: a line altered, removed, added or moved, or a file cut short
+anywhere, fails and is named.
 
 The public key travels beside the export, so it proves nothing by itself: the verifier prints its
 fingerprint (SHA-256 of the key's DER, in hex); confirm that with the hub's operator through
@@ -48,6 +50,7 @@ class Verdict:
     checkpoints: int
     problem: str | None = None
     partitions: list[dict[str, int]] = field(default_factory=list)
+    topic_partitions: int | None = None  # how many the topic had, as the final checkpoint says
 
 
 def canonical(value: object) -> bytes:
@@ -84,9 +87,11 @@ class _Reading:
         self.extents: Extents = {}
         self.last_point: dict[str, Any] | None = None  # the checkpoint on the line just read, if any
         self.final_at: int | None = None
+        self.final_point: dict[str, Any] | None = None
 
     def verdict(self, problem: str | None) -> Verdict:
-        return Verdict(problem is None, self.events, self.checkpoints, problem, listed(self.extents))
+        stated = (self.final_point or {}).get("topic_partitions") if problem is None else None
+        return Verdict(problem is None, self.events, self.checkpoints, problem, listed(self.extents), stated)
 
     def read(self, number: int, line: bytes) -> str | None:
         if self.final_at is not None:
@@ -117,9 +122,12 @@ class _Reading:
         self.checkpoints += 1
         self.last_point = point
         if point.get("final") is True:
-            self.final_at = number
+            self.final_at, self.final_point = number, point
             if point.get("partitions") != listed(self.extents):
                 return "the final checkpoint's partitions do not match the lines before it"
+            stated = point.get("topic_partitions", len(self.extents) and max(self.extents) + 1)
+            if not isinstance(stated, int) or isinstance(stated, bool) or any(p >= stated for p in self.extents):
+                return "the final checkpoint's count of the topic's partitions does not match the lines before it"
         return None
 
     def _event(self, line: bytes, record: dict[str, Any]) -> str | None:
@@ -176,8 +184,14 @@ def main(argv: list[str]) -> int:
         print(f"NOT verified after {verdict.events} events: {verdict.problem}")  # noqa: T201
         return 1
     print(f"verified: {verdict.events} events, {verdict.checkpoints} signed checkpoints")  # noqa: T201
-    for p in verdict.partitions:
-        print(f"  partition {p['partition']}: offsets {p['first']}-{p['last']}, {p['events']} events")  # noqa: T201
+    extents = {p["partition"]: p for p in verdict.partitions}
+    stated = verdict.topic_partitions
+    for n in range(stated) if stated is not None else sorted(extents):
+        p = extents.get(n)
+        shown = f"offsets {p['first']}-{p['last']}, {p['events']} events" if p else "no events"
+        print(f"  partition {n}: {shown}")  # noqa: T201
+    if stated is not None:
+        print(f"  the topic has {stated} partitions")  # noqa: T201
     return 0
 
 

@@ -230,10 +230,16 @@ def _subject_of(record: Any) -> str | None:
 
 
 async def read_log(
-    bootstrap: str, *, batch: int = READ_BATCH, idle_ms: int = 1000, only: Callable[[int], bool] | None = None
+    bootstrap: str,
+    *,
+    batch: int = READ_BATCH,
+    idle_ms: int = 1000,
+    only: Callable[[int], bool] | None = None,
+    partitions_read: Callable[[list[int]], None] | None = None,
 ) -> AsyncIterator[list[Any]]:
     """Every record on the events topic (or on the partitions `only` picks), partition by partition
-    as fetched, up to the high watermark."""
+    as fetched, up to the high watermark; `partitions_read` is told which partitions those are
+    (none: the topic does not exist yet) before the first record."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -245,6 +251,8 @@ async def read_log(
     await consumer.start()
     try:
         partitions = [tp for tp in await partitions_of(consumer) if only is None or only(tp.partition)]
+        if partitions_read is not None:
+            partitions_read([tp.partition for tp in partitions])
         if not partitions:
             return
         consumer.assign(partitions)

@@ -26,6 +26,7 @@ from hub.bootstrap import build, running
 from hub.export_verify import verify
 from hub.kafka import free_port
 from hub.settings import CoordinationSettings, HttpSettings, KafkaSettings, MllpSettings, Settings
+from schemas.topics import EVENTS
 from tests.builders import an_adt, an_agreement, an_objection
 from tests.conftest import TansuProcess
 from tests.kafka_log import read_all
@@ -149,7 +150,6 @@ class Exported:
 
 async def put_on_the_log(bootstrap: str) -> None:
     from hub.kafka import create_topics
-    from schemas.topics import EVENTS
 
     await create_topics(bootstrap)
     mapped = [m for sender in ("RXX", "RZZ") for m in map_message(an_adt(sender=sender), key_secret=b"s")]
@@ -213,9 +213,12 @@ def test_the_final_checkpoint_signs_each_partitions_extent(exported: Exported) -
         {"partition": 0, "first": 0, "last": 1, "events": 2},
         {"partition": 2, "first": 0, "last": 2, "events": 3},
     ]
+    assert final["topic_partitions"] == EVENTS.partitions  # so the ones with no events show too
     verified = run_verifier(exported.out, exported.key)
     assert verified.returncode == 0, verified.stdout
     assert "partition 2: offsets 0-2, 3 events" in verified.stdout
+    assert "partition 1: no events" in verified.stdout
+    assert f"partition {EVENTS.partitions - 1}: no events" in verified.stdout
 
 
 def test_an_export_cut_just_after_a_middle_checkpoint_fails(exported: Exported, tmp_path: Path) -> None:

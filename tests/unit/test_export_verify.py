@@ -89,6 +89,37 @@ def test_a_final_checkpoint_whose_partitions_disagree_with_the_lines_fails(tmp_p
     assert "line 2: the final checkpoint's partitions do not match the lines before it" in problem
 
 
+def test_partitions_with_no_events_are_listed_from_the_topics_partition_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = io.BytesIO()
+    writer = Writer(out, KEY, every=100, exported_at=AT)
+    writer.topic_partitions = 4
+    writer.event({"partition": 1, "offset": 0})
+    writer.checkpoint(final=True)
+    path, key = tmp_path / "export.ndjson", tmp_path / "key.pem"
+    path.write_bytes(out.getvalue())
+    key.write_bytes(public_pem(KEY))
+    assert verify(path, public_pem(KEY)).topic_partitions == 4
+    assert main(["export_verify.py", str(path), str(key)]) == 0
+    shown = capsys.readouterr().out
+    assert "partition 0: no events" in shown
+    assert "partition 1: offsets 0-0, 1 events" in shown
+    assert "partition 3: no events" in shown
+    assert "the topic has 4 partitions" in shown
+
+
+def test_a_final_checkpoint_counting_fewer_partitions_than_the_lines_use_fails(tmp_path: Path) -> None:
+    out = io.BytesIO()
+    writer = Writer(out, KEY, every=100, exported_at=AT)
+    writer.topic_partitions = 2
+    writer.event({"partition": 2, "offset": 0})
+    writer.checkpoint(final=True)
+    ok, problem = verdict_of(out.getvalue().splitlines(keepends=True), tmp_path)
+    assert not ok
+    assert "line 2: the final checkpoint's count of the topic's partitions does not match" in problem
+
+
 def test_an_export_from_before_final_checkpoints_is_refused_as_from_an_older_version(tmp_path: Path) -> None:
     point = {"lines": 0, "chain": GENESIS, "topic": "carehub.events.v1", "exported_at": AT.isoformat()}
     signature = base64.b64encode(KEY.sign(canonical(point))).decode()
