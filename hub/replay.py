@@ -301,27 +301,21 @@ async def replay(
     With more than one worker (default: one per core, at most 4 and at most one per partition) the
     partitions are folded in worker processes (hub.replay_parallel); where partitions turn out to
     depend on each other it folds again here, in one process, and says so in the log."""
-    from hub.replay_parallel import (
-        HUGE_PAGES_FROM,
-        MAX_WORKERS,
-        log_extent,
-        memory_available,
-        replay_in_parallel,
-        short_of_memory,
-    )
+    from hub import replay_machine as machine
+    from hub.replay_parallel import MAX_WORKERS, log_extent, replay_in_parallel
 
     started = time.perf_counter()
     await asyncio.to_thread(_refuse_unless_empty, engine)  # before minutes of folding, not after
     wanted = min(workers if workers is not None else min(_cores(), 4), MAX_WORKERS)
     extent = await log_extent(bootstrap)
-    short = short_of_memory(sum(extent), memory_available())
+    short = machine.short_of_memory(sum(extent), machine.memory_available())
     if short:  # said before minutes of folding, not only after the system has stopped it
         log.warning(
             "replay: %s, so the system may stop it part way: it holds the record in memory until it writes it", short
         )
     wanted = min(wanted, len(extent))
     if wanted > 1:
-        huge = sum(extent) / wanted >= HUGE_PAGES_FROM
+        huge = sum(extent) / wanted >= machine.HUGE_PAGES_FROM
         outcome = await replay_in_parallel(
             bootstrap, engine, wanted, since=since, until=until, progress=progress, huge_pages=huge, events=sum(extent)
         )

@@ -149,7 +149,7 @@ async def test_a_replay_cancelled_while_it_writes_stops_at_once_and_keeps_nothin
     # that statement runs, or just before it starts (an interrupt then finds nothing to stop, and the
     # stop must be asked again: a replay that lost it ran on for hours, and hung CI)
     import hub.replay
-    import hub.replay_parallel
+    import hub.replay_load
 
     events = the_events(300)
     await produce(tansu.bootstrap, events)
@@ -178,7 +178,7 @@ async def test_a_replay_cancelled_while_it_writes_stops_at_once_and_keeps_nothin
             finished.set()
 
     monkeypatch.setattr(hub.replay, "_indexes_after", held)
-    monkeypatch.setattr(hub.replay_parallel, "_indexes_after", held)
+    monkeypatch.setattr(hub.replay_load, "_indexes_after", held)
     engine = open_engine(f"sqlite:///{tmp_path / 'replayed.db'}")
     task = asyncio.create_task(replay(tansu.bootstrap, engine, workers=workers))
     try:

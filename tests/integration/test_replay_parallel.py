@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from aiokafka.partitioner import DefaultPartitioner
 
-from hub import replay_parallel
+from hub import replay_machine
 from hub.core.ports import RecordEvent
 from hub.core.record import MERGED, SHARED_KINDS
 from hub.replay import replay
@@ -293,8 +293,8 @@ async def test_a_worker_stopped_by_the_system_fails_the_replay_plainly_and_keeps
     await produce(tansu.bootstrap, the_events(300))
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    monkeypatch.setattr(replay_parallel, "scratch", lambda near, events: scratch)
-    monkeypatch.setattr(replay_parallel, "memory_available", lambda: 1_000_000)  # 1 MB: too little for 300
+    monkeypatch.setattr(replay_machine, "scratch", lambda near, events: scratch)
+    monkeypatch.setattr(replay_machine, "memory_available", lambda: 1_000_000)  # 1 MB: too little for 300
     engine = open_engine(f"sqlite:///{tmp_path / 'target.db'}")
     caplog.set_level(logging.WARNING, logger="hub.replay")
     running = asyncio.create_task(replay(tansu.bootstrap, engine, workers=2))

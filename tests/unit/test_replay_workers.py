@@ -10,58 +10,58 @@ from pathlib import Path
 
 import pytest
 
-from hub import replay_parallel
-from hub.replay_parallel import _environment, _glibc_has_hugetlb, _worker_environment
+from hub import replay_machine, replay_parallel
+from hub.replay_machine import _glibc_has_hugetlb, environment, worker_environment
 
 
 @pytest.fixture
 def thp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "enabled"
-    monkeypatch.setattr(replay_parallel, "_THP", path)
+    monkeypatch.setattr(replay_machine, "_THP", path)
     monkeypatch.delenv("PYTHONMALLOC", raising=False)
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    monkeypatch.setattr(replay_parallel, "_glibc_has_hugetlb", lambda: True)
+    monkeypatch.setattr(replay_machine, "_glibc_has_hugetlb", lambda: True)
     return path
 
 
 @pytest.mark.parametrize("mode", ["always [madvise] never", "[always] madvise never"])
 def test_workers_ask_for_huge_pages_where_the_kernel_offers_them(thp: Path, mode: str) -> None:
     thp.write_text(mode + "\n")
-    assert _worker_environment() == {"PYTHONMALLOC": "malloc", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    assert worker_environment() == {"PYTHONMALLOC": "malloc", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
 
 def test_nothing_changes_where_huge_pages_are_off_or_unknown(thp: Path) -> None:
     thp.write_text("always madvise [never]\n")
-    assert _worker_environment() == {}
+    assert worker_environment() == {}
     thp.unlink()
-    assert _worker_environment() == {}
+    assert worker_environment() == {}
 
 
 def test_the_callers_own_choices_are_kept(thp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     thp.write_text("always [madvise] never\n")
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
-    assert _worker_environment()["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert worker_environment()["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")
-    assert _worker_environment() == {}
+    assert worker_environment() == {}
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
     monkeypatch.setenv("PYTHONMALLOC", "pymalloc")
-    assert _worker_environment() == {}
+    assert worker_environment() == {}
 
 
 def test_nothing_changes_without_a_glibc_that_has_the_setting(thp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     thp.write_text("always [madvise] never\n")
-    monkeypatch.setattr(replay_parallel, "_glibc_has_hugetlb", _glibc_has_hugetlb)  # the real check
+    monkeypatch.setattr(replay_machine, "_glibc_has_hugetlb", _glibc_has_hugetlb)  # the real check
     for found in ("glibc 2.34", "musl 1.2", "glibc unknown"):
-        monkeypatch.setattr(replay_parallel.os, "confstr", lambda _name, found=found: found)
-        assert _worker_environment() == {}, found
-    monkeypatch.setattr(replay_parallel.os, "confstr", lambda _name: "glibc 2.36")
-    assert _worker_environment() != {}
+        monkeypatch.setattr(replay_machine.os, "confstr", lambda _name, found=found: found)
+        assert worker_environment() == {}, found
+    monkeypatch.setattr(replay_machine.os, "confstr", lambda _name: "glibc 2.36")
+    assert worker_environment() != {}
 
 
 def test_the_environment_is_restored_after_the_workers_start(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GLIBC_TUNABLES", "before")
     monkeypatch.delenv("PYTHONMALLOC", raising=False)
-    with _environment({"PYTHONMALLOC": "malloc", "GLIBC_TUNABLES": "during"}):
+    with environment({"PYTHONMALLOC": "malloc", "GLIBC_TUNABLES": "during"}):
         assert (os.environ["PYTHONMALLOC"], os.environ["GLIBC_TUNABLES"]) == ("malloc", "during")
     assert "PYTHONMALLOC" not in os.environ
     assert os.environ["GLIBC_TUNABLES"] == "before"
@@ -71,42 +71,42 @@ def test_the_environment_is_restored_after_the_workers_start(monkeypatch: pytest
 def shm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     place = tmp_path / "shm"
     place.mkdir()
-    monkeypatch.setattr(replay_parallel, "_SHM", place)
+    monkeypatch.setattr(replay_machine, "_SHM", place)
     return place
 
 
 def meminfo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, available_kib: int) -> None:
     info = tmp_path / "meminfo"
     info.write_text(f"MemTotal:       99999999 kB\nMemFree:  1 kB\nMemAvailable:   {available_kib} kB\n")
-    monkeypatch.setattr(replay_parallel, "_MEMINFO", info)
+    monkeypatch.setattr(replay_machine, "_MEMINFO", info)
 
 
 def test_shards_go_to_memory_backed_storage_where_there_is_room(
     shm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     meminfo(monkeypatch, tmp_path, available_kib=16 * 1024 * 1024)  # 16 GiB
-    assert replay_parallel.scratch(tmp_path, 1_000_000) == shm  # 2 GB of shards
-    assert replay_parallel.scratch(tmp_path, 3_000_000) == tmp_path  # 6 GB: 24 GB wanted available
+    assert replay_machine.scratch(tmp_path, 1_000_000) == shm  # 2 GB of shards
+    assert replay_machine.scratch(tmp_path, 3_000_000) == tmp_path  # 6 GB: 24 GB wanted available
     meminfo(monkeypatch, tmp_path, available_kib=10**15)
     free = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize
-    assert replay_parallel.scratch(tmp_path, free // replay_parallel.SHARD_BYTES_PER_EVENT) == tmp_path  # no room
+    assert replay_machine.scratch(tmp_path, free // replay_machine.SHARD_BYTES_PER_EVENT) == tmp_path  # no room
 
 
 def test_shards_go_beside_the_target_without_dev_shm_or_a_memory_figure(
     shm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(replay_parallel, "_MEMINFO", tmp_path / "absent")
-    assert replay_parallel.scratch(tmp_path, 10) == tmp_path
+    monkeypatch.setattr(replay_machine, "_MEMINFO", tmp_path / "absent")
+    assert replay_machine.scratch(tmp_path, 10) == tmp_path
     meminfo(monkeypatch, tmp_path, available_kib=16 * 1024 * 1024)
     shm.rmdir()
-    assert replay_parallel.scratch(None, 10) is None
+    assert replay_machine.scratch(None, 10) is None
 
 
 def test_a_replay_short_of_memory_says_so_with_its_figures() -> None:
-    per = replay_parallel.FOLD_BYTES_PER_EVENT
-    assert replay_parallel.short_of_memory(1_000_000, 1_000_000 * per) is None  # (just enough)
-    assert replay_parallel.short_of_memory(1_000_000, None) is None  # no figure: nothing to say
-    said = replay_parallel.short_of_memory(1_000_000, 2_000_000_000)
+    per = replay_machine.FOLD_BYTES_PER_EVENT
+    assert replay_machine.short_of_memory(1_000_000, 1_000_000 * per) is None  # (just enough)
+    assert replay_machine.short_of_memory(1_000_000, None) is None  # no figure: nothing to say
+    said = replay_machine.short_of_memory(1_000_000, 2_000_000_000)
     assert said == "folding up to the log's 1,000,000 events takes about 3.6 GB of memory and 2.0 GB is available"
 
 
@@ -130,8 +130,8 @@ def cgroup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, own: str, files: dic
     for name, text in files.items():
         (tmp_path / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "fs" / name).write_text(text)
-    monkeypatch.setattr(replay_parallel, "_SELF_CGROUP", tmp_path / "self")
-    monkeypatch.setattr(replay_parallel, "_CGROUPS", tmp_path / "fs")
+    monkeypatch.setattr(replay_machine, "_SELF_CGROUP", tmp_path / "self")
+    monkeypatch.setattr(replay_machine, "_CGROUPS", tmp_path / "fs")
 
 
 def test_a_containers_memory_limit_is_what_a_replay_has_whatever_the_host_has_free(
@@ -148,23 +148,23 @@ def test_a_containers_memory_limit_is_what_a_replay_has_whatever_the_host_has_fr
         "pod/box/memory.stat": f"anon {2 * gib}\ninactive_file {gib // 2}\n",
     }
     cgroup(monkeypatch, tmp_path, "0::/pod/box\n", v2)
-    assert replay_parallel.memory_available() == 4 * gib - 3 * gib + gib // 2  # the container's room
+    assert replay_machine.memory_available() == 4 * gib - 3 * gib + gib // 2  # the container's room
     v1 = {
         "memory/docker/abc/memory.limit_in_bytes": str(2 * gib),
         "memory/docker/abc/memory.usage_in_bytes": str(gib),
         "memory/docker/memory.limit_in_bytes": "9223372036854771712",  # v1's "no limit"
     }
     cgroup(monkeypatch, tmp_path / "v1", "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/\n", v1)
-    assert replay_parallel.memory_available() == gib
-    said = replay_parallel.short_of_memory(1_000_000, replay_parallel.memory_available())
+    assert replay_machine.memory_available() == gib
+    said = replay_machine.short_of_memory(1_000_000, replay_machine.memory_available())
     assert said is not None and "1.1 GB is available" in said
 
 
 def test_without_a_limit_the_system_figure_stands(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     meminfo(monkeypatch, tmp_path, available_kib=1024)
     cgroup(monkeypatch, tmp_path, "0::/\n", {"cgroup.controllers": "memory", "memory.max": "max"})
-    assert replay_parallel.memory_available() == 1024 * 1024
-    monkeypatch.setattr(replay_parallel, "_SELF_CGROUP", tmp_path / "absent")
-    assert replay_parallel.memory_available() == 1024 * 1024
-    monkeypatch.setattr(replay_parallel, "_MEMINFO", tmp_path / "absent")
-    assert replay_parallel.memory_available() is None
+    assert replay_machine.memory_available() == 1024 * 1024
+    monkeypatch.setattr(replay_machine, "_SELF_CGROUP", tmp_path / "absent")
+    assert replay_machine.memory_available() == 1024 * 1024
+    monkeypatch.setattr(replay_machine, "_MEMINFO", tmp_path / "absent")
+    assert replay_machine.memory_available() is None
