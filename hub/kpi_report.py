@@ -8,6 +8,7 @@ report is one self-contained file that prints and opens anywhere, with no script
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections.abc import Mapping, Sequence
 from html import escape
@@ -22,6 +23,10 @@ SKIPPED = "events skipped (whole log)"
 # a spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"-?\d+(\.\d+)?")
+# a chart's labels are 12px Arial: about 0.7em a character bounds it from above (runs of W and M aside), so a
+# label column sized from the longest label is never drawn over by the bars; longer labels are shortened
+_CHAR_PX = 8.4
+_LABEL_CHARS = 40
 
 
 async def fold_log(bootstrap: str, service: str) -> tuple[KpiFold, int]:
@@ -88,7 +93,7 @@ table {{ border-collapse: collapse; margin-bottom: 2em; }}
 td, th {{ border-bottom: 1px solid #d8dde0; padding: 4px 12px; text-align: left; }}
 td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
 p.warning {{ border-left: 4px solid #ffb81c; padding-left: 8px; }}
-figure {{ display: inline-block; margin: 0 2em 2em 0; }}
+figure {{ display: inline-block; vertical-align: top; margin: 0 2em 2em 0; }}
 @media print {{ figure {{ break-inside: avoid; }} }}
 </style></head>
 <body>
@@ -107,20 +112,24 @@ n/a: nothing to divide by this month.</p>
 
 
 def _chart(kpi: str, rows: list[Row]) -> str:
-    width, bar, gap = 360, 18, 6
+    bar, gap, room = 18, 6, 190
+    names = [_label(r.breakdown) for r in rows]
+    left = max(130, math.ceil(max(len(n) for n in names) * _CHAR_PX) + gap)  # the bars start here
+    width = left + room + 40  # and the widest leaves room for its value
     top = max((r.value for r in rows if r.value is not None), default=0) or 1
     height = len(rows) * (bar + gap)
 
     def one(i: int, r: Row) -> str:
-        y, label = i * (bar + gap), escape(_shown(r.value))
-        name = f'<text x="0" y="{y + 13}" font-size="12">{escape(r.breakdown)}</text>'
+        y, label, shown = i * (bar + gap), escape(_shown(r.value)), names[i]
+        full = f"<title>{escape(r.breakdown)}</title>" if shown != r.breakdown else ""
+        name = f'<text x="0" y="{y + 13}" font-size="12">{escape(shown)}{full}</text>'
         if r.value is None:  # no value is no bar: a zero-length bar would read as 0
-            return f'{name}<text x="136" y="{y + 13}" font-size="12">{label}</text>'
-        length = int((width - 170) * r.value / top)
+            return f'{name}<text x="{left + gap}" y="{y + 13}" font-size="12">{label}</text>'
+        length = int(room * r.value / top)
         return (
-            f'{name}<rect x="130" y="{y}" width="{length}" height="{bar}" fill="#005eb8">'
+            f'{name}<rect x="{left}" y="{y}" width="{length}" height="{bar}" fill="#005eb8">'
             f"<title>{escape(r.breakdown)}: {label}</title></rect>"
-            f'<text x="{136 + length}" y="{y + 13}" font-size="12">{label}</text>'
+            f'<text x="{left + gap + length}" y="{y + 13}" font-size="12">{label}</text>'
         )
 
     bars = "".join(one(i, r) for i, r in enumerate(rows))
@@ -128,6 +137,11 @@ def _chart(kpi: str, rows: list[Row]) -> str:
         f"<figure><figcaption>{escape(kpi)}</figcaption>"
         f'<svg role="img" aria-label="{escape(kpi)}" width="{width}" height="{height}">{bars}</svg></figure>'
     )
+
+
+def _label(breakdown: str) -> str:
+    """A breakdown as a chart labels it: shortened with an ellipsis if long (in full in its tooltip and the table)."""
+    return breakdown if len(breakdown) <= _LABEL_CHARS else breakdown[: _LABEL_CHARS - 1].rstrip() + "…"
 
 
 def _cell(text: str) -> str:

@@ -44,21 +44,10 @@ from schemas.events.coordination import (
     TASK_OVERDUE,
     TASK_SYSTEM,
 )
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, NO_CHROMIUM, SCREENSHOTS
 from tests.builders import a_valid_nhs_number, an_adt, an_agreement, an_objection
 
 pytestmark = pytest.mark.timeout(120)
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "var" / "screenshots"
 ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 PRACTICE, OTHER_PRACTICE, PIC, VCS = "Y00001", "Y00002", "PIC01", "VCS01"
@@ -214,7 +203,7 @@ def test_the_huddle_page_in_chromium_lists_the_weeks_people_and_hides_the_one_wh
     hub: tuple[Services, dict[str, str], str],
 ) -> None:
     if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium: `make chromium` installs Debian's chromium (apt-get install chromium)")
+        pytest.skip(NO_CHROMIUM)
     from playwright.sync_api import sync_playwright
 
     services, keys, base = hub
