@@ -21,9 +21,10 @@ from faststream.kafka.annotations import KafkaMessage
 
 from consumers.decoding import decode_all, records_of
 from consumers.middlewares import dead_letter, on_event_batches, retrying
+from hub.core.coordination import Positioned, process, tick
 from hub.core.errors import BrokerUnavailableError, InfrastructureError, InvalidMessageError
 from hub.core.ports import CoordinationUnitOfWork, RecordEvent
-from hub.core.tasks import Engine, Positioned, process, tick
+from hub.core.tasks import Engine
 from schemas.topics import EVENTS
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,9 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from consumers.decoding import decode
+from hub.core.coordination import Positioned, process
 from hub.core.errors import InvalidMessageError
-from hub.core.tasks import Engine, Positioned, process
+from hub.core.tasks import Engine
 from hub.replay import read_log
 from hub.store.coordination import SqlCoordinationStore
 from hub.store.memory import MemoryCoordinationStore

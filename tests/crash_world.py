@@ -51,12 +51,12 @@ from adapters.hl7v2.synthetic import Person, adt_traffic, make_locality
 from adapters.hl7v2.to_fhir import map_message
 from adapters.referrals.rows import Format, Row
 from adapters.referrals.to_fhir import map_row
+from hub.core.coordination import tick
 from hub.core.delivery import in_scope
 from hub.core.identity import person_key, stable_id
 from hub.core.ledger import Entry, verify
 from hub.core.ports import RecordEvent
 from hub.core.record import resources_of
-from hub.core.tasks import tick
 from hub.store.agreements import SqlAgreements
 from hub.store.coordination import SqlCoordinationStore
 from hub.store.database import open_engine

@@ -46,13 +46,12 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from hub.core.errors import InvalidMessageError
+from hub.core.fhir_read import ODS_SYSTEM, contact_kind, extension, identifier_value, of_kind
 from hub.core.huddle import UK
 from hub.core.ports import Json, RecordEvent
 from hub.core.record import resources_of
-from hub.core.tasks import contact_kind
 from schemas.events import coordination as co
 
-ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 UNKNOWN_AGE = "unknown"
 BANDS = ((0, 65, "<65"), (65, 75, "65-74"), (75, 85, "75-84"), (85, 200, "85+"))
 # what a payload of the wrong shape raises in a handler (a list where a dict belongs, and so on)
@@ -126,8 +125,8 @@ class KpiFold:
     # --- per event type ----------------------------------------------------------------------
 
     def _referral(self, event: RecordEvent, resources: list[Json]) -> None:
-        patient = next(iter(_of(resources, "Patient")), {})
-        said = [(str(r["id"]), self._request(event, patient, r)) for r in _of(resources, "ServiceRequest")]
+        patient = next(iter(of_kind(resources, "Patient")), {})
+        said = [(str(r["id"]), self._request(event, patient, r)) for r in of_kind(resources, "ServiceRequest")]
         for rid, what in said:
             self.referrals.pop(rid, None)  # a later event for the same request replaces the earlier
             self.onward.pop(rid, None)
@@ -139,10 +138,10 @@ class KpiFold:
     def _request(self, event: RecordEvent, patient: Json, request: Json) -> _Referral | datetime | None:
         """A referral to the service, an onward referral's time, or None (addressed elsewhere)."""
         at = _time(request.get("authoredOn"), event.time)
-        requester = _ident(request.get("requester"))
+        requester = identifier_value(request.get("requester"))
         if requester == self.service:
             return at
-        performers = {_ident(p) for p in request.get("performer") or []}
+        performers = {identifier_value(p) for p in request.get("performer") or []}
         if performers and self.service not in performers:
             return None
         practice = _practice(patient) or str(requester or "unknown")
@@ -152,12 +151,13 @@ class KpiFold:
     def _contact(self, event: RecordEvent, resources: list[Json]) -> None:
         said = [
             (_time((e.get("period") or {}).get("start"), event.time), contact_kind(e) or "unknown")
-            for e in _of(resources, "Encounter")
+            for e in of_kind(resources, "Encounter")
         ]
         self._contacts.setdefault(event.subject, []).extend(said)
 
     def _outcome(self, event: RecordEvent, resources: list[Json]) -> None:
-        said = [(str(r["id"]), _outcome_code(r)) for r in _of(resources, "ServiceRequest")]
+        requests = of_kind(resources, "ServiceRequest")
+        said = [(str(r["id"]), extension(r, co.OUTCOME_EXTENSION, "valueCode")) for r in requests]
         for rid, outcome in said:
             if outcome is not None:
                 self.outcomes[rid] = (event.time, outcome)  # the latest outcome is the referral's
@@ -169,10 +169,10 @@ class KpiFold:
             _Episode(
                 str(e["id"]),
                 event.subject,
-                str(_ident(e.get("careManager")) or "unallocated"),
+                str(identifier_value(e.get("careManager")) or "unallocated"),
                 _time((e.get("period") or {}).get("start"), event.time),
             )
-            for e in _of(resources, "EpisodeOfCare")
+            for e in of_kind(resources, "EpisodeOfCare")
         ]
         for episode in said:
             before = self.episodes.get(episode.id)
@@ -183,7 +183,7 @@ class KpiFold:
     def _closed(self, event: RecordEvent, resources: list[Json]) -> None:
         said = [
             (str(e["id"]), _time((e.get("period") or {}).get("end"), event.time))
-            for e in _of(resources, "EpisodeOfCare")
+            for e in of_kind(resources, "EpisodeOfCare")
         ]
         for eid, end in said:
             found = self.episodes.get(eid)
@@ -207,7 +207,7 @@ class KpiFold:
                     for e in agenda.get("extension") or []
                 ),
             )
-            for agenda in _of(resources, "List")
+            for agenda in of_kind(resources, "List")
         ]
         for hid, held, attended in said:
             before = self.huddles.get(hid)
@@ -339,14 +339,6 @@ def _why(exc: Exception) -> str:
     return f"a field of the wrong shape ({type(exc).__name__}: {exc})"
 
 
-def _of(resources: list[Json], kind: str) -> list[Json]:
-    return [r for r in resources if r.get("resourceType") == kind]
-
-
-def _ident(reference: Any) -> Any:
-    return ((reference or {}).get("identifier") or {}).get("value")
-
-
 def _time(value: Any, default: datetime) -> datetime:
     """A FHIR dateTime as an instant in UTC; one without an offset (or a bare date) is UK local time.
     (In UTC, not UK time: Python subtracts two times of one zone as clock times, so a wait across a
@@ -360,13 +352,6 @@ def _time(value: Any, default: datetime) -> datetime:
         return parsed.astimezone(UTC)
     except (ValueError, OverflowError):
         return default
-
-
-def _outcome_code(request: Json) -> str | None:
-    for ext in request.get("extension") or []:
-        if ext.get("url") == co.OUTCOME_EXTENSION:
-            return str(ext.get("valueCode"))
-    return None
 
 
 def _practice(patient: Json) -> str | None:

@@ -24,20 +24,17 @@ emitting one again after a crash is recognised downstream as the same event.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
+from hub.core.fhir_read import ODS_SYSTEM, contact_kind, extension, ods, of_kind, referral_source
 from hub.core.identity import stable_id
 from hub.core.pic_summary import document
-from hub.core.ports import CoordinationUnitOfWork, Json, RecordEvent
+from hub.core.ports import Json, RecordEvent
 from hub.core.task_status import FINAL, may_move
 from schemas.coordination_rules import CoordinationRules, Fulfilment, TaskRule
 from schemas.events import coordination as co
 
-ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 OVERDUE = "overdue"
 _OWN = frozenset(
@@ -142,10 +139,12 @@ class Engine:
         say where the person is registered. The Patient a referral carries is only the referrer's
         word (any partner may refer): it says the practice until a registration has, never after."""
         says_practice = not (referral and state.get("practice_from") == "registration")
-        practices = {f"Organization/{o.get('id')}": _ods(o.get("identifier")) for o in _of(resources, "Organization")}
-        for patient in _of(resources, "Patient"):
+        practices = {
+            f"Organization/{o.get('id')}": ods(o.get("identifier")) for o in of_kind(resources, "Organization")
+        }
+        for patient in of_kind(resources, "Patient"):
             for gp in (patient.get("generalPractitioner") or []) if says_practice else []:
-                code = _ods([gp.get("identifier") or {}]) or practices.get(str(gp.get("reference")))
+                code = ods([gp.get("identifier") or {}]) or practices.get(str(gp.get("reference")))
                 if code:
                     state["practice"] = code
                     state["practice_from"] = "referral" if referral else "registration"
@@ -207,7 +206,7 @@ class Engine:
         )
 
     def _episode(self, state: Json, event: RecordEvent, name: str, resources: list[Json], out: Outcome) -> None:
-        for episode in _of(resources, "EpisodeOfCare"):
+        for episode in of_kind(resources, "EpisodeOfCare"):
             if name == "episode.opened":
                 start = datetime.fromisoformat(
                     str((episode.get("period") or {}).get("start") or event.time.isoformat())
@@ -230,14 +229,14 @@ class Engine:
                     out.cleared.append(f"long-stay:{episode['id']}")
                     if current.get("long_stay"):  # the flag ends with the stay
                         out.events.append(self._long_stay_ended(state, event, current))
-                for summary in _of(resources, "Composition"):
+                for summary in of_kind(resources, "Composition"):
                     out.events.append(self._pic_summary(state, event, episode, summary))
 
     def _condition(self, rule: TaskRule, state: Json, resources: list[Json]) -> bool:
         if rule.when == "on-caseload-or-case-list":
             return bool(state.get("episode") or state.get("eligible"))
         if rule.when == "addressed-to-service":
-            return any(_addressed_to(sr, self.rules.service.ods) for sr in _of(resources, "ServiceRequest"))
+            return any(_addressed_to(sr, self.rules.service.ods) for sr in of_kind(resources, "ServiceRequest"))
         return True
 
     def _open(self, state: Json, event: RecordEvent, rule: TaskRule, resources: list[Json], out: Outcome) -> None:
@@ -245,7 +244,7 @@ class Engine:
         if task_id in state["tasks"]:
             return
         episode = state.get("episode") or {}
-        closing = [c for c in map(_coordinator, _of(resources, "EpisodeOfCare")) if c]  # episode.closed
+        closing = [c for c in map(_coordinator, of_kind(resources, "EpisodeOfCare")) if c]  # episode.closed
         coordinator = episode.get("coordinator") or (closing[0] if closing else None)
         owner = coordinator if rule.owner == "coordinator" and coordinator else self.rules.service.ods
         task: Json = {
@@ -263,7 +262,7 @@ class Engine:
 
     def _manual(self, state: Json, event: RecordEvent, resources: list[Json]) -> Outcome:
         out = Outcome()
-        for resource in _of(resources, "Task"):
+        for resource in of_kind(resources, "Task"):
             task = state["tasks"].get(resource.get("id"))
             status = resource.get("status")
             if task is None or not isinstance(status, str) or not may_move(task["status"], status):
@@ -369,37 +368,24 @@ def bundle_resources(payload: Json) -> list[Json]:
     return [payload]
 
 
-def _of(resources: list[Json], kind: str) -> list[Json]:
-    return [r for r in resources if r.get("resourceType") == kind]
-
-
 def _matches(f: Fulfilment, name: str, event: RecordEvent, resources: list[Json], opened: datetime, task: Json) -> bool:
     if f.event != name or event.time < opened + f.not_before:
         return False
-    if f.contact and not ({contact_kind(e) for e in _of(resources, "Encounter")} & set(f.contact)):
+    if f.contact and not ({contact_kind(e) for e in of_kind(resources, "Encounter")} & set(f.contact)):
         return False
     if f.outcome:
-        requests = _of(resources, "ServiceRequest")
+        requests = of_kind(resources, "ServiceRequest")
         focus = task.get("focus") or ""
         if focus.startswith("ServiceRequest/"):
             requests = [r for r in requests if f"ServiceRequest/{r.get('id')}" == focus]
-        if not any(_extension(r, co.OUTCOME_EXTENSION, "valueCode") in f.outcome for r in requests):
+        if not any(extension(r, co.OUTCOME_EXTENSION, "valueCode") in f.outcome for r in requests):
             return False
     return True
 
 
-def contact_kind(encounter: Json) -> str | None:
-    """The coordination contact kind an Encounter records (first-contact, face-to-face, ...), if any."""
-    for concept in encounter.get("type") or []:
-        for coding in concept.get("coding") or []:
-            if coding.get("system") == co.CONTACT_SYSTEM:
-                return str(coding.get("code"))
-    return None
-
-
 def _measures(resources: list[Json]) -> dict[str, int]:
     found: dict[str, int] = {}
-    for obs in _of(resources, "Observation"):
+    for obs in of_kind(resources, "Observation"):
         for coding in (obs.get("code") or {}).get("coding") or []:
             if coding.get("system") == co.MEASURE_SYSTEM and isinstance(obs.get("valueInteger"), int):
                 found[str(coding.get("code"))] = int(obs["valueInteger"])
@@ -407,24 +393,7 @@ def _measures(resources: list[Json]) -> dict[str, int]:
 
 
 def _referral_source(resources: list[Json]) -> str | None:
-    return next((code for sr in _of(resources, "ServiceRequest") if (code := referral_source(sr))), None)
-
-
-def referral_source(request: Json) -> str | None:
-    """A referral's source (UK Core SourceOfServiceRequest, CareHub's code system), if it says one."""
-    concept = _extension(request, co.SOURCE_EXTENSION, "valueCodeableConcept")
-    if isinstance(concept, dict):
-        for coding in concept.get("coding") or []:
-            if coding.get("system") == co.REFERRAL_SOURCE_SYSTEM:
-                return str(coding.get("code"))
-    return None
-
-
-def _extension(resource: Json, url: str, value: str) -> Any:
-    for ext in resource.get("extension") or []:
-        if ext.get("url") == url:
-            return ext.get(value)
-    return None
+    return next((code for sr in of_kind(resources, "ServiceRequest") if (code := referral_source(sr))), None)
 
 
 def _addressed_to(request: Json, ods: str) -> bool:
@@ -432,14 +401,6 @@ def _addressed_to(request: Json, ods: str) -> bool:
     if not performers:
         return True  # a referral addressed to nobody in particular comes to the coordination service
     return any((p.get("identifier") or {}).get("value") == ods for p in performers)
-
-
-def _ods(identifiers: Any) -> str | None:
-    """The ODS code among these identifiers, if any."""
-    for ident in identifiers or []:
-        if isinstance(ident, dict) and ident.get("system") == ODS_SYSTEM and ident.get("value"):
-            return str(ident["value"])
-    return None
 
 
 def _coordinator(episode: Json) -> str | None:
@@ -450,7 +411,7 @@ def _coordinator(episode: Json) -> str | None:
 
 def _focus(resources: list[Json]) -> str | None:
     for kind in ("ServiceRequest", "EpisodeOfCare", "Encounter"):
-        for resource in _of(resources, kind):
+        for resource in of_kind(resources, kind):
             return f"{kind}/{resource['id']}"
     return None
 
@@ -463,77 +424,3 @@ def due_of(task: Json) -> datetime:
 def caseload_days(episode: Json, at: datetime) -> float:
     """How long an open episode has run, in days, at `at`."""
     return (at - datetime.fromisoformat(episode["start"])) / timedelta(days=1)
-
-
-@dataclass(frozen=True)
-class Positioned:
-    """An event and the partition of the log it was read from (clocks live on their person's partition)."""
-
-    event: RecordEvent
-    partition: int
-
-
-def process(engine: Engine, uow: CoordinationUnitOfWork, batch: Sequence[Positioned]) -> list[RecordEvent]:
-    """Apply a batch in log order inside the caller's unit of work; returns the derived events to publish.
-
-    A clock tick fires, in due order, every clock of its partition that is due at or before the tick.
-    """
-    done = uow.processed([p.event.id for p in batch])
-    states: dict[str, Json] = {}
-    derived: list[RecordEvent] = []
-
-    def state_of(person: str) -> Json:
-        if person not in states:
-            states[person] = uow.state(person) or new_state()
-        return states[person]
-
-    def settle(person: str, partition: int, out: Outcome) -> None:
-        for clock in out.set:
-            uow.set_clock(clock.id, clock.person_key, clock.due, clock.kind, partition)
-        for clock_id in out.cleared:
-            uow.clear_clock(clock_id)
-        derived.extend(out.events)
-        uow.save(person, states[person])
-
-    for item in batch:
-        event = item.event
-        if event.id in done:
-            continue
-        if event.type == co.CLOCK_TICK.type:
-            for clock_id, person, due, kind in uow.due_clocks(_tick_partition(event, item.partition), event.time):
-                settle(person, item.partition, engine.fire(state_of(person), Clock(clock_id, person, due, kind)))
-        else:
-            state = state_of(event.subject)
-            before = copy.deepcopy(state)
-            out = engine.handle(state, event)
-            if out.events or out.set or out.cleared or state != before:
-                settle(event.subject, item.partition, out)
-        uow.mark_processed(event.id)
-        done.add(event.id)
-    return derived
-
-
-def _tick_partition(event: RecordEvent, read_from: int) -> int:
-    for parameter in event.payload.get("parameter") or []:
-        if parameter.get("name") == "partition" and isinstance(parameter.get("valueInteger"), int):
-            return int(parameter["valueInteger"])
-    return read_from
-
-
-def tick(partition: int, at: datetime) -> RecordEvent:
-    """A clock tick for one partition of the events topic."""
-    return RecordEvent(
-        id=stable_id("tick", str(partition), at.isoformat()),
-        type=co.CLOCK_TICK.type,
-        source="urn:carehub:clock",
-        time=at,
-        subject=f"clock-{partition}",
-        payload={
-            "resourceType": "Parameters",
-            "id": stable_id("tick", str(partition), at.isoformat()),
-            "parameter": [
-                {"name": "partition", "valueInteger": partition},
-                {"name": "time", "valueDateTime": at.isoformat()},
-            ],
-        },
-    )

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
+from hub.core.coordination import Positioned, process, tick
 from hub.core.ports import CoordinationUnitOfWork, RecordEvent
-from hub.core.tasks import Engine, Positioned, process, tick
+from hub.core.tasks import Engine
 from hub.store.coordination import SqlCoordinationStore
 from hub.store.database import open_engine
 from hub.store.memory import MemoryCoordinationStore

@@ -31,8 +31,8 @@ from aiokafka import AIOKafkaConsumer
 
 from hub.api.auth import issue_token
 from hub.bootstrap import Services, build, running
+from hub.core.coordination import tick
 from hub.core.ports import RecordEvent
-from hub.core.tasks import tick
 from hub.rules import DEFAULT
 from hub.settings import CoordinationSettings, HttpSettings, KafkaSettings, MllpSettings, Settings
 from hub.store.coordination import SqlCoordinationStore

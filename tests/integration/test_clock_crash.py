@@ -20,9 +20,9 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
+from hub.core.coordination import tick
 from hub.core.identity import person_key, stable_id
 from hub.core.ports import RecordEvent
-from hub.core.tasks import tick
 from hub.store.database import open_engine
 from schemas.events import coordination as co
 from schemas.topics import EVENTS

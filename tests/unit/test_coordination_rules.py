@@ -13,8 +13,9 @@ from fhir.resources.R4B.flag import Flag
 from fhir.resources.R4B.task import Task
 
 from adapters.hl7v2.to_fhir import map_message
+from hub.core.coordination import Positioned, process, tick
 from hub.core.ports import RecordEvent
-from hub.core.tasks import Engine, Positioned, process, tick
+from hub.core.tasks import Engine
 from hub.store.memory import MemoryCoordinationStore
 from schemas.coordination_rules import CoordinationRules
 from schemas.events import coordination as co

@@ -33,11 +33,12 @@ from hub.api.outcomes import FhirResponse
 from hub.api.routes.fhir import FHIR_ID, bearer_caller, check_shape, fhir_id, read_body
 from hub.core import nhs_number
 from hub.core.errors import ConsentDeniedError, InvalidMessageError, RuleRefusedError, UnknownPersonError
+from hub.core.fhir_read import referral_source
 from hub.core.identity import person_key
 from hub.core.pic_summary import composition
 from hub.core.ports import CoordinationReader, Json, RecordReader
 from hub.core.task_status import MOVES, STATUSES, may_move
-from hub.core.tasks import Engine, referral_source
+from hub.core.tasks import Engine
 from schemas.envelope import Envelope
 from schemas.events import coordination as co
 
