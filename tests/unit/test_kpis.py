@@ -192,6 +192,15 @@ def test_declines_count_referrals_to_the_service_once_and_no_one_elses() -> None
     }
 
 
+def test_an_outcome_that_names_no_code_leaves_the_referrals_outcome_as_it_was() -> None:
+    # P4 declined (in the scripted month); a later update whose outcome extension has no valueCode
+    # (a note, say) says no outcome: the decline still counts
+    blank = month.outcome("P4", month.at(20, 9), "declined")
+    blank.payload["entry"][0]["resource"]["extension"] = [{"url": co.OUTCOME_EXTENSION}]
+    figures = report(fold_of(*month.script(), blank), "2026-11")
+    assert figures[("declined by practice", month.PRACTICE)] == 1
+
+
 def test_referrals_without_a_birth_date_have_an_age_band_so_the_bands_add_up() -> None:
     # as the API's referrals are: its Patient stub carries no birthDate
     unknown = edited(month.referral("P3", month.at(3, 10), "gp"), patient_birthDate=None)
