@@ -17,9 +17,9 @@ import orjson
 import sqlalchemy as sa
 
 from hub.core.record import SHARED_KINDS, _same_content
-from hub.replay import (
+from hub.replay import FoldUnitOfWork
+from hub.replay_write import (
     MMAP_BYTES,
-    FoldUnitOfWork,
     Stop,
     _bind,
     _bulk_load,

@@ -29,7 +29,8 @@ import pytest
 import sqlalchemy as sa
 
 from hub.core.ports import RecordEvent
-from hub.replay import PAGE_BYTES, replay
+from hub.replay import replay
+from hub.replay_write import PAGE_BYTES
 from hub.store.database import open_engine
 from hub.store.hashing import record_hash
 from hub.store.tables import processed_event, record_resource
@@ -148,13 +149,13 @@ async def test_a_replay_cancelled_while_it_writes_stops_at_once_and_keeps_nothin
     # runs for seconds); nothing of it may be committed, then or later. The cancel comes either while
     # that statement runs, or just before it starts (an interrupt then finds nothing to stop, and the
     # stop must be asked again: a replay that lost it ran on for hours, and hung CI)
-    import hub.replay
     import hub.replay_load
+    import hub.replay_write
 
     events = the_events(300)
     await produce(tansu.bootstrap, events)
     writing, finished = threading.Event(), threading.Event()
-    real = hub.replay._indexes_after
+    real = hub.replay_write._indexes_after
     drivers: list[Any] = []
 
     def running() -> int:
@@ -177,7 +178,7 @@ async def test_a_replay_cancelled_while_it_writes_stops_at_once_and_keeps_nothin
         finally:
             finished.set()
 
-    monkeypatch.setattr(hub.replay, "_indexes_after", held)
+    monkeypatch.setattr(hub.replay_write, "_indexes_after", held)
     monkeypatch.setattr(hub.replay_load, "_indexes_after", held)
     engine = open_engine(f"sqlite:///{tmp_path / 'replayed.db'}")
     task = asyncio.create_task(replay(tansu.bootstrap, engine, workers=workers))
