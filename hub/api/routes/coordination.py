@@ -30,7 +30,8 @@ from pydantic import ValidationError
 
 from hub.api.auth import Principal, TokenVerifier
 from hub.api.outcomes import FhirResponse
-from hub.api.routes.fhir import FHIR_ID, bearer_caller, check_shape, fhir_id, read_body
+from hub.api.routes.fhir import bearer_caller, check_shape, fhir_id, read_body
+from hub.api.shapes import FHIR_ID
 from hub.core import nhs_number
 from hub.core.errors import ConsentDeniedError, InvalidMessageError, RuleRefusedError, UnknownPersonError
 from hub.core.fhir_read import referral_source

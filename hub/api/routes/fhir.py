@@ -23,7 +23,24 @@ from fhir.resources.R4B.consent import Consent
 from pydantic import ValidationError
 
 from hub.api.auth import AuthError, Principal, TokenVerifier
-from hub.api.outcomes import FHIR_JSON, FhirResponse
+from hub.api.fhir_documents import audit_event, capability_statement
+from hub.api.outcomes import FhirResponse
+from hub.api.shapes import (
+    BUNDLE,
+    CAPABILITY,
+    CONSENT_IN,
+    CONSENT_OUT,
+    FHIR_ID,
+    PATIENT_REF,
+    PERSONAL,
+    READABLE,
+    REASON,
+    RESOURCE,
+    SYSTEM_VALUE,
+    created,
+    errors,
+    ok,
+)
 from hub.core.errors import ConsentDeniedError, InvalidMessageError, UnknownPersonError
 from hub.core.ledger import Disclosure, resource_ref
 from hub.core.policy import UNENFORCED, Asker, Decision, decide, person_of
@@ -32,9 +49,6 @@ from hub.store.agreements import PolicySource
 from schemas.envelope import Envelope
 from schemas.events.consent import CONSENT_RECORDED
 
-COORDINATION = ("ServiceRequest", "Task", "EpisodeOfCare", "Flag", "Observation", "Communication", "Composition")
-READABLE = ("Patient", "Encounter", "Organization", "Provenance", "Consent", *COORDINATION)
-PERSONAL = ("Encounter", "Provenance", "Consent", *COORDINATION)  # searchable by ?patient=
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 Publish = Callable[[Envelope], Awaitable[None]]
@@ -42,12 +56,6 @@ TAG = "FHIR record"  # the OpenAPI tag of these routes
 MAX_BODY = 1 << 20  # a Consent is a few kilobytes; a megabyte is already hostile
 MAX_DEPTH = 32  # a Consent nests about 7 levels deep
 
-# What the API takes, said once for the OpenAPI document and checked once in code (the schemathesis
-# fuzz tests hold the two to each other).
-FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
-PATIENT_REF = r"^(Patient/)?[A-Za-z0-9\-.]{1,64}$"
-SYSTEM_VALUE = r"^[^|\x00-\x1f\x7f]+\|[^\x00-\x1f\x7f]+$"
-REASON = r"^[^\x00-\x1f\x7f]{1,500}$"
 _FHIR_ID, _PATIENT_REF, _SYSTEM_VALUE, _REASON = (re.compile(p) for p in (FHIR_ID, PATIENT_REF, SYSTEM_VALUE, REASON))
 BEARER = HTTPBearer(
     auto_error=False,
@@ -55,125 +63,6 @@ BEARER = HTTPBearer(
     bearerFormat="JWT",
     description="a token from `carehub token --org ODS --role ROLE`",
 )
-
-_ISSUE: Json = {
-    "type": "object",
-    "required": ["severity", "code"],
-    "properties": {
-        "severity": {"type": "string", "enum": ["fatal", "error", "warning", "information"]},
-        "code": {"type": "string"},
-        "diagnostics": {"type": "string"},
-        "expression": {"type": "array", "items": {"type": "string"}},
-    },
-}
-OUTCOME: Json = {
-    "type": "object",
-    "required": ["resourceType", "issue"],
-    "properties": {
-        "resourceType": {"type": "string", "enum": ["OperationOutcome"]},
-        "issue": {"type": "array", "minItems": 1, "items": _ISSUE},
-    },
-}
-RESOURCE: Json = {
-    "type": "object",
-    "required": ["resourceType", "id"],
-    "properties": {"resourceType": {"type": "string", "enum": list(READABLE)}, "id": {"type": "string"}},
-}
-BUNDLE: Json = {
-    "type": "object",
-    "required": ["resourceType", "type", "total"],
-    "properties": {
-        "resourceType": {"type": "string", "enum": ["Bundle"]},
-        "type": {"type": "string", "enum": ["searchset"]},
-        "total": {"type": "integer", "minimum": 0},
-        "entry": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["resource"],
-                "properties": {
-                    "resource": {"type": "object", "required": ["resourceType"]},
-                    "search": {"type": "object", "properties": {"mode": {"enum": ["match", "outcome"]}}},
-                },
-            },
-        },
-    },
-}
-CAPABILITY: Json = {
-    "type": "object",
-    "required": ["resourceType", "fhirVersion", "rest"],
-    "properties": {"resourceType": {"type": "string", "enum": ["CapabilityStatement"]}},
-}
-# The shape of what is taken; FHIR's rules for primitives (no edge whitespace, code and uri patterns) are
-# checked by fhir.resources and answered with a 400 naming the element.
-_TEXT: Json = {"type": "string", "minLength": 1}
-
-
-def _object(properties: Json, required: tuple[str, ...] = ()) -> Json:
-    """A FHIR element: only these properties, at least one of them."""
-    shape: Json = {"type": "object", "properties": properties, "additionalProperties": False, "minProperties": 1}
-    if required:
-        shape["required"] = list(required)
-    return shape
-
-
-def _some(item: Json) -> Json:
-    return {"type": "array", "minItems": 1, "items": item}
-
-
-_CODING = _object({"system": _TEXT, "code": _TEXT}, ("system", "code"))
-_CONCEPT = _object({"coding": _some(_CODING), "text": _TEXT})
-_IDENTIFIER = _object({"system": _TEXT, "value": _TEXT}, ("system", "value"))
-CONSENT_IN: Json = _object(
-    {
-        "resourceType": {"type": "string", "enum": ["Consent"]},
-        "status": {"type": "string", "enum": ["draft", "proposed", "active", "rejected", "inactive"]},
-        "scope": _CONCEPT,
-        "category": _some(_CONCEPT),
-        "patient": _object({"reference": {"type": "string", "pattern": PATIENT_REF}, "identifier": _IDENTIFIER}),
-        "provision": _object(
-            {
-                "type": {"type": "string", "enum": ["permit", "deny"]},
-                "actor": _some(
-                    _object(
-                        {"role": _CONCEPT, "reference": _object({"identifier": _IDENTIFIER})}, ("role", "reference")
-                    )
-                ),
-                "class": _some(_CODING),
-            },
-            ("type",),
-        ),
-    },
-    ("resourceType", "status", "scope", "category", "patient", "provision"),
-)
-CONSENT_IN["description"] = "a FHIR R4 Consent naming the person by NHS number or Patient reference"
-CONSENT_OUT: Json = {
-    "type": "object",
-    "required": ["resourceType", "id", "patient"],
-    "properties": {"resourceType": {"type": "string", "enum": ["Consent"]}, "id": {"type": "string"}},
-}
-_WHY = {
-    400: "the request is not valid (OperationOutcome names the parameter)",
-    401: "no bearer token, or one this server does not accept",
-    403: "the sharing agreements, the person's consent or the caller's role forbid it",
-    404: "no such resource, or a resource type this server does not hold",
-    413: "the body is larger than this server takes",
-}
-
-
-def ok(schema: Json) -> dict[int | str, Any]:
-    """The OpenAPI entry for a successful FHIR JSON response."""
-    return {200: {"description": "FHIR R4 JSON", "content": {FHIR_JSON: {"schema": schema}}}}
-
-
-def created(schema: Json) -> dict[int | str, Any]:
-    """The OpenAPI entry for a resource created (201)."""
-    return {201: {"description": "created", "content": {FHIR_JSON: {"schema": schema}}}}
-
-
-def errors(*statuses: int) -> dict[int | str, Any]:
-    """The OpenAPI entries for the OperationOutcome errors a route answers with."""
-    return {s: {"description": _WHY[s], "content": {FHIR_JSON: {"schema": OUTCOME}}} for s in statuses}
 
 
 def bearer_caller(tokens: TokenVerifier) -> Callable[..., Principal]:
@@ -518,95 +407,3 @@ def searchset(request: Request, shown: list[Json], withheld: int) -> FhirRespons
         "entry": entries,
     }
     return FhirResponse(bundle)
-
-
-def capability_statement(base: str) -> Json:
-    """What this server does, for clients that ask first."""
-
-    def resource(kind: str, searches: list[tuple[str, str]], operations: tuple[str, ...] = ()) -> Json:
-        entry: Json = {"type": kind, "interaction": [{"code": "read"}]}
-        if searches:
-            entry["interaction"].append({"code": "search-type"})
-            entry["searchParam"] = [{"name": n, "type": t} for n, t in searches]
-        if operations:
-            entry["operation"] = [
-                {"name": op, "definition": f"http://hl7.org/fhir/OperationDefinition/Patient-{op}"} for op in operations
-            ]
-        return entry
-
-    consent = resource("Consent", [("patient", "reference")])
-    consent["interaction"].append({"code": "create"})
-    return {
-        "resourceType": "CapabilityStatement",
-        "status": "active",
-        "date": "2026-11-25",
-        "kind": "instance",
-        "software": {"name": "CareHub", "version": "0.1.0"},
-        "implementation": {"description": "CareHub shared care record", "url": base},
-        "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json", "json"],
-        "rest": [
-            {
-                "mode": "server",
-                "security": {
-                    "service": [
-                        {"coding": [{"system": "http://hl7.org/fhir/restful-security-service", "code": "OAuth"}]}
-                    ],
-                    "description": "Bearer token (JWT) naming the caller's organisation (ODS code) and role; "
-                    "issue one with `carehub token --org ODS --role ROLE`. Every read is decided under the "
-                    "information-sharing agreements and the person's consent, and recorded in the "
-                    "disclosure ledger; a clinician may assert an emergency with X-Break-Glass-Reason.",
-                },
-                "resource": [
-                    resource("Patient", [("identifier", "token")], ("everything",)),
-                    resource("Encounter", [("patient", "reference")]),
-                    resource("Organization", []),
-                    resource("Provenance", [("patient", "reference")]),
-                    consent,
-                    {
-                        "type": "AuditEvent",
-                        "interaction": [{"code": "search-type"}],
-                        "searchParam": [{"name": "patient", "type": "reference"}],
-                        "documentation": "the disclosure ledger about one person; auditor role only",
-                    },
-                ],
-            }
-        ],
-    }
-
-
-_OUTCOME = {"permit": "0", "break-glass": "0", "deny": "4"}
-_ACTION = {"read": "R", "search": "E", "everything": "E", "topic": "E", "webhook": "E", "audit": "R"}
-
-
-def audit_event(entry: Any) -> Json:
-    """One ledger entry as a FHIR R4 AuditEvent (seq in the id, reasons in outcomeDesc)."""
-    body = entry.body
-    decision = body["decision"]
-    event: Json = {
-        "resourceType": "AuditEvent",
-        "id": f"ledger-{entry.seq}",
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
-        "action": _ACTION.get(body["channel"], "E"),
-        "recorded": body["at"],
-        "outcome": _OUTCOME.get(decision, "4"),
-        "outcomeDesc": f"{decision}: " + "; ".join(body.get("reasons") or []),
-        "agent": [
-            {
-                "who": {"identifier": {"system": ODS_SYSTEM, "value": body["recipient_org"]}},
-                "altId": body["recipient_user"],
-                "requestor": True,
-            }
-        ],
-        "source": {"observer": {"display": "CareHub disclosure ledger"}},
-        "entity": [
-            {"what": {"reference": ref.split("#", 1)[0]}, "description": f"sha256:{ref.split('#', 1)[-1]}"}
-            for ref in body.get("resources") or []
-        ],
-    }
-    if body.get("person_key"):
-        event["entity"].insert(0, {"what": {"reference": f"Patient/{body['person_key']}"}, "role": {"code": "1"}})
-    if decision == "break-glass":
-        reason = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "ETREAT"}
-        event["purposeOfEvent"] = [{"coding": [reason]}]
-    return event

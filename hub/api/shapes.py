@@ -1,0 +1,138 @@
+"""What the FHIR API takes and answers, as the JSON Schema of its OpenAPI document: said once here
+and checked once in the routes (the schemathesis fuzz tests hold the two to each other)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hub.api.outcomes import FHIR_JSON
+from hub.core.ports import Json
+
+COORDINATION = ("ServiceRequest", "Task", "EpisodeOfCare", "Flag", "Observation", "Communication", "Composition")
+READABLE = ("Patient", "Encounter", "Organization", "Provenance", "Consent", *COORDINATION)
+PERSONAL = ("Encounter", "Provenance", "Consent", *COORDINATION)  # searchable by ?patient=
+# What the API takes, said once for the OpenAPI document and checked once in code (the schemathesis
+# fuzz tests hold the two to each other).
+FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
+PATIENT_REF = r"^(Patient/)?[A-Za-z0-9\-.]{1,64}$"
+SYSTEM_VALUE = r"^[^|\x00-\x1f\x7f]+\|[^\x00-\x1f\x7f]+$"
+REASON = r"^[^\x00-\x1f\x7f]{1,500}$"
+
+_ISSUE: Json = {
+    "type": "object",
+    "required": ["severity", "code"],
+    "properties": {
+        "severity": {"type": "string", "enum": ["fatal", "error", "warning", "information"]},
+        "code": {"type": "string"},
+        "diagnostics": {"type": "string"},
+        "expression": {"type": "array", "items": {"type": "string"}},
+    },
+}
+OUTCOME: Json = {
+    "type": "object",
+    "required": ["resourceType", "issue"],
+    "properties": {
+        "resourceType": {"type": "string", "enum": ["OperationOutcome"]},
+        "issue": {"type": "array", "minItems": 1, "items": _ISSUE},
+    },
+}
+RESOURCE: Json = {
+    "type": "object",
+    "required": ["resourceType", "id"],
+    "properties": {"resourceType": {"type": "string", "enum": list(READABLE)}, "id": {"type": "string"}},
+}
+BUNDLE: Json = {
+    "type": "object",
+    "required": ["resourceType", "type", "total"],
+    "properties": {
+        "resourceType": {"type": "string", "enum": ["Bundle"]},
+        "type": {"type": "string", "enum": ["searchset"]},
+        "total": {"type": "integer", "minimum": 0},
+        "entry": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["resource"],
+                "properties": {
+                    "resource": {"type": "object", "required": ["resourceType"]},
+                    "search": {"type": "object", "properties": {"mode": {"enum": ["match", "outcome"]}}},
+                },
+            },
+        },
+    },
+}
+CAPABILITY: Json = {
+    "type": "object",
+    "required": ["resourceType", "fhirVersion", "rest"],
+    "properties": {"resourceType": {"type": "string", "enum": ["CapabilityStatement"]}},
+}
+# The shape of what is taken; FHIR's rules for primitives (no edge whitespace, code and uri patterns) are
+# checked by fhir.resources and answered with a 400 naming the element.
+_TEXT: Json = {"type": "string", "minLength": 1}
+
+
+def _object(properties: Json, required: tuple[str, ...] = ()) -> Json:
+    """A FHIR element: only these properties, at least one of them."""
+    shape: Json = {"type": "object", "properties": properties, "additionalProperties": False, "minProperties": 1}
+    if required:
+        shape["required"] = list(required)
+    return shape
+
+
+def _some(item: Json) -> Json:
+    return {"type": "array", "minItems": 1, "items": item}
+
+
+_CODING = _object({"system": _TEXT, "code": _TEXT}, ("system", "code"))
+_CONCEPT = _object({"coding": _some(_CODING), "text": _TEXT})
+_IDENTIFIER = _object({"system": _TEXT, "value": _TEXT}, ("system", "value"))
+CONSENT_IN: Json = _object(
+    {
+        "resourceType": {"type": "string", "enum": ["Consent"]},
+        "status": {"type": "string", "enum": ["draft", "proposed", "active", "rejected", "inactive"]},
+        "scope": _CONCEPT,
+        "category": _some(_CONCEPT),
+        "patient": _object({"reference": {"type": "string", "pattern": PATIENT_REF}, "identifier": _IDENTIFIER}),
+        "provision": _object(
+            {
+                "type": {"type": "string", "enum": ["permit", "deny"]},
+                "actor": _some(
+                    _object(
+                        {"role": _CONCEPT, "reference": _object({"identifier": _IDENTIFIER})}, ("role", "reference")
+                    )
+                ),
+                "class": _some(_CODING),
+            },
+            ("type",),
+        ),
+    },
+    ("resourceType", "status", "scope", "category", "patient", "provision"),
+)
+CONSENT_IN["description"] = "a FHIR R4 Consent naming the person by NHS number or Patient reference"
+CONSENT_OUT: Json = {
+    "type": "object",
+    "required": ["resourceType", "id", "patient"],
+    "properties": {"resourceType": {"type": "string", "enum": ["Consent"]}, "id": {"type": "string"}},
+}
+_WHY = {
+    400: "the request is not valid (OperationOutcome names the parameter)",
+    401: "no bearer token, or one this server does not accept",
+    403: "the sharing agreements, the person's consent or the caller's role forbid it",
+    404: "no such resource, or a resource type this server does not hold",
+    413: "the body is larger than this server takes",
+}
+
+
+def ok(schema: Json) -> dict[int | str, Any]:
+    """The OpenAPI entry for a successful FHIR JSON response."""
+    return {200: {"description": "FHIR R4 JSON", "content": {FHIR_JSON: {"schema": schema}}}}
+
+
+def created(schema: Json) -> dict[int | str, Any]:
+    """The OpenAPI entry for a resource created (201)."""
+    return {201: {"description": "created", "content": {FHIR_JSON: {"schema": schema}}}}
+
+
+def errors(*statuses: int) -> dict[int | str, Any]:
+    """The OpenAPI entries for the OperationOutcome errors a route answers with."""
+    return {s: {"description": _WHY[s], "content": {FHIR_JSON: {"schema": OUTCOME}}} for s in statuses}
