@@ -38,6 +38,7 @@ from hub.core.ledger import Disclosure, resource_ref
 from hub.core.policy import Decision, person_of
 from hub.core.ports import Json, Ledger
 from hub.core.record import resources_of
+from hub.core.timetravel import WITHHELD_WITH_EVENT
 from hub.export_verify import GENESIS, Extents, canonical, extend, listed, step
 from hub.replay import read_log
 from schemas.envelope import header_value
@@ -111,7 +112,7 @@ class Writer:
 
 
 Decide = Callable[[Json], Decision]
-_WITHHELD = Decision("deny", ("withheld with the rest of its event: not every resource in it is covered",))
+_WITHHELD = Decision("deny", (WITHHELD_WITH_EVENT,))
 _NO_SUPPLIER = Decision("deny", ("the event names no supplying organisation (ce_source urn:ods:CODE)",))
 
 

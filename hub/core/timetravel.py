@@ -16,10 +16,14 @@ What "today" means, so that only a change of policy shows as one:
                     versions, since its content (its supplier, its labels) may be what changed
     people          the person's consents are looked for under the key the ledger names and under
                     the key the resource is filed under now (a merge since moves it to the survivor)
+    withheld        a resource an export withheld only because another resource of its event was not
+                    covered (WITHHELD_WITH_EVENT) was itself permitted: it shows as "withheld", and
+                    today's policy differs only if it would no longer permit the resource itself
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +31,9 @@ from typing import Any
 
 from hub.core.policy import Asker, ConsentRule, decide, person_of
 from hub.core.ports import Json
+
+# why an export withheld a resource its agreements covered: another resource of the same event was not
+WITHHELD_WITH_EVENT = "withheld with the rest of its event: not every resource in it is covered"
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,9 @@ def reconsider(
 ) -> list[Reconsidered]:
     """Every resource of every entry, decided again under today's policy."""
     found: list[Reconsidered] = []
+    by_person: defaultdict[str, list[ConsentRule]] = defaultdict(list)  # (decide reads only the resource's person's)
+    for rule in consents:
+        by_person[rule.person_key].append(rule)
     for entry in entries:
         body = entry.body
         basis = body.get("basis") or {}
@@ -67,6 +77,9 @@ def reconsider(
         then_basis = ", ".join([*basis.get("agreements", []), *basis.get("consents", [])]) or "; ".join(
             body.get("reasons") or []
         )
+        then = str(body["decision"])
+        if then == "deny" and list(body.get("reasons") or []) == [WITHHELD_WITH_EVENT]:
+            then, then_basis = "withheld", f"permitted, but {WITHHELD_WITH_EVENT}"
         for ref in body.get("resources") or []:
             versioned = str(ref).split("#")[0]
             kind_id = "/".join(versioned.split("/")[:2])
@@ -74,7 +87,7 @@ def reconsider(
             if current is None:
                 now_decision, now_basis = "unknown", "the record no longer holds this resource"
             else:
-                decision = decide(asker, current, agreements, consents)
+                decision = decide(asker, current, agreements, by_person.get(person_of(current) or "", ()))
                 now_decision = decision.outcome
                 now_basis = ", ".join([*decision.agreements, *decision.consents]) or "; ".join(decision.reasons)
                 then_version = versioned.split("/_history/")[1] if "/_history/" in versioned else "?"
@@ -88,7 +101,7 @@ def reconsider(
                     recipient=f"{body['recipient_org']} / {body['recipient_user']}",
                     channel=str(body["channel"]),
                     resource=versioned,
-                    then=str(body["decision"]),
+                    then=then,
                     then_basis=then_basis,
                     now=now_decision,
                     now_basis=now_basis,
@@ -119,4 +132,6 @@ def in_period(entries: Iterable[Any], since: datetime | None, until: datetime | 
 
 
 def _shown(outcome: str) -> bool:
-    return outcome in ("permit", "break-glass")
+    """Whether the resource itself was (or would be) let through: a resource withheld only with its
+    event was."""
+    return outcome in ("permit", "break-glass", "withheld")

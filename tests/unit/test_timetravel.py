@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from hub.core.ledger import Disclosure, Entry, resource_ref
 from hub.core.policy import Asker, ConsentRule, consent_rule, decide
 from hub.core.ports import Json
-from hub.core.timetravel import people_of, reconsider
+from hub.core.timetravel import WITHHELD_WITH_EVENT, people_of, reconsider
 from tests.builders import an_agreement, an_objection
 
 THEN = datetime(2026, 9, 1, 10, 0, tzinfo=UTC)
@@ -83,3 +83,28 @@ def test_the_consents_of_the_person_a_resource_was_merged_into_count() -> None:
     [row] = reconsider(entries, resources, AGREEMENTS, found, NOW)
     assert (row.now, row.changed) == ("deny", True)
     assert "Consent/c1" in row.now_basis
+
+
+def test_a_resource_an_export_withheld_only_with_its_event_differs_only_if_it_is_no_longer_permitted() -> None:
+    # `carehub audit export --payloads` withholds a whole event when one resource in it is not covered;
+    # the covered ones were permitted themselves, so today's permit is no change of policy
+    held = encounter("p1", 1)
+    withheld = entry(held, "deny", reasons=(WITHHELD_WITH_EVENT,))
+    [row] = reconsider([withheld], {"Encounter/enc-1": held}, AGREEMENTS, [], NOW)
+    assert (row.then, row.now, row.changed) == ("withheld", "permit", False)
+    assert row.then_basis.startswith("permitted, but withheld")
+    [objected] = reconsider([withheld], {"Encounter/enc-1": held}, AGREEMENTS, [objection("p1")], NOW)
+    assert (objected.now, objected.changed) == ("deny", True)  # today it would not be let through itself
+    [denied] = reconsider(
+        [entry(held, "deny", reasons=("no agreement",))], {"Encounter/enc-1": held}, AGREEMENTS, [], NOW
+    )
+    assert (denied.then, denied.changed) == ("deny", True)  # a resource denied itself then still differs
+
+
+def test_only_the_resources_own_persons_consents_bear_on_it() -> None:
+    held = encounter("p1", 1)
+    others = [objection(f"someone-{n}") for n in range(50)]
+    [row] = reconsider([entry(held, "permit")], {"Encounter/enc-1": held}, AGREEMENTS, others, NOW)
+    assert (row.now, row.changed) == ("permit", False)
+    [mine] = reconsider([entry(held, "permit")], {"Encounter/enc-1": held}, AGREEMENTS, [*others, objection("p1")], NOW)
+    assert (mine.now, mine.changed) == ("deny", True)
