@@ -84,6 +84,11 @@ class TokenVerifier:
             raise AuthError("the bearer token has expired; ask for a new one (carehub token)") from exc
         except jwt.InvalidAudienceError as exc:
             raise AuthError("the bearer token is not for this API (wrong audience)") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise AuthError(
+                "the bearer token was not signed by this hub: issue one with `carehub token` and the same "
+                "--data-dir as the running hub"
+            ) from exc
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"the bearer token is not valid here ({type(exc).__name__})") from exc
         role, org = claims.get("role"), claims.get("org")

@@ -76,7 +76,8 @@ def test_token_signed_with_another_secret_is_refused_without_echoing_it() -> Non
 
     with pytest.raises(AuthError) as caught:
         TokenVerifier(SECRET).verify(token)
-    assert "Signature" in caught.value.diagnostics
+    assert "not signed by this hub" in caught.value.diagnostics
+    assert "same --data-dir" in caught.value.diagnostics  # (a token from another hub's data directory)
     assert token not in caught.value.diagnostics
     assert token.split(".")[2] not in str(caught.value)
 
