@@ -25,6 +25,8 @@ from adapters.hl7v2.synthetic import Locality, Person
 from hub.api.auth import issue_token
 from hub.bootstrap import Running
 from hub.core.huddle import SECTIONS
+from hub.core.task_status import FINAL
+from hub.core.tasks import FIND_PRACTICE
 from hub.kpi_report import fold_log, write_csv, write_html
 from schemas.events import coordination as co
 from schemas.subscriptions import Subscription
@@ -214,6 +216,14 @@ def report(run: Running, month: Month, locality: Locality, console: Console, mee
     console.print(
         f"PIC summaries delivered to practice mailboxes: {letters} (under {services.settings.data_dir / 'mailbox'})"
     )
+    held = sum(  # summaries for people whose GP practice nobody has named
+        t["code"]["coding"][0]["code"] == FIND_PRACTICE and t["status"] not in FINAL for t in tasks
+    )
+    if held:
+        console.print(
+            f"PIC summaries held until the person's GP practice is known: {held}; each is a {FIND_PRACTICE} "
+            "task for the coordinator, and the summary goes as soon as an ADT, register row or GP referral names it"
+        )
     from hub.core.huddle import agenda
     from hub.web.views import gather
 
@@ -238,9 +248,11 @@ async def kpis(run: Running, month: str, console: Console) -> None:
         value = headline[(kpi, breakdown)]
         return "n/a" if value is None else f"{value:g}{unit}"  # (no value: nothing to divide by)
 
+    pending = headline[("GP letters within 48 hours", "pending")]
     console.print(
         f"KPIs for {month}: {shown('referrals', '')} referrals, "
         f"first visits within 4 weeks {shown('first visits within 4 weeks', '%', '%')} (target 95%), "
-        f"GP letters within 48 h {shown('GP letters within 48 hours', '%', '%')} (target 90%); "
-        f"report in {out}"
+        f"GP letters within 48 h {shown('GP letters within 48 hours', '%', '%')} (target 90%"
+        + (f"; {pending:g} discharges still within their 48 h are not counted yet" if pending else "")
+        + f"); report in {out}"
     )

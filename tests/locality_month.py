@@ -34,7 +34,8 @@ The commissioner's KPIs for November 2026, by hand (EXPECTED_KPIS):
   days to first contact: P3 2d5h = 2.2083, P6 2d23h = 2.9583 -> mean 2.58
   days to first visit: P3 17.0, P6 2.9583 -> mean 9.98
   discharges 1 (P6); declined 1 (P4, Y01) = 33.3% of referrals
-  GP letter: P6 closed 27 Nov 10:00, receipt 28 Nov 09:00 = 23 h; within 48 h 100%
+  GP letter: P6 closed 27 Nov 10:00, receipt 28 Nov 09:00 = 23 h; within 48 h 100%; none pending
+  (a discharge with no letter yet and its 48 h still running at the last event on the log)
   onward referrals 1; caseload at month end c-ann 1, c-bob 0; discharged after over 12 weeks 0%
   huddles held 4, attended 75%
 """
@@ -302,6 +303,7 @@ EXPECTED_KPIS: dict[tuple[str, str], float] = {
     ("declined", "% of referrals"): 33.3,
     ("hours from discharge to GP letter", "mean"): 23.0,
     ("GP letters within 48 hours", "%"): 100.0,
+    ("GP letters within 48 hours", "pending"): 0,  # P6's letter came: decided
     ("onward referrals", ""): 1,
     ("caseload at month end", "c-ann"): 1,
     ("caseload at month end", "c-bob"): 0,

@@ -11,6 +11,18 @@ from schemas.events import coordination as co
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 
 
+def bundle_resources(payload: Json) -> list[Json]:
+    """The resources of an event payload: a Bundle's entries, or the one resource it is (never raises)."""
+    if payload.get("resourceType") == "Bundle":
+        entries = payload.get("entry")
+        return [
+            e["resource"]
+            for e in (entries if isinstance(entries, list) else [])
+            if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+        ]
+    return [payload]
+
+
 def of_kind(resources: list[Json], kind: str) -> list[Json]:
     """The resources of one type, in order."""
     return [r for r in resources if r.get("resourceType") == kind]
@@ -54,3 +66,35 @@ def ods(identifiers: Any) -> str | None:
 def identifier_value(reference: Any) -> Any:
     """The identifier value a logical Reference carries (a practice, a coordinator), if any."""
     return ((reference or {}).get("identifier") or {}).get("value")
+
+
+def register_measures(resources: list[Json]) -> dict[str, int]:
+    """An at-risk register row's measures (MEASURE_SYSTEM code -> valueInteger)."""
+    found: dict[str, int] = {}
+    for obs in of_kind(resources, "Observation"):
+        for coding in (obs.get("code") or {}).get("coding") or []:
+            if coding.get("system") == co.MEASURE_SYSTEM and isinstance(obs.get("valueInteger"), int):
+                found[str(coding.get("code"))] = int(obs["valueInteger"])
+    return found
+
+
+def addressed_to(request: Json, org: str) -> bool:
+    """Whether a referral is addressed to this organisation (or, naming no performer, to anyone)."""
+    performers = request.get("performer") or []
+    if not performers:
+        return True  # a referral addressed to nobody in particular comes to the coordination service
+    return any((p.get("identifier") or {}).get("value") == org for p in performers)
+
+
+def care_manager(episode: Json) -> str | None:
+    """The coordinator an EpisodeOfCare names as its care manager, if any."""
+    value = identifier_value(episode.get("careManager"))
+    return str(value) if value else None
+
+
+def focus_of(resources: list[Json]) -> str | None:
+    """What a task opened by these resources is about: the first referral, episode or encounter."""
+    for kind in ("ServiceRequest", "EpisodeOfCare", "Encounter"):
+        for resource in of_kind(resources, kind):
+            return f"{kind}/{resource['id']}"
+    return None

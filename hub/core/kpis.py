@@ -16,9 +16,13 @@ Definitions (each names its source events):
     discharges               episode.closed in the month
     declined                 referrals to the service whose latest outcome is declined, by the month of that
                              outcome, by practice; % of the month's referrals
-    age at referral          bands <65, 65-74, 75-84, 85+ from the birth date the referral carried, and
-                             "unknown" when it carried none (the bands add up to the referrals)
-    GP letter                episode.closed -> pic-summary.receipt, hours; % within 48 h (target 90%)
+    age at referral          bands <65, 65-74, 75-84, 85+ from the birth date the referral carried, else
+                             the latest one said of the person (any event's Patient whose id is the
+                             subject: hospital ADT, register rows) at or before the referral, and
+                             "unknown" when there is none (the bands add up to the referrals)
+    GP letter                episode.closed -> pic-summary.receipt, hours; % within 48 h (target 90%) of
+                             the month's discharges whose letter came or whose 48 h have run out by the
+                             last event on the log; the rest are "pending", not yet a miss
     onward referrals         referral.received made by the service itself, in the month
     caseload                 open episodes per coordinator at the end of the month (target 28)
     over 12 weeks            % of the month's discharges that had been on the caseload more than 84 days
@@ -46,7 +50,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from hub.core.errors import InvalidMessageError
-from hub.core.fhir_read import ODS_SYSTEM, contact_kind, extension, identifier_value, of_kind
+from hub.core.fhir_read import ODS_SYSTEM, bundle_resources, contact_kind, extension, identifier_value, of_kind
 from hub.core.huddle import UK
 from hub.core.ports import Json, RecordEvent
 from hub.core.record import resources_of
@@ -54,6 +58,7 @@ from schemas.events import coordination as co
 
 UNKNOWN_AGE = "unknown"
 BANDS = ((0, 65, "<65"), (65, 75, "65-74"), (75, 85, "75-84"), (85, 200, "85+"))
+LETTER_DUE = timedelta(hours=48)
 # what a payload of the wrong shape raises in a handler (a list where a dict belongs, and so on)
 _UNREADABLE = (InvalidMessageError, LookupError, AttributeError, TypeError, ValueError, OverflowError)
 
@@ -76,7 +81,7 @@ class _Referral:
     at: datetime
     practice: str
     source: str
-    age: int | None
+    born: date | None  # as the referral's own Patient says
     first_contact: datetime | None = None
     first_visit: datetime | None = None
 
@@ -104,25 +109,36 @@ class KpiFold:
     skipped: Counter[str] = field(default_factory=Counter)
     _seen: set[str] = field(default_factory=set)
     _contacts: dict[str, list[tuple[datetime, str]]] = field(default_factory=dict)
+    _births: dict[str, list[tuple[datetime, date]]] = field(default_factory=dict)  # person -> (said at, born)
+    _last: datetime | None = None  # the latest event time seen: how far the log has got
 
     def add(self, event: RecordEvent) -> None:
         """Fold one event; one the fold cannot read is skipped and counted, never raised."""
         if event.id in self._seen:
             return
         self._seen.add(event.id)
+        self._last = event.time if self._last is None else max(self._last, event.time)
         handler = _HANDLERS.get(event.type)
-        if handler is None:
-            return
         try:  # each handler reads everything before it changes anything: a skip leaves no trace
-            handler(self, event, resources_of(event))
+            if handler is not None:
+                handler(self, event, resources_of(event))
         except _UNREADABLE as exc:
             self.skip(f"{event.type}: {_why(exc)}")
+            return
+        self._birth_date(event)
 
     def skip(self, reason: str) -> None:
         """Count an event or record left out of the figures, and why."""
         self.skipped[reason] += 1
 
     # --- per event type ----------------------------------------------------------------------
+
+    def _birth_date(self, event: RecordEvent) -> None:
+        """Remember the birth date any event's Patient says of the person (the subject), and when."""
+        for patient in of_kind(bundle_resources(event.payload), "Patient"):
+            born = _born(patient.get("birthDate"))
+            if patient.get("id") == event.subject and born is not None:
+                self._births.setdefault(event.subject, []).append((event.time, born))
 
     def _referral(self, event: RecordEvent, resources: list[Json]) -> None:
         patient = next(iter(of_kind(resources, "Patient")), {})
@@ -145,8 +161,8 @@ class KpiFold:
         if performers and self.service not in performers:
             return None
         practice = _practice(patient) or str(requester or "unknown")
-        age = _age(patient.get("birthDate"), at)
-        return _Referral(str(request["id"]), event.subject, at, practice, _source(request), age)
+        born = _born(patient.get("birthDate"))
+        return _Referral(str(request["id"]), event.subject, at, practice, _source(request), born)
 
     def _contact(self, event: RecordEvent, resources: list[Json]) -> None:
         said = [
@@ -247,7 +263,7 @@ class KpiFold:
         rows = [Row("referrals", "", len(referred))]
         rows += [Row("referrals by practice", p, n) for p, n in sorted(Counter(r.practice for r in referred).items())]
         rows += [Row("referrals by source", s, n) for s, n in sorted(Counter(r.source for r in referred).items())]
-        bands = Counter(_band(r.age) for r in referred)
+        bands = Counter(_band(_age(r.born or self._born_by(r.person, r.at), r.at)) for r in referred)
         return rows + [Row("age at referral", label, bands.get(label, 0)) for label in _band_labels()]
 
     def _visit_rows(self, inside: Callable[[datetime | None], bool]) -> list[Row]:
@@ -271,11 +287,20 @@ class KpiFold:
         rows = [Row("declined by practice", p, n) for p, n in sorted(Counter(declined).items())]
         return [*rows, Row("declined", "% of referrals", _pct(len(declined), referred), "to be baselined")]
 
+    def _born_by(self, person: str, at: datetime) -> date | None:
+        """The birth date said of the person latest at or before `at` (in their partition's order at a tie)."""
+        said = [(t, i, born) for i, (t, born) in enumerate(self._births.get(person, [])) if t <= at]
+        return max(said)[2] if said else None
+
     def _letter_rows(self, discharged: list[_Episode]) -> list[Row]:
         hours = [(e.letter - e.end) / timedelta(hours=1) for e in discharged if e.letter and e.end]
+        last = self._last or datetime.min.replace(tzinfo=UTC)
+        pending = [e for e in discharged if e.letter is None and e.end and e.end + LETTER_DUE > last]
+        decided = len(discharged) - len(pending)  # a letter came, or 48 h passed on the log without one
         return [
             Row("hours from discharge to GP letter", "mean", round(sum(hours) / len(hours), 2) if hours else None),
-            Row("GP letters within 48 hours", "%", _pct(sum(h <= 48 for h in hours), len(discharged)), "90%"),
+            Row("GP letters within 48 hours", "%", _pct(sum(h <= 48 for h in hours), decided), "90%"),
+            Row("GP letters within 48 hours", "pending", len(pending)),
         ]
 
     def _caseload_rows(self, end: datetime) -> list[Row]:
@@ -370,12 +395,18 @@ def _source(request: Json) -> str:
     return "not recorded"
 
 
-def _age(birth: Any, at: datetime) -> int | None:
+def _born(birth: Any) -> date | None:
+    """A FHIR birthDate as a day; a partial one (a year, a month) or a malformed one is none."""
     if not isinstance(birth, str) or len(birth) < 10:
         return None
     try:
-        born = date.fromisoformat(birth[:10])
+        return date.fromisoformat(birth[:10])
     except ValueError:
+        return None
+
+
+def _age(born: date | None, at: datetime) -> int | None:
+    if born is None:
         return None
     day = at.astimezone(UK).date()  # a birthday is a UK day
     return day.year - born.year - ((day.month, day.day) < (born.month, born.day))

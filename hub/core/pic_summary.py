@@ -3,7 +3,8 @@
 A Composition (type SNOMED 373942005 "Discharge summary", as UK Core's discharge Composition) with
 the sections the Croydon specification asks for: reason for referral, goals and outcomes,
 interventions, onward referrals and follow-up. `document` wraps it with the resources it cites into
-a FHIR document Bundle (Composition first, then the Patient, the episode and the referrals).
+a FHIR document Bundle (Composition first, then the Patient, the episode and the referrals); `letter`
+is that document addressed to the person's practice (a Patient stub naming it), as the hub sends it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from hub.core.ports import Json
 
 SNOMED = "http://snomed.info/sct"
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 BASE = "https://carehub.invalid/fhir"
 XHTML = "http://www.w3.org/1999/xhtml"
 SECTIONS = (
@@ -64,6 +66,15 @@ def document(summary: Json, *, patient: Json | None, episode: Json, referrals: l
         "timestamp": at.isoformat(),
         "entry": [{"fullUrl": f"{BASE}/{r['resourceType']}/{r['id']}", "resource": _bare(r)} for r in entries],
     }
+
+
+def letter(summary: Json, *, person: str, nhs: str | None, practice: str, episode: Json, at: datetime) -> Json:
+    """The document for the person's practice: GP subscriptions deliver it by the practice its Patient names."""
+    patient: Json = {"resourceType": "Patient", "id": person}
+    if nhs:
+        patient["identifier"] = [{"system": NHS_SYSTEM, "value": nhs}]
+    patient["generalPractitioner"] = [{"identifier": {"system": ODS_SYSTEM, "value": practice}}]
+    return document(summary, patient=patient, episode=episode, referrals=[], at=at)
 
 
 def _bare(resource: Json) -> Json:

@@ -13,6 +13,10 @@ Order of work for each event:
     case-find   a register row meeting a criterion, or a referral from a listed source, puts the person
                 on their practice's case list once (caselist.added)
     episode     episode.opened starts a caseload stay and its long-stay clock; episode.closed ends both
+                and issues the PIC summary to the person's practice, or, when no practice is known, holds
+                it and gives the coordinator a task to find the practice (due when the letter is)
+    release     once an event names the practice (an ADT, a register row, a GP's referral), held PIC
+                summaries go to it and their find-the-practice tasks complete
     open        every task rule triggered by this event (and its condition) opens a task with a clock
     manual      a task.updated from a coordinator (the API) moves the task's status if the move is
                 allowed (hub.core.task_status); a final status stops its clock
@@ -27,9 +31,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from hub.core.fhir_read import ODS_SYSTEM, contact_kind, extension, ods, of_kind, referral_source
+from hub.core.fhir_read import (
+    ODS_SYSTEM,
+    addressed_to,
+    bundle_resources,
+    care_manager,
+    contact_kind,
+    extension,
+    focus_of,
+    ods,
+    of_kind,
+    referral_source,
+    register_measures,
+)
 from hub.core.identity import stable_id
-from hub.core.pic_summary import document
+from hub.core.pic_summary import letter
 from hub.core.ports import Json, RecordEvent
 from hub.core.task_status import FINAL, may_move
 from schemas.coordination_rules import CoordinationRules, Fulfilment, TaskRule
@@ -37,6 +53,9 @@ from schemas.events import coordination as co
 
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 OVERDUE = "overdue"
+FIND_PRACTICE = "find-gp-practice"  # the engine's own task: a PIC summary waits for the person's practice
+FIND_PRACTICE_TITLE = "Find the person's GP practice: their PIC summary is held until one is known"
+LETTER_DUE = timedelta(hours=48)  # the Croydon contract's, for rules that give the letter no deadline
 _OWN = frozenset(
     {
         co.TASK_CREATED.type,
@@ -94,17 +113,22 @@ class Engine:
             "identifier": {"system": ODS_SYSTEM, "value": rules.service.ods},
             "display": rules.service.name,
         }
+        closed, receipt = short_name(co.EPISODE_CLOSED.type), short_name(co.PIC_SUMMARY_RECEIPT.type)
+        letters = (r for r in rules.tasks if r.trigger == closed and any(f.event == receipt for f in r.done_by))
+        self._letter_due = min((r.due for r in letters), default=LETTER_DUE)
 
     def handle(self, state: Json, event: RecordEvent) -> Outcome:
         """Apply one event to one person's state."""
-        out = Outcome()
         if event.type in _OWN:
-            return out
+            return Outcome()
         name = short_name(event.type)
         resources = bundle_resources(event.payload)
-        self._remember_practice(state, resources, referral=event.type == co.REFERRAL_RECEIVED.type)
+        if event.type != co.PIC_SUMMARY_SENT.type:  # (the hub's own letter says only what it was told)
+            self._remember_practice(state, resources, referral=event.type == co.REFERRAL_RECEIVED.type)
+        out = self._release(state, event)
         if name == "task.updated":
-            return self._manual(state, event, resources)
+            out.extend(self._manual(state, event, resources))
+            return out
         self._fulfil(state, event, name, resources, out)
         self._case_find(state, event, name, resources, out)
         self._episode(state, event, name, resources, out)
@@ -175,7 +199,7 @@ class Engine:
             return
         matched: str | None = None
         if name == "register.row":
-            measures = _measures(resources)
+            measures = register_measures(resources)
             for criterion in self.rules.case_finding:
                 if criterion.at_least and all(measures.get(m, -1) >= n for m, n in criterion.at_least.items()):
                     matched = criterion.id
@@ -213,7 +237,7 @@ class Engine:
                 )
                 state["episode"] = {
                     "id": episode["id"],
-                    "coordinator": _coordinator(episode),
+                    "coordinator": care_manager(episode),
                     "start": start.isoformat(),
                     "long_stay": False,
                 }
@@ -230,13 +254,60 @@ class Engine:
                     if current.get("long_stay"):  # the flag ends with the stay
                         out.events.append(self._long_stay_ended(state, event, current))
                 for summary in of_kind(resources, "Composition"):
-                    out.events.append(self._pic_summary(state, event, episode, summary))
+                    if state.get("practice"):
+                        out.events.append(self._pic_summary(state, event.subject, episode, summary, event.time))
+                    else:
+                        self._hold(state, event, episode, summary, out)
+
+    def _hold(self, state: Json, event: RecordEvent, episode: Json, summary: Json, out: Outcome) -> None:
+        """No practice known to send the PIC summary to: it waits in the person's state, and the
+        closing coordinator gets a task to find the practice, due when the letter is."""
+        held = state.setdefault("held", {})
+        if summary["id"] in held:
+            return  # the same close, re-sent
+        task_id = stable_id("task", FIND_PRACTICE, str(summary["id"]))
+        held[summary["id"]] = {
+            "episode": episode,
+            "summary": summary,
+            "closed": event.time.isoformat(),
+            "task": task_id,
+        }
+        due = event.time + self._letter_due
+        task: Json = {
+            "rule": FIND_PRACTICE,
+            "title": FIND_PRACTICE_TITLE,
+            "status": "requested",
+            "opened": event.time.isoformat(),
+            "due": due.isoformat(),
+            "owner": care_manager(episode) or self.rules.service.ods,
+            "focus": f"Composition/{summary['id']}",
+        }
+        state["tasks"][task_id] = task
+        out.set.append(Clock(task_id, event.subject, due, "task"))
+        out.events.append(self._task_event(co.TASK_CREATED.type, task_id, event.subject, event.time, task))
+
+    def _release(self, state: Json, event: RecordEvent) -> Outcome:
+        """Held PIC summaries go once the person's practice is known (never dated before their close);
+        each one's find-the-practice task completes, unless a coordinator has finished it already."""
+        out = Outcome()
+        if not state.get("practice") or not state.get("held"):
+            return out
+        for held in sorted(state.pop("held").values(), key=lambda h: (h["closed"], h["summary"]["id"])):
+            at = max(event.time, datetime.fromisoformat(held["closed"]))
+            out.events.append(self._pic_summary(state, event.subject, held["episode"], held["summary"], at))
+            task = state["tasks"].get(held["task"])
+            if task is not None and task["status"] not in FINAL:
+                task["status"] = "completed"
+                task["closed"] = at.isoformat()
+                out.cleared.append(held["task"])
+                out.events.append(self._task_event(co.TASK_UPDATED.type, held["task"], event.subject, at, task))
+        return out
 
     def _condition(self, rule: TaskRule, state: Json, resources: list[Json]) -> bool:
         if rule.when == "on-caseload-or-case-list":
             return bool(state.get("episode") or state.get("eligible"))
         if rule.when == "addressed-to-service":
-            return any(_addressed_to(sr, self.rules.service.ods) for sr in of_kind(resources, "ServiceRequest"))
+            return any(addressed_to(sr, self.rules.service.ods) for sr in of_kind(resources, "ServiceRequest"))
         return True
 
     def _open(self, state: Json, event: RecordEvent, rule: TaskRule, resources: list[Json], out: Outcome) -> None:
@@ -244,7 +315,7 @@ class Engine:
         if task_id in state["tasks"]:
             return
         episode = state.get("episode") or {}
-        closing = [c for c in map(_coordinator, of_kind(resources, "EpisodeOfCare")) if c]  # episode.closed
+        closing = [c for c in map(care_manager, of_kind(resources, "EpisodeOfCare")) if c]  # episode.closed
         coordinator = episode.get("coordinator") or (closing[0] if closing else None)
         owner = coordinator if rule.owner == "coordinator" and coordinator else self.rules.service.ods
         task: Json = {
@@ -254,7 +325,7 @@ class Engine:
             "opened": event.time.isoformat(),
             "due": (event.time + rule.due).isoformat(),
             "owner": owner,
-            "focus": _focus(resources),
+            "focus": focus_of(resources),
         }
         state["tasks"][task_id] = task
         out.set.append(Clock(task_id, event.subject, event.time + rule.due, "task"))
@@ -311,15 +382,10 @@ class Engine:
             return self._team
         return {"identifier": {"system": co.COORDINATOR_SYSTEM, "value": owner}}
 
-    def _pic_summary(self, state: Json, event: RecordEvent, episode: Json, summary: Json) -> RecordEvent:
+    def _pic_summary(self, state: Json, person: str, episode: Json, summary: Json, at: datetime) -> RecordEvent:
         """The PIC summary as a document for the person's practice (GP subscriptions deliver it)."""
-        patient: Json = {"resourceType": "Patient", "id": event.subject}
-        if state.get("nhs"):
-            patient["identifier"] = [{"system": NHS_SYSTEM, "value": state["nhs"]}]
-        if state.get("practice"):
-            patient["generalPractitioner"] = [{"identifier": {"system": ODS_SYSTEM, "value": state["practice"]}}]
-        doc = document(summary, patient=patient, episode=episode, referrals=[], at=event.time)
-        return self._derived(co.PIC_SUMMARY_SENT.type, f"pic-summary|{summary['id']}", event.subject, event.time, doc)
+        doc = letter(summary, person=person, nhs=state.get("nhs"), practice=state["practice"], episode=episode, at=at)
+        return self._derived(co.PIC_SUMMARY_SENT.type, f"pic-summary|{summary['id']}", person, at, doc)
 
     def _long_stay_flag(self, clock: Clock, episode: Json) -> RecordEvent:
         flag_id = stable_id("long-stay", clock.id)
@@ -357,17 +423,6 @@ class Engine:
         )
 
 
-def bundle_resources(payload: Json) -> list[Json]:
-    """The resources of an event payload: a Bundle's entries, or the one resource it is (never raises)."""
-    if payload.get("resourceType") == "Bundle":
-        return [
-            e["resource"]
-            for e in payload.get("entry") or []
-            if isinstance(e, dict) and isinstance(e.get("resource"), dict)
-        ]
-    return [payload]
-
-
 def _matches(f: Fulfilment, name: str, event: RecordEvent, resources: list[Json], opened: datetime, task: Json) -> bool:
     if f.event != name or event.time < opened + f.not_before:
         return False
@@ -383,37 +438,8 @@ def _matches(f: Fulfilment, name: str, event: RecordEvent, resources: list[Json]
     return True
 
 
-def _measures(resources: list[Json]) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for obs in of_kind(resources, "Observation"):
-        for coding in (obs.get("code") or {}).get("coding") or []:
-            if coding.get("system") == co.MEASURE_SYSTEM and isinstance(obs.get("valueInteger"), int):
-                found[str(coding.get("code"))] = int(obs["valueInteger"])
-    return found
-
-
 def _referral_source(resources: list[Json]) -> str | None:
     return next((code for sr in of_kind(resources, "ServiceRequest") if (code := referral_source(sr))), None)
-
-
-def _addressed_to(request: Json, ods: str) -> bool:
-    performers = request.get("performer") or []
-    if not performers:
-        return True  # a referral addressed to nobody in particular comes to the coordination service
-    return any((p.get("identifier") or {}).get("value") == ods for p in performers)
-
-
-def _coordinator(episode: Json) -> str | None:
-    manager = episode.get("careManager") or {}
-    value = (manager.get("identifier") or {}).get("value")
-    return str(value) if value else None
-
-
-def _focus(resources: list[Json]) -> str | None:
-    for kind in ("ServiceRequest", "EpisodeOfCare", "Encounter"):
-        for resource in of_kind(resources, kind):
-            return f"{kind}/{resource['id']}"
-    return None
 
 
 def due_of(task: Json) -> datetime:

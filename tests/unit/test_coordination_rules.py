@@ -255,3 +255,112 @@ def test_until_a_registration_says_the_practice_the_latest_referral_does(engine:
     assert letter_to(engine, [partner]) == "LA123"  # all anyone has said
     assert letter_to(engine, [partner, referred_by("Y01", "gp", month.at(4, 9))]) == "Y01"  # the GP corrects it
     assert letter_to(engine, [partner, hospital_adt(month.at(5, 9))]) == "Y00001"
+
+
+def test_the_hubs_own_letter_read_back_from_the_log_is_no_registration(engine: Engine) -> None:
+    """The PIC summary is on the log, so the engine reads it back; the practice it names came from a
+    partner's referral, and a GP's referral after it must still correct it."""
+    store = MemoryCoordinationStore()
+    partner = referred_by("LA123", "gp", month.at(3, 9))
+    derived = run(engine, [partner, *discharged_from_the_service(month.at(20, 9))], store)
+    [sent] = [e for e in derived if e.type == co.PIC_SUMMARY_SENT.type]
+    assert letters([sent]) == [(sent.time, "LA123")]
+    run(engine, [sent, referred_by("Y01", "gp", month.at(22, 9))], store)
+    with store.unit_of_work() as uow:
+        assert (uow.state(month.PEOPLE["P1"]) or {}).get("practice") == "Y01"
+
+
+# --- a PIC summary with no practice to go to: held, and the coordinator told ------------------------
+
+
+def unregistered_referral(when: datetime) -> RecordEvent:
+    """P1 referred by adult social care, whose referral names no GP (as the API's stub for a partner)."""
+    event = month.referral("P1", when, "adult-social-care", by="LA123")
+    [stub] = [r["resource"] for r in event.payload["entry"] if r["resource"]["resourceType"] == "Patient"]
+    del stub["generalPractitioner"]
+    return event
+
+
+def discharged_from_the_service(when: datetime) -> list[RecordEvent]:
+    """P1 on c-ann's caseload from 10 Nov, discharged at `when` with the PIC summary `pic-p1`."""
+    summary = {"resourceType": "Composition", "id": "pic-p1", "status": "final", "title": "PIC summary"}
+    closing = month.episode("P1", when, "c-ann", closed=True)
+    closing.payload["entry"].append({"resource": summary})
+    return [month.episode("P1", month.at(10, 9), "c-ann"), closing]
+
+
+def of_code(derived: list[RecordEvent], type_: str, code: str) -> list[RecordEvent]:
+    return [e for e in derived if e.type == type_ and e.payload["code"]["coding"][0]["code"] == code]
+
+
+def letters(derived: list[RecordEvent]) -> list[tuple[datetime, str | None]]:
+    """(time, practice) of each PIC summary issued."""
+    found = []
+    for event in (e for e in derived if e.type == co.PIC_SUMMARY_SENT.type):
+        [patient] = [r["resource"] for r in event.payload["entry"] if r["resource"]["resourceType"] == "Patient"]
+        gps = patient.get("generalPractitioner") or [{}]
+        found.append((event.time, gps[0].get("identifier", {}).get("value")))
+    return found
+
+
+def test_a_pic_summary_with_no_practice_to_go_to_waits_and_the_coordinator_must_find_the_practice(
+    engine: Engine,
+) -> None:
+    store = MemoryCoordinationStore()
+    closed_at = month.at(20, 9)
+    derived = run(engine, [unregistered_referral(month.at(3, 9)), *discharged_from_the_service(closed_at)], store)
+    assert letters(derived) == []  # not sent to nobody
+    [made] = of_code(derived, co.TASK_CREATED.type, "find-gp-practice")
+    task = made.payload
+    Task.model_validate(task)
+    assert (task["status"], task["owner"]["identifier"]["value"]) == ("requested", "c-ann")
+    assert task["restriction"]["period"]["end"] == (closed_at + timedelta(hours=48)).isoformat()  # as the letter
+    assert task["focus"] == {"reference": "Composition/pic-p1"}
+    [_, closing] = discharged_from_the_service(closed_at)
+    resent = RecordEvent(
+        f"{closing.id}-again", closing.type, closing.source, closing.time, closing.subject, closing.payload
+    )
+    assert of_code(run(engine, [resent], store), co.TASK_CREATED.type, "find-gp-practice") == []  # one task
+
+    released = run(engine, [hospital_adt(month.at(21, 9))], store)  # the hospital names Y00001
+    assert letters(released) == [(month.at(21, 9), "Y00001")]
+    [sent] = [e for e in released if e.type == co.PIC_SUMMARY_SENT.type]
+    assert sent.payload["entry"][0]["resource"]["id"] == "pic-p1"
+    [done] = of_code(released, co.TASK_UPDATED.type, "find-gp-practice")
+    assert (done.payload["id"], done.payload["status"]) == (task["id"], "completed")
+    overdue = run(engine, [tick(0, month.at(23))], store)  # its clock stopped; the letter's receipt is still due
+    assert {"pic-summary", "referral-triage"} == {e.payload["code"]["coding"][0]["code"] for e in overdue}
+    assert letters(run(engine, [hospital_adt(month.at(24, 9))], store)) == []  # sent once
+
+
+def test_a_held_pic_summary_past_its_48_hours_goes_to_the_team_lead_and_still_goes_once_the_gp_refers(
+    engine: Engine,
+) -> None:
+    store = MemoryCoordinationStore()
+    run(engine, [unregistered_referral(month.at(3, 9)), *discharged_from_the_service(month.at(20, 9))], store)
+    overdue = run(engine, [tick(0, month.at(22, 9))], store)  # (the referral, never triaged, went too)
+    codes = {e.payload["code"]["coding"][0]["code"] for e in overdue}
+    assert codes == {"find-gp-practice", "pic-summary", "referral-triage"}
+    assert {e.payload["owner"]["identifier"]["value"] for e in overdue} == {"team-lead"}
+    released = run(engine, [referred_by(month.PRACTICE, "gp", month.at(25, 9))], store)
+    assert letters(released) == [(month.at(25, 9), month.PRACTICE)]
+    [done] = of_code(released, co.TASK_UPDATED.type, "find-gp-practice")
+    assert done.payload["status"] == "completed"
+    assert done.payload["owner"]["identifier"]["value"] == "team-lead"
+
+
+def test_a_held_pic_summary_still_goes_when_the_coordinator_has_closed_the_task_to_find_the_practice(
+    engine: Engine,
+) -> None:
+    store = MemoryCoordinationStore()
+    derived = run(engine, [unregistered_referral(month.at(3, 9)), *discharged_from_the_service(month.at(20, 9))], store)
+    [made] = of_code(derived, co.TASK_CREATED.type, "find-gp-practice")
+    cancelled = {**made.payload, "status": "cancelled"}
+    run(
+        engine,
+        [RecordEvent("manual-1", co.TASK_UPDATED.type, "urn:ods:Y0PIC", month.at(21), made.subject, cancelled)],
+        store,
+    )
+    released = run(engine, [hospital_adt(month.at(22, 9))], store)
+    assert letters(released) == [(month.at(22, 9), "Y00001")]
+    assert of_code(released, co.TASK_UPDATED.type, "find-gp-practice") == []  # it stays as the coordinator left it

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hub import cli, kpi_report
+from hub.core.coordination import tick
 from hub.core.kpis import KpiFold, Row
 from hub.core.ports import RecordEvent
 from hub.kpi_report import write_csv, write_html
@@ -274,3 +275,55 @@ def test_the_kpi_command_says_how_many_records_were_skipped_and_why(
     with (out / "kpi-2026-11.csv").open() as report_:
         skipped = [r for r in csv.DictReader(report_) if r["kpi"] == kpi_report.SKIPPED]
     assert sorted(int(r["value"]) for r in skipped) == [1, 1]
+
+
+def test_a_discharge_whose_48_hours_have_not_run_out_on_the_log_is_pending_not_a_missed_letter() -> None:
+    # P3 discharged from the service 30 Nov 17:00, the log's last event the clock's tick at 23:59: no
+    # letter yet, and none due until 2 Dec 17:00. P6's letter (23 h) is the only one decided
+    closed = month.episode("P3", month.at(30, 17), "c-ann", closed=True)
+    events = [*month.script(), closed, tick(0, month.at(30, 23, 59))]
+    figures = report(fold_of(*events), "2026-11")
+    assert figures[("discharges", "")] == 2
+    assert figures[("GP letters within 48 hours", "%")] == 100.0
+    assert figures[("GP letters within 48 hours", "pending")] == 1
+    # the log reaches 2 Dec 17:00 with no letter: its 48 hours ran out, a miss
+    late = report(fold_of(*events, tick(0, month.at(2, 17, month=12))), "2026-11")
+    assert (late[("GP letters within 48 hours", "%")], late[("GP letters within 48 hours", "pending")]) == (50.0, 0)
+    # or the letter comes the next morning (16 h): on time
+    sent = report(fold_of(*events, month.receipt("P3", month.at(1, 9, month=12))), "2026-11")
+    assert (sent[("GP letters within 48 hours", "%")], sent[("GP letters within 48 hours", "pending")]) == (100.0, 0)
+    assert sent[("hours from discharge to GP letter", "mean")] == 19.5  # (23 + 16) / 2
+
+
+def person_ordered(events: list[RecordEvent], rng: random.Random) -> list[RecordEvent]:
+    """The events as a reader of partitions may see them: each person's in order, people interleaved."""
+    queues: dict[str, list[RecordEvent]] = {}
+    for event in events:
+        queues.setdefault(event.subject, []).append(event)
+    shuffled: list[RecordEvent] = []
+    while any(queues.values()):
+        shuffled.append(rng.choice([q for q in queues.values() if q]).pop(0))
+    return shuffled
+
+
+def test_a_referral_without_a_birth_date_is_aged_by_the_latest_one_said_of_the_person_before_it() -> None:
+    # the API's referrals carry no birth date; the hospital's ADT said P3 was born in 1940, then 1950
+    # (76 at the referral); what it says after the referral is not what was known of it
+    said = [
+        month.discharge("P3", month.at(1, 9)),
+        edited(month.discharge("P3", month.at(2, 9)), patient_birthDate="1950-03-01"),
+        # neither a date that is no day nor someone else's Patient (a merge's retired record) says one
+        edited(month.discharge("P3", month.at(2, 10)), patient_birthDate="1960-02-30"),
+        edited(month.discharge("P3", month.at(2, 11)), patient_birthDate="1990-01-01", patient_id="retired"),
+        edited(month.referral("P3", month.at(3, 10), "gp"), patient_birthDate=None),
+        edited(month.discharge("P3", month.at(4, 9)), patient_birthDate="1930-03-01"),
+        # P4: nothing says a birth date; P6: the referral's own (65 on 9 Nov) over the ADT's
+        edited(month.referral("P4", month.at(4, 10), "gp"), patient_birthDate=None),
+        month.discharge("P6", month.at(1, 9)),
+        edited(month.referral("P6", month.at(9, 9), "huddle"), patient_birthDate="1961-10-01"),
+    ]
+    expected = {"<65": 0, "65-74": 1, "75-84": 1, "85+": 0, "unknown": 1}
+    rng = random.Random(11)
+    for _ in range(10):
+        figures = report(fold_of(*person_ordered(said, rng)), "2026-11")
+        assert {band: figures[("age at referral", band)] for band in expected} == expected
