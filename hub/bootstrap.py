@@ -9,8 +9,9 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -105,16 +106,70 @@ def build(settings: Settings, **overrides: Any) -> Services:
     return Services(**parts)
 
 
+# in the data directory while `carehub up` or `carehub demo --serve` runs the embedded broker: where
+# it listens, and the process that runs it, so that other commands on the same data directory use
+# its log (the embedded broker keeps its log in memory, and only while it runs)
+ADVERT = "embedded-broker.json"
+
+
+def shared_kafka(settings: Settings) -> str:
+    """The Kafka a command should use: the configured one; else the embedded broker of a hub running
+    on the same data directory; else '' (there is none: start one's own)."""
+    return settings.bootstrap_servers() or advertised(settings.data_dir) or ""
+
+
+def advertised(data_dir: Path) -> str | None:
+    """Where the embedded broker of a hub running on this data directory listens, if one is."""
+    try:
+        found = json.loads((data_dir / ADVERT).read_text())
+        pid, bootstrap = int(found["pid"]), str(found["bootstrap"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return bootstrap if _alive(pid) else None  # (a hub killed outright leaves its file behind)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+@contextlib.contextmanager
+def _advertising(data_dir: Path, bootstrap: str) -> Iterator[None]:
+    """The advert, while the context lasts (not where another live hub has one here already)."""
+    path, pid = data_dir / ADVERT, os.getpid()
+    if advertised(data_dir) is not None:
+        log.warning("another hub runs an embedded broker on %s: this one's is not advertised", data_dir)
+        yield
+        return
+    temporary = path.with_suffix(f".{pid}.tmp")
+    temporary.write_text(json.dumps({"bootstrap": bootstrap, "pid": pid}))
+    temporary.replace(path)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            if int(json.loads(path.read_text())["pid"]) == pid:
+                path.unlink()
+
+
 @contextlib.asynccontextmanager
-async def kafka(settings: Settings) -> AsyncIterator[str]:
-    """The configured Kafka, or the embedded broker for as long as the context lasts."""
-    configured = settings.bootstrap_servers()
+async def kafka(settings: Settings, *, advertise: bool = False) -> AsyncIterator[str]:
+    """The configured Kafka; else the embedded broker of a hub running on the same data directory
+    (unless this one is to `advertise` its own); else an embedded broker for as long as the context
+    lasts, advertised in the data directory if `advertise`."""
+    configured = settings.bootstrap_servers() or (None if advertise else advertised(settings.data_dir))
     if configured:
         yield configured
         return
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with embedded_broker(log_path=settings.data_dir / "broker.log") as bootstrap:
-        yield bootstrap
+        with _advertising(settings.data_dir, bootstrap) if advertise else contextlib.nullcontext():
+            yield bootstrap
 
 
 @dataclass
@@ -262,8 +317,11 @@ async def running(
     mllp: bool = True,
     http: bool = True,
     consumers: bool = True,
+    advertise: bool = False,
 ) -> AsyncIterator[Running]:
-    """Start Kafka (embedded unless configured), topics, consumers, MLLP and HTTP; stop them all."""
+    """Start Kafka (embedded unless configured), topics, consumers, MLLP and HTTP; stop them all.
+    `advertise`: a long-running hub (`up`, `demo --serve`) tells other commands on its data directory
+    where its embedded broker listens (hub.bootstrap.kafka)."""
     from adapters.hl7v2.service import HospitalIntake
     from adapters.hl7v2.transport import serve
     from consumers.app import build_broker, include_consumers
@@ -272,7 +330,7 @@ async def running(
 
     if services is None:
         services = await asyncio.to_thread(build, settings)
-    async with kafka(settings) as bootstrap:
+    async with kafka(settings, advertise=advertise) as bootstrap:
         replication = settings.kafka.replication_factor if settings.bootstrap_servers() else 1
         await create_topics(bootstrap, replication=replication)
         broker = build_broker(bootstrap, client_id=settings.kafka.client_id)

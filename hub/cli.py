@@ -16,12 +16,15 @@ from rich.table import Table
 
 from hub.cli_base import (
     DataDir,
+    HeldDir,
     HttpPort,
     MllpPort,
     app,
     console,
+    counted,
     ingest_app,
     make_settings,
+    open_existing,
     topics_app,
 )
 from hub.settings import Settings
@@ -34,7 +37,7 @@ def up(data_dir: DataDir = Path("var"), mllp_port: MllpPort = 2575, http_port: H
     from hub.bootstrap import running
 
     async def main() -> None:
-        async with running(make_settings(data_dir, mllp_port, http_port)) as run:
+        async with running(make_settings(data_dir, mllp_port, http_port), advertise=True) as run:
             console.print(where_table(run))
             console.print("Press Ctrl-C to stop.")
             await until_signalled()
@@ -174,15 +177,15 @@ def token(
 
 @app.command()
 def deadletters(
-    data_dir: DataDir = Path("var"),
+    data_dir: HeldDir = Path("var"),
     limit: Annotated[int, typer.Option(help="How many, newest first")] = 20,
 ) -> None:
     """Show rejected input kept in the dead-letter store, with the reason."""
-    from hub.bootstrap import build
+    from hub.store.sql import SqlDeadLetters
 
-    services = build(make_settings(data_dir))
+    state = open_existing(data_dir)
     table = Table("received", "source", "origin", "reason")
-    for row in services.dead_letters.recent(limit):
+    for row in SqlDeadLetters(state.engine).recent(limit):
         issues = row.get("reason", {}).get("issue", [{}])
         table.add_row(
             str(row.get("received_at")),
@@ -259,7 +262,7 @@ async def _publish_agenda(settings: Settings, services: Any, fhir_list: dict[str
     """Publish the List on the events topic (with the embedded broker, the record applies it first)."""
     import orjson
 
-    from hub.bootstrap import running
+    from hub.bootstrap import running, shared_kafka
     from hub.core.huddle import event_id
     from schemas.envelope import Envelope
     from schemas.events.coordination import HUDDLE_AGENDA
@@ -273,15 +276,44 @@ async def _publish_agenda(settings: Settings, services: Any, fhir_list: dict[str
         subject=f"urn:ods:{practice}",
         data=orjson.dumps(fhir_list),
     )
-    embedded = not settings.bootstrap_servers()
+    embedded = not shared_kafka(settings)  # (else the running hub's consumers apply it)
     async with running(settings, services=services, mllp=False, http=False, consumers=embedded) as run:
         if run.publish is None:
             raise RuntimeError("the hub started without a publisher")
         await run.publish(envelope)
         if embedded and not await run.applied_ids([envelope.id]):
             console.print("[yellow]the record had not applied the agenda before the timeout[/yellow]")
-    return f"{HUDDLE_AGENDA.type} {envelope.id} (List/{fhir_list['id']}, {len(fhir_list.get('entry', []))} entries)"
+    entries = counted(len(fhir_list.get("entry", [])), "entry", "entries")
+    return f"{HUDDLE_AGENDA.type} {envelope.id} (List/{fhir_list['id']}, {entries})"
 
 
 # the other commands register themselves on the apps as their modules load
 from hub import cli_audit, cli_sharing  # noqa: E402, F401
+
+# what a path the command was given, and could not use, was wrong with (as the person should read it)
+_PATH_PROBLEMS: dict[type[OSError], str] = {
+    FileExistsError: "it exists and is not a folder",
+    NotADirectoryError: "part of it is a file, not a folder",
+    IsADirectoryError: "it is a folder, not a file",
+    FileNotFoundError: "no such file or folder",
+    PermissionError: "permission denied",
+}
+
+
+def main() -> None:
+    """The `carehub` console script: the app, with a file or folder it cannot use, or a database that
+    does not answer, told in one line and an exit code (2: a path given wrong; 1: anything else),
+    never as a traceback."""
+    from hub.core.errors import HubError
+
+    try:
+        app()  # (exits)
+        return
+    except OSError as exc:
+        problem = next((said for kind, said in _PATH_PROBLEMS.items() if isinstance(exc, kind)), None)
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        told, code = f"carehub: {where}{problem or exc.strerror or exc}", 2 if problem else 1
+    except HubError as exc:
+        told, code = f"carehub: {exc}", 1
+    console.print(f"[red]{escape(' '.join(told.split()))}[/red]", soft_wrap=True)  # (drivers' errors span lines)
+    raise SystemExit(code)

@@ -7,7 +7,7 @@ import asyncio
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -16,13 +16,29 @@ from rich.table import Table
 from hub.cli_base import (
     WHEN,
     DataDir,
+    HeldDir,
     app,
     audit_app,
     console,
+    counted,
+    fail,
     make_settings,
+    open_existing,
     record_app,
+    refuse_backwards,
 )
-from hub.instants import from_, up_to
+from hub.instants import UK, from_, up_to
+from hub.settings import Settings
+
+if TYPE_CHECKING:
+    from hub.core.kpis import KpiFold
+    from hub.replay import ReplayResult
+
+# what the commands that read the log say when there is none to read
+NO_LOG = (
+    "reads the Kafka log: set KAFKA_BOOTSTRAP_SERVERS, or run it while `carehub up` (or `carehub demo "
+    "--serve`) runs on the same --data-dir (its embedded broker keeps the log in memory, only while it runs)"
+)
 
 
 @audit_app.command("verify")
@@ -31,11 +47,11 @@ def audit_verify(
         str | None,
         typer.Option(help="SEQ:HASH of the head an earlier verify printed: also proves nothing was cut from the end"),
     ] = None,
-    data_dir: DataDir = Path("var"),
+    data_dir: HeldDir = Path("var"),
 ) -> None:
     """Recompute the ledger's hash chain; name the first entry altered, removed or reordered."""
-    from hub.bootstrap import build
     from hub.core.ledger import verify
+    from hub.store.ledger import SqlLedger
 
     anchor = None
     if head is not None:
@@ -44,13 +60,13 @@ def audit_verify(
             console.print("[red]--head: give SEQ:HASH as `carehub audit verify` printed it[/red]")
             raise typer.Exit(2)
         anchor = (int(seq), digest)
-    services = build(make_settings(data_dir))
-    entries = list(services.ledger.entries())
+    entries = list(SqlLedger(open_existing(data_dir).engine).entries())
     checked, broken = verify(entries, anchor)
     if broken:
-        console.print(f"[red]ledger broken at entry {broken.seq}: {broken.problem}[/red] ({checked} entries read)")
+        read = counted(checked, "entry", "entries")
+        console.print(f"[red]ledger broken at entry {broken.seq}: {broken.problem}[/red] ({read} read)")
         raise typer.Exit(1)
-    console.print(f"ledger intact: {checked} entries, chain verified")
+    console.print(f"ledger intact: {counted(checked, 'entry', 'entries')}, chain verified")
     if entries:
         last = entries[-1]
         console.print(f"head {last.seq}:{last.hash} (keep it; a later `--head` with it proves no entry was cut)")
@@ -59,21 +75,22 @@ def audit_verify(
 @audit_app.command("disclosures")
 def audit_disclosures(
     nhs_number: Annotated[str, typer.Option("--nhs-number", help="The person's NHS number")],
-    data_dir: DataDir = Path("var"),
+    data_dir: HeldDir = Path("var"),
 ) -> None:
-    """Subject-access request: who was given what about this person, when, and on what basis."""
-    from hub.bootstrap import build
+    """Subject-access request: who was given what about this person, when, and on what basis (and
+    who was refused: a denial is recorded too, though nothing was disclosed)."""
     from hub.core import nhs_number as nhs
     from hub.core.identity import person_key
+    from hub.store.ledger import SqlLedger
 
     problem = nhs.why_invalid(nhs_number)
     if problem:
         console.print(f"[red]--nhs-number: {problem}[/red]")
         raise typer.Exit(2)
-    services = build(make_settings(data_dir))
-    key = person_key(services.secrets.key, nhs.normalise(nhs_number), None)
+    state = open_existing(data_dir, person_keys=True)
+    key = person_key(state.key, nhs.normalise(nhs_number), None)
     table = Table("#", "when", "to (org / user)", "how", "decision", "resources", "basis")
-    entries = services.ledger.about(key)
+    entries = SqlLedger(state.engine).about(key)
     for entry in entries:
         body = entry.body
         table.add_row(
@@ -86,7 +103,20 @@ def audit_disclosures(
             "; ".join(body["reasons"]),
         )
     console.print(table)
-    console.print(f"{len(entries)} disclosure(s) recorded")
+    console.print(_disclosures_summary([entry.body["decision"] for entry in entries]))
+
+
+def _disclosures_summary(decisions: list[str]) -> str:
+    """How many decisions disclosed something (break-glass among them) and how many refused."""
+    glass, denied = decisions.count("break-glass"), decisions.count("deny")
+    disclosed = decisions.count("permit") + glass
+    said = f"{counted(disclosed, 'disclosure')} ({glass:,} by break-glass), {counted(denied, 'denial')}"
+    other = len(decisions) - disclosed - denied
+    return (
+        f"{counted(len(decisions), 'decision')} recorded about this person: {said}"
+        + (f", {other:,} other" if other else "")
+        + (" (a denial disclosed nothing)" if denied else "")
+    )
 
 
 @audit_app.command("time-travel")
@@ -101,28 +131,30 @@ def audit_time_travel(
     changed: Annotated[
         bool, typer.Option("--changed", help="Only what today's policy would decide differently")
     ] = False,
-    data_dir: DataDir = Path("var"),
+    data_dir: HeldDir = Path("var"),
 ) -> None:
     """What was disclosed then, under which agreement and consent versions, and what today's policy would decide."""
-    from hub.bootstrap import build
     from hub.core import nhs_number as nhs
     from hub.core.identity import person_key
     from hub.core.timetravel import in_period, people_of, reconsider
-    from hub.store.agreements import PolicySource
+    from hub.store.agreements import PolicySource, SqlAgreements
+    from hub.store.ledger import SqlLedger
+    from hub.store.sql import SqlRecordReader
 
-    services = build(make_settings(data_dir))
+    refuse_backwards(since, until)
+    problem = nhs.why_invalid(nhs_number) if nhs_number is not None else None
+    if problem:
+        fail(f"--nhs-number: {problem}")
+    state = open_existing(data_dir, person_keys=nhs_number is not None)
+    ledger, reader = SqlLedger(state.engine), SqlRecordReader(state.engine)
     if nhs_number is not None:
-        problem = nhs.why_invalid(nhs_number)
-        if problem:
-            console.print(f"[red]--nhs-number: {problem}[/red]")
-            raise typer.Exit(2)
-        entries = services.ledger.about(person_key(services.secrets.key, nhs.normalise(nhs_number), None))
+        entries = ledger.about(person_key(state.key, nhs.normalise(nhs_number), None))
     else:
-        entries = list(services.ledger.entries())
+        entries = list(ledger.entries())
     entries = in_period(entries, since, until)
-    policy = services.policy or PolicySource(services.agreements, services.reader)
+    policy = PolicySource(SqlAgreements(state.engine), reader)
     refs = {"/".join(str(r).split("#")[0].split("/")[:2]) for e in entries for r in e.body.get("resources") or []}
-    resources = {ref: services.reader.read(*ref.split("/", 1)) for ref in refs if "/" in ref}
+    resources = {ref: reader.read(*ref.split("/", 1)) for ref in refs if "/" in ref}
     consents = [rule for person in sorted(people_of(entries, resources)) for rule in policy.consents(person)]
     rows = reconsider(entries, resources, policy.agreements(), consents, datetime.now(UTC))
     table = Table("#", "when", "to", "how", "resource", "then", "on", "today", "on", title="Policy time travel")
@@ -134,7 +166,8 @@ def audit_time_travel(
         )
     console.print(table)
     differ = sum(r.changed for r in rows)
-    console.print(f"{len(rows)} decision(s) about {len(entries)} ledger entr(ies); today's policy differs on {differ}")
+    about = counted(len(entries), "ledger entry", "ledger entries")
+    console.print(f"{len(rows)} decision(s) about {about}; today's policy differs on {differ:,}")
 
 
 @audit_app.command("export")
@@ -158,12 +191,22 @@ def audit_export(
     from hub.store.agreements import PolicySource
 
     settings = make_settings(data_dir)
-    if not settings.bootstrap_servers():
-        console.print("[red]carehub audit export reads the Kafka log: set KAFKA_BOOTSTRAP_SERVERS[/red]")
+    from hub.bootstrap import shared_kafka
+
+    bootstrap = shared_kafka(settings)
+    if not bootstrap:
+        console.print(f"[red]carehub audit export {NO_LOG}[/red]")
         raise typer.Exit(2)
     if payloads and not org:
         console.print("[red]--payloads needs --org: payloads follow the auditor's own agreements[/red]")
         raise typer.Exit(2)
+    if org and not payloads:  # (it would be ignored: hashes only, decided for nobody)
+        fail(
+            "--org is used only with --payloads (payloads follow the auditor's own agreements): "
+            "add --payloads, or leave out --org for hashes only"
+        )
+    if out.is_dir():
+        fail(f"--out {out} is a folder: give the file to write, e.g. {out / 'log.ndjson'}")
     services = build(settings)
     key = signing_key(settings.data_dir)
     judge = None
@@ -179,7 +222,7 @@ def audit_export(
     with out.open("wb") as target:
         summary = asyncio.run(
             export(
-                settings.bootstrap_servers(),
+                bootstrap,
                 target,
                 key,
                 payloads=judge,
@@ -191,8 +234,8 @@ def audit_export(
     public = out.with_name(out.name + ".pub.pem")
     public.write_bytes(public_pem(key))
     console.print(
-        f"{summary.events:,} events, {summary.checkpoints} signed checkpoints"
-        + (f", {summary.payloads:,} payloads included, {summary.withheld:,} withheld" if payloads else "")
+        f"{counted(summary.events, 'event')}, {counted(summary.checkpoints, 'signed checkpoint')}"
+        + (f", {counted(summary.payloads, 'payload')} included, {summary.withheld:,} withheld" if payloads else "")
         + f"; written to {out}, public key {public}"
     )
     # the key travels with the file: the auditor confirms this through another channel
@@ -200,13 +243,11 @@ def audit_export(
 
 
 @record_app.command("hash")
-def record_hash_command(data_dir: DataDir = Path("var")) -> None:
+def record_hash_command(data_dir: HeldDir = Path("var")) -> None:
     """A canonical hash of the record (every current resource and applied event id)."""
-    from hub.bootstrap import build
     from hub.store.hashing import record_hash
 
-    services = build(make_settings(data_dir))
-    digest, resources, events = record_hash(services.engine)
+    digest, resources, events = record_hash(open_existing(data_dir).engine)
     typer.echo(f"{digest}  {resources} resources, {events} events applied")
 
 
@@ -221,7 +262,14 @@ def _holds_a_record(engine: Any) -> bool:
 
 @app.command()
 def replay(
-    into: Annotated[Path, typer.Option("--into", help="Data directory for the rebuilt record (must be new)")],
+    into: Annotated[
+        str,
+        typer.Option(
+            "--into",
+            help="Where the rebuilt record goes: a new folder (its carehub.db), or the URL of an empty database; "
+            "this alone decides (CAREHUB_DATABASE_URL is not used)",
+        ),
+    ],
     since: Annotated[
         datetime | None, typer.Option(parser=from_, help=f"Only events from this time ({WHEN}: its start)")
     ] = None,
@@ -238,6 +286,13 @@ def replay(
         int | None,
         typer.Option(min=1, help="Processes folding the log's partitions (default: one per core, at most 4)"),
     ] = None,
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            "--data-dir",
+            help="The running hub whose embedded broker's log to read, if KAFKA_BOOTSTRAP_SERVERS is unset",
+        ),
+    ] = Path("var"),
 ) -> None:
     """Rebuild the shared care record from the Kafka log into a fresh database, and print its hash."""
     from rich.progress import Progress, SpinnerColumn, TextColumn
@@ -246,17 +301,28 @@ def replay(
     from hub.store.database import open_engine
     from hub.store.hashing import record_hash
 
-    settings = make_settings(into)
-    if not settings.bootstrap_servers():
-        console.print("[red]carehub replay reads a Kafka log: set KAFKA_BOOTSTRAP_SERVERS[/red]")
+    refuse_backwards(since, until)
+    settings = make_settings(data_dir)
+    url, target = _replay_target(into, settings)
+    from hub.bootstrap import shared_kafka
+
+    bootstrap = shared_kafka(make_settings(data_dir))
+    if not bootstrap:
+        console.print(f"[red]carehub replay {NO_LOG}[/red]")
         raise typer.Exit(2)
-    engine = open_engine(settings.database())
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console) as progress:
+    engine = open_engine(url)
+    if _holds_a_record(engine):  # said before minutes of folding, naming the database
+        refused = f"replay writes into an empty record; {target} already holds one"
+        fail(f"{refused}: give --into a new folder, or an empty database", 1)
+    # the spinner is gone when it stops (and never drawn where no one watches), so nothing of it
+    # follows what is printed last: an error, or the summary
+    spinner = SpinnerColumn(), TextColumn("{task.description}")
+    with Progress(*spinner, console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("reading the log", total=None)
         try:
             result = asyncio.run(
                 rebuild(
-                    settings.bootstrap_servers(),
+                    bootstrap,
                     engine,
                     since=since,
                     until=until,
@@ -265,16 +331,17 @@ def replay(
                 )
             )
         except RuntimeError as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from exc
+            fail(f"{exc} (replaying into {target})", 1)
         except KeyboardInterrupt:
             if _holds_a_record(engine):  # (the stop came while the load committed: it let the commit end)
                 console.print(
-                    f"[yellow]replay interrupted: {into} holds the record but not the coordination tasks; "
-                    "delete it and replay again[/yellow]"
+                    f"[yellow]replay interrupted: {escape(target)} holds the record but not the coordination "
+                    "tasks; delete it and replay again[/yellow]"
                 )
             else:
-                console.print(f"[yellow]replay interrupted: no record was written to {into}; run it again[/yellow]")
+                console.print(
+                    f"[yellow]replay interrupted: no record was written to {escape(target)}; run it again[/yellow]"
+                )
             raise typer.Exit(130) from None
     if settings.coordination.enabled:
         from hub.core.tasks import Engine
@@ -284,7 +351,7 @@ def replay(
         try:
             folded = asyncio.run(
                 rebuild_coordination(
-                    settings.bootstrap_servers(),
+                    bootstrap,
                     engine,
                     Engine(load_rules(settings.coordination.rules)),
                     since=since,
@@ -293,18 +360,51 @@ def replay(
             )
         except KeyboardInterrupt:
             console.print(
-                f"[yellow]replay interrupted: {into} holds the record but not the coordination tasks; "
+                f"[yellow]replay interrupted: {escape(target)} holds the record but not the coordination tasks; "
                 "delete it and replay again[/yellow]"
             )
             raise typer.Exit(130) from None
         console.print(f"coordination: {folded.people:,} people's tasks and episodes, {folded.clocks:,} clocks pending")
     digest, resources, events = record_hash(engine)
-    console.print(
-        f"replayed {result.events:,} events ({result.applied:,} applied, {result.skipped} not CareHub events) "
-        f"in {result.seconds:.1f}s on {result.workers} process{'es' if result.workers > 1 else ''}: "
-        f"{resources:,} resources"
-    )
+    period = since is not None or until is not None
+    console.print(escape(_replay_summary(result, target, resources, period=period)), soft_wrap=True)
     typer.echo(f"{digest}  {resources} resources, {events} events applied")
+
+
+def _replay_target(into: str, settings: Settings) -> tuple[str, str]:
+    """The database a replay writes into, and its name as a person reads it: --into alone decides
+    (a CAREHUB_DATABASE_URL set for the live hub is not where a rebuilt record should go)."""
+    import sqlalchemy as sa
+
+    if "://" in into:
+        try:
+            url = sa.make_url(into)
+            url.get_dialect()  # (a database SQLAlchemy does not know is refused here, not as a traceback)
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError):
+            fail(f"--into {into!r} is neither a folder nor a database URL SQLAlchemy knows")
+        return into, url.render_as_string(hide_password=True)
+    folder = Path(into)
+    if folder.exists() and not folder.is_dir():
+        fail(f"--into {into} is a file: give a new folder for the rebuilt record (or an empty database's URL)")
+    file = (folder / "carehub.db").resolve()
+    if settings.database_url or settings.db.url:
+        console.print(
+            escape(f"replaying into {file}, as --into says (CAREHUB_DATABASE_URL is not used)"), soft_wrap=True
+        )
+    return f"sqlite:///{file}", str(file)
+
+
+def _replay_summary(result: ReplayResult, target: str, resources: int, *, period: bool) -> str:
+    """Where the record went, and what became of every event read (nothing left unexplained)."""
+    ignored = result.events - result.applied - result.skipped
+    why = "clock ticks, which the record does not keep, or repeats of events already applied"
+    why += ", or outside --since/--until" if period else ""
+    return (
+        f"replayed {counted(result.events, 'event')} in {result.seconds:.1f}s on "
+        f"{counted(result.workers, 'process', 'processes')} into {target}: {result.applied:,} applied, "
+        + (f"{ignored:,} with nothing to apply ({why}), " if ignored else "")
+        + f"{result.skipped:,} not CareHub events; {counted(resources, 'resource')}"
+    )
 
 
 @app.command()
@@ -320,12 +420,17 @@ def kpi(
     if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
         console.print(f"[red]--month {month!r}: give the month as YYYY-MM, e.g. 2026-11[/red]")
         raise typer.Exit(2)
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file: give a folder for kpi-{month}.csv and kpi-{month}.html")
     settings = make_settings(data_dir)
-    if not settings.bootstrap_servers():
-        console.print("[red]carehub kpi reads the Kafka log: set KAFKA_BOOTSTRAP_SERVERS[/red]")
+    from hub.bootstrap import shared_kafka
+
+    bootstrap = shared_kafka(settings)
+    if not bootstrap:
+        console.print(f"[red]carehub kpi {NO_LOG}[/red]")
         raise typer.Exit(2)
     rules = load_rules(settings.coordination.rules)
-    fold, read = asyncio.run(fold_log(settings.bootstrap_servers(), rules.service.ods))
+    fold, read = asyncio.run(fold_log(bootstrap, rules.service.ods))
     rows = fold.report(month)
     write_csv(rows, out / f"kpi-{month}.csv", skipped=fold.skipped)
     write_html(rows, out / f"kpi-{month}.html", month=month, title=rules.service.name, skipped=fold.skipped)
@@ -336,4 +441,29 @@ def kpi(
     console.print(table)
     if fold.skipped:
         console.print(f"[yellow]{escape(skipped_note(fold.skipped))}[/yellow]")
+    held = _months_counted(fold)
+    if month not in held:  # (a mistyped month reads as a quiet one)
+        console.print(f"[yellow]{escape(_no_events_note(month, held, read))}[/yellow]", soft_wrap=True)
     console.print(f"{read:,} events read; wrote {out / f'kpi-{month}.csv'} and {out / f'kpi-{month}.html'}")
+
+
+def _months_counted(fold: KpiFold) -> set[str]:
+    """The UK months (YYYY-MM) in which the log holds something the KPIs count."""
+    times = [r.at for r in fold.referrals.values()]
+    times += [t for r in fold.referrals.values() for t in (r.first_contact, r.first_visit) if t is not None]
+    times += [t for e in fold.episodes.values() for t in (e.start, e.end, e.letter) if t is not None]
+    times += [*fold.onward.values(), *(at for at, _ in fold.outcomes.values())]
+    months = {t.astimezone(UK).strftime("%Y-%m") for t in times}
+    return months | {held.strftime("%Y-%m") for held, _ in fold.huddles.values()}
+
+
+def _no_events_note(month: str, held: set[str], read: int) -> str:
+    if not held:
+        return (
+            f"warning: of the {counted(read, 'event')} on the log, none is one the KPIs count: every figure is 0 or n/a"
+        )
+    span = min(held) if len(held) == 1 else f"{min(held)} to {max(held)}"
+    return (
+        f"warning: the log holds no events in {month} that the KPIs count (they fall in {span}): "
+        f"the report for {month} was written all the same; check --month"
+    )

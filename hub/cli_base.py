@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 
+from hub.instants import UK
 from hub.settings import HttpSettings, MllpSettings, Settings
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 app = typer.Typer(help="CareHub: joins up health and social care around one person.", no_args_is_help=True)
 
@@ -56,6 +63,15 @@ M = TypeVar("M", bound=BaseModel)
 WHEN = "ISO 8601; without an offset, UK time; a date alone"
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the hub keeps its state")]
+# the same, for commands that only read the state: they refuse a folder that holds none
+HeldDir = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir",
+        help="Where the hub keeps its state; a folder that holds none is refused (with CAREHUB_DATABASE_URL set, "
+        "the database is there instead, and only secrets.json is read from here)",
+    ),
+]
 MllpPort = Annotated[int, typer.Option("--mllp-port", help="MLLP listener port (0 = any free)")]
 HttpPort = Annotated[int, typer.Option("--http-port", help="FHIR API port (0 = any free)")]
 
@@ -69,3 +85,101 @@ def make_settings(data_dir: Path, mllp_port: int | None = None, http_port: int |
     if http_port is not None:
         update["http"] = HttpSettings(**{**base.http.model_dump(), "port": http_port})
     return base.model_copy(update=update)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Say what is wrong in one line (text, never markup: paths and payloads hold brackets) and exit."""
+    console.print(f"[red]{escape(message)}[/red]", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """'1 entry', '2 entries': a count and its noun, agreeing."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
+def refuse_backwards(since: datetime | None, until: datetime | None) -> None:
+    """Exit 2 for a period that ends before it starts: it would hold nothing, and say so only as 0."""
+    if since is not None and until is not None and since > until:
+        shown = [f"{t.astimezone(UK):%Y-%m-%d %H:%M %Z}" for t in (since, until)]
+        fail(f"--since {shown[0]} is after --until {shown[1]}: the period ends before it starts")
+
+
+@dataclass(frozen=True)
+class HubState:
+    """A hub's existing state, opened for a command that only reads it."""
+
+    settings: Settings
+    engine: sa.Engine
+    key: bytes = b""  # the person-key secret, where the command asked for it
+
+
+def open_existing(data_dir: Path, *, person_keys: bool = False) -> HubState:
+    """The state --data-dir (or CAREHUB_DATABASE_URL) names, for a command that only reads it. Where
+    there is none: one line, exit 2, and nothing created (a mistyped --data-dir must not read as a
+    hub with nothing in it). `person_keys`: the command finds people, so it needs the hub's key too."""
+    from hub.store.database import open_engine, upgrade
+
+    settings = make_settings(data_dir)
+    url, configured = settings.database(), bool(settings.database_url or settings.db.url)
+    where, check = _where(settings, configured)
+    if not configured and data_dir.exists() and not data_dir.is_dir():
+        fail(f"--data-dir {data_dir} is a file: give the folder the hub keeps its state in")
+    file = _sqlite_file(url)
+    if file is not None and not file.is_file():
+        fail(f"no CareHub state {where} (no {file.name}): {check}")
+    engine = open_engine(url, migrate=False)
+    if not _holds_carehub_tables(engine):
+        engine.dispose()
+        fail(f"no CareHub state {where} (its database holds no CareHub tables): {check}")
+    upgrade(engine)  # (as any command opening it would: a hub's database is brought to this version)
+    return HubState(settings, engine, _person_key_secret(settings) if person_keys else b"")
+
+
+def _where(settings: Settings, configured: bool) -> tuple[str, str]:
+    """Where the state was looked for, and what to check, as a person reads them."""
+    if not configured:
+        return f"in {settings.data_dir}", "check --data-dir (or set CAREHUB_DATABASE_URL to the hub's database)"
+    import sqlalchemy as sa
+
+    shown = sa.make_url(settings.database()).render_as_string(hide_password=True)
+    return f"in {shown}, the database CAREHUB_DATABASE_URL names", "check CAREHUB_DATABASE_URL"
+
+
+def _sqlite_file(url: str) -> Path | None:
+    import sqlalchemy as sa
+
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _holds_carehub_tables(engine: sa.Engine) -> bool:
+    import sqlalchemy as sa
+
+    from hub.core.errors import StoreUnavailableError
+    from hub.store.database import current_revision
+
+    try:
+        return current_revision(engine) is not None
+    except sa.exc.DatabaseError as exc:
+        if engine.dialect.name == "sqlite":  # a file, but not a database
+            return False
+        shown = engine.url.render_as_string(hide_password=True)
+        raise StoreUnavailableError(f"the database {shown} is not answering: {exc.orig}") from exc
+
+
+def _person_key_secret(settings: Settings) -> bytes:
+    """The secret that turns an NHS number into the hub's person key: read, never made here (a new
+    one would find nobody)."""
+    from hub.bootstrap import load_secrets
+
+    if settings.security.key_secret is not None:
+        return settings.security.key_secret.get_secret_value().encode()
+    if not (settings.data_dir / "secrets.json").is_file():
+        fail(
+            f"no CareHub state in {settings.data_dir} (no secrets.json, which holds the key that finds "
+            "a person in the record): check --data-dir, or set CAREHUB_SECURITY__KEY_SECRET"
+        )
+    return load_secrets(settings).key  # (it reads the file that is there)

@@ -14,11 +14,13 @@ from rich.table import Table
 
 from hub.cli_base import (
     DataDir,
+    HeldDir,
     M,
     agreements_app,
     console,
     deliveries_app,
     make_settings,
+    open_existing,
     optouts_app,
     subscriptions_app,
 )
@@ -31,7 +33,7 @@ def agreements_load(
     data_dir: DataDir = Path("var"),
 ) -> None:
     """Validate and load agreement versions; earlier versions stay stored for audit."""
-    from hub.bootstrap import build
+    from hub.bootstrap import build, shared_kafka
     from hub.core.errors import InvalidMessageError
     from schemas.agreements import Agreement
 
@@ -49,7 +51,7 @@ def agreements_load(
             state = "loaded" if fresh else "already loaded"
             console.print(f"{path}: {agreement.id} version {agreement.version} {state}")
             loaded.append(agreement)
-    if loaded and settings.bootstrap_servers():
+    if loaded and shared_kafka(settings):
         asyncio.run(_agreements_on_the_log(settings, loaded))
         console.print(f"{len(loaded)} agreement version(s) on the log as uk.nhs.carehub.agreement.loaded.v1")
     elif loaded:
@@ -61,10 +63,11 @@ async def _agreements_on_the_log(settings: Settings, agreements: list[Any]) -> N
     """Publish each loaded version as an event, acknowledged by Kafka (acks=all)."""
     from consumers.app import build_broker
     from hub.agreement_events import envelope
+    from hub.bootstrap import shared_kafka
     from hub.kafka import create_topics
     from schemas.topics import EVENTS
 
-    bootstrap = settings.bootstrap_servers()
+    bootstrap = shared_kafka(settings)
     await create_topics(bootstrap, replication=settings.kafka.replication_factor)
     broker = build_broker(bootstrap, client_id=settings.kafka.client_id)
     await broker.start()
@@ -107,7 +110,7 @@ def optouts_load(
 ) -> None:
     """Record each person's national data opt-out as a Consent on the log (applied through agreements that
     say the opt-out applies); lines that are not NHS numbers are refused by line and dead-lettered."""
-    from hub.bootstrap import build, running
+    from hub.bootstrap import build, running, shared_kafka
     from hub.optouts import keep_refused, read
 
     if not path.is_file():
@@ -123,7 +126,7 @@ def optouts_load(
         keep_refused(services.dead_letters, line, raw, source=source, origin=f"file:{path}")
 
     async def publish() -> int:
-        embedded = not settings.bootstrap_servers()
+        embedded = not shared_kafka(settings)
         sent = 0
         async with running(settings, services=services, mllp=False, http=False, consumers=embedded) as run:
             if run.publish is None:
@@ -143,13 +146,12 @@ def optouts_load(
 
 
 @agreements_app.command("list")
-def agreements_list(data_dir: DataDir = Path("var")) -> None:
+def agreements_list(data_dir: HeldDir = Path("var")) -> None:
     """Every agreement version held, newest last."""
-    from hub.bootstrap import build
+    from hub.store.agreements import SqlAgreements
 
-    services = build(make_settings(data_dir))
     table = Table("id", "version", "parties", "purposes", "categories", "valid")
-    for a in services.agreements.all_versions():
+    for a in SqlAgreements(open_existing(data_dir).engine).all_versions():
         valid = f"{a.valid_from} to {a.valid_to or 'open'}"
         table.add_row(
             a.id, str(a.version), " ".join(sorted(a.party_codes)), ", ".join(a.purposes), ", ".join(a.categories), valid
@@ -175,13 +177,12 @@ def subscriptions_load(
 
 
 @subscriptions_app.command("list")
-def subscriptions_list(data_dir: DataDir = Path("var")) -> None:
+def subscriptions_list(data_dir: HeldDir = Path("var")) -> None:
     """Every subscription."""
-    from hub.bootstrap import build
+    from hub.store.subscriptions import SqlSubscriptions
 
-    services = build(make_settings(data_dir))
     table = Table("id", "org", "events", "scope", "content", "webhook", "active")
-    for s, active in services.subscriptions.all():
+    for s, active in SqlSubscriptions(open_existing(data_dir).engine).all():
         hook = str(s.webhook.url) if s.webhook else "-"
         table.add_row(s.id, s.org, "\n".join(s.events), s.scope, s.content, hook, "yes" if active else "no")
     console.print(table)
@@ -191,14 +192,13 @@ def subscriptions_list(data_dir: DataDir = Path("var")) -> None:
 def deliveries_list(
     status: Annotated[str | None, typer.Option(help="pending, delivered, failed or withheld")] = None,
     limit: Annotated[int, typer.Option(help="How many, newest first")] = 50,
-    data_dir: DataDir = Path("var"),
+    data_dir: HeldDir = Path("var"),
 ) -> None:
     """Webhook deliveries, newest first."""
-    from hub.bootstrap import build
+    from hub.store.subscriptions import SqlOutbox
 
-    services = build(make_settings(data_dir))
     table = Table("id", "subscription", "event", "status", "attempts", "last error")
-    for d in services.outbox.listing(status, limit):
+    for d in SqlOutbox(open_existing(data_dir).engine).listing(status, limit):
         table.add_row(str(d.id), d.subscription_id, d.event_id, d.status, str(d.attempts), d.last_error or "")
     console.print(table)
 
@@ -207,14 +207,14 @@ def deliveries_list(
 def deliveries_redeliver(
     ids: Annotated[list[int] | None, typer.Argument(help="Delivery ids (see deliveries list)")] = None,
     all_failed: Annotated[bool, typer.Option("--all-failed", help="Every failed delivery")] = False,
-    data_dir: DataDir = Path("var"),
+    data_dir: HeldDir = Path("var"),
 ) -> None:
     """Queue failed deliveries again; each is decided again under today's policy before it is sent."""
-    from hub.bootstrap import build
+    from hub.store.subscriptions import SqlOutbox
 
     if not ids and not all_failed:
         console.print("[red]name delivery ids, or --all-failed[/red]")
         raise typer.Exit(2)
-    services = build(make_settings(data_dir))
-    count = services.outbox.redeliver(None if all_failed else ids, now=datetime.now(UTC))
+    outbox = SqlOutbox(open_existing(data_dir).engine)  # (a hub with no state has nothing to redeliver)
+    count = outbox.redeliver(None if all_failed else ids, now=datetime.now(UTC))
     console.print(f"{count} failed deliver{'y' if count == 1 else 'ies'} queued again")

@@ -3,8 +3,11 @@ through its own MLLP listener, then a look at what the shared care record holds.
 
 from __future__ import annotations
 
+import shutil
+import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import Progress
@@ -70,7 +73,7 @@ async def run_demo(settings: Settings, console: Console, *, people: int, days: i
     services = build(settings)
     service = load_rules(settings.coordination.rules).service.ods
     services.agreements.load(demo_agreement(locality, service), at=datetime.now(UTC))
-    async with running(settings, services=services) as run:
+    async with running(settings, services=services, advertise=True) as run:
         console.print(where_table(run))
         codes = await _feed(run, traffic, console)
         caught_up = await run.caught_up(codes["AA"], timeout=120, dead_letters=codes["AE"] + codes["AR"])
@@ -78,7 +81,7 @@ async def run_demo(settings: Settings, console: Console, *, people: int, days: i
         someone = next(iter(run.services.reader.search("Encounter", None)), None)
         about = someone["subject"]["reference"] + "/$everything" if someone else "metadata"
         hint = (
-            f"TOKEN=$(carehub token --org {locality.practices[0].ods} --role clinician "
+            f"TOKEN=$({_carehub()} token --org {locality.practices[0].ods} --role clinician "
             f'--data-dir {settings.data_dir}); curl -H "Authorization: Bearer $TOKEN" '
             f"'http://{settings.http.host}:{run.http_port}/fhir/{about}'"
         )
@@ -91,11 +94,14 @@ async def run_demo(settings: Settings, console: Console, *, people: int, days: i
         await kpis(run, month.busiest, console)
         practice = month.practice
         console.print(
-            f"The huddle page: TOKEN=$(carehub token --org {practice} --role coordinator "
+            f"The huddle page: TOKEN=$({_carehub()} token --org {practice} --role coordinator "
             f"--data-dir {settings.data_dir}); open 'http://{settings.http.host}:{run.http_port}/huddle/{practice}?date={meeting}&token='$TOKEN"
         )
         if serve:
-            console.print("Still running; Ctrl-C to stop.")
+            console.print(
+                f"Still running; Ctrl-C to stop. Meanwhile `{_carehub()} kpi --month {month.busiest}`, `replay` and "
+                f"`audit export` with --data-dir {settings.data_dir} read its log."
+            )
             await until_signalled()
         else:
             console.print(
@@ -103,6 +109,16 @@ async def run_demo(settings: Settings, console: Console, *, people: int, days: i
                 "(.venv/bin/carehub demo --serve) and leave it running."
             )
     return 0 if caught_up else 1
+
+
+def _carehub() -> str:
+    """How to run `carehub` from where the demo was started: the project's .venv/bin/carehub (not on
+    PATH) as a path relative to here, where it is one."""
+    script = Path(sys.executable).with_name("carehub")
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return "carehub" if shutil.which("carehub") == str(script) else str(script)
 
 
 def demo_agreement(locality: Locality, service: str | None = None) -> Agreement:

@@ -172,18 +172,27 @@ def main(argv: list[str]) -> int:
     if len(argv) != 3:
         print("usage: python export_verify.py EXPORT.ndjson PUBLIC_KEY.pem")  # noqa: T201
         return 2
-    pem = Path(argv[2]).read_bytes()
+    try:
+        return _report(Path(argv[1]), Path(argv[2]))
+    except OSError as exc:  # a file missing, a folder given, unreadable: one line, not a traceback
+        print(f"NOT verified: cannot read {exc.filename or argv[1]}: {exc.strerror or exc}")  # noqa: T201
+        return 2
+
+
+def _report(export: Path, key: Path) -> int:
+    pem = key.read_bytes()
     try:
         print(f"public key fingerprint (SHA-256 of its DER): {fingerprint(pem)}")  # noqa: T201
     except ValueError:
-        print(f"NOT verified: {argv[2]} is not a PEM public key")  # noqa: T201
+        print(f"NOT verified: {key} is not a PEM public key")  # noqa: T201
         return 1
     print("  confirm it with the hub's operator through another channel: the key came with the file")  # noqa: T201
-    verdict = verify(Path(argv[1]), pem)
+    verdict = verify(export, pem)
     if not verdict.ok:
-        print(f"NOT verified after {verdict.events} events: {verdict.problem}")  # noqa: T201
+        read = _count(verdict.events, "event line")
+        print(f"NOT verified: {verdict.problem}; {read} read before the problem was found")  # noqa: T201
         return 1
-    print(f"verified: {verdict.events} events, {verdict.checkpoints} signed checkpoints")  # noqa: T201
+    print(f"verified: {_count(verdict.events, 'event')}, {_count(verdict.checkpoints, 'signed checkpoint')}")  # noqa: T201
     extents = {p["partition"]: p for p in verdict.partitions}
     stated = verdict.topic_partitions
     for n in range(stated) if stated is not None else sorted(extents):
@@ -191,8 +200,12 @@ def main(argv: list[str]) -> int:
         shown = f"offsets {p['first']}-{p['last']}, {p['events']} events" if p else "no events"
         print(f"  partition {n}: {shown}")  # noqa: T201
     if stated is not None:
-        print(f"  the topic has {stated} partitions")  # noqa: T201
+        print(f"  the topic has {_count(stated, 'partition')}")  # noqa: T201
     return 0
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
 
 
 if __name__ == "__main__":

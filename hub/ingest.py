@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from hub.bootstrap import running
+from hub.bootstrap import running, shared_kafka
 from hub.settings import Settings
 
 
@@ -32,7 +32,7 @@ async def ingest_files(settings: Settings, paths: list[Path], console: Console) 
     except FileNotFoundError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
-    embedded = not settings.bootstrap_servers()
+    embedded = not shared_kafka(settings)  # (else the running hub's consumers apply what is sent)
     async with running(settings, mllp=False, http=False, consumers=embedded) as run:
         table = Table("file", "control id", "ACK", "events", "reason")
         codes: Counter[str] = Counter()

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from hub.bootstrap import running
+from hub.bootstrap import running, shared_kafka
 from hub.settings import Settings
 
 SUFFIXES = (".csv", ".json")
@@ -51,7 +51,7 @@ async def ingest_referral_files(
     except FileNotFoundError as exc:
         console.print(f"[red]{escape(str(exc))}[/red]")
         return 2
-    embedded = not settings.bootstrap_servers()
+    embedded = not shared_kafka(settings)  # (else the running hub's consumers apply what is sent)
     statuses: Counter[str] = Counter()
     async with running(settings, mllp=False, http=False, consumers=embedded) as run:
         broker = build_broker(run.bootstrap, client_id=f"{settings.kafka.client_id}-referrals")

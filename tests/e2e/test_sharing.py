@@ -139,13 +139,13 @@ async def test_reads_follow_agreements_and_consent_and_changes_apply_within_two_
     # the person's subject-access request, as an operator answers it: who was given what, and why
     sar = await asyncio.to_thread(subject_access, "943 476 5919", tmp_path)
     assert sar.returncode == 0, sar.stdout + sar.stderr
-    assert f"{len(about)} disclosure(s) recorded" in sar.stdout
+    assert f"{len(about)} decisions recorded about this person" in sar.stdout
     assert len(about) >= 6
     for org, decision in [("Y00001", "permit"), ("Y00002", "deny"), ("Y00002", "break-glass"), ("Y00003", "deny")]:
         assert re.search(rf"{org} / .*{decision}", sar.stdout), (org, decision, sar.stdout)
     assert "collapsed in clinic" in sar.stdout
     nobody = await asyncio.to_thread(subject_access, "9990000018", tmp_path)
-    assert "0 disclosure(s) recorded" in nobody.stdout
+    assert "0 decisions recorded about this person" in nobody.stdout
 
 
 def subject_access(nhs_number: str, data_dir: Path) -> subprocess.CompletedProcess[str]:

@@ -52,3 +52,16 @@ def test_what_is_not_a_moment_is_refused_saying_what_is() -> None:
             up_to(typed)
     assert from_(None) is None
     assert up_to(datetime(2026, 7, 1, 9, 0)) == datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("typed", ["2026-03-29T01:30", "2026-03-29T01:00", "2026-03-29 01:59:59"])
+def test_a_uk_time_the_clocks_go_forward_over_is_refused_with_both_readings(typed: str) -> None:
+    # 01:00 GMT on 29 March 2026 is followed by 02:00 BST: nobody's clock showed 01:00-01:59
+    for parse in (from_, up_to):
+        with pytest.raises(typer.BadParameter, match="is not a UK time: the clocks go forward") as refused:
+            parse(typed)
+        assert "+00:00 (GMT" in str(refused.value) and "+01:00 (BST" in str(refused.value)
+    assert from_("2026-03-29T01:30:00+01:00") == datetime(2026, 3, 29, 0, 30, tzinfo=UTC)  # an offset says which
+    assert from_("2026-03-29T00:59") == datetime(2026, 3, 29, 0, 59, tzinfo=UTC)  # either side of the gap
+    assert up_to("2026-03-29T02:00") == datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
+    assert up_to("2026-03-29") == datetime(2026, 3, 29, 23, 0, tzinfo=UTC) - timedelta(microseconds=1)

@@ -1,0 +1,183 @@
+"""The `carehub` commands that read the Kafka log (replay, kpi, audit export), run as an operator runs
+them against a real broker: the target of a replay is the one --into names and the summary says so and
+accounts for every event; backwards periods, unusable paths and ignored options are refused in one line."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hub.kafka import free_port
+from tests import locality_month
+from tests.conftest import TansuProcess
+from tests.integration.test_crash_safety import produce
+from tests.integration.test_replay import a_tick
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
+CAREHUB = str(Path(sys.executable).with_name("carehub"))
+VERIFIER = Path(__file__).parents[2] / "hub" / "export_verify.py"
+
+
+@dataclass(frozen=True)
+class Log:
+    bootstrap: str
+    events: int  # on the log
+    ticks: int  # of them clock ticks
+    repeats: int  # of them an event already on the log, again
+
+
+@pytest.fixture(scope="module")
+def log() -> Iterator[Log]:
+    """The scripted November 2026 locality on a broker, with the clock's ticks and one event twice."""
+    month = locality_month.script()
+    keys = sorted({e.subject for e in month})
+    ticks = [a_tick(n, t, keys[n % len(keys)]) for n, t in enumerate(locality_month.tick_times())]
+    events = [*sorted([*month, *ticks], key=lambda e: e.time), month[0]]  # (the first one, sent again)
+    broker = TansuProcess(free_port()).start()
+    try:
+        asyncio.run(produce(broker.bootstrap, events))
+        yield Log(broker.bootstrap, len(events), len(ticks), 1)
+    finally:
+        broker.stop()
+
+
+def carehub(log: Log, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {"PATH": "/usr/bin:/bin", "COLUMNS": "250", "KAFKA_BOOTSTRAP_SERVERS": log.bootstrap} | (env or {})
+    return subprocess.run([CAREHUB, *args], capture_output=True, text=True, timeout=150, env=clean, check=False)
+
+
+def test_replay_writes_where_into_says_whatever_the_database_url_and_accounts_for_every_event(
+    log: Log, tmp_path: Path
+) -> None:
+    live = tmp_path / "live.db"
+    done = carehub(
+        log,
+        "replay",
+        "--into",
+        str(tmp_path / "new"),
+        "--workers",
+        "1",
+        env={"CAREHUB_DATABASE_URL": f"sqlite:///{live}"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    target = (tmp_path / "new" / "carehub.db").resolve()
+    assert target.is_file() and not live.exists()
+    said = " ".join(done.stdout.split())
+    assert f"replaying into {target}, as --into says (CAREHUB_DATABASE_URL is not used)" in said
+    applied = log.events - log.ticks - log.repeats
+    assert (
+        f"replayed {log.events} events in " in said
+        and f"into {target}: {applied} applied, {log.ticks + log.repeats} with nothing to apply (clock ticks, "
+        "which the record does not keep, or repeats of events already applied), 0 not CareHub events;"
+        in said
+    ), said
+    assert not done.stdout.startswith("\n")  # (no spinner drawn where no one watches)
+    hashed = carehub(log, "record", "hash", "--data-dir", str(tmp_path / "new"))
+    assert hashed.stdout.split()[0] in done.stdout
+    assert f"{applied} events applied" in hashed.stdout
+
+
+def test_replay_into_a_database_url_writes_there(log: Log, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'rebuilt.db'}"
+    done = carehub(log, "replay", "--into", url, "--workers", "1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"into {url}: " in " ".join(done.stdout.split())
+    assert (tmp_path / "rebuilt.db").is_file()
+    unknown = carehub(log, "replay", "--into", "nonsense://x")
+    assert unknown.returncode == 2
+    assert unknown.stdout.strip() == "--into 'nonsense://x' is neither a folder nor a database URL SQLAlchemy knows"
+
+
+def test_a_replay_into_a_database_that_holds_a_record_names_it_and_shows_no_progress_after(
+    log: Log, tmp_path: Path
+) -> None:
+    assert carehub(log, "replay", "--into", str(tmp_path / "new"), "--workers", "1").returncode == 0
+    again = carehub(log, "replay", "--into", str(tmp_path / "new"), "--workers", "1")
+    assert again.returncode == 1
+    target = (tmp_path / "new" / "carehub.db").resolve()
+    assert again.stdout.strip() == (
+        f"replay writes into an empty record; {target} already holds one: "
+        "give --into a new folder, or an empty database"
+    )
+
+
+def test_a_replay_over_a_backwards_period_or_into_a_file_is_refused_and_writes_nothing(
+    log: Log, tmp_path: Path
+) -> None:
+    backwards = carehub(
+        log, "replay", "--into", str(tmp_path / "new"), "--since", "2026-11-20", "--until", "2026-11-10"
+    )
+    assert backwards.returncode == 2
+    assert backwards.stdout.strip() == (
+        "--since 2026-11-20 00:00 GMT is after --until 2026-11-10 23:59 GMT: the period ends before it starts"
+    )
+    assert not (tmp_path / "new").exists()
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    into_a_file = carehub(log, "replay", "--into", str(afile))
+    assert into_a_file.returncode == 2
+    assert into_a_file.stdout.strip() == (
+        f"--into {afile} is a file: give a new folder for the rebuilt record (or an empty database's URL)"
+    )
+    assert "Traceback" not in into_a_file.stderr
+
+
+def test_kpis_for_a_month_the_log_holds_nothing_of_are_written_with_a_warning(log: Log, tmp_path: Path) -> None:
+    out = tmp_path / "kpi"
+    empty = carehub(log, "kpi", "--month", "1999-01", "--out", str(out), "--data-dir", str(tmp_path))
+    assert empty.returncode == 0, empty.stdout + empty.stderr
+    assert (
+        "warning: the log holds no events in 1999-01 that the KPIs count (they fall in 2026-11): "
+        "the report for 1999-01 was written all the same; check --month"
+    ) in empty.stdout
+    assert (out / "kpi-1999-01.csv").is_file() and (out / "kpi-1999-01.html").is_file()
+    november = carehub(log, "kpi", "--month", "2026-11", "--out", str(out), "--data-dir", str(tmp_path))
+    assert november.returncode == 0, november.stdout + november.stderr
+    assert "warning" not in november.stdout
+
+
+def test_kpis_out_to_a_file_is_one_line_not_a_traceback(log: Log, tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    onto = carehub(log, "kpi", "--month", "2026-11", "--out", str(afile), "--data-dir", str(tmp_path))
+    assert onto.returncode == 2
+    assert onto.stdout.strip() == f"--out {afile} is a file: give a folder for kpi-2026-11.csv and kpi-2026-11.html"
+    under = carehub(log, "kpi", "--month", "2026-11", "--out", str(afile / "kpi"), "--data-dir", str(tmp_path))
+    assert under.returncode == 2
+    assert under.stdout.strip().endswith(f"carehub: {afile / 'kpi'}: part of it is a file, not a folder")
+    assert "Traceback" not in onto.stderr + under.stderr
+
+
+def test_the_export_refuses_a_folder_for_out_and_org_without_payloads_and_counts_in_words(
+    log: Log, tmp_path: Path
+) -> None:
+    data = str(tmp_path / "hub")
+    folder = carehub(log, "audit", "export", "--out", str(tmp_path), "--data-dir", data)
+    assert folder.returncode == 2
+    assert (
+        folder.stdout.strip() == f"--out {tmp_path} is a folder: give the file to write, e.g. {tmp_path / 'log.ndjson'}"
+    )
+    ignored = carehub(
+        log, "audit", "export", "--out", str(tmp_path / "log.ndjson"), "--org", "AUD01", "--data-dir", data
+    )
+    assert ignored.returncode == 2
+    assert "--org is used only with --payloads" in ignored.stdout
+    assert not (tmp_path / "log.ndjson").exists()
+    done = carehub(log, "audit", "export", "--out", str(tmp_path / "log.ndjson"), "--data-dir", data)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{log.events} events, 1 signed checkpoint;" in done.stdout
+    verified = subprocess.run(
+        [sys.executable, "-I", str(VERIFIER), str(tmp_path / "log.ndjson"), str(tmp_path / "log.ndjson.pub.pem")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout
+    assert f"verified: {log.events} events, 1 signed checkpoint" in verified.stdout

@@ -1,0 +1,69 @@
+"""The export verifier's command line (`python hub/export_verify.py EXPORT KEY`): a file it cannot read
+is one line and exit 2, never a traceback; a failure says where, and how far reading got, without
+reading as if the lines before were proven; counts agree with their nouns."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hub.export import public_pem
+from hub.export_verify import main
+from tests.unit.test_export_verify import KEY, an_export
+
+VERIFIER = Path(__file__).parents[2] / "hub" / "export_verify.py"
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    export, key = tmp_path / "export.ndjson", tmp_path / "key.pem"
+    export.write_bytes(b"".join(an_export()))
+    key.write_bytes(public_pem(KEY))
+    return export, key
+
+
+def test_a_missing_or_unreadable_file_is_one_line_and_exit_2_as_the_auditor_runs_it(
+    files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    export, key = files
+    for args, named in [
+        ((tmp_path / "missing.ndjson", key), f"{tmp_path / 'missing.ndjson'}: No such file or directory"),
+        ((export, tmp_path / "missing.pem"), f"{tmp_path / 'missing.pem'}: No such file or directory"),
+        ((tmp_path, key), f"{tmp_path}: Is a directory"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-I", str(VERIFIER), *map(str, args)], capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert done.stdout.splitlines()[-1] == f"NOT verified: cannot read {named}"
+        assert done.stderr == ""
+
+
+def test_a_failure_names_the_line_and_how_many_event_lines_came_before_it(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    export, key = files
+    lines = an_export()
+    lines[3] = lines[3].replace(b'"id":"e2"', b'"id":"e9"')  # the third event line, after a checkpoint
+    export.write_bytes(b"".join(lines))
+    assert main(["export_verify.py", str(export), str(key)]) == 1
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == (
+        "NOT verified: line 6: checkpoint does not match the lines before it; "
+        "4 event lines read before the problem was found"
+    )
+    assert not any("after" in line for line in printed)
+
+
+def test_counts_agree_with_their_nouns(files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    export, key = files
+    export.write_bytes(b"".join(an_export(events=1, every=10)))
+    assert main(["export_verify.py", str(export), str(key)]) == 0
+    printed = capsys.readouterr().out
+    assert "verified: 1 event, 1 signed checkpoint\n" in printed
+    export.write_bytes(b"".join(an_export()))
+    assert main(["export_verify.py", str(export), str(key)]) == 0
+    assert "verified: 5 events, 3 signed checkpoints\n" in capsys.readouterr().out
