@@ -1,5 +1,6 @@
 """The auditor's and the commissioner's commands: the disclosure ledger, policy time travel, the
-log export, replay and the record's hash, and the KPIs (registered on hub.cli's app)."""
+log export and the KPIs (registered on hub.cli's app; replay and the record's hash are in
+hub.cli_record)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hub.cli_base import (
+    NO_LOG,
     WHEN,
     DataDir,
     HeldDir,
@@ -24,21 +26,12 @@ from hub.cli_base import (
     fail,
     make_settings,
     open_existing,
-    record_app,
     refuse_backwards,
 )
 from hub.instants import UK, from_, up_to
-from hub.settings import Settings
 
 if TYPE_CHECKING:
     from hub.core.kpis import KpiFold
-    from hub.replay import ReplayResult
-
-# what the commands that read the log say when there is none to read
-NO_LOG = (
-    "reads the Kafka log: set KAFKA_BOOTSTRAP_SERVERS, or run it while `carehub up` (or `carehub demo "
-    "--serve`) runs on the same --data-dir (its embedded broker keeps the log in memory, only while it runs)"
-)
 
 
 @audit_app.command("verify")
@@ -240,171 +233,6 @@ def audit_export(
     )
     # the key travels with the file: the auditor confirms this through another channel
     console.print(f"public key fingerprint (SHA-256 of its DER): {fingerprint(public_pem(key))}", soft_wrap=True)
-
-
-@record_app.command("hash")
-def record_hash_command(data_dir: HeldDir = Path("var")) -> None:
-    """A canonical hash of the record (every current resource and applied event id)."""
-    from hub.store.hashing import record_hash
-
-    digest, resources, events = record_hash(open_existing(data_dir).engine)
-    typer.echo(f"{digest}  {resources} resources, {events} events applied")
-
-
-def _holds_a_record(engine: Any) -> bool:
-    import sqlalchemy as sa
-
-    from hub.store.tables import record_resource
-
-    with engine.connect() as conn:
-        return bool(conn.execute(sa.select(sa.func.count()).select_from(record_resource)).scalar_one())
-
-
-@app.command()
-def replay(
-    into: Annotated[
-        str,
-        typer.Option(
-            "--into",
-            help="Where the rebuilt record goes: a new folder (its carehub.db), or the URL of an empty database; "
-            "this alone decides (CAREHUB_DATABASE_URL is not used)",
-        ),
-    ],
-    since: Annotated[
-        datetime | None, typer.Option(parser=from_, help=f"Only events from this time ({WHEN}: its start)")
-    ] = None,
-    until: Annotated[
-        datetime | None,
-        typer.Option(
-            "--until",
-            "--as-of",
-            parser=up_to,
-            help=f"Only events up to this time: the record as of then ({WHEN}: its end)",
-        ),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(min=1, help="Processes folding the log's partitions (default: one per core, at most 4)"),
-    ] = None,
-    data_dir: Annotated[
-        Path,
-        typer.Option(
-            "--data-dir",
-            help="The running hub whose embedded broker's log to read, if KAFKA_BOOTSTRAP_SERVERS is unset",
-        ),
-    ] = Path("var"),
-) -> None:
-    """Rebuild the shared care record from the Kafka log into a fresh database, and print its hash."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn
-
-    from hub.replay import replay as rebuild
-    from hub.store.database import open_engine
-    from hub.store.hashing import record_hash
-
-    refuse_backwards(since, until)
-    settings = make_settings(data_dir)
-    url, target = _replay_target(into, settings)
-    from hub.bootstrap import shared_kafka
-
-    bootstrap = shared_kafka(make_settings(data_dir))
-    if not bootstrap:
-        console.print(f"[red]carehub replay {NO_LOG}[/red]")
-        raise typer.Exit(2)
-    engine = open_engine(url)
-    if _holds_a_record(engine):  # said before minutes of folding, naming the database
-        refused = f"replay writes into an empty record; {target} already holds one"
-        fail(f"{refused}: give --into a new folder, or an empty database", 1)
-    # the spinner is gone when it stops (and never drawn where no one watches), so nothing of it
-    # follows what is printed last: an error, or the summary
-    spinner = SpinnerColumn(), TextColumn("{task.description}")
-    with Progress(*spinner, console=console, transient=True, disable=not console.is_terminal) as progress:
-        task = progress.add_task("reading the log", total=None)
-        try:
-            result = asyncio.run(
-                rebuild(
-                    bootstrap,
-                    engine,
-                    since=since,
-                    until=until,
-                    progress=lambda read, _: progress.update(task, description=f"{read:,} events read"),
-                    workers=workers,
-                )
-            )
-        except RuntimeError as exc:
-            fail(f"{exc} (replaying into {target})", 1)
-        except KeyboardInterrupt:
-            if _holds_a_record(engine):  # (the stop came while the load committed: it let the commit end)
-                console.print(
-                    f"[yellow]replay interrupted: {escape(target)} holds the record but not the coordination "
-                    "tasks; delete it and replay again[/yellow]"
-                )
-            else:
-                console.print(
-                    f"[yellow]replay interrupted: no record was written to {escape(target)}; run it again[/yellow]"
-                )
-            raise typer.Exit(130) from None
-    if settings.coordination.enabled:
-        from hub.core.tasks import Engine
-        from hub.replay_coordination import rebuild as rebuild_coordination
-        from hub.rules import load_rules
-
-        try:
-            folded = asyncio.run(
-                rebuild_coordination(
-                    bootstrap,
-                    engine,
-                    Engine(load_rules(settings.coordination.rules)),
-                    since=since,
-                    until=until,
-                )
-            )
-        except KeyboardInterrupt:
-            console.print(
-                f"[yellow]replay interrupted: {escape(target)} holds the record but not the coordination tasks; "
-                "delete it and replay again[/yellow]"
-            )
-            raise typer.Exit(130) from None
-        console.print(f"coordination: {folded.people:,} people's tasks and episodes, {folded.clocks:,} clocks pending")
-    digest, resources, events = record_hash(engine)
-    period = since is not None or until is not None
-    console.print(escape(_replay_summary(result, target, resources, period=period)), soft_wrap=True)
-    typer.echo(f"{digest}  {resources} resources, {events} events applied")
-
-
-def _replay_target(into: str, settings: Settings) -> tuple[str, str]:
-    """The database a replay writes into, and its name as a person reads it: --into alone decides
-    (a CAREHUB_DATABASE_URL set for the live hub is not where a rebuilt record should go)."""
-    import sqlalchemy as sa
-
-    if "://" in into:
-        try:
-            url = sa.make_url(into)
-            url.get_dialect()  # (a database SQLAlchemy does not know is refused here, not as a traceback)
-        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError):
-            fail(f"--into {into!r} is neither a folder nor a database URL SQLAlchemy knows")
-        return into, url.render_as_string(hide_password=True)
-    folder = Path(into)
-    if folder.exists() and not folder.is_dir():
-        fail(f"--into {into} is a file: give a new folder for the rebuilt record (or an empty database's URL)")
-    file = (folder / "carehub.db").resolve()
-    if settings.database_url or settings.db.url:
-        console.print(
-            escape(f"replaying into {file}, as --into says (CAREHUB_DATABASE_URL is not used)"), soft_wrap=True
-        )
-    return f"sqlite:///{file}", str(file)
-
-
-def _replay_summary(result: ReplayResult, target: str, resources: int, *, period: bool) -> str:
-    """Where the record went, and what became of every event read (nothing left unexplained)."""
-    ignored = result.events - result.applied - result.skipped
-    why = "clock ticks, which the record does not keep, or repeats of events already applied"
-    why += ", or outside --since/--until" if period else ""
-    return (
-        f"replayed {counted(result.events, 'event')} in {result.seconds:.1f}s on "
-        f"{counted(result.workers, 'process', 'processes')} into {target}: {result.applied:,} applied, "
-        + (f"{ignored:,} with nothing to apply ({why}), " if ignored else "")
-        + f"{result.skipped:,} not CareHub events; {counted(resources, 'resource')}"
-    )
 
 
 @app.command()

@@ -62,6 +62,12 @@ M = TypeVar("M", bound=BaseModel)
 # how a moment is typed (hub.instants)
 WHEN = "ISO 8601; without an offset, UK time; a date alone"
 
+# what the commands that read the log say when there is none to read
+NO_LOG = (
+    "reads the Kafka log: set KAFKA_BOOTSTRAP_SERVERS, or run it while `carehub up` (or `carehub demo "
+    "--serve`) runs on the same --data-dir (its embedded broker keeps the log in memory, only while it runs)"
+)
+
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the hub keeps its state")]
 # the same, for commands that only read the state: they refuse a folder that holds none
 HeldDir = Annotated[
