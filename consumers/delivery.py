@@ -1,13 +1,15 @@
 """Deliveries to subscribers: each event decided again for each subscription, at delivery time.
 
-The delivery consumer reads the events topic in its own consumer group. For each event and each
-matching subscription it decides every resource under the current agreements and the person's
-consents (a Consent event on the same partition is applied to the record first, so an objection
-holds for every later event about that person), records each decision in the disclosure ledger,
-publishes what is permitted to the subscriber's own topic, and queues a webhook delivery. The
-webhook sender decides again before every attempt, signs the body (HMAC-SHA256), retries with
-backoff and marks a delivery failed after the subscription's attempts, for `carehub deliveries
-redeliver`.
+The delivery consumer reads the events topic in its own consumer group. The record applies each
+event before it is delivered (the record consumer, given a moment, else this one; each event once,
+in log order), so a Consent holds for every later event about that person, and the ledger names each
+delivered resource by the record version the event wrote (hub.core.delivery.versions_written). For
+each event and each matching subscription it decides every resource under the current agreements
+and the person's consents, records each decision in the disclosure ledger, publishes what is
+permitted to the subscriber's own topic, and queues a webhook or mailbox delivery. The sender
+decides again before every attempt (ledger channel "webhook" or "mailbox"), signs a webhook body
+(HMAC-SHA256), retries with backoff and marks a delivery failed after the subscription's attempts,
+for `carehub deliveries redeliver`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import hashlib
 import hmac
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,25 +32,25 @@ from faststream.kafka.annotations import KafkaMessage
 from consumers.decoding import decode_all, records_of
 from consumers.middlewares import on_event_batches, retrying
 from consumers.record import UnitOfWorkFactory, apply_batch
-from hub.core.delivery import in_scope, plan
+from hub.core.delivery import in_scope, ledger_entries, plan, versions_written
 from hub.core.errors import InfrastructureError
 from hub.core.identity import stable_id
-from hub.core.ledger import Disclosure, resource_ref
-from hub.core.policy import UNENFORCED, Asker, ConsentRule, Decision, decide, person_of
-from hub.core.ports import Json, Ledger, RecordEvent
+from hub.core.policy import UNENFORCED, Asker, ConsentRule, Decision, decide
+from hub.core.ports import Json, Ledger, RecordEvent, RecordUnitOfWork
 from hub.core.record import resources_of
 from hub.kafka import create_topics
 from hub.store.agreements import PolicySource
 from hub.store.subscriptions import Delivery, SqlOutbox, SqlSubscriptions
 from schemas.envelope import Envelope
 from schemas.events.consent import CONSENT_RECORDED
-from schemas.events.coordination import PIC_SUMMARY_RECEIPT, PIC_SUMMARY_SENT
+from schemas.events.coordination import NOT_RECORDED, PIC_SUMMARY_RECEIPT, PIC_SUMMARY_SENT
 from schemas.subscriptions import Subscription
 from schemas.topics import EVENTS, subscriber_topic
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-CareHub-Signature"
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+PROVENANCE = "Provenance"  # the record's Provenance for an event has the event's id (hub.core.record)
 
 
 def _write_whole(target: Path, body: bytes) -> None:
@@ -61,33 +64,33 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def ledger_entries(
-    sub: Subscription, channel: str, judged: Sequence[tuple[Json, Decision]], at: datetime
-) -> list[Disclosure]:
-    """One entry per person and decision for a delivery attempt."""
-    groups: dict[tuple[str | None, Decision], list[str]] = {}
-    for resource, decision in judged:
-        if resource.get("resourceType") == "Organization":
-            continue
-        groups.setdefault((person_of(resource), decision), []).append(resource_ref(resource))
-    return [
-        Disclosure(
-            at=at,
-            recipient_org=sub.org,
-            recipient_user=f"subscription:{sub.id}",
-            channel=channel,
-            person_key=person,
-            resources=tuple(refs),
-            decision=decision.outcome,
-            reasons=decision.reasons,
-            basis={
-                "purpose": sub.purpose,
-                "agreements": list(decision.agreements),
-                "consents": list(decision.consents),
-            },
-        )
-        for (person, decision), refs in groups.items()
-    ]
+def follow(uow_factory: UnitOfWorkFactory, events: Sequence[RecordEvent]) -> None:
+    """Apply to the record, in order, those of `events` it has not applied yet (by event id, so the
+    record consumer, ahead or behind, applies none of them again)."""
+    try:
+        apply_batch(uow_factory, events)
+    except InfrastructureError:
+        raise
+    except Exception:  # a poison event: the rest around it, as the record consumer does (it dead-letters it)
+        if len(events) == 1:
+            log.warning("event %s could not be applied to the record; left to the record consumer", events[0].id)
+            return
+        for event in events:
+            follow(uow_factory, [event])
+
+
+def _written(uow: RecordUnitOfWork, event_id: str) -> dict[str, str]:
+    provenance = uow.get(PROVENANCE, event_id)
+    return versions_written(provenance.content if provenance else None)
+
+
+@dataclass
+class Recorded:
+    """What the record has applied of a batch, and the versions each event that is delivered wrote."""
+
+    applied: set[str]
+    wanted: set[str]
+    written: dict[str, dict[str, str]]
 
 
 class Deliverer:
@@ -126,28 +129,75 @@ class Deliverer:
         asker = Asker(sub.org, "system", at, purpose=sub.purpose)
         return lambda resource: decide(asker, resource, agreements, consents)
 
+    def applied(self, event_ids: Collection[str]) -> set[str]:
+        """Those of these events the record has applied."""
+        with self.uow_factory() as uow:
+            return uow.processed(event_ids)
+
+    def written(self, event_id: str) -> dict[str, str]:
+        """The record version of each resource the event wrote, by "Type/id"."""
+        with self.uow_factory() as uow:
+            return _written(uow, event_id)
+
+    def recorded(self, events: Sequence[RecordEvent], wanted: set[str]) -> Recorded:
+        """What the record has applied of `events`, and what those of `wanted` wrote (one transaction)."""
+        with self.uow_factory() as uow:
+            applied = uow.processed([e.id for e in events])
+            return Recorded(applied, wanted, {e: _written(uow, e) for e in wanted & applied})
+
+    async def give_way(self, events: Sequence[RecordEvent], within: float) -> None:
+        """Wait up to `within` seconds for the record consumer to apply these events, so that, while
+        it keeps up, it (not `handle`) applies them, and counts them as applied."""
+        waiting = {e.id for e in events if e.type not in NOT_RECORDED}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while waiting and loop.time() < deadline:
+            waiting -= await asyncio.to_thread(self.applied, waiting)
+            if waiting:
+                await asyncio.sleep(0.1)
+
     async def handle(self, events: Sequence[RecordEvent]) -> int:
-        """Deliver a batch in order; the number of topic deliveries made."""
-        delivered = 0
+        """Deliver a batch in order; the number of topic deliveries made. The record has applied each
+        event before it is delivered, and the whole batch before this returns (and the batch is
+        committed), so nothing later is ever applied before it."""
+        delivered = done = 0
         people = {e.subject for e in events}
         active = await asyncio.to_thread(self.subscriptions.active)  # once a batch, not once an event
         consents = await asyncio.to_thread(self.policy.consents_of, people) if self.enforce else {}
-        for event in events:
+        wanted = {e.id for e in events if any(e.type in s.events for s in active)}
+        record = await asyncio.to_thread(self.recorded, events, wanted)
+        for at, event in enumerate(events):
             try:
-                if event.type == CONSENT_RECORDED.type:  # objections hold for every later event about them
-                    await asyncio.to_thread(apply_batch, self.uow_factory, [event])
-                    if self.enforce:
-                        consents[event.subject] = await asyncio.to_thread(self.policy.consents, event.subject)
                 subs = [s for s in active if event.type in s.events]
+                if subs or event.type == CONSENT_RECORDED.type:  # objections hold for every later event about them
+                    await self._follow(events[done : at + 1], record)
+                    done = at + 1
+                if event.type == CONSENT_RECORDED.type and self.enforce:
+                    consents[event.subject] = await asyncio.to_thread(self.policy.consents, event.subject)
                 if subs:
-                    delivered += await self._deliver(event, subs, consents.get(event.subject, []))
+                    versions = record.written.get(event.id, {})
+                    delivered += await self._deliver(event, subs, consents.get(event.subject, []), versions)
             except InfrastructureError:
                 raise
             except Exception:  # a poison event: the record consumer dead-letters it; deliver the rest
                 log.exception("event %s could not be delivered; skipped", event.id)
+        await self._follow(events[done:], record)
         return delivered
 
-    async def _deliver(self, event: RecordEvent, subs: list[Subscription], consents: list[ConsentRule]) -> int:
+    async def _follow(self, events: Sequence[RecordEvent], record: Recorded) -> None:
+        """Have the record apply these events (those it has not yet), and learn what they wrote."""
+        waiting = [e for e in events if e.id not in record.applied and e.type not in NOT_RECORDED]
+        if not waiting:
+            return
+        await asyncio.to_thread(follow, self.uow_factory, waiting)
+        record.applied.update(e.id for e in waiting)
+        for event in waiting:
+            if event.id in record.wanted:
+                record.written[event.id] = await asyncio.to_thread(self.written, event.id)
+
+    async def _deliver(
+        self, event: RecordEvent, subs: list[Subscription], consents: list[ConsentRule], versions: dict[str, str]
+    ) -> int:
         resources = [{**r, "meta": {**(r.get("meta") or {}), "source": event.source}} for r in resources_of(event)]
         summary = {"id": event.id, "type": event.type, "time": event.time.isoformat()}
         delivered, queued = 0, []
@@ -161,7 +211,7 @@ class Deliverer:
             )
             # recorded before it leaves, and once however often a crash makes the batch be redone (the
             # publish that follows may then repeat: subscribers see at-least-once, by ce_id)
-            entries = ledger_entries(sub, "topic", planned.judged, now)
+            entries = ledger_entries(sub, "topic", planned.judged, now, event=event.id, versions=versions)
             await asyncio.to_thread(self.ledger.append, entries, once=f"topic|{sub.id}|{event.id}")
             if planned.body is None:
                 continue
@@ -223,15 +273,24 @@ class Deliverer:
         await self.broker.publish(orjson.dumps(body), topic.name, key=event.subject.encode(), headers=headers)
 
 
-def delivery_router(deliverer: Deliverer, *, group_id: str, max_records: int = 200) -> KafkaRouter:
-    """The delivery consumer as a router."""
+def delivery_router(
+    deliverer: Deliverer, *, group_id: str, max_records: int = 200, record_wait: float = 2.0
+) -> KafkaRouter:
+    """The delivery consumer as a router; it gives the record consumer up to `record_wait` seconds
+    to apply a batch before applying what is left itself."""
     router = KafkaRouter()
 
     @on_event_batches(router, group_id=group_id, max_records=max_records)
     async def on_events(message: KafkaMessage) -> None:
         records = records_of(message)
         decoded, _ = decode_all(records)  # the record consumer dead-letters what cannot be decoded
-        await retrying(lambda: deliverer.handle([e for _, e in decoded]))
+        events = [e for _, e in decoded]
+
+        async def deliver() -> int:
+            await deliverer.give_way(events, record_wait)
+            return await deliverer.handle(events)
+
+        await retrying(deliver)
 
     return router
 
@@ -303,7 +362,10 @@ class WebhookSender:
             resources=delivery.body["resources"],
             decide=judge,
         )
-        await asyncio.to_thread(d.ledger.append, ledger_entries(sub, "webhook", planned.judged, now))
+        channel = "mailbox" if sub.webhook is None else "webhook"
+        versions = await asyncio.to_thread(d.written, delivery.event_id)
+        entries = ledger_entries(sub, channel, planned.judged, now, event=delivery.event_id, versions=versions)
+        await asyncio.to_thread(d.ledger.append, entries)
         if planned.body is None:
             await asyncio.to_thread(
                 d.outbox.settle, delivery.id, status="withheld", attempts=attempts, next_attempt_at=now,

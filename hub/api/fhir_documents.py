@@ -66,7 +66,7 @@ def capability_statement(base: str) -> Json:
 
 
 _OUTCOME = {"permit": "0", "break-glass": "0", "deny": "4"}
-_ACTION = {"read": "R", "search": "E", "everything": "E", "topic": "E", "webhook": "E", "audit": "R"}
+_ACTION = {"read": "R", "search": "E", "everything": "E", "topic": "E", "webhook": "E", "mailbox": "E", "audit": "R"}
 
 
 def audit_event(entry: Any) -> Json:

@@ -1,4 +1,5 @@
-"""Which subscription gets what of an event: scope, per-resource policy decisions, content level.
+"""Which subscription gets what of an event: scope, per-resource policy decisions, content level,
+and each decision as the disclosure ledger names it (the record versions the event wrote).
 
 Pure: the caller supplies the decision function (hub.core.policy.decide with the current agreements
 and the person's consents) so the same rules hold on the Kafka topic and at every webhook attempt.
@@ -6,11 +7,14 @@ and the person's consents) so the same rules hold on the Kafka topic and at ever
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from hub.core.policy import Decision
+from hub.core.ledger import Disclosure, resource_ref
+from hub.core.policy import Decision, person_of
+from schemas.subscriptions import Subscription
 
 Json = dict[str, Any]
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
@@ -79,6 +83,20 @@ def plan(
     return Plan(body(subscription_id, content, event, permitted), permitted, judged)
 
 
+def versions_written(provenance: Json | None) -> dict[str, str]:
+    """The record version, by "Type/id", of each resource an event wrote, from the Provenance the
+    record leaves for the event (hub.core.record: it has the event's id and names every version the
+    event wrote; a later merge moves it to the survivor, never changes what it names), so the same
+    whenever it is read. A resource the event carried but the record did not write from it (the
+    record held that already, or newer) has none: what was delivered of it is no record version."""
+    found: dict[str, str] = {}
+    for target in (provenance or {}).get("target") or []:
+        named, _, version = str((target or {}).get("reference", "")).partition("/_history/")
+        if version:
+            found[named] = version
+    return found
+
+
 def body(subscription_id: str, content: str, event: Json, permitted: Sequence[Json]) -> Json:
     """A FHIR `collection` Bundle tagged with the event; entries per the content level."""
     bundle: Json = {
@@ -96,3 +114,41 @@ def body(subscription_id: str, content: str, event: Json, permitted: Sequence[Js
     elif content == "full-resource":
         bundle["entry"] = [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r} for r in permitted]
     return bundle
+
+
+def ledger_entries(
+    sub: Subscription,
+    channel: str,
+    judged: Sequence[tuple[Json, Decision]],
+    at: datetime,
+    *,
+    event: str,
+    versions: Mapping[str, str],
+) -> list[Disclosure]:
+    """One entry per person and decision for a delivery attempt of `event`'s content; each resource
+    named by the record version the event wrote of it (`versions`, by "Type/id"), if any."""
+    groups: dict[tuple[str | None, Decision], list[str]] = {}
+    for resource, decision in judged:
+        if resource.get("resourceType") == "Organization":
+            continue
+        version = versions.get(f"{resource.get('resourceType')}/{resource.get('id')}")
+        groups.setdefault((person_of(resource), decision), []).append(resource_ref(resource, version))
+    return [
+        Disclosure(
+            at=at,
+            recipient_org=sub.org,
+            recipient_user=f"subscription:{sub.id}",
+            channel=channel,
+            person_key=person,
+            resources=tuple(refs),
+            decision=decision.outcome,
+            reasons=decision.reasons,
+            basis={
+                "purpose": sub.purpose,
+                "agreements": list(decision.agreements),
+                "consents": list(decision.consents),
+            },
+            event=event,
+        )
+        for (person, decision), refs in groups.items()
+    ]

@@ -24,16 +24,17 @@ class Disclosure:
     at: datetime
     recipient_org: str
     recipient_user: str
-    channel: str  # "read", "search", "everything", later "delivery"
+    channel: str  # "read", "search", "everything", "export", "topic", "webhook", "mailbox"
     person_key: str | None
-    resources: tuple[str, ...]  # "Type/id/_history/n#sha256"
+    resources: tuple[str, ...]  # "Type/id/_history/n#sha256", or "Type/id#sha256" (resource_ref)
     decision: str  # "permit", "deny", "break-glass"
     reasons: tuple[str, ...] = ()
     basis: dict[str, Any] = field(default_factory=dict)
+    event: str | None = None  # a delivery: the event whose content it is (its resources hash that content)
 
     def body(self) -> dict[str, Any]:
-        """The fields the hash covers, as plain JSON."""
-        return {
+        """The fields the hash covers, as plain JSON (`event` only where there is one)."""
+        body: dict[str, Any] = {
             "at": self.at.isoformat(),
             "recipient_org": self.recipient_org,
             "recipient_user": self.recipient_user,
@@ -44,6 +45,9 @@ class Disclosure:
             "reasons": list(self.reasons),
             "basis": self.basis,
         }
+        if self.event is not None:
+            body["event"] = self.event
+        return body
 
 
 @dataclass(frozen=True)
@@ -66,11 +70,17 @@ def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:
     return hashlib.sha256(prev_hash.encode() + canonical(body)).hexdigest()
 
 
-def resource_ref(resource: dict[str, Any]) -> str:
-    """How a disclosed resource is named in the ledger: its version and a hash of its content."""
-    version = (resource.get("meta") or {}).get("versionId", "?")
+def resource_ref(resource: dict[str, Any], version: str | None = None) -> str:
+    """How a disclosed resource is named in the ledger: "Type/id/_history/N#sha256", the record
+    version and a hash of exactly the content disclosed.
+
+    A record read carries its version (meta.versionId). An event's content carries none: `version`
+    is then the record version the event wrote (a delivery names it so). Content that is no record
+    version at all (the record kept what it held already, or newer content) is "Type/id#sha256"."""
+    version = version or (resource.get("meta") or {}).get("versionId")
     digest = hashlib.sha256(canonical(resource)).hexdigest()
-    return f"{resource.get('resourceType')}/{resource.get('id')}/_history/{version}#{digest}"
+    named = f"{resource.get('resourceType')}/{resource.get('id')}"
+    return f"{named}/_history/{version}#{digest}" if version else f"{named}#{digest}"
 
 
 @dataclass(frozen=True)

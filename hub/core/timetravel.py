@@ -90,9 +90,13 @@ def reconsider(
                 decision = decide(asker, current, agreements, by_person.get(person_of(current) or "", ()))
                 now_decision = decision.outcome
                 now_basis = ", ".join([*decision.agreements, *decision.consents]) or "; ".join(decision.reasons)
-                then_version = versioned.split("/_history/")[1] if "/_history/" in versioned else "?"
+                then_version = versioned.split("/_history/")[1] if "/_history/" in versioned else None
                 now_version = str((current.get("meta") or {}).get("versionId", "?"))
-                if now_version != then_version:
+                if then_version is None:  # a delivery of an event's content the record made no version of
+                    now_basis = (
+                        f"{now_basis} (decided on version {now_version}: the content disclosed was no record version)"
+                    )
+                elif now_version != then_version:
                     now_basis = f"{now_basis} (decided on version {now_version}: version {then_version} was disclosed)"
             found.append(
                 Reconsidered(

@@ -1,5 +1,6 @@
 """Subscriptions end to end over real sockets: MLLP in, subscriber topic and signed webhook out,
-retries, failure and redelivery, and an objection that stops every later delivery about the person."""
+retries, failure and redelivery, an objection that stops every later delivery about the person, and
+the disclosure ledger naming what each delivery disclosed (record version, hash, channel)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from starlette.routing import Route
 from adapters.hl7v2.transport import MllpClient
 from hub.api.auth import issue_token
 from hub.bootstrap import build, running
-from hub.core.ledger import verify
+from hub.core.ledger import canonical, verify
 from hub.kafka import free_port
 from hub.settings import HttpSettings, KafkaSettings, MllpSettings, Settings
 from schemas.subscriptions import Subscription
@@ -172,3 +173,76 @@ async def test_subscribers_get_what_policy_allows_signed_retried_and_redecided(
     finally:
         receiver.server.should_exit = True
         await serving
+
+
+async def test_the_ledger_names_the_record_version_each_delivery_disclosed_and_mailboxes_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAREHUB_TEST_HOOK", SECRET)
+    receiver = Receiver(fail_first=0)
+    serving = asyncio.create_task(receiver.server.serve())
+    settings = Settings(
+        data_dir=tmp_path,
+        kafka=KafkaSettings(group_id=f"t{uuid.uuid4().hex[:8]}-record"),
+        mllp=MllpSettings(port=0),
+        http=HttpSettings(port=0),
+    )
+    services = build(settings)
+    services.agreements.load(an_agreement("RXX", "Y00001"), at=datetime.now(UTC))
+    hook = {"url": receiver.url, "secret_env": "CAREHUB_TEST_HOOK"}
+    mailbox = tmp_path / "mailbox" / "Y00001"
+    services.subscriptions.save(Subscription(id="gp-hook", org="Y00001", events=EVENTS, webhook=hook))
+    services.subscriptions.save(Subscription(id="gp-box", org="Y00001", events=EVENTS, mailbox=str(mailbox)))
+    try:
+        async with running(settings, services=services) as run:
+            client = await MllpClient.connect("127.0.0.1", run.mllp_port or 0)
+            messages = (
+                an_adt(trigger="A01", control_id="L1", visit="V1", event_time="202611010930"),
+                an_adt(trigger="A08", control_id="L2", visit="V1", family="JONES", event_time="202611020900"),
+                an_adt(trigger="A03", control_id="L3", visit="V1", family="JONES", event_time="202611031105"),
+            )
+            for message in messages:
+                assert b"MSA|AA" in await client.send(message)
+            await client.close()
+            await until(lambda: len(receiver.received) >= 3 and len(list(mailbox.glob("*.json"))) >= 3, within=30)
+            sent = {("gp-hook", h["x-carehub-event-id"]): orjson.loads(body) for h, body in receiver.received}
+            sent |= {("gp-box", f.stem): orjson.loads(f.read_bytes()) for f in mailbox.glob("*.json")}
+            entries = [e for e in services.ledger.entries() if e.body["recipient_user"].startswith("subscription:")]
+    finally:
+        receiver.server.should_exit = True
+        await serving
+
+    assert verify(iter(services.ledger.entries()))[1] is None
+    channels = {(e.body["recipient_user"], e.body["channel"], e.body["decision"]) for e in entries}
+    assert channels == {
+        ("subscription:gp-hook", "topic", "permit"),
+        ("subscription:gp-hook", "webhook", "permit"),
+        ("subscription:gp-box", "topic", "permit"),
+        ("subscription:gp-box", "mailbox", "permit"),
+    }
+    shown: dict[str, set[str]] = {}  # event type -> the resources its deliveries named (without hashes)
+    for entry in entries:
+        event = entry.body["event"]  # whose content was delivered
+        provenance = services.reader.read("Provenance", event)  # the versions the record says the event wrote
+        assert provenance is not None
+        written = dict(str(t["reference"]).split("/_history/") for t in provenance["target"])
+        for ref in entry.body["resources"]:
+            kind_id, _, version = ref.split("#")[0].partition("/_history/")
+            assert version == written.get(kind_id, ""), ref  # the version the event wrote, or none: "Type/id#"
+        shown.setdefault(provenance["activity"]["text"], set()).update(r.split("#")[0] for r in entry.body["resources"])
+        if entry.body["channel"] != "topic":
+            sub = entry.body["recipient_user"].removeprefix("subscription:")
+            hashes = {
+                f"{r['resourceType']}/{r['id']}": hashlib.sha256(canonical(r)).hexdigest()
+                for r in (e["resource"] for e in sent[(sub, event)]["entry"])
+            }
+            for ref in entry.body["resources"]:  # each names exactly what was sent, by hash
+                named, digest = ref.split("#")
+                assert hashes[named.split("/_history/")[0]] == digest, ref
+    admitted = shown["uk.nhs.carehub.encounter.admitted.v1"]
+    assert {r.split("/")[0] for r in admitted} == {"Patient", "Encounter"}
+    assert all(r.endswith("/_history/1") for r in admitted)  # each resource delivered: a real version
+    assert any(r.startswith("Patient/") and r.endswith("/_history/2") for r in shown[EVENTS[2]])  # renamed
+    discharged = shown[DISCHARGED]
+    assert any(r.startswith("Encounter/") and "/_history/" in r for r in discharged)
+    assert any(r.startswith("Patient/") and "/_history/" not in r for r in discharged)  # said again: no new version

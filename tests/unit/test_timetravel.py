@@ -108,3 +108,12 @@ def test_only_the_resources_own_persons_consents_bear_on_it() -> None:
     assert (row.now, row.changed) == ("permit", False)
     [mine] = reconsider([entry(held, "permit")], {"Encounter/enc-1": held}, AGREEMENTS, [*others, objection("p1")], NOW)
     assert (mine.now, mine.changed) == ("deny", True)
+
+
+def test_content_disclosed_that_was_no_record_version_says_so_rather_than_version_unknown() -> None:
+    held = encounter("p1", 2)
+    unversioned = {k: v for k, v in held.items() if k != "meta"}  # as a delivery names an event's content
+    [row] = reconsider([entry(unversioned, "permit")], {"Encounter/enc-1": held}, AGREEMENTS, [], NOW)
+    assert row.resource == "Encounter/enc-1"  # (no /_history/: no record version was disclosed)
+    assert "decided on version 2: the content disclosed was no record version" in row.now_basis
+    assert "?" not in row.now_basis
