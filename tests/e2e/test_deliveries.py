@@ -95,18 +95,23 @@ async def topic_events(bootstrap: str, topic: str, at_least: int, within: float 
     return seen
 
 
+def hub_settings(tmp_path: Path) -> Settings:
+    """A hub on free ports with its own consumer groups."""
+    return Settings(
+        data_dir=tmp_path,
+        kafka=KafkaSettings(group_id=f"t{uuid.uuid4().hex[:8]}-record"),
+        mllp=MllpSettings(port=0),
+        http=HttpSettings(port=0),
+    )
+
+
 async def test_subscribers_get_what_policy_allows_signed_retried_and_redecided(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CAREHUB_TEST_HOOK", SECRET)
     receiver = Receiver(fail_first=2)
     serving = asyncio.create_task(receiver.server.serve())
-    settings = Settings(
-        data_dir=tmp_path,
-        kafka=KafkaSettings(group_id=f"t{uuid.uuid4().hex[:8]}-record"),
-        mllp=MllpSettings(port=0),
-        http=HttpSettings(port=0),
-    )
+    settings = hub_settings(tmp_path)
     services = build(settings)
     services.agreements.load(an_agreement("RXX", "Y00001"), at=datetime.now(UTC))
     hook = {"url": receiver.url, "secret_env": "CAREHUB_TEST_HOOK"}
@@ -181,12 +186,7 @@ async def test_the_ledger_names_the_record_version_each_delivery_disclosed_and_m
     monkeypatch.setenv("CAREHUB_TEST_HOOK", SECRET)
     receiver = Receiver(fail_first=0)
     serving = asyncio.create_task(receiver.server.serve())
-    settings = Settings(
-        data_dir=tmp_path,
-        kafka=KafkaSettings(group_id=f"t{uuid.uuid4().hex[:8]}-record"),
-        mllp=MllpSettings(port=0),
-        http=HttpSettings(port=0),
-    )
+    settings = hub_settings(tmp_path)
     services = build(settings)
     services.agreements.load(an_agreement("RXX", "Y00001"), at=datetime.now(UTC))
     hook = {"url": receiver.url, "secret_env": "CAREHUB_TEST_HOOK"}

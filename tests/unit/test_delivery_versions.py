@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -24,11 +23,11 @@ from hub.core.record import apply_events
 from hub.core.timetravel import reconsider
 from hub.store.agreements import PolicySource
 from hub.store.memory import MemoryLedger, MemoryRecordStore
-from hub.store.subscriptions import Delivery
 from schemas.events.encounter import ENCOUNTER_ADMITTED, ENCOUNTER_DISCHARGED
 from schemas.subscriptions import Subscription
 from schemas.topics import subscriber_topic
 from tests.builders import an_agreement
+from tests.fakes import KeptOutbox, KeptSubscriptions
 
 T0 = datetime(2026, 11, 1, 9, 30, tzinfo=UTC)
 ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
@@ -69,34 +68,6 @@ class Agreements:
         return AGREEMENTS
 
 
-class Subscriptions:
-    def __init__(self, subs: list[Subscription]) -> None:
-        self.subs = subs
-
-    def active(self) -> list[Subscription]:
-        return self.subs
-
-    def get(self, id: str) -> Subscription | None:
-        return next((s for s in self.subs if s.id == id), None)
-
-
-class Outbox:
-    def __init__(self) -> None:
-        self.rows: dict[int, Delivery] = {}
-
-    def enqueue(self, rows: Sequence[Json], *, now: datetime) -> None:
-        for row in rows:
-            id = len(self.rows) + 1
-            fields = (row["subscription_id"], row["event_id"], row["person_key"], row["body"])
-            self.rows[id] = Delivery(id, *fields, status="pending", attempts=0, next_attempt_at=now, last_error=None)
-
-    def due(self, now: datetime, limit: int = 50) -> list[Delivery]:
-        return [d for d in self.rows.values() if d.status == "pending" and d.next_attempt_at <= now][:limit]
-
-    def settle(self, id: int, *, status: str, attempts: int, next_attempt_at: datetime, error: str | None) -> None:
-        self.rows[id] = dataclasses.replace(self.rows[id], status=status, attempts=attempts, last_error=error)
-
-
 class Broker:
     def __init__(self) -> None:
         self.published: list[Json] = []
@@ -110,16 +81,16 @@ class Hub:
     store: MemoryRecordStore
     ledger: MemoryLedger
     deliverer: Deliverer
-    outbox: Outbox
+    outbox: KeptOutbox
 
 
 def a_hub(subs: list[Subscription], now: datetime) -> Hub:
-    store, ledger, outbox = MemoryRecordStore(), MemoryLedger(), Outbox()
+    store, ledger, outbox = MemoryRecordStore(), MemoryLedger(), KeptOutbox()
     deliverer = Deliverer(
         broker=cast(Any, Broker()),
         bootstrap="",
         uow_factory=store.unit_of_work,
-        subscriptions=cast(Any, Subscriptions(subs)),
+        subscriptions=cast(Any, KeptSubscriptions(subs)),
         outbox=cast(Any, outbox),
         policy=PolicySource(cast(Any, Agreements()), store.reader()),
         ledger=ledger,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import itertools
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -42,7 +41,6 @@ from hub.core.ports import RecordEvent
 from hub.core.record import apply_events
 from hub.store.agreements import PolicySource
 from hub.store.memory import MemoryLedger, MemoryRecordStore
-from hub.store.subscriptions import Delivery
 from schemas.agreements import Agreement
 from schemas.events.consent import CONSENT_RECORDED
 from schemas.events.encounter import ENCOUNTER_DISCHARGED
@@ -50,6 +48,7 @@ from schemas.events.patient import PATIENT_UPDATED
 from schemas.subscriptions import Subscription, Webhook
 from schemas.topics import subscriber_topic
 from tests.builders import an_agreement
+from tests.fakes import KeptOutbox, KeptSubscriptions
 
 Json = dict[str, Any]
 ORGS = ("RXX", "RYY", "Y00001", "Y00002", "E10000023")
@@ -533,40 +532,6 @@ class FixedAgreements:
 
     def current(self) -> list[Agreement]:
         return self._agreements
-
-
-class KeptSubscriptions:
-    """The subscriptions store, as the deliverer and the webhook sender read it."""
-
-    def __init__(self, subs: list[Subscription]) -> None:
-        self.subs = subs
-
-    def active(self) -> list[Subscription]:
-        return self.subs
-
-    def get(self, id: str) -> Subscription | None:
-        return next((s for s in self.subs if s.id == id), None)
-
-
-class KeptOutbox:
-    """The webhook outbox (hub.store.subscriptions.SqlOutbox), in a dict."""
-
-    def __init__(self) -> None:
-        self.rows: dict[int, Delivery] = {}
-
-    def enqueue(self, rows: Sequence[Json], *, now: datetime) -> None:
-        for row in rows:
-            id = len(self.rows) + 1
-            fields = (row["subscription_id"], row["event_id"], row["person_key"], row["body"])
-            self.rows[id] = Delivery(id, *fields, status="pending", attempts=0, next_attempt_at=now, last_error=None)
-
-    def due(self, now: datetime, limit: int = 50) -> list[Delivery]:
-        return [d for d in self.rows.values() if d.status == "pending" and d.next_attempt_at <= now][:limit]
-
-    def settle(self, id: int, *, status: str, attempts: int, next_attempt_at: datetime, error: str | None) -> None:
-        self.rows[id] = dataclasses.replace(
-            self.rows[id], status=status, attempts=attempts, next_attempt_at=next_attempt_at, last_error=error
-        )
 
 
 class KeptBroker:

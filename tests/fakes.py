@@ -1,0 +1,48 @@
+"""In-memory stand-ins for the delivery stores (hub.store.subscriptions), for tests of one consumer
+without a database."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from hub.store.subscriptions import Delivery
+from schemas.subscriptions import Subscription
+
+Json = dict[str, Any]
+
+
+class KeptSubscriptions:
+    """The subscriptions store, as the deliverer and the webhook sender read it."""
+
+    def __init__(self, subs: list[Subscription]) -> None:
+        self.subs = subs
+
+    def active(self) -> list[Subscription]:
+        return self.subs
+
+    def get(self, id: str) -> Subscription | None:
+        return next((s for s in self.subs if s.id == id), None)
+
+
+class KeptOutbox:
+    """The webhook outbox (hub.store.subscriptions.SqlOutbox), in a dict."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, Delivery] = {}
+
+    def enqueue(self, rows: Sequence[Json], *, now: datetime) -> None:
+        for row in rows:
+            id = len(self.rows) + 1
+            fields = (row["subscription_id"], row["event_id"], row["person_key"], row["body"])
+            self.rows[id] = Delivery(id, *fields, status="pending", attempts=0, next_attempt_at=now, last_error=None)
+
+    def due(self, now: datetime, limit: int = 50) -> list[Delivery]:
+        return [d for d in self.rows.values() if d.status == "pending" and d.next_attempt_at <= now][:limit]
+
+    def settle(self, id: int, *, status: str, attempts: int, next_attempt_at: datetime, error: str | None) -> None:
+        self.rows[id] = dataclasses.replace(
+            self.rows[id], status=status, attempts=attempts, next_attempt_at=next_attempt_at, last_error=error
+        )
