@@ -124,6 +124,10 @@ def audit_time_travel(
     changed: Annotated[
         bool, typer.Option("--changed", help="Only what today's policy would decide differently")
     ] = False,
+    csv_out: Annotated[
+        Path | None,
+        typer.Option("--csv", help="Also write the rows to this CSV file (every column in full, for a spreadsheet)"),
+    ] = None,
     data_dir: HeldDir = Path("var"),
 ) -> None:
     """What was disclosed then, under which agreement and consent versions, and what today's policy would decide."""
@@ -158,9 +162,26 @@ def audit_time_travel(
             str(r.seq), r.at, r.recipient, r.channel, r.resource, r.then, r.then_basis, f"{mark}{r.now}", r.now_basis
         )
     console.print(table)
+    if csv_out is not None:
+        _time_travel_csv(shown, csv_out)
+        console.print(f"wrote {counted(len(shown), 'row')} to {csv_out}", soft_wrap=True)
     differ = sum(r.changed for r in rows)
     about = counted(len(entries), "ledger entry", "ledger entries")
     console.print(f"{len(rows)} decision(s) about {about}; today's policy differs on {differ:,}")
+
+
+def _time_travel_csv(rows: list[Any], path: Path) -> None:
+    """The report's rows, every column in full (the table cuts them to the terminal's width)."""
+    import csv
+
+    from hub.kpi_report import spreadsheet_text
+
+    columns = ("seq", "at", "recipient", "channel", "resource", "then", "then_basis", "now", "now_basis")
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow([*columns, "changed"])
+        for r in rows:
+            writer.writerow([r.seq, *(spreadsheet_text(str(getattr(r, c))) for c in columns[1:]), r.changed])
 
 
 @audit_app.command("export")

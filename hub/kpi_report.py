@@ -53,9 +53,16 @@ def write_csv(rows: Sequence[Row], path: Path, *, skipped: Mapping[str, int] | N
         writer = csv.writer(out)
         writer.writerow(["kpi", "breakdown", "value", "target"])
         for row in rows:
-            writer.writerow([_cell(row.kpi), _cell(row.breakdown), _number(row.value), _cell(row.target)])
+            writer.writerow(
+                [
+                    spreadsheet_text(row.kpi),
+                    spreadsheet_text(row.breakdown),
+                    _number(row.value),
+                    spreadsheet_text(row.target),
+                ]
+            )
         for reason, count in sorted((skipped or {}).items()):
-            writer.writerow([SKIPPED, _cell(reason), count, ""])
+            writer.writerow([SKIPPED, spreadsheet_text(reason), count, ""])
 
 
 def skipped_note(skipped: Mapping[str, int]) -> str:
@@ -144,7 +151,7 @@ def _label(breakdown: str) -> str:
     return breakdown if len(breakdown) <= _LABEL_CHARS else breakdown[: _LABEL_CHARS - 1].rstrip() + "…"
 
 
-def _cell(text: str) -> str:
+def spreadsheet_text(text: str) -> str:
     """A text cell a spreadsheet shows as text: a leading formula character gets a quote first
     (a number, negative ones included, stays a number)."""
     if text.startswith(_FORMULA_START) and not _NUMBER.fullmatch(text):

@@ -3,6 +3,7 @@ objects; `carehub audit time-travel` shows the permit and its basis then, and to
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -76,6 +77,15 @@ def test_the_report_shows_then_and_today_for_each_disclosure(tmp_path: Path) -> 
     assert "test-locality-sharing@1" in row
     assert "Consent/c1" in row
     assert "today's policy differs on 1" in done.stdout
+    sheet = tmp_path / "time-travel.csv"  # every column in full, whatever the terminal's width
+    narrow = env | {"COLUMNS": "80"}
+    saved = subprocess.run([*args, "--csv", str(sheet)], env=narrow, capture_output=True, text=True, timeout=60)
+    assert saved.returncode == 0, saved.stdout + saved.stderr
+    with sheet.open(newline="") as rows:
+        [written] = [r for r in csv.DictReader(rows) if "dr-jones" in r["recipient"]]
+    assert (written["then"], written["now"], written["changed"]) == ("permit", "deny", "True")
+    assert "test-locality-sharing@1" in written["then_basis"]
+    assert "Consent/c1" in written["now_basis"]
     unchanged = subprocess.run(
         [*args, "--changed", "--until", "2020-01-01"], env=env, capture_output=True, text=True, timeout=60, check=False
     )
