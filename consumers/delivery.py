@@ -136,8 +136,12 @@ class Deliverer:
 
     def written(self, event_id: str) -> dict[str, str]:
         """The record version of each resource the event wrote, by "Type/id"."""
+        return self.written_by([event_id])[event_id]
+
+    def written_by(self, event_ids: Collection[str]) -> dict[str, dict[str, str]]:
+        """What each of these events wrote (as `written`), read in one transaction."""
         with self.uow_factory() as uow:
-            return _written(uow, event_id)
+            return {e: _written(uow, e) for e in event_ids}
 
     def recorded(self, events: Sequence[RecordEvent], wanted: set[str]) -> Recorded:
         """What the record has applied of `events`, and what those of `wanted` wrote (one transaction)."""
@@ -191,9 +195,9 @@ class Deliverer:
             return
         await asyncio.to_thread(follow, self.uow_factory, waiting)
         record.applied.update(e.id for e in waiting)
-        for event in waiting:
-            if event.id in record.wanted:
-                record.written[event.id] = await asyncio.to_thread(self.written, event.id)
+        delivered = [e.id for e in waiting if e.id in record.wanted]
+        if delivered:  # (one transaction for them all, not one each)
+            record.written.update(await asyncio.to_thread(self.written_by, delivered))
 
     async def _deliver(
         self, event: RecordEvent, subs: list[Subscription], consents: list[ConsentRule], versions: dict[str, str]

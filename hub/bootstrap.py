@@ -162,7 +162,7 @@ async def kafka(settings: Settings, *, advertise: bool = False) -> AsyncIterator
     """The configured Kafka; else the embedded broker of a hub running on the same data directory
     (unless this one is to `advertise` its own); else an embedded broker for as long as the context
     lasts, advertised in the data directory if `advertise`."""
-    configured = settings.bootstrap_servers() or (None if advertise else advertised(settings.data_dir))
+    configured = settings.bootstrap_servers() if advertise else shared_kafka(settings)
     if configured:
         yield configured
         return
