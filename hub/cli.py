@@ -22,6 +22,7 @@ from hub.cli_base import (
     app,
     console,
     counted,
+    fail,
     ingest_app,
     make_settings,
     open_existing,
@@ -166,13 +167,21 @@ def token(
     from hub.api.auth import issue_token
     from hub.bootstrap import load_secrets
 
-    secrets = load_secrets(make_settings(data_dir))
+    settings = make_settings(data_dir)
     now = datetime.now(UTC)
-    try:
-        typer.echo(issue_token(secrets.token, org=org, role=role, user=user, now=now, ttl=timedelta(hours=hours)))
+    try:  # the arguments first: a bad role is the mistake to name, wherever the hub is
+        issue_token(b"-", org=org, role=role, user=user, now=now, ttl=timedelta(hours=hours))
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
+    if settings.security.token_secret is None and not (settings.data_dir / "secrets.json").is_file():
+        # a token signed with a secret made here would be refused by every hub: say so instead
+        fail(
+            f"no CareHub state in {settings.data_dir} (no secrets.json, whose secret signs the tokens its hub "
+            "accepts): check --data-dir, or start the hub there first (carehub up)"
+        )
+    secrets = load_secrets(settings)
+    typer.echo(issue_token(secrets.token, org=org, role=role, user=user, now=now, ttl=timedelta(hours=hours)))
 
 
 @app.command()

@@ -32,6 +32,8 @@ from hub.instants import UK, from_, up_to
 
 if TYPE_CHECKING:
     from hub.core.kpis import KpiFold
+    from hub.core.policy import Asker
+    from schemas.agreements import Agreement
 
 
 @audit_app.command("verify")
@@ -221,12 +223,20 @@ def audit_export(
         )
     if out.is_dir():
         fail(f"--out {out} is a folder: give the file to write, e.g. {out / 'log.ndjson'}")
-    services = build(settings)
+    state = open_existing(data_dir)  # (a mistyped --data-dir: said, and nothing made there)
+    services = build(state.settings, engine=state.engine)
     key = signing_key(settings.data_dir)
     judge = None
     if payloads:
         policy = services.policy or PolicySource(services.agreements, services.reader)
         agreements, asker = policy.agreements(), Asker(org.strip().upper(), "auditor", datetime.now(UTC))
+        if not covers_audit(agreements, asker):
+            # every payload but the auditor's own would be withheld, each refusal a ledger entry
+            fail(
+                f"--org {asker.org}: no sharing agreement in force today names {asker.org} as a party for audit, "
+                "so every payload it did not supply itself would be withheld: check --org (carehub agreements "
+                "list), or leave out --payloads for hashes only"
+            )
 
         def judge(resource: dict[str, Any]) -> Any:
             person = person_of(resource)
@@ -294,6 +304,18 @@ def kpi(
     if month not in held:  # (a mistyped month reads as a quiet one)
         console.print(f"[yellow]{escape(_no_events_note(month, held, read))}[/yellow]", soft_wrap=True)
     console.print(f"{read:,} events read; wrote {out / f'kpi-{month}.csv'} and {out / f'kpi-{month}.html'}")
+
+
+def covers_audit(agreements: list[Agreement], asker: Asker) -> bool:
+    """Whether any agreement in force on the asker's day names their organisation for audit."""
+    day = asker.at.date()
+    return any(
+        asker.org in a.party_codes
+        and "audit" in a.purposes
+        and a.valid_from <= day
+        and (a.valid_to is None or day <= a.valid_to)
+        for a in agreements
+    )
 
 
 def _months_counted(fold: KpiFold) -> set[str]:

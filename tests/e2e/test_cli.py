@@ -85,6 +85,17 @@ def test_token_with_an_unknown_role_is_refused(tmp_path: Path) -> None:
     assert "role" in result.stdout
 
 
+def test_a_token_for_a_data_dir_with_no_hub_is_refused_not_signed_with_a_new_secret(tmp_path: Path) -> None:
+    typo = tmp_path / "typo"
+    result = carehub("token", "--org", "Y90001", "--role", "clinician", "--data-dir", str(typo), cwd=tmp_path)
+    assert result.returncode == 2
+    assert " ".join(result.stdout.split()) == (
+        f"no CareHub state in {typo} (no secrets.json, whose secret signs the tokens its hub accepts): "
+        "check --data-dir, or start the hub there first (carehub up)"
+    )
+    assert not typo.exists()
+
+
 def test_agreements_load_names_the_bad_file_and_field_and_keeps_the_good_one(tmp_path: Path) -> None:
     good = Path(__file__).resolve().parents[2] / "schemas" / "examples" / "agreement.example.yaml"
     bad = tmp_path / "bad.yaml"

@@ -9,11 +9,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 
+from hub.bootstrap import build
 from hub.kafka import free_port
+from hub.settings import Settings
+from schemas.agreements import Agreement, Category, LawfulBasis, Party, Purpose
 from tests import locality_month
 from tests.conftest import TansuProcess
 from tests.integration.test_crash_safety import produce
@@ -158,6 +162,7 @@ def test_the_export_refuses_a_folder_for_out_and_org_without_payloads_and_counts
     log: Log, tmp_path: Path
 ) -> None:
     data = str(tmp_path / "hub")
+    build(Settings(data_dir=Path(data))).engine.dispose()  # a hub's state: its ledger and signing key
     folder = carehub(log, "audit", "export", "--out", str(tmp_path), "--data-dir", data)
     assert folder.returncode == 2
     assert (
@@ -181,3 +186,49 @@ def test_the_export_refuses_a_folder_for_out_and_org_without_payloads_and_counts
     )
     assert verified.returncode == 0, verified.stdout
     assert f"verified: {log.events} events, 1 signed checkpoint" in verified.stdout
+
+
+def test_the_export_refuses_a_data_dir_with_no_hub_and_an_auditor_no_agreement_names(log: Log, tmp_path: Path) -> None:
+    out = tmp_path / "log.ndjson"
+    typo = tmp_path / "typo"
+    refused = carehub(log, "audit", "export", "--out", str(out), "--data-dir", str(typo))
+    assert refused.returncode == 2
+    assert refused.stdout.startswith(f"no CareHub state in {typo} (no carehub.db): check --data-dir"), refused.stdout
+    assert not typo.exists() and not out.exists()
+    # a hub whose one agreement names AUD01 for audit, and RXX, but not AUD02
+    data = tmp_path / "hub"
+    services = build(Settings(data_dir=data))
+    services.agreements.load(_agreement("AUD01", "audit"), at=datetime.now(UTC))
+    services.agreements.load(_agreement("AUD02", "direct-care"), at=datetime.now(UTC))
+    before = len(list(services.ledger.entries()))
+    for org in ("AUD02", "AUD9"):  # named for another purpose; named nowhere (a typo)
+        unknown = carehub(
+            log, "audit", "export", "--out", str(out), "--payloads", "--org", org, "--data-dir", str(data)
+        )
+        assert unknown.returncode == 2
+        said = " ".join(unknown.stdout.split())
+        assert said == (
+            f"--org {org}: no sharing agreement in force today names {org} as a party for audit, so every payload "
+            "it did not supply itself would be withheld: check --org (carehub agreements list), or leave out "
+            "--payloads for hashes only"
+        )
+        assert not out.exists()
+    assert len(list(services.ledger.entries())) == before  # nothing recorded for an export never made
+    done = carehub(log, "audit", "export", "--out", str(out), "--payloads", "--org", "aud01", "--data-dir", str(data))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{log.events} events, 1 signed checkpoint, " in done.stdout
+    assert len(list(services.ledger.entries())) > before
+    services.engine.dispose()
+
+
+def _agreement(org: str, purpose: str) -> Agreement:
+    return Agreement(
+        id=f"audit-{org.lower()}-{purpose}",
+        version=1,
+        title=f"{org} for {purpose}",
+        parties=(Party(code=org, name=org), Party(code="RXX", name="A hospital")),
+        purposes=(Purpose(purpose),),
+        categories=(Category("encounters"),),
+        lawful_basis=LawfulBasis(article6="6(1)(e) public task", article9="9(2)(h) health or social care"),
+        valid_from=date(2020, 1, 1),
+    )
