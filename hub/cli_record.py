@@ -95,7 +95,7 @@ def replay(
     url, target = _replay_target(into, settings)
     from hub.bootstrap import shared_kafka
 
-    bootstrap = shared_kafka(make_settings(data_dir))
+    bootstrap = shared_kafka(settings)
     if not bootstrap:
         console.print(f"[red]carehub replay {NO_LOG}[/red]")
         raise typer.Exit(2)

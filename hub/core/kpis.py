@@ -52,13 +52,13 @@ from typing import Any
 from hub.core.errors import InvalidMessageError
 from hub.core.fhir_read import ODS_SYSTEM, bundle_resources, contact_kind, extension, identifier_value, of_kind
 from hub.core.huddle import UK
+from hub.core.pic_summary import LETTER_DUE
 from hub.core.ports import Json, RecordEvent
 from hub.core.record import resources_of
 from schemas.events import coordination as co
 
 UNKNOWN_AGE = "unknown"
 BANDS = ((0, 65, "<65"), (65, 75, "65-74"), (75, 85, "75-84"), (85, 200, "85+"))
-LETTER_DUE = timedelta(hours=48)
 # what a payload of the wrong shape raises in a handler (a list where a dict belongs, and so on)
 _UNREADABLE = (InvalidMessageError, LookupError, AttributeError, TypeError, ValueError, OverflowError)
 
@@ -119,13 +119,15 @@ class KpiFold:
         self._seen.add(event.id)
         self._last = event.time if self._last is None else max(self._last, event.time)
         handler = _HANDLERS.get(event.type)
+        resources = None
         try:  # each handler reads everything before it changes anything: a skip leaves no trace
             if handler is not None:
-                handler(self, event, resources_of(event))
+                resources = resources_of(event)
+                handler(self, event, resources)
         except _UNREADABLE as exc:
             self.skip(f"{event.type}: {_why(exc)}")
             return
-        self._birth_date(event)
+        self._birth_date(event, bundle_resources(event.payload) if resources is None else resources)
 
     def skip(self, reason: str) -> None:
         """Count an event or record left out of the figures, and why."""
@@ -133,9 +135,9 @@ class KpiFold:
 
     # --- per event type ----------------------------------------------------------------------
 
-    def _birth_date(self, event: RecordEvent) -> None:
+    def _birth_date(self, event: RecordEvent, resources: list[Json]) -> None:
         """Remember the birth date any event's Patient says of the person (the subject), and when."""
-        for patient in of_kind(bundle_resources(event.payload), "Patient"):
+        for patient in of_kind(resources, "Patient"):
             born = _born(patient.get("birthDate"))
             if patient.get("id") == event.subject and born is not None:
                 self._births.setdefault(event.subject, []).append((event.time, born))

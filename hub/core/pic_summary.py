@@ -9,7 +9,7 @@ is that document addressed to the person's practice (a Patient stub naming it), 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from html import escape
 
 from hub.core.identity import stable_id
@@ -20,6 +20,9 @@ ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 BASE = "https://carehub.invalid/fhir"
 XHTML = "http://www.w3.org/1999/xhtml"
+# the Croydon specification: the PIC summary reaches the GP within 48 h of discharge from the service
+# (the KPI measures against it; the task engine uses it where the rules give the letter no deadline)
+LETTER_DUE = timedelta(hours=48)
 SECTIONS = (
     ("reason", "Reason for referral"),
     ("goals", "Goals and outcomes"),

@@ -45,7 +45,7 @@ from hub.core.fhir_read import (
     register_measures,
 )
 from hub.core.identity import stable_id
-from hub.core.pic_summary import letter
+from hub.core.pic_summary import LETTER_DUE, letter
 from hub.core.ports import Json, RecordEvent
 from hub.core.task_status import FINAL, may_move
 from schemas.coordination_rules import CoordinationRules, Fulfilment, TaskRule
@@ -55,7 +55,6 @@ NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 OVERDUE = "overdue"
 FIND_PRACTICE = "find-gp-practice"  # the engine's own task: a PIC summary waits for the person's practice
 FIND_PRACTICE_TITLE = "Find the person's GP practice: their PIC summary is held until one is known"
-LETTER_DUE = timedelta(hours=48)  # the Croydon contract's, for rules that give the letter no deadline
 _OWN = frozenset(
     {
         co.TASK_CREATED.type,
