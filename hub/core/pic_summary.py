@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from html import escape
 
+from hub.core.fhir_read import ods
 from hub.core.identity import stable_id
 from hub.core.ports import Json
 
@@ -23,6 +24,8 @@ XHTML = "http://www.w3.org/1999/xhtml"
 # the Croydon specification: the PIC summary reaches the GP within 48 h of discharge from the service
 # (the KPI measures against it; the task engine uses it where the rules give the letter no deadline)
 LETTER_DUE = timedelta(hours=48)
+OUTPUT_SYSTEM = "https://carehub.invalid/CodeSystem/coordination-task-output"  # Task.output.type codes
+PRACTICE_OUTPUT = "gp-practice"  # the output by which a coordinator names the practice they found
 SECTIONS = (
     ("reason", "Reason for referral"),
     ("goals", "Goals and outcomes"),
@@ -82,3 +85,28 @@ def letter(summary: Json, *, person: str, nhs: str | None, practice: str, episod
 
 def _bare(resource: Json) -> Json:
     return {k: v for k, v in resource.items() if k != "meta"}
+
+
+def practice_output(code: str) -> Json:
+    """The output of a find-the-practice Task (hub.core.tasks) a coordinator completes: the practice they found."""
+    return {
+        "type": {"coding": [{"system": OUTPUT_SYSTEM, "code": PRACTICE_OUTPUT}], "text": "The person's GP practice"},
+        "valueReference": {"identifier": {"system": ODS_SYSTEM, "value": code}},
+    }
+
+
+def practice_found(task: Json) -> str | None:
+    """The GP practice (ODS code) a find-the-practice Task names as its output, if it names one."""
+    for output in task.get("output") or []:
+        kind = output.get("type") if isinstance(output, dict) else None
+        codings = kind.get("coding") if isinstance(kind, dict) else None
+        if not any(
+            isinstance(c, dict) and (c.get("system"), c.get("code")) == (OUTPUT_SYSTEM, PRACTICE_OUTPUT)
+            for c in codings or []
+        ):
+            continue
+        ref = output.get("valueReference")
+        found = ods([ref.get("identifier") or {}]) if isinstance(ref, dict) else None
+        if found:
+            return found
+    return None

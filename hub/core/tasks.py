@@ -15,8 +15,9 @@ Order of work for each event:
     episode     episode.opened starts a caseload stay and its long-stay clock; episode.closed ends both
                 and issues the PIC summary to the person's practice, or, when no practice is known, holds
                 it and gives the coordinator a task to find the practice (due when the letter is)
-    release     once an event names the practice (an ADT, a register row, a GP's referral), held PIC
-                summaries go to it and their find-the-practice tasks complete
+    release     once an event names the practice (an ADT, a register row, a GP's referral, or the
+                coordinator completing the find-the-practice task with the practice as its output), held
+                PIC summaries go to it and their find-the-practice tasks complete
     open        every task rule triggered by this event (and its condition) opens a task with a clock
     manual      a task.updated from a coordinator (the API) moves the task's status if the move is
                 allowed (hub.core.task_status); a final status stops its clock
@@ -45,7 +46,7 @@ from hub.core.fhir_read import (
     register_measures,
 )
 from hub.core.identity import stable_id
-from hub.core.pic_summary import LETTER_DUE, letter
+from hub.core.pic_summary import LETTER_DUE, letter, practice_found
 from hub.core.ports import Json, RecordEvent
 from hub.core.task_status import FINAL, may_move
 from schemas.coordination_rules import CoordinationRules, Fulfilment, TaskRule
@@ -127,6 +128,7 @@ class Engine:
         out = self._release(state, event)
         if name == "task.updated":
             out.extend(self._manual(state, event, resources))
+            out.extend(self._release(state, event))  # (the coordinator may have named the practice)
             return out
         self._fulfil(state, event, name, resources, out)
         self._case_find(state, event, name, resources, out)
@@ -161,7 +163,7 @@ class Engine:
         generalPractitioner pointing at the Organization it carries) and a practice's register row
         say where the person is registered. The Patient a referral carries is only the referrer's
         word (any partner may refer): it says the practice until a registration has, never after."""
-        says_practice = not (referral and state.get("practice_from") == "registration")
+        says_practice = not (referral and state.get("practice_from") in ("registration", "coordinator"))
         practices = {
             f"Organization/{o.get('id')}": ods(o.get("identifier")) for o in of_kind(resources, "Organization")
         }
@@ -341,6 +343,9 @@ class Engine:
             if status in FINAL:
                 task["closed"] = event.time.isoformat()
                 out.cleared.append(resource["id"])
+            found = practice_found(resource) if task["rule"] == FIND_PRACTICE and status == "completed" else None
+            if found:  # the coordinator found the practice: as good as a registration, until the next one
+                state["practice"], state["practice_from"] = found, "coordinator"
         return out
 
     # --- what the derived events carry -------------------------------------------------------

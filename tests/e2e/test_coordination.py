@@ -313,6 +313,85 @@ async def test_a_coordinators_work_over_the_api_ends_with_the_pic_summary_at_the
         assert again.status_code == 409
 
 
+async def test_a_coordinator_who_finds_the_persons_practice_names_it_and_the_held_pic_summary_goes_there(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(tmp_path)
+    services = build(settings)
+    now = datetime.now(UTC)
+    services.agreements.load(
+        an_agreement(
+            month.SERVICE, month.PRACTICE, "LA123", categories=("demographics", "care-plans", "referrals", "tasks")
+        ),
+        at=now,
+    )
+    mailbox = tmp_path / "mailbox" / month.PRACTICE
+    services.subscriptions.save(
+        Subscription(id="gp-pic", org=month.PRACTICE, events=(co.PIC_SUMMARY_SENT.type,), mailbox=str(mailbox))
+    )
+    secret = services.secrets.token
+    la = {"Authorization": f"Bearer {issue_token(secret, org='LA123', role='clinician', now=now)}"}
+    pic = {"Authorization": f"Bearer {issue_token(secret, org=month.SERVICE, role='coordinator', now=now)}"}
+
+    async with (
+        running(settings, services=services, mllp=False) as run,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{run.http_port}/fhir") as http,
+    ):
+        social_care = _referral("9434765919") | {
+            "extension": [
+                {
+                    "url": co.SOURCE_EXTENSION,
+                    "valueCodeableConcept": {
+                        "coding": [{"system": co.REFERRAL_SOURCE_SYSTEM, "code": "adult-social-care"}]
+                    },
+                }
+            ]
+        }
+        made = await http.post("/ServiceRequest", json=social_care, headers=la)  # it names no GP
+        assert made.status_code == 201, made.text
+        referral = made.json()
+        person = referral["subject"]["reference"].removeprefix("Patient/")
+
+        def tasks() -> dict[str, dict[str, Any]]:
+            return {t["code"]["coding"][0]["code"]: t for t in services.reader.search("Task", person)}
+
+        await until(lambda: "referral-triage" in tasks(), 30, "the referral's tasks")
+        accepted = await http.post(
+            f"/ServiceRequest/{referral['id']}/$accept", json=_params(coordinator="c-ann"), headers=pic
+        )
+        assert accepted.status_code == 201, accepted.text
+        episode = accepted.json()["id"]
+        await until(lambda: services.reader.read("EpisodeOfCare", episode) is not None, 30, "the episode")
+        closed = await http.post(f"/EpisodeOfCare/{episode}/$close", json=_params(goals="Home"), headers=pic)
+        assert closed.status_code == 200, closed.text
+        await until(lambda: "find-gp-practice" in tasks(), 30, "the task to find the practice")
+        find, triage = tasks()["find-gp-practice"], tasks()["referral-triage"]
+        assert not mailbox.exists() or not any(mailbox.glob("*.json"))  # held, not sent to no one
+
+        for task, params, why in [
+            (triage, _params(status="completed", practice=month.PRACTICE), "only on completing a find-gp-practice"),
+            (find, _params(status="in-progress", practice=month.PRACTICE), "only with status completed"),
+            (find, _params(status="completed", practice="Y01 surgery"), "'Y01 surgery' is not an ODS code"),
+        ]:
+            refused = await http.post(f"/Task/{task['id']}/$status", json=params, headers=pic)
+            assert refused.status_code == 400, refused.text
+            issue = refused.json()["issue"][0]
+            assert why in issue["diagnostics"] and issue["expression"] == ["Parameters.parameter[practice]"]
+
+        named = _params(status="completed", practice=month.PRACTICE.lower())
+        answer = await http.post(f"/Task/{find['id']}/$status", json=named, headers=pic)
+        assert answer.status_code == 200, answer.text
+        [output] = answer.json()["output"]
+        assert output["valueReference"]["identifier"] == {"system": ODS, "value": month.PRACTICE}
+        await until(lambda: any(mailbox.glob("*.json")), 30, "the held PIC summary in the practice's mailbox")
+        [sent] = [orjson.loads(f.read_bytes()) for f in mailbox.glob("*.json")]
+        kinds = {e["resource"]["resourceType"]: e["resource"] for e in sent["entry"]}
+        assert kinds["Composition"]["id"] == find["focus"]["reference"].removeprefix("Composition/")
+        assert kinds["Patient"]["generalPractitioner"][0]["identifier"]["value"] == month.PRACTICE
+        kept = services.reader.read("Task", find["id"]) or {}
+        assert (kept["status"], kept["output"]) == ("completed", [output])
+
+
 async def read_until(http: httpx.AsyncClient, path: str, headers: dict[str, str], check: Any, what: str) -> Any:
     """GET `path` until `check(resource)` holds (a command's effect reaches the record through the log)."""
     deadline = time.perf_counter() + 30

@@ -14,6 +14,7 @@ from fhir.resources.R4B.task import Task
 
 from adapters.hl7v2.to_fhir import map_message
 from hub.core.coordination import Positioned, process, tick
+from hub.core.pic_summary import practice_output
 from hub.core.ports import RecordEvent
 from hub.core.tasks import Engine
 from hub.store.memory import MemoryCoordinationStore
@@ -364,3 +365,35 @@ def test_a_held_pic_summary_still_goes_when_the_coordinator_has_closed_the_task_
     released = run(engine, [hospital_adt(month.at(22, 9))], store)
     assert letters(released) == [(month.at(22, 9), "Y00001")]
     assert of_code(released, co.TASK_UPDATED.type, "find-gp-practice") == []  # it stays as the coordinator left it
+
+
+def test_the_coordinator_who_finds_the_practice_names_it_on_completing_the_task_and_the_held_summary_goes(
+    engine: Engine,
+) -> None:
+    store = MemoryCoordinationStore()
+    derived = run(engine, [unregistered_referral(month.at(3, 9)), *discharged_from_the_service(month.at(20, 9))], store)
+    [made] = of_code(derived, co.TASK_CREATED.type, "find-gp-practice")
+    person = made.subject
+
+    def coordinator(event_id: str, when: datetime, task: dict[str, object]) -> RecordEvent:
+        return RecordEvent(event_id, co.TASK_UPDATED.type, "urn:ods:Y0PIC", when, person, task)
+
+    # the practice named on another move, or on another task, is not taken for it
+    other = next(iter(t for t in store.states[person]["tasks"] if t != made.payload["id"]))
+    elsewhere = {**made.payload, "id": other, "status": "completed", "output": [practice_output("Y00002")]}
+    assert letters(run(engine, [coordinator("manual-0", month.at(21, 9), elsewhere)], store)) == []
+    started = {**made.payload, "status": "in-progress", "output": [practice_output("Y00002")]}
+    assert letters(run(engine, [coordinator("manual-1", month.at(21, 10), started)], store)) == []
+
+    found = {**made.payload, "status": "completed", "output": [practice_output("Y00002")]}
+    Task.model_validate(found)
+    released = run(engine, [coordinator("manual-2", month.at(21, 11), found)], store)
+    assert letters(released) == [(month.at(21, 11), "Y00002")]
+    assert of_code(released, co.TASK_UPDATED.type, "find-gp-practice") == []  # the coordinator completed it
+    assert (store.states[person]["practice"], store.states[person]["practice_from"]) == ("Y00002", "coordinator")
+    # as good as a registration: a partner's referral naming another practice does not move it, a
+    # hospital's ADT does, and the letter went once
+    assert letters(run(engine, [referred_by("Y00009", "adult-social-care", month.at(22, 9))], store)) == []
+    assert store.states[person]["practice"] == "Y00002"
+    assert letters(run(engine, [hospital_adt(month.at(23, 9))], store)) == []
+    assert store.states[person]["practice"] == "Y00001"

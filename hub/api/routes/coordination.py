@@ -5,7 +5,8 @@
     POST /fhir/ServiceRequest/{id}/$decline            the person declined, or the referral is not accepted
     POST /fhir/Patient/{id}/$record-contact            a call or visit (first-contact, face-to-face, ...)
     POST /fhir/EpisodeOfCare/{id}/$close               discharge from the service, with the PIC summary content
-    POST /fhir/Task/{id}/$status                       move a task through the FHIR Task statuses
+    POST /fhir/Task/{id}/$status                       move a task through the FHIR Task statuses (completing
+                                                       a find-gp-practice task, `practice` names the practice)
     GET  /coordination/caseloads                       people per coordinator against the cap
 
 Commands take FHIR Parameters and answer with the resource they recorded; each becomes an event on
@@ -17,6 +18,7 @@ unknown referral or person, 409 when a rule refuses (a coordinator at the caselo
 No `from __future__ import annotations` here: FastAPI reads these annotations at runtime.
 """
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,16 +38,17 @@ from hub.core import nhs_number
 from hub.core.errors import ConsentDeniedError, InvalidMessageError, RuleRefusedError, UnknownPersonError
 from hub.core.fhir_read import referral_source
 from hub.core.identity import person_key
-from hub.core.pic_summary import composition
+from hub.core.pic_summary import composition, practice_output
 from hub.core.ports import CoordinationReader, Json, RecordReader
 from hub.core.task_status import MOVES, STATUSES, may_move
-from hub.core.tasks import Engine
+from hub.core.tasks import FIND_PRACTICE, Engine
 from schemas.envelope import Envelope
 from schemas.events import coordination as co
 
 Publish = Callable[[Envelope], Awaitable[None]]
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 COMMAND_ROLES = ("coordinator", "admin")
+_ODS_CODE = re.compile(r"[A-Z0-9]{3,10}")
 
 
 @dataclass(frozen=True)
@@ -258,6 +261,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         task = api_.reader.read("Task", fhir_id(id, "Task"))
         if task is None:
             raise UnknownPersonError(f"no Task/{id} in the shared care record", ("Task",))
+        practice = _found_practice(params, task, status)  # (bad input first, then the rules)
         current = str(task.get("status"))
         if not may_move(current, status):
             allowed = ", ".join(sorted(MOVES.get(current, ()))) or "none (it is finished)"
@@ -268,6 +272,8 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         moved = {k: v for k, v in task.items() if k != "meta"}
         moved["status"] = status
         moved["lastModified"] = at.isoformat()
+        if practice:  # the held PIC summary goes to it (hub.core.tasks)
+            moved["output"] = [practice_output(practice)]
         person = str(task["for"]["reference"]).removeprefix("Patient/")
         await emit(co.TASK_UPDATED.type, who, person, at, moved)
         return FhirResponse(moved)
@@ -288,6 +294,33 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         )
 
     return api
+
+
+def _found_practice(params: Json, task: Json, status: str) -> str | None:
+    """The GP practice a coordinator names on completing a find-the-practice task (or None); refused
+    with a reason anywhere else, so that a practice named is never silently dropped."""
+    practice = _param(params, "practice")
+    if practice is None:
+        return None
+    code = practice.upper()
+    kind = ((task.get("code") or {}).get("coding") or [{}])[0].get("code")
+    if kind != FIND_PRACTICE:
+        raise InvalidMessageError(
+            f"practice is given only on completing a {FIND_PRACTICE} task; this one is {kind}",
+            ("Parameters.parameter[practice]",),
+        )
+    if status != "completed":
+        raise InvalidMessageError(
+            "practice is given only with status completed: the practice found completes the task",
+            ("Parameters.parameter[practice]",),
+        )
+    if not _ODS_CODE.fullmatch(code):
+        raise InvalidMessageError(
+            f"practice {practice!r} is not an ODS code (3 to 10 letters and digits)",
+            ("Parameters.parameter[practice]",),
+            code="code-invalid",
+        )
+    return code
 
 
 def _json(body: bytes, what: str) -> Json:
