@@ -191,6 +191,15 @@ def _referral(nhs: str) -> dict[str, Any]:
         "intent": "order",
         "subject": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}},
         "reasonCode": [{"text": "lives alone, two falls this autumn"}],
+        "extension": [_source("gp")],
+    }
+
+
+def _source(code: str) -> dict[str, Any]:
+    """The referral's source (UK Core SourceOfServiceRequest, CareHub's referral-source codes)."""
+    return {
+        "url": co.SOURCE_EXTENSION,
+        "valueCodeableConcept": {"coding": [{"system": co.REFERRAL_SOURCE_SYSTEM, "code": code}]},
     }
 
 
@@ -233,6 +242,18 @@ async def test_a_coordinators_work_over_the_api_ends_with_the_pic_summary_at_the
         bad = await http.post("/ServiceRequest", json=_referral("9434765918"), headers=gp)
         assert bad.status_code == 400
         assert bad.json()["issue"][0]["expression"] == ["ServiceRequest.subject.identifier"]
+        # who refers is never taken for granted: a partner taken for a GP would become the person's practice
+        unsaid = await http.post("/ServiceRequest", json=_referral("9434765919") | {"extension": []}, headers=gp)
+        assert unsaid.status_code == 400, unsaid.text
+        issue = unsaid.json()["issue"][0]
+        assert (issue["code"], issue["expression"]) == ("required", ["ServiceRequest.extension"])
+        assert "must say who refers" in issue["diagnostics"] and "adult-social-care" in issue["diagnostics"]
+        unknown = await http.post(
+            "/ServiceRequest", json=_referral("9434765919") | {"extension": [_source("GP")]}, headers=gp
+        )
+        assert unknown.status_code == 400, unknown.text
+        assert unknown.json()["issue"][0]["code"] == "code-invalid"
+        assert "'GP' is not one of gp, risk-stratification" in unknown.json()["issue"][0]["diagnostics"]
 
         first = await http.post("/ServiceRequest", json=_referral("9434765919"), headers=gp)
         second = await http.post("/ServiceRequest", json=_referral("9990000018"), headers=gp)
@@ -337,16 +358,7 @@ async def test_a_coordinator_who_finds_the_persons_practice_names_it_and_the_hel
         running(settings, services=services, mllp=False) as run,
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{run.http_port}/fhir") as http,
     ):
-        social_care = _referral("9434765919") | {
-            "extension": [
-                {
-                    "url": co.SOURCE_EXTENSION,
-                    "valueCodeableConcept": {
-                        "coding": [{"system": co.REFERRAL_SOURCE_SYSTEM, "code": "adult-social-care"}]
-                    },
-                }
-            ]
-        }
+        social_care = _referral("9434765919") | {"extension": [_source("adult-social-care")]}
         made = await http.post("/ServiceRequest", json=social_care, headers=la)  # it names no GP
         assert made.status_code == 201, made.text
         referral = made.json()

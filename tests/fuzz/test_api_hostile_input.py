@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from hub.api.auth import AUDIENCE, ISSUER, AuthError, TokenVerifier
 from hub.api.outcomes import FHIR_JSON
+from schemas.events import coordination as co
 from tests.builders import an_objection
 from tests.fuzz.conftest import NHS, NHS_NUMBERS, TOKEN_SECRET, LiveApi, token
 
@@ -276,7 +277,7 @@ COMMANDS = [
 @st.composite
 def parameters(draw: st.DrawFn) -> Any:
     """FHIR Parameters with the names the commands read, and hostile values."""
-    names = st.sampled_from(["coordinator", "at", "kind", "reason", "status", "referral", "goals", "x"])
+    names = st.sampled_from(["coordinator", "at", "kind", "reason", "status", "referral", "goals", "practice", "x"])
     values = nasty_text | st.sampled_from(["2026-11-25T10:00:00Z", "2026-11-25", "face-to-face", "completed", ""])
     return {
         "resourceType": draw(st.sampled_from(["Parameters", "Parameters", "Bundle"])),
@@ -294,9 +295,24 @@ def referrals() -> st.SearchStrategy[Any]:
             )
         }
     )
+    code = st.sampled_from(co.REFERRAL_SOURCES) | nasty_text
+    source = st.builds(
+        lambda c: [
+            {
+                "url": co.SOURCE_EXTENSION,
+                "valueCodeableConcept": {"coding": [{"system": co.REFERRAL_SOURCE_SYSTEM, "code": c}]},
+            }
+        ],
+        code,
+    )
     return st.fixed_dictionaries(
         {"resourceType": st.just("ServiceRequest"), "status": st.just("active"), "intent": st.just("order")},
-        optional={"subject": subject | json_values, "authoredOn": nasty_text, "performer": json_values},
+        optional={
+            "subject": subject | json_values,
+            "authoredOn": nasty_text,
+            "performer": json_values,
+            "extension": source | json_values,
+        },
     )
 
 

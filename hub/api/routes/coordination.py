@@ -114,12 +114,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         request_.setdefault("authoredOn", now.isoformat())
         request_.setdefault("requester", {"identifier": {"system": ODS_SYSTEM, "value": who.org}})
         request_.setdefault("performer", [{"identifier": {"system": ODS_SYSTEM, "value": rules.service.ods}}])
-        if not any(e.get("url") == co.SOURCE_EXTENSION for e in request_.get("extension") or []):
-            source = {"coding": [{"system": co.REFERRAL_SOURCE_SYSTEM, "code": "gp"}]}
-            request_["extension"] = [
-                *(request_.get("extension") or []),
-                {"url": co.SOURCE_EXTENSION, "valueCodeableConcept": source},
-            ]
+        _source_of(request_)
         stub: Json = {
             "resourceType": "Patient",
             "id": person,
@@ -294,6 +289,30 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         )
 
     return api
+
+
+def _source_of(request: Json) -> str:
+    """Who refers, as the referral says it; refused where it does not (a source taken for granted
+    would count in the commissioner's KPIs under the wrong one, and a partner taken for a GP would
+    become the person's practice, where the PIC summary goes)."""
+    codes = ", ".join(co.REFERRAL_SOURCES)
+    said = any(isinstance(e, dict) and e.get("url") == co.SOURCE_EXTENSION for e in request.get("extension") or [])
+    if not said:
+        raise InvalidMessageError(
+            f"the referral must say who refers: an extension {co.SOURCE_EXTENSION} whose valueCodeableConcept "
+            f"is coded in {co.REFERRAL_SOURCE_SYSTEM} ({codes})",
+            ("ServiceRequest.extension",),
+            code="required",
+        )
+    source = referral_source(request)
+    if source not in co.REFERRAL_SOURCES:
+        shown = f"{source!r} is not" if source is not None else f"no coding in {co.REFERRAL_SOURCE_SYSTEM} is"
+        raise InvalidMessageError(
+            f"the referral's source: {shown} one of {codes}",
+            (f"ServiceRequest.extension('{co.SOURCE_EXTENSION}').valueCodeableConcept",),
+            code="code-invalid",
+        )
+    return str(source)
 
 
 def _found_practice(params: Json, task: Json, status: str) -> str | None:
