@@ -214,6 +214,9 @@ def huddle(
     attended: Annotated[
         bool, typer.Option(help="The meeting was held and the coordinator attended (counts in the KPIs)")
     ] = False,
+    cancelled: Annotated[
+        bool, typer.Option(help="The meeting did not take place (not counted as held in the KPIs)")
+    ] = False,
     data_dir: DataDir = Path("var"),
 ) -> None:
     """Print a practice's weekly huddle / MDT agenda (as its coordinator may see it) and publish it."""
@@ -224,8 +227,12 @@ def huddle(
     from hub.core.huddle import UK, to_fhir_list
     from hub.core.policy import Asker
     from hub.web.views import decided_agenda
-    from schemas.events.coordination import ATTENDED_EXTENSION
+    from schemas.events.coordination import ATTENDED_EXTENSION, CANCELLED_EXTENSION
 
+    if attended and cancelled:
+        fail("--attended and --cancelled: a meeting that did not take place was not attended; give one")
+    if (attended or cancelled) and not publish:
+        fail(f"--{'attended' if attended else 'cancelled'} is said by publishing the agenda: leave out --no-publish")
     practice, who_org = practice.strip().upper(), (org or practice).strip().upper()
     try:
         meeting = date.fromisoformat(day) if day else datetime.now(UK).date()
@@ -248,8 +255,9 @@ def huddle(
         console.print(f"{shown.withheld_people} person(s), {shown.withheld_items} item(s) withheld by the policy")
     if publish:
         agenda = to_fhir_list(shown)
-        if attended:
-            agenda["extension"] = [*agenda.get("extension", []), {"url": ATTENDED_EXTENSION, "valueBoolean": True}]
+        for said, url in ((attended, ATTENDED_EXTENSION), (cancelled, CANCELLED_EXTENSION)):
+            if said:
+                agenda["extension"] = [*agenda.get("extension", []), {"url": url, "valueBoolean": True}]
         event = asyncio.run(_publish_agenda(settings, services, agenda))
         console.print(f"published {event}")
 

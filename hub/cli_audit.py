@@ -325,7 +325,7 @@ def _months_counted(fold: KpiFold) -> set[str]:
     times += [t for e in fold.episodes.values() for t in (e.start, e.end, e.letter) if t is not None]
     times += [*fold.onward.values(), *(at for at, _ in fold.outcomes.values())]
     months = {t.astimezone(UK).strftime("%Y-%m") for t in times}
-    return months | {held.strftime("%Y-%m") for held, _ in fold.huddles.values()}
+    return months | {day.strftime("%Y-%m") for day, _, _ in fold.huddles.values()}
 
 
 def _no_events_note(month: str, held: set[str], read: int) -> str:

@@ -27,7 +27,8 @@ Definitions (each names its source events):
     caseload                 open episodes per coordinator at the end of the month (target 28)
     over 12 weeks            % of the month's discharges that had been on the caseload more than 84 days
                              (target 20-25%)
-    huddles attended         huddle.agenda Lists dated in the month, and those marked attended (target 95%)
+    huddles attended         huddle.agenda Lists dated in the month, but those marked cancelled, and of them
+                             those marked attended (target 95%)
 
 A contact answers every referral of the person that is waiting for one (made before it, not yet
 answered, not declined, and not followed by a caseload episode that closed before the contact), and
@@ -105,7 +106,7 @@ class KpiFold:
     onward: dict[str, datetime] = field(default_factory=dict)
     outcomes: dict[str, tuple[datetime, str]] = field(default_factory=dict)
     episodes: dict[str, _Episode] = field(default_factory=dict)
-    huddles: dict[str, tuple[date, bool]] = field(default_factory=dict)
+    huddles: dict[str, tuple[date, bool, bool]] = field(default_factory=dict)  # id -> (day, attended, cancelled)
     skipped: Counter[str] = field(default_factory=Counter)
     _seen: set[str] = field(default_factory=set)
     _contacts: dict[str, list[tuple[datetime, str]]] = field(default_factory=dict)
@@ -220,16 +221,19 @@ class KpiFold:
             (
                 str(agenda["id"]),
                 _time(agenda.get("date"), event.time).astimezone(UK).date(),
-                any(
-                    e.get("url") == co.ATTENDED_EXTENSION and e.get("valueBoolean") is True
-                    for e in agenda.get("extension") or []
-                ),
+                _flagged(agenda, co.ATTENDED_EXTENSION),
+                _flagged(agenda, co.CANCELLED_EXTENSION),
             )
             for agenda in of_kind(resources, "List")
         ]
-        for hid, held, attended in said:
+        for hid, day, attended, cancelled in said:
+            # the agenda is published again as the week goes on: what the last one to say so said of
+            # the meeting (held and attended, or cancelled) stands until another says otherwise
             before = self.huddles.get(hid)
-            self.huddles[hid] = (held, attended or bool(before and before[1]))
+            if attended or cancelled:
+                self.huddles[hid] = (day, attended, cancelled and not attended)
+            else:
+                self.huddles[hid] = (day, bool(before and before[1]), bool(before and before[2]))
 
     # --- the report ----------------------------------------------------------------------------
 
@@ -313,7 +317,9 @@ class KpiFold:
         ]
 
     def _huddle_rows(self, first: date, after: date) -> list[Row]:
-        held = [attended for day, attended in self.huddles.values() if first <= day < after]
+        held = [
+            attended for day, attended, cancelled in self.huddles.values() if first <= day < after and not cancelled
+        ]
         return [Row("huddles held", "", len(held)), Row("huddles attended", "%", _pct(sum(held), len(held)), "95%")]
 
     def _first_contacts(self) -> None:
@@ -358,6 +364,11 @@ _HANDLERS: dict[str, Any] = {
     co.PIC_SUMMARY_RECEIPT.type: KpiFold._receipt,
     co.HUDDLE_AGENDA.type: KpiFold._huddle,
 }
+
+
+def _flagged(resource: Json, url: str) -> bool:
+    """Whether the resource carries the extension `url` with valueBoolean true."""
+    return any(e.get("url") == url and e.get("valueBoolean") is True for e in resource.get("extension") or [])
 
 
 def _why(exc: Exception) -> str:

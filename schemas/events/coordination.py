@@ -39,7 +39,8 @@ pic-summary.sent / pic-summary.receipt
 huddle.agenda       List (per practice per week) of new referrals, newly eligible people, recent
                     discharges and overdue tasks; source = the practice ODS, date = the meeting. Published again
                     with extension ATTENDED_EXTENSION valueBoolean once the meeting has been held (the
-                    commissioner's "huddles attended" measure).
+                    commissioner's "huddles attended" measure), or CANCELLED_EXTENSION valueBoolean when it
+                    did not take place (then it is not counted as held).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ SOURCE_EXTENSION = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore
 OUTCOME_EXTENSION = "https://carehub.invalid/StructureDefinition/referral-outcome"
 OUTCOMES = ("contacted", "attended", "declined", "accepted")
 ATTENDED_EXTENSION = "https://carehub.invalid/StructureDefinition/huddle-attended"
+CANCELLED_EXTENSION = "https://carehub.invalid/StructureDefinition/huddle-cancelled"
 MEASURE_SYSTEM = "https://carehub.invalid/CodeSystem/register-measure"
 FLAG_SYSTEM = "https://carehub.invalid/CodeSystem/case-finding"
 ELIGIBLE = "eligible-for-care-coordination"

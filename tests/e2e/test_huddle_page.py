@@ -37,6 +37,7 @@ from schemas.events.consent import CONSENT_RECORDED
 from schemas.events.coordination import (
     ATTENDED_EXTENSION,
     BUSINESS_STATUS_SYSTEM,
+    CANCELLED_EXTENSION,
     CASELIST_ADDED,
     ELIGIBLE,
     FLAG_SYSTEM,
@@ -321,3 +322,35 @@ def test_carehub_huddle_prints_the_agenda_and_publishes_it_into_the_record(tmp_p
     ]
     assert {"url": ATTENDED_EXTENSION, "valueBoolean": True} in stored["extension"]  # counts in the KPIs
     again.engine.dispose()
+
+    def huddle(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                CAREHUB,
+                "huddle",
+                "--practice",
+                PRACTICE,
+                "--date",
+                MEETING.isoformat(),
+                *flags,
+                "--data-dir",
+                str(tmp_path),
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=100,
+            env={"PATH": "/usr/bin:/bin", "COLUMNS": "220"},
+        )
+
+    both = huddle("--attended", "--cancelled")
+    assert both.returncode == 2
+    assert "a meeting that did not take place was not attended" in both.stdout
+    assert huddle("--cancelled", "--no-publish").returncode == 2
+    cancelled = huddle("--cancelled")
+    assert cancelled.returncode == 0, cancelled.stderr
+    later = build(Settings(data_dir=tmp_path))
+    [stored] = later.reader.search("List", None)
+    assert {"url": CANCELLED_EXTENSION, "valueBoolean": True} in stored["extension"]  # not counted as held
+    assert ATTENDED_EXTENSION not in {e["url"] for e in stored["extension"]}
+    later.engine.dispose()

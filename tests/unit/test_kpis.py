@@ -7,7 +7,7 @@ import copy
 import csv
 import random
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -327,3 +327,29 @@ def test_a_referral_without_a_birth_date_is_aged_by_the_latest_one_said_of_the_p
     for _ in range(10):
         figures = report(fold_of(*person_ordered(said, rng)), "2026-11")
         assert {band: figures[("age at referral", band)] for band in expected} == expected
+
+
+def test_a_cancelled_huddle_is_not_counted_as_held_until_a_later_agenda_says_it_was_held() -> None:
+    def agenda(n: int, *flags: str) -> RecordEvent:
+        """The 17 November agenda published again (n hours on), with these extensions true."""
+        first = month.huddle(17, attended=False)
+        extensions = [{"url": url, "valueBoolean": True} for url in flags]
+        return RecordEvent(
+            id=f"{first.id}-{n}",
+            type=first.type,
+            source=first.source,
+            time=first.time + timedelta(hours=n),
+            subject=first.subject,
+            payload=first.payload | {"extension": extensions},
+        )
+
+    def held(*events: RecordEvent) -> tuple[float | None, float | None]:
+        figures = report(fold_of(month.huddle(10, attended=True), *events), "2026-11")
+        return figures[("huddles held", "")], figures[("huddles attended", "%")]
+
+    assert held(agenda(0)) == (2, 50.0)  # published ahead of the meeting: held unless said otherwise
+    cancelled = agenda(1, co.CANCELLED_EXTENSION)
+    assert held(agenda(0), cancelled) == (1, 100.0)
+    assert held(agenda(0), cancelled, agenda(2)) == (1, 100.0)  # a plain re-publish leaves it cancelled
+    assert held(agenda(0), cancelled, agenda(3, co.ATTENDED_EXTENSION)) == (2, 100.0)  # it was held after all
+    assert held(agenda(3, co.ATTENDED_EXTENSION), agenda(4, co.CANCELLED_EXTENSION)) == (1, 100.0)
