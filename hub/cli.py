@@ -239,8 +239,9 @@ def huddle(
     except ValueError as exc:
         console.print(f"[red]--date: {escape(str(exc))} (use YYYY-MM-DD)[/red]")
         raise typer.Exit(2) from exc
-    settings = make_settings(data_dir)
-    services = build(settings)
+    state = open_existing(data_dir)  # (a mistyped --data-dir: an empty agenda, published into a new hub)
+    settings = state.settings
+    services = build(settings, engine=state.engine)
     who = Principal(org=who_org, role="coordinator", user="carehub-cli")
     judge = Judge(services.policy, Asker(who.org, who.role, datetime.now(UTC)))
     try:
