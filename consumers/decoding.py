@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -11,6 +12,37 @@ from pydantic import ValidationError
 from hub.core.errors import InvalidMessageError
 from hub.core.ports import RecordEvent
 from schemas.envelope import Envelope, EnvelopeError
+
+
+async def readable_headers(message: Any, parse: Callable[[Any], Awaitable[Any]]) -> Any:
+    """The parser every CareHub subscriber gives FastStream: its own, given records whose header
+    values are text. FastStream decodes every header value as UTF-8 before a handler sees the batch,
+    so one record with a value that is not (or with none) failed its batch, and was redelivered for
+    ever; here such a value's bytes are replaced (U+FFFD), and the record goes on to be decoded,
+    or dead-lettered, kept whole but for those bytes."""
+    if isinstance(message, tuple):
+        return await parse(tuple(_readable(record) for record in message))
+    return await parse(_readable(message))
+
+
+def _readable(record: Any) -> Any:
+    headers = record.headers
+    if all(isinstance(value, bytes) and value.isascii() for _, value in headers):
+        return record  # (every CareHub record)
+    readable = []
+    for name, value in headers:
+        raw = bytes(value or b"")
+        readable.append((name, raw.decode(errors="replace").encode()))
+    return dataclasses.replace(record, headers=tuple(readable))
+
+
+def undecoded(message: Any) -> Any:
+    """The decoder every CareHub subscriber gives FastStream: none. Handlers read the raw records
+    (records_of) and decode them themselves; FastStream's own decoder parses a body as its
+    content-type header says, so a record that says JSON or text but is not (a rejected CSV file,
+    dead-lettered whole with the content type it was sent as) failed the batch before the handler
+    saw it, and was redelivered for ever."""
+    return message.body
 
 
 def records_of(message: Any) -> tuple[Any, ...]:

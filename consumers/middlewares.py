@@ -15,7 +15,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 
-from consumers.decoding import origin
+from consumers.decoding import origin, readable_headers, undecoded
 from hub.core.errors import HubError, InfrastructureError, operation_outcome
 from schemas.events.rejected import EVENT_UNAPPLIED, ORIGIN_HEADER, OUTCOME_HEADER
 from schemas.topics import EVENTS, EVENTS_DEAD_LETTER
@@ -36,6 +36,8 @@ def on_event_batches(
         max_records=max_records,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
+        parser=readable_headers,
+        decoder=undecoded,
     )
 
 

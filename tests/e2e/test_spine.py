@@ -17,7 +17,8 @@ from hub.api.auth import issue_token
 from hub.bootstrap import Services, build, running
 from hub.core.ledger import verify
 from hub.settings import HttpSettings, KafkaSettings, MllpSettings, Settings
-from schemas.topics import EVENTS
+from schemas.events.rejected import OUTCOME_HEADER
+from schemas.topics import DEAD_LETTER, EVENTS
 from tests.builders import an_adt, an_agreement
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
@@ -167,6 +168,53 @@ async def test_a_record_that_is_not_a_carehub_event_is_dead_lettered_once(tmp_pa
         await asyncio.sleep(2)  # time for a second dead letter to arrive, were one sent
         kept = run.services.dead_letters.recent(10)
         assert [k["payload"] for k in kept] == [b"not an event"]
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def test_records_whose_headers_lie_are_kept_whole_and_nothing_after_them_stalls(
+    tmp_path: Path, database: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FastStream parsed each body as its content-type header said: a CSV file rejected by an adapter,
+    # dead-lettered whole as application/json, failed every batch before a handler saw it, for ever
+    if database == "postgresql":  # (whose text and jsonb refuse NULs)
+        monkeypatch.setenv("CAREHUB_DATABASE_URL", request.getfixturevalue("postgres_url"))
+    csv = b"nhs_number,referrer\r\n9434765919,LA123\r\n"
+    lies = [
+        (EVENTS.name, csv, [("content-type", b"application/json")]),
+        (EVENTS.name, b"\xff\xfe\x00 not text", [("content-type", b"text/plain")]),
+        (
+            DEAD_LETTER.name,
+            csv + b"9990000018,LA123\r\n",
+            [
+                ("content-type", b"application/json"),
+                ("ce_time", b"yesterday"),
+                ("ce_source", b"urn:ods:\xffLA\x00123"),
+                (OUTCOME_HEADER, b"{not json"),
+            ],
+        ),
+    ]
+    async with running(hub_settings(tmp_path, "")) as run:
+        producer = AIOKafkaProducer(bootstrap_servers=run.bootstrap, acks="all")
+        await producer.start()
+        try:
+            for topic, value, headers in lies:
+                await producer.send_and_wait(topic, value, key=b"someone", headers=headers)
+        finally:
+            await producer.stop()
+        client = await MllpClient.connect("127.0.0.1", run.mllp_port or 0)
+        assert msa(await client.send(an_adt(trigger="A01", nhs_number="9434765919", control_id="AFTER")))[1] == "AA"
+        await client.close()
+        deadline = time.perf_counter() + 30
+        while time.perf_counter() < deadline and not (
+            len(run.services.dead_letters.recent(10)) == 3 and run.services.reader.search("Patient", None)
+        ):
+            await asyncio.sleep(0.1)
+        kept = {bytes(k["payload"]): k for k in run.services.dead_letters.recent(10)}
+        assert set(kept) == {value for _, value, _ in lies}, "a dead letter was lost, or the consumer stalled"
+        assert run.services.reader.search("Patient", None), "the ADT after them was not applied"
+        unreadable = kept[lies[2][1]]
+        assert "not a JSON object: {not json" in unreadable["reason"]["issue"][0]["diagnostics"]
+        assert unreadable["source"] == "urn:ods:\ufffdLA\ufffd123"
 
 
 async def test_unparseable_frame_gets_a_well_formed_AR(tmp_path: Path) -> None:
