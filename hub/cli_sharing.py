@@ -171,9 +171,31 @@ def subscriptions_load(
     services = build(make_settings(data_dir))
     documents, failed = _read_documents(paths, Subscription)
     for path, subscription in documents:
+        unknown = _unknown_events(path, subscription)
+        if unknown:  # saved, it would deliver nothing, ever, and say nothing
+            console.print(escape(unknown), style="red", soft_wrap=True)
+            failed += 1
+            continue
         services.subscriptions.save(subscription)
         console.print(f"{path}: subscription {subscription.id} for {subscription.org} saved")
     raise typer.Exit(1 if failed else 0)
+
+
+def _unknown_events(path: Path, subscription: Any) -> str:
+    """Why a subscription names an event type no one publishes (a typo), or ''."""
+    import difflib
+
+    from schemas.registry import REGISTRY
+
+    for index, event in enumerate(subscription.events):
+        if event not in REGISTRY:
+            near = difflib.get_close_matches(event, REGISTRY, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            return (
+                f"{path}: events.{index}: unknown event type {event!r}{hint}; not saved. "
+                f"The event types: {', '.join(sorted(REGISTRY))}"
+            )
+    return ""
 
 
 @subscriptions_app.command("list")

@@ -10,20 +10,23 @@ import time
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
+
+from hub.api.auth import AUDIENCE
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 CAREHUB = str(Path(sys.executable).with_name("carehub"))
 
 
-def carehub(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def carehub(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [CAREHUB, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=100,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"} | (env or {}),
     )
 
 
@@ -70,7 +73,7 @@ def test_up_listens_where_it_says_serves_fhir_with_a_token_from_the_cli_and_stop
         assert httpx.get(f"{base}/metadata").status_code == 200
         assert httpx.get(f"{base}/Patient/x").status_code == 401
         token = carehub("token", "--org", "Y90001", "--role", "clinician", "--data-dir", str(tmp_path), cwd=tmp_path)
-        assert token.returncode == 0 and token.stdout.count(".") == 2
+        assert token.returncode == 0 and token.stdout.count(".") == 2 and token.stderr == ""
         read = httpx.get(f"{base}/Patient/nobody", headers={"Authorization": f"Bearer {token.stdout.strip()}"})
         assert read.status_code == 404
         assert read.json()["resourceType"] == "OperationOutcome"
@@ -94,6 +97,15 @@ def test_a_token_for_a_data_dir_with_no_hub_is_refused_not_signed_with_a_new_sec
         "check --data-dir, or start the hub there first (carehub up)"
     )
     assert not typo.exists()
+    # a token secret configured (as in production) signs it, and nothing is made in --data-dir
+    secret = {"CAREHUB_SECURITY__TOKEN_SECRET": "s" * 40}
+    signed = carehub(
+        "token", "--org", "y90001", "--role", "clinician", "--data-dir", str(typo), cwd=tmp_path, env=secret
+    )
+    assert signed.returncode == 0 and signed.stderr == ""  # (no warning about the key either)
+    claims = jwt.decode(signed.stdout.strip(), "s" * 40, algorithms=["HS256"], audience=AUDIENCE)
+    assert (claims["org"], claims["role"]) == ("Y90001", "clinician")
+    assert not typo.exists()
 
 
 def test_agreements_load_names_the_bad_file_and_field_and_keeps_the_good_one(tmp_path: Path) -> None:
@@ -106,3 +118,21 @@ def test_agreements_load_names_the_bad_file_and_field_and_keeps_the_good_one(tmp
     assert "example-locality-pisa version 1 loaded" in result.stdout
     listed = carehub("agreements", "list", "--data-dir", str(tmp_path), cwd=tmp_path)
     assert "example-locality-pisa" in listed.stdout
+
+
+def test_subscriptions_load_refuses_an_event_type_no_one_publishes_and_saves_the_good_one(tmp_path: Path) -> None:
+    good = Path(__file__).resolve().parents[2] / "schemas" / "examples" / "subscription.example.yaml"
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(
+        "id: council-referrals\norg: LA123\nscope: addressed\nevents:\n  - uk.nhs.carehub.referal.received.v1\n"
+    )
+    result = carehub("subscriptions", "load", str(typo), str(good), "--data-dir", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 1
+    said = " ".join(result.stdout.split())
+    assert (
+        f"{typo}: events.0: unknown event type 'uk.nhs.carehub.referal.received.v1' (did you mean "
+        "uk.nhs.carehub.referral.received.v1?); not saved. The event types: " in said
+    ), said
+    listed = carehub("subscriptions", "list", "--data-dir", str(tmp_path), cwd=tmp_path)
+    assert "council-referrals" not in listed.stdout
+    assert "saved" in said and listed.returncode == 0
