@@ -295,6 +295,7 @@ async def _serve_http(
             engine=services.rules,
             key_secret=services.secrets.key,
             publish=publish,
+            agreements=services.agreements.current if services.policy is not None else None,
         )
     app = create_app(
         services.reader, TokenVerifier(services.secrets.token), services.ledger, services.policy, publish, commands

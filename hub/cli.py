@@ -164,24 +164,27 @@ def token(
     data_dir: DataDir = Path("var"),
 ) -> None:
     """Print a signed bearer token that the running hub (same --data-dir) accepts."""
-    from hub.api.auth import issue_token
+    from hub.api.auth import checked_claims, issue_token
     from hub.bootstrap import load_secrets
 
     settings = make_settings(data_dir)
-    now = datetime.now(UTC)
     try:  # the arguments first: a bad role is the mistake to name, wherever the hub is
-        issue_token(b"-", org=org, role=role, user=user, now=now, ttl=timedelta(hours=hours))
+        checked_claims(org, role)
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
-    if settings.security.token_secret is None and not (settings.data_dir / "secrets.json").is_file():
-        # a token signed with a secret made here would be refused by every hub: say so instead
+    configured = settings.security.token_secret
+    if configured is not None:  # (signed with it: nothing read or made in --data-dir)
+        secret = configured.get_secret_value().encode()
+    elif (settings.data_dir / "secrets.json").is_file():
+        secret = load_secrets(settings).token
+    else:  # a token signed with a secret made here would be refused by every hub: say so instead
         fail(
             f"no CareHub state in {settings.data_dir} (no secrets.json, whose secret signs the tokens its hub "
             "accepts): check --data-dir, or start the hub there first (carehub up)"
         )
-    secrets = load_secrets(settings)
-    typer.echo(issue_token(secrets.token, org=org, role=role, user=user, now=now, ttl=timedelta(hours=hours)))
+    now = datetime.now(UTC)
+    typer.echo(issue_token(secret, org=org, role=role, user=user, now=now, ttl=timedelta(hours=hours)))
 
 
 @app.command()

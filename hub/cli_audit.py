@@ -213,6 +213,7 @@ def audit_export(
     if not bootstrap:
         console.print(f"[red]carehub audit export {NO_LOG}[/red]")
         raise typer.Exit(2)
+    org = org.strip()
     if payloads and not org:
         console.print("[red]--payloads needs --org: payloads follow the auditor's own agreements[/red]")
         raise typer.Exit(2)

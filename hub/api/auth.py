@@ -36,6 +36,16 @@ class Principal:
     user: str
 
 
+def checked_claims(org: str, role: str) -> str:
+    """The organisation a token for `org` in `role` names (ValueError, saying why, if none can be issued)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; roles are: {', '.join(ROLES)}")
+    org = org.strip().upper()
+    if not _ODS.match(org):
+        raise ValueError(f"{org!r} is not an ODS code (3 to 10 letters and digits)")
+    return org
+
+
 def issue_token(
     secret: bytes,
     *,
@@ -46,11 +56,7 @@ def issue_token(
     ttl: timedelta = timedelta(hours=8),
 ) -> str:
     """A signed token for a user of `org` in `role`, valid for `ttl` from `now`."""
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}; roles are: {', '.join(ROLES)}")
-    org = org.strip().upper()
-    if not _ODS.match(org):
-        raise ValueError(f"{org!r} is not an ODS code (3 to 10 letters and digits)")
+    org = checked_claims(org, role)
     claims = {
         "iss": ISSUER,
         "aud": AUDIENCE,

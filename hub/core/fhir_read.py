@@ -3,6 +3,7 @@ that never raise on a missing or empty element."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from hub.core.ports import Json
@@ -45,13 +46,16 @@ def contact_kind(encounter: Json) -> str | None:
     return None
 
 
+ODS_CODE = re.compile(r"[A-Z0-9]{3,10}")  # an ODS code as CareHub accepts one (tokens, the API, the engine)
+
+
 def referral_source(request: Json) -> str | None:
     """A referral's source (UK Core SourceOfServiceRequest, CareHub's code system), if it says one."""
     concept = extension(request, co.SOURCE_EXTENSION, "valueCodeableConcept")
     if isinstance(concept, dict):
         for coding in concept.get("coding") or []:
-            if coding.get("system") == co.REFERRAL_SOURCE_SYSTEM:
-                return str(coding.get("code"))
+            if coding.get("system") == co.REFERRAL_SOURCE_SYSTEM and isinstance(coding.get("code"), str):
+                return str(coding["code"])
     return None
 
 

@@ -51,7 +51,15 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from hub.core.errors import InvalidMessageError
-from hub.core.fhir_read import ODS_SYSTEM, bundle_resources, contact_kind, extension, identifier_value, of_kind
+from hub.core.fhir_read import (
+    ODS_SYSTEM,
+    bundle_resources,
+    contact_kind,
+    extension,
+    identifier_value,
+    of_kind,
+    referral_source,
+)
 from hub.core.huddle import UK
 from hub.core.pic_summary import LETTER_DUE
 from hub.core.ports import Json, RecordEvent
@@ -401,6 +409,11 @@ def _practice(patient: Json) -> str | None:
 
 
 def _source(request: Json) -> str:
+    """The referral's source: its coding in CareHub's referral-source system (as the API checks it),
+    else the first coding's code, whatever its system (a file adapter's older events)."""
+    said = referral_source(request)
+    if said is not None:
+        return said
     for ext in request.get("extension") or []:
         if ext.get("url") == co.SOURCE_EXTENSION:
             for coding in (ext.get("valueCodeableConcept") or {}).get("coding") or []:

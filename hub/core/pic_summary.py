@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from html import escape
 
-from hub.core.fhir_read import ods
+from hub.core.fhir_read import ODS_CODE
 from hub.core.identity import stable_id
 from hub.core.ports import Json
 
@@ -96,17 +96,20 @@ def practice_output(code: str) -> Json:
 
 
 def practice_found(task: Json) -> str | None:
-    """The GP practice (ODS code) a find-the-practice Task names as its output, if it names one."""
-    for output in task.get("output") or []:
+    """The GP practice (ODS code) a find-the-practice Task names as its output, if it names one (a
+    payload of any other shape names none: it comes from the log, and is never trusted to be right)."""
+    outputs = task.get("output")
+    for output in outputs if isinstance(outputs, list) else []:
         kind = output.get("type") if isinstance(output, dict) else None
         codings = kind.get("coding") if isinstance(kind, dict) else None
-        if not any(
+        if not isinstance(codings, list) or not any(
             isinstance(c, dict) and (c.get("system"), c.get("code")) == (OUTPUT_SYSTEM, PRACTICE_OUTPUT)
-            for c in codings or []
+            for c in codings
         ):
             continue
         ref = output.get("valueReference")
-        found = ods([ref.get("identifier") or {}]) if isinstance(ref, dict) else None
-        if found:
-            return found
+        ident = ref.get("identifier") if isinstance(ref, dict) else None
+        code = ident.get("value") if isinstance(ident, dict) and ident.get("system") == ODS_SYSTEM else None
+        if isinstance(code, str) and ODS_CODE.fullmatch(code):
+            return code
     return None

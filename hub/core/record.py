@@ -13,8 +13,9 @@ Rules, in the order they are applied to each event:
     encounter       an update overlays the stored Encounter (an A08 says nothing about status);
                     a cancelled discharge (A13) removes the end of the stay and the discharge disposition
     task moves      a task.updated that asks for a move hub.core.task_status does not allow (a finished
-                    task reopened, say: two coordinators at once) writes nothing, as the rules engine
-                    ignores it, so the record and the engine agree on every task's status
+                    task reopened, say: two coordinators at once), or that changes a finished task at
+                    all, writes nothing, as the rules engine ignores it, so the record and the engine
+                    agree on every task's status
     outcomes        a referral outcome overlays the stored ServiceRequest (status, outcome, notes) rather
                     than replacing what the referral said
     stubs           a Patient carried by a referral or register row only introduces a person the record does
@@ -38,7 +39,7 @@ from typing import Any
 from hub.core.errors import InvalidMessageError
 from hub.core.policy import PERSON_EXTENSION
 from hub.core.ports import Json, RecordEvent, RecordUnitOfWork, StoredResource
-from hub.core.task_status import may_move
+from hub.core.task_status import FINAL, may_move
 from schemas.events.coordination import NOT_RECORDED, PATIENT_STUB_EVENTS, REFERRAL_OUTCOME, TASK_UPDATED
 
 MERGED = "uk.nhs.carehub.patient.merged.v1"
@@ -199,8 +200,10 @@ def _said_again(uow: RecordUnitOfWork, current: StoredResource, event: RecordEve
 
 
 def _refused_move(current: StoredResource, incoming: Json) -> bool:
+    # a finished task never changes again, not even to say its status again with other content (a
+    # coordinator's request that raced the rules engine's own completion): the first to finish it stands
     before, after = current.content.get("status"), incoming.get("status")
-    return before != after and not may_move(str(before), str(after))
+    return before in FINAL or (before != after and not may_move(str(before), str(after)))
 
 
 def _same_reference_data(

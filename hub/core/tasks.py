@@ -46,7 +46,7 @@ from hub.core.fhir_read import (
     register_measures,
 )
 from hub.core.identity import stable_id
-from hub.core.pic_summary import LETTER_DUE, letter, practice_found
+from hub.core.pic_summary import LETTER_DUE, letter, practice_found, practice_output
 from hub.core.ports import Json, RecordEvent
 from hub.core.task_status import FINAL, may_move
 from schemas.coordination_rules import CoordinationRules, Fulfilment, TaskRule
@@ -300,6 +300,7 @@ class Engine:
             if task is not None and task["status"] not in FINAL:
                 task["status"] = "completed"
                 task["closed"] = at.isoformat()
+                task["practice"] = state["practice"]  # (the Task says where the summary went)
                 out.cleared.append(held["task"])
                 out.events.append(self._task_event(co.TASK_UPDATED.type, held["task"], event.subject, at, task))
         return out
@@ -335,7 +336,8 @@ class Engine:
     def _manual(self, state: Json, event: RecordEvent, resources: list[Json]) -> Outcome:
         out = Outcome()
         for resource in of_kind(resources, "Task"):
-            task = state["tasks"].get(resource.get("id"))
+            task_id = resource.get("id")
+            task = state["tasks"].get(task_id) if isinstance(task_id, str) else None
             status = resource.get("status")
             if task is None or not isinstance(status, str) or not may_move(task["status"], status):
                 continue  # the record refuses the same moves (hub.core.task_status), so both agree
@@ -346,6 +348,7 @@ class Engine:
             found = practice_found(resource) if task["rule"] == FIND_PRACTICE and status == "completed" else None
             if found:  # the coordinator found the practice: as good as a registration, until the next one
                 state["practice"], state["practice_from"] = found, "coordinator"
+                task["practice"] = found
         return out
 
     # --- what the derived events carry -------------------------------------------------------
@@ -374,6 +377,8 @@ class Engine:
         }
         if task.get("focus"):
             resource["focus"] = {"reference": task["focus"]}
+        if task.get("practice"):
+            resource["output"] = [practice_output(task["practice"])]
         if task.get("overdue"):
             resource["businessStatus"] = {
                 "coding": [{"system": co.BUSINESS_STATUS_SYSTEM, "code": OVERDUE, "display": "Overdue"}],

@@ -201,6 +201,11 @@ def test_the_export_refuses_a_data_dir_with_no_hub_and_an_auditor_no_agreement_n
     services.agreements.load(_agreement("AUD01", "audit"), at=datetime.now(UTC))
     services.agreements.load(_agreement("AUD02", "direct-care"), at=datetime.now(UTC))
     before = len(list(services.ledger.entries()))
+    blank = carehub(log, "audit", "export", "--out", str(out), "--payloads", "--org", " ", "--data-dir", str(data))
+    assert (blank.returncode, blank.stdout.strip()) == (
+        2,
+        "--payloads needs --org: payloads follow the auditor's own agreements",
+    )
     for org in ("AUD02", "AUD9"):  # named for another purpose; named nowhere (a typo)
         unknown = carehub(
             log, "audit", "export", "--out", str(out), "--payloads", "--org", org, "--data-dir", str(data)

@@ -380,15 +380,29 @@ async def test_a_coordinator_who_finds_the_persons_practice_names_it_and_the_hel
         find, triage = tasks()["find-gp-practice"], tasks()["referral-triage"]
         assert not mailbox.exists() or not any(mailbox.glob("*.json"))  # held, not sent to no one
 
-        for task, params, why in [
-            (triage, _params(status="completed", practice=month.PRACTICE), "only on completing a find-gp-practice"),
-            (find, _params(status="in-progress", practice=month.PRACTICE), "only with status completed"),
-            (find, _params(status="completed", practice="Y01 surgery"), "'Y01 surgery' is not an ODS code"),
+        for task, params, code, why in [
+            (
+                triage,
+                _params(status="completed", practice=month.PRACTICE),
+                400,
+                "only on completing a find-gp-practice",
+            ),
+            (find, _params(status="in-progress", practice=month.PRACTICE), 400, "only with status completed"),
+            (find, _params(status="completed", practice="Y01 surgery"), 400, "'Y01 surgery' is not an ODS code"),
+            (find, _params(status="completed"), 400, "completing a find-gp-practice task names the practice found"),
+            (find, _params(status="completed", practice=month.SERVICE), 409, "is the coordination service itself"),
+            (
+                find,
+                _params(status="completed", practice="Y09999"),
+                409,
+                "no sharing agreement in force names both Y09999",
+            ),
         ]:
             refused = await http.post(f"/Task/{task['id']}/$status", json=params, headers=pic)
-            assert refused.status_code == 400, refused.text
+            assert refused.status_code == code, refused.text
             issue = refused.json()["issue"][0]
             assert why in issue["diagnostics"] and issue["expression"] == ["Parameters.parameter[practice]"]
+        assert not mailbox.exists() or not any(mailbox.glob("*.json"))  # (none of them sent it anywhere)
 
         named = _params(status="completed", practice=month.PRACTICE.lower())
         answer = await http.post(f"/Task/{find['id']}/$status", json=named, headers=pic)

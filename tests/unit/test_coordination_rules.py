@@ -14,7 +14,7 @@ from fhir.resources.R4B.task import Task
 
 from adapters.hl7v2.to_fhir import map_message
 from hub.core.coordination import Positioned, process, tick
-from hub.core.pic_summary import practice_output
+from hub.core.pic_summary import OUTPUT_SYSTEM, PRACTICE_OUTPUT, practice_output
 from hub.core.ports import RecordEvent
 from hub.core.tasks import Engine
 from hub.store.memory import MemoryCoordinationStore
@@ -329,6 +329,8 @@ def test_a_pic_summary_with_no_practice_to_go_to_waits_and_the_coordinator_must_
     assert sent.payload["entry"][0]["resource"]["id"] == "pic-p1"
     [done] = of_code(released, co.TASK_UPDATED.type, "find-gp-practice")
     assert (done.payload["id"], done.payload["status"]) == (task["id"], "completed")
+    assert done.payload["output"] == [practice_output("Y00001")]  # where the summary went
+    Task.model_validate(done.payload)
     overdue = run(engine, [tick(0, month.at(23))], store)  # its clock stopped; the letter's receipt is still due
     assert {"pic-summary", "referral-triage"} == {e.payload["code"]["coding"][0]["code"] for e in overdue}
     assert letters(run(engine, [hospital_adt(month.at(24, 9))], store)) == []  # sent once
@@ -397,3 +399,44 @@ def test_the_coordinator_who_finds_the_practice_names_it_on_completing_the_task_
     assert store.states[person]["practice"] == "Y00002"
     assert letters(run(engine, [hospital_adt(month.at(23, 9))], store)) == []
     assert store.states[person]["practice"] == "Y00001"
+
+
+def _named(value: object) -> list[object]:
+    return [
+        {
+            "type": {"coding": [{"system": OUTPUT_SYSTEM, "code": PRACTICE_OUTPUT}]},
+            "valueReference": {"identifier": {"system": month.ODS, "value": value}},
+        }
+    ]
+
+
+BAD_OUTPUTS = [
+    5,
+    "Y00002",
+    [5],
+    [{"type": {"coding": 5}}],
+    [{"type": 5}],
+    _named(12345),
+    _named({"x": 1}),
+    _named(" Y00002 "),
+    _named("Y" * 100),
+    _named(""),
+    [{"type": {"coding": [{"code": PRACTICE_OUTPUT}]}, "valueReference": _named("Y00002")[0]["valueReference"]}],  # type: ignore[index]
+]
+
+
+@pytest.mark.parametrize("output", BAD_OUTPUTS)
+def test_a_task_update_from_the_log_with_a_malformed_practice_names_none_and_never_raises(
+    engine: Engine, output: object
+) -> None:
+    store = MemoryCoordinationStore()
+    derived = run(engine, [unregistered_referral(month.at(3, 9)), *discharged_from_the_service(month.at(20, 9))], store)
+    [made] = of_code(derived, co.TASK_CREATED.type, "find-gp-practice")
+    updated = {**made.payload, "status": "completed", "output": output}
+    strange = {**made.payload, "id": ["not", "an", "id"], "status": "completed"}
+    events = [
+        RecordEvent(f"manual-{n}", co.TASK_UPDATED.type, "urn:ods:Y0PIC", month.at(21, 9 + n), made.subject, task)
+        for n, task in enumerate([strange, updated])
+    ]
+    assert letters(run(engine, events, store)) == []  # still held
+    assert store.states[made.subject]["practice"] is None

@@ -353,3 +353,19 @@ def test_a_cancelled_huddle_is_not_counted_as_held_until_a_later_agenda_says_it_
     assert held(agenda(0), cancelled, agenda(2)) == (1, 100.0)  # a plain re-publish leaves it cancelled
     assert held(agenda(0), cancelled, agenda(3, co.ATTENDED_EXTENSION)) == (2, 100.0)  # it was held after all
     assert held(agenda(3, co.ATTENDED_EXTENSION), agenda(4, co.CANCELLED_EXTENSION)) == (1, 100.0)
+
+
+def test_a_referral_counts_under_its_source_in_carehubs_code_system_whatever_else_it_is_coded_as() -> None:
+    first = month.referral("P3", month.at(3, 10), "gp")
+    source = {
+        "url": co.SOURCE_EXTENSION,
+        "valueCodeableConcept": {
+            "coding": [
+                {"system": "http://snomed.info/sct", "code": "123"},
+                {"system": co.REFERRAL_SOURCE_SYSTEM, "code": "adult-social-care"},
+            ]
+        },
+    }
+    figures = report(fold_of(edited(first, extension=[source])), "2026-11")
+    assert figures[("referrals by source", "adult-social-care")] == 1
+    assert ("referrals by source", "123") not in figures

@@ -227,6 +227,23 @@ def test_a_task_moves_only_as_fhir_task_statuses_allow_whatever_the_api_let_thro
     assert task["status"] == stays
 
 
+def test_a_finished_task_is_not_changed_by_a_task_update_that_says_its_status_again() -> None:
+    # two requests to finish one task (a coordinator naming a practice while the rules engine had
+    # sent the letter): the first to finish it stands, in the record as in the rules engine
+    store = MemoryRecordStore()
+    at = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    first = a_task_event("e1", "completed", at)
+    first.payload["output"] = [{"type": {"text": "GP practice"}, "valueString": "Y00001"}]
+    again = a_task_event("e2", "completed", at + timedelta(minutes=1))
+    again.payload["output"] = [{"type": {"text": "GP practice"}, "valueString": "Y00002"}]
+    with store.unit_of_work() as uow:
+        apply_events(uow, [a_task_event("e0", "requested", at - timedelta(minutes=1)), first, again])
+        uow.commit()
+    task = store.reader().read("Task", "task-1")
+    assert task is not None
+    assert (task["output"][0]["valueString"], task["meta"]["versionId"]) == ("Y00001", "2")
+
+
 def test_security_labels_are_kept_and_an_update_that_omits_them_does_not_drop_them() -> None:
     psy = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}
     at = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)

@@ -18,9 +18,8 @@ unknown referral or person, 409 when a rule refuses (a coordinator at the caselo
 No `from __future__ import annotations` here: FastAPI reads these annotations at runtime.
 """
 
-import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -36,19 +35,19 @@ from hub.api.routes.fhir import bearer_caller, check_shape, fhir_id, read_body
 from hub.api.shapes import FHIR_ID
 from hub.core import nhs_number
 from hub.core.errors import ConsentDeniedError, InvalidMessageError, RuleRefusedError, UnknownPersonError
-from hub.core.fhir_read import referral_source
+from hub.core.fhir_read import ODS_CODE, referral_source
 from hub.core.identity import person_key
 from hub.core.pic_summary import composition, practice_output
 from hub.core.ports import CoordinationReader, Json, RecordReader
 from hub.core.task_status import MOVES, STATUSES, may_move
 from hub.core.tasks import FIND_PRACTICE, Engine
+from schemas.agreements import Agreement
 from schemas.envelope import Envelope
 from schemas.events import coordination as co
 
 Publish = Callable[[Envelope], Awaitable[None]]
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 COMMAND_ROLES = ("coordinator", "admin")
-_ODS_CODE = re.compile(r"[A-Z0-9]{3,10}")
 
 
 @dataclass(frozen=True)
@@ -60,6 +59,9 @@ class CoordinationApi:
     engine: Engine
     key_secret: bytes
     publish: Publish
+    # the agreements in force (hub.store.agreements), where sharing is enforced: a practice a
+    # coordinator names must be party to one with the service, or the PIC summary could not go to it
+    agreements: Callable[[], Sequence[Agreement]] | None = None
 
 
 def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
@@ -257,6 +259,8 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         if task is None:
             raise UnknownPersonError(f"no Task/{id} in the shared care record", ("Task",))
         practice = _found_practice(params, task, status)  # (bad input first, then the rules)
+        if practice is not None:
+            _refuse_unless_shared(practice, rules.service.ods, api_.agreements)
         current = str(task.get("status"))
         if not may_move(current, status):
             allowed = ", ".join(sorted(MOVES.get(current, ()))) or "none (it is finished)"
@@ -317,12 +321,20 @@ def _source_of(request: Json) -> str:
 
 def _found_practice(params: Json, task: Json, status: str) -> str | None:
     """The GP practice a coordinator names on completing a find-the-practice task (or None); refused
-    with a reason anywhere else, so that a practice named is never silently dropped."""
+    with a reason anywhere else, so that a practice named is never silently dropped, and required
+    there: completed with none, the summary would stay held with no task left to chase it."""
     practice = _param(params, "practice")
+    kind = ((task.get("code") or {}).get("coding") or [{}])[0].get("code")
     if practice is None:
+        if kind == FIND_PRACTICE and status == "completed":
+            raise InvalidMessageError(
+                "completing a find-gp-practice task names the practice found (parameter practice, its ODS "
+                "code), so that the held PIC summary goes to it; a practice that cannot be found: status cancelled",
+                ("Parameters.parameter[practice]",),
+                code="required",
+            )
         return None
     code = practice.upper()
-    kind = ((task.get("code") or {}).get("coding") or [{}])[0].get("code")
     if kind != FIND_PRACTICE:
         raise InvalidMessageError(
             f"practice is given only on completing a {FIND_PRACTICE} task; this one is {kind}",
@@ -333,13 +345,38 @@ def _found_practice(params: Json, task: Json, status: str) -> str | None:
             "practice is given only with status completed: the practice found completes the task",
             ("Parameters.parameter[practice]",),
         )
-    if not _ODS_CODE.fullmatch(code):
+    if not ODS_CODE.fullmatch(code):
         raise InvalidMessageError(
             f"practice {practice!r} is not an ODS code (3 to 10 letters and digits)",
             ("Parameters.parameter[practice]",),
             code="code-invalid",
         )
     return code
+
+
+def _refuse_unless_shared(practice: str, service: str, agreements: Callable[[], Sequence[Agreement]] | None) -> None:
+    """A practice the PIC summary can go to: not the service itself, and (where sharing is enforced)
+    party to an agreement in force with the service. A code mistyped, or another organisation's, is
+    refused here, before the summary goes: once sent, a letter cannot be called back."""
+    if practice == service:
+        raise InvalidMessageError(
+            f"practice {practice} is the coordination service itself: name the person's GP practice",
+            ("Parameters.parameter[practice]",),
+            code="business-rule",
+        )
+    if agreements is None:
+        return
+    today = datetime.now(UTC).date()
+    if not any(
+        {practice, service} <= a.party_codes and a.valid_from <= today and (a.valid_to is None or today <= a.valid_to)
+        for a in agreements()
+    ):
+        raise InvalidMessageError(
+            f"practice {practice}: no sharing agreement in force names both {practice} and {service}, so the PIC "
+            "summary could not be shared with it: check the code, or load the practice's agreement first",
+            ("Parameters.parameter[practice]",),
+            code="business-rule",
+        )
 
 
 def _json(body: bytes, what: str) -> Json:
