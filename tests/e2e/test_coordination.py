@@ -242,6 +242,14 @@ async def test_a_coordinators_work_over_the_api_ends_with_the_pic_summary_at_the
         bad = await http.post("/ServiceRequest", json=_referral("9434765918"), headers=gp)
         assert bad.status_code == 400
         assert bad.json()["issue"][0]["expression"] == ["ServiceRequest.subject.identifier"]
+        short = await http.post("/ServiceRequest", json=_referral("943476591"), headers=gp)
+        assert short.status_code == 400
+        assert short.json()["issue"][0]["diagnostics"] == (
+            "subject.identifier: NHS number must be 10 digits, got 9 characters"
+        )
+        draft = await http.post("/ServiceRequest", json=_referral("9434765919") | {"status": "draft"}, headers=gp)
+        assert draft.status_code == 400, draft.text
+        assert draft.json()["issue"][0]["expression"] == ["ServiceRequest.status"]
         # who refers is never taken for granted: a partner taken for a GP would become the person's practice
         unsaid = await http.post("/ServiceRequest", json=_referral("9434765919") | {"extension": []}, headers=gp)
         assert unsaid.status_code == 400, unsaid.text

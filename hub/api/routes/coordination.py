@@ -104,6 +104,13 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
             raise InvalidMessageError("the body must be a FHIR ServiceRequest", ("ServiceRequest.resourceType",))
         _validate(ServiceRequest, body, "ServiceRequest")
         nhs = _nhs_number_of(body)
+        if body.get("status") != "active":  # (it was made active whatever it said)
+            raise InvalidMessageError(
+                f"status {body.get('status')!r}: a referral is made active (the hub keeps no drafts; it says when "
+                "it is revoked or completed)",
+                ("ServiceRequest.status",),
+                code="code-invalid",
+            )
         person = person_key(api_.key_secret, nhs, None)
         now = datetime.now(UTC)
         request_ = {k: v for k, v in body.items() if k != "meta"}
@@ -441,10 +448,9 @@ def _nhs_number_of(body: Json) -> str:
             ("ServiceRequest.subject.identifier",),
             code="required",
         )
-    if not nhs_number.is_valid(value):
-        raise InvalidMessageError(
-            "subject.identifier is not a valid NHS number (Modulus 11)", ("ServiceRequest.subject.identifier",)
-        )
+    why = nhs_number.why_invalid(value)
+    if why is not None:  # (it never echoes the number)
+        raise InvalidMessageError(f"subject.identifier: {why}", ("ServiceRequest.subject.identifier",))
     return value
 
 
