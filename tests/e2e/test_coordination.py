@@ -426,6 +426,38 @@ async def test_a_coordinator_who_finds_the_persons_practice_names_it_and_the_hel
         assert (kept["status"], kept["output"]) == ("completed", [output])
 
 
+async def test_a_referral_sent_again_with_its_referrers_identifier_is_made_once(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    services = build(settings)
+    now = datetime.now(UTC)
+    secret = services.secrets.token
+    gp = {"Authorization": f"Bearer {issue_token(secret, org=month.PRACTICE, role='clinician', now=now)}"}
+    other = {"Authorization": f"Bearer {issue_token(secret, org='Y02', role='clinician', now=now)}"}
+    body = _referral("9434765919") | {"identifier": [{"system": "https://gp.example/referrals", "value": "R-1"}]}
+
+    async with (
+        running(settings, services=services, mllp=False) as run,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{run.http_port}/fhir") as http,
+    ):
+        # a client that retries at once (its first answer lost), then again once the record has it
+        first, retried = [await http.post("/ServiceRequest", json=body, headers=gp) for _ in range(2)]
+        assert first.status_code == retried.status_code == 201, first.text
+        made = first.json()["id"]
+        assert retried.json()["id"] == made
+        person = first.json()["subject"]["reference"].removeprefix("Patient/")
+        await until(lambda: services.reader.read("ServiceRequest", made) is not None, 30, "the referral")
+        again = await http.post("/ServiceRequest", json=body, headers=gp)
+        assert again.status_code == 200, again.text
+        assert (again.json()["id"], again.headers["location"]) == (made, f"/fhir/ServiceRequest/{made}")
+        elsewhere = await http.post("/ServiceRequest", json=body, headers=other)  # another referrer's R-1
+        assert elsewhere.status_code == 201 and elsewhere.json()["id"] != made
+        await until(lambda: len(services.reader.search("ServiceRequest", person)) == 2, 30, "both referrers' referrals")
+        await until(lambda: len(services.reader.search("Task", person)) == 4, 30, "each referral's two tasks")
+        await asyncio.sleep(1.5)  # nothing more arrives: the retry made no second set of tasks
+        codes = sorted(t["code"]["coding"][0]["code"] for t in services.reader.search("Task", person))
+        assert codes == ["first-visit", "first-visit", "referral-triage", "referral-triage"]
+
+
 async def read_until(http: httpx.AsyncClient, path: str, headers: dict[str, str], check: Any, what: str) -> Any:
     """GET `path` until `check(resource)` holds (a command's effect reaches the record through the log)."""
     deadline = time.perf_counter() + 30

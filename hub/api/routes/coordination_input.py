@@ -1,0 +1,194 @@
+"""What the coordination commands (hub.api.routes.coordination) read from a request, and the
+checks on it: each refusal an InvalidMessageError naming the field, answered as an OperationOutcome.
+
+No `from __future__ import annotations` here, as in the routes that use it.
+"""
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from hub.api.routes.fhir import check_shape
+from hub.core import nhs_number
+from hub.core.errors import InvalidMessageError
+from hub.core.fhir_read import ODS_CODE, referral_source
+from hub.core.ports import Json
+from hub.core.tasks import FIND_PRACTICE
+from schemas.agreements import Agreement
+from schemas.events import coordination as co
+
+
+def business_identifier(request: Json) -> tuple[str, str] | None:
+    """The referrer's own identifier for the referral (the first with a system and a value), if any."""
+    for ident in request.get("identifier") or []:
+        system, value = (ident.get("system"), ident.get("value")) if isinstance(ident, dict) else (None, None)
+        if isinstance(system, str) and isinstance(value, str) and system.strip() and value.strip():
+            return system.strip(), value.strip()
+    return None
+
+
+def source_of(request: Json) -> str:
+    """Who refers, as the referral says it; refused where it does not (a source taken for granted
+    would count in the commissioner's KPIs under the wrong one, and a partner taken for a GP would
+    become the person's practice, where the PIC summary goes)."""
+    codes = ", ".join(co.REFERRAL_SOURCES)
+    said = any(isinstance(e, dict) and e.get("url") == co.SOURCE_EXTENSION for e in request.get("extension") or [])
+    if not said:
+        raise InvalidMessageError(
+            f"the referral must say who refers: an extension {co.SOURCE_EXTENSION} whose valueCodeableConcept "
+            f"is coded in {co.REFERRAL_SOURCE_SYSTEM} ({codes})",
+            ("ServiceRequest.extension",),
+            code="required",
+        )
+    source = referral_source(request)
+    if source not in co.REFERRAL_SOURCES:
+        shown = f"{source!r} is not" if source is not None else f"no coding in {co.REFERRAL_SOURCE_SYSTEM} is"
+        raise InvalidMessageError(
+            f"the referral's source: {shown} one of {codes}",
+            (f"ServiceRequest.extension('{co.SOURCE_EXTENSION}').valueCodeableConcept",),
+            code="code-invalid",
+        )
+    return str(source)
+
+
+def found_practice(params: Json, task: Json, status: str) -> str | None:
+    """The GP practice a coordinator names on completing a find-the-practice task (or None); refused
+    with a reason anywhere else, so that a practice named is never silently dropped, and required
+    there: completed with none, the summary would stay held with no task left to chase it."""
+    practice = param(params, "practice")
+    kind = ((task.get("code") or {}).get("coding") or [{}])[0].get("code")
+    if practice is None:
+        if kind == FIND_PRACTICE and status == "completed":
+            raise InvalidMessageError(
+                "completing a find-gp-practice task names the practice found (parameter practice, its ODS "
+                "code), so that the held PIC summary goes to it; a practice that cannot be found: status cancelled",
+                ("Parameters.parameter[practice]",),
+                code="required",
+            )
+        return None
+    code = practice.upper()
+    if kind != FIND_PRACTICE:
+        raise InvalidMessageError(
+            f"practice is given only on completing a {FIND_PRACTICE} task; this one is {kind}",
+            ("Parameters.parameter[practice]",),
+        )
+    if status != "completed":
+        raise InvalidMessageError(
+            "practice is given only with status completed: the practice found completes the task",
+            ("Parameters.parameter[practice]",),
+        )
+    if not ODS_CODE.fullmatch(code):
+        raise InvalidMessageError(
+            f"practice {practice!r} is not an ODS code (3 to 10 letters and digits)",
+            ("Parameters.parameter[practice]",),
+            code="code-invalid",
+        )
+    return code
+
+
+def refuse_unless_shared(practice: str, service: str, agreements: Callable[[], Sequence[Agreement]] | None) -> None:
+    """A practice the PIC summary can go to: not the service itself, and (where sharing is enforced)
+    party to an agreement in force with the service. A code mistyped, or another organisation's, is
+    refused here, before the summary goes: once sent, a letter cannot be called back."""
+    if practice == service:
+        raise InvalidMessageError(
+            f"practice {practice} is the coordination service itself: name the person's GP practice",
+            ("Parameters.parameter[practice]",),
+            code="business-rule",
+        )
+    if agreements is None:
+        return
+    today = datetime.now(UTC).date()
+    if not any(
+        {practice, service} <= a.party_codes and a.valid_from <= today and (a.valid_to is None or today <= a.valid_to)
+        for a in agreements()
+    ):
+        raise InvalidMessageError(
+            f"practice {practice}: no sharing agreement in force names both {practice} and {service}, so the PIC "
+            "summary could not be shared with it: check the code, or load the practice's agreement first",
+            ("Parameters.parameter[practice]",),
+            code="business-rule",
+        )
+
+
+def json_body(body: bytes, what: str) -> Json:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessageError(f"the body is not JSON: {exc}", (what,)) from exc
+    if not isinstance(data, dict):
+        raise InvalidMessageError(f"the body must be a FHIR {what}", (what,))
+    check_shape(data, what)
+    return data
+
+
+def validate(model: Any, body: Json, what: str) -> None:
+    try:
+        model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidMessageError(f"not a valid FHIR R4 {what}: {where}: {first['msg']}", (f"{what}.{where}",)) from exc
+
+
+def parameters(body: bytes) -> Json:
+    data = json_body(body or b"{}", "Parameters") if body else {"resourceType": "Parameters"}
+    if data.get("resourceType") != "Parameters":
+        raise InvalidMessageError("the body must be a FHIR Parameters resource", ("Parameters.resourceType",))
+    return data
+
+
+def param(params: Json, name: str, *, required: bool = False) -> str | None:
+    for p in params.get("parameter") or []:
+        if isinstance(p, dict) and p.get("name") == name:
+            for key in ("valueString", "valueCode", "valueDateTime", "valueId"):
+                if isinstance(p.get(key), str) and p[key].strip():
+                    return str(p[key]).strip()
+    if required:
+        raise InvalidMessageError(f"parameter {name} is required", (f"Parameters.parameter[{name}]",), code="required")
+    return None
+
+
+def at_time(value: str | None) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(str(value))
+        if parsed.tzinfo is not None:
+            parsed = parsed.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidMessageError(f"{value!r} is not an ISO 8601 date and time", ("Parameters.at",)) from exc
+    if parsed.tzinfo is None:
+        raise InvalidMessageError(
+            "a date and time needs its UTC offset (e.g. 2026-11-25T10:00:00Z)", ("Parameters.at",)
+        )
+    return parsed
+
+
+def nhs_number_of(body: Json) -> str:
+    subject = body.get("subject") or {}
+    ident = subject.get("identifier") or {}
+    value = str(ident.get("value") or "").replace(" ", "")
+    if ident.get("system") != nhs_number.NHS_NUMBER_SYSTEM or not value:
+        raise InvalidMessageError(
+            "subject.identifier must carry the person's NHS number (system https://fhir.nhs.uk/Id/nhs-number)",
+            ("ServiceRequest.subject.identifier",),
+            code="required",
+        )
+    why = nhs_number.why_invalid(value)
+    if why is not None:  # (it never echoes the number)
+        raise InvalidMessageError(f"subject.identifier: {why}", ("ServiceRequest.subject.identifier",))
+    return value
+
+
+def person_of(resource: Json) -> str:
+    return str((resource.get("subject") or {}).get("reference", "")).removeprefix("Patient/")
+
+
+def with_outcome(referral: Json, outcome: str, status: str) -> Json:
+    updated = {k: v for k, v in referral.items() if k != "meta"}
+    updated["status"] = status
+    others = [e for e in updated.get("extension") or [] if e.get("url") != co.OUTCOME_EXTENSION]
+    updated["extension"] = [*others, {"url": co.OUTCOME_EXTENSION, "valueCode": outcome}]
+    return updated
