@@ -18,11 +18,12 @@ async def readable_headers(message: Any, parse: Callable[[Any], Awaitable[Any]])
     """The parser every CareHub subscriber gives FastStream: its own, given records whose header
     values are text. FastStream decodes every header value as UTF-8 before a handler sees the batch,
     so one record with a value that is not (or with none) failed its batch, and was redelivered for
-    ever; here such a value's bytes are replaced (U+FFFD), and the record goes on to be decoded,
-    or dead-lettered, kept whole but for those bytes."""
-    if isinstance(message, tuple):
-        return await parse(tuple(_readable(record) for record in message))
-    return await parse(_readable(message))
+    ever. FastStream parses a copy whose such values are replaced (U+FFFD); the handler gets the
+    records as they are, so `decode` refuses such a record as replay does, and it is dead-lettered."""
+    batch = isinstance(message, tuple | list)
+    parsed = await parse(type(message)(_readable(r) for r in message) if batch else _readable(message))
+    parsed.raw_message = message  # (the records as on the log, for the handler and for the commit)
+    return parsed
 
 
 def _readable(record: Any) -> Any:
@@ -48,7 +49,7 @@ def undecoded(message: Any) -> Any:
 def records_of(message: Any) -> tuple[Any, ...]:
     """The raw aiokafka records of a FastStream message (a batch, or one record)."""
     raw = message.raw_message
-    return raw if isinstance(raw, tuple) else (raw,)
+    return tuple(raw) if isinstance(raw, tuple | list) else (raw,)
 
 
 def decode(record: Any) -> RecordEvent:
@@ -56,7 +57,7 @@ def decode(record: Any) -> RecordEvent:
     try:
         envelope = Envelope.from_kafka(record.value, record.headers)
         payload = orjson.loads(envelope.data)
-    except (EnvelopeError, ValidationError, orjson.JSONDecodeError) as exc:
+    except (EnvelopeError, ValidationError, ValueError, TypeError) as exc:  # (a header not UTF-8 or none, a bad time)
         raise InvalidMessageError(f"not a CareHub CloudEvent: {_first_line(exc)}") from exc
     if not isinstance(payload, dict) or "resourceType" not in payload:
         raise InvalidMessageError("event data is not a FHIR resource", ("data",))

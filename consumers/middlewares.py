@@ -56,7 +56,7 @@ async def retrying(work: Callable[[], Awaitable[T]], *, first: float = 0.2, most
 
 async def dead_letter(broker: KafkaBroker, record: Any, error: HubError) -> None:
     """Keep an unappliable record whole on the events dead-letter topic, with why and where."""
-    headers = {k: v.decode(errors="replace") for k, v in record.headers}
+    headers = {k: (v or b"").decode(errors="replace") for k, v in record.headers}
     headers.update(
         {
             "ce_specversion": "1.0",

@@ -214,7 +214,7 @@ def _decoder() -> Callable[[Any], RecordEvent | None]:
                 headers["ce_subject"].decode(),
                 orjson.loads(record.value),
             )
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, AttributeError, TypeError):  # (a header missing, none, not UTF-8 or ISO 8601)
             return None  # not a CareHub event: the live consumer dead-lettered it; so does replay
 
     return event

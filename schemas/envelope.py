@@ -69,8 +69,8 @@ class Envelope(BaseModel):
 
 
 def header_value(headers: Sequence[tuple[str, bytes]], name: str) -> str | None:
-    """One header of a raw Kafka record, decoded, or None."""
+    """One header of a raw Kafka record, as text (bytes that are not UTF-8 replaced), or None."""
     for key, value in headers:
         if key == name:
-            return value.decode()
+            return value.decode(errors="replace") if value is not None else None
     return None

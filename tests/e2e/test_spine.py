@@ -179,7 +179,21 @@ async def test_records_whose_headers_lie_are_kept_whole_and_nothing_after_them_s
     if database == "postgresql":  # (whose text and jsonb refuse NULs)
         monkeypatch.setenv("CAREHUB_DATABASE_URL", request.getfixturevalue("postgres_url"))
     csv = b"nhs_number,referrer\r\n9434765919,LA123\r\n"
+
+    def event(time: bytes, source: bytes, n: int) -> tuple[str, bytes, list[tuple[str, bytes]]]:
+        """An event in every other way: a CloudEvent whose time or source cannot be read."""
+        said = {"ce_specversion": b"1.0", "ce_id": f"lie-{n}".encode(), "ce_type": b"uk.nhs.carehub.patient.updated.v1"}
+        said |= {
+            "ce_source": source,
+            "ce_time": time,
+            "ce_subject": b"someone",
+            "content-type": b"application/fhir+json",
+        }
+        return EVENTS.name, b'{"resourceType": "Patient", "id": "someone%d"}' % n, list(said.items())
+
     lies = [
+        event(b"yesterday", b"urn:ods:RXX", 1),
+        event(b"2026-11-02T09:00:00+00:00", b"urn:ods:\xffRXX", 2),  # (live applied it, replay skipped it)
         (EVENTS.name, csv, [("content-type", b"application/json")]),
         (EVENTS.name, b"\xff\xfe\x00 not text", [("content-type", b"text/plain")]),
         (
@@ -206,13 +220,16 @@ async def test_records_whose_headers_lie_are_kept_whole_and_nothing_after_them_s
         await client.close()
         deadline = time.perf_counter() + 30
         while time.perf_counter() < deadline and not (
-            len(run.services.dead_letters.recent(10)) == 3 and run.services.reader.search("Patient", None)
+            len(run.services.dead_letters.recent(10)) == len(lies) and run.services.reader.search("Patient", None)
         ):
             await asyncio.sleep(0.1)
         kept = {bytes(k["payload"]): k for k in run.services.dead_letters.recent(10)}
         assert set(kept) == {value for _, value, _ in lies}, "a dead letter was lost, or the consumer stalled"
-        assert run.services.reader.search("Patient", None), "the ADT after them was not applied"
-        unreadable = kept[lies[2][1]]
+        assert [p["id"] for p in run.services.reader.search("Patient", None)] != [], (
+            "the ADT after them was not applied"
+        )
+        assert not [p for p in run.services.reader.search("Patient", None) if p["id"].startswith("someone")]
+        unreadable = kept[lies[-1][1]]
         assert "not a JSON object: {not json" in unreadable["reason"]["issue"][0]["diagnostics"]
         assert unreadable["source"] == "urn:ods:\ufffdLA\ufffd123"
 

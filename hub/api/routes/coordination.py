@@ -18,6 +18,7 @@ unknown referral or person, 409 when a rule refuses (a coordinator at the caselo
 No `from __future__ import annotations` here: FastAPI reads these annotations at runtime.
 """
 
+import hashlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -132,14 +133,28 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         request_["id"] = str(uuid.uuid4())
         said = business_identifier(request_)
         event_id = None
-        if said is not None:  # the referrer's own id for it: made once, however often it is sent
-            request_["id"], event_id = (
-                stable_id("api-referral", who.org, *said),
-                stable_id("api-referral-event", who.org, *said),
-            )
-            kept = api_.reader.read("ServiceRequest", request_["id"])
-            if kept is not None:  # (as FHIR's conditional create answers: the one that exists, 200)
-                return FhirResponse(kept, headers={"Location": f"/fhir/ServiceRequest/{request_['id']}"})
+        if said is not None:  # the referrer's own id for it, for this person: made once, however often sent
+            request_["id"] = stable_id("api-referral", who.org, *said, person)
+            # the event is the same only for the same body: a retry is applied once, anything else is news
+            sent = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+            event_id = stable_id("api-referral-event", who.org, *said, person, sent)
+            if api_.reader.read("ServiceRequest", request_["id"]) is not None:
+                # as FHIR's conditional create answers a match: 200, nothing made; and nothing of the
+                # referral as it now stands (what others added to it is theirs to disclose, by a read)
+                made = f"ServiceRequest/{request_['id']}"
+                outcome = {
+                    "resourceType": "OperationOutcome",
+                    "issue": [
+                        {
+                            "severity": "information",
+                            "code": "duplicate",
+                            "diagnostics": f"{made} was made from this identifier for this person already: "
+                            "not made again",
+                            "expression": ["ServiceRequest.identifier"],
+                        }
+                    ],
+                }
+                return FhirResponse(outcome, headers={"Location": f"/fhir/{made}"})
         request_["status"] = "active"
         request_["subject"] = {
             "reference": f"Patient/{person}",
