@@ -16,6 +16,7 @@ from faststream.kafka.annotations import KafkaMessage
 from consumers.decoding import origin, readable_headers, records_of, undecoded
 from consumers.middlewares import retrying
 from hub.core.ports import DeadLetters
+from schemas.envelope import header_value as envelope_header
 from schemas.events.rejected import ORIGIN_HEADER, OUTCOME_HEADER
 from schemas.topics import DEAD_LETTER, EVENTS_DEAD_LETTER
 
@@ -36,12 +37,10 @@ def keep_all(store: DeadLetters, records: Sequence[Any]) -> None:
 
 
 def header_value(headers: Sequence[tuple[str, bytes]], name: str) -> str | None:
-    """One header, as text: a dead letter's headers are not trusted, so bytes that are not UTF-8, and
-    NULs (which PostgreSQL's text and jsonb refuse), are replaced."""
-    for key, value in headers:
-        if key == name:
-            return bytes(value or b"").decode(errors="replace").replace("\x00", "\ufffd")
-    return None
+    """One header, as text (schemas.envelope.header_value), with NULs replaced: PostgreSQL's text
+    and jsonb refuse them, and a dead letter's headers are not trusted."""
+    value = envelope_header(headers, name)
+    return value.replace("\x00", "\ufffd") if value is not None else None
 
 
 def _received_at(record: Any) -> datetime:

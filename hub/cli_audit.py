@@ -310,13 +310,7 @@ def kpi(
 def covers_audit(agreements: list[Agreement], asker: Asker) -> bool:
     """Whether any agreement in force on the asker's day names their organisation for audit."""
     day = asker.at.date()
-    return any(
-        asker.org in a.party_codes
-        and "audit" in a.purposes
-        and a.valid_from <= day
-        and (a.valid_to is None or day <= a.valid_to)
-        for a in agreements
-    )
+    return any(asker.org in a.party_codes and "audit" in a.purposes and a.in_force(day) for a in agreements)
 
 
 def _months_counted(fold: KpiFold) -> set[str]:

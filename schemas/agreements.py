@@ -87,6 +87,10 @@ class Agreement(BaseModel):
             raise ValueError("valid_to is before valid_from")
         return self
 
+    def in_force(self, day: date) -> bool:
+        """Whether this version applies on `day`."""
+        return self.valid_from <= day and (self.valid_to is None or day <= self.valid_to)
+
     @property
     def party_codes(self) -> frozenset[str]:
         """The parties' codes."""

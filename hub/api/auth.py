@@ -6,17 +6,17 @@ what that organisation may see. Tokens are never logged or echoed back.
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import jwt
 
+from hub.core.fhir_read import ODS_CODE
+
 ISSUER = "carehub"
 AUDIENCE = "carehub-fhir"
 ROLES = ("clinician", "coordinator", "auditor", "admin", "system")
-_ODS = re.compile(r"^[A-Z0-9]{3,10}$")
 
 
 class AuthError(Exception):
@@ -41,7 +41,7 @@ def checked_claims(org: str, role: str) -> str:
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles are: {', '.join(ROLES)}")
     org = org.strip().upper()
-    if not _ODS.match(org):
+    if not ODS_CODE.fullmatch(org):
         raise ValueError(f"{org!r} is not an ODS code (3 to 10 letters and digits)")
     return org
 
@@ -98,6 +98,6 @@ class TokenVerifier:
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"the bearer token is not valid here ({type(exc).__name__})") from exc
         role, org = claims.get("role"), claims.get("org")
-        if role not in ROLES or not isinstance(org, str) or not _ODS.match(org):
+        if role not in ROLES or not isinstance(org, str) or not ODS_CODE.fullmatch(org):
             raise AuthError("the bearer token names no known role and organisation")
         return Principal(org=org, role=str(role), user=str(claims["sub"]))

@@ -175,8 +175,7 @@ def decide(
     covering = [
         a
         for a in agreements
-        if a.valid_from <= day
-        and (a.valid_to is None or day <= a.valid_to)
+        if a.in_force(day)
         and asker.org in a.party_codes
         and (provider is None or provider in a.party_codes)
         and purpose in a.purposes

@@ -173,6 +173,22 @@ async def subscriber_records(bootstrap: str, topic: str, at_least: int, within: 
     return seen
 
 
+def pic_sharing(services: Services, tmp_path: Path, now: datetime) -> Path:
+    """The service, the practice and the council share what coordination needs; the practice takes
+    PIC summaries into a mailbox folder (returned)."""
+    services.agreements.load(
+        an_agreement(
+            month.SERVICE, month.PRACTICE, "LA123", categories=("demographics", "care-plans", "referrals", "tasks")
+        ),
+        at=now,
+    )
+    mailbox = tmp_path / "mailbox" / month.PRACTICE
+    services.subscriptions.save(
+        Subscription(id="gp-pic", org=month.PRACTICE, events=(co.PIC_SUMMARY_SENT.type,), mailbox=str(mailbox))
+    )
+    return mailbox
+
+
 def _all(services: Services, kind: str) -> list[dict[str, Any]]:
     return [r for key in month.PEOPLE.values() for r in services.reader.search(kind, key)]
 
@@ -209,12 +225,7 @@ async def test_a_coordinators_work_over_the_api_ends_with_the_pic_summary_at_the
     settings = settings_for(tmp_path, rules=tmp_path / "rules.yaml")
     services = build(settings)
     now = datetime.now(UTC)
-    services.agreements.load(
-        an_agreement(
-            month.SERVICE, month.PRACTICE, "LA123", categories=("demographics", "care-plans", "referrals", "tasks")
-        ),
-        at=now,
-    )
+    mailbox = pic_sharing(services, tmp_path, now)
     services.subscriptions.save(
         Subscription(
             id="council-referrals",
@@ -223,10 +234,6 @@ async def test_a_coordinators_work_over_the_api_ends_with_the_pic_summary_at_the
             events=(co.REFERRAL_RECEIVED.type,),
             scope="addressed",
         )
-    )
-    mailbox = tmp_path / "mailbox" / month.PRACTICE
-    services.subscriptions.save(
-        Subscription(id="gp-pic", org=month.PRACTICE, events=(co.PIC_SUMMARY_SENT.type,), mailbox=str(mailbox))
     )
     gp = {
         "Authorization": f"Bearer {issue_token(services.secrets.token, org=month.PRACTICE, role='clinician', now=now)}"
@@ -348,16 +355,7 @@ async def test_a_coordinator_who_finds_the_persons_practice_names_it_and_the_hel
     settings = settings_for(tmp_path)
     services = build(settings)
     now = datetime.now(UTC)
-    services.agreements.load(
-        an_agreement(
-            month.SERVICE, month.PRACTICE, "LA123", categories=("demographics", "care-plans", "referrals", "tasks")
-        ),
-        at=now,
-    )
-    mailbox = tmp_path / "mailbox" / month.PRACTICE
-    services.subscriptions.save(
-        Subscription(id="gp-pic", org=month.PRACTICE, events=(co.PIC_SUMMARY_SENT.type,), mailbox=str(mailbox))
-    )
+    mailbox = pic_sharing(services, tmp_path, now)
     secret = services.secrets.token
     la = {"Authorization": f"Bearer {issue_token(secret, org='LA123', role='clinician', now=now)}"}
     pic = {"Authorization": f"Bearer {issue_token(secret, org=month.SERVICE, role='coordinator', now=now)}"}

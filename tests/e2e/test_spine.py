@@ -148,19 +148,27 @@ async def test_resent_control_id_is_acknowledged_again_but_applied_once(tmp_path
         assert len(encounter) == 1 and encounter[0]["meta"]["versionId"] == "1"
 
 
+async def raw_records_then_an_adt(
+    bootstrap: str, mllp_port: int | None, records: list[tuple[str, bytes, list[tuple[str, bytes]]]]
+) -> None:
+    """Records produced as they are (topic, value, headers), then an ADT over MLLP, accepted (AA)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for topic, value, headers in records:
+            await producer.send_and_wait(topic, value, key=b"someone", headers=headers)
+    finally:
+        await producer.stop()
+    client = await MllpClient.connect("127.0.0.1", mllp_port or 0)
+    assert msa(await client.send(an_adt(trigger="A01", nhs_number="9434765919", control_id="AFTER")))[1] == "AA"
+    await client.close()
+
+
 async def test_a_record_that_is_not_a_carehub_event_is_dead_lettered_once(tmp_path: Path, kafka_bootstrap: str) -> None:
     # three consumer groups read the events topic; only the record consumer speaks for what none can decode
     settings = hub_settings(tmp_path, kafka_bootstrap)
     async with running(settings) as run:
-        producer = AIOKafkaProducer(bootstrap_servers=run.bootstrap, acks="all")
-        await producer.start()
-        try:
-            await producer.send_and_wait(EVENTS.name, b"not an event", key=b"someone")
-        finally:
-            await producer.stop()
-        client = await MllpClient.connect("127.0.0.1", run.mllp_port or 0)
-        assert msa(await client.send(an_adt(trigger="A01", nhs_number="9434765919", control_id="AFTER")))[1] == "AA"
-        await client.close()
+        await raw_records_then_an_adt(run.bootstrap, run.mllp_port, [(EVENTS.name, b"not an event", [])])
         deadline = time.perf_counter() + 30
         while (run.coordinated < 2 or not run.services.dead_letters.recent(10)) and time.perf_counter() < deadline:
             await asyncio.sleep(0.05)
@@ -208,16 +216,7 @@ async def test_records_whose_headers_lie_are_kept_whole_and_nothing_after_them_s
         ),
     ]
     async with running(hub_settings(tmp_path, "")) as run:
-        producer = AIOKafkaProducer(bootstrap_servers=run.bootstrap, acks="all")
-        await producer.start()
-        try:
-            for topic, value, headers in lies:
-                await producer.send_and_wait(topic, value, key=b"someone", headers=headers)
-        finally:
-            await producer.stop()
-        client = await MllpClient.connect("127.0.0.1", run.mllp_port or 0)
-        assert msa(await client.send(an_adt(trigger="A01", nhs_number="9434765919", control_id="AFTER")))[1] == "AA"
-        await client.close()
+        await raw_records_then_an_adt(run.bootstrap, run.mllp_port, lies)
         deadline = time.perf_counter() + 30
         while time.perf_counter() < deadline and not (
             len(run.services.dead_letters.recent(10)) == len(lies) and run.services.reader.search("Patient", None)

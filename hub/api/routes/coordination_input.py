@@ -102,10 +102,7 @@ def refuse_unless_shared(practice: str, service: str, agreements: Callable[[], S
     if agreements is None:
         return
     today = datetime.now(UTC).date()
-    if not any(
-        {practice, service} <= a.party_codes and a.valid_from <= today and (a.valid_to is None or today <= a.valid_to)
-        for a in agreements()
-    ):
+    if not any({practice, service} <= a.party_codes and a.in_force(today) for a in agreements()):
         raise InvalidMessageError(
             f"practice {practice}: no sharing agreement in force names both {practice} and {service}, so the PIC "
             "summary could not be shared with it: check the code, or load the practice's agreement first",
