@@ -29,7 +29,7 @@ from hub.cli_base import (
     topics_app,
 )
 from hub.settings import Settings
-from hub.terminal import until_signalled, where_table
+from hub.terminal import listing, until_signalled, where_table
 
 
 @app.command()
@@ -148,7 +148,7 @@ def topics_list() -> None:
     """Show the topic catalogue."""
     from schemas.topics import CATALOGUE
 
-    table = Table("topic", "key", "partitions", "configs", "what")
+    table = listing("topic", "key", "partitions", "configs", "what")
     for t in CATALOGUE:
         configs = ", ".join(f"{k}={v}" for k, v in t.configs.items())
         table.add_row(t.name, t.key, str(t.partitions), configs, t.description)
@@ -196,7 +196,7 @@ def deadletters(
     from hub.store.sql import SqlDeadLetters
 
     state = open_existing(data_dir)
-    table = Table("received", "source", "origin", "reason")
+    table = listing("received", "source", "origin", "reason")
     for row in SqlDeadLetters(state.engine).recent(limit):
         issues = row.get("reason", {}).get("issue", [{}])
         table.add_row(
@@ -272,7 +272,7 @@ def _agenda_table(shown: Any) -> Table:
 
     first, last = shown.window
     title = f"Huddle agenda {shown.practice_name or shown.practice_ods}, {shown.meeting_date} ({first} to {last})"
-    table = Table("section", "name", "NHS number", "what", "when / due", title=escape(title))
+    table = listing("section", "name", "NHS number", "what", "when / due", title=escape(title))
     for item in shown.items:
         cells = (SECTIONS[item.section], item.name or "", nhs_text(item.nhs_number), item.what, when_text(item))
         table.add_row(*(escape(c) for c in cells))

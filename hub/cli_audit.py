@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from hub.cli_base import (
     NO_LOG,
@@ -29,6 +28,7 @@ from hub.cli_base import (
     refuse_backwards,
 )
 from hub.instants import UK, from_, up_to
+from hub.terminal import listing
 
 if TYPE_CHECKING:
     from hub.core.kpis import KpiFold
@@ -84,7 +84,7 @@ def audit_disclosures(
         raise typer.Exit(2)
     state = open_existing(data_dir, person_keys=True)
     key = person_key(state.key, nhs.normalise(nhs_number), None)
-    table = Table("#", "when", "to (org / user)", "how", "decision", "resources", "basis")
+    table = listing("#", "when", "to (org / user)", "how", "decision", "resources", "basis")
     entries = SqlLedger(state.engine).about(key)
     for entry in entries:
         body = entry.body
@@ -156,7 +156,7 @@ def audit_time_travel(
     resources = {ref: reader.read(*ref.split("/", 1)) for ref in refs if "/" in ref}
     consents = [rule for person in sorted(people_of(entries, resources)) for rule in policy.consents(person)]
     rows = reconsider(entries, resources, policy.agreements(), consents, datetime.now(UTC))
-    table = Table("#", "when", "to", "how", "resource", "then", "on", "today", "on", title="Policy time travel")
+    table = listing("#", "when", "to", "how", "resource", "then", "on", "today", "on", title="Policy time travel")
     shown = [r for r in rows if r.changed or not changed]
     for r in shown:
         mark = "[bold yellow]" if r.changed else ""
@@ -294,7 +294,7 @@ def kpi(
     rows = fold.report(month)
     write_csv(rows, out / f"kpi-{month}.csv", skipped=fold.skipped)
     write_html(rows, out / f"kpi-{month}.html", month=month, title=rules.service.name, skipped=fold.skipped)
-    table = Table("KPI", "breakdown", "value", "target")
+    table = listing("KPI", "breakdown", "value", "target")
     for row in rows:  # practice, source and coordinator codes come from payloads: text, never markup
         value = "n/a" if row.value is None else f"{row.value:g}"
         table.add_row(escape(row.kpi), escape(row.breakdown), value, escape(row.target))

@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from hub.cli_base import (
     DataDir,
@@ -25,6 +24,7 @@ from hub.cli_base import (
     subscriptions_app,
 )
 from hub.settings import Settings
+from hub.terminal import listing
 
 
 @agreements_app.command("load")
@@ -150,7 +150,7 @@ def agreements_list(data_dir: HeldDir = Path("var")) -> None:
     """Every agreement version held, newest last."""
     from hub.store.agreements import SqlAgreements
 
-    table = Table("id", "version", "parties", "purposes", "categories", "valid")
+    table = listing("id", "version", "parties", "purposes", "categories", "valid")
     for a in SqlAgreements(open_existing(data_dir).engine).all_versions():
         valid = f"{a.valid_from} to {a.valid_to or 'open'}"
         table.add_row(
@@ -203,7 +203,7 @@ def subscriptions_list(data_dir: HeldDir = Path("var")) -> None:
     """Every subscription."""
     from hub.store.subscriptions import SqlSubscriptions
 
-    table = Table("id", "org", "events", "scope", "content", "webhook", "active")
+    table = listing("id", "org", "events", "scope", "content", "webhook", "active")
     for s, active in SqlSubscriptions(open_existing(data_dir).engine).all():
         hook = str(s.webhook.url) if s.webhook else "-"
         table.add_row(s.id, s.org, "\n".join(s.events), s.scope, s.content, hook, "yes" if active else "no")
@@ -219,7 +219,7 @@ def deliveries_list(
     """Webhook deliveries, newest first."""
     from hub.store.subscriptions import SqlOutbox
 
-    table = Table("id", "subscription", "event", "status", "attempts", "last error")
+    table = listing("id", "subscription", "event", "status", "attempts", "last error")
     for d in SqlOutbox(open_existing(data_dir).engine).listing(status, limit):
         table.add_row(str(d.id), d.subscription_id, d.event_id, d.status, str(d.attempts), d.last_error or "")
     console.print(table)

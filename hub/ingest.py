@@ -6,10 +6,10 @@ from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from hub.bootstrap import running, shared_kafka
 from hub.settings import Settings
+from hub.terminal import listing
 
 
 def collect(paths: list[Path]) -> list[Path]:
@@ -34,7 +34,7 @@ async def ingest_files(settings: Settings, paths: list[Path], console: Console) 
         return 2
     embedded = not shared_kafka(settings)  # (else the running hub's consumers apply what is sent)
     async with running(settings, mllp=False, http=False, consumers=embedded) as run:
-        table = Table("file", "control id", "ACK", "events", "reason")
+        table = listing("file", "control id", "ACK", "events", "reason")
         codes: Counter[str] = Counter()
         events = kept = 0
         ids: list[str] = []

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from hub.bootstrap import running, shared_kafka
 from hub.settings import Settings
+from hub.terminal import listing
 
 SUFFIXES = (".csv", ".json")
 
@@ -60,7 +60,7 @@ async def ingest_referral_files(
             intake = ReferralIntake(
                 broker, key_secret=run.services.secrets.key, publish_timeout=settings.kafka.publish_timeout_s
             )
-            table = Table("file", "row", "outcome", "event", "reason")
+            table = listing("file", "row", "outcome", "event", "reason")
             accepted: list[str] = []
             kept = 0
             for path in files:

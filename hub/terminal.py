@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from hub.bootstrap import Running
+if TYPE_CHECKING:
+    from hub.bootstrap import Running
+
+
+def listing(*headers: str, title: str | None = None) -> Table:
+    """A table of what the hub holds (ids, file paths, reasons): a value too long for its column is
+    folded onto the next line, never cut short with an ellipsis (Rich's default), so nothing a user
+    needs (a dead letter's file, a rejection's reason) is lost, in a narrow terminal or a pipe."""
+    table = Table(*headers, title=title)
+    for column in table.columns:
+        column.overflow = "fold"
+    return table
 
 
 def where_table(run: Running) -> Table:

@@ -136,3 +136,22 @@ def test_subscriptions_load_refuses_an_event_type_no_one_publishes_and_saves_the
     listed = carehub("subscriptions", "list", "--data-dir", str(tmp_path), cwd=tmp_path)
     assert "council-referrals" not in listed.stdout
     assert "saved" in said and listed.returncode == 0
+
+
+def _column(stdout: str, index: int) -> str:
+    """A Rich table's column, its folded lines joined again."""
+    return "".join(line.split("│")[index].strip() for line in stdout.splitlines() if line.startswith("│"))
+
+
+def test_tables_in_a_pipe_fold_long_values_rather_than_cut_them(tmp_path: Path) -> None:
+    # a pipe is 80 columns to Rich: a dead letter's file path used to end in an ellipsis there
+    rejected = tmp_path / "a-file-from-the-hospital-interface-engine-with-a-long-name-0001.hl7"
+    rejected.write_bytes(b"this is not an HL7 message at all")
+    narrow = {"COLUMNS": "80"}
+    ingested = carehub("ingest", "hl7", str(rejected), "--data-dir", str(tmp_path), cwd=tmp_path, env=narrow)
+    assert ingested.returncode == 1, ingested.stderr
+    assert rejected.name in _column(ingested.stdout, 1)
+    kept = carehub("deadletters", "--data-dir", str(tmp_path), cwd=tmp_path, env=narrow)
+    assert kept.returncode == 0, kept.stderr
+    assert "…" not in kept.stdout
+    assert f"file:{rejected}" in _column(kept.stdout, 2)
