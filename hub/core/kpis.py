@@ -74,13 +74,15 @@ _UNREADABLE = (InvalidMessageError, LookupError, AttributeError, TypeError, Valu
 
 @dataclass(frozen=True)
 class Row:
-    """One figure: measure, breakdown ('' for the total), value (None: nothing to divide by), and
-    target if the contract sets one."""
+    """One figure: measure, breakdown ('' for the total), value (None: nothing to divide by), the
+    target if the contract sets one, and for a percentage or a mean how many it is of (its
+    denominator: 100% of one visit is not 100% of two hundred)."""
 
     kpi: str
     breakdown: str
     value: float | None
     target: str = ""
+    of: int | None = None
 
 
 @dataclass
@@ -269,6 +271,7 @@ class KpiFold:
                 "%",
                 _pct(len(_long(discharged)), len(discharged)),
                 "20-25%",
+                of=len(discharged),
             ),
             *self._huddle_rows(start.date(), end.date()),
         ]
@@ -286,9 +289,11 @@ class KpiFold:
         within = [r for r in visited if r.first_visit and r.first_visit - r.at <= timedelta(days=28)]
         return [
             Row("first visits", "", len(visited)),
-            Row("days from referral to first contact", "mean", _mean_days(contacted, "first_contact")),
-            Row("days from referral to first visit", "mean", _mean_days(visited, "first_visit")),
-            Row("first visits within 4 weeks", "%", _pct(len(within), len(visited)), "95%"),
+            Row(
+                "days from referral to first contact", "mean", _mean_days(contacted, "first_contact"), of=len(contacted)
+            ),
+            Row("days from referral to first visit", "mean", _mean_days(visited, "first_visit"), of=len(visited)),
+            Row("first visits within 4 weeks", "%", _pct(len(within), len(visited)), "95%", of=len(visited)),
         ]
 
     def _declined_rows(self, inside: Callable[[datetime | None], bool], referred: int) -> list[Row]:
@@ -299,7 +304,7 @@ class KpiFold:
             if outcome == "declined" and rid in self.referrals and inside(at)
         ]
         rows = [Row("declined by practice", p, n) for p, n in sorted(Counter(declined).items())]
-        return [*rows, Row("declined", "% of referrals", _pct(len(declined), referred), "to be baselined")]
+        return [*rows, Row("declined", "% of referrals", _pct(len(declined), referred), "to be baselined", of=referred)]
 
     def _born_by(self, person: str, at: datetime) -> date | None:
         """The birth date said of the person latest at or before `at` (in their partition's order at a tie)."""
@@ -312,8 +317,13 @@ class KpiFold:
         pending = [e for e in discharged if e.letter is None and e.end and e.end + LETTER_DUE > last]
         decided = len(discharged) - len(pending)  # a letter came, or 48 h passed on the log without one
         return [
-            Row("hours from discharge to GP letter", "mean", round(sum(hours) / len(hours), 2) if hours else None),
-            Row("GP letters within 48 hours", "%", _pct(sum(h <= 48 for h in hours), decided), "90%"),
+            Row(
+                "hours from discharge to GP letter",
+                "mean",
+                round(sum(hours) / len(hours), 2) if hours else None,
+                of=len(hours),
+            ),
+            Row("GP letters within 48 hours", "%", _pct(sum(h <= 48 for h in hours), decided), "90%", of=decided),
             Row("GP letters within 48 hours", "pending", len(pending)),
         ]
 
@@ -328,7 +338,10 @@ class KpiFold:
         held = [
             attended for day, attended, cancelled in self.huddles.values() if first <= day < after and not cancelled
         ]
-        return [Row("huddles held", "", len(held)), Row("huddles attended", "%", _pct(sum(held), len(held)), "95%")]
+        return [
+            Row("huddles held", "", len(held)),
+            Row("huddles attended", "%", _pct(sum(held), len(held)), "95%", of=len(held)),
+        ]
 
     def _first_contacts(self) -> None:
         by_person: dict[str, list[_Referral]] = {}
