@@ -36,7 +36,8 @@ The commissioner's KPIs for November 2026, by hand (EXPECTED_KPIS):
   discharges 1 (P6); declined 1 (P4, Y01) = 33.3% of referrals
   GP letter: P6 closed 27 Nov 10:00, receipt 28 Nov 09:00 = 23 h; within 48 h 100%; none pending
   (a discharge with no letter yet and its 48 h still running at the last event on the log)
-  onward referrals 1; caseload at month end c-ann 1, c-bob 0; discharged after over 12 weeks 0%
+  onward referrals 1 (P6's, made by the service, to LA123; P6's close carries no PIC summary here), so
+  1 to LA123 and 1 person referred on; caseload at month end c-ann 1, c-bob 0; discharged after over 12 weeks 0%
   huddles held 4, attended 75%
 """
 
@@ -305,6 +306,8 @@ EXPECTED_KPIS: dict[tuple[str, str], float] = {
     ("GP letters within 48 hours", "%"): 100.0,
     ("GP letters within 48 hours", "pending"): 0,  # P6's letter came: decided
     ("onward referrals", ""): 1,
+    ("onward referrals by destination", "LA123"): 1,
+    ("people referred on", ""): 1,
     ("caseload at month end", "c-ann"): 1,
     ("caseload at month end", "c-bob"): 0,
     ("discharged after over 12 weeks on caseload", "%"): 0.0,

@@ -6,29 +6,42 @@ breakdown, with the contract target where there is one. Months and days are Euro
 
 Definitions (each names its source events):
     referrals                referral.received addressed to the service, authored in the month; by practice
-                             (the person's registered practice, else the requester) and by source. One
+                             and by source. The practice is the one the referral's own Patient names, else
+                             the latest one any event said of the person (hospital ADT, register rows,
+                             referrals; never the hub's own letter) at or before the referral, else the
+                             first one said after it, else the requester of a GP's referral, else
+                             "unknown": never a voluntary organisation or a council that referred. One
                              ServiceRequest is one referral: a later event for the same request id (a
                              corrected re-send) replaces what the earlier one said
     first visits             face-to-face contacts that answered a referral, in the month (see below)
     days to first contact    referral -> first contact of any kind (mean, referrals whose first contact is in
                              the month)
-    days to first visit      referral -> first face-to-face visit (mean), and % within 28 days (target 95%)
+    days to first visit      referral -> first face-to-face visit (mean), and % within 4 weeks (target 95%):
+                             the visit's UK day no later than 28 days after the referral's UK day (a visit
+                             in the afternoon of the 28th day is within, whatever the hour of referral)
     discharges               episode.closed in the month
     declined                 referrals to the service whose latest outcome is declined, by the month of that
                              outcome, by practice; % of the month's referrals
     age at referral          bands <65, 65-74, 75-84, 85+ from the birth date the referral carried, else
                              the latest one said of the person (any event's Patient whose id is the
-                             subject: hospital ADT, register rows) at or before the referral, and
-                             "unknown" when there is none (the bands add up to the referrals)
+                             subject: hospital ADT, register rows) at or before the referral, else the
+                             first one said after it (a referral through the API carries none), and
+                             "unknown" when the log holds none (the bands add up to the referrals)
     GP letter                episode.closed -> pic-summary.receipt, hours; % within 48 h (target 90%) of
                              the month's discharges whose letter came or whose 48 h have run out by the
                              last event on the log; the rest are "pending", not yet a miss
-    onward referrals         referral.received made by the service itself, in the month
+    onward referrals         referral.received made by the service itself, authored in the month, and the
+                             destinations the PIC summaries of the month's discharges name in their
+                             Onward referrals section (one a line, or separated by ';'); by destination
+                             (a referral's performer, or the summary's words); and the people referred on
+                             (either way) in the month. One onward referral both made through the hub and
+                             named in a summary counts twice: the summary is the coordinator's own words
     caseload                 open episodes per coordinator at the end of the month (target 28)
     over 12 weeks            % of the month's discharges that had been on the caseload more than 84 days
                              (target 20-25%)
-    huddles attended         huddle.agenda Lists dated in the month, but those marked cancelled, and of them
-                             those marked attended (target 95%)
+    huddles attended         huddle.agenda Lists dated in the month, but those marked cancelled and those
+                             whose day the log has not reached yet (an agenda is published ahead of the
+                             meeting: it has not been held), and of them those marked attended (target 95%)
 
 A contact answers every referral of the person that is waiting for one (made before it, not yet
 answered, not declined, and not followed by a caseload episode that closed before the contact), and
@@ -44,10 +57,12 @@ reason, as the record consumer dead-letters it; the rest of the log still counts
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from html import unescape
 from typing import Any
 
 from hub.core.errors import InvalidMessageError
@@ -61,7 +76,7 @@ from hub.core.fhir_read import (
     referral_source,
 )
 from hub.core.huddle import UK
-from hub.core.pic_summary import LETTER_DUE
+from hub.core.pic_summary import LETTER_DUE, NONE_RECORDED, SECTIONS
 from hub.core.ports import Json, RecordEvent
 from hub.core.record import resources_of
 from schemas.events import coordination as co
@@ -90,9 +105,10 @@ class _Referral:
     id: str
     person: str
     at: datetime
-    practice: str
+    practice: str | None  # as the referral's own Patient says (see KpiFold.practice_of)
     source: str
     born: date | None  # as the referral's own Patient says
+    requester: str = "unknown"
     first_contact: datetime | None = None
     first_visit: datetime | None = None
 
@@ -113,7 +129,10 @@ class KpiFold:
 
     service: str
     referrals: dict[str, _Referral] = field(default_factory=dict)
-    onward: dict[str, datetime] = field(default_factory=dict)
+    onward: dict[str, datetime] = field(default_factory=dict)  # a referral the service made -> when
+    onward_to: dict[str, str] = field(default_factory=dict)  # and where to (its performer)
+    onward_people: dict[str, str] = field(default_factory=dict)  # and whom
+    summaries: dict[str, list[str]] = field(default_factory=dict)  # episode -> its summary's onward destinations
     outcomes: dict[str, tuple[datetime, str]] = field(default_factory=dict)
     episodes: dict[str, _Episode] = field(default_factory=dict)
     huddles: dict[str, tuple[date, bool, bool]] = field(default_factory=dict)  # id -> (day, attended, cancelled)
@@ -121,6 +140,7 @@ class KpiFold:
     _seen: set[str] = field(default_factory=set)
     _contacts: dict[str, list[tuple[datetime, str]]] = field(default_factory=dict)
     _births: dict[str, list[tuple[datetime, date]]] = field(default_factory=dict)  # person -> (said at, born)
+    _practices: dict[str, list[tuple[datetime, str]]] = field(default_factory=dict)  # person -> (said at, ODS)
     _last: datetime | None = None  # the latest event time seen: how far the log has got
 
     def add(self, event: RecordEvent) -> None:
@@ -138,7 +158,7 @@ class KpiFold:
         except _UNREADABLE as exc:
             self.skip(f"{event.type}: {_why(exc)}")
             return
-        self._birth_date(event, bundle_resources(event.payload) if resources is None else resources)
+        self._said_of_person(event, bundle_resources(event.payload) if resources is None else resources)
 
     def skip(self, reason: str) -> None:
         """Count an event or record left out of the figures, and why."""
@@ -146,36 +166,53 @@ class KpiFold:
 
     # --- per event type ----------------------------------------------------------------------
 
-    def _birth_date(self, event: RecordEvent, resources: list[Json]) -> None:
-        """Remember the birth date any event's Patient says of the person (the subject), and when."""
+    def _said_of_person(self, event: RecordEvent, resources: list[Json]) -> None:
+        """Remember the birth date and the practice any event's Patient says of the person (the
+        subject), and when; the hub's own letter says only what it was told, and is not taken."""
+        if event.type == co.PIC_SUMMARY_SENT.type:
+            return
         for patient in of_kind(resources, "Patient"):
+            if patient.get("id") != event.subject:
+                continue
             born = _born(patient.get("birthDate"))
-            if patient.get("id") == event.subject and born is not None:
+            if born is not None:
                 self._births.setdefault(event.subject, []).append((event.time, born))
+            practice = _practice(patient, resources)
+            if practice is not None:
+                self._practices.setdefault(event.subject, []).append((event.time, practice))
 
     def _referral(self, event: RecordEvent, resources: list[Json]) -> None:
         patient = next(iter(of_kind(resources, "Patient")), {})
-        said = [(str(r["id"]), self._request(event, patient, r)) for r in of_kind(resources, "ServiceRequest")]
+        said = [
+            (str(r["id"]), self._request(event, patient, resources, r)) for r in of_kind(resources, "ServiceRequest")
+        ]
         for rid, what in said:
             self.referrals.pop(rid, None)  # a later event for the same request replaces the earlier
             self.onward.pop(rid, None)
+            self.onward_to.pop(rid, None)
+            self.onward_people.pop(rid, None)
             if isinstance(what, _Referral):
                 self.referrals[rid] = what
             elif what is not None:
-                self.onward[rid] = what
+                self.onward[rid], self.onward_to[rid] = what
+                self.onward_people[rid] = event.subject
 
-    def _request(self, event: RecordEvent, patient: Json, request: Json) -> _Referral | datetime | None:
-        """A referral to the service, an onward referral's time, or None (addressed elsewhere)."""
+    def _request(
+        self, event: RecordEvent, patient: Json, resources: list[Json], request: Json
+    ) -> _Referral | tuple[datetime, str] | None:
+        """A referral to the service, an onward referral's time and destination, or None (addressed elsewhere)."""
         at = _time(request.get("authoredOn"), event.time)
         requester = identifier_value(request.get("requester"))
+        performers = sorted({str(identifier_value(p)) for p in request.get("performer") or [] if identifier_value(p)})
         if requester == self.service:
-            return at
-        performers = {identifier_value(p) for p in request.get("performer") or []}
+            return at, ", ".join(performers) or "not recorded"
         if performers and self.service not in performers:
             return None
-        practice = _practice(patient) or str(requester or "unknown")
+        practice = _practice(patient, resources)
         born = _born(patient.get("birthDate"))
-        return _Referral(str(request["id"]), event.subject, at, practice, _source(request), born)
+        return _Referral(
+            str(request["id"]), event.subject, at, practice, _source(request), born, str(requester or "unknown")
+        )
 
     def _contact(self, event: RecordEvent, resources: list[Json]) -> None:
         said = [
@@ -214,10 +251,13 @@ class KpiFold:
             (str(e["id"]), _time((e.get("period") or {}).get("end"), event.time))
             for e in of_kind(resources, "EpisodeOfCare")
         ]
+        onward = [d for c in of_kind(resources, "Composition") for d in _onward_destinations(c)]
         for eid, end in said:
             found = self.episodes.get(eid)
             if found is not None:
                 found.end = end
+            if onward or eid in self.summaries:  # (a re-sent close says the summary again)
+                self.summaries[eid] = onward
 
     def _receipt(self, event: RecordEvent, resources: list[Json]) -> None:
         closed = [e for e in self.episodes.values() if e.person == event.subject and e.end and e.end <= event.time]
@@ -264,7 +304,7 @@ class KpiFold:
             Row("discharges", "", len(discharged)),
             *self._declined_rows(inside, len(referred)),
             *self._letter_rows(discharged),
-            Row("onward referrals", "", sum(inside(t) for t in self.onward.values())),
+            *self._onward_rows(inside, discharged),
             *self._caseload_rows(end),
             Row(
                 "discharged after over 12 weeks on caseload",
@@ -278,15 +318,30 @@ class KpiFold:
 
     def _referral_rows(self, referred: list[_Referral]) -> list[Row]:
         rows = [Row("referrals", "", len(referred))]
-        rows += [Row("referrals by practice", p, n) for p, n in sorted(Counter(r.practice for r in referred).items())]
+        practices = Counter(self.practice_of(r) for r in referred)
+        rows += [Row("referrals by practice", p, n) for p, n in sorted(practices.items())]
         rows += [Row("referrals by source", s, n) for s, n in sorted(Counter(r.source for r in referred).items())]
-        bands = Counter(_band(_age(r.born or self._born_by(r.person, r.at), r.at)) for r in referred)
+        bands = Counter(_band(_age(r.born or _said_near(self._births.get(r.person), r.at), r.at)) for r in referred)
         return rows + [Row("age at referral", label, bands.get(label, 0)) for label in _band_labels()]
+
+    def practice_of(self, referral: _Referral) -> str:
+        """The person's practice, for a referral (see the module's definitions)."""
+        said = referral.practice or _said_near(self._practices.get(referral.person), referral.at)
+        return said or (referral.requester if referral.source == "gp" else "unknown")
+
+    def _onward_rows(self, inside: Callable[[datetime | None], bool], discharged: list[_Episode]) -> list[Row]:
+        made = [rid for rid, at in self.onward.items() if inside(at)]
+        destinations = [self.onward_to[rid] for rid in made]
+        destinations += [d for e in discharged for d in self.summaries.get(e.id, [])]
+        people = {self.onward_people[rid] for rid in made}
+        people |= {e.person for e in discharged if self.summaries.get(e.id)}
+        by = [Row("onward referrals by destination", d, n) for d, n in sorted(Counter(destinations).items())]
+        return [Row("onward referrals", "", len(destinations)), *by, Row("people referred on", "", len(people))]
 
     def _visit_rows(self, inside: Callable[[datetime | None], bool]) -> list[Row]:
         visited = [r for r in self.referrals.values() if inside(r.first_visit)]
         contacted = [r for r in self.referrals.values() if inside(r.first_contact)]
-        within = [r for r in visited if r.first_visit and r.first_visit - r.at <= timedelta(days=28)]
+        within = [r for r in visited if r.first_visit and _days_between(r.at, r.first_visit) <= 28]
         return [
             Row("first visits", "", len(visited)),
             Row(
@@ -299,17 +354,12 @@ class KpiFold:
     def _declined_rows(self, inside: Callable[[datetime | None], bool], referred: int) -> list[Row]:
         # only referrals to the service: an outcome on a referral to someone else is not this service declined
         declined = [
-            self.referrals[rid].practice
+            self.practice_of(self.referrals[rid])
             for rid, (at, outcome) in self.outcomes.items()
             if outcome == "declined" and rid in self.referrals and inside(at)
         ]
         rows = [Row("declined by practice", p, n) for p, n in sorted(Counter(declined).items())]
         return [*rows, Row("declined", "% of referrals", _pct(len(declined), referred), "to be baselined", of=referred)]
-
-    def _born_by(self, person: str, at: datetime) -> date | None:
-        """The birth date said of the person latest at or before `at` (in their partition's order at a tie)."""
-        said = [(t, i, born) for i, (t, born) in enumerate(self._births.get(person, [])) if t <= at]
-        return max(said)[2] if said else None
 
     def _letter_rows(self, discharged: list[_Episode]) -> list[Row]:
         hours = [(e.letter - e.end) / timedelta(hours=1) for e in discharged if e.letter and e.end]
@@ -335,8 +385,11 @@ class KpiFold:
         ]
 
     def _huddle_rows(self, first: date, after: date) -> list[Row]:
+        reached = (self._last or datetime.min.replace(tzinfo=UTC)).astimezone(UK).date()  # (an agenda is an event)
         held = [
-            attended for day, attended, cancelled in self.huddles.values() if first <= day < after and not cancelled
+            attended
+            for day, attended, cancelled in self.huddles.values()
+            if first <= day < after and day <= reached and not cancelled
         ]
         return [
             Row("huddles held", "", len(held)),
@@ -413,12 +466,52 @@ def _time(value: Any, default: datetime) -> datetime:
         return default
 
 
-def _practice(patient: Json) -> str | None:
+def _practice(patient: Json, resources: list[Json]) -> str | None:
+    """The practice a Patient names: by ODS identifier, or by reference to an Organization the event
+    carries (a hospital's ADT: PD1-3)."""
     for gp in patient.get("generalPractitioner") or []:
         ident = gp.get("identifier") or {}
         if ident.get("system") == ODS_SYSTEM and ident.get("value"):
             return str(ident["value"])
+        reference = str(gp.get("reference") or "")
+        for org in of_kind(resources, "Organization") if reference.startswith("Organization/") else []:
+            if f"Organization/{org.get('id')}" == reference:
+                code = next(
+                    (i.get("value") for i in org.get("identifier") or [] if i.get("system") == ODS_SYSTEM), None
+                )
+                if code:
+                    return str(code)
     return None
+
+
+def _said_near(said: list[tuple[datetime, Any]] | None, at: datetime) -> Any:
+    """What was said latest at or before `at` (the later said at a tie: in their partition's order),
+    else what was first said after it; None when nothing was."""
+    if not said:
+        return None
+    before = [(t, i) for i, (t, _) in enumerate(said) if t <= at]
+    if before:
+        return said[max(before)[1]][1]
+    return said[min((t, i) for i, (t, _) in enumerate(said))[1]][1]
+
+
+def _days_between(start: datetime, end: datetime) -> int:
+    """Whole UK days from one instant's day to another's (4 weeks is a count of days, not of hours)."""
+    return (end.astimezone(UK).date() - start.astimezone(UK).date()).days
+
+
+_TAGS = re.compile(r"<[^>]*>")
+ONWARD_TITLE = dict(SECTIONS)["onward"]
+
+
+def _onward_destinations(summary: Json) -> list[str]:
+    """The destinations a PIC summary's Onward referrals section names: one a line, or separated by ';'."""
+    for section in summary.get("section") or []:
+        if section.get("title") == ONWARD_TITLE:
+            text = unescape(_TAGS.sub("\n", str((section.get("text") or {}).get("div") or "")))
+            found = [" ".join(part.split()) for line in text.splitlines() for part in line.split(";")]
+            return [d for d in found if d and d != NONE_RECORDED]
+    return []
 
 
 def _source(request: Json) -> str:

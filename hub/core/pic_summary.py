@@ -26,6 +26,7 @@ XHTML = "http://www.w3.org/1999/xhtml"
 LETTER_DUE = timedelta(hours=48)
 OUTPUT_SYSTEM = "https://carehub.invalid/CodeSystem/coordination-task-output"  # Task.output.type codes
 PRACTICE_OUTPUT = "gp-practice"  # the output by which a coordinator names the practice they found
+NONE_RECORDED = "None recorded"  # what a section left empty says
 SECTIONS = (
     ("reason", "Reason for referral"),
     ("goals", "Goals and outcomes"),
@@ -53,7 +54,7 @@ def composition(
                 "title": title,
                 "text": {
                     "status": "generated",
-                    "div": f'<div xmlns="{XHTML}">{escape(sections.get(key) or "None recorded")}</div>',
+                    "div": f'<div xmlns="{XHTML}">{escape(sections.get(key) or NONE_RECORDED)}</div>',
                 },
             }
             for key, title in SECTIONS

@@ -369,3 +369,123 @@ def test_a_referral_counts_under_its_source_in_carehubs_code_system_whatever_els
     figures = report(fold_of(edited(first, extension=[source])), "2026-11")
     assert figures[("referrals by source", "adult-social-care")] == 1
     assert ("referrals by source", "123") not in figures
+
+
+# --- a commissioner's analyst's review (2026-12-06): each test below fails on the fold before it -------
+
+
+def test_a_partners_referral_counts_under_the_persons_practice_never_under_the_partner() -> None:
+    # a voluntary organisation's referral through the API names no practice: it counted under the
+    # organisation itself (VCS001) as if it were a practice. P3's practice is what the hospital said
+    # before (PD1 by reference to the Organization it carries); P4's what a register row said only
+    # after the referral; P6's is said by nothing, so unknown.
+    hospital = month.discharge("P3", month.at(1, 9))
+    for entry in hospital.payload["entry"]:
+        if entry["resource"]["resourceType"] == "Patient":
+            entry["resource"]["generalPractitioner"] = [{"reference": "Organization/gp-y90003"}]
+    ods = {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "Y90003"}
+    hospital.payload["entry"].append(
+        {"resource": {"resourceType": "Organization", "id": "gp-y90003", "identifier": [ods]}}
+    )
+
+    def partners(who: str, day: int) -> RecordEvent:
+        said = month.referral(who, month.at(day, 10), "voluntary-sector", by="VCS001")
+        return edited(said, event_id=said.id, patient_generalPractitioner=None, id=month.referral_id(who))
+
+    later = edited(
+        month.register_row("P4", month.at(20, 9), 1, 1),
+        patient_generalPractitioner=[{"identifier": ods | {"value": "Y90004"}}],
+    )
+    events = [
+        hospital,
+        partners("P3", 3),
+        partners("P4", 4),
+        later,
+        partners("P6", 9),
+        month.outcome("P3", month.at(13, 11), "declined"),
+    ]
+    figures = report(fold_of(*events), "2026-11")
+    assert {k[1]: v for k, v in figures.items() if k[0] == "referrals by practice"} == {
+        "Y90003": 1,
+        "Y90004": 1,
+        "unknown": 1,
+    }
+    assert {k[1]: v for k, v in figures.items() if k[0] == "declined by practice"} == {"Y90003": 1}
+
+
+def test_four_weeks_is_28_days_by_the_calendar_not_672_hours() -> None:
+    # referred 6 July 09:00 BST, visited 3 August 17:00 BST: the 28th day, within 4 weeks (it was a
+    # miss by 8 hours); a visit on the 29th day is not within
+    referred = edited(
+        month.referral("P3", datetime(2026, 7, 6, 8, tzinfo=UTC), "gp"), authoredOn="2026-07-06T09:00:00+01:00"
+    )
+    on_time = month.contact("P3", datetime(2026, 8, 3, 16, tzinfo=UTC), "face-to-face")
+    late_referral = edited(
+        month.referral("P4", datetime(2026, 7, 6, 8, tzinfo=UTC), "gp"), authoredOn="2026-07-06T09:00:00+01:00"
+    )
+    late = month.contact("P4", datetime(2026, 8, 4, 7, tzinfo=UTC), "face-to-face")
+    figures = report(fold_of(referred, on_time), "2026-08")
+    assert figures[("first visits within 4 weeks", "%")] == 100.0
+    figures = report(fold_of(referred, on_time, late_referral, late), "2026-08")
+    assert figures[("first visits", "")] == 2
+    assert figures[("first visits within 4 weeks", "%")] == 50.0
+
+
+def test_a_referral_without_a_birth_date_is_aged_by_one_said_after_it_when_none_was_before() -> None:
+    # the API's referrals carry no birth date; a hospital's ADT a week later says 1940-03-01 (86)
+    referral = edited(month.referral("P3", month.at(3, 10), "gp"), patient_birthDate=None)
+    figures = report(fold_of(referral, month.discharge("P3", month.at(10, 9))), "2026-11")
+    assert figures[("age at referral", "85+")] == 1
+    assert figures[("age at referral", "unknown")] == 0
+
+
+def test_a_huddle_the_log_has_not_reached_yet_is_not_counted_as_held() -> None:
+    # the agenda for 24 November published on 20 November, and nothing on the log after it
+    ahead = month.huddle(24, attended=False)
+    ahead = RecordEvent(
+        id=ahead.id, type=ahead.type, source=ahead.source, time=month.at(20, 9), subject=ahead.subject,
+        payload=ahead.payload,
+    )  # fmt: skip
+    figures = report(fold_of(month.huddle(10, attended=True), ahead), "2026-11")
+    assert (figures[("huddles held", "")], figures[("huddles attended", "%")]) == (1, 100.0)
+    later = month.contact("P3", month.at(25, 9), "follow-up")  # the log goes past the meeting: it was held
+    figures = report(fold_of(month.huddle(10, attended=True), ahead, later), "2026-11")
+    assert (figures[("huddles held", "")], figures[("huddles attended", "%")]) == (2, 50.0)
+
+
+def test_onward_referrals_named_in_a_pic_summary_count_by_destination() -> None:
+    from hub.core.pic_summary import composition
+
+    closed = month.episode("P6", month.at(27, 10), "c-bob", closed=True)
+    summary = composition(
+        episode={"id": month.episode_id("P6")},
+        person=month.PEOPLE["P6"],
+        at=month.at(27, 10),
+        author=month.SERVICE,
+        author_name="PIC",
+        sections={"onward": "Age UK befriending; falls clinic\n Age UK  befriending "},
+    )
+    closed.payload["entry"].append({"resource": summary})
+    nothing = month.episode("P3", month.at(28, 10), "c-ann", closed=True)
+    nothing.payload["entry"].append(
+        {
+            "resource": composition(
+                episode={"id": "e"}, person="p", at=month.at(28, 10), author="A", author_name="A", sections={}
+            )
+        }
+    )
+    events = [
+        month.episode("P6", month.at(10, 9), "c-bob"),
+        month.episode("P3", month.at(6, 9), "c-ann"),
+        closed,
+        nothing,
+    ]
+    events.append(month.referral("P6", month.at(20, 11), "care-coordination", to="LA123", by=month.SERVICE))
+    figures = report(fold_of(*events), "2026-11")
+    assert {k[1]: v for k, v in figures.items() if k[0] == "onward referrals by destination"} == {
+        "Age UK befriending": 2,
+        "LA123": 1,
+        "falls clinic": 1,
+    }
+    assert figures[("onward referrals", "")] == 4
+    assert figures[("people referred on", "")] == 1  # P6, both ways; P3's summary names none
