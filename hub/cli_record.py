@@ -64,11 +64,15 @@ def replay(
     ] = None,
     until: Annotated[
         datetime | None,
+        typer.Option(parser=up_to, help=f"Only events that say they happened by this time ({WHEN}: its end)"),
+    ] = None,
+    as_of: Annotated[
+        datetime | None,
         typer.Option(
-            "--until",
             "--as-of",
             parser=up_to,
-            help=f"Only events up to this time: the record as of then ({WHEN}: its end)",
+            help=f"The record as the hub held it at this moment: only events written to its log by then, "
+            f"whatever time they say they happened ({WHEN}: its end)",
         ),
     ] = None,
     workers: Annotated[
@@ -117,6 +121,7 @@ def replay(
                     until=until,
                     progress=lambda read, _: progress.update(task, description=f"{read:,} events read"),
                     workers=workers,
+                    received_by=as_of,
                 )
             )
         except RuntimeError as exc:
@@ -145,6 +150,7 @@ def replay(
                     Engine(load_rules(settings.coordination.rules)),
                     since=since,
                     until=until,
+                    received_by=as_of,
                 )
             )
         except KeyboardInterrupt:
@@ -155,7 +161,7 @@ def replay(
             raise typer.Exit(130) from None
         console.print(f"coordination: {folded.people:,} people's tasks and episodes, {folded.clocks:,} clocks pending")
     digest, resources, events = record_hash(engine)
-    period = since is not None or until is not None
+    period = since is not None or until is not None or as_of is not None
     console.print(escape(_replay_summary(result, target, resources, period=period)), soft_wrap=True)
     typer.echo(f"{digest}  {resources} resources, {events} events applied")
 
@@ -187,7 +193,7 @@ def _replay_summary(result: ReplayResult, target: str, resources: int, *, period
     """Where the record went, and what became of every event read (nothing left unexplained)."""
     ignored = result.events - result.applied - result.skipped
     why = "clock ticks, which the record does not keep, or repeats of events already applied"
-    why += ", or outside --since/--until" if period else ""
+    why += ", or outside --since/--until/--as-of" if period else ""
     return (
         f"replayed {counted(result.events, 'event')} in {result.seconds:.1f}s on "
         f"{counted(result.workers, 'process', 'processes')} into {target}: {result.applied:,} applied, "

@@ -13,6 +13,13 @@ its cancellation are in hub.replay_write.
 
 The log is read without a consumer group (partitions assigned, from the beginning, up to the high
 watermark each fetch reports), so a replay never disturbs the live consumers' offsets.
+
+Two clocks choose what is folded. `since`/`until` are event times (what each event says happened
+when: an HL7 EVN, a referral's date). `received_by` is the log's own clock (each record's Kafka
+timestamp: when the hub wrote it to its log, which its consumers applied at once): the record as
+the hub held it at that moment. A message sent late (a discharge in November sent in December) is
+in a replay `--until` November but not in one `--as-of` November, as the hub did not hold it then;
+the disclosure ledger's times are the same clock as `received_by`.
 """
 
 from __future__ import annotations
@@ -220,6 +227,12 @@ def _decoder() -> Callable[[Any], RecordEvent | None]:
     return event
 
 
+def on_the_log_by(moment: datetime | None) -> int | None:
+    """A moment as a Kafka record timestamp (milliseconds since the epoch): records whose timestamp
+    is no later were on the log by then. None: no bound."""
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
 def _subject_of(record: Any) -> str | None:
     """The event's subject header, as the decoder reads it (a repeated header: the last one)."""
     found = None
@@ -295,8 +308,10 @@ async def replay(
     until: datetime | None = None,
     progress: Progress | None = None,
     workers: int | None = None,
+    received_by: datetime | None = None,
 ) -> ReplayResult:
-    """Fold the log (events with since <= time <= until) into memory, then write it to `engine`.
+    """Fold the log (events with since <= time <= until, written to the log by `received_by`) into
+    memory, then write it to `engine`.
 
     With more than one worker (default: one per core, at most 4 and at most one per partition) the
     partitions are folded in worker processes (hub.replay_parallel); where partitions turn out to
@@ -317,7 +332,15 @@ async def replay(
     if wanted > 1:
         huge = sum(extent) / wanted >= machine.HUGE_PAGES_FROM
         outcome = await replay_in_parallel(
-            bootstrap, engine, wanted, since=since, until=until, progress=progress, huge_pages=huge, events=sum(extent)
+            bootstrap,
+            engine,
+            wanted,
+            since=since,
+            until=until,
+            progress=progress,
+            huge_pages=huge,
+            events=sum(extent),
+            received_by=received_by,
         )
         if isinstance(outcome, ReplayResult):
             return outcome
@@ -325,7 +348,7 @@ async def replay(
     fold = FoldUnitOfWork()
     gc.disable()  # fold and rows only grow; cyclic GC passes over them cost more than the work itself
     try:
-        read, applied, skipped = await _fold(bootstrap, fold, since, until, progress)
+        read, applied, skipped = await _fold(bootstrap, fold, since, until, progress, received_by=received_by)
         await in_thread(write, engine, fold)
     finally:
         gc.enable()
@@ -340,10 +363,13 @@ async def _fold(
     progress: Progress | None,
     only: Callable[[int], bool] | None = None,
     subjects: Collection[str] | None = None,
+    received_by: datetime | None = None,
 ) -> tuple[int, int, int]:
-    """Fold the events on the partitions `only` picks (all) about the people `subjects` names (all)."""
+    """Fold the events on the partitions `only` picks (all) about the people `subjects` names (all),
+    written to the log by `received_by` (all)."""
     read = applied = skipped = 0
     decode = _decoder()
+    by_ms = on_the_log_by(received_by)
     batch = getattr(fold, "batch", None)  # a fold that wants to know each batch's events first
     async for records in read_log(bootstrap, only=only):
         # decoded and applied a few events at a time, not a whole fetch: each event's payload is
@@ -353,6 +379,8 @@ async def _fold(
             for record in records[start : start + _HOT]:
                 if subjects is not None and _subject_of(record) not in subjects:
                     continue  # looked up in the headers: no need to parse the payload
+                if by_ms is not None and record.timestamp > by_ms:
+                    continue  # written to the log after the moment asked for
                 event = decode(record)
                 if event is None:
                     skipped += 1

@@ -19,7 +19,7 @@ from consumers.decoding import decode
 from hub.core.coordination import Positioned, process
 from hub.core.errors import InvalidMessageError
 from hub.core.tasks import Engine
-from hub.replay import read_log
+from hub.replay import on_the_log_by, read_log
 from hub.store.coordination import SqlCoordinationStore
 from hub.store.memory import MemoryCoordinationStore
 
@@ -32,15 +32,25 @@ class CoordinationReplay:
 
 
 async def rebuild(
-    bootstrap: str, engine: sa.Engine, rules: Engine, *, since: datetime | None = None, until: datetime | None = None
+    bootstrap: str,
+    engine: sa.Engine,
+    rules: Engine,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    received_by: datetime | None = None,
 ) -> CoordinationReplay:
-    """Fold the log (events with since <= time <= until) through the rules engine, then write its state."""
+    """Fold the log (events with since <= time <= until, written to the log by `received_by`: see
+    hub.replay) through the rules engine, then write its state."""
     fold = MemoryCoordinationStore()
     uow = fold.unit_of_work()
     events = 0
+    by_ms = on_the_log_by(received_by)
     async for records in read_log(bootstrap):
         batch = []
         for record in records:
+            if by_ms is not None and record.timestamp > by_ms:
+                continue
             try:
                 event = decode(record)
             except InvalidMessageError:

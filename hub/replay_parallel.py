@@ -123,6 +123,7 @@ async def replay_in_parallel(
     progress: Progress | None = None,
     huge_pages: bool = False,
     events: int = 0,
+    received_by: datetime | None = None,
 ) -> ReplayResult | str:
     """The replay on `workers` processes, or why it cannot be (partitions that depend on each other:
     then nothing has been written and the caller folds in one process). `events`: about how many
@@ -132,14 +133,14 @@ async def replay_in_parallel(
     near = Path(target).parent if target and target != ":memory:" else None
     with tempfile.TemporaryDirectory(prefix="carehub-replay-", dir=machine.scratch(near, events)) as tmp:
         paths = [Path(tmp) / f"shard-{i}.db" for i in range(workers)]
-        counts = await _run_workers(bootstrap, paths, since, until, progress, huge_pages, events)
+        counts = await _run_workers(bootstrap, paths, since, until, progress, huge_pages, events, received_by)
         tangled = await asyncio.to_thread(_tangled_in, paths)
         together = FoldUnitOfWork()
         if tangled:  # their events again, read from every partition, folded together here
             log.info("replay: %d people merged across workers are folded again together", len(tangled))
             gc.disable()
             try:
-                await _fold(bootstrap, together, since, until, None, subjects=tangled)
+                await _fold(bootstrap, together, since, until, None, subjects=tangled, received_by=received_by)
             finally:
                 gc.enable()
         outcome = await in_thread(load, engine, paths, tangled, together)
@@ -158,6 +159,7 @@ async def _run_workers(
     progress: Progress | None,
     huge_pages: bool = False,
     events: int = 0,
+    received_by: datetime | None = None,
 ) -> list[tuple[int, int, int]]:
     # spawn, not fork: the caller may have threads (an event loop's executor, a web server's)
     available = machine.memory_available()  # for what to say if the system stops a worker for want of it
@@ -166,7 +168,7 @@ async def _run_workers(
     processes = [
         context.Process(
             target=_worker,
-            args=(bootstrap, index, len(paths), since, until, str(path), counters[index]),
+            args=(bootstrap, index, len(paths), since, until, str(path), counters[index], received_by),
             name=f"carehub-replay-{index}",
             daemon=True,
         )
@@ -232,6 +234,7 @@ def _worker(
     until: datetime | None,
     path: str,
     counter: Any,
+    received_by: datetime | None = None,
 ) -> None:
     """One worker process: fold partitions p with p mod workers == index, write them to a shard."""
     try:
@@ -242,7 +245,10 @@ def _worker(
             counter.value = read
 
         started = time.perf_counter()
-        counts = asyncio.run(_fold(bootstrap, fold, since, until, seen, only=lambda p: p % workers == index))
+        folding = _fold(
+            bootstrap, fold, since, until, seen, only=lambda p: p % workers == index, received_by=received_by
+        )
+        counts = asyncio.run(folding)
         write_shard(Path(path), fold, counts, folded_s=time.perf_counter() - started)
     except BaseException:
         Path(path).with_suffix(".error").write_text(traceback.format_exc())

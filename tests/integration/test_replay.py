@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,38 @@ async def test_replay_rebuilds_the_same_record_and_as_of_a_moment(tmp_path: Path
     assert record_hash(partial) == reference_hash(reference_dir, earlier)
     assert record_hash(partial)[2] == len(earlier) < len(events)
     partial.dispose()
+
+
+async def test_as_of_is_the_record_the_hub_held_then_not_what_events_say_of_the_time_before(
+    tmp_path: Path, tansu: TansuProcess
+) -> None:
+    # a discharge that happened before everything else on the log, sent only after the moment asked
+    # for: --until (event time) takes it in, --as-of (when the hub wrote it to its log) does not
+    events = the_events(700)
+    held, (late, *after) = events[:500], events[500:]
+    late = RecordEvent(
+        late.id, late.type, late.source, min(e.time for e in held) - timedelta(days=30), late.subject, late.payload
+    )
+    await produce(tansu.bootstrap, held)
+    await asyncio.sleep(0.05)
+    moment = datetime.now(UTC)
+    await asyncio.sleep(0.05)
+    await produce(tansu.bootstrap, [late, *after])
+
+    as_of = open_engine(f"sqlite:///{tmp_path / 'as-of.db'}")
+    result = await replay(tansu.bootstrap, as_of, received_by=moment, workers=2)
+    assert (result.events, result.applied) == (700, 500)
+    (tmp_path / "held").mkdir()
+    assert record_hash(as_of) == reference_hash(tmp_path / "held", held)
+    as_of.dispose()
+
+    until = open_engine(f"sqlite:///{tmp_path / 'until.db'}")
+    await replay(tansu.bootstrap, until, until=max(e.time for e in held), workers=1)
+    (tmp_path / "until").mkdir()
+    said_by_then = [e for e in [*held, late, *after] if e.time <= max(e.time for e in held)]
+    assert late in said_by_then
+    assert record_hash(until) == reference_hash(tmp_path / "until", said_by_then)
+    until.dispose()
 
 
 @pytest.mark.postgres
