@@ -74,6 +74,7 @@ from tests.builders import an_agreement, an_objection
 from tests.kafka_log import header, read_all
 
 START = datetime(2026, 9, 1, tzinfo=UTC)
+READ = START + timedelta(days=365)  # when the adapters read the rows: after all that they say happened
 TICK_EVERY = timedelta(hours=12)
 SUBSCRIBER = "Y90001"  # a practice of the synthetic locality: its patients' admissions and discharges
 SERVICE = month.SERVICE  # the PIC service of the rules file
@@ -147,7 +148,7 @@ class _Builder:
 
     def _row(self, fmt: Format, values: dict[str, Any], subject: str) -> RecordEvent:
         self.rows += 1
-        m = map_row(fmt, Row(self.rows + 1, values, b""), key_secret=self.secret)
+        m = map_row(fmt, Row(self.rows + 1, values, b""), key_secret=self.secret, now=READ)
         assert m.person_key == subject, "the adapters must key the person as the hospital does"
         return RecordEvent(m.event_id, m.event_type, m.source, m.event_time, m.person_key, m.payload)
 

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 from hub.core import nhs_number as nhs
 from hub.core.errors import InvalidMessageError
+from hub.core.skew import CLOCK_SKEW
 
 UK = ZoneInfo("Europe/London")
 MAX_TEXT = 2000
@@ -36,6 +37,7 @@ class When:
     fhir: str
     utc: datetime
     day: date
+    timed: bool = False  # a date and time, not a date alone
 
 
 def is_gss(code: str) -> bool:
@@ -164,7 +166,20 @@ class RowFields:
             raise self.fail(name, f"{raw[:40]!r} is not a real date and time") from exc
         if abs(moment.utcoffset() or timedelta()) > timedelta(hours=14):
             raise self.fail(name, f"{raw[:40]!r} has a UTC offset beyond 14 hours")
-        return When(moment.isoformat(), utc, moment.date())
+        return When(moment.isoformat(), utc, moment.date(), timed=True)
+
+    def not_future(self, name: str, when: When, now: datetime) -> When:
+        """`when`, refused if later than `now` by more than CLOCK_SKEW (a date: after today in the UK)."""
+        latest = now + CLOCK_SKEW
+        today = latest.astimezone(UK).date()
+        if when.timed and when.utc > latest:
+            minutes = int(CLOCK_SKEW.total_seconds() // 60)
+            said = f"now is {now.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}, give or take {minutes} minutes"
+        elif not when.timed and when.day > today:
+            said = f"today is {today.isoformat()} in the UK"
+        else:
+            return when
+        raise self.fail(name, f"{when.fhir} is in the future ({said}): a row says when something happened")
 
     def _to_day(self, name: str, raw: str) -> When:
         if not _DATE.fullmatch(raw):

@@ -58,6 +58,7 @@ class ReferralIntake:
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self._key_secret = key_secret
+        self._clock = clock
         self._out = Publisher(
             broker, timeout=publish_timeout, clock=clock, unit="the row", retry="ingest the file again"
         )
@@ -76,7 +77,7 @@ class ReferralIntake:
     async def accept(self, row: Row, fmt: Format, origin: str, *, extracted_on: date | None = None) -> Outcome:
         """Map and publish one row, or dead-letter it."""
         try:
-            event = map_row(fmt, row, key_secret=self._key_secret, extracted_on=extracted_on)
+            event = map_row(fmt, row, key_secret=self._key_secret, now=self._clock(), extracted_on=extracted_on)
         except InvalidMessageError as error:
             return await self._reject(row.raw, row, error, origin, fmt.content_type)
         try:

@@ -94,8 +94,11 @@ class _Referral:
     assessment: str | None = None
 
 
-def map_row(fmt: Format, row: Row, *, key_secret: bytes, extracted_on: date | None = None) -> MappedEvent:
-    """One row as one event; InvalidMessageError naming the row and field if it cannot be."""
+def map_row(
+    fmt: Format, row: Row, *, key_secret: bytes, now: datetime, extracted_on: date | None = None
+) -> MappedEvent:
+    """One row as one event; InvalidMessageError naming the row and field if it cannot be (a referral
+    or outcome dated later than `now`, the time the file is read, among them)."""
     if row.problem is not None:
         raise row.problem
     values = row.values
@@ -105,10 +108,10 @@ def map_row(fmt: Format, row: Row, *, key_secret: bytes, extracted_on: date | No
     if fmt is Format.REGISTER:
         return _register_row(f, key_secret)
     if fmt is Format.VCSE_OUTCOME:
-        return _outcome(f, key_secret)
+        return _outcome(f, key_secret, now)
     if fmt is Format.VCSE_JSON:
-        return _referral_event(f, _vcse_referral(f, key_secret))
-    return _referral_event(f, _asc_referral(f, key_secret))
+        return _referral_event(f, _vcse_referral(f, key_secret, now))
+    return _referral_event(f, _asc_referral(f, key_secret, now))
 
 
 def _register_row(f: RowFields, secret: bytes) -> MappedEvent:
@@ -154,11 +157,11 @@ def _observation(oid: str, key: str, measure: str, value: Json) -> Json:
     return resource | {"subject": {"reference": f"Patient/{key}"}} | value
 
 
-def _asc_referral(f: RowFields, secret: bytes) -> _Referral:
+def _asc_referral(f: RowFields, secret: bytes, now: datetime) -> _Referral:
     nhs = f.nhs_number()
     born = f.optional_day("birth_date")
     practice = f.ods("gp_practice_ods", practice=True) or ""
-    referred = f.when("referred_on")
+    referred = f.not_future("referred_on", f.when("referred_on"), now)
     referrer = f.local_authority("referrer")
     addressed_to = f.ods("addressed_to") or ""
     reason = f.text("reason") or ""
@@ -173,12 +176,12 @@ def _asc_referral(f: RowFields, secret: bytes) -> _Referral:
     )  # fmt: skip
 
 
-def _vcse_referral(f: RowFields, secret: bytes) -> _Referral:
+def _vcse_referral(f: RowFields, secret: bytes, now: datetime) -> _Referral:
     referral_id = _referral_ref(f, required=True)
     nhs = f.nhs_number()
     born = f.optional_day("birth_date")
     practice = f.ods("gp_practice_ods", practice=True) or ""
-    referred = f.when("referred_on")
+    referred = f.not_future("referred_on", f.when("referred_on"), now)
     referrer = f.ods("referrer") or ""
     addressed_to = f.ods("addressed_to") or ""
     needs = [NEEDS[n] for n in f.choices("needs", tuple(NEEDS))]
@@ -235,12 +238,12 @@ def _referral_event(f: RowFields, r: _Referral) -> MappedEvent:
     return _event(f, co.REFERRAL_RECEIVED, event_id, r.referrer, r.referred.utc, r.key, resources)
 
 
-def _outcome(f: RowFields, secret: bytes) -> MappedEvent:
+def _outcome(f: RowFields, secret: bytes, now: datetime) -> MappedEvent:
     referral_id = _referral_ref(f, required=True) or ""
     referrer = f.ods("referrer") or ""
     nhs = f.nhs_number()
     outcome = f.choice("outcome", co.OUTCOMES) or ""
-    on = f.when("on")
+    on = f.not_future("on", f.when("on"), now)
     key = person_key(secret, nhs, None)
     rid = _request_id("voluntary-sector", referrer, referral_id)
     request = _service_request(rid, "voluntary-sector", key, nhs, referrer, ODS_SYSTEM, referral_id)

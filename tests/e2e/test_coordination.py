@@ -469,6 +469,64 @@ async def test_a_referral_sent_again_with_its_referrers_identifier_is_made_once(
         assert (services.reader.read("ServiceRequest", made) or {})["subject"]["reference"] == f"Patient/{person}"
 
 
+async def test_a_time_in_the_future_is_refused_400_naming_the_field_and_never_reaches_the_log(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    services = build(settings)
+    now = datetime.now(UTC)
+    secret = services.secrets.token
+    gp = {"Authorization": f"Bearer {issue_token(secret, org=month.PRACTICE, role='clinician', now=now)}"}
+    pic = {"Authorization": f"Bearer {issue_token(secret, org=month.SERVICE, role='coordinator', now=now)}"}
+    ahead = (now + timedelta(days=57)).isoformat()  # 2027-02-01, said on 2026-12-06: February's KPIs
+
+    async with (
+        running(settings, services=services, mllp=False) as run,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{run.http_port}/fhir") as http,
+    ):
+        future = await http.post("/ServiceRequest", json=_referral("9434765919") | {"authoredOn": ahead}, headers=gp)
+        assert future.status_code == 400, future.text
+        issue = future.json()["issue"][0]
+        assert (future.json()["resourceType"], issue["code"]) == ("OperationOutcome", "value")
+        assert issue["expression"] == ["ServiceRequest.authoredOn"]
+        assert issue["diagnostics"].startswith(f"ServiceRequest.authoredOn {ahead} is in the future (later than now")
+        fast = (now + timedelta(minutes=2)).isoformat()  # a caller's clock a little fast is no reason to refuse
+        made = await http.post("/ServiceRequest", json=_referral("9434765919") | {"authoredOn": fast}, headers=gp)
+        assert made.status_code == 201, made.text
+        referral = made.json()["id"]
+        person = made.json()["subject"]["reference"].removeprefix("Patient/")
+        await until(lambda: services.reader.read("ServiceRequest", referral) is not None, 30, "the referral")
+
+        for path, params in [
+            (f"/ServiceRequest/{referral}/$accept", _params(coordinator="c-ann", at=ahead)),
+            (f"/ServiceRequest/{referral}/$decline", _params(reason="moved away", at=ahead)),
+            (f"/Patient/{person}/$record-contact", _params(kind="face-to-face", at=ahead)),
+        ]:
+            refused = await http.post(path, json=params, headers=pic)
+            assert refused.status_code == 400, (path, refused.text)
+            issue = refused.json()["issue"][0]
+            assert issue["expression"] == ["Parameters.at"]
+            assert issue["diagnostics"].startswith(f"Parameters.at {ahead} is in the future"), issue
+        accepted = await http.post(
+            f"/ServiceRequest/{referral}/$accept", json=_params(coordinator="c-ann"), headers=pic
+        )
+        assert accepted.status_code == 201, accepted.text
+        episode = accepted.json()["id"]
+        await until(lambda: services.reader.read("EpisodeOfCare", episode) is not None, 30, "the episode")
+        refused = await http.post(f"/EpisodeOfCare/{episode}/$close", json=_params(at=ahead), headers=pic)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["issue"][0]["expression"] == ["Parameters.at"]
+
+        # what was refused was never an event: only the referral and its acceptance, at times already come
+        for kind, expected in [
+            (co.REFERRAL_RECEIVED, 1),
+            (co.REFERRAL_OUTCOME, 1),
+            (co.CONTACT_RECORDED, 0),
+            (co.EPISODE_CLOSED, 0),
+        ]:
+            times = [datetime.fromisoformat(t) for _, _, t in await log_events(run.bootstrap, kind.type)]
+            assert len(times) == expected, (kind.type, times)
+            assert all(t <= datetime.now(UTC) + timedelta(minutes=5) for t in times)
+
+
 async def read_until(http: httpx.AsyncClient, path: str, headers: dict[str, str], check: Any, what: str) -> Any:
     """GET `path` until `check(resource)` holds (a command's effect reaches the record through the log)."""
     deadline = time.perf_counter() + 30

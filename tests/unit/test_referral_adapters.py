@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ REGISTER_HEADER = (
     "nhs_number,practice_ods,non_elective_admissions_12m,long_term_conditions,frailty,birth_date,extracted_on"
 )
 ASC_HEADER = "referral_id,nhs_number,birth_date,gp_practice_ods,referred_on,referrer,addressed_to,reason"
+NOW = datetime(2026, 11, 25, tzinfo=UTC)  # when the tests' files are read
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -101,14 +102,14 @@ def map_file(raw: bytes, fmt: Format, **kw: Any) -> list[MappedEvent | InvalidMe
     results: list[MappedEvent | InvalidMessageError] = []
     for row in read_rows(raw, fmt):
         try:
-            results.append(map_row(fmt, row, key_secret=SECRET, **kw))
+            results.append(map_row(fmt, row, key_secret=SECRET, **({"now": NOW} | kw)))
         except InvalidMessageError as error:
             results.append(error)
     return results
 
 
 def one(fmt: Format, values: dict[str, Any], **kw: Any) -> MappedEvent:
-    return map_row(fmt, Row(2, values, b""), key_secret=SECRET, **kw)
+    return map_row(fmt, Row(2, values, b""), key_secret=SECRET, **({"now": NOW} | kw))
 
 
 def rejection(fmt: Format, values: dict[str, Any], **kw: Any) -> str:
@@ -384,6 +385,48 @@ def test_bad_outcome_updates_are_rejected(changes: dict[str, Any], reason: str) 
     assert rejection(Format.VCSE_OUTCOME, outcome(**changes)).startswith(reason)
 
 
+@pytest.mark.parametrize(
+    ("fmt", "values", "field", "shown"),
+    [
+        (Format.ASC_JSON, asc_referral(referred_on="2026-11-26"), "referred_on", "2026-11-26"),
+        (Format.ASC_JSON, asc_referral(referred_on="2027-02-01T00:00:00Z"), "referred_on", "2027-02-01T00:00:00+00:00"),
+        (
+            Format.VCSE_JSON,
+            vcse_referral(referred_on="2026-11-25T00:06:00Z"),
+            "referred_on",
+            "2026-11-25T00:06:00+00:00",
+        ),
+        (Format.VCSE_OUTCOME, outcome(on="2027-02-01"), "on", "2027-02-01"),
+        (Format.VCSE_OUTCOME, outcome(on="2026-11-25T01:00:00+00:00"), "on", "2026-11-25T01:00:00+00:00"),
+    ],
+)
+def test_a_referral_or_outcome_dated_in_the_future_is_rejected_naming_row_and_field(
+    fmt: Format, values: dict[str, Any], field: str, shown: str
+) -> None:
+    reason = rejection(fmt, values, now=NOW)
+    assert reason.startswith(f"row 2, field {field}: {shown} is in the future ("), reason
+
+
+@pytest.mark.parametrize(
+    ("fmt", "values"),
+    [
+        (Format.ASC_JSON, asc_referral(referred_on="2026-11-25")),  # today, whatever the hour
+        (Format.VCSE_JSON, vcse_referral(referred_on="2026-11-25T00:04:59Z")),  # within the clock skew
+        (Format.VCSE_OUTCOME, outcome(on="2026-11-25T00:00:00")),  # UK local time, GMT in November
+    ],
+)
+def test_a_row_dated_now_or_within_the_clock_skew_is_taken(fmt: Format, values: dict[str, Any]) -> None:
+    assert one(fmt, values, now=NOW).event_time <= NOW + timedelta(minutes=5)
+
+
+def test_a_date_is_in_the_future_by_the_uk_calendar() -> None:
+    late_evening_in_summer = datetime(2026, 7, 1, 23, 30, tzinfo=UTC)  # 00:30 on 2 July in London
+    assert one(Format.ASC_JSON, asc_referral(referred_on="2026-07-02"), now=late_evening_in_summer)
+    assert "is in the future" in rejection(
+        Format.ASC_JSON, asc_referral(referred_on="2026-07-03"), now=late_evening_in_summer
+    )
+
+
 # --- ids, idempotency ---------------------------------------------------------------------------------
 
 
@@ -569,7 +612,7 @@ class FakeBroker:
 
 
 def intake(broker: FakeBroker) -> ReferralIntake:
-    return ReferralIntake(broker, key_secret=SECRET, clock=lambda: datetime(2026, 11, 25, tzinfo=UTC))  # type: ignore[arg-type]
+    return ReferralIntake(broker, key_secret=SECRET, clock=lambda: NOW)  # type: ignore[arg-type]
 
 
 async def test_good_rows_are_published_and_a_bad_row_is_dead_lettered_whole_with_row_and_field() -> None:
@@ -603,6 +646,23 @@ async def test_a_bad_json_document_is_dead_lettered_as_json() -> None:
     assert headers["content-type"] == "application/json"
     assert orjson.loads(value)["referral_id"] == "VCS-2"
     assert headers["ce_source"] == "urn:ods:VCS001"
+
+
+async def test_a_row_dated_in_the_future_is_dead_lettered_whole_and_the_others_go_on() -> None:
+    broker = FakeBroker()
+    rows = [
+        asc_referral(),
+        asc_referral(referral_id="ASC-2", referred_on="2027-02-01"),
+        asc_referral(referral_id="ASC-3"),
+    ]
+    outcomes = await intake(broker).ingest(csv_of(rows, ASC_HEADER), "file:/data/asc.csv", Format.ASC_CSV)
+    assert [(o.row, o.status) for o in outcomes] == [(2, ACCEPTED), (3, REJECTED), (4, ACCEPTED)]
+    assert outcomes[1].reason and outcomes[1].reason.startswith("row 3, field referred_on: 2027-02-01 is in the future")
+    assert len(broker.on(EVENTS.name)) == 2
+    ((_, value, _, headers),) = broker.on(DEAD_LETTER.name)
+    assert value.decode().splitlines()[1].startswith("ASC-2,") and value.decode().count("\n") == 2
+    issue = orjson.loads(headers[OUTCOME_HEADER])["issue"][0]
+    assert issue["expression"] == ["row 3", "referred_on"]
 
 
 async def test_an_unreadable_file_is_dead_lettered_whole() -> None:
@@ -644,7 +704,7 @@ def survive(raw: bytes, fmt: Format | None) -> list[MappedEvent]:
         problems.append((None, error))
     for row in rows:
         try:
-            events.append(map_row(chosen, row, key_secret=SECRET))
+            events.append(map_row(chosen, row, key_secret=SECRET, now=NOW))
         except HubError as error:
             problems.append((row.number, error))
         assert isinstance(row.raw, bytes)
@@ -730,7 +790,7 @@ def test_valid_register_rows_always_map_one_event_each(rows: list[dict[str, str]
     st.from_regex(r"[A-Z][0-9]{5}", fullmatch=True),
     st.from_regex(r"[EWSN][0-9]{8}", fullmatch=True),
     st.text(min_size=1, max_size=200).filter(lambda t: t.strip() and t.isprintable()),
-    st.datetimes(datetime(1990, 1, 1), datetime(2040, 1, 1)),
+    st.datetimes(datetime(1990, 1, 1), NOW.replace(tzinfo=None)),
     st.sampled_from([None, "eligible", "not-eligible", "declined", "pending"]),
     st.integers(0, 2**32),
 )

@@ -32,6 +32,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from hub.api.auth import Principal, TokenVerifier
 from hub.api.outcomes import FhirResponse
 from hub.api.routes.coordination_input import (
+    at_param,
     at_time,
     business_identifier,
     found_practice,
@@ -127,8 +128,9 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
                 ("ServiceRequest.status",),
                 code="code-invalid",
             )
-        person = person_key(api_.key_secret, nhs, None)
         now = datetime.now(UTC)
+        authored = at_time(body["authoredOn"], now, "ServiceRequest.authoredOn") if "authoredOn" in body else now
+        person = person_key(api_.key_secret, nhs, None)
         request_ = {k: v for k, v in body.items() if k != "meta"}
         request_["id"] = str(uuid.uuid4())
         said = business_identifier(request_)
@@ -171,9 +173,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         }
         if referral_source(request_) == "gp":  # only a GP's own referral says the caller is the person's practice
             stub["generalPractitioner"] = [{"identifier": {"system": ODS_SYSTEM, "value": who.org}}]
-        await emit(
-            co.REFERRAL_RECEIVED.type, who, person, at_time(request_["authoredOn"]), request_, stub, event_id=event_id
-        )
+        await emit(co.REFERRAL_RECEIVED.type, who, person, authored, request_, stub, event_id=event_id)
         return FhirResponse(request_, status_code=201, headers={"Location": f"/fhir/ServiceRequest/{request_['id']}"})
 
     @api.post("/fhir/ServiceRequest/{id}/$accept", status_code=201, summary="Allocate a referral to a coordinator")
@@ -181,7 +181,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         coordinator_only(who)
         params = parameters(await read_body(request))
         coordinator = str(param(params, "coordinator", required=True))
-        at = at_time(param(params, "at")) if param(params, "at") else datetime.now(UTC)
+        at = at_param(params, datetime.now(UTC))
         referral = referral_of(id)
         person = person_of(referral)
         if (api_.coordination.state(person) or {}).get("episode"):
@@ -212,7 +212,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
     async def decline(request: Request, id: Id, who: Caller) -> FhirResponse:
         coordinator_only(who)
         params = parameters(await read_body(request))
-        at = at_time(param(params, "at")) if param(params, "at") else datetime.now(UTC)
+        at = at_param(params, datetime.now(UTC))
         referral = referral_of(id)
         declined = with_outcome(referral, "declined", "revoked")
         reason = param(params, "reason")
@@ -230,9 +230,9 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
             raise InvalidMessageError(
                 f"kind must be one of {', '.join(co.CONTACT_KINDS)}", ("Parameters.kind",), code="code-invalid"
             )
+        at = at_param(params, datetime.now(UTC))
         if api_.reader.read("Patient", fhir_id(id, "Patient")) is None:
             raise UnknownPersonError(f"no Patient/{id} in the shared care record", ("Patient",))
-        at = at_time(param(params, "at")) if param(params, "at") else datetime.now(UTC)
         encounter: Json = {
             "resourceType": "Encounter",
             "id": str(uuid.uuid4()),
@@ -257,12 +257,12 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
     async def close(request: Request, id: Id, who: Caller) -> FhirResponse:
         coordinator_only(who)
         params = parameters(await read_body(request))
+        at = at_param(params, datetime.now(UTC))
         episode = api_.reader.read("EpisodeOfCare", fhir_id(id, "EpisodeOfCare"))
         if episode is None:
             raise UnknownPersonError(f"no EpisodeOfCare/{id} in the shared care record", ("EpisodeOfCare",))
         if episode.get("status") == "finished":
             raise RuleRefusedError("this episode is already closed", ("EpisodeOfCare.status",))
-        at = at_time(param(params, "at")) if param(params, "at") else datetime.now(UTC)
         person = str(episode["patient"]["reference"]).removeprefix("Patient/")
         closed = {k: v for k, v in episode.items() if k != "meta"}
         closed["status"] = "finished"

@@ -16,6 +16,7 @@ from hub.core import nhs_number
 from hub.core.errors import InvalidMessageError
 from hub.core.fhir_read import ODS_CODE, referral_source
 from hub.core.ports import Json
+from hub.core.skew import CLOCK_SKEW
 from hub.core.tasks import FIND_PRACTICE
 from schemas.agreements import Agreement
 from schemas.events import coordination as co
@@ -149,18 +150,32 @@ def param(params: Json, name: str, *, required: bool = False) -> str | None:
     return None
 
 
-def at_time(value: str | None) -> datetime:
+def at_time(value: str | None, now: datetime, where: str = "Parameters.at") -> datetime:
+    """A time the caller says something happened (ISO 8601 with its offset), in UTC; refused when it
+    is later than `now` by more than CLOCK_SKEW, as it would count in the KPIs of a time yet to come."""
     try:
         parsed = datetime.fromisoformat(str(value))
         if parsed.tzinfo is not None:
             parsed = parsed.astimezone(UTC)
     except (ValueError, OverflowError) as exc:
-        raise InvalidMessageError(f"{value!r} is not an ISO 8601 date and time", ("Parameters.at",)) from exc
+        raise InvalidMessageError(f"{value!r} is not an ISO 8601 date and time", (where,)) from exc
     if parsed.tzinfo is None:
+        raise InvalidMessageError("a date and time needs its UTC offset (e.g. 2026-11-25T10:00:00Z)", (where,))
+    if parsed > now + CLOCK_SKEW:
+        minutes = int(CLOCK_SKEW.total_seconds() // 60)
         raise InvalidMessageError(
-            "a date and time needs its UTC offset (e.g. 2026-11-25T10:00:00Z)", ("Parameters.at",)
+            f"{where} {value} is in the future (later than now, {now.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}, by more "
+            f"than the {minutes} minutes allowed for clock skew): give the time it happened, not a time yet to come",
+            (where,),
+            code="value",
         )
     return parsed
+
+
+def at_param(params: Json, now: datetime) -> datetime:
+    """When a command says its event happened (parameter at, never in the future), else now."""
+    given = param(params, "at")
+    return at_time(given, now) if given else now
 
 
 def nhs_number_of(body: Json) -> str:
