@@ -5,7 +5,6 @@ hub.cli_record)."""
 from __future__ import annotations
 
 import asyncio
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -31,7 +30,6 @@ from hub.instants import UK, from_, up_to
 from hub.terminal import listing
 
 if TYPE_CHECKING:
-    from hub.core.kpis import KpiFold
     from hub.core.policy import Asker
     from schemas.agreements import Agreement
 
@@ -274,12 +272,22 @@ def kpi(
     data_dir: DataDir = Path("var"),
 ) -> None:
     """The commissioner's KPIs for a month, computed from the event log: CSV and an HTML report with charts."""
-    from hub.kpi_report import fold_log, skipped_note, write_csv, write_html
+    from hub.kpi_report import (
+        COMPLETE,
+        about,
+        checked_month,
+        fold_log,
+        months_counted,
+        skipped_note,
+        write_csv,
+        write_html,
+    )
     from hub.rules import load_rules
 
-    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
-        console.print(f"[red]--month {month!r}: give the month as YYYY-MM, e.g. 2026-11[/red]")
-        raise typer.Exit(2)
+    try:
+        month = checked_month(month, datetime.now(UTC).astimezone(UK).date())
+    except ValueError as exc:
+        fail(f"--month {exc}")
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file: give a folder for kpi-{month}.csv and kpi-{month}.html")
     settings = make_settings(data_dir)
@@ -292,8 +300,9 @@ def kpi(
     rules = load_rules(settings.coordination.rules)
     fold, read = asyncio.run(fold_log(bootstrap, rules.service.ods))
     rows = fold.report(month)
-    write_csv(rows, out / f"kpi-{month}.csv", skipped=fold.skipped)
-    write_html(rows, out / f"kpi-{month}.html", month=month, title=rules.service.name, skipped=fold.skipped)
+    said = about(fold, month, datetime.now(UTC))
+    write_csv(rows, out / f"kpi-{month}.csv", skipped=fold.skipped, about=said)
+    write_html(rows, out / f"kpi-{month}.html", month=month, title=rules.service.name, skipped=fold.skipped, about=said)
     table = listing("KPI", "breakdown", "value", "target")
     for row in rows:  # practice, source and coordinator codes come from payloads: text, never markup
         value = "n/a" if row.value is None else f"{row.value:g}"
@@ -301,9 +310,11 @@ def kpi(
     console.print(table)
     if fold.skipped:
         console.print(f"[yellow]{escape(skipped_note(fold.skipped))}[/yellow]")
-    held = _months_counted(fold)
+    held = months_counted(fold)
     if month not in held:  # (a mistyped month reads as a quiet one)
         console.print(f"[yellow]{escape(_no_events_note(month, held, read))}[/yellow]", soft_wrap=True)
+    colour = "green" if said.status == COMPLETE else "yellow"
+    console.print(f"[{colour}]{month}: {escape(said.status)}[/{colour}]", soft_wrap=True)
     console.print(f"{read:,} events read; wrote {out / f'kpi-{month}.csv'} and {out / f'kpi-{month}.html'}")
 
 
@@ -311,16 +322,6 @@ def covers_audit(agreements: list[Agreement], asker: Asker) -> bool:
     """Whether any agreement in force on the asker's day names their organisation for audit."""
     day = asker.at.date()
     return any(asker.org in a.party_codes and "audit" in a.purposes and a.in_force(day) for a in agreements)
-
-
-def _months_counted(fold: KpiFold) -> set[str]:
-    """The UK months (YYYY-MM) in which the log holds something the KPIs count."""
-    times = [r.at for r in fold.referrals.values()]
-    times += [t for r in fold.referrals.values() for t in (r.first_contact, r.first_visit) if t is not None]
-    times += [t for e in fold.episodes.values() for t in (e.start, e.end, e.letter) if t is not None]
-    times += [*fold.onward.values(), *(at for at, _ in fold.outcomes.values())]
-    months = {t.astimezone(UK).strftime("%Y-%m") for t in times}
-    return months | {day.strftime("%Y-%m") for day, _, _ in fold.huddles.values()}
 
 
 def _no_events_note(month: str, held: set[str], read: int) -> str:

@@ -3,6 +3,23 @@
 The figures come from hub.core.kpis, a fold over events, so the same log always gives the same
 report (and a replayed log gives the report the live hub would have). Charts are inline SVG: the
 report is one self-contained file that prints and opens anywhere, with no script.
+
+Every report says what its figures are of (`About`): when it was generated (UTC), how far the log
+goes (its latest event, UK time with the UTC offset) and the month's status: "complete", "partial:
+the log goes up to <time>" (the month was not over at the log's last event, or at generation) or
+"no events in this month" (the log holds nothing the KPIs count in it).
+
+The CSV is one table, one line per figure, so that months' files concatenate and load as one:
+    month         YYYY-MM, on every line
+    kpi, breakdown, value    value blank where there is nothing to divide by
+    unit          count, %, days or hours
+    of            what a percentage or mean is of (its denominator); blank for a count
+    target        the contract's words; target_min and target_max the same as numbers ("95%" is a
+                  floor of 95, "20-25%" 20 to 25, the caseload's "28" a cap), blank where it has none
+    month_status, log_up_to_uk, generated_utc   the `About`, repeated on every line (a filter on
+                  month_status picks out partial and empty months in a concatenation)
+then one line per reason events were skipped (kpi "events skipped (whole log)", the reason in
+breakdown, the count in value), if any were.
 """
 
 from __future__ import annotations
@@ -11,15 +28,40 @@ import csv
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from html import escape
 from pathlib import Path
 
 from consumers.decoding import decode
 from hub.core.errors import InvalidMessageError
 from hub.core.kpis import KpiFold, Row
+from hub.instants import UK
 from hub.replay import read_log
 
 SKIPPED = "events skipped (whole log)"
+COMPLETE = "complete"
+NO_EVENTS = "no events in this month"
+PARTIAL = "partial: the log goes up to"
+COLUMNS = (
+    "month",
+    "kpi",
+    "breakdown",
+    "value",
+    "unit",
+    "of",
+    "target",
+    "target_min",
+    "target_max",
+    "month_status",
+    "log_up_to_uk",
+    "generated_utc",
+)
+# --month's years: no event log is older than 1970, and the bounds keep the month's start and end (one
+# month on) inside what datetime can hold; [0-9], not \d, which matches any script's digits (２０２６)
+FIRST_YEAR, LAST_YEAR = 1970, 2100
+_MONTH = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
+_TARGET = re.compile(r"([0-9]+(?:\.[0-9]+)?)(?:-([0-9]+(?:\.[0-9]+)?))?(%?)")
 # a spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"-?\d+(\.\d+)?")
@@ -27,6 +69,68 @@ _NUMBER = re.compile(r"-?\d+(\.\d+)?")
 # label column sized from the longest label is never drawn over by the bars; longer labels are shortened
 _CHAR_PX = 8.4
 _LABEL_CHARS = 40
+
+
+@dataclass(frozen=True)
+class About:
+    """What a report's figures are of: the month, when it was generated (UTC), the log's latest
+    event (None: the log holds none) and the month's status (COMPLETE, PARTIAL... or NO_EVENTS)."""
+
+    month: str
+    generated: datetime
+    log_up_to: datetime | None
+    status: str
+
+    @property
+    def log_up_to_uk(self) -> str:
+        return "" if self.log_up_to is None else uk_time(self.log_up_to)
+
+    @property
+    def generated_utc(self) -> str:
+        return self.generated.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def checked_month(text: str, today: date) -> str:
+    """`text` if it names a month a report can be for: YYYY-MM in ASCII digits, a year from
+    FIRST_YEAR to LAST_YEAR, begun by `today` (a UK day); else ValueError saying why, in one line."""
+    typed = _MONTH.fullmatch(text)
+    if typed is None:
+        raise ValueError(f"{text!r}: give the month as YYYY-MM, e.g. 2026-11")
+    if not FIRST_YEAR <= int(typed[1]) <= LAST_YEAR:
+        raise ValueError(f"{text!r}: the year must be from {FIRST_YEAR} to {LAST_YEAR}")
+    if date(int(typed[1]), int(typed[2]), 1) > today:
+        raise ValueError(f"{text!r} has not begun (today is {today} in the UK): there is nothing to report yet")
+    return text
+
+
+def about(fold: KpiFold, month: str, generated: datetime) -> About:
+    """The status of `month` (YYYY-MM) on the folded log, for a report generated at `generated`
+    (ask after fold.report(month), which works out the first contacts this looks at)."""
+    last = fold.log_up_to
+    start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UK)
+    end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+    if last is None or month not in months_counted(fold):
+        status = NO_EVENTS
+    elif last < end or generated < end:
+        status = f"{PARTIAL} {uk_time(last)}"
+    else:
+        status = COMPLETE
+    return About(month, generated.astimezone(UTC), last, status)
+
+
+def months_counted(fold: KpiFold) -> set[str]:
+    """The UK months (YYYY-MM) in which the log holds something the KPIs count."""
+    times = [r.at for r in fold.referrals.values()]
+    times += [t for r in fold.referrals.values() for t in (r.first_contact, r.first_visit) if t is not None]
+    times += [t for e in fold.episodes.values() for t in (e.start, e.end, e.letter) if t is not None]
+    times += [*fold.onward.values(), *(at for at, _ in fold.outcomes.values())]
+    months = {t.astimezone(UK).strftime("%Y-%m") for t in times}
+    return months | {day.strftime("%Y-%m") for day, _, _ in fold.huddles.values()}
+
+
+def uk_time(moment: datetime) -> str:
+    """A moment as UK local time with its UTC offset, to the second (2026-11-28T09:00:00+00:00)."""
+    return moment.astimezone(UK).isoformat(timespec="seconds")
 
 
 async def fold_log(bootstrap: str, service: str) -> tuple[KpiFold, int]:
@@ -45,24 +149,56 @@ async def fold_log(bootstrap: str, service: str) -> tuple[KpiFold, int]:
     return fold, read
 
 
-def write_csv(rows: Sequence[Row], path: Path, *, skipped: Mapping[str, int] | None = None) -> None:
-    """kpi, breakdown, value, target: one line per figure (value blank when there is nothing to divide
-    by), then one line per reason events were skipped, if any were."""
+def write_csv(
+    rows: Sequence[Row], path: Path, *, skipped: Mapping[str, int] | None = None, about: About | None = None
+) -> None:
+    """The COLUMNS, one line per figure, then one line per reason events were skipped, if any were
+    (the layout is in the module docstring). Without `about` its columns are blank."""
+    month = "" if about is None else about.month
+    said = ["", "", ""] if about is None else [about.status, about.log_up_to_uk, about.generated_utc]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as out:
         writer = csv.writer(out)
-        writer.writerow(["kpi", "breakdown", "value", "target"])
+        writer.writerow(COLUMNS)
         for row in rows:
+            low, high = target_range(row.target)
             writer.writerow(
                 [
+                    month,
                     spreadsheet_text(row.kpi),
                     spreadsheet_text(row.breakdown),
                     _number(row.value),
+                    unit(row),
+                    "" if row.of is None else row.of,
                     spreadsheet_text(row.target),
+                    _number(low),
+                    _number(high),
+                    *map(spreadsheet_text, said),
                 ]
             )
         for reason, count in sorted((skipped or {}).items()):
-            writer.writerow([SKIPPED, spreadsheet_text(reason), count, ""])
+            writer.writerow([month, SKIPPED, spreadsheet_text(reason), count, "count", "", "", "", "", *said])
+
+
+def unit(row: Row) -> str:
+    """What the row's value is: "%", "days" or "hours" (a mean, by its KPI's name), else "count"."""
+    if row.breakdown == "%" or row.breakdown.startswith("% of "):
+        return "%"
+    if row.breakdown == "mean":
+        return next((word for word in ("days", "hours") if word in row.kpi.split()), "")
+    return "count"
+
+
+def target_range(target: str) -> tuple[float | None, float | None]:
+    """The contract's target as (at least, at most): "95%" is (95, None), "20-25%" (20, 25), a bare
+    number is a cap ("28" caseload: (None, 28)), and words ("to be baselined") are (None, None)."""
+    said = _TARGET.fullmatch(target.strip())
+    if said is None:
+        return None, None
+    low, high, percent = said.groups()
+    if high is not None:
+        return float(low), float(high)
+    return (float(low), None) if percent else (None, float(low))
 
 
 def skipped_note(skipped: Mapping[str, int]) -> str:
@@ -74,9 +210,16 @@ def skipped_note(skipped: Mapping[str, int]) -> str:
 
 
 def write_html(
-    rows: Sequence[Row], path: Path, *, month: str, title: str, skipped: Mapping[str, int] | None = None
+    rows: Sequence[Row],
+    path: Path,
+    *,
+    month: str,
+    title: str,
+    skipped: Mapping[str, int] | None = None,
+    about: About | None = None,
 ) -> None:
-    """A printable report: a table of every figure, and a bar chart for each measure with a breakdown."""
+    """A printable report: the month's status at the top, a table of every figure (a percentage or
+    mean with what it is of), and a bar chart for each measure with a breakdown."""
     groups: dict[str, list[Row]] = {}
     for row in rows:
         groups.setdefault(row.kpi, []).append(row)
@@ -85,26 +228,32 @@ def write_html(
     ]
     table = "\n".join(
         f"<tr><td>{escape(r.kpi)}</td><td>{escape(r.breakdown)}</td>"
-        f'<td class="n">{escape(_shown(r.value))}</td><td>{escape(r.target)}</td></tr>'
+        f'<td class="n">{_value_cell(r)}</td><td>{escape(r.target)}</td></tr>'
         for r in rows
     )
     note = skipped_note(skipped or {})
     warning = f'<p class="warning">{escape(note)}.</p>' if note else ""
+    flag = "" if about is None or about.status == COMPLETE else f" ({about.status.split(':')[0]})"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{escape(title)} {escape(month)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{escape(title)} {escape(month)}{escape(flag)}</title>
 <style>
 body {{ font-family: Arial, sans-serif; margin: 2em; color: #212b32; }}
 table {{ border-collapse: collapse; margin-bottom: 2em; }}
 td, th {{ border-bottom: 1px solid #d8dde0; padding: 4px 12px; text-align: left; }}
-td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
+td.n {{ text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }}
+span.of {{ color: #4c6272; }}
 p.warning {{ border-left: 4px solid #ffb81c; padding-left: 8px; }}
+p.status {{ font-size: 1.3em; font-weight: bold; padding: 8px 12px; border: 4px solid #007f3b; }}
+p.status.partial {{ border-color: #ffb81c; background: #fff3cd; }}
+p.status.empty {{ border-color: #d5281b; background: #fde8e6; }}
 figure {{ display: inline-block; vertical-align: top; margin: 0 2em 2em 0; }}
-@media print {{ figure {{ break-inside: avoid; }} }}
+@media print {{ figure {{ break-inside: avoid; }} p.status {{ print-color-adjust: exact; }} }}
 </style></head>
 <body>
 <h1>{escape(title)}: {escape(month)}</h1>
+{_about_html(about)}
 <p>Computed from the event log by <code>carehub kpi --month {escape(month)}</code>.
 n/a: nothing to divide by this month.</p>
 {warning}
@@ -116,6 +265,42 @@ n/a: nothing to divide by this month.</p>
 </body></html>
 """
     )
+
+
+def _about_html(about: About | None) -> str:
+    """The month's status, in a box a partial or empty month cannot be missed in, and when and from what."""
+    if about is None:
+        return ""
+    if about.status == COMPLETE:
+        kind, said = "complete", "Month status: complete (the log goes past the end of the month)."
+    elif about.status == NO_EVENTS:
+        kind = "empty"
+        said = (
+            f"Month status: {NO_EVENTS}. The log holds nothing the KPIs count in {about.month}: "
+            "these are not the figures of a quiet month. Check the month."
+        )
+    else:
+        kind = "partial"
+        said = f"Month status: {about.status}. The month was not over: these are not its final figures."
+    up_to = about.log_up_to_uk or "it holds no events"
+    return (
+        f'<p class="status {kind}" id="month-status">{escape(said)}</p>\n'
+        f'<p class="about">Generated {escape(about.generated_utc)} (UTC). '
+        f"The log goes up to {escape(up_to)} (UK time).</p>"
+    )
+
+
+def _value_cell(row: Row) -> str:
+    """The value as the table shows it: a percentage or mean with what it is of ("90% of 10")."""
+    if row.value is None:
+        return "n/a"
+    shown = escape(_number(row.value)) + ("%" if unit(row) == "%" else "")
+    if row.of is None:
+        return shown
+    if unit(row) == "%":
+        return f'{shown}<span class="of"> of {row.of:,}</span>'
+    what = "mean of" if row.breakdown == "mean" else "of"
+    return f'{shown}<span class="of"> ({what} {row.of:,})</span>'
 
 
 def _chart(kpi: str, rows: list[Row]) -> str:

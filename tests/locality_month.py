@@ -299,6 +299,8 @@ EXPECTED_KPIS: dict[tuple[str, str], float] = {
     ("days from referral to first contact", "mean"): 2.58,
     ("days from referral to first visit", "mean"): 9.98,
     ("first visits within 4 weeks", "%"): 100.0,
+    # at the month's end (the log's last event, 28 Nov 09:00): P3 and P6 visited, P4 declined
+    ("referrals waiting over 4 weeks for a first visit", "at month end"): 0,
     ("discharges", ""): 1,
     ("declined by practice", PRACTICE): 1,
     ("declined", "% of referrals"): 33.3,

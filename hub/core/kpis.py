@@ -19,6 +19,9 @@ Definitions (each names its source events):
     days to first visit      referral -> first face-to-face visit (mean), and % within 4 weeks (target 95%):
                              the visit's UK day no later than 28 days after the referral's UK day (a visit
                              in the afternoon of the 28th day is within, whatever the hour of referral)
+    waiting over 4 weeks     referrals with no first visit yet at the end of the month (or where the log
+                             stops, if sooner) whose 28th day has passed, not declined and not ended by a
+                             caseload episode that closed without the visit: those the % above cannot show
     discharges               episode.closed in the month
     declined                 referrals to the service whose latest outcome is declined, by the month of that
                              outcome, by practice; % of the month's referrals
@@ -159,6 +162,11 @@ class KpiFold:
             self.skip(f"{event.type}: {_why(exc)}")
             return
         self._said_of_person(event, bundle_resources(event.payload) if resources is None else resources)
+
+    @property
+    def log_up_to(self) -> datetime | None:
+        """The latest event time the fold has seen: how far the log goes (None: no event yet)."""
+        return self._last
 
     def skip(self, reason: str) -> None:
         """Count an event or record left out of the figures, and why."""
@@ -301,6 +309,7 @@ class KpiFold:
         return [
             *self._referral_rows(referred),
             *self._visit_rows(inside),
+            self._waiting_row(end),
             Row("discharges", "", len(discharged)),
             *self._declined_rows(inside, len(referred)),
             *self._letter_rows(discharged),
@@ -351,6 +360,26 @@ class KpiFold:
             Row("first visits within 4 weeks", "%", _pct(len(within), len(visited)), "95%", of=len(visited)),
         ]
 
+    def _waiting_row(self, end: datetime) -> Row:
+        """Referrals still waiting for a first visit at the month's end (or where the log stops, if
+        sooner) whose 4 weeks have run out: the people a percentage of visits made cannot show."""
+        month_end = end - timedelta(microseconds=1)
+        at = min(month_end, self._last) if self._last else month_end  # (inclusive)
+        last_day = at.astimezone(UK).date()
+        ends: dict[str, list[tuple[datetime, datetime]]] = {}
+        for e in self.episodes.values():
+            if e.end:
+                ends.setdefault(e.person, []).append((e.start, e.end))
+        waiting = [
+            r
+            for r in self.referrals.values()
+            if r.at <= at
+            and (r.first_visit is None or r.first_visit > at)
+            and not self._over(r, at, ends.get(r.person, []))
+            and (last_day - r.at.astimezone(UK).date()).days > 28
+        ]
+        return Row("referrals waiting over 4 weeks for a first visit", "at month end", len(waiting))
+
     def _declined_rows(self, inside: Callable[[datetime | None], bool], referred: int) -> list[Row]:
         # only referrals to the service: an outcome on a referral to someone else is not this service declined
         declined = [
@@ -385,7 +414,7 @@ class KpiFold:
         ]
 
     def _huddle_rows(self, first: date, after: date) -> list[Row]:
-        reached = (self._last or datetime.min.replace(tzinfo=UTC)).astimezone(UK).date()  # (an agenda is an event)
+        reached = self._last.astimezone(UK).date() if self._last else date.min  # (an agenda is an event)
         held = [
             attended
             for day, attended, cancelled in self.huddles.values()

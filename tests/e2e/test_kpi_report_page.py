@@ -2,11 +2,14 @@
 Playwright, opened from the file the report writer wrote, on screen and printed.
 
 The reports are built from the hand-computed locality month (tests/locality_month.py), the same month with
-the long practice and coordinator names real data has, and a month with nothing to divide by."""
+the long practice and coordinator names real data has, and a month with nothing to divide by; a report
+says the month's status (partial, no events) above its figures, on screen and printed."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +17,14 @@ import pytest
 
 from hub.core.kpis import KpiFold, Row
 from hub.core.ports import RecordEvent
-from hub.kpi_report import write_html
+from hub.kpi_report import NO_EVENTS, About, about, write_html
 from tests import locality_month as month
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, NO_CHROMIUM, SCREENSHOTS
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.browser]
 A4_PRINTABLE = 718  # px: 210 mm less two 10 mm margins, at 96 px to the inch
+GENERATED = datetime(2026, 12, 6, 9, 30, tzinfo=UTC)
+PARTIAL = "partial: the log goes up to 2026-11-28T09:00:00+00:00"  # the locality month's last event
 LONG_PRACTICES = {
     "The Whitehorse Road and Brigstock Family Practice (Thornton Heath)": ("P1", "P2"),
     "DR A J KOWALCZYK-ABERNATHY & PARTNERS, MAYDAY HEALTH CENTRE": ("P5",),
@@ -82,9 +87,9 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
-def opened(browser: Any, rows: list[Row], path: Path, *, of: str) -> tuple[Any, list[str]]:
+def opened(browser: Any, rows: list[Row], path: Path, *, of: str, said: About | None = None) -> tuple[Any, list[str]]:
     """The report written to `path` and opened from the file; (page, every URL the page asked for)."""
-    write_html(rows, path, month=of, title="Personal Independence Coordination")
+    write_html(rows, path, month=of, title="Personal Independence Coordination", about=said)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     asked: list[str] = []
     page.on("request", lambda request: asked.append(request.url))
@@ -95,11 +100,26 @@ def opened(browser: Any, rows: list[Row], path: Path, *, of: str) -> tuple[Any, 
 
 
 def table_of(page: Any) -> dict[tuple[str, str], str]:
-    """(kpi, breakdown) -> the value cell, as the page shows it."""
+    """(kpi, breakdown) -> the value cell, as the page shows it ("90% of 10" for a percentage)."""
     cells = page.locator("table tbody tr").evaluate_all(
         "rows => rows.map(r => [...r.querySelectorAll('td')].map(td => td.innerText))"
     )
     return {(kpi, breakdown): value for kpi, breakdown, value, _target in cells}
+
+
+def figure(shown: str) -> float:
+    """The number a value cell starts with ("33.3% of 3" is 33.3)."""
+    number = re.match(r"-?[0-9.]+", shown)
+    assert number is not None, shown
+    return float(number[0])
+
+
+def status_of(page: Any) -> str:
+    """The month's status box: visible, above the figures, and what it says."""
+    box = page.locator("#month-status")
+    assert box.is_visible()
+    assert box.bounding_box()["y"] < page.locator("table").bounding_box()["y"], "the status is below the figures"
+    return str(box.inner_text())
 
 
 def charts_of(page: Any) -> list[dict[str, Any]]:
@@ -198,26 +218,30 @@ def assert_self_contained(page: Any, asked: list[str], path: Path) -> None:
 def test_the_locality_month_report_shows_the_hand_computed_figures_with_readable_charts(
     browser: Any, tmp_path: Path
 ) -> None:
-    rows = fold_of(month.script()).report("2026-11")
+    fold = fold_of(month.script())
+    rows = fold.report("2026-11")
     path = tmp_path / "kpi-2026-11.html"
-    page, asked = opened(browser, rows, path, of="2026-11")
+    page, asked = opened(browser, rows, path, of="2026-11", said=about(fold, "2026-11", GENERATED))
     try:
         shown = table_of(page)
         charts = charts_of(page)
         heading = page.locator("h1").inner_text()
+        status = status_of(page)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "kpi-report.png"), full_page=True)
         assert_prints(page, tmp_path / "kpi-2026-11.pdf")
+        printed_status = status_of(page)
         page.screenshot(path=str(SCREENSHOTS / "kpi-report-print.png"), full_page=True)
         assert_self_contained(page, asked, path)
     finally:
         page.close()
 
     assert heading == "Personal Independence Coordination: 2026-11"
-    assert {key: float(value) for key, value in shown.items()} == month.EXPECTED_KPIS
-    assert shown[("days from referral to first contact", "mean")] == "2.58"
-    assert shown[("declined", "% of referrals")] == "33.3"
-    assert shown[("huddles attended", "%")] == "75"
+    assert f"Month status: {PARTIAL}" in status and status == printed_status
+    assert {key: figure(value) for key, value in shown.items()} == month.EXPECTED_KPIS
+    assert shown[("days from referral to first contact", "mean")] == "2.58 (mean of 2)"
+    assert shown[("declined", "% of referrals")] == "33.3% of 3"
+    assert shown[("huddles attended", "%")] == "75% of 4"
     assert shown[("caseload at month end", "c-bob")] == "0"
     expected = charted(rows)
     assert list(expected) == ["referrals by source", "age at referral", "caseload at month end"]
@@ -257,15 +281,17 @@ def test_long_practice_and_coordinator_names_are_neither_clipped_nor_drawn_over_
 
 
 def test_a_month_with_nothing_to_divide_by_shows_n_a_and_draws_no_bar_for_it(browser: Any, tmp_path: Path) -> None:
-    rows = fold_of(month.script()).report("2026-10")
+    fold = fold_of(month.script())
+    rows = fold.report("2026-10")
     # a measure with a breakdown where one breakdown has nothing to divide by, as a per-coordinator mean would
     by_coordinator = "days to first visit by coordinator"
     rows += [Row(by_coordinator, "c-ann", None), Row(by_coordinator, "c-bob", 4.5)]
     path = tmp_path / "kpi-2026-10.html"
-    page, asked = opened(browser, rows, path, of="2026-10")
+    page, asked = opened(browser, rows, path, of="2026-10", said=about(fold, "2026-10", GENERATED))
     try:
         shown = table_of(page)
         charts = charts_of(page)
+        status = status_of(page)
         page.screenshot(path=str(SCREENSHOTS / "kpi-report-empty-month.png"), full_page=True)
         assert_prints(page, tmp_path / "kpi-2026-10.pdf")
         assert_self_contained(page, asked, path)
@@ -281,6 +307,7 @@ def test_a_month_with_nothing_to_divide_by_shows_n_a_and_draws_no_bar_for_it(bro
     ):
         assert shown[key] == "n/a", key
     assert shown[("referrals", "")] == "0" and shown[("huddles held", "")] == "0"
+    assert status.startswith(f"Month status: {NO_EVENTS}.")
     expected = charted(rows)
     assert [c["kpi"] for c in charts] == list(expected)
     for chart in charts:

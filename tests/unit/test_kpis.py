@@ -489,3 +489,31 @@ def test_onward_referrals_named_in_a_pic_summary_count_by_destination() -> None:
     }
     assert figures[("onward referrals", "")] == 4
     assert figures[("people referred on", "")] == 1  # P6, both ways; P3's summary names none
+
+
+def test_a_log_with_no_events_gives_a_report_not_an_overflow() -> None:
+    figures = report(KpiFold(service=month.SERVICE), "2026-11")
+    assert figures[("huddles held", "")] == 0
+    assert figures[("referrals", "")] == 0
+
+
+def test_referrals_still_waiting_past_their_4_weeks_at_the_months_end_are_counted() -> None:
+    # the % within 4 weeks is of visits made: someone never visited never counted as a miss.
+    # P3 referred 1 Oct, visited only 3 Dec: waiting at the end of November (60 days). P4 referred
+    # 5 Nov: 25 days at the end of November, not yet over 4 weeks. P6 referred 1 Oct, declined 10 Oct.
+    events = [
+        edited(month.referral("P3", month.at(1, 10, month=10), "gp"), event_id="p3"),
+        month.referral("P4", month.at(5, 10), "gp"),
+        month.referral("P6", month.at(1, 10, month=10), "huddle"),
+        month.outcome("P6", month.at(10, 10, month=10), "declined"),
+        month.contact("P3", month.at(3, 10, month=12), "face-to-face"),
+    ]
+    figures = report(fold_of(*events), "2026-11")
+    assert figures[("referrals waiting over 4 weeks for a first visit", "at month end")] == 1
+    # December, the log up to P3's visit on 3 Dec: P3 visited, P4 on its 28th day, not yet over
+    figures = report(fold_of(*events), "2026-12")
+    assert figures[("referrals waiting over 4 weeks for a first visit", "at month end")] == 0
+    assert figures[("first visits within 4 weeks", "%")] == 0.0
+    # and once the log reaches 4 Dec, P4 is
+    figures = report(fold_of(*events, month.contact("P1", month.at(4, 9, month=12), "follow-up")), "2026-12")
+    assert figures[("referrals waiting over 4 weeks for a first visit", "at month end")] == 1
