@@ -4,6 +4,7 @@ rebuilt record with the live one (registered on hub.cli's app)."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -41,12 +42,10 @@ def record_hash_command(data_dir: HeldDir = Path("var")) -> None:
 
 
 def _holds_a_record(engine: Any) -> bool:
-    import sqlalchemy as sa
-
-    from hub.store.tables import record_resource
+    from hub.replay_write import holds_anything
 
     with engine.connect() as conn:
-        return bool(conn.execute(sa.select(sa.func.count()).select_from(record_resource)).scalar_one())
+        return holds_anything(conn)
 
 
 @app.command()
@@ -103,10 +102,16 @@ def replay(
     if not bootstrap:
         console.print(f"[red]carehub replay {NO_LOG}[/red]")
         raise typer.Exit(2)
-    engine = open_engine(url)
+    from hub.core.errors import StoreUnavailableError
+
+    made = _new_folder(into)
+    try:
+        engine = open_engine(url)
+    except StoreUnavailableError as exc:
+        fail(f"--into: {exc}")
     if _holds_a_record(engine):  # said before minutes of folding, naming the database
         refused = f"replay writes into an empty record; {target} already holds one"
-        fail(f"{refused}: give --into a new folder, or an empty database", 1)
+        fail(f"{refused}: give --into a new folder, or an empty database")
     # the spinner is gone when it stops (and never drawn where no one watches), so nothing of it
     # follows what is printed last: an error, or the summary
     spinner = SpinnerColumn(), TextColumn("{task.description}")
@@ -125,6 +130,9 @@ def replay(
                 )
             )
         except RuntimeError as exc:
+            if made is not None:  # nothing was written: leave no empty record behind to be mistaken for one
+                engine.dispose()
+                shutil.rmtree(made, ignore_errors=True)
             fail(f"{exc} (replaying into {target})", 1)
         except KeyboardInterrupt:
             if _holds_a_record(engine):  # (the stop came while the load committed: it let the commit end)
@@ -162,6 +170,11 @@ def replay(
         console.print(f"coordination: {folded.people:,} people's tasks and episodes, {folded.clocks:,} clocks pending")
     digest, resources, events = record_hash(engine)
     period = since is not None or until is not None or as_of is not None
+    if period and not result.applied:
+        console.print(
+            "[yellow]warning: no event on the log falls in the period asked for (--since/--until/--as-of): "
+            "the rebuilt record is empty[/yellow]"
+        )
     console.print(escape(_replay_summary(result, target, resources, period=period)), soft_wrap=True)
     typer.echo(f"{digest}  {resources} resources, {events} events applied")
 
@@ -177,7 +190,12 @@ def _replay_target(into: str, settings: Settings) -> tuple[str, str]:
             url.get_dialect()  # (a database SQLAlchemy does not know is refused here, not as a traceback)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError):
             fail(f"--into {into!r} is neither a folder nor a database URL SQLAlchemy knows")
-        return into, url.render_as_string(hide_password=True)
+        shown = url.render_as_string(hide_password=True)
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            fail(f"--into {shown}: the record is kept in SQLite or PostgreSQL, not {url.get_backend_name()}")
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            fail(f"--into {shown} is a database in memory, gone when replay ends: give a file or a folder")
+        return into, shown
     folder = Path(into)
     if folder.exists() and not folder.is_dir():
         fail(f"--into {into} is a file: give a new folder for the rebuilt record (or an empty database's URL)")
@@ -187,6 +205,18 @@ def _replay_target(into: str, settings: Settings) -> tuple[str, str]:
             escape(f"replaying into {file}, as --into says (CAREHUB_DATABASE_URL is not used)"), soft_wrap=True
         )
     return f"sqlite:///{file}", str(file)
+
+
+def _new_folder(into: str) -> Path | None:
+    """The folder --into names, if replay is about to make it (the outermost one it makes)."""
+    if "://" in into:
+        return None
+    folder = Path(into).resolve()
+    if folder.exists():
+        return None
+    while not folder.parent.exists():
+        folder = folder.parent
+    return folder
 
 
 def _replay_summary(result: ReplayResult, target: str, resources: int, *, period: bool) -> str:

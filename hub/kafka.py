@@ -132,15 +132,15 @@ async def behind(bootstrap: str, groups: Iterable[str], topic: str = EVENTS.name
     at: dict[str, dict[TopicPartition, int]] = {}
     for group in groups:  # (a consumer each: Tansu garbles the admin client's OffsetFetch reply)
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-        await consumer.start()
-        try:
+        try:  # (started inside: stopped even when it cannot start)
+            await consumer.start()
             partitions = await partitions_of(consumer, topic)
             at[group] = {tp: (await consumer.committed(tp)) or 0 for tp in partitions}
         finally:
             await consumer.stop()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, max_partition_fetch_bytes=64 * 1024)
-    await consumer.start()
-    try:
+    try:  # (started inside: stopped even when it cannot start)
+        await consumer.start()
         ends = await high_watermarks(consumer, await partitions_of(consumer, topic))
     finally:
         await consumer.stop()

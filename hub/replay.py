@@ -261,8 +261,8 @@ async def read_log(
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
     )
-    await consumer.start()
-    try:
+    try:  # (started inside: stopped even when it cannot start)
+        await consumer.start()
         partitions = [tp for tp in await partitions_of(consumer) if only is None or only(tp.partition)]
         if partitions_read is not None:
             partitions_read([tp.partition for tp in partitions])

@@ -101,8 +101,8 @@ async def log_extent(bootstrap: str, wait_s: float = 5.0) -> list[int]:
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=1024 * 1024,  # (a broker that does not return a bigger first batch anyway)
     )
-    await consumer.start()
-    try:
+    try:  # (started inside: stopped even when it cannot start)
+        await consumer.start()
         partitions = await partitions_of(consumer)
         if not partitions:
             return []

@@ -17,7 +17,13 @@ import orjson
 import sqlalchemy as sa
 
 from hub.store.database import json_text
-from hub.store.tables import processed_event, record_identifier, record_resource
+from hub.store.tables import (
+    coordination_clock,
+    coordination_state,
+    processed_event,
+    record_identifier,
+    record_resource,
+)
 
 if TYPE_CHECKING:
     from hub.replay import FoldUnitOfWork, Key
@@ -53,8 +59,17 @@ def write(engine: sa.Engine, fold: FoldUnitOfWork, chunk: int = 20_000, stop: St
                 conn.exec_driver_sql(sql, rows)
 
 
+def holds_anything(conn: sa.Connection) -> bool:
+    """Whether any table a replay writes (the record's, the coordination engine's) holds a row: a
+    database with its resources deleted but its applied-event ids kept is not empty either."""
+    return any(
+        conn.execute(sa.select(sa.literal(1)).select_from(table).limit(1)).first() is not None
+        for table in (record_resource, record_identifier, processed_event, coordination_state, coordination_clock)
+    )
+
+
 def refuse_unless_empty(conn: sa.Connection) -> None:
-    if conn.execute(sa.select(sa.func.count()).select_from(record_resource)).scalar_one():
+    if holds_anything(conn):
         raise RuntimeError("replay writes into an empty record; this database already holds one")
 
 

@@ -103,7 +103,7 @@ def test_a_replay_into_a_database_that_holds_a_record_names_it_and_shows_no_prog
 ) -> None:
     assert carehub(log, "replay", "--into", str(tmp_path / "new"), "--workers", "1").returncode == 0
     again = carehub(log, "replay", "--into", str(tmp_path / "new"), "--workers", "1")
-    assert again.returncode == 1
+    assert again.returncode == 2  # a refusal of the arguments, as the other bad targets are
     target = (tmp_path / "new" / "carehub.db").resolve()
     assert again.stdout.strip() == (
         f"replay writes into an empty record; {target} already holds one: "
@@ -237,3 +237,52 @@ def _agreement(org: str, purpose: str) -> Agreement:
         lawful_basis=LawfulBasis(article6="6(1)(e) public task", article9="9(2)(h) health or social care"),
         valid_from=date(2020, 1, 1),
     )
+
+
+# --- an auditor's review (2026-12-06): each of these ended in a traceback, or said nothing ----------
+
+
+@pytest.mark.parametrize(
+    ("into", "said"),
+    [
+        ("mysql://x@y/z", "--into mysql://x@y/z: the record is kept in SQLite or PostgreSQL, not mysql"),
+        ("sqlite://", "--into sqlite:// is a database in memory, gone when replay ends: give a file or a folder"),
+        ("postgresql://127.0.0.1:1/x", "--into: database postgresql://127.0.0.1:1/x is not answering"),
+    ],
+)
+def test_a_replay_into_a_database_it_cannot_keep_a_record_in_is_refused_in_one_line(
+    log: Log, tmp_path: Path, into: str, said: str
+) -> None:
+    refused = carehub(log, "replay", "--into", into)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stdout.startswith(said) and "Traceback" not in refused.stderr
+
+
+def test_a_replay_into_a_database_whose_resources_were_deleted_but_not_its_event_ids_is_refused(
+    log: Log, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    assert carehub(log, "replay", "--into", str(tmp_path / "new"), "--workers", "1").returncode == 0
+    with sqlite3.connect(tmp_path / "new" / "carehub.db") as db:
+        db.execute("DELETE FROM record_resource")
+        db.execute("DELETE FROM record_identifier")
+    again = carehub(log, "replay", "--into", str(tmp_path / "new"), "--workers", "1")
+    assert again.returncode == 2, again.stdout + again.stderr
+    assert "already holds one" in again.stdout and "Traceback" not in again.stderr
+
+
+def test_a_replay_of_a_period_the_log_holds_nothing_of_says_the_record_is_empty(log: Log, tmp_path: Path) -> None:
+    done = carehub(log, "replay", "--into", str(tmp_path / "new"), "--workers", "1", "--as-of", "2020-01-01")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no event on the log falls in the period asked for" in " ".join(done.stdout.split())
+
+
+def test_a_replay_that_cannot_reach_the_log_leaves_no_empty_record_behind(log: Log, tmp_path: Path) -> None:
+    failed = carehub(
+        log, "replay", "--into", str(tmp_path / "a" / "new"), env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    )
+    assert failed.returncode == 1
+    assert "KafkaConnectionError" in failed.stdout
+    assert not (tmp_path / "a").exists()
+    assert "Unclosed AIOKafkaConsumer" not in failed.stderr
