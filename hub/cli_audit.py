@@ -84,6 +84,7 @@ def audit_disclosures(
     key = person_key(state.key, nhs.normalise(nhs_number), None)
     table = listing("#", "when", "to (org / user)", "how", "decision", "resources", "basis")
     entries = SqlLedger(state.engine).about(key)
+    refuse_unknown(state.engine, key, entries, nhs_number)
     for entry in entries:
         body = entry.body
         table.add_row(
@@ -97,6 +98,20 @@ def audit_disclosures(
         )
     console.print(table)
     console.print(_disclosures_summary([entry.body["decision"] for entry in entries]))
+
+
+def refuse_unknown(engine: Any, key: str, entries: list[Any], nhs_number: str) -> None:
+    """Exit 1 if the record holds no such person and the ledger nothing about them: an empty answer
+    would read as "nothing disclosed" when the NHS number may be a (check-digit valid) typo."""
+    from hub.store.sql import SqlRecordReader
+
+    if entries or SqlRecordReader(engine).read("Patient", key) is not None:
+        return
+    fail(
+        f"no person with NHS number {nhs_number} in the shared care record, and no disclosures recorded "
+        "about them: check the number",
+        1,
+    )
 
 
 def _disclosures_summary(decisions: list[str]) -> str:
@@ -133,7 +148,7 @@ def audit_time_travel(
     """What was disclosed then, under which agreement and consent versions, and what today's policy would decide."""
     from hub.core import nhs_number as nhs
     from hub.core.identity import person_key
-    from hub.core.timetravel import in_period, people_of, reconsider
+    from hub.core.timetravel import CANNOT_TELL, in_period, people_of, reconsider
     from hub.store.agreements import PolicySource, SqlAgreements
     from hub.store.ledger import SqlLedger
     from hub.store.sql import SqlRecordReader
@@ -145,15 +160,18 @@ def audit_time_travel(
     state = open_existing(data_dir, person_keys=nhs_number is not None)
     ledger, reader = SqlLedger(state.engine), SqlRecordReader(state.engine)
     if nhs_number is not None:
-        entries = ledger.about(person_key(state.key, nhs.normalise(nhs_number), None))
+        key = person_key(state.key, nhs.normalise(nhs_number), None)
+        entries = ledger.about(key)
+        refuse_unknown(state.engine, key, entries, nhs_number)
     else:
         entries = list(ledger.entries())
     entries = in_period(entries, since, until)
-    policy = PolicySource(SqlAgreements(state.engine), reader)
+    stored = SqlAgreements(state.engine)
+    policy = PolicySource(stored, reader)
     refs = {"/".join(str(r).split("#")[0].split("/")[:2]) for e in entries for r in e.body.get("resources") or []}
     resources = {ref: reader.read(*ref.split("/", 1)) for ref in refs if "/" in ref}
     consents = [rule for person in sorted(people_of(entries, resources)) for rule in policy.consents(person)]
-    rows = reconsider(entries, resources, policy.agreements(), consents, datetime.now(UTC))
+    rows = reconsider(entries, resources, policy.agreements(), consents, datetime.now(UTC), stored.history())
     table = listing("#", "when", "to", "how", "resource", "then", "on", "today", "on", title="Policy time travel")
     shown = [r for r in rows if r.changed or not changed]
     for r in shown:
@@ -167,7 +185,11 @@ def audit_time_travel(
         console.print(f"wrote {counted(len(shown), 'row')} to {csv_out}", soft_wrap=True)
     differ = sum(r.changed for r in rows)
     about = counted(len(entries), "ledger entry", "ledger entries")
-    console.print(f"{len(rows)} decision(s) about {about}; today's policy differs on {differ:,}")
+    unsure = sum(r.now == CANNOT_TELL for r in rows)
+    console.print(
+        f"{len(rows)} decision(s) about {about}; today's policy differs on {differ:,}"
+        + (f"; {unsure:,} cannot tell (decided again on other content than was disclosed)" if unsure else "")
+    )
 
 
 def _time_travel_csv(rows: list[Any], path: Path) -> None:
@@ -193,6 +215,7 @@ def audit_export(
     org: Annotated[str, typer.Option(help="The auditor's organisation (ODS code), for --payloads")] = "",
     user: Annotated[str, typer.Option(help="The auditor, as the ledger should name them")] = "auditor",
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Lines between signed checkpoints")] = 10_000,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists")] = False,
     data_dir: DataDir = Path("var"),
 ) -> None:
     """Export the event log for auditors: NDJSON with payload hashes and Ed25519-signed checkpoints,
@@ -222,6 +245,10 @@ def audit_export(
         )
     if out.is_dir():
         fail(f"--out {out} is a folder: give the file to write, e.g. {out / 'log.ndjson'}")
+    if out.exists() and not force:
+        fail(f"--out {out} exists: give a new file, or add --force to overwrite it")
+    if not out.parent.is_dir():
+        fail(f"--out {out}: there is no folder {out.parent}: make it first, or give a file in an existing folder")
     state = open_existing(data_dir)  # (a mistyped --data-dir: said, and nothing made there)
     services = build(state.settings, engine=state.engine)
     key = signing_key(settings.data_dir)
@@ -241,7 +268,6 @@ def audit_export(
             person = person_of(resource)
             return decide(asker, resource, agreements, policy.consents(person) if person else [])
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("wb") as target:
         summary = asyncio.run(
             export(

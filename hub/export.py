@@ -5,10 +5,13 @@ bytes as they lie on the log and the SHA-256 of the payload (canonical JSON; nul
 not JSON). With `--payloads`, the payload itself is included where the auditor's own agreement
 permits every resource in it (decided by the same policy as any read, for the auditor's
 organisation and the audit purpose, with the supplier named by the event's source as on delivery,
-and written to the disclosure ledger); otherwise the line says it was withheld and keeps the hashes.
+and written to the disclosure ledger, each entry naming the event whose copy was decided); otherwise
+the line says it was withheld, and why (the reasons its resources were refused, as the ledger records
+them), and keeps the hashes.
 Every `checkpoint_every` lines a checkpoint states the line count and the running chain, and the
 last line is the final checkpoint, which also states each partition's first and last offset and
-event count and how many partitions the topic has (so one with no events shows); all are signed
+event count, how many partitions the topic has (so one with no events shows) and for which
+organisation payloads were included (`payloads_for`, null for hashes only); all are signed
 with the hub's Ed25519 export key. An auditor verifies the file with `hub/export_verify.py` and the
 public key alone (whose fingerprint they confirm with the hub).
 """
@@ -77,8 +80,17 @@ def public_pem(key: Ed25519PrivateKey) -> bytes:
 class Writer:
     """Writes event lines and signed checkpoints, keeping the chain."""
 
-    def __init__(self, out: IO[bytes], key: Ed25519PrivateKey, *, every: int, exported_at: datetime) -> None:
+    def __init__(
+        self,
+        out: IO[bytes],
+        key: Ed25519PrivateKey,
+        *,
+        every: int,
+        exported_at: datetime,
+        payloads_for: str | None = None,
+    ) -> None:
         self.out, self.key, self.every, self.exported_at = out, key, every, exported_at
+        self.payloads_for = payloads_for  # the organisation whose agreements let payloads in; None: hashes only
         self.chain, self.events, self.checkpoints = GENESIS, 0, 0
         self.extents: Extents = {}
         self.topic_partitions: int | None = None  # how many the topic has, once known
@@ -104,6 +116,7 @@ class Writer:
         }
         if final:
             point["partitions"] = listed(self.extents)
+            point["payloads_for"] = self.payloads_for
             if self.topic_partitions is not None:  # so a partition with no events shows as one
                 point["topic_partitions"] = self.topic_partitions
         signature = base64.b64encode(self.key.sign(canonical(point))).decode()
@@ -113,6 +126,8 @@ class Writer:
 
 Decide = Callable[[Json], Decision]
 _WITHHELD = Decision("deny", (WITHHELD_WITH_EVENT,))
+# a JSON payload with no FHIR resource in it: nothing of it was decided, so the ledger has no entry
+_UNREADABLE = "it holds no FHIR resource the disclosure policy can decide, so it is withheld unread"
 _NO_SUPPLIER = Decision("deny", ("the event names no supplying organisation (ce_source urn:ods:CODE)",))
 
 
@@ -128,7 +143,7 @@ async def export(
 ) -> Summary:
     """Write the whole log, partition by partition in offset order, then a final checkpoint."""
     now = datetime.now(UTC)
-    writer = Writer(out, key, every=every, exported_at=now)
+    writer = Writer(out, key, every=every, exported_at=now, payloads_for=auditor[0] if payloads is not None else None)
     included = withheld = 0
     disclosures: list[Disclosure] = []
 
@@ -152,13 +167,13 @@ async def export(
             if payloads is not None and isinstance(payload, dict):
                 shown, judged = _decide(payload, line["source"], payloads)
                 if not shown:  # nothing of it leaves: the ledger must not show a permit for it
+                    line["payload_withheld"] = why_withheld(judged)
                     judged = [(r, d if not d.permitted else _WITHHELD) for r, d in judged]
-                disclosures += _entries(judged, auditor, now)
+                disclosures += _entries(judged, auditor, now, event=line["id"])
                 if shown:
                     line["payload"] = payload
                     included += 1
                 else:
-                    line["payload_withheld"] = "the auditor's agreements do not cover every resource in it"
                     withheld += 1
             writer.event(line)
         if ledger is not None and disclosures:
@@ -183,7 +198,15 @@ def _decide(payload: Json, source: str | None, decide: Decide) -> tuple[bool, li
     return all(d.permitted for _, d in judged), judged
 
 
-def _entries(judged: list[tuple[Json, Decision]], auditor: tuple[str, str], at: datetime) -> list[Disclosure]:
+def why_withheld(judged: list[tuple[Json, Decision]]) -> str:
+    """The payload_withheld line: the reasons its resources were refused, as the ledger records them."""
+    reasons = dict.fromkeys(reason for _, d in judged if not d.permitted for reason in d.reasons)
+    return "; ".join(reasons) or _UNREADABLE
+
+
+def _entries(
+    judged: list[tuple[Json, Decision]], auditor: tuple[str, str], at: datetime, *, event: str | None
+) -> list[Disclosure]:
     groups: dict[tuple[str | None, Decision], list[str]] = {}
     for resource, decision in judged:
         groups.setdefault((person_of(resource), decision), []).append(resource_ref(resource))
@@ -198,6 +221,7 @@ def _entries(judged: list[tuple[Json, Decision]], auditor: tuple[str, str], at: 
             decision=decision.outcome,
             reasons=decision.reasons,
             basis={"role": "auditor", "agreements": list(decision.agreements), "consents": list(decision.consents)},
+            event=event,  # the resources are the event's own copy, as it was decided
         )
         for (person, decision), refs in groups.items()
     ]

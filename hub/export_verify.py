@@ -12,7 +12,10 @@ checkpoint line {"checkpoint": {...}, "signature": ...} states the number of lin
 far, signed with Ed25519 over its canonical JSON (sorted keys, no spaces). The last line is the one
 checkpoint marked `"final": true`, which also signs each partition's first and last offset and
 event count, and how many partitions the topic has (`topic_partitions`; absent from exports made
-before CareHub stated it), so a partition with no events is listed as one. Verification recomputes
+before CareHub stated it), so a partition with no events is listed as one. Each checkpoint signs
+when the export was made (`exported_at`); the final one also signs for which organisation payloads
+were included (`payloads_for`, null for hashes only; absent from older exports), and the verifier
+prints both, so an old export is not taken for a current one. Verification recomputes
 the chain, checks each checkpoint's count, chain and signature, each included payload against its
 hash and the final checkpoint's partitions against the lines, and requires exactly one final
 checkpoint, on the last line: a line altered, removed, added or moved, or a file cut short
@@ -51,6 +54,7 @@ class Verdict:
     problem: str | None = None
     partitions: list[dict[str, int]] = field(default_factory=list)
     topic_partitions: int | None = None  # how many the topic had, as the final checkpoint says
+    final: dict[str, Any] = field(default_factory=dict)  # the final checkpoint, signed (when it verified)
 
 
 def canonical(value: object) -> bytes:
@@ -88,10 +92,12 @@ class _Reading:
         self.last_point: dict[str, Any] | None = None  # the checkpoint on the line just read, if any
         self.final_at: int | None = None
         self.final_point: dict[str, Any] | None = None
+        self.since = 1  # the first line after the last checkpoint that verified
 
     def verdict(self, problem: str | None) -> Verdict:
-        stated = (self.final_point or {}).get("topic_partitions") if problem is None else None
-        return Verdict(problem is None, self.events, self.checkpoints, problem, listed(self.extents), stated)
+        final = (self.final_point or {}) if problem is None else {}
+        stated = final.get("topic_partitions")
+        return Verdict(problem is None, self.events, self.checkpoints, problem, listed(self.extents), stated, final)
 
     def read(self, number: int, line: bytes) -> str | None:
         if self.final_at is not None:
@@ -109,18 +115,19 @@ class _Reading:
         point, signature = record["checkpoint"], record.get("signature")
         if not isinstance(point, dict) or not isinstance(signature, str):
             return "a checkpoint must be an object with a signature string"
+        try:  # (first: an altered checkpoint is itself the problem, not the lines it covers)
+            self.key.verify(base64.b64decode(signature, validate=True), canonical(point))
+        except (InvalidSignature, ValueError):
+            return "checkpoint signature is not valid"
         if point.get("lines") != self.events or point.get("chain") != self.chain:
-            return "checkpoint does not match the lines before it"
+            # the checkpoint before it verified: the difference lies between the two
+            return f"checkpoint does not match the lines before it: {_covered(self.since, number - 1)}"
         if self.last_point is not None and point.get("final") is not True:
             # (the writer puts event lines between checkpoints; only the final one may follow
             # another directly): a signed checkpoint copied in after itself would otherwise verify
             return "checkpoint repeats the one before it: lines were added"
-        try:
-            self.key.verify(base64.b64decode(signature, validate=True), canonical(point))
-        except (InvalidSignature, ValueError):
-            return "checkpoint signature is not valid"
         self.checkpoints += 1
-        self.last_point = point
+        self.last_point, self.since = point, number + 1
         if point.get("final") is True:
             self.final_at, self.final_point = number, point
             if point.get("partitions") != listed(self.extents):
@@ -193,6 +200,8 @@ def _report(export: Path, key: Path) -> int:
         print(f"NOT verified: {verdict.problem}; {read} read before the problem was found")  # noqa: T201
         return 1
     print(f"verified: {_count(verdict.events, 'event')}, {_count(verdict.checkpoints, 'signed checkpoint')}")  # noqa: T201
+    for line in _stated(verdict.final):
+        print(f"  {line}")  # noqa: T201
     extents = {p["partition"]: p for p in verdict.partitions}
     stated = verdict.topic_partitions
     for n in range(stated) if stated is not None else sorted(extents):
@@ -202,6 +211,29 @@ def _report(export: Path, key: Path) -> int:
     if stated is not None:
         print(f"  the topic has {_count(stated, 'partition')}")  # noqa: T201
     return 0
+
+
+def _covered(first: int, last: int) -> str:
+    """Which lines a failed checkpoint covers (those since the checkpoint before it)."""
+    if last < first:
+        return f"a line before line {first} was removed"
+    lines = f"line {first}" if first == last else f"one of lines {first}-{last}"
+    return f"{lines} was changed, removed or added (or one was removed or added next to them)"
+
+
+def _stated(final: dict[str, Any]) -> list[str]:
+    """When the export was made and what it holds, as its final checkpoint signs them: an old export
+    verifies as well as a new one, and shows the log only as it stood then."""
+    at = final.get("exported_at") or "not stated"
+    said = [f"exported at {at} (signed): the log as it stood then, not as it stands now"]
+    if "payloads_for" not in final:
+        said.append("payloads: not stated (an export made before CareHub signed it)")
+    elif final["payloads_for"] is None:
+        said.append("payloads: none included (hashes only)")
+    else:
+        org = final["payloads_for"]
+        said.append(f"payloads: included for {org}, where its agreements permit them")
+    return said
 
 
 def _count(n: int, thing: str) -> str:

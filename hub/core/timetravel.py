@@ -13,27 +13,41 @@ What "today" means, so that only a change of policy shows as one:
                     longer let that emergency through
     versions        the record keeps current versions only, so a resource changed since it was
                     disclosed is decided again as it stands now; the basis says so, naming both
-                    versions, since its content (its supplier, its labels) may be what changed
+                    versions. Its content (its supplier, its labels) may be what changed, so a
+                    different answer on it is no evidence of a change of policy: it shows as
+                    "cannot tell" and is not counted, unless the person's consents that bear on it
+                    differ (which no change of content explains)
+    event copies    an export decided each resource on the event's own copy (its supplier the
+                    event's sender), which the record does not keep: it is treated as a version
+                    other than the one decided again
     people          the person's consents are looked for under the key the ledger names and under
                     the key the resource is filed under now (a merge since moves it to the survivor)
     withheld        a resource an export withheld only because another resource of its event was not
                     covered (WITHHELD_WITH_EVENT) was itself permitted: it shows as "withheld", and
-                    today's policy differs only if it would no longer permit the resource itself
+                    today's policy differs only if it would no longer permit the resource itself;
+                    so does one refused only because a whole $everything read was (WITHHELD_WITH_READ),
+                    and an Organization, Practitioner or Location denied (never personal data, it is
+                    denied only with the rest of its read: so were the ledger's older entries)
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from hub.core.policy import Asker, ConsentRule, decide, person_of
+from hub.core.policy import SHARED_TYPES, Asker, ConsentRule, Decision, decide, person_of
 from hub.core.ports import Json
 
 # why an export withheld a resource its agreements covered: another resource of the same event was not
 WITHHELD_WITH_EVENT = "withheld with the rest of its event: not every resource in it is covered"
+# why a $everything refused a resource: the read's Patient was refused, and the whole read with it
+WITHHELD_WITH_READ = "refused with the whole $everything read: its Patient is not shared with the asker"
+WITHHELD = (WITHHELD_WITH_EVENT, WITHHELD_WITH_READ)
+# what today shows when the resource decided again is not the one disclosed and the answers differ
+CANNOT_TELL = "cannot tell"
 
 
 @dataclass(frozen=True)
@@ -52,7 +66,7 @@ class Reconsidered:
 
     @property
     def changed(self) -> bool:
-        return _shown(self.then) != _shown(self.now)
+        return self.now != CANNOT_TELL and _shown(self.then) != _shown(self.now)
 
 
 def reconsider(
@@ -61,8 +75,11 @@ def reconsider(
     agreements: Sequence[Any],
     consents: Sequence[ConsentRule],
     now: datetime,
+    history: Sequence[tuple[datetime, Any]] = (),
 ) -> list[Reconsidered]:
-    """Every resource of every entry, decided again under today's policy."""
+    """Every resource of every entry, decided again under today's policy. `history`, every agreement
+    version with the time it was loaded, tells whether the agreements in force then would decide
+    the resource as it stands now otherwise than today's do (a change of agreement, on any content)."""
     found: list[Reconsidered] = []
     by_person: defaultdict[str, list[ConsentRule]] = defaultdict(list)  # (decide reads only the resource's person's)
     for rule in consents:
@@ -78,26 +95,29 @@ def reconsider(
             body.get("reasons") or []
         )
         then = str(body["decision"])
-        if then == "deny" and list(body.get("reasons") or []) == [WITHHELD_WITH_EVENT]:
-            then, then_basis = "withheld", f"permitted, but {WITHHELD_WITH_EVENT}"
+        if then == "deny" and list(body.get("reasons") or []) and set(body["reasons"]) <= set(WITHHELD):
+            then, then_basis = "withheld", f"permitted, but {'; '.join(body['reasons'])}"
+        then_consents = set(basis.get("consents") or [])
         for ref in body.get("resources") or []:
             versioned = str(ref).split("#")[0]
             kind_id = "/".join(versioned.split("/")[:2])
+            row_then, row_then_basis = then, then_basis
+            if then == "deny" and kind_id.split("/")[0] in SHARED_TYPES:  # (never denied itself)
+                row_then, row_then_basis = "withheld", f"permitted (not personal data), but {then_basis}"
             current = resources.get(kind_id)
             if current is None:
                 now_decision, now_basis = "unknown", "the record no longer holds this resource"
             else:
-                decision = decide(asker, current, agreements, by_person.get(person_of(current) or "", ()))
-                now_decision = decision.outcome
-                now_basis = ", ".join([*decision.agreements, *decision.consents]) or "; ".join(decision.reasons)
-                then_version = versioned.split("/_history/")[1] if "/_history/" in versioned else None
-                now_version = str((current.get("meta") or {}).get("versionId", "?"))
-                if then_version is None:  # a delivery of an event's content the record made no version of
-                    now_basis = (
-                        f"{now_basis} (decided on version {now_version}: the content disclosed was no record version)"
-                    )
-                elif now_version != then_version:
-                    now_basis = f"{now_basis} (decided on version {now_version}: version {then_version} was disclosed)"
+                theirs = by_person.get(person_of(current) or "", ())
+                decision = decide(asker, current, agreements, theirs)
+                elsewhere = _other_content(body, versioned, current)
+                moved = set(decision.consents) != then_consents  # (no change of content explains that)
+                if elsewhere is not None and history:  # would the agreements then decide it otherwise?
+                    at = datetime.fromisoformat(str(body["at"]))
+                    earlier = decide(replace(asker, at=at), current, as_of(history, at), theirs)
+                    if _shown(earlier.outcome) != _shown(decision.outcome):
+                        moved, elsewhere = True, f"{elsewhere}; the agreements then would say {earlier.outcome}"
+                now_decision, now_basis = _today(row_then, moved, decision, elsewhere)
             found.append(
                 Reconsidered(
                     seq=int(entry.seq),
@@ -105,8 +125,8 @@ def reconsider(
                     recipient=f"{body['recipient_org']} / {body['recipient_user']}",
                     channel=str(body["channel"]),
                     resource=versioned,
-                    then=then,
-                    then_basis=then_basis,
+                    then=row_then,
+                    then_basis=row_then_basis,
                     now=now_decision,
                     now_basis=now_basis,
                 )
@@ -114,8 +134,47 @@ def reconsider(
     return found
 
 
+def _other_content(body: Any, versioned: str, current: Json) -> str | None:
+    """Why the resource decided again is not the content disclosed (naming both), or None if it is."""
+    now_version = str((current.get("meta") or {}).get("versionId", "?"))
+    if body.get("channel") == "export":  # decided on the event's copy, its supplier the event's sender
+        copy = "the export decided on the event's own copy, which the record does not keep"
+        return f"decided on version {now_version}: {copy}"
+    then_version = versioned.split("/_history/")[1] if "/_history/" in versioned else None
+    if then_version is None:  # a delivery of an event's content the record made no version of
+        return f"decided on version {now_version}: the content disclosed was no record version"
+    if now_version != then_version:
+        return f"decided on version {now_version}: version {then_version} was disclosed"
+    return None
+
+
+def _today(then: str, moved: bool, decision: Decision, elsewhere: str | None) -> tuple[str, str]:
+    """Today's answer and its basis. On other content than was disclosed (`elsewhere` says which), a
+    different answer is no evidence of a change of policy ("cannot tell"), unless the policy is
+    seen to have `moved` (the consents it rests on differ, or the agreements then would decide the
+    content as it stands otherwise than today's)."""
+    basis = ", ".join([*decision.agreements, *decision.consents]) or "; ".join(decision.reasons)
+    if elsewhere is None:
+        return decision.outcome, basis
+    if _shown(then) == _shown(decision.outcome) or moved:
+        return decision.outcome, f"{basis} ({elsewhere})"
+    return (
+        CANNOT_TELL,
+        f"today {decision.outcome} on {basis}, but {elsewhere}: the difference may be the content's, not the policy's",
+    )
+
+
 # the reason a break-glass read is decided again with (the ledger keeps that an emergency was asserted)
 _EMERGENCY = "the emergency asserted then"
+
+
+def as_of(history: Sequence[tuple[datetime, Any]], at: datetime) -> list[Any]:
+    """The agreements current at `at`: each one's newest version loaded by then."""
+    current: dict[str, Any] = {}
+    for loaded, agreement in sorted(history, key=lambda h: (h[1].id, h[1].version)):
+        if loaded <= at:
+            current[agreement.id] = agreement
+    return list(current.values())
 
 
 def people_of(entries: Iterable[Any], resources: Mapping[str, Json | None]) -> set[str]:

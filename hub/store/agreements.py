@@ -64,6 +64,13 @@ class SqlAgreements:
             rows = conn.execute(sa.select(A.c.document).order_by(A.c.id, A.c.version)).scalars().all()
         return [Agreement.model_validate(r) for r in rows]
 
+    def history(self) -> list[tuple[datetime, Agreement]]:
+        """Every version with the time it was loaded (so what was current at a given time)."""
+        query = sa.select(A.c.loaded_at, A.c.document).order_by(A.c.id, A.c.version)
+        with store_errors(), self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [(r.loaded_at, Agreement.model_validate(r.document)) for r in rows]
+
     def current(self) -> list[Agreement]:
         """The newest version of each agreement (older versions stay stored, for audit)."""
         latest: dict[str, Agreement] = {}

@@ -186,6 +186,11 @@ def test_the_export_refuses_a_folder_for_out_and_org_without_payloads_and_counts
     )
     assert verified.returncode == 0, verified.stdout
     assert f"verified: {log.events} events, 1 signed checkpoint" in verified.stdout
+    assert "payloads: none included (hashes only)" in verified.stdout
+    again = carehub(log, "audit", "export", "--out", str(tmp_path / "log.ndjson"), "--data-dir", data)
+    assert again.returncode == 2  # (an existing export is not overwritten unasked)
+    forced = carehub(log, "audit", "export", "--out", str(tmp_path / "log.ndjson"), "--force", "--data-dir", data)
+    assert forced.returncode == 0, forced.stdout + forced.stderr
 
 
 def test_the_export_refuses_a_data_dir_with_no_hub_and_an_auditor_no_agreement_names(log: Log, tmp_path: Path) -> None:

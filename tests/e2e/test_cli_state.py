@@ -111,8 +111,19 @@ def test_a_subject_access_request_counts_disclosures_and_denials_apart(hub: Path
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 decisions recorded about this person: 2 disclosures (1 by break-glass), 2 denials" in done.stdout
     assert "collapsed in clinic" in done.stdout
-    nobody = carehub("audit", "disclosures", "--nhs-number", "9990000018", "--data-dir", str(hub))
-    assert "0 decisions recorded about this person: 0 disclosures (0 by break-glass), 0 denials" in nobody.stdout
+
+
+def test_a_person_the_hub_has_never_seen_is_said_to_be_unknown_not_undisclosed(hub: Path) -> None:
+    # a check-digit valid typo must not read as "nothing was disclosed about this person"
+    for command in ("disclosures", "time-travel"):
+        nobody = carehub("audit", command, "--nhs-number", "9990000018", "--data-dir", str(hub))
+        assert nobody.returncode == 1, nobody.stdout + nobody.stderr
+        assert " ".join(nobody.stdout.split()) == (
+            "no person with NHS number 9990000018 in the shared care record, and no disclosures recorded "
+            "about them: check the number"
+        )
+    known = carehub("audit", "time-travel", "--nhs-number", NHS, "--data-dir", str(hub))
+    assert known.returncode == 0, known.stdout + known.stderr  # (the ledger knows them, the record need not)
 
 
 def test_time_travel_refuses_a_period_that_ends_before_it_starts(hub: Path) -> None:

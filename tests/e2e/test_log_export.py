@@ -89,6 +89,7 @@ async def test_the_export_verifies_without_the_hub_and_tampering_is_named(tmp_pa
             assert made.status_code == 201, made.text
 
         out = tmp_path / "audit" / "log.ndjson"
+        out.parent.mkdir()  # (the export makes no folders: a mistyped path is refused)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAREHUB_")} | {
             "KAFKA_BOOTSTRAP_SERVERS": run.bootstrap
         }
@@ -193,6 +194,10 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
 def test_payloads_follow_the_supplier_named_by_the_events_source(exported: Exported) -> None:
     shown = {str(e["source"]): "payload" in e for e in exported.events() if e["type"]}
     assert shown == {"urn:ods:RXX": True, "urn:ods:RZZ": False}  # RZZ is no party to the agreement
+    [withheld] = [e for e in exported.events() if e["type"] and "payload" not in e]
+    assert "from RZZ with AUD01 for audit" in str(withheld["payload_withheld"])  # the true reason
+    verified = run_verifier(exported.out, exported.key)
+    assert "payloads: included for AUD01, where its agreements permit them" in verified.stdout
 
 
 def test_every_record_value_is_hashed_as_it_lies_on_the_log(exported: Exported) -> None:

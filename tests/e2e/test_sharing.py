@@ -144,8 +144,9 @@ async def test_reads_follow_agreements_and_consent_and_changes_apply_within_two_
     for org, decision in [("Y00001", "permit"), ("Y00002", "deny"), ("Y00002", "break-glass"), ("Y00003", "deny")]:
         assert re.search(rf"{org} / .*{decision}", sar.stdout), (org, decision, sar.stdout)
     assert "collapsed in clinic" in sar.stdout
-    nobody = await asyncio.to_thread(subject_access, "9990000018", tmp_path)
-    assert "0 decisions recorded about this person" in nobody.stdout
+    nobody = await asyncio.to_thread(subject_access, "9990000018", tmp_path)  # (never seen: not "nothing disclosed")
+    assert nobody.returncode == 1
+    assert "no person with NHS number 9990000018 in the shared care record" in nobody.stdout
 
 
 def subject_access(nhs_number: str, data_dir: Path) -> subprocess.CompletedProcess[str]:

@@ -52,8 +52,8 @@ def test_a_failure_names_the_line_and_how_many_event_lines_came_before_it(
     assert main(["export_verify.py", str(export), str(key)]) == 1
     printed = capsys.readouterr().out.splitlines()
     assert printed[-1] == (
-        "NOT verified: line 6: checkpoint does not match the lines before it; "
-        "4 event lines read before the problem was found"
+        "NOT verified: line 6: checkpoint does not match the lines before it: one of lines 4-5 was changed, "
+        "removed or added (or one was removed or added next to them); 4 event lines read before the problem was found"
     )
     assert not any("after" in line for line in printed)
 
@@ -67,3 +67,29 @@ def test_counts_agree_with_their_nouns(files: tuple[Path, Path], capsys: pytest.
     export.write_bytes(b"".join(an_export()))
     assert main(["export_verify.py", str(export), str(key)]) == 0
     assert "verified: 5 events, 3 signed checkpoints\n" in capsys.readouterr().out
+
+
+def test_a_checkpoint_that_fails_names_the_lines_it_covers_not_only_its_own(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    export, key = files
+    lines = an_export()  # e e c e e c e F
+    del lines[0]  # the first event line removed: the checkpoint (now line 2) covers line 1 only
+    export.write_bytes(b"".join(lines))
+    assert main(["export_verify.py", str(export), str(key)]) == 1
+    assert "line 2: checkpoint does not match the lines before it: line 1 was changed, removed or added" in (
+        capsys.readouterr().out
+    )
+
+
+def test_the_verifier_prints_when_the_export_was_made_and_for_whom_payloads_were_included(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    export, key = files
+    assert main(["export_verify.py", str(export), str(key)]) == 0
+    printed = capsys.readouterr().out
+    assert "exported at 2026-11-03T12:00:00+00:00 (signed): the log as it stood then" in printed
+    assert "payloads: none included (hashes only)" in printed
+    export.write_bytes(b"".join(an_export(payloads_for="AUD01")))
+    assert main(["export_verify.py", str(export), str(key)]) == 0
+    assert "payloads: included for AUD01, where its agreements permit them" in capsys.readouterr().out

@@ -22,11 +22,11 @@ KEY = Ed25519PrivateKey.generate()
 AT = datetime(2026, 11, 3, 12, 0, tzinfo=UTC)
 
 
-def an_export(events: int = 5, every: int = 2, *, finals: int = 1) -> list[bytes]:
+def an_export(events: int = 5, every: int = 2, *, finals: int = 1, payloads_for: str | None = None) -> list[bytes]:
     """The lines of an export of `events` event lines on two partitions (a final checkpoint after
     each of `finals` runs of them)."""
     out = io.BytesIO()
-    writer = Writer(out, KEY, every=every, exported_at=AT)
+    writer = Writer(out, KEY, every=every, exported_at=AT, payloads_for=payloads_for)
     for _ in range(finals):
         for n in range(events):
             writer.event({"partition": n % 2, "offset": writer.events, "id": f"e{writer.events}"})

@@ -1,15 +1,18 @@
 """The policy time-travel report's rules (hub.core.timetravel): only a change of policy shows as one.
-A break-glass read, a resource changed since, and a person merged since each once showed as a
-change (or hid one) when the policy had not changed (or had)."""
+A break-glass read, a resource changed since, a person merged since, an export decided on an
+event's own copy and a refused $everything each once showed as a change (or hid one) when the
+policy had not changed (or had)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from hub.api.routes.fhir import refused_whole
 from hub.core.ledger import Disclosure, Entry, resource_ref
-from hub.core.policy import Asker, ConsentRule, consent_rule, decide
+from hub.core.policy import Asker, ConsentRule, Decision, consent_rule, decide, person_of
 from hub.core.ports import Json
-from hub.core.timetravel import WITHHELD_WITH_EVENT, people_of, reconsider
+from hub.core.timetravel import WITHHELD_WITH_EVENT, WITHHELD_WITH_READ, people_of, reconsider
+from hub.export import _decide, _entries
 from tests.builders import an_agreement, an_objection
 
 THEN = datetime(2026, 9, 1, 10, 0, tzinfo=UTC)
@@ -44,9 +47,9 @@ def entry(
     return Entry(1, body, "0" * 64, "0" * 64)
 
 
-def objection(person: str) -> ConsentRule:
+def objection(person: str, recipient: str = "Y00001") -> ConsentRule:
     rule = consent_rule(
-        an_objection("9434765919", "Y00001") | {"id": "c1", "patient": {"reference": f"Patient/{person}"}}
+        an_objection("9434765919", recipient) | {"id": "c1", "patient": {"reference": f"Patient/{person}"}}
     )
     assert rule is not None
     return rule
@@ -65,7 +68,8 @@ def test_a_break_glass_read_is_the_same_today_when_the_policy_is() -> None:
 def test_a_resource_changed_since_is_decided_as_it_stands_and_says_so() -> None:
     disclosed, now = encounter("p1", 1), encounter("p1", 3, source="RZZ")  # its supplier changed, not the policy
     [row] = reconsider([entry(disclosed, "permit")], {"Encounter/enc-1": now}, AGREEMENTS, [], NOW)
-    assert row.now == "deny"
+    assert (row.now, row.changed) == ("cannot tell", False)  # a different answer on other content
+    assert row.now_basis.startswith("today deny on no agreement in force shares")
     assert "decided on version 3: version 1 was disclosed" in row.now_basis
     [same] = reconsider([entry(disclosed, "permit")], {"Encounter/enc-1": disclosed}, AGREEMENTS, [], NOW)
     assert (same.now, same.changed) == ("permit", False)
@@ -117,3 +121,90 @@ def test_content_disclosed_that_was_no_record_version_says_so_rather_than_versio
     assert row.resource == "Encounter/enc-1"  # (no /_history/: no record version was disclosed)
     assert "decided on version 2: the content disclosed was no record version" in row.now_basis
     assert "?" not in row.now_basis
+
+
+# --- rows decided on the writers' own entries: an export's, and a refused $everything's ---
+
+AUDIT = an_agreement("RXX", "AUD01", id="audit", purposes=("audit",), categories=("demographics", "encounters"))
+
+
+def patient(version: int | None, source: str | None = None) -> Json:
+    meta: Json = {} if version is None else {"versionId": str(version)}
+    return {"resourceType": "Patient", "id": "p1", "meta": meta | ({"source": f"urn:ods:{source}"} if source else {})}
+
+
+def exported(payload: Json, sender: str, consents: list[ConsentRule]) -> list[Entry]:
+    """The ledger entries `carehub audit export --payloads --org AUD01` writes for one event."""
+    asker = Asker("AUD01", "auditor", THEN)
+    _, judged = _decide(payload, f"urn:ods:{sender}", lambda r: decide(asker, r, [AUDIT], consents))
+    if not all(d.permitted for _, d in judged):
+        judged = [(r, d if not d.permitted else Decision("deny", (WITHHELD_WITH_EVENT,))) for r, d in judged]
+    bodies = [e.body() for e in _entries(judged, ("AUD01", "ms-audit"), THEN, event="ev-1")]
+    return [Entry(n, body, "0" * 64, "0" * 64) for n, body in enumerate(bodies, start=1)]
+
+
+def test_an_export_denial_on_the_events_own_copy_is_no_change_though_the_record_now_says_permit() -> None:
+    # a referral's Patient stub came from practice Y90004, no party to the audit agreement; the
+    # record's Patient now is the hospital's: re-exporting under the same policy still denies
+    entries = exported(patient(None), "Y90004", [])
+    assert entries[0].body["event"] == "ev-1"  # the ledger names the event whose copy was judged
+    [row] = reconsider(entries, {"Patient/p1": patient(2, "RXX")}, [AUDIT], [], NOW, [(THEN, AUDIT)])
+    assert (row.then, row.now, row.changed) == ("deny", "cannot tell", False)
+    assert "the export decided on the event's own copy, which the record does not keep" in row.now_basis
+    assert row.now_basis.startswith("today permit on audit@1")
+
+
+def test_a_change_of_consent_or_agreement_still_shows_on_an_exported_copy() -> None:
+    entries = exported(patient(None), "RXX", [])
+    assert entries[0].body["decision"] == "permit"
+    record = {"Patient/p1": patient(2, "RXX")}
+    [objected] = reconsider(entries, record, [AUDIT], [objection("p1", "AUD01")], NOW, [(THEN, AUDIT)])
+    assert (objected.now, objected.changed) == ("deny", True)  # the person objected since
+    narrower = an_agreement("RXX", "AUD01", id="audit", version=2, purposes=("audit",), categories=("encounters",))
+    history = [(THEN, AUDIT), (NOW - timedelta(days=1), narrower)]
+    [dropped] = reconsider(entries, record, [narrower], [], NOW, history)
+    assert (dropped.now, dropped.changed) == ("deny", True)  # version 2 no longer shares demographics
+    assert "the agreements then would say permit" in dropped.now_basis
+    [kept] = reconsider(entries, {"Patient/p1": patient(2, "RZZ")}, [AUDIT], [], NOW, [(THEN, AUDIT)])
+    assert (kept.now, kept.changed) == ("cannot tell", False)  # only the record's copy changed supplier
+
+
+def test_a_refused_everything_is_no_change_for_what_was_refused_only_with_it() -> None:
+    practice = {"resourceType": "Organization", "id": "Y00001", "meta": {"versionId": "1"}}
+    held = encounter("p1", 1)
+    asker = Asker("Y00001", "clinician", THEN)
+    refused = Decision("deny", ("the person objected to sharing demographics with Y00001",))
+    judged = refused_whole(
+        (patient(1, "RXX"), refused), [(r, decide(asker, r, AGREEMENTS, [])) for r in (practice, held)]
+    )
+    assert [d.reasons for _, d in judged[1:]] == [(WITHHELD_WITH_READ,), (WITHHELD_WITH_READ,)]
+    entries = [entry_of(r, d) for r, d in judged]
+    record = {"Patient/p1": patient(1, "RXX"), "Organization/Y00001": practice, "Encounter/enc-1": held}
+    rows = reconsider(entries, record, AGREEMENTS, [], NOW)
+    assert [(r.resource.split("/")[0], r.then, r.now, r.changed) for r in rows] == [
+        ("Patient", "deny", "permit", True),  # the objection is gone today: that is a change
+        ("Organization", "withheld", "permit", False),
+        ("Encounter", "withheld", "permit", False),
+    ]
+
+
+def test_an_organisation_an_older_ledger_denied_with_its_patient_is_no_change() -> None:
+    practice = {"resourceType": "Organization", "id": "Y00001", "meta": {"versionId": "1"}}
+    old = entry(practice, "deny", reasons=("no agreement in force shares demographics with Y00001",))
+    [row] = reconsider([old], {"Organization/Y00001": practice}, AGREEMENTS, [], NOW)
+    assert (row.then, row.now, row.changed) == ("withheld", "permit", False)
+
+
+def entry_of(resource: Json, decision: Decision) -> Entry:
+    body = Disclosure(
+        at=THEN,
+        recipient_org="Y00001",
+        recipient_user="dr-jones",
+        channel="everything",
+        person_key=person_of(resource),
+        resources=(resource_ref(resource),),
+        decision=decision.outcome,
+        reasons=decision.reasons,
+        basis={"role": "clinician", "agreements": list(decision.agreements), "consents": list(decision.consents)},
+    ).body()
+    return Entry(1, body, "0" * 64, "0" * 64)

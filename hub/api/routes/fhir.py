@@ -45,6 +45,7 @@ from hub.core.errors import ConsentDeniedError, InvalidMessageError, UnknownPers
 from hub.core.ledger import Disclosure, resource_ref
 from hub.core.policy import UNENFORCED, Asker, Decision, decide, person_of
 from hub.core.ports import Json, Ledger, RecordReader
+from hub.core.timetravel import WITHHELD_WITH_READ
 from hub.store.agreements import PolicySource
 from schemas.envelope import Envelope
 from schemas.events.consent import CONSENT_RECORDED
@@ -110,6 +111,13 @@ class Judge:
             self._consents[person] = self.policy.consents(person)
         consents = self._consents.get(person, []) if person else []
         return decide(self.asker, resource, self.policy.agreements(), consents)
+
+
+def refused_whole(patient: tuple[Json, Decision], rest: list[tuple[Json, Decision]]) -> list[tuple[Json, Decision]]:
+    """A $everything refused because its Patient was: each other resource with its own refusal, or,
+    one permitted itself, as withheld with the read (not with the Patient's reason, which is not its)."""
+    withheld = Decision("deny", (WITHHELD_WITH_READ,))
+    return [patient, *((r, withheld if d.permitted else d) for r, d in rest)]
 
 
 def record(ledger: Ledger | None, who: Principal, channel: str, judged: list[tuple[Json, Decision]]) -> None:
@@ -212,7 +220,7 @@ def router(
             raise UnknownPersonError(f"Patient/{id} is not known here", ("Patient.id",))
         first = judge_(found[0])
         if not first.permitted:
-            record(ledger, who, "everything", [(r, first) for r in found])
+            record(ledger, who, "everything", refused_whole((found[0], first), [(r, judge_(r)) for r in found[1:]]))
             raise ConsentDeniedError("; ".join(first.reasons), ("Patient",))
         return disclose(request, who, judge_, "everything", found)
 
