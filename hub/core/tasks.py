@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from hub.core.fhir_read import (
     ODS_SYSTEM,
@@ -444,7 +445,21 @@ def _matches(f: Fulfilment, name: str, event: RecordEvent, resources: list[Json]
             requests = [r for r in requests if f"ServiceRequest/{r.get('id')}" == focus]
         if not any(extension(r, co.OUTCOME_EXTENSION, "valueCode") in f.outcome for r in requests):
             return False
+    if name == "episode.closed" and str(task.get("focus") or "").startswith("ServiceRequest/"):
+        # a referral's task ends with a stay on the caseload that began after the referral: one made
+        # while the person was on the caseload still waits for its own answer
+        starts = [_began((e.get("period") or {}).get("start")) for e in of_kind(resources, "EpisodeOfCare")]
+        return any(start is not None and opened <= start for start in starts)
     return True
+
+
+def _began(value: Any) -> datetime | None:
+    """An episode's start as an instant; None for one without a readable start with its offset."""
+    try:
+        found = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return found if found.tzinfo is not None else None
 
 
 def _referral_source(resources: list[Json]) -> str | None:

@@ -8,7 +8,8 @@ import yaml
 
 from schemas.coordination_rules import CoordinationRules
 
-DEFAULT = Path(__file__).with_name("croydon-pic.v1.yaml")
+DEFAULT = Path(__file__).with_name("croydon-pic.v2.yaml")
+# earlier versions stay shipped: a hub pinned to one (CAREHUB_COORDINATION__RULES) keeps it
 
 
 def load_rules(path: Path | None = None) -> CoordinationRules:

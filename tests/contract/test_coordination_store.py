@@ -4,7 +4,6 @@ derived events, clocks and caseloads in memory, in a SQLite file and in PostgreS
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,13 +12,14 @@ import yaml
 from hub.core.coordination import Positioned, process, tick
 from hub.core.ports import CoordinationUnitOfWork, RecordEvent
 from hub.core.tasks import Engine
+from hub.rules import DEFAULT
 from hub.store.coordination import SqlCoordinationStore
 from hub.store.database import open_engine
 from hub.store.memory import MemoryCoordinationStore
 from schemas.coordination_rules import CoordinationRules
 from tests import locality_month as month
 
-RULES = Path(__file__).parents[2] / "hub" / "rules" / "croydon-pic.v1.yaml"
+RULES = DEFAULT  # the shipped rules (hub/rules/croydon-pic.v2.yaml)
 ENGINE = Engine(CoordinationRules.model_validate(yaml.safe_load(RULES.read_text())))
 
 

@@ -5,7 +5,6 @@ past the month (a long stay on a caseload)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 import yaml
@@ -17,13 +16,14 @@ from hub.core.coordination import Positioned, process, tick
 from hub.core.pic_summary import OUTPUT_SYSTEM, PRACTICE_OUTPUT, practice_output
 from hub.core.ports import RecordEvent
 from hub.core.tasks import Engine
+from hub.rules import DEFAULT
 from hub.store.memory import MemoryCoordinationStore
 from schemas.coordination_rules import CoordinationRules
 from schemas.events import coordination as co
 from tests import locality_month as month
 from tests.builders import an_adt
 
-RULES = Path(__file__).parents[2] / "hub" / "rules" / "croydon-pic.v1.yaml"
+RULES = DEFAULT  # the shipped rules (hub/rules/croydon-pic.v2.yaml)
 
 
 @pytest.fixture(scope="module")
@@ -332,7 +332,8 @@ def test_a_pic_summary_with_no_practice_to_go_to_waits_and_the_coordinator_must_
     assert done.payload["output"] == [practice_output("Y00001")]  # where the summary went
     Task.model_validate(done.payload)
     overdue = run(engine, [tick(0, month.at(23))], store)  # its clock stopped; the letter's receipt is still due
-    assert {"pic-summary", "referral-triage"} == {e.payload["code"]["coding"][0]["code"] for e in overdue}
+    # (the referral's triage, never done, ended with the stay on the caseload: rules version 2)
+    assert {"pic-summary"} == {e.payload["code"]["coding"][0]["code"] for e in overdue}
     assert letters(run(engine, [hospital_adt(month.at(24, 9))], store)) == []  # sent once
 
 
@@ -341,9 +342,9 @@ def test_a_held_pic_summary_past_its_48_hours_goes_to_the_team_lead_and_still_go
 ) -> None:
     store = MemoryCoordinationStore()
     run(engine, [unregistered_referral(month.at(3, 9)), *discharged_from_the_service(month.at(20, 9))], store)
-    overdue = run(engine, [tick(0, month.at(22, 9))], store)  # (the referral, never triaged, went too)
+    overdue = run(engine, [tick(0, month.at(22, 9))], store)  # (the referral's triage ended with the stay)
     codes = {e.payload["code"]["coding"][0]["code"] for e in overdue}
-    assert codes == {"find-gp-practice", "pic-summary", "referral-triage"}
+    assert codes == {"find-gp-practice", "pic-summary"}
     assert {e.payload["owner"]["identifier"]["value"] for e in overdue} == {"team-lead"}
     released = run(engine, [referred_by(month.PRACTICE, "gp", month.at(25, 9))], store)
     assert letters(released) == [(month.at(25, 9), month.PRACTICE)]
@@ -440,3 +441,62 @@ def test_a_task_update_from_the_log_with_a_malformed_practice_names_none_and_nev
     ]
     assert letters(run(engine, events, store)) == []  # still held
     assert store.states[made.subject]["practice"] is None
+
+
+def the_referral_then_a_stay_that_closes_unvisited(second: bool = False) -> list[RecordEvent]:
+    """P4 referred 4 Nov, on c-ann's caseload 6-10 Nov, discharged from the service unvisited; with
+    `second`, referred again on 8 Nov, while on the caseload."""
+    events = [
+        month.referral("P4", month.at(4, 10), "adult-social-care"),
+        month.episode("P4", month.at(6, 9), "c-ann"),
+        month.episode("P4", month.at(10, 10), "c-ann", closed=True),  # (its period starts 10 Nov 09:00)
+    ]
+    events[2].payload["entry"][0]["resource"]["period"]["start"] = month.at(6, 9).isoformat()
+    if second:
+        again = month.referral("P4", month.at(8, 10), "huddle")
+        again.payload["entry"][0]["resource"]["id"] = "the-second-referral"
+        events.insert(
+            2, RecordEvent(f"{again.id}-2", again.type, again.source, again.time, again.subject, again.payload)
+        )
+    return events
+
+
+def test_a_referrals_tasks_end_when_the_stay_on_the_caseload_after_it_closes_without_them(engine: Engine) -> None:
+    # version 1 left triage and first visit open, to go overdue to the team lead for someone the
+    # service had discharged; a referral made during the stay keeps its own
+    derived = run(
+        engine,
+        [*the_referral_then_a_stay_that_closes_unvisited(), tick(0, month.at(3, month=12))],
+        MemoryCoordinationStore(),
+    )
+    assert {
+        key: status for key, status in statuses(derived).items() if key[0] in ("referral-triage", "first-visit")
+    } == {
+        ("referral-triage", month.referral_id("P4")): "cancelled",
+        ("first-visit", month.referral_id("P4")): "cancelled",
+    }
+    overdue = {e.payload["code"]["coding"][0]["code"] for e in derived if e.type == co.TASK_OVERDUE.type}
+    assert overdue == {"pic-summary"}  # (no receipt for the GP letter: only that one)
+    derived = run(engine, the_referral_then_a_stay_that_closes_unvisited(second=True), MemoryCoordinationStore())
+    found = statuses(derived)
+    assert found[("first-visit", month.referral_id("P4"))] == "cancelled"
+    assert found[("first-visit", "the-second-referral")] == "requested"
+
+
+def test_version_1_of_the_rules_leaves_them_open(engine: Engine) -> None:
+    v1 = Engine(CoordinationRules.model_validate(yaml.safe_load(DEFAULT.with_name("croydon-pic.v1.yaml").read_text())))
+    derived = run(v1, the_referral_then_a_stay_that_closes_unvisited(), MemoryCoordinationStore())
+    assert statuses(derived)[("first-visit", month.referral_id("P4"))] == "requested"
+
+
+def statuses(derived: list[RecordEvent]) -> dict[tuple[str, str], str]:
+    """(rule, the referral it is about) -> the task's latest status, of the referral tasks derived."""
+    latest: dict[tuple[str, str], str] = {}
+    for event in derived:
+        task = event.payload
+        if task.get("resourceType") == "Task" and str((task.get("focus") or {}).get("reference", "")).startswith(
+            "ServiceRequest/"
+        ):
+            key = (task["code"]["coding"][0]["code"], task["focus"]["reference"].removeprefix("ServiceRequest/"))
+            latest[key] = str(task["status"])
+    return latest
