@@ -356,6 +356,9 @@ async def test_a_coordinator_who_finds_the_persons_practice_names_it_and_the_hel
     services = build(settings)
     now = datetime.now(UTC)
     mailbox = pic_sharing(services, tmp_path, now)
+    # a practice whose only agreement with the service is for audit: delivery would withhold the letter
+    audit_only = an_agreement(month.SERVICE, "Y08888", id="audit-only", purposes=("audit",), categories=("care-plans",))
+    services.agreements.load(audit_only, at=now)
     secret = services.secrets.token
     la = {"Authorization": f"Bearer {issue_token(secret, org='LA123', role='clinician', now=now)}"}
     pic = {"Authorization": f"Bearer {issue_token(secret, org=month.SERVICE, role='coordinator', now=now)}"}
@@ -401,7 +404,13 @@ async def test_a_coordinator_who_finds_the_persons_practice_names_it_and_the_hel
                 find,
                 _params(status="completed", practice="Y09999"),
                 409,
-                "no sharing agreement in force names both Y09999",
+                "no agreement in force shares care-plans from Y0PIC with Y09999",
+            ),
+            (
+                find,
+                _params(status="completed", practice="Y08888"),
+                409,
+                "no agreement in force shares care-plans from Y0PIC with Y08888",
             ),
         ]:
             refused = await http.post(f"/Task/{task['id']}/$status", json=params, headers=pic)

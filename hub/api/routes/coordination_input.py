@@ -15,11 +15,14 @@ from hub.api.routes.fhir import check_shape
 from hub.core import nhs_number
 from hub.core.errors import InvalidMessageError
 from hub.core.fhir_read import ODS_CODE, referral_source
+from hub.core.policy import Asker, decide
 from hub.core.ports import Json
 from hub.core.skew import CLOCK_SKEW
 from hub.core.tasks import FIND_PRACTICE
 from schemas.agreements import Agreement
 from schemas.events import coordination as co
+
+_LETTER_PURPOSES = ("direct-care", "care-coordination")  # what a practice's subscription may say
 
 
 def business_identifier(request: Json) -> tuple[str, str] | None:
@@ -92,8 +95,12 @@ def found_practice(params: Json, task: Json, status: str) -> str | None:
 
 def refuse_unless_shared(practice: str, service: str, agreements: Callable[[], Sequence[Agreement]] | None) -> None:
     """A practice the PIC summary can go to: not the service itself, and (where sharing is enforced)
-    party to an agreement in force with the service. A code mistyped, or another organisation's, is
-    refused here, before the summary goes: once sent, a letter cannot be called back."""
+    one an agreement in force lets the service share a care plan with (the summary's category), for
+    direct care or care coordination (a practice's subscription's purposes), as delivery will decide
+    it. A code mistyped, or another organisation's, or one whose only agreement with the service is
+    for audit, is refused here, before the summary goes: once sent, a letter cannot be called back,
+    and one sent where delivery withholds it reaches no one. (The person's consent is decided at
+    delivery, as for every disclosure: it can change before the letter goes.)"""
     if practice == service:
         raise InvalidMessageError(
             f"practice {practice} is the coordination service itself: name the person's GP practice",
@@ -102,11 +109,14 @@ def refuse_unless_shared(practice: str, service: str, agreements: Callable[[], S
         )
     if agreements is None:
         return
-    today = datetime.now(UTC).date()
-    if not any({practice, service} <= a.party_codes and a.in_force(today) for a in agreements()):
+    now = datetime.now(UTC)
+    letter = {"resourceType": "Composition", "meta": {"source": f"urn:ods:{service}"}}
+    in_force = list(agreements())
+    decisions = [decide(Asker(practice, "system", now, purpose=p), letter, in_force, []) for p in _LETTER_PURPOSES]
+    if not any(d.permitted for d in decisions):
         raise InvalidMessageError(
-            f"practice {practice}: no sharing agreement in force names both {practice} and {service}, so the PIC "
-            "summary could not be shared with it: check the code, or load the practice's agreement first",
+            f"practice {practice}: {decisions[0].reasons[0]}, so the PIC summary could not be shared with it: "
+            "check the code, or load the practice's agreement (care-plans, for direct care) first",
             ("Parameters.parameter[practice]",),
             code="business-rule",
         )
