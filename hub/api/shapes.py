@@ -136,3 +136,41 @@ def created(schema: Json) -> dict[int | str, Any]:
 def errors(*statuses: int) -> dict[int | str, Any]:
     """The OpenAPI entries for the OperationOutcome errors a route answers with."""
     return {s: {"description": _WHY[s], "content": {FHIR_JSON: {"schema": OUTCOME}}} for s in statuses}
+
+
+def parameters_in(*names: str, required: tuple[str, ...] = ()) -> Json:
+    """The OpenAPI request body of a coordination command: a FHIR Parameters resource whose
+    parameters (a string, code, id or dateTime each) are `names`; `required` must be given."""
+    value = {key: _TEXT for key in ("valueString", "valueCode", "valueId", "valueDateTime")}
+    parameter = _object({"name": {"type": "string", "enum": list(names)}, **value}, ("name",))
+    shape = _object({"resourceType": {"type": "string", "enum": ["Parameters"]}, "parameter": _some(parameter)})
+    shape["required"] = ["resourceType", *(["parameter"] if required else [])]
+    shape["description"] = "FHIR Parameters: " + ", ".join(
+        f"{n}{' (required)' if n in required else ''}" for n in names
+    )
+    return {"requestBody": {"required": bool(required), "content": {FHIR_JSON: {"schema": shape}}}}
+
+
+SERVICE_REQUEST_IN: Json = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            FHIR_JSON: {
+                "schema": {
+                    "type": "object",
+                    "required": ["resourceType", "status", "intent", "subject"],
+                    "properties": {
+                        "resourceType": {"type": "string", "enum": ["ServiceRequest"]},
+                        "status": {"type": "string", "enum": ["active"]},
+                        "intent": {"type": "string"},
+                        "subject": _object({"identifier": _IDENTIFIER}, ("identifier",)),
+                        "authoredOn": {"type": "string"},
+                        "extension": {"type": "array", "items": {"type": "object"}},
+                    },
+                    "description": "a FHIR R4 ServiceRequest naming the person by NHS number and its source "
+                    "with the UK Core SourceOfServiceRequest extension (see README: Referrals in)",
+                }
+            }
+        },
+    }
+}

@@ -106,6 +106,18 @@ def test_the_document_lists_every_fhir_record_operation() -> None:
     assert len(tagged) == 8
 
 
+def test_every_coordination_command_documents_what_it_takes() -> None:
+    # integrators read the document: a command whose body it does not describe cannot be called from it
+    document = DOCUMENT_APP.openapi()
+    commands = {path: ops["post"] for path, ops in document["paths"].items() if "$" in path and "post" in ops}
+    assert len(commands) == 5
+    for path, op in [*commands.items(), ("/fhir/ServiceRequest", document["paths"]["/fhir/ServiceRequest"]["post"])]:
+        schema_ = op["requestBody"]["content"][FHIR_JSON]["schema"]
+        assert schema_["properties"]["resourceType"]["enum"] in (["Parameters"], ["ServiceRequest"]), path
+    named = commands["/fhir/Task/{id}/$status"]["requestBody"]["content"][FHIR_JSON]["schema"]
+    assert named["properties"]["parameter"]["items"]["properties"]["name"]["enum"] == ["status", "practice"]
+
+
 @schema.exclude(tag=TAG, method="POST").parametrize()  # POST /fhir/Consent: in the next test, which is slower
 @FUZZ
 def test_no_request_gets_a_server_error(case: schemathesis.Case, live_api: LiveApi) -> None:

@@ -47,7 +47,7 @@ from hub.api.routes.coordination_input import (
     with_outcome,
 )
 from hub.api.routes.fhir import bearer_caller, fhir_id, read_body
-from hub.api.shapes import FHIR_ID
+from hub.api.shapes import FHIR_ID, SERVICE_REQUEST_IN, parameters_in
 from hub.core import nhs_number
 from hub.core.errors import ConsentDeniedError, InvalidMessageError, RuleRefusedError, UnknownPersonError
 from hub.core.fhir_read import referral_source
@@ -114,7 +114,12 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
             raise UnknownPersonError(f"no referral ServiceRequest/{id} in the shared care record", ("ServiceRequest",))
         return found
 
-    @api.post("/fhir/ServiceRequest", status_code=201, summary="Refer a person (GP, social care, VCSE, ...)")
+    @api.post(
+        "/fhir/ServiceRequest",
+        status_code=201,
+        summary="Refer a person (GP, social care, VCSE, ...)",
+        openapi_extra=SERVICE_REQUEST_IN,
+    )
     async def refer(request: Request, who: Caller) -> FhirResponse:
         body = json_body(await read_body(request), "ServiceRequest")
         if body.get("resourceType") != "ServiceRequest":
@@ -176,7 +181,12 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         await emit(co.REFERRAL_RECEIVED.type, who, person, authored, request_, stub, event_id=event_id)
         return FhirResponse(request_, status_code=201, headers={"Location": f"/fhir/ServiceRequest/{request_['id']}"})
 
-    @api.post("/fhir/ServiceRequest/{id}/$accept", status_code=201, summary="Allocate a referral to a coordinator")
+    @api.post(
+        "/fhir/ServiceRequest/{id}/$accept",
+        status_code=201,
+        summary="Allocate a referral to a coordinator",
+        openapi_extra=parameters_in("coordinator", "at", required=("coordinator",)),
+    )
     async def accept(request: Request, id: Id, who: Caller) -> FhirResponse:
         coordinator_only(who)
         params = parameters(await read_body(request))
@@ -208,7 +218,11 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         await emit(co.EPISODE_OPENED.type, who, person, at, episode)
         return FhirResponse(episode, status_code=201, headers={"Location": f"/fhir/EpisodeOfCare/{episode['id']}"})
 
-    @api.post("/fhir/ServiceRequest/{id}/$decline", summary="Record that a referral was declined")
+    @api.post(
+        "/fhir/ServiceRequest/{id}/$decline",
+        summary="Record that a referral was declined",
+        openapi_extra=parameters_in("reason", "at"),
+    )
     async def decline(request: Request, id: Id, who: Caller) -> FhirResponse:
         coordinator_only(who)
         params = parameters(await read_body(request))
@@ -221,7 +235,12 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         await emit(co.REFERRAL_OUTCOME.type, who, person_of(referral), at, declined)
         return FhirResponse(declined)
 
-    @api.post("/fhir/Patient/{id}/$record-contact", status_code=201, summary="Record a call or visit")
+    @api.post(
+        "/fhir/Patient/{id}/$record-contact",
+        status_code=201,
+        summary="Record a call or visit",
+        openapi_extra=parameters_in("kind", "at", "referral", required=("kind",)),
+    )
     async def record_contact(request: Request, id: Id, who: Caller) -> FhirResponse:
         coordinator_only(who)
         params = parameters(await read_body(request))
@@ -253,7 +272,11 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         await emit(co.CONTACT_RECORDED.type, who, id, at, encounter)
         return FhirResponse(encounter, status_code=201)
 
-    @api.post("/fhir/EpisodeOfCare/{id}/$close", summary="Discharge from the service; the PIC summary goes to the GP")
+    @api.post(
+        "/fhir/EpisodeOfCare/{id}/$close",
+        summary="Discharge from the service; the PIC summary goes to the GP",
+        openapi_extra=parameters_in("goals", "interventions", "onward-referrals", "follow-up", "at"),
+    )
     async def close(request: Request, id: Id, who: Caller) -> FhirResponse:
         coordinator_only(who)
         params = parameters(await read_body(request))
@@ -293,7 +316,11 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         await emit(co.EPISODE_CLOSED.type, who, person, at, closed, summary)
         return FhirResponse(closed)
 
-    @api.post("/fhir/Task/{id}/$status", summary="Move a task through the FHIR Task statuses")
+    @api.post(
+        "/fhir/Task/{id}/$status",
+        summary="Move a task through the FHIR Task statuses",
+        openapi_extra=parameters_in("status", "practice", required=("status",)),
+    )
     async def task_status(request: Request, id: Id, who: Caller) -> FhirResponse:
         coordinator_only(who)
         params = parameters(await read_body(request))
