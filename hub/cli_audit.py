@@ -294,7 +294,9 @@ def audit_export(
 @app.command()
 def kpi(
     month: Annotated[str, typer.Option(help="The month, YYYY-MM")],
-    out: Annotated[Path, typer.Option(help="Folder for kpi-YYYY-MM.csv and kpi-YYYY-MM.html")] = Path("var/kpi"),
+    out: Annotated[
+        Path, typer.Option(help="Folder for kpi-YYYY-MM.csv, kpi-YYYY-MM-trend.csv and kpi-YYYY-MM.html")
+    ] = Path("var/kpi"),
     data_dir: DataDir = Path("var"),
 ) -> None:
     """The commissioner's KPIs for a month, computed from the event log: CSV and an HTML report with charts."""
@@ -305,8 +307,10 @@ def kpi(
         fold_log,
         months_counted,
         skipped_note,
+        trend,
         write_csv,
         write_html,
+        write_trend_csv,
     )
     from hub.rules import load_rules
 
@@ -327,8 +331,18 @@ def kpi(
     fold, read = asyncio.run(fold_log(bootstrap, rules.service.ods))
     rows = fold.report(month)
     said = about(fold, month, datetime.now(UTC))
+    months = trend(fold, month)
     write_csv(rows, out / f"kpi-{month}.csv", skipped=fold.skipped, about=said)
-    write_html(rows, out / f"kpi-{month}.html", month=month, title=rules.service.name, skipped=fold.skipped, about=said)
+    write_trend_csv(months, out / f"kpi-{month}-trend.csv")
+    write_html(
+        rows,
+        out / f"kpi-{month}.html",
+        month=month,
+        title=rules.service.name,
+        skipped=fold.skipped,
+        about=said,
+        trend=months,
+    )
     table = listing("KPI", "breakdown", "value", "target")
     for row in rows:  # practice, source and coordinator codes come from payloads: text, never markup
         value = "n/a" if row.value is None else f"{row.value:g}"

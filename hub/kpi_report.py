@@ -209,6 +209,71 @@ def skipped_note(skipped: Mapping[str, int]) -> str:
     return f"{sum(skipped.values()):,} events on the log could not be read and are not in the figures: {why}"
 
 
+# the measures the report follows month by month (trend): (kpi, breakdown)
+TREND = (
+    ("referrals", ""),
+    ("first visits", ""),
+    ("first visits within 4 weeks", "%"),
+    ("referrals waiting over 4 weeks for a first visit", "at month end"),
+    ("discharges", ""),
+    ("GP letters within 48 hours", "%"),
+    ("declined", "% of referrals"),
+    ("people referred on", ""),
+    ("huddles attended", "%"),
+)
+TREND_MONTHS = 12
+
+Trend = list[tuple[str, dict[tuple[str, str], float | None]]]
+
+
+def trend(fold: KpiFold, month: str, months: int = TREND_MONTHS) -> Trend:
+    """The TREND measures for `month` and up to `months` - 1 before it, from the first month the log
+    holds anything the KPIs count (none before it: they would read as quiet months)."""
+    year, number = int(month[:4]), int(month[5:7])
+    wanted = []
+    for back in range(months - 1, -1, -1):
+        y, zero_based = divmod(year * 12 + number - 1 - back, 12)
+        wanted.append(f"{y:04d}-{zero_based + 1:02d}")
+    held = months_counted(fold)
+    first = min(held) if held else month
+    found: Trend = []
+    for shown in (w for w in wanted if w >= first or w == month):
+        figures = {(r.kpi, r.breakdown): r.value for r in fold.report(shown)}
+        found.append((shown, {key: figures.get(key) for key in TREND}))
+    fold.report(month)  # (the fold's first contacts as the month's own report left them)
+    return found
+
+
+def write_trend_csv(found: Trend, path: Path) -> None:
+    """month, then one column per TREND measure ("kpi (breakdown)"), one line a month."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["month", *(spreadsheet_text(_measure(k, b)) for k, b in TREND)])
+        for month, figures in found:
+            writer.writerow([month, *(_number(figures[key]) for key in TREND)])
+
+
+def _measure(kpi: str, breakdown: str) -> str:
+    return f"{kpi} ({breakdown})" if breakdown else kpi
+
+
+def _trend_html(found: Trend | None) -> str:
+    if not found or len(found) < 2:
+        return ""
+    head = "".join(f"<th>{escape(m)}</th>" for m, _ in found)
+    body = "\n".join(
+        f"<tr><td>{escape(_measure(k, b))}</td>"
+        + "".join(f'<td class="n">{escape(_shown(f[(k, b)]))}</td>' for _, f in found)
+        + "</tr>"
+        for k, b in TREND
+    )
+    return (
+        f"<h2>Month by month (the last {len(found)} months)</h2>\n"
+        f'<table class="trend"><thead><tr><th>KPI</th>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>\n'
+    )
+
+
 def write_html(
     rows: Sequence[Row],
     path: Path,
@@ -217,6 +282,7 @@ def write_html(
     title: str,
     skipped: Mapping[str, int] | None = None,
     about: About | None = None,
+    trend: Trend | None = None,
 ) -> None:
     """A printable report: the month's status at the top, a table of every figure (a percentage or
     mean with what it is of), and a bar chart for each measure with a breakdown."""
@@ -262,6 +328,7 @@ n/a: nothing to divide by this month.</p>
 {table}
 </tbody></table>
 {"".join(charts)}
+{_trend_html(trend)}
 </body></html>
 """
     )

@@ -348,3 +348,35 @@ def test_the_kpi_command_writes_the_months_status_into_both_files_and_says_it(tm
     assert "warning: the log holds no events in 2026-10" in " ".join(quiet.output.split())  # the warning stays
     assert {r["month_status"] for r in read_csv(tmp_path / "kpi" / "kpi-2026-10.csv")} == {NO_EVENTS}
     assert f"Month status: {NO_EVENTS}" in (tmp_path / "kpi" / "kpi-2026-10.html").read_text()
+
+
+# --- month by month: "referrals by month" is a series, not one month ----------------------------
+
+
+def test_the_trend_runs_back_from_the_month_to_the_first_month_the_log_holds_and_leaves_the_month_as_it_was(
+    tmp_path: Path,
+) -> None:
+    from hub.kpi_report import TREND, trend, write_trend_csv
+
+    october = month.referral("P1", month.at(20, 10, month=10), "gp")
+    fold = KpiFold(service=month.SERVICE)
+    for event in [october, *month.script()]:
+        fold.add(event)
+    before = {(r.kpi, r.breakdown): r.value for r in fold.report("2026-11")}
+    found = trend(fold, "2026-11")
+    assert [m for m, _ in found] == ["2026-10", "2026-11"]  # none before the log's first month
+    assert [f[("referrals", "")] for _, f in found] == [1, 3]
+    assert [f[("first visits", "")] for _, f in found] == [0, 2]
+    # P1, referred 20 Oct, never visited: past its 4 weeks at the end of November
+    assert found[1][1][("referrals waiting over 4 weeks for a first visit", "at month end")] == 1
+    assert {(r.kpi, r.breakdown): r.value for r in fold.report("2026-11")} == before
+
+    write_trend_csv(found, tmp_path / "trend.csv")
+    with (tmp_path / "trend.csv").open(newline="") as f:
+        lines = list(csv.reader(f))
+    assert lines[0][0] == "month" and len(lines[0]) == 1 + len(TREND)
+    assert [line[0] for line in lines[1:]] == ["2026-10", "2026-11"]
+    assert lines[1][lines[0].index("first visits within 4 weeks (%)")] == ""  # nothing to divide by
+    write_html(fold.report("2026-11"), tmp_path / "r.html", month="2026-11", title="PIC", trend=found)
+    page = (tmp_path / "r.html").read_text()
+    assert "Month by month (the last 2 months)" in page and "<th>2026-10</th>" in page
