@@ -35,15 +35,16 @@ Definitions (each names its source events):
                              last event on the log; the rest are "pending", not yet a miss
     onward referrals         referral.received made by the service itself, authored in the month, and the
                              destinations the PIC summaries of the month's discharges name in their
-                             Onward referrals section (one a line, or separated by ';'); by destination
-                             (a referral's performer, or the summary's words); and the people referred on
-                             (either way) in the month. One onward referral both made through the hub and
-                             named in a summary counts twice: the summary is the coordinator's own words
+                             Onward referrals section (one a line, or separated by ';'; each once); by
+                             destination (a referral's performer; what a summary names is counted under
+                             IN_A_SUMMARY, its words never shown: they are free text, and may name the
+                             person); and the people referred on (either way) in the month. One onward
+                             referral both made through the hub and named in a summary counts twice
     caseload                 open episodes per coordinator at the end of the month (target 28)
     over 12 weeks            % of the month's discharges that had been on the caseload more than 84 days
                              (target 20-25%)
     huddles attended         huddle.agenda Lists dated in the month, but those marked cancelled and those
-                             whose day the log has not reached yet (an agenda is published ahead of the
+                             whose time the log has not reached yet (an agenda is published ahead of the
                              meeting: it has not been held), and of them those marked attended (target 95%)
 
 A contact answers every referral of the person that is waiting for one (made before it, not yet
@@ -113,7 +114,10 @@ class _Referral:
     born: date | None  # as the referral's own Patient says
     requester: str = "unknown"
     first_contact: datetime | None = None
-    first_visit: datetime | None = None
+    first_visit: datetime | None = (
+        None  # the visit this referral's wait is measured to, if it is the earliest it answered
+    )
+    visited: datetime | None = None  # when a visit answered it (the same visit may carry an earlier referral)
 
 
 @dataclass
@@ -145,6 +149,7 @@ class KpiFold:
     _births: dict[str, list[tuple[datetime, date]]] = field(default_factory=dict)  # person -> (said at, born)
     _practices: dict[str, list[tuple[datetime, str]]] = field(default_factory=dict)  # person -> (said at, ODS)
     _last: datetime | None = None  # the latest event time seen: how far the log has got
+    _meetings: dict[str, datetime] = field(default_factory=dict)  # huddle -> when it meets
 
     def add(self, event: RecordEvent) -> None:
         """Fold one event; one the fold cannot read is skipped and counted, never raised."""
@@ -278,13 +283,15 @@ class KpiFold:
         said = [
             (
                 str(agenda["id"]),
-                _time(agenda.get("date"), event.time).astimezone(UK).date(),
+                _time(agenda.get("date"), event.time),
                 _flagged(agenda, co.ATTENDED_EXTENSION),
                 _flagged(agenda, co.CANCELLED_EXTENSION),
             )
             for agenda in of_kind(resources, "List")
         ]
-        for hid, day, attended, cancelled in said:
+        for hid, meeting, attended, cancelled in said:
+            day = meeting.astimezone(UK).date()
+            self._meetings[hid] = meeting
             # the agenda is published again as the week goes on: what the last one to say so said of
             # the meeting (held and attended, or cancelled) stands until another says otherwise
             before = self.huddles.get(hid)
@@ -341,7 +348,9 @@ class KpiFold:
     def _onward_rows(self, inside: Callable[[datetime | None], bool], discharged: list[_Episode]) -> list[Row]:
         made = [rid for rid, at in self.onward.items() if inside(at)]
         destinations = [self.onward_to[rid] for rid in made]
-        destinations += [d for e in discharged for d in self.summaries.get(e.id, [])]
+        # a summary's words are the coordinator's free text: counted, never shown (a name or an NHS
+        # number written there must not reach an aggregate report)
+        destinations += [IN_A_SUMMARY for e in discharged for _ in self.summaries.get(e.id, [])]
         people = {self.onward_people[rid] for rid in made}
         people |= {e.person for e in discharged if self.summaries.get(e.id)}
         by = [Row("onward referrals by destination", d, n) for d, n in sorted(Counter(destinations).items())]
@@ -374,7 +383,7 @@ class KpiFold:
             r
             for r in self.referrals.values()
             if r.at <= at
-            and (r.first_visit is None or r.first_visit > at)
+            and (r.visited is None or r.visited > at)
             and not self._over(r, at, ends.get(r.person, []))
             and (last_day - r.at.astimezone(UK).date()).days > 28
         ]
@@ -414,11 +423,11 @@ class KpiFold:
         ]
 
     def _huddle_rows(self, first: date, after: date) -> list[Row]:
-        reached = self._last.astimezone(UK).date() if self._last else date.min  # (an agenda is an event)
+        last = self._last  # (an agenda is an event: the log reaches a meeting the moment it is held)
         held = [
             attended
-            for day, attended, cancelled in self.huddles.values()
-            if first <= day < after and day <= reached and not cancelled
+            for hid, (day, attended, cancelled) in self.huddles.items()
+            if first <= day < after and last is not None and self._meetings[hid] <= last and not cancelled
         ]
         return [
             Row("huddles held", "", len(held)),
@@ -428,7 +437,7 @@ class KpiFold:
     def _first_contacts(self) -> None:
         by_person: dict[str, list[_Referral]] = {}
         for referral in sorted(self.referrals.values(), key=lambda r: (r.at, r.id)):
-            referral.first_contact = referral.first_visit = None
+            referral.first_contact = referral.first_visit = referral.visited = None
             by_person.setdefault(referral.person, []).append(referral)
         ends = {p: [(e.start, e.end) for e in self.episodes.values() if e.person == p and e.end] for p in by_person}
         for person, referrals in by_person.items():
@@ -450,6 +459,9 @@ class KpiFold:
             if waiting:
                 setattr(waiting[0], attribute, t)
                 answered |= {r.id for r in waiting}
+                if attribute == "first_visit":
+                    for referral in waiting:
+                        referral.visited = t
 
     def _over(self, referral: _Referral, t: datetime, ended: list[tuple[datetime, datetime]]) -> bool:
         """No longer waiting at t: declined by then, or the person has been on the caseload since it
@@ -530,16 +542,27 @@ def _days_between(start: datetime, end: datetime) -> int:
 
 
 _TAGS = re.compile(r"<[^>]*>")
+_SEPARATOR = re.compile(r";(?![^()]*\))")  # a ';' not inside brackets
+_BULLET = re.compile(r"^\s*(?:[-*\u2022\u2023\u25e6\u2043]+|\d+[.)])\s*")
+_NONE = frozenset({NONE_RECORDED.casefold(), "none", "nil", "n/a", "no", "no onward referrals", "no onward referral"})
+IN_A_SUMMARY = "named in a PIC summary"  # the breakdown of destinations a coordinator wrote in a summary
 ONWARD_TITLE = dict(SECTIONS)["onward"]
 
 
 def _onward_destinations(summary: Json) -> list[str]:
-    """The destinations a PIC summary's Onward referrals section names: one a line, or separated by ';'."""
+    """The destinations a PIC summary's Onward referrals section names: one a line, or separated by ';'
+    (not one inside brackets), a list's bullet or number dropped, each once (whatever its case), and
+    none of the ways of saying there were none."""
     for section in summary.get("section") or []:
         if section.get("title") == ONWARD_TITLE:
             text = unescape(_TAGS.sub("\n", str((section.get("text") or {}).get("div") or "")))
-            found = [" ".join(part.split()) for line in text.splitlines() for part in line.split(";")]
-            return [d for d in found if d and d != NONE_RECORDED]
+            found: dict[str, str] = {}
+            for line in text.splitlines():
+                for part in _SEPARATOR.split(line):
+                    said = " ".join(_BULLET.sub("", part).split())
+                    if said and said.casefold().rstrip(".") not in _NONE:
+                        found.setdefault(said.casefold(), said)
+            return list(found.values())
     return []
 
 

@@ -453,7 +453,10 @@ def test_a_huddle_the_log_has_not_reached_yet_is_not_counted_as_held() -> None:
     assert (figures[("huddles held", "")], figures[("huddles attended", "%")]) == (2, 50.0)
 
 
-def test_onward_referrals_named_in_a_pic_summary_count_by_destination() -> None:
+def test_onward_referrals_named_in_a_pic_summary_count_once_each_and_their_words_are_never_shown() -> None:
+    # the summary is the coordinator's free text: "Age UK for Mrs J Smith" must not become a row of an
+    # aggregate report; a destination said twice (any case, any bullet) is one, "None" is none, and a
+    # ';' inside brackets does not split one
     from hub.core.pic_summary import composition
 
     closed = month.episode("P6", month.at(27, 10), "c-bob", closed=True)
@@ -463,7 +466,7 @@ def test_onward_referrals_named_in_a_pic_summary_count_by_destination() -> None:
         at=month.at(27, 10),
         author=month.SERVICE,
         author_name="PIC",
-        sections={"onward": "Age UK befriending; falls clinic\n Age UK  befriending "},
+        sections={"onward": "- Age UK befriending; falls clinic (Tue; Thu)\n 2. age uk  befriending \nNone"},
     )
     closed.payload["entry"].append({"resource": summary})
     nothing = month.episode("P3", month.at(28, 10), "c-ann", closed=True)
@@ -483,11 +486,10 @@ def test_onward_referrals_named_in_a_pic_summary_count_by_destination() -> None:
     events.append(month.referral("P6", month.at(20, 11), "care-coordination", to="LA123", by=month.SERVICE))
     figures = report(fold_of(*events), "2026-11")
     assert {k[1]: v for k, v in figures.items() if k[0] == "onward referrals by destination"} == {
-        "Age UK befriending": 2,
-        "LA123": 1,
-        "falls clinic": 1,
+        "LA123": 1,  # made through the hub: a performer's code
+        "named in a PIC summary": 2,  # Age UK befriending, the falls clinic
     }
-    assert figures[("onward referrals", "")] == 4
+    assert figures[("onward referrals", "")] == 3
     assert figures[("people referred on", "")] == 1  # P6, both ways; P3's summary names none
 
 
@@ -517,3 +519,25 @@ def test_referrals_still_waiting_past_their_4_weeks_at_the_months_end_are_counte
     # and once the log reaches 4 Dec, P4 is
     figures = report(fold_of(*events, month.contact("P1", month.at(4, 9, month=12), "follow-up")), "2026-12")
     assert figures[("referrals waiting over 4 weeks for a first visit", "at month end")] == 1
+
+
+def test_a_referral_answered_by_a_visit_that_counts_as_another_referrals_first_is_not_still_waiting() -> None:
+    # P3 referred by the GP on 1 Nov and by social care on 2 Nov; one visit on 5 Nov answers both
+    # (and is the first visit of the earlier): in December neither is waiting
+    gp = month.referral("P3", month.at(1, 10), "gp")
+    council = edited(month.referral("P3", month.at(2, 10), "adult-social-care"), id="the-councils-referral")
+    visit = month.contact("P3", month.at(5, 10), "face-to-face")
+    later = month.contact("P1", month.at(10, 10, month=12), "follow-up")  # the log reaches 10 December
+    figures = report(fold_of(gp, council, visit, later), "2026-12")
+    assert figures[("referrals waiting over 4 weeks for a first visit", "at month end")] == 0
+
+
+def test_a_huddle_later_on_the_day_the_log_has_reached_is_not_held_yet() -> None:
+    # the 24 November agenda (13:00), and the log up to 09:00 that day
+    morning = month.contact("P3", month.at(24, 9), "follow-up")
+    ahead = month.huddle(24, attended=False)
+    ahead = RecordEvent(ahead.id, ahead.type, ahead.source, month.at(20, 9), ahead.subject, ahead.payload)
+    figures = report(fold_of(ahead, morning), "2026-11")
+    assert figures[("huddles held", "")] == 0
+    figures = report(fold_of(ahead, morning, month.contact("P3", month.at(24, 14), "follow-up")), "2026-11")
+    assert figures[("huddles held", "")] == 1
