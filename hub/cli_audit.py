@@ -245,8 +245,10 @@ def audit_export(
         )
     if out.is_dir():
         fail(f"--out {out} is a folder: give the file to write, e.g. {out / 'log.ndjson'}")
-    if out.exists() and not force:
-        fail(f"--out {out} exists: give a new file, or add --force to overwrite it")
+    key_file = out.with_name(out.name + ".pub.pem")
+    for existing in (out, key_file):
+        if existing.exists() and not force:
+            fail(f"--out: {existing} exists: give a new file, or add --force to overwrite it")
     if not out.parent.is_dir():
         fail(f"--out {out}: there is no folder {out.parent}: make it first, or give a file in an existing folder")
     state = open_existing(data_dir)  # (a mistyped --data-dir: said, and nothing made there)
@@ -280,7 +282,7 @@ def audit_export(
                 every=checkpoint_every,
             )
         )
-    public = out.with_name(out.name + ".pub.pem")
+    public = key_file
     public.write_bytes(public_pem(key))
     console.print(
         f"{counted(summary.events, 'event')}, {counted(summary.checkpoints, 'signed checkpoint')}"

@@ -108,6 +108,8 @@ def replay(
     try:
         engine = open_engine(url)
     except StoreUnavailableError as exc:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
         fail(f"--into: {exc}")
     if _holds_a_record(engine):  # said before minutes of folding, naming the database
         refused = f"replay writes into an empty record; {target} already holds one"
@@ -167,6 +169,11 @@ def replay(
                 "delete it and replay again[/yellow]"
             )
             raise typer.Exit(130) from None
+        except RuntimeError as exc:  # (Kafka gone between the two reads of the log, say)
+            fail(
+                f"{exc}: {target} holds the record but not the coordination tasks; delete it and replay again",
+                1,
+            )
         console.print(f"coordination: {folded.people:,} people's tasks and episodes, {folded.clocks:,} clocks pending")
     digest, resources, events = record_hash(engine)
     period = since is not None or until is not None or as_of is not None

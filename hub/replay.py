@@ -16,10 +16,12 @@ watermark each fetch reports), so a replay never disturbs the live consumers' of
 
 Two clocks choose what is folded. `since`/`until` are event times (what each event says happened
 when: an HL7 EVN, a referral's date). `received_by` is the log's own clock (each record's Kafka
-timestamp: when the hub wrote it to its log, which its consumers applied at once): the record as
-the hub held it at that moment. A message sent late (a discharge in November sent in December) is
-in a replay `--until` November but not in one `--as-of` November, as the hub did not hold it then;
-the disclosure ledger's times are the same clock as `received_by`.
+timestamp: when the hub's process wrote it to its log, which its consumers applied at once): the
+record as the hub held it at that moment (each partition up to its first record stamped later:
+OnTheLogBy). A message sent late (a discharge in November sent in December) is in a replay
+`--until` November but not in one `--as-of` November, as the hub did not hold it then. The
+disclosure ledger's times are the wall clocks of the hub's own processes too: on hosts whose clocks
+are kept in step (NTP), they line up with `received_by` to within that step.
 """
 
 from __future__ import annotations
@@ -227,10 +229,26 @@ def _decoder() -> Callable[[Any], RecordEvent | None]:
     return event
 
 
-def on_the_log_by(moment: datetime | None) -> int | None:
-    """A moment as a Kafka record timestamp (milliseconds since the epoch): records whose timestamp
-    is no later were on the log by then. None: no bound."""
-    return None if moment is None else int(moment.timestamp() * 1000)
+class OnTheLogBy:
+    """Which records were on the log by a moment (None: all): each partition up to, not including, its
+    first record stamped later (or not stamped at all). A record's timestamp is its producer's clock,
+    and several producers write to one partition: one whose clock runs fast ends the partition there,
+    a little early, rather than leaving a gap in it, so a person's events are always a prefix of their
+    partition, as the hub held them."""
+
+    def __init__(self, moment: datetime | None) -> None:
+        self.ms = None if moment is None else int(moment.timestamp() * 1000)
+        self.ended: set[int] = set()  # partitions past the moment
+
+    def __call__(self, record: Any) -> bool:
+        if self.ms is None:
+            return True
+        if record.partition in self.ended:
+            return False
+        if not 0 <= record.timestamp <= self.ms:
+            self.ended.add(record.partition)
+            return False
+        return True
 
 
 def _subject_of(record: Any) -> str | None:
@@ -369,7 +387,7 @@ async def _fold(
     written to the log by `received_by` (all)."""
     read = applied = skipped = 0
     decode = _decoder()
-    by_ms = on_the_log_by(received_by)
+    on_the_log = OnTheLogBy(received_by)
     batch = getattr(fold, "batch", None)  # a fold that wants to know each batch's events first
     async for records in read_log(bootstrap, only=only):
         # decoded and applied a few events at a time, not a whole fetch: each event's payload is
@@ -377,10 +395,10 @@ async def _fold(
         for start in range(0, len(records), _HOT):
             events = []
             for record in records[start : start + _HOT]:
+                if not on_the_log(record):
+                    continue  # written to the log after the moment asked for
                 if subjects is not None and _subject_of(record) not in subjects:
                     continue  # looked up in the headers: no need to parse the payload
-                if by_ms is not None and record.timestamp > by_ms:
-                    continue  # written to the log after the moment asked for
                 event = decode(record)
                 if event is None:
                     skipped += 1

@@ -19,7 +19,7 @@ from consumers.decoding import decode
 from hub.core.coordination import Positioned, process
 from hub.core.errors import InvalidMessageError
 from hub.core.tasks import Engine
-from hub.replay import on_the_log_by, read_log
+from hub.replay import OnTheLogBy, read_log
 from hub.store.coordination import SqlCoordinationStore
 from hub.store.memory import MemoryCoordinationStore
 
@@ -45,11 +45,11 @@ async def rebuild(
     fold = MemoryCoordinationStore()
     uow = fold.unit_of_work()
     events = 0
-    by_ms = on_the_log_by(received_by)
+    on_the_log = OnTheLogBy(received_by)
     async for records in read_log(bootstrap):
         batch = []
         for record in records:
-            if by_ms is not None and record.timestamp > by_ms:
+            if not on_the_log(record):
                 continue
             try:
                 event = decode(record)

@@ -31,8 +31,19 @@ def test_an_existing_out_file_is_refused_unless_force(tmp_path: Path) -> None:
     out.write_text("yesterday's export\n")
     refused = export(tmp_path, "--out", str(out))
     assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert " ".join(refused.stdout.split()) == f"--out {out} exists: give a new file, or add --force to overwrite it"
+    assert " ".join(refused.stdout.split()) == f"--out: {out} exists: give a new file, or add --force to overwrite it"
     assert out.read_text() == "yesterday's export\n"
+
+
+def test_an_existing_key_file_beside_out_is_refused_unless_force(tmp_path: Path) -> None:
+    # the public key an auditor was given with yesterday's export is not replaced unasked
+    out = tmp_path / "log.ndjson"
+    key = tmp_path / "log.ndjson.pub.pem"
+    key.write_text("yesterday's key\n")
+    refused = export(tmp_path, "--out", str(out))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert " ".join(refused.stdout.split()) == f"--out: {key} exists: give a new file, or add --force to overwrite it"
+    assert key.read_text() == "yesterday's key\n" and not out.exists()
 
 
 def test_an_out_file_in_a_folder_that_does_not_exist_is_refused(tmp_path: Path) -> None:

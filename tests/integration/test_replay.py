@@ -161,7 +161,7 @@ def test_the_replay_command_prints_the_hash(tmp_path: Path, tansu: TansuProcess)
         timeout=120,
         check=False,
     )
-    assert refused.returncode == 1
+    assert refused.returncode == 2  # (a refusal of the arguments)
     assert "empty record" in refused.stdout
 
 

@@ -4,6 +4,7 @@ checks on it: each refusal an InvalidMessageError naming the field, answered as 
 No `from __future__ import annotations` here, as in the routes that use it.
 """
 
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,7 @@ from hub.api.routes.fhir import check_shape
 from hub.core import nhs_number
 from hub.core.errors import InvalidMessageError
 from hub.core.fhir_read import ODS_CODE, referral_source
+from hub.core.huddle import UK
 from hub.core.policy import Asker, decide
 from hub.core.ports import Json
 from hub.core.skew import CLOCK_SKEW
@@ -22,6 +24,7 @@ from hub.core.tasks import FIND_PRACTICE
 from schemas.agreements import Agreement
 from schemas.events import coordination as co
 
+_DATE_ONLY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _LETTER_PURPOSES = ("direct-care", "care-coordination")  # what a practice's subscription may say
 
 
@@ -165,12 +168,17 @@ def at_time(value: str | None, now: datetime, where: str = "Parameters.at") -> d
     is later than `now` by more than CLOCK_SKEW, as it would count in the KPIs of a time yet to come."""
     try:
         parsed = datetime.fromisoformat(str(value))
+        if _DATE_ONLY.fullmatch(str(value)):  # a FHIR dateTime may be a day: its start, UK time
+            parsed = parsed.replace(tzinfo=UK)
         if parsed.tzinfo is not None:
             parsed = parsed.astimezone(UTC)
     except (ValueError, OverflowError) as exc:
         raise InvalidMessageError(f"{value!r} is not an ISO 8601 date and time", (where,)) from exc
     if parsed.tzinfo is None:
-        raise InvalidMessageError("a date and time needs its UTC offset (e.g. 2026-11-25T10:00:00Z)", (where,))
+        raise InvalidMessageError(
+            "a date and time needs its UTC offset (e.g. 2026-11-25T10:00:00Z; a day alone, 2026-11-25, is its start)",
+            (where,),
+        )
     if parsed > now + CLOCK_SKEW:
         minutes = int(CLOCK_SKEW.total_seconds() // 60)
         raise InvalidMessageError(
