@@ -426,10 +426,18 @@ class WebhookSender:
 
     async def _delivered(self, sub: Subscription, delivery: Delivery, attempts: int, now: datetime, how: str) -> None:
         """Settle a delivery; a PIC summary's delivery is the practice's receipt, published as an event
-        (it closes the coordinator's PIC-summary task)."""
+        (it closes the coordinator's PIC-summary task), when the summary (its Composition) was in it."""
         d = self.deliverer
         if delivery.body["event"].get("type") == PIC_SUMMARY_SENT.type:
-            await d.receipt(sub, delivery, now, how)
+            if any(r.get("resourceType") == "Composition" for r in delivery.body["resources"]):
+                await d.receipt(sub, delivery, now, how)
+            else:  # the policy let the letter's other resources through, not the summary: no letter came
+                log.warning(
+                    "delivery %s (subscription %s): the PIC summary itself was withheld by policy, so no "
+                    "receipt: its task stays open",
+                    delivery.id,
+                    sub.id,
+                )
         await asyncio.to_thread(
             d.outbox.settle, delivery.id, status="delivered", attempts=attempts, next_attempt_at=now, error=None
         )

@@ -296,6 +296,7 @@ async def _serve_http(
             key_secret=services.secrets.key,
             publish=publish,
             agreements=services.agreements.current if services.policy is not None else None,
+            subscriptions=services.subscriptions.active if services.policy is not None else None,
         )
     app = create_app(
         services.reader, TokenVerifier(services.secrets.token), services.ledger, services.policy, publish, commands

@@ -215,7 +215,7 @@ def audit_export(
     org: Annotated[str, typer.Option(help="The auditor's organisation (ODS code), for --payloads")] = "",
     user: Annotated[str, typer.Option(help="The auditor, as the ledger should name them")] = "auditor",
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Lines between signed checkpoints")] = 10_000,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out and its .pub.pem if they exist")] = False,
     data_dir: DataDir = Path("var"),
 ) -> None:
     """Export the event log for auditors: NDJSON with payload hashes and Ed25519-signed checkpoints,

@@ -233,8 +233,9 @@ class OnTheLogBy:
     """Which records were on the log by a moment (None: all): each partition up to, not including, its
     first record stamped later (or not stamped at all). A record's timestamp is its producer's clock,
     and several producers write to one partition: one whose clock runs fast ends the partition there,
-    a little early, rather than leaving a gap in it, so a person's events are always a prefix of their
-    partition, as the hub held them."""
+    early (by as much as that record was appended before its stamp says), rather than leaving a gap in
+    it, so a person's events are always a prefix of their partition, as the hub held them. Producers'
+    clocks are to be kept in step (NTP), as the hub's are for every time it records."""
 
     def __init__(self, moment: datetime | None) -> None:
         self.ms = None if moment is None else int(moment.timestamp() * 1000)

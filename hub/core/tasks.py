@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from hub.core.fhir_read import (
     ODS_SYSTEM,
@@ -248,6 +247,8 @@ class Engine:
                 for task in state["tasks"].values():  # the team's open tasks go to the new coordinator
                     if task["status"] not in FINAL and task["owner"] == self.rules.service.ods:
                         task["owner"] = state["episode"]["coordinator"] or task["owner"]
+                    if task["status"] not in FINAL and str(task.get("focus") or "").startswith("ServiceRequest/"):
+                        task["stay"] = episode["id"]  # a referral waiting when the stay began (log order)
             elif name == "episode.closed":
                 current = state.get("episode")
                 if current and current.get("id") == episode["id"]:
@@ -329,6 +330,7 @@ class Engine:
             "due": (event.time + rule.due).isoformat(),
             "owner": owner,
             "focus": focus_of(resources),
+            "version": self.rules.version,
         }
         state["tasks"][task_id] = task
         out.set.append(Clock(task_id, event.subject, event.time + rule.due, "task"))
@@ -360,7 +362,8 @@ class Engine:
         )
 
     def task_resource(self, task_id: str, person: str, task: Json) -> Json:
-        """The FHIR Task for one task of a person's state."""
+        """The FHIR Task for one task of a person's state, naming the rules version that opened it."""
+        version = task.get("version", self.rules.version)
         resource: Json = {
             "resourceType": "Task",
             "id": task_id,
@@ -374,7 +377,7 @@ class Engine:
             "requester": self._team,
             "owner": self._owner(task["owner"]),
             "restriction": {"period": {"start": task["opened"], "end": task["due"]}},
-            "instantiatesUri": f"https://carehub.invalid/rules/{self.rules.id}/v{self.rules.version}#{task['rule']}",
+            "instantiatesUri": f"https://carehub.invalid/rules/{self.rules.id}/v{version}#{task['rule']}",
         }
         if task.get("focus"):
             resource["focus"] = {"reference": task["focus"]}
@@ -446,20 +449,13 @@ def _matches(f: Fulfilment, name: str, event: RecordEvent, resources: list[Json]
         if not any(extension(r, co.OUTCOME_EXTENSION, "valueCode") in f.outcome for r in requests):
             return False
     if name == "episode.closed" and str(task.get("focus") or "").startswith("ServiceRequest/"):
-        # a referral's task ends with a stay on the caseload that began after the referral: one made
-        # while the person was on the caseload still waits for its own answer
-        starts = [_began((e.get("period") or {}).get("start")) for e in of_kind(resources, "EpisodeOfCare")]
-        return any(start is not None and opened <= start for start in starts)
+        # a referral's task ends with the stay on the caseload that began while it waited (in log
+        # order: Engine._episode marks it), or that was opened for it; one that came during the stay
+        # still waits for its own answer
+        stays = of_kind(resources, "EpisodeOfCare")
+        for_it = {str(r.get("reference")) for e in stays for r in e.get("referralRequest") or [] if isinstance(r, dict)}
+        return task.get("stay") in {e.get("id") for e in stays} or task["focus"] in for_it
     return True
-
-
-def _began(value: Any) -> datetime | None:
-    """An episode's start as an instant; None for one without a readable start with its offset."""
-    try:
-        found = datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    return found if found.tzinfo is not None else None
 
 
 def _referral_source(resources: list[Json]) -> str | None:

@@ -356,9 +356,13 @@ async def test_a_coordinator_who_finds_the_persons_practice_names_it_and_the_hel
     services = build(settings)
     now = datetime.now(UTC)
     mailbox = pic_sharing(services, tmp_path, now)
-    # a practice whose only agreement with the service is for audit: delivery would withhold the letter
+    # a practice that takes PIC summaries but whose only agreement with the service is for audit:
+    # delivery would withhold the letter
     audit_only = an_agreement(month.SERVICE, "Y08888", id="audit-only", purposes=("audit",), categories=("care-plans",))
     services.agreements.load(audit_only, at=now)
+    services.subscriptions.save(
+        Subscription(id="y08888-pic", org="Y08888", events=(co.PIC_SUMMARY_SENT.type,), mailbox=str(tmp_path / "y8"))
+    )
     secret = services.secrets.token
     la = {"Authorization": f"Bearer {issue_token(secret, org='LA123', role='clinician', now=now)}"}
     pic = {"Authorization": f"Bearer {issue_token(secret, org=month.SERVICE, role='coordinator', now=now)}"}
@@ -404,7 +408,7 @@ async def test_a_coordinator_who_finds_the_persons_practice_names_it_and_the_hel
                 find,
                 _params(status="completed", practice="Y09999"),
                 409,
-                "no agreement in force shares care-plans from Y0PIC with Y09999",
+                "practice Y09999 has no subscription that takes PIC summaries",
             ),
             (
                 find,

@@ -500,3 +500,38 @@ def statuses(derived: list[RecordEvent]) -> dict[tuple[str, str], str]:
             key = (task["code"]["coding"][0]["code"], task["focus"]["reference"].removeprefix("ServiceRequest/"))
             latest[key] = str(task["status"])
     return latest
+
+
+def test_which_referrals_a_stay_ends_is_decided_in_log_order_not_by_the_times_events_state(engine: Engine) -> None:
+    # a review: a GP's letter dated before the stay but posted during it (its authoredOn 5 Nov, on
+    # the log after the stay opened on 6 Nov) still waits; a stay opened for a referral with its
+    # time set back before the referral's, and a closed stay whose start is a bare date, still end
+    # the referral they were for
+    events = the_referral_then_a_stay_that_closes_unvisited(second=True)
+    posted_late = events[2]
+    events[2] = RecordEvent(
+        posted_late.id, posted_late.type, posted_late.source, month.at(5, 12), posted_late.subject, posted_late.payload
+    )
+    found = statuses(run(engine, events, MemoryCoordinationStore()))
+    assert found[("first-visit", "the-second-referral")] == "requested"
+    assert found[("first-visit", month.referral_id("P4"))] == "cancelled"
+
+    backdated = the_referral_then_a_stay_that_closes_unvisited()
+    opened = backdated[1]
+    backdated[1] = RecordEvent(opened.id, opened.type, opened.source, month.at(4, 9), opened.subject, opened.payload)
+    backdated[2].payload["entry"][0]["resource"]["period"]["start"] = "2026-11-04"
+    found = statuses(run(engine, backdated, MemoryCoordinationStore()))
+    assert found[("first-visit", month.referral_id("P4"))] == "cancelled"
+    assert found[("referral-triage", month.referral_id("P4"))] == "cancelled"
+
+
+def test_a_task_names_the_rules_version_that_opened_it_whatever_version_closes_it() -> None:
+    v1 = Engine(CoordinationRules.model_validate(yaml.safe_load(DEFAULT.with_name("croydon-pic.v1.yaml").read_text())))
+    v2 = Engine(CoordinationRules.model_validate(yaml.safe_load(DEFAULT.read_text())))
+    store = MemoryCoordinationStore()
+    referral, opened, closed = the_referral_then_a_stay_that_closes_unvisited()
+    run(v1, [referral], store)
+    derived = run(v2, [opened, closed], store)
+    cancelled = [e.payload for e in derived if e.payload.get("status") == "cancelled" and "focus" in e.payload]
+    first = [t for t in cancelled if t["code"]["coding"][0]["code"] == "first-visit"]
+    assert first and first[0]["instantiatesUri"].endswith("/v1#first-visit")

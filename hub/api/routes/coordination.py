@@ -59,6 +59,7 @@ from hub.core.tasks import Engine
 from schemas.agreements import Agreement
 from schemas.envelope import Envelope
 from schemas.events import coordination as co
+from schemas.subscriptions import Subscription
 
 Publish = Callable[[Envelope], Awaitable[None]]
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
@@ -77,6 +78,8 @@ class CoordinationApi:
     # the agreements in force (hub.store.agreements), where sharing is enforced: a practice a
     # coordinator names must be party to one with the service, or the PIC summary could not go to it
     agreements: Callable[[], Sequence[Agreement]] | None = None
+    # the active subscriptions (hub.store.subscriptions): a practice named must take PIC summaries
+    subscriptions: Callable[[], Sequence[Subscription]] | None = None
 
 
 def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
@@ -336,7 +339,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
             raise UnknownPersonError(f"no Task/{id} in the shared care record", ("Task",))
         practice = found_practice(params, task, status)  # (bad input first, then the rules)
         if practice is not None:
-            refuse_unless_shared(practice, rules.service.ods, api_.agreements)
+            refuse_unless_shared(practice, rules.service.ods, api_.agreements, api_.subscriptions)
         current = str(task.get("status"))
         if not may_move(current, status):
             allowed = ", ".join(sorted(MOVES.get(current, ()))) or "none (it is finished)"

@@ -23,9 +23,9 @@ from hub.core.skew import CLOCK_SKEW
 from hub.core.tasks import FIND_PRACTICE
 from schemas.agreements import Agreement
 from schemas.events import coordination as co
+from schemas.subscriptions import Subscription
 
 _DATE_ONLY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_LETTER_PURPOSES = ("direct-care", "care-coordination")  # what a practice's subscription may say
 
 
 def business_identifier(request: Json) -> tuple[str, str] | None:
@@ -96,14 +96,20 @@ def found_practice(params: Json, task: Json, status: str) -> str | None:
     return code
 
 
-def refuse_unless_shared(practice: str, service: str, agreements: Callable[[], Sequence[Agreement]] | None) -> None:
+def refuse_unless_shared(
+    practice: str,
+    service: str,
+    agreements: Callable[[], Sequence[Agreement]] | None,
+    subscriptions: Callable[[], Sequence[Subscription]] | None = None,
+) -> None:
     """A practice the PIC summary can go to: not the service itself, and (where sharing is enforced)
-    one an agreement in force lets the service share a care plan with (the summary's category), for
-    direct care or care coordination (a practice's subscription's purposes), as delivery will decide
-    it. A code mistyped, or another organisation's, or one whose only agreement with the service is
-    for audit, is refused here, before the summary goes: once sent, a letter cannot be called back,
-    and one sent where delivery withholds it reaches no one. (The person's consent is decided at
-    delivery, as for every disclosure: it can change before the letter goes.)"""
+    one with a subscription that takes PIC summaries (not scope `addressed`: a letter is addressed to
+    no one by a referral) under whose purpose an agreement in force lets the service share a care
+    plan (the summary's category) with it, as delivery will decide it (without subscriptions to
+    look at: for direct care). A code mistyped, another organisation's, one whose only agreement with
+    the service is for audit, or one that takes no PIC summaries, is refused here, before the summary
+    goes: once sent, a letter cannot be called back, and one delivery withholds reaches no one. (The
+    person's consent is decided at delivery, as for every disclosure: it can change before then.)"""
     if practice == service:
         raise InvalidMessageError(
             f"practice {practice} is the coordination service itself: name the person's GP practice",
@@ -112,14 +118,29 @@ def refuse_unless_shared(practice: str, service: str, agreements: Callable[[], S
         )
     if agreements is None:
         return
+    purposes: list[str | None] = ["direct-care"]
+    if subscriptions is not None:
+        taking = [
+            s
+            for s in subscriptions()
+            if s.org == practice and co.PIC_SUMMARY_SENT.type in s.events and s.scope != "addressed"
+        ]
+        if not taking:
+            raise InvalidMessageError(
+                f"practice {practice} has no subscription that takes PIC summaries ({co.PIC_SUMMARY_SENT.type}), "
+                "so the summary would reach no one: check the code, or load the practice's subscription first",
+                ("Parameters.parameter[practice]",),
+                code="business-rule",
+            )
+        purposes = [s.purpose for s in taking]
     now = datetime.now(UTC)
     letter = {"resourceType": "Composition", "meta": {"source": f"urn:ods:{service}"}}
     in_force = list(agreements())
-    decisions = [decide(Asker(practice, "system", now, purpose=p), letter, in_force, []) for p in _LETTER_PURPOSES]
+    decisions = [decide(Asker(practice, "system", now, purpose=p), letter, in_force, []) for p in purposes]
     if not any(d.permitted for d in decisions):
         raise InvalidMessageError(
             f"practice {practice}: {decisions[0].reasons[0]}, so the PIC summary could not be shared with it: "
-            "check the code, or load the practice's agreement (care-plans, for direct care) first",
+            "check the code, or load the practice's agreement (care-plans, for its subscription's purpose) first",
             ("Parameters.parameter[practice]",),
             code="business-rule",
         )
