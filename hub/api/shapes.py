@@ -7,6 +7,7 @@ from typing import Any
 
 from hub.api.outcomes import FHIR_JSON
 from hub.core.ports import Json
+from schemas.events.coordination import SOURCE_EXTENSION
 
 COORDINATION = ("ServiceRequest", "Task", "EpisodeOfCare", "Flag", "Observation", "Communication", "Composition")
 READABLE = ("Patient", "Encounter", "Organization", "Provenance", "Consent", *COORDINATION)
@@ -140,37 +141,45 @@ def errors(*statuses: int) -> dict[int | str, Any]:
 
 def parameters_in(*names: str, required: tuple[str, ...] = ()) -> Json:
     """The OpenAPI request body of a coordination command: a FHIR Parameters resource whose
-    parameters (a string, code, id or dateTime each) are `names`; `required` must be given."""
+    parameters (a string, code, id or dateTime each) are `names`; `required` must be given. As open as
+    the route is (other FHIR elements, other parameters are ignored), so it never refuses a body the
+    route takes."""
     value = {key: _TEXT for key in ("valueString", "valueCode", "valueId", "valueDateTime")}
-    parameter = _object({"name": {"type": "string", "enum": list(names)}, **value}, ("name",))
-    shape = _object({"resourceType": {"type": "string", "enum": ["Parameters"]}, "parameter": _some(parameter)})
-    shape["required"] = ["resourceType", *(["parameter"] if required else [])]
-    shape["description"] = "FHIR Parameters: " + ", ".join(
-        f"{n}{' (required)' if n in required else ''}" for n in names
-    )
+    parameter = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, **value}}
+    listed: Json = {"type": "array", "items": parameter}
+    if required:
+        listed["minItems"] = 1
+        listed["allOf"] = [{"contains": {"type": "object", "properties": {"name": {"const": n}}}} for n in required]
+    shape: Json = {
+        "type": "object",
+        "required": ["resourceType", *(["parameter"] if required else [])],
+        "properties": {"resourceType": {"type": "string", "enum": ["Parameters"]}, "parameter": listed},
+        "description": "FHIR Parameters: " + ", ".join(f"{n}{' (required)' if n in required else ''}" for n in names),
+    }
     return {"requestBody": {"required": bool(required), "content": {FHIR_JSON: {"schema": shape}}}}
 
 
-SERVICE_REQUEST_IN: Json = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            FHIR_JSON: {
-                "schema": {
-                    "type": "object",
-                    "required": ["resourceType", "status", "intent", "subject"],
-                    "properties": {
-                        "resourceType": {"type": "string", "enum": ["ServiceRequest"]},
-                        "status": {"type": "string", "enum": ["active"]},
-                        "intent": {"type": "string"},
-                        "subject": _object({"identifier": _IDENTIFIER}, ("identifier",)),
-                        "authoredOn": {"type": "string"},
-                        "extension": {"type": "array", "items": {"type": "object"}},
-                    },
-                    "description": "a FHIR R4 ServiceRequest naming the person by NHS number and its source "
-                    "with the UK Core SourceOfServiceRequest extension (see README: Referrals in)",
-                }
-            }
+def _service_request_in() -> Json:
+    source = {"type": "object", "properties": {"url": {"const": SOURCE_EXTENSION}}, "required": ["url"]}
+    shape: Json = {
+        "type": "object",
+        "required": ["resourceType", "status", "intent", "subject", "extension"],
+        "properties": {
+            "resourceType": {"type": "string", "enum": ["ServiceRequest"]},
+            "status": {"type": "string", "enum": ["active"]},
+            "intent": {"type": "string"},
+            "subject": {
+                "type": "object",
+                "required": ["identifier"],
+                "properties": {"identifier": {"type": "object", "required": ["system", "value"]}},
+            },
+            "authoredOn": {"type": "string"},
+            "extension": {"type": "array", "items": {"type": "object"}, "contains": source},
         },
+        "description": "a FHIR R4 ServiceRequest naming the person by NHS number and its source with the "
+        "UK Core SourceOfServiceRequest extension (see README: Referrals in)",
     }
-}
+    return {"requestBody": {"required": True, "content": {FHIR_JSON: {"schema": shape}}}}
+
+
+SERVICE_REQUEST_IN = _service_request_in()
