@@ -61,32 +61,41 @@ reason, as the record consumer dead-letters it; the rest of the log still counts
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from html import unescape
 from typing import Any
 
 from hub.core.errors import InvalidMessageError
 from hub.core.fhir_read import (
-    ODS_SYSTEM,
     bundle_resources,
     contact_kind,
     extension,
     identifier_value,
     of_kind,
-    referral_source,
 )
 from hub.core.huddle import UK
-from hub.core.pic_summary import LETTER_DUE, NONE_RECORDED, SECTIONS
+from hub.core.kpi_reading import (
+    IN_A_SUMMARY,
+    age_at,
+    band,
+    band_labels,
+    born_on,
+    days_between,
+    fhir_time,
+    flagged,
+    onward_destinations,
+    practice_named,
+    said_near,
+    source_of,
+    why_unreadable,
+)
+from hub.core.pic_summary import LETTER_DUE
 from hub.core.ports import Json, RecordEvent
 from hub.core.record import resources_of
 from schemas.events import coordination as co
 
-UNKNOWN_AGE = "unknown"
-BANDS = ((0, 65, "<65"), (65, 75, "65-74"), (75, 85, "75-84"), (85, 200, "85+"))
 # what a payload of the wrong shape raises in a handler (a list where a dict belongs, and so on)
 _UNREADABLE = (InvalidMessageError, LookupError, AttributeError, TypeError, ValueError, OverflowError)
 
@@ -164,7 +173,7 @@ class KpiFold:
                 resources = resources_of(event)
                 handler(self, event, resources)
         except _UNREADABLE as exc:
-            self.skip(f"{event.type}: {_why(exc)}")
+            self.skip(f"{event.type}: {why_unreadable(exc)}")
             return
         self._said_of_person(event, bundle_resources(event.payload) if resources is None else resources)
 
@@ -187,10 +196,10 @@ class KpiFold:
         for patient in of_kind(resources, "Patient"):
             if patient.get("id") != event.subject:
                 continue
-            born = _born(patient.get("birthDate"))
+            born = born_on(patient.get("birthDate"))
             if born is not None:
                 self._births.setdefault(event.subject, []).append((event.time, born))
-            practice = _practice(patient, resources)
+            practice = practice_named(patient, resources)
             if practice is not None:
                 self._practices.setdefault(event.subject, []).append((event.time, practice))
 
@@ -214,22 +223,22 @@ class KpiFold:
         self, event: RecordEvent, patient: Json, resources: list[Json], request: Json
     ) -> _Referral | tuple[datetime, str] | None:
         """A referral to the service, an onward referral's time and destination, or None (addressed elsewhere)."""
-        at = _time(request.get("authoredOn"), event.time)
+        at = fhir_time(request.get("authoredOn"), event.time)
         requester = identifier_value(request.get("requester"))
         performers = sorted({str(identifier_value(p)) for p in request.get("performer") or [] if identifier_value(p)})
         if requester == self.service:
             return at, ", ".join(performers) or "not recorded"
         if performers and self.service not in performers:
             return None
-        practice = _practice(patient, resources)
-        born = _born(patient.get("birthDate"))
+        practice = practice_named(patient, resources)
+        born = born_on(patient.get("birthDate"))
         return _Referral(
-            str(request["id"]), event.subject, at, practice, _source(request), born, str(requester or "unknown")
+            str(request["id"]), event.subject, at, practice, source_of(request), born, str(requester or "unknown")
         )
 
     def _contact(self, event: RecordEvent, resources: list[Json]) -> None:
         said = [
-            (_time((e.get("period") or {}).get("start"), event.time), contact_kind(e) or "unknown")
+            (fhir_time((e.get("period") or {}).get("start"), event.time), contact_kind(e) or "unknown")
             for e in of_kind(resources, "Encounter")
         ]
         self._contacts.setdefault(event.subject, []).extend(said)
@@ -249,7 +258,7 @@ class KpiFold:
                 str(e["id"]),
                 event.subject,
                 str(identifier_value(e.get("careManager")) or "unallocated"),
-                _time((e.get("period") or {}).get("start"), event.time),
+                fhir_time((e.get("period") or {}).get("start"), event.time),
             )
             for e in of_kind(resources, "EpisodeOfCare")
         ]
@@ -261,10 +270,10 @@ class KpiFold:
 
     def _closed(self, event: RecordEvent, resources: list[Json]) -> None:
         said = [
-            (str(e["id"]), _time((e.get("period") or {}).get("end"), event.time))
+            (str(e["id"]), fhir_time((e.get("period") or {}).get("end"), event.time))
             for e in of_kind(resources, "EpisodeOfCare")
         ]
-        onward = [d for c in of_kind(resources, "Composition") for d in _onward_destinations(c)]
+        onward = [d for c in of_kind(resources, "Composition") for d in onward_destinations(c)]
         for eid, end in said:
             found = self.episodes.get(eid)
             if found is not None:
@@ -283,9 +292,9 @@ class KpiFold:
         said = [
             (
                 str(agenda["id"]),
-                _time(agenda.get("date"), event.time),
-                _flagged(agenda, co.ATTENDED_EXTENSION),
-                _flagged(agenda, co.CANCELLED_EXTENSION),
+                fhir_time(agenda.get("date"), event.time),
+                flagged(agenda, co.ATTENDED_EXTENSION),
+                flagged(agenda, co.CANCELLED_EXTENSION),
             )
             for agenda in of_kind(resources, "List")
         ]
@@ -337,12 +346,12 @@ class KpiFold:
         practices = Counter(self.practice_of(r) for r in referred)
         rows += [Row("referrals by practice", p, n) for p, n in sorted(practices.items())]
         rows += [Row("referrals by source", s, n) for s, n in sorted(Counter(r.source for r in referred).items())]
-        bands = Counter(_band(_age(r.born or _said_near(self._births.get(r.person), r.at), r.at)) for r in referred)
-        return rows + [Row("age at referral", label, bands.get(label, 0)) for label in _band_labels()]
+        bands = Counter(band(age_at(r.born or said_near(self._births.get(r.person), r.at), r.at)) for r in referred)
+        return rows + [Row("age at referral", label, bands.get(label, 0)) for label in band_labels()]
 
     def practice_of(self, referral: _Referral) -> str:
         """The person's practice, for a referral (see the module's definitions)."""
-        said = referral.practice or _said_near(self._practices.get(referral.person), referral.at)
+        said = referral.practice or said_near(self._practices.get(referral.person), referral.at)
         return said or (referral.requester if referral.source == "gp" else "unknown")
 
     def _onward_rows(self, inside: Callable[[datetime | None], bool], discharged: list[_Episode]) -> list[Row]:
@@ -359,7 +368,7 @@ class KpiFold:
     def _visit_rows(self, inside: Callable[[datetime | None], bool]) -> list[Row]:
         visited = [r for r in self.referrals.values() if inside(r.first_visit)]
         contacted = [r for r in self.referrals.values() if inside(r.first_contact)]
-        within = [r for r in visited if r.first_visit and _days_between(r.at, r.first_visit) <= 28]
+        within = [r for r in visited if r.first_visit and days_between(r.at, r.first_visit) <= 28]
         return [
             Row("first visits", "", len(visited)),
             Row(
@@ -479,132 +488,6 @@ _HANDLERS: dict[str, Any] = {
     co.PIC_SUMMARY_RECEIPT.type: KpiFold._receipt,
     co.HUDDLE_AGENDA.type: KpiFold._huddle,
 }
-
-
-def _flagged(resource: Json, url: str) -> bool:
-    """Whether the resource carries the extension `url` with valueBoolean true."""
-    return any(e.get("url") == url and e.get("valueBoolean") is True for e in resource.get("extension") or [])
-
-
-def _why(exc: Exception) -> str:
-    if isinstance(exc, InvalidMessageError):
-        return exc.diagnostics
-    return f"a field of the wrong shape ({type(exc).__name__}: {exc})"
-
-
-def _time(value: Any, default: datetime) -> datetime:
-    """A FHIR dateTime as an instant in UTC; one without an offset (or a bare date) is UK local time.
-    (In UTC, not UK time: Python subtracts two times of one zone as clock times, so a wait across a
-    clock change would be an hour out.)"""
-    if not isinstance(value, str):
-        return default
-    try:
-        parsed = datetime.fromisoformat(value)
-        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UK)
-        parsed.astimezone(UK)  # an instant too near year 1 or 9999 to have a UK day is no time
-        return parsed.astimezone(UTC)
-    except (ValueError, OverflowError):
-        return default
-
-
-def _practice(patient: Json, resources: list[Json]) -> str | None:
-    """The practice a Patient names: by ODS identifier, or by reference to an Organization the event
-    carries (a hospital's ADT: PD1-3)."""
-    for gp in patient.get("generalPractitioner") or []:
-        ident = gp.get("identifier") or {}
-        if ident.get("system") == ODS_SYSTEM and ident.get("value"):
-            return str(ident["value"])
-        reference = str(gp.get("reference") or "")
-        for org in of_kind(resources, "Organization") if reference.startswith("Organization/") else []:
-            if f"Organization/{org.get('id')}" == reference:
-                code = next(
-                    (i.get("value") for i in org.get("identifier") or [] if i.get("system") == ODS_SYSTEM), None
-                )
-                if code:
-                    return str(code)
-    return None
-
-
-def _said_near(said: list[tuple[datetime, Any]] | None, at: datetime) -> Any:
-    """What was said latest at or before `at` (the later said at a tie: in their partition's order),
-    else what was first said after it; None when nothing was."""
-    if not said:
-        return None
-    before = [(t, i) for i, (t, _) in enumerate(said) if t <= at]
-    if before:
-        return said[max(before)[1]][1]
-    return said[min((t, i) for i, (t, _) in enumerate(said))[1]][1]
-
-
-def _days_between(start: datetime, end: datetime) -> int:
-    """Whole UK days from one instant's day to another's (4 weeks is a count of days, not of hours)."""
-    return (end.astimezone(UK).date() - start.astimezone(UK).date()).days
-
-
-_TAGS = re.compile(r"<[^>]*>")
-_SEPARATOR = re.compile(r";(?![^()]*\))")  # a ';' not inside brackets
-_BULLET = re.compile(r"^\s*(?:[-*\u2022\u2023\u25e6\u2043]+|\d+[.)])\s*")
-_NONE = frozenset({NONE_RECORDED.casefold(), "none", "nil", "n/a", "no", "no onward referrals", "no onward referral"})
-IN_A_SUMMARY = "named in a PIC summary"  # the breakdown of destinations a coordinator wrote in a summary
-ONWARD_TITLE = dict(SECTIONS)["onward"]
-
-
-def _onward_destinations(summary: Json) -> list[str]:
-    """The destinations a PIC summary's Onward referrals section names: one a line, or separated by ';'
-    (not one inside brackets), a list's bullet or number dropped, each once (whatever its case), and
-    none of the ways of saying there were none."""
-    for section in summary.get("section") or []:
-        if section.get("title") == ONWARD_TITLE:
-            text = unescape(_TAGS.sub("\n", str((section.get("text") or {}).get("div") or "")))
-            found: dict[str, str] = {}
-            for line in text.splitlines():
-                for part in _SEPARATOR.split(line):
-                    said = " ".join(_BULLET.sub("", part).split())
-                    if said and said.casefold().rstrip(".") not in _NONE:
-                        found.setdefault(said.casefold(), said)
-            return list(found.values())
-    return []
-
-
-def _source(request: Json) -> str:
-    """The referral's source: its coding in CareHub's referral-source system (as the API checks it),
-    else the first coding's code, whatever its system (a file adapter's older events)."""
-    said = referral_source(request)
-    if said is not None:
-        return said
-    for ext in request.get("extension") or []:
-        if ext.get("url") == co.SOURCE_EXTENSION:
-            for coding in (ext.get("valueCodeableConcept") or {}).get("coding") or []:
-                return str(coding.get("code"))
-    return "not recorded"
-
-
-def _born(birth: Any) -> date | None:
-    """A FHIR birthDate as a day; a partial one (a year, a month) or a malformed one is none."""
-    if not isinstance(birth, str) or len(birth) < 10:
-        return None
-    try:
-        return date.fromisoformat(birth[:10])
-    except ValueError:
-        return None
-
-
-def _age(born: date | None, at: datetime) -> int | None:
-    if born is None:
-        return None
-    day = at.astimezone(UK).date()  # a birthday is a UK day
-    return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
-
-
-def _band_labels() -> list[str]:
-    return [label for _, _, label in BANDS] + [UNKNOWN_AGE]
-
-
-def _band(age: int | None) -> str:
-    for low, high, label in BANDS:
-        if age is not None and low <= age < high:
-            return label
-    return UNKNOWN_AGE
 
 
 def _long(discharged: list[_Episode]) -> list[_Episode]:
