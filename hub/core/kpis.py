@@ -48,7 +48,8 @@ Definitions (each names its source events):
                              meeting: it has not been held), and of them those marked attended (target 95%)
 
 A contact answers every referral of the person that is waiting for one (made before it, not yet
-answered, not declined, and not followed by a caseload episode that closed before the contact), and
+answered, not declined, and not ended by a stay on the caseload that closed before the contact: one
+begun after the referral on the log, in log order as the rules engine decides it, or opened for it), and
 is used once: it counts as one first contact (first visit) however many
 referrals it answers, and its wait is measured from the earliest of them. The MDS counts visits
 ("number of first visits", "% of visits within 4 weeks of referral"), so one visit is never two first
@@ -159,6 +160,8 @@ class KpiFold:
     _practices: dict[str, list[tuple[datetime, str]]] = field(default_factory=dict)  # person -> (said at, ODS)
     _last: datetime | None = None  # the latest event time seen: how far the log has got
     _meetings: dict[str, datetime] = field(default_factory=dict)  # huddle -> when it meets
+    _referrals_of: dict[str, set[str]] = field(default_factory=dict)  # person -> their referrals so far
+    _stays: dict[str, set[str]] = field(default_factory=dict)  # referral -> the stays that end its wait
 
     def add(self, event: RecordEvent) -> None:
         """Fold one event; one the fold cannot read is skipped and counted, never raised."""
@@ -215,6 +218,7 @@ class KpiFold:
             self.onward_people.pop(rid, None)
             if isinstance(what, _Referral):
                 self.referrals[rid] = what
+                self._referrals_of.setdefault(event.subject, set()).add(rid)
             elif what is not None:
                 self.onward[rid], self.onward_to[rid] = what
                 self.onward_people[rid] = event.subject
@@ -262,11 +266,21 @@ class KpiFold:
             )
             for e in of_kind(resources, "EpisodeOfCare")
         ]
+        named = {
+            str(r.get("reference", "")).removeprefix("ServiceRequest/")
+            for e in of_kind(resources, "EpisodeOfCare")
+            for r in e.get("referralRequest") or []
+            if isinstance(r, dict)
+        }
         for episode in said:
             before = self.episodes.get(episode.id)
             if before is not None:  # a re-sent opening does not reopen a closed episode
                 episode.end, episode.letter = before.end, before.letter
             self.episodes[episode.id] = episode
+            # the stay ends the referrals on the log before it (log order, as the rules engine
+            # decides it: hub.core.tasks) and those it was opened for
+            for rid in {*self._referrals_of.get(event.subject, ()), *named}:
+                self._stays.setdefault(rid, set()).add(episode.id)
 
     def _closed(self, event: RecordEvent, resources: list[Json]) -> None:
         said = [
@@ -384,16 +398,12 @@ class KpiFold:
         month_end = end - timedelta(microseconds=1)
         at = min(month_end, self._last) if self._last else month_end  # (inclusive)
         last_day = at.astimezone(UK).date()
-        ends: dict[str, list[tuple[datetime, datetime]]] = {}
-        for e in self.episodes.values():
-            if e.end:
-                ends.setdefault(e.person, []).append((e.start, e.end))
         waiting = [
             r
             for r in self.referrals.values()
             if r.at <= at
             and (r.visited is None or r.visited > at)
-            and not self._over(r, at, ends.get(r.person, []))
+            and not self._over(r, at)
             and (last_day - r.at.astimezone(UK).date()).days > 28
         ]
         return Row("referrals waiting over 4 weeks for a first visit", "at month end", len(waiting))
@@ -448,23 +458,21 @@ class KpiFold:
         for referral in sorted(self.referrals.values(), key=lambda r: (r.at, r.id)):
             referral.first_contact = referral.first_visit = referral.visited = None
             by_person.setdefault(referral.person, []).append(referral)
-        ends = {p: [(e.start, e.end) for e in self.episodes.values() if e.person == p and e.end] for p in by_person}
         for person, referrals in by_person.items():
             contacts = sorted(self._contacts.get(person, []))
-            self._answer(referrals, [t for t, _ in contacts], "first_contact", ends[person])
-            self._answer(referrals, [t for t, kind in contacts if kind == "face-to-face"], "first_visit", ends[person])
+            self._answer(referrals, [t for t, _ in contacts], "first_contact")
+            self._answer(referrals, [t for t, kind in contacts if kind == "face-to-face"], "first_visit")
 
     def _answer(
         self,
         referrals: list[_Referral],
         contacts: list[datetime],
         attribute: str,
-        ended: list[tuple[datetime, datetime]],
     ) -> None:
         """Each contact answers the referrals waiting for it, once: the earliest of them carries it."""
         answered: set[str] = set()
         for t in contacts:
-            waiting = [r for r in referrals if r.at <= t and r.id not in answered and not self._over(r, t, ended)]
+            waiting = [r for r in referrals if r.at <= t and r.id not in answered and not self._over(r, t)]
             if waiting:
                 setattr(waiting[0], attribute, t)
                 answered |= {r.id for r in waiting}
@@ -472,11 +480,15 @@ class KpiFold:
                     for referral in waiting:
                         referral.visited = t
 
-    def _over(self, referral: _Referral, t: datetime, ended: list[tuple[datetime, datetime]]) -> bool:
+    def _over(self, referral: _Referral, t: datetime) -> bool:
         """No longer waiting at t: declined by then, or the person has been on the caseload since it
-        and discharged (an episode begun after it closed by then) without the contact it waited for."""
+        (a stay begun after it on the log, or opened for it) and discharged by then without the
+        contact it waited for."""
         at, outcome = self.outcomes.get(referral.id, (t, ""))
-        return (outcome == "declined" and at <= t) or any(referral.at <= start and end <= t for start, end in ended)
+        if outcome == "declined" and at <= t:
+            return True
+        stays = (self.episodes.get(eid) for eid in self._stays.get(referral.id, ()))
+        return any(e is not None and e.end is not None and e.end <= t for e in stays)
 
 
 _HANDLERS: dict[str, Any] = {

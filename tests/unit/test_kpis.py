@@ -541,3 +541,22 @@ def test_a_huddle_later_on_the_day_the_log_has_reached_is_not_held_yet() -> None
     assert figures[("huddles held", "")] == 0
     figures = report(fold_of(ahead, morning, month.contact("P3", month.at(24, 14), "follow-up")), "2026-11")
     assert figures[("huddles held", "")] == 1
+
+
+def test_a_stay_ends_the_referrals_before_it_on_the_log_not_those_that_say_they_were_made_before_it() -> None:
+    # P3 referred 3 Nov 10:00, on the caseload 4-10 Nov, discharged unvisited; a GP's letter dated
+    # 3 Nov 12:00, before the stay, is posted on 8 Nov, during it: it still waits (as its tasks do),
+    # and a visit on 12 Nov 10:00 is its first visit, 8 days 22 hours on
+    first = month.referral("P3", month.at(3, 10), "gp")
+    opened = month.episode("P3", month.at(4, 10), "c-ann")
+    late = edited(month.referral("P3", month.at(3, 12), "huddle"), id="the-letter-posted-late")
+    late = RecordEvent(late.id, late.type, late.source, month.at(8, 10), late.subject, late.payload)
+    closed = month.episode("P3", month.at(10, 10), "c-ann", closed=True)
+    closed.payload["entry"][0]["resource"]["period"] = {
+        "start": month.at(4, 10).isoformat(),
+        "end": month.at(10, 10).isoformat(),
+    }
+    visit = month.contact("P3", month.at(12, 10), "face-to-face")
+    figures = report(fold_of(first, opened, late, closed, visit), "2026-11")
+    assert figures[("first visits", "")] == 1
+    assert figures[("days from referral to first visit", "mean")] == 8.92
