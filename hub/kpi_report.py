@@ -240,7 +240,6 @@ def trend(fold: KpiFold, month: str, months: int = TREND_MONTHS) -> Trend:
     for shown in (w for w in wanted if w >= first or w == month):
         figures = {(r.kpi, r.breakdown): r.value for r in fold.report(shown)}
         found.append((shown, {key: figures.get(key) for key in TREND}))
-    fold.report(month)  # (the fold's first contacts as the month's own report left them)
     return found
 
 

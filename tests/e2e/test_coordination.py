@@ -193,6 +193,11 @@ def _all(services: Services, kind: str) -> list[dict[str, Any]]:
     return [r for key in month.PEOPLE.values() for r in services.reader.search(kind, key)]
 
 
+def _bearer(secret: bytes, org: str, role: str, now: datetime) -> dict[str, str]:
+    """The Authorization header of a caller from `org` in `role`, with a token the hub signed."""
+    return {"Authorization": f"Bearer {issue_token(secret, org=org, role=role, now=now)}"}
+
+
 def _params(**values: str) -> dict[str, Any]:
     return {
         "resourceType": "Parameters",
@@ -235,12 +240,8 @@ async def test_a_coordinators_work_over_the_api_ends_with_the_pic_summary_at_the
             scope="addressed",
         )
     )
-    gp = {
-        "Authorization": f"Bearer {issue_token(services.secrets.token, org=month.PRACTICE, role='clinician', now=now)}"
-    }
-    pic = {
-        "Authorization": f"Bearer {issue_token(services.secrets.token, org=month.SERVICE, role='coordinator', now=now)}"
-    }
+    gp = _bearer(services.secrets.token, month.PRACTICE, "clinician", now)
+    pic = _bearer(services.secrets.token, month.SERVICE, "coordinator", now)
 
     async with (
         running(settings, services=services, mllp=False) as run,
@@ -291,7 +292,7 @@ async def test_a_coordinators_work_over_the_api_ends_with_the_pic_summary_at_the
 
         # adult social care refers people on too: its referral says nothing of anyone's GP, so the
         # PIC summary below still goes to the practice, and a person new to the record has no GP
-        la = {"Authorization": f"Bearer {issue_token(services.secrets.token, org='LA123', role='clinician', now=now)}"}
+        la = _bearer(services.secrets.token, "LA123", "clinician", now)
         for nhs in ("9434765919", "9999000037"):
             onward = _referral(nhs) | {
                 "performer": [{"identifier": {"system": ODS, "value": "VCS01"}}],
@@ -364,8 +365,8 @@ async def test_a_coordinator_who_finds_the_persons_practice_names_it_and_the_hel
         Subscription(id="y08888-pic", org="Y08888", events=(co.PIC_SUMMARY_SENT.type,), mailbox=str(tmp_path / "y8"))
     )
     secret = services.secrets.token
-    la = {"Authorization": f"Bearer {issue_token(secret, org='LA123', role='clinician', now=now)}"}
-    pic = {"Authorization": f"Bearer {issue_token(secret, org=month.SERVICE, role='coordinator', now=now)}"}
+    la = _bearer(secret, "LA123", "clinician", now)
+    pic = _bearer(secret, month.SERVICE, "coordinator", now)
 
     async with (
         running(settings, services=services, mllp=False) as run,
@@ -442,8 +443,8 @@ async def test_a_referral_sent_again_with_its_referrers_identifier_is_made_once(
     services = build(settings)
     now = datetime.now(UTC)
     secret = services.secrets.token
-    gp = {"Authorization": f"Bearer {issue_token(secret, org=month.PRACTICE, role='clinician', now=now)}"}
-    other = {"Authorization": f"Bearer {issue_token(secret, org='Y02', role='clinician', now=now)}"}
+    gp = _bearer(secret, month.PRACTICE, "clinician", now)
+    other = _bearer(secret, "Y02", "clinician", now)
     body = _referral("9434765919") | {"identifier": [{"system": "https://gp.example/referrals", "value": "R-1"}]}
 
     async with (
@@ -487,8 +488,8 @@ async def test_a_time_in_the_future_is_refused_400_naming_the_field_and_never_re
     services = build(settings)
     now = datetime.now(UTC)
     secret = services.secrets.token
-    gp = {"Authorization": f"Bearer {issue_token(secret, org=month.PRACTICE, role='clinician', now=now)}"}
-    pic = {"Authorization": f"Bearer {issue_token(secret, org=month.SERVICE, role='coordinator', now=now)}"}
+    gp = _bearer(secret, month.PRACTICE, "clinician", now)
+    pic = _bearer(secret, month.SERVICE, "coordinator", now)
     ahead = (now + timedelta(days=57)).isoformat()  # 2027-02-01, said on 2026-12-06: February's KPIs
 
     async with (
@@ -556,9 +557,9 @@ async def test_a_coordinator_moves_a_task_through_permitted_statuses_only(tmp_pa
     services = build(settings)
     now = datetime.now(UTC)
     secret = services.secrets.token
-    gp = {"Authorization": f"Bearer {issue_token(secret, org=month.PRACTICE, role='clinician', now=now)}"}
-    pic = {"Authorization": f"Bearer {issue_token(secret, org=month.SERVICE, role='coordinator', now=now)}"}
-    council = {"Authorization": f"Bearer {issue_token(secret, org='LA123', role='coordinator', now=now)}"}
+    gp = _bearer(secret, month.PRACTICE, "clinician", now)
+    pic = _bearer(secret, month.SERVICE, "coordinator", now)
+    council = _bearer(secret, "LA123", "coordinator", now)
 
     async with (
         running(settings, services=services, mllp=False) as run,
