@@ -316,8 +316,9 @@ class Engine:
 
     def _open(self, state: Json, event: RecordEvent, rule: TaskRule, resources: list[Json], out: Outcome) -> None:
         task_id = stable_id("task", event.id, rule.id)
-        if task_id in state["tasks"]:
-            return
+        focus = focus_of(resources)
+        if task_id in state["tasks"] or (focus and any(_same_task(t, rule.id, focus) for t in state["tasks"].values())):
+            return  # the event again, or the same referral, stay or discharge sent again (corrected, or a retry)
         episode = state.get("episode") or {}
         closing = [c for c in map(care_manager, of_kind(resources, "EpisodeOfCare")) if c]  # episode.closed
         coordinator = episode.get("coordinator") or (closing[0] if closing else None)
@@ -329,7 +330,7 @@ class Engine:
             "opened": event.time.isoformat(),
             "due": (event.time + rule.due).isoformat(),
             "owner": owner,
-            "focus": focus_of(resources),
+            "focus": focus,
             "version": self.rules.version,
         }
         state["tasks"][task_id] = task
@@ -456,6 +457,12 @@ def _matches(f: Fulfilment, name: str, event: RecordEvent, resources: list[Json]
         for_it = {str(r.get("reference")) for e in stays for r in e.get("referralRequest") or [] if isinstance(r, dict)}
         return task.get("stay") in {e.get("id") for e in stays} or task["focus"] in for_it
     return True
+
+
+def _same_task(task: Json, rule: str, focus: str) -> bool:
+    """Whether a task, in any status, is this rule's about this referral, stay or discharge: one task each,
+    however often what opens it is sent (a corrected referral is a new event about the same referral)."""
+    return bool(task.get("rule") == rule and task.get("focus") == focus)
 
 
 def _referral_source(resources: list[Json]) -> str | None:

@@ -535,3 +535,32 @@ def test_a_task_names_the_rules_version_that_opened_it_whatever_version_closes_i
     cancelled = [e.payload for e in derived if e.payload.get("status") == "cancelled" and "focus" in e.payload]
     first = [t for t in cancelled if t["code"]["coding"][0]["code"] == "first-visit"]
     assert first and first[0]["instantiatesUri"].endswith("/v1#first-visit")
+
+
+def test_a_referral_or_discharge_sent_again_as_a_new_event_opens_no_second_task(engine: Engine) -> None:
+    """A corrected referral (the same ServiceRequest, a new event), or a hospital re-sending an A03 under
+    a new message id, is news about the same referral or stay: its coordinators get one task, not two,
+    even after the first is done."""
+    store = MemoryCoordinationStore()
+    first = month.referral("P1", month.at(3, 9), "gp")
+    opened = of_code(run(engine, [first], store), co.TASK_CREATED.type, "referral-triage")
+    assert len(opened) == 1
+    [triage] = opened
+    done = dict(triage.payload, status="completed")
+    run(
+        engine, [RecordEvent("triaged", co.TASK_UPDATED.type, "urn:ods:Y1", month.at(4, 9), first.subject, done)], store
+    )
+    corrected = month.referral("P1", month.at(3, 9), "gp")
+    corrected.payload["entry"][0]["resource"]["reasonCode"] = [{"text": "struggling at home; falls"}]
+    again = RecordEvent(
+        f"{first.id}-corrected", first.type, first.source, month.at(5, 9), first.subject, corrected.payload
+    )
+    derived = run(engine, [again], store)
+    assert [e for e in derived if e.type == co.TASK_CREATED.type] == []
+
+    a03 = hospital_adt(month.at(6, 9))
+    resent = RecordEvent(f"{a03.id}-resent", a03.type, a03.source, month.at(6, 10), a03.subject, a03.payload)
+    follow_ups = of_code(run(engine, [a03, resent], store), co.TASK_CREATED.type, "discharge-follow-up")
+    assert len(follow_ups) == 1
+    other = month.referral("P1", month.at(7, 9), "gp", by="Y99999")  # another referral: its own tasks
+    assert len(of_code(run(engine, [other], store), co.TASK_CREATED.type, "referral-triage")) == 1
