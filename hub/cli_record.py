@@ -25,7 +25,7 @@ from hub.cli_base import (
     record_app,
     refuse_backwards,
 )
-from hub.instants import from_, up_to
+from hub.instants import UK, from_, up_to
 from hub.settings import Settings
 
 if TYPE_CHECKING:
@@ -94,6 +94,7 @@ def replay(
     from hub.store.hashing import record_hash
 
     refuse_backwards(since, until)
+    _refuse_since_after_as_of(since, as_of)
     settings = make_settings(data_dir)
     url, target = _replay_target(into, settings)
     from hub.bootstrap import shared_kafka
@@ -104,7 +105,7 @@ def replay(
         raise typer.Exit(2)
     from hub.core.errors import StoreUnavailableError
 
-    made = _new_folder(into)
+    made = _new_folder(into, url)
     try:
         engine = open_engine(url)
     except StoreUnavailableError as exc:
@@ -182,7 +183,8 @@ def replay(
             "[yellow]warning: no event on the log falls in the period asked for (--since/--until/--as-of): "
             "the rebuilt record is empty[/yellow]"
         )
-    console.print(escape(_replay_summary(result, target, resources, period=period)), soft_wrap=True)
+    summary = _replay_summary(result, target, resources, since=since, until=until, as_of=as_of)
+    console.print(escape(summary), soft_wrap=True)
     typer.echo(f"{digest}  {resources} resources, {events} events applied")
 
 
@@ -214,11 +216,31 @@ def _replay_target(into: str, settings: Settings) -> tuple[str, str]:
     return f"sqlite:///{file}", str(file)
 
 
-def _new_folder(into: str) -> Path | None:
-    """The folder --into names, if replay is about to make it (the outermost one it makes)."""
+def _refuse_since_after_as_of(since: datetime | None, as_of: datetime | None) -> None:
+    """Exit 2 for --since after --as-of: no event the hub held by then happened since (the record
+    would be empty, said only as a warning after the whole log had been read)."""
+    if since is not None and as_of is not None and since > as_of:
+        fail(f"--since {_when(since)} is after --as-of {_when(as_of)}: the hub held no event of that period by then")
+
+
+def _when(moment: datetime) -> str:
+    """A moment as a person typed it, in UK time (seconds only where they were given)."""
+    given = (moment.second, moment.microsecond) not in ((0, 0), (59, 999_999))  # (the end of a day: up_to)
+    return f"{moment.astimezone(UK):%Y-%m-%d %H:%M{':%S' if given else ''} %Z}"
+
+
+def _new_folder(into: str, url: str) -> Path | None:
+    """The outermost folder replay is about to make for its database (a new --into folder, or the
+    folder of a SQLite file named by URL, as open_engine makes it), if it makes one."""
+    import sqlalchemy as sa
+
     if "://" in into:
-        return None
-    folder = Path(into).resolve()
+        parsed = sa.make_url(url)
+        if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+            return None
+        folder = Path(str(parsed.database)).parent.resolve()
+    else:
+        folder = Path(into).resolve()
     if folder.exists():
         return None
     while not folder.parent.exists():
@@ -226,14 +248,28 @@ def _new_folder(into: str) -> Path | None:
     return folder
 
 
-def _replay_summary(result: ReplayResult, target: str, resources: int, *, period: bool) -> str:
+def _replay_summary(
+    result: ReplayResult,
+    target: str,
+    resources: int,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    as_of: datetime | None = None,
+) -> str:
     """Where the record went, and what became of every event read (nothing left unexplained)."""
+    late = ""  # records the log held only after --as-of
+    bounds = [name for name, given in (("--since", since), ("--until", until), ("--as-of", as_of)) if given is not None]
     ignored = result.events - result.applied - result.skipped
+    if as_of is not None:
+        late = f"{counted(result.left_out, 'record')} left out (written to the log after {_when(as_of)}), "
+        ignored -= result.left_out
+        bounds.remove("--as-of")
     why = "clock ticks, which the record does not keep, or repeats of events already applied"
-    why += ", or outside --since/--until/--as-of" if period else ""
+    why += f", or outside {'/'.join(bounds)}" if bounds else ""
     return (
         f"replayed {counted(result.events, 'event')} in {result.seconds:.1f}s on "
-        f"{counted(result.workers, 'process', 'processes')} into {target}: {result.applied:,} applied, "
+        f"{counted(result.workers, 'process', 'processes')} into {target}: {result.applied:,} applied, {late}"
         + (f"{ignored:,} with nothing to apply ({why}), " if ignored else "")
         + f"{result.skipped:,} not CareHub events; {counted(resources, 'resource')}"
     )

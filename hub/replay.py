@@ -240,14 +240,17 @@ class OnTheLogBy:
     def __init__(self, moment: datetime | None) -> None:
         self.ms = None if moment is None else int(moment.timestamp() * 1000)
         self.ended: set[int] = set()  # partitions past the moment
+        self.left_out = 0  # records refused: each ended partition's first record stamped later, and all after it
 
     def __call__(self, record: Any) -> bool:
         if self.ms is None:
             return True
         if record.partition in self.ended:
+            self.left_out += 1
             return False
         if not 0 <= record.timestamp <= self.ms:
             self.ended.add(record.partition)
+            self.left_out += 1
             return False
         return True
 
@@ -317,6 +320,7 @@ class ReplayResult:
     seconds: float
     workers: int = 1  # processes that folded the log (1: in the caller's own)
     refolded: int = 0  # people whose events were folded again together (merged across workers)
+    left_out: int = 0  # records written to the log after `received_by` (OnTheLogBy), so not folded
 
 
 async def replay(
@@ -364,14 +368,15 @@ async def replay(
         if isinstance(outcome, ReplayResult):
             return outcome
         log.warning("replay: %s, so the log is folded again in one process", outcome)
-    fold = FoldUnitOfWork()
+    fold, on_the_log = FoldUnitOfWork(), OnTheLogBy(received_by)
     gc.disable()  # fold and rows only grow; cyclic GC passes over them cost more than the work itself
     try:
-        read, applied, skipped = await _fold(bootstrap, fold, since, until, progress, received_by=received_by)
+        read, applied, skipped = await _fold(bootstrap, fold, since, until, progress, received_by=on_the_log)
         await in_thread(write, engine, fold)
     finally:
         gc.enable()
-    return ReplayResult(read, applied, skipped, len(fold.rows), time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return ReplayResult(read, applied, skipped, len(fold.rows), seconds, left_out=on_the_log.left_out)
 
 
 async def _fold(
@@ -382,13 +387,13 @@ async def _fold(
     progress: Progress | None,
     only: Callable[[int], bool] | None = None,
     subjects: Collection[str] | None = None,
-    received_by: datetime | None = None,
+    received_by: datetime | OnTheLogBy | None = None,
 ) -> tuple[int, int, int]:
     """Fold the events on the partitions `only` picks (all) about the people `subjects` names (all),
-    written to the log by `received_by` (all)."""
+    written to the log by `received_by` (all; an OnTheLogBy given is left holding what it left out)."""
     read = applied = skipped = 0
     decode = _decoder()
-    on_the_log = OnTheLogBy(received_by)
+    on_the_log = received_by if isinstance(received_by, OnTheLogBy) else OnTheLogBy(received_by)
     batch = getattr(fold, "batch", None)  # a fold that wants to know each batch's events first
     async for records in read_log(bootstrap, only=only):
         # decoded and applied a few events at a time, not a whole fetch: each event's payload is

@@ -52,7 +52,7 @@ from hub import replay_machine as machine
 from hub.core.ports import RecordEvent, StoredResource
 from hub.core.record import SHARED_KINDS
 from hub.kafka import high_watermarks, partitions_of
-from hub.replay import FoldUnitOfWork, Progress, ReplayResult, _fold
+from hub.replay import FoldUnitOfWork, OnTheLogBy, Progress, ReplayResult, _fold
 from hub.replay_load import COLUMNS, TABLES, _tangled_in, load, personal
 from hub.replay_write import _chunks, _same, in_key_order, in_thread, resource_row, sqlite_dialect
 
@@ -146,9 +146,11 @@ async def replay_in_parallel(
         outcome = await in_thread(load, engine, paths, tangled, together)
     if isinstance(outcome, str):
         return outcome
-    read, applied, skipped = (sum(c[k] for c in counts) for k in range(3))
+    read, applied, skipped, left_out = (sum(c[k] for c in counts) for k in range(4))
     seconds = time.perf_counter() - started
-    return ReplayResult(read, applied, skipped, outcome, seconds, workers=workers, refolded=len(tangled))
+    return ReplayResult(
+        read, applied, skipped, outcome, seconds, workers=workers, refolded=len(tangled), left_out=left_out
+    )
 
 
 async def _run_workers(
@@ -160,7 +162,7 @@ async def _run_workers(
     huge_pages: bool = False,
     events: int = 0,
     received_by: datetime | None = None,
-) -> list[tuple[int, int, int]]:
+) -> list[tuple[int, int, int, int]]:
     # spawn, not fork: the caller may have threads (an event loop's executor, a web server's)
     available = machine.memory_available()  # for what to say if the system stops a worker for want of it
     context = multiprocessing.get_context("spawn")
@@ -245,11 +247,12 @@ def _worker(
             counter.value = read
 
         started = time.perf_counter()
+        on_the_log = OnTheLogBy(received_by)
         folding = _fold(
-            bootstrap, fold, since, until, seen, only=lambda p: p % workers == index, received_by=received_by
+            bootstrap, fold, since, until, seen, only=lambda p: p % workers == index, received_by=on_the_log
         )
         counts = asyncio.run(folding)
-        write_shard(Path(path), fold, counts, folded_s=time.perf_counter() - started)
+        write_shard(Path(path), fold, (*counts, on_the_log.left_out), folded_s=time.perf_counter() - started)
     except BaseException:
         Path(path).with_suffix(".error").write_text(traceback.format_exc())
         raise
@@ -261,7 +264,7 @@ def _worker(
     os._exit(0)
 
 
-def write_shard(path: Path, fold: LinkedFold, counts: tuple[int, int, int], folded_s: float = 0.0) -> None:
+def write_shard(path: Path, fold: LinkedFold, counts: tuple[int, int, int, int], folded_s: float = 0.0) -> None:
     """What one worker folded: the record's three tables (no keys; reference data in a table of its
     own, `shared`, as the load reconciles it apart), the people it holds resources for or links to,
     the people merged away on its partitions, the links, its counts and how long it took to fold
@@ -281,7 +284,8 @@ def write_shard(path: Path, fold: LinkedFold, counts: tuple[int, int, int], fold
         db.execute("CREATE TABLE retired (person_key TEXT PRIMARY KEY)")
         db.execute("CREATE TABLE link (a TEXT, b TEXT)")
         db.execute(
-            "CREATE TABLE counts (read INTEGER, applied INTEGER, skipped INTEGER, folded_s REAL, written_s REAL)"
+            "CREATE TABLE counts (read INTEGER, applied INTEGER, skipped INTEGER, left_out INTEGER, "
+            "folded_s REAL, written_s REAL)"
         )
         for sql, rows in _chunks(fold, dialect, 20_000, content=_same, kinds=personal):
             db.executemany(sql, rows)
@@ -293,14 +297,15 @@ def write_shard(path: Path, fold: LinkedFold, counts: tuple[int, int, int], fold
         db.executemany("INSERT INTO link VALUES (?, ?)", sorted(fold.links))
         retired = fold.merged_away | fold.retired
         db.executemany("INSERT INTO retired VALUES (?)", ((k,) for k in sorted(retired)))
-        db.execute("INSERT INTO counts VALUES (?, ?, ?, ?, ?)", (*counts, folded_s, time.perf_counter() - started))
+        db.execute("INSERT INTO counts VALUES (?, ?, ?, ?, ?, ?)", (*counts, folded_s, time.perf_counter() - started))
         db.execute("COMMIT")
     finally:
         db.close()
 
 
-def _shard_counts(path: Path) -> tuple[int, int, int]:
+def _shard_counts(path: Path) -> tuple[int, int, int, int]:
+    """(events read, applied, not CareHub events, records left out as written after received_by)."""
     with contextlib.closing(sqlite3.connect(path)) as db:
-        read, applied, skipped, folded, written = db.execute("SELECT * FROM counts").fetchone()
+        read, applied, skipped, left_out, folded, written = db.execute("SELECT * FROM counts").fetchone()
     log.debug("replay: %s folded %d events in %.1f s and was written in %.1f s", path.stem, read, folded, written)
-    return int(read), int(applied), int(skipped)
+    return int(read), int(applied), int(skipped), int(left_out)

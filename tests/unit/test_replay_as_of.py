@@ -31,3 +31,21 @@ def test_a_partition_ends_at_its_first_record_stamped_after_the_moment_leaving_n
     kept = OnTheLogBy(T)
     assert [kept(r) for r in log] == [True, True, False, False, False, False, True]
     assert all(map(OnTheLogBy(None), log))
+
+
+def test_it_counts_what_it_leaves_out_the_first_record_stamped_later_and_all_after_it_on_that_partition() -> None:
+    log = [
+        record(0, T - timedelta(minutes=20)),
+        record(0, T + timedelta(minutes=5)),  # ends partition 0
+        record(1, T - timedelta(minutes=3)),
+        record(0, T - timedelta(minutes=1)),  # stamped before T, but after the end: left out too
+        record(1, T + timedelta(seconds=1)),  # ends partition 1
+        record(2, T),
+        record(1, T - timedelta(minutes=2)),
+        record(0, None),
+    ]
+    kept = OnTheLogBy(T)
+    assert sum(map(kept, log)) == 3
+    assert kept.left_out == 5 == len(log) - 3
+    everything = OnTheLogBy(None)
+    assert all(map(everything, log)) and everything.left_out == 0
