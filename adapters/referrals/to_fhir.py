@@ -97,8 +97,8 @@ class _Referral:
 def map_row(
     fmt: Format, row: Row, *, key_secret: bytes, now: datetime, extracted_on: date | None = None
 ) -> MappedEvent:
-    """One row as one event; InvalidMessageError naming the row and field if it cannot be (a referral
-    or outcome dated later than `now`, the time the file is read, among them)."""
+    """One row as one event; InvalidMessageError naming the row and field if it cannot be (a register
+    row, referral or outcome dated later than `now`, the time the file is read, among them)."""
     if row.problem is not None:
         raise row.problem
     values = row.values
@@ -106,7 +106,7 @@ def map_row(
         values = {**values, "extracted_on": extracted_on.isoformat()}
     f = RowFields(row.number, values)
     if fmt is Format.REGISTER:
-        return _register_row(f, key_secret)
+        return _register_row(f, key_secret, now)
     if fmt is Format.VCSE_OUTCOME:
         return _outcome(f, key_secret, now)
     if fmt is Format.VCSE_JSON:
@@ -114,7 +114,7 @@ def map_row(
     return _referral_event(f, _asc_referral(f, key_secret, now))
 
 
-def _register_row(f: RowFields, secret: bytes) -> MappedEvent:
+def _register_row(f: RowFields, secret: bytes, now: datetime) -> MappedEvent:
     nhs = f.nhs_number()
     practice = f.ods("practice_ods", practice=True) or ""
     admissions = f.count("non_elective_admissions_12m")
@@ -125,7 +125,7 @@ def _register_row(f: RowFields, secret: bytes) -> MappedEvent:
         raise f.fail(
             "extracted_on", "is required (add the column, or give the extraction date for the file)", "required"
         )
-    extracted = f.day("extracted_on")
+    extracted = f.not_future("extracted_on", f.day("extracted_on"), now)
     _not_after(f, born, extracted, "birth_date", "extracted_on")
     key = person_key(secret, nhs, None)
     values: list[tuple[str, Json]] = [

@@ -265,11 +265,11 @@ async def test_a_coordinators_work_over_the_api_ends_with_the_pic_summary_at_the
         assert (issue["code"], issue["expression"]) == ("required", ["ServiceRequest.extension"])
         assert "must say who refers" in issue["diagnostics"] and "adult-social-care" in issue["diagnostics"]
         unknown = await http.post(
-            "/ServiceRequest", json=_referral("9434765919") | {"extension": [_source("GP")]}, headers=gp
+            "/ServiceRequest", json=_referral("9434765919") | {"extension": [_source("G.P.")]}, headers=gp
         )
         assert unknown.status_code == 400, unknown.text
         assert unknown.json()["issue"][0]["code"] == "code-invalid"
-        assert "'GP' is not one of gp, risk-stratification" in unknown.json()["issue"][0]["diagnostics"]
+        assert "'G.P.' is not one of gp, risk-stratification" in unknown.json()["issue"][0]["diagnostics"]
 
         first = await http.post("/ServiceRequest", json=_referral("9434765919"), headers=gp)
         second = await http.post("/ServiceRequest", json=_referral("9990000018"), headers=gp)

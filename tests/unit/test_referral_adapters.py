@@ -398,9 +398,11 @@ def test_bad_outcome_updates_are_rejected(changes: dict[str, Any], reason: str) 
         ),
         (Format.VCSE_OUTCOME, outcome(on="2027-02-01"), "on", "2027-02-01"),
         (Format.VCSE_OUTCOME, outcome(on="2026-11-25T01:00:00+00:00"), "on", "2026-11-25T01:00:00+00:00"),
+        (Format.REGISTER, register_row(extracted_on="2026-11-26"), "extracted_on", "2026-11-26"),
+        (Format.REGISTER, register_row(extracted_on="2031-01-01"), "extracted_on", "2031-01-01"),
     ],
 )
-def test_a_referral_or_outcome_dated_in_the_future_is_rejected_naming_row_and_field(
+def test_a_register_row_referral_or_outcome_dated_in_the_future_is_rejected_naming_row_and_field(
     fmt: Format, values: dict[str, Any], field: str, shown: str
 ) -> None:
     reason = rejection(fmt, values, now=NOW)
@@ -413,6 +415,7 @@ def test_a_referral_or_outcome_dated_in_the_future_is_rejected_naming_row_and_fi
         (Format.ASC_JSON, asc_referral(referred_on="2026-11-25")),  # today, whatever the hour
         (Format.VCSE_JSON, vcse_referral(referred_on="2026-11-25T00:04:59Z")),  # within the clock skew
         (Format.VCSE_OUTCOME, outcome(on="2026-11-25T00:00:00")),  # UK local time, GMT in November
+        (Format.REGISTER, register_row(extracted_on="2026-11-25")),  # extracted today
     ],
 )
 def test_a_row_dated_now_or_within_the_clock_skew_is_taken(fmt: Format, values: dict[str, Any]) -> None:
@@ -425,6 +428,11 @@ def test_a_date_is_in_the_future_by_the_uk_calendar() -> None:
     assert "is in the future" in rejection(
         Format.ASC_JSON, asc_referral(referred_on="2026-07-03"), now=late_evening_in_summer
     )
+
+
+def test_a_register_extracted_tomorrow_by_the_file_date_is_in_the_future_too() -> None:
+    reason = rejection(Format.REGISTER, register_row(extracted_on=""), extracted_on=date(2026, 11, 26))
+    assert reason.startswith("row 2, field extracted_on: 2026-11-26 is in the future (today is 2026-11-25 in the UK)")
 
 
 # --- ids, idempotency ---------------------------------------------------------------------------------
@@ -441,7 +449,7 @@ def test_event_ids_are_deterministic_and_do_not_depend_on_row_order() -> None:
 def test_a_corrected_row_is_a_new_event_about_the_same_observations() -> None:
     before = one(Format.REGISTER, register_row())
     after = one(Format.REGISTER, register_row(long_term_conditions="4"))
-    next_month = one(Format.REGISTER, register_row(extracted_on="2026-12-01"))
+    next_month = one(Format.REGISTER, register_row(extracted_on="2026-12-01"), now=NOW + timedelta(days=6))
     ids = [sorted(o["id"] for o in resources(e, "Observation")) for e in (before, after, next_month)]
     assert before.event_id != after.event_id
     assert ids[0] == ids[1] != ids[2]
@@ -665,6 +673,22 @@ async def test_a_row_dated_in_the_future_is_dead_lettered_whole_and_the_others_g
     assert issue["expression"] == ["row 3", "referred_on"]
 
 
+async def test_a_register_row_extracted_in_the_future_is_dead_lettered_whole_and_the_others_go_on() -> None:
+    broker = FakeBroker()
+    rows = [register_row(), register_row(nhs_number=OTHER_NHS, extracted_on="2027-02-01"), register_row(frailty="mild")]
+    outcomes = await intake(broker).ingest(csv_of(rows), "file:/data/reg.csv", Format.REGISTER)
+    assert [(o.row, o.status) for o in outcomes] == [(2, ACCEPTED), (3, REJECTED), (4, ACCEPTED)]
+    assert outcomes[1].reason and outcomes[1].reason.startswith(
+        "row 3, field extracted_on: 2027-02-01 is in the future"
+    )
+    assert len(broker.on(EVENTS.name)) == 2
+    ((_, value, key, headers),) = broker.on(DEAD_LETTER.name)
+    assert value == f"{REGISTER_HEADER}\n{OTHER_NHS},Y90001,2,3,moderate,1938-02-01,2027-02-01\n".encode()
+    assert (key, headers[ORIGIN_HEADER]) == (b"Y90001", "file:/data/reg.csv#row=3")
+    issue = orjson.loads(headers[OUTCOME_HEADER])["issue"][0]
+    assert issue["expression"] == ["row 3", "extracted_on"]
+
+
 async def test_an_unreadable_file_is_dead_lettered_whole() -> None:
     broker = FakeBroker()
     (result,) = await intake(broker).ingest(b"[{", "file:x.json")
@@ -764,7 +788,7 @@ def test_arbitrary_json_is_mapped_or_rejected_never_crashes(document: Any, fmt: 
 @st.composite
 def valid_register_rows(draw: st.DrawFn) -> dict[str, str]:
     rng = random.Random(draw(st.integers(0, 2**32)))
-    extracted = draw(st.dates(date(2000, 1, 1), date(2030, 12, 31)))
+    extracted = draw(st.dates(date(2000, 1, 1), NOW.date()))  # (a later one is in the future: rejected)
     born = draw(st.none() | st.dates(date(1900, 1, 1), extracted))
     return {
         "nhs_number": a_valid_nhs_number(rng),

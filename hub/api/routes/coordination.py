@@ -45,12 +45,12 @@ from hub.api.routes.coordination_input import (
     source_of,
     validate,
     with_outcome,
+    with_source,
 )
 from hub.api.routes.fhir import bearer_caller, fhir_id, read_body
 from hub.api.shapes import FHIR_ID, SERVICE_REQUEST_IN, parameters_in
 from hub.core import nhs_number
 from hub.core.errors import ConsentDeniedError, InvalidMessageError, RuleRefusedError, UnknownPersonError
-from hub.core.fhir_read import referral_source
 from hub.core.identity import person_key, stable_id
 from hub.core.pic_summary import composition, practice_output
 from hub.core.ports import CoordinationReader, Json, RecordReader
@@ -173,13 +173,14 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         request_.setdefault("authoredOn", now.isoformat())
         request_.setdefault("requester", {"identifier": {"system": ODS_SYSTEM, "value": who.org}})
         request_.setdefault("performer", [{"identifier": {"system": ODS_SYSTEM, "value": rules.service.ods}}])
-        source_of(request_)
+        source = source_of(request_)
+        request_ = with_source(request_, source)
         stub: Json = {
             "resourceType": "Patient",
             "id": person,
             "identifier": [{"system": nhs_number.NHS_NUMBER_SYSTEM, "value": nhs}],
         }
-        if referral_source(request_) == "gp":  # only a GP's own referral says the caller is the person's practice
+        if source == "gp":  # only a GP's own referral says the caller is the person's practice
             stub["generalPractitioner"] = [{"identifier": {"system": ODS_SYSTEM, "value": who.org}}]
         await emit(co.REFERRAL_RECEIVED.type, who, person, authored, request_, stub, event_id=event_id)
         return FhirResponse(request_, status_code=201, headers={"Location": f"/fhir/ServiceRequest/{request_['id']}"})

@@ -4,6 +4,7 @@ checks on it: each refusal an InvalidMessageError naming the field, answered as 
 No `from __future__ import annotations` here, as in the routes that use it.
 """
 
+import copy
 import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from schemas.events import coordination as co
 from schemas.subscriptions import Subscription
 
 _DATE_ONLY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_YEAR_OR_MONTH = re.compile(r"[0-9]{4}(-(0[1-9]|1[0-2]))?")  # ISO 8601 (and a FHIR dateTime), too coarse for a time
 
 
 def business_identifier(request: Json) -> tuple[str, str] | None:
@@ -38,27 +40,44 @@ def business_identifier(request: Json) -> tuple[str, str] | None:
 
 
 def source_of(request: Json) -> str:
-    """Who refers, as the referral says it; refused where it does not (a source taken for granted
-    would count in the commissioner's KPIs under the wrong one, and a partner taken for a GP would
-    become the person's practice, where the PIC summary goes)."""
+    """Who refers, as the referral says it, in lower case (the code is case-insensitive, as in the
+    referral files); refused where it does not (a source taken for granted would count in the
+    commissioner's KPIs under the wrong one, and a partner taken for a GP would become the person's
+    practice, where the PIC summary goes)."""
     codes = ", ".join(co.REFERRAL_SOURCES)
-    said = any(isinstance(e, dict) and e.get("url") == co.SOURCE_EXTENSION for e in request.get("extension") or [])
-    if not said:
+    given = any(isinstance(e, dict) and e.get("url") == co.SOURCE_EXTENSION for e in request.get("extension") or [])
+    if not given:
         raise InvalidMessageError(
             f"the referral must say who refers: an extension {co.SOURCE_EXTENSION} whose valueCodeableConcept "
             f"is coded in {co.REFERRAL_SOURCE_SYSTEM} ({codes})",
             ("ServiceRequest.extension",),
             code="required",
         )
-    source = referral_source(request)
-    if source not in co.REFERRAL_SOURCES:
-        shown = f"{source!r} is not" if source is not None else f"no coding in {co.REFERRAL_SOURCE_SYSTEM} is"
+    said = referral_source(request)
+    if said is None or said.lower() not in co.REFERRAL_SOURCES:
+        shown = f"{said!r} is not" if said is not None else f"no coding in {co.REFERRAL_SOURCE_SYSTEM} is"
         raise InvalidMessageError(
-            f"the referral's source: {shown} one of {codes}",
+            f"the referral's source: {shown} one of {codes} (in any case)",
             (f"ServiceRequest.extension('{co.SOURCE_EXTENSION}').valueCodeableConcept",),
             code="code-invalid",
         )
-    return str(source)
+    return said.lower()
+
+
+def with_source(request: Json, source: str) -> Json:
+    """The referral with the coding source_of read (the first in REFERRAL_SOURCE_SYSTEM of the first
+    source extension) set to `source`, its canonical code, so that the record and the KPIs by source
+    hold one code however a sender cased it. The request itself is left as it was."""
+    extensions = copy.deepcopy(request.get("extension") or [])
+    for ext in extensions:
+        if ext.get("url") == co.SOURCE_EXTENSION:
+            concept = ext.get("valueCodeableConcept")
+            for coding in (concept.get("coding") or []) if isinstance(concept, dict) else []:
+                if coding.get("system") == co.REFERRAL_SOURCE_SYSTEM and isinstance(coding.get("code"), str):
+                    coding["code"] = source
+                    return {**request, "extension": extensions}
+            break
+    return request
 
 
 def found_practice(params: Json, task: Json, status: str) -> str | None:
@@ -186,7 +205,14 @@ def param(params: Json, name: str, *, required: bool = False) -> str | None:
 
 def at_time(value: str | None, now: datetime, where: str = "Parameters.at") -> datetime:
     """A time the caller says something happened (ISO 8601 with its offset), in UTC; refused when it
-    is later than `now` by more than CLOCK_SKEW, as it would count in the KPIs of a time yet to come."""
+    is later than `now` by more than CLOCK_SKEW, as it would count in the KPIs of a time yet to come.
+    A year or a month alone is ISO 8601 too, but says no day: refused as too coarse, not as malformed."""
+    if _YEAR_OR_MONTH.fullmatch(str(value)):
+        raise InvalidMessageError(
+            f"{where} {value!r} is only a year or a month: give a date (YYYY-MM-DD, e.g. 2026-11-25) or a date "
+            "and time with its UTC offset (e.g. 2026-11-25T10:00:00Z)",
+            (where,),
+        )
     try:
         parsed = datetime.fromisoformat(str(value))
         if _DATE_ONLY.fullmatch(str(value)):  # a FHIR dateTime may be a day: its start, UK time

@@ -1,0 +1,230 @@
+"""What the coordination API takes, over a real socket: the real app (uvicorn on 127.0.0.1, httpx as
+the client) over a real SQLite record built by `hub.bootstrap.build`; only Kafka is a list, whose
+events the test applies to the record and folds into the commissioner's KPIs as the consumers would.
+
+* A referral's source code is case-insensitive, as in the referral files: `GP` is taken as `gp`,
+  stored as `gp` and counted with it in the KPIs by source.
+* `at` given as a year or a month is ISO 8601, only not precise enough: the refusal says so and
+  asks for a date or a date and time, naming the parameter; what was taken before still is.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+
+from hub.api.app import create_app
+from hub.api.auth import TokenVerifier, issue_token
+from hub.api.routes.coordination import CoordinationApi
+from hub.bootstrap import Services, build
+from hub.core.identity import person_key
+from hub.core.kpis import KpiFold
+from hub.core.ports import RecordEvent
+from hub.core.record import apply_events
+from hub.kafka import free_port
+from hub.settings import Settings
+from schemas.envelope import Envelope
+from schemas.events import coordination as co
+
+pytestmark = pytest.mark.timeout(60)
+NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+PRACTICE = "Y00001"
+AUTHORED = "2026-11-10T10:00:00+00:00"
+
+
+@dataclass
+class Hub:
+    """The served app, what stands behind it, and the events it published."""
+
+    services: Services
+    url: str = ""
+    published: list[Envelope] = field(default_factory=list)
+
+    def events(self) -> list[RecordEvent]:
+        return [RecordEvent(e.id, e.type, e.source, e.time, e.subject, orjson.loads(e.data)) for e in self.published]
+
+    def record(self) -> None:
+        """Apply what was published to the record, as the record consumer does (each event once)."""
+        with self.services.uow_factory() as uow:
+            apply_events(uow, self.events())
+            uow.commit()
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    services = build(Settings(data_dir=tmp_path_factory.mktemp("inputs-api")))
+    live = Hub(services)
+
+    async def publish(envelope: Envelope) -> None:
+        live.published.append(envelope)
+
+    commands = CoordinationApi(services.reader, services.coordination, services.rules, services.secrets.key, publish)
+    tokens = TokenVerifier(services.secrets.token)
+    app = create_app(services.reader, tokens, services.ledger, services.policy, publish, commands)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off"))
+    thread = threading.Thread(target=server.run, name="inputs-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, f"uvicorn did not start on port {port}"
+        time.sleep(0.02)
+    live.url = f"http://127.0.0.1:{port}"
+    try:
+        yield live
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        services.engine.dispose()
+
+
+@pytest.fixture
+def http(hub: Hub) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=hub.url, timeout=10) as client:
+        yield client
+
+
+def bearer(hub: Hub, org: str, role: str) -> dict[str, str]:
+    token = issue_token(hub.services.secrets.token, org=org, role=role, now=datetime.now(UTC))
+    return {"Authorization": f"Bearer {token}"}
+
+
+def coordinator(hub: Hub) -> dict[str, str]:
+    return bearer(hub, hub.services.rules.rules.service.ods, "coordinator")
+
+
+def referral(nhs: str, source: str, **changes: Any) -> dict[str, Any]:
+    coding = {"system": co.REFERRAL_SOURCE_SYSTEM, "code": source}
+    return {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "subject": {"identifier": {"system": NHS_SYSTEM, "value": nhs}},
+        "authoredOn": AUTHORED,
+        "extension": [{"url": co.SOURCE_EXTENSION, "valueCodeableConcept": {"coding": [coding]}}],
+    } | changes
+
+
+def source_code(request: dict[str, Any]) -> str:
+    (ext,) = [e for e in request["extension"] if e["url"] == co.SOURCE_EXTENSION]
+    return str(ext["valueCodeableConcept"]["coding"][0]["code"])
+
+
+def refer(hub: Hub, http: httpx.Client, nhs: str, source: str) -> dict[str, Any]:
+    response = http.post("/fhir/ServiceRequest", json=referral(nhs, source), headers=bearer(hub, PRACTICE, "clinician"))
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def test_a_source_code_in_capitals_is_taken_stored_lower_case_and_counted_with_it_by_source(
+    hub: Hub, http: httpx.Client
+) -> None:
+    lower = refer(hub, http, "9434765919", "gp")
+    upper = refer(hub, http, "9990000018", "GP")
+    mixed = refer(hub, http, "9990000026", "Adult-Social-Care")
+
+    assert [source_code(r) for r in (lower, upper, mixed)] == ["gp", "gp", "adult-social-care"]
+    hub.record()
+    stored = hub.services.reader.read("ServiceRequest", upper["id"])
+    assert stored is not None and source_code(stored) == "gp"
+    # treated as a GP's referral: the caller is the person's practice, as for `gp`
+    key = person_key(hub.services.secrets.key, "9990000018", None)
+    patient = hub.services.reader.read("Patient", key)
+    assert patient is not None
+    assert patient["generalPractitioner"][0]["identifier"]["value"] == PRACTICE
+    fold = KpiFold(service=hub.services.rules.rules.service.ods)
+    for event in hub.events():
+        fold.add(event)
+    by_source = {r.breakdown: r.value for r in fold.report("2026-11") if r.kpi == "referrals by source"}
+    assert (by_source.get("gp"), by_source.get("adult-social-care")) == (2, 1)
+    assert not {"GP", "Adult-Social-Care"} & set(by_source)
+
+
+def test_a_source_code_that_is_none_of_them_in_any_case_is_still_refused(hub: Hub, http: httpx.Client) -> None:
+    response = http.post(
+        "/fhir/ServiceRequest", json=referral("9434765919", "G.P."), headers=bearer(hub, PRACTICE, "clinician")
+    )
+
+    assert response.status_code == 400, response.text
+    issue = response.json()["issue"][0]
+    assert issue["code"] == "code-invalid"
+    assert "'G.P.' is not one of gp, risk-stratification" in issue["diagnostics"]
+
+
+@pytest.fixture(scope="module")
+def a_referral(hub: Hub) -> str:
+    """A referral in the record, for the commands to decline."""
+    with httpx.Client(base_url=hub.url, timeout=10) as client:
+        made = refer(hub, client, "9999000037", "huddle")
+    hub.record()
+    return str(made["id"])
+
+
+def decline(hub: Hub, http: httpx.Client, referral_id: str, at: str) -> httpx.Response:
+    body = {"resourceType": "Parameters", "parameter": [{"name": "at", "valueDateTime": at}]}
+    return http.post(f"/fhir/ServiceRequest/{referral_id}/$decline", json=body, headers=coordinator(hub))
+
+
+@pytest.mark.parametrize("at", ["2026-11", "2026"])
+def test_at_as_a_year_or_a_month_is_refused_for_want_of_a_day_naming_the_parameter(
+    hub: Hub, http: httpx.Client, a_referral: str, at: str
+) -> None:
+    response = decline(hub, http, a_referral, at)
+
+    assert response.status_code == 400, response.text
+    issue = response.json()["issue"][0]
+    assert issue["expression"] == ["Parameters.at"]
+    assert issue["diagnostics"].startswith(f"Parameters.at {at!r} is only a year or a month: give a date (YYYY-MM-DD")
+    assert "a date and time with its UTC offset" in issue["diagnostics"]
+    assert "not an ISO 8601" not in issue["diagnostics"]
+
+
+def test_authored_on_as_a_month_is_refused_for_want_of_a_day_naming_the_element(hub: Hub, http: httpx.Client) -> None:
+    body = referral("9434765919", "gp", authoredOn="2026-11")
+    response = http.post("/fhir/ServiceRequest", json=body, headers=bearer(hub, PRACTICE, "clinician"))
+
+    assert response.status_code == 400, response.text
+    issue = response.json()["issue"][0]
+    assert issue["expression"] == ["ServiceRequest.authoredOn"]
+    assert issue["diagnostics"].startswith("ServiceRequest.authoredOn '2026-11' is only a year or a month")
+
+
+@pytest.mark.parametrize(
+    ("at", "recorded"),
+    [
+        ("2026-11-25", "2026-11-25T00:00:00+00:00"),  # a day alone: its start, UK time (GMT in November)
+        ("2026-07-06", "2026-07-05T23:00:00+00:00"),  # (BST)
+        ("2026-11-25T10:00:00Z", "2026-11-25T10:00:00+00:00"),
+        ("2026-11-25T10:00:00+01:00", "2026-11-25T09:00:00+00:00"),
+        ("2026-11-25T10:00Z", "2026-11-25T10:00:00+00:00"),
+    ],
+)
+def test_at_as_a_date_or_a_date_and_time_is_taken_as_before(
+    hub: Hub, http: httpx.Client, a_referral: str, at: str, recorded: str
+) -> None:
+    response = decline(hub, http, a_referral, at)
+
+    assert response.status_code == 200, response.text
+    assert hub.published[-1].time == datetime.fromisoformat(recorded)
+
+
+@pytest.mark.parametrize(
+    ("at", "said"),
+    [("6 July", "'6 July' is not an ISO 8601 date and time"), ("2026-11-25T10:00", "needs its UTC offset")],
+)
+def test_what_at_refused_before_is_refused_as_before(
+    hub: Hub, http: httpx.Client, a_referral: str, at: str, said: str
+) -> None:
+    response = decline(hub, http, a_referral, at)
+
+    assert response.status_code == 400, response.text
+    assert said in response.json()["issue"][0]["diagnostics"]
