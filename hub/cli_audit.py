@@ -139,13 +139,24 @@ def audit_time_travel(
     changed: Annotated[
         bool, typer.Option("--changed", help="Only what today's policy would decide differently")
     ] = False,
+    cannot_tell: Annotated[
+        bool,
+        typer.Option(
+            "--cannot-tell",
+            help="Only the rows whose today is 'cannot tell' (which --changed counts but does not list): each "
+            "decided again on other content than was disclosed, the reason in its last column; with --changed, "
+            "these rows and the changed ones",
+        ),
+    ] = False,
     csv_out: Annotated[
         Path | None,
         typer.Option("--csv", help="Also write the rows to this CSV file (every column in full, for a spreadsheet)"),
     ] = None,
     data_dir: HeldDir = Path("var"),
 ) -> None:
-    """What was disclosed then, under which agreement and consent versions, and what today's policy would decide."""
+    """What was disclosed then, under which agreement and consent versions, and what today's policy would decide.
+
+    On content other than was disclosed today may say "cannot tell": --cannot-tell lists those rows."""
     from hub.core import nhs_number as nhs
     from hub.core.identity import person_key
     from hub.core.timetravel import CANNOT_TELL, in_period, people_of, reconsider
@@ -171,9 +182,9 @@ def audit_time_travel(
     refs = {"/".join(str(r).split("#")[0].split("/")[:2]) for e in entries for r in e.body.get("resources") or []}
     resources = {ref: reader.read(*ref.split("/", 1)) for ref in refs if "/" in ref}
     consents = [rule for person in sorted(people_of(entries, resources)) for rule in policy.consents(person)]
-    rows = reconsider(entries, resources, policy.agreements(), consents, datetime.now(UTC), stored.history())
+    rows = reconsider(entries, resources, policy.agreements(), consents, datetime.now(UTC), history=stored.history())
     table = listing("#", "when", "to", "how", "resource", "then", "on", "today", "on", title="Policy time travel")
-    shown = [r for r in rows if r.changed or not changed]
+    shown = _selected(rows, changed=changed, cannot_tell=cannot_tell)
     for r in shown:
         mark = "[bold yellow]" if r.changed else ""
         table.add_row(
@@ -190,6 +201,15 @@ def audit_time_travel(
         f"{len(rows)} decision(s) about {about}; today's policy differs on {differ:,}"
         + (f"; {unsure:,} cannot tell (decided again on other content than was disclosed)" if unsure else "")
     )
+
+
+def _selected(rows: list[Any], *, changed: bool, cannot_tell: bool) -> list[Any]:
+    """The rows the report lists: all of them, or those --changed and --cannot-tell ask for."""
+    from hub.core.timetravel import CANNOT_TELL
+
+    if not (changed or cannot_tell):
+        return rows
+    return [r for r in rows if (changed and r.changed) or (cannot_tell and r.now == CANNOT_TELL)]
 
 
 def _time_travel_csv(rows: list[Any], path: Path) -> None:
@@ -243,14 +263,7 @@ def audit_export(
             "--org is used only with --payloads (payloads follow the auditor's own agreements): "
             "add --payloads, or leave out --org for hashes only"
         )
-    if out.is_dir():
-        fail(f"--out {out} is a folder: give the file to write, e.g. {out / 'log.ndjson'}")
-    key_file = out.with_name(out.name + ".pub.pem")
-    for existing in (out, key_file):
-        if existing.exists() and not force:
-            fail(f"--out: {existing} exists: give a new file, or add --force to overwrite it")
-    if not out.parent.is_dir():
-        fail(f"--out {out}: there is no folder {out.parent}: make it first, or give a file in an existing folder")
+    key_file = _refuse_out(out, force=force)
     state = open_existing(data_dir)  # (a mistyped --data-dir: said, and nothing made there)
     services = build(state.settings, engine=state.engine)
     key = signing_key(settings.data_dir)
@@ -291,6 +304,22 @@ def audit_export(
     )
     # the key travels with the file: the auditor confirms this through another channel
     console.print(f"public key fingerprint (SHA-256 of its DER): {fingerprint(public_pem(key))}", soft_wrap=True)
+
+
+def _refuse_out(out: Path, *, force: bool) -> Path:
+    """Exit 2, before anything is read or written, unless --out and the public key beside it (which
+    it returns) can be written: neither a folder, neither overwritten unasked, in a folder that is."""
+    if out.is_dir():
+        fail(f"--out {out} is a folder: give the file to write, e.g. {out / 'log.ndjson'}")
+    key_file = out.with_name(out.name + ".pub.pem")
+    if key_file.is_dir():  # (--force overwrites a file, never a folder: found only after the export)
+        fail(f"--out {out}: {key_file}, where its public key goes, is a folder: move it, or give another --out")
+    for existing in (out, key_file):
+        if existing.exists() and not force:
+            fail(f"--out: {existing} exists: give a new file, or add --force to overwrite it")
+    if not out.parent.is_dir():
+        fail(f"--out {out}: there is no folder {out.parent}: make it first, or give a file in an existing folder")
+    return key_file
 
 
 @app.command()

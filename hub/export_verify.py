@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +182,8 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         return _report(Path(argv[1]), Path(argv[2]))
+    except BrokenPipeError:  # (an OSError too, but no file's: the reader of our output left)
+        raise
     except OSError as exc:  # a file missing, a folder given, unreadable: one line, not a traceback
         print(f"NOT verified: cannot read {exc.filename or argv[1]}: {exc.strerror or exc}")  # noqa: T201
         return 2
@@ -240,5 +243,22 @@ def _count(n: int, thing: str) -> str:
     return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
 
 
+# how a Unix tool killed by SIGPIPE exits (128 + 13), as `verify ... | head -1` expects of it
+_BROKEN_PIPE = 141
+
+
+def run(argv: list[str]) -> int:
+    """main, for a command line whose reader may stop early (`| head -1`): then stop quietly, with
+    no traceback and no error at exit for the output it did not read."""
+    try:
+        code = main(argv)
+        sys.stdout.flush()  # (here, not at exit, where a broken pipe can no longer be caught)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit finds somewhere to write
+        return _BROKEN_PIPE
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(run(sys.argv))

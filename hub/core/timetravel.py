@@ -75,11 +75,13 @@ def reconsider(
     agreements: Sequence[Any],
     consents: Sequence[ConsentRule],
     now: datetime,
-    history: Sequence[tuple[datetime, Any]] = (),
+    *,
+    history: Sequence[tuple[datetime, Any]],
 ) -> list[Reconsidered]:
     """Every resource of every entry, decided again under today's policy. `history`, every agreement
     version with the time it was loaded, tells whether the agreements in force then would decide
-    the resource as it stands now otherwise than today's do (a change of agreement, on any content)."""
+    the resource as it stands now otherwise than today's do (a change of agreement, on any content).
+    It has no default: without it every such change on content since changed reads "cannot tell"."""
     found: list[Reconsidered] = []
     by_person: defaultdict[str, list[ConsentRule]] = defaultdict(list)  # (decide reads only the resource's person's)
     for rule in consents:

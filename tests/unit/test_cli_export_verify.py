@@ -1,18 +1,20 @@
 """The export verifier's command line (`python hub/export_verify.py EXPORT KEY`): a file it cannot read
 is one line and exit 2, never a traceback; a failure says where, and how far reading got, without
-reading as if the lines before were proven; counts agree with their nouns."""
+reading as if the lines before were proven; counts agree with their nouns; piped into `head -1`, it
+stops quietly when the reader leaves."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from hub.export import public_pem
+from hub.export import Writer, public_pem
 from hub.export_verify import main
-from tests.unit.test_export_verify import KEY, an_export
+from tests.unit.test_export_verify import AT, KEY, an_export
 
 VERIFIER = Path(__file__).parents[2] / "hub" / "export_verify.py"
 
@@ -93,3 +95,25 @@ def test_the_verifier_prints_when_the_export_was_made_and_for_whom_payloads_were
     export.write_bytes(b"".join(an_export(payloads_for="AUD01")))
     assert main(["export_verify.py", str(export), str(key)]) == 0
     assert "payloads: included for AUD01, where its agreements permit them" in capsys.readouterr().out
+
+
+def test_piped_into_head_it_stops_quietly_with_no_traceback_when_the_reader_leaves(tmp_path: Path) -> None:
+    # `python export_verify.py EXPORT KEY | head -1`: head reads the fingerprint line and leaves
+    out = io.BytesIO()
+    writer = Writer(out, KEY, every=10, exported_at=AT)
+    writer.event({"partition": 0, "offset": 0, "id": "e0"})
+    writer.topic_partitions = 100_000  # a line printed for each: far more than a pipe holds
+    writer.checkpoint(final=True)
+    export, key = tmp_path / "export.ndjson", tmp_path / "key.pem"
+    export.write_bytes(out.getvalue())
+    key.write_bytes(public_pem(KEY))
+    command = [sys.executable, "-I", str(VERIFIER), str(export), str(key)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as verifier:
+        assert verifier.stdout is not None and verifier.stderr is not None
+        first = verifier.stdout.readline()
+        verifier.stdout.close()
+        errors = verifier.stderr.read().decode()
+        code = verifier.wait(timeout=60)
+    assert first.startswith(b"public key fingerprint (SHA-256 of its DER): ")
+    assert errors == ""  # (no BrokenPipeError traceback, and no "Exception ignored" at exit)
+    assert code == 141  # as a tool killed by SIGPIPE: the shell's pipefail sees the output was cut

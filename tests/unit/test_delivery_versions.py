@@ -208,7 +208,12 @@ def test_time_travel_compares_the_version_disclosed_with_the_version_held_now() 
     hub = a_hub([Subscription(id="gp", org="Y00001", events=EVENTS)], now)
     asyncio.run(hub.deliverer.handle(STREAM))
     held = {f"{kind}/{id}": row.content for (kind, id), row in hub.store.resources.items()}
-    rows = {(r.seq, r.resource): r for r in reconsider(hub.ledger.rows, held, AGREEMENTS, [], now)}
+    rows = {
+        (r.seq, r.resource): r
+        for r in reconsider(
+            hub.ledger.rows, held, AGREEMENTS, [], now, history=[(now - timedelta(days=1), a) for a in AGREEMENTS]
+        )
+    }
     assert rows[(1, "Encounter/e1/_history/1")].now_basis.endswith(
         "(decided on version 2: version 1 was disclosed)"
     )  # admitted, then discharged: the record has moved on since

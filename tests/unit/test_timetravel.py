@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from hub.api.routes.fhir import refused_whole
 from hub.core.ledger import Disclosure, Entry, resource_ref
 from hub.core.policy import Asker, ConsentRule, Decision, consent_rule, decide, person_of
@@ -18,6 +20,7 @@ from tests.builders import an_agreement, an_objection
 THEN = datetime(2026, 9, 1, 10, 0, tzinfo=UTC)
 NOW = THEN + timedelta(days=30)
 AGREEMENTS = [an_agreement("RXX", "Y00001")]
+LOADED = [(THEN - timedelta(days=60), a) for a in AGREEMENTS]  # their history: the same agreements then
 
 
 def encounter(person: str, version: int, source: str = "RXX") -> Json:
@@ -60,20 +63,45 @@ def test_a_break_glass_read_is_the_same_today_when_the_policy_is() -> None:
     then = decide(Asker("Y00001", "clinician", THEN, "collapsed in clinic"), held, AGREEMENTS, [])
     assert then.outcome == "break-glass"
     [row] = reconsider(
-        [entry(held, "break-glass", reasons=then.reasons)], {"Encounter/enc-1": held}, AGREEMENTS, [], NOW
+        [entry(held, "break-glass", reasons=then.reasons)],
+        {"Encounter/enc-1": held},
+        AGREEMENTS,
+        [],
+        NOW,
+        history=LOADED,
     )
     assert (row.then, row.now, row.changed) == ("break-glass", "break-glass", False)
 
 
 def test_a_resource_changed_since_is_decided_as_it_stands_and_says_so() -> None:
     disclosed, now = encounter("p1", 1), encounter("p1", 3, source="RZZ")  # its supplier changed, not the policy
-    [row] = reconsider([entry(disclosed, "permit")], {"Encounter/enc-1": now}, AGREEMENTS, [], NOW)
+    [row] = reconsider([entry(disclosed, "permit")], {"Encounter/enc-1": now}, AGREEMENTS, [], NOW, history=LOADED)
     assert (row.now, row.changed) == ("cannot tell", False)  # a different answer on other content
     assert row.now_basis.startswith("today deny on no agreement in force shares")
     assert "decided on version 3: version 1 was disclosed" in row.now_basis
-    [same] = reconsider([entry(disclosed, "permit")], {"Encounter/enc-1": disclosed}, AGREEMENTS, [], NOW)
+    [same] = reconsider(
+        [entry(disclosed, "permit")], {"Encounter/enc-1": disclosed}, AGREEMENTS, [], NOW, history=LOADED
+    )
     assert (same.now, same.changed) == ("permit", False)
     assert "version" not in same.now_basis
+
+
+def test_the_agreements_history_must_be_given_by_name_as_without_it_a_change_of_agreement_hides() -> None:
+    # the supplier changed since, and so did the agreement: RZZ was a party then, and is not today
+    wider = an_agreement("RXX", "RZZ", "Y00001")
+    today = an_agreement("RXX", "Y00001", version=2)
+    history = [(THEN - timedelta(days=60), wider), (NOW - timedelta(days=1), today)]
+    disclosed, now = encounter("p1", 1), encounter("p1", 3, source="RZZ")
+    entries, record = [entry(disclosed, "permit")], {"Encounter/enc-1": now}
+    with pytest.raises(TypeError, match="history"):
+        reconsider(entries, record, [today], [], NOW)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        reconsider(entries, record, [today], [], NOW, history)  # type: ignore[call-arg]
+    [row] = reconsider(entries, record, [today], [], NOW, history=history)
+    assert (row.now, row.changed) == ("deny", True)
+    assert "the agreements then would say permit" in row.now_basis
+    [blind] = reconsider(entries, record, [today], [], NOW, history=())  # what a caller that forgot it was told
+    assert (blind.now, blind.changed) == ("cannot tell", False)
 
 
 def test_the_consents_of_the_person_a_resource_was_merged_into_count() -> None:
@@ -84,7 +112,7 @@ def test_the_consents_of_the_person_a_resource_was_merged_into_count() -> None:
     assert people_of(entries, resources) == {"retired", "survivor"}
     consents = {"survivor": [objection("survivor")], "retired": []}
     found = [rule for person in sorted(people_of(entries, resources)) for rule in consents[person]]
-    [row] = reconsider(entries, resources, AGREEMENTS, found, NOW)
+    [row] = reconsider(entries, resources, AGREEMENTS, found, NOW, history=LOADED)
     assert (row.now, row.changed) == ("deny", True)
     assert "Consent/c1" in row.now_basis
 
@@ -94,13 +122,13 @@ def test_a_resource_an_export_withheld_only_with_its_event_differs_only_if_it_is
     # the covered ones were permitted themselves, so today's permit is no change of policy
     held = encounter("p1", 1)
     withheld = entry(held, "deny", reasons=(WITHHELD_WITH_EVENT,))
-    [row] = reconsider([withheld], {"Encounter/enc-1": held}, AGREEMENTS, [], NOW)
+    [row] = reconsider([withheld], {"Encounter/enc-1": held}, AGREEMENTS, [], NOW, history=LOADED)
     assert (row.then, row.now, row.changed) == ("withheld", "permit", False)
     assert row.then_basis.startswith("permitted, but withheld")
-    [objected] = reconsider([withheld], {"Encounter/enc-1": held}, AGREEMENTS, [objection("p1")], NOW)
+    [objected] = reconsider([withheld], {"Encounter/enc-1": held}, AGREEMENTS, [objection("p1")], NOW, history=LOADED)
     assert (objected.now, objected.changed) == ("deny", True)  # today it would not be let through itself
     [denied] = reconsider(
-        [entry(held, "deny", reasons=("no agreement",))], {"Encounter/enc-1": held}, AGREEMENTS, [], NOW
+        [entry(held, "deny", reasons=("no agreement",))], {"Encounter/enc-1": held}, AGREEMENTS, [], NOW, history=LOADED
     )
     assert (denied.then, denied.changed) == ("deny", True)  # a resource denied itself then still differs
 
@@ -108,16 +136,18 @@ def test_a_resource_an_export_withheld_only_with_its_event_differs_only_if_it_is
 def test_only_the_resources_own_persons_consents_bear_on_it() -> None:
     held = encounter("p1", 1)
     others = [objection(f"someone-{n}") for n in range(50)]
-    [row] = reconsider([entry(held, "permit")], {"Encounter/enc-1": held}, AGREEMENTS, others, NOW)
+    [row] = reconsider([entry(held, "permit")], {"Encounter/enc-1": held}, AGREEMENTS, others, NOW, history=LOADED)
     assert (row.now, row.changed) == ("permit", False)
-    [mine] = reconsider([entry(held, "permit")], {"Encounter/enc-1": held}, AGREEMENTS, [*others, objection("p1")], NOW)
+    [mine] = reconsider(
+        [entry(held, "permit")], {"Encounter/enc-1": held}, AGREEMENTS, [*others, objection("p1")], NOW, history=LOADED
+    )
     assert (mine.now, mine.changed) == ("deny", True)
 
 
 def test_content_disclosed_that_was_no_record_version_says_so_rather_than_version_unknown() -> None:
     held = encounter("p1", 2)
     unversioned = {k: v for k, v in held.items() if k != "meta"}  # as a delivery names an event's content
-    [row] = reconsider([entry(unversioned, "permit")], {"Encounter/enc-1": held}, AGREEMENTS, [], NOW)
+    [row] = reconsider([entry(unversioned, "permit")], {"Encounter/enc-1": held}, AGREEMENTS, [], NOW, history=LOADED)
     assert row.resource == "Encounter/enc-1"  # (no /_history/: no record version was disclosed)
     assert "decided on version 2: the content disclosed was no record version" in row.now_basis
     assert "?" not in row.now_basis
@@ -148,7 +178,7 @@ def test_an_export_denial_on_the_events_own_copy_is_no_change_though_the_record_
     # record's Patient now is the hospital's: re-exporting under the same policy still denies
     entries = exported(patient(None), "Y90004", [])
     assert entries[0].body["event"] == "ev-1"  # the ledger names the event whose copy was judged
-    [row] = reconsider(entries, {"Patient/p1": patient(2, "RXX")}, [AUDIT], [], NOW, [(THEN, AUDIT)])
+    [row] = reconsider(entries, {"Patient/p1": patient(2, "RXX")}, [AUDIT], [], NOW, history=[(THEN, AUDIT)])
     assert (row.then, row.now, row.changed) == ("deny", "cannot tell", False)
     assert "the export decided on the event's own copy, which the record does not keep" in row.now_basis
     assert row.now_basis.startswith("today permit on audit@1")
@@ -158,14 +188,14 @@ def test_a_change_of_consent_or_agreement_still_shows_on_an_exported_copy() -> N
     entries = exported(patient(None), "RXX", [])
     assert entries[0].body["decision"] == "permit"
     record = {"Patient/p1": patient(2, "RXX")}
-    [objected] = reconsider(entries, record, [AUDIT], [objection("p1", "AUD01")], NOW, [(THEN, AUDIT)])
+    [objected] = reconsider(entries, record, [AUDIT], [objection("p1", "AUD01")], NOW, history=[(THEN, AUDIT)])
     assert (objected.now, objected.changed) == ("deny", True)  # the person objected since
     narrower = an_agreement("RXX", "AUD01", id="audit", version=2, purposes=("audit",), categories=("encounters",))
     history = [(THEN, AUDIT), (NOW - timedelta(days=1), narrower)]
-    [dropped] = reconsider(entries, record, [narrower], [], NOW, history)
+    [dropped] = reconsider(entries, record, [narrower], [], NOW, history=history)
     assert (dropped.now, dropped.changed) == ("deny", True)  # version 2 no longer shares demographics
     assert "the agreements then would say permit" in dropped.now_basis
-    [kept] = reconsider(entries, {"Patient/p1": patient(2, "RZZ")}, [AUDIT], [], NOW, [(THEN, AUDIT)])
+    [kept] = reconsider(entries, {"Patient/p1": patient(2, "RZZ")}, [AUDIT], [], NOW, history=[(THEN, AUDIT)])
     assert (kept.now, kept.changed) == ("cannot tell", False)  # only the record's copy changed supplier
 
 
@@ -180,7 +210,7 @@ def test_a_refused_everything_is_no_change_for_what_was_refused_only_with_it() -
     assert [d.reasons for _, d in judged[1:]] == [(WITHHELD_WITH_READ,), (WITHHELD_WITH_READ,)]
     entries = [entry_of(r, d) for r, d in judged]
     record = {"Patient/p1": patient(1, "RXX"), "Organization/Y00001": practice, "Encounter/enc-1": held}
-    rows = reconsider(entries, record, AGREEMENTS, [], NOW)
+    rows = reconsider(entries, record, AGREEMENTS, [], NOW, history=LOADED)
     assert [(r.resource.split("/")[0], r.then, r.now, r.changed) for r in rows] == [
         ("Patient", "deny", "permit", True),  # the objection is gone today: that is a change
         ("Organization", "withheld", "permit", False),
@@ -191,7 +221,7 @@ def test_a_refused_everything_is_no_change_for_what_was_refused_only_with_it() -
 def test_an_organisation_an_older_ledger_denied_with_its_patient_is_no_change() -> None:
     practice = {"resourceType": "Organization", "id": "Y00001", "meta": {"versionId": "1"}}
     old = entry(practice, "deny", reasons=("no agreement in force shares demographics with Y00001",))
-    [row] = reconsider([old], {"Organization/Y00001": practice}, AGREEMENTS, [], NOW)
+    [row] = reconsider([old], {"Organization/Y00001": practice}, AGREEMENTS, [], NOW, history=LOADED)
     assert (row.then, row.now, row.changed) == ("withheld", "permit", False)
 
 
