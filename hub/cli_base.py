@@ -104,11 +104,23 @@ def counted(n: int, one: str, many: str | None = None) -> str:
     return f"{n:,} {one if n == 1 else many or one + 's'}"
 
 
-def refuse_backwards(since: datetime | None, until: datetime | None) -> None:
-    """Exit 2 for a period that ends before it starts: it would hold nothing, and say so only as 0."""
+def refuse_backwards(since: datetime | None, until: datetime | None, as_of: datetime | None = None) -> None:
+    """Exit 2 for a period that ends before it starts, or (replay's --as-of) that starts after the
+    moment the record is asked as of: it would hold nothing, and say so only as 0 or a warning after
+    the whole log had been read."""
     if since is not None and until is not None and since > until:
-        shown = [f"{t.astimezone(UK):%Y-%m-%d %H:%M %Z}" for t in (since, until)]
-        fail(f"--since {shown[0]} is after --until {shown[1]}: the period ends before it starts")
+        fail(f"--since {typed_time(since)} is after --until {typed_time(until)}: the period ends before it starts")
+    if since is not None and as_of is not None and since > as_of:
+        fail(
+            f"--since {typed_time(since)} is after --as-of {typed_time(as_of)}: the hub held no event of that period "
+            "by then"
+        )
+
+
+def typed_time(moment: datetime) -> str:
+    """A moment given on the command line, in UK time, to the minute (to the second where seconds were given)."""
+    given = (moment.second, moment.microsecond) not in ((0, 0), (59, 999_999))  # (the end of a day: up_to)
+    return f"{moment.astimezone(UK):%Y-%m-%d %H:%M{':%S' if given else ''} %Z}"
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ from hub.cli_base import (
     open_existing,
     record_app,
     refuse_backwards,
+    typed_time,
 )
-from hub.instants import UK, from_, up_to
+from hub.instants import from_, up_to
 from hub.settings import Settings
 
 if TYPE_CHECKING:
@@ -93,8 +94,7 @@ def replay(
     from hub.store.database import open_engine
     from hub.store.hashing import record_hash
 
-    refuse_backwards(since, until)
-    _refuse_since_after_as_of(since, as_of)
+    refuse_backwards(since, until, as_of)
     settings = make_settings(data_dir)
     url, target = _replay_target(into, settings)
     from hub.bootstrap import shared_kafka
@@ -216,19 +216,6 @@ def _replay_target(into: str, settings: Settings) -> tuple[str, str]:
     return f"sqlite:///{file}", str(file)
 
 
-def _refuse_since_after_as_of(since: datetime | None, as_of: datetime | None) -> None:
-    """Exit 2 for --since after --as-of: no event the hub held by then happened since (the record
-    would be empty, said only as a warning after the whole log had been read)."""
-    if since is not None and as_of is not None and since > as_of:
-        fail(f"--since {_when(since)} is after --as-of {_when(as_of)}: the hub held no event of that period by then")
-
-
-def _when(moment: datetime) -> str:
-    """A moment as a person typed it, in UK time (seconds only where they were given)."""
-    given = (moment.second, moment.microsecond) not in ((0, 0), (59, 999_999))  # (the end of a day: up_to)
-    return f"{moment.astimezone(UK):%Y-%m-%d %H:%M{':%S' if given else ''} %Z}"
-
-
 def _new_folder(into: str, url: str) -> Path | None:
     """The outermost folder replay is about to make for its database (a new --into folder, or the
     folder of a SQLite file named by URL, as open_engine makes it), if it makes one."""
@@ -262,7 +249,7 @@ def _replay_summary(
     bounds = [name for name, given in (("--since", since), ("--until", until), ("--as-of", as_of)) if given is not None]
     ignored = result.events - result.applied - result.skipped
     if as_of is not None:
-        late = f"{counted(result.left_out, 'record')} left out (written to the log after {_when(as_of)}), "
+        late = f"{counted(result.left_out, 'record')} left out (written to the log after {typed_time(as_of)}), "
         ignored -= result.left_out
         bounds.remove("--as-of")
     why = "clock ticks, which the record does not keep, or repeats of events already applied"

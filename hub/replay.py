@@ -368,15 +368,15 @@ async def replay(
         if isinstance(outcome, ReplayResult):
             return outcome
         log.warning("replay: %s, so the log is folded again in one process", outcome)
-    fold, on_the_log = FoldUnitOfWork(), OnTheLogBy(received_by)
+    fold = FoldUnitOfWork()
     gc.disable()  # fold and rows only grow; cyclic GC passes over them cost more than the work itself
     try:
-        read, applied, skipped = await _fold(bootstrap, fold, since, until, progress, received_by=on_the_log)
+        read, applied, skipped, left_out = await _fold(bootstrap, fold, since, until, progress, received_by=received_by)
         await in_thread(write, engine, fold)
     finally:
         gc.enable()
     seconds = time.perf_counter() - started
-    return ReplayResult(read, applied, skipped, len(fold.rows), seconds, left_out=on_the_log.left_out)
+    return ReplayResult(read, applied, skipped, len(fold.rows), seconds, left_out=left_out)
 
 
 async def _fold(
@@ -387,13 +387,14 @@ async def _fold(
     progress: Progress | None,
     only: Callable[[int], bool] | None = None,
     subjects: Collection[str] | None = None,
-    received_by: datetime | OnTheLogBy | None = None,
-) -> tuple[int, int, int]:
+    received_by: datetime | None = None,
+) -> tuple[int, int, int, int]:
     """Fold the events on the partitions `only` picks (all) about the people `subjects` names (all),
-    written to the log by `received_by` (all; an OnTheLogBy given is left holding what it left out)."""
+    written to the log by `received_by` (all): (records read, events applied, records that are not
+    CareHub events, records left out as written to the log later)."""
     read = applied = skipped = 0
     decode = _decoder()
-    on_the_log = received_by if isinstance(received_by, OnTheLogBy) else OnTheLogBy(received_by)
+    on_the_log = OnTheLogBy(received_by)
     batch = getattr(fold, "batch", None)  # a fold that wants to know each batch's events first
     async for records in read_log(bootstrap, only=only):
         # decoded and applied a few events at a time, not a whole fetch: each event's payload is
@@ -416,4 +417,4 @@ async def _fold(
         read += len(records)
         if progress:
             progress(read, 0)
-    return read, applied, skipped
+    return read, applied, skipped, on_the_log.left_out

@@ -52,7 +52,7 @@ from hub import replay_machine as machine
 from hub.core.ports import RecordEvent, StoredResource
 from hub.core.record import SHARED_KINDS
 from hub.kafka import high_watermarks, partitions_of
-from hub.replay import FoldUnitOfWork, OnTheLogBy, Progress, ReplayResult, _fold
+from hub.replay import FoldUnitOfWork, Progress, ReplayResult, _fold
 from hub.replay_load import COLUMNS, TABLES, _tangled_in, load, personal
 from hub.replay_write import _chunks, _same, in_key_order, in_thread, resource_row, sqlite_dialect
 
@@ -247,12 +247,11 @@ def _worker(
             counter.value = read
 
         started = time.perf_counter()
-        on_the_log = OnTheLogBy(received_by)
         folding = _fold(
-            bootstrap, fold, since, until, seen, only=lambda p: p % workers == index, received_by=on_the_log
+            bootstrap, fold, since, until, seen, only=lambda p: p % workers == index, received_by=received_by
         )
         counts = asyncio.run(folding)
-        write_shard(Path(path), fold, (*counts, on_the_log.left_out), folded_s=time.perf_counter() - started)
+        write_shard(Path(path), fold, counts, folded_s=time.perf_counter() - started)
     except BaseException:
         Path(path).with_suffix(".error").write_text(traceback.format_exc())
         raise

@@ -9,8 +9,6 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +19,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 
 from adapters.hl7v2.to_fhir import map_message
 from hub.api.app import create_app
@@ -30,7 +27,6 @@ from hub.bootstrap import Services, build
 from hub.core.identity import person_key
 from hub.core.ports import RecordEvent
 from hub.core.record import apply_events
-from hub.kafka import free_port
 from hub.settings import Settings
 from schemas.envelope import Envelope
 from schemas.events.consent import CONSENT_RECORDED
@@ -47,6 +43,7 @@ from schemas.events.coordination import (
 )
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, NO_CHROMIUM, SCREENSHOTS
 from tests.builders import a_valid_nhs_number, an_adt, an_agreement, an_objection
+from tests.serving import served
 
 pytestmark = pytest.mark.timeout(120)
 ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
@@ -179,19 +176,10 @@ def hub(tmp_path: Path) -> Iterator[tuple[Services, dict[str, str], str]]:
     services = build(Settings(data_dir=tmp_path))
     keys = seed(services)
     app = create_app(services.reader, TokenVerifier(services.secrets.token), services.ledger, services.policy)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off"))
-    thread = threading.Thread(target=server.run, name="huddle-page", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, f"uvicorn did not start on port {port}"
-        time.sleep(0.02)
     try:
-        yield services, keys, f"http://127.0.0.1:{port}"
+        with served(app, "huddle-page") as url:
+            yield services, keys, url
     finally:
-        server.should_exit = True
-        thread.join(10)
         services.engine.dispose()
 
 

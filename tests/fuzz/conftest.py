@@ -3,15 +3,12 @@ sharing agreement, the real disclosure ledger and token verifier; only the Kafka
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from adapters.hl7v2.to_fhir import map_message
@@ -21,11 +18,11 @@ from hub.api.routes.coordination import CoordinationApi
 from hub.bootstrap import Services, build
 from hub.core.ports import RecordEvent
 from hub.core.record import apply_events
-from hub.kafka import free_port
 from hub.settings import DatabaseSettings, SecuritySettings, Settings
 from schemas.envelope import Envelope
 from tests.builders import an_adt, an_agreement
 from tests.conftest import fresh_postgres
+from tests.serving import served
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 NHS_NUMBERS = ("9434765919", "9434765870")
@@ -106,17 +103,5 @@ def live_api(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 @pytest.fixture(scope="module")
 def base_url(live_api: LiveApi) -> Iterator[str]:
     """The same app served by uvicorn on a free 127.0.0.1 port, for clients that need a real socket."""
-    port = free_port()
-    config = uvicorn.Config(live_api.app, host="127.0.0.1", port=port, log_level="critical", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="fuzzed-api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, f"uvicorn did not start on port {port}"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with served(live_api.app, "fuzzed-api") as url:
+        yield url

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 import httpx
 import pytest
-import uvicorn
 
 from hub.api.app import create_app
 from hub.api.auth import TokenVerifier, issue_token
 from hub.core.ports import Json
-from hub.kafka import free_port
+from tests.serving import served
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,20 +89,8 @@ def _about(resource: Json, patient_id: str | None) -> bool:
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
     """The API served by uvicorn in a background thread on a free 127.0.0.1 port."""
-    port = free_port()
-    app = create_app(FakeRecordReader(), TokenVerifier(SECRET))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off"))
-    thread = threading.Thread(target=server.run, name="api-under-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, f"uvicorn did not start on port {port}"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with served(create_app(FakeRecordReader(), TokenVerifier(SECRET)), "api-under-test") as url:
+        yield url
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ events the test applies to the record and folds into the commissioner's KPIs as 
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +18,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 
 from hub.api.app import create_app
 from hub.api.auth import TokenVerifier, issue_token
@@ -30,10 +27,10 @@ from hub.core.identity import person_key
 from hub.core.kpis import KpiFold
 from hub.core.ports import RecordEvent
 from hub.core.record import apply_events
-from hub.kafka import free_port
 from hub.settings import Settings
 from schemas.envelope import Envelope
 from schemas.events import coordination as co
+from tests.serving import served
 
 pytestmark = pytest.mark.timeout(60)
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
@@ -70,20 +67,10 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     commands = CoordinationApi(services.reader, services.coordination, services.rules, services.secrets.key, publish)
     tokens = TokenVerifier(services.secrets.token)
     app = create_app(services.reader, tokens, services.ledger, services.policy, publish, commands)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off"))
-    thread = threading.Thread(target=server.run, name="inputs-api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, f"uvicorn did not start on port {port}"
-        time.sleep(0.02)
-    live.url = f"http://127.0.0.1:{port}"
     try:
-        yield live
+        with served(app, "inputs-api") as live.url:
+            yield live
     finally:
-        server.should_exit = True
-        thread.join(10)
         services.engine.dispose()
 
 

@@ -5,8 +5,6 @@ the dead-letter store, and the file's other rows reach the record."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -16,22 +14,11 @@ import pytest
 from hub.bootstrap import build
 from hub.core.identity import person_key
 from hub.settings import Settings
+from tests.e2e.test_referral_ingest import carehub
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
-CAREHUB = str(Path(sys.executable).with_name("carehub"))
 HEADER = "nhs_number,practice_ods,non_elective_admissions_12m,long_term_conditions,frailty,birth_date,extracted_on"
 FIRST, FUTURE, LAST = "9434765919", "9990000018", "9990000026"
-
-
-def carehub(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [CAREHUB, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=200,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "250"},
-    )
 
 
 def test_a_register_row_extracted_in_the_future_is_dead_lettered_whole_and_the_other_rows_go_through(
