@@ -9,9 +9,8 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,7 +19,8 @@ import uvicorn
 from hub.core.ports import DeadLetters, Ledger, RecordReader, RecordUnitOfWork
 from hub.core.record import ApplyResult
 from hub.core.tasks import Engine
-from hub.kafka import create_topics, embedded_broker
+from hub.embedded import drain, kafka
+from hub.kafka import create_topics
 from hub.rules import load_rules
 from hub.settings import Settings
 from hub.store.agreements import PolicySource, SqlAgreements
@@ -104,72 +104,6 @@ def build(settings: Settings, **overrides: Any) -> Services:
     )
     parts.update(overrides)
     return Services(**parts)
-
-
-# in the data directory while `carehub up` or `carehub demo --serve` runs the embedded broker: where
-# it listens, and the process that runs it, so that other commands on the same data directory use
-# its log (the embedded broker keeps its log in memory, and only while it runs)
-ADVERT = "embedded-broker.json"
-
-
-def shared_kafka(settings: Settings) -> str:
-    """The Kafka a command should use: the configured one; else the embedded broker of a hub running
-    on the same data directory; else '' (there is none: start one's own)."""
-    return settings.bootstrap_servers() or advertised(settings.data_dir) or ""
-
-
-def advertised(data_dir: Path) -> str | None:
-    """Where the embedded broker of a hub running on this data directory listens, if one is."""
-    try:
-        found = json.loads((data_dir / ADVERT).read_text())
-        pid, bootstrap = int(found["pid"]), str(found["bootstrap"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return bootstrap if _alive(pid) else None  # (a hub killed outright leaves its file behind)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
-@contextlib.contextmanager
-def _advertising(data_dir: Path, bootstrap: str) -> Iterator[None]:
-    """The advert, while the context lasts (not where another live hub has one here already)."""
-    path, pid = data_dir / ADVERT, os.getpid()
-    if advertised(data_dir) is not None:
-        log.warning("another hub runs an embedded broker on %s: this one's is not advertised", data_dir)
-        yield
-        return
-    temporary = path.with_suffix(f".{pid}.tmp")
-    temporary.write_text(json.dumps({"bootstrap": bootstrap, "pid": pid}))
-    temporary.replace(path)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            if int(json.loads(path.read_text())["pid"]) == pid:
-                path.unlink()
-
-
-@contextlib.asynccontextmanager
-async def kafka(settings: Settings, *, advertise: bool = False) -> AsyncIterator[str]:
-    """The configured Kafka; else the embedded broker of a hub running on the same data directory
-    (unless this one is to `advertise` its own); else an embedded broker for as long as the context
-    lasts, advertised in the data directory if `advertise`."""
-    configured = settings.bootstrap_servers() if advertise else shared_kafka(settings)
-    if configured:
-        yield configured
-        return
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    async with embedded_broker(log_path=settings.data_dir / "broker.log") as bootstrap:
-        with _advertising(settings.data_dir, bootstrap) if advertise else contextlib.nullcontext():
-            yield bootstrap
 
 
 @dataclass
@@ -396,7 +330,9 @@ async def running(
                 run.http_port = web.servers[0].sockets[0].getsockname()[1]
             yield run
         finally:
-            await stack.aclose()
+            await stack.aclose()  # the listeners first: nothing more is acknowledged
+            if advertise and consumers and not settings.bootstrap_servers():
+                await drain(run, settings.kafka.drain_timeout_s)
             await broker.stop()
 
 

@@ -283,8 +283,9 @@ async def _publish_agenda(settings: Settings, services: Any, fhir_list: dict[str
     """Publish the List on the events topic (with the embedded broker, the record applies it first)."""
     import orjson
 
-    from hub.bootstrap import running, shared_kafka
+    from hub.bootstrap import running
     from hub.core.huddle import event_id
+    from hub.embedded import shared_kafka
     from schemas.envelope import Envelope
     from schemas.events.coordination import HUDDLE_AGENDA
 

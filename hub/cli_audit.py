@@ -248,7 +248,7 @@ def audit_export(
     from hub.store.agreements import PolicySource
 
     settings = make_settings(data_dir)
-    from hub.bootstrap import shared_kafka
+    from hub.embedded import shared_kafka
 
     bootstrap = shared_kafka(settings)
     if not bootstrap:
@@ -352,7 +352,7 @@ def kpi(
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file: give a folder for kpi-{month}.csv and kpi-{month}.html")
     settings = make_settings(data_dir)
-    from hub.bootstrap import shared_kafka
+    from hub.embedded import shared_kafka
 
     bootstrap = shared_kafka(settings)
     if not bootstrap:

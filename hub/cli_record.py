@@ -97,7 +97,7 @@ def replay(
     refuse_backwards(since, until, as_of)
     settings = make_settings(data_dir)
     url, target = _replay_target(into, settings)
-    from hub.bootstrap import shared_kafka
+    from hub.embedded import shared_kafka
 
     bootstrap = shared_kafka(settings)
     if not bootstrap:

@@ -33,8 +33,9 @@ def agreements_load(
     data_dir: DataDir = Path("var"),
 ) -> None:
     """Validate and load agreement versions; earlier versions stay stored for audit."""
-    from hub.bootstrap import build, shared_kafka
+    from hub.bootstrap import build
     from hub.core.errors import InvalidMessageError
+    from hub.embedded import shared_kafka
     from schemas.agreements import Agreement
 
     settings = make_settings(data_dir)
@@ -63,7 +64,7 @@ async def _agreements_on_the_log(settings: Settings, agreements: list[Any]) -> N
     """Publish each loaded version as an event, acknowledged by Kafka (acks=all)."""
     from consumers.app import build_broker
     from hub.agreement_events import envelope
-    from hub.bootstrap import shared_kafka
+    from hub.embedded import shared_kafka
     from hub.kafka import create_topics
     from schemas.topics import EVENTS
 
@@ -110,7 +111,8 @@ def optouts_load(
 ) -> None:
     """Record each person's national data opt-out as a Consent on the log (applied through agreements that
     say the opt-out applies); lines that are not NHS numbers are refused by line and dead-lettered."""
-    from hub.bootstrap import build, running, shared_kafka
+    from hub.bootstrap import build, running
+    from hub.embedded import shared_kafka
     from hub.optouts import keep_refused, read
 
     if not path.is_file():

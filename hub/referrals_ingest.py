@@ -10,7 +10,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from hub.bootstrap import running, shared_kafka
+from hub.bootstrap import running
+from hub.embedded import shared_kafka
 from hub.settings import Settings
 from hub.terminal import listing
 

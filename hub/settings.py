@@ -15,6 +15,9 @@ class KafkaSettings(BaseModel):
     group_id: str = "carehub-record"
     client_id: str = "carehub"
     publish_timeout_s: float = 5.0
+    # how long a stopping `carehub up` on the embedded broker waits for its consumers to apply what
+    # the broker holds in memory before it goes (a second Ctrl-C stops at once)
+    drain_timeout_s: float = Field(default=300.0, ge=0)
     replication_factor: int = Field(default=1, ge=1, description="copies of each topic it creates (3 on a cluster)")
 
 

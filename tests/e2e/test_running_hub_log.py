@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.bootstrap import ADVERT, advertised
+from hub.embedded import ADVERT, advertised
 from tests.builders import an_adt
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]

@@ -1,0 +1,161 @@
+"""The embedded broker of a long-running hub (`carehub up`, `carehub demo --serve`) on its data
+directory: its advert to the other commands there, taking over one a killed hub left, and draining
+it before it stops (it keeps its log in memory)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hub.kafka import adopted_broker, behind, embedded_broker, embedded_broker_at
+from hub.settings import Settings
+
+if TYPE_CHECKING:
+    from hub.bootstrap import Running
+
+log = logging.getLogger(__name__)
+
+# in the data directory while `carehub up` or `carehub demo --serve` runs the embedded broker: where
+# it listens, and the process that runs it, so that other commands on the same data directory use
+# its log (the embedded broker keeps its log in memory, and only while it runs)
+ADVERT = "embedded-broker.json"
+
+
+def shared_kafka(settings: Settings) -> str:
+    """The Kafka a command should use: the configured one; else the embedded broker of a hub running
+    on the same data directory; else '' (there is none: start one's own)."""
+    return settings.bootstrap_servers() or advertised(settings.data_dir) or ""
+
+
+def advertised(data_dir: Path) -> str | None:
+    """Where the embedded broker of a hub running on this data directory listens, if one is."""
+    try:
+        found = json.loads((data_dir / ADVERT).read_text())
+        pid, bootstrap = int(found["pid"]), str(found["bootstrap"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return bootstrap if _alive(pid) else None  # (a hub killed outright leaves its file behind)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def left_running(data_dir: Path) -> tuple[int, str] | None:
+    """The embedded broker (pid, bootstrap) that a hub on this data directory started and left
+    running when it was killed outright (SIGKILL, a crash): its log, in memory, still holds what that
+    hub acknowledged, so the next `carehub up` here takes it over rather than start an empty one."""
+    try:
+        found = json.loads((data_dir / ADVERT).read_text())
+        pid, broker, bootstrap = int(found["pid"]), int(found["broker_pid"]), str(found["bootstrap"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if _alive(pid) or not embedded_broker_at(broker, bootstrap):
+        return None
+    return broker, bootstrap
+
+
+@contextlib.contextmanager
+def _advertising(data_dir: Path, bootstrap: str, broker_pid: int) -> Iterator[None]:
+    """The advert, while the context lasts (not where another live hub has one here already)."""
+    path, pid = data_dir / ADVERT, os.getpid()
+    if advertised(data_dir) is not None:
+        log.warning("another hub runs an embedded broker on %s: this one's is not advertised", data_dir)
+        yield
+        return
+    temporary = path.with_suffix(f".{pid}.tmp")
+    temporary.write_text(json.dumps({"bootstrap": bootstrap, "pid": pid, "broker_pid": broker_pid}))
+    temporary.replace(path)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            if int(json.loads(path.read_text())["pid"]) == pid:
+                path.unlink()
+
+
+@contextlib.asynccontextmanager
+async def kafka(settings: Settings, *, advertise: bool = False) -> AsyncIterator[str]:
+    """The configured Kafka; else the embedded broker of a hub running on the same data directory
+    (unless this one is to `advertise` its own); else, if it is to `advertise`, the embedded broker
+    a hub killed outright here left running; else an embedded broker for as long as the context
+    lasts, advertised in the data directory if `advertise`."""
+    configured = settings.bootstrap_servers() if advertise else shared_kafka(settings)
+    if configured:
+        yield configured
+        return
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    left = left_running(settings.data_dir) if advertise else None
+    if left is not None:
+        pid, bootstrap = left
+        log.warning(
+            "taking over the embedded broker (pid %s) that the hub stopped outright on %s left running:"
+            " the consumers apply what it holds",
+            pid,
+            settings.data_dir,
+        )
+        async with adopted_broker(pid, bootstrap):
+            with _advertising(settings.data_dir, bootstrap, pid):
+                yield bootstrap
+        return
+    if advertise and (settings.data_dir / ADVERT).exists() and advertised(settings.data_dir) is None:
+        log.warning(
+            "the hub last run on %s was stopped outright and its embedded broker is gone: messages it had"
+            " acknowledged and not yet applied went with the broker's memory (Apache Kafka keeps them)",
+            settings.data_dir,
+        )
+    started: list[int] = []
+    async with embedded_broker(log_path=settings.data_dir / "broker.log", on_start=started.append) as bootstrap:
+        with _advertising(settings.data_dir, bootstrap, started[0]) if advertise else contextlib.nullcontext():
+            yield bootstrap
+
+
+async def drain(run: Running, timeout: float) -> None:
+    """Before the embedded broker stops (and its log, held in memory, with it), let the consumers
+    apply what it holds: every message the hub acknowledged is then in the record. A second Ctrl-C
+    (or SIGTERM) stops at once, saying how much was left."""
+    lag = await behind(run.bootstrap, run.consumer_groups)
+    if not lag:
+        return
+    log.warning(
+        "stopping: the consumers are applying the %d records still on the embedded broker's log, which"
+        " is held in memory only (Ctrl-C again to stop at once and lose them)",
+        max(lag.values()),
+    )
+    loop, again = asyncio.get_running_loop(), asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # (not the main thread)
+            loop.add_signal_handler(sig, again.set)
+    try:
+        settling = asyncio.ensure_future(run.settled(timeout))
+        interrupted = asyncio.ensure_future(again.wait())
+        await asyncio.wait({settling, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        interrupted.cancel()
+        if not settling.done():
+            settling.cancel()
+        left = settling.result() if settling.done() and not settling.cancelled() else None
+        if left is None:
+            left = await behind(run.bootstrap, run.consumer_groups)
+        if left:
+            log.error(
+                "stopped with %d records on the embedded broker's log not applied: they go with it",
+                max(left.values()),
+            )
+    finally:
+        for sig in signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)

@@ -1,0 +1,132 @@
+"""`carehub up` on its embedded defaults loses nothing it acknowledged when it is stopped: the embedded
+broker keeps its log in memory, so a Ctrl-C lets the consumers apply what it holds before it goes, and
+a hub killed outright leaves the broker running for the next `carehub up` on the data directory to take
+over (with its log). Real processes, MLLP sockets and the hub's SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from adapters.hl7v2.transport import MllpClient
+from hub.embedded import ADVERT
+from hub.kafka import embedded_broker_at
+from tests.builders import an_adt
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(300)]
+CAREHUB = str(Path(sys.executable).with_name("carehub"))
+ENV = {"PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+CONNECTIONS, EACH = 4, 150
+
+
+def start(data_dir: Path) -> tuple[subprocess.Popen[str], int, str]:
+    """`carehub up` in a session of its own (as a terminal runs it); its MLLP port and what it said
+    once it is ready."""
+    proc = subprocess.Popen(
+        [CAREHUB, "up", "--mllp-port", "0", "--http-port", "0", "--data-dir", str(data_dir)],
+        cwd=data_dir.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+        start_new_session=True,
+    )
+    said, deadline = "", time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and "Ctrl-C" not in said:
+        said += proc.stdout.readline() if proc.stdout else ""
+    assert "Ctrl-C" in said, said
+    listening = re.search(r"MLLP[^\n]*?:(\d+)", said)
+    assert listening, said
+    return proc, int(listening[1]), said
+
+
+async def send_all(port: int) -> int:
+    """CONNECTIONS senders at once, EACH discharges apiece (a visit each); how many were acknowledged AA."""
+
+    async def sender(n: int) -> int:
+        client = await MllpClient.connect("127.0.0.1", port)
+        accepted = 0
+        try:
+            for i in range(EACH):
+                tag = f"{n}x{i}"
+                ack = await client.send(an_adt(control_id=f"S{tag}", visit=f"V{tag}", mrn=f"M{tag}", nhs_number=None))
+                accepted += b"MSA|AA" in ack
+        finally:
+            await client.close()
+        return accepted
+
+    return sum(await asyncio.gather(*(sender(n) for n in range(CONNECTIONS))))
+
+
+def encounters(data_dir: Path) -> int:
+    with sqlite3.connect(data_dir / "carehub.db") as db:
+        (n,) = db.execute("SELECT count(*) FROM record_resource WHERE resource_type = 'Encounter'").fetchone()
+    return int(n)
+
+
+def broker_of(data_dir: Path) -> tuple[int, str]:
+    said = json.loads((data_dir / ADVERT).read_text())
+    return int(said["broker_pid"]), str(said["bootstrap"])
+
+
+def test_ctrl_c_applies_everything_acknowledged_before_the_embedded_broker_goes(tmp_path: Path) -> None:
+    hub = tmp_path / "hub"
+    proc, port, _ = start(hub)
+    try:
+        broker = broker_of(hub)
+        accepted = asyncio.run(send_all(port))
+        assert accepted == CONNECTIONS * EACH
+        behind = accepted - encounters(hub)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at the terminal: the whole foreground group
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert behind > 0, "the record had caught up before the Ctrl-C: this run proves nothing"
+    assert encounters(hub) == accepted, out
+    assert not embedded_broker_at(*broker), "the embedded broker outlived the hub"
+    assert not (hub / ADVERT).exists()
+
+
+def test_a_hub_killed_outright_leaves_its_broker_to_the_next_one_on_the_data_directory(tmp_path: Path) -> None:
+    hub = tmp_path / "hub"
+    proc, port, _ = start(hub)
+    again: subprocess.Popen[str] | None = None
+    broker = broker_of(hub)
+    try:
+        accepted = asyncio.run(send_all(port))
+        assert accepted == CONNECTIONS * EACH
+        behind = accepted - encounters(hub)
+        proc.kill()  # SIGKILL to the hub alone, as an OOM killer or `kill -9` does
+        proc.wait(30)
+        assert behind > 0, "the record had caught up before the kill: this run proves nothing"
+        assert embedded_broker_at(*broker), "the killed hub's broker went with it"
+
+        again, _, said = start(hub)
+        assert "taking over the embedded broker" in said
+        assert broker_of(hub) == broker, "the restarted hub started a broker of its own"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and encounters(hub) < accepted:
+            time.sleep(0.5)
+        assert encounters(hub) == accepted
+        again.send_signal(signal.SIGTERM)
+        out, _ = again.communicate(timeout=120)
+        assert again.returncode == 0, out
+    finally:
+        for p in (proc, again):
+            if p is not None and p.poll() is None:
+                p.kill()
+        if embedded_broker_at(*broker):
+            os.kill(broker[0], signal.SIGKILL)
+    assert not embedded_broker_at(*broker), "the taken-over broker outlived the hub that took it over"
