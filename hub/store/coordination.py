@@ -1,4 +1,5 @@
-"""The coordination port on SQLAlchemy: people's coordination state, deadline clocks, processed rows."""
+"""The coordination port on SQLAlchemy: people's coordination state, deadline clocks, processed rows,
+and the claims that let one `$accept` of each referral win."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import sqlalchemy as sa
 from hub.core.errors import ConcurrentWriteError
 from hub.core.ports import Json
 from hub.store.sql import _insert, store_errors
-from hub.store.tables import coordination_clock, coordination_state, processed_event
+from hub.store.tables import coordination_clock, coordination_state, processed_event, referral_acceptance
 
 CONSUMER = "coordination"
-S, C = coordination_state, coordination_clock
+S, C, A = coordination_state, coordination_clock, referral_acceptance
 
 
 class SqlCoordinationUnitOfWork:
@@ -154,6 +155,24 @@ class SqlCoordinationStore:
         with store_errors(), self.engine.connect() as conn:
             found = conn.scalar(sa.select(S.c.state).where(S.c.person_key == person_key))
         return dict(found) if found is not None else None
+
+    def acceptance(self, referral_id: str) -> Json | None:
+        """The EpisodeOfCare opened by the accept that claimed this referral, if one has."""
+        with store_errors(), self.engine.connect() as conn:
+            found = conn.scalar(sa.select(A.c.episode).where(A.c.referral_id == referral_id))
+        return dict(found) if found is not None else None
+
+    def claim_acceptance(self, referral_id: str, coordinator: str, episode: Json, at: datetime) -> Json | None:
+        """Claim the referral for one accept, atomically across workers and processes (a primary key:
+        a second insert waits for the first to commit, then inserts nothing). None: this call claimed
+        it, for `episode`; otherwise the EpisodeOfCare of the accept that did."""
+        row = {"referral_id": referral_id, "coordinator": coordinator, "episode": episode, "claimed_at": at}
+        with store_errors(), self.engine.connect().execution_options(immediate=True) as conn, conn.begin():
+            claim = _insert(conn, A).values(row).on_conflict_do_nothing(index_elements=[A.c.referral_id])
+            if conn.execute(claim.returning(A.c.referral_id)).first() is not None:  # (rowcount: -1 on psycopg)
+                return None
+            found = conn.execute(sa.select(A.c.episode).where(A.c.referral_id == referral_id)).scalar_one()
+        return dict(found)
 
     def pending_clocks(self) -> int:
         with store_errors(), self.engine.connect() as conn:

@@ -136,3 +136,14 @@ coordination_clock = sa.Table(
     sa.Column("partition", sa.Integer, nullable=False),
     sa.Index("ix_coordination_clock_due", "partition", "due"),
 )
+
+# one row per accepted referral: the claim that lets exactly one `$accept` of it win, across API
+# workers (its primary key), and the EpisodeOfCare that accept opened, for a repeat to answer with
+referral_acceptance = sa.Table(
+    "referral_acceptance",
+    metadata,
+    sa.Column("referral_id", sa.String(64), primary_key=True),
+    sa.Column("coordinator", sa.String(64), nullable=False),
+    sa.Column("episode", JsonColumn, nullable=False),
+    sa.Column("claimed_at", UtcDateTime, nullable=False),
+)

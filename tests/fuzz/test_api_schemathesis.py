@@ -52,6 +52,14 @@ class NoCoordination:
     def state(self, person_key: str) -> dict[str, object] | None:
         return None
 
+    def acceptance(self, referral_id: str) -> dict[str, object] | None:
+        return None
+
+    def claim_acceptance(
+        self, referral_id: str, coordinator: str, episode: dict[str, object], at: object
+    ) -> dict[str, object] | None:
+        return None
+
 
 async def _nowhere(envelope: object) -> None:
     return None

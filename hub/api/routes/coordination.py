@@ -1,7 +1,7 @@
 """/fhir coordination commands: referrals in, and what a coordinator does with them.
 
     POST /fhir/ServiceRequest                          a GP (or any partner) refers a person
-    POST /fhir/ServiceRequest/{id}/$accept             allocate to a coordinator, under the caseload cap
+    POST /fhir/ServiceRequest/{id}/$accept             allocate to a coordinator, under the caseload cap; once
     POST /fhir/ServiceRequest/{id}/$decline            the person declined, or the referral is not accepted
     POST /fhir/Patient/{id}/$record-contact            a call or visit (first-contact, face-to-face, ...)
     POST /fhir/EpisodeOfCare/{id}/$close               discharge from the service, with the PIC summary content
@@ -13,7 +13,11 @@ Commands take FHIR Parameters and answer with the resource they recorded; each b
 the log (the record, the rules engine and subscribers take it from there), so a command answered
 201 is on the log, acknowledged by Kafka. Reads of what they made go through /fhir like any other
 read, under the sharing policy. Refusals are OperationOutcomes: 400 for bad input, 404 for an
-unknown referral or person, 409 when a rule refuses (a coordinator at the caseload cap).
+unknown referral or person, 409 when a rule refuses (a coordinator at the caseload cap, a referral
+accepted already for someone else). One accept of a referral wins, whichever API worker each reaches:
+it claims the referral in the database (a primary key) before it publishes, and the same accept sent
+again is answered 200 with the episode it opened. Its ids are the referral's (accept_ids), so no
+consumer ever makes two EpisodeOfCare of one referral's accept events, however often they arrive.
 
 No `from __future__ import annotations` here: FastAPI reads these annotations at runtime.
 """
@@ -23,7 +27,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Request
@@ -32,12 +36,15 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from hub.api.auth import Principal, TokenVerifier
 from hub.api.outcomes import FhirResponse
 from hub.api.routes.coordination_input import (
+    accept_ids,
     at_param,
     at_time,
     business_identifier,
+    episode_for,
     found_practice,
     json_body,
     nhs_number_of,
+    opened_for,
     param,
     parameters,
     person_of,
@@ -51,6 +58,7 @@ from hub.api.routes.fhir import bearer_caller, fhir_id, read_body
 from hub.api.shapes import FHIR_ID, SERVICE_REQUEST_IN, parameters_in
 from hub.core import nhs_number
 from hub.core.errors import ConsentDeniedError, InvalidMessageError, RuleRefusedError, UnknownPersonError
+from hub.core.fhir_read import care_manager
 from hub.core.identity import person_key, stable_id
 from hub.core.pic_summary import composition, practice_output
 from hub.core.ports import CoordinationReader, Json, RecordReader
@@ -66,12 +74,25 @@ ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 COMMAND_ROLES = ("coordinator", "admin")
 
 
+class CoordinationStore(CoordinationReader, Protocol):
+    """The coordination read side, and the one write the API makes itself: the claim that lets
+    exactly one accept of a referral win, whichever worker each reaches (hub.store.coordination)."""
+
+    def acceptance(self, referral_id: str) -> Json | None:
+        """The EpisodeOfCare of the accept that claimed the referral, if one has."""
+        ...
+
+    def claim_acceptance(self, referral_id: str, coordinator: str, episode: Json, at: datetime) -> Json | None:
+        """None if this call claimed the referral for `episode`; else the episode of the accept that did."""
+        ...
+
+
 @dataclass(frozen=True)
 class CoordinationApi:
     """What the commands need: the record, the coordination read side, the rules, the person-key secret."""
 
     reader: RecordReader
-    coordination: CoordinationReader
+    coordination: CoordinationStore
     engine: Engine
     key_secret: bytes
     publish: Publish
@@ -195,9 +216,22 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         coordinator_only(who)
         params = parameters(await read_body(request))
         coordinator = str(param(params, "coordinator", required=True))
-        at = at_param(params, datetime.now(UTC))
+        now = datetime.now(UTC)
+        at = at_param(params, now)
         referral = referral_of(id)
         person = person_of(referral)
+        held = api_.coordination.acceptance(id) or opened_for(api_.reader.search("EpisodeOfCare", person), id)
+        if held is not None:
+            return await accepted_already(who, referral, held, coordinator)
+        refuse_allocation(person, coordinator)
+        episode = episode_for(id, person, coordinator, rules.service.ods, at)
+        held = api_.coordination.claim_acceptance(id, coordinator, episode, now)
+        if held is not None:  # another accept of it (on this worker or another) claimed it first
+            return await accepted_already(who, referral, held, coordinator)
+        await publish_acceptance(who, referral, episode)
+        return FhirResponse(episode, status_code=201, headers={"Location": f"/fhir/EpisodeOfCare/{episode['id']}"})
+
+    def refuse_allocation(person: str, coordinator: str) -> None:
         if (api_.coordination.state(person) or {}).get("episode"):
             raise RuleRefusedError("this person is already on a caseload", ("ServiceRequest",))
         load = api_.coordination.caseloads().get(coordinator, 0)
@@ -207,20 +241,28 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
                 f"(cap {rules.caseload_cap}); allocate to someone else or raise the cap in the rules",
                 ("Parameters.coordinator",),
             )
+
+    async def accepted_already(who: Principal, referral: Json, held: Json, coordinator: str) -> FhirResponse:
+        """A referral accepted already: the same accept again (for the same coordinator) is answered
+        200 with the episode it opened; one for anyone else is refused 409, naming who has it."""
+        current = api_.reader.read("EpisodeOfCare", str(held["id"]))
+        holder = care_manager(current or held) or "(none named)"
+        if holder != coordinator:
+            raise RuleRefusedError(
+                f"ServiceRequest/{referral['id']} was accepted already, onto the caseload of coordinator {holder} "
+                f"(EpisodeOfCare/{held['id']}): a referral is accepted once, by the first accept to reach the hub",
+                ("ServiceRequest",),
+            )
+        if current is None:  # claimed but not on the record yet: perhaps Kafka never took its events
+            await publish_acceptance(who, referral, held)  # (the same ids: applied once, however often sent)
+        return FhirResponse(current or held, headers={"Location": f"/fhir/EpisodeOfCare/{held['id']}"})
+
+    async def publish_acceptance(who: Principal, referral: Json, episode: Json) -> None:
+        _, outcome_id, opened_id = accept_ids(str(referral["id"]))
+        person, at = person_of(referral), datetime.fromisoformat(str(episode["period"]["start"]))
         accepted = with_outcome(referral, "accepted", "active")
-        episode: Json = {
-            "resourceType": "EpisodeOfCare",
-            "id": str(uuid.uuid4()),
-            "status": "active",
-            "patient": {"reference": f"Patient/{person}"},
-            "managingOrganization": {"identifier": {"system": ODS_SYSTEM, "value": rules.service.ods}},
-            "careManager": {"identifier": {"system": co.COORDINATOR_SYSTEM, "value": coordinator}},
-            "referralRequest": [{"reference": f"ServiceRequest/{id}"}],
-            "period": {"start": at.isoformat()},
-        }
-        await emit(co.REFERRAL_OUTCOME.type, who, person, at, accepted)
-        await emit(co.EPISODE_OPENED.type, who, person, at, episode)
-        return FhirResponse(episode, status_code=201, headers={"Location": f"/fhir/EpisodeOfCare/{episode['id']}"})
+        await emit(co.REFERRAL_OUTCOME.type, who, person, at, accepted, event_id=outcome_id)
+        await emit(co.EPISODE_OPENED.type, who, person, at, episode, event_id=opened_id)
 
     @api.post(
         "/fhir/ServiceRequest/{id}/$decline",

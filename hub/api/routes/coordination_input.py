@@ -16,8 +16,9 @@ from pydantic import ValidationError
 from hub.api.routes.fhir import check_shape
 from hub.core import nhs_number
 from hub.core.errors import InvalidMessageError
-from hub.core.fhir_read import ODS_CODE, referral_source
+from hub.core.fhir_read import ODS_CODE, ODS_SYSTEM, referral_source
 from hub.core.huddle import UK
+from hub.core.identity import stable_id
 from hub.core.policy import Asker, decide
 from hub.core.ports import Json
 from hub.core.skew import CLOCK_SKEW
@@ -261,6 +262,38 @@ def nhs_number_of(body: Json) -> str:
 
 def person_of(resource: Json) -> str:
     return str((resource.get("subject") or {}).get("reference", "")).removeprefix("Patient/")
+
+
+def accept_ids(referral_id: str) -> tuple[str, str, str]:
+    """The EpisodeOfCare id and the ids of the two events (referral outcome, episode opened) of an
+    accept of this referral: the same for every accept of it, from any worker, so that where two
+    reach the log (a repeat, a redelivery) every consumer applies the first and drops the rest as
+    the duplicate it is, and the record holds one EpisodeOfCare for it whatever happens."""
+    episode, outcome, opened = (stable_id("api-accept", referral_id, part) for part in ("episode", "outcome", "opened"))
+    return episode, outcome, opened
+
+
+def episode_for(referral_id: str, person: str, coordinator: str, service: str, at: datetime) -> Json:
+    """The EpisodeOfCare an accept of the referral opens: on `coordinator`'s caseload from `at`."""
+    return {
+        "resourceType": "EpisodeOfCare",
+        "id": accept_ids(referral_id)[0],
+        "status": "active",
+        "patient": {"reference": f"Patient/{person}"},
+        "managingOrganization": {"identifier": {"system": ODS_SYSTEM, "value": service}},
+        "careManager": {"identifier": {"system": co.COORDINATOR_SYSTEM, "value": coordinator}},
+        "referralRequest": [{"reference": f"ServiceRequest/{referral_id}"}],
+        "period": {"start": at.isoformat()},
+    }
+
+
+def opened_for(episodes: Sequence[Json], referral_id: str) -> Json | None:
+    """The first of a person's episodes (from the record) opened for this referral, if any."""
+    named = f"ServiceRequest/{referral_id}"
+    for episode in episodes:
+        if any(isinstance(r, dict) and r.get("reference") == named for r in episode.get("referralRequest") or []):
+            return episode
+    return None
 
 
 def with_outcome(referral: Json, outcome: str, status: str) -> Json:
