@@ -253,8 +253,8 @@ class KpiFold:
         for rid, outcome in said:
             if outcome is not None:
                 self.outcomes[rid] = (event.time, outcome)  # the latest outcome is the referral's
-            if outcome == "attended":
-                self._contacts.setdefault(event.subject, []).append((event.time, "face-to-face"))
+            if outcome in _CONTACT_OF_OUTCOME:  # a partner saying it reached the person is a contact
+                self._contacts.setdefault(event.subject, []).append((event.time, _CONTACT_OF_OUTCOME[outcome]))
 
     def _opened(self, event: RecordEvent, resources: list[Json]) -> None:
         said = [
@@ -490,6 +490,10 @@ class KpiFold:
         stays = (self.episodes.get(eid) for eid in self._stays.get(referral.id, ()))
         return any(e is not None and e.end is not None and e.end <= t for e in stays)
 
+
+# what a referral outcome says happened, as a contact: "attended" is a visit, "contacted" a first
+# contact (days to first contact), not a visit
+_CONTACT_OF_OUTCOME = {"attended": "face-to-face", "contacted": "first-contact"}
 
 _HANDLERS: dict[str, Any] = {
     co.REFERRAL_RECEIVED.type: KpiFold._referral,

@@ -150,6 +150,20 @@ def test_one_visit_is_the_first_visit_of_one_referral_and_a_later_one_is_a_follo
     assert figures[("days from referral to first contact", "mean")] == 7.0
 
 
+def test_a_partner_saying_it_contacted_the_person_is_a_first_contact_not_a_visit() -> None:
+    # P3 referred 3 Nov 10:00; the voluntary organisation says "contacted" on 5 Nov 10:00 (2 days)
+    # and "attended" on 10 Nov 10:00 (7 days): each answers what it is, once
+    gp = month.referral("P3", month.at(3, 10), "gp")
+    contacted = month.outcome("P3", month.at(5, 10), "contacted")
+    figures = report(fold_of(gp, contacted), "2026-11")
+    assert figures[("days from referral to first contact", "mean")] == 2.0
+    assert figures[("first visits", "")] == 0
+    attended = month.outcome("P3", month.at(10, 10), "attended")
+    figures = report(fold_of(gp, contacted, attended), "2026-11")
+    assert figures[("days from referral to first contact", "mean")] == 2.0
+    assert figures[("days from referral to first visit", "mean")] == 7.0
+
+
 def test_a_wait_across_the_clocks_going_forward_is_the_time_that_passed() -> None:
     # referred 10 March 10:00 GMT, visited 7 April 10:30 BST, both written without an offset (as
     # files may): 27 days 23.5 hours passed, within 4 weeks; as clock times it was 28 days 0.5 hours
