@@ -1,5 +1,5 @@
 """In-memory stand-ins for the delivery stores (hub.store.subscriptions), for tests of one consumer
-without a database."""
+without a database, and for the broker an intake adapter publishes to."""
 
 from __future__ import annotations
 
@@ -46,3 +46,16 @@ class KeptOutbox:
         self.rows[id] = dataclasses.replace(
             self.rows[id], status=status, attempts=attempts, next_attempt_at=next_attempt_at, last_error=error
         )
+
+
+class RecordingBroker:
+    """What an intake adapter publishes (topic, value, key, headers), as Kafka would have taken it."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes, dict[str, str]]] = []
+
+    async def publish(self, value: bytes, topic: str, *, key: bytes, headers: dict[str, str]) -> None:
+        self.sent.append((topic, value, key, headers))
+
+    def on(self, topic: str) -> list[tuple[str, bytes, bytes, dict[str, str]]]:
+        return [s for s in self.sent if s[0] == topic]

@@ -34,6 +34,17 @@ def timestamp(text: str, where: str) -> datetime | None:
     return moment
 
 
+def period_end(moment: datetime, text: str) -> datetime:
+    """Where the period a time stamp names ends (exclusive), by its precision: `20261103` is the
+    whole of that day, so a discharge on it is not before an admission at 10:00 that day."""
+    digits = len(text) - len(text.lstrip("0123456789"))
+    if digits <= 6:  # a year or a month
+        year, month = (moment.year + 1, 1) if digits <= 4 or moment.month == 12 else (moment.year, moment.month + 1)
+        return moment.replace(year=year, month=month) if year <= 9999 else datetime.max.replace(tzinfo=moment.tzinfo)
+    unit = {8: timedelta(days=1), 10: timedelta(hours=1), 12: timedelta(minutes=1)}.get(digits, timedelta(seconds=1))
+    return moment + unit if moment.year < 9999 else datetime.max.replace(tzinfo=moment.tzinfo)
+
+
 def _zone(offset: str, text: str, where: str) -> timezone:
     hours, minutes = int(offset[1:3]), int(offset[3:5])
     if hours > 23 or minutes > 59:

@@ -8,7 +8,9 @@ InvalidMessageError (or UnsupportedMessageError), never another exception.
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,8 +103,23 @@ def read_header(raw: bytes) -> Header | None:
     )
 
 
-def decode(raw: bytes) -> str:
-    """The message as text in the character set MSH-18 declares, segments ending in CR."""
+def fingerprint(raw: bytes) -> str:
+    """What makes a resend the same message: its segments as read here (line endings, trailing spaces,
+    a BOM and a batch envelope aside) without MSH-7, which some engines stamp afresh when they resend."""
+    digest = hashlib.sha256()
+    for segment in _segments(raw):
+        if segment.startswith(_ENVELOPE):
+            continue
+        if segment.startswith(b"MSH") and len(segment) > 3:
+            fields = segment.split(segment[3:4])
+            segment = segment[3:4].join([*fields[:6], b"", *fields[7:]]) if len(fields) > 6 else segment
+        digest.update(segment + b"\r")
+    return digest.hexdigest()[:32]
+
+
+def decode(raw: bytes, *, sent: bytes | None = None) -> str:
+    """The message as text in the character set MSH-18 declares, segments ending in CR. A byte that
+    is not in that character set is located in `sent`, the bytes as the sender sent them (default `raw`)."""
     header = read_header(raw)
     if header is None:
         raise UnsupportedMessageError(
@@ -118,11 +135,38 @@ def decode(raw: bytes) -> str:
     try:
         segments = [s.decode(codec) for s in _segments(raw)]
     except UnicodeDecodeError as exc:
-        raise InvalidMessageError(
-            f"bytes at offset {exc.start} are not valid {codec} as MSH-18 declares",
-            ("MSH-18",),
-        ) from exc
+        where = _undecodable(raw if sent is None else sent, codec, header.field_separator)
+        raise InvalidMessageError(f"{where} is not valid {codec.upper()} as MSH-18 declares", ("MSH-18",)) from exc
     return "\r".join(segments) + "\r"
+
+
+def _undecodable(sent: bytes, codec: str, separator: str) -> str:
+    """The first byte of `sent` that `codec` cannot decode: its offset in the message, then its
+    segment (counted from 1, as a sender's tools show them), field and offset within the segment."""
+    number = 0
+    for position, segment in _spans(sent):
+        if not segment.strip() or segment.startswith(_ENVELOPE):
+            continue
+        number += 1
+        try:
+            segment.decode(codec)
+        except UnicodeDecodeError as exc:
+            name = segment[:3].decode("latin-1")
+            field = segment[: exc.start].count(separator.encode("latin-1")) + (1 if name == "MSH" else 0)  # MSH-1 is |
+            return (
+                f"byte 0x{segment[exc.start]:02X} at offset {position + exc.start} of the message (counting from 0),"
+                f" in segment {number} ({name}), field {name}-{field}, offset {exc.start} within that segment,"
+            )
+    return "a byte of the message"  # not reached: decode failed on one of these segments
+
+
+def _spans(raw: bytes) -> Iterator[tuple[int, bytes]]:
+    """Each line of `raw` (BOM aside) with its offset in `raw`."""
+    start = len(BOM) if raw.startswith(BOM) else 0
+    for end in _SEGMENT_END.finditer(raw, start):
+        yield start, raw[start : end.start()]
+        start = end.end()
+    yield start, raw[start:]
 
 
 def parse(raw: bytes) -> hl7.Message:
@@ -132,7 +176,7 @@ def parse(raw: bytes) -> hl7.Message:
         raise InvalidMessageError(
             f"this holds {len(messages)} messages; send one message per frame", ("MSH",), code="structure"
         )
-    text = decode(messages[0] if messages else raw)
+    text = decode(messages[0] if messages else raw, sent=raw)
     if not text.startswith("MSH"):
         raise InvalidMessageError("a message must begin with MSH", ("MSH",), code="structure")
     try:

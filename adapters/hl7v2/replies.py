@@ -20,6 +20,7 @@ _TABLE_0357 = {
     "code-invalid": ("103", "Table value not found"),
     "structure": ("100", "Segment sequence error"),
     "duplicate": ("205", "Duplicate key identifier"),
+    "too-long": ("207", "Application internal error"),  # 0357's catch-all: it has no "too big" code
 }
 _UNSUPPORTED = {
     "MSH-9.2": ("201", "Unsupported event code"),

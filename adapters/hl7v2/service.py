@@ -3,7 +3,8 @@
 AA is sent only after Kafka has acknowledged every event of the message. Content errors are
 answered AE/AR and the message is kept whole on the dead-letter topic. While Kafka is
 unreachable the answer is AE (never AA), so the sender retries; a retried message carries the
-same control ID, hence the same event id, and the record applies it once.
+same control ID and content, hence the same event id, and the record applies it once. A frame the
+transport refuses (too big, bad framing) is answered AR and what was read of it dead-lettered too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from faststream.kafka import KafkaBroker
 from adapters.hl7v2.message import Header, read_header, split_batch
 from adapters.hl7v2.replies import ack
 from adapters.hl7v2.to_fhir import map_message
+from adapters.hl7v2.transport import RefusedFrame
 from adapters.publishing import Publisher
 from hub.core.errors import (
     BrokerUnavailableError,
@@ -70,9 +72,14 @@ class HospitalIntake:
         _, reply = await self.accept(frame, origin)
         return reply
 
-    def refuse(self, reason: str) -> bytes:
-        """The ACK for a frame that could not even be read."""
-        return self._ack(None, UnsupportedMessageError(reason, ("MSH",), code="structure"))
+    async def refuse(self, frame: RefusedFrame) -> bytes:
+        """The ACK (AR) for a frame the transport would not take; what was read of it is dead-lettered."""
+        reason = frame.reason
+        if len(frame.head) < frame.size:
+            reason += f"; the hub kept its first {len(frame.head):,} bytes"
+        error = UnsupportedMessageError(reason, ("MSH",), code="too-long" if frame.oversize else "structure")
+        _, reply = await self._reject(frame.head, read_header(frame.head), error, frame.origin)
+        return reply
 
     async def ingest(self, raw: bytes, origin: str) -> list[Outcome]:
         """A file: one message, several, or an FHS/BHS batch; each message stands alone."""
@@ -87,7 +94,7 @@ class HospitalIntake:
         header = read_header(raw)
         control_id = header.control_id if header else ""
         try:
-            events = map_message(raw, key_secret=self._key_secret)
+            events = map_message(raw, key_secret=self._key_secret, now=self._clock())
         except InvalidMessageError as error:
             return await self._reject(raw, header, error, origin)
         try:

@@ -2,6 +2,11 @@
 
 Pure: bytes in, validated FHIR JSON out. Each resource is validated once here, at the edge where
 it enters, with the fhir.resources R4B models; the plain dicts travel on, never re-validated.
+
+An event's id comes from the sender (MSH-4), the control ID (MSH-10) and the message's content
+(message.fingerprint): a resend of the same message is the same event, which the record applies once,
+and a different message under a control ID used before (a sender that restarts its counter) is a new
+event, applied, never taken for a resend.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
 from adapters.hl7v2 import fields as dt
-from adapters.hl7v2.message import Fields, parse
+from adapters.hl7v2.message import Fields, fingerprint, parse
 from hub.core import nhs_number
 from hub.core.errors import InvalidMessageError, UnsupportedMessageError
 from hub.core.identity import person_key, stable_id
+from hub.core.skew import CLOCK_SKEW
 from schemas.events import encounter as enc
 from schemas.events import patient as pat
 
@@ -67,6 +73,7 @@ STATUS |= {"A11": "cancelled", "A13": "in-progress"}
 CLASS = {"E": (ACT_CODE, "EMER"), "I": (ACT_CODE, "IMP"), "O": (ACT_CODE, "AMB"), "P": (ACT_CODE, "PRENC")}
 GENDER = {"M": "male", "F": "female", "U": "unknown", "O": "other", "A": "other", "N": "unknown"}
 GENDER |= {"1": "male", "2": "female", "9": "other", "0": "unknown"}  # NHS Data Dictionary codes
+TIMES = {"EVN-2": "event time", "MSH-7": "message time", "PV1-44": "admission time", "PV1-45": "discharge time"}
 VERIFICATION = {
     "01": "Number present and verified",
     "02": "Number present but not traced",
@@ -99,8 +106,12 @@ class _Person:
     identifiers: list[Json]
 
 
-def map_message(raw: bytes, *, key_secret: bytes) -> list[MappedEvent]:
-    """Parse, map and validate one ADT message; raises InvalidMessageError naming the field."""
+def map_message(raw: bytes, *, key_secret: bytes, now: datetime | None = None) -> list[MappedEvent]:
+    """Parse, map and validate one ADT message; raises InvalidMessageError naming the field.
+
+    `now` is the hub's clock: a time the message gives (EVN-2 or MSH-7, PV1-44, PV1-45) later than it by
+    more than CLOCK_SKEW is refused. Without `now` (recorded traffic, tests) no time is held to a clock.
+    """
     f = Fields(parse(raw))
     msh = f.first("MSH")
     trigger = _trigger(f, msh)
@@ -110,11 +121,11 @@ def map_message(raw: bytes, *, key_secret: bytes) -> list[MappedEvent]:
     control_id = f.get(msh, 10)
     if not control_id:
         raise InvalidMessageError("MSH-10 (message control ID) is required", ("MSH-10",), code="required")
-    when = dt.timestamp(f.get(f.first("EVN"), 2), "EVN-2") or dt.timestamp(f.get(msh, 7), "MSH-7")
-    if when is None:
-        raise InvalidMessageError("MSH-7 (date/time of message) is required", ("MSH-7",), code="required")
+    latest = now + CLOCK_SKEW if now else None
+    when = _event_time(f, msh, latest)
+    message_key = f"{control_id}|{fingerprint(raw)}"  # see the module docstring
     if trigger == "A40":
-        return _merges(f, key_secret, trigger=trigger, sender=sender, control_id=control_id, when=when)
+        return _merges(f, key_secret, trigger, sender=sender, control_id=control_id, message_key=message_key, when=when)
     pid = f.first("PID")
     person = _person(f, pid, "PID", sender, key_secret)
     resources = _patient_and_practice(f, pid, person)
@@ -122,8 +133,30 @@ def map_message(raw: bytes, *, key_secret: bytes) -> list[MappedEvent]:
     if trigger in ("A01", "A02", "A03", "A11", "A13") and pv1 is None:
         raise InvalidMessageError(f"PV1 is required in an ADT^{trigger}", ("PV1",), code="required")
     if pv1 is not None and trigger not in ("A28", "A31"):
-        resources.append(_encounter(f, pv1, trigger, sender, control_id, person.key))
-    return [_event(trigger, sender, control_id, control_id, when, person.key, resources)]
+        resources.append(_encounter(f, pv1, trigger, sender, message_key, person.key, latest))
+    return [_event(trigger, sender, control_id, message_key, when, person.key, resources)]
+
+
+def _event_time(f: Fields, msh: Any, latest: datetime | None) -> datetime:
+    evn = f.get(f.first("EVN"), 2)
+    where = "EVN-2" if evn else "MSH-7"
+    when = dt.timestamp(evn or f.get(msh, 7), where)
+    if when is None:
+        raise InvalidMessageError("MSH-7 (date/time of message) is required", ("MSH-7",), code="required")
+    _not_future(when, latest, where)
+    return when
+
+
+def _not_future(moment: datetime | None, latest: datetime | None, where: str) -> None:
+    """A time later than `latest` (the hub's clock plus CLOCK_SKEW) cannot have happened yet."""
+    if moment is not None and latest is not None and moment > latest:
+        minutes = int(CLOCK_SKEW.total_seconds() // 60)
+        raise InvalidMessageError(
+            f"{where} ({TIMES[where]}) {dt.fhir_datetime(moment)} is in the future: later than the hub's clock"
+            f" by more than the {minutes} minutes allowed for clock skew",
+            (where,),
+            code="value",
+        )
 
 
 def _trigger(f: Fields, msh: Any) -> str:
@@ -245,15 +278,17 @@ def _demographics(f: Fields, pid: Any, patient: Json) -> None:
         patient["deceasedBoolean"] = True
 
 
-def _encounter(f: Fields, pv1: Any, trigger: str, sender: str, control_id: str, key: str) -> Json:
+def _encounter(
+    f: Fields, pv1: Any, trigger: str, sender: str, message_key: str, key: str, latest: datetime | None
+) -> Json:
     visit, admit_text = f.get(pv1, 19), f.get(pv1, 44)
     if visit:
         enc_id = stable_id("hl7v2", sender, "visit", visit)
     elif admit_text:
         enc_id = stable_id("hl7v2", sender, "admit", key, admit_text)
-    else:
-        enc_id = stable_id("hl7v2", sender, control_id)
-    admitted, discharged = dt.timestamp(admit_text, "PV1-44"), dt.timestamp(f.get(pv1, 45), "PV1-45")
+    else:  # nothing names the stay: it is this message's own (never another's under a reused control ID)
+        enc_id = stable_id("hl7v2", sender, message_key)
+    admitted, discharged = _stay(f, pv1, latest, ends=trigger != "A13")
     status = "finished" if discharged and trigger in ("A03", "A08") else STATUS[trigger]
     system, code = CLASS.get(f.get(pv1, 2).upper(), (PATIENT_CLASS, f.get(pv1, 2).upper() or "U"))
     resource: Json = {
@@ -279,6 +314,25 @@ def _encounter(f: Fields, pv1: Any, trigger: str, sender: str, control_id: str, 
     return resource
 
 
+def _stay(f: Fields, pv1: Any, latest: datetime | None, *, ends: bool) -> tuple[datetime | None, datetime | None]:
+    """PV1-44 and PV1-45; neither may be in the future, nor the discharge before the admission.
+    An A13 (`ends` False) cancels the discharge: its PV1-45 must be a time stamp but is not used, so
+    it is held to neither rule (Epic's A13s carry one a little before the admission time)."""
+    admit_text, discharge_text = f.get(pv1, 44), f.get(pv1, 45)
+    admitted, discharged = dt.timestamp(admit_text, "PV1-44"), dt.timestamp(discharge_text, "PV1-45")
+    if not ends:
+        discharged = None
+    _not_future(admitted, latest, "PV1-44")
+    _not_future(discharged, latest, "PV1-45")
+    if admitted and discharged and dt.period_end(discharged, discharge_text) <= admitted:
+        raise InvalidMessageError(
+            f"PV1-45 (discharge time) {discharge_text} is before PV1-44 (admission time) {admit_text}",
+            ("PV1-45",),
+            code="value",
+        )
+    return admitted, discharged
+
+
 def _disposition(reps: list[list[str]]) -> Json | None:
     if not reps or not reps[0][0]:
         return None
@@ -290,7 +344,7 @@ def _disposition(reps: list[list[str]]) -> Json | None:
 
 
 def _merges(
-    f: Fields, secret: bytes, *, trigger: str, sender: str, control_id: str, when: datetime
+    f: Fields, secret: bytes, trigger: str, *, sender: str, control_id: str, message_key: str, when: datetime
 ) -> list[MappedEvent]:
     pairs, current = [], None
     for segment in f.message:
@@ -312,6 +366,6 @@ def _merges(
         resources[0]["link"] = [{"other": {"reference": f"Patient/{retired.key}"}, "type": "replaces"}]
         old = {"resourceType": "Patient", "id": retired.key, "active": False, "identifier": retired.identifiers}
         old["link"] = [{"other": {"reference": f"Patient/{survivor.key}"}, "type": "replaced-by"}]
-        key = control_id if len(pairs) == 1 else f"{control_id}#{index}"
-        events.append(_event(trigger, sender, control_id, key, when, survivor.key, [*resources, old]))
+        pair = message_key if len(pairs) == 1 else f"{message_key}#{index}"
+        events.append(_event(trigger, sender, control_id, pair, when, survivor.key, [*resources, old]))
     return events

@@ -1,8 +1,17 @@
-"""MLLP framing over TCP (python-hl7's asyncio reader and writer); the wire protocol only.
+"""MLLP framing over TCP (python-hl7's asyncio server, reader and writer); the wire protocol only.
 
-One frame in, one ACK frame out, in order, per connection. A frame over the size limit or
-without a start block is answered by the handler's `reject` reply and the connection closed,
-because the framing can no longer be trusted.
+One frame in, one ACK frame out, in order, per connection. Frames are read with the reader's bounded
+`readuntil`, the call python-hl7's `readblock` makes, because `readblock` throws away what it read of
+a frame it refuses: here `refuse` gets a refused frame's first bytes, to dead-letter them and answer
+the sender's control ID.
+
+A frame over the size limit is read on to its end block, keeping only its first HEAD_BYTES (memory
+stays at a few times the limit whatever the frame's size), then refused; its framing is intact, so
+the connection goes on. A frame without a start block, or an over-size one with no end block within
+DRAIN_FACTOR times the limit or before the sender goes quiet for `idle` seconds, is refused and the
+connection closed, because the framing can no longer be trusted. Before closing, the listener stops
+writing and drops what still arrives for up to LINGER_S: a socket closed with unread bytes sends a
+reset, which can destroy the answer before the sender has read it.
 """
 
 from __future__ import annotations
@@ -11,29 +20,46 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-from hl7.mllp import (
-    HL7StreamReader,
-    HL7StreamWriter,
-    InvalidBlockError,
-    open_hl7_connection,
-    start_hl7_server,
-)
+from hl7.mllp import HL7StreamReader, HL7StreamWriter, open_hl7_connection, start_hl7_server
 
 log = logging.getLogger(__name__)
 
+START_BLOCK = b"\x0b"
+END_BLOCK = b"\x1c\x0d"
+HEAD_BYTES = 64 * 1024  # enough for MSH, EVN, PID and PV1 of any real ADT
+DRAIN_FACTOR = 64
+LINGER_S = 2.0
+
+
+@dataclass(frozen=True)
+class RefusedFrame:
+    """A frame the transport would not take: why, its first bytes (start block removed), its size,
+    where it came from, whether it was over the size limit and whether its end block was read."""
+
+    reason: str
+    head: bytes
+    size: int
+    origin: str
+    oversize: bool
+    ended: bool
+
+
 Receive = Callable[[bytes, str], Awaitable[bytes]]
-Refuse = Callable[[str], bytes]
+Refuse = Callable[[RefusedFrame], Awaitable[bytes]]
 
 
-async def serve(receive: Receive, refuse: Refuse, host: str, port: int, *, limit: int) -> asyncio.Server:
-    """Listen for MLLP; `receive(frame, origin)` returns the ACK, `refuse(reason)` answers a bad frame."""
+async def serve(
+    receive: Receive, refuse: Refuse, host: str, port: int, *, limit: int, idle: float = 10.0
+) -> asyncio.Server:
+    """Listen for MLLP; `receive(frame, origin)` returns the ACK, `refuse(frame)` answers a bad frame."""
 
     async def on_connection(reader: HL7StreamReader, writer: HL7StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         origin = f"mllp:{peer[0]}:{peer[1]}"
         try:
-            await _converse(reader, writer, receive, refuse, origin)
+            await _converse(reader, writer, receive, refuse, _Framing(origin, limit, idle))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -45,28 +71,81 @@ async def serve(receive: Receive, refuse: Refuse, host: str, port: int, *, limit
     return server
 
 
+@dataclass(frozen=True)
+class _Framing:
+    """One connection's reading rules: where it comes from, the size limit, how long a stall may last."""
+
+    origin: str
+    limit: int
+    idle: float
+
+
 async def _converse(
-    reader: HL7StreamReader,
-    writer: HL7StreamWriter,
-    receive: Receive,
-    refuse: Refuse,
-    origin: str,
+    reader: HL7StreamReader, writer: HL7StreamWriter, receive: Receive, refuse: Refuse, framing: _Framing
 ) -> None:
-    while not reader.at_eof():
-        try:
-            frame = await reader.readblock()
-        except asyncio.IncompleteReadError:
-            return
-        except ValueError:
-            writer.writeblock(refuse(f"frame exceeds the {reader._limit} byte limit"))
+    while (frame := await _read_frame(reader, framing)) is not None:
+        if isinstance(frame, bytes):
+            writer.writeblock(await receive(frame, framing.origin))
             await writer.drain()
-            return
-        except InvalidBlockError:
-            writer.writeblock(refuse("frame does not begin with the MLLP start block (0x0B)"))
-            await writer.drain()
-            return
-        writer.writeblock(await receive(frame, origin))
+            continue
+        log.warning("frame from %s refused: %s", framing.origin, frame.reason)
+        writer.writeblock(await refuse(frame))
         await writer.drain()
+        if not (frame.oversize and frame.ended):
+            await _linger(reader, writer)
+            return
+
+
+async def _read_frame(reader: HL7StreamReader, framing: _Framing) -> bytes | RefusedFrame | None:
+    """The next frame's message, a refused frame, or None when the sender has gone."""
+    try:
+        block: bytes = await reader.readuntil(END_BLOCK)
+    except asyncio.IncompleteReadError:
+        return None  # gone between frames or mid-frame: there is no one to answer
+    except asyncio.LimitOverrunError:
+        return await _oversize(reader, framing)
+    message = block[: -len(END_BLOCK)]
+    if not message.startswith(START_BLOCK):
+        reason = "frame does not begin with the MLLP start block (0x0B)"
+        return RefusedFrame(reason, message[:HEAD_BYTES], len(message), framing.origin, oversize=False, ended=True)
+    return message[1:]
+
+
+async def _oversize(reader: HL7StreamReader, framing: _Framing) -> RefusedFrame:
+    """Read the rest of a frame over the limit in bounded pieces, keeping its first HEAD_BYTES."""
+    head, size, ended, stop = bytearray(), 0, False, ""
+    while not stop:
+        try:
+            piece = (await asyncio.wait_for(reader.readuntil(END_BLOCK), framing.idle))[: -len(END_BLOCK)]
+            ended, stop = True, "ended"
+        except asyncio.LimitOverrunError as over:  # no end block yet: take all but the last byte,
+            piece = await reader.readexactly(over.consumed)  # which may begin one
+        except asyncio.IncompleteReadError as gone:
+            piece, stop = gone.partial, "the connection closed"
+        except TimeoutError:  # take what came before the silence: at least the byte left above, so no wait
+            piece = await reader.read(2 * framing.limit)
+            stop = f"nothing came for {framing.idle:g} seconds"
+        head += piece[: HEAD_BYTES + 1 - len(head)]
+        size += len(piece)
+        if not stop and size > DRAIN_FACTOR * framing.limit:
+            stop = f"{size:,} bytes were read"
+    start = 1 if head.startswith(START_BLOCK) else 0
+    size -= start
+    if ended:
+        reason = f"frame of {size:,} bytes exceeds the {framing.limit:,} byte limit"
+    else:
+        reason = f"frame exceeds the {framing.limit:,} byte limit and had no end block (0x1C 0x0D) when {stop}"
+    kept = bytes(head[start : start + HEAD_BYTES])
+    return RefusedFrame(reason, kept, size, framing.origin, oversize=True, ended=ended)
+
+
+async def _linger(reader: HL7StreamReader, writer: HL7StreamWriter) -> None:
+    """Stop writing, then drop what the sender still sends, for up to LINGER_S, before closing."""
+    with contextlib.suppress(OSError, TimeoutError):
+        writer.write_eof()
+        async with asyncio.timeout(LINGER_S):
+            while await reader.read(HEAD_BYTES):
+                pass
 
 
 class MllpClient:

@@ -1,4 +1,5 @@
-"""MLLP over real sockets: framing, pipelined frames, oversized and broken frames never kill the listener."""
+"""MLLP over real sockets: framing, pipelined frames, oversized and broken frames never kill the listener
+and are answered, with what was read of them handed to `refuse`."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from dataclasses import dataclass, field
 import pytest
 
 from adapters.hl7v2.message import read_header
-from adapters.hl7v2.transport import MllpClient, serve
+from adapters.hl7v2.transport import DRAIN_FACTOR, HEAD_BYTES, MllpClient, RefusedFrame, serve
 from tests.builders import an_adt
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\r"
 LIMIT = 64 * 1024
+IDLE = 0.5
 pytestmark = pytest.mark.timeout(30)
 
 
@@ -24,7 +26,7 @@ class Echo:
 
     frames: list[bytes] = field(default_factory=list)
     origins: list[str] = field(default_factory=list)
-    refusals: list[str] = field(default_factory=list)
+    refusals: list[RefusedFrame] = field(default_factory=list)
 
     async def receive(self, frame: bytes, origin: str) -> bytes:
         self.frames.append(frame)
@@ -32,9 +34,9 @@ class Echo:
         header = read_header(frame)
         return b"ACK " + (header.control_id.encode() if header else b"?")
 
-    def refuse(self, reason: str) -> bytes:
-        self.refusals.append(reason)
-        return b"REFUSED " + reason.encode()
+    async def refuse(self, frame: RefusedFrame) -> bytes:
+        self.refusals.append(frame)
+        return b"REFUSED " + frame.reason.encode()
 
 
 @dataclass
@@ -46,7 +48,7 @@ class Listener:
 @pytest.fixture
 async def listener() -> AsyncIterator[Listener]:
     echo = Echo()
-    server = await serve(echo.receive, echo.refuse, "127.0.0.1", 0, limit=LIMIT)
+    server = await serve(echo.receive, echo.refuse, "127.0.0.1", 0, limit=LIMIT, idle=IDLE)
     try:
         yield Listener(echo, server.sockets[0].getsockname()[1])
     finally:
@@ -131,20 +133,25 @@ async def test_a_frame_just_under_the_limit_is_accepted(listener: Listener) -> N
         await client.close()
 
 
-async def test_a_frame_over_the_limit_is_refused_and_the_server_keeps_serving(listener: Listener) -> None:
+async def test_a_frame_over_the_limit_is_read_to_its_end_refused_with_its_size_and_the_connection_goes_on(
+    listener: Listener,
+) -> None:
+    message = an_adt(control_id="HUGE", family="X" * (LIMIT * 3))
     reader, writer = await raw_connection(listener.port)
-    writer.write(VT + an_adt(control_id="HUGE", family="X" * (LIMIT + 10)) + FS + CR)
+    writer.write(VT + message + FS + CR + VT + an_adt(control_id="NEXT") + FS + CR)
     await writer.drain()
-    reply = await read_frame(reader)
-    assert reply.startswith(VT + b"REFUSED frame exceeds the 65536 byte limit")
-    assert await asyncio.wait_for(reader.read(), 5) == b""  # then the connection is closed
+    reason = f"frame of {len(message):,} bytes exceeds the 65,536 byte limit"
+    assert await read_frame(reader) == VT + b"REFUSED " + reason.encode() + FS + CR
+    assert await read_frame(reader) == VT + b"ACK NEXT" + FS + CR  # the framing held: the next frame is read
     await close(writer)
-    assert listener.echo.frames == []
-    assert listener.echo.refusals == ["frame exceeds the 65536 byte limit"]
+    [refused] = listener.echo.refusals
+    assert (refused.size, refused.oversize, refused.ended) == (len(message), True, True)
+    assert refused.head == message[:HEAD_BYTES]
+    assert [read_header(f).control_id for f in listener.echo.frames] == ["NEXT"]  # type: ignore[union-attr]
     await still_serves(listener.port)
 
 
-async def test_a_stream_far_over_the_limit_without_an_end_block_does_not_kill_the_server(
+async def test_a_stream_over_the_limit_that_stops_without_an_end_block_is_refused_and_the_connection_closed(
     listener: Listener,
 ) -> None:
     reader, writer = await raw_connection(listener.port)
@@ -152,23 +159,55 @@ async def test_a_stream_far_over_the_limit_without_an_end_block_does_not_kill_th
         for _ in range(16):
             writer.write(VT + b"X" * LIMIT)
             await writer.drain()
-    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-        reply = await read_frame(reader)
-        assert b"REFUSED" in reply
+    said = f"frame exceeds the 65,536 byte limit and had no end block (0x1C 0x0D) when nothing came for {IDLE} seconds"
+    assert await read_frame(reader) == VT + b"REFUSED " + said.encode() + FS + CR
+    assert await asyncio.wait_for(reader.read(), 5) == b""
     await close(writer)
+    [refused] = listener.echo.refusals
+    assert (refused.size, len(refused.head), refused.ended) == (16 * (LIMIT + 1) - 1, HEAD_BYTES, False)
+    assert refused.head == b"X" * HEAD_BYTES  # the start block is not part of it
     assert listener.echo.frames == []
     await still_serves(listener.port)
 
 
-async def test_a_frame_without_a_start_block_is_refused_and_the_connection_closed(listener: Listener) -> None:
+async def test_a_stream_that_never_ends_is_refused_after_drain_factor_times_the_limit_and_the_sender_reads_why(
+    listener: Listener,
+) -> None:
     reader, writer = await raw_connection(listener.port)
-    writer.write(an_adt(control_id="NOVT") + FS + CR)
+
+    async def flood() -> None:
+        with contextlib.suppress(ConnectionError):
+            writer.write(VT)
+            for _ in range(DRAIN_FACTOR * 2):
+                writer.write(b"X" * LIMIT)
+                await writer.drain()
+
+    sending = asyncio.create_task(flood())
+    reply = await read_frame(reader)
+    assert reply.startswith(VT + b"REFUSED frame exceeds the 65,536 byte limit and had no end block (0x1C 0x0D) when ")
+    assert reply.endswith(b" bytes were read" + FS + CR)
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # then the listener closes (no reset before the answer)
+    sending.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sending
+    await close(writer)
+    [refused] = listener.echo.refusals
+    assert DRAIN_FACTOR * LIMIT < refused.size <= (DRAIN_FACTOR + 8) * LIMIT  # the last piece: a buffer or two
+    await still_serves(listener.port)
+
+
+async def test_a_frame_without_a_start_block_is_refused_whole_and_the_connection_closed(listener: Listener) -> None:
+    message = an_adt(control_id="NOVT")
+    reader, writer = await raw_connection(listener.port)
+    writer.write(message + FS + CR)
     await writer.drain()
     reply = await read_frame(reader)
     assert reply == VT + b"REFUSED frame does not begin with the MLLP start block (0x0B)" + FS + CR
     assert await asyncio.wait_for(reader.read(), 5) == b""
     await close(writer)
     assert listener.echo.frames == []
+    [refused] = listener.echo.refusals
+    assert (refused.head, refused.size, refused.oversize) == (message, len(message), False)
     await still_serves(listener.port)
 
 

@@ -174,14 +174,37 @@ def test_without_an_nhs_number_the_key_comes_from_the_scoped_mrn() -> None:
     assert a.person_key != one_event(an_adt()).person_key
 
 
-def test_event_ids_are_stable_for_sender_and_control_id() -> None:
-    a = one_event(an_adt(control_id="X1"))
-    b = one_event(an_adt(control_id="X1", family="OTHER"))
-    c = one_event(an_adt(control_id="X1", sender="RYY"))
-    d = one_event(an_adt(control_id="X2"))
-    assert a.event_id == b.event_id
-    assert len({a.event_id, c.event_id, d.event_id}) == 3
-    assert (a.control_id, a.sender, a.source) == ("X1", "RXX", "urn:ods:RXX")
+def test_a_resend_of_the_same_message_keeps_its_event_id_whatever_its_line_endings_or_msh_7() -> None:
+    first = one_event(an_adt(control_id="X1"))
+    assert one_event(an_adt(control_id="X1")).event_id == first.event_id
+    assert one_event(an_adt(control_id="X1", seg_end=b"\r\n")).event_id == first.event_id
+    restamped = an_adt(control_id="X1").replace(b"|202611031105||ADT^", b"|202611031107||ADT^")  # MSH-7 only
+    assert restamped != an_adt(control_id="X1")
+    assert one_event(restamped).event_id == first.event_id
+    assert (first.control_id, first.sender, first.source) == ("X1", "RXX", "urn:ods:RXX")
+
+
+def test_a_different_message_under_a_reused_control_id_gets_its_own_event_id() -> None:
+    first = one_event(an_adt(control_id="X1"))
+    others = [
+        one_event(an_adt(control_id="X1", family="OTHER")),
+        one_event(an_adt(control_id="X1", nhs_number=a_valid_nhs_number(), visit="V2")),
+        one_event(an_adt(control_id="X1", trigger="A01")),
+        one_event(an_adt(control_id="X1", sender="RYY")),
+        one_event(an_adt(control_id="X2")),
+    ]
+    assert len({first.event_id, *(e.event_id for e in others)}) == 6
+    assert {e.control_id for e in others[:-1]} == {"X1"}
+
+
+def test_a_stay_named_by_nothing_is_the_messages_own_never_anothers_under_a_reused_control_id() -> None:
+    def stay(nhs_number: str) -> str:
+        raw = an_adt(trigger="A01", control_id="X1", visit=None, admit=None, nhs_number=nhs_number)
+        [encounter] = resources(raw, "Encounter")
+        return str(encounter["id"])
+
+    assert stay("9434765919") == stay("9434765919")
+    assert stay("9434765919") != stay(a_valid_nhs_number())
 
 
 # --- time --------------------------------------------------------------------------------------
@@ -239,6 +262,63 @@ def test_an_offset_that_leaves_the_representable_range_is_invalid_not_a_crash(st
 def test_a_bad_admit_time_names_pv1_44() -> None:
     assert refused(an_adt(admit="202611319999")).expression == ("PV1-44",)
     assert refused(an_adt(admit="202611010930+9900")).expression == ("PV1-44",)
+
+
+@pytest.mark.parametrize("trigger", ["A03", "A08"])
+def test_a_discharge_before_its_admission_is_invalid_at_pv1_45(trigger: str) -> None:
+    raw = as_trigger(an_adt(admit="202611031000", discharge="202611030959"), trigger)
+    error = refused(raw)
+    assert (error.expression, error.code) == (("PV1-45",), "value")
+    assert error.diagnostics == "PV1-45 (discharge time) 202611030959 is before PV1-44 (admission time) 202611031000"
+
+
+@pytest.mark.parametrize(
+    ("admit", "discharge"),
+    [("202611031000", "202611031000"), ("202611031000", "20261103"), ("202611031000+0000", "2026110311+0100")],
+    ids=["the-same-minute", "a-day-alone", "offsets"],
+)
+def test_a_discharge_at_or_in_the_same_period_as_the_admission_is_not_before_it(admit: str, discharge: str) -> None:
+    assert resources(an_adt(admit=admit, discharge=discharge), "Encounter")[0]["status"] == "finished"
+
+
+def test_a_cancelled_discharges_pv1_45_is_not_held_to_the_admission_time() -> None:
+    raw = as_trigger(an_adt(admit="20130211100152", discharge="201302111000"), "A13")  # as Epic sends
+    assert resources(raw, "Encounter")[0]["status"] == "in-progress"
+
+
+NOW = datetime(2026, 11, 25, 9, 30, tzinfo=UTC)  # 09:30 GMT, so UK local time stamps read the same
+
+
+@pytest.mark.parametrize(
+    ("changes", "place"),
+    [
+        ({"admit": "209911010930", "trigger": "A01"}, "PV1-44"),
+        ({"discharge": "209911031100"}, "PV1-45"),
+        ({"event_time": "209911031105"}, "EVN-2"),
+        ({"admit": "202611250936"}, "PV1-44"),  # six minutes ahead: past the five allowed for skew
+    ],
+    ids=["admission", "discharge", "event", "just-past-the-skew"],
+)
+def test_a_time_in_the_future_is_invalid_naming_its_field(changes: dict[str, str], place: str) -> None:
+    with pytest.raises(InvalidMessageError) as caught:
+        map_message(an_adt(**changes), key_secret=SECRET, now=NOW)  # type: ignore[arg-type]
+    assert (caught.value.expression, caught.value.code) == ((place,), "value")
+    assert (
+        "in the future" in caught.value.diagnostics and "5 minutes allowed for clock skew" in caught.value.diagnostics
+    )
+
+
+def test_msh_7_in_the_future_is_named_when_there_is_no_evn_2() -> None:
+    raw = an_adt(event_time="209911031105").replace(b"EVN|A03|209911031105", b"EVN|A03|")
+    with pytest.raises(InvalidMessageError) as caught:
+        map_message(raw, key_secret=SECRET, now=NOW)
+    assert caught.value.expression == ("MSH-7",)
+
+
+def test_a_sender_clock_a_few_minutes_fast_is_tolerated() -> None:
+    raw = an_adt(admit="202611250934", discharge="202611250934", event_time="202611250934")
+    [event] = map_message(raw, key_secret=SECRET, now=NOW)
+    assert event.event_time == datetime(2026, 11, 25, 9, 34, tzinfo=UTC)
 
 
 # --- encounters by trigger ---------------------------------------------------------------------

@@ -57,6 +57,33 @@ def test_latin_1_bytes_under_a_utf_8_declaration_are_invalid_at_msh_18() -> None
     assert refused.value.expression == ("MSH-18",)
 
 
+@pytest.mark.parametrize("seg_end", [b"\r", b"\r\n"], ids=["CR", "CRLF"])
+def test_a_byte_not_in_the_declared_charset_is_located_in_the_message_then_its_segment_and_field(
+    seg_end: bytes,
+) -> None:
+    raw = an_adt(family="JOSÉ", charset="UNICODE UTF-8", encoding="latin-1", seg_end=seg_end)
+    at, pid = raw.index(b"\xc9"), raw.index(b"PID|")
+    with pytest.raises(InvalidMessageError) as refused:
+        parse(raw)
+    assert refused.value.diagnostics == (
+        f"byte 0xC9 at offset {at} of the message (counting from 0), in segment 3 (PID), field PID-5,"
+        f" offset {at - pid} within that segment, is not valid UTF-8 as MSH-18 declares"
+    )
+
+
+def test_a_bad_byte_in_msh_or_in_a_batch_is_located_in_the_bytes_as_sent() -> None:
+    raw = an_adt(charset="UNICODE UTF-8").replace(b"|PAS|", b"|P\xe9S|")
+    with pytest.raises(InvalidMessageError) as refused:
+        parse(raw)
+    assert "offset 10 of the message (counting from 0), in segment 1 (MSH), field MSH-3," in refused.value.diagnostics
+    envelope = b"FHS|^~\\&|PAS\r\nBHS|^~\\&|PAS\r\n"
+    batch = envelope + an_adt(family="JOSÉ", encoding="latin-1", seg_end=b"\r\n") + b"BTS|1\r\nFTS|1\r\n"
+    with pytest.raises(InvalidMessageError) as refused:
+        parse(batch)
+    at = batch.index(b"\xc9")
+    assert f"at offset {at} of the message (counting from 0), in segment 3 (PID), field PID-5," in str(refused.value)
+
+
 def test_an_empty_msh_18_defaults_to_utf_8() -> None:
     raw = an_adt(family="JOSÉ", charset="")
     assert pid_field(raw, 5) == "JOSÉ"

@@ -63,6 +63,14 @@ def test_the_same_event_twice_in_a_batch_or_across_batches_is_applied_once() -> 
     assert encounters(store)[0]["meta"]["versionId"] == "1"
 
 
+def test_another_message_under_a_reused_control_id_is_applied_not_taken_for_a_resend() -> None:
+    store = MemoryRecordStore()
+    other = an_adt(trigger="A01", control_id="C1", visit="V10", nhs_number="9990000018", event_time="202611020800")
+    assert apply(store, ADMIT, other, ADMIT) == ApplyResult(applied=2, duplicates=1, stale=0)
+    assert sorted(e["identifier"][0]["value"] for e in encounters(store)) == ["V10", "V9"]
+    assert len(store.reader().search("Patient", None)) == 2
+
+
 def test_an_older_event_arriving_late_never_overwrites_a_newer_one() -> None:
     store = MemoryRecordStore()
     result = apply(store, DISCHARGE, ADMIT)
