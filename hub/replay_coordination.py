@@ -16,7 +16,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from consumers.decoding import decode
-from hub.core.coordination import Positioned, process
+from hub.core.coordination import HOLDER, Positioned, process
 from hub.core.errors import InvalidMessageError
 from hub.core.tasks import Engine
 from hub.replay import OnTheLogBy, read_log
@@ -61,7 +61,8 @@ async def rebuild(
         process(rules, uow, batch)
     uow.commit()
     await asyncio.to_thread(_write, engine, fold)
-    return CoordinationReplay(len(fold.states), len(fold.clocks), events)
+    people = sum(not key.startswith(HOLDER) for key in fold.states)  # (not who holds each referral)
+    return CoordinationReplay(people, len(fold.clocks), events)
 
 
 def _write(engine: sa.Engine, fold: MemoryCoordinationStore) -> None:

@@ -1,6 +1,13 @@
 """The coordination engine (hub.core.tasks) over a batch read from the log: each person's state loaded
 and saved through the caller's unit of work, clock ticks fired in due order, the derived events
-returned for the caller to publish. Pure, as the engine is: no clock reads, no I/O of its own."""
+returned for the caller to publish. Pure, as the engine is: no clock reads, no I/O of its own.
+
+Who holds each referral is kept beside the people's states, under a key of its own
+(`referral-holder:<uuid>`, never a person key): a referral re-sent for someone else (a file row whose
+NHS number was corrected keeps its referral id) moves from the person who held it (Engine.move).
+Two people's events are on two partitions, in no order but the one they are read in: a correction
+sent after its referral was applied is read after it; two sent at once may be taken either way round.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from hub.core.fhir_read import bundle_resources, focus_of
 from hub.core.identity import stable_id
 from hub.core.ports import CoordinationUnitOfWork, Json, RecordEvent
 from hub.core.tasks import Clock, Engine, Outcome, new_state
@@ -55,12 +63,39 @@ def process(engine: Engine, uow: CoordinationUnitOfWork, batch: Sequence[Positio
         else:
             state = state_of(event.subject)
             before = copy.deepcopy(state)
-            out = engine.handle(state, event)
+            out = Outcome()
+            referral = _referral(event)
+            held_by = _holder(uow, referral, event.subject)
+            if referral and held_by:
+                out.extend(engine.move(state, event, referral, held_by, state_of(held_by)))
+            out.extend(engine.handle(state, event))
             if out.events or out.set or out.cleared or state != before:
                 settle(event.subject, item.partition, out)
         uow.mark_processed(event.id)
         done.add(event.id)
     return derived
+
+
+def _referral(event: RecordEvent) -> str | None:
+    """The referral (`ServiceRequest/<id>`) a referral.received is about, the focus of the tasks it opens."""
+    if event.type != co.REFERRAL_RECEIVED.type:
+        return None
+    focus = focus_of(bundle_resources(event.payload))
+    return focus if focus and focus.startswith("ServiceRequest/") else None
+
+
+HOLDER = "referral-holder:"  # the key prefix of who holds a referral, beside the people's states
+
+
+def _holder(uow: CoordinationUnitOfWork, referral: str | None, person: str) -> str | None:
+    """The person who held the referral until now, when another one; the referral is this person's now."""
+    if referral is None:
+        return None
+    key = f"{HOLDER}{stable_id('referral-holder', referral)}"  # (fits the person key's column)
+    held = (uow.state(key) or {}).get("person")
+    if held != person:
+        uow.save(key, {"referral": referral, "person": person})
+    return str(held) if held and held != person else None
 
 
 def _tick_partition(event: RecordEvent, read_from: int) -> int:

@@ -7,6 +7,10 @@ Rules, in the order they are applied to each event:
     idempotent      an event id already applied (or repeated in the batch) is skipped, counted as a duplicate
     reordering      a resource is only replaced by content from an event at least as new as the one that
                     wrote it; older content is skipped and counted as stale
+    corrections     but a referral is the referrer's word on it, in log order: a referral.received for a
+                    referral the record holds (a corrected row, the same referral id) replaces what the
+                    referral said whatever date it gives, as the KPIs take it (hub.core.kpis); the
+                    version keeps the latest time said, so its lastUpdated never goes back
     identity        resources are filed under a person key; a key retired by a merge (A40) is followed to
                     the surviving person, so events that arrive late for the old identity land on the survivor
     merge           the retired person's resources move to the survivor (subject rewritten, new version)
@@ -16,8 +20,10 @@ Rules, in the order they are applied to each event:
                     task reopened, say: two coordinators at once), or that changes a finished task at
                     all, writes nothing, as the rules engine ignores it, so the record and the engine
                     agree on every task's status
-    outcomes        a referral outcome overlays the stored ServiceRequest (status, outcome, notes) rather
-                    than replacing what the referral said
+    outcomes        a referral outcome overlays the stored ServiceRequest with what became of it (status,
+                    the outcome extension, its notes) and leaves what the referral said; a referral that
+                    arrives after its outcome (or corrects it later) keeps them, so a ServiceRequest ends
+                    the same whichever came first. An outcome alone stands for the referral until it comes
     stubs           a Patient carried by a referral or register row only introduces a person the record does
                     not know yet; it never replaces what a hospital or practice said, and anything they say
                     later replaces it, whatever its event time
@@ -40,7 +46,14 @@ from hub.core.errors import InvalidMessageError
 from hub.core.policy import PERSON_EXTENSION
 from hub.core.ports import Json, RecordEvent, RecordUnitOfWork, StoredResource
 from hub.core.task_status import FINAL, may_move
-from schemas.events.coordination import NOT_RECORDED, PATIENT_STUB_EVENTS, REFERRAL_OUTCOME, TASK_UPDATED
+from schemas.events.coordination import (
+    NOT_RECORDED,
+    OUTCOME_EXTENSION,
+    PATIENT_STUB_EVENTS,
+    REFERRAL_OUTCOME,
+    REFERRAL_RECEIVED,
+    TASK_UPDATED,
+)
 
 MERGED = "uk.nhs.carehub.patient.merged.v1"
 DISCHARGE_CANCELLED = "uk.nhs.carehub.encounter.discharge-cancelled.v1"
@@ -160,8 +173,11 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
         same = _same_reference_data(uow, event, incoming, current, when)
         if same is not None:
             return same
+    latest = event.time
     if current is not None and event.time < current.event_time:
-        return None
+        if event.type != REFERRAL_RECEIVED.type:
+            return None
+        latest = current.event_time  # a correction dated earlier: applied, the version not dated back
     if (
         kind == "Patient"
         and current is not None
@@ -173,7 +189,7 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
         # the person said again as they are (the commonest write of all): what the general path
         # below decides (_next_content adds nothing to a Patient without links but its labels,
         # which _same_content compares as a set), without copying the content first
-        return _said_again(uow, current, event)
+        return _said_again(uow, current, event.time)
     content = _next_content(event, incoming, current)
     key: str | None
     if kind in SHARED_KINDS:
@@ -186,16 +202,18 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
         if subject and key != subject:
             _point_at(content, key)
     if current is not None and key == current.person_key and _same_content(content, current.content):
-        return _said_again(uow, current, event)
-    stored = _stamp(event, content, kind, rid, key, current, _STUB_TIME if stub else event.time, when)
+        return _said_again(uow, current, latest)
+    if latest != event.time:
+        when = latest.isoformat()
+    stored = _stamp(event, content, kind, rid, key, current, _STUB_TIME if stub else latest, when)
     uow.put(stored)
     return stored
 
 
-def _said_again(uow: RecordUnitOfWork, current: StoredResource, event: RecordEvent) -> StoredResource:
+def _said_again(uow: RecordUnitOfWork, current: StoredResource, latest: datetime) -> StoredResource:
     """Nothing new: no new version (so versions do not depend on the order partitions are read in),
     but the newer event time remembered, so that older content arriving later stays stale."""
-    uow.put(_retimed(current, event.time, current.content))
+    uow.put(_retimed(current, latest, current.content))
     return UNCHANGED
 
 
@@ -280,7 +298,9 @@ def _next_content(event: RecordEvent, incoming: Json, current: StoredResource | 
         return _labelled(_cancel_discharge(event, content), labels)
     before = current.content
     kind = content["resourceType"]
-    if kind == "Encounter" or (kind == "ServiceRequest" and event.type == REFERRAL_OUTCOME.type):
+    outcome = kind == "ServiceRequest" and event.type == REFERRAL_OUTCOME.type
+    after_outcome = kind == "ServiceRequest" and event.type == REFERRAL_RECEIVED.type and _has_outcome(before)
+    if kind == "Encounter" or outcome or after_outcome:
         # an overlay keeps what was said before, sensitivity labels included: an update that does
         # not repeat a label never makes a sensitive record ordinary
         labels = _labels(before.get("meta")) | labels
@@ -292,15 +312,14 @@ def _next_content(event: RecordEvent, incoming: Json, current: StoredResource | 
         if "period" in content and "period" in before:
             merged["period"] = {**before["period"], **content["period"]}
         content = merged
-    elif kind == "ServiceRequest" and event.type == REFERRAL_OUTCOME.type:
-        # an outcome update knows the referral by id: it overlays what the referral said (status,
-        # the outcome extension, notes), never erases the reasons, dates and addressee
-        merged = {k: v for k, v in before.items() if k != "meta"}
-        merged.update(content)
-        urls = {e.get("url") for e in content.get("extension") or []}
-        kept = [e for e in before.get("extension") or [] if e.get("url") not in urls]
-        merged["extension"] = [*kept, *(content.get("extension") or [])]
-        content = merged
+    elif outcome:
+        # an outcome update knows the referral by id: it says what became of it, and never erases the
+        # reasons, dates, addressee or referrer (an outcome row carries the referral's id, not its content)
+        content = _with_outcome(before, content)
+    elif after_outcome:
+        # the referral after its outcome, or corrected after it: what became of it stays (in either
+        # order the same ServiceRequest, as _with_outcome is the same overlay)
+        content = _with_outcome(content, before)
     elif kind == "Patient":
         retired_to = _replaced_by(before)
         if retired_to and event.type != MERGED:  # late news about a merged-away identity
@@ -309,6 +328,30 @@ def _next_content(event: RecordEvent, incoming: Json, current: StoredResource | 
         elif "link" not in content and before.get("link"):
             content["link"] = before["link"]
     return _labelled(_cancel_discharge(event, content), labels)
+
+
+def _has_outcome(request: Json) -> bool:
+    return any(e.get("url") == OUTCOME_EXTENSION for e in request.get("extension") or [])
+
+
+def _with_outcome(referral: Json, said: Json) -> Json:
+    """What the referral says, with what became of it from `said` (an outcome, or a ServiceRequest an
+    outcome wrote): its status, its outcome extension (else the referral's), and its notes after the
+    referral's own. Applied outcome on referral or referral on outcome, the result is the same."""
+    merged = {k: v for k, v in referral.items() if k != "meta"}
+    if "status" in said:
+        merged["status"] = said["status"]
+    notes = list(referral.get("note") or [])
+    notes += [n for n in said.get("note") or [] if n not in notes]
+    if notes:
+        merged["note"] = notes
+    outcomes = [e for e in said.get("extension") or [] if e.get("url") == OUTCOME_EXTENSION]
+    extensions = referral.get("extension") or []
+    if outcomes:
+        extensions = [*(e for e in extensions if e.get("url") != OUTCOME_EXTENSION), *outcomes]
+    if extensions:
+        merged["extension"] = extensions
+    return merged
 
 
 def _labels(meta: Json | None) -> dict[tuple[str, str], Json]:

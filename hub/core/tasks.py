@@ -9,7 +9,9 @@ tasks at exactly the same times.
 Order of work for each event:
     person      a Patient's registered practice is remembered
     fulfil      open tasks whose rule names this event (and contact kind or referral outcome, and not
-                earlier than `not_before` after the task opened) complete; `cancelled_by` cancels
+                earlier than `not_before` after the task opened) complete; `cancelled_by` cancels. A
+                referral's outcomes are remembered, so that tasks opened for it later (the referral
+                arrived after its outcome, or was moved here) are closed as they say, at their times
     case-find   a register row meeting a criterion, or a referral from a listed source, puts the person
                 on their practice's case list once (caselist.added)
     episode     episode.opened starts a caseload stay and its long-stay clock; episode.closed ends both
@@ -18,7 +20,11 @@ Order of work for each event:
     release     once an event names the practice (an ADT, a register row, a GP's referral, or the
                 coordinator completing the find-the-practice task with the practice as its output), held
                 PIC summaries go to it and their find-the-practice tasks complete
-    open        every task rule triggered by this event (and its condition) opens a task with a clock
+    open        every task rule triggered by this event (and its condition) opens a task with a clock,
+                once per referral, stay or discharge (a correction opens none)
+    move        a referral re-sent for another person (its NHS number corrected; hub.core.coordination
+                finds who held it) cancels the open tasks the first person has for it, with a reason, by
+                task.updated events on their partition, and takes its outcomes to the new person
     manual      a task.updated from a coordinator (the API) moves the task's status if the move is
                 allowed (hub.core.task_status); a final status stops its clock
 
@@ -56,6 +62,9 @@ NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 OVERDUE = "overdue"
 FIND_PRACTICE = "find-gp-practice"  # the engine's own task: a PIC summary waits for the person's practice
 FIND_PRACTICE_TITLE = "Find the person's GP practice: their PIC summary is held until one is known"
+STATUS_REASON_SYSTEM = "https://carehub.invalid/CodeSystem/task-status-reason"
+MOVED_REASON = "referral-moved"  # a task cancelled because its referral was re-sent for another person
+MOVED_TEXT = "The referral was re-sent for another person (its NHS number corrected): its tasks are theirs now"
 _OWN = frozenset(
     {
         co.TASK_CREATED.type,
@@ -98,6 +107,9 @@ def short_name(event_type: str) -> str:
     return ".".join(parts[3:-1]) if len(parts) >= 6 else event_type
 
 
+OUTCOME_EVENT = short_name(co.REFERRAL_OUTCOME.type)
+
+
 def new_state() -> Json:
     """A person the coordination service has not heard of."""
     return {"practice": None, "eligible": None, "episode": None, "tasks": {}}
@@ -130,6 +142,8 @@ class Engine:
             out.extend(self._manual(state, event, resources))
             out.extend(self._release(state, event))  # (the coordinator may have named the practice)
             return out
+        if name == OUTCOME_EVENT:
+            _remember_outcomes(state, event, resources)
         self._fulfil(state, event, name, resources, out)
         self._case_find(state, event, name, resources, out)
         self._episode(state, event, name, resources, out)
@@ -181,19 +195,31 @@ class Engine:
         rules = {r.id: r for r in self.rules.tasks}
         for task_id, task in sorted(state["tasks"].items(), key=lambda kv: (kv[1]["due"], kv[0])):
             rule = rules.get(task["rule"])
-            if rule is None or task["status"] in FINAL:
-                continue
-            opened = datetime.fromisoformat(task["opened"])
-            if any(_matches(f, name, event, resources, opened, task) for f in rule.done_by):
-                status = "completed"
-            elif any(_matches(f, name, event, resources, opened, task) for f in rule.cancelled_by):
-                status = "cancelled"
-            else:
-                continue
-            task["status"] = status
-            task["closed"] = event.time.isoformat()
-            out.cleared.append(task_id)
-            out.events.append(self._task_event(co.TASK_UPDATED.type, task_id, event.subject, event.time, task))
+            if rule is not None and task["status"] not in FINAL:
+                self._answer(task_id, task, rule, (name, event.time, resources), event.subject, out)
+
+    def _answer(
+        self,
+        task_id: str,
+        task: Json,
+        rule: TaskRule,
+        said: tuple[str, datetime, list[Json]],
+        person: str,
+        out: Outcome,
+    ) -> None:
+        """Complete or cancel an open task if what was said (event name, time, resources) is what its rule names."""
+        name, at, resources = said
+        opened = datetime.fromisoformat(task["opened"])
+        if any(_matches(f, name, at, resources, opened, task) for f in rule.done_by):
+            status = "completed"
+        elif any(_matches(f, name, at, resources, opened, task) for f in rule.cancelled_by):
+            status = "cancelled"
+        else:
+            return
+        task["status"] = status
+        task["closed"] = at.isoformat()
+        out.cleared.append(task_id)
+        out.events.append(self._task_event(co.TASK_UPDATED.type, task_id, person, at, task))
 
     def _case_find(self, state: Json, event: RecordEvent, name: str, resources: list[Json], out: Outcome) -> None:
         if state.get("eligible"):
@@ -336,6 +362,10 @@ class Engine:
         state["tasks"][task_id] = task
         out.set.append(Clock(task_id, event.subject, event.time + rule.due, "task"))
         out.events.append(self._task_event(co.TASK_CREATED.type, task_id, event.subject, event.time, task))
+        for said in (state.get("outcomes") or {}).get(focus or "", []):  # outcomes that came before it
+            if task["status"] not in FINAL:
+                at, resources = datetime.fromisoformat(said["at"]), [_outcome_said(str(focus), said["outcome"])]
+                self._answer(task_id, task, rule, (OUTCOME_EVENT, at, resources), event.subject, out)
 
     def _manual(self, state: Json, event: RecordEvent, resources: list[Json]) -> Outcome:
         out = Outcome()
@@ -349,11 +379,46 @@ class Engine:
             if status in FINAL:
                 task["closed"] = event.time.isoformat()
                 out.cleared.append(resource["id"])
+                if _says_moved(resource):  # (Engine.move said so)
+                    task["moved"] = True
             found = practice_found(resource) if task["rule"] == FIND_PRACTICE and status == "completed" else None
             if found:  # the coordinator found the practice: as good as a registration, until the next one
                 state["practice"], state["practice_from"] = found, "coordinator"
                 task["practice"] = found
         return out
+
+    def move(self, state: Json, event: RecordEvent, focus: str, held_by: str, theirs: Json) -> Outcome:
+        """The referral `focus`, held until now by another person (`held_by`, whose state `theirs` is
+        read, never changed here), re-sent for this one (`event`, before it is handled): the open tasks
+        they have for it are cancelled, with a reason, by task.updated events on their partition (so
+        their own worker applies them, in log order, as a coordinator's move: Engine._manual), and the
+        outcomes said of it come here, to close the tasks the referral opens here as they say."""
+        out = Outcome()
+        for said in (theirs.get("outcomes") or {}).get(focus, []):
+            mine = state.setdefault("outcomes", {}).setdefault(focus, [])
+            if said not in mine:
+                mine.append(said)
+        for task_id, task in sorted(theirs["tasks"].items()):
+            if task.get("focus") == focus and task["status"] not in FINAL:
+                out.events.append(self._moved(task_id, task, held_by, event)[1])
+        for task_id, task in sorted(state["tasks"].items()):
+            if task.get("focus") == focus and task["status"] not in FINAL and not task.get("moved"):
+                # it left this person and comes back before the cancelling of these reached here:
+                # they end now (that event, when it comes, finds them finished), and the referral's open again
+                state["tasks"][task_id], moved = self._moved(task_id, task, event.subject, event)
+                out.cleared.append(task_id)
+                out.events.append(moved)
+        return out
+
+    def _moved(self, task_id: str, task: Json, person: str, event: RecordEvent) -> tuple[Json, RecordEvent]:
+        """A task cancelled because `event` moved its referral, and the task.updated that says so."""
+        said = [event.time, datetime.fromisoformat(task["opened"])]
+        if task.get("overdue"):
+            said.append(datetime.fromisoformat(task["due"]))
+        at = max(said)  # (never dated before what the record holds of the task, or it would be stale there)
+        moved = task | {"status": "cancelled", "closed": at.isoformat(), "moved": True}
+        resource = self.task_resource(task_id, person, moved)
+        return moved, self._derived(co.TASK_UPDATED.type, f"moved|{task_id}|{event.id}", person, at, resource)
 
     # --- what the derived events carry -------------------------------------------------------
 
@@ -384,6 +449,13 @@ class Engine:
             resource["focus"] = {"reference": task["focus"]}
         if task.get("practice"):
             resource["output"] = [practice_output(task["practice"])]
+        if task.get("moved"):
+            coding = {
+                "system": STATUS_REASON_SYSTEM,
+                "code": MOVED_REASON,
+                "display": "Referral moved to another person",
+            }
+            resource["statusReason"] = {"coding": [coding], "text": MOVED_TEXT}
         if task.get("overdue"):
             resource["businessStatus"] = {
                 "coding": [{"system": co.BUSINESS_STATUS_SYSTEM, "code": OVERDUE, "display": "Overdue"}],
@@ -437,8 +509,8 @@ class Engine:
         )
 
 
-def _matches(f: Fulfilment, name: str, event: RecordEvent, resources: list[Json], opened: datetime, task: Json) -> bool:
-    if f.event != name or event.time < opened + f.not_before:
+def _matches(f: Fulfilment, name: str, at: datetime, resources: list[Json], opened: datetime, task: Json) -> bool:
+    if f.event != name or at < opened + f.not_before:
         return False
     if f.contact and not ({contact_kind(e) for e in of_kind(resources, "Encounter")} & set(f.contact)):
         return False
@@ -461,8 +533,30 @@ def _matches(f: Fulfilment, name: str, event: RecordEvent, resources: list[Json]
 
 def _same_task(task: Json, rule: str, focus: str) -> bool:
     """Whether a task, in any status, is this rule's about this referral, stay or discharge: one task each,
-    however often what opens it is sent (a corrected referral is a new event about the same referral)."""
-    return bool(task.get("rule") == rule and task.get("focus") == focus)
+    however often what opens it is sent (a corrected referral is a new event about the same referral).
+    One cancelled because its referral moved to someone else does not count: moved back, it opens again."""
+    return bool(task.get("rule") == rule and task.get("focus") == focus and not task.get("moved"))
+
+
+def _remember_outcomes(state: Json, event: RecordEvent, resources: list[Json]) -> None:
+    """What an outcome said of each referral, in log order: tasks opened for it later are closed as it says."""
+    for request in of_kind(resources, "ServiceRequest"):
+        said = extension(request, co.OUTCOME_EXTENSION, "valueCode")
+        if isinstance(said, str) and request.get("id"):
+            kept = state.setdefault("outcomes", {}).setdefault(f"ServiceRequest/{request['id']}", [])
+            if (entry := {"at": event.time.isoformat(), "outcome": said}) not in kept:
+                kept.append(entry)
+
+
+def _outcome_said(focus: str, outcome: str) -> Json:
+    """The ServiceRequest a remembered outcome said, as _matches reads it."""
+    extensions = [{"url": co.OUTCOME_EXTENSION, "valueCode": outcome}]
+    return {"resourceType": "ServiceRequest", "id": focus.removeprefix("ServiceRequest/"), "extension": extensions}
+
+
+def _says_moved(task: Json) -> bool:
+    codings = (task.get("statusReason") or {}).get("coding") or []
+    return any(c.get("system") == STATUS_REASON_SYSTEM and c.get("code") == MOVED_REASON for c in codings)
 
 
 def _referral_source(resources: list[Json]) -> str | None:

@@ -1,0 +1,249 @@
+"""A referral, its outcomes and its corrections in any order: the shared care record (hub.core.record)
+and the rules engine (hub.core.tasks over hub.core.coordination) end as they would in the natural
+order. Events come from the referrals adapter; a small loop stands in for the consumers, putting the
+engine's derived events back on the log as the hub does."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from adapters.referrals.rows import Format, Row
+from adapters.referrals.to_fhir import map_row
+from hub.core.coordination import Positioned, process, tick
+from hub.core.identity import person_key
+from hub.core.ports import Json, RecordEvent
+from hub.core.record import apply_events
+from hub.core.tasks import Engine
+from hub.rules import load_rules
+from hub.store.coordination import SqlCoordinationStore
+from hub.store.database import open_engine
+from hub.store.memory import MemoryCoordinationStore, MemoryRecordStore
+from schemas.events import coordination as co
+
+SECRET = b"test-secret"
+NHS, OTHER_NHS = "9434765919", "9990000018"
+A, B = person_key(SECRET, NHS, None), person_key(SECRET, OTHER_NHS, None)
+NOW = datetime(2026, 11, 25, tzinfo=UTC)
+ENGINE = Engine(load_rules())
+REFERRAL_TASKS = {"referral-triage", "first-visit"}
+MOVED = "referral-moved"  # the reason a task ends when its referral is re-sent for another person
+
+
+def vcse_referral(**changes: Any) -> RecordEvent:
+    doc = {
+        "referral_id": "VCS-1",
+        "nhs_number": NHS,
+        "gp_practice_ods": "Y90001",
+        "referred_on": "2026-11-06",
+        "referrer": "VCS001",
+        "referrer_name": "Example Age Concern",
+        "addressed_to": "Y0PIC",
+        "needs": ["social-isolation"],
+    }
+    return _mapped(Format.VCSE_JSON, doc | changes)
+
+
+def outcome(said: str, on: str, **changes: Any) -> RecordEvent:
+    doc = {"referral_id": "VCS-1", "referrer": "VCS001", "nhs_number": NHS, "outcome": said, "on": on}
+    return _mapped(Format.VCSE_OUTCOME, doc | changes)
+
+
+def _mapped(fmt: Format, values: dict[str, Any]) -> RecordEvent:
+    m = map_row(fmt, Row(2, values, b""), key_secret=SECRET, now=NOW)
+    return RecordEvent(m.event_id, m.event_type, m.source, m.event_time, m.person_key, m.payload)
+
+
+class Hub:
+    """The record and the rules engine reading one log, the engine's derived events going back onto it."""
+
+    def __init__(self, coordination: MemoryCoordinationStore | SqlCoordinationStore | None = None) -> None:
+        self.record = MemoryRecordStore()
+        self.coordination = coordination or MemoryCoordinationStore()
+        self.log: list[RecordEvent] = []
+
+    def send(self, *events: RecordEvent) -> None:
+        waiting = list(events)
+        while waiting:
+            event = waiting.pop(0)
+            self.log.append(event)
+            with self.record.unit_of_work() as uow:
+                apply_events(uow, [event])
+                uow.commit()
+            with self.coordination.unit_of_work() as uow:
+                waiting += process(ENGINE, uow, [Positioned(event, 0)])
+                uow.commit()
+
+    def referral(self) -> Json:
+        found = self.record.reader().search("ServiceRequest", None)
+        assert len(found) == 1
+        return found[0]
+
+    def tasks(self, person: str) -> dict[str, str]:
+        """rule -> status of the person's referral tasks, as the engine holds them; one task a rule."""
+        store = self.coordination
+        state = store.states.get(person) if isinstance(store, MemoryCoordinationStore) else store.state(person)
+        held = (state or {"tasks": {}})["tasks"].values()
+        found = [(t["rule"], t["status"]) for t in held if t["rule"] in REFERRAL_TASKS]
+        assert len(found) == len({rule for rule, _ in found}), f"two tasks for one rule: {found}"
+        return dict(found)
+
+    def clocks(self) -> list[str]:
+        """Whose deadline clocks are pending, one a clock."""
+        assert isinstance(self.coordination, MemoryCoordinationStore)
+        return sorted(person for person, *_ in self.coordination.clocks.values())
+
+    def recorded_tasks(self, person: str) -> dict[str, Json]:
+        """rule -> the Task the record holds, of the person's referral tasks."""
+        found = [
+            t for t in self.record.reader().search("Task", person) if t["code"]["coding"][0]["code"] in REFERRAL_TASKS
+        ]
+        return {t["code"]["coding"][0]["code"]: t for t in found}
+
+    def task_events(self) -> list[tuple[str, str, Json]]:
+        kinds = {co.TASK_CREATED.type, co.TASK_UPDATED.type, co.TASK_OVERDUE.type}
+        return sorted((e.id, e.type, e.payload) for e in self.log if e.type in kinds)
+
+
+def without_meta(resource: Json) -> Json:
+    return {k: v for k, v in resource.items() if k != "meta"}
+
+
+# --- defect 1: an outcome that arrives before its referral -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("said", "expected"),
+    [
+        (["declined"], {"referral-triage": "cancelled", "first-visit": "cancelled"}),
+        (["contacted"], {"referral-triage": "completed", "first-visit": "requested"}),
+        (["contacted", "attended"], {"referral-triage": "completed", "first-visit": "completed"}),
+    ],
+)
+def test_a_referral_after_its_outcomes_ends_as_if_it_had_come_first(said: list[str], expected: dict[str, str]) -> None:
+    outcomes = [outcome(s, f"2026-11-{12 + n}") for n, s in enumerate(said)]
+    in_order, reversed_ = Hub(), Hub()
+    in_order.send(vcse_referral(), *outcomes)
+    reversed_.send(*outcomes, vcse_referral())
+
+    assert in_order.tasks(A) == reversed_.tasks(A) == expected
+    assert reversed_.task_events() == in_order.task_events()  # the same Tasks, closed at the outcome's time
+    open_ = {t for t, s in expected.items() if s == "requested"}
+    assert reversed_.clocks() == in_order.clocks() == [A] * len(open_)
+
+    first, late = in_order.referral(), reversed_.referral()
+    assert without_meta(late) == without_meta(first)
+    assert late["meta"]["versionId"] == first["meta"]["versionId"]
+    assert late["meta"]["lastUpdated"] == first["meta"]["lastUpdated"]  # (the outcome's time: the latest said)
+    assert late["reasonCode"] == [{"text": "Social isolation"}]
+    assert late["authoredOn"].startswith("2026-11-06")
+    assert late["status"] == {"declined": "revoked", "attended": "completed"}.get(said[-1], "active")
+    assert [e["valueCode"] for e in late["extension"] if e["url"] == co.OUTCOME_EXTENSION] == [said[-1]]
+
+
+def test_an_outcome_keeps_the_referrers_name_that_the_outcome_row_does_not_carry() -> None:
+    hub = Hub()
+    hub.send(vcse_referral(), outcome("declined", "2026-11-12"))
+    assert hub.referral()["requester"]["display"] == "Example Age Concern"
+
+
+# --- defect 2: a correction dated earlier than the referral held ---------------------------------------
+
+
+def test_a_correction_dated_earlier_than_the_referral_held_is_applied_not_ignored_as_stale() -> None:
+    hub = Hub()
+    hub.send(vcse_referral())
+    corrected = vcse_referral(referred_on="2026-11-04", needs=["carer-support"])
+    with hub.record.unit_of_work() as uow:
+        result = apply_events(uow, [corrected])
+        uow.commit()
+    assert result.stale == 0
+    referral = hub.referral()
+    assert referral["authoredOn"].startswith("2026-11-04")
+    assert referral["reasonCode"] == [{"text": "Carer support"}]
+    assert referral["meta"]["versionId"] == "2"
+    assert referral["meta"]["lastUpdated"].startswith("2026-11-06")  # versions never go back in time
+
+
+def test_a_correction_after_an_outcome_keeps_what_the_outcome_said() -> None:
+    hub = Hub()
+    hub.send(vcse_referral(), outcome("declined", "2026-11-12"), vcse_referral(needs=["carer-support"]))
+    referral = hub.referral()
+    assert referral["reasonCode"] == [{"text": "Carer support"}]
+    assert referral["status"] == "revoked"
+    assert [e["valueCode"] for e in referral["extension"] if e["url"] == co.OUTCOME_EXTENSION] == ["declined"]
+    assert hub.tasks(A) == {"referral-triage": "cancelled", "first-visit": "cancelled"}
+
+
+def test_an_older_outcome_arriving_after_a_newer_one_is_still_stale() -> None:
+    hub = Hub()
+    hub.send(vcse_referral(), outcome("attended", "2026-11-14"))
+    with hub.record.unit_of_work() as uow:
+        result = apply_events(uow, [outcome("contacted", "2026-11-12")])
+        uow.commit()
+    assert result.stale == 1
+    assert hub.referral()["status"] == "completed"
+
+
+# --- defect 3: the same referral re-sent with a corrected NHS number -----------------------------------
+
+
+def test_a_referral_moved_to_another_person_closes_the_first_persons_tasks_and_opens_the_seconds() -> None:
+    hub = Hub()
+    hub.send(vcse_referral())
+    assert hub.tasks(A) == {"referral-triage": "requested", "first-visit": "requested"}
+    hub.send(vcse_referral(nhs_number=OTHER_NHS))
+
+    assert hub.tasks(A) == {"referral-triage": "cancelled", "first-visit": "cancelled"}
+    assert hub.tasks(B) == {"referral-triage": "requested", "first-visit": "requested"}
+    for task in hub.recorded_tasks(A).values():
+        assert task["status"] == "cancelled"
+        assert task["statusReason"]["coding"][0]["code"] == MOVED
+        assert "NHS number" in task["statusReason"]["text"]
+    assert {t["status"] for t in hub.recorded_tasks(B).values()} == {"requested"}
+    assert hub.clocks() == [B, B]  # the first person's clocks stop
+    assert hub.referral()["subject"]["reference"] == f"Patient/{B}"
+
+    hub.send(vcse_referral(nhs_number=OTHER_NHS, needs=["carer-support"]))  # corrected again: no more tasks
+    assert hub.tasks(B) == {"referral-triage": "requested", "first-visit": "requested"}
+    created = [e for e in hub.log if e.type == co.TASK_CREATED.type]
+    assert len(created) == 4  # two for each person, once
+
+
+def test_a_referral_moved_back_opens_the_first_persons_tasks_again_once() -> None:
+    hub = Hub()
+    hub.send(vcse_referral(), vcse_referral(nhs_number=OTHER_NHS), vcse_referral(needs=["carer-support"]))
+    assert hub.tasks(B) == {"referral-triage": "cancelled", "first-visit": "cancelled"}
+    assert isinstance(hub.coordination, MemoryCoordinationStore)
+    held = hub.coordination.states[A]["tasks"].values()
+    assert sorted(t["status"] for t in held if t["rule"] == "first-visit") == ["cancelled", "requested"]
+    assert hub.clocks() == [A, A]
+
+
+def test_who_holds_a_referral_is_kept_in_the_database_too(sqlite_url: str) -> None:
+    engine = open_engine(sqlite_url)
+    try:
+        hub = Hub(SqlCoordinationStore(engine))
+        hub.send(vcse_referral(), vcse_referral(nhs_number=OTHER_NHS))
+        assert hub.tasks(A) == {"referral-triage": "cancelled", "first-visit": "cancelled"}
+        assert hub.tasks(B) == {"referral-triage": "requested", "first-visit": "requested"}
+        assert SqlCoordinationStore(engine).pending_clocks() == 2
+        assert SqlCoordinationStore(engine).caseloads() == {}  # (who holds a referral is no caseload)
+    finally:
+        engine.dispose()
+
+
+def test_a_moved_referral_takes_its_outcomes_with_it() -> None:
+    hub = Hub()
+    hub.send(vcse_referral(), outcome("contacted", "2026-11-12"), vcse_referral(nhs_number=OTHER_NHS))
+    assert hub.tasks(A) == {"referral-triage": "completed", "first-visit": "cancelled"}
+    assert hub.tasks(B) == {"referral-triage": "completed", "first-visit": "requested"}
+
+
+def test_a_referral_that_stays_with_its_person_moves_nothing_and_a_tick_still_fires_its_clocks() -> None:
+    hub = Hub()
+    hub.send(vcse_referral(), vcse_referral(needs=["carer-support"]), tick(0, datetime(2026, 11, 10, tzinfo=UTC)))
+    assert hub.tasks(A) == {"referral-triage": "requested", "first-visit": "requested"}
+    assert [e.type for e in hub.log].count(co.TASK_OVERDUE.type) == 1  # triage, 3 days after 6 Nov
