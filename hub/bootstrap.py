@@ -25,7 +25,7 @@ from hub.rules import load_rules
 from hub.settings import Settings
 from hub.store.agreements import PolicySource, SqlAgreements
 from hub.store.coordination import SqlCoordinationStore
-from hub.store.database import open_engine
+from hub.store.database import make_private_folder, open_engine
 from hub.store.ledger import SqlLedger
 from hub.store.sql import SqlDeadLetters, SqlRecordReader, SqlRecordUnitOfWork
 from hub.store.subscriptions import SqlOutbox, SqlSubscriptions
@@ -68,7 +68,7 @@ def load_secrets(settings: Settings) -> Secrets:
         return Secrets(sec.key_secret.get_secret_value().encode(), sec.token_secret.get_secret_value().encode())
     path = settings.data_dir / "secrets.json"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_folder(path.parent)
         fresh = {"key": secrets.token_hex(32), "token": secrets.token_hex(32)}
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
@@ -81,7 +81,7 @@ def load_secrets(settings: Settings) -> Secrets:
 
 def build(settings: Settings, **overrides: Any) -> Services:
     """Open the database (migrating it) and assemble the services; overrides replace any part."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_folder(settings.data_dir)
     engine = overrides.pop("engine", None) or open_engine(settings.database())
     parts: dict[str, Any] = {
         "settings": settings,

@@ -1,7 +1,8 @@
 """The `carehub` command: parse options, call a service, print, exit code. Nothing else.
 
-Running the hub, feeding it files, topics, tokens, dead letters and huddles are here; the auditor's
-and commissioner's commands are in hub.cli_audit, the information-sharing ones in hub.cli_sharing."""
+Running the hub, feeding it files, topics, tokens and huddles are here; the auditor's and
+commissioner's commands are in hub.cli_audit, the information-sharing ones in hub.cli_sharing, the
+dead letters in hub.cli_deadletters."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from rich.table import Table
 
 from hub.cli_base import (
     DataDir,
-    HeldDir,
     HttpPort,
     MllpPort,
     app,
@@ -188,27 +188,6 @@ def token(
 
 
 @app.command()
-def deadletters(
-    data_dir: HeldDir = Path("var"),
-    limit: Annotated[int, typer.Option(help="How many, newest first")] = 20,
-) -> None:
-    """Show rejected input kept in the dead-letter store, with the reason."""
-    from hub.store.sql import SqlDeadLetters
-
-    state = open_existing(data_dir)
-    table = listing("received", "source", "origin", "reason")
-    for row in SqlDeadLetters(state.engine).recent(limit):
-        issues = row.get("reason", {}).get("issue", [{}])
-        table.add_row(
-            str(row.get("received_at")),
-            str(row.get("source")),
-            str(row.get("origin")),
-            str(issues[0].get("diagnostics", "")),
-        )
-    console.print(table)
-
-
-@app.command()
 def huddle(
     practice: Annotated[str, typer.Option("--practice", help="The practice's ODS code")],
     day: Annotated[str | None, typer.Option("--date", help="Meeting day, YYYY-MM-DD (default today)")] = None,
@@ -310,7 +289,7 @@ async def _publish_agenda(settings: Settings, services: Any, fhir_list: dict[str
 
 
 # the other commands register themselves on the apps as their modules load
-from hub import cli_audit, cli_record, cli_sharing  # noqa: E402, F401
+from hub import cli_audit, cli_deadletters, cli_record, cli_sharing  # noqa: E402, F401
 
 # what a path the command was given, and could not use, was wrong with (as the person should read it)
 _PATH_PROBLEMS: dict[type[OSError], str] = {

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from hub.kafka import adopted_broker, behind, embedded_broker, embedded_broker_at
 from hub.settings import Settings
+from hub.store.database import make_private_folder
 
 if TYPE_CHECKING:
     from hub.bootstrap import Running
@@ -97,7 +98,7 @@ async def kafka(settings: Settings, *, advertise: bool = False) -> AsyncIterator
     if configured:
         yield configured
         return
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_folder(settings.data_dir)
     left = left_running(settings.data_dir) if advertise else None
     if left is not None:
         pid, bootstrap = left

@@ -3,6 +3,7 @@ CapabilityStatement, and ledger entries as AuditEvents."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from hub.core.ports import Json
@@ -10,22 +11,32 @@ from hub.core.ports import Json
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 
 
-def capability_statement(base: str) -> Json:
-    """What this server does, for clients that ask first."""
+# What the statement says that the routes' OpenAPI document does not: each search parameter's FHIR
+# type, the operations FHIR itself defines, and notes for a reader.
+SEARCH_TYPES = {"identifier": "token", "patient": "reference", "practice": "token", "date": "date"}
+NOT_SEARCHES = frozenset({"token"})  # the huddle agenda's bearer token, for a browser's address bar
+DEFINED_OPERATIONS = {"everything": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}
+OWN_OPERATIONS = "https://carehub.invalid/OperationDefinition/"  # CareHub's, named <type>-<operation>
+DOCUMENTATION = {
+    "AuditEvent": "the disclosure ledger about one person; auditor role only",
+    "List": "a practice's huddle / MDT agenda (?practice=ODS&date=YYYY-MM-DD), as the huddle page shows it",
+}
+INTERACTIONS = {("get", 2): "read", ("get", 1): "search-type", ("post", 1): "create"}  # (method, path depth)
 
-    def resource(kind: str, searches: list[tuple[str, str]], operations: tuple[str, ...] = ()) -> Json:
-        entry: Json = {"type": kind, "interaction": [{"code": "read"}]}
-        if searches:
-            entry["interaction"].append({"code": "search-type"})
-            entry["searchParam"] = [{"name": n, "type": t} for n, t in searches]
-        if operations:
-            entry["operation"] = [
-                {"name": op, "definition": f"http://hl7.org/fhir/OperationDefinition/Patient-{op}"} for op in operations
-            ]
-        return entry
 
-    consent = resource("Consent", [("patient", "reference")])
-    consent["interaction"].append({"code": "create"})
+@dataclass
+class Served:
+    """What the routes serve of one resource type: FHIR interactions, search parameters, operations."""
+
+    interactions: set[str] = field(default_factory=set)
+    searches: dict[str, str] = field(default_factory=dict)  # name -> FHIR search type
+    operations: dict[str, str] = field(default_factory=dict)  # name -> what it does (the route's summary)
+
+
+def capability_statement(base: str, api: Json) -> Json:
+    """What this server does, for clients that ask first: read off `api`, the app's OpenAPI document
+    (FastAPI's, made from its routes), so it says no less and no more than the routes serve."""
+    served = served_resources(api)
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -47,22 +58,65 @@ def capability_statement(base: str) -> Json:
                     "information-sharing agreements and the person's consent, and recorded in the "
                     "disclosure ledger; a clinician may assert an emergency with X-Break-Glass-Reason.",
                 },
-                "resource": [
-                    resource("Patient", [("identifier", "token")], ("everything",)),
-                    resource("Encounter", [("patient", "reference")]),
-                    resource("Organization", []),
-                    resource("Provenance", [("patient", "reference")]),
-                    consent,
-                    {
-                        "type": "AuditEvent",
-                        "interaction": [{"code": "search-type"}],
-                        "searchParam": [{"name": "patient", "type": "reference"}],
-                        "documentation": "the disclosure ledger about one person; auditor role only",
-                    },
-                ],
+                "resource": [_resource(kind, served[kind]) for kind in sorted(served)],
             }
         ],
     }
+
+
+def served_resources(api: Json) -> dict[str, Served]:
+    """Each resource type the /fhir paths of an OpenAPI document serve: /fhir/T (search, create),
+    /fhir/T/{id} (read) and /fhir/T/{id}/$op (an operation); {kind} stands for each type its enum names."""
+    served: dict[str, Served] = {}
+    for path, methods in (api.get("paths") or {}).items():
+        if not path.startswith("/fhir/"):
+            continue
+        parts = path.removeprefix("/fhir/").split("/")
+        for method, operation in methods.items():
+            params = operation.get("parameters") or []
+            for kind in _kinds(parts[0], params):
+                _serve(served.setdefault(kind, Served()), method, parts, operation.get("summary") or "", params)
+    return served
+
+
+def _kinds(first: str, params: list[Json]) -> list[str]:
+    if first != "{kind}":
+        return [first] if first[:1].isupper() else []  # (not /fhir/metadata)
+    enum = next((p.get("schema", {}).get("enum") for p in params if p.get("name") == "kind"), None)
+    return [str(k) for k in enum or []]
+
+
+def _serve(served: Served, method: str, parts: list[str], summary: str, params: list[Json]) -> None:
+    if len(parts) == 3 and parts[1] == "{id}" and parts[2].startswith("$"):
+        served.operations[parts[2][1:]] = summary
+        return
+    interaction = INTERACTIONS.get((method, len(parts))) if len(parts) == 1 or parts[1] == "{id}" else None
+    if interaction is not None:
+        served.interactions.add(interaction)
+    if interaction == "search-type":
+        names = [str(p["name"]) for p in params if p.get("in") == "query" and p.get("name") not in NOT_SEARCHES]
+        served.searches |= {name: SEARCH_TYPES.get(name, "string") for name in names}
+
+
+def _resource(kind: str, served: Served) -> Json:
+    entry: Json = {
+        "type": kind,
+        "interaction": [{"code": c} for c in INTERACTIONS.values() if c in served.interactions],
+    }
+    if served.searches:
+        entry["searchParam"] = [{"name": n, "type": t} for n, t in served.searches.items()]
+    if served.operations:
+        entry["operation"] = [
+            {
+                "name": name,
+                "definition": DEFINED_OPERATIONS.get(name, f"{OWN_OPERATIONS}{kind}-{name}"),
+                "documentation": summary,
+            }
+            for name, summary in sorted(served.operations.items())
+        ]
+    if kind in DOCUMENTATION:
+        entry["documentation"] = DOCUMENTATION[kind]
+    return entry
 
 
 _OUTCOME = {"permit": "0", "break-glass": "0", "deny": "4"}

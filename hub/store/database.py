@@ -1,12 +1,15 @@
 """Engines and migrations: a SQLite file by default, PostgreSQL when CAREHUB_DATABASE_URL names one.
 
 `open_engine` brings the schema to the newest Alembic revision before anything uses it, under a lock
-so that several workers starting at once migrate it once.
+so that several workers starting at once migrate it once. A SQLite file it makes, and its folder, are
+its user's alone (0600, 0700): the record holds patient data.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,8 @@ from hub.core.errors import StoreUnavailableError
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK = 0x4361_7265_4875_62  # "CareHub": the PostgreSQL advisory lock key
+PRIVATE_FOLDER, PRIVATE_FILE = 0o700, 0o600
+_warned: set[Path] = set()  # paths open to others already named in a warning (once each per process)
 
 
 def open_engine(url: str, *, migrate: bool = True, **options: Any) -> sa.Engine:
@@ -30,8 +35,8 @@ def open_engine(url: str, *, migrate: bool = True, **options: Any) -> sa.Engine:
     options.setdefault("json_serializer", json_text)
     options.setdefault("json_deserializer", orjson.loads)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:" and not parsed.query.get("uri"):
+            make_private_file(Path(parsed.database))
         engine = sa.create_engine(parsed, connect_args={"timeout": 30}, **options)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         sa.event.listen(engine, "begin", _sqlite_begin)
@@ -46,6 +51,49 @@ def open_engine(url: str, *, migrate: bool = True, **options: Any) -> sa.Engine:
             where = parsed.render_as_string(hide_password=True)
             raise StoreUnavailableError(f"database {where} is not answering: {exc.orig}") from exc
     return engine
+
+
+def make_private_file(path: Path) -> None:
+    """Make the empty file SQLite will use as a database, and its folder, for this user alone: the
+    folder 0700, the file 0600, whatever the umask (SQLite gives the -wal and -shm files the database
+    file's mode). A folder or file there already is left as it is, and named in a warning if others
+    may read it (its owner may mean them to)."""
+    make_private_folder(path.parent)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
+    except FileExistsError:
+        for kept in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
+            warn_if_open(kept)
+
+
+def make_private_folder(path: Path) -> None:
+    """Make the folder `path` (and any missing parents) for this user alone, 0700; one there already is
+    left as it is, and named in a warning if others may read it."""
+    try:
+        path.mkdir(mode=PRIVATE_FOLDER, parents=True)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        warn_if_open(path)
+
+
+def warn_if_open(path: Path) -> None:
+    """A warning, once per path, if users other than its owner may read, write or enter it."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return
+    if os.name != "posix" or not mode & 0o077 or path in _warned:
+        return
+    _warned.add(path)
+    private = PRIVATE_FOLDER if path.is_dir() else PRIVATE_FILE
+    log.warning(
+        "%s is open to users other than its owner (mode %04o) and holds patient data: chmod %o %s",
+        path,
+        mode,
+        private,
+        path,
+    )
 
 
 def json_text(value: Any) -> str:

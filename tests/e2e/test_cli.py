@@ -154,4 +154,4 @@ def test_tables_in_a_pipe_fold_long_values_rather_than_cut_them(tmp_path: Path) 
     kept = carehub("deadletters", "--data-dir", str(tmp_path), cwd=tmp_path, env=narrow)
     assert kept.returncode == 0, kept.stderr
     assert "…" not in kept.stdout
-    assert f"file:{rejected}" in _column(kept.stdout, 2)
+    assert f"file:{rejected}" in _column(kept.stdout, 3)  # (the source column, after id and received)

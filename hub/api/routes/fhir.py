@@ -186,7 +186,7 @@ def router(
 
     @api.get("/metadata", summary="CapabilityStatement", responses=ok(CAPABILITY))
     def metadata(request: Request) -> FhirResponse:
-        return FhirResponse(capability_statement(str(request.base_url).rstrip("/") + "/fhir"))
+        return FhirResponse(capability_statement(str(request.base_url).rstrip("/") + "/fhir", request.app.openapi()))
 
     @api.get("/Patient", summary="Search patients by identifier", responses=ok(BUNDLE) | errors(400, 401, 403))
     def search_patients(

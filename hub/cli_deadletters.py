@@ -1,0 +1,192 @@
+"""`carehub deadletters`: what was rejected, which message it was and why; `deadletters show ID`: one
+entry whole, to fix and resend (registered on hub.cli's app).
+
+A dead letter's content is what a sender sent: names, NHS numbers, addresses. These commands print
+it for the operator who runs them and for no one else: nothing of it is logged."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import orjson
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from hub.cli_base import HeldDir, app, console, counted, fail, open_existing
+from hub.core.ports import Json
+from hub.instants import UK
+from hub.terminal import listing
+
+if TYPE_CHECKING:
+    from hub.store.queries import KeptDeadLetter
+
+deadletters_app = typer.Typer(help="Rejected input kept in the dead-letter store: list them, show one whole.")
+app.add_typer(deadletters_app, name="deadletters")
+BOM = b"\xef\xbb\xbf"
+# what a terminal must never be sent as it is: C0 and C1 controls but tab and newline, and the
+# bidirectional overrides that make text read otherwise than it is (a payload is not to be trusted)
+_UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+@deadletters_app.callback(invoke_without_command=True)
+def deadletters(
+    context: typer.Context,
+    data_dir: HeldDir = Path("var"),
+    limit: Annotated[int, typer.Option(help="How many, newest first")] = 20,
+) -> None:
+    """Show rejected input kept in the dead-letter store: its id, the message it was and the reason."""
+    from hub.store.queries import recent_dead_letters
+
+    if context.invoked_subcommand is not None:
+        context.obj = data_dir  # (for `deadletters --data-dir D show ID`)
+        return
+    state = open_existing(data_dir)
+    table = listing("id", "received", "source", "origin", "message", "reason")
+    table.caption = "carehub deadletters show ID: one entry whole (its content holds patient data)"
+    for letter in recent_dead_letters(state.engine, limit):
+        table.add_row(
+            str(letter.id),
+            received(letter),
+            shown(letter.source),
+            shown(letter.origin),
+            shown(message_id(letter)),
+            shown("; ".join(issues(letter.reason))),
+        )
+    console.print(table)
+
+
+@deadletters_app.command("show")
+def show(
+    context: typer.Context,
+    id_: Annotated[int, typer.Argument(metavar="ID", help="The entry's id, as `carehub deadletters` lists it")],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Where the hub keeps its state (default: the --data-dir given before `show`, else var); as for "
+            "`carehub deadletters`",
+            show_default=False,
+        ),
+    ] = None,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Write the content exactly as kept and nothing else (redirect it to a file)")
+    ] = False,
+) -> None:
+    """One dead letter whole, to fix and resend: its reason, then its content (patient data).
+
+    When, from where, which message, every issue of the reason, then the content as text; --raw writes
+    the bytes as kept and nothing else."""
+    from hub.store.queries import dead_letter_by_id
+
+    data_dir = data_dir or (context.obj if isinstance(context.obj, Path) else Path("var"))
+    if raw:  # (stdout is the content's alone, redirected to a file: whatever goes wrong is said on stderr)
+        console.file = sys.stderr
+    if raw and sys.stdout.isatty():
+        fail(
+            f"--raw writes the bytes as kept, not to a terminal: redirect them (carehub deadletters show {id_} "
+            "--raw > FILE)"
+        )
+    state = open_existing(data_dir)
+    letter = dead_letter_by_id(state.engine, id_)
+    if letter is None:
+        fail(f"no dead letter {id_} in the dead-letter store: carehub deadletters lists their ids")
+    if raw:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(letter.content)
+        sys.stdout.buffer.flush()
+        return
+    console.print(details(letter))
+    console.print("content, as text (CR line ends as new lines; bytes not UTF-8 and control characters as \\xNN):")
+    sys.stdout.flush()
+    text = readable(letter.content)
+    sys.stdout.buffer.write(text.encode(sys.stdout.encoding or "utf-8", errors="backslashreplace"))
+    sys.stdout.buffer.write(b"" if text.endswith("\n") else b"\n")
+    sys.stdout.buffer.flush()
+
+
+def details(letter: KeptDeadLetter) -> Table:
+    """Everything the store keeps about one dead letter but its content."""
+    table = listing("", "", title=f"Dead letter {letter.id}")
+    table.show_header = False
+    table.add_row("received", received(letter))
+    table.add_row("source", shown(letter.source))
+    table.add_row("origin", shown(letter.origin))
+    table.add_row("message", shown(message_id(letter)))
+    table.add_row("content", f"{counted(letter.size, 'byte')}, sha256 {letter.digest}")
+    for n, issue in enumerate(issues(letter.reason)):
+        table.add_row("reason" if n == 0 else "", shown(issue))
+    return table
+
+
+def message_id(letter: KeptDeadLetter) -> str:
+    """What names the rejected message: an HL7 v2 message's control id (MSH-10, read from the content
+    kept) and type; a file row's number and its referral_id; else the content's digest."""
+    from adapters.hl7v2.message import read_header
+
+    head = letter.content.removeprefix(BOM).lstrip(b"\x0b\x1c\r\n\t ")
+    header = read_header(head) if head.startswith((b"MSH", b"FHS", b"BHS")) else None
+    if header is not None:
+        kind = "^".join(p for p in (header.message_type, header.trigger_event) if p)
+        return f"MSH-10 {header.control_id or '(empty)'}" + (f" ({kind})" if kind else "")
+    said = []
+    _, marked, row = letter.origin.rpartition("#row=")
+    if marked:
+        said.append(f"row {row}")
+    referral = referral_id(letter.content)
+    if referral:
+        said.append(f"referral_id {referral}")
+    return ", ".join(said) or f"sha256 {letter.digest[:12]}"
+
+
+def referral_id(content: bytes) -> str | None:
+    """The referral_id of a referral file's row (the CSV header and the row) or JSON document, if it says one."""
+    content = content.removeprefix(BOM)
+    try:
+        if content.lstrip()[:1] == b"{":
+            document = orjson.loads(content)
+            value = document.get("referral_id") if isinstance(document, dict) else None
+        else:
+            row = next(csv.DictReader(io.StringIO(content.decode("utf-8", errors="replace"))), None)
+            value = row.get("referral_id") if row else None
+    except (orjson.JSONDecodeError, csv.Error):
+        return None
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def issues(reason: Json) -> list[str]:
+    """Each issue of an OperationOutcome as a line: its diagnostics, then the fields it names."""
+    said = []
+    for issue in reason.get("issue") or []:
+        if not isinstance(issue, dict):
+            continue
+        where = ", ".join(str(e) for e in issue.get("expression") or [])
+        text = str(issue.get("diagnostics") or issue.get("code") or "")
+        said.append(f"{text} [{where}]" if where else text)
+    return said or ["(no reason kept)"]
+
+
+def received(letter: KeptDeadLetter) -> str:
+    return f"{letter.received_at.astimezone(UK):%Y-%m-%d %H:%M:%S %Z}"
+
+
+def readable(content: bytes) -> str:
+    """Content as text a terminal shows as it is: UTF-8, a byte that is not as \\xNN, each CR, LF or
+    CRLF line end as a new line, and control characters as \\xNN."""
+    text = content.decode("utf-8", errors="backslashreplace").replace("\r\n", "\n").replace("\r", "\n")
+    return _UNSHOWABLE.sub(_escaped, text)
+
+
+def shown(value: str) -> str:
+    """A value from a dead letter in a Rich table: its control characters escaped, no markup."""
+    return escape(_UNSHOWABLE.sub(_escaped, value))
+
+
+def _escaped(control: re.Match[str]) -> str:
+    code = ord(control.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

@@ -1,0 +1,68 @@
+"""The read side for the command line (cosmicpython's views.py): what an operator is shown of the
+dead-letter store, read straight from its table, newest first or one entry by its id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from hub.core.ports import Json
+from hub.store.sql import store_errors
+from hub.store.tables import dead_letter
+
+# A listing reads each entry's first 64 KiB, which hold an HL7 message's MSH or a file's row; an
+# entry can be a whole file (an opt-out list) of megabytes, and a listing shows only what names it.
+HEAD = 64 * 1024
+
+
+@dataclass(frozen=True)
+class KeptDeadLetter:
+    """One dead letter as the store keeps it: its content whole, or (in a listing) its first HEAD bytes."""
+
+    id: int
+    received_at: datetime
+    source: str
+    origin: str
+    digest: str
+    reason: Json
+    size: int
+    content: bytes
+
+
+def recent_dead_letters(engine: sa.Engine, limit: int) -> list[KeptDeadLetter]:
+    """The newest `limit` dead letters, newest first, each with the head of its content."""
+    D = dead_letter  # noqa: N806
+    head = sa.func.substr(D.c.payload, 1, HEAD).label("payload")
+    query = sa.select(*_shown(), head).order_by(D.c.id.desc()).limit(limit)
+    with store_errors(), engine.connect() as conn:
+        return [_letter(row) for row in conn.execute(query)]
+
+
+def dead_letter_by_id(engine: sa.Engine, id_: int) -> KeptDeadLetter | None:
+    """One dead letter with its content whole, or None if the store holds none by that id."""
+    query = sa.select(*_shown(), dead_letter.c.payload).where(dead_letter.c.id == id_)
+    with store_errors(), engine.connect() as conn:
+        row = conn.execute(query).first()
+    return _letter(row) if row is not None else None
+
+
+def _shown() -> list[sa.ColumnElement[Any]]:
+    D = dead_letter  # noqa: N806
+    size = sa.func.length(D.c.payload).label("size")
+    return [D.c.id, D.c.received_at, D.c.source, D.c.origin, D.c.digest, D.c.reason, size]
+
+
+def _letter(row: Any) -> KeptDeadLetter:  # (a row of _shown() and the payload)
+    return KeptDeadLetter(
+        id=row.id,
+        received_at=row.received_at,
+        source=row.source,
+        origin=row.origin,
+        digest=row.digest,
+        reason=row.reason if isinstance(row.reason, dict) else {},
+        size=int(row.size or 0),
+        content=bytes(row.payload or b""),
+    )
