@@ -41,7 +41,7 @@ async def ingest_referral_files(
 ) -> int:
     """Send every row; 0 when all were accepted, 1 when any was rejected or not sent, 2 on bad input."""
     from adapters.referrals.rows import Format
-    from adapters.referrals.service import ACCEPTED, ReferralIntake
+    from adapters.referrals.service import ACCEPTED, KeptInputs, ReferralIntake
     from consumers.app import build_broker
 
     if fmt is not None and fmt not in set(Format):
@@ -58,12 +58,16 @@ async def ingest_referral_files(
         broker = build_broker(run.bootstrap, client_id=f"{settings.kafka.client_id}-referrals")
         await broker.start()
         try:
+            store = run.services.dead_letters
             intake = ReferralIntake(
-                broker, key_secret=run.services.secrets.key, publish_timeout=settings.kafka.publish_timeout_s
+                broker,
+                key_secret=run.services.secrets.key,
+                publish_timeout=settings.kafka.publish_timeout_s,
+                kept=store if isinstance(store, KeptInputs) else None,
             )
             table = listing("file", "row", "outcome", "event", "reason")
             accepted: list[str] = []
-            kept = 0
+            kept = again = 0
             for path in files:
                 chosen = Format(fmt) if fmt else None
                 outcomes = await intake.ingest(path.read_bytes(), f"file:{path}", chosen, extracted_on=extracted_on)
@@ -71,6 +75,7 @@ async def ingest_referral_files(
                     statuses[o.status] += 1
                     accepted += [o.event_id] if o.status == ACCEPTED else []
                     kept += o.dead_lettered
+                    again += o.already_kept
                     row = "file" if o.row is None else str(o.row)
                     kind = o.event_type.removeprefix("uk.nhs.carehub.")
                     table.add_row(escape(path.name), row, o.status, kind, escape(o.reason or ""))
@@ -80,5 +85,6 @@ async def ingest_referral_files(
         if embedded and not await run.applied_ids(accepted, dead_letters=kept):
             console.print("[yellow]the record had not applied every event before the timeout[/yellow]")
     summary = ", ".join(f"{status} {n}" for status, n in sorted(statuses.items()))
+    summary += f" ({again} already in the dead-letter store)" if again else ""
     console.print(f"{sum(statuses.values())} row(s) from {len(files)} file(s): {summary or 'none'}")
     return 0 if set(statuses) <= {ACCEPTED} else 1

@@ -4,7 +4,8 @@ Each row keeps its own bytes, so a rejected row can be kept whole on the dead-le
 row as the header line plus its own line(s), a JSON document as sent (an array element re-encoded).
 Row numbers are what a person sees: in CSV the header is row 1 and each record is one row, as a
 spreadsheet numbers them (the line number too, unless a quoted value spans lines); in a JSON array
-the first document is row 1.
+the first document is row 1. Files are UTF-8 and CSV is comma-separated: a file in another encoding
+or separated by semicolons is refused whole, saying where and how to save it (README, "Input files").
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -23,6 +25,9 @@ from adapters.referrals.fields import is_gss, is_ods
 from hub.core.errors import InvalidMessageError, UnsupportedMessageError
 
 BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+SAVE_AS = 'save it as "CSV UTF-8 (Comma delimited)" in Excel and send the file again'
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 class Format(StrEnum):
@@ -94,11 +99,42 @@ def detect(raw: bytes) -> Format:
     )
 
 
-def _decode(raw: bytes) -> str:
+def _decode(raw: bytes, *, csv_file: bool = True) -> str:
+    """The file as text. A file that is not UTF-8 is refused naming its first byte that is not (row
+    and line, or in JSON the line), never decoded by a guess: a wrong guess would alter people's names."""
+    save = SAVE_AS if csv_file else "save it as UTF-8 and send the file again"
+    if raw.startswith(UTF16_BOMS):
+        raise InvalidMessageError(f"the file is UTF-16 text, not UTF-8: {save}", ("file",))
+    body = raw.removeprefix(BOM)
     try:
-        return raw.decode("utf-8-sig")
+        return body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidMessageError(f"the file is not UTF-8 text (byte {exc.start})", ("file",)) from exc
+        before = body[: exc.start].decode("utf-8")
+        offset = len(raw) - len(body) + exc.start
+        raise _not_utf8(raw[offset : offset + 1], offset, before, save, csv_file=csv_file) from exc
+
+
+def _not_utf8(byte: bytes, offset: int, before: str, save: str, *, csv_file: bool) -> InvalidMessageError:
+    line = len(_LINE_END.findall(before)) + 1
+    row = f"row {_row_at(before) or line}" if csv_file else f"line {line}"
+    where = f"{row} (line {line})" if csv_file else row
+    try:
+        seen = f" (in Windows-1252 it is {byte.decode('cp1252')!r})"
+    except UnicodeDecodeError:  # (one of the five bytes Windows-1252 leaves undefined)
+        seen = ""
+    return InvalidMessageError(
+        f"{where}: byte 0x{byte.hex().upper()} at offset {offset} of the file (counting from 0) is not UTF-8"
+        f"{seen}: the file is not UTF-8 text; {save}",
+        (row,),
+    )
+
+
+def _row_at(before: str) -> int | None:
+    """The CSV row (the header is row 1) in which the text following `before` lies."""
+    try:
+        return sum(1 for _ in csv.reader(io.StringIO(before + "?", newline="")))  # (? ends a row or starts one)
+    except csv.Error:
+        return None
 
 
 class _Tape:
@@ -129,10 +165,27 @@ def _header(text: str) -> list[str]:
     names = [h.strip().lower() for h in header]
     if not any(names):
         raise InvalidMessageError("the file is empty: row 1 must name the columns", ("row 1",), code="required")
+    _refuse_semicolons(text, names)
     duplicated = sorted({n for n in names if n and names.count(n) > 1})
     if duplicated:
         raise InvalidMessageError(f"row 1 (the header) names {', '.join(duplicated)} twice", ("row 1",))
     return names
+
+
+def _refuse_semicolons(text: str, names: list[str]) -> None:
+    """A header that names nhs_number only when split on semicolons (as Excel writes "CSV" where the
+    decimal separator is a comma) is refused: the hub reads comma-separated files, and does not guess."""
+    try:
+        split = [h.strip().lower() for h in next(csv.reader(io.StringIO(text, newline=""), delimiter=";"), [])]
+    except csv.Error:
+        return
+    if "nhs_number" in names or len(split) <= len(names):
+        return
+    raise InvalidMessageError(
+        f"row 1 (the header) is separated by semicolons ({len(split)} columns split on ';'), as Excel saves CSV "
+        f"in some languages; the hub reads comma-separated CSV only: {SAVE_AS}",
+        ("row 1",),
+    )
 
 
 def _csv_rows(raw: bytes, fmt: Format) -> list[Row]:
@@ -173,6 +226,7 @@ def _json_rows(raw: bytes) -> list[Row]:
     body = raw.removeprefix(BOM)
     if not body.strip():
         raise InvalidMessageError("the file is empty", ("file",), code="required")
+    _decode(raw, csv_file=False)  # (orjson's own message for bytes that are not UTF-8 names no place)
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

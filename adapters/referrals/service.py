@@ -3,18 +3,22 @@
 Each row stands alone: it becomes exactly one event, published, or it is rejected and kept whole
 on the dead-letter topic (the CSV header and the row, or the JSON document) with the reason, row
 and field, as an OperationOutcome header; the file's other rows go on. A file that cannot be read
-at all (not UTF-8, not JSON, no header) is rejected whole. A row Kafka does not acknowledge is
-reported "not sent" and neither published nor dead-lettered: ingesting the file again sends it,
-and the rows already applied are recognised by their event ids.
+at all (not UTF-8, separated by semicolons, not JSON, no header) is rejected whole. A rejection
+already in the dead-letter store (the same source and content: the same file sent again) is
+reported again but not kept again. A row Kafka does not acknowledge is reported "not sent" and
+neither published nor dead-lettered: ingesting the file again sends it, and the rows already
+applied are recognised by their event ids.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Protocol, runtime_checkable
 
 from faststream.kafka import KafkaBroker
 
@@ -22,12 +26,20 @@ from adapters.publishing import Publisher
 from adapters.referrals.fields import is_gss, is_ods
 from adapters.referrals.rows import BOM, Format, Row, detect, read_rows
 from adapters.referrals.to_fhir import map_row
-from hub.core.errors import BrokerUnavailableError, HubError, InvalidMessageError
+from hub.core.errors import BrokerUnavailableError, HubError, InvalidMessageError, StoreUnavailableError
 from hub.core.identity import stable_id
 
 log = logging.getLogger(__name__)
 ACCEPTED, REJECTED, NOT_SENT = "accepted", "rejected", "not sent"
+ALREADY_KEPT = "already in the dead-letter store, not kept again"
 _SENDER_FIELDS = ("practice_ods", "referrer")
+
+
+@runtime_checkable
+class KeptInputs(Protocol):
+    """What the dead-letter store holds already (hub.store.sql.SqlDeadLetters.holds)."""
+
+    def holds(self, *, source: str, payload: bytes) -> bool: ...
 
 
 def _utcnow() -> datetime:
@@ -44,6 +56,7 @@ class Outcome:
     reason: str | None = None
     dead_lettered: bool = False
     event_id: str = ""
+    already_kept: bool = False  # rejected, and dead-lettered already (an earlier sending, or this one)
 
 
 class ReferralIntake:
@@ -56,9 +69,12 @@ class ReferralIntake:
         key_secret: bytes,
         publish_timeout: float = 5.0,
         clock: Callable[[], datetime] = _utcnow,
+        kept: KeptInputs | None = None,
     ) -> None:
         self._key_secret = key_secret
         self._clock = clock
+        self._kept = kept
+        self._sent: set[tuple[str, str]] = set()  # (source, digest) dead-lettered by this intake
         self._out = Publisher(
             broker, timeout=publish_timeout, clock=clock, unit="the row", retry="ingest the file again"
         )
@@ -91,11 +107,16 @@ class ReferralIntake:
     async def _reject(self, raw: bytes, row: Row | None, error: HubError, origin: str, content_type: str) -> Outcome:
         number = row.number if row else None
         where = f"{origin}#row={number}" if number is not None else origin
+        sender = _sender(row)
+        once = (f"urn:ods:{sender}" if sender else where, hashlib.sha256(raw).hexdigest())  # (ce_source, as kept)
+        if once in self._sent or await self._holds(once[0], raw):
+            log.info("row %s rejected again: %s [%s]", number or "(file)", error.code, ", ".join(error.expression))
+            return Outcome(number, REJECTED, reason=f"{error.diagnostics}; {ALREADY_KEPT}", already_kept=True)
         try:
             await self._out.rejected(
                 raw,
-                event_id=stable_id("rejected", where, hashlib.sha256(raw).hexdigest()),
-                sender=_sender(row),
+                event_id=stable_id("rejected", where, once[1]),
+                sender=sender,
                 origin=where,
                 content_type=content_type,
                 error=error,
@@ -103,8 +124,18 @@ class ReferralIntake:
         except BrokerUnavailableError as down:
             log.warning("row %s not sent: %s", number or "(file)", down)
             return Outcome(number, NOT_SENT, reason=f"{error.diagnostics}; not dead-lettered: {down.diagnostics}")
+        self._sent.add(once)
         log.info("row %s rejected: %s [%s]", number or "(file)", error.code, ", ".join(error.expression))
         return Outcome(number, REJECTED, reason=error.diagnostics, dead_lettered=True)
+
+    async def _holds(self, source: str, raw: bytes) -> bool:
+        if self._kept is None:
+            return False
+        try:
+            return await asyncio.to_thread(self._kept.holds, source=source, payload=raw)
+        except StoreUnavailableError as error:  # (kept again then: a row of a file is stored once anyway)
+            log.warning("the dead-letter store did not answer: %s", error)
+            return False
 
 
 def _sender(row: Row | None) -> str:

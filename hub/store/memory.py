@@ -13,7 +13,7 @@ from typing import Self
 from hub.core.huddle import practice_codes
 from hub.core.ledger import Disclosure, Entry, seal
 from hub.core.ports import Json, StoredResource
-from hub.store.sql import identifiers_of
+from hub.store.sql import content_key, identifiers_of
 
 
 class MemoryRecordStore:
@@ -165,17 +165,22 @@ class MemoryRecordReader:
 
 
 class MemoryDeadLetters:
-    """Dead letters in a list, kept once per (origin, content, time) like the SQL store."""
+    """Dead letters in a list, kept once per (origin, content, time), and a row of a file once per
+    (source, content), like the SQL store."""
 
     def __init__(self) -> None:
         self.kept: list[Json] = []
-        self._seen: set[tuple[str, str, datetime]] = set()
+        self._seen: set[tuple[str, str, datetime] | str] = set()
 
     def keep(self, *, received_at: datetime, source: str, origin: str, reason: Json, payload: bytes) -> None:
-        once = (origin, hashlib.sha256(payload).hexdigest(), received_at)
-        if once in self._seen:
+        digest = hashlib.sha256(payload).hexdigest()
+        once = (origin, digest, received_at)
+        content = content_key(source, origin, digest)
+        if once in self._seen or content in self._seen:
             return
         self._seen.add(once)
+        if content:
+            self._seen.add(content)
         self.kept.append(
             {
                 "received_at": received_at,
@@ -185,6 +190,10 @@ class MemoryDeadLetters:
                 "payload": payload,
             }
         )
+
+    def holds(self, *, source: str, payload: bytes) -> bool:
+        digest = hashlib.sha256(payload).hexdigest()
+        return any(k["source"] == source and hashlib.sha256(k["payload"]).hexdigest() == digest for k in self.kept)
 
     def recent(self, limit: int) -> list[Json]:
         return list(reversed(self.kept))[:limit]

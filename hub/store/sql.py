@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -346,26 +347,49 @@ class SqlRecordReader:
             return {kind: n for kind, n in conn.execute(query)}
 
 
+FILE_ROW = re.compile(r"#row=[0-9]+\Z")  # an origin naming one row of a file (adapters/referrals)
+
+
+def content_key(source: str, origin: str, digest: str) -> str | None:
+    """The key that keeps a rejected row of a file once per source and content, however often the file
+    is sent (its time, and its path, differ); None for other input, kept once per (origin, content, time)
+    as before (an HL7 message sent again is kept again)."""
+    if not FILE_ROW.search(origin):
+        return None
+    return hashlib.sha256(f"{source[:255]}\n{digest}".encode()).hexdigest()
+
+
 class SqlDeadLetters:
-    """The dead-letter store: rejected input kept whole, once per (origin, content, time)."""
+    """The dead-letter store: rejected input kept whole, once per (origin, content, time), and a row of
+    a file once per (source, content)."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
 
     def keep(self, *, received_at: datetime, source: str, origin: str, reason: Json, payload: bytes) -> None:
+        digest = hashlib.sha256(payload).hexdigest()
         row = {
             "received_at": received_at,
             "source": source[:255],
             "origin": origin[:255],
-            "digest": hashlib.sha256(payload).hexdigest(),
+            "digest": digest,
+            "content_key": content_key(source, origin, digest),
             "reason": reason,
             "payload": payload,
         }
-        stmt = _insert(self.engine, dead_letter).on_conflict_do_nothing()
+        stmt = _insert(self.engine, dead_letter).on_conflict_do_nothing()  # (either unique key)
         with store_errors(), self.engine.connect().execution_options(immediate=True) as conn:
             conn.begin()
             conn.execute(stmt, row)
             conn.commit()
+
+    def holds(self, *, source: str, payload: bytes) -> bool:
+        """True when input with this source and content is kept already (whatever its origin or time)."""
+        D = dead_letter  # noqa: N806
+        digest = hashlib.sha256(payload).hexdigest()
+        query = sa.select(D.c.id).where(D.c.digest == digest, D.c.source == source[:255]).limit(1)
+        with store_errors(), self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
 
     def recent(self, limit: int) -> list[Json]:
         D = dead_letter  # noqa: N806

@@ -71,7 +71,11 @@ dead_letter = sa.Table(
     sa.Column("digest", sa.String(64), nullable=False),
     sa.Column("reason", JsonColumn, nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
+    # a row of a file is kept once per source and content (hub.store.sql.content_key); else NULL
+    sa.Column("content_key", sa.String(64), nullable=True),
     sa.UniqueConstraint("origin", "digest", "received_at", name="uq_dead_letter_once"),
+    sa.Index("uq_dead_letter_content", "content_key", unique=True),
+    sa.Index("ix_dead_letter_digest", "digest"),
 )
 
 disclosure_ledger = sa.Table(

@@ -166,6 +166,32 @@ def test_dead_letters_are_kept_whole_once_newest_first(backend: Backend) -> None
     assert kept[0]["reason"] == reason and kept[0]["received_at"] == T0 + timedelta(seconds=1)
 
 
+def test_a_rejected_row_of_a_file_is_kept_once_per_source_and_content_however_often_it_is_sent(
+    backend: Backend,
+) -> None:
+    reason = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid"}]}
+    row = b"nhs_number,practice_ods\n9434765918,Y90001\n"
+    sent = [("urn:ods:Y90001", "file:/in/reg.csv#row=3"), ("urn:ods:Y90001", "file:/moved/reg.csv#row=4")]
+    for n, (source, origin) in enumerate([*sent, ("urn:ods:Y90002", "file:/in/reg.csv#row=3")]):
+        backend.dead_letters.keep(
+            received_at=T0 + timedelta(days=n), source=source, origin=origin, reason=reason, payload=row
+        )
+    for n in range(2):  # an HL7 message sent again is kept again, as before
+        backend.dead_letters.keep(
+            received_at=T0 + timedelta(days=n), source="urn:ods:RXX", origin="mllp:peer", reason=reason, payload=b"MSH|"
+        )
+    kept = backend.dead_letters.recent(10)
+    assert [(k["source"], k["origin"]) for k in kept] == [
+        ("urn:ods:RXX", "mllp:peer"),
+        ("urn:ods:RXX", "mllp:peer"),
+        ("urn:ods:Y90002", "file:/in/reg.csv#row=3"),
+        ("urn:ods:Y90001", "file:/in/reg.csv#row=3"),
+    ]
+    holds = backend.dead_letters.holds  # type: ignore[attr-defined]
+    assert holds(source="urn:ods:Y90001", payload=row) and holds(source="urn:ods:RXX", payload=b"MSH|")
+    assert not holds(source="urn:ods:Y90003", payload=row) and not holds(source="urn:ods:Y90001", payload=b"x")
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url"))
@@ -173,7 +199,7 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 def test_migrations_bring_an_empty_database_to_head_and_are_idempotent(database_url: str) -> None:
     first = open_engine(database_url)
-    assert head_revision() == "0006"
+    assert head_revision() == "0007"
     assert current_revision(first) == head_revision()
     again = open_engine(database_url)
     assert current_revision(again) == head_revision()

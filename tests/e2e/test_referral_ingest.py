@@ -5,6 +5,7 @@ the dead-letter store with their row and field."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,13 +25,14 @@ HEADER = "nhs_number,practice_ods,non_elective_admissions_12m,long_term_conditio
 
 
 def carehub(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    pythonpath = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}  # (another tree)
     return subprocess.run(
         [CAREHUB, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=200,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "250"},
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "250", **pythonpath},
     )
 
 
@@ -123,3 +125,55 @@ def test_bad_paths_and_options_exit_2_before_anything_is_sent(tmp_path: Path, ar
     result = carehub(*args, "--data-dir", "d", cwd=tmp_path)
     assert result.returncode == 2
     assert says in result.stdout + result.stderr
+
+
+def test_a_semicolon_or_windows_1252_csv_is_refused_whole_saying_where_and_how_to_save_it(tmp_path: Path) -> None:
+    header = f"{HEADER},extracted_on"
+    (tmp_path / "in").mkdir()
+    write(tmp_path / "in" / "good.csv", f"{header}\n{GOOD},Y90001,3,2,severe,1938-02-01,2026-11-02\n")
+    semicolons = f"{header}\r\n{LATER},Y90001,0,4,mild,,2026-11-02\r\n".replace(",", ";")
+    write(tmp_path / "in" / "semicolons.csv", semicolons)
+    asc = "nhs_number,gp_practice_ods,referred_on,referrer,addressed_to,reason,referrer_name\r\n"
+    windows = f"{asc}{LATER},Y90001,2026-10-01,E09000008,Y0PIC,owes £5,Renée\r\n".encode("cp1252")
+    (tmp_path / "in" / "windows.csv").write_bytes(windows)
+
+    result = carehub("ingest", "referrals", "in", "--data-dir", "d", cwd=tmp_path)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    offset = windows.index("£".encode("cp1252"))
+    assert "│ row 1 (the header) is separated by semicolons (7 columns" in result.stdout
+    assert f"│ row 2 (line 2): byte 0xA3 at offset {offset} of the file" in result.stdout
+    assert "3 row(s) from 3 file(s): accepted 1, rejected 2" in result.stdout
+    services = build(Settings(data_dir=tmp_path / "d"))
+    assert services.reader.everything(person_key(services.secrets.key, GOOD, None))
+    kept = {row["origin"].rsplit("/", 1)[-1]: row for row in services.dead_letters.recent(20)}
+    assert sorted(kept) == ["semicolons.csv", "windows.csv"]
+    assert kept["semicolons.csv"]["payload"] == semicolons.encode()
+    assert kept["semicolons.csv"]["reason"]["issue"][0]["diagnostics"] == (
+        "row 1 (the header) is separated by semicolons (7 columns split on ';'), as Excel saves CSV in some "
+        'languages; the hub reads comma-separated CSV only: save it as "CSV UTF-8 (Comma delimited)" in Excel and '
+        "send the file again"
+    )
+    assert kept["windows.csv"]["payload"] == windows
+    assert kept["windows.csv"]["reason"]["issue"][0]["diagnostics"] == (
+        f"row 2 (line 2): byte 0xA3 at offset {offset} of the file (counting from 0) is not UTF-8 "
+        "(in Windows-1252 it is '£'): the file is not UTF-8 text; save it as \"CSV UTF-8 (Comma delimited)\" in "
+        "Excel and send the file again"
+    )
+
+
+def test_a_file_sent_twice_keeps_its_bad_row_once_and_says_the_second_time_it_is_already_kept(tmp_path: Path) -> None:
+    bad = f"{BAD},Y90001,1,1,mild,"
+    register = write(tmp_path / "register.csv", f"{HEADER}\n{GOOD},Y90001,3,2,severe,1938-02-01\n{bad}\n")
+    args = ("ingest", "register", str(register), "--extracted-on", "2026-11-02", "--data-dir", "d")
+
+    first, again = carehub(*args, cwd=tmp_path), carehub(*args, cwd=tmp_path)
+
+    assert first.returncode == again.returncode == 1, first.stdout + again.stdout + again.stderr
+    assert "row 3, field nhs_number: fails the Modulus 11 check" in again.stdout
+    assert "already in the dead-letter store" not in first.stdout
+    assert "(check digit should be 9); already in the dead-letter store, not kept again" in again.stdout
+    assert "2 row(s) from 1 file(s): accepted 1, rejected 1 (1 already in the dead-letter store)" in again.stdout
+    (kept,) = build(Settings(data_dir=tmp_path / "d")).dead_letters.recent(20)
+    assert kept["payload"] == f"{HEADER}\n{bad}\n".encode()
+    assert kept["origin"].endswith("register.csv#row=3")
