@@ -22,6 +22,7 @@ consumer ever makes two EpisodeOfCare of one referral's accept events, however o
 No `from __future__ import annotations` here: FastAPI reads these annotations at runtime.
 """
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -225,7 +226,9 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
             return await accepted_already(who, referral, held, coordinator)
         refuse_allocation(person, coordinator)
         episode = episode_for(id, person, coordinator, rules.service.ods, at)
-        held = api_.coordination.claim_acceptance(id, coordinator, episode, now)
+        # (in a thread: on SQLite the claim waits for the write lock, which a consumer in this process may
+        # hold while it awaits Kafka on this event loop; waiting on the loop stalled both for the busy timeout)
+        held = await asyncio.to_thread(api_.coordination.claim_acceptance, id, coordinator, episode, now)
         if held is not None:  # another accept of it (on this worker or another) claimed it first
             return await accepted_already(who, referral, held, coordinator)
         await publish_acceptance(who, referral, episode)
