@@ -149,11 +149,14 @@ class FoldUnitOfWork:
         ]
         return [r for r in (self.get(*key) for key in found) if r is not None]
 
-    def of_person(self, person_key: str) -> list[StoredResource]:
-        # only a merge asks for a person's resources: remember whom, whatever the merge's own
-        # Patient write then does (it may be stale, or a later merge may make them a survivor)
-        self.merged_away.add(person_key)
-        found = (self.get(*key) for key in sorted(self.by_person.get(person_key, ())))
+    def of_person(self, person_key: str, kind: str | None = None) -> list[StoredResource]:
+        # only a merge asks for all of a person's resources: remember whom, whatever the merge's own
+        # Patient write then does (it may be stale, or a later merge may make them a survivor); the
+        # rules ask for one kind (the person's EpisodeOfCare, when a stay opens), which is no merge
+        if kind is None:
+            self.merged_away.add(person_key)
+        held = self.by_person.get(person_key, ())
+        found = (self.get(*key) for key in sorted(held) if kind in (None, key[0]))
         return [r for r in found if r is not None]
 
     def put(self, resource: StoredResource) -> None:

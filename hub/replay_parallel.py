@@ -75,9 +75,9 @@ class LinkedFold(FoldUnitOfWork):
     def batch(self, events: Sequence[RecordEvent]) -> None:
         self._subjects = {e.id: e.subject for e in events}
 
-    def of_person(self, person_key: str) -> list[StoredResource]:
+    def of_person(self, person_key: str, kind: str | None = None) -> list[StoredResource]:
         self._touched.add(person_key)
-        return super().of_person(person_key)
+        return super().of_person(person_key, kind)
 
     def mark_processed(self, event_id: str) -> None:
         super().mark_processed(event_id)

@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from hub.core.derived_events import Clock, Outcome
 from hub.core.fhir_read import bundle_resources, focus_of
 from hub.core.identity import stable_id
 from hub.core.ports import CoordinationUnitOfWork, Json, RecordEvent
-from hub.core.tasks import Clock, Engine, Outcome, new_state
+from hub.core.tasks import Engine, new_state
 from schemas.events import coordination as co
 
 

@@ -96,6 +96,14 @@ def care_manager(episode: Json) -> str | None:
     return str(value) if value else None
 
 
+def referrals_of(episode: Json) -> set[str]:
+    """The referrals (`ServiceRequest/<id>`) an EpisodeOfCare says it was opened for."""
+    named = episode.get("referralRequest")
+    if not isinstance(named, list):
+        return set()
+    return {str(r["reference"]) for r in named if isinstance(r, dict) and r.get("reference")}
+
+
 def focus_of(resources: list[Json]) -> str | None:
     """What a task opened by these resources is about: the first referral, episode or encounter."""
     for kind in ("ServiceRequest", "EpisodeOfCare", "Encounter"):

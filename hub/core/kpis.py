@@ -40,7 +40,11 @@ Definitions (each names its source events):
                              IN_A_SUMMARY, its words never shown: they are free text, and may name the
                              person); and the people referred on (either way) in the month. One onward
                              referral both made through the hub and named in a summary counts twice
-    caseload                 open episodes per coordinator at the end of the month (target 28)
+    caseload                 open episodes per coordinator at the end of the month (target 28). One stay at
+                             a time: an episode.opened for a person with another episode open, or for a
+                             referral that opened another (open or closed: a second accept, on a log from
+                             before accepts were claimed), is not counted; the first in log order stands,
+                             as the rules engine (hub.core.tasks) and the record decide
     over 12 weeks            % of the month's discharges that had been on the caseload more than 84 days
                              (target 20-25%)
     huddles attended         huddle.agenda Lists dated in the month, but those marked cancelled and those
@@ -75,6 +79,7 @@ from hub.core.fhir_read import (
     extension,
     identifier_value,
     of_kind,
+    referrals_of,
 )
 from hub.core.huddle import UK
 from hub.core.kpi_reading import (
@@ -162,6 +167,8 @@ class KpiFold:
     _meetings: dict[str, datetime] = field(default_factory=dict)  # huddle -> when it meets
     _referrals_of: dict[str, set[str]] = field(default_factory=dict)  # person -> their referrals so far
     _stays: dict[str, set[str]] = field(default_factory=dict)  # referral -> the stays that end its wait
+    _episodes_of: dict[str, list[str]] = field(default_factory=dict)  # person -> their episodes, in log order
+    _episode_of: dict[tuple[str, str], str] = field(default_factory=dict)  # (person, referral) -> the one it opened
 
     def add(self, event: RecordEvent) -> None:
         """Fold one event; one the fold cannot read is skipped and counted, never raised."""
@@ -258,29 +265,42 @@ class KpiFold:
 
     def _opened(self, event: RecordEvent, resources: list[Json]) -> None:
         said = [
-            _Episode(
-                str(e["id"]),
-                event.subject,
-                str(identifier_value(e.get("careManager")) or "unallocated"),
-                fhir_time((e.get("period") or {}).get("start"), event.time),
+            (
+                _Episode(
+                    str(e["id"]),
+                    event.subject,
+                    str(identifier_value(e.get("careManager")) or "unallocated"),
+                    fhir_time((e.get("period") or {}).get("start"), event.time),
+                ),
+                referrals_of(e),
             )
             for e in of_kind(resources, "EpisodeOfCare")
         ]
-        named = {
-            str(r.get("reference", "")).removeprefix("ServiceRequest/")
-            for e in of_kind(resources, "EpisodeOfCare")
-            for r in e.get("referralRequest") or []
-            if isinstance(r, dict)
-        }
-        for episode in said:
+        for episode, named in said:
+            if self._another_stay(episode, named):
+                continue  # the first stay stands (see caseload)
             before = self.episodes.get(episode.id)
             if before is not None:  # a re-sent opening does not reopen a closed episode
                 episode.end, episode.letter = before.end, before.letter
+            else:
+                self._episodes_of.setdefault(episode.person, []).append(episode.id)
             self.episodes[episode.id] = episode
+            for referral in named:
+                self._episode_of.setdefault((episode.person, referral), episode.id)
             # the stay ends the referrals on the log before it (log order, as the rules engine
             # decides it: hub.core.tasks) and those it was opened for
-            for rid in {*self._referrals_of.get(event.subject, ()), *named}:
+            for rid in {
+                *self._referrals_of.get(event.subject, ()),
+                *(r.removeprefix("ServiceRequest/") for r in named),
+            }:
                 self._stays.setdefault(rid, set()).add(episode.id)
+
+    def _another_stay(self, episode: _Episode, named: set[str]) -> bool:
+        """A second stay: the person has another episode open, or one of these referrals opened another."""
+        theirs = (self.episodes[e] for e in self._episodes_of.get(episode.person, ()) if e != episode.id)
+        if any(e.end is None for e in theirs):
+            return True
+        return any(self._episode_of.get((episode.person, r), episode.id) != episode.id for r in named)
 
     def _closed(self, event: RecordEvent, resources: list[Json]) -> None:
         said = [

@@ -102,8 +102,8 @@ class RecordUnitOfWork(Protocol):
         """Current resources of that type carrying identifier system|value."""
         ...
 
-    def of_person(self, person_key: str) -> list[StoredResource]:
-        """Every current resource filed under that person key."""
+    def of_person(self, person_key: str, kind: str | None = None) -> list[StoredResource]:
+        """Every current resource filed under that person key (of that resource type, if `kind`)."""
         ...
 
     def put(self, resource: StoredResource) -> None:

@@ -16,6 +16,10 @@ Rules, in the order they are applied to each event:
     merge           the retired person's resources move to the survivor (subject rewritten, new version)
     encounter       an update overlays the stored Encounter (an A08 says nothing about status);
                     a cancelled discharge (A13) removes the end of the stay and the discharge disposition
+    one stay        an episode.opened whose EpisodeOfCare is new (another id) is not written when the
+                    person has another one open, or one of its referrals opened another (open or
+                    closed: a second accept, on a log from before accepts were claimed): the first
+                    in log order stands, as the rules engine and the KPIs take it
     task moves      a task.updated that asks for a move hub.core.task_status does not allow (a finished
                     task reopened, say: two coordinators at once), or that changes a finished task at
                     all, writes nothing, as the rules engine ignores it, so the record and the engine
@@ -43,10 +47,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hub.core.errors import InvalidMessageError
+from hub.core.fhir_read import referrals_of
 from hub.core.policy import PERSON_EXTENSION
 from hub.core.ports import Json, RecordEvent, RecordUnitOfWork, StoredResource
 from hub.core.task_status import FINAL, may_move
 from schemas.events.coordination import (
+    EPISODE_OPENED,
     NOT_RECORDED,
     OUTCOME_EXTENSION,
     PATIENT_STUB_EVENTS,
@@ -64,6 +70,7 @@ _MAX_HOPS = 16
 _SUBJECT_FIELDS = ("subject", "patient", "for")
 UNCHANGED = StoredResource("", "", None, 0, datetime.min.replace(tzinfo=UTC), "", {})
 _STUB_TIME = datetime(1900, 1, 1, tzinfo=UTC)  # a stub loses to anything said about the person
+_ENDED = frozenset({"finished", "cancelled", "entered-in-error"})  # an EpisodeOfCare no longer open
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,8 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
         return UNCHANGED
     if kind == "Task" and current is not None and event.type == TASK_UPDATED.type and _refused_move(current, incoming):
         return UNCHANGED
+    if current is None and event.type == EPISODE_OPENED.type and _another_stay(uow, event, incoming):
+        return UNCHANGED  # the first stay (the first accept of a referral) stands
     if current is not None and kind in SHARED_KINDS:
         same = _same_reference_data(uow, event, incoming, current, when)
         if same is not None:
@@ -208,6 +217,17 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
     stored = _stamp(event, content, kind, rid, key, current, _STUB_TIME if stub else latest, when)
     uow.put(stored)
     return stored
+
+
+def _another_stay(uow: RecordUnitOfWork, event: RecordEvent, episode: Json) -> bool:
+    """Whether a new EpisodeOfCare opens a second stay: the person has another one open, or one of
+    its referrals opened another (hub.core.tasks and hub.core.kpis decide the same, in log order)."""
+    if episode["resourceType"] != "EpisodeOfCare":
+        return False
+    person = survivor(uow, _subject_key(episode) or event.subject)
+    named = referrals_of(episode)
+    held = uow.of_person(person, "EpisodeOfCare")
+    return any(e.content.get("status") not in _ENDED or named & referrals_of(e.content) for e in held)
 
 
 def _said_again(uow: RecordUnitOfWork, current: StoredResource, latest: datetime) -> StoredResource:

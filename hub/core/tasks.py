@@ -8,10 +8,13 @@ tasks at exactly the same times.
 
 Order of work for each event:
     person      a Patient's registered practice is remembered
+    one stay    an episode.opened changes nothing when the person is on a caseload under another
+                EpisodeOfCare, or one of its referrals opened another, open or closed (a second accept,
+                on a log from before accepts were claimed): the first in log order stands, as the
+                record (hub.core.record) and the KPIs (hub.core.kpis) take it
     fulfil      open tasks whose rule names this event (and contact kind or referral outcome, and not
                 earlier than `not_before` after the task opened) complete; `cancelled_by` cancels. A
-                referral's outcomes are remembered, so that tasks opened for it later (the referral
-                arrived after its outcome, or was moved here) are closed as they say, at their times
+                referral's outcomes are remembered for tasks it opens later (hub.core.referral_moves)
     case-find   a register row meeting a criterion, or a referral from a listed source, puts the person
                 on their practice's case list once (caselist.added)
     episode     episode.opened starts a caseload stay and its long-stay clock; episode.closed ends both
@@ -22,24 +25,21 @@ Order of work for each event:
                 PIC summaries go to it and their find-the-practice tasks complete
     open        every task rule triggered by this event (and its condition) opens a task with a clock,
                 once per referral, stay or discharge (a correction opens none)
-    move        a referral re-sent for another person (its NHS number corrected; hub.core.coordination
-                finds who held it) cancels the open tasks the first person has for it, with a reason, by
-                task.updated events on their partition, and takes its outcomes to the new person
+    move        a referral re-sent for another person cancels the open tasks the first person has for it
+                and takes its outcomes to the new one (hub.core.referral_moves)
     manual      a task.updated from a coordinator (the API) moves the task's status if the move is
                 allowed (hub.core.task_status); a final status stops its clock
 
 A clock that runs out marks its task overdue, hands it to the team lead and emits one task.overdue;
-a long-stay clock emits one caseload.long-stay flag. Derived events have deterministic ids, so
-emitting one again after a crash is recognised downstream as the same event.
+a long-stay clock emits one caseload.long-stay flag. What derived events carry: hub.core.derived_events.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
+from hub.core.derived_events import Clock, DerivedEvents, Outcome
 from hub.core.fhir_read import (
-    ODS_SYSTEM,
     addressed_to,
     bundle_resources,
     care_manager,
@@ -49,22 +49,20 @@ from hub.core.fhir_read import (
     ods,
     of_kind,
     referral_source,
+    referrals_of,
     register_measures,
 )
 from hub.core.identity import stable_id
-from hub.core.pic_summary import LETTER_DUE, letter, practice_found, practice_output
+from hub.core.pic_summary import LETTER_DUE, practice_found
 from hub.core.ports import Json, RecordEvent
+from hub.core.referral_moves import move, outcome_said, remember_outcomes, says_moved
 from hub.core.task_status import FINAL, may_move
 from schemas.coordination_rules import CoordinationRules, Fulfilment, TaskRule
 from schemas.events import coordination as co
 
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
-OVERDUE = "overdue"
 FIND_PRACTICE = "find-gp-practice"  # the engine's own task: a PIC summary waits for the person's practice
 FIND_PRACTICE_TITLE = "Find the person's GP practice: their PIC summary is held until one is known"
-STATUS_REASON_SYSTEM = "https://carehub.invalid/CodeSystem/task-status-reason"
-MOVED_REASON = "referral-moved"  # a task cancelled because its referral was re-sent for another person
-MOVED_TEXT = "The referral was re-sent for another person (its NHS number corrected): its tasks are theirs now"
 _OWN = frozenset(
     {
         co.TASK_CREATED.type,
@@ -75,30 +73,6 @@ _OWN = frozenset(
         co.HUDDLE_AGENDA.type,
     }
 )
-
-
-@dataclass(frozen=True)
-class Clock:
-    """A deadline: when it runs out, `fire` is called with it."""
-
-    id: str
-    person_key: str
-    due: datetime
-    kind: str  # "task" or "long-stay"
-
-
-@dataclass
-class Outcome:
-    """What one event or one clock did: events to publish, clocks to set and clear."""
-
-    events: list[RecordEvent] = field(default_factory=list)
-    set: list[Clock] = field(default_factory=list)
-    cleared: list[str] = field(default_factory=list)
-
-    def extend(self, other: Outcome) -> None:
-        self.events += other.events
-        self.set += other.set
-        self.cleared += other.cleared
 
 
 def short_name(event_type: str) -> str:
@@ -120,11 +94,7 @@ class Engine:
 
     def __init__(self, rules: CoordinationRules) -> None:
         self.rules = rules
-        self._source = f"urn:ods:{rules.service.ods}"
-        self._team = {
-            "identifier": {"system": ODS_SYSTEM, "value": rules.service.ods},
-            "display": rules.service.name,
-        }
+        self.events = DerivedEvents(rules)
         closed, receipt = short_name(co.EPISODE_CLOSED.type), short_name(co.PIC_SUMMARY_RECEIPT.type)
         letters = (r for r in rules.tasks if r.trigger == closed and any(f.event == receipt for f in r.done_by))
         self._letter_due = min((r.due for r in letters), default=LETTER_DUE)
@@ -142,8 +112,10 @@ class Engine:
             out.extend(self._manual(state, event, resources))
             out.extend(self._release(state, event))  # (the coordinator may have named the practice)
             return out
+        if name == "episode.opened" and _second_stay(state, resources):
+            return out
         if name == OUTCOME_EVENT:
-            _remember_outcomes(state, event, resources)
+            remember_outcomes(state, event, resources)
         self._fulfil(state, event, name, resources, out)
         self._case_find(state, event, name, resources, out)
         self._episode(state, event, name, resources, out)
@@ -159,7 +131,7 @@ class Engine:
             episode = state.get("episode")
             if episode and episode.get("id") == clock.id.removeprefix("long-stay:") and not episode.get("long_stay"):
                 episode["long_stay"] = True
-                out.events.append(self._long_stay_flag(clock, episode))
+                out.events.append(self.events.long_stay_flag(clock, episode))
             return out
         task = state["tasks"].get(clock.id)
         if task is None or task["status"] in FINAL or task.get("overdue"):
@@ -167,7 +139,7 @@ class Engine:
         task["overdue"] = True
         task["escalated_from"] = task["owner"]
         task["owner"] = self.rules.service.team_lead
-        out.events.append(self._task_event(co.TASK_OVERDUE.type, clock.id, clock.person_key, clock.due, task))
+        out.events.append(self.events.task_event(co.TASK_OVERDUE.type, clock.id, clock.person_key, clock.due, task))
         return out
 
     # --- the steps -------------------------------------------------------------------------
@@ -219,7 +191,7 @@ class Engine:
         task["status"] = status
         task["closed"] = at.isoformat()
         out.cleared.append(task_id)
-        out.events.append(self._task_event(co.TASK_UPDATED.type, task_id, person, at, task))
+        out.events.append(self.events.task_event(co.TASK_UPDATED.type, task_id, person, at, task))
 
     def _case_find(self, state: Json, event: RecordEvent, name: str, resources: list[Json], out: Outcome) -> None:
         if state.get("eligible"):
@@ -240,53 +212,41 @@ class Engine:
         if matched is None:
             return
         state["eligible"] = matched
-        flag_id = stable_id("case-list", event.subject, self.rules.id)
-        flag: Json = {
-            "resourceType": "Flag",
-            "id": flag_id,
-            "status": "active",
-            "code": {"coding": [{"system": co.FLAG_SYSTEM, "code": co.ELIGIBLE, "display": "On the case list"}]},
-            "subject": {"reference": f"Patient/{event.subject}"},
-            "period": {"start": event.time.isoformat()},
-            "extension": [{"url": co.CRITERION_EXTENSION, "valueCode": matched}],
-        }
-        if state.get("practice"):
-            flag["author"] = {"identifier": {"system": ODS_SYSTEM, "value": state["practice"]}}
-        out.events.append(
-            self._derived(co.CASELIST_ADDED.type, f"case-list|{flag_id}", event.subject, event.time, flag)
-        )
+        out.events.append(self.events.case_listed(state, event, matched))
 
     def _episode(self, state: Json, event: RecordEvent, name: str, resources: list[Json], out: Outcome) -> None:
         for episode in of_kind(resources, "EpisodeOfCare"):
-            if name == "episode.opened":
-                start = datetime.fromisoformat(
-                    str((episode.get("period") or {}).get("start") or event.time.isoformat())
-                )
-                state["episode"] = {
-                    "id": episode["id"],
-                    "coordinator": care_manager(episode),
-                    "start": start.isoformat(),
-                    "long_stay": False,
-                }
-                clock = Clock(f"long-stay:{episode['id']}", event.subject, start + self.rules.long_stay, "long-stay")
-                out.set.append(clock)
-                for task in state["tasks"].values():  # the team's open tasks go to the new coordinator
-                    if task["status"] not in FINAL and task["owner"] == self.rules.service.ods:
-                        task["owner"] = state["episode"]["coordinator"] or task["owner"]
-                    if task["status"] not in FINAL and str(task.get("focus") or "").startswith("ServiceRequest/"):
-                        task["stay"] = episode["id"]  # a referral waiting when the stay began (log order)
+            if name == "episode.opened" and not _another_stay(state, episode):
+                self._open_stay(state, event, episode, out)
             elif name == "episode.closed":
                 current = state.get("episode")
                 if current and current.get("id") == episode["id"]:
                     state["episode"] = None
                     out.cleared.append(f"long-stay:{episode['id']}")
                     if current.get("long_stay"):  # the flag ends with the stay
-                        out.events.append(self._long_stay_ended(state, event, current))
+                        out.events.append(self.events.long_stay_ended(state, event, current))
                 for summary in of_kind(resources, "Composition"):
                     if state.get("practice"):
-                        out.events.append(self._pic_summary(state, event.subject, episode, summary, event.time))
+                        out.events.append(self.events.pic_summary(state, event.subject, episode, summary, event.time))
                     else:
                         self._hold(state, event, episode, summary, out)
+
+    def _open_stay(self, state: Json, event: RecordEvent, episode: Json, out: Outcome) -> None:
+        start = datetime.fromisoformat(str((episode.get("period") or {}).get("start") or event.time.isoformat()))
+        state["episode"] = {
+            "id": episode["id"],
+            "coordinator": care_manager(episode),
+            "start": start.isoformat(),
+            "long_stay": False,
+        }
+        for referral in sorted(referrals_of(episode)):  # the stay each referral opened: the first
+            state.setdefault("episode_of", {}).setdefault(referral, episode["id"])
+        out.set.append(Clock(f"long-stay:{episode['id']}", event.subject, start + self.rules.long_stay, "long-stay"))
+        for task in state["tasks"].values():  # the team's open tasks go to the new coordinator
+            if task["status"] not in FINAL and task["owner"] == self.rules.service.ods:
+                task["owner"] = state["episode"]["coordinator"] or task["owner"]
+            if task["status"] not in FINAL and str(task.get("focus") or "").startswith("ServiceRequest/"):
+                task["stay"] = episode["id"]  # a referral waiting when the stay began (log order)
 
     def _hold(self, state: Json, event: RecordEvent, episode: Json, summary: Json, out: Outcome) -> None:
         """No practice known to send the PIC summary to: it waits in the person's state, and the
@@ -313,7 +273,7 @@ class Engine:
         }
         state["tasks"][task_id] = task
         out.set.append(Clock(task_id, event.subject, due, "task"))
-        out.events.append(self._task_event(co.TASK_CREATED.type, task_id, event.subject, event.time, task))
+        out.events.append(self.events.task_event(co.TASK_CREATED.type, task_id, event.subject, event.time, task))
 
     def _release(self, state: Json, event: RecordEvent) -> Outcome:
         """Held PIC summaries go once the person's practice is known (never dated before their close);
@@ -323,14 +283,14 @@ class Engine:
             return out
         for held in sorted(state.pop("held").values(), key=lambda h: (h["closed"], h["summary"]["id"])):
             at = max(event.time, datetime.fromisoformat(held["closed"]))
-            out.events.append(self._pic_summary(state, event.subject, held["episode"], held["summary"], at))
+            out.events.append(self.events.pic_summary(state, event.subject, held["episode"], held["summary"], at))
             task = state["tasks"].get(held["task"])
             if task is not None and task["status"] not in FINAL:
                 task["status"] = "completed"
                 task["closed"] = at.isoformat()
                 task["practice"] = state["practice"]  # (the Task says where the summary went)
                 out.cleared.append(held["task"])
-                out.events.append(self._task_event(co.TASK_UPDATED.type, held["task"], event.subject, at, task))
+                out.events.append(self.events.task_event(co.TASK_UPDATED.type, held["task"], event.subject, at, task))
         return out
 
     def _condition(self, rule: TaskRule, state: Json, resources: list[Json]) -> bool:
@@ -361,10 +321,10 @@ class Engine:
         }
         state["tasks"][task_id] = task
         out.set.append(Clock(task_id, event.subject, event.time + rule.due, "task"))
-        out.events.append(self._task_event(co.TASK_CREATED.type, task_id, event.subject, event.time, task))
+        out.events.append(self.events.task_event(co.TASK_CREATED.type, task_id, event.subject, event.time, task))
         for said in (state.get("outcomes") or {}).get(focus or "", []):  # outcomes that came before it
             if task["status"] not in FINAL:
-                at, resources = datetime.fromisoformat(said["at"]), [_outcome_said(str(focus), said["outcome"])]
+                at, resources = datetime.fromisoformat(said["at"]), [outcome_said(str(focus), said["outcome"])]
                 self._answer(task_id, task, rule, (OUTCOME_EVENT, at, resources), event.subject, out)
 
     def _manual(self, state: Json, event: RecordEvent, resources: list[Json]) -> Outcome:
@@ -379,7 +339,7 @@ class Engine:
             if status in FINAL:
                 task["closed"] = event.time.isoformat()
                 out.cleared.append(resource["id"])
-                if _says_moved(resource):  # (Engine.move said so)
+                if says_moved(resource):  # (Engine.move said so)
                     task["moved"] = True
             found = practice_found(resource) if task["rule"] == FIND_PRACTICE and status == "completed" else None
             if found:  # the coordinator found the practice: as good as a registration, until the next one
@@ -388,125 +348,9 @@ class Engine:
         return out
 
     def move(self, state: Json, event: RecordEvent, focus: str, held_by: str, theirs: Json) -> Outcome:
-        """The referral `focus`, held until now by another person (`held_by`, whose state `theirs` is
-        read, never changed here), re-sent for this one (`event`, before it is handled): the open tasks
-        they have for it are cancelled, with a reason, by task.updated events on their partition (so
-        their own worker applies them, in log order, as a coordinator's move: Engine._manual), and the
-        outcomes said of it come here, to close the tasks the referral opens here as they say."""
-        out = Outcome()
-        for said in (theirs.get("outcomes") or {}).get(focus, []):
-            mine = state.setdefault("outcomes", {}).setdefault(focus, [])
-            if said not in mine:
-                mine.append(said)
-        for task_id, task in sorted(theirs["tasks"].items()):
-            if task.get("focus") == focus and task["status"] not in FINAL:
-                out.events.append(self._moved(task_id, task, held_by, event)[1])
-        for task_id, task in sorted(state["tasks"].items()):
-            if task.get("focus") == focus and task["status"] not in FINAL and not task.get("moved"):
-                # it left this person and comes back before the cancelling of these reached here:
-                # they end now (that event, when it comes, finds them finished), and the referral's open again
-                state["tasks"][task_id], moved = self._moved(task_id, task, event.subject, event)
-                out.cleared.append(task_id)
-                out.events.append(moved)
-        return out
-
-    def _moved(self, task_id: str, task: Json, person: str, event: RecordEvent) -> tuple[Json, RecordEvent]:
-        """A task cancelled because `event` moved its referral, and the task.updated that says so."""
-        said = [event.time, datetime.fromisoformat(task["opened"])]
-        if task.get("overdue"):
-            said.append(datetime.fromisoformat(task["due"]))
-        at = max(said)  # (never dated before what the record holds of the task, or it would be stale there)
-        moved = task | {"status": "cancelled", "closed": at.isoformat(), "moved": True}
-        resource = self.task_resource(task_id, person, moved)
-        return moved, self._derived(co.TASK_UPDATED.type, f"moved|{task_id}|{event.id}", person, at, resource)
-
-    # --- what the derived events carry -------------------------------------------------------
-
-    def _task_event(self, type_: str, task_id: str, person: str, time: datetime, task: Json) -> RecordEvent:
-        return self._derived(
-            type_, f"{type_}|{task_id}|{task['status']}", person, time, self.task_resource(task_id, person, task)
-        )
-
-    def task_resource(self, task_id: str, person: str, task: Json) -> Json:
-        """The FHIR Task for one task of a person's state, naming the rules version that opened it."""
-        version = task.get("version", self.rules.version)
-        resource: Json = {
-            "resourceType": "Task",
-            "id": task_id,
-            "status": task["status"],
-            "intent": "order",
-            "code": {"coding": [{"system": co.TASK_SYSTEM, "code": task["rule"], "display": task["title"]}]},
-            "description": task["title"],
-            "for": {"reference": f"Patient/{person}"},
-            "authoredOn": task["opened"],
-            "lastModified": task.get("closed") or task["opened"],
-            "requester": self._team,
-            "owner": self._owner(task["owner"]),
-            "restriction": {"period": {"start": task["opened"], "end": task["due"]}},
-            "instantiatesUri": f"https://carehub.invalid/rules/{self.rules.id}/v{version}#{task['rule']}",
-        }
-        if task.get("focus"):
-            resource["focus"] = {"reference": task["focus"]}
-        if task.get("practice"):
-            resource["output"] = [practice_output(task["practice"])]
-        if task.get("moved"):
-            coding = {
-                "system": STATUS_REASON_SYSTEM,
-                "code": MOVED_REASON,
-                "display": "Referral moved to another person",
-            }
-            resource["statusReason"] = {"coding": [coding], "text": MOVED_TEXT}
-        if task.get("overdue"):
-            resource["businessStatus"] = {
-                "coding": [{"system": co.BUSINESS_STATUS_SYSTEM, "code": OVERDUE, "display": "Overdue"}],
-                "text": f"overdue; escalated from {task.get('escalated_from')}",
-            }
-        return resource
-
-    def _owner(self, owner: str) -> Json:
-        if owner == self.rules.service.ods:
-            return self._team
-        return {"identifier": {"system": co.COORDINATOR_SYSTEM, "value": owner}}
-
-    def _pic_summary(self, state: Json, person: str, episode: Json, summary: Json, at: datetime) -> RecordEvent:
-        """The PIC summary as a document for the person's practice (GP subscriptions deliver it)."""
-        doc = letter(summary, person=person, nhs=state.get("nhs"), practice=state["practice"], episode=episode, at=at)
-        return self._derived(co.PIC_SUMMARY_SENT.type, f"pic-summary|{summary['id']}", person, at, doc)
-
-    def _long_stay_flag(self, clock: Clock, episode: Json) -> RecordEvent:
-        flag_id = stable_id("long-stay", clock.id)
-        flag: Json = {
-            "resourceType": "Flag",
-            "id": flag_id,
-            "status": "active",
-            "code": {
-                "coding": [{"system": co.FLAG_SYSTEM, "code": co.LONG_STAY, "display": "On caseload over 12 weeks"}]
-            },
-            "subject": {"reference": f"Patient/{clock.person_key}"},
-            "period": {"start": clock.due.isoformat()},
-            "author": self._team,
-            "extension": [
-                {"url": co.EPISODE_EXTENSION, "valueReference": {"reference": f"EpisodeOfCare/{episode['id']}"}}
-            ],
-        }
-        return self._derived(co.CASELOAD_LONG_STAY.type, f"long-stay|{clock.id}", clock.person_key, clock.due, flag)
-
-    def _long_stay_ended(self, state: Json, event: RecordEvent, episode: Json) -> RecordEvent:
-        clock = Clock(f"long-stay:{episode['id']}", event.subject, event.time, "long-stay")
-        flag = self._long_stay_flag(clock, episode).payload
-        start = datetime.fromisoformat(episode["start"]) + self.rules.long_stay
-        flag |= {"status": "inactive", "period": {"start": start.isoformat(), "end": event.time.isoformat()}}
-        return self._derived(co.CASELOAD_LONG_STAY.type, f"long-stay-ended|{clock.id}", event.subject, event.time, flag)
-
-    def _derived(self, type_: str, natural_key: str, person: str, time: datetime, resource: Json) -> RecordEvent:
-        return RecordEvent(
-            id=stable_id("derived", natural_key),
-            type=type_,
-            source=self._source,
-            time=time,
-            subject=person,
-            payload=resource,
-        )
+        """The referral `focus`, held until now by `held_by` (whose state is `theirs`), re-sent for this
+        person (`event`, before it is handled): hub.core.referral_moves.move."""
+        return move(self.events, state, event, focus, held_by, theirs)
 
 
 def _matches(f: Fulfilment, name: str, at: datetime, resources: list[Json], opened: datetime, task: Json) -> bool:
@@ -526,9 +370,26 @@ def _matches(f: Fulfilment, name: str, at: datetime, resources: list[Json], open
         # order: Engine._episode marks it), or that was opened for it; one that came during the stay
         # still waits for its own answer
         stays = of_kind(resources, "EpisodeOfCare")
-        for_it = {str(r.get("reference")) for e in stays for r in e.get("referralRequest") or [] if isinstance(r, dict)}
+        for_it = {referral for e in stays for referral in referrals_of(e)}
         return task.get("stay") in {e.get("id") for e in stays} or task["focus"] in for_it
     return True
+
+
+def _second_stay(state: Json, resources: list[Json]) -> bool:
+    """An episode.opened all of whose EpisodeOfCare are second stays (_another_stay): it changes nothing."""
+    episodes = of_kind(resources, "EpisodeOfCare")
+    return bool(episodes) and all(_another_stay(state, e) for e in episodes)
+
+
+def _another_stay(state: Json, episode: Json) -> bool:
+    """Whether an EpisodeOfCare opens a second stay: the person is on a caseload under another one,
+    or one of its referrals opened another, open or closed (a second accept, on a log from before
+    accepts were claimed). The same one again (its id) is no other stay."""
+    current = state.get("episode")
+    if current and current.get("id") != episode["id"]:
+        return True
+    opened = state.get("episode_of") or {}
+    return any(opened.get(referral, episode["id"]) != episode["id"] for referral in referrals_of(episode))
 
 
 def _same_task(task: Json, rule: str, focus: str) -> bool:
@@ -538,36 +399,5 @@ def _same_task(task: Json, rule: str, focus: str) -> bool:
     return bool(task.get("rule") == rule and task.get("focus") == focus and not task.get("moved"))
 
 
-def _remember_outcomes(state: Json, event: RecordEvent, resources: list[Json]) -> None:
-    """What an outcome said of each referral, in log order: tasks opened for it later are closed as it says."""
-    for request in of_kind(resources, "ServiceRequest"):
-        said = extension(request, co.OUTCOME_EXTENSION, "valueCode")
-        if isinstance(said, str) and request.get("id"):
-            kept = state.setdefault("outcomes", {}).setdefault(f"ServiceRequest/{request['id']}", [])
-            if (entry := {"at": event.time.isoformat(), "outcome": said}) not in kept:
-                kept.append(entry)
-
-
-def _outcome_said(focus: str, outcome: str) -> Json:
-    """The ServiceRequest a remembered outcome said, as _matches reads it."""
-    extensions = [{"url": co.OUTCOME_EXTENSION, "valueCode": outcome}]
-    return {"resourceType": "ServiceRequest", "id": focus.removeprefix("ServiceRequest/"), "extension": extensions}
-
-
-def _says_moved(task: Json) -> bool:
-    codings = (task.get("statusReason") or {}).get("coding") or []
-    return any(c.get("system") == STATUS_REASON_SYSTEM and c.get("code") == MOVED_REASON for c in codings)
-
-
 def _referral_source(resources: list[Json]) -> str | None:
     return next((code for sr in of_kind(resources, "ServiceRequest") if (code := referral_source(sr))), None)
-
-
-def due_of(task: Json) -> datetime:
-    """A stored task's due time."""
-    return datetime.fromisoformat(task["due"])
-
-
-def caseload_days(episode: Json, at: datetime) -> float:
-    """How long an open episode has run, in days, at `at`."""
-    return (at - datetime.fromisoformat(episode["start"])) / timedelta(days=1)

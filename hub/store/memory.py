@@ -71,9 +71,9 @@ class MemoryRecordUnitOfWork:
             key=lambda r: r.id,
         )
 
-    def of_person(self, person_key: str) -> list[StoredResource]:
+    def of_person(self, person_key: str, kind: str | None = None) -> list[StoredResource]:
         return sorted(
-            (r for r in self._view().values() if r.person_key == person_key),
+            (r for r in self._view().values() if r.person_key == person_key and kind in (None, r.resource_type)),
             key=lambda r: (r.resource_type, r.id),
         )
 

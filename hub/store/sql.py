@@ -177,11 +177,15 @@ class SqlRecordUnitOfWork:
                 rows.pop(key, None)
         return sorted(rows.values(), key=lambda r: r.id)
 
-    def of_person(self, person_key: str) -> list[StoredResource]:
+    def of_person(self, person_key: str, kind: str | None = None) -> list[StoredResource]:
         query = sa.select(R).where(R.c.person_key == person_key)
+        if kind is not None:
+            query = query.where(R.c.resource_type == kind)
         with store_errors():
             rows = {(r.resource_type, r.id): _stored(r) for r in self.conn.execute(query)}
         for key, pending in self._pending.items():
+            if kind is not None and key[0] != kind:
+                continue
             if pending.person_key == person_key:
                 rows[key] = pending
             else:

@@ -22,6 +22,8 @@ from hub.core.record import apply_events
 from hub.store.database import current_revision, head_revision, open_engine
 from hub.store.memory import MemoryDeadLetters, MemoryRecordStore
 from hub.store.sql import SqlDeadLetters, SqlRecordReader, SqlRecordUnitOfWork
+from tests.locality_month import at
+from tests.unit.test_accept_once_in_the_folds import PERSON, accept, episode_id, referral
 
 T0 = datetime(2026, 11, 1, 9, 30, tzinfo=UTC)
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -110,6 +112,32 @@ def test_nothing_is_kept_without_commit(backend: Backend) -> None:
     with backend.uow() as uow:
         assert uow.get("Patient", "p1") is None
         assert uow.processed(["ev1"]) == set()
+
+
+def test_a_persons_resources_of_one_kind_include_what_is_not_committed_yet(backend: Backend) -> None:
+    with backend.uow() as uow:
+        uow.put(a_patient("p1", "9434765919"))
+        uow.put(an_encounter("e1", "p1"))
+        uow.put(an_encounter("e9", "p2"))
+        uow.commit()
+    with backend.uow() as uow:
+        uow.put(an_encounter("e2", "p1"))
+        uow.put(an_encounter("e1", "p2"))  # moved to someone else, not committed yet
+        assert [r.id for r in uow.of_person("p1", "Encounter")] == ["e2"]
+        assert [r.id for r in uow.of_person("p2", "Encounter")] == ["e1", "e9"]
+        assert [r.id for r in uow.of_person("p1", "Patient")] == ["p1"]
+        assert uow.of_person("p1", "EpisodeOfCare") == []
+
+
+@pytest.mark.parametrize("batches", [1, 2], ids=["one batch", "two batches"])
+def test_two_accepts_of_one_referral_write_one_episode_of_care_the_firsts(backend: Backend, batches: int) -> None:
+    log = [referral(), *accept(1, at(6, 9), "c-ann"), *accept(2, at(6, 9, 5), "c-bob")]
+    for part in (log, []) if batches == 1 else (log[:3], log[3:]):
+        with backend.uow() as uow:
+            apply_events(uow, part)
+            uow.commit()
+    episodes = backend.reader.search("EpisodeOfCare", PERSON)
+    assert [(e["id"], e["careManager"]["identifier"]["value"]) for e in episodes] == [(episode_id(1), "c-ann")]
 
 
 def test_a_replaced_version_updates_the_identifier_index(backend: Backend) -> None:

@@ -1,0 +1,77 @@
+"""A referral's tasks across time and people, for the coordination engine (hub.core.tasks).
+
+What each outcome said of a referral is remembered in the person's state, so that tasks opened for
+it later (the referral arrived after its outcome, or was moved here) are closed as it said, at its
+time. A referral re-sent for another person (its NHS number corrected; hub.core.coordination finds
+who held it) takes those outcomes with it and cancels, with a reason, the open tasks the first
+person has for it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from hub.core.derived_events import MOVED_REASON, STATUS_REASON_SYSTEM, DerivedEvents, Outcome
+from hub.core.fhir_read import extension, of_kind
+from hub.core.ports import Json, RecordEvent
+from hub.core.task_status import FINAL
+from schemas.events import coordination as co
+
+
+def move(events: DerivedEvents, state: Json, event: RecordEvent, focus: str, held_by: str, theirs: Json) -> Outcome:
+    """The referral `focus`, held until now by another person (`held_by`, whose state `theirs` is
+    read, never changed here), re-sent for this one (`event`, before it is handled): the open tasks
+    they have for it are cancelled, with a reason, by task.updated events on their partition (so
+    their own worker applies them, in log order, as a coordinator's move: Engine._manual), and the
+    outcomes said of it come here, to close the tasks the referral opens here as they say."""
+    out = Outcome()
+    for said in (theirs.get("outcomes") or {}).get(focus, []):
+        mine = state.setdefault("outcomes", {}).setdefault(focus, [])
+        if said not in mine:
+            mine.append(said)
+    for task_id, task in sorted(theirs["tasks"].items()):
+        if task.get("focus") == focus and task["status"] not in FINAL:
+            out.events.append(_moved(events, task_id, task, held_by, event)[1])
+    for task_id, task in sorted(state["tasks"].items()):
+        if task.get("focus") == focus and task["status"] not in FINAL and not task.get("moved"):
+            # it left this person and comes back before the cancelling of these reached here:
+            # they end now (that event, when it comes, finds them finished), and the referral's open again
+            state["tasks"][task_id], moved = _moved(events, task_id, task, event.subject, event)
+            out.cleared.append(task_id)
+            out.events.append(moved)
+    return out
+
+
+def _moved(
+    events: DerivedEvents, task_id: str, task: Json, person: str, event: RecordEvent
+) -> tuple[Json, RecordEvent]:
+    """A task cancelled because `event` moved its referral, and the task.updated that says so."""
+    said = [event.time, datetime.fromisoformat(task["opened"])]
+    if task.get("overdue"):
+        said.append(datetime.fromisoformat(task["due"]))
+    at = max(said)  # (never dated before what the record holds of the task, or it would be stale there)
+    moved = task | {"status": "cancelled", "closed": at.isoformat(), "moved": True}
+    resource = events.task_resource(task_id, person, moved)
+    return moved, events.derived(co.TASK_UPDATED.type, f"moved|{task_id}|{event.id}", person, at, resource)
+
+
+def says_moved(task: Json) -> bool:
+    """Whether a Task's status reason says its referral moved to another person (as _moved writes it)."""
+    codings = (task.get("statusReason") or {}).get("coding") or []
+    return any(c.get("system") == STATUS_REASON_SYSTEM and c.get("code") == MOVED_REASON for c in codings)
+
+
+def remember_outcomes(state: Json, event: RecordEvent, resources: list[Json]) -> None:
+    """What an outcome said of each referral, in log order: tasks opened for it later are closed as it says."""
+    for request in of_kind(resources, "ServiceRequest"):
+        said = extension(request, co.OUTCOME_EXTENSION, "valueCode")
+        if isinstance(said, str) and request.get("id"):
+            kept = state.setdefault("outcomes", {}).setdefault(f"ServiceRequest/{request['id']}", [])
+            if (entry := {"at": event.time.isoformat(), "outcome": said}) not in kept:
+                kept.append(entry)
+
+
+def outcome_said(focus: str, outcome: str) -> Json:
+    """The ServiceRequest a remembered outcome said, as the engine's fulfilment matching reads it."""
+    extensions = [{"url": co.OUTCOME_EXTENSION, "valueCode": outcome}]
+    return {"resourceType": "ServiceRequest", "id": focus.removeprefix("ServiceRequest/"), "extension": extensions}
