@@ -44,7 +44,7 @@ def include_consumers(
     """Attach every consumer of the hub to `broker`; the consumer groups that read the events topic."""
     groups = [f"{group_prefix}-record"]
     broker.include_router(record_router(uow_factory, broker, group_id=groups[0], on_applied=on_applied))
-    broker.include_router(dead_letter_router(dead_letters, group_id=f"{group_prefix}-deadletters", on_kept=on_kept))
+    broker.include_router(dead_letter_router(dead_letters, group_id=dead_letter_group(group_prefix), on_kept=on_kept))
     if deliverer is not None:
         groups.append(f"{group_prefix}-delivery")
         broker.include_router(delivery_router(deliverer, group_id=groups[-1]))
@@ -53,3 +53,8 @@ def include_consumers(
         groups.append(f"{group_prefix}-coordination")
         broker.include_router(coordination_router(engine, factory, broker, group_id=groups[-1], on_done=on_coordinated))
     return groups
+
+
+def dead_letter_group(group_prefix: str) -> str:
+    """The consumer group that keeps both dead-letter topics in the store."""
+    return f"{group_prefix}-deadletters"

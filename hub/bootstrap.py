@@ -123,8 +123,9 @@ class Running:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     publish: Callable[[Envelope], Awaitable[None]] | None = None  # to the events topic, as POST Consent does
     tick: Callable[[], Awaitable[None]] | None = None  # the hub's clock onto every partition, now
-    # the consumer groups running here that read the events topic
+    # the consumer groups running here that read the events topic, and the one that reads the dead letters
     consumer_groups: list[str] = field(default_factory=list)
+    dead_letter_group: str | None = None
 
     def count(self, result: ApplyResult) -> None:
         """Record consumer progress (events applied plus duplicates skipped)."""
@@ -260,7 +261,7 @@ async def running(
     where its embedded broker listens (hub.bootstrap.kafka)."""
     from adapters.hl7v2.service import HospitalIntake
     from adapters.hl7v2.transport import serve
-    from consumers.app import build_broker, include_consumers
+    from consumers.app import build_broker, dead_letter_group, include_consumers
     from consumers.coordination import Ticker
     from consumers.delivery import Deliverer, WebhookSender
 
@@ -283,12 +284,14 @@ async def running(
             ledger=services.ledger,
             enforce=services.policy is not None,
         )
+        prefix = settings.kafka.group_id.removesuffix("-record")
         if consumers:
+            run.dead_letter_group = dead_letter_group(prefix)
             run.consumer_groups = include_consumers(
                 broker,
                 uow_factory=services.uow_factory,
                 dead_letters=services.dead_letters,
-                group_prefix=settings.kafka.group_id.removesuffix("-record"),
+                group_prefix=prefix,
                 on_applied=run.count,
                 on_kept=run.count_kept,
                 deliverer=deliverer,
@@ -330,10 +333,12 @@ async def running(
                 run.http_port = web.servers[0].sockets[0].getsockname()[1]
             yield run
         finally:
-            await stack.aclose()  # the listeners first: nothing more is acknowledged
-            if advertise and consumers and not settings.bootstrap_servers():
-                await drain(run, settings.kafka.drain_timeout_s)
-            await broker.stop()
+            try:
+                await stack.aclose()  # the listeners first: nothing more is acknowledged
+                if advertise and consumers and not settings.bootstrap_servers():
+                    await drain(run, settings.kafka.drain_timeout_s)
+            finally:
+                await broker.stop()
 
 
 def _processed(uow_factory: Callable[[], RecordUnitOfWork], event_ids: set[str]) -> set[str]:

