@@ -1,10 +1,11 @@
 """The coordination port on SQLAlchemy: people's coordination state, deadline clocks, processed rows,
-and the claims that let one `$accept` of each referral win."""
+and the claims that let one `$accept` of each referral, and of each person while their episode is open, win."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection
+import hashlib
+from collections.abc import Callable, Collection
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
@@ -162,12 +163,34 @@ class SqlCoordinationStore:
             found = conn.scalar(sa.select(A.c.episode).where(A.c.referral_id == referral_id))
         return dict(found) if found is not None else None
 
-    def claim_acceptance(self, referral_id: str, coordinator: str, episode: Json, at: datetime) -> Json | None:
-        """Claim the referral for one accept, atomically across workers and processes (a primary key:
-        a second insert waits for the first to commit, then inserts nothing). None: this call claimed
-        it, for `episode`; otherwise the EpisodeOfCare of the accept that did."""
-        row = {"referral_id": referral_id, "coordinator": coordinator, "episode": episode, "claimed_at": at}
+    def claim_acceptance(
+        self,
+        referral_id: str,
+        person_key: str,
+        coordinator: str,
+        episode: Json,
+        at: datetime,
+        is_open: Callable[[Json], bool],
+    ) -> Json | None:
+        """Claim the referral for one accept, atomically across workers and processes, unless another
+        referral's claim for the person has an episode that `is_open`. None: this call claimed it, for
+        `episode`; otherwise the EpisodeOfCare of the accept that holds the referral or the person."""
+        row = {
+            "referral_id": referral_id,
+            "person_key": person_key,
+            "coordinator": coordinator,
+            "episode": episode,
+            "claimed_at": at,
+        }
         with store_errors(), self.engine.connect().execution_options(immediate=True) as conn, conn.begin():
+            if conn.dialect.name == "postgresql":  # two claims for one person take turns (SQLite: BEGIN IMMEDIATE)
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_id(person_key))))
+            held = conn.scalar(sa.select(A.c.episode).where(A.c.referral_id == referral_id))
+            if held is None:
+                others = sa.select(A.c.episode).where(A.c.person_key == person_key, A.c.referral_id != referral_id)
+                held = next((e for e in conn.scalars(others.order_by(A.c.claimed_at)) if is_open(dict(e))), None)
+            if held is not None:
+                return dict(held)
             claim = _insert(conn, A).values(row).on_conflict_do_nothing(index_elements=[A.c.referral_id])
             if conn.execute(claim.returning(A.c.referral_id)).first() is not None:  # (rowcount: -1 on psycopg)
                 return None
@@ -177,6 +200,11 @@ class SqlCoordinationStore:
     def pending_clocks(self) -> int:
         with store_errors(), self.engine.connect() as conn:
             return int(conn.scalar(sa.select(sa.func.count()).select_from(C)) or 0)
+
+
+def _lock_id(person_key: str) -> int:
+    """The person's PostgreSQL advisory lock: a signed 64-bit integer from their key."""
+    return int.from_bytes(hashlib.sha256(f"referral-acceptance:{person_key}".encode()).digest()[:8], signed=True)
 
 
 def _coordinator(state: Json) -> str | None:

@@ -142,7 +142,8 @@ coordination_clock = sa.Table(
 )
 
 # one row per accepted referral: the claim that lets exactly one `$accept` of it win, across API
-# workers (its primary key), and the EpisodeOfCare that accept opened, for a repeat to answer with
+# workers (its primary key), and the EpisodeOfCare that accept opened, for a repeat to answer with;
+# and whose (person_key: null on claims made before 0008), so a person has one open accept at a time
 referral_acceptance = sa.Table(
     "referral_acceptance",
     metadata,
@@ -150,4 +151,5 @@ referral_acceptance = sa.Table(
     sa.Column("coordinator", sa.String(64), nullable=False),
     sa.Column("episode", JsonColumn, nullable=False),
     sa.Column("claimed_at", UtcDateTime, nullable=False),
+    sa.Column("person_key", sa.String(64), nullable=True, index=True),
 )

@@ -56,7 +56,13 @@ class NoCoordination:
         return None
 
     def claim_acceptance(
-        self, referral_id: str, coordinator: str, episode: dict[str, object], at: object
+        self,
+        referral_id: str,
+        person_key: str,
+        coordinator: str,
+        episode: dict[str, object],
+        at: object,
+        is_open: object,
     ) -> dict[str, object] | None:
         return None
 

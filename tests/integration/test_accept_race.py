@@ -9,6 +9,9 @@ PostgreSQL), over real sockets: exactly one accept wins.
   coordinator) 200 with that EpisodeOfCare; an accept for another coordinator 409, naming who has it.
   The record holds one EpisodeOfCare, and the caseload API and the KPIs count it once, for the same
   coordinator.
+* Accepts of two referrals for one person, at once or before the consumers have the first: one is
+  answered 201, the other 409 (the person is on a caseload, naming the EpisodeOfCare); once that
+  episode is closed, a new referral for them can be accepted.
 * Accept events that reach the consumers twice anyway (a redelivery; a worker that could not see the
   claim) make one EpisodeOfCare: every accept of a referral has the same ids.
 """
@@ -257,6 +260,80 @@ def test_an_accept_kafka_did_not_take_holds_the_referral_and_the_same_accept_aga
     assert again.status_code == 200, again.text
     consume(workers[0].services, kafka.events())
     assert_one_episode(workers, kafka, person, again.json()["id"], "c-ann")
+
+
+def assert_person_on_a_caseload(answer: httpx.Response, episode_id: str) -> None:
+    assert answer.status_code == 409, answer.text
+    issue = answer.json()["issue"][0]
+    assert (answer.json()["resourceType"], issue["code"]) == ("OperationOutcome", "business-rule")
+    assert "this person is already on a caseload" in issue["diagnostics"]
+    assert f"EpisodeOfCare/{episode_id}" in issue["diagnostics"]
+
+
+def test_accepts_of_two_referrals_for_one_person_racing_on_two_workers_open_one_episode(
+    workers: list[Worker], kafka: Kafka
+) -> None:
+    first, person = referred(workers[0], kafka)
+    second, _ = referred(workers[1], kafka)
+    start = threading.Barrier(2)
+
+    def one(n: int) -> httpx.Response:
+        start.wait()
+        return workers[n].accept((first, second)[n], ("c-ann", "c-bob")[n])
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(one, range(2)))
+
+    assert sorted(a.status_code for a in answers) == [201, 409], [a.text for a in answers]
+    (won,) = [a.json() for a in answers if a.status_code == 201]
+    (lost,) = [a for a in answers if a.status_code == 409]
+    assert_person_on_a_caseload(lost, won["id"])
+    consume(workers[0].services, kafka.events())
+    assert_one_episode(workers, kafka, person, won["id"], care_manager(won))
+
+
+def test_an_accept_of_another_referral_for_the_person_before_the_consumers_have_the_first_is_refused(
+    workers: list[Worker], kafka: Kafka
+) -> None:
+    first, person = referred(workers[0], kafka)
+    second, _ = referred(workers[0], kafka)
+    accepted = workers[0].accept(first, "c-ann")
+    assert accepted.status_code == 201, accepted.text
+    published = len(kafka.published)
+
+    other = workers[1].accept(second, "c-bob")  # (the consumers have not applied the first yet)
+    again = workers[1].accept(second, "c-bob")
+
+    assert_person_on_a_caseload(other, accepted.json()["id"])
+    assert_person_on_a_caseload(again, accepted.json()["id"])
+    assert len(kafka.published) == published
+    consume(workers[1].services, kafka.events())
+    assert_one_episode(workers, kafka, person, accepted.json()["id"], "c-ann")
+
+
+def test_once_the_persons_episode_is_closed_another_referral_for_them_can_be_accepted(
+    workers: list[Worker], kafka: Kafka
+) -> None:
+    first, person = referred(workers[0], kafka)
+    second, _ = referred(workers[0], kafka)
+    accepted = workers[0].accept(first, "c-ann")
+    consume(workers[0].services, kafka.events())
+    closing = {"resourceType": "Parameters", "parameter": [{"name": "at", "valueDateTime": AT.isoformat()}]}
+    closed = workers[0].post(
+        f"/fhir/EpisodeOfCare/{accepted.json()['id']}/$close", closing, ods(workers[0].services), "coordinator"
+    )
+    assert closed.status_code == 200, closed.text
+    consume(workers[0].services, kafka.events())
+
+    reopened = workers[1].accept(second, "c-bob")
+
+    assert reopened.status_code == 201, reopened.text
+    consume(workers[1].services, kafka.events())
+    episodes = workers[0].services.reader.search("EpisodeOfCare", person)
+    assert sorted((e["id"], e["status"], care_manager(e)) for e in episodes) == sorted(
+        [(accepted.json()["id"], "finished", "c-ann"), (reopened.json()["id"], "active", "c-bob")]
+    )
+    assert [w.caseloads() for w in workers] == [{"c-bob": 1}] * 2
 
 
 def test_accept_events_of_one_referral_that_reach_the_consumers_twice_make_one_episode_the_first(

@@ -14,10 +14,12 @@ the log (the record, the rules engine and subscribers take it from there), so a 
 201 is on the log, acknowledged by Kafka. Reads of what they made go through /fhir like any other
 read, under the sharing policy. Refusals are OperationOutcomes: 400 for bad input, 404 for an
 unknown referral or person, 409 when a rule refuses (a coordinator at the caseload cap, a referral
-accepted already for someone else). One accept of a referral wins, whichever API worker each reaches:
-it claims the referral in the database (a primary key) before it publishes, and the same accept sent
-again is answered 200 with the episode it opened. Its ids are the referral's (accept_ids), so no
-consumer ever makes two EpisodeOfCare of one referral's accept events, however often they arrive.
+accepted already for someone else, a person on a caseload). One accept of a referral wins, whichever
+API worker each reaches: it claims the referral in the database (a primary key) before it publishes,
+and the same accept sent again is answered 200 with the episode it opened; the claim names the
+person too, so an accept of another referral for them is refused while the episode claimed is open.
+Its ids are the referral's (accept_ids), so no consumer ever makes two EpisodeOfCare of one
+referral's accept events, however often they arrive.
 
 No `from __future__ import annotations` here: FastAPI reads these annotations at runtime.
 """
@@ -83,8 +85,17 @@ class CoordinationStore(CoordinationReader, Protocol):
         """The EpisodeOfCare of the accept that claimed the referral, if one has."""
         ...
 
-    def claim_acceptance(self, referral_id: str, coordinator: str, episode: Json, at: datetime) -> Json | None:
-        """None if this call claimed the referral for `episode`; else the episode of the accept that did."""
+    def claim_acceptance(
+        self,
+        referral_id: str,
+        person_key: str,
+        coordinator: str,
+        episode: Json,
+        at: datetime,
+        is_open: Callable[[Json], bool],
+    ) -> Json | None:
+        """None if this call claimed the referral for `episode`; else the episode of the accept that
+        did, or of another referral's accept for the person whose episode `is_open`."""
         ...
 
 
@@ -228,11 +239,26 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         episode = episode_for(id, person, coordinator, rules.service.ods, at)
         # (in a thread: on SQLite the claim waits for the write lock, which a consumer in this process may
         # hold while it awaits Kafka on this event loop; waiting on the loop stalled both for the busy timeout)
-        held = await asyncio.to_thread(api_.coordination.claim_acceptance, id, coordinator, episode, now)
-        if held is not None:  # another accept of it (on this worker or another) claimed it first
+        claim = api_.coordination.claim_acceptance
+        held = await asyncio.to_thread(claim, id, person, coordinator, episode, now, still_open)
+        if held is not None:  # another accept of it claimed it first, or one of another referral the person
+            refuse_held_person(id, held)
             return await accepted_already(who, referral, held, coordinator)
         await publish_acceptance(who, referral, episode)
         return FhirResponse(episode, status_code=201, headers={"Location": f"/fhir/EpisodeOfCare/{episode['id']}"})
+
+    def still_open(claimed: Json) -> bool:
+        """A claimed episode holds its person until the record has it ended (not there yet: it holds)."""
+        current = api_.reader.read("EpisodeOfCare", str(claimed["id"]))
+        return current is None or current.get("status") not in ("finished", "cancelled", "entered-in-error")
+
+    def refuse_held_person(referral_id: str, held: Json) -> None:
+        if opened_for([held], referral_id) is None:  # (the episode of another referral, still open)
+            raise RuleRefusedError(
+                f"this person is already on a caseload: EpisodeOfCare/{held['id']}, coordinator "
+                f"{care_manager(held) or '(none named)'}; close it before accepting another referral for them",
+                ("ServiceRequest",),
+            )
 
     def refuse_allocation(person: str, coordinator: str) -> None:
         if (api_.coordination.state(person) or {}).get("episode"):
