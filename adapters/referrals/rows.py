@@ -173,8 +173,9 @@ def _header(text: str) -> list[str]:
 
 
 def _refuse_semicolons(text: str, names: list[str]) -> None:
-    """A header that names nhs_number only when split on semicolons (as Excel writes "CSV" where the
-    decimal separator is a comma) is refused: the hub reads comma-separated files, and does not guess."""
+    """A header without nhs_number that splits into more columns on semicolons than on commas (as Excel
+    writes "CSV" where the decimal separator is a comma) is refused: the hub reads comma-separated
+    files, and does not guess."""
     try:
         split = [h.strip().lower() for h in next(csv.reader(io.StringIO(text, newline=""), delimiter=";"), [])]
     except csv.Error:
