@@ -42,7 +42,8 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from hub.core.ports import RecordEvent, StoredResource
-from hub.core.record import _replaced_by, apply_events
+from hub.core.record import apply_events
+from hub.core.record_content import replaced_by
 from hub.kafka import partitions_of
 from hub.replay_write import (
     _bind,
@@ -180,7 +181,7 @@ class FoldUnitOfWork:
             elif old is not None:
                 self.identifiers.pop(key, None)
             if kind == "Patient":
-                if "link" in content and _replaced_by(content):
+                if "link" in content and replaced_by(content):
                     self.retired.add(rid)
                 else:
                     self.retired.discard(rid)

@@ -16,7 +16,8 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from hub.core.record import SHARED_KINDS, _same_content
+from hub.core.record import SHARED_KINDS
+from hub.core.record_content import same_content
 from hub.replay import FoldUnitOfWork
 from hub.replay_write import (
     MMAP_BYTES,
@@ -185,7 +186,7 @@ def _reconciled(db: sqlite3.Connection, names: list[str]) -> list[tuple[Any, ...
             out.append(rows[0])
             continue
         contents = [orjson.loads(row[6]) for row in rows]
-        if any(row[3] != 1 for row in rows) or not all(_same_content(c, contents[0]) for c in contents[1:]):
+        if any(row[3] != 1 for row in rows) or not all(same_content(c, contents[0]) for c in contents[1:]):
             return f"{key[0]} reference data differs between partitions read by different workers"
         first = min(range(len(rows)), key=lambda i: (*_said(contents[i]), rows[i][5]))  # as the fold picks
         latest = max(row[4] for row in rows)  # the same text form on every shard, so it sorts as time

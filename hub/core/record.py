@@ -50,19 +50,16 @@ from hub.core.errors import InvalidMessageError
 from hub.core.fhir_read import referrals_of
 from hub.core.policy import PERSON_EXTENSION
 from hub.core.ports import Json, RecordEvent, RecordUnitOfWork, StoredResource
+from hub.core.record_content import MERGED, labelled, labels_of, next_content, replaced_by, same_content
 from hub.core.task_status import FINAL, may_move
 from schemas.events.coordination import (
     EPISODE_OPENED,
     NOT_RECORDED,
-    OUTCOME_EXTENSION,
     PATIENT_STUB_EVENTS,
-    REFERRAL_OUTCOME,
     REFERRAL_RECEIVED,
     TASK_UPDATED,
 )
 
-MERGED = "uk.nhs.carehub.patient.merged.v1"
-DISCHARGE_CANCELLED = "uk.nhs.carehub.encounter.discharge-cancelled.v1"
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 EVENT_SYSTEM = "https://carehub.invalid/Id/event"
 SHARED_KINDS = frozenset({"Organization", "Practitioner", "Location"})  # not about one person
@@ -141,21 +138,12 @@ def survivor(uow: RecordUnitOfWork, key: str) -> str:
     seen = {key}
     for _ in range(_MAX_HOPS):
         patient = uow.get("Patient", key)
-        nxt = _replaced_by(patient.content) if patient else None
+        nxt = replaced_by(patient.content) if patient else None
         if nxt is None or nxt in seen:
             return key
         seen.add(nxt)
         key = nxt
     return key
-
-
-def _replaced_by(patient: Json) -> str | None:
-    for link in patient.get("link") or []:
-        if link.get("type") == "replaced-by":
-            ref = (link.get("other") or {}).get("reference", "")
-            if ref.startswith("Patient/"):
-                return str(ref.removeprefix("Patient/"))
-    return None
 
 
 def _subject_key(resource: Json) -> str | None:
@@ -193,24 +181,24 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
         and current.person_key == rid
         and "link" not in incoming
         and "link" not in current.content
-        and _same_content(incoming, current.content)
+        and same_content(incoming, current.content)
     ):
         # the person said again as they are (the commonest write of all): what the general path
-        # below decides (_next_content adds nothing to a Patient without links but its labels,
-        # which _same_content compares as a set), without copying the content first
+        # below decides (next_content adds nothing to a Patient without links but its labels,
+        # which same_content compares as a set), without copying the content first
         return _said_again(uow, current, event.time)
-    content = _next_content(event, incoming, current)
+    content = next_content(event, incoming, current)
     key: str | None
     if kind in SHARED_KINDS:
         key = None
     elif kind == "Patient":
-        key = _replaced_by(content) or rid
+        key = replaced_by(content) or rid
     else:
         subject = _subject_key(content)
         key = survivor(uow, subject) if subject else survivor(uow, event.subject)
         if subject and key != subject:
             _point_at(content, key)
-    if current is not None and key == current.person_key and _same_content(content, current.content):
+    if current is not None and key == current.person_key and same_content(content, current.content):
         return _said_again(uow, current, latest)
     if latest != event.time:
         when = latest.isoformat()
@@ -251,7 +239,7 @@ def _same_reference_data(
     the source event id name the earliest event that said it (by time, then sender, then event id),
     so the record does not depend on which partition a consumer happened to read first. None when
     the content differs (then newest wins)."""
-    if not _same_content(incoming, current.content):
+    if not same_content(incoming, current.content):
         return None
     meta = current.content.get("meta") or {}
     said = (str(meta.get("lastUpdated", "")), str(meta.get("source", "")), current.source_event_id)
@@ -273,7 +261,7 @@ def reconcile_reference_data(stored: StoredResource | None, ours: StoredResource
     Otherwise the newer event's row, as ever."""
     if stored is None or stored == ours:
         return ours
-    if stored.version_id == ours.version_id and _same_content(ours.content, stored.content):
+    if stored.version_id == ours.version_id and same_content(ours.content, stored.content):
         first = min(stored, ours, key=_said)
         return _retimed(first, max(stored.event_time, ours.event_time), first.content, first.source_event_id)
     return ours if ours.event_time >= stored.event_time else stored
@@ -297,111 +285,6 @@ def _retimed(
         current.source_event_id if source_event_id is None else source_event_id,
         content,
     )
-
-
-def _same_content(incoming: Json, stored: Json) -> bool:
-    """Equal apart from meta (but for its security labels), without copying the stored side
-    (compared in C: a hot path)."""
-    meta = incoming.get("meta")
-    if meta is not None:
-        incoming = {k: v for k, v in incoming.items() if k != "meta"}
-    said, kept = (meta or {}).get("security"), (stored.get("meta") or {}).get("security")
-    if said != kept and _labels(meta) != _labels(stored.get("meta")):
-        return False  # labels compared as a set: stored ones are in a fixed order, sent ones in any
-    return len(incoming) == len(stored) - ("meta" in stored) and incoming.items() <= stored.items()
-
-
-def _next_content(event: RecordEvent, incoming: Json, current: StoredResource | None) -> Json:
-    content = dict(incoming)
-    labels = _labels(content.pop("meta", None))
-    if current is None:
-        return _labelled(_cancel_discharge(event, content), labels)
-    before = current.content
-    kind = content["resourceType"]
-    outcome = kind == "ServiceRequest" and event.type == REFERRAL_OUTCOME.type
-    after_outcome = kind == "ServiceRequest" and event.type == REFERRAL_RECEIVED.type and _has_outcome(before)
-    if kind == "Encounter" or outcome or after_outcome:
-        # an overlay keeps what was said before, sensitivity labels included: an update that does
-        # not repeat a label never makes a sensitive record ordinary
-        labels = _labels(before.get("meta")) | labels
-    if kind == "Encounter":
-        merged = {k: v for k, v in before.items() if k != "meta"}
-        merged.update(content)
-        if content.get("status") == "unknown" and before.get("status"):
-            merged["status"] = before["status"]
-        if "period" in content and "period" in before:
-            merged["period"] = {**before["period"], **content["period"]}
-        content = merged
-    elif outcome:
-        # an outcome update knows the referral by id: it says what became of it, and never erases the
-        # reasons, dates, addressee or referrer (an outcome row carries the referral's id, not its content)
-        content = _with_outcome(before, content)
-    elif after_outcome:
-        # the referral after its outcome, or corrected after it: what became of it stays (in either
-        # order the same ServiceRequest, as _with_outcome is the same overlay)
-        content = _with_outcome(content, before)
-    elif kind == "Patient":
-        retired_to = _replaced_by(before)
-        if retired_to and event.type != MERGED:  # late news about a merged-away identity
-            content["active"] = False
-            content["link"] = before["link"]
-        elif "link" not in content and before.get("link"):
-            content["link"] = before["link"]
-    return _labelled(_cancel_discharge(event, content), labels)
-
-
-def _has_outcome(request: Json) -> bool:
-    return any(e.get("url") == OUTCOME_EXTENSION for e in request.get("extension") or [])
-
-
-def _with_outcome(referral: Json, said: Json) -> Json:
-    """What the referral says, with what became of it from `said` (an outcome, or a ServiceRequest an
-    outcome wrote): its status, its outcome extension (else the referral's), and its notes after the
-    referral's own. Applied outcome on referral or referral on outcome, the result is the same."""
-    merged = {k: v for k, v in referral.items() if k != "meta"}
-    if "status" in said:
-        merged["status"] = said["status"]
-    notes = list(referral.get("note") or [])
-    notes += [n for n in said.get("note") or [] if n not in notes]
-    if notes:
-        merged["note"] = notes
-    outcomes = [e for e in said.get("extension") or [] if e.get("url") == OUTCOME_EXTENSION]
-    extensions = referral.get("extension") or []
-    if outcomes:
-        extensions = [*(e for e in extensions if e.get("url") != OUTCOME_EXTENSION), *outcomes]
-    if extensions:
-        merged["extension"] = extensions
-    return merged
-
-
-def _labels(meta: Json | None) -> dict[tuple[str, str], Json]:
-    """A resource's security labels (meta.security), by (system, code)."""
-    found = (meta or {}).get("security") or []
-    return {(str(c.get("system")), str(c.get("code"))): c for c in found if isinstance(c, dict)}
-
-
-def _labelled(content: Json, labels: dict[tuple[str, str], Json]) -> Json:
-    """Content whose meta (stamped later, by _stamp) is to carry these security labels."""
-    if labels:
-        content["meta"] = {"security": [labels[k] for k in sorted(labels)]}
-    return content
-
-
-def _cancel_discharge(event: RecordEvent, content: Json) -> Json:
-    if event.type != DISCHARGE_CANCELLED or content.get("resourceType") != "Encounter":
-        return content
-    content["status"] = "in-progress"
-    period = {k: v for k, v in (content.get("period") or {}).items() if k != "end"}
-    if period:
-        content["period"] = period
-    else:
-        content.pop("period", None)
-    stay = {k: v for k, v in (content.get("hospitalization") or {}).items() if k != "dischargeDisposition"}
-    if stay:
-        content["hospitalization"] = stay
-    else:
-        content.pop("hospitalization", None)
-    return content
 
 
 def _point_at(content: Json, key: str) -> None:
@@ -439,7 +322,7 @@ def _merge(uow: RecordUnitOfWork, event: RecordEvent, resources: list[Json], whe
     for patient in resources:
         if patient.get("resourceType") != "Patient":
             continue
-        target = _replaced_by(patient)
+        target = replaced_by(patient)
         if target is None:
             continue
         retired, to = patient["id"], survivor(uow, target)
@@ -448,8 +331,8 @@ def _merge(uow: RecordUnitOfWork, event: RecordEvent, resources: list[Json], whe
         for current in uow.of_person(retired):
             if current.resource_type == "Patient" and current.id == retired:
                 continue  # written from the event itself
-            content = _labelled(
-                {k: v for k, v in current.content.items() if k != "meta"}, _labels(current.content.get("meta"))
+            content = labelled(
+                {k: v for k, v in current.content.items() if k != "meta"}, labels_of(current.content.get("meta"))
             )
             _point_at(content, to)
             stored = _stamp(event, content, current.resource_type, current.id, to, current, current.event_time, when)

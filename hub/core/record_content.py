@@ -1,0 +1,127 @@
+"""What a write to the record makes of what an event says (hub.core.record's content rules): an
+Encounter update overlays the stay, a referral and its outcomes overlay each other in either order,
+security labels are kept as a set, a cancelled discharge reopens the stay, a merged-away Patient stays
+retired; and whether two contents say the same."""
+
+from __future__ import annotations
+
+from hub.core.ports import Json, RecordEvent, StoredResource
+from schemas.events.coordination import OUTCOME_EXTENSION, REFERRAL_OUTCOME, REFERRAL_RECEIVED
+
+MERGED = "uk.nhs.carehub.patient.merged.v1"
+DISCHARGE_CANCELLED = "uk.nhs.carehub.encounter.discharge-cancelled.v1"
+
+
+def replaced_by(patient: Json) -> str | None:
+    """The person key a merged-away Patient now points at (its replaced-by link), if any."""
+    for link in patient.get("link") or []:
+        if link.get("type") == "replaced-by":
+            ref = (link.get("other") or {}).get("reference", "")
+            if ref.startswith("Patient/"):
+                return str(ref.removeprefix("Patient/"))
+    return None
+
+
+def same_content(incoming: Json, stored: Json) -> bool:
+    """Equal apart from meta (but for its security labels), without copying the stored side
+    (compared in C: a hot path)."""
+    meta = incoming.get("meta")
+    if meta is not None:
+        incoming = {k: v for k, v in incoming.items() if k != "meta"}
+    said, kept = (meta or {}).get("security"), (stored.get("meta") or {}).get("security")
+    if said != kept and labels_of(meta) != labels_of(stored.get("meta")):
+        return False  # labels compared as a set: stored ones are in a fixed order, sent ones in any
+    return len(incoming) == len(stored) - ("meta" in stored) and incoming.items() <= stored.items()
+
+
+def next_content(event: RecordEvent, incoming: Json, current: StoredResource | None) -> Json:
+    content = dict(incoming)
+    labels = labels_of(content.pop("meta", None))
+    if current is None:
+        return labelled(_cancel_discharge(event, content), labels)
+    before = current.content
+    kind = content["resourceType"]
+    outcome = kind == "ServiceRequest" and event.type == REFERRAL_OUTCOME.type
+    after_outcome = kind == "ServiceRequest" and event.type == REFERRAL_RECEIVED.type and _has_outcome(before)
+    if kind == "Encounter" or outcome or after_outcome:
+        # an overlay keeps what was said before, sensitivity labels included: an update that does
+        # not repeat a label never makes a sensitive record ordinary
+        labels = labels_of(before.get("meta")) | labels
+    if kind == "Encounter":
+        merged = {k: v for k, v in before.items() if k != "meta"}
+        merged.update(content)
+        if content.get("status") == "unknown" and before.get("status"):
+            merged["status"] = before["status"]
+        if "period" in content and "period" in before:
+            merged["period"] = {**before["period"], **content["period"]}
+        content = merged
+    elif outcome:
+        # an outcome update knows the referral by id: it says what became of it, and never erases the
+        # reasons, dates, addressee or referrer (an outcome row carries the referral's id, not its content)
+        content = _with_outcome(before, content)
+    elif after_outcome:
+        # the referral after its outcome, or corrected after it: what became of it stays (in either
+        # order the same ServiceRequest, as _with_outcome is the same overlay)
+        content = _with_outcome(content, before)
+    elif kind == "Patient":
+        retired_to = replaced_by(before)
+        if retired_to and event.type != MERGED:  # late news about a merged-away identity
+            content["active"] = False
+            content["link"] = before["link"]
+        elif "link" not in content and before.get("link"):
+            content["link"] = before["link"]
+    return labelled(_cancel_discharge(event, content), labels)
+
+
+def _has_outcome(request: Json) -> bool:
+    return any(e.get("url") == OUTCOME_EXTENSION for e in request.get("extension") or [])
+
+
+def _with_outcome(referral: Json, said: Json) -> Json:
+    """What the referral says, with what became of it from `said` (an outcome, or a ServiceRequest an
+    outcome wrote): its status, its outcome extension (else the referral's), and its notes after the
+    referral's own. Applied outcome on referral or referral on outcome, the result is the same."""
+    merged = {k: v for k, v in referral.items() if k != "meta"}
+    if "status" in said:
+        merged["status"] = said["status"]
+    notes = list(referral.get("note") or [])
+    notes += [n for n in said.get("note") or [] if n not in notes]
+    if notes:
+        merged["note"] = notes
+    outcomes = [e for e in said.get("extension") or [] if e.get("url") == OUTCOME_EXTENSION]
+    extensions = referral.get("extension") or []
+    if outcomes:
+        extensions = [*(e for e in extensions if e.get("url") != OUTCOME_EXTENSION), *outcomes]
+    if extensions:
+        merged["extension"] = extensions
+    return merged
+
+
+def labels_of(meta: Json | None) -> dict[tuple[str, str], Json]:
+    """A resource's security labels (meta.security), by (system, code)."""
+    found = (meta or {}).get("security") or []
+    return {(str(c.get("system")), str(c.get("code"))): c for c in found if isinstance(c, dict)}
+
+
+def labelled(content: Json, labels: dict[tuple[str, str], Json]) -> Json:
+    """Content whose meta (stamped later, by _stamp) is to carry these security labels."""
+    if labels:
+        content["meta"] = {"security": [labels[k] for k in sorted(labels)]}
+    return content
+
+
+def _cancel_discharge(event: RecordEvent, content: Json) -> Json:
+    if event.type != DISCHARGE_CANCELLED or content.get("resourceType") != "Encounter":
+        return content
+    content["status"] = "in-progress"
+    period = {k: v for k, v in (content.get("period") or {}).items() if k != "end"}
+    if period:
+        content["period"] = period
+    else:
+        content.pop("period", None)
+    stay = {k: v for k, v in (content.get("hospitalization") or {}).items() if k != "dischargeDisposition"}
+    if stay:
+        content["hospitalization"] = stay
+    else:
+        content.pop("hospitalization", None)
+    return content
