@@ -13,7 +13,6 @@ from datetime import datetime
 
 import pytest
 
-from hub.core.coordination import Positioned, process
 from hub.core.identity import stable_id
 from hub.core.kpis import KpiFold
 from hub.core.ports import Json, RecordEvent
@@ -21,9 +20,10 @@ from hub.core.record import apply_events
 from hub.core.tasks import Engine
 from hub.replay import FoldUnitOfWork
 from hub.rules import load_rules
-from hub.store.memory import MemoryCoordinationStore, MemoryRecordStore
+from hub.store.memory import MemoryCoordinationStore
 from tests import locality_month as month
 from tests.locality_month import at
+from tests.unit.test_coordination_order import Hub
 
 ENGINE = Engine(load_rules())
 WHO = "P3"
@@ -70,25 +70,13 @@ def close(n: int, opened: datetime, when: datetime, coordinator: str, of: int = 
     return closed
 
 
-class Folds:
+class Folds(Hub):
     """The record, the rules engine and the KPIs over one log; the engine's events go back onto it."""
 
-    def __init__(self) -> None:
-        self.record = MemoryRecordStore()
-        self.coordination = MemoryCoordinationStore()
-        self.log: list[RecordEvent] = []
+    coordination: MemoryCoordinationStore  # (Hub's default: its states and clocks are read here)
 
-    def send(self, *events: RecordEvent) -> Folds:
-        waiting = list(events)
-        while waiting:
-            event = waiting.pop(0)
-            self.log.append(event)
-            with self.record.unit_of_work() as uow:
-                apply_events(uow, [event])
-                uow.commit()
-            with self.coordination.unit_of_work() as uow:
-                waiting += process(ENGINE, uow, [Positioned(event, 0)])
-                uow.commit()
+    def send(self, *events: RecordEvent) -> Folds:  # type: ignore[override]  # (chains, for one-line tests)
+        super().send(*events)
         return self
 
     def recorded(self) -> dict[str, tuple[str, str]]:

@@ -22,6 +22,7 @@ from hub.store.coordination import SqlCoordinationStore
 from hub.store.database import open_engine
 from hub.store.memory import MemoryCoordinationStore, MemoryRecordStore
 from schemas.events import coordination as co
+from tests.unit import test_referral_adapters as adapter_tests
 
 SECRET = b"test-secret"
 NHS, OTHER_NHS = "9434765919", "9990000018"
@@ -33,17 +34,7 @@ MOVED = "referral-moved"  # the reason a task ends when its referral is re-sent 
 
 
 def vcse_referral(**changes: Any) -> RecordEvent:
-    doc = {
-        "referral_id": "VCS-1",
-        "nhs_number": NHS,
-        "gp_practice_ods": "Y90001",
-        "referred_on": "2026-11-06",
-        "referrer": "VCS001",
-        "referrer_name": "Example Age Concern",
-        "addressed_to": "Y0PIC",
-        "needs": ["social-isolation"],
-    }
-    return _mapped(Format.VCSE_JSON, doc | changes)
+    return _mapped(Format.VCSE_JSON, adapter_tests.vcse_referral(**changes))
 
 
 def outcome(said: str, on: str, **changes: Any) -> RecordEvent:
