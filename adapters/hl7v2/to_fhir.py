@@ -73,7 +73,14 @@ STATUS |= {"A11": "cancelled", "A13": "in-progress"}
 CLASS = {"E": (ACT_CODE, "EMER"), "I": (ACT_CODE, "IMP"), "O": (ACT_CODE, "AMB"), "P": (ACT_CODE, "PRENC")}
 GENDER = {"M": "male", "F": "female", "U": "unknown", "O": "other", "A": "other", "N": "unknown"}
 GENDER |= {"1": "male", "2": "female", "9": "other", "0": "unknown"}  # NHS Data Dictionary codes
-TIMES = {"EVN-2": "event time", "MSH-7": "message time", "PV1-44": "admission time", "PV1-45": "discharge time"}
+TIMES = {
+    "EVN-2": "event time",
+    "MSH-7": "message time",
+    "PV1-44": "admission time",
+    "PV1-45": "discharge time",
+    "PID-7": "date of birth",
+    "PID-29": "date of death",
+}
 VERIFICATION = {
     "01": "Number present and verified",
     "02": "Number present but not traced",
@@ -109,8 +116,8 @@ class _Person:
 def map_message(raw: bytes, *, key_secret: bytes, now: datetime | None = None) -> list[MappedEvent]:
     """Parse, map and validate one ADT message; raises InvalidMessageError naming the field.
 
-    `now` is the hub's clock: a time the message gives (EVN-2 or MSH-7, PV1-44, PV1-45) later than it by
-    more than CLOCK_SKEW is refused. Without `now` (recorded traffic, tests) no time is held to a clock.
+    `now` is the hub's clock: a time the message gives (EVN-2 or MSH-7, PV1-44, PV1-45, PID-7, PID-29) later
+    than it by more than CLOCK_SKEW is refused. Without `now` (recorded traffic, tests) no time is held to a clock.
     """
     f = Fields(parse(raw))
     msh = f.first("MSH")
@@ -125,10 +132,10 @@ def map_message(raw: bytes, *, key_secret: bytes, now: datetime | None = None) -
     when = _event_time(f, msh, latest)
     message_key = f"{control_id}|{fingerprint(raw)}"  # see the module docstring
     if trigger == "A40":
-        return _merges(f, key_secret, trigger, sender=sender, control_id=control_id, message_key=message_key, when=when)
+        return _merges(f, key_secret, latest, sender=sender, control_id=control_id, key=message_key, at=when)
     pid = f.first("PID")
     person = _person(f, pid, "PID", sender, key_secret)
-    resources = _patient_and_practice(f, pid, person)
+    resources = _patient_and_practice(f, pid, person, latest)
     pv1 = f.first("PV1")
     if trigger in ("A01", "A02", "A03", "A11", "A13") and pv1 is None:
         raise InvalidMessageError(f"PV1 is required in an ADT^{trigger}", ("PV1",), code="required")
@@ -147,12 +154,13 @@ def _event_time(f: Fields, msh: Any, latest: datetime | None) -> datetime:
     return when
 
 
-def _not_future(moment: datetime | None, latest: datetime | None, where: str) -> None:
-    """A time later than `latest` (the hub's clock plus CLOCK_SKEW) cannot have happened yet."""
+def _not_future(moment: datetime | None, latest: datetime | None, where: str, said: str = "") -> None:
+    """A time later than `latest` (the hub's clock plus CLOCK_SKEW) cannot have happened yet. (`said`:
+    the time as the message gave it, where that reads better than the moment it begins.)"""
     if moment is not None and latest is not None and moment > latest:
         minutes = int(CLOCK_SKEW.total_seconds() // 60)
         raise InvalidMessageError(
-            f"{where} ({TIMES[where]}) {dt.fhir_datetime(moment)} is in the future: later than the hub's clock"
+            f"{where} ({TIMES[where]}) {said or dt.fhir_datetime(moment)} is in the future: later than the hub's clock"
             f" by more than the {minutes} minutes allowed for clock skew",
             (where,),
             code="value",
@@ -238,14 +246,14 @@ def _person(f: Fields, segment: Any, name: str, sender: str, secret: bytes) -> _
     return _Person(person_key(secret, nhs, local), identifiers)
 
 
-def _patient_and_practice(f: Fields, pid: Any, person: _Person) -> list[Json]:
+def _patient_and_practice(f: Fields, pid: Any, person: _Person, latest: datetime | None) -> list[Json]:
     patient: Json = {"resourceType": "Patient", "id": person.key, "identifier": person.identifiers}
     status = next((r[0][4:] for r in f.reps(pid, 32) if r[0].startswith("NSTS")), "")
     if status in VERIFICATION and patient["identifier"][0]["system"] == NHS_SYSTEM:
         coding = {"system": VERIFICATION_SYSTEM, "code": status, "display": VERIFICATION[status]}
         ext = {"url": VERIFICATION_URL, "valueCodeableConcept": {"coding": [coding]}}
         patient["identifier"][0]["extension"] = [ext]
-    _demographics(f, pid, patient)
+    _demographics(f, pid, patient, latest)
     resources = [patient]
     practice = next((x for x in f.reps(f.first("PD1"), 3) if len(x) > 2 and x[2]), None)
     if practice:
@@ -259,7 +267,7 @@ def _patient_and_practice(f: Fields, pid: Any, person: _Person) -> list[Json]:
     return resources
 
 
-def _demographics(f: Fields, pid: Any, patient: Json) -> None:
+def _demographics(f: Fields, pid: Any, patient: Json, latest: datetime | None) -> None:
     names = [n for n in (dt.human_name(x) for x in f.reps(pid, 5)) if n]
     if names:
         patient["name"] = names
@@ -271,11 +279,27 @@ def _demographics(f: Fields, pid: Any, patient: Json) -> None:
         patient["address"] = addresses
     if telecoms := [t for t in (dt.telecom(x) for x in f.reps(pid, 13)) if t]:
         patient["telecom"] = telecoms
-    died = dt.timestamp(f.get(pid, 29), "PID-29")
+    died = _life(f, pid, latest)
     if died:
         patient["deceasedDateTime"] = dt.fhir_datetime(died)
     elif f.get(pid, 30).upper() == "Y":
         patient["deceasedBoolean"] = True
+
+
+def _life(f: Fields, pid: Any, latest: datetime | None) -> datetime | None:
+    """PID-29, the date of death, checked with PID-7: neither in the future, nor death before birth (a
+    date of birth given to the year or month only begins with it). A typo there would misstate the
+    person's age band in the KPIs, or mark them dead."""
+    born, died = dt.timestamp(f.get(pid, 7), "PID-7"), dt.timestamp(f.get(pid, 29), "PID-29")
+    _not_future(born, latest, "PID-7", f.get(pid, 7))
+    _not_future(died, latest, "PID-29")
+    if born is not None and died is not None and died < born:
+        raise InvalidMessageError(
+            f"PID-29 (date of death) {dt.fhir_datetime(died)} is before PID-7 (date of birth) {f.get(pid, 7)}",
+            ("PID-29",),
+            code="value",
+        )
+    return died
 
 
 def _encounter(
@@ -344,8 +368,9 @@ def _disposition(reps: list[list[str]]) -> Json | None:
 
 
 def _merges(
-    f: Fields, secret: bytes, trigger: str, *, sender: str, control_id: str, message_key: str, when: datetime
+    f: Fields, secret: bytes, latest: datetime | None, *, sender: str, control_id: str, key: str, at: datetime
 ) -> list[MappedEvent]:
+    """An A40: one event a PID-MRG pair."""
     pairs, current = [], None
     for segment in f.message:
         name = str(segment[0])
@@ -362,10 +387,10 @@ def _merges(
         retired = _person(f, mrg, "MRG", sender, secret)
         if retired.key == survivor.key:
             raise InvalidMessageError("MRG-1 names the surviving record itself", ("MRG-1",), code="value")
-        resources = _patient_and_practice(f, pid, survivor)
+        resources = _patient_and_practice(f, pid, survivor, latest)
         resources[0]["link"] = [{"other": {"reference": f"Patient/{retired.key}"}, "type": "replaces"}]
         old = {"resourceType": "Patient", "id": retired.key, "active": False, "identifier": retired.identifiers}
         old["link"] = [{"other": {"reference": f"Patient/{survivor.key}"}, "type": "replaced-by"}]
-        pair = message_key if len(pairs) == 1 else f"{message_key}#{index}"
-        events.append(_event(trigger, sender, control_id, pair, when, survivor.key, [*resources, old]))
+        pair = key if len(pairs) == 1 else f"{key}#{index}"
+        events.append(_event("A40", sender, control_id, pair, at, survivor.key, [*resources, old]))
     return events

@@ -315,6 +315,52 @@ def test_msh_7_in_the_future_is_named_when_there_is_no_evn_2() -> None:
     assert caught.value.expression == ("MSH-7",)
 
 
+def _with_pid(born: str, died: str = "") -> bytes:
+    """The builder's ADT with PID-7 (and PID-29) as given."""
+    raw = an_adt().replace(b"||19400312|F|", f"||{born}|F|".encode())
+    if died:
+        segments = raw.split(b"\r")
+        pid = next(i for i, s in enumerate(segments) if s.startswith(b"PID|"))
+        fields = segments[pid].split(b"|")
+        fields += [b""] * (30 - len(fields))
+        fields[29] = died.encode()
+        segments[pid] = b"|".join(fields)
+        raw = b"\r".join(segments)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("born", "died", "place", "said"),
+    [
+        ("20261126", "", "PID-7", "PID-7 (date of birth) 20261126 is in the future"),
+        ("2027", "", "PID-7", "PID-7 (date of birth) 2027 is in the future"),
+        ("19400312", "209901010000", "PID-29", "PID-29 (date of death) 2099-01-01T00:00:00+00:00 is in the future"),
+        ("19400312", "193901010000", "PID-29", "PID-29 (date of death) 1939-01-01T00:00:00+00:00 is before PID-7"),
+        ("1940", "193912311200", "PID-29", "is before PID-7 (date of birth) 1940"),
+    ],
+    ids=["born-tomorrow", "born-next-year", "dies-in-2099", "dies-before-birth", "dies-before-a-year-of-birth"],
+)
+def test_a_birth_or_death_that_cannot_have_happened_is_invalid_naming_its_field(
+    born: str, died: str, place: str, said: str
+) -> None:
+    with pytest.raises(InvalidMessageError) as caught:
+        map_message(_with_pid(born, died), key_secret=SECRET, now=NOW)
+    assert (caught.value.expression, caught.value.code) == ((place,), "value")
+    assert said in caught.value.diagnostics
+
+
+def test_a_birth_today_and_a_death_in_the_year_of_birth_are_accepted() -> None:
+    [patient] = [
+        e["resource"]
+        for e in map_message(_with_pid("20261125", ""), key_secret=SECRET, now=NOW)[0].payload["entry"]
+        if e["resource"]["resourceType"] == "Patient"
+    ]
+    assert patient["birthDate"] == "2026-11-25"
+    [event] = map_message(_with_pid("1940", "194006011200"), key_secret=SECRET, now=NOW)
+    [patient] = [e["resource"] for e in event.payload["entry"] if e["resource"]["resourceType"] == "Patient"]
+    assert (patient["birthDate"], patient["deceasedDateTime"][:10]) == ("1940", "1940-06-01")
+
+
 def test_a_sender_clock_a_few_minutes_fast_is_tolerated() -> None:
     raw = an_adt(admit="202611250934", discharge="202611250934", event_time="202611250934")
     [event] = map_message(raw, key_secret=SECRET, now=NOW)
