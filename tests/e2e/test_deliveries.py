@@ -152,7 +152,7 @@ async def test_subscribers_get_what_policy_allows_signed_retried_and_redecided(
             update = an_adt(trigger="A08", control_id="D4", visit="V1", family="PRIVATE")
             assert b"MSA|AA" in await client.send(update)
             await client.close()
-            assert await run.caught_up(5, timeout=10)
+            assert await run.caught_up(5, timeout=60)
             await asyncio.sleep(2)
             assert len(receiver.received) == 2
             after = await topic_events(run.bootstrap, subscriber_topic("Y00001").name, at_least=len(on_topic))

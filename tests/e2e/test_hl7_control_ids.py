@@ -39,7 +39,7 @@ async def test_another_message_under_a_used_control_id_is_applied_and_a_resend_o
         finally:
             await client.close()
         assert [msa_code(a) for a in acks] == ["AA"] * 4
-        assert await run.caught_up(4, timeout=20)
+        assert await run.caught_up(4, timeout=60)
         assert run.applied == 2
         encounters = run.services.reader.search("Encounter", None)
         assert sorted(e["identifier"][0]["value"] for e in encounters) == ["V1", "V2"]

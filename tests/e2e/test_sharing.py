@@ -57,7 +57,7 @@ async def test_reads_follow_agreements_and_consent_and_changes_apply_within_two_
         for n, trigger in enumerate(["A01", "A03"]):
             await client.send(an_adt(trigger=trigger, control_id=f"S{n}", visit="V1"))
         await client.close()
-        assert await run.caught_up(2, timeout=10)
+        assert await run.caught_up(2, timeout=60)
         base = f"http://127.0.0.1:{run.http_port}/fhir"
         async with httpx.AsyncClient(base_url=base, timeout=5) as http:
             found = (await http.get(f"/Patient?identifier={NHS}|9434765919", headers=as_("Y00001"))).json()

@@ -142,7 +142,7 @@ async def test_resent_control_id_is_acknowledged_again_but_applied_once(tmp_path
         acks = [await client.send(message) for _ in range(3)]
         await client.close()
         assert [msa(a)[1] for a in acks] == ["AA", "AA", "AA"]
-        assert await run.caught_up(3, timeout=10)
+        assert await run.caught_up(3, timeout=60)
         assert run.applied == 1
         encounter = run.services.reader.search("Encounter", None)
         assert len(encounter) == 1 and encounter[0]["meta"]["versionId"] == "1"
@@ -262,7 +262,7 @@ async def test_the_record_lives_in_postgresql_when_carehub_database_url_names_it
             ack = await client.send(an_adt(trigger=trigger, control_id=f"PG{n}", visit="V5"))
             assert msa(ack)[1] == "AA"
         await client.close()
-        assert await run.caught_up(2, timeout=20)
+        assert await run.caught_up(2, timeout=60)
     import sqlalchemy as sa
 
     engine = sa.create_engine(postgres_url)

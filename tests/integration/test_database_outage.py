@@ -94,7 +94,7 @@ async def test_ten_seconds_without_the_database_loses_nothing(tmp_path: Path, po
                 sent += 1
 
         await send(numbers[:10])
-        assert await run.caught_up(10, timeout=20)
+        assert await run.caught_up(10, timeout=60)
         await outage.down()
         cut = time.monotonic()
         await send(numbers[10:20])  # Kafka keeps them; the hospital is told AA
