@@ -4,10 +4,11 @@ The figures come from hub.core.kpis, a fold over events, so the same log always 
 report (and a replayed log gives the report the live hub would have). Charts are inline SVG: the
 report is one self-contained file that prints and opens anywhere, with no script.
 
-Every report says what its figures are of (`About`): when it was generated (UTC), how far the log
-goes (its latest event, UK time with the UTC offset) and the month's status: "complete", "partial:
-the log goes up to <time>" (the month was not over at the log's last event, or at generation) or
-"no events in this month" (the log holds nothing the KPIs count in it).
+Every report says what its figures are of (`About`, from hub.core.kpi_months, as are the months a
+report can be for): when it was generated (UTC), how far the log goes (its latest event, UK time
+with the UTC offset) and the month's status: "complete", "partial: the log goes up to <time>" (the
+month was not over at the log's last event, or at generation) or "no events in this month" (the log
+holds nothing the KPIs count in it).
 
 The CSV is one table, one line per figure, so that months' files concatenate and load as one:
     month         YYYY-MM, on every line
@@ -28,21 +29,22 @@ import csv
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
 from html import escape
 from pathlib import Path
 
 from consumers.decoding import decode
 from hub.core.errors import InvalidMessageError
+from hub.core.kpi_months import COMPLETE as COMPLETE
+from hub.core.kpi_months import NO_EVENTS as NO_EVENTS
+from hub.core.kpi_months import About as About
+from hub.core.kpi_months import about as about
+from hub.core.kpi_months import checked_month as checked_month
+from hub.core.kpi_months import months_counted as months_counted
+from hub.core.kpi_months import months_to
 from hub.core.kpis import KpiFold, Row
-from hub.instants import UK
 from hub.replay import read_log
 
 SKIPPED = "events skipped (whole log)"
-COMPLETE = "complete"
-NO_EVENTS = "no events in this month"
-PARTIAL = "partial: the log goes up to"
 COLUMNS = (
     "month",
     "kpi",
@@ -57,10 +59,6 @@ COLUMNS = (
     "log_up_to_uk",
     "generated_utc",
 )
-# --month's years: no event log is older than 1970, and the bounds keep the month's start and end (one
-# month on) inside what datetime can hold; [0-9], not \d, which matches any script's digits (２０２６)
-FIRST_YEAR, LAST_YEAR = 1970, 2100
-_MONTH = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 _TARGET = re.compile(r"([0-9]+(?:\.[0-9]+)?)(?:-([0-9]+(?:\.[0-9]+)?))?(%?)")
 # a spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -69,68 +67,6 @@ _NUMBER = re.compile(r"-?\d+(\.\d+)?")
 # label column sized from the longest label is never drawn over by the bars; longer labels are shortened
 _CHAR_PX = 8.4
 _LABEL_CHARS = 40
-
-
-@dataclass(frozen=True)
-class About:
-    """What a report's figures are of: the month, when it was generated (UTC), the log's latest
-    event (None: the log holds none) and the month's status (COMPLETE, PARTIAL... or NO_EVENTS)."""
-
-    month: str
-    generated: datetime
-    log_up_to: datetime | None
-    status: str
-
-    @property
-    def log_up_to_uk(self) -> str:
-        return "" if self.log_up_to is None else uk_time(self.log_up_to)
-
-    @property
-    def generated_utc(self) -> str:
-        return self.generated.astimezone(UTC).isoformat(timespec="seconds")
-
-
-def checked_month(text: str, today: date) -> str:
-    """`text` if it names a month a report can be for: YYYY-MM in ASCII digits, a year from
-    FIRST_YEAR to LAST_YEAR, begun by `today` (a UK day); else ValueError saying why, in one line."""
-    typed = _MONTH.fullmatch(text)
-    if typed is None:
-        raise ValueError(f"{text!r}: give the month as YYYY-MM, e.g. 2026-11")
-    if not FIRST_YEAR <= int(typed[1]) <= LAST_YEAR:
-        raise ValueError(f"{text!r}: the year must be from {FIRST_YEAR} to {LAST_YEAR}")
-    if date(int(typed[1]), int(typed[2]), 1) > today:
-        raise ValueError(f"{text!r} has not begun (today is {today} in the UK): there is nothing to report yet")
-    return text
-
-
-def about(fold: KpiFold, month: str, generated: datetime) -> About:
-    """The status of `month` (YYYY-MM) on the folded log, for a report generated at `generated`
-    (ask after fold.report(month), which works out the first contacts this looks at)."""
-    last = fold.log_up_to
-    start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UK)
-    end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
-    if last is None or month not in months_counted(fold):
-        status = NO_EVENTS
-    elif last < end or generated < end:
-        status = f"{PARTIAL} {uk_time(last)}"
-    else:
-        status = COMPLETE
-    return About(month, generated.astimezone(UTC), last, status)
-
-
-def months_counted(fold: KpiFold) -> set[str]:
-    """The UK months (YYYY-MM) in which the log holds something the KPIs count."""
-    times = [r.at for r in fold.referrals.values()]
-    times += [t for r in fold.referrals.values() for t in (r.first_contact, r.first_visit) if t is not None]
-    times += [t for e in fold.episodes.values() for t in (e.start, e.end, e.letter) if t is not None]
-    times += [*fold.onward.values(), *(at for at, _ in fold.outcomes.values())]
-    months = {t.astimezone(UK).strftime("%Y-%m") for t in times}
-    return months | {day.strftime("%Y-%m") for day, _, _ in fold.huddles.values()}
-
-
-def uk_time(moment: datetime) -> str:
-    """A moment as UK local time with its UTC offset, to the second (2026-11-28T09:00:00+00:00)."""
-    return moment.astimezone(UK).isoformat(timespec="seconds")
 
 
 async def fold_log(bootstrap: str, service: str) -> tuple[KpiFold, int]:
@@ -229,15 +165,10 @@ Trend = list[tuple[str, dict[tuple[str, str], float | None]]]
 def trend(fold: KpiFold, month: str, months: int = TREND_MONTHS) -> Trend:
     """The TREND measures for `month` and up to `months` - 1 before it, from the first month the log
     holds anything the KPIs count (none before it: they would read as quiet months)."""
-    year, number = int(month[:4]), int(month[5:7])
-    wanted = []
-    for back in range(months - 1, -1, -1):
-        y, zero_based = divmod(year * 12 + number - 1 - back, 12)
-        wanted.append(f"{y:04d}-{zero_based + 1:02d}")
     held = months_counted(fold)
     first = min(held) if held else month
     found: Trend = []
-    for shown in (w for w in wanted if w >= first or w == month):
+    for shown in (w for w in months_to(month, months) if w >= first or w == month):
         figures = {(r.kpi, r.breakdown): r.value for r in fold.report(shown)}
         found.append((shown, {key: figures.get(key) for key in TREND}))
     return found

@@ -1,7 +1,8 @@
 """Commissioner KPIs from events (Croydon PIC minimum data set, shared/seeds/003), so they replay too.
 
 A fold over the log in any partition order: every measure is per person first (a person's events
-keep their order on their partition) and summed after. `report(month)` gives one row per measure and
+keep their order on their partition) and summed after. hub.core.kpi_facts gathers the facts (KpiFacts);
+this module computes the figures from them: `KpiFold.report(month)` gives one row per measure and
 breakdown, with the contract target where there is one. Months and days are Europe/London ones.
 
 Definitions (each names its source events):
@@ -23,8 +24,12 @@ Definitions (each names its source events):
                              stops, if sooner) whose 28th day has passed, not declined and not ended by a
                              caseload episode that closed without the visit: those the % above cannot show
     discharges               episode.closed in the month
-    declined                 referrals to the service whose latest outcome is declined, by the month of that
-                             outcome, by practice; % of the month's referrals
+    declined                 referrals to the service whose latest outcome is declined: by practice, those
+                             declined in the month (by the month of that outcome, whenever referred); and
+                             as a %, of the month's referrals (those counted under referrals) the ones
+                             declined, whenever, as the log stands (a decline in a later month counts in
+                             its referral's month). The % and its denominator are the same referrals, so
+                             it never exceeds 100%; it need not be the count by practice over referrals
     age at referral          bands <65, 65-74, 75-84, 85+ from the birth date the referral carried, else
                              the latest one said of the person (any event's Patient whose id is the
                              subject: hospital ADT, register rows) at or before the referral, else the
@@ -68,42 +73,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
-from hub.core.errors import InvalidMessageError
-from hub.core.fhir_read import (
-    bundle_resources,
-    contact_kind,
-    extension,
-    identifier_value,
-    of_kind,
-    referrals_of,
-)
 from hub.core.huddle import UK
-from hub.core.kpi_reading import (
-    IN_A_SUMMARY,
-    age_at,
-    band,
-    band_labels,
-    born_on,
-    days_between,
-    fhir_time,
-    flagged,
-    onward_destinations,
-    practice_named,
-    said_near,
-    source_of,
-    why_unreadable,
-)
+from hub.core.kpi_facts import Episode, KpiFacts, Referral
+from hub.core.kpi_months import month_bounds
+from hub.core.kpi_reading import IN_A_SUMMARY, age_at, band, band_labels, days_between, said_near
 from hub.core.pic_summary import LETTER_DUE
-from hub.core.ports import Json, RecordEvent
-from hub.core.record import resources_of
-from schemas.events import coordination as co
-
-# what a payload of the wrong shape raises in a handler (a list where a dict belongs, and so on)
-_UNREADABLE = (InvalidMessageError, LookupError, AttributeError, TypeError, ValueError, OverflowError)
 
 
 @dataclass(frozen=True)
@@ -119,236 +96,12 @@ class Row:
     of: int | None = None
 
 
-@dataclass
-class _Referral:
-    id: str
-    person: str
-    at: datetime
-    practice: str | None  # as the referral's own Patient says (see KpiFold.practice_of)
-    source: str
-    born: date | None  # as the referral's own Patient says
-    requester: str = "unknown"
-    first_contact: datetime | None = None
-    first_visit: datetime | None = (
-        None  # the visit this referral's wait is measured to, if it is the earliest it answered
-    )
-    visited: datetime | None = None  # when a visit answered it (the same visit may carry an earlier referral)
-
-
-@dataclass
-class _Episode:
-    id: str
-    person: str
-    coordinator: str
-    start: datetime
-    end: datetime | None = None
-    letter: datetime | None = None
-
-
-@dataclass
-class KpiFold:
+class KpiFold(KpiFacts):
     """Folds events into the measures; feed every event of the log, then ask for a month."""
-
-    service: str
-    referrals: dict[str, _Referral] = field(default_factory=dict)
-    onward: dict[str, datetime] = field(default_factory=dict)  # a referral the service made -> when
-    onward_to: dict[str, str] = field(default_factory=dict)  # and where to (its performer)
-    onward_people: dict[str, str] = field(default_factory=dict)  # and whom
-    summaries: dict[str, list[str]] = field(default_factory=dict)  # episode -> its summary's onward destinations
-    outcomes: dict[str, tuple[datetime, str]] = field(default_factory=dict)
-    episodes: dict[str, _Episode] = field(default_factory=dict)
-    huddles: dict[str, tuple[date, bool, bool]] = field(default_factory=dict)  # id -> (day, attended, cancelled)
-    skipped: Counter[str] = field(default_factory=Counter)
-    _seen: set[str] = field(default_factory=set)
-    _contacts: dict[str, list[tuple[datetime, str]]] = field(default_factory=dict)
-    _births: dict[str, list[tuple[datetime, date]]] = field(default_factory=dict)  # person -> (said at, born)
-    _practices: dict[str, list[tuple[datetime, str]]] = field(default_factory=dict)  # person -> (said at, ODS)
-    _last: datetime | None = None  # the latest event time seen: how far the log has got
-    _meetings: dict[str, datetime] = field(default_factory=dict)  # huddle -> when it meets
-    _referrals_of: dict[str, set[str]] = field(default_factory=dict)  # person -> their referrals so far
-    _stays: dict[str, set[str]] = field(default_factory=dict)  # referral -> the stays that end its wait
-    _episodes_of: dict[str, list[str]] = field(default_factory=dict)  # person -> their episodes, in log order
-    _episode_of: dict[tuple[str, str], str] = field(default_factory=dict)  # (person, referral) -> the one it opened
-
-    def add(self, event: RecordEvent) -> None:
-        """Fold one event; one the fold cannot read is skipped and counted, never raised."""
-        if event.id in self._seen:
-            return
-        self._seen.add(event.id)
-        self._last = event.time if self._last is None else max(self._last, event.time)
-        handler = _HANDLERS.get(event.type)
-        resources = None
-        try:  # each handler reads everything before it changes anything: a skip leaves no trace
-            if handler is not None:
-                resources = resources_of(event)
-                handler(self, event, resources)
-        except _UNREADABLE as exc:
-            self.skip(f"{event.type}: {why_unreadable(exc)}")
-            return
-        self._said_of_person(event, bundle_resources(event.payload) if resources is None else resources)
-
-    @property
-    def log_up_to(self) -> datetime | None:
-        """The latest event time the fold has seen: how far the log goes (None: no event yet)."""
-        return self._last
-
-    def skip(self, reason: str) -> None:
-        """Count an event or record left out of the figures, and why."""
-        self.skipped[reason] += 1
-
-    # --- per event type ----------------------------------------------------------------------
-
-    def _said_of_person(self, event: RecordEvent, resources: list[Json]) -> None:
-        """Remember the birth date and the practice any event's Patient says of the person (the
-        subject), and when; the hub's own letter says only what it was told, and is not taken."""
-        if event.type == co.PIC_SUMMARY_SENT.type:
-            return
-        for patient in of_kind(resources, "Patient"):
-            if patient.get("id") != event.subject:
-                continue
-            born = born_on(patient.get("birthDate"))
-            if born is not None:
-                self._births.setdefault(event.subject, []).append((event.time, born))
-            practice = practice_named(patient, resources)
-            if practice is not None:
-                self._practices.setdefault(event.subject, []).append((event.time, practice))
-
-    def _referral(self, event: RecordEvent, resources: list[Json]) -> None:
-        patient = next(iter(of_kind(resources, "Patient")), {})
-        said = [
-            (str(r["id"]), self._request(event, patient, resources, r)) for r in of_kind(resources, "ServiceRequest")
-        ]
-        for rid, what in said:
-            self.referrals.pop(rid, None)  # a later event for the same request replaces the earlier
-            self.onward.pop(rid, None)
-            self.onward_to.pop(rid, None)
-            self.onward_people.pop(rid, None)
-            if isinstance(what, _Referral):
-                self.referrals[rid] = what
-                self._referrals_of.setdefault(event.subject, set()).add(rid)
-            elif what is not None:
-                self.onward[rid], self.onward_to[rid] = what
-                self.onward_people[rid] = event.subject
-
-    def _request(
-        self, event: RecordEvent, patient: Json, resources: list[Json], request: Json
-    ) -> _Referral | tuple[datetime, str] | None:
-        """A referral to the service, an onward referral's time and destination, or None (addressed elsewhere)."""
-        at = fhir_time(request.get("authoredOn"), event.time)
-        requester = identifier_value(request.get("requester"))
-        performers = sorted({str(identifier_value(p)) for p in request.get("performer") or [] if identifier_value(p)})
-        if requester == self.service:
-            return at, ", ".join(performers) or "not recorded"
-        if performers and self.service not in performers:
-            return None
-        practice = practice_named(patient, resources)
-        born = born_on(patient.get("birthDate"))
-        return _Referral(
-            str(request["id"]), event.subject, at, practice, source_of(request), born, str(requester or "unknown")
-        )
-
-    def _contact(self, event: RecordEvent, resources: list[Json]) -> None:
-        said = [
-            (fhir_time((e.get("period") or {}).get("start"), event.time), contact_kind(e) or "unknown")
-            for e in of_kind(resources, "Encounter")
-        ]
-        self._contacts.setdefault(event.subject, []).extend(said)
-
-    def _outcome(self, event: RecordEvent, resources: list[Json]) -> None:
-        requests = of_kind(resources, "ServiceRequest")
-        said = [(str(r["id"]), extension(r, co.OUTCOME_EXTENSION, "valueCode")) for r in requests]
-        for rid, outcome in said:
-            if outcome is not None:
-                self.outcomes[rid] = (event.time, outcome)  # the latest outcome is the referral's
-            if outcome in _CONTACT_OF_OUTCOME:  # a partner saying it reached the person is a contact
-                self._contacts.setdefault(event.subject, []).append((event.time, _CONTACT_OF_OUTCOME[outcome]))
-
-    def _opened(self, event: RecordEvent, resources: list[Json]) -> None:
-        said = [
-            (
-                _Episode(
-                    str(e["id"]),
-                    event.subject,
-                    str(identifier_value(e.get("careManager")) or "unallocated"),
-                    fhir_time((e.get("period") or {}).get("start"), event.time),
-                ),
-                referrals_of(e),
-            )
-            for e in of_kind(resources, "EpisodeOfCare")
-        ]
-        for episode, named in said:
-            if self._another_stay(episode, named):
-                continue  # the first stay stands (see caseload)
-            before = self.episodes.get(episode.id)
-            if before is not None:  # a re-sent opening does not reopen a closed episode
-                episode.end, episode.letter = before.end, before.letter
-            else:
-                self._episodes_of.setdefault(episode.person, []).append(episode.id)
-            self.episodes[episode.id] = episode
-            for referral in named:
-                self._episode_of.setdefault((episode.person, referral), episode.id)
-            # the stay ends the referrals on the log before it (log order, as the rules engine
-            # decides it: hub.core.tasks) and those it was opened for
-            for rid in {
-                *self._referrals_of.get(event.subject, ()),
-                *(r.removeprefix("ServiceRequest/") for r in named),
-            }:
-                self._stays.setdefault(rid, set()).add(episode.id)
-
-    def _another_stay(self, episode: _Episode, named: set[str]) -> bool:
-        """A second stay: the person has another episode open, or one of these referrals opened another."""
-        theirs = (self.episodes[e] for e in self._episodes_of.get(episode.person, ()) if e != episode.id)
-        if any(e.end is None for e in theirs):
-            return True
-        return any(self._episode_of.get((episode.person, r), episode.id) != episode.id for r in named)
-
-    def _closed(self, event: RecordEvent, resources: list[Json]) -> None:
-        said = [
-            (str(e["id"]), fhir_time((e.get("period") or {}).get("end"), event.time))
-            for e in of_kind(resources, "EpisodeOfCare")
-        ]
-        onward = [d for c in of_kind(resources, "Composition") for d in onward_destinations(c)]
-        for eid, end in said:
-            found = self.episodes.get(eid)
-            if found is not None:
-                found.end = end
-            if onward or eid in self.summaries:  # (a re-sent close says the summary again)
-                self.summaries[eid] = onward
-
-    def _receipt(self, event: RecordEvent, resources: list[Json]) -> None:
-        closed = [e for e in self.episodes.values() if e.person == event.subject and e.end and e.end <= event.time]
-        if closed:
-            latest = max(closed, key=lambda e: e.end or event.time)
-            if latest.letter is None:
-                latest.letter = event.time
-
-    def _huddle(self, event: RecordEvent, resources: list[Json]) -> None:
-        said = [
-            (
-                str(agenda["id"]),
-                fhir_time(agenda.get("date"), event.time),
-                flagged(agenda, co.ATTENDED_EXTENSION),
-                flagged(agenda, co.CANCELLED_EXTENSION),
-            )
-            for agenda in of_kind(resources, "List")
-        ]
-        for hid, meeting, attended, cancelled in said:
-            day = meeting.astimezone(UK).date()
-            self._meetings[hid] = meeting
-            # the agenda is published again as the week goes on: what the last one to say so said of
-            # the meeting (held and attended, or cancelled) stands until another says otherwise
-            before = self.huddles.get(hid)
-            if attended or cancelled:
-                self.huddles[hid] = (day, attended, cancelled and not attended)
-            else:
-                self.huddles[hid] = (day, bool(before and before[1]), bool(before and before[2]))
-
-    # --- the report ----------------------------------------------------------------------------
 
     def report(self, month: str) -> list[Row]:
         """Every measure for `month` (YYYY-MM, a Europe/London month)."""
-        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UK)
-        end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+        start, end = month_bounds(month)
 
         def inside(t: datetime | None) -> bool:
             return t is not None and start <= t < end
@@ -361,7 +114,7 @@ class KpiFold:
             *self._visit_rows(inside),
             self._waiting_row(end),
             Row("discharges", "", len(discharged)),
-            *self._declined_rows(inside, len(referred)),
+            *self._declined_rows(inside, referred),
             *self._letter_rows(discharged),
             *self._onward_rows(inside, discharged),
             *self._caseload_rows(end),
@@ -375,7 +128,7 @@ class KpiFold:
             *self._huddle_rows(start.date(), end.date()),
         ]
 
-    def _referral_rows(self, referred: list[_Referral]) -> list[Row]:
+    def _referral_rows(self, referred: list[Referral]) -> list[Row]:
         rows = [Row("referrals", "", len(referred))]
         practices = Counter(self.practice_of(r) for r in referred)
         rows += [Row("referrals by practice", p, n) for p, n in sorted(practices.items())]
@@ -383,12 +136,12 @@ class KpiFold:
         bands = Counter(band(age_at(r.born or said_near(self._births.get(r.person), r.at), r.at)) for r in referred)
         return rows + [Row("age at referral", label, bands.get(label, 0)) for label in band_labels()]
 
-    def practice_of(self, referral: _Referral) -> str:
+    def practice_of(self, referral: Referral) -> str:
         """The person's practice, for a referral (see the module's definitions)."""
         said = referral.practice or said_near(self._practices.get(referral.person), referral.at)
         return said or (referral.requester if referral.source == "gp" else "unknown")
 
-    def _onward_rows(self, inside: Callable[[datetime | None], bool], discharged: list[_Episode]) -> list[Row]:
+    def _onward_rows(self, inside: Callable[[datetime | None], bool], discharged: list[Episode]) -> list[Row]:
         made = [rid for rid, at in self.onward.items() if inside(at)]
         destinations = [self.onward_to[rid] for rid in made]
         # a summary's words are the coordinator's free text: counted, never shown (a name or an NHS
@@ -428,7 +181,9 @@ class KpiFold:
         ]
         return Row("referrals waiting over 4 weeks for a first visit", "at month end", len(waiting))
 
-    def _declined_rows(self, inside: Callable[[datetime | None], bool], referred: int) -> list[Row]:
+    def _declined_rows(self, inside: Callable[[datetime | None], bool], referred: list[Referral]) -> list[Row]:
+        """The declines made in the month, by practice; and the % of the month's referrals declined
+        (whenever): a % of the same referrals it counts, so never over 100%."""
         # only referrals to the service: an outcome on a referral to someone else is not this service declined
         declined = [
             self.practice_of(self.referrals[rid])
@@ -436,9 +191,11 @@ class KpiFold:
             if outcome == "declined" and rid in self.referrals and inside(at)
         ]
         rows = [Row("declined by practice", p, n) for p, n in sorted(Counter(declined).items())]
-        return [*rows, Row("declined", "% of referrals", _pct(len(declined), referred), "to be baselined", of=referred)]
+        turned_down = sum(self.outcomes.get(r.id, (None, ""))[1] == "declined" for r in referred)
+        percent = _pct(turned_down, len(referred))
+        return [*rows, Row("declined", "% of referrals", percent, "to be baselined", of=len(referred))]
 
-    def _letter_rows(self, discharged: list[_Episode]) -> list[Row]:
+    def _letter_rows(self, discharged: list[Episode]) -> list[Row]:
         hours = [(e.letter - e.end) / timedelta(hours=1) for e in discharged if e.letter and e.end]
         last = self._last or datetime.min.replace(tzinfo=UTC)
         pending = [e for e in discharged if e.letter is None and e.end and e.end + LETTER_DUE > last]
@@ -474,7 +231,7 @@ class KpiFold:
         ]
 
     def _first_contacts(self) -> None:
-        by_person: dict[str, list[_Referral]] = {}
+        by_person: dict[str, list[Referral]] = {}
         for referral in sorted(self.referrals.values(), key=lambda r: (r.at, r.id)):
             referral.first_contact = referral.first_visit = referral.visited = None
             by_person.setdefault(referral.person, []).append(referral)
@@ -485,7 +242,7 @@ class KpiFold:
 
     def _answer(
         self,
-        referrals: list[_Referral],
+        referrals: list[Referral],
         contacts: list[datetime],
         attribute: str,
     ) -> None:
@@ -500,7 +257,7 @@ class KpiFold:
                     for referral in waiting:
                         referral.visited = t
 
-    def _over(self, referral: _Referral, t: datetime) -> bool:
+    def _over(self, referral: Referral, t: datetime) -> bool:
         """No longer waiting at t: declined by then, or the person has been on the caseload since it
         (a stay begun after it on the log, or opened for it) and discharged by then without the
         contact it waited for."""
@@ -511,26 +268,11 @@ class KpiFold:
         return any(e is not None and e.end is not None and e.end <= t for e in stays)
 
 
-# what a referral outcome says happened, as a contact: "attended" is a visit, "contacted" a first
-# contact (days to first contact), not a visit
-_CONTACT_OF_OUTCOME = {"attended": "face-to-face", "contacted": "first-contact"}
-
-_HANDLERS: dict[str, Any] = {
-    co.REFERRAL_RECEIVED.type: KpiFold._referral,
-    co.CONTACT_RECORDED.type: KpiFold._contact,
-    co.REFERRAL_OUTCOME.type: KpiFold._outcome,
-    co.EPISODE_OPENED.type: KpiFold._opened,
-    co.EPISODE_CLOSED.type: KpiFold._closed,
-    co.PIC_SUMMARY_RECEIPT.type: KpiFold._receipt,
-    co.HUDDLE_AGENDA.type: KpiFold._huddle,
-}
-
-
-def _long(discharged: list[_Episode]) -> list[_Episode]:
+def _long(discharged: list[Episode]) -> list[Episode]:
     return [e for e in discharged if e.end and e.end - e.start > timedelta(days=84)]
 
 
-def _mean_days(referrals: list[_Referral], attribute: str) -> float | None:
+def _mean_days(referrals: list[Referral], attribute: str) -> float | None:
     spans = [(getattr(r, attribute) - r.at) / timedelta(days=1) for r in referrals if getattr(r, attribute)]
     return round(sum(spans) / len(spans), 2) if spans else None
 

@@ -207,6 +207,36 @@ def test_declines_count_referrals_to_the_service_once_and_no_one_elses() -> None
     }
 
 
+def test_the_declined_percentage_is_of_the_months_referrals_so_it_never_exceeds_100() -> None:
+    # P3 and P4 referred in October, both declined in November; P6 referred in November, declined
+    # in December. November's declines (2) were over November's referrals (1): 200%. The % is now of
+    # the month's referrals, those declined (whenever, as the log stands); the count by practice is
+    # still of the declines made in the month
+    def declines(events: list[RecordEvent], of: str) -> dict[tuple[str, str], tuple[float | None, int | None]]:
+        return {
+            (r.kpi, r.breakdown): (r.value, r.of) for r in fold_of(*events).report(of) if r.kpi.startswith("declined")
+        }
+
+    events = [
+        month.referral("P3", month.at(20, 10, month=10), "gp"),
+        month.referral("P4", month.at(21, 10, month=10), "adult-social-care"),
+        month.outcome("P3", month.at(2, 11), "declined"),
+        month.outcome("P4", month.at(3, 11), "declined"),
+        month.referral("P6", month.at(9, 9), "huddle"),
+    ]
+    assert declines(events, "2026-11") == {
+        ("declined by practice", month.PRACTICE): (2, None),
+        ("declined", "% of referrals"): (0.0, 1),
+    }
+    assert declines(events, "2026-10") == {("declined", "% of referrals"): (100.0, 2)}
+    events.append(month.outcome("P6", month.at(2, 10, month=12), "declined"))
+    assert declines(events, "2026-11")[("declined", "% of referrals")] == (100.0, 1)
+    assert declines(events, "2026-12") == {
+        ("declined by practice", month.PRACTICE): (1, None),
+        ("declined", "% of referrals"): (None, 0),
+    }
+
+
 def test_an_outcome_that_names_no_code_leaves_the_referrals_outcome_as_it_was() -> None:
     # P4 declined (in the scripted month); a later update whose outcome extension has no valueCode
     # (a note, say) says no outcome: the decline still counts
