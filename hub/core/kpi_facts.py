@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from itertools import chain
 from typing import Any
 
 from hub.core.errors import InvalidMessageError
@@ -37,6 +38,7 @@ from hub.core.kpi_reading import (
 )
 from hub.core.ports import Json, RecordEvent
 from hub.core.record import resources_of
+from hub.core.stays import opens_another_stay
 from schemas.events import coordination as co
 
 # what a payload of the wrong shape raises in a handler (a list where a dict belongs, and so on)
@@ -220,11 +222,12 @@ class KpiFacts:
                 self._stays.setdefault(rid, set()).add(episode.id)
 
     def _another_stay(self, episode: Episode, named: set[str]) -> bool:
-        """A second stay: the person has another episode open, or one of these referrals opened another."""
-        theirs = (self.episodes[e] for e in self._episodes_of.get(episode.person, ()) if e != episode.id)
-        if any(e.end is None for e in theirs):
-            return True
-        return any(self._episode_of.get((episode.person, r), episode.id) != episode.id for r in named)
+        """A second stay (hub.core.stays), asked of the person's episodes so far (open until closed)
+        and the episode each of these referrals opened first."""
+        person, opened = episode.person, self._episode_of
+        theirs = ((e, self.episodes[e].end is None, ()) for e in self._episodes_of.get(person, ()))
+        firsts = ((opened[(person, r)], False, (r,)) for r in named if (person, r) in opened)
+        return opens_another_stay(episode.id, named, chain(theirs, firsts))
 
     def _closed(self, event: RecordEvent, resources: list[Json]) -> None:
         said = [

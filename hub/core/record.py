@@ -19,7 +19,8 @@ Rules, in the order they are applied to each event:
     one stay        an episode.opened whose EpisodeOfCare is new (another id) is not written when the
                     person has another one open, or one of its referrals opened another (open or
                     closed: a second accept, on a log from before accepts were claimed): the first
-                    in log order stands, as the rules engine and the KPIs take it
+                    in log order stands. The rule is hub.core.stays, as the rules engine and the KPIs
+                    take it; the record asks it of the person's EpisodeOfCare it holds
     task moves      a task.updated that asks for a move hub.core.task_status does not allow (a finished
                     task reopened, say: two coordinators at once), or that changes a finished task at
                     all, writes nothing, as the rules engine ignores it, so the record and the engine
@@ -51,6 +52,7 @@ from hub.core.fhir_read import referrals_of
 from hub.core.policy import PERSON_EXTENSION
 from hub.core.ports import Json, RecordEvent, RecordUnitOfWork, StoredResource
 from hub.core.record_content import MERGED, labelled, labels_of, next_content, replaced_by, same_content
+from hub.core.stays import is_open, opens_another_stay
 from hub.core.task_status import FINAL, may_move
 from schemas.events.coordination import (
     EPISODE_OPENED,
@@ -67,7 +69,6 @@ _MAX_HOPS = 16
 _SUBJECT_FIELDS = ("subject", "patient", "for")
 UNCHANGED = StoredResource("", "", None, 0, datetime.min.replace(tzinfo=UTC), "", {})
 _STUB_TIME = datetime(1900, 1, 1, tzinfo=UTC)  # a stub loses to anything said about the person
-_ENDED = frozenset({"finished", "cancelled", "entered-in-error"})  # an EpisodeOfCare no longer open
 
 
 @dataclass(frozen=True)
@@ -208,14 +209,14 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
 
 
 def _another_stay(uow: RecordUnitOfWork, event: RecordEvent, episode: Json) -> bool:
-    """Whether a new EpisodeOfCare opens a second stay: the person has another one open, or one of
-    its referrals opened another (hub.core.tasks and hub.core.kpis decide the same, in log order)."""
+    """Whether a new EpisodeOfCare opens a second stay (hub.core.stays), asked of the person's
+    EpisodeOfCare the record holds: open as their status says, opened for their referralRequest."""
     if episode["resourceType"] != "EpisodeOfCare":
         return False
     person = survivor(uow, _subject_key(episode) or event.subject)
-    named = referrals_of(episode)
     held = uow.of_person(person, "EpisodeOfCare")
-    return any(e.content.get("status") not in _ENDED or named & referrals_of(e.content) for e in held)
+    theirs = ((e.id, is_open(e.content.get("status")), referrals_of(e.content)) for e in held)
+    return opens_another_stay(episode["id"], referrals_of(episode), theirs)
 
 
 def _said_again(uow: RecordUnitOfWork, current: StoredResource, latest: datetime) -> StoredResource:

@@ -10,8 +10,8 @@ Order of work for each event:
     person      a Patient's registered practice is remembered
     one stay    an episode.opened changes nothing when the person is on a caseload under another
                 EpisodeOfCare, or one of its referrals opened another, open or closed (a second accept,
-                on a log from before accepts were claimed): the first in log order stands, as the
-                record (hub.core.record) and the KPIs (hub.core.kpis) take it
+                on a log from before accepts were claimed): the first in log order stands. The rule is
+                hub.core.stays, as the record (hub.core.record) and the KPIs (hub.core.kpi_facts) take it
     fulfil      open tasks whose rule names this event (and contact kind or referral outcome, and not
                 earlier than `not_before` after the task opened) complete; `cancelled_by` cancels. A
                 referral's outcomes are remembered for tasks it opens later (hub.core.referral_moves)
@@ -56,6 +56,7 @@ from hub.core.identity import stable_id
 from hub.core.pic_summary import LETTER_DUE, practice_found
 from hub.core.ports import Json, RecordEvent
 from hub.core.referral_moves import move, outcome_said, remember_outcomes, says_moved
+from hub.core.stays import Held, opens_another_stay
 from hub.core.task_status import FINAL, may_move
 from schemas.coordination_rules import CoordinationRules, Fulfilment, TaskRule
 from schemas.events import coordination as co
@@ -382,14 +383,13 @@ def _second_stay(state: Json, resources: list[Json]) -> bool:
 
 
 def _another_stay(state: Json, episode: Json) -> bool:
-    """Whether an EpisodeOfCare opens a second stay: the person is on a caseload under another one,
-    or one of its referrals opened another, open or closed (a second accept, on a log from before
-    accepts were claimed). The same one again (its id) is no other stay."""
-    current = state.get("episode")
-    if current and current.get("id") != episode["id"]:
-        return True
-    opened = state.get("episode_of") or {}
-    return any(opened.get(referral, episode["id"]) != episode["id"] for referral in referrals_of(episode))
+    """Whether an EpisodeOfCare opens a second stay (hub.core.stays), asked of the person's state:
+    the stay they are on, and the stay each of the episode's referrals opened first."""
+    named, opened, current = referrals_of(episode), state.get("episode_of") or {}, state.get("episode")
+    held: list[Held] = [(opened[r], False, (r,)) for r in named if r in opened]
+    if current:
+        held.append((current.get("id"), True, ()))
+    return opens_another_stay(episode["id"], named, held)
 
 
 def _same_task(task: Json, rule: str, focus: str) -> bool:
