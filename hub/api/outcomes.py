@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 
 from hub.api.auth import AuthError
-from hub.core.errors import HubError, InfrastructureError, UnknownPersonError
+from hub.core.errors import HubError, InfrastructureError, UnfinishedError, UnknownPersonError
 
 log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json; charset=utf-8"
@@ -75,6 +75,11 @@ def install(app: FastAPI) -> None:
     async def unavailable(_: Request, exc: InfrastructureError) -> Response:
         log.warning("dependency unavailable during a request: %s", exc.code)
         return outcome(503, "the record is temporarily unavailable; retry shortly")
+
+    @app.exception_handler(UnfinishedError)  # (not the generic text: that would hide what was kept)
+    async def unfinished(_: Request, exc: UnfinishedError) -> Response:
+        log.warning("dependency unavailable after part of a request was recorded: %s", exc.code)
+        return outcome(503, exc.diagnostics, code=exc.code, expression=list(exc.expression) or None)
 
     @app.exception_handler(HubError)
     async def hub_error(_: Request, exc: HubError) -> Response:

@@ -11,6 +11,7 @@ HubError(code, diagnostics, expression)          FHIR IssueType code + a message
     ├── StoreUnavailableError  transient         the database did not answer
     ├── ConcurrentWriteError   conflict          another worker wrote the same rows first; retry
     └── BrokerUnavailableError transient         Kafka did not acknowledge
+        └── UnfinishedError    transient         ... after part of a command was kept (an accept's claim)
 """
 
 from __future__ import annotations
@@ -98,6 +99,12 @@ class ConcurrentWriteError(InfrastructureError):
 @dataclass(eq=False)
 class BrokerUnavailableError(InfrastructureError):
     """Kafka did not acknowledge in time."""
+
+
+@dataclass(eq=False)
+class UnfinishedError(BrokerUnavailableError):
+    """Kafka did not acknowledge a command that had kept something already (an accept's claim): the
+    diagnostics, written for the caller, say what is kept and how to finish it (the API shows them)."""
 
 
 def operation_outcome(error: HubError) -> dict[str, object]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -213,3 +213,25 @@ class CoordinationReader(Protocol):
         ...
 
     def state(self, person_key: str) -> Json | None: ...
+
+
+class CoordinationStore(CoordinationReader, Protocol):
+    """The coordination read side, and the one write the API makes itself: the claim that lets
+    exactly one accept of a referral win, whichever worker each reaches (hub.store.coordination)."""
+
+    def acceptance(self, referral_id: str) -> Json | None:
+        """The EpisodeOfCare of the accept that claimed the referral, if one has."""
+        ...
+
+    def claim_acceptance(
+        self,
+        referral_id: str,
+        person_key: str,
+        coordinator: str,
+        episode: Json,
+        at: datetime,
+        is_open: Callable[[Json], bool],
+    ) -> Json | None:
+        """None if this call claimed the referral for `episode`; else the episode of the accept that
+        did, or of another referral's accept for the person whose episode `is_open`."""
+        ...

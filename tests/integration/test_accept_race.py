@@ -262,6 +262,34 @@ def test_an_accept_kafka_did_not_take_holds_the_referral_and_the_same_accept_aga
     assert_one_episode(workers, kafka, person, again.json()["id"], "c-ann")
 
 
+def test_an_accept_answered_503_says_the_referral_is_held_for_its_coordinator_and_to_send_it_again(
+    workers: list[Worker], kafka: Kafka
+) -> None:
+    referral, person = referred(workers[0], kafka)
+    kafka.down = True
+    lost = workers[0].accept(referral, "c-ann")
+    lost_again = workers[1].accept(referral, "c-ann")  # (a retry while Kafka is still down says the same)
+    kafka.down = False
+
+    other = workers[1].accept(referral, "c-bob")
+    again = workers[0].accept(referral, "c-ann")
+
+    assert again.status_code == 200, again.text
+    episode = again.json()["id"]
+    for answer in (lost, lost_again):
+        assert answer.status_code == 503, answer.text
+        issue = answer.json()["issue"][0]
+        assert (answer.json()["resourceType"], issue["code"]) == ("OperationOutcome", "transient")
+        said = issue["diagnostics"]
+        assert f"ServiceRequest/{referral} is held for coordinator c-ann (EpisodeOfCare/{episode})" in said
+        assert "not published yet" in said
+        assert "Send the same $accept (coordinator c-ann) again to complete it" in said
+    assert other.status_code == 409, other.text
+    assert f"coordinator c-ann (EpisodeOfCare/{episode})" in other.json()["issue"][0]["diagnostics"]
+    consume(workers[0].services, kafka.events())
+    assert_one_episode(workers, kafka, person, episode, "c-ann")
+
+
 def assert_person_on_a_caseload(answer: httpx.Response, episode_id: str) -> None:
     assert answer.status_code == 409, answer.text
     issue = answer.json()["issue"][0]

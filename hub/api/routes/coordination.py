@@ -14,105 +14,51 @@ the log (the record, the rules engine and subscribers take it from there), so a 
 201 is on the log, acknowledged by Kafka. Reads of what they made go through /fhir like any other
 read, under the sharing policy. Refusals are OperationOutcomes: 400 for bad input, 404 for an
 unknown referral or person, 409 when a rule refuses (a coordinator at the caseload cap, a referral
-accepted already for someone else, a person on a caseload). One accept of a referral wins, whichever
-API worker each reaches: it claims the referral in the database (a primary key) before it publishes,
-and the same accept sent again is answered 200 with the episode it opened; the claim names the
-person too, so an accept of another referral for them is refused while the episode claimed is open.
-Its ids are the referral's (accept_ids), so no consumer ever makes two EpisodeOfCare of one
-referral's accept events, however often they arrive.
+accepted already for someone else, a person on a caseload). $accept and $decline, and how one accept
+of a referral wins, are in coordination_acceptance; what every command shares (CoordinationApi,
+the coordinator check, publishing) in coordination_commands.
 
 No `from __future__ import annotations` here: FastAPI reads these annotations at runtime.
 """
 
-import asyncio
 import hashlib
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Protocol
+from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from hub.api.auth import Principal, TokenVerifier
 from hub.api.outcomes import FhirResponse
+from hub.api.routes import coordination_acceptance
+from hub.api.routes.coordination_commands import ODS_SYSTEM, CoordinationApi, Id, coordinator_only, emit
 from hub.api.routes.coordination_input import (
-    accept_ids,
     at_param,
     at_time,
     business_identifier,
-    episode_for,
     found_practice,
     json_body,
     nhs_number_of,
-    opened_for,
     param,
     parameters,
-    person_of,
     refuse_unless_shared,
     source_of,
     validate,
-    with_outcome,
     with_source,
 )
 from hub.api.routes.fhir import bearer_caller, fhir_id, read_body
-from hub.api.shapes import FHIR_ID, SERVICE_REQUEST_IN, parameters_in
+from hub.api.shapes import SERVICE_REQUEST_IN, parameters_in
 from hub.core import nhs_number
-from hub.core.errors import ConsentDeniedError, InvalidMessageError, RuleRefusedError, UnknownPersonError
-from hub.core.fhir_read import care_manager
+from hub.core.errors import InvalidMessageError, RuleRefusedError, UnknownPersonError
 from hub.core.identity import person_key, stable_id
 from hub.core.pic_summary import composition, practice_output
-from hub.core.ports import CoordinationReader, Json, RecordReader
+from hub.core.ports import Json
 from hub.core.task_status import MOVES, STATUSES, may_move
-from hub.core.tasks import Engine
-from schemas.agreements import Agreement
-from schemas.envelope import Envelope
 from schemas.events import coordination as co
-from schemas.subscriptions import Subscription
 
-Publish = Callable[[Envelope], Awaitable[None]]
-ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
-COMMAND_ROLES = ("coordinator", "admin")
-
-
-class CoordinationStore(CoordinationReader, Protocol):
-    """The coordination read side, and the one write the API makes itself: the claim that lets
-    exactly one accept of a referral win, whichever worker each reaches (hub.store.coordination)."""
-
-    def acceptance(self, referral_id: str) -> Json | None:
-        """The EpisodeOfCare of the accept that claimed the referral, if one has."""
-        ...
-
-    def claim_acceptance(
-        self,
-        referral_id: str,
-        person_key: str,
-        coordinator: str,
-        episode: Json,
-        at: datetime,
-        is_open: Callable[[Json], bool],
-    ) -> Json | None:
-        """None if this call claimed the referral for `episode`; else the episode of the accept that
-        did, or of another referral's accept for the person whose episode `is_open`."""
-        ...
-
-
-@dataclass(frozen=True)
-class CoordinationApi:
-    """What the commands need: the record, the coordination read side, the rules, the person-key secret."""
-
-    reader: RecordReader
-    coordination: CoordinationStore
-    engine: Engine
-    key_secret: bytes
-    publish: Publish
-    # the agreements in force (hub.store.agreements), where sharing is enforced: a practice a
-    # coordinator names must be party to one with the service, or the PIC summary could not go to it
-    agreements: Callable[[], Sequence[Agreement]] | None = None
-    # the active subscriptions (hub.store.subscriptions): a practice named must take PIC summaries
-    subscriptions: Callable[[], Sequence[Subscription]] | None = None
+__all__ = ["CoordinationApi", "router"]
 
 
 def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
@@ -121,34 +67,6 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
     rules = api_.engine.rules
 
     Caller = Annotated[Principal, Depends(bearer_caller(tokens))]  # noqa: N806 - a type alias
-    Id = Annotated[str, Path(description="a FHIR id", json_schema_extra={"pattern": FHIR_ID})]  # noqa: N806
-
-    def coordinator_only(who: Principal) -> None:
-        if who.role not in COMMAND_ROLES or who.org != rules.service.ods:
-            raise ConsentDeniedError(
-                f"only coordinators of {rules.service.ods} ({rules.service.name}) may do this", ("Authorization",)
-            )
-
-    async def emit(
-        type_: str, who: Principal, person: str, at: datetime, *resources: Json, event_id: str | None = None
-    ) -> None:
-        payload = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
-        await api_.publish(
-            Envelope(
-                id=event_id or str(uuid.uuid4()),
-                source=f"urn:ods:{who.org}",
-                type=type_,
-                time=at,
-                subject=person,
-                data=orjson.dumps(payload),
-            )
-        )
-
-    def referral_of(id: str) -> Json:
-        found = api_.reader.read("ServiceRequest", fhir_id(id, "ServiceRequest"))
-        if found is None:
-            raise UnknownPersonError(f"no referral ServiceRequest/{id} in the shared care record", ("ServiceRequest",))
-        return found
 
     @api.post(
         "/fhir/ServiceRequest",
@@ -182,22 +100,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
             sent = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
             event_id = stable_id("api-referral-event", who.org, *said, person, sent)
             if api_.reader.read("ServiceRequest", request_["id"]) is not None:
-                # as FHIR's conditional create answers a match: 200, nothing made; and nothing of the
-                # referral as it now stands (what others added to it is theirs to disclose, by a read)
-                made = f"ServiceRequest/{request_['id']}"
-                outcome = {
-                    "resourceType": "OperationOutcome",
-                    "issue": [
-                        {
-                            "severity": "information",
-                            "code": "duplicate",
-                            "diagnostics": f"{made} was made from this identifier for this person already: "
-                            "not made again",
-                            "expression": ["ServiceRequest.identifier"],
-                        }
-                    ],
-                }
-                return FhirResponse(outcome, headers={"Location": f"/fhir/{made}"})
+                return made_already(f"ServiceRequest/{request_['id']}")
         request_["status"] = "active"
         request_["subject"] = {
             "reference": f"Patient/{person}",
@@ -208,107 +111,11 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         request_.setdefault("performer", [{"identifier": {"system": ODS_SYSTEM, "value": rules.service.ods}}])
         source = source_of(request_)
         request_ = with_source(request_, source)
-        stub: Json = {
-            "resourceType": "Patient",
-            "id": person,
-            "identifier": [{"system": nhs_number.NHS_NUMBER_SYSTEM, "value": nhs}],
-        }
-        if source == "gp":  # only a GP's own referral says the caller is the person's practice
-            stub["generalPractitioner"] = [{"identifier": {"system": ODS_SYSTEM, "value": who.org}}]
-        await emit(co.REFERRAL_RECEIVED.type, who, person, authored, request_, stub, event_id=event_id)
+        stub = patient_stub(person, nhs, source, who.org)
+        await emit(api_, co.REFERRAL_RECEIVED.type, who, person, authored, request_, stub, event_id=event_id)
         return FhirResponse(request_, status_code=201, headers={"Location": f"/fhir/ServiceRequest/{request_['id']}"})
 
-    @api.post(
-        "/fhir/ServiceRequest/{id}/$accept",
-        status_code=201,
-        summary="Allocate a referral to a coordinator",
-        openapi_extra=parameters_in("coordinator", "at", required=("coordinator",)),
-    )
-    async def accept(request: Request, id: Id, who: Caller) -> FhirResponse:
-        coordinator_only(who)
-        params = parameters(await read_body(request))
-        coordinator = str(param(params, "coordinator", required=True))
-        now = datetime.now(UTC)
-        at = at_param(params, now)
-        referral = referral_of(id)
-        person = person_of(referral)
-        held = api_.coordination.acceptance(id) or opened_for(api_.reader.search("EpisodeOfCare", person), id)
-        if held is not None:
-            return await accepted_already(who, referral, held, coordinator)
-        refuse_allocation(person, coordinator)
-        episode = episode_for(id, person, coordinator, rules.service.ods, at)
-        # (in a thread: on SQLite the claim waits for the write lock, which a consumer in this process may
-        # hold while it awaits Kafka on this event loop; waiting on the loop stalled both for the busy timeout)
-        claim = api_.coordination.claim_acceptance
-        held = await asyncio.to_thread(claim, id, person, coordinator, episode, now, still_open)
-        if held is not None:  # another accept of it claimed it first, or one of another referral the person
-            refuse_held_person(id, held)
-            return await accepted_already(who, referral, held, coordinator)
-        await publish_acceptance(who, referral, episode)
-        return FhirResponse(episode, status_code=201, headers={"Location": f"/fhir/EpisodeOfCare/{episode['id']}"})
-
-    def still_open(claimed: Json) -> bool:
-        """A claimed episode holds its person until the record has it ended (not there yet: it holds)."""
-        current = api_.reader.read("EpisodeOfCare", str(claimed["id"]))
-        return current is None or current.get("status") not in ("finished", "cancelled", "entered-in-error")
-
-    def refuse_held_person(referral_id: str, held: Json) -> None:
-        if opened_for([held], referral_id) is None:  # (the episode of another referral, still open)
-            raise RuleRefusedError(
-                f"this person is already on a caseload: EpisodeOfCare/{held['id']}, coordinator "
-                f"{care_manager(held) or '(none named)'}; close it before accepting another referral for them",
-                ("ServiceRequest",),
-            )
-
-    def refuse_allocation(person: str, coordinator: str) -> None:
-        if (api_.coordination.state(person) or {}).get("episode"):
-            raise RuleRefusedError("this person is already on a caseload", ("ServiceRequest",))
-        load = api_.coordination.caseloads().get(coordinator, 0)
-        if load >= rules.caseload_cap:
-            raise RuleRefusedError(
-                f"coordinator {coordinator} already has {load} people on their caseload "
-                f"(cap {rules.caseload_cap}); allocate to someone else or raise the cap in the rules",
-                ("Parameters.coordinator",),
-            )
-
-    async def accepted_already(who: Principal, referral: Json, held: Json, coordinator: str) -> FhirResponse:
-        """A referral accepted already: the same accept again (for the same coordinator) is answered
-        200 with the episode it opened; one for anyone else is refused 409, naming who has it."""
-        current = api_.reader.read("EpisodeOfCare", str(held["id"]))
-        holder = care_manager(current or held) or "(none named)"
-        if holder != coordinator:
-            raise RuleRefusedError(
-                f"ServiceRequest/{referral['id']} was accepted already, onto the caseload of coordinator {holder} "
-                f"(EpisodeOfCare/{held['id']}): a referral is accepted once, by the first accept to reach the hub",
-                ("ServiceRequest",),
-            )
-        if current is None:  # claimed but not on the record yet: perhaps Kafka never took its events
-            await publish_acceptance(who, referral, held)  # (the same ids: applied once, however often sent)
-        return FhirResponse(current or held, headers={"Location": f"/fhir/EpisodeOfCare/{held['id']}"})
-
-    async def publish_acceptance(who: Principal, referral: Json, episode: Json) -> None:
-        _, outcome_id, opened_id = accept_ids(str(referral["id"]))
-        person, at = person_of(referral), datetime.fromisoformat(str(episode["period"]["start"]))
-        accepted = with_outcome(referral, "accepted", "active")
-        await emit(co.REFERRAL_OUTCOME.type, who, person, at, accepted, event_id=outcome_id)
-        await emit(co.EPISODE_OPENED.type, who, person, at, episode, event_id=opened_id)
-
-    @api.post(
-        "/fhir/ServiceRequest/{id}/$decline",
-        summary="Record that a referral was declined",
-        openapi_extra=parameters_in("reason", "at"),
-    )
-    async def decline(request: Request, id: Id, who: Caller) -> FhirResponse:
-        coordinator_only(who)
-        params = parameters(await read_body(request))
-        at = at_param(params, datetime.now(UTC))
-        referral = referral_of(id)
-        declined = with_outcome(referral, "declined", "revoked")
-        reason = param(params, "reason")
-        if reason:
-            declined["note"] = [{"text": reason}]
-        await emit(co.REFERRAL_OUTCOME.type, who, person_of(referral), at, declined)
-        return FhirResponse(declined)
+    api.include_router(coordination_acceptance.router(api_, tokens))  # $accept, $decline
 
     @api.post(
         "/fhir/Patient/{id}/$record-contact",
@@ -317,7 +124,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         openapi_extra=parameters_in("kind", "at", "referral", required=("kind",)),
     )
     async def record_contact(request: Request, id: Id, who: Caller) -> FhirResponse:
-        coordinator_only(who)
+        coordinator_only(api_, who)
         params = parameters(await read_body(request))
         kind = str(param(params, "kind", required=True))
         if kind not in co.CONTACT_KINDS:
@@ -344,7 +151,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         referral = param(params, "referral")
         if referral:
             encounter["basedOn"] = [{"reference": f"ServiceRequest/{referral}"}]
-        await emit(co.CONTACT_RECORDED.type, who, id, at, encounter)
+        await emit(api_, co.CONTACT_RECORDED.type, who, id, at, encounter)
         return FhirResponse(encounter, status_code=201)
 
     @api.post(
@@ -353,7 +160,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         openapi_extra=parameters_in("goals", "interventions", "onward-referrals", "follow-up", "at"),
     )
     async def close(request: Request, id: Id, who: Caller) -> FhirResponse:
-        coordinator_only(who)
+        coordinator_only(api_, who)
         params = parameters(await read_body(request))
         at = at_param(params, datetime.now(UTC))
         episode = api_.reader.read("EpisodeOfCare", fhir_id(id, "EpisodeOfCare"))
@@ -388,7 +195,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
                 "follow-up": param(params, "follow-up") or "",
             },
         )
-        await emit(co.EPISODE_CLOSED.type, who, person, at, closed, summary)
+        await emit(api_, co.EPISODE_CLOSED.type, who, person, at, closed, summary)
         return FhirResponse(closed)
 
     @api.post(
@@ -397,7 +204,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         openapi_extra=parameters_in("status", "practice", required=("status",)),
     )
     async def task_status(request: Request, id: Id, who: Caller) -> FhirResponse:
-        coordinator_only(who)
+        coordinator_only(api_, who)
         params = parameters(await read_body(request))
         status = str(param(params, "status", required=True))
         if status not in STATUSES:
@@ -425,12 +232,12 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         if practice:  # the held PIC summary goes to it (hub.core.tasks)
             moved["output"] = [practice_output(practice)]
         person = str(task["for"]["reference"]).removeprefix("Patient/")
-        await emit(co.TASK_UPDATED.type, who, person, at, moved)
+        await emit(api_, co.TASK_UPDATED.type, who, person, at, moved)
         return FhirResponse(moved)
 
     @api.get("/coordination/caseloads", summary="People on each coordinator's caseload, against the cap")
     def caseloads(who: Caller) -> FhirResponse:
-        coordinator_only(who)
+        coordinator_only(api_, who)
         loads = api_.coordination.caseloads()
         return FhirResponse(
             {
@@ -444,3 +251,27 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         )
 
     return api
+
+
+def made_already(made: str) -> FhirResponse:
+    """As FHIR's conditional create answers a match: 200, nothing made; and nothing of the referral as
+    it now stands (what others added to it is theirs to disclose, by a read)."""
+    issue = {
+        "severity": "information",
+        "code": "duplicate",
+        "diagnostics": f"{made} was made from this identifier for this person already: not made again",
+        "expression": ["ServiceRequest.identifier"],
+    }
+    return FhirResponse({"resourceType": "OperationOutcome", "issue": [issue]}, headers={"Location": f"/fhir/{made}"})
+
+
+def patient_stub(person: str, nhs: str, source: str, caller_org: str) -> Json:
+    """The Patient a referral names; only a GP's own referral says the caller is the person's practice."""
+    stub: Json = {
+        "resourceType": "Patient",
+        "id": person,
+        "identifier": [{"system": nhs_number.NHS_NUMBER_SYSTEM, "value": nhs}],
+    }
+    if source == "gp":
+        stub["generalPractitioner"] = [{"identifier": {"system": ODS_SYSTEM, "value": caller_org}}]
+    return stub

@@ -1,0 +1,83 @@
+"""What every coordination command shares: the services it needs (CoordinationApi), the coordinator
+check, the referral it names, and putting its event on the log."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
+
+import orjson
+from fastapi import Path
+
+from hub.api.auth import Principal
+from hub.api.routes.fhir import fhir_id
+from hub.api.shapes import FHIR_ID
+from hub.core.errors import ConsentDeniedError, UnknownPersonError
+from hub.core.ports import CoordinationStore, Json, RecordReader
+from hub.core.tasks import Engine
+from schemas.agreements import Agreement
+from schemas.envelope import Envelope
+from schemas.subscriptions import Subscription
+
+Publish = Callable[[Envelope], Awaitable[None]]
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+COMMAND_ROLES = ("coordinator", "admin")
+Id = Annotated[str, Path(description="a FHIR id", json_schema_extra={"pattern": FHIR_ID})]
+
+
+@dataclass(frozen=True)
+class CoordinationApi:
+    """What the commands need: the record, the coordination read side, the rules, the person-key secret."""
+
+    reader: RecordReader
+    coordination: CoordinationStore
+    engine: Engine
+    key_secret: bytes
+    publish: Publish
+    # the agreements in force (hub.store.agreements), where sharing is enforced: a practice a
+    # coordinator names must be party to one with the service, or the PIC summary could not go to it
+    agreements: Callable[[], Sequence[Agreement]] | None = None
+    # the active subscriptions (hub.store.subscriptions): a practice named must take PIC summaries
+    subscriptions: Callable[[], Sequence[Subscription]] | None = None
+
+
+def coordinator_only(api_: CoordinationApi, who: Principal) -> None:
+    """Refuse (403) anyone but a coordinator (or an admin) of the service the rules are for."""
+    service = api_.engine.rules.service
+    if who.role not in COMMAND_ROLES or who.org != service.ods:
+        raise ConsentDeniedError(f"only coordinators of {service.ods} ({service.name}) may do this", ("Authorization",))
+
+
+async def emit(
+    api_: CoordinationApi,
+    type_: str,
+    who: Principal,
+    person: str,
+    at: datetime,
+    *resources: Json,
+    event_id: str | None = None,
+) -> None:
+    """Publish the resources as one event (a collection Bundle) about the person, from the caller's
+    organisation; BrokerUnavailableError if Kafka does not acknowledge it."""
+    payload = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
+    await api_.publish(
+        Envelope(
+            id=event_id or str(uuid.uuid4()),
+            source=f"urn:ods:{who.org}",
+            type=type_,
+            time=at,
+            subject=person,
+            data=orjson.dumps(payload),
+        )
+    )
+
+
+def referral_of(api_: CoordinationApi, id: str) -> Json:
+    """The referral (ServiceRequest) on the record, or 404."""
+    found = api_.reader.read("ServiceRequest", fhir_id(id, "ServiceRequest"))
+    if found is None:
+        raise UnknownPersonError(f"no referral ServiceRequest/{id} in the shared care record", ("ServiceRequest",))
+    return found
