@@ -39,6 +39,7 @@ from hub.api.shapes import parameters_in
 from hub.core.errors import BrokerUnavailableError, RuleRefusedError, UnfinishedError
 from hub.core.fhir_read import care_manager
 from hub.core.ports import Json, RecordReader
+from hub.core.stays import is_open
 from schemas.events import coordination as co
 
 
@@ -101,7 +102,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
 def still_open(reader: RecordReader, claimed: Json) -> bool:
     """A claimed episode holds its person until the record has it ended (not there yet: it holds)."""
     current = reader.read("EpisodeOfCare", str(claimed["id"]))
-    return current is None or current.get("status") not in ("finished", "cancelled", "entered-in-error")
+    return current is None or is_open(current.get("status"))
 
 
 def refuse_held_person(referral_id: str, held: Json) -> None:
