@@ -95,6 +95,7 @@ class KpiFacts:
     _stays: dict[str, set[str]] = field(default_factory=dict)  # referral -> the stays that end its wait
     _episodes_of: dict[str, list[str]] = field(default_factory=dict)  # person -> their episodes, in log order
     _episode_of: dict[tuple[str, str], str] = field(default_factory=dict)  # (person, referral) -> the one it opened
+    _ended: set[str] = field(default_factory=set)  # the episodes an episode.closed named: ended for good
 
     def add(self, event: RecordEvent) -> None:
         """Fold one event; one the fold cannot read is skipped and counted, never raised."""
@@ -203,12 +204,11 @@ class KpiFacts:
             for e in of_kind(resources, "EpisodeOfCare")
         ]
         for episode, named in said:
+            if episode.id in self._ended:
+                continue  # closing is final: a re-sent opening changes nothing (hub.core.stays)
             if self._another_stay(episode, named):
                 continue  # the first stay stands (see caseload)
-            before = self.episodes.get(episode.id)
-            if before is not None:  # a re-sent opening does not reopen a closed episode
-                episode.end, episode.letter = before.end, before.letter
-            else:
+            if episode.id not in self.episodes:  # (the same one again, open: it says who and since when)
                 self._episodes_of.setdefault(episode.person, []).append(episode.id)
             self.episodes[episode.id] = episode
             for referral in named:
@@ -236,6 +236,7 @@ class KpiFacts:
         ]
         onward = [d for c in of_kind(resources, "Composition") for d in onward_destinations(c)]
         for eid, end in said:
+            self._ended.add(eid)
             found = self.episodes.get(eid)
             if found is not None:
                 found.end = end

@@ -19,8 +19,10 @@ Rules, in the order they are applied to each event:
     one stay        an episode.opened whose EpisodeOfCare is new (another id) is not written when the
                     person has another one open, or one of its referrals opened another (open or
                     closed: a second accept, on a log from before accepts were claimed): the first
-                    in log order stands. The rule is hub.core.stays, as the rules engine and the KPIs
-                    take it; the record asks it of the person's EpisodeOfCare it holds
+                    in log order stands. Nor is an episode.opened for an EpisodeOfCare the record holds
+                    as ended (finished, cancelled, entered-in-error: a re-sent opening after the close,
+                    at any time): closing is final. The rule is hub.core.stays, as the rules engine and
+                    the KPIs take it; the record asks it of the person's EpisodeOfCare it holds
     task moves      a task.updated that asks for a move hub.core.task_status does not allow (a finished
                     task reopened, say: two coordinators at once), or that changes a finished task at
                     all, writes nothing, as the rules engine ignores it, so the record and the engine
@@ -165,8 +167,8 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
         return UNCHANGED
     if kind == "Task" and current is not None and event.type == TASK_UPDATED.type and _refused_move(current, incoming):
         return UNCHANGED
-    if current is None and event.type == EPISODE_OPENED.type and _another_stay(uow, event, incoming):
-        return UNCHANGED  # the first stay (the first accept of a referral) stands
+    if event.type == EPISODE_OPENED.type and _opens_nothing(uow, event, incoming, current):
+        return UNCHANGED  # the first stay (the first accept of a referral) stands; a closed one stays closed
     if current is not None and kind in SHARED_KINDS:
         same = _same_reference_data(uow, event, incoming, current, when)
         if same is not None:
@@ -208,11 +210,19 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
     return stored
 
 
+def _opens_nothing(uow: RecordUnitOfWork, event: RecordEvent, episode: Json, current: StoredResource | None) -> bool:
+    """Whether an EpisodeOfCare an episode.opened carries is not written (hub.core.stays): a new one
+    that opens a second stay, or one the record holds as ended (closing is final)."""
+    if episode["resourceType"] != "EpisodeOfCare":
+        return False
+    if current is not None:
+        return not is_open(current.content.get("status"))
+    return _another_stay(uow, event, episode)
+
+
 def _another_stay(uow: RecordUnitOfWork, event: RecordEvent, episode: Json) -> bool:
     """Whether a new EpisodeOfCare opens a second stay (hub.core.stays), asked of the person's
     EpisodeOfCare the record holds: open as their status says, opened for their referralRequest."""
-    if episode["resourceType"] != "EpisodeOfCare":
-        return False
     person = survivor(uow, _subject_key(episode) or event.subject)
     held = uow.of_person(person, "EpisodeOfCare")
     theirs = ((e.id, is_open(e.content.get("status")), referrals_of(e.content)) for e in held)

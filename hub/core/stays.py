@@ -1,6 +1,11 @@
 """The 'one stay' rule: whether a new EpisodeOfCare opens a second stay on a caseload. The record
 (hub.core.record), the rules engine (hub.core.tasks) and the KPIs (hub.core.kpi_facts) each ask it
-of what they hold, so that all three agree on who is on whose caseload."""
+of what they hold, so that all three agree on who is on whose caseload.
+
+Closing is final for an EpisodeOfCare id: an episode.opened for one the caller holds as ended (the
+record: a status `is_open` takes as ended; the engine and the KPIs: one an episode.closed named) opens
+nothing either, whatever its time (a retry, a replayed command, an old duplicate under a new event id).
+A person who comes back is referred and accepted again, under a new id (the API's accept_ids)."""
 
 from __future__ import annotations
 

@@ -10,16 +10,19 @@ Order of work for each event:
     person      a Patient's registered practice is remembered
     one stay    an episode.opened changes nothing when the person is on a caseload under another
                 EpisodeOfCare, or one of its referrals opened another, open or closed (a second accept,
-                on a log from before accepts were claimed): the first in log order stands. The rule is
-                hub.core.stays, as the record (hub.core.record) and the KPIs (hub.core.kpi_facts) take it
+                on a log from before accepts were claimed): the first in log order stands; nor when an
+                episode.closed has named its EpisodeOfCare (closing is final: a re-sent opening, at any
+                time, reopens no stay and starts no clock or task). The rule is hub.core.stays, as the
+                record (hub.core.record) and the KPIs (hub.core.kpi_facts) take it
     fulfil      open tasks whose rule names this event (and contact kind or referral outcome, and not
                 earlier than `not_before` after the task opened) complete; `cancelled_by` cancels. A
                 referral's outcomes are remembered for tasks it opens later (hub.core.referral_moves)
     case-find   a register row meeting a criterion, or a referral from a listed source, puts the person
                 on their practice's case list once (caselist.added)
     episode     episode.opened starts a caseload stay and its long-stay clock; episode.closed ends both
-                and issues the PIC summary to the person's practice, or, when no practice is known, holds
-                it and gives the coordinator a task to find the practice (due when the letter is)
+                (its EpisodeOfCare is remembered as closed, for good) and issues the PIC summary to the
+                person's practice, or, when no practice is known, holds it and gives the coordinator a
+                task to find the practice (due when the letter is)
     release     once an event names the practice (an ADT, a register row, a GP's referral, or the
                 coordinator completing the find-the-practice task with the practice as its output), held
                 PIC summaries go to it and their find-the-practice tasks complete
@@ -113,7 +116,7 @@ class Engine:
             out.extend(self._manual(state, event, resources))
             out.extend(self._release(state, event))  # (the coordinator may have named the practice)
             return out
-        if name == "episode.opened" and _second_stay(state, resources):
+        if name == "episode.opened" and _opens_nothing(state, resources):
             return out
         if name == OUTCOME_EVENT:
             remember_outcomes(state, event, resources)
@@ -217,9 +220,11 @@ class Engine:
 
     def _episode(self, state: Json, event: RecordEvent, name: str, resources: list[Json], out: Outcome) -> None:
         for episode in of_kind(resources, "EpisodeOfCare"):
-            if name == "episode.opened" and not _another_stay(state, episode):
+            if name == "episode.opened" and _opens_a_stay(state, episode):
                 self._open_stay(state, event, episode, out)
             elif name == "episode.closed":
+                if episode["id"] not in state.setdefault("closed", []):
+                    state["closed"].append(episode["id"])  # for good: a re-sent opening reopens nothing
                 current = state.get("episode")
                 if current and current.get("id") == episode["id"]:
                     state["episode"] = None
@@ -376,10 +381,16 @@ def _matches(f: Fulfilment, name: str, at: datetime, resources: list[Json], open
     return True
 
 
-def _second_stay(state: Json, resources: list[Json]) -> bool:
-    """An episode.opened all of whose EpisodeOfCare are second stays (_another_stay): it changes nothing."""
+def _opens_nothing(state: Json, resources: list[Json]) -> bool:
+    """An episode.opened none of whose EpisodeOfCare opens a stay (_opens_a_stay): it changes nothing."""
     episodes = of_kind(resources, "EpisodeOfCare")
-    return bool(episodes) and all(_another_stay(state, e) for e in episodes)
+    return bool(episodes) and not any(_opens_a_stay(state, e) for e in episodes)
+
+
+def _opens_a_stay(state: Json, episode: Json) -> bool:
+    """Whether an EpisodeOfCare opened opens a stay: not when an episode.closed has named it (closing
+    is final: a re-sent opening reopens nothing), nor when it is a second stay (_another_stay)."""
+    return episode["id"] not in (state.get("closed") or ()) and not _another_stay(state, episode)
 
 
 def _another_stay(state: Json, episode: Json) -> bool:
