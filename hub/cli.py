@@ -171,7 +171,7 @@ def token(
     try:  # the arguments first: a bad role is the mistake to name, wherever the hub is
         checked_claims(org, role)
     except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(f"[red]{escape(str(exc))}[/red]")  # (it quotes the role as given)
         raise typer.Exit(2) from exc
     configured = settings.security.token_secret
     if configured is not None:  # (signed with it: nothing read or made in --data-dir)

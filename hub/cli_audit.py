@@ -19,6 +19,7 @@ from hub.cli_base import (
     HeldDir,
     app,
     audit_app,
+    cells,
     console,
     counted,
     fail,
@@ -87,15 +88,10 @@ def audit_disclosures(
     refuse_unknown(state.engine, key, entries, nhs_number)
     for entry in entries:
         body = entry.body
-        table.add_row(
-            str(entry.seq),
-            body["at"],
-            f"{body['recipient_org']} / {body['recipient_user']}",
-            body["channel"],
-            body["decision"],
-            "\n".join(r.split("#")[0] for r in body["resources"]),
-            "; ".join(body["reasons"]),
-        )
+        who = f"{body['recipient_org']} / {body['recipient_user']}"
+        resources = "\n".join(r.split("#")[0] for r in body["resources"])
+        said = (body["channel"], body["decision"], resources, "; ".join(body["reasons"]))
+        table.add_row(*cells(entry.seq, body["at"], who, *said))
     console.print(table)
     console.print(_disclosures_summary([entry.body["decision"] for entry in entries]))
 
@@ -186,14 +182,13 @@ def audit_time_travel(
     table = listing("#", "when", "to", "how", "resource", "then", "on", "today", "on", title="Policy time travel")
     shown = _selected(rows, changed=changed, cannot_tell=cannot_tell)
     for r in shown:
-        mark = "[bold yellow]" if r.changed else ""
-        table.add_row(
-            str(r.seq), r.at, r.recipient, r.channel, r.resource, r.then, r.then_basis, f"{mark}{r.now}", r.now_basis
-        )
+        today = f"[bold yellow]{escape(r.now)}[/bold yellow]" if r.changed else escape(r.now)
+        then = cells(r.seq, r.at, r.recipient, r.channel, r.resource, r.then, r.then_basis)
+        table.add_row(*then, today, escape(r.now_basis))
     console.print(table)
     if csv_out is not None:
         _time_travel_csv(shown, csv_out)
-        console.print(f"wrote {counted(len(shown), 'row')} to {csv_out}", soft_wrap=True)
+        console.print(escape(f"wrote {counted(len(shown), 'row')} to {csv_out}"), soft_wrap=True)
     differ = sum(r.changed for r in rows)
     about = counted(len(entries), "ledger entry", "ledger entries")
     unsure = sum(r.now == CANNOT_TELL for r in rows)
@@ -386,7 +381,7 @@ def kpi(
         console.print(f"[yellow]{escape(_no_events_note(month, held, read))}[/yellow]", soft_wrap=True)
     colour = "green" if said.status == COMPLETE else "yellow"
     console.print(f"[{colour}]{month}: {escape(said.status)}[/{colour}]", soft_wrap=True)
-    console.print(f"{read:,} events read; wrote {out / f'kpi-{month}.csv'} and {out / f'kpi-{month}.html'}")
+    console.print(escape(f"{read:,} events read; wrote {out / f'kpi-{month}.csv'} and {out / f'kpi-{month}.html'}"))
 
 
 def covers_audit(agreements: list[Agreement], asker: Asker) -> bool:

@@ -99,6 +99,12 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def cells(*values: object) -> list[str]:
+    """What the hub holds (names, ids, reasons, a webhook's error), as a Rich table's cells: shown as
+    written, never read as markup (a "[/]" in a name would crash the table, a "[bold]" vanish)."""
+    return [escape(str(value)) for value in values]
+
+
 def counted(n: int, one: str, many: str | None = None) -> str:
     """'1 entry', '2 entries': a count and its noun, agreeing."""
     return f"{n:,} {one if n == 1 else many or one + 's'}"

@@ -88,10 +88,6 @@ def replay(
     ] = Path("var"),
 ) -> None:
     """Rebuild the shared care record from the Kafka log into a fresh database, and print its hash."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn
-
-    from hub.replay import replay as rebuild
-    from hub.store.database import open_engine
     from hub.store.hashing import record_hash
 
     refuse_backwards(since, until, as_of)
@@ -103,79 +99,18 @@ def replay(
     if not bootstrap:
         console.print(f"[red]carehub replay {NO_LOG}[/red]")
         raise typer.Exit(2)
-    from hub.core.errors import StoreUnavailableError
-
-    made = _new_folder(into, url)
+    made = _made_by_replay(into, url)  # all a failed replay removes: never a database that was there before it
+    engine = None
     try:
-        engine = open_engine(url)
-    except StoreUnavailableError as exc:
-        if made is not None:
-            shutil.rmtree(made, ignore_errors=True)
-        fail(f"--into: {exc}")
-    if _holds_a_record(engine):  # said before minutes of folding, naming the database
-        refused = f"replay writes into an empty record; {target} already holds one"
-        fail(f"{refused}: give --into a new folder, or an empty database")
-    # the spinner is gone when it stops (and never drawn where no one watches), so nothing of it
-    # follows what is printed last: an error, or the summary
-    spinner = SpinnerColumn(), TextColumn("{task.description}")
-    with Progress(*spinner, console=console, transient=True, disable=not console.is_terminal) as progress:
-        task = progress.add_task("reading the log", total=None)
-        try:
-            result = asyncio.run(
-                rebuild(
-                    bootstrap,
-                    engine,
-                    since=since,
-                    until=until,
-                    progress=lambda read, _: progress.update(task, description=f"{read:,} events read"),
-                    workers=workers,
-                    received_by=as_of,
-                )
-            )
-        except RuntimeError as exc:
-            if made is not None:  # nothing was written: leave no empty record behind to be mistaken for one
-                engine.dispose()
-                shutil.rmtree(made, ignore_errors=True)
-            fail(f"{exc} (replaying into {target})", 1)
-        except KeyboardInterrupt:
-            if _holds_a_record(engine):  # (the stop came while the load committed: it let the commit end)
-                console.print(
-                    f"[yellow]replay interrupted: {escape(target)} holds the record but not the coordination "
-                    "tasks; delete it and replay again[/yellow]"
-                )
-            else:
-                console.print(
-                    f"[yellow]replay interrupted: no record was written to {escape(target)}; run it again[/yellow]"
-                )
-            raise typer.Exit(130) from None
-    if settings.coordination.enabled:
-        from hub.core.tasks import Engine
-        from hub.replay_coordination import rebuild as rebuild_coordination
-        from hub.rules import load_rules
-
-        try:
-            folded = asyncio.run(
-                rebuild_coordination(
-                    bootstrap,
-                    engine,
-                    Engine(load_rules(settings.coordination.rules)),
-                    since=since,
-                    until=until,
-                    received_by=as_of,
-                )
-            )
-        except KeyboardInterrupt:
-            console.print(
-                f"[yellow]replay interrupted: {escape(target)} holds the record but not the coordination tasks; "
-                "delete it and replay again[/yellow]"
-            )
-            raise typer.Exit(130) from None
-        except RuntimeError as exc:  # (Kafka gone between the two reads of the log, say)
-            fail(
-                f"{exc}: {target} holds the record but not the coordination tasks; delete it and replay again",
-                1,
-            )
-        console.print(f"coordination: {folded.people:,} people's tasks and episodes, {folded.clocks:,} clocks pending")
+        engine = _open_empty(url, target)
+        result = _replay_record(bootstrap, engine, target, made, since, until, as_of, workers)
+        if settings.coordination.enabled:
+            _replay_coordination(settings, bootstrap, engine, target, made, since, until, as_of)
+    except BaseException:  # (failed, refused or stopped: what it made is no record to trust, nor an empty one)
+        if engine is not None:
+            engine.dispose()
+        _remove(made)
+        raise
     digest, resources, events = record_hash(engine)
     period = since is not None or until is not None or as_of is not None
     if period and not result.applied:
@@ -186,6 +121,116 @@ def replay(
     summary = _replay_summary(result, target, resources, since=since, until=until, as_of=as_of)
     console.print(escape(summary), soft_wrap=True)
     typer.echo(f"{digest}  {resources} resources, {events} events applied")
+
+
+def _open_empty(url: str, target: str) -> Any:
+    """The engine of the database replay writes into, refused (one line, exit 2) if it will not
+    answer or already holds a record: said before minutes of folding, naming the database."""
+    from hub.core.errors import StoreUnavailableError
+    from hub.store.database import open_engine
+
+    try:
+        engine = open_engine(url)
+    except StoreUnavailableError as exc:
+        fail(f"--into: {exc}")
+    if _holds_a_record(engine):
+        engine.dispose()
+        refused = f"replay writes into an empty record; {target} already holds one"
+        fail(f"{refused}: give --into a new folder, or an empty database")
+    return engine
+
+
+def _replay_record(
+    bootstrap: str,
+    engine: Any,
+    target: str,
+    made: list[Path],
+    since: datetime | None,
+    until: datetime | None,
+    as_of: datetime | None,
+    workers: int | None,
+) -> ReplayResult:
+    """The record folded from the log and written to `engine`; on failure or Ctrl-C, one line saying
+    what is left of it (the caller removes what replay made) and exit 1 or 130."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from hub.core.errors import HubError
+    from hub.replay import replay as rebuild
+
+    # the spinner is gone when it stops (and never drawn where no one watches), so nothing of it
+    # follows what is printed last: an error, or the summary
+    spinner = SpinnerColumn(), TextColumn("{task.description}")
+    with Progress(*spinner, console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("reading the log", total=None)
+        try:
+            return asyncio.run(
+                rebuild(
+                    bootstrap,
+                    engine,
+                    since=since,
+                    until=until,
+                    progress=lambda read, _: progress.update(task, description=f"{read:,} events read"),
+                    workers=workers,
+                    received_by=as_of,
+                )
+            )
+        except (RuntimeError, HubError) as exc:  # (the log unreachable, the database failing the write)
+            fail(f"{exc} (replaying into {target}): {_left(target, made, _written(engine))}", 1)
+        except KeyboardInterrupt:
+            left = _left(target, made, _written(engine))
+            console.print(f"[yellow]replay interrupted: {escape(left)}[/yellow]")
+            raise typer.Exit(130) from None
+
+
+def _replay_coordination(
+    settings: Settings,
+    bootstrap: str,
+    engine: Any,
+    target: str,
+    made: list[Path],
+    since: datetime | None,
+    until: datetime | None,
+    as_of: datetime | None,
+) -> None:
+    """The coordination engine's tasks and clocks folded from the log into the record just written;
+    on failure or Ctrl-C, one line saying what is left (the record without them) and exit 1 or 130."""
+    from hub.core.tasks import Engine
+    from hub.replay_coordination import rebuild as rebuild_coordination
+    from hub.rules import load_rules
+
+    try:
+        folded = asyncio.run(
+            rebuild_coordination(
+                bootstrap, engine, Engine(load_rules(settings.coordination.rules)), since=since, until=until,
+                received_by=as_of,
+            )
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        console.print(f"[yellow]replay interrupted: {escape(_left(target, made, written=True))}[/yellow]")
+        raise typer.Exit(130) from None
+    except RuntimeError as exc:  # (Kafka gone between the two reads of the log, say)
+        fail(f"{exc} (replaying into {target}): {_left(target, made, written=True)}", 1)
+    console.print(f"coordination: {folded.people:,} people's tasks and episodes, {folded.clocks:,} clocks pending")
+
+
+def _written(engine: Any) -> bool:
+    """Whether a replay that stopped wrote the record: a stop while the load committed lets the commit
+    end; a database that no longer answers holds none of it (the load is one transaction)."""
+    import sqlalchemy as sa
+
+    try:
+        return _holds_a_record(engine)
+    except sa.exc.SQLAlchemyError:
+        return False
+
+
+def _left(target: str, made: list[Path], written: bool) -> str:
+    """What a replay that stopped part way leaves, and what to do next."""
+    if made:
+        return f"nothing kept: removed {made[0]}, which this replay made; run it again"
+    if written:
+        return f"{target} holds the record but not the coordination tasks; empty it and replay again"
+    return f"nothing was written to {target}; run it again"
 
 
 def _replay_target(into: str, settings: Settings) -> tuple[str, str]:
@@ -216,23 +261,35 @@ def _replay_target(into: str, settings: Settings) -> tuple[str, str]:
     return f"sqlite:///{file}", str(file)
 
 
-def _new_folder(into: str, url: str) -> Path | None:
-    """The outermost folder replay is about to make for its database (a new --into folder, or the
-    folder of a SQLite file named by URL, as open_engine makes it), if it makes one."""
+def _made_by_replay(into: str, url: str) -> list[Path]:
+    """What replay is about to make for its database, as a failed replay removes it: the outermost
+    new folder (a new --into folder, or that of a SQLite file named by URL, as open_engine makes it),
+    else a new SQLite file; nothing for a database that is there already, or a server's."""
     import sqlalchemy as sa
 
     if "://" in into:
         parsed = sa.make_url(url)
         if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-            return None
-        folder = Path(str(parsed.database)).parent.resolve()
+            return []
+        file = Path(str(parsed.database)).resolve()
     else:
-        folder = Path(into).resolve()
-    if folder.exists():
-        return None
+        file = (Path(into) / "carehub.db").resolve()
+    folder = file.parent
+    if folder.exists():  # the file, and the journals SQLite keeps beside it, that are not there yet
+        beside = [file.with_name(f"{file.name}-{end}") for end in ("wal", "shm", "journal")]
+        return [] if file.exists() else [path for path in (file, *beside) if not path.exists()]
     while not folder.parent.exists():
         folder = folder.parent
-    return folder
+    return [folder]
+
+
+def _remove(made: list[Path]) -> None:
+    """Remove what this replay made (a folder whole)."""
+    for path in made:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _replay_summary(

@@ -16,6 +16,7 @@ from hub.cli_base import (
     HeldDir,
     M,
     agreements_app,
+    cells,
     console,
     deliveries_app,
     make_settings,
@@ -46,11 +47,11 @@ def agreements_load(
         try:
             fresh = services.agreements.load(agreement, at=datetime.now(UTC))
         except InvalidMessageError as exc:
-            console.print(f"[red]{path}: {exc.diagnostics}[/red]")
+            console.print(f"[red]{escape(f'{path}: {exc.diagnostics}')}[/red]")
             failed += 1
         else:
             state = "loaded" if fresh else "already loaded"
-            console.print(f"{path}: {agreement.id} version {agreement.version} {state}")
+            console.print(escape(f"{path}: {agreement.id} version {agreement.version} {state}"))
             loaded.append(agreement)
     if loaded and shared_kafka(settings):
         asyncio.run(_agreements_on_the_log(settings, loaded))
@@ -155,9 +156,8 @@ def agreements_list(data_dir: HeldDir = Path("var")) -> None:
     table = listing("id", "version", "parties", "purposes", "categories", "valid")
     for a in SqlAgreements(open_existing(data_dir).engine).all_versions():
         valid = f"{a.valid_from} to {a.valid_to or 'open'}"
-        table.add_row(
-            a.id, str(a.version), " ".join(sorted(a.party_codes)), ", ".join(a.purposes), ", ".join(a.categories), valid
-        )
+        parties = " ".join(sorted(a.party_codes))
+        table.add_row(*cells(a.id, a.version, parties, ", ".join(a.purposes), ", ".join(a.categories), valid))
     console.print(table)
 
 
@@ -179,7 +179,7 @@ def subscriptions_load(
             failed += 1
             continue
         services.subscriptions.save(subscription)
-        console.print(f"{path}: subscription {subscription.id} for {subscription.org} saved")
+        console.print(escape(f"{path}: subscription {subscription.id} for {subscription.org} saved"))
     raise typer.Exit(1 if failed else 0)
 
 
@@ -208,7 +208,7 @@ def subscriptions_list(data_dir: HeldDir = Path("var")) -> None:
     table = listing("id", "org", "events", "scope", "content", "webhook", "active")
     for s, active in SqlSubscriptions(open_existing(data_dir).engine).all():
         hook = str(s.webhook.url) if s.webhook else "-"
-        table.add_row(s.id, s.org, "\n".join(s.events), s.scope, s.content, hook, "yes" if active else "no")
+        table.add_row(*cells(s.id, s.org, "\n".join(s.events), s.scope, s.content, hook, "yes" if active else "no"))
     console.print(table)
 
 
@@ -223,7 +223,7 @@ def deliveries_list(
 
     table = listing("id", "subscription", "event", "status", "attempts", "last error")
     for d in SqlOutbox(open_existing(data_dir).engine).listing(status, limit):
-        table.add_row(str(d.id), d.subscription_id, d.event_id, d.status, str(d.attempts), d.last_error or "")
+        table.add_row(*cells(d.id, d.subscription_id, d.event_id, d.status, d.attempts, d.last_error or ""))
     console.print(table)
 
 

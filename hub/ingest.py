@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from hub.bootstrap import running
 from hub.embedded import shared_kafka
@@ -45,7 +46,8 @@ async def ingest_files(settings: Settings, paths: list[Path], console: Console) 
                 events += outcome.events
                 ids += outcome.event_ids
                 kept += outcome.dead_lettered
-                table.add_row(path.name, outcome.control_id, outcome.code, str(outcome.events), outcome.reason or "")
+                said = (path.name, outcome.control_id, outcome.code, str(outcome.events), outcome.reason or "")
+                table.add_row(*map(escape, said))  # names and reasons as written, never read as markup
         console.print(table)
         if embedded and not await run.applied_ids(ids, dead_letters=kept):
             console.print("[yellow]the record had not applied every event before the timeout[/yellow]")

@@ -4,18 +4,32 @@ one line per row."""
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
 from hub.bootstrap import running
+from hub.core.skew import CLOCK_SKEW
 from hub.embedded import shared_kafka
+from hub.instants import UK
 from hub.settings import Settings
 from hub.terminal import listing
 
 SUFFIXES = (".csv", ".json")
+
+
+def future_extraction(extracted_on: date | None, now: datetime) -> str:
+    """Why --extracted-on cannot be the day a register was extracted (a day after today in the UK, as
+    the adapter would refuse it in every row), or ''."""
+    today = (now + CLOCK_SKEW).astimezone(UK).date()
+    if extracted_on is None or extracted_on <= today:
+        return ""
+    return (
+        f"--extracted-on {extracted_on.isoformat()} is in the future (today is {today.isoformat()} in the UK): "
+        "give the day the register was extracted; nothing was sent"
+    )
 
 
 def collect(paths: list[Path]) -> list[Path]:
@@ -46,6 +60,10 @@ async def ingest_referral_files(
 
     if fmt is not None and fmt not in set(Format):
         console.print(f"[red]--format must be one of {', '.join(Format)}, not {escape(repr(fmt))}[/red]")
+        return 2
+    future = future_extraction(extracted_on, datetime.now(UTC))
+    if future:  # (else every row would be rejected, and dead-lettered, for the option's date)
+        console.print(f"[red]{escape(future)}[/red]", soft_wrap=True)
         return 2
     try:
         files = collect(paths)

@@ -155,3 +155,13 @@ def test_tables_in_a_pipe_fold_long_values_rather_than_cut_them(tmp_path: Path) 
     assert kept.returncode == 0, kept.stderr
     assert "…" not in kept.stdout
     assert f"file:{rejected}" in _column(kept.stdout, 3)  # (the source column, after id and received)
+
+
+def test_an_ingest_table_shows_a_file_name_with_brackets_as_it_is(tmp_path: Path) -> None:
+    # Rich reads "[...]" in a cell as markup: "[bold]" vanished (and a reason quoting "[/]" crashed it)
+    rejected = tmp_path / "export [bold]ward 3.hl7"
+    rejected.write_bytes(b"this is not an HL7 message at all")
+    ingested = carehub("ingest", "hl7", str(rejected), "--data-dir", str(tmp_path), cwd=tmp_path)
+    assert ingested.returncode == 1, ingested.stderr
+    assert "MarkupError" not in ingested.stderr
+    assert rejected.name in _column(ingested.stdout, 1)

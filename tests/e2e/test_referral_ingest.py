@@ -8,12 +8,14 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from hub.bootstrap import Services, build
 from hub.core.identity import person_key
+from hub.instants import UK
 from hub.settings import Settings
 from schemas.events import coordination as co
 
@@ -125,6 +127,18 @@ def test_bad_paths_and_options_exit_2_before_anything_is_sent(tmp_path: Path, ar
     result = carehub(*args, "--data-dir", "d", cwd=tmp_path)
     assert result.returncode == 2
     assert says in result.stdout + result.stderr
+
+
+def test_an_extraction_date_in_the_future_is_refused_before_any_row_is_read(tmp_path: Path) -> None:
+    register = write(tmp_path / "register.csv", f"{HEADER}\n{GOOD},Y90001,3,2,severe,1938-02-01\n")
+    later = (datetime.now(UK) + timedelta(days=2)).date().isoformat()  # (past any clock skew)
+    result = carehub("ingest", "register", str(register), "--extracted-on", later, "--data-dir", "d", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "row" not in result.stdout  # (no row rejected, one by one, for the option's date)
+    said = " ".join(result.stdout.split())
+    assert said.startswith(f"--extracted-on {later} is in the future (today is "), said
+    assert "nothing was sent" in said
+    assert not (tmp_path / "d").exists()  # no hub started: nothing published, nothing dead-lettered
 
 
 def test_a_semicolon_or_windows_1252_csv_is_refused_whole_saying_where_and_how_to_save_it(tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from adapters.hl7v2.to_fhir import map_message
 from hub.bootstrap import build
 from hub.core.identity import person_key
@@ -23,10 +25,13 @@ from schemas.events.consent import CONSENT_RECORDED
 from tests.builders import an_adt, an_agreement, an_objection
 
 NHS = "9434765919"
+CAREHUB = str(Path(sys.executable).with_name("carehub"))
 
 
-def test_the_report_shows_then_and_today_for_each_disclosure(tmp_path: Path) -> None:
-    services = build(Settings(data_dir=tmp_path))
+def a_permit_then_an_objection(data_dir: Path, *, user: str = "dr-jones", consents: tuple[str, ...] = ()) -> datetime:
+    """A hub whose ledger holds a read `user` (of Y00001) was permitted a month ago, about a person
+    who has objected since (so today's policy denies it); when the read was."""
+    services = build(Settings(data_dir=data_dir))
     secret = services.secrets.key
     person = person_key(secret, NHS, None)
     events = [
@@ -46,13 +51,13 @@ def test_the_report_shows_then_and_today_for_each_disclosure(tmp_path: Path) -> 
             Disclosure(
                 at=month_ago,
                 recipient_org="Y00001",
-                recipient_user="dr-jones",
+                recipient_user=user,
                 channel="read",
                 person_key=person,
                 resources=(resource_ref(encounter),),
                 decision=then.outcome,
                 reasons=then.reasons,
-                basis={"role": "clinician", "agreements": list(then.agreements), "consents": []},
+                basis={"role": "clinician", "agreements": list(then.agreements), "consents": list(consents)},
             )
         ]
     )
@@ -65,10 +70,19 @@ def test_the_report_shows_then_and_today_for_each_disclosure(tmp_path: Path) -> 
         )
         uow.commit()
     services.engine.dispose()
+    return month_ago
 
+
+def time_travel(data_dir: Path, *more: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CAREHUB_")} | {"COLUMNS": "260"}
+    args = [CAREHUB, "audit", "time-travel", "--nhs-number", NHS, "--data-dir", str(data_dir), *more]
+    return subprocess.run(args, env=clean | (env or {}), capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_report_shows_then_and_today_for_each_disclosure(tmp_path: Path) -> None:
+    month_ago = a_permit_then_an_objection(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAREHUB_")} | {"COLUMNS": "260"}
-    carehub = str(Path(sys.executable).with_name("carehub"))
-    args = [carehub, "audit", "time-travel", "--nhs-number", NHS, "--data-dir", str(tmp_path)]
+    args = [CAREHUB, "audit", "time-travel", "--nhs-number", NHS, "--data-dir", str(tmp_path)]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60, check=False)
 
     assert done.returncode == 0, done.stderr
@@ -95,3 +109,21 @@ def test_the_report_shows_then_and_today_for_each_disclosure(tmp_path: Path) -> 
         [*args, "--since", day, "--until", day], env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert "1 decision(s)" in that_day.stdout, that_day.stdout + that_day.stderr
+
+
+@pytest.mark.parametrize(
+    "user",
+    ["[bold]dr-jones[/bold]", "dr-jones [/]"],  # (Rich read the first as markup, and failed on the second)
+    ids=["swallowed", "crashed"],
+)
+def test_names_in_the_ledger_are_shown_as_they_are_not_read_as_markup(tmp_path: Path, user: str) -> None:
+    a_permit_then_an_objection(tmp_path, user=user, consents=("Consent/[i]c0[/]",))
+    done = time_travel(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    row = next(line for line in done.stdout.splitlines() if "Y00001" in line)
+    assert f"Y00001 / {user}" in row
+    assert "Consent/[i]c0[/]" in row
+    coloured = time_travel(tmp_path, env={"FORCE_COLOR": "1", "TERM": "xterm-256color"})
+    assert coloured.returncode == 0, coloured.stdout + coloured.stderr
+    assert "\x1b[1;33mdeny" in coloured.stdout  # the changed row's today still bold yellow
+    assert f"Y00001 / {user}" in coloured.stdout
