@@ -6,13 +6,19 @@ events the test applies to the record and folds into the commissioner's KPIs as 
   stored as `gp` and counted with it in the KPIs by source.
 * `at` given as a year or a month is ISO 8601, only not precise enough: the refusal says so and
   asks for a date or a date and time, naming the parameter; what was taken before still is.
+* `at` is never before what the command acts on began: a `$close` before its episode's start, an
+  `$accept` or `$decline` before the referral's authoredOn, a contact named as answering a referral
+  before it was made, is refused 400 naming `at` and giving both times, and never reaches the log
+  (the record would skip it as older than what it holds, while the rules engine and the KPIs took
+  it). At the start itself, or after, it is taken; a contact naming no referral may be older than
+  any. No `at` at all is now, or the start where a sender's fast clock dated it a little later.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -106,8 +112,9 @@ def source_code(request: dict[str, Any]) -> str:
     return str(ext["valueCodeableConcept"]["coding"][0]["code"])
 
 
-def refer(hub: Hub, http: httpx.Client, nhs: str, source: str) -> dict[str, Any]:
-    response = http.post("/fhir/ServiceRequest", json=referral(nhs, source), headers=bearer(hub, PRACTICE, "clinician"))
+def refer(hub: Hub, http: httpx.Client, nhs: str, source: str, **changes: Any) -> dict[str, Any]:
+    body = referral(nhs, source, **changes)
+    response = http.post("/fhir/ServiceRequest", json=body, headers=bearer(hub, PRACTICE, "clinician"))
     assert response.status_code == 201, response.text
     return dict(response.json())
 
@@ -149,9 +156,9 @@ def test_a_source_code_that_is_none_of_them_in_any_case_is_still_refused(hub: Hu
 
 @pytest.fixture(scope="module")
 def a_referral(hub: Hub) -> str:
-    """A referral in the record, for the commands to decline."""
+    """A referral in the record, for the commands to decline (made in June: the `at` below are later)."""
     with httpx.Client(base_url=hub.url, timeout=10) as client:
-        made = refer(hub, client, "9999000037", "huddle")
+        made = refer(hub, client, "9999000037", "huddle", authoredOn="2026-06-01T10:00:00+00:00")
     hub.record()
     return str(made["id"])
 
@@ -215,3 +222,136 @@ def test_what_at_refused_before_is_refused_as_before(
 
     assert response.status_code == 400, response.text
     assert said in response.json()["issue"][0]["diagnostics"]
+
+
+# --- `at` before what the command acts on began -------------------------------------------------------
+
+START = "2026-11-12T10:00:00+00:00"  # when the episodes below began (their accept's `at`)
+
+
+def params(**values: str) -> dict[str, Any]:
+    return {"resourceType": "Parameters", "parameter": [{"name": k, "valueString": v} for k, v in values.items()]}
+
+
+def command(hub: Hub, http: httpx.Client, path: str, **values: str) -> httpx.Response:
+    return http.post(path, json=params(**values), headers=coordinator(hub))
+
+
+def referred(hub: Hub, http: httpx.Client, nhs: str, **changes: Any) -> dict[str, Any]:
+    """A referral (authored AUTHORED) on the record; from a huddle, not to move the counts by source above."""
+    made = refer(hub, http, nhs, "huddle", **changes)
+    hub.record()
+    return made
+
+
+def accepted(hub: Hub, http: httpx.Client, nhs: str) -> dict[str, Any]:
+    """An EpisodeOfCare on the record, opened at START."""
+    made = referred(hub, http, nhs)
+    response = command(hub, http, f"/fhir/ServiceRequest/{made['id']}/$accept", coordinator="c-ann", at=START)
+    assert response.status_code == 201, response.text
+    hub.record()
+    return dict(response.json())
+
+
+def refused_as_before(response: httpx.Response, at: str, what: str, began: str) -> None:
+    assert response.status_code == 400, response.text
+    assert response.json()["resourceType"] == "OperationOutcome"
+    issue = response.json()["issue"][0]
+    assert (issue["code"], issue["expression"]) == ("value", ["Parameters.at"])
+    assert issue["diagnostics"].startswith(f"Parameters.at {at} is before {what} ({began})"), issue["diagnostics"]
+
+
+@pytest.mark.parametrize(
+    ("nhs", "valid"),
+    [("9990001006", "2026-11-20T10:00:00Z"), ("9990001014", START)],  # (the start itself: a stay of no time)
+)
+def test_a_close_dated_before_the_episode_began_is_refused_400_naming_at_and_one_dated_after_closes_it(
+    hub: Hub, http: httpx.Client, nhs: str, valid: str
+) -> None:
+    episode = accepted(hub, http, nhs)
+    sent = len(hub.published)
+
+    early = command(hub, http, f"/fhir/EpisodeOfCare/{episode['id']}/$close", goals="Home", at="2026-11-11T10:00:00Z")
+
+    refused_as_before(early, "2026-11-11T10:00:00+00:00", "the episode began", START)
+    assert len(hub.published) == sent  # never an event: the record, the engine and the KPIs never saw it
+    closed = command(hub, http, f"/fhir/EpisodeOfCare/{episode['id']}/$close", goals="Home", at=valid)
+    assert closed.status_code == 200, closed.text
+    hub.record()
+    stored = hub.services.reader.read("EpisodeOfCare", episode["id"])
+    assert stored is not None
+    end = datetime.fromisoformat(valid).isoformat()
+    assert (stored["status"], stored["period"]) == ("finished", {"start": START, "end": end})
+
+
+def test_an_accept_dated_before_the_referral_was_made_is_refused_400_naming_at_and_one_at_its_time_accepts_it(
+    hub: Hub, http: httpx.Client
+) -> None:
+    made = referred(hub, http, "9990001022")
+    sent = len(hub.published)
+    path = f"/fhir/ServiceRequest/{made['id']}/$accept"
+
+    early = command(hub, http, path, coordinator="c-ann", at="2026-11-09T10:00:00Z")
+
+    refused_as_before(early, "2026-11-09T10:00:00+00:00", "the referral was made", AUTHORED)
+    assert len(hub.published) == sent
+    on_time = command(hub, http, path, coordinator="c-ann", at=AUTHORED)
+    assert on_time.status_code == 201, on_time.text
+    assert on_time.json()["period"] == {"start": AUTHORED}
+    hub.record()
+    stored = hub.services.reader.read("ServiceRequest", made["id"])
+    assert stored is not None
+    assert {"url": co.OUTCOME_EXTENSION, "valueCode": "accepted"} in stored["extension"]
+
+
+def test_a_decline_dated_before_the_referral_was_made_is_refused_400_naming_at(hub: Hub, http: httpx.Client) -> None:
+    made = referred(hub, http, "9990001030")
+    sent = len(hub.published)
+    path = f"/fhir/ServiceRequest/{made['id']}/$decline"
+
+    early = command(hub, http, path, reason="moved away", at="2026-11-10T09:59:00Z")
+
+    refused_as_before(early, "2026-11-10T09:59:00+00:00", "the referral was made", AUTHORED)
+    assert len(hub.published) == sent
+    declined = command(hub, http, path, reason="moved away", at="2026-11-10T10:01:00Z")
+    assert declined.status_code == 200, declined.text
+    hub.record()
+    stored = hub.services.reader.read("ServiceRequest", made["id"])
+    assert stored is not None
+    assert stored["status"] == "revoked"
+
+
+def test_a_contact_answering_a_referral_before_it_was_made_is_refused_one_naming_none_is_taken(
+    hub: Hub, http: httpx.Client
+) -> None:
+    made = referred(hub, http, "9990001049")
+    person = made["subject"]["reference"].removeprefix("Patient/")
+    sent = len(hub.published)
+    path = f"/fhir/Patient/{person}/$record-contact"
+
+    early = command(hub, http, path, kind="face-to-face", referral=made["id"], at="2026-11-01")
+
+    refused_as_before(early, "2026-11-01T00:00:00+00:00", f"ServiceRequest/{made['id']} was made", AUTHORED)
+    assert len(hub.published) == sent
+    # a contact with the person before the referral (a follow-up from an earlier stay, say) answers no
+    # referral: the KPIs and the rules engine count it for none, and the record holds it as it is
+    earlier = command(hub, http, path, kind="follow-up", at="2026-11-01")
+    assert earlier.status_code == 201, earlier.text
+    answering = command(hub, http, path, kind="face-to-face", referral=made["id"], at=AUTHORED)
+    assert answering.status_code == 201, answering.text
+
+
+def test_a_command_without_at_on_a_referral_dated_a_little_ahead_by_a_fast_clock_takes_the_referrals_time(
+    hub: Hub, http: httpx.Client
+) -> None:
+    ahead = (datetime.now(UTC) + timedelta(minutes=2)).replace(microsecond=0)  # within the clock skew allowed
+    made = referred(hub, http, "9990001057", authoredOn=ahead.isoformat())
+
+    response = command(hub, http, f"/fhir/ServiceRequest/{made['id']}/$accept", coordinator="c-ann")
+
+    assert response.status_code == 201, response.text
+    assert response.json()["period"] == {"start": ahead.isoformat()}
+    hub.record()  # (not skipped by the record as older than the referral: it is accepted there too)
+    stored = hub.services.reader.read("ServiceRequest", made["id"])
+    assert stored is not None
+    assert {"url": co.OUTCOME_EXTENSION, "valueCode": "accepted"} in stored["extension"]

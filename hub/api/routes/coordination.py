@@ -14,7 +14,9 @@ the log (the record, the rules engine and subscribers take it from there), so a 
 201 is on the log, acknowledged by Kafka. Reads of what they made go through /fhir like any other
 read, under the sharing policy. Refusals are OperationOutcomes: 400 for bad input, 404 for an
 unknown referral or person, 409 when a rule refuses (a coordinator at the caseload cap, a referral
-accepted already for someone else, a person on a caseload). $accept and $decline, and how one accept
+accepted already for someone else, a person on a caseload). A command's `at` (when it happened) is
+never in the future, nor before what it acts on began (coordination_input.not_before): an episode's
+start, a referral's authoredOn. $accept and $decline, and how one accept
 of a referral wins, are in coordination_acceptance; what every command shares (CoordinationApi,
 the coordinator check, publishing) in coordination_commands.
 
@@ -22,6 +24,7 @@ No `from __future__ import annotations` here: FastAPI reads these annotations at
 """
 
 import hashlib
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated
@@ -41,6 +44,7 @@ from hub.api.routes.coordination_input import (
     found_practice,
     json_body,
     nhs_number_of,
+    not_before,
     param,
     parameters,
     refuse_unless_shared,
@@ -49,7 +53,7 @@ from hub.api.routes.coordination_input import (
     with_source,
 )
 from hub.api.routes.fhir import bearer_caller, fhir_id, read_body
-from hub.api.shapes import SERVICE_REQUEST_IN, parameters_in
+from hub.api.shapes import FHIR_ID, SERVICE_REQUEST_IN, parameters_in
 from hub.core import nhs_number
 from hub.core.errors import InvalidMessageError, RuleRefusedError, UnknownPersonError
 from hub.core.identity import person_key, stable_id
@@ -134,6 +138,11 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         at = at_param(params, datetime.now(UTC))
         if api_.reader.read("Patient", fhir_id(id, "Patient")) is None:
             raise UnknownPersonError(f"no Patient/{id} in the shared care record", ("Patient",))
+        referral = param(params, "referral")
+        named = referral is not None and re.fullmatch(FHIR_ID, referral) is not None
+        answered = api_.reader.read("ServiceRequest", str(referral)) if named else None
+        if answered is not None:  # no contact answers a referral before it was made
+            at = not_before(params, at, answered.get("authoredOn"), f"ServiceRequest/{referral} was made")
         encounter: Json = {
             "resourceType": "Encounter",
             "id": str(uuid.uuid4()),
@@ -148,7 +157,6 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
             "serviceProvider": {"identifier": {"system": ODS_SYSTEM, "value": rules.service.ods}},
             "participant": [{"individual": {"display": who.user}}],
         }
-        referral = param(params, "referral")
         if referral:
             encounter["basedOn"] = [{"reference": f"ServiceRequest/{referral}"}]
         await emit(api_, co.CONTACT_RECORDED.type, who, id, at, encounter)
@@ -168,6 +176,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
             raise UnknownPersonError(f"no EpisodeOfCare/{id} in the shared care record", ("EpisodeOfCare",))
         if episode.get("status") == "finished":
             raise RuleRefusedError("this episode is already closed", ("EpisodeOfCare.status",))
+        at = not_before(params, at, (episode.get("period") or {}).get("start"), "the episode began")
         person = str(episode["patient"]["reference"]).removeprefix("Patient/")
         closed = {k: v for k, v in episode.items() if k != "meta"}
         closed["status"] = "finished"

@@ -28,6 +28,7 @@ from hub.api.routes.coordination_input import (
     accept_ids,
     at_param,
     episode_for,
+    not_before,
     opened_for,
     param,
     parameters,
@@ -67,6 +68,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         held = api_.coordination.acceptance(id) or opened_for(api_.reader.search("EpisodeOfCare", person), id)
         if held is not None:
             return await accepted_already(api_, who, referral, held, coordinator)
+        at = not_before(params, at, referral.get("authoredOn"), "the referral was made")
         refuse_allocation(api_, person, coordinator)
         episode = episode_for(id, person, coordinator, rules.service.ods, at)
         # (in a thread: on SQLite the claim waits for the write lock, which a consumer in this process may
@@ -89,6 +91,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         params = parameters(await read_body(request))
         at = at_param(params, datetime.now(UTC))
         referral = referral_of(api_, id)
+        at = not_before(params, at, referral.get("authoredOn"), "the referral was made")
         declined = with_outcome(referral, "declined", "revoked")
         reason = param(params, "reason")
         if reason:

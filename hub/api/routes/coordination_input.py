@@ -19,6 +19,7 @@ from hub.core.errors import InvalidMessageError
 from hub.core.fhir_read import ODS_CODE, ODS_SYSTEM, referral_source
 from hub.core.huddle import UK
 from hub.core.identity import stable_id
+from hub.core.kpi_reading import fhir_time
 from hub.core.policy import Asker, decide
 from hub.core.ports import Json
 from hub.core.skew import CLOCK_SKEW
@@ -242,6 +243,26 @@ def at_param(params: Json, now: datetime) -> datetime:
     """When a command says its event happened (parameter at, never in the future), else now."""
     given = param(params, "at")
     return at_time(given, now) if given else now
+
+
+def not_before(params: Json, at: datetime, began: object, what: str) -> datetime:
+    """`at` (at_param's) for a command on something that began at `began` (a FHIR dateTime: an
+    episode's period.start, a referral's authoredOn; none or unreadable: nothing to hold it to).
+    Given, and earlier, it is refused: it cannot have happened, and the record would skip the event
+    as older than what it holds (its reordering rule) while the rules engine and the KPIs took it.
+    Not given, it is now, or `began` where a sender's clock, fast within CLOCK_SKEW, put that later."""
+    start = fhir_time(began, at)
+    if at >= start:
+        return at
+    given = param(params, "at") is not None
+    if not given and start - at <= CLOCK_SKEW:
+        return start
+    raise InvalidMessageError(
+        f"Parameters.at {at.isoformat() if given else f'(not given: now, {at.isoformat()})'} is before {what} "
+        f"({start.isoformat()}): give the time it happened, at or after that",
+        ("Parameters.at",),
+        code="value",
+    )
 
 
 def nhs_number_of(body: Json) -> str:
