@@ -355,3 +355,24 @@ def test_a_command_without_at_on_a_referral_dated_a_little_ahead_by_a_fast_clock
     stored = hub.services.reader.read("ServiceRequest", made["id"])
     assert stored is not None
     assert {"url": co.OUTCOME_EXTENSION, "valueCode": "accepted"} in stored["extension"]
+
+
+def test_a_decline_of_a_referral_already_accepted_is_refused_409_naming_the_episode(
+    hub: Hub, http: httpx.Client
+) -> None:
+    # the KPIs count a referral by its latest outcome: declined after its accept, it counted as declined
+    # while its person was on a caseload; leaving the service is the episode's $close
+    episode = accepted(hub, http, "9990001065")
+    referral = episode["referralRequest"][0]["reference"].removeprefix("ServiceRequest/")
+    sent = len(hub.published)
+
+    refused = command(hub, http, f"/fhir/ServiceRequest/{referral}/$decline", reason="changed mind", at=START)
+
+    assert refused.status_code == 409, refused.text
+    diagnostics = refused.json()["issue"][0]["diagnostics"]
+    assert f"EpisodeOfCare/{episode['id']}" in diagnostics and "c-ann" in diagnostics and "$close" in diagnostics
+    assert len(hub.published) == sent
+    hub.record()
+    stored = hub.services.reader.read("ServiceRequest", referral)
+    assert stored is not None
+    assert {"url": co.OUTCOME_EXTENSION, "valueCode": "accepted"} in stored["extension"]

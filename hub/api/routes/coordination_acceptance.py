@@ -91,6 +91,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         params = parameters(await read_body(request))
         at = at_param(params, datetime.now(UTC))
         referral = referral_of(api_, id)
+        refuse_declining_accepted(api_, referral)
         at = not_before(params, at, referral.get("authoredOn"), "the referral was made")
         declined = with_outcome(referral, "declined", "revoked")
         reason = param(params, "reason")
@@ -106,6 +107,20 @@ def still_open(reader: RecordReader, claimed: Json) -> bool:
     """A claimed episode holds its person until the record has it ended (not there yet: it holds)."""
     current = reader.read("EpisodeOfCare", str(claimed["id"]))
     return current is None or is_open(current.get("status"))
+
+
+def refuse_declining_accepted(api_: CoordinationApi, referral: Json) -> None:
+    """Refuse (409) a decline of a referral already accepted (or claimed by an accept): the KPIs would
+    count it declined while its person is on a caseload; leaving the service is a $close."""
+    rid, person = str(referral["id"]), person_of(referral)
+    held = api_.coordination.acceptance(rid) or opened_for(api_.reader.search("EpisodeOfCare", person), rid)
+    if held is not None:
+        raise RuleRefusedError(
+            f"ServiceRequest/{rid} was accepted, onto the caseload of coordinator "
+            f"{care_manager(held) or '(none named)'} (EpisodeOfCare/{held['id']}): it cannot be declined now; "
+            "to end the person's time with the service, close the episode ($close)",
+            ("ServiceRequest",),
+        )
 
 
 def refuse_held_person(referral_id: str, held: Json) -> None:
