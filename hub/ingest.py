@@ -32,7 +32,7 @@ async def ingest_files(settings: Settings, paths: list[Path], console: Console) 
     try:
         files = collect(paths)
     except FileNotFoundError as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(f"[red]{escape(str(exc))}[/red]")  # (it names the path: never markup)
         return 2
     embedded = not shared_kafka(settings)  # (else the running hub's consumers apply what is sent)
     async with running(settings, mllp=False, http=False, consumers=embedded) as run:

@@ -287,13 +287,13 @@ def _demographics(f: Fields, pid: Any, patient: Json, latest: datetime | None) -
 
 
 def _life(f: Fields, pid: Any, latest: datetime | None) -> datetime | None:
-    """PID-29, the date of death, checked with PID-7: neither in the future, nor death before birth (a
-    date of birth given to the year or month only begins with it). A typo there would misstate the
-    person's age band in the KPIs, or mark them dead."""
+    """PID-29, the date of death, checked with PID-7: neither in the future, nor death before birth
+    (each time stamp covering its whole precision: a death dated the day of a birth at 06:30 is not
+    before it). A typo there would misstate the person's age band in the KPIs, or mark them dead."""
     born, died = dt.timestamp(f.get(pid, 7), "PID-7"), dt.timestamp(f.get(pid, 29), "PID-29")
     _not_future(born, latest, "PID-7", f.get(pid, 7))
     _not_future(died, latest, "PID-29")
-    if born is not None and died is not None and died < born:
+    if born is not None and died is not None and dt.period_end(died, f.get(pid, 29)) <= born:
         raise InvalidMessageError(
             f"PID-29 (date of death) {dt.fhir_datetime(died)} is before PID-7 (date of birth) {f.get(pid, 7)}",
             ("PID-29",),

@@ -282,7 +282,7 @@ def test_an_accept_answered_503_says_the_referral_is_held_for_its_coordinator_an
         assert (answer.json()["resourceType"], issue["code"]) == ("OperationOutcome", "transient")
         said = issue["diagnostics"]
         assert f"ServiceRequest/{referral} is held for coordinator c-ann (EpisodeOfCare/{episode})" in said
-        assert "not published yet" in said
+        assert "Kafka did not acknowledge all of the accept" in said
         assert "Send the same $accept (coordinator c-ann) again to complete it" in said
     assert other.status_code == 409, other.text
     assert f"coordinator c-ann (EpisodeOfCare/{episode})" in other.json()["issue"][0]["diagnostics"]

@@ -25,6 +25,8 @@ import httpx
 import orjson
 import pytest
 
+from adapters.referrals.rows import Format, read_rows
+from adapters.referrals.to_fhir import map_row
 from hub.api.app import create_app
 from hub.api.auth import TokenVerifier, issue_token
 from hub.api.routes.coordination import CoordinationApi
@@ -376,3 +378,61 @@ def test_a_decline_of_a_referral_already_accepted_is_refused_409_naming_the_epis
     stored = hub.services.reader.read("ServiceRequest", referral)
     assert stored is not None
     assert {"url": co.OUTCOME_EXTENSION, "valueCode": "accepted"} in stored["extension"]
+
+
+def _asc_row(hub: Hub, day: str) -> Envelope:
+    """An adult social care referral file row referred on `day`, as the referral adapter publishes it."""
+    ods = hub.services.rules.rules.service.ods
+    csv = (
+        "referral_id,nhs_number,birth_date,gp_practice_ods,referred_on,referrer,referrer_name,addressed_to,reason,"
+        f"care_act_assessment_outcome\nASC-R-1,9990002010,1940-01-01,Y90001,{day},E10000023,ASC,{ods},falls,\n"
+    )
+    [row] = read_rows(csv.encode(), Format.ASC_CSV)
+    m = map_row(Format.ASC_CSV, row, key_secret=hub.services.secrets.key, now=datetime.now(UTC))
+    data = orjson.dumps(m.payload)
+    return Envelope(
+        id=m.event_id, source=m.source, type=m.event_type, time=m.event_time, subject=m.person_key, data=data
+    )
+
+
+def test_a_decline_the_record_would_keep_its_later_version_over_is_refused_and_one_after_it_declines(
+    hub: Hub, http: httpx.Client
+) -> None:
+    # a row referred on the 20th, then corrected to the 10th: the record keeps the 20th as its version's
+    # time (it never goes back), so a decline dated the 15th was answered 200, skipped by the record as
+    # older than what it held (the referral stayed active there) and counted declined by the KPIs
+    first, corrected = _asc_row(hub, "2026-11-20"), _asc_row(hub, "2026-11-10")
+    hub.published += [first, corrected]
+    hub.record()
+    resources = orjson.loads(corrected.data)["entry"]
+    rid = next(e["resource"]["id"] for e in resources if e["resource"]["resourceType"] == "ServiceRequest")
+    path, sent = f"/fhir/ServiceRequest/{rid}/$decline", len(hub.published)
+
+    early = command(hub, http, path, reason="moved away", at="2026-11-15T10:00:00Z")
+
+    assert early.status_code == 400, early.text
+    said = early.json()["issue"][0]["diagnostics"]
+    assert said.startswith(
+        f"Parameters.at 2026-11-15T10:00:00+00:00 is before the record's latest version of ServiceRequest/{rid}"
+    )
+    assert len(hub.published) == sent
+    on_the_day = command(hub, http, path, reason="moved away", at="2026-11-20")  # a date alone: that day's version
+    assert on_the_day.status_code == 200, on_the_day.text
+    hub.record()
+    stored = hub.services.reader.read("ServiceRequest", rid)
+    assert stored is not None
+    assert stored["status"] == "revoked"
+
+
+def test_a_decline_after_the_episode_closed_says_the_referral_stands_as_accepted(hub: Hub, http: httpx.Client) -> None:
+    episode = accepted(hub, http, "9990001073")
+    referral = episode["referralRequest"][0]["reference"].removeprefix("ServiceRequest/")
+    closed = command(hub, http, f"/fhir/EpisodeOfCare/{episode['id']}/$close", goals="Home", at="2026-11-20T10:00:00Z")
+    assert closed.status_code == 200, closed.text
+    hub.record()
+
+    refused = command(hub, http, f"/fhir/ServiceRequest/{referral}/$decline", reason="changed mind")
+
+    assert refused.status_code == 409, refused.text
+    said = refused.json()["issue"][0]["diagnostics"]
+    assert "that episode is closed already: the referral stands as accepted" in said and "$close" not in said

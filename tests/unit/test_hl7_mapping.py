@@ -359,6 +359,9 @@ def test_a_birth_today_and_a_death_in_the_year_of_birth_are_accepted() -> None:
     [event] = map_message(_with_pid("1940", "194006011200"), key_secret=SECRET, now=NOW)
     [patient] = [e["resource"] for e in event.payload["entry"] if e["resource"]["resourceType"] == "Patient"]
     assert (patient["birthDate"], patient["deceasedDateTime"][:10]) == ("1940", "1940-06-01")
+    [event] = map_message(_with_pid("202611240630", "20261124"), key_secret=SECRET, now=NOW)  # a neonatal death
+    [patient] = [e["resource"] for e in event.payload["entry"] if e["resource"]["resourceType"] == "Patient"]
+    assert (patient["birthDate"], patient["deceasedDateTime"][:10]) == ("2026-11-24", "2026-11-24")
 
 
 def test_a_sender_clock_a_few_minutes_fast_is_tolerated() -> None:

@@ -176,7 +176,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
             raise UnknownPersonError(f"no EpisodeOfCare/{id} in the shared care record", ("EpisodeOfCare",))
         if episode.get("status") == "finished":
             raise RuleRefusedError("this episode is already closed", ("EpisodeOfCare.status",))
-        at = not_before(params, at, (episode.get("period") or {}).get("start"), "the episode began")
+        at = not_before(params, at, (episode.get("period") or {}).get("start"), "the episode began", episode)
         person = str(episode["patient"]["reference"]).removeprefix("Patient/")
         closed = {k: v for k, v in episode.items() if k != "meta"}
         closed["status"] = "finished"

@@ -68,7 +68,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         held = api_.coordination.acceptance(id) or opened_for(api_.reader.search("EpisodeOfCare", person), id)
         if held is not None:
             return await accepted_already(api_, who, referral, held, coordinator)
-        at = not_before(params, at, referral.get("authoredOn"), "the referral was made")
+        at = not_before(params, at, referral.get("authoredOn"), "the referral was made", referral)
         refuse_allocation(api_, person, coordinator)
         episode = episode_for(id, person, coordinator, rules.service.ods, at)
         # (in a thread: on SQLite the claim waits for the write lock, which a consumer in this process may
@@ -92,7 +92,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         at = at_param(params, datetime.now(UTC))
         referral = referral_of(api_, id)
         refuse_declining_accepted(api_, referral)
-        at = not_before(params, at, referral.get("authoredOn"), "the referral was made")
+        at = not_before(params, at, referral.get("authoredOn"), "the referral was made", referral)
         declined = with_outcome(referral, "declined", "revoked")
         reason = param(params, "reason")
         if reason:
@@ -114,13 +114,17 @@ def refuse_declining_accepted(api_: CoordinationApi, referral: Json) -> None:
     count it declined while its person is on a caseload; leaving the service is a $close."""
     rid, person = str(referral["id"]), person_of(referral)
     held = api_.coordination.acceptance(rid) or opened_for(api_.reader.search("EpisodeOfCare", person), rid)
-    if held is not None:
-        raise RuleRefusedError(
-            f"ServiceRequest/{rid} was accepted, onto the caseload of coordinator "
-            f"{care_manager(held) or '(none named)'} (EpisodeOfCare/{held['id']}): it cannot be declined now; "
-            "to end the person's time with the service, close the episode ($close)",
-            ("ServiceRequest",),
-        )
+    if held is None:
+        return
+    coordinator, episode = care_manager(held) or "(none named)", api_.reader.read("EpisodeOfCare", str(held["id"]))
+    said = f"ServiceRequest/{rid} was accepted, onto coordinator {coordinator}'s caseload (EpisodeOfCare/{held['id']})"
+    if episode is None:  # claimed, but Kafka did not take the accept (it was answered 503)
+        then = f"send that $accept (coordinator {coordinator}) again to complete it, then close the episode ($close)"
+    elif not is_open(episode.get("status")):
+        then = "and that episode is closed already: the referral stands as accepted"
+    else:
+        then = "to end the person's time with the service, close the episode ($close)"
+    raise RuleRefusedError(f"{said}: it cannot be declined now; {then}", ("ServiceRequest",))
 
 
 def refuse_held_person(referral_id: str, held: Json) -> None:
@@ -183,7 +187,7 @@ def held_unpublished(referral: Json, episode: Json) -> UnfinishedError:
     coordinator = care_manager(episode) or "(none named)"
     return UnfinishedError(
         f"ServiceRequest/{referral['id']} is held for coordinator {coordinator} (EpisodeOfCare/{episode['id']}), "
-        "but Kafka did not acknowledge the accept, so it is not published yet: not on the record, the "
-        f"caseloads or the KPIs. Send the same $accept (coordinator {coordinator}) again to complete it; "
+        "but Kafka did not acknowledge all of the accept, so the episode may not be on the record, the "
+        f"caseloads or the KPIs yet. Send the same $accept (coordinator {coordinator}) again to complete it; "
         "it opens nothing twice. Until then an accept for another coordinator is refused 409."
     )

@@ -245,21 +245,31 @@ def at_param(params: Json, now: datetime) -> datetime:
     return at_time(given, now) if given else now
 
 
-def not_before(params: Json, at: datetime, began: object, what: str) -> datetime:
+def not_before(params: Json, at: datetime, began: object, what: str, acted_on: Json | None = None) -> datetime:
     """`at` (at_param's) for a command on something that began at `began` (a FHIR dateTime: an
-    episode's period.start, a referral's authoredOn; none or unreadable: nothing to hold it to).
-    Given, and earlier, it is refused: it cannot have happened, and the record would skip the event
-    as older than what it holds (its reordering rule) while the rules engine and the KPIs took it.
-    Not given, it is now, or `began` where a sender's clock, fast within CLOCK_SKEW, put that later."""
+    episode's period.start, a referral's authoredOn; none or unreadable: nothing to hold it to) and
+    that writes onto `acted_on` (the record's resource, whose meta.lastUpdated is the latest time it
+    holds for it). Given, and earlier than either, it is refused: it cannot have happened, or the
+    record would skip the event as older than what it holds (its reordering rule) while the rules
+    engine and the KPIs took it. A date alone on the day it is held to means that time. Not given,
+    it is now, or the time held to where a sender's clock, fast within CLOCK_SKEW, put that later."""
     start = fhir_time(began, at)
-    if at >= start:
+    meta = (acted_on or {}).get("meta") or {}
+    last = fhir_time(meta.get("lastUpdated"), start)
+    bound = max(start, last)
+    if at >= bound:
         return at
-    given = param(params, "at") is not None
-    if not given and start - at <= CLOCK_SKEW:
-        return start
+    given = param(params, "at")
+    if given is None and bound - at <= CLOCK_SKEW:
+        return bound
+    if isinstance(given, str) and len(given) == len("YYYY-MM-DD") and bound.astimezone(UK).date().isoformat() == given:
+        return bound
+    shown = at.isoformat() if given is not None else f"(not given: now, {at.isoformat()})"
+    if at >= start:  # after it began, but the record holds a later version, which it would keep
+        ref = f"{(acted_on or {}).get('resourceType')}/{(acted_on or {}).get('id')}"
+        what = f"the record's latest version of {ref}, which it would keep"
     raise InvalidMessageError(
-        f"Parameters.at {at.isoformat() if given else f'(not given: now, {at.isoformat()})'} is before {what} "
-        f"({start.isoformat()}): give the time it happened, at or after that",
+        f"Parameters.at {shown} is before {what} ({bound.isoformat()}): give the time it happened, at or after that",
         ("Parameters.at",),
         code="value",
     )
