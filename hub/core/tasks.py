@@ -6,14 +6,21 @@ event that opened it, and a clock runs out only when a clock tick (the hub's clo
 the log) reaches its due time, so a replay of the log opens, closes and escalates exactly the same
 tasks at exactly the same times.
 
-Order of work for each event:
+Order of work for each event (Engine.handle; the steps live here unless another module is named):
     person      a Patient's registered practice is remembered
+    release     once an event names the practice (an ADT, a register row, a GP's referral, or the
+                coordinator completing the find-the-practice task with the practice as its output), held
+                PIC summaries go to it and their find-the-practice tasks complete (hub.core.caseload)
+    manual      a task.updated from a coordinator (the API) moves the task's status if the move is
+                allowed (hub.core.task_status); a final status stops its clock. Then release again (the
+                coordinator may have named the practice); a task.updated goes no further
     one stay    an episode.opened changes nothing when the person is on a caseload under another
                 EpisodeOfCare, or one of its referrals opened another, open or closed (a second accept,
                 on a log from before accepts were claimed): the first in log order stands; nor when an
                 episode.closed has named its EpisodeOfCare (closing is final: a re-sent opening, at any
                 time, reopens no stay and starts no clock or task). The rule is hub.core.stays, as the
-                record (hub.core.record) and the KPIs (hub.core.kpi_facts) take it
+                record (hub.core.record) and the KPIs (hub.core.kpi_facts) take it; the engine asks it
+                in hub.core.caseload
     fulfil      open tasks whose rule names this event (and contact kind or referral outcome, and not
                 earlier than `not_before` after the task opened) complete; `cancelled_by` cancels. A
                 referral's outcomes are remembered for tasks it opens later (hub.core.referral_moves)
@@ -22,25 +29,23 @@ Order of work for each event:
     episode     episode.opened starts a caseload stay and its long-stay clock; episode.closed ends both
                 (its EpisodeOfCare is remembered as closed, for good) and issues the PIC summary to the
                 person's practice, or, when no practice is known, holds it and gives the coordinator a
-                task to find the practice (due when the letter is)
-    release     once an event names the practice (an ADT, a register row, a GP's referral, or the
-                coordinator completing the find-the-practice task with the practice as its output), held
-                PIC summaries go to it and their find-the-practice tasks complete
+                task to find the practice (due when the letter is) (hub.core.caseload)
     open        every task rule triggered by this event (and its condition) opens a task with a clock,
                 once per referral, stay or discharge (a correction opens none)
-    move        a referral re-sent for another person cancels the open tasks the first person has for it
-                and takes its outcomes to the new one (hub.core.referral_moves)
-    manual      a task.updated from a coordinator (the API) moves the task's status if the move is
-                allowed (hub.core.task_status); a final status stops its clock
+Before a referral re-sent for another person is handled, the caller has Engine.move cancel the open
+tasks the first person has for it and take its outcomes to the new one (hub.core.referral_moves).
 
-A clock that runs out marks its task overdue, hands it to the team lead and emits one task.overdue;
-a long-stay clock emits one caseload.long-stay flag. What derived events carry: hub.core.derived_events.
+A clock that runs out (Engine.fire) marks its task overdue, hands it to the team lead and emits one
+task.overdue; a long-stay clock emits one caseload.long-stay flag (hub.core.caseload). What derived
+events carry: hub.core.derived_events.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
+from hub.core.caseload import FIND_PRACTICE as FIND_PRACTICE
+from hub.core.caseload import Caseload, opens_nothing
 from hub.core.derived_events import Clock, DerivedEvents, Outcome
 from hub.core.fhir_read import (
     addressed_to,
@@ -59,14 +64,11 @@ from hub.core.identity import stable_id
 from hub.core.pic_summary import LETTER_DUE, practice_found
 from hub.core.ports import Json, RecordEvent
 from hub.core.referral_moves import move, outcome_said, remember_outcomes, says_moved
-from hub.core.stays import Held, opens_another_stay
 from hub.core.task_status import FINAL, may_move
 from schemas.coordination_rules import CoordinationRules, Fulfilment, TaskRule
 from schemas.events import coordination as co
 
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
-FIND_PRACTICE = "find-gp-practice"  # the engine's own task: a PIC summary waits for the person's practice
-FIND_PRACTICE_TITLE = "Find the person's GP practice: their PIC summary is held until one is known"
 _OWN = frozenset(
     {
         co.TASK_CREATED.type,
@@ -101,7 +103,7 @@ class Engine:
         self.events = DerivedEvents(rules)
         closed, receipt = short_name(co.EPISODE_CLOSED.type), short_name(co.PIC_SUMMARY_RECEIPT.type)
         letters = (r for r in rules.tasks if r.trigger == closed and any(f.event == receipt for f in r.done_by))
-        self._letter_due = min((r.due for r in letters), default=LETTER_DUE)
+        self.caseload = Caseload(rules, self.events, min((r.due for r in letters), default=LETTER_DUE))
 
     def handle(self, state: Json, event: RecordEvent) -> Outcome:
         """Apply one event to one person's state."""
@@ -111,18 +113,18 @@ class Engine:
         resources = bundle_resources(event.payload)
         if event.type != co.PIC_SUMMARY_SENT.type:  # (the hub's own letter says only what it was told)
             self._remember_practice(state, resources, referral=event.type == co.REFERRAL_RECEIVED.type)
-        out = self._release(state, event)
+        out = self.caseload.release(state, event)
         if name == "task.updated":
             out.extend(self._manual(state, event, resources))
-            out.extend(self._release(state, event))  # (the coordinator may have named the practice)
+            out.extend(self.caseload.release(state, event))  # (the coordinator may have named the practice)
             return out
-        if name == "episode.opened" and _opens_nothing(state, resources):
+        if name == "episode.opened" and opens_nothing(state, resources):
             return out
         if name == OUTCOME_EVENT:
             remember_outcomes(state, event, resources)
         self._fulfil(state, event, name, resources, out)
         self._case_find(state, event, name, resources, out)
-        self._episode(state, event, name, resources, out)
+        self.caseload.apply_episode(state, event, name, resources, out)
         for rule in self.rules.tasks:
             if rule.trigger == name and self._condition(rule, state, resources):
                 self._open(state, event, rule, resources, out)
@@ -130,13 +132,9 @@ class Engine:
 
     def fire(self, state: Json, clock: Clock) -> Outcome:
         """A clock ran out (a tick at or after its due time reached the person's partition)."""
-        out = Outcome(cleared=[clock.id])
         if clock.kind == "long-stay":
-            episode = state.get("episode")
-            if episode and episode.get("id") == clock.id.removeprefix("long-stay:") and not episode.get("long_stay"):
-                episode["long_stay"] = True
-                out.events.append(self.events.long_stay_flag(clock, episode))
-            return out
+            return self.caseload.flag_long_stay(state, clock)
+        out = Outcome(cleared=[clock.id])
         task = state["tasks"].get(clock.id)
         if task is None or task["status"] in FINAL or task.get("overdue"):
             return out
@@ -218,87 +216,6 @@ class Engine:
         state["eligible"] = matched
         out.events.append(self.events.case_listed(state, event, matched))
 
-    def _episode(self, state: Json, event: RecordEvent, name: str, resources: list[Json], out: Outcome) -> None:
-        for episode in of_kind(resources, "EpisodeOfCare"):
-            if name == "episode.opened" and _opens_a_stay(state, episode):
-                self._open_stay(state, event, episode, out)
-            elif name == "episode.closed":
-                if episode["id"] not in state.setdefault("closed", []):
-                    state["closed"].append(episode["id"])  # for good: a re-sent opening reopens nothing
-                current = state.get("episode")
-                if current and current.get("id") == episode["id"]:
-                    state["episode"] = None
-                    out.cleared.append(f"long-stay:{episode['id']}")
-                    if current.get("long_stay"):  # the flag ends with the stay
-                        out.events.append(self.events.long_stay_ended(state, event, current))
-                for summary in of_kind(resources, "Composition"):
-                    if state.get("practice"):
-                        out.events.append(self.events.pic_summary(state, event.subject, episode, summary, event.time))
-                    else:
-                        self._hold(state, event, episode, summary, out)
-
-    def _open_stay(self, state: Json, event: RecordEvent, episode: Json, out: Outcome) -> None:
-        start = datetime.fromisoformat(str((episode.get("period") or {}).get("start") or event.time.isoformat()))
-        state["episode"] = {
-            "id": episode["id"],
-            "coordinator": care_manager(episode),
-            "start": start.isoformat(),
-            "long_stay": False,
-        }
-        for referral in sorted(referrals_of(episode)):  # the stay each referral opened: the first
-            state.setdefault("episode_of", {}).setdefault(referral, episode["id"])
-        out.set.append(Clock(f"long-stay:{episode['id']}", event.subject, start + self.rules.long_stay, "long-stay"))
-        for task in state["tasks"].values():  # the team's open tasks go to the new coordinator
-            if task["status"] not in FINAL and task["owner"] == self.rules.service.ods:
-                task["owner"] = state["episode"]["coordinator"] or task["owner"]
-            if task["status"] not in FINAL and str(task.get("focus") or "").startswith("ServiceRequest/"):
-                task["stay"] = episode["id"]  # a referral waiting when the stay began (log order)
-
-    def _hold(self, state: Json, event: RecordEvent, episode: Json, summary: Json, out: Outcome) -> None:
-        """No practice known to send the PIC summary to: it waits in the person's state, and the
-        closing coordinator gets a task to find the practice, due when the letter is."""
-        held = state.setdefault("held", {})
-        if summary["id"] in held:
-            return  # the same close, re-sent
-        task_id = stable_id("task", FIND_PRACTICE, str(summary["id"]))
-        held[summary["id"]] = {
-            "episode": episode,
-            "summary": summary,
-            "closed": event.time.isoformat(),
-            "task": task_id,
-        }
-        due = event.time + self._letter_due
-        task: Json = {
-            "rule": FIND_PRACTICE,
-            "title": FIND_PRACTICE_TITLE,
-            "status": "requested",
-            "opened": event.time.isoformat(),
-            "due": due.isoformat(),
-            "owner": care_manager(episode) or self.rules.service.ods,
-            "focus": f"Composition/{summary['id']}",
-        }
-        state["tasks"][task_id] = task
-        out.set.append(Clock(task_id, event.subject, due, "task"))
-        out.events.append(self.events.task_event(co.TASK_CREATED.type, task_id, event.subject, event.time, task))
-
-    def _release(self, state: Json, event: RecordEvent) -> Outcome:
-        """Held PIC summaries go once the person's practice is known (never dated before their close);
-        each one's find-the-practice task completes, unless a coordinator has finished it already."""
-        out = Outcome()
-        if not state.get("practice") or not state.get("held"):
-            return out
-        for held in sorted(state.pop("held").values(), key=lambda h: (h["closed"], h["summary"]["id"])):
-            at = max(event.time, datetime.fromisoformat(held["closed"]))
-            out.events.append(self.events.pic_summary(state, event.subject, held["episode"], held["summary"], at))
-            task = state["tasks"].get(held["task"])
-            if task is not None and task["status"] not in FINAL:
-                task["status"] = "completed"
-                task["closed"] = at.isoformat()
-                task["practice"] = state["practice"]  # (the Task says where the summary went)
-                out.cleared.append(held["task"])
-                out.events.append(self.events.task_event(co.TASK_UPDATED.type, held["task"], event.subject, at, task))
-        return out
-
     def _condition(self, rule: TaskRule, state: Json, resources: list[Json]) -> bool:
         if rule.when == "on-caseload-or-case-list":
             return bool(state.get("episode") or state.get("eligible"))
@@ -373,34 +290,12 @@ def _matches(f: Fulfilment, name: str, at: datetime, resources: list[Json], open
             return False
     if name == "episode.closed" and str(task.get("focus") or "").startswith("ServiceRequest/"):
         # a referral's task ends with the stay on the caseload that began while it waited (in log
-        # order: Engine._episode marks it), or that was opened for it; one that came during the stay
-        # still waits for its own answer
+        # order: hub.core.caseload marks it as the stay opens), or that was opened for it; one that
+        # came during the stay still waits for its own answer
         stays = of_kind(resources, "EpisodeOfCare")
         for_it = {referral for e in stays for referral in referrals_of(e)}
         return task.get("stay") in {e.get("id") for e in stays} or task["focus"] in for_it
     return True
-
-
-def _opens_nothing(state: Json, resources: list[Json]) -> bool:
-    """An episode.opened none of whose EpisodeOfCare opens a stay (_opens_a_stay): it changes nothing."""
-    episodes = of_kind(resources, "EpisodeOfCare")
-    return bool(episodes) and not any(_opens_a_stay(state, e) for e in episodes)
-
-
-def _opens_a_stay(state: Json, episode: Json) -> bool:
-    """Whether an EpisodeOfCare opened opens a stay: not when an episode.closed has named it (closing
-    is final: a re-sent opening reopens nothing), nor when it is a second stay (_another_stay)."""
-    return episode["id"] not in (state.get("closed") or ()) and not _another_stay(state, episode)
-
-
-def _another_stay(state: Json, episode: Json) -> bool:
-    """Whether an EpisodeOfCare opens a second stay (hub.core.stays), asked of the person's state:
-    the stay they are on, and the stay each of the episode's referrals opened first."""
-    named, opened, current = referrals_of(episode), state.get("episode_of") or {}, state.get("episode")
-    held: list[Held] = [(opened[r], False, (r,)) for r in named if r in opened]
-    if current:
-        held.append((current.get("id"), True, ()))
-    return opens_another_stay(episode["id"], named, held)
 
 
 def _same_task(task: Json, rule: str, focus: str) -> bool:
