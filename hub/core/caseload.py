@@ -132,7 +132,17 @@ def opens_nothing(state: Json, resources: list[Json]) -> bool:
 def _opens_a_stay(state: Json, episode: Json) -> bool:
     """Whether an EpisodeOfCare opened opens a stay: not when an episode.closed has named it (closing
     is final: a re-sent opening reopens nothing), nor when it is a second stay (_another_stay)."""
-    return episode["id"] not in (state.get("closed") or ()) and not _another_stay(state, episode)
+    return not _closed(state, str(episode["id"])) and not _another_stay(state, episode)
+
+
+def _closed(state: Json, episode_id: str) -> bool:
+    """Whether an episode.closed has ended this EpisodeOfCare: named in `closed`, or (a state written
+    before `closed` was kept) a stay one of its referrals opened that is not the person's stay now,
+    which only a close can have ended: no second stay opens while one is open."""
+    if episode_id in (state.get("closed") or ()):
+        return True
+    current = (state.get("episode") or {}).get("id")
+    return episode_id != current and episode_id in (state.get("episode_of") or {}).values()
 
 
 def _another_stay(state: Json, episode: Json) -> bool:

@@ -62,6 +62,20 @@ def test_an_opening_sent_again_after_the_close_reopens_nothing_in_the_record_eng
     assert folds.log[sent:] == [folds.log[-1]]  # nothing derived from it: no task, no flag
 
 
+def test_an_opening_sent_again_after_a_close_the_engine_applied_before_it_kept_closed_episodes_reopens_nothing() -> (
+    None
+):
+    # a live hub upgraded in place: its people's engine states were written without the "closed" list
+    folds, opened = accepted_and_closed()
+    folds.coordination.states[PERSON].pop("closed")
+
+    folds.send(again(opened, at(25, 9)))
+
+    assert folds.recorded() == {episode_id(1): ("c-ann", "finished")}
+    assert (folds.stay(), folds.caseloads(), folds.long_stay_clocks()) == (None, {}, [])
+    assert folds.kpi_caseloads() == {"c-ann": 0}
+
+
 def test_an_opening_sent_again_after_the_close_with_the_person_writes_the_person_not_the_episode() -> None:
     folds, opened = accepted_and_closed()
     event = again(opened, at(25, 9))
