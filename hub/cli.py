@@ -29,7 +29,7 @@ from hub.cli_base import (
     topics_app,
 )
 from hub.settings import Settings
-from hub.terminal import listing, until_signalled, where_table
+from hub.terminal import listing, on_signal, where_table
 
 
 @app.command()
@@ -39,9 +39,10 @@ def up(data_dir: DataDir = Path("var"), mllp_port: MllpPort = 2575, http_port: H
 
     async def main() -> None:
         async with running(make_settings(data_dir, mllp_port, http_port), advertise=True) as run:
+            stop = on_signal()  # (before it says so: a stop sent as soon as it is read is then a clean one)
             console.print(where_table(run))
             console.print("Press Ctrl-C to stop.")
-            await until_signalled()
+            await stop.wait()
 
     asyncio.run(main())
 
@@ -58,8 +59,9 @@ def worker(data_dir: DataDir = Path("var")) -> None:
 
     async def main() -> None:
         async with running(settings, mllp=False, http=False) as run:
+            stop = on_signal()
             console.print(f"worker consuming from {run.bootstrap}")
-            await until_signalled()
+            await stop.wait()
 
     asyncio.run(main())
 

@@ -19,7 +19,7 @@ from hub.bootstrap import Running, build, running
 from hub.demo_coordination import kpis, report, run_month, settle
 from hub.rules import load_rules
 from hub.settings import Settings
-from hub.terminal import until_signalled, where_table
+from hub.terminal import on_signal, where_table
 from schemas.agreements import Agreement
 
 
@@ -98,11 +98,12 @@ async def run_demo(settings: Settings, console: Console, *, people: int, days: i
             f"--data-dir {settings.data_dir}); open 'http://{settings.http.host}:{run.http_port}/huddle/{practice}?date={meeting}&token='$TOKEN"
         )
         if serve:
+            stop = on_signal()
             console.print(
                 f"Still running; Ctrl-C to stop. Meanwhile `{_carehub()} kpi --month {month.busiest}`, `replay` and "
                 f"`audit export` with --data-dir {settings.data_dir} read its log."
             )
-            await until_signalled()
+            await stop.wait()
         else:
             console.print(
                 "The hub has stopped with the demo. To follow the links above, run it with --serve "

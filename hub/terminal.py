@@ -43,10 +43,11 @@ def _redact(url: str) -> str:
     return url
 
 
-async def until_signalled() -> None:
-    """Return on SIGINT or SIGTERM."""
+def on_signal() -> asyncio.Event:
+    """An event set on SIGINT or SIGTERM, from now: take it before saying the hub is ready (a SIGTERM
+    sent as soon as "Press Ctrl-C" was read found Python's default and killed the hub outright)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
