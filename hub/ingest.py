@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from hub.bootstrap import running
+from hub.cli_base import cells
 from hub.embedded import shared_kafka
 from hub.settings import Settings
 from hub.terminal import listing
@@ -46,8 +47,7 @@ async def ingest_files(settings: Settings, paths: list[Path], console: Console) 
                 events += outcome.events
                 ids += outcome.event_ids
                 kept += outcome.dead_lettered
-                said = (path.name, outcome.control_id, outcome.code, str(outcome.events), outcome.reason or "")
-                table.add_row(*map(escape, said))  # names and reasons as written, never read as markup
+                table.add_row(*cells(path.name, outcome.control_id, outcome.code, outcome.events, outcome.reason or ""))
         console.print(table)
         if embedded and not await run.applied_ids(ids, dead_letters=kept):
             console.print("[yellow]the record had not applied every event before the timeout[/yellow]")

@@ -39,6 +39,7 @@ from hub.settings import Settings
 from schemas.envelope import Envelope
 from schemas.events import coordination as co
 from tests.serving import served
+from tests.unit.test_referral_adapters import ASC_HEADER, asc_referral, csv_of
 
 pytestmark = pytest.mark.timeout(60)
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
@@ -383,11 +384,8 @@ def test_a_decline_of_a_referral_already_accepted_is_refused_409_naming_the_epis
 def _asc_row(hub: Hub, day: str) -> Envelope:
     """An adult social care referral file row referred on `day`, as the referral adapter publishes it."""
     ods = hub.services.rules.rules.service.ods
-    csv = (
-        "referral_id,nhs_number,birth_date,gp_practice_ods,referred_on,referrer,referrer_name,addressed_to,reason,"
-        f"care_act_assessment_outcome\nASC-R-1,9990002010,1940-01-01,Y90001,{day},E10000023,ASC,{ods},falls,\n"
-    )
-    [row] = read_rows(csv.encode(), Format.ASC_CSV)
+    doc = asc_referral(referral_id="ASC-R-1", nhs_number="9990002010", referred_on=day, addressed_to=ods)
+    [row] = read_rows(csv_of([doc], ASC_HEADER), Format.ASC_CSV)
     m = map_row(Format.ASC_CSV, row, key_secret=hub.services.secrets.key, now=datetime.now(UTC))
     data = orjson.dumps(m.payload)
     return Envelope(

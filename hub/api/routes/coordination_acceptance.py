@@ -65,7 +65,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         at = at_param(params, now)
         referral = referral_of(api_, id)
         person = person_of(referral)
-        held = api_.coordination.acceptance(id) or opened_for(api_.reader.search("EpisodeOfCare", person), id)
+        held = claimed(api_, id, person)
         if held is not None:
             return await accepted_already(api_, who, referral, held, coordinator)
         at = not_before(params, at, referral.get("authoredOn"), "the referral was made", referral)
@@ -109,11 +109,19 @@ def still_open(reader: RecordReader, claimed: Json) -> bool:
     return current is None or is_open(current.get("status"))
 
 
+def claimed(api_: CoordinationApi, referral_id: str, person: str) -> Json | None:
+    """The episode of the accept that claimed the referral, or (a log from before accepts were
+    claimed) the episode on the record opened for it; None: nobody has accepted it."""
+    return api_.coordination.acceptance(referral_id) or opened_for(
+        api_.reader.search("EpisodeOfCare", person), referral_id
+    )
+
+
 def refuse_declining_accepted(api_: CoordinationApi, referral: Json) -> None:
     """Refuse (409) a decline of a referral already accepted (or claimed by an accept): the KPIs would
     count it declined while its person is on a caseload; leaving the service is a $close."""
-    rid, person = str(referral["id"]), person_of(referral)
-    held = api_.coordination.acceptance(rid) or opened_for(api_.reader.search("EpisodeOfCare", person), rid)
+    rid = str(referral["id"])
+    held = claimed(api_, rid, person_of(referral))
     if held is None:
         return
     coordinator, episode = care_manager(held) or "(none named)", api_.reader.read("EpisodeOfCare", str(held["id"]))
