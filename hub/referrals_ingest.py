@@ -11,9 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from hub.bootstrap import running
-from hub.core.skew import CLOCK_SKEW
+from hub.core.skew import latest_day
 from hub.embedded import shared_kafka
-from hub.instants import UK
 from hub.settings import Settings
 from hub.terminal import listing
 
@@ -23,7 +22,7 @@ SUFFIXES = (".csv", ".json")
 def future_extraction(extracted_on: date | None, now: datetime) -> str:
     """Why --extracted-on cannot be the day a register was extracted (a day after today in the UK, as
     the adapter would refuse it in every row), or ''."""
-    today = (now + CLOCK_SKEW).astimezone(UK).date()
+    today = latest_day(now)
     if extracted_on is None or extracted_on <= today:
         return ""
     return (

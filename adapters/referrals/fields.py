@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from hub.core import nhs_number as nhs
 from hub.core.errors import InvalidMessageError
-from hub.core.skew import CLOCK_SKEW
+from hub.core.skew import CLOCK_SKEW, latest_day
 
 UK = ZoneInfo("Europe/London")
 MAX_TEXT = 2000
@@ -171,7 +171,7 @@ class RowFields:
     def not_future(self, name: str, when: When, now: datetime) -> When:
         """`when`, refused if later than `now` by more than CLOCK_SKEW (a date: after today in the UK)."""
         latest = now + CLOCK_SKEW
-        today = latest.astimezone(UK).date()
+        today = latest_day(now)
         if when.timed and when.utc > latest:
             minutes = int(CLOCK_SKEW.total_seconds() // 60)
             said = f"now is {now.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}, give or take {minutes} minutes"

@@ -4,6 +4,13 @@ dates), as it would count in the KPIs of a time yet to come."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 CLOCK_SKEW = timedelta(minutes=5)
+_UK = ZoneInfo("Europe/London")
+
+
+def latest_day(now: datetime) -> date:
+    """The last UK day a date an input gives may name: today in the UK, give or take CLOCK_SKEW."""
+    return (now + CLOCK_SKEW).astimezone(_UK).date()
