@@ -105,6 +105,7 @@ async def run_demo(settings: Settings, console: Console, *, people: int, days: i
             )
             await stop.wait()
         else:
+            await settle(run)  # what the reports published, and any clock tick since: applied before it stops
             console.print(
                 "The hub has stopped with the demo. To follow the links above, run it with --serve "
                 "(.venv/bin/carehub demo --serve) and leave it running."
