@@ -31,7 +31,8 @@ Order of work for each event (Engine.handle; the steps live here unless another 
                 person's practice, or, when no practice is known, holds it and gives the coordinator a
                 task to find the practice (due when the letter is) (hub.core.caseload)
     open        every task rule triggered by this event (and its condition) opens a task with a clock,
-                once per referral, stay or discharge (a correction opens none)
+                once per referral, stay or discharge (a correction opens none; a referral's corrected
+                date moves the clock of its task still open and not overdue, due from that date)
 Before a referral re-sent for another person is handled, the caller has Engine.move cancel the open
 tasks the first person has for it and take its outcomes to the new one (hub.core.referral_moves).
 
@@ -46,7 +47,7 @@ from datetime import datetime
 
 from hub.core.caseload import FIND_PRACTICE as FIND_PRACTICE
 from hub.core.caseload import Caseload, opens_nothing
-from hub.core.derived_events import Clock, DerivedEvents, Outcome
+from hub.core.derived_events import Clock, DerivedEvents, Outcome, last_written
 from hub.core.fhir_read import (
     addressed_to,
     bundle_resources,
@@ -227,7 +228,10 @@ class Engine:
         task_id = stable_id("task", event.id, rule.id)
         focus = focus_of(resources)
         if task_id in state["tasks"] or (focus and any(_same_task(t, rule.id, focus) for t in state["tasks"].values())):
-            return  # the event again, or the same referral, stay or discharge sent again (corrected, or a retry)
+            # the event again, or the same referral, stay or discharge sent again (corrected, or a retry)
+            if focus and event.type == co.REFERRAL_RECEIVED.type:
+                self._retime(state, event, rule, focus, out)
+            return
         episode = state.get("episode") or {}
         closing = [c for c in map(care_manager, of_kind(resources, "EpisodeOfCare")) if c]  # episode.closed
         coordinator = episode.get("coordinator") or (closing[0] if closing else None)
@@ -250,6 +254,22 @@ class Engine:
                 at, resources = datetime.fromisoformat(said["at"]), [outcome_said(str(focus), said["outcome"])]
                 self._answer(task_id, task, rule, (OUTCOME_EVENT, at, resources), event.subject, out)
 
+    def _retime(self, state: Json, event: RecordEvent, rule: TaskRule, focus: str, out: Outcome) -> None:
+        """A corrected referral date moves the clock of the referral's task this rule opened: due as long
+        after the date it now gives as the rule says, as if it had said so first (the KPIs measure from
+        it too). A task finished, or already overdue and with the team lead, keeps its dates."""
+        for task_id, task in sorted(state["tasks"].items()):
+            if not _same_task(task, rule.id, focus) or task["status"] in FINAL or task.get("overdue"):
+                continue
+            if datetime.fromisoformat(task["opened"]) == event.time:
+                continue  # (a retry, or a correction of something else)
+            at, due = max(event.time, last_written(task)), event.time + rule.due
+            task |= {"opened": event.time.isoformat(), "due": due.isoformat(), "said": at.isoformat()}
+            out.set.append(Clock(task_id, event.subject, due, "task"))
+            resource = self.events.task_resource(task_id, event.subject, task)
+            key = f"retimed|{task_id}|{event.id}"
+            out.events.append(self.events.derived(co.TASK_UPDATED.type, key, event.subject, at, resource))
+
     def _manual(self, state: Json, event: RecordEvent, resources: list[Json]) -> Outcome:
         out = Outcome()
         for resource in of_kind(resources, "Task"):
@@ -259,6 +279,7 @@ class Engine:
             if task is None or not isinstance(status, str) or not may_move(task["status"], status):
                 continue  # the record refuses the same moves (hub.core.task_status), so both agree
             task["status"] = status
+            task["said"] = max(event.time, last_written(task)).isoformat()  # (what the record's Task holds)
             if status in FINAL:
                 task["closed"] = event.time.isoformat()
                 out.cleared.append(resource["id"])

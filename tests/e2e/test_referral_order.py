@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from adapters.referrals.rows import Format, Row
 from adapters.referrals.to_fhir import map_row
@@ -20,6 +21,7 @@ from hub.bootstrap import Services, build, running
 from hub.core.identity import person_key
 from hub.core.ports import Json, RecordEvent
 from hub.settings import CoordinationSettings, HttpSettings, KafkaSettings, MllpSettings, Settings
+from hub.store.tables import coordination_clock
 from tests.kafka_log import produce
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
@@ -118,3 +120,41 @@ async def test_outcome_first_an_earlier_correction_and_a_new_nhs_number_end_as_i
         [{"text": "Emotional needs"}],
     )
     assert referral(services, two)["subject"]["reference"] == f"Patient/{b}"
+
+
+async def test_a_corrected_referral_date_moves_its_open_tasks_deadlines_on_the_record_and_the_clocks(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        kafka=KafkaSettings(group_id=f"t{uuid.uuid4().hex[:8]}-record"),
+        mllp=MllpSettings(port=0),
+        http=HttpSettings(port=0),
+        coordination=CoordinationSettings(tick_s=0),
+    )
+    services = build(settings)
+    secret = services.secrets.key
+    a = person_key(secret, NHS, None)
+    sent = row(secret, Format.VCSE_JSON, REFERRAL)
+    focus = f"ServiceRequest/{request_id(sent)}"
+    async with running(settings, services=services, mllp=False, http=False) as run:
+        await produce(run.bootstrap, [sent])
+        await until(lambda: len(dues(services, a)) == 2, 60, "the referral's two tasks on the record")
+        assert dues(services, a) == {"referral-triage": "2026-11-09", "first-visit": "2026-12-04"}
+
+        await produce(run.bootstrap, [row(secret, Format.VCSE_JSON, REFERRAL | {"referred_on": "2026-11-02"})])
+        moved = {"referral-triage": "2026-11-05", "first-visit": "2026-11-30"}
+        await until(lambda: dues(services, a) == moved, 60, "the tasks' deadlines moved to the corrected date")
+        await asyncio.sleep(1.5)  # nothing more arrives
+
+    assert dues(services, a) == moved
+    assert {t["focus"]["reference"] for t in services.reader.search("Task", a)} == {focus}  # no second task
+    with services.coordination.engine.connect() as conn:
+        clocks = conn.execute(sa.select(coordination_clock.c.due).where(coordination_clock.c.person_key == a))
+        assert sorted(str(due)[:10] for (due,) in clocks) == sorted(moved.values())
+
+
+def dues(services: Services, person: str) -> dict[str, str]:
+    """rule -> the day each of the person's tasks in the record is due."""
+    found = services.reader.search("Task", person)
+    return {t["code"]["coding"][0]["code"]: t["restriction"]["period"]["end"][:10] for t in found}

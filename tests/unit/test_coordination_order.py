@@ -5,7 +5,7 @@ engine's derived events back on the log as the hub does."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -176,6 +176,91 @@ def test_an_older_outcome_arriving_after_a_newer_one_is_still_stale() -> None:
         uow.commit()
     assert result.stale == 1
     assert hub.referral()["status"] == "completed"
+
+
+# --- a corrected date moves the clocks of the referral's open tasks ------------------------------------
+
+DUE_DAYS = {"referral-triage": 3, "first-visit": 28}
+
+
+def coordinator_moves(hub: Hub, person: str, rule: str, status: str, at: str) -> None:
+    """A coordinator's task.updated, as the API sends it: the Task as the record holds it, the status changed."""
+    task = hub.recorded_tasks(person)[rule]
+    when = datetime.fromisoformat(at).replace(tzinfo=UTC)
+    moved = task | {"status": status}
+    hub.send(RecordEvent(f"manual-{rule}-{status}", co.TASK_UPDATED.type, "urn:ods:Y0PIC", when, person, moved))
+
+
+def dues(hub: Hub, person: str) -> dict[str, tuple[str, str]]:
+    """rule -> (due, clock due) of the person's referral tasks: the engine's task, and its pending clock."""
+    assert isinstance(hub.coordination, MemoryCoordinationStore)
+    held = hub.coordination.states[person]["tasks"]
+    clocks = {clock_id: due for clock_id, (_, due, *_) in hub.coordination.clocks.items()}
+    return {
+        t["rule"]: (t["due"][:10], clocks[task_id].date().isoformat() if task_id in clocks else "")
+        for task_id, t in held.items()
+        if t["rule"] in REFERRAL_TASKS
+    }
+
+
+@pytest.mark.parametrize("referred_on", ["2026-11-02", "2026-11-09"])
+def test_a_corrected_referral_date_moves_its_open_tasks_deadlines_in_the_engine_and_the_record(
+    referred_on: str,
+) -> None:
+    hub = Hub()
+    hub.send(vcse_referral())  # referred on 2026-11-06
+    assert dues(hub, A) == {
+        "referral-triage": ("2026-11-09", "2026-11-09"),
+        "first-visit": ("2026-12-04", "2026-12-04"),
+    }
+
+    hub.send(vcse_referral(referred_on=referred_on))
+    day = datetime.fromisoformat(referred_on).replace(tzinfo=UTC)
+    expected = {rule: (day + timedelta(days=n)).date().isoformat() for rule, n in DUE_DAYS.items()}
+    assert dues(hub, A) == {rule: (due, due) for rule, due in expected.items()}
+    for rule, task in hub.recorded_tasks(A).items():
+        assert task["restriction"]["period"] == {"start": day.isoformat(), "end": f"{expected[rule]}T00:00:00+00:00"}
+        assert task["authoredOn"] == day.isoformat()
+        assert task["status"] == "requested"
+        assert task["meta"]["versionId"] == "2"
+    assert hub.tasks(A) == {"referral-triage": "requested", "first-visit": "requested"}  # no second task
+    assert len([e for e in hub.log if e.type == co.TASK_CREATED.type]) == 2
+
+    hub.send(vcse_referral(referred_on=referred_on, needs=["carer-support"]))  # corrected again, same date
+    assert [t["meta"]["versionId"] for t in hub.recorded_tasks(A).values()] == ["2", "2"]  # nothing to move
+
+
+def test_a_corrected_date_moves_a_task_a_coordinator_took_on_later_and_the_record_follows() -> None:
+    hub = Hub()
+    hub.send(vcse_referral())
+    coordinator_moves(hub, A, "first-visit", "in-progress", "2026-11-20T10:00:00")
+    hub.send(vcse_referral(referred_on="2026-11-02"))
+    task = hub.recorded_tasks(A)["first-visit"]
+    assert (task["status"], task["restriction"]["period"]["end"][:10]) == ("in-progress", "2026-11-30")
+    assert task["meta"]["lastUpdated"].startswith("2026-11-20T10:00")  # dated after the coordinator's move, not stale
+    assert dues(hub, A)["first-visit"] == ("2026-11-30", "2026-11-30")
+
+
+def test_a_correction_leaves_finished_and_overdue_tasks_as_they_are() -> None:
+    hub = Hub()
+    hub.send(vcse_referral(), outcome("contacted", "2026-11-08"))  # the triage task completes
+    hub.send(tick(0, datetime(2026, 12, 5, tzinfo=UTC)))  # the first visit ran out on 2026-12-04
+    assert hub.tasks(A) == {"referral-triage": "completed", "first-visit": "requested"}
+    before = hub.recorded_tasks(A)
+    assert before["first-visit"]["businessStatus"]["coding"][0]["code"] == "overdue"
+
+    hub.send(vcse_referral(referred_on="2026-11-20"))  # would be due 2026-12-18: too late, it is with the team lead
+    assert hub.recorded_tasks(A) == before
+    assert dues(hub, A) == {"referral-triage": ("2026-11-09", ""), "first-visit": ("2026-12-04", "")}
+
+
+def test_a_referral_moved_after_a_coordinator_took_its_task_on_is_cancelled_in_the_record_too() -> None:
+    hub = Hub()
+    hub.send(vcse_referral())
+    coordinator_moves(hub, A, "first-visit", "in-progress", "2026-11-20T10:00:00")
+    hub.send(vcse_referral(nhs_number=OTHER_NHS))  # dated 2026-11-06, before the coordinator's move
+    assert hub.tasks(A) == {"referral-triage": "cancelled", "first-visit": "cancelled"}
+    assert {t["status"] for t in hub.recorded_tasks(A).values()} == {"cancelled"}
 
 
 # --- defect 3: the same referral re-sent with a corrected NHS number -----------------------------------
