@@ -33,19 +33,6 @@ class Clock:
     kind: str  # "task" or "long-stay"
 
 
-def last_written(task: Json) -> datetime:
-    """The latest time an event about a task wrote the record's Task, as the engine's state knows it:
-    its opening, a coordinator's move or a re-timing (`said`), its running out (overdue: its due
-    time). An event the engine derives about the task is dated no earlier, or the record would skip
-    it as stale (hub.core.record's reordering rule) and keep the Task as it was."""
-    said = [datetime.fromisoformat(task["opened"])]
-    if task.get("said"):
-        said.append(datetime.fromisoformat(task["said"]))
-    if task.get("overdue"):
-        said.append(datetime.fromisoformat(task["due"]))
-    return max(said)
-
-
 @dataclass
 class Outcome:
     """What one event or one clock did: events to publish, clocks to set and clear."""

@@ -11,6 +11,11 @@ Rules, in the order they are applied to each event:
                     referral the record holds (a corrected row, the same referral id) replaces what the
                     referral said whatever date it gives, as the KPIs take it (hub.core.kpis); the
                     version keeps the latest time said, so its lastUpdated never goes back
+    tasks           and a Task is the rules engine's (hub.core.tasks), which decides in log order: task
+                    events (the engine's and a coordinator's) are applied in log order whatever time
+                    they give, the version keeping the latest time said (an outcome row sent late
+                    completes a task a coordinator has since taken on; a corrected referral date
+                    re-times it), so the record and the engine agree on every Task
     identity        resources are filed under a person key; a key retired by a merge (A40) is followed to
                     the surviving person, so events that arrive late for the old identity land on the survivor
     merge           the retired person's resources move to the survivor (subject rewritten, new version)
@@ -61,6 +66,8 @@ from schemas.events.coordination import (
     NOT_RECORDED,
     PATIENT_STUB_EVENTS,
     REFERRAL_RECEIVED,
+    TASK_CREATED,
+    TASK_OVERDUE,
     TASK_UPDATED,
 )
 
@@ -71,6 +78,8 @@ _MAX_HOPS = 16
 _SUBJECT_FIELDS = ("subject", "patient", "for")
 UNCHANGED = StoredResource("", "", None, 0, datetime.min.replace(tzinfo=UTC), "", {})
 _STUB_TIME = datetime(1900, 1, 1, tzinfo=UTC)  # a stub loses to anything said about the person
+# applied in log order whatever time they give (see "corrections" and "tasks" above)
+_IN_LOG_ORDER = frozenset({REFERRAL_RECEIVED.type, TASK_CREATED.type, TASK_UPDATED.type, TASK_OVERDUE.type})
 
 
 @dataclass(frozen=True)
@@ -175,9 +184,9 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
             return same
     latest = event.time
     if current is not None and event.time < current.event_time:
-        if event.type != REFERRAL_RECEIVED.type:
+        if event.type not in _IN_LOG_ORDER:
             return None
-        latest = current.event_time  # a correction dated earlier: applied, the version not dated back
+        latest = current.event_time  # a correction (or a task event) dated earlier: applied, not dated back
     if (
         kind == "Patient"
         and current is not None

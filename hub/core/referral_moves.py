@@ -9,7 +9,9 @@ person has for it.
 
 from __future__ import annotations
 
-from hub.core.derived_events import MOVED_REASON, STATUS_REASON_SYSTEM, DerivedEvents, Outcome, last_written
+from datetime import datetime
+
+from hub.core.derived_events import MOVED_REASON, STATUS_REASON_SYSTEM, DerivedEvents, Outcome
 from hub.core.fhir_read import extension, of_kind
 from hub.core.ports import Json, RecordEvent
 from hub.core.task_status import FINAL
@@ -44,7 +46,10 @@ def _moved(
     events: DerivedEvents, task_id: str, task: Json, person: str, event: RecordEvent
 ) -> tuple[Json, RecordEvent]:
     """A task cancelled because `event` moved its referral, and the task.updated that says so."""
-    at = max(event.time, last_written(task))  # (never dated before what the record holds of the task)
+    said = [event.time, datetime.fromisoformat(task["opened"])]
+    if task.get("overdue"):
+        said.append(datetime.fromisoformat(task["due"]))
+    at = max(said)  # (never dated before what the record holds of the task, or it would be stale there)
     moved = task | {"status": "cancelled", "closed": at.isoformat(), "moved": True}
     resource = events.task_resource(task_id, person, moved)
     return moved, events.derived(co.TASK_UPDATED.type, f"moved|{task_id}|{event.id}", person, at, resource)

@@ -47,7 +47,7 @@ from datetime import datetime
 
 from hub.core.caseload import FIND_PRACTICE as FIND_PRACTICE
 from hub.core.caseload import Caseload, opens_nothing
-from hub.core.derived_events import Clock, DerivedEvents, Outcome, last_written
+from hub.core.derived_events import Clock, DerivedEvents, Outcome
 from hub.core.fhir_read import (
     addressed_to,
     bundle_resources,
@@ -249,26 +249,35 @@ class Engine:
         state["tasks"][task_id] = task
         out.set.append(Clock(task_id, event.subject, event.time + rule.due, "task"))
         out.events.append(self.events.task_event(co.TASK_CREATED.type, task_id, event.subject, event.time, task))
-        for said in (state.get("outcomes") or {}).get(focus or "", []):  # outcomes that came before it
+        self._answer_remembered(state, event, task_id, task, rule, focus, out)
+
+    def _answer_remembered(
+        self, state: Json, event: RecordEvent, task_id: str, task: Json, rule: TaskRule, focus: str | None, out: Outcome
+    ) -> None:
+        """The outcomes said of the task's referral before it opened (or before its date was corrected)."""
+        for said in (state.get("outcomes") or {}).get(focus or "", []):
             if task["status"] not in FINAL:
                 at, resources = datetime.fromisoformat(said["at"]), [outcome_said(str(focus), said["outcome"])]
                 self._answer(task_id, task, rule, (OUTCOME_EVENT, at, resources), event.subject, out)
 
     def _retime(self, state: Json, event: RecordEvent, rule: TaskRule, focus: str, out: Outcome) -> None:
         """A corrected referral date moves the clock of the referral's task this rule opened: due as long
-        after the date it now gives as the rule says, as if it had said so first (the KPIs measure from
-        it too). A task finished, or already overdue and with the team lead, keeps its dates."""
+        after the date it now gives as the rule says, and answered by the outcomes already said of the
+        referral, as if it had said so first (the KPIs measure from it too). A task finished, or already
+        overdue and with the team lead, keeps its dates. (The record applies task events in log order,
+        whatever their time: hub.core.record.)"""
         for task_id, task in sorted(state["tasks"].items()):
             if not _same_task(task, rule.id, focus) or task["status"] in FINAL or task.get("overdue"):
                 continue
             if datetime.fromisoformat(task["opened"]) == event.time:
                 continue  # (a retry, or a correction of something else)
-            at, due = max(event.time, last_written(task)), event.time + rule.due
-            task |= {"opened": event.time.isoformat(), "due": due.isoformat(), "said": at.isoformat()}
+            due = event.time + rule.due
+            task |= {"opened": event.time.isoformat(), "due": due.isoformat()}
             out.set.append(Clock(task_id, event.subject, due, "task"))
             resource = self.events.task_resource(task_id, event.subject, task)
             key = f"retimed|{task_id}|{event.id}"
-            out.events.append(self.events.derived(co.TASK_UPDATED.type, key, event.subject, at, resource))
+            out.events.append(self.events.derived(co.TASK_UPDATED.type, key, event.subject, event.time, resource))
+            self._answer_remembered(state, event, task_id, task, rule, focus, out)
 
     def _manual(self, state: Json, event: RecordEvent, resources: list[Json]) -> Outcome:
         out = Outcome()
@@ -279,7 +288,6 @@ class Engine:
             if task is None or not isinstance(status, str) or not may_move(task["status"], status):
                 continue  # the record refuses the same moves (hub.core.task_status), so both agree
             task["status"] = status
-            task["said"] = max(event.time, last_written(task)).isoformat()  # (what the record's Task holds)
             if status in FINAL:
                 task["closed"] = event.time.isoformat()
                 out.cleared.append(resource["id"])

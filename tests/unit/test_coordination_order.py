@@ -263,6 +263,56 @@ def test_a_referral_moved_after_a_coordinator_took_its_task_on_is_cancelled_in_t
     assert {t["status"] for t in hub.recorded_tasks(A).values()} == {"cancelled"}
 
 
+def views(hub: Hub) -> tuple[dict[str, tuple[str, str, bool]], dict[str, tuple[str, str, bool]]]:
+    """rule -> (status, due day, overdue) of the referral tasks: as the engine holds them, and on the record."""
+    assert isinstance(hub.coordination, MemoryCoordinationStore)
+    held = hub.coordination.states[A]["tasks"].values()
+    engine = {
+        t["rule"]: (t["status"], t["due"][:10], bool(t.get("overdue"))) for t in held if t["rule"] in REFERRAL_TASKS
+    }
+    record = {
+        rule: (t["status"], t["restriction"]["period"]["end"][:10], "businessStatus" in t)
+        for rule, t in hub.recorded_tasks(A).items()
+    }
+    return engine, record
+
+
+def test_a_deadline_moved_earlier_runs_out_on_the_record_as_in_the_engine() -> None:
+    hub = Hub()
+    hub.send(vcse_referral(), vcse_referral(referred_on="2026-11-01"))  # triage due 11-04, before the 11-06 row
+    hub.send(tick(0, datetime(2026, 11, 25, tzinfo=UTC)))
+    engine, record = views(hub)
+    assert engine == record
+    assert record["referral-triage"] == ("requested", "2026-11-04", True)
+
+
+def test_an_outcome_between_the_corrected_and_the_first_date_completes_the_task_on_the_record_too() -> None:
+    hub = Hub()
+    hub.send(vcse_referral(), vcse_referral(referred_on="2026-11-02"), outcome("contacted", "2026-11-04"))
+    engine, record = views(hub)
+    assert engine == record
+    assert record["referral-triage"][0] == "completed"
+
+
+def test_an_outcome_said_before_the_correction_answers_the_task_it_re_times_as_in_the_natural_order() -> None:
+    late, natural = Hub(), Hub()
+    late.send(vcse_referral(), outcome("contacted", "2026-11-04"), vcse_referral(referred_on="2026-11-02"))
+    natural.send(vcse_referral(referred_on="2026-11-02"), outcome("contacted", "2026-11-04"))
+    assert late.tasks(A) == natural.tasks(A) == {"referral-triage": "completed", "first-visit": "requested"}
+    assert views(late) == views(natural)
+
+
+def test_an_outcome_sent_late_completes_a_task_a_coordinator_took_on_since_on_the_record_too() -> None:
+    hub = Hub()
+    hub.send(vcse_referral())
+    coordinator_moves(hub, A, "first-visit", "in-progress", "2026-11-20T10:00:00")
+    hub.send(outcome("attended", "2026-11-18"))  # a row sent late, dated before the coordinator's move
+    engine, record = views(hub)
+    assert engine == record
+    assert record["first-visit"][0] == "completed"
+    assert hub.recorded_tasks(A)["first-visit"]["meta"]["lastUpdated"].startswith("2026-11-20T10:00")  # not back
+
+
 # --- defect 3: the same referral re-sent with a corrected NHS number -----------------------------------
 
 
