@@ -263,7 +263,8 @@ async def running(
     from adapters.hl7v2.transport import serve
     from consumers.app import build_broker, dead_letter_group, include_consumers
     from consumers.coordination import Ticker
-    from consumers.delivery import Deliverer, WebhookSender
+    from consumers.delivery import Deliverer
+    from consumers.delivery_sender import WebhookSender
 
     if services is None:
         services = await asyncio.to_thread(build, settings)

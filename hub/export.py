@@ -43,7 +43,7 @@ from hub.core.ports import Json, Ledger
 from hub.core.record import resources_of
 from hub.core.timetravel import WITHHELD_WITH_EVENT
 from hub.export_verify import GENESIS, Extents, canonical, extend, listed, step
-from hub.replay import read_log
+from hub.replay_read import read_log
 from schemas.envelope import header_value
 from schemas.topics import EVENTS
 

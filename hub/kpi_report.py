@@ -42,7 +42,7 @@ from hub.core.kpi_months import checked_month as checked_month
 from hub.core.kpi_months import months_counted as months_counted
 from hub.core.kpi_months import months_to
 from hub.core.kpis import KpiFold, Row
-from hub.replay import read_log
+from hub.replay_read import read_log
 
 SKIPPED = "events skipped (whole log)"
 COLUMNS = (

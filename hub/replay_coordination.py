@@ -19,7 +19,7 @@ from consumers.decoding import decode
 from hub.core.coordination import HOLDER, Positioned, process
 from hub.core.errors import InvalidMessageError
 from hub.core.tasks import Engine
-from hub.replay import OnTheLogBy, read_log
+from hub.replay_read import OnTheLogBy, read_log
 from hub.store.coordination import SqlCoordinationStore
 from hub.store.memory import MemoryCoordinationStore
 

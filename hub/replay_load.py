@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from hub.core.record import SHARED_KINDS
 from hub.core.record_content import same_content
-from hub.replay import FoldUnitOfWork
+from hub.replay_fold import FoldUnitOfWork
 from hub.replay_write import (
     MMAP_BYTES,
     Stop,

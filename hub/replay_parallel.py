@@ -52,7 +52,8 @@ from hub import replay_machine as machine
 from hub.core.ports import RecordEvent, StoredResource
 from hub.core.record import SHARED_KINDS
 from hub.kafka import high_watermarks, partitions_of
-from hub.replay import FoldUnitOfWork, Progress, ReplayResult, _fold
+from hub.replay import Progress, ReplayResult, _fold
+from hub.replay_fold import FoldUnitOfWork
 from hub.replay_load import COLUMNS, TABLES, _tangled_in, load, personal
 from hub.replay_write import _chunks, _same, in_key_order, in_thread, resource_row, sqlite_dialect
 

@@ -26,7 +26,7 @@ from hub.store.tables import (
 )
 
 if TYPE_CHECKING:
-    from hub.replay import FoldUnitOfWork, Key
+    from hub.replay_fold import FoldUnitOfWork, Key
 
 T = TypeVar("T")
 MMAP_BYTES = 8 << 30  # SQLite reads a bulk load's pages through a memory map (capped by its build)

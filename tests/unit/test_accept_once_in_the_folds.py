@@ -18,7 +18,7 @@ from hub.core.kpis import KpiFold
 from hub.core.ports import Json, RecordEvent
 from hub.core.record import apply_events
 from hub.core.tasks import Engine
-from hub.replay import FoldUnitOfWork
+from hub.replay_fold import FoldUnitOfWork
 from hub.rules import load_rules
 from hub.store.memory import MemoryCoordinationStore
 from tests import locality_month as month

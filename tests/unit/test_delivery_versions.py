@@ -15,7 +15,8 @@ import httpx
 import orjson
 import pytest
 
-from consumers.delivery import Deliverer, WebhookSender
+from consumers.delivery import Deliverer
+from consumers.delivery_sender import WebhookSender
 from hub.core.delivery import versions_written
 from hub.core.ledger import canonical, resource_ref, verify
 from hub.core.ports import Json, RecordEvent

@@ -33,7 +33,8 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from starlette.requests import Request
 
-from consumers.delivery import Deliverer, WebhookSender, sign
+from consumers.delivery import Deliverer
+from consumers.delivery_sender import WebhookSender, sign
 from hub.api.auth import ROLES, Principal, TokenVerifier
 from hub.api.routes.fhir import router
 from hub.core.errors import ConsentDeniedError, UnknownPersonError

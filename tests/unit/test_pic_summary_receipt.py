@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
-from consumers.delivery import WebhookSender
+from consumers.delivery_sender import WebhookSender
 from schemas.events.coordination import PIC_SUMMARY_SENT
 from schemas.subscriptions import Subscription
 

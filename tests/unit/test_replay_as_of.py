@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
-from hub.replay import OnTheLogBy
+from hub.replay_read import OnTheLogBy
 
 T = datetime(2026, 11, 2, 12, tzinfo=UTC)
 

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from hub import replay
+from hub import replay_fold as replay
 from hub.core.ports import RecordEvent
 from hub.core.record import MERGED, apply_events
-from hub.replay import FoldUnitOfWork
+from hub.replay_fold import FoldUnitOfWork
 from tests.integration.test_crash_safety import the_events
 
 
