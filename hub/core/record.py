@@ -18,7 +18,9 @@ Rules, in the order they are applied to each event:
                     re-times it), so the record and the engine agree on every Task
     identity        resources are filed under a person key; a key retired by a merge (A40) is followed to
                     the surviving person, so events that arrive late for the old identity land on the survivor
-    merge           the retired person's resources move to the survivor (subject rewritten, new version)
+    merge           the retired person's resources move to the survivor (subject rewritten, new version);
+                    the retirement itself (inactive, replaced-by) is never stale: a merge dated before
+                    the retired Patient's last write retires that newer content, as in the other order
     encounter       an update overlays the stored Encounter (an A08 says nothing about status);
                     a cancelled discharge (A13) removes the end of the stay and the discharge disposition
     one stay        an episode.opened whose EpisodeOfCare is new (another id) is not written when the
@@ -184,9 +186,11 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
             return same
     latest = event.time
     if current is not None and event.time < current.event_time:
-        if event.type not in _IN_LOG_ORDER:
+        if _retires(event, incoming, current):
+            incoming = _retired(current, incoming)  # the merge's word on who they are, over newer content
+        elif event.type not in _IN_LOG_ORDER:
             return None
-        latest = current.event_time  # a correction (or a task event) dated earlier: applied, not dated back
+        latest = current.event_time  # a correction (or a task event, or a merge) dated earlier: not dated back
     if (
         kind == "Patient"
         and current is not None
@@ -217,6 +221,25 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
     stored = _stamp(event, content, kind, rid, key, current, _STUB_TIME if stub else latest, when)
     uow.put(stored)
     return stored
+
+
+def _retires(event: RecordEvent, incoming: Json, current: StoredResource) -> bool:
+    """Whether a merge retires a Patient the record holds as active (not merged away already)."""
+    return (
+        event.type == MERGED
+        and incoming["resourceType"] == "Patient"
+        and bool(replaced_by(incoming) and not replaced_by(current.content))
+    )
+
+
+def _retired(current: StoredResource, incoming: Json) -> Json:
+    """What a merge dated before the Patient's last write makes of it: what the newer event said of
+    the person, retired (inactive, replaced by the survivor) as the merge says, as the same events in
+    the other order leave it (hub.core.record_content.next_content keeps the link on late news)."""
+    content = {k: v for k, v in current.content.items() if k != "meta"}
+    content["active"] = False
+    content["link"] = incoming["link"]
+    return labelled(content, labels_of(current.content.get("meta")))
 
 
 def _opens_nothing(uow: RecordUnitOfWork, event: RecordEvent, episode: Json, current: StoredResource | None) -> bool:

@@ -373,3 +373,22 @@ def test_reference_data_two_workers_wrote_at_once_is_reconciled_as_one_worker_wo
     again = said("e05", 5, version=2)  # the same data at another version is not the same row: newer wins
     assert reconcile_reference_data(again, late) == late
     assert reconcile_reference_data(None, late) == late
+
+
+@pytest.mark.parametrize("merge_first", [True, False])
+def test_a_merge_dated_before_the_retired_persons_last_event_still_retires_them(merge_first: bool) -> None:
+    # (found replaying a real pair of messages: an A03 of 2013 for the identity an A40 of 2012 merged
+    # away; applied A03 first, the merge moved the stay but left the retired Patient active, unlinked)
+    store = MemoryRecordStore()
+    old = an_adt(trigger="A03", nhs_number=None, mrn="OLD1", control_id="O1", visit="V1", event_time="202611030900")
+    merge = an_adt(trigger="A40", mrn="NEW1", merged_mrn="OLD1", control_id="M1", event_time="202611021000")
+    apply(store, *((merge, old) if merge_first else (old, merge)))
+    reader = store.reader()
+    [new_id] = {e.subject for e in events_of(merge)}
+    [old_id] = {e.subject for e in events_of(old)}
+    retired = reader.read("Patient", old_id)
+    assert retired is not None and retired["active"] is False
+    assert retired["link"] == [{"other": {"reference": f"Patient/{new_id}"}, "type": "replaced-by"}]
+    assert retired["meta"]["lastUpdated"].startswith("2026-11-03T09:00")  # the newer event's time, not back
+    assert [e["subject"]["reference"] for e in reader.search("Encounter", None)] == [f"Patient/{new_id}"]
+    assert reader.search("Encounter", old_id) == []
