@@ -40,7 +40,8 @@ from hub.core.ports import RecordEvent
 from hub.core.record import apply_events
 from hub.replay_fold import FoldUnitOfWork
 from hub.replay_read import READ_BATCH as READ_BATCH  # (importable from here, as before: bench/replay)
-from hub.replay_read import OnTheLogBy, read_log
+from hub.replay_read import OnTheLogBy, read_in_time_order
+from hub.replay_read import read_log as read_log  # (importable from here, as before: bench/replay)
 from hub.replay_write import _cores, _refuse_unless_empty, in_thread, write
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ async def _fold(
     decode = _decoder()
     on_the_log = OnTheLogBy(received_by)
     batch = getattr(fold, "batch", None)  # a fold that wants to know each batch's events first
-    async for records in read_log(bootstrap, only=only):
+    async for records in read_in_time_order(bootstrap, only=only):  # (as the live record applied them)
         # decoded and applied a few events at a time, not a whole fetch: each event's payload is
         # then still in the CPU's caches when the rules read it and when its resources are serialised
         for start in range(0, len(records), _HOT):
