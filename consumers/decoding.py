@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -47,9 +48,23 @@ def undecoded(message: Any) -> Any:
 
 
 def records_of(message: Any) -> tuple[Any, ...]:
-    """The raw aiokafka records of a FastStream message (a batch, or one record)."""
+    """The raw aiokafka records of a FastStream message (a batch, or one record), in log order."""
     raw = message.raw_message
-    return tuple(raw) if isinstance(raw, tuple | list) else (raw,)
+    return in_log_order(tuple(raw)) if isinstance(raw, tuple | list) else (raw,)
+
+
+def in_log_order(records: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A batch's records in the order they were written to the log, as a replay reads the log
+    (hub.replay_read.InTimeOrder): each partition's in its own order, across partitions by their
+    timestamps, ties to the lower partition. (A batch comes partition by partition; where events
+    about different people depend on each other, an A40 and news of the identity it retires on
+    another partition, the order across partitions decides the record.)"""
+    runs: dict[int, list[Any]] = {}
+    for record in records:
+        runs.setdefault(record.partition, []).append(record)
+    if len(runs) < 2:
+        return records
+    return tuple(heapq.merge(*(runs[p] for p in sorted(runs)), key=lambda r: r.timestamp))
 
 
 def decode(record: Any) -> RecordEvent:

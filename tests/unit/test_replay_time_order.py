@@ -55,3 +55,16 @@ def test_ties_go_to_the_lower_partition_and_every_record_comes_once() -> None:
     out += order.rest()
     expected = sorted((r for rs in partitions.values() for r in rs), key=lambda r: (r.timestamp, r.partition, r.offset))
     assert names(out) == names(expected)
+
+
+def test_a_consumers_batch_is_taken_in_the_order_a_replay_reads_the_log() -> None:
+    from consumers.decoding import in_log_order
+
+    rng = random.Random(11)
+    partitions = {p: records(p, *sorted(rng.randrange(20) for _ in range(10))) for p in (3, 0, 5)}
+    partitions[5][2].timestamp = 99  # a fast producer's clock: the partition's order still stands
+    batch = tuple(r for p in sorted(partitions) for r in partitions[p])  # as a batch comes: by partition
+    order = InTimeOrder()
+    order.reading(sorted(partitions))
+    read = [r for p in sorted(partitions) for r in order.add(partitions[p])]
+    assert names(list(in_log_order(batch))) == names(read + order.rest())
