@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -216,7 +217,7 @@ def _publisher(broker: Any, timeout: float) -> Callable[[Envelope], Awaitable[No
 
 
 async def _serve_http(
-    services: Services, host: str, port: int, publish: Callable[[Envelope], Awaitable[None]] | None = None
+    services: Services, listener: socket.socket, publish: Callable[[Envelope], Awaitable[None]] | None = None
 ) -> tuple[_QuietServer, asyncio.Task[None]]:
     from hub.api.app import create_app
     from hub.api.auth import TokenVerifier
@@ -236,14 +237,44 @@ async def _serve_http(
     app = create_app(
         services.reader, TokenVerifier(services.secrets.token), services.ledger, services.policy, publish, commands
     )
+    host, port = listener.getsockname()[:2]
     server = _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started:
         if task.done():
             await task
             raise RuntimeError(f"HTTP server did not start on {host}:{port}")
         await asyncio.sleep(0.02)
     return server, task
+
+
+@contextlib.asynccontextmanager
+async def _http_listener(settings: Settings, http: bool) -> AsyncIterator[socket.socket | None]:
+    """The FHIR API's socket, bound before Kafka and the consumers start: a port in use is an OSError
+    at once, worded as the MLLP listener's (uvicorn, left to bind it, called sys.exit after the slow
+    start-up: exit 3 and "Task was destroyed")."""
+    if not http:
+        yield None
+        return
+    listener = _bound(settings.http.host, settings.http.port)
+    try:
+        yield listener
+    finally:
+        listener.close()  # (uvicorn's server closed it already, where it served: closing again does nothing)
+
+
+def _bound(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port (uvicorn's options: SO_REUSEADDR; IPv6 where the host is an address
+    with colons), or the OSError asyncio's create_server raises for it."""
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        said = f"error while attempting to bind on address {(host, port)!r}: {(exc.strerror or str(exc)).lower()}"
+        raise OSError(exc.errno, said) from exc
+    return listener
 
 
 @contextlib.asynccontextmanager
@@ -268,7 +299,7 @@ async def running(
 
     if services is None:
         services = await asyncio.to_thread(build, settings)
-    async with kafka(settings, advertise=advertise) as bootstrap:
+    async with _http_listener(settings, http) as listener, kafka(settings, advertise=advertise) as bootstrap:
         replication = settings.kafka.replication_factor if settings.bootstrap_servers() else 1
         await create_topics(bootstrap, replication=replication)
         broker = build_broker(bootstrap, client_id=settings.kafka.client_id)
@@ -327,9 +358,9 @@ async def running(
                 )
                 stack.push_async_callback(_close_server, server)
                 run.mllp_port = server.sockets[0].getsockname()[1]
-            if http:
+            if listener is not None:
                 publish = _publisher(broker, settings.kafka.publish_timeout_s)
-                web, task = await _serve_http(services, settings.http.host, settings.http.port, publish)
+                web, task = await _serve_http(services, listener, publish)
                 stack.push_async_callback(_stop_http, web, task)
                 run.http_port = web.servers[0].sockets[0].getsockname()[1]
             yield run

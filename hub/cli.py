@@ -157,12 +157,31 @@ def topics_list() -> None:
     console.print(table)
 
 
+# the longest a token from `carehub token` lives: a month (a signed token cannot be withdrawn before it expires)
+MAX_TOKEN_HOURS = 24.0 * 31
+
+
+def _lifetime(hours: float) -> float:
+    """--hours, refused (exit 2, as click refuses a bad option) unless more than 0 and at most MAX_TOKEN_HOURS."""
+    if hours > MAX_TOKEN_HOURS:
+        raise typer.BadParameter(
+            f"{hours!r}: longer than {MAX_TOKEN_HOURS:g} hours (31 days), the most a token lives (a signed token "
+            "cannot be withdrawn before it expires)"
+        )
+    if not hours > 0:
+        raise typer.BadParameter(f"{hours!r}: a token that lives no time is expired when printed; give more than 0")
+    return hours
+
+
 @app.command()
 def token(
     org: Annotated[str, typer.Option(help="The user's organisation (ODS code)")],
     role: Annotated[str, typer.Option(help="clinician, coordinator, auditor, admin or system")],
     user: Annotated[str | None, typer.Option(help="User id (SDS user id or login)")] = None,
-    hours: Annotated[float, typer.Option(help="Lifetime in hours")] = 12.0,
+    hours: Annotated[
+        float,
+        typer.Option(callback=_lifetime, help=f"Lifetime in hours: more than 0, at most {MAX_TOKEN_HOURS:g} (31 days)"),
+    ] = 12.0,
     data_dir: DataDir = Path("var"),
 ) -> None:
     """Print a signed bearer token that the running hub (same --data-dir) accepts."""
@@ -304,9 +323,11 @@ _PATH_PROBLEMS: dict[type[OSError], str] = {
 
 
 def main() -> None:
-    """The `carehub` console script: the app, with a file or folder it cannot use, or a database that
-    does not answer, told in one line and an exit code (2: a path given wrong; 1: anything else),
-    never as a traceback."""
+    """The `carehub` console script: the app, with a file or folder it cannot use, a database or a
+    Kafka that does not answer, told in one line and an exit code (2: a path given wrong; 1: anything
+    else), never as a traceback."""
+    from aiokafka.errors import KafkaConnectionError
+
     from hub.core.errors import HubError
 
     try:
@@ -318,5 +339,26 @@ def main() -> None:
         told, code = f"carehub: {where}{problem or exc.strerror or exc}", 2 if problem else 1
     except HubError as exc:
         told, code = f"carehub: {exc}", 1
+    except KafkaConnectionError as exc:
+        told, code = f"carehub: {_unreachable(exc)}", 1
     console.print(f"[red]{escape(' '.join(told.split()))}[/red]", soft_wrap=True)  # (drivers' errors span lines)
     raise SystemExit(code)
+
+
+def _unreachable(exc: Exception) -> str:
+    """A Kafka that does not answer (aiokafka's "Unable to bootstrap from [...]"), as the person who
+    configured it reads it: its bootstrap servers as set, and what to check."""
+    import re
+
+    settings = Settings()
+    if settings.kafka_bootstrap_servers or settings.kafka.bootstrap_servers:
+        named = "KAFKA_BOOTSTRAP_SERVERS" if settings.kafka_bootstrap_servers else "CAREHUB_KAFKA__BOOTSTRAP_SERVERS"
+        return (
+            f"Kafka at {settings.bootstrap_servers()} ({named}) cannot be reached: check {named} and that "
+            "Kafka runs there and takes connections from this machine"
+        )
+    tried = ", ".join(f"{host}:{port}" for host, port in re.findall(r"\('([^']*)', (\d+)", str(exc))) or str(exc)
+    return (
+        f"the embedded Kafka broker at {tried} cannot be reached: check that the hub running on --data-dir "
+        "(carehub up) still runs, or set KAFKA_BOOTSTRAP_SERVERS"
+    )

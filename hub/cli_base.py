@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 from pydantic import BaseModel
-from rich.console import Console
 from rich.markup import escape
 
 from hub.instants import UK
 from hub.settings import HttpSettings, MllpSettings, Settings
+from hub.terminal import ControlSafeConsole
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -57,7 +57,7 @@ audit_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(audit_app, name="audit")
-console = Console()
+console = ControlSafeConsole()  # (terminal controls in what it prints are shown as \xNN, never sent)
 M = TypeVar("M", bound=BaseModel)
 # how a moment is typed (hub.instants)
 WHEN = "ISO 8601; without an offset, UK time; a date alone"
@@ -101,7 +101,8 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 def cells(*values: object) -> list[str]:
     """What the hub holds (names, ids, reasons, a webhook's error), as a Rich table's cells: shown as
-    written, never read as markup (a "[/]" in a name would crash the table, a "[bold]" vanish)."""
+    written, never read as markup (a "[/]" in a name would crash the table, a "[bold]" vanish); its
+    terminal controls (an ESC in a name) the console shows as \\xNN (hub.terminal.ControlSafeConsole)."""
     return [escape(str(value)) for value in values]
 
 

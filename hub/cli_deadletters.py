@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -21,7 +20,7 @@ from rich.table import Table
 from hub.cli_base import HeldDir, app, console, counted, fail, open_existing
 from hub.core.ports import Json
 from hub.instants import UK
-from hub.terminal import listing
+from hub.terminal import controls_escaped, listing
 
 if TYPE_CHECKING:
     from hub.store.queries import KeptDeadLetter
@@ -29,9 +28,6 @@ if TYPE_CHECKING:
 deadletters_app = typer.Typer(help="Rejected input kept in the dead-letter store: list them, show one whole.")
 app.add_typer(deadletters_app, name="deadletters")
 BOM = b"\xef\xbb\xbf"
-# what a terminal must never be sent as it is: C0 and C1 controls but tab and newline, and the
-# bidirectional overrides that make text read otherwise than it is (a payload is not to be trusted)
-_UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 @deadletters_app.callback(invoke_without_command=True)
@@ -179,14 +175,9 @@ def readable(content: bytes) -> str:
     """Content as text a terminal shows as it is: UTF-8, a byte that is not as \\xNN, each CR, LF or
     CRLF line end as a new line, and control characters as \\xNN."""
     text = content.decode("utf-8", errors="backslashreplace").replace("\r\n", "\n").replace("\r", "\n")
-    return _UNSHOWABLE.sub(_escaped, text)
+    return controls_escaped(text)
 
 
 def shown(value: str) -> str:
     """A value from a dead letter in a Rich table: its control characters escaped, no markup."""
-    return escape(_UNSHOWABLE.sub(_escaped, value))
-
-
-def _escaped(control: re.Match[str]) -> str:
-    code = ord(control.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return escape(controls_escaped(value))

@@ -3,13 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from hub.bootstrap import Running
+
+# what a terminal must never be sent as it is: C0 and C1 controls but tab and newline, and the
+# bidirectional overrides that make text read otherwise than it is (what the hub holds came from outside)
+_UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def controls_escaped(text: str) -> str:
+    """`text` with its terminal controls as \\xNN (\\uNNNN for a bidirectional override): an ESC in a
+    name is shown as \\x1b, never sent to the terminal to recolour or rewrite it."""
+    return _UNSHOWABLE.sub(_escaped, text)
+
+
+def _escaped(control: re.Match[str]) -> str:
+    code = ord(control.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+class ControlSafeConsole(Console):
+    """The CLI's console: every string it prints (a message, a table's cell or title) has its terminal
+    controls escaped first (controls_escaped), whichever command printed it and from wherever the text
+    came. Our own messages hold none: colour is Rich markup, never an escape sequence."""
+
+    def render_str(self, text: str, **options: Any) -> Text:
+        return super().render_str(controls_escaped(text), **options)
 
 
 def listing(*headers: str, title: str | None = None) -> Table:
