@@ -9,6 +9,7 @@ for `carehub deliveries redeliver`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -30,10 +31,24 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-CareHub-Signature"
 
 
+# a delivery holds patient data: readable by the hub's user and its group (a practice's pick-up
+# account in that group), never by everyone, whatever the umask; folders the hub makes likewise
+FILE_MODE, FOLDER_MODE = 0o640, 0o750
+
+
 def _write_whole(target: Path, body: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """`body` as `target`, whole or not at all (written beside it, then renamed), FILE_MODE."""
+    for folder in reversed([target.parent, *target.parent.parents]):
+        if folder.exists():
+            continue
+        with contextlib.suppress(FileExistsError):  # (another delivery made it meanwhile)
+            folder.mkdir(mode=FOLDER_MODE)
+            os.chmod(folder, FOLDER_MODE)  # (mkdir's mode is filtered by the umask)
     partial = target.with_suffix(".partial")
-    partial.write_bytes(body)
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with os.fdopen(descriptor, "wb") as out:
+        os.fchmod(out.fileno(), FILE_MODE)  # (a file left from a failed attempt keeps its mode otherwise)
+        out.write(body)
     os.replace(partial, target)
 
 

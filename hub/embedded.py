@@ -34,8 +34,30 @@ ADVERT = "embedded-broker.json"
 
 def shared_kafka(settings: Settings) -> str:
     """The Kafka a command should use: the configured one; else the embedded broker of a hub running
-    on the same data directory; else '' (there is none: start one's own)."""
-    return settings.bootstrap_servers() or advertised(settings.data_dir) or ""
+    on the same data directory; else the one a hub killed outright there left running (its log holds
+    what that hub acknowledged: what a command sends to it waits there, with the rest, for the next
+    `carehub up` on the data directory, which takes it over; a broker of the command's own would
+    apply it to the record and then forget it, so no replay, export or KPI report could read it);
+    else '' (there is none: start one's own)."""
+    found = settings.bootstrap_servers() or advertised(settings.data_dir)
+    if found:
+        return found
+    left = left_running(settings.data_dir)
+    if left is None:
+        return ""
+    if settings.data_dir not in _TOLD:
+        _TOLD.add(settings.data_dir)
+        log.warning(
+            "no hub runs on %s, but the one stopped outright there left its embedded broker (pid %s)"
+            " running: using its log, where what this sends waits to be applied until `carehub up` on"
+            " this data directory takes it over",
+            settings.data_dir,
+            left[0],
+        )
+    return left[1]
+
+
+_TOLD: set[Path] = set()  # data directories whose left broker this process has said it uses
 
 
 def advertised(data_dir: Path) -> str | None:

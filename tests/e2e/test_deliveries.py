@@ -213,6 +213,9 @@ async def test_the_ledger_names_the_record_version_each_delivery_disclosed_and_m
             await until(lambda: len(receiver.received) >= 3 and len(list(mailbox.glob("*.json"))) >= 3, within=30)
             sent = {("gp-hook", h["x-carehub-event-id"]): orjson.loads(body) for h, body in receiver.received}
             sent |= {("gp-box", f.stem): orjson.loads(f.read_bytes()) for f in mailbox.glob("*.json")}
+            # patient data: never readable by everyone, whatever the umask (the hub made both folders)
+            assert {f.stat().st_mode & 0o777 for f in mailbox.glob("*.json")} == {0o640}
+            assert {d.stat().st_mode & 0o777 for d in (mailbox, mailbox.parent)} == {0o750}
             entries = [e for e in services.ledger.entries() if e.body["recipient_user"].startswith("subscription:")]
     finally:
         receiver.server.should_exit = True

@@ -133,6 +133,19 @@ def test_a_hub_killed_outright_leaves_its_broker_to_the_next_one_on_the_data_dir
         proc.kill()  # SIGKILL to the hub alone, as an OOM killer or `kill -9` does
         proc.wait(30)
         assert embedded_broker_at(*broker), "the killed hub's broker went with it"
+        # a file sent meanwhile goes onto that broker's log, to wait with the rest (with a broker of
+        # its own, the ingest applied it and its log went: in the record, in no log a replay reads)
+        late = tmp_path / "late.hl7"
+        late.write_bytes(an_adt(control_id="LATE1", visit="VLATE", mrn="MLATE"))
+        before = encounters(hub)
+        sent = subprocess.run(
+            [CAREHUB, "ingest", "hl7", str(late), "--data-dir", str(hub)],
+            capture_output=True, text=True, env=ENV, timeout=120, check=False,
+        )  # fmt: skip
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert "left its embedded broker" in sent.stdout + sent.stderr
+        assert encounters(hub) == before, "the ingest applied it itself"
+        accepted += 1
 
         again, _, said = start(hub)
         assert "taking over the embedded broker" in said
