@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from aiokafka.errors import KafkaError
 
+from hub.core.errors import RuleRefusedError
 from hub.kafka import adopted_broker, behind, embedded_broker, embedded_broker_at
 from hub.settings import Settings
 from hub.store.database import make_private_folder
@@ -123,6 +124,12 @@ async def kafka(settings: Settings, *, advertise: bool = False) -> AsyncIterator
     if configured:
         yield configured
         return
+    running_here = advertised(settings.data_dir) if advertise else None
+    if running_here is not None:  # two hubs, two logs, one record: what one applied no replay of the other's log holds
+        raise RuleRefusedError(
+            f"a hub already runs on {settings.data_dir} (its embedded broker at {running_here}): stop it"
+            " first (Ctrl-C), or give this one another --data-dir"
+        )
     make_private_folder(settings.data_dir)
     left = left_running(settings.data_dir) if advertise else None
     if left is not None:

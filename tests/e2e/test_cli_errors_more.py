@@ -102,6 +102,22 @@ def test_the_embedded_broker_of_a_hub_that_no_longer_answers_is_named_in_one_lin
     )
 
 
+def test_a_second_hub_on_a_data_directory_a_hub_runs_on_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Two hubs on one data directory kept one record fed from two logs (the second only warned): what
+    one applied, no replay of the other's log held."""
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    # the advert of a hub running on this data directory (this process, alive)
+    (hub / "embedded-broker.json").write_text(f'{{"pid": {os.getpid()}, "broker_pid": 1, "bootstrap": "{NO_BROKER}"}}')
+    done = carehub("up", "--mllp-port", "0", "--http-port", "0", "--data-dir", str(hub), cwd=tmp_path)
+    said_in_one_line(
+        done,
+        f"carehub: a hub already runs on {hub} (its embedded broker at {NO_BROKER}): stop it first (Ctrl-C), or"
+        " give this one another --data-dir",
+    )
+    assert "embedded Kafka broker listening" not in done.stderr  # (refused before starting one)
+
+
 @pytest.fixture
 def port_in_use() -> Iterator[int]:
     """A 127.0.0.1 port another process listens on."""
