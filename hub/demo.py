@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -71,6 +72,13 @@ async def run_demo(settings: Settings, console: Console, *, people: int, days: i
         f"{len(locality.people)} people, {len(traffic)} ADT messages over {days} days"
     )
     services = build(settings)
+    earlier = len(services.reader.search("Patient", None))
+    if earlier:  # (a second `make demo` on ./var stacked a second month on the first, and said nothing)
+        console.print(
+            f"[yellow]{escape(str(settings.data_dir))} already holds a record ({earlier} people) from an earlier"
+            " run: this month is added to it, and the figures below count both. For a fresh one, remove"
+            " that folder first or give another --data-dir.[/yellow]"
+        )
     service = load_rules(settings.coordination.rules).service.ods
     services.agreements.load(demo_agreement(locality, service), at=datetime.now(UTC))
     async with running(settings, services=services, advertise=True) as run:

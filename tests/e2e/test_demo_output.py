@@ -101,3 +101,20 @@ def test_the_demo_runs_without_a_warning_or_an_error(demo: DemoRun) -> None:
     # the demo took two minutes saying "dependency unavailable")
     said = [line for line in (demo.stdout + demo.stderr).splitlines() if " WARNING " in line or " ERROR " in line]
     assert not said, "\n".join(said[:10])
+
+
+def test_a_demo_run_again_on_the_same_folder_says_it_adds_to_the_record_there(demo: DemoRun) -> None:
+    """A second `make demo` on ./var stacked a second month on the first, its figures counting both,
+    and said nothing (a newcomer's walkthrough). Run after the tests that read the first run's output."""
+    assert "already holds a record" not in demo.stdout  # (the first run, on an empty folder)
+    exe = Path(sys.executable).with_name("carehub")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREHUB_") and k != "KAFKA_BOOTSTRAP_SERVERS"}
+    env |= {"COLUMNS": "400"}
+    args = [str(exe), "demo", "--data-dir", str(demo.data_dir), "--mllp-port", "0", "--http-port", "0"]
+    args += ["--people", "20", "--days", "1", "--seed", str(SEED + 1)]
+    again = subprocess.run(args, env=env, capture_output=True, encoding="utf-8", timeout=200, check=False)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    first = again.stdout.splitlines()[1]
+    people = re.search(r"already holds a record \((\d+) people\) from an earlier run", first)
+    assert people, again.stdout[:1000]
+    assert int(people[1]) >= PEOPLE // 2  # the first run's people
