@@ -58,7 +58,7 @@ def _report(run: Running, codes: Counter[str], console: Console, token_hint: str
     console.print(record)
     kept = len(run.services.dead_letters.recent(10_000))
     console.print(f"Rejected messages kept whole in the dead-letter store: {kept}")
-    console.print(f"Read it over FHIR: {token_hint}")
+    console.print(f"Read it over FHIR: {token_hint}", soft_wrap=True)  # (a command to copy: never wrapped)
 
 
 async def run_demo(settings: Settings, console: Console, *, people: int, days: int, seed: int, serve: bool) -> int:
@@ -103,7 +103,8 @@ async def run_demo(settings: Settings, console: Console, *, people: int, days: i
         practice = month.practice
         console.print(
             f"The huddle page: TOKEN=$({_carehub()} token --org {practice} --role coordinator "
-            f"--data-dir {settings.data_dir}); open 'http://{settings.http.host}:{run.http_port}/huddle/{practice}?date={meeting}&token='$TOKEN"
+            f"--data-dir {settings.data_dir}); open 'http://{settings.http.host}:{run.http_port}/huddle/{practice}?date={meeting}&token='$TOKEN",
+            soft_wrap=True,
         )
         if serve:
             stop = on_signal()

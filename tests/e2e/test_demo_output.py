@@ -103,6 +103,19 @@ def test_the_demo_runs_without_a_warning_or_an_error(demo: DemoRun) -> None:
     assert not said, "\n".join(said[:10])
 
 
+def test_the_commands_the_demo_prints_to_copy_are_each_on_one_line(demo: DemoRun) -> None:
+    # (not on a terminal, its URLs wrapped inside their quotes: copied, they broke)
+    lines = demo.stdout.splitlines()
+    fhir = next(line for line in lines if line.startswith("Read it over FHIR: "))
+    assert re.fullmatch(r"Read it over FHIR: TOKEN=\$\(.+\); curl -H .+ 'http://127\.0\.0\.1:\d+/fhir/[^' ]+'", fhir), (
+        fhir
+    )
+    huddle = next(line for line in lines if line.startswith("The huddle page: "))
+    assert re.fullmatch(
+        r"The huddle page: TOKEN=\$\(.+\); open 'http://127\.0\.0\.1:\d+/huddle/\S+&token='\$TOKEN", huddle
+    )
+
+
 def test_a_demo_run_again_on_the_same_folder_says_it_adds_to_the_record_there(demo: DemoRun) -> None:
     """A second `make demo` on ./var stacked a second month on the first, its figures counting both,
     and said nothing (a newcomer's walkthrough). Run after the tests that read the first run's output."""
