@@ -3,8 +3,9 @@ deadline clocks from the log into a fresh database.
 
 The tasks themselves are already in the replayed record (the rules engine's derived events are on
 the log); this rebuilds the engine's own state, so caseload checks and clocks carry on from the
-replayed database as they would have live. The engine runs over each partition in log order, as
-the live consumer does, with its derived events discarded (they are on the log already).
+replayed database as they would have live. The engine runs over the log in log order (each
+partition in its own order, across partitions by timestamp: hub.replay_read.InTimeOrder), as the
+live consumer takes it, with its derived events discarded (they are on the log already).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from consumers.decoding import decode
 from hub.core.coordination import HOLDER, Positioned, process
 from hub.core.errors import InvalidMessageError
 from hub.core.tasks import Engine
-from hub.replay_read import OnTheLogBy, read_log
+from hub.replay_read import OnTheLogBy, read_in_time_order
 from hub.store.coordination import SqlCoordinationStore
 from hub.store.memory import MemoryCoordinationStore
 
@@ -46,7 +47,7 @@ async def rebuild(
     uow = fold.unit_of_work()
     events = 0
     on_the_log = OnTheLogBy(received_by)
-    async for records in read_log(bootstrap):
+    async for records in read_in_time_order(bootstrap):  # (as the live consumer applied it)
         batch = []
         for record in records:
             if not on_the_log(record):

@@ -295,11 +295,11 @@ def log(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     asked: list[str] = []
     records = [a_record(e) for e in month.script()]
 
-    async def read_log(bootstrap: str) -> AsyncIterator[list[Any]]:
+    async def read_in_time_order(bootstrap: str) -> AsyncIterator[list[Any]]:
         asked.append(bootstrap)
         yield records
 
-    monkeypatch.setattr(kpi_report, "read_log", read_log)
+    monkeypatch.setattr(kpi_report, "read_in_time_order", read_in_time_order)
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka.invalid:9092")
     return asked
 

@@ -303,10 +303,10 @@ def test_the_kpi_command_says_how_many_records_were_skipped_and_why(
     no_id = edited(month.referral("P2", month.at(2, 10), "gp"), event_id="no-id", id=None)
     log = [record(e) for e in [*month.script(), no_id]] + [SimpleNamespace(value=b"{}", headers=[])]
 
-    async def read_log(bootstrap: str) -> AsyncIterator[list[Any]]:
+    async def read_in_time_order(bootstrap: str) -> AsyncIterator[list[Any]]:
         yield log
 
-    monkeypatch.setattr(kpi_report, "read_log", read_log)
+    monkeypatch.setattr(kpi_report, "read_in_time_order", read_in_time_order)
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka.invalid:9092")
     out = tmp_path / "kpi"
     done = CliRunner().invoke(cli.app, ["kpi", "--month", "2026-11", "--out", str(out), "--data-dir", str(tmp_path)])
