@@ -224,11 +224,14 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
 
 
 def _retires(event: RecordEvent, incoming: Json, current: StoredResource) -> bool:
-    """Whether a merge retires a Patient the record holds as active (not merged away already)."""
+    """Whether a merge retires a Patient the record holds with no links: neither merged away already
+    nor the survivor of a merge (a newer A40 that reversed this one, or that merged someone into
+    them, has the last word on who they are, as it would if this one had come first)."""
     return (
         event.type == MERGED
         and incoming["resourceType"] == "Patient"
-        and bool(replaced_by(incoming) and not replaced_by(current.content))
+        and replaced_by(incoming) is not None
+        and "link" not in current.content
     )
 
 

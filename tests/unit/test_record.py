@@ -392,3 +392,28 @@ def test_a_merge_dated_before_the_retired_persons_last_event_still_retires_them(
     assert retired["meta"]["lastUpdated"].startswith("2026-11-03T09:00")  # the newer event's time, not back
     assert [e["subject"]["reference"] for e in reader.search("Encounter", None)] == [f"Patient/{new_id}"]
     assert reader.search("Encounter", old_id) == []
+
+
+@pytest.mark.parametrize("later_first", [True, False])
+def test_a_merge_reversed_by_a_newer_one_leaves_the_newer_ones_survivor_active_in_either_order(
+    later_first: bool,
+) -> None:
+    # (review of the fix above: a late, older A40 retired the newer A40's survivor too, leaving two
+    # identities each replaced by the other, nobody active, and later events sent round the cycle)
+    store = MemoryRecordStore()
+    first = an_adt(
+        trigger="A40", nhs_number=None, mrn="NEW1", merged_mrn="OLD1", control_id="M1", event_time="202611021000"
+    )
+    undone = an_adt(
+        trigger="A40", nhs_number=None, mrn="OLD1", merged_mrn="NEW1", control_id="M2", event_time="202611041000"
+    )
+    apply(store, *((undone, first) if later_first else (first, undone)))
+    reader = store.reader()
+    [old_id] = {e.subject for e in events_of(undone)}
+    [new_id] = {e.subject for e in events_of(first)}
+    survivor, retired = reader.read("Patient", old_id), reader.read("Patient", new_id)
+    assert survivor is not None and retired is not None
+    assert survivor.get("active", True) is not False
+    assert [link["type"] for link in survivor["link"]] == ["replaces"]
+    assert retired["active"] is False
+    assert retired["link"] == [{"other": {"reference": f"Patient/{old_id}"}, "type": "replaced-by"}]
