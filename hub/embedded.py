@@ -81,6 +81,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def another_hub(data_dir: Path) -> str | None:
+    """Where the embedded broker of another hub running on this data directory listens, if one does:
+    its advert names a live process other than this one (a container restarted as PID 1 finds its own
+    pid in the advert the killed one left) and a broker that answers where it says."""
+    try:
+        found = json.loads((data_dir / ADVERT).read_text())
+        pid, broker, bootstrap = int(found["pid"]), int(found["broker_pid"]), str(found["bootstrap"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if pid == os.getpid() or not _alive(pid) or not embedded_broker_at(broker, bootstrap):
+        return None
+    return bootstrap
+
+
 def left_running(data_dir: Path) -> tuple[int, str] | None:
     """The embedded broker (pid, bootstrap) that a hub on this data directory started and left
     running when it was killed outright (SIGKILL, a crash): its log, in memory, still holds what that
@@ -99,7 +113,7 @@ def left_running(data_dir: Path) -> tuple[int, str] | None:
 def _advertising(data_dir: Path, bootstrap: str, broker_pid: int) -> Iterator[None]:
     """The advert, while the context lasts (not where another live hub has one here already)."""
     path, pid = data_dir / ADVERT, os.getpid()
-    if advertised(data_dir) is not None:
+    if another_hub(data_dir) is not None:
         log.warning("another hub runs an embedded broker on %s: this one's is not advertised", data_dir)
         yield
         return
@@ -124,7 +138,7 @@ async def kafka(settings: Settings, *, advertise: bool = False) -> AsyncIterator
     if configured:
         yield configured
         return
-    running_here = advertised(settings.data_dir) if advertise else None
+    running_here = another_hub(settings.data_dir) if advertise else None
     if running_here is not None:  # two hubs, two logs, one record: what one applied no replay of the other's log holds
         raise RuleRefusedError(
             f"a hub already runs on {settings.data_dir} (its embedded broker at {running_here}): stop it"

@@ -22,9 +22,11 @@ from hub.core.identity import person_key
 from hub.core.ledger import Disclosure
 from hub.core.ports import RecordEvent
 from hub.core.record import apply_events
+from hub.embedded import another_hub
 from hub.settings import Settings
 from schemas.subscriptions import Subscription
 from tests.builders import an_adt, an_agreement
+from tests.conftest import TansuProcess
 
 pytestmark = pytest.mark.timeout(120)
 CAREHUB = str(Path(sys.executable).with_name("carehub"))
@@ -102,20 +104,50 @@ def test_the_embedded_broker_of_a_hub_that_no_longer_answers_is_named_in_one_lin
     )
 
 
-def test_a_second_hub_on_a_data_directory_a_hub_runs_on_is_refused_in_one_line(tmp_path: Path) -> None:
+def advert(data_dir: Path, pid: int, broker_pid: int, bootstrap: str) -> None:
+    """What a hub running on the data directory leaves there for the other commands."""
+    data_dir.mkdir(exist_ok=True)
+    (data_dir / "embedded-broker.json").write_text(
+        f'{{"pid": {pid}, "broker_pid": {broker_pid}, "bootstrap": "{bootstrap}"}}'
+    )
+
+
+@pytest.mark.kafka
+def test_a_second_hub_on_a_data_directory_a_hub_runs_on_is_refused_in_one_line(
+    tmp_path: Path, tansu: TansuProcess
+) -> None:
     """Two hubs on one data directory kept one record fed from two logs (the second only warned): what
     one applied, no replay of the other's log held."""
     hub = tmp_path / "hub"
-    hub.mkdir()
-    # the advert of a hub running on this data directory (this process, alive)
-    (hub / "embedded-broker.json").write_text(f'{{"pid": {os.getpid()}, "broker_pid": 1, "bootstrap": "{NO_BROKER}"}}')
+    assert tansu.proc is not None
+    advert(hub, os.getpid(), tansu.proc.pid, tansu.bootstrap)  # (this process stands for the running hub)
     done = carehub("up", "--mllp-port", "0", "--http-port", "0", "--data-dir", str(hub), cwd=tmp_path)
     said_in_one_line(
         done,
-        f"carehub: a hub already runs on {hub} (its embedded broker at {NO_BROKER}): stop it first (Ctrl-C), or"
-        " give this one another --data-dir",
+        f"carehub: a hub already runs on {hub} (its embedded broker at {tansu.bootstrap}): stop it first"
+        " (Ctrl-C), or give this one another --data-dir",
     )
     assert "embedded Kafka broker listening" not in done.stderr  # (refused before starting one)
+
+
+@pytest.mark.kafka
+def test_only_a_live_hub_with_a_broker_that_answers_counts_as_running_there(
+    tmp_path: Path, tansu: TansuProcess
+) -> None:
+    """A stale advert must not keep a hub from starting: a container restarted runs as PID 1 again and
+    finds its own pid in the advert the killed one left; a reused pid has no broker where it says."""
+    assert tansu.proc is not None
+    hub = tmp_path / "hub"
+    advert(hub, tansu.proc.pid, tansu.proc.pid, tansu.bootstrap)  # (a live process other than this one)
+    assert another_hub(hub) == tansu.bootstrap
+    advert(hub, os.getpid(), tansu.proc.pid, tansu.bootstrap)  # this process's own pid: the advert is stale
+    assert another_hub(hub) is None
+    with subprocess.Popen(["sleep", "30"]) as other:  # some other live process, the broker gone
+        try:
+            advert(hub, other.pid, 1, NO_BROKER)
+            assert another_hub(hub) is None
+        finally:
+            other.kill()
 
 
 @pytest.fixture
