@@ -47,6 +47,17 @@ async def until(check: Callable[[], bool], within: float, what: str) -> None:
     raise AssertionError(f"{what}: not true within {within}s")
 
 
+def hub_settings(tmp_path: Path) -> Settings:
+    """The hub on its embedded broker, its own consumer groups, no listeners, the clock ticking only when told."""
+    return Settings(
+        data_dir=tmp_path,
+        kafka=KafkaSettings(group_id=f"t{uuid.uuid4().hex[:8]}-record"),
+        mllp=MllpSettings(port=0),
+        http=HttpSettings(port=0),
+        coordination=CoordinationSettings(tick_s=0),
+    )
+
+
 def row(secret: bytes, fmt: Format, values: dict[str, Any]) -> tuple[RecordEvent, None]:
     m = map_row(fmt, Row(2, values, b""), key_secret=secret, now=NOW)
     return RecordEvent(m.event_id, m.event_type, m.source, m.event_time, m.person_key, m.payload), None
@@ -71,13 +82,7 @@ def request_id(event: tuple[RecordEvent, None]) -> str:
 
 
 async def test_outcome_first_an_earlier_correction_and_a_new_nhs_number_end_as_in_order(tmp_path: Path) -> None:
-    settings = Settings(
-        data_dir=tmp_path,
-        kafka=KafkaSettings(group_id=f"t{uuid.uuid4().hex[:8]}-record"),
-        mllp=MllpSettings(port=0),
-        http=HttpSettings(port=0),
-        coordination=CoordinationSettings(tick_s=0),
-    )
+    settings = hub_settings(tmp_path)
     services = build(settings)
     secret = services.secrets.key
     a, b = person_key(secret, NHS, None), person_key(secret, OTHER_NHS, None)
@@ -125,13 +130,7 @@ async def test_outcome_first_an_earlier_correction_and_a_new_nhs_number_end_as_i
 async def test_a_corrected_referral_date_moves_its_open_tasks_deadlines_on_the_record_and_the_clocks(
     tmp_path: Path,
 ) -> None:
-    settings = Settings(
-        data_dir=tmp_path,
-        kafka=KafkaSettings(group_id=f"t{uuid.uuid4().hex[:8]}-record"),
-        mllp=MllpSettings(port=0),
-        http=HttpSettings(port=0),
-        coordination=CoordinationSettings(tick_s=0),
-    )
+    settings = hub_settings(tmp_path)
     services = build(settings)
     secret = services.secrets.key
     a = person_key(secret, NHS, None)

@@ -7,10 +7,7 @@ consumers, the live record's hash against replays on two workers and on one."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ from hub.replay import replay
 from hub.settings import CoordinationSettings, HttpSettings, KafkaSettings, MllpSettings, Settings
 from hub.store.database import open_engine
 from hub.store.hashing import record_hash
+from tests.e2e.test_referral_order import until
 from tests.integration.test_replay_parallel import encounter, event, merge_event, partition_of, patient
 from tests.kafka_log import produce
 
@@ -35,15 +33,6 @@ def people(same_worker: bool) -> tuple[str, str]:
         if higher and (partition_of(retired) % 2 == partition_of(survivor) % 2) == same_worker:
             return retired, survivor
     raise AssertionError("no such pair of keys")
-
-
-async def until(check: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.perf_counter() + within
-    while time.perf_counter() < deadline:
-        if check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what}: not true within {within}s")
 
 
 @pytest.mark.parametrize("same_worker", [True, False], ids=["one worker's partitions", "two workers"])
