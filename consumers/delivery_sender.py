@@ -38,12 +38,13 @@ FILE_MODE, FOLDER_MODE = 0o640, 0o750
 
 def _write_whole(target: Path, body: bytes) -> None:
     """`body` as `target`, whole or not at all (written beside it, then renamed), FILE_MODE."""
-    for folder in reversed([target.parent, *target.parent.parents]):
-        if folder.exists():
-            continue
-        with contextlib.suppress(FileExistsError):  # (another delivery made it meanwhile)
-            folder.mkdir(mode=FOLDER_MODE)
-            os.chmod(folder, FOLDER_MODE)  # (mkdir's mode is filtered by the umask)
+    if not target.parent.exists():  # (once per mailbox: not a stat of every folder above it per delivery)
+        for folder in reversed([target.parent, *target.parent.parents]):
+            if folder.exists():
+                continue
+            with contextlib.suppress(FileExistsError):  # (another delivery made it meanwhile)
+                folder.mkdir(mode=FOLDER_MODE)
+                os.chmod(folder, FOLDER_MODE)  # (mkdir's mode is filtered by the umask)
     partial = target.with_suffix(".partial")
     descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     with os.fdopen(descriptor, "wb") as out:

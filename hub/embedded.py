@@ -61,13 +61,22 @@ def shared_kafka(settings: Settings) -> str:
 _TOLD: set[Path] = set()  # data directories whose left broker this process has said it uses
 
 
-def advertised(data_dir: Path) -> str | None:
-    """Where the embedded broker of a hub running on this data directory listens, if one is."""
+def _advert(data_dir: Path) -> tuple[int, int | None, str] | None:
+    """The advert on this data directory, if there is a readable one: (hub pid, broker pid, bootstrap)."""
     try:
         found = json.loads((data_dir / ADVERT).read_text())
-        pid, bootstrap = int(found["pid"]), str(found["bootstrap"])
-    except (OSError, ValueError, KeyError, TypeError):
+        broker = found.get("broker_pid")
+        return int(found["pid"]), None if broker is None else int(broker), str(found["bootstrap"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def advertised(data_dir: Path) -> str | None:
+    """Where the embedded broker of a hub running on this data directory listens, if one is."""
+    found = _advert(data_dir)
+    if found is None:
+        return None
+    pid, _, bootstrap = found
     return bootstrap if _alive(pid) else None  # (a hub killed outright leaves its file behind)
 
 
@@ -85,12 +94,11 @@ def another_hub(data_dir: Path) -> str | None:
     """Where the embedded broker of another hub running on this data directory listens, if one does:
     its advert names a live process other than this one (a container restarted as PID 1 finds its own
     pid in the advert the killed one left) and a broker that answers where it says."""
-    try:
-        found = json.loads((data_dir / ADVERT).read_text())
-        pid, broker, bootstrap = int(found["pid"]), int(found["broker_pid"]), str(found["bootstrap"])
-    except (OSError, ValueError, KeyError, TypeError):
+    found = _advert(data_dir)
+    if found is None:
         return None
-    if pid == os.getpid() or not _alive(pid) or not embedded_broker_at(broker, bootstrap):
+    pid, broker, bootstrap = found
+    if pid == os.getpid() or not _alive(pid) or broker is None or not embedded_broker_at(broker, bootstrap):
         return None
     return bootstrap
 
@@ -99,12 +107,11 @@ def left_running(data_dir: Path) -> tuple[int, str] | None:
     """The embedded broker (pid, bootstrap) that a hub on this data directory started and left
     running when it was killed outright (SIGKILL, a crash): its log, in memory, still holds what that
     hub acknowledged, so the next `carehub up` here takes it over rather than start an empty one."""
-    try:
-        found = json.loads((data_dir / ADVERT).read_text())
-        pid, broker, bootstrap = int(found["pid"]), int(found["broker_pid"]), str(found["bootstrap"])
-    except (OSError, ValueError, KeyError, TypeError):
+    found = _advert(data_dir)
+    if found is None:
         return None
-    if _alive(pid) or not embedded_broker_at(broker, bootstrap):
+    pid, broker, bootstrap = found
+    if _alive(pid) or broker is None or not embedded_broker_at(broker, bootstrap):
         return None
     return broker, bootstrap
 
