@@ -28,7 +28,7 @@ from consumers.record import UnitOfWorkFactory, apply_batch
 from hub.core.delivery import in_scope, ledger_entries, plan, versions_written
 from hub.core.errors import InfrastructureError
 from hub.core.identity import stable_id
-from hub.core.policy import UNENFORCED, Asker, ConsentRule, Decision, decide
+from hub.core.policy import UNENFORCED, Asker, ConsentRule, Decision, decide, person_of
 from hub.core.ports import Json, Ledger, RecordEvent, RecordUnitOfWork
 from hub.core.record import resources_of
 from hub.kafka import create_topics
@@ -47,6 +47,20 @@ PROVENANCE = "Provenance"  # the record's Provenance for an event has the event'
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def people_in(person: str | None, resources: Sequence[Json]) -> set[str]:
+    """Whose consents decide these resources: the event's (or delivery's) person and each person a
+    resource is about (a merge carries two: the retired Patient is about the person it joined)."""
+    found = {p for r in resources if isinstance(r, dict) and (p := person_of(r))}
+    return found | {person} if person else found
+
+
+def _people_of(event: RecordEvent) -> set[str]:
+    try:
+        return people_in(event.subject, resources_of(event))
+    except Exception:  # a poison event: its subject only (it is dead-lettered, not delivered)
+        return {event.subject}
 
 
 def follow(uow_factory: UnitOfWorkFactory, events: Sequence[RecordEvent]) -> None:
@@ -104,12 +118,13 @@ class Deliverer:
         self._topics: set[str] = set()
 
     def judge(
-        self, sub: Subscription, person: str | None, at: datetime, consents: list[ConsentRule] | None = None
+        self, sub: Subscription, people: Collection[str], at: datetime, consents: list[ConsentRule] | None = None
     ) -> Callable[[Json], Decision]:
+        """Decide for `sub` at `at`, under the consents of `people` (read now, unless given)."""
         if not self.enforce:
             return lambda _: UNENFORCED
         if consents is None:
-            consents = self.policy.consents(person) if person else []
+            consents = [rule for rules in self.policy.consents_of(people).values() for rule in rules]
         agreements = self.policy.agreements()
         asker = Asker(sub.org, "system", at, purpose=sub.purpose)
         return lambda resource: decide(asker, resource, agreements, consents)
@@ -150,7 +165,7 @@ class Deliverer:
         event before it is delivered, and the whole batch before this returns (and the batch is
         committed), so nothing later is ever applied before it."""
         delivered = done = 0
-        people = {e.subject for e in events}
+        people = {p for e in events for p in _people_of(e)}
         active = await asyncio.to_thread(self.subscriptions.active)  # once a batch, not once an event
         consents = await asyncio.to_thread(self.policy.consents_of, people) if self.enforce else {}
         wanted = {e.id for e in events if any(e.type in s.events for s in active)}
@@ -162,10 +177,12 @@ class Deliverer:
                     await self._follow(events[done : at + 1], record)
                     done = at + 1
                 if event.type == CONSENT_RECORDED.type and self.enforce:
-                    consents[event.subject] = await asyncio.to_thread(self.policy.consents, event.subject)
+                    # (everyone's again, not the subject's alone: their other identities' too)
+                    consents = await asyncio.to_thread(self.policy.consents_of, people)
                 if subs:
                     versions = record.written.get(event.id, {})
-                    delivered += await self._deliver(event, subs, consents.get(event.subject, []), versions)
+                    theirs = [rule for p in sorted(_people_of(event)) for rule in consents.get(p, [])]
+                    delivered += await self._deliver(event, subs, theirs, versions)
             except InfrastructureError:
                 raise
             except Exception:  # a poison event: the record consumer dead-letters it; deliver the rest
@@ -194,7 +211,7 @@ class Deliverer:
         for sub in subs:
             if not in_scope(sub.scope, sub.org, resources):
                 continue
-            judge = self.judge(sub, event.subject, now, consents)
+            judge = self.judge(sub, (), now, consents)
             planned = plan(
                 subscription_id=sub.id, content=sub.content, event=summary, resources=resources, decide=judge
             )

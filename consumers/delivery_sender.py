@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from consumers.delivery import Deliverer
+from consumers.delivery import Deliverer, people_in
 from hub.core.delivery import ledger_entries, plan
 from hub.core.ports import Json
 from hub.store.subscriptions import Delivery
@@ -112,7 +112,8 @@ class WebhookSender:
                 error="the subscription or its webhook no longer exists",
             )  # fmt: skip
             return 1
-        judge = await asyncio.to_thread(d.judge, sub, delivery.person_key, now)
+        people = people_in(delivery.person_key, delivery.body["resources"])
+        judge = await asyncio.to_thread(d.judge, sub, people, now)
         planned = plan(
             subscription_id=sub.id,
             content=sub.content,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -29,10 +29,6 @@ from hub.cli_base import (
 )
 from hub.instants import UK, from_, up_to
 from hub.terminal import listing
-
-if TYPE_CHECKING:
-    from hub.core.policy import Asker
-    from schemas.agreements import Agreement
 
 
 @audit_app.command("verify")
@@ -74,8 +70,9 @@ def audit_disclosures(
     """Subject-access request: who was given what about this person, when, and on what basis (and
     who was refused: a denial is recorded too, though nothing was disclosed)."""
     from hub.core import nhs_number as nhs
-    from hub.core.identity import person_key
+    from hub.core.identity import identities, person_key
     from hub.store.ledger import SqlLedger
+    from hub.store.sql import SqlRecordReader
 
     problem = nhs.why_invalid(nhs_number)
     if problem:
@@ -84,7 +81,7 @@ def audit_disclosures(
     state = open_existing(data_dir, person_keys=True)
     key = person_key(state.key, nhs.normalise(nhs_number), None)
     table = listing("#", "when", "to (org / user)", "how", "decision", "resources", "basis")
-    entries = SqlLedger(state.engine).about(key)
+    entries = SqlLedger(state.engine).about(*identities(SqlRecordReader(state.engine), key))
     refuse_unknown(state.engine, key, entries, nhs_number)
     for entry in entries:
         body = entry.body
@@ -154,7 +151,7 @@ def audit_time_travel(
 
     On content other than was disclosed today may say "cannot tell": --cannot-tell lists those rows."""
     from hub.core import nhs_number as nhs
-    from hub.core.identity import person_key
+    from hub.core.identity import identities, person_key
     from hub.core.timetravel import CANNOT_TELL, in_period, people_of, reconsider
     from hub.store.agreements import PolicySource, SqlAgreements
     from hub.store.ledger import SqlLedger
@@ -168,7 +165,7 @@ def audit_time_travel(
     ledger, reader = SqlLedger(state.engine), SqlRecordReader(state.engine)
     if nhs_number is not None:
         key = person_key(state.key, nhs.normalise(nhs_number), None)
-        entries = ledger.about(key)
+        entries = ledger.about(*identities(reader, key))
         refuse_unknown(state.engine, key, entries, nhs_number)
     else:
         entries = list(ledger.entries())
@@ -237,7 +234,7 @@ def audit_export(
     verifiable without the hub (python hub/export_verify.py FILE FILE.pub.pem); prints the public
     key's fingerprint for the auditor to confirm through another channel."""
     from hub.bootstrap import build
-    from hub.core.policy import Asker, decide, person_of
+    from hub.core.policy import Asker, covers_audit, decide, person_of
     from hub.export import export, public_pem, signing_key
     from hub.export_verify import fingerprint
     from hub.store.agreements import PolicySource
@@ -382,12 +379,6 @@ def kpi(
     colour = "green" if said.status == COMPLETE else "yellow"
     console.print(f"[{colour}]{month}: {escape(said.status)}[/{colour}]", soft_wrap=True)
     console.print(escape(f"{read:,} events read; wrote {out / f'kpi-{month}.csv'} and {out / f'kpi-{month}.html'}"))
-
-
-def covers_audit(agreements: list[Agreement], asker: Asker) -> bool:
-    """Whether any agreement in force on the asker's day names their organisation for audit."""
-    day = asker.at.date()
-    return any(asker.org in a.party_codes and "audit" in a.purposes and a.in_force(day) for a in agreements)
 
 
 def _no_events_note(month: str, held: set[str], read: int) -> str:

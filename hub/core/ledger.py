@@ -58,6 +58,9 @@ class Entry:
     body: dict[str, Any]
     prev_hash: str
     hash: str
+    # the person a store files it under, for a subject-access request to find it (outside the hash,
+    # so `verify` checks it against the body's); None where the store does not say
+    filed_under: tuple[str | None] | None = None
 
 
 def canonical(value: Any) -> bytes:
@@ -109,6 +112,12 @@ def verify(entries: Iterable[Entry], head: tuple[int, str] | None = None) -> tup
             )
         if chain_hash(prev, entry.body) != entry.hash:
             return checked, Break(entry.seq, f"entry {entry.seq} was altered (its content no longer matches its hash)")
+        if entry.filed_under is not None and entry.filed_under[0] != entry.body.get("person_key"):
+            return checked, Break(
+                entry.seq,
+                f"entry {entry.seq} is filed under another person than it names (its person column was altered, "
+                "which hides it from a subject-access request)",
+            )
         if head is not None and entry.seq == head[0] and entry.hash != head[1]:
             return checked, Break(entry.seq, f"entry {entry.seq} is not the entry recorded earlier as the head")
         prev, expected_seq = entry.hash, expected_seq + 1

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from hub.core.record_content import replaced_by
 from schemas.agreements import Agreement
 
 Json = dict[str, Any]
@@ -109,11 +110,12 @@ UNENFORCED = Decision("permit", ("information-sharing enforcement is switched of
 
 
 def person_of(resource: Json) -> str | None:
-    """The person key a resource is about: a Patient's id, its subject/patient/for, or (a Provenance,
+    """The person key a resource is about: a Patient's id (a Patient merged away: the person its
+    replaced-by link names, whose consents hold for it), its subject/patient/for, or (a Provenance,
     which has none of those) the person the record names in PERSON_EXTENSION; else None."""
     kind = resource.get("resourceType")
     if kind == "Patient":
-        return str(resource.get("id"))
+        return replaced_by(resource) or str(resource.get("id"))
     if kind == "Provenance":
         for extension in resource.get("extension") or []:
             ref = str((extension.get("valueReference") or {}).get("reference", ""))
@@ -205,6 +207,12 @@ def decide(
         ids = tuple(sorted(f"Consent/{c.id}/_history/{c.version}" for c in objections))
         return Decision("deny", (f"the person objected to sharing {category} with {asker.org}",), basis, ids)
     return Decision("permit", (f"shared under {', '.join(basis)} for {purpose}",), basis)
+
+
+def covers_audit(agreements: Iterable[Agreement], asker: Asker) -> bool:
+    """Whether any agreement in force on the asker's day names their organisation for audit."""
+    day = asker.at.date()
+    return any(asker.org in a.party_codes and "audit" in a.purposes and a.in_force(day) for a in agreements)
 
 
 def consent_rule(consent: Json) -> ConsentRule | None:

@@ -126,6 +126,11 @@ class RecordReader(Protocol):
         """Resources of a type, optionally only those whose subject/patient is that Patient."""
         ...
 
+    def filed_under(self, patient_ids: Collection[str]) -> dict[str, str]:
+        """The person key the record files each of these Patients under (those it holds): their own
+        id, or for one merged away (A40) the person it was merged into."""
+        ...
+
     def search_many(self, resource_type: str, patient_ids: Sequence[str]) -> list[Json]:
         """Resources of a type about any of these patients (one query, for batches)."""
         ...
@@ -167,7 +172,7 @@ class Ledger(Protocol):
 
     def entries(self) -> Iterator[Any]: ...
 
-    def about(self, person_key: str) -> list[Any]: ...
+    def about(self, *person_keys: str) -> list[Any]: ...
 
 
 class CoordinationUnitOfWork(Protocol):

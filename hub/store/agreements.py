@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import defaultdict
 from collections.abc import Callable, Collection
+from dataclasses import replace
 from datetime import datetime
 
 import sqlalchemy as sa
 
 from hub.core.errors import InvalidMessageError
+from hub.core.identity import survivors
 from hub.core.policy import ConsentRule, consent_rule
 from hub.core.ports import RecordReader
 from hub.store.sql import store_errors
@@ -104,14 +107,20 @@ class PolicySource:
         return self._cached[1]
 
     def consents(self, person_key: str) -> list[ConsentRule]:
-        rules = (consent_rule(c) for c in self._reader.search("Consent", person_key))
-        return [r for r in rules if r is not None]
+        return self.consents_of([person_key])[person_key]
 
     def consents_of(self, person_keys: Collection[str]) -> dict[str, list[ConsentRule]]:
-        """Consents of many people in one query (a delivery batch)."""
-        found: dict[str, list[ConsentRule]] = {k: [] for k in person_keys}
-        for consent in self._reader.search_many("Consent", sorted(found)):
+        """Each person's consents (for many people in two queries: a delivery batch). A person merged
+        away (A40) has those of the person they were merged into, where the record keeps every Consent
+        of theirs: their choice holds for each of their identities, the old one's late events and its
+        retired Patient included. Each rule names the person key asked for (as decide compares it)."""
+        known = survivors(self._reader.filed_under, person_keys)
+        held: defaultdict[str, list[ConsentRule]] = defaultdict(list)
+        for consent in self._reader.search_many("Consent", sorted(set(known.values()))):
             rule = consent_rule(consent)
-            if rule is not None and rule.person_key in found:
-                found[rule.person_key].append(rule)
-        return found
+            if rule is not None:
+                held[rule.person_key].append(rule)
+        return {
+            key: [r if r.person_key == key else replace(r, person_key=key) for r in held.get(now, [])]
+            for key, now in known.items()
+        }

@@ -61,11 +61,12 @@ class SqlLedger:
             if not rows:
                 return
             for row in rows:
-                yield Entry(seq=row.seq, body=row.body, prev_hash=row.prev_hash, hash=row.hash)
+                yield Entry(row.seq, row.body, row.prev_hash, row.hash, filed_under=(row.person_key,))
             after = rows[-1].seq
 
-    def about(self, person_key: str) -> list[Entry]:
-        """Entries about one person, oldest first (a subject-access request)."""
-        query = sa.select(L).where(L.c.person_key == person_key).order_by(L.c.seq)
+    def about(self, *person_keys: str) -> list[Entry]:
+        """Entries about one person, under any of these keys (hub.core.identity.identities), oldest
+        first (a subject-access request)."""
+        query = sa.select(L).where(L.c.person_key.in_(person_keys)).order_by(L.c.seq)
         with store_errors(), self.engine.connect() as conn:
             return [Entry(r.seq, r.body, r.prev_hash, r.hash) for r in conn.execute(query)]

@@ -123,6 +123,10 @@ class MemoryRecordReader:
         ]
         return [copy.deepcopy(r.content) for r in sorted(found, key=lambda r: (r.event_time, r.id))]
 
+    def filed_under(self, patient_ids: Collection[str]) -> dict[str, str]:
+        held = self.store.resources
+        return {k: r.person_key or k for k in patient_ids if (r := held.get(("Patient", k))) is not None}
+
     def search_many(self, resource_type: str, patient_ids: Sequence[str]) -> list[Json]:
         wanted = set(patient_ids)
         found = [r for (kind, _), r in self.store.resources.items() if kind == resource_type and r.person_key in wanted]
@@ -222,8 +226,8 @@ class MemoryLedger:
     def entries(self) -> Iterator[Entry]:
         return iter(list(self.rows))
 
-    def about(self, person_key: str) -> list[Entry]:
-        return [e for e in self.rows if e.body.get("person_key") == person_key]
+    def about(self, *person_keys: str) -> list[Entry]:
+        return [e for e in self.rows if e.body.get("person_key") in person_keys]
 
 
 class MemoryCoordinationStore:

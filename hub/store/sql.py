@@ -305,6 +305,14 @@ class SqlRecordReader:
             query = query.where(R.c.person_key == patient_id)
         return self._all(query.order_by(R.c.event_time, R.c.id))
 
+    def filed_under(self, patient_ids: Collection[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for chunk in _chunks(sorted(patient_ids)):
+            query = sa.select(R.c.id, R.c.person_key).where(R.c.resource_type == "Patient", R.c.id.in_(chunk))
+            with store_errors(), self.engine.connect() as conn:
+                found.update((row.id, row.person_key or row.id) for row in conn.execute(query))
+        return found
+
     def search_many(self, resource_type: str, patient_ids: Sequence[str]) -> list[Json]:
         found: list[Json] = []
         for chunk in _chunks(list(patient_ids)):

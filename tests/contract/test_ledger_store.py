@@ -124,6 +124,27 @@ def test_swapped_rows_are_caught(engine: sa.Engine) -> None:
     assert broken.seq == 2
 
 
+def test_an_entry_filed_under_another_person_is_caught_and_named_by_audit_verify(
+    engine: sa.Engine, database_url: str, tmp_path: Path
+) -> None:
+    # the person column is outside the hash (it is what a subject-access request searches by): moved,
+    # it would hide the entry from the person's request while the chain still verified
+    ledger = filled(engine)
+    assert [e.seq for e in ledger.about("p1")] == [2, 5]
+    with engine.begin() as conn:
+        table = sa.Table("disclosure_ledger", sa.MetaData(), autoload_with=conn)
+        conn.execute(sa.update(table).where(table.c.seq == 5).values(person_key="p0"))
+    assert [e.seq for e in ledger.about("p1")] == [2]
+
+    _, broken = verify(ledger.entries())
+
+    assert broken is not None
+    assert broken.seq == 5
+    said = audit_verify(database_url, tmp_path)
+    assert said.returncode == 1, said.stdout + said.stderr
+    assert "entry 5 is filed under another person than it names" in said.stdout
+
+
 def test_audit_verify_says_an_untouched_ledger_is_intact_and_exits_0(
     engine: sa.Engine, database_url: str, tmp_path: Path
 ) -> None:

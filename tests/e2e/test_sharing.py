@@ -47,6 +47,7 @@ async def test_reads_follow_agreements_and_consent_and_changes_apply_within_two_
     )
     services = build(settings)
     services.agreements.load(an_agreement("RXX", "Y00001", "Y00003"), at=datetime.now(UTC))
+    services.agreements.load(an_agreement("RXX", "Y00001", id="audit", purposes=("audit",)), at=datetime.now(UTC))
     async with running(settings, services=services) as run:
         secret = run.services.secrets.token
 
@@ -98,6 +99,10 @@ async def test_reads_follow_agreements_and_consent_and_changes_apply_within_two_
             third = (await http.get(f"/Encounter?patient={pid}", headers=as_("Y00003"))).json()
             assert third["total"] == 1  # the objection named Y00001 only
 
+            bad = await http.post("/Consent", json={"resourceType": "Consent"}, headers=as_("RXX"))
+            assert bad.status_code == 400
+            assert bad.json()["resourceType"] == "OperationOutcome"
+
             # the agreement ends (a new version with an end date in the past): Y00003 loses access
             ended = an_agreement(
                 "RXX", "Y00001", "Y00003", version=2, valid_to=str(datetime.now(UTC).date() - timedelta(days=1))
@@ -108,9 +113,6 @@ async def test_reads_follow_agreements_and_consent_and_changes_apply_within_two_
                 return (await http.get(f"/Patient/{pid}", headers=as_("Y00003"))).status_code == 403
 
             await until(y00003_cut_off, within=2.0)
-            bad = await http.post("/Consent", json={"resourceType": "Consent"}, headers=as_("RXX"))
-            assert bad.status_code == 400
-            assert bad.json()["resourceType"] == "OperationOutcome"
 
             # auditors read the same ledger as FHIR AuditEvents; nobody else may
             assert (await http.get(f"/AuditEvent?patient={pid}", headers=as_("Y00001"))).status_code == 403

@@ -17,6 +17,7 @@ events the test applies to the record and folds into the commissioner's KPIs as 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -67,7 +68,13 @@ class Hub:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    services = build(Settings(data_dir=tmp_path_factory.mktemp("inputs-api")))
+    with served_hub(build(Settings(data_dir=tmp_path_factory.mktemp("inputs-api")))) as live:
+        yield live
+
+
+@contextmanager
+def served_hub(services: Services) -> Iterator[Hub]:
+    """The real app over `services`, served; Kafka a list."""
     live = Hub(services)
 
     async def publish(envelope: Envelope) -> None:

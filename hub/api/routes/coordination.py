@@ -55,7 +55,7 @@ from hub.api.routes.coordination_input import (
 from hub.api.routes.fhir import bearer_caller, fhir_id, read_body
 from hub.api.shapes import FHIR_ID, SERVICE_REQUEST_IN, parameters_in
 from hub.core import nhs_number
-from hub.core.errors import InvalidMessageError, RuleRefusedError, UnknownPersonError
+from hub.core.errors import ConsentDeniedError, InvalidMessageError, RuleRefusedError, UnknownPersonError
 from hub.core.identity import person_key, stable_id
 from hub.core.pic_summary import composition, practice_output
 from hub.core.ports import Json
@@ -63,6 +63,7 @@ from hub.core.task_status import MOVES, STATUSES, may_move
 from schemas.events import coordination as co
 
 __all__ = ["CoordinationApi", "router"]
+REFERRER_ROLES = ("clinician", "coordinator", "admin", "system")  # an auditor reads; it does not refer
 
 
 def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
@@ -79,6 +80,11 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         openapi_extra=SERVICE_REQUEST_IN,
     )
     async def refer(request: Request, who: Caller) -> FhirResponse:
+        if who.role not in REFERRER_ROLES:
+            raise ConsentDeniedError(
+                f"the {who.role} role does not refer people (roles that do: {', '.join(REFERRER_ROLES)})",
+                ("Authorization",),
+            )
         body = json_body(await read_body(request), "ServiceRequest")
         if body.get("resourceType") != "ServiceRequest":
             raise InvalidMessageError("the body must be a FHIR ServiceRequest", ("ServiceRequest.resourceType",))

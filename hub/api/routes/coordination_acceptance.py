@@ -23,7 +23,7 @@ from fastapi import APIRouter, Depends, Request
 
 from hub.api.auth import Principal, TokenVerifier
 from hub.api.outcomes import FhirResponse
-from hub.api.routes.coordination_commands import CoordinationApi, Id, coordinator_only, emit, referral_of
+from hub.api.routes.coordination_commands import CoordinationApi, Id, coordinator_only, emit, referral_to_service
 from hub.api.routes.coordination_input import (
     accept_ids,
     at_param,
@@ -63,7 +63,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         coordinator = str(param(params, "coordinator", required=True))
         now = datetime.now(UTC)
         at = at_param(params, now)
-        referral = referral_of(api_, id)
+        referral = referral_to_service(api_, id)
         person = person_of(referral)
         held = claimed(api_, id, person)
         if held is not None:
@@ -90,7 +90,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         coordinator_only(api_, who)
         params = parameters(await read_body(request))
         at = at_param(params, datetime.now(UTC))
-        referral = referral_of(api_, id)
+        referral = referral_to_service(api_, id)
         refuse_declining_accepted(api_, referral)
         at = not_before(params, at, referral.get("authoredOn"), "the referral was made", referral)
         declined = with_outcome(referral, "declined", "revoked")

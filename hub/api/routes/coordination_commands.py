@@ -16,6 +16,7 @@ from hub.api.auth import Principal
 from hub.api.routes.fhir import fhir_id
 from hub.api.shapes import FHIR_ID
 from hub.core.errors import ConsentDeniedError, UnknownPersonError
+from hub.core.fhir_read import addressed_to
 from hub.core.ports import CoordinationStore, Json, RecordReader
 from hub.core.tasks import Engine
 from schemas.agreements import Agreement
@@ -80,4 +81,19 @@ def referral_of(api_: CoordinationApi, id: str) -> Json:
     found = api_.reader.read("ServiceRequest", fhir_id(id, "ServiceRequest"))
     if found is None:
         raise UnknownPersonError(f"no referral ServiceRequest/{id} in the shared care record", ("ServiceRequest",))
+    return found
+
+
+def referral_to_service(api_: CoordinationApi, id: str) -> Json:
+    """The referral on the record (or 404) if it is addressed to the service (or to nobody in
+    particular); else 403: a referral to another organisation (adult social care, say) is theirs to
+    accept or decline, and its content is not the service's to be handed."""
+    found = referral_of(api_, id)
+    service = api_.engine.rules.service
+    if not addressed_to(found, service.ods):
+        raise ConsentDeniedError(
+            f"ServiceRequest/{id} is not addressed to {service.ods} ({service.name}): only the organisation "
+            "a referral is addressed to accepts or declines it",
+            ("ServiceRequest.performer",),
+        )
     return found

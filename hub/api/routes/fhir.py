@@ -42,8 +42,9 @@ from hub.api.shapes import (
     ok,
 )
 from hub.core.errors import ConsentDeniedError, InvalidMessageError, UnknownPersonError
+from hub.core.identity import identities
 from hub.core.ledger import Disclosure, resource_ref
-from hub.core.policy import UNENFORCED, Asker, Decision, decide, person_of
+from hub.core.policy import UNENFORCED, Asker, Decision, covers_audit, decide, person_of
 from hub.core.ports import Json, Ledger, RecordReader
 from hub.core.timetravel import WITHHELD_WITH_READ
 from hub.store.agreements import PolicySource
@@ -232,10 +233,16 @@ def router(
     def audit_events(request: Request, who: Caller, patient: PatientRef) -> FhirResponse:
         if who.role != "auditor":
             raise ConsentDeniedError("AuditEvent is readable by the auditor role only", ("AuditEvent",))
+        if policy is not None and not covers_audit(policy.agreements(), Asker(who.org, who.role, datetime.now(UTC))):
+            raise ConsentDeniedError(
+                f"no sharing agreement in force today names {who.org} as a party for audit, so its auditors "
+                "may not read the disclosure ledger",
+                ("AuditEvent",),
+            )
         person = patient_id(patient, "AuditEvent")
         if ledger is None:
             return searchset(request, [], 0)
-        events = [audit_event(entry) for entry in ledger.about(person)]
+        events = [audit_event(entry) for entry in ledger.about(*identities(reader, person))]
         audit = Decision("permit", ("the auditor role reads the disclosure ledger for audit",))
         record(ledger, who, "audit", [({"resourceType": "Patient", "id": person}, audit)])
         return searchset(request, events, 0)
@@ -297,6 +304,7 @@ def router(
     async def record_consent(request: Request, who: Caller) -> FhirResponse:
         if publish is None:
             raise InvalidMessageError("this server does not take Consent", ("Consent",), code="not-supported")
+        _may_record_consent(policy, who)
         body = await read_body(request)
         consent = _parse_consent(body)
         person = _person_for(reader, consent)
@@ -372,6 +380,29 @@ def _parse_consent(body: bytes) -> Json:
     if provision.get("type") not in ("permit", "deny"):
         raise InvalidMessageError("provision.type must be permit or deny", ("Consent.provision.type",), code="required")
     return dict(data)
+
+
+CONSENT_ROLES = ("clinician", "coordinator", "admin")  # who records a person's choice: those who care for them
+
+
+def _may_record_consent(policy: PolicySource | None, who: Principal) -> None:
+    """Refuse (403) a Consent from a role that does not care for people, or from an organisation no
+    sharing agreement in force names as a party: a person's choice is recorded by those caring for
+    them, and the answer (201, or 404 for no such person) must not tell anyone else who is known here."""
+    if who.role not in CONSENT_ROLES:
+        raise ConsentDeniedError(
+            f"the {who.role} role does not record a person's consent (roles that do: {', '.join(CONSENT_ROLES)})",
+            ("Authorization",),
+        )
+    if policy is None:
+        return
+    today = datetime.now(UTC).date()
+    if not any(who.org in a.party_codes and a.in_force(today) for a in policy.agreements()):
+        raise ConsentDeniedError(
+            f"no sharing agreement in force today names {who.org} as a party, so it does not record consent "
+            "for anyone here: a person's choice is recorded by an organisation that shares their care",
+            ("Authorization",),
+        )
 
 
 def _person_for(reader: RecordReader, consent: Json) -> str:
