@@ -224,9 +224,13 @@ def _person(f: Fields, segment: Any, name: str, sender: str, secret: bytes) -> _
     nhs: str | None = None
     identifiers: list[Json] = []
     local: tuple[str, str] | None = None
+    placeholder = ""
     for cx in f.reps(segment, field):
         value, authority = cx[0], (cx[3] if len(cx) > 3 else "")
         if not value:
+            continue
+        if authority.upper() == "NHS" and nhs_number.is_placeholder(value):
+            placeholder = nhs_number.normalise(value)  # "not known": no one's identity (see is_placeholder)
             continue
         if authority.upper() == "NHS":
             why = nhs_number.why_invalid(value)
@@ -242,6 +246,13 @@ def _person(f: Fields, segment: Any, name: str, sender: str, secret: bytes) -> _
             identifiers.append({"system": MRN_SYSTEM + scope, "value": value})
             local = local or (scope, value)
     if nhs is None and local is None:
+        if placeholder:
+            raise InvalidMessageError(
+                f"{where} has no patient identifier but the NHS number {placeholder}, which is a placeholder (all "
+                "ten digits the same), not anyone's NHS number: send the person's own, or a local identifier",
+                (where,),
+                code="value",
+            )
         raise InvalidMessageError(f"{where} has no patient identifier with a value", (where,), code="required")
     return _Person(person_key(secret, nhs, local), identifiers)
 

@@ -20,10 +20,18 @@ def check_digit(first_nine: str) -> int | None:
     return None if digit == 10 else digit
 
 
-def is_valid(raw: str) -> bool:
-    """True for ten digits whose tenth is the Modulus 11 check digit of the first nine."""
+def is_placeholder(raw: str) -> bool:
+    """Ten digits all the same (0000000000, 3333333333, 9999999999...): what systems send for "not
+    known" or in test data. Some pass the Modulus 11 check, but none is anyone's NHS number: taken as
+    one, every person sent with it would become one person."""
     number = normalise(raw)
-    if len(number) != 10 or not number.isascii() or not number.isdigit():
+    return len(number) == 10 and number.isascii() and number.isdigit() and len(set(number)) == 1
+
+
+def is_valid(raw: str) -> bool:
+    """True for ten digits whose tenth is the Modulus 11 check digit of the first nine (not a placeholder)."""
+    number = normalise(raw)
+    if len(number) != 10 or not number.isascii() or not number.isdigit() or is_placeholder(number):
         return False
     return check_digit(number[:9]) == int(number[9])
 
@@ -33,6 +41,8 @@ def why_invalid(raw: str) -> str | None:
     number = normalise(raw)
     if len(number) != 10 or not number.isascii() or not number.isdigit():
         return f"NHS number must be 10 digits, got {len(number)} characters"
+    if is_placeholder(number):
+        return f"{number} is a placeholder (all ten digits the same), not anyone's NHS number"
     expected = check_digit(number[:9])
     if expected is None:
         return "NHS number fails the Modulus 11 check (no check digit is possible for it)"

@@ -21,6 +21,7 @@ from hub.core.errors import InvalidMessageError, UnsupportedMessageError
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 SECRET = b"sample-secret"
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+REAL = "9434765919"  # a valid NHS number, for the ITK examples' placeholder
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ ADMITTED, DISCHARGED = ("encounter.admitted",), ("encounter.discharged",)
 UPDATED, MERGED = ("patient.updated",), ("patient.merged",)
 UNSUPPORTED_EVENT = Refused("AR", "MSH-9.2", "not-supported")
 BAD_BIRTH_DATE = Refused("AE", "PID-7", "value")
+PLACEHOLDER_ONLY = Refused("AE", "PID-3", "value")  # no identifier but a placeholder NHS number
 
 EXPECTED: dict[str, Accepted | Refused] = {
     "hapi-hl7v2/hapi-v2.4-ADT_A01.hl7": Accepted(ADMITTED, "W", "22139243", None, "in-progress"),
@@ -75,34 +77,30 @@ EXPECTED: dict[str, Accepted | Refused] = {
     "microsoft-fhir-converter/ms-v2.8-ADT_A40-two-merges.hl7": Accepted(
         MERGED * 2, "Ntierprise Clinic", "8919-40", None
     ),
-    "nhs-itk/itk-v2.4-ADT_A01-admit-inpatient.hl7": Accepted(
-        ADMITTED, "RCB", "1391320453338055", "3333333333", "in-progress"
-    ),
-    "nhs-itk/itk-v2.4-ADT_A03-discharge.hl7": Accepted(
-        DISCHARGED, "RCB", "13403891320453338089", "3333333333", "finished", ended=True
-    ),
+    # the ITK examples identify their patient by 3333333333 alone: a placeholder, no one's NHS number
+    # (see ITK below for what they map to with a real one)
+    "nhs-itk/itk-v2.4-ADT_A01-admit-inpatient.hl7": PLACEHOLDER_ONLY,
+    "nhs-itk/itk-v2.4-ADT_A03-discharge.hl7": PLACEHOLDER_ONLY,
     "nhs-itk/itk-v2.4-ADT_A04-register-outpatient.hl7": UNSUPPORTED_EVENT,
     "nhs-itk/itk-v2.4-ADT_A05-pre-admit.hl7": UNSUPPORTED_EVENT,
-    "nhs-itk/itk-v2.4-ADT_A28-new-patient.hl7": BAD_BIRTH_DATE,  # PID-7 196513121515: month 13
-    "nhs-itk/itk-v2.4-ADT_A31-update-patient.hl7": BAD_BIRTH_DATE,
+    "nhs-itk/itk-v2.4-ADT_A28-new-patient.hl7": PLACEHOLDER_ONLY,
+    "nhs-itk/itk-v2.4-ADT_A31-update-patient.hl7": PLACEHOLDER_ONLY,
     "python-hl7/python-hl7-v2.3-ADT_A01-cerner-quoted-nulls.hl7": Accepted(
         ADMITTED, "HNA500", "Q150084616T145947960", None, "in-progress"
     ),
     "python-hl7/python-hl7-v2.5-batch-BHS-ADT_A04.hl7": UNSUPPORTED_EVENT,
-    "uclh-emap/uclh-epic-v2.4-ADT_A01.hl7": Accepted(ADMITTED, "UCLH", "31644", "9999999999", "in-progress"),
+    "uclh-emap/uclh-epic-v2.4-ADT_A01.hl7": Accepted(ADMITTED, "UCLH", "31644", None, "in-progress"),
     "uclh-emap/uclh-epic-v2.4-ADT_A03-death.hl7": Accepted(DISCHARGED, "UCLH", "eh", None, "finished", ended=True),
-    "uclh-emap/uclh-epic-v2.4-ADT_A03-discharge.hl7": Accepted(
-        DISCHARGED, "UCLH", "eh", "9999999999", "finished", ended=True
-    ),
-    "uclh-emap/uclh-epic-v2.4-ADT_A08.hl7": Accepted(UPDATED, "UCLH", "31644ZZZ", "9999999999", "unknown"),
+    "uclh-emap/uclh-epic-v2.4-ADT_A03-discharge.hl7": Accepted(DISCHARGED, "UCLH", "eh", None, "finished", ended=True),
+    "uclh-emap/uclh-epic-v2.4-ADT_A08.hl7": Accepted(UPDATED, "UCLH", "31644ZZZ", None, "unknown"),
     "uclh-emap/uclh-epic-v2.4-ADT_A11-cancel-admit.hl7": Accepted(
-        ("encounter.admission-cancelled",), "UCLH", "100000", "9999999999", "cancelled"
+        ("encounter.admission-cancelled",), "UCLH", "100000", None, "cancelled"
     ),
     "uclh-emap/uclh-epic-v2.4-ADT_A13-cancel-discharge.hl7": Accepted(
-        ("encounter.discharge-cancelled",), "UCLH", "100000", "9999999999", "in-progress", ended=False
+        ("encounter.discharge-cancelled",), "UCLH", "100000", None, "in-progress", ended=False
     ),
     "uclh-emap/uclh-epic-v2.4-ADT_A15-escape-sequence.hl7": UNSUPPORTED_EVENT,
-    "uclh-emap/uclh-epic-v2.4-ADT_A40-merge.hl7": Accepted(MERGED, "RRV03", "PPPPP111111111111111", "9999999999"),
+    "uclh-emap/uclh-epic-v2.4-ADT_A40-merge.hl7": Accepted(MERGED, "RRV03", "PPPPP111111111111111", None),
 }
 BATCHES = {"python-hl7/python-hl7-v2.5-batch-BHS-ADT_A04.hl7"}
 
@@ -227,11 +225,43 @@ def test_the_bom_sample_parses_where_strict_parsers_refuse_it(samples: Path) -> 
     assert event.event_time == datetime(2005, 1, 9, 21, 55, 2, tzinfo=UTC)  # EVN-2 with +0700
 
 
+def itk(samples: Path, name: str) -> bytes:
+    """An ITK example with a real NHS number where it has the placeholder 3333333333 (alone in PID-3)."""
+    raw = (samples / "hl7v2/nhs-itk" / name).read_bytes()
+    assert raw.count(b"|3333333333^^^NHS|") == 1
+    return raw.replace(b"|3333333333^^^NHS|", f"|{REAL}^^^NHS|".encode())
+
+
+def test_a_placeholder_nhs_number_alone_is_refused_naming_it_and_beside_a_local_one_is_left_out(
+    samples: Path,
+) -> None:
+    raw = (samples / "hl7v2/nhs-itk/itk-v2.4-ADT_A01-admit-inpatient.hl7").read_bytes()
+    with pytest.raises(InvalidMessageError) as refused:
+        map_message(raw, key_secret=SECRET)
+    assert "3333333333, which is a placeholder" in str(refused.value)
+    # two different UCLH test patients sent with 9999999999 beside their hospital numbers: two people
+    uclh = samples / "hl7v2/uclh-emap"
+    [admitted] = map_message((uclh / "uclh-epic-v2.4-ADT_A01.hl7").read_bytes(), key_secret=SECRET)
+    [merged] = map_message((uclh / "uclh-epic-v2.4-ADT_A40-merge.hl7").read_bytes(), key_secret=SECRET)
+    assert admitted.person_key != merged.person_key
+    for event in (admitted, merged):
+        assert all(i["system"] != NHS for p in entries(event, "Patient") for i in p["identifier"])
+
+
+@pytest.mark.parametrize("name", ["itk-v2.4-ADT_A28-new-patient.hl7", "itk-v2.4-ADT_A31-update-patient.hl7"])
+def test_the_itk_patient_messages_with_a_real_nhs_number_are_refused_for_their_month_13_birth_date(
+    samples: Path, name: str
+) -> None:
+    with pytest.raises(InvalidMessageError) as refused:  # PID-7 196513121515: month 13
+        map_message(itk(samples, name), key_secret=SECRET)
+    assert refused.value.expression == ("PID-7",)
+
+
 def test_the_itk_discharge_maps_the_uk_facts(samples: Path) -> None:
-    [event] = map_message((samples / "hl7v2/nhs-itk/itk-v2.4-ADT_A03-discharge.hl7").read_bytes(), key_secret=SECRET)
+    [event] = map_message(itk(samples, "itk-v2.4-ADT_A03-discharge.hl7"), key_secret=SECRET)
     [patient], [encounter] = entries(event, "Patient"), entries(event, "Encounter")
     [practice] = entries(event, "Organization")
-    assert patient["identifier"][0] == {"system": NHS, "value": "3333333333"}  # PID-32 is ED, not NSTS
+    assert patient["identifier"][0] == {"system": NHS, "value": REAL}  # PID-32 is ED, not NSTS
     assert practice["identifier"] == [{"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "Y06601"}]
     assert patient["generalPractitioner"] == [{"reference": f"Organization/{practice['id']}"}]
     assert encounter["period"] == {"start": "2010-03-30T11:00:00+01:00", "end": "2010-03-31T17:15:00+01:00"}
@@ -239,8 +269,7 @@ def test_the_itk_discharge_maps_the_uk_facts(samples: Path) -> None:
 
 
 def test_the_itk_admission_carries_the_gp_practice(samples: Path) -> None:
-    raw = (samples / "hl7v2/nhs-itk/itk-v2.4-ADT_A01-admit-inpatient.hl7").read_bytes()
-    [event] = map_message(raw, key_secret=SECRET)
+    [event] = map_message(itk(samples, "itk-v2.4-ADT_A01-admit-inpatient.hl7"), key_secret=SECRET)
     [practice] = entries(event, "Organization")
     assert (practice["name"], practice["identifier"][0]["value"]) == ("MALTON GP PRACTICE", "Y06601")
     [patient] = entries(event, "Patient")
@@ -249,9 +278,8 @@ def test_the_itk_admission_carries_the_gp_practice(samples: Path) -> None:
 
 
 def test_the_same_itk_patient_has_one_person_key_across_admission_and_discharge(samples: Path) -> None:
-    itk = samples / "hl7v2/nhs-itk"
-    [admitted] = map_message((itk / "itk-v2.4-ADT_A01-admit-inpatient.hl7").read_bytes(), key_secret=SECRET)
-    [discharged] = map_message((itk / "itk-v2.4-ADT_A03-discharge.hl7").read_bytes(), key_secret=SECRET)
+    [admitted] = map_message(itk(samples, "itk-v2.4-ADT_A01-admit-inpatient.hl7"), key_secret=SECRET)
+    [discharged] = map_message(itk(samples, "itk-v2.4-ADT_A03-discharge.hl7"), key_secret=SECRET)
     assert admitted.person_key == discharged.person_key
     assert admitted.event_id != discharged.event_id
 
