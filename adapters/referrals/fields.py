@@ -142,7 +142,7 @@ class RowFields:
         return number
 
     def day(self, name: str) -> When:
-        """An ISO 8601 date (YYYY-MM-DD); its event time is midnight UTC that day."""
+        """An ISO 8601 date (YYYY-MM-DD); its event time is the start of that day in the UK."""
         return self._to_day(name, self.text(name) or "")
 
     def optional_day(self, name: str) -> When | None:
@@ -185,7 +185,8 @@ class RowFields:
         if not _DATE.fullmatch(raw):
             raise self.fail(name, f"{raw[:40]!r} is not an ISO 8601 date (YYYY-MM-DD)")
         day = self._real_date(name, raw)
-        return When(day.isoformat(), datetime.combine(day, time(), tzinfo=UTC), day)
+        # the start of that day in the UK, as the API, the rules engine's answers and the KPIs read a day
+        return When(day.isoformat(), datetime.combine(day, time(), tzinfo=UK).astimezone(UTC), day)
 
     def _real_date(self, name: str, raw: str) -> date:
         try:

@@ -8,7 +8,7 @@ new event. Ids are built from the person key, never the NHS number.
 
 A Care Act assessment outcome given with an adult social care referral travels in the same
 REFERRAL_RECEIVED Bundle as an Observation (one row, one event), which the ServiceRequest cites in
-`supportingInfo`. The event time of a date is midnight UTC of that day.
+`supportingInfo`. The event time of a date is the start of that day in the UK (midnight, GMT or BST).
 """
 
 from __future__ import annotations
@@ -249,7 +249,8 @@ def _outcome(f: RowFields, secret: bytes, now: datetime) -> MappedEvent:
     request = _service_request(rid, "voluntary-sector", key, nhs, referrer, ODS_SYSTEM, referral_id)
     request["status"] = STATUS_OF_OUTCOME.get(outcome, "active")
     request["extension"].append({"url": co.OUTCOME_EXTENSION, "valueCode": outcome})
-    event_id = stable_id("referral-outcome", rid, outcome, on.fhir)
+    # the person too: the row sent again with its NHS number corrected is news, not a duplicate
+    event_id = stable_id("referral-outcome", rid, outcome, on.fhir, key)
     return _event(f, co.REFERRAL_OUTCOME, event_id, referrer, on.utc, key, [request])
 
 

@@ -246,10 +246,16 @@ class KpiFold(KpiFacts):
         contacts: list[datetime],
         attribute: str,
     ) -> None:
-        """Each contact answers the referrals waiting for it, once: the earliest of them carries it."""
+        """Each contact answers the referrals waiting for it, once: the earliest of them carries it. A
+        referral made later on the contact's own UK day waits for it too (a contact dated by day alone is
+        that day's start), as the rules engine takes it."""
         answered: set[str] = set()
         for t in contacts:
-            waiting = [r for r in referrals if r.at <= t and r.id not in answered and not self._over(r, t)]
+            waiting = [
+                r
+                for r in referrals
+                if (r.at <= t or days_between(r.at, t) == 0) and r.id not in answered and not self._over(r, t)
+            ]
             if waiting:
                 setattr(waiting[0], attribute, t)
                 answered |= {r.id for r in waiting}

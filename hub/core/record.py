@@ -37,7 +37,9 @@ Rules, in the order they are applied to each event:
     outcomes        a referral outcome overlays the stored ServiceRequest with what became of it (status,
                     the outcome extension, its notes) and leaves what the referral said; a referral that
                     arrives after its outcome (or corrects it later) keeps them, so a ServiceRequest ends
-                    the same whichever came first. An outcome alone stands for the referral until it comes
+                    the same whichever came first. An outcome alone stands for the referral until it comes.
+                    An outcome dated earlier than the referral's time but on the same UK day (a date alone
+                    is the day's start) answers it, in log order
     stubs           a Patient carried by a referral or register row only introduces a person the record does
                     not know yet; it never replaces what a hospital or practice said, and anything they say
                     later replaces it, whatever its event time
@@ -55,6 +57,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from hub.core.errors import InvalidMessageError
 from hub.core.fhir_read import referrals_of
@@ -67,6 +70,7 @@ from schemas.events.coordination import (
     EPISODE_OPENED,
     NOT_RECORDED,
     PATIENT_STUB_EVENTS,
+    REFERRAL_OUTCOME,
     REFERRAL_RECEIVED,
     TASK_CREATED,
     TASK_OVERDUE,
@@ -77,6 +81,7 @@ ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 EVENT_SYSTEM = "https://carehub.invalid/Id/event"
 SHARED_KINDS = frozenset({"Organization", "Practitioner", "Location"})  # not about one person
 _MAX_HOPS = 16
+UK = ZoneInfo("Europe/London")
 _SUBJECT_FIELDS = ("subject", "patient", "for")
 UNCHANGED = StoredResource("", "", None, 0, datetime.min.replace(tzinfo=UTC), "", {})
 _STUB_TIME = datetime(1900, 1, 1, tzinfo=UTC)  # a stub loses to anything said about the person
@@ -188,7 +193,7 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
     if current is not None and event.time < current.event_time:
         if _retires(event, incoming, current):
             incoming = _retired(current, incoming)  # the merge's word on who they are, over newer content
-        elif event.type not in _IN_LOG_ORDER:
+        elif event.type not in _IN_LOG_ORDER and not _outcome_that_day(event, incoming, current):
             return None
         latest = current.event_time  # a correction (or a task event, or a merge) dated earlier: not dated back
     if (
@@ -221,6 +226,17 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
     stored = _stamp(event, content, kind, rid, key, current, _STUB_TIME if stub else latest, when)
     uow.put(stored)
     return stored
+
+
+def _outcome_that_day(event: RecordEvent, incoming: Json, current: StoredResource) -> bool:
+    """Whether an outcome dated before what the record holds of its referral is from the same UK day
+    (an outcome dated by day alone is that day's start; it cannot say it came before a referral made
+    that afternoon): it answers the referral, in log order, as the rules engine and the KPIs take it."""
+    return (
+        event.type == REFERRAL_OUTCOME.type
+        and incoming["resourceType"] == "ServiceRequest"
+        and event.time.astimezone(UK).date() == current.event_time.astimezone(UK).date()
+    )
 
 
 def _retires(event: RecordEvent, incoming: Json, current: StoredResource) -> bool:

@@ -22,7 +22,8 @@ Order of work for each event (Engine.handle; the steps live here unless another 
                 record (hub.core.record) and the KPIs (hub.core.kpi_facts) take it; the engine asks it
                 in hub.core.caseload
     fulfil      open tasks whose rule names this event (and contact kind or referral outcome, and not
-                earlier than `not_before` after the task opened) complete; `cancelled_by` cancels. A
+                earlier than `not_before` after the task opened; with none, not before the UK day it
+                opened, so an answer dated by day alone counts that day) complete; `cancelled_by` cancels. A
                 referral's outcomes are remembered for tasks it opens later (hub.core.referral_moves)
     case-find   a register row meeting a criterion, or a referral from a listed source, puts the person
                 on their practice's case list once (caselist.added)
@@ -44,6 +45,7 @@ events carry: hub.core.derived_events.
 from __future__ import annotations
 
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from hub.core.caseload import FIND_PRACTICE as FIND_PRACTICE
 from hub.core.caseload import Caseload, opens_nothing
@@ -69,6 +71,7 @@ from hub.core.task_status import FINAL, may_move
 from schemas.coordination_rules import CoordinationRules, Fulfilment, TaskRule
 from schemas.events import coordination as co
 
+UK = ZoneInfo("Europe/London")
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 _OWN = frozenset(
     {
@@ -306,7 +309,7 @@ class Engine:
 
 
 def _matches(f: Fulfilment, name: str, at: datetime, resources: list[Json], opened: datetime, task: Json) -> bool:
-    if f.event != name or at < opened + f.not_before:
+    if f.event != name or _too_early(f, at, opened):
         return False
     if f.contact and not ({contact_kind(e) for e in of_kind(resources, "Encounter")} & set(f.contact)):
         return False
@@ -325,6 +328,15 @@ def _matches(f: Fulfilment, name: str, at: datetime, resources: list[Json], open
         for_it = {referral for e in stays for referral in referrals_of(e)}
         return task.get("stay") in {e.get("id") for e in stays} or task["focus"] in for_it
     return True
+
+
+def _too_early(f: Fulfilment, at: datetime, opened: datetime) -> bool:
+    """Whether `at` is before the fulfilment may count: `not_before` after the task opened; with none,
+    before the UK day it opened (an answer dated by day alone is that day's start, and cannot say it
+    came before a referral made that afternoon: it answers it, as the KPIs count it)."""
+    if f.not_before:
+        return at < opened + f.not_before
+    return at < opened and at.astimezone(UK).date() < opened.astimezone(UK).date()
 
 
 def _same_task(task: Json, rule: str, focus: str) -> bool:

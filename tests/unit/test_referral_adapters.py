@@ -182,7 +182,9 @@ def test_no_frailty_is_said_in_text_for_want_of_a_code() -> None:
 
 def test_the_extraction_date_may_come_from_the_file_and_the_row_wins() -> None:
     given_day = date(2026, 10, 1)
-    assert one(Format.REGISTER, register_row(extracted_on=""), extracted_on=given_day).event_time.day == 1
+    assert one(Format.REGISTER, register_row(extracted_on=""), extracted_on=given_day).event_time == datetime(
+        2026, 9, 30, 23, tzinfo=UTC
+    )  # 1 Oct, BST
     assert one(Format.REGISTER, register_row(), extracted_on=given_day).event_time.date() == date(2026, 11, 2)
     reason = rejection(Format.REGISTER, register_row(extracted_on=""))
     assert reason.startswith("row 2, field extracted_on: is required")
