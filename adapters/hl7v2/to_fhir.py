@@ -229,10 +229,10 @@ def _person(f: Fields, segment: Any, name: str, sender: str, secret: bytes) -> _
         value, authority = cx[0], (cx[3] if len(cx) > 3 else "")
         if not value:
             continue
-        if authority.upper() == "NHS" and nhs_number.is_placeholder(value):
+        if _is_nhs_number(cx) and nhs_number.is_placeholder(value):
             placeholder = nhs_number.normalise(value)  # "not known": no one's identity (see is_placeholder)
             continue
-        if authority.upper() == "NHS":
+        if _is_nhs_number(cx):
             why = nhs_number.why_invalid(value)
             if why:
                 raise InvalidMessageError(why, (where,), code="value")
@@ -255,6 +255,15 @@ def _person(f: Fields, segment: Any, name: str, sender: str, secret: bytes) -> _
             )
         raise InvalidMessageError(f"{where} has no patient identifier with a value", (where,), code="required")
     return _Person(person_key(secret, nhs, local), identifiers)
+
+
+def _is_nhs_number(cx: list[str]) -> bool:
+    """A CX (PID-3, MRG-1 repeat) is the NHS number when its assigning authority (CX-4) is `NHS` or its
+    identifier type (CX-5) is `NH`, whatever authority it names: PAS send the NHS number's OID
+    (2.16.840.1.113883.2.1.4.1), their own code or none there. Checked as one (Modulus 11, placeholders),
+    never filed as a hospital number no search by NHS number would find."""
+    authority, kind = (cx[i].strip().upper() if len(cx) > i else "" for i in (3, 4))
+    return authority == "NHS" or kind == "NH"
 
 
 def _patient_and_practice(f: Fields, pid: Any, person: _Person, latest: datetime | None) -> list[Json]:
@@ -381,7 +390,9 @@ def _disposition(reps: list[list[str]]) -> Json | None:
 def _merges(
     f: Fields, secret: bytes, latest: datetime | None, *, sender: str, control_id: str, key: str, at: datetime
 ) -> list[MappedEvent]:
-    """An A40: one event a PID-MRG pair."""
+    """An A40: one event a PID-MRG pair. A pair whose two records are one person already (two hospital
+    numbers with one NHS number, the commonest real A40: the person key comes from the NHS number) is
+    that person updated, not merged into themselves (see _retired_numbers)."""
     pairs, current = [], None
     for segment in f.message:
         name = str(segment[0])
@@ -396,12 +407,31 @@ def _merges(
     for index, (pid, mrg) in enumerate(pairs, start=1):
         survivor = _person(f, pid, "PID", sender, secret)
         retired = _person(f, mrg, "MRG", sender, secret)
+        pair = key if len(pairs) == 1 else f"{key}#{index}"
         if retired.key == survivor.key:
-            raise InvalidMessageError("MRG-1 names the surviving record itself", ("MRG-1",), code="value")
+            numbers = _retired_numbers(survivor, retired)
+            resources = _patient_and_practice(f, pid, survivor, latest)
+            resources[0]["identifier"] = [*resources[0]["identifier"], *numbers]
+            events.append(_event(_SAME_PERSON, sender, control_id, pair, at, survivor.key, resources))
+            continue
         resources = _patient_and_practice(f, pid, survivor, latest)
         resources[0]["link"] = [{"other": {"reference": f"Patient/{retired.key}"}, "type": "replaces"}]
         old = {"resourceType": "Patient", "id": retired.key, "active": False, "identifier": retired.identifiers}
         old["link"] = [{"other": {"reference": f"Patient/{survivor.key}"}, "type": "replaced-by"}]
-        pair = key if len(pairs) == 1 else f"{key}#{index}"
         events.append(_event("A40", sender, control_id, pair, at, survivor.key, [*resources, old]))
     return events
+
+
+_SAME_PERSON = "A31"  # an A40 within one person is applied as what it is: an update of person information
+
+
+def _retired_numbers(survivor: _Person, retired: _Person) -> list[Json]:
+    """For an A40 pair of one person (MRG-1 keyed as PID-3 is): the identifiers MRG-1 gives that PID-3
+    does not, the hospital numbers retired, kept on the person with use `old` (FHIR: no longer valid but
+    found by a search, as after an account merge). MRG-1 naming none is the surviving record merged into
+    itself, a sender's error, refused."""
+    current = {(i["system"], i["value"]) for i in survivor.identifiers}
+    numbers = [{**i, "use": "old"} for i in retired.identifiers if (i["system"], i["value"]) not in current]
+    if not numbers:
+        raise InvalidMessageError("MRG-1 names the surviving record itself", ("MRG-1",), code="value")
+    return numbers

@@ -7,9 +7,12 @@ the sender's control ID.
 
 A frame over the size limit is read on to its end block, keeping only its first HEAD_BYTES (memory
 stays at a few times the limit whatever the frame's size), then refused; its framing is intact, so
-the connection goes on. A frame without a start block, or an over-size one with no end block within
-DRAIN_FACTOR times the limit or before the sender goes quiet for `idle` seconds, is refused and the
-connection closed, because the framing can no longer be trusted. Before closing, the listener stops
+the connection goes on. Bytes before a frame's start block belong to no frame and are skipped, so
+the frame after them is answered as any other: a sender's trailer (frames ending 1C 0D 0A), CR LF or
+padding is logged at DEBUG, anything else at WARNING, both by count alone. A frame without a start
+block (an end block with none before it), or an over-size one with no end block within DRAIN_FACTOR
+times the limit or before the sender goes quiet for `idle` seconds, is refused and the connection
+closed, because the framing can no longer be trusted. Before closing, the listener stops
 writing and drops what still arrives for up to LINGER_S: a socket closed with unread bytes sends a
 reset, which can destroy the answer before the sender has read it.
 """
@@ -31,6 +34,7 @@ END_BLOCK = b"\x1c\x0d"
 HEAD_BYTES = 64 * 1024  # enough for MSH, EVN, PID and PV1 of any real ADT
 DRAIN_FACTOR = 64
 LINGER_S = 2.0
+BETWEEN_FRAMES = b" \t\r\n"  # a trailer after an end block (1C 0D 0A, CR LF), padding: skipped quietly
 
 
 @dataclass(frozen=True)
@@ -104,11 +108,25 @@ async def _read_frame(reader: HL7StreamReader, framing: _Framing) -> bytes | Ref
         return None  # gone between frames or mid-frame: there is no one to answer
     except asyncio.LimitOverrunError:
         return await _oversize(reader, framing)
-    message = block[: -len(END_BLOCK)]
-    if not message.startswith(START_BLOCK):
+    stray, start, message = block[: -len(END_BLOCK)].partition(START_BLOCK)
+    if not start:  # (`stray` is then the whole frame)
         reason = "frame does not begin with the MLLP start block (0x0B)"
-        return RefusedFrame(reason, message[:HEAD_BYTES], len(message), framing.origin, oversize=False, ended=True)
-    return message[1:]
+        return RefusedFrame(reason, stray[:HEAD_BYTES], len(stray), framing.origin, oversize=False, ended=True)
+    _skipped(stray, framing.origin)
+    return message
+
+
+def _skipped(stray: bytes, origin: str) -> None:
+    """Log bytes that came before a start block, by count: never their content, which may be patient data."""
+    if not stray:
+        return
+    where = "before an MLLP start block (0x0B)"
+    if stray.strip(BETWEEN_FRAMES):
+        log.warning(
+            "skipped %d bytes from %s %s: not whitespace, so the sender's framing is suspect", len(stray), origin, where
+        )
+    else:
+        log.debug("skipped %d bytes of whitespace from %s %s", len(stray), origin, where)
 
 
 async def _oversize(reader: HL7StreamReader, framing: _Framing) -> RefusedFrame:
@@ -129,7 +147,9 @@ async def _oversize(reader: HL7StreamReader, framing: _Framing) -> RefusedFrame:
         size += len(piece)
         if not stop and size > DRAIN_FACTOR * framing.limit:
             stop = f"{size:,} bytes were read"
-    start = 1 if head.startswith(START_BLOCK) else 0
+    at = head.find(START_BLOCK)  # after whatever came between the frames (see _read_frame)
+    start = at + 1 if at >= 0 else 0
+    _skipped(bytes(head[: max(at, 0)]), framing.origin)
     size -= start
     if ended:
         reason = f"frame of {size:,} bytes exceeds the {framing.limit:,} byte limit"
