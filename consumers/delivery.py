@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
@@ -25,7 +25,7 @@ from faststream.kafka.annotations import KafkaMessage
 from consumers.decoding import decode_all, records_of
 from consumers.middlewares import on_event_batches, retrying
 from consumers.record import UnitOfWorkFactory, apply_batch
-from hub.core.delivery import in_scope, ledger_entries, plan, versions_written
+from hub.core.delivery import in_scope, ledger_entries, plan, registered_practices, versions_written
 from hub.core.errors import InfrastructureError
 from hub.core.identity import stable_id
 from hub.core.policy import UNENFORCED, Asker, ConsentRule, Decision, decide, person_of
@@ -83,6 +83,23 @@ def _written(uow: RecordUnitOfWork, event_id: str) -> dict[str, str]:
     return versions_written(provenance.content if provenance else None)
 
 
+def _registered(uow: RecordUnitOfWork, person: str, at: datetime) -> set[str]:
+    """The practices the record has the person registered with as of `at` (an event may say none: an
+    A03 without PD1 leaves the registration the record holds, and so a `registered` subscriber's due).
+    None known when the record's Patient was written later than `at` (its consumer ran ahead): then
+    the event's own PD1 decides, as it would have, whichever consumer came first."""
+    patient = uow.get("Patient", person)
+    if patient is None or patient.event_time > at:
+        return set()
+    practices = [
+        found.content
+        for gp in patient.content.get("generalPractitioner") or []
+        if str(gp.get("reference", "")).startswith("Organization/")
+        and (found := uow.get("Organization", str(gp["reference"]).removeprefix("Organization/"))) is not None
+    ]
+    return registered_practices([patient.content, *practices])
+
+
 @dataclass
 class Recorded:
     """What the record has applied of a batch, and the versions each event that is delivered wrote."""
@@ -90,6 +107,7 @@ class Recorded:
     applied: set[str]
     wanted: set[str]
     written: dict[str, dict[str, str]]
+    registered: dict[str, set[str]] = field(default_factory=dict)  # by event: as the record had the person then
 
 
 class Deliverer:
@@ -143,11 +161,20 @@ class Deliverer:
         with self.uow_factory() as uow:
             return {e: _written(uow, e) for e in event_ids}
 
+    def written_and_registered(
+        self, events: Sequence[RecordEvent]
+    ) -> tuple[dict[str, dict[str, str]], dict[str, set[str]]]:
+        """`written_by` these events, and the practices the record had each one's person registered with."""
+        with self.uow_factory() as uow:
+            written = {e.id: _written(uow, e.id) for e in events}
+            return written, {e.id: _registered(uow, e.subject, e.time) for e in events}
+
     def recorded(self, events: Sequence[RecordEvent], wanted: set[str]) -> Recorded:
         """What the record has applied of `events`, and what those of `wanted` wrote (one transaction)."""
         with self.uow_factory() as uow:
             applied = uow.processed([e.id for e in events])
-            return Recorded(applied, wanted, {e: _written(uow, e) for e in wanted & applied})
+            registered = {e.id: _registered(uow, e.subject, e.time) for e in events if e.id in wanted & applied}
+            return Recorded(applied, wanted, {e: _written(uow, e) for e in wanted & applied}, registered)
 
     async def give_way(self, events: Sequence[RecordEvent], within: float) -> None:
         """Wait up to `within` seconds for the record consumer to apply these events, so that, while
@@ -182,7 +209,8 @@ class Deliverer:
                 if subs:
                     versions = record.written.get(event.id, {})
                     theirs = [rule for p in sorted(_people_of(event)) for rule in consents.get(p, [])]
-                    delivered += await self._deliver(event, subs, theirs, versions)
+                    registered = record.registered.get(event.id, set())
+                    delivered += await self._deliver(event, subs, theirs, versions, registered)
             except InfrastructureError:
                 raise
             except Exception:  # a poison event: the record consumer dead-letters it; deliver the rest
@@ -197,19 +225,26 @@ class Deliverer:
             return
         await asyncio.to_thread(follow, self.uow_factory, waiting)
         record.applied.update(e.id for e in waiting)
-        delivered = [e.id for e in waiting if e.id in record.wanted]
+        delivered = [e for e in waiting if e.id in record.wanted]
         if delivered:  # (one transaction for them all, not one each)
-            record.written.update(await asyncio.to_thread(self.written_by, delivered))
+            written, registered = await asyncio.to_thread(self.written_and_registered, delivered)
+            record.written.update(written)
+            record.registered.update(registered)
 
     async def _deliver(
-        self, event: RecordEvent, subs: list[Subscription], consents: list[ConsentRule], versions: dict[str, str]
+        self,
+        event: RecordEvent,
+        subs: list[Subscription],
+        consents: list[ConsentRule],
+        versions: dict[str, str],
+        registered: Collection[str] = (),
     ) -> int:
         resources = [{**r, "meta": {**(r.get("meta") or {}), "source": event.source}} for r in resources_of(event)]
         summary = {"id": event.id, "type": event.type, "time": event.time.isoformat()}
         delivered, queued = 0, []
         now = self.clock()
         for sub in subs:
-            if not in_scope(sub.scope, sub.org, resources):
+            if not in_scope(sub.scope, sub.org, resources, registered):
                 continue
             judge = self.judge(sub, (), now, consents)
             planned = plan(

@@ -211,6 +211,11 @@ class Fields:
             out.append([self._clean(c) for c in comps])
         return [r for r in out if any(r)]
 
+    def nulled(self, segment: Any | None, n: int) -> bool:
+        """Whether field n is HL7's explicit null `""` (delete what the receiver holds), as opposed to
+        empty (no change): reps and get give "" for both."""
+        return segment is not None and n < len(segment) and str(segment[n]).strip() == '""'
+
     def get(self, segment: Any | None, n: int, component: int = 1) -> str:
         """Component `component` (1-based) of the first repetition of field n, or ""."""
         reps = self.reps(segment, n)

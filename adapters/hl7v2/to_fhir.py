@@ -26,6 +26,7 @@ from adapters.hl7v2.message import Fields, fingerprint, parse
 from hub.core import nhs_number
 from hub.core.errors import InvalidMessageError, UnsupportedMessageError
 from hub.core.identity import person_key, stable_id
+from hub.core.record_content import REMOVED_URL
 from hub.core.skew import CLOCK_SKEW
 from schemas.events import encounter as enc
 from schemas.events import patient as pat
@@ -275,6 +276,10 @@ def _patient_and_practice(f: Fields, pid: Any, person: _Person, latest: datetime
         patient["identifier"][0]["extension"] = [ext]
     _demographics(f, pid, patient, latest)
     resources = [patient]
+    deleted = [element for n, element in _DELETABLE if f.nulled(pid, n)]
+    deleted += ["generalPractitioner"] if f.nulled(f.first("PD1"), 3) else []
+    if deleted:  # `""`: delete what the record holds (an empty field leaves it: hub.core.record_content)
+        patient["extension"] = [{"url": REMOVED_URL, "valueCode": element} for element in deleted]
     practice = next((x for x in f.reps(f.first("PD1"), 3) if len(x) > 2 and x[2]), None)
     if practice:
         org_id = stable_id("ods", practice[2])
@@ -285,6 +290,10 @@ def _patient_and_practice(f: Fields, pid: Any, person: _Person, latest: datetime
         patient["generalPractitioner"] = [{"reference": f"Organization/{org_id}"}]
         resources.append(org)
     return resources
+
+
+# PID fields whose explicit null `""` deletes a Patient element the record holds
+_DELETABLE = ((5, "name"), (7, "birthDate"), (8, "gender"), (11, "address"), (13, "telecom"))
 
 
 def _demographics(f: Fields, pid: Any, patient: Json, latest: datetime | None) -> None:

@@ -9,6 +9,10 @@ from hub.core.ports import Json, RecordEvent, StoredResource
 from schemas.events.coordination import OUTCOME_EXTENSION, REFERRAL_OUTCOME, REFERRAL_RECEIVED
 
 MERGED = "uk.nhs.carehub.patient.merged.v1"
+NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+# what a sender deleted (HL7 v2's explicit null `""`): a Patient element named here is removed from what
+# the record holds, where one merely left out is kept (an A02 without PD1 does not unregister anyone)
+REMOVED_URL = "https://carehub.invalid/StructureDefinition/removed-element"
 DISCHARGE_CANCELLED = "uk.nhs.carehub.encounter.discharge-cancelled.v1"
 
 
@@ -38,6 +42,10 @@ def next_content(event: RecordEvent, incoming: Json, current: StoredResource | N
     content = dict(incoming)
     labels = labels_of(content.pop("meta", None))
     if current is None:
+        if content["resourceType"] == "Patient" and "extension" in content:  # nothing held to delete from
+            content["extension"] = _own_extensions(content)
+            if not content["extension"]:
+                del content["extension"]
         return labelled(_cancel_discharge(event, content), labels)
     before = current.content
     kind = content["resourceType"]
@@ -64,6 +72,7 @@ def next_content(event: RecordEvent, incoming: Json, current: StoredResource | N
         # order the same ServiceRequest, as _with_outcome is the same overlay)
         content = _with_outcome(content, before)
     elif kind == "Patient":
+        content = _overlaid_patient(before, content)
         retired_to = replaced_by(before)
         if retired_to and event.type != MERGED:  # late news about a merged-away identity
             content["active"] = False
@@ -71,6 +80,32 @@ def next_content(event: RecordEvent, incoming: Json, current: StoredResource | N
         elif "link" not in content and before.get("link"):
             content["link"] = before["link"]
     return labelled(_cancel_discharge(event, content), labels)
+
+
+def _overlaid_patient(before: Json, said: Json) -> Json:
+    """A Patient as a sender said it, over what the record holds: an element it left out is kept
+    (HL7 v2: an empty field is no change, and a transfer or discharge often carries part of PID and no
+    PD1); one it deleted (REMOVED_URL, from `""`) is removed. Identifiers by system: the sender's
+    replace those of the same system, others' are kept (each hospital's own number, the NHS number)."""
+    removed = {str(e.get("valueCode")) for e in said.get("extension") or [] if e.get("url") == REMOVED_URL}
+    # (`active` is the merge rules' to say, never kept from before: a merge reversed makes its survivor active)
+    merged = {k: v for k, v in before.items() if k not in ("meta", "active")} | said
+    merged["extension"] = _own_extensions(said) or _own_extensions(before)
+    if not merged["extension"]:
+        del merged["extension"]
+    systems = {i.get("system") for i in said.get("identifier") or []}
+    kept = [i for i in before.get("identifier") or [] if i.get("system") not in systems]
+    if kept:  # (the NHS number first, as UK Core has it)
+        both = [*(said.get("identifier") or []), *kept]
+        merged["identifier"] = sorted(both, key=lambda i: i.get("system") != NHS_NUMBER_SYSTEM)
+    for element in removed:
+        merged.pop(element, None)
+    return merged
+
+
+def _own_extensions(patient: Json) -> list[Json]:
+    """A Patient's extensions but the deletions a sender asked for (REMOVED_URL: done, not kept)."""
+    return [e for e in patient.get("extension") or [] if e.get("url") != REMOVED_URL]
 
 
 def _has_outcome(request: Json) -> bool:
