@@ -441,3 +441,42 @@ def test_a_decline_after_the_episode_closed_says_the_referral_stands_as_accepted
     assert refused.status_code == 409, refused.text
     said = refused.json()["issue"][0]["diagnostics"]
     assert "that episode is closed already: the referral stands as accepted" in said and "$close" not in said
+
+
+def test_a_decline_sent_again_changes_nothing_and_a_declined_referral_is_not_accepted(
+    hub: Hub, http: httpx.Client
+) -> None:
+    # a second $decline (a retry with no `at`) moved the decline to the day it was sent, and an $accept
+    # of the declined referral took the decline out of every month's KPIs, months later
+    made = referred(hub, http, "9990001081")
+    path = f"/fhir/ServiceRequest/{made['id']}/$decline"
+    first = command(hub, http, path, reason="moved away", at="2026-11-11T10:00:00Z")
+    assert first.status_code == 200, first.text
+    again_before_the_record_has_it = command(hub, http, path, reason="moved away")
+    assert again_before_the_record_has_it.status_code == 200, again_before_the_record_has_it.text
+    declines = [
+        e
+        for e in hub.published
+        if e.type == co.REFERRAL_OUTCOME.type and e.subject == made["subject"]["reference"].removeprefix("Patient/")
+    ]
+    assert len({e.id for e in declines}) == 1  # one event id: every consumer applies the first, drops the second
+    hub.record()
+    sent = len(hub.published)
+
+    again = command(hub, http, path, reason="a different reason")
+    accept = command(hub, http, f"/fhir/ServiceRequest/{made['id']}/$accept", coordinator="c-ann")
+
+    assert again.status_code == 200, again.text
+    assert again.json()["note"] == [{"text": "moved away"}]  # the decline that stands
+    assert accept.status_code == 409, accept.text
+    assert "was declined" in accept.json()["issue"][0]["diagnostics"]
+    assert len(hub.published) == sent
+    fold = KpiFold(service=hub.services.rules.rules.service.ods)
+    for event in hub.events():
+        fold.add(event)
+
+    def declined_in(month: str) -> float:
+        return sum(r.value or 0 for r in fold.report(month) if r.kpi == "declined by practice")
+
+    assert declined_in("2026-11") >= 1
+    assert declined_in(f"{datetime.now(UTC):%Y-%m}") == 0  # not again in the month the retry was sent

@@ -39,6 +39,7 @@ from hub.api.routes.fhir import bearer_caller, read_body
 from hub.api.shapes import parameters_in
 from hub.core.errors import BrokerUnavailableError, RuleRefusedError, UnfinishedError
 from hub.core.fhir_read import care_manager
+from hub.core.identity import stable_id
 from hub.core.ports import Json, RecordReader
 from hub.core.stays import is_open
 from schemas.events import coordination as co
@@ -64,6 +65,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         now = datetime.now(UTC)
         at = at_param(params, now)
         referral = referral_to_service(api_, id)
+        refuse_accepting_declined(referral)
         person = person_of(referral)
         held = claimed(api_, id, person)
         if held is not None:
@@ -91,13 +93,18 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         params = parameters(await read_body(request))
         at = at_param(params, datetime.now(UTC))
         referral = referral_to_service(api_, id)
+        if outcome_of(referral) == "declined":  # a retry, or a second click: the first decline stands
+            return FhirResponse(referral)
         refuse_declining_accepted(api_, referral)
         at = not_before(params, at, referral.get("authoredOn"), "the referral was made", referral)
         declined = with_outcome(referral, "declined", "revoked")
         reason = param(params, "reason")
         if reason:
             declined["note"] = [{"text": reason}]
-        await emit(api_, co.REFERRAL_OUTCOME.type, who, person_of(referral), at, declined)
+        # one id for every decline of it: sent twice before the record has the first, the second is the
+        # duplicate every consumer drops, and the first (its date, its reason) stands in the KPIs
+        event_id = stable_id("api-decline", str(referral["id"]))
+        await emit(api_, co.REFERRAL_OUTCOME.type, who, person_of(referral), at, declined, event_id=event_id)
         return FhirResponse(declined)
 
     return api
@@ -115,6 +122,24 @@ def claimed(api_: CoordinationApi, referral_id: str, person: str) -> Json | None
     return api_.coordination.acceptance(referral_id) or opened_for(
         api_.reader.search("EpisodeOfCare", person), referral_id
     )
+
+
+def outcome_of(referral: Json) -> str | None:
+    """What the record says became of a referral (its outcome extension), if anything."""
+    return next(
+        (str(e.get("valueCode")) for e in referral.get("extension") or [] if e.get("url") == co.OUTCOME_EXTENSION), None
+    )
+
+
+def refuse_accepting_declined(referral: Json) -> None:
+    """Refuse (409) an accept of a referral declined: the KPIs have counted it declined in its month,
+    and an accept would take that back months later; a person who comes back is referred again."""
+    if outcome_of(referral) == "declined":
+        raise RuleRefusedError(
+            f"ServiceRequest/{referral['id']} was declined: a declined referral is not accepted (the KPIs count "
+            "it declined); if the person is to be taken on after all, refer them again and accept that referral",
+            ("ServiceRequest",),
+        )
 
 
 def refuse_declining_accepted(api_: CoordinationApi, referral: Json) -> None:
