@@ -285,7 +285,7 @@ async def _publish_agenda(settings: Settings, services: Any, fhir_list: dict[str
 
     from hub.bootstrap import running
     from hub.core.huddle import event_id
-    from hub.embedded import shared_kafka
+    from hub.embedded import one_off_log, shared_kafka
     from schemas.envelope import Envelope
     from schemas.events.coordination import HUDDLE_AGENDA
 
@@ -305,6 +305,8 @@ async def _publish_agenda(settings: Settings, services: Any, fhir_list: dict[str
         await run.publish(envelope)
         if embedded and not await run.applied_ids([envelope.id]):
             console.print("[yellow]the record had not applied the agenda before the timeout[/yellow]")
+    if embedded:
+        console.print(f"[yellow]{escape(one_off_log(settings.data_dir))}[/yellow]", soft_wrap=True)
     entries = counted(len(fhir_list.get("entry", [])), "entry", "entries")
     return f"{HUDDLE_AGENDA.type} {envelope.id} (List/{fhir_list['id']}, {entries})"
 

@@ -61,6 +61,17 @@ def shared_kafka(settings: Settings) -> str:
 _TOLD: set[Path] = set()  # data directories whose left broker this process has said it uses
 
 
+def one_off_log(data_dir: Path) -> str:
+    """What a command that sent events through a broker of its own (no hub running on `data_dir`,
+    no Kafka configured) tells its user: the record has them; the log they went through is gone."""
+    return (
+        f"no hub runs on {data_dir} and no Kafka is configured: what was accepted is in its record, but the "
+        "log it went through was this command's own and ended with it, so replay, log export and the KPIs "
+        "(which read the log) will not see it. Start `carehub up` on that data directory (or set "
+        "KAFKA_BOOTSTRAP_SERVERS) before sending, to keep it on the log"
+    )
+
+
 def _advert(data_dir: Path) -> tuple[int, int | None, str] | None:
     """The advert on this data directory, if there is a readable one: (hub pid, broker pid, bootstrap)."""
     try:

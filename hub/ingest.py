@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from hub.bootstrap import running
 from hub.cli_base import cells
-from hub.embedded import shared_kafka
+from hub.embedded import one_off_log, shared_kafka
 from hub.settings import Settings
 from hub.terminal import listing
 
@@ -53,4 +53,6 @@ async def ingest_files(settings: Settings, paths: list[Path], console: Console) 
             console.print("[yellow]the record had not applied every event before the timeout[/yellow]")
     summary = ", ".join(f"{code} {n}" for code, n in sorted(codes.items()))
     console.print(f"{sum(codes.values())} message(s): {summary or 'none'}")
+    if embedded and codes.get("AA"):
+        console.print(f"[yellow]{escape(one_off_log(settings.data_dir))}[/yellow]", soft_wrap=True)
     return 0 if set(codes) <= {"AA"} else 1

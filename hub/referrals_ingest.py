@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from hub.bootstrap import running
 from hub.core.skew import latest_day
-from hub.embedded import shared_kafka
+from hub.embedded import one_off_log, shared_kafka
 from hub.settings import Settings
 from hub.terminal import listing
 
@@ -104,4 +104,6 @@ async def ingest_referral_files(
     summary = ", ".join(f"{status} {n}" for status, n in sorted(statuses.items()))
     summary += f" ({again} already in the dead-letter store)" if again else ""
     console.print(f"{sum(statuses.values())} row(s) from {len(files)} file(s): {summary or 'none'}")
+    if embedded and statuses.get(ACCEPTED):
+        console.print(f"[yellow]{escape(one_off_log(settings.data_dir))}[/yellow]", soft_wrap=True)
     return 0 if set(statuses) <= {ACCEPTED} else 1

@@ -100,6 +100,9 @@ def test_the_examples_are_accepted_and_a_second_ingest_leaves_the_record_as_it_w
     first = carehub("ingest", "referrals", str(EXAMPLES), "--data-dir", "d", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "18 row(s) from 5 file(s): accepted 18" in first.stdout
+    # no hub runs there: the record has the rows, but the log the KPIs read does not, and it says so
+    said = " ".join(first.stdout.split())
+    assert "no hub runs on d and no Kafka is configured" in said and "the KPIs" in said and "carehub up" in said
     services = build(Settings(data_dir=tmp_path / "d"))
     before = ingested(services)
     counts = services.reader.counts()

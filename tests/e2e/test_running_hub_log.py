@@ -58,6 +58,7 @@ def test_commands_on_a_running_hubs_data_directory_use_its_log_and_say_so_once_i
         message.write_bytes(adt if isinstance(adt, bytes) else adt.encode())
         sent = carehub("ingest", "hl7", str(message), "--data-dir", str(hub), cwd=tmp_path)
         assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert "no hub runs on" not in sent.stdout  # (it went to the running hub's log)
         deadline = time.monotonic() + 60  # applied by the running hub's consumers, not the command's own
         while time.monotonic() < deadline and " 0 resources" in (live := record_hash(hub)):
             time.sleep(0.5)
