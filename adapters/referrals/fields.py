@@ -160,10 +160,17 @@ class RowFields:
         self._real_date(name, raw[:10])
         try:
             moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            typed = moment
             moment = moment if moment.tzinfo else moment.replace(tzinfo=UK)
             utc = moment.astimezone(UTC)
         except (ValueError, OverflowError) as exc:
             raise self.fail(name, f"{raw[:40]!r} is not a real date and time") from exc
+        if typed.tzinfo is None and utc.astimezone(UK).replace(tzinfo=None) != typed:
+            raise self.fail(
+                name,
+                f"{raw[:40]!r} is not a UK time: the clocks go forward an hour over it that night; give it with "
+                "its offset (+00:00 or +01:00)",
+            )
         if abs(moment.utcoffset() or timedelta()) > timedelta(hours=14):
             raise self.fail(name, f"{raw[:40]!r} has a UTC offset beyond 14 hours")
         return When(moment.isoformat(), utc, moment.date(), timed=True)

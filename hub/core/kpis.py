@@ -76,6 +76,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+from hub.core.days import answers_that_day
 from hub.core.huddle import UK
 from hub.core.kpi_facts import Episode, KpiFacts, Referral
 from hub.core.kpi_months import month_bounds
@@ -246,15 +247,15 @@ class KpiFold(KpiFacts):
         contacts: list[datetime],
         attribute: str,
     ) -> None:
-        """Each contact answers the referrals waiting for it, once: the earliest of them carries it. A
-        referral made later on the contact's own UK day waits for it too (a contact dated by day alone is
-        that day's start), as the rules engine takes it."""
+        """Each contact answers the referrals waiting for it, once: the earliest of them carries it. One
+        dated by day alone answers a referral made later that UK day too (hub.core.days), as the record
+        and the rules engine take it."""
         answered: set[str] = set()
         for t in contacts:
             waiting = [
                 r
                 for r in referrals
-                if (r.at <= t or days_between(r.at, t) == 0) and r.id not in answered and not self._over(r, t)
+                if (r.at <= t or answers_that_day(t, r.at)) and r.id not in answered and not self._over(r, t)
             ]
             if waiting:
                 setattr(waiting[0], attribute, t)
@@ -279,7 +280,8 @@ def _long(discharged: list[Episode]) -> list[Episode]:
 
 
 def _mean_days(referrals: list[Referral], attribute: str) -> float | None:
-    spans = [(getattr(r, attribute) - r.at) / timedelta(days=1) for r in referrals if getattr(r, attribute)]
+    # (never below 0: an answer dated by day alone answers a referral made later that day)
+    spans = [max(0.0, (getattr(r, attribute) - r.at) / timedelta(days=1)) for r in referrals if getattr(r, attribute)]
     return round(sum(spans) / len(spans), 2) if spans else None
 
 

@@ -47,5 +47,9 @@ def why_invalid(raw: str) -> str | None:
     if expected is None:
         return "NHS number fails the Modulus 11 check (no check digit is possible for it)"
     if expected != int(number[9]):
-        return f"NHS number fails the Modulus 11 check (check digit should be {expected})"
+        # (never which check digit would pass: a number "fixed" that way is most likely someone else's)
+        return (
+            "NHS number fails the Modulus 11 check (a digit is wrong or two are swapped: "
+            "check it with the person's record)"
+        )
     return None

@@ -38,8 +38,8 @@ Rules, in the order they are applied to each event:
                     the outcome extension, its notes) and leaves what the referral said; a referral that
                     arrives after its outcome (or corrects it later) keeps them, so a ServiceRequest ends
                     the same whichever came first. An outcome alone stands for the referral until it comes.
-                    An outcome dated earlier than the referral's time but on the same UK day (a date alone
-                    is the day's start) answers it, in log order
+                    An outcome dated by day alone on the UK day the referral was made, which that day's
+                    start is earlier than, answers it all the same (hub.core.days), until an outcome is on it
     stubs           a Patient carried by a referral or register row only introduces a person the record does
                     not know yet; it never replaces what a hospital or practice said, and anything they say
                     later replaces it, whatever its event time
@@ -57,13 +57,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
+from hub.core.days import answers_that_day
 from hub.core.errors import InvalidMessageError
 from hub.core.fhir_read import referrals_of
 from hub.core.policy import PERSON_EXTENSION
 from hub.core.ports import Json, RecordEvent, RecordUnitOfWork, StoredResource
-from hub.core.record_content import MERGED, labelled, labels_of, next_content, replaced_by, same_content
+from hub.core.record_content import MERGED, has_outcome, labelled, labels_of, next_content, replaced_by, same_content
 from hub.core.stays import is_open, opens_another_stay
 from hub.core.task_status import FINAL, may_move
 from schemas.events.coordination import (
@@ -81,7 +81,6 @@ ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 EVENT_SYSTEM = "https://carehub.invalid/Id/event"
 SHARED_KINDS = frozenset({"Organization", "Practitioner", "Location"})  # not about one person
 _MAX_HOPS = 16
-UK = ZoneInfo("Europe/London")
 _SUBJECT_FIELDS = ("subject", "patient", "for")
 UNCHANGED = StoredResource("", "", None, 0, datetime.min.replace(tzinfo=UTC), "", {})
 _STUB_TIME = datetime(1900, 1, 1, tzinfo=UTC)  # a stub loses to anything said about the person
@@ -229,13 +228,14 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
 
 
 def _outcome_that_day(event: RecordEvent, incoming: Json, current: StoredResource) -> bool:
-    """Whether an outcome dated before what the record holds of its referral is from the same UK day
-    (an outcome dated by day alone is that day's start; it cannot say it came before a referral made
-    that afternoon): it answers the referral, in log order, as the rules engine and the KPIs take it."""
+    """Whether an outcome dated before the referral the record holds still answers it: dated by day
+    alone, on the UK day the referral was made (hub.core.days), as the rules engine and the KPIs take
+    it. Not once an outcome is on it: one with a time of day that day, later, stands."""
     return (
         event.type == REFERRAL_OUTCOME.type
         and incoming["resourceType"] == "ServiceRequest"
-        and event.time.astimezone(UK).date() == current.event_time.astimezone(UK).date()
+        and not has_outcome(current.content)
+        and answers_that_day(event.time, current.event_time)
     )
 
 

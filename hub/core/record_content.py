@@ -50,7 +50,7 @@ def next_content(event: RecordEvent, incoming: Json, current: StoredResource | N
     before = current.content
     kind = content["resourceType"]
     outcome = kind == "ServiceRequest" and event.type == REFERRAL_OUTCOME.type
-    after_outcome = kind == "ServiceRequest" and event.type == REFERRAL_RECEIVED.type and _has_outcome(before)
+    after_outcome = kind == "ServiceRequest" and event.type == REFERRAL_RECEIVED.type and has_outcome(before)
     if kind == "Encounter" or outcome or after_outcome:
         # an overlay keeps what was said before, sensitivity labels included: an update that does
         # not repeat a label never makes a sensitive record ordinary
@@ -108,7 +108,7 @@ def _own_extensions(patient: Json) -> list[Json]:
     return [e for e in patient.get("extension") or [] if e.get("url") != REMOVED_URL]
 
 
-def _has_outcome(request: Json) -> bool:
+def has_outcome(request: Json) -> bool:
     return any(e.get("url") == OUTCOME_EXTENSION for e in request.get("extension") or [])
 
 

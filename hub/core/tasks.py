@@ -22,8 +22,8 @@ Order of work for each event (Engine.handle; the steps live here unless another 
                 record (hub.core.record) and the KPIs (hub.core.kpi_facts) take it; the engine asks it
                 in hub.core.caseload
     fulfil      open tasks whose rule names this event (and contact kind or referral outcome, and not
-                earlier than `not_before` after the task opened; with none, not before the UK day it
-                opened, so an answer dated by day alone counts that day) complete; `cancelled_by` cancels. A
+                earlier than `not_before` after the task opened; but a referral's task is answered by an
+                answer dated by day alone on its day: hub.core.days) complete; `cancelled_by` cancels. A
                 referral's outcomes are remembered for tasks it opens later (hub.core.referral_moves)
     case-find   a register row meeting a criterion, or a referral from a listed source, puts the person
                 on their practice's case list once (caselist.added)
@@ -45,10 +45,10 @@ events carry: hub.core.derived_events.
 from __future__ import annotations
 
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 from hub.core.caseload import FIND_PRACTICE as FIND_PRACTICE
 from hub.core.caseload import Caseload, opens_nothing
+from hub.core.days import answers_that_day
 from hub.core.derived_events import Clock, DerivedEvents, Outcome
 from hub.core.fhir_read import (
     addressed_to,
@@ -71,7 +71,6 @@ from hub.core.task_status import FINAL, may_move
 from schemas.coordination_rules import CoordinationRules, Fulfilment, TaskRule
 from schemas.events import coordination as co
 
-UK = ZoneInfo("Europe/London")
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 _OWN = frozenset(
     {
@@ -309,7 +308,7 @@ class Engine:
 
 
 def _matches(f: Fulfilment, name: str, at: datetime, resources: list[Json], opened: datetime, task: Json) -> bool:
-    if f.event != name or _too_early(f, at, opened):
+    if f.event != name or _too_early(f, at, opened, task):
         return False
     if f.contact and not ({contact_kind(e) for e in of_kind(resources, "Encounter")} & set(f.contact)):
         return False
@@ -330,13 +329,14 @@ def _matches(f: Fulfilment, name: str, at: datetime, resources: list[Json], open
     return True
 
 
-def _too_early(f: Fulfilment, at: datetime, opened: datetime) -> bool:
-    """Whether `at` is before the fulfilment may count: `not_before` after the task opened; with none,
-    before the UK day it opened (an answer dated by day alone is that day's start, and cannot say it
-    came before a referral made that afternoon: it answers it, as the KPIs count it)."""
-    if f.not_before:
-        return at < opened + f.not_before
-    return at < opened and at.astimezone(UK).date() < opened.astimezone(UK).date()
+def _too_early(f: Fulfilment, at: datetime, opened: datetime, task: Json) -> bool:
+    """Whether `at` is before the fulfilment may count: `not_before` after the task opened. But a
+    referral's task with no `not_before` is answered by an answer dated by day alone on the UK day the
+    referral was made (hub.core.days), as the record and the KPIs take it."""
+    if at >= opened + f.not_before:
+        return False
+    referrals = str(task.get("focus") or "").startswith("ServiceRequest/")
+    return not (referrals and not f.not_before and answers_that_day(at, opened))
 
 
 def _same_task(task: Json, rule: str, focus: str) -> bool:

@@ -189,7 +189,7 @@ def test_a_file_sent_twice_keeps_its_bad_row_once_and_says_the_second_time_it_is
     assert first.returncode == again.returncode == 1, first.stdout + again.stdout + again.stderr
     assert "row 3, field nhs_number: fails the Modulus 11 check" in again.stdout
     assert "already in the dead-letter store" not in first.stdout
-    assert "(check digit should be 9); already in the dead-letter store, not kept again" in again.stdout
+    assert "check it with the person's record); already in the dead-letter store, not kept again" in again.stdout
     assert "2 row(s) from 1 file(s): accepted 1, rejected 1 (1 already in the dead-letter store)" in again.stdout
     (kept,) = build(Settings(data_dir=tmp_path / "d")).dead_letters.recent(20)
     assert kept["payload"] == f"{HEADER}\n{bad}\n".encode()

@@ -99,3 +99,38 @@ def test_an_outcome_sent_again_with_its_nhs_number_corrected_is_a_new_event() ->
     assert wrong.id != right.id
     assert right.id == again.id  # the same row twice is still applied once
     assert wrong.subject != right.subject
+
+
+def test_an_answer_with_a_time_of_day_before_the_referral_answers_nothing_anywhere(tmp_path: Path) -> None:
+    # (review: the leeway is for a date alone, which cannot say which came first; 09:00 says it did)
+    referred = event_of(Format.VCSE_JSON, vcse_referral(referral_id="VCS-12", referred_on="2026-11-20T15:00"))
+    morning = event_of(Format.VCSE_OUTCOME, outcome(referral_id="VCS-12", outcome="attended", on="2026-11-20T09:00"))
+
+    referral, tasks, kpis = lived([referred, morning], tmp_path)
+
+    assert referral["status"] == "active"
+    assert "completed" not in tasks.values(), tasks
+    assert visits(kpis) == 0
+
+
+def test_a_later_outcome_that_day_stands_over_one_dated_by_day_alone_sent_after_it(tmp_path: Path) -> None:
+    referred = event_of(Format.VCSE_JSON, vcse_referral(referral_id="VCS-13", referred_on="2026-11-20T08:00"))
+    declined = event_of(Format.VCSE_OUTCOME, outcome(referral_id="VCS-13", outcome="declined", on="2026-11-20T17:00"))
+    contacted = event_of(Format.VCSE_OUTCOME, outcome(referral_id="VCS-13", outcome="contacted", on="2026-11-20"))
+
+    referral, _, kpis = lived([referred, declined, contacted], tmp_path)
+
+    assert referral["status"] == "revoked"
+    waits = [r.value for r in kpis.report("2026-11") if r.kpi.startswith("days from referral")]
+    assert all(w is None or w >= 0 for w in waits), waits
+
+
+def test_a_file_time_in_the_hour_the_clocks_go_forward_over_is_refused_naming_the_field() -> None:
+    import pytest
+
+    from hub.core.errors import InvalidMessageError
+
+    with pytest.raises(InvalidMessageError) as refused:
+        event_of(Format.VCSE_OUTCOME, outcome(on="2026-03-29T01:30"))
+
+    assert "field on" in refused.value.diagnostics and "clocks go forward" in refused.value.diagnostics

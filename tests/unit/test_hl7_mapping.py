@@ -106,7 +106,7 @@ def test_an_nhs_number_in_3_3_4_form_is_normalised() -> None:
 @pytest.mark.parametrize(
     ("number", "why"),
     [
-        ("9434765910", "check digit should be 9"),
+        ("9434765910", "fails the Modulus 11 check"),
         ("9135246570", "no check digit is possible"),
         ("943476591", "must be 10 digits"),
         ("94347659199", "must be 10 digits"),
