@@ -108,10 +108,12 @@ async def _read_frame(reader: HL7StreamReader, framing: _Framing) -> bytes | Ref
         return None  # gone between frames or mid-frame: there is no one to answer
     except asyncio.LimitOverrunError:
         return await _oversize(reader, framing)
-    stray, start, message = block[: -len(END_BLOCK)].partition(START_BLOCK)
-    if not start:  # (`stray` is then the whole frame)
+    # the last start block: before it, whatever came between frames, a frame cut off (the sender dropped
+    # mid-frame and began again) included, which must never be taken as the start of this one
+    stray, start, message = block[: -len(END_BLOCK)].rpartition(START_BLOCK)
+    if not start:  # (`message` is then the whole frame)
         reason = "frame does not begin with the MLLP start block (0x0B)"
-        return RefusedFrame(reason, stray[:HEAD_BYTES], len(stray), framing.origin, oversize=False, ended=True)
+        return RefusedFrame(reason, message[:HEAD_BYTES], len(message), framing.origin, oversize=False, ended=True)
     _skipped(stray, framing.origin)
     return message
 
@@ -147,7 +149,7 @@ async def _oversize(reader: HL7StreamReader, framing: _Framing) -> RefusedFrame:
         size += len(piece)
         if not stop and size > DRAIN_FACTOR * framing.limit:
             stop = f"{size:,} bytes were read"
-    at = head.find(START_BLOCK)  # after whatever came between the frames (see _read_frame)
+    at = head.rfind(START_BLOCK)  # after whatever came between the frames (see _read_frame)
     start = at + 1 if at >= 0 else 0
     _skipped(bytes(head[: max(at, 0)]), framing.origin)
     size -= start

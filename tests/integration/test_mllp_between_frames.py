@@ -160,3 +160,19 @@ async def test_stray_bytes_then_the_sender_leaving_do_not_kill_the_listener(hub:
     writer.close()
     await asyncio.sleep(0.1)
     assert await conversation(hub.port) == [["AA", "STILL-OPEN"]]
+
+
+async def test_a_frame_cut_off_before_the_next_is_skipped_not_glued_to_it(hub: Hub) -> None:
+    # (review: split at the first start block, the fragment's MSH and PID took the next frame's PV1 and
+    # were accepted under the fragment's control id: one patient admitted with another's stay)
+    whole = an_adt(trigger="A03", control_id="WHOLE", nhs_number="9434765919", family="SMITH")
+    cut = an_adt(trigger="A01", control_id="CUT", nhs_number=a_valid_nhs_number(), family="JONES")
+    fragment = VT + cut[: cut.index(b"PV1")]  # the sender dropped it after PID, then began again
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    writer.write(fragment + VT + whole + FS + CR)
+    await writer.drain()
+
+    assert await msa(reader) == ["AA", "WHOLE"]
+    writer.close()
+    [(_, value, _, _)] = hub.broker.on(EVENTS.name)
+    assert b"JONES" not in value and b"SMITH" in value
