@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
@@ -25,12 +25,13 @@ from faststream.kafka.annotations import KafkaMessage
 from consumers.decoding import decode_all, records_of
 from consumers.middlewares import on_event_batches, retrying
 from consumers.record import UnitOfWorkFactory, apply_batch
-from hub.core.delivery import in_scope, ledger_entries, plan, registered_practices, versions_written
+from hub.core.delivery import in_scope, ledger_entries, plan, versions_written
 from hub.core.errors import InfrastructureError
 from hub.core.identity import stable_id
 from hub.core.policy import UNENFORCED, Asker, ConsentRule, Decision, decide, person_of
 from hub.core.ports import Json, Ledger, RecordEvent, RecordUnitOfWork
 from hub.core.record import resources_of
+from hub.core.record_content import MERGED
 from hub.kafka import create_topics
 from hub.store.agreements import PolicySource
 from hub.store.subscriptions import Delivery, SqlOutbox, SqlSubscriptions
@@ -83,23 +84,6 @@ def _written(uow: RecordUnitOfWork, event_id: str) -> dict[str, str]:
     return versions_written(provenance.content if provenance else None)
 
 
-def _registered(uow: RecordUnitOfWork, person: str, at: datetime) -> set[str]:
-    """The practices the record has the person registered with as of `at` (an event may say none: an
-    A03 without PD1 leaves the registration the record holds, and so a `registered` subscriber's due).
-    None known when the record's Patient was written later than `at` (its consumer ran ahead): then
-    the event's own PD1 decides, as it would have, whichever consumer came first."""
-    patient = uow.get("Patient", person)
-    if patient is None or patient.event_time > at:
-        return set()
-    practices = [
-        found.content
-        for gp in patient.content.get("generalPractitioner") or []
-        if str(gp.get("reference", "")).startswith("Organization/")
-        and (found := uow.get("Organization", str(gp["reference"]).removeprefix("Organization/"))) is not None
-    ]
-    return registered_practices([patient.content, *practices])
-
-
 @dataclass
 class Recorded:
     """What the record has applied of a batch, and the versions each event that is delivered wrote."""
@@ -107,7 +91,6 @@ class Recorded:
     applied: set[str]
     wanted: set[str]
     written: dict[str, dict[str, str]]
-    registered: dict[str, set[str]] = field(default_factory=dict)  # by event: as the record had the person then
 
 
 class Deliverer:
@@ -161,20 +144,11 @@ class Deliverer:
         with self.uow_factory() as uow:
             return {e: _written(uow, e) for e in event_ids}
 
-    def written_and_registered(
-        self, events: Sequence[RecordEvent]
-    ) -> tuple[dict[str, dict[str, str]], dict[str, set[str]]]:
-        """`written_by` these events, and the practices the record had each one's person registered with."""
-        with self.uow_factory() as uow:
-            written = {e.id: _written(uow, e.id) for e in events}
-            return written, {e.id: _registered(uow, e.subject, e.time) for e in events}
-
     def recorded(self, events: Sequence[RecordEvent], wanted: set[str]) -> Recorded:
         """What the record has applied of `events`, and what those of `wanted` wrote (one transaction)."""
         with self.uow_factory() as uow:
             applied = uow.processed([e.id for e in events])
-            registered = {e.id: _registered(uow, e.subject, e.time) for e in events if e.id in wanted & applied}
-            return Recorded(applied, wanted, {e: _written(uow, e) for e in wanted & applied}, registered)
+            return Recorded(applied, wanted, {e: _written(uow, e) for e in wanted & applied})
 
     async def give_way(self, events: Sequence[RecordEvent], within: float) -> None:
         """Wait up to `within` seconds for the record consumer to apply these events, so that, while
@@ -200,23 +174,31 @@ class Deliverer:
         for at, event in enumerate(events):
             try:
                 subs = [s for s in active if event.type in s.events]
-                if subs or event.type == CONSENT_RECORDED.type:  # objections hold for every later event about them
+                changes = event.type in (CONSENT_RECORDED.type, MERGED)  # whose consents hold for whom
+                if subs or changes:  # (an objection, or a merge, holds for every later event about them)
                     await self._follow(events[done : at + 1], record)
                     done = at + 1
-                if event.type == CONSENT_RECORDED.type and self.enforce:
-                    # (everyone's again, not the subject's alone: their other identities' too)
-                    consents = await asyncio.to_thread(self.policy.consents_of, people)
+                if changes and self.enforce:
+                    consents.update(await asyncio.to_thread(self._consents_after, event, people))
                 if subs:
                     versions = record.written.get(event.id, {})
                     theirs = [rule for p in sorted(_people_of(event)) for rule in consents.get(p, [])]
-                    registered = record.registered.get(event.id, set())
-                    delivered += await self._deliver(event, subs, theirs, versions, registered)
+                    delivered += await self._deliver(event, subs, theirs, versions)
             except InfrastructureError:
                 raise
             except Exception:  # a poison event: the record consumer dead-letters it; deliver the rest
                 log.exception("event %s could not be delivered; skipped", event.id)
         await self._follow(events[done:], record)
         return delivered
+
+    def _consents_after(self, event: RecordEvent, people: Collection[str]) -> dict[str, list[ConsentRule]]:
+        """The consents, read again, of those in the batch whom a Consent or a merge just applied may
+        change: the people it names and whoever the record now knows as one of them (not everyone's:
+        a batch of a list of objections would read them all again for each)."""
+        named = _people_of(event)
+        known = self.policy.people_as(set(people) | named)
+        now = {known[p] for p in named}
+        return self.policy.consents_of({p for p in people if p in named or known[p] in now})
 
     async def _follow(self, events: Sequence[RecordEvent], record: Recorded) -> None:
         """Have the record apply these events (those it has not yet), and learn what they wrote."""
@@ -225,26 +207,19 @@ class Deliverer:
             return
         await asyncio.to_thread(follow, self.uow_factory, waiting)
         record.applied.update(e.id for e in waiting)
-        delivered = [e for e in waiting if e.id in record.wanted]
+        delivered = [e.id for e in waiting if e.id in record.wanted]
         if delivered:  # (one transaction for them all, not one each)
-            written, registered = await asyncio.to_thread(self.written_and_registered, delivered)
-            record.written.update(written)
-            record.registered.update(registered)
+            record.written.update(await asyncio.to_thread(self.written_by, delivered))
 
     async def _deliver(
-        self,
-        event: RecordEvent,
-        subs: list[Subscription],
-        consents: list[ConsentRule],
-        versions: dict[str, str],
-        registered: Collection[str] = (),
+        self, event: RecordEvent, subs: list[Subscription], consents: list[ConsentRule], versions: dict[str, str]
     ) -> int:
         resources = [{**r, "meta": {**(r.get("meta") or {}), "source": event.source}} for r in resources_of(event)]
         summary = {"id": event.id, "type": event.type, "time": event.time.isoformat()}
         delivered, queued = 0, []
         now = self.clock()
         for sub in subs:
-            if not in_scope(sub.scope, sub.org, resources, registered):
+            if not in_scope(sub.scope, sub.org, resources):
                 continue
             judge = self.judge(sub, (), now, consents)
             planned = plan(

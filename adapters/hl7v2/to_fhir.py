@@ -293,7 +293,15 @@ def _patient_and_practice(f: Fields, pid: Any, person: _Person, latest: datetime
 
 
 # PID fields whose explicit null `""` deletes a Patient element the record holds
-_DELETABLE = ((5, "name"), (7, "birthDate"), (8, "gender"), (11, "address"), (13, "telecom"))
+_DELETABLE = (
+    (5, "name"),
+    (7, "birthDate"),
+    (8, "gender"),
+    (11, "address"),
+    (13, "telecom"),
+    (29, "deceasedDateTime"),  # a death recorded in error, withdrawn
+    (30, "deceasedBoolean"),
+)
 
 
 def _demographics(f: Fields, pid: Any, patient: Json, latest: datetime | None) -> None:

@@ -7,7 +7,7 @@ and the person's consents) so the same rules hold on the Kafka topic and at ever
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -59,13 +59,12 @@ def addressed_to(resources: Sequence[Json]) -> set[str]:
     }
 
 
-def in_scope(scope: str, org: str, resources: Sequence[Json], registered: Collection[str] = ()) -> bool:
-    """registered: only people registered with `org` (as the event says, or as the record has them:
-    `registered`); addressed: referrals addressed to `org`; all-permitted: anyone (the policy still
-    decides, in every case)."""
+def in_scope(scope: str, org: str, resources: Sequence[Json]) -> bool:
+    """registered: only people registered with `org`; addressed: referrals addressed to `org`;
+    all-permitted: anyone (the policy still decides, in every case)."""
     if scope == "addressed":
         return org in addressed_to(resources)
-    return scope == "all-permitted" or org in registered or org in registered_practices(resources)
+    return scope == "all-permitted" or org in registered_practices(resources)
 
 
 def plan(

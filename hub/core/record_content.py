@@ -72,7 +72,8 @@ def next_content(event: RecordEvent, incoming: Json, current: StoredResource | N
         # order the same ServiceRequest, as _with_outcome is the same overlay)
         content = _with_outcome(content, before)
     elif kind == "Patient":
-        content = _overlaid_patient(before, content)
+        if (before.get("meta") or {}).get("source") == event.source:  # (another's: see _overlaid_patient)
+            content = _overlaid_patient(before, content)
         retired_to = replaced_by(before)
         if retired_to and event.type != MERGED:  # late news about a merged-away identity
             content["active"] = False
@@ -83,18 +84,29 @@ def next_content(event: RecordEvent, incoming: Json, current: StoredResource | N
 
 
 def _overlaid_patient(before: Json, said: Json) -> Json:
-    """A Patient as a sender said it, over what the record holds: an element it left out is kept
-    (HL7 v2: an empty field is no change, and a transfer or discharge often carries part of PID and no
-    PD1); one it deleted (REMOVED_URL, from `""`) is removed. Identifiers by system: the sender's
-    replace those of the same system, others' are kept (each hospital's own number, the NHS number)."""
+    """A Patient as its sender said it again, over what the record holds from that same sender: an
+    element it left out is kept (HL7 v2: an empty field is no change, and a transfer or discharge often
+    carries part of PID and no PD1); one it deleted (REMOVED_URL, from `""`) is removed. Identifiers by
+    system: those it gives replace those of the same system, but for numbers it retired (use `old`, an
+    A40 within one person) which stay. Another sender's Patient replaces it whole, as before: what a
+    Patient says is its latest sender's (meta.source), which the agreements decide on, so laying one
+    sender's over another's would make the second the supplier of what the first said."""
     removed = {str(e.get("valueCode")) for e in said.get("extension") or [] if e.get("url") == REMOVED_URL}
-    # (`active` is the merge rules' to say, never kept from before: a merge reversed makes its survivor active)
-    merged = {k: v for k, v in before.items() if k not in ("meta", "active")} | said
+    # (`active` is the merge rules' to say, never kept from before: a merge reversed makes its survivor
+    # active; nor a deceased[x] or multipleBirth[x] beside the one said: one of each choice, FHIR says)
+    chosen = tuple(p for p in ("deceased", "multipleBirth") if any(k.startswith(p) for k in said))
+    dropped = {"meta", "active"} | {k for k in before if chosen and k.startswith(chosen)}
+    merged = {k: v for k, v in before.items() if k not in dropped} | said
     merged["extension"] = _own_extensions(said) or _own_extensions(before)
     if not merged["extension"]:
         del merged["extension"]
     systems = {i.get("system") for i in said.get("identifier") or []}
-    kept = [i for i in before.get("identifier") or [] if i.get("system") not in systems]
+    given = {(i.get("system"), i.get("value")) for i in said.get("identifier") or []}
+    kept = [
+        i
+        for i in before.get("identifier") or []
+        if i.get("system") not in systems or (i.get("use") == "old" and (i.get("system"), i.get("value")) not in given)
+    ]
     if kept:  # (the NHS number first, as UK Core has it)
         both = [*(said.get("identifier") or []), *kept]
         merged["identifier"] = sorted(both, key=lambda i: i.get("system") != NHS_NUMBER_SYSTEM)

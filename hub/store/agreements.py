@@ -106,6 +106,10 @@ class PolicySource:
             self._cached = (now, self._agreements.current())
         return self._cached[1]
 
+    def people_as(self, person_keys: Collection[str]) -> dict[str, str]:
+        """Each person key as the person the record now knows them as (hub.core.identity.survivors)."""
+        return survivors(self._reader.filed_under, person_keys)
+
     def consents(self, person_key: str) -> list[ConsentRule]:
         return self.consents_of([person_key])[person_key]
 
@@ -116,11 +120,16 @@ class PolicySource:
         retired Patient included. Each rule names the person key asked for (as decide compares it)."""
         known = survivors(self._reader.filed_under, person_keys)
         held: defaultdict[str, list[ConsentRule]] = defaultdict(list)
-        for consent in self._reader.search_many("Consent", sorted(set(known.values()))):
+        for consent in self._reader.search_many("Consent", sorted(set(known.values()) | set(known))):
             rule = consent_rule(consent)
             if rule is not None:
                 held[rule.person_key].append(rule)
+        # the person's own and those filed under whom they now are (a merge reversed may leave some
+        # filed under the identity it retired: they still hold for it)
         return {
-            key: [r if r.person_key == key else replace(r, person_key=key) for r in held.get(now, [])]
+            key: [
+                r if r.person_key == key else replace(r, person_key=key)
+                for r in sorted({*held[key], *held[now]}, key=lambda r: (r.id, r.version))
+            ]
             for key, now in known.items()
         }

@@ -119,3 +119,27 @@ def test_the_disclosure_ledger_is_read_by_auditors_of_an_organisation_agreed_for
     assert party.status_code == 403, party.text  # a party, but not for audit
     assert agreed.status_code == 200, agreed.text
     assert agreed.json()["total"] >= 1
+
+
+def test_a_contact_answers_only_the_services_own_referrals_about_that_person(hub: Hub, http: httpx.Client) -> None:
+    to_social_care = [{"identifier": {"system": ODS, "value": SOCIAL_CARE}}]
+    theirs = referred(hub, http, "9990002088", performer=to_social_care)
+    ours, someone_elses = referred(hub, http, "9990002096"), referred(hub, http, "9990002118")
+    person = theirs["subject"]["reference"].removeprefix("Patient/")
+    mine = ours["subject"]["reference"].removeprefix("Patient/")
+    sent = len(hub.published)
+
+    def contact(patient: str, referral: str) -> httpx.Response:
+        path = f"/fhir/Patient/{patient}/$record-contact"
+        return command(hub, http, path, kind="face-to-face", referral=referral, at="2026-11-09T10:00:00Z")
+
+    not_ours = contact(person, theirs["id"])
+    other_person = contact(mine, someone_elses["id"])
+
+    assert not_ours.status_code == 403, not_ours.text
+    assert "authoredOn" not in not_ours.text and theirs["authoredOn"][:10] not in not_ours.text
+    assert other_person.status_code == 400, other_person.text
+    assert "about another person" in other_person.json()["issue"][0]["diagnostics"]
+    assert len(hub.published) == sent
+    made = command(hub, http, f"/fhir/Patient/{mine}/$record-contact", kind="face-to-face", referral=ours["id"])
+    assert made.status_code == 201, made.text

@@ -478,32 +478,12 @@ def reader_verdict(world: World, reader: Reader, fact: Fact) -> Verdict:
     return oracle(reader.org, PURPOSE_OF_ROLE.get(reader.role), emergency, fact, world.deals, known)
 
 
-def registered_then(world: World, n: int) -> str | None:
-    """The practice the record had event n's person registered with as it was delivered: the last one a
-    Patient of theirs named up to then (one naming none leaves it), unless the record consumer had run
-    ahead to a later Patient of theirs (then none is known: the event's own decides)."""
-    person = world.happenings[n].person
-    applied = range(len(world.happenings)) if world.record_ahead else range(n + 1)
-    writes = [
-        m
-        for m in applied
-        if world.happenings[m].person == person
-        and world.happenings[m].choice is None
-        and any(i.kind == "Patient" for i in world.happenings[m].items)
-    ]
-    if not writes or max(writes) > n:
-        return None
-    named = [i.org for m in writes for i in world.happenings[m].items if i.kind == "Patient" and i.org]
-    return named[-1] if named else None
-
-
-def reaches(world: World, n: int, sub: Sub) -> bool:
-    """Is event n for this subscription at all: its type, and (by scope) whom it is about."""
-    h = world.happenings[n]
+def reaches(sub: Sub, h: Happening) -> bool:
+    """Is this event for this subscription at all: its type, and (by scope) whom it is about."""
     if h.type not in sub.events:
         return False
     if sub.scope == "registered":
-        return any(i.kind == "Patient" and i.org == sub.org for i in h.items) or registered_then(world, n) == sub.org
+        return any(i.kind == "Patient" and i.org == sub.org for i in h.items)
     if sub.scope == "addressed":
         return any(i.kind == "ServiceRequest" and i.org == sub.org for i in h.items)
     return True
@@ -522,7 +502,7 @@ def deliveries(world: World) -> Iterator[tuple[int, int, list[tuple[str, Verdict
         mine = [(m, g.choice) for m, g in enumerate(world.happenings) if g.choice is not None and g.person == h.person]
         then = [c for m, c in mine if world.record_ahead or m <= n]
         for s, sub in enumerate(world.subs):
-            if not reaches(world, n, sub):
+            if not reaches(sub, h):
                 continue
             topic = [(ref, oracle(sub.org, sub.purpose, False, fact, world.deals, then)) for ref, fact in carried]
             sent = [(ref, fact) for (ref, fact), (_, v) in zip(carried, topic, strict=True) if v.shown]

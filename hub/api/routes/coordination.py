@@ -56,6 +56,7 @@ from hub.api.routes.fhir import bearer_caller, fhir_id, read_body
 from hub.api.shapes import FHIR_ID, SERVICE_REQUEST_IN, parameters_in
 from hub.core import nhs_number
 from hub.core.errors import ConsentDeniedError, InvalidMessageError, RuleRefusedError, UnknownPersonError
+from hub.core.fhir_read import addressed_to
 from hub.core.identity import person_key, stable_id
 from hub.core.pic_summary import composition, practice_output
 from hub.core.ports import Json
@@ -64,6 +65,23 @@ from schemas.events import coordination as co
 
 __all__ = ["CoordinationApi", "router"]
 REFERRER_ROLES = ("clinician", "coordinator", "admin", "system")  # an auditor reads; it does not refer
+
+
+def refuse_answering(referral: Json, patient: str, service: str, name: str) -> None:
+    """Refuse a contact naming a referral it cannot answer, before anything of the referral is said: one
+    addressed to another organisation (403: theirs to answer, its content not the service's), or one
+    about another person (400)."""
+    if not addressed_to(referral, service):
+        raise ConsentDeniedError(
+            f"ServiceRequest/{referral['id']} is not addressed to {service} ({name}): a contact of the "
+            "service answers only its own referrals",
+            ("Parameters.referral",),
+        )
+    if (referral.get("subject") or {}).get("reference") != f"Patient/{patient}":
+        raise InvalidMessageError(
+            f"ServiceRequest/{referral['id']} is about another person than Patient/{patient}",
+            ("Parameters.referral",),
+        )
 
 
 def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
@@ -147,7 +165,9 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         referral = param(params, "referral")
         named = referral is not None and re.fullmatch(FHIR_ID, referral) is not None
         answered = api_.reader.read("ServiceRequest", str(referral)) if named else None
-        if answered is not None:  # no contact answers a referral before it was made
+        if answered is not None:
+            refuse_answering(answered, id, rules.service.ods, rules.service.name)
+            # no contact answers a referral before it was made
             at = not_before(params, at, answered.get("authoredOn"), f"ServiceRequest/{referral} was made")
         encounter: Json = {
             "resourceType": "Encounter",
