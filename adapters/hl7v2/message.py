@@ -191,6 +191,7 @@ class Fields:
     def __init__(self, message: hl7.Message) -> None:
         self.message = message
         self._escape = str(message.esc) if getattr(message, "esc", None) else "\\"
+        self._codec = _codec_of(message)  # a \Xhh\ escape's bytes are in the message's character set
 
     def segments(self, name: str) -> list[Any]:
         return [s for s in self.message if str(s[0]) == name]
@@ -249,8 +250,18 @@ class Fields:
         if code in named:
             return named[code]
         if code[:1] == "X" and _HEX.fullmatch(code[1:]):
-            return bytes.fromhex(code[1:]).decode("latin-1")
+            return bytes.fromhex(code[1:]).decode(self._codec, errors="replace")
         return ""  # highlighting, character-set switches and local (Z) sequences carry no text
+
+
+def _codec_of(message: hl7.Message) -> str:
+    """The codec of the character set MSH-18 declares (as `decode` read the message in), else Latin-1."""
+    try:
+        declared = str(message.segment("MSH")[18]).split(str(message.separators)[2])[0].strip().upper()
+    except (KeyError, IndexError):
+        declared = ""
+    codec = _CHARSETS.get(declared) or "latin-1"
+    return "latin-1" if codec == "ascii" else codec
 
 
 def _flat(value: Any) -> str:

@@ -270,3 +270,12 @@ def test_a_message_whose_first_segment_is_not_msh_is_invalid() -> None:
     with pytest.raises(InvalidMessageError) as refused:
         parse(b"EVN|A01\r" + an_adt())
     assert refused.value.expression == ("MSH",)
+
+
+@pytest.mark.parametrize(
+    ("charset", "escaped", "encoding"),
+    [("UNICODE UTF-8", "D\\XC3A9\\SIR", "utf-8"), ("8859/1", "D\\XE9\\SIR", "latin-1")],
+)
+def test_hex_escapes_are_bytes_in_the_messages_own_character_set(charset: str, escaped: str, encoding: str) -> None:
+    # (review: \XC3A9\ in a UTF-8 message read as Latin-1 gave "DÃ©SIR")
+    assert pid_field(an_adt(family=escaped, charset=charset, encoding=encoding), 5) == "DéSIR"
