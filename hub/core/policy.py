@@ -18,6 +18,7 @@ deliveries and replay exports). Default deny. The rules, in order:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -207,6 +208,16 @@ def decide(
         ids = tuple(sorted(f"Consent/{c.id}/_history/{c.version}" for c in objections))
         return Decision("deny", (f"the person objected to sharing {category} with {asker.org}",), basis, ids)
     return Decision("permit", (f"shared under {', '.join(basis)} for {purpose}",), basis)
+
+
+_SUPPLIER = re.compile(r" from [A-Z0-9]+(?= with )")  # as decide names it in a refusal
+
+
+def told_to_asker(decision: Decision) -> str:
+    """A refusal's reasons as the asker is told them: without the organisation that supplied the record
+    (that a person is known to a mental health trust, say, is itself sensitive); the ledger, the export
+    and time travel keep them whole."""
+    return "; ".join(_SUPPLIER.sub("", reason) for reason in decision.reasons)
 
 
 def covers_audit(agreements: Iterable[Agreement], asker: Asker) -> bool:

@@ -76,6 +76,7 @@ async def test_reads_follow_agreements_and_consent_and_changes_apply_within_two_
             assert denied.status_code == 403
             assert denied.json()["resourceType"] == "OperationOutcome"
             assert "no agreement" in denied.json()["issue"][0]["diagnostics"]
+            assert "RXX" not in denied.json()["issue"][0]["diagnostics"]  # where they are known: not told
             assert (await http.get(f"/Patient/{pid}/$everything", headers=as_("Y00002"))).status_code == 403
             assert (await http.get(f"/Patient/{pid}", headers=as_("Y00001", "admin"))).status_code == 403
 
@@ -126,6 +127,8 @@ async def test_reads_follow_agreements_and_consent_and_changes_apply_within_two_
         entries = list(run.services.ledger.entries())
         assert verify(iter(entries))[1] is None
         outcomes = {(e.body["recipient_org"], e.body["decision"]) for e in entries}
+        told = [r for e in entries if e.body["recipient_org"] == "Y00002" for r in e.body["reasons"]]
+        assert any(" from RXX with Y00002" in r for r in told)  # the ledger keeps the whole reason
         assert {("Y00001", "permit"), ("Y00002", "deny"), ("Y00002", "break-glass"), ("Y00003", "deny")} <= outcomes
         objected = [
             e.body

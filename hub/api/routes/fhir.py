@@ -44,7 +44,7 @@ from hub.api.shapes import (
 from hub.core.errors import ConsentDeniedError, InvalidMessageError, UnknownPersonError
 from hub.core.identity import identities
 from hub.core.ledger import Disclosure, resource_ref
-from hub.core.policy import UNENFORCED, Asker, Decision, covers_audit, decide, person_of
+from hub.core.policy import UNENFORCED, Asker, Decision, covers_audit, decide, person_of, told_to_asker
 from hub.core.ports import Json, Ledger, RecordReader
 from hub.core.timetravel import WITHHELD_WITH_READ
 from hub.store.agreements import PolicySource
@@ -222,7 +222,7 @@ def router(
         first = judge_(found[0])
         if not first.permitted:
             record(ledger, who, "everything", refused_whole((found[0], first), [(r, judge_(r)) for r in found[1:]]))
-            raise ConsentDeniedError("; ".join(first.reasons), ("Patient",))
+            raise ConsentDeniedError(told_to_asker(first), ("Patient",))
         return disclose(request, who, judge_, "everything", found)
 
     @api.get(
@@ -291,7 +291,7 @@ def router(
         decision = judge_(found)
         record(ledger, who, "read", [(found, decision)])
         if not decision.permitted:
-            raise ConsentDeniedError("; ".join(decision.reasons), (kind,))
+            raise ConsentDeniedError(told_to_asker(decision), (kind,))
         return FhirResponse(found)
 
     @api.post(
