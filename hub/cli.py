@@ -228,6 +228,7 @@ def huddle(
     from hub.bootstrap import build
     from hub.core.errors import InvalidMessageError
     from hub.core.huddle import UK, to_fhir_list
+    from hub.core.skew import latest_day
     from hub.core.policy import Asker
     from hub.web.views import decided_agenda
     from schemas.events.coordination import ATTENDED_EXTENSION, CANCELLED_EXTENSION
@@ -242,6 +243,9 @@ def huddle(
     except ValueError as exc:
         console.print(f"[red]--date: {escape(str(exc))} (use YYYY-MM-DD)[/red]")
         raise typer.Exit(2) from exc
+    today = latest_day(datetime.now(UTC))
+    if attended and meeting > today:  # (the KPIs would count a meeting yet to be held as attended)
+        fail(f"--attended: the meeting on {meeting} has not been held yet (today is {today} in the UK)")
     state = open_existing(data_dir)  # (a mistyped --data-dir: an empty agenda, published into a new hub)
     settings = state.settings
     services = build(settings, engine=state.engine)
