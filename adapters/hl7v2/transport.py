@@ -12,8 +12,7 @@ the frame after them is answered as any other: a sender's trailer (frames ending
 padding is logged at DEBUG, anything else at WARNING, both by count alone. A frame without a start
 block (an end block with none before it), or an over-size one with no end block within DRAIN_FACTOR
 times the limit or before the sender goes quiet for `idle` seconds, is refused and the connection
-closed, because the framing can no longer be trusted; so is a frame that has not ended FRAME_S after
-its first byte (quiet between frames never times out). Before closing, the listener stops
+closed, because the framing can no longer be trusted. Before closing, the listener stops
 writing and drops what still arrives for up to LINGER_S: a socket closed with unread bytes sends a
 reset, which can destroy the answer before the sender has read it.
 """
@@ -35,7 +34,6 @@ END_BLOCK = b"\x1c\x0d"
 HEAD_BYTES = 64 * 1024  # enough for MSH, EVN, PID and PV1 of any real ADT
 DRAIN_FACTOR = 64
 LINGER_S = 2.0
-FRAME_S = 60.0  # a frame begun must end within this: one that never does would hold its connection for good
 BETWEEN_FRAMES = b" \t\r\n"  # a trailer after an end block (1C 0D 0A, CR LF), padding: skipped quietly
 
 
@@ -57,7 +55,7 @@ Refuse = Callable[[RefusedFrame], Awaitable[bytes]]
 
 
 async def serve(
-    receive: Receive, refuse: Refuse, host: str, port: int, *, limit: int, idle: float = 10.0, frame_s: float = FRAME_S
+    receive: Receive, refuse: Refuse, host: str, port: int, *, limit: int, idle: float = 10.0
 ) -> asyncio.Server:
     """Listen for MLLP; `receive(frame, origin)` returns the ACK, `refuse(frame)` answers a bad frame."""
 
@@ -65,7 +63,7 @@ async def serve(
         peer = writer.get_extra_info("peername") or ("?", 0)
         origin = f"mllp:{peer[0]}:{peer[1]}"
         try:
-            await _converse(reader, writer, receive, refuse, _Framing(origin, limit, idle, frame_s))
+            await _converse(reader, writer, receive, refuse, _Framing(origin, limit, idle))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -84,7 +82,6 @@ class _Framing:
     origin: str
     limit: int
     idle: float
-    frame_s: float = 60.0  # from a frame's first byte to its end block, at most
 
 
 async def _converse(
@@ -106,17 +103,11 @@ async def _converse(
 async def _read_frame(reader: HL7StreamReader, framing: _Framing) -> bytes | RefusedFrame | None:
     """The next frame's message, a refused frame, or None when the sender has gone."""
     try:
-        first, quiet = await _first_byte(reader)  # (as long as the sender likes: between frames)
-        block: bytes = first + await asyncio.wait_for(reader.readuntil(END_BLOCK), framing.frame_s)
+        block: bytes = await reader.readuntil(END_BLOCK)
     except asyncio.IncompleteReadError:
         return None  # gone between frames or mid-frame: there is no one to answer
     except asyncio.LimitOverrunError:
-        return await _oversize(reader, framing, first)
-    except TimeoutError:  # begun, never ended: what came of it, to answer its control ID if it has one
-        head = (first + await reader.read(HEAD_BYTES)).rpartition(START_BLOCK)[2]
-        reason = f"frame had no end block (0x1C 0x0D) {framing.frame_s:g} seconds after it began"
-        return RefusedFrame(reason, head[:HEAD_BYTES], len(head), framing.origin, oversize=False, ended=False)
-    _skipped(quiet, framing.origin)
+        return await _oversize(reader, framing)
     # the last start block: before it, whatever came between frames, a frame cut off (the sender dropped
     # mid-frame and began again) included, which must never be taken as the start of this one
     stray, start, message = block[: -len(END_BLOCK)].rpartition(START_BLOCK)
@@ -125,18 +116,6 @@ async def _read_frame(reader: HL7StreamReader, framing: _Framing) -> bytes | Ref
         return RefusedFrame(reason, message[:HEAD_BYTES], len(message), framing.origin, oversize=False, ended=True)
     _skipped(stray, framing.origin)
     return message
-
-
-async def _first_byte(reader: HL7StreamReader) -> tuple[bytes, bytes]:
-    """The first byte of the next frame (or of whatever precedes it) and the whitespace skipped before
-    it (a trailer, CR LF: quiet hours may follow, which are no frame's)."""
-    quiet = b""
-    while (byte := await reader.readexactly(1)) in _QUIET:
-        quiet += byte if len(quiet) < HEAD_BYTES else b""
-    return byte, quiet
-
-
-_QUIET = frozenset(bytes([b]) for b in BETWEEN_FRAMES)
 
 
 def _skipped(stray: bytes, origin: str) -> None:
@@ -152,9 +131,9 @@ def _skipped(stray: bytes, origin: str) -> None:
         log.debug("skipped %d bytes of whitespace from %s %s", len(stray), origin, where)
 
 
-async def _oversize(reader: HL7StreamReader, framing: _Framing, first: bytes = b"") -> RefusedFrame:
+async def _oversize(reader: HL7StreamReader, framing: _Framing) -> RefusedFrame:
     """Read the rest of a frame over the limit in bounded pieces, keeping its first HEAD_BYTES."""
-    head, size, ended, stop = bytearray(first), len(first), False, ""
+    head, size, ended, stop = bytearray(), 0, False, ""
     while not stop:
         try:
             piece = (await asyncio.wait_for(reader.readuntil(END_BLOCK), framing.idle))[: -len(END_BLOCK)]
