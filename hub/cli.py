@@ -228,8 +228,8 @@ def huddle(
     from hub.bootstrap import build
     from hub.core.errors import InvalidMessageError
     from hub.core.huddle import UK, to_fhir_list
-    from hub.core.skew import latest_day
     from hub.core.policy import Asker
+    from hub.core.skew import latest_day
     from hub.web.views import decided_agenda
     from schemas.events.coordination import ATTENDED_EXTENSION, CANCELLED_EXTENSION
 

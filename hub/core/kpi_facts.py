@@ -185,6 +185,9 @@ class KpiFacts:
         requests = of_kind(resources, "ServiceRequest")
         said = [(str(r["id"]), extension(r, co.OUTCOME_EXTENSION, "valueCode")) for r in requests]
         for rid, outcome in said:
+            held = self.outcomes.get(rid)
+            if outcome is not None and held is not None and event.time < held[0]:
+                continue  # dated before the outcome the referral has: stale, as the record skips it
             if outcome is not None:
                 self.outcomes[rid] = (event.time, outcome)  # the latest outcome is the referral's
             if outcome in _CONTACT_OF_OUTCOME:  # a partner saying it reached the person is a contact

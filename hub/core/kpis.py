@@ -24,7 +24,8 @@ Definitions (each names its source events):
                              stops, if sooner) whose 28th day has passed, not declined and not ended by a
                              caseload episode that closed without the visit: those the % above cannot show
     discharges               episode.closed in the month
-    declined                 referrals to the service whose latest outcome is declined: by practice, those
+    declined                 referrals to the service whose latest outcome is declined (an outcome dated
+                             before the one a referral has is stale, as the record takes it): by practice, those
                              declined in the month (by the month of that outcome, whenever referred); and
                              as a %, of the month's referrals (those counted under referrals) the ones
                              declined, whenever, as the log stands (a decline in a later month counts in

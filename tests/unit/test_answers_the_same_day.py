@@ -134,3 +134,16 @@ def test_a_file_time_in_the_hour_the_clocks_go_forward_over_is_refused_naming_th
         event_of(Format.VCSE_OUTCOME, outcome(on="2026-03-29T01:30"))
 
     assert "field on" in refused.value.diagnostics and "clocks go forward" in refused.value.diagnostics
+
+
+def test_an_outcome_dated_before_the_one_a_referral_has_changes_nothing_in_the_kpis_either(tmp_path: Path) -> None:
+    # (review: the record and the engine kept the 17:00 decline, the KPIs counted the later-sent visit)
+    referred = event_of(Format.VCSE_JSON, vcse_referral(referral_id="VCS-14", referred_on="2026-11-20T08:00"))
+    declined = event_of(Format.VCSE_OUTCOME, outcome(referral_id="VCS-14", outcome="declined", on="2026-11-20T17:00"))
+    attended = event_of(Format.VCSE_OUTCOME, outcome(referral_id="VCS-14", outcome="attended", on="2026-11-20"))
+
+    referral, tasks, kpis = lived([referred, declined, attended], tmp_path)
+
+    assert referral["status"] == "revoked"
+    assert "completed" not in tasks.values(), tasks
+    assert visits(kpis) == 0
