@@ -26,6 +26,7 @@ No `from __future__ import annotations` here: FastAPI reads these annotations at
 import hashlib
 import re
 import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -57,7 +58,7 @@ from hub.api.shapes import FHIR_ID, SERVICE_REQUEST_IN, parameters_in
 from hub.core import nhs_number
 from hub.core.errors import ConsentDeniedError, InvalidMessageError, RuleRefusedError, UnknownPersonError
 from hub.core.fhir_read import addressed_to
-from hub.core.identity import person_key, stable_id
+from hub.core.identity import identities, person_key, stable_id
 from hub.core.pic_summary import composition, practice_output
 from hub.core.ports import Json
 from hub.core.task_status import MOVES, STATUSES, may_move
@@ -67,19 +68,19 @@ __all__ = ["CoordinationApi", "router"]
 REFERRER_ROLES = ("clinician", "coordinator", "admin", "system")  # an auditor reads; it does not refer
 
 
-def refuse_answering(referral: Json, patient: str, service: str, name: str) -> None:
+def refuse_answering(referral: Json, patient: Collection[str], service: str, name: str) -> None:
     """Refuse a contact naming a referral it cannot answer, before anything of the referral is said: one
     addressed to another organisation (403: theirs to answer, its content not the service's), or one
-    about another person (400)."""
+    about another person than `patient` (400; any identity the record knows them by)."""
     if not addressed_to(referral, service):
         raise ConsentDeniedError(
             f"ServiceRequest/{referral['id']} is not addressed to {service} ({name}): a contact of the "
             "service answers only its own referrals",
             ("Parameters.referral",),
         )
-    if (referral.get("subject") or {}).get("reference") != f"Patient/{patient}":
+    if str((referral.get("subject") or {}).get("reference", "")).removeprefix("Patient/") not in patient:
         raise InvalidMessageError(
-            f"ServiceRequest/{referral['id']} is about another person than Patient/{patient}",
+            f"ServiceRequest/{referral['id']} is about another person than the Patient the contact is with",
             ("Parameters.referral",),
         )
 
@@ -166,7 +167,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         named = referral is not None and re.fullmatch(FHIR_ID, referral) is not None
         answered = api_.reader.read("ServiceRequest", str(referral)) if named else None
         if answered is not None:
-            refuse_answering(answered, id, rules.service.ods, rules.service.name)
+            refuse_answering(answered, identities(api_.reader, id), rules.service.ods, rules.service.name)
             # no contact answers a referral before it was made
             at = not_before(params, at, answered.get("authoredOn"), f"ServiceRequest/{referral} was made")
         encounter: Json = {
