@@ -211,6 +211,17 @@ def test_search_by_nhs_number_finds_the_patient(http: httpx.Client, token: str) 
     assert bundle["id"] and bundle["meta"]["lastUpdated"]
 
 
+def test_the_self_link_shows_the_search_as_carried_out(http: httpx.Client, token: str) -> None:
+    # (review: unknown parameters are ignored, as FHIR lets a server do by default, but the self link
+    # showed them, and a repeated one twice, as if the search had used them)
+    path = f"/fhir/Patient?identifier=x|1&name=Smith&identifier={NHS}|{NHS_NUMBER}&_format=xml"
+    bundle = fhir(http.get(path, headers={"Authorization": f"Bearer {token}"}), 200)
+
+    [self_link] = [link["url"] for link in bundle["link"] if link["relation"] == "self"]
+    assert self_link.endswith(f"/fhir/Patient?identifier={NHS.replace(':', '%3A').replace('/', '%2F')}%7C{NHS_NUMBER}")
+    assert bundle["total"] == 1  # the last identifier, as the self link says
+
+
 def test_each_search_bundle_has_its_own_id(http: httpx.Client, token: str) -> None:
     first = fhir(get(http, "/fhir/Patient", token, identifier=f"{NHS}|{NHS_NUMBER}"), 200)
     second = fhir(get(http, "/fhir/Patient", token, identifier=f"{NHS}|{NHS_NUMBER}"), 200)

@@ -418,6 +418,16 @@ def _person_for(reader: RecordReader, consent: Json) -> str:
     raise UnknownPersonError("Consent.patient names no person in the shared care record", ("Consent.patient",))
 
 
+SEARCH_PARAMETERS = ("identifier", "patient")  # what the search routes read; anything else is ignored
+
+
+def _self_link(request: Request) -> str:
+    """The search as it was carried out (FHIR: the self link shows the parameters used): the known
+    parameters only, each once, with the value taken (the last, where one was repeated)."""
+    used = {name: request.query_params[name] for name in SEARCH_PARAMETERS if name in request.query_params}
+    return str(request.url.replace_query_params(**used))
+
+
 def searchset(request: Request, shown: list[Json], withheld: int) -> FhirResponse:
     """A searchset Bundle of what may be shown, saying how many were withheld."""
     base = str(request.base_url).rstrip("/") + "/fhir"
@@ -442,7 +452,7 @@ def searchset(request: Request, shown: list[Json], withheld: int) -> FhirRespons
         "meta": {"lastUpdated": datetime.now(UTC).isoformat()},
         "type": "searchset",
         "total": len(shown),
-        "link": [{"relation": "self", "url": str(request.url)}],
+        "link": [{"relation": "self", "url": _self_link(request)}],
         "entry": entries,
     }
     return FhirResponse(bundle)
