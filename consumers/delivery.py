@@ -166,7 +166,8 @@ class Deliverer:
         event before it is delivered, and the whole batch before this returns (and the batch is
         committed), so nothing later is ever applied before it."""
         delivered = done = 0
-        people = {p for e in events for p in _people_of(e)}
+        named = {e.id: _people_of(e) for e in events}  # (each event's resources read once a batch)
+        people = {p for found in named.values() for p in found}
         active = await asyncio.to_thread(self.subscriptions.active)  # once a batch, not once an event
         consents = await asyncio.to_thread(self.policy.consents_of, people) if self.enforce else {}
         wanted = {e.id for e in events if any(e.type in s.events for s in active)}
@@ -179,10 +180,10 @@ class Deliverer:
                     await self._follow(events[done : at + 1], record)
                     done = at + 1
                 if changes and self.enforce:
-                    consents.update(await asyncio.to_thread(self._consents_after, event, people))
+                    consents.update(await asyncio.to_thread(self._consents_after, named[event.id], people))
                 if subs:
                     versions = record.written.get(event.id, {})
-                    theirs = [rule for p in sorted(_people_of(event)) for rule in consents.get(p, [])]
+                    theirs = [rule for p in sorted(named[event.id]) for rule in consents.get(p, [])]
                     delivered += await self._deliver(event, subs, theirs, versions)
             except InfrastructureError:
                 raise
@@ -191,11 +192,10 @@ class Deliverer:
         await self._follow(events[done:], record)
         return delivered
 
-    def _consents_after(self, event: RecordEvent, people: Collection[str]) -> dict[str, list[ConsentRule]]:
+    def _consents_after(self, named: set[str], people: Collection[str]) -> dict[str, list[ConsentRule]]:
         """The consents, read again, of those in the batch whom a Consent or a merge just applied may
-        change: the people it names and whoever the record now knows as one of them (not everyone's:
-        a batch of a list of objections would read them all again for each)."""
-        named = _people_of(event)
+        change: the people it names (`named`) and whoever the record now knows as one of them (not
+        everyone's: a batch of a list of objections would read them all again for each)."""
         known = self.policy.people_as(set(people) | named)
         now = {known[p] for p in named}
         return self.policy.consents_of({p for p in people if p in named or known[p] in now})

@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Mapping
 from hub.core.ports import RecordReader
 
 _NAMESPACE = uuid.UUID("6f1c1c3e-3b0e-4d55-9a55-3c0a7c1e2b10")
-_MAX_HOPS = 16  # merges followed from one identity (as the record follows them)
+MAX_HOPS = 16  # merges followed from one identity (here and by the record: hub.core.record.survivor)
 
 
 def person_key(secret: bytes, nhs_number: str | None, local: tuple[str, str] | None) -> str:
@@ -38,7 +38,7 @@ def survivors(filed_under: Callable[[Collection[str]], Mapping[str, str]], keys:
     the person it was merged into, through merges of merges; any other key, itself. `filed_under`
     is RecordReader.filed_under: the person key the record files each Patient under."""
     now = {k: k for k in keys}
-    for _ in range(_MAX_HOPS):
+    for _ in range(MAX_HOPS):
         moved = {k: v for k, v in filed_under(set(now.values())).items() if v != k}
         if not moved:
             break
@@ -52,7 +52,7 @@ def identities(reader: RecordReader, key: str) -> set[str]:
     subject-access request asks about: a disclosure names the identity it was made under)."""
     survivor = survivors(reader.filed_under, [key])[key]
     found, frontier = {key, survivor}, {survivor}
-    for _ in range(_MAX_HOPS):
+    for _ in range(MAX_HOPS):
         frontier = {str(p.get("id")) for p in reader.search_many("Patient", sorted(frontier))} - found
         if not frontier:
             break

@@ -61,6 +61,7 @@ from typing import Any
 from hub.core.days import answers_that_day
 from hub.core.errors import InvalidMessageError
 from hub.core.fhir_read import referrals_of
+from hub.core.identity import MAX_HOPS
 from hub.core.policy import PERSON_EXTENSION
 from hub.core.ports import Json, RecordEvent, RecordUnitOfWork, StoredResource
 from hub.core.record_content import MERGED, has_outcome, labelled, labels_of, next_content, replaced_by, same_content
@@ -80,7 +81,6 @@ from schemas.events.coordination import (
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 EVENT_SYSTEM = "https://carehub.invalid/Id/event"
 SHARED_KINDS = frozenset({"Organization", "Practitioner", "Location"})  # not about one person
-_MAX_HOPS = 16
 _SUBJECT_FIELDS = ("subject", "patient", "for")
 UNCHANGED = StoredResource("", "", None, 0, datetime.min.replace(tzinfo=UTC), "", {})
 _STUB_TIME = datetime(1900, 1, 1, tzinfo=UTC)  # a stub loses to anything said about the person
@@ -154,7 +154,7 @@ def survivor(uow: RecordUnitOfWork, key: str) -> str:
     if patient is None or "link" not in patient.content:
         return key  # the common case: nobody merged this person away
     seen = {key}
-    for _ in range(_MAX_HOPS):
+    for _ in range(MAX_HOPS):
         patient = uow.get("Patient", key)
         nxt = replaced_by(patient.content) if patient else None
         if nxt is None or nxt in seen:

@@ -5,10 +5,6 @@ Real sockets: HL7 in over MLLP, reads over HTTP, deliveries on the subscriber's 
 
 from __future__ import annotations
 
-import asyncio
-import time
-import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,9 +16,9 @@ from hub.api.auth import issue_token
 from hub.bootstrap import build, running
 from hub.core.identity import identities
 from hub.core.ledger import verify
-from hub.settings import HttpSettings, KafkaSettings, MllpSettings, Settings
 from schemas.subscriptions import Subscription
 from tests.builders import an_adt, an_agreement, an_objection
+from tests.e2e.test_deliveries import hub_settings, until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(150)]
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -33,22 +29,8 @@ EVENTS = (
 )
 
 
-async def until(check: Callable[[], bool], within: float = 60) -> None:
-    deadline = time.perf_counter() + within
-    while time.perf_counter() < deadline:
-        if check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not true within {within}s")
-
-
 async def test_an_objection_holds_for_the_identity_merged_away_and_its_late_events(tmp_path: Path) -> None:
-    settings = Settings(
-        data_dir=tmp_path,
-        kafka=KafkaSettings(group_id=f"t{uuid.uuid4().hex[:8]}-record"),
-        mllp=MllpSettings(port=0),
-        http=HttpSettings(port=0),
-    )
+    settings = hub_settings(tmp_path)
     services = build(settings)
     services.agreements.load(an_agreement("RXX", "Y00001"), at=datetime.now(UTC))
     services.subscriptions.save(Subscription(id="gp-topic", org="Y00001", events=EVENTS))
@@ -72,7 +54,7 @@ async def test_an_objection_holds_for_the_identity_merged_away_and_its_late_even
         assert b"MSA|AA" in await client.send(an_adt(trigger="A01", control_id="M1", nhs_number=None, mrn="MOLD"))
         assert b"MSA|AA" in await client.send(an_adt(trigger="A01", control_id="M2", mrn="M100", visit="V2"))
         assert await run.caught_up(2, timeout=60)
-        await until(lambda: len(to_gp("permit")) >= 2)
+        await until(lambda: len(to_gp("permit")) >= 2, within=60)
         patients = services.reader.search("Patient", None)
         old = next(str(p["id"]) for p in patients if not any(i.get("system") == NHS for i in p["identifier"]))
         survivor = next(str(p["id"]) for p in patients if str(p["id"]) != old)
@@ -84,7 +66,7 @@ async def test_an_objection_holds_for_the_identity_merged_away_and_its_late_even
             objection = an_objection("9434765919", "Y00001") | {"patient": {"reference": f"Patient/{old}"}}
             made = await http.post("/Consent", json=objection, headers=as_("RXX", "coordinator"))
             assert made.status_code == 201, made.text
-            await until(lambda: bool(services.reader.search("Consent", old)))
+            await until(lambda: bool(services.reader.search("Consent", old)), within=60)
 
             merge = an_adt(trigger="A40", control_id="M3", mrn="M100", merged_mrn="MOLD")
             late = an_adt(trigger="A03", control_id="M4", nhs_number=None, mrn="MOLD")  # sent late, old identity
@@ -92,8 +74,9 @@ async def test_an_objection_holds_for_the_identity_merged_away_and_its_late_even
                 assert b"MSA|AA" in await client.send(message)
             await client.close()
             assert await run.caught_up(5, timeout=60)
-            await until(lambda: services.reader.filed_under([old]) == {old: survivor})
-            await until(lambda: len({e.get("event") for e in to_gp("deny")}) >= 2)  # the merge and the late A03
+            await until(lambda: services.reader.filed_under([old]) == {old: survivor}, within=60)
+            # the merge and the late A03, each refused
+            await until(lambda: len({e.get("event") for e in to_gp("deny")}) >= 2, within=60)
 
             # nothing about the person reached the practice after the objection, under either identity
             permitted_events = {e.get("event") for e in to_gp("permit")}
