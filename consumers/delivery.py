@@ -25,11 +25,20 @@ from faststream.kafka.annotations import KafkaMessage
 from consumers.decoding import decode_all, records_of
 from consumers.middlewares import on_event_batches, retrying
 from consumers.record import UnitOfWorkFactory, apply_batch
-from hub.core.delivery import in_scope, ledger_entries, plan, versions_written
+from hub.core.delivery import (
+    Registration,
+    in_scope,
+    ledger_entries,
+    merged_into,
+    note_registrations,
+    plan,
+    registrations_in,
+    versions_written,
+)
 from hub.core.errors import InfrastructureError
 from hub.core.identity import stable_id
 from hub.core.policy import UNENFORCED, Asker, ConsentRule, Decision, decide, person_of
-from hub.core.ports import Json, Ledger, RecordEvent, RecordUnitOfWork
+from hub.core.ports import Json, Ledger, RecordEvent, RecordUnitOfWork, Registrations
 from hub.core.record import resources_of
 from hub.core.record_content import MERGED
 from hub.kafka import create_topics
@@ -62,6 +71,22 @@ def _people_of(event: RecordEvent) -> set[str]:
         return people_in(event.subject, resources_of(event))
     except Exception:  # a poison event: its subject only (it is dead-lettered, not delivered)
         return {event.subject}
+
+
+@dataclass(frozen=True)
+class _Said:
+    """What an event says of registrations: by person, and the people a merge retired (into whom)."""
+
+    registrations: dict[str, Registration]
+    merged: dict[str, str]
+
+
+def _registrations_said(event: RecordEvent) -> _Said:
+    try:
+        resources = resources_of(event)
+    except Exception:  # a poison event says nothing (it is dead-lettered, not delivered)
+        return _Said({}, {})
+    return _Said(registrations_in(event.type, event.time, event.id, resources), merged_into(event.type, resources))
 
 
 def follow(uow_factory: UnitOfWorkFactory, events: Sequence[RecordEvent]) -> None:
@@ -106,6 +131,7 @@ class Deliverer:
         outbox: SqlOutbox,
         policy: PolicySource,
         ledger: Ledger,
+        registrations: Registrations,
         clock: Callable[[], datetime] = _now,
         enforce: bool = True,
         replication: int = 1,
@@ -115,6 +141,7 @@ class Deliverer:
         self.broker, self.bootstrap = broker, bootstrap
         self.uow_factory = uow_factory
         self.subscriptions, self.outbox, self.policy, self.ledger = subscriptions, outbox, policy, ledger
+        self.registrations = registrations
         self.clock = clock
         self._topics: set[str] = set()
 
@@ -164,16 +191,22 @@ class Deliverer:
     async def handle(self, events: Sequence[RecordEvent]) -> int:
         """Deliver a batch in order; the number of topic deliveries made. The record has applied each
         event before it is delivered, and the whole batch before this returns (and the batch is
-        committed), so nothing later is ever applied before it."""
+        committed), so nothing later is ever applied before it. Whom each person is registered with
+        is taken on from each event in log order, and kept when the batch is done."""
         delivered = done = 0
         named = {e.id: _people_of(e) for e in events}  # (each event's resources read once a batch)
         people = {p for found in named.values() for p in found}
+        said = {e.id: _registrations_said(e) for e in events}
+        registered = {p for s in said.values() for p in (*s.registrations, *s.merged, *s.merged.values())}
+        held = await asyncio.to_thread(self.registrations.of, people | registered)
+        changed: set[str] = set()
         active = await asyncio.to_thread(self.subscriptions.active)  # once a batch, not once an event
         consents = await asyncio.to_thread(self.policy.consents_of, people) if self.enforce else {}
         wanted = {e.id for e in events if any(e.type in s.events for s in active)}
         record = await asyncio.to_thread(self.recorded, events, wanted)
         for at, event in enumerate(events):
             try:
+                changed |= note_registrations(held, said[event.id].registrations, said[event.id].merged)
                 subs = [s for s in active if event.type in s.events]
                 changes = event.type in (CONSENT_RECORDED.type, MERGED)  # whose consents hold for whom
                 if subs or changes:  # (an objection, or a merge, holds for every later event about them)
@@ -184,12 +217,17 @@ class Deliverer:
                 if subs:
                     versions = record.written.get(event.id, {})
                     theirs = [rule for p in sorted(named[event.id]) for rule in consents.get(p, [])]
-                    delivered += await self._deliver(event, subs, theirs, versions)
+                    # whom those the event names no practice for are registered with (its own PD1-3 otherwise)
+                    unsaid = (p for p in named[event.id] if p in held and p not in said[event.id].registrations)
+                    practices = {c for p in unsaid for c in held[p].practices}
+                    delivered += await self._deliver(event, subs, theirs, versions, practices)
             except InfrastructureError:
                 raise
             except Exception:  # a poison event: the record consumer dead-letters it; deliver the rest
                 log.exception("event %s could not be delivered; skipped", event.id)
         await self._follow(events[done:], record)
+        if changed:
+            await asyncio.to_thread(self.registrations.save, {p: held[p] for p in changed})
         return delivered
 
     def _consents_after(self, named: set[str], people: Collection[str]) -> dict[str, list[ConsentRule]]:
@@ -212,14 +250,19 @@ class Deliverer:
             record.written.update(await asyncio.to_thread(self.written_by, delivered))
 
     async def _deliver(
-        self, event: RecordEvent, subs: list[Subscription], consents: list[ConsentRule], versions: dict[str, str]
+        self,
+        event: RecordEvent,
+        subs: list[Subscription],
+        consents: list[ConsentRule],
+        versions: dict[str, str],
+        registered: set[str],
     ) -> int:
         resources = [{**r, "meta": {**(r.get("meta") or {}), "source": event.source}} for r in resources_of(event)]
         summary = {"id": event.id, "type": event.type, "time": event.time.isoformat()}
         delivered, queued = 0, []
         now = self.clock()
         for sub in subs:
-            if not in_scope(sub.scope, sub.org, resources):
+            if not in_scope(sub.scope, sub.org, resources, registered):
                 continue
             judge = self.judge(sub, (), now, consents)
             planned = plan(

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 import uvicorn
 
-from hub.core.ports import DeadLetters, Ledger, RecordReader, RecordUnitOfWork
+from hub.core.ports import DeadLetters, Ledger, RecordReader, RecordUnitOfWork, Registrations
 from hub.core.record import ApplyResult
 from hub.core.tasks import Engine
 from hub.embedded import drain, kafka
@@ -28,6 +28,7 @@ from hub.store.agreements import PolicySource, SqlAgreements
 from hub.store.coordination import SqlCoordinationStore
 from hub.store.database import make_private_folder, open_engine
 from hub.store.ledger import SqlLedger
+from hub.store.registrations import SqlRegistrations
 from hub.store.sql import SqlDeadLetters, SqlRecordReader, SqlRecordUnitOfWork
 from hub.store.subscriptions import SqlOutbox, SqlSubscriptions
 from schemas.envelope import Envelope
@@ -58,6 +59,7 @@ class Services:
     policy: PolicySource | None
     subscriptions: SqlSubscriptions
     outbox: SqlOutbox
+    registrations: Registrations
     coordination: SqlCoordinationStore
     rules: Engine
 
@@ -95,6 +97,7 @@ def build(settings: Settings, **overrides: Any) -> Services:
         "agreements": SqlAgreements(engine),
         "subscriptions": SqlSubscriptions(engine, ttl=settings.policy.agreements_ttl_s),
         "outbox": SqlOutbox(engine),
+        "registrations": SqlRegistrations(engine),
         "coordination": SqlCoordinationStore(engine),
         "rules": Engine(load_rules(settings.coordination.rules)),
     }
@@ -312,6 +315,7 @@ async def running(
             uow_factory=services.uow_factory,
             subscriptions=services.subscriptions,
             outbox=services.outbox,
+            registrations=services.registrations,
             policy=services.policy or PolicySource(services.agreements, services.reader),
             ledger=services.ledger,
             enforce=services.policy is not None,

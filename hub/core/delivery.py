@@ -1,5 +1,6 @@
 """Which subscription gets what of an event: scope, per-resource policy decisions, content level,
-and each decision as the disclosure ledger names it (the record versions the event wrote).
+and each decision as the disclosure ledger names it (the record versions the event wrote); and
+whom each person is registered with, as the events say in log order, for the `registered` scope.
 
 Pure: the caller supplies the decision function (hub.core.policy.decide with the current agreements
 and the person's consents) so the same rules hold on the Kafka topic and at every webhook attempt.
@@ -7,13 +8,15 @@ and the person's consents) so the same rules hold on the Kafka topic and at ever
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from hub.core.ledger import Disclosure, resource_ref
 from hub.core.policy import Decision, person_of
+from hub.core.record_content import MERGED, REMOVED_URL, replaced_by
+from schemas.events.coordination import PATIENT_STUB_EVENTS
 from schemas.subscriptions import Subscription
 
 Json = dict[str, Any]
@@ -33,19 +36,93 @@ class Plan:
 def registered_practices(resources: Sequence[Json]) -> set[str]:
     """ODS codes of the GP practices the event's Patients are registered with (PD1-3, by reference to
     an Organization in the event or by ODS identifier)."""
-    organisations = {
+    organisations = _ods_codes(resources)
+    codes: set[str] = set()
+    for patient in (r for r in resources if r.get("resourceType") == "Patient"):
+        codes |= _practices_of(patient, organisations)
+    return codes
+
+
+def _ods_codes(resources: Sequence[Json]) -> dict[str, set[str]]:
+    return {
         f"Organization/{r['id']}": {i.get("value") for i in r.get("identifier") or [] if i.get("system") == ODS_SYSTEM}
         for r in resources
         if r.get("resourceType") == "Organization"
     }
+
+
+def _practices_of(patient: Json, organisations: Mapping[str, set[str]]) -> set[str]:
     codes: set[str] = set()
-    for patient in (r for r in resources if r.get("resourceType") == "Patient"):
-        for gp in patient.get("generalPractitioner") or []:
-            codes |= {c for c in organisations.get(str(gp.get("reference")), set()) if c}
-            ident = gp.get("identifier") or {}
-            if ident.get("system") == ODS_SYSTEM and ident.get("value"):
-                codes.add(str(ident["value"]))
+    for gp in patient.get("generalPractitioner") or []:
+        codes |= {c for c in organisations.get(str(gp.get("reference")), set()) if c}
+        ident = gp.get("identifier") or {}
+        if ident.get("system") == ODS_SYSTEM and ident.get("value"):
+            codes.add(str(ident["value"]))
     return codes
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Whom a person is registered with, as the latest event to say so said it (PD1-3; none: its
+    registration deleted, `""`). `stub`: said only by a referral or register row, which introduces a
+    person and never replaces what a hospital or practice said, as the record takes a stub Patient."""
+
+    practices: frozenset[str]
+    event_time: datetime
+    event_id: str
+    stub: bool = False
+
+
+def registrations_in(
+    event_type: str, event_time: datetime, event_id: str, resources: Sequence[Json]
+) -> dict[str, Registration]:
+    """What an event says of each person's GP registration, by person key: a Patient that names its
+    practice, or says it was deleted. A Patient that says neither (an A03 without PD1) says nothing of
+    it, nor does one merged away (its registration is its survivor's to say)."""
+    organisations = _ods_codes(resources)
+    said: dict[str, Registration] = {}
+    for patient in (r for r in resources if r.get("resourceType") == "Patient"):
+        if replaced_by(patient):
+            continue
+        codes = _practices_of(patient, organisations)
+        deleted = any(
+            e.get("url") == REMOVED_URL and e.get("valueCode") == "generalPractitioner"
+            for e in patient.get("extension") or []
+        )
+        if codes or deleted:
+            stub = event_type in PATIENT_STUB_EVENTS
+            said[str(patient.get("id"))] = Registration(frozenset(codes), event_time, event_id, stub)
+    return said
+
+
+def merged_into(event_type: str, resources: Sequence[Json]) -> dict[str, str]:
+    """A merge's retired person keys and the person each now is (their replaced-by link)."""
+    if event_type != MERGED:
+        return {}
+    return {str(r.get("id")): to for r in resources if r.get("resourceType") == "Patient" and (to := replaced_by(r))}
+
+
+def note_registrations(
+    held: dict[str, Registration], said: Mapping[str, Registration], merged: Mapping[str, str] | None = None
+) -> set[str]:
+    """Take what an event says (`registrations_in`) into `held`, in log order; the people whose
+    registration changed. Newer news wins (by event time: an update sent late that is older than what
+    is held changes nothing); a stub only where nothing is held, and anything else replaces a stub.
+    A person merged into someone of no known registration passes theirs on (the hospital may have
+    given the practice under the identity now retired)."""
+    changed: set[str] = set()
+    for person, new in said.items():
+        old = held.get(person)
+        newer = old is None or (not new.stub and (old.stub or new.event_time >= old.event_time))
+        if newer and old != new:
+            held[person] = new
+            changed.add(person)
+    for retired, survivor in (merged or {}).items():
+        theirs = held.get(retired)
+        if theirs is not None and survivor not in held:
+            held[survivor] = theirs
+            changed.add(survivor)
+    return changed
 
 
 def addressed_to(resources: Sequence[Json]) -> set[str]:
@@ -59,12 +136,14 @@ def addressed_to(resources: Sequence[Json]) -> set[str]:
     }
 
 
-def in_scope(scope: str, org: str, resources: Sequence[Json]) -> bool:
-    """registered: only people registered with `org`; addressed: referrals addressed to `org`;
-    all-permitted: anyone (the policy still decides, in every case)."""
+def in_scope(scope: str, org: str, resources: Sequence[Json], registered: Collection[str] = ()) -> bool:
+    """registered: only people registered with `org`, as the event says (PD1-3), or for a person it
+    names no practice for, as their registration stands (`registered`: an A03 without PD1 still
+    reaches their practice); addressed:
+    referrals addressed to `org`; all-permitted: anyone (the policy still decides, in every case)."""
     if scope == "addressed":
         return org in addressed_to(resources)
-    return scope == "all-permitted" or org in registered_practices(resources)
+    return scope == "all-permitted" or org in registered or org in registered_practices(resources)
 
 
 def plan(

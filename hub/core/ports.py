@@ -165,6 +165,15 @@ class DeadLetters(Protocol):
     def recent(self, limit: int) -> Sequence[Json]: ...
 
 
+class Registrations(Protocol):
+    """Whom each person is registered with, as the delivery consumer has read it in log order
+    (hub.core.delivery.Registration, rules in hub.core.delivery.note_registrations)."""
+
+    def of(self, person_keys: Collection[str]) -> dict[str, Any]: ...
+
+    def save(self, registrations: dict[str, Any]) -> None: ...
+
+
 class Ledger(Protocol):
     """The disclosure ledger: append-only, hash-chained (rules in hub.core.ledger)."""
 

@@ -10,6 +10,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Self
 
+from hub.core.delivery import Registration
 from hub.core.huddle import practice_codes
 from hub.core.ledger import Disclosure, Entry, seal
 from hub.core.ports import Json, StoredResource
@@ -282,3 +283,16 @@ class MemoryCoordinationUnitOfWork:
 
     def commit(self) -> None:
         self._store.states, self._store.clocks, self._store.done = self._states, self._clocks, self._done
+
+
+class MemoryRegistrations:
+    """Whom each person is registered with (hub.store.registrations), in a dict."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, Registration] = {}
+
+    def of(self, person_keys: Collection[str]) -> dict[str, Registration]:
+        return {k: self.held[k] for k in person_keys if k in self.held}
+
+    def save(self, registrations: dict[str, Registration]) -> None:
+        self.held.update(registrations)

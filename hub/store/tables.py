@@ -153,3 +153,16 @@ referral_acceptance = sa.Table(
     sa.Column("claimed_at", UtcDateTime, nullable=False),
     sa.Column("person_key", sa.String(64), nullable=True, index=True),
 )
+
+# whom each person is registered with (PD1-3), as the delivery consumer read it in log order, for the
+# `registered` scope of subscriptions: an event that names no practice (an A03 without PD1) still reaches
+# theirs (hub.core.delivery.Registration; practices: a sorted list of ODS codes, empty when deleted)
+person_registration = sa.Table(
+    "person_registration",
+    metadata,
+    sa.Column("person_key", sa.String(64), primary_key=True),
+    sa.Column("practices", JsonColumn, nullable=False),
+    sa.Column("event_time", UtcDateTime, nullable=False),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("stub", sa.Boolean, nullable=False),
+)

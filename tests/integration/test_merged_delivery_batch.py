@@ -65,6 +65,7 @@ def deliver(services: Services, events: list[RecordEvent]) -> Topics:
         outbox=services.outbox,
         policy=cast(Any, services.policy),
         ledger=services.ledger,
+        registrations=services.registrations,
         clock=lambda: datetime.now(UTC),
     )
     deliverer._topics.add(subscriber_topic("Y00001").name)  # (it exists: no broker admin here)

@@ -23,7 +23,7 @@ from hub.core.ports import Json, RecordEvent
 from hub.core.record import apply_events
 from hub.core.timetravel import reconsider
 from hub.store.agreements import PolicySource
-from hub.store.memory import MemoryLedger, MemoryRecordStore
+from hub.store.memory import MemoryLedger, MemoryRecordStore, MemoryRegistrations
 from schemas.events.encounter import ENCOUNTER_ADMITTED, ENCOUNTER_DISCHARGED
 from schemas.subscriptions import Subscription
 from schemas.topics import subscriber_topic
@@ -95,6 +95,7 @@ def a_hub(subs: list[Subscription], now: datetime) -> Hub:
         outbox=cast(Any, outbox),
         policy=PolicySource(cast(Any, Agreements()), store.reader()),
         ledger=ledger,
+        registrations=MemoryRegistrations(),
         clock=lambda: now,
     )
     deliverer._topics.update(subscriber_topic(s.org).name for s in subs)  # the topics exist: no broker admin here

@@ -41,7 +41,7 @@ from hub.core.errors import ConsentDeniedError, UnknownPersonError
 from hub.core.ports import RecordEvent
 from hub.core.record import apply_events
 from hub.store.agreements import PolicySource
-from hub.store.memory import MemoryLedger, MemoryRecordStore
+from hub.store.memory import MemoryLedger, MemoryRecordStore, MemoryRegistrations
 from schemas.agreements import Agreement
 from schemas.events.consent import CONSENT_RECORDED
 from schemas.events.encounter import ENCOUNTER_DISCHARGED
@@ -478,12 +478,22 @@ def reader_verdict(world: World, reader: Reader, fact: Fact) -> Verdict:
     return oracle(reader.org, PURPOSE_OF_ROLE.get(reader.role), emergency, fact, world.deals, known)
 
 
-def reaches(sub: Sub, h: Happening) -> bool:
-    """Is this event for this subscription at all: its type, and (by scope) whom it is about."""
+def registered_with(world: World, n: int) -> str | None:
+    """The practice the person of event n is registered with once it is read: as the last of their
+    events up to it to name one said (the world's events are in time order, none a stub)."""
+    person = world.happenings[n].person
+    named = [i.org for h in world.happenings[: n + 1] if h.person == person for i in h.items if i.kind == "Patient"]
+    return next((org for org in reversed(named) if org), None)
+
+
+def reaches(sub: Sub, h: Happening, registered: str | None = None) -> bool:
+    """Is this event for this subscription at all: its type, and (by scope) whom it is about, or whom
+    they are registered with (`registered`)."""
     if h.type not in sub.events:
         return False
     if sub.scope == "registered":
-        return any(i.kind == "Patient" and i.org == sub.org for i in h.items)
+        named = {i.org for i in h.items if i.kind == "Patient" and i.org}  # the event's own word, else the registration
+        return sub.org in named if named else registered == sub.org
     if sub.scope == "addressed":
         return any(i.kind == "ServiceRequest" and i.org == sub.org for i in h.items)
     return True
@@ -502,7 +512,7 @@ def deliveries(world: World) -> Iterator[tuple[int, int, list[tuple[str, Verdict
         mine = [(m, g.choice) for m, g in enumerate(world.happenings) if g.choice is not None and g.person == h.person]
         then = [c for m, c in mine if world.record_ahead or m <= n]
         for s, sub in enumerate(world.subs):
-            if not reaches(sub, h):
+            if not reaches(sub, h, registered_with(world, n)):
                 continue
             topic = [(ref, oracle(sub.org, sub.purpose, False, fact, world.deals, then)) for ref, fact in carried]
             sent = [(ref, fact) for (ref, fact), (_, v) in zip(carried, topic, strict=True) if v.shown]
@@ -651,6 +661,7 @@ def check_deliveries(rig: Rig, world: World, events: list[RecordEvent], now: dat
         outbox=cast(Any, outbox),
         policy=cast(Any, rig.policy),
         ledger=rig.ledger,
+        registrations=MemoryRegistrations(),
         clock=lambda: now,
     )
     deliverer._topics.update(subscriber_topic(org).name for org in ORGS)  # the topics exist: no broker admin here

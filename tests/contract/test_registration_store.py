@@ -1,0 +1,112 @@
+"""The registrations the delivery consumer keeps (whom each person is registered with), on every back
+end; and migration 0009, which fills them from the record a hub already holds when it is upgraded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+
+from hub.core.delivery import Registration
+from hub.core.ports import StoredResource
+from hub.store.database import _config, current_revision, head_revision, open_engine, upgrade
+from hub.store.memory import MemoryRegistrations
+from hub.store.registrations import SqlRegistrations
+from hub.store.sql import SqlRecordUnitOfWork
+
+ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
+AT = datetime(2026, 11, 3, 11, 5, tzinfo=UTC)
+STUB_TIME = datetime(1900, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def registrations(request: pytest.FixtureRequest) -> Iterator[Any]:
+    if request.param == "memory":
+        yield MemoryRegistrations()
+        return
+    engine = open_engine(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url"))
+    yield SqlRegistrations(engine)
+    engine.dispose()
+
+
+def test_registrations_are_kept_replaced_and_read_back_in_any_number(registrations: Any) -> None:
+    many = {f"p{n:04d}": Registration(frozenset({"Y00001"}), AT, f"e{n}") for n in range(1200)}
+    registrations.save(many)
+    registrations.save({"p0001": Registration(frozenset({"Y00002", "Y00003"}), AT, "moved")})
+    registrations.save(
+        {
+            "p0002": Registration(frozenset(), AT, "deleted"),
+            "stubbed": Registration(frozenset({"Y9"}), STUB_TIME, "s", True),
+        }
+    )
+
+    found = registrations.of([*many, "stubbed", "nobody"])
+
+    assert len(found) == 1201
+    assert found["p0001"] == Registration(frozenset({"Y00002", "Y00003"}), AT, "moved")
+    assert found["p0002"] == Registration(frozenset(), AT, "deleted")
+    assert found["p1199"] == many["p1199"]
+    assert found["stubbed"] == Registration(frozenset({"Y9"}), STUB_TIME, "s", True)
+    assert registrations.of([]) == {}
+
+
+def resource(
+    kind: str, rid: str, content: dict[str, Any], at: datetime = AT, person: str | None = None
+) -> StoredResource:
+    person = person if person is not None else (rid if kind == "Patient" else None)
+    return StoredResource(kind, rid, person, 1, at, f"event-{rid}", {"resourceType": kind, "id": rid, **content})
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url"))
+
+
+def test_migration_0009_registers_the_people_the_record_already_holds(database_url: str) -> None:
+    engine = open_engine(database_url, migrate=False)
+    config = _config()
+    with engine.connect().execution_options(immediate=True) as connection, connection.begin():
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0008")
+    practice = {"identifier": [{"system": ODS, "value": "Y00001"}], "name": "MALTON SURGERY"}
+    with SqlRecordUnitOfWork(engine) as uow:
+        for stored in (
+            resource("Organization", "org-1", practice),
+            resource("Patient", "by-reference", {"generalPractitioner": [{"reference": "Organization/org-1"}]}),
+            resource(
+                "Patient",
+                "by-code",
+                {"generalPractitioner": [{"identifier": {"system": ODS, "value": "Y00002"}}]},
+                at=STUB_TIME,
+            ),
+            resource("Patient", "no-practice", {}),
+            resource(
+                "Patient",
+                "merged-away",
+                {
+                    "generalPractitioner": [{"reference": "Organization/org-1"}],
+                    "link": [{"type": "replaced-by", "other": {"reference": "Patient/by-reference"}}],
+                },
+                person="by-reference",
+            ),
+        ):
+            uow.put(stored)
+        for n in range(1100):  # more than the migration inserts at a time, while it still reads
+            uow.put(resource("Patient", f"p{n:04d}", {"generalPractitioner": [{"reference": "Organization/org-1"}]}))
+        uow.commit()
+
+    upgrade(engine)
+
+    assert current_revision(engine) == head_revision() == "0009"
+    found = SqlRegistrations(engine).of(["by-reference", "by-code", "no-practice", "merged-away"])
+    assert found == {
+        "by-reference": Registration(frozenset({"Y00001"}), AT, "event-by-reference"),
+        "by-code": Registration(frozenset({"Y00002"}), STUB_TIME, "event-by-code", stub=True),
+    }
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM person_registration")).scalar() == 1102
+    engine.dispose()
