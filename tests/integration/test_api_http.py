@@ -222,6 +222,34 @@ def test_the_self_link_shows_the_search_as_carried_out(http: httpx.Client, token
     assert bundle["total"] == 1  # the last identifier, as the self link says
 
 
+def test_a_search_says_which_parameters_it_did_not_use(http: httpx.Client, token: str) -> None:
+    path = f"/fhir/Patient?identifier=x|1&name=Smith&identifier={NHS}|{NHS_NUMBER}&_format=xml"
+    bundle = fhir(http.get(path, headers={"Authorization": f"Bearer {token}"}), 200)
+
+    [outcome] = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
+    [issue] = outcome["issue"]
+    assert (issue["severity"], issue["code"]) == ("warning", "not-supported")
+    assert "not used: _format, identifier, name" in issue["diagnostics"]
+    plain = fhir(get(http, "/fhir/Patient", token, identifier=f"{NHS}|{NHS_NUMBER}"), 200)
+    assert [e["search"]["mode"] for e in plain["entry"]] == ["match"]
+
+
+def test_prefer_handling_strict_refuses_a_search_with_a_parameter_it_would_not_use(
+    http: httpx.Client, token: str
+) -> None:
+    headers = {"Authorization": f"Bearer {token}", "Prefer": "return=representation, handling=strict"}
+    unknown = http.get(f"/fhir/Patient?identifier={NHS}|{NHS_NUMBER}&name=Smith", headers=headers)
+    repeated = http.get(f"/fhir/Patient?identifier=x|1&identifier={NHS}|{NHS_NUMBER}", headers=headers)
+    since = http.get("/fhir/Patient/p1/$everything?_since=2026-01-01", headers=headers)
+    fine = http.get(f"/fhir/Patient?identifier={NHS}|{NHS_NUMBER}", headers=headers)
+
+    for response, named in ((unknown, ["name"]), (repeated, ["identifier"]), (since, ["_since"])):
+        [issue] = fhir(response, 400)["issue"]
+        assert issue["code"] == "not-supported" and issue["expression"] == named, issue
+        assert "handling=strict" in issue["diagnostics"]
+    assert fhir(fine, 200)["total"] == 1
+
+
 def test_each_search_bundle_has_its_own_id(http: httpx.Client, token: str) -> None:
     first = fhir(get(http, "/fhir/Patient", token, identifier=f"{NHS}|{NHS_NUMBER}"), 200)
     second = fhir(get(http, "/fhir/Patient", token, identifier=f"{NHS}|{NHS_NUMBER}"), 200)

@@ -180,10 +180,13 @@ def router(
             )
         return Judge(policy, Asker(who.org, who.role, datetime.now(UTC), break_glass))
 
-    def disclose(request: Request, who: Principal, judge_: Judge, channel: str, found: list[Json]) -> FhirResponse:
+    def disclose(
+        request: Request, who: Principal, judge_: Judge, channel: str, found: list[Json], reads: tuple[str, ...]
+    ) -> FhirResponse:
         judged = [(r, judge_(r)) for r in found]
         record(ledger, who, channel, judged)
-        return searchset(request, [r for r, d in judged if d.permitted], sum(not d.permitted for _, d in judged))
+        shown = [r for r, d in judged if d.permitted]
+        return searchset(request, shown, sum(not d.permitted for _, d in judged), reads)
 
     @api.get("/metadata", summary="CapabilityStatement", responses=ok(CAPABILITY))
     def metadata(request: Request) -> FhirResponse:
@@ -198,6 +201,7 @@ def router(
         ],
         break_glass: BreakGlass = None,
     ) -> FhirResponse:
+        handled(request, ("identifier",))
         if not identifier:
             raise InvalidMessageError("Patient search needs identifier=system|value", ("identifier",), code="required")
         system, _, value = identifier.partition("|")
@@ -207,7 +211,7 @@ def router(
                 ("identifier",),
             )
         found = reader.patients_by_identifier(system, value)
-        return disclose(request, who, judge(who, break_glass), "search", found)
+        return disclose(request, who, judge(who, break_glass), "search", found, ("identifier",))
 
     @api.get(
         "/Patient/{id}/$everything",
@@ -215,6 +219,7 @@ def router(
         responses=ok(BUNDLE) | errors(400, 401, 403, 404),
     )
     def everything(request: Request, who: Caller, id: Id, break_glass: BreakGlass = None) -> FhirResponse:
+        handled(request, ())
         judge_ = judge(who, break_glass)
         found = reader.everything(fhir_id(id, "Patient"))
         if not found:
@@ -223,7 +228,7 @@ def router(
         if not first.permitted:
             record(ledger, who, "everything", refused_whole((found[0], first), [(r, judge_(r)) for r in found[1:]]))
             raise ConsentDeniedError(told_to_asker(first), ("Patient",))
-        return disclose(request, who, judge_, "everything", found)
+        return disclose(request, who, judge_, "everything", found, ())
 
     @api.get(
         "/AuditEvent",
@@ -231,6 +236,7 @@ def router(
         responses=ok(BUNDLE) | errors(400, 401, 403),
     )
     def audit_events(request: Request, who: Caller, patient: PatientRef) -> FhirResponse:
+        handled(request, ("patient",))
         if who.role != "auditor":
             raise ConsentDeniedError("AuditEvent is readable by the auditor role only", ("AuditEvent",))
         if policy is not None and not covers_audit(policy.agreements(), Asker(who.org, who.role, datetime.now(UTC))):
@@ -241,11 +247,11 @@ def router(
             )
         person = patient_id(patient, "AuditEvent")
         if ledger is None:
-            return searchset(request, [], 0)
+            return searchset(request, [], 0, ("patient",))
         events = [audit_event(entry) for entry in ledger.about(*identities(reader, person))]
         audit = Decision("permit", ("the auditor role reads the disclosure ledger for audit",))
         record(ledger, who, "audit", [({"resourceType": "Patient", "id": person}, audit)])
-        return searchset(request, events, 0)
+        return searchset(request, events, 0, ("patient",))
 
     @api.get("/Consent", summary="Search a person's consents", responses=ok(BUNDLE) | errors(400, 401, 403))
     def search_consents(
@@ -265,13 +271,14 @@ def router(
         patient: PatientRef,
         break_glass: BreakGlass = None,
     ) -> FhirResponse:
+        handled(request, ("patient",))
         if kind not in PERSONAL:
             raise UnknownPersonError(
                 f"searching {kind} is not supported here (see /fhir/metadata)", (kind,), code="not-supported"
             )
         judge_ = judge(who, break_glass)
         found = reader.search(kind, patient_id(patient, kind))
-        return disclose(request, who, judge_, "search", found)
+        return disclose(request, who, judge_, "search", found, ("patient",))
 
     @api.get("/{kind}/{id}", summary="Read one resource", responses=ok(RESOURCE) | errors(400, 401, 403, 404))
     def read(
@@ -418,41 +425,72 @@ def _person_for(reader: RecordReader, consent: Json) -> str:
     raise UnknownPersonError("Consent.patient names no person in the shared care record", ("Consent.patient",))
 
 
-SEARCH_PARAMETERS = ("identifier", "patient")  # what the search routes read; anything else is ignored
+def ignored(request: Request, reads: tuple[str, ...]) -> list[str]:
+    """The query parameters a search did not use: those it does not know, and those given more than
+    once (one value is taken: the last)."""
+    params = request.query_params
+    return sorted({n for n in params if n not in reads} | {n for n in reads if len(params.getlist(n)) > 1})
 
 
-def _self_link(request: Request) -> str:
+def handled(request: Request, reads: tuple[str, ...]) -> None:
+    """FHIR's Prefer: handling=strict: a search with a parameter it would not use is refused (400,
+    before anything is read or disclosed), rather than carried out without it, as it is by default
+    (handling=lenient: the Bundle then says which it ignored)."""
+    wanted = {p.strip().lower() for p in re.split(r"[,;]", request.headers.get("prefer", ""))}
+    unused = ignored(request, reads)
+    if "handling=strict" in wanted and unused:
+        raise InvalidMessageError(
+            f"this search does not take {', '.join(unused)} (once each of: {', '.join(reads) or 'none'}), and "
+            "Prefer: handling=strict asks for that to be refused rather than ignored",
+            tuple(unused),
+            code="not-supported",
+        )
+
+
+def _self_link(request: Request, reads: tuple[str, ...]) -> str:
     """The search as it was carried out (FHIR: the self link shows the parameters used): the known
     parameters only, each once, with the value taken (the last, where one was repeated)."""
-    used = {name: request.query_params[name] for name in SEARCH_PARAMETERS if name in request.query_params}
+    used = {name: request.query_params[name] for name in reads if name in request.query_params}
     return str(request.url.replace_query_params(**used))
 
 
-def searchset(request: Request, shown: list[Json], withheld: int) -> FhirResponse:
-    """A searchset Bundle of what may be shown, saying how many were withheld."""
+def searchset(request: Request, shown: list[Json], withheld: int, reads: tuple[str, ...]) -> FhirResponse:
+    """A searchset Bundle of what may be shown, saying how many were withheld and which of the
+    parameters given (`reads`: those the search takes) were not used."""
     base = str(request.base_url).rstrip("/") + "/fhir"
     entries: list[Json] = [
         {"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}} for r in shown
     ]
+    issues: list[Json] = []
     if withheld:
-        note = {
-            "resourceType": "OperationOutcome",
-            "issue": [
-                {
-                    "severity": "information",
-                    "code": "suppressed",
-                    "diagnostics": f"{withheld} resource(s) withheld under the information-sharing policy",
-                }
-            ],
-        }
-        entries.append({"resource": note, "search": {"mode": "outcome"}})
+        issues.append(
+            {
+                "severity": "information",
+                "code": "suppressed",
+                "diagnostics": f"{withheld} resource(s) withheld under the information-sharing policy",
+            }
+        )
+    unused = ignored(request, reads)
+    if unused:
+        issues.append(
+            {
+                "severity": "warning",
+                "code": "not-supported",
+                "diagnostics": f"parameter(s) not used: {', '.join(unused)} (this search takes, once each: "
+                f"{', '.join(reads) or 'none'}); Prefer: handling=strict refuses such a search instead",
+            }
+        )
+    if issues:
+        entries.append(
+            {"resource": {"resourceType": "OperationOutcome", "issue": issues}, "search": {"mode": "outcome"}}
+        )
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),
         "meta": {"lastUpdated": datetime.now(UTC).isoformat()},
         "type": "searchset",
         "total": len(shown),
-        "link": [{"relation": "self", "url": _self_link(request)}],
+        "link": [{"relation": "self", "url": _self_link(request, reads)}],
         "entry": entries,
     }
     return FhirResponse(bundle)
