@@ -359,6 +359,7 @@ async def running(
                     settings.mllp.host,
                     settings.mllp.port,
                     limit=settings.mllp.max_message_bytes,
+                    connections=settings.mllp.max_connections,
                 )
                 stack.push_async_callback(_close_server, server)
                 run.mllp_port = server.sockets[0].getsockname()[1]

@@ -33,6 +33,9 @@ class MllpSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 2575
     max_message_bytes: int = 1_048_576
+    max_connections: int = Field(
+        default=200, ge=0, description="connections open at once (0: no limit); one more is closed unread"
+    )
 
 
 class HttpSettings(BaseModel):

@@ -55,18 +55,42 @@ Refuse = Callable[[RefusedFrame], Awaitable[bytes]]
 
 
 async def serve(
-    receive: Receive, refuse: Refuse, host: str, port: int, *, limit: int, idle: float = 10.0
+    receive: Receive,
+    refuse: Refuse,
+    host: str,
+    port: int,
+    *,
+    limit: int,
+    idle: float = 10.0,
+    connections: int = 0,
 ) -> asyncio.Server:
-    """Listen for MLLP; `receive(frame, origin)` returns the ACK, `refuse(frame)` answers a bad frame."""
+    """Listen for MLLP; `receive(frame, origin)` returns the ACK, `refuse(frame)` answers a bad frame.
+    At most `connections` at once (0: no limit): one more is closed at once, unread, and said at
+    WARNING, so that a sender that opens connections and never closes them (or a flood of them)
+    cannot take every file descriptor the hub has; the senders already connected go on."""
+    open_now = 0
 
     async def on_connection(reader: HL7StreamReader, writer: HL7StreamWriter) -> None:
+        nonlocal open_now
         peer = writer.get_extra_info("peername") or ("?", 0)
         origin = f"mllp:{peer[0]}:{peer[1]}"
+        if connections and open_now >= connections:
+            log.warning(
+                "MLLP connection from %s closed: %d are open, the most this listener takes (mllp.max_connections)",
+                origin,
+                open_now,
+            )
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            return
+        open_now += 1
         try:
             await _converse(reader, writer, receive, refuse, _Framing(origin, limit, idle))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            open_now -= 1
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()

@@ -250,3 +250,31 @@ async def test_many_clients_at_once_each_get_their_own_acks(listener: Listener) 
 
     results = await asyncio.gather(*(one(n) for n in range(10)))
     assert results == [[f"ACK K{n}-{i}".encode() for i in range(3)] for n in range(10)]
+
+
+async def test_a_connection_past_the_most_allowed_is_closed_unread_and_those_open_go_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    echo = Echo()
+    server = await serve(echo.receive, echo.refuse, "127.0.0.1", 0, limit=LIMIT, idle=IDLE, connections=2)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        first, second = await MllpClient.connect("127.0.0.1", port), await MllpClient.connect("127.0.0.1", port)
+        assert await asyncio.wait_for(first.send(an_adt(control_id="ONE")), 5) == b"ACK ONE"  # (both taken by now)
+        reader, writer = await raw_connection(port)
+        writer.write(VT + an_adt(control_id="THIRD") + FS + CR)
+        try:  # closed, unanswered (reset, as it had sent a frame the listener did not read)
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        except ConnectionResetError:
+            pass
+        await close(writer)
+        assert "closed: 2 are open, the most this listener takes" in caplog.text
+
+        assert await asyncio.wait_for(second.send(an_adt(control_id="TWO")), 5) == b"ACK TWO"
+        await first.close()
+        await asyncio.sleep(0.2)  # (the listener sees it go)
+        await still_serves(port)  # a place free again
+        await second.close()
+    finally:
+        server.close()
+        await server.wait_closed()
