@@ -29,14 +29,15 @@ from hub.core.delivery import (
     Registration,
     in_scope,
     ledger_entries,
-    merged_into,
+    merges_in,
     note_registrations,
     plan,
+    registered_as,
     registrations_in,
     versions_written,
 )
 from hub.core.errors import InfrastructureError
-from hub.core.identity import stable_id
+from hub.core.identity import MAX_HOPS, stable_id
 from hub.core.policy import UNENFORCED, Asker, ConsentRule, Decision, decide, person_of
 from hub.core.ports import Json, Ledger, RecordEvent, RecordUnitOfWork, Registrations
 from hub.core.record import resources_of
@@ -51,6 +52,7 @@ from schemas.subscriptions import Subscription
 from schemas.topics import EVENTS, subscriber_topic
 
 log = logging.getLogger(__name__)
+Position = tuple[int, int]  # (partition, offset) of an event on the events topic
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 PROVENANCE = "Provenance"  # the record's Provenance for an event has the event's id (hub.core.record)
 
@@ -84,9 +86,40 @@ class _Said:
 def _registrations_said(event: RecordEvent) -> _Said:
     try:
         resources = resources_of(event)
-    except Exception:  # a poison event says nothing (it is dead-lettered, not delivered)
+        return _Said(registrations_in(event.type, event.time, event.id, resources), merges_in(event.type, resources))
+    except Exception:  # a poison event (a Patient of the wrong shape) says nothing: it is not delivered either
         return _Said({}, {})
-    return _Said(registrations_in(event.type, event.time, event.id, resources), merged_into(event.type, resources))
+
+
+def _starts(positions: Sequence[Position] | None) -> dict[int, int]:
+    """Each partition's first offset in a batch."""
+    starts: dict[int, int] = {}
+    for partition, offset in positions or ():
+        starts[partition] = min(offset, starts.get(partition, offset))
+    return starts
+
+
+@dataclass
+class _Registrations:
+    """A batch's registrations: as they stand (`held`), as they stood before it (`start`), each
+    partition's first offset in it (`starts`) and the people whose rows have been read (`asked`)."""
+
+    held: dict[str, Registration]
+    start: dict[str, Registration]
+    starts: dict[int, int]
+    asked: set[str]
+
+
+def _survivors_of(held: dict[str, Registration], person: str) -> set[str]:
+    """Those `person` was merged into (through merges of merges) as far as `held` says."""
+    found: set[str] = set()
+    registration = held.get(person)
+    for _ in range(MAX_HOPS):
+        if registration is None or registration.merged_into is None or registration.merged_into in found:
+            break
+        found.add(registration.merged_into)
+        registration = held.get(registration.merged_into)
+    return found
 
 
 def follow(uow_factory: UnitOfWorkFactory, events: Sequence[RecordEvent]) -> None:
@@ -188,25 +221,31 @@ class Deliverer:
             if waiting:
                 await asyncio.sleep(0.1)
 
-    async def handle(self, events: Sequence[RecordEvent]) -> int:
+    async def handle(self, events: Sequence[RecordEvent], positions: Sequence[Position] | None = None) -> int:
         """Deliver a batch in order; the number of topic deliveries made. The record has applied each
         event before it is delivered, and the whole batch before this returns (and the batch is
         committed), so nothing later is ever applied before it. Whom each person is registered with
-        is taken on from each event in log order, and kept when the batch is done."""
+        is taken on from each event in log order, and kept when the batch is done, with where on the
+        log each change came from (`positions`: each event's partition and offset), so that the batch
+        redone after a crash starts from the registrations as they were before it."""
         delivered = done = 0
         named = {e.id: _people_of(e) for e in events}  # (each event's resources read once a batch)
         people = {p for found in named.values() for p in found}
         said = {e.id: _registrations_said(e) for e in events}
         registered = {p for s in said.values() for p in (*s.registrations, *s.merged, *s.merged.values())}
-        held = await asyncio.to_thread(self.registrations.of, people | registered)
-        changed: set[str] = set()
+        starts = _starts(positions)
+        held = await asyncio.to_thread(self.registrations.of, people | registered, starts)
+        batch = _Registrations(held, dict(held), starts, people | registered)
+        changed: dict[str, Position | None] = {}
         active = await asyncio.to_thread(self.subscriptions.active)  # once a batch, not once an event
         consents = await asyncio.to_thread(self.policy.consents_of, people) if self.enforce else {}
         wanted = {e.id for e in events if any(e.type in s.events for s in active)}
         record = await asyncio.to_thread(self.recorded, events, wanted)
         for at, event in enumerate(events):
             try:
-                changed |= note_registrations(held, said[event.id].registrations, said[event.id].merged)
+                news = said[event.id]
+                for person in note_registrations(held, news.registrations, news.merged, (event.time, event.id)):
+                    changed[person] = positions[at] if positions else None
                 subs = [s for s in active if event.type in s.events]
                 changes = event.type in (CONSENT_RECORDED.type, MERGED)  # whose consents hold for whom
                 if subs or changes:  # (an objection, or a merge, holds for every later event about them)
@@ -218,8 +257,8 @@ class Deliverer:
                     versions = record.written.get(event.id, {})
                     theirs = [rule for p in sorted(named[event.id]) for rule in consents.get(p, [])]
                     # whom those the event names no practice for are registered with (its own PD1-3 otherwise)
-                    unsaid = (p for p in named[event.id] if p in held and p not in said[event.id].registrations)
-                    practices = {c for p in unsaid for c in held[p].practices}
+                    unsaid = [p for p in named[event.id] if p not in news.registrations]
+                    practices = await self._registered(unsaid, batch)
                     delivered += await self._deliver(event, subs, theirs, versions, practices)
             except InfrastructureError:
                 raise
@@ -227,8 +266,25 @@ class Deliverer:
                 log.exception("event %s could not be delivered; skipped", event.id)
         await self._follow(events[done:], record)
         if changed:
-            await asyncio.to_thread(self.registrations.save, {p: held[p] for p in changed})
+            kept = {p: held[p] for p in changed}
+            moved = {p: at for p, at in changed.items() if at is not None}
+            before = {p: batch.start.get(p) for p in changed}
+            await asyncio.to_thread(self.registrations.save, kept, before, moved)
         return delivered
+
+    async def _registered(self, people: Collection[str], batch: _Registrations) -> set[str]:
+        """The practices these people are registered with as it stands (registered_as: someone merged
+        away, their survivor's), reading the survivors' registrations the batch has not read yet."""
+        for _ in range(MAX_HOPS):
+            wanted = {k for p in people for k in _survivors_of(batch.held, p) if k not in batch.asked}
+            if not wanted:
+                break
+            found = await asyncio.to_thread(self.registrations.of, wanted, batch.starts)
+            batch.asked |= wanted
+            for key, registration in found.items():
+                batch.held.setdefault(key, registration)
+                batch.start.setdefault(key, registration)
+        return {c for p in people if (r := registered_as(batch.held, p)) is not None for c in r.practices}
 
     def _consents_after(self, named: set[str], people: Collection[str]) -> dict[str, list[ConsentRule]]:
         """The consents, read again, of those in the batch whom a Consent or a merge just applied may
@@ -344,10 +400,11 @@ def delivery_router(
         records = records_of(message)
         decoded, _ = decode_all(records)  # the record consumer dead-letters what cannot be decoded
         events = [e for _, e in decoded]
+        positions = [(r.partition, r.offset) for r, _ in decoded]
 
         async def deliver() -> int:
             await deliverer.give_way(events, record_wait)
-            return await deliverer.handle(events)
+            return await deliverer.handle(events, positions)
 
         await retrying(deliver)
 

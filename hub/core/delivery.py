@@ -8,11 +8,13 @@ and the person's consents) so the same rules hold on the Kafka topic and at ever
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from hub.core.identity import MAX_HOPS
 from hub.core.ledger import Disclosure, resource_ref
 from hub.core.policy import Decision, person_of
 from hub.core.record_content import MERGED, REMOVED_URL, replaced_by
@@ -63,14 +65,14 @@ def _practices_of(patient: Json, organisations: Mapping[str, set[str]]) -> set[s
 
 @dataclass(frozen=True)
 class Registration:
-    """Whom a person is registered with, as the latest event to say so said it (PD1-3; none: its
-    registration deleted, `""`). `stub`: said only by a referral or register row, which introduces a
-    person and never replaces what a hospital or practice said, as the record takes a stub Patient."""
+    """Whom a person is registered with, as the latest event to name their practice said it (PD1-3;
+    none: their registration deleted, `""`), or (`merged_into`) that they were merged into someone
+    (A40), whose registration is theirs from then on: never their own, as it stood before."""
 
     practices: frozenset[str]
     event_time: datetime
     event_id: str
-    stub: bool = False
+    merged_into: str | None = None
 
 
 def registrations_in(
@@ -78,7 +80,11 @@ def registrations_in(
 ) -> dict[str, Registration]:
     """What an event says of each person's GP registration, by person key: a Patient that names its
     practice, or says it was deleted. A Patient that says neither (an A03 without PD1) says nothing of
-    it, nor does one merged away (its registration is its survivor's to say)."""
+    it, nor does one merged away, nor one a referral, register row or PIC summary carries: those only
+    introduce a person to the record, and the practice a referrer typed never decides where a
+    hospital's discharges go."""
+    if event_type in PATIENT_STUB_EVENTS:
+        return {}
     organisations = _ods_codes(resources)
     said: dict[str, Registration] = {}
     for patient in (r for r in resources if r.get("resourceType") == "Patient"):
@@ -90,12 +96,11 @@ def registrations_in(
             for e in patient.get("extension") or []
         )
         if codes or deleted:
-            stub = event_type in PATIENT_STUB_EVENTS
-            said[str(patient.get("id"))] = Registration(frozenset(codes), event_time, event_id, stub)
+            said[str(patient.get("id"))] = Registration(frozenset(codes), event_time, event_id)
     return said
 
 
-def merged_into(event_type: str, resources: Sequence[Json]) -> dict[str, str]:
+def merges_in(event_type: str, resources: Sequence[Json]) -> dict[str, str]:
     """A merge's retired person keys and the person each now is (their replaced-by link)."""
     if event_type != MERGED:
         return {}
@@ -103,26 +108,55 @@ def merged_into(event_type: str, resources: Sequence[Json]) -> dict[str, str]:
 
 
 def note_registrations(
-    held: dict[str, Registration], said: Mapping[str, Registration], merged: Mapping[str, str] | None = None
+    held: dict[str, Registration],
+    said: Mapping[str, Registration],
+    merged: Mapping[str, str] | None = None,
+    merge: tuple[datetime, str] | None = None,
 ) -> set[str]:
-    """Take what an event says (`registrations_in`) into `held`, in log order; the people whose
-    registration changed. Newer news wins (by event time: an update sent late that is older than what
-    is held changes nothing); a stub only where nothing is held, and anything else replaces a stub.
-    A person merged into someone of no known registration passes theirs on (the hospital may have
-    given the practice under the identity now retired)."""
+    """Take what an event says into `held`, in log order (`said`: registrations_in; `merged`: a
+    merge's retired people and their survivors, merges_in, with `merge`, its time and id); the people
+    whose registration changed. Newer news wins (by event time: an update sent late that is older
+    than what is held changes nothing). A person merged away is held as merged into their survivor,
+    whatever is said of them later; the survivor is active again if they had been merged away
+    themselves (a merge reversed)."""
     changed: set[str] = set()
     for person, new in said.items():
         old = held.get(person)
-        newer = old is None or (not new.stub and (old.stub or new.event_time >= old.event_time))
-        if newer and old != new:
-            held[person] = new
-            changed.add(person)
-    for retired, survivor in (merged or {}).items():
-        theirs = held.get(retired)
-        if theirs is not None and survivor not in held:
-            held[survivor] = theirs
-            changed.add(survivor)
+        if old is None or new.event_time >= old.event_time:
+            new = dataclasses.replace(new, merged_into=old.merged_into if old else None)
+            if old != new:
+                held[person] = new
+                changed.add(person)
+    if merged:
+        if merge is None:
+            raise ValueError("a merge's time and event id are needed with the people it merged")
+        at, event_id = merge
+        for retired, survivor in merged.items():
+            old = held.get(retired)
+            new = Registration(old.practices if old else frozenset(), at, event_id, merged_into=survivor)
+            if old != new:
+                held[retired] = new
+                changed.add(retired)
+            kept = held.get(survivor)
+            if kept is not None and kept.merged_into is not None:
+                held[survivor] = dataclasses.replace(kept, merged_into=None)
+                changed.add(survivor)
     return changed
+
+
+def registered_as(held: Mapping[str, Registration], person: str) -> Registration | None:
+    """A person's registration as it stands: their own, or, for someone merged away, their survivor's
+    (through merges of merges; None where a survivor has none held, or merges go round)."""
+    seen = {person}
+    found = held.get(person)
+    for _ in range(MAX_HOPS):
+        if found is None or found.merged_into is None:
+            return found
+        if found.merged_into in seen:
+            return None
+        seen.add(found.merged_into)
+        found = held.get(found.merged_into)
+    return None
 
 
 def addressed_to(resources: Sequence[Json]) -> set[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -167,11 +167,18 @@ class DeadLetters(Protocol):
 
 class Registrations(Protocol):
     """Whom each person is registered with, as the delivery consumer has read it in log order
-    (hub.core.delivery.Registration, rules in hub.core.delivery.note_registrations)."""
+    (hub.core.delivery.Registration, rules in hub.core.delivery.note_registrations). A row changed
+    at or after a batch's first offset on its partition (`starts`) is read as it stood before, so a
+    batch redone after a crash decides as its first run did (hub.store.registrations)."""
 
-    def of(self, person_keys: Collection[str]) -> dict[str, Any]: ...
+    def of(self, person_keys: Collection[str], starts: Mapping[int, int] | None = None) -> dict[str, Any]: ...
 
-    def save(self, registrations: dict[str, Any]) -> None: ...
+    def save(
+        self,
+        registrations: Mapping[str, Any],
+        before: Mapping[str, Any],
+        positions: Mapping[str, tuple[int, int]] | None = None,
+    ) -> None: ...
 
 
 class Ledger(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Self
@@ -289,10 +289,23 @@ class MemoryRegistrations:
     """Whom each person is registered with (hub.store.registrations), in a dict."""
 
     def __init__(self) -> None:
-        self.held: dict[str, Registration] = {}
+        self.held: dict[str, tuple[Registration, Registration | None, tuple[int, int] | None]] = {}
 
-    def of(self, person_keys: Collection[str]) -> dict[str, Registration]:
-        return {k: self.held[k] for k in person_keys if k in self.held}
+    def of(self, person_keys: Collection[str], starts: Mapping[int, int] | None = None) -> dict[str, Registration]:
+        found: dict[str, Registration] = {}
+        for key in person_keys:
+            if key in self.held:
+                now, before, at = self.held[key]
+                redone = at is not None and at[0] in (starts or {}) and at[1] >= (starts or {})[at[0]]
+                kept = before if redone else now
+                if kept is not None:
+                    found[key] = kept
+        return found
 
-    def save(self, registrations: dict[str, Registration]) -> None:
-        self.held.update(registrations)
+    def save(
+        self,
+        registrations: Mapping[str, Registration],
+        before: Mapping[str, Registration | None],
+        positions: Mapping[str, tuple[int, int]] | None = None,
+    ) -> None:
+        self.held.update({k: (r, before.get(k), (positions or {}).get(k)) for k, r in registrations.items()})

@@ -35,23 +35,31 @@ def registrations(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 def test_registrations_are_kept_replaced_and_read_back_in_any_number(registrations: Any) -> None:
     many = {f"p{n:04d}": Registration(frozenset({"Y00001"}), AT, f"e{n}") for n in range(1200)}
-    registrations.save(many)
-    registrations.save({"p0001": Registration(frozenset({"Y00002", "Y00003"}), AT, "moved")})
-    registrations.save(
-        {
-            "p0002": Registration(frozenset(), AT, "deleted"),
-            "stubbed": Registration(frozenset({"Y9"}), STUB_TIME, "s", True),
-        }
-    )
+    registrations.save(many, {})
+    registrations.save({"p0001": Registration(frozenset({"Y00002", "Y00003"}), AT, "moved")}, {})
+    merged = Registration(frozenset(), AT, "m", merged_into="p0001")
+    registrations.save({"p0002": Registration(frozenset(), AT, "deleted"), "p0003": merged}, {})
 
-    found = registrations.of([*many, "stubbed", "nobody"])
+    found = registrations.of([*many, "nobody"])
 
-    assert len(found) == 1201
+    assert len(found) == 1200
     assert found["p0001"] == Registration(frozenset({"Y00002", "Y00003"}), AT, "moved")
     assert found["p0002"] == Registration(frozenset(), AT, "deleted")
+    assert found["p0003"] == merged
     assert found["p1199"] == many["p1199"]
-    assert found["stubbed"] == Registration(frozenset({"Y9"}), STUB_TIME, "s", True)
     assert registrations.of([]) == {}
+
+
+def test_a_row_changed_at_or_after_a_batchs_first_offset_is_read_as_it_was_before(registrations: Any) -> None:
+    first = Registration(frozenset({"Y1"}), AT, "e1")
+    registrations.save({"p": first, "q": first}, {}, {"p": (0, 10), "q": (0, 10)})  # a batch, committed
+    later = Registration(frozenset({"Y2"}), AT, "e2")
+    registrations.save({"p": later, "new": later}, {"p": first, "new": None}, {"p": (0, 25), "new": (0, 26)})
+
+    assert registrations.of(["p", "q", "new"], {0: 20}) == {"p": first, "q": first}  # that batch, redone
+    assert registrations.of(["p", "q", "new"], {0: 27}) == {"p": later, "q": first, "new": later}  # the next one
+    assert registrations.of(["p"], {1: 0}) == {"p": later}  # another partition's batch
+    assert registrations.of(["p"]) == {"p": later}
 
 
 def resource(
@@ -81,9 +89,14 @@ def test_migration_0009_registers_the_people_the_record_already_holds(database_u
                 "Patient",
                 "by-code",
                 {"generalPractitioner": [{"identifier": {"system": ODS, "value": "Y00002"}}]},
-                at=STUB_TIME,
             ),
             resource("Patient", "no-practice", {}),
+            resource(
+                "Patient",
+                "stub",
+                {"generalPractitioner": [{"identifier": {"system": ODS, "value": "Y9"}}]},
+                at=STUB_TIME,
+            ),
             resource(
                 "Patient",
                 "merged-away",
@@ -102,11 +115,12 @@ def test_migration_0009_registers_the_people_the_record_already_holds(database_u
     upgrade(engine)
 
     assert current_revision(engine) == head_revision() == "0009"
-    found = SqlRegistrations(engine).of(["by-reference", "by-code", "no-practice", "merged-away"])
+    found = SqlRegistrations(engine).of(["by-reference", "by-code", "no-practice", "merged-away", "stub"])
     assert found == {
         "by-reference": Registration(frozenset({"Y00001"}), AT, "event-by-reference"),
-        "by-code": Registration(frozenset({"Y00002"}), STUB_TIME, "event-by-code", stub=True),
-    }
+        "by-code": Registration(frozenset({"Y00002"}), AT, "event-by-code"),
+        "merged-away": Registration(frozenset(), AT, "event-merged-away", merged_into="by-reference"),
+    }  # (a Patient only a referral introduced registers no one)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM person_registration")).scalar() == 1102
+        assert conn.execute(sa.text("SELECT count(*) FROM person_registration")).scalar() == 1103
     engine.dispose()

@@ -1,22 +1,22 @@
-"""Whom a person is registered with, as events say it in log order (hub.core.delivery): newer news wins,
-a referral or register row only introduces a registration, a merge passes one on to a survivor with none."""
+"""Whom a person is registered with, as events say it in log order (hub.core.delivery): newer news
+wins, a referral or register row registers no one, a person merged away is their survivor's."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from hub.core.delivery import Registration, merged_into, note_registrations, registrations_in
+from hub.core.delivery import Registration, merges_in, note_registrations, registered_as, registrations_in
 from hub.core.ports import Json
 from hub.core.record_content import MERGED, REMOVED_URL
-from schemas.events.coordination import REFERRAL_RECEIVED
+from schemas.events.coordination import REFERRAL_RECEIVED, REGISTER_ROW
 
 ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
 T = datetime(2026, 11, 3, 9, tzinfo=UTC)
 ADT = "uk.nhs.carehub.encounter.admitted.v1"
 
 
-def said(practice: str, at: datetime = T, event: str = "e", stub: bool = False) -> Registration:
-    return Registration(frozenset({practice}), at, event, stub)
+def said(practice: str, at: datetime = T, event: str = "e") -> Registration:
+    return Registration(frozenset({practice}), at, event)
 
 
 def test_what_an_event_says_of_registrations() -> None:
@@ -36,30 +36,39 @@ def test_what_an_event_says_of_registrations() -> None:
     retired = {**by_code, "id": "e", "link": [{"type": "replaced-by", "other": {"reference": "Patient/a"}}]}
     resources: list[Json] = [practice, by_reference, by_code, deleted, silent, retired]
 
-    found = registrations_in(ADT, T, "ev", resources)
-
-    assert found == {
+    assert registrations_in(ADT, T, "ev", resources) == {
         "a": Registration(frozenset({"Y1"}), T, "ev"),
         "b": Registration(frozenset({"Y2"}), T, "ev"),
         "c": Registration(frozenset(), T, "ev"),
     }
-    assert registrations_in(REFERRAL_RECEIVED.type, T, "ev", [by_code])["b"].stub
-    assert merged_into(MERGED, resources) == {"e": "a"} and merged_into(ADT, resources) == {}
+    for stub in (REFERRAL_RECEIVED.type, REGISTER_ROW.type):  # a practice a referrer typed registers no one
+        assert registrations_in(stub, T, "ev", [by_code]) == {}
+    assert merges_in(MERGED, resources) == {"e": "a"} and merges_in(ADT, resources) == {}
 
 
-def test_newer_news_wins_and_a_stub_only_introduces() -> None:
+def test_newer_news_wins() -> None:
     held: dict[str, Registration] = {}
-    assert note_registrations(held, {"p": said("Y1", stub=True)}) == {"p"}
-    assert (
-        note_registrations(held, {"p": said("Y9", T + timedelta(days=1), stub=True)}) == set()
-    )  # a stub: held already
-    assert note_registrations(held, {"p": said("Y2", T - timedelta(days=9))}) == {"p"}  # a hospital's word over a stub
-    assert note_registrations(held, {"p": said("Y3", T - timedelta(days=10))}) == set()  # older news
-    assert note_registrations(held, {"p": said("Y4", T - timedelta(days=9), "e2")}) == {"p"}  # as new: later in the log
-    assert held["p"] == said("Y4", T - timedelta(days=9), "e2")
+    assert note_registrations(held, {"p": said("Y1")}) == {"p"}
+    assert note_registrations(held, {"p": said("Y3", T - timedelta(days=1))}) == set()  # older news
+    assert note_registrations(held, {"p": said("Y4", T, "e2")}) == {"p"}  # as new: later in the log
+    assert held["p"] == said("Y4", T, "e2")
 
 
-def test_a_merge_passes_a_registration_on_only_to_a_survivor_with_none() -> None:
-    held = {"old": said("Y1"), "other-old": said("Y2"), "kept": said("Y3")}
-    assert note_registrations(held, {}, {"old": "new", "other-old": "kept"}) == {"new"}
-    assert held["new"] == said("Y1") and held["kept"] == said("Y3")
+def test_a_person_merged_away_is_their_survivors_whatever_is_said_of_them_later() -> None:
+    held = {"old": said("Y1"), "new": said("Y2")}
+    merge = (T + timedelta(hours=1), "merge")
+    assert note_registrations(held, {}, {"old": "new"}, merge) == {"old"}
+    assert registered_as(held, "old") == said("Y2")
+    note_registrations(held, {"old": said("Y9", T + timedelta(hours=2), "late")})  # late news, old identity
+    assert registered_as(held, "old") == said("Y2") and held["old"].merged_into == "new"
+    del held["new"]
+    assert registered_as(held, "old") is None  # a survivor with none: no one, never the old practice
+
+
+def test_a_merge_reversed_makes_its_survivor_active_again_and_loops_reach_no_one() -> None:
+    held = {"a": said("Y1"), "b": said("Y2")}
+    note_registrations(held, {}, {"a": "b"}, (T, "m1"))
+    note_registrations(held, {}, {"b": "a"}, (T, "m2"))  # reversed
+    assert held["a"].merged_into is None and registered_as(held, "b") == Registration(frozenset({"Y1"}), T, "m1")
+    looped = {"a": Registration(frozenset(), T, "x", "b"), "b": Registration(frozenset(), T, "y", "a")}
+    assert registered_as(looped, "a") is None

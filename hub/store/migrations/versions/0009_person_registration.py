@@ -1,12 +1,16 @@
 """Whom each person is registered with, kept by the delivery consumer in log order (an A03 without PD1
 still reaches the practice of a `registered` subscription).
 
-Filled at once from the record's Patients (their generalPractitioner, by ODS code or by reference to
-a practice the record holds; none for a Patient merged away), so that people the hub already knows
-keep reaching their practice: as the record stood at the upgrade, which a delivery consumer behind
-the record consumer then may not have read to yet (it takes its events on from there, in log order).
-The rules of hub.core.delivery as they stood in this revision, written out here so that a later
-change to them does not change what this migration did.
+Filled at once from the record's Patients, so that people the hub already knows keep reaching their
+practice: each one's generalPractitioner (by ODS code, or by reference to a practice the record
+holds), a Patient merged away as merged into its survivor, none from a Patient only a referral or
+register row introduced. As the record stood at the upgrade, which a delivery consumer behind the
+record consumer may not have read to yet (it takes its events on from there, in log order); and as
+the record's Patient says, which may differ from what the delivery consumer would have kept had it
+read every event (the record's Patient goes by its latest write, the registration by the latest
+event to name a practice; another sender's Patient replaces the record's whole). The rules of
+hub.core.delivery as they stood in this revision, written out here so that a later change to them
+does not change what this migration did.
 
 Revision ID: 0009
 Revises: 0008
@@ -40,7 +44,10 @@ def upgrade() -> None:
         sa.Column("practices", JsonColumn, nullable=False),
         sa.Column("event_time", UtcDateTime, nullable=False),
         sa.Column("event_id", sa.String(64), nullable=False),
-        sa.Column("stub", sa.Boolean, nullable=False),
+        sa.Column("merged_into", sa.String(64), nullable=True),
+        sa.Column("log_partition", sa.Integer, nullable=True),
+        sa.Column("log_offset", sa.BigInteger, nullable=True),
+        sa.Column("before", JsonColumn, nullable=True),
     )
     conn = op.get_bind()
     rows: list[dict[str, Any]] = []
@@ -74,8 +81,21 @@ def _registrations(conn: sa.Connection) -> Iterator[dict[str, Any]]:
     row: Any
     for row in conn.execute(query.execution_options(yield_per=_BATCH)):
         rid, at, event_id, content = row
-        if any(link.get("type") == "replaced-by" for link in content.get("link") or []):
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+        row_of = {"person_key": rid, "event_time": at, "event_id": event_id, "merged_into": None}
+        survivor = next(
+            (
+                str(link["other"]["reference"]).removeprefix("Patient/")
+                for link in content.get("link") or []
+                if link.get("type") == "replaced-by" and str((link.get("other") or {}).get("reference", "")).startswith("Patient/")
+            ),
+            None,
+        )
+        if survivor is not None:
+            yield row_of | {"practices": [], "merged_into": survivor}
             continue
+        if at <= _STUB_TIME:
+            continue  # only a referral or register row introduced them: that registers no one
         codes: set[str] = set()
         gp: Any
         for gp in content.get("generalPractitioner") or []:
@@ -84,8 +104,7 @@ def _registrations(conn: sa.Connection) -> Iterator[dict[str, Any]]:
             if ident.get("system") == _ODS and ident.get("value"):
                 codes.add(str(ident["value"]))
         if codes:
-            at = at if at.tzinfo else at.replace(tzinfo=UTC)
-            yield {"person_key": rid, "practices": sorted(codes), "event_time": at, "event_id": event_id, "stub": at <= _STUB_TIME}
+            yield row_of | {"practices": sorted(codes)}
 
 
 def downgrade() -> None:
