@@ -47,20 +47,28 @@ def registered_practices(resources: Sequence[Json]) -> set[str]:
 
 def _ods_codes(resources: Sequence[Json]) -> dict[str, set[str]]:
     return {
-        f"Organization/{r['id']}": {i.get("value") for i in r.get("identifier") or [] if i.get("system") == ODS_SYSTEM}
+        f"Organization/{r['id']}": {
+            str(i["value"]) for i in _dicts(r.get("identifier")) if i.get("system") == ODS_SYSTEM and i.get("value")
+        }
         for r in resources
         if r.get("resourceType") == "Organization"
     }
 
 
 def _practices_of(patient: Json, organisations: Mapping[str, set[str]]) -> set[str]:
+    """The ODS codes a Patient's generalPractitioner gives (entries of another shape give none)."""
     codes: set[str] = set()
-    for gp in patient.get("generalPractitioner") or []:
+    for gp in _dicts(patient.get("generalPractitioner")):
         codes |= {c for c in organisations.get(str(gp.get("reference")), set()) if c}
-        ident = gp.get("identifier") or {}
-        if ident.get("system") == ODS_SYSTEM and ident.get("value"):
+        ident = gp.get("identifier")
+        if isinstance(ident, dict) and ident.get("system") == ODS_SYSTEM and ident.get("value"):
             codes.add(str(ident["value"]))
     return codes
+
+
+def _dicts(items: Any) -> list[Json]:
+    """The objects of a JSON list (none of anything else): the record keeps what senders said."""
+    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,7 @@ def registrations_in(
         codes = _practices_of(patient, organisations)
         deleted = any(
             e.get("url") == REMOVED_URL and e.get("valueCode") == "generalPractitioner"
-            for e in patient.get("extension") or []
+            for e in _dicts(patient.get("extension"))
         )
         if codes or deleted:
             said[str(patient.get("id"))] = Registration(frozenset(codes), event_time, event_id)

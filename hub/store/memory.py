@@ -4,6 +4,7 @@ FakeRepository): the same contract tests run against these and the SQL stores.""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -308,4 +309,11 @@ class MemoryRegistrations:
         before: Mapping[str, Registration | None],
         positions: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
-        self.held.update({k: (r, before.get(k), (positions or {}).get(k)) for k, r in registrations.items()})
+        for key, registration in registrations.items():
+            stored = self.held.get(key)
+            was = before.get(key)
+            if registration.merged_into is None and not (was and was.merged_into) and stored and stored[0].merged_into:
+                registration = dataclasses.replace(
+                    registration, merged_into=stored[0].merged_into
+                )  # (as the SQL store)
+            self.held[key] = (registration, was, (positions or {}).get(key))

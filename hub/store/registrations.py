@@ -44,6 +44,10 @@ def _from_json(said: Mapping[str, Any] | None) -> Registration | None:
     return Registration(frozenset(said["practices"]), at, str(said["event_id"]), said.get("merged_into"))
 
 
+def _merged(registration: Registration | None) -> bool:
+    return registration is not None and registration.merged_into is not None
+
+
 class SqlRegistrations:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -93,11 +97,19 @@ class SqlRegistrations:
             }
             for person, r in sorted(registrations.items())
         ]
+        # a merge another worker kept meanwhile (the survivor's partition, read by another consumer)
+        # stays, unless this batch itself reversed one it had read: a person merged away never
+        # becomes their own again by a batch that read them before the merge
+        reversed_ = {p for p, r in registrations.items() if r.merged_into is None and _merged(before.get(p))}
         with store_errors(), self.engine.connect().execution_options(immediate=True) as conn:
             conn.begin()
-            stmt = _insert(conn, R)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[R.c.person_key], set_={c: stmt.excluded[c] for c in _COLUMNS}
-            )
-            conn.execute(stmt, rows)
+            for reversing in (False, True):
+                chosen = [row for row in rows if (row["person_key"] in reversed_) is reversing]
+                if not chosen:
+                    continue
+                stmt = _insert(conn, R)
+                set_ = {c: stmt.excluded[c] for c in _COLUMNS}
+                if not reversing:
+                    set_["merged_into"] = sa.func.coalesce(stmt.excluded.merged_into, R.c.merged_into)
+                conn.execute(stmt.on_conflict_do_update(index_elements=[R.c.person_key], set_=set_), chosen)
             conn.commit()

@@ -124,3 +124,37 @@ def test_migration_0009_registers_the_people_the_record_already_holds(database_u
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM person_registration")).scalar() == 1103
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"resourceType": "Patient", "id": "gp-string", "generalPractitioner": ["Organization/x"]},
+        {
+            "resourceType": "Patient",
+            "id": "gp-identifier-list",
+            "generalPractitioner": [{"identifier": [{"value": "Y1"}]}],
+        },
+        {"resourceType": "Patient", "id": "link-without-other", "link": [{"type": "replaced-by"}]},
+        {"resourceType": "Organization", "id": "identifier-string", "identifier": ["Y00001"]},
+    ],
+    ids=lambda odd: odd["id"],
+)
+def test_migration_0009_takes_whatever_shape_the_record_kept(database_url: str, odd: dict[str, Any]) -> None:
+    # (review: the record keeps what senders said; an entry of another shape stopped the upgrade)
+    engine = open_engine(database_url, migrate=False)
+    config = _config()
+    with engine.connect().execution_options(immediate=True) as connection, connection.begin():
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0008")
+    with SqlRecordUnitOfWork(engine) as uow:
+        uow.put(
+            resource(odd["resourceType"], odd["id"], {k: v for k, v in odd.items() if k not in ("resourceType", "id")})
+        )
+        uow.commit()
+
+    upgrade(engine)
+
+    assert current_revision(engine) == "0009"
+    assert SqlRegistrations(engine).of([odd["id"]]) == {}
+    engine.dispose()

@@ -198,3 +198,50 @@ def test_a_batch_redone_decides_as_it_did_the_first_time(tmp_path: Path) -> None
     later = adt(services, trigger="A03", control_id="B4", practice=None, visit="V2", event_time="202611041000")
     assert deliver(services, later, [(0, 4)]) == [("Y00002", later[0].id)]  # the next batch: moved
     services.engine.dispose()
+
+
+class MeanwhileStore:
+    """The registrations store, with another worker's batch kept just after this worker first reads."""
+
+    def __init__(self, inner: Any, meanwhile: Any) -> None:
+        self.inner, self.meanwhile = inner, meanwhile
+
+    def of(self, keys: Any, starts: Any = None) -> Any:
+        found = self.inner.of(keys, starts)
+        if self.meanwhile is not None:
+            run, self.meanwhile = self.meanwhile, None
+            run()
+        return found
+
+    def save(self, *args: Any) -> None:
+        self.inner.save(*args)
+
+
+def test_a_merge_another_worker_keeps_meanwhile_is_not_undone(tmp_path: Path) -> None:
+    # (review: two delivery workers; one read the retired person's row before the other kept their
+    # merge, then saved that row as it had read it, and the person reached their old practice again)
+    services = hub(tmp_path)
+    old = adt(services, trigger="A01", control_id="W1", nhs_number=None, mrn="MOLD", practice="Y00001",
+              event_time="202611010930")  # fmt: skip
+    new = adt(services, trigger="A01", control_id="W2", mrn="M100", practice="Y00002", visit="V2",
+              event_time="202611011000")  # fmt: skip
+    merge = adt(services, trigger="A40", control_id="W3", mrn="M100", merged_mrn="MOLD", practice=None,
+                event_time="202611021000")  # fmt: skip
+    restated = adt(services, trigger="A08", control_id="W4", nhs_number=None, mrn="MOLD", practice="Y00001",
+                   event_time="202611020900")  # fmt: skip
+    late = adt(services, trigger="A03", control_id="W5", nhs_number=None, mrn="MOLD", practice=None, visit="V9",
+               event_time="202611021100")  # fmt: skip
+    deliver(services, old, [(0, 1)])
+    deliver(services, new, [(1, 1)])
+    store = services.registrations
+
+    def other_worker() -> None:
+        services.registrations = store
+        deliver(services, merge, [(1, 2)])
+
+    services.registrations = cast(Any, MeanwhileStore(store, other_worker))
+    deliver(services, restated, [(0, 2)])
+    services.registrations = store
+
+    assert deliver(services, late, [(0, 3)]) == [("Y00002", late[0].id)]
+    services.engine.dispose()

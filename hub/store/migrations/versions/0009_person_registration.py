@@ -73,7 +73,7 @@ def _registrations(conn: sa.Connection) -> Iterator[dict[str, Any]]:
     query = sa.select(resource.c.id, resource.c.content).where(resource.c.resource_type == "Organization")
     for rid, content in conn.execute(query):
         practices[f"Organization/{rid}"] = {
-            str(i.get("value")) for i in content.get("identifier") or [] if i.get("system") == _ODS and i.get("value")
+            str(i.get("value")) for i in _dicts(content.get("identifier")) if i.get("system") == _ODS and i.get("value")
         }
     query = sa.select(resource.c.id, resource.c.event_time, resource.c.source_event_id, resource.c.content).where(
         resource.c.resource_type == "Patient"
@@ -85,9 +85,11 @@ def _registrations(conn: sa.Connection) -> Iterator[dict[str, Any]]:
         row_of = {"person_key": rid, "event_time": at, "event_id": event_id, "merged_into": None}
         survivor = next(
             (
-                str(link["other"]["reference"]).removeprefix("Patient/")
-                for link in content.get("link") or []
-                if link.get("type") == "replaced-by" and str((link.get("other") or {}).get("reference", "")).startswith("Patient/")
+                str(other["reference"]).removeprefix("Patient/")
+                for link in _dicts(content.get("link"))
+                if link.get("type") == "replaced-by"
+                and isinstance(other := link.get("other"), dict)
+                and str(other.get("reference", "")).startswith("Patient/")
             ),
             None,
         )
@@ -97,14 +99,18 @@ def _registrations(conn: sa.Connection) -> Iterator[dict[str, Any]]:
         if at <= _STUB_TIME:
             continue  # only a referral or register row introduced them: that registers no one
         codes: set[str] = set()
-        gp: Any
-        for gp in content.get("generalPractitioner") or []:
+        for gp in _dicts(content.get("generalPractitioner")):
             codes |= practices.get(str(gp.get("reference")), set())
-            ident = gp.get("identifier") or {}
-            if ident.get("system") == _ODS and ident.get("value"):
+            ident = gp.get("identifier")
+            if isinstance(ident, dict) and ident.get("system") == _ODS and ident.get("value"):
                 codes.add(str(ident["value"]))
         if codes:
             yield row_of | {"practices": sorted(codes)}
+
+
+def _dicts(items: Any) -> list[dict[str, Any]]:
+    """The objects of a JSON list (none of anything else: the record keeps what senders said)."""
+    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
 
 
 def downgrade() -> None:
