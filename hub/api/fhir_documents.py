@@ -49,6 +49,9 @@ def capability_statement(base: str, api: Json) -> Json:
         "rest": [
             {
                 "mode": "server",
+                "documentation": "Searches ignore a parameter they do not take, or take once only, and "
+                "name it in the Bundle's OperationOutcome; with `Prefer: handling=strict` such a search "
+                "is refused (400, not-supported) before anything is read.",
                 "security": {
                     "service": [
                         {"coding": [{"system": "http://hl7.org/fhir/restful-security-service", "code": "OAuth"}]}

@@ -243,7 +243,21 @@ def test_prefer_handling_strict_refuses_a_search_with_a_parameter_it_would_not_u
     since = http.get("/fhir/Patient/p1/$everything?_since=2026-01-01", headers=headers)
     fine = http.get(f"/fhir/Patient?identifier={NHS}|{NHS_NUMBER}", headers=headers)
 
-    for response, named in ((unknown, ["name"]), (repeated, ["identifier"]), (since, ["_since"])):
+    # every Prefer header is one list; whitespace around = and a quoted value allowed; the first handling counts
+    spelled = []
+    for prefer in (["handling = strict"], ['handling="strict"'], ["return=minimal", "handling=strict"],
+                   ["handling=strict, handling=lenient"]):  # fmt: skip
+        headers_ = [("Authorization", f"Bearer {token}"), *(("Prefer", p) for p in prefer)]
+        spelled.append(
+            (http.get(f"/fhir/Patient?identifier={NHS}|{NHS_NUMBER}&name=Smith", headers=headers_), ["name"])
+        )
+    lenient = http.get(
+        f"/fhir/Patient?identifier={NHS}|{NHS_NUMBER}&name=Smith",
+        headers={"Authorization": f"Bearer {token}", "Prefer": "handling=lenient, handling=strict"},
+    )
+    assert fhir(lenient, 200)["total"] == 1
+
+    for response, named in ((unknown, ["name"]), (repeated, ["identifier"]), (since, ["_since"]), *spelled):
         [issue] = fhir(response, 400)["issue"]
         assert issue["code"] == "not-supported" and issue["expression"] == named, issue
         assert "handling=strict" in issue["diagnostics"]

@@ -436,15 +436,24 @@ def handled(request: Request, reads: tuple[str, ...]) -> None:
     """FHIR's Prefer: handling=strict: a search with a parameter it would not use is refused (400,
     before anything is read or disclosed), rather than carried out without it, as it is by default
     (handling=lenient: the Bundle then says which it ignored)."""
-    wanted = {p.strip().lower() for p in re.split(r"[,;]", request.headers.get("prefer", ""))}
     unused = ignored(request, reads)
-    if "handling=strict" in wanted and unused:
+    if unused and _handling(request) == "strict":
         raise InvalidMessageError(
             f"this search does not take {', '.join(unused)} (once each of: {', '.join(reads) or 'none'}), and "
             "Prefer: handling=strict asks for that to be refused rather than ignored",
             tuple(unused),
             code="not-supported",
         )
+
+
+def _handling(request: Request) -> str:
+    """The `handling` preference (RFC 7240): every Prefer header taken as one list, whitespace around
+    `=` and a quoted value allowed, the first `handling` the one that counts; lenient by default."""
+    for part in re.split(r"[,;]", ",".join(request.headers.getlist("prefer"))):
+        name, _, value = part.partition("=")
+        if name.strip().lower() == "handling":
+            return value.strip().strip('"').strip().lower()
+    return "lenient"
 
 
 def _self_link(request: Request, reads: tuple[str, ...]) -> str:
