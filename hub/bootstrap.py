@@ -361,6 +361,8 @@ async def running(
                     settings.mllp.port,
                     limit=settings.mllp.max_message_bytes,
                     connections=settings.mllp.max_connections,
+                    per_host=settings.mllp.max_connections_per_host,
+                    quiet=settings.mllp.quiet_close_s,
                 )
                 stack.push_async_callback(_close_server, server)
                 run.mllp_port = server.sockets[0].getsockname()[1]

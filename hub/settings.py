@@ -36,6 +36,12 @@ class MllpSettings(BaseModel):
     max_connections: int = Field(
         default=200, ge=0, description="connections open at once (0: no limit); one more is closed unread"
     )
+    max_connections_per_host: int = Field(
+        default=50, ge=0, description="connections open at once from one address (0: no limit)"
+    )
+    quiet_close_s: float = Field(
+        default=0.0, ge=0, description="close a connection that sends no complete frame for this long (0: never)"
+    )
 
 
 class HttpSettings(BaseModel):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -63,40 +64,72 @@ async def serve(
     limit: int,
     idle: float = 10.0,
     connections: int = 0,
+    per_host: int = 0,
+    quiet: float = 0.0,
 ) -> asyncio.Server:
     """Listen for MLLP; `receive(frame, origin)` returns the ACK, `refuse(frame)` answers a bad frame.
-    At most `connections` at once (0: no limit): one more is closed at once, unread, and said at
-    WARNING, so that a sender that opens connections and never closes them (or a flood of them)
-    cannot take every file descriptor the hub has; the senders already connected go on."""
+
+    At most `connections` at once, and `per_host` from one address (0: no limit): one more is closed
+    at once, unread, and said at WARNING (once a minute an address, with how many since), so that a
+    sender that opens connections and never closes them, or a flood of them, cannot take every file
+    descriptor the hub has, nor, from one address, every place the others need. `quiet` (seconds, 0:
+    never) closes a connection that sends no complete frame for that long, between frames or in the
+    middle of one: a place held by a sender that has gone silent is freed."""
     open_now = 0
+    by_host: dict[str, int] = {}
+    refusals = _Refusals()
 
     async def on_connection(reader: HL7StreamReader, writer: HL7StreamWriter) -> None:
         nonlocal open_now
         peer = writer.get_extra_info("peername") or ("?", 0)
-        origin = f"mllp:{peer[0]}:{peer[1]}"
+        address, origin = str(peer[0]), f"mllp:{peer[0]}:{peer[1]}"
+        full = ""
         if connections and open_now >= connections:
-            log.warning(
-                "MLLP connection from %s closed: %d are open, the most this listener takes (mllp.max_connections)",
-                origin,
-                open_now,
-            )
+            full = f"{open_now} are open, the most this listener takes (mllp.max_connections)"
+        elif per_host and by_host.get(address, 0) >= per_host:
+            full = f"{by_host[address]} are open from it, the most one address holds (mllp.max_connections_per_host)"
+        if full:
+            refusals.say(address, origin, full)
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
             return
         open_now += 1
+        by_host[address] = by_host.get(address, 0) + 1
         try:
-            await _converse(reader, writer, receive, refuse, _Framing(origin, limit, idle))
+            await _converse(reader, writer, receive, refuse, _Framing(origin, limit, idle, quiet))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             open_now -= 1
+            by_host[address] -= 1
+            if not by_host[address]:
+                del by_host[address]
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
     server: asyncio.Server = await start_hl7_server(on_connection, host, port, limit=limit)
     return server
+
+
+class _Refusals:
+    """Connections closed for want of a place, said at WARNING at most once a minute an address."""
+
+    EVERY_S = 60.0
+
+    def __init__(self) -> None:
+        self._said: dict[str, tuple[float, int]] = {}  # address: (when last said, closed since)
+
+    def say(self, address: str, origin: str, why: str) -> None:
+        now = time.monotonic()
+        last, since = self._said.get(address, (-self.EVERY_S, 0))
+        if now - last < self.EVERY_S:
+            self._said[address] = (last, since + 1)
+            return
+        more = f" ({since} more from this address closed in the last minute)" if since else ""
+        log.warning("MLLP connection from %s closed: %s%s", origin, why, more)
+        self._said[address] = (now, 0)
 
 
 @dataclass(frozen=True)
@@ -106,6 +139,7 @@ class _Framing:
     origin: str
     limit: int
     idle: float
+    quiet: float = 0.0  # seconds without a complete frame before the connection is closed (0: never)
 
 
 async def _converse(
@@ -127,9 +161,15 @@ async def _converse(
 async def _read_frame(reader: HL7StreamReader, framing: _Framing) -> bytes | RefusedFrame | None:
     """The next frame's message, a refused frame, or None when the sender has gone."""
     try:
-        block: bytes = await reader.readuntil(END_BLOCK)
+        if framing.quiet:
+            block: bytes = await asyncio.wait_for(reader.readuntil(END_BLOCK), framing.quiet)
+        else:
+            block = await reader.readuntil(END_BLOCK)
     except asyncio.IncompleteReadError:
         return None  # gone between frames or mid-frame: there is no one to answer
+    except TimeoutError:
+        log.info("MLLP connection from %s closed: no complete frame for %g seconds", framing.origin, framing.quiet)
+        return None
     except asyncio.LimitOverrunError:
         return await _oversize(reader, framing)
     # the last start block: before it, whatever came between frames, a frame cut off (the sender dropped

@@ -278,3 +278,43 @@ async def test_a_connection_past_the_most_allowed_is_closed_unread_and_those_ope
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_one_address_holds_at_most_its_share_and_refusals_are_said_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # (review: one sender leaking connections took every place, and each refusal was a WARNING)
+    echo = Echo()
+    server = await serve(echo.receive, echo.refuse, "127.0.0.1", 0, limit=LIMIT, idle=IDLE, connections=10, per_host=2)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        held = [await raw_connection(port) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        for _ in range(3):
+            reader, writer = await raw_connection(port)
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, unread
+            await close(writer)
+        said = [r.getMessage() for r in caplog.records if "closed: 2 are open from it" in r.getMessage()]
+        assert len(said) == 1, said  # once, not three times
+        for _, writer in held:
+            await close(writer)
+        await asyncio.sleep(0.2)
+        await still_serves(port)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_connection_quiet_for_quiet_seconds_is_closed_and_its_place_freed() -> None:
+    echo = Echo()
+    server = await serve(echo.receive, echo.refuse, "127.0.0.1", 0, limit=LIMIT, idle=IDLE, connections=1, quiet=0.5)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await raw_connection(port)
+        writer.write(VT + b"MSH|^~\\&|half a frame")  # then nothing more
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the listener
+        await close(writer)
+        await still_serves(port)  # the one place free again; a frame within the time is answered
+    finally:
+        server.close()
+        await server.wait_closed()
