@@ -341,7 +341,6 @@ async def running(
             broker,
             key_secret=services.secrets.key,
             publish_timeout=settings.kafka.publish_timeout_s,
-            reader=services.reader,
         )
         stack = contextlib.AsyncExitStack()
         try:

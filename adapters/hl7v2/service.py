@@ -9,19 +9,17 @@ transport refuses (too big, bad framing) is answered AR and what was read of it 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from faststream.kafka import KafkaBroker
 
 from adapters.hl7v2.message import Header, read_header, split_batch
 from adapters.hl7v2.replies import ack
-from adapters.hl7v2.to_fhir import NHS_SYSTEM, MappedEvent, map_message, traced
+from adapters.hl7v2.to_fhir import map_message
 from adapters.hl7v2.transport import RefusedFrame
 from adapters.publishing import Publisher
 from hub.core.errors import (
@@ -30,8 +28,6 @@ from hub.core.errors import (
     InvalidMessageError,
     UnsupportedMessageError,
 )
-from hub.core.ports import RecordReader
-from hub.core.record_content import replaced_by
 from schemas.events.rejected import (
     HL7_V2_CONTENT_TYPE,
 )
@@ -41,22 +37,6 @@ log = logging.getLogger(__name__)
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _may_join(held: dict[str, Any], event: MappedEvent) -> bool:
-    """Whether a Patient held under a hospital number alone is the person `event` is about: not merged
-    away already, and with no NHS number but theirs."""
-    if replaced_by(held):
-        return False
-    ours = {
-        i.get("value")
-        for e in event.payload["entry"]
-        if e["resource"]["resourceType"] == "Patient"
-        for i in e["resource"].get("identifier") or []
-        if i.get("system") == NHS_SYSTEM
-    }
-    theirs = {i.get("value") for i in held.get("identifier") or [] if i.get("system") == NHS_SYSTEM}
-    return theirs <= ours
 
 
 @dataclass(frozen=True)
@@ -82,11 +62,9 @@ class HospitalIntake:
         key_secret: bytes,
         publish_timeout: float = 5.0,
         clock: Callable[[], datetime] = _utcnow,
-        reader: RecordReader | None = None,
     ) -> None:
         self._key_secret = key_secret
         self._clock = clock
-        self._reader = reader
         self._out = Publisher(broker, timeout=publish_timeout, clock=clock, unit="the message", retry="send it again")
 
     async def receive(self, frame: bytes, origin: str) -> bytes:
@@ -120,7 +98,6 @@ class HospitalIntake:
         except InvalidMessageError as error:
             return await self._reject(raw, header, error, origin)
         try:
-            events = await self._linked(events)
             for event in events:
                 await self._out.event(event)
         except BrokerUnavailableError as error:
@@ -129,24 +106,6 @@ class HospitalIntake:
         log.debug("message %s accepted: %d event(s)", control_id, len(events))
         ids = tuple(e.event_id for e in events)
         return Outcome(control_id, "AA", len(events), event_ids=ids), self._ack(header, None)
-
-    async def _linked(self, events: list[MappedEvent]) -> list[MappedEvent]:
-        """`events`, each after the merge (`traced`) of any record the hub holds of its person under a
-        hospital number alone into their NHS-numbered one: the NHS number traced since (a PAS sends a
-        hospital number alone until then). Looked up in the record as it stands, so a message that
-        comes before the record has the hospital-number one links nothing; the next one that names
-        both does. A record under that number with another NHS number, or merged away, is left."""
-        if self._reader is None or not any(e.aliases for e in events):
-            return events
-        linked: list[MappedEvent] = []
-        for event in events:
-            for alias, identifier in event.aliases:
-                held = await asyncio.to_thread(self._reader.read, "Patient", alias)
-                if held is not None and _may_join(held, event):
-                    log.info("message %s links a record held under a hospital number alone", event.control_id)
-                    linked.append(traced(event, alias, identifier))
-            linked.append(event)
-        return linked
 
     async def _reject(self, raw: bytes, header: Header | None, error: HubError, origin: str) -> tuple[Outcome, bytes]:
         control_id = header.control_id if header else ""

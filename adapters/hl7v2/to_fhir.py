@@ -11,7 +11,6 @@ event, applied, never taken for a resend.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -107,16 +106,12 @@ class MappedEvent:
     event_time: datetime
     person_key: str
     payload: Json
-    # the keys this person has under each of their hospital numbers alone (an NHS-numbered person: see
-    # traced), with that identifier: where one of them is on the record, its person is this one
-    aliases: tuple[tuple[str, Json], ...] = ()
 
 
 @dataclass(frozen=True)
 class _Person:
     key: str
     identifiers: list[Json]
-    aliases: tuple[tuple[str, Json], ...] = ()
 
 
 def map_message(raw: bytes, *, key_secret: bytes, now: datetime | None = None) -> list[MappedEvent]:
@@ -147,23 +142,7 @@ def map_message(raw: bytes, *, key_secret: bytes, now: datetime | None = None) -
         raise InvalidMessageError(f"PV1 is required in an ADT^{trigger}", ("PV1",), code="required")
     if pv1 is not None and trigger not in ("A28", "A31"):
         resources.append(_encounter(f, pv1, trigger, sender, message_key, person.key, latest))
-    event = _event(trigger, sender, control_id, message_key, when, person.key, resources)
-    return [dataclasses.replace(event, aliases=person.aliases) if person.aliases else event]
-
-
-def traced(event: MappedEvent, alias: str, identifier: Json) -> MappedEvent:
-    """The merge (as an A40 would say it) of the person the record holds under a hospital number alone
-    (`alias`, keyed by `identifier`) into the NHS-numbered person `event` is about: a PAS sends a
-    hospital number first (an admission before the NHS number is traced) and both later, and without
-    this the record would hold one person as two. Its id is the same however often it is made."""
-    resources = [dict(e["resource"]) for e in event.payload["entry"]]
-    survivor = next(r for r in resources if r["resourceType"] == "Patient" and r["id"] == event.person_key)
-    survivor["link"] = [{"other": {"reference": f"Patient/{alias}"}, "type": "replaces"}]
-    old = {"resourceType": "Patient", "id": alias, "active": False, "identifier": [identifier]}
-    old["link"] = [{"other": {"reference": f"Patient/{event.person_key}"}, "type": "replaced-by"}]
-    kept = [r for r in resources if r["resourceType"] in ("Patient", "Organization")]
-    key = f"traced|{alias}|{event.person_key}"
-    return _event("A40", event.sender, event.control_id, key, event.event_time, event.person_key, [*kept, old])
+    return [_event(trigger, sender, control_id, message_key, when, person.key, resources)]
 
 
 def _event_time(f: Fields, msh: Any, latest: datetime | None) -> datetime:
@@ -246,7 +225,6 @@ def _person(f: Fields, segment: Any, name: str, sender: str, secret: bytes) -> _
     nhs: str | None = None
     identifiers: list[Json] = []
     local: tuple[str, str] | None = None
-    locals_: list[tuple[str, str]] = []
     placeholder = ""
     for cx in f.reps(segment, field):
         value, authority = cx[0], (cx[3] if len(cx) > 3 else "")
@@ -268,7 +246,6 @@ def _person(f: Fields, segment: Any, name: str, sender: str, secret: bytes) -> _
             scope = re.sub(r"[^A-Za-z0-9._-]", "_", authority or sender)
             identifiers.append({"system": MRN_SYSTEM + scope, "value": value})
             local = local or (scope, value)
-            locals_.append((scope, value))
     if nhs is None and local is None:
         if placeholder:
             raise InvalidMessageError(
@@ -278,13 +255,7 @@ def _person(f: Fields, segment: Any, name: str, sender: str, secret: bytes) -> _
                 code="value",
             )
         raise InvalidMessageError(f"{where} has no patient identifier with a value", (where,), code="required")
-    aliases: tuple[tuple[str, Json], ...] = ()
-    if nhs is not None:
-        aliases = tuple(
-            (person_key(secret, None, (scope, value)), {"system": MRN_SYSTEM + scope, "value": value})
-            for scope, value in dict.fromkeys(locals_)
-        )
-    return _Person(person_key(secret, nhs, local), identifiers, aliases)
+    return _Person(person_key(secret, nhs, local), identifiers)
 
 
 def _is_nhs_number(cx: list[str]) -> bool:

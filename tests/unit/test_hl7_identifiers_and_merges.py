@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from adapters.hl7v2.service import HospitalIntake
-from adapters.hl7v2.to_fhir import MappedEvent, map_message, traced
+from adapters.hl7v2.to_fhir import MappedEvent, map_message
 from hub.core.errors import InvalidMessageError
 from hub.core.ports import RecordEvent
 from hub.core.record import apply_events
@@ -222,66 +222,3 @@ async def test_the_review_repro_a40_is_answered_aa_and_nothing_is_dead_lettered(
     msa = next(s for s in reply.decode().split("\r") if s.startswith("MSA")).split("|")
     assert (outcome.code, msa[1], msa[2]) == ("AA", "AA", "M5")
     assert broker.on(DEAD_LETTER.name) == []
-
-
-# --- an NHS number traced after a hospital number alone ------------------------------------------
-
-
-class Record:
-    """What the intake reads of the record: Patients by id."""
-
-    def __init__(self, *patients: dict[str, Any]) -> None:
-        self.patients = {str(p["id"]): p for p in patients}
-
-    def read(self, resource_type: str, id: str) -> dict[str, Any] | None:
-        return self.patients.get(id) if resource_type == "Patient" else None
-
-
-def hospital_number_key(mrn: str = "M100", sender: str = "RXX") -> str:
-    return one_event(an_adt(trigger="A01", nhs_number=None, mrn=mrn, sender=sender)).person_key
-
-
-def test_an_nhs_numbered_person_carries_the_keys_of_their_hospital_numbers_alone() -> None:
-    both = one_event(an_adt(trigger="A08", mrn="M100"))
-    assert both.aliases == ((hospital_number_key(), {"system": MRN + "RXX", "value": "M100"}),)
-    assert one_event(an_adt(trigger="A08", nhs_number=None, mrn="M100")).aliases == ()
-
-
-def test_the_merge_a_trace_makes_is_an_a40s_and_the_same_event_whichever_message_makes_it() -> None:
-    alias, identifier = one_event(an_adt(trigger="A08", control_id="X1", mrn="M100")).aliases[0]
-    made = [traced(one_event(an_adt(trigger=t, control_id=c, mrn="M100")), alias, identifier)
-            for t, c in (("A08", "X1"), ("A03", "X2"))]  # fmt: skip
-    first = made[0]
-
-    assert first.event_type == pat.PATIENT_MERGED.type and first.person_key == key_of_nhs_number()
-    assert made[0].event_id == made[1].event_id
-    survivor, retired = patients(first)
-    assert survivor["id"] == first.person_key and survivor["link"][0]["type"] == "replaces"
-    link = [{"other": {"reference": f"Patient/{first.person_key}"}, "type": "replaced-by"}]
-    assert retired == {
-        "resourceType": "Patient",
-        "id": alias,
-        "active": False,
-        "identifier": [identifier],
-        "link": link,
-    }
-
-
-async def test_the_intake_merges_a_hospital_number_record_first_unless_it_is_someone_elses_or_merged_already() -> None:
-    alias = hospital_number_key()
-    message = an_adt(trigger="A08", control_id="X1", mrn="M100")
-    plain = {"resourceType": "Patient", "id": alias, "identifier": [{"system": MRN + "RXX", "value": "M100"}]}
-    another = {**plain, "identifier": [{"system": NHS, "value": "9990000018"}]}
-    merged = {**plain, "link": [{"type": "replaced-by", "other": {"reference": "Patient/someone"}}]}
-
-    async def published(record: Record | None) -> list[str]:
-        broker = RecordingBroker()
-        hub = HospitalIntake(broker, key_secret=SECRET, clock=lambda: NOW, reader=record)  # type: ignore[arg-type]
-        outcome, _ = await hub.accept(message, "mllp:test")
-        assert outcome.code == "AA"
-        return [headers["ce_type"] for _, _, _, headers in broker.sent]
-
-    updated = "uk.nhs.carehub.patient.updated.v1"
-    assert await published(Record(plain)) == [pat.PATIENT_MERGED.type, updated]
-    for record in (Record(another), Record(merged), Record(), None):
-        assert await published(record) == [updated]
