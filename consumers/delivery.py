@@ -225,9 +225,9 @@ class Deliverer:
         """Deliver a batch in order; the number of topic deliveries made. The record has applied each
         event before it is delivered, and the whole batch before this returns (and the batch is
         committed), so nothing later is ever applied before it. Whom each person is registered with
-        is taken on from each event in log order, and kept when the batch is done, with where on the
-        log each change came from (`positions`: each event's partition and offset), so that the batch
-        redone after a crash starts from the registrations as they were before it."""
+        is taken on from each event in log order, and kept when the batch is done, with where the
+        batch began on each partition (from `positions`: each event's partition and offset), so that
+        the batch redone after a crash starts from the registrations as they were before it."""
         delivered = done = 0
         named = {e.id: _people_of(e) for e in events}  # (each event's resources read once a batch)
         people = {p for found in named.values() for p in found}
@@ -236,7 +236,7 @@ class Deliverer:
         starts = _starts(positions)
         held = await asyncio.to_thread(self.registrations.of, people | registered, starts)
         batch = _Registrations(held, dict(held), starts, people | registered)
-        changed: dict[str, Position | None] = {}
+        changed: set[str] = set()
         active = await asyncio.to_thread(self.subscriptions.active)  # once a batch, not once an event
         consents = await asyncio.to_thread(self.policy.consents_of, people) if self.enforce else {}
         wanted = {e.id for e in events if any(e.type in s.events for s in active)}
@@ -244,8 +244,7 @@ class Deliverer:
         for at, event in enumerate(events):
             try:
                 news = said[event.id]
-                for person in note_registrations(held, news.registrations, news.merged, (event.time, event.id)):
-                    changed[person] = positions[at] if positions else None
+                changed |= note_registrations(held, news.registrations, news.merged, (event.time, event.id))
                 subs = [s for s in active if event.type in s.events]
                 changes = event.type in (CONSENT_RECORDED.type, MERGED)  # whose consents hold for whom
                 if subs or changes:  # (an objection, or a merge, holds for every later event about them)
@@ -267,9 +266,8 @@ class Deliverer:
         await self._follow(events[done:], record)
         if changed:
             kept = {p: held[p] for p in changed}
-            moved = {p: at for p, at in changed.items() if at is not None}
             before = {p: batch.start.get(p) for p in changed}
-            await asyncio.to_thread(self.registrations.save, kept, before, moved)
+            await asyncio.to_thread(self.registrations.save, kept, before, starts)
         return delivered
 
     async def _registered(self, people: Collection[str], batch: _Registrations) -> set[str]:

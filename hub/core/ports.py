@@ -167,9 +167,9 @@ class DeadLetters(Protocol):
 
 class Registrations(Protocol):
     """Whom each person is registered with, as the delivery consumer has read it in log order
-    (hub.core.delivery.Registration, rules in hub.core.delivery.note_registrations). A row changed
-    at or after a batch's first offset on its partition (`starts`) is read as it stood before, so a
-    batch redone after a crash decides as its first run did (hub.store.registrations)."""
+    (hub.core.delivery.Registration, rules in hub.core.delivery.note_registrations). A row a batch
+    beginning at `starts` (each partition's first offset) changed before is read as it stood before
+    that, so a batch redone after a crash decides as its first run did (hub.store.registrations)."""
 
     def of(self, person_keys: Collection[str], starts: Mapping[int, int] | None = None) -> dict[str, Any]: ...
 
@@ -177,7 +177,7 @@ class Registrations(Protocol):
         self,
         registrations: Mapping[str, Any],
         before: Mapping[str, Any],
-        positions: Mapping[str, tuple[int, int]] | None = None,
+        starts: Mapping[int, int] | None = None,
     ) -> None: ...
 
 

@@ -9,12 +9,13 @@ import hashlib
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from hub.core.delivery import Registration
 from hub.core.huddle import practice_codes
 from hub.core.ledger import Disclosure, Entry, seal
 from hub.core.ports import Json, StoredResource
+from hub.store.registrations import as_of, snapshots_after
 from hub.store.sql import content_key, identifiers_of
 
 
@@ -287,33 +288,30 @@ class MemoryCoordinationUnitOfWork:
 
 
 class MemoryRegistrations:
-    """Whom each person is registered with (hub.store.registrations), in a dict."""
+    """Whom each person is registered with (hub.store.registrations, whose rules it shares), in a dict."""
 
     def __init__(self) -> None:
-        self.held: dict[str, tuple[Registration, Registration | None, tuple[int, int] | None]] = {}
+        self.held: dict[str, tuple[Registration, dict[str, Any]]] = {}
 
     def of(self, person_keys: Collection[str], starts: Mapping[int, int] | None = None) -> dict[str, Registration]:
         found: dict[str, Registration] = {}
         for key in person_keys:
             if key in self.held:
-                now, before, at = self.held[key]
-                redone = at is not None and at[0] in (starts or {}) and at[1] >= (starts or {})[at[0]]
-                kept = before if redone else now
-                if kept is not None:
-                    found[key] = kept
+                now, snapshots = self.held[key]
+                seen = as_of(now, snapshots, starts or {})
+                if seen is not None:
+                    found[key] = seen
         return found
 
     def save(
         self,
         registrations: Mapping[str, Registration],
         before: Mapping[str, Registration | None],
-        positions: Mapping[str, tuple[int, int]] | None = None,
+        starts: Mapping[int, int] | None = None,
     ) -> None:
         for key, registration in registrations.items():
-            stored = self.held.get(key)
+            stored, snapshots = self.held.get(key, (None, {}))
             was = before.get(key)
-            if registration.merged_into is None and not (was and was.merged_into) and stored and stored[0].merged_into:
-                registration = dataclasses.replace(
-                    registration, merged_into=stored[0].merged_into
-                )  # (as the SQL store)
-            self.held[key] = (registration, was, (positions or {}).get(key))
+            if registration.merged_into is None and not (was and was.merged_into) and stored and stored.merged_into:
+                registration = dataclasses.replace(registration, merged_into=stored.merged_into)  # (as the SQL store)
+            self.held[key] = (registration, snapshots_after(snapshots, starts or {}, was))

@@ -1,12 +1,15 @@
 """Whom each person is registered with, as the delivery consumer read it in log order (the rules
 are hub.core.delivery's; this keeps what they decided).
 
-Each row also keeps what it was before the batch that last changed it (`before`), and where on the
-log the event that changed it is (partition, offset): a batch redone (the consumer stopped after
-saving it, before its offsets were committed, or its partitions moved to another consumer) starts at
-or before that offset, and reads the row as it was before, so the redone batch decides as the first
-run did, not by the registration the batch itself left. (By position, not by event id: the same
-event sent twice, as a retransmitted HL7 message is, is two records, and the second no redo.)"""
+Each row also keeps, for each partition of the batches that changed it, what it was before the last
+such batch and where that batch began on the partition (`before`: {partition: {offset, seq,
+before}}, seq counting the row's saves). A batch redone (the consumer stopped after saving it,
+before its offsets were committed, or its partitions moved to other consumers) begins at that offset
+again on any of those partitions, and reads the row as it was before the earliest saved batch it
+redoes, so it decides as the first run did, not by the registration that run left, whichever of the
+batch's partitions the change came from (a merge, on the survivor's partition, beside the retired
+person's own events). (By position, not by event id: the same event sent twice, as a retransmitted
+HL7 message is, is two records, and the second no redo.)"""
 
 from __future__ import annotations
 
@@ -22,8 +25,7 @@ from hub.store.tables import person_registration
 
 R = person_registration
 _CHUNK = 500  # person keys in one IN (...)
-_COLUMNS = ("practices", "event_time", "event_id", "merged_into", "log_partition", "log_offset", "before")
-Position = tuple[int, int]  # (partition, offset) on the events topic
+_COLUMNS = ("practices", "event_time", "event_id", "merged_into", "before")
 
 
 def _as_json(registration: Registration | None) -> dict[str, Any] | None:
@@ -44,6 +46,31 @@ def _from_json(said: Mapping[str, Any] | None) -> Registration | None:
     return Registration(frozenset(said["practices"]), at, str(said["event_id"]), said.get("merged_into"))
 
 
+def as_of(current: Registration, snapshots: Mapping[str, Any] | None, starts: Mapping[int, int]) -> Registration | None:
+    """A row as a batch starting at `starts` (each partition's first offset) reads it: as it stood
+    before the earliest save (by seq) of a batch at or after those offsets, if any (None: no row then)."""
+    redone = [
+        snapshot
+        for partition, snapshot in (snapshots or {}).items()
+        if int(partition) in starts and int(snapshot["offset"]) >= starts[int(partition)]
+    ]
+    if not redone:
+        return current
+    return _from_json(min(redone, key=lambda snapshot: int(snapshot["seq"]))["before"])
+
+
+def snapshots_after(
+    snapshots: Mapping[str, Any] | None, starts: Mapping[int, int], before: Registration | None
+) -> dict[str, Any]:
+    """A row's snapshots once a batch that began at `starts` (each partition's first offset) has
+    changed it, from `before`."""
+    kept = dict(snapshots or {})
+    seq = 1 + max((int(snapshot["seq"]) for snapshot in kept.values()), default=0)
+    for partition, offset in starts.items():
+        kept[str(partition)] = {"offset": offset, "seq": seq, "before": _as_json(before)}
+    return kept
+
+
 def _merged(registration: Registration | None) -> bool:
     return registration is not None and registration.merged_into is not None
 
@@ -62,54 +89,60 @@ class SqlRegistrations:
             for chunk in range(0, len(keys), _CHUNK):
                 query = sa.select(R).where(R.c.person_key.in_(keys[chunk : chunk + _CHUNK]))
                 for row in conn.execute(query):
-                    first = starts.get(row.log_partition) if row.log_partition is not None else None
-                    if first is not None and row.log_offset is not None and row.log_offset >= first:
-                        before = _from_json(row.before)
-                        if before is not None:
-                            found[row.person_key] = before
-                        continue
-                    found[row.person_key] = Registration(
-                        frozenset(row.practices), row.event_time, row.event_id, row.merged_into
-                    )
+                    current = Registration(frozenset(row.practices), row.event_time, row.event_id, row.merged_into)
+                    seen = as_of(current, row.before, starts)
+                    if seen is not None:
+                        found[row.person_key] = seen
         return found
 
     def save(
         self,
         registrations: Mapping[str, Registration],
         before: Mapping[str, Registration | None],
-        positions: Mapping[str, Position] | None = None,
+        starts: Mapping[int, int] | None = None,
     ) -> None:
         """Keep these registrations, each with what it was before this batch (`before`) and where the
-        event that changed it is on the log (`positions`, where known)."""
-        positions = positions or {}
+        batch began on each of its partitions (`starts`, where known)."""
         if not registrations:
             return
-        rows = [
-            {
-                "person_key": person,
-                "practices": sorted(r.practices),
-                "event_time": r.event_time,
-                "event_id": r.event_id,
-                "merged_into": r.merged_into,
-                "log_partition": positions[person][0] if person in positions else None,
-                "log_offset": positions[person][1] if person in positions else None,
-                "before": _as_json(before.get(person)),
-            }
-            for person, r in sorted(registrations.items())
-        ]
+        with store_errors(), self.engine.connect().execution_options(immediate=True) as conn:
+            conn.begin()
+            held: dict[str, Any] = {}
+            keys = sorted(registrations)
+            for chunk in range(0, len(keys), _CHUNK):
+                query = sa.select(R.c.person_key, R.c.before).where(R.c.person_key.in_(keys[chunk : chunk + _CHUNK]))
+                held.update({key: snapshots for key, snapshots in conn.execute(query)})
+            rows = [
+                {
+                    "person_key": person,
+                    "practices": sorted(r.practices),
+                    "event_time": r.event_time,
+                    "event_id": r.event_id,
+                    "merged_into": r.merged_into,
+                    "before": snapshots_after(held.get(person), starts or {}, before.get(person)),
+                }
+                for person, r in sorted(registrations.items())
+            ]
+            self._write(conn, rows, registrations, before)
+            conn.commit()
+
+    @staticmethod
+    def _write(
+        conn: sa.Connection,
+        rows: list[dict[str, Any]],
+        registrations: Mapping[str, Registration],
+        before: Mapping[str, Registration | None],
+    ) -> None:
         # a merge another worker kept meanwhile (the survivor's partition, read by another consumer)
         # stays, unless this batch itself reversed one it had read: a person merged away never
         # becomes their own again by a batch that read them before the merge
         reversed_ = {p for p, r in registrations.items() if r.merged_into is None and _merged(before.get(p))}
-        with store_errors(), self.engine.connect().execution_options(immediate=True) as conn:
-            conn.begin()
-            for reversing in (False, True):
-                chosen = [row for row in rows if (row["person_key"] in reversed_) is reversing]
-                if not chosen:
-                    continue
-                stmt = _insert(conn, R)
-                set_ = {c: stmt.excluded[c] for c in _COLUMNS}
-                if not reversing:
-                    set_["merged_into"] = sa.func.coalesce(stmt.excluded.merged_into, R.c.merged_into)
-                conn.execute(stmt.on_conflict_do_update(index_elements=[R.c.person_key], set_=set_), chosen)
-            conn.commit()
+        for reversing in (False, True):
+            chosen = [row for row in rows if (row["person_key"] in reversed_) is reversing]
+            if not chosen:
+                continue
+            stmt = _insert(conn, R)
+            set_ = {c: stmt.excluded[c] for c in _COLUMNS}
+            if not reversing:
+                set_["merged_into"] = sa.func.coalesce(stmt.excluded.merged_into, R.c.merged_into)
+            conn.execute(stmt.on_conflict_do_update(index_elements=[R.c.person_key], set_=set_), chosen)

@@ -157,9 +157,9 @@ referral_acceptance = sa.Table(
 # whom each person is registered with (PD1-3), as the delivery consumer read it in log order, for the
 # `registered` scope of subscriptions: an event that names no practice (an A03 without PD1) still reaches
 # theirs (hub.core.delivery.Registration; practices: a sorted list of ODS codes, empty when deleted;
-# merged_into: merged away, so their survivor's; before: the row as it stood before the batch of the
-# event that last changed it, at log_partition/log_offset on the events topic, so that a batch redone
-# after a crash, which starts at or before that offset, starts from the row as it was)
+# merged_into: merged away, so their survivor's; before: for each partition of the batches that changed
+# it, the row as it stood before the last and where that batch began, so that a batch redone after a
+# crash starts from the row as it was: hub.store.registrations)
 person_registration = sa.Table(
     "person_registration",
     metadata,
@@ -168,7 +168,5 @@ person_registration = sa.Table(
     sa.Column("event_time", UtcDateTime, nullable=False),
     sa.Column("event_id", sa.String(64), nullable=False),
     sa.Column("merged_into", sa.String(64), nullable=True),
-    sa.Column("log_partition", sa.Integer, nullable=True),
-    sa.Column("log_offset", sa.BigInteger, nullable=True),
     sa.Column("before", JsonColumn, nullable=True),
 )

@@ -50,16 +50,21 @@ def test_registrations_are_kept_replaced_and_read_back_in_any_number(registratio
     assert registrations.of([]) == {}
 
 
-def test_a_row_changed_at_or_after_a_batchs_first_offset_is_read_as_it_was_before(registrations: Any) -> None:
+def test_a_row_a_batch_changed_is_read_as_it_was_before_by_that_batch_redone(registrations: Any) -> None:
     first = Registration(frozenset({"Y1"}), AT, "e1")
-    registrations.save({"p": first, "q": first}, {}, {"p": (0, 10), "q": (0, 10)})  # a batch, committed
+    registrations.save({"p": first, "q": first}, {}, {0: 10})  # a batch from offset 10, committed
     later = Registration(frozenset({"Y2"}), AT, "e2")
-    registrations.save({"p": later, "new": later}, {"p": first, "new": None}, {"p": (0, 25), "new": (0, 26)})
+    registrations.save({"p": later, "new": later}, {"p": first, "new": None}, {0: 20, 1: 5})  # not committed
 
     assert registrations.of(["p", "q", "new"], {0: 20}) == {"p": first, "q": first}  # that batch, redone
+    assert registrations.of(["p", "new"], {1: 5}) == {"p": first}  # its other partition, redone elsewhere
     assert registrations.of(["p", "q", "new"], {0: 27}) == {"p": later, "q": first, "new": later}  # the next one
-    assert registrations.of(["p"], {1: 0}) == {"p": later}  # another partition's batch
+    assert registrations.of(["p"], {2: 0}) == {"p": later}  # another partition's batch
     assert registrations.of(["p"]) == {"p": later}
+    merged = Registration(frozenset(), AT, "m", merged_into="s")
+    registrations.save({"p": merged}, {"p": later}, {1: 6})  # a third batch, on partition 1 only
+    assert registrations.of(["p"], {0: 20}) == {"p": first}  # the earliest batch redone decides
+    assert registrations.of(["p"], {1: 6}) == {"p": later}
 
 
 def resource(

@@ -245,3 +245,25 @@ def test_a_merge_another_worker_keeps_meanwhile_is_not_undone(tmp_path: Path) ->
 
     assert deliver(services, late, [(0, 3)]) == [("Y00002", late[0].id)]
     services.engine.dispose()
+
+
+def test_a_batch_of_two_partitions_redone_on_one_after_a_rebalance_decides_as_it_did(tmp_path: Path) -> None:
+    # (review: the batch held the retired person's A03 on one partition and their merge on another;
+    # kept, not committed; the A03's partition, redone by another worker, went by the merge)
+    services = hub(tmp_path)
+    old = adt(services, trigger="A01", control_id="R1", nhs_number=None, mrn="MOLD", practice="Y00001",
+              event_time="202611010930")  # fmt: skip
+    new = adt(services, trigger="A01", control_id="R2", mrn="M100", practice="Y00002", visit="V2",
+              event_time="202611011000")  # fmt: skip
+    discharge = adt(services, trigger="A03", control_id="R3", nhs_number=None, mrn="MOLD", practice=None,
+                    event_time="202611020900")  # fmt: skip
+    merge = adt(services, trigger="A40", control_id="R4", mrn="M100", merged_mrn="MOLD", practice=None,
+                event_time="202611021000")  # fmt: skip
+    deliver(services, old, [(0, 1)])
+    deliver(services, new, [(1, 1)])
+
+    first = deliver(services, [*discharge, *merge], [(0, 2), (1, 2)])
+    again = deliver(services, discharge, [(0, 2)])
+
+    assert first[:1] == again == [("Y00001", discharge[0].id)]
+    services.engine.dispose()

@@ -45,8 +45,6 @@ def upgrade() -> None:
         sa.Column("event_time", UtcDateTime, nullable=False),
         sa.Column("event_id", sa.String(64), nullable=False),
         sa.Column("merged_into", sa.String(64), nullable=True),
-        sa.Column("log_partition", sa.Integer, nullable=True),
-        sa.Column("log_offset", sa.BigInteger, nullable=True),
         sa.Column("before", JsonColumn, nullable=True),
     )
     conn = op.get_bind()
