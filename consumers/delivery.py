@@ -267,7 +267,8 @@ class Deliverer:
         if changed:
             kept = {p: held[p] for p in changed}
             before = {p: batch.start.get(p) for p in changed}
-            await asyncio.to_thread(self.registrations.save, kept, before, starts)
+            revived = {s for news in said.values() for s in news.merged.values()}  # a merge's survivors
+            await asyncio.to_thread(self.registrations.save, kept, before, starts, revived)
         return delivered
 
     async def _registered(self, people: Collection[str], batch: _Registrations) -> set[str]:

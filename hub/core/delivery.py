@@ -140,14 +140,16 @@ def note_registrations(
             raise ValueError("a merge's time and event id are needed with the people it merged")
         at, event_id = merge
         for retired, survivor in merged.items():
+            # (dated no earlier than what it replaces: the newer row wins where two workers meet)
             old = held.get(retired)
-            new = Registration(old.practices if old else frozenset(), at, event_id, merged_into=survivor)
+            when = max(at, old.event_time) if old else at
+            new = Registration(old.practices if old else frozenset(), when, event_id, merged_into=survivor)
             if old != new:
                 held[retired] = new
                 changed.add(retired)
             kept = held.get(survivor)
             if kept is not None and kept.merged_into is not None:
-                held[survivor] = dataclasses.replace(kept, merged_into=None)
+                held[survivor] = Registration(kept.practices, max(at, kept.event_time), event_id)
                 changed.add(survivor)
     return changed
 

@@ -178,6 +178,7 @@ class Registrations(Protocol):
         registrations: Mapping[str, Any],
         before: Mapping[str, Any],
         starts: Mapping[int, int] | None = None,
+        revived: Collection[str] = (),
     ) -> None: ...
 
 

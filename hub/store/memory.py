@@ -4,7 +4,6 @@ FakeRepository): the same contract tests run against these and the SQL stores.""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -15,7 +14,7 @@ from hub.core.delivery import Registration
 from hub.core.huddle import practice_codes
 from hub.core.ledger import Disclosure, Entry, seal
 from hub.core.ports import Json, StoredResource
-from hub.store.registrations import as_of, snapshots_after
+from hub.store.registrations import as_of, kept_over, snapshots_after
 from hub.store.sql import content_key, identifiers_of
 
 
@@ -308,10 +307,10 @@ class MemoryRegistrations:
         registrations: Mapping[str, Registration],
         before: Mapping[str, Registration | None],
         starts: Mapping[int, int] | None = None,
+        revived: Collection[str] = (),
     ) -> None:
         for key, registration in registrations.items():
             stored, snapshots = self.held.get(key, (None, {}))
             was = before.get(key)
-            if registration.merged_into is None and not (was and was.merged_into) and stored and stored.merged_into:
-                registration = dataclasses.replace(registration, merged_into=stored.merged_into)  # (as the SQL store)
-            self.held[key] = (registration, snapshots_after(snapshots, starts or {}, was))
+            kept = kept_over(stored, registration, was, key in revived)
+            self.held[key] = (kept, snapshots_after(snapshots, starts or {}, was))

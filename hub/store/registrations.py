@@ -13,6 +13,7 @@ HL7 message is, is two records, and the second no redo.)"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
@@ -71,8 +72,21 @@ def snapshots_after(
     return kept
 
 
-def _merged(registration: Registration | None) -> bool:
-    return registration is not None and registration.merged_into is not None
+def kept_over(
+    stored: Registration | None, ours: Registration, read: Registration | None, revived: bool = False
+) -> Registration:
+    """What a batch keeps of a person: its own registration, unless another worker changed the row
+    since the batch read it (`read`). Then the newer news by event time, except that a merge kept
+    there stays (a person merged away is their survivor's whatever is said of them later, as the
+    record keeps them retired) unless this batch reversed it: read them merged and left them not,
+    or made them a merge's survivor (`revived`)."""
+    if stored is None or stored == read:
+        return ours
+    reversed_ = revived or (read is not None and read.merged_into is not None and ours.merged_into is None)
+    newer = ours if ours.event_time >= stored.event_time else stored
+    if stored.merged_into is not None and newer.merged_into is None and not reversed_:
+        return dataclasses.replace(newer, merged_into=stored.merged_into)
+    return newer
 
 
 class SqlRegistrations:
@@ -100,49 +114,41 @@ class SqlRegistrations:
         registrations: Mapping[str, Registration],
         before: Mapping[str, Registration | None],
         starts: Mapping[int, int] | None = None,
+        revived: Collection[str] = (),
     ) -> None:
         """Keep these registrations, each with what it was before this batch (`before`) and where the
-        batch began on each of its partitions (`starts`, where known)."""
+        batch began on each of its partitions (`starts`, where known); `revived`: those the batch made
+        a merge's survivor. A row another worker changed since the batch read it (a merge kept from
+        the survivor's partition) is decided by kept_over, read under a lock, with both workers'
+        snapshots."""
         if not registrations:
             return
         with store_errors(), self.engine.connect().execution_options(immediate=True) as conn:
             conn.begin()
-            held: dict[str, Any] = {}
+            stored: dict[str, tuple[Registration, Any]] = {}
             keys = sorted(registrations)
             for chunk in range(0, len(keys), _CHUNK):
-                query = sa.select(R.c.person_key, R.c.before).where(R.c.person_key.in_(keys[chunk : chunk + _CHUNK]))
-                held.update({key: snapshots for key, snapshots in conn.execute(query)})
-            rows = [
-                {
-                    "person_key": person,
-                    "practices": sorted(r.practices),
-                    "event_time": r.event_time,
-                    "event_id": r.event_id,
-                    "merged_into": r.merged_into,
-                    "before": snapshots_after(held.get(person), starts or {}, before.get(person)),
-                }
-                for person, r in sorted(registrations.items())
-            ]
-            self._write(conn, rows, registrations, before)
-            conn.commit()
-
-    @staticmethod
-    def _write(
-        conn: sa.Connection,
-        rows: list[dict[str, Any]],
-        registrations: Mapping[str, Registration],
-        before: Mapping[str, Registration | None],
-    ) -> None:
-        # a merge another worker kept meanwhile (the survivor's partition, read by another consumer)
-        # stays, unless this batch itself reversed one it had read: a person merged away never
-        # becomes their own again by a batch that read them before the merge
-        reversed_ = {p for p, r in registrations.items() if r.merged_into is None and _merged(before.get(p))}
-        for reversing in (False, True):
-            chosen = [row for row in rows if (row["person_key"] in reversed_) is reversing]
-            if not chosen:
-                continue
+                query = sa.select(R).where(R.c.person_key.in_(keys[chunk : chunk + _CHUNK])).with_for_update()
+                for row in conn.execute(query):
+                    held = Registration(frozenset(row.practices), row.event_time, row.event_id, row.merged_into)
+                    stored[row.person_key] = (held, row.before)
+            rows = []
+            for person, ours in sorted(registrations.items()):
+                theirs, snapshots = stored.get(person, (None, None))
+                kept = kept_over(theirs, ours, before.get(person), person in revived)
+                rows.append(
+                    {
+                        "person_key": person,
+                        "practices": sorted(kept.practices),
+                        "event_time": kept.event_time,
+                        "event_id": kept.event_id,
+                        "merged_into": kept.merged_into,
+                        "before": snapshots_after(snapshots, starts or {}, before.get(person)),
+                    }
+                )
             stmt = _insert(conn, R)
-            set_ = {c: stmt.excluded[c] for c in _COLUMNS}
-            if not reversing:
-                set_["merged_into"] = sa.func.coalesce(stmt.excluded.merged_into, R.c.merged_into)
-            conn.execute(stmt.on_conflict_do_update(index_elements=[R.c.person_key], set_=set_), chosen)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[R.c.person_key], set_={c: stmt.excluded[c] for c in _COLUMNS}
+            )
+            conn.execute(stmt, rows)
+            conn.commit()

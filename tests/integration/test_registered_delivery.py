@@ -267,3 +267,35 @@ def test_a_batch_of_two_partitions_redone_on_one_after_a_rebalance_decides_as_it
 
     assert first[:1] == again == [("Y00001", discharge[0].id)]
     services.engine.dispose()
+
+
+def test_a_merge_reversed_by_a_batch_that_read_the_person_before_the_merge_was_kept_is_reversed(
+    tmp_path: Path,
+) -> None:
+    # (review: X mistakenly merged into S at 10:00 on S's partition, reversed at 11:00 on X's, whose
+    # worker read X before the merge was kept: the merge stayed, beside the reversal, a loop)
+    services = hub(tmp_path)
+    x = adt(services, trigger="A01", control_id="V1", nhs_number=None, mrn="MOLD", practice="Y00001",
+            event_time="202611010930")  # fmt: skip
+    s = adt(services, trigger="A01", control_id="V2", nhs_number=None, mrn="M100", practice="Y00002", visit="V2",
+            event_time="202611011000")  # fmt: skip
+    merge = adt(services, trigger="A40", control_id="V3", nhs_number=None, mrn="M100", merged_mrn="MOLD",
+                practice=None, event_time="202611021000")  # fmt: skip
+    back = adt(services, trigger="A40", control_id="V4", nhs_number=None, mrn="MOLD", merged_mrn="M100",
+               practice="Y00001", event_time="202611021100")  # fmt: skip
+    late = adt(services, trigger="A03", control_id="V5", nhs_number=None, mrn="MOLD", practice=None, visit="V9",
+               event_time="202611021200")  # fmt: skip
+    deliver(services, x, [(0, 1)])
+    deliver(services, s, [(1, 1)])
+    store = services.registrations
+
+    def other_worker() -> None:
+        services.registrations = store
+        deliver(services, merge, [(1, 2)])
+
+    services.registrations = cast(Any, MeanwhileStore(store, other_worker))
+    deliver(services, back, [(0, 2)])
+    services.registrations = store
+
+    assert deliver(services, late, [(0, 3)]) == [("Y00001", late[0].id)]
+    services.engine.dispose()

@@ -69,6 +69,6 @@ def test_a_merge_reversed_makes_its_survivor_active_again_and_loops_reach_no_one
     held = {"a": said("Y1"), "b": said("Y2")}
     note_registrations(held, {}, {"a": "b"}, (T, "m1"))
     note_registrations(held, {}, {"b": "a"}, (T, "m2"))  # reversed
-    assert held["a"].merged_into is None and registered_as(held, "b") == Registration(frozenset({"Y1"}), T, "m1")
+    assert held["a"].merged_into is None and registered_as(held, "b") == Registration(frozenset({"Y1"}), T, "m2")
     looped = {"a": Registration(frozenset(), T, "x", "b"), "b": Registration(frozenset(), T, "y", "a")}
     assert registered_as(looped, "a") is None
