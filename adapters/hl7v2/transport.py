@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ END_BLOCK = b"\x1c\x0d"
 HEAD_BYTES = 64 * 1024  # enough for MSH, EVN, PID and PV1 of any real ADT
 DRAIN_FACTOR = 64
 LINGER_S = 2.0
+KEEPALIVE_S = 120  # idle seconds before TCP keepalive probes a connection (see _keep_alive)
 BETWEEN_FRAMES = b" \t\r\n"  # a trailer after an end block (1C 0D 0A, CR LF), padding: skipped quietly
 
 
@@ -96,6 +98,7 @@ async def serve(
             return
         open_now += 1
         by_host[address] = by_host.get(address, 0) + 1
+        _keep_alive(writer.get_extra_info("socket"))
         try:
             await _converse(reader, writer, receive, refuse, _Framing(origin, limit, idle, quiet))
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -113,23 +116,47 @@ async def serve(
     return server
 
 
+def _keep_alive(sock: socket.socket | None) -> None:
+    """TCP keepalive on an accepted connection (first probe after KEEPALIVE_S idle, then every 10 s,
+    6 unanswered closing it): a sender whose host or NAT dropped the connection without a word, as
+    firewalls do to idle ones, frees its place within a few minutes rather than holding it for ever."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", KEEPALIVE_S), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6)):
+            if hasattr(socket, option):  # (Linux; elsewhere the system's defaults)
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
 class _Refusals:
-    """Connections closed for want of a place, said at WARNING at most once a minute an address."""
+    """Connections closed for want of a place, said at WARNING at most once a minute an address and
+    MOST_A_MINUTE times a minute in all (a flood from many addresses), the rest counted; addresses
+    not heard from for a minute are forgotten."""
 
     EVERY_S = 60.0
+    MOST_A_MINUTE = 20
 
     def __init__(self) -> None:
         self._said: dict[str, tuple[float, int]] = {}  # address: (when last said, closed since)
+        self._minute, self._in_minute, self._unsaid = 0.0, 0, 0
 
     def say(self, address: str, origin: str, why: str) -> None:
         now = time.monotonic()
+        if now - self._minute >= self.EVERY_S:
+            if self._unsaid:
+                log.warning("MLLP: %d more connections closed for want of a place, not each said", self._unsaid)
+            self._minute, self._in_minute, self._unsaid = now, 0, 0
+            self._said = {a: said for a, said in self._said.items() if now - said[0] < self.EVERY_S}
         last, since = self._said.get(address, (-self.EVERY_S, 0))
-        if now - last < self.EVERY_S:
+        if now - last < self.EVERY_S or self._in_minute >= self.MOST_A_MINUTE:
             self._said[address] = (last, since + 1)
+            self._unsaid += 1
             return
         more = f" ({since} more from this address closed in the last minute)" if since else ""
         log.warning("MLLP connection from %s closed: %s%s", origin, why, more)
         self._said[address] = (now, 0)
+        self._in_minute += 1
 
 
 @dataclass(frozen=True)

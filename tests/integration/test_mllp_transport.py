@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 
+from adapters.hl7v2 import transport
 from adapters.hl7v2.message import read_header
 from adapters.hl7v2.transport import DRAIN_FACTOR, HEAD_BYTES, MllpClient, RefusedFrame, serve
 from tests.builders import an_adt
@@ -318,3 +320,27 @@ async def test_a_connection_quiet_for_quiet_seconds_is_closed_and_its_place_free
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_refusals_from_a_flood_of_addresses_are_said_a_few_times_a_minute_and_forgotten(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (review: one WARNING an address, kept for ever: a flood from many addresses was a flood of lines)
+    now = [1000.0]
+    monkeypatch.setattr(transport.time, "monotonic", lambda: now[0])
+    refusals = transport._Refusals()
+    for n in range(500):
+        refusals.say(f"10.0.{n // 256}.{n % 256}", f"mllp:10.0.0.{n}:1", "full")
+    assert len(caplog.records) == transport._Refusals.MOST_A_MINUTE
+    now[0] += 61
+    refusals.say("10.9.9.9", "mllp:10.9.9.9:1", "full")
+    assert "480 more connections closed" in caplog.records[-2].getMessage()
+    assert len(refusals._said) == 1  # the minute's addresses forgotten
+
+
+def test_an_accepted_connection_is_kept_alive_so_a_silently_dropped_sender_frees_its_place() -> None:
+    with socket.socket() as sock:
+        transport._keep_alive(sock)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == transport.KEEPALIVE_S
