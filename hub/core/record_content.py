@@ -18,11 +18,13 @@ DISCHARGE_CANCELLED = "uk.nhs.carehub.encounter.discharge-cancelled.v1"
 
 def replaced_by(patient: Json) -> str | None:
     """The person key a merged-away Patient now points at (its replaced-by link), if any."""
-    for link in patient.get("link") or []:
-        if link.get("type") == "replaced-by":
-            ref = (link.get("other") or {}).get("reference", "")
-            if ref.startswith("Patient/"):
-                return str(ref.removeprefix("Patient/"))
+    links = patient.get("link")
+    for link in links if isinstance(links, list) else ():
+        if isinstance(link, dict) and link.get("type") == "replaced-by":
+            other = link.get("other")
+            ref = other.get("reference") if isinstance(other, dict) else None
+            if isinstance(ref, str) and ref.startswith("Patient/"):
+                return ref.removeprefix("Patient/")
     return None
 
 

@@ -246,7 +246,8 @@ def test_prefer_handling_strict_refuses_a_search_with_a_parameter_it_would_not_u
     # every Prefer header is one list; whitespace around = and a quoted value allowed; the first handling counts
     spelled = []
     for prefer in (["handling = strict"], ['handling="strict"'], ["return=minimal", "handling=strict"],
-                   ["handling=strict, handling=lenient"]):  # fmt: skip
+                   ["handling=strict, handling=lenient"], ["return=representation; handling=lenient, handling=strict"],
+                   ['foo="a, handling=lenient", handling=strict']):  # fmt: skip
         headers_ = [("Authorization", f"Bearer {token}"), *(("Prefer", p) for p in prefer)]
         spelled.append(
             (http.get(f"/fhir/Patient?identifier={NHS}|{NHS_NUMBER}&name=Smith", headers=headers_), ["name"])

@@ -72,3 +72,19 @@ def test_a_merge_reversed_makes_its_survivor_active_again_and_loops_reach_no_one
     assert held["a"].merged_into is None and registered_as(held, "b") == Registration(frozenset({"Y1"}), T, "m2")
     looped = {"a": Registration(frozenset(), T, "x", "b"), "b": Registration(frozenset(), T, "y", "a")}
     assert registered_as(looped, "a") is None
+
+
+def test_odd_shapes_say_nothing_rather_than_fail() -> None:
+    # (review: a link that was a string, or an `other` that was, failed every Patient of the event)
+    for link in (
+        "Patient/x",
+        {"type": "replaced-by", "other": "Patient/x"},
+        {"type": "replaced-by", "other": {"reference": 7}},
+    ):
+        odd: Json = {
+            "resourceType": "Patient",
+            "id": "p",
+            "link": [link],
+            "generalPractitioner": [{"identifier": {"system": ODS, "value": "Y1"}}],
+        }
+        assert registrations_in(ADT, T, "ev", [odd]) == {"p": Registration(frozenset({"Y1"}), T, "ev")}

@@ -447,13 +447,18 @@ def handled(request: Request, reads: tuple[str, ...]) -> None:
 
 
 def _handling(request: Request) -> str:
-    """The `handling` preference (RFC 7240): every Prefer header taken as one list, whitespace around
-    `=` and a quoted value allowed, the first `handling` the one that counts; lenient by default."""
-    for part in re.split(r"[,;]", ",".join(request.headers.getlist("prefer"))):
-        name, _, value = part.partition("=")
+    """The `handling` preference (RFC 7240): every Prefer header taken as one list of preferences
+    (split at commas outside quotes), each preference its token[=value] before any `;` parameters,
+    whitespace around `=` and a quoted value allowed, the first `handling` the one that counts;
+    lenient by default."""
+    for preference in _PREFERENCES.split(",".join(request.headers.getlist("prefer"))):
+        name, _, value = preference.split(";", 1)[0].partition("=")
         if name.strip().lower() == "handling":
             return value.strip().strip('"').strip().lower()
     return "lenient"
+
+
+_PREFERENCES = re.compile(r',(?=(?:[^"]*"[^"]*")*[^"]*$)')  # a comma outside double quotes
 
 
 def _self_link(request: Request, reads: tuple[str, ...]) -> str:
