@@ -29,6 +29,7 @@ from hub.core.delivery import (
     Registration,
     in_scope,
     ledger_entries,
+    merged_chain,
     merges_in,
     note_registrations,
     plan,
@@ -68,13 +69,6 @@ def people_in(person: str | None, resources: Sequence[Json]) -> set[str]:
     return found | {person} if person else found
 
 
-def _people_of(event: RecordEvent) -> set[str]:
-    try:
-        return people_in(event.subject, resources_of(event))
-    except Exception:  # a poison event: its subject only (it is dead-lettered, not delivered)
-        return {event.subject}
-
-
 @dataclass(frozen=True)
 class _Said:
     """What an event says of registrations: by person, and the people a merge retired (into whom)."""
@@ -83,12 +77,20 @@ class _Said:
     merged: dict[str, str]
 
 
-def _registrations_said(event: RecordEvent) -> _Said:
+def _read(event: RecordEvent) -> tuple[set[str], _Said]:
+    """Whose consents decide an event (its person and each person a resource is about) and what it
+    says of registrations, from its resources read once. A poison event (dead-lettered by the record
+    consumer, not delivered): its subject only, and nothing said; a Patient of the wrong shape says
+    nothing of registrations."""
     try:
         resources = resources_of(event)
-        return _Said(registrations_in(event.type, event.time, event.id, resources), merges_in(event.type, resources))
-    except Exception:  # a poison event (a Patient of the wrong shape) says nothing: it is not delivered either
-        return _Said({}, {})
+    except Exception:
+        return {event.subject}, _Said({}, {})
+    try:
+        said = _Said(registrations_in(event.type, event.time, event.id, resources), merges_in(event.type, resources))
+    except Exception:
+        said = _Said({}, {})
+    return people_in(event.subject, resources), said
 
 
 def _starts(positions: Sequence[Position] | None) -> dict[int, int]:
@@ -108,18 +110,6 @@ class _Registrations:
     start: dict[str, Registration]
     starts: dict[int, int]
     asked: set[str]
-
-
-def _survivors_of(held: dict[str, Registration], person: str) -> set[str]:
-    """Those `person` was merged into (through merges of merges) as far as `held` says."""
-    found: set[str] = set()
-    registration = held.get(person)
-    for _ in range(MAX_HOPS):
-        if registration is None or registration.merged_into is None or registration.merged_into in found:
-            break
-        found.add(registration.merged_into)
-        registration = held.get(registration.merged_into)
-    return found
 
 
 def follow(uow_factory: UnitOfWorkFactory, events: Sequence[RecordEvent]) -> None:
@@ -229,9 +219,10 @@ class Deliverer:
         batch began on each partition (from `positions`: each event's partition and offset), so that
         the batch redone after a crash starts from the registrations as they were before it."""
         delivered = done = 0
-        named = {e.id: _people_of(e) for e in events}  # (each event's resources read once a batch)
+        read = {e.id: _read(e) for e in events}  # (each event's resources read once a batch)
+        named = {e: people for e, (people, _) in read.items()}
+        said = {e: news for e, (_, news) in read.items()}
         people = {p for found in named.values() for p in found}
-        said = {e.id: _registrations_said(e) for e in events}
         registered = {p for s in said.values() for p in (*s.registrations, *s.merged, *s.merged.values())}
         starts = _starts(positions)
         held = await asyncio.to_thread(self.registrations.of, people | registered, starts)
@@ -275,7 +266,7 @@ class Deliverer:
         """The practices these people are registered with as it stands (registered_as: someone merged
         away, their survivor's), reading the survivors' registrations the batch has not read yet."""
         for _ in range(MAX_HOPS):
-            wanted = {k for p in people for k in _survivors_of(batch.held, p) if k not in batch.asked}
+            wanted = {k for p in people for k in merged_chain(batch.held, p)[1:] if k not in batch.asked}
             if not wanted:
                 break
             found = await asyncio.to_thread(self.registrations.of, wanted, batch.starts)

@@ -154,19 +154,26 @@ def note_registrations(
     return changed
 
 
+def merged_chain(held: Mapping[str, Registration], person: str) -> list[str]:
+    """`person`, then each person they were merged into, as far as `held` says (through merges of
+    merges, at most MAX_HOPS; a merge that goes round ends the chain at the first repeat)."""
+    chain = [person]
+    for _ in range(MAX_HOPS):
+        found = held.get(chain[-1])
+        if found is None or found.merged_into is None:
+            break
+        chain.append(found.merged_into)
+        if chain[-1] in chain[:-1]:
+            break
+    return chain
+
+
 def registered_as(held: Mapping[str, Registration], person: str) -> Registration | None:
     """A person's registration as it stands: their own, or, for someone merged away, their survivor's
     (through merges of merges; None where a survivor has none held, or merges go round)."""
-    seen = {person}
-    found = held.get(person)
-    for _ in range(MAX_HOPS):
-        if found is None or found.merged_into is None:
-            return found
-        if found.merged_into in seen:
-            return None
-        seen.add(found.merged_into)
-        found = held.get(found.merged_into)
-    return None
+    chain = merged_chain(held, person)
+    found = held.get(chain[-1]) if len(chain) <= MAX_HOPS else None
+    return found if found is not None and found.merged_into is None else None
 
 
 def addressed_to(resources: Sequence[Json]) -> set[str]:
@@ -183,8 +190,8 @@ def addressed_to(resources: Sequence[Json]) -> set[str]:
 def in_scope(scope: str, org: str, resources: Sequence[Json], registered: Collection[str] = ()) -> bool:
     """registered: only people registered with `org`, as the event says (PD1-3), or for a person it
     names no practice for, as their registration stands (`registered`: an A03 without PD1 still
-    reaches their practice); addressed:
-    referrals addressed to `org`; all-permitted: anyone (the policy still decides, in every case)."""
+    reaches their practice); addressed: referrals addressed to `org`; all-permitted: anyone (the
+    policy still decides, in every case)."""
     if scope == "addressed":
         return org in addressed_to(resources)
     return scope == "all-permitted" or org in registered or org in registered_practices(resources)

@@ -47,6 +47,10 @@ def _from_json(said: Mapping[str, Any] | None) -> Registration | None:
     return Registration(frozenset(said["practices"]), at, str(said["event_id"]), said.get("merged_into"))
 
 
+def _registration(row: Any) -> Registration:
+    return Registration(frozenset(row.practices), row.event_time, row.event_id, row.merged_into)
+
+
 def as_of(current: Registration, snapshots: Mapping[str, Any] | None, starts: Mapping[int, int]) -> Registration | None:
     """A row as a batch starting at `starts` (each partition's first offset) reads it: as it stood
     before the earliest save (by seq) of a batch at or after those offsets, if any (None: no row then)."""
@@ -103,8 +107,7 @@ class SqlRegistrations:
             for chunk in range(0, len(keys), _CHUNK):
                 query = sa.select(R).where(R.c.person_key.in_(keys[chunk : chunk + _CHUNK]))
                 for row in conn.execute(query):
-                    current = Registration(frozenset(row.practices), row.event_time, row.event_id, row.merged_into)
-                    seen = as_of(current, row.before, starts)
+                    seen = as_of(_registration(row), row.before, starts)
                     if seen is not None:
                         found[row.person_key] = seen
         return found
@@ -130,8 +133,7 @@ class SqlRegistrations:
             for chunk in range(0, len(keys), _CHUNK):
                 query = sa.select(R).where(R.c.person_key.in_(keys[chunk : chunk + _CHUNK])).with_for_update()
                 for row in conn.execute(query):
-                    held = Registration(frozenset(row.practices), row.event_time, row.event_id, row.merged_into)
-                    stored[row.person_key] = (held, row.before)
+                    stored[row.person_key] = (_registration(row), row.before)
             rows = []
             for person, ours in sorted(registrations.items()):
                 theirs, snapshots = stored.get(person, (None, None))
