@@ -45,9 +45,10 @@ def audit_verify(
 
     anchor = None
     if head is not None:
-        seq, _, digest = head.partition(":")
-        if not seq.isdigit() or len(digest) != 64:
-            console.print("[red]--head: give SEQ:HASH as `carehub audit verify` printed it[/red]")
+        seq, _, digest = head.strip().partition(":")
+        digest = digest.lower()  # (a head copied through a letter or a spreadsheet may change case)
+        if not seq.isdigit() or int(seq) < 1 or len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
+            console.print("[red]--head: give SEQ:HASH as `carehub audit verify` printed it (HASH: 64 hex digits)[/red]")
             raise typer.Exit(2)
         anchor = (int(seq), digest)
     entries = list(SqlLedger(open_existing(data_dir).engine).entries())
@@ -62,9 +63,45 @@ def audit_verify(
         console.print(f"head {last.seq}:{last.hash} (keep it; a later `--head` with it proves no entry was cut)")
 
 
+UNVERIFIED = Annotated[
+    bool,
+    typer.Option(
+        "--unverified",
+        help="Report even if the ledger's hash chain is broken (with a warning): else a broken ledger is refused",
+    ),
+]
+
+
+def trusted_ledger(engine: Any, *, unverified: bool) -> None:
+    """Verify the whole ledger's hash chain before a report reads it: an entry altered, removed or
+    filed under another person would otherwise be reported as if true (a subject-access request
+    would count a disclosure as a denial, or leave it out). A break refuses the report (exit 1),
+    naming the entry, unless --unverified asks for it anyway, when it is said above the report."""
+    from hub.core.ledger import verify
+    from hub.store.ledger import SqlLedger
+
+    _, broken = verify(SqlLedger(engine).entries())
+    if broken is None:
+        return
+    said = f"ledger broken at entry {broken.seq}: {broken.problem}"
+    if not unverified:
+        fail(
+            f"{said}. This report would rest on entries that cannot be trusted, so it is not given: run "
+            "`carehub audit verify`, and report the break to your information governance lead; "
+            "--unverified gives it anyway, marked so",
+            1,
+        )
+    console.print(
+        escape(f"WARNING: {said}. This report reads the ledger as it stands and may be wrong."),
+        style="bold red",
+        soft_wrap=True,
+    )
+
+
 @audit_app.command("disclosures")
 def audit_disclosures(
     nhs_number: Annotated[str, typer.Option("--nhs-number", help="The person's NHS number")],
+    unverified: UNVERIFIED = False,
     data_dir: HeldDir = Path("var"),
 ) -> None:
     """Subject-access request: who was given what about this person, when, and on what basis (and
@@ -79,6 +116,7 @@ def audit_disclosures(
         console.print(f"[red]--nhs-number: {problem}[/red]")
         raise typer.Exit(2)
     state = open_existing(data_dir, person_keys=True)
+    trusted_ledger(state.engine, unverified=unverified)
     key = person_key(state.key, nhs.normalise(nhs_number), None)
     table = listing("#", "when", "to (org / user)", "how", "decision", "resources", "basis")
     entries = SqlLedger(state.engine).about(*identities(SqlRecordReader(state.engine), key))
@@ -145,6 +183,7 @@ def audit_time_travel(
         Path | None,
         typer.Option("--csv", help="Also write the rows to this CSV file (every column in full, for a spreadsheet)"),
     ] = None,
+    unverified: UNVERIFIED = False,
     data_dir: HeldDir = Path("var"),
 ) -> None:
     """What was disclosed then, under which agreement and consent versions, and what today's policy would decide.
@@ -162,6 +201,7 @@ def audit_time_travel(
     if problem:
         fail(f"--nhs-number: {problem}")
     state = open_existing(data_dir, person_keys=nhs_number is not None)
+    trusted_ledger(state.engine, unverified=unverified)
     ledger, reader = SqlLedger(state.engine), SqlRecordReader(state.engine)
     if nhs_number is not None:
         key = person_key(state.key, nhs.normalise(nhs_number), None)

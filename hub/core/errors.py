@@ -107,6 +107,13 @@ class UnfinishedError(BrokerUnavailableError):
     diagnostics, written for the caller, say what is kept and how to finish it (the API shows them)."""
 
 
+@dataclass(eq=False)
+class LedgerBrokenError(HubError):
+    """The disclosure ledger fails its own checks: what it says cannot be reported as true."""
+
+    code: str = "exception"
+
+
 def operation_outcome(error: HubError) -> dict[str, object]:
     """The error as a FHIR OperationOutcome (JSON), for every edge that must explain itself."""
     issue: dict[str, object] = {

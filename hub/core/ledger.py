@@ -126,6 +126,20 @@ def verify(entries: Iterable[Entry], head: tuple[int, str] | None = None) -> tup
     return checked, None
 
 
+def unsound(entries: Iterable[Entry]) -> Break | None:
+    """The first of these entries (some of the chain, such as one person's) whose content no longer
+    matches its own hash, or that is filed under another person than it names. Without the rest of
+    the chain this cannot show an entry removed, or one altered with every hash after it recomputed
+    (`verify` over the whole ledger, with a head kept, does); it catches an entry edited in place,
+    which would otherwise be reported as true."""
+    for entry in entries:
+        if chain_hash(entry.prev_hash, entry.body) != entry.hash:
+            return Break(entry.seq, f"entry {entry.seq} was altered (its content no longer matches its hash)")
+        if entry.filed_under is not None and entry.filed_under[0] != entry.body.get("person_key"):
+            return Break(entry.seq, f"entry {entry.seq} is filed under another person than it names")
+    return None
+
+
 def seal(previous: Sequence[str], bodies: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
     """(prev_hash, hash) for bodies appended after the chain whose last hash is previous[-1]."""
     prev = previous[-1] if previous else GENESIS

@@ -69,4 +69,4 @@ class SqlLedger:
         first (a subject-access request)."""
         query = sa.select(L).where(L.c.person_key.in_(person_keys)).order_by(L.c.seq)
         with store_errors(), self.engine.connect() as conn:
-            return [Entry(r.seq, r.body, r.prev_hash, r.hash) for r in conn.execute(query)]
+            return [Entry(r.seq, r.body, r.prev_hash, r.hash, filed_under=(r.person_key,)) for r in conn.execute(query)]

@@ -179,3 +179,54 @@ def test_a_path_the_command_cannot_use_is_one_line_from_the_console_script_not_a
 def test_the_console_script_is_the_wrapped_app() -> None:
     assert "from hub.cli import main" in Path(CAREHUB).read_text()
     assert os.access(CAREHUB, os.X_OK)
+
+
+def _tamper(hub: Path, sql: str) -> None:
+    import sqlite3
+
+    with sqlite3.connect(hub / "carehub.db") as db:
+        assert db.execute(sql).rowcount == 1
+
+
+@pytest.mark.parametrize(
+    ("tampering", "said"),
+    [
+        # a denial made to read as a disclosure (its hash not recomputed): the count would be wrong
+        (
+            "UPDATE disclosure_ledger SET body = replace(body, '\"deny\"', '\"permit\"') WHERE seq = 3",
+            "ledger broken at entry 3: entry 3 was altered",
+        ),
+        # an entry filed under another person: a subject-access request would leave it out
+        (
+            "UPDATE disclosure_ledger SET person_key = 'someone-else' WHERE seq = 1",
+            "ledger broken at entry 1: entry 1 is filed under another person",
+        ),
+    ],
+    ids=["altered", "refiled"],
+)
+def test_a_report_on_a_broken_ledger_is_refused_and_given_only_when_asked_marked_as_such(
+    hub: Path, tampering: str, said: str
+) -> None:
+    _tamper(hub, tampering)
+    for command in (("disclosures", "--nhs-number", NHS), ("time-travel", "--nhs-number", NHS), ("time-travel",)):
+        refused = carehub("audit", *command, "--data-dir", str(hub))
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        flat = " ".join(refused.stdout.split())
+        assert flat.startswith(said), flat
+        assert "--unverified" in flat
+        assert "Policy time travel" not in flat and "decisions recorded" not in flat  # (no report)
+        marked = carehub("audit", *command, "--unverified", "--data-dir", str(hub))
+        assert marked.returncode == 0, marked.stdout + marked.stderr
+        assert " ".join(marked.stdout.split()).startswith(f"WARNING: {said}")
+
+
+def test_verify_takes_a_head_in_either_case_and_refuses_one_that_proves_nothing(hub: Path) -> None:
+    args = ("audit", "verify", "--data-dir", str(hub))
+    head = next(w for w in carehub(*args).stdout.split() if w.startswith("4:"))
+    upper = carehub(*args, "--head", head.upper())  # (copied through a letter or a spreadsheet)
+    assert upper.returncode == 0, upper.stdout + upper.stderr
+    assert "ledger intact: 4 entries" in upper.stdout
+    for nonsense in ("0:" + "0" * 64, "4:" + "z" * 64, "4:" + head[2:-1]):
+        refused = carehub(*args, "--head", nonsense)
+        assert refused.returncode == 2, (nonsense, refused.stdout)
+        assert "--head: give SEQ:HASH" in refused.stdout

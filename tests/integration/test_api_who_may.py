@@ -143,3 +143,28 @@ def test_a_contact_answers_only_the_services_own_referrals_about_that_person(hub
     assert len(hub.published) == sent
     made = command(hub, http, f"/fhir/Patient/{mine}/$record-contact", kind="face-to-face", referral=ours["id"])
     assert made.status_code == 201, made.text
+
+
+def test_an_auditor_is_not_given_ledger_entries_edited_in_place(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import sqlalchemy as sa
+
+    from hub.store.tables import disclosure_ledger as ledger
+
+    services = build(Settings(data_dir=tmp_path_factory.mktemp("ledger-edited")))
+    services.agreements.load(an_agreement("Y00001", "Y0AUD", id="audit", purposes=("audit",)), at=datetime.now(UTC))
+    with served_hub(services) as hub, httpx.Client(base_url=hub.url, timeout=10) as http:
+        person = referred(hub, http, "9990002061")["subject"]["reference"].removeprefix("Patient/")
+        assert http.get(f"/fhir/Patient/{person}", headers=bearer(hub, "Y00001", "clinician")).status_code == 200
+        auditor = bearer(hub, "Y0AUD", "auditor")
+        before = http.get("/fhir/AuditEvent", params={"patient": person}, headers=auditor)
+        assert before.status_code == 200, before.text
+        with services.engine.begin() as conn:  # the read's permit made to read as a denial, hash left alone
+            seq, body = conn.execute(
+                sa.select(ledger.c.seq, ledger.c.body).where(ledger.c.person_key == person).order_by(ledger.c.seq)
+            ).first()
+            conn.execute(sa.update(ledger).where(ledger.c.seq == seq).values(body=body | {"decision": "deny"}))
+        edited = http.get("/fhir/AuditEvent", params={"patient": person}, headers=auditor)
+    assert edited.status_code == 500, edited.text
+    issue = edited.json()["issue"][0]
+    assert issue["code"] == "exception"
+    assert issue["diagnostics"].startswith(f"the disclosure ledger is broken at entry {seq}: entry {seq} was altered")

@@ -9,6 +9,7 @@ No `from __future__ import annotations` here: FastAPI reads these annotations at
 some name closures of `router`.
 """
 
+import logging
 import re
 import uuid
 from collections import defaultdict
@@ -41,15 +42,17 @@ from hub.api.shapes import (
     errors,
     ok,
 )
-from hub.core.errors import ConsentDeniedError, InvalidMessageError, UnknownPersonError
+from hub.core.errors import ConsentDeniedError, InvalidMessageError, LedgerBrokenError, UnknownPersonError
 from hub.core.identity import identities
-from hub.core.ledger import Disclosure, resource_ref
+from hub.core.ledger import Disclosure, resource_ref, unsound
 from hub.core.policy import UNENFORCED, Asker, Decision, covers_audit, decide, person_of, told_to_asker
 from hub.core.ports import Json, Ledger, RecordReader
 from hub.core.timetravel import WITHHELD_WITH_READ
 from hub.store.agreements import PolicySource
 from schemas.envelope import Envelope
 from schemas.events.consent import CONSENT_RECORDED
+
+log = logging.getLogger(__name__)
 
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
@@ -248,7 +251,17 @@ def router(
         person = patient_id(patient, "AuditEvent")
         if ledger is None:
             return searchset(request, [], 0, ("patient",))
-        events = [audit_event(entry) for entry in ledger.about(*identities(reader, person))]
+        entries = ledger.about(*identities(reader, person))
+        broken = unsound(entries)
+        if broken is not None:  # (reported as true, an edited entry would mislead the auditor)
+            log.error("the disclosure ledger is broken at entry %s", broken.seq)
+            raise LedgerBrokenError(
+                f"the disclosure ledger is broken at entry {broken.seq}: {broken.problem}. Its entries about "
+                "this person cannot be reported as true; the hub's operator should run `carehub audit verify` "
+                "and report the break to the information governance lead",
+                ("AuditEvent",),
+            )
+        events = [audit_event(entry) for entry in entries]
         audit = Decision("permit", ("the auditor role reads the disclosure ledger for audit",))
         record(ledger, who, "audit", [({"resourceType": "Patient", "id": person}, audit)])
         return searchset(request, events, 0, ("patient",))
