@@ -115,6 +115,7 @@ class Writer:
             "final": final,
         }
         if final:
+            point["checkpoints"] = self.checkpoints  # so a checkpoint removed between shows
             point["partitions"] = listed(self.extents)
             point["payloads_for"] = self.payloads_for
             if self.topic_partitions is not None:  # so a partition with no events shows as one

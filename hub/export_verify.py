@@ -9,9 +9,11 @@ value), the SHA-256 of the payload's canonical JSON (`payload_sha256`; null when
 JSON) and, where the export included it, the payload itself. Every line but checkpoints feeds a
 running chain: chain = SHA-256(previous chain + SHA-256(line bytes)), starting from 64 zeros. A
 checkpoint line {"checkpoint": {...}, "signature": ...} states the number of lines and the chain so
-far, signed with Ed25519 over its canonical JSON (sorted keys, no spaces). The last line is the one
-checkpoint marked `"final": true`, which also signs each partition's first and last offset and
-event count, and how many partitions the topic has (`topic_partitions`; absent from exports made
+far, signed with Ed25519 over its canonical JSON (sorted keys, no spaces). A checkpoint line
+holds nothing else, exactly as the hub wrote it. The last line is the one checkpoint marked
+`"final": true`, which also signs how many checkpoints came before it (`checkpoints`; absent from
+exports made before CareHub stated it), each partition's first and last offset and event count,
+and how many partitions the topic has (`topic_partitions`; absent from exports made
 before CareHub stated it), so a partition with no events is listed as one. Each checkpoint signs
 when the export was made (`exported_at`); the final one also signs for which organisation payloads
 were included (`payloads_for`, null for hashes only; absent from older exports), and the verifier
@@ -109,13 +111,17 @@ class _Reading:
             return f"line {number} is not JSON"
         if not isinstance(record, dict):
             return f"line {number} is JSON but not an object ({type(record).__name__})"
-        problem = self._checkpoint(number, record) if "checkpoint" in record else self._event(line, record)
+        problem = self._checkpoint(number, line, record) if "checkpoint" in record else self._event(line, record)
         return f"line {number}: {problem}" if problem else None
 
-    def _checkpoint(self, number: int, record: dict[str, Any]) -> str | None:
+    def _checkpoint(self, number: int, line: bytes, record: dict[str, Any]) -> str | None:
         point, signature = record["checkpoint"], record.get("signature")
         if not isinstance(point, dict) or not isinstance(signature, str):
             return "a checkpoint must be an object with a signature string"
+        if set(record) != {"checkpoint", "signature"}:  # (only the checkpoint is signed: nothing may ride beside it)
+            return f"a checkpoint line holds its checkpoint and signature only, and this one adds {_keys(record)}"
+        if line != canonical(record):  # (the chain covers event lines only: a checkpoint line is held to its form)
+            return "the checkpoint line is not as the hub wrote it (its bytes were changed)"
         try:  # (first: an altered checkpoint is itself the problem, not the lines it covers)
             self.key.verify(base64.b64decode(signature, validate=True), canonical(point))
         except (InvalidSignature, ValueError):
@@ -131,6 +137,12 @@ class _Reading:
         self.last_point, self.since = point, number + 1
         if point.get("final") is True:
             self.final_at, self.final_point = number, point
+            before = point.get("checkpoints", self.checkpoints - 1)  # (absent from exports made before it was signed)
+            if before != self.checkpoints - 1:
+                return (
+                    f"the final checkpoint signs {before} checkpoints before it and {self.checkpoints - 1} were "
+                    "found: a checkpoint line was removed or added"
+                )
             if point.get("partitions") != listed(self.extents):
                 return "the final checkpoint's partitions do not match the lines before it"
             stated = point.get("topic_partitions", len(self.extents) and max(self.extents) + 1)
@@ -170,6 +182,11 @@ def verify(export: Path, public_key_pem: bytes) -> Verdict:
     reading = _Reading(key)
     with export.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
+            if raw.endswith(b"\r\n"):  # every line changed alike: a transfer's doing, not an edit to hunt for
+                return reading.verdict(
+                    f"line {number} ends with CR LF, not LF as exported: the file was converted to Windows line "
+                    "ends on its way (a text-mode transfer, or an editor); convert it back (dos2unix) and verify again"
+                )
             problem = reading.read(number, raw.rstrip(b"\n"))
             if problem:
                 return reading.verdict(problem)
@@ -237,6 +254,10 @@ def _stated(final: dict[str, Any]) -> list[str]:
         org = final["payloads_for"]
         said.append(f"payloads: included for {org}, where its agreements permit them")
     return said
+
+
+def _keys(record: dict[str, Any]) -> str:
+    return ", ".join(sorted(set(record) - {"checkpoint", "signature"}))
 
 
 def _count(n: int, thing: str) -> str:

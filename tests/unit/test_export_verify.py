@@ -171,3 +171,39 @@ def test_a_payload_from_an_event_naming_no_organisation_is_withheld_whatever_the
     shown, judged = _decide(encounter, "urn:ods:RXX", everything)
     assert shown
     assert judged[0][0]["meta"]["source"] == "urn:ods:RXX"  # decided as supplied by RXX
+
+
+def test_a_checkpoint_line_carrying_anything_beside_its_signed_checkpoint_fails(tmp_path: Path) -> None:
+    import json
+
+    lines = an_export()  # e e c e e c e F
+    for n in (2, 7):  # a middle checkpoint and the final one
+        record = json.loads(lines[n])
+        added = canonical(record | {"comment": "all good", "payload": {"note": "unsigned"}}) + b"\n"
+        ok, problem = verdict_of([*lines[:n], added, *lines[n + 1 :]], tmp_path)
+        assert not ok
+        said = "a checkpoint line holds its checkpoint and signature only, and this one adds comment, payload"
+        assert problem == f"line {n + 1}: {said}"
+        spaced = json.dumps(record).encode() + b"\n"  # the same content, other bytes
+        ok, problem = verdict_of([*lines[:n], spaced, *lines[n + 1 :]], tmp_path)
+        assert (ok, problem) == (
+            False,
+            f"line {n + 1}: the checkpoint line is not as the hub wrote it (its bytes were changed)",
+        )
+
+
+def test_a_middle_checkpoint_removed_fails_at_the_final_one(tmp_path: Path) -> None:
+    lines = an_export()  # e e c e e c e F
+    ok, problem = verdict_of([*lines[:5], *lines[6:]], tmp_path)
+    assert not ok
+    assert problem == (
+        "line 7: the final checkpoint signs 2 checkpoints before it and 1 were found: a checkpoint line was "
+        "removed or added"
+    )
+
+
+def test_an_export_whose_line_ends_were_converted_to_crlf_says_so(tmp_path: Path) -> None:
+    lines = [line.replace(b"\n", b"\r\n") for line in an_export()]
+    ok, problem = verdict_of(lines, tmp_path)
+    assert not ok
+    assert problem.startswith("line 1 ends with CR LF, not LF as exported: the file was converted")
