@@ -39,8 +39,15 @@ def an_adt(
     seg_end: bytes = b"\r",
     extra_segments: tuple[str, ...] = (),
     encoding: str = "utf-8",
+    died: str = "",
+    death_indicator: str = "",
+    reliability: str = "NSTS01",
+    disposition: str = "19",
+    discharged_to: str = "",
 ) -> bytes:
-    """One ADT message; None leaves a field empty. A03 carries PV1-45, others do not."""
+    """One ADT message; None leaves a field empty. A03 carries PV1-45, others do not. `died` and
+    `death_indicator` are PID-29 and PID-30, `reliability` PID-32, `disposition` and `discharged_to`
+    PV1-36 and PV1-37."""
     ids = [f"{nhs_number}^^^NHS^NH"] if nhs_number else []
     ids += [f"{mrn}^^^{sender}^MR"] if mrn else []
     structure = {"A40": "ADT_A39", "A03": "ADT_A03"}.get(trigger, "ADT_A01")
@@ -49,7 +56,7 @@ def an_adt(
         f"|P|{version}|||AL|NE|GBR|{charset}|EN||iTKv1.0",
         f"EVN|{trigger}|{event_time}",
         f"PID|1||{'~'.join(ids)}||{family}^{given}^^^MRS||19400312|F|||1 HIGH STREET^^MALTON^^YO17 7AA"
-        "|||||||||||||||||||||NSTS01",
+        f"{'|' * 18}{died}|{death_indicator}||{reliability}",
     ]
     if practice:
         segments.append(f"PD1|||MALTON SURGERY^^{practice}|G1234567^DOC^A")
@@ -58,8 +65,8 @@ def an_adt(
     else:
         end = discharge if trigger == "A03" else ""
         segments.append(
-            f"PV1|1|{patient_class}|WARD1^BAY2^BED3||||||||||||||||{visit or ''}|||||||||||||||||19||||||||"
-            f"{admit or ''}|{end or ''}"
+            f"PV1|1|{patient_class}|WARD1^BAY2^BED3||||||||||||||||{visit or ''}|||||||||||||||||{disposition}"
+            f"|{discharged_to}|||||||{admit or ''}|{end or ''}"
         )
     segments += list(extra_segments)
     return seg_end.join(s.encode(encoding) for s in segments) + seg_end

@@ -74,12 +74,21 @@ def birth_date(text: str, where: str = "PID-7") -> str | None:
     return moment.date().isoformat()[: {4: 4, 6: 7}.get(digits, 10)]
 
 
+# XPN-7 name type (table 0200) -> HumanName.use, the v2-to-FHIR IG's ConceptMap table-hl70200-to-name-use;
+# the codes it leaves unmatched (A alias or assigned, B birth, C adopted, P partner's, U unknown...) say no use
+NAME_USE = {"BAD": "old", "D": "usual", "L": "official", "M": "maiden", "MSK": "anonymous", "N": "nickname"}
+NAME_USE |= {"NAV": "temp", "R": "official", "TEMP": "temp"}
+
+
 def human_name(xpn: list[str]) -> dict[str, object] | None:
-    """XPN: family^given^middle^suffix^prefix."""
+    """XPN: family^given^middle^suffix^prefix^degree^name type. Without a name type the name is the
+    official one (as the hub has always read PID-5); with one the IG does not map, it has no use."""
     family, given = xpn[0] if xpn else "", [g for g in xpn[1:3] if g] if len(xpn) > 1 else []
     if not family and not given:
         return None
-    name: dict[str, object] = {"use": "official"}
+    kind = _at(xpn, 6).upper()
+    use = NAME_USE.get(kind) if kind else "official"
+    name: dict[str, object] = {"use": use} if use else {}
     if family:
         name["family"] = family
     if given:

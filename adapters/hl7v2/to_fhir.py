@@ -26,7 +26,12 @@ from adapters.hl7v2.message import Fields, fingerprint, parse
 from hub.core import nhs_number
 from hub.core.errors import InvalidMessageError, UnsupportedMessageError
 from hub.core.identity import person_key, stable_id
-from hub.core.record_content import REMOVED_URL
+from hub.core.record_content import (
+    DISCHARGE_METHOD_URL,
+    REMOVED_URL,
+    VERIFICATION_REMOVED,
+    VERIFICATION_URL,
+)
 from hub.core.skew import CLOCK_SKEW
 from schemas.events import encounter as enc
 from schemas.events import patient as pat
@@ -35,7 +40,6 @@ Json = dict[str, Any]
 NHS_SYSTEM = nhs_number.NHS_NUMBER_SYSTEM
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 MRN_SYSTEM = "https://fhir.nhs.uk/Id/MRN/"
-VERIFICATION_URL = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus"
 VERIFICATION_SYSTEM = "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland"
 DISCHARGE_DESTINATION = "https://fhir.hl7.org.uk/CodeSystem/UKCore-DischargeDestinationEngland"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -269,6 +273,7 @@ def _is_nhs_number(cx: list[str]) -> bool:
 
 def _patient_and_practice(f: Fields, pid: Any, person: _Person, latest: datetime | None) -> list[Json]:
     patient: Json = {"resourceType": "Patient", "id": person.key, "identifier": person.identifiers}
+    # (PID-32 left empty says nothing of the status: the record keeps the one it holds for this number)
     status = next((r[0][4:] for r in f.reps(pid, 32) if r[0].startswith("NSTS")), "")
     if status in VERIFICATION and patient["identifier"][0]["system"] == NHS_SYSTEM:
         coding = {"system": VERIFICATION_SYSTEM, "code": status, "display": VERIFICATION[status]}
@@ -278,18 +283,26 @@ def _patient_and_practice(f: Fields, pid: Any, person: _Person, latest: datetime
     resources = [patient]
     deleted = [element for n, element in _DELETABLE if f.nulled(pid, n)]
     deleted += ["generalPractitioner"] if f.nulled(f.first("PD1"), 3) else []
+    deleted += [VERIFICATION_REMOVED] if f.nulled(pid, 32) else []
     if deleted:  # `""`: delete what the record holds (an empty field leaves it: hub.core.record_content)
         patient["extension"] = [{"url": REMOVED_URL, "valueCode": element} for element in deleted]
-    practice = next((x for x in f.reps(f.first("PD1"), 3) if len(x) > 2 and x[2]), None)
+    practice = next((x for x in f.reps(f.first("PD1"), 3) if _ods_code(x)), None)
     if practice:
-        org_id = stable_id("ods", practice[2])
+        ods = _ods_code(practice)
+        org_id = stable_id("ods", ods)
         org: Json = {"resourceType": "Organization", "id": org_id}
-        org["identifier"] = [{"system": ODS_SYSTEM, "value": practice[2]}]
+        org["identifier"] = [{"system": ODS_SYSTEM, "value": ods}]
         if practice[0]:
             org["name"] = practice[0]
         patient["generalPractitioner"] = [{"reference": f"Organization/{org_id}"}]
         resources.append(org)
     return resources
+
+
+def _ods_code(xon: list[str]) -> str:
+    """A practice's ODS code from an XON (PD1-3): XON-10 (organization identifier, v2.5 on) where
+    valued, else XON-3 (ID number, deprecated in v2.5 but what ITK's v2.4 profile uses)."""
+    return (xon[9] if len(xon) > 9 else "") or (xon[2] if len(xon) > 2 else "")
 
 
 # PID fields whose explicit null `""` deletes a Patient element the record holds
@@ -316,11 +329,11 @@ def _demographics(f: Fields, pid: Any, patient: Json, latest: datetime | None) -
         patient["address"] = addresses
     if telecoms := [t for t in (dt.telecom(x) for x in f.reps(pid, 13)) if t]:
         patient["telecom"] = telecoms
-    died = _life(f, pid, latest)
-    if died:
+    died, indicator = _life(f, pid, latest), f.get(pid, 30).upper()
+    if died:  # PID-29 wins over PID-30, even an `N` (the IG maps PID-30 only where PID-29 is not valued)
         patient["deceasedDateTime"] = dt.fhir_datetime(died)
-    elif f.get(pid, 30).upper() == "Y":
-        patient["deceasedBoolean"] = True
+    elif indicator in ("Y", "N"):  # `N`: not deceased, which withdraws a death the record holds
+        patient["deceasedBoolean"] = indicator == "Y"
 
 
 def _life(f: Fields, pid: Any, latest: datetime | None) -> datetime | None:
@@ -351,6 +364,7 @@ def _encounter(
         enc_id = stable_id("hl7v2", sender, message_key)
     admitted, discharged = _stay(f, pv1, latest, ends=trigger != "A13")
     status = "finished" if discharged and trigger in ("A03", "A08") else STATUS[trigger]
+    # PV1-2 empty: class U (Encounter.class is 1..1), which never replaces a class the record holds
     system, code = CLASS.get(f.get(pv1, 2).upper(), (PATIENT_CLASS, f.get(pv1, 2).upper() or "U"))
     resource: Json = {
         "resourceType": "Encounter",
@@ -370,9 +384,30 @@ def _encounter(
         resource["period"] = {"start": dt.fhir_datetime(admitted)}
     if ward := " ".join(p for p in (f.reps(pv1, 3) or [[]])[0][:3] if p):
         resource["location"] = [{"location": {"display": ward}}]
-    if disposition := _disposition(f.reps(pv1, 36)):
-        resource["hospitalization"] = {"dischargeDisposition": disposition}
+    _discharge(f, pv1, resource)
     return resource
+
+
+def _discharge(f: Fields, pv1: Any, resource: Json) -> None:
+    """Where the patient went. PV1-37 (ITK table 0113: the NHS Data Dictionary's Discharge Destination)
+    is the disposition when it is one of those codes, or PV1-36 is empty; PV1-36, whose table differs by
+    feed (ITK's 0112 mixes A&E disposal with Discharge Method; ITK and Epic send a destination such as
+    19 there, Epic free text), is then kept as sent, text only, in UK Core's discharge method extension.
+    Otherwise PV1-36 is the disposition (the v2-to-FHIR IG's map) and a PV1-37 beside it, no destination
+    code (Epic's `1`), the IG's hospitalization.destination, by name. Never coded by guess, never refused."""
+    to, disposal = _disposition(f.reps(pv1, 37)), _disposition(f.reps(pv1, 36))
+    stay: Json = {}
+    if to is not None and ("coding" in to or disposal is None):
+        stay["dischargeDisposition"] = to
+        if disposal is not None:
+            method = {"url": DISCHARGE_METHOD_URL, "valueCodeableConcept": {"text": disposal["text"]}}
+            resource["extension"] = [method]
+    elif disposal is not None:
+        stay["dischargeDisposition"] = disposal
+        if to is not None:
+            stay["destination"] = {"display": to["text"]}
+    if stay:
+        resource["hospitalization"] = stay
 
 
 def _stay(f: Fields, pv1: Any, latest: datetime | None, *, ends: bool) -> tuple[datetime | None, datetime | None]:

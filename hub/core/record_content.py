@@ -1,7 +1,7 @@
 """What a write to the record makes of what an event says (hub.core.record's content rules): an
-Encounter update overlays the stay, a referral and its outcomes overlay each other in either order,
-security labels are kept as a set, a cancelled discharge reopens the stay, a merged-away Patient stays
-retired; and whether two contents say the same."""
+Encounter update overlays the stay (a class unknown keeps the one held), a referral and its outcomes
+overlay each other in either order, security labels are kept as a set, a cancelled discharge reopens
+the stay, a merged-away Patient stays retired; and whether two contents say the same."""
 
 from __future__ import annotations
 
@@ -14,6 +14,11 @@ NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 # the record holds, where one merely left out is kept (an A02 without PD1 does not unregister anyone)
 REMOVED_URL = "https://carehub.invalid/StructureDefinition/removed-element"
 DISCHARGE_CANCELLED = "uk.nhs.carehub.encounter.discharge-cancelled.v1"
+VERIFICATION_URL = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus"
+VERIFICATION_REMOVED = "identifier:nhsNumber.extension:nhsNumberVerificationStatus"  # (a REMOVED_URL code)
+DISCHARGE_METHOD_URL = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-DischargeMethod"
+# Encounter.class is 1..1: a stay whose class no one said (HL7 v2: PV1-2 empty) is this, "unknown"
+UNKNOWN_CLASS = {"system": "http://terminology.hl7.org/CodeSystem/v2-0004", "code": "U"}
 
 
 def replaced_by(patient: Json) -> str | None:
@@ -62,6 +67,8 @@ def next_content(event: RecordEvent, incoming: Json, current: StoredResource | N
         merged.update(content)
         if content.get("status") == "unknown" and before.get("status"):
             merged["status"] = before["status"]
+        if content.get("class") == UNKNOWN_CLASS and before.get("class"):
+            merged["class"] = before["class"]  # unknown is no news: an inpatient stay stays one
         if "period" in content and "period" in before:
             merged["period"] = {**before["period"], **content["period"]}
         content = merged
@@ -112,9 +119,31 @@ def _overlaid_patient(before: Json, said: Json) -> Json:
     if kept:  # (the NHS number first, as UK Core has it)
         both = [*(said.get("identifier") or []), *kept]
         merged["identifier"] = sorted(both, key=lambda i: i.get("system") != NHS_NUMBER_SYSTEM)
+    if VERIFICATION_REMOVED not in removed and "identifier" in merged:
+        merged["identifier"] = _verification_kept(before, merged["identifier"])
     for element in removed:
         merged.pop(element, None)
     return merged
+
+
+def _verification_kept(before: Json, identifiers: list[Json]) -> list[Json]:
+    """The NHS number said again without a verification status (HL7 v2: PID-32 left empty) keeps the
+    status held for that same number; a status said, or another number, is the sender's word."""
+    held = {i.get("value"): _verification_of(i) for i in before.get("identifier") or [] if _is_nhs_number(i)}
+    return [
+        {**i, "extension": [*(i.get("extension") or []), *held[i.get("value")]]}
+        if _is_nhs_number(i) and held.get(i.get("value")) and not _verification_of(i)
+        else i
+        for i in identifiers
+    ]
+
+
+def _is_nhs_number(identifier: Json) -> bool:
+    return identifier.get("system") == NHS_NUMBER_SYSTEM
+
+
+def _verification_of(identifier: Json) -> list[Json]:
+    return [e for e in identifier.get("extension") or [] if e.get("url") == VERIFICATION_URL]
 
 
 def _own_extensions(patient: Json) -> list[Json]:
@@ -168,9 +197,15 @@ def _cancel_discharge(event: RecordEvent, content: Json) -> Json:
         content["period"] = period
     else:
         content.pop("period", None)
-    stay = {k: v for k, v in (content.get("hospitalization") or {}).items() if k != "dischargeDisposition"}
+    ended = ("dischargeDisposition", "destination")
+    stay = {k: v for k, v in (content.get("hospitalization") or {}).items() if k not in ended}
     if stay:
         content["hospitalization"] = stay
     else:
         content.pop("hospitalization", None)
+    extensions = [e for e in content.get("extension") or [] if e.get("url") != DISCHARGE_METHOD_URL]
+    if extensions:  # (how a discharge that did not happen was made goes with it)
+        content["extension"] = extensions
+    else:
+        content.pop("extension", None)
     return content

@@ -643,3 +643,100 @@ def test_a_batch_file_splits_into_its_messages() -> None:
     batch = b"FHS|^~\\&|PAS\rBHS|^~\\&|PAS\r" + one + two + b"BTS|2\rFTS|1\r"
     events = [one_event(m) for m in split_batch(batch)]
     assert [e.control_id for e in events] == ["B1", "B2"]
+
+
+# --- what trusts' feeds sent (defects found over MLLP) -----------------------------------------
+
+DESTINATION = "https://fhir.hl7.org.uk/CodeSystem/UKCore-DischargeDestinationEngland"
+DISCHARGE_METHOD = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-DischargeMethod"
+
+
+@pytest.mark.parametrize(
+    ("died", "indicator", "deceased"),
+    [
+        ("", "N", {"deceasedBoolean": False}),
+        ("", "n", {"deceasedBoolean": False}),
+        ("", "Y", {"deceasedBoolean": True}),
+        ("", "", {}),
+        ("20261202103000", "Y", {"deceasedDateTime": "2026-12-02T10:30:00+00:00"}),
+        # contradictory: the date wins, as the v2-to-FHIR IG maps PID-30 only where PID-29 is empty
+        ("20261202103000", "N", {"deceasedDateTime": "2026-12-02T10:30:00+00:00"}),
+    ],
+)
+def test_pid_30_n_says_the_person_is_not_deceased_and_a_date_of_death_outweighs_it(
+    died: str, indicator: str, deceased: dict[str, object]
+) -> None:
+    [patient] = resources(an_adt(trigger="A08", died=died, death_indicator=indicator), "Patient")
+    assert {k: v for k, v in patient.items() if k.startswith("deceased")} == deceased
+
+
+def test_pid_32_as_the_explicit_null_asks_the_record_to_delete_the_verification_status() -> None:
+    [patient] = resources(an_adt(trigger="A08", reliability='""'), "Patient")
+    assert "extension" not in patient["identifier"][0]
+    assert patient["extension"] == [
+        {
+            "url": "https://carehub.invalid/StructureDefinition/removed-element",
+            "valueCode": "identifier:nhsNumber.extension:nhsNumberVerificationStatus",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("pd1_3", "ods"),
+    [
+        ("DERWENT PRACTICE^^^^^^^^^Y90001", "Y90001"),  # v2.5 on: XON-10, XON-3 deprecated
+        ("DERWENT PRACTICE^^Y00001^^^^^^^Y90001", "Y90001"),  # both: XON-10 wins
+        ("DERWENT PRACTICE^^Y00001", "Y00001"),  # ITK v2.4: XON-3
+    ],
+)
+def test_the_practice_ods_code_is_xon_10_where_valued_else_xon_3(pd1_3: str, ods: str) -> None:
+    raw = an_adt(trigger="A01", version="2.5.1").replace(b"PD1|||MALTON SURGERY^^Y00001|", f"PD1|||{pd1_3}|".encode())
+    [organization] = resources(raw, "Organization")
+    [patient] = resources(raw, "Patient")
+    assert organization["identifier"] == [{"system": ODS, "value": ods}]
+    assert organization["name"] == "DERWENT PRACTICE"
+    assert patient["generalPractitioner"] == [{"reference": f"Organization/{organization['id']}"}]
+
+
+def test_pv1_37_is_the_discharge_destination_and_pv1_36_is_kept_as_sent_beside_it() -> None:
+    [encounter] = resources(an_adt(trigger="A03", disposition="1", discharged_to="54"), "Encounter")
+    assert encounter["hospitalization"] == {
+        "dischargeDisposition": {"coding": [{"system": DESTINATION, "code": "54"}], "text": "54"}
+    }
+    assert encounter["extension"] == [{"url": DISCHARGE_METHOD, "valueCodeableConcept": {"text": "1"}}]
+
+
+@pytest.mark.parametrize(
+    ("pv1_36", "pv1_37", "hospitalization"),
+    [
+        ("", "85", {"dischargeDisposition": {"coding": [{"system": DESTINATION, "code": "85"}], "text": "85"}}),
+        ("", "CARE HOME", {"dischargeDisposition": {"text": "CARE HOME"}}),
+        ("19", "", {"dischargeDisposition": {"coding": [{"system": DESTINATION, "code": "19"}], "text": "19"}}),
+        # Epic (UCLH): free text in PV1-36, a local code in PV1-37: PV1-36 stays the disposition
+        ("Home", "1", {"dischargeDisposition": {"text": "Home"}, "destination": {"display": "1"}}),
+    ],
+)
+def test_the_discharge_destination_comes_from_whichever_field_carries_it(
+    pv1_36: str, pv1_37: str, hospitalization: dict[str, object]
+) -> None:
+    [encounter] = resources(an_adt(trigger="A03", disposition=pv1_36, discharged_to=pv1_37), "Encounter")
+    assert encounter["hospitalization"] == hospitalization
+    assert "extension" not in encounter
+
+
+def test_xpn_7_name_types_become_name_uses_by_the_v2_to_fhir_concept_map() -> None:
+    raw = an_adt().replace(b"|SMITH^JANE^^^MRS|", b"|SMITH^JOHN^PAUL^^MR^^L~SMYTHE^JACK^^^^^A|")
+    [patient] = resources(raw, "Patient")
+    assert patient["name"] == [
+        {"use": "official", "family": "SMITH", "given": ["JOHN", "PAUL"], "prefix": ["MR"]},
+        {"family": "SMYTHE", "given": ["JACK"]},  # A (alias, or assigned from v2.5): unmatched in the IG
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name_type", "use"),
+    [("D", "usual"), ("M", "maiden"), ("BAD", "old"), ("N", "nickname"), ("R", "official"), ("TEMP", "temp")],
+)
+def test_each_mapped_name_type_has_its_use(name_type: str, use: str) -> None:
+    raw = an_adt().replace(b"|SMITH^JANE^^^MRS|", f"|SMITH^JANE^^^MRS^^{name_type}|".encode())
+    assert resources(raw, "Patient")[0]["name"][0]["use"] == use

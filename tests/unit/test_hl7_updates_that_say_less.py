@@ -1,0 +1,149 @@
+"""A later message that says less than the record holds, through the record's rules (hub.core.record over
+the in-memory store, events mapped from real ADT): PID-30 `N` withdraws a death, an NHS number sent
+again without PID-32 keeps its verification status, and a stay sent again without PV1-2 keeps its class."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from adapters.hl7v2.to_fhir import map_message
+from hub.core.ports import RecordEvent, StoredResource
+from hub.core.record import apply_events
+from hub.core.record_content import next_content
+from hub.store.memory import MemoryRecordStore
+from tests.builders import an_adt
+
+SECRET = b"says-less-secret"
+VERIFIED = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus"
+DISCHARGE_METHOD = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-DischargeMethod"
+IMP = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"}
+
+
+def the_record(*raws: bytes) -> MemoryRecordStore:
+    store = MemoryRecordStore()
+    for raw in raws:
+        events = [
+            RecordEvent(m.event_id, m.event_type, m.source, m.event_time, m.person_key, m.payload)
+            for m in map_message(raw, key_secret=SECRET)
+        ]
+        with store.unit_of_work() as uow:
+            apply_events(uow, events)
+            uow.commit()
+    return store
+
+
+def the_one(store: MemoryRecordStore, kind: str) -> dict[str, Any]:
+    [found] = store.reader().search(kind, None)
+    return found
+
+
+def deceased(patient: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in patient.items() if k.startswith("deceased")}
+
+
+def status_of(patient: dict[str, Any]) -> list[str]:
+    nhs = patient["identifier"][0]
+    return [e["valueCodeableConcept"]["coding"][0]["code"] for e in nhs.get("extension") or [] if e["url"] == VERIFIED]
+
+
+# --- 1. PID-30 N --------------------------------------------------------------------------------
+
+
+def test_pid_30_n_an_hour_after_a_recorded_death_withdraws_it_in_a_new_version() -> None:
+    died = an_adt(trigger="A08", control_id="D1", event_time="202612021130", died="20261202103000", death_indicator="Y")
+    alive = an_adt(trigger="A08", control_id="D2", event_time="202612021230", death_indicator="N")
+
+    patient = the_one(the_record(died, alive), "Patient")
+
+    assert deceased(patient) == {"deceasedBoolean": False}  # the exact shape coordination reads as a correction
+    assert patient["meta"]["versionId"] == "2"
+
+
+def test_a_death_recorded_again_after_pid_30_n_replaces_the_false() -> None:
+    alive = an_adt(trigger="A08", control_id="D1", event_time="202612021130", death_indicator="N")
+    died = an_adt(trigger="A08", control_id="D2", event_time="202612021230", died="20261202120000", death_indicator="Y")
+
+    assert deceased(the_one(the_record(alive, died), "Patient")) == {"deceasedDateTime": "2026-12-02T12:00:00+00:00"}
+
+
+# --- 2. PID-32 left empty -----------------------------------------------------------------------
+
+
+def test_an_nhs_number_sent_again_without_pid_32_keeps_its_verification_status() -> None:
+    registered = an_adt(trigger="A28", control_id="R1", event_time="202611010900", reliability="NSTS01")
+    admitted = an_adt(trigger="A01", control_id="R2", event_time="202611010930", reliability="")
+
+    patient = the_one(the_record(registered, admitted), "Patient")
+
+    assert status_of(patient) == ["01"]
+    assert patient["meta"]["versionId"] == "1"  # nothing new was said of the person
+
+
+def test_a_verification_status_sent_replaces_the_one_held_and_the_explicit_null_deletes_it() -> None:
+    registered = an_adt(trigger="A28", control_id="R1", event_time="202611010900", reliability="NSTS01")
+    traced = an_adt(trigger="A31", control_id="R2", event_time="202611010930", reliability="NSTS02")
+    deleted = an_adt(trigger="A31", control_id="R3", event_time="202611011000", reliability='""')
+
+    assert status_of(the_one(the_record(registered, traced), "Patient")) == ["02"]
+    patient = the_one(the_record(registered, deleted), "Patient")
+    assert status_of(patient) == []
+    assert "extension" not in patient  # the deletion is done, not kept as data
+
+
+def test_another_nhs_number_does_not_inherit_the_held_status() -> None:
+    # (the overlay itself: over HL7 another NHS number is another person key, so another Patient)
+    nhs = "https://fhir.nhs.uk/Id/nhs-number"
+    held = {"resourceType": "Patient", "id": "p1", "meta": {"source": "urn:ods:RXX"}}
+    held["identifier"] = [{"system": nhs, "value": "9434765919", "extension": [_verified("01")]}]
+    current = StoredResource("Patient", "p1", "p1", 1, datetime(2026, 11, 1, tzinfo=UTC), "e1", held)
+    event = RecordEvent("e2", "uk.nhs.carehub.patient.updated.v1", "urn:ods:RXX", current.event_time, "p1", {})
+
+    same = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": nhs, "value": "9434765919"}]}
+    other = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": nhs, "value": "9990000018"}]}
+    assert status_of(next_content(event, same, current)) == ["01"]
+    assert status_of(next_content(event, other, current)) == []
+
+
+def _verified(code: str) -> dict[str, Any]:
+    return {"url": VERIFIED, "valueCodeableConcept": {"coding": [{"code": code}]}}
+
+
+# --- 3. PV1-2 left empty ------------------------------------------------------------------------
+
+
+def test_a_transfer_and_discharge_without_pv1_2_keep_the_inpatient_class() -> None:
+    admitted = an_adt(trigger="A01", control_id="C1", event_time="202611010930", patient_class="I")
+    moved = an_adt(trigger="A02", control_id="C2", event_time="202611021000", patient_class="")
+    discharged = an_adt(trigger="A03", control_id="C3", event_time="202611031105", patient_class="")
+
+    assert the_one(the_record(admitted, moved), "Encounter")["class"] == IMP
+    encounter = the_one(the_record(admitted, moved, discharged), "Encounter")
+    assert encounter["class"] == IMP
+    assert encounter["status"] == "finished"
+
+
+def test_a_stay_first_heard_of_without_pv1_2_is_unknown_until_a_class_is_said() -> None:
+    discharged = an_adt(trigger="A03", control_id="C1", event_time="202611031105", patient_class="")
+    said = an_adt(trigger="A08", control_id="C2", event_time="202611031200", patient_class="O")
+
+    unknown = {"system": "http://terminology.hl7.org/CodeSystem/v2-0004", "code": "U"}
+    assert the_one(the_record(discharged), "Encounter")["class"] == unknown
+    ambulatory = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}
+    assert the_one(the_record(discharged, said), "Encounter")["class"] == ambulatory
+
+
+# --- 5. PV1-37 ----------------------------------------------------------------------------------
+
+
+def test_a_cancelled_discharge_takes_its_destination_and_method_with_it() -> None:
+    admitted = an_adt(trigger="A01", control_id="C1", event_time="202611010930")
+    discharged = an_adt(trigger="A03", control_id="C2", event_time="202611031105", disposition="1", discharged_to="54")
+    cancelled = an_adt(trigger="A13", control_id="C3", event_time="202611031200", disposition="1", discharged_to="54")
+
+    encounter = the_one(the_record(admitted, discharged), "Encounter")
+    assert encounter["hospitalization"]["dischargeDisposition"]["coding"][0]["code"] == "54"
+    assert encounter["extension"][0]["url"] == DISCHARGE_METHOD
+    encounter = the_one(the_record(admitted, discharged, cancelled), "Encounter")
+    assert "hospitalization" not in encounter
+    assert "extension" not in encounter
