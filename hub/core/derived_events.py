@@ -21,6 +21,7 @@ OVERDUE = "overdue"
 STATUS_REASON_SYSTEM = "https://carehub.invalid/CodeSystem/task-status-reason"
 MOVED_REASON = "referral-moved"  # a task cancelled because its referral was re-sent for another person
 MOVED_TEXT = "The referral was re-sent for another person (its NHS number corrected): its tasks are theirs now"
+DIED_REASON = "person-died"  # a task to contact or visit the person, cancelled because they died (hub.core.deaths)
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,11 @@ class DerivedEvents:
         if task.get("practice"):
             resource["output"] = [practice_output(task["practice"])]
         if task.get("moved"):
-            coding = {
-                "system": STATUS_REASON_SYSTEM,
-                "code": MOVED_REASON,
-                "display": "Referral moved to another person",
-            }
-            resource["statusReason"] = {"coding": [coding], "text": MOVED_TEXT}
+            resource["statusReason"] = _reason(MOVED_REASON, "Referral moved to another person", MOVED_TEXT)
+        elif task.get("died"):
+            when = "" if task["died"] is True else f" ({task['died']})"
+            text = f"The person died{when}: no one is to contact or visit them for this task"
+            resource["statusReason"] = _reason(DIED_REASON, "The person died", text)
         if task.get("overdue"):
             resource["businessStatus"] = {
                 "coding": [{"system": co.BUSINESS_STATUS_SYSTEM, "code": OVERDUE, "display": "Overdue"}],
@@ -163,3 +163,8 @@ class DerivedEvents:
             subject=person,
             payload=resource,
         )
+
+
+def _reason(code: str, display: str, text: str) -> Json:
+    """A cancelled Task's statusReason: why the hub, not a coordinator, ended it."""
+    return {"coding": [{"system": STATUS_REASON_SYSTEM, "code": code, "display": display}], "text": text}

@@ -10,6 +10,12 @@ about them) and the meeting date; nothing here reads a clock or a store. Four se
     overdue tasks       coordinator Tasks whose businessStatus is `overdue` and that are still open
                         (not completed, cancelled, failed, rejected or entered-in-error), whatever their age
 
+A person whose Patient says they died (deceasedDateTime, or deceasedBoolean true) is no new referral
+and not newly eligible; where they are still on the agenda (the discharge that was their death, an
+overdue letter), each item says they died and when, and, while an EpisodeOfCare of theirs is open,
+that it should be closed (the EpisodeOfCare is then disclosed with the item, so the policy decides
+it too): a meeting must not plan a visit to a bereaved family.
+
 The window is the seven Europe/London days before the meeting day: [day - 7, day), so a referral
 authored at 00:00 on the meeting day is on next week's agenda. People count as the practice's when
 their Patient's generalPractitioner names it, by ODS identifier or by reference to an Organization
@@ -27,6 +33,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from hub.core.identity import stable_id
+from hub.core.stays import is_open
 from schemas.events.coordination import (
     BUSINESS_STATUS_SYSTEM,
     CONTACT_SYSTEM,
@@ -43,6 +50,7 @@ WINDOW_DAYS = 7
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 OVERDUE = "overdue"
+CLOSE_EPISODE = "; their episode of care should be closed"
 CLOSED_TASK = frozenset({"completed", "cancelled", "failed", "rejected", "entered-in-error"})  # as hub.core.tasks
 # Not (yet) in schemas/events/coordination.py: how a huddle.agenda List names its practice and sections.
 AGENDA_SYSTEM = "https://carehub.invalid/Id/huddle-agenda"
@@ -67,6 +75,8 @@ class Item:
     what: str
     when: str
     reference: str
+    died: str | None = None  # the person died: when, and what is still to do (also at the end of `what`)
+    episode: str | None = None  # the open EpisodeOfCare `died` says to close
 
 
 @dataclass(frozen=True)
@@ -114,13 +124,17 @@ def agenda(practice_ods: str, meeting_date: date, resources: Iterable[Json]) -> 
         instant = _instant(text)
         return instant is not None and start <= instant < end
 
+    deaths = _deaths(patients, found)
+
     def section(name: str, keep: Callable[[Json], str | None], describe: Callable[[Json], str]) -> tuple[Item, ...]:
         items = []
         for r in found:
             person = _person(r)
             when = keep(r)
-            if person in patients and when is not None:
-                items.append(_item(name, patients[person], describe(r), when, r))
+            if person in patients and when is not None and not (person in deaths and name in _NOT_AFTER_DEATH):
+                items.append(
+                    _item(name, patients[person], describe(r), when, r, *deaths.get(str(person), (None, None)))
+                )
         return tuple(sorted(items, key=lambda i: (_instant(i.when) or end, i.name or "", i.reference)))
 
     practice = next((o for o in organizations.values() if practice_ods in _ods_codes(o)), None)
@@ -133,6 +147,34 @@ def agenda(practice_ods: str, meeting_date: date, resources: Iterable[Json]) -> 
         overdue=section("overdue-task", _overdue_due, describe_task),
         practice_name=str(practice["name"]) if practice and practice.get("name") else None,
     )
+
+
+_NOT_AFTER_DEATH = frozenset({"new-referral", "newly-eligible"})  # no one to refer or find eligible
+
+
+def _deaths(patients: Mapping[str, Json], found: list[Json]) -> dict[str, tuple[str, str | None]]:
+    """By person key, for those who died: what their items say of it, and the open EpisodeOfCare it
+    says to close (their latest, when the record holds one)."""
+    open_episodes = {
+        _person(r): f"EpisodeOfCare/{r['id']}"
+        for r in found
+        if r.get("resourceType") == "EpisodeOfCare" and is_open(r.get("status"))
+    }
+    found_dead = {key: (died, open_episodes.get(key)) for key, p in patients.items() if (died := describe_death(p))}
+    return {key: (died + (CLOSE_EPISODE if episode else ""), episode) for key, (died, episode) in found_dead.items()}
+
+
+def describe_death(patient: Json) -> str | None:
+    """`Died Sun 06 Dec 2026 23:00` (UK time; `date not recorded` for deceasedBoolean alone); None for
+    a Patient not said to have died."""
+    died = patient.get("deceasedDateTime")
+    if not died and patient.get("deceasedBoolean") is not True:
+        return None
+    instant = _instant(str(died)) if died else None
+    day_only = len(str(died)) <= 10  # (a date alone is a day, not its midnight)
+    when = instant.astimezone(UK).strftime("%a %d %b %Y" + ("" if day_only else " %H:%M")) if instant else None
+    when = when or (str(died) if died else "date not recorded")
+    return f"Died {when}"
 
 
 def practice_codes(patient: Json, organizations: Mapping[str, Json]) -> set[str]:
@@ -160,7 +202,7 @@ def withhold(full: Agenda, permitted: Callable[[str], bool]) -> Agenda:
     hidden = {p for p in full.people() if not permitted(f"Patient/{p}")}
 
     def keep(items: tuple[Item, ...]) -> tuple[Item, ...]:
-        return tuple(i for i in items if i.person_key not in hidden and permitted(i.reference))
+        return tuple(_unsaid(i, permitted) for i in items if i.person_key not in hidden and permitted(i.reference))
 
     kept = replace(
         full,
@@ -177,9 +219,19 @@ def withhold(full: Agenda, permitted: Callable[[str], bool]) -> Agenda:
     )
 
 
+def _unsaid(item: Item, permitted: Callable[[str], bool]) -> Item:
+    """The item without the note to close an EpisodeOfCare that may not be shown (it would say it is open)."""
+    if item.episode is None or permitted(item.episode):
+        return item
+    died = str(item.died).removesuffix(CLOSE_EPISODE)
+    return replace(item, what=item.what.removesuffix(CLOSE_EPISODE), died=died, episode=None)
+
+
 def disclosed(full: Agenda, resources: Iterable[Json]) -> list[Json]:
-    """What showing `full` would disclose: each person's Patient and each item's resource."""
+    """What showing `full` would disclose: each person's Patient, each item's resource, and the open
+    EpisodeOfCare an item of a person who died says to close."""
     wanted = {f"Patient/{p}" for p in full.people()} | {i.reference for i in full.items}
+    wanted |= {i.episode for i in full.items if i.episode}
     return [r for r in resources if f"{r.get('resourceType')}/{r.get('id')}" in wanted]
 
 
@@ -207,7 +259,7 @@ def to_fhir_list(agenda: Agenda) -> Json:
         "date": day,
         "orderedBy": {"text": "by section, then by date"},
     }
-    notes = [*agenda.notes]
+    notes = [*agenda.notes, *_death_notes(agenda)]
     if agenda.withheld_people or agenda.withheld_items:
         notes.append(
             f"{agenda.withheld_people} person(s) and {agenda.withheld_items} item(s) withheld under the "
@@ -222,6 +274,12 @@ def to_fhir_list(agenda: Agenda) -> Json:
         system = "http://terminology.hl7.org/CodeSystem/list-empty-reason"
         result["emptyReason"] = {"coding": [{"system": system, "code": reason}]}
     return result
+
+
+def _death_notes(agenda: Agenda) -> list[str]:
+    """One note per person on the agenda who died (the List's entries point at their items only)."""
+    died = {i.person_key: i.died for i in agenda.items if i.died}
+    return [f"Patient/{key}: {text}" for key, text in died.items()]
 
 
 def event_id(fhir_list: Json) -> str:
@@ -304,7 +362,9 @@ def _overdue_due(r: Json) -> str | None:
     return str(((r.get("restriction") or {}).get("period") or {}).get("end") or "")
 
 
-def _item(section: str, patient: Json, what: str, when: str, resource: Json) -> Item:
+def _item(
+    section: str, patient: Json, what: str, when: str, resource: Json, died: str | None, episode: str | None
+) -> Item:
     return Item(
         section=section,
         person_key=str(patient["id"]),
@@ -312,9 +372,11 @@ def _item(section: str, patient: Json, what: str, when: str, resource: Json) -> 
         nhs_number=next(
             (str(i["value"]) for i in patient.get("identifier") or [] if i.get("system") == NHS_SYSTEM), None
         ),
-        what=what,
+        what=f"{what}. {died}" if died else what,
         when=when,
         reference=f"{resource['resourceType']}/{resource['id']}",
+        died=died,
+        episode=episode,
     )
 
 

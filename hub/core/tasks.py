@@ -11,6 +11,9 @@ Order of work for each event (Engine.handle; the steps live here unless another 
     release     once an event names the practice (an ADT, a register row, a GP's referral, or the
                 coordinator completing the find-the-practice task with the practice as its output), held
                 PIC summaries go to it and their find-the-practice tasks complete (hub.core.caseload)
+    death       a Patient for the person saying they died (or taking it back) is kept; news of the death
+                cancels their open tasks that ask someone to contact or visit them, and none opens
+                while the engine knows it (hub.core.deaths)
     manual      a task.updated from a coordinator (the API) moves the task's status if the move is
                 allowed (hub.core.task_status); a final status stops its clock. Then release again (the
                 coordinator may have named the practice); a task.updated goes no further
@@ -49,6 +52,7 @@ from datetime import datetime
 from hub.core.caseload import FIND_PRACTICE as FIND_PRACTICE
 from hub.core.caseload import Caseload, opens_nothing
 from hub.core.days import answers_that_day
+from hub.core.deaths import cancel_contacts, contact_rules, learn
 from hub.core.derived_events import Clock, DerivedEvents, Outcome
 from hub.core.fhir_read import (
     addressed_to,
@@ -107,6 +111,7 @@ class Engine:
         closed, receipt = short_name(co.EPISODE_CLOSED.type), short_name(co.PIC_SUMMARY_RECEIPT.type)
         letters = (r for r in rules.tasks if r.trigger == closed and any(f.event == receipt for f in r.done_by))
         self.caseload = Caseload(rules, self.events, min((r.due for r in letters), default=LETTER_DUE))
+        self._contacts = contact_rules(rules, short_name(co.CONTACT_RECORDED.type))  # (hub.core.deaths)
 
     def handle(self, state: Json, event: RecordEvent) -> Outcome:
         """Apply one event to one person's state."""
@@ -114,9 +119,12 @@ class Engine:
             return Outcome()
         name = short_name(event.type)
         resources = bundle_resources(event.payload)
-        if event.type != co.PIC_SUMMARY_SENT.type:  # (the hub's own letter says only what it was told)
+        said = event.type != co.PIC_SUMMARY_SENT.type  # (the hub's own letter says only what it was told)
+        if said:
             self._remember_practice(state, resources, referral=event.type == co.REFERRAL_RECEIVED.type)
         out = self.caseload.release(state, event)
+        if said and learn(state, event, resources):
+            out.extend(cancel_contacts(self.events, self._contacts, state, event))
         if name == "task.updated":
             out.extend(self._manual(state, event, resources))
             out.extend(self.caseload.release(state, event))  # (the coordinator may have named the practice)
@@ -220,6 +228,8 @@ class Engine:
         out.events.append(self.events.case_listed(state, event, matched))
 
     def _condition(self, rule: TaskRule, state: Json, resources: list[Json]) -> bool:
+        if state.get("died") and rule.id in self._contacts:
+            return False  # no one is sent to contact or visit a person who died (hub.core.deaths)
         if rule.when == "on-caseload-or-case-list":
             return bool(state.get("episode") or state.get("eligible"))
         if rule.when == "addressed-to-service":

@@ -18,14 +18,15 @@ from hub.core.huddle import SECTIONS, UK, Agenda, Item, agenda, disclosed, local
 from hub.core.policy import Decision, person_of
 from hub.core.ports import Json, RecordReader
 
-KINDS = ("ServiceRequest", "Flag", "Encounter", "Task")
+KINDS = ("ServiceRequest", "Flag", "Encounter", "Task", "EpisodeOfCare")
 _ODS = re.compile(r"^[A-Z0-9]{3,10}$")
 Judged = list[tuple[Json, Decision]]
 
 
 def gather(reader: RecordReader, practice_ods: str) -> list[Json]:
     """The practice's registered Patients, their practice Organizations, and their referrals, flags,
-    stays and tasks (the agenda picks the week's from these)."""
+    stays and tasks (the agenda picks the week's from these), and their EpisodeOfCares: an item of a
+    person who died says to close theirs while one is open (judged and ledgered with the item then)."""
     patients = reader.registered_with(practice_ods)
     keys = [str(p["id"]) for p in patients]
     refs = {str(gp["reference"]) for p in patients for gp in p.get("generalPractitioner") or [] if gp.get("reference")}
@@ -95,7 +96,7 @@ def _section(code: str, items: Sequence[Item]) -> str:
     if not items:
         return head + '<p class="empty">None this week.</p>\n</section>'
     rows = "\n".join(
-        f'<tr data-person="{escape(i.person_key)}" data-ref="{escape(i.reference)}">'
+        f'<tr data-person="{escape(i.person_key)}" data-ref="{escape(i.reference)}"{_died(i)}>'
         f'<td class="name">{escape(i.name or "(name not held)")}</td>'
         f'<td class="nhs">{escape(nhs_text(i.nhs_number))}</td>'
         f'<td class="what">{escape(i.what)}</td>'
@@ -109,6 +110,11 @@ def _section(code: str, items: Sequence[Item]) -> str:
         f"\n<tbody>\n{rows}\n</tbody>\n</table>"
     )
     return head + table + "\n</section>"
+
+
+def _died(item: Item) -> str:
+    """The row's mark for a person who died (its `what` says so in words, for print and the CLI alike)."""
+    return ' class="died"' if item.died else ""
 
 
 def render_page(shown: Agenda, *, generated: datetime, viewer: str) -> str:
