@@ -27,7 +27,9 @@ _UNSUPPORTED = {
     "MSH-12": ("203", "Unsupported version id"),
 }
 _INTERNAL = ("207", "Application internal error")
-_PLACE = re.compile(r"^([A-Z][A-Z0-9]{2})(?:-(\d+))?(?:\.(\d+))?$")
+# where an error lies, as errors name it: SEG, SEG-F, SEG-F.C, with the segment's occurrence and the
+# field's repetition in brackets where not the first (MRG[2]-1 in a second PID-MRG pair, PID-3[2])
+_PLACE = re.compile(r"^([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?(?:-(\d+))?(?:\[(\d+)\])?(?:\.(\d+))?$")
 _CODECS = {"8859/1": "latin-1", "ASCII": "ascii"}
 
 
@@ -95,12 +97,10 @@ def _err(error: HubError, sep: str, enc: str, esc: Callable[[str], str]) -> str:
     comp, sub = enc[0], enc[3]
     number, meaning = _condition(error)
     place = _PLACE.match(error.expression[0]) if error.expression else None
-    segment, field, component = place.groups() if place else ("", None, None)
-    eld = comp.join([segment or "", "1" if segment else "", field or "", f"{number}{sub}{esc(meaning)}"])
-    erl = comp.join(
-        p
-        for p in [segment or "", "1" if segment else "", field or "", "1" if component else "", component or ""]
-        if p is not None
-    ).rstrip(comp)
+    segment, sequence, field, repetition, component = place.groups() if place else ("", None, None, None, None)
+    sequence = (sequence or "1") if segment else ""
+    eld = comp.join([segment or "", sequence, field or "", f"{number}{sub}{esc(meaning)}"])
+    repeat = repetition or ("1" if component else "")
+    erl = comp.join([segment or "", sequence, field or "", repeat, component or ""]).rstrip(comp)
     code = comp.join([number, esc(meaning), "HL70357"])
     return sep.join(["ERR", eld, erl, code, "E", "", "", "", esc(error.diagnostics)])

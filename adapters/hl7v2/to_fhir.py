@@ -223,14 +223,16 @@ def _validate(resource: Json) -> None:
         ) from exc
 
 
-def _person(f: Fields, segment: Any, name: str, sender: str, secret: bytes) -> _Person:
+def _person(f: Fields, segment: Any, name: str, sender: str, secret: bytes, occurrence: int = 1) -> _Person:
+    """The person a PID-3 or MRG-1 names (`occurrence`: which of the message's PIDs or MRGs, for an ERR
+    naming the right one in an A40 of several pairs)."""
     field = 3 if name == "PID" else 1
-    where = f"{name}-{field}"
+    where = f"{name}[{occurrence}]-{field}" if occurrence > 1 else f"{name}-{field}"
     nhs: str | None = None
     identifiers: list[Json] = []
     local: tuple[str, str] | None = None
     placeholder = ""
-    for cx in f.reps(segment, field):
+    for repetition, cx in enumerate(f.reps(segment, field), start=1):
         value, authority = cx[0], (cx[3] if len(cx) > 3 else "")
         if not value:
             continue
@@ -239,8 +241,9 @@ def _person(f: Fields, segment: Any, name: str, sender: str, secret: bytes) -> _
             continue
         if _is_nhs_number(cx):
             why = nhs_number.why_invalid(value)
+            here = f"{where}[{repetition}]" if repetition > 1 else where
             if why:
-                raise InvalidMessageError(why, (where,), code="value")
+                raise InvalidMessageError(why, (here,), code="value")
             if nhs is not None and nhs != nhs_number.normalise(value):
                 raise InvalidMessageError(f"{where} carries two different NHS numbers", (where,), code="value")
             if nhs is None:  # UK Core allows one NHS number; a repeated identical one is dropped
@@ -457,8 +460,8 @@ def _merges(
         raise InvalidMessageError("ADT^A40 needs a PID followed by an MRG", ("MRG-1",), code="required")
     events = []
     for index, (pid, mrg) in enumerate(pairs, start=1):
-        survivor = _person(f, pid, "PID", sender, secret)
-        retired = _person(f, mrg, "MRG", sender, secret)
+        survivor = _person(f, pid, "PID", sender, secret, index)
+        retired = _person(f, mrg, "MRG", sender, secret, index)
         pair = key if len(pairs) == 1 else f"{key}#{index}"
         if retired.key == survivor.key:
             numbers = _retired_numbers(survivor, retired)

@@ -234,3 +234,20 @@ def test_an_ack_without_an_error_for_a_headerless_frame_is_still_well_formed() -
     seg = segments(ack(None, None, control_id="ACK-N", now=NOW))
     assert seg["MSH"][3] == "CAREHUB"
     assert seg["MSA"][1:4] == ["AA", "", "accepted"]
+
+
+def test_the_err_names_the_repetition_and_the_segment_occurrence_where_the_bad_nhs_number_is() -> None:
+    raw = an_adt(nhs_number=None, mrn="M100").replace(b"M100^^^RXX^MR", b"M100^^^RXX^MR~9434765910^^^NHS^NH")
+    err = segments(ack(header(raw), error_of(raw), control_id="ACK-R", now=NOW))["ERR"]
+    assert err[1].split("^")[:3] == ["PID", "1", "3"]  # (v2.4 ELD has no repetition)
+    assert err[2] == "PID^1^3^2"  # ERL: the second repetition of PID-3
+    pairs = (
+        "PID|1||9434765919^^^NHS^NH||SMITH^ANN",
+        "MRG|OLD1^^^RXX^MR",
+        "PID|2||9434765919^^^NHS^NH||SMITH^ANN",
+        "MRG|9434765910^^^NHS^NH",  # the second pair's MRG-1 fails the check
+    )
+    merge = an_adt(trigger="A40").split(b"\rPID|")[0] + b"\r" + "\r".join(pairs).encode() + b"\r"
+    err = segments(ack(header(merge), error_of(merge), control_id="ACK-M", now=NOW))["ERR"]
+    assert err[1].split("^")[:3] == ["MRG", "2", "1"]
+    assert err[2] == "MRG^2^1"
