@@ -47,7 +47,12 @@ def audit_verify(
     if head is not None:
         seq, _, digest = head.strip().partition(":")
         digest = digest.lower()  # (a head copied through a letter or a spreadsheet may change case)
-        if not seq.isdigit() or int(seq) < 1 or len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
+        if (
+            not (seq.isascii() and seq.isdigit())
+            or int(seq) < 1
+            or len(digest) != 64
+            or not set(digest) <= set("0123456789abcdef")
+        ):
             console.print("[red]--head: give SEQ:HASH as `carehub audit verify` printed it (HASH: 64 hex digits)[/red]")
             raise typer.Exit(2)
         anchor = (int(seq), digest)
@@ -72,17 +77,18 @@ UNVERIFIED = Annotated[
 ]
 
 
-def trusted_ledger(engine: Any, *, unverified: bool) -> None:
+def trusted_ledger(engine: Any, *, unverified: bool) -> str:
     """Verify the whole ledger's hash chain before a report reads it: an entry altered, removed or
     filed under another person would otherwise be reported as if true (a subject-access request
     would count a disclosure as a denial, or leave it out). A break refuses the report (exit 1),
-    naming the entry, unless --unverified asks for it anyway, when it is said above the report."""
+    naming the entry, unless --unverified asks for it anyway, when it is said above the report.
+    Returns what a file written from the report says of the ledger: "verified", or the break."""
     from hub.core.ledger import verify
     from hub.store.ledger import SqlLedger
 
     _, broken = verify(SqlLedger(engine).entries())
     if broken is None:
-        return
+        return "verified"
     said = f"ledger broken at entry {broken.seq}: {broken.problem}"
     if not unverified:
         fail(
@@ -96,6 +102,7 @@ def trusted_ledger(engine: Any, *, unverified: bool) -> None:
         style="bold red",
         soft_wrap=True,
     )
+    return f"NOT VERIFIED: {said}"
 
 
 @audit_app.command("disclosures")
@@ -201,7 +208,7 @@ def audit_time_travel(
     if problem:
         fail(f"--nhs-number: {problem}")
     state = open_existing(data_dir, person_keys=nhs_number is not None)
-    trusted_ledger(state.engine, unverified=unverified)
+    trust = trusted_ledger(state.engine, unverified=unverified)
     ledger, reader = SqlLedger(state.engine), SqlRecordReader(state.engine)
     if nhs_number is not None:
         key = person_key(state.key, nhs.normalise(nhs_number), None)
@@ -224,7 +231,7 @@ def audit_time_travel(
         table.add_row(*then, today, escape(r.now_basis))
     console.print(table)
     if csv_out is not None:
-        _time_travel_csv(shown, csv_out)
+        _time_travel_csv(shown, csv_out, trust)
         console.print(escape(f"wrote {counted(len(shown), 'row')} to {csv_out}"), soft_wrap=True)
     differ = sum(r.changed for r in rows)
     about = counted(len(entries), "ledger entry", "ledger entries")
@@ -244,8 +251,9 @@ def _selected(rows: list[Any], *, changed: bool, cannot_tell: bool) -> list[Any]
     return [r for r in rows if (changed and r.changed) or (cannot_tell and r.now == CANNOT_TELL)]
 
 
-def _time_travel_csv(rows: list[Any], path: Path) -> None:
-    """The report's rows, every column in full (the table cuts them to the terminal's width)."""
+def _time_travel_csv(rows: list[Any], path: Path, ledger: str) -> None:
+    """The report's rows, every column in full (the table cuts them to the terminal's width), each
+    saying whether the ledger verified (a spreadsheet travels without the console's warning)."""
     import csv
 
     from hub.kpi_report import spreadsheet_text
@@ -253,9 +261,10 @@ def _time_travel_csv(rows: list[Any], path: Path) -> None:
     columns = ("seq", "at", "recipient", "channel", "resource", "then", "then_basis", "now", "now_basis")
     with path.open("w", newline="") as out:
         writer = csv.writer(out)
-        writer.writerow([*columns, "changed"])
+        writer.writerow([*columns, "changed", "ledger"])
         for r in rows:
-            writer.writerow([r.seq, *(spreadsheet_text(str(getattr(r, c))) for c in columns[1:]), r.changed])
+            cells_ = (spreadsheet_text(str(getattr(r, c))) for c in columns[1:])
+            writer.writerow([r.seq, *cells_, r.changed, spreadsheet_text(ledger)])
 
 
 @audit_app.command("export")

@@ -398,7 +398,8 @@ def _discharge(f: Fields, pv1: Any, resource: Json) -> None:
     19 there, Epic free text), is then kept as sent, text only, in UK Core's discharge method extension.
     Otherwise PV1-36 is the disposition (the v2-to-FHIR IG's map) and a PV1-37 beside it, no destination
     code (Epic's `1`), the IG's hospitalization.destination, by name. Never coded by guess, never refused."""
-    to, disposal = _disposition(f.reps(pv1, 37)), _disposition(f.reps(pv1, 36))
+    # (PV1-37 is a DLD: the location, then its effective date, which is no name for it)
+    to, disposal = _disposition([r[:1] for r in f.reps(pv1, 37)]), _disposition(f.reps(pv1, 36))
     stay: Json = {}
     if to is not None and ("coding" in to or disposal is None):
         stay["dischargeDisposition"] = to

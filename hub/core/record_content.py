@@ -5,6 +5,8 @@ the stay, a merged-away Patient stays retired; and whether two contents say the 
 
 from __future__ import annotations
 
+from typing import Any
+
 from hub.core.ports import Json, RecordEvent, StoredResource
 from schemas.events.coordination import OUTCOME_EXTENSION, REFERRAL_OUTCOME, REFERRAL_RECEIVED
 
@@ -71,6 +73,8 @@ def next_content(event: RecordEvent, incoming: Json, current: StoredResource | N
             merged["class"] = before["class"]  # unknown is no news: an inpatient stay stays one
         if "period" in content and "period" in before:
             merged["period"] = {**before["period"], **content["period"]}
+        if "hospitalization" in content and "extension" not in content:
+            _drop_extension(merged, DISCHARGE_METHOD_URL)  # a discharge said again says how, or nothing
         content = merged
     elif outcome:
         # an outcome update knows the referral by id: it says what became of it, and never erases the
@@ -83,6 +87,8 @@ def next_content(event: RecordEvent, incoming: Json, current: StoredResource | N
     elif kind == "Patient":
         if (before.get("meta") or {}).get("source") == event.source:  # (another's: see _overlaid_patient)
             content = _overlaid_patient(before, content)
+        else:  # another sender's replaces it whole: its deletions are done, not kept
+            _drop_extension(content, REMOVED_URL)
         retired_to = replaced_by(before)
         if retired_to and event.type != MERGED:  # late news about a merged-away identity
             content["active"] = False
@@ -128,22 +134,42 @@ def _overlaid_patient(before: Json, said: Json) -> Json:
 
 def _verification_kept(before: Json, identifiers: list[Json]) -> list[Json]:
     """The NHS number said again without a verification status (HL7 v2: PID-32 left empty) keeps the
-    status held for that same number; a status said, or another number, is the sender's word."""
-    held = {i.get("value"): _verification_of(i) for i in before.get("identifier") or [] if _is_nhs_number(i)}
+    status held for that same number; a status said, or another number, is the sender's word. (An
+    identifier of another shape than UK Core's is left as it is, never a reason to stop.)"""
+    held = {i["value"]: _verification_of(i) for i in _nhs_numbers(before.get("identifier"))}
     return [
-        {**i, "extension": [*(i.get("extension") or []), *held[i.get("value")]]}
-        if _is_nhs_number(i) and held.get(i.get("value")) and not _verification_of(i)
+        {**i, "extension": [*i.get("extension", []), *held[i["value"]]]}
+        if i in _nhs_numbers([i]) and held.get(i["value"]) and not _verification_of(i)
         else i
         for i in identifiers
     ]
 
 
-def _is_nhs_number(identifier: Json) -> bool:
-    return identifier.get("system") == NHS_NUMBER_SYSTEM
+def _nhs_numbers(identifiers: Any) -> list[Json]:
+    """The NHS number identifiers among these whose value is text and extension a list, if any."""
+    return [
+        i
+        for i in (identifiers if isinstance(identifiers, list) else [])
+        if isinstance(i, dict)
+        and i.get("system") == NHS_NUMBER_SYSTEM
+        and isinstance(i.get("value"), str)
+        and isinstance(i.get("extension", []), list)
+    ]
 
 
 def _verification_of(identifier: Json) -> list[Json]:
-    return [e for e in identifier.get("extension") or [] if e.get("url") == VERIFICATION_URL]
+    return [e for e in identifier.get("extension", []) if isinstance(e, dict) and e.get("url") == VERIFICATION_URL]
+
+
+def _drop_extension(content: Json, url: str) -> None:
+    extensions = content.get("extension")
+    if not isinstance(extensions, list):
+        return
+    kept = [e for e in extensions if not (isinstance(e, dict) and e.get("url") == url)]
+    if kept:
+        content["extension"] = kept
+    else:
+        content.pop("extension", None)
 
 
 def _own_extensions(patient: Json) -> list[Json]:
@@ -203,9 +229,5 @@ def _cancel_discharge(event: RecordEvent, content: Json) -> Json:
         content["hospitalization"] = stay
     else:
         content.pop("hospitalization", None)
-    extensions = [e for e in content.get("extension") or [] if e.get("url") != DISCHARGE_METHOD_URL]
-    if extensions:  # (how a discharge that did not happen was made goes with it)
-        content["extension"] = extensions
-    else:
-        content.pop("extension", None)
+    _drop_extension(content, DISCHARGE_METHOD_URL)  # (how a discharge that did not happen was made goes with it)
     return content

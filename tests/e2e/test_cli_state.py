@@ -4,6 +4,7 @@ are told apart, and a path that cannot be used is one line, not a traceback."""
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -218,6 +219,10 @@ def test_a_report_on_a_broken_ledger_is_refused_and_given_only_when_asked_marked
         marked = carehub("audit", *command, "--unverified", "--data-dir", str(hub))
         assert marked.returncode == 0, marked.stdout + marked.stderr
         assert " ".join(marked.stdout.split()).startswith(f"WARNING: {said}")
+    sheet = hub.parent / "time-travel.csv"  # (a spreadsheet travels without the console's warning)
+    assert carehub("audit", "time-travel", "--unverified", "--csv", str(sheet), "--data-dir", str(hub)).returncode == 0
+    with sheet.open() as rows:
+        assert {row["ledger"].startswith(f"NOT VERIFIED: {said}") for row in csv.DictReader(rows)} == {True}
 
 
 def test_verify_takes_a_head_in_either_case_and_refuses_one_that_proves_nothing(hub: Path) -> None:
@@ -226,7 +231,7 @@ def test_verify_takes_a_head_in_either_case_and_refuses_one_that_proves_nothing(
     upper = carehub(*args, "--head", head.upper())  # (copied through a letter or a spreadsheet)
     assert upper.returncode == 0, upper.stdout + upper.stderr
     assert "ledger intact: 4 entries" in upper.stdout
-    for nonsense in ("0:" + "0" * 64, "4:" + "z" * 64, "4:" + head[2:-1]):
+    for nonsense in ("0:" + "0" * 64, "4:" + "z" * 64, "4:" + head[2:-1], "\u00b2:" + head[2:]):
         refused = carehub(*args, "--head", nonsense)
         assert refused.returncode == 2, (nonsense, refused.stdout)
         assert "--head: give SEQ:HASH" in refused.stdout

@@ -147,3 +147,59 @@ def test_a_cancelled_discharge_takes_its_destination_and_method_with_it() -> Non
     encounter = the_one(the_record(admitted, discharged, cancelled), "Encounter")
     assert "hospitalization" not in encounter
     assert "extension" not in encounter
+
+
+def test_pv1_37s_effective_date_is_never_taken_for_the_destinations_name() -> None:
+    discharged = an_adt(trigger="A03", control_id="C1", disposition="1", discharged_to="54^20261103")
+    epic = an_adt(trigger="A03", control_id="C2", disposition="Home", discharged_to="1^20261103")
+
+    stay = the_one(the_record(discharged), "Encounter")["hospitalization"]
+    assert stay["dischargeDisposition"] == {
+        "coding": [{"system": "https://fhir.hl7.org.uk/CodeSystem/UKCore-DischargeDestinationEngland", "code": "54"}],
+        "text": "54",
+    }
+    assert the_one(the_record(epic), "Encounter")["hospitalization"]["destination"] == {"display": "1"}
+
+
+def test_a_discharge_said_again_without_a_method_drops_the_one_it_replaces() -> None:
+    discharged = an_adt(trigger="A03", control_id="C1", event_time="202611031105", disposition="1", discharged_to="54")
+    corrected = an_adt(trigger="A08", control_id="C2", event_time="202611031200", disposition="Home")
+
+    encounter = the_one(the_record(discharged, corrected), "Encounter")
+
+    assert encounter["hospitalization"]["dischargeDisposition"] == {"text": "Home"}
+    assert "extension" not in encounter  # (the method "1" went with the disposition it came with)
+
+
+def test_a_held_resource_of_odd_shape_is_still_overlaid_never_a_reason_to_stop() -> None:
+    nhs = "https://fhir.nhs.uk/Id/nhs-number"
+    said = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": nhs, "value": "9434765919"}]}
+    cancel = RecordEvent("e3", "uk.nhs.carehub.encounter.discharge-cancelled.v1", "urn:ods:RXX", AT, "p1", {})
+    for odd in (
+        {"system": nhs, "value": "9434765919", "extension": {"url": VERIFIED}},
+        {"system": nhs, "value": "9434765919", "extension": ["01"]},
+        {"system": nhs, "value": ["9434765919"]},
+    ):
+        held = {"resourceType": "Patient", "id": "p1", "identifier": [odd], "meta": {"source": "urn:ods:RXX"}}
+        current = StoredResource("Patient", "p1", "p1", 1, AT, "e1", held)
+        assert next_content(EVENT, said, current)["identifier"][0] == said["identifier"][0], odd
+        if isinstance(odd, dict) and "extension" in odd:  # (said so: the sender's, as it is)
+            assert next_content(EVENT, {**said, "identifier": [odd]}, current)["identifier"] == [odd], odd
+    stay = {"resourceType": "Encounter", "id": "v1", "extension": {"url": DISCHARGE_METHOD}, "status": "finished"}
+    current = StoredResource("Encounter", "v1", "p1", 1, AT, "e1", stay)
+    assert next_content(cancel, {"resourceType": "Encounter", "id": "v1"}, current)["extension"] == stay["extension"]
+
+
+def test_another_senders_deletion_is_carried_out_not_kept() -> None:
+    first = an_adt(trigger="A28", control_id="C1", event_time="202611031105")
+    other = an_adt(trigger="A08", control_id="C2", event_time="202611031200", sender="RYY", reliability='""')
+
+    patient = the_one(the_record(first, other), "Patient")
+
+    assert patient["meta"]["source"] == "urn:ods:RYY"
+    assert "extension" not in patient
+    assert status_of(patient) == []
+
+
+AT = datetime(2026, 11, 3, 11, 5, tzinfo=UTC)
+EVENT = RecordEvent("e2", "uk.nhs.carehub.patient.updated.v1", "urn:ods:RXX", AT, "p1", {})
