@@ -13,8 +13,8 @@ holds nothing the KPIs count in it).
 The CSV is one table, one line per figure, so that months' files concatenate and load as one:
     month         YYYY-MM, on every line
     kpi, breakdown, value    value blank where there is nothing to divide by
-    unit          count, %, days or hours
-    of            what a percentage or mean is of (its denominator); blank for a count
+    unit          count, %, days, hours or ratio (a mean of a count, visits per discharge, is a count)
+    of            what a percentage, mean or ratio is of (its denominator); blank for a count
     target        the contract's words; target_min and target_max the same as numbers ("95%" is a
                   floor of 95, "20-25%" 20 to 25, the caseload's "28" a cap), blank where it has none
     month_status, log_up_to_uk, generated_utc   the `About`, repeated on every line (a filter on
@@ -41,7 +41,7 @@ from hub.core.kpi_months import about as about
 from hub.core.kpi_months import checked_month as checked_month
 from hub.core.kpi_months import months_counted as months_counted
 from hub.core.kpi_months import months_to
-from hub.core.kpis import KpiFold, Row
+from hub.core.kpis import RATIO, KpiFold, Row
 from hub.replay_read import read_in_time_order
 
 SKIPPED = "events skipped (whole log)"
@@ -117,12 +117,13 @@ def write_csv(
 
 
 def unit(row: Row) -> str:
-    """What the row's value is: "%", "days" or "hours" (a mean, by its KPI's name), else "count"."""
+    """What the row's value is: "%", "days" or "hours" (a mean, by its KPI's name), "ratio" (follow-ups
+    per first visit), else "count" (a mean of a count, such as visits per discharge, too)."""
     if row.breakdown == "%" or row.breakdown.startswith("% of "):
         return "%"
     if row.breakdown == "mean":
-        return next((word for word in ("days", "hours") if word in row.kpi.split()), "")
-    return "count"
+        return next((word for word in ("days", "hours") if word in row.kpi.split()), "count")
+    return "ratio" if row.breakdown == RATIO else "count"
 
 
 def target_range(target: str) -> tuple[float | None, float | None]:

@@ -19,7 +19,9 @@ c-ann and c-bob. The expectations below were computed by hand from the rules fil
       declined 13 Nov 11:00                           -> both cancelled
   P5  voluntary-sector referral addressed to the council (LA123), 5 Nov -> case list (croydon-b); no tasks
   P6  huddle referral 9 Nov 09:00                     -> case list; triage due 12 Nov 09:00; first visit due 7 Dec 09:00
-      episode opened 10 Nov 09:00, c-bob; face-to-face 12 Nov 08:00 -> triage and first visit completed
+      episode opened 10 Nov 09:30, c-bob; face-to-face 12 Nov 08:00 -> triage and first visit completed
+      phone call (non-face-to-face) 18 Nov 14:00, home visit (follow-up) 25 Nov 10:00
+                                                      -> nothing: the reviews wait 28 and 70 days
       episode closed 27 Nov 10:00                     -> reviews cancelled; PIC summary due 29 Nov 10:00
       practice receipt 28 Nov 09:00                   -> PIC summary completed
       onward referral to the council (LA123) 20 Nov  -> no tasks (not addressed to the service)
@@ -39,6 +41,18 @@ The commissioner's KPIs for November 2026, by hand (EXPECTED_KPIS):
   onward referrals 1 (P6's, made by the service, to LA123; P6's close carries no PIC summary here), so
   1 to LA123 and 1 person referred on; caseload at month end c-ann 1, c-bob 0; discharged after over 12 weeks 0%
   huddles held 4, attended 75%
+  at discharge, of the one discharge (P6's stay; P1's and P2's are hospital discharges, P3 is still on
+  the caseload, so their contacts count nowhere here). The stay ends the wait of P6's referral (9 Nov
+  09:00, before the stay on the log and named by it, not declined), so its contacts run from 9 Nov
+  09:00 to the close, 27 Nov 10:00: face-to-face 12 Nov 08:00 (the referral's first visit, as the
+  first-visit figure counts it), non-face-to-face 18 Nov 14:00, follow-up 25 Nov 10:00.
+    face-to-face visits: 12 Nov and 25 Nov = 2 -> mean 2 / 1 = 2.0
+    face-to-face follow-ups: 2 visits - 1 first visit = 1 -> mean 1.0
+    non-face-to-face contacts: 18 Nov = 1 -> mean 1.0
+    first to follow-up ratio: 1 follow-up / 1 first visit = 1.0 follow-ups per first visit (of 1)
+    initial visits with no follow-up: the 12 Nov visit has the 25 Nov one after it -> 0 of 1 = 0%
+    days on caseload: opened 10 Nov 09:30 (the episode.opened's start: the close's own period.start,
+    09:00, is not read), closed 27 Nov 10:00 = 17 days 30 minutes = 17 + 0.5 / 24 = 17.0208 -> 17.02
 """
 
 from __future__ import annotations
@@ -240,9 +254,11 @@ def script() -> list[RecordEvent]:
         contact("P6", at(12, 8), "face-to-face"),
         discharge("P2", at(12, 10)),
         outcome("P4", at(13, 11), "declined"),
+        contact("P6", at(18, 14), "non-face-to-face"),
         contact("P3", at(20, 10), "face-to-face"),
         referral("P6", at(20, 11), "care-coordination", to="LA123", by=SERVICE),
         discharge("P3", at(24, 9)),
+        contact("P6", at(25, 10), "follow-up"),
         episode("P6", at(27, 10), "c-bob", closed=True),
         receipt("P6", at(28, 9)),
         huddle(3, attended=True),
@@ -313,6 +329,13 @@ EXPECTED_KPIS: dict[tuple[str, str], float] = {
     ("caseload at month end", "c-ann"): 1,
     ("caseload at month end", "c-bob"): 0,
     ("discharged after over 12 weeks on caseload", "%"): 0.0,
+    # at discharge: P6's stay, 9 Nov 09:00 (its referral) to 27 Nov 10:00 (worked in the docstring)
+    ("face-to-face visits at discharge", "mean"): 2.0,  # 12 Nov face-to-face, 25 Nov follow-up
+    ("face-to-face follow-ups at discharge", "mean"): 1.0,  # 25 Nov (12 Nov is the first visit)
+    ("non-face-to-face contacts at discharge", "mean"): 1.0,  # 18 Nov
+    ("first to follow-up visit ratio", "follow-ups per first visit"): 1.0,  # 1 / 1
+    ("initial visits with no follow-up", "%"): 0.0,  # 12 Nov's has 25 Nov's after it
+    ("days on caseload at discharge", "mean"): 17.02,  # 10 Nov 09:30 -> 27 Nov 10:00
     ("huddles held", ""): 4,
     ("huddles attended", "%"): 75.0,
 }

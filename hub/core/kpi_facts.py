@@ -86,7 +86,10 @@ class KpiFacts:
     huddles: dict[str, tuple[date, bool, bool]] = field(default_factory=dict)  # id -> (day, attended, cancelled)
     skipped: Counter[str] = field(default_factory=Counter)
     _seen: set[str] = field(default_factory=set)
-    _contacts: dict[str, list[tuple[datetime, str]]] = field(default_factory=dict)
+    # person -> contact -> (when, kind): one per Encounter id (as the newest event for it says, as the
+    # record keeps it) and one per partner's outcome of a referral (the first said)
+    _contacts: dict[str, dict[str, tuple[datetime, str]]] = field(default_factory=dict)
+    _contact_said: dict[tuple[str, str], datetime] = field(default_factory=dict)  # (person, Encounter) -> newest
     _births: dict[str, list[tuple[datetime, date]]] = field(default_factory=dict)  # person -> (said at, born)
     _practices: dict[str, list[tuple[datetime, str]]] = field(default_factory=dict)  # person -> (said at, ODS)
     _last: datetime | None = None  # the latest event time seen: how far the log has got
@@ -176,10 +179,22 @@ class KpiFacts:
 
     def _contact(self, event: RecordEvent, resources: list[Json]) -> None:
         said = [
-            (fhir_time((e.get("period") or {}).get("start"), event.time), contact_kind(e) or "unknown")
+            (
+                f"Encounter/{e['id']}",
+                fhir_time((e.get("period") or {}).get("start"), event.time),
+                contact_kind(e) or "unknown",
+            )
             for e in of_kind(resources, "Encounter")
         ]
-        self._contacts.setdefault(event.subject, []).extend(said)
+        held = self._contacts.setdefault(event.subject, {})
+        for key, when, kind in said:
+            if event.time >= self._contact_said.get((event.subject, key), event.time):  # (an older one: stale)
+                held[key], self._contact_said[event.subject, key] = (when, kind), event.time
+
+    def contacts_of(self, person: str) -> list[tuple[datetime, str]]:
+        """The person's contacts as (when, kind), earliest first: each Encounter once (as the newest
+        event for it says), and a partner's `attended` (face-to-face) or `contacted` (first-contact)."""
+        return sorted(self._contacts.get(person, {}).values())
 
     def _outcome(self, event: RecordEvent, resources: list[Json]) -> None:
         requests = of_kind(resources, "ServiceRequest")
@@ -191,7 +206,8 @@ class KpiFacts:
             if outcome is not None:
                 self.outcomes[rid] = (event.time, outcome)  # the latest outcome is the referral's
             if outcome in _CONTACT_OF_OUTCOME:  # a partner saying it reached the person is a contact
-                self._contacts.setdefault(event.subject, []).append((event.time, _CONTACT_OF_OUTCOME[outcome]))
+                said_before = self._contacts.setdefault(event.subject, {})  # (once: a re-send repeats it)
+                said_before.setdefault(f"{rid} {outcome}", (event.time, _CONTACT_OF_OUTCOME[outcome]))
 
     def _opened(self, event: RecordEvent, resources: list[Json]) -> None:
         said = [

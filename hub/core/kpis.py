@@ -53,6 +53,28 @@ Definitions (each names its source events):
                              as the rules engine (hub.core.tasks) and the record decide
     over 12 weeks            % of the month's discharges that had been on the caseload more than 84 days
                              (target 20-25%)
+    at discharge             per discharge of the month (an episode.closed: a person discharged twice
+                             counts twice), from the contacts of the stay it closed (`contacts_in_stay`):
+                             the person's contact.recorded (one per Encounter, as the newest event for it
+                             says) and a partner's referral.outcome attended or contacted (once a
+                             referral), from the earliest referral the stay answered (one whose wait it
+                             ends, not declined nor ended by an earlier stay when it began) or the stay's
+                             start, if earlier, to its end, both inclusive; one dated by day alone on
+                             that first day is in (as it answers a referral made later that day); one at
+                             or before the end of the person's stay before this one is that stay's.
+                             Means of: face-to-face visits (kinds face-to-face and follow-up, and a
+                             partner's attended); face-to-face follow-ups (those visits but the stay's
+                             first visits, the ones the first-visit figure counts: a referral's first
+                             face-to-face contact, so a later face-to-face is a follow-up, as is every
+                             follow-up); non-face-to-face contacts (every contact that is not a visit:
+                             kinds non-face-to-face and first-contact, and a partner's contacted; one of
+                             no kind the hub knows is in neither). And over all the month's discharges:
+                             follow-ups per first visit (the first to follow-up visit ratio, of the first
+                             visits), and % of those first visits with no follow-up after them in the
+                             stay (a follow-up before or at the same moment does not follow it)
+    days on caseload         at discharge: the episode's start (as its episode.opened said) -> its close,
+                             in days (elapsed time, as over 12 weeks), mean over the month's discharges.
+                             The MDS's hours per client is not reported: the hub records no durations
     huddles attended         huddle.agenda Lists dated in the month, but those marked cancelled and those
                              whose time the log has not reached yet (an agenda is published ahead of the
                              meeting: it has not been held), and of them those marked attended (target 95%)
@@ -83,6 +105,12 @@ from hub.core.kpi_facts import Episode, KpiFacts, Referral
 from hub.core.kpi_months import month_bounds
 from hub.core.kpi_reading import IN_A_SUMMARY, age_at, band, band_labels, days_between, said_near
 from hub.core.pic_summary import LETTER_DUE
+
+# the contact kinds (schemas.events.coordination.CONTACT_KINDS, and a partner's outcomes: attended is a
+# face-to-face, contacted a first-contact) that are face-to-face visits, and those that are not
+VISITS = frozenset({"face-to-face", "follow-up"})
+NOT_VISITS = frozenset({"first-contact", "non-face-to-face"})
+RATIO = "follow-ups per first visit"
 
 
 @dataclass(frozen=True)
@@ -127,6 +155,7 @@ class KpiFold(KpiFacts):
                 "20-25%",
                 of=len(discharged),
             ),
+            *self._at_discharge_rows(discharged),
             *self._huddle_rows(start.date(), end.date()),
         ]
 
@@ -232,13 +261,54 @@ class KpiFold(KpiFacts):
             Row("huddles attended", "%", _pct(sum(held), len(held)), "95%", of=len(held)),
         ]
 
+    def _at_discharge_rows(self, discharged: list[Episode]) -> list[Row]:
+        """What the month's discharges had in their stays (MDS activity 5-8 and 19, quality 10): see
+        `contacts_in_stay` for which contacts count, and the module's definitions."""
+        stays = [_visits_in(self.contacts_in_stay(e), self._first_visits_of(e.person)) for e in discharged]
+        n, firsts = len(discharged), sum(s.firsts for s in stays)
+        days = [max(0.0, (e.end - e.start) / timedelta(days=1)) for e in discharged if e.end]
+        follow_ups = sum(s.follow_ups for s in stays)
+        return [
+            Row("face-to-face visits at discharge", "mean", _mean([s.visits for s in stays]), of=n),
+            Row("face-to-face follow-ups at discharge", "mean", _mean([s.follow_ups for s in stays]), of=n),
+            Row("non-face-to-face contacts at discharge", "mean", _mean([s.remote for s in stays]), of=n),
+            Row("first to follow-up visit ratio", RATIO, round(follow_ups / firsts, 2) if firsts else None, of=firsts),
+            Row("initial visits with no follow-up", "%", _pct(sum(s.alone for s in stays), firsts), of=firsts),
+            Row("days on caseload at discharge", "mean", _mean(days), of=n),
+        ]
+
+    def contacts_in_stay(self, stay: Episode) -> list[tuple[datetime, str]]:
+        """The person's contacts during a stay, as (when, kind): from the earliest referral the stay
+        answered (one whose wait it ends and that was still waiting when it began), or the stay's
+        start if earlier, up to its end; one dated by day alone on that first day is in it (hub.core.days).
+        A contact at or before the end of the person's stay before it is that stay's, never this one's."""
+        theirs = self._episodes_of.get(stay.person, [])
+        before = [self.episodes[e] for e in theirs[: theirs.index(stay.id)]] if stay.id in theirs else []
+        answered = [
+            r.at
+            for r in (self.referrals.get(rid) for rid in self._referrals_of.get(stay.person, ()))
+            if r is not None and stay.id in self._stays.get(r.id, ()) and not self._over(r, stay.start)
+        ]
+        since, end = min([stay.start, *answered]), stay.end
+        after = max((e.end for e in before if e.end is not None), default=None)
+        return [
+            (t, kind)
+            for t, kind in self.contacts_of(stay.person)
+            if (since <= t or answers_that_day(t, since)) and (end is None or t <= end) and (after is None or t > after)
+        ]
+
+    def _first_visits_of(self, person: str) -> set[datetime]:
+        """When the person's first visits were (the first-visit figure's: one a referral's, at most)."""
+        referrals = (self.referrals.get(rid) for rid in self._referrals_of.get(person, ()))
+        return {r.first_visit for r in referrals if r is not None and r.first_visit is not None}
+
     def _first_contacts(self) -> None:
         by_person: dict[str, list[Referral]] = {}
         for referral in sorted(self.referrals.values(), key=lambda r: (r.at, r.id)):
             referral.first_contact = referral.first_visit = referral.visited = None
             by_person.setdefault(referral.person, []).append(referral)
         for person, referrals in by_person.items():
-            contacts = sorted(self._contacts.get(person, []))
+            contacts = self.contacts_of(person)
             self._answer(referrals, [t for t, _ in contacts], "first_contact")
             self._answer(referrals, [t for t, kind in contacts if kind == "face-to-face"], "first_visit")
 
@@ -274,6 +344,33 @@ class KpiFold(KpiFacts):
             return True
         stays = (self.episodes.get(eid) for eid in self._stays.get(referral.id, ()))
         return any(e is not None and e.end is not None and e.end <= t for e in stays)
+
+
+@dataclass(frozen=True)
+class _Visits:
+    """A stay's contacts, counted: face-to-face visits, of them first visits and follow-ups, first
+    visits no follow-up came after, and the contacts that were not visits."""
+
+    visits: int
+    firsts: int
+    follow_ups: int
+    alone: int
+    remote: int
+
+
+def _visits_in(contacts: list[tuple[datetime, str]], first_visits: set[datetime]) -> _Visits:
+    visits = [t for t, kind in contacts if kind in VISITS]
+    firsts = sorted({t for t, kind in contacts if kind == "face-to-face" and t in first_visits})
+    follow_ups = list(visits)
+    for t in firsts:
+        follow_ups.remove(t)  # (one contact each: a second at the same moment is a follow-up)
+    alone = sum(not any(t > first for t in follow_ups) for first in firsts)
+    remote = sum(kind in NOT_VISITS for _, kind in contacts)
+    return _Visits(len(visits), len(firsts), len(follow_ups), alone, remote)
+
+
+def _mean(values: list[int] | list[float]) -> float | None:
+    return round(sum(values) / len(values), 2) if values else None
 
 
 def _long(discharged: list[Episode]) -> list[Episode]:

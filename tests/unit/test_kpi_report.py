@@ -183,6 +183,9 @@ def test_a_target_is_a_minimum_a_range_or_a_cap(target: str, low: float | None, 
         (Row("GP letters within 48 hours", "pending", 0), "count"),
         (Row("caseload at month end", "c-ann", 1, "28"), "count"),
         (Row("referrals", "", 3), "count"),
+        (Row("face-to-face visits at discharge", "mean", 2.0, of=1), "count"),  # a mean of a count
+        (Row("days on caseload at discharge", "mean", 17.02, of=1), "days"),
+        (Row("first to follow-up visit ratio", "follow-ups per first visit", 1.0, of=1), "ratio"),
     ],
 )
 def test_every_figure_says_what_unit_it_is_in(row: Row, expected: str) -> None:
@@ -208,6 +211,18 @@ def test_every_csv_line_carries_its_month_unit_denominator_numeric_target_and_th
     assert (declined["unit"], declined["of"], declined["target_min"], declined["target_max"]) == ("%", "3", "", "")
     assert by[("days from referral to first contact", "mean")]["unit"] == "days"
     assert by[("hours from discharge to GP letter", "mean")]["unit"] == "hours"
+    at_discharge = [
+        by[("face-to-face visits at discharge", "mean")],
+        by[("first to follow-up visit ratio", "follow-ups per first visit")],
+        by[("initial visits with no follow-up", "%")],
+        by[("days on caseload at discharge", "mean")],
+    ]
+    assert [(r["value"], r["unit"], r["of"]) for r in at_discharge] == [
+        ("2", "count", "1"),
+        ("1", "ratio", "1"),
+        ("0", "%", "1"),
+        ("17.02", "days", "1"),
+    ]
     assert by[(SKIPPED, "not a CareHub CloudEvent")]["value"] == "2"
     assert {(r["month"], r["month_status"], r["log_up_to_uk"], r["generated_utc"]) for r in written} == {
         ("2026-11", PARTIAL, LAST_EVENT, "2026-12-06T09:30:00+00:00")
@@ -248,6 +263,10 @@ def test_the_report_shows_what_each_percentage_and_mean_is_of(tmp_path: Path) ->
     assert "days from referral to first contact mean 2.58 (mean of 2)" in shown
     assert "huddles attended % 75% of 4 95%" in shown
     assert "referrals 3" in shown  # a count is a count
+    assert "face-to-face visits at discharge mean 2 (mean of 1)" in shown
+    assert "first to follow-up visit ratio follow-ups per first visit 1 (of 1)" in shown
+    assert "initial visits with no follow-up % 0% of 1" in shown
+    assert "days on caseload at discharge mean 17.02 (mean of 1)" in shown
 
 
 def test_a_partial_month_says_so_at_the_top_with_how_far_the_log_goes_and_when(tmp_path: Path) -> None:
