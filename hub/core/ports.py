@@ -237,12 +237,45 @@ class CoordinationReader(Protocol):
     def state(self, person_key: str) -> Json | None: ...
 
 
+@dataclass(frozen=True)
+class Decline:
+    """A referral's decline as its claim keeps it: the ServiceRequest as it left it, and when it says
+    it happened (the event's time)."""
+
+    referral: Json
+    at: datetime
+
+
+@dataclass(frozen=True)
+class CaseloadFull:
+    """What an accept's claim found: its coordinator has `people` on their caseload, the cap or more
+    (open episodes the rules engine knows, and those claimed and not known closed)."""
+
+    coordinator: str
+    people: int
+
+
+@dataclass(frozen=True)
+class Closure:
+    """The close that claimed an episode: the EpisodeOfCare as it finished it (period.end: when),
+    the PIC summary Composition it wrote, and what it was asked (its parameters, as given)."""
+
+    episode: Json
+    summary: Json
+    asked: Json
+
+
 class CoordinationStore(CoordinationReader, Protocol):
-    """The coordination read side, and the one write the API makes itself: the claim that lets
-    exactly one accept of a referral win, whichever worker each reaches (hub.store.coordination)."""
+    """The coordination read side, and the writes the API makes itself: the claims that let exactly
+    one decision of a referral (an accept or a decline), and one close of an episode, win, whichever
+    worker each reaches (hub.store.coordination). Each claim is made before anything is published."""
 
     def acceptance(self, referral_id: str) -> Json | None:
         """The EpisodeOfCare of the accept that claimed the referral, if one has."""
+        ...
+
+    def declined(self, referral_id: str) -> Decline | None:
+        """The decline that claimed the referral, if one has."""
         ...
 
     def claim_acceptance(
@@ -253,7 +286,22 @@ class CoordinationStore(CoordinationReader, Protocol):
         episode: Json,
         at: datetime,
         is_open: Callable[[Json], bool],
-    ) -> Json | None:
-        """None if this call claimed the referral for `episode`; else the episode of the accept that
-        did, or of another referral's accept for the person whose episode `is_open`."""
+        cap: int,
+    ) -> Json | Decline | CaseloadFull | None:
+        """None if this call claimed the referral for `episode`; else what holds it: the episode of the
+        accept that did, or of another referral's accept for the person whose episode `is_open`; the
+        decline that did; or the coordinator's caseload at `cap`."""
+        ...
+
+    def claim_decline(self, referral_id: str, person_key: str, decline: Decline, at: datetime) -> Json | Decline | None:
+        """None if this call claimed the referral for `decline`; else the episode of the accept, or
+        the decline, that did."""
+        ...
+
+    def closure(self, episode_id: str) -> Closure | None:
+        """The close that claimed the episode, if one has."""
+        ...
+
+    def claim_closure(self, person_key: str, closure: Closure, at: datetime) -> Closure | None:
+        """None if this call claimed the episode (closure.episode) for `closure`; else the close that did."""
         ...

@@ -1,5 +1,7 @@
 """The coordination port on SQLAlchemy: people's coordination state, deadline clocks, processed rows,
-and the claims that let one `$accept` of each referral, and of each person while their episode is open, win."""
+and the claims that let one decision of each referral (an `$accept` or a `$decline`), one accept of
+each person while their episode is open, no accept past a coordinator's caseload cap, and one `$close`
+of each episode, win, whichever API worker each reaches."""
 
 from __future__ import annotations
 
@@ -13,12 +15,19 @@ from typing import Any, Self
 import sqlalchemy as sa
 
 from hub.core.errors import ConcurrentWriteError
-from hub.core.ports import Json
+from hub.core.ports import CaseloadFull, Closure, Decline, Json
 from hub.store.sql import _insert, store_errors
-from hub.store.tables import coordination_clock, coordination_state, processed_event, referral_acceptance
+from hub.store.tables import (
+    coordination_clock,
+    coordination_state,
+    episode_closure,
+    processed_event,
+    referral_acceptance,
+)
 
 CONSUMER = "coordination"
-S, C, A = coordination_state, coordination_clock, referral_acceptance
+ACCEPTED, DECLINED = "accepted", "declined"  # referral_acceptance.outcome
+S, C, A, E = coordination_state, coordination_clock, referral_acceptance, episode_closure
 
 
 class SqlCoordinationUnitOfWork:
@@ -159,9 +168,18 @@ class SqlCoordinationStore:
 
     def acceptance(self, referral_id: str) -> Json | None:
         """The EpisodeOfCare opened by the accept that claimed this referral, if one has."""
+        found = self.decision(referral_id)
+        return found if isinstance(found, dict) else None
+
+    def declined(self, referral_id: str) -> Decline | None:
+        """The decline that claimed this referral, if one has."""
+        found = self.decision(referral_id)
+        return found if isinstance(found, Decline) else None
+
+    def decision(self, referral_id: str) -> Json | Decline | None:
+        """What claimed this referral: an accept (the EpisodeOfCare it opened) or a decline."""
         with store_errors(), self.engine.connect() as conn:
-            found = conn.scalar(sa.select(A.c.episode).where(A.c.referral_id == referral_id))
-        return dict(found) if found is not None else None
+            return _decision(conn, referral_id)
 
     def claim_acceptance(
         self,
@@ -171,40 +189,149 @@ class SqlCoordinationStore:
         episode: Json,
         at: datetime,
         is_open: Callable[[Json], bool],
-    ) -> Json | None:
-        """Claim the referral for one accept, atomically across workers and processes, unless another
-        referral's claim for the person has an episode that `is_open`. None: this call claimed it, for
-        `episode`; otherwise the EpisodeOfCare of the accept that holds the referral or the person."""
+        cap: int,
+    ) -> Json | Decline | CaseloadFull | None:
+        """Claim the referral for one accept, atomically across workers and processes, unless it is
+        decided already, another referral's claim for the person has an episode that `is_open`, or the
+        coordinator's caseload is at `cap` (_caseload). None: this call
+        claimed it, for `episode`; otherwise what holds the referral, the person or the coordinator."""
         row = {
             "referral_id": referral_id,
+            "outcome": "accepted",
             "person_key": person_key,
             "coordinator": coordinator,
             "episode": episode,
             "claimed_at": at,
         }
         with store_errors(), self.engine.connect().execution_options(immediate=True) as conn, conn.begin():
-            if conn.dialect.name == "postgresql":  # two claims for one person take turns (SQLite: BEGIN IMMEDIATE)
+            if conn.dialect.name == "postgresql":  # (SQLite: BEGIN IMMEDIATE, one claim at a time)
+                # two claims for one person take turns, and two for one coordinator (always in this order)
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_id(person_key))))
-            held = conn.scalar(sa.select(A.c.episode).where(A.c.referral_id == referral_id))
-            if held is None:
-                others = sa.select(A.c.episode).where(A.c.person_key == person_key, A.c.referral_id != referral_id)
-                held = next((e for e in conn.scalars(others.order_by(A.c.claimed_at)) if is_open(dict(e))), None)
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_id(coordinator, "caseload"))))
+            held = _decision(conn, referral_id)
             if held is not None:
-                return dict(held)
-            claim = _insert(conn, A).values(row).on_conflict_do_nothing(index_elements=[A.c.referral_id])
-            if conn.execute(claim.returning(A.c.referral_id)).first() is not None:  # (rowcount: -1 on psycopg)
+                return held
+            others = sa.select(A.c.episode).where(
+                A.c.person_key == person_key, A.c.referral_id != referral_id, A.c.outcome == ACCEPTED
+            )
+            person = next((dict(e) for e in conn.scalars(others.order_by(A.c.claimed_at)) if is_open(dict(e))), None)
+            if person is not None:
+                return person
+            people = _caseload(conn, coordinator, is_open)
+            if people >= cap:
+                return CaseloadFull(coordinator, people)
+            if _claimed(conn, row):
                 return None
-            found = conn.execute(sa.select(A.c.episode).where(A.c.referral_id == referral_id)).scalar_one()
-        return dict(found)
+            found = _decision(conn, referral_id)  # (a decline's claim came between: PostgreSQL)
+        if found is None:
+            raise ConcurrentWriteError(f"the claim of ServiceRequest/{referral_id} was not kept; send it again")
+        return found
+
+    def claim_decline(self, referral_id: str, person_key: str, decline: Decline, at: datetime) -> Json | Decline | None:
+        """Claim the referral for one decline, atomically across workers and processes (its primary
+        key, shared with the accepts' claims). None: this call claimed it; otherwise what did: the
+        EpisodeOfCare of the accept, or the decline."""
+        row = {
+            "referral_id": referral_id,
+            "outcome": DECLINED,
+            "person_key": person_key,
+            "declined": decline.referral,
+            "declined_at": decline.at,
+            "claimed_at": at,
+        }
+        with store_errors(), self.engine.connect().execution_options(immediate=True) as conn, conn.begin():
+            found = _decision(conn, referral_id)
+            if found is None and _claimed(conn, row):
+                return None
+            found = found or _decision(conn, referral_id)
+        if found is None:
+            raise ConcurrentWriteError(f"the claim of ServiceRequest/{referral_id} was not kept; send it again")
+        return found
+
+    def closure(self, episode_id: str) -> Closure | None:
+        """The close that claimed this episode, if one has."""
+        with store_errors(), self.engine.connect() as conn:
+            return _closure(conn, episode_id)
+
+    def claim_closure(self, person_key: str, closure: Closure, at: datetime) -> Closure | None:
+        """Claim the episode for one close, atomically across workers and processes (a primary key).
+        None: this call claimed it, for `closure`; otherwise the close that did."""
+        episode_id = str(closure.episode["id"])
+        row = {
+            "episode_id": episode_id,
+            "person_key": person_key,
+            "episode": closure.episode,
+            "summary": closure.summary,
+            "asked": closure.asked,
+            "claimed_at": at,
+        }
+        with store_errors(), self.engine.connect().execution_options(immediate=True) as conn, conn.begin():
+            claim = _insert(conn, E).values(row).on_conflict_do_nothing(index_elements=[E.c.episode_id])
+            if conn.execute(claim.returning(E.c.episode_id)).first() is not None:  # (rowcount: -1 on psycopg)
+                return None
+            found = _closure(conn, episode_id)
+        if found is None:
+            raise ConcurrentWriteError(f"the claim of EpisodeOfCare/{episode_id} was not kept; send it again")
+        return found
 
     def pending_clocks(self) -> int:
         with store_errors(), self.engine.connect() as conn:
             return int(conn.scalar(sa.select(sa.func.count()).select_from(C)) or 0)
 
 
-def _lock_id(person_key: str) -> int:
-    """The person's PostgreSQL advisory lock: a signed 64-bit integer from their key."""
-    return int.from_bytes(hashlib.sha256(f"referral-acceptance:{person_key}".encode()).digest()[:8], signed=True)
+def _lock_id(key: str, kind: str = "referral-acceptance") -> int:
+    """A PostgreSQL advisory lock (a person's, by default; a coordinator's caseload): a signed 64-bit
+    integer from the key."""
+    return int.from_bytes(hashlib.sha256(f"{kind}:{key}".encode()).digest()[:8], signed=True)
+
+
+def _claimed(conn: sa.Connection, row: dict[str, Any]) -> bool:
+    """Insert a referral's claim; False where another claim of it is there (committed first)."""
+    claim = _insert(conn, A).values(row).on_conflict_do_nothing(index_elements=[A.c.referral_id])
+    return conn.execute(claim.returning(A.c.referral_id)).first() is not None  # (rowcount: -1 on psycopg)
+
+
+def _decision(conn: sa.Connection, referral_id: str) -> Json | Decline | None:
+    """What claimed the referral: the EpisodeOfCare of its accept, or its decline; None: nothing."""
+    query = sa.select(A.c.outcome, A.c.episode, A.c.declined, A.c.declined_at).where(A.c.referral_id == referral_id)
+    found = conn.execute(query).first()
+    if found is None:
+        return None
+    if found.outcome == DECLINED:
+        return Decline(dict(found.declined), found.declined_at)
+    return dict(found.episode)
+
+
+def _closure(conn: sa.Connection, episode_id: str) -> Closure | None:
+    query = sa.select(E.c.episode, E.c.summary, E.c.asked).where(E.c.episode_id == episode_id)
+    found = conn.execute(query).first()
+    return None if found is None else Closure(dict(found.episode), dict(found.summary), dict(found.asked))
+
+
+def _caseload(conn: sa.Connection, coordinator: str, is_open: Callable[[Json], bool]) -> int:
+    """The people on a coordinator's caseload, as far as anyone knows it: those the rules engine has on
+    it, and those whose accept claimed an episode the engine does not have yet, unless it is known
+    closed (in the engine's state of the person, or not `is_open` on the record): the record and the
+    engine lag the claims by as long as the consumers take. (An episode whose $close is claimed but
+    not yet applied still counts: its close may yet be one Kafka did not take.)"""
+    people = set(map(str, conn.scalars(sa.select(S.c.person_key).where(S.c.coordinator == coordinator))))
+    claims = sa.select(A.c.person_key, A.c.episode).where(
+        A.c.coordinator == coordinator, A.c.outcome == ACCEPTED, A.c.person_key.is_not(None)
+    )
+    waiting = [(str(p), dict(e)) for p, e in conn.execute(claims) if str(p) not in people]
+    states = _states(conn, [p for p, _ in waiting])
+    for person, episode in waiting:
+        if str(episode["id"]) not in ((states.get(person) or {}).get("closed") or ()) and is_open(episode):
+            people.add(person)
+    return len(people)
+
+
+def _states(conn: sa.Connection, person_keys: Collection[str]) -> dict[str, Json]:
+    keys, found = sorted(set(person_keys)), dict[str, Json]()
+    for start in range(0, len(keys), 500):
+        query = sa.select(S.c.person_key, S.c.state).where(S.c.person_key.in_(keys[start : start + 500]))
+        found.update({str(p): dict(s) for p, s in conn.execute(query)})
+    return found
 
 
 def _coordinator(state: Json) -> str | None:

@@ -141,17 +141,41 @@ coordination_clock = sa.Table(
     sa.Index("ix_coordination_clock_due", "partition", "due"),
 )
 
-# one row per accepted referral: the claim that lets exactly one `$accept` of it win, across API
-# workers (its primary key), and the EpisodeOfCare that accept opened, for a repeat to answer with;
-# and whose (person_key: null on claims made before 0008), so a person has one open accept at a time
+# one row per decided referral: the claim that lets exactly one decision of it win, across API
+# workers (its primary key), accepted or declined (outcome, since 0010); an accept's coordinator and
+# the EpisodeOfCare it opened, a decline's ServiceRequest as it left it and when it says it happened,
+# for a repeat to answer with (and publish again); and whose (person_key: null on claims made before
+# 0008), so a person has one open accept at a time
 referral_acceptance = sa.Table(
     "referral_acceptance",
     metadata,
     sa.Column("referral_id", sa.String(64), primary_key=True),
-    sa.Column("coordinator", sa.String(64), nullable=False),
-    sa.Column("episode", JsonColumn, nullable=False),
+    sa.Column("coordinator", sa.String(64), nullable=True),
+    sa.Column("episode", JsonColumn, nullable=True),
     sa.Column("claimed_at", UtcDateTime, nullable=False),
     sa.Column("person_key", sa.String(64), nullable=True, index=True),
+    sa.Column("outcome", sa.String(16), nullable=False, server_default="accepted"),
+    sa.Column("declined", JsonColumn, nullable=True),
+    sa.Column("declined_at", UtcDateTime, nullable=True),
+    sa.CheckConstraint(
+        "(outcome = 'accepted' AND coordinator IS NOT NULL AND episode IS NOT NULL) OR "
+        "(outcome = 'declined' AND declined IS NOT NULL AND declined_at IS NOT NULL)",
+        name="ck_referral_acceptance_decided",
+    ),
+)
+
+# one row per episode closed by `$close` (since 0010): the claim that lets its first close win across
+# API workers (its primary key), with the EpisodeOfCare as it finished it, the PIC summary it wrote
+# and the parameters it was given, for the same close again to answer with (and publish again)
+episode_closure = sa.Table(
+    "episode_closure",
+    metadata,
+    sa.Column("episode_id", sa.String(64), primary_key=True),
+    sa.Column("person_key", sa.String(64), nullable=False),
+    sa.Column("episode", JsonColumn, nullable=False),
+    sa.Column("summary", JsonColumn, nullable=False),
+    sa.Column("asked", JsonColumn, nullable=False),
+    sa.Column("claimed_at", UtcDateTime, nullable=False),
 )
 
 # whom each person is registered with (PD1-3), as the delivery consumer read it in log order, for the

@@ -213,9 +213,12 @@ def test_authored_on_as_a_month_is_refused_for_want_of_a_day_naming_the_element(
     ],
 )
 def test_at_as_a_date_or_a_date_and_time_is_taken_as_before(
-    hub: Hub, http: httpx.Client, a_referral: str, at: str, recorded: str
+    hub: Hub, http: httpx.Client, at: str, recorded: str
 ) -> None:
-    response = decline(hub, http, a_referral, at)
+    # (a referral each: a decline sent again is answered with the first, its date included)
+    made = refer(hub, http, "9999000037", "huddle", authoredOn="2026-06-01T10:00:00+00:00")
+    hub.record()
+    response = decline(hub, http, str(made["id"]), at)
 
     assert response.status_code == 200, response.text
     assert hub.published[-1].time == datetime.fromisoformat(recorded)

@@ -16,13 +16,17 @@ read, under the sharing policy. Refusals are OperationOutcomes: 400 for bad inpu
 unknown referral or person, 409 when a rule refuses (a coordinator at the caseload cap, a referral
 accepted already for someone else, a person on a caseload). A command's `at` (when it happened) is
 never in the future, nor before what it acts on began (coordination_input.not_before): an episode's
-start, a referral's authoredOn. $accept and $decline, and how one accept
+start, a referral's authoredOn. $accept and $decline, and how one decision
 of a referral wins, are in coordination_acceptance; what every command shares (CoordinationApi,
-the coordinator check, publishing) in coordination_commands.
+the coordinator check, publishing) in coordination_commands. A $close claims its episode in the
+database before it publishes (the record lags the log, so its status alone let two closes through):
+the first to reach the database stands, the same close again is answered with it until the record
+has it, and a close Kafka did not take keeps its claim (503: send the same close again).
 
 No `from __future__ import annotations` here: FastAPI reads these annotations at runtime.
 """
 
+import asyncio
 import hashlib
 import re
 import uuid
@@ -56,11 +60,18 @@ from hub.api.routes.coordination_input import (
 from hub.api.routes.fhir import bearer_caller, fhir_id, read_body
 from hub.api.shapes import FHIR_ID, SERVICE_REQUEST_IN, parameters_in
 from hub.core import nhs_number
-from hub.core.errors import ConsentDeniedError, InvalidMessageError, RuleRefusedError, UnknownPersonError
+from hub.core.errors import (
+    BrokerUnavailableError,
+    ConsentDeniedError,
+    InvalidMessageError,
+    RuleRefusedError,
+    UnfinishedError,
+    UnknownPersonError,
+)
 from hub.core.fhir_read import addressed_to
 from hub.core.identity import identities, person_key, stable_id
 from hub.core.pic_summary import composition, practice_output
-from hub.core.ports import Json
+from hub.core.ports import Closure, Json
 from hub.core.task_status import MOVES, STATUSES, may_move
 from schemas.events import coordination as co
 
@@ -197,12 +208,17 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
     async def close(request: Request, id: Id, who: Caller) -> FhirResponse:
         coordinator_only(api_, who)
         params = parameters(await read_body(request))
-        at = at_param(params, datetime.now(UTC))
+        now = datetime.now(UTC)
+        at = at_param(params, now)
         episode = api_.reader.read("EpisodeOfCare", fhir_id(id, "EpisodeOfCare"))
         if episode is None:
             raise UnknownPersonError(f"no EpisodeOfCare/{id} in the shared care record", ("EpisodeOfCare",))
-        if episode.get("status") == "finished":
-            raise RuleRefusedError("this episode is already closed", ("EpisodeOfCare.status",))
+        asked = closing_asked(params, at)
+        stands = api_.coordination.closure(id)
+        if stands is not None:  # closed already, by this close (a retry, a double click) or another
+            return await closed_already(api_, who, episode, stands, asked)
+        if episode.get("status") == "finished":  # (closed before closes were claimed)
+            raise closed_refusal(episode)
         at = not_before(params, at, (episode.get("period") or {}).get("start"), "the episode began", episode)
         person = str(episode["patient"]["reference"]).removeprefix("Patient/")
         closed = {k: v for k, v in episode.items() if k != "meta"}
@@ -231,7 +247,13 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
                 "follow-up": param(params, "follow-up") or "",
             },
         )
-        await emit(api_, co.EPISODE_CLOSED.type, who, person, at, closed, summary)
+        # the claim first (in a thread, as the accept's: on SQLite it waits for the write lock), so that
+        # of two closes the first to reach the database is the one the GP is sent and the record keeps
+        closure = Closure(closed, summary, asked)
+        found = await asyncio.to_thread(api_.coordination.claim_closure, person, closure, now)
+        if found is not None:
+            return await closed_already(api_, who, episode, found, asked)
+        await publish_closure(api_, who, person, closure)
         return FhirResponse(closed)
 
     @api.post(
@@ -287,6 +309,61 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         )
 
     return api
+
+
+CLOSING = ("goals", "interventions", "onward-referrals", "follow-up")  # what a $close writes in the PIC summary
+
+
+def closing_asked(params: Json, at: datetime) -> Json:
+    """What a $close was asked, by which the same close sent again is known: the summary's content as
+    given, and its `at` as given (the time it names; none given: none, whenever it is sent)."""
+    asked: Json = {name: param(params, name) for name in CLOSING}
+    asked["at"] = at.isoformat() if param(params, "at") else None
+    return asked
+
+
+def closed_refusal(episode: Json) -> RuleRefusedError:
+    """Why a close of an episode closed already is refused: closing is final, and the PIC summary the
+    GP was sent is the first close's, which the record keeps."""
+    end = (episode.get("period") or {}).get("end")
+    when = f" at {end}" if end else ""
+    return RuleRefusedError(
+        f"EpisodeOfCare/{episode['id']} was closed{when}: this episode is already closed, and closing is final; "
+        "the PIC summary sent to the GP is that close's, and anything to add goes to the practice another way",
+        ("EpisodeOfCare.status",),
+    )
+
+
+async def closed_already(
+    api_: CoordinationApi, who: Principal, episode: Json, stands: Closure, asked: Json
+) -> FhirResponse:
+    """An episode a close has claimed. The same close again (the same parameters: a double click, or a
+    retry after a 503) before the record has it closed is answered 200 with the episode as that close
+    finished it, and published again (Kafka may never have taken it; applied once); once the record has
+    it closed, or for any other close, it is refused 409, naming when it was closed."""
+    if stands.asked != asked or episode.get("status") == "finished":
+        raise closed_refusal(stands.episode)
+    person = str(episode["patient"]["reference"]).removeprefix("Patient/")
+    await publish_closure(api_, who, person, stands)
+    return FhirResponse(stands.episode)
+
+
+async def publish_closure(api_: CoordinationApi, who: Principal, person: str, closure: Closure) -> None:
+    """The close's event (the finished EpisodeOfCare and its PIC summary), under one id for every close
+    of the episode, so that the same close published twice is applied once. The claim is made already,
+    so one Kafka does not take is UnfinishedError: the 503 says the episode is closed, not that nothing was kept."""
+    episode = closure.episode
+    at = datetime.fromisoformat(str(episode["period"]["end"]))
+    event_id = stable_id("api-close", str(episode["id"]))
+    try:
+        await emit(api_, co.EPISODE_CLOSED.type, who, person, at, episode, closure.summary, event_id=event_id)
+    except BrokerUnavailableError as lost:
+        raise UnfinishedError(
+            f"EpisodeOfCare/{episode['id']} is closed (held in the database, at {at.isoformat()}), but Kafka did "
+            "not acknowledge the close, so the record, the rules engine and the PIC summary to the GP may not have "
+            "it yet. Send the same $close again (the same parameters) to complete it; it is applied once. Until "
+            "then any other $close of the episode is refused 409."
+        ) from lost
 
 
 def made_already(made: str) -> FhirResponse:

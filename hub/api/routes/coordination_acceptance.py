@@ -1,15 +1,19 @@
-"""/fhir coordination commands that decide a referral: $accept, which claims it, and $decline.
+"""/fhir coordination commands that decide a referral, each claiming it: $accept and $decline.
 
     POST /fhir/ServiceRequest/{id}/$accept             allocate to a coordinator, under the caseload cap; once
     POST /fhir/ServiceRequest/{id}/$decline            the person declined, or the referral is not accepted
 
-One accept of a referral wins, whichever API worker each reaches: it claims the referral in the
-database (a primary key) before it publishes, and the same accept sent again is answered 200 with
-the episode it opened; the claim names the person too, so an accept of another referral for them is
-refused while the episode claimed is open. An accept Kafka did not take keeps its claim: it is
-answered 503 saying the referral is held for its coordinator, and the same accept again publishes it.
-Its ids are the referral's (accept_ids), so no consumer ever makes two EpisodeOfCare of one
-referral's accept events, however often they arrive.
+A referral is decided once, whichever API worker each command reaches: an accept or a decline claims
+it in the database (a primary key) before it publishes, and the first to reach the database wins; the
+same accept sent again is answered 200 with the episode it opened, a decline sent again with the decline
+that stands, and the other decision is refused 409 naming what happened. The record lags the log, so
+what it says is checked too (a referral decided before claims were kept) but never trusted alone. An
+accept's claim names the person too, so an accept of another referral for them is refused while the
+episode claimed is open, and counts the coordinator's caseload (the rules engine's, and the episodes
+claimed that it does not have yet), so none goes past the cap. A command Kafka did not take keeps its
+claim: it is answered 503 saying what is held, and the same command again publishes it. Its ids are
+the referral's (accept_ids; one decline event id), so no consumer ever applies one referral's decision
+twice, however often it arrives.
 
 No `from __future__ import annotations` here: FastAPI reads these annotations at runtime.
 """
@@ -40,7 +44,7 @@ from hub.api.shapes import parameters_in
 from hub.core.errors import BrokerUnavailableError, RuleRefusedError, UnfinishedError
 from hub.core.fhir_read import care_manager
 from hub.core.identity import stable_id
-from hub.core.ports import Json, RecordReader
+from hub.core.ports import CaseloadFull, Decline, Json, RecordReader
 from hub.core.stays import is_open
 from schemas.events import coordination as co
 
@@ -65,23 +69,29 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         now = datetime.now(UTC)
         at = at_param(params, now)
         referral = referral_to_service(api_, id)
-        refuse_accepting_declined(referral)
+        refuse_accepting_declined(referral, api_.coordination.declined(id))
         person = person_of(referral)
         held = claimed(api_, id, person)
         if held is not None:
             return await accepted_already(api_, who, referral, held, coordinator)
         at = not_before(params, at, referral.get("authoredOn"), "the referral was made", referral)
-        refuse_allocation(api_, person, coordinator)
+        refuse_allocation(api_, person)
+        refuse_deceased(api_.reader.read("Patient", person))
         episode = episode_for(id, person, coordinator, rules.service.ods, at)
         # (in a thread: on SQLite the claim waits for the write lock, which a consumer in this process may
         # hold while it awaits Kafka on this event loop; waiting on the loop stalled both for the busy timeout)
-        claim = api_.coordination.claim_acceptance
-        held = await asyncio.to_thread(claim, id, person, coordinator, episode, now, partial(still_open, api_.reader))
-        if held is not None:  # another accept of it claimed it first, or one of another referral the person
-            refuse_held_person(id, held)
-            return await accepted_already(api_, who, referral, held, coordinator)
-        await publish_acceptance(api_, who, referral, episode)
-        return FhirResponse(episode, status_code=201, headers={"Location": f"/fhir/EpisodeOfCare/{episode['id']}"})
+        claim = partial(api_.coordination.claim_acceptance, cap=rules.caseload_cap)
+        found = await asyncio.to_thread(claim, id, person, coordinator, episode, now, partial(still_open, api_.reader))
+        if found is None:
+            await publish_acceptance(api_, who, referral, episode)
+            return FhirResponse(episode, status_code=201, headers={"Location": f"/fhir/EpisodeOfCare/{episode['id']}"})
+        if isinstance(found, Decline):  # a decline of it reached the database first
+            raise declined_refusal(referral, found)
+        if isinstance(found, CaseloadFull):
+            raise over_cap(found, rules.caseload_cap)
+        # another accept of it claimed it first, or one of another referral for the person
+        refuse_held_person(id, found)
+        return await accepted_already(api_, who, referral, found, coordinator)
 
     @api.post(
         "/fhir/ServiceRequest/{id}/$decline",
@@ -91,20 +101,26 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
     async def decline(request: Request, id: Id, who: Caller) -> FhirResponse:
         coordinator_only(api_, who)
         params = parameters(await read_body(request))
-        at = at_param(params, datetime.now(UTC))
+        now = datetime.now(UTC)
+        at = at_param(params, now)
         referral = referral_to_service(api_, id)
-        if outcome_of(referral) == "declined":  # a retry, or a second click: the first decline stands
+        stands = api_.coordination.declined(id)
+        if stands is not None:  # a retry, or a second click: the first decline stands
+            return await declined_already(api_, who, referral, stands)
+        if outcome_of(referral) == "declined":  # (declined before declines were claimed)
             return FhirResponse(referral)
-        refuse_declining_accepted(api_, referral)
+        refuse_declining_accepted(api_, referral, claimed(api_, id, person_of(referral)))
         at = not_before(params, at, referral.get("authoredOn"), "the referral was made", referral)
         declined = with_outcome(referral, "declined", "revoked")
         reason = param(params, "reason")
         if reason:
             declined["note"] = [{"text": reason}]
-        # one id for every decline of it: sent twice before the record has the first, the second is the
-        # duplicate every consumer drops, and the first (its date, its reason) stands in the KPIs
-        event_id = stable_id("api-decline", str(referral["id"]))
-        await emit(api_, co.REFERRAL_OUTCOME.type, who, person_of(referral), at, declined, event_id=event_id)
+        claim = api_.coordination.claim_decline
+        found = await asyncio.to_thread(claim, id, person_of(referral), Decline(declined, at), now)
+        if isinstance(found, Decline):  # another decline of it reached the database first
+            return await declined_already(api_, who, referral, found)
+        refuse_declining_accepted(api_, referral, found)  # an accept did
+        await publish_decline(api_, who, referral, Decline(declined, at))
         return FhirResponse(declined)
 
     return api
@@ -131,33 +147,53 @@ def outcome_of(referral: Json) -> str | None:
     )
 
 
-def refuse_accepting_declined(referral: Json) -> None:
-    """Refuse (409) an accept of a referral declined: the KPIs have counted it declined in its month,
-    and an accept would take that back months later; a person who comes back is referred again."""
-    if outcome_of(referral) == "declined":
-        raise RuleRefusedError(
-            f"ServiceRequest/{referral['id']} was declined: a declined referral is not accepted (the KPIs count "
-            "it declined); if the person is to be taken on after all, refer them again and accept that referral",
-            ("ServiceRequest",),
-        )
+def refuse_accepting_declined(referral: Json, decline: Decline | None) -> None:
+    """Refuse (409) an accept of a referral declined (claimed by a decline, or so on the record)."""
+    if decline is not None or outcome_of(referral) == "declined":
+        raise declined_refusal(referral, decline)
 
 
-def refuse_declining_accepted(api_: CoordinationApi, referral: Json) -> None:
-    """Refuse (409) a decline of a referral already accepted (or claimed by an accept): the KPIs would
-    count it declined while its person is on a caseload; leaving the service is a $close."""
-    rid = str(referral["id"])
-    held = claimed(api_, rid, person_of(referral))
+def declined_refusal(referral: Json, decline: Decline | None) -> RuleRefusedError:
+    """Why an accept of a referral declined is refused: the KPIs count it declined in its month, and an
+    accept would take that back months later; a person who comes back is referred again."""
+    when = f" ({decline.at.isoformat()})" if decline is not None else ""
+    return RuleRefusedError(
+        f"ServiceRequest/{referral['id']} was declined{when}: a declined referral is not accepted (the KPIs "
+        "count it declined); if the person is to be taken on after all, refer them again and accept that referral",
+        ("ServiceRequest",),
+    )
+
+
+def refuse_declining_accepted(api_: CoordinationApi, referral: Json, held: Json | None) -> None:
+    """Refuse (409) a decline of a referral already accepted (`held`: the episode its accept claimed, or
+    opened on the record): the KPIs would count it declined while its person is on a caseload; leaving
+    the service is a $close."""
     if held is None:
         return
+    rid = str(referral["id"])
     coordinator, episode = care_manager(held) or "(none named)", api_.reader.read("EpisodeOfCare", str(held["id"]))
     said = f"ServiceRequest/{rid} was accepted, onto coordinator {coordinator}'s caseload (EpisodeOfCare/{held['id']})"
-    if episode is None:  # claimed, but Kafka did not take the accept (it was answered 503)
-        then = f"send that $accept (coordinator {coordinator}) again to complete it, then close the episode ($close)"
+    if episode is None:  # claimed, but not on the record yet (or Kafka did not take the accept: 503)
+        then = f"if that $accept (coordinator {coordinator}) was answered 503, send it again to complete it; to end "
+        then += "the person's time with the service, close the episode ($close)"
     elif not is_open(episode.get("status")):
         then = "and that episode is closed already: the referral stands as accepted"
     else:
         then = "to end the person's time with the service, close the episode ($close)"
     raise RuleRefusedError(f"{said}: it cannot be declined now; {then}", ("ServiceRequest",))
+
+
+def refuse_deceased(patient: Json | None) -> None:
+    """Refuse (409) an accept for a person the record says has died (deceasedDateTime, or
+    deceasedBoolean true): no one is put on a caseload to be visited after their death."""
+    died = (patient or {}).get("deceasedDateTime")
+    if died or (patient or {}).get("deceasedBoolean") is True:
+        on = f" (on {died})" if died else ""
+        raise RuleRefusedError(
+            f"the record says this person has died{on}: a referral for them is not accepted; if that is "
+            "wrong, the record must be corrected (by the sender of their demographics) before the accept",
+            ("ServiceRequest.subject",),
+        )
 
 
 def refuse_held_person(referral_id: str, held: Json) -> None:
@@ -170,18 +206,20 @@ def refuse_held_person(referral_id: str, held: Json) -> None:
         )
 
 
-def refuse_allocation(api_: CoordinationApi, person: str, coordinator: str) -> None:
-    """Refuse (409) an accept for a person on a caseload, or for a coordinator at the cap."""
-    rules = api_.engine.rules
+def refuse_allocation(api_: CoordinationApi, person: str) -> None:
+    """Refuse (409) an accept for a person the rules engine has on a caseload (the claim asks the
+    claims, which it may not have yet, and counts the coordinator's caseload against the cap)."""
     if (api_.coordination.state(person) or {}).get("episode"):
         raise RuleRefusedError("this person is already on a caseload", ("ServiceRequest",))
-    load = api_.coordination.caseloads().get(coordinator, 0)
-    if load >= rules.caseload_cap:
-        raise RuleRefusedError(
-            f"coordinator {coordinator} already has {load} people on their caseload "
-            f"(cap {rules.caseload_cap}); allocate to someone else or raise the cap in the rules",
-            ("Parameters.coordinator",),
-        )
+
+
+def over_cap(full: CaseloadFull, cap: int) -> RuleRefusedError:
+    """Why an accept whose claim found its coordinator at the caseload cap is refused."""
+    return RuleRefusedError(
+        f"coordinator {full.coordinator} already has {full.people} people on their caseload "
+        f"(cap {cap}); allocate to someone else or raise the cap in the rules",
+        ("Parameters.coordinator",),
+    )
 
 
 async def accepted_already(
@@ -224,3 +262,30 @@ def held_unpublished(referral: Json, episode: Json) -> UnfinishedError:
         f"caseloads or the KPIs yet. Send the same $accept (coordinator {coordinator}) again to complete it; "
         "it opens nothing twice. Until then an accept for another coordinator is refused 409."
     )
+
+
+async def declined_already(api_: CoordinationApi, who: Principal, referral: Json, decline: Decline) -> FhirResponse:
+    """A referral declined already: answered 200 with the decline that stands (its date and reason),
+    as the record has it, or publishing it again where the record does not have it yet (Kafka may
+    never have taken it)."""
+    if outcome_of(referral) == "declined":
+        return FhirResponse(referral)
+    await publish_decline(api_, who, referral, decline)
+    return FhirResponse(decline.referral)
+
+
+async def publish_decline(api_: CoordinationApi, who: Principal, referral: Json, decline: Decline) -> None:
+    """The decline's event, under one id for every decline of the referral (sent twice, the second is
+    the duplicate every consumer drops). The claim is made already, so one Kafka does not take is
+    UnfinishedError: the 503 says the referral is held declined, not that nothing was kept."""
+    event_id = stable_id("api-decline", str(referral["id"]))
+    try:
+        await emit(
+            api_, co.REFERRAL_OUTCOME.type, who, person_of(referral), decline.at, decline.referral, event_id=event_id
+        )
+    except BrokerUnavailableError as lost:
+        raise UnfinishedError(
+            f"ServiceRequest/{referral['id']} is declined (held in the database), but Kafka did not acknowledge "
+            "the decline, so the record, the rules engine and the KPIs may not have it yet. Send the same $decline "
+            "again to complete it; it is applied once. Until then an $accept of the referral is refused 409."
+        ) from lost
