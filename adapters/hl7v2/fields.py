@@ -7,8 +7,11 @@ from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from hub.core.errors import InvalidMessageError
+from hub.core.skew import CLOCK_SKEW
 
 UK = ZoneInfo("Europe/London")
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+MRN_SYSTEM = "https://fhir.nhs.uk/Id/MRN/"  # + the assigning authority (or sender)
 _TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-]\d{4})?$")
 
 
@@ -118,3 +121,26 @@ def telecom(xtn: list[str]) -> dict[str, object] | None:
 
 def _at(parts: list[str], i: int) -> str:
     return parts[i] if i < len(parts) else ""
+
+
+TIMES = {
+    "EVN-2": "event time",
+    "MSH-7": "message time",
+    "PV1-44": "admission time",
+    "PV1-45": "discharge time",
+    "PID-7": "date of birth",
+    "PID-29": "date of death",
+}
+
+
+def not_future(moment: datetime | None, latest: datetime | None, where: str, said: str = "") -> None:
+    """A time later than `latest` (the hub's clock plus CLOCK_SKEW) cannot have happened yet. (`said`:
+    the time as the message gave it, where that reads better than the moment it begins.)"""
+    if moment is not None and latest is not None and moment > latest:
+        minutes = int(CLOCK_SKEW.total_seconds() // 60)
+        raise InvalidMessageError(
+            f"{where} ({TIMES[where]}) {said or fhir_datetime(moment)} is in the future: later than the hub's clock"
+            f" by more than the {minutes} minutes allowed for clock skew",
+            (where,),
+            code="value",
+        )

@@ -23,11 +23,11 @@ from pydantic import ValidationError
 
 from adapters.hl7v2 import fields as dt
 from adapters.hl7v2.message import Fields, fingerprint, parse
+from adapters.hl7v2.stay import encounter
 from hub.core import nhs_number
 from hub.core.errors import InvalidMessageError, UnsupportedMessageError
 from hub.core.identity import person_key, stable_id
 from hub.core.record_content import (
-    DISCHARGE_METHOD_URL,
     REMOVED_URL,
     VERIFICATION_REMOVED,
     VERIFICATION_URL,
@@ -38,30 +38,9 @@ from schemas.events import patient as pat
 
 Json = dict[str, Any]
 NHS_SYSTEM = nhs_number.NHS_NUMBER_SYSTEM
-ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
-MRN_SYSTEM = "https://fhir.nhs.uk/Id/MRN/"
+ODS_SYSTEM = dt.ODS_SYSTEM
+MRN_SYSTEM = dt.MRN_SYSTEM
 VERIFICATION_SYSTEM = "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland"
-DISCHARGE_DESTINATION = "https://fhir.hl7.org.uk/CodeSystem/UKCore-DischargeDestinationEngland"
-ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-PATIENT_CLASS = "http://terminology.hl7.org/CodeSystem/v2-0004"
-_DESTINATIONS = {
-    "19",
-    "29",
-    "30",
-    "37",
-    "38",
-    *map(str, range(48, 55)),
-    "65",
-    "66",
-    "79",
-    "84",
-    "85",
-    "87",
-    "88",
-    "98",
-    "99",
-}
-
 TRIGGERS = {
     "A01": enc.ENCOUNTER_ADMITTED,
     "A02": enc.ENCOUNTER_TRANSFERRED,
@@ -73,19 +52,8 @@ TRIGGERS = {
     "A31": pat.PATIENT_UPDATED,
     "A40": pat.PATIENT_MERGED,
 }
-STATUS = {"A01": "in-progress", "A02": "in-progress", "A03": "finished", "A08": "unknown"}
-STATUS |= {"A11": "cancelled", "A13": "in-progress"}
-CLASS = {"E": (ACT_CODE, "EMER"), "I": (ACT_CODE, "IMP"), "O": (ACT_CODE, "AMB"), "P": (ACT_CODE, "PRENC")}
 GENDER = {"M": "male", "F": "female", "U": "unknown", "O": "other", "A": "other", "N": "unknown"}
 GENDER |= {"1": "male", "2": "female", "9": "other", "0": "unknown"}  # NHS Data Dictionary codes
-TIMES = {
-    "EVN-2": "event time",
-    "MSH-7": "message time",
-    "PV1-44": "admission time",
-    "PV1-45": "discharge time",
-    "PID-7": "date of birth",
-    "PID-29": "date of death",
-}
 VERIFICATION = {
     "01": "Number present and verified",
     "02": "Number present but not traced",
@@ -145,7 +113,7 @@ def map_message(raw: bytes, *, key_secret: bytes, now: datetime | None = None) -
     if trigger in ("A01", "A02", "A03", "A11", "A13") and pv1 is None:
         raise InvalidMessageError(f"PV1 is required in an ADT^{trigger}", ("PV1",), code="required")
     if pv1 is not None and trigger not in ("A28", "A31"):
-        resources.append(_encounter(f, pv1, trigger, sender, message_key, person.key, latest))
+        resources.append(encounter(f, pv1, trigger, sender, message_key, person.key, latest))
     return [_event(trigger, sender, control_id, message_key, when, person.key, resources)]
 
 
@@ -155,21 +123,8 @@ def _event_time(f: Fields, msh: Any, latest: datetime | None) -> datetime:
     when = dt.timestamp(evn or f.get(msh, 7), where)
     if when is None:
         raise InvalidMessageError("MSH-7 (date/time of message) is required", ("MSH-7",), code="required")
-    _not_future(when, latest, where)
+    dt.not_future(when, latest, where)
     return when
-
-
-def _not_future(moment: datetime | None, latest: datetime | None, where: str, said: str = "") -> None:
-    """A time later than `latest` (the hub's clock plus CLOCK_SKEW) cannot have happened yet. (`said`:
-    the time as the message gave it, where that reads better than the moment it begins.)"""
-    if moment is not None and latest is not None and moment > latest:
-        minutes = int(CLOCK_SKEW.total_seconds() // 60)
-        raise InvalidMessageError(
-            f"{where} ({TIMES[where]}) {said or dt.fhir_datetime(moment)} is in the future: later than the hub's clock"
-            f" by more than the {minutes} minutes allowed for clock skew",
-            (where,),
-            code="value",
-        )
 
 
 def _trigger(f: Fields, msh: Any) -> str:
@@ -344,8 +299,8 @@ def _life(f: Fields, pid: Any, latest: datetime | None) -> datetime | None:
     (each time stamp covering its whole precision: a death dated the day of a birth at 06:30 is not
     before it). A typo there would misstate the person's age band in the KPIs, or mark them dead."""
     born, died = dt.timestamp(f.get(pid, 7), "PID-7"), dt.timestamp(f.get(pid, 29), "PID-29")
-    _not_future(born, latest, "PID-7", f.get(pid, 7))
-    _not_future(died, latest, "PID-29")
+    dt.not_future(born, latest, "PID-7", f.get(pid, 7))
+    dt.not_future(died, latest, "PID-29")
     if born is not None and died is not None and dt.period_end(died, f.get(pid, 29)) <= born:
         raise InvalidMessageError(
             f"PID-29 (date of death) {dt.fhir_datetime(died)} is before PID-7 (date of birth) {f.get(pid, 7)}",
@@ -353,94 +308,6 @@ def _life(f: Fields, pid: Any, latest: datetime | None) -> datetime | None:
             code="value",
         )
     return died
-
-
-def _encounter(
-    f: Fields, pv1: Any, trigger: str, sender: str, message_key: str, key: str, latest: datetime | None
-) -> Json:
-    visit, admit_text = f.get(pv1, 19), f.get(pv1, 44)
-    if visit:
-        enc_id = stable_id("hl7v2", sender, "visit", visit)
-    elif admit_text:
-        enc_id = stable_id("hl7v2", sender, "admit", key, admit_text)
-    else:  # nothing names the stay: it is this message's own (never another's under a reused control ID)
-        enc_id = stable_id("hl7v2", sender, message_key)
-    admitted, discharged = _stay(f, pv1, latest, ends=trigger != "A13")
-    status = "finished" if discharged and trigger in ("A03", "A08") else STATUS[trigger]
-    # PV1-2 empty: class U (Encounter.class is 1..1), which never replaces a class the record holds
-    system, code = CLASS.get(f.get(pv1, 2).upper(), (PATIENT_CLASS, f.get(pv1, 2).upper() or "U"))
-    resource: Json = {
-        "resourceType": "Encounter",
-        "id": enc_id,
-        "status": status,
-        "class": {"system": system, "code": code},
-        "subject": {"reference": f"Patient/{key}"},
-        "serviceProvider": {"identifier": {"system": ODS_SYSTEM, "value": sender}},
-    }
-    if visit:
-        vn = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "VN"}]}
-        resource["identifier"] = [{"type": vn, "system": MRN_SYSTEM + "visit/" + sender, "value": visit}]
-    period = {k: dt.fhir_datetime(v) for k, v in (("start", admitted), ("end", discharged)) if v}
-    if period and trigger != "A13":
-        resource["period"] = period
-    elif admitted:
-        resource["period"] = {"start": dt.fhir_datetime(admitted)}
-    if ward := " ".join(p for p in (f.reps(pv1, 3) or [[]])[0][:3] if p):
-        resource["location"] = [{"location": {"display": ward}}]
-    _discharge(f, pv1, resource)
-    return resource
-
-
-def _discharge(f: Fields, pv1: Any, resource: Json) -> None:
-    """Where the patient went. PV1-37 (ITK table 0113: the NHS Data Dictionary's Discharge Destination)
-    is the disposition when it is one of those codes, or PV1-36 is empty; PV1-36, whose table differs by
-    feed (ITK's 0112 mixes A&E disposal with Discharge Method; ITK and Epic send a destination such as
-    19 there, Epic free text), is then kept as sent, text only, in UK Core's discharge method extension.
-    Otherwise PV1-36 is the disposition (the v2-to-FHIR IG's map) and a PV1-37 beside it, no destination
-    code (Epic's `1`), the IG's hospitalization.destination, by name. Never coded by guess, never refused."""
-    # (PV1-37 is a DLD: the location, then its effective date, which is no name for it)
-    to, disposal = _disposition([r[:1] for r in f.reps(pv1, 37)]), _disposition(f.reps(pv1, 36))
-    stay: Json = {}
-    if to is not None and ("coding" in to or disposal is None):
-        stay["dischargeDisposition"] = to
-        if disposal is not None:
-            method = {"url": DISCHARGE_METHOD_URL, "valueCodeableConcept": {"text": disposal["text"]}}
-            resource["extension"] = [method]
-    elif disposal is not None:
-        stay["dischargeDisposition"] = disposal
-        if to is not None:
-            stay["destination"] = {"display": to["text"]}
-    if stay:
-        resource["hospitalization"] = stay
-
-
-def _stay(f: Fields, pv1: Any, latest: datetime | None, *, ends: bool) -> tuple[datetime | None, datetime | None]:
-    """PV1-44 and PV1-45; neither may be in the future, nor the discharge before the admission.
-    An A13 (`ends` False) cancels the discharge: its PV1-45 must be a time stamp but is not used, so
-    it is held to neither rule (Epic's A13s carry one a little before the admission time)."""
-    admit_text, discharge_text = f.get(pv1, 44), f.get(pv1, 45)
-    admitted, discharged = dt.timestamp(admit_text, "PV1-44"), dt.timestamp(discharge_text, "PV1-45")
-    if not ends:
-        discharged = None
-    _not_future(admitted, latest, "PV1-44")
-    _not_future(discharged, latest, "PV1-45")
-    if admitted and discharged and dt.period_end(discharged, discharge_text) <= admitted:
-        raise InvalidMessageError(
-            f"PV1-45 (discharge time) {discharge_text} is before PV1-44 (admission time) {admit_text}",
-            ("PV1-45",),
-            code="value",
-        )
-    return admitted, discharged
-
-
-def _disposition(reps: list[list[str]]) -> Json | None:
-    if not reps or not reps[0][0]:
-        return None
-    code = reps[0][0]
-    text = reps[0][1] if len(reps[0]) > 1 and reps[0][1] else code
-    if code in _DESTINATIONS:
-        return {"coding": [{"system": DISCHARGE_DESTINATION, "code": code}], "text": text}
-    return {"text": text}
 
 
 def _merges(
