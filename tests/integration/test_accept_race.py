@@ -346,7 +346,10 @@ def test_once_the_persons_episode_is_closed_another_referral_for_them_can_be_acc
     second, _ = referred(workers[0], kafka)
     accepted = workers[0].accept(first, "c-ann")
     consume(workers[0].services, kafka.events())
-    closing = {"resourceType": "Parameters", "parameter": [{"name": "at", "valueDateTime": AT.isoformat()}]}
+    closing = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "at", "valueDateTime": AT.isoformat()}, {"name": "goals", "valueString": "Home"}],
+    }
     closed = workers[0].post(
         f"/fhir/EpisodeOfCare/{accepted.json()['id']}/$close", closing, ods(workers[0].services), "coordinator"
     )

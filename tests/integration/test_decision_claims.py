@@ -255,7 +255,7 @@ def test_an_episode_claimed_and_closed_on_the_record_frees_its_place_under_the_c
     assert [a.status_code for a in episodes] == [201] * CAP
     consume(workers[0].services, kafka.events())
 
-    closed = close(workers[0], episodes[0].json()["id"], at=(AT + timedelta(hours=1)).isoformat())
+    closed = close(workers[0], episodes[0].json()["id"], at=(AT + timedelta(hours=1)).isoformat(), goals="Home")
     consume(workers[0].services, kafka.events())
     freed = workers[1].accept(referrals[CAP], "c-ann")
     over = workers[0].accept(referrals[CAP + 1], "c-ann")
@@ -276,9 +276,9 @@ def test_two_closes_of_one_episode_in_quick_succession_the_first_stands_and_the_
     episode, person = accepted_episode(workers, kafka)
     ten, eleven = AT + timedelta(hours=1), AT + timedelta(hours=2)
 
-    first = close(workers[0], episode, at=ten.isoformat())
+    first = close(workers[0], episode, at=ten.isoformat(), goals="Home")
     second = close(workers[1], episode, at=eleven.isoformat(), goals="x")  # (the record has not the first)
-    again = close(workers[1], episode, at=ten.isoformat())  # a double click: the same close
+    again = close(workers[1], episode, at=ten.isoformat(), goals="Home")  # a double click: the same close
 
     assert first.status_code == 200, first.text
     refused(second, f"EpisodeOfCare/{episode} was closed at {ten.isoformat()}")
@@ -295,7 +295,7 @@ def test_two_closes_of_one_episode_in_quick_succession_the_first_stands_and_the_
     assert "x</div>" not in str(stored.get("section"))
     count = len(kafka.published)
 
-    after = close(workers[0], episode, at=ten.isoformat())  # once recorded: closed already, as before
+    after = close(workers[0], episode, at=ten.isoformat(), goals="Home")  # once recorded: closed already, as before
     later = close(workers[0], episode, at=eleven.isoformat(), goals="x")
 
     refused(after, f"EpisodeOfCare/{episode} was closed at {ten.isoformat()}", "already closed")

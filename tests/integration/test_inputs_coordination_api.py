@@ -483,3 +483,30 @@ def test_a_decline_sent_again_changes_nothing_and_a_declined_referral_is_not_acc
 
     assert declined_in("2026-11") >= 1
     assert declined_in(f"{datetime.now(UTC):%Y-%m}") == 0  # not again in the month the retry was sent
+
+
+def test_a_close_whose_pic_summary_would_say_nothing_is_refused_and_never_reaches_the_gp(
+    hub: Hub, http: httpx.Client
+) -> None:
+    episode = accepted(hub, http, "9990001081")
+    path = f"/fhir/EpisodeOfCare/{episode['id']}/$close"
+    sent = len(hub.published)
+
+    blank = command(hub, http, path, at="2026-11-20T10:00:00Z")
+    spaces = command(hub, http, path, goals="  ", **{"follow-up": " "}, at="2026-11-20T10:00:00Z")
+
+    for refused in (blank, spaces):
+        assert refused.status_code == 400, refused.text
+        issue = refused.json()["issue"][0]
+        assert issue["diagnostics"].startswith("the PIC summary this close sends to the GP would be empty")
+        assert issue["expression"] == [
+            "Parameters.goals",
+            "Parameters.interventions",
+            "Parameters.onward-referrals",
+            "Parameters.follow-up",
+        ]
+    assert len(hub.published) == sent  # no letter, no close: the episode stays open for a real one
+    said = command(
+        hub, http, path, **{"follow-up": "Declined support after the first visit"}, at="2026-11-20T10:00:00Z"
+    )
+    assert said.status_code == 200, said.text

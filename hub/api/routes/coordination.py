@@ -220,6 +220,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         if episode.get("status") == "finished":  # (closed before closes were claimed)
             raise closed_refusal(episode)
         at = not_before(params, at, (episode.get("period") or {}).get("start"), "the episode began", episode)
+        refuse_blank_summary(asked)
         person = str(episode["patient"]["reference"]).removeprefix("Patient/")
         closed = {k: v for k, v in episode.items() if k != "meta"}
         closed["status"] = "finished"
@@ -320,6 +321,18 @@ def closing_asked(params: Json, at: datetime) -> Json:
     asked: Json = {name: param(params, name) for name in CLOSING}
     asked["at"] = at.isoformat() if param(params, "at") else None
     return asked
+
+
+def refuse_blank_summary(asked: Json) -> None:
+    """Refuse (400) a close whose PIC summary would say nothing: the GP would be sent a letter with every
+    section "None recorded", and the KPIs would count it a discharge letter sent in time."""
+    if not any(str(asked.get(name) or "").strip() for name in CLOSING):
+        raise InvalidMessageError(
+            "the PIC summary this close sends to the GP would be empty: give at least one of goals, "
+            "interventions, onward-referrals or follow-up (for someone the service could not help, say so "
+            "in follow-up, with what the GP should know)",
+            tuple(f"Parameters.{name}" for name in CLOSING),
+        )
 
 
 def closed_refusal(episode: Json) -> RuleRefusedError:
