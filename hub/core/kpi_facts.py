@@ -99,6 +99,7 @@ class KpiFacts:
     _episodes_of: dict[str, list[str]] = field(default_factory=dict)  # person -> their episodes, in log order
     _episode_of: dict[tuple[str, str], str] = field(default_factory=dict)  # (person, referral) -> the one it opened
     _ended: set[str] = field(default_factory=set)  # the episodes an episode.closed named: ended for good
+    _opened_for: dict[str, set[str]] = field(default_factory=dict)  # episode -> the referrals it names
 
     def add(self, event: RecordEvent) -> None:
         """Fold one event; one the fold cannot read is skipped and counted, never raised."""
@@ -230,6 +231,7 @@ class KpiFacts:
             if episode.id not in self.episodes:  # (the same one again, open: it says who and since when)
                 self._episodes_of.setdefault(episode.person, []).append(episode.id)
             self.episodes[episode.id] = episode
+            self._opened_for[episode.id] = {r.removeprefix("ServiceRequest/") for r in named}
             for referral in named:
                 self._episode_of.setdefault((episode.person, referral), episode.id)
             # the stay ends the referrals on the log before it (log order, as the rules engine

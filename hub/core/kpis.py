@@ -287,7 +287,7 @@ class KpiFold(KpiFacts):
         answered = [
             r.at
             for r in (self.referrals.get(rid) for rid in self._referrals_of.get(stay.person, ()))
-            if r is not None and stay.id in self._stays.get(r.id, ()) and not self._over(r, stay.start)
+            if r is not None and r.person == stay.person and self._answered_by(r, stay)
         ]
         since, end = min([stay.start, *answered]), stay.end
         after = max((e.end for e in before if e.end is not None), default=None)
@@ -297,10 +297,19 @@ class KpiFold(KpiFacts):
             if (since <= t or answers_that_day(t, since)) and (end is None or t <= end) and (after is None or t > after)
         ]
 
+    def _answered_by(self, referral: Referral, stay: Episode) -> bool:
+        """Whether the stay answered the referral: opened for it, or ended its wait, for which it must
+        still have been waiting when the stay began (not declined, not ended by an earlier stay, not
+        visited already: a referral seen months before and never taken on opens no later stay's window)."""
+        if referral.id in self._opened_for.get(stay.id, ()):
+            return True
+        visited = referral.visited is not None and referral.visited < stay.start
+        return stay.id in self._stays.get(referral.id, ()) and not visited and not self._over(referral, stay.start)
+
     def _first_visits_of(self, person: str) -> set[datetime]:
         """When the person's first visits were (the first-visit figure's: one a referral's, at most)."""
         referrals = (self.referrals.get(rid) for rid in self._referrals_of.get(person, ()))
-        return {r.first_visit for r in referrals if r is not None and r.first_visit is not None}
+        return {r.first_visit for r in referrals if r is not None and r.person == person and r.first_visit is not None}
 
     def _first_contacts(self) -> None:
         by_person: dict[str, list[Referral]] = {}

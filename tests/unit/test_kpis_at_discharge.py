@@ -171,3 +171,24 @@ def test_the_means_are_per_discharge_and_the_ratio_and_percentage_over_the_month
     in_time = sorted(events, key=lambda e: e.time)
     for _ in range(10):  # in whatever order the people's partitions are read
         assert figures_of(person_ordered(in_time, rng)) == figures
+
+
+def test_a_referral_seen_months_before_and_never_taken_on_opens_no_later_stays_window() -> None:
+    # P3 referred 5 Jan, visited 6 Jan, followed up 7 Jan, phoned 8 Jan, never on the caseload; referred
+    # again 3 Nov, on the caseload 4-20 Nov, never seen: the November stay had no contacts
+    january = [
+        referral("P3", at(5, 10, month=1)),
+        contact("P3", at(6, 10, month=1), "face-to-face"),
+        contact("P3", at(7, 10, month=1), "follow-up"),
+        contact("P3", at(8, 10, month=1), "non-face-to-face"),
+    ]
+    november = [referral("P3", at(3, 10), n=2), *stay("P3", at(4, 10), at(20, 10), n=2)]
+    assert at_discharge([*january, *november]) == expected(
+        (0.0, 1), (0.0, 1), (0.0, 1), (None, 0), (None, 0), (16.0, 1)
+    )
+
+
+def test_a_visit_before_the_stay_opened_for_its_referral_is_the_stays() -> None:
+    # P3 referred 1 Nov, assessed (visited) 2 Nov, then taken on 3 Nov for that referral, to 20 Nov
+    events = [referral("P3", at(1, 10)), contact("P3", at(2, 10), "face-to-face"), *stay("P3", at(3, 10), at(20, 10))]
+    assert at_discharge(events) == expected((1.0, 1), (0.0, 1), (0.0, 1), (0.0, 1), (100.0, 1), (17.0, 1))
