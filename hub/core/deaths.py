@@ -23,6 +23,7 @@ from hub.core.record_content import REMOVED_URL
 from hub.core.task_status import FINAL
 from schemas.coordination_rules import CoordinationRules
 from schemas.events import coordination as co
+from schemas.events.coordination import PATIENT_STUB_EVENTS
 
 
 def contact_rules(rules: CoordinationRules, contact: str) -> frozenset[str]:
@@ -32,23 +33,32 @@ def contact_rules(rules: CoordinationRules, contact: str) -> frozenset[str]:
 
 def learn(state: Json, event: RecordEvent, resources: list[Json]) -> bool:
     """Keep in `state["died"]` what the event's Patient for its person says of their death; True when
-    it is news that they died. A death withdrawn is forgotten (its cancelled tasks stay cancelled)."""
+    it is news that they died. A death withdrawn is forgotten (its cancelled tasks stay cancelled).
+    The newest word wins by event time, as the record's Patient goes by its newest write: a message
+    dated before the last that spoke of the death, sent late (a PAS clearing a backlog resends old
+    A08s, whose PID-30 N is no correction), changes nothing, whichever it says. A referral's, a
+    register row's or the hub's own letter's Patient never speaks of it (the record's stubs rule)."""
+    if event.type in PATIENT_STUB_EVENTS:
+        return False
     news = False
     for patient in of_kind(resources, "Patient"):
         if patient.get("id") != event.subject:
             continue  # (a merge's retired identity, say)
-        said = _said(patient)
-        before = state.get("died")
+        said, before = _said(patient), state.get("died")
+        alive = not said and _alive(patient)
+        last = state.get("death_said_at")
+        if not (said or alive) or (last is not None and event.time < datetime.fromisoformat(last)):
+            continue
+        state["death_said_at"] = event.time.isoformat()
         if said:
             news = news or not before
+            at = patient.get("deceasedDateTime")
             state["died"] = {
                 "said": said,
-                "at": patient.get("deceasedDateTime") or (before or {}).get("at"),
+                "at": at if isinstance(at, str) else (before or {}).get("at"),
                 "learned": (before or {}).get("learned") or event.time.isoformat(),
             }
-        elif before and _withdrawn(patient, before["said"]) and event.time >= datetime.fromisoformat(before["learned"]):
-            # (a message dated before the death, sent late, is stale news, as the record takes it: a PAS
-            # clearing a backlog after an outage resends old A08s, whose PID-30 N is no correction)
+        else:
             state["died"], news = None, False
     return news
 
@@ -72,13 +82,20 @@ def cancel_contacts(events: DerivedEvents, contacts: frozenset[str], state: Json
 
 
 def _said(patient: Json) -> str | None:
-    """The element by which a Patient says the person died, if it does."""
-    if patient.get("deceasedDateTime"):
+    """The element by which a Patient says the person died, if it does (a deceasedDateTime that is not
+    text is no date, so says nothing)."""
+    when = patient.get("deceasedDateTime")
+    if isinstance(when, str) and when:
         return "deceasedDateTime"
     return "deceasedBoolean" if patient.get("deceasedBoolean") is True else None
 
 
-def _withdrawn(patient: Json, said: str) -> bool:
-    """Whether a Patient takes back a death said by element `said`: in so many words, or by deleting it."""
-    removed = {e.get("valueCode") for e in patient.get("extension") or [] if e.get("url") == REMOVED_URL}
-    return patient.get("deceasedBoolean") is False or said in removed
+def _alive(patient: Json) -> bool:
+    """Whether a Patient says the person has not died: in so many words, or by deleting what said so."""
+    extensions = patient.get("extension")
+    removed = {
+        e.get("valueCode")
+        for e in (extensions if isinstance(extensions, list) else [])
+        if isinstance(e, dict) and e.get("url") == REMOVED_URL
+    }
+    return patient.get("deceasedBoolean") is False or bool(removed & {"deceasedDateTime", "deceasedBoolean"})

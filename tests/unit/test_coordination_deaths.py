@@ -189,3 +189,36 @@ def test_a_message_dated_before_the_death_sent_late_does_not_take_it_back(engine
 
     assert store.states[P1]["died"]
     assert [e for e in derived if e.type == co.TASK_CREATED.type] == []
+
+
+def _patient_event(event_id: str, time: datetime, said: dict[str, object], kind: str = pat.PATIENT_UPDATED.type):
+    patient = month.patient("P1") | said
+    return RecordEvent(event_id, kind, "urn:ods:RXX", time, P1, patient)
+
+
+def test_the_newest_word_on_the_death_wins_in_whichever_order_the_two_arrive(engine: Engine) -> None:
+    # the record keeps the newer Patient (alive) in either order; so must the engine
+    dead, alive = died(), _patient_event("alive-2", month.at(7, 10, month=12), {"deceasedBoolean": False})
+    for order in ([dead, alive], [alive, dead]):
+        store = MemoryCoordinationStore()
+        run(engine, [*on_the_caseload(), *order], store)
+        assert store.states[P1]["died"] is None, [e.id for e in order]
+
+
+def test_a_referrals_patient_never_speaks_of_a_death_nor_a_date_that_is_not_text(engine: Engine) -> None:
+    store = MemoryCoordinationStore()
+    run(engine, [*on_the_caseload(), died()], store)
+    said_alive = _patient_event("ref-alive", month.at(7, 11, month=12), {"deceasedBoolean": False})
+    as_referral = RecordEvent(
+        said_alive.id, co.REFERRAL_RECEIVED.type, said_alive.source, said_alive.time, P1, said_alive.payload
+    )
+    run(engine, [as_referral], store)
+    assert store.states[P1]["died"]  # (a partner's form, like the record's stub rule, says nothing of it)
+
+    other = MemoryCoordinationStore()
+    odd = _patient_event("odd", month.at(7, 9, month=12), {"deceasedDateTime": {"x": 1}, "extension": {"url": "u"}})
+    run(engine, [*on_the_caseload(), odd], other)
+    assert other.states[P1].get("died") is None
+    after = _patient_event("odd-2", month.at(7, 12, month=12), {"extension": ["oops"]})
+    run(engine, [died(), after], other)  # (an extension of odd shape after a death: no crash)
+    assert other.states[P1]["died"]
