@@ -195,6 +195,11 @@ class SqlCoordinationStore:
         decided already, another referral's claim for the person has an episode that `is_open`, or the
         coordinator's caseload is at `cap` (_caseload). None: this call
         claimed it, for `episode`; otherwise what holds the referral, the person or the coordinator."""
+        known = self._open_claims(person_key, coordinator, is_open)
+
+        def still_open(claimed: Json) -> bool:  # (one claimed since the look: new, so open)
+            return known.get(str(claimed.get("id")), True)
+
         row = {
             "referral_id": referral_id,
             "outcome": "accepted",
@@ -214,10 +219,10 @@ class SqlCoordinationStore:
             others = sa.select(A.c.episode).where(
                 A.c.person_key == person_key, A.c.referral_id != referral_id, A.c.outcome == ACCEPTED
             )
-            person = next((dict(e) for e in conn.scalars(others.order_by(A.c.claimed_at)) if is_open(dict(e))), None)
+            person = next((dict(e) for e in conn.scalars(others.order_by(A.c.claimed_at)) if still_open(dict(e))), None)
             if person is not None:
                 return person
-            people = _caseload(conn, coordinator, is_open)
+            people = _caseload(conn, coordinator, still_open)
             if people >= cap:
                 return CaseloadFull(coordinator, people)
             if _claimed(conn, row):
@@ -226,6 +231,25 @@ class SqlCoordinationStore:
         if found is None:
             raise ConcurrentWriteError(f"the claim of ServiceRequest/{referral_id} was not kept; send it again")
         return found
+
+    def _open_claims(self, person_key: str, coordinator: str, is_open: Callable[[Json], bool]) -> dict[str, bool]:
+        """Whether each accept's episode that an accept for this person and coordinator must weigh is
+        still open, asked before the claim takes its locks: `is_open` reads the record on a connection
+        of its own, which a claim holding its connection and lock must never wait for (a burst of
+        accepts for one coordinator took every pooled connection, each waiting on the lock while the
+        holder waited for a connection). An episode the engine's state of its person lists as closed is
+        not asked about. Closing is final, so an answer can only have gone from open to closed since."""
+        with store_errors(), self.engine.connect() as conn:
+            claims = sa.select(A.c.person_key, A.c.episode).where(
+                A.c.outcome == ACCEPTED, sa.or_(A.c.person_key == person_key, A.c.coordinator == coordinator)
+            )
+            found = [(str(p), dict(e)) for p, e in conn.execute(claims)]
+            states = _states(conn, [p for p, _ in found])
+        known: dict[str, bool] = {}
+        for person, episode in found:
+            closed = str(episode["id"]) in ((states.get(person) or {}).get("closed") or ())
+            known[str(episode["id"])] = not closed and is_open(episode)
+        return known
 
     def claim_decline(self, referral_id: str, person_key: str, decline: Decline, at: datetime) -> Json | Decline | None:
         """Claim the referral for one decline, atomically across workers and processes (its primary

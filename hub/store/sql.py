@@ -36,6 +36,8 @@ def store_errors() -> Iterator[None]:
         yield
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         raise StoreUnavailableError(f"database unavailable: {type(exc.orig).__name__}") from exc
+    except sa.exc.TimeoutError as exc:  # (every pooled connection in use for the pool's timeout)
+        raise StoreUnavailableError("database busy: no connection free in the pool") from exc
     except sa.exc.DBAPIError as exc:
         if exc.connection_invalidated:
             raise StoreUnavailableError("database connection lost") from exc

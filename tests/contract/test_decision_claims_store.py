@@ -94,3 +94,31 @@ def test_migration_0010_keeps_the_accepts_claimed_before_it_as_accepts(database_
     assert (store.acceptance("r1"), store.declined("r1")) == (episode("r1"), None)
     assert store.claim_decline("r1", "p1", Decline({"id": "r1"}, AT), AT) == episode("r1")
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_burst_of_accepts_for_one_coordinator_never_waits_on_a_connection_while_holding_the_lock(
+    postgres_url: str,
+) -> None:
+    # a pool of 3, six accepts for c-ann at once, each asking the record (a connection of its own) whether
+    # earlier episodes are open: asked while the claim holds its connection and the coordinator's lock,
+    # the holder waited for a connection the waiters held, until the pool's timeout
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = open_engine(postgres_url, pool_size=2, max_overflow=1, pool_timeout=5)
+    store = SqlCoordinationStore(engine)
+    assert store.claim_acceptance("r0", "p0", "c-ann", episode("r0", "p0"), AT, always_open, 28) is None
+
+    def on_the_record(found: Json) -> bool:
+        with engine.connect() as conn:  # (as the API's still_open reads the record)
+            return bool(conn.scalar(sa.select(sa.literal(True))))
+
+    def accept(n: int) -> object:
+        return store.claim_acceptance(f"r{n}", f"p{n}", "c-ann", episode(f"r{n}", f"p{n}"), AT, on_the_record, 28)
+
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(accept, range(1, 7)))
+    finally:
+        engine.dispose()
+    assert answers == [None] * 6

@@ -344,3 +344,23 @@ def test_an_accept_for_a_person_the_record_says_died_is_refused(
 
     refused(accepted, "the record says this person has died")
     assert published(kafka, co.EPISODE_OPENED.type) == []
+
+
+def test_a_close_kafka_did_not_take_is_published_by_the_next_close_however_it_is_worded(
+    workers: list[Worker], kafka: Kafka
+) -> None:
+    # the coordinator rewords the summary instead of resending it: the lost close must not stay claimed
+    # and unsent (the person held on the caseload, the GP never told), and the 409 must be true
+    episode, person = accepted_episode(workers, kafka)
+    ten = AT + timedelta(hours=1)
+    kafka.down = True
+    lost = close(workers[0], episode, at=ten.isoformat(), goals="home with support")
+    kafka.down = False
+
+    reworded = close(workers[1], episode, at=ten.isoformat(), goals="home with support, carer in place")
+
+    unfinished(lost, f"EpisodeOfCare/{episode} is closed", "Send the same $close again")
+    refused(reworded, f"EpisodeOfCare/{episode} was closed at {ten.isoformat()}", "the PIC summary sent to the GP")
+    consume(workers[0].services, kafka.events())
+    [recorded] = workers[0].services.reader.search("EpisodeOfCare", person)
+    assert (recorded["status"], recorded["period"]["end"]) == ("finished", ten.isoformat())

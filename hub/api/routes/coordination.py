@@ -350,14 +350,17 @@ def closed_refusal(episode: Json) -> RuleRefusedError:
 async def closed_already(
     api_: CoordinationApi, who: Principal, episode: Json, stands: Closure, asked: Json
 ) -> FhirResponse:
-    """An episode a close has claimed. The same close again (the same parameters: a double click, or a
-    retry after a 503) before the record has it closed is answered 200 with the episode as that close
-    finished it, and published again (Kafka may never have taken it; applied once); once the record has
-    it closed, or for any other close, it is refused 409, naming when it was closed."""
+    """An episode a close has claimed. Until the record has it closed, the close that claimed it is
+    published again, whatever this one says (Kafka may never have taken it, answered 503; under its own
+    event id it is applied once): a close lost that way is never left claimed and unsent. The same close
+    again (the same parameters: a double click, or the retry the 503 asked for) is then answered 200
+    with the episode as that close finished it; any other close is refused 409, naming when it was
+    closed and that its PIC summary is the one that goes to the GP."""
+    if episode.get("status") != "finished":
+        person = str(episode["patient"]["reference"]).removeprefix("Patient/")
+        await publish_closure(api_, who, person, stands)
     if stands.asked != asked or episode.get("status") == "finished":
         raise closed_refusal(stands.episode)
-    person = str(episode["patient"]["reference"]).removeprefix("Patient/")
-    await publish_closure(api_, who, person, stands)
     return FhirResponse(stands.episode)
 
 
