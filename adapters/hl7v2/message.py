@@ -69,6 +69,27 @@ def split_batch(raw: bytes) -> list[bytes]:
     return [b"\r".join(m) + b"\r" for m in messages]
 
 
+def split_as_sent(raw: bytes) -> list[bytes]:
+    """As split_batch, but each message as the bytes it was sent as (its line endings, trailing
+    spaces, a BOM or blank lines before the first), for what is kept of it (a dead letter) and the
+    offsets an error names: from its MSH line to the next MSH line or batch envelope line, or the end
+    (the first from the start of the file, unless an envelope line comes before it)."""
+    lines = [(offset, line.strip()) for offset, line in _spans(raw) if line.strip()]
+    if not any(line.startswith(b"MSH") for _, line in lines):
+        return split_batch(raw)  # (no message to cut out: what split_batch makes of it, refused as it is)
+    messages: list[list[int]] = []  # [start, end] of each
+    enveloped = False
+    for offset, line in lines:
+        closes = line.startswith(_ENVELOPE) or line.startswith(b"MSH")
+        if closes and messages and messages[-1][1] < 0:
+            messages[-1][1] = offset
+        if line.startswith(_ENVELOPE):
+            enveloped = True
+        elif line.startswith(b"MSH") or not messages:
+            messages.append([offset if messages or enveloped else 0, -1])
+    return [raw[start : end if end >= 0 else len(raw)] for start, end in messages]
+
+
 def read_header(raw: bytes) -> Header | None:
     """MSH of the first message, or None when there is no readable MSH at all."""
     first = next((s for s in _segments(raw) if s.startswith(b"MSH")), None)

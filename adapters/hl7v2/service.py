@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from faststream.kafka import KafkaBroker
 
-from adapters.hl7v2.message import Header, read_header, split_batch
+from adapters.hl7v2.message import Header, read_header, split_as_sent
 from adapters.hl7v2.replies import ack
 from adapters.hl7v2.to_fhir import map_message
 from adapters.hl7v2.transport import RefusedFrame
@@ -84,7 +84,7 @@ class HospitalIntake:
     async def ingest(self, raw: bytes, origin: str) -> list[Outcome]:
         """A file: one message, several, or an FHS/BHS batch; each message stands alone."""
         outcomes = []
-        for message in split_batch(raw):
+        for message in split_as_sent(raw):  # (each as sent: kept whole if refused, its offsets its own)
             outcome, _ = await self.accept(message, origin)
             outcomes.append(outcome)
         return outcomes

@@ -115,3 +115,34 @@ async def test_a_frame_without_a_start_block_is_answered_AR_and_kept_whole() -> 
     assert (field(reply, "MSA", 1), field(reply, "ERR", 8)) == ("AR", reason)
     [(_, value, key, headers)] = broker.on(DEAD_LETTER.name)
     assert (value, key, issue(headers)["code"]) == (junk, b"unknown", "structure")
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+async def test_a_file_refused_is_kept_as_the_file_holds_it_and_its_bad_byte_named_by_its_offset_there() -> None:
+    # a BOM and CR LF line ends (a file saved on Windows), and a byte that is not UTF-8 in PID-5
+    broker = RecordingBroker()
+    message = an_adt(control_id="F1", family="SM\xffTH", encoding="latin-1", seg_end=b"\r\n")
+    raw = b"\xef\xbb\xbf" + message
+    bad = raw.index(b"\xff")
+
+    [outcome] = await intake(broker).ingest(raw, "file:/in/adt.hl7")
+
+    assert outcome.code == "AE"
+    [(_, kept, _, headers)] = broker.on(DEAD_LETTER.name)
+    assert kept == raw  # byte for byte: `deadletters show --raw` gives back the file
+    assert f"at offset {bad} of the message" in issue(headers)["diagnostics"]
+
+
+async def test_each_message_of_a_batch_file_is_kept_as_sent_envelope_aside() -> None:
+    broker = RecordingBroker()
+    good = an_adt(control_id="B1", seg_end=b"\r\n")
+    refused = an_adt(control_id="B2", nhs_number="9434765910", seg_end=b"\r\n")
+    raw = b"FHS|^~\\&|PAS\r\nBHS|^~\\&|PAS\r\n" + good + refused + b"BTS|2\r\nFTS|1\r\n"
+
+    outcomes = await intake(broker).ingest(raw, "file:/in/batch.hl7")
+
+    assert [o.code for o in outcomes] == ["AA", "AE"]
+    [(_, kept, _, _)] = broker.on(DEAD_LETTER.name)
+    assert kept == refused
