@@ -12,6 +12,7 @@ from schemas.events.encounter import (
     ENCOUNTER_ADMITTED,
     ENCOUNTER_DISCHARGED,
     ENCOUNTER_TRANSFERRED,
+    TRANSFER_CANCELLED,
 )
 from schemas.events.patient import PATIENT_MERGED, PATIENT_UPDATED
 
@@ -22,6 +23,7 @@ REGISTRY: dict[str, EventType] = {
         ENCOUNTER_TRANSFERRED,
         ENCOUNTER_DISCHARGED,
         ADMISSION_CANCELLED,
+        TRANSFER_CANCELLED,
         DISCHARGE_CANCELLED,
         PATIENT_UPDATED,
         PATIENT_MERGED,

@@ -38,7 +38,7 @@ _DESTINATIONS = {
 }
 
 STATUS = {"A01": "in-progress", "A02": "in-progress", "A03": "finished", "A08": "unknown"}
-STATUS |= {"A11": "cancelled", "A13": "in-progress"}
+STATUS |= {"A11": "cancelled", "A12": "in-progress", "A13": "in-progress"}  # (A12: back on the ward of PV1-3)
 CLASS = {"E": (ACT_CODE, "EMER"), "I": (ACT_CODE, "IMP"), "O": (ACT_CODE, "AMB"), "P": (ACT_CODE, "PRENC")}
 
 

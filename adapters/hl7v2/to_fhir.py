@@ -47,6 +47,7 @@ TRIGGERS = {
     "A03": enc.ENCOUNTER_DISCHARGED,
     "A08": pat.PATIENT_UPDATED,
     "A11": enc.ADMISSION_CANCELLED,
+    "A12": enc.TRANSFER_CANCELLED,
     "A13": enc.DISCHARGE_CANCELLED,
     "A28": pat.PATIENT_UPDATED,
     "A31": pat.PATIENT_UPDATED,
@@ -110,7 +111,7 @@ def map_message(raw: bytes, *, key_secret: bytes, now: datetime | None = None) -
     person = _person(f, pid, "PID", sender, key_secret)
     resources = _patient_and_practice(f, pid, person, latest)
     pv1 = f.first("PV1")
-    if trigger in ("A01", "A02", "A03", "A11", "A13") and pv1 is None:
+    if trigger in ("A01", "A02", "A03", "A11", "A12", "A13") and pv1 is None:
         raise InvalidMessageError(f"PV1 is required in an ADT^{trigger}", ("PV1",), code="required")
     if pv1 is not None and trigger not in ("A28", "A31"):
         resources.append(encounter(f, pv1, trigger, sender, message_key, person.key, latest))

@@ -14,6 +14,11 @@ ENCOUNTER_DISCHARGED = EventType("uk.nhs.carehub.encounter.discharged.v1", "A03:
 ADMISSION_CANCELLED = EventType(
     "uk.nhs.carehub.encounter.admission-cancelled.v1", "A11: an admission is undone", _CARRIES
 )
+TRANSFER_CANCELLED = EventType(
+    "uk.nhs.carehub.encounter.transfer-cancelled.v1",
+    "A12: a transfer is undone (the person is back where they were: PV1-3)",
+    _CARRIES,
+)
 DISCHARGE_CANCELLED = EventType(
     "uk.nhs.carehub.encounter.discharge-cancelled.v1", "A13: a discharge is undone", _CARRIES
 )

@@ -203,3 +203,21 @@ def test_another_senders_deletion_is_carried_out_not_kept() -> None:
 
 AT = datetime(2026, 11, 3, 11, 5, tzinfo=UTC)
 EVENT = RecordEvent("e2", "uk.nhs.carehub.patient.updated.v1", "urn:ods:RXX", AT, "p1", {})
+
+
+def test_a_cancelled_transfer_puts_the_person_back_where_they_were() -> None:
+    # A12: PV1-3 holds the location before the transfer that is undone (v2.5 section 3.3.12)
+    admitted = an_adt(trigger="A01", control_id="C1", event_time="202611010930")
+    moved = an_adt(trigger="A02", control_id="C2", event_time="202611021000").replace(
+        b"WARD1^BAY2^BED3", b"WARD9^BAY1^BED1"
+    )
+    undone = an_adt(trigger="A12", control_id="C3", event_time="202611021030")
+
+    [event] = map_message(undone, key_secret=SECRET)
+    assert event.event_type == "uk.nhs.carehub.encounter.transfer-cancelled.v1"
+    assert the_one(the_record(admitted, moved), "Encounter")["location"] == [
+        {"location": {"display": "WARD9 BAY1 BED1"}}
+    ]
+    encounter = the_one(the_record(admitted, moved, undone), "Encounter")
+    assert encounter["location"] == [{"location": {"display": "WARD1 BAY2 BED3"}}]
+    assert (encounter["status"], encounter["class"]["code"]) == ("in-progress", "IMP")
