@@ -30,28 +30,32 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
+from hub.core.huddle_reading import (  # (UK, ODS_SYSTEM and display_name: importable from here, as before)
+    ODS_SYSTEM as ODS_SYSTEM,
+)
+from hub.core.huddle_reading import UK as UK
+from hub.core.huddle_reading import (
+    describe_discharge,
+    describe_flag,
+    describe_referral,
+    describe_task,
+    discharge_time,
+    flag_time,
+    instant_of,
+    ods_codes,
+    overdue_due,
+    person_in,
+    referral_time,
+)
+from hub.core.huddle_reading import display_name as display_name
 from hub.core.identity import stable_id
 from hub.core.stays import is_open
-from schemas.events.coordination import (
-    BUSINESS_STATUS_SYSTEM,
-    CONTACT_SYSTEM,
-    CRITERION_EXTENSION,
-    ELIGIBLE,
-    FLAG_SYSTEM,
-    SOURCE_EXTENSION,
-    TASK_SYSTEM,
-)
 
 Json = dict[str, Any]
-UK = ZoneInfo("Europe/London")
 WINDOW_DAYS = 7
-ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
-OVERDUE = "overdue"
 CLOSE_EPISODE = "; their episode of care should be closed"
-CLOSED_TASK = frozenset({"completed", "cancelled", "failed", "rejected", "entered-in-error"})  # as hub.core.tasks
 # Not (yet) in schemas/events/coordination.py: how a huddle.agenda List names its practice and sections.
 AGENDA_SYSTEM = "https://carehub.invalid/Id/huddle-agenda"
 SECTION_SYSTEM = "https://carehub.invalid/CodeSystem/huddle-section"
@@ -121,7 +125,7 @@ def agenda(practice_ods: str, meeting_date: date, resources: Iterable[Json]) -> 
     end = datetime.combine(meeting_date, datetime.min.time(), UK)
 
     def in_window(text: str | None) -> bool:
-        instant = _instant(text)
+        instant = instant_of(text)
         return instant is not None and start <= instant < end
 
     deaths = _deaths(patients, found)
@@ -129,22 +133,22 @@ def agenda(practice_ods: str, meeting_date: date, resources: Iterable[Json]) -> 
     def section(name: str, keep: Callable[[Json], str | None], describe: Callable[[Json], str]) -> tuple[Item, ...]:
         items = []
         for r in found:
-            person = _person(r)
+            person = person_in(r)
             when = keep(r)
             if person in patients and when is not None and not (person in deaths and name in _NOT_AFTER_DEATH):
                 items.append(
                     _item(name, patients[person], describe(r), when, r, *deaths.get(str(person), (None, None)))
                 )
-        return tuple(sorted(items, key=lambda i: (_instant(i.when) or end, i.name or "", i.reference)))
+        return tuple(sorted(items, key=lambda i: (instant_of(i.when) or end, i.name or "", i.reference)))
 
-    practice = next((o for o in organizations.values() if practice_ods in _ods_codes(o)), None)
+    practice = next((o for o in organizations.values() if practice_ods in ods_codes(o)), None)
     return Agenda(
         practice_ods=practice_ods,
         meeting_date=meeting_date,
-        referrals=section("new-referral", _referral_time(in_window), describe_referral),
-        eligible=section("newly-eligible", _flag_time(in_window), describe_flag),
-        discharges=section("recent-discharge", _discharge_time(in_window), describe_discharge),
-        overdue=section("overdue-task", _overdue_due, describe_task),
+        referrals=section("new-referral", referral_time(in_window), describe_referral),
+        eligible=section("newly-eligible", flag_time(in_window), describe_flag),
+        discharges=section("recent-discharge", discharge_time(in_window), describe_discharge),
+        overdue=section("overdue-task", overdue_due, describe_task),
         practice_name=str(practice["name"]) if practice and practice.get("name") else None,
     )
 
@@ -156,7 +160,7 @@ def _deaths(patients: Mapping[str, Json], found: list[Json]) -> dict[str, tuple[
     """By person key, for those who died: what their items say of it, and the open EpisodeOfCare it
     says to close (their latest, when the record holds one)."""
     open_episodes = {
-        _person(r): f"EpisodeOfCare/{r['id']}"
+        person_in(r): f"EpisodeOfCare/{r['id']}"
         for r in found
         if r.get("resourceType") == "EpisodeOfCare" and is_open(r.get("status"))
     }
@@ -170,7 +174,7 @@ def describe_death(patient: Json) -> str | None:
     died = patient.get("deceasedDateTime")
     if not died and patient.get("deceasedBoolean") is not True:
         return None
-    instant = _instant(str(died)) if died else None
+    instant = instant_of(str(died)) if died else None
     day_only = len(str(died)) <= 10  # (a date alone is a day, not its midnight)
     when = instant.astimezone(UK).strftime("%a %d %b %Y" + ("" if day_only else " %H:%M")) if instant else None
     when = when or (str(died) if died else "date not recorded")
@@ -187,7 +191,7 @@ def practice_codes(patient: Json, organizations: Mapping[str, Json]) -> set[str]
             codes.add(str(ident["value"]))
         ref = str(gp.get("reference", ""))
         if ref in organizations:
-            codes |= _ods_codes(organizations[ref])
+            codes |= ods_codes(organizations[ref])
     return codes
 
 
@@ -288,80 +292,6 @@ def event_id(fhir_list: Json) -> str:
     return stable_id("huddle-agenda-event", str(fhir_list["id"]), digest)
 
 
-def describe_referral(r: Json) -> str:
-    requester = r.get("requester") or {}
-    source = _coded_text(next((e.get("valueCodeableConcept") for e in _ext(r, SOURCE_EXTENSION)), None))
-    by = requester.get("display") or (requester.get("identifier") or {}).get("value")
-    reasons = "; ".join(str(c["text"]) for c in r.get("reasonCode") or [] if c.get("text"))
-    text = "Referral" + (f" from {by}" if by else "") + (f" ({source})" if source else "")
-    text += f": {reasons}" if reasons else ""
-    return text + (f" [{r['status']}]" if r.get("status") not in (None, "active") else "")
-
-
-def describe_flag(r: Json) -> str:
-    criterion = next((str(e["valueCode"]) for e in _ext(r, CRITERION_EXTENSION) if e.get("valueCode")), None)
-    return "Meets the case-finding criteria" + (f" ({criterion})" if criterion else "")
-
-
-def describe_discharge(r: Json) -> str:
-    provider = (r.get("serviceProvider") or {}).get("identifier", {}).get("value")
-    disposition = _coded_text((r.get("hospitalization") or {}).get("dischargeDisposition"))
-    kind = (r.get("class") or {}).get("display") or (r.get("class") or {}).get("code")
-    text = "Discharged" + (f" from {provider}" if provider else "") + (f" ({kind})" if kind else "")
-    if disposition and disposition.isdigit():  # a bare NHS discharge destination code
-        disposition = f"destination {disposition}"
-    return text + (f" to {disposition}" if disposition else "")
-
-
-def describe_task(r: Json) -> str:
-    code = r.get("code") or {}
-    coding: Json = next((c for c in code.get("coding") or [] if c.get("system") == TASK_SYSTEM), {})
-    name = code.get("text") or coding.get("display") or coding.get("code") or "Task"
-    owner = r.get("owner") or {}
-    who = owner.get("display") or (owner.get("identifier") or {}).get("value")
-    return f"{name}" + (f", owner {who}" if who else "") + f" [{r.get('status', 'unknown')}]"
-
-
-def _referral_time(in_window: Callable[[str | None], bool]) -> Callable[[Json], str | None]:
-    def keep(r: Json) -> str | None:
-        ok = r.get("resourceType") == "ServiceRequest" and r.get("status") != "entered-in-error"
-        return str(r["authoredOn"]) if ok and in_window(r.get("authoredOn")) else None
-
-    return keep
-
-
-def _flag_time(in_window: Callable[[str | None], bool]) -> Callable[[Json], str | None]:
-    def keep(r: Json) -> str | None:
-        codings = (r.get("code") or {}).get("coding") or []
-        eligible = any(c.get("system") == FLAG_SYSTEM and c.get("code") == ELIGIBLE for c in codings)
-        started = (r.get("period") or {}).get("start")
-        ok = r.get("resourceType") == "Flag" and r.get("status") == "active" and eligible
-        return str(started) if ok and in_window(started) else None
-
-    return keep
-
-
-def _discharge_time(in_window: Callable[[str | None], bool]) -> Callable[[Json], str | None]:
-    def keep(r: Json) -> str | None:
-        if r.get("resourceType") != "Encounter" or r.get("status") != "finished":
-            return None
-        if any(c.get("system") == CONTACT_SYSTEM for t in r.get("type") or [] for c in t.get("coding") or []):
-            return None
-        ended = (r.get("period") or {}).get("end")
-        return str(ended) if in_window(ended) else None
-
-    return keep
-
-
-def _overdue_due(r: Json) -> str | None:
-    if r.get("resourceType") != "Task" or r.get("status") in CLOSED_TASK:
-        return None
-    business = (r.get("businessStatus") or {}).get("coding") or []
-    if not any(c.get("system") == BUSINESS_STATUS_SYSTEM and c.get("code") == OVERDUE for c in business):
-        return None
-    return str(((r.get("restriction") or {}).get("period") or {}).get("end") or "")
-
-
 def _item(
     section: str, patient: Json, what: str, when: str, resource: Json, died: str | None, episode: str | None
 ) -> Item:
@@ -378,54 +308,3 @@ def _item(
         died=died,
         episode=episode,
     )
-
-
-def display_name(patient: Json) -> str | None:
-    """`Given FAMILY` from the official (else first) name; its text if that is all there is."""
-    names = patient.get("name") or []
-    name = next((n for n in names if n.get("use") == "official"), names[0] if names else None)
-    if not name:
-        return None
-    parts = [*(name.get("given") or []), name.get("family") or ""]
-    return " ".join(p for p in parts if p) or name.get("text") or None
-
-
-def _person(resource: Json) -> str | None:
-    for name in ("subject", "patient", "for"):
-        ref = str((resource.get(name) or {}).get("reference", ""))
-        if ref.startswith("Patient/"):
-            return ref.removeprefix("Patient/")
-    return None
-
-
-def _ods_codes(organization: Json) -> set[str]:
-    return {str(i["value"]) for i in organization.get("identifier") or [] if i.get("system") == ODS_SYSTEM}
-
-
-def _ext(resource: Json, url: str) -> list[Json]:
-    return [e for e in resource.get("extension") or [] if e.get("url") == url]
-
-
-def _coded_text(concept: Json | None) -> str | None:
-    if not concept:
-        return None
-    coding = (concept.get("coding") or [{}])[0]
-    found = concept.get("text") or coding.get("display") or coding.get("code")
-    return str(found) if found else None
-
-
-def _instant(text: str | None) -> datetime | None:
-    """A FHIR date or dateTime as an instant; a bare date, or a time without offset, is UK local time."""
-    if not text:
-        return None
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:  # a partial date (year, year-month) is no day of any week
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UK)
-
-
-def local_day(text: str) -> date | None:
-    """The Europe/London day a FHIR date or dateTime falls on."""
-    instant = _instant(text)
-    return instant.astimezone(UK).date() if instant else None

@@ -14,7 +14,8 @@ from importlib import resources
 from string import Template
 
 from hub.core.errors import InvalidMessageError
-from hub.core.huddle import SECTIONS, UK, Agenda, Item, agenda, disclosed, local_day, withhold
+from hub.core.huddle import SECTIONS, UK, Agenda, Item, agenda, disclosed, withhold
+from hub.core.huddle_reading import local_day
 from hub.core.policy import Decision, person_of
 from hub.core.ports import Json, RecordReader
 

@@ -18,12 +18,12 @@ from hub.core.huddle import (
     disclosed,
     display_name,
     event_id,
-    local_day,
     practice_codes,
     practice_reference,
     to_fhir_list,
     withhold,
 )
+from hub.core.huddle_reading import local_day
 from schemas.events.coordination import (
     BUSINESS_STATUS_SYSTEM,
     CONTACT_SYSTEM,
