@@ -13,13 +13,10 @@ from adapters.hl7v2.transport import MllpClient
 from hub.bootstrap import running
 from hub.settings import HttpSettings, KafkaSettings, MllpSettings, Settings
 from tests.builders import a_valid_nhs_number, an_adt
+from tests.e2e.test_hl7_control_ids import msa_code
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
-
-
-def msa_code(ack: bytes) -> str:
-    return next(s for s in ack.split(b"\r") if s.startswith(b"MSA")).split(b"|")[1].decode()
 
 
 async def test_updates_that_say_less_keep_status_and_class_and_pid_30_n_withdraws_a_death(

@@ -10,39 +10,26 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import orjson
-import pytest
-import yaml
 
 from adapters.hl7v2.to_fhir import map_message
-from hub.core.coordination import Positioned, process, tick
+from hub.core.coordination import tick
 from hub.core.derived_events import STATUS_REASON_SYSTEM
 from hub.core.ports import RecordEvent
 from hub.core.tasks import Engine
-from hub.rules import DEFAULT
 from hub.store.memory import MemoryCoordinationStore
-from schemas.coordination_rules import CoordinationRules
 from schemas.events import coordination as co
 from schemas.events import patient as pat
 from tests import locality_month as month
 from tests.builders import an_adt
+from tests.unit.test_coordination_rules import engine as rules_engine
+from tests.unit.test_coordination_rules import run
 
 P1 = month.PEOPLE["P1"]
 CONTACTS = {"referral-triage", "first-visit", "review-6-weeks", "review-12-weeks"}
 NO_DEATH = b"|||||||||||||||||||||NSTS01"  # PID-29 and PID-30 left empty, as most messages leave them
 
 
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    return Engine(CoordinationRules.model_validate(yaml.safe_load(DEFAULT.read_text())))
-
-
-def run(engine: Engine, events: list[RecordEvent], store: MemoryCoordinationStore) -> list[RecordEvent]:
-    derived: list[RecordEvent] = []
-    for event in events:
-        with store.unit_of_work() as uow:
-            derived += process(engine, uow, [Positioned(event, 0)])
-            uow.commit()
-    return derived
+engine = rules_engine  # (the shipped rules' engine, a module fixture)
 
 
 def adt(
