@@ -34,22 +34,22 @@ def contact_rules(rules: CoordinationRules, contact: str) -> frozenset[str]:
 def learn(state: Json, event: RecordEvent, resources: list[Json]) -> bool:
     """Keep in `state["died"]` what the event's Patient for its person says of their death; True when
     it is news that they died. A death withdrawn is forgotten (its cancelled tasks stay cancelled).
-    The newest word wins by event time, as the record's Patient goes by its newest write: a message
-    dated before the last that spoke of the death, sent late (a PAS clearing a backlog resends old
-    A08s, whose PID-30 N is no correction), changes nothing, whichever it says. A referral's, a
-    register row's or the hub's own letter's Patient never speaks of it (the record's stubs rule)."""
+    The newest word wins by event time, as the record's Patient goes by its newest write: a Patient
+    dated before the latest the engine has seen of the person, sent late (a PAS clearing a backlog
+    resends old A08s, whose PID-30 N is no correction; a death message delayed past an update), is
+    stale and changes nothing, whatever it says. A referral's, a register row's or the hub's own
+    letter's Patient never speaks of it (the record's stubs rule)."""
     if event.type in PATIENT_STUB_EVENTS:
         return False
     news = False
     for patient in of_kind(resources, "Patient"):
         if patient.get("id") != event.subject:
             continue  # (a merge's retired identity, say)
+        last = state.get("patient_at")
+        if last is not None and event.time < datetime.fromisoformat(last):
+            continue  # older than the person's latest Patient: the record skips it too
+        state["patient_at"] = event.time.isoformat()
         said, before = _said(patient), state.get("died")
-        alive = not said and _alive(patient)
-        last = state.get("death_said_at")
-        if not (said or alive) or (last is not None and event.time < datetime.fromisoformat(last)):
-            continue
-        state["death_said_at"] = event.time.isoformat()
         if said:
             news = news or not before
             at = patient.get("deceasedDateTime")
@@ -58,7 +58,7 @@ def learn(state: Json, event: RecordEvent, resources: list[Json]) -> bool:
                 "at": at if isinstance(at, str) else (before or {}).get("at"),
                 "learned": (before or {}).get("learned") or event.time.isoformat(),
             }
-        else:
+        elif before and _withdrawn(patient, before["said"]):
             state["died"], news = None, False
     return news
 
@@ -90,12 +90,13 @@ def _said(patient: Json) -> str | None:
     return "deceasedBoolean" if patient.get("deceasedBoolean") is True else None
 
 
-def _alive(patient: Json) -> bool:
-    """Whether a Patient says the person has not died: in so many words, or by deleting what said so."""
+def _withdrawn(patient: Json, said: str) -> bool:
+    """Whether a Patient takes back a death said by element `said`: in so many words, or by deleting
+    that element (deleting the other, which the record does not hold, deletes nothing)."""
     extensions = patient.get("extension")
     removed = {
         e.get("valueCode")
         for e in (extensions if isinstance(extensions, list) else [])
         if isinstance(e, dict) and e.get("url") == REMOVED_URL
     }
-    return patient.get("deceasedBoolean") is False or bool(removed & {"deceasedDateTime", "deceasedBoolean"})
+    return patient.get("deceasedBoolean") is False or said in removed

@@ -92,7 +92,9 @@ def test_a_death_cancels_every_task_to_contact_or_visit_the_person_naming_it(eng
 
 def test_an_overdue_task_with_the_team_lead_is_cancelled_too_never_dated_before_it_went_overdue(engine: Engine) -> None:
     store = MemoryCoordinationStore()
-    run(engine, [*on_the_caseload(), tick(0, month.at(3, month=12))], store)  # triage and first visit overdue
+    # (no admission on 5 Dec here: a Patient dated after the death would make it stale news)
+    caseload = [e for e in on_the_caseload() if e.type != "uk.nhs.carehub.encounter.admitted.v1"]
+    run(engine, [*caseload, tick(0, month.at(3, month=12))], store)  # triage and first visit overdue
     late = died("202612010900", admit="202611300900")  # dated before the first visit went overdue
 
     after = latest_tasks(run(engine, [late], store))
@@ -189,7 +191,7 @@ def test_the_newest_word_on_the_death_wins_in_whichever_order_the_two_arrive(eng
     for order in ([dead, alive], [alive, dead]):
         store = MemoryCoordinationStore()
         run(engine, [*on_the_caseload(), *order], store)
-        assert store.states[P1]["died"] is None, [e.id for e in order]
+        assert store.states[P1].get("died") is None, [e.id for e in order]
 
 
 def test_a_referrals_patient_never_speaks_of_a_death_nor_a_date_that_is_not_text(engine: Engine) -> None:
@@ -207,5 +209,23 @@ def test_a_referrals_patient_never_speaks_of_a_death_nor_a_date_that_is_not_text
     run(engine, [*on_the_caseload(), odd], other)
     assert other.states[P1].get("died") is None
     after = _patient_event("odd-2", month.at(7, 12, month=12), {"extension": ["oops"]})
-    run(engine, [died(), after], other)  # (an extension of odd shape after a death: no crash)
+    run(engine, [died("202612071000"), after], other)  # (an extension of odd shape after a death: no crash)
     assert other.states[P1]["died"]
+
+
+def test_a_death_message_delayed_past_a_newer_update_is_stale_as_the_record_takes_it(engine: Engine) -> None:
+    # an A08 of 7 Dec saying nothing of a death, then the A03 of 6 Dec 23:05 arriving late: the record
+    # keeps the newer Patient (alive), so the engine must not cancel anyone's visits
+    store = MemoryCoordinationStore()
+    run(engine, [*on_the_caseload(), adt("A08", "U1", "202612070800"), died()], store)
+    assert store.states[P1].get("died") is None
+
+
+def test_deleting_the_date_of_a_death_said_by_pid_30_alone_leaves_the_death(engine: Engine) -> None:
+    # PID-30 Y with no date, then PID-29 "" (a date deleted that was never held): the record keeps
+    # deceasedBoolean true, and so must the engine
+    store = MemoryCoordinationStore()
+    said = adt("A08", "Y1", "202612061000", pid_29_30=b"|||||||||||||||||||Y||NSTS01")
+    cleared = adt("A08", "Y2", "202612061100", pid_29_30=b'||||||||||||||||||""|||NSTS01')
+    run(engine, [*on_the_caseload(), said, cleared], store)
+    assert store.states[P1]["died"]
