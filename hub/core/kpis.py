@@ -300,11 +300,12 @@ class KpiFold(KpiFacts):
     def _answered_by(self, referral: Referral, stay: Episode) -> bool:
         """Whether the stay answered the referral: opened for it, or ended its wait, for which it must
         still have been waiting when the stay began (not declined, not ended by an earlier stay, not
-        visited already: a referral seen months before and never taken on opens no later stay's window)."""
+        contacted or visited already: a referral answered months before and never taken on opens no
+        later stay's window)."""
         if referral.id in self._opened_for.get(stay.id, ()):
             return True
-        visited = referral.visited is not None and referral.visited < stay.start
-        return stay.id in self._stays.get(referral.id, ()) and not visited and not self._over(referral, stay.start)
+        seen = [t for t in (referral.first_contact, referral.visited) if t is not None and t < stay.start]
+        return stay.id in self._stays.get(referral.id, ()) and not seen and not self._over(referral, stay.start)
 
     def _first_visits_of(self, person: str) -> set[datetime]:
         """When the person's first visits were (the first-visit figure's: one a referral's, at most)."""

@@ -192,3 +192,13 @@ def test_a_visit_before_the_stay_opened_for_its_referral_is_the_stays() -> None:
     # P3 referred 1 Nov, assessed (visited) 2 Nov, then taken on 3 Nov for that referral, to 20 Nov
     events = [referral("P3", at(1, 10)), contact("P3", at(2, 10), "face-to-face"), *stay("P3", at(3, 10), at(20, 10))]
     assert at_discharge(events) == expected((1.0, 1), (0.0, 1), (0.0, 1), (0.0, 1), (100.0, 1), (17.0, 1))
+
+
+def test_a_referral_only_phoned_months_before_opens_no_later_stays_window_either() -> None:
+    # as above, but January's referral was only phoned (8 Jan); November's stay had one visit (10 Nov)
+    january = [referral("P3", at(5, 10, month=1)), contact("P3", at(8, 10, month=1), "non-face-to-face")]
+    november = [referral("P3", at(3, 10), n=2), *stay("P3", at(4, 10), at(20, 10), n=2)]
+    november.insert(2, contact("P3", at(10, 10), "face-to-face"))
+    assert at_discharge([*january, *november]) == expected(
+        (1.0, 1), (0.0, 1), (0.0, 1), (0.0, 1), (100.0, 1), (16.0, 1)
+    )
