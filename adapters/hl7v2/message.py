@@ -72,22 +72,34 @@ def split_batch(raw: bytes) -> list[bytes]:
 def split_as_sent(raw: bytes) -> list[bytes]:
     """As split_batch, but each message as the bytes it was sent as (its line endings, trailing
     spaces, a BOM or blank lines before the first), for what is kept of it (a dead letter) and the
-    offsets an error names: from its MSH line to the next MSH line or batch envelope line, or the end
-    (the first from the start of the file, unless an envelope line comes before it)."""
-    lines = [(offset, line.strip()) for offset, line in _spans(raw) if line.strip()]
-    if not any(line.startswith(b"MSH") for _, line in lines):
-        return split_batch(raw)  # (no message to cut out: what split_batch makes of it, refused as it is)
-    messages: list[list[int]] = []  # [start, end] of each
+    offsets an error names: the same messages, each from its first line to the next message's, less
+    the batch envelope lines and blank lines it ends with (the first from the start of the file,
+    unless an envelope line comes before it)."""
+    spans = list(_spans(raw))
+    ends = [start for start, _ in spans[1:]] + [len(raw)]  # where each line ends, its line ending included
+    messages: list[list[tuple[int, bytes, int]]] = []
     enveloped = False
-    for offset, line in lines:
-        closes = line.startswith(_ENVELOPE) or line.startswith(b"MSH")
-        if closes and messages and messages[-1][1] < 0:
-            messages[-1][1] = offset
-        if line.startswith(_ENVELOPE):
+    for (start, line), end in zip(spans, ends, strict=True):
+        segment = line.rstrip()  # (as _segments reads it)
+        if not line.strip():
+            if messages:
+                messages[-1].append((start, b"", end))
+            continue
+        if segment.startswith(_ENVELOPE):
             enveloped = True
-        elif line.startswith(b"MSH") or not messages:
-            messages.append([offset if messages or enveloped else 0, -1])
-    return [raw[start : end if end >= 0 else len(raw)] for start, end in messages]
+            if messages:
+                messages[-1].append((start, b"FHS", end))  # (an envelope line: trimmed from the end below)
+            continue
+        if segment.startswith(b"MSH") or not messages:
+            messages.append([(0 if not messages and not enveloped else start, segment, end)])
+        else:
+            messages[-1].append((start, segment, end))
+    cut = []
+    for lines in messages:
+        while lines and (not lines[-1][1] or lines[-1][1].startswith(_ENVELOPE)):
+            lines.pop()
+        cut.append(raw[lines[0][0] : lines[-1][2]])
+    return cut
 
 
 def read_header(raw: bytes) -> Header | None:

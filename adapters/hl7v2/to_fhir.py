@@ -113,6 +113,12 @@ def map_message(raw: bytes, *, key_secret: bytes, now: datetime | None = None) -
     pv1 = f.first("PV1")
     if trigger in ("A01", "A02", "A03", "A11", "A12", "A13") and pv1 is None:
         raise InvalidMessageError(f"PV1 is required in an ADT^{trigger}", ("PV1",), code="required")
+    if trigger == "A12" and not f.get(pv1, 3):  # (else the stay would stay where the cancelled transfer put it)
+        raise InvalidMessageError(
+            "PV1-3 (the location before the transfer this cancels) is required in an ADT^A12",
+            ("PV1-3",),
+            code="required",
+        )
     if pv1 is not None and trigger not in ("A28", "A31"):
         resources.append(encounter(f, pv1, trigger, sender, message_key, person.key, latest))
     return [_event(trigger, sender, control_id, message_key, when, person.key, resources)]

@@ -7,7 +7,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from adapters.hl7v2.to_fhir import map_message
+from hub.core.errors import InvalidMessageError
 from hub.core.ports import RecordEvent, StoredResource
 from hub.core.record import apply_events
 from hub.core.record_content import next_content
@@ -221,3 +224,10 @@ def test_a_cancelled_transfer_puts_the_person_back_where_they_were() -> None:
     encounter = the_one(the_record(admitted, moved, undone), "Encounter")
     assert encounter["location"] == [{"location": {"display": "WARD1 BAY2 BED3"}}]
     assert (encounter["status"], encounter["class"]["code"]) == ("in-progress", "IMP")
+
+
+def test_a_cancelled_transfer_that_does_not_say_where_the_person_is_back_is_refused_naming_pv1_3() -> None:
+    nowhere = an_adt(trigger="A12", control_id="C4", event_time="202611021030").replace(b"WARD1^BAY2^BED3", b"")
+    with pytest.raises(InvalidMessageError) as refused:
+        map_message(nowhere, key_secret=SECRET)
+    assert (refused.value.expression, refused.value.code) == (("PV1-3",), "required")
