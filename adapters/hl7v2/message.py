@@ -235,15 +235,19 @@ class Fields:
 
     def reps(self, segment: Any | None, n: int) -> list[list[str]]:
         """Field n's repetitions, each a list of component texts ("" for absent or "" nulls)."""
+        return [rep for _, rep in self.numbered_reps(segment, n)]
+
+    def numbered_reps(self, segment: Any | None, n: int) -> list[tuple[int, list[str]]]:
+        """As reps, each with its repetition number as sent (counting from 1, empty ones too)."""
         if segment is None or n >= len(segment):
             return []
         field = segment[n]
         items = [field] if isinstance(field, str) else list(field)
         out = []
-        for rep in items:
+        for number, rep in enumerate(items, start=1):
             comps = [rep] if isinstance(rep, str) else [_flat(c) for c in rep]
-            out.append([self._clean(c) for c in comps])
-        return [r for r in out if any(r)]
+            out.append((number, [self._clean(c) for c in comps]))
+        return [(number, rep) for number, rep in out if any(rep)]
 
     def nulled(self, segment: Any | None, n: int) -> bool:
         """Whether field n is HL7's explicit null `""` (delete what the receiver holds), as opposed to

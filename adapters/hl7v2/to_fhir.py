@@ -185,16 +185,15 @@ def _validate(resource: Json) -> None:
         ) from exc
 
 
-def _person(f: Fields, segment: Any, name: str, sender: str, secret: bytes, occurrence: int = 1) -> _Person:
-    """The person a PID-3 or MRG-1 names (`occurrence`: which of the message's PIDs or MRGs, for an ERR
-    naming the right one in an A40 of several pairs)."""
+def _person(f: Fields, segment: Any, name: str, sender: str, secret: bytes) -> _Person:
+    """The person a PID-3 or MRG-1 names (an error in a repetition after the first names it: PID-3[2])."""
     field = 3 if name == "PID" else 1
-    where = f"{name}[{occurrence}]-{field}" if occurrence > 1 else f"{name}-{field}"
+    where = f"{name}-{field}"
     nhs: str | None = None
     identifiers: list[Json] = []
     local: tuple[str, str] | None = None
     placeholder = ""
-    for repetition, cx in enumerate(f.reps(segment, field), start=1):
+    for repetition, cx in f.numbered_reps(segment, field):
         value, authority = cx[0], (cx[3] if len(cx) > 3 else "")
         if not value:
             continue
@@ -335,21 +334,30 @@ def _merges(
         raise InvalidMessageError("ADT^A40 needs a PID followed by an MRG", ("MRG-1",), code="required")
     events = []
     for index, (pid, mrg) in enumerate(pairs, start=1):
-        survivor = _person(f, pid, "PID", sender, secret, index)
-        retired = _person(f, mrg, "MRG", sender, secret, index)
-        pair = key if len(pairs) == 1 else f"{key}#{index}"
-        if retired.key == survivor.key:
-            numbers = _retired_numbers(survivor, retired)
+        try:
+            survivor = _person(f, pid, "PID", sender, secret)
+            retired = _person(f, mrg, "MRG", sender, secret)
+            pair = key if len(pairs) == 1 else f"{key}#{index}"
+            if retired.key == survivor.key:
+                numbers = _retired_numbers(survivor, retired)
+                resources = _patient_and_practice(f, pid, survivor, latest)
+                resources[0]["identifier"] = [*resources[0]["identifier"], *numbers]
+                events.append(_event(_SAME_PERSON, sender, control_id, pair, at, survivor.key, resources))
+                continue
             resources = _patient_and_practice(f, pid, survivor, latest)
-            resources[0]["identifier"] = [*resources[0]["identifier"], *numbers]
-            events.append(_event(_SAME_PERSON, sender, control_id, pair, at, survivor.key, resources))
-            continue
-        resources = _patient_and_practice(f, pid, survivor, latest)
-        resources[0]["link"] = [{"other": {"reference": f"Patient/{retired.key}"}, "type": "replaces"}]
-        old = {"resourceType": "Patient", "id": retired.key, "active": False, "identifier": retired.identifiers}
-        old["link"] = [{"other": {"reference": f"Patient/{survivor.key}"}, "type": "replaced-by"}]
-        events.append(_event("A40", sender, control_id, pair, at, survivor.key, [*resources, old]))
+            resources[0]["link"] = [{"other": {"reference": f"Patient/{retired.key}"}, "type": "replaces"}]
+            old = {"resourceType": "Patient", "id": retired.key, "active": False, "identifier": retired.identifiers}
+            old["link"] = [{"other": {"reference": f"Patient/{survivor.key}"}, "type": "replaced-by"}]
+            events.append(_event("A40", sender, control_id, pair, at, survivor.key, [*resources, old]))
+        except InvalidMessageError as error:  # (naming the pair: MRG[2]-1 in the second)
+            error.expression = tuple(_in_pair(where, index) for where in error.expression)
+            raise
     return events
+
+
+def _in_pair(where: str, index: int) -> str:
+    """An error's place in the index-th PID-MRG pair of an A40: PID-7 in the second is PID[2]-7."""
+    return re.sub(r"^(PID|MRG)(?=-)", rf"\g<1>[{index}]", where) if index > 1 else where
 
 
 _SAME_PERSON = "A31"  # an A40 within one person is applied as what it is: an update of person information

@@ -251,3 +251,22 @@ def test_the_err_names_the_repetition_and_the_segment_occurrence_where_the_bad_n
     err = segments(ack(header(merge), error_of(merge), control_id="ACK-M", now=NOW))["ERR"]
     assert err[1].split("^")[:3] == ["MRG", "2", "1"]
     assert err[2] == "MRG^2^1"
+
+
+@pytest.mark.parametrize(
+    ("second", "erl"),
+    [
+        (("PID|2||9434765919^^^NHS^NH||SMITH^ANN||19401341", "MRG|OLD2^^^RXX^MR"), "PID^2^7"),  # month 13
+        (("PID|2||9434765919^^^NHS^NH||SMITH^ANN", "MRG|9434765919^^^NHS^NH"), "MRG^2^1"),  # the survivor itself
+    ],
+    ids=["PID-7", "MRG-1"],
+)
+def test_every_error_in_an_a40s_second_pair_names_that_pair(second: tuple[str, str], erl: str) -> None:
+    first = ("PID|1||9434765919^^^NHS^NH||SMITH^ANN", "MRG|OLD1^^^RXX^MR")
+    merge = an_adt(trigger="A40").split(b"\rPID|")[0] + b"\r" + "\r".join((*first, *second)).encode() + b"\r"
+    assert segments(ack(header(merge), error_of(merge), control_id="ACK-P", now=NOW))["ERR"][2] == erl
+
+
+def test_an_empty_first_repetition_still_counts_in_the_erl() -> None:
+    raw = an_adt(nhs_number=None, mrn=None).replace(b"PID|1||", b"PID|1||~9434765910^^^NHS^NH")
+    assert segments(ack(header(raw), error_of(raw), control_id="ACK-E", now=NOW))["ERR"][2] == "PID^1^3^2"
