@@ -92,6 +92,7 @@ class KpiFacts:
     _contact_said: dict[tuple[str, str], datetime] = field(default_factory=dict)  # (person, Encounter) -> newest
     _births: dict[str, list[tuple[datetime, date]]] = field(default_factory=dict)  # person -> (said at, born)
     _practices: dict[str, list[tuple[datetime, str]]] = field(default_factory=dict)  # person -> (said at, ODS)
+    _deaths: dict[str, list[tuple[datetime, datetime | None]]] = field(default_factory=dict)  # (said at, died at)
     _last: datetime | None = None  # the latest event time seen: how far the log has got
     _meetings: dict[str, datetime] = field(default_factory=dict)  # huddle -> when it meets
     _referrals_of: dict[str, set[str]] = field(default_factory=dict)  # person -> their referrals so far
@@ -143,6 +144,16 @@ class KpiFacts:
             practice = practice_named(patient, resources)
             if practice is not None:
                 self._practices.setdefault(event.subject, []).append((event.time, practice))
+            if event.type not in co.PATIENT_STUB_EVENTS:  # (a partner's form says nothing of a death)
+                spoke, died = _death_said(patient, event.time)
+                if spoke:
+                    self._deaths.setdefault(event.subject, []).append((event.time, died))
+
+    def died_by(self, person: str, t: datetime) -> bool:
+        """Whether the person had died by t, as the newest Patient that spoke of it says (a hospital's
+        PID-29/30: hub.core.deaths takes it so for the rules engine)."""
+        said = max(self._deaths.get(person, []), key=lambda s: s[0], default=(None, None))[1]
+        return said is not None and said <= t
 
     def _referral(self, event: RecordEvent, resources: list[Json]) -> None:
         patient = next(iter(of_kind(resources, "Patient")), {})
@@ -306,3 +317,13 @@ _HANDLERS: dict[str, Any] = {
     co.PIC_SUMMARY_RECEIPT.type: KpiFacts._receipt,
     co.HUDDLE_AGENDA.type: KpiFacts._huddle,
 }
+
+
+def _death_said(patient: Json, at: datetime) -> tuple[bool, datetime | None]:
+    """Whether a Patient speaks of a death, and when it says the person died (deceasedDateTime;
+    deceasedBoolean true: by the event's time; None: alive, deceasedBoolean false)."""
+    when = patient.get("deceasedDateTime")
+    if isinstance(when, str) and when:
+        return True, fhir_time(when, at)
+    flag = patient.get("deceasedBoolean")
+    return flag in (True, False), at if flag is True else None

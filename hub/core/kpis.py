@@ -346,11 +346,11 @@ class KpiFold(KpiFacts):
                         referral.visited = t
 
     def _over(self, referral: Referral, t: datetime) -> bool:
-        """No longer waiting at t: declined by then, or the person has been on the caseload since it
-        (a stay begun after it on the log, or opened for it) and discharged by then without the
-        contact it waited for."""
+        """No longer waiting at t: declined by then, the person had died by then, or the person has
+        been on the caseload since it (a stay begun after it on the log, or opened for it) and
+        discharged by then without the contact it waited for."""
         at, outcome = self.outcomes.get(referral.id, (t, ""))
-        if outcome == "declined" and at <= t:
+        if (outcome == "declined" and at <= t) or self.died_by(referral.person, t):
             return True
         stays = (self.episodes.get(eid) for eid in self._stays.get(referral.id, ()))
         return any(e is not None and e.end is not None and e.end <= t for e in stays)

@@ -604,3 +604,25 @@ def test_a_stay_ends_the_referrals_before_it_on_the_log_not_those_that_say_they_
     figures = report(fold_of(first, opened, late, closed, visit), "2026-11")
     assert figures[("first visits", "")] == 1
     assert figures[("days from referral to first visit", "mean")] == 8.92
+
+
+def test_a_referral_whose_person_died_is_not_waiting_and_a_referrals_form_says_nothing_of_a_death() -> None:
+    # P3 referred 1 Oct and never visited; the hospital says they died on 20 Oct (an A08's Patient)
+    from schemas.events.patient import PATIENT_UPDATED
+
+    referral = month.referral("P3", month.at(1, 10, month=10), "gp")
+    died = month.patient("P3") | {"deceasedDateTime": "2026-10-20T06:00:00+01:00"}
+    death = RecordEvent(
+        "p3-died", PATIENT_UPDATED.type, "urn:ods:RXX", month.at(20, 9, month=10), referral.subject, died
+    )
+    later = month.contact("P1", month.at(30, 9), "follow-up")  # the log reaches 30 November
+    figures = report(fold_of(referral, later), "2026-11")
+    assert figures[("referrals waiting over 4 weeks for a first visit", "at month end")] == 1
+    figures = report(fold_of(referral, death, later), "2026-11")
+    assert figures[("referrals waiting over 4 weeks for a first visit", "at month end")] == 0
+    # a referral's own Patient saying so is a partner's form, not the hospital's word
+    form = edited(month.referral("P4", month.at(1, 10, month=10), "gp"), event_id="p4")
+    [patient] = [e["resource"] for e in form.payload["entry"] if e["resource"]["resourceType"] == "Patient"]
+    patient["deceasedBoolean"] = True
+    figures = report(fold_of(referral, form, later), "2026-11")
+    assert figures[("referrals waiting over 4 weeks for a first visit", "at month end")] == 2
