@@ -17,6 +17,7 @@ from datetime import date, datetime
 from itertools import chain
 from typing import Any
 
+from hub.core.deaths import learn
 from hub.core.errors import InvalidMessageError
 from hub.core.fhir_read import (
     bundle_resources,
@@ -92,7 +93,7 @@ class KpiFacts:
     _contact_said: dict[tuple[str, str], datetime] = field(default_factory=dict)  # (person, Encounter) -> newest
     _births: dict[str, list[tuple[datetime, date]]] = field(default_factory=dict)  # person -> (said at, born)
     _practices: dict[str, list[tuple[datetime, str]]] = field(default_factory=dict)  # person -> (said at, ODS)
-    _deaths: dict[str, list[tuple[datetime, datetime | None]]] = field(default_factory=dict)  # (said at, died at)
+    _deaths: dict[str, Json] = field(default_factory=dict)  # person -> what hub.core.deaths.learn keeps
     _last: datetime | None = None  # the latest event time seen: how far the log has got
     _meetings: dict[str, datetime] = field(default_factory=dict)  # huddle -> when it meets
     _referrals_of: dict[str, set[str]] = field(default_factory=dict)  # person -> their referrals so far
@@ -144,16 +145,17 @@ class KpiFacts:
             practice = practice_named(patient, resources)
             if practice is not None:
                 self._practices.setdefault(event.subject, []).append((event.time, practice))
-            if event.type not in co.PATIENT_STUB_EVENTS:  # (a partner's form says nothing of a death)
-                spoke, died = _death_said(patient, event.time)
-                if spoke:
-                    self._deaths.setdefault(event.subject, []).append((event.time, died))
+        # as the rules engine learns a death (hub.core.deaths: the newest Patient, never a partner's form;
+        # a person's events keep their order on their partition, so any partition order gives the same)
+        learn(self._deaths.setdefault(event.subject, {}), event, resources)
 
     def died_by(self, person: str, t: datetime) -> bool:
-        """Whether the person had died by t, as the newest Patient that spoke of it says (a hospital's
-        PID-29/30: hub.core.deaths takes it so for the rules engine)."""
-        said = max(self._deaths.get(person, []), key=lambda s: s[0], default=(None, None))[1]
-        return said is not None and said <= t
+        """Whether the person had died by t, as the rules engine knows it (a date of death; a death said
+        without one, by when it was said)."""
+        died = (self._deaths.get(person) or {}).get("died")
+        if not died:
+            return False
+        return fhir_time(died.get("at"), datetime.fromisoformat(died["learned"])) <= t
 
     def _referral(self, event: RecordEvent, resources: list[Json]) -> None:
         patient = next(iter(of_kind(resources, "Patient")), {})
@@ -317,13 +319,3 @@ _HANDLERS: dict[str, Any] = {
     co.PIC_SUMMARY_RECEIPT.type: KpiFacts._receipt,
     co.HUDDLE_AGENDA.type: KpiFacts._huddle,
 }
-
-
-def _death_said(patient: Json, at: datetime) -> tuple[bool, datetime | None]:
-    """Whether a Patient speaks of a death, and when it says the person died (deceasedDateTime;
-    deceasedBoolean true: by the event's time; None: alive, deceasedBoolean false)."""
-    when = patient.get("deceasedDateTime")
-    if isinstance(when, str) and when:
-        return True, fhir_time(when, at)
-    flag = patient.get("deceasedBoolean")
-    return flag in (True, False), at if flag is True else None
