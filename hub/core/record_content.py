@@ -88,6 +88,7 @@ def next_content(event: RecordEvent, incoming: Json, current: StoredResource | N
         if (before.get("meta") or {}).get("source") == event.source:  # (another's: see _overlaid_patient)
             content = _overlaid_patient(before, content)
         else:  # another sender's replaces it whole: its deletions are done, not kept
+            _death_kept(before, content)
             _drop_extension(content, REMOVED_URL)
         retired_to = replaced_by(before)
         if retired_to and event.type != MERGED:  # late news about a merged-away identity
@@ -159,6 +160,24 @@ def _nhs_numbers(identifiers: Any) -> list[Json]:
 
 def _verification_of(identifier: Json) -> list[Json]:
     return [e for e in identifier.get("extension", []) if isinstance(e, dict) and e.get("url") == VERIFICATION_URL]
+
+
+def _death_kept(before: Json, said: Json) -> None:
+    """Another sender's Patient that says nothing of a death the record holds keeps it (a second
+    trust's PAS may not know of it yet): a death is never undone by silence, only by a Patient saying
+    the person is alive (deceasedBoolean false) or deleting it (HL7 v2 `""`). The record, the rules
+    engine (hub.core.deaths) and the KPIs then agree whoever sent the silent message."""
+    extensions = said.get("extension")
+    removed = {
+        e.get("valueCode")
+        for e in (extensions if isinstance(extensions, list) else [])
+        if isinstance(e, dict) and e.get("url") == REMOVED_URL
+    }
+    if any(k.startswith("deceased") for k in said) or removed & {"deceasedDateTime", "deceasedBoolean"}:
+        return
+    for element in ("deceasedDateTime", "deceasedBoolean"):
+        if element in before:
+            said[element] = before[element]
 
 
 def _drop_extension(content: Json, url: str) -> None:

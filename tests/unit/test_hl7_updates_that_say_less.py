@@ -231,3 +231,14 @@ def test_a_cancelled_transfer_that_does_not_say_where_the_person_is_back_is_refu
     with pytest.raises(InvalidMessageError) as refused:
         map_message(nowhere, key_secret=SECRET)
     assert (refused.value.expression, refused.value.code) == (("PV1-3",), "required")
+
+
+def test_a_second_hospital_silent_about_a_death_never_undoes_it_but_its_pid_30_n_does() -> None:
+    died = an_adt(trigger="A08", control_id="D1", event_time="202612021130", died="20261202103000", death_indicator="Y")
+    silent = an_adt(trigger="A08", control_id="D2", event_time="202612021230", sender="RYY")
+    alive = an_adt(trigger="A08", control_id="D3", event_time="202612021330", sender="RYY", death_indicator="N")
+
+    patient = the_one(the_record(died, silent), "Patient")
+    assert patient["meta"]["source"] == "urn:ods:RYY"  # (the second trust's Patient, whole)
+    assert deceased(patient) == {"deceasedDateTime": "2026-12-02T10:30:00+00:00"}
+    assert deceased(the_one(the_record(died, silent, alive), "Patient")) == {"deceasedBoolean": False}
