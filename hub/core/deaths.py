@@ -49,7 +49,7 @@ def learn(state: Json, event: RecordEvent, resources: list[Json]) -> bool:
         if last is not None and event.time < datetime.fromisoformat(last):
             continue  # older than the person's latest Patient: the record skips it too
         state["patient_at"] = event.time.isoformat()
-        said, before = _said(patient), state.get("died")
+        said, before = death_said(patient), state.get("died")
         if said:
             news = news or not before
             at = patient.get("deceasedDateTime")
@@ -81,9 +81,9 @@ def cancel_contacts(events: DerivedEvents, contacts: frozenset[str], state: Json
     return out
 
 
-def _said(patient: Json) -> str | None:
+def death_said(patient: Json) -> str | None:
     """The element by which a Patient says the person died, if it does (a deceasedDateTime that is not
-    text is no date, so says nothing)."""
+    text is no date, so says nothing): the one test of a death, for the engine, the huddle and `$accept`."""
     when = patient.get("deceasedDateTime")
     if isinstance(when, str) and when:
         return "deceasedDateTime"

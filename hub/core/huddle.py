@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from hub.core.deaths import death_said
 from hub.core.huddle_reading import (  # (UK, ODS_SYSTEM and display_name: importable from here, as before)
     ODS_SYSTEM as ODS_SYSTEM,
 )
@@ -171,9 +172,10 @@ def _deaths(patients: Mapping[str, Json], found: list[Json]) -> dict[str, tuple[
 def describe_death(patient: Json) -> str | None:
     """`Died Sun 06 Dec 2026 23:00` (UK time; `date not recorded` for deceasedBoolean alone); None for
     a Patient not said to have died."""
-    died = patient.get("deceasedDateTime")
-    if not died and patient.get("deceasedBoolean") is not True:
+    said = death_said(patient)
+    if said is None:
         return None
+    died = patient.get("deceasedDateTime") if said == "deceasedDateTime" else None
     instant = instant_of(str(died)) if died else None
     day_only = len(str(died)) <= 10  # (a date alone is a day, not its midnight)
     when = instant.astimezone(UK).strftime("%a %d %b %Y" + ("" if day_only else " %H:%M")) if instant else None

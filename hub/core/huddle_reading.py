@@ -10,6 +10,7 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from hub.core.task_status import FINAL
 from schemas.events.coordination import (
     BUSINESS_STATUS_SYSTEM,
     CONTACT_SYSTEM,
@@ -24,7 +25,7 @@ Json = dict[str, Any]
 UK = ZoneInfo("Europe/London")
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 OVERDUE = "overdue"
-CLOSED_TASK = frozenset({"completed", "cancelled", "failed", "rejected", "entered-in-error"})  # as hub.core.tasks
+CLOSED_TASK = FINAL  # a task no longer open (hub.core.task_status)
 
 
 def describe_referral(r: Json) -> str:

@@ -104,3 +104,12 @@ def test_the_page_read_from_the_record_marks_the_rows_of_a_person_who_died() -> 
     assert html.count('class="died"') == 2 and html.count(CLOSE) == 2
     assert 'data-ref="ServiceRequest/r1"' not in html and 'data-ref="ServiceRequest/r2"' in html
     assert "EpisodeOfCare/ep1" in {f"{r['resourceType']}/{r['id']}" for r, _ in judged}  # in the ledger
+
+
+def test_the_huddle_reads_a_death_as_the_rules_engine_does() -> None:
+    from hub.core.deaths import death_said
+    from hub.core.huddle import describe_death
+
+    for patient in ({"deceasedDateTime": 123}, {"deceasedBoolean": "yes"}, {"deceasedDateTime": ""}, {}):
+        assert (describe_death(patient), death_said(patient)) == (None, None), patient
+    assert describe_death({"deceasedBoolean": True}) == "Died date not recorded"

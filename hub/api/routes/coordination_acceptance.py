@@ -41,6 +41,7 @@ from hub.api.routes.coordination_input import (
 )
 from hub.api.routes.fhir import bearer_caller, read_body
 from hub.api.shapes import parameters_in
+from hub.core.deaths import death_said
 from hub.core.errors import BrokerUnavailableError, RuleRefusedError, UnfinishedError
 from hub.core.fhir_read import care_manager
 from hub.core.identity import stable_id
@@ -186,9 +187,9 @@ def refuse_declining_accepted(api_: CoordinationApi, referral: Json, held: Json 
 def refuse_deceased(patient: Json | None) -> None:
     """Refuse (409) an accept for a person the record says has died (deceasedDateTime, or
     deceasedBoolean true): no one is put on a caseload to be visited after their death."""
-    died = (patient or {}).get("deceasedDateTime")
-    if died or (patient or {}).get("deceasedBoolean") is True:
-        on = f" (on {died})" if died else ""
+    said = death_said(patient or {})
+    if said is not None:
+        on = f" (on {(patient or {})[said]})" if said == "deceasedDateTime" else ""
         raise RuleRefusedError(
             f"the record says this person has died{on}: a referral for them is not accepted; if that is "
             "wrong, the record must be corrected (by the sender of their demographics) before the accept",
