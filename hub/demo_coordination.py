@@ -24,7 +24,9 @@ from rich.table import Table
 from adapters.hl7v2.synthetic import Locality, Person
 from hub.api.auth import issue_token
 from hub.bootstrap import Running
+from hub.core.deaths import death_said
 from hub.core.huddle import SECTIONS
+from hub.core.identity import person_key
 from hub.core.task_status import FINAL
 from hub.core.tasks import FIND_PRACTICE
 from hub.kpi_report import fold_log, write_csv, write_html
@@ -87,7 +89,8 @@ async def run_month(run: Running, locality: Locality, start: datetime, end: date
             )
         )
     rng = random.Random(seed)  # noqa: S311 - invented people, not secrets
-    people: list[Person] = rng.sample(list(locality.people), min(24, len(locality.people)))
+    living = [p for p in locality.people if not _died(services, p)]  # (no one refers someone who has died)
+    people: list[Person] = rng.sample(living, min(24, len(living)))
     now = datetime.now(UTC)
     secret = services.secrets.token
     service = {"Authorization": f"Bearer {issue_token(secret, org=rules.service.ods, role='coordinator', now=now)}"}
@@ -179,6 +182,12 @@ async def run_month(run: Running, locality: Locality, start: datetime, end: date
     if run.tick is not None:
         await run.tick()  # the hub's clock, now: every deadline already past runs out
     return Month(sources, accepted, declined, closed, months.most_common(1)[0][0], people[-1].practice.ods)
+
+
+def _died(services: Any, person: Person) -> bool:
+    """Whether the record says the person died (the month's ADT discharged about one in ten so)."""
+    patient = services.reader.read("Patient", person_key(services.secrets.key, person.nhs_number, None))
+    return patient is not None and death_said(patient) is not None
 
 
 async def settle(run: Running, within: float = 120) -> None:

@@ -105,6 +105,7 @@ _WARDS = ("WARD 1", "WARD 3", "ELDERLY CARE", "STROKE UNIT", "AMU")
 # PV1-36 as English PASes fill it: Data Dictionary discharge destination. 19 usual residence, 29 temporary
 # residence, 54 NHS care home, 65 local authority residential accommodation, 85 non-NHS care home, 79 died.
 _DISPOSITIONS = ("19", "19", "19", "19", "19", "29", "54", "65", "85", "79")
+DIED = "79"  # (the A03 also carries PID-29 and PID-30, and the person has no more stays)
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,7 @@ class _Writer:
         nhs_number: str | None = None,
         pv1: str | None = None,
         extra: tuple[str, ...] = (),
+        died: datetime | None = None,
     ) -> bytes:
         self.sequence += 1
         stamp = _stamp(when)
@@ -210,13 +212,21 @@ class _Writer:
             f"|{self.prefix}{self.sequence:07d}|P|2.4|||AL|NE|GBR|UNICODE UTF-8",
             f"EVN|{trigger}|{stamp}",
             f"PID|1||{ids}||{person.family}^{person.given}||{person.birth_date:%Y%m%d}|{person.sex}"
-            f"|||{person.address}^^{person.postcode}|||||||||||||||||||||NSTS01",
+            f"|||{person.address}^^{person.postcode}|{_life(died)}|NSTS01",
             f"PD1|||{person.practice.name}^^{person.practice.ods}",
         ]
         if pv1 is not None:
             segments.append(pv1)
         segments += list(extra)
         return "\r".join(segments).encode() + b"\r"
+
+
+def _life(died: datetime | None) -> str:
+    """PID-12 to PID-31, empty but for PID-29 and PID-30 (date and indicator of death) when the person died."""
+    fields = [""] * 20  # fields[n - 12] is PID-n
+    if died is not None:
+        fields[29 - 12], fields[30 - 12] = _stamp(died), "Y"
+    return "|".join(fields)
 
 
 def _stamp(when: datetime) -> str:
@@ -260,7 +270,8 @@ class _Stay:
 
     def send(self, trigger: str, when: datetime, discharged: datetime | None = None, disposition: str = "") -> None:
         pv1 = _pv1(self.visit, self.ward, self.admitted, discharged, disposition)
-        self.out.append((when, self.writer.message(trigger, when, self.person, pv1=pv1)))
+        died = discharged if disposition == DIED else None  # (the PAS records the death with the discharge)
+        self.out.append((when, self.writer.message(trigger, when, self.person, pv1=pv1, died=died)))
 
 
 def _stay(stay: _Stay, horizon: datetime) -> datetime | None:
@@ -288,6 +299,8 @@ def _stay(stay: _Stay, horizon: datetime) -> datetime | None:
         return None
     disposition = rng.choice(_DISPOSITIONS)
     stay.send("A03", left, left, disposition)
+    if disposition == DIED:
+        return None  # no more stays, nor a discharge undone: the person died
     if rng.random() < 0.03:  # discharged in error, then discharged for real
         undone = left + timedelta(minutes=rng.randrange(10, 120))
         stay.send("A13", undone)

@@ -152,3 +152,16 @@ def test_traffic_from_different_seeds_never_shares_a_control_id_or_visit_number(
     assert not ids[0] & ids[1]
     visits = [{field(m, "PV1", 19) for _, m in run if trigger(m) != "A40"} for run in runs]
     assert not visits[0] & visits[1]
+
+
+def test_a_discharge_as_died_says_the_death_in_pid_29_and_30_and_is_the_persons_last_message() -> None:
+    traffic = adt_traffic(make_locality(people=300, seed=4), start=datetime(2026, 11, 1, tzinfo=UTC), seed=4)
+    mapped = [(when, e) for when, raw in traffic for e in map_message(raw, key_secret=b"synthetic")]
+    died = {
+        e.person_key: when
+        for when, e in mapped
+        for entry in e.payload["entry"]
+        if entry["resource"]["resourceType"] == "Patient" and entry["resource"].get("deceasedDateTime")
+    }
+    assert len(died) > 5  # (about one discharge in ten)
+    assert all(when <= died[e.person_key] for when, e in mapped if e.person_key in died)  # none after it
