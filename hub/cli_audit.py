@@ -12,6 +12,14 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from hub.cli_audit_reports import (
+    UNVERIFIED,
+    disclosures_summary,
+    refuse_unknown,
+    selected_rows,
+    time_travel_csv,
+    trusted_ledger,
+)
 from hub.cli_base import (
     NO_LOG,
     WHEN,
@@ -68,43 +76,6 @@ def audit_verify(
         console.print(f"head {last.seq}:{last.hash} (keep it; a later `--head` with it proves no entry was cut)")
 
 
-UNVERIFIED = Annotated[
-    bool,
-    typer.Option(
-        "--unverified",
-        help="Report even if the ledger's hash chain is broken (with a warning): else a broken ledger is refused",
-    ),
-]
-
-
-def trusted_ledger(engine: Any, *, unverified: bool) -> str:
-    """Verify the whole ledger's hash chain before a report reads it: an entry altered, removed or
-    filed under another person would otherwise be reported as if true (a subject-access request
-    would count a disclosure as a denial, or leave it out). A break refuses the report (exit 1),
-    naming the entry, unless --unverified asks for it anyway, when it is said above the report.
-    Returns what a file written from the report says of the ledger: "verified", or the break."""
-    from hub.core.ledger import verify
-    from hub.store.ledger import SqlLedger
-
-    _, broken = verify(SqlLedger(engine).entries())
-    if broken is None:
-        return "verified"
-    said = f"ledger broken at entry {broken.seq}: {broken.problem}"
-    if not unverified:
-        fail(
-            f"{said}. This report would rest on entries that cannot be trusted, so it is not given: run "
-            "`carehub audit verify`, and report the break to your information governance lead; "
-            "--unverified gives it anyway, marked so",
-            1,
-        )
-    console.print(
-        escape(f"WARNING: {said}. This report reads the ledger as it stands and may be wrong."),
-        style="bold red",
-        soft_wrap=True,
-    )
-    return f"NOT VERIFIED: {said}"
-
-
 @audit_app.command("disclosures")
 def audit_disclosures(
     nhs_number: Annotated[str, typer.Option("--nhs-number", help="The person's NHS number")],
@@ -135,34 +106,7 @@ def audit_disclosures(
         said = (body["channel"], body["decision"], resources, "; ".join(body["reasons"]))
         table.add_row(*cells(entry.seq, body["at"], who, *said))
     console.print(table)
-    console.print(_disclosures_summary([entry.body["decision"] for entry in entries]))
-
-
-def refuse_unknown(engine: Any, key: str, entries: list[Any], nhs_number: str) -> None:
-    """Exit 1 if the record holds no such person and the ledger nothing about them: an empty answer
-    would read as "nothing disclosed" when the NHS number may be a (check-digit valid) typo."""
-    from hub.store.sql import SqlRecordReader
-
-    if entries or SqlRecordReader(engine).read("Patient", key) is not None:
-        return
-    fail(
-        f"no person with NHS number {nhs_number} in the shared care record, and no disclosures recorded "
-        "about them: check the number",
-        1,
-    )
-
-
-def _disclosures_summary(decisions: list[str]) -> str:
-    """How many decisions disclosed something (break-glass among them) and how many refused."""
-    glass, denied = decisions.count("break-glass"), decisions.count("deny")
-    disclosed = decisions.count("permit") + glass
-    said = f"{counted(disclosed, 'disclosure')} ({glass:,} by break-glass), {counted(denied, 'denial')}"
-    other = len(decisions) - disclosed - denied
-    return (
-        f"{counted(len(decisions), 'decision')} recorded about this person: {said}"
-        + (f", {other:,} other" if other else "")
-        + (" (a denial disclosed nothing)" if denied else "")
-    )
+    console.print(disclosures_summary([entry.body["decision"] for entry in entries]))
 
 
 @audit_app.command("time-travel")
@@ -224,14 +168,14 @@ def audit_time_travel(
     consents = [rule for person in sorted(people_of(entries, resources)) for rule in policy.consents(person)]
     rows = reconsider(entries, resources, policy.agreements(), consents, datetime.now(UTC), history=stored.history())
     table = listing("#", "when", "to", "how", "resource", "then", "on", "today", "on", title="Policy time travel")
-    shown = _selected(rows, changed=changed, cannot_tell=cannot_tell)
+    shown = selected_rows(rows, changed=changed, cannot_tell=cannot_tell)
     for r in shown:
         today = f"[bold yellow]{escape(r.now)}[/bold yellow]" if r.changed else escape(r.now)
         then = cells(r.seq, r.at, r.recipient, r.channel, r.resource, r.then, r.then_basis)
         table.add_row(*then, today, escape(r.now_basis))
     console.print(table)
     if csv_out is not None:
-        _time_travel_csv(shown, csv_out, trust)
+        time_travel_csv(shown, csv_out, trust)
         console.print(escape(f"wrote {counted(len(shown), 'row')} to {csv_out}"), soft_wrap=True)
     differ = sum(r.changed for r in rows)
     about = counted(len(entries), "ledger entry", "ledger entries")
@@ -240,31 +184,6 @@ def audit_time_travel(
         f"{len(rows)} decision(s) about {about}; today's policy differs on {differ:,}"
         + (f"; {unsure:,} cannot tell (decided again on other content than was disclosed)" if unsure else "")
     )
-
-
-def _selected(rows: list[Any], *, changed: bool, cannot_tell: bool) -> list[Any]:
-    """The rows the report lists: all of them, or those --changed and --cannot-tell ask for."""
-    from hub.core.timetravel import CANNOT_TELL
-
-    if not (changed or cannot_tell):
-        return rows
-    return [r for r in rows if (changed and r.changed) or (cannot_tell and r.now == CANNOT_TELL)]
-
-
-def _time_travel_csv(rows: list[Any], path: Path, ledger: str) -> None:
-    """The report's rows, every column in full (the table cuts them to the terminal's width), each
-    saying whether the ledger verified (a spreadsheet travels without the console's warning)."""
-    import csv
-
-    from hub.kpi_report import spreadsheet_text
-
-    columns = ("seq", "at", "recipient", "channel", "resource", "then", "then_basis", "now", "now_basis")
-    with path.open("w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow([*columns, "changed", "ledger"])
-        for r in rows:
-            cells_ = (spreadsheet_text(str(getattr(r, c))) for c in columns[1:])
-            writer.writerow([r.seq, *cells_, r.changed, spreadsheet_text(ledger)])
 
 
 @audit_app.command("export")

@@ -41,6 +41,13 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from hub.api.auth import Principal, TokenVerifier
 from hub.api.outcomes import FhirResponse
 from hub.api.routes import coordination_acceptance
+from hub.api.routes.coordination_close import (
+    closed_already,
+    closed_refusal,
+    closing_asked,
+    publish_closure,
+    refuse_blank_summary,
+)
 from hub.api.routes.coordination_commands import ODS_SYSTEM, CoordinationApi, Id, coordinator_only, emit
 from hub.api.routes.coordination_input import (
     at_param,
@@ -61,11 +68,9 @@ from hub.api.routes.fhir import bearer_caller, fhir_id, read_body
 from hub.api.shapes import FHIR_ID, SERVICE_REQUEST_IN, parameters_in
 from hub.core import nhs_number
 from hub.core.errors import (
-    BrokerUnavailableError,
     ConsentDeniedError,
     InvalidMessageError,
     RuleRefusedError,
-    UnfinishedError,
     UnknownPersonError,
 )
 from hub.core.fhir_read import addressed_to
@@ -310,76 +315,6 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         )
 
     return api
-
-
-CLOSING = ("goals", "interventions", "onward-referrals", "follow-up")  # what a $close writes in the PIC summary
-
-
-def closing_asked(params: Json, at: datetime) -> Json:
-    """What a $close was asked, by which the same close sent again is known: the summary's content as
-    given, and its `at` as given (the time it names; none given: none, whenever it is sent)."""
-    asked: Json = {name: param(params, name) for name in CLOSING}
-    asked["at"] = at.isoformat() if param(params, "at") else None
-    return asked
-
-
-def refuse_blank_summary(asked: Json) -> None:
-    """Refuse (400) a close whose PIC summary would say nothing: the GP would be sent a letter with every
-    section "None recorded", and the KPIs would count it a discharge letter sent in time."""
-    if not any(str(asked.get(name) or "").strip() for name in CLOSING):
-        raise InvalidMessageError(
-            "the PIC summary this close sends to the GP would be empty: give at least one of goals, "
-            "interventions, onward-referrals or follow-up (for someone the service could not help, say so "
-            "in follow-up, with what the GP should know)",
-            tuple(f"Parameters.{name}" for name in CLOSING),
-        )
-
-
-def closed_refusal(episode: Json) -> RuleRefusedError:
-    """Why a close of an episode closed already is refused: closing is final, and the PIC summary the
-    GP was sent is the first close's, which the record keeps."""
-    end = (episode.get("period") or {}).get("end")
-    when = f" at {end}" if end else ""
-    return RuleRefusedError(
-        f"EpisodeOfCare/{episode['id']} was closed{when}: this episode is already closed, and closing is final; "
-        "the PIC summary sent to the GP is that close's, and anything to add goes to the practice another way",
-        ("EpisodeOfCare.status",),
-    )
-
-
-async def closed_already(
-    api_: CoordinationApi, who: Principal, episode: Json, stands: Closure, asked: Json
-) -> FhirResponse:
-    """An episode a close has claimed. Until the record has it closed, the close that claimed it is
-    published again, whatever this one says (Kafka may never have taken it, answered 503; under its own
-    event id it is applied once): a close lost that way is never left claimed and unsent. The same close
-    again (the same parameters: a double click, or the retry the 503 asked for) is then answered 200
-    with the episode as that close finished it; any other close is refused 409, naming when it was
-    closed and that its PIC summary is the one that goes to the GP."""
-    if episode.get("status") != "finished":
-        person = str(episode["patient"]["reference"]).removeprefix("Patient/")
-        await publish_closure(api_, who, person, stands)
-    if stands.asked != asked or episode.get("status") == "finished":
-        raise closed_refusal(stands.episode)
-    return FhirResponse(stands.episode)
-
-
-async def publish_closure(api_: CoordinationApi, who: Principal, person: str, closure: Closure) -> None:
-    """The close's event (the finished EpisodeOfCare and its PIC summary), under one id for every close
-    of the episode, so that the same close published twice is applied once. The claim is made already,
-    so one Kafka does not take is UnfinishedError: the 503 says the episode is closed, not that nothing was kept."""
-    episode = closure.episode
-    at = datetime.fromisoformat(str(episode["period"]["end"]))
-    event_id = stable_id("api-close", str(episode["id"]))
-    try:
-        await emit(api_, co.EPISODE_CLOSED.type, who, person, at, episode, closure.summary, event_id=event_id)
-    except BrokerUnavailableError as lost:
-        raise UnfinishedError(
-            f"EpisodeOfCare/{episode['id']} is closed (held in the database, at {at.isoformat()}), but Kafka did "
-            "not acknowledge the close, so the record, the rules engine and the PIC summary to the GP may not have "
-            "it yet. Send the same $close again (the same parameters) to complete it; it is applied once. Until "
-            "then any other $close of the episode is refused 409."
-        ) from lost
 
 
 def made_already(made: str) -> FhirResponse:
