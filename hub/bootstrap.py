@@ -341,6 +341,7 @@ async def running(
             broker,
             key_secret=services.secrets.key,
             publish_timeout=settings.kafka.publish_timeout_s,
+            processing_ids=settings.mllp.processing_ids,
         )
         stack = contextlib.AsyncExitStack()
         try:

@@ -42,6 +42,12 @@ class MllpSettings(BaseModel):
     quiet_close_s: float = Field(
         default=0.0, ge=0, description="close a connection that sends no complete frame for this long (0: never)"
     )
+    processing_ids: tuple[str, ...] = Field(
+        default=("P",),
+        min_length=1,
+        description="MSH-11 processing ids taken (HL7 table 0103: P production, T training, D debugging); "
+        "any other is answered AR, ERR 202, and kept in the dead-letter store. A test hub sets P,T",
+    )
 
 
 class HttpSettings(BaseModel):

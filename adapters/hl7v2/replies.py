@@ -25,6 +25,7 @@ _TABLE_0357 = {
 _UNSUPPORTED = {
     "MSH-9.2": ("201", "Unsupported event code"),
     "MSH-12": ("203", "Unsupported version id"),
+    "MSH-11": ("202", "Unsupported processing id"),
 }
 _INTERNAL = ("207", "Application internal error")
 # where an error lies, as errors name it: SEG, SEG-F, SEG-F.C, with the segment's occurrence and the

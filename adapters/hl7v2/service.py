@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -52,6 +52,9 @@ class Outcome:
     event_ids: tuple[str, ...] = ()
 
 
+PROCESSING_IDS = {"P": "production", "T": "training", "D": "debugging"}  # HL7 table 0103
+
+
 class HospitalIntake:
     """Receives HL7 v2 ADT (MLLP frames or files), publishes FHIR events, answers with ACKs."""
 
@@ -62,9 +65,11 @@ class HospitalIntake:
         key_secret: bytes,
         publish_timeout: float = 5.0,
         clock: Callable[[], datetime] = _utcnow,
+        processing_ids: Collection[str] = ("P",),
     ) -> None:
         self._key_secret = key_secret
         self._clock = clock
+        self._processing_ids = frozenset(p.upper() for p in processing_ids)
         self._out = Publisher(broker, timeout=publish_timeout, clock=clock, unit="the message", retry="send it again")
 
     async def receive(self, frame: bytes, origin: str) -> bytes:
@@ -94,6 +99,7 @@ class HospitalIntake:
         header = read_header(raw)
         control_id = header.control_id if header else ""
         try:
+            self._refuse_processing_id(header)
             events = map_message(raw, key_secret=self._key_secret, now=self._clock())
         except InvalidMessageError as error:
             return await self._reject(raw, header, error, origin)
@@ -106,6 +112,21 @@ class HospitalIntake:
         log.debug("message %s accepted: %d event(s)", control_id, len(events))
         ids = tuple(e.event_id for e in events)
         return Outcome(control_id, "AA", len(events), event_ids=ids), self._ack(header, None)
+
+    def _refuse_processing_id(self, header: Header | None) -> None:
+        """AR (ERR 202) for a message whose MSH-11 this hub does not take: by default only `P`
+        (production), so a training or debugging system pointed at the live hub by mistake puts no
+        invented people in the shared care record (mllp.processing_ids widens it, for a test hub).
+        An MSH-11 left empty is taken as `P`, as the ACK answers it."""
+        said = (header.processing_id if header else "").upper()
+        if said and said not in self._processing_ids:
+            kind = PROCESSING_IDS.get(said, "an unknown processing id")
+            taken = ", ".join(sorted(self._processing_ids))
+            raise UnsupportedMessageError(
+                f"MSH-11 processing id {said} ({kind}) is not taken by this hub, which takes {taken}: a "
+                "training or test system sends to a hub of its own (or its operator sets mllp.processing_ids)",
+                ("MSH-11",),
+            )
 
     async def _reject(self, raw: bytes, header: Header | None, error: HubError, origin: str) -> tuple[Outcome, bytes]:
         control_id = header.control_id if header else ""

@@ -146,3 +146,34 @@ async def test_each_message_of_a_batch_file_is_kept_as_sent_envelope_aside() -> 
     assert [o.code for o in outcomes] == ["AA", "AE"]
     [(_, kept, _, _)] = broker.on(DEAD_LETTER.name)
     assert kept == refused
+
+
+# --- MSH-11 ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("processing_id", ["T", "D", "X"])
+async def test_a_training_or_debugging_message_is_refused_ar_with_err_202_and_kept(processing_id: str) -> None:
+    # a training PAS pointed at the live hub by mistake would put invented people in the record
+    broker = RecordingBroker()
+    raw = an_adt(control_id="TRN1").replace(b"|P|2.4|", f"|{processing_id}|2.4|".encode())
+
+    reply = await intake(broker).receive(raw, "mllp:10.0.0.9:5000")
+
+    assert field(reply, "MSA", 1) == "AR"
+    assert field(reply, "ERR", 3) == "202^Unsupported processing id^HL70357"
+    assert field(reply, "ERR", 2) == "MSH^1^11"
+    assert broker.on(EVENTS.name) == []
+    [(_, kept, _, headers)] = broker.on(DEAD_LETTER.name)
+    assert kept == raw
+    assert f"MSH-11 processing id {processing_id} (" in issue(headers)["diagnostics"]
+
+
+async def test_a_test_hub_that_takes_training_messages_says_so_in_its_settings() -> None:
+    broker = RecordingBroker()
+    raw = an_adt(control_id="TRN2").replace(b"|P|2.4|", b"|T|2.4|")
+    test_hub = HospitalIntake(broker, key_secret=b"intake", clock=lambda: NOW, processing_ids=("P", "T"))  # type: ignore[arg-type]
+
+    reply = await test_hub.receive(raw, "mllp:10.0.0.9:5000")
+
+    assert field(reply, "MSA", 1) == "AA"
+    assert len(broker.on(EVENTS.name)) == 1
