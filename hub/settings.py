@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,15 @@ class DatabaseSettings(BaseModel):
     """The record's database; empty url means: a SQLite file under the data directory."""
 
     url: str = ""
+
+
+def _processing_ids(ids: tuple[str, ...]) -> tuple[str, ...]:
+    """MSH-11 processing ids as HL7 table 0103 has them: P, T or D (spaces and case aside)."""
+    cleaned = tuple(dict.fromkeys(i.strip().upper() for i in ids))
+    unknown = [i for i in cleaned if i not in ("P", "T", "D")]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: a processing id is P (production), T (training) or D (debugging)")
+    return cleaned
 
 
 class MllpSettings(BaseModel):
@@ -48,6 +57,11 @@ class MllpSettings(BaseModel):
         description="MSH-11 processing ids taken (HL7 table 0103: P production, T training, D debugging); "
         "any other is answered AR, ERR 202, and kept in the dead-letter store. A test hub sets P,T",
     )
+
+    @field_validator("processing_ids")
+    @classmethod
+    def _cleaned(cls, ids: tuple[str, ...]) -> tuple[str, ...]:
+        return _processing_ids(ids)
 
 
 class HttpSettings(BaseModel):

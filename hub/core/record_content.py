@@ -173,7 +173,8 @@ def _death_kept(before: Json, said: Json) -> None:
         for e in (extensions if isinstance(extensions, list) else [])
         if isinstance(e, dict) and e.get("url") == REMOVED_URL
     }
-    if any(k.startswith("deceased") for k in said) or removed & {"deceasedDateTime", "deceasedBoolean"}:
+    held = {k for k in before if k.startswith("deceased")}
+    if any(k.startswith("deceased") for k in said) or removed & held:  # (deleting what is not held deletes nothing)
         return
     for element in ("deceasedDateTime", "deceasedBoolean"):
         if element in before:

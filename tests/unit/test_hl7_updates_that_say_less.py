@@ -242,3 +242,17 @@ def test_a_second_hospital_silent_about_a_death_never_undoes_it_but_its_pid_30_n
     assert patient["meta"]["source"] == "urn:ods:RYY"  # (the second trust's Patient, whole)
     assert deceased(patient) == {"deceasedDateTime": "2026-12-02T10:30:00+00:00"}
     assert deceased(the_one(the_record(died, silent, alive), "Patient")) == {"deceasedBoolean": False}
+
+
+def test_another_sender_deleting_a_death_element_the_record_does_not_hold_deletes_nothing() -> None:
+    # the record holds the death by one element; another sender's "" in the other deletes nothing
+    by_flag = an_adt(trigger="A08", control_id="D1", event_time="202612021130", death_indicator="Y")
+    by_date = an_adt(trigger="A08", control_id="D2", event_time="202612021130", died="20261202103000")
+    date_deleted = an_adt(trigger="A08", control_id="D3", event_time="202612021230", sender="RYY", died='""')
+    flag_deleted = an_adt(trigger="A08", control_id="D4", event_time="202612021230", sender="RYY", death_indicator='""')
+
+    assert deceased(the_one(the_record(by_flag, date_deleted), "Patient")) == {"deceasedBoolean": True}
+    assert deceased(the_one(the_record(by_date, flag_deleted), "Patient")) == {
+        "deceasedDateTime": "2026-12-02T10:30:00+00:00"
+    }
+    assert deceased(the_one(the_record(by_flag, flag_deleted), "Patient")) == {}  # (what was held, deleted)

@@ -24,3 +24,14 @@ def test_kafka_and_database_come_from_the_documented_variables(monkeypatch: pyte
     assert settings.bootstrap_servers() == "kafka:9092"
     assert settings.database() == "postgresql+psycopg://db/carehub"
     assert settings.mllp.port == 3000
+
+
+def test_processing_ids_are_hl7s_own_codes_whatever_their_case_or_spaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    assert Settings().mllp.processing_ids == ("P",)
+    monkeypatch.setenv("CAREHUB_MLLP__PROCESSING_IDS", '["p", " T"]')
+    assert Settings().mllp.processing_ids == ("P", "T")
+    monkeypatch.setenv("CAREHUB_MLLP__PROCESSING_IDS", '["P", "TRAINING"]')
+    with pytest.raises(ValidationError, match="TRAINING: a processing id is P"):
+        Settings()
