@@ -19,7 +19,7 @@ from datetime import datetime
 from hub.core.derived_events import DerivedEvents, Outcome
 from hub.core.fhir_read import of_kind
 from hub.core.ports import Json, RecordEvent
-from hub.core.record_content import REMOVED_URL
+from hub.core.record_content import removed_elements
 from hub.core.task_status import FINAL
 from schemas.coordination_rules import CoordinationRules
 from schemas.events import coordination as co
@@ -93,10 +93,4 @@ def death_said(patient: Json) -> str | None:
 def _withdrawn(patient: Json, said: str) -> bool:
     """Whether a Patient takes back a death said by element `said`: in so many words, or by deleting
     that element (deleting the other, which the record does not hold, deletes nothing)."""
-    extensions = patient.get("extension")
-    removed = {
-        e.get("valueCode")
-        for e in (extensions if isinstance(extensions, list) else [])
-        if isinstance(e, dict) and e.get("url") == REMOVED_URL
-    }
-    return patient.get("deceasedBoolean") is False or said in removed
+    return patient.get("deceasedBoolean") is False or said in removed_elements(patient)

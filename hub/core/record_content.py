@@ -167,18 +167,22 @@ def _death_kept(before: Json, said: Json) -> None:
     trust's PAS may not know of it yet): a death is never undone by silence, only by a Patient saying
     the person is alive (deceasedBoolean false) or deleting it (HL7 v2 `""`). The record, the rules
     engine (hub.core.deaths) and the KPIs then agree whoever sent the silent message."""
-    extensions = said.get("extension")
-    removed = {
-        e.get("valueCode")
-        for e in (extensions if isinstance(extensions, list) else [])
-        if isinstance(e, dict) and e.get("url") == REMOVED_URL
-    }
-    held = {k for k in before if k.startswith("deceased")}
-    if any(k.startswith("deceased") for k in said) or removed & held:  # (deleting what is not held deletes nothing)
+    held = {k for k in before if k.startswith("deceased")}  # (deleting what is not held deletes nothing)
+    if any(k.startswith("deceased") for k in said) or removed_elements(said) & held:
         return
     for element in ("deceasedDateTime", "deceasedBoolean"):
         if element in before:
             said[element] = before[element]
+
+
+def removed_elements(resource: Json) -> set[str]:
+    """The elements a sender deleted (HL7 v2 `""`: REMOVED_URL extensions), extensions of odd shape aside."""
+    extensions = resource.get("extension")
+    return {
+        str(e.get("valueCode"))
+        for e in (extensions if isinstance(extensions, list) else [])
+        if isinstance(e, dict) and e.get("url") == REMOVED_URL
+    }
 
 
 def _drop_extension(content: Json, url: str) -> None:

@@ -16,10 +16,11 @@ import pytest
 
 from adapters.hl7v2.transport import MllpClient
 from hub.bootstrap import build, running
-from hub.settings import CoordinationSettings, HttpSettings, KafkaSettings, MllpSettings, Settings
+from hub.settings import CoordinationSettings
 from tests import locality_month as month
 from tests.builders import an_adt, an_agreement
 from tests.e2e.test_coordination import _bearer, _params, _referral, until
+from tests.e2e.test_deliveries import hub_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 UK = ZoneInfo("Europe/London")
@@ -55,13 +56,7 @@ def admitted_and_died(now: datetime) -> list[bytes]:
 async def test_a_death_from_the_hospital_cancels_the_visits_opens_no_follow_up_and_the_huddle_says_so(
     tmp_path: Path,
 ) -> None:
-    settings = Settings(
-        data_dir=tmp_path,
-        kafka=KafkaSettings(group_id=f"t{uuid.uuid4().hex[:8]}-record"),
-        mllp=MllpSettings(port=0),
-        http=HttpSettings(port=0),
-        coordination=CoordinationSettings(tick_s=0),
-    )
+    settings = hub_settings(tmp_path).model_copy(update={"coordination": CoordinationSettings(tick_s=0)})
     services = build(settings)
     now = datetime.now(UTC)
     categories = ("demographics", "encounters", "care-plans", "referrals", "tasks")

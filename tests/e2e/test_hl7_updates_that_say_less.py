@@ -4,15 +4,14 @@ PID-30 `N` withdraws a recorded death."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
 
 from adapters.hl7v2.transport import MllpClient
 from hub.bootstrap import running
-from hub.settings import HttpSettings, KafkaSettings, MllpSettings, Settings
 from tests.builders import a_valid_nhs_number, an_adt
+from tests.e2e.test_deliveries import hub_settings
 from tests.e2e.test_hl7_control_ids import msa_code
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
@@ -22,13 +21,7 @@ NHS = "https://fhir.nhs.uk/Id/nhs-number"
 async def test_updates_that_say_less_keep_status_and_class_and_pid_30_n_withdraws_a_death(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
-    settings = Settings(
-        data_dir=tmp_path,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        kafka=KafkaSettings(group_id=f"t{uuid.uuid4().hex[:8]}-record"),
-        mllp=MllpSettings(port=0),
-        http=HttpSettings(port=0),
-    )
+    settings = hub_settings(tmp_path).model_copy(update={"kafka_bootstrap_servers": kafka_bootstrap})
     dead, traced, inpatient = "9434765919", a_valid_nhs_number(), a_valid_nhs_number()
     messages = [
         an_adt(
