@@ -58,6 +58,12 @@ class MllpSettings(BaseModel):
         "any other is answered AR, ERR 202, and kept in the dead-letter store. A test hub sets P,T",
     )
 
+    enhanced_acks: bool = Field(
+        default=False,
+        description="answer a message in enhanced acknowledgment mode (MSH-15 or MSH-16 valued) with the "
+        "accept acknowledgment CA/CE/CR under MSH-15's condition (AL, NE, ER, SU) instead of AA/AE/AR",
+    )
+
     @field_validator("processing_ids")
     @classmethod
     def _cleaned(cls, ids: tuple[str, ...]) -> tuple[str, ...]:

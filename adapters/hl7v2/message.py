@@ -50,6 +50,8 @@ class Header:
     processing_id: str
     version: str
     charset: str
+    accept_ack: str = ""  # MSH-15 and MSH-16 (HL7 table 0155: AL, NE, ER, SU); either valued: enhanced mode
+    application_ack: str = ""
 
 
 def _segments(raw: bytes) -> list[bytes]:
@@ -133,6 +135,8 @@ def read_header(raw: bytes) -> Header | None:
         processing_id=msh(11),
         version=msh(12),
         charset=msh(18),
+        accept_ack=msh(15).upper(),
+        application_ack=msh(16).upper(),
     )
 
 

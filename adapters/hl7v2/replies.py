@@ -1,4 +1,5 @@
-"""HubError -> HL7 v2 ACK (original mode): AA, AE or AR with an ERR segment naming the place.
+"""HubError -> HL7 v2 ACK: AA, AE or AR with an ERR segment naming the place (original mode), or
+the accept acknowledgment CA, CE or CR (enhanced mode, where the hub's operator turns it on).
 
 The one place the hospital adapter translates errors. ERR carries both the v2.4 ERR-1 (ELD) and
 the v2.5 ERR-2/3/4/8 fields, so either generation of receiver can read where and why.
@@ -34,8 +35,11 @@ _PLACE = re.compile(r"^([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?(?:-(\d+))?(?:\[(\d+)\])?
 _CODECS = {"8859/1": "latin-1", "ASCII": "ascii"}
 
 
-def ack(header: Header | None, error: HubError | None, *, control_id: str, now: datetime) -> bytes:
-    """The ACK for a message (header None: the frame could not be read at all)."""
+def ack(
+    header: Header | None, error: HubError | None, *, control_id: str, now: datetime, enhanced: bool = False
+) -> bytes:
+    """The ACK for a message (header None: the frame could not be read at all); `enhanced`: the
+    accept acknowledgment, its code CA, CE or CR in place of AA, AE or AR."""
     sep, enc = _delimiters(header)
 
     def esc(text: str) -> str:
@@ -44,6 +48,8 @@ def ack(header: Header | None, error: HubError | None, *, control_id: str, now: 
         return text.replace("\r", " ").replace("\n", " ")
 
     code = _ack_code(header, error)
+    if enhanced:
+        code = "C" + code[1]
     h = header
     msh = [
         "MSH",

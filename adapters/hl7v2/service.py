@@ -66,14 +66,16 @@ class HospitalIntake:
         publish_timeout: float = 5.0,
         clock: Callable[[], datetime] = _utcnow,
         processing_ids: Collection[str] = ("P",),
+        enhanced_acks: bool = False,
     ) -> None:
         self._key_secret = key_secret
         self._clock = clock
         self._processing_ids = frozenset(p.upper() for p in processing_ids)
+        self._enhanced_acks = enhanced_acks
         self._out = Publisher(broker, timeout=publish_timeout, clock=clock, unit="the message", retry="send it again")
 
     async def receive(self, frame: bytes, origin: str) -> bytes:
-        """One MLLP frame in, one ACK out."""
+        """One MLLP frame in, one ACK out (empty: the sender asked for none, see _ack)."""
         _, reply = await self.accept(frame, origin)
         return reply
 
@@ -148,4 +150,22 @@ class HospitalIntake:
         return Outcome(control_id, code, 0, str(error), dead_lettered=True), reply
 
     def _ack(self, header: Header | None, error: HubError | None) -> bytes:
-        return ack(header, error, control_id=uuid.uuid4().hex[:20], now=self._clock())
+        """The ACK; with mllp.enhanced_acks, a message in enhanced mode (MSH-15 or MSH-16 valued) gets
+        the accept acknowledgment (CA, CE, CR) under MSH-15's condition, or nothing (b"")."""
+        enhanced = self._enhanced_acks and header is not None and bool(header.accept_ack or header.application_ack)
+        if enhanced and header is not None and not _wanted(header.accept_ack, accepted=error is None):
+            log.debug("message %s: MSH-15 %s asks for no accept acknowledgment", header.control_id, header.accept_ack)
+            return b""
+        return ack(header, error, control_id=uuid.uuid4().hex[:20], now=self._clock(), enhanced=enhanced)
+
+
+def _wanted(condition: str, *, accepted: bool) -> bool:
+    """Whether MSH-15 (HL7 table 0155) asks for this accept acknowledgment: AL always, NE never, ER on
+    error or reject only, SU on success only; empty, or a value outside the table, is answered."""
+    if condition == "NE":
+        return False
+    if condition == "ER":
+        return not accepted
+    if condition == "SU":
+        return accepted
+    return True

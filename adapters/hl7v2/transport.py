@@ -1,6 +1,7 @@
 """MLLP framing over TCP (python-hl7's asyncio server, reader and writer); the wire protocol only.
 
-One frame in, one ACK frame out, in order, per connection. Frames are read with the reader's bounded
+One frame in, one ACK frame out, in order, per connection (none where the handler returns no bytes:
+an enhanced-mode sender that asked for no accept acknowledgment). Frames are read with the reader's bounded
 `readuntil`, the call python-hl7's `readblock` makes, because `readblock` throws away what it read of
 a frame it refuses: here `refuse` gets a refused frame's first bytes, to dead-letter them and answer
 the sender's control ID.
@@ -174,15 +175,20 @@ async def _converse(
 ) -> None:
     while (frame := await _read_frame(reader, framing)) is not None:
         if isinstance(frame, bytes):
-            writer.writeblock(await receive(frame, framing.origin))
-            await writer.drain()
+            await _answer(writer, await receive(frame, framing.origin))
             continue
         log.warning("frame from %s refused: %s", framing.origin, frame.reason)
-        writer.writeblock(await refuse(frame))
-        await writer.drain()
+        await _answer(writer, await refuse(frame))
         if not (frame.oversize and frame.ended):
             await _linger(reader, writer)
             return
+
+
+async def _answer(writer: HL7StreamWriter, reply: bytes) -> None:
+    """Write an ACK, unless there is none (an enhanced-mode sender's MSH-15 asked for none)."""
+    if reply:
+        writer.writeblock(reply)
+        await writer.drain()
 
 
 async def _read_frame(reader: HL7StreamReader, framing: _Framing) -> bytes | RefusedFrame | None:
