@@ -293,6 +293,19 @@ class CoordinationStore(CoordinationReader, Protocol):
         decline that did; or the coordinator's caseload at `cap`."""
         ...
 
+    def sent(self, referral_id: str) -> bool:
+        """Whether Kafka acknowledged the events of the decision (accept or decline) that claimed it."""
+        ...
+
+    def mark_sent(self, referral_id: str, at: datetime) -> None:
+        """Record that Kafka acknowledged the events of the decision that claimed the referral."""
+        ...
+
+    def unsent_acceptances(self, coordinator: str) -> list[Json]:
+        """The episodes of the coordinator's accepts not known sent that the rules engine has not
+        applied (nor known closed): counted against the cap from their claims alone."""
+        ...
+
     def claim_decline(self, referral_id: str, person_key: str, decline: Decline, at: datetime) -> Json | Decline | None:
         """None if this call claimed the referral for `decline`; else the episode of the accept, or
         the decline, that did."""

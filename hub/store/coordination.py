@@ -251,6 +251,25 @@ class SqlCoordinationStore:
             known[str(episode["id"])] = not closed and is_open(episode)
         return known
 
+    def sent(self, referral_id: str) -> bool:
+        """Whether Kafka acknowledged the events of the decision that claimed this referral."""
+        query = sa.select(A.c.published_at).where(A.c.referral_id == referral_id)
+        with store_errors(), self.engine.connect() as conn:
+            return conn.scalar(query) is not None
+
+    def mark_sent(self, referral_id: str, at: datetime) -> None:
+        """Record that Kafka acknowledged (at `at`) the events of the decision that claimed the referral."""
+        query = sa.update(A).where(A.c.referral_id == referral_id, A.c.published_at.is_(None))
+        with store_errors(), self.engine.connect().execution_options(immediate=True) as conn, conn.begin():
+            conn.execute(query.values(published_at=at))
+
+    def unsent_acceptances(self, coordinator: str) -> list[Json]:
+        """The episodes of this coordinator's accepts not known sent that the rules engine neither has
+        on their caseload nor knows closed: counted against the cap (_caseload) from their claims
+        alone, among them any whose events Kafka never took, for the API to publish."""
+        with store_errors(), self.engine.connect() as conn:
+            return [e for _, e in _waiting(conn, coordinator, _on_caseload(conn, coordinator), unsent=True)]
+
     def claim_decline(self, referral_id: str, person_key: str, decline: Decline, at: datetime) -> Json | Decline | None:
         """Claim the referral for one decline, atomically across workers and processes (its primary
         key, shared with the accepts' claims). None: this call claimed it; otherwise what did: the
@@ -338,16 +357,30 @@ def _caseload(conn: sa.Connection, coordinator: str, is_open: Callable[[Json], b
     closed (in the engine's state of the person, or not `is_open` on the record): the record and the
     engine lag the claims by as long as the consumers take. (An episode whose $close is claimed but
     not yet applied still counts: its close may yet be one Kafka did not take.)"""
-    people = set(map(str, conn.scalars(sa.select(S.c.person_key).where(S.c.coordinator == coordinator))))
+    people = _on_caseload(conn, coordinator)
+    people.update(person for person, episode in _waiting(conn, coordinator, people) if is_open(episode))
+    return len(people)
+
+
+def _on_caseload(conn: sa.Connection, coordinator: str) -> set[str]:
+    """The people the rules engine has on the coordinator's caseload."""
+    return set(map(str, conn.scalars(sa.select(S.c.person_key).where(S.c.coordinator == coordinator))))
+
+
+def _waiting(
+    conn: sa.Connection, coordinator: str, people: Collection[str], *, unsent: bool = False
+) -> list[tuple[str, Json]]:
+    """(person, episode) of the coordinator's accepts (`unsent`: only those not known sent) whose person
+    is not among `people` (the engine's caseload) and whose episode the engine's state of the person
+    does not list as closed."""
     claims = sa.select(A.c.person_key, A.c.episode).where(
         A.c.coordinator == coordinator, A.c.outcome == ACCEPTED, A.c.person_key.is_not(None)
     )
+    if unsent:
+        claims = claims.where(A.c.published_at.is_(None))
     waiting = [(str(p), dict(e)) for p, e in conn.execute(claims) if str(p) not in people]
     states = _states(conn, [p for p, _ in waiting])
-    for person, episode in waiting:
-        if str(episode["id"]) not in ((states.get(person) or {}).get("closed") or ()) and is_open(episode):
-            people.add(person)
-    return len(people)
+    return [(p, e) for p, e in waiting if str(e["id"]) not in ((states.get(p) or {}).get("closed") or ())]
 
 
 def _states(conn: sa.Connection, person_keys: Collection[str]) -> dict[str, Json]:

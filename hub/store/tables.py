@@ -157,6 +157,9 @@ referral_acceptance = sa.Table(
     sa.Column("outcome", sa.String(16), nullable=False, server_default="accepted"),
     sa.Column("declined", JsonColumn, nullable=True),
     sa.Column("declined_at", UtcDateTime, nullable=True),
+    # when Kafka acknowledged the decision's events (since 0011); null: not known sent (a 503, or a claim
+    # made before), so the next command that meets the claim publishes it where the record lacks it
+    sa.Column("published_at", UtcDateTime, nullable=True),
     sa.CheckConstraint(
         "(outcome = 'accepted' AND coordinator IS NOT NULL AND episode IS NOT NULL) OR "
         "(outcome = 'declined' AND declined IS NOT NULL AND declined_at IS NOT NULL)",

@@ -11,14 +11,19 @@ what it says is checked too (a referral decided before claims were kept) but nev
 accept's claim names the person too, so an accept of another referral for them is refused while the
 episode claimed is open, and counts the coordinator's caseload (the rules engine's, and the episodes
 claimed that it does not have yet), so none goes past the cap. A command Kafka did not take keeps its
-claim: it is answered 503 saying what is held, and the same command again publishes it. Its ids are
-the referral's (accept_ids; one decline event id), so no consumer ever applies one referral's decision
-twice, however often it arrives.
+claim: it is answered 503 saying what is held, and the next command that meets the claim publishes it
+(completes it; a claim is never released): the same command again, another coordinator's accept or a
+decline of the referral (then refused 409, naming it), an accept of another referral for the person,
+and an accept refused at the cap (its coordinator's accepts the record lacks). Its ids are the
+referral's (accept_ids; one decline event id), so no consumer ever applies one referral's decision
+twice, however often it arrives, and an event Kafka took after all, arriving late, is the same event:
+the record and the hub's answers agree whichever copy comes first.
 
 No `from __future__ import annotations` here: FastAPI reads these annotations at runtime.
 """
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from functools import partial
 from typing import Annotated
@@ -42,7 +47,7 @@ from hub.api.routes.coordination_input import (
 from hub.api.routes.fhir import bearer_caller, read_body
 from hub.api.shapes import parameters_in
 from hub.core.deaths import death_said
-from hub.core.errors import BrokerUnavailableError, RuleRefusedError, UnfinishedError
+from hub.core.errors import BrokerUnavailableError, InfrastructureError, RuleRefusedError, UnfinishedError
 from hub.core.fhir_read import care_manager
 from hub.core.identity import stable_id
 from hub.core.ports import CaseloadFull, Decline, Json, RecordReader
@@ -70,7 +75,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         now = datetime.now(UTC)
         at = at_param(params, now)
         referral = referral_to_service(api_, id)
-        refuse_accepting_declined(referral, api_.coordination.declined(id))
+        await refuse_accepting_declined(api_, who, referral, api_.coordination.declined(id))
         person = person_of(referral)
         held = claimed(api_, id, person)
         if held is not None:
@@ -87,11 +92,13 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
             await publish_acceptance(api_, who, referral, episode)
             return FhirResponse(episode, status_code=201, headers={"Location": f"/fhir/EpisodeOfCare/{episode['id']}"})
         if isinstance(found, Decline):  # a decline of it reached the database first
+            await complete_decline(api_, who, referral, found)
             raise declined_refusal(referral, found)
         if isinstance(found, CaseloadFull):
+            await complete_caseload(api_, who, coordinator)
             raise over_cap(found, rules.caseload_cap)
         # another accept of it claimed it first, or one of another referral for the person
-        refuse_held_person(id, found)
+        await refuse_held_person(api_, who, id, found)
         return await accepted_already(api_, who, referral, found, coordinator)
 
     @api.post(
@@ -110,7 +117,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
             return await declined_already(api_, who, referral, stands)
         if outcome_of(referral) == "declined":  # (declined before declines were claimed)
             return FhirResponse(referral)
-        refuse_declining_accepted(api_, referral, claimed(api_, id, person_of(referral)))
+        await refuse_declining_accepted(api_, who, referral, claimed(api_, id, person_of(referral)))
         at = not_before(params, at, referral.get("authoredOn"), "the referral was made", referral)
         declined = with_outcome(referral, "declined", "revoked")
         reason = param(params, "reason")
@@ -120,7 +127,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         found = await asyncio.to_thread(claim, id, person_of(referral), Decline(declined, at), now)
         if isinstance(found, Decline):  # another decline of it reached the database first
             return await declined_already(api_, who, referral, found)
-        refuse_declining_accepted(api_, referral, found)  # an accept did
+        await refuse_declining_accepted(api_, who, referral, found)  # an accept did
         await publish_decline(api_, who, referral, Decline(declined, at))
         return FhirResponse(declined)
 
@@ -148,10 +155,23 @@ def outcome_of(referral: Json) -> str | None:
     )
 
 
-def refuse_accepting_declined(referral: Json, decline: Decline | None) -> None:
-    """Refuse (409) an accept of a referral declined (claimed by a decline, or so on the record)."""
+async def refuse_accepting_declined(
+    api_: CoordinationApi, who: Principal, referral: Json, decline: Decline | None
+) -> None:
+    """Refuse (409) an accept of a referral declined (claimed by a decline, or so on the record); a
+    decline claimed that the record does not have yet is published first (perhaps Kafka never took it,
+    answered 503), so that the record comes to say what the refusal says."""
+    if decline is not None:
+        await complete_decline(api_, who, referral, decline)
     if decline is not None or outcome_of(referral) == "declined":
         raise declined_refusal(referral, decline)
+
+
+async def complete_decline(api_: CoordinationApi, who: Principal, referral: Json, decline: Decline) -> None:
+    """Publish the decline that claimed the referral if the record does not have it yet (perhaps Kafka
+    never took it, answered 503): under its one event id, it is applied once."""
+    if outcome_of(referral) != "declined" and not api_.coordination.sent(str(referral["id"])):
+        await publish_decline(api_, who, referral, decline)
 
 
 def declined_refusal(referral: Json, decline: Decline | None) -> RuleRefusedError:
@@ -165,18 +185,19 @@ def declined_refusal(referral: Json, decline: Decline | None) -> RuleRefusedErro
     )
 
 
-def refuse_declining_accepted(api_: CoordinationApi, referral: Json, held: Json | None) -> None:
+async def refuse_declining_accepted(api_: CoordinationApi, who: Principal, referral: Json, held: Json | None) -> None:
     """Refuse (409) a decline of a referral already accepted (`held`: the episode its accept claimed, or
     opened on the record): the KPIs would count it declined while its person is on a caseload; leaving
-    the service is a $close."""
+    the service is a $close. An accept claimed that the record does not have yet is published first."""
     if held is None:
         return
     rid = str(referral["id"])
     coordinator, episode = care_manager(held) or "(none named)", api_.reader.read("EpisodeOfCare", str(held["id"]))
     said = f"ServiceRequest/{rid} was accepted, onto coordinator {coordinator}'s caseload (EpisodeOfCare/{held['id']})"
     if episode is None:  # claimed, but not on the record yet (or Kafka did not take the accept: 503)
-        then = f"if that $accept (coordinator {coordinator}) was answered 503, send it again to complete it; to end "
-        then += "the person's time with the service, close the episode ($close)"
+        await complete_acceptance(api_, who, held, referral)
+        then = "it is not on the record yet, and will be shortly (an accept Kafka did not take, answered 503, is "
+        then += "sent now); to end the person's time with the service, close the episode ($close)"
     elif not is_open(episode.get("status")):
         then = "and that episode is closed already: the referral stands as accepted"
     else:
@@ -197,14 +218,38 @@ def refuse_deceased(patient: Json | None) -> None:
         )
 
 
-def refuse_held_person(referral_id: str, held: Json) -> None:
-    """Refuse (409) an accept whose claim found the person held by another referral's open episode."""
+async def refuse_held_person(api_: CoordinationApi, who: Principal, referral_id: str, held: Json) -> None:
+    """Refuse (409) an accept whose claim found the person held by another referral's open episode
+    (published first if the record does not have it yet, as every accept the record lacks is)."""
     if opened_for([held], referral_id) is None:  # (the episode of another referral, still open)
+        await complete_acceptance(api_, who, held)
         raise RuleRefusedError(
             f"this person is already on a caseload: EpisodeOfCare/{held['id']}, coordinator "
             f"{care_manager(held) or '(none named)'}; close it before accepting another referral for them",
             ("ServiceRequest",),
         )
+
+
+async def complete_acceptance(api_: CoordinationApi, who: Principal, held: Json, referral: Json | None = None) -> None:
+    """Publish the accept whose claim opened `held` (of `referral`; None: the one it names) if Kafka is
+    not known to have taken it and the record does not have the episode: its ids are its referral's,
+    so however often it is sent it is applied once."""
+    named = [str(r.get("reference", "")) for r in held.get("referralRequest") or [] if isinstance(r, dict)]
+    rid = str(referral["id"]) if referral is not None else named[0].removeprefix("ServiceRequest/") if named else ""
+    if not rid or api_.coordination.sent(rid) or api_.reader.read("EpisodeOfCare", str(held["id"])) is not None:
+        return
+    referral = referral or api_.reader.read("ServiceRequest", rid)
+    if referral is not None:
+        await publish_acceptance(api_, who, referral, held)
+
+
+async def complete_caseload(api_: CoordinationApi, who: Principal, coordinator: str) -> None:
+    """Publish the coordinator's accepts that the cap counted from their claims and the record does
+    not have, so that the caseload the refusal names comes to be the one the record and the caseloads
+    show. (Kafka down: the refusal is true all the same, and the next one at the cap tries again.)"""
+    with contextlib.suppress(BrokerUnavailableError):
+        for episode in api_.coordination.unsent_acceptances(coordinator):
+            await complete_acceptance(api_, who, episode)
 
 
 def refuse_allocation(api_: CoordinationApi, person: str) -> None:
@@ -227,17 +272,19 @@ async def accepted_already(
     api_: CoordinationApi, who: Principal, referral: Json, held: Json, coordinator: str
 ) -> FhirResponse:
     """A referral accepted already: the same accept again (for the same coordinator) is answered
-    200 with the episode it opened; one for anyone else is refused 409, naming who has it."""
+    200 with the episode it opened; one for anyone else is refused 409, naming who has it. Either
+    publishes the accept first if Kafka is not known to have taken it and the record does not have its
+    episode: a referral is never left claimed and unsent because its coordinator did not send it again."""
     current = api_.reader.read("EpisodeOfCare", str(held["id"]))
     holder = care_manager(current or held) or "(none named)"
+    if current is None and not api_.coordination.sent(str(referral["id"])):  # perhaps Kafka never took it
+        await publish_acceptance(api_, who, referral, held)  # (the same ids: applied once, however often sent)
     if holder != coordinator:
         raise RuleRefusedError(
             f"ServiceRequest/{referral['id']} was accepted already, onto the caseload of coordinator {holder} "
             f"(EpisodeOfCare/{held['id']}): a referral is accepted once, by the first accept to reach the hub",
             ("ServiceRequest",),
         )
-    if current is None:  # claimed but not on the record yet: perhaps Kafka never took its events
-        await publish_acceptance(api_, who, referral, held)  # (the same ids: applied once, however often sent)
     return FhirResponse(current or held, headers={"Location": f"/fhir/EpisodeOfCare/{held['id']}"})
 
 
@@ -252,6 +299,7 @@ async def publish_acceptance(api_: CoordinationApi, who: Principal, referral: Js
         await emit(api_, co.EPISODE_OPENED.type, who, person, at, episode, event_id=opened_id)
     except BrokerUnavailableError as lost:
         raise held_unpublished(referral, episode) from lost
+    await mark_sent(api_, str(referral["id"]))
 
 
 def held_unpublished(referral: Json, episode: Json) -> UnfinishedError:
@@ -261,17 +309,18 @@ def held_unpublished(referral: Json, episode: Json) -> UnfinishedError:
         f"ServiceRequest/{referral['id']} is held for coordinator {coordinator} (EpisodeOfCare/{episode['id']}), "
         "but Kafka did not acknowledge all of the accept, so the episode may not be on the record, the "
         f"caseloads or the KPIs yet. Send the same $accept (coordinator {coordinator}) again to complete it; "
-        "it opens nothing twice. Until then an accept for another coordinator is refused 409."
+        "it opens nothing twice. The hold is not released: any later $accept or $decline of the referral "
+        "sends this accept again, and is refused 409 unless it is the same accept."
     )
 
 
 async def declined_already(api_: CoordinationApi, who: Principal, referral: Json, decline: Decline) -> FhirResponse:
     """A referral declined already: answered 200 with the decline that stands (its date and reason),
-    as the record has it, or publishing it again where the record does not have it yet (Kafka may
-    never have taken it)."""
+    as the record has it, or publishing it again where the record does not have it yet and Kafka is
+    not known to have taken it."""
     if outcome_of(referral) == "declined":
         return FhirResponse(referral)
-    await publish_decline(api_, who, referral, decline)
+    await complete_decline(api_, who, referral, decline)
     return FhirResponse(decline.referral)
 
 
@@ -288,5 +337,15 @@ async def publish_decline(api_: CoordinationApi, who: Principal, referral: Json,
         raise UnfinishedError(
             f"ServiceRequest/{referral['id']} is declined (held in the database), but Kafka did not acknowledge "
             "the decline, so the record, the rules engine and the KPIs may not have it yet. Send the same $decline "
-            "again to complete it; it is applied once. Until then an $accept of the referral is refused 409."
+            "again to complete it; it is applied once. The hold is not released: any later $accept of the referral "
+            "sends this decline again and is refused 409."
         ) from lost
+    await mark_sent(api_, str(referral["id"]))
+
+
+async def mark_sent(api_: CoordinationApi, referral_id: str) -> None:
+    """Record that Kafka took the decision's events, so that no later command sends them again while
+    the record catches up. (In a thread: on SQLite it waits for the write lock. A database that does not
+    answer is no failure of the command: the claim is then sent again by the next one to meet it.)"""
+    with contextlib.suppress(InfrastructureError):
+        await asyncio.to_thread(api_.coordination.mark_sent, referral_id, datetime.now(UTC))

@@ -81,6 +81,6 @@ async def publish_closure(api_: CoordinationApi, who: Principal, person: str, cl
         raise UnfinishedError(
             f"EpisodeOfCare/{episode['id']} is closed (held in the database, at {at.isoformat()}), but Kafka did "
             "not acknowledge the close, so the record, the rules engine and the PIC summary to the GP may not have "
-            "it yet. Send the same $close again (the same parameters) to complete it; it is applied once. Until "
-            "then any other $close of the episode is refused 409."
+            "it yet. Send the same $close again (the same parameters) to complete it; it is applied once. The close "
+            "is not released: any other $close of the episode sends this one again and is refused 409."
         ) from lost
