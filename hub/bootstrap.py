@@ -342,7 +342,7 @@ async def running(
             key_secret=services.secrets.key,
             publish_timeout=settings.kafka.publish_timeout_s,
             processing_ids=settings.mllp.processing_ids,
-            enhanced_acks=settings.mllp.enhanced_acks,
+            enhanced_ack_senders=settings.mllp.enhanced_ack_senders,
         )
         stack = contextlib.AsyncExitStack()
         try:

@@ -58,11 +58,17 @@ class MllpSettings(BaseModel):
         "any other is answered AR, ERR 202, and kept in the dead-letter store. A test hub sets P,T",
     )
 
-    enhanced_acks: bool = Field(
-        default=False,
-        description="answer a message in enhanced acknowledgment mode (MSH-15 or MSH-16 valued) with the "
-        "accept acknowledgment CA/CE/CR under MSH-15's condition (AL, NE, ER, SU) instead of AA/AE/AR",
+    enhanced_ack_senders: tuple[str, ...] = Field(
+        default=(),
+        description="sending facilities (MSH-4) whose messages in enhanced acknowledgment mode (MSH-15 or "
+        "MSH-16 valued) are answered as HL7 v2 says: the accept acknowledgment CA/CR where MSH-15 asks "
+        "for it, then AA/AE/AR where MSH-16 does; any other sender is answered AA/AE/AR whatever they say",
     )
+
+    @field_validator("enhanced_ack_senders")
+    @classmethod
+    def _senders(cls, senders: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s.strip().upper() for s in senders if s.strip()))
 
     @field_validator("processing_ids")
     @classmethod

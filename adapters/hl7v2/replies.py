@@ -36,10 +36,10 @@ _CODECS = {"8859/1": "latin-1", "ASCII": "ascii"}
 
 
 def ack(
-    header: Header | None, error: HubError | None, *, control_id: str, now: datetime, enhanced: bool = False
+    header: Header | None, error: HubError | None, *, control_id: str, now: datetime, code: str | None = None
 ) -> bytes:
-    """The ACK for a message (header None: the frame could not be read at all); `enhanced`: the
-    accept acknowledgment, its code CA, CE or CR in place of AA, AE or AR."""
+    """The ACK for a message (header None: the frame could not be read at all), with its original-mode
+    code (AA, AE, AR) unless `code` gives another (an enhanced-mode accept acknowledgment: CA, CE, CR)."""
     sep, enc = _delimiters(header)
 
     def esc(text: str) -> str:
@@ -47,9 +47,7 @@ def ack(
             text = text.replace(char, f"{enc[2]}{code}{enc[2]}")
         return text.replace("\r", " ").replace("\n", " ")
 
-    code = _ack_code(header, error)
-    if enhanced:
-        code = "C" + code[1]
+    code = code or _ack_code(header, error)
     h = header
     msh = [
         "MSH",

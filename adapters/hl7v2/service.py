@@ -50,6 +50,7 @@ class Outcome:
     reason: str | None = None
     dead_lettered: bool = False
     event_ids: tuple[str, ...] = ()
+    error: HubError | None = None  # what the ACK says went wrong (None: accepted)
 
 
 PROCESSING_IDS = {"P": "production", "T": "training", "D": "debugging"}  # HL7 table 0103
@@ -66,54 +67,57 @@ class HospitalIntake:
         publish_timeout: float = 5.0,
         clock: Callable[[], datetime] = _utcnow,
         processing_ids: Collection[str] = ("P",),
-        enhanced_acks: bool = False,
+        enhanced_ack_senders: Collection[str] = (),
     ) -> None:
         self._key_secret = key_secret
         self._clock = clock
         self._processing_ids = frozenset(p.upper() for p in processing_ids)
-        self._enhanced_acks = enhanced_acks
+        self._enhanced_senders = frozenset(s.upper() for s in enhanced_ack_senders)
         self._out = Publisher(broker, timeout=publish_timeout, clock=clock, unit="the message", retry="send it again")
 
-    async def receive(self, frame: bytes, origin: str) -> bytes:
-        """One MLLP frame in, one ACK out (empty: the sender asked for none, see _ack)."""
-        _, reply = await self.accept(frame, origin)
-        return reply
+    async def receive(self, frame: bytes, origin: str) -> list[bytes]:
+        """One MLLP frame in; its ACK out (in enhanced mode, none, one or two: see _answers)."""
+        return self._answers(*await self._take(frame, origin))
 
-    async def refuse(self, frame: RefusedFrame) -> bytes:
+    async def refuse(self, frame: RefusedFrame) -> list[bytes]:
         """The ACK (AR) for a frame the transport would not take; what was read of it is dead-lettered."""
         reason = frame.reason
         if len(frame.head) < frame.size:
             reason += f"; the hub kept its first {len(frame.head):,} bytes"
         error = UnsupportedMessageError(reason, ("MSH",), code="too-long" if frame.oversize else "structure")
-        _, reply = await self._reject(frame.head, read_header(frame.head), error, frame.origin)
-        return reply
+        header = read_header(frame.head)
+        return self._answers(await self._reject(frame.head, header, error, frame.origin), header)
 
     async def ingest(self, raw: bytes, origin: str) -> list[Outcome]:
         """A file: one message, several, or an FHS/BHS batch; each message stands alone."""
         outcomes = []
         for message in split_as_sent(raw):  # (each as sent: kept whole if refused, its offsets its own)
-            outcome, _ = await self.accept(message, origin)
+            outcome, _ = await self._take(message, origin)
             outcomes.append(outcome)
         return outcomes
 
     async def accept(self, raw: bytes, origin: str) -> tuple[Outcome, bytes]:
-        """Map, publish and answer one message."""
+        """Map, publish and answer one message (the ACK in original mode)."""
+        outcome, header = await self._take(raw, origin)
+        return outcome, self._ack(header, outcome.error)
+
+    async def _take(self, raw: bytes, origin: str) -> tuple[Outcome, Header | None]:
         header = read_header(raw)
         control_id = header.control_id if header else ""
         try:
             self._refuse_processing_id(header)
             events = map_message(raw, key_secret=self._key_secret, now=self._clock())
         except InvalidMessageError as error:
-            return await self._reject(raw, header, error, origin)
+            return await self._reject(raw, header, error, origin), header
         try:
             for event in events:
                 await self._out.event(event)
         except BrokerUnavailableError as error:
             log.warning("message %s not accepted: %s", control_id, error)
-            return Outcome(control_id, "AE", 0, str(error)), self._ack(header, error)
+            return Outcome(control_id, "AE", 0, str(error), error=error), header
         log.debug("message %s accepted: %d event(s)", control_id, len(events))
         ids = tuple(e.event_id for e in events)
-        return Outcome(control_id, "AA", len(events), event_ids=ids), self._ack(header, None)
+        return Outcome(control_id, "AA", len(events), event_ids=ids), header
 
     def _refuse_processing_id(self, header: Header | None) -> None:
         """AR (ERR 202) for a message whose MSH-11 this hub does not take: by default only `P`
@@ -130,7 +134,7 @@ class HospitalIntake:
                 ("MSH-11",),
             )
 
-    async def _reject(self, raw: bytes, header: Header | None, error: HubError, origin: str) -> tuple[Outcome, bytes]:
+    async def _reject(self, raw: bytes, header: Header | None, error: HubError, origin: str) -> Outcome:
         control_id = header.control_id if header else ""
         try:
             sender = (header.sending_facility or header.sending_application) if header else ""
@@ -143,26 +147,54 @@ class HospitalIntake:
                 error=error,
             )
         except BrokerUnavailableError as down:
-            return Outcome(control_id, "AE", 0, str(down)), self._ack(header, down)
-        reply = self._ack(header, error)
+            return Outcome(control_id, "AE", 0, str(down), error=down)
         code = "AR" if isinstance(error, UnsupportedMessageError) or header is None else "AE"
         log.info("message %s rejected %s: %s", control_id, code, error.code)
-        return Outcome(control_id, code, 0, str(error), dead_lettered=True), reply
+        return Outcome(control_id, code, 0, str(error), dead_lettered=True, error=error)
 
-    def _ack(self, header: Header | None, error: HubError | None) -> bytes:
-        """The ACK; with mllp.enhanced_acks, a message in enhanced mode (MSH-15 or MSH-16 valued) gets
-        the accept acknowledgment (CA, CE, CR) under MSH-15's condition, or nothing (b"")."""
-        enhanced = self._enhanced_acks and header is not None and bool(header.accept_ack or header.application_ack)
-        if enhanced and header is not None and not _wanted(header.accept_ack, accepted=error is None):
-            log.debug("message %s: MSH-15 %s asks for no accept acknowledgment", header.control_id, header.accept_ack)
-            return b""
-        return ack(header, error, control_id=uuid.uuid4().hex[:20], now=self._clock(), enhanced=enhanced)
+    def _ack(self, header: Header | None, error: HubError | None, *, code: str | None = None) -> bytes:
+        return ack(header, error, control_id=uuid.uuid4().hex[:20], now=self._clock(), code=code)
+
+    def _answers(self, outcome: Outcome, header: Header | None) -> list[bytes]:
+        """The ACK frames for a message: in original mode its AA, AE or AR. A sender listed in
+        mllp.enhanced_ack_senders whose message is in enhanced mode (MSH-15 or MSH-16 valued) gets
+        the accept acknowledgment where MSH-15 asks for it (CA: the message is committed, to the log
+        or, refused, to the dead-letter store, its ERR segment then saying why; CR: refused as an
+        unsupported message type, version or processing id), then the application acknowledgment
+        where MSH-16 asks for it (AA, AE or AR, as in original mode; none after a CR). Nothing
+        committed (Kafka unreachable) is always answered CE, whatever MSH-15 says, so the sender
+        keeps the message and sends it again."""
+        error = outcome.error
+        if header is None or not self._enhanced(header):
+            return [self._ack(header, error)]
+        if not outcome.dead_lettered and outcome.code != "AA":
+            return [self._ack(header, error, code="CE")]
+        accept_code = "CR" if outcome.code == "AR" else "CA"
+        replies = []
+        if _wanted(header.accept_ack, accepted=accept_code == "CA"):
+            replies.append(self._ack(header, error, code=accept_code))  # (a CA of a refused message says why)
+        rejected = accept_code == "CR" and replies
+        if not rejected and _wanted(header.application_ack, accepted=outcome.code == "AA"):
+            replies.append(self._ack(header, error))
+        if not replies:
+            log.debug(
+                "message %s: MSH-15/16 %s|%s ask for no acknowledgment",
+                outcome.control_id,
+                header.accept_ack,
+                header.application_ack,
+            )
+        return replies
+
+    def _enhanced(self, header: Header) -> bool:
+        said = bool(header.accept_ack or header.application_ack)
+        return said and header.sending_facility.upper() in self._enhanced_senders
 
 
 def _wanted(condition: str, *, accepted: bool) -> bool:
-    """Whether MSH-15 (HL7 table 0155) asks for this accept acknowledgment: AL always, NE never, ER on
-    error or reject only, SU on success only; empty, or a value outside the table, is answered."""
-    if condition == "NE":
+    """Whether an MSH-15 or MSH-16 condition (HL7 table 0155) asks for this acknowledgment: AL always,
+    ER on error or reject only, SU on success only; NE, or empty (the other field valued), never. A
+    value outside the table is answered always, rather than left silent."""
+    if condition in ("NE", ""):
         return False
     if condition == "ER":
         return not accepted

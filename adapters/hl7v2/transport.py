@@ -1,7 +1,7 @@
 """MLLP framing over TCP (python-hl7's asyncio server, reader and writer); the wire protocol only.
 
-One frame in, one ACK frame out, in order, per connection (none where the handler returns no bytes:
-an enhanced-mode sender that asked for no accept acknowledgment). Frames are read with the reader's bounded
+One frame in, its ACK frame out, in order, per connection (in enhanced mode none, one or two: the
+frames the handler returns). Frames are read with the reader's bounded
 `readuntil`, the call python-hl7's `readblock` makes, because `readblock` throws away what it read of
 a frame it refuses: here `refuse` gets a refused frame's first bytes, to dead-letter them and answer
 the sender's control ID.
@@ -25,7 +25,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from hl7.mllp import HL7StreamReader, HL7StreamWriter, open_hl7_connection, start_hl7_server
@@ -54,8 +54,8 @@ class RefusedFrame:
     ended: bool
 
 
-Receive = Callable[[bytes, str], Awaitable[bytes]]
-Refuse = Callable[[RefusedFrame], Awaitable[bytes]]
+Receive = Callable[[bytes, str], Awaitable[Sequence[bytes]]]  # the ACK frames to write, in order (none: no answer)
+Refuse = Callable[[RefusedFrame], Awaitable[Sequence[bytes]]]
 
 
 async def serve(
@@ -184,10 +184,11 @@ async def _converse(
             return
 
 
-async def _answer(writer: HL7StreamWriter, reply: bytes) -> None:
-    """Write an ACK, unless there is none (an enhanced-mode sender's MSH-15 asked for none)."""
-    if reply:
+async def _answer(writer: HL7StreamWriter, replies: Sequence[bytes]) -> None:
+    """Write the ACKs, if any (in enhanced mode a sender may ask for none, or for two)."""
+    for reply in replies:
         writer.writeblock(reply)
+    if replies:
         await writer.drain()
 
 

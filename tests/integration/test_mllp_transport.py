@@ -30,15 +30,15 @@ class Echo:
     origins: list[str] = field(default_factory=list)
     refusals: list[RefusedFrame] = field(default_factory=list)
 
-    async def receive(self, frame: bytes, origin: str) -> bytes:
+    async def receive(self, frame: bytes, origin: str) -> list[bytes]:
         self.frames.append(frame)
         self.origins.append(origin)
         header = read_header(frame)
-        return b"ACK " + (header.control_id.encode() if header else b"?")
+        return [b"ACK " + (header.control_id.encode() if header else b"?")]
 
-    async def refuse(self, frame: RefusedFrame) -> bytes:
+    async def refuse(self, frame: RefusedFrame) -> list[bytes]:
         self.refusals.append(frame)
-        return b"REFUSED " + frame.reason.encode()
+        return [b"REFUSED " + frame.reason.encode()]
 
 
 @dataclass

@@ -26,7 +26,10 @@ def test_every_carehub_variable_in_deploy_is_read_by_settings(monkeypatch: pytes
         "CAREHUB_TOKEN_SECRET",
     }
     assert names
-    lists = {"CAREHUB_MLLP__PROCESSING_IDS": ('["T"]', ("T",))}  # (a list setting: JSON, of its own codes)
+    lists = {  # (list settings: JSON, of their own codes)
+        "CAREHUB_MLLP__PROCESSING_IDS": ('["T"]', ("T",)),
+        "CAREHUB_MLLP__ENHANCED_ACK_SENDERS": ('["rzz"]', ("RZZ",)),
+    }
     for name in sorted(names):
         said = lists[name][0] if name in lists else None
         monkeypatch.setenv(name, said or ("5" if name.endswith(("PORT", "FACTOR", "_S")) else "x-value"))

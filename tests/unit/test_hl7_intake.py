@@ -97,7 +97,7 @@ async def test_an_oversize_frame_is_answered_AR_to_its_control_id_and_its_first_
     head = an_adt(control_id="BIG1", family="X" * 1000)[:600]
     reason = "frame of 20,971,520 bytes exceeds the 1,048,576 byte limit"
     frame = transport.RefusedFrame(reason, head, 20_971_520, "mllp:10.0.0.9:4000", oversize=True, ended=True)
-    reply = await intake(broker).refuse(frame)
+    [reply] = await intake(broker).refuse(frame)
     assert (field(reply, "MSA", 1), field(reply, "MSA", 2)) == ("AR", "BIG1")
     assert field(reply, "ERR", 8) == f"{reason}; the hub kept its first 600 bytes"
     [(_, value, key, headers)] = broker.on(DEAD_LETTER.name)
@@ -109,7 +109,7 @@ async def test_a_frame_without_a_start_block_is_answered_AR_and_kept_whole() -> 
     broker = RecordingBroker()
     junk = b"GET / HTTP/1.1\r\nHost: hub\r\n\r\n"
     reason = "frame does not begin with the MLLP start block (0x0B)"
-    reply = await intake(broker).refuse(
+    [reply] = await intake(broker).refuse(
         transport.RefusedFrame(reason, junk, len(junk), "mllp:x", oversize=False, ended=True)
     )
     assert (field(reply, "MSA", 1), field(reply, "ERR", 8)) == ("AR", reason)
@@ -157,7 +157,7 @@ async def test_a_training_or_debugging_message_is_refused_ar_with_err_202_and_ke
     broker = RecordingBroker()
     raw = an_adt(control_id="TRN1").replace(b"|P|2.4|", f"|{processing_id}|2.4|".encode())
 
-    reply = await intake(broker).receive(raw, "mllp:10.0.0.9:5000")
+    [reply] = await intake(broker).receive(raw, "mllp:10.0.0.9:5000")
 
     assert field(reply, "MSA", 1) == "AR"
     assert field(reply, "ERR", 3) == "202^Unsupported processing id^HL70357"
@@ -173,7 +173,7 @@ async def test_a_test_hub_that_takes_training_messages_says_so_in_its_settings()
     raw = an_adt(control_id="TRN2").replace(b"|P|2.4|", b"|T|2.4|")
     test_hub = HospitalIntake(broker, key_secret=b"intake", clock=lambda: NOW, processing_ids=("P", "T"))  # type: ignore[arg-type]
 
-    reply = await test_hub.receive(raw, "mllp:10.0.0.9:5000")
+    [reply] = await test_hub.receive(raw, "mllp:10.0.0.9:5000")
 
     assert field(reply, "MSA", 1) == "AA"
     assert len(broker.on(EVENTS.name)) == 1
