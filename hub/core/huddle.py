@@ -19,7 +19,9 @@ it too): a meeting must not plan a visit to a bereaved family.
 The window is the seven Europe/London days before the meeting day: [day - 7, day), so a referral
 authored at 00:00 on the meeting day is on next week's agenda. People count as the practice's when
 their Patient's generalPractitioner names it, by ODS identifier or by reference to an Organization
-carrying that ODS code (the hospital adapter's `Organization/{stable_id("ods", code)}` among them).
+carrying that ODS code (the hospital adapter's `Organization/{stable_id("ods", code)}` among them):
+the record's newest word on their practice, a register row's or a hospital's (hub.core.record), so
+someone who moved is on their new practice's agenda, as their PIC summary goes there.
 """
 
 from __future__ import annotations

@@ -43,6 +43,12 @@ Rules, in the order they are applied to each event:
     stubs           a Patient carried by a referral or register row only introduces a person the record does
                     not know yet; it never replaces what a hospital or practice said, and anything they say
                     later replaces it, whatever its event time
+    practice        but a register row is the practice's word that the person is registered there: the
+                    newest word on the practice by event time (a register row's, or a hospital's Patient
+                    naming one, dated by its version) is the Patient's generalPractitioner, where the
+                    PIC summary is to go; a register row changes nothing else, nor the Patient's source
+                    or time, and for someone merged away it is about their survivor
+                    (hub.core.record_content.registered)
     not recorded    clock ticks write nothing and leave no processed-event row
     provenance      each event that writes anything leaves a Provenance naming the sending organisation,
                     the event, every resource version it wrote and (extension PERSON_EXTENSION) the
@@ -64,7 +70,17 @@ from hub.core.fhir_read import referrals_of
 from hub.core.identity import MAX_HOPS
 from hub.core.policy import PERSON_EXTENSION
 from hub.core.ports import Json, RecordEvent, RecordUnitOfWork, StoredResource
-from hub.core.record_content import MERGED, has_outcome, labelled, labels_of, next_content, replaced_by, same_content
+from hub.core.record_content import (
+    MERGED,
+    has_outcome,
+    labelled,
+    labels_of,
+    next_content,
+    register_said,
+    registered,
+    replaced_by,
+    same_content,
+)
 from hub.core.stays import is_open, opens_another_stay
 from hub.core.task_status import FINAL, may_move
 from schemas.events.coordination import (
@@ -73,6 +89,7 @@ from schemas.events.coordination import (
     PATIENT_STUB_EVENTS,
     REFERRAL_OUTCOME,
     REFERRAL_RECEIVED,
+    REGISTER_ROW,
     TASK_CREATED,
     TASK_OVERDUE,
     TASK_UPDATED,
@@ -179,7 +196,9 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
     current = uow.get(kind, rid)
     stub = kind == "Patient" and event.type in PATIENT_STUB_EVENTS
     if stub and current is not None:
-        return UNCHANGED
+        return _registered(uow, event, incoming, current) if event.type == REGISTER_ROW.type else UNCHANGED
+    if stub and event.type == REGISTER_ROW.type:
+        incoming = register_said(incoming, event.time)
     if kind == "Task" and current is not None and event.type == TASK_UPDATED.type and _refused_move(current, incoming):
         return UNCHANGED
     if event.type == EPISODE_OPENED.type and _opens_nothing(uow, event, incoming, current):
@@ -223,6 +242,28 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
     if latest != event.time:
         when = latest.isoformat()
     stored = _stamp(event, content, kind, rid, key, current, _STUB_TIME if stub else latest, when)
+    uow.put(stored)
+    return stored
+
+
+def _registered(uow: RecordUnitOfWork, event: RecordEvent, row: Json, current: StoredResource) -> StoredResource:
+    """A register row's practice on the Patient the record holds (the survivor's, for someone merged
+    away), when it is the newest word on it: a version of the row's (its Provenance names the
+    practice) that keeps the Patient's source, time and lastUpdated where later (the hospital's
+    demographics are not the practice's to supply)."""
+    if replaced_by(current.content):
+        found = uow.get("Patient", survivor(uow, current.id))
+        if found is None:
+            return UNCHANGED
+        current = found
+    content = registered(current, row, event.time)
+    if content is None or same_content(content, current.content):
+        return UNCHANGED
+    meta = current.content.get("meta") or {}
+    said = meta.get("lastUpdated")  # (never dated back)
+    when = said if said and datetime.fromisoformat(said) >= event.time else event.time.isoformat()
+    stored = _stamp(event, content, "Patient", current.id, current.person_key, current, current.event_time, when)
+    stored.content["meta"]["source"] = meta.get("source", event.source)
     uow.put(stored)
     return stored
 
