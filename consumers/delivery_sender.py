@@ -1,19 +1,25 @@
 """Webhook and mailbox deliveries from the outbox the delivery consumer (consumers.delivery) fills,
 each decided again before every attempt.
 
-The sender decides again before every attempt (ledger channel "webhook" or "mailbox"), signs a webhook
-body (HMAC-SHA256), retries with backoff and marks a delivery failed after the subscription's attempts,
-for `carehub deliveries redeliver`.
+The sender decides again before every attempt and records the decision in the ledger (channel
+"webhook" or "mailbox") before anything is sent, then what the attempt came to (disclosed, possibly
+disclosed, not disclosed: hub.core.ledger). It signs a webhook body (HMAC-SHA256), retries with
+backoff and marks a delivery failed after the subscription's attempts, for `carehub deliveries
+redeliver`. Each subscription's deliveries go in order, subscriptions side by side (at most
+`concurrency` at once), so one slow or dead endpoint holds up only its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
 import os
+import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +27,8 @@ import httpx
 import orjson
 
 from consumers.delivery import Deliverer, people_in
-from hub.core.delivery import ledger_entries, plan
+from hub.core.delivery import ledger_entries, plan, result_entries
+from hub.core.ledger import DISCLOSED, NOT_DISCLOSED, POSSIBLY_DISCLOSED, Disclosure
 from hub.core.ports import Json
 from hub.store.subscriptions import Delivery
 from schemas.events.coordination import PIC_SUMMARY_SENT
@@ -47,15 +54,46 @@ def _write_whole(target: Path, body: bytes) -> None:
                 os.chmod(folder, FOLDER_MODE)  # (mkdir's mode is filtered by the umask)
     partial = target.with_suffix(".partial")
     descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    with os.fdopen(descriptor, "wb") as out:
-        os.fchmod(out.fileno(), FILE_MODE)  # (a file left from a failed attempt keeps its mode otherwise)
-        out.write(body)
-    os.replace(partial, target)
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            os.fchmod(out.fileno(), FILE_MODE)  # (a file left from a failed attempt keeps its mode otherwise)
+            out.write(body)
+        os.replace(partial, target)
+    except OSError:
+        with contextlib.suppress(OSError):  # (left behind, the practice's account could read part of it)
+            os.unlink(partial)
+        raise
 
 
 def sign(secret: bytes, body: bytes) -> str:
     """The signature header value: sha256=<hex HMAC of the body>."""
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+# failures before any of the request went out (no connection made: refused, no such host, no TLS,
+# no free connection): the receiver had nothing. Any other failure came after some of it was sent.
+NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError, httpx.UnsupportedProtocol)
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What an attempt to send came to (hub.core.ledger's outcomes), and the error if it failed."""
+
+    outcome: str
+    error: str = ""
+
+
+def sent_by(response: httpx.Response | None, error: Exception | None = None) -> Sent:
+    """A POST's outcome: a 2xx disclosed it; no connection, nothing; anything else may have (a
+    timeout or an error answer after the request was sent: the receiver may have kept it)."""
+    if response is not None and response.is_success:
+        return Sent(DISCLOSED)
+    if response is not None:
+        return Sent(POSSIBLY_DISCLOSED, f"HTTP {response.status_code}: the receiver had it and may have kept it")
+    named = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    if isinstance(error, NEVER_SENT):
+        return Sent(NOT_DISCLOSED, f"{named} (no connection: nothing was sent)")
+    return Sent(POSSIBLY_DISCLOSED, f"{named} (after the request was sent: it may have been received)")
 
 
 def backoff(attempts: int) -> timedelta:
@@ -64,7 +102,8 @@ def backoff(attempts: int) -> timedelta:
 
 
 class WebhookSender:
-    """Sends due outbox deliveries, deciding each again first."""
+    """Sends due outbox deliveries, deciding each again first: each subscription's in order (by
+    outbox id), up to `concurrency` subscriptions at once."""
 
     def __init__(
         self,
@@ -73,35 +112,87 @@ class WebhookSender:
         client: httpx.AsyncClient | None = None,
         env: dict[str, str] | None = None,
         interval: float = 0.2,
+        concurrency: int = 8,
     ) -> None:
         self.deliverer = deliverer
         self.client = client or httpx.AsyncClient(timeout=10)
         self.env = env if env is not None else os.environ
         self.interval = interval
+        self.concurrency = concurrency
+        self._busy: dict[str, asyncio.Task[int]] = {}  # subscription id -> the task sending its deliveries
+        self._stopping = False
+        self._gates: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore, asyncio.Lock] | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Send until `stopping` is set; a database outage pauses, never loses, deliveries."""
+        """Send until `stopping` is set; a database outage pauses, never loses, deliveries. Each pass
+        starts the subscriptions with due deliveries that are not being sent already, and does not
+        wait for them: a slow endpoint delays only its own subscription's next pass."""
         while not stopping.is_set():
             try:
-                await self.once()
+                await self._start_due()
             except Exception:  # keep the loop alive; the outbox keeps the work
                 log.exception("webhook sender pass failed; retrying")
             try:
                 await asyncio.wait_for(stopping.wait(), self.interval)
             except TimeoutError:
                 pass
+        self._stopping = True  # (each subscription's task ends after the delivery it is sending)
+        await asyncio.gather(*self._busy.values(), return_exceptions=True)
         await self.client.aclose()
 
     async def once(self) -> int:
-        """One pass over due deliveries; how many were settled (delivered, failed or withheld)."""
+        """One pass over due deliveries, waiting for all of them; how many were settled (delivered,
+        failed or withheld)."""
+        return sum(await asyncio.gather(*await self._start_due()))
+
+    def _gated(self) -> tuple[asyncio.Semaphore, asyncio.Lock]:
+        """The bound on subscriptions sent at once, and the lock that keeps ledger appends in one
+        order (made per event loop: a test may run passes in several)."""
+        loop = asyncio.get_running_loop()
+        if self._gates is None or self._gates[0] is not loop:
+            self._gates = (loop, asyncio.Semaphore(self.concurrency), asyncio.Lock())
+        return self._gates[1], self._gates[2]
+
+    async def _start_due(self) -> list[asyncio.Task[int]]:
+        """Start a task per subscription with due deliveries and none sending now."""
         d = self.deliverer
+        busy = set(self._busy)  # (before reading: a task ending meanwhile may have settled rows read as due)
         due = await asyncio.to_thread(d.outbox.due, d.clock())
-        settled = 0
+        queues: dict[str, list[Delivery]] = {}
         for delivery in due:
-            settled += await self._attempt(delivery)
+            if delivery.subscription_id not in busy and delivery.subscription_id not in self._busy:
+                queues.setdefault(delivery.subscription_id, []).append(delivery)
+        started = []
+        for sub_id, queue in queues.items():
+            task = asyncio.create_task(self._send_in_order(queue))
+            self._busy[sub_id] = task
+            task.add_done_callback(functools.partial(self._finished, sub_id))
+            started.append(task)
+        return started
+
+    def _finished(self, sub_id: str, task: asyncio.Task[int]) -> None:
+        self._busy.pop(sub_id, None)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("sending subscription %s's deliveries failed; retrying", sub_id, exc_info=error)
+
+    async def _send_in_order(self, queue: list[Delivery]) -> int:
+        slots, _ = self._gated()
+        settled = 0
+        async with slots:
+            for delivery in queue:
+                if self._stopping:
+                    break
+                settled += await self._attempt(delivery)
         return settled
 
+    async def _record(self, entries: list[Disclosure]) -> None:
+        _, ledger = self._gated()
+        async with ledger:
+            await asyncio.to_thread(self.deliverer.ledger.append, entries)
+
     async def _attempt(self, delivery: Delivery) -> int:
+        """Decide a delivery again and send it: the decision is in the ledger before anything is
+        sent, and what came of it after."""
         d = self.deliverer
         sub = await asyncio.to_thread(d.subscriptions.get, delivery.subscription_id)
         now = d.clock()
@@ -123,61 +214,73 @@ class WebhookSender:
         )
         channel = "mailbox" if sub.webhook is None else "webhook"
         versions = await asyncio.to_thread(d.written, delivery.event_id)
-        entries = ledger_entries(sub, channel, planned.judged, now, event=delivery.event_id, versions=versions)
-        await asyncio.to_thread(d.ledger.append, entries)
+        attempt = uuid.uuid4().hex if planned.body is not None else None
+        entries = ledger_entries(
+            sub, channel, planned.judged, now, event=delivery.event_id, versions=versions, attempt=attempt
+        )
         if planned.body is None:
+            await self._record(entries)
             await asyncio.to_thread(
                 d.outbox.settle, delivery.id, status="withheld", attempts=attempts, next_attempt_at=now,
                 error="withheld: the policy no longer permits it",
             )  # fmt: skip
             return 1
+        sent = await self._send(sub, delivery, planned.body, entries)
+        return await self._settle(sub, delivery, sent, attempts, now, channel)
+
+    async def _send(self, sub: Subscription, delivery: Delivery, body: Json, entries: list[Disclosure]) -> Sent:
+        """Record the attempt, send, record its result (together, where nothing can be sent)."""
+        secret = self.env.get(sub.webhook.secret_env) if sub.webhook is not None else None
+        if sub.webhook is not None and not secret:
+            sent = Sent(NOT_DISCLOSED, f"the webhook secret variable {sub.webhook.secret_env} is not set")
+            await self._record([*entries, *result_entries(entries, sent.outcome, sent.error, self.deliverer.clock())])
+            return sent
+        await self._record(entries)  # (before anything leaves: a crash after sending leaves it recorded)
         if sub.webhook is None:
-            return await self._to_mailbox(sub, str(sub.mailbox), delivery, planned.body, attempts, now)
-        secret = self.env.get(sub.webhook.secret_env)
-        error = None
-        if not secret:
-            error = f"the webhook secret variable {sub.webhook.secret_env} is not set"
+            sent = await self._to_mailbox(str(sub.mailbox), delivery, body)
         else:
-            body = orjson.dumps(planned.body)
-            headers = {
-                "Content-Type": "application/fhir+json",
-                SIGNATURE_HEADER: sign(secret.encode(), body),
-                "X-CareHub-Event-Id": delivery.event_id,
-                "X-CareHub-Subscription": sub.id,
-            }
-            try:
-                response = await self.client.post(str(sub.webhook.url), content=body, headers=headers)
-                if response.is_success:
-                    await self._delivered(sub, delivery, attempts, now, "webhook")
-                    return 1
-                error = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
+            sent = await self._post(sub, str(sub.webhook.url), delivery, body, str(secret))
+        await self._record(result_entries(entries, sent.outcome, sent.error, self.deliverer.clock()))
+        return sent
+
+    async def _post(self, sub: Subscription, url: str, delivery: Delivery, body: Json, secret: str) -> Sent:
+        content = orjson.dumps(body)
+        headers = {
+            "Content-Type": "application/fhir+json",
+            SIGNATURE_HEADER: sign(secret.encode(), content),
+            "X-CareHub-Event-Id": delivery.event_id,
+            "X-CareHub-Subscription": sub.id,
+        }
+        try:
+            return sent_by(await self.client.post(url, content=content, headers=headers))
+        except httpx.HTTPError as exc:
+            return sent_by(None, exc)
+
+    async def _settle(
+        self, sub: Subscription, delivery: Delivery, sent: Sent, attempts: int, now: datetime, how: str
+    ) -> int:
+        if sent.outcome == DISCLOSED:
+            await self._delivered(sub, delivery, attempts, now, how)
+            return 1
         final = attempts >= sub.max_attempts
         await asyncio.to_thread(
-            d.outbox.settle, delivery.id, status="failed" if final else "pending", attempts=attempts,
-            next_attempt_at=now + backoff(attempts), error=error,
+            self.deliverer.outbox.settle, delivery.id, status="failed" if final else "pending", attempts=attempts,
+            next_attempt_at=now + backoff(attempts), error=sent.error,
         )  # fmt: skip
         if final:
-            log.warning("webhook delivery %s failed after %d attempts: %s", delivery.id, attempts, error)
+            log.warning("%s delivery %s failed after %d attempts: %s", how, delivery.id, attempts, sent.error)
         return int(final)
 
-    async def _to_mailbox(
-        self, sub: Subscription, mailbox: str, delivery: Delivery, body: Json, attempts: int, now: datetime
-    ) -> int:
+    async def _to_mailbox(self, mailbox: str, delivery: Delivery, body: Json) -> Sent:
         """Write the delivery into the practice's mailbox folder: a whole file or none (write, then rename)."""
         target = Path(mailbox) / f"{delivery.event_id}.json"
         try:
             await asyncio.to_thread(_write_whole, target, orjson.dumps(body, option=orjson.OPT_INDENT_2))
         except OSError as exc:
-            final = attempts >= sub.max_attempts
-            await asyncio.to_thread(
-                self.deliverer.outbox.settle, delivery.id, status="failed" if final else "pending",
-                attempts=attempts, next_attempt_at=now + backoff(attempts), error=f"mailbox: {exc.strerror or exc}",
-            )  # fmt: skip
-            return int(final)
-        await self._delivered(sub, delivery, attempts, now, "mailbox")
-        return 1
+            if target.with_suffix(".partial").exists():  # (its removal failed too: part of it may be read)
+                return Sent(POSSIBLY_DISCLOSED, f"mailbox: {exc.strerror or exc} (a partial file was left)")
+            return Sent(NOT_DISCLOSED, f"mailbox: {exc.strerror or exc}")
+        return Sent(DISCLOSED)
 
     async def _delivered(self, sub: Subscription, delivery: Delivery, attempts: int, now: datetime, how: str) -> None:
         """Settle a delivery; a PIC summary's delivery is the practice's receipt, published as an event

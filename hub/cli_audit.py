@@ -14,6 +14,8 @@ from rich.markup import escape
 
 from hub.cli_audit_reports import (
     UNVERIFIED,
+    came_to,
+    disclosures_csv,
     disclosures_summary,
     refuse_unknown,
     selected_rows,
@@ -79,13 +81,19 @@ def audit_verify(
 @audit_app.command("disclosures")
 def audit_disclosures(
     nhs_number: Annotated[str, typer.Option("--nhs-number", help="The person's NHS number")],
+    csv_out: Annotated[
+        Path | None,
+        typer.Option("--csv", help="Also write the decisions to this CSV file (every column in full)"),
+    ] = None,
     unverified: UNVERIFIED = False,
     data_dir: HeldDir = Path("var"),
 ) -> None:
     """Subject-access request: who was given what about this person, when, and on what basis (and
-    who was refused: a denial is recorded too, though nothing was disclosed)."""
+    who was refused: a denial is recorded too, though nothing was disclosed). A webhook or mailbox
+    delivery is an attempt: it says whether it was disclosed, possibly disclosed or not sent at all."""
     from hub.core import nhs_number as nhs
     from hub.core.identity import identities, person_key
+    from hub.core.ledger import results
     from hub.store.ledger import SqlLedger
     from hub.store.sql import SqlRecordReader
 
@@ -94,19 +102,24 @@ def audit_disclosures(
         console.print(f"[red]--nhs-number: {problem}[/red]")
         raise typer.Exit(2)
     state = open_existing(data_dir, person_keys=True)
-    trusted_ledger(state.engine, unverified=unverified)
+    trust = trusted_ledger(state.engine, unverified=unverified)
     key = person_key(state.key, nhs.normalise(nhs_number), None)
-    table = listing("#", "when", "to (org / user)", "how", "decision", "resources", "basis")
+    table = listing("#", "when", "to (org / user)", "how", "decision", "disclosed", "resources", "basis")
     entries = SqlLedger(state.engine).about(*identities(SqlRecordReader(state.engine), key))
     refuse_unknown(state.engine, key, entries, nhs_number)
-    for entry in entries:
+    came = results(entries)  # (a result entry is not a decision: it is said on its attempt's row)
+    decisions = [entry for entry in entries if entry.seq in came]
+    for entry in decisions:
         body = entry.body
         who = f"{body['recipient_org']} / {body['recipient_user']}"
         resources = "\n".join(r.split("#")[0] for r in body["resources"])
-        said = (body["channel"], body["decision"], resources, "; ".join(body["reasons"]))
+        said = (body["channel"], body["decision"], came_to(came[entry.seq]), resources, "; ".join(body["reasons"]))
         table.add_row(*cells(entry.seq, body["at"], who, *said))
     console.print(table)
-    console.print(disclosures_summary([entry.body["decision"] for entry in entries]))
+    if csv_out is not None:
+        disclosures_csv(decisions, came, csv_out, trust)
+        console.print(escape(f"wrote {counted(len(decisions), 'decision')} to {csv_out}"), soft_wrap=True)
+    console.print(disclosures_summary([(entry.body["decision"], came[entry.seq]) for entry in decisions]))
 
 
 @audit_app.command("time-travel")
@@ -142,6 +155,7 @@ def audit_time_travel(
     On content other than was disclosed today may say "cannot tell": --cannot-tell lists those rows."""
     from hub.core import nhs_number as nhs
     from hub.core.identity import identities, person_key
+    from hub.core.ledger import DISCLOSED, REFUSED, results
     from hub.core.timetravel import CANNOT_TELL, in_period, people_of, reconsider
     from hub.store.agreements import PolicySource, SqlAgreements
     from hub.store.ledger import SqlLedger
@@ -160,7 +174,8 @@ def audit_time_travel(
         refuse_unknown(state.engine, key, entries, nhs_number)
     else:
         entries = list(ledger.entries())
-    entries = in_period(entries, since, until)
+    came = results(entries)  # (before the period: an attempt's result may be recorded after it ends)
+    entries = in_period([e for e in entries if e.seq in came], since, until)
     stored = SqlAgreements(state.engine)
     policy = PolicySource(stored, reader)
     refs = {"/".join(str(r).split("#")[0].split("/")[:2]) for e in entries for r in e.body.get("resources") or []}
@@ -171,11 +186,14 @@ def audit_time_travel(
     shown = selected_rows(rows, changed=changed, cannot_tell=cannot_tell)
     for r in shown:
         today = f"[bold yellow]{escape(r.now)}[/bold yellow]" if r.changed else escape(r.now)
-        then = cells(r.seq, r.at, r.recipient, r.channel, r.resource, r.then, r.then_basis)
-        table.add_row(*then, today, escape(r.now_basis))
+        sent = came[r.seq].outcome
+        then = r.then if sent in (DISCLOSED, REFUSED) else f"{r.then} ({sent})"  # (an attempt: see disclosures)
+        table.add_row(
+            *cells(r.seq, r.at, r.recipient, r.channel, r.resource, then, r.then_basis), today, escape(r.now_basis)
+        )
     console.print(table)
     if csv_out is not None:
-        time_travel_csv(shown, csv_out, trust)
+        time_travel_csv(shown, csv_out, trust, came)
         console.print(escape(f"wrote {counted(len(shown), 'row')} to {csv_out}"), soft_wrap=True)
     differ = sum(r.changed for r in rows)
     about = counted(len(entries), "ledger entry", "ledger entries")

@@ -1,9 +1,12 @@
 """What the auditor's ledger reports share (hub.cli_audit): the ledger verified before a report reads
 it, a person the hub does not know told apart from one with nothing disclosed, the subject-access
-summary line, and time travel's rows chosen and written as CSV."""
+summary line, rows and CSV (each decision with what it came to: a webhook or mailbox permit is an
+attempt, disclosed, possibly disclosed or not), and time travel's rows chosen and written as CSV."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -63,17 +66,55 @@ def refuse_unknown(engine: Any, key: str, entries: list[Any], nhs_number: str) -
     )
 
 
-def disclosures_summary(decisions: list[str]) -> str:
-    """How many decisions disclosed something (break-glass among them) and how many refused."""
-    glass, denied = decisions.count("break-glass"), decisions.count("deny")
-    disclosed = decisions.count("permit") + glass
-    said = f"{counted(disclosed, 'disclosure')} ({glass:,} by break-glass), {counted(denied, 'denial')}"
-    other = len(decisions) - disclosed - denied
+def disclosures_summary(decided: list[tuple[str, Any]]) -> str:
+    """How many decisions disclosed something (break-glass among them), how many were attempts
+    that possibly disclosed it or sent nothing (webhook and mailbox), and how many refused.
+    `decided`: each decision with its hub.core.ledger.Result."""
+    from hub.core.ledger import DISCLOSED, NOT_DISCLOSED, POSSIBLY_DISCLOSED
+
+    came = Counter(result.outcome for _, result in decided)
+    glass = sum(d == "break-glass" and r.outcome == DISCLOSED for d, r in decided)
+    denied = sum(d == "deny" for d, _ in decided)
+    said = f"{counted(came[DISCLOSED], 'disclosure')} ({glass:,} by break-glass)"
+    if came[POSSIBLY_DISCLOSED]:
+        said += f", {came[POSSIBLY_DISCLOSED]:,} possibly disclosed (sent, but not known to have arrived)"
+    if came[NOT_DISCLOSED]:
+        said += f", {came[NOT_DISCLOSED]:,} not disclosed (permitted, but nothing was sent)"
+    said += f", {counted(denied, 'denial')}"
+    other = len(decided) - sum(came[o] for o in (DISCLOSED, POSSIBLY_DISCLOSED, NOT_DISCLOSED)) - denied
     return (
-        f"{counted(len(decisions), 'decision')} recorded about this person: {said}"
+        f"{counted(len(decided), 'decision')} recorded about this person: {said}"
         + (f", {other:,} other" if other else "")
         + (" (a denial disclosed nothing)" if denied else "")
     )
+
+
+def came_to(result: Any) -> str:
+    """What a decision came to, as a report's cell: "disclosed", or the outcome, why and where the
+    ledger says so ("not disclosed: ConnectError ... (entry 13)")."""
+    from hub.core.ledger import DISCLOSED, REFUSED
+
+    if result.outcome in (DISCLOSED, REFUSED) and not result.detail:
+        return str(result.outcome)
+    where = f" (entry {result.seq})" if result.seq is not None else ""
+    return f"{result.outcome}: {result.detail}{where}" if result.detail else f"{result.outcome}{where}"
+
+
+def disclosures_csv(entries: list[Any], came: Mapping[int, Any], path: Path, ledger: str) -> None:
+    """A subject-access answer's decisions, every column in full, each with what it came to."""
+    import csv
+
+    from hub.kpi_report import spreadsheet_text
+
+    columns = ("at", "recipient_org", "recipient_user", "channel", "decision")
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["seq", *columns, "disclosed", "resources", "reasons", "ledger"])
+        for entry in entries:
+            body, result = entry.body, came[entry.seq]
+            said = [str(body.get(c, "")) for c in columns]
+            said += [came_to(result), " ".join(body.get("resources") or []), "; ".join(body.get("reasons") or [])]
+            writer.writerow([entry.seq, *(spreadsheet_text(c) for c in said), spreadsheet_text(ledger)])
 
 
 def selected_rows(rows: list[Any], *, changed: bool, cannot_tell: bool) -> list[Any]:
@@ -85,9 +126,10 @@ def selected_rows(rows: list[Any], *, changed: bool, cannot_tell: bool) -> list[
     return [r for r in rows if (changed and r.changed) or (cannot_tell and r.now == CANNOT_TELL)]
 
 
-def time_travel_csv(rows: list[Any], path: Path, ledger: str) -> None:
+def time_travel_csv(rows: list[Any], path: Path, ledger: str, came: Mapping[int, Any] | None = None) -> None:
     """The report's rows, every column in full (the table cuts them to the terminal's width), each
-    saying whether the ledger verified (a spreadsheet travels without the console's warning)."""
+    saying what its decision came to (`came`, by seq: hub.core.ledger.results) and whether the
+    ledger verified (a spreadsheet travels without the console's warning)."""
     import csv
 
     from hub.kpi_report import spreadsheet_text
@@ -95,7 +137,9 @@ def time_travel_csv(rows: list[Any], path: Path, ledger: str) -> None:
     columns = ("seq", "at", "recipient", "channel", "resource", "then", "then_basis", "now", "now_basis")
     with path.open("w", newline="") as out:
         writer = csv.writer(out)
-        writer.writerow([*columns, "changed", "ledger"])
+        writer.writerow([*columns, "changed", "disclosed", "ledger"])
         for r in rows:
             cells_ = (spreadsheet_text(str(getattr(r, c))) for c in columns[1:])
-            writer.writerow([r.seq, *cells_, r.changed, spreadsheet_text(ledger)])
+            result = (came or {}).get(r.seq)
+            disclosed = spreadsheet_text(came_to(result)) if result is not None else ""
+            writer.writerow([r.seq, *cells_, r.changed, disclosed, spreadsheet_text(ledger)])

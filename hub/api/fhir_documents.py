@@ -126,18 +126,37 @@ _OUTCOME = {"permit": "0", "break-glass": "0", "deny": "4"}
 _ACTION = {"read": "R", "search": "E", "everything": "E", "topic": "E", "webhook": "E", "mailbox": "E", "audit": "R"}
 
 
+# a webhook or mailbox attempt's result entry (hub.core.ledger): success only where it arrived
+_SENT = {"disclosed": "0", "possibly disclosed": "4", "not disclosed": "8"}
+
+
+def _outcome(body: Json) -> tuple[str, str]:
+    """The AuditEvent's outcome and outcomeDesc: the decision, or for an attempt's result entry what
+    the attempt came to; an attempt itself says that its result is a later entry."""
+    decision, reasons = body["decision"], "; ".join(body.get("reasons") or [])
+    if body.get("outcome") is not None:
+        said = f"{body['outcome']}: {reasons}" if reasons else str(body["outcome"])
+        return _SENT.get(str(body["outcome"]), "4"), f"{said} (the result of attempt {body.get('attempt')})"
+    if body.get("attempt") and decision in ("permit", "break-glass"):
+        later = f"an attempt to send, attempt {body['attempt']}: whether it was disclosed is its result's entry"
+        return _OUTCOME[decision], f"{decision}: {reasons} ({later})"
+    return _OUTCOME.get(decision, "4"), f"{decision}: {reasons}"
+
+
 def audit_event(entry: Any) -> Json:
-    """One ledger entry as a FHIR R4 AuditEvent (seq in the id, reasons in outcomeDesc)."""
+    """One ledger entry as a FHIR R4 AuditEvent (seq in the id, reasons in outcomeDesc; a webhook
+    or mailbox delivery's attempt and its result are an AuditEvent each)."""
     body = entry.body
     decision = body["decision"]
+    outcome, described = _outcome(body)
     event: Json = {
         "resourceType": "AuditEvent",
         "id": f"ledger-{entry.seq}",
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
         "action": _ACTION.get(body["channel"], "E"),
         "recorded": body["at"],
-        "outcome": _OUTCOME.get(decision, "4"),
-        "outcomeDesc": f"{decision}: " + "; ".join(body.get("reasons") or []),
+        "outcome": outcome,
+        "outcomeDesc": described,
         "agent": [
             {
                 "who": {"identifier": {"system": ODS_SYSTEM, "value": body["recipient_org"]}},

@@ -254,9 +254,11 @@ def ledger_entries(
     *,
     event: str,
     versions: Mapping[str, str],
+    attempt: str | None = None,
 ) -> list[Disclosure]:
     """One entry per person and decision for a delivery attempt of `event`'s content; each resource
-    named by the record version the event wrote of it (`versions`, by "Type/id"), if any."""
+    named by the record version the event wrote of it (`versions`, by "Type/id"), if any. `attempt`
+    names a try to send (webhook, mailbox), whose result_entries follow once it is known."""
     groups: dict[tuple[str | None, Decision], list[str]] = {}
     for resource, decision in judged:
         if resource.get("resourceType") == "Organization":
@@ -279,6 +281,34 @@ def ledger_entries(
                 "consents": list(decision.consents),
             },
             event=event,
+            attempt=attempt,
         )
         for (person, decision), refs in groups.items()
+    ]
+
+
+def result_entries(attempted: Sequence[Disclosure], outcome: str, detail: str, at: datetime) -> list[Disclosure]:
+    """What an attempt to send came to (hub.core.ledger's DISCLOSED, POSSIBLY_DISCLOSED or
+    NOT_DISCLOSED, and why): one entry per person its permits were about, so a subject-access
+    request finds it beside the attempt. It names no resources (the attempt's entries do), so the
+    ledger's counts of resources decided are unchanged by it."""
+    seen: dict[str | None, Disclosure] = {}
+    for entry in attempted:
+        if entry.attempt is not None and entry.decision in ("permit", "break-glass"):
+            seen.setdefault(entry.person_key, entry)
+    return [
+        Disclosure(
+            at=at,
+            recipient_org=entry.recipient_org,
+            recipient_user=entry.recipient_user,
+            channel=entry.channel,
+            person_key=entry.person_key,
+            resources=(),
+            decision=entry.decision,
+            reasons=(detail,) if detail else (),
+            event=entry.event,
+            attempt=entry.attempt,
+            outcome=outcome,
+        )
+        for entry in seen.values()
     ]

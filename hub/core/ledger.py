@@ -31,9 +31,14 @@ class Disclosure:
     reasons: tuple[str, ...] = ()
     basis: dict[str, Any] = field(default_factory=dict)
     event: str | None = None  # a delivery: the event whose content it is (its resources hash that content)
+    # a webhook or mailbox delivery: each try to send is an attempt, its entries made before anything
+    # is sent; its result is a later entry naming the same attempt, with the `outcome` (no resources)
+    attempt: str | None = None
+    outcome: str | None = None  # a result entry: DISCLOSED, POSSIBLY_DISCLOSED or NOT_DISCLOSED
 
     def body(self) -> dict[str, Any]:
-        """The fields the hash covers, as plain JSON (`event` only where there is one)."""
+        """The fields the hash covers, as plain JSON (`event`, `attempt` and `outcome` only where
+        there is one, so an entry made before they existed hashes as it did)."""
         body: dict[str, Any] = {
             "at": self.at.isoformat(),
             "recipient_org": self.recipient_org,
@@ -47,6 +52,10 @@ class Disclosure:
         }
         if self.event is not None:
             body["event"] = self.event
+        if self.attempt is not None:
+            body["attempt"] = self.attempt
+        if self.outcome is not None:
+            body["outcome"] = self.outcome
         return body
 
 
@@ -149,3 +158,52 @@ def seal(previous: Sequence[str], bodies: Sequence[dict[str, Any]]) -> list[tupl
         out.append((prev, digest))
         prev = digest
     return out
+
+
+# What a decision came to. A read's, a topic's or an export's permit disclosed what it names (the
+# answer is the decision carried out); a webhook or mailbox permit is an attempt to send, and what it
+# came to is the result entry recorded after it: a 2xx (a mailbox file in place) disclosed it; a
+# timeout or an error answer after the request was sent possibly did (the receiver may have kept
+# it); a connection never made (refused, no such host) did not.
+DISCLOSED, POSSIBLY_DISCLOSED, NOT_DISCLOSED, REFUSED = "disclosed", "possibly disclosed", "not disclosed", "refused"
+ATTEMPTED = ("webhook", "mailbox")  # channels whose permits are attempts, their results recorded after
+NO_RESULT = "no result recorded: the hub stopped between sending and recording what came of it (or is sending it now)"
+BEFORE_RESULTS = "recorded before the hub kept each attempt's result: it was sent, or only tried"
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one decision entry disclosed, and why the ledger says so (`seq`: its result entry)."""
+
+    outcome: str  # DISCLOSED, POSSIBLY_DISCLOSED, NOT_DISCLOSED or REFUSED
+    detail: str = ""
+    seq: int | None = None
+
+
+def is_result(body: dict[str, Any]) -> bool:
+    """Whether an entry records the result of an attempt (not a decision of its own)."""
+    return body.get("outcome") is not None
+
+
+def results(entries: Iterable[Any]) -> dict[int, Result]:
+    """What each decision among `entries` disclosed, by seq; result entries are not decisions and are
+    left out (the first result of an attempt counts: there is one per person it was about). Give the
+    result entries with their attempts: a person's entries (`Ledger.about`) hold both."""
+    listed = list(entries)
+    came: dict[str, Result] = {}
+    for entry in listed:
+        body = entry.body
+        if is_result(body) and body.get("attempt"):
+            said = Result(str(body["outcome"]), "; ".join(body.get("reasons") or []), int(entry.seq))
+            came.setdefault(str(body["attempt"]), said)
+    return {int(e.seq): _came_to(e.body, came) for e in listed if not is_result(e.body)}
+
+
+def _came_to(body: dict[str, Any], came: dict[str, Result]) -> Result:
+    if body.get("decision") not in ("permit", "break-glass"):
+        return Result(REFUSED)
+    if body.get("channel") not in ATTEMPTED:
+        return Result(DISCLOSED)
+    if not body.get("attempt"):
+        return Result(POSSIBLY_DISCLOSED, BEFORE_RESULTS)
+    return came.get(str(body["attempt"]), Result(POSSIBLY_DISCLOSED, NO_RESULT))

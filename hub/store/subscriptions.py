@@ -94,8 +94,20 @@ class SqlOutbox:
             ]
             self._write(_insert(self.engine, O).on_conflict_do_nothing(), values)
 
-    def due(self, now: datetime, limit: int = 50) -> list[Delivery]:
-        query = sa.select(O).where(O.c.status == "pending", O.c.next_attempt_at <= now).order_by(O.c.id).limit(limit)
+    def due(self, now: datetime, limit: int = 500, per_subscription: int = 10) -> list[Delivery]:
+        """Pending deliveries due by `now`, oldest first: at most `per_subscription` of each
+        subscription's, so one with a long queue (its endpoint slow or down) never fills the read
+        and hides another's."""
+        pending = sa.and_(O.c.status == "pending", O.c.next_attempt_at <= now)
+        place = sa.func.row_number().over(partition_by=O.c.subscription_id, order_by=O.c.id)
+        ranked = sa.select(O.c.id, place.label("place")).where(pending).subquery()
+        query = (
+            sa.select(O)
+            .join(ranked, ranked.c.id == O.c.id)
+            .where(ranked.c.place <= per_subscription)
+            .order_by(O.c.id)
+            .limit(limit)
+        )
         with store_errors(), self.engine.connect() as conn:
             return [_delivery(r) for r in conn.execute(query)]
 
