@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from consumers.decoding import decode
 from hub.core.coordination import HOLDER, Positioned, process
 from hub.core.errors import InvalidMessageError
+from hub.core.merges import MERGED_INTO
 from hub.core.tasks import Engine
 from hub.replay_read import OnTheLogBy, read_in_time_order
 from hub.store.coordination import SqlCoordinationStore
@@ -62,7 +63,8 @@ async def rebuild(
         process(rules, uow, batch)
     uow.commit()
     await asyncio.to_thread(_write, engine, fold)
-    people = sum(not key.startswith(HOLDER) for key in fold.states)  # (not who holds each referral)
+    # (not who holds each referral, nor a key merged into another person: hub.core.merges)
+    people = sum(not key.startswith(HOLDER) and MERGED_INTO not in state for key, state in fold.states.items())
     return CoordinationReplay(people, len(fold.clocks), events)
 
 

@@ -19,7 +19,7 @@ from datetime import datetime
 from hub.core.derived_events import DerivedEvents, Outcome
 from hub.core.fhir_read import of_kind
 from hub.core.ports import Json, RecordEvent
-from hub.core.record_content import removed_elements
+from hub.core.record_content import removed_elements, replaced_by
 from hub.core.task_status import FINAL
 from schemas.coordination_rules import CoordinationRules
 from schemas.events import coordination as co
@@ -38,13 +38,15 @@ def learn(state: Json, event: RecordEvent, resources: list[Json]) -> bool:
     dated before the latest the engine has seen of the person, sent late (a PAS clearing a backlog
     resends old A08s, whose PID-30 N is no correction; a death message delayed past an update), is
     stale and changes nothing, whatever it says. A referral's, a register row's or the hub's own
-    letter's Patient never speaks of it (the record's stubs rule)."""
+    letter's Patient never speaks of it (the record's stubs rule). A Patient under a key merged into
+    the person (a sender still using a retired hospital number) speaks for them."""
     if event.type in PATIENT_STUB_EVENTS:
         return False
     news = False
+    known = {event.subject, *(state.get("merged") or ())}  # (and the keys merged into them: hub.core.merges)
     for patient in of_kind(resources, "Patient"):
-        if patient.get("id") != event.subject:
-            continue  # (a merge's retired identity, say)
+        if patient.get("id") not in known or replaced_by(patient):
+            continue  # (someone else, or a merge's retired record, which says nothing of a death)
         last = state.get("patient_at")
         if last is not None and event.time < datetime.fromisoformat(last):
             continue  # older than the person's latest Patient: the record skips it too

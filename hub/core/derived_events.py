@@ -21,6 +21,10 @@ OVERDUE = "overdue"
 STATUS_REASON_SYSTEM = "https://carehub.invalid/CodeSystem/task-status-reason"
 MOVED_REASON = "referral-moved"  # a task cancelled because its referral was re-sent for another person
 MOVED_TEXT = "The referral was re-sent for another person (its NHS number corrected): its tasks are theirs now"
+MERGED_REASON = "person-merged"  # a duplicate of a duty the person's other identity has (hub.core.merges)
+MERGED_TEXT = (
+    "The person's records were merged (A40) and the other identity has a task for the same duty: that one stands"
+)
 DIED_REASON = "person-died"  # a task to contact or visit the person, cancelled because they died (hub.core.deaths)
 
 
@@ -89,6 +93,8 @@ class DerivedEvents:
             resource["output"] = [practice_output(task["practice"])]
         if task.get("moved"):
             resource["statusReason"] = _reason(MOVED_REASON, "Referral moved to another person", MOVED_TEXT)
+        elif task.get("merged_duplicate"):
+            resource["statusReason"] = _reason(MERGED_REASON, "Records merged: a duplicate task", MERGED_TEXT)
         elif task.get("died"):
             when = "" if task["died"] is True else f" ({task['died']})"
             text = f"The person died{when}: no one is to contact or visit them for this task"

@@ -39,6 +39,9 @@ Order of work for each event (Engine.handle; the steps live here unless another 
                 date moves the clock of its task still open and not overdue, due from that date)
 Before a referral re-sent for another person is handled, the caller has Engine.move cancel the open
 tasks the first person has for it and take its outcomes to the new one (hub.core.referral_moves).
+Before an A40 is handled, the caller has Engine.merge fold the retired identity's state into the
+survivor's (hub.core.merges), and it hands every later event and clock of the retired key to the
+survivor's state (hub.core.coordination).
 
 A clock that runs out (Engine.fire) marks its task overdue, hands it to the team lead and emits one
 task.overdue; a long-stay clock emits one caseload.long-stay flag (hub.core.caseload). What derived
@@ -68,8 +71,11 @@ from hub.core.fhir_read import (
     register_measures,
 )
 from hub.core.identity import stable_id
+from hub.core.merges import Rules as MergeRules
+from hub.core.merges import fold
 from hub.core.pic_summary import LETTER_DUE, practice_found
 from hub.core.ports import Json, RecordEvent
+from hub.core.record_content import replaced_by
 from hub.core.referral_moves import move, outcome_said, remember_outcomes, says_moved
 from hub.core.task_status import FINAL, may_move
 from schemas.coordination_rules import CoordinationRules, Fulfilment, TaskRule
@@ -112,6 +118,7 @@ class Engine:
         letters = (r for r in rules.tasks if r.trigger == closed and any(f.event == receipt for f in r.done_by))
         self.caseload = Caseload(rules, self.events, min((r.due for r in letters), default=LETTER_DUE))
         self._contacts = contact_rules(rules, short_name(co.CONTACT_RECORDED.type))  # (hub.core.deaths)
+        self._merges = MergeRules(self.events, self._contacts, rules.long_stay)
 
     def handle(self, state: Json, event: RecordEvent) -> Outcome:
         """Apply one event to one person's state."""
@@ -167,6 +174,8 @@ class Engine:
             f"Organization/{o.get('id')}": ods(o.get("identifier")) for o in of_kind(resources, "Organization")
         }
         for patient in of_kind(resources, "Patient"):
+            if replaced_by(patient):
+                continue  # a merge's retired record: the survivor's Patient beside it speaks for the person
             for gp in (patient.get("generalPractitioner") or []) if says_practice else []:
                 code = ods([gp.get("identifier") or {}]) or practices.get(str(gp.get("reference")))
                 if code:
@@ -310,6 +319,11 @@ class Engine:
                 state["practice"], state["practice_from"] = found, "coordinator"
                 task["practice"] = found
         return out
+
+    def merge(self, state: Json, theirs: Json, retired: str, event: RecordEvent) -> Outcome:
+        """The person `retired` (whose state is `theirs`) merged into this one at `event` (an A40, its
+        subject this person): hub.core.merges.fold."""
+        return fold(self._merges, state, theirs, retired, event)
 
     def move(self, state: Json, event: RecordEvent, focus: str, held_by: str, theirs: Json) -> Outcome:
         """The referral `focus`, held until now by `held_by` (whose state is `theirs`), re-sent for this
