@@ -22,7 +22,7 @@ the coordinator check, publishing) in coordination_commands. A $close claims its
 database before it publishes (the record lags the log, so its status alone let two closes through):
 the first to reach the database stands, the same close again is answered with it until the record
 has it, and a close Kafka did not take keeps its claim (503: send the same close again; any other close
-of the episode sends it, and is refused 409).
+of the episode sends it, and is refused 409, as does an accept refused because the episode holds its person).
 
 No `from __future__ import annotations` here: FastAPI reads these annotations at runtime.
 """

@@ -14,7 +14,11 @@ claimed that it does not have yet), so none goes past the cap. A command Kafka d
 claim: it is answered 503 saying what is held, and the next command that meets the claim publishes it
 (completes it; a claim is never released): the same command again, another coordinator's accept or a
 decline of the referral (then refused 409, naming it), an accept of another referral for the person,
-and an accept refused at the cap (its coordinator's accepts the record lacks). Its ids are the
+and an accept refused at the cap (its coordinator's accepts the record lacks); a command refused 409
+anyway completes it best effort (Kafka still down: its own 409, not the claim's 503). A close Kafka did
+not take is completed by an accept refused because its episode holds the person (unapplied_close). An
+outcome completed later is dated no earlier than the referral the record then holds (a correction may
+have come since), or the record would skip it as older. Its ids are the
 referral's (accept_ids; one decline event id), so no consumer ever applies one referral's decision
 twice, however often it arrives, and an event Kafka took after all, arriving late, is the same event:
 the record and the hub's answers agree whichever copy comes first.
@@ -24,6 +28,7 @@ No `from __future__ import annotations` here: FastAPI reads these annotations at
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Annotated
@@ -32,11 +37,13 @@ from fastapi import APIRouter, Depends, Request
 
 from hub.api.auth import Principal, TokenVerifier
 from hub.api.outcomes import FhirResponse
+from hub.api.routes.coordination_close import unapplied_close
 from hub.api.routes.coordination_commands import CoordinationApi, Id, coordinator_only, emit, referral_to_service
 from hub.api.routes.coordination_input import (
     accept_ids,
     at_param,
     episode_for,
+    no_earlier_than_held,
     not_before,
     opened_for,
     param,
@@ -81,7 +88,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         if held is not None:
             return await accepted_already(api_, who, referral, held, coordinator)
         at = not_before(params, at, referral.get("authoredOn"), "the referral was made", referral)
-        refuse_allocation(api_, person)
+        await refuse_allocation(api_, who, person)
         refuse_deceased(api_.reader.read("Patient", person))
         episode = episode_for(id, person, coordinator, rules.service.ods, at)
         # (in a thread: on SQLite the claim waits for the write lock, which a consumer in this process may
@@ -92,7 +99,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
             await publish_acceptance(api_, who, referral, episode)
             return FhirResponse(episode, status_code=201, headers={"Location": f"/fhir/EpisodeOfCare/{episode['id']}"})
         if isinstance(found, Decline):  # a decline of it reached the database first
-            await complete_decline(api_, who, referral, found)
+            await best_effort(complete_decline(api_, who, referral, found))
             raise declined_refusal(referral, found)
         if isinstance(found, CaseloadFull):
             await complete_caseload(api_, who, coordinator)
@@ -162,7 +169,7 @@ async def refuse_accepting_declined(
     decline claimed that the record does not have yet is published first (perhaps Kafka never took it,
     answered 503), so that the record comes to say what the refusal says."""
     if decline is not None:
-        await complete_decline(api_, who, referral, decline)
+        await best_effort(complete_decline(api_, who, referral, decline))
     if decline is not None or outcome_of(referral) == "declined":
         raise declined_refusal(referral, decline)
 
@@ -195,9 +202,8 @@ async def refuse_declining_accepted(api_: CoordinationApi, who: Principal, refer
     coordinator, episode = care_manager(held) or "(none named)", api_.reader.read("EpisodeOfCare", str(held["id"]))
     said = f"ServiceRequest/{rid} was accepted, onto coordinator {coordinator}'s caseload (EpisodeOfCare/{held['id']})"
     if episode is None:  # claimed, but not on the record yet (or Kafka did not take the accept: 503)
-        await complete_acceptance(api_, who, held, referral)
-        then = "it is not on the record yet, and will be shortly (an accept Kafka did not take, answered 503, is "
-        then += "sent now); to end the person's time with the service, close the episode ($close)"
+        then = f"it is not on the record yet: {await accept_completed(api_, who, held, referral)}; to end the "
+        then += "person's time with the service, close the episode ($close)"
     elif not is_open(episode.get("status")):
         then = "and that episode is closed already: the referral stands as accepted"
     else:
@@ -222,48 +228,81 @@ async def refuse_held_person(api_: CoordinationApi, who: Principal, referral_id:
     """Refuse (409) an accept whose claim found the person held by another referral's open episode
     (published first if the record does not have it yet, as every accept the record lacks is)."""
     if opened_for([held], referral_id) is None:  # (the episode of another referral, still open)
-        await complete_acceptance(api_, who, held)
-        raise RuleRefusedError(
-            f"this person is already on a caseload: EpisodeOfCare/{held['id']}, coordinator "
-            f"{care_manager(held) or '(none named)'}; close it before accepting another referral for them",
-            ("ServiceRequest",),
-        )
+        await best_effort(complete_acceptance(api_, who, held))
+        raise await on_caseload(api_, who, str(held["id"]), care_manager(held))
 
 
-async def complete_acceptance(api_: CoordinationApi, who: Principal, held: Json, referral: Json | None = None) -> None:
+async def complete_acceptance(api_: CoordinationApi, who: Principal, held: Json, referral: Json | None = None) -> bool:
     """Publish the accept whose claim opened `held` (of `referral`; None: the one it names) if Kafka is
     not known to have taken it and the record does not have the episode: its ids are its referral's,
-    so however often it is sent it is applied once."""
+    so however often it is sent it is applied once. True: it was sent now."""
     named = [str(r.get("reference", "")) for r in held.get("referralRequest") or [] if isinstance(r, dict)]
     rid = str(referral["id"]) if referral is not None else named[0].removeprefix("ServiceRequest/") if named else ""
     if not rid or api_.coordination.sent(rid) or api_.reader.read("EpisodeOfCare", str(held["id"])) is not None:
-        return
+        return False
     referral = referral or api_.reader.read("ServiceRequest", rid)
     if referral is not None:
         await publish_acceptance(api_, who, referral, held)
+    return referral is not None
+
+
+async def accept_completed(api_: CoordinationApi, who: Principal, held: Json, referral: Json | None = None) -> str:
+    """complete_acceptance for a command refused (409) anyway, best effort, and what the refusal says of it."""
+    try:
+        sent = await complete_acceptance(api_, who, held, referral)
+    except InfrastructureError:
+        return (
+            "Kafka did not acknowledge that $accept (it was answered 503) and is not answering now; the next command "
+            "that meets the referral sends it again"
+        )
+    if sent:
+        return "Kafka was not known to have taken that $accept (it may have been answered 503), so it is sent again now"
+    return "Kafka has that $accept, and the record will have it as soon as the consumers catch up"
+
+
+async def best_effort(completion: Awaitable[object]) -> None:
+    """Await a completion that a command refused (409) anyway makes on its way: Kafka or the database not
+    answering, the claim waits for the next command that meets it, and this caller is answered their
+    own refusal, not the 503 of a command they never sent."""
+    with contextlib.suppress(InfrastructureError):
+        await completion
 
 
 async def complete_caseload(api_: CoordinationApi, who: Principal, coordinator: str) -> None:
     """Publish the coordinator's accepts that the cap counted from their claims and the record does
     not have, so that the caseload the refusal names comes to be the one the record and the caseloads
-    show. (Kafka down: the refusal is true all the same, and the next one at the cap tries again.)"""
-    with contextlib.suppress(BrokerUnavailableError):
+    show. (Kafka or the database down: the refusal is true all the same, and the next one at the cap
+    tries again.)"""
+    with contextlib.suppress(InfrastructureError):
         for episode in api_.coordination.unsent_acceptances(coordinator):
             await complete_acceptance(api_, who, episode)
 
 
-def refuse_allocation(api_: CoordinationApi, person: str) -> None:
+async def refuse_allocation(api_: CoordinationApi, who: Principal, person: str) -> None:
     """Refuse (409) an accept for a person the rules engine has on a caseload (the claim asks the
-    claims, which it may not have yet, and counts the coordinator's caseload against the cap)."""
-    if (api_.coordination.state(person) or {}).get("episode"):
-        raise RuleRefusedError("this person is already on a caseload", ("ServiceRequest",))
+    claims, which it may not have yet, and counts the coordinator's caseload against the cap), naming
+    the episode; a $close of it the record does not have yet is sent again first (unapplied_close)."""
+    episode = (api_.coordination.state(person) or {}).get("episode")
+    if episode:
+        raise await on_caseload(api_, who, str(episode.get("id")), episode.get("coordinator"))
+
+
+async def on_caseload(api_: CoordinationApi, who: Principal, episode_id: str, coordinator: object) -> RuleRefusedError:
+    """Why an accept for a person whose episode (another referral's) is open is refused."""
+    said = (
+        f"this person is already on a caseload: EpisodeOfCare/{episode_id}, coordinator {coordinator or '(none named)'}"
+    )
+    closing = await unapplied_close(api_, who, episode_id)
+    then = closing or "close it before accepting another referral for them"
+    return RuleRefusedError(f"{said}; {then}", ("ServiceRequest",))
 
 
 def over_cap(full: CaseloadFull, cap: int) -> RuleRefusedError:
     """Why an accept whose claim found its coordinator at the caseload cap is refused."""
     return RuleRefusedError(
         f"coordinator {full.coordinator} already has {full.people} people on their caseload "
-        f"(cap {cap}); allocate to someone else or raise the cap in the rules",
+        f"(cap {cap}); allocate to someone else or raise the cap in the rules (a $close of theirs answered 503 "
+        "holds its place until it is sent again)",
         ("Parameters.coordinator",),
     )
 
@@ -278,7 +317,8 @@ async def accepted_already(
     current = api_.reader.read("EpisodeOfCare", str(held["id"]))
     holder = care_manager(current or held) or "(none named)"
     if current is None and not api_.coordination.sent(str(referral["id"])):  # perhaps Kafka never took it
-        await publish_acceptance(api_, who, referral, held)  # (the same ids: applied once, however often sent)
+        sending = publish_acceptance(api_, who, referral, held)  # (the same ids: applied once, however often sent)
+        await (sending if holder == coordinator else best_effort(sending))  # (its 503 is its own coordinator's)
     if holder != coordinator:
         raise RuleRefusedError(
             f"ServiceRequest/{referral['id']} was accepted already, onto the caseload of coordinator {holder} "
@@ -293,9 +333,9 @@ async def publish_acceptance(api_: CoordinationApi, who: Principal, referral: Js
     not take is UnfinishedError: the 503 says the referral is held, not that nothing was kept."""
     _, outcome_id, opened_id = accept_ids(str(referral["id"]))
     person, at = person_of(referral), datetime.fromisoformat(str(episode["period"]["start"]))
-    accepted = with_outcome(referral, "accepted", "active")
+    accepted, decided = with_outcome(referral, "accepted", "active"), no_earlier_than_held(at, referral)
     try:
-        await emit(api_, co.REFERRAL_OUTCOME.type, who, person, at, accepted, event_id=outcome_id)
+        await emit(api_, co.REFERRAL_OUTCOME.type, who, person, decided, accepted, event_id=outcome_id)
         await emit(api_, co.EPISODE_OPENED.type, who, person, at, episode, event_id=opened_id)
     except BrokerUnavailableError as lost:
         raise held_unpublished(referral, episode) from lost
@@ -328,11 +368,9 @@ async def publish_decline(api_: CoordinationApi, who: Principal, referral: Json,
     """The decline's event, under one id for every decline of the referral (sent twice, the second is
     the duplicate every consumer drops). The claim is made already, so one Kafka does not take is
     UnfinishedError: the 503 says the referral is held declined, not that nothing was kept."""
-    event_id = stable_id("api-decline", str(referral["id"]))
+    event_id, at = stable_id("api-decline", str(referral["id"])), no_earlier_than_held(decline.at, referral)
     try:
-        await emit(
-            api_, co.REFERRAL_OUTCOME.type, who, person_of(referral), decline.at, decline.referral, event_id=event_id
-        )
+        await emit(api_, co.REFERRAL_OUTCOME.type, who, person_of(referral), at, decline.referral, event_id=event_id)
     except BrokerUnavailableError as lost:
         raise UnfinishedError(
             f"ServiceRequest/{referral['id']} is declined (held in the database), but Kafka did not acknowledge "

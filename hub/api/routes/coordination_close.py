@@ -1,7 +1,8 @@
 """What a `$close` of an episode (hub.api.routes.coordination) decides before and after its claim: what it
 was asked (by which the same close sent again is known), that its PIC summary says something, the
 refusal of a close of an episode closed already, and publishing the close that stands (a close Kafka
-did not take is published by the next close, however it is worded)."""
+did not take is published by the next command that meets it: any close of the episode, however it is
+worded, and an accept for its person refused because the episode holds them, unapplied_close)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from hub.api.auth import Principal
 from hub.api.outcomes import FhirResponse
 from hub.api.routes.coordination_commands import CoordinationApi, emit
 from hub.api.routes.coordination_input import param
-from hub.core.errors import BrokerUnavailableError, InvalidMessageError, RuleRefusedError, UnfinishedError
+from hub.core.errors import (
+    BrokerUnavailableError,
+    InfrastructureError,
+    InvalidMessageError,
+    RuleRefusedError,
+    UnfinishedError,
+)
 from hub.core.identity import stable_id
 from hub.core.ports import Closure, Json
 from schemas.events import coordination as co
@@ -59,7 +66,9 @@ async def closed_already(
     event id it is applied once): a close lost that way is never left claimed and unsent. The same close
     again (the same parameters: a double click, or the retry the 503 asked for) is then answered 200
     with the episode as that close finished it; any other close is refused 409, naming when it was
-    closed and that its PIC summary is the one that goes to the GP."""
+    closed and that its PIC summary is the one that goes to the GP. (No acknowledgement of a close is
+    kept, so a close Kafka took is sent again too while the consumers catch up: the same event, which
+    every consumer, the rules engine that sends the PIC summary among them, drops as a duplicate.)"""
     if episode.get("status") != "finished":
         person = str(episode["patient"]["reference"]).removeprefix("Patient/")
         await publish_closure(api_, who, person, stands)
@@ -82,5 +91,29 @@ async def publish_closure(api_: CoordinationApi, who: Principal, person: str, cl
             f"EpisodeOfCare/{episode['id']} is closed (held in the database, at {at.isoformat()}), but Kafka did "
             "not acknowledge the close, so the record, the rules engine and the PIC summary to the GP may not have "
             "it yet. Send the same $close again (the same parameters) to complete it; it is applied once. The close "
-            "is not released: any other $close of the episode sends this one again and is refused 409."
+            "is not released: any other $close of the episode, or an $accept refused because the episode holds the "
+            "person, sends this one again, and is refused 409."
         ) from lost
+
+
+async def unapplied_close(api_: CoordinationApi, who: Principal, episode_id: str) -> str | None:
+    """For a command refused (409) because the episode holds its person or a caseload place: where a
+    $close claimed the episode and the record does not have it finished, that close is published again
+    first (perhaps Kafka never took it: 503; under its one event id it is applied once), best effort, and
+    this is what the refusal says of it. None: no close claimed it, or the record has it."""
+    try:
+        stands = api_.coordination.closure(episode_id)
+        if stands is None or (api_.reader.read("EpisodeOfCare", episode_id) or {}).get("status") == "finished":
+            return None
+    except InfrastructureError:
+        return None
+    said = f"its $close (at {stands.episode['period']['end']}) is not on the record or the rules engine yet"
+    person = str(stands.episode["patient"]["reference"]).removeprefix("Patient/")
+    try:
+        await publish_closure(api_, who, person, stands)
+    except InfrastructureError:
+        return (
+            f"{said}, and Kafka, which did not acknowledge it (that $close was answered 503), is not answering "
+            "now: send that $close again (the same parameters) to complete it, then this command"
+        )
+    return f"{said}: it is sent again now (Kafka may never have taken it: a 503); send this command again shortly"

@@ -275,6 +275,14 @@ def not_before(params: Json, at: datetime, began: object, what: str, acted_on: J
     )
 
 
+def no_earlier_than_held(at: datetime, acted_on: Json) -> datetime:
+    """When an event written onto the record's `acted_on` is dated: `at`, or the time of the version the
+    record holds (meta.lastUpdated) where that is later. A decision completed after the command that
+    claimed it (Kafka did not take it: 503) may meet a newer version (a corrected referral), and the
+    record skips an event dated before what it holds (its reordering rule)."""
+    return max(at, fhir_time(((acted_on.get("meta") or {}).get("lastUpdated")), at))
+
+
 def nhs_number_of(body: Json) -> str:
     subject = body.get("subject") or {}
     ident = subject.get("identifier") or {}
