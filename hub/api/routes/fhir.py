@@ -24,7 +24,7 @@ from fhir.resources.R4B.consent import Consent
 from pydantic import ValidationError
 
 from hub.api.auth import AuthError, Principal, TokenVerifier
-from hub.api.fhir_documents import audit_event, capability_statement
+from hub.api.fhir_documents import audit_events_of, capability_statement
 from hub.api.outcomes import FhirResponse
 from hub.api.shapes import (
     BUNDLE,
@@ -45,7 +45,18 @@ from hub.api.shapes import (
 from hub.core.errors import ConsentDeniedError, InvalidMessageError, LedgerBrokenError, UnknownPersonError
 from hub.core.identity import identities
 from hub.core.ledger import Disclosure, resource_ref, unsound
-from hub.core.policy import UNENFORCED, Asker, Decision, covers_audit, decide, person_of, told_to_asker
+from hub.core.policy import (
+    ORGANISATION_SYSTEMS,
+    UNENFORCED,
+    Asker,
+    Decision,
+    consent_problems,
+    covers_audit,
+    decide,
+    origins_of,
+    person_of,
+    told_to_asker,
+)
 from hub.core.ports import Json, Ledger, RecordReader
 from hub.core.timetravel import WITHHELD_WITH_READ
 from hub.store.agreements import PolicySource
@@ -60,6 +71,7 @@ Publish = Callable[[Envelope], Awaitable[None]]
 TAG = "FHIR record"  # the OpenAPI tag of these routes
 MAX_BODY = 1 << 20  # a Consent is a few kilobytes; a megabyte is already hostile
 MAX_DEPTH = 32  # a Consent nests about 7 levels deep
+ORIGIN_STEPS = 3  # a Flag -> its episode -> its referral, with a step to spare
 
 _FHIR_ID, _PATIENT_REF, _SYSTEM_VALUE, _REASON = (re.compile(p) for p in (FHIR_ID, PATIENT_REF, SYSTEM_VALUE, REASON))
 BEARER = HTTPBearer(
@@ -100,21 +112,40 @@ def patient_id(patient: str, kind: str) -> str:
 
 
 class Judge:
-    """Decides each resource for one request, with each person's consents read once."""
+    """Decides each resource for one request, with each person's consents read once. Given the
+    record (`reader`), a resource that refers to a referral or an episode of care is shared no
+    further than they are (hub.core.policy.origins_of)."""
 
-    def __init__(self, policy: PolicySource | None, asker: Asker) -> None:
+    def __init__(self, policy: PolicySource | None, asker: Asker, reader: RecordReader | None = None) -> None:
         self.policy = policy
         self.asker = asker
+        self.reader = reader
         self._consents: dict[str, Any] = {}
+        self._held: dict[tuple[str, str], Json | None] = {}  # (what the resources of a read refer to, read once)
 
     def __call__(self, resource: Json) -> Decision:
         if self.policy is None:
             return UNENFORCED
-        person = person_of(resource)
-        if person is not None and person not in self._consents:
+        origins = self.origins(resource) if self.reader is not None else []
+        people = {p for r in (resource, *origins) if (p := person_of(r)) is not None}  # (a referral moved since)
+        for person in people - self._consents.keys():
             self._consents[person] = self.policy.consents(person)
-        consents = self._consents.get(person, []) if person else []
-        return decide(self.asker, resource, self.policy.agreements(), consents)
+        consents = [rule for person in sorted(people) for rule in self._consents[person]]
+        return decide(self.asker, resource, self.policy.agreements(), consents, origins=origins)
+
+    def origins(self, resource: Json) -> list[Json]:
+        """What the resource refers to that it reveals, as the record holds it, followed through
+        (a long-stay Flag names an episode, the episode its referral): a few steps at most."""
+        found: dict[tuple[str, str], Json] = {}
+        pending = origins_of(resource)
+        for _ in range(ORIGIN_STEPS):
+            for kind, id_ in pending:
+                if (kind, id_) not in self._held and self.reader is not None:
+                    self._held[(kind, id_)] = self.reader.read(kind, id_)
+                if (held := self._held.get((kind, id_))) is not None:
+                    found[(kind, id_)] = held
+            pending = [ref for held in found.values() for ref in origins_of(held) if ref not in found]
+        return list(found.values())
 
 
 def refused_whole(patient: tuple[Json, Decision], rest: list[tuple[Json, Decision]]) -> list[tuple[Json, Decision]]:
@@ -181,7 +212,7 @@ def router(
                 "X-Break-Glass-Reason must be a line of text (1 to 500 characters, no control characters)",
                 ("X-Break-Glass-Reason",),
             )
-        return Judge(policy, Asker(who.org, who.role, datetime.now(UTC), break_glass))
+        return Judge(policy, Asker(who.org, who.role, datetime.now(UTC), break_glass), reader)
 
     def disclose(
         request: Request, who: Principal, judge_: Judge, channel: str, found: list[Json], reads: tuple[str, ...]
@@ -261,7 +292,7 @@ def router(
                 "and report the break to the information governance lead",
                 ("AuditEvent",),
             )
-        events = [audit_event(entry) for entry in entries]
+        events = audit_events_of(entries)  # (one per decision: a result is said on its attempt)
         audit = Decision("permit", ("the auditor role reads the disclosure ledger for audit",))
         record(ledger, who, "audit", [({"resourceType": "Patient", "id": person}, audit)])
         return searchset(request, events, 0, ("patient",))
@@ -327,6 +358,7 @@ def router(
         _may_record_consent(policy, who)
         body = await read_body(request)
         consent = _parse_consent(body)
+        _enforceable(reader, consent)
         person = _person_for(reader, consent)
         consent["id"] = str(uuid.uuid4())
         consent["patient"] = {"reference": f"Patient/{person}"}
@@ -400,6 +432,54 @@ def _parse_consent(body: bytes) -> Json:
     if provision.get("type") not in ("permit", "deny"):
         raise InvalidMessageError("provision.type must be permit or deny", ("Consent.provision.type",), code="required")
     return dict(data)
+
+
+def _enforceable(reader: RecordReader, consent: Json) -> None:
+    """Refuse (400) a Consent the hub would not enforce exactly as written (hub.core.policy
+    consent_problems: the rule the record's reading of it follows), naming each element and what to
+    send instead. An actor given as a reference Organization/<id> is resolved here to the code of the
+    organisation the record holds, and the Consent keeps both; one the hub does not know is refused."""
+    provision = consent.get("provision") or {}
+    nested = [(f"Consent.provision.provision[{n}]", p) for n, p in enumerate(provision.get("provision") or [])]
+    found: dict[str, str] = {}
+    for where, outer in [("Consent.provision", provision), *nested]:
+        for n, actor in enumerate(outer.get("actor") or [] if isinstance(outer, dict) else []):
+            problem = _resolve_actor(reader, actor.get("reference") or {})
+            if problem:
+                found[f"{where}.actor[{n}]"] = problem
+    for where, what in consent_problems(consent):
+        found.setdefault(where, what)  # (what resolving an actor found says more)
+    if found:
+        raise InvalidMessageError(
+            "this Consent says what the hub would not enforce as written, so it is not recorded: "
+            + "; ".join(f"{where} {what}" for where, what in found.items()),
+            tuple(found),
+        )
+
+
+def _resolve_actor(reader: RecordReader, reference: Json) -> str | None:
+    """Give a literal Organization/<id> reference the identifier of the organisation it names (its
+    ODS code, or a council's local-authority code); why not, if it names none the record holds or
+    its identifier names another."""
+    literal = str(reference.get("reference", ""))
+    kind, _, id_ = literal.partition("/")
+    if not literal:
+        return None
+    if kind != "Organization" or not _FHIR_ID.match(id_):
+        return f"reference {literal[:80]!r} is not an Organization/<id> reference"
+    identifiers = (reader.read("Organization", id_) or {}).get("identifier") or []
+    codes = [
+        (str(i.get("system")), str(i.get("value"))) for i in identifiers if i.get("system") in ORGANISATION_SYSTEMS
+    ]
+    if not codes:
+        return (
+            f"{literal} is not an organisation this hub knows by an ODS or local-authority code: name it by identifier"
+        )
+    given = reference.get("identifier")
+    if given and (given.get("system"), given.get("value")) not in codes:
+        return f"{literal} and its identifier name different organisations: send one of them"
+    reference["identifier"] = given or {"system": codes[0][0], "value": codes[0][1]}
+    return None
 
 
 CONSENT_ROLES = ("clinician", "coordinator", "admin")  # who records a person's choice: those who care for them

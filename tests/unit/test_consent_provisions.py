@@ -1,0 +1,193 @@
+"""A Consent's provisions as the hub enforces them (hub.core.policy): nested provisions are exceptions
+within the one enclosing them (FHIR R4), a council is named by ODS or local-authority code, and a
+Consent the hub would not enforce as written is named by consent_problems (the API refuses it) and,
+if it reached the record all the same, read on the side of withholding, saying so."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from hub.core import policy
+from hub.core.ledger import Disclosure, Entry, resource_ref
+from hub.core.policy import ODS_SYSTEM, Asker, ConsentRule, consent_rule, decide
+from hub.core.ports import Json
+from hub.core.timetravel import reconsider
+from tests.builders import an_agreement
+
+COUNCIL, PIC, GP = "E10000023", "Y0PIC", "Y00001"
+NOW = datetime(2026, 12, 8, 10, 0, tzinfo=UTC)
+AGREEMENTS = [an_agreement(GP, PIC, COUNCIL, categories=("demographics", "encounters", "referrals", "consents"))]
+LOCAL_AUTHORITY_SYSTEM = "https://carehub.invalid/Id/local-authority"  # adapters.referrals.to_fhir's, for councils
+WALK = Path("/work/scratch/walk_asc")  # the tester's files (the same shapes are written out below)
+
+
+def actor(code: str, system: str = ODS_SYSTEM) -> Json:
+    role = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]}
+    return {"role": role, "reference": {"identifier": {"system": system, "value": code}}}
+
+
+def a_consent(provision: Json, id: str = "k1") -> Json:
+    return {
+        "resourceType": "Consent",
+        "id": id,
+        "status": "active",
+        "patient": {"reference": "Patient/p1"},
+        "provision": provision,
+    }
+
+
+NESTED_DENY = a_consent({"type": "permit", "provision": [{"type": "deny", "actor": [actor(COUNCIL)]}]})
+LA_DENY = a_consent({"type": "deny", "actor": [actor(COUNCIL, LOCAL_AUTHORITY_SYSTEM)]})
+
+
+def patient(source: str = GP) -> Json:
+    return {"resourceType": "Patient", "id": "p1", "meta": {"source": f"urn:ods:{source}"}}
+
+
+def rules(*consents: Json) -> list[ConsentRule]:
+    read = [consent_rule(c) for c in consents]
+    assert all(r is not None for r in read)
+    return [r for r in read if r is not None]
+
+
+def outcome(org: str, consents: list[ConsentRule], resource: Json | None = None, at: datetime = NOW) -> str:
+    return decide(Asker(org, "coordinator", at), resource or patient(), AGREEMENTS, consents).outcome
+
+
+def test_a_deny_nested_in_a_permit_withholds_from_the_organisation_it_names_and_no_other() -> None:
+    theirs = rules(NESTED_DENY)
+
+    assert policy.consent_problems(NESTED_DENY) == []
+    assert outcome(COUNCIL, theirs) == "deny"
+    assert outcome(PIC, theirs) == "permit"
+
+
+def test_the_testers_nested_deny_as_sent_withholds_from_the_council() -> None:
+    if not (WALK / "consent-9992553413-nested-deny-council.json").exists():
+        pytest.skip("the tester's files are not here")
+    sent = json.loads((WALK / "consent-9992553413-nested-deny-council.json").read_text())
+    sent |= {"id": "k1", "patient": {"reference": "Patient/p1"}}
+
+    assert policy.consent_problems(sent) == []
+    assert (outcome(COUNCIL, rules(sent)), outcome(PIC, rules(sent))) == ("deny", "permit")
+
+
+def test_a_council_named_on_the_local_authority_system_is_that_council_not_everyone() -> None:
+    theirs = rules(LA_DENY)
+
+    assert policy.consent_problems(LA_DENY) == []
+    assert theirs[0].actors == frozenset({COUNCIL})
+    assert outcome(COUNCIL, theirs) == "deny"
+    assert outcome(PIC, theirs) == "permit"  # the person's own coordination service is not cut off
+
+
+def test_a_permit_nested_in_a_deny_is_carved_out_of_it() -> None:
+    consent = a_consent({"type": "deny", "provision": [{"type": "permit", "actor": [actor(PIC)]}]})
+
+    assert policy.consent_problems(consent) == []
+    assert (outcome(COUNCIL, rules(consent)), outcome(GP, rules(consent), patient(PIC))) == ("deny", "deny")
+    assert outcome(PIC, rules(consent)) == "permit"
+
+
+def test_a_nested_deny_holds_for_its_categories_and_period_only_within_the_permit() -> None:
+    nested = {
+        "type": "deny",
+        "actor": [actor(COUNCIL)],
+        "class": [{"system": "https://carehub.invalid/CodeSystem/data-category", "code": "encounters"}],
+        "period": {"start": "2026-12-01", "end": "2026-12-31"},
+    }
+    consent = a_consent({"type": "permit", "period": {"start": "2026-11-01"}, "provision": [nested]})
+    encounter = {
+        "resourceType": "Encounter",
+        "id": "e1",
+        "subject": {"reference": "Patient/p1"},
+        "meta": {"source": f"urn:ods:{GP}"},
+    }
+    theirs = rules(consent)
+
+    assert policy.consent_problems(consent) == []
+    assert outcome(COUNCIL, theirs, encounter) == "deny"
+    assert outcome(COUNCIL, theirs) == "permit"  # demographics: not objected to
+    assert outcome(COUNCIL, theirs, encounter, NOW + timedelta(days=30)) == "permit"  # after its period
+
+
+@pytest.mark.parametrize(
+    ("provision", "where"),
+    [
+        ({"type": "deny", "provision": [{"type": "deny", "actor": [actor(COUNCIL)]}]}, "provision.provision[0].type"),
+        ({"type": "permit", "provision": [{"actor": [actor(COUNCIL)]}]}, "provision.provision[0].type"),
+        ({"type": "deny", "actor": [actor(COUNCIL, "https://example.org/councils")]}, "provision.actor[0]"),
+        (
+            {
+                "type": "deny",
+                "actor": [{"role": {"coding": [{"code": "IRCP"}]}, "reference": {"reference": "Organization/x"}}],
+            },
+            "provision.actor[0]",
+        ),
+        ({"type": "deny", "actor": [actor(COUNCIL)], "purpose": [{"code": "TREAT"}]}, "provision.purpose"),
+        ({"type": "deny", "class": [{"system": "http://loinc.org", "code": "11488-4"}]}, "provision.class[0]"),
+        (
+            {"type": "permit", "provision": [{"type": "deny", "provision": [{"type": "permit"}]}]},
+            "provision.provision[0].provision",
+        ),
+        (
+            {"type": "permit", "actor": [actor(GP)], "provision": [{"type": "deny", "actor": [actor(COUNCIL)]}]},
+            "provision.provision[0].actor",
+        ),
+    ],
+)
+def test_what_the_hub_would_not_enforce_as_written_is_named_by_its_element(provision: Json, where: str) -> None:
+    problems = policy.consent_problems(a_consent(provision))
+
+    assert f"Consent.{where}" in [w for w, _ in problems], problems
+    assert all(what for _, what in problems)
+
+
+def test_a_deny_naming_a_recipient_the_hub_cannot_identify_withholds_from_everyone_and_says_why() -> None:
+    stored = a_consent({"type": "deny", "actor": [actor(COUNCIL, "https://example.org/councils")]})
+
+    decision = decide(Asker(PIC, "coordinator", NOW), patient(), AGREEMENTS, rules(stored))
+
+    assert decision.outcome == "deny"
+    assert "read on the side of withholding" in decision.reasons[0]
+    assert "Consent.provision.actor[0]" in decision.reasons[0]
+
+
+def test_a_nested_deny_naming_a_recipient_the_hub_cannot_identify_withholds_from_everyone() -> None:
+    unknown = {"role": {"coding": [{"code": "IRCP"}]}, "reference": {"reference": "Organization/x"}}
+    stored = a_consent({"type": "permit", "provision": [{"type": "deny", "actor": [unknown]}]})
+
+    assert outcome(PIC, rules(stored)) == "deny"
+
+
+def test_an_exception_to_a_deny_the_hub_cannot_read_as_written_is_not_made() -> None:
+    exception = {"type": "permit", "actor": [actor(PIC)], "purpose": [{"code": "HMARKT"}]}
+    stored = a_consent({"type": "deny", "provision": [exception]})
+
+    assert outcome(PIC, rules(stored)) == "deny"
+
+
+def test_time_travel_decides_a_nested_deny_as_reads_do() -> None:
+    disclosed = patient() | {"meta": {"source": f"urn:ods:{GP}", "versionId": "1"}}
+    body = Disclosure(
+        at=NOW - timedelta(days=1),
+        recipient_org=COUNCIL,
+        recipient_user="asc-lead",
+        channel="read",
+        person_key="p1",
+        resources=(resource_ref(disclosed),),
+        decision="permit",
+        reasons=("shared",),
+        basis={"role": "coordinator", "agreements": [], "consents": []},
+    ).body()
+
+    [row] = reconsider(
+        [Entry(1, body, "0" * 64, "0" * 64)], {"Patient/p1": disclosed}, AGREEMENTS, rules(NESTED_DENY), NOW, history=[]
+    )
+
+    assert (row.then, row.now, row.changed) == ("permit", "deny", True)
+    assert "Consent/k1" in row.now_basis
