@@ -1,22 +1,34 @@
 """What every intake adapter does with Kafka: publish a mapped event in its CloudEvents envelope,
 keep a rejected input whole on the dead-letter topic with its OperationOutcome, and report a broker
-that does not acknowledge in time as BrokerUnavailableError (so the input is not accepted)."""
+that does not acknowledge in time as BrokerUnavailableError (so the input is not accepted).
+
+A record over the size Kafka takes is not an outage: sending it again cannot succeed, so it is
+MessageTooLargeError, saying its size and the limit. A rejected input too large to keep whole keeps
+its first HEAD_BYTES (as the MLLP listener keeps an over-size frame's), and its reason says so, with
+the input's size and SHA-256, so the sender can tell which file it was and find the error it names.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 from faststream.kafka import KafkaBroker
 
 from hub.core.errors import BrokerUnavailableError, HubError, operation_outcome
 from schemas.envelope import Envelope
 from schemas.events.rejected import INPUT_REJECTED, ORIGIN_HEADER, OUTCOME_HEADER
 from schemas.topics import DEAD_LETTER, EVENTS
+
+HEAD_BYTES = 64 * 1024  # what is kept of a rejected input too large to keep whole (as adapters/hl7v2/transport.py)
+MAX_RECORD_BYTES = 1_048_576  # aiokafka's max_request_size, which consumers.app.build_broker leaves as it is
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 
 class Mapped(Protocol):
@@ -36,6 +48,29 @@ class Mapped(Protocol):
     def payload(self) -> dict[str, Any]: ...
 
 
+@dataclass(eq=False)
+class MessageTooLargeError(BrokerUnavailableError):
+    """Kafka refused a record as larger than it takes: sending it again cannot succeed.
+
+    (A BrokerUnavailableError only so that every adapter answers it "not accepted" as before; its code
+    and diagnostics say it is not transient. hub.core.errors would hold it as an InvalidMessageError.)"""
+
+    code: str = "too-long"
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What the dead-letter topic holds of a rejected input: all of it, or its head (`note` says so)."""
+
+    size: int
+    kept: int
+    note: str = ""
+
+    @property
+    def whole(self) -> bool:
+        return self.kept == self.size
+
+
 class Publisher:
     """Publishes for one adapter; `unit` and `retry` word the error ("the row", "ingest the file again")."""
 
@@ -45,6 +80,7 @@ class Publisher:
         self._broker = broker
         self._timeout = timeout
         self._clock = clock
+        self._unit = unit
         self._unavailable = f"Kafka did not acknowledge {unit} in time; it was not accepted, {retry}"
 
     async def event(self, event: Mapped) -> None:
@@ -59,9 +95,33 @@ class Publisher:
         await self._send(envelope.data, EVENTS.name, envelope.subject.encode(), envelope.kafka_headers())
 
     async def rejected(
-        self, raw: bytes, *, event_id: str, sender: str, origin: str, content_type: str, error: HubError
-    ) -> None:
-        """Keep `raw` whole on the dead-letter topic, keyed by its sender, with why it was refused."""
+        self,
+        raw: bytes,
+        *,
+        event_id: str,
+        sender: str,
+        origin: str,
+        content_type: str,
+        error: HubError,
+        unit: str = "",
+    ) -> Kept:
+        """Keep `raw` whole on the dead-letter topic, keyed by its sender, with why it was refused; if
+        Kafka will not take it whole, keep its first HEAD_BYTES, the reason saying so (`unit` names it:
+        "the file"; by default this publisher's unit)."""
+        try:
+            await self._send(raw, DEAD_LETTER.name, *self._dead_letter(event_id, sender, origin, content_type, error))
+            return Kept(len(raw), len(raw))
+        except MessageTooLargeError:
+            note = _kept_head(unit or self._unit, raw)
+        head = replace(error, diagnostics=f"{error.diagnostics}; {note}")
+        await self._send(
+            raw[:HEAD_BYTES], DEAD_LETTER.name, *self._dead_letter(event_id, sender, origin, content_type, head)
+        )
+        return Kept(len(raw), min(len(raw), HEAD_BYTES), note)
+
+    def _dead_letter(
+        self, event_id: str, sender: str, origin: str, content_type: str, error: HubError
+    ) -> tuple[bytes, dict[str, str]]:
         headers = {
             "ce_specversion": "1.0",
             "ce_id": event_id,
@@ -73,10 +133,29 @@ class Publisher:
             OUTCOME_HEADER: orjson.dumps(operation_outcome(error)).decode(),
             ORIGIN_HEADER: origin,
         }
-        await self._send(raw, DEAD_LETTER.name, (sender or "unknown").encode(), headers)
+        return (sender or "unknown").encode(), headers
 
     async def _send(self, value: bytes, topic: str, key: bytes, headers: dict[str, str]) -> None:
         try:
             await asyncio.wait_for(self._broker.publish(value, topic, key=key, headers=headers), self._timeout)
+        except _TOO_LARGE as exc:
+            raise MessageTooLargeError(_too_large(self._unit, value, key, headers, topic), code="too-long") from exc
         except (TimeoutError, KafkaError, OSError) as exc:
             raise BrokerUnavailableError(self._unavailable, code="transient") from exc
+
+
+def _too_large(unit: str, value: bytes, key: bytes, headers: dict[str, str], topic: str) -> str:
+    size = len(value) + len(key) + sum(len(k) + len(v.encode()) for k, v in headers.items())
+    return (
+        f"{unit} is too large for Kafka: {size:,} bytes as a record on {topic}, against a limit of "
+        f"{MAX_RECORD_BYTES:,} bytes (the producer's max_request_size; the topic's max.message.bytes may be "
+        "lower); it was not accepted, and sending it again as it is cannot succeed"
+    )
+
+
+def _kept_head(unit: str, raw: bytes) -> str:
+    return (
+        f"{unit} is too large to keep whole in the dead-letter store ({len(raw):,} bytes, over the "
+        f"{MAX_RECORD_BYTES:,} Kafka takes in one record; SHA-256 {hashlib.sha256(raw).hexdigest()}): "
+        f"the hub kept its first {min(len(raw), HEAD_BYTES):,} bytes"
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -15,6 +16,9 @@ from hub.core.skew import latest_day
 from hub.embedded import one_off_log, shared_kafka
 from hub.settings import Settings
 from hub.terminal import listing
+
+if TYPE_CHECKING:  # (the adapter is imported when a command runs, as below)
+    from adapters.referrals.service import FileOutcome
 
 SUFFIXES = (".csv", ".json")
 
@@ -42,6 +46,29 @@ def collect(paths: list[Path]) -> list[Path]:
         else:
             raise FileNotFoundError(f"no such file or folder: {path}")
     return found
+
+
+def file_notes(name: str, read: FileOutcome) -> list[str]:
+    """What the sender should know about a file beyond its rows: the columns or fields its layout does
+    not read (what they say is not applied: a status column withdraws nothing), and referrals accepted
+    without a referral_id (sent again with the NHS number corrected, they are new referrals)."""
+    notes = []
+    if read.ignored and read.fmt is not None:
+        kind = "column" if read.fmt.is_csv else "field"
+        names = ", ".join(n[:40] for n in read.ignored[:10])  # (names as the sender spelt them: kept short)
+        names += f" and {len(read.ignored) - 10} more" if len(read.ignored) > 10 else ""
+        notes.append(
+            f"{name}: {kind}(s) {names} ignored: the {read.fmt} layout does not read them, so nothing they say "
+            "was applied (see adapters/referrals/README.md for the layouts)"
+        )
+    without_id = sum(o.without_id for o in read.outcomes)
+    if without_id:
+        notes.append(
+            f"{name}: {without_id} referral(s) accepted without a referral_id: sent again with a corrected NHS "
+            "number, such a row is a second referral, not a correction of the first; give each referral its "
+            "referral_id"
+        )
+    return notes
 
 
 async def ingest_referral_files(
@@ -81,14 +108,17 @@ async def ingest_referral_files(
                 key_secret=run.services.secrets.key,
                 publish_timeout=settings.kafka.publish_timeout_s,
                 kept=store if isinstance(store, KeptInputs) else None,
+                record=run.services.reader,
             )
             table = listing("file", "row", "outcome", "event", "reason")
             accepted: list[str] = []
             kept = again = 0
+            notes: list[str] = []
             for path in files:
                 chosen = Format(fmt) if fmt else None
-                outcomes = await intake.ingest(path.read_bytes(), f"file:{path}", chosen, extracted_on=extracted_on)
-                for o in outcomes:
+                read = await intake.ingest_file(path.read_bytes(), f"file:{path}", chosen, extracted_on=extracted_on)
+                notes += file_notes(path.name, read)
+                for o in read.outcomes:
                     statuses[o.status] += 1
                     accepted += [o.event_id] if o.status == ACCEPTED else []
                     kept += o.dead_lettered
@@ -97,6 +127,8 @@ async def ingest_referral_files(
                     kind = o.event_type.removeprefix("uk.nhs.carehub.")
                     table.add_row(escape(path.name), row, o.status, kind, escape(o.reason or ""))
             console.print(table)
+            for note in notes:
+                console.print(f"[yellow]{escape(note)}[/yellow]", soft_wrap=True)
         finally:
             await broker.stop()
         if embedded and not await run.applied_ids(accepted, dead_letters=kept):

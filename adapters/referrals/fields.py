@@ -6,7 +6,7 @@ The values come from CSV cells (strings) or flat JSON documents; nothing here kn
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -53,9 +53,10 @@ def is_ods(code: str) -> bool:
 class RowFields:
     """Typed, checked access to one row's values; every failure is an InvalidMessageError."""
 
-    def __init__(self, number: int, values: Mapping[str, Any]) -> None:
+    def __init__(self, number: int, values: Mapping[str, Any], misspelt: Callable[[str], str] | None = None) -> None:
         self.number = number
         self._values = values
+        self._misspelt = misspelt  # a missing field's name -> the fields it was probably sent as, or ''
 
     def fail(self, name: str, problem: str, code: str = "value") -> InvalidMessageError:
         """The error for one field of this row."""
@@ -66,7 +67,8 @@ class RowFields:
         value = self._values.get(name)
         if value is None or (isinstance(value, str) and not value.strip()):
             if required:
-                raise self.fail(name, "is required", "required")
+                hint = self._misspelt(name) if self._misspelt and name not in self._values else ""
+                raise self.fail(name, f"is required ({hint})" if hint else "is required", "required")
             return None
         if not isinstance(value, str):
             raise self.fail(name, f"must be a string, got {type(value).__name__}")
@@ -112,6 +114,10 @@ class RowFields:
         if raw.lower() not in allowed:
             raise self.fail(name, f"{raw[:40]!r} is not one of {', '.join(allowed)}")
         return raw.lower()
+
+    def absent(self, name: str) -> bool:
+        """True when the row does not give the field at all (or gives it as null)."""
+        return self._values.get(name) is None
 
     def choices(self, name: str, allowed: tuple[str, ...]) -> list[str]:
         """A JSON list of values each one of `allowed`; [] when absent."""

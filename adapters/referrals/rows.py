@@ -11,10 +11,11 @@ or separated by semicolons is refused whole, saying where and how to save it (RE
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -52,6 +53,15 @@ REQUIRED_COLUMNS = {
     Format.REGISTER: ("nhs_number", "practice_ods", "non_elective_admissions_12m", "long_term_conditions", "frailty"),
     Format.ASC_CSV: ("nhs_number", "gp_practice_ods", "referred_on", "referrer", "addressed_to", "reason"),
 }
+_REFERRAL = ("referral_id", "nhs_number", "birth_date", "gp_practice_ods", "referred_on", "referrer", "referrer_name")
+FIELDS = {  # every column or field each layout reads (adapters/referrals/README.md); others are ignored
+    Format.REGISTER: frozenset(REQUIRED_COLUMNS[Format.REGISTER]) | {"birth_date", "extracted_on"},
+    Format.ASC_CSV: frozenset(_REFERRAL) | {"addressed_to", "reason", "care_act_assessment_outcome"},
+    Format.ASC_JSON: frozenset(_REFERRAL) | {"addressed_to", "reason", "care_act_assessment_outcome"},
+    Format.VCSE_JSON: frozenset(_REFERRAL) | {"addressed_to", "needs", "reason"},
+    Format.VCSE_OUTCOME: frozenset({"referral_id", "referrer", "nhs_number", "outcome", "on"}),
+}
+_NOT_A_NAME = re.compile(r"[^a-z0-9]+")
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,28 @@ class Row:
     values: dict[str, Any] = field(repr=False)
     raw: bytes = field(repr=False)
     problem: InvalidMessageError | None = None
+
+
+def unread(names: Iterable[str], fmt: Format) -> list[str]:
+    """The names, in order and once each, that the layout does not read (ignored, so never applied)."""
+    return list(dict.fromkeys(n for n in names if n.strip() and n not in FIELDS[fmt]))
+
+
+def meant(name: str, names: Iterable[str], fmt: Format) -> list[str]:
+    """The names the layout does not read that are probably `name` misspelt ("NHS Number" for nhs_number)."""
+    spelt = {n: _NOT_A_NAME.sub("_", n.strip().lower()).strip("_") for n in unread(names, fmt)}
+    close = set(difflib.get_close_matches(name, list(spelt.values()), n=3, cutoff=0.75))
+    return [n for n, s in spelt.items() if s == name or s in close]
+
+
+def not_read(name: str, names: Iterable[str], fmt: Format, where: str = "the row") -> str:
+    """'the row has "NHS Number", which the hub does not read: ...' for a missing `name`, or ''."""
+    found = meant(name, names, fmt)
+    if not found:
+        return ""
+    quoted = ", ".join(json.dumps(n, ensure_ascii=False) for n in found)
+    kind = "column" if fmt.is_csv else "field"
+    return f"{where} has {quoted}, which the hub does not read: the {kind} is spelt {name}"
 
 
 def read_rows(raw: bytes, fmt: Format) -> list[Row]:
@@ -194,8 +226,10 @@ def _csv_rows(raw: bytes, fmt: Format) -> list[Row]:
     names = _header(text)
     missing = [c for c in REQUIRED_COLUMNS[fmt] if c not in names]
     if missing:
+        hints = [hint for c in missing if (hint := not_read(c, names, fmt, "the header"))]
+        said = f" ({'; '.join(hints)})" if hints else ""
         raise InvalidMessageError(
-            f"row 1 (the header) lacks the column(s) {', '.join(missing)}", ("row 1", *missing), code="required"
+            f"row 1 (the header) lacks the column(s) {', '.join(missing)}{said}", ("row 1", *missing), code="required"
         )
     tape = _Tape(text)
     reader = csv.reader(tape)

@@ -7,7 +7,9 @@ at all (not UTF-8, separated by semicolons, not JSON, no header) is rejected who
 already in the dead-letter store (the same source and content: the same file sent again) is
 reported again but not kept again. A row Kafka does not acknowledge is reported "not sent" and
 neither published nor dead-lettered: ingesting the file again sends it, and the rows already
-applied are recognised by their event ids.
+applied are recognised by their event ids. A rejection too large for Kafka to keep whole keeps its
+head (adapters/publishing.py). A referral or outcome whose referral_id its referrer used already
+for another person is refused unless it is a correction of the NHS number (adapters/referrals/clashes.py).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from typing import Protocol, runtime_checkable
 
 from faststream.kafka import KafkaBroker
 
-from adapters.publishing import Publisher
+from adapters.publishing import MessageTooLargeError, Publisher
+from adapters.referrals.clashes import RecordLookup, ReferralIds
 from adapters.referrals.fields import is_gss, is_ods
-from adapters.referrals.rows import BOM, Format, Row, detect, read_rows
-from adapters.referrals.to_fhir import map_row
+from adapters.referrals.rows import BOM, Format, Row, detect, read_rows, unread
+from adapters.referrals.to_fhir import MappedEvent, map_row
 from hub.core.errors import BrokerUnavailableError, HubError, InvalidMessageError, StoreUnavailableError
 from hub.core.identity import stable_id
 
@@ -57,6 +60,16 @@ class Outcome:
     dead_lettered: bool = False
     event_id: str = ""
     already_kept: bool = False  # rejected, and dead-lettered already (an earlier sending, or this one)
+    without_id: bool = False  # an accepted referral with no referral_id: a correction of it cannot move it
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What became of one file's rows, and the columns or fields it has that its layout does not read."""
+
+    outcomes: list[Outcome]
+    fmt: Format | None = None
+    ignored: tuple[str, ...] = ()
 
 
 class ReferralIntake:
@@ -70,10 +83,12 @@ class ReferralIntake:
         publish_timeout: float = 5.0,
         clock: Callable[[], datetime] = _utcnow,
         kept: KeptInputs | None = None,
+        record: RecordLookup | None = None,
     ) -> None:
         self._key_secret = key_secret
         self._clock = clock
         self._kept = kept
+        self._ids = ReferralIds(record)
         self._sent: set[tuple[str, str]] = set()  # (source, digest) dead-lettered by this intake
         self._out = Publisher(
             broker, timeout=publish_timeout, clock=clock, unit="the row", retry="ingest the file again"
@@ -83,26 +98,44 @@ class ReferralIntake:
         self, raw: bytes, origin: str, fmt: Format | None = None, *, extracted_on: date | None = None
     ) -> list[Outcome]:
         """One file; `fmt` None means detect it from the content."""
+        return (await self.ingest_file(raw, origin, fmt, extracted_on=extracted_on)).outcomes
+
+    async def ingest_file(
+        self, raw: bytes, origin: str, fmt: Format | None = None, *, extracted_on: date | None = None
+    ) -> FileOutcome:
+        """One file, with the names it has that its layout does not read."""
         try:
             fmt = fmt or detect(raw)
             rows = read_rows(raw, fmt)
         except InvalidMessageError as error:
-            return [await self._reject(raw, None, error, origin, _content_type(raw, fmt))]
-        return [await self.accept(row, fmt, origin, extracted_on=extracted_on) for row in rows]
+            return FileOutcome([await self._reject(raw, None, error, origin, _content_type(raw, fmt))], fmt)
+        outcomes = [await self.accept(row, fmt, origin, extracted_on=extracted_on) for row in rows]
+        ignored = unread((name for row in rows for name in row.values), fmt)
+        return FileOutcome(outcomes, fmt, tuple(ignored))
 
     async def accept(self, row: Row, fmt: Format, origin: str, *, extracted_on: date | None = None) -> Outcome:
         """Map and publish one row, or dead-letter it."""
         try:
             event = map_row(fmt, row, key_secret=self._key_secret, now=self._clock(), extracted_on=extracted_on)
+            clash = await asyncio.to_thread(self._ids.check, row.number, event)
         except InvalidMessageError as error:
             return await self._reject(row.raw, row, error, origin, fmt.content_type)
+        except StoreUnavailableError as error:
+            log.warning("row %d not sent: %s", row.number, error)
+            reason = f"the record did not answer ({error.diagnostics}); it was not accepted, ingest the file again"
+            return Outcome(row.number, NOT_SENT, event.event_type, reason)
+        if clash is not None:
+            return await self._reject(row.raw, row, clash, origin, fmt.content_type)
         try:
             await self._out.event(event)
+        except MessageTooLargeError as error:
+            return await self._reject(row.raw, row, error, origin, fmt.content_type)
         except BrokerUnavailableError as error:
             log.warning("row %d not sent: %s", row.number, error)
             return Outcome(row.number, NOT_SENT, event.event_type, error.diagnostics)
+        self._ids.sent(event)
         log.debug("row %d accepted: %s %s", row.number, event.event_type, event.event_id)
-        return Outcome(row.number, ACCEPTED, event.event_type, event_id=event.event_id)
+        return Outcome(row.number, ACCEPTED, event.event_type, event_id=event.event_id, without_id=_no_id(fmt, event))
 
     async def _reject(self, raw: bytes, row: Row | None, error: HubError, origin: str, content_type: str) -> Outcome:
         number = row.number if row else None
@@ -113,20 +146,22 @@ class ReferralIntake:
             log.info("row %s rejected again: %s [%s]", number or "(file)", error.code, ", ".join(error.expression))
             return Outcome(number, REJECTED, reason=f"{error.diagnostics}; {ALREADY_KEPT}", already_kept=True)
         try:
-            await self._out.rejected(
+            kept = await self._out.rejected(
                 raw,
                 event_id=stable_id("rejected", where, once[1]),
                 sender=sender,
                 origin=where,
                 content_type=content_type,
                 error=error,
+                unit="the row" if row else "the file",
             )
         except BrokerUnavailableError as down:
             log.warning("row %s not sent: %s", number or "(file)", down)
             return Outcome(number, NOT_SENT, reason=f"{error.diagnostics}; not dead-lettered: {down.diagnostics}")
         self._sent.add(once)
         log.info("row %s rejected: %s [%s]", number or "(file)", error.code, ", ".join(error.expression))
-        return Outcome(number, REJECTED, reason=error.diagnostics, dead_lettered=True)
+        reason = f"{error.diagnostics}; {kept.note}" if kept.note else error.diagnostics
+        return Outcome(number, REJECTED, reason=reason, dead_lettered=True)
 
     async def _holds(self, source: str, raw: bytes) -> bool:
         if self._kept is None:
@@ -146,6 +181,17 @@ def _sender(row: Row | None) -> str:
         if is_ods(code) or is_gss(code):
             return code
     return ""
+
+
+def _no_id(fmt: Format, event: MappedEvent) -> bool:
+    """An adult social care referral without referral_id: its id comes from the person, so sent again with
+    the NHS number corrected it is another referral (README, "Corrections")."""
+    if fmt not in (Format.ASC_CSV, Format.ASC_JSON):
+        return False
+    entries = event.payload.get("entry") or []
+    return not any(
+        e["resource"].get("identifier") for e in entries if e["resource"]["resourceType"] == "ServiceRequest"
+    )
 
 
 def _content_type(raw: bytes, fmt: Format | None) -> str:

@@ -24,7 +24,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
 from adapters.referrals.fields import RowFields, When
-from adapters.referrals.rows import Format, Row
+from adapters.referrals.rows import Format, Row, not_read
 from hub.core.errors import InvalidMessageError
 from hub.core.identity import person_key, stable_id
 from hub.core.nhs_number import NHS_NUMBER_SYSTEM
@@ -104,7 +104,7 @@ def map_row(
     values = row.values
     if extracted_on is not None and fmt is Format.REGISTER and not str(values.get("extracted_on") or "").strip():
         values = {**values, "extracted_on": extracted_on.isoformat()}
-    f = RowFields(row.number, values)
+    f = RowFields(row.number, values, misspelt=lambda name: not_read(name, values, fmt))
     if fmt is Format.REGISTER:
         return _register_row(f, key_secret, now)
     if fmt is Format.VCSE_OUTCOME:
@@ -185,7 +185,10 @@ def _vcse_referral(f: RowFields, secret: bytes, now: datetime) -> _Referral:
     referrer = f.ods("referrer") or ""
     addressed_to = f.ods("addressed_to") or ""
     needs = [NEEDS[n] for n in f.choices("needs", tuple(NEEDS))]
-    reason = f.text("reason", required=not needs)
+    reason = f.text("reason", required=False)
+    if not needs and not reason:
+        said = "is absent" if f.absent("needs") else "names none"
+        raise f.fail("reason", f"is required when needs {said}: give needs, a reason or both", "required")
     name = f.text("referrer_name", required=False) or "Voluntary sector organisation"
     _not_after(f, born, referred, "birth_date", "referred_on")
     key = person_key(secret, nhs, None)
