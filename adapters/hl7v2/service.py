@@ -21,7 +21,7 @@ from adapters.hl7v2.message import Header, read_header, split_as_sent
 from adapters.hl7v2.replies import ack
 from adapters.hl7v2.to_fhir import map_message
 from adapters.hl7v2.transport import RefusedFrame
-from adapters.publishing import Publisher
+from adapters.publishing import MessageTooLargeError, Publisher
 from hub.core.errors import (
     BrokerUnavailableError,
     HubError,
@@ -112,6 +112,8 @@ class HospitalIntake:
         try:
             for event in events:
                 await self._out.event(event)
+        except MessageTooLargeError as error:  # (sending it again cannot succeed: refused and kept, as bad content is)
+            return await self._reject(raw, header, error, origin), header
         except BrokerUnavailableError as error:
             log.warning("message %s not accepted: %s", control_id, error)
             return Outcome(control_id, "AE", 0, str(error), error=error), header

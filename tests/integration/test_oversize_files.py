@@ -85,8 +85,10 @@ def test_an_hl7_file_too_large_is_kept_as_its_head_and_a_too_large_event_is_not_
     assert "BIGGOOD AE 0 the message is too large for Kafka" in out
     assert "sending it again as it is cannot succeed" in out and "in time" not in out
 
-    (entry,) = kept(tmp_path / "d")
-    assert entry["payload"] == bad[:HEAD_BYTES]
+    entries = kept(tmp_path / "d")
+    (entry,) = [e for e in entries if e["payload"] == bad[:HEAD_BYTES]]
+    (big,) = [e for e in entries if e["payload"] == good[:HEAD_BYTES]]  # refused too, and kept: never half-kept
+    assert big["reason"]["issue"][0]["diagnostics"].startswith("the message is too large for Kafka")
     diagnostics = entry["reason"]["issue"][0]["diagnostics"]
     assert diagnostics.startswith("NHS number fails the Modulus 11 check")
     assert f"the message is too large to keep whole in the dead-letter store ({len(bad):,} bytes" in diagnostics
