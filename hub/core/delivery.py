@@ -18,7 +18,7 @@ from hub.core.identity import MAX_HOPS
 from hub.core.ledger import Disclosure, resource_ref
 from hub.core.policy import Decision, person_of
 from hub.core.record_content import MERGED, REMOVED_URL, replaced_by
-from schemas.events.coordination import PATIENT_STUB_EVENTS
+from schemas.events.coordination import PATIENT_STUB_EVENTS, REGISTER_ROW
 from schemas.subscriptions import Subscription
 
 Json = dict[str, Any]
@@ -87,11 +87,13 @@ def registrations_in(
     event_type: str, event_time: datetime, event_id: str, resources: Sequence[Json]
 ) -> dict[str, Registration]:
     """What an event says of each person's GP registration, by person key: a Patient that names its
-    practice, or says it was deleted. A Patient that says neither (an A03 without PD1) says nothing of
-    it, nor does one merged away, nor one a referral, register row or PIC summary carries: those only
+    practice, or says it was deleted, a hospital's or a practice's register row's (its word that the
+    person is registered there, as the record takes it: hub.core.record, "practice"; the newer by
+    event time wins, note_registrations). A Patient that says neither (an A03 without PD1) says
+    nothing of it, nor does one merged away, nor one a referral or PIC summary carries: those only
     introduce a person to the record, and the practice a referrer typed never decides where a
     hospital's discharges go."""
-    if event_type in PATIENT_STUB_EVENTS:
+    if event_type in PATIENT_STUB_EVENTS and event_type != REGISTER_ROW.type:
         return {}
     organisations = _ods_codes(resources)
     said: dict[str, Registration] = {}

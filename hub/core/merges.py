@@ -15,7 +15,8 @@ What the fold keeps (the survivor's word first where both said something):
                 contact or visit are cancelled, naming it (hub.core.deaths)
     stay        the survivor's stay on a caseload, else the retired identity's (its long-stay clock
                 moves with it); a second open stay is not the engine's stay, and its clock is cleared
-    the rest    practice (a registration's over a referral's word), NHS number, case list, outcomes,
+    the rest    practice (a registration's over the coordinator's over a referral's word, and of two
+                registrations the newer by when it was said: hub.core.practices), NHS number, case list, outcomes,
                 episodes closed, referrals' first stays, held PIC summaries, identities merged in
 Pure: both states in, the survivor's changed in place, derived events and clock changes out.
 """
@@ -28,6 +29,7 @@ from datetime import datetime, timedelta
 from hub.core.deaths import cancel_contacts
 from hub.core.derived_events import Clock, DerivedEvents, Outcome
 from hub.core.ports import Json, RecordEvent
+from hub.core.practices import newer_word, take_word
 from hub.core.record_content import replaced_by
 from hub.core.task_status import FINAL
 from schemas.events import coordination as co
@@ -35,7 +37,6 @@ from schemas.events import coordination as co
 MERGED_INTO = "merged_into"  # a retired key's state: only this, naming the key it was merged into
 MERGED = "merged"  # a survivor's state: the keys merged into it (their late Patients speak for the person)
 PARTITION = "partition"  # a survivor's state: the partition its own events (and its merge) are read from
-_WORD = {"registration": 2, "coordinator": 2, "referral": 1}  # how strongly a practice was said
 
 
 def retirements(resources: list[Json]) -> list[tuple[str, str]]:
@@ -90,9 +91,8 @@ def fold(rules: Rules, state: Json, theirs: Json, retired: str, event: RecordEve
 
 def _fold_facts(state: Json, theirs: Json) -> None:
     """What each identity knew of the person that is not a task, a death or a stay."""
-    said, ours = (_WORD.get(s.get("practice_from") or "", 0) for s in (theirs, state))
-    if theirs.get("practice") and (said > ours or not state.get("practice")):
-        state["practice"], state["practice_from"] = theirs["practice"], theirs.get("practice_from")
+    if newer_word(theirs, state):  # (hub.core.practices: the newer word on the practice, by practice_at)
+        take_word(state, theirs)
     for key in ("nhs", "eligible"):
         if not state.get(key) and theirs.get(key):
             state[key] = theirs[key]

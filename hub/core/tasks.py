@@ -7,7 +7,8 @@ the log) reaches its due time, so a replay of the log opens, closes and escalate
 tasks at exactly the same times.
 
 Order of work for each event (Engine.handle; the steps live here unless another module is named):
-    person      a Patient's registered practice is remembered
+    person      a Patient's registered practice is remembered: the newest word on it by event time, a
+                register row's or a hospital's Patient naming one, as the record takes it (hub.core.practices)
     release     once an event names the practice (an ADT, a register row, a GP's referral, or the
                 coordinator completing the find-the-practice task with the practice as its output), held
                 PIC summaries go to it and their find-the-practice tasks complete (hub.core.caseload)
@@ -64,7 +65,6 @@ from hub.core.fhir_read import (
     contact_kind,
     extension,
     focus_of,
-    ods,
     of_kind,
     referral_source,
     referrals_of,
@@ -75,13 +75,12 @@ from hub.core.merges import Rules as MergeRules
 from hub.core.merges import fold
 from hub.core.pic_summary import LETTER_DUE, practice_found
 from hub.core.ports import Json, RecordEvent
-from hub.core.record_content import replaced_by
+from hub.core.practices import remember
 from hub.core.referral_moves import move, outcome_said, remember_outcomes, says_moved
 from hub.core.task_status import FINAL, may_move
 from schemas.coordination_rules import CoordinationRules, Fulfilment, TaskRule
 from schemas.events import coordination as co
 
-NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 _OWN = frozenset(
     {
         co.TASK_CREATED.type,
@@ -128,7 +127,7 @@ class Engine:
         resources = bundle_resources(event.payload)
         said = event.type != co.PIC_SUMMARY_SENT.type  # (the hub's own letter says only what it was told)
         if said:
-            self._remember_practice(state, resources, referral=event.type == co.REFERRAL_RECEIVED.type)
+            remember(state, event, resources)  # (before learn: hub.core.practices)
         out = self.caseload.release(state, event)
         if said and learn(state, event, resources):
             out.extend(cancel_contacts(self.events, self._contacts, state, event))
@@ -163,27 +162,6 @@ class Engine:
         return out
 
     # --- the steps -------------------------------------------------------------------------
-
-    def _remember_practice(self, state: Json, resources: list[Json], *, referral: bool) -> None:
-        """The person's practice (where the PIC summary goes) and NHS number. A hospital's ADT (PD1:
-        generalPractitioner pointing at the Organization it carries) and a practice's register row
-        say where the person is registered. The Patient a referral carries is only the referrer's
-        word (any partner may refer): it says the practice until a registration has, never after."""
-        says_practice = not (referral and state.get("practice_from") in ("registration", "coordinator"))
-        practices = {
-            f"Organization/{o.get('id')}": ods(o.get("identifier")) for o in of_kind(resources, "Organization")
-        }
-        for patient in of_kind(resources, "Patient"):
-            if replaced_by(patient):
-                continue  # a merge's retired record: the survivor's Patient beside it speaks for the person
-            for gp in (patient.get("generalPractitioner") or []) if says_practice else []:
-                code = ods([gp.get("identifier") or {}]) or practices.get(str(gp.get("reference")))
-                if code:
-                    state["practice"] = code
-                    state["practice_from"] = "referral" if referral else "registration"
-            for ident in patient.get("identifier") or []:
-                if ident.get("system") == NHS_SYSTEM and ident.get("value"):
-                    state["nhs"] = ident["value"]
 
     def _fulfil(self, state: Json, event: RecordEvent, name: str, resources: list[Json], out: Outcome) -> None:
         rules = {r.id: r for r in self.rules.tasks}
@@ -317,6 +295,7 @@ class Engine:
             found = practice_found(resource) if task["rule"] == FIND_PRACTICE and status == "completed" else None
             if found:  # the coordinator found the practice: as good as a registration, until the next one
                 state["practice"], state["practice_from"] = found, "coordinator"
+                state.pop("practice_at", None)  # (undated: any registration takes it: hub.core.practices)
                 task["practice"] = found
         return out
 

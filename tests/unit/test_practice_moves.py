@@ -273,10 +273,6 @@ def test_the_record_and_the_letter_name_the_same_practice(engine: Engine, events
     assert practice_of(record(events)) == {letter_to(engine, events)}
 
 
-@pytest.mark.xfail(
-    reason="hub.core.tasks learns the practice in log order, not by event time (the engine's change: see the report)",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "events",
     [

@@ -1,5 +1,5 @@
 """Whom a person is registered with, as events say it in log order (hub.core.delivery): newer news
-wins, a referral or register row registers no one, a person merged away is their survivor's."""
+wins, a referral registers no one (a register row does), a person merged away is their survivor's."""
 
 from __future__ import annotations
 
@@ -41,8 +41,9 @@ def test_what_an_event_says_of_registrations() -> None:
         "b": Registration(frozenset({"Y2"}), T, "ev"),
         "c": Registration(frozenset(), T, "ev"),
     }
-    for stub in (REFERRAL_RECEIVED.type, REGISTER_ROW.type):  # a practice a referrer typed registers no one
-        assert registrations_in(stub, T, "ev", [by_code]) == {}
+    # a practice a referrer typed registers no one; a practice's register row is its word that they are registered
+    assert registrations_in(REFERRAL_RECEIVED.type, T, "ev", [by_code]) == {}
+    assert registrations_in(REGISTER_ROW.type, T, "ev", [by_code]) == {"b": Registration(frozenset({"Y2"}), T, "ev")}
     assert merges_in(MERGED, resources) == {"e": "a"} and merges_in(ADT, resources) == {}
 
 
