@@ -20,7 +20,15 @@ Rules, in the order they are applied to each event:
                     the surviving person, so events that arrive late for the old identity land on the survivor
     merge           the retired person's resources move to the survivor (subject rewritten, new version);
                     the retirement itself (inactive, replaced-by) is never stale: a merge dated before
-                    the retired Patient's last write retires that newer content, as in the other order
+                    the retired Patient's last write retires that newer content, as in the other order.
+                    A merge reversed (its survivor was merged into the person it retires) moves them to
+                    the survivor it names, whom its Patient makes a person again
+    deaths merged   a death is the person's under any key: what a Patient under a retired key says of a
+                    death (said, PID-30 N, or deleted) is said for its survivor too when it is the newest
+                    word on their Patient by event time, and a death the retired Patient holds when the
+                    merge is read becomes the survivor's unless theirs says one, or the merge's own
+                    Patient for them says they are alive as the newest word (as hub.core.merges folds
+                    it); nothing else of the retired identity's Patient is the survivor's
     encounter       an update overlays the stored Encounter (an A08 says nothing about status);
                     a cancelled discharge (A13) removes the end of the stay and the discharge disposition
     one stay        an episode.opened whose EpisodeOfCare is new (another id) is not written when the
@@ -65,6 +73,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hub.core.days import answers_that_day
+from hub.core.deaths import death_said
 from hub.core.errors import InvalidMessageError
 from hub.core.fhir_read import referrals_of
 from hub.core.identity import MAX_HOPS
@@ -72,12 +81,14 @@ from hub.core.policy import PERSON_EXTENSION
 from hub.core.ports import Json, RecordEvent, RecordUnitOfWork, StoredResource
 from hub.core.record_content import (
     MERGED,
+    death_carried,
     has_outcome,
     labelled,
     labels_of,
     next_content,
     register_said,
     registered,
+    removed_elements,
     replaced_by,
     same_content,
 )
@@ -152,14 +163,16 @@ def _apply(uow: RecordUnitOfWork, event: RecordEvent) -> int:
     when = event.time.isoformat()  # once per event: it is stamped on everything the event writes
     written: list[StoredResource] = []
     stale = 0
-    if event.type == MERGED:
-        written += _merge(uow, event, resources, when)
+    merges = _retirements(uow, resources) if event.type == MERGED else ()
     for resource in resources:
-        stored = _write(uow, event, resource, when)
+        stored = _write(uow, event, resource, when, written)
         if stored is None:
             stale += 1
         elif stored is not UNCHANGED:
             written.append(stored)
+    if merges:  # (after the Patients: a merge reversed moves to the survivor its own Patient makes active)
+        written[:0] = _merge(uow, event, merges, when)
+        written += _deaths_merged(uow, event, resources, merges)
     if written:
         _provenance(uow, event, written, when)
     return stale
@@ -189,9 +202,12 @@ def _subject_key(resource: Json) -> str | None:
     return None
 
 
-def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str) -> StoredResource | None:
+def _write(
+    uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str, written: list[StoredResource]
+) -> StoredResource | None:
     """Write one resource unless what is stored came from a newer event (None: stale) or says the
-    same already (UNCHANGED)."""
+    same already (UNCHANGED). A death said under a retired key is written to its survivor too, and
+    appended to `written`."""
     kind, rid = incoming["resourceType"], incoming["id"]
     current = uow.get(kind, rid)
     stub = kind == "Patient" and event.type in PATIENT_STUB_EVENTS
@@ -214,6 +230,8 @@ def _write(uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, when: str)
         elif event.type not in _IN_LOG_ORDER and not _outcome_that_day(event, incoming, current):
             return None
         latest = current.event_time  # a correction (or a task event, or a merge) dated earlier: not dated back
+    if kind == "Patient" and current is not None and "link" in current.content and event.type != MERGED:
+        _death_to_survivor(uow, event, incoming, current, written)  # (rare: someone merged away, or a survivor)
     if (
         kind == "Patient"
         and current is not None
@@ -419,16 +437,27 @@ def _stamp(
     return StoredResource(kind, rid, key, version, content_time, event.id, content)
 
 
-def _merge(uow: RecordUnitOfWork, event: RecordEvent, resources: list[Json], when: str) -> list[StoredResource]:
-    """Move every resource filed under each retired person to the survivor."""
-    moved: list[StoredResource] = []
+def _retirements(uow: RecordUnitOfWork, resources: list[Json]) -> list[tuple[str, str, str]]:
+    """(retired key, survivor key named, the person that key resolves to) for each Patient a merge
+    retires, resolved before the merge's Patients are written."""
+    found = []
     for patient in resources:
-        if patient.get("resourceType") != "Patient":
-            continue
-        target = replaced_by(patient)
-        if target is None:
-            continue
-        retired, to = patient["id"], survivor(uow, target)
+        target = replaced_by(patient) if patient.get("resourceType") == "Patient" else None
+        if target is not None:
+            found.append((str(patient["id"]), target, survivor(uow, target)))
+    return found
+
+
+def _merge(
+    uow: RecordUnitOfWork, event: RecordEvent, merges: list[tuple[str, str, str]], when: str
+) -> list[StoredResource]:
+    """Move every resource filed under each retired person to the survivor. A merge reversed (the
+    survivor named was merged into the person it now retires) moves them to the survivor named,
+    whom its Patient, written first, made a person again (unless that write was stale)."""
+    moved: list[StoredResource] = []
+    for retired, target, to in merges:
+        if to == retired:
+            to = survivor(uow, target)
         if retired == to:
             continue
         for current in uow.of_person(retired):
@@ -442,6 +471,62 @@ def _merge(uow: RecordUnitOfWork, event: RecordEvent, resources: list[Json], whe
             uow.put(stored)
             moved.append(stored)
     return moved
+
+
+def _death_to_survivor(
+    uow: RecordUnitOfWork, event: RecordEvent, said: Json, retired: StoredResource, written: list[StoredResource]
+) -> None:
+    """A Patient under a retired key (a hospital still using the old number), as news of the person,
+    says what it says of a death for their survivor too, when it is the newest word on their Patient
+    by event time (hub.core.record_content.death_carried), as the rules engine takes it (hub.core.deaths).
+    The survivor's Patient keeps its source: the rest of what the old number's sender says is not
+    theirs to supply."""
+    to = survivor(uow, retired.id)
+    held = uow.get("Patient", to) if to != retired.id else None
+    if held is None or event.time < held.event_time:
+        return  # (older than the survivor's latest Patient: stale there, as on their own key)
+    content = death_carried(held.content, said)
+    if content is None:
+        return
+    if same_content(content, held.content):
+        _said_again(uow, held, event.time)
+        return
+    written.append(_carried(uow, event, content, held, event.time))
+
+
+def _deaths_merged(
+    uow: RecordUnitOfWork, event: RecordEvent, resources: list[Json], merges: list[tuple[str, str, str]]
+) -> list[StoredResource]:
+    """A death a retired identity's Patient holds (said under its key before the merge was read) is
+    the survivor's, unless theirs says one already or the merge's own Patient for them says they are
+    alive as the newest word (dated at or after both Patients), as the rules engine folds it
+    (hub.core.merges). The survivor's Patient is then dated by the newer of the two."""
+    carried: list[StoredResource] = []
+    for retired, _, _ in merges:
+        theirs = uow.get("Patient", retired)
+        said = death_said(theirs.content) if theirs else None
+        to = survivor(uow, retired)
+        held = uow.get("Patient", to) if said and to != retired else None
+        if theirs is None or said is None or held is None or death_said(held.content):
+            continue
+        own = next((p for p in resources if p.get("resourceType") == "Patient" and p.get("id") == to), None)
+        newest = held.event_time <= event.time and theirs.event_time <= event.time
+        if own is not None and newest and (own.get("deceasedBoolean") is False or said in removed_elements(own)):
+            continue
+        content = death_carried(held.content, {said: theirs.content[said]})
+        if content is not None and not same_content(content, held.content):
+            carried.append(_carried(uow, event, content, held, max(held.event_time, theirs.event_time)))
+    return carried
+
+
+def _carried(
+    uow: RecordUnitOfWork, event: RecordEvent, content: Json, held: StoredResource, at: datetime
+) -> StoredResource:
+    """The survivor's Patient with a death carried onto it, dated `at`, its source kept."""
+    stored = _stamp(event, content, "Patient", held.id, held.person_key, held, at, at.isoformat())
+    stored.content["meta"]["source"] = (held.content.get("meta") or {}).get("source", event.source)
+    uow.put(stored)
+    return stored
 
 
 @functools.lru_cache(maxsize=1024)

@@ -185,6 +185,21 @@ def _death_kept(before: Json, said: Json) -> None:
             said[element] = before[element]
 
 
+def death_carried(held: Json, said: Json) -> Json | None:
+    """The Patient `held` (a survivor's) with what `said` (a Patient under a key merged into them, or
+    what it held) says of a death, as a Patient of the person's own saying it would leave it: its
+    deceased[x] in place of the one held (one is ever held), or the held one it deletes (HL7 v2 `""`)
+    removed. None when it says nothing of a death: the rest of what it says is not the survivor's."""
+    words = {k: v for k, v in said.items() if k.startswith("deceased")}
+    deleted = removed_elements(said) & {k for k in held if k.startswith("deceased")}
+    if not words and not deleted:
+        return None
+    content = {k: v for k, v in held.items() if k != "meta" and k not in deleted}
+    if words:
+        content = {k: v for k, v in content.items() if not k.startswith("deceased")} | words
+    return labelled(content, labels_of(held.get("meta")))
+
+
 def practice_said_at(patient: Json) -> datetime | None:
     """When a register row said the practice this Patient holds (PRACTICE_SAID_URL), if one did."""
     gps = patient.get("generalPractitioner")
