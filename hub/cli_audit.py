@@ -156,7 +156,7 @@ def audit_time_travel(
     from hub.core import nhs_number as nhs
     from hub.core.identity import identities, person_key
     from hub.core.ledger import DISCLOSED, REFUSED, results
-    from hub.core.timetravel import CANNOT_TELL, in_period, people_of, reconsider
+    from hub.core.timetravel import CANNOT_TELL, in_period, people_of, reconsider, with_origins
     from hub.store.agreements import PolicySource, SqlAgreements
     from hub.store.ledger import SqlLedger
     from hub.store.sql import SqlRecordReader
@@ -180,6 +180,8 @@ def audit_time_travel(
     policy = PolicySource(stored, reader)
     refs = {"/".join(str(r).split("#")[0].split("/")[:2]) for e in entries for r in e.body.get("resources") or []}
     resources = {ref: reader.read(*ref.split("/", 1)) for ref in refs if "/" in ref}
+    # (a Task is bounded by its referral even where the referral itself was never disclosed)
+    resources = with_origins(resources, lambda ref: reader.read(*ref.split("/", 1)))
     consents = [rule for person in sorted(people_of(entries, resources)) for rule in policy.consents(person)]
     rows = reconsider(entries, resources, policy.agreements(), consents, datetime.now(UTC), history=stored.history())
     table = listing("#", "when", "to", "how", "resource", "then", "on", "today", "on", title="Policy time travel")

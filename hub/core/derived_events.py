@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from hub.core.fhir_read import ODS_SYSTEM
+from hub.core.fhir_read import ODS_SYSTEM, bundle_resources, of_kind, referral_source
 from hub.core.identity import stable_id
 from hub.core.pic_summary import letter, practice_output
 from hub.core.ports import Json, RecordEvent
@@ -25,6 +25,9 @@ MERGED_REASON = "person-merged"  # a duplicate of a duty the person's other iden
 MERGED_TEXT = (
     "The person's records were merged (A40) and the other identity has a task for the same duty: that one stands"
 )
+# a case-list Flag's referral (Flag has no element for it): what the Flag reveals, so hub.core.policy
+# shares it no further than the referral (origins_of); beside co.EPISODE_EXTENSION, a long-stay Flag's
+REFERRAL_EXTENSION = "https://carehub.invalid/StructureDefinition/case-listing-referral"
 DIED_REASON = "person-died"  # a task to contact or visit the person, cancelled because they died (hub.core.deaths)
 
 
@@ -123,9 +126,17 @@ class DerivedEvents:
             "period": {"start": event.time.isoformat()},
             "extension": [{"url": co.CRITERION_EXTENSION, "valueCode": criterion}],
         }
+        for referral in self._listed_by(event, criterion):
+            flag["extension"].append({"url": REFERRAL_EXTENSION, "valueReference": {"reference": referral}})
         if state.get("practice"):
             flag["author"] = {"identifier": {"system": ODS_SYSTEM, "value": state["practice"]}}
         return self.derived(co.CASELIST_ADDED.type, f"case-list|{flag_id}", event.subject, event.time, flag)
+
+    def _listed_by(self, event: RecordEvent, criterion: str) -> list[str]:
+        """The referrals (`ServiceRequest/<id>`) of `event` from a source `criterion` lists people on."""
+        sources = next((c.referral_sources for c in self.rules.case_finding if c.id == criterion), ())
+        requests = of_kind(bundle_resources(event.payload), "ServiceRequest")
+        return [f"ServiceRequest/{r['id']}" for r in requests if r.get("id") and referral_source(r) in sources]
 
     def pic_summary(self, state: Json, person: str, episode: Json, summary: Json, at: datetime) -> RecordEvent:
         """The PIC summary as a document for the person's practice (GP subscriptions deliver it)."""

@@ -23,7 +23,8 @@ What "today" means, so that only a change of policy shows as one:
     people          the person's consents are looked for under the key the ledger names and under
                     the key the resource is filed under now (a merge since moves it to the survivor)
     origins         a resource that refers to a referral or an episode of care is decided, as any
-                    read is, no wider than they are: as `resources` holds them (`with_origins`)
+                    read is, no wider than they are: as `resources` holds them (`with_origins`),
+                    under the consents of their people too (a referral may have moved since)
     withheld        a resource an export withheld only because another resource of its event was not
                     covered (WITHHELD_WITH_EVENT) was itself permitted: it shows as "withheld", and
                     today's policy differs only if it would no longer permit the resource itself;
@@ -40,7 +41,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from hub.core.policy import SHARED_TYPES, Asker, ConsentRule, Decision, decide, origins_of, person_of
+from hub.core.policy import SHARED_TYPES, Asker, ConsentRule, Decision, decide, origins_held, person_of
 from hub.core.ports import Json
 
 # why an export withheld a resource its agreements covered: another resource of the same event was not
@@ -112,8 +113,9 @@ def reconsider(
             if current is None:
                 now_decision, now_basis = "unknown", "the record no longer holds this resource"
             else:
-                theirs = by_person.get(person_of(current) or "", ())
                 origins = _origins(current, resources)
+                people = {p for r in (current, *origins) if (p := person_of(r))}  # (a referral moved since)
+                theirs = [rule for person in sorted(people) for rule in by_person.get(person, ())]
                 decision = decide(asker, current, agreements, theirs, origins=origins)
                 elsewhere = _other_content(body, versioned, current)
                 moved = set(decision.consents) != then_consents  # (no change of content explains that)
@@ -139,31 +141,24 @@ def reconsider(
     return found
 
 
-ORIGIN_STEPS = 3  # a Flag -> its episode -> its referral, with a step to spare (as hub.api.routes.fhir)
-
-
 def with_origins(resources: Mapping[str, Json | None], read: Callable[[str], Json | None]) -> dict[str, Json | None]:
-    """`resources` (by "Type/id") with what they refer to that they reveal (policy.origins_of), read
-    with `read`, followed a few steps: what `reconsider` decides them no wider than."""
+    """`resources` (by "Type/id") with what they refer to that they reveal (policy.origins_held), read
+    with `read` each once: what `reconsider` decides them no wider than."""
     held = dict(resources)
-    pending = {f"{k}/{i}" for r in held.values() if r for k, i in origins_of(r)} - held.keys()
-    for _ in range(ORIGIN_STEPS):
-        found = {ref: read(ref) for ref in pending}
-        held |= found
-        pending = {f"{k}/{i}" for r in found.values() if r for k, i in origins_of(r)} - held.keys()
+
+    def look(kind: str, id_: str) -> Json | None:
+        if f"{kind}/{id_}" not in held:
+            held[f"{kind}/{id_}"] = read(f"{kind}/{id_}")
+        return held[f"{kind}/{id_}"]
+
+    for resource in [r for r in resources.values() if r is not None]:
+        origins_held(resource, look)
     return held
 
 
 def _origins(resource: Json, resources: Mapping[str, Json | None]) -> list[Json]:
     """The referrals and episodes `resource` reveals, as `resources` holds them, followed through."""
-    found: dict[str, Json] = {}
-    pending = [f"{k}/{i}" for k, i in origins_of(resource)]
-    for _ in range(ORIGIN_STEPS):
-        for ref in pending:
-            if (held := resources.get(ref)) is not None:
-                found[ref] = held
-        pending = [f"{k}/{i}" for r in found.values() for k, i in origins_of(r) if f"{k}/{i}" not in found]
-    return list(found.values())
+    return origins_held(resource, lambda kind, id_: resources.get(f"{kind}/{id_}"))
 
 
 def _other_content(body: Any, versioned: str, current: Json) -> str | None:

@@ -12,10 +12,11 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from hub.core.consents import ConsentRule, consent_rule
 from hub.core.errors import InvalidMessageError
 from hub.core.identity import survivors
-from hub.core.policy import ConsentRule, consent_rule
-from hub.core.ports import RecordReader
+from hub.core.policy import origins_held
+from hub.core.ports import Json, RecordReader
 from hub.store.sql import store_errors
 from hub.store.tables import sharing_agreement
 from schemas.agreements import Agreement
@@ -105,6 +106,19 @@ class PolicySource:
         if self._cached is None or now - self._cached[0] > self._ttl:
             self._cached = (now, self._agreements.current())
         return self._cached[1]
+
+    def origins(self, resource: Json, held: dict[tuple[str, str], Json | None] | None = None) -> list[Json]:
+        """The referrals and episodes `resource` reveals, as the record holds them now
+        (hub.core.policy.origins_held): what `decide` bounds it by. `held`, what the caller has read
+        already (one request's), is read from first and filled in."""
+        held = {} if held is None else held
+
+        def read(kind: str, id_: str) -> Json | None:
+            if (kind, id_) not in held:
+                held[(kind, id_)] = self._reader.read(kind, id_)
+            return held[(kind, id_)]
+
+        return origins_held(resource, read)
 
     def people_as(self, person_keys: Collection[str]) -> dict[str, str]:
         """Each person key as the person the record now knows them as (hub.core.identity.survivors)."""

@@ -42,21 +42,11 @@ from hub.api.shapes import (
     errors,
     ok,
 )
+from hub.core.consents import ORGANISATION_SYSTEMS, consent_problems
 from hub.core.errors import ConsentDeniedError, InvalidMessageError, LedgerBrokenError, UnknownPersonError
 from hub.core.identity import identities
 from hub.core.ledger import Disclosure, resource_ref, unsound
-from hub.core.policy import (
-    ORGANISATION_SYSTEMS,
-    UNENFORCED,
-    Asker,
-    Decision,
-    consent_problems,
-    covers_audit,
-    decide,
-    origins_of,
-    person_of,
-    told_to_asker,
-)
+from hub.core.policy import UNENFORCED, Asker, Decision, covers_audit, decide, person_of, told_to_asker
 from hub.core.ports import Json, Ledger, RecordReader
 from hub.core.timetravel import WITHHELD_WITH_READ
 from hub.store.agreements import PolicySource
@@ -71,7 +61,6 @@ Publish = Callable[[Envelope], Awaitable[None]]
 TAG = "FHIR record"  # the OpenAPI tag of these routes
 MAX_BODY = 1 << 20  # a Consent is a few kilobytes; a megabyte is already hostile
 MAX_DEPTH = 32  # a Consent nests about 7 levels deep
-ORIGIN_STEPS = 3  # a Flag -> its episode -> its referral, with a step to spare
 
 _FHIR_ID, _PATIENT_REF, _SYSTEM_VALUE, _REASON = (re.compile(p) for p in (FHIR_ID, PATIENT_REF, SYSTEM_VALUE, REASON))
 BEARER = HTTPBearer(
@@ -112,40 +101,25 @@ def patient_id(patient: str, kind: str) -> str:
 
 
 class Judge:
-    """Decides each resource for one request, with each person's consents read once. Given the
-    record (`reader`), a resource that refers to a referral or an episode of care is shared no
-    further than they are (hub.core.policy.origins_of)."""
+    """Decides each resource for one request, with each person's consents read once. A resource that
+    refers to a referral or an episode of care is shared no further than they are, as the record
+    holds them (PolicySource.origins), each read once for the request."""
 
-    def __init__(self, policy: PolicySource | None, asker: Asker, reader: RecordReader | None = None) -> None:
+    def __init__(self, policy: PolicySource | None, asker: Asker) -> None:
         self.policy = policy
         self.asker = asker
-        self.reader = reader
         self._consents: dict[str, Any] = {}
         self._held: dict[tuple[str, str], Json | None] = {}  # (what the resources of a read refer to, read once)
 
     def __call__(self, resource: Json) -> Decision:
         if self.policy is None:
             return UNENFORCED
-        origins = self.origins(resource) if self.reader is not None else []
+        origins = self.policy.origins(resource, self._held)
         people = {p for r in (resource, *origins) if (p := person_of(r)) is not None}  # (a referral moved since)
         for person in people - self._consents.keys():
             self._consents[person] = self.policy.consents(person)
         consents = [rule for person in sorted(people) for rule in self._consents[person]]
         return decide(self.asker, resource, self.policy.agreements(), consents, origins=origins)
-
-    def origins(self, resource: Json) -> list[Json]:
-        """What the resource refers to that it reveals, as the record holds it, followed through
-        (a long-stay Flag names an episode, the episode its referral): a few steps at most."""
-        found: dict[tuple[str, str], Json] = {}
-        pending = origins_of(resource)
-        for _ in range(ORIGIN_STEPS):
-            for kind, id_ in pending:
-                if (kind, id_) not in self._held and self.reader is not None:
-                    self._held[(kind, id_)] = self.reader.read(kind, id_)
-                if (held := self._held.get((kind, id_))) is not None:
-                    found[(kind, id_)] = held
-            pending = [ref for held in found.values() for ref in origins_of(held) if ref not in found]
-        return list(found.values())
 
 
 def refused_whole(patient: tuple[Json, Decision], rest: list[tuple[Json, Decision]]) -> list[tuple[Json, Decision]]:
@@ -212,7 +186,7 @@ def router(
                 "X-Break-Glass-Reason must be a line of text (1 to 500 characters, no control characters)",
                 ("X-Break-Glass-Reason",),
             )
-        return Judge(policy, Asker(who.org, who.role, datetime.now(UTC), break_glass), reader)
+        return Judge(policy, Asker(who.org, who.role, datetime.now(UTC), break_glass))
 
     def disclose(
         request: Request, who: Principal, judge_: Judge, channel: str, found: list[Json], reads: tuple[str, ...]
@@ -435,7 +409,7 @@ def _parse_consent(body: bytes) -> Json:
 
 
 def _enforceable(reader: RecordReader, consent: Json) -> None:
-    """Refuse (400) a Consent the hub would not enforce exactly as written (hub.core.policy
+    """Refuse (400) a Consent the hub would not enforce exactly as written (hub.core.consents
     consent_problems: the rule the record's reading of it follows), naming each element and what to
     send instead. An actor given as a reference Organization/<id> is resolved here to the code of the
     organisation the record holds, and the Consent keeps both; one the hub does not know is refused."""
