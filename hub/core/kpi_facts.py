@@ -7,6 +7,15 @@ person's events keep their order on their partition) and counts each event once 
 cannot read (a resource without an id, a field of the wrong shape) is skipped and counted in
 `skipped`, by reason, as the record consumer dead-letters it; the rest of the log still counts.
 Nothing here computes a figure: hub.core.kpis does, from these facts.
+
+Merges (A40) are followed at report time (`resolve`), whatever order the merge and the retired key's
+events came in: each key is read as the person it was last merged into (`who`), as the rules engine
+follows the merges (hub.core.coordination `_People`: merges of merges, at most MAX_HOPS, and a merge
+reversed makes the survivor it names a person again), taking the merges in event-time order (a merge
+and its reversal are on two partitions, in no order but their times). A merged person's referrals,
+contacts, births, practices, deaths and stays are the union of their keys'. Of two stays of a merged
+person open at once, the one the engine keeps is their stay: at each merge, the survivor's (hub.core.merges);
+the other is no stay for the KPIs (on no caseload, never a discharge), as a second stay never is.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from hub.core.fhir_read import (
     referrals_of,
 )
 from hub.core.huddle import UK
+from hub.core.identity import MAX_HOPS
 from hub.core.kpi_reading import (
     born_on,
     fhir_time,
@@ -37,10 +47,12 @@ from hub.core.kpi_reading import (
     source_of,
     why_unreadable,
 )
+from hub.core.merges import retirements
 from hub.core.ports import Json, RecordEvent
 from hub.core.record import resources_of
 from hub.core.stays import opens_another_stay
 from schemas.events import coordination as co
+from schemas.events.patient import PATIENT_MERGED
 
 # what a payload of the wrong shape raises in a handler (a list where a dict belongs, and so on)
 _UNREADABLE = (InvalidMessageError, LookupError, AttributeError, TypeError, ValueError, OverflowError)
@@ -102,6 +114,17 @@ class KpiFacts:
     _episode_of: dict[tuple[str, str], str] = field(default_factory=dict)  # (person, referral) -> the one it opened
     _ended: set[str] = field(default_factory=set)  # the episodes an episode.closed named: ended for good
     _opened_for: dict[str, set[str]] = field(default_factory=dict)  # episode -> the referrals it names
+    _merges: list[tuple[datetime, int, str, str]] = field(default_factory=list)  # (time, order, retired, into)
+    _receipts: list[tuple[str, datetime]] = field(default_factory=list)  # (person, when) per PIC summary receipt
+    # what `resolve` made of the merges, for the events seen so far (len(_seen) when it was made)
+    _resolved: int = -1
+    _who: dict[str, str] = field(default_factory=dict)  # a key merged away -> the person it now is
+    _keys: dict[str, list[str]] = field(default_factory=dict)  # a merged person -> their keys (theirs first)
+    _dropped: set[str] = field(default_factory=set)  # a merged person's stays that are not their stay
+    _more_stays: dict[str, set[str]] = field(default_factory=dict)  # referral -> stays under another key
+    _merged_contacts: dict[str, list[tuple[datetime, str]]] = field(default_factory=dict)
+    _stays_kept: list[Episode] = field(default_factory=list)  # the stays on a caseload (see stays)
+    _died: dict[str, datetime] = field(default_factory=dict)  # a person -> when they died, as the engine knows
 
     def add(self, event: RecordEvent) -> None:
         """Fold one event; one the fold cannot read is skipped and counted, never raised."""
@@ -129,6 +152,140 @@ class KpiFacts:
         """Count an event or record left out of the figures, and why."""
         self.skipped[reason] += 1
 
+    # --- merges, followed at report time ------------------------------------------------------
+
+    def who(self, key: str) -> str:
+        """The person a key is now (itself, unless merged away): as `resolve` last found it."""
+        return self._who.get(key, key)
+
+    def keys_of(self, person: str) -> list[str]:
+        """Every key of a person (`who` gives the person): theirs first, then those merged into them."""
+        return self._keys.get(person) or [person]
+
+    def stays(self) -> list[Episode]:
+        """The stays on a caseload: every episode but a merged person's that is not their stay."""
+        self.resolve()
+        return self._stays_kept
+
+    def episodes_of(self, person: str) -> list[str]:
+        """A person's stays, in order: as the log opened them (a merged person's: as they began)."""
+        keys = self.keys_of(person)
+        if len(keys) == 1:
+            return self._episodes_of.get(person, [])
+        theirs = [self.episodes[e] for k in keys for e in self._episodes_of.get(k, ()) if e not in self._dropped]
+        return [e.id for e in sorted(theirs, key=lambda e: (e.start, e.id))]
+
+    def referrals_made(self, person: str) -> set[str]:
+        """The referrals ever made for the person (under any of their keys); some may have moved since."""
+        keys = self.keys_of(person)
+        if len(keys) == 1:
+            return self._referrals_of.get(person, set())
+        return {rid for k in keys for rid in self._referrals_of.get(k, ())}
+
+    def said_of(self, person: str, said: dict[str, list[tuple[datetime, Any]]]) -> list[tuple[datetime, Any]]:
+        """What was said of the person (births, practices), under any of their keys, earliest first."""
+        keys = self.keys_of(person)
+        if len(keys) == 1:
+            return said.get(person, [])
+        return sorted((x for k in keys for x in said.get(k, ())), key=lambda x: x[0])
+
+    def stays_ending(self, referral: Referral) -> set[str]:
+        """The stays that end the referral's wait (those begun after it on the log, or opened for it;
+        under another key of a merged person, those begun after it was made)."""
+        more = self._more_stays.get(referral.id)
+        return self._stays.get(referral.id, set()) | more if more else self._stays.get(referral.id, set())
+
+    def resolve(self) -> None:
+        """Follow the merges the log holds (once for the events seen so far): who each key now is, a
+        merged person's contacts and stays, and the letters their discharges had."""
+        if self._resolved == len(self._seen):
+            return
+        self._resolved = len(self._seen)
+        self._who, folds = survivors_of([(r, i) for _, _, r, i in sorted(self._merges)])
+        self._keys = {}
+        for key, person in sorted(self._who.items()):
+            self._keys.setdefault(person, [person]).append(key)
+        self._dropped, self._more_stays, self._merged_contacts = set(), {}, {}
+        self._fold_stays(folds)
+        for person, keys in self._keys.items():
+            self._end_waits(person)
+            self._merged_contacts[person] = self._contacts_under(keys)
+        self._stays_kept = [e for e in self.episodes.values() if e.id not in self._dropped]
+        self._died = {}
+        for key, state in self._deaths.items():  # (a death any of a person's keys knew of: hub.core.merges)
+            died = (state or {}).get("died")
+            if died:
+                at, person = fhir_time(died.get("at"), datetime.fromisoformat(died["learned"])), self.who(key)
+                self._died[person] = min(at, self._died.get(person, at))
+        self._letters()
+
+    def _fold_stays(self, folds: list[tuple[str, str | None]]) -> None:
+        """One stay at a time for a merged person, as the engine keeps it (hub.core.merges): at each
+        merge, the survivor's stays stand, and a retired key's stay open at the same time as one of
+        theirs (by their times: two keys' events are in no order on the log), or opened for the same
+        referral, is not a stay (`_dropped`); the rest become the survivor's. A key begun again has none."""
+        held: dict[str, list[Episode]] = {}
+
+        def stays_of(key: str) -> list[Episode]:
+            if key not in held:
+                held[key] = [self.episodes[e] for e in self._episodes_of.get(key, ())]
+            return held[key]
+
+        for retired, person in folds:
+            if person is None:
+                held[retired] = []
+                continue
+            theirs, ours = stays_of(retired), stays_of(person)
+            held[retired] = []
+            for stay in theirs:
+                named = self._opened_for.get(stay.id, set())
+                if any(_at_once(stay, o) or not named.isdisjoint(self._opened_for.get(o.id, ())) for o in ours):
+                    self._dropped.add(stay.id)
+                else:
+                    ours.append(stay)
+
+    def _end_waits(self, person: str) -> None:
+        """A merged person's stay begun after a referral made under another of their keys ends its wait,
+        as a stay begun after it on the log under its own key does."""
+        stays = [self.episodes[e] for e in self.episodes_of(person)]
+        for rid in self.referrals_made(person):
+            referral = self.referrals.get(rid)
+            if referral is None or self.who(referral.person) != person:
+                continue  # (moved to someone else since)
+            for stay in stays:
+                if stay.person != referral.person and referral.at <= stay.start:
+                    self._more_stays.setdefault(rid, set()).add(stay.id)
+
+    def _contacts_under(self, keys: list[str]) -> list[tuple[datetime, str]]:
+        """A merged person's contacts: each Encounter once, as the newest event for it under any of
+        their keys says (the survivor's at a tie), and a partner's outcome of a referral once (the first)."""
+        best: dict[str, tuple[datetime | None, tuple[datetime, str]]] = {}
+        for key in keys:
+            for contact, held in self._contacts.get(key, {}).items():
+                said = self._contact_said.get((key, contact))
+                if contact not in best:
+                    best[contact] = (said, held)
+                    continue
+                was_said, was = best[contact]
+                if said is None or was_said is None:  # a partner's outcome: the first said
+                    best[contact] = (was_said, min(was, held))
+                elif said > was_said:
+                    best[contact] = (said, held)
+        return sorted(held for _, held in best.values())
+
+    def _letters(self) -> None:
+        """Each PIC summary receipt is the letter of the person's latest discharge at or before it that
+        has none yet (under any of their keys: the hub sends a merged person's letter as the survivor's)."""
+        for episode in self.episodes.values():
+            episode.letter = None
+        for key, when in self._receipts:
+            stays = (self.episodes[e] for e in self.episodes_of(self.who(key)))
+            closed = [e for e in stays if e.end is not None and e.end <= when]
+            if closed:
+                latest = max(closed, key=lambda e: e.end or when)
+                if latest.letter is None:
+                    latest.letter = when
+
     # --- per event type ----------------------------------------------------------------------
 
     def _said_of_person(self, event: RecordEvent, resources: list[Json]) -> None:
@@ -151,11 +308,10 @@ class KpiFacts:
 
     def died_by(self, person: str, t: datetime) -> bool:
         """Whether the person had died by t, as the rules engine knows it (a date of death; a death said
-        without one, by when it was said)."""
-        died = (self._deaths.get(person) or {}).get("died")
-        if not died:
-            return False
-        return fhir_time(died.get("at"), datetime.fromisoformat(died["learned"])) <= t
+        without one, by when it was said); a death any of their keys knew of is theirs (hub.core.merges)."""
+        self.resolve()
+        died = self._died.get(person)
+        return died is not None and died <= t
 
     def _referral(self, event: RecordEvent, resources: list[Json]) -> None:
         patient = next(iter(of_kind(resources, "Patient")), {})
@@ -207,8 +363,10 @@ class KpiFacts:
 
     def contacts_of(self, person: str) -> list[tuple[datetime, str]]:
         """The person's contacts as (when, kind), earliest first: each Encounter once (as the newest
-        event for it says), and a partner's `attended` (face-to-face) or `contacted` (first-contact)."""
-        return sorted(self._contacts.get(person, {}).values())
+        event for it says), and a partner's `attended` (face-to-face) or `contacted` (first-contact);
+        under every key merged into them (ask `resolve` first; `person` is one `who` gives)."""
+        merged = self._merged_contacts.get(person)
+        return list(merged) if merged is not None else sorted(self._contacts.get(person, {}).values())
 
     def _outcome(self, event: RecordEvent, resources: list[Json]) -> None:
         requests = of_kind(resources, "ServiceRequest")
@@ -278,11 +436,11 @@ class KpiFacts:
                 self.summaries[eid] = onward
 
     def _receipt(self, event: RecordEvent, resources: list[Json]) -> None:
-        closed = [e for e in self.episodes.values() if e.person == event.subject and e.end and e.end <= event.time]
-        if closed:
-            latest = max(closed, key=lambda e: e.end or event.time)
-            if latest.letter is None:
-                latest.letter = event.time
+        self._receipts.append((event.subject, event.time))  # (the letter it answers: see resolve)
+
+    def _merged(self, event: RecordEvent, resources: list[Json]) -> None:
+        said = retirements(resources)
+        self._merges += [(event.time, len(self._seen), retired, into) for retired, into in said]
 
     def _huddle(self, event: RecordEvent, resources: list[Json]) -> None:
         said = [
@@ -306,6 +464,60 @@ class KpiFacts:
                 self.huddles[hid] = (day, bool(before and before[1]), bool(before and before[2]))
 
 
+def survivors_of(merges: list[tuple[str, str]]) -> tuple[dict[str, str], list[tuple[str, str | None]]]:
+    """Follow `merges` ((retired, into), in the order they are taken) as the rules engine does
+    (hub.core.coordination `_People`): a retired key, and the keys merged into it before, point at the
+    survivor; a chain is followed at most MAX_HOPS (the key it ends at is a person again); a merge
+    reversed (its survivor was merged into the key it now retires) makes the survivor it names a person
+    again. Gives each key merged away -> the person it is now, and what the engine's state did, in
+    order: (retired, person) a retired key's state folded into the person's, (key, None) a key's state
+    begun again (new_state)."""
+    into: dict[str, str] = {}
+    merged: dict[str, list[str]] = {}  # a person -> the keys folded into them (their state's MERGED)
+    done: list[tuple[str, str | None]] = []
+
+    def chain(key: str) -> list[str]:
+        keys = [key]
+        for _ in range(MAX_HOPS):
+            nxt = into.get(keys[-1])
+            if nxt is None or nxt in keys:
+                break
+            keys.append(nxt)
+        return keys
+
+    def begin_again(key: str) -> None:
+        del into[key]
+        merged.pop(key, None)
+        done.append((key, None))
+
+    def survivor(key: str) -> str:
+        last = chain(key)[-1]
+        if last in into:  # (past MAX_HOPS: the chain ends here, and its state is new)
+            begin_again(last)
+        return last
+
+    for retired, named in merges:
+        if retired in chain(named) and named in into:
+            begin_again(named)  # reversed: the survivor named is a person again
+        person = survivor(named)
+        if person == survivor(retired):
+            continue  # (the same merge again, or one the chain holds already)
+        before = [k for k in merged.get(retired, ()) if k != person]
+        if retired not in into:  # (a key merged away before points on: its state went there)
+            kept = merged.setdefault(person, [])
+            kept += [k for k in [*merged.get(retired, ()), retired] if k not in kept and k != person]
+            done.append((retired, person))
+        for key in [retired, *(k for k in before if into.get(k) == retired)]:
+            into[key] = person
+            merged.pop(key, None)
+    return {key: chain(key)[-1] for key in into}, done
+
+
+def _at_once(one: Episode, other: Episode) -> bool:
+    """Whether two stays were open at once (by their times: begun, and ended or not)."""
+    return (other.end is None or one.start < other.end) and (one.end is None or other.start < one.end)
+
+
 # what a referral outcome says happened, as a contact: "attended" is a visit, "contacted" a first
 # contact (days to first contact), not a visit
 _CONTACT_OF_OUTCOME = {"attended": "face-to-face", "contacted": "first-contact"}
@@ -318,4 +530,5 @@ _HANDLERS: dict[str, Any] = {
     co.EPISODE_CLOSED.type: KpiFacts._closed,
     co.PIC_SUMMARY_RECEIPT.type: KpiFacts._receipt,
     co.HUDDLE_AGENDA.type: KpiFacts._huddle,
+    PATIENT_MERGED.type: KpiFacts._merged,
 }

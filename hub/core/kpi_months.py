@@ -92,7 +92,7 @@ def months_counted(fold: KpiFacts) -> set[str]:
     """The UK months (YYYY-MM) in which the log holds something the KPIs count."""
     times = [r.at for r in fold.referrals.values()]
     times += [t for r in fold.referrals.values() for t in (r.first_contact, r.first_visit) if t is not None]
-    times += [t for e in fold.episodes.values() for t in (e.start, e.end, e.letter) if t is not None]
+    times += [t for e in fold.stays() for t in (e.start, e.end, e.letter) if t is not None]
     times += [*fold.onward.values(), *(at for at, _ in fold.outcomes.values())]
     months = {t.astimezone(UK).strftime("%Y-%m") for t in times}
     return months | {day.strftime("%Y-%m") for day, _, _ in fold.huddles.values()}

@@ -87,6 +87,12 @@ referrals it answers, and its wait is measured from the earliest of them. The MD
 ("number of first visits", "% of visits within 4 weeks of referral"), so one visit is never two first
 visits, and a later visit is a follow-up, not the first visit of a second, overlapping referral.
 
+A person is counted once however many keys they had: an A40 merge is followed when the report is made
+(hub.core.kpi_facts.KpiFacts.resolve), so a referral under a hospital number later merged into the NHS-
+numbered identity is answered by a visit under either, their practice and age are the person's, they
+are referred on once, and of two stays open at once the one the rules engine kept at the merge (the
+survivor's) is their stay: the other is on no caseload and never a discharge, as a second stay never is.
+
 A percentage or mean with nothing to divide by has no value (None), not 0. An event the fold cannot
 read (a resource without an id, a field of the wrong shape) is skipped and counted in `skipped`, by
 reason, as the record consumer dead-letters it; the rest of the log still counts.
@@ -98,6 +104,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from itertools import chain
 
 from hub.core.days import answers_that_day
 from hub.core.huddle import UK
@@ -136,9 +143,9 @@ class KpiFold(KpiFacts):
         def inside(t: datetime | None) -> bool:
             return t is not None and start <= t < end
 
-        self._first_contacts()
+        self._first_contacts()  # (and follows the merges: hub.core.kpi_facts.KpiFacts.resolve)
         referred = [r for r in self.referrals.values() if inside(r.at)]
-        discharged = [e for e in self.episodes.values() if inside(e.end)]
+        discharged = [e for e in self.stays() if inside(e.end)]
         return [
             *self._referral_rows(referred),
             *self._visit_rows(inside),
@@ -164,12 +171,13 @@ class KpiFold(KpiFacts):
         practices = Counter(self.practice_of(r) for r in referred)
         rows += [Row("referrals by practice", p, n) for p, n in sorted(practices.items())]
         rows += [Row("referrals by source", s, n) for s, n in sorted(Counter(r.source for r in referred).items())]
-        bands = Counter(band(age_at(r.born or said_near(self._births.get(r.person), r.at), r.at)) for r in referred)
+        births = [r.born or said_near(self.said_of(self.who(r.person), self._births), r.at) for r in referred]
+        bands = Counter(band(age_at(born, r.at)) for born, r in zip(births, referred, strict=True))
         return rows + [Row("age at referral", label, bands.get(label, 0)) for label in band_labels()]
 
     def practice_of(self, referral: Referral) -> str:
         """The person's practice, for a referral (see the module's definitions)."""
-        said = referral.practice or said_near(self._practices.get(referral.person), referral.at)
+        said = referral.practice or said_near(self.said_of(self.who(referral.person), self._practices), referral.at)
         return said or (referral.requester if referral.source == "gp" else "unknown")
 
     def _onward_rows(self, inside: Callable[[datetime | None], bool], discharged: list[Episode]) -> list[Row]:
@@ -178,8 +186,8 @@ class KpiFold(KpiFacts):
         # a summary's words are the coordinator's free text: counted, never shown (a name or an NHS
         # number written there must not reach an aggregate report)
         destinations += [IN_A_SUMMARY for e in discharged for _ in self.summaries.get(e.id, [])]
-        people = {self.onward_people[rid] for rid in made}
-        people |= {e.person for e in discharged if self.summaries.get(e.id)}
+        people = {self.who(self.onward_people[rid]) for rid in made}  # (each person once, however merged)
+        people |= {self.who(e.person) for e in discharged if self.summaries.get(e.id)}
         by = [Row("onward referrals by destination", d, n) for d, n in sorted(Counter(destinations).items())]
         return [Row("onward referrals", "", len(destinations)), *by, Row("people referred on", "", len(people))]
 
@@ -243,7 +251,7 @@ class KpiFold(KpiFacts):
         ]
 
     def _caseload_rows(self, end: datetime) -> list[Row]:
-        started = [e for e in self.episodes.values() if e.start < end]
+        started = [e for e in self.stays() if e.start < end]  # (a merged person's one stay: see stays)
         loads = Counter(e.coordinator for e in started if e.end is None or e.end >= end)
         return [
             Row("caseload at month end", c, loads.get(c, 0), "28") for c in sorted({e.coordinator for e in started})
@@ -264,7 +272,7 @@ class KpiFold(KpiFacts):
     def _at_discharge_rows(self, discharged: list[Episode]) -> list[Row]:
         """What the month's discharges had in their stays (MDS activity 5-8 and 19, quality 10): see
         `contacts_in_stay` for which contacts count, and the module's definitions."""
-        stays = [_visits_in(self.contacts_in_stay(e), self._first_visits_of(e.person)) for e in discharged]
+        stays = [_visits_in(self.contacts_in_stay(e), self._first_visits_of(self.who(e.person))) for e in discharged]
         n, firsts = len(discharged), sum(s.firsts for s in stays)
         days = [max(0.0, (e.end - e.start) / timedelta(days=1)) for e in discharged if e.end]
         follow_ups = sum(s.follow_ups for s in stays)
@@ -282,18 +290,19 @@ class KpiFold(KpiFacts):
         answered (one whose wait it ends and that was still waiting when it began), or the stay's
         start if earlier, up to its end; one dated by day alone on that first day is in it (hub.core.days).
         A contact at or before the end of the person's stay before it is that stay's, never this one's."""
-        theirs = self._episodes_of.get(stay.person, [])
+        person = self.who(stay.person)
+        theirs = self.episodes_of(person)
         before = [self.episodes[e] for e in theirs[: theirs.index(stay.id)]] if stay.id in theirs else []
         answered = [
             r.at
-            for r in (self.referrals.get(rid) for rid in self._referrals_of.get(stay.person, ()))
-            if r is not None and r.person == stay.person and self._answered_by(r, stay)
+            for r in (self.referrals.get(rid) for rid in self.referrals_made(person))
+            if r is not None and self.who(r.person) == person and self._answered_by(r, stay)
         ]
         since, end = min([stay.start, *answered]), stay.end
         after = max((e.end for e in before if e.end is not None), default=None)
         return [
             (t, kind)
-            for t, kind in self.contacts_of(stay.person)
+            for t, kind in self.contacts_of(person)
             if (since <= t or answers_that_day(t, since)) and (end is None or t <= end) and (after is None or t > after)
         ]
 
@@ -305,18 +314,20 @@ class KpiFold(KpiFacts):
         if referral.id in self._opened_for.get(stay.id, ()):
             return True
         seen = [t for t in (referral.first_contact, referral.visited) if t is not None and t < stay.start]
-        return stay.id in self._stays.get(referral.id, ()) and not seen and not self._over(referral, stay.start)
+        return stay.id in self.stays_ending(referral) and not seen and not self._over(referral, stay.start)
 
     def _first_visits_of(self, person: str) -> set[datetime]:
         """When the person's first visits were (the first-visit figure's: one a referral's, at most)."""
-        referrals = (self.referrals.get(rid) for rid in self._referrals_of.get(person, ()))
-        return {r.first_visit for r in referrals if r is not None and r.person == person and r.first_visit is not None}
+        referrals = (self.referrals.get(rid) for rid in self.referrals_made(person))
+        return {r.first_visit for r in referrals if r and self.who(r.person) == person and r.first_visit is not None}
 
     def _first_contacts(self) -> None:
-        by_person: dict[str, list[Referral]] = {}
+        self.resolve()
+        by_person: dict[str, list[Referral]] = {}  # (a merged person's referrals under every key: one person)
+        who = self._who.get
         for referral in sorted(self.referrals.values(), key=lambda r: (r.at, r.id)):
             referral.first_contact = referral.first_visit = referral.visited = None
-            by_person.setdefault(referral.person, []).append(referral)
+            by_person.setdefault(who(referral.person, referral.person), []).append(referral)
         for person, referrals in by_person.items():
             contacts = self.contacts_of(person)
             self._answer(referrals, [t for t, _ in contacts], "first_contact")
@@ -350,9 +361,12 @@ class KpiFold(KpiFacts):
         been on the caseload since it (a stay begun after it on the log, or opened for it) and
         discharged by then without the contact it waited for."""
         at, outcome = self.outcomes.get(referral.id, (t, ""))
-        if (outcome == "declined" and at <= t) or self.died_by(referral.person, t):
+        if (outcome == "declined" and at <= t) or self.died_by(self._who.get(referral.person, referral.person), t):
             return True
-        stays = (self.episodes.get(eid) for eid in self._stays.get(referral.id, ()))
+        stays = (
+            self.episodes.get(eid)
+            for eid in chain(self._stays.get(referral.id, ()), self._more_stays.get(referral.id, ()))
+        )
         return any(e is not None and e.end is not None and e.end <= t for e in stays)
 
 
