@@ -5,8 +5,10 @@ The sender decides again before every attempt and records the decision in the le
 "webhook" or "mailbox") before anything is sent, then what the attempt came to (disclosed, possibly
 disclosed, not disclosed: hub.core.ledger). It signs a webhook body (HMAC-SHA256), retries with
 backoff and marks a delivery failed after the subscription's attempts, for `carehub deliveries
-redeliver`. Each subscription's deliveries go in order, subscriptions side by side (at most
-`concurrency` at once), so one slow or dead endpoint holds up only its own.
+redeliver`. Each subscription's deliveries go in order (a later one never while an earlier one is
+pending), subscriptions side by side (at most `concurrency` tries at once, a slot per try), so one
+slow or dead endpoint holds up only its own; each delivery is claimed in the outbox before its try,
+so senders in several workers never send one twice.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ import hmac
 import logging
 import os
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple, ParamSpec, TypeVar
 
 import httpx
 import orjson
@@ -35,6 +40,8 @@ from schemas.events.coordination import PIC_SUMMARY_SENT
 from schemas.subscriptions import Subscription
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 SIGNATURE_HEADER = "X-CareHub-Signature"
 
 
@@ -63,6 +70,17 @@ def _write_whole(target: Path, body: bytes) -> None:
         with contextlib.suppress(OSError):  # (left behind, the practice's account could read part of it)
             os.unlink(partial)
         raise
+
+
+def _written_into(target: Path, body: bytes) -> Sent:
+    """What writing `body` as `target` came to (run on a mailbox thread: even a stat may hang)."""
+    try:
+        _write_whole(target, body)
+    except OSError as exc:
+        if target.with_suffix(".partial").exists():  # (its removal failed too: part of it may be read)
+            return Sent(POSSIBLY_DISCLOSED, f"mailbox: {exc.strerror or exc} (a partial file was left)")
+        return Sent(NOT_DISCLOSED, f"mailbox: {exc.strerror or exc}")
+    return Sent(DISCLOSED)
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -101,9 +119,20 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(0.5 * 2 ** max(attempts - 1, 0), 300))
 
 
+class Tried(NamedTuple):
+    """What one delivery's turn came to: how many deliveries it settled (0 or 1), and whether its
+    subscription's next delivery may go now (not after a try that did not arrive: it waits behind)."""
+
+    settled: int
+    onward: bool
+
+
 class WebhookSender:
     """Sends due outbox deliveries, deciding each again first: each subscription's in order (by
-    outbox id), up to `concurrency` subscriptions at once."""
+    outbox id, a later one never before an earlier one still pending), up to `concurrency` tries at
+    once. Each delivery is claimed before its try (SqlOutbox.claim), so two senders, in one process
+    or two workers, never try one delivery at once. Its database calls and mailbox writes run on
+    threads of its own, so a hung mailbox share never takes the threads the rest of the worker uses."""
 
     def __init__(
         self,
@@ -113,15 +142,23 @@ class WebhookSender:
         env: dict[str, str] | None = None,
         interval: float = 0.2,
         concurrency: int = 8,
+        try_timeout: float = 10.0,
+        store_threads: int = 4,
     ) -> None:
         self.deliverer = deliverer
-        self.client = client or httpx.AsyncClient(timeout=10)
+        self.client = client or httpx.AsyncClient(timeout=try_timeout)
         self.env = env if env is not None else os.environ
         self.interval = interval
         self.concurrency = concurrency
+        self.try_timeout = try_timeout  # the whole of one try: connect, send, the answer (however slowly it trickles)
         self._busy: dict[str, asyncio.Task[int]] = {}  # subscription id -> the task sending its deliveries
         self._stopping = False
         self._gates: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore, asyncio.Lock] | None = None
+        self._store = ThreadPoolExecutor(store_threads, thread_name_prefix="carehub-sender-store")
+        # a thread per try that may be under way: one hung share (at most one write each) leaves the
+        # others theirs until as many are hung as there are slots
+        self._files = ThreadPoolExecutor(concurrency, thread_name_prefix="carehub-sender-mailbox")
+        self._writing: dict[str, Future[Sent]] = {}  # subscription id -> its last mailbox write
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Send until `stopping` is set; a database outage pauses, never loses, deliveries. Each pass
@@ -139,6 +176,8 @@ class WebhookSender:
         self._stopping = True  # (each subscription's task ends after the delivery it is sending)
         await asyncio.gather(*self._busy.values(), return_exceptions=True)
         await self.client.aclose()
+        self._store.shutdown(wait=False)
+        self._files.shutdown(wait=False, cancel_futures=True)  # (a hung write's thread is left to the share)
 
     async def once(self) -> int:
         """One pass over due deliveries, waiting for all of them; how many were settled (delivered,
@@ -146,21 +185,25 @@ class WebhookSender:
         return sum(await asyncio.gather(*await self._start_due()))
 
     def _gated(self) -> tuple[asyncio.Semaphore, asyncio.Lock]:
-        """The bound on subscriptions sent at once, and the lock that keeps ledger appends in one
-        order (made per event loop: a test may run passes in several)."""
+        """The bound on tries at once, and the lock that keeps ledger appends in one order (made
+        per event loop: a test may run passes in several)."""
         loop = asyncio.get_running_loop()
         if self._gates is None or self._gates[0] is not loop:
             self._gates = (loop, asyncio.Semaphore(self.concurrency), asyncio.Lock())
         return self._gates[1], self._gates[2]
 
+    async def _db(self, call: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """`call` on the sender's own store threads (never the loop's default ones)."""
+        return await asyncio.get_running_loop().run_in_executor(self._store, functools.partial(call, *args, **kwargs))
+
     async def _start_due(self) -> list[asyncio.Task[int]]:
         """Start a task per subscription with due deliveries and none sending now."""
         d = self.deliverer
-        busy = set(self._busy)  # (before reading: a task ending meanwhile may have settled rows read as due)
-        due = await asyncio.to_thread(d.outbox.due, d.clock())
+        busy = set(self._busy)
+        due = await self._db(d.outbox.due, d.clock(), skip=busy)
         queues: dict[str, list[Delivery]] = {}
         for delivery in due:
-            if delivery.subscription_id not in busy and delivery.subscription_id not in self._busy:
+            if delivery.subscription_id not in self._busy:
                 queues.setdefault(delivery.subscription_id, []).append(delivery)
         started = []
         for sub_id, queue in queues.items():
@@ -176,35 +219,39 @@ class WebhookSender:
             log.error("sending subscription %s's deliveries failed; retrying", sub_id, exc_info=error)
 
     async def _send_in_order(self, queue: list[Delivery]) -> int:
+        """A subscription's due deliveries in order, a slot taken for each try (not for the queue),
+        as far as the first that did not arrive: the rest wait behind it, for its backoff."""
         slots, _ = self._gated()
         settled = 0
-        async with slots:
-            for delivery in queue:
-                if self._stopping:
-                    break
-                settled += await self._attempt(delivery)
+        for delivery in queue:
+            if self._stopping:
+                break
+            async with slots:
+                tried = await self._attempt(delivery)
+            settled += tried.settled
+            if not tried.onward:
+                break
         return settled
 
     async def _record(self, entries: list[Disclosure]) -> None:
         _, ledger = self._gated()
         async with ledger:
-            await asyncio.to_thread(self.deliverer.ledger.append, entries)
+            await self._db(self.deliverer.ledger.append, entries)
 
-    async def _attempt(self, delivery: Delivery) -> int:
-        """Decide a delivery again and send it: the decision is in the ledger before anything is
-        sent, and what came of it after."""
+    async def _attempt(self, delivery: Delivery) -> Tried:
+        """Claim a delivery, decide it again and send it: the decision is in the ledger before
+        anything is sent, and what came of it after."""
         d = self.deliverer
-        sub = await asyncio.to_thread(d.subscriptions.get, delivery.subscription_id)
         now = d.clock()
-        attempts = delivery.attempts + 1
+        claimed = await self._db(d.outbox.claim, delivery, now)
+        if claimed is None:  # another sender took it first: its later ones are that sender's to send
+            return Tried(0, onward=False)
+        sub = await self._db(d.subscriptions.get, delivery.subscription_id)
         if sub is None or (sub.webhook is None and sub.mailbox is None):
-            await asyncio.to_thread(
-                d.outbox.settle, delivery.id, status="failed", attempts=attempts, next_attempt_at=now,
-                error="the subscription or its webhook no longer exists",
-            )  # fmt: skip
-            return 1
+            gone = "the subscription or its webhook no longer exists"
+            return Tried(await self._settled(claimed.id, claimed.attempts, "failed", now, gone), onward=True)
         people = people_in(delivery.person_key, delivery.body["resources"])
-        judge = await asyncio.to_thread(d.judge, sub, people, now)
+        judge = await self._db(d.judge, sub, people, now)
         planned = plan(
             subscription_id=sub.id,
             content=sub.content,
@@ -213,20 +260,28 @@ class WebhookSender:
             decide=judge,
         )
         channel = "mailbox" if sub.webhook is None else "webhook"
-        versions = await asyncio.to_thread(d.written, delivery.event_id)
+        versions = await self._db(d.written, delivery.event_id)
         attempt = uuid.uuid4().hex if planned.body is not None else None
         entries = ledger_entries(
             sub, channel, planned.judged, now, event=delivery.event_id, versions=versions, attempt=attempt
         )
         if planned.body is None:
             await self._record(entries)
-            await asyncio.to_thread(
-                d.outbox.settle, delivery.id, status="withheld", attempts=attempts, next_attempt_at=now,
-                error="withheld: the policy no longer permits it",
-            )  # fmt: skip
-            return 1
-        sent = await self._send(sub, delivery, planned.body, entries)
-        return await self._settle(sub, delivery, sent, attempts, now, channel)
+            withheld = "withheld: the policy no longer permits it"
+            return Tried(await self._settled(claimed.id, claimed.attempts, "withheld", now, withheld), onward=True)
+        sent = await self._send(sub, claimed, planned.body, entries)
+        return await self._settle(sub, claimed, sent, now, channel)
+
+    async def _settled(self, id: int, tried: int, status: str, at: datetime, error: str | None) -> int:
+        """Settle a delivery claimed for its `tried`th try (1), unless another sender claimed it
+        since (0: the claim ran out)."""
+        done = await self._db(
+            self.deliverer.outbox.settle, id, status=status, attempts=tried, next_attempt_at=at, error=error,
+            tried=tried,
+        )  # fmt: skip
+        if not done:
+            log.warning("delivery %s was claimed again while this try went on (its claim ran out)", id)
+        return int(bool(done))
 
     async def _send(self, sub: Subscription, delivery: Delivery, body: Json, entries: list[Disclosure]) -> Sent:
         """Record the attempt, send, record its result (together, where nothing can be sent)."""
@@ -237,7 +292,7 @@ class WebhookSender:
             return sent
         await self._record(entries)  # (before anything leaves: a crash after sending leaves it recorded)
         if sub.webhook is None:
-            sent = await self._to_mailbox(str(sub.mailbox), delivery, body)
+            sent = await self._to_mailbox(sub.id, str(sub.mailbox), delivery, body)
         else:
             sent = await self._post(sub, str(sub.webhook.url), delivery, body, str(secret))
         await self._record(result_entries(entries, sent.outcome, sent.error, self.deliverer.clock()))
@@ -252,37 +307,46 @@ class WebhookSender:
             "X-CareHub-Subscription": sub.id,
         }
         try:
-            return sent_by(await self.client.post(url, content=content, headers=headers))
+            async with asyncio.timeout(self.try_timeout):  # (the client's timeout bounds each read, not the try)
+                response = await self.client.post(url, content=content, headers=headers)
+        except TimeoutError:
+            late = (
+                f"no whole answer within {self.try_timeout:g} s (after the request was sent: it may have been received)"
+            )
+            return Sent(POSSIBLY_DISCLOSED, late)
         except httpx.HTTPError as exc:
             return sent_by(None, exc)
+        return sent_by(response)
 
-    async def _settle(
-        self, sub: Subscription, delivery: Delivery, sent: Sent, attempts: int, now: datetime, how: str
-    ) -> int:
+    async def _settle(self, sub: Subscription, delivery: Delivery, sent: Sent, now: datetime, how: str) -> Tried:
         if sent.outcome == DISCLOSED:
-            await self._delivered(sub, delivery, attempts, now, how)
-            return 1
-        final = attempts >= sub.max_attempts
-        await asyncio.to_thread(
-            self.deliverer.outbox.settle, delivery.id, status="failed" if final else "pending", attempts=attempts,
-            next_attempt_at=now + backoff(attempts), error=sent.error,
-        )  # fmt: skip
+            return Tried(await self._delivered(sub, delivery, delivery.attempts, now, how), onward=True)
+        final = delivery.attempts >= sub.max_attempts
+        status, at = ("failed", now) if final else ("pending", now + backoff(delivery.attempts))
+        settled = await self._settled(delivery.id, delivery.attempts, status, at, sent.error)
         if final:
-            log.warning("%s delivery %s failed after %d attempts: %s", how, delivery.id, attempts, sent.error)
-        return int(final)
+            log.warning("%s delivery %s failed after %d attempts: %s", how, delivery.id, delivery.attempts, sent.error)
+        return Tried(settled if final else 0, onward=False)
 
-    async def _to_mailbox(self, mailbox: str, delivery: Delivery, body: Json) -> Sent:
-        """Write the delivery into the practice's mailbox folder: a whole file or none (write, then rename)."""
+    async def _to_mailbox(self, sub_id: str, mailbox: str, delivery: Delivery, body: Json) -> Sent:
+        """Write the delivery into the practice's mailbox folder: a whole file or none (write, then
+        rename), on the sender's mailbox threads, waiting at most `try_timeout` for it; a folder whose
+        last write has not returned (a share not answering) is not written again meanwhile."""
+        writing = self._writing.get(sub_id)
+        if writing is not None and not writing.done():
+            return Sent(NOT_DISCLOSED, "mailbox: its last write has not returned (the folder is not answering)")
         target = Path(mailbox) / f"{delivery.event_id}.json"
+        content = orjson.dumps(body, option=orjson.OPT_INDENT_2)
+        self._writing[sub_id] = writing = self._files.submit(_written_into, target, content)
         try:
-            await asyncio.to_thread(_write_whole, target, orjson.dumps(body, option=orjson.OPT_INDENT_2))
-        except OSError as exc:
-            if target.with_suffix(".partial").exists():  # (its removal failed too: part of it may be read)
-                return Sent(POSSIBLY_DISCLOSED, f"mailbox: {exc.strerror or exc} (a partial file was left)")
-            return Sent(NOT_DISCLOSED, f"mailbox: {exc.strerror or exc}")
-        return Sent(DISCLOSED)
+            async with asyncio.timeout(self.try_timeout):
+                return await asyncio.wrap_future(writing)
+        except TimeoutError:
+            if writing.cancelled():  # (never started: every mailbox thread was taken)
+                return Sent(NOT_DISCLOSED, f"mailbox: no thread free to write it within {self.try_timeout:g} s")
+            return Sent(POSSIBLY_DISCLOSED, f"mailbox: the write did not return within {self.try_timeout:g} s")
 
-    async def _delivered(self, sub: Subscription, delivery: Delivery, attempts: int, now: datetime, how: str) -> None:
+    async def _delivered(self, sub: Subscription, delivery: Delivery, attempts: int, now: datetime, how: str) -> int:
         """Settle a delivery; a PIC summary's delivery is the practice's receipt, published as an event
         (it closes the coordinator's PIC-summary task), when the summary (its Composition) was in it."""
         d = self.deliverer
@@ -296,6 +360,4 @@ class WebhookSender:
                     delivery.id,
                     sub.id,
                 )
-        await asyncio.to_thread(
-            d.outbox.settle, delivery.id, status="delivered", attempts=attempts, next_attempt_at=now, error=None
-        )
+        return await self._settled(delivery.id, attempts, "delivered", now, None)

@@ -4,7 +4,7 @@ without a database, and for the broker an intake adapter publishes to."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -39,13 +39,37 @@ class KeptOutbox:
             fields = (row["subscription_id"], row["event_id"], row["person_key"], row["body"])
             self.rows[id] = Delivery(id, *fields, status="pending", attempts=0, next_attempt_at=now, last_error=None)
 
-    def due(self, now: datetime, limit: int = 50) -> list[Delivery]:
-        return [d for d in self.rows.values() if d.status == "pending" and d.next_attempt_at <= now][:limit]
+    def due(self, now: datetime, limit: int = 50, skip: Collection[str] = ()) -> list[Delivery]:
+        pending = [d for d in self.rows.values() if d.status == "pending" and d.subscription_id not in skip]
+        first: dict[str, Delivery] = {}  # each subscription's first pending delivery: the later ones wait behind it
+        for d in pending:
+            first.setdefault(d.subscription_id, d)
+        return [d for d in pending if first[d.subscription_id].next_attempt_at <= now][:limit]
 
-    def settle(self, id: int, *, status: str, attempts: int, next_attempt_at: datetime, error: str | None) -> None:
+    def claim(self, delivery: Delivery, now: datetime) -> Delivery | None:
+        row = self.rows[delivery.id]
+        if row.status != "pending" or row.attempts != delivery.attempts or row.next_attempt_at > now:
+            return None
+        self.rows[delivery.id] = dataclasses.replace(row, attempts=row.attempts + 1, next_attempt_at=now)
+        return self.rows[delivery.id]
+
+    def settle(
+        self,
+        id: int,
+        *,
+        status: str,
+        attempts: int,
+        next_attempt_at: datetime,
+        error: str | None,
+        tried: int | None = None,
+    ) -> bool:
+        row = self.rows[id]
+        if row.status != "pending" or tried not in (None, row.attempts):
+            return False
         self.rows[id] = dataclasses.replace(
-            self.rows[id], status=status, attempts=attempts, next_attempt_at=next_attempt_at, last_error=error
+            row, status=status, attempts=attempts, next_attempt_at=next_attempt_at, last_error=error
         )
+        return True
 
 
 class RecordingBroker:

@@ -3,9 +3,11 @@ CapabilityStatement, and ledger entries as AuditEvents."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hub.core.ledger import ATTEMPTED, DISCLOSED, NOT_DISCLOSED, POSSIBLY_DISCLOSED, Result, results
 from hub.core.ports import Json
 
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
@@ -126,29 +128,37 @@ _OUTCOME = {"permit": "0", "break-glass": "0", "deny": "4"}
 _ACTION = {"read": "R", "search": "E", "everything": "E", "topic": "E", "webhook": "E", "mailbox": "E", "audit": "R"}
 
 
-# a webhook or mailbox attempt's result entry (hub.core.ledger): success only where it arrived
-_SENT = {"disclosed": "0", "possibly disclosed": "4", "not disclosed": "8"}
+# what a webhook or mailbox attempt came to (its result entry, hub.core.ledger.results): success only
+# where it arrived, a minor failure where it may have, a serious one where nothing was sent
+_SENT = {DISCLOSED: "0", POSSIBLY_DISCLOSED: "4", NOT_DISCLOSED: "8"}
 
 
-def _outcome(body: Json) -> tuple[str, str]:
-    """The AuditEvent's outcome and outcomeDesc: the decision, or for an attempt's result entry what
-    the attempt came to; an attempt itself says that its result is a later entry."""
+def _outcome(body: Json, came: Result) -> tuple[str, str]:
+    """The AuditEvent's outcome and outcomeDesc: the decision's, and for a webhook or mailbox
+    attempt what it came to (its result entry's outcome, or possibly disclosed where none says)."""
     decision, reasons = body["decision"], "; ".join(body.get("reasons") or [])
-    if body.get("outcome") is not None:
-        said = f"{body['outcome']}: {reasons}" if reasons else str(body["outcome"])
-        return _SENT.get(str(body["outcome"]), "4"), f"{said} (the result of attempt {body.get('attempt')})"
-    if body.get("attempt") and decision in ("permit", "break-glass"):
-        later = f"an attempt to send, attempt {body['attempt']}: whether it was disclosed is its result's entry"
-        return _OUTCOME[decision], f"{decision}: {reasons} ({later})"
-    return _OUTCOME.get(decision, "4"), f"{decision}: {reasons}"
+    said = f"{decision}: {reasons}"
+    if body.get("channel") not in ATTEMPTED or decision not in ("permit", "break-glass"):
+        return _OUTCOME.get(decision, "4"), said
+    result = f"{came.outcome}: {came.detail}" if came.detail else came.outcome
+    entry = f", result entry {came.seq}" if came.seq is not None else ""
+    return _SENT.get(came.outcome, "4"), f"{result} ({said}; attempt {body.get('attempt')}{entry})"
 
 
-def audit_event(entry: Any) -> Json:
-    """One ledger entry as a FHIR R4 AuditEvent (seq in the id, reasons in outcomeDesc; a webhook
-    or mailbox delivery's attempt and its result are an AuditEvent each)."""
+def audit_events_of(entries: Iterable[Any]) -> list[Json]:
+    """Ledger entries as FHIR R4 AuditEvents, one per decision: an attempt's result entry is no
+    decision, and is said on its attempt's AuditEvent (as `carehub audit disclosures` says it)."""
+    listed = list(entries)
+    came = results(listed)
+    return [audit_event(entry, came[entry.seq]) for entry in listed if entry.seq in came]
+
+
+def audit_event(entry: Any, came: Result) -> Json:
+    """One ledger decision as a FHIR R4 AuditEvent (seq in the id, reasons in outcomeDesc), with
+    what it came to (`came`: hub.core.ledger.results)."""
     body = entry.body
     decision = body["decision"]
-    outcome, described = _outcome(body)
+    outcome, described = _outcome(body, came)
     event: Json = {
         "resourceType": "AuditEvent",
         "id": f"ledger-{entry.seq}",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,6 +17,9 @@ from hub.store.tables import delivery_outbox, subscription
 from schemas.subscriptions import Subscription
 
 S, O = subscription, delivery_outbox  # noqa: E741 - table aliases, as in sql.py
+# how long a claimed delivery is the claiming sender's: well past one try (bounded at the sender's
+# try timeout), so only a sender that died mid-try loses it, and its delivery waits this long
+LEASE = timedelta(minutes=2)
 
 
 class SqlSubscriptions:
@@ -74,6 +79,42 @@ def _delivery(row: Any) -> Delivery:
     )  # fmt: skip
 
 
+def _taken(delivery: Delivery) -> Any:
+    """The row as `delivery` read it: still pending, tried no more times since."""
+    return (O.c.id == delivery.id) & (O.c.status == "pending") & (O.c.attempts == delivery.attempts)
+
+
+def _due_heads(now: datetime, skip: Collection[str]) -> Any:
+    """Each subscription's first pending delivery, where it is due (and not in `skip`), by id.
+
+    The subscriptions with pending deliveries are walked one index probe at a time (a recursive
+    query: the next subscription id after the last), and each one's first delivery is one probe
+    more, on ix_delivery_outbox_head (status, subscription_id, id): a long backlog costs nothing."""
+    pending = O.c.status == "pending"
+    subs = sa.select(sa.func.min(O.c.subscription_id).label("sub")).where(pending).cte("subs", recursive=True)
+    after = sa.select(sa.func.min(O.c.subscription_id)).where(pending, O.c.subscription_id > subs.c.sub)
+    subs = subs.union_all(sa.select(after.scalar_subquery()).where(subs.c.sub.is_not(None)))
+    first = sa.select(sa.func.min(O.c.id)).where(pending, O.c.subscription_id == subs.c.sub).scalar_subquery()
+    heads = sa.select(first.label("head")).where(subs.c.sub.is_not(None)).subquery()
+    query = sa.select(O).join(heads, heads.c.head == O.c.id).where(O.c.next_attempt_at <= now)
+    if skip:
+        query = query.where(O.c.subscription_id.not_in(list(skip)))
+    return query.order_by(O.c.id)
+
+
+def _leading(conn: sa.Connection, head: Delivery, now: datetime, count: int) -> list[Delivery]:
+    """`head` and the pending deliveries after it in its subscription, up to `count`, as far as the
+    first one not due."""
+    query = (
+        sa.select(O)
+        .where(O.c.status == "pending", O.c.subscription_id == head.subscription_id, O.c.id >= head.id)
+        .order_by(O.c.id)
+        .limit(count)
+    )
+    rows = [_delivery(r) for r in conn.execute(query)]
+    return list(itertools.takewhile(lambda d: d.next_attempt_at <= now, rows)) or [head]
+
+
 class SqlOutbox:
     """Webhook deliveries waiting, done, failed or withheld; each (subscription, event) once."""
 
@@ -94,34 +135,57 @@ class SqlOutbox:
             ]
             self._write(_insert(self.engine, O).on_conflict_do_nothing(), values)
 
-    def due(self, now: datetime, limit: int = 500, per_subscription: int = 10) -> list[Delivery]:
-        """Pending deliveries due by `now`, oldest first: at most `per_subscription` of each
-        subscription's, so one with a long queue (its endpoint slow or down) never fills the read
-        and hides another's."""
-        pending = sa.and_(O.c.status == "pending", O.c.next_attempt_at <= now)
-        place = sa.func.row_number().over(partition_by=O.c.subscription_id, order_by=O.c.id)
-        ranked = sa.select(O.c.id, place.label("place")).where(pending).subquery()
-        query = (
-            sa.select(O)
-            .join(ranked, ranked.c.id == O.c.id)
-            .where(ranked.c.place <= per_subscription)
-            .order_by(O.c.id)
-            .limit(limit)
-        )
+    def due(
+        self, now: datetime, limit: int = 500, per_subscription: int = 10, skip: Collection[str] = ()
+    ) -> list[Delivery]:
+        """Each subscription's leading pending deliveries, oldest first, where its first is due by
+        `now`: at most `per_subscription` of each, `limit` in all, none of those in `skip` (being
+        sent already). A subscription whose first pending delivery is backing off, or is being sent
+        (claimed), has none due: its later ones wait behind it, so a receiver gets them in order."""
         with store_errors(), self.engine.connect() as conn:
-            return [_delivery(r) for r in conn.execute(query)]
+            heads = conn.execute(_due_heads(now, skip)).all()
+            due = [_delivery(r) for r in heads[:limit]]
+            if per_subscription > 1:
+                due = [d for head in due for d in _leading(conn, head, now, per_subscription)]
+        return due[:limit]
 
-    def settle(self, id: int, *, status: str, attempts: int, next_attempt_at: datetime, error: str | None) -> None:
-        self._write(
-            sa.update(O)
-            .where(O.c.id == id)
-            .values(
-                status=status,
-                attempts=attempts,
-                next_attempt_at=next_attempt_at,
-                last_error=(error or None) and error[:500],
-            )
-        )
+    def claim(self, delivery: Delivery, now: datetime, lease: timedelta = LEASE) -> Delivery | None:
+        """Take a due delivery for one try, as read: its try counted and its next attempt moved past
+        the try (by `lease`), so no other sender, in this process or another, finds it due meanwhile;
+        if the sender dies mid-try, it is due again once the lease ends. None if another sender
+        took it first (or it is not due, or is no longer pending)."""
+        claimed = _taken(delivery) & (O.c.next_attempt_at <= now)
+        attempts, until = delivery.attempts + 1, now + lease
+        if not self._changed(sa.update(O).where(claimed).values(attempts=attempts, next_attempt_at=until)):
+            return None
+        return dataclasses.replace(delivery, attempts=attempts, next_attempt_at=until)
+
+    def settle(
+        self,
+        id: int,
+        *,
+        status: str,
+        attempts: int,
+        next_attempt_at: datetime,
+        error: str | None,
+        tried: int | None = None,
+    ) -> bool:
+        """Settle a pending delivery (a sender's: one it claimed, `tried` the tries its claim counted);
+        False, and nothing changed, where it is no longer pending (settled already) or was claimed
+        again since (by another sender, after this one's lease ended)."""
+        mine = (O.c.id == id) & (O.c.status == "pending")
+        if tried is not None:
+            mine &= O.c.attempts == tried
+        values = {"status": status, "attempts": attempts, "next_attempt_at": next_attempt_at}
+        stmt = sa.update(O).where(mine).values(**values, last_error=(error or None) and error[:500])
+        return self._changed(stmt)
+
+    def _changed(self, stmt: Any) -> bool:
+        with store_errors(), self.engine.connect().execution_options(immediate=True) as conn:
+            conn.begin()
+            count = conn.execute(stmt).rowcount
+            conn.commit()
+        return bool(count)
 
     def listing(self, status: str | None = None, limit: int = 100) -> list[Delivery]:
         query = sa.select(O).order_by(O.c.id.desc()).limit(limit)

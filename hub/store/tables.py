@@ -120,6 +120,8 @@ delivery_outbox = sa.Table(
     sa.Column("last_error", sa.String(500), nullable=True),
     sa.UniqueConstraint("subscription_id", "event_id", name="uq_delivery_once"),
     sa.Index("ix_delivery_outbox_due", "status", "next_attempt_at"),
+    # each subscription's first pending delivery, one probe (SqlOutbox.due): no scan of a backlog
+    sa.Index("ix_delivery_outbox_head", "status", "subscription_id", "id"),
 )
 
 coordination_state = sa.Table(

@@ -282,10 +282,21 @@ async def test_a_slow_subscriber_holds_up_no_other_subscribers_deliveries(servic
         assert receiver.got.get("ok") == vcse
         # ordering, not timing: the VCSE delivery arrived while the council's first POST was still held
         assert len(receiver.got.get("slow", [])) <= 1, receiver.got
+
+        # the council's first try runs out (the client's timeout): a later delivery must not go now
+        def first_try_failed() -> bool:
+            return any(is_result(e.body) and e.body["recipient_org"] == COUNCIL for e in services.ledger.entries())
+
+        while not first_try_failed() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert first_try_failed()
         receiver.release.set()  # the council's endpoint recovers: its queue goes, in order
         while len(set(receiver.got.get("slow", []))) < len(council) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        assert list(dict.fromkeys(receiver.got["slow"])) == council  # each subscription's in outbox order
+        # each subscription's in outbox order: every POST, failed ones too, none of a later delivery
+        # before the last of an earlier one (a later one never overtakes one backing off)
+        assert set(receiver.got["slow"]) == set(council)
+        assert receiver.got["slow"] == sorted(receiver.got["slow"], key=council.index), receiver.got["slow"]
     finally:
         receiver.release.set()
         stopping.set()

@@ -1,6 +1,6 @@
 """What each ledger decision came to: a webhook or mailbox permit is an attempt whose result is a later
 entry; a ledger written before results were kept still verifies and says it cannot tell; the API's
-AuditEvents say what each attempt came to; a POST's outcome is told from how it failed."""
+AuditEvents are one per decision, each attempt's saying what it came to; a POST's outcome is told from how it failed."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from consumers.delivery_sender import sent_by
-from hub.api.fhir_documents import audit_event
+from hub.api.fhir_documents import audit_events_of
 from hub.core.delivery import ledger_entries, result_entries
 from hub.core.ledger import (
     BEFORE_RESULTS,
@@ -77,17 +77,23 @@ def test_a_ledger_written_before_results_were_kept_verifies_and_says_it_cannot_t
     assert results(ledger.rows) == {1: Result(POSSIBLY_DISCLOSED, BEFORE_RESULTS), 2: Result(DISCLOSED)}
 
 
-def test_the_audit_events_say_what_each_attempt_came_to() -> None:
+def test_each_attempt_is_one_audit_event_with_what_it_came_to_and_a_result_is_none_of_its_own() -> None:
     ledger = MemoryLedger()
     attempted(ledger, "a1", NOT_DISCLOSED, "ConnectError")
     attempted(ledger, "a2", POSSIBLY_DISCLOSED, "HTTP 503")
     attempted(ledger, "a3", DISCLOSED)
-    events = {row.seq: audit_event(row) for row in ledger.rows}
-    assert [events[n]["outcome"] for n in (3, 6, 9)] == ["8", "4", "0"]
-    assert events[3]["outcomeDesc"].startswith("not disclosed: ConnectError")
-    assert events[6]["outcomeDesc"].startswith("possibly disclosed: HTTP 503")
-    assert "whether it was disclosed is its result's entry" in events[1]["outcomeDesc"]
-    assert events[2]["outcome"] == "4"  # a denial, as before
+    attempted(ledger, "a4", None)  # the hub stopped before recording what came of it
+    ledger.append([Disclosure(T0, "Y00001", "dr", "read", "p1", ("Patient/p1/_history/1#h",), "permit")])
+    events = {int(e["id"].removeprefix("ledger-")): e for e in audit_events_of(ledger.rows)}
+    assert sorted(events) == [1, 2, 4, 5, 7, 8, 10, 11, 12]  # decisions only: no result entry (3, 6, 9)
+    assert [events[n]["outcome"] for n in (1, 4, 7, 10)] == ["8", "4", "0", "4"]
+    assert events[1]["outcomeDesc"].startswith("not disclosed: ConnectError (permit: agreement; attempt a1, result")
+    assert events[4]["outcomeDesc"].startswith("possibly disclosed: HTTP 503")
+    assert events[10]["outcomeDesc"].startswith("possibly disclosed: no result recorded")
+    assert [events[n]["outcome"] for n in (2, 5, 8, 11)] == ["4"] * 4  # the denials, as before
+    assert events[12]["outcome"] == "0"  # a read disclosed what it names
+    succeeded = [n for n, e in events.items() if e["outcome"] == "0" and e["action"] == "E"]
+    assert succeeded == [7]  # the one webhook attempt that arrived, once
 
 
 @pytest.mark.parametrize(
