@@ -178,7 +178,11 @@ class Deliverer:
             consents = [rule for rules in self.policy.consents_of(people).values() for rule in rules]
         agreements = self.policy.agreements()
         asker = Asker(sub.org, "system", at, purpose=sub.purpose)
-        return lambda resource: decide(asker, resource, agreements, consents)
+        held: dict[tuple[str, str], Json | None] = {}  # (the referrals and episodes read for this judge)
+        # a Task, Flag or episode is shared no further than the referral or episode it reveals
+        return lambda resource: decide(
+            asker, resource, agreements, consents, origins=self.policy.origins(resource, held)
+        )
 
     def applied(self, event_ids: Collection[str]) -> set[str]:
         """Those of these events the record has applied."""
