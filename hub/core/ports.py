@@ -236,6 +236,10 @@ class CoordinationReader(Protocol):
 
     def state(self, person_key: str) -> Json | None: ...
 
+    def person_state(self, person_key: str) -> Json | None:
+        """The state of the person the key names now: for a key an A40 retired, its survivor's."""
+        ...
+
 
 @dataclass(frozen=True)
 class Decline:

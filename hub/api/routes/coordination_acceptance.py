@@ -281,8 +281,10 @@ async def complete_caseload(api_: CoordinationApi, who: Principal, coordinator: 
 async def refuse_allocation(api_: CoordinationApi, who: Principal, person: str) -> None:
     """Refuse (409) an accept for a person the rules engine has on a caseload (the claim asks the
     claims, which it may not have yet, and counts the coordinator's caseload against the cap), naming
-    the episode; a $close of it the record does not have yet is sent again first (unapplied_close)."""
-    episode = (api_.coordination.state(person) or {}).get("episode")
+    the episode; a $close of it the record does not have yet is sent again first (unapplied_close). The
+    person is who the engine says the key is now: a referral the record still files under a key an A40
+    retired (the record's consumer may lag the engine's) is the survivor's, whose stay holds them."""
+    episode = (api_.coordination.person_state(person) or {}).get("episode")
     if episode:
         raise await on_caseload(api_, who, str(episode.get("id")), episode.get("coordinator"))
 
