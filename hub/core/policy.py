@@ -18,7 +18,9 @@ deliveries and replay exports). Default deny. The rules, in order:
                        permit's nested denies are objections, a deny's nested permits are carved out
                        of it. Recipients are organisations by ODS or local-authority code
     derived data       a resource that refers to a referral or an episode of care (a Task's focus, say)
-                       reveals it, so it is shared no further than they are (`origins`)
+                       reveals it, so it is shared no further than they are (`origins`); one the
+                       record does not hold (not yet applied, or never) withholds it from all but
+                       its supplier
 
 Reading a Consent (`consent_rule`) and refusing one the hub would not enforce as written
 (`consent_problems`, the API's 400) live in hub.core.consents, and are importable from here as before.
@@ -45,6 +47,10 @@ from schemas.agreements import Agreement
 Json = dict[str, Any]
 ORIGIN_KINDS = ("ServiceRequest", "EpisodeOfCare")  # what a derived resource reveals by referring to it
 ORIGIN_STEPS = 3  # a Flag -> its episode -> its referral, with a step to spare
+_ORIGIN_REF = re.compile(  # a reference to one, relative or absolute, versioned or not (FHIR R4 3.1.1.4)
+    r"(?:^|/)(?P<kind>ServiceRequest|EpisodeOfCare)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$"
+)
+NOT_HELD = "https://carehub.invalid/not-held"  # marks an origin the record does not hold (origins_held)
 PERSON_EXTENSION = "https://carehub.invalid/StructureDefinition/about-person"  # on the record's Provenances
 PURPOSE_OF_ROLE = {"clinician": "direct-care", "coordinator": "care-coordination", "auditor": "audit"}
 CATEGORY_OF_TYPE = {
@@ -151,12 +157,20 @@ def decide(
     (`origins_of`, as the record holds them), bound it: one that another organisation supplied it
     reveals, so it is shared no further than each of them would be."""
     decision = _decide(asker, resource, agreements, consents, opted_out)
-    if decision.outcome != "permit" or provider_of(resource) == asker.org:
-        return decision  # (the coordination service's own work is its own to see)
+    if not bounded(asker, resource, decision):
+        return decision
     for origin in origins:
+        what = CATEGORY_OF_TYPE.get(str(origin.get("resourceType")), "other")
+        if origin.get(NOT_HELD):
+            return Decision(
+                "deny",
+                (
+                    f"it reveals a {what} record the hub does not hold (yet), so it cannot tell whether that "
+                    f"is shared with {asker.org}",
+                ),
+            )
         bound = _decide(asker, origin, agreements, consents, opted_out)
         if not bound.permitted:
-            what = CATEGORY_OF_TYPE.get(str(origin.get("resourceType")), "other")
             return Decision(
                 "deny",
                 (f"it reveals a {what} record that is not shared with {asker.org}: {'; '.join(bound.reasons)}",),
@@ -166,9 +180,17 @@ def decide(
     return decision
 
 
+def bounded(asker: Asker, resource: Json, decision: Decision) -> bool:
+    """Whether `decision` (taken without origins) still rests on what `resource` reveals: a permit, for
+    anyone but its supplier (the coordination service's own work is its own to see, its referral
+    applied to the record yet or not). Only then need its origins be read."""
+    return decision.outcome == "permit" and provider_of(resource) != asker.org and bool(origins_of(resource))
+
+
 def origins_of(resource: Json) -> list[tuple[str, str]]:
     """The referrals and episodes of care a resource refers to, as (type, id), wherever it names them
-    (a Task's focus, an EpisodeOfCare's referralRequest, a Flag's extension): what it reveals."""
+    (a Task's focus, an EpisodeOfCare's referralRequest, a Flag's extension), relatively, absolutely
+    or by version: what it reveals."""
     if resource.get("resourceType") == "Provenance":
         return []  # (what an event wrote, as agreements share provenance: not derived from it)
     found: dict[tuple[str, str], None] = {}
@@ -178,9 +200,9 @@ def origins_of(resource: Json) -> list[tuple[str, str]]:
         if isinstance(item, list):
             pending += item
         elif isinstance(item, dict):
-            kind, _, id_ = str(item.get("reference", "")).partition("/")
-            if kind in ORIGIN_KINDS and id_ and "/" not in id_:
-                found[(kind, id_)] = None
+            named = _ORIGIN_REF.search(str(item.get("reference", "")).strip())
+            if named:
+                found[(named["kind"], named["id"])] = None
             pending += item.values()
     own = (str(resource.get("resourceType")), str(resource.get("id")))
     return [ref for ref in found if ref != own]
@@ -189,13 +211,15 @@ def origins_of(resource: Json) -> list[tuple[str, str]]:
 def origins_held(resource: Json, read: Callable[[str, str], Json | None]) -> list[Json]:
     """What `resource` refers to that it reveals (`origins_of`), as `read` (type, id) finds them,
     followed through a few steps (a long-stay Flag names an episode, the episode its referral): the
-    `origins` that `decide` bounds it by. The one lookup every reader of the record uses."""
+    `origins` that `decide` bounds it by, one the record does not hold as a stub marked NOT_HELD (which
+    `decide` withholds by: what it would reveal cannot be judged). The one lookup every reader of the
+    record uses."""
     found: dict[tuple[str, str], Json] = {}
     pending = origins_of(resource)
     for _ in range(ORIGIN_STEPS):
         for ref in pending:
-            if ref not in found and (held := read(*ref)) is not None:
-                found[ref] = held
+            if ref not in found:
+                found[ref] = read(*ref) or {"resourceType": ref[0], "id": ref[1], NOT_HELD: True}
         pending = [ref for held in found.values() for ref in origins_of(held) if ref not in found]
     return list(found.values())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
@@ -12,16 +13,17 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from hub.core.consents import ConsentRule, consent_rule
+from hub.core.consents import ORGANISATION_SYSTEMS, ConsentRule, consent_rule
 from hub.core.errors import InvalidMessageError
 from hub.core.identity import survivors
-from hub.core.policy import origins_held
+from hub.core.policy import ORIGIN_KINDS, origins_held, origins_of, person_of
 from hub.core.ports import Json, RecordReader
 from hub.store.sql import store_errors
 from hub.store.tables import sharing_agreement
 from schemas.agreements import Agreement
 
 A = sharing_agreement
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 def _digest(agreement: Agreement) -> str:
@@ -120,6 +122,30 @@ class PolicySource:
 
         return origins_held(resource, read)
 
+    def _codes_of(self, organisation_id: str) -> list[str]:
+        """The ODS and local-authority codes of an organisation the record holds: what a Consent stored
+        naming a recipient only as Organization/<id> (as the API once took them) is read as naming."""
+        held = self._reader.read("Organization", organisation_id) if _FHIR_ID.fullmatch(organisation_id) else None
+        return [
+            str(i.get("value"))
+            for i in (held or {}).get("identifier") or []
+            if i.get("system") in ORGANISATION_SYSTEMS and i.get("value")
+        ]
+
+    def origins_of_page(self, resources: Collection[Json], held: dict[tuple[str, str], Json | None]) -> None:
+        """Fill `held` with the referrals and episodes `resources` (one request's) may reveal, in one query
+        of each kind for the people they are about, those among `resources` taken as they are: what
+        `origins` then reads from (anything not found here, one by one)."""
+        for resource in resources:
+            if resource.get("resourceType") in ORIGIN_KINDS:
+                held.setdefault((str(resource["resourceType"]), str(resource.get("id"))), resource)
+        wanted = {ref for r in resources for ref in origins_of(r)} - held.keys()
+        people = sorted({p for r in resources if (p := person_of(r)) is not None})
+        kinds = {kind for kind, _ in wanted}
+        for kind in sorted(kinds | ({"ServiceRequest"} if "EpisodeOfCare" in kinds else set())):  # (its referral)
+            for found in self._reader.search_many(kind, people):
+                held.setdefault((kind, str(found.get("id"))), found)
+
     def people_as(self, person_keys: Collection[str]) -> dict[str, str]:
         """Each person key as the person the record now knows them as (hub.core.identity.survivors)."""
         return survivors(self._reader.filed_under, person_keys)
@@ -135,7 +161,7 @@ class PolicySource:
         known = survivors(self._reader.filed_under, person_keys)
         held: defaultdict[str, list[ConsentRule]] = defaultdict(list)
         for consent in self._reader.search_many("Consent", sorted(set(known.values()) | set(known))):
-            rule = consent_rule(consent)
+            rule = consent_rule(consent, self._codes_of)
             if rule is not None:
                 held[rule.person_key].append(rule)
         # the person's own and those filed under whom they now are (a merge reversed may leave some

@@ -191,3 +191,137 @@ def test_time_travel_decides_a_nested_deny_as_reads_do() -> None:
 
     assert (row.then, row.now, row.changed) == ("permit", "deny", True)
     assert "Consent/k1" in row.now_basis
+
+
+# review of 726cc4e: recipients, base policies, periods, nested types (hub.core.consents)
+
+CATEGORY = "https://carehub.invalid/CodeSystem/data-category"
+OPTIN = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]}
+NATIONAL = {
+    "coding": [{"system": "https://carehub.invalid/CodeSystem/consent-policy", "code": "national-data-opt-out"}]
+}
+
+
+def test_a_recipient_code_in_lower_case_is_read_as_the_organisation_it_names() -> None:
+    consent = a_consent({"type": "deny", "actor": [actor(" e10000023 ", LOCAL_AUTHORITY_SYSTEM)]})
+
+    assert policy.consent_problems(consent) == []
+    assert (outcome(COUNCIL, rules(consent)), outcome(PIC, rules(consent))) == ("deny", "permit")
+
+
+@pytest.mark.parametrize("code", ["E1", "E-10000023", "E100000230000", "Ｅ10000023"])
+def test_a_recipient_value_that_is_no_organisation_code_is_refused_and_read_as_everyone(code: str) -> None:
+    consent = a_consent({"type": "deny", "actor": [actor(code, LOCAL_AUTHORITY_SYSTEM)]})
+
+    assert "Consent.provision.actor[0]" in [w for w, _ in policy.consent_problems(consent)]
+    assert outcome(PIC, rules(consent)) == "deny"
+
+
+def test_a_permit_under_optin_withholds_from_everyone_it_does_not_name() -> None:
+    consent = a_consent({"type": "permit", "actor": [actor(PIC)]}) | {"policyRule": OPTIN}
+
+    assert policy.consent_problems(consent) == []
+    assert (outcome(COUNCIL, rules(consent)), outcome(PIC, rules(consent))) == ("deny", "permit")
+
+
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [
+        ({"policyRule": {"coding": [{"system": "http://example.org/policies", "code": "GP-ONLY"}]}}, "policyRule"),
+        ({"policyRule": {"text": "only my GP"}}, "policyRule"),
+        ({"policy": [{"uri": "https://example.org/only-my-gp"}]}, "policy"),
+    ],
+)
+def test_a_base_policy_the_hub_does_not_enforce_is_refused_and_a_permit_under_it_read_as_optin(
+    extra: Json, where: str
+) -> None:
+    consent = a_consent({"type": "permit", "actor": [actor(PIC)]}) | extra
+
+    assert f"Consent.{where}" in [w for w, _ in policy.consent_problems(consent)]
+    assert outcome(COUNCIL, rules(consent)) == "deny"
+    assert rules(consent)[0].doubt
+
+
+def test_a_nested_deny_outlasting_its_permit_holds_for_its_own_period() -> None:
+    deny = {"type": "deny", "actor": [actor(COUNCIL)], "period": {"end": "2028-12-31"}}
+    bounded = a_consent({"type": "permit", "period": {"end": "2026-12-31"}, "provision": [deny]})
+    open_ended = a_consent(
+        {"type": "permit", "period": {"end": "2026-12-31"}, "provision": [{"type": "deny", "actor": [actor(COUNCIL)]}]}
+    )
+    later = datetime(2027, 6, 1, tzinfo=UTC)
+
+    assert policy.consent_problems(bounded) == policy.consent_problems(open_ended) == []
+    assert outcome(COUNCIL, rules(bounded), at=later) == "deny"
+    assert outcome(COUNCIL, rules(open_ended), at=later) == "deny"
+    assert outcome(COUNCIL, rules(bounded), at=datetime(2029, 1, 1, tzinfo=UTC)) == "permit"
+    assert outcome(PIC, rules(bounded), at=later) == "permit"
+
+
+@pytest.mark.parametrize(
+    ("period", "inside", "outside"),
+    [
+        ({"end": "2027-06"}, datetime(2027, 6, 30, 23, 59, tzinfo=UTC), datetime(2027, 7, 1, tzinfo=UTC)),
+        ({"end": "2026"}, datetime(2026, 12, 31, 23, 59, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)),
+        ({"start": "2027-02"}, datetime(2027, 2, 1, tzinfo=UTC), datetime(2027, 1, 31, 23, 59, tzinfo=UTC)),
+        ({"start": "2027"}, datetime(2027, 1, 1, tzinfo=UTC), datetime(2026, 12, 31, 23, 59, tzinfo=UTC)),
+    ],
+)
+def test_a_partial_date_bounds_a_period_by_the_whole_of_its_month_or_year(
+    period: Json, inside: datetime, outside: datetime
+) -> None:
+    consent = a_consent({"type": "deny", "actor": [actor(COUNCIL)], "period": period})
+
+    assert policy.consent_problems(consent) == []
+    assert (outcome(COUNCIL, rules(consent), at=inside), outcome(COUNCIL, rules(consent), at=outside)) == (
+        "deny",
+        "permit",
+    )
+
+
+@pytest.mark.parametrize("end", ["2027-13", "soon", "2027-6", 20270601])
+def test_a_period_the_hub_cannot_read_is_refused_and_a_stored_deny_read_as_always(end: object) -> None:
+    consent = a_consent({"type": "deny", "actor": [actor(COUNCIL)], "period": {"start": "2026-01-01", "end": end}})
+
+    assert "Consent.provision.period.end" in [w for w, _ in policy.consent_problems(consent)]
+    assert outcome(COUNCIL, rules(consent), at=datetime(2040, 1, 1, tzinfo=UTC)) == "deny"
+    assert "period.end" in (rules(consent)[0].doubt or "")
+
+
+def test_a_consent_of_no_readable_shape_never_raises_and_withholds() -> None:
+    consent = a_consent({"type": "deny", "actor": ["E10000023"], "class": 7})
+
+    assert outcome(PIC, rules(consent)) == "deny"
+
+
+def test_a_recipient_named_only_as_an_organisation_the_record_holds_is_read_as_each_of_its_codes() -> None:
+    named = {"role": actor(COUNCIL)["role"], "reference": {"reference": "Organization/council-org"}}
+    stored = a_consent({"type": "deny", "actor": [named]})
+    codes = {"council-org": ["e10000023", "R1A"]}
+
+    rule = consent_rule(stored, lambda id_: codes.get(id_, []))
+    unknown = consent_rule(stored, lambda id_: [])
+
+    assert rule is not None and unknown is not None
+    assert rule.actors == frozenset({COUNCIL, "R1A"}) and rule.doubt is None
+    assert (outcome(COUNCIL, [rule]), outcome(PIC, [rule])) == ("deny", "permit")
+    assert outcome(PIC, [unknown]) == "deny"
+    assert "read as every organisation" in (unknown.doubt or "")
+
+
+def test_a_permit_nested_in_a_permit_is_read_as_an_objection_saying_so() -> None:
+    stored = a_consent({"type": "permit", "provision": [{"type": "permit", "actor": [actor(COUNCIL)]}]})
+
+    decision = decide(Asker(COUNCIL, "coordinator", NOW), patient(), AGREEMENTS, rules(stored))
+
+    assert decision.outcome == "deny"
+    assert "read on the side of withholding" in decision.reasons[0]
+    assert "provision.provision[0].type" in decision.reasons[0]
+
+
+def test_a_national_opt_out_naming_a_recipient_or_a_category_is_refused() -> None:
+    consent = a_consent(
+        {"type": "deny", "actor": [actor(COUNCIL)], "class": [{"system": CATEGORY, "code": "encounters"}]}
+    ) | {"policyRule": NATIONAL}
+
+    assert {"Consent.provision.actor", "Consent.provision.class"} <= {w for w, _ in policy.consent_problems(consent)}
+    assert rules(consent)[0].national_opt_out and rules(consent)[0].doubt

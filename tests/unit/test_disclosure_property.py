@@ -57,6 +57,7 @@ PEOPLE = ("p1", "p2")
 NHS = {"p1": "9990000018", "p2": "9990000026"}
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+LOCAL_AUTHORITY_SYSTEM = "https://carehub.invalid/Id/local-authority"  # a council's code, on the councils' system
 CATEGORY_SYSTEM = "https://carehub.invalid/CodeSystem/data-category"
 CONSENT_POLICY_SYSTEM = "https://carehub.invalid/CodeSystem/consent-policy"
 LABEL_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -113,6 +114,17 @@ class Choice:
     actors: tuple[str, ...]
     categories: tuple[str, ...]
     start: tuple[str, int] | None
+    end: tuple[str, int] | None
+    nested: Nested | None = None  # one exception of the opposite type (none under a national opt-out)
+    written: str = "ODS"  # how its recipient codes are written: "ODS", "LA" (the councils' system), "lower"
+
+
+@dataclass(frozen=True)
+class Nested:
+    """A provision nested in a Consent's: for these recipients and categories, until `end`."""
+
+    actors: tuple[str, ...]
+    categories: tuple[str, ...]
     end: tuple[str, int] | None
 
 
@@ -221,10 +233,28 @@ CLASSES = [()] * 10 + subsets(CATEGORIES, 1, 1) + [("demographics", "encounters"
 BOUNDS = [None] * 6 + [("date", -3), ("date", -1), ("date", 0), ("date", 1), ("instant", -1), ("instant", 1)]
 
 
-def a_consent_event(how: tuple[Any, ...], who: tuple[Any, ...], period: tuple[Any, ...]) -> Happening:
+NESTED = [None] * 3 + [
+    Nested(actors, classes, end)
+    for actors, classes, end in [
+        (("E10000023",), (), None),
+        (("E10000023",), (), ("date", -1)),  # (ended yesterday)
+        (("RXX",), ("encounters",), ("date", 400)),
+        ((), ("demographics",), None),
+        (("Y00001", "E10000023"), (), ("instant", 1)),
+    ]
+]
+WRITTEN = ("ODS",) * 3 + ("LA", "lower")
+
+
+def a_consent_event(
+    how: tuple[Any, ...], who: tuple[Any, ...], period: tuple[Any, ...], nesting: tuple[Any, ...]
+) -> Happening:
     (active, deny, national_opt_out), actors = how
     person, provider, categories = who
-    choice = Choice(active, deny, national_opt_out, actors, categories, *period)
+    nested, written = nesting
+    start, end = period
+    inner = None if national_opt_out else nested
+    choice = Choice(active, deny, national_opt_out, actors, categories, start, end, inner, written)
     return Happening(person, provider, CONSENT_RECORDED.type, (), choice)
 
 
@@ -233,6 +263,9 @@ consent_events = st.builds(
     one_of_each(HOW, ACTORS),
     one_of_each(PEOPLE, ORGS, CLASSES),  # whose, recorded by, for which categories
     one_of_each(BOUNDS, BOUNDS),  # mostly open, else starting or ending around today
+    one_of_each(
+        NESTED, WRITTEN
+    ),  # an exception nested in it; recipients on the ODS or councils' system, or in lower case
 )
 LABEL_SETS = [()] * 5 + [(label,) for label in LABELS] + [("PSY", "SDV"), ("HIV", "N")]
 shapes = one_of_each((0, 1), LABEL_SETS, (None, *ORGS))  # slot, security labels, GP or addressee
@@ -305,19 +338,29 @@ def a_resource(item: Item, person: str, n: int) -> Json:
 
 
 def a_consent(choice: Choice, person: str, n: int, now: datetime) -> Json:
-    provision: Json = {"type": "deny" if choice.deny else "permit"}
-    if choice.actors:
-        provision["actor"] = [
-            {
-                "role": {
-                    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]
-                },
-                "reference": {"identifier": {"system": ODS_SYSTEM, "value": actor}},
-            }
-            for actor in choice.actors
-        ]
-    if choice.categories:
-        provision["class"] = [{"system": CATEGORY_SYSTEM, "code": c} for c in choice.categories]
+    def scope(type_: str, actors: tuple[str, ...], categories: tuple[str, ...], bounds: Json) -> Json:
+        provision: Json = {"type": type_}
+        if actors:
+            system = LOCAL_AUTHORITY_SYSTEM if choice.written == "LA" else ODS_SYSTEM
+            provision["actor"] = [
+                {
+                    "role": {
+                        "coding": [
+                            {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}
+                        ]
+                    },
+                    "reference": {
+                        "identifier": {"system": system, "value": actor.lower() if choice.written == "lower" else actor}
+                    },
+                }
+                for actor in actors
+            ]
+        if categories:
+            provision["class"] = [{"system": CATEGORY_SYSTEM, "code": c} for c in categories]
+        period = {name: written(bound) for name, bound in bounds.items() if bound}
+        if period:
+            provision["period"] = period
+        return provision
 
     def written(bound: tuple[str, int]) -> str:
         unit, offset = bound
@@ -325,9 +368,11 @@ def a_consent(choice: Choice, person: str, n: int, now: datetime) -> Json:
             return (now.date() + timedelta(days=offset)).isoformat()
         return (now + timedelta(hours=offset)).isoformat()
 
-    period = {name: written(bound) for name, bound in (("start", choice.start), ("end", choice.end)) if bound}
-    if period:
-        provision["period"] = period
+    type_, opposite = ("deny", "permit") if choice.deny else ("permit", "deny")
+    provision = scope(type_, choice.actors, choice.categories, {"start": choice.start, "end": choice.end})
+    if choice.nested is not None:
+        inner = choice.nested
+        provision["provision"] = [scope(opposite, inner.actors, inner.categories, {"end": inner.end})]
     consent: Json = {
         "resourceType": "Consent",
         "id": f"consent-{person}-{n}",
@@ -426,9 +471,23 @@ def facts_of(world: World) -> dict[tuple[str, str], Fact]:
     return facts
 
 
-def in_force(choice: Choice) -> bool:
+def in_force(choice: Choice | Nested) -> bool:
     """Started by now and not ended: a bare date is a whole day, so a Consent starting or ending today holds."""
-    return (choice.start is None or choice.start[1] <= 0) and (choice.end is None or choice.end[1] >= 0)
+    start = choice.start if isinstance(choice, Choice) else None
+    return (start is None or start[1] <= 0) and (choice.end is None or choice.end[1] >= 0)
+
+
+def names(scope: Choice | Nested, org: str, category: str) -> bool:
+    return (not scope.actors or org in scope.actors) and (not scope.categories or category in scope.categories)
+
+
+def objects(choice: Choice, org: str, category: str) -> bool:
+    """An objection (README): a deny in force naming them, but where its nested permit does; a nested
+    deny in a permit, in force by its own period (not the permit's), naming them within what the permit names."""
+    nested = choice.nested is not None and in_force(choice.nested) and names(choice.nested, org, category)
+    if choice.deny:
+        return in_force(choice) and names(choice, org, category) and not nested
+    return names(choice, org, category) and nested
 
 
 def oracle(
@@ -443,8 +502,8 @@ def oracle(
         return Verdict("break-glass", "break-glass")
     category = CATEGORY_OF[fact.kind]
     sensitive = {SENSITIVE_OF[label] for label in fact.labels if label in SENSITIVE_OF}
-    theirs = [c for c in choices if c.active and in_force(c)]
-    opted_out = any(c.national_opt_out and c.deny for c in theirs)
+    theirs = [c for c in choices if c.active]
+    opted_out = any(c.national_opt_out and c.deny and in_force(c) for c in theirs)
     covered, near = False, set()
     for deal in deals:
         missing = [
@@ -465,8 +524,7 @@ def oracle(
     if not covered:
         return Verdict("deny", "no agreement", tuple(sorted(near)))
     for c in theirs:
-        objects = c.deny and not c.national_opt_out
-        if objects and (not c.actors or org in c.actors) and (not c.categories or category in c.categories):
+        if not c.national_opt_out and objects(c, org, category):
             return Verdict("deny", "objection")
     return Verdict("permit", "agreement")
 

@@ -42,11 +42,20 @@ from hub.api.shapes import (
     errors,
     ok,
 )
-from hub.core.consents import ORGANISATION_SYSTEMS, consent_problems
+from hub.core.consents import ORGANISATION_SYSTEMS, consent_problems, organisation_code
 from hub.core.errors import ConsentDeniedError, InvalidMessageError, LedgerBrokenError, UnknownPersonError
 from hub.core.identity import identities
 from hub.core.ledger import Disclosure, resource_ref, unsound
-from hub.core.policy import UNENFORCED, Asker, Decision, covers_audit, decide, person_of, told_to_asker
+from hub.core.policy import (
+    UNENFORCED,
+    Asker,
+    Decision,
+    bounded,
+    covers_audit,
+    decide,
+    person_of,
+    told_to_asker,
+)
 from hub.core.ports import Json, Ledger, RecordReader
 from hub.core.timetravel import WITHHELD_WITH_READ
 from hub.store.agreements import PolicySource
@@ -103,23 +112,40 @@ def patient_id(patient: str, kind: str) -> str:
 class Judge:
     """Decides each resource for one request, with each person's consents read once. A resource that
     refers to a referral or an episode of care is shared no further than they are, as the record
-    holds them (PolicySource.origins), each read once for the request."""
+    holds them (PolicySource.origins), looked up only where that could change the decision (a permit
+    to someone other than its supplier): for the whole of the request's `page` at once, the first
+    time one of it needs them (those in the page taken as they are), each read once for the request."""
 
     def __init__(self, policy: PolicySource | None, asker: Asker) -> None:
         self.policy = policy
         self.asker = asker
         self._consents: dict[str, Any] = {}
         self._held: dict[tuple[str, str], Json | None] = {}  # (what the resources of a read refer to, read once)
+        self._page: list[Json] = []
+
+    def page(self, resources: list[Json]) -> None:
+        """The resources this request decides, whose origins are read together when one needs them."""
+        self._page = resources
 
     def __call__(self, resource: Json) -> Decision:
         if self.policy is None:
             return UNENFORCED
+        agreements = self.policy.agreements()
+        plain = decide(self.asker, resource, agreements, self._of([resource]))
+        if not bounded(self.asker, resource, plain):
+            return plain
+        if self._page:
+            self.policy.origins_of_page(self._page, self._held)
+            self._page = []
         origins = self.policy.origins(resource, self._held)
-        people = {p for r in (resource, *origins) if (p := person_of(r)) is not None}  # (a referral moved since)
+        return decide(self.asker, resource, agreements, self._of([resource, *origins]), origins=origins)
+
+    def _of(self, resources: list[Json]) -> list[Any]:
+        """The consents of the people `resources` are about (a referral may have moved since), each read once."""
+        people = {p for r in resources if (p := person_of(r)) is not None}
         for person in people - self._consents.keys():
-            self._consents[person] = self.policy.consents(person)
-        consents = [rule for person in sorted(people) for rule in self._consents[person]]
-        return decide(self.asker, resource, self.policy.agreements(), consents, origins=origins)
+            self._consents[person] = self.policy.consents(person) if self.policy else []
+        return [rule for person in sorted(people) for rule in self._consents[person]]
 
 
 def refused_whole(patient: tuple[Json, Decision], rest: list[tuple[Json, Decision]]) -> list[tuple[Json, Decision]]:
@@ -191,6 +217,7 @@ def router(
     def disclose(
         request: Request, who: Principal, judge_: Judge, channel: str, found: list[Json], reads: tuple[str, ...]
     ) -> FhirResponse:
+        judge_.page(found)
         judged = [(r, judge_(r)) for r in found]
         record(ledger, who, channel, judged)
         shown = [r for r, d in judged if d.permitted]
@@ -433,8 +460,12 @@ def _enforceable(reader: RecordReader, consent: Json) -> None:
 
 def _resolve_actor(reader: RecordReader, reference: Json) -> str | None:
     """Give a literal Organization/<id> reference the identifier of the organisation it names (its
-    ODS code, or a council's local-authority code); why not, if it names none the record holds or
-    its identifier names another."""
+    ODS code, or a council's local-authority code); why not, if it names none the record holds, it
+    holds it by more than one (which is meant: name it by identifier), or its identifier names
+    another. An identifier's code is kept as tokens name organisations (upper case)."""
+    given = reference.get("identifier")
+    if isinstance(given, dict) and given.get("system") in ORGANISATION_SYSTEMS and given.get("value"):
+        given["value"] = organisation_code(given["value"]) or given["value"]  # (consent_problems names a bad one)
     literal = str(reference.get("reference", ""))
     kind, _, id_ = literal.partition("/")
     if not literal:
@@ -442,17 +473,23 @@ def _resolve_actor(reader: RecordReader, reference: Json) -> str | None:
     if kind != "Organization" or not _FHIR_ID.match(id_):
         return f"reference {literal[:80]!r} is not an Organization/<id> reference"
     identifiers = (reader.read("Organization", id_) or {}).get("identifier") or []
-    codes = [
-        (str(i.get("system")), str(i.get("value"))) for i in identifiers if i.get("system") in ORGANISATION_SYSTEMS
-    ]
+    codes = {
+        (str(i.get("system")), code)
+        for i in identifiers
+        if i.get("system") in ORGANISATION_SYSTEMS and (code := organisation_code(i.get("value")))
+    }
     if not codes:
         return (
             f"{literal} is not an organisation this hub knows by an ODS or local-authority code: name it by identifier"
         )
-    given = reference.get("identifier")
     if given and (given.get("system"), given.get("value")) not in codes:
         return f"{literal} and its identifier name different organisations: send one of them"
-    reference["identifier"] = given or {"system": codes[0][0], "value": codes[0][1]}
+    if not given and len(codes) > 1:
+        named = ", ".join(f"{system}|{code}" for system, code in sorted(codes))
+        return f"{literal} is known here by more than one code ({named}): give the one meant as its identifier"
+    if not given:
+        [(system, code)] = codes
+        reference["identifier"] = {"system": system, "value": code}
     return None
 
 
