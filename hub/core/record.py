@@ -1,7 +1,8 @@
 """The shared care record's rules: how events change the current version of each resource.
 
 Pure decisions over a RecordUnitOfWork; no I/O of its own, no clock reads (time comes from events,
-so a replay of the log gives the same record).
+so a replay of the log gives the same record). The merge rules are hub.core.record_merges, a register
+row's hub.core.record_practice, and what a write makes of content hub.core.record_content.
 
 Rules, in the order they are applied to each event:
     idempotent      an event id already applied (or repeated in the batch) is skipped, counted as a duplicate
@@ -46,8 +47,9 @@ Rules, in the order they are applied to each event:
                     the outcome extension, its notes) and leaves what the referral said; a referral that
                     arrives after its outcome (or corrects it later) keeps them, so a ServiceRequest ends
                     the same whichever came first. An outcome alone stands for the referral until it comes.
-                    An outcome dated by day alone on the UK day the referral was made, which that day's
-                    start is earlier than, answers it all the same (hub.core.days), until an outcome is on it
+                    An outcome dated before the referral was last said, but not before the date it gives
+                    (authoredOn: a referral corrected after it was answered), or by day alone on its UK day
+                    (hub.core.days), answers it all the same, until an outcome is on it
     stubs           a Patient carried by a referral or register row only introduces a person the record does
                     not know yet; it never replaces what a hospital or practice said, and anything they say
                     later replaces it, whatever its event time
@@ -55,12 +57,15 @@ Rules, in the order they are applied to each event:
                     newest word on the practice by event time (a register row's, or a hospital's Patient
                     naming one, dated by its version) is the Patient's generalPractitioner, where the
                     PIC summary is to go; a register row changes nothing else, nor the Patient's source
-                    or time, and for someone merged away it is about their survivor
-                    (hub.core.record_content.registered)
+                    or time, and for someone merged away it is about their survivor, to whom a merge
+                    carries a row said before it when newer than their word (hub.core.record_practice:
+                    when each word was said, a hospital's deletion too, and a tie between two rows)
     not recorded    clock ticks write nothing and leave no processed-event row
     provenance      each event that writes anything leaves a Provenance naming the sending organisation,
                     the event, every resource version it wrote and (extension PERSON_EXTENSION) the
-                    person it is about, so that their consents apply to it as to the rest of their record
+                    person it is about, so that their consents apply to it as to the rest of their record;
+                    a register row's practice laid on a Patient held is named without a version (what
+                    the row carried, and was delivered, is its own Patient, not that version)
     labels          security labels (meta.security) are kept; an overlay keeps the earlier ones too
 """
 
@@ -73,25 +78,33 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hub.core.days import answers_that_day
-from hub.core.deaths import death_said
 from hub.core.errors import InvalidMessageError
 from hub.core.fhir_read import referrals_of
-from hub.core.identity import MAX_HOPS
+from hub.core.kpi_reading import fhir_time
 from hub.core.policy import PERSON_EXTENSION
 from hub.core.ports import Json, RecordEvent, RecordUnitOfWork, StoredResource
 from hub.core.record_content import (
     MERGED,
-    death_carried,
+    UNCHANGED,
     has_outcome,
-    labelled,
-    labels_of,
     next_content,
-    register_said,
-    registered,
-    removed_elements,
     replaced_by,
+    retimed,
     same_content,
+    stamp,
 )
+from hub.core.record_merges import (
+    SUBJECT_FIELDS,
+    death_to_survivor,
+    deaths_merged,
+    merge,
+    point_at,
+    retired,
+    retirements,
+    retires,
+    survivor,
+)
+from hub.core.record_practice import practice_kept, practices_merged, register_said, registered_row
 from hub.core.stays import is_open, opens_another_stay
 from hub.core.task_status import FINAL, may_move
 from schemas.events.coordination import (
@@ -109,8 +122,6 @@ from schemas.events.coordination import (
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 EVENT_SYSTEM = "https://carehub.invalid/Id/event"
 SHARED_KINDS = frozenset({"Organization", "Practitioner", "Location"})  # not about one person
-_SUBJECT_FIELDS = ("subject", "patient", "for")
-UNCHANGED = StoredResource("", "", None, 0, datetime.min.replace(tzinfo=UTC), "", {})
 _STUB_TIME = datetime(1900, 1, 1, tzinfo=UTC)  # a stub loses to anything said about the person
 # applied in log order whatever time they give (see "corrections" and "tasks" above)
 _IN_LOG_ORDER = frozenset({REFERRAL_RECEIVED.type, TASK_CREATED.type, TASK_UPDATED.type, TASK_OVERDUE.type})
@@ -163,7 +174,7 @@ def _apply(uow: RecordUnitOfWork, event: RecordEvent) -> int:
     when = event.time.isoformat()  # once per event: it is stamped on everything the event writes
     written: list[StoredResource] = []
     stale = 0
-    merges = _retirements(uow, resources) if event.type == MERGED else ()
+    merges = retirements(uow, resources) if event.type == MERGED else ()
     for resource in resources:
         stored = _write(uow, event, resource, when, written)
         if stored is None:
@@ -171,31 +182,16 @@ def _apply(uow: RecordUnitOfWork, event: RecordEvent) -> int:
         elif stored is not UNCHANGED:
             written.append(stored)
     if merges:  # (after the Patients: a merge reversed moves to the survivor its own Patient makes active)
-        written[:0] = _merge(uow, event, merges, when)
-        written += _deaths_merged(uow, event, resources, merges)
+        written[:0] = merge(uow, event, merges, when)
+        written += deaths_merged(uow, event, resources, merges)
+        written += practices_merged(uow, event, merges)
     if written:
         _provenance(uow, event, written, when)
     return stale
 
 
-def survivor(uow: RecordUnitOfWork, key: str) -> str:
-    """The person key that `key` now resolves to, following replaced-by links left by merges."""
-    patient = uow.get("Patient", key)
-    if patient is None or "link" not in patient.content:
-        return key  # the common case: nobody merged this person away
-    seen = {key}
-    for _ in range(MAX_HOPS):
-        patient = uow.get("Patient", key)
-        nxt = replaced_by(patient.content) if patient else None
-        if nxt is None or nxt in seen:
-            return key
-        seen.add(nxt)
-        key = nxt
-    return key
-
-
 def _subject_key(resource: Json) -> str | None:
-    for field in _SUBJECT_FIELDS:
+    for field in SUBJECT_FIELDS:
         ref = (resource.get(field) or {}).get("reference", "")
         if ref.startswith("Patient/"):
             return str(ref.removeprefix("Patient/"))
@@ -212,7 +208,7 @@ def _write(
     current = uow.get(kind, rid)
     stub = kind == "Patient" and event.type in PATIENT_STUB_EVENTS
     if stub and current is not None:
-        return _registered(uow, event, incoming, current) if event.type == REGISTER_ROW.type else UNCHANGED
+        return registered_row(uow, event, incoming, current) if event.type == REGISTER_ROW.type else UNCHANGED
     if stub and event.type == REGISTER_ROW.type:
         incoming = register_said(incoming, event.time)
     if kind == "Task" and current is not None and event.type == TASK_UPDATED.type and _refused_move(current, incoming):
@@ -225,13 +221,13 @@ def _write(
             return same
     latest = event.time
     if current is not None and event.time < current.event_time:
-        if _retires(event, incoming, current):
-            incoming = _retired(current, incoming)  # the merge's word on who they are, over newer content
-        elif event.type not in _IN_LOG_ORDER and not _outcome_that_day(event, incoming, current):
+        if retires(event, incoming, current):
+            incoming = retired(current, incoming)  # the merge's word on who they are, over newer content
+        elif event.type not in _IN_LOG_ORDER and not _first_outcome(event, incoming, current):
             return None
         latest = current.event_time  # a correction (or a task event, or a merge) dated earlier: not dated back
     if kind == "Patient" and current is not None and "link" in current.content and event.type != MERGED:
-        _death_to_survivor(uow, event, incoming, current, written)  # (rare: someone merged away, or a survivor)
+        death_to_survivor(uow, event, incoming, current, written)  # (rare: someone merged away, or a survivor)
     if (
         kind == "Patient"
         and current is not None
@@ -245,6 +241,8 @@ def _write(
         # which same_content compares as a set), without copying the content first
         return _said_again(uow, current, event.time)
     content = next_content(event, incoming, current)
+    if kind == "Patient" and not stub:
+        practice_kept(event, incoming, content, current)  # (when the practice was said: hub.core.record_practice)
     key: str | None
     if kind in SHARED_KINDS:
         key = None
@@ -254,70 +252,25 @@ def _write(
         subject = _subject_key(content)
         key = survivor(uow, subject) if subject else survivor(uow, event.subject)
         if subject and key != subject:
-            _point_at(content, key)
+            point_at(content, key)
     if current is not None and key == current.person_key and same_content(content, current.content):
         return _said_again(uow, current, latest)
     if latest != event.time:
         when = latest.isoformat()
-    stored = _stamp(event, content, kind, rid, key, current, _STUB_TIME if stub else latest, when)
+    stored = stamp(event, content, kind, rid, key, current, _STUB_TIME if stub else latest, when)
     uow.put(stored)
     return stored
 
 
-def _registered(uow: RecordUnitOfWork, event: RecordEvent, row: Json, current: StoredResource) -> StoredResource:
-    """A register row's practice on the Patient the record holds (the survivor's, for someone merged
-    away), when it is the newest word on it: a version of the row's (its Provenance names the
-    practice) that keeps the Patient's source, time and lastUpdated where later (the hospital's
-    demographics are not the practice's to supply)."""
-    if replaced_by(current.content):
-        found = uow.get("Patient", survivor(uow, current.id))
-        if found is None:
-            return UNCHANGED
-        current = found
-    content = registered(current, row, event.time)
-    if content is None or same_content(content, current.content):
-        return UNCHANGED
-    meta = current.content.get("meta") or {}
-    said = meta.get("lastUpdated")  # (never dated back)
-    when = said if said and datetime.fromisoformat(said) >= event.time else event.time.isoformat()
-    stored = _stamp(event, content, "Patient", current.id, current.person_key, current, current.event_time, when)
-    stored.content["meta"]["source"] = meta.get("source", event.source)
-    uow.put(stored)
-    return stored
-
-
-def _outcome_that_day(event: RecordEvent, incoming: Json, current: StoredResource) -> bool:
-    """Whether an outcome dated before the referral the record holds still answers it: dated by day
-    alone, on the UK day the referral was made (hub.core.days), as the rules engine and the KPIs take
-    it. Not once an outcome is on it: one with a time of day that day, later, stands."""
-    return (
-        event.type == REFERRAL_OUTCOME.type
-        and incoming["resourceType"] == "ServiceRequest"
-        and not has_outcome(current.content)
-        and answers_that_day(event.time, current.event_time)
-    )
-
-
-def _retires(event: RecordEvent, incoming: Json, current: StoredResource) -> bool:
-    """Whether a merge retires a Patient the record holds with no links: neither merged away already
-    nor the survivor of a merge (a newer A40 that reversed this one, or that merged someone into
-    them, has the last word on who they are, as it would if this one had come first)."""
-    return (
-        event.type == MERGED
-        and incoming["resourceType"] == "Patient"
-        and replaced_by(incoming) is not None
-        and "link" not in current.content
-    )
-
-
-def _retired(current: StoredResource, incoming: Json) -> Json:
-    """What a merge dated before the Patient's last write makes of it: what the newer event said of
-    the person, retired (inactive, replaced by the survivor) as the merge says, as the same events in
-    the other order leave it (hub.core.record_content.next_content keeps the link on late news)."""
-    content = {k: v for k, v in current.content.items() if k != "meta"}
-    content["active"] = False
-    content["link"] = incoming["link"]
-    return labelled(content, labels_of(current.content.get("meta")))
+def _first_outcome(event: RecordEvent, incoming: Json, current: StoredResource) -> bool:
+    """Whether an outcome dated before the referral the record holds was last said still answers it:
+    the first one, dated no earlier than the referral says it was made (authoredOn, as the KPIs take
+    it: a referral corrected after it was answered still was answered), or by day alone on that UK day
+    (hub.core.days). Not once an outcome is on it: a later one stands over an older one sent late."""
+    if event.type != REFERRAL_OUTCOME.type or incoming["resourceType"] != "ServiceRequest":
+        return False
+    made = fhir_time(current.content.get("authoredOn"), current.event_time)
+    return not has_outcome(current.content) and (event.time >= made or answers_that_day(event.time, made))
 
 
 def _opens_nothing(uow: RecordUnitOfWork, event: RecordEvent, episode: Json, current: StoredResource | None) -> bool:
@@ -342,7 +295,7 @@ def _another_stay(uow: RecordUnitOfWork, event: RecordEvent, episode: Json) -> b
 def _said_again(uow: RecordUnitOfWork, current: StoredResource, latest: datetime) -> StoredResource:
     """Nothing new: no new version (so versions do not depend on the order partitions are read in),
     but the newer event time remembered, so that older content arriving later stays stale."""
-    uow.put(_retimed(current, latest, current.content))
+    uow.put(retimed(current, latest, current.content))
     return UNCHANGED
 
 
@@ -371,7 +324,7 @@ def _same_reference_data(
     if earlier:  # the same object, so a replay keeps its text rather than serialising a copy
         content = {**content, "meta": {**meta, "lastUpdated": when, "source": event.source}}
         first = event.id
-    uow.put(_retimed(current, max(current.event_time, event.time), content, first))
+    uow.put(retimed(current, max(current.event_time, event.time), content, first))
     return UNCHANGED
 
 
@@ -384,149 +337,13 @@ def reconcile_reference_data(stored: StoredResource | None, ours: StoredResource
         return ours
     if stored.version_id == ours.version_id and same_content(ours.content, stored.content):
         first = min(stored, ours, key=_said)
-        return _retimed(first, max(stored.event_time, ours.event_time), first.content, first.source_event_id)
+        return retimed(first, max(stored.event_time, ours.event_time), first.content, first.source_event_id)
     return ours if ours.event_time >= stored.event_time else stored
 
 
 def _said(row: StoredResource) -> tuple[str, str, str]:
     meta = row.content.get("meta") or {}
     return str(meta.get("lastUpdated", "")), str(meta.get("source", "")), row.source_event_id
-
-
-def _retimed(
-    current: StoredResource, event_time: datetime, content: Json, source_event_id: str | None = None
-) -> StoredResource:
-    # what dataclasses.replace does, without its per-call introspection (a hot path in replay)
-    return StoredResource(
-        current.resource_type,
-        current.id,
-        current.person_key,
-        current.version_id,
-        event_time,
-        current.source_event_id if source_event_id is None else source_event_id,
-        content,
-    )
-
-
-def _point_at(content: Json, key: str) -> None:
-    for field in _SUBJECT_FIELDS:
-        if field in content:
-            content[field] = {**content[field], "reference": f"Patient/{key}"}
-    if content.get("resourceType") == "Provenance":
-        content["extension"] = [
-            {**e, "valueReference": {"reference": f"Patient/{key}"}} if e.get("url") == PERSON_EXTENSION else e
-            for e in content.get("extension") or []
-        ]
-
-
-def _stamp(
-    event: RecordEvent,
-    content: Json,
-    kind: str,
-    rid: str,
-    key: str | None,
-    current: StoredResource | None,
-    content_time: datetime,
-    when: str,
-) -> StoredResource:
-    version = (current.version_id if current else 0) + 1
-    labels = (content.get("meta") or {}).get("security")
-    content["meta"] = {"versionId": str(version), "lastUpdated": when, "source": event.source}
-    if labels:
-        content["meta"]["security"] = labels
-    return StoredResource(kind, rid, key, version, content_time, event.id, content)
-
-
-def _retirements(uow: RecordUnitOfWork, resources: list[Json]) -> list[tuple[str, str, str]]:
-    """(retired key, survivor key named, the person that key resolves to) for each Patient a merge
-    retires, resolved before the merge's Patients are written."""
-    found = []
-    for patient in resources:
-        target = replaced_by(patient) if patient.get("resourceType") == "Patient" else None
-        if target is not None:
-            found.append((str(patient["id"]), target, survivor(uow, target)))
-    return found
-
-
-def _merge(
-    uow: RecordUnitOfWork, event: RecordEvent, merges: list[tuple[str, str, str]], when: str
-) -> list[StoredResource]:
-    """Move every resource filed under each retired person to the survivor. A merge reversed (the
-    survivor named was merged into the person it now retires) moves them to the survivor named,
-    whom its Patient, written first, made a person again (unless that write was stale)."""
-    moved: list[StoredResource] = []
-    for retired, target, to in merges:
-        if to == retired:
-            to = survivor(uow, target)
-        if retired == to:
-            continue
-        for current in uow.of_person(retired):
-            if current.resource_type == "Patient" and current.id == retired:
-                continue  # written from the event itself
-            content = labelled(
-                {k: v for k, v in current.content.items() if k != "meta"}, labels_of(current.content.get("meta"))
-            )
-            _point_at(content, to)
-            stored = _stamp(event, content, current.resource_type, current.id, to, current, current.event_time, when)
-            uow.put(stored)
-            moved.append(stored)
-    return moved
-
-
-def _death_to_survivor(
-    uow: RecordUnitOfWork, event: RecordEvent, said: Json, retired: StoredResource, written: list[StoredResource]
-) -> None:
-    """A Patient under a retired key (a hospital still using the old number), as news of the person,
-    says what it says of a death for their survivor too, when it is the newest word on their Patient
-    by event time (hub.core.record_content.death_carried), as the rules engine takes it (hub.core.deaths).
-    The survivor's Patient keeps its source: the rest of what the old number's sender says is not
-    theirs to supply."""
-    to = survivor(uow, retired.id)
-    held = uow.get("Patient", to) if to != retired.id else None
-    if held is None or event.time < held.event_time:
-        return  # (older than the survivor's latest Patient: stale there, as on their own key)
-    content = death_carried(held.content, said)
-    if content is None:
-        return
-    if same_content(content, held.content):
-        _said_again(uow, held, event.time)
-        return
-    written.append(_carried(uow, event, content, held, event.time))
-
-
-def _deaths_merged(
-    uow: RecordUnitOfWork, event: RecordEvent, resources: list[Json], merges: list[tuple[str, str, str]]
-) -> list[StoredResource]:
-    """A death a retired identity's Patient holds (said under its key before the merge was read) is
-    the survivor's, unless theirs says one already or the merge's own Patient for them says they are
-    alive as the newest word (dated at or after both Patients), as the rules engine folds it
-    (hub.core.merges). The survivor's Patient is then dated by the newer of the two."""
-    carried: list[StoredResource] = []
-    for retired, _, _ in merges:
-        theirs = uow.get("Patient", retired)
-        said = death_said(theirs.content) if theirs else None
-        to = survivor(uow, retired)
-        held = uow.get("Patient", to) if said and to != retired else None
-        if theirs is None or said is None or held is None or death_said(held.content):
-            continue
-        own = next((p for p in resources if p.get("resourceType") == "Patient" and p.get("id") == to), None)
-        newest = held.event_time <= event.time and theirs.event_time <= event.time
-        if own is not None and newest and (own.get("deceasedBoolean") is False or said in removed_elements(own)):
-            continue
-        content = death_carried(held.content, {said: theirs.content[said]})
-        if content is not None and not same_content(content, held.content):
-            carried.append(_carried(uow, event, content, held, max(held.event_time, theirs.event_time)))
-    return carried
-
-
-def _carried(
-    uow: RecordUnitOfWork, event: RecordEvent, content: Json, held: StoredResource, at: datetime
-) -> StoredResource:
-    """The survivor's Patient with a death carried onto it, dated `at`, its source kept."""
-    stored = _stamp(event, content, "Patient", held.id, held.person_key, held, at, at.isoformat())
-    stored.content["meta"]["source"] = (held.content.get("meta") or {}).get("source", event.source)
-    uow.put(stored)
-    return stored
 
 
 @functools.lru_cache(maxsize=1024)
@@ -543,6 +360,15 @@ def _agent(sender: str) -> list[Json]:
     return [{"type": {"coding": [author]}, "who": {"identifier": {"system": ODS_SYSTEM, "value": sender}}}]
 
 
+def _target(event: RecordEvent, written: StoredResource) -> Json:
+    """The version an event wrote, as its Provenance names it; but a register row's practice laid on a
+    Patient held (hub.core.record_practice) is named without one: what the row carried, and what is
+    delivered of it, is the row's Patient, not that version, which is the hospital's but its practice."""
+    if event.type == REGISTER_ROW.type and written.resource_type == "Patient" and written.version_id > 1:
+        return {"reference": f"Patient/{written.id}"}
+    return {"reference": f"{written.resource_type}/{written.id}/_history/{written.version_id}"}
+
+
 def _provenance(uow: RecordUnitOfWork, event: RecordEvent, written: list[StoredResource], when: str) -> None:
     sender = event.source.removeprefix("urn:ods:")
     written = [w for w in written if w.person_key]  # shared reference data (a practice) has no provenance
@@ -552,7 +378,7 @@ def _provenance(uow: RecordUnitOfWork, event: RecordEvent, written: list[StoredR
     provenance: Json = {
         "resourceType": "Provenance",
         "id": event.id,
-        "target": [{"reference": f"{w.resource_type}/{w.id}/_history/{w.version_id}"} for w in written],
+        "target": [_target(event, w) for w in written],
         "recorded": when,
         "activity": _activity(event.type),
         "agent": _agent(sender),
@@ -560,4 +386,4 @@ def _provenance(uow: RecordUnitOfWork, event: RecordEvent, written: list[StoredR
     }
     key = survivor(uow, keys[0]) if keys else survivor(uow, event.subject)
     provenance["extension"] = [{"url": PERSON_EXTENSION, "valueReference": {"reference": f"Patient/{key}"}}]
-    uow.put(_stamp(event, provenance, "Provenance", event.id, key, None, event.time, when))
+    uow.put(stamp(event, provenance, "Provenance", event.id, key, None, event.time, when))

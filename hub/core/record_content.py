@@ -1,15 +1,14 @@
 """What a write to the record makes of what an event says (hub.core.record's content rules): an
 Encounter update overlays the stay (a class unknown keeps the one held), a referral and its outcomes
 overlay each other in either order, security labels are kept as a set, a cancelled discharge reopens
-the stay, a merged-away Patient stays retired, the registered practice is the newest word on it;
+the stay, a merged-away Patient stays retired (the registered practice is hub.core.record_practice's);
 and whether two contents say the same."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from hub.core.identity import stable_id
 from hub.core.ports import Json, RecordEvent, StoredResource
 from schemas.events.coordination import OUTCOME_EXTENSION, REFERRAL_OUTCOME, REFERRAL_RECEIVED
 
@@ -22,12 +21,10 @@ DISCHARGE_CANCELLED = "uk.nhs.carehub.encounter.discharge-cancelled.v1"
 VERIFICATION_URL = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus"
 VERIFICATION_REMOVED = "identifier:nhsNumber.extension:nhsNumberVerificationStatus"  # (a REMOVED_URL code)
 DISCHARGE_METHOD_URL = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-DischargeMethod"
-# when a practice's register row said the practice a Patient holds (on the generalPractitioner entry): a
-# practice a hospital named carries none, being said when the Patient's version was (see _practice_said)
-PRACTICE_SAID_URL = "https://carehub.invalid/StructureDefinition/practice-said"
-ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 # Encounter.class is 1..1: a stay whose class no one said (HL7 v2: PV1-2 empty) is this, "unknown"
 UNKNOWN_CLASS = {"system": "http://terminology.hl7.org/CodeSystem/v2-0004", "code": "U"}
+# what a write returns when it says nothing new (compared by identity: `is UNCHANGED`)
+UNCHANGED = StoredResource("", "", None, 0, datetime.min.replace(tzinfo=UTC), "", {})
 
 
 def replaced_by(patient: Json) -> str | None:
@@ -97,9 +94,6 @@ def next_content(event: RecordEvent, incoming: Json, current: StoredResource | N
         else:  # another sender's replaces it whole: its deletions are done, not kept
             _death_kept(before, content)
             _drop_extension(content, REMOVED_URL)
-        said_at = practice_said_at(before)  # (None, at once, for all but the rare register-said practice)
-        if said_at is not None:
-            _register_kept(before, incoming, content, event.time < said_at)
         retired_to = replaced_by(before)
         if retired_to and event.type != MERGED:  # late news about a merged-away identity
             content["active"] = False
@@ -200,88 +194,6 @@ def death_carried(held: Json, said: Json) -> Json | None:
     return labelled(content, labels_of(held.get("meta")))
 
 
-def practice_said_at(patient: Json) -> datetime | None:
-    """When a register row said the practice this Patient holds (PRACTICE_SAID_URL), if one did."""
-    gps = patient.get("generalPractitioner")
-    first = gps[0] if isinstance(gps, list) and gps else None
-    if not isinstance(first, dict) or "extension" not in first:
-        return None  # the common case: a hospital's practice, said when the Patient was, or none
-    for e in first["extension"] if isinstance(first["extension"], list) else ():
-        if isinstance(e, dict) and e.get("url") == PRACTICE_SAID_URL and isinstance(e.get("valueDateTime"), str):
-            try:
-                return datetime.fromisoformat(e["valueDateTime"])
-            except ValueError:
-                return None
-    return None
-
-
-def registered(current: StoredResource, row: Json, at: datetime) -> Json | None:
-    """The Patient the record holds, registered with the practice a register row names (`row`, its
-    Patient, dated `at`), when that is the newest word on the practice by event time (at least as new
-    as the word held: _practice_said) or no practice is held. Only generalPractitioner changes, noting
-    `at`: the same practice held keeps its shape (a hospital's reference to its Organization). None
-    when the row is older, names no practice, or the person was merged away."""
-    held = current.content
-    code = next(iter(_ods_codes(row)), None)
-    gps = [gp for gp in held.get("generalPractitioner") or [] if isinstance(gp, dict)]
-    if code is None or replaced_by(held) or (gps and at < _practice_said(current)):
-        return None
-    theirs = f"Organization/{stable_id('ods', code)}"  # (a hospital's reference: hub.core.huddle.practice_reference)
-    kept = [gp for gp in gps if gp.get("reference") == theirs or code in _ods_codes({"generalPractitioner": [gp]})]
-    entry: Json = dict(kept[0]) if kept else {"identifier": {"system": ODS_SYSTEM, "value": code}}
-    said = {"url": PRACTICE_SAID_URL, "valueDateTime": at.isoformat()}
-    entry["extension"] = [*(e for e in entry.get("extension") or [] if e.get("url") != PRACTICE_SAID_URL), said]
-    content = {k: v for k, v in held.items() if k != "meta"} | {"generalPractitioner": [entry]}
-    return labelled(content, labels_of(held.get("meta")))
-
-
-def _practice_said(current: StoredResource) -> datetime:
-    """When the practice a Patient holds was said: by a register row, as it noted (PRACTICE_SAID_URL);
-    by a hospital, when the Patient's version was written (meta.lastUpdated: a message that repeats
-    the person as held writes none, and one that leaves PD1 out says nothing of the practice, though
-    it may change the rest); by a referral's stub, never (its time is _STUB_TIME's: no one's word)."""
-    said = practice_said_at(current.content)
-    if said is not None:
-        return said
-    written = (current.content.get("meta") or {}).get("lastUpdated")
-    try:
-        return (
-            min(current.event_time, datetime.fromisoformat(written)) if isinstance(written, str) else current.event_time
-        )
-    except ValueError:
-        return current.event_time
-
-
-def _ods_codes(patient: Json) -> list[str]:
-    """The ODS codes a Patient's generalPractitioner names by identifier (a register row's, say)."""
-    return [
-        str(i["value"])
-        for gp in patient.get("generalPractitioner") or []
-        if isinstance(gp, dict)
-        and isinstance(i := gp.get("identifier"), dict)
-        and i.get("system") == ODS_SYSTEM
-        and i.get("value")
-    ]
-
-
-def register_said(stub: Json, at: datetime) -> Json:
-    """A register row's Patient stub, its practice noted as said at `at` (the person new to the record)."""
-    gps = [gp for gp in stub.get("generalPractitioner") or [] if isinstance(gp, dict)]
-    if not gps:
-        return stub
-    said = {"url": PRACTICE_SAID_URL, "valueDateTime": at.isoformat()}
-    return stub | {"generalPractitioner": [{**gps[0], "extension": [said]}, *gps[1:]]}
-
-
-def _register_kept(before: Json, said: Json, content: Json, older: bool) -> None:
-    """The practice a register row said (and the record holds) stays over a hospital's Patient that is
-    older than that word, whatever it says of the practice, and over one that says nothing of it (no
-    generalPractitioner, no deletion): as a death, never undone by another sender's silence. A newer
-    Patient naming a practice, or deleting it (HL7 v2 `""`), has the last word."""
-    if older or not ("generalPractitioner" in said or "generalPractitioner" in removed_elements(said)):
-        content["generalPractitioner"] = before["generalPractitioner"]
-
-
 def removed_elements(resource: Json) -> set[str]:
     """The elements a sender deleted (HL7 v2 `""`: REMOVED_URL extensions), extensions of odd shape aside."""
     extensions = resource.get("extension")
@@ -362,3 +274,36 @@ def _cancel_discharge(event: RecordEvent, content: Json) -> Json:
         content.pop("hospitalization", None)
     _drop_extension(content, DISCHARGE_METHOD_URL)  # (how a discharge that did not happen was made goes with it)
     return content
+
+
+def stamp(
+    event: RecordEvent,
+    content: Json,
+    kind: str,
+    rid: str,
+    key: str | None,
+    current: StoredResource | None,
+    content_time: datetime,
+    when: str,
+) -> StoredResource:
+    version = (current.version_id if current else 0) + 1
+    labels = (content.get("meta") or {}).get("security")
+    content["meta"] = {"versionId": str(version), "lastUpdated": when, "source": event.source}
+    if labels:
+        content["meta"]["security"] = labels
+    return StoredResource(kind, rid, key, version, content_time, event.id, content)
+
+
+def retimed(
+    current: StoredResource, event_time: datetime, content: Json, source_event_id: str | None = None
+) -> StoredResource:
+    # what dataclasses.replace does, without its per-call introspection (a hot path in replay)
+    return StoredResource(
+        current.resource_type,
+        current.id,
+        current.person_key,
+        current.version_id,
+        event_time,
+        current.source_event_id if source_event_id is None else source_event_id,
+        content,
+    )

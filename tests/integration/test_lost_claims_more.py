@@ -222,11 +222,6 @@ def test_an_accept_refused_at_the_cap_is_answered_409_though_the_database_fails_
     refused(over, f"coordinator c-ann already has {CAP} people on their caseload (cap {CAP})")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hub/core/record.py skips an outcome dated before a corrected referral it applied first, though the "
-    "referral has no outcome; the completion's later-dated copy is then dropped as a duplicate (the same id)",
-)
 def test_an_accept_kafka_took_after_all_behind_a_correction_on_the_log_is_on_the_record_as_accepted(
     workers: list[Worker], kafka: SlowKafka
 ) -> None:
