@@ -81,6 +81,8 @@ class Registration:
     event_time: datetime
     event_id: str
     merged_into: str | None = None
+    # said by a practice's register row (registrations_in; not kept by the store: what one event said)
+    row: bool = dataclasses.field(default=False, compare=False)
 
 
 def registrations_in(
@@ -106,7 +108,8 @@ def registrations_in(
             for e in _dicts(patient.get("extension"))
         )
         if codes or deleted:
-            said[str(patient.get("id"))] = Registration(frozenset(codes), event_time, event_id)
+            row = event_type == REGISTER_ROW.type
+            said[str(patient.get("id"))] = Registration(frozenset(codes), event_time, event_id, row=row)
     return said
 
 
@@ -122,17 +125,25 @@ def note_registrations(
     said: Mapping[str, Registration],
     merged: Mapping[str, str] | None = None,
     merge: tuple[datetime, str] | None = None,
+    *,
+    versions: Mapping[str, str] | None = None,
 ) -> set[str]:
     """Take what an event says into `held`, in log order (`said`: registrations_in; `merged`: a
     merge's retired people and their survivors, merges_in, with `merge`, its time and id); the people
-    whose registration changed. Newer news wins (by event time: an update sent late that is older
-    than what is held changes nothing). A person merged away is held as merged into their survivor,
-    whatever is said of them later; the survivor is active again if they had been merged away
-    themselves (a merge reversed)."""
+    whose registration changed. The newer word wins by event time, as the record dates it (an update
+    sent late that is older than what is held changes nothing): a hospital naming the practices held
+    again is dated by the Patient version it wrote (`versions`: versions_written of the event, once
+    the record has applied it), so, where that is not known, it leaves the date held, as the record
+    does for a Patient said again as it holds it; of two register rows of one event time the greater
+    ODS code stands. A register row for someone merged away is about their survivor (hub.core.record,
+    "practice"). A person merged away is held as merged into their survivor, whatever is said of them
+    later; the survivor is active again if they had been merged away themselves (a merge reversed)."""
     changed: set[str] = set()
     for person, new in said.items():
+        if new.row:
+            person = _survivor(held, person)
         old = held.get(person)
-        if old is None or new.event_time >= old.event_time:
+        if old is None or _newer(old, new, person, versions, merged=bool(merged)):
             new = dataclasses.replace(new, merged_into=old.merged_into if old else None)
             if old != new:
                 held[person] = new
@@ -154,6 +165,27 @@ def note_registrations(
                 held[survivor] = Registration(kept.practices, max(at, kept.event_time), event_id)
                 changed.add(survivor)
     return changed
+
+
+def _newer(
+    old: Registration, new: Registration, person: str, versions: Mapping[str, str] | None, *, merged: bool = False
+) -> bool:
+    """Whether `new` is the newer word on a person's practice than `old`, as the record takes it (a
+    merge's survivor's Patient is a version on the record: the merge changes who they are)."""
+    if new.event_time < old.event_time:
+        return False
+    if new.row:  # (two rows of one time: the greater ODS code, whichever was read first)
+        return new.event_time > old.event_time or min(new.practices, default="") >= min(old.practices, default="")
+    if new.practices and new.practices == old.practices and old.merged_into is None and not (old.row or merged):
+        return versions is not None and f"Patient/{person}" in versions  # said again: only a version re-dates it
+    return True
+
+
+def _survivor(held: Mapping[str, Registration], person: str) -> str:
+    """Whom a register row for `person` is about: them, or, merged away, their survivor (the end of
+    the chain of merges held; themselves where merges go round)."""
+    chain = merged_chain(held, person)
+    return chain[-1] if len(chain) <= MAX_HOPS and chain[-1] not in chain[:-1] else person
 
 
 def merged_chain(held: Mapping[str, Registration], person: str) -> list[str]:

@@ -15,8 +15,10 @@ What the fold keeps (the survivor's word first where both said something):
                 contact or visit are cancelled, naming it (hub.core.deaths)
     stay        the survivor's stay on a caseload, else the retired identity's (its long-stay clock
                 moves with it); a second open stay is not the engine's stay, and its clock is cleared
-    the rest    practice (a registration's over the coordinator's over a referral's word, and of two
-                registrations the newer by when it was said: hub.core.practices), NHS number, case list, outcomes,
+    the rest    practice (the survivor's, as the record keeps their Patient's, unless they have none: but a
+                registration's over the coordinator's over a referral's word, and a register row's said for
+                the retired identity newer than the survivor's word, which the record carries; never a
+                hospital's under the retired number: hub.core.practices.newer_word), NHS number, case list, outcomes,
                 episodes closed, referrals' first stays, held PIC summaries, identities merged in
 Pure: both states in, the survivor's changed in place, derived events and clock changes out.
 """
@@ -91,7 +93,7 @@ def fold(rules: Rules, state: Json, theirs: Json, retired: str, event: RecordEve
 
 def _fold_facts(state: Json, theirs: Json) -> None:
     """What each identity knew of the person that is not a task, a death or a stay."""
-    if newer_word(theirs, state):  # (hub.core.practices: the newer word on the practice, by practice_at)
+    if newer_word(theirs, state):  # (hub.core.practices: the word the survivor's gives way to)
         take_word(state, theirs)
     for key in ("nhs", "eligible"):
         if not state.get(key) and theirs.get(key):

@@ -293,9 +293,11 @@ class Engine:
                 if says_moved(resource):  # (Engine.move said so)
                     task["moved"] = True
             found = practice_found(resource) if task["rule"] == FIND_PRACTICE and status == "completed" else None
-            if found:  # the coordinator found the practice: as good as a registration, until the next one
+            if found:  # the coordinator found the practice: as good as a registration, until a newer one
                 state["practice"], state["practice_from"] = found, "coordinator"
-                state.pop("practice_at", None)  # (undated: any registration takes it: hub.core.practices)
+                state["practice_at"] = (
+                    event.time.isoformat()
+                )  # (a row extracted before it is stale: hub.core.practices)
                 task["practice"] = found
         return out
 

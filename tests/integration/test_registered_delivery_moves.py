@@ -156,8 +156,8 @@ async def test_a_stale_register_row_from_the_old_practice_does_not_take_the_pers
 async def test_a_newer_hospital_word_still_wins_over_an_older_register_row_and_a_referral_moves_no_one(
     services: Services, receiver: Receiver
 ) -> None:
-    admit = adt(services, trigger="A01", control_id="J1", practice=OLD, event_time="202611010930")
-    restated = adt(services, trigger="A08", control_id="J2", practice=OLD, event_time="202611160900")
+    admit = adt(services, trigger="A01", control_id="J1", practice=None, event_time="202611010930")
+    named = adt(services, trigger="A08", control_id="J2", practice=OLD, event_time="202611160900")
     older_row = rows(services, (NEW, "2026-11-15"))  # sent after the hospital's newer word
     person = admit[0].subject
     stub: dict[str, Any] = {"resourceType": "Patient", "id": person, "identifier": [{"system": "x", "value": NHS}]}
@@ -167,6 +167,20 @@ async def test_a_newer_hospital_word_still_wins_over_an_older_register_row_and_a
     referral = RecordEvent(str(uuid.uuid4()), REFERRAL_RECEIVED.type, "urn:ods:VCS01", at, person, bundle)
     discharge = adt(services, trigger="A03", control_id="J3", practice=None, event_time="202611201105")
 
-    got = await deliver_and_send(services, receiver, [admit, restated, older_row, [referral], discharge])
+    got = await deliver_and_send(services, receiver, [admit, named, older_row, [referral], discharge])
 
-    assert got == {OLD: [admit[0].id, discharge[0].id]}
+    assert got == {OLD: [discharge[0].id]}  # (the admission named no practice: registered with none then)
+
+
+async def test_the_practice_said_again_as_held_keeps_its_date_so_a_row_read_after_moves_the_person(
+    services: Services, receiver: Receiver
+) -> None:
+    # (the record writes no Patient version for the A08, so its practice is still dated 1 Nov)
+    admit = adt(services, trigger="A01", control_id="K1", practice=OLD, event_time="202611010930")
+    restated = adt(services, trigger="A08", control_id="K2", practice=OLD, event_time="202611160900")
+    row = rows(services, (NEW, "2026-11-15"))  # extracted after the A01, sent after the A08
+    discharge = adt(services, trigger="A03", control_id="K3", practice=None, event_time="202611201105")
+
+    got = await deliver_and_send(services, receiver, [admit, restated, row, discharge])
+
+    assert got == {OLD: [admit[0].id], NEW: [discharge[0].id]}

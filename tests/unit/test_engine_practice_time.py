@@ -44,7 +44,8 @@ LATE_ROW = register_row(NEW, "2026-11-10")  # extracted between the hospital's t
         pytest.param(hospital("A08", "S2", "202611121000", practice=None), NEW, id="said-again-without-pd1"),
         # something new of the person: a version dated 12 Nov holds the hospital's practice
         pytest.param(hospital("A08", "S3", "202611121000", family="JONES"), OLD, id="news-naming-the-practice"),
-        pytest.param(hospital("A08", "S4", "202611121000", family="JONES", practice=None), OLD, id="news-without-pd1"),
+        # news of another kind, PD1 left out: the version keeps when the practice was said (1 Nov)
+        pytest.param(hospital("A08", "S4", "202611121000", family="JONES", practice=None), NEW, id="news-without-pd1"),
     ],
 )
 def test_a_hospitals_word_is_dated_as_the_record_dates_it(
@@ -116,7 +117,8 @@ def test_a_state_saved_before_practice_at_takes_the_next_registration_as_it_did(
     assert (state["practice"], state["practice_from"]) == (THIRD, "hospital")
 
 
-def test_the_coordinators_word_is_undated_any_registration_takes_it(engine: Engine) -> None:
+def test_the_coordinators_word_saved_undated_any_registration_takes_it(engine: Engine) -> None:
+    """(A state saved before the coordinator's word was dated: hub.core.tasks dates it now.)"""
     state = new_state() | {"practice": THIRD, "practice_from": "coordinator", "patient_at": "2026-11-20T00:00:00+00:00"}
 
     handle(engine, state, register_row(NEW, "2026-11-10"))
@@ -194,7 +196,10 @@ EARLY, LATE = "2026-11-01T09:30:00+00:00", "2026-11-15T00:00:00+00:00"
             said(OLD, "coordinator", None), said(NEW, "hospital", EARLY), "retired", id="over-the-coordinator"
         ),
         pytest.param(said(OLD, "referral", None), said(NEW, "coordinator", None), "retired", id="over-a-referral"),
-        pytest.param(said(OLD, "registration", None), said(NEW, "hospital", EARLY), "retired", id="over-an-undated"),
+        # a hospital's word under the retired number is not carried over the survivor's (the record keeps it)
+        pytest.param(said(OLD, "hospital", EARLY), said(NEW, "hospital", LATE), "survivor", id="a-hospitals-newer"),
+        pytest.param(said(OLD, "registration", None), said(NEW, "hospital", EARLY), "survivor", id="over-an-undated"),
+        pytest.param(said(OLD, "registration", None), said(NEW, "register", EARLY), "retired", id="a-row-over-undated"),
         pytest.param(said(OLD, "hospital", EARLY), said(NEW, "registration", None), "survivor", id="undated-is-older"),
         pytest.param(new_state(), said(NEW, "referral", None), "retired", id="over-none"),
     ],
