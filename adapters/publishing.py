@@ -3,25 +3,28 @@ keep a rejected input whole on the dead-letter topic with its OperationOutcome, 
 that does not acknowledge in time as BrokerUnavailableError (so the input is not accepted).
 
 A record over the size Kafka takes is not an outage: sending it again cannot succeed, so it is
-MessageTooLargeError, saying its size and the limit. A rejected input too large to keep whole keeps
-its first HEAD_BYTES (as the MLLP listener keeps an over-size frame's), and its reason says so, with
-the input's size and SHA-256, so the sender can tell which file it was and find the error it names.
+MessageTooLargeError (hub.core.errors: an InvalidMessageError), saying its size and the limit. The
+events of one input are built and measured before any is sent, so one too large refuses them all. A
+rejected input too large to keep whole keeps its first HEAD_BYTES (as the MLLP listener keeps an
+over-size frame's), its reason saying so with the input's size and SHA-256, and carrying them in
+extension KEPT_IN_PART, so the store knows the input it came from and never hands the head out as it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faststream.kafka import KafkaBroker
 
-from hub.core.errors import BrokerUnavailableError, HubError, operation_outcome
+from hub.core.errors import BrokerUnavailableError, HubError, MessageTooLargeError, operation_outcome
 from schemas.envelope import Envelope
 from schemas.events.rejected import INPUT_REJECTED, ORIGIN_HEADER, OUTCOME_HEADER
 from schemas.topics import DEAD_LETTER, EVENTS
@@ -29,6 +32,7 @@ from schemas.topics import DEAD_LETTER, EVENTS
 HEAD_BYTES = 64 * 1024  # what is kept of a rejected input too large to keep whole (as adapters/hl7v2/transport.py)
 MAX_RECORD_BYTES = 1_048_576  # aiokafka's max_request_size, which consumers.app.build_broker leaves as it is
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+_THEIR_HEADERS = 512  # allowance for the headers FastStream adds to ours (correlation id, content type)
 
 
 class Mapped(Protocol):
@@ -48,14 +52,7 @@ class Mapped(Protocol):
     def payload(self) -> dict[str, Any]: ...
 
 
-@dataclass(eq=False)
-class MessageTooLargeError(BrokerUnavailableError):
-    """Kafka refused a record as larger than it takes: sending it again cannot succeed.
-
-    (A BrokerUnavailableError only so that every adapter answers it "not accepted" as before; its code
-    and diagnostics say it is not transient. hub.core.errors would hold it as an InvalidMessageError.)"""
-
-    code: str = "too-long"
+_Record = tuple[bytes, bytes, dict[str, str]]  # value, key, headers
 
 
 @dataclass(frozen=True)
@@ -84,15 +81,16 @@ class Publisher:
         self._unavailable = f"Kafka did not acknowledge {unit} in time; it was not accepted, {retry}"
 
     async def event(self, event: Mapped) -> None:
-        envelope = Envelope(
-            id=event.event_id,
-            source=event.source,
-            type=event.event_type,
-            time=event.event_time,
-            subject=event.person_key,
-            data=orjson.dumps(event.payload),
-        )
-        await self._send(envelope.data, EVENTS.name, envelope.subject.encode(), envelope.kafka_headers())
+        await self.events([event])
+
+    async def events(self, events: Sequence[Mapped]) -> None:
+        """Publish every event, in order, or none: each is built and measured first, so one too large
+        for Kafka (MessageTooLargeError) refuses them all before any is on the log."""
+        records = [_record(event) for event in events]
+        for value, key, headers in records:
+            self._fits(value, EVENTS.name, key, headers)
+        for value, key, headers in records:
+            await self._send(value, EVENTS.name, key, headers)
 
     async def rejected(
         self,
@@ -114,13 +112,19 @@ class Publisher:
         except MessageTooLargeError:
             note = _kept_head(unit or self._unit, raw)
         head = replace(error, diagnostics=f"{error.diagnostics}; {note}")
-        await self._send(
-            raw[:HEAD_BYTES], DEAD_LETTER.name, *self._dead_letter(event_id, sender, origin, content_type, head)
-        )
+        whole = (len(raw), hashlib.sha256(raw).hexdigest())
+        record = self._dead_letter(event_id, sender, origin, content_type, head, whole)
+        await self._send(raw[:HEAD_BYTES], DEAD_LETTER.name, *record)  # (too large still: MessageTooLargeError)
         return Kept(len(raw), min(len(raw), HEAD_BYTES), note)
 
     def _dead_letter(
-        self, event_id: str, sender: str, origin: str, content_type: str, error: HubError
+        self,
+        event_id: str,
+        sender: str,
+        origin: str,
+        content_type: str,
+        error: HubError,
+        whole: tuple[int, str] | None = None,
     ) -> tuple[bytes, dict[str, str]]:
         headers = {
             "ce_specversion": "1.0",
@@ -130,18 +134,36 @@ class Publisher:
             "ce_time": self._clock().isoformat(),
             "ce_subject": sender or "unknown",
             "content-type": content_type,
-            OUTCOME_HEADER: orjson.dumps(operation_outcome(error)).decode(),
+            OUTCOME_HEADER: orjson.dumps(operation_outcome(error, whole=whole)).decode(),
             ORIGIN_HEADER: origin,
         }
         return (sender or "unknown").encode(), headers
+
+    def _fits(self, value: bytes, topic: str, key: bytes, headers: dict[str, str]) -> None:
+        """MessageTooLargeError if the record is over what the producer takes (as aiokafka measures it)."""
+        listed = [(name, said.encode()) for name, said in headers.items()]
+        if DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, listed) + _THEIR_HEADERS > MAX_RECORD_BYTES:
+            raise MessageTooLargeError(_too_large(self._unit, value, key, headers, topic))
 
     async def _send(self, value: bytes, topic: str, key: bytes, headers: dict[str, str]) -> None:
         try:
             await asyncio.wait_for(self._broker.publish(value, topic, key=key, headers=headers), self._timeout)
         except _TOO_LARGE as exc:
-            raise MessageTooLargeError(_too_large(self._unit, value, key, headers, topic), code="too-long") from exc
+            raise MessageTooLargeError(_too_large(self._unit, value, key, headers, topic)) from exc
         except (TimeoutError, KafkaError, OSError) as exc:
             raise BrokerUnavailableError(self._unavailable, code="transient") from exc
+
+
+def _record(event: Mapped) -> _Record:
+    envelope = Envelope(
+        id=event.event_id,
+        source=event.source,
+        type=event.event_type,
+        time=event.event_time,
+        subject=event.person_key,
+        data=orjson.dumps(event.payload),
+    )
+    return envelope.data, envelope.subject.encode(), envelope.kafka_headers()
 
 
 def _too_large(unit: str, value: bytes, key: bytes, headers: dict[str, str], topic: str) -> str:

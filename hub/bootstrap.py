@@ -199,10 +199,11 @@ class _QuietServer(uvicorn.Server):
 
 
 def _publisher(broker: Any, timeout: float) -> Callable[[Envelope], Awaitable[None]]:
-    """Publish an API-originated event to the events topic; BrokerUnavailableError if Kafka won't ack."""
-    from aiokafka.errors import KafkaError
+    """Publish an API-originated event to the events topic; BrokerUnavailableError if Kafka won't ack,
+    MessageTooLargeError (413: sent again it still is) if it will not take a record that large."""
+    from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
-    from hub.core.errors import BrokerUnavailableError
+    from hub.core.errors import BrokerUnavailableError, MessageTooLargeError
     from schemas.topics import EVENTS
 
     async def publish(envelope: Envelope) -> None:
@@ -213,6 +214,12 @@ def _publisher(broker: Any, timeout: float) -> Callable[[Envelope], Awaitable[No
                 ),
                 timeout,
             )
+        except (MessageSizeTooLargeError, RecordListTooLargeError) as exc:
+            size = f"{len(envelope.data):,} bytes"
+            raise MessageTooLargeError(
+                f"the event is too large for Kafka ({size}; it takes at most 1 MiB in one record): nothing "
+                "was recorded, and sending it again as it is cannot succeed"
+            ) from exc
         except (TimeoutError, KafkaError, OSError) as exc:
             raise BrokerUnavailableError("Kafka did not acknowledge; nothing was recorded, send it again") from exc
 

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hub.cli_base import HeldDir, app, console, counted, fail, open_existing
+from hub.core.errors import kept_in_part
 from hub.core.ports import Json
 from hub.instants import UK
 from hub.terminal import controls_escaped, listing
@@ -73,11 +74,19 @@ def show(
     raw: Annotated[
         bool, typer.Option("--raw", help="Write the content exactly as kept and nothing else (redirect it to a file)")
     ] = False,
+    partial: Annotated[
+        bool,
+        typer.Option(
+            "--partial",
+            help="With --raw, write an entry kept in part (the head of an input too large to keep whole): "
+            "it is not the input, and its last line is cut short",
+        ),
+    ] = False,
 ) -> None:
     """One dead letter whole, to fix and resend: its reason, then its content (patient data).
 
     When, from where, which message, every issue of the reason, then the content as text; --raw writes
-    the bytes as kept and nothing else."""
+    the bytes as kept and nothing else (an entry kept in part only with --partial)."""
     from hub.store.queries import dead_letter_by_id
 
     data_dir = data_dir or (context.obj if isinstance(context.obj, Path) else Path("var"))
@@ -93,6 +102,7 @@ def show(
     if letter is None:
         fail(f"no dead letter {id_} in the dead-letter store: carehub deadletters lists their ids")
     if raw:
+        _partial_raw(letter, allowed=partial)
         sys.stdout.flush()
         sys.stdout.buffer.write(letter.content)
         sys.stdout.buffer.flush()
@@ -106,6 +116,21 @@ def show(
     sys.stdout.buffer.flush()
 
 
+def _partial_raw(letter: KeptDeadLetter, *, allowed: bool) -> None:
+    """Refuse (exit 2) to write an entry kept in part as if it were the input, unless `allowed`; then
+    say on stderr what it is. Resent as it is, its rows cut short would be applied as if whole."""
+    whole = kept_in_part(letter.reason)
+    if whole is None:
+        return
+    kept = f"only the first {counted(letter.size, 'byte')} of {counted(whole[0], 'byte')} (sha256 {whole[1]}) are kept"
+    if not allowed:
+        fail(
+            f"dead letter {letter.id} is kept in part: {kept}, so its content is not the input and its last "
+            "line is cut short; resend the original input, or add --partial to write the part kept"
+        )
+    console.print(f"warning: dead letter {letter.id} is kept in part: {kept}; its last line is cut short")
+
+
 def details(letter: KeptDeadLetter) -> Table:
     """Everything the store keeps about one dead letter but its content."""
     table = listing("", "", title=f"Dead letter {letter.id}")
@@ -114,15 +139,32 @@ def details(letter: KeptDeadLetter) -> Table:
     table.add_row("source", shown(letter.source))
     table.add_row("origin", shown(letter.origin))
     table.add_row("message", shown(message_id(letter)))
-    table.add_row("content", f"{counted(letter.size, 'byte')}, sha256 {letter.digest}")
+    table.add_row("content", content_said(letter))
     for n, issue in enumerate(issues(letter.reason)):
         table.add_row("reason" if n == 0 else "", shown(issue))
     return table
 
 
+def content_said(letter: KeptDeadLetter) -> str:
+    """What the content is: its size and SHA-256, or, kept in part, the whole input's and how much is kept."""
+    whole = kept_in_part(letter.reason)
+    if whole is None:
+        return f"{counted(letter.size, 'byte')}, sha256 {letter.digest}"
+    return f"kept in part: the first {counted(letter.size, 'byte')} of {counted(whole[0], 'byte')}, sha256 {whole[1]}"
+
+
 def message_id(letter: KeptDeadLetter) -> str:
     """What names the rejected message: an HL7 v2 message's control id (MSH-10, read from the content
-    kept) and type; a file row's number and its referral_id; else the content's digest."""
+    kept) and type; a file row's number and its referral_id; else the content's digest. Kept in part
+    (the head of an input too large to keep whole): the whole input's size and digest too."""
+    said = [_named(letter)]
+    whole = kept_in_part(letter.reason)
+    if whole is not None:
+        said.append(f"kept in part of {counted(whole[0], 'byte')}, sha256 {whole[1]}")
+    return ", ".join(s for s in said if s) or f"sha256 {letter.digest[:12]}"
+
+
+def _named(letter: KeptDeadLetter) -> str:
     from adapters.hl7v2.message import read_header
 
     head = letter.content.removeprefix(BOM).lstrip(b"\x0b\x1c\r\n\t ")
@@ -137,7 +179,7 @@ def message_id(letter: KeptDeadLetter) -> str:
     referral = referral_id(letter.content)
     if referral:
         said.append(f"referral_id {referral}")
-    return ", ".join(said) or f"sha256 {letter.digest[:12]}"
+    return ", ".join(said)
 
 
 def referral_id(content: bytes) -> str | None:

@@ -1,7 +1,9 @@
 """Hospital intake: HL7 v2 frame -> FHIR events -> Kafka (acks=all) -> HL7 ACK.
 
 AA is sent only after Kafka has acknowledged every event of the message. Content errors are
-answered AE/AR and the message is kept whole on the dead-letter topic. While Kafka is
+answered AE/AR and the message is kept whole on the dead-letter topic; so is a message with an event
+too large for Kafka, none of whose events is then published (sending it again cannot succeed; kept
+in part, or, when Kafka will not take its head either, not at all: CR in enhanced mode). While Kafka is
 unreachable the answer is AE (never AA), so the sender retries; a retried message carries the
 same control ID and content, hence the same event id, and the record applies it once. A frame the
 transport refuses (too big, bad framing) is answered AR and what was read of it dead-lettered too.
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from faststream.kafka import KafkaBroker
@@ -21,11 +23,12 @@ from adapters.hl7v2.message import Header, read_header, split_as_sent
 from adapters.hl7v2.replies import ack
 from adapters.hl7v2.to_fhir import map_message
 from adapters.hl7v2.transport import RefusedFrame
-from adapters.publishing import MessageTooLargeError, Publisher
+from adapters.publishing import Publisher
 from hub.core.errors import (
     BrokerUnavailableError,
     HubError,
     InvalidMessageError,
+    MessageTooLargeError,
     UnsupportedMessageError,
 )
 from schemas.events.rejected import (
@@ -107,12 +110,8 @@ class HospitalIntake:
         try:
             self._refuse_processing_id(header)
             events = map_message(raw, key_secret=self._key_secret, now=self._clock())
+            await self._out.events(events)  # (all or, one too large, none: MessageTooLargeError, refused and kept)
         except InvalidMessageError as error:
-            return await self._reject(raw, header, error, origin), header
-        try:
-            for event in events:
-                await self._out.event(event)
-        except MessageTooLargeError as error:  # (sending it again cannot succeed: refused and kept, as bad content is)
             return await self._reject(raw, header, error, origin), header
         except BrokerUnavailableError as error:
             log.warning("message %s not accepted: %s", control_id, error)
@@ -150,6 +149,11 @@ class HospitalIntake:
             )
         except BrokerUnavailableError as down:
             return Outcome(control_id, "AE", 0, str(down), error=down)
+        except MessageTooLargeError as huge:  # (not even its head fits: refused, for good, and not kept)
+            log.warning("message %s rejected and not kept: %s", control_id, huge.code)
+            unkept = replace(error, diagnostics=f"{error.diagnostics}; not kept in the dead-letter store: {huge}")
+            code = "AR" if isinstance(error, UnsupportedMessageError) or header is None else "AE"
+            return Outcome(control_id, code, 0, str(unkept), error=unkept)
         code = "AR" if isinstance(error, UnsupportedMessageError) or header is None else "AE"
         log.info("message %s rejected %s: %s", control_id, code, error.code)
         return Outcome(control_id, code, 0, str(error), dead_lettered=True, error=error)
@@ -165,13 +169,15 @@ class HospitalIntake:
         unsupported message type, version or processing id), then the application acknowledgment
         where MSH-16 asks for it (AA, AE or AR, as in original mode; none after a CR). Nothing
         committed (Kafka unreachable) is always answered CE, whatever MSH-15 says, so the sender
-        keeps the message and sends it again."""
+        keeps the message and sends it again; never one that can never be kept (too large even to keep
+        its head: CR, and no application acknowledgment)."""
         error = outcome.error
         if header is None or not self._enhanced(header):
             return [self._ack(header, error)]
-        if not outcome.dead_lettered and outcome.code != "AA":
+        if isinstance(error, BrokerUnavailableError):
             return [self._ack(header, error, code="CE")]
-        accept_code = "CR" if outcome.code == "AR" else "CA"
+        unkept = outcome.code != "AA" and not outcome.dead_lettered  # (too large even to keep: never kept)
+        accept_code = "CR" if outcome.code == "AR" or unkept else "CA"
         replies = []
         if _wanted(header.accept_ack, accepted=accept_code == "CA"):
             replies.append(self._ack(header, error, code=accept_code))  # (a CA of a refused message says why)

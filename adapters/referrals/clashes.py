@@ -1,14 +1,16 @@
-"""A referral_id its referrer already used for another person: a correction of the NHS number (the
-same person, so the same date of birth), or the id used again by mistake for a stranger, refused.
+"""A referral_id its referrer already used for another person: a correction of the NHS number, or, when
+the referrer itself gave two birth dates, the id used again for someone else, refused.
 
 The hub moves a referral sent again under the same referral_id with another NHS number to that person
-(README, "Corrections"). A correction is the same person: the row must give birth_date, and it must be
-the date of birth the hub holds for the person the referral is held for (and, when the hub knows the
-new NHS number, theirs too). Anything else is refused naming the row and the field, and the first
-person's referral stays as it is. An outcome naming another person than its referral is refused too:
-it carries no date of birth, and applying it would move the referral. The record is read as it stands
-when the row is checked (with this intake's own earlier rows remembered), so an earlier referral the
-record has not applied yet is not seen; the record consumer is where the check would be exact.
+(README, "Corrections"). Only the referrer's own word is weighed: the birth date it gave with the
+referral the hub holds (extension BIRTH_DATE_SAID on its ServiceRequest, as it last sent it) and the one
+the row gives. Both given and different is evidence of another person, and the row is refused naming
+the row and referral_id, the first person's referral staying as it is; anything else (no birth date on
+either side, or on one) is a correction, as it always was. Nothing a hospital or practice said is read,
+so the answer tells a referrer nothing it did not say itself. An outcome carries no birth date, so it
+is never refused for naming another person. The record is read as it stands when the row is checked,
+with this intake's own earlier rows remembered as the record keeps them (the last word on a referral
+replaces the earlier), so rows in one command and in two are judged alike.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from adapters.referrals.to_fhir import REFERRAL_ID_SYSTEM, MappedEvent
+from adapters.referrals.to_fhir import BIRTH_DATE_SAID, REFERRAL_ID_SYSTEM, MappedEvent
 from hub.core.errors import InvalidMessageError
 from schemas.events import coordination as co
 
@@ -34,6 +36,8 @@ class RecordLookup(Protocol):
 
 @dataclass(frozen=True)
 class _Said:
+    """What a referral row says of the referral it names: its id, the person and the birth date given."""
+
     rid: str
     ref: str
     referrer: str
@@ -42,101 +46,70 @@ class _Said:
 
 
 class ReferralIds:
-    """Refuses a referral or outcome whose referral_id is held for another person unless it is a
-    correction; remembers the rows this intake sent, which the record may not have applied yet."""
+    """Refuses a referral whose referral_id is held for another person with another birth date, both
+    given by its referrer; remembers the referrals this intake sent, which the record may not hold yet."""
 
     def __init__(self, record: RecordLookup | None) -> None:
         self._record = record
-        self._holder: dict[str, str] = {}  # referral resource id -> person key, as this intake sent it
-        self._born: dict[str, str] = {}  # person key -> date of birth a row sent by this intake gave
+        self._held: dict[str, tuple[str, str | None]] = {}  # referral resource id -> (person, birth date said)
 
     def check(self, row: int, event: MappedEvent) -> InvalidMessageError | None:
-        """Why this row may not be applied, or None (it is not about a referral held for another person)."""
+        """Why this row may not be applied, or None."""
         said = _said(event)
         if said is None:
             return None
-        held = self._held_by(said.rid)
-        if held is None or self._same_person(held, said.key):
+        held = self._held_for(said.rid)
+        if held is None or said.born is None or held[1] is None or held[1] == said.born:
             return None
-        if event.event_type == co.REFERRAL_OUTCOME.type:
-            return _refused(row, said, "nhs_number", _OUTCOME)
-        return self._correction(row, said, held)
+        if self._same_person(held[0], said.key):
+            return None
+        return _refused(row, said)
 
     def sent(self, event: MappedEvent) -> None:
-        """Remember a row Kafka acknowledged."""
+        """Remember a referral Kafka acknowledged, as the record will hold it."""
         said = _said(event)
-        if said is not None and event.event_type == co.REFERRAL_RECEIVED.type:
-            self._holder[said.rid] = said.key
-            if said.born:
-                self._born.setdefault(said.key, said.born)
+        if said is not None:
+            self._held[said.rid] = (said.key, said.born)
 
-    def _correction(self, row: int, said: _Said, held: str) -> InvalidMessageError | None:
-        if said.born is None:
-            return _refused(row, said, "referral_id", _NO_BIRTH_DATE)
-        first = self._birth_date(held)
-        if first is None:
-            return _refused(row, said, "referral_id", _UNKNOWN_BIRTH_DATE)
-        if first != said.born:
-            return _refused(row, said, "referral_id", _OTHER_BIRTH_DATE)
-        theirs = self._birth_date(said.key)
-        if theirs is not None and theirs != said.born:
-            return _refused(row, said, "birth_date", _NEW_NUMBER_DIFFERS)
-        return None
-
-    def _held_by(self, rid: str) -> str | None:
-        if rid in self._holder:
-            return self._holder[rid]
+    def _held_for(self, rid: str) -> tuple[str, str | None] | None:
+        if rid in self._held:
+            return self._held[rid]
         held = self._record.read("ServiceRequest", rid) if self._record else None
         reference = str(((held or {}).get("subject") or {}).get("reference") or "")
-        return reference.removeprefix("Patient/") if reference.startswith("Patient/") else None
+        if held is None or not reference.startswith("Patient/"):
+            return None
+        return reference.removeprefix("Patient/"), _birth_date_said(held)
 
     def _same_person(self, held: str, key: str) -> bool:
         if held == key:
             return True
         return self._record is not None and self._record.filed_under([key]).get(key, key) == held  # (merged: A40)
 
-    def _birth_date(self, key: str) -> str | None:
-        patient = self._record.read("Patient", key) if self._record else None
-        said = (patient or {}).get("birthDate")
-        return str(said) if said else self._born.get(key)
 
-
-_OUTCOME = (
-    "an outcome must give the NHS number the referral has; to correct the referral's NHS number, send the "
-    "referral again with it and the person's birth_date. Not applied: the referral stays as it was"
-)
-_NO_BIRTH_DATE = (
-    "a correction of the NHS number must give the person's birth_date, the same as for the first NHS number, "
-    "for the hub to move the referral to the new one; a new referral needs a referral_id of its own"
-)
-_UNKNOWN_BIRTH_DATE = (
-    "the hub holds no date of birth for the person it was first sent for, so it cannot tell a correction of "
-    "the NHS number from a referral_id used again: give a new referral a referral_id of its own (and an "
-    "outcome `declined` closes the first, if it was sent in error)"
-)
-_OTHER_BIRTH_DATE = (
-    "their date of birth differs from birth_date here, and a correction of the NHS number is the same person; "
-    "give a new referral a referral_id of its own"
-)
-_NEW_NUMBER_DIFFERS = (
-    "the hub holds another date of birth for the NHS number given, so the row is not a correction of the "
-    "referral's NHS number to it: check nhs_number and birth_date"
+_OTHER_PERSON = (
+    "it was sent for another NHS number with another birth_date, so this row is not a correction of the "
+    "NHS number (the same person has the same birth date): give a new referral a referral_id of its own, "
+    "or, if the birth date sent first was wrong, send the referral again with the first NHS number and "
+    "the right birth_date, then correct the NHS number. Not applied: the referral stays as it was"
 )
 
 
-def _refused(row: int, said: _Said, name: str, why: str) -> InvalidMessageError:
-    if why is _OUTCOME:
-        used = f"referral_id {said.ref!r} of {said.referrer} is held for a different person (another NHS number)"
-    else:
-        used = f"{said.ref!r} is already used by {said.referrer} for a different person (another NHS number)"
-        why += ". Not applied: the first person's referral stays as it was"
-    fields = (name,) if name == "referral_id" else (name, "referral_id")
-    return InvalidMessageError(f"row {row}, field {name}: {used}; {why}", (f"row {row}", *fields))
+def _refused(row: int, said: _Said) -> InvalidMessageError:
+    used = f"{said.ref!r} is already used by {said.referrer} for a different person"
+    return InvalidMessageError(
+        f"row {row}, field referral_id: {used}; {_OTHER_PERSON}", (f"row {row}", "referral_id", "birth_date")
+    )
+
+
+def _birth_date_said(request: Json) -> str | None:
+    found = [e.get("valueDate") for e in request.get("extension") or [] if e.get("url") == BIRTH_DATE_SAID]
+    return str(found[0]) if found and found[0] else None
 
 
 def _said(event: MappedEvent) -> _Said | None:
-    """The referral a referral or outcome row names by its referral_id, or None (no referral_id)."""
-    if event.event_type not in (co.REFERRAL_RECEIVED.type, co.REFERRAL_OUTCOME.type):
+    """What a referral row says of the referral its referral_id names, or None (no referral_id, or not
+    a referral: an outcome says no birth date)."""
+    if event.event_type != co.REFERRAL_RECEIVED.type:
         return None
     resources = [e["resource"] for e in event.payload.get("entry") or []]
     request = next((r for r in resources if r.get("resourceType") == "ServiceRequest"), None)
@@ -145,6 +118,4 @@ def _said(event: MappedEvent) -> _Said | None:
     ]
     if request is None or not ids:
         return None
-    patient: Json = next((r for r in resources if r.get("resourceType") == "Patient"), {})
-    born = patient.get("birthDate")
-    return _Said(request["id"], str(ids[0]["value"]), event.sender, event.person_key, str(born) if born else None)
+    return _Said(request["id"], str(ids[0]["value"]), event.sender, event.person_key, _birth_date_said(request))

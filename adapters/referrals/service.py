@@ -8,8 +8,8 @@ already in the dead-letter store (the same source and content: the same file sen
 reported again but not kept again. A row Kafka does not acknowledge is reported "not sent" and
 neither published nor dead-lettered: ingesting the file again sends it, and the rows already
 applied are recognised by their event ids. A rejection too large for Kafka to keep whole keeps its
-head (adapters/publishing.py). A referral or outcome whose referral_id its referrer used already
-for another person is refused unless it is a correction of the NHS number (adapters/referrals/clashes.py).
+head (adapters/publishing.py). A referral whose referral_id its referrer used already for another
+person with another birth date is refused (adapters/referrals/clashes.py).
 """
 
 from __future__ import annotations
@@ -24,12 +24,18 @@ from typing import Protocol, runtime_checkable
 
 from faststream.kafka import KafkaBroker
 
-from adapters.publishing import MessageTooLargeError, Publisher
+from adapters.publishing import Publisher
 from adapters.referrals.clashes import RecordLookup, ReferralIds
 from adapters.referrals.fields import is_gss, is_ods
 from adapters.referrals.rows import BOM, Format, Row, detect, read_rows, unread
 from adapters.referrals.to_fhir import MappedEvent, map_row
-from hub.core.errors import BrokerUnavailableError, HubError, InvalidMessageError, StoreUnavailableError
+from hub.core.errors import (
+    BrokerUnavailableError,
+    HubError,
+    InvalidMessageError,
+    MessageTooLargeError,
+    StoreUnavailableError,
+)
 from hub.core.identity import stable_id
 
 log = logging.getLogger(__name__)
@@ -158,6 +164,9 @@ class ReferralIntake:
         except BrokerUnavailableError as down:
             log.warning("row %s not sent: %s", number or "(file)", down)
             return Outcome(number, NOT_SENT, reason=f"{error.diagnostics}; not dead-lettered: {down.diagnostics}")
+        except MessageTooLargeError as huge:  # (not even its head fits: refused all the same, and not kept)
+            log.warning("row %s rejected and not kept: %s", number or "(file)", huge.code)
+            return Outcome(number, REJECTED, reason=f"{error.diagnostics}; not kept in the dead-letter store: {huge}")
         self._sent.add(once)
         log.info("row %s rejected: %s [%s]", number or "(file)", error.code, ", ".join(error.expression))
         reason = f"{error.diagnostics}; {kept.note}" if kept.note else error.diagnostics

@@ -9,6 +9,7 @@ new event. Ids are built from the person key, never the NHS number.
 A Care Act assessment outcome given with an adult social care referral travels in the same
 REFERRAL_RECEIVED Bundle as an Observation (one row, one event), which the ServiceRequest cites in
 `supportingInfo`. The event time of a date is the start of that day in the UK (midnight, GMT or BST).
+A referral's ServiceRequest carries the birth date its referrer gave (extension BIRTH_DATE_SAID).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 # Not (yet) in the contract; see the report on schemas/events/coordination.py.
 LOCAL_AUTHORITY_SYSTEM = "https://carehub.invalid/Id/local-authority"
 REFERRAL_ID_SYSTEM = "https://carehub.invalid/Id/referral"
+# the birth date the referrer gave with the referral, on its ServiceRequest: the Patient stub is only
+# kept while the record knows nothing better, the referral as its referrer last sent it
+# (adapters/referrals/clashes.py compares a correction with it)
+BIRTH_DATE_SAID = "https://carehub.invalid/StructureDefinition/referrer-birth-date"
 CARE_ACT_SYSTEM = "https://carehub.invalid/CodeSystem/care-act-assessment"
 CARE_ACT_OUTCOMES = {
     "eligible": "Eligible needs (Care Act 2014 s.13)",
@@ -219,6 +224,8 @@ def _referral_event(f: RowFields, r: _Referral) -> MappedEvent:
     request |= {"authoredOn": r.referred.fhir, "performer": [_org(ODS_SYSTEM, r.addressed_to)]}
     request["requester"]["display"] = r.referrer_name
     request["reasonCode"] = [{"text": reason} for reason in r.reasons]
+    if r.born:
+        request["extension"].append({"url": BIRTH_DATE_SAID, "valueDate": r.born.fhir})
     resources = [request, _patient_stub(r.key, r.nhs, r.born, r.practice)]
     if r.assessment:
         oid = stable_id("care-act-assessment", rid)

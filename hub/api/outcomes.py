@@ -83,7 +83,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HubError)
     async def hub_error(_: Request, exc: HubError) -> Response:
-        status = {"forbidden": 403, "business-rule": 409, "exception": 500}.get(exc.code, 400)
+        status = {"forbidden": 403, "business-rule": 409, "too-long": 413, "exception": 500}.get(exc.code, 400)
         return outcome(status, exc.diagnostics, code=exc.code, expression=list(exc.expression) or None)
 
     @app.exception_handler(StarletteHTTPException)

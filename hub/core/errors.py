@@ -2,7 +2,8 @@
 
 HubError(code, diagnostics, expression)          FHIR IssueType code + a message a person can act on
 ├── InvalidMessageError        invalid           content is wrong: bad NHS number, missing field (ACK AE)
-│   └── UnsupportedMessageError not-supported    a message type or frame we do not take (ACK AR)
+│   ├── UnsupportedMessageError not-supported    a message type or frame we do not take (ACK AR)
+│   └── MessageTooLargeError    too-long         too large for one Kafka record: sent again it still is (AE, 413)
 ├── UnknownPersonError         not-found         no such person or resource
 ├── ConsentDeniedError         forbidden         sharing agreement or consent forbids it
 ├── DuplicateEventError        duplicate         already applied: acknowledge, never dead-letter
@@ -47,6 +48,13 @@ class UnsupportedMessageError(InvalidMessageError):
     """A message type, event or frame this hub does not accept."""
 
     code: str = "not-supported"
+
+
+@dataclass(eq=False)
+class MessageTooLargeError(InvalidMessageError):
+    """Larger than Kafka takes in one record: never an outage, as sending it again cannot succeed."""
+
+    code: str = "too-long"
 
 
 @dataclass(eq=False)
@@ -114,8 +122,12 @@ class LedgerBrokenError(HubError):
     code: str = "exception"
 
 
-def operation_outcome(error: HubError) -> dict[str, object]:
-    """The error as a FHIR OperationOutcome (JSON), for every edge that must explain itself."""
+KEPT_IN_PART = "https://carehub.invalid/StructureDefinition/kept-in-part"  # on a dead letter's reason
+
+
+def operation_outcome(error: HubError, *, whole: tuple[int, str] | None = None) -> dict[str, object]:
+    """The error as a FHIR OperationOutcome (JSON), for every edge that must explain itself; `whole`,
+    the size and SHA-256 of an input of which only the head is kept with it (extension KEPT_IN_PART)."""
     issue: dict[str, object] = {
         "severity": "error",
         "code": error.code,
@@ -123,4 +135,23 @@ def operation_outcome(error: HubError) -> dict[str, object]:
     }
     if error.expression:
         issue["expression"] = list(error.expression)
-    return {"resourceType": "OperationOutcome", "issue": [issue]}
+    outcome: dict[str, object] = {"resourceType": "OperationOutcome", "issue": [issue]}
+    if whole is not None:
+        said = [{"url": "size", "valueInteger": whole[0]}, {"url": "sha256", "valueString": whole[1]}]
+        outcome["extension"] = [{"url": KEPT_IN_PART, "extension": said}]
+    return outcome
+
+
+def kept_in_part(outcome: object) -> tuple[int, str] | None:
+    """The size and SHA-256 of the input an OperationOutcome says is kept only in part, or None (whole)."""
+    found = [e for e in _listed(outcome, "extension") if e.get("url") == KEPT_IN_PART]
+    said = {str(e.get("url")): e for e in _listed(found[0] if found else None, "extension")}
+    size, digest = said.get("size", {}).get("valueInteger"), said.get("sha256", {}).get("valueString")
+    if isinstance(size, int) and isinstance(digest, str) and len(digest) == 64:
+        return size, digest
+    return None
+
+
+def _listed(element: object, name: str) -> list[dict[str, object]]:
+    found = element.get(name) if isinstance(element, dict) else None
+    return [e for e in found if isinstance(e, dict)] if isinstance(found, list) else []

@@ -15,7 +15,7 @@ from hub.core.huddle import practice_codes
 from hub.core.ledger import Disclosure, Entry, seal
 from hub.core.ports import Json, StoredResource
 from hub.store.registrations import as_of, kept_over, snapshots_after
-from hub.store.sql import content_key, identifiers_of
+from hub.store.sql import content_key, identifiers_of, input_digest
 
 
 class MemoryRecordStore:
@@ -179,7 +179,7 @@ class MemoryDeadLetters:
         self._seen: set[tuple[str, str, datetime] | str] = set()
 
     def keep(self, *, received_at: datetime, source: str, origin: str, reason: Json, payload: bytes) -> None:
-        digest = hashlib.sha256(payload).hexdigest()
+        digest = input_digest(reason, payload)
         once = (origin, digest, received_at)
         content = content_key(source, origin, digest)
         if once in self._seen or content in self._seen:
@@ -194,12 +194,13 @@ class MemoryDeadLetters:
                 "origin": origin,
                 "reason": reason,
                 "payload": payload,
+                "digest": digest,
             }
         )
 
     def holds(self, *, source: str, payload: bytes) -> bool:
         digest = hashlib.sha256(payload).hexdigest()
-        return any(k["source"] == source and hashlib.sha256(k["payload"]).hexdigest() == digest for k in self.kept)
+        return any(k["source"] == source and k["digest"] == digest for k in self.kept)
 
     def recent(self, limit: int) -> list[Json]:
         return list(reversed(self.kept))[:limit]

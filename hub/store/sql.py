@@ -18,7 +18,7 @@ from typing import Any, Self
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from hub.core.errors import ConcurrentWriteError, StoreUnavailableError
+from hub.core.errors import ConcurrentWriteError, StoreUnavailableError, kept_in_part
 from hub.core.huddle import ODS_SYSTEM, practice_codes
 from hub.core.ports import Json, StoredResource
 from hub.core.record import SHARED_KINDS, reconcile_reference_data
@@ -373,15 +373,22 @@ def content_key(source: str, origin: str, digest: str) -> str | None:
     return hashlib.sha256(f"{source[:255]}\n{digest}".encode()).hexdigest()
 
 
+def input_digest(reason: Json, payload: bytes) -> str:
+    """The SHA-256 of the input a dead letter keeps: of its content, or, kept in part (its head), of the
+    whole input its reason names (hub.core.errors.kept_in_part), so the same input is known again."""
+    partial = kept_in_part(reason)
+    return partial[1] if partial is not None else hashlib.sha256(payload).hexdigest()
+
+
 class SqlDeadLetters:
     """The dead-letter store: rejected input kept whole, once per (origin, content, time), and a row of
-    a file once per (source, content)."""
+    a file once per (source, content); input kept in part is known by the whole input's digest."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
 
     def keep(self, *, received_at: datetime, source: str, origin: str, reason: Json, payload: bytes) -> None:
-        digest = hashlib.sha256(payload).hexdigest()
+        digest = input_digest(reason, payload)
         row = {
             "received_at": received_at,
             "source": source[:255],

@@ -1,7 +1,8 @@
 """`carehub ingest referrals` with a referral_id used again: a voluntary organisation's id reused for a
-stranger is refused naming row and field and kept in the dead-letter store, the first person keeping their
-referral; an adult social care correction of the NHS number still moves the referral; a status column is
-named as ignored. The embedded broker (Tansu), the consumers and a SQLite record, all real."""
+stranger (its own rows giving two birth dates) is refused naming row and field and kept in the dead-letter
+store, the first person keeping their referral; an adult social care correction of the NHS number still
+moves the referral, with a birth date or without; a status column is named as ignored. The embedded
+broker (Tansu), the consumers and a SQLite record, all real."""
 
 from __future__ import annotations
 
@@ -44,17 +45,15 @@ def test_a_reused_referral_id_is_refused_and_kept_while_a_correction_still_moves
     first = carehub("ingest", "referrals", "1-vcse.json", "2-asc.csv", "--data-dir", "d", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
 
-    reused = {k: v for k, v in VCSE.items() if k != "birth_date"} | {
-        "nhs_number": STRANGER,
-        "needs": ["emotional-needs"],
-    }
+    reused = VCSE | {"nhs_number": STRANGER, "birth_date": "1960-01-01", "needs": ["emotional-needs"]}
     (tmp_path / "3-reused.json").write_text(json.dumps([reused]))
     (tmp_path / "4-corrected.csv").write_text(ASC.format(nhs=RIGHT, status="withdrawn"))
     again = carehub("ingest", "referrals", "3-reused.json", "4-corrected.csv", "--data-dir", "d", cwd=tmp_path)
     out = said(again)
     assert again.returncode == 1, again.stdout + again.stderr
     assert (
-        "row 1, field referral_id: 'AC-5002' is already used by VCS001 for a different person (another NHS number)"
+        "row 1, field referral_id: 'AC-5002' is already used by VCS001 for a different person; it was sent for "
+        "another NHS number with another birth_date"
     ) in out
     assert "4-corrected.csv 2 accepted" in out
     assert "4-corrected.csv: column(s) status ignored: the asc-csv layout does not read them" in out
@@ -70,4 +69,19 @@ def test_a_reused_referral_id_is_refused_and_kept_while_a_correction_still_moves
     assert not services.reader.search("ServiceRequest", person_key(key, WRONG, None))
     (letter,) = services.dead_letters.recent(10)
     assert json.loads(letter["payload"])["nhs_number"] == STRANGER
-    assert letter["reason"]["issue"][0]["expression"] == ["row 1", "referral_id"]
+    assert letter["reason"]["issue"][0]["expression"] == ["row 1", "referral_id", "birth_date"]
+
+
+def test_a_council_export_without_birth_dates_corrects_an_nhs_number_in_a_later_command(tmp_path: Path) -> None:
+    no_birth_date = ASC.replace(",birth_date", "").replace(",1941-06-30", "")
+    (tmp_path / "1-wrong.csv").write_text(no_birth_date.format(nhs=WRONG, status=""))
+    (tmp_path / "2-right.csv").write_text(no_birth_date.format(nhs=RIGHT, status=""))
+    for name in ("1-wrong.csv", "2-right.csv"):
+        sent = carehub("ingest", "referrals", name, "--data-dir", "d", cwd=tmp_path)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert f"{name} 2 accepted" in said(sent)
+
+    services = build(Settings(data_dir=tmp_path / "d"))
+    (moved,) = services.reader.search("ServiceRequest", person_key(services.secrets.key, RIGHT, None))
+    assert moved["identifier"][0]["value"] == "WCC-2026-1004"
+    assert not services.reader.search("ServiceRequest", person_key(services.secrets.key, WRONG, None))
