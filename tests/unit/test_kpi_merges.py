@@ -31,7 +31,7 @@ from __future__ import annotations
 import random
 from datetime import datetime
 
-from hub.core.kpi_facts import survivors_of
+from hub.core.kpi_merges import survivors_of
 from hub.core.kpis import KpiFold
 from hub.core.ports import RecordEvent
 from schemas.events.patient import PATIENT_MERGED
