@@ -10,45 +10,19 @@ from typing import Any, cast
 import pytest
 
 from consumers.delivery import Deliverer
-from hub.core.ports import Json, StoredResource
+from hub.core.ports import StoredResource
 from hub.store.agreements import PolicySource
 from hub.store.memory import MemoryLedger, MemoryRecordStore, MemoryRegistrations
 from schemas.subscriptions import Subscription
-from tests.builders import an_agreement
 from tests.fakes import KeptOutbox, KeptSubscriptions
+from tests.unit.test_derived_data_sharing import AGREEMENTS, COUNCIL, GP, VCSE, referral, task
 
-COUNCIL, PIC, GP, VCSE = "E10000023", "Y0PIC", "Y00001", "VCS001"
 NOW = datetime(2026, 12, 8, 10, 0, tzinfo=UTC)
-EVERYTHING = ("demographics", "referrals", "tasks", "care-plans", "provenance", "consents")
-AGREEMENTS = [
-    an_agreement(PIC, COUNCIL, id="pic-council", categories=EVERYTHING),
-    an_agreement(GP, PIC, COUNCIL, id="gp-pic-council", categories=EVERYTHING),
-    an_agreement(VCSE, PIC, id="vcse-pic", categories=EVERYTHING),
-]
 
 
 class Agreements:
     def current(self) -> list[Any]:
         return AGREEMENTS
-
-
-def referral(id: str, source: str) -> Json:
-    return {
-        "resourceType": "ServiceRequest",
-        "id": id,
-        "subject": {"reference": "Patient/p1"},
-        "meta": {"source": f"urn:ods:{source}", "versionId": "1"},
-    }
-
-
-def task(focus: str) -> Json:
-    return {
-        "resourceType": "Task",
-        "id": f"task-{focus}",
-        "for": {"reference": "Patient/p1"},
-        "focus": {"reference": f"ServiceRequest/{focus}"},
-        "meta": {"source": f"urn:ods:{PIC}", "versionId": "1"},
-    }
 
 
 def a_deliverer() -> Deliverer:
