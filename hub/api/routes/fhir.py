@@ -18,14 +18,16 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Security
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from fhir.resources.R4B.consent import Consent
-from pydantic import ValidationError
 
 from hub.api.auth import AuthError, Principal, TokenVerifier
+from hub.api.bodies import check_shape as check_shape  # (the other routes take both from here)
+from hub.api.bodies import read_body as read_body
 from hub.api.fhir_documents import audit_events_of, capability_statement
 from hub.api.outcomes import FhirResponse
+from hub.api.routes.fhir_consent import enforceable, may_record_consent, parse_consent, person_for
+from hub.api.searchsets import handled, searchset
 from hub.api.shapes import (
     BUNDLE,
     CAPABILITY,
@@ -42,7 +44,6 @@ from hub.api.shapes import (
     errors,
     ok,
 )
-from hub.core.consents import ORGANISATION_SYSTEMS, consent_problems, organisation_code
 from hub.core.errors import ConsentDeniedError, InvalidMessageError, LedgerBrokenError, UnknownPersonError
 from hub.core.identity import identities
 from hub.core.ledger import Disclosure, resource_ref, unsound
@@ -68,8 +69,6 @@ NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 Publish = Callable[[Envelope], Awaitable[None]]
 TAG = "FHIR record"  # the OpenAPI tag of these routes
-MAX_BODY = 1 << 20  # a Consent is a few kilobytes; a megabyte is already hostile
-MAX_DEPTH = 32  # a Consent nests about 7 levels deep
 
 _FHIR_ID, _PATIENT_REF, _SYSTEM_VALUE, _REASON = (re.compile(p) for p in (FHIR_ID, PATIENT_REF, SYSTEM_VALUE, REASON))
 BEARER = HTTPBearer(
@@ -356,11 +355,11 @@ def router(
     async def record_consent(request: Request, who: Caller) -> FhirResponse:
         if publish is None:
             raise InvalidMessageError("this server does not take Consent", ("Consent",), code="not-supported")
-        _may_record_consent(policy, who)
+        may_record_consent(policy, who)
         body = await read_body(request)
-        consent = _parse_consent(body)
-        _enforceable(reader, consent)
-        person = _person_for(reader, consent)
+        consent = parse_consent(body)
+        enforceable(reader, consent)
+        person = person_for(reader, consent)
         consent["id"] = str(uuid.uuid4())
         consent["patient"] = {"reference": f"Patient/{person}"}
         consent["meta"] = {"source": f"urn:ods:{who.org}"}
@@ -379,236 +378,3 @@ def router(
         return FhirResponse(consent, status_code=201, headers={"Location": location})
 
     return api
-
-
-async def read_body(request: Request) -> bytes:
-    """The request body, refused (413) past MAX_BODY without reading the rest."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
-        raise HTTPException(413, f"the body is larger than this server takes ({MAX_BODY} bytes)")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise HTTPException(413, f"the body is larger than this server takes ({MAX_BODY} bytes)")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def check_shape(data: Any, what: str = "Consent") -> None:
-    """Refuse what no database or validator should meet: NUL (U+0000) in any string, key or value,
-    and nesting deeper than MAX_DEPTH (fhir.resources recurses, so a deep enough body would crash it).
-    A loop, not recursion: the nesting is the sender's to choose."""
-    pending: list[tuple[Any, int]] = [(data, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if depth > MAX_DEPTH:
-            raise InvalidMessageError(f"the body nests deeper than {MAX_DEPTH} levels", (what,))
-        if isinstance(item, str) and "\x00" in item:
-            raise InvalidMessageError("FHIR strings may not contain the NUL character (\\u0000)", (what,))
-        if isinstance(item, dict):
-            pending += [(k, depth) for k in item] + [(v, depth + 1) for v in item.values()]
-        elif isinstance(item, list):
-            pending += [(v, depth + 1) for v in item]
-
-
-def _parse_consent(body: bytes) -> Json:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidMessageError(f"the body is not JSON: {exc}", ("Consent",)) from exc
-    if not isinstance(data, dict) or data.get("resourceType") != "Consent":
-        raise InvalidMessageError("the body must be a FHIR Consent resource", ("Consent.resourceType",))
-    check_shape(data)
-    try:
-        Consent.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidMessageError(
-            f"not a valid FHIR R4 Consent: {where}: {first['msg']}", (f"Consent.{where}",)
-        ) from exc
-    provision = data.get("provision") or {}
-    if provision.get("type") not in ("permit", "deny"):
-        raise InvalidMessageError("provision.type must be permit or deny", ("Consent.provision.type",), code="required")
-    return dict(data)
-
-
-def _enforceable(reader: RecordReader, consent: Json) -> None:
-    """Refuse (400) a Consent the hub would not enforce exactly as written (hub.core.consents
-    consent_problems: the rule the record's reading of it follows), naming each element and what to
-    send instead. An actor given as a reference Organization/<id> is resolved here to the code of the
-    organisation the record holds, and the Consent keeps both; one the hub does not know is refused."""
-    provision = consent.get("provision") or {}
-    nested = [(f"Consent.provision.provision[{n}]", p) for n, p in enumerate(provision.get("provision") or [])]
-    found: dict[str, str] = {}
-    for where, outer in [("Consent.provision", provision), *nested]:
-        for n, actor in enumerate(outer.get("actor") or [] if isinstance(outer, dict) else []):
-            problem = _resolve_actor(reader, actor.get("reference") or {})
-            if problem:
-                found[f"{where}.actor[{n}]"] = problem
-    for where, what in consent_problems(consent):
-        found.setdefault(where, what)  # (what resolving an actor found says more)
-    if found:
-        raise InvalidMessageError(
-            "this Consent says what the hub would not enforce as written, so it is not recorded: "
-            + "; ".join(f"{where} {what}" for where, what in found.items()),
-            tuple(found),
-        )
-
-
-def _resolve_actor(reader: RecordReader, reference: Json) -> str | None:
-    """Give a literal Organization/<id> reference the identifier of the organisation it names (its
-    ODS code, or a council's local-authority code); why not, if it names none the record holds, it
-    holds it by more than one (which is meant: name it by identifier), or its identifier names
-    another. An identifier's code is kept as tokens name organisations (upper case)."""
-    given = reference.get("identifier")
-    if isinstance(given, dict) and given.get("system") in ORGANISATION_SYSTEMS and given.get("value"):
-        given["value"] = organisation_code(given["value"]) or given["value"]  # (consent_problems names a bad one)
-    literal = str(reference.get("reference", ""))
-    kind, _, id_ = literal.partition("/")
-    if not literal:
-        return None
-    if kind != "Organization" or not _FHIR_ID.match(id_):
-        return f"reference {literal[:80]!r} is not an Organization/<id> reference"
-    identifiers = (reader.read("Organization", id_) or {}).get("identifier") or []
-    codes = {
-        (str(i.get("system")), code)
-        for i in identifiers
-        if i.get("system") in ORGANISATION_SYSTEMS and (code := organisation_code(i.get("value")))
-    }
-    if not codes:
-        return (
-            f"{literal} is not an organisation this hub knows by an ODS or local-authority code: name it by identifier"
-        )
-    if given and (given.get("system"), given.get("value")) not in codes:
-        return f"{literal} and its identifier name different organisations: send one of them"
-    if not given and len(codes) > 1:
-        named = ", ".join(f"{system}|{code}" for system, code in sorted(codes))
-        return f"{literal} is known here by more than one code ({named}): give the one meant as its identifier"
-    if not given:
-        [(system, code)] = codes
-        reference["identifier"] = {"system": system, "value": code}
-    return None
-
-
-CONSENT_ROLES = ("clinician", "coordinator", "admin")  # who records a person's choice: those who care for them
-
-
-def _may_record_consent(policy: PolicySource | None, who: Principal) -> None:
-    """Refuse (403) a Consent from a role that does not care for people, or from an organisation no
-    sharing agreement in force names as a party: a person's choice is recorded by those caring for
-    them, and the answer (201, or 404 for no such person) must not tell anyone else who is known here."""
-    if who.role not in CONSENT_ROLES:
-        raise ConsentDeniedError(
-            f"the {who.role} role does not record a person's consent (roles that do: {', '.join(CONSENT_ROLES)})",
-            ("Authorization",),
-        )
-    if policy is None:
-        return
-    today = datetime.now(UTC).date()
-    if not any(who.org in a.party_codes and a.in_force(today) for a in policy.agreements()):
-        raise ConsentDeniedError(
-            f"no sharing agreement in force today names {who.org} as a party, so it does not record consent "
-            "for anyone here: a person's choice is recorded by an organisation that shares their care",
-            ("Authorization",),
-        )
-
-
-def _person_for(reader: RecordReader, consent: Json) -> str:
-    patient = consent.get("patient") or {}
-    ref = str(patient.get("reference", ""))
-    if _PATIENT_REF.match(ref) and ref.startswith("Patient/") and reader.read("Patient", ref.removeprefix("Patient/")):
-        return ref.removeprefix("Patient/")
-    ident = patient.get("identifier") or {}
-    if ident.get("system") and ident.get("value"):
-        found = reader.patients_by_identifier(str(ident["system"]), str(ident["value"]))
-        if found:
-            return str(found[0]["id"])
-    raise UnknownPersonError("Consent.patient names no person in the shared care record", ("Consent.patient",))
-
-
-def ignored(request: Request, reads: tuple[str, ...]) -> list[str]:
-    """The query parameters a search did not use: those it does not know, and those given more than
-    once (one value is taken: the last)."""
-    params = request.query_params
-    return sorted({n for n in params if n not in reads} | {n for n in reads if len(params.getlist(n)) > 1})
-
-
-def handled(request: Request, reads: tuple[str, ...]) -> None:
-    """FHIR's Prefer: handling=strict: a search with a parameter it would not use is refused (400,
-    before anything is read or disclosed), rather than carried out without it, as it is by default
-    (handling=lenient: the Bundle then says which it ignored)."""
-    unused = ignored(request, reads)
-    if unused and _handling(request) == "strict":
-        raise InvalidMessageError(
-            f"this search does not take {', '.join(unused)} (once each of: {', '.join(reads) or 'none'}), and "
-            "Prefer: handling=strict asks for that to be refused rather than ignored",
-            tuple(unused),
-            code="not-supported",
-        )
-
-
-def _handling(request: Request) -> str:
-    """The `handling` preference (RFC 7240): every Prefer header taken as one list of preferences
-    (split at commas outside quotes), each preference its token[=value] before any `;` parameters,
-    whitespace around `=` and a quoted value allowed, the first `handling` the one that counts;
-    lenient by default."""
-    for preference in _PREFERENCES.split(",".join(request.headers.getlist("prefer"))):
-        name, _, value = preference.split(";", 1)[0].partition("=")
-        if name.strip().lower() == "handling":
-            return value.strip().strip('"').strip().lower()
-    return "lenient"
-
-
-_PREFERENCES = re.compile(r',(?=(?:[^"]*"[^"]*")*[^"]*$)')  # a comma outside double quotes
-
-
-def _self_link(request: Request, reads: tuple[str, ...]) -> str:
-    """The search as it was carried out (FHIR: the self link shows the parameters used): the known
-    parameters only, each once, with the value taken (the last, where one was repeated)."""
-    used = {name: request.query_params[name] for name in reads if name in request.query_params}
-    return str(request.url.replace_query_params(**used))
-
-
-def searchset(request: Request, shown: list[Json], withheld: int, reads: tuple[str, ...]) -> FhirResponse:
-    """A searchset Bundle of what may be shown, saying how many were withheld and which of the
-    parameters given (`reads`: those the search takes) were not used."""
-    base = str(request.base_url).rstrip("/") + "/fhir"
-    entries: list[Json] = [
-        {"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}} for r in shown
-    ]
-    issues: list[Json] = []
-    if withheld:
-        issues.append(
-            {
-                "severity": "information",
-                "code": "suppressed",
-                "diagnostics": f"{withheld} resource(s) withheld under the information-sharing policy",
-            }
-        )
-    unused = ignored(request, reads)
-    if unused:
-        issues.append(
-            {
-                "severity": "warning",
-                "code": "not-supported",
-                "diagnostics": f"parameter(s) not used: {', '.join(unused)} (this search takes, once each: "
-                f"{', '.join(reads) or 'none'}); Prefer: handling=strict refuses such a search instead",
-            }
-        )
-    if issues:
-        entries.append(
-            {"resource": {"resourceType": "OperationOutcome", "issue": issues}, "search": {"mode": "outcome"}}
-        )
-    bundle: dict[str, Any] = {
-        "resourceType": "Bundle",
-        "id": str(uuid.uuid4()),
-        "meta": {"lastUpdated": datetime.now(UTC).isoformat()},
-        "type": "searchset",
-        "total": len(shown),
-        "link": [{"relation": "self", "url": _self_link(request, reads)}],
-        "entry": entries,
-    }
-    return FhirResponse(bundle)
