@@ -19,14 +19,14 @@ demo: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/carehub up
 
-# The suite takes about 15 minutes on a 2-core machine, in TEST_WORKERS pytest processes (one file each
+# The suite takes about 23 minutes on a 2-core machine, in TEST_WORKERS pytest processes (one file each
 # at a time: most of a test's time is spent waiting on brokers, consumer groups and subprocesses, so
 # two share two cores well; one after the other took 32). A run still going after 50 is stuck: SIGINT
 # makes pytest print what failed so far (a hang at exit would otherwise eat CI's budget and say nothing).
 TEST_WORKERS ?= 2
 test: lint chromium
 	$(PY) -m hub.specs --check
-	timeout --signal=INT --kill-after=60 3000 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	timeout --signal=INT --kill-after=60 3000 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-fast: $(STAMP) chromium
 	$(PY) -m pytest -m "not slow"
