@@ -185,6 +185,21 @@ def describe_death(patient: Json) -> str | None:
     return f"Died {when}"
 
 
+def practice_refs(patient: Json) -> tuple[list[str], set[str]]:
+    """What a Patient's generalPractitioner names: the ids of the Organizations it references, in
+    order, and the ODS codes it gives by identifier."""
+    refs: list[str] = []
+    codes: set[str] = set()
+    for gp in patient.get("generalPractitioner") or []:
+        kind, _, rid = str(gp.get("reference", "")).partition("/")
+        if kind == "Organization" and rid and rid not in refs:
+            refs.append(rid)
+        ident = gp.get("identifier") or {}
+        if ident.get("system") == ODS_SYSTEM and ident.get("value"):
+            codes.add(str(ident["value"]))
+    return refs, codes
+
+
 def practice_codes(patient: Json, organizations: Mapping[str, Json]) -> set[str]:
     """ODS codes of the practices a Patient is registered with: from generalPractitioner's identifier,
     or from the Organization it references (looked up in `organizations`, keyed `Organization/{id}`)."""

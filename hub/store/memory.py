@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from hub.core.delivery import Registration
-from hub.core.huddle import practice_codes
+from hub.core.huddle import ODS_SYSTEM, practice_codes, practice_refs
 from hub.core.ledger import Disclosure, Entry, seal
 from hub.core.ports import Json, StoredResource
 from hub.store.registrations import as_of, kept_over, snapshots_after
@@ -146,12 +146,15 @@ class MemoryRecordReader:
             ),
             key=lambda r: (r.resource_type, r.event_time, r.id),
         )
-        practices = [
-            org
-            for ref in patient.get("generalPractitioner") or []
-            if str(ref.get("reference", "")).startswith("Organization/")
-            and (org := self.read("Organization", ref["reference"].split("/", 1)[1])) is not None
-        ]
+        refs, codes = practice_refs(patient)
+        named = sorted(
+            rid
+            for (kind, rid), r in self.store.resources.items()
+            if kind == "Organization"
+            and rid not in refs
+            and any((ODS_SYSTEM, c) in identifiers_of(r.content) for c in codes)
+        )
+        practices = [org for i in [*refs, *named] if (org := self.read("Organization", i)) is not None]
         return [patient, *practices, *(copy.deepcopy(r.content) for r in theirs)]
 
     def registered_with(self, practice_ods: str) -> list[Json]:

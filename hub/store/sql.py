@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.core.errors import ConcurrentWriteError, StoreUnavailableError, kept_in_part
-from hub.core.huddle import ODS_SYSTEM, practice_codes
+from hub.core.huddle import ODS_SYSTEM, practice_codes, practice_refs
 from hub.core.ports import Json, StoredResource
 from hub.core.record import SHARED_KINDS, reconcile_reference_data
 from hub.store.tables import dead_letter, processed_event, record_identifier, record_resource
@@ -333,13 +333,21 @@ class SqlRecordReader:
             .order_by(R.c.resource_type, R.c.event_time, R.c.id)
         )
         theirs = self._all(query)
-        practices = [
-            org
-            for ref in patient.get("generalPractitioner") or []
-            if str(ref.get("reference", "")).startswith("Organization/")
-            and (org := self.read("Organization", ref["reference"].split("/", 1)[1])) is not None
-        ]
-        return [patient, *practices, *theirs]
+        return [patient, *self._practices(patient), *theirs]
+
+    def _practices(self, patient: Json) -> list[Json]:
+        """The Organizations the record holds for a Patient's generalPractitioner: by reference, or by
+        ODS code for one named by identifier (a practice's register row names it so)."""
+        refs, codes = practice_refs(patient)
+        ids = list(refs)
+        if codes:
+            I = record_identifier  # noqa: E741, N806
+            named = sa.select(I.c.resource_id).where(
+                I.c.resource_type == "Organization", I.c.system == ODS_SYSTEM, I.c.value.in_(sorted(codes))
+            )
+            with store_errors(), self.engine.connect() as conn:
+                ids += [i for i in conn.scalars(named.order_by(I.c.resource_id)) if i not in refs]
+        return [org for i in ids if (org := self.read("Organization", i)) is not None]
 
     def registered_with(self, practice_ods: str) -> list[Json]:
         # No index on generalPractitioner: a text match narrows the Patients, the core's rule decides.

@@ -262,6 +262,34 @@ def test_registered_with_finds_a_practices_patients_by_ods_identifier_or_organiz
     assert backend.reader.registered_with("Y99999") == []
 
 
+def test_everything_gives_the_practice_a_patient_names_by_reference_or_by_ods_code(backend: Backend) -> None:
+    # a practice's register row names it by ODS code: after a move, $everything gave no Organization
+    ods = "https://fhir.nhs.uk/Id/ods-organization-code"
+    orgs = [
+        {"resourceType": "Organization", "id": f"org-y{n}", "identifier": [{"system": ods, "value": f"Y0000{n}"}]}
+        for n in (1, 2, 3)
+    ]
+    by_identifier = a_patient("p1", "9434765919")
+    by_identifier.content["generalPractitioner"] = [{"identifier": {"system": ods, "value": "Y00002"}}]
+    by_reference = a_patient("p2", "9990000018")
+    by_reference.content["generalPractitioner"] = [{"reference": "Organization/org-y3"}]
+    unknown = a_patient("p3", "9990000026")
+    unknown.content["generalPractitioner"] = [{"identifier": {"system": ods, "value": "Y99999"}}]
+    with backend.uow() as uow:
+        for org in orgs:
+            uow.put(StoredResource("Organization", org["id"], None, 1, T0, f"e-{org['id']}", org))
+        for patient in (by_identifier, by_reference, unknown):
+            uow.put(patient)
+        uow.commit()
+
+    def held(pid: str) -> list[str]:
+        return [f"{r['resourceType']}/{r['id']}" for r in backend.reader.everything(pid)]
+
+    assert held("p1") == ["Patient/p1", "Organization/org-y2"]
+    assert held("p2") == ["Patient/p2", "Organization/org-y3"]
+    assert held("p3") == ["Patient/p3"]
+
+
 def a_practice_said(event_id: str, hour: int, person: str) -> RecordEvent:
     content = {"resourceType": "Organization", "id": "org-1", "name": "HELMSLEY SURGERY"}
     return RecordEvent(event_id, "uk.nhs.carehub.encounter.admitted.v1", "urn:ods:RXX",
