@@ -40,10 +40,13 @@ def include_consumers(
     deliverer: Deliverer | None = None,
     coordination: tuple[Engine, Callable[[], CoordinationUnitOfWork]] | None = None,
     on_coordinated: Callable[[int, int], None] | None = None,
+    key_secret: bytes | None = None,
 ) -> list[str]:
-    """Attach every consumer of the hub to `broker`; the consumer groups that read the events topic."""
+    """Attach every consumer of the hub to `broker`; the consumer groups that read the events topic.
+    `key_secret` (the hub's person-key secret) lets the record consumer publish identity links."""
     groups = [f"{group_prefix}-record"]
-    broker.include_router(record_router(uow_factory, broker, group_id=groups[0], on_applied=on_applied))
+    router = record_router(uow_factory, broker, group_id=groups[0], on_applied=on_applied, key_secret=key_secret)
+    broker.include_router(router)
     broker.include_router(dead_letter_router(dead_letters, group_id=dead_letter_group(group_prefix), on_kept=on_kept))
     if deliverer is not None:
         groups.append(f"{group_prefix}-delivery")

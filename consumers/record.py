@@ -1,5 +1,13 @@
 """Shared care record consumer: every event on the events topic, applied once, in one transaction
-per batch together with its processed-event rows."""
+per batch together with its processed-event rows.
+
+The identity links a batch shows (hub.core.identity_links: a hospital-number-only Patient and the same
+person's verified NHS-numbered one) are published as merges with acks=all BEFORE that transaction
+commits, as the rules engine's derived events are (consumers.coordination): a crash repeats the batch,
+which finds the same links with the same ids, applied once. Duplicates are asked too (another consumer,
+delivery's, may have applied them first). `carehub replay` folds the log without this consumer, so it
+never publishes them again: they are on the log already.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +18,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 
+from consumers.coordination import Publish, publisher
 from consumers.decoding import Decoded, decode_all, records_of
 from consumers.middlewares import dead_letter, on_event_batches, retrying
 from hub.core.errors import InfrastructureError, InvalidMessageError
+from hub.core.identity_links import identity_links
 from hub.core.ports import RecordEvent, RecordUnitOfWork
 from hub.core.record import ApplyResult, apply_events
 
@@ -28,6 +38,23 @@ def apply_batch(uow_factory: UnitOfWorkFactory, events: Sequence[RecordEvent]) -
     return result
 
 
+def apply_and_link(
+    uow_factory: UnitOfWorkFactory,
+    events: Sequence[RecordEvent],
+    key_secret: bytes,
+    publish_blocking: Callable[[Sequence[RecordEvent]], None],
+) -> ApplyResult:
+    """apply_batch, and the identity links the batch shows published (and acknowledged) before it commits."""
+    with uow_factory() as uow:
+        result = apply_events(uow, events)
+        links = identity_links(uow, key_secret, events)
+        if links:
+            publish_blocking(links)
+            log.info("identity links published as merges: %d", len(links))
+        uow.commit()
+    return result
+
+
 def record_router(
     uow_factory: UnitOfWorkFactory,
     broker: KafkaBroker,
@@ -35,12 +62,22 @@ def record_router(
     group_id: str,
     max_records: int = 500,
     on_applied: Callable[[ApplyResult], None] | None = None,
+    key_secret: bytes | None = None,
 ) -> KafkaRouter:
-    """The record consumer as a router; `broker` is where unappliable events are dead-lettered."""
+    """The record consumer as a router; `broker` is where unappliable events are dead-lettered and, with
+    the hub's `key_secret`, where the identity links it finds are published (without it, none are)."""
     router = KafkaRouter()
+    publish: Publish = publisher(broker)
 
     async def apply(events: Sequence[RecordEvent]) -> ApplyResult:
-        return await retrying(lambda: asyncio.to_thread(apply_batch, uow_factory, events))
+        if key_secret is None:
+            return await retrying(lambda: asyncio.to_thread(apply_batch, uow_factory, events))
+        secret, loop = key_secret, asyncio.get_running_loop()
+
+        def publish_blocking(links: Sequence[RecordEvent]) -> None:
+            asyncio.run_coroutine_threadsafe(publish(links), loop).result()
+
+        return await retrying(lambda: asyncio.to_thread(apply_and_link, uow_factory, events, secret, publish_blocking))
 
     @on_event_batches(router, group_id=group_id, max_records=max_records)
     async def on_events(message: KafkaMessage) -> None:

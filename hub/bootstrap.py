@@ -342,6 +342,7 @@ async def running(
                 if settings.coordination.enabled
                 else None,
                 on_coordinated=run.count_coordinated,
+                key_secret=services.secrets.key,
             )
         await broker.start()
         run.intake = HospitalIntake(
