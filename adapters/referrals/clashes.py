@@ -7,10 +7,16 @@ referral the hub holds (extension BIRTH_DATE_SAID on its ServiceRequest, as it l
 the row gives. Both given and different is evidence of another person, and the row is refused naming
 the row and referral_id, the first person's referral staying as it is; anything else (no birth date on
 either side, or on one) is a correction, as it always was. Nothing a hospital or practice said is read,
-so the answer tells a referrer nothing it did not say itself. An outcome carries no birth date, so it
-is never refused for naming another person. The record is read as it stands when the row is checked,
-with this intake's own earlier rows remembered as the record keeps them (the last word on a referral
-replaces the earlier), so rows in one command and in two are judged alike.
+so the answer tells a referrer nothing it did not say itself. An outcome carries no birth date, so
+this never refuses one (a withdrawal is checked as below). The record is read as it stands when the row
+is checked, with this intake's own earlier rows remembered as the record keeps them (the last word on a
+referral replaces the earlier), so rows in one command and in two are judged alike.
+
+A withdrawal (outcome withdrawn) is the referrer's word on its own referral, so it is refused unless
+that referrer sent the referral its referral_id names (held by the record, or sent by this intake: the
+referral's id comes from its referrer and referral_id, so another referrer's referral is one this
+referrer never sent), for the person the row names (or one merged with them), and the referral has not
+ended already (declined, completed): each refusal names the row and the field, and nothing is withdrawn.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from hub.core.errors import InvalidMessageError
 from schemas.events import coordination as co
 
 Json = dict[str, Any]
+_ENDED = frozenset({"revoked", "completed", "entered-in-error"})  # FHIR request-status: over, one way or another
 
 
 class RecordLookup(Protocol):
@@ -55,6 +62,9 @@ class ReferralIds:
 
     def check(self, row: int, event: MappedEvent) -> InvalidMessageError | None:
         """Why this row may not be applied, or None."""
+        withdrawn = _withdrawn(event)
+        if withdrawn is not None:
+            return self._withdrawal(row, withdrawn)
         said = _said(event)
         if said is None:
             return None
@@ -70,6 +80,29 @@ class ReferralIds:
         said = _said(event)
         if said is not None:
             self._held[said.rid] = (said.key, said.born)
+
+    def _withdrawal(self, row: int, said: _Said) -> InvalidMessageError | None:
+        held = self._held_for(said.rid)
+        if held is None:
+            return _never_sent(row, said)
+        if not self._same_person(held[0], said.key):
+            return InvalidMessageError(
+                f"row {row}, field nhs_number: referral {said.ref!r} from {said.referrer} is for another person "
+                "than this NHS number: a withdrawal names the person the referral is for (if the referral's NHS "
+                "number was wrong, send the referral again with the right one, then withdraw it). Nothing was "
+                "withdrawn",
+                (f"row {row}", "nhs_number"),
+            )
+        request = (self._record.read("ServiceRequest", said.rid) if self._record else None) or {}
+        outcome = _outcome_of(request)
+        if request.get("status") in _ENDED and outcome != co.WITHDRAWN:
+            ended = f"was {outcome}" if outcome else f"is {request['status']}"
+            return InvalidMessageError(
+                f"row {row}, field outcome: referral {said.ref!r} from {said.referrer} {ended} already (status "
+                f"{request['status']}): it has ended, so there is nothing to withdraw. Nothing was withdrawn",
+                (f"row {row}", "outcome"),
+            )
+        return None
 
     def _held_for(self, rid: str) -> tuple[str, str | None] | None:
         if rid in self._held:
@@ -101,6 +134,36 @@ def _refused(row: int, said: _Said) -> InvalidMessageError:
     )
 
 
+def _never_sent(row: int, said: _Said) -> InvalidMessageError:
+    return InvalidMessageError(
+        f"row {row}, field referral_id: {said.referrer} has sent no referral {said.ref!r} that the hub holds: a "
+        "referrer withdraws only a referral it sent itself, named by the referral_id it sent it with (one sent "
+        "without a referral_id cannot be withdrawn by file). Nothing was withdrawn",
+        (f"row {row}", "referral_id"),
+    )
+
+
+def _outcome_of(request: Json) -> str | None:
+    found = [e.get("valueCode") for e in request.get("extension") or [] if e.get("url") == co.OUTCOME_EXTENSION]
+    return str(found[0]) if found and found[0] else None
+
+
+def _withdrawn(event: MappedEvent) -> _Said | None:
+    """What a withdrawal row says of the referral it names (no birth date: an outcome gives none), or None."""
+    if event.event_type != co.REFERRAL_OUTCOME.type:
+        return None
+    request = _request_of(event)
+    if request is None or _outcome_of(request) != co.WITHDRAWN:
+        return None
+    ref = str(((request.get("identifier") or [{}])[0]).get("value") or "")
+    return _Said(request["id"], ref, event.sender, event.person_key, None)
+
+
+def _request_of(event: MappedEvent) -> Json | None:
+    resources = [e["resource"] for e in event.payload.get("entry") or []]
+    return next((r for r in resources if r.get("resourceType") == "ServiceRequest"), None)
+
+
 def _birth_date_said(request: Json) -> str | None:
     found = [e.get("valueDate") for e in request.get("extension") or [] if e.get("url") == BIRTH_DATE_SAID]
     return str(found[0]) if found and found[0] else None
@@ -111,8 +174,7 @@ def _said(event: MappedEvent) -> _Said | None:
     a referral: an outcome says no birth date)."""
     if event.event_type != co.REFERRAL_RECEIVED.type:
         return None
-    resources = [e["resource"] for e in event.payload.get("entry") or []]
-    request = next((r for r in resources if r.get("resourceType") == "ServiceRequest"), None)
+    request = _request_of(event)
     ids = [
         i for i in (request or {}).get("identifier") or [] if str(i.get("system", "")).startswith(REFERRAL_ID_SYSTEM)
     ]

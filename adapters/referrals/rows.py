@@ -39,10 +39,16 @@ class Format(StrEnum):
     ASC_CSV = "asc-csv"
     VCSE_JSON = "vcse-json"
     VCSE_OUTCOME = "vcse-outcome"
+    ASC_OUTCOME_CSV = "asc-outcome-csv"
+    ASC_OUTCOME_JSON = "asc-outcome-json"
 
     @property
     def is_csv(self) -> bool:
-        return self in (Format.REGISTER, Format.ASC_CSV)
+        return self in (Format.REGISTER, Format.ASC_CSV, Format.ASC_OUTCOME_CSV)
+
+    @property
+    def is_outcome(self) -> bool:
+        return self in (Format.VCSE_OUTCOME, Format.ASC_OUTCOME_CSV, Format.ASC_OUTCOME_JSON)
 
     @property
     def content_type(self) -> str:
@@ -52,14 +58,18 @@ class Format(StrEnum):
 REQUIRED_COLUMNS = {
     Format.REGISTER: ("nhs_number", "practice_ods", "non_elective_admissions_12m", "long_term_conditions", "frailty"),
     Format.ASC_CSV: ("nhs_number", "gp_practice_ods", "referred_on", "referrer", "addressed_to", "reason"),
+    Format.ASC_OUTCOME_CSV: ("referral_id", "referrer", "nhs_number", "outcome", "on"),
 }
+_OUTCOME = frozenset({"referral_id", "referrer", "nhs_number", "outcome", "on", "reason"})
 _REFERRAL = ("referral_id", "nhs_number", "birth_date", "gp_practice_ods", "referred_on", "referrer", "referrer_name")
 FIELDS = {  # every column or field each layout reads (adapters/referrals/README.md); others are ignored
     Format.REGISTER: frozenset(REQUIRED_COLUMNS[Format.REGISTER]) | {"birth_date", "extracted_on"},
     Format.ASC_CSV: frozenset(_REFERRAL) | {"addressed_to", "reason", "care_act_assessment_outcome"},
     Format.ASC_JSON: frozenset(_REFERRAL) | {"addressed_to", "reason", "care_act_assessment_outcome"},
     Format.VCSE_JSON: frozenset(_REFERRAL) | {"addressed_to", "needs", "reason"},
-    Format.VCSE_OUTCOME: frozenset({"referral_id", "referrer", "nhs_number", "outcome", "on"}),
+    Format.VCSE_OUTCOME: _OUTCOME,
+    Format.ASC_OUTCOME_CSV: _OUTCOME,
+    Format.ASC_OUTCOME_JSON: _OUTCOME,
 }
 _NOT_A_NAME = re.compile(r"[^a-z0-9]+")
 
@@ -109,7 +119,7 @@ def detect(raw: bytes) -> Format:
         referrer = first.get("referrer")
         referrer = referrer.strip().upper() if isinstance(referrer, str) else ""
         if "outcome" in first:
-            return Format.VCSE_OUTCOME
+            return Format.ASC_OUTCOME_JSON if is_gss(referrer) else Format.VCSE_OUTCOME
         if is_gss(referrer) or "care_act_assessment_outcome" in first:
             return Format.ASC_JSON
         if is_ods(referrer):
@@ -124,9 +134,11 @@ def detect(raw: bytes) -> Format:
         return Format.REGISTER
     if "referred_on" in names:
         return Format.ASC_CSV
+    if "outcome" in names:
+        return Format.ASC_OUTCOME_CSV
     raise UnsupportedMessageError(
         "cannot tell which CSV this is: a register has practice_ods and frailty columns, adult social care "
-        "referrals a referred_on column; name the format",
+        "referrals a referred_on column, their outcomes (a withdrawal) an outcome column; name the format",
         ("file",),
     )
 

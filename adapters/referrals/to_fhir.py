@@ -62,7 +62,11 @@ MEASURES = {
     "long-term-conditions": "Long-term conditions",
     "frailty": "Frailty (electronic Frailty Index category)",
 }
-STATUS_OF_OUTCOME = {"declined": "revoked", "attended": "completed"}
+# withdrawn: the referrer terminated its request before the service completed it (FHIR R4 request-status
+# revoked), whatever its reason, sent in error among them: entered-in-error would take the referral out
+# of the record and the KPIs as though never made, which a referral acted on (triaged, accepted) was not
+STATUS_OF_OUTCOME = {"declined": "revoked", "attended": "completed", co.WITHDRAWN: "revoked"}
+ASC_OUTCOMES = (co.WITHDRAWN,)  # a council says of its own referral only that it withdraws it
 MAX_REFERRAL_ID = 64
 
 
@@ -112,8 +116,8 @@ def map_row(
     f = RowFields(row.number, values, misspelt=lambda name: not_read(name, values, fmt))
     if fmt is Format.REGISTER:
         return _register_row(f, key_secret, now)
-    if fmt is Format.VCSE_OUTCOME:
-        return _outcome(f, key_secret, now)
+    if fmt.is_outcome:
+        return _outcome(f, key_secret, now, council=fmt is not Format.VCSE_OUTCOME)
     if fmt is Format.VCSE_JSON:
         return _referral_event(f, _vcse_referral(f, key_secret, now))
     return _referral_event(f, _asc_referral(f, key_secret, now))
@@ -248,20 +252,37 @@ def _referral_event(f: RowFields, r: _Referral) -> MappedEvent:
     return _event(f, co.REFERRAL_RECEIVED, event_id, r.referrer, r.referred.utc, r.key, resources)
 
 
-def _outcome(f: RowFields, secret: bytes, now: datetime) -> MappedEvent:
+def _outcome(f: RowFields, secret: bytes, now: datetime, *, council: bool = False) -> MappedEvent:
+    """An outcome of the referral its referrer sent with `referral_id`: a voluntary organisation's
+    (ODS referrer, any of co.OUTCOMES), or a council's withdrawal of its own (local-authority referrer)."""
     referral_id = _referral_ref(f, required=True) or ""
-    referrer = f.ods("referrer") or ""
+    referrer = (f.local_authority("referrer") if council else f.ods("referrer")) or ""
     nhs = f.nhs_number()
-    outcome = f.choice("outcome", co.OUTCOMES) or ""
+    outcome = _council_outcome(f) if council else f.choice("outcome", co.OUTCOMES) or ""
     on = f.not_future("on", f.when("on"), now)
+    reason = f.text("reason", required=False)
     key = person_key(secret, nhs, None)
-    rid = _request_id("voluntary-sector", referrer, referral_id)
-    request = _service_request(rid, "voluntary-sector", key, nhs, referrer, ODS_SYSTEM, referral_id)
+    source, system = ("adult-social-care", LOCAL_AUTHORITY_SYSTEM) if council else ("voluntary-sector", ODS_SYSTEM)
+    rid = _request_id(source, referrer, referral_id)
+    request = _service_request(rid, source, key, nhs, referrer, system, referral_id)
     request["status"] = STATUS_OF_OUTCOME.get(outcome, "active")
     request["extension"].append({"url": co.OUTCOME_EXTENSION, "valueCode": outcome})
+    if reason:
+        request["note"] = [{"text": reason}]
     # the person too: the row sent again with its NHS number corrected is news, not a duplicate
-    event_id = stable_id("referral-outcome", rid, outcome, on.fhir, key)
+    event_id = stable_id("referral-outcome", rid, outcome, on.fhir, key, *([reason] if reason else []))
     return _event(f, co.REFERRAL_OUTCOME, event_id, referrer, on.utc, key, [request])
+
+
+def _council_outcome(f: RowFields) -> str:
+    said = f.text("outcome") or ""
+    if said.lower() not in ASC_OUTCOMES:
+        raise f.fail(
+            "outcome",
+            f"{said[:40]!r} is not {' or '.join(ASC_OUTCOMES)}: a council says of the referral it sent that it "
+            "withdraws it; contacted, attended, declined and accepted are for the service it was sent to to say",
+        )
+    return said.lower()
 
 
 def _service_request(

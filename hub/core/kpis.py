@@ -21,8 +21,9 @@ Definitions (each names its source events):
                              the visit's UK day no later than 28 days after the referral's UK day (a visit
                              in the afternoon of the 28th day is within, whatever the hour of referral)
     waiting over 4 weeks     referrals with no first visit yet at the end of the month (or where the log
-                             stops, if sooner) whose 28th day has passed, not declined and not ended by a
-                             caseload episode that closed without the visit: those the % above cannot show
+                             stops, if sooner) whose 28th day has passed, not declined nor withdrawn by its
+                             referrer, and not ended by a caseload episode that closed without the visit:
+                             those the % above cannot show
     discharges               episode.closed in the month
     declined                 referrals to the service whose latest outcome is declined (an outcome dated
                              before the one a referral has is stale, as the record takes it): by practice, those
@@ -112,7 +113,9 @@ from hub.core.kpi_facts import Episode, KpiFacts, Referral
 from hub.core.kpi_months import month_bounds
 from hub.core.kpi_reading import IN_A_SUMMARY, age_at, band, band_labels, days_between, said_near
 from hub.core.pic_summary import LETTER_DUE
+from schemas.events import coordination as co
 
+_ENDED_BY = ("declined", co.WITHDRAWN)  # outcomes after which a referral no longer waits for a visit
 # the contact kinds (schemas.events.coordination.CONTACT_KINDS, and a partner's outcomes: attended is a
 # face-to-face, contacted a first-contact) that are face-to-face visits, and those that are not
 VISITS = frozenset({"face-to-face", "follow-up"})
@@ -357,11 +360,11 @@ class KpiFold(KpiFacts):
                         referral.visited = t
 
     def _over(self, referral: Referral, t: datetime) -> bool:
-        """No longer waiting at t: declined by then, the person had died by then, or the person has
-        been on the caseload since it (a stay begun after it on the log, or opened for it) and
-        discharged by then without the contact it waited for."""
+        """No longer waiting at t: declined or withdrawn by then, the person had died by then, or the
+        person has been on the caseload since it (a stay begun after it on the log, or opened for it)
+        and discharged by then without the contact it waited for."""
         at, outcome = self.outcomes.get(referral.id, (t, ""))
-        if (outcome == "declined" and at <= t) or self.died_by(self._who.get(referral.person, referral.person), t):
+        if (outcome in _ENDED_BY and at <= t) or self.died_by(self._who.get(referral.person, referral.person), t):
             return True
         stays = (
             self.episodes.get(eid)

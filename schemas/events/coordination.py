@@ -11,7 +11,9 @@ referral.received   ServiceRequest (status active, intent order, category SNOMED
                     stub (id = key, NHS number, birthDate, generalPractitioner ODS) that the record only
                     keeps while it knows nothing better about the person.
 referral.outcome    the same ServiceRequest, with extension OUTCOME_EXTENSION valueCode contacted | attended |
-                    declined | accepted; declined sets status revoked, attended sets status completed.
+                    declined | accepted | withdrawn; declined sets status revoked, attended sets status
+                    completed, withdrawn (its referrer took the referral back) sets status revoked, with the
+                    referrer's reason, if given, in note[].text.
 register.row        a GP practice's at-risk register row: Patient stub plus three Observations (code in
                     MEASURE_SYSTEM: non-elective-admissions-12m valueInteger, long-term-conditions
                     valueInteger, frailty valueCodeableConcept SNOMED eFI category), effectiveDateTime =
@@ -63,7 +65,8 @@ REFERRAL_SOURCES = (
 )
 SOURCE_EXTENSION = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-SourceOfServiceRequest"
 OUTCOME_EXTENSION = "https://carehub.invalid/StructureDefinition/referral-outcome"
-OUTCOMES = ("contacted", "attended", "declined", "accepted")
+OUTCOMES = ("contacted", "attended", "declined", "accepted", "withdrawn")
+WITHDRAWN = "withdrawn"  # said only by the referral's own referrer (adapters/referrals, POST $withdraw)
 ATTENDED_EXTENSION = "https://carehub.invalid/StructureDefinition/huddle-attended"
 CANCELLED_EXTENSION = "https://carehub.invalid/StructureDefinition/huddle-cancelled"
 MEASURE_SYSTEM = "https://carehub.invalid/CodeSystem/register-measure"
@@ -88,7 +91,7 @@ REFERRAL_RECEIVED = EventType(
 )
 REFERRAL_OUTCOME = EventType(
     "uk.nhs.carehub.referral.outcome.v1",
-    "what became of a referral: accepted, contacted, attended or declined",
+    "what became of a referral: accepted, contacted, attended, declined, or withdrawn by its referrer",
     ("ServiceRequest",),
 )
 REGISTER_ROW = EventType(

@@ -3,6 +3,7 @@
     POST /fhir/ServiceRequest                          a GP (or any partner) refers a person
     POST /fhir/ServiceRequest/{id}/$accept             allocate to a coordinator, under the caseload cap; once
     POST /fhir/ServiceRequest/{id}/$decline            the person declined, or the referral is not accepted
+    POST /fhir/ServiceRequest/{id}/$withdraw           its referrer takes a referral back (coordination_withdraw)
     POST /fhir/Patient/{id}/$record-contact            a call or visit (first-contact, face-to-face, ...)
     POST /fhir/EpisodeOfCare/{id}/$close               discharge from the service, with the PIC summary content
     POST /fhir/Task/{id}/$status                       move a task through the FHIR Task statuses (completing
@@ -41,7 +42,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from hub.api.auth import Principal, TokenVerifier
 from hub.api.outcomes import FhirResponse
-from hub.api.routes import coordination_acceptance
+from hub.api.routes import coordination_acceptance, coordination_withdraw
 from hub.api.routes.coordination_close import (
     closed_already,
     closed_refusal,
@@ -49,7 +50,14 @@ from hub.api.routes.coordination_close import (
     publish_closure,
     refuse_blank_summary,
 )
-from hub.api.routes.coordination_commands import ODS_SYSTEM, CoordinationApi, Id, coordinator_only, emit
+from hub.api.routes.coordination_commands import (
+    ODS_SYSTEM,
+    REFERRER_ROLES,
+    CoordinationApi,
+    Id,
+    coordinator_only,
+    emit,
+)
 from hub.api.routes.coordination_input import (
     at_param,
     at_time,
@@ -82,7 +90,6 @@ from hub.core.task_status import MOVES, STATUSES, may_move
 from schemas.events import coordination as co
 
 __all__ = ["CoordinationApi", "router"]
-REFERRER_ROLES = ("clinician", "coordinator", "admin", "system")  # an auditor reads; it does not refer
 
 
 def refuse_answering(referral: Json, patient: Collection[str], service: str, name: str) -> None:
@@ -162,6 +169,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         return FhirResponse(request_, status_code=201, headers={"Location": f"/fhir/ServiceRequest/{request_['id']}"})
 
     api.include_router(coordination_acceptance.router(api_, tokens))  # $accept, $decline
+    api.include_router(coordination_withdraw.router(api_, tokens))  # $withdraw, by the referrer
 
     @api.post(
         "/fhir/Patient/{id}/$record-contact",

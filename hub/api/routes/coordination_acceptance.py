@@ -51,6 +51,7 @@ from hub.api.routes.coordination_input import (
     person_of,
     with_outcome,
 )
+from hub.api.routes.coordination_withdraw import refuse_deciding_withdrawn
 from hub.api.routes.fhir import bearer_caller, read_body
 from hub.api.shapes import parameters_in
 from hub.core.deaths import death_said
@@ -87,6 +88,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         held = claimed(api_, id, person)
         if held is not None:
             return await accepted_already(api_, who, referral, held, coordinator)
+        refuse_deciding_withdrawn(referral, "accepted")  # (after: the same accept again stands)
         at = not_before(params, at, referral.get("authoredOn"), "the referral was made", referral)
         await refuse_allocation(api_, who, person)
         refuse_deceased(api_.reader.read("Patient", person))
@@ -124,6 +126,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
             return await declined_already(api_, who, referral, stands)
         if outcome_of(referral) == "declined":  # (declined before declines were claimed)
             return FhirResponse(referral)
+        refuse_deciding_withdrawn(referral, "declined")
         await refuse_declining_accepted(api_, who, referral, claimed(api_, id, person_of(referral)))
         at = not_before(params, at, referral.get("authoredOn"), "the referral was made", referral)
         declined = with_outcome(referral, "declined", "revoked")

@@ -26,6 +26,7 @@ from schemas.subscriptions import Subscription
 Publish = Callable[[Envelope], Awaitable[None]]
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 COMMAND_ROLES = ("coordinator", "admin")
+REFERRER_ROLES = ("clinician", "coordinator", "admin", "system")  # an auditor reads; it does not refer
 Id = Annotated[str, Path(description="a FHIR id", json_schema_extra={"pattern": FHIR_ID})]
 
 
