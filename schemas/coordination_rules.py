@@ -20,6 +20,7 @@ Condition = Literal[
     "always",
     "on-caseload-or-case-list",
     "addressed-to-service",
+    "duplicate-stay",  # a merge (patient.merged) left the retired identity's stay open beside the survivor's
 ]
 
 

@@ -14,12 +14,15 @@ What the fold keeps (the survivor's word first where both said something):
     death       a death either identity knows of is the survivor's; the open tasks that ask for a
                 contact or visit are cancelled, naming it (hub.core.deaths)
     stay        the survivor's stay on a caseload, else the retired identity's (its long-stay clock
-                moves with it); a second open stay is not the engine's stay, and its clock is cleared
+                moves with it); a second open stay is not the engine's stay, and its clock is cleared, but
+                the record keeps it open: the rules' `duplicate-stay` task (close-duplicate-stay) asks its
+                coordinator (else the service) to close it, once a stay, done when an episode.closed
+                names it
     the rest    practice (the survivor's, as the record keeps their Patient's, unless they have none: but a
                 registration's over the coordinator's over a referral's word, and a register row's said for
                 the retired identity newer than the survivor's word, which the record carries; never a
                 hospital's under the retired number: hub.core.practices.newer_word), NHS number, case list, outcomes,
-                episodes closed, referrals' first stays, held PIC summaries, identities merged in
+                referrals' dates, episodes closed, referrals' first stays, held PIC summaries, identities merged in
 Pure: both states in, the survivor's changed in place, derived events and clock changes out.
 """
 
@@ -30,10 +33,12 @@ from datetime import datetime, timedelta
 
 from hub.core.deaths import cancel_contacts
 from hub.core.derived_events import Clock, DerivedEvents, Outcome
+from hub.core.identity import stable_id
 from hub.core.ports import Json, RecordEvent
 from hub.core.practices import newer_word, take_word
 from hub.core.record_content import replaced_by
 from hub.core.task_status import FINAL
+from schemas.coordination_rules import CoordinationRules, TaskRule
 from schemas.events import coordination as co
 
 MERGED_INTO = "merged_into"  # a retired key's state: only this, naming the key it was merged into
@@ -63,6 +68,13 @@ class Rules:
     events: DerivedEvents
     contacts: frozenset[str]  # the rules whose tasks ask for a contact or visit (hub.core.deaths)
     long_stay: timedelta
+    close_stay: TaskRule | None = None  # the task to close a duplicate stay, if the rules have one
+
+
+def close_stay_rule(rules: CoordinationRules, merged: str) -> TaskRule | None:
+    """The rules' task to close the stay a merge (its event's short name `merged`) left open beside the
+    survivor's: the one triggered by it `when: duplicate-stay` (none in rules version 1)."""
+    return next((r for r in rules.tasks if r.trigger == merged and r.when == "duplicate-stay"), None)
 
 
 def fold(rules: Rules, state: Json, theirs: Json, retired: str, event: RecordEvent) -> Outcome:
@@ -87,7 +99,9 @@ def fold(rules: Rules, state: Json, theirs: Json, retired: str, event: RecordEve
         key = f"merged|{task_id}|{event.id}"
         resource = events.task_resource(task_id, event.subject, task)
         out.events.append(events.derived(co.TASK_UPDATED.type, key, event.subject, event.time, resource))
-    _fold_stay(state, theirs, event, rules.long_stay, out)
+    duplicate = _fold_stay(state, theirs, event, rules.long_stay, out)
+    if duplicate and rules.close_stay:
+        _close_duplicate(rules.events, rules.close_stay, state, duplicate, event, out)
     return out
 
 
@@ -101,6 +115,8 @@ def _fold_facts(state: Json, theirs: Json) -> None:
     for focus, said in sorted((theirs.get("outcomes") or {}).items()):
         kept = state.setdefault("outcomes", {}).setdefault(focus, [])
         kept += [s for s in said if s not in kept]
+    for focus, made in sorted((theirs.get("made") or {}).items()):
+        state.setdefault("made", {}).setdefault(focus, made)  # (when each referral was made: hub.core.referral_moves)
     for referral, episode in sorted((theirs.get("episode_of") or {}).items()):
         state.setdefault("episode_of", {}).setdefault(referral, episode)
     for key in ("closed", MERGED):
@@ -156,16 +172,45 @@ def _fold_death(state: Json, theirs: Json) -> bool:
     return False
 
 
-def _fold_stay(state: Json, theirs: Json, event: RecordEvent, long_stay: timedelta, out: Outcome) -> None:
-    """The survivor's stay on a caseload stands; else the retired identity's comes, with its clock."""
+def _fold_stay(state: Json, theirs: Json, event: RecordEvent, long_stay: timedelta, out: Outcome) -> Json | None:
+    """The survivor's stay on a caseload stands; else the retired identity's comes, with its clock.
+    The retired identity's stay, when it is a second one open (the duplicate), or None."""
     stay = theirs.get("episode")
     if not stay:
-        return
+        return None
     clock = f"long-stay:{stay['id']}"
     if state.get("episode"):
-        if state["episode"].get("id") != stay["id"] and not stay.get("long_stay"):
+        if state["episode"].get("id") == stay["id"]:
+            return None
+        if not stay.get("long_stay"):
             out.cleared.append(clock)  # (a second stay: not the engine's; the record keeps it open)
-        return
+        return dict(stay)
     state["episode"] = stay
     if not stay.get("long_stay"):
         out.set.append(Clock(clock, event.subject, datetime.fromisoformat(stay["start"]) + long_stay, "long-stay"))
+    return None
+
+
+def _close_duplicate(
+    events: DerivedEvents, rule: TaskRule, state: Json, stay: Json, event: RecordEvent, out: Outcome
+) -> None:
+    """A task for the duplicate stay's coordinator (else the service) to close it: one a stay, whatever
+    merges name it (its id is the stay's), due as the rule says after the merge."""
+    focus = f"EpisodeOfCare/{stay['id']}"
+    task_id = stable_id("task", rule.id, focus)
+    if task_id in state["tasks"] or stay["id"] in (state.get("closed") or ()):
+        return  # (asked already, or a close of it came first)
+    service = events.rules.service.ods
+    task: Json = {
+        "rule": rule.id,
+        "title": rule.title,
+        "status": "requested",
+        "opened": event.time.isoformat(),
+        "due": (event.time + rule.due).isoformat(),
+        "owner": (stay.get("coordinator") if rule.owner == "coordinator" else None) or service,
+        "focus": focus,
+        "version": events.rules.version,
+    }
+    state["tasks"][task_id] = task
+    out.set.append(Clock(task_id, event.subject, event.time + rule.due, "task"))
+    out.events.append(events.task_event(co.TASK_CREATED.type, task_id, event.subject, event.time, task))

@@ -2,9 +2,11 @@
 
 What each outcome said of a referral is remembered in the person's state, so that tasks opened for
 it later (the referral arrived after its outcome, or was moved here) are closed as it said, at its
-time. A referral re-sent for another person (its NHS number corrected; hub.core.coordination finds
-who held it) takes those outcomes with it and cancels, with a reason, the open tasks the first
-person has for it.
+time; and so is when the referral was made (its authoredOn as the record holds it: the latest said, in
+log order), which its tasks' answers count from, whatever order a correction and an answer come in.
+A referral re-sent for another person (its NHS number corrected; hub.core.coordination finds who
+held it) takes those outcomes with it and cancels, with a reason, the open tasks the first person
+has for it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from datetime import datetime
 
 from hub.core.derived_events import MOVED_REASON, STATUS_REASON_SYSTEM, DerivedEvents, Outcome
 from hub.core.fhir_read import extension, of_kind
+from hub.core.kpi_reading import fhir_time
 from hub.core.ports import Json, RecordEvent
 from hub.core.task_status import FINAL
 from schemas.events import coordination as co
@@ -69,6 +72,22 @@ def remember_outcomes(state: Json, event: RecordEvent, resources: list[Json]) ->
             kept = state.setdefault("outcomes", {}).setdefault(f"ServiceRequest/{request['id']}", [])
             if (entry := {"at": event.time.isoformat(), "outcome": said}) not in kept:
                 kept.append(entry)
+
+
+def remember_made(state: Json, event: RecordEvent, resources: list[Json]) -> None:
+    """When each referral a referral.received carries was made: its authoredOn (else the event's time),
+    the latest said in log order, as the record holds it (a correction replaces it, whatever date it gives)."""
+    for request in of_kind(resources, "ServiceRequest"):
+        if request.get("id"):
+            made = fhir_time(request.get("authoredOn"), event.time)
+            state.setdefault("made", {})[f"ServiceRequest/{request['id']}"] = made.isoformat()
+
+
+def made_on(state: Json, focus: object) -> datetime | None:
+    """When the referral `focus` was made as the record holds it (remember_made); None: not known (a
+    task of another kind, or a state kept before this was)."""
+    made = (state.get("made") or {}).get(focus) if isinstance(focus, str) else None
+    return datetime.fromisoformat(made) if made else None
 
 
 def outcome_said(focus: str, outcome: str) -> Json:

@@ -26,9 +26,12 @@ Order of work for each event (Engine.handle; the steps live here unless another 
                 record (hub.core.record) and the KPIs (hub.core.kpi_facts) take it; the engine asks it
                 in hub.core.caseload
     fulfil      open tasks whose rule names this event (and contact kind or referral outcome, and not
-                earlier than `not_before` after the task opened; but a referral's task is answered by an
-                answer dated by day alone on its day: hub.core.days) complete; `cancelled_by` cancels. A
-                referral's outcomes are remembered for tasks it opens later (hub.core.referral_moves)
+                earlier than `not_before` after the task opened; but a referral's task counts its answers
+                from the referral's date as the record holds it, its latest authoredOn in log order, and
+                is answered by an answer dated by day alone on that day: hub.core.days; and a stay's
+                task ends only with an episode.closed naming that stay) complete; `cancelled_by`
+                cancels. A referral's outcomes and date are remembered, for tasks it opens later and
+                for its corrections (hub.core.referral_moves)
     case-find   a register row meeting a criterion, or a referral from a listed source, puts the person
                 on their practice's case list once (caselist.added)
     episode     episode.opened starts a caseload stay and its long-stay clock; episode.closed ends both
@@ -37,12 +40,14 @@ Order of work for each event (Engine.handle; the steps live here unless another 
                 task to find the practice (due when the letter is) (hub.core.caseload)
     open        every task rule triggered by this event (and its condition) opens a task with a clock,
                 once per referral, stay or discharge (a correction opens none; a referral's corrected
-                date moves the clock of its task still open and not overdue, due from that date)
+                date moves the clock of its task still open and not overdue, due from that date, and
+                the outcomes said of it answer its open tasks, overdue ones too, from that date)
 Before a referral re-sent for another person is handled, the caller has Engine.move cancel the open
 tasks the first person has for it and take its outcomes to the new one (hub.core.referral_moves).
 Before an A40 is handled, the caller has Engine.merge fold the retired identity's state into the
-survivor's (hub.core.merges), and it hands every later event and clock of the retired key to the
-survivor's state (hub.core.coordination).
+survivor's (hub.core.merges, which opens the `duplicate-stay` rule's task when both were on a
+caseload), and it hands every later event and clock of the retired key to the survivor's state
+(hub.core.coordination).
 
 A clock that runs out (Engine.fire) marks its task overdue, hands it to the team lead and emits one
 task.overdue; a long-stay clock emits one caseload.long-stay flag (hub.core.caseload). What derived
@@ -72,14 +77,15 @@ from hub.core.fhir_read import (
 )
 from hub.core.identity import stable_id
 from hub.core.merges import Rules as MergeRules
-from hub.core.merges import fold
+from hub.core.merges import close_stay_rule, fold
 from hub.core.pic_summary import LETTER_DUE, practice_found
 from hub.core.ports import Json, RecordEvent
 from hub.core.practices import remember
-from hub.core.referral_moves import move, outcome_said, remember_outcomes, says_moved
+from hub.core.referral_moves import made_on, move, outcome_said, remember_made, remember_outcomes, says_moved
 from hub.core.task_status import FINAL, may_move
 from schemas.coordination_rules import CoordinationRules, Fulfilment, TaskRule
 from schemas.events import coordination as co
+from schemas.events.patient import PATIENT_MERGED
 
 _OWN = frozenset(
     {
@@ -117,7 +123,8 @@ class Engine:
         letters = (r for r in rules.tasks if r.trigger == closed and any(f.event == receipt for f in r.done_by))
         self.caseload = Caseload(rules, self.events, min((r.due for r in letters), default=LETTER_DUE))
         self._contacts = contact_rules(rules, short_name(co.CONTACT_RECORDED.type))  # (hub.core.deaths)
-        self._merges = MergeRules(self.events, self._contacts, rules.long_stay)
+        close_stay = close_stay_rule(rules, short_name(PATIENT_MERGED.type))
+        self._merges = MergeRules(self.events, self._contacts, rules.long_stay, close_stay)
 
     def handle(self, state: Json, event: RecordEvent) -> Outcome:
         """Apply one event to one person's state."""
@@ -139,6 +146,8 @@ class Engine:
             return out
         if name == OUTCOME_EVENT:
             remember_outcomes(state, event, resources)
+        elif event.type == co.REFERRAL_RECEIVED.type:
+            remember_made(state, event, resources)  # (before its tasks are answered or re-timed)
         self._fulfil(state, event, name, resources, out)
         self._case_find(state, event, name, resources, out)
         self.caseload.apply_episode(state, event, name, resources, out)
@@ -168,7 +177,8 @@ class Engine:
         for task_id, task in sorted(state["tasks"].items(), key=lambda kv: (kv[1]["due"], kv[0])):
             rule = rules.get(task["rule"])
             if rule is not None and task["status"] not in FINAL:
-                self._answer(task_id, task, rule, (name, event.time, resources), event.subject, out)
+                said = (name, event.time, resources)
+                self._answer(task_id, task, rule, said, (event.subject, made_on(state, task.get("focus"))), out)
 
     def _answer(
         self,
@@ -176,15 +186,15 @@ class Engine:
         task: Json,
         rule: TaskRule,
         said: tuple[str, datetime, list[Json]],
-        person: str,
+        of: tuple[str, datetime | None],
         out: Outcome,
     ) -> None:
-        """Complete or cancel an open task if what was said (event name, time, resources) is what its rule names."""
-        name, at, resources = said
-        opened = datetime.fromisoformat(task["opened"])
-        if any(_matches(f, name, at, resources, opened, task) for f in rule.done_by):
+        """Complete or cancel an open task if what was said (event name, time, resources) is what its rule
+        names; `of` is whose task it is and when its referral was made, as the record holds it (if one)."""
+        (name, at, resources), (person, made) = said, of
+        if any(_matches(f, name, at, resources, task, made) for f in rule.done_by):
             status = "completed"
-        elif any(_matches(f, name, at, resources, opened, task) for f in rule.cancelled_by):
+        elif any(_matches(f, name, at, resources, task, made) for f in rule.cancelled_by):
             status = "cancelled"
         else:
             return
@@ -219,6 +229,8 @@ class Engine:
             return False  # no one is sent to contact or visit a person who died (hub.core.deaths)
         if rule.when == "on-caseload-or-case-list":
             return bool(state.get("episode") or state.get("eligible"))
+        if rule.when == "duplicate-stay":
+            return False  # (opened by the merge's fold, for the stay it left open: hub.core.merges)
         if rule.when == "addressed-to-service":
             return any(addressed_to(sr, self.rules.service.ods) for sr in of_kind(resources, "ServiceRequest"))
         return True
@@ -254,22 +266,26 @@ class Engine:
         self, state: Json, event: RecordEvent, task_id: str, task: Json, rule: TaskRule, focus: str | None, out: Outcome
     ) -> None:
         """The outcomes said of the task's referral before it opened (or before its date was corrected)."""
+        of = (event.subject, made_on(state, focus))
         for said in (state.get("outcomes") or {}).get(focus or "", []):
             if task["status"] not in FINAL:
                 at, resources = datetime.fromisoformat(said["at"]), [outcome_said(str(focus), said["outcome"])]
-                self._answer(task_id, task, rule, (OUTCOME_EVENT, at, resources), event.subject, out)
+                self._answer(task_id, task, rule, (OUTCOME_EVENT, at, resources), of, out)
 
     def _retime(self, state: Json, event: RecordEvent, rule: TaskRule, focus: str, out: Outcome) -> None:
         """A corrected referral date moves the clock of the referral's task this rule opened: due as long
         after the date it now gives as the rule says, and answered by the outcomes already said of the
-        referral, as if it had said so first (the KPIs measure from it too). A task finished, or already
-        overdue and with the team lead, keeps its dates. (The record applies task events in log order,
-        whatever their time: hub.core.record.)"""
+        referral, as if it had said so first (the KPIs measure from it too). A task finished keeps its
+        dates; one already overdue and with the team lead keeps them too, but is answered as the others
+        are, from the date the referral now gives (remember_made), as the record takes an outcome. (The
+        record applies task events in log order, whatever their time: hub.core.record.)"""
         for task_id, task in sorted(state["tasks"].items()):
-            if not _same_task(task, rule.id, focus) or task["status"] in FINAL or task.get("overdue"):
+            if not _same_task(task, rule.id, focus) or task["status"] in FINAL:
                 continue
-            if datetime.fromisoformat(task["opened"]) == event.time:
-                continue  # (a retry, or a correction of something else)
+            if task.get("overdue") or datetime.fromisoformat(task["opened"]) == event.time:
+                # (overdue: with the team lead as it was; or a retry, or a correction of something else)
+                self._answer_remembered(state, event, task_id, task, rule, focus, out)
+                continue
             due = event.time + rule.due
             task |= {"opened": event.time.isoformat(), "due": due.isoformat()}
             out.set.append(Clock(task_id, event.subject, due, "task"))
@@ -312,8 +328,15 @@ class Engine:
         return move(self.events, state, event, focus, held_by, theirs)
 
 
-def _matches(f: Fulfilment, name: str, at: datetime, resources: list[Json], opened: datetime, task: Json) -> bool:
-    if f.event != name or _too_early(f, at, opened, task):
+def _matches(f: Fulfilment, name: str, at: datetime, resources: list[Json], task: Json, made: datetime | None) -> bool:
+    if f.event != name:
+        return False
+    if name == "episode.closed" and str(task.get("focus") or "").startswith("EpisodeOfCare/"):
+        # a stay's task ends with that stay's close, whatever end it gives (closing is final), never with
+        # another's: a merged person's duplicate stay (hub.core.merges) is closed on its own
+        closed = {f"EpisodeOfCare/{e.get('id')}" for e in of_kind(resources, "EpisodeOfCare")}
+        return task["focus"] in closed and not (f.not_before and _too_early(f, at, task, made))
+    if _too_early(f, at, task, made):
         return False
     if f.contact and not ({contact_kind(e) for e in of_kind(resources, "Encounter")} & set(f.contact)):
         return False
@@ -334,14 +357,17 @@ def _matches(f: Fulfilment, name: str, at: datetime, resources: list[Json], open
     return True
 
 
-def _too_early(f: Fulfilment, at: datetime, opened: datetime, task: Json) -> bool:
+def _too_early(f: Fulfilment, at: datetime, task: Json, made: datetime | None) -> bool:
     """Whether `at` is before the fulfilment may count: `not_before` after the task opened. But a
-    referral's task with no `not_before` is answered by an answer dated by day alone on the UK day the
-    referral was made (hub.core.days), as the record and the KPIs take it."""
-    if at >= opened + f.not_before:
-        return False
-    referrals = str(task.get("focus") or "").startswith("ServiceRequest/")
-    return not (referrals and not f.not_before and answers_that_day(at, opened))
+    referral's task with no `not_before` counts from when the referral was made as the record holds it
+    (`made`, its latest authoredOn in log order; else when the task opened), whatever order a correction
+    and the answer came in, and is answered by an answer dated by day alone on that UK day
+    (hub.core.days), as the record and the KPIs take it."""
+    opened = datetime.fromisoformat(task["opened"])
+    if f.not_before or not str(task.get("focus") or "").startswith("ServiceRequest/"):
+        return at < opened + f.not_before
+    since = made or opened
+    return at < since and not answers_that_day(at, since)
 
 
 def _same_task(task: Json, rule: str, focus: str) -> bool:

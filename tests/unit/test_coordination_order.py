@@ -14,6 +14,7 @@ from adapters.referrals.rows import Format, Row
 from adapters.referrals.to_fhir import map_row
 from hub.core.coordination import Positioned, process, tick
 from hub.core.identity import person_key
+from hub.core.kpis import KpiFold
 from hub.core.ports import Json, RecordEvent
 from hub.core.record import apply_events
 from hub.core.tasks import Engine
@@ -373,3 +374,56 @@ def test_a_referral_that_stays_with_its_person_moves_nothing_and_a_tick_still_fi
     hub.send(vcse_referral(), vcse_referral(needs=["carer-support"]), tick(0, datetime(2026, 11, 10, tzinfo=UTC)))
     assert hub.tasks(A) == {"referral-triage": "requested", "first-visit": "requested"}
     assert [e.type for e in hub.log].count(co.TASK_OVERDUE.type) == 1  # triage, 3 days after 6 Nov
+
+
+# --- a referral's answers count from its date as the record holds it, after a correction ------------
+# (the engine measured them from when the task opened, which a correction leaves as it was once the
+# task is overdue; the record, and the KPIs, from the referral's authoredOn as it now stands)
+
+OVERDUE = tick(0, datetime(2026, 11, 10, tzinfo=UTC))  # triage (due 3 days after 6 Nov) runs out
+
+
+def said_of_referral(hub: Hub) -> list[str]:
+    """The outcomes the record's ServiceRequest says."""
+    return [e["valueCode"] for e in hub.referral().get("extension", []) if e["url"] == co.OUTCOME_EXTENSION]
+
+
+@pytest.mark.parametrize("said", ["contacted", "accepted"])
+def test_an_outcome_after_an_earlier_corrected_date_answers_an_overdue_triage_as_the_record_shows(said: str) -> None:
+    hub = Hub()
+    hub.send(vcse_referral(), OVERDUE, vcse_referral(referred_on="2026-11-02"), outcome(said, "2026-11-04"))
+
+    assert said_of_referral(hub) == [said]  # the record: answered, on 4 Nov, after the 2 Nov it now gives
+    engine, record = views(hub)
+    assert engine["referral-triage"] == ("completed", "2026-11-09", True)  # overdue first, answered since
+    assert engine == record
+
+
+def test_the_kpis_count_that_answer_from_the_corrected_date_too() -> None:
+    hub = Hub()
+    hub.send(vcse_referral(), OVERDUE, vcse_referral(referred_on="2026-11-02"), outcome("contacted", "2026-11-04"))
+    fold = KpiFold(service=ENGINE.rules.service.ods)
+    for event in hub.log:
+        fold.add(event)
+    figures = {(r.kpi, r.breakdown): r.value for r in fold.report("2026-11")}
+    assert figures[("days from referral to first contact", "mean")] == 2.0
+    assert hub.tasks(A)["referral-triage"] == "completed"
+
+
+@pytest.mark.parametrize("on", ["2026-11-06", "2026-11-07"])  # the first date, or between the two
+def test_an_outcome_before_a_later_corrected_date_answers_no_overdue_triage_as_the_record_skips_it(on: str) -> None:
+    hub = Hub()
+    hub.send(vcse_referral(), OVERDUE, vcse_referral(referred_on="2026-11-09"), outcome("contacted", on))
+
+    assert said_of_referral(hub) == []  # the record: dated before the referral as it now stands, stale
+    engine, record = views(hub)
+    assert engine["referral-triage"] == ("requested", "2026-11-09", True)
+    assert engine == record
+
+
+def test_an_outcome_said_before_an_earlier_correction_answers_an_overdue_triage_as_in_the_other_order() -> None:
+    late, natural = Hub(), Hub()
+    late.send(vcse_referral(), OVERDUE, outcome("contacted", "2026-11-04"), vcse_referral(referred_on="2026-11-02"))
+    natural.send(vcse_referral(), OVERDUE, vcse_referral(referred_on="2026-11-02"), outcome("contacted", "2026-11-04"))
+    assert late.tasks(A) == natural.tasks(A) == {"referral-triage": "completed", "first-visit": "requested"}
+    assert views(late) == views(natural)

@@ -357,3 +357,81 @@ def test_of_two_stays_on_a_caseload_the_survivors_is_the_engines_and_the_others_
 
     assert store.states[SURVIVOR]["episode"]["coordinator"] == "c-bob"
     assert {c for c in store.clocks if c.startswith("long-stay:")} == {f"long-stay:{month.episode_id('P2')}"}
+
+
+def test_the_retired_identitys_corrected_referral_date_is_the_survivors_for_answers_sent_after_the_merge(
+    engine: Engine,
+) -> None:
+    store = MemoryCoordinationStore()
+    corrected = as_(RETIRED, month.referral("P1", month.at(1, 10), "gp"))  # the same referral, made on 1 Nov
+    run(engine, [referred_under_old_number(), *ticks(month.at(8)), corrected, MERGE], store)  # triage overdue
+    contacted = as_(SURVIVOR, month.outcome("P1", month.at(3, 10), "contacted"))  # after 1 Nov, before 4 Nov
+
+    derived = run(engine, [contacted], store)
+
+    triage = [t for t in tasks_in(derived).values() if rule_of(t) == "referral-triage"]
+    assert [(t["status"], t["for"]["reference"]) for t in triage] == [("completed", f"Patient/{SURVIVOR}")]
+
+
+def duplicate_stay_tasks(store: MemoryCoordinationStore) -> list[dict[str, Any]]:
+    held = store.states[SURVIVOR]["tasks"].values()
+    return [t for t in held if t["rule"] == "close-duplicate-stay"]
+
+
+def test_a_merge_of_two_people_on_caseloads_asks_the_retired_stays_coordinator_to_close_it_once(
+    engine: Engine,
+) -> None:
+    store = MemoryCoordinationStore()
+    theirs = as_(RETIRED, month.episode("P1", month.at(6, 9), "c-ann"))
+    ours = as_(SURVIVOR, month.episode("P2", month.at(7, 9), "c-bob"), who="P2")
+    run(engine, [theirs, ours], store)
+
+    derived = run(engine, [MERGE], store)
+
+    [created] = [e for e in derived if e.type == co.TASK_CREATED.type]
+    assert (rule_of(created.payload), created.subject) == ("close-duplicate-stay", SURVIVOR)
+    assert created.payload["focus"] == {"reference": f"EpisodeOfCare/{month.episode_id('P1')}"}
+    [task] = duplicate_stay_tasks(store)
+    assert (task["owner"], task["status"], task["due"]) == (
+        "c-ann",
+        "requested",
+        (MERGE.time + timedelta(days=7)).isoformat(),
+    )
+    clock = store.clocks[created.payload["id"]]
+    assert (clock[0], clock[3]) == (SURVIVOR, SURVIVOR_PARTITION)
+
+    resent = RecordEvent(f"{MERGE.id}-resent", MERGE.type, MERGE.source, MERGE.time, MERGE.subject, MERGE.payload)
+    assert [e for e in run(engine, [MERGE, resent], store) if e.payload.get("resourceType") == "Task"] == []
+    assert len(duplicate_stay_tasks(store)) == 1
+
+
+def test_the_duplicate_stays_task_is_done_when_that_stay_closes_and_not_when_the_survivors_does(
+    engine: Engine,
+) -> None:
+    store = MemoryCoordinationStore()
+    theirs = as_(RETIRED, month.episode("P1", month.at(6, 9), "c-ann"))
+    ours = as_(SURVIVOR, month.episode("P2", month.at(7, 9), "c-bob"), who="P2")
+    run(engine, [theirs, ours, MERGE], store)
+    [task_id] = [k for k, t in store.states[SURVIVOR]["tasks"].items() if t["rule"] == "close-duplicate-stay"]
+
+    closed = run(engine, [as_(RETIRED, month.episode("P1", month.at(12, 9), "c-ann", closed=True))], store)  # sent late
+
+    assert [t["status"] for t in duplicate_stay_tasks(store)] == ["completed"]
+    assert task_id not in store.clocks
+    assert [rule_of(t) for t in tasks_in(closed).values() if t["status"] == "completed"] == ["close-duplicate-stay"]
+    reviews = [t for t in store.states[SURVIVOR]["tasks"].values() if t["rule"].startswith("review-")]
+    ours_ = f"EpisodeOfCare/{month.episode_id('P2')}"  # (the survivor's stay's reviews go on)
+    assert {(t["focus"], t["status"]) for t in reviews if t["focus"] == ours_} == {(ours_, "requested")}
+    assert store.states[SURVIVOR]["episode"]["id"] == month.episode_id("P2")
+
+
+def test_closing_the_survivors_own_stay_leaves_the_duplicate_stays_task_open(engine: Engine) -> None:
+    store = MemoryCoordinationStore()
+    theirs = as_(RETIRED, month.episode("P1", month.at(6, 9), "c-ann"))
+    ours = as_(SURVIVOR, month.episode("P2", month.at(7, 9), "c-bob"), who="P2")
+    run(
+        engine,
+        [theirs, ours, MERGE, as_(SURVIVOR, month.episode("P2", month.at(12, 9), "c-bob", closed=True), who="P2")],
+        store,
+    )
+    assert [t["status"] for t in duplicate_stay_tasks(store)] == ["requested"]
