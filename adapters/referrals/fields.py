@@ -82,6 +82,12 @@ class RowFields:
     def nhs_number(self, name: str = "nhs_number") -> str:
         """A Modulus-11-valid NHS number, spaces and dashes removed (never echoed in the message)."""
         raw = self.text(name) or ""
+        if _SCIENTIFIC.fullmatch(raw):  # (the digits are gone: saying how many characters helps no one)
+            raise self.fail(
+                name,
+                "is a number Excel has shown in scientific notation (like 9.43E+09), which loses its last digits: "
+                "format the column as Text, put the NHS numbers back in from the source, and save the file again",
+            )
         problem = nhs.why_invalid(raw)
         if problem:
             raise self.fail(name, problem.removeprefix("NHS number "))
@@ -162,7 +168,7 @@ class RowFields:
         if _DATE.fullmatch(raw):
             return self._to_day(name, raw)
         if not _DATETIME.fullmatch(raw):
-            raise self.fail(name, f"{raw[:40]!r} is not an ISO 8601 date or date-time")
+            raise self.fail(name, f"{raw[:40]!r} is not an ISO 8601 date or date-time{_uk_date_hint(raw)}")
         self._real_date(name, raw[:10])
         try:
             moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
@@ -196,7 +202,7 @@ class RowFields:
 
     def _to_day(self, name: str, raw: str) -> When:
         if not _DATE.fullmatch(raw):
-            raise self.fail(name, f"{raw[:40]!r} is not an ISO 8601 date (YYYY-MM-DD)")
+            raise self.fail(name, f"{raw[:40]!r} is not an ISO 8601 date (YYYY-MM-DD){_uk_date_hint(raw)}")
         day = self._real_date(name, raw)
         # the start of that day in the UK, as the API, the rules engine's answers and the KPIs read a day
         return When(day.isoformat(), datetime.combine(day, time(), tzinfo=UK).astimezone(UTC), day)
@@ -217,3 +223,22 @@ def _encodable(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+_SCIENTIFIC = re.compile(r"[0-9](?:\.[0-9]+)?E\+?[0-9]+", re.IGNORECASE)
+_UK_DATE = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})(?:\s+[0-9]{1,2}:[0-9]{2}(?::[0-9]{2})?)?")
+
+
+def _uk_date_hint(raw: str) -> str:
+    """How to mend a date as Excel shows one in the UK (DD/MM/YYYY): never taken as one (a file written
+    elsewhere may mean MM/DD), but named, with the ISO date it would be, so a sender can fix the column."""
+    found = _UK_DATE.fullmatch(raw.strip())
+    if not found:
+        return ""
+    day, month, year = (int(g) for g in found.groups())
+    if not (1 <= month <= 12 and 1 <= day <= 31):
+        return ""
+    return (
+        f": it looks like a date as Excel shows one in the UK (DD/MM/YYYY, {year:04d}-{month:02d}-{day:02d} as "
+        "ISO 8601); format the column as yyyy-mm-dd (Format Cells, Custom) before saving the file"
+    )

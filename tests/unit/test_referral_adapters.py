@@ -212,6 +212,9 @@ def test_register_rows_need_no_birth_date() -> None:
         ("long_term_conditions", "9999999999", "field long_term_conditions: 9999999999 is too large"),
         ("frailty", "very", "field frailty: 'very' is not one of none, mild, moderate, severe"),
         ("birth_date", "01/02/1938", "field birth_date: '01/02/1938' is not an ISO 8601 date"),
+        # as Excel shows dates in the UK: named, with the date it would be, but never taken as one
+        ("birth_date", "17/12/1950", "(DD/MM/YYYY, 1950-12-17 as ISO 8601); format the column as yyyy-mm-dd"),
+        ("nhs_number", "9.43477E+09", "field nhs_number: is a number Excel has shown in scientific notation"),
         ("birth_date", "19380201", "is not an ISO 8601 date"),
         ("birth_date", "1938-02-30", "field birth_date: '1938-02-30' is not a real date"),
         ("birth_date", "1899-12-31", "is before 1900"),
