@@ -13,24 +13,33 @@ is checked, with this intake's own earlier rows remembered as the record keeps t
 referral replaces the earlier), so rows in one command and in two are judged alike.
 
 A withdrawal (outcome withdrawn) is the referrer's word on its own referral, so it is refused unless
-that referrer sent the referral its referral_id names (held by the record, or sent by this intake: the
-referral's id comes from its referrer and referral_id, so another referrer's referral is one this
-referrer never sent), for the person the row names (or one merged with them), and the referral has not
-ended already (declined, completed): each refusal names the row and the field, and nothing is withdrawn.
+that referrer sent the referral its referral_id names (held by the record with what the referral said,
+authoredOn among it, not only an outcome, or sent by this intake: the referral's id comes from its
+referrer and referral_id, so another referrer's referral is one this referrer never sent), for the
+person the row names (or one merged with them), the service has not answered it (accepted, declined:
+then the referrer contacts the service) and it has not ended already (completed); and unless it is
+dated no earlier than the referral was made (a date alone on that UK day answers it, hub.core.days)
+nor than the outcome the record holds, which the record would keep over it while the rules engine took
+it. Any other outcome of a referral withdrawn is refused: it would bring it back. Each refusal names
+the row and the field, and nothing is applied.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from adapters.referrals.to_fhir import BIRTH_DATE_SAID, REFERRAL_ID_SYSTEM, MappedEvent
+from hub.core.days import UK, a_day_alone, answers_that_day
 from hub.core.errors import InvalidMessageError
+from hub.core.fhir_read import REQUEST_ENDED, outcome_of
+from hub.core.kpi_reading import fhir_time
 from schemas.events import coordination as co
 
 Json = dict[str, Any]
-_ENDED = frozenset({"revoked", "completed", "entered-in-error"})  # FHIR request-status: over, one way or another
+_ANSWERED = frozenset({"accepted", "declined"})  # the service's answer, after which its referrer withdraws nothing
 
 
 class RecordLookup(Protocol):
@@ -59,12 +68,16 @@ class ReferralIds:
     def __init__(self, record: RecordLookup | None) -> None:
         self._record = record
         self._held: dict[str, tuple[str, str | None]] = {}  # referral resource id -> (person, birth date said)
+        self._made: dict[str, str] = {}  # referral resource id -> authoredOn, of the referrals this intake sent
+        self._outcomes: dict[str, str] = {}  # referral resource id -> the last outcome this intake sent
 
     def check(self, row: int, event: MappedEvent) -> InvalidMessageError | None:
         """Why this row may not be applied, or None."""
-        withdrawn = _withdrawn(event)
-        if withdrawn is not None:
-            return self._withdrawal(row, withdrawn)
+        outcome = _outcome(event)
+        if outcome is not None and outcome[1] == co.WITHDRAWN:
+            return self._withdrawal(row, outcome[0], event.event_time)
+        if outcome is not None:
+            return self._after_withdrawal(row, *outcome)
         said = _said(event)
         if said is None:
             return None
@@ -77,13 +90,18 @@ class ReferralIds:
 
     def sent(self, event: MappedEvent) -> None:
         """Remember a referral Kafka acknowledged, as the record will hold it."""
-        said = _said(event)
+        said, outcome, request = _said(event), _outcome(event), _request_of(event) or {}
         if said is not None:
             self._held[said.rid] = (said.key, said.born)
+            if request.get("authoredOn"):
+                self._made[said.rid] = str(request["authoredOn"])
+        if outcome is not None:
+            self._outcomes[outcome[0].rid] = outcome[1]
 
-    def _withdrawal(self, row: int, said: _Said) -> InvalidMessageError | None:
-        held = self._held_for(said.rid)
-        if held is None:
+    def _withdrawal(self, row: int, said: _Said, on: datetime) -> InvalidMessageError | None:
+        held, request = self._held_for(said.rid), self._request(said.rid)
+        made = self._made.get(said.rid) or request.get("authoredOn")
+        if held is None or not made:  # (an outcome alone, the referral never sent: no authoredOn)
             return _never_sent(row, said)
         if not self._same_person(held[0], said.key):
             return InvalidMessageError(
@@ -93,16 +111,24 @@ class ReferralIds:
                 "withdrawn",
                 (f"row {row}", "nhs_number"),
             )
-        request = (self._record.read("ServiceRequest", said.rid) if self._record else None) or {}
-        outcome = _outcome_of(request)
-        if request.get("status") in _ENDED and outcome != co.WITHDRAWN:
-            ended = f"was {outcome}" if outcome else f"is {request['status']}"
-            return InvalidMessageError(
-                f"row {row}, field outcome: referral {said.ref!r} from {said.referrer} {ended} already (status "
-                f"{request['status']}): it has ended, so there is nothing to withdraw. Nothing was withdrawn",
-                (f"row {row}", "outcome"),
-            )
-        return None
+        ended = _ended(row, said, request, self._outcomes.get(said.rid))
+        if ended is not None:
+            return ended
+        return _dated_before(row, said, on, fhir_time(made, on), request)
+
+    def _after_withdrawal(self, row: int, said: _Said, outcome: str) -> InvalidMessageError | None:
+        """Refuse any other outcome of a referral its referrer withdrew (by the record, or by this intake)."""
+        if co.WITHDRAWN not in (outcome_of(self._request(said.rid)), self._outcomes.get(said.rid)):
+            return None
+        return InvalidMessageError(
+            f"row {row}, field outcome: referral {said.ref!r} from {said.referrer} was withdrawn by its referrer: it "
+            f"is not {outcome} now (a withdrawn referral has ended; if the person is to be seen after all, they are "
+            "referred again). Not applied",
+            (f"row {row}", "outcome"),
+        )
+
+    def _request(self, rid: str) -> Json:
+        return (self._record.read("ServiceRequest", rid) if self._record else None) or {}
 
     def _held_for(self, rid: str) -> tuple[str, str | None] | None:
         if rid in self._held:
@@ -143,20 +169,65 @@ def _never_sent(row: int, said: _Said) -> InvalidMessageError:
     )
 
 
-def _outcome_of(request: Json) -> str | None:
-    found = [e.get("valueCode") for e in request.get("extension") or [] if e.get("url") == co.OUTCOME_EXTENSION]
-    return str(found[0]) if found and found[0] else None
+def _ended(row: int, said: _Said, request: Json, sent: str | None) -> InvalidMessageError | None:
+    """Refuse a withdrawal of a referral the service answered (accepted, declined: by the record, or by
+    an outcome this intake `sent`), or that has ended already (completed)."""
+    outcome = outcome_of(request)
+    answered = {outcome, sent} & _ANSWERED
+    if answered == {"accepted"}:
+        return InvalidMessageError(
+            f"row {row}, field outcome: referral {said.ref!r} from {said.referrer} was accepted by the service it "
+            "was sent to: once the service has accepted or declined a referral, its referrer no longer withdraws "
+            "it; contact the service (it closes the person's stay with it). Nothing was withdrawn",
+            (f"row {row}", "outcome"),
+        )
+    status = request.get("status")
+    if answered or (status in REQUEST_ENDED and outcome != co.WITHDRAWN):
+        ended = "was declined" if answered else f"was {outcome}" if outcome else f"is {status}"
+        shown = status if status in REQUEST_ENDED else "revoked"  # (a decline this intake sent: revoked)
+        return InvalidMessageError(
+            f"row {row}, field outcome: referral {said.ref!r} from {said.referrer} {ended} already (status "
+            f"{shown}): it has ended, so there is nothing to withdraw. Nothing was withdrawn",
+            (f"row {row}", "outcome"),
+        )
+    return None
 
 
-def _withdrawn(event: MappedEvent) -> _Said | None:
-    """What a withdrawal row says of the referral it names (no birth date: an outcome gives none), or None."""
+def _dated_before(row: int, said: _Said, on: datetime, made: datetime, request: Json) -> InvalidMessageError | None:
+    """Refuse a withdrawal dated before the referral was made (a date alone on its UK day answers it), or
+    before the outcome the record holds (not a withdrawal: one dated earlier than it changes nothing),
+    as the API's `at` is refused: the record would skip it as older, while the rules engine took it."""
+    held = outcome_of(request)
+    last = fhir_time((request.get("meta") or {}).get("lastUpdated"), on) if held else on
+    if on < made and not answers_that_day(on, made):
+        what = f"the referral was made ({_shown(made)})"
+    elif on < last and held != co.WITHDRAWN:
+        what = f"the outcome the record holds for it ({held}, {_shown(last)}), which it would keep"
+    else:
+        return None
+    return InvalidMessageError(
+        f"row {row}, field on: {_shown(on)} is before {what}: a referral is withdrawn on or after the day it was "
+        f"made and its latest outcome; give the day it was withdrawn. Nothing was withdrawn",
+        (f"row {row}", "on"),
+    )
+
+
+def _shown(t: datetime) -> str:
+    """An instant as a UK date (a date alone) or a UK time."""
+    return t.astimezone(UK).date().isoformat() if a_day_alone(t) else t.astimezone(UK).isoformat()
+
+
+def _outcome(event: MappedEvent) -> tuple[_Said, str] | None:
+    """What an outcome row says of the referral it names (no birth date: an outcome gives none), and the
+    outcome it says; None: not an outcome."""
     if event.event_type != co.REFERRAL_OUTCOME.type:
         return None
     request = _request_of(event)
-    if request is None or _outcome_of(request) != co.WITHDRAWN:
+    said = outcome_of(request or {})
+    if request is None or said is None:
         return None
     ref = str(((request.get("identifier") or [{}])[0]).get("value") or "")
-    return _Said(request["id"], ref, event.sender, event.person_key, None)
+    return _Said(request["id"], ref, event.sender, event.person_key, None), said
 
 
 def _request_of(event: MappedEvent) -> Json | None:

@@ -269,8 +269,11 @@ def _outcome(f: RowFields, secret: bytes, now: datetime, *, council: bool = Fals
     request["extension"].append({"url": co.OUTCOME_EXTENSION, "valueCode": outcome})
     if reason:
         request["note"] = [{"text": reason}]
-    # the person too: the row sent again with its NHS number corrected is news, not a duplicate
-    event_id = stable_id("referral-outcome", rid, outcome, on.fhir, key, *([reason] if reason else []))
+    # the person too: the row sent again with its NHS number corrected is news, not a duplicate; a
+    # withdrawal's reason too (a second reason stands over the first), and no other outcome's: their ids
+    # stay as they were before a reason was read, so an older file sent again is the duplicate it was
+    said = [reason] if reason and outcome == co.WITHDRAWN else []
+    event_id = stable_id("referral-outcome", rid, outcome, on.fhir, key, *said)
     return _event(f, co.REFERRAL_OUTCOME, event_id, referrer, on.utc, key, [request])
 
 

@@ -10,6 +10,7 @@ from hub.core.ports import Json
 from schemas.events import coordination as co
 
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+REQUEST_ENDED = frozenset({"revoked", "completed", "entered-in-error"})  # FHIR request-status: over, one way or another
 
 
 def bundle_resources(payload: Json) -> list[Json]:
@@ -35,6 +36,12 @@ def extension(resource: Json, url: str, value: str) -> Any:
         if ext.get("url") == url:
             return ext.get(value)
     return None
+
+
+def outcome_of(request: Json) -> str | None:
+    """What a referral's ServiceRequest says became of it (its outcome extension), if anything."""
+    said = extension(request, co.OUTCOME_EXTENSION, "valueCode")
+    return str(said) if said else None
 
 
 def contact_kind(encounter: Json) -> str | None:

@@ -22,8 +22,10 @@ Definitions (each names its source events):
                              in the afternoon of the 28th day is within, whatever the hour of referral)
     waiting over 4 weeks     referrals with no first visit yet at the end of the month (or where the log
                              stops, if sooner) whose 28th day has passed, not declined nor withdrawn by its
-                             referrer, and not ended by a caseload episode that closed without the visit:
-                             those the % above cannot show
+                             referrer (before the service took it on: a referral with a stay opened for it
+                             waits for its visit until the stay closes, as the hub refuses a withdrawal
+                             once the service has accepted or declined), and not ended by a caseload
+                             episode that closed without the visit: those the % above cannot show
     discharges               episode.closed in the month
     declined                 referrals to the service whose latest outcome is declined (an outcome dated
                              before the one a referral has is stale, as the record takes it): by practice, those
@@ -115,7 +117,6 @@ from hub.core.kpi_reading import IN_A_SUMMARY, age_at, band, band_labels, days_b
 from hub.core.pic_summary import LETTER_DUE
 from schemas.events import coordination as co
 
-_ENDED_BY = ("declined", co.WITHDRAWN)  # outcomes after which a referral no longer waits for a visit
 # the contact kinds (schemas.events.coordination.CONTACT_KINDS, and a partner's outcomes: attended is a
 # face-to-face, contacted a first-contact) that are face-to-face visits, and those that are not
 VISITS = frozenset({"face-to-face", "follow-up"})
@@ -360,17 +361,22 @@ class KpiFold(KpiFacts):
                         referral.visited = t
 
     def _over(self, referral: Referral, t: datetime) -> bool:
-        """No longer waiting at t: declined or withdrawn by then, the person had died by then, or the
-        person has been on the caseload since it (a stay begun after it on the log, or opened for it)
-        and discharged by then without the contact it waited for."""
+        """No longer waiting at t: declined by then, withdrawn by its referrer by then with no stay opened
+        for it (a withdrawal is refused once the service has accepted: a log from before that kept
+        the visits of the stay the service opened), the person had died by then, or the person has been
+        on the caseload since it (a stay begun after it on the log, or opened for it) and discharged by
+        then without the contact it waited for."""
         at, outcome = self.outcomes.get(referral.id, (t, ""))
-        if (outcome in _ENDED_BY and at <= t) or self.died_by(self._who.get(referral.person, referral.person), t):
+        if self.died_by(self._who.get(referral.person, referral.person), t):
             return True
-        stays = (
-            self.episodes.get(eid)
-            for eid in chain(self._stays.get(referral.id, ()), self._more_stays.get(referral.id, ()))
-        )
+        ids = set(chain(self._stays.get(referral.id, ()), self._more_stays.get(referral.id, ())))
+        if at <= t and (outcome == "declined" or (outcome == co.WITHDRAWN and not self._opened_for_it(referral, ids))):
+            return True
+        stays = (self.episodes.get(eid) for eid in ids)
         return any(e is not None and e.end is not None and e.end <= t for e in stays)
+
+    def _opened_for_it(self, referral: Referral, stays: set[str]) -> bool:
+        return any(referral.id in self._opened_for.get(eid, ()) for eid in stays)
 
 
 @dataclass(frozen=True)

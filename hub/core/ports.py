@@ -251,6 +251,15 @@ class Decline:
 
 
 @dataclass(frozen=True)
+class Withdrawal:
+    """A referral's withdrawal by its referrer as its claim keeps it: the ServiceRequest as it left it,
+    and when it says it happened (the event's time)."""
+
+    referral: Json
+    at: datetime
+
+
+@dataclass(frozen=True)
 class CaseloadFull:
     """What an accept's claim found: its coordinator has `people` on their caseload, the cap or more
     (open episodes the rules engine knows, and those claimed and not known closed)."""
@@ -271,8 +280,9 @@ class Closure:
 
 class CoordinationStore(CoordinationReader, Protocol):
     """The coordination read side, and the writes the API makes itself: the claims that let exactly
-    one decision of a referral (an accept or a decline), and one close of an episode, win, whichever
-    worker each reaches (hub.store.coordination). Each claim is made before anything is published."""
+    one decision of a referral (an accept, a decline or its referrer's withdrawal), and one close of an
+    episode, win, whichever worker each reaches (hub.store.coordination). Each claim is made before
+    anything is published."""
 
     def acceptance(self, referral_id: str) -> Json | None:
         """The EpisodeOfCare of the accept that claimed the referral, if one has."""
@@ -291,14 +301,14 @@ class CoordinationStore(CoordinationReader, Protocol):
         at: datetime,
         is_open: Callable[[Json], bool],
         cap: int,
-    ) -> Json | Decline | CaseloadFull | None:
+    ) -> Json | Decline | Withdrawal | CaseloadFull | None:
         """None if this call claimed the referral for `episode`; else what holds it: the episode of the
         accept that did, or of another referral's accept for the person whose episode `is_open`; the
-        decline that did; or the coordinator's caseload at `cap`."""
+        decline, or the withdrawal, that did; or the coordinator's caseload at `cap`."""
         ...
 
     def sent(self, referral_id: str) -> bool:
-        """Whether Kafka acknowledged the events of the decision (accept or decline) that claimed it."""
+        """Whether Kafka acknowledged the events of the decision (accept, decline, withdrawal) that claimed it."""
         ...
 
     def mark_sent(self, referral_id: str, at: datetime) -> None:
@@ -310,9 +320,22 @@ class CoordinationStore(CoordinationReader, Protocol):
         applied (nor known closed): counted against the cap from their claims alone."""
         ...
 
-    def claim_decline(self, referral_id: str, person_key: str, decline: Decline, at: datetime) -> Json | Decline | None:
-        """None if this call claimed the referral for `decline`; else the episode of the accept, or
-        the decline, that did."""
+    def claim_decline(
+        self, referral_id: str, person_key: str, decline: Decline, at: datetime
+    ) -> Json | Decline | Withdrawal | None:
+        """None if this call claimed the referral for `decline`; else the episode of the accept, the
+        decline or the withdrawal that did."""
+        ...
+
+    def withdrawn(self, referral_id: str) -> Withdrawal | None:
+        """The withdrawal (by its referrer) that claimed the referral, if one has."""
+        ...
+
+    def claim_withdrawal(
+        self, referral_id: str, person_key: str, withdrawal: Withdrawal, at: datetime
+    ) -> Json | Decline | Withdrawal | None:
+        """None if this call claimed the referral for `withdrawal`; else the episode of the accept, the
+        decline or the withdrawal that did."""
         ...
 
     def closure(self, episode_id: str) -> Closure | None:

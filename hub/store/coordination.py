@@ -1,5 +1,6 @@
 """The coordination port on SQLAlchemy: people's coordination state, deadline clocks, processed rows,
-and the claims that let one decision of each referral (an `$accept` or a `$decline`), one accept of
+and the claims that let one decision of each referral (an `$accept`, a `$decline` or its referrer's
+`$withdraw`), one accept of
 each person while their episode is open, no accept past a coordinator's caseload cap, and one `$close`
 of each episode, win, whichever API worker each reaches.
 
@@ -27,7 +28,7 @@ import sqlalchemy as sa
 
 from hub.core.errors import ConcurrentWriteError
 from hub.core.merges import MERGED_INTO
-from hub.core.ports import CaseloadFull, Closure, Decline, Json
+from hub.core.ports import CaseloadFull, Closure, Decline, Json, Withdrawal
 from hub.store.merged_people import identities, people_now
 from hub.store.sql import _insert, store_errors
 from hub.store.tables import (
@@ -39,7 +40,7 @@ from hub.store.tables import (
 )
 
 CONSUMER = "coordination"
-ACCEPTED, DECLINED = "accepted", "declined"  # referral_acceptance.outcome
+ACCEPTED, DECLINED, WITHDRAWN = "accepted", "declined", "withdrawn"  # referral_acceptance.outcome
 DEADLOCK = "40P01"  # PostgreSQL's SQLSTATE deadlock_detected
 S, C, A, E = coordination_state, coordination_clock, referral_acceptance, episode_closure
 
@@ -244,8 +245,13 @@ class SqlCoordinationStore:
         found = self.decision(referral_id)
         return found if isinstance(found, Decline) else None
 
-    def decision(self, referral_id: str) -> Json | Decline | None:
-        """What claimed this referral: an accept (the EpisodeOfCare it opened) or a decline."""
+    def withdrawn(self, referral_id: str) -> Withdrawal | None:
+        """The withdrawal (by its referrer) that claimed this referral, if one has."""
+        found = self.decision(referral_id)
+        return found if isinstance(found, Withdrawal) else None
+
+    def decision(self, referral_id: str) -> Json | Decline | Withdrawal | None:
+        """What claimed this referral: an accept (the EpisodeOfCare it opened), a decline or a withdrawal."""
         with store_errors(), self.engine.connect() as conn:
             return _decision(conn, referral_id)
 
@@ -258,7 +264,7 @@ class SqlCoordinationStore:
         at: datetime,
         is_open: Callable[[Json], bool],
         cap: int,
-    ) -> Json | Decline | CaseloadFull | None:
+    ) -> Json | Decline | Withdrawal | CaseloadFull | None:
         """Claim the referral for one accept, atomically across workers and processes, unless it is
         decided already, another referral's claim for the person has an episode that `is_open`, or the
         coordinator's caseload is at `cap` (_caseload). The person is who the rules engine says `person_key`
@@ -344,16 +350,32 @@ class SqlCoordinationStore:
         with store_errors(), self.engine.connect() as conn:
             return [e for _, e in _waiting(conn, coordinator, _on_caseload(conn, coordinator), unsent=True)]
 
-    def claim_decline(self, referral_id: str, person_key: str, decline: Decline, at: datetime) -> Json | Decline | None:
+    def claim_decline(
+        self, referral_id: str, person_key: str, decline: Decline, at: datetime
+    ) -> Json | Decline | Withdrawal | None:
         """Claim the referral for one decline, atomically across workers and processes (its primary
         key, shared with the accepts' claims). None: this call claimed it; otherwise what did: the
-        EpisodeOfCare of the accept, or the decline."""
+        EpisodeOfCare of the accept, the decline or the withdrawal."""
+        return self._claim_outcome(referral_id, person_key, DECLINED, decline.referral, decline.at, at)
+
+    def claim_withdrawal(
+        self, referral_id: str, person_key: str, withdrawal: Withdrawal, at: datetime
+    ) -> Json | Decline | Withdrawal | None:
+        """Claim the referral for its referrer's withdrawal, as a decline claims it (the same primary key,
+        so whichever of an accept, a decline and a withdrawal reaches the database first wins)."""
+        return self._claim_outcome(referral_id, person_key, WITHDRAWN, withdrawal.referral, withdrawal.at, at)
+
+    def _claim_outcome(
+        self, referral_id: str, person_key: str, outcome: str, referral: Json, said_at: datetime, at: datetime
+    ) -> Json | Decline | Withdrawal | None:
+        """Claim the referral for a decision that opens no episode (a decline's or a withdrawal's row:
+        the ServiceRequest as it left it, and when it says it happened)."""
         row = {
             "referral_id": referral_id,
-            "outcome": DECLINED,
+            "outcome": outcome,
             "person_key": person_key,
-            "declined": decline.referral,
-            "declined_at": decline.at,
+            "declined": referral,
+            "declined_at": said_at,
             "claimed_at": at,
         }
         with store_errors(), self.engine.connect().execution_options(immediate=True) as conn, conn.begin():
@@ -427,14 +449,16 @@ def _claimed(conn: sa.Connection, row: dict[str, Any]) -> bool:
     return conn.execute(claim.returning(A.c.referral_id)).first() is not None  # (rowcount: -1 on psycopg)
 
 
-def _decision(conn: sa.Connection, referral_id: str) -> Json | Decline | None:
-    """What claimed the referral: the EpisodeOfCare of its accept, or its decline; None: nothing."""
+def _decision(conn: sa.Connection, referral_id: str) -> Json | Decline | Withdrawal | None:
+    """What claimed the referral: the EpisodeOfCare of its accept, its decline or its withdrawal; None: nothing."""
     query = sa.select(A.c.outcome, A.c.episode, A.c.declined, A.c.declined_at).where(A.c.referral_id == referral_id)
     found = conn.execute(query).first()
     if found is None:
         return None
     if found.outcome == DECLINED:
         return Decline(dict(found.declined), found.declined_at)
+    if found.outcome == WITHDRAWN:
+        return Withdrawal(dict(found.declined), found.declined_at)
     return dict(found.episode)
 
 

@@ -144,8 +144,9 @@ coordination_clock = sa.Table(
 )
 
 # one row per decided referral: the claim that lets exactly one decision of it win, across API
-# workers (its primary key), accepted or declined (outcome, since 0010); an accept's coordinator and
-# the EpisodeOfCare it opened, a decline's ServiceRequest as it left it and when it says it happened,
+# workers (its primary key), accepted or declined (outcome, since 0010), or withdrawn by its referrer
+# (since 0013); an accept's coordinator and the EpisodeOfCare it opened, a decline's (or a withdrawal's:
+# the same columns) ServiceRequest as it left it and when it says it happened,
 # for a repeat to answer with (and publish again); and whose (person_key: null on claims made before
 # 0008), so a person has one open accept at a time
 referral_acceptance = sa.Table(
@@ -164,7 +165,7 @@ referral_acceptance = sa.Table(
     sa.Column("published_at", UtcDateTime, nullable=True),
     sa.CheckConstraint(
         "(outcome = 'accepted' AND coordinator IS NOT NULL AND episode IS NOT NULL) OR "
-        "(outcome = 'declined' AND declined IS NOT NULL AND declined_at IS NOT NULL)",
+        "(outcome IN ('declined', 'withdrawn') AND declined IS NOT NULL AND declined_at IS NOT NULL)",
         name="ck_referral_acceptance_decided",
     ),
 )

@@ -1,5 +1,6 @@
 """The claims of referral decisions and episode closes (hub.store.coordination), on SQLite and
-PostgreSQL; and migration 0010, which keeps the accepts claimed before it as accepts."""
+PostgreSQL; migration 0010, which keeps the accepts claimed before it as accepts; and 0013, which lets
+a referrer's withdrawal claim a referral as an accept or a decline does."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from hub.core.ports import CaseloadFull, Closure, Decline, Json
+from hub.core.ports import CaseloadFull, Closure, Decline, Json, Withdrawal
 from hub.store.coordination import SqlCoordinationStore
 from hub.store.database import _config, current_revision, head_revision, open_engine, upgrade
 
@@ -47,6 +48,43 @@ def test_a_referral_is_decided_once_accepted_or_declined(store: SqlCoordinationS
     assert store.claim_decline("r2", "p1", declined, AT) == episode("r2")
     assert (store.declined("r1"), store.acceptance("r1")) == (declined, None)
     assert (store.declined("r2"), store.acceptance("r2")) == (None, episode("r2"))
+
+
+def test_a_withdrawal_claims_a_referral_as_an_accept_or_a_decline_does_and_the_first_claim_wins(
+    store: SqlCoordinationStore,
+) -> None:
+    withdrawn = Withdrawal({"resourceType": "ServiceRequest", "id": "w1", "status": "revoked"}, AT)
+    declined = Decline({"resourceType": "ServiceRequest", "id": "w2", "status": "revoked"}, AT)
+
+    assert store.claim_withdrawal("w1", "p1", withdrawn, AT) is None
+    assert store.claim_withdrawal("w1", "p1", Withdrawal({"id": "other"}, AT), AT) == withdrawn
+    assert store.claim_acceptance("w1", "p1", "c-ann", episode("w1"), AT, always_open, 28) == withdrawn
+    assert store.claim_decline("w1", "p1", declined, AT) == withdrawn
+    assert (store.withdrawn("w1"), store.declined("w1"), store.acceptance("w1")) == (withdrawn, None, None)
+    assert store.claim_decline("w2", "p1", declined, AT) is None
+    assert store.claim_withdrawal("w2", "p1", withdrawn, AT) == declined
+    assert store.claim_acceptance("w3", "p3", "c-ann", episode("w3", "p3"), AT, always_open, 28) is None
+    assert store.claim_withdrawal("w3", "p3", withdrawn, AT) == episode("w3", "p3")
+    assert store.withdrawn("w3") is None
+    assert not store.sent("w1")
+    store.mark_sent("w1", AT)
+    assert store.sent("w1")
+
+
+def test_migration_0013_takes_withdrawals_and_going_back_drops_only_them(database_url: str) -> None:
+    engine = open_engine(database_url)
+    store = SqlCoordinationStore(engine)
+    withdrawn = Withdrawal({"resourceType": "ServiceRequest", "id": "w1"}, AT)
+    assert store.claim_withdrawal("w1", "p1", withdrawn, AT) is None
+    assert store.claim_decline("d1", "p1", Decline({"id": "d1"}, AT), AT) is None
+    config = _config()
+    with engine.connect().execution_options(immediate=True) as connection, connection.begin():
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0012")
+    assert (store.withdrawn("w1"), store.declined("d1")) == (None, Decline({"id": "d1"}, AT))
+    upgrade(engine)
+    assert store.claim_withdrawal("w1", "p1", withdrawn, AT) is None
+    engine.dispose()
 
 
 def test_an_accept_past_the_cap_is_refused_until_an_episode_claimed_is_closed(store: SqlCoordinationStore) -> None:
@@ -89,7 +127,7 @@ def test_migration_0010_keeps_the_accepts_claimed_before_it_as_accepts(database_
 
     upgrade(engine)
 
-    assert current_revision(engine) == head_revision() == "0012"
+    assert current_revision(engine) == head_revision() == "0013"
     store = SqlCoordinationStore(engine)
     assert (store.acceptance("r1"), store.declined("r1")) == (episode("r1"), None)
     assert store.claim_decline("r1", "p1", Decline({"id": "r1"}, AT), AT) == episode("r1")

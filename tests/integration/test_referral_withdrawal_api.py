@@ -2,7 +2,7 @@
 Kafka a list, whose events the test applies to the record and the rules engine as the consumers
 would): a council that referred over the API withdraws its own referral, nobody else's; the referral is
 revoked and its triage and first-visit tasks cancelled; sent again it changes nothing; a referral
-ended already is not withdrawn; one accepted already is, and its stay stays open with its reviews."""
+ended already is not withdrawn, nor one the service has accepted (the referrer contacts the service)."""
 
 from __future__ import annotations
 
@@ -123,27 +123,31 @@ def test_a_referral_declined_already_is_not_withdrawn(hub: Hub, http: httpx.Clie
     assert issue(refused)["diagnostics"].startswith(f"ServiceRequest/{rid} was declined already (status revoked)")
 
 
-def test_a_referral_accepted_already_is_withdrawn_and_the_stay_stays_open(hub: Hub, http: httpx.Client) -> None:
+def test_a_referral_accepted_already_is_not_withdrawn_and_the_referrer_is_told_to_contact_the_service(
+    hub: Hub, http: httpx.Client
+) -> None:
     rid = council_refers(hub, http, "9990000026", "WCC-3")
     params = {"resourceType": "Parameters", "parameter": [{"name": "coordinator", "valueString": "c1"}]}
     accepted = http.post(f"/fhir/ServiceRequest/{rid}/$accept", json=params, headers=coordinator(hub))
     assert accepted.status_code == 201, accepted.text
     episode = accepted.json()["id"]
     hub.record()
+    before = len(hub.published)
 
-    withdrawn = withdraw(hub, http, rid, at=None)  # now: after the accept
-    assert withdrawn.status_code == 200, withdrawn.text
-    hub.record()
+    refused = withdraw(hub, http, rid, at=None)  # now: after the accept
+    assert refused.status_code == 409, refused.text
+    assert issue(refused)["expression"] == ["ServiceRequest.status"]
+    assert issue(refused)["diagnostics"].startswith(
+        f"ServiceRequest/{rid} was accepted by the service, onto coordinator c1's caseload (EpisodeOfCare/{episode})"
+    )
+    assert "contact the service" in issue(refused)["diagnostics"]
+    assert len(hub.published) == before  # nothing withdrawn
     stored = hub.services.reader.read("ServiceRequest", rid)
-    assert stored is not None and (stored["status"], outcome_of(stored)) == ("revoked", "withdrawn")
-    stay = hub.services.reader.read("EpisodeOfCare", episode)
-    assert stay is not None and stay["status"] == "active"
+    assert stored is not None and (stored["status"], outcome_of(stored)) == ("active", "accepted")
     person = str(stored["subject"]["reference"]).removeprefix("Patient/")
     assert engine_tasks(hub, person) == {
         "referral-triage": "completed",  # by the accept
-        "first-visit": "cancelled",  # by the withdrawal
+        "first-visit": "requested",  # still the service's to make
         "review-6-weeks": "requested",
         "review-12-weeks": "requested",
     }
-    same_accept = http.post(f"/fhir/ServiceRequest/{rid}/$accept", json=params, headers=coordinator(hub))
-    assert same_accept.status_code == 200, same_accept.text  # the accept stands, answered as before

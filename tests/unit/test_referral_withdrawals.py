@@ -242,3 +242,115 @@ def test_a_withdrawn_referral_is_not_counted_as_waiting_over_4_weeks() -> None:
         report(fold_of(*still_waiting), "2026-11")[("referrals waiting over 4 weeks for a first visit", "at month end")]
         == 1
     )
+
+
+# --- dated after what it withdraws; not once the service has answered; nothing after it -------------------
+
+
+def vcse_outcome(outcome: str, on: str, ref: str = "VCS-1", **more: str) -> dict[str, str]:
+    return {"referral_id": ref, "referrer": "VCS001", "nhs_number": NHS, "outcome": outcome, "on": on} | more
+
+
+async def test_a_withdrawal_dated_before_its_referral_was_made_is_refused_naming_on_in_one_command_or_two() -> None:
+    broker = RecordingBroker()
+    await intake(broker).ingest(csv_of([asc_referral(referred_on="2026-11-03")], ASC_HEADER), "file:r.csv")
+    (early,) = await intake(broker).ingest(withdrawals(withdrawal(on="2026-10-01")), "file:w.csv")
+    assert early.status == REJECTED
+    assert early.reason and early.reason.startswith(
+        "row 2, field on: 2026-10-01 is before the referral was made (2026-11-03)"
+    )
+    assert len(broker.on(EVENTS.name)) == 1  # nothing withdrawn: the record, the engine and the KPIs agree
+    (same_day,) = await intake(broker).ingest(withdrawals(withdrawal(on="2026-11-03")), "file:w2.csv")
+    assert same_day.status == ACCEPTED  # a date alone on the referral's UK day answers it (hub.core.days)
+
+    empty = MemoryRecordStore().reader()  # the record has applied nothing yet: the intake remembers what it sent
+    council = ReferralIntake(FakeBroker(), key_secret=SECRET, clock=lambda: NOW, record=empty)  # type: ignore[arg-type]
+    await council.ingest(csv_of([asc_referral(referred_on="2026-11-03")], ASC_HEADER), "file:r.csv")
+    (refused,) = await council.ingest(withdrawals(withdrawal(on="2026-11-02")), "file:w.csv")
+    assert refused.status == REJECTED
+    assert refused.reason and refused.reason.startswith("row 2, field on: 2026-11-02 is before the referral was made")
+
+
+async def test_a_withdrawal_dated_before_the_outcome_the_record_holds_is_refused_naming_on() -> None:
+    broker = RecordingBroker()
+    await intake(broker).ingest(orjson.dumps([vcse_referral()]), "file:r.json")
+    await intake(broker).ingest(orjson.dumps([vcse_outcome("contacted", "2026-11-14")]), "file:c.json")
+    (early,) = await intake(broker).ingest(orjson.dumps([vcse_outcome("withdrawn", "2026-11-12")]), "file:w.json")
+    assert early.status == REJECTED
+    assert early.reason and early.reason.startswith(
+        "row 1, field on: 2026-11-12 is before the outcome the record holds for it (contacted, 2026-11-14)"
+    )
+    (later,) = await intake(broker).ingest(orjson.dumps([vcse_outcome("withdrawn", "2026-11-14")]), "file:w2.json")
+    assert later.status == ACCEPTED
+
+
+async def test_a_referral_the_service_accepted_is_not_withdrawn_and_the_referrer_is_told_to_contact_it() -> None:
+    broker = RecordingBroker()
+    await intake(broker).ingest(orjson.dumps([vcse_referral()]), "file:r.json")
+    await intake(broker).ingest(orjson.dumps([vcse_outcome("accepted", "2026-11-10")]), "file:a.json")
+    (refused,) = await intake(broker).ingest(orjson.dumps([vcse_outcome("withdrawn", "2026-11-20")]), "file:w.json")
+    assert refused.status == REJECTED
+    assert refused.reason and refused.reason.startswith(
+        "row 1, field outcome: referral 'VCS-1' from VCS001 was accepted by the service it was sent to: once the "
+        "service has accepted or declined a referral, its referrer no longer withdraws it; contact the service"
+    )
+    assert record_outcome(broker) == ("active", "accepted")
+
+
+@pytest.mark.parametrize("later", ["accepted", "declined", "attended", "contacted"])
+async def test_no_other_outcome_of_a_withdrawn_referral_is_taken(later: str) -> None:
+    broker = RecordingBroker()
+    await intake(broker).ingest(orjson.dumps([vcse_referral()]), "file:r.json")
+    await intake(broker).ingest(orjson.dumps([vcse_outcome("withdrawn", "2026-11-12")]), "file:w.json")
+    (refused,) = await intake(broker).ingest(orjson.dumps([vcse_outcome(later, "2026-11-14")]), "file:o.json")
+    assert refused.status == REJECTED
+    assert refused.reason and refused.reason.startswith(
+        f"row 1, field outcome: referral 'VCS-1' from VCS001 was withdrawn by its referrer: it is not {later} now"
+    )
+    assert record_outcome(broker) == ("revoked", "withdrawn")
+
+
+async def test_an_outcome_alone_of_a_referral_never_sent_does_not_make_it_one_to_withdraw() -> None:
+    broker = RecordingBroker()
+    (said,) = await intake(broker).ingest(orjson.dumps([vcse_outcome("contacted", "2026-11-10", "VCS-9")]), "o.json")
+    (refused,) = await intake(broker).ingest(orjson.dumps([vcse_outcome("withdrawn", "2026-11-12", "VCS-9")]), "w.json")
+    assert said.status == ACCEPTED
+    assert refused.status == REJECTED
+    assert refused.reason and refused.reason.startswith("row 1, field referral_id: VCS001 has sent no referral 'VCS-9'")
+
+
+def record_outcome(broker: RecordingBroker) -> tuple[str, str]:
+    (request,) = broker.record.reader().search("ServiceRequest", key(NHS))
+    (said,) = [e["valueCode"] for e in request["extension"] if e["url"] == co.OUTCOME_EXTENSION]
+    return request["status"], said
+
+
+def test_a_vcse_outcome_other_than_a_withdrawal_has_the_event_id_it_had_before_a_reason_was_read() -> None:
+    # (the id before 8bfafb9 read `reason`: stable_id of these five, whatever reason the row carried)
+    from hub.core.identity import stable_id
+
+    for outcome in ("contacted", "attended", "declined", "accepted"):
+        mapped = one(Format.VCSE_OUTCOME, vcse_outcome(outcome, "2026-11-16", reason="Person declined"))
+        rid = request_of(mapped)["id"]
+        assert mapped.event_id == stable_id("referral-outcome", rid, outcome, "2026-11-16", mapped.person_key)
+    first = one(Format.VCSE_OUTCOME, vcse_outcome("withdrawn", "2026-11-16", reason="Moved away"))
+    second = one(Format.VCSE_OUTCOME, vcse_outcome("withdrawn", "2026-11-16", reason="Sent in error"))
+    assert first.event_id != second.event_id  # a withdrawal's second reason stands over its first
+
+
+def test_a_withdrawal_ends_the_wait_of_a_referral_never_accepted_and_not_of_one_a_stay_was_opened_for() -> None:
+    def figures(*events: RecordEvent) -> dict[tuple[str, str], Any]:
+        return report(fold_of(*events, month.contact("P1", month.at(4, 9, month=12), "follow-up")), "2026-11")
+
+    referred = month.referral("P3", month.at(2, 10), "adult-social-care")
+    withdrawn, visit = (
+        month.outcome("P3", month.at(10, 10), "withdrawn"),
+        month.contact("P3", month.at(12, 10), "face-to-face"),
+    )
+    never_accepted = figures(referred, withdrawn, visit)
+    assert never_accepted[("first visits", "")] == 0  # a visit after it is no first visit of a referral withdrawn
+    assert never_accepted[("referrals waiting over 4 weeks for a first visit", "at month end")] == 0
+    # a log from before a withdrawal of an accepted referral was refused: the stay's first visit stands
+    accepted = (month.outcome("P3", month.at(4, 10), "accepted"), month.episode("P3", month.at(4, 10), "c-ann"))
+    on_a_stay = figures(referred, *accepted, withdrawn, visit)
+    assert on_a_stay[("first visits", "")] == figures(referred, *accepted, visit)[("first visits", "")] == 1

@@ -21,14 +21,15 @@ outcome completed later is dated no earlier than the referral the record then ho
 have come since), or the record would skip it as older. Its ids are the
 referral's (accept_ids; one decline event id), so no consumer ever applies one referral's decision
 twice, however often it arrives, and an event Kafka took after all, arriving late, is the same event:
-the record and the hub's answers agree whichever copy comes first.
+the record and the hub's answers agree whichever copy comes first. A referrer's `$withdraw`
+(coordination_withdraw) claims the referral the same way: an accept or a decline that meets its
+claim, or the record's withdrawal, is refused 409, publishing a withdrawal Kafka did not take first.
 
 No `from __future__ import annotations` here: FastAPI reads these annotations at runtime.
 """
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Annotated
@@ -38,7 +39,15 @@ from fastapi import APIRouter, Depends, Request
 from hub.api.auth import Principal, TokenVerifier
 from hub.api.outcomes import FhirResponse
 from hub.api.routes.coordination_close import unapplied_close
-from hub.api.routes.coordination_commands import CoordinationApi, Id, coordinator_only, emit, referral_to_service
+from hub.api.routes.coordination_commands import (
+    CoordinationApi,
+    Id,
+    best_effort,
+    coordinator_only,
+    emit,
+    mark_sent,
+    referral_to_service,
+)
 from hub.api.routes.coordination_input import (
     accept_ids,
     at_param,
@@ -51,14 +60,14 @@ from hub.api.routes.coordination_input import (
     person_of,
     with_outcome,
 )
-from hub.api.routes.coordination_withdraw import refuse_deciding_withdrawn
+from hub.api.routes.coordination_withdrawn import refuse_deciding_withdrawn, withdrawn_refusal
 from hub.api.routes.fhir import bearer_caller, read_body
 from hub.api.shapes import parameters_in
 from hub.core.deaths import death_said
 from hub.core.errors import BrokerUnavailableError, InfrastructureError, RuleRefusedError, UnfinishedError
-from hub.core.fhir_read import care_manager
+from hub.core.fhir_read import care_manager, outcome_of
 from hub.core.identity import stable_id
-from hub.core.ports import CaseloadFull, Decline, Json, RecordReader
+from hub.core.ports import CaseloadFull, Decline, Json, RecordReader, Withdrawal
 from hub.core.stays import is_open
 from schemas.events import coordination as co
 
@@ -88,7 +97,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         held = claimed(api_, id, person)
         if held is not None:
             return await accepted_already(api_, who, referral, held, coordinator)
-        refuse_deciding_withdrawn(referral, "accepted")  # (after: the same accept again stands)
+        await refuse_deciding_withdrawn(api_, referral, "accepted")  # (after: the same accept again stands)
         at = not_before(params, at, referral.get("authoredOn"), "the referral was made", referral)
         await refuse_allocation(api_, who, person)
         refuse_deceased(api_.reader.read("Patient", person))
@@ -103,6 +112,8 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         if isinstance(found, Decline):  # a decline of it reached the database first
             await best_effort(complete_decline(api_, who, referral, found))
             raise declined_refusal(referral, found)
+        if isinstance(found, Withdrawal):  # its referrer's withdrawal did
+            raise await withdrawn_refusal(api_, referral, "accepted", found)
         if isinstance(found, CaseloadFull):
             await complete_caseload(api_, who, coordinator)
             raise over_cap(found, rules.caseload_cap)
@@ -126,7 +137,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
             return await declined_already(api_, who, referral, stands)
         if outcome_of(referral) == "declined":  # (declined before declines were claimed)
             return FhirResponse(referral)
-        refuse_deciding_withdrawn(referral, "declined")
+        await refuse_deciding_withdrawn(api_, referral, "declined")
         await refuse_declining_accepted(api_, who, referral, claimed(api_, id, person_of(referral)))
         at = not_before(params, at, referral.get("authoredOn"), "the referral was made", referral)
         declined = with_outcome(referral, "declined", "revoked")
@@ -137,6 +148,8 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         found = await asyncio.to_thread(claim, id, person_of(referral), Decline(declined, at), now)
         if isinstance(found, Decline):  # another decline of it reached the database first
             return await declined_already(api_, who, referral, found)
+        if isinstance(found, Withdrawal):  # its referrer's withdrawal did
+            raise await withdrawn_refusal(api_, referral, "declined", found)
         await refuse_declining_accepted(api_, who, referral, found)  # an accept did
         await publish_decline(api_, who, referral, Decline(declined, at))
         return FhirResponse(declined)
@@ -155,13 +168,6 @@ def claimed(api_: CoordinationApi, referral_id: str, person: str) -> Json | None
     claimed) the episode on the record opened for it; None: nobody has accepted it."""
     return api_.coordination.acceptance(referral_id) or opened_for(
         api_.reader.search("EpisodeOfCare", person), referral_id
-    )
-
-
-def outcome_of(referral: Json) -> str | None:
-    """What the record says became of a referral (its outcome extension), if anything."""
-    return next(
-        (str(e.get("valueCode")) for e in referral.get("extension") or [] if e.get("url") == co.OUTCOME_EXTENSION), None
     )
 
 
@@ -261,14 +267,6 @@ async def accept_completed(api_: CoordinationApi, who: Principal, held: Json, re
     if sent:
         return "Kafka was not known to have taken that $accept (it may have been answered 503), so it is sent again now"
     return "Kafka has that $accept, and the record will have it as soon as the consumers catch up"
-
-
-async def best_effort(completion: Awaitable[object]) -> None:
-    """Await a completion that a command refused (409) anyway makes on its way: Kafka or the database not
-    answering, the claim waits for the next command that meets it, and this caller is answered their
-    own refusal, not the 503 of a command they never sent."""
-    with contextlib.suppress(InfrastructureError):
-        await completion
 
 
 async def complete_caseload(api_: CoordinationApi, who: Principal, coordinator: str) -> None:
@@ -384,11 +382,3 @@ async def publish_decline(api_: CoordinationApi, who: Principal, referral: Json,
             "sends this decline again and is refused 409."
         ) from lost
     await mark_sent(api_, str(referral["id"]))
-
-
-async def mark_sent(api_: CoordinationApi, referral_id: str) -> None:
-    """Record that Kafka took the decision's events, so that no later command sends them again while
-    the record catches up. (In a thread: on SQLite it waits for the write lock. A database that does not
-    answer is no failure of the command: the claim is then sent again by the next one to meet it.)"""
-    with contextlib.suppress(InfrastructureError):
-        await asyncio.to_thread(api_.coordination.mark_sent, referral_id, datetime.now(UTC))

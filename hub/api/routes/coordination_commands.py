@@ -1,12 +1,15 @@
 """What every coordination command shares: the services it needs (CoordinationApi), the coordinator
-check, the referral it names, and putting its event on the log."""
+check, the referral it names, putting its event on the log, and noting that Kafka took a claimed
+decision's events (mark_sent), or completing one best effort."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 import orjson
@@ -15,7 +18,7 @@ from fastapi import Path
 from hub.api.auth import Principal
 from hub.api.routes.fhir import fhir_id
 from hub.api.shapes import FHIR_ID
-from hub.core.errors import ConsentDeniedError, UnknownPersonError
+from hub.core.errors import ConsentDeniedError, InfrastructureError, UnknownPersonError
 from hub.core.fhir_read import addressed_to
 from hub.core.ports import CoordinationStore, Json, RecordReader
 from hub.core.tasks import Engine
@@ -98,3 +101,19 @@ def referral_to_service(api_: CoordinationApi, id: str) -> Json:
             ("ServiceRequest.performer",),
         )
     return found
+
+
+async def best_effort(completion: Awaitable[object]) -> None:
+    """Await a completion that a command refused (409) anyway makes on its way: Kafka or the database not
+    answering, the claim waits for the next command that meets it, and this caller is answered their
+    own refusal, not the 503 of a command they never sent."""
+    with contextlib.suppress(InfrastructureError):
+        await completion
+
+
+async def mark_sent(api_: CoordinationApi, referral_id: str) -> None:
+    """Record that Kafka took the decision's events, so that no later command sends them again while
+    the record catches up. (In a thread: on SQLite it waits for the write lock. A database that does not
+    answer is no failure of the command: the claim is then sent again by the next one to meet it.)"""
+    with contextlib.suppress(InfrastructureError):
+        await asyncio.to_thread(api_.coordination.mark_sent, referral_id, datetime.now(UTC))

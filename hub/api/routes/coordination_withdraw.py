@@ -4,19 +4,24 @@ it was sent in error), as a referrals file does with outcome `withdrawn` (adapte
     POST /fhir/ServiceRequest/{id}/$withdraw           the referral's own requester withdraws it
 
 Only the organisation that sent the referral (its requester, as the token's organisation) withdraws it:
-anyone else is refused 403 naming ServiceRequest.requester, and an unknown referral is 404. It becomes
-a referral.outcome `withdrawn` with status revoked (and the reason, if given, as a note), which cancels
-the referral's open triage and first-visit tasks (hub/rules). A referral ended already (declined,
-completed) is refused 409; one withdrawn already is answered 200 with the withdrawal that stands, and
-nothing is sent again. A referral already accepted onto a caseload is withdrawn all the same: the
-record and the coordinator see it revoked, and the stay stays open (only the service closes it).
-`at` is never in the future nor before the referral was made. Its event id is the referral's, so
-however often it reaches the log it is applied once. An accept or a decline of a withdrawn referral is
-refused 409 (refuse_deciding_withdrawn).
+anyone else is refused 403 naming ServiceRequest.requester (as an accept or decline of a referral
+addressed to another organisation is refused 403), and an unknown referral is 404. It becomes a
+referral.outcome `withdrawn` with status revoked (and the reason, if given, as a note), which cancels
+the referral's open triage and first-visit tasks (hub/rules). Once the service has answered the
+referral, its referrer no longer withdraws it: one accepted (the person is on a caseload: the referrer
+contacts the service, which closes the stay) or declined is refused 409, as is one ended otherwise
+(completed). A withdrawal is a decision claimed as an accept and a decline are
+(coordination_acceptance): whichever of the three reaches the database first wins, the record (which
+lags the log) being checked too but never trusted alone; a withdrawal Kafka did not take keeps its
+claim (503), and the next command that meets it publishes it. One withdrawn already is answered 200
+with the withdrawal that stands, and nothing is sent again. `at` is never in the future nor before the
+referral was made. Its event id is the referral's, so however often it reaches the log it is applied once.
 
 No `from __future__ import annotations` here: FastAPI reads these annotations at runtime.
 """
 
+import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -24,23 +29,16 @@ from fastapi import APIRouter, Depends, Request
 
 from hub.api.auth import Principal, TokenVerifier
 from hub.api.outcomes import FhirResponse
-from hub.api.routes.coordination_commands import REFERRER_ROLES, CoordinationApi, Id, emit, referral_of
-from hub.api.routes.coordination_input import (
-    at_param,
-    not_before,
-    param,
-    parameters,
-    person_of,
-    with_outcome,
-)
+from hub.api.routes.coordination_acceptance import claimed, complete_acceptance, complete_decline
+from hub.api.routes.coordination_commands import REFERRER_ROLES, CoordinationApi, Id, best_effort, referral_of
+from hub.api.routes.coordination_input import at_param, not_before, param, parameters, person_of, with_outcome
+from hub.api.routes.coordination_withdrawn import complete_withdrawal, publish_withdrawal, requester_of
 from hub.api.routes.fhir import bearer_caller, read_body
 from hub.api.shapes import parameters_in
 from hub.core.errors import ConsentDeniedError, RuleRefusedError
-from hub.core.identity import stable_id
-from hub.core.ports import Json
+from hub.core.fhir_read import REQUEST_ENDED, care_manager, outcome_of
+from hub.core.ports import Decline, Json, Withdrawal
 from schemas.events import coordination as co
-
-ENDED = ("revoked", "completed", "entered-in-error")  # FHIR request-status: over, one way or another
 
 
 def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
@@ -54,41 +52,44 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         openapi_extra=parameters_in("reason", "at"),
     )
     async def withdraw(request: Request, id: Id, who: Caller) -> FhirResponse:
-        if who.role not in REFERRER_ROLES:
-            raise ConsentDeniedError(
-                f"the {who.role} role does not refer people, so withdraws no referral (roles that do: "
-                f"{', '.join(REFERRER_ROLES)})",
-                ("Authorization",),
-            )
+        refuse_non_referrer(who)
         params = parameters(await read_body(request))
-        at = at_param(params, datetime.now(UTC))
+        now = datetime.now(UTC)
+        at = at_param(params, now)
         referral = referral_of(api_, id)
         refuse_unless_requester(referral, who)
-        if outcome_of(referral) == co.WITHDRAWN:  # a retry, or a second click: the withdrawal stands
+        stands = api_.coordination.withdrawn(id)
+        if stands is not None:  # a retry, or a second click: the first withdrawal stands
+            return await withdrawn_already(api_, referral, stands)
+        if outcome_of(referral) == co.WITHDRAWN:  # (withdrawn before withdrawals were claimed)
             return FhirResponse(referral)
-        refuse_ended(referral)
+        await refuse_answered(
+            api_, who, referral, api_.coordination.declined(id) or claimed(api_, id, person_of(referral))
+        )
         at = not_before(params, at, referral.get("authoredOn"), "the referral was made", referral)
         withdrawn = with_outcome(referral, co.WITHDRAWN, "revoked")
         reason = param(params, "reason")
         if reason:
             withdrawn["note"] = [*(referral.get("note") or []), {"text": reason}]
-        event_id = stable_id("api-withdrawal", str(referral["id"]))
-        await emit(api_, co.REFERRAL_OUTCOME.type, who, person_of(referral), at, withdrawn, event_id=event_id)
+        claim = api_.coordination.claim_withdrawal
+        found = await asyncio.to_thread(claim, id, person_of(referral), Withdrawal(withdrawn, at), now)
+        if isinstance(found, Withdrawal):  # another withdrawal of it reached the database first
+            return await withdrawn_already(api_, referral, found)
+        await refuse_answered(api_, who, referral, found)  # an accept or a decline did
+        await publish_withdrawal(api_, referral, Withdrawal(withdrawn, at))
         return FhirResponse(withdrawn)
 
     return api
 
 
-def outcome_of(referral: Json) -> str | None:
-    """What the record says became of a referral (its outcome extension), if anything."""
-    said = [e.get("valueCode") for e in referral.get("extension") or [] if e.get("url") == co.OUTCOME_EXTENSION]
-    return str(said[0]) if said and said[0] else None
-
-
-def requester_of(referral: Json) -> str:
-    """The code of the organisation that sent the referral (ODS or local-authority), upper-cased."""
-    identifier = (referral.get("requester") or {}).get("identifier") or {}
-    return str(identifier.get("value") or "").strip().upper()
+def refuse_non_referrer(who: Principal) -> None:
+    """Refuse (403) a role that refers nobody (an auditor reads; it does not refer)."""
+    if who.role not in REFERRER_ROLES:
+        raise ConsentDeniedError(
+            f"the {who.role} role does not refer people, so withdraws no referral (roles that do: "
+            f"{', '.join(REFERRER_ROLES)})",
+            ("Authorization",),
+        )
 
 
 def refuse_unless_requester(referral: Json, who: Principal) -> None:
@@ -101,12 +102,21 @@ def refuse_unless_requester(referral: Json, who: Principal) -> None:
         )
 
 
-def refuse_ended(referral: Json) -> None:
-    """Refuse (409) withdrawing a referral that has ended already (declined, completed)."""
-    status = referral.get("status")
-    if status in ENDED:
-        said = outcome_of(referral)
-        ended = f"was {said}" if said else f"is {status}"
+async def refuse_answered(api_: CoordinationApi, who: Principal, referral: Json, claim: Json | Decline | None) -> None:
+    """Refuse (409) withdrawing a referral the service has answered (`claim`: the decline, or the episode
+    of the accept, that claimed it; or so on the record) or that has ended otherwise (completed). A
+    decision claimed that the record does not have yet is published first, best effort, from the service."""
+    service = replace(who, org=api_.engine.rules.service.ods)  # (the decision's source, whoever completes it)
+    if isinstance(claim, Decline):
+        await best_effort(complete_decline(api_, service, referral, claim))
+    elif claim is not None:
+        await best_effort(complete_acceptance(api_, service, claim, referral))
+    said = outcome_of(referral)
+    if isinstance(claim, dict) or (said == "accepted" and claim is None):
+        raise accepted_refusal(referral, claim)
+    status = "revoked" if isinstance(claim, Decline) else referral.get("status")
+    if isinstance(claim, Decline) or status in REQUEST_ENDED:
+        ended = "was declined" if isinstance(claim, Decline) else f"was {said}" if said else f"is {status}"
         raise RuleRefusedError(
             f"ServiceRequest/{referral['id']} {ended} already (status {status}): it has ended, so there is "
             "nothing to withdraw. Nothing was withdrawn",
@@ -114,12 +124,26 @@ def refuse_ended(referral: Json) -> None:
         )
 
 
-def refuse_deciding_withdrawn(referral: Json, decision: str) -> None:
-    """Refuse (409) an accept or a decline of a referral its referrer withdrew: the decision would
-    overwrite the withdrawal, and the person is not waiting for the service on that referral."""
-    if outcome_of(referral) == co.WITHDRAWN:
-        raise RuleRefusedError(
-            f"ServiceRequest/{referral['id']} was withdrawn by its referrer: it is not {decision} now; if the "
-            "person is to be taken on after all, they are referred again",
-            ("ServiceRequest.status",),
+def accepted_refusal(referral: Json, episode: Json | None) -> RuleRefusedError:
+    """Why a referral the service accepted is not withdrawn: the person is on its caseload, and only
+    the service ends their stay."""
+    onto = ""
+    if episode is not None:
+        onto = (
+            f", onto coordinator {care_manager(episode) or '(none named)'}'s caseload (EpisodeOfCare/{episode['id']})"
         )
+    return RuleRefusedError(
+        f"ServiceRequest/{referral['id']} was accepted by the service{onto}: once the service "
+        "has accepted or declined a referral, its referrer no longer withdraws it; contact the service, which "
+        "closes the person's stay with it ($close). Nothing was withdrawn",
+        ("ServiceRequest.status",),
+    )
+
+
+async def withdrawn_already(api_: CoordinationApi, referral: Json, withdrawal: Withdrawal) -> FhirResponse:
+    """A referral withdrawn already: answered 200 with the withdrawal that stands, as the record has it,
+    or publishing it again where the record does not have it yet and Kafka is not known to have taken it."""
+    if outcome_of(referral) == co.WITHDRAWN:
+        return FhirResponse(referral)
+    await complete_withdrawal(api_, referral, withdrawal)
+    return FhirResponse(withdrawal.referral)
