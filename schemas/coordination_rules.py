@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 EventName = str
 Condition = Literal[
@@ -22,6 +22,7 @@ Condition = Literal[
     "addressed-to-service",
     "duplicate-stay",  # a merge (patient.merged) left the retired identity's stay open beside the survivor's
 ]
+DUPLICATE_STAY_TRIGGER = "patient.merged"  # the only event a `duplicate-stay` rule may name
 
 
 class Fulfilment(BaseModel):
@@ -86,3 +87,15 @@ class CoordinationRules(BaseModel):
     long_stay: timedelta = Field(default=timedelta(weeks=12), description="flag people on a caseload this long")
     case_finding: tuple[RegisterCriterion, ...] = ()
     tasks: tuple[TaskRule, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_duplicate_stay_rule(self) -> CoordinationRules:
+        """A `duplicate-stay` rule is triggered by a merge, and a rule set has at most one (the engine
+        opens one task a stay)."""
+        duplicate = [r for r in self.tasks if r.when == "duplicate-stay"]
+        wrong = [r.id for r in duplicate if r.trigger != DUPLICATE_STAY_TRIGGER]
+        if wrong:
+            raise ValueError(f"rules {wrong}: `when: duplicate-stay` needs `trigger: {DUPLICATE_STAY_TRIGGER}`")
+        if len(duplicate) > 1:
+            raise ValueError(f"rules {[r.id for r in duplicate]}: at most one rule may be `when: duplicate-stay`")
+        return self

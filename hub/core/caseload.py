@@ -1,6 +1,9 @@
 """A person's stay on a caseload, as the coordination engine (hub.core.tasks) keeps it: the stay an
 episode.opened starts, with its long-stay clock, and the episode.closed that ends both and issues
 the PIC summary, or holds it, with a find-the-practice task, until the person's practice is known.
+A close of a duplicate stay (its EpisodeOfCare entered-in-error: one a merge left open, closed by
+`$close-duplicate`, hub.api.routes.coordination_duplicate) is no discharge: it ends that stay for good
+and sends, holds and opens nothing (closes_in_error; left_by_merge says which stays it may close).
 
 Whether an opening starts a stay at all is the 'one stay' rule of hub.core.stays, asked here of the
 person's state, plus closing being final for an EpisodeOfCare id (a re-sent opening reopens nothing).
@@ -8,11 +11,13 @@ person's state, plus closing being final for an EpisodeOfCare id (a re-sent open
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from hub.core.derived_events import Clock, DerivedEvents, Outcome
 from hub.core.fhir_read import care_manager, of_kind, referrals_of
 from hub.core.identity import stable_id
+from hub.core.merges import MERGED
 from hub.core.ports import Json, RecordEvent
 from hub.core.stays import Held, opens_another_stay
 from hub.core.task_status import FINAL
@@ -21,6 +26,7 @@ from schemas.events import coordination as co
 
 FIND_PRACTICE = "find-gp-practice"  # the engine's own task: a PIC summary waits for the person's practice
 FIND_PRACTICE_TITLE = "Find the person's GP practice: their PIC summary is held until one is known"
+IN_ERROR = "entered-in-error"  # an EpisodeOfCare that should never have been on the person's record
 
 
 class Caseload:
@@ -32,7 +38,8 @@ class Caseload:
         self._letter_due = letter_due  # when a held PIC summary's find-the-practice task is due
 
     def apply_episode(self, state: Json, event: RecordEvent, name: str, resources: list[Json], out: Outcome) -> None:
-        """An episode.opened starts a stay (when it opens one); an episode.closed ends it for good."""
+        """An episode.opened starts a stay (when it opens one); an episode.closed ends it for good, and
+        a discharge's sends (or holds) its PIC summary; a duplicate stay's (entered-in-error) has none."""
         for episode in of_kind(resources, "EpisodeOfCare"):
             if name == "episode.opened" and _opens_a_stay(state, episode):
                 self._open_stay(state, event, episode, out)
@@ -45,7 +52,7 @@ class Caseload:
                     out.cleared.append(f"long-stay:{episode['id']}")
                     if current.get("long_stay"):  # the flag ends with the stay
                         out.events.append(self.events.long_stay_ended(state, event, current))
-                for summary in of_kind(resources, "Composition"):
+                for summary in [] if episode.get("status") == IN_ERROR else of_kind(resources, "Composition"):
                     if state.get("practice"):
                         out.events.append(self.events.pic_summary(state, event.subject, episode, summary, event.time))
                     else:
@@ -121,6 +128,29 @@ class Caseload:
             episode["long_stay"] = True
             out.events.append(self.events.long_stay_flag(clock, episode))
         return out
+
+
+def closes_in_error(resources: list[Json]) -> bool:
+    """Whether an episode.closed is a duplicate stay's close, no discharge: every EpisodeOfCare it
+    carries is entered-in-error. The tasks a discharge opens (the PIC summary's) open for none of it."""
+    episodes = of_kind(resources, "EpisodeOfCare")
+    return bool(episodes) and all(e.get("status") == IN_ERROR for e in episodes)
+
+
+def left_by_merge(state: Json | None, episode_id: str, duplicate_rules: Collection[str]) -> bool:
+    """Whether the EpisodeOfCare `episode_id` is a duplicate stay an A40 left open (hub.core.merges), as
+    the engine's state of the person (their survivor's) knows it: not their stay, not closed, and
+    either a task of a `duplicate-stay` rule (`duplicate_rules`: their ids) names it, or (rules without
+    one) the person has identities merged into them and the engine saw the episode open a stay
+    (`episode_of`): by the one-stay rule only a merge leaves a stay seen open, not closed and not theirs."""
+    if not state or episode_id in (state.get("closed") or ()):
+        return False
+    if (state.get("episode") or {}).get("id") == episode_id:
+        return False  # the person's stay: leaving it is a discharge ($close)
+    focus = f"EpisodeOfCare/{episode_id}"
+    if any(t.get("focus") == focus and t.get("rule") in duplicate_rules for t in state["tasks"].values()):
+        return True
+    return bool(state.get(MERGED)) and episode_id in (state.get("episode_of") or {}).values()
 
 
 def opens_nothing(state: Json, resources: list[Json]) -> bool:

@@ -16,6 +16,8 @@ and its reversal are on two partitions, in no order but their times). A merged p
 contacts, births, practices, deaths and stays are the union of their keys'. Of two stays of a merged
 person open at once, the one the engine keeps is their stay: at each merge, the survivor's (hub.core.merges);
 the other is no stay for the KPIs (on no caseload, never a discharge), as a second stay never is.
+Nor is a stay closed entered-in-error (`$close-duplicate`: a duplicate a merge left open, which should
+never have been on the record): whoever it was under, it is no stay, no discharge and no letter's.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class KpiFacts:
     _episodes_of: dict[str, list[str]] = field(default_factory=dict)  # person -> their episodes, in log order
     _episode_of: dict[tuple[str, str], str] = field(default_factory=dict)  # (person, referral) -> the one it opened
     _ended: set[str] = field(default_factory=set)  # the episodes an episode.closed named: ended for good
+    _in_error: set[str] = field(default_factory=set)  # those it closed entered-in-error: never a stay
     _opened_for: dict[str, set[str]] = field(default_factory=dict)  # episode -> the referrals it names
     _merges: list[tuple[datetime, int, str, str]] = field(default_factory=list)  # (time, order, retired, into)
     _receipts: list[tuple[str, datetime]] = field(default_factory=list)  # (person, when) per PIC summary receipt
@@ -171,7 +174,8 @@ class KpiFacts:
         """A person's stays, in order: as the log opened them (a merged person's: as they began)."""
         keys = self.keys_of(person)
         if len(keys) == 1:
-            return self._episodes_of.get(person, [])
+            held = self._episodes_of.get(person, [])
+            return [e for e in held if e not in self._in_error] if self._in_error else held
         theirs = [self.episodes[e] for k in keys for e in self._episodes_of.get(k, ()) if e not in self._dropped]
         return [e.id for e in sorted(theirs, key=lambda e: (e.start, e.id))]
 
@@ -207,6 +211,7 @@ class KpiFacts:
             self._keys.setdefault(person, [person]).append(key)
         self._dropped, self._more_stays, self._merged_contacts = set(), {}, {}
         self._fold_stays(folds)
+        self._dropped |= self._in_error
         for person, keys in self._keys.items():
             self._end_waits(person)
             self._merged_contacts[person] = self._contacts_under(keys)
@@ -423,12 +428,14 @@ class KpiFacts:
 
     def _closed(self, event: RecordEvent, resources: list[Json]) -> None:
         said = [
-            (str(e["id"]), fhir_time((e.get("period") or {}).get("end"), event.time))
+            (str(e["id"]), fhir_time((e.get("period") or {}).get("end"), event.time), e.get("status"))
             for e in of_kind(resources, "EpisodeOfCare")
         ]
         onward = [d for c in of_kind(resources, "Composition") for d in onward_destinations(c)]
-        for eid, end in said:
+        for eid, end, status in said:
             self._ended.add(eid)
+            if status == "entered-in-error":
+                self._in_error.add(eid)
             found = self.episodes.get(eid)
             if found is not None:
                 found.end = end

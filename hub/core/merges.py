@@ -15,9 +15,13 @@ What the fold keeps (the survivor's word first where both said something):
                 contact or visit are cancelled, naming it (hub.core.deaths)
     stay        the survivor's stay on a caseload, else the retired identity's (its long-stay clock
                 moves with it); a second open stay is not the engine's stay, and its clock is cleared, but
-                the record keeps it open: the rules' `duplicate-stay` task (close-duplicate-stay) asks its
-                coordinator (else the service) to close it, once a stay, done when an episode.closed
-                names it
+                the record keeps it open: the rules' `duplicate-stay` task (close-duplicate-stay, rules
+                version 3) asks its coordinator (else the service) to close it, once a stay, done when an
+                episode.closed names it (whatever its status). A death does not cancel it (admin, not a
+                contact). A merge reversed takes the stay the merged person held (the first survivor's)
+                to the survivor it names, as the KPIs do (hub.core.kpi_facts), so the task it may open
+                then names the named survivor's own first stay: which of two to keep is the
+                coordinator's call
     the rest    practice (the survivor's, as the record keeps their Patient's, unless they have none: but a
                 registration's over the coordinator's over a referral's word, and a register row's said for
                 the retired identity newer than the survivor's word, which the record carries; never a
@@ -37,6 +41,7 @@ from hub.core.identity import stable_id
 from hub.core.ports import Json, RecordEvent
 from hub.core.practices import newer_word, take_word
 from hub.core.record_content import replaced_by
+from hub.core.referral_moves import take_said
 from hub.core.task_status import FINAL
 from schemas.coordination_rules import CoordinationRules, TaskRule
 from schemas.events import coordination as co
@@ -115,6 +120,7 @@ def _fold_facts(state: Json, theirs: Json) -> None:
     for focus, said in sorted((theirs.get("outcomes") or {}).items()):
         kept = state.setdefault("outcomes", {}).setdefault(focus, [])
         kept += [s for s in said if s not in kept]
+    take_said(state, theirs)  # (the later time of each referral's ServiceRequest: hub.core.referral_moves)
     for focus, made in sorted((theirs.get("made") or {}).items()):
         state.setdefault("made", {}).setdefault(focus, made)  # (when each referral was made: hub.core.referral_moves)
     for referral, episode in sorted((theirs.get("episode_of") or {}).items()):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from hub.core.days import answers_that_day
 from hub.core.derived_events import MOVED_REASON, STATUS_REASON_SYSTEM, DerivedEvents, Outcome
 from hub.core.fhir_read import extension, of_kind
 from hub.core.kpi_reading import fhir_time
@@ -28,6 +29,7 @@ def move(events: DerivedEvents, state: Json, event: RecordEvent, focus: str, hel
     their own worker applies them, in log order, as a coordinator's move: Engine._manual), and the
     outcomes said of it come here, to close the tasks the referral opens here as they say."""
     out = Outcome()
+    take_said(state, theirs, focus)  # (the record's ServiceRequest is one, whoever it is for)
     for said in (theirs.get("outcomes") or {}).get(focus, []):
         mine = state.setdefault("outcomes", {}).setdefault(focus, [])
         if said not in mine:
@@ -64,14 +66,75 @@ def says_moved(task: Json) -> bool:
     return any(c.get("system") == STATUS_REASON_SYSTEM and c.get("code") == MOVED_REASON for c in codings)
 
 
-def remember_outcomes(state: Json, event: RecordEvent, resources: list[Json]) -> None:
-    """What an outcome said of each referral, in log order: tasks opened for it later are closed as it says."""
+def remember_outcomes(state: Json, event: RecordEvent, resources: list[Json]) -> set[str]:
+    """What an outcome said of each referral, in log order: tasks opened for it later are closed as it says.
+    One the record skips as it comes (skipped_by_record) is remembered as skipped, so that no later
+    correction of the referral's date, move or merge answers a task with it: the record never looks at it
+    again. The referrals (`ServiceRequest/<id>`) whose outcome here was skipped."""
+    skipped: set[str] = set()
     for request in of_kind(resources, "ServiceRequest"):
         said = extension(request, co.OUTCOME_EXTENSION, "valueCode")
         if isinstance(said, str) and request.get("id"):
-            kept = state.setdefault("outcomes", {}).setdefault(f"ServiceRequest/{request['id']}", [])
-            if (entry := {"at": event.time.isoformat(), "outcome": said}) not in kept:
+            focus = f"ServiceRequest/{request['id']}"
+            entry: Json = {"at": event.time.isoformat(), "outcome": said}
+            if skipped_by_record(state, focus, event.time):
+                entry["skipped"] = True
+                skipped.add(focus)
+            kept = state.setdefault("outcomes", {}).setdefault(focus, [])
+            if entry not in kept:
                 kept.append(entry)
+    return skipped
+
+
+def skipped_by_record(state: Json, focus: str, at: datetime) -> bool:
+    """Whether the record skips an outcome dated `at` for the referral `focus` as it comes (hub.core.record,
+    _write and _first_outcome): one older than the ServiceRequest it holds (remember_said) that finds an
+    outcome on it already (a later one stands over an older one sent late), or that is dated before the
+    referral was made as it holds it (its authoredOn, remember_made; else that ServiceRequest's time),
+    but not by day alone on that UK day. An outcome the record holds nothing of the referral before, or
+    as new as what it holds, is written."""
+    held = said_at(state, focus)
+    if held is None or at >= held:
+        return False
+    if taken((state.get("outcomes") or {}).get(focus, [])):
+        return True
+    made = made_on(state, focus) or held
+    return at < made and not answers_that_day(at, made)
+
+
+def remember_said(state: Json, event: RecordEvent, resources: list[Json]) -> None:
+    """The time of the ServiceRequest the record holds of each referral an event carries, as it keeps it:
+    the latest time said by any event that wrote it (a correction dated earlier does not date it back).
+    Called with what the record writes: not an outcome it skips."""
+    for request in of_kind(resources, "ServiceRequest"):
+        if request.get("id"):
+            _said(state, f"ServiceRequest/{request['id']}", event.time)
+
+
+def said_at(state: Json, focus: str) -> datetime | None:
+    """The time of the ServiceRequest the record holds of the referral (remember_said); None: none yet
+    (or a state kept before this was)."""
+    said = (state.get("said_at") or {}).get(focus)
+    return datetime.fromisoformat(said) if said else None
+
+
+def take_said(state: Json, theirs: Json, focus: str | None = None) -> None:
+    """What another state (a person the referral moved from, or a retired identity) knew of when the
+    record's ServiceRequests were said: the later of the two for each (of `focus` alone, if given)."""
+    for key, said in sorted((theirs.get("said_at") or {}).items()):
+        if focus is None or key == focus:
+            _said(state, key, datetime.fromisoformat(said))
+
+
+def _said(state: Json, focus: str, at: datetime) -> None:
+    held = said_at(state, focus)
+    if held is None or at > held:
+        state.setdefault("said_at", {})[focus] = at.isoformat()
+
+
+def taken(said: list[Json]) -> list[Json]:
+    """The outcomes remembered of a referral that the record took (remember_outcomes), in log order."""
+    return [s for s in said if not s.get("skipped")]
 
 
 def remember_made(state: Json, event: RecordEvent, resources: list[Json]) -> None:
@@ -81,6 +144,13 @@ def remember_made(state: Json, event: RecordEvent, resources: list[Json]) -> Non
         if request.get("id"):
             made = fhir_time(request.get("authoredOn"), event.time)
             state.setdefault("made", {})[f"ServiceRequest/{request['id']}"] = made.isoformat()
+
+
+def forget_made(state: Json, focus: object) -> None:
+    """A referral moved to another person (its tasks here cancelled as moved) is no longer made here: a
+    merge of the two (hub.core.merges) then takes the date the other person was told, as the record holds it."""
+    if isinstance(focus, str) and focus in (state.get("made") or {}):
+        del state["made"][focus]
 
 
 def made_on(state: Json, focus: object) -> datetime | None:

@@ -29,9 +29,11 @@ Order of work for each event (Engine.handle; the steps live here unless another 
                 earlier than `not_before` after the task opened; but a referral's task counts its answers
                 from the referral's date as the record holds it, its latest authoredOn in log order, and
                 is answered by an answer dated by day alone on that day: hub.core.days; and a stay's
-                task ends only with an episode.closed naming that stay) complete; `cancelled_by`
-                cancels. A referral's outcomes and date are remembered, for tasks it opens later and
-                for its corrections (hub.core.referral_moves)
+                task ends only with an episode.closed naming that stay, from rules version 3,
+                OWN_STAY_CLOSE) complete; `cancelled_by` cancels. A referral's outcomes and date are
+                remembered, for tasks it opens later and for its corrections (hub.core.referral_moves);
+                an outcome the record skips as it comes (dated before the referral, or older than an
+                outcome it took) answers nothing, then or after a correction, move or merge
     case-find   a register row meeting a criterion, or a referral from a listed source, puts the person
                 on their practice's case list once (caselist.added)
     episode     episode.opened starts a caseload stay and its long-stay clock; episode.closed ends both
@@ -59,7 +61,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from hub.core.caseload import FIND_PRACTICE as FIND_PRACTICE
-from hub.core.caseload import Caseload, opens_nothing
+from hub.core.caseload import Caseload, closes_in_error, opens_nothing
 from hub.core.days import answers_that_day
 from hub.core.deaths import cancel_contacts, contact_rules, learn
 from hub.core.derived_events import Clock, DerivedEvents, Outcome
@@ -81,7 +83,17 @@ from hub.core.merges import close_stay_rule, fold
 from hub.core.pic_summary import LETTER_DUE, practice_found
 from hub.core.ports import Json, RecordEvent
 from hub.core.practices import remember
-from hub.core.referral_moves import made_on, move, outcome_said, remember_made, remember_outcomes, says_moved
+from hub.core.referral_moves import (
+    forget_made,
+    made_on,
+    move,
+    outcome_said,
+    remember_made,
+    remember_outcomes,
+    remember_said,
+    says_moved,
+    taken,
+)
 from hub.core.task_status import FINAL, may_move
 from schemas.coordination_rules import CoordinationRules, Fulfilment, TaskRule
 from schemas.events import coordination as co
@@ -106,6 +118,7 @@ def short_name(event_type: str) -> str:
 
 
 OUTCOME_EVENT = short_name(co.REFERRAL_OUTCOME.type)
+OWN_STAY_CLOSE = 3  # the rules version from which a stay's close ends only the tasks of the stay it names
 
 
 def new_state() -> Json:
@@ -125,6 +138,8 @@ class Engine:
         self._contacts = contact_rules(rules, short_name(co.CONTACT_RECORDED.type))  # (hub.core.deaths)
         close_stay = close_stay_rule(rules, short_name(PATIENT_MERGED.type))
         self._merges = MergeRules(self.events, self._contacts, rules.long_stay, close_stay)
+        # (versions 1 and 2: any stay's close ends the person's stay tasks, as a replay under them always did)
+        self._own_stay = rules.version >= OWN_STAY_CLOSE
 
     def handle(self, state: Json, event: RecordEvent) -> Outcome:
         """Apply one event to one person's state."""
@@ -144,14 +159,16 @@ class Engine:
             return out
         if name == "episode.opened" and opens_nothing(state, resources):
             return out
-        if name == OUTCOME_EVENT:
-            remember_outcomes(state, event, resources)
+        if name == OUTCOME_EVENT and remember_outcomes(state, event, resources):
+            # the record skipped it (dated before the referral, or older than an outcome it took): so do we
+            resources = [r for r in resources if r.get("resourceType") != "ServiceRequest"]
         elif event.type == co.REFERRAL_RECEIVED.type:
             remember_made(state, event, resources)  # (before its tasks are answered or re-timed)
+        remember_said(state, event, resources)  # (the record's ServiceRequest, as it writes it)
         self._fulfil(state, event, name, resources, out)
         self._case_find(state, event, name, resources, out)
         self.caseload.apply_episode(state, event, name, resources, out)
-        for rule in self.rules.tasks:
+        for rule in () if closes_in_error(resources) else self.rules.tasks:  # (a duplicate stay's: no discharge)
             if rule.trigger == name and self._condition(rule, state, resources):
                 self._open(state, event, rule, resources, out)
         return out
@@ -192,9 +209,10 @@ class Engine:
         """Complete or cancel an open task if what was said (event name, time, resources) is what its rule
         names; `of` is whose task it is and when its referral was made, as the record holds it (if one)."""
         (name, at, resources), (person, made) = said, of
-        if any(_matches(f, name, at, resources, task, made) for f in rule.done_by):
+        mine = (task, made, self._own_stay or closes_in_error(resources))  # (a duplicate stay's close: any version)
+        if any(_matches(f, name, at, resources, mine) for f in rule.done_by):
             status = "completed"
-        elif any(_matches(f, name, at, resources, task, made) for f in rule.cancelled_by):
+        elif any(_matches(f, name, at, resources, mine) for f in rule.cancelled_by):
             status = "cancelled"
         else:
             return
@@ -267,7 +285,7 @@ class Engine:
     ) -> None:
         """The outcomes said of the task's referral before it opened (or before its date was corrected)."""
         of = (event.subject, made_on(state, focus))
-        for said in (state.get("outcomes") or {}).get(focus or "", []):
+        for said in taken((state.get("outcomes") or {}).get(focus or "", [])):
             if task["status"] not in FINAL:
                 at, resources = datetime.fromisoformat(said["at"]), [outcome_said(str(focus), said["outcome"])]
                 self._answer(task_id, task, rule, (OUTCOME_EVENT, at, resources), of, out)
@@ -308,6 +326,7 @@ class Engine:
                 out.cleared.append(resource["id"])
                 if says_moved(resource):  # (Engine.move said so)
                     task["moved"] = True
+                    forget_made(state, task.get("focus"))  # (the referral is the other person's now)
             found = practice_found(resource) if task["rule"] == FIND_PRACTICE and status == "completed" else None
             if found:  # the coordinator found the practice: as good as a registration, until a newer one
                 state["practice"], state["practice_from"] = found, "coordinator"
@@ -328,12 +347,18 @@ class Engine:
         return move(self.events, state, event, focus, held_by, theirs)
 
 
-def _matches(f: Fulfilment, name: str, at: datetime, resources: list[Json], task: Json, made: datetime | None) -> bool:
+def _matches(
+    f: Fulfilment, name: str, at: datetime, resources: list[Json], mine: tuple[Json, datetime | None, bool]
+) -> bool:
+    """Whether what was said answers `f` for the task; `mine` is the task, when its referral was made (if
+    one) and whether a stay's close ends only its own stay's tasks (rules version OWN_STAY_CLOSE on)."""
+    task, made, own_stay = mine
     if f.event != name:
         return False
-    if name == "episode.closed" and str(task.get("focus") or "").startswith("EpisodeOfCare/"):
-        # a stay's task ends with that stay's close, whatever end it gives (closing is final), never with
-        # another's: a merged person's duplicate stay (hub.core.merges) is closed on its own
+    if own_stay and name == "episode.closed" and str(task.get("focus") or "").startswith("EpisodeOfCare/"):
+        # a stay's task ends with that stay's close, whatever end or status it gives (closing is final; an
+        # entered-in-error close too), never with another's: a merged person's duplicate stay
+        # (hub.core.merges) is closed on its own
         closed = {f"EpisodeOfCare/{e.get('id')}" for e in of_kind(resources, "EpisodeOfCare")}
         return task["focus"] in closed and not (f.not_before and _too_early(f, at, task, made))
     if _too_early(f, at, task, made):

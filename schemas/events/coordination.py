@@ -110,7 +110,8 @@ EPISODE_OPENED = EventType(
 )
 EPISODE_CLOSED = EventType(
     "uk.nhs.carehub.episode.closed.v1",
-    "a person discharged from the coordination service",
+    "a person discharged from the coordination service, with the PIC summary; or, the EpisodeOfCare "
+    "entered-in-error and no Composition, a duplicate stay a merge left open closed: no discharge",
     ("EpisodeOfCare", "Composition"),
 )
 TASK_CREATED = EventType("uk.nhs.carehub.task.created.v1", "a coordinator task with a deadline", ("Task",))

@@ -6,7 +6,10 @@ engine's own state (tests/unit/test_coordination_order.py holds the same in proc
 Two voluntary-sector referrals made on 6 Nov; each one's triage runs out (a clock tick on 10 Nov); then
 each is corrected, and its partner's "contacted" row comes, dated between the two dates: one referral
 is corrected to 2 Nov and contacted on 4 Nov (the row answers it, on the record and for the engine),
-the other corrected to 9 Nov and contacted on 7 Nov (it answers neither).
+the other corrected to 9 Nov and contacted on 7 Nov (it answers neither). A third, made on 6 Nov too, is
+declined by a row dated 4 Nov that comes before its correction to 3 Nov: the record skips the row as it
+comes (dated before the referral then) and never reads it again, and the engine does not apply it
+after the correction either: the triage stays open, on the record and in the engine.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from tests.unit.test_coordination_order import OTHER_NHS, outcome, vcse_referral
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 EARLIER = {"referral_id": "VCS-1"}  # (the builders' first person)
 LATER = {"referral_id": "VCS-2", "nhs_number": OTHER_NHS}
+SKIPPED = {"referral_id": "VCS-3"}  # (the first person's second referral)
 
 
 def the_log() -> list[tuple[RecordEvent, int | None]]:
@@ -40,7 +44,10 @@ def the_log() -> list[tuple[RecordEvent, int | None]]:
     return [
         (vcse_referral(**EARLIER), None),
         (vcse_referral(**LATER), None),
+        (vcse_referral(**SKIPPED), None),
         *ticks,
+        (outcome("declined", "2026-11-04", **SKIPPED), None),  # before the 6 Nov referral: skipped
+        (vcse_referral(referred_on="2026-11-03", **SKIPPED), None),
         (vcse_referral(referred_on="2026-11-02", **EARLIER), None),
         (vcse_referral(referred_on="2026-11-09", **LATER), None),
         (outcome("contacted", "2026-11-04", **EARLIER), None),
@@ -78,10 +85,11 @@ async def test_a_corrected_referral_is_answered_from_the_date_the_record_holds_l
         r["authoredOn"][:10]: [e["valueCode"] for e in r.get("extension", []) if e["url"] == co.OUTCOME_EXTENSION]
         for r in requests
     }
-    assert said == {"2026-11-02": ["contacted"], "2026-11-09": []}
+    assert said == {"2026-11-02": ["contacted"], "2026-11-09": [], "2026-11-03": []}
     earlier = next(f"ServiceRequest/{r['id']}" for r in requests if r["authoredOn"].startswith("2026-11-02"))
     later = next(f"ServiceRequest/{r['id']}" for r in requests if r["authoredOn"].startswith("2026-11-09"))
-    assert triage(tasks) == sorted([("completed", earlier), ("requested", later)])
+    skipped = next(f"ServiceRequest/{r['id']}" for r in requests if r["authoredOn"].startswith("2026-11-03"))
+    assert triage(tasks) == sorted([("completed", earlier), ("requested", later), ("requested", skipped)])
     engine_states, _ = states(url)
     in_engine = sorted(
         (t["status"], t["focus"])

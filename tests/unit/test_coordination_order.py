@@ -295,12 +295,19 @@ def test_an_outcome_between_the_corrected_and_the_first_date_completes_the_task_
     assert record["referral-triage"][0] == "completed"
 
 
-def test_an_outcome_said_before_the_correction_answers_the_task_it_re_times_as_in_the_natural_order() -> None:
+def test_an_outcome_the_record_skipped_before_a_correction_answers_the_task_it_re_times_nowhere() -> None:
     late, natural = Hub(), Hub()
     late.send(vcse_referral(), outcome("contacted", "2026-11-04"), vcse_referral(referred_on="2026-11-02"))
     natural.send(vcse_referral(referred_on="2026-11-02"), outcome("contacted", "2026-11-04"))
-    assert late.tasks(A) == natural.tasks(A) == {"referral-triage": "completed", "first-visit": "requested"}
-    assert views(late) == views(natural)
+    # (late: dated before the 6 Nov referral when it came, the record skipped it and never reads it again)
+    assert (said_of_referral(late), said_of_referral(natural)) == ([], ["contacted"])
+    assert late.tasks(A) == {"referral-triage": "requested", "first-visit": "requested"}
+    assert natural.tasks(A) == {"referral-triage": "completed", "first-visit": "requested"}
+    engine, record = views(late)
+    assert engine == record
+    assert engine["referral-triage"] == ("requested", "2026-11-05", False)  # re-timed from 2 Nov all the same
+    assert_outcomes_agree(late)
+    assert_outcomes_agree(natural)
 
 
 def test_an_outcome_sent_late_completes_a_task_a_coordinator_took_on_since_on_the_record_too() -> None:
@@ -388,6 +395,21 @@ def said_of_referral(hub: Hub) -> list[str]:
     return [e["valueCode"] for e in hub.referral().get("extension", []) if e["url"] == co.OUTCOME_EXTENSION]
 
 
+ANSWERED = {  # rule -> the status the referral's outcome leaves its task in (the shipped rules), by outcome
+    "referral-triage": {"contacted": "completed", "attended": "completed", "accepted": "completed",
+                        "declined": "cancelled", "withdrawn": "cancelled"},
+    "first-visit": {"attended": "completed", "declined": "cancelled", "withdrawn": "cancelled"},
+}  # fmt: skip
+
+
+def assert_outcomes_agree(hub: Hub) -> None:
+    """The record's ServiceRequest and the engine's referral tasks say the same of the referral: each task
+    is as the outcome on the record leaves it (none: still open), for a log with no contact or stay."""
+    said = said_of_referral(hub)
+    expected = {rule: by.get(said[-1], "requested") if said else "requested" for rule, by in ANSWERED.items()}
+    assert hub.tasks(A) == expected, (said, hub.referral()["status"])
+
+
 @pytest.mark.parametrize("said", ["contacted", "accepted"])
 def test_an_outcome_after_an_earlier_corrected_date_answers_an_overdue_triage_as_the_record_shows(said: str) -> None:
     hub = Hub()
@@ -397,6 +419,7 @@ def test_an_outcome_after_an_earlier_corrected_date_answers_an_overdue_triage_as
     engine, record = views(hub)
     assert engine["referral-triage"] == ("completed", "2026-11-09", True)  # overdue first, answered since
     assert engine == record
+    assert_outcomes_agree(hub)
 
 
 def test_the_kpis_count_that_answer_from_the_corrected_date_too() -> None:
@@ -419,11 +442,39 @@ def test_an_outcome_before_a_later_corrected_date_answers_no_overdue_triage_as_t
     engine, record = views(hub)
     assert engine["referral-triage"] == ("requested", "2026-11-09", True)
     assert engine == record
+    assert_outcomes_agree(hub)
 
 
-def test_an_outcome_said_before_an_earlier_correction_answers_an_overdue_triage_as_in_the_other_order() -> None:
+@pytest.mark.parametrize("said", ["contacted", "declined"])
+def test_an_outcome_the_record_skipped_before_an_earlier_correction_is_not_applied_by_it_either(said: str) -> None:
     late, natural = Hub(), Hub()
-    late.send(vcse_referral(), OVERDUE, outcome("contacted", "2026-11-04"), vcse_referral(referred_on="2026-11-02"))
-    natural.send(vcse_referral(), OVERDUE, vcse_referral(referred_on="2026-11-02"), outcome("contacted", "2026-11-04"))
-    assert late.tasks(A) == natural.tasks(A) == {"referral-triage": "completed", "first-visit": "requested"}
-    assert views(late) == views(natural)
+    late.send(vcse_referral(), OVERDUE, outcome(said, "2026-11-04"), vcse_referral(referred_on="2026-11-02"))
+    natural.send(vcse_referral(), OVERDUE, vcse_referral(referred_on="2026-11-02"), outcome(said, "2026-11-04"))
+
+    # late: dated before the 6 Nov referral when it came, the record skipped it, and a correction does
+    # not make it look again: neither does the engine (it answered the overdue triage before)
+    assert (said_of_referral(late), said_of_referral(natural)) == ([], [said])
+    assert late.tasks(A) == {"referral-triage": "requested", "first-visit": "requested"}
+    assert_outcomes_agree(late)
+    assert_outcomes_agree(natural)
+    engine, record = views(late)
+    assert engine == record
+
+
+def test_an_outcome_the_record_skipped_is_taken_when_it_is_sent_again_after_the_correction() -> None:
+    hub = Hub()
+    hub.send(vcse_referral(), OVERDUE, outcome("declined", "2026-11-04"), vcse_referral(referred_on="2026-11-02"))
+    row = outcome("declined", "2026-11-04")  # the same row sent again: a new event
+    hub.send(RecordEvent(f"{row.id}-again", row.type, row.source, row.time, row.subject, row.payload))
+
+    assert said_of_referral(hub) == ["declined"]
+    assert_outcomes_agree(hub)
+
+
+def test_an_older_outcome_sent_after_one_the_record_took_answers_no_task_on_either_side() -> None:
+    hub = Hub()
+    hub.send(vcse_referral(), outcome("contacted", "2026-11-10"), outcome("attended", "2026-11-08"))
+
+    assert said_of_referral(hub) == ["contacted"]  # (a later one stands over an older one sent late)
+    assert hub.tasks(A) == {"referral-triage": "completed", "first-visit": "requested"}
+    assert_outcomes_agree(hub)

@@ -13,14 +13,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
+import pytest
 
 from adapters.hl7v2.to_fhir import map_message
 from hub.core.coordination import Positioned, process, tick
 from hub.core.derived_events import STATUS_REASON_SYSTEM
 from hub.core.identity import MAX_HOPS
 from hub.core.ports import RecordEvent
+from hub.core.record import apply_events
 from hub.core.tasks import Engine
-from hub.store.memory import MemoryCoordinationStore
+from hub.rules import DEFAULT, load_rules
+from hub.store.memory import MemoryCoordinationStore, MemoryRecordStore
 from schemas.events import coordination as co
 from tests import locality_month as month
 from tests.builders import an_adt
@@ -435,3 +438,151 @@ def test_closing_the_survivors_own_stay_leaves_the_duplicate_stays_task_open(eng
         store,
     )
     assert [t["status"] for t in duplicate_stay_tasks(store)] == ["requested"]
+
+
+# --- after the review of the duplicate-stay task and the referral's date in a merge ---------------------
+
+
+def fed(engine: Engine, events: list[RecordEvent], store: MemoryCoordinationStore) -> list[RecordEvent]:
+    """As the hub runs: every event and what the engine derives from it go onto the log in turn; the log."""
+    waiting, log = list(events), []
+    while waiting:
+        event = waiting.pop(0)
+        log.append(event)
+        waiting[:0] = run(engine, [event], store)
+    return log
+
+
+def test_a_referral_moved_to_the_retired_identity_then_merged_is_answered_from_the_date_the_record_holds(
+    engine: Engine,
+) -> None:
+    store, record = MemoryCoordinationStore(), MemoryRecordStore()
+    first = as_(SURVIVOR, month.referral("P1", month.at(4, 10), "gp"))
+    moved = as_(RETIRED, month.referral("P1", month.at(8, 10), "gp"))  # re-sent for the other key, made 8 Nov
+    answer = as_(SURVIVOR, month.outcome("P1", month.at(6, 10), "contacted"))  # before 8 Nov: not an answer
+
+    log = fed(engine, [first, moved, MERGE, answer], store)
+    for event in log:
+        with record.unit_of_work() as uow:
+            apply_events(uow, [event])
+            uow.commit()
+
+    [request] = record.reader().search("ServiceRequest", None)
+    assert request["authoredOn"].startswith("2026-11-08")
+    assert [e for e in request.get("extension", []) if e["url"] == co.OUTCOME_EXTENSION] == []  # skipped
+    live = [t for t in store.states[SURVIVOR]["tasks"].values() if not t.get("moved")]
+    assert sorted((t["rule"], t["status"]) for t in live if t["rule"] in ("referral-triage", "first-visit")) == [
+        ("first-visit", "requested"),
+        ("referral-triage", "requested"),
+    ]
+    assert store.states[SURVIVOR]["made"] == {f"ServiceRequest/{month.referral_id('P1')}": month.at(8, 10).isoformat()}
+
+
+def two_stays_merged_then_the_survivors_closed() -> list[RecordEvent]:
+    return [
+        as_(RETIRED, month.episode("P1", month.at(6, 9), "c-ann")),
+        as_(SURVIVOR, month.episode("P2", month.at(7, 9), "c-bob"), who="P2"),
+        MERGE,
+        as_(SURVIVOR, month.episode("P2", month.at(12, 9), "c-bob", closed=True), who="P2"),
+        *ticks(month.at(1, 9, month=2, year=2027)),
+    ]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_log_replayed_under_rules_version_1_or_2_makes_what_it_made_before_version_3(version: int) -> None:
+    older = Engine(load_rules(DEFAULT.with_name(f"croydon-pic.v{version}.yaml")))
+    store = MemoryCoordinationStore()
+
+    derived = run(older, two_stays_merged_then_the_survivors_closed(), store)
+
+    # (the survivor's close ended every stay task of theirs, the duplicate stay's reviews too; no task to close it)
+    created = {rule_of(e.payload) for e in derived if e.type == co.TASK_CREATED.type}
+    assert "close-duplicate-stay" not in created
+    assert [rule_of(e.payload) for e in derived if e.type == co.TASK_OVERDUE.type] == ["pic-summary"]
+    reviews = {
+        (t["focus"], t["status"]) for t in store.states[SURVIVOR]["tasks"].values() if t["rule"].startswith("review")
+    }
+    assert {status for _, status in reviews} == {"cancelled"}
+    assert {focus for focus, _ in reviews} == {f"EpisodeOfCare/{month.episode_id(p)}" for p in ("P1", "P2")}
+
+
+def test_under_rules_version_3_the_survivors_close_leaves_the_duplicate_stays_tasks_to_its_own_close(
+    engine: Engine,
+) -> None:
+    assert engine.rules.version == 3
+    store = MemoryCoordinationStore()
+
+    derived = run(engine, two_stays_merged_then_the_survivors_closed(), store)
+
+    overdue = sorted(rule_of(e.payload) for e in derived if e.type == co.TASK_OVERDUE.type)
+    assert overdue == ["close-duplicate-stay", "pic-summary", "review-12-weeks", "review-6-weeks"]
+
+
+def test_the_duplicate_stays_task_is_done_by_its_close_whatever_status_it_gives(engine: Engine) -> None:
+    store = MemoryCoordinationStore()
+    theirs = as_(RETIRED, month.episode("P1", month.at(6, 9), "c-ann"))
+    ours = as_(SURVIVOR, month.episode("P2", month.at(7, 9), "c-bob"), who="P2")
+    run(engine, [theirs, ours, MERGE], store)
+    close = as_(RETIRED, month.episode("P1", month.at(12, 9), "c-ann", closed=True))
+    payload = orjson.loads(orjson.dumps(close.payload))
+    for entry in payload["entry"]:
+        if entry["resource"]["resourceType"] == "EpisodeOfCare":
+            entry["resource"]["status"] = "entered-in-error"  # (a duplicate's close: no discharge)
+
+    run(engine, [RecordEvent(close.id, close.type, close.source, close.time, close.subject, payload)], store)
+
+    assert [t["status"] for t in duplicate_stay_tasks(store)] == ["completed"]
+    assert store.states[SURVIVOR]["episode"]["id"] == month.episode_id("P2")
+
+
+@pytest.mark.parametrize("when", ["before the merge", "after the merge"])
+def test_the_duplicate_stays_task_stays_open_for_a_person_who_died(engine: Engine, when: str) -> None:
+    store = MemoryCoordinationStore()
+    theirs = as_(RETIRED, month.episode("P1", month.at(6, 9), "c-ann"))
+    ours = as_(SURVIVOR, month.episode("P2", month.at(7, 9), "c-bob"), who="P2")
+    died = adt_under_old_number("D1", "202611080900" if when == "before the merge" else "202611110900",
+                                died="202611080800", indicator="Y")  # fmt: skip
+    log = [theirs, ours, died, MERGE] if when == "before the merge" else [theirs, ours, MERGE, died]
+
+    run(engine, log, store)
+
+    assert store.states[SURVIVOR].get("died")
+    assert [(t["status"], t["owner"]) for t in duplicate_stay_tasks(store)] == [("requested", "c-ann")]
+    reviews = [t["status"] for t in store.states[SURVIVOR]["tasks"].values() if t["rule"].startswith("review")]
+    assert set(reviews) == {"cancelled"}  # (the visits end with the death; closing a stay is admin)
+
+
+def test_a_merge_folded_again_under_a_new_event_id_asks_for_the_duplicate_stay_once(engine: Engine) -> None:
+    store = MemoryCoordinationStore()
+    theirs = as_(RETIRED, month.episode("P1", month.at(6, 9), "c-ann"))
+    ours = as_(SURVIVOR, month.episode("P2", month.at(7, 9), "c-bob"), who="P2")
+    run(engine, [theirs, ours], store)
+    retired = orjson.loads(orjson.dumps(store.states[RETIRED]))
+    survivor = orjson.loads(orjson.dumps(store.states[SURVIVOR]))
+    resent = RecordEvent(f"{MERGE.id}-resent", MERGE.type, MERGE.source, MERGE.time, MERGE.subject, MERGE.payload)
+
+    first = engine.merge(survivor, orjson.loads(orjson.dumps(retired)), RETIRED, MERGE)
+    again = engine.merge(survivor, retired, RETIRED, resent)  # (the retired state as it was, folded again)
+
+    assert [rule_of(e.payload) for e in first.events if e.type == co.TASK_CREATED.type] == ["close-duplicate-stay"]
+    assert [e for e in again.events if e.type == co.TASK_CREATED.type] == []
+    assert [c.id for c in again.set if c.kind == "task"] == []
+    assert [t["rule"] for t in survivor["tasks"].values()].count("close-duplicate-stay") == 1
+
+
+def test_a_merge_reversed_keeps_the_stay_the_merged_person_held_as_the_kpis_do(engine: Engine) -> None:
+    store = MemoryCoordinationStore()
+    theirs = as_(RETIRED, month.episode("P1", month.at(6, 9), "c-ann"))
+    ours = as_(SURVIVOR, month.episode("P2", month.at(7, 9), "c-bob"), who="P2")
+    back = merge_of(SURVIVOR, RETIRED, "M2", month.at(11, 9))
+
+    run(engine, [theirs, ours, MERGE, back], store)
+
+    # (documented in README: the named survivor takes the merged person's stay, P2, and the task asks for
+    # their own first one, P1, to be closed, by its coordinator: either close leaves one stay)
+    state = store.states[RETIRED]
+    assert state["episode"]["id"] == month.episode_id("P2")
+    tasks = [
+        (t["focus"], t["owner"], t["status"]) for t in state["tasks"].values() if t["rule"] == "close-duplicate-stay"
+    ]
+    assert tasks == [(f"EpisodeOfCare/{month.episode_id('P1')}", "c-ann", "requested")]

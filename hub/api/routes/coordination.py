@@ -6,6 +6,8 @@
     POST /fhir/ServiceRequest/{id}/$withdraw           its referrer takes a referral back (coordination_withdraw)
     POST /fhir/Patient/{id}/$record-contact            a call or visit (first-contact, face-to-face, ...)
     POST /fhir/EpisodeOfCare/{id}/$close               discharge from the service, with the PIC summary content
+    POST /fhir/EpisodeOfCare/{id}/$close-duplicate     a duplicate stay a merge left open: entered-in-error,
+                                                       no discharge, no PIC summary (coordination_duplicate)
     POST /fhir/Task/{id}/$status                       move a task through the FHIR Task statuses (completing
                                                        a find-gp-practice task, `practice` names the practice)
     GET  /coordination/caseloads                       people per coordinator against the cap
@@ -42,7 +44,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from hub.api.auth import Principal, TokenVerifier
 from hub.api.outcomes import FhirResponse
-from hub.api.routes import coordination_acceptance, coordination_withdraw
+from hub.api.routes import coordination_acceptance, coordination_duplicate, coordination_withdraw
 from hub.api.routes.coordination_close import (
     closed_already,
     closed_refusal,
@@ -170,6 +172,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
 
     api.include_router(coordination_acceptance.router(api_, tokens))  # $accept, $decline
     api.include_router(coordination_withdraw.router(api_, tokens))  # $withdraw, by the referrer
+    api.include_router(coordination_duplicate.router(api_, tokens))  # $close-duplicate, after a merge
 
     @api.post(
         "/fhir/Patient/{id}/$record-contact",

@@ -2,7 +2,11 @@
 was asked (by which the same close sent again is known), that its PIC summary says something, the
 refusal of a close of an episode closed already, and publishing the close that stands (a close Kafka
 did not take is published by the next command that meets it: any close of the episode, however it is
-worded, and an accept for its person refused because the episode holds them, unapplied_close)."""
+worded, and an accept for its person refused because the episode holds them, unapplied_close).
+
+A duplicate stay's close (`$close-duplicate`, coordination_duplicate) is claimed, answered and
+published through the same functions: its Closure has the EpisodeOfCare entered-in-error and no PIC
+summary (an empty `summary`), and its event carries the EpisodeOfCare alone."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from hub.core.errors import (
 )
 from hub.core.identity import stable_id
 from hub.core.ports import Closure, Json
+from hub.core.stays import is_open
 from schemas.events import coordination as co
 
 CLOSING = ("goals", "interventions", "onward-referrals", "follow-up")  # what a $close writes in the PIC summary
@@ -51,6 +56,12 @@ def closed_refusal(episode: Json) -> RuleRefusedError:
     GP was sent is the first close's, which the record keeps."""
     end = (episode.get("period") or {}).get("end")
     when = f" at {end}" if end else ""
+    if episode.get("status") == "entered-in-error":
+        return RuleRefusedError(
+            f"EpisodeOfCare/{episode['id']} was closed{when} as a duplicate stay a merge left open "
+            "(entered-in-error): closing is final, and it was no discharge, so no PIC summary went to the GP",
+            ("EpisodeOfCare.status",),
+        )
     return RuleRefusedError(
         f"EpisodeOfCare/{episode['id']} was closed{when}: this episode is already closed, and closing is final; "
         "the PIC summary sent to the GP is that close's, and anything to add goes to the practice another way",
@@ -69,29 +80,32 @@ async def closed_already(
     closed and that its PIC summary is the one that goes to the GP. (No acknowledgement of a close is
     kept, so a close Kafka took is sent again too while the consumers catch up: the same event, which
     every consumer, the rules engine that sends the PIC summary among them, drops as a duplicate.)"""
-    if episode.get("status") != "finished":
+    if is_open(episode.get("status")):
         person = str(episode["patient"]["reference"]).removeprefix("Patient/")
         await publish_closure(api_, who, person, stands)
-    if stands.asked != asked or episode.get("status") == "finished":
+    if stands.asked != asked or not is_open(episode.get("status")):
         raise closed_refusal(stands.episode)
     return FhirResponse(stands.episode)
 
 
 async def publish_closure(api_: CoordinationApi, who: Principal, person: str, closure: Closure) -> None:
-    """The close's event (the finished EpisodeOfCare and its PIC summary), under one id for every close
+    """The close's event (the finished EpisodeOfCare and its PIC summary; a duplicate stay's: the
+    EpisodeOfCare entered-in-error alone), under one id for every close
     of the episode, so that the same close published twice is applied once. The claim is made already,
     so one Kafka does not take is UnfinishedError: the 503 says the episode is closed, not that nothing was kept."""
     episode = closure.episode
     at = datetime.fromisoformat(str(episode["period"]["end"]))
     event_id = stable_id("api-close", str(episode["id"]))
     try:
-        await emit(api_, co.EPISODE_CLOSED.type, who, person, at, episode, closure.summary, event_id=event_id)
+        summary = (closure.summary,) if closure.summary else ()  # (none for a duplicate stay)
+        await emit(api_, co.EPISODE_CLOSED.type, who, person, at, episode, *summary, event_id=event_id)
     except BrokerUnavailableError as lost:
+        op = "$close-duplicate" if closure.asked.get("duplicate") else "$close"
         raise UnfinishedError(
             f"EpisodeOfCare/{episode['id']} is closed (held in the database, at {at.isoformat()}), but Kafka did "
             "not acknowledge the close, so the record, the rules engine and the PIC summary to the GP may not have "
-            "it yet. Send the same $close again (the same parameters) to complete it; it is applied once. The close "
-            "is not released: any other $close of the episode, or an $accept refused because the episode holds the "
+            f"it yet. Send the same {op} again (the same parameters) to complete it; it is applied once. The close "
+            "is not released: any other close of the episode, or an $accept refused because the episode holds the "
             "person, sends this one again, and is refused 409."
         ) from lost
 
@@ -103,7 +117,7 @@ async def unapplied_close(api_: CoordinationApi, who: Principal, episode_id: str
     this is what the refusal says of it. None: no close claimed it, or the record has it."""
     try:
         stands = api_.coordination.closure(episode_id)
-        if stands is None or (api_.reader.read("EpisodeOfCare", episode_id) or {}).get("status") == "finished":
+        if stands is None or not is_open((api_.reader.read("EpisodeOfCare", episode_id) or {}).get("status")):
             return None
     except InfrastructureError:
         return None
