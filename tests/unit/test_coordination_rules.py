@@ -23,7 +23,7 @@ from schemas.events import coordination as co
 from tests import locality_month as month
 from tests.builders import an_adt
 
-RULES = DEFAULT  # the shipped rules (hub/rules/croydon-pic.v2.yaml)
+RULES = DEFAULT  # the shipped rules (hub/rules/croydon-pic.v3.yaml)
 
 
 @pytest.fixture(scope="module")
@@ -527,11 +527,11 @@ def test_which_referrals_a_stay_ends_is_decided_in_log_order_not_by_the_times_ev
 
 def test_a_task_names_the_rules_version_that_opened_it_whatever_version_closes_it() -> None:
     v1 = Engine(CoordinationRules.model_validate(yaml.safe_load(DEFAULT.with_name("croydon-pic.v1.yaml").read_text())))
-    v2 = Engine(CoordinationRules.model_validate(yaml.safe_load(DEFAULT.read_text())))
+    later = Engine(CoordinationRules.model_validate(yaml.safe_load(DEFAULT.read_text())))
     store = MemoryCoordinationStore()
     referral, opened, closed = the_referral_then_a_stay_that_closes_unvisited()
     run(v1, [referral], store)
-    derived = run(v2, [opened, closed], store)
+    derived = run(later, [opened, closed], store)
     cancelled = [e.payload for e in derived if e.payload.get("status") == "cancelled" and "focus" in e.payload]
     first = [t for t in cancelled if t["code"]["coding"][0]["code"] == "first-visit"]
     assert first and first[0]["instantiatesUri"].endswith("/v1#first-visit")
