@@ -23,7 +23,12 @@ DOCUMENTATION = {
     "AuditEvent": "the disclosure ledger about one person; auditor role only",
     "List": "a practice's huddle / MDT agenda (?practice=ODS&date=YYYY-MM-DD), as the huddle page shows it",
 }
-INTERACTIONS = {("get", 2): "read", ("get", 1): "search-type", ("post", 1): "create"}  # (method, path depth)
+INTERACTIONS = {  # (method, path depth)
+    ("get", 2): "read",
+    ("put", 2): "update",
+    ("get", 1): "search-type",
+    ("post", 1): "create",
+}
 
 
 @dataclass
@@ -71,7 +76,7 @@ def capability_statement(base: str, api: Json) -> Json:
 
 def served_resources(api: Json) -> dict[str, Served]:
     """Each resource type the /fhir paths of an OpenAPI document serve: /fhir/T (search, create),
-    /fhir/T/{id} (read) and /fhir/T/{id}/$op (an operation); {kind} stands for each type its enum names."""
+    /fhir/T/{id} (read, update) and /fhir/T/{id}/$op (an operation); {kind} stands for each type its enum names."""
     served: dict[str, Served] = {}
     for path, methods in (api.get("paths") or {}).items():
         if not path.startswith("/fhir/"):

@@ -18,6 +18,8 @@ FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
 PATIENT_REF = r"^(Patient/)?[A-Za-z0-9\-.]{1,64}$"
 SYSTEM_VALUE = r"^[^|\x00-\x1f\x7f]+\|[^\x00-\x1f\x7f]+$"
 REASON = r"^[^\x00-\x1f\x7f]{1,500}$"
+# FHIR R4 consent-state-codes; the first four start a Consent, the last two end one (PUT)
+CONSENT_STATUSES = ("draft", "proposed", "active", "rejected", "inactive", "entered-in-error")
 
 _ISSUE: Json = {
     "type": "object",
@@ -90,7 +92,7 @@ _IDENTIFIER = _object({"system": _TEXT, "value": _TEXT}, ("system", "value"))
 CONSENT_IN: Json = _object(
     {
         "resourceType": {"type": "string", "enum": ["Consent"]},
-        "status": {"type": "string", "enum": ["draft", "proposed", "active", "rejected", "inactive"]},
+        "status": {"type": "string", "enum": [*CONSENT_STATUSES[:4]]},  # (not one that ends a Consent)
         "scope": _CONCEPT,
         "category": _some(_CONCEPT),
         "patient": _object({"reference": {"type": "string", "pattern": PATIENT_REF}, "identifier": _IDENTIFIER}),
@@ -110,6 +112,18 @@ CONSENT_IN: Json = _object(
     ("resourceType", "status", "scope", "category", "patient", "provision"),
 )
 CONSENT_IN["description"] = "a FHIR R4 Consent naming the person by NHS number or Patient reference"
+# an update (PUT) is the whole Consent again, its id that of the URL, any FHIR R4 status (to end one:
+# inactive, or entered-in-error)
+CONSENT_UPDATE: Json = {
+    **CONSENT_IN,
+    "properties": {
+        **CONSENT_IN["properties"],
+        "id": {"type": "string", "pattern": FHIR_ID},
+        "status": {"type": "string", "enum": [*CONSENT_STATUSES]},
+    },
+    "required": ["id", *CONSENT_IN["required"]],
+    "description": "the whole FHIR R4 Consent as it is to stand, its id that of the URL, about the same person",
+}
 CONSENT_OUT: Json = {
     "type": "object",
     "required": ["resourceType", "id", "patient"],
@@ -120,6 +134,7 @@ _WHY = {
     401: "no bearer token, or one this server does not accept",
     403: "the sharing agreements, the person's consent or the caller's role forbid it",
     404: "no such resource, or a resource type this server does not hold",
+    412: "the If-Match version is not the one the record holds: read it again",
     413: "the body is larger than this server takes",
 }
 

@@ -12,8 +12,10 @@ deliveries and replay exports). Default deny. The rules, in order:
                        national data opt-out, the person has not opted out: a Consent with provision deny
                        and policyRule CONSENT_POLICY_SYSTEM#national-data-opt-out, which applies only
                        through agreements that say so, never to direct care by itself)
-    objection          a Consent with provision.type=deny in force for that recipient (or everyone) and
-                       category (or all) overrides any agreement; a permit never widens an agreement.
+    objection          an active Consent (the current version; any other status counts for nothing) with
+                       provision.type=deny in force for that recipient (or everyone) and category (or
+                       all) overrides any agreement; a permit never widens an agreement, so a later
+                       permit does not lift a deny: ending the deny (status inactive) does.
                        Nested provisions are exceptions within the one enclosing them (FHIR R4): a
                        permit's nested denies are objections, a deny's nested permits are carved out
                        of it. Recipients are organisations by ODS or local-authority code

@@ -1,6 +1,7 @@
 """A nested objection holds for pushes as for reads, over real sockets and a real Kafka-protocol broker:
 a Consent in FHIR's usual shape (a permit with a nested deny naming the council), posted over HTTP,
-stops the person's later events reaching the council's subscription, and only the council's."""
+stops the person's later events reaching the council's subscription, and only the council's; ended
+(PUT, status inactive), it stops them no more."""
 
 from __future__ import annotations
 
@@ -99,3 +100,20 @@ async def test_a_nested_deny_naming_the_council_stops_its_deliveries_and_no_one_
         [update] = set(topic(COUNCIL)) - before
         assert topic(COUNCIL)[update] == {"deny"}
         assert topic(GP)[update] == {"permit"}
+
+        # the person changes their mind: the Consent ended (PUT, status inactive), later events reach the council
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{run.http_port}/fhir") as http:
+            ended = await http.put(
+                f"/Consent/{created.json()['id']}",
+                json=created.json() | {"status": "inactive"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        assert ended.status_code == 200, ended.text
+        await until(lambda: (services.reader.read("Consent", ended.json()["id"]) or {}).get("status") == "inactive", 30)
+        denied = set(topic(COUNCIL))
+        client = await MllpClient.connect("127.0.0.1", run.mllp_port or 0)
+        assert b"MSA|AA" in await client.send(an_adt(trigger="A08", control_id="N3", visit="V1", family="PUBLIC"))
+        await client.close()
+        await until(lambda: set(topic(COUNCIL)) - denied, within=60)
+        [later] = set(topic(COUNCIL)) - denied
+        assert topic(COUNCIL)[later] == {"permit"}

@@ -25,7 +25,7 @@ from tests.serving import served
 pytestmark = pytest.mark.timeout(120)
 # types no route serves, probed to find them refused (with the types the statement names)
 ELSEWHERE = ("Appointment", "Bundle", "CarePlan", "Condition", "Location", "Medication", "Practitioner")
-INTERACTIONS = ("read", "search-type", "create")
+INTERACTIONS = ("read", "search-type", "create", "update")
 
 
 @dataclass
@@ -90,6 +90,8 @@ def interaction_served(api: Api, kind: str, interaction: str, searches: list[str
         return not refused(api.http.get(f"/fhir/{kind}/probe-1"))
     if interaction == "create":
         return not refused(api.http.post(f"/fhir/{kind}", json={"resourceType": kind}))
+    if interaction == "update":
+        return not refused(api.http.put(f"/fhir/{kind}/probe-1", json={"resourceType": kind, "id": "probe-1"}))
     return not refused(api.http.get(f"/fhir/{kind}", params={name: "probe" for name in searches or ["patient"]}))
 
 
@@ -142,9 +144,12 @@ def test_every_fhir_route_of_the_openapi_document_is_in_the_statement(api: Api) 
                 if rest and rest[-1].startswith("$"):
                     assert rest[-1][1:] in {op["name"] for op in said["operation"]}, (method, path, kind)
                     continue
-                wanted = {(False, "get"): "search-type", (False, "post"): "create", (True, "get"): "read"}[
-                    (bool(rest), method)
-                ]
+                wanted = {
+                    (False, "get"): "search-type",
+                    (False, "post"): "create",
+                    (True, "get"): "read",
+                    (True, "put"): "update",
+                }[(bool(rest), method)]
                 assert wanted in {i["code"] for i in said["interaction"]}, (method, path, kind)
                 queries = {p["name"] for p in params if p["in"] == "query"} - {"token"}  # (the huddle's, not a search)
                 assert queries <= {p["name"] for p in said.get("searchParam", [])}, (method, path, kind)
@@ -166,3 +171,9 @@ def test_the_coordination_commands_are_claimed_exactly_when_served(api: Api) -> 
     assert ("create" in creates) is served
     assert {"read", "search-type"} <= creates
     assert ("Patient", "everything") in ops
+
+
+def test_consent_is_claimed_updatable_and_nothing_else_is(api: Api) -> None:
+    updatable = {kind for kind, r in api.resources().items() if "update" in {i["code"] for i in r["interaction"]}}
+
+    assert updatable == {"Consent"}

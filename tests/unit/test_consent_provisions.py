@@ -312,3 +312,38 @@ def test_a_national_opt_out_naming_a_recipient_or_a_category_is_refused() -> Non
 
     assert {"Consent.provision.actor", "Consent.provision.class"} <= {w for w, _ in policy.consent_problems(consent)}
     assert rules(consent)[0].national_opt_out and rules(consent)[0].doubt
+
+
+DENY = a_consent({"type": "deny", "actor": [actor(COUNCIL)]})
+
+
+@pytest.mark.parametrize(
+    ("status", "counts"),
+    [
+        ("active", True),
+        ("inactive", False),
+        ("entered-in-error", False),
+        ("rejected", False),
+        ("proposed", False),
+        ("draft", False),
+        ("withdrawn", False),  # (no FHIR R4 status: the API refuses it; one that got in withholds nothing)
+    ],
+)
+def test_only_an_active_consent_is_a_rule(status: str, counts: bool) -> None:
+    rule = consent_rule(DENY | {"status": status})
+
+    assert (rule is not None) is counts
+    assert outcome(COUNCIL, [rule] if rule else []) == ("deny" if counts else "permit")
+
+
+def test_an_objection_ended_by_a_new_version_withholds_nothing_and_a_later_permit_never_lifts_one() -> None:
+    first = DENY | {"meta": {"versionId": "1"}}
+    ended = DENY | {"status": "inactive", "meta": {"versionId": "2"}}
+    permit = a_consent({"type": "permit", "actor": [actor(COUNCIL)]}, id="k2")
+
+    before = decide(Asker(COUNCIL, "coordinator", NOW), patient(), AGREEMENTS, rules(first))
+
+    assert before.consents == ("Consent/k1/_history/1",)
+    assert consent_rule(ended) is None
+    assert outcome(COUNCIL, []) == "permit"
+    assert outcome(COUNCIL, rules(first, permit)) == "deny"

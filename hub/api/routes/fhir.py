@@ -1,5 +1,5 @@
 """/fhir: read and search the shared care record (FHIR R4, application/fhir+json), and record
-people's sharing choices (POST Consent).
+people's sharing choices (POST Consent; PUT one to end or correct it).
 
 Every route but `metadata` needs a bearer token. Every resource that would leave is decided by the
 policy decision point (hub.core.policy: agreements and consent) and every decision, permit or deny,
@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -26,13 +25,24 @@ from hub.api.bodies import check_shape as check_shape  # (the other routes take 
 from hub.api.bodies import read_body as read_body
 from hub.api.fhir_documents import audit_events_of, capability_statement
 from hub.api.outcomes import FhirResponse
-from hub.api.routes.fhir_consent import enforceable, may_record_consent, parse_consent, person_for
+from hub.api.routes.fhir_consent import (
+    consent_event,
+    enforceable,
+    held_consent,
+    located,
+    may_record_consent,
+    parse_consent,
+    person_for,
+    replaces,
+    same_choice,
+)
 from hub.api.searchsets import handled, searchset
 from hub.api.shapes import (
     BUNDLE,
     CAPABILITY,
     CONSENT_IN,
     CONSENT_OUT,
+    CONSENT_UPDATE,
     FHIR_ID,
     PATIENT_REF,
     PERSONAL,
@@ -61,7 +71,6 @@ from hub.core.ports import Json, Ledger, RecordReader
 from hub.core.timetravel import WITHHELD_WITH_READ
 from hub.store.agreements import PolicySource
 from schemas.envelope import Envelope
-from schemas.events.consent import CONSENT_RECORDED
 
 log = logging.getLogger(__name__)
 
@@ -349,32 +358,49 @@ def router(
         "/Consent",
         status_code=201,
         summary="Record a person's permit or objection to sharing",
-        responses=created(CONSENT_OUT) | errors(400, 401, 404, 413),
+        responses=created(CONSENT_OUT) | ok(CONSENT_OUT) | errors(400, 401, 403, 404, 413),
         openapi_extra={"requestBody": {"required": True, "content": {"application/fhir+json": {"schema": CONSENT_IN}}}},
     )
     async def record_consent(request: Request, who: Caller) -> FhirResponse:
         if publish is None:
             raise InvalidMessageError("this server does not take Consent", ("Consent",), code="not-supported")
         may_record_consent(policy, who)
-        body = await read_body(request)
-        consent = parse_consent(body)
+        consent = parse_consent(await read_body(request))
         enforceable(reader, consent)
         person = person_for(reader, consent)
+        consent["patient"] = {"reference": f"Patient/{person}"}
+        existing = same_choice(reader, person, consent)
+        if existing is not None:  # (the same choice again: one Consent to end, not two)
+            return FhirResponse(existing, headers={"Location": located(request, existing)})
         consent["id"] = str(uuid.uuid4())
+        consent["meta"] = {"source": f"urn:ods:{who.org}"}
+        await publish(consent_event(who, person, consent, datetime.now(UTC)))
+        return FhirResponse(consent, status_code=201, headers={"Location": located(request, consent)})
+
+    @api.put(
+        "/Consent/{id}",
+        summary="Update a recorded Consent: end it (status inactive) or mark it entered-in-error",
+        responses=ok(CONSENT_OUT) | errors(400, 401, 403, 404, 412, 413),
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/fhir+json": {"schema": CONSENT_UPDATE}}}
+        },
+    )
+    async def update_consent(
+        request: Request,
+        who: Caller,
+        id: Id,
+        if_match: Annotated[str | None, Header(alias="If-Match", description='the version read, W/"N"')] = None,
+    ) -> FhirResponse:
+        if publish is None:
+            raise InvalidMessageError("this server does not take Consent", ("Consent",), code="not-supported")
+        may_record_consent(policy, who)
+        consent = parse_consent(await read_body(request), update=True)
+        held = held_consent(reader, fhir_id(id, "Consent"))
+        person = replaces(reader, held, consent, id, if_match)
+        enforceable(reader, consent)
         consent["patient"] = {"reference": f"Patient/{person}"}
         consent["meta"] = {"source": f"urn:ods:{who.org}"}
-        now = datetime.now(UTC)
-        await publish(
-            Envelope(
-                id=str(uuid.uuid4()),
-                source=f"urn:ods:{who.org}",
-                type=CONSENT_RECORDED.type,
-                time=now,
-                subject=person,
-                data=orjson.dumps(consent),
-            )
-        )
-        location = str(request.base_url).rstrip("/") + f"/fhir/Consent/{consent['id']}"
-        return FhirResponse(consent, status_code=201, headers={"Location": location})
+        await publish(consent_event(who, person, consent, datetime.now(UTC)))
+        return FhirResponse(consent, headers={"Location": located(request, consent)})
 
     return api
