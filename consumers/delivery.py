@@ -39,6 +39,7 @@ from hub.core.delivery import (
 )
 from hub.core.errors import InfrastructureError
 from hub.core.identity import MAX_HOPS, stable_id
+from hub.core.pic_summary import for_practice
 from hub.core.policy import UNENFORCED, Asker, ConsentRule, Decision, decide, person_of
 from hub.core.ports import Json, Ledger, RecordEvent, RecordUnitOfWork, Registrations
 from hub.core.record import resources_of
@@ -48,7 +49,7 @@ from hub.store.agreements import PolicySource
 from hub.store.subscriptions import Delivery, SqlOutbox, SqlSubscriptions
 from schemas.envelope import Envelope
 from schemas.events.consent import CONSENT_RECORDED
-from schemas.events.coordination import NOT_RECORDED, PIC_SUMMARY_RECEIPT
+from schemas.events.coordination import NOT_RECORDED, PIC_SUMMARY_RECEIPT, PIC_SUMMARY_SENT
 from schemas.subscriptions import Subscription
 from schemas.topics import EVENTS, subscriber_topic
 
@@ -184,6 +185,12 @@ class Deliverer:
             asker, resource, agreements, consents, origins=self.policy.origins(resource, held)
         )
 
+    def patient(self, person: str) -> Json | None:
+        """The person's Patient as the record holds it now, if it does."""
+        with self.uow_factory() as uow:
+            held = uow.get("Patient", person)
+            return held.content if held is not None else None
+
     def applied(self, event_ids: Collection[str]) -> set[str]:
         """Those of these events the record has applied."""
         with self.uow_factory() as uow:
@@ -308,6 +315,8 @@ class Deliverer:
         registered: set[str],
     ) -> int:
         resources = [{**r, "meta": {**(r.get("meta") or {}), "source": event.source}} for r in resources_of(event)]
+        if event.type == PIC_SUMMARY_SENT.type:  # (its Patient as the record holds it: name, birth date, address)
+            resources = for_practice(resources, await asyncio.to_thread(self.patient, event.subject))
         summary = {"id": event.id, "type": event.type, "time": event.time.isoformat()}
         delivered, queued = 0, []
         now = self.clock()

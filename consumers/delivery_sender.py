@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,7 +34,9 @@ import orjson
 
 from consumers.delivery import Deliverer, people_in
 from hub.core.delivery import ledger_entries, plan, result_entries
+from hub.core.errors import InfrastructureError
 from hub.core.ledger import DISCLOSED, NOT_DISCLOSED, POSSIBLY_DISCLOSED, Disclosure
+from hub.core.pic_summary import mailbox_name
 from hub.core.ports import Json
 from hub.store.subscriptions import Delivery
 from schemas.events.coordination import PIC_SUMMARY_SENT
@@ -78,9 +81,23 @@ def _written_into(target: Path, body: bytes) -> Sent:
         _write_whole(target, body)
     except OSError as exc:
         if target.with_suffix(".partial").exists():  # (its removal failed too: part of it may be read)
-            return Sent(POSSIBLY_DISCLOSED, f"mailbox: {exc.strerror or exc} (a partial file was left)")
-        return Sent(NOT_DISCLOSED, f"mailbox: {exc.strerror or exc}")
+            return Sent(POSSIBLY_DISCLOSED, f"mailbox: {exc.strerror or type(exc).__name__} (a partial file was left)")
+        return Sent(NOT_DISCLOSED, f"mailbox: {exc.strerror or type(exc).__name__}")
     return Sent(DISCLOSED)
+
+
+def _file_name(delivery: Delivery, body: Json) -> str:
+    """A delivery's mailbox file: a PIC summary's by its date, the NHS number it carries and its
+    event (hub.core.pic_summary.mailbox_name), so a practice can sort and find it; any other by its
+    event id. (Never logged: an error names the failure, not the file.)"""
+    event = delivery.body["event"]
+    if event.get("type") != PIC_SUMMARY_SENT.type:
+        return f"{delivery.event_id}.json"
+    at = datetime.fromisoformat(str(event.get("time") or body.get("timestamp")))
+    sent = [
+        e["resource"] for e in body.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+    ]
+    return mailbox_name(delivery.event_id, at, sent)
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -119,6 +136,51 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(0.5 * 2 ** max(attempts - 1, 0), 300))
 
 
+def _said(error: BaseException) -> str:
+    """An error for a log line: an infrastructure error's words (they name the dependency, never a
+    person), any other's kind only."""
+    return f"{type(error).__name__}: {error}" if isinstance(error, InfrastructureError) else type(error).__name__
+
+
+class Outage:
+    """A run of failed passes: how long to wait before the next (`first` doubling to `cap`, back to
+    `first` after a pass that works) and what to log: the first failure (whole, with its traceback,
+    unless it is a known infrastructure error: the database or Kafka not answering), a line a
+    backoff step, and a line when passes work again."""
+
+    def __init__(self, what: str, first: float, cap: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.what, self.first, self.cap, self.clock = what, first, cap, clock
+        self.failures = 0
+        self.since = 0.0
+
+    def failed(self, error: Exception) -> float:
+        """Log a failed pass; the seconds to wait before the next."""
+        self.failures += 1
+        wait = min(self.first * 2.0 ** (self.failures - 1), self.cap)
+        if self.failures == 1:
+            self.since = self.clock()
+            if isinstance(error, InfrastructureError):
+                log.warning("%s pass failed (%s); retrying in %.1f s", self.what, _said(error), wait)
+            else:
+                log.error("%s pass failed; retrying in %.1f s", self.what, wait, exc_info=error)
+        else:
+            log.warning(
+                "%s still failing after %.1f s (%d passes): %s; retrying in %.1f s",
+                self.what,
+                self.clock() - self.since,
+                self.failures,
+                _said(error),
+                wait,
+            )
+        return wait
+
+    def worked(self) -> None:
+        """A pass worked: log the recovery after a run of failures, and start the backoff again."""
+        if self.failures:
+            log.warning("%s working again after %.1f s", self.what, self.clock() - self.since)
+        self.failures = 0
+
+
 class Tried(NamedTuple):
     """What one delivery's turn came to: how many deliveries it settled (0 or 1), and whether its
     subscription's next delivery may go now (not after a try that did not arrive: it waits behind)."""
@@ -144,11 +206,13 @@ class WebhookSender:
         concurrency: int = 8,
         try_timeout: float = 10.0,
         store_threads: int = 4,
+        max_backoff: float = 30.0,
     ) -> None:
         self.deliverer = deliverer
         self.client = client or httpx.AsyncClient(timeout=try_timeout)
         self.env = env if env is not None else os.environ
-        self.interval = interval
+        self.interval = interval  # between passes, and the first wait after a failed one
+        self.max_backoff = max_backoff  # failed passes wait `interval` doubling to this
         self.concurrency = concurrency
         self.try_timeout = try_timeout  # the whole of one try: connect, send, the answer (however slowly it trickles)
         self._busy: dict[str, asyncio.Task[int]] = {}  # subscription id -> the task sending its deliveries
@@ -163,14 +227,19 @@ class WebhookSender:
     async def run(self, stopping: asyncio.Event) -> None:
         """Send until `stopping` is set; a database outage pauses, never loses, deliveries. Each pass
         starts the subscriptions with due deliveries that are not being sent already, and does not
-        wait for them: a slow endpoint delays only its own subscription's next pass."""
+        wait for them: a slow endpoint delays only its own subscription's next pass. Failed passes
+        back off (Outage), so an outage costs a few log lines, not a traceback every pass."""
+        outage = Outage("webhook sender", self.interval, self.max_backoff)
         while not stopping.is_set():
+            wait = self.interval
             try:
                 await self._start_due()
-            except Exception:  # keep the loop alive; the outbox keeps the work
-                log.exception("webhook sender pass failed; retrying")
+            except Exception as exc:  # keep the loop alive; the outbox keeps the work
+                wait = outage.failed(exc)
+            else:
+                outage.worked()
             try:
-                await asyncio.wait_for(stopping.wait(), self.interval)
+                await asyncio.wait_for(stopping.wait(), wait)
             except TimeoutError:
                 pass
         self._stopping = True  # (each subscription's task ends after the delivery it is sending)
@@ -215,7 +284,11 @@ class WebhookSender:
 
     def _finished(self, sub_id: str, task: asyncio.Task[int]) -> None:
         self._busy.pop(sub_id, None)
-        if not task.cancelled() and (error := task.exception()) is not None:
+        if task.cancelled() or (error := task.exception()) is None:
+            return
+        if isinstance(error, InfrastructureError):  # (the pass's backoff logs the outage: one line here)
+            log.warning("sending subscription %s's deliveries failed (%s); retrying", sub_id, _said(error))
+        else:
             log.error("sending subscription %s's deliveries failed; retrying", sub_id, exc_info=error)
 
     async def _send_in_order(self, queue: list[Delivery]) -> int:
@@ -335,7 +408,7 @@ class WebhookSender:
         writing = self._writing.get(sub_id)
         if writing is not None and not writing.done():
             return Sent(NOT_DISCLOSED, "mailbox: its last write has not returned (the folder is not answering)")
-        target = Path(mailbox) / f"{delivery.event_id}.json"
+        target = Path(mailbox) / _file_name(delivery, body)
         content = orjson.dumps(body, option=orjson.OPT_INDENT_2)
         self._writing[sub_id] = writing = self._files.submit(_written_into, target, content)
         try:

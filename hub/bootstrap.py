@@ -227,8 +227,12 @@ def _publisher(broker: Any, timeout: float) -> Callable[[Envelope], Awaitable[No
 
 
 async def _serve_http(
-    services: Services, listener: socket.socket, publish: Callable[[Envelope], Awaitable[None]] | None = None
+    services: Services,
+    listener: socket.socket,
+    publish: Callable[[Envelope], Awaitable[None]] | None = None,
+    broker: Any = None,
 ) -> tuple[_QuietServer, asyncio.Task[None]]:
+    from hub.api import health
     from hub.api.app import create_app
     from hub.api.auth import TokenVerifier
     from hub.api.routes.coordination import CoordinationApi
@@ -244,8 +248,17 @@ async def _serve_http(
             agreements=services.agreements.current if services.policy is not None else None,
             subscriptions=services.subscriptions.active if services.policy is not None else None,
         )
+    checks = {"database": health.database_answers(services.engine)}
+    if broker is not None:
+        checks["kafka"] = health.kafka_answers(broker)
     app = create_app(
-        services.reader, TokenVerifier(services.secrets.token), services.ledger, services.policy, publish, commands
+        services.reader,
+        TokenVerifier(services.secrets.token),
+        services.ledger,
+        services.policy,
+        publish,
+        commands,
+        checks,
     )
     host, port = listener.getsockname()[:2]
     server = _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
@@ -377,7 +390,7 @@ async def running(
                 run.mllp_port = server.sockets[0].getsockname()[1]
             if listener is not None:
                 publish = _publisher(broker, settings.kafka.publish_timeout_s)
-                web, task = await _serve_http(services, listener, publish)
+                web, task = await _serve_http(services, listener, publish, broker)
                 stack.push_async_callback(_stop_http, web, task)
                 run.http_port = web.servers[0].sockets[0].getsockname()[1]
             yield run

@@ -1,15 +1,19 @@
-"""The HTTP application: FHIR routes under /fhir, errors as OperationOutcome, /healthz for probes."""
+"""The HTTP application: FHIR routes under /fhir, errors as OperationOutcome, /healthz (liveness) and
+/readyz (readiness: the database and Kafka answer) for probes."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi import FastAPI
 
-from hub.api import outcomes
+from hub.api import health, outcomes
 from hub.api.auth import TokenVerifier
 from hub.api.routes import coordination, huddle
 from hub.api.routes.fhir import Publish, router
 from hub.core.ports import Ledger, RecordReader
 from hub.store.agreements import PolicySource
+from hub.store.sql import SqlRecordReader
 
 
 def create_app(
@@ -19,9 +23,11 @@ def create_app(
     policy: PolicySource | None = None,
     publish: Publish | None = None,
     commands: coordination.CoordinationApi | None = None,
+    checks: Mapping[str, health.Check] | None = None,
 ) -> FastAPI:
     """The API over a record reader: tokens checked by `tokens`, every read decided by `policy`
-    (None: not enforced) and recorded in `ledger`; Consents published with `publish`."""
+    (None: not enforced) and recorded in `ledger`; Consents published with `publish`. /readyz runs
+    `checks` (hub.api.health; None: the reader's database, where it has one)."""
     app = FastAPI(
         title="CareHub FHIR API",
         version="0.1.0",
@@ -33,9 +39,7 @@ def create_app(
     if commands is not None:
         app.include_router(coordination.router(commands, tokens))
     app.include_router(router(reader, tokens, ledger, policy, publish))
-
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
+    if checks is None:
+        checks = {"database": health.database_answers(reader.engine)} if isinstance(reader, SqlRecordReader) else {}
+    app.include_router(health.router(health.Readiness(checks)))
     return app

@@ -16,9 +16,10 @@ from typing import Any
 
 from hub.core.identity import MAX_HOPS
 from hub.core.ledger import Disclosure, resource_ref
+from hub.core.pic_summary import delivered_document
 from hub.core.policy import Decision, person_of
 from hub.core.record_content import MERGED, REMOVED_URL, replaced_by
-from schemas.events.coordination import PATIENT_STUB_EVENTS, REGISTER_ROW
+from schemas.events.coordination import PATIENT_STUB_EVENTS, PIC_SUMMARY_SENT, REGISTER_ROW
 from schemas.subscriptions import Subscription
 
 Json = dict[str, Any]
@@ -262,7 +263,9 @@ def versions_written(provenance: Json | None) -> dict[str, str]:
 
 
 def body(subscription_id: str, content: str, event: Json, permitted: Sequence[Json]) -> Json:
-    """A FHIR `collection` Bundle tagged with the event; entries per the content level."""
+    """A FHIR `collection` Bundle tagged with the event; entries per the content level. A PIC summary
+    at `full-resource` is a `document` Bundle instead (hub.core.pic_summary.delivered_document) where
+    the Composition and its Patient were both permitted."""
     bundle: Json = {
         "resourceType": "Bundle",
         "id": event["id"],
@@ -275,6 +278,12 @@ def body(subscription_id: str, content: str, event: Json, permitted: Sequence[Js
     }
     if content == "id-only":
         bundle["entry"] = [{"fullUrl": f"{r['resourceType']}/{r['id']}"} for r in permitted]
+    elif content == "full-resource" and event["type"] == PIC_SUMMARY_SENT.type:
+        # the PIC summary: a FHIR document where the Composition and its Patient went, else as any other
+        document = delivered_document(bundle, permitted)
+        bundle = document or bundle | {
+            "entry": [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r} for r in permitted]
+        }
     elif content == "full-resource":
         bundle["entry"] = [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r} for r in permitted]
     return bundle

@@ -140,7 +140,11 @@ class DerivedEvents:
 
     def pic_summary(self, state: Json, person: str, episode: Json, summary: Json, at: datetime) -> RecordEvent:
         """The PIC summary as a document for the person's practice (GP subscriptions deliver it)."""
-        doc = letter(summary, person=person, nhs=state.get("nhs"), practice=state["practice"], episode=episode, at=at)
+        service = (self.rules.service.ods, self.rules.service.name)
+        doc = letter(
+            summary, person=person, nhs=state.get("nhs"), practice=state["practice"], episode=episode, at=at,
+            service=service,
+        )  # fmt: skip
         return self.derived(co.PIC_SUMMARY_SENT.type, f"pic-summary|{summary['id']}", person, at, doc)
 
     def long_stay_flag(self, clock: Clock, episode: Json) -> RecordEvent:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import os
+import re
 import subprocess
 import sys
 import time
@@ -337,7 +338,10 @@ async def test_a_coordinators_work_over_the_api_ends_with_the_pic_summary_at_the
         closed = await http.post(f"/EpisodeOfCare/{episode['id']}/$close", json=closing, headers=pic)
         assert closed.status_code == 200, closed.text
         await until(lambda: any(mailbox.glob("*.json")), 30, "the PIC summary in the practice mailbox")
-        letter = orjson.loads(next(mailbox.glob("*.json")).read_bytes())
+        [filed] = mailbox.glob("*.json")  # by day and NHS number, for the practice to sort and find
+        assert re.fullmatch(r"\d{8}-9434765919-pic-summary-[0-9a-f]{8}\.json", filed.name), filed.name
+        letter = orjson.loads(filed.read_bytes())
+        assert (letter["type"], letter["entry"][0]["resource"]["resourceType"]) == ("document", "Composition")
         composition = next(e["resource"] for e in letter["entry"] if e["resource"]["resourceType"] == "Composition")
         assert [s["title"] for s in composition["section"]][:2] == ["Reason for referral", "Goals and outcomes"]
         assert "two falls" in composition["section"][0]["text"]["div"]
