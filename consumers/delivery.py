@@ -27,6 +27,7 @@ from consumers.middlewares import on_event_batches, retrying
 from consumers.record import UnitOfWorkFactory, apply_batch
 from hub.core.delivery import (
     Registration,
+    huddle_bounded,
     in_scope,
     ledger_entries,
     merged_chain,
@@ -159,8 +160,9 @@ class Deliverer:
         clock: Callable[[], datetime] = _now,
         enforce: bool = True,
         replication: int = 1,
+        service: str | None = None,  # the coordination service's ODS code: never taken for a GP practice's
     ) -> None:
-        self.enforce = enforce
+        self.enforce, self.service = enforce, service
         self.replication = replication
         self.broker, self.bootstrap = broker, bootstrap
         self.uow_factory = uow_factory
@@ -172,17 +174,20 @@ class Deliverer:
     def judge(
         self, sub: Subscription, people: Collection[str], at: datetime, consents: list[ConsentRule] | None = None
     ) -> Callable[[Json], Decision]:
-        """Decide for `sub` at `at`, under the consents of `people` (read now, unless given)."""
+        """Decide for `sub` at `at`, under the consents of `people` (read now, unless given); another
+        practice's huddle agenda never goes to a GP practice, enforced or not (huddle_bounded)."""
         if not self.enforce:
-            return lambda _: UNENFORCED
+            return huddle_bounded(sub.org, lambda _: UNENFORCED, self.service)
         if consents is None:
             consents = [rule for rules in self.policy.consents_of(people).values() for rule in rules]
         agreements = self.policy.agreements()
         asker = Asker(sub.org, "system", at, purpose=sub.purpose)
         held: dict[tuple[str, str], Json | None] = {}  # (the referrals and episodes read for this judge)
         # a Task, Flag or episode is shared no further than the referral or episode it reveals
-        return lambda resource: decide(
-            asker, resource, agreements, consents, origins=self.policy.origins(resource, held)
+        return huddle_bounded(
+            sub.org,
+            lambda resource: decide(asker, resource, agreements, consents, origins=self.policy.origins(resource, held)),
+            self.service,
         )
 
     def patient(self, person: str) -> Json | None:

@@ -339,6 +339,7 @@ async def running(
             policy=services.policy or PolicySource(services.agreements, services.reader),
             ledger=services.ledger,
             enforce=services.policy is not None,
+            service=services.rules.rules.service.ods,  # (a huddle agenda: never taken for a GP practice's)
         )
         prefix = settings.kafka.group_id.removesuffix("-record")
         if consumers:

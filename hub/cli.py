@@ -213,30 +213,34 @@ def huddle(
     practice: Annotated[str, typer.Option("--practice", help="The practice's ODS code")],
     day: Annotated[str | None, typer.Option("--date", help="Meeting day, YYYY-MM-DD (default today)")] = None,
     org: Annotated[str | None, typer.Option(help="Who it is for (ODS code; default the practice)")] = None,
-    publish: Annotated[bool, typer.Option(help="Publish it as a huddle.agenda event")] = True,
+    publish: Annotated[
+        bool | None,
+        typer.Option(
+            "--publish/--no-publish",
+            help="Publish it as a huddle.agenda event: a huddle held, in the KPIs, once its day comes "
+            "(default: only print it; --attended and --cancelled publish)",
+        ),
+    ] = None,
     attended: Annotated[
-        bool, typer.Option(help="The meeting was held and the coordinator attended (counts in the KPIs)")
+        bool, typer.Option(help="The meeting was held and the coordinator attended (publishes; counts in the KPIs)")
     ] = False,
     cancelled: Annotated[
-        bool, typer.Option(help="The meeting did not take place (not counted as held in the KPIs)")
+        bool, typer.Option(help="The meeting did not take place (publishes; not counted as held in the KPIs)")
     ] = False,
     data_dir: DataDir = Path("var"),
 ) -> None:
-    """Print a practice's weekly huddle / MDT agenda (as its coordinator may see it) and publish it."""
-    from hub.api.auth import Principal
-    from hub.api.routes.fhir import Judge, record
+    """Print a practice's weekly huddle / MDT agenda (as its coordinator may see it); with --publish,
+    --attended or --cancelled, also publish it (the KPIs count each meeting published as held)."""
     from hub.bootstrap import build
-    from hub.core.errors import InvalidMessageError
     from hub.core.huddle import UK, to_fhir_list
-    from hub.core.policy import Asker
     from hub.core.skew import latest_day
-    from hub.web.views import decided_agenda
     from schemas.events.coordination import ATTENDED_EXTENSION, CANCELLED_EXTENSION
 
     if attended and cancelled:
         fail("--attended and --cancelled: a meeting that did not take place was not attended; give one")
-    if (attended or cancelled) and not publish:
+    if (attended or cancelled) and publish is False:
         fail(f"--{'attended' if attended else 'cancelled'} is said by publishing the agenda: leave out --no-publish")
+    publish = bool(publish or attended or cancelled)
     practice, who_org = practice.strip().upper(), (org or practice).strip().upper()
     try:
         meeting = date.fromisoformat(day) if day else datetime.now(UK).date()
@@ -249,15 +253,7 @@ def huddle(
     state = open_existing(data_dir)  # (a mistyped --data-dir: an empty agenda, published into a new hub)
     settings = state.settings
     services = build(settings, engine=state.engine)
-    who = Principal(org=who_org, role="coordinator", user="carehub-cli")
-    judge = Judge(services.policy, Asker(who.org, who.role, datetime.now(UTC)))
-    try:
-        shown = decided_agenda(
-            services.reader, practice, meeting, judge, lambda judged: record(services.ledger, who, "huddle", judged)
-        )
-    except InvalidMessageError as exc:
-        console.print(f"[red]{escape(exc.diagnostics)}[/red]")
-        raise typer.Exit(2) from exc
+    shown = _decided_agenda(services, practice, meeting, who_org)
     console.print(_agenda_table(shown))
     if shown.withheld_people or shown.withheld_items:
         console.print(f"{shown.withheld_people} person(s), {shown.withheld_items} item(s) withheld by the policy")
@@ -268,6 +264,44 @@ def huddle(
                 agenda["extension"] = [*agenda.get("extension", []), {"url": url, "valueBoolean": True}]
         event = asyncio.run(_publish_agenda(settings, services, agenda))
         console.print(f"published {event}")
+    else:
+        console.print(
+            "printed only, not published: --publish publishes it (the KPIs then count a huddle held once its day "
+            "comes), --attended or --cancelled after the meeting say how it went"
+        )
+
+
+def _decided_agenda(services: Any, practice: str, meeting: date, org: str) -> Any:
+    """The agenda as `org`'s coordinator may see it, each decision in the ledger; another GP practice's
+    is refused (exit 1), the refusal in the ledger too."""
+    from hub.api.auth import Principal
+    from hub.api.routes.fhir import Judge, record
+    from hub.core.errors import ConsentDeniedError, InvalidMessageError
+    from hub.core.policy import Asker
+    from hub.web.views import decided_agenda, refused
+
+    who = Principal(org=org, role="coordinator", user="carehub-cli")
+    now = datetime.now(UTC)
+
+    def refuse(reason: str) -> None:
+        services.ledger.append([refused(who.org, who.user, who.role, practice, reason, now)])
+
+    try:
+        return decided_agenda(
+            services.reader,
+            practice,
+            meeting,
+            Judge(services.policy, Asker(who.org, who.role, now)),
+            lambda judged: record(services.ledger, who, "huddle", judged),
+            viewer=(who.org, who.role),
+            refuse=refuse,
+            service=services.rules.rules.service.ods,
+        )
+    except ConsentDeniedError as exc:
+        fail(f"--org {who.org}: {exc.diagnostics} (the refusal is recorded in the disclosure ledger)", 1)
+    except InvalidMessageError as exc:
+        console.print(f"[red]{escape(exc.diagnostics)}[/red]")
+        raise typer.Exit(2) from exc
 
 
 def _agenda_table(shown: Any) -> Table:

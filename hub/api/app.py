@@ -35,7 +35,8 @@ def create_app(
         default_response_class=outcomes.FhirResponse,
     )
     outcomes.install(app)
-    app.include_router(huddle.router(reader, tokens, ledger, policy))  # before /fhir/{kind}: it serves /fhir/List
+    service = commands.engine.rules.service.ods if commands is not None else None  # (never a practice: huddle)
+    app.include_router(huddle.router(reader, tokens, ledger, policy, service))  # before /fhir/{kind}: /fhir/List
     if commands is not None:
         app.include_router(coordination.router(commands, tokens))
     app.include_router(router(reader, tokens, ledger, policy, publish))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from hub.core.huddle import agenda_refusal
 from hub.core.identity import MAX_HOPS
 from hub.core.ledger import Disclosure, resource_ref
 from hub.core.pic_summary import delivered_document
@@ -230,6 +231,21 @@ def in_scope(scope: str, org: str, resources: Sequence[Json], registered: Collec
     if scope == "addressed":
         return org in addressed_to(resources)
     return scope == "all-permitted" or org in registered or org in registered_practices(resources)
+
+
+def huddle_bounded(
+    org: str, decide: Callable[[Json], Decision], service: str | None = None
+) -> Callable[[Json], Decision]:
+    """`decide` for subscriber `org`, but a published huddle agenda (huddle.agenda's List) for a practice
+    other than `org`, where `org` is a GP practice (hub.core.huddle.agenda_refusal; `service`, the
+    coordination service's code, is none), is denied whatever the policy: it lists that practice's
+    people, as a read of it is refused (hub.web.views.decided_agenda)."""
+
+    def decided(resource: Json) -> Decision:
+        reason = agenda_refusal(org, resource, service)
+        return decide(resource) if reason is None else Decision("deny", (reason,))
+
+    return decided
 
 
 def plan(

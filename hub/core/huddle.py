@@ -22,12 +22,19 @@ their Patient's generalPractitioner names it, by ODS identifier or by reference 
 carrying that ODS code (the hospital adapter's `Organization/{stable_id("ods", code)}` among them):
 the record's newest word on their practice, a register row's or a hospital's (hub.core.record), so
 someone who moved is on their new practice's agenda, as their PIC summary goes there.
+
+Who may see it (`refusal`, and `agenda_refusal` for a published one): a GP practice (an ODS code of a
+letter and five digits) sees its own practice's agenda only; every other organisation that attends
+huddles (the coordination service, a PCN, the council, the hospital, a voluntary organisation) sees what
+the sharing policy lets it. A PCN's code (U and five digits) and the coordination service's own are
+never taken for a practice's; any other organisation with a code of that shape (a Y-code hub) is.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
@@ -69,6 +76,10 @@ SECTIONS = {
     "recent-discharge": "Recent discharges",
     "overdue-task": "Overdue tasks",
 }
+# a GP practice's ODS code: a letter and five digits (Y00001), as adapters/referrals reads one; a PCN's
+# is shaped so too, with a U (U12345), and PCN care coordinators attend huddles
+GP_PRACTICE = re.compile(r"[A-Z][0-9]{5}", re.ASCII)
+PCN = re.compile(r"U[0-9]{5}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,7 @@ class Agenda:
     withheld_people: int = 0
     withheld_items: int = 0
     notes: tuple[str, ...] = field(default=())
+    role_without_purpose: str | None = None  # the viewer's role reads nothing personal: why all is withheld
 
     @property
     def window(self) -> tuple[date, date]:
@@ -132,6 +144,7 @@ def agenda(practice_ods: str, meeting_date: date, resources: Iterable[Json]) -> 
         return instant is not None and start <= instant < end
 
     deaths = _deaths(patients, found)
+    names = _names(organizations.values())
 
     def section(name: str, keep: Callable[[Json], str | None], describe: Callable[[Json], str]) -> tuple[Item, ...]:
         items = []
@@ -148,12 +161,72 @@ def agenda(practice_ods: str, meeting_date: date, resources: Iterable[Json]) -> 
     return Agenda(
         practice_ods=practice_ods,
         meeting_date=meeting_date,
-        referrals=section("new-referral", referral_time(in_window), describe_referral),
+        referrals=section("new-referral", referral_time(in_window), lambda r: describe_referral(r, names)),
         eligible=section("newly-eligible", flag_time(in_window), describe_flag),
-        discharges=section("recent-discharge", discharge_time(in_window), describe_discharge),
+        discharges=section("recent-discharge", discharge_time(in_window), lambda r: describe_discharge(r, names)),
         overdue=section("overdue-task", overdue_due, describe_task),
         practice_name=str(practice["name"]) if practice and practice.get("name") else None,
     )
+
+
+def _names(organizations: Iterable[Json]) -> dict[str, str]:
+    """Each named Organization's name, by each of its ODS codes and by its reference."""
+    names: dict[str, str] = {}
+    for org in organizations:
+        if org.get("name"):
+            names |= {code: str(org["name"]) for code in ods_codes(org)} | {
+                f"Organization/{org['id']}": str(org["name"])
+            }
+    return names
+
+
+def is_gp_practice(code: str, service: str | None = None) -> bool:
+    """Whether an ODS code is taken for a GP practice's (a letter and five digits), whatever its case:
+    never a PCN's (U and five digits) nor the coordination service's own (`service`, the rules'
+    `service.ods`); any other organisation with a code of that shape is."""
+    found = code.strip().upper()
+    if service is not None and found == service.strip().upper():
+        return False
+    return GP_PRACTICE.fullmatch(found) is not None and PCN.fullmatch(found) is None
+
+
+def refusal(org: str, practice_ods: str, service: str | None = None) -> str | None:
+    """Why `org` may not see `practice_ods`'s agenda, or None if it may (the policy then decides each
+    person and item). The agenda lists a practice's registered people, so another GP practice
+    (is_gp_practice; `service`, the coordination service's code, is none) is refused whatever it
+    holds: the answer never depends on the record (not even on whether the practice has anyone on it)."""
+    asker, practice = org.strip().upper(), practice_ods.strip().upper()
+    if not is_gp_practice(asker, service) or asker == practice:
+        return None
+    return (
+        f"{asker} is a GP practice, and a practice sees only its own huddle agenda: {practice}'s is for "
+        f"{practice} and the organisations that attend its huddle under the sharing agreements"
+    )
+
+
+def agenda_refusal(org: str, resource: Json, service: str | None = None) -> str | None:
+    """Why a published agenda (a List to_fhir_list made: its practice in PRACTICE_EXTENSION) may not go to
+    `org`, as `refusal` says for one read; None for any other resource, or where it may."""
+    if resource.get("resourceType") != "List":
+        return None
+    said = (e.get("valueIdentifier") for e in resource.get("extension") or [] if e.get("url") == PRACTICE_EXTENSION)
+    practice = next((str(i["value"]) for i in said if isinstance(i, dict) and i.get("value")), None)
+    return None if practice is None else refusal(org, practice, service)
+
+
+def withheld_note(agenda: Agenda) -> str | None:
+    """What the agenda says of what it does not show, or None: the counts, and why (the policy, or the
+    viewer's role, which sees no clinical detail whatever anyone's consent)."""
+    if not (agenda.withheld_people or agenda.withheld_items):
+        return None
+    counts = f"{agenda.withheld_people} person(s) and {agenda.withheld_items} item(s)"
+    if agenda.role_without_purpose:
+        return (
+            f"{counts} not shown: the {agenda.role_without_purpose} role does not see clinical detail (people, "
+            "referrals, discharges, tasks), whatever anyone's consent; its organisation's clinicians and "
+            "coordinators may see them"
+        )
+    return f"{counts} withheld under the information-sharing policy"
 
 
 _NOT_AFTER_DEATH = frozenset({"new-referral", "newly-eligible"})  # no one to refer or find eligible
@@ -282,12 +355,8 @@ def to_fhir_list(agenda: Agenda) -> Json:
         "date": day,
         "orderedBy": {"text": "by section, then by date"},
     }
-    notes = [*agenda.notes, *_death_notes(agenda)]
-    if agenda.withheld_people or agenda.withheld_items:
-        notes.append(
-            f"{agenda.withheld_people} person(s) and {agenda.withheld_items} item(s) withheld under the "
-            "information-sharing policy"
-        )
+    withheld = withheld_note(agenda)
+    notes = [*agenda.notes, *_death_notes(agenda), *([withheld] if withheld else [])]
     if notes:
         result["note"] = [{"text": n} for n in notes]
     if entries:

@@ -1,11 +1,13 @@
 """How the huddle agenda (hub.core.huddle) reads and words what the record holds: each item's text
 (a referral's reason and source, a flag's criterion, a discharge's ward and disposition, a task's
 title and due time), when it happened, and the FHIR values it is read from (dates as UK days, ODS
-codes, extensions, coded text). Pure, as the agenda is."""
+codes, extensions, coded text). Pure, as the agenda is. An organisation is named as the record's
+Organization with its ODS code names it (`names`, by code), else by its code; a discharge destination
+by its NHS Data Dictionary meaning, never its bare code."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -26,12 +28,41 @@ UK = ZoneInfo("Europe/London")
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 OVERDUE = "overdue"
 CLOSED_TASK = FINAL  # a task no longer open (hub.core.task_status)
+DISCHARGE_DESTINATION = "https://fhir.hl7.org.uk/CodeSystem/UKCore-DischargeDestinationEngland"
+# UK Core's DischargeDestinationEngland (the NHS Data Dictionary's Discharge Destination, as listed in
+# shared/STANDARDS.md section 3), in the few words an agenda needs after "to": the hospital adapter sends the code
+# with no display (PV1-36/37 carry a code alone), and "to destination 19" means nothing to a meeting
+DESTINATIONS = {
+    "19": "usual place of residence",
+    "29": "temporary place of residence",
+    "30": "repatriation from a high security psychiatric hospital",
+    "37": "court",
+    "38": "penal establishment or police station",
+    "48": "high security psychiatric hospital, Scotland",
+    "49": "another NHS hospital (high security psychiatric)",
+    "50": "another NHS hospital (medium secure unit)",
+    "51": "another NHS hospital (general ward)",
+    "52": "another NHS hospital (maternity or neonatal ward)",
+    "53": "another NHS hospital (mental health or learning disability ward)",
+    "54": "an NHS-run care home",
+    "65": "local authority residential accommodation",
+    "66": "local authority foster care",
+    "79": "no destination (the patient died)",
+    "84": "a non-NHS hospital (medium secure unit)",
+    "85": "a non-NHS care home",
+    "87": "a non-NHS hospital",
+    "88": "a non-NHS hospice",
+    "98": "no destination yet (the hospital stay had not finished)",
+    "99": "a destination not known",
+}
+# Encounter.class as the hospital adapter codes it (v3-ActCode)
+ENCOUNTER_CLASSES = {"EMER": "emergency", "IMP": "inpatient", "AMB": "outpatient", "PRENC": "pre-admission"}
 
 
-def describe_referral(r: Json) -> str:
+def describe_referral(r: Json, names: Mapping[str, str] | None = None) -> str:
     requester = r.get("requester") or {}
     source = coded_text(next((e.get("valueCodeableConcept") for e in extensions(r, SOURCE_EXTENSION)), None))
-    by = requester.get("display") or (requester.get("identifier") or {}).get("value")
+    by = requester.get("display") or organisation_name(requester, names or {})
     reasons = "; ".join(str(c["text"]) for c in r.get("reasonCode") or [] if c.get("text"))
     text = "Referral" + (f" from {by}" if by else "") + (f" ({source})" if source else "")
     text += f": {reasons}" if reasons else ""
@@ -43,14 +74,40 @@ def describe_flag(r: Json) -> str:
     return "Meets the case-finding criteria" + (f" ({criterion})" if criterion else "")
 
 
-def describe_discharge(r: Json) -> str:
-    provider = (r.get("serviceProvider") or {}).get("identifier", {}).get("value")
-    disposition = coded_text((r.get("hospitalization") or {}).get("dischargeDisposition"))
-    kind = (r.get("class") or {}).get("display") or (r.get("class") or {}).get("code")
+def describe_discharge(r: Json, names: Mapping[str, str] | None = None) -> str:
+    provider = organisation_name(r.get("serviceProvider") or {}, names or {})
+    disposition = destination_text((r.get("hospitalization") or {}).get("dischargeDisposition"))
+    code = (r.get("class") or {}).get("code")
+    kind = (r.get("class") or {}).get("display") or ENCOUNTER_CLASSES.get(str(code)) or code
     text = "Discharged" + (f" from {provider}" if provider else "") + (f" ({kind})" if kind else "")
-    if disposition and disposition.isdigit():  # a bare NHS discharge destination code
-        disposition = f"destination {disposition}"
     return text + (f" to {disposition}" if disposition else "")
+
+
+def destination_text(concept: Json | None) -> str | None:
+    """Where a discharge went, in words: the concept's own text, unless it only repeats a code; else a
+    Discharge Destination coding's display, or its meaning (DESTINATIONS); a code none of those knows,
+    or text of digits alone, is `destination <code>`."""
+    if not concept:
+        return None
+    codes = {str(c.get("code")) for c in concept.get("coding") or [] if c.get("code")}
+    text = concept.get("text")
+    if text and str(text) not in codes:  # (a bare code as text alone, from PV1-36/37 unrecognised, too)
+        return f"destination {text}" if str(text).isdigit() else str(text)
+    for coding in concept.get("coding") or []:
+        if coding.get("system") == DISCHARGE_DESTINATION:
+            said = coding.get("display") or DESTINATIONS.get(str(coding.get("code")))
+            if said:
+                return str(said)
+    found = coded_text(concept)
+    return f"destination {found}" if found and found.isdigit() else found
+
+
+def organisation_name(party: Json, names: Mapping[str, str]) -> str | None:
+    """The name of an organisation a reference names (by ODS identifier or `Organization/<id>`), where
+    `names` (by ODS code and by reference) holds it; else its ODS code; None if it names neither."""
+    code = (party.get("identifier") or {}).get("value")
+    ref = str(party.get("reference") or "")
+    return names.get(str(code)) or names.get(ref) or (str(code) if code else None)
 
 
 def describe_task(r: Json) -> str:

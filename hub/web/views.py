@@ -1,22 +1,36 @@
 """The huddle agenda as the API page and the CLI see it: read from the record, decided, rendered.
 
 HTML is built with `string.Template` and `html.escape` (Jinja2 is not a dependency here): every value
-from the record goes through `escape` before it reaches the page.
+from the record goes through `escape` before it reaches the page. Another GP practice's agenda is
+refused before anything is read (hub.core.huddle.refusal), the refusal recorded in the ledger.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import date, datetime
 from html import escape
 from importlib import resources
 from string import Template
 
-from hub.core.errors import InvalidMessageError
-from hub.core.huddle import SECTIONS, UK, Agenda, Item, agenda, disclosed, withhold
-from hub.core.huddle_reading import local_day
-from hub.core.policy import Decision, person_of
+from hub.core.errors import ConsentDeniedError, InvalidMessageError
+from hub.core.huddle import (
+    SECTIONS,
+    UK,
+    Agenda,
+    Item,
+    agenda,
+    disclosed,
+    practice_reference,
+    refusal,
+    withheld_note,
+    withhold,
+)
+from hub.core.huddle_reading import ODS_SYSTEM, local_day
+from hub.core.ledger import Disclosure
+from hub.core.policy import PURPOSE_OF_ROLE, Decision, person_of
 from hub.core.ports import Json, RecordReader
 
 KINDS = ("ServiceRequest", "Flag", "Encounter", "Task", "EpisodeOfCare")
@@ -39,7 +53,38 @@ def gather(reader: RecordReader, practice_ods: str) -> list[Json]:
     found: list[Json] = [*patients, *practices]
     for kind in KINDS:
         found += reader.search_many(kind, keys)
-    return found
+    return found + _named(reader, found)
+
+
+def _named(reader: RecordReader, found: list[Json]) -> list[Json]:
+    """The Organizations the record holds for the referrers and hospitals the items name (by ODS
+    code: the hospital adapter's Organization for it; or by reference), to name them by."""
+    held = {f"Organization/{r['id']}" for r in found if r.get("resourceType") == "Organization"}
+    wanted: set[str] = set()
+    for r in found:
+        for party in (r.get("requester"), r.get("serviceProvider")):
+            ref, ident = str((party or {}).get("reference") or ""), (party or {}).get("identifier") or {}
+            if ref.startswith("Organization/"):
+                wanted.add(ref)
+            elif ident.get("system") == ODS_SYSTEM and _ODS.match(str(ident.get("value") or "")):
+                wanted.add(practice_reference(str(ident["value"])))
+    read = (reader.read("Organization", ref.split("/", 1)[1]) for ref in sorted(wanted - held))
+    return [org for org in read if org is not None]
+
+
+def refused(org: str, user: str, role: str, practice_ods: str, reason: str, at: datetime) -> Disclosure:
+    """The ledger entry for a huddle refused whole: about no one (nothing was read), naming who asked."""
+    return Disclosure(
+        at=at,
+        recipient_org=org,
+        recipient_user=user,
+        channel="huddle",
+        person_key=None,
+        resources=(),
+        decision="deny",
+        reasons=(reason,),
+        basis={"role": role, "agreements": [], "consents": [], "practice": practice_ods},
+    )
 
 
 def decided_agenda(
@@ -48,13 +93,25 @@ def decided_agenda(
     meeting_date: date,
     judge: Callable[[Json], Decision],
     write: Callable[[Judged], None],
+    *,
+    viewer: tuple[str, str],
+    refuse: Callable[[str], None],
+    service: str | None = None,
 ) -> Agenda:
     """The agenda with only what `judge` permits: a person whose Patient is withheld is counted, not
-    shown; every decision goes to `write` (the ledger) before anything is returned."""
+    shown; every decision goes to `write` (the ledger) before anything is returned. `viewer` is the
+    asker's (organisation, role): another GP practice is refused (ConsentDeniedError) before anything
+    is read, the reason given to `refuse` (the ledger) first; `service`, the coordination service's
+    ODS code (the rules' `service.ods`), is never taken for a practice's, whatever its shape."""
     if not _ODS.match(practice_ods):
         raise InvalidMessageError(f"{practice_ods!r} is not a practice ODS code (3 to 10 letters and digits)")
     if not 1900 <= meeting_date.year <= 9000:
         raise InvalidMessageError(f"{meeting_date} is not a plausible meeting day", ("date",))
+    org, role = viewer
+    reason = refusal(org, practice_ods, service)
+    if reason is not None:
+        refuse(reason)
+        raise ConsentDeniedError(reason, ("practice",))
     found = gather(reader, practice_ods)
     full = agenda(practice_ods, meeting_date, found)
     shown = disclosed(full, found)
@@ -65,7 +122,8 @@ def decided_agenda(
     ]
     write(judged)
     permitted = {f"{r['resourceType']}/{r['id']}" for r, d in judged if d.permitted}
-    return withhold(full, permitted.__contains__)
+    kept = withhold(full, permitted.__contains__)
+    return replace(kept, role_without_purpose=role) if PURPOSE_OF_ROLE.get(role) is None else kept
 
 
 def _item_decision(resource: Json, people: dict[str, Decision], judge: Callable[[Json], Decision]) -> Decision:
@@ -129,12 +187,11 @@ def render_page(shown: Agenda, *, generated: datetime, viewer: str) -> str:
         ("recent-discharge", shown.discharges),
         ("overdue-task", shown.overdue),
     ]
+    note = withheld_note(shown)
     withheld = ""
-    if shown.withheld_people or shown.withheld_items:
-        withheld = (
-            f'<p class="withheld" id="withheld">{shown.withheld_people} person(s) and {shown.withheld_items} item(s) '
-            "withheld under the information-sharing policy (not shown; the decisions are in the ledger).</p>"
-        )
+    if note:
+        where = "" if shown.role_without_purpose else "not shown; "
+        withheld = f'<p class="withheld" id="withheld">{escape(note)} ({where}the decisions are in the ledger).</p>'
     day = shown.meeting_date.strftime("%A %d %B %Y")
     return template.substitute(
         title=escape(f"Huddle agenda: {practice}, {shown.meeting_date.isoformat()}"),
@@ -145,4 +202,16 @@ def render_page(shown: Agenda, *, generated: datetime, viewer: str) -> str:
         viewer=escape(viewer),
         withheld=withheld,
         sections="\n".join(_section(code, items) for code, items in sections),
+    )
+
+
+def render_refused(reason: str, *, generated: datetime, viewer: str) -> str:
+    """The page a refused viewer gets (403): why, and nothing of the practice's agenda or record."""
+    template = Template(
+        resources.files("hub.web.templates").joinpath("huddle_refused.html").read_text(encoding="utf-8")
+    )
+    return template.substitute(
+        reason=escape(reason),
+        generated=escape(generated.astimezone(UK).strftime("%d %b %Y %H:%M")),
+        viewer=escape(viewer),
     )

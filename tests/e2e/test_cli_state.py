@@ -31,7 +31,7 @@ READ_ONLY = [
     ("deliveries", "list"),
     ("deliveries", "redeliver", "--all-failed"),
     ("deadletters",),
-    ("huddle", "--practice", "Y01"),  # (it reads the record for the agenda, then publishes it)
+    ("huddle", "--practice", "Y01"),  # (it reads the record for the agenda; it publishes only when told to)
 ]
 
 

@@ -224,6 +224,7 @@ def test_the_huddle_page_in_chromium_lists_the_weeks_people_and_hides_the_one_wh
     assert "EDITH BROWN" in eligible and "Tue 24 Nov 2026" in eligible
     [discharge] = rows["recent-discharge"]
     assert "JANE SMITH" in discharge and "Discharged from RXX" in discharge and "Mon 23 Nov 2026 11:00" in discharge
+    assert "to usual place of residence" in discharge and "destination 19" not in discharge  # (PV1-36 19, in words)
     [task] = rows["overdue-task"]
     assert "ARTHUR JONES" in task and "First contact" in task and "Sun 22 Nov 2026 17:00" in task
     spaced = f"{OBJECTED.nhs[:3]} {OBJECTED.nhs[3:6]} {OBJECTED.nhs[6:]}"
@@ -258,7 +259,7 @@ def test_the_page_and_its_fhir_list_need_a_token_and_the_list_matches_the_page(
         assert http.get("/huddle/NOT-AN-ODS!", headers=bearer).status_code == 400
         page = http.get(f"/huddle/{PRACTICE}", params={"date": MEETING.isoformat()}, headers=bearer)
         listed = http.get("/fhir/List", params={"practice": PRACTICE, "date": MEETING.isoformat()}, headers=bearer)
-        outsider = {"Authorization": f"Bearer {token(services, org='Y09999')}"}
+        outsider = {"Authorization": f"Bearer {token(services, org='RYY')}"}  # (no party: all withheld)
         nothing = http.get("/fhir/List", params={"practice": PRACTICE, "date": MEETING.isoformat()}, headers=outsider)
 
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -330,6 +331,10 @@ def test_carehub_huddle_prints_the_agenda_and_publishes_it_into_the_record(tmp_p
             timeout=100,
             env={"PATH": "/usr/bin:/bin", "COLUMNS": "220"},
         )
+
+    published = huddle("--publish")  # (a huddle held, as the walkthrough's default was: now said)
+    assert published.returncode == 0, published.stderr
+    assert "published uk.nhs.carehub.huddle.agenda.v1" in published.stdout
 
     both = huddle("--attended", "--cancelled")
     assert both.returncode == 2

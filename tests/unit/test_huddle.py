@@ -220,7 +220,7 @@ def test_recent_discharges_are_finished_hospital_stays_ending_in_the_window() ->
     found = agenda(HERE, MEETING, resources)
 
     assert refs(found.discharges) == ["Encounter/home"]
-    assert found.discharges[0].what == "Discharged from RXX (IMP)"
+    assert found.discharges[0].what == "Discharged from RXX (inpatient)"
 
 
 def test_overdue_tasks_are_open_tasks_marked_overdue_whatever_their_age() -> None:
@@ -325,8 +325,8 @@ def test_items_say_what_the_record_says_and_tolerate_what_it_lacks() -> None:
 
     assert [i.what for i in found.referrals] == ["Referral from Age UK Croydon (huddle): lives alone, two falls"]
     assert [i.what for i in found.discharges] == [
-        "Discharged from RXX (IMP) to destination 19",
-        "Discharged from RXX (IMP) to care home",
+        "Discharged from RXX (inpatient) to destination 19",
+        "Discharged from RXX (inpatient) to care home",
     ]
     assert [(i.name, i.nhs_number, i.what, i.when) for i in found.overdue] == [
         (None, None, "First contact [in-progress]", "")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import pytest
 from fhir.resources.R4B.list import List as FhirList
 
 from hub.core.huddle import agenda, disclosed, to_fhir_list, withhold
@@ -51,7 +52,7 @@ def test_a_person_who_died_is_no_new_referral_nor_newly_eligible_and_their_other
     assert [i.reference for i in found.referrals] == ["ServiceRequest/r2"]
     assert [i.reference for i in found.eligible] == ["Flag/f2"]
     assert [(i.reference, i.what) for i in found.discharges] == [
-        ("Encounter/e1", f"Discharged from RXX (IMP). {CLOSE}")
+        ("Encounter/e1", f"Discharged from RXX (inpatient). {CLOSE}")
     ]
     assert [(i.died, i.episode) for i in found.overdue] == [(CLOSE, "EpisodeOfCare/ep1")]
     listed = to_fhir_list(found)
@@ -65,7 +66,7 @@ def test_a_person_who_died_off_any_caseload_is_said_to_have_died_with_nothing_to
 
     found = agenda(HERE, MEETING, week)
 
-    assert [i.what for i in found.discharges] == ["Discharged from RXX (IMP). Died date not recorded"]
+    assert [i.what for i in found.discharges] == ["Discharged from RXX (inpatient). Died date not recorded"]
     assert found.overdue[0].episode is None
 
 
@@ -74,7 +75,7 @@ def test_the_episode_to_close_is_disclosed_with_the_item_and_withheld_takes_the_
 
     assert "EpisodeOfCare/ep1" in {f"{r['resourceType']}/{r['id']}" for r in disclosed(found, the_week())}
     shown = withhold(found, lambda ref: not ref.startswith("EpisodeOfCare/"))
-    assert [i.what for i in shown.discharges] == ["Discharged from RXX (IMP). Died Tue 24 Nov 2026 23:00"]
+    assert [i.what for i in shown.discharges] == ["Discharged from RXX (inpatient). Died Tue 24 Nov 2026 23:00"]
     assert shown.withheld_items == 0
 
 
@@ -97,7 +98,15 @@ class Record:
 def test_the_page_read_from_the_record_marks_the_rows_of_a_person_who_died() -> None:
     judged: list[tuple[Json, Decision]] = []
     reader = cast(RecordReader, Record(the_week()))
-    shown = decided_agenda(reader, HERE, MEETING, lambda r: Decision("permit", ()), judged.extend)
+    shown = decided_agenda(
+        reader,
+        HERE,
+        MEETING,
+        lambda r: Decision("permit", ()),
+        judged.extend,
+        viewer=(HERE, "coordinator"),
+        refuse=pytest.fail,
+    )
 
     html = render_page(shown, generated=datetime(2026, 11, 25, 9, tzinfo=UTC), viewer="Dr A")
 
