@@ -5,8 +5,11 @@ The identity links a batch shows (hub.core.identity_links: a hospital-number-onl
 person's verified NHS-numbered one) are published as merges with acks=all BEFORE that transaction
 commits, as the rules engine's derived events are (consumers.coordination): a crash repeats the batch,
 which finds the same links with the same ids, applied once. Duplicates are asked too (another consumer,
-delivery's, may have applied them first). `carehub replay` folds the log without this consumer, so it
-never publishes them again: they are on the log already.
+delivery's, applies events to the record under the same processed rows, and may have applied them first),
+in a query or two a batch. The identity conflicts it shows (a hospital number two NHS numbers claim, one
+linked already that another claims, demographics that disagree) are logged at WARNING by person key.
+`carehub replay` folds the log without this consumer, so it never publishes them again: they are on
+the log already.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from consumers.coordination import Publish, publisher
 from consumers.decoding import Decoded, decode_all, records_of
 from consumers.middlewares import dead_letter, on_event_batches, retrying
 from hub.core.errors import InfrastructureError, InvalidMessageError
-from hub.core.identity_links import identity_links
+from hub.core.identity_links import IdentityConflict, find_links
 from hub.core.ports import RecordEvent, RecordUnitOfWork
 from hub.core.record import ApplyResult, apply_events
 
@@ -47,12 +50,28 @@ def apply_and_link(
     """apply_batch, and the identity links the batch shows published (and acknowledged) before it commits."""
     with uow_factory() as uow:
         result = apply_events(uow, events)
-        links = identity_links(uow, key_secret, events)
-        if links:
-            publish_blocking(links)
-            log.info("identity links published as merges: %d", len(links))
+        found = find_links(uow, key_secret, events)
+        for conflict in found.conflicts:
+            report_conflict(conflict)
+        if found.links:
+            publish_blocking(found.links)
+            log.info("identity links published as merges: %d", len(found.links))
         uow.commit()
     return result
+
+
+def report_conflict(conflict: IdentityConflict) -> None:
+    """An identity conflict, for a person to resolve: logged at WARNING by person keys alone (never an
+    NHS number, a hospital number or a name), each time a message names the number. Not dead-lettered:
+    the message was applied, and the dead-letter store keeps input the hub refused."""
+    log.warning(
+        "identity conflict (%s): hospital-number person %s, linked into %s, claimed by %s; not linked "
+        "(nor unlinked): check the people with the hospital, and send an A40 if they are one",
+        conflict.reason,
+        conflict.hospital_person,
+        conflict.linked_into or "no one",
+        ", ".join(conflict.claimants) or "no one",
+    )
 
 
 def record_router(

@@ -73,6 +73,19 @@ class MemoryRecordUnitOfWork:
             key=lambda r: r.id,
         )
 
+    def get_many(self, resource_type: str, ids: Collection[str]) -> dict[str, StoredResource]:
+        view = self._view()
+        return {i: held for i in ids if (held := view.get((resource_type, i))) is not None}
+
+    def find_by_identifiers(
+        self, resource_type: str, pairs: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[StoredResource]]:
+        wanted, found = set(pairs), dict[tuple[str, str], list[StoredResource]]()
+        for (kind, _), r in sorted(self._view().items()):  # (one pass, in id order)
+            for pair in identifiers_of(r.content) & wanted if kind == resource_type else ():
+                found.setdefault(pair, []).append(r)
+        return found
+
     def of_person(self, person_key: str, kind: str | None = None) -> list[StoredResource]:
         return sorted(
             (r for r in self._view().values() if r.person_key == person_key and kind in (None, r.resource_type)),

@@ -108,6 +108,7 @@ class SqlRecordUnitOfWork:
         self.consumer = consumer
         self._conn: sa.Connection | None = None
         self._pending: dict[tuple[str, str], StoredResource] = {}
+        self._pending_by_identifier: dict[tuple[str, str, str], set[tuple[str, str]]] = {}
         self._loaded: dict[tuple[str, str], StoredResource | None] = {}
         self._processed: list[str] = []
 
@@ -129,6 +130,7 @@ class SqlRecordUnitOfWork:
                 conn.rollback()  # a no-op after commit
             conn.close()
         self._pending.clear()
+        self._pending_by_identifier.clear()
         self._loaded.clear()
         self._processed.clear()
 
@@ -161,23 +163,49 @@ class SqlRecordUnitOfWork:
             self._loaded[key] = _stored(row) if row else None
         return self._loaded[key]
 
-    def find_by_identifier(self, resource_type: str, system: str, value: str) -> list[StoredResource]:
-        I = record_identifier  # noqa: E741, N806
-        query = (
-            sa.select(R)
-            .join(I, sa.and_(I.c.resource_type == R.c.resource_type, I.c.resource_id == R.c.id))
-            .where(I.c.resource_type == resource_type, I.c.system == system, I.c.value == value)
-        )
+    def get_many(self, resource_type: str, ids: Collection[str]) -> dict[str, StoredResource]:
+        """get() for many ids: those not pending nor read yet in one query a chunk (and remembered)."""
+        known = self._pending.keys() | self._loaded.keys()
+        wanted = sorted({i for i in ids if (resource_type, i) not in known})
         with store_errors():
-            rows = {(r.resource_type, r.id): _stored(r) for r in self.conn.execute(query)}
-        for key, pending in self._pending.items():
-            if key[0] != resource_type:
-                continue
-            if (system, value) in identifiers_of(pending.content):
-                rows[key] = pending
-            else:
-                rows.pop(key, None)
-        return sorted(rows.values(), key=lambda r: r.id)
+            for chunk in _chunks(wanted):
+                query = sa.select(R).where(R.c.resource_type == resource_type, R.c.id.in_(chunk))
+                found = {r.id: _stored(r) for r in self.conn.execute(query)}
+                self._loaded.update(((resource_type, i), found.get(i)) for i in chunk)
+        return {i: held for i in ids if (held := self.get(resource_type, i)) is not None}
+
+    def find_by_identifier(self, resource_type: str, system: str, value: str) -> list[StoredResource]:
+        return self.find_by_identifiers(resource_type, [(system, value)]).get((system, value), [])
+
+    def find_by_identifiers(
+        self, resource_type: str, pairs: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[StoredResource]]:
+        """find_by_identifier for many (system, value) pairs, in one query a chunk; those found, by pair."""
+        I = record_identifier  # noqa: E741, N806
+        wanted = set(pairs)
+        systems = sorted({s for s, _ in wanted})  # (a few: the index is searched by system, then value)
+        rows: dict[tuple[str, str], dict[tuple[str, str], StoredResource]] = {}
+        with store_errors():
+            for chunk in _chunks(sorted({v for _, v in wanted})):
+                query = (
+                    sa.select(R, I.c.system.label("found_system"), I.c.value.label("found_value"))
+                    .join(I, sa.and_(I.c.resource_type == R.c.resource_type, I.c.resource_id == R.c.id))
+                    .where(I.c.resource_type == resource_type, I.c.system.in_(systems), I.c.value.in_(chunk))
+                )
+                for r in self.conn.execute(query):
+                    if (r.found_system, r.found_value) in wanted:
+                        rows.setdefault((r.found_system, r.found_value), {})[(r.resource_type, r.id)] = _stored(r)
+        for pair in pairs:  # what this transaction wrote wins over what is committed
+            held = rows.get(pair, {})
+            for key in [k for k in held if k in self._pending]:
+                del held[key]  # (added back below if its pending version still carries the pair)
+            for key in self._pending_by_identifier.get((resource_type, *pair), ()):
+                pending = self._pending.get(key)
+                if pending is not None and pair in identifiers_of(pending.content):
+                    held[key] = pending
+            if held:
+                rows[pair] = held
+        return {pair: sorted(held.values(), key=lambda r: r.id) for pair, held in rows.items() if held}
 
     def of_person(self, person_key: str, kind: str | None = None) -> list[StoredResource]:
         query = sa.select(R).where(R.c.person_key == person_key)
@@ -195,7 +223,10 @@ class SqlRecordUnitOfWork:
         return sorted(rows.values(), key=lambda r: (r.resource_type, r.id))
 
     def put(self, resource: StoredResource) -> None:
-        self._pending[(resource.resource_type, resource.id)] = resource
+        key = (resource.resource_type, resource.id)
+        self._pending[key] = resource
+        for system, value in identifiers_of(resource.content):  # (an entry left stale is checked on use)
+            self._pending_by_identifier.setdefault((resource.resource_type, system, value), set()).add(key)
 
     def mark_processed(self, event_id: str) -> None:
         self._processed.append(event_id)
@@ -232,6 +263,7 @@ class SqlRecordUnitOfWork:
                 conn.execute(sa.insert(processed_event), list(chunk))
         self._loaded.update(self._pending)
         self._pending.clear()
+        self._pending_by_identifier.clear()
         self._processed.clear()
 
     def _reconcile_shared(self, conn: sa.Connection) -> None:
