@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
@@ -23,10 +20,12 @@ from hub.core.tasks import Engine
 from hub.embedded import drain, kafka
 from hub.kafka import create_topics
 from hub.rules import load_rules
+from hub.secret_keys import Secrets, load_secrets
 from hub.settings import Settings
 from hub.store.agreements import PolicySource, SqlAgreements
 from hub.store.coordination import SqlCoordinationStore
-from hub.store.database import make_private_folder, open_engine
+from hub.store.database import is_local, make_private_folder, open_engine
+from hub.store.key_fingerprint import hold_key_fingerprint
 from hub.store.ledger import SqlLedger
 from hub.store.registrations import SqlRegistrations
 from hub.store.sql import SqlDeadLetters, SqlRecordReader, SqlRecordUnitOfWork
@@ -34,14 +33,7 @@ from hub.store.subscriptions import SqlOutbox, SqlSubscriptions
 from schemas.envelope import Envelope
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Secrets:
-    """The person-key HMAC secret and the token signing secret."""
-
-    key: bytes
-    token: bytes
+__all__ = ["Running", "Secrets", "Services", "build", "load_secrets", "running"]
 
 
 @dataclass
@@ -64,32 +56,20 @@ class Services:
     rules: Engine
 
 
-def load_secrets(settings: Settings) -> Secrets:
-    """Secrets from settings, else from <data_dir>/secrets.json, created on first use."""
-    sec = settings.security
-    if sec.key_secret and sec.token_secret:
-        return Secrets(sec.key_secret.get_secret_value().encode(), sec.token_secret.get_secret_value().encode())
-    path = settings.data_dir / "secrets.json"
-    if not path.exists():
-        make_private_folder(path.parent)
-        fresh = {"key": secrets.token_hex(32), "token": secrets.token_hex(32)}
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(fresh, out)
-    stored = json.loads(path.read_text())
-    key = sec.key_secret.get_secret_value() if sec.key_secret else stored["key"]
-    token = sec.token_secret.get_secret_value() if sec.token_secret else stored["token"]
-    return Secrets(key.encode(), token.encode())
-
-
-def build(settings: Settings, **overrides: Any) -> Services:
-    """Open the database (migrating it) and assemble the services; overrides replace any part."""
+def build(settings: Settings, *, migrate: bool = False, **overrides: Any) -> Services:
+    """Open the database and assemble the services; overrides replace any part. The database is
+    migrated where it is local, or empty, or `migrate` says so (the long-running hub: a server's
+    database behind the code is refused otherwise); its person-key fingerprint is recorded, or
+    compared with this process's secret (DatabaseRefusedError where it differs)."""
     make_private_folder(settings.data_dir)
-    engine = overrides.pop("engine", None) or open_engine(settings.database())
+    url = settings.database()
+    keys = overrides.pop("secrets", None) or load_secrets(settings)  # (none made for a server's database)
+    engine = overrides.pop("engine", None) or open_engine(url, migrate=migrate or is_local(url) or "empty")
+    hold_key_fingerprint(engine, keys.key, source=keys.key_from)
     parts: dict[str, Any] = {
         "settings": settings,
         "engine": engine,
-        "secrets": load_secrets(settings),
+        "secrets": keys,
         "uow_factory": lambda: SqlRecordUnitOfWork(engine),
         "reader": SqlRecordReader(engine),
         "dead_letters": SqlDeadLetters(engine),
@@ -309,10 +289,12 @@ async def running(
     http: bool = True,
     consumers: bool = True,
     advertise: bool = False,
+    migrate: bool = False,
 ) -> AsyncIterator[Running]:
     """Start Kafka (embedded unless configured), topics, consumers, MLLP and HTTP; stop them all.
     `advertise`: a long-running hub (`up`, `demo --serve`) tells other commands on its data directory
-    where its embedded broker listens (hub.bootstrap.kafka)."""
+    where its embedded broker listens (hub.bootstrap.kafka). `migrate`: bring a server's database
+    behind the code up to it (`up`, `worker`; hub.bootstrap.build)."""
     from adapters.hl7v2.service import HospitalIntake
     from adapters.hl7v2.transport import serve
     from consumers.app import build_broker, dead_letter_group, include_consumers
@@ -321,7 +303,7 @@ async def running(
     from consumers.delivery_sender import WebhookSender
 
     if services is None:
-        services = await asyncio.to_thread(build, settings)
+        services = await asyncio.to_thread(lambda: build(settings, migrate=migrate))
     async with _http_listener(settings, http) as listener, kafka(settings, advertise=advertise) as bootstrap:
         replication = settings.kafka.replication_factor if settings.bootstrap_servers() else 1
         await create_topics(bootstrap, replication=replication)

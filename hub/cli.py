@@ -26,6 +26,7 @@ from hub.cli_base import (
     ingest_app,
     make_settings,
     open_existing,
+    refuse_local_record_on_shared_kafka,
     topics_app,
 )
 from hub.settings import Settings
@@ -33,13 +34,18 @@ from hub.terminal import listing, on_signal, where_table
 
 
 @app.command()
-def up(data_dir: DataDir = Path("var"), mllp_port: MllpPort = 2575, http_port: HttpPort = 8000) -> None:
+def up(data_dir: DataDir = None, mllp_port: MllpPort = None, http_port: HttpPort = None) -> None:
     """Run broker (embedded unless KAFKA_BOOTSTRAP_SERVERS), consumers, MLLP and HTTP until Ctrl-C."""
     from hub.bootstrap import running
 
+    settings = make_settings(data_dir, mllp_port, http_port)
+    refuse_local_record_on_shared_kafka(settings)
+
     async def main() -> None:
-        async with running(make_settings(data_dir, mllp_port, http_port), advertise=True) as run:
-            stop = on_signal()  # (before it says so: a stop sent as soon as it is read is then a clean one)
+        # (taken before it starts: a stop sent while the consumers join their groups waits for them to
+        # have joined, then leaves cleanly, where Python's default killed the hub outright mid-join)
+        stop = on_signal()
+        async with running(settings, advertise=True, migrate=True) as run:
             console.print(where_table(run))
             console.print("Press Ctrl-C to stop.")
             await stop.wait()
@@ -48,7 +54,7 @@ def up(data_dir: DataDir = Path("var"), mllp_port: MllpPort = 2575, http_port: H
 
 
 @app.command()
-def worker(data_dir: DataDir = Path("var")) -> None:
+def worker(data_dir: DataDir = None) -> None:
     """Run the consumers only; several workers share the partitions as one consumer group."""
     from hub.bootstrap import running
 
@@ -56,10 +62,11 @@ def worker(data_dir: DataDir = Path("var")) -> None:
     if not settings.bootstrap_servers():
         console.print("[red]carehub worker needs KAFKA_BOOTSTRAP_SERVERS (a shared Kafka)[/red]")
         raise typer.Exit(2)
+    refuse_local_record_on_shared_kafka(settings)
 
     async def main() -> None:
-        async with running(settings, mllp=False, http=False) as run:
-            stop = on_signal()
+        stop = on_signal()  # (before the 20-35 s group join: a stop sent then is a clean one, as in `up`)
+        async with running(settings, mllp=False, http=False, migrate=True) as run:
             console.print(f"worker consuming from {run.bootstrap}")
             await stop.wait()
 
@@ -68,9 +75,9 @@ def worker(data_dir: DataDir = Path("var")) -> None:
 
 @app.command()
 def demo(
-    data_dir: DataDir = Path("var"),
-    mllp_port: MllpPort = 2575,
-    http_port: HttpPort = 8000,
+    data_dir: DataDir = None,
+    mllp_port: MllpPort = None,
+    http_port: HttpPort = None,
     people: Annotated[int, typer.Option(help="People in the synthetic locality")] = 500,
     days: Annotated[int, typer.Option(help="Days of ADT traffic")] = 30,
     seed: Annotated[int, typer.Option(help="Random seed (the same seed, the same locality)")] = 1,
@@ -80,6 +87,7 @@ def demo(
     from hub.demo import run_demo
 
     settings = make_settings(data_dir, mllp_port, http_port)
+    refuse_local_record_on_shared_kafka(settings)
     code = asyncio.run(run_demo(settings, console, people=people, days=days, seed=seed, serve=serve))
     raise typer.Exit(code)
 
@@ -87,7 +95,7 @@ def demo(
 @ingest_app.command("hl7")
 def ingest_hl7(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders of HL7 v2 messages")],
-    data_dir: DataDir = Path("var"),
+    data_dir: DataDir = None,
 ) -> None:
     """Send HL7 v2 files (single messages, several, or FHS/BHS batches) through the hospital adapter."""
     from hub.ingest import ingest_files
@@ -104,7 +112,7 @@ def ingest_register(
         datetime | None,
         typer.Option("--extracted-on", formats=["%Y-%m-%d"], help="Extraction date for rows without extracted_on"),
     ] = None,
-    data_dir: DataDir = Path("var"),
+    data_dir: DataDir = None,
 ) -> None:
     """Send at-risk register rows through the referrals adapter: one event per row, bad rows dead-lettered."""
     from hub.referrals_ingest import ingest_referral_files
@@ -122,7 +130,7 @@ def ingest_referrals(
         str | None,
         typer.Option("--format", help="asc-json, asc-csv, vcse-json, vcse-outcome or register (default: detect)"),
     ] = None,
-    data_dir: DataDir = Path("var"),
+    data_dir: DataDir = None,
 ) -> None:
     """Send adult social care and voluntary-sector referrals and outcomes: one event per row or document."""
     from hub.referrals_ingest import ingest_referral_files
@@ -133,7 +141,7 @@ def ingest_referrals(
 
 
 @topics_app.command("create")
-def topics_create(data_dir: DataDir = Path("var")) -> None:
+def topics_create(data_dir: DataDir = None) -> None:
     """Create every topic of the catalogue that the Kafka at KAFKA_BOOTSTRAP_SERVERS lacks."""
     from hub.kafka import create_topics
 
@@ -182,7 +190,7 @@ def token(
         float,
         typer.Option(callback=_lifetime, help=f"Lifetime in hours: more than 0, at most {MAX_TOKEN_HOURS:g} (31 days)"),
     ] = 12.0,
-    data_dir: DataDir = Path("var"),
+    data_dir: DataDir = None,
 ) -> None:
     """Print a signed bearer token that the running hub (same --data-dir) accepts."""
     from hub.api.auth import checked_claims, issue_token
@@ -227,7 +235,7 @@ def huddle(
     cancelled: Annotated[
         bool, typer.Option(help="The meeting did not take place (publishes; not counted as held in the KPIs)")
     ] = False,
-    data_dir: DataDir = Path("var"),
+    data_dir: DataDir = None,
 ) -> None:
     """Print a practice's weekly huddle / MDT agenda (as its coordinator may see it); with --publish,
     --attended or --cancelled, also publish it (the KPIs count each meeting published as held)."""
@@ -350,7 +358,7 @@ async def _publish_agenda(settings: Settings, services: Any, fhir_list: dict[str
 
 
 # the other commands register themselves on the apps as their modules load
-from hub import cli_audit, cli_deadletters, cli_record, cli_sharing  # noqa: E402, F401
+from hub import cli_audit, cli_database, cli_deadletters, cli_record, cli_sharing  # noqa: E402, F401
 
 # what a path the command was given, and could not use, was wrong with (as the person should read it)
 _PATH_PROBLEMS: dict[type[OSError], str] = {
@@ -369,6 +377,7 @@ def main() -> None:
     from aiokafka.errors import KafkaConnectionError
 
     from hub.core.errors import HubError
+    from hub.store.database import DatabaseRefusedError
 
     try:
         app()  # (exits)
@@ -377,6 +386,8 @@ def main() -> None:
         problem = next((said for kind, said in _PATH_PROBLEMS.items() if isinstance(exc, kind)), None)
         where = f"{exc.filename}: " if exc.filename is not None else ""
         told, code = f"carehub: {where}{problem or exc.strerror or exc}", 2 if problem else 1
+    except DatabaseRefusedError as exc:  # (a schema or a secret that is not this hub's: as a bad path)
+        told, code = f"carehub: {exc}", 2
     except HubError as exc:
         told, code = f"carehub: {exc}", 1
     except KafkaConnectionError as exc:

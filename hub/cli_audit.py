@@ -47,7 +47,7 @@ def audit_verify(
         str | None,
         typer.Option(help="SEQ:HASH of the head an earlier verify printed: also proves nothing was cut from the end"),
     ] = None,
-    data_dir: HeldDir = Path("var"),
+    data_dir: HeldDir = None,
 ) -> None:
     """Recompute the ledger's hash chain; name the first entry altered, removed or reordered."""
     from hub.core.ledger import verify
@@ -86,7 +86,7 @@ def audit_disclosures(
         typer.Option("--csv", help="Also write the decisions to this CSV file (every column in full)"),
     ] = None,
     unverified: UNVERIFIED = False,
-    data_dir: HeldDir = Path("var"),
+    data_dir: HeldDir = None,
 ) -> None:
     """Subject-access request: who was given what about this person, when, and on what basis (and
     who was refused: a denial is recorded too, though nothing was disclosed). A webhook or mailbox
@@ -148,7 +148,7 @@ def audit_time_travel(
         typer.Option("--csv", help="Also write the rows to this CSV file (every column in full, for a spreadsheet)"),
     ] = None,
     unverified: UNVERIFIED = False,
-    data_dir: HeldDir = Path("var"),
+    data_dir: HeldDir = None,
 ) -> None:
     """What was disclosed then, under which agreement and consent versions, and what today's policy would decide.
 
@@ -216,7 +216,7 @@ def audit_export(
     user: Annotated[str, typer.Option(help="The auditor, as the ledger should name them")] = "auditor",
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Lines between signed checkpoints")] = 10_000,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out and its .pub.pem if they exist")] = False,
-    data_dir: DataDir = Path("var"),
+    data_dir: DataDir = None,
 ) -> None:
     """Export the event log for auditors: NDJSON with payload hashes and Ed25519-signed checkpoints,
     verifiable without the hub (python hub/export_verify.py FILE FILE.pub.pem); prints the public
@@ -308,7 +308,7 @@ def kpi(
     out: Annotated[
         Path, typer.Option(help="Folder for kpi-YYYY-MM.csv, kpi-YYYY-MM-trend.csv and kpi-YYYY-MM.html")
     ] = Path("var/kpi"),
-    data_dir: DataDir = Path("var"),
+    data_dir: DataDir = None,
 ) -> None:
     """The commissioner's KPIs for a month, computed from the event log: CSV and an HTML report with charts."""
     from hub.kpi_report import (

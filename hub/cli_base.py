@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from datetime import datetime
@@ -68,29 +69,79 @@ NO_LOG = (
     "--serve`) runs on the same --data-dir (its embedded broker keeps the log in memory, only while it runs)"
 )
 
-DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the hub keeps its state")]
+# Options that are settings too default to None: the setting (its variable, else its default) then holds
+DATA_DIR_DEFAULT = f"CAREHUB_DATA_DIR, else {Settings.model_fields['data_dir'].default}"
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Where the hub keeps its state", show_default=DATA_DIR_DEFAULT)
+]
 # the same, for commands that only read the state: they refuse a folder that holds none
 HeldDir = Annotated[
-    Path,
+    Path | None,
     typer.Option(
         "--data-dir",
         help="Where the hub keeps its state; a folder that holds none is refused (with CAREHUB_DATABASE_URL set, "
         "the database is there instead, and only secrets.json is read from here)",
+        show_default=DATA_DIR_DEFAULT,
     ),
 ]
-MllpPort = Annotated[int, typer.Option("--mllp-port", help="MLLP listener port (0 = any free)")]
-HttpPort = Annotated[int, typer.Option("--http-port", help="FHIR API port (0 = any free)")]
+MllpPort = Annotated[
+    int | None,
+    typer.Option(
+        "--mllp-port",
+        help="MLLP listener port (0 = any free)",
+        show_default=f"CAREHUB_MLLP__PORT, else {MllpSettings().port}",
+    ),
+]
+HttpPort = Annotated[
+    int | None,
+    typer.Option(
+        "--http-port",
+        help="FHIR API port (0 = any free)",
+        show_default=f"CAREHUB_HTTP__PORT, else {HttpSettings().port}",
+    ),
+]
 
 
-def make_settings(data_dir: Path, mllp_port: int | None = None, http_port: int | None = None) -> Settings:
-    """Settings from the environment, with the command line's options on top."""
-    base = Settings(data_dir=data_dir)
+def make_settings(data_dir: Path | None, mllp_port: int | None = None, http_port: int | None = None) -> Settings:
+    """Settings from the environment, with the command line's options on top (None: not given). A
+    CAREHUB_ variable that names no setting, or a setting's bad value: one line each, exit 2."""
+    base = _from_environment(data_dir)
     update: dict[str, object] = {}
     if mllp_port is not None:
         update["mllp"] = MllpSettings(**{**base.mllp.model_dump(), "port": mllp_port})
     if http_port is not None:
         update["http"] = HttpSettings(**{**base.http.model_dump(), "port": http_port})
     return base.model_copy(update=update)
+
+
+def _from_environment(data_dir: Path | None) -> Settings:
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from hub.settings import setting_problems, unknown_variables
+
+    problems = unknown_variables(os.environ)
+    if not problems:
+        try:
+            return Settings() if data_dir is None else Settings(data_dir=data_dir)
+        except (ValidationError, SettingsError) as exc:
+            problems = setting_problems(exc, os.environ)
+    for problem in problems[:-1]:
+        console.print(f"[red]{escape(problem)}[/red]", soft_wrap=True)
+    fail(problems[-1])
+
+
+def refuse_local_record_on_shared_kafka(settings: Settings) -> None:
+    """Exit 2 where consumers would join a shared Kafka's consumer groups with the record in the
+    default SQLite file: almost always a database setting gone missing or misspelt, and what they
+    took from the shared groups (offsets committed) would never reach the hub's database. A
+    database URL given explicitly, sqlite: included, says it is meant."""
+    if settings.bootstrap_servers() and not (settings.database_url or settings.db.url):
+        fail(
+            f"the record would go to a local SQLite file ({settings.database().removeprefix('sqlite:///')}) while "
+            f"the consumer group {settings.kafka.group_id} on Kafka at {settings.bootstrap_servers()} is shared: "
+            "set CAREHUB_DATABASE_URL to the hub's database (a sqlite:/// URL if a local file is meant)"
+        )
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -139,17 +190,18 @@ class HubState:
     key: bytes = b""  # the person-key secret, where the command asked for it
 
 
-def open_existing(data_dir: Path, *, person_keys: bool = False) -> HubState:
+def open_existing(data_dir: Path | None, *, person_keys: bool = False) -> HubState:
     """The state --data-dir (or CAREHUB_DATABASE_URL) names, for a command that only reads it. Where
     there is none: one line, exit 2, and nothing created (a mistyped --data-dir must not read as a
     hub with nothing in it). `person_keys`: the command finds people, so it needs the hub's key too."""
-    from hub.store.database import open_engine, upgrade
+    from hub.store.database import is_local, open_engine, upgrade
 
     settings = make_settings(data_dir)
     url, configured = settings.database(), bool(settings.database_url or settings.db.url)
     where, check = _where(settings, configured)
-    if not configured and data_dir.exists() and not data_dir.is_dir():
-        fail(f"--data-dir {data_dir} is a file: give the folder the hub keeps its state in")
+    folder = settings.data_dir
+    if not configured and folder.exists() and not folder.is_dir():
+        fail(f"--data-dir {folder} is a file: give the folder the hub keeps its state in")
     file = _sqlite_file(url)
     if file is not None and not file.is_file():
         fail(f"no CareHub state {where} (no {file.name}): {check}")
@@ -157,8 +209,10 @@ def open_existing(data_dir: Path, *, person_keys: bool = False) -> HubState:
     if not _holds_carehub_tables(engine):
         engine.dispose()
         fail(f"no CareHub state {where} (its database holds no CareHub tables): {check}")
-    upgrade(engine)  # (as any command opening it would: a hub's database is brought to this version)
-    return HubState(settings, engine, _person_key_secret(settings) if person_keys else b"")
+    # (a local file is brought to this version; a server's database behind it is refused: older hubs
+    # may still use it, and `carehub migrate` or the newer hub's `up` migrates it)
+    upgrade(engine, only_empty=not is_local(url))
+    return HubState(settings, engine, _person_key_secret(settings, engine) if person_keys else b"")
 
 
 def _where(settings: Settings, configured: bool) -> tuple[str, str]:
@@ -195,16 +249,21 @@ def _holds_carehub_tables(engine: sa.Engine) -> bool:
         raise StoreUnavailableError(f"the database {shown} is not answering: {exc.orig}") from exc
 
 
-def _person_key_secret(settings: Settings) -> bytes:
+def _person_key_secret(settings: Settings, engine: sa.Engine) -> bytes:
     """The secret that turns an NHS number into the hub's person key: read, never made here (a new
-    one would find nobody)."""
-    from hub.bootstrap import load_secrets
+    one would find nobody), and refused where the record was built with another."""
+    from hub.secret_keys import load_secrets
+    from hub.store.key_fingerprint import hold_key_fingerprint
 
     if settings.security.key_secret is not None:
-        return settings.security.key_secret.get_secret_value().encode()
+        key = settings.security.key_secret.get_secret_value().encode()
+        hold_key_fingerprint(engine, key, source="CAREHUB_SECURITY__KEY_SECRET")
+        return key
     if not (settings.data_dir / "secrets.json").is_file():
         fail(
             f"no CareHub state in {settings.data_dir} (no secrets.json, which holds the key that finds "
             "a person in the record): check --data-dir, or set CAREHUB_SECURITY__KEY_SECRET"
         )
-    return load_secrets(settings).key  # (it reads the file that is there)
+    secrets = load_secrets(settings)  # (it reads the file that is there)
+    hold_key_fingerprint(engine, secrets.key, source=secrets.key_from)
+    return secrets.key

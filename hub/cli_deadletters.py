@@ -34,7 +34,7 @@ BOM = b"\xef\xbb\xbf"
 @deadletters_app.callback(invoke_without_command=True)
 def deadletters(
     context: typer.Context,
-    data_dir: HeldDir = Path("var"),
+    data_dir: HeldDir = None,
     limit: Annotated[int, typer.Option(help="How many, newest first")] = 20,
 ) -> None:
     """Show rejected input kept in the dead-letter store: its id, the message it was and the reason."""
@@ -66,7 +66,8 @@ def show(
         Path | None,
         typer.Option(
             "--data-dir",
-            help="Where the hub keeps its state (default: the --data-dir given before `show`, else var); as for "
+            help="Where the hub keeps its state (default: the --data-dir given before `show`, else "
+            "CAREHUB_DATA_DIR, else var); as for "
             "`carehub deadletters`",
             show_default=False,
         ),
@@ -89,7 +90,7 @@ def show(
     the bytes as kept and nothing else (an entry kept in part only with --partial)."""
     from hub.store.queries import dead_letter_by_id
 
-    data_dir = data_dir or (context.obj if isinstance(context.obj, Path) else Path("var"))
+    data_dir = data_dir or (context.obj if isinstance(context.obj, Path) else None)
     if raw:  # (stdout is the content's alone, redirected to a file: whatever goes wrong is said on stderr)
         console.file = sys.stderr
     if raw and sys.stdout.isatty():

@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 
 from hub.cli_base import (
+    DATA_DIR_DEFAULT,
     NO_LOG,
     WHEN,
     HeldDir,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 
 @record_app.command("hash")
-def record_hash_command(data_dir: HeldDir = Path("var")) -> None:
+def record_hash_command(data_dir: HeldDir = None) -> None:
     """A canonical hash of the record (every current resource and applied event id)."""
     from hub.store.hashing import record_hash
 
@@ -80,12 +81,13 @@ def replay(
         typer.Option(min=1, help="Processes folding the log's partitions (default: one per core, at most 4)"),
     ] = None,
     data_dir: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--data-dir",
             help="The running hub whose embedded broker's log to read, if KAFKA_BOOTSTRAP_SERVERS is unset",
+            show_default=DATA_DIR_DEFAULT,
         ),
-    ] = Path("var"),
+    ] = None,
 ) -> None:
     """Rebuild the shared care record from the Kafka log into a fresh database, and print its hash."""
     from hub.store.hashing import record_hash

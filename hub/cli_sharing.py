@@ -31,7 +31,7 @@ from hub.terminal import listing
 @agreements_app.command("load")
 def agreements_load(
     paths: Annotated[list[Path], typer.Argument(help="Agreement YAML files (one version each)")],
-    data_dir: DataDir = Path("var"),
+    data_dir: DataDir = None,
 ) -> None:
     """Validate and load agreement versions; earlier versions stay stored for audit."""
     from hub.bootstrap import build
@@ -108,7 +108,7 @@ def _read_documents(paths: list[Path], model: type[M]) -> tuple[list[tuple[Path,
 def optouts_load(
     path: Annotated[Path, typer.Argument(help="NHS numbers with a national data opt-out: one per line, or CSV")],
     source: Annotated[str, typer.Option(help="ODS code of the organisation that checked the list")],
-    data_dir: DataDir = Path("var"),
+    data_dir: DataDir = None,
 ) -> None:
     """Record each person's national data opt-out as a Consent on the log (applied through agreements that
     say the opt-out applies); lines that are not NHS numbers are refused by line and dead-lettered."""
@@ -149,7 +149,7 @@ def optouts_load(
 
 
 @agreements_app.command("list")
-def agreements_list(data_dir: HeldDir = Path("var")) -> None:
+def agreements_list(data_dir: HeldDir = None) -> None:
     """Every agreement version held, newest last."""
     from hub.store.agreements import SqlAgreements
 
@@ -164,7 +164,7 @@ def agreements_list(data_dir: HeldDir = Path("var")) -> None:
 @subscriptions_app.command("load")
 def subscriptions_load(
     paths: Annotated[list[Path], typer.Argument(help="Subscription YAML files")],
-    data_dir: DataDir = Path("var"),
+    data_dir: DataDir = None,
 ) -> None:
     """Validate and save subscriptions (a file with an existing id replaces it); the hub picks them up within 1 s."""
     from hub.bootstrap import build
@@ -201,7 +201,7 @@ def _unknown_events(path: Path, subscription: Any) -> str:
 
 
 @subscriptions_app.command("list")
-def subscriptions_list(data_dir: HeldDir = Path("var")) -> None:
+def subscriptions_list(data_dir: HeldDir = None) -> None:
     """Every subscription."""
     from hub.store.subscriptions import SqlSubscriptions
 
@@ -216,7 +216,7 @@ def subscriptions_list(data_dir: HeldDir = Path("var")) -> None:
 def deliveries_list(
     status: Annotated[str | None, typer.Option(help="pending, delivered, failed or withheld")] = None,
     limit: Annotated[int, typer.Option(help="How many, newest first")] = 50,
-    data_dir: HeldDir = Path("var"),
+    data_dir: HeldDir = None,
 ) -> None:
     """Webhook deliveries, newest first."""
     from hub.store.subscriptions import SqlOutbox
@@ -231,7 +231,7 @@ def deliveries_list(
 def deliveries_redeliver(
     ids: Annotated[list[int] | None, typer.Argument(help="Delivery ids (see deliveries list)")] = None,
     all_failed: Annotated[bool, typer.Option("--all-failed", help="Every failed delivery")] = False,
-    data_dir: HeldDir = Path("var"),
+    data_dir: HeldDir = None,
 ) -> None:
     """Queue failed deliveries again; each is decided again under today's policy before it is sent."""
     from hub.store.subscriptions import SqlOutbox

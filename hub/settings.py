@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+PREFIX = "CAREHUB_"
+# CAREHUB_ variables that are no setting, read by something else (README, Settings); any other CAREHUB_
+# name that is no setting is refused: a misspelt one would be ignored, and its default used, silently
+NOT_SETTINGS = frozenset(
+    {
+        # deploy/docker-compose.yml builds settings from these: the database password and the two secrets
+        "CAREHUB_DB_PASSWORD",
+        "CAREHUB_KEY_SECRET",
+        "CAREHUB_TOKEN_SECRET",
+        # the sizes of the long tests (tests/fuzz, tests/integration)
+        "CAREHUB_FUZZ_EXAMPLES",
+        "CAREHUB_ATHERIS_SECONDS",
+        "CAREHUB_ATHERIS_CANARY",
+        "CAREHUB_CRASH_EVENTS",
+        "CAREHUB_CRASH_KILLS",
+        "CAREHUB_REPLAY_EVENTS",
+        "CAREHUB_REPLAY_KILLED_EVENTS",
+        "CAREHUB_CLOCK_PEOPLE",
+    }
+)
+# and any name that starts with one of these: a webhook's secret (a subscription's secret_env), a test's own
+NOT_SETTINGS_PREFIXES = ("CAREHUB_WEBHOOK_SECRET_", "CAREHUB_TEST_")
 
 
 class KafkaSettings(BaseModel):
@@ -134,3 +160,59 @@ class Settings(BaseSettings):
         if self.database_url or self.db.url:
             return self.database_url or self.db.url
         return f"sqlite:///{(self.data_dir / 'carehub.db').resolve()}"
+
+
+def setting_names() -> frozenset[str]:
+    """Every environment variable Settings reads, upper case (pydantic-settings matches them in any case):
+    CAREHUB_<FIELD>, CAREHUB_<GROUP> (the group as JSON), CAREHUB_<GROUP>__<FIELD>, and the aliases."""
+    names: set[str] = set()
+    for name, field in Settings.model_fields.items():
+        if isinstance(field.validation_alias, AliasChoices):
+            names.update(str(choice).upper() for choice in field.validation_alias.choices)
+            continue
+        names.add(f"{PREFIX}{name.upper()}")
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            names.update(f"{PREFIX}{name.upper()}__{inner.upper()}" for inner in group.model_fields)
+    return frozenset(names)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line for each CAREHUB_ variable in `environ` that is no setting (nor one of NOT_SETTINGS),
+    naming the setting it is closest to."""
+    known = setting_names()
+    ours = sorted(n for n in known if n.startswith(PREFIX))
+    said = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(PREFIX) or upper in known | NOT_SETTINGS or upper.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        close = difflib.get_close_matches(upper, ours, n=1)
+        hint = f"did you mean {close[0]}?" if close else "no setting is named like it"
+        said.append(
+            f"{name} names no setting ({hint}): a CAREHUB_ variable that is no setting is refused, not ignored; "
+            "correct or unset it (README, Settings, lists the names)"
+        )
+    return said
+
+
+def setting_problems(exc: ValidationError | SettingsError, environ: Mapping[str, str]) -> list[str]:
+    """What is wrong with the settings, one line per error, naming the variable that set it."""
+    if isinstance(exc, SettingsError):  # (a group or list setting that is not JSON)
+        field = re.search(r'field "(\w+)"', str(exc))
+        group = f"{PREFIX}{field.group(1).upper()}" if field else PREFIX
+        return [f'{group} or a {group}__ variable: {exc} (a list is given as JSON, e.g. ["P", "T"])']
+    given = {name.upper(): name for name in environ}
+    said = []
+    for error in exc.errors():
+        parts = [str(part).upper() for part in error["loc"] if not isinstance(part, int)]
+        name = parts[0] if parts and parts[0] in given else f"{PREFIX}{'__'.join(parts)}"
+        if name not in given and parts and f"{PREFIX}{parts[0]}" in given:  # (the whole group, as JSON)
+            name = f"{PREFIX}{parts[0]}"
+        shown = name if name not in given or _secret(name) else f"{given[name]}={environ[given[name]]!r}"
+        said.append(f"{shown}: {str(error['msg']).removeprefix('Value error, ')}")
+    return said
+
+
+def _secret(name: str) -> bool:
+    return any(word in name for word in ("SECRET", "PASSWORD", "URL"))

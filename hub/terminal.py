@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import signal
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from rich.text import Text
 if TYPE_CHECKING:
     from hub.bootstrap import Running
 
+log = logging.getLogger(__name__)
 # what a terminal must never be sent as it is: C0 and C1 controls but tab and newline, and the
 # bidirectional overrides that make text read otherwise than it is (what the hub holds came from outside)
 _UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
@@ -71,10 +73,23 @@ def _redact(url: str) -> str:
 
 
 def on_signal() -> asyncio.Event:
-    """An event set on SIGINT or SIGTERM, from now: take it before saying the hub is ready (a SIGTERM
-    sent as soon as "Press Ctrl-C" was read found Python's default and killed the hub outright)."""
+    """An event set on SIGINT or SIGTERM, from now, logged as "stopping (signal ...)": take it before
+    the hub starts (a SIGTERM sent while it started found Python's default and killed it outright,
+    its consumers never leaving their groups). A second signal before the hub has stopped stops it at
+    once, as Python's default does (a start that hangs can still be interrupted)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stopping(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            log.info("stopping (signal %s)", sig.name)
+            stop.set()
+            return
+        log.warning("stopping at once (signal %s again)", sig.name)
+        for each in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(each)
+        signal.raise_signal(sig)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopping, sig)
     return stop

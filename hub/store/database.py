@@ -1,8 +1,10 @@
 """Engines and migrations: a SQLite file by default, PostgreSQL when CAREHUB_DATABASE_URL names one.
 
 `open_engine` brings the schema to the newest Alembic revision before anything uses it, under a lock
-so that several workers starting at once migrate it once. A SQLite file it makes, and its folder, are
-its user's alone (0600, 0700): the record holds patient data.
+so that several workers starting at once migrate it once; asked to migrate only an empty database, it
+refuses one behind the code (a one-off command must not migrate a shared database under older pods:
+`carehub up`, `worker` and `migrate` do that), and whatever it is asked, one newer than the code. A
+SQLite file it makes, and its folder, are its user's alone (0600, 0700): the record holds patient data.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import sqlalchemy as sa
@@ -19,18 +22,31 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 
-from hub.core.errors import StoreUnavailableError
+from hub.core.errors import HubError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK = 0x4361_7265_4875_62  # "CareHub": the PostgreSQL advisory lock key
 PRIVATE_FOLDER, PRIVATE_FILE = 0o700, 0o600
 _warned: set[Path] = set()  # paths open to others already named in a warning (once each per process)
+# migrate: True, to the code's revision; "empty", only a database with no schema yet (one behind is
+# refused); False, not at all
+Migrate = bool | Literal["empty"]
 
 
-def open_engine(url: str, *, migrate: bool = True, **options: Any) -> sa.Engine:
-    """An engine for `url` with the schema current; StoreUnavailableError if the database won't answer."""
+@dataclass(eq=False)
+class DatabaseRefusedError(HubError):
+    """This process may not use the database as it is: its schema is newer than the code, or behind it
+    for a command that does not migrate, or its record was built with another person-key secret."""
+
+    code: str = "conflict"
+
+
+def open_engine(url: str, *, migrate: Migrate = True, **options: Any) -> sa.Engine:
+    """An engine for `url` with the schema current; StoreUnavailableError if the database won't answer,
+    DatabaseRefusedError if its schema is newer than the code (or behind it, where `migrate` is "empty")."""
     parsed = sa.make_url(url)
     options.setdefault("json_serializer", json_text)
     options.setdefault("json_deserializer", orjson.loads)
@@ -45,7 +61,7 @@ def open_engine(url: str, *, migrate: bool = True, **options: Any) -> sa.Engine:
         engine = sa.create_engine(parsed, **options)
     if migrate:
         try:
-            upgrade(engine)
+            upgrade(engine, only_empty=migrate == "empty")
         except sa.exc.OperationalError as exc:
             engine.dispose()
             where = parsed.render_as_string(hide_password=True)
@@ -86,12 +102,16 @@ def warn_if_open(path: Path) -> None:
     if os.name != "posix" or not mode & 0o077 or path in _warned:
         return
     _warned.add(path)
-    private = PRIVATE_FOLDER if path.is_dir() else PRIVATE_FILE
+    folder = path.is_dir()
+    # (a folder: the data directory, whose secrets.json holds the key that finds a person in the record
+    # and the one that signs tokens, wherever the record is; a file: a SQLite record)
+    holds = "the hub's secrets (secrets.json) and may hold patient data" if folder else "patient data"
     log.warning(
-        "%s is open to users other than its owner (mode %04o) and holds patient data: chmod %o %s",
+        "%s is open to users other than its owner (mode %04o) and holds %s: chmod %o %s",
         path,
         mode,
-        private,
+        holds,
+        PRIVATE_FOLDER if folder else PRIVATE_FILE,
         path,
     )
 
@@ -128,8 +148,16 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(_config()).get_current_head()
 
 
-def upgrade(engine: sa.Engine) -> None:
-    """Run every Alembic migration not yet applied, once, even with several processes starting."""
+def is_local(url: str) -> bool:
+    """A SQLite file (the default <data_dir>/carehub.db, or one a URL names): one machine's, which any
+    command may migrate and whose processes may make their own secrets; else a server's database,
+    shared by processes that may run other versions of the hub."""
+    return sa.make_url(url).get_backend_name() == "sqlite"
+
+
+def upgrade(engine: sa.Engine, *, only_empty: bool = False) -> None:
+    """Run every Alembic migration not yet applied, once, even with several processes starting.
+    DatabaseRefusedError for a schema newer than the code, and (`only_empty`) for one behind it."""
     config = _config()
     head = head_revision()
     with engine.connect().execution_options(immediate=True) as connection, connection.begin():
@@ -138,9 +166,29 @@ def upgrade(engine: sa.Engine) -> None:
         current = MigrationContext.configure(connection).get_current_revision()
         if current == head:
             return
+        refuse_newer(current, head)
+        if current is not None and only_empty:
+            raise DatabaseRefusedError(
+                f"the database's schema ({current}) is behind this CareHub ({head}), and this command does "
+                "not migrate it (processes of the older hub may still use it): run `carehub migrate` first "
+                "(or start the newer hub: `carehub up` and `carehub worker` migrate)"
+            )
         log.info("migrating database from %s to %s", current or "empty", head)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def refuse_newer(current: str | None, head: str | None) -> None:
+    """DatabaseRefusedError where the database is at a revision this code does not know: a newer hub's."""
+    if current is None:
+        return
+    try:
+        ScriptDirectory.from_config(_config()).get_revision(current)
+    except CommandError:
+        raise DatabaseRefusedError(
+            f"the database's schema ({current}) is newer than this CareHub ({head}): run the newer version, "
+            "or restore the database from a backup taken before it was upgraded (deploy/README.md, Backups)"
+        ) from None
 
 
 def current_revision(engine: sa.Engine) -> str | None:

@@ -200,3 +200,13 @@ person_registration = sa.Table(
     sa.Column("merged_into", sa.String(64), nullable=True),
     sa.Column("before", JsonColumn, nullable=True),
 )
+
+# the person-key secret's fingerprint (an HMAC of a fixed label under it, never the secret): one row,
+# recorded by the first process to open the database, compared by every later one (hub.store.key_fingerprint)
+key_fingerprint = sa.Table(
+    "key_fingerprint",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("recorded_at", UtcDateTime, nullable=False),
+)

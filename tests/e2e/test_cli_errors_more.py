@@ -50,8 +50,8 @@ def carehub(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
     )
 
 
-def unreachable(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return carehub(*args, cwd=cwd, env={"KAFKA_BOOTSTRAP_SERVERS": NO_BROKER})
+def unreachable(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return carehub(*args, cwd=cwd, env={"KAFKA_BOOTSTRAP_SERVERS": NO_BROKER} | (env or {}))
 
 
 def said_in_one_line(done: subprocess.CompletedProcess[str], line: str) -> None:
@@ -87,7 +87,9 @@ def test_a_kafka_that_cannot_be_reached_is_one_line_naming_it_not_a_traceback(
         "yaml": str(ROOT / "schemas" / "examples" / "agreement.example.yaml"),
     }
     args = [arg.format(**files) for arg in command]
-    said_in_one_line(unreachable(*args, "--data-dir", str(tmp_path / "hub"), cwd=tmp_path), UNREACHABLE)
+    # (a SQLite record with a shared Kafka, named explicitly: meant, so `up` and `worker` go on to Kafka)
+    record = {"CAREHUB_DATABASE_URL": f"sqlite:///{tmp_path / 'hub' / 'carehub.db'}"}
+    said_in_one_line(unreachable(*args, "--data-dir", str(tmp_path / "hub"), cwd=tmp_path, env=record), UNREACHABLE)
 
 
 def test_the_embedded_broker_of_a_hub_that_no_longer_answers_is_named_in_one_line(tmp_path: Path) -> None:

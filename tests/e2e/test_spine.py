@@ -25,6 +25,12 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 
 
+def on_a_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The secrets a hub on a server's database is given (it makes none of its own there)."""
+    monkeypatch.setenv("CAREHUB_SECURITY__KEY_SECRET", "spine-key-secret")
+    monkeypatch.setenv("CAREHUB_SECURITY__TOKEN_SECRET", "spine-token-secret-at-least-32-bytes-long")
+
+
 def hub_settings(tmp_path: Path, bootstrap: str) -> Settings:
     return Settings(
         data_dir=tmp_path,
@@ -186,6 +192,7 @@ async def test_records_whose_headers_lie_are_kept_whole_and_nothing_after_them_s
     # dead-lettered whole as application/json, failed every batch before a handler saw it, for ever
     if database == "postgresql":  # (whose text and jsonb refuse NULs)
         monkeypatch.setenv("CAREHUB_DATABASE_URL", request.getfixturevalue("postgres_url"))
+        on_a_server(monkeypatch)
     csv = b"nhs_number,referrer\r\n9434765919,LA123\r\n"
 
     def event(time: bytes, source: bytes, n: int) -> tuple[str, bytes, list[tuple[str, bytes]]]:
@@ -249,6 +256,7 @@ async def test_the_record_lives_in_postgresql_when_carehub_database_url_names_it
     tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CAREHUB_DATABASE_URL", postgres_url)
+    on_a_server(monkeypatch)
     settings = Settings(
         data_dir=tmp_path,
         kafka=KafkaSettings(group_id=f"t{uuid.uuid4().hex[:8]}-record"),

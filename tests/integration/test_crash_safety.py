@@ -160,6 +160,8 @@ class Worker:
             "CAREHUB_KAFKA__CLIENT_ID": name,
             "CAREHUB_COORDINATION__TICK_S": "0",
         }
+        # (the record in the data directory's SQLite file, named: meant, as a worker on a shared Kafka must say)
+        self.env |= {"CAREHUB_DATABASE_URL": f"sqlite:///{(data_dir / 'carehub.db').resolve()}"}
         self.env |= env or {}
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None

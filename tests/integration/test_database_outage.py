@@ -20,7 +20,7 @@ from adapters.hl7v2.transport import MllpClient
 from hub.api.auth import issue_token
 from hub.bootstrap import build, running
 from hub.kafka import free_port
-from hub.settings import HttpSettings, KafkaSettings, MllpSettings, Settings
+from hub.settings import HttpSettings, KafkaSettings, MllpSettings, SecuritySettings, Settings
 from tests.builders import a_valid_nhs_number, an_adt, an_agreement
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.timeout(180)]
@@ -71,6 +71,7 @@ async def test_ten_seconds_without_the_database_loses_nothing(tmp_path: Path, po
     settings = Settings(
         data_dir=tmp_path,
         database_url=via_proxy,
+        security=SecuritySettings(key_secret="outage-key", token_secret="outage-token-secret-at-least-32-bytes-long"),  # type: ignore[arg-type]
         kafka=KafkaSettings(group_id=f"t{uuid.uuid4().hex[:8]}-record"),
         mllp=MllpSettings(port=0),
         http=HttpSettings(port=0),

@@ -66,7 +66,8 @@ def test_a_database_open_to_others_already_is_left_as_it_is_and_named_in_one_war
     assert (mode(folder), mode(db)) == (0o755, 0o644)
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert said == [
-        f"{folder} is open to users other than its owner (mode 0755) and holds patient data: chmod 700 {folder}",
+        f"{folder} is open to users other than its owner (mode 0755) and holds the hub's secrets (secrets.json) "
+        f"and may hold patient data: chmod 700 {folder}",
         f"{db} is open to users other than its owner (mode 0644) and holds patient data: chmod 600 {db}",
     ]
 

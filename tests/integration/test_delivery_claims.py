@@ -38,12 +38,13 @@ import asyncio, sys, time
 from pathlib import Path
 from consumers.delivery_sender import WebhookSender
 from hub.bootstrap import build
-from hub.settings import DatabaseSettings, Settings
-from tests.integration.test_webhook_truth import SECRET_ENV, a_deliverer
+from hub.settings import DatabaseSettings, SecuritySettings, Settings
+from tests.integration.test_webhook_truth import SECRET_ENV, SERVER_SECRETS, a_deliverer
 
 async def main(data_dir, url, go):
     db = DatabaseSettings(url=url) if url else DatabaseSettings()
-    services = build(Settings(data_dir=Path(data_dir), db=db))
+    security = SERVER_SECRETS if url else SecuritySettings()
+    services = build(Settings(data_dir=Path(data_dir), db=db, security=security))
     print("ready", flush=True)
     while not Path(go).exists():
         await asyncio.sleep(0.01)

@@ -22,7 +22,7 @@ from consumers.delivery import Deliverer
 from consumers.delivery_sender import WebhookSender
 from hub.bootstrap import Services, build
 from hub.core.ports import RecordEvent
-from hub.settings import DatabaseSettings, Settings
+from hub.settings import DatabaseSettings, SecuritySettings, Settings
 from hub.store.agreements import PolicySource
 from schemas.events.coordination import REFERRAL_RECEIVED
 from schemas.subscriptions import Subscription, Webhook
@@ -37,12 +37,17 @@ SECRET_ENV = "MOVES_HOOK_SECRET"
 PRACTICES = (OLD, NEW)
 
 
+SERVER_SECRETS = SecuritySettings(
+    key_secret="moves-key-secret", token_secret="moves-token-secret-at-least-32-bytes-long"
+)  # type: ignore[arg-type]
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     if request.param == "sqlite":
         return Settings(data_dir=tmp_path)
-    url = str(request.getfixturevalue("postgres_url"))
-    return Settings(data_dir=tmp_path, db=DatabaseSettings(url=url))
+    url = str(request.getfixturevalue("postgres_url"))  # (a server's database: the secrets are configured)
+    return Settings(data_dir=tmp_path, db=DatabaseSettings(url=url), security=SERVER_SECRETS)
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from hub.bootstrap import Services, build
 from hub.core.identity import person_key
 from hub.core.ledger import DISCLOSED, NO_RESULT, NOT_DISCLOSED, POSSIBLY_DISCLOSED, is_result, results, verify
 from hub.kafka import free_port
-from hub.settings import DatabaseSettings, Settings
+from hub.settings import DatabaseSettings, SecuritySettings, Settings
 from hub.store.agreements import PolicySource
 from schemas.subscriptions import Subscription
 from tests.builders import an_agreement
@@ -79,12 +79,17 @@ class Receiver:
         return uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
 
 
+SERVER_SECRETS = SecuritySettings(
+    key_secret="truth-key-secret", token_secret="truth-token-secret-at-least-32-bytes-long"
+)  # type: ignore[arg-type]
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     if request.param == "sqlite":
         return Settings(data_dir=tmp_path)
-    url = str(request.getfixturevalue("postgres_url"))
-    return Settings(data_dir=tmp_path, db=DatabaseSettings(url=url))
+    url = str(request.getfixturevalue("postgres_url"))  # (a server's database: the secrets are configured)
+    return Settings(data_dir=tmp_path, db=DatabaseSettings(url=url), security=SERVER_SECRETS)
 
 
 @pytest.fixture
@@ -156,6 +161,9 @@ def carehub(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {"PATH": "/usr/bin:/bin", "COLUMNS": "250"}
     if settings.db.url:
         env["CAREHUB_DATABASE_URL"] = settings.db.url
+    for name, secret in (("KEY", settings.security.key_secret), ("TOKEN", settings.security.token_secret)):
+        if secret is not None:  # (a server's database: the secrets the hub was given)
+            env[f"CAREHUB_SECURITY__{name}_SECRET"] = secret.get_secret_value()
     command = [CAREHUB, *args, "--data-dir", str(settings.data_dir)]
     return subprocess.run(command, capture_output=True, text=True, timeout=100, env=env, check=False)
 
