@@ -59,13 +59,15 @@ class Services:
 def build(settings: Settings, *, migrate: bool = False, **overrides: Any) -> Services:
     """Open the database and assemble the services; overrides replace any part. The database is
     migrated where it is local, or empty, or `migrate` says so (the long-running hub: a server's
-    database behind the code is refused otherwise); its person-key fingerprint is recorded, or
-    compared with this process's secret (DatabaseRefusedError where it differs)."""
+    database behind the code is refused otherwise); its person-key fingerprint is compared with this
+    process's secret (DatabaseRefusedError where it differs), and recorded where there is none yet only
+    by the long-running hub (`migrate`) or on a local file."""
     make_private_folder(settings.data_dir)
     url = settings.database()
     keys = overrides.pop("secrets", None) or load_secrets(settings)  # (none made for a server's database)
     engine = overrides.pop("engine", None) or open_engine(url, migrate=migrate or is_local(url) or "empty")
-    hold_key_fingerprint(engine, keys.key, source=keys.key_from)
+    # recorded by the hub's own processes (up, worker: `migrate`) or on a local file; compared by any
+    hold_key_fingerprint(engine, keys.key, source=keys.key_from, record=migrate or is_local(url))
     parts: dict[str, Any] = {
         "settings": settings,
         "engine": engine,

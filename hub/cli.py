@@ -44,7 +44,7 @@ def up(data_dir: DataDir = None, mllp_port: MllpPort = None, http_port: HttpPort
     async def main() -> None:
         # (taken before it starts: a stop sent while the consumers join their groups waits for them to
         # have joined, then leaves cleanly, where Python's default killed the hub outright mid-join)
-        stop = on_signal()
+        stop = on_signal(at_once_again=bool(settings.bootstrap_servers()))  # (embedded: drain first)
         async with running(settings, advertise=True, migrate=True) as run:
             console.print(where_table(run))
             console.print("Press Ctrl-C to stop.")

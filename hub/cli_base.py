@@ -257,7 +257,7 @@ def _person_key_secret(settings: Settings, engine: sa.Engine) -> bytes:
 
     if settings.security.key_secret is not None:
         key = settings.security.key_secret.get_secret_value().encode()
-        hold_key_fingerprint(engine, key, source="CAREHUB_SECURITY__KEY_SECRET")
+        hold_key_fingerprint(engine, key, source="CAREHUB_SECURITY__KEY_SECRET", record=False)
         return key
     if not (settings.data_dir / "secrets.json").is_file():
         fail(
@@ -265,5 +265,5 @@ def _person_key_secret(settings: Settings, engine: sa.Engine) -> bytes:
             "a person in the record): check --data-dir, or set CAREHUB_SECURITY__KEY_SECRET"
         )
     secrets = load_secrets(settings)  # (it reads the file that is there)
-    hold_key_fingerprint(engine, secrets.key, source=secrets.key_from)
+    hold_key_fingerprint(engine, secrets.key, source=secrets.key_from, record=False)
     return secrets.key

@@ -107,7 +107,7 @@ async def run_demo(settings: Settings, console: Console, *, people: int, days: i
             soft_wrap=True,
         )
         if serve:
-            stop = on_signal()
+            stop = on_signal(at_once_again=bool(settings.bootstrap_servers()))
             console.print(
                 f"Still running; Ctrl-C to stop. Meanwhile `{_carehub()} kpi --month {month.busiest}`, `replay` and "
                 f"`audit export` with --data-dir {settings.data_dir} read its log."

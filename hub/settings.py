@@ -32,6 +32,12 @@ NOT_SETTINGS = frozenset(
 )
 # and any name that starts with one of these: a webhook's secret (a subscription's secret_env), a test's own
 NOT_SETTINGS_PREFIXES = ("CAREHUB_WEBHOOK_SECRET_", "CAREHUB_TEST_")
+# what Kubernetes puts in every pod for each Service in its namespace ("service links": a Service named
+# carehub, or carehub-db, gives CAREHUB_SERVICE_HOST, CAREHUB_PORT_2575_TCP_ADDR, CAREHUB_DB_SERVICE_PORT...):
+# no setting has this shape (a group's field follows a double underscore), so none is taken for a typo
+KUBERNETES_SERVICE_LINK = re.compile(
+    r"CAREHUB(?:_[A-Z0-9]+(?:_[A-Z0-9]+)*)?_(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT(?:_[0-9]+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)?)"
+)
 
 
 class KafkaSettings(BaseModel):
@@ -177,6 +183,16 @@ def setting_names() -> frozenset[str]:
     return frozenset(names)
 
 
+def _service_link(name: str, value: str) -> bool:
+    """Whether a variable is one Kubernetes set for a Service (its `_PORT` alone holds a URL such as
+    tcp://10.0.0.7:2575, so a port setting misspelt with one underscore, CAREHUB_MLLP_PORT=2575, is
+    still refused)."""
+    if "__" in name or not KUBERNETES_SERVICE_LINK.fullmatch(name):
+        return False
+    bare = name.endswith("_PORT") and not re.search(r"_SERVICE_PORT$|_PORT_[0-9]+_(?:TCP|UDP|SCTP)_PORT$", name)
+    return not bare or re.match(r"(?:tcp|udp|sctp)://", value) is not None
+
+
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """One line for each CAREHUB_ variable in `environ` that is no setting (nor one of NOT_SETTINGS),
     naming the setting it is closest to."""
@@ -186,6 +202,8 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     for name in sorted(environ):
         upper = name.upper()
         if not upper.startswith(PREFIX) or upper in known | NOT_SETTINGS or upper.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        if _service_link(upper, environ[name]):
             continue
         close = difflib.get_close_matches(upper, ours, n=1)
         hint = f"did you mean {close[0]}?" if close else "no setting is named like it"

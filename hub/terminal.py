@@ -72,11 +72,15 @@ def _redact(url: str) -> str:
     return url
 
 
-def on_signal() -> asyncio.Event:
+def on_signal(*, at_once_again: bool = True) -> asyncio.Event:
     """An event set on SIGINT or SIGTERM, from now, logged as "stopping (signal ...)": take it before
     the hub starts (a SIGTERM sent while it started found Python's default and killed it outright,
     its consumers never leaving their groups). A second signal before the hub has stopped stops it at
-    once, as Python's default does (a start that hangs can still be interrupted)."""
+    once, as Python's default does (a start that hangs can still be interrupted), where
+    `at_once_again`: with a shared Kafka, which keeps what was acknowledged. On the embedded broker,
+    whose log is in memory, a repeat is only logged: stopping at once there, before the consumers have
+    applied what the broker holds (hub.embedded.drain, which then takes the signals and says how much
+    a second one would lose), lost messages the hub had acknowledged, without a word."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -84,6 +88,13 @@ def on_signal() -> asyncio.Event:
         if not stop.is_set():
             log.info("stopping (signal %s)", sig.name)
             stop.set()
+            return
+        if not at_once_again:
+            log.warning(
+                "already stopping (signal %s again): the consumers apply what the embedded broker holds "
+                "first; a signal once that has begun stops at once",
+                sig.name,
+            )
             return
         log.warning("stopping at once (signal %s again)", sig.name)
         for each in (signal.SIGINT, signal.SIGTERM):

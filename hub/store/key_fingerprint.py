@@ -21,12 +21,16 @@ def fingerprint(secret: bytes) -> str:
     return hmac.new(secret, _LABEL, hashlib.sha256).hexdigest()
 
 
-def hold_key_fingerprint(engine: sa.Engine, secret: bytes, *, source: str) -> None:
-    """Record the secret's fingerprint where the database has none; DatabaseRefusedError where it holds
-    another (`source` says where this process's secret comes from)."""
+def hold_key_fingerprint(engine: sa.Engine, secret: bytes, *, source: str, record: bool = True) -> None:
+    """Record the secret's fingerprint where the database has none (only where `record`: the hub's own
+    processes, never a one-off command, which might carry a stale secret from elsewhere and lock every
+    pod out); DatabaseRefusedError where it holds another (`source` says where this process's secret
+    comes from)."""
     mine = fingerprint(secret)
     with engine.connect().execution_options(immediate=True) as connection, connection.begin():
         held = connection.execute(sa.select(key_fingerprint.c.fingerprint)).scalar_one_or_none()
+        if held is None and not record:
+            return
         if held is None:
             row = {"id": 1, "fingerprint": mine, "recorded_at": datetime.now(UTC)}
             inserted = connection.execute(_insert_once(engine, row))

@@ -40,7 +40,7 @@ def settings(data: Path, url: str, key: str) -> Settings:
 def test_the_first_process_records_its_key_and_one_with_another_key_is_refused(
     database_url: str, tmp_path: Path
 ) -> None:
-    first = build(settings(tmp_path / "a", database_url, "the-hub-key"))
+    first = build(settings(tmp_path / "a", database_url, "the-hub-key"), migrate=True)  # (the hub: `up`)
     again = build(settings(tmp_path / "b", database_url, "the-hub-key"))  # (the same secret: welcome)
     with pytest.raises(DatabaseRefusedError) as refused:
         build(settings(tmp_path / "c", database_url, "another-key"))
@@ -54,6 +54,20 @@ def test_the_first_process_records_its_key_and_one_with_another_key_is_refused(
     assert b"the-hub-key".hex() not in held[0]
     first.engine.dispose()
     again.engine.dispose()
+
+
+def test_a_one_off_command_compares_the_fingerprint_and_never_records_one(database_url: str, tmp_path: Path) -> None:
+    # between `carehub migrate` and the hub's first start, an operator's command carrying a stale secret
+    # (a laptop's secrets.json) recorded its fingerprint, and every pod of the hub was then refused
+    engine = open_engine(database_url, migrate=True)
+    hold_key_fingerprint(engine, b"a-stale-key", source="test", record=False)
+    hold_key_fingerprint(engine, b"the-hub-key", source="test")  # (the hub, starting: it records)
+    with pytest.raises(DatabaseRefusedError):
+        hold_key_fingerprint(engine, b"a-stale-key", source="test", record=False)  # (and is compared)
+    with engine.connect() as connection:
+        held = connection.execute(sa.text("SELECT fingerprint FROM key_fingerprint")).scalars().all()
+    assert held == [fingerprint(b"the-hub-key")]
+    engine.dispose()
 
 
 def test_a_secrets_file_made_in_another_folder_is_refused_and_named(tmp_path: Path) -> None:

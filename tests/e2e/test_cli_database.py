@@ -41,7 +41,8 @@ def test_another_key_secret_or_none_on_a_server_database_is_refused_before_anyon
     postgres_url: str, tmp_path: Path
 ) -> None:
     security = SecuritySettings(key_secret="the-hub-key", token_secret="tokens")  # type: ignore[arg-type]
-    build(Settings(data_dir=tmp_path / "hub", db=DatabaseSettings(url=postgres_url), security=security))
+    hub = Settings(data_dir=tmp_path / "hub", db=DatabaseSettings(url=postgres_url), security=security)
+    build(hub, migrate=True)  # (as `carehub up` does: the hub's own process records its fingerprint)
     message = tmp_path / "a08.hl7"
     message.write_text(A08)
     on_db = {"CAREHUB_DATABASE_URL": postgres_url, "CAREHUB_SECURITY__TOKEN_SECRET": "tokens"}

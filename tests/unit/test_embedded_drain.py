@@ -53,3 +53,30 @@ def test_what_could_not_be_applied_in_time_is_an_error_naming_how_much_went_with
     said = warnings(caplog)
     assert "applying the 7 records" in said[0]
     assert "stopped with 7 records" in said[-1]
+
+
+def test_on_the_embedded_broker_a_second_signal_before_the_drain_is_only_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a second Ctrl-C there raised KeyboardInterrupt mid-stop: the drain was skipped and the broker,
+    # with messages the hub had acknowledged, stopped without a word
+    import os
+    import signal
+
+    from hub.terminal import on_signal
+
+    async def twice() -> bool:
+        stop = on_signal(at_once_again=False)
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGINT)
+            await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        return stop.is_set()
+
+    with caplog.at_level(logging.INFO, logger="hub.terminal"):
+        assert asyncio.run(twice())  # (alive to say so: not interrupted)
+    said = [r.getMessage() for r in caplog.records if r.name == "hub.terminal"]
+    assert said[0] == "stopping (signal SIGINT)"
+    assert said[1].startswith("already stopping (signal SIGINT again)")

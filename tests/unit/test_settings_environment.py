@@ -22,6 +22,27 @@ ROOT = Path(__file__).resolve().parents[2]
 SETTING_OPTIONS = {"data_dir", "mllp_port", "http_port"}
 
 
+def test_what_kubernetes_sets_for_a_service_named_carehub_is_no_typo_but_a_port_misspelt_so_is() -> None:
+    # every pod gets "service links" for each Service in its namespace: with the Service of
+    # deploy/k8s/hub.yaml (carehub) and a database's (carehub-db), every pod of the hub was refused
+    links = {
+        "CAREHUB_SERVICE_HOST": "10.0.0.7",
+        "CAREHUB_SERVICE_PORT": "2575",
+        "CAREHUB_SERVICE_PORT_MLLP": "2575",
+        "CAREHUB_SERVICE_PORT_HTTP": "8000",
+        "CAREHUB_PORT": "tcp://10.0.0.7:2575",
+        "CAREHUB_PORT_2575_TCP": "tcp://10.0.0.7:2575",
+        "CAREHUB_PORT_2575_TCP_PROTO": "tcp",
+        "CAREHUB_PORT_2575_TCP_PORT": "2575",
+        "CAREHUB_PORT_8000_TCP_ADDR": "10.0.0.7",
+        "CAREHUB_DB_SERVICE_HOST": "10.0.0.9",
+        "CAREHUB_DB_PORT": "tcp://10.0.0.9:5432",
+    }
+    assert unknown_variables(links) == []
+    said = unknown_variables({"CAREHUB_MLLP_PORT": "2575", "CAREHUB_PORT": "2575"})  # (not URLs: typos)
+    assert [line.split(" ")[0] for line in said] == ["CAREHUB_MLLP_PORT", "CAREHUB_PORT"]
+
+
 def test_a_misspelt_setting_is_named_with_the_setting_it_is_closest_to() -> None:
     said = unknown_variables({"CAREHUB_DATABSE_URL": "postgresql+psycopg://db/x", "CAREHUB_POLICY__ENFORCED": "0"})
     assert len(said) == 2
@@ -55,8 +76,9 @@ def test_every_carehub_variable_the_repository_names_is_a_setting_or_on_the_allo
             if path.is_file() and path.suffix in {"", ".md", ".py", ".yaml", ".yml", ".toml"}:
                 names |= set(re.findall(r"\bCAREHUB_[A-Z0-9_]*[A-Z0-9]\b", path.read_text(errors="replace")))
     names -= {"CAREHUB_DATABSE_URL", "CAREHUB_POLICY__ENFORCED"}  # (this file's own misspellings)
+    names -= {"CAREHUB_MLLP_PORT", "CAREHUB_PORT"}  # (and its typos that look like Kubernetes' service links)
     assert "CAREHUB_DB_PASSWORD" in names and "CAREHUB_MLLP__PORT" in names
-    assert unknown_variables(dict.fromkeys(names, "1")) == []
+    assert unknown_variables(dict.fromkeys(names, "tcp://10.0.0.7:1")) == []  # (a link's _PORT is a URL)
     assert "CAREHUB_MLLP__PORT" in setting_names()
 
 
