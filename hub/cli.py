@@ -358,7 +358,7 @@ async def _publish_agenda(settings: Settings, services: Any, fhir_list: dict[str
 
 
 # the other commands register themselves on the apps as their modules load
-from hub import cli_audit, cli_database, cli_deadletters, cli_record, cli_sharing  # noqa: E402, F401
+from hub import cli_audit, cli_database, cli_deadletter_actions, cli_deadletters, cli_record, cli_sharing  # noqa: E402, F401
 
 # what a path the command was given, and could not use, was wrong with (as the person should read it)
 _PATH_PROBLEMS: dict[type[OSError], str] = {

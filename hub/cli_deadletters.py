@@ -1,5 +1,6 @@
-"""`carehub deadletters`: what was rejected, which message it was and why; `deadletters show ID`: one
-entry whole, to fix and resend (registered on hub.cli's app).
+"""`carehub deadletters`: what was rejected and is still outstanding, which message it was and why;
+`deadletters show ID`: one entry whole, to fix and resend (registered on hub.cli's app). Resolving,
+reopening and purging them: hub.cli_deadletter_actions.
 
 A dead letter's content is what a sender sent: names, NHS numbers, addresses. These commands print
 it for the operator who runs them and for no one else: nothing of it is logged."""
@@ -26,7 +27,9 @@ from hub.terminal import controls_escaped, listing
 if TYPE_CHECKING:
     from hub.store.queries import KeptDeadLetter
 
-deadletters_app = typer.Typer(help="Rejected input kept in the dead-letter store: list them, show one whole.")
+deadletters_app = typer.Typer(
+    help="Rejected input kept in the dead-letter store: list what is outstanding, show one whole, resolve it."
+)
 app.add_typer(deadletters_app, name="deadletters")
 BOM = b"\xef\xbb\xbf"
 
@@ -36,17 +39,34 @@ def deadletters(
     context: typer.Context,
     data_dir: HeldDir = None,
     limit: Annotated[int, typer.Option(help="How many, newest first")] = 20,
+    all_: Annotated[bool, typer.Option("--all", help="Resolved ones too, with what was done")] = False,
 ) -> None:
-    """Show rejected input kept in the dead-letter store: its id, the message it was and the reason."""
+    """Show the outstanding rejected input: its id, the message it was and the reason (--all: resolved too)."""
+    from hub.store.dead_letter_status import tally
     from hub.store.queries import recent_dead_letters
 
     if context.invoked_subcommand is not None:
         context.obj = data_dir  # (for `deadletters --data-dir D show ID`)
         return
     state = open_existing(data_dir)
-    table = listing("id", "received", "source", "origin", "message", "reason")
-    table.caption = "carehub deadletters show ID: one entry whole (its content holds patient data)"
-    for letter in recent_dead_letters(state.engine, limit):
+    outstanding, resolved = tally(state.engine)
+    table = listing("id", "received", "source", "origin", "message", "reason", *(["resolved"] if all_ else []))
+    table.title = f"{counted(outstanding, 'dead letter')} outstanding, {resolved} resolved" + (
+        "" if all_ or not resolved else " (--all lists them too)"
+    )
+    table.caption = (
+        "carehub deadletters show ID: one entry whole (its content holds patient data); "
+        "carehub deadletters resolve ID --note '...': what was done about it"
+    )
+    letters = recent_dead_letters(state.engine, limit, resolved_too=all_)
+    if not letters:
+        console.print(
+            table.title
+            if all_ or not resolved
+            else f"no dead letters outstanding, {resolved} resolved (--all lists them)"
+        )
+        return
+    for letter in letters:
         table.add_row(
             str(letter.id),
             received(letter),
@@ -54,6 +74,7 @@ def deadletters(
             shown(letter.origin),
             shown(message_id(letter)),
             shown("; ".join(issues(letter.reason))),
+            *([resolution_said(letter)] if all_ else []),
         )
     console.print(table)
 
@@ -143,7 +164,16 @@ def details(letter: KeptDeadLetter) -> Table:
     table.add_row("content", content_said(letter))
     for n, issue in enumerate(issues(letter.reason)):
         table.add_row("reason" if n == 0 else "", shown(issue))
+    table.add_row("status", resolution_said(letter))
     return table
+
+
+def resolution_said(letter: KeptDeadLetter) -> str:
+    """Outstanding, or when, by whom and what was done (the operator's words, shown as typed)."""
+    done = letter.resolution
+    if done is None:
+        return "outstanding"
+    return shown(f"resolved {done.at.astimezone(UK):%Y-%m-%d %H:%M %Z} by {done.by}: {done.note}")
 
 
 def content_said(letter: KeptDeadLetter) -> str:

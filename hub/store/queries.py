@@ -1,5 +1,6 @@
 """The read side for the command line (cosmicpython's views.py): what an operator is shown of the
-dead-letter store, read straight from its table, newest first or one entry by its id."""
+dead-letter store, read straight from its table, newest first (outstanding only, or all) or one entry
+by its id, with what was done about it (hub.store.dead_letter_status)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,15 @@ HEAD = 64 * 1024
 
 
 @dataclass(frozen=True)
+class Resolution:
+    """What was done about one dead letter, and when and by whom."""
+
+    at: datetime
+    by: str
+    note: str
+
+
+@dataclass(frozen=True)
 class KeptDeadLetter:
     """One dead letter as the store keeps it: its content whole, or (in a listing) its first HEAD bytes."""
 
@@ -30,13 +40,17 @@ class KeptDeadLetter:
     reason: Json
     size: int
     content: bytes
+    resolution: Resolution | None = None  # None while outstanding
 
 
-def recent_dead_letters(engine: sa.Engine, limit: int) -> list[KeptDeadLetter]:
-    """The newest `limit` dead letters, newest first, each with the head of its content."""
+def recent_dead_letters(engine: sa.Engine, limit: int, *, resolved_too: bool = False) -> list[KeptDeadLetter]:
+    """The newest `limit` outstanding dead letters (and resolved ones too if asked), newest first,
+    each with the head of its content."""
     D = dead_letter  # noqa: N806
     head = sa.func.substr(D.c.payload, 1, HEAD).label("payload")
     query = sa.select(*_shown(), head).order_by(D.c.id.desc()).limit(limit)
+    if not resolved_too:
+        query = query.where(D.c.resolved_at.is_(None))
     with store_errors(), engine.connect() as conn:
         return [_letter(row) for row in conn.execute(query)]
 
@@ -52,7 +66,8 @@ def dead_letter_by_id(engine: sa.Engine, id_: int) -> KeptDeadLetter | None:
 def _shown() -> list[sa.ColumnElement[Any]]:
     D = dead_letter  # noqa: N806
     size = sa.func.length(D.c.payload).label("size")
-    return [D.c.id, D.c.received_at, D.c.source, D.c.origin, D.c.digest, D.c.reason, size]
+    resolved = [D.c.resolved_at, D.c.resolved_by, D.c.resolution]
+    return [D.c.id, D.c.received_at, D.c.source, D.c.origin, D.c.digest, D.c.reason, size, *resolved]
 
 
 def _letter(row: Any) -> KeptDeadLetter:  # (a row of _shown() and the payload)
@@ -65,4 +80,9 @@ def _letter(row: Any) -> KeptDeadLetter:  # (a row of _shown() and the payload)
         reason=row.reason if isinstance(row.reason, dict) else {},
         size=int(row.size or 0),
         content=bytes(row.payload or b""),
+        resolution=(
+            Resolution(row.resolved_at, row.resolved_by or "", row.resolution or "")
+            if row.resolved_at is not None
+            else None
+        ),
     )

@@ -438,10 +438,15 @@ class SqlDeadLetters:
             "reason": reason,
             "payload": payload,
         }
-        stmt = _insert(self.engine, dead_letter).on_conflict_do_nothing()  # (either unique key)
+        stmt = _insert(self.engine, dead_letter).on_conflict_do_nothing().returning(dead_letter.c.id)  # (either key)
         with store_errors(), self.engine.connect().execution_options(immediate=True) as conn:
             conn.begin()
-            conn.execute(stmt, row)
+            if conn.execute(stmt, row).first() is None and row["content_key"]:
+                # a file's row refused again, kept already: outstanding again if an operator had
+                # resolved it, since what they did did not stop it coming back (hub.store.dead_letter_status)
+                D = dead_letter  # noqa: N806
+                again = sa.update(D).where(D.c.content_key == row["content_key"], D.c.resolved_at.is_not(None))
+                conn.execute(again.values(resolved_at=None, resolved_by=None, resolution=None))
             conn.commit()
 
     def holds(self, *, source: str, payload: bytes) -> bool:

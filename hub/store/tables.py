@@ -73,6 +73,10 @@ dead_letter = sa.Table(
     sa.Column("payload", sa.LargeBinary, nullable=False),
     # a row of a file is kept once per source and content (hub.store.sql.content_key); else NULL
     sa.Column("content_key", sa.String(64), nullable=True),
+    # what an operator did about it (hub.store.dead_letter_status); all NULL while outstanding
+    sa.Column("resolved_at", UtcDateTime, nullable=True),
+    sa.Column("resolved_by", sa.String(255), nullable=True),
+    sa.Column("resolution", sa.Text, nullable=True),
     sa.UniqueConstraint("origin", "digest", "received_at", name="uq_dead_letter_once"),
     sa.Index("uq_dead_letter_content", "content_key", unique=True),
     sa.Index("ix_dead_letter_digest", "digest"),

@@ -85,7 +85,7 @@ def test_a_database_migrated_to_0014_takes_the_fingerprint_of_whoever_opens_it_f
         config.attributes["connection"] = connection
         command.upgrade(config, "0013")
     upgrade(engine)
-    assert current_revision(engine) == head_revision() == "0014"
+    assert current_revision(engine) == head_revision() == "0015"
     hold_key_fingerprint(engine, b"kept", source="test")
     hold_key_fingerprint(engine, b"kept", source="test")
     with pytest.raises(DatabaseRefusedError):
@@ -128,7 +128,7 @@ def test_a_schema_newer_than_the_code_is_refused_in_one_line_and_not_migrated_ba
         with pytest.raises(DatabaseRefusedError) as refused:
             open_engine(database_url, migrate=migrate)  # type: ignore[arg-type]
         assert str(refused.value).startswith(
-            "the database's schema (0099) is newer than this CareHub (0014): run the newer version, or restore"
+            "the database's schema (0099) is newer than this CareHub (0015): run the newer version, or restore"
         )
     assert "migrating" not in caplog.text
 
@@ -139,11 +139,11 @@ def test_a_schema_behind_the_code_is_migrated_only_where_asked(database_url: str
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "0013")
-    with pytest.raises(DatabaseRefusedError, match=r"\(0013\) is behind this CareHub \(0014\).*carehub migrate"):
+    with pytest.raises(DatabaseRefusedError, match=r"\(0013\) is behind this CareHub \(0015\).*carehub migrate"):
         open_engine(database_url, migrate="empty")
     assert current_revision(engine) == "0013"
     open_engine(database_url, migrate=True).dispose()
-    assert current_revision(engine) == "0014"
+    assert current_revision(engine) == "0015"
     engine.dispose()
 
 

@@ -127,7 +127,7 @@ def test_migration_0010_keeps_the_accepts_claimed_before_it_as_accepts(database_
 
     upgrade(engine)
 
-    assert current_revision(engine) == head_revision() == "0014"
+    assert current_revision(engine) == head_revision() == "0015"
     store = SqlCoordinationStore(engine)
     assert (store.acceptance("r1"), store.declined("r1")) == (episode("r1"), None)
     assert store.claim_decline("r1", "p1", Decline({"id": "r1"}, AT), AT) == episode("r1")

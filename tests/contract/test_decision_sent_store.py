@@ -75,7 +75,7 @@ def test_migration_0011_leaves_the_claims_made_before_it_not_known_sent(database
 
     upgrade(engine)
 
-    assert current_revision(engine) == head_revision() == "0014"
+    assert current_revision(engine) == head_revision() == "0015"
     assert (store.sent("r1"), store.acceptance("r1")) == (False, episode("r1", "p1"))
     with engine.connect() as conn:
         names = {c["name"] for c in sa.inspect(conn).get_columns("referral_acceptance")}

@@ -227,7 +227,7 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 def test_migrations_bring_an_empty_database_to_head_and_are_idempotent(database_url: str) -> None:
     first = open_engine(database_url)
-    assert head_revision() == "0014"
+    assert head_revision() == "0015"
     assert current_revision(first) == head_revision()
     again = open_engine(database_url)
     assert current_revision(again) == head_revision()

@@ -119,7 +119,7 @@ def test_migration_0009_registers_the_people_the_record_already_holds(database_u
 
     upgrade(engine)
 
-    assert current_revision(engine) == head_revision() == "0014"
+    assert current_revision(engine) == head_revision() == "0015"
     found = SqlRegistrations(engine).of(["by-reference", "by-code", "no-practice", "merged-away", "stub"])
     assert found == {
         "by-reference": Registration(frozenset({"Y00001"}), AT, "event-by-reference"),

@@ -76,7 +76,7 @@ def test_a_schema_newer_than_the_code_is_one_line_not_a_traceback(tmp_path: Path
         connection.execute(sa.text("UPDATE alembic_version SET version_num = '0099'"))
     for args in (("deadletters",), ("record", "hash"), ("migrate",)):
         done = carehub(*args, "--data-dir", str(tmp_path / "hub"))
-        one_line_refusal(done, "the database's schema (0099) is newer than this CareHub (0014): run the newer")
+        one_line_refusal(done, "the database's schema (0099) is newer than this CareHub (0015): run the newer")
         assert len(done.stdout.strip().splitlines()) <= 2  # (one line, wrapped at most once)
     assert current_revision(engine) == "0099"
     engine.dispose()
@@ -95,13 +95,13 @@ def test_a_listing_leaves_a_server_database_behind_the_code_to_carehub_migrate(
     on_db = {"CAREHUB_DATABASE_URL": postgres_url}
     for args in (("deadletters",), ("record", "hash"), ("agreements", "list")):
         done = carehub(*args, "--data-dir", str(tmp_path), env=on_db)
-        one_line_refusal(done, "the database's schema (0013) is behind this CareHub (0014)")
+        one_line_refusal(done, "the database's schema (0013) is behind this CareHub (0015)")
         assert "run `carehub migrate` first" in " ".join(done.stdout.split())
     assert current_revision(engine) == "0013"
     migrated = carehub("migrate", "--data-dir", str(tmp_path), env=on_db)
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
-    assert "migrated from 0013 to 0014" in migrated.stdout
-    assert "already at 0014" in carehub("migrate", "--data-dir", str(tmp_path), env=on_db).stdout
+    assert "migrated from 0013 to 0015" in migrated.stdout
+    assert "already at 0015" in carehub("migrate", "--data-dir", str(tmp_path), env=on_db).stdout
     listed = carehub("deadletters", "--data-dir", str(tmp_path), env=on_db)
     assert listed.returncode == 0, listed.stdout + listed.stderr
     engine.dispose()

@@ -78,7 +78,8 @@ def test_the_listing_names_each_entry_by_its_id_its_message_and_the_reason(hub: 
     done = carehub("deadletters", "--data-dir", str(hub))
     assert done.returncode == 0, done.stderr
     said = done.stdout.decode()
-    header = [h.strip() for h in said.splitlines()[1].split("┃")[1:-1]]
+    assert said.splitlines()[0].strip() == "2 dead letters outstanding, 0 resolved"
+    header = next([h.strip() for h in line.split("┃")[1:-1]] for line in said.splitlines() if "┃" in line)
     assert header == ["id", "received", "source", "origin", "message", "reason"]
     assert rows(said) == [
         [
@@ -164,3 +165,36 @@ def test_a_message_ingest_rejects_is_listed_by_its_control_id_and_shown_as_it_wa
     assert "PID-3" in reason
     shown = carehub("deadletters", "show", id_, "--raw", "--data-dir", str(tmp_path))
     assert (shown.returncode, shown.stdout) == (0, sent), shown.stderr
+
+
+def test_an_operator_works_through_the_queue_resolving_what_was_done_and_reopening_a_mistake(tmp_path: Path) -> None:
+    services = build(Settings(data_dir=tmp_path))
+    for n in (1, 2):
+        SqlDeadLetters(services.engine).keep(
+            received_at=AT + timedelta(minutes=n),
+            source="urn:ods:RXX",
+            origin="mllp:10.0.0.7:51234",
+            reason=outcome(f"NHS number {BAD_NHS} fails the Modulus 11 check", "PID-3"),
+            payload=an_adt(control_id=f"CTRL-{n}", nhs_number=BAD_NHS),
+        )
+    services.engine.dispose()
+    at = ("--data-dir", str(tmp_path))
+
+    typo = carehub("deadletters", "resolve", "1", "7", "--note", "resent fixed", *at)
+    assert typo.returncode == 2 and b"no dead letter 7" in typo.stdout + typo.stderr
+    done = carehub("deadletters", "resolve", "1", "--note", "resent fixed as CTRL-1b", "--by", "ann.on-call", *at)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resolved 1 dead letter (1) by ann.on-call" in done.stdout.decode()
+
+    listed = carehub("deadletters", *at).stdout.decode()
+    assert "1 dead letter outstanding, 1 resolved (--all lists them too)" in listed
+    assert [r[0] for r in rows(listed)] == ["2"]
+    every = carehub("deadletters", "--all", *at).stdout.decode()
+    assert [(r[0], r[-1]) for r in rows(every)][-1][0] == "1"
+    assert "by ann.on-call: resent fixed as CTRL-1b" in " ".join(every.split())
+    shown = carehub("deadletters", "show", "1", *at).stdout.decode()
+    assert "status" in shown and "resent fixed as CTRL-1b" in shown
+
+    back = carehub("deadletters", "reopen", "1", *at)
+    assert "dead letter 1 is outstanding again" in back.stdout.decode()
+    assert [r[0] for r in rows(carehub("deadletters", *at).stdout.decode())] == ["2", "1"]
