@@ -38,7 +38,7 @@ BOM = b"\xef\xbb\xbf"
 def deadletters(
     context: typer.Context,
     data_dir: HeldDir = None,
-    limit: Annotated[int, typer.Option(help="How many, newest first")] = 20,
+    limit: Annotated[int, typer.Option(help="How many, newest first", min=1)] = 20,
     all_: Annotated[bool, typer.Option("--all", help="Resolved ones too, with what was done")] = False,
 ) -> None:
     """Show the outstanding rejected input: its id, the message it was and the reason (--all: resolved too)."""
@@ -241,7 +241,12 @@ def issues(reason: Json) -> list[str]:
 
 
 def received(letter: KeptDeadLetter) -> str:
-    return f"{letter.received_at.astimezone(UK):%Y-%m-%d %H:%M:%S %Z}"
+    """When it came; refused more than once (the same input sent again), how often and when last."""
+    first = f"{letter.received_at.astimezone(UK):%Y-%m-%d %H:%M:%S %Z}"
+    if letter.refused_times < 2 or letter.last_received_at is None:
+        return first
+    last = f"{letter.last_received_at.astimezone(UK):%Y-%m-%d %H:%M:%S %Z}"
+    return f"{first}, refused {letter.refused_times} times, last {last}"
 
 
 def readable(content: bytes) -> str:

@@ -187,32 +187,34 @@ class MemoryRecordReader:
 
 
 class MemoryDeadLetters:
-    """Dead letters in a list, kept once per (origin, content, time), and a row of a file once per
-    (source, content), like the SQL store."""
+    """Dead letters in a list, kept once per source and content (the same input refused again counted
+    on its entry, a redelivery of one refusal not), like the SQL store."""
 
     def __init__(self) -> None:
         self.kept: list[Json] = []
-        self._seen: set[tuple[str, str, datetime] | str] = set()
+        self._by_key: dict[str, Json] = {}
 
     def keep(self, *, received_at: datetime, source: str, origin: str, reason: Json, payload: bytes) -> None:
         digest = input_digest(reason, payload)
-        once = (origin, digest, received_at)
-        content = content_key(source, origin, digest)
-        if once in self._seen or content in self._seen:
+        key = content_key(source, digest)
+        held = self._by_key.get(key)
+        if held is not None:
+            if received_at not in held["times"]:
+                held["times"].add(received_at)
+                held["refused_times"] += 1
             return
-        self._seen.add(once)
-        if content:
-            self._seen.add(content)
-        self.kept.append(
-            {
-                "received_at": received_at,
-                "source": source,
-                "origin": origin,
-                "reason": reason,
-                "payload": payload,
-                "digest": digest,
-            }
-        )
+        entry = {
+            "received_at": received_at,
+            "source": source,
+            "origin": origin,
+            "reason": reason,
+            "payload": payload,
+            "digest": digest,
+            "refused_times": 1,
+            "times": {received_at},
+        }
+        self._by_key[key] = entry
+        self.kept.append(entry)
 
     def holds(self, *, source: str, payload: bytes) -> bool:
         digest = hashlib.sha256(payload).hexdigest()

@@ -41,6 +41,8 @@ class KeptDeadLetter:
     size: int
     content: bytes
     resolution: Resolution | None = None  # None while outstanding
+    refused_times: int = 1  # the same input refused again is counted on its entry
+    last_received_at: datetime | None = None  # when it last came, if more than once
 
 
 def recent_dead_letters(engine: sa.Engine, limit: int, *, resolved_too: bool = False) -> list[KeptDeadLetter]:
@@ -66,7 +68,7 @@ def dead_letter_by_id(engine: sa.Engine, id_: int) -> KeptDeadLetter | None:
 def _shown() -> list[sa.ColumnElement[Any]]:
     D = dead_letter  # noqa: N806
     size = sa.func.length(D.c.payload).label("size")
-    resolved = [D.c.resolved_at, D.c.resolved_by, D.c.resolution]
+    resolved = [D.c.resolved_at, D.c.resolved_by, D.c.resolution, D.c.refused_times, D.c.last_received_at]
     return [D.c.id, D.c.received_at, D.c.source, D.c.origin, D.c.digest, D.c.reason, size, *resolved]
 
 
@@ -85,4 +87,6 @@ def _letter(row: Any) -> KeptDeadLetter:  # (a row of _shown() and the payload)
             if row.resolved_at is not None
             else None
         ),
+        refused_times=int(row.refused_times or 1),
+        last_received_at=row.last_received_at,
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import re
 from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -401,15 +400,10 @@ class SqlRecordReader:
             return {kind: n for kind, n in conn.execute(query)}
 
 
-FILE_ROW = re.compile(r"#row=[0-9]+\Z")  # an origin naming one row of a file (adapters/referrals)
-
-
-def content_key(source: str, origin: str, digest: str) -> str | None:
-    """The key that keeps a rejected row of a file once per source and content, however often the file
-    is sent (its time, and its path, differ); None for other input, kept once per (origin, content, time)
-    as before (an HL7 message sent again is kept again)."""
-    if not FILE_ROW.search(origin):
-        return None
+def content_key(source: str, digest: str) -> str:
+    """The key that keeps rejected input once per source and content, however often it is sent (its
+    time, its path or the sender's port differ): a sender retrying a message, or a file sent again,
+    counts on one entry (hub.store.dead_letter_status reopens it if it had been resolved)."""
     return hashlib.sha256(f"{source[:255]}\n{digest}".encode()).hexdigest()
 
 
@@ -421,39 +415,39 @@ def input_digest(reason: Json, payload: bytes) -> str:
 
 
 class SqlDeadLetters:
-    """The dead-letter store: rejected input kept whole, once per (origin, content, time), and a row of
-    a file once per (source, content); input kept in part is known by the whole input's digest."""
+    """The dead-letter store: rejected input kept whole, once per source and content (the same input
+    refused again counted on its entry, and outstanding again if it had been resolved); input kept in
+    part is known by the whole input's digest."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
 
     def keep(self, *, received_at: datetime, source: str, origin: str, reason: Json, payload: bytes) -> None:
         digest = input_digest(reason, payload)
+        key = content_key(source, digest)
         row = {
             "received_at": received_at,
             "source": source[:255],
             "origin": origin[:255],
             "digest": digest,
-            "content_key": content_key(source, origin, digest),
+            "content_key": key,
             "reason": reason,
             "payload": payload,
         }
         stmt = _insert(self.engine, dead_letter).on_conflict_do_nothing().returning(dead_letter.c.id)  # (either key)
         with store_errors(), self.engine.connect().execution_options(immediate=True) as conn:
             conn.begin()
-            if conn.execute(stmt, row).first() is None and row["content_key"]:
-                # a file's row refused again, kept already: outstanding again if an operator had
-                # resolved it, since what they did did not stop it coming back (hub.store.dead_letter_status)
-                D = dead_letter  # noqa: N806
-                again = sa.update(D).where(D.c.content_key == row["content_key"], D.c.resolved_at.is_not(None))
-                conn.execute(again.values(resolved_at=None, resolved_by=None, resolution=None))
+            if conn.execute(stmt, row).first() is None:
+                _refused_again(conn, key, received_at, reason)
             conn.commit()
 
     def holds(self, *, source: str, payload: bytes) -> bool:
-        """True when input with this source and content is kept already (whatever its origin or time)."""
+        """True when input with this source and content is kept already (whatever its origin or time)
+        and outstanding: one an operator resolved is to be kept again, which makes it outstanding again."""
         D = dead_letter  # noqa: N806
         digest = hashlib.sha256(payload).hexdigest()
-        query = sa.select(D.c.id).where(D.c.digest == digest, D.c.source == source[:255]).limit(1)
+        query = sa.select(D.c.id).where(D.c.digest == digest, D.c.source == source[:255], D.c.resolved_at.is_(None))
+        query = query.limit(1)
         with store_errors(), self.engine.connect() as conn:
             return conn.execute(query).first() is not None
 
@@ -468,6 +462,25 @@ class SqlDeadLetters:
                     "origin": r.origin,
                     "reason": r.reason,
                     "payload": bytes(r.payload),
+                    "refused_times": r.refused_times,
                 }
                 for r in conn.execute(query)
             ]
+
+
+def _refused_again(conn: sa.Connection, key: str, at: datetime, reason: Json) -> None:
+    """Input kept already refused again: counted on its entry, with when it last came and why (the
+    newest reason; where it came from first stays, as the entry's origin); outstanding again if an
+    operator had resolved it, since what they did did not stop it coming. The same refusal delivered
+    twice (the dead-letter topic is read at least once) is not counted twice: it is known by its time."""
+    D = dead_letter  # noqa: N806
+    held = conn.execute(
+        sa.select(D.c.id, D.c.received_at, D.c.last_received_at).where(D.c.content_key == key).with_for_update()
+    ).first()
+    if held is None or at in (held.received_at, held.last_received_at):
+        return  # (the same refusal again, or a row kept before 0015 under (origin, content, time) alone)
+    values: dict[str, Any] = {"refused_times": D.c.refused_times + 1, "resolved_at": None, "resolved_by": None}
+    values["resolution"] = None
+    if held.last_received_at is None or at > held.last_received_at:
+        values |= {"last_received_at": at, "reason": reason}
+    conn.execute(sa.update(D).where(D.c.id == held.id).values(**values))

@@ -71,12 +71,16 @@ dead_letter = sa.Table(
     sa.Column("digest", sa.String(64), nullable=False),
     sa.Column("reason", JsonColumn, nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
-    # a row of a file is kept once per source and content (hub.store.sql.content_key); else NULL
+    # input is kept once per source and content (hub.store.sql.content_key); NULL in rows kept before 0015
+    # but a file's rows (0007)
     sa.Column("content_key", sa.String(64), nullable=True),
     # what an operator did about it (hub.store.dead_letter_status); all NULL while outstanding
     sa.Column("resolved_at", UtcDateTime, nullable=True),
     sa.Column("resolved_by", sa.String(255), nullable=True),
     sa.Column("resolution", sa.Text, nullable=True),
+    # the same input refused again is counted here, not kept again (hub.store.sql.SqlDeadLetters.keep)
+    sa.Column("refused_times", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("last_received_at", UtcDateTime, nullable=True),  # NULL: refused once
     sa.UniqueConstraint("origin", "digest", "received_at", name="uq_dead_letter_once"),
     sa.Index("uq_dead_letter_content", "content_key", unique=True),
     sa.Index("ix_dead_letter_digest", "digest"),

@@ -88,12 +88,33 @@ def test_a_resolved_letter_can_be_reopened(engine: sa.Engine) -> None:
 
 def test_a_files_row_refused_again_after_it_was_resolved_is_outstanding_again(engine: sa.Engine) -> None:
     row = b"nhs_number,referral_id\r\n123,REF-7\r\n"
+    store = SqlDeadLetters(engine)
     keep(engine, 1, origin="file:/in/referrals.csv#row=3", payload=row)
+    assert store.holds(source="urn:ods:RXX", payload=row)  # (the adapter says "already kept", keeps nothing)
     resolve(engine, [1], by="ann", note="sender asked to fix", at=AT)
+    assert not store.holds(source="urn:ods:RXX", payload=row)  # (resolved: the adapter keeps it again)
     keep(engine, 5, origin="file:/in/referrals-again.csv#row=3", payload=row)  # the same row, sent again
     assert outstanding(engine) == [1]  # (kept once, as ever, and outstanding again)
-    keep(engine, 6, origin="file:/in/referrals-again.csv#row=3", payload=row)
-    assert outstanding(engine) == [1]
+    letter = dead_letter_by_id(engine, 1)
+    assert letter is not None and letter.resolution is None
+    assert (letter.refused_times, letter.last_received_at) == (2, AT + timedelta(minutes=5))
+
+
+def test_the_same_message_refused_again_is_counted_on_its_entry_not_kept_again(engine: sa.Engine) -> None:
+    message = b"MSH|^~\\&|PAS|RXX|HUB|HUB|20261103||ADT^A01|C1|P|2.4\r"
+    for n, port in ((1, 5000), (2, 5001), (3, 5002), (3, 5002)):  # (the last: one refusal delivered twice)
+        keep(engine, n, origin=f"mllp:10.0.0.7:{port}", payload=message)
+    keep(engine, 9, payload=b"MSH|other\r")
+    assert outstanding(engine)[-1] == 1
+    letter = dead_letter_by_id(engine, 1)
+    assert letter is not None
+    assert (letter.refused_times, letter.received_at, letter.last_received_at) == (
+        3,
+        AT + timedelta(minutes=1),
+        AT + timedelta(minutes=3),
+    )
+    assert letter.origin == "mllp:10.0.0.7:5000"  # (where it came from first)
+    assert len(outstanding(engine)) == 2
 
 
 def test_purging_deletes_only_letters_resolved_before_the_cut_off(engine: sa.Engine) -> None:

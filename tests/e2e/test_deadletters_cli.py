@@ -169,13 +169,13 @@ def test_a_message_ingest_rejects_is_listed_by_its_control_id_and_shown_as_it_wa
 
 def test_an_operator_works_through_the_queue_resolving_what_was_done_and_reopening_a_mistake(tmp_path: Path) -> None:
     services = build(Settings(data_dir=tmp_path))
-    for n in (1, 2):
+    for n in (1, 2, 3):  # (the third: CTRL-2 sent again an hour later, refused again)
         SqlDeadLetters(services.engine).keep(
-            received_at=AT + timedelta(minutes=n),
+            received_at=AT + timedelta(minutes=min(n, 2), hours=n // 3),
             source="urn:ods:RXX",
             origin="mllp:10.0.0.7:51234",
             reason=outcome(f"NHS number {BAD_NHS} fails the Modulus 11 check", "PID-3"),
-            payload=an_adt(control_id=f"CTRL-{n}", nhs_number=BAD_NHS),
+            payload=an_adt(control_id=f"CTRL-{min(n, 2)}", nhs_number=BAD_NHS),
         )
     services.engine.dispose()
     at = ("--data-dir", str(tmp_path))
@@ -189,6 +189,7 @@ def test_an_operator_works_through_the_queue_resolving_what_was_done_and_reopeni
     listed = carehub("deadletters", *at).stdout.decode()
     assert "1 dead letter outstanding, 1 resolved (--all lists them too)" in listed
     assert [r[0] for r in rows(listed)] == ["2"]
+    assert "refused 2 times, last 2026-11-03 12:07:00 GMT" in " ".join(listed.split())
     every = carehub("deadletters", "--all", *at).stdout.decode()
     assert [(r[0], r[-1]) for r in rows(every)][-1][0] == "1"
     assert "by ann.on-call: resent fixed as CTRL-1b" in " ".join(every.split())
