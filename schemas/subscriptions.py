@@ -29,10 +29,11 @@ class Subscription(BaseModel):
     org: str = Field(pattern=r"^[A-Z0-9]{3,10}$", description="the subscribing organisation (ODS code)")
     purpose: Literal["direct-care", "care-coordination"] = "direct-care"
     events: tuple[str, ...] = Field(min_length=1, description="event types (uk.nhs.carehub.<family>.<event>.vN)")
-    scope: Literal["registered", "addressed", "all-permitted"] = Field(
+    scope: Literal["registered", "addressed", "requested", "all-permitted"] = Field(
         default="registered",
         description="registered: only people registered with `org` (a GP practice's list); "
         "addressed: referrals addressed to `org` (ServiceRequest.performer), as social care subscribes; "
+        "requested: referrals `org` made (ServiceRequest.requester): what became of them; "
         "all-permitted: everyone the agreements and consent allow",
     )
     content: Literal["empty", "id-only", "full-resource"] = "full-resource"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from hub.core.fhir_read import requester_of
 from hub.core.huddle import agenda_refusal
 from hub.core.identity import MAX_HOPS
 from hub.core.ledger import Disclosure, resource_ref
@@ -223,13 +224,21 @@ def addressed_to(resources: Sequence[Json]) -> set[str]:
     }
 
 
+def requested_by(resources: Sequence[Json]) -> set[str]:
+    """Organisation codes that made the event's referrals (ServiceRequest.requester identifiers)."""
+    return {requester_of(r) for r in resources if r.get("resourceType") == "ServiceRequest"} - {""}
+
+
 def in_scope(scope: str, org: str, resources: Sequence[Json], registered: Collection[str] = ()) -> bool:
     """registered: only people registered with `org`, as the event says (PD1-3), or for a person it
     names no practice for, as their registration stands (`registered`: an A03 without PD1 still
-    reaches their practice); addressed: referrals addressed to `org`; all-permitted: anyone (the
-    policy still decides, in every case)."""
+    reaches their practice); addressed: referrals addressed to `org`; requested: referrals `org`
+    made (their acceptance, decline, withdrawal, outcome); all-permitted: anyone (the policy still
+    decides, in every case)."""
     if scope == "addressed":
         return org in addressed_to(resources)
+    if scope == "requested":
+        return org.upper() in requested_by(resources)
     return scope == "all-permitted" or org in registered or org in registered_practices(resources)
 
 

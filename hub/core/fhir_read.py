@@ -97,6 +97,12 @@ def addressed_to(request: Json, org: str) -> bool:
     return any((p.get("identifier") or {}).get("value") == org for p in performers)
 
 
+def requester_of(referral: Json) -> str:
+    """The code of the organisation that sent the referral (ODS or local-authority), upper-cased."""
+    identifier = (referral.get("requester") or {}).get("identifier") or {}
+    return str(identifier.get("value") or "").strip().upper()
+
+
 def care_manager(episode: Json) -> str | None:
     """The coordinator an EpisodeOfCare names as its care manager, if any."""
     value = identifier_value(episode.get("careManager"))

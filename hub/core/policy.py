@@ -6,6 +6,11 @@ deliveries and replay exports). Default deny. The rules, in order:
     shared data        a resource about no person (a GP practice's Organization) is not personal data
     purpose            the user's role names the purpose; a role with no purpose reads nothing personal
     own data           the organisation that supplied a resource may always see it
+    own referral       and the organisation that made a referral (ServiceRequest.requester) may see it
+                       and what became of it (accepted, declined, its outcome), whoever last wrote it,
+                       with no agreement with the service that answered it: it is their request, and
+                       they need the answer to act on it. Not where the person objected to sharing
+                       referrals with them (the objection rule below), nor anything else of the person
     break-glass        a clinician asserting an emergency, with a reason, is permitted; marked, always audited
     agreement          some agreement in force names both organisations, the purpose, the data category
                        and every sensitive category the resource carries (and, where it applies the
@@ -43,6 +48,7 @@ from hub.core.consents import ODS_SYSTEM as ODS_SYSTEM
 from hub.core.consents import ConsentRule as ConsentRule
 from hub.core.consents import consent_problems as consent_problems
 from hub.core.consents import consent_rule as consent_rule
+from hub.core.fhir_read import requester_of
 from hub.core.record_content import replaced_by
 from schemas.agreements import Agreement
 
@@ -241,6 +247,8 @@ def _decide(
     provider = provider_of(resource)
     if provider == asker.org:
         return Decision("permit", (f"{asker.org} supplied this {category} record",))
+    if kind == "ServiceRequest" and requester_of(resource) == asker.org.upper():
+        return _own_referral(asker, resource, consents)
     if asker.break_glass and asker.role == "clinician" and asker.break_glass.strip():
         return Decision(
             "break-glass",
@@ -278,6 +286,18 @@ def _decide(
         doubts = "".join(f" ({c.doubt})" for c in objections if c.doubt)
         return Decision("deny", (f"the person objected to sharing {category} with {asker.org}{doubts}",), basis, ids)
     return Decision("permit", (f"shared under {', '.join(basis)} for {purpose}",), basis)
+
+
+def _own_referral(asker: Asker, referral: Json, consents: Sequence[ConsentRule]) -> Decision:
+    """The referrer reading its own referral: permitted unless the person objected to sharing
+    referrals with it (as the objection rule decides for an agreement's permit)."""
+    person = person_of(referral)
+    objections = [c for c in consents if c.person_key == person and c.objects(asker.org, "referrals", asker.at)]
+    if objections:
+        ids = tuple(sorted(f"Consent/{c.id}/_history/{c.version}" for c in objections))
+        doubts = "".join(f" ({c.doubt})" for c in objections if c.doubt)
+        return Decision("deny", (f"the person objected to sharing referrals with {asker.org}{doubts}",), (), ids)
+    return Decision("permit", (f"{asker.org} made this referral: it and what became of it are theirs to see",))
 
 
 _SUPPLIER = re.compile(r" from [A-Z0-9]+(?= with )")  # as decide names it in a refusal

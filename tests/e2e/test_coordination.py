@@ -368,6 +368,12 @@ async def test_a_coordinator_who_finds_the_persons_practice_names_it_and_the_hel
     services.subscriptions.save(
         Subscription(id="y08888-pic", org="Y08888", events=(co.PIC_SUMMARY_SENT.type,), mailbox=str(tmp_path / "y8"))
     )
+    answers = tmp_path / "la-answers"  # the council hears what became of the referrals it made
+    services.subscriptions.save(
+        Subscription(
+            id="la123-answers", org="LA123", events=(co.REFERRAL_OUTCOME.type,), scope="requested", mailbox=str(answers)
+        )
+    )
     secret = services.secrets.token
     la = _bearer(secret, "LA123", "clinician", now)
     pic = _bearer(secret, month.SERVICE, "coordinator", now)
@@ -392,6 +398,10 @@ async def test_a_coordinator_who_finds_the_persons_practice_names_it_and_the_hel
         assert accepted.status_code == 201, accepted.text
         episode = accepted.json()["id"]
         await until(lambda: services.reader.read("EpisodeOfCare", episode) is not None, 30, "the episode")
+        await until(lambda: answers.exists() and any(answers.glob("*.json")), 30, "the acceptance, to the council")
+        [answer] = [orjson.loads(f.read_bytes()) for f in answers.glob("*.json")]
+        told = [e["resource"] for e in answer["entry"] if e["resource"]["resourceType"] == "ServiceRequest"]
+        assert [r["id"] for r in told] == [referral["id"]], answer
         closed = await http.post(f"/EpisodeOfCare/{episode}/$close", json=_params(goals="Home"), headers=pic)
         assert closed.status_code == 200, closed.text
         await until(lambda: "find-gp-practice" in tasks(), 30, "the task to find the practice")
@@ -529,6 +539,10 @@ async def test_a_time_in_the_future_is_refused_400_naming_the_field_and_never_re
         assert accepted.status_code == 201, accepted.text
         episode = accepted.json()["id"]
         await until(lambda: services.reader.read("EpisodeOfCare", episode) is not None, 30, "the episode")
+        await until(lambda: answers.exists() and any(answers.glob("*.json")), 30, "the acceptance, to the council")
+        [answer] = [orjson.loads(f.read_bytes()) for f in answers.glob("*.json")]
+        told = [e["resource"] for e in answer["entry"] if e["resource"]["resourceType"] == "ServiceRequest"]
+        assert [r["id"] for r in told] == [referral["id"]], answer
         refused = await http.post(f"/EpisodeOfCare/{episode}/$close", json=_params(at=ahead), headers=pic)
         assert refused.status_code == 400, refused.text
         assert refused.json()["issue"][0]["expression"] == ["Parameters.at"]

@@ -9,15 +9,10 @@ from hub.api.routes.coordination_commands import CoordinationApi, best_effort, e
 from hub.api.routes.coordination_input import no_earlier_than_held, person_of
 from hub.core.errors import BrokerUnavailableError, RuleRefusedError, UnfinishedError
 from hub.core.fhir_read import outcome_of
+from hub.core.fhir_read import requester_of as requester_of  # (imported from here before)
 from hub.core.identity import stable_id
 from hub.core.ports import Json, Withdrawal
 from schemas.events import coordination as co
-
-
-def requester_of(referral: Json) -> str:
-    """The code of the organisation that sent the referral (ODS or local-authority), upper-cased."""
-    identifier = (referral.get("requester") or {}).get("identifier") or {}
-    return str(identifier.get("value") or "").strip().upper()
 
 
 async def publish_withdrawal(api_: CoordinationApi, referral: Json, withdrawal: Withdrawal) -> None:
