@@ -4,9 +4,11 @@ AA is sent only after Kafka has acknowledged every event of the message. Content
 answered AE/AR and the message is kept whole on the dead-letter topic; so is a message with an event
 too large for Kafka, none of whose events is then published (sending it again cannot succeed; kept
 in part, or, when Kafka will not take its head either, not at all: CR in enhanced mode). While Kafka is
-unreachable the answer is AE (never AA), so the sender retries; a retried message carries the
-same control ID and content, hence the same event id, and the record applies it once. A frame the
-transport refuses (too big, bad framing) is answered AR and what was read of it dead-lettered too.
+unreachable or slow to acknowledge the answer is AE (never AA), saying the message may have been
+accepted all the same, so the sender retries; a retried message carries the same control ID and
+content, hence the same event id, and the record applies it once. A frame the transport refuses (too
+big, bad framing) is answered AR and what was read of it dead-lettered too, marked as kept in part
+(the whole frame's size and SHA-256) when it is only the frame's head.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from faststream.kafka import KafkaBroker
 
 from adapters.hl7v2.message import Header, read_header, split_as_sent
 from adapters.hl7v2.replies import ack
-from adapters.hl7v2.to_fhir import map_message
+from adapters.hl7v2.to_fhir import map_with_warnings
 from adapters.hl7v2.transport import RefusedFrame
 from adapters.publishing import Publisher
 from hub.core.errors import (
@@ -34,8 +36,29 @@ from hub.core.errors import (
 from schemas.events.rejected import (
     HL7_V2_CONTENT_TYPE,
 )
+from schemas.topics import DEAD_LETTER
 
 log = logging.getLogger(__name__)
+
+
+class _Publisher(Publisher):
+    """adapters.publishing's Publisher, which also keeps the head of an input the MLLP listener read only
+    in part, marked as the file path marks one (hub.core.errors.KEPT_IN_PART: the whole input's size and
+    SHA-256), so the store knows the input it came from and never hands the head out as it."""
+
+    async def head_of(
+        self,
+        head: bytes,
+        whole: tuple[int, str],
+        *,
+        event_id: str,
+        sender: str,
+        origin: str,
+        content_type: str,
+        error: HubError,
+    ) -> None:
+        record = self._dead_letter(event_id, sender, origin, content_type, error, whole)
+        await self._send(head, DEAD_LETTER.name, *record)
 
 
 def _utcnow() -> datetime:
@@ -54,9 +77,18 @@ class Outcome:
     dead_lettered: bool = False
     event_ids: tuple[str, ...] = ()
     error: HubError | None = None  # what the ACK says went wrong (None: accepted)
+    warnings: tuple[HubError, ...] = ()  # what was wrong without stopping it (ERR severity W)
 
 
 PROCESSING_IDS = {"P": "production", "T": "training", "D": "debugging"}  # HL7 table 0103
+# What the AE (or CE) says when Kafka did not acknowledge: a timeout, or an error after the request went
+# out, does not mean the record was not written (or, of an A40's several events, that none was). Sent again
+# unchanged it is the same event (the same sender, control ID and content: to_fhir), applied once; the first
+# 80 characters are MSA-3's.
+UNACKNOWLEDGED = (
+    "Kafka did not acknowledge it; it may have been accepted: send it again unchanged (the same message "
+    "sent again is the same event, which the hub applies once, so it is never applied twice)"
+)
 
 
 class HospitalIntake:
@@ -76,20 +108,22 @@ class HospitalIntake:
         self._clock = clock
         self._processing_ids = frozenset(p.upper() for p in processing_ids)
         self._enhanced_senders = frozenset(s.upper() for s in enhanced_ack_senders)
-        self._out = Publisher(broker, timeout=publish_timeout, clock=clock, unit="the message", retry="send it again")
+        self._out = _Publisher(broker, timeout=publish_timeout, clock=clock, unit="the message", retry="send it again")
 
     async def receive(self, frame: bytes, origin: str) -> list[bytes]:
         """One MLLP frame in; its ACK out (in enhanced mode, none, one or two: see _answers)."""
         return self._answers(*await self._take(frame, origin))
 
     async def refuse(self, frame: RefusedFrame) -> list[bytes]:
-        """The ACK (AR) for a frame the transport would not take; what was read of it is dead-lettered."""
-        reason = frame.reason
+        """The ACK (AR) for a frame the transport would not take; what was read of it is dead-lettered,
+        its head marked as kept in part (the whole frame's size and SHA-256) when that is all it is."""
+        reason, whole = frame.reason, None
         if len(frame.head) < frame.size:
             reason += f"; the hub kept its first {len(frame.head):,} bytes"
+            whole = (frame.size, frame.digest)
         error = UnsupportedMessageError(reason, ("MSH",), code="too-long" if frame.oversize else "structure")
         header = read_header(frame.head)
-        return self._answers(await self._reject(frame.head, header, error, frame.origin), header)
+        return self._answers(await self._reject(frame.head, header, error, frame.origin, whole), header)
 
     async def ingest(self, raw: bytes, origin: str) -> list[Outcome]:
         """A file: one message, several, or an FHS/BHS batch; each message stands alone."""
@@ -102,23 +136,26 @@ class HospitalIntake:
     async def accept(self, raw: bytes, origin: str) -> tuple[Outcome, bytes]:
         """Map, publish and answer one message (the ACK in original mode)."""
         outcome, header = await self._take(raw, origin)
-        return outcome, self._ack(header, outcome.error)
+        return outcome, self._ack(header, outcome.error, warnings=outcome.warnings)
 
     async def _take(self, raw: bytes, origin: str) -> tuple[Outcome, Header | None]:
         header = read_header(raw)
         control_id = header.control_id if header else ""
         try:
             self._refuse_processing_id(header)
-            events = map_message(raw, key_secret=self._key_secret, now=self._clock())
+            mapped = map_with_warnings(raw, key_secret=self._key_secret, now=self._clock())
+            events = mapped.events
             await self._out.events(events)  # (all or, one too large, none: MessageTooLargeError, refused and kept)
         except InvalidMessageError as error:
             return await self._reject(raw, header, error, origin), header
-        except BrokerUnavailableError as error:
-            log.warning("message %s not accepted: %s", control_id, error)
-            return Outcome(control_id, "AE", 0, str(error), error=error), header
+        except BrokerUnavailableError as unsure:
+            log.warning("message %s not acknowledged by Kafka: %s", control_id, unsure)
+            honest = replace(unsure, diagnostics=UNACKNOWLEDGED)
+            return Outcome(control_id, "AE", 0, str(honest), error=honest), header
         log.debug("message %s accepted: %d event(s)", control_id, len(events))
-        ids = tuple(e.event_id for e in events)
-        return Outcome(control_id, "AA", len(events), event_ids=ids), header
+        ids, warned = tuple(e.event_id for e in events), tuple(mapped.warnings)
+        said = "; ".join(str(w) for w in warned) or None  # (what `carehub ingest hl7` shows beside AA)
+        return Outcome(control_id, "AA", len(events), said, event_ids=ids, warnings=warned), header
 
     def _refuse_processing_id(self, header: Header | None) -> None:
         """AR (ERR 202) for a message whose MSH-11 this hub does not take: by default only `P`
@@ -135,18 +172,22 @@ class HospitalIntake:
                 ("MSH-11",),
             )
 
-    async def _reject(self, raw: bytes, header: Header | None, error: HubError, origin: str) -> Outcome:
+    async def _reject(
+        self, raw: bytes, header: Header | None, error: HubError, origin: str, whole: tuple[int, str] | None = None
+    ) -> Outcome:
+        """Dead-letter `raw` (with `whole`, the size and SHA-256 of the input it is the head of) and say so."""
         control_id = header.control_id if header else ""
         try:
             sender = (header.sending_facility or header.sending_application) if header else ""
-            await self._out.rejected(
-                raw,
-                event_id=str(uuid.uuid4()),
-                sender=sender,
-                origin=origin,
-                content_type=HL7_V2_CONTENT_TYPE,
-                error=error,
-            )
+            event_id, content_type = str(uuid.uuid4()), HL7_V2_CONTENT_TYPE
+            if whole is None:
+                await self._out.rejected(
+                    raw, event_id=event_id, sender=sender, origin=origin, content_type=content_type, error=error
+                )
+            else:
+                await self._out.head_of(
+                    raw, whole, event_id=event_id, sender=sender, origin=origin, content_type=content_type, error=error
+                )
         except BrokerUnavailableError as down:
             return Outcome(control_id, "AE", 0, str(down), error=down)
         except MessageTooLargeError as huge:  # (not even its head fits: refused, for good, and not kept)
@@ -158,8 +199,15 @@ class HospitalIntake:
         log.info("message %s rejected %s: %s", control_id, code, error.code)
         return Outcome(control_id, code, 0, str(error), dead_lettered=True, error=error)
 
-    def _ack(self, header: Header | None, error: HubError | None, *, code: str | None = None) -> bytes:
-        return ack(header, error, control_id=uuid.uuid4().hex[:20], now=self._clock(), code=code)
+    def _ack(
+        self,
+        header: Header | None,
+        error: HubError | None,
+        *,
+        code: str | None = None,
+        warnings: tuple[HubError, ...] = (),
+    ) -> bytes:
+        return ack(header, error, control_id=uuid.uuid4().hex[:20], now=self._clock(), code=code, warnings=warnings)
 
     def _answers(self, outcome: Outcome, header: Header | None) -> list[bytes]:
         """The ACK frames for a message: in original mode its AA, AE or AR. A sender listed in
@@ -171,19 +219,19 @@ class HospitalIntake:
         committed (Kafka unreachable) is always answered CE, whatever MSH-15 says, so the sender
         keeps the message and sends it again; never one that can never be kept (too large even to keep
         its head: CR, and no application acknowledgment)."""
-        error = outcome.error
+        error, warnings = outcome.error, outcome.warnings
         if header is None or not self._enhanced(header):
-            return [self._ack(header, error)]
+            return [self._ack(header, error, warnings=warnings)]
         if isinstance(error, BrokerUnavailableError):
             return [self._ack(header, error, code="CE")]
         unkept = outcome.code != "AA" and not outcome.dead_lettered  # (too large even to keep: never kept)
         accept_code = "CR" if outcome.code == "AR" or unkept else "CA"
         replies = []
         if _wanted(header.accept_ack, accepted=accept_code == "CA"):
-            replies.append(self._ack(header, error, code=accept_code))  # (a CA of a refused message says why)
+            replies.append(self._ack(header, error, code=accept_code, warnings=warnings))  # (a CA says why, too)
         rejected = accept_code == "CR" and replies
         if not rejected and _wanted(header.application_ack, accepted=outcome.code == "AA"):
-            replies.append(self._ack(header, error))
+            replies.append(self._ack(header, error, warnings=warnings))
         if not replies:
             log.debug(
                 "message %s: MSH-15/16 %s|%s ask for no acknowledgment",

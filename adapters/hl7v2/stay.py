@@ -1,7 +1,7 @@
-"""HL7 v2 PV1 -> the FHIR Encounter of a hospital stay (adapters.hl7v2.to_fhir maps the rest of an ADT):
-its identity (PV1-19, else PV1-44), status from the trigger event, class (PV1-2), period (PV1-44/45,
-neither in the future nor the discharge before the admission), ward (PV1-3), and where the patient went
-(PV1-36 and PV1-37), after the HL7 v2-to-FHIR IG's PV1 map and UK Core."""
+"""HL7 v2 PV1 -> the FHIR Encounter of a hospital stay or attendance (adapters.hl7v2.to_fhir maps the rest
+of an ADT): its identity (PV1-19, else PV1-44), status from the trigger event (an A04's from PV1-2 too),
+class (PV1-2), period (PV1-44/45, neither in the future nor the discharge before the admission), ward
+(PV1-3), and where the patient went (PV1-36 and PV1-37), after the HL7 v2-to-FHIR IG's PV1 map and UK Core."""
 
 from __future__ import annotations
 
@@ -39,6 +39,10 @@ _DESTINATIONS = {
 
 STATUS = {"A01": "in-progress", "A02": "in-progress", "A03": "finished", "A08": "unknown"}
 STATUS |= {"A11": "cancelled", "A12": "in-progress", "A13": "in-progress"}  # (A12: back on the ward of PV1-3)
+# An A04 registers an attendance (ED, outpatient clinic) that is going on as it is sent: in-progress, unless
+# PV1-2 says more (the v2-to-FHIR IG's PatientClass[EncounterStatus] map, used where PV1-45 is empty; its
+# event map's `planned` for an A04 is for a booking, which UK feeds send as an A05 or an SIU)
+REGISTERED = {"P": "planned", "U": "unknown"}
 CLASS = {"E": (ACT_CODE, "EMER"), "I": (ACT_CODE, "IMP"), "O": (ACT_CODE, "AMB"), "P": (ACT_CODE, "PRENC")}
 
 
@@ -53,7 +57,7 @@ def encounter(
     else:  # nothing names the stay: it is this message's own (never another's under a reused control ID)
         enc_id = stable_id("hl7v2", sender, message_key)
     admitted, discharged = _stay(f, pv1, latest, ends=trigger != "A13")
-    status = "finished" if discharged and trigger in ("A03", "A08") else STATUS[trigger]
+    status = "finished" if discharged and trigger in ("A03", "A04", "A08") else _status(trigger, f.get(pv1, 2))
     # PV1-2 empty: class U (Encounter.class is 1..1), which never replaces a class the record holds
     system, code = CLASS.get(f.get(pv1, 2).upper(), (PATIENT_CLASS, f.get(pv1, 2).upper() or "U"))
     resource: Json = {
@@ -76,6 +80,12 @@ def encounter(
         resource["location"] = [{"location": {"display": ward}}]
     _discharge(f, pv1, resource)
     return resource
+
+
+def _status(trigger: str, patient_class: str) -> str:
+    if trigger == "A04":
+        return REGISTERED.get(patient_class.upper(), "in-progress")
+    return STATUS[trigger]
 
 
 def _discharge(f: Fields, pv1: Any, resource: Json) -> None:

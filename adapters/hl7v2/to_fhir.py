@@ -22,11 +22,12 @@ from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
 from adapters.hl7v2 import fields as dt
+from adapters.hl7v2.identifiers import Person, person_in
 from adapters.hl7v2.message import Fields, fingerprint, parse
 from adapters.hl7v2.stay import encounter
 from hub.core import nhs_number
 from hub.core.errors import InvalidMessageError, UnsupportedMessageError
-from hub.core.identity import person_key, stable_id
+from hub.core.identity import stable_id
 from hub.core.record_content import (
     REMOVED_URL,
     VERIFICATION_REMOVED,
@@ -41,10 +42,13 @@ NHS_SYSTEM = nhs_number.NHS_NUMBER_SYSTEM
 ODS_SYSTEM = dt.ODS_SYSTEM
 MRN_SYSTEM = dt.MRN_SYSTEM
 VERIFICATION_SYSTEM = "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland"
+# An A04 (register a patient: ITK's ED and outpatient registration) is an encounter the person attends, its
+# class from PV1-2: encounter.admitted's consumers take it rightly as it is (README, "A04, register a patient")
 TRIGGERS = {
     "A01": enc.ENCOUNTER_ADMITTED,
     "A02": enc.ENCOUNTER_TRANSFERRED,
     "A03": enc.ENCOUNTER_DISCHARGED,
+    "A04": enc.ENCOUNTER_ADMITTED,
     "A08": pat.PATIENT_UPDATED,
     "A11": enc.ADMISSION_CANCELLED,
     "A12": enc.TRANSFER_CANCELLED,
@@ -82,12 +86,20 @@ class MappedEvent:
 
 
 @dataclass(frozen=True)
-class _Person:
-    key: str
-    identifiers: list[Json]
+class MappedMessage:
+    """One message's events, and what was wrong in it without stopping it (ACK ERR severity W)."""
+
+    events: list[MappedEvent]
+    warnings: tuple[InvalidMessageError, ...] = ()
 
 
 def map_message(raw: bytes, *, key_secret: bytes, now: datetime | None = None) -> list[MappedEvent]:
+    """Parse, map and validate one ADT message; raises InvalidMessageError naming the field (map_with_warnings
+    says what was dropped, too)."""
+    return map_with_warnings(raw, key_secret=key_secret, now=now).events
+
+
+def map_with_warnings(raw: bytes, *, key_secret: bytes, now: datetime | None = None) -> MappedMessage:
     """Parse, map and validate one ADT message; raises InvalidMessageError naming the field.
 
     `now` is the hub's clock: a time the message gives (EVN-2 or MSH-7, PV1-44, PV1-45, PID-7, PID-29) later
@@ -106,12 +118,14 @@ def map_message(raw: bytes, *, key_secret: bytes, now: datetime | None = None) -
     when = _event_time(f, msh, latest)
     message_key = f"{control_id}|{fingerprint(raw)}"  # see the module docstring
     if trigger == "A40":
-        return _merges(f, key_secret, latest, sender=sender, control_id=control_id, key=message_key, at=when)
+        return MappedMessage(
+            _merges(f, key_secret, latest, sender=sender, control_id=control_id, key=message_key, at=when)
+        )
     pid = f.first("PID")
-    person = _person(f, pid, "PID", sender, key_secret)
+    person = person_in(f, pid, "PID", sender, key_secret, lenient=True)
     resources = _patient_and_practice(f, pid, person, latest)
     pv1 = f.first("PV1")
-    if trigger in ("A01", "A02", "A03", "A11", "A12", "A13") and pv1 is None:
+    if trigger in ("A01", "A02", "A03", "A04", "A11", "A12", "A13") and pv1 is None:
         raise InvalidMessageError(f"PV1 is required in an ADT^{trigger}", ("PV1",), code="required")
     if trigger == "A12" and not f.get(pv1, 3):  # (else the stay would stay where the cancelled transfer put it)
         raise InvalidMessageError(
@@ -121,7 +135,9 @@ def map_message(raw: bytes, *, key_secret: bytes, now: datetime | None = None) -
         )
     if pv1 is not None and trigger not in ("A28", "A31"):
         resources.append(encounter(f, pv1, trigger, sender, message_key, person.key, latest))
-    return [_event(trigger, sender, control_id, message_key, when, person.key, resources)]
+    return MappedMessage(
+        [_event(trigger, sender, control_id, message_key, when, person.key, resources)], person.dropped
+    )
 
 
 def _event_time(f: Fields, msh: Any, latest: datetime | None) -> datetime:
@@ -185,57 +201,7 @@ def _validate(resource: Json) -> None:
         ) from exc
 
 
-def _person(f: Fields, segment: Any, name: str, sender: str, secret: bytes) -> _Person:
-    """The person a PID-3 or MRG-1 names (an error in a repetition after the first names it: PID-3[2])."""
-    field = 3 if name == "PID" else 1
-    where = f"{name}-{field}"
-    nhs: str | None = None
-    identifiers: list[Json] = []
-    local: tuple[str, str] | None = None
-    placeholder = ""
-    for repetition, cx in f.numbered_reps(segment, field):
-        value, authority = cx[0], (cx[3] if len(cx) > 3 else "")
-        if not value:
-            continue
-        if _is_nhs_number(cx) and nhs_number.is_placeholder(value):
-            placeholder = nhs_number.normalise(value)  # "not known": no one's identity (see is_placeholder)
-            continue
-        if _is_nhs_number(cx):
-            why = nhs_number.why_invalid(value)
-            here = f"{where}[{repetition}]" if repetition > 1 else where
-            if why:
-                raise InvalidMessageError(why, (here,), code="value")
-            if nhs is not None and nhs != nhs_number.normalise(value):
-                raise InvalidMessageError(f"{where} carries two different NHS numbers", (where,), code="value")
-            if nhs is None:  # UK Core allows one NHS number; a repeated identical one is dropped
-                nhs = nhs_number.normalise(value)
-                identifiers.insert(0, {"system": NHS_SYSTEM, "value": nhs})
-        else:
-            scope = re.sub(r"[^A-Za-z0-9._-]", "_", authority or sender)
-            identifiers.append({"system": MRN_SYSTEM + scope, "value": value})
-            local = local or (scope, value)
-    if nhs is None and local is None:
-        if placeholder:
-            raise InvalidMessageError(
-                f"{where} has no patient identifier but the NHS number {placeholder}, which is a placeholder (all "
-                "ten digits the same), not anyone's NHS number: send the person's own, or a local identifier",
-                (where,),
-                code="value",
-            )
-        raise InvalidMessageError(f"{where} has no patient identifier with a value", (where,), code="required")
-    return _Person(person_key(secret, nhs, local), identifiers)
-
-
-def _is_nhs_number(cx: list[str]) -> bool:
-    """A CX (PID-3, MRG-1 repeat) is the NHS number when its assigning authority (CX-4) is `NHS` or its
-    identifier type (CX-5) is `NH`, whatever authority it names: PAS send the NHS number's OID
-    (2.16.840.1.113883.2.1.4.1), their own code or none there. Checked as one (Modulus 11, placeholders),
-    never filed as a hospital number no search by NHS number would find."""
-    authority, kind = (cx[i].strip().upper() if len(cx) > i else "" for i in (3, 4))
-    return authority == "NHS" or kind == "NH"
-
-
-def _patient_and_practice(f: Fields, pid: Any, person: _Person, latest: datetime | None) -> list[Json]:
+def _patient_and_practice(f: Fields, pid: Any, person: Person, latest: datetime | None) -> list[Json]:
     patient: Json = {"resourceType": "Patient", "id": person.key, "identifier": person.identifiers}
     # (PID-32 left empty says nothing of the status: the record keeps the one it holds for this number)
     status = next((r[0][4:] for r in f.reps(pid, 32) if r[0].startswith("NSTS")), "")
@@ -335,8 +301,8 @@ def _merges(
     events = []
     for index, (pid, mrg) in enumerate(pairs, start=1):
         try:
-            survivor = _person(f, pid, "PID", sender, secret)
-            retired = _person(f, mrg, "MRG", sender, secret)
+            survivor = person_in(f, pid, "PID", sender, secret)
+            retired = person_in(f, mrg, "MRG", sender, secret)
             pair = key if len(pairs) == 1 else f"{key}#{index}"
             if retired.key == survivor.key:
                 numbers = _retired_numbers(survivor, retired)
@@ -363,7 +329,7 @@ def _in_pair(where: str, index: int) -> str:
 _SAME_PERSON = "A31"  # an A40 within one person is applied as what it is: an update of person information
 
 
-def _retired_numbers(survivor: _Person, retired: _Person) -> list[Json]:
+def _retired_numbers(survivor: Person, retired: Person) -> list[Json]:
     """For an A40 pair of one person (MRG-1 keyed as PID-3 is): the identifiers MRG-1 gives that PID-3
     does not, the hospital numbers retired, kept on the person with use `old` (FHIR: no longer valid but
     found by a search, as after an account merge). MRG-1 naming none is the surviving record merged into

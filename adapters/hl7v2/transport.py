@@ -6,27 +6,29 @@ frames the handler returns). Frames are read with the reader's bounded
 a frame it refuses: here `refuse` gets a refused frame's first bytes, to dead-letter them and answer
 the sender's control ID.
 
-A frame over the size limit is read on to its end block, keeping only its first HEAD_BYTES (memory
-stays at a few times the limit whatever the frame's size), then refused; its framing is intact, so
-the connection goes on. Bytes before a frame's start block belong to no frame and are skipped, so
-the frame after them is answered as any other: a sender's trailer (frames ending 1C 0D 0A), CR LF or
-padding is logged at DEBUG, anything else at WARNING, both by count alone. A frame without a start
-block (an end block with none before it), or an over-size one with no end block within DRAIN_FACTOR
-times the limit or before the sender goes quiet for `idle` seconds, is refused and the connection
-closed, because the framing can no longer be trusted. Before closing, the listener stops
-writing and drops what still arrives for up to LINGER_S: a socket closed with unread bytes sends a
-reset, which can destroy the answer before the sender has read it.
+A frame over the size limit is read on to its end block, keeping only its first HEAD_BYTES and a
+running SHA-256 of the whole (memory stays at a few times the limit whatever the frame's size), then
+refused; its framing is intact, so the connection goes on. Bytes before a frame's start block belong
+to no frame and are skipped, so the frame after them is answered as any other: a sender's trailer
+(frames ending 1C 0D 0A), CR LF or padding is logged at DEBUG, anything else at WARNING, both by count
+alone. A frame without a start block (an end block with none before it), or an over-size one with no
+end block within DRAIN_FACTOR times the limit or before the sender goes quiet for `idle` seconds, is
+refused and the connection closed, because the framing can no longer be trusted. Before closing, the
+listener stops writing and drops what still arrives for up to LINGER_S: a socket closed with unread
+bytes sends a reset, which can destroy the answer before the sender has read it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from hl7.mllp import HL7StreamReader, HL7StreamWriter, open_hl7_connection, start_hl7_server
 
@@ -44,7 +46,8 @@ BETWEEN_FRAMES = b" \t\r\n"  # a trailer after an end block (1C 0D 0A, CR LF), p
 @dataclass(frozen=True)
 class RefusedFrame:
     """A frame the transport would not take: why, its first bytes (start block removed), its size,
-    where it came from, whether it was over the size limit and whether its end block was read."""
+    where it came from, whether it was over the size limit and whether its end block was read, and the
+    SHA-256 of the whole of it (hex), which names it where only its head is kept."""
 
     reason: str
     head: bytes
@@ -52,6 +55,7 @@ class RefusedFrame:
     origin: str
     oversize: bool
     ended: bool
+    digest: str
 
 
 Receive = Callable[[bytes, str], Awaitable[Sequence[bytes]]]  # the ACK frames to write, in order (none: no answer)
@@ -211,7 +215,8 @@ async def _read_frame(reader: HL7StreamReader, framing: _Framing) -> bytes | Ref
     stray, start, message = block[: -len(END_BLOCK)].rpartition(START_BLOCK)
     if not start:  # (`message` is then the whole frame)
         reason = "frame does not begin with the MLLP start block (0x0B)"
-        return RefusedFrame(reason, message[:HEAD_BYTES], len(message), framing.origin, oversize=False, ended=True)
+        digest = hashlib.sha256(message).hexdigest()
+        return RefusedFrame(reason, message[:HEAD_BYTES], len(message), framing.origin, False, True, digest)
     _skipped(stray, framing.origin)
     return message
 
@@ -230,8 +235,10 @@ def _skipped(stray: bytes, origin: str) -> None:
 
 
 async def _oversize(reader: HL7StreamReader, framing: _Framing) -> RefusedFrame:
-    """Read the rest of a frame over the limit in bounded pieces, keeping its first HEAD_BYTES."""
+    """Read the rest of a frame over the limit in bounded pieces, keeping its first HEAD_BYTES and
+    hashing the whole (from where the head shows it starts, once the head is full: see _frame_start)."""
     head, size, ended, stop = bytearray(), 0, False, ""
+    whole: Any = None  # hashlib's running SHA-256
     while not stop:
         try:
             piece = (await asyncio.wait_for(reader.readuntil(END_BLOCK), framing.idle))[: -len(END_BLOCK)]
@@ -243,20 +250,32 @@ async def _oversize(reader: HL7StreamReader, framing: _Framing) -> RefusedFrame:
         except TimeoutError:  # take what came before the silence: at least the byte left above, so no wait
             piece = await reader.read(2 * framing.limit)
             stop = f"nothing came for {framing.idle:g} seconds"
-        head += piece[: HEAD_BYTES + 1 - len(head)]
+        room = max(HEAD_BYTES + 1 - len(head), 0)
+        head += piece[:room]
+        if whole is not None:
+            whole.update(piece)
+        elif len(head) > HEAD_BYTES:  # (the head no longer changes, nor so where the frame starts)
+            whole = hashlib.sha256(head[_frame_start(head) :])
+            whole.update(piece[room:])
         size += len(piece)
         if not stop and size > DRAIN_FACTOR * framing.limit:
             stop = f"{size:,} bytes were read"
-    at = head.rfind(START_BLOCK)  # after whatever came between the frames (see _read_frame)
-    start = at + 1 if at >= 0 else 0
-    _skipped(bytes(head[: max(at, 0)]), framing.origin)
+    start = _frame_start(head)
+    _skipped(bytes(head[: max(start - 1, 0)]), framing.origin)
     size -= start
     if ended:
         reason = f"frame of {size:,} bytes exceeds the {framing.limit:,} byte limit"
     else:
         reason = f"frame exceeds the {framing.limit:,} byte limit and had no end block (0x1C 0x0D) when {stop}"
     kept = bytes(head[start : start + HEAD_BYTES])
-    return RefusedFrame(reason, kept, size, framing.origin, oversize=True, ended=ended)
+    digest = (whole or hashlib.sha256(head[start:])).hexdigest()
+    return RefusedFrame(reason, kept, size, framing.origin, oversize=True, ended=ended, digest=digest)
+
+
+def _frame_start(head: bytearray) -> int:
+    """Where a frame begins in what was read of it: after its last start block, since whatever came
+    before belongs to no frame (see _read_frame); at 0 when no start block was read."""
+    return head.rfind(START_BLOCK) + 1
 
 
 async def _linger(reader: HL7StreamReader, writer: HL7StreamWriter) -> None:

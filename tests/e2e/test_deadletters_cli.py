@@ -154,7 +154,7 @@ def test_show_of_an_id_the_store_does_not_hold_says_so_in_one_line(hub: Path) ->
 
 @pytest.mark.kafka
 def test_a_message_ingest_rejects_is_listed_by_its_control_id_and_shown_as_it_was_sent(tmp_path: Path) -> None:
-    sent = an_adt(control_id="RJ-20261103-0007", nhs_number=BAD_NHS)
+    sent = an_adt(control_id="RJ-20261103-0007", nhs_number=BAD_NHS, mrn=None)
     (tmp_path / "discharge.hl7").write_bytes(sent)
     ingested = carehub("ingest", "hl7", str(tmp_path / "discharge.hl7"), "--data-dir", str(tmp_path))
     assert ingested.returncode == 1, ingested.stderr  # (rejected AE)

@@ -36,7 +36,7 @@ class DownBroker(RecordingBroker):
 def acks(accept: str, application: str, control_id: str, *, bad: bool = False, sender: str = "RXX") -> bytes:
     """an_adt with MSH-15 and MSH-16 as given; `bad`: its NHS number's check digit wrong (AE)."""
     nhs_number = "9434765918" if bad else "9434765919"
-    message = an_adt(control_id=control_id, nhs_number=nhs_number, sender=sender)
+    message = an_adt(control_id=control_id, nhs_number=nhs_number, mrn=None if bad else "M100", sender=sender)
     return message.replace(b"|||AL|NE|GBR|", f"|||{accept}|{application}|GBR|".encode(), 1)
 
 

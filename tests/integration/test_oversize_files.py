@@ -74,7 +74,7 @@ def test_a_csv_too_large_to_keep_whole_is_dead_lettered_as_its_head_naming_its_s
 def test_an_hl7_file_too_large_is_kept_as_its_head_and_a_too_large_event_is_not_asked_to_be_sent_again(
     tmp_path: Path,
 ) -> None:
-    bad = an_adt(nhs_number="9434765918", control_id="BIGBAD", extra_segments=("NTE|1||" + "x" * 2_000_000,))
+    bad = an_adt(nhs_number="9434765918", mrn=None, control_id="BIGBAD", extra_segments=("NTE|1||" + "x" * 2_000_000,))
     good = an_adt(control_id="BIGGOOD", family="X" * 2_000_000)
     (tmp_path / "1-bad.hl7").write_bytes(bad)
     (tmp_path / "2-good.hl7").write_bytes(good)

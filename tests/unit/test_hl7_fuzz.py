@@ -14,7 +14,7 @@ from adapters.hl7v2.to_fhir import MappedEvent, map_message
 from hub.core.errors import HubError
 from tests.builders import an_adt
 
-TRIGGERS = ("A01", "A02", "A03", "A08", "A11", "A13", "A28", "A31", "A40")
+TRIGGERS = ("A01", "A02", "A03", "A04", "A08", "A11", "A13", "A28", "A31", "A40")
 SEEDS = [an_adt(trigger=t) for t in TRIGGERS] + [
     an_adt(trigger="A03", seg_end=b"\r\n", charset="8859/1", family="JOSÉ", encoding="latin-1"),
     b"FHS|^~\\&|PAS\rBHS|^~\\&|PAS\r" + an_adt(control_id="B1") + an_adt(control_id="B2") + b"BTS|2\rFTS|1\r",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from adapters.hl7v2 import transport
 from adapters.hl7v2.service import HospitalIntake
+from hub.core.errors import kept_in_part
 from schemas.envelope import Envelope
 from schemas.events.rejected import OUTCOME_HEADER
 from schemas.topics import DEAD_LETTER, EVENTS
@@ -96,13 +98,16 @@ async def test_an_oversize_frame_is_answered_AR_to_its_control_id_and_its_first_
     broker = RecordingBroker()
     head = an_adt(control_id="BIG1", family="X" * 1000)[:600]
     reason = "frame of 20,971,520 bytes exceeds the 1,048,576 byte limit"
-    frame = transport.RefusedFrame(reason, head, 20_971_520, "mllp:10.0.0.9:4000", oversize=True, ended=True)
+    digest = hashlib.sha256(b"the whole 20 MB frame").hexdigest()
+    frame = transport.RefusedFrame(reason, head, 20_971_520, "mllp:10.0.0.9:4000", True, True, digest)
     [reply] = await intake(broker).refuse(frame)
     assert (field(reply, "MSA", 1), field(reply, "MSA", 2)) == ("AR", "BIG1")
     assert field(reply, "ERR", 8) == f"{reason}; the hub kept its first 600 bytes"
     [(_, value, key, headers)] = broker.on(DEAD_LETTER.name)
     assert (value, key) == (head, b"RXX")
     assert (issue(headers)["code"], issue(headers)["diagnostics"]) == ("too-long", field(reply, "ERR", 8))
+    assert field(reply, "ERR", 3) == "104^Value too long^HL70357"
+    assert kept_in_part(orjson.loads(headers[OUTCOME_HEADER])) == (20_971_520, digest)  # (--raw then refuses)
 
 
 async def test_a_frame_without_a_start_block_is_answered_AR_and_kept_whole() -> None:
@@ -110,7 +115,7 @@ async def test_a_frame_without_a_start_block_is_answered_AR_and_kept_whole() -> 
     junk = b"GET / HTTP/1.1\r\nHost: hub\r\n\r\n"
     reason = "frame does not begin with the MLLP start block (0x0B)"
     [reply] = await intake(broker).refuse(
-        transport.RefusedFrame(reason, junk, len(junk), "mllp:x", oversize=False, ended=True)
+        transport.RefusedFrame(reason, junk, len(junk), "mllp:x", False, True, hashlib.sha256(junk).hexdigest())
     )
     assert (field(reply, "MSA", 1), field(reply, "ERR", 8)) == ("AR", reason)
     [(_, value, key, headers)] = broker.on(DEAD_LETTER.name)
@@ -138,7 +143,7 @@ async def test_a_file_refused_is_kept_as_the_file_holds_it_and_its_bad_byte_name
 async def test_each_message_of_a_batch_file_is_kept_as_sent_envelope_aside() -> None:
     broker = RecordingBroker()
     good = an_adt(control_id="B1", seg_end=b"\r\n")
-    refused = an_adt(control_id="B2", nhs_number="9434765910", seg_end=b"\r\n")
+    refused = an_adt(control_id="B2", nhs_number="9434765910", mrn=None, seg_end=b"\r\n")
     raw = b"FHS|^~\\&|PAS\r\nBHS|^~\\&|PAS\r\n" + good + refused + b"BTS|2\r\nFTS|1\r\n"
 
     outcomes = await intake(broker).ingest(raw, "file:/in/batch.hl7")

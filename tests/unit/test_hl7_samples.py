@@ -61,7 +61,9 @@ EXPECTED: dict[str, Accepted | Refused] = {
     "microsoft-fhir-converter/ms-v2.3-ADT_A01-bom-trailing-spaces.hl7": Accepted(
         ADMITTED, "1", "599102", None, "in-progress"
     ),
-    "microsoft-fhir-converter/ms-v2.3-ADT_A04-no-EVN.hl7": UNSUPPORTED_EVENT,
+    "microsoft-fhir-converter/ms-v2.3-ADT_A04-no-EVN.hl7": Accepted(  # (MSH-11 T: the intake answers AR)
+        ADMITTED, "RDX", "1270326314", None, "in-progress"
+    ),
     "microsoft-fhir-converter/ms-v2.5.1-ADT_A01-minimal.hl7": Accepted(
         ADMITTED, "GOOD HEALTH HOSPITAL", "MSG00001", None, "in-progress"
     ),
@@ -81,14 +83,16 @@ EXPECTED: dict[str, Accepted | Refused] = {
     # (see ITK below for what they map to with a real one)
     "nhs-itk/itk-v2.4-ADT_A01-admit-inpatient.hl7": PLACEHOLDER_ONLY,
     "nhs-itk/itk-v2.4-ADT_A03-discharge.hl7": PLACEHOLDER_ONLY,
-    "nhs-itk/itk-v2.4-ADT_A04-register-outpatient.hl7": UNSUPPORTED_EVENT,
+    "nhs-itk/itk-v2.4-ADT_A04-register-outpatient.hl7": PLACEHOLDER_ONLY,
     "nhs-itk/itk-v2.4-ADT_A05-pre-admit.hl7": UNSUPPORTED_EVENT,
     "nhs-itk/itk-v2.4-ADT_A28-new-patient.hl7": PLACEHOLDER_ONLY,
     "nhs-itk/itk-v2.4-ADT_A31-update-patient.hl7": PLACEHOLDER_ONLY,
     "python-hl7/python-hl7-v2.3-ADT_A01-cerner-quoted-nulls.hl7": Accepted(
         ADMITTED, "HNA500", "Q150084616T145947960", None, "in-progress"
     ),
-    "python-hl7/python-hl7-v2.5-batch-BHS-ADT_A04.hl7": UNSUPPORTED_EVENT,
+    "python-hl7/python-hl7-v2.5-batch-BHS-ADT_A04.hl7": Accepted(
+        ADMITTED, "ABCHS", "12334456778890", None, "in-progress"
+    ),
     "uclh-emap/uclh-epic-v2.4-ADT_A01.hl7": Accepted(ADMITTED, "UCLH", "31644", None, "in-progress"),
     "uclh-emap/uclh-epic-v2.4-ADT_A03-death.hl7": Accepted(DISCHARGED, "UCLH", "eh", None, "finished", ended=True),
     "uclh-emap/uclh-epic-v2.4-ADT_A03-discharge.hl7": Accepted(DISCHARGED, "UCLH", "eh", None, "finished", ended=True),
