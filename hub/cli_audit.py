@@ -15,8 +15,11 @@ from rich.markup import escape
 from hub.cli_audit_reports import (
     UNVERIFIED,
     came_to,
+    chain_verdict,
     disclosures_csv,
     disclosures_summary,
+    private_file,
+    refuse_dash,
     refuse_unknown,
     selected_rows,
     time_travel_csv,
@@ -45,11 +48,15 @@ from hub.terminal import listing
 def audit_verify(
     head: Annotated[
         str | None,
-        typer.Option(help="SEQ:HASH of the head an earlier verify printed: also proves nothing was cut from the end"),
+        typer.Option(
+            help="SEQ:HASH of a head kept earlier (verify prints it, an export signs it): proves that no entry "
+            "up to it was changed or cut"
+        ),
     ] = None,
     data_dir: HeldDir = None,
 ) -> None:
-    """Recompute the ledger's hash chain; name the first entry altered, removed or reordered."""
+    """Recompute the ledger's hash chain; name the first entry altered, removed or reordered. Only
+    against a head kept outside the hub (--head) does it prove nothing was changed."""
     from hub.core.ledger import verify
     from hub.store.ledger import SqlLedger
 
@@ -72,10 +79,14 @@ def audit_verify(
         read = counted(checked, "entry", "entries")
         console.print(f"[red]ledger broken at entry {broken.seq}: {broken.problem}[/red] ({read} read)")
         raise typer.Exit(1)
-    console.print(f"ledger intact: {counted(checked, 'entry', 'entries')}, chain verified")
+    console.print(chain_verdict(counted(checked, "entry", "entries"), anchor), soft_wrap=True)
     if entries:
-        last = entries[-1]
-        console.print(f"head {last.seq}:{last.hash} (keep it; a later `--head` with it proves no entry was cut)")
+        head = f"{entries[-1].seq}:{entries[-1].hash}"
+        console.print(
+            f"head {head} (keep it outside the hub, with the auditor or in a signed export: a later "
+            f"`carehub audit verify --head {head}` proves nothing up to it was changed or cut)",
+            soft_wrap=True,
+        )
 
 
 @audit_app.command("disclosures")
@@ -97,6 +108,7 @@ def audit_disclosures(
     from hub.store.ledger import SqlLedger
     from hub.store.sql import SqlRecordReader
 
+    refuse_dash("--csv", csv_out)
     problem = nhs.why_invalid(nhs_number)
     if problem:
         console.print(f"[red]--nhs-number: {problem}[/red]")
@@ -161,6 +173,7 @@ def audit_time_travel(
     from hub.store.ledger import SqlLedger
     from hub.store.sql import SqlRecordReader
 
+    refuse_dash("--csv", csv_out)
     refuse_backwards(since, until)
     problem = nhs.why_invalid(nhs_number) if nhs_number is not None else None
     if problem:
@@ -227,6 +240,7 @@ def audit_export(
     from hub.export_verify import fingerprint
     from hub.store.agreements import PolicySource
 
+    refuse_dash("--out", out)
     settings = make_settings(data_dir)
     from hub.embedded import shared_kafka
 
@@ -263,7 +277,7 @@ def audit_export(
             person = person_of(resource)
             return decide(asker, resource, agreements, policy.consents(person) if person else [])
 
-    with out.open("wb") as target:
+    with private_file(out, "wb") as target:  # (names and NHS numbers, with --payloads)
         summary = asyncio.run(
             export(
                 bootstrap,
@@ -284,6 +298,12 @@ def audit_export(
     )
     # the key travels with the file: the auditor confirms this through another channel
     console.print(f"public key fingerprint (SHA-256 of its DER): {fingerprint(public_pem(key))}", soft_wrap=True)
+    if summary.ledger_head is not None:
+        console.print(
+            f"disclosure ledger head {summary.ledger_head} signed in the final checkpoint: with the export kept, "
+            f"`carehub audit verify --head {summary.ledger_head}` later proves no entry up to it was changed or cut",
+            soft_wrap=True,
+        )
 
 
 def _refuse_out(out: Path, *, force: bool) -> Path:

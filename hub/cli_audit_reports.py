@@ -1,14 +1,19 @@
 """What the auditor's ledger reports share (hub.cli_audit): the ledger verified before a report reads
-it, a person the hub does not know told apart from one with nothing disclosed, the subject-access
-summary line, rows and CSV (each decision with what it came to: a webhook or mailbox permit is an
-attempt, disclosed, possibly disclosed or not), and time travel's rows chosen and written as CSV."""
+it, what a chain that verifies shows, a person the hub does not know told apart from one with nothing
+disclosed, the subject-access summary line, rows and CSV (each decision with what it came to: a webhook
+or mailbox permit is an attempt, disclosed, possibly disclosed or not), time travel's rows chosen and
+written as CSV, and the files they write, readable by their owner alone (they hold patient data)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import secrets
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -22,6 +27,60 @@ UNVERIFIED = Annotated[
         help="Report even if the ledger's hash chain is broken (with a warning): else a broken ledger is refused",
     ),
 ]
+
+
+@contextlib.contextmanager
+def private_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """`path`, written readable by its owner alone (0600 whatever the umask, as the hub makes its
+    database): into a new file beside it, made 0600 before a byte is written, which replaces `path`
+    only once whole (so a file replaced is 0600 too, and a write that fails leaves it as it was)."""
+    from hub.store.database import PRIVATE_FILE
+
+    if path.is_dir():  # (said of `path`, not of the file beside it)
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    part = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    except OSError as exc:  # (no such folder, say: named as given)
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
+    try:
+        with os.fdopen(fd, mode, newline="" if "b" not in mode else None) as out:
+            yield out
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
+# what `-` as a file to write is told (refuse_dash): each is a file, never standard output
+_DASH = {
+    "--csv": "the CSV is written to a file, readable by you alone, never to standard output (the table is "
+    "printed there): give a file, e.g. --csv report.csv",
+    "--out": "the export is written to a file, readable by you alone, with its public key beside it "
+    "(FILE.pub.pem), never to standard output: give a file, e.g. --out log.ndjson",
+}
+
+
+def refuse_dash(option: str, path: Path | None) -> None:
+    """Exit 2 for `-` as the file `option` names: no file name here (a file named "-" was written)."""
+    if path is not None and str(path) == "-":
+        fail(f"{option} -: {_DASH[option]}")
+
+
+def chain_verdict(checked: str, anchor: tuple[int, str] | None) -> str:
+    """What a chain that verifies shows: a consistent chain alone proves nothing (anyone who can write
+    the database can rewrite an entry and recompute every hash after it); one that still leads to a
+    head kept outside the hub proves nothing up to that head was changed."""
+    if anchor is not None:
+        return (
+            f"ledger intact: {checked}, and entry {anchor[0]} is the head kept ({anchor[0]}:{anchor[1]}): "
+            "nothing up to it was changed or cut since that head was kept"
+        )
+    return (
+        f"ledger chain consistent: {checked}, each entry matching its hash and the one before it. This "
+        "proves nothing was changed only against a head kept outside the hub: anyone who can write to the "
+        "database can rewrite an entry and recompute the chain after it"
+    )
 
 
 def trusted_ledger(engine: Any, *, unverified: bool) -> str:
@@ -107,7 +166,7 @@ def disclosures_csv(entries: list[Any], came: Mapping[int, Any], path: Path, led
     from hub.kpi_report import spreadsheet_text
 
     columns = ("at", "recipient_org", "recipient_user", "channel", "decision")
-    with path.open("w", newline="") as out:
+    with private_file(path) as out:
         writer = csv.writer(out)
         writer.writerow(["seq", *columns, "disclosed", "resources", "reasons", "ledger"])
         for entry in entries:
@@ -135,7 +194,7 @@ def time_travel_csv(rows: list[Any], path: Path, ledger: str, came: Mapping[int,
     from hub.kpi_report import spreadsheet_text
 
     columns = ("seq", "at", "recipient", "channel", "resource", "then", "then_basis", "now", "now_basis")
-    with path.open("w", newline="") as out:
+    with private_file(path) as out:
         writer = csv.writer(out)
         writer.writerow([*columns, "changed", "disclosed", "ledger"])
         for r in rows:

@@ -32,6 +32,7 @@ from hub.settings import Settings
 
 if TYPE_CHECKING:
     from hub.replay import ReplayResult
+    from hub.replay_key import LogKey
 
 
 @record_app.command("hash")
@@ -102,9 +103,13 @@ def replay(
         console.print(f"[red]carehub replay {NO_LOG}[/red]")
         raise typer.Exit(2)
     made = _made_by_replay(into, url)  # all a failed replay removes: never a database that was there before it
+    from hub.replay_key import keyed_note, log_key
+
+    key = log_key(settings)  # (read before --into is made: it may be the folder the hub's record is in)
     engine = None
     try:
         engine = _open_empty(url, target)
+        _hold_log_key(engine, key, target)
         result = _replay_record(bootstrap, engine, target, made, since, until, as_of, workers)
         if settings.coordination.enabled:
             _replay_coordination(settings, bootstrap, engine, target, made, since, until, as_of)
@@ -122,7 +127,30 @@ def replay(
         )
     summary = _replay_summary(result, target, resources, since=since, until=until, as_of=as_of)
     console.print(escape(summary), soft_wrap=True)
+    note = escape(keyed_note(key, settings))
+    console.print(note if key else f"[yellow]{note}[/yellow]", soft_wrap=True)
     typer.echo(f"{digest}  {resources} resources, {events} events applied")
+
+
+def _hold_log_key(engine: Any, key: LogKey | None, target: str) -> None:
+    """Record in the rebuilt record the fingerprint of the key its log was written under, so a hub with
+    another secret is refused on it; refused (one line, exit 2) where --into holds another's."""
+    from hub.store.database import DatabaseRefusedError
+    from hub.store.key_fingerprint import held_fingerprint, hold_fingerprint
+
+    if key is None:
+        return
+    if held_fingerprint(engine) in (None, key.fingerprint):
+        try:
+            hold_fingerprint(engine, key.fingerprint, source=f"the log's, from {key.found_in}")
+            return
+        except DatabaseRefusedError:  # (another recorded first)
+            pass
+    fail(
+        f"--into {target} holds the fingerprint of another person-key secret than the one the log was written "
+        f"under (from {key.found_in}): everyone in the rebuilt record would be keyed apart from it; give "
+        "--into a new folder, or an empty database that no hub with another secret has used"
+    )
 
 
 def _open_empty(url: str, target: str) -> Any:

@@ -11,7 +11,9 @@ them), and keeps the hashes.
 Every `checkpoint_every` lines a checkpoint states the line count and the running chain, and the
 last line is the final checkpoint, which also states each partition's first and last offset and
 event count, how many partitions the topic has (so one with no events shows) and for which
-organisation payloads were included (`payloads_for`, null for hashes only); all are signed
+organisation payloads were included (`payloads_for`, null for hashes only) and the disclosure ledger's
+head once the export's own decisions are in it (`ledger_head`, SEQ:HASH; null for an empty ledger), so
+an export the auditor keeps pins the ledger as `carehub audit verify --head` checks it; all are signed
 with the hub's Ed25519 export key. An auditor verifies the file with `hub/export_verify.py` and the
 public key alone (whose fingerprint they confirm with the hub).
 """
@@ -56,6 +58,7 @@ class Summary:
     checkpoints: int
     payloads: int
     withheld: int
+    ledger_head: str | None = None  # SEQ:HASH, as signed in the final checkpoint
 
 
 def signing_key(data_dir: Path) -> Ed25519PrivateKey:
@@ -94,6 +97,7 @@ class Writer:
         self.chain, self.events, self.checkpoints = GENESIS, 0, 0
         self.extents: Extents = {}
         self.topic_partitions: int | None = None  # how many the topic has, once known
+        self.ledger_head: tuple[str | None] | None = None  # (the head, or None for an empty ledger), once read
 
     def event(self, line: Json) -> None:
         data = canonical(line)
@@ -120,6 +124,8 @@ class Writer:
             point["payloads_for"] = self.payloads_for
             if self.topic_partitions is not None:  # so a partition with no events shows as one
                 point["topic_partitions"] = self.topic_partitions
+            if self.ledger_head is not None:  # so the auditor holds a head kept outside the hub
+                point["ledger_head"] = self.ledger_head[0]
         signature = base64.b64encode(self.key.sign(canonical(point))).decode()
         self.out.write(canonical({"checkpoint": point, "signature": signature}) + b"\n")
         self.checkpoints += 1
@@ -180,8 +186,19 @@ async def export(
         if ledger is not None and disclosures:
             ledger.append(disclosures)
             disclosures = []
+    if ledger is not None:
+        writer.ledger_head = (ledger_head(ledger),)
     writer.checkpoint(final=True)
-    return Summary(writer.events, writer.checkpoints, included, withheld)
+    head = writer.ledger_head[0] if writer.ledger_head else None
+    return Summary(writer.events, writer.checkpoints, included, withheld, head)
+
+
+def ledger_head(ledger: Ledger) -> str | None:
+    """The ledger's last entry as SEQ:HASH (as `carehub audit verify` prints it); None where it is empty."""
+    last = None
+    for last in ledger.entries():  # noqa: B007 (the last one is wanted)
+        pass
+    return f"{last.seq}:{last.hash}" if last is not None else None
 
 
 def _decide(payload: Json, source: str | None, decide: Decide) -> tuple[bool, list[tuple[Json, Decision]]]:

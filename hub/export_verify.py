@@ -16,8 +16,10 @@ exports made before CareHub stated it), each partition's first and last offset a
 and how many partitions the topic has (`topic_partitions`; absent from exports made
 before CareHub stated it), so a partition with no events is listed as one. Each checkpoint signs
 when the export was made (`exported_at`); the final one also signs for which organisation payloads
-were included (`payloads_for`, null for hashes only; absent from older exports), and the verifier
-prints both, so an old export is not taken for a current one. Verification recomputes
+were included (`payloads_for`, null for hashes only; absent from older exports) and the hub's
+disclosure ledger head once the export's own decisions were in it (`ledger_head`, SEQ:HASH, null for
+an empty ledger; absent from older exports), and the verifier prints them, so an old export is not
+taken for a current one, and the head can be checked on the hub (`carehub audit verify --head`). Verification recomputes
 the chain, checks each checkpoint's count, chain and signature, each included payload against its
 hash and the final checkpoint's partitions against the lines, and requires exactly one final
 checkpoint, on the last line: a line altered, removed, added or moved, or a file cut short
@@ -253,7 +255,20 @@ def _stated(final: dict[str, Any]) -> list[str]:
     else:
         org = final["payloads_for"]
         said.append(f"payloads: included for {org}, where its agreements permit them")
-    return said
+    return [*said, _ledger_head(final)]
+
+
+def _ledger_head(final: dict[str, Any]) -> str:
+    """The disclosure ledger's head as the final checkpoint signs it: a head kept outside the hub."""
+    if "ledger_head" not in final:
+        return "disclosure ledger head: not stated (an export made before CareHub signed it)"
+    head = final["ledger_head"]
+    if head is None:
+        return "disclosure ledger head: none (the ledger was empty when exported)"
+    return (
+        f"disclosure ledger head when exported: {head} (signed): on the hub, `carehub audit verify --head {head}` "
+        "proves no entry up to it was changed or cut since"
+    )
 
 
 def _keys(record: dict[str, Any]) -> str:

@@ -47,6 +47,17 @@ def load_secrets(settings: Settings) -> Secrets:
     return Secrets(key.encode(), token.encode(), _ENV if sec.key_secret else str(path.resolve()))
 
 
+def kept_key(settings: Settings) -> tuple[bytes, str] | None:
+    """The person-key secret as configured, else as <data_dir>/secrets.json keeps it, and where it
+    came from; None where there is neither (never made here: a new one would key no one the hub has)."""
+    if settings.security.key_secret is not None:
+        return settings.security.key_secret.get_secret_value().encode(), _ENV
+    path = settings.data_dir / "secrets.json"
+    if not path.is_file():
+        return None
+    return str(json.loads(path.read_text())["key"]).encode(), str(path.resolve())
+
+
 def _refuse_to_make(settings: Settings) -> None:
     """Only a hub on a local SQLite file makes its own secrets: on a shared database, the other
     processes have them already (or will be given them), and one made here would be another."""

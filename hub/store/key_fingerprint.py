@@ -26,7 +26,12 @@ def hold_key_fingerprint(engine: sa.Engine, secret: bytes, *, source: str, recor
     processes, never a one-off command, which might carry a stale secret from elsewhere and lock every
     pod out); DatabaseRefusedError where it holds another (`source` says where this process's secret
     comes from)."""
-    mine = fingerprint(secret)
+    hold_fingerprint(engine, fingerprint(secret), source=source, record=record)
+
+
+def hold_fingerprint(engine: sa.Engine, mine: str, *, source: str, record: bool = True) -> None:
+    """hold_key_fingerprint for a fingerprint already taken (a replay gives its record that of the key
+    its log was written under, which it may know only as another database's fingerprint)."""
     with engine.connect().execution_options(immediate=True) as connection, connection.begin():
         held = connection.execute(sa.select(key_fingerprint.c.fingerprint)).scalar_one_or_none()
         if held is None and not record:
@@ -45,6 +50,14 @@ def hold_key_fingerprint(engine: sa.Engine, secret: bytes, *, source: str, recor
             "(or secrets.json in --data-dir) as the hub's other processes have it; it is never rotated "
             "without re-keying the record"
         )
+
+
+def held_fingerprint(engine: sa.Engine) -> str | None:
+    """The fingerprint the database holds: None where it holds none (or predates migration 0014)."""
+    if not sa.inspect(engine).has_table(key_fingerprint.name):
+        return None
+    with engine.connect() as connection:
+        return connection.execute(sa.select(key_fingerprint.c.fingerprint)).scalar_one_or_none()
 
 
 def _insert_once(engine: sa.Engine, row: dict[str, object]) -> sa.Insert:

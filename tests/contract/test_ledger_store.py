@@ -151,7 +151,7 @@ def test_audit_verify_says_an_untouched_ledger_is_intact_and_exits_0(
     filled(engine)
     intact = audit_verify(database_url, tmp_path)
     assert intact.returncode == 0, intact.stdout + intact.stderr
-    assert "ledger intact: 6 entries, chain verified" in intact.stdout
+    assert "ledger chain consistent: 6 entries" in intact.stdout
 
 
 def test_audit_verify_names_an_altered_entry_and_exits_1(engine: sa.Engine, database_url: str, tmp_path: Path) -> None:

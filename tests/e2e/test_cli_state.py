@@ -83,7 +83,7 @@ def test_the_same_commands_read_a_hub_that_is_there(hub: Path) -> None:
     for command in READ_ONLY:
         done = carehub(*command, "--data-dir", str(hub))
         assert done.returncode == 0, (command, done.stdout + done.stderr)
-    assert "ledger intact: 4 entries, chain verified" in carehub("audit", "verify", "--data-dir", str(hub)).stdout
+    assert "ledger chain consistent: 4 entries" in carehub("audit", "verify", "--data-dir", str(hub)).stdout
 
 
 def test_with_a_database_url_the_data_dir_needs_no_database_but_finding_a_person_needs_the_key(
@@ -93,7 +93,7 @@ def test_with_a_database_url_the_data_dir_needs_no_database_but_finding_a_person
     elsewhere = tmp_path / "elsewhere"
     verified = carehub("audit", "verify", "--data-dir", str(elsewhere), env=url)
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    assert "ledger intact: 4 entries" in verified.stdout
+    assert "ledger chain consistent: 4 entries" in verified.stdout
     keyless = carehub("audit", "disclosures", "--nhs-number", NHS, "--data-dir", str(elsewhere), env=url)
     assert keyless.returncode == 2
     assert f"no CareHub state in {elsewhere} (no secrets.json" in keyless.stdout

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import stat
 import subprocess
 import sys
 import uuid
@@ -182,8 +183,14 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     try:
         asyncio.run(put_on_the_log(broker.bootstrap))
         out = data / "log.ndjson"
+        out.write_text("last month's export, which every user could read\n")  # (replaced: --force)
+        out.chmod(0o644)
         args = ["audit", "export", "--out", str(out), "--payloads", "--org", "AUD01", "--data-dir", str(data)]
-        done = carehub(*args, "--checkpoint-every", "2", bootstrap=broker.bootstrap)
+        umask = os.umask(0o022)  # (the usual one: a file made without a mode of its own is 0644)
+        try:
+            done = carehub(*args, "--checkpoint-every", "2", "--force", bootstrap=broker.bootstrap)
+        finally:
+            os.umask(umask)
         assert done.returncode == 0, done.stdout + done.stderr
         log = asyncio.run(read_all(broker.bootstrap))
     finally:
@@ -243,3 +250,31 @@ def test_the_export_and_the_verifier_print_the_keys_fingerprint(exported: Export
     expected = hashlib.sha256(der).hexdigest()
     assert expected in "".join(exported.printed.split())  # (the console may wrap it)
     assert expected in run_verifier(exported.out, exported.key).stdout
+
+
+def test_the_export_holding_payloads_is_readable_by_its_owner_alone_though_it_replaced_an_open_file(
+    exported: Exported,
+) -> None:
+    assert stat.S_IMODE(exported.out.stat().st_mode) == 0o600
+    assert b"last month" not in exported.out.read_bytes() and any("payload" in e for e in exported.events())
+    assert [p.name for p in exported.out.parent.iterdir() if p.name.endswith(".part")] == []
+
+
+def test_the_final_checkpoint_signs_the_ledger_head_after_the_exports_own_entries(exported: Exported) -> None:
+    # (an export kept by the auditor pins the ledger: a rewrite recomputing the chain after it is caught)
+    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "250"}
+    command = [
+        str(Path(sys.executable).with_name("carehub")),
+        "audit",
+        "verify",
+        "--data-dir",
+        str(exported.out.parent),
+    ]
+    verified = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, check=False)
+    head = next(w for w in verified.stdout.split() if w[:1].isdigit() and ":" in w)
+    final = orjson.loads(exported.lines()[-1])["checkpoint"]
+    assert final["ledger_head"] == head
+    assert int(head.split(":")[0]) >= 2  # (the export's own decisions, a permit and a denial, are in it)
+    assert f"carehub audit verify --head {head}" in " ".join(exported.printed.split())
+    printed = " ".join(run_verifier(exported.out, exported.key).stdout.split())
+    assert f"disclosure ledger head when exported: {head} (signed)" in printed
