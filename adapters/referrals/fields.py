@@ -28,6 +28,10 @@ _DATETIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?"
 )
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# a UK postcode's shape (outward code, inward code), not a check that Royal Mail delivers to it
+_POSTCODE = re.compile(r"GIR ?0AA|[A-Z]{1,2}[0-9][A-Z0-9]? ?[0-9][A-Z]{2}", re.ASCII)
+_PHONE = re.compile(r"\+?[0-9 ().-]+", re.ASCII)  # digits, with the spaces, brackets and dashes people write
+_EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,45 @@ class RowFields:
         if not _ODS.fullmatch(code):
             raise self.fail(name, f"{raw!r} is not an ODS code (3 to 6 letters and digits)")
         return code
+
+    def postcode(self, name: str) -> str | None:
+        """A UK postcode by its shape, upper-cased and spaced `SW1A 1AA`; None when absent. The value,
+        a person's, is not echoed."""
+        raw = self.text(name, required=False)
+        if raw is None:
+            return None
+        code = " ".join(raw.upper().split())
+        if not _POSTCODE.fullmatch(code):
+            raise self.fail(name, "is not a UK postcode (an outward and an inward code, such as SW1A 1AA or M1 1AE)")
+        compact = code.replace(" ", "")
+        return f"{compact[:-3]} {compact[-3:]}"
+
+    def phone(self, name: str) -> str | None:
+        """A phone number as written (spaces, brackets and dashes allowed): a UK one of 10 or 11 digits
+        starting 0, or an international one starting + or 00; None when absent. Not echoed."""
+        raw = self.text(name, required=False)
+        if raw is None:
+            return None
+        raw = " ".join(raw.split())
+        if _SCIENTIFIC.fullmatch(raw):
+            raise self.fail(name, f"is a number Excel has shown in scientific notation (like 9.43E+09){_AS_TEXT}")
+        digits = re.sub(r"[^0-9]", "", raw.replace("(0)", "") if raw.startswith("+44") else raw)
+        if _PHONE.fullmatch(raw) and _is_phone(digits, international=raw.startswith(("+", "00"))):
+            return raw
+        if _PHONE.fullmatch(raw) and not raw.startswith("+") and len(digits) in (9, 10) and digits[0] != "0":
+            raise self.fail(name, f"has no leading 0, as Excel drops it from a column of numbers{_AS_TEXT}")
+        raise self.fail(
+            name,
+            "is not a phone number (a UK number of 10 or 11 digits starting 0, such as 01632 960123, or an "
+            "international one starting +, such as +44 1632 960123; spaces, brackets and dashes are fine)",
+        )
+
+    def email(self, name: str) -> str | None:
+        """An email address by its shape (something@domain.tld); None when absent. Not echoed."""
+        raw = self.text(name, required=False)
+        if raw is not None and not _EMAIL.fullmatch(raw):
+            raise self.fail(name, "is not an email address (such as name@example.gov.uk)")
+        return raw
 
     def local_authority(self, name: str) -> str:
         """An ONS (GSS) local-authority code, e.g. E09000008."""
@@ -223,6 +266,16 @@ def _encodable(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+_AS_TEXT = ": format the column as Text, put the numbers back in from the source, and save the file again"
+
+
+def _is_phone(digits: str, *, international: bool) -> bool:
+    if international:  # E.164: a country code and at most 15 digits in all
+        digits = digits.removeprefix("00")
+        return 8 <= len(digits) <= 15 and not digits.startswith("0")
+    return digits.startswith("0") and len(digits) in (10, 11)
 
 
 _SCIENTIFIC = re.compile(r"[0-9](?:\.[0-9]+)?E\+?[0-9]+", re.IGNORECASE)

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from adapters.referrals.fields import is_gss, is_ods
+from adapters.referrals.person_details import FIELDS as PERSON_DETAILS
 from hub.core.errors import InvalidMessageError, UnsupportedMessageError
 
 BOM = b"\xef\xbb\xbf"
@@ -61,7 +62,10 @@ REQUIRED_COLUMNS = {
     Format.ASC_OUTCOME_CSV: ("referral_id", "referrer", "nhs_number", "outcome", "on"),
 }
 _OUTCOME = frozenset({"referral_id", "referrer", "nhs_number", "outcome", "on", "reason"})
-_REFERRAL = ("referral_id", "nhs_number", "birth_date", "gp_practice_ods", "referred_on", "referrer", "referrer_name")
+_REFERRAL = (
+    "referral_id", "nhs_number", "birth_date", "gp_practice_ods", "referred_on", "referrer", "referrer_name",
+    *PERSON_DETAILS,
+)  # fmt: skip
 FIELDS = {  # every column or field each layout reads (adapters/referrals/README.md); others are ignored
     Format.REGISTER: frozenset(REQUIRED_COLUMNS[Format.REGISTER]) | {"birth_date", "extracted_on"},
     Format.ASC_CSV: frozenset(_REFERRAL) | {"addressed_to", "reason", "care_act_assessment_outcome"},

@@ -9,12 +9,13 @@ new event. Ids are built from the person key, never the NHS number.
 A Care Act assessment outcome given with an adult social care referral travels in the same
 REFERRAL_RECEIVED Bundle as an Observation (one row, one event), which the ServiceRequest cites in
 `supportingInfo`. The event time of a date is the start of that day in the UK (midnight, GMT or BST).
-A referral's ServiceRequest carries the birth date its referrer gave (extension BIRTH_DATE_SAID).
+A referral's ServiceRequest carries the birth date its referrer gave (extension BIRTH_DATE_SAID). The
+person's name, address, phone and carer, the referring worker and the case reference are person_details.py's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
 from adapters.referrals.fields import RowFields, When
+from adapters.referrals.person_details import PersonDetails, on_patient, on_request, read_details
 from adapters.referrals.rows import Format, Row, not_read
 from hub.core.errors import InvalidMessageError
 from hub.core.identity import person_key, stable_id
@@ -101,6 +103,7 @@ class _Referral:
     reasons: list[str]
     referral_id: str | None
     assessment: str | None = None
+    details: PersonDetails = field(default_factory=PersonDetails)
 
 
 def map_row(
@@ -178,10 +181,11 @@ def _asc_referral(f: RowFields, secret: bytes, now: datetime) -> _Referral:
     name = f.text("referrer_name", required=False) or "Adult social care"
     assessment = f.choice("care_act_assessment_outcome", tuple(CARE_ACT_OUTCOMES), required=False)
     _not_after(f, born, referred, "birth_date", "referred_on")
+    details = read_details(f)
     key = person_key(secret, nhs, None)
     return _Referral(
         "adult-social-care", key, nhs, born, practice, referred, referrer, LOCAL_AUTHORITY_SYSTEM, name,
-        addressed_to, [reason], referral_id, assessment,
+        addressed_to, [reason], referral_id, assessment, details,
     )  # fmt: skip
 
 
@@ -200,11 +204,12 @@ def _vcse_referral(f: RowFields, secret: bytes, now: datetime) -> _Referral:
         raise f.fail("reason", f"is required when needs {said}: give needs, a reason or both", "required")
     name = f.text("referrer_name", required=False) or "Voluntary sector organisation"
     _not_after(f, born, referred, "birth_date", "referred_on")
+    details = read_details(f)
     key = person_key(secret, nhs, None)
     reasons = [*needs, *([reason] if reason else [])]
     return _Referral(
         "voluntary-sector", key, nhs, born, practice, referred, referrer, ODS_SYSTEM, name, addressed_to,
-        reasons, referral_id,
+        reasons, referral_id, details=details,
     )  # fmt: skip
 
 
@@ -230,7 +235,8 @@ def _referral_event(f: RowFields, r: _Referral) -> MappedEvent:
     request["reasonCode"] = [{"text": reason} for reason in r.reasons]
     if r.born:
         request["extension"].append({"url": BIRTH_DATE_SAID, "valueDate": r.born.fhir})
-    resources = [request, _patient_stub(r.key, r.nhs, r.born, r.practice)]
+    on_request(request, r.details, r.referrer_system, r.referrer)
+    resources = [request, on_patient(_patient_stub(r.key, r.nhs, r.born, r.practice), r.details)]
     if r.assessment:
         oid = stable_id("care-act-assessment", rid)
         coding = {"system": CARE_ACT_SYSTEM, "code": r.assessment, "display": CARE_ACT_OUTCOMES[r.assessment]}
@@ -247,6 +253,7 @@ def _referral_event(f: RowFields, r: _Referral) -> MappedEvent:
         request["supportingInfo"] = [{"reference": f"Observation/{oid}"}]
         resources.append(assessed)
     said = [r.key, r.born.fhir if r.born else "", r.practice, r.referrer_name, r.assessment or "", r.reasons]
+    said += r.details.said()  # (nothing when the row gives none: its id is the one it had before)
     content = orjson.dumps([r.referred.fhir, r.addressed_to, *said]).decode()  # free text may hold "|"
     event_id = stable_id("referral-received", rid, content)
     return _event(f, co.REFERRAL_RECEIVED, event_id, r.referrer, r.referred.utc, r.key, resources)
