@@ -119,7 +119,9 @@ async def test_bad_nhs_number_is_answered_AE_naming_PID_3_and_kept_while_good_me
     async with running(settings, services=sharing(settings)) as run:
         token = issue_token(run.services.secrets.token, org="Y00001", role="clinician", now=datetime.now(UTC))
         client = await MllpClient.connect("127.0.0.1", run.mllp_port or 0)
-        bad = an_adt(trigger="A03", nhs_number="9434765910", control_id="BAD1", mrn=None)  # (no hospital number to go on)
+        bad = an_adt(
+            trigger="A03", nhs_number="9434765910", control_id="BAD1", mrn=None
+        )  # (no hospital number to go on)
         good = an_adt(trigger="A03", nhs_number="9434765919", control_id="GOOD1")
         bad_ack, good_ack = await client.send(bad), await client.send(good)
         await client.close()
