@@ -29,7 +29,7 @@ from hub.core.huddle import SECTIONS
 from hub.core.identity import person_key
 from hub.core.task_status import FINAL
 from hub.core.tasks import FIND_PRACTICE
-from hub.kpi_report import fold_log, write_csv, write_html
+from hub.kpi_report import about, fold_log, trend, write_csv, write_html, write_trend_csv
 from schemas.events import coordination as co
 from schemas.subscriptions import Subscription
 
@@ -249,8 +249,19 @@ async def kpis(run: Running, month: str, console: Console) -> None:
     fold, _ = await fold_log(run.bootstrap, rules.service.ods)
     rows = fold.report(month)
     out = run.services.settings.data_dir / "kpi"
-    write_csv(rows, out / f"kpi-{month}.csv")
-    write_html(rows, out / f"kpi-{month}.html", month=month, title=rules.service.name)
+    # the same files `carehub kpi` writes, so a commissioner's concatenation tells them apart
+    said, months = about(fold, month, datetime.now(UTC)), trend(fold, month)
+    write_csv(rows, out / f"kpi-{month}.csv", skipped=fold.skipped, about=said)
+    write_trend_csv(months, out / f"kpi-{month}-trend.csv")
+    write_html(
+        rows,
+        out / f"kpi-{month}.html",
+        month=month,
+        title=rules.service.name,
+        skipped=fold.skipped,
+        about=said,
+        trend=months,
+    )
     headline = {(r.kpi, r.breakdown): r.value for r in rows}
 
     def shown(kpi: str, breakdown: str, unit: str = "") -> str:

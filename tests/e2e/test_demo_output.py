@@ -131,3 +131,17 @@ def test_a_demo_run_again_on_the_same_folder_says_it_adds_to_the_record_there(de
     people = re.search(r"already holds a record \((\d+) people\) from an earlier run", first)
     assert people, again.stdout[:1000]
     assert int(people[1]) >= PEOPLE // 2  # the first run's people
+
+
+def test_the_demos_kpi_files_are_those_carehub_kpi_writes_month_and_status_on_every_line(demo: DemoRun) -> None:
+    import csv
+
+    reports = sorted((demo.data_dir / "kpi").glob("kpi-????-??.csv"))  # (one a run: a run again may add one)
+    assert reports
+    for report in reports:
+        month = report.stem.removeprefix("kpi-")
+        assert (demo.data_dir / "kpi" / f"kpi-{month}-trend.csv").exists()
+        with report.open(newline="") as f:
+            lines = list(csv.DictReader(f))
+        said = {(line["month"], bool(line["month_status"]), bool(line["generated_utc"])) for line in lines}
+        assert lines and said == {(month, True, True)}, report
