@@ -40,6 +40,9 @@ def deadletters(
     data_dir: HeldDir = None,
     limit: Annotated[int, typer.Option(help="How many, newest first", min=1)] = 20,
     all_: Annotated[bool, typer.Option("--all", help="Resolved ones too, with what was done")] = False,
+    source: Annotated[
+        str | None, typer.Option(help="Only from this sender: its ODS code (RXX) or source (urn:ods:RXX)")
+    ] = None,
 ) -> None:
     """Show the outstanding rejected input: its id, the message it was and the reason (--all: resolved too)."""
     from hub.store.dead_letter_status import tally
@@ -58,13 +61,13 @@ def deadletters(
         "carehub deadletters show ID: one entry whole (its content holds patient data); "
         "carehub deadletters resolve ID --note '...': what was done about it"
     )
-    letters = recent_dead_letters(state.engine, limit, resolved_too=all_)
+    letters = recent_dead_letters(state.engine, limit, resolved_too=all_, source=source)
+    if source:
+        table.title = f"{table.title}; listed: from {shown(source)} only"
     if not letters:
-        console.print(
-            table.title
-            if all_ or not resolved
-            else f"no dead letters outstanding, {resolved} resolved (--all lists them)"
-        )
+        where = f" from {shown(source)}" if source else ""
+        hint = "" if all_ or not resolved else "; --all lists resolved ones too"
+        console.print(f"no dead letters{where} to list ({outstanding} outstanding, {resolved} resolved in all{hint})")
         return
     for letter in letters:
         table.add_row(

@@ -45,14 +45,19 @@ class KeptDeadLetter:
     last_received_at: datetime | None = None  # when it last came, if more than once
 
 
-def recent_dead_letters(engine: sa.Engine, limit: int, *, resolved_too: bool = False) -> list[KeptDeadLetter]:
-    """The newest `limit` outstanding dead letters (and resolved ones too if asked), newest first,
-    each with the head of its content."""
+def recent_dead_letters(
+    engine: sa.Engine, limit: int, *, resolved_too: bool = False, source: str | None = None
+) -> list[KeptDeadLetter]:
+    """The newest `limit` outstanding dead letters (and resolved ones too if asked; from one source
+    if asked, `urn:ods:CODE` or the code alone), newest first, each with the head of its content."""
     D = dead_letter  # noqa: N806
     head = sa.func.substr(D.c.payload, 1, HEAD).label("payload")
     query = sa.select(*_shown(), head).order_by(D.c.id.desc()).limit(limit)
     if not resolved_too:
         query = query.where(D.c.resolved_at.is_(None))
+    if source:
+        said = source.strip()
+        query = query.where(sa.func.upper(D.c.source).in_({said.upper(), f"URN:ODS:{said.upper()}"}))
     with store_errors(), engine.connect() as conn:
         return [_letter(row) for row in conn.execute(query)]
 

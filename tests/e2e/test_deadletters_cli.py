@@ -196,6 +196,11 @@ def test_an_operator_works_through_the_queue_resolving_what_was_done_and_reopeni
     shown = carehub("deadletters", "show", "1", *at).stdout.decode()
     assert "status" in shown and "resent fixed as CTRL-1b" in shown
 
+    theirs = carehub("deadletters", "--source", "rxx", *at).stdout.decode()  # (a code, in either case)
+    assert [r[0] for r in rows(theirs)] == ["2"] and "listed: from rxx only" in theirs
+    none = carehub("deadletters", "--source", "urn:ods:RYY", *at).stdout.decode()
+    assert "no dead letters from urn:ods:RYY to list (1 outstanding, 1 resolved in all" in " ".join(none.split())
+
     back = carehub("deadletters", "reopen", "1", *at)
     assert "dead letter 1 is outstanding again" in back.stdout.decode()
     assert [r[0] for r in rows(carehub("deadletters", *at).stdout.decode())] == ["2", "1"]
