@@ -18,6 +18,7 @@ from hub.cli_base import HeldDir, console, counted, fail, open_existing
 from hub.cli_deadletters import deadletters_app, shown
 from hub.instants import UK
 
+MOST_ID = 2**31 - 1  # (PostgreSQL's integer: a larger id is no dead letter's)
 Note = Annotated[
     str,
     typer.Option(
@@ -35,7 +36,10 @@ def _data_dir(context: typer.Context, data_dir: Path | None) -> Path | None:
 @deadletters_app.command("resolve")
 def resolve(
     context: typer.Context,
-    ids: Annotated[list[int], typer.Argument(metavar="ID...", help="Ids as `carehub deadletters` lists them")],
+    ids: Annotated[
+        list[int],
+        typer.Argument(metavar="ID...", help="Ids as `carehub deadletters` lists them", min=1, max=MOST_ID),
+    ],
     note: Note,
     by: Annotated[str | None, typer.Option(help="Who resolved them (default: your login)")] = None,
     data_dir: HeldDir = None,
@@ -48,9 +52,11 @@ def resolve(
 
     if not note.strip():
         fail("--note is empty: say what was done about them (resent fixed, sender asked to resend, nothing to do)")
-    who = (by or _login()).strip()
+    who = (_login() if by is None else by).strip()
     if not who:
         fail("--by is empty: say who resolved them")
+    if len(who) > 255:
+        fail(f"--by is {len(who)} characters: give a name of at most 255")
     state = open_existing(_data_dir(context, data_dir))
     done = resolved_in(state.engine, ids, by=who, note=note.strip(), at=datetime.now(UTC))
     if done.unknown:
@@ -72,7 +78,7 @@ def resolve(
 @deadletters_app.command("reopen")
 def reopen(
     context: typer.Context,
-    id_: Annotated[int, typer.Argument(metavar="ID", help="A resolved dead letter's id")],
+    id_: Annotated[int, typer.Argument(metavar="ID", help="A resolved dead letter's id", min=1, max=MOST_ID)],
     data_dir: HeldDir = None,
 ) -> None:
     """Make a resolved dead letter outstanding again (resolved by mistake, or the fix did not work)."""
@@ -102,6 +108,7 @@ def purge(
             metavar="DAYS",
             help="Delete dead letters resolved more than DAYS days ago (your retention period)",
             show_default=False,
+            max=36_500,
         ),
     ],
     data_dir: HeldDir = None,

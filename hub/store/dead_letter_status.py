@@ -7,7 +7,8 @@ the operator's retention period says, then deleted whole. An outstanding one is 
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import contextlib
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -36,7 +37,7 @@ def resolve(engine: sa.Engine, ids: Collection[int], *, by: str, note: str, at: 
     when it was (a second operator's resolve never overwrites the first's note)."""
     wanted = sorted(set(ids))
     query = sa.select(D.c.id, D.c.resolved_at, D.c.resolved_by, D.c.resolution).where(D.c.id.in_(wanted))
-    with store_errors(), engine.begin() as conn:
+    with store_errors(), _writing(engine) as conn:
         held = {row.id: row for row in conn.execute(query.with_for_update())}
         unknown = [i for i in wanted if i not in held]
         if unknown:
@@ -57,7 +58,7 @@ def reopen(engine: sa.Engine, id_: int) -> Resolution | None:
     """Make a resolved dead letter outstanding again; what it said when resolved, or None when it was
     not resolved. Raises KeyError when the store holds no such dead letter."""
     query = sa.select(D.c.resolved_at, D.c.resolved_by, D.c.resolution).where(D.c.id == id_)
-    with store_errors(), engine.begin() as conn:
+    with store_errors(), _writing(engine) as conn:
         row = conn.execute(query.with_for_update()).first()
         if row is None:
             raise KeyError(id_)
@@ -70,8 +71,17 @@ def reopen(engine: sa.Engine, id_: int) -> Resolution | None:
 def purge(engine: sa.Engine, *, resolved_before: datetime) -> int:
     """Delete, whole, every dead letter resolved before `resolved_before`; how many. Outstanding ones stay."""
     stmt = sa.delete(D).where(D.c.resolved_at.is_not(None), D.c.resolved_at < resolved_before)
-    with store_errors(), engine.begin() as conn:
+    with store_errors(), _writing(engine) as conn:
         return int(conn.execute(stmt).rowcount or 0)
+
+
+@contextlib.contextmanager
+def _writing(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A transaction that writes what it read: on SQLite one taking the write lock at its start
+    (BEGIN IMMEDIATE, as the store's keep does), so a resolve racing a keep waits its turn rather than
+    failing at its first write; PostgreSQL's row locks (FOR UPDATE) do the same there."""
+    with engine.connect().execution_options(immediate=True) as conn, conn.begin():
+        yield conn
 
 
 def tally(engine: sa.Engine) -> tuple[int, int]:

@@ -187,8 +187,8 @@ class MemoryRecordReader:
 
 
 class MemoryDeadLetters:
-    """Dead letters in a list, kept once per source and content (the same input refused again counted
-    on its entry, a redelivery of one refusal not), like the SQL store."""
+    """Dead letters in a list, kept once per source and content (the same input refused again later
+    counted on its entry, a redelivery of one refusal not), like the SQL store."""
 
     def __init__(self) -> None:
         self.kept: list[Json] = []
@@ -198,9 +198,9 @@ class MemoryDeadLetters:
         digest = input_digest(reason, payload)
         key = content_key(source, digest)
         held = self._by_key.get(key)
-        if held is not None:
-            if received_at not in held["times"]:
-                held["times"].add(received_at)
+        if held is not None:  # (counted only when later than any counted, as the SQL store)
+            if received_at > held["latest"]:
+                held["latest"] = received_at
                 held["refused_times"] += 1
             return
         entry = {
@@ -211,7 +211,7 @@ class MemoryDeadLetters:
             "payload": payload,
             "digest": digest,
             "refused_times": 1,
-            "times": {received_at},
+            "latest": received_at,
         }
         self._by_key[key] = entry
         self.kept.append(entry)

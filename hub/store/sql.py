@@ -435,10 +435,17 @@ class SqlDeadLetters:
             "payload": payload,
         }
         stmt = _insert(self.engine, dead_letter).on_conflict_do_nothing().returning(dead_letter.c.id)  # (either key)
+        D = dead_letter  # noqa: N806
+        same = sa.select(D.c.id).where(
+            D.c.origin == row["origin"], D.c.digest == digest, D.c.received_at == received_at
+        )
         with store_errors(), self.engine.connect().execution_options(immediate=True) as conn:
             conn.begin()
-            if conn.execute(stmt, row).first() is None:
-                _refused_again(conn, key, received_at, reason)
+            for _ in range(3):  # (a purge may delete the entry between the insert and the count: insert again)
+                if conn.execute(stmt, row).first() is not None or _refused_again(conn, key, received_at, reason):
+                    break
+                if conn.execute(same).first() is not None:
+                    break  # (this refusal, kept before migration 0015 under origin, content and time)
             conn.commit()
 
     def holds(self, *, source: str, payload: bytes) -> bool:
@@ -468,19 +475,22 @@ class SqlDeadLetters:
             ]
 
 
-def _refused_again(conn: sa.Connection, key: str, at: datetime, reason: Json) -> None:
+def _refused_again(conn: sa.Connection, key: str, at: datetime, reason: Json) -> bool:
     """Input kept already refused again: counted on its entry, with when it last came and why (the
     newest reason; where it came from first stays, as the entry's origin); outstanding again if an
-    operator had resolved it, since what they did did not stop it coming. The same refusal delivered
-    twice (the dead-letter topic is read at least once) is not counted twice: it is known by its time."""
+    operator had resolved it before this refusal, since what they did did not stop it coming. Only a
+    refusal later than any counted is counted: the dead-letter topic is read at least once, and a
+    redelivery (or a re-read of the topic) brings back refusals counted already. False when no entry
+    holds the key (none yet, or purged meanwhile)."""
     D = dead_letter  # noqa: N806
-    held = conn.execute(
-        sa.select(D.c.id, D.c.received_at, D.c.last_received_at).where(D.c.content_key == key).with_for_update()
-    ).first()
-    if held is None or at in (held.received_at, held.last_received_at):
-        return  # (the same refusal again, or a row kept before 0015 under (origin, content, time) alone)
-    values: dict[str, Any] = {"refused_times": D.c.refused_times + 1, "resolved_at": None, "resolved_by": None}
-    values["resolution"] = None
-    if held.last_received_at is None or at > held.last_received_at:
-        values |= {"last_received_at": at, "reason": reason}
+    query = sa.select(D.c.id, D.c.received_at, D.c.last_received_at, D.c.resolved_at).where(D.c.content_key == key)
+    held = conn.execute(query.with_for_update()).first()
+    if held is None:
+        return False
+    if at <= (held.last_received_at or held.received_at):
+        return True  # (counted already, or an older refusal delivered late: its entry says newer)
+    values: dict[str, Any] = {"refused_times": D.c.refused_times + 1, "last_received_at": at, "reason": reason}
+    if held.resolved_at is not None and at > held.resolved_at:
+        values |= {"resolved_at": None, "resolved_by": None, "resolution": None}
     conn.execute(sa.update(D).where(D.c.id == held.id).values(**values))
+    return True

@@ -4,6 +4,7 @@ outstanding again, purged only when resolved long enough; and migration 0015 the
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -100,6 +101,53 @@ def test_a_files_row_refused_again_after_it_was_resolved_is_outstanding_again(en
     assert (letter.refused_times, letter.last_received_at) == (2, AT + timedelta(minutes=5))
 
 
+def test_redelivered_refusals_are_not_counted_again_nor_reopen_what_was_resolved_after_them(engine: sa.Engine) -> None:
+    message = b"MSH|^~\\&|PAS|RXX|HUB|HUB|20261103||ADT^A01|C9|P|2.4\r"
+    for n in (1, 2, 3):
+        keep(engine, n, payload=message)
+    for n in (1, 2, 3):  # the dead-letter topic read again (a restart, a rebalance): the same refusals
+        keep(engine, n, payload=message)
+    [letter] = recent_dead_letters(engine, 10)
+    assert letter.refused_times == 3
+    resolve(engine, [letter.id], by="ann", note="sender fixed it", at=AT + timedelta(hours=1))
+    keep(engine, 2, payload=message)  # (redelivered after the resolution, but refused before it)
+    assert outstanding(engine) == []
+    keep(engine, 120, payload=message)  # (refused again, two hours on: what was done did not stop it)
+    again = dead_letter_by_id(engine, letter.id)
+    assert again is not None and again.resolution is None and again.refused_times == 4
+
+
+def test_an_older_refusal_delivered_late_leaves_the_newest_reason(engine: sa.Engine) -> None:
+    store, message = SqlDeadLetters(engine), b"MSH|late\r"
+    for n, why in ((1, "first"), (5, "newest"), (3, "older, late")):
+        reason = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": why}]}
+        store.keep(
+            received_at=AT + timedelta(minutes=n), source="urn:ods:RXX", origin="o", reason=reason, payload=message
+        )
+    [letter] = recent_dead_letters(engine, 10)
+    assert letter.reason["issue"][0]["code"] == "newest"
+    assert (letter.refused_times, letter.last_received_at) == (2, AT + timedelta(minutes=5))
+
+
+def test_a_refusal_whose_entry_is_purged_meanwhile_is_kept_not_lost(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hub.store.sql as sql
+
+    keep(engine, 1, payload=b"MSH|purged\r")
+    resolve(engine, [1], by="ann", note="done", at=AT)
+    counted = sql._refused_again
+
+    def purged_first(conn: sa.Connection, *args: object) -> bool:
+        conn.execute(sa.delete(sql.dead_letter))  # (as a purge committed between the insert and the count)
+        return counted(conn, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sql, "_refused_again", purged_first)
+    keep(engine, 30, payload=b"MSH|purged\r")
+    [letter] = recent_dead_letters(engine, 10)
+    assert (letter.received_at, letter.refused_times, letter.resolution) == (AT + timedelta(minutes=30), 1, None)
+
+
 def test_the_same_message_refused_again_is_counted_on_its_entry_not_kept_again(engine: sa.Engine) -> None:
     message = b"MSH|^~\\&|PAS|RXX|HUB|HUB|20261103||ADT^A01|C1|P|2.4\r"
     for n, port in ((1, 5000), (2, 5001), (3, 5002), (3, 5002)):  # (the last: one refusal delivered twice)
@@ -139,19 +187,35 @@ def test_migration_0015_adds_the_resolution_and_going_back_drops_only_it(databas
         connection.execute(
             sa.text(
                 "INSERT INTO dead_letter (received_at, source, origin, digest, reason, payload) "
-                "VALUES (:at, 'urn:ods:RXX', 'mllp:x', 'd', '{}', :p)"
+                "VALUES (:at, 'urn:ods:RXX', 'mllp:x', :d, '{}', :p)"
             ),
-            {"at": AT.replace(tzinfo=None), "p": b"MSH|"},
+            {"at": AT.replace(tzinfo=None), "p": b"MSH|", "d": hashlib.sha256(b"MSH|").hexdigest()},
+        )
+    with engine.begin() as connection:  # (the same message kept again before 0015: a second entry)
+        connection.execute(
+            sa.text(
+                "INSERT INTO dead_letter (received_at, source, origin, digest, reason, payload) "
+                "VALUES (:at, 'urn:ods:RXX', 'mllp:y', :d, '{}', :p)"
+            ),
+            {"at": AT.replace(tzinfo=None, minute=9), "p": b"MSH|", "d": hashlib.sha256(b"MSH|").hexdigest()},
         )
     upgrade(engine)
     assert current_revision(engine) == head_revision() == "0015"
-    assert outstanding(engine) == [1]  # (kept before 0015: outstanding)
+    assert outstanding(engine) == [2, 1]  # (kept before 0015: outstanding, and nothing deleted)
+    SqlDeadLetters(engine).keep(
+        received_at=AT + timedelta(hours=1), source="urn:ods:RXX", origin="mllp:z", reason=REASON, payload=b"MSH|"
+    )
+    assert outstanding(engine) == [2, 1]  # (the next refusal counts on the oldest)
+    oldest = dead_letter_by_id(engine, 1)
+    assert oldest is not None and oldest.refused_times == 2
     resolve(engine, [1], by="ann", note="done", at=AT)
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, "0014")
+    with engine.connect() as connection:  # (0014 keys a file's rows alone)
+        assert connection.execute(sa.text("SELECT count(content_key) FROM dead_letter")).scalar() == 0
     columns = {c["name"] for c in sa.inspect(engine).get_columns("dead_letter")}
     assert "resolved_at" not in columns and "payload" in columns
     with engine.connect() as connection:
-        assert connection.execute(sa.text("SELECT count(*) FROM dead_letter")).scalar() == 1
+        assert connection.execute(sa.text("SELECT count(*) FROM dead_letter")).scalar() == 2
     engine.dispose()
