@@ -10,7 +10,10 @@ deliveries and replay exports). Default deny. The rules, in order:
                        and what became of it (accepted, declined, its outcome), whoever last wrote it,
                        with no agreement with the service that answered it: it is their request, and
                        they need the answer to act on it. Not where the person objected to sharing
-                       referrals with them (the objection rule below), nor anything else of the person
+                       referrals with them (the objection rule below), nor anything else of the person,
+                       nor a referral labelled sensitive (safeguarding, mental health...: an agreement
+                       covering that category decides, as for anyone else). The API refuses a referral
+                       naming a requester other than its sender (hub.api.routes.coordination)
     break-glass        a clinician asserting an emergency, with a reason, is permitted; marked, always audited
     agreement          some agreement in force names both organisations, the purpose, the data category
                        and every sensitive category the resource carries (and, where it applies the
@@ -247,7 +250,7 @@ def _decide(
     provider = provider_of(resource)
     if provider == asker.org:
         return Decision("permit", (f"{asker.org} supplied this {category} record",))
-    if kind == "ServiceRequest" and requester_of(resource) == asker.org.upper():
+    if kind == "ServiceRequest" and not sensitive and requester_of(resource) == asker.org.upper():
         return _own_referral(asker, resource, consents)
     if asker.break_glass and asker.role == "clinician" and asker.break_glass.strip():
         return Decision(

@@ -383,6 +383,11 @@ async def test_a_coordinator_who_finds_the_persons_practice_names_it_and_the_hel
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{run.http_port}/fhir") as http,
     ):
         social_care = _referral("9434765919") | {"extension": [_source("adult-social-care")]}
+        # a requester is who sends it: naming another organisation would hand them the referral
+        posing = social_care | {"requester": {"identifier": {"system": ODS, "value": "Y99999"}}}
+        refused = await http.post("/ServiceRequest", json=posing, headers=la)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["issue"][0]["expression"] == ["ServiceRequest.requester"]
         made = await http.post("/ServiceRequest", json=social_care, headers=la)  # it names no GP
         assert made.status_code == 201, made.text
         referral = made.json()

@@ -94,3 +94,12 @@ def test_a_requested_subscription_takes_the_referrals_its_organisation_made_and_
     assert not in_scope("requested", COUNCIL, [{"resourceType": "EpisodeOfCare", "id": "ep"}])
     assert not in_scope("addressed", COUNCIL, ours)  # (addressed is the other way round: sent to it)
     assert in_scope("addressed", SERVICE, ours)
+
+
+def test_a_referral_labelled_sensitive_is_for_an_agreement_covering_it_to_share_even_with_its_referrer() -> None:
+    labelled = referral(COUNCIL, SERVICE)
+    labelled["meta"]["security"] = [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "SDV"}]
+    council = Asker(COUNCIL, "clinician", NOW)
+    assert decide(council, labelled, [], []).outcome == "deny"
+    covering = an_agreement(COUNCIL, SERVICE, categories=("referrals",), sensitive=("safeguarding",))
+    assert decide(council, labelled, [covering], []).permitted

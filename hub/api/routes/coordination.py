@@ -84,7 +84,7 @@ from hub.core.errors import (
     RuleRefusedError,
     UnknownPersonError,
 )
-from hub.core.fhir_read import addressed_to
+from hub.core.fhir_read import addressed_to, requester_of
 from hub.core.identity import identities, person_key, stable_id
 from hub.core.pic_summary import composition, practice_output
 from hub.core.ports import Closure, Json
@@ -162,7 +162,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
             "identifier": {"system": nhs_number.NHS_NUMBER_SYSTEM, "value": nhs},
         }
         request_.setdefault("authoredOn", now.isoformat())
-        request_.setdefault("requester", {"identifier": {"system": ODS_SYSTEM, "value": who.org}})
+        request_["requester"] = requester_is_sender(request_.get("requester"), who.org)
         request_.setdefault("performer", [{"identifier": {"system": ODS_SYSTEM, "value": rules.service.ods}}])
         source = source_of(request_)
         request_ = with_source(request_, source)
@@ -351,3 +351,23 @@ def patient_stub(person: str, nhs: str, source: str, caller_org: str) -> Json:
     if source == "gp":
         stub["generalPractitioner"] = [{"identifier": {"system": ODS_SYSTEM, "value": caller_org}}]
     return stub
+
+
+def requester_is_sender(requester: object, org: str) -> Json:
+    """The referral's requester: the organisation sending it (the token's), whatever else it says of
+    them (a display, a contained worker). Naming another organisation is refused: the requester may
+    read the referral and hear what became of it (hub.core.policy, "own referral"), so a referral
+    naming someone else would hand them it, and take it from its real referrer."""
+    if requester is None:
+        return {"identifier": {"system": ODS_SYSTEM, "value": org}}
+    if not isinstance(requester, dict):
+        raise InvalidMessageError("ServiceRequest.requester is not a Reference", ("ServiceRequest.requester",))
+    said = requester_of({"requester": requester})
+    if said and said != org.upper():
+        raise InvalidMessageError(
+            f"ServiceRequest.requester names {said[:20]}, but this referral is sent by {org}: a referral's "
+            f"requester is the organisation sending it. Leave requester out (the hub names {org}), or send it "
+            "as that organisation",
+            ("ServiceRequest.requester",),
+        )
+    return requester if said else {**requester, "identifier": {"system": ODS_SYSTEM, "value": org}}
