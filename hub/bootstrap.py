@@ -213,6 +213,7 @@ async def _serve_http(
     listener: socket.socket,
     publish: Callable[[Envelope], Awaitable[None]] | None = None,
     broker: Any = None,
+    meters: Any = None,
 ) -> tuple[_QuietServer, asyncio.Task[None]]:
     from hub.api import health
     from hub.api.app import create_app
@@ -241,6 +242,7 @@ async def _serve_http(
         publish,
         commands,
         checks,
+        meters,
     )
     host, port = listener.getsockname()[:2]
     server = _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
@@ -303,6 +305,8 @@ async def running(
     from consumers.coordination import Ticker
     from consumers.delivery import Deliverer
     from consumers.delivery_sender import WebhookSender
+    from hub.api.metrics import Metrics
+    from hub.store.dead_letter_status import tally
 
     if services is None:
         services = await asyncio.to_thread(lambda: build(settings, migrate=migrate))
@@ -343,12 +347,14 @@ async def running(
                 key_secret=services.secrets.key,
             )
         await broker.start()
+        meters = Metrics(lambda: tally(services.engine))  # (this process's counts: GET /metrics)
         run.intake = HospitalIntake(
             broker,
             key_secret=services.secrets.key,
             publish_timeout=settings.kafka.publish_timeout_s,
             processing_ids=settings.mllp.processing_ids,
             enhanced_ack_senders=settings.mllp.enhanced_ack_senders,
+            on_answered=meters.record,
         )
         stack = contextlib.AsyncExitStack()
         try:
@@ -375,7 +381,7 @@ async def running(
                 run.mllp_port = server.sockets[0].getsockname()[1]
             if listener is not None:
                 publish = _publisher(broker, settings.kafka.publish_timeout_s)
-                web, task = await _serve_http(services, listener, publish, broker)
+                web, task = await _serve_http(services, listener, publish, broker, meters)
                 stack.push_async_callback(_stop_http, web, task)
                 run.http_port = web.servers[0].sockets[0].getsockname()[1]
             yield run

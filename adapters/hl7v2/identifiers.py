@@ -21,27 +21,25 @@ MRN_SYSTEM = dt.MRN_SYSTEM
 
 @dataclass(frozen=True)
 class Person:
-    """Whom a PID-3 or MRG-1 names: their person key, identifiers, and bad NHS numbers left out."""
+    """Whom a PID-3 or MRG-1 names: their person key and identifiers."""
 
     key: str
     identifiers: list[Json]
-    dropped: tuple[InvalidMessageError, ...] = ()  # (see person_in)
 
 
-def person_in(f: Fields, segment: Any, name: str, sender: str, secret: bytes, *, lenient: bool = False) -> Person:
+def person_in(f: Fields, segment: Any, name: str, sender: str, secret: bytes) -> Person:
     """The person a PID-3 or MRG-1 names (an error in a repetition after the first names it: PID-3[2]).
 
-    An NHS number that fails its check is refused, unless `lenient` (PID-3 outside a merge) and a hospital
-    number stands beside it with no other NHS number: then it is dropped, as if not sent, never stored as
-    one, and said in `dropped` (the ACK's warning), since refusing loses the stay. A merge is decided on
-    identifiers the hub trusts, and beside another NHS number none tells which is theirs: both refused."""
+    An NHS number that fails its check is refused, whether or not a hospital number stands beside it: were
+    it dropped and the person keyed by the hospital number instead, their key would change under them (the
+    stay filed under a person no case list holds, the discharge follow-up never opened). The sender
+    corrects it and sends it again (README, "An NHS number that fails its check is refused")."""
     field = 3 if name == "PID" else 1
     where = f"{name}-{field}"
     nhs: str | None = None
     identifiers: list[Json] = []
     local: tuple[str, str] | None = None
     placeholder = ""
-    invalid: list[InvalidMessageError] = []
     for repetition, cx in f.numbered_reps(segment, field):
         value, authority = cx[0], (cx[3] if len(cx) > 3 else "")
         if not value:
@@ -53,8 +51,7 @@ def person_in(f: Fields, segment: Any, name: str, sender: str, secret: bytes, *,
             why = nhs_number.why_invalid(value)
             here = f"{where}[{repetition}]" if repetition > 1 else where
             if why:
-                invalid.append(InvalidMessageError(why, (here,), code="value"))
-                continue
+                raise InvalidMessageError(why, (here,), code="value")
             if nhs is not None and nhs != nhs_number.normalise(value):
                 raise InvalidMessageError(f"{where} carries two different NHS numbers", (where,), code="value")
             if nhs is None:  # UK Core allows one NHS number; a repeated identical one is dropped
@@ -64,8 +61,6 @@ def person_in(f: Fields, segment: Any, name: str, sender: str, secret: bytes, *,
             scope = re.sub(r"[^A-Za-z0-9._-]", "_", authority or sender)
             identifiers.append({"system": MRN_SYSTEM + scope, "value": value})
             local = local or (scope, value)
-    if invalid and (not lenient or nhs is not None or local is None):
-        raise invalid[0]
     if nhs is None and local is None:
         if placeholder:
             raise InvalidMessageError(
@@ -75,16 +70,7 @@ def person_in(f: Fields, segment: Any, name: str, sender: str, secret: bytes, *,
                 code="value",
             )
         raise InvalidMessageError(f"{where} has no patient identifier with a value", (where,), code="required")
-    dropped = tuple(_dropped(error) for error in invalid)
-    return Person(person_key(secret, nhs, local), identifiers, dropped)
-
-
-def _dropped(error: InvalidMessageError) -> InvalidMessageError:
-    said = (
-        f"{error.diagnostics}; the NHS number was dropped (never kept as one) and the message accepted on the "
-        "hospital number beside it: send the person's details again with their NHS number corrected"
-    )
-    return InvalidMessageError(said, error.expression, code=error.code)
+    return Person(person_key(secret, nhs, local), identifiers)
 
 
 def is_nhs_number(cx: list[str]) -> bool:

@@ -8,7 +8,7 @@ the v2.5 ERR-2/3/4/8 fields, so either generation of receiver can read where and
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 
 from adapters.hl7v2.message import Header
@@ -39,17 +39,10 @@ _CODECS = {"8859/1": "latin-1", "ASCII": "ascii"}
 
 
 def ack(
-    header: Header | None,
-    error: HubError | None,
-    *,
-    control_id: str,
-    now: datetime,
-    code: str | None = None,
-    warnings: Sequence[HubError] = (),
+    header: Header | None, error: HubError | None, *, control_id: str, now: datetime, code: str | None = None
 ) -> bytes:
     """The ACK for a message (header None: the frame could not be read at all), with its original-mode
-    code (AA, AE, AR) unless `code` gives another (an enhanced-mode accept acknowledgment: CA, CE, CR).
-    Each of `warnings`, something wrong that did not stop the message, is an ERR of severity W (ERR-4)."""
+    code (AA, AE, AR) unless `code` gives another (an enhanced-mode accept acknowledgment: CA, CE, CR)."""
     sep, enc = _delimiters(header)
 
     def esc(text: str) -> str:
@@ -75,19 +68,12 @@ def ack(
     ]
     if h and h.charset:
         msh += ["", "", "", "", "", esc(h.charset)]
-    text = _accepted(warnings) if error is None else error.diagnostics
+    text = "accepted" if error is None else error.diagnostics
     segments = [sep.join(msh), sep.join(["MSA", code, esc(h.control_id if h else ""), esc(text[:80])])]
     if error is not None:
         segments.append(_err(error, sep, enc, esc))
-    segments += [_err(warning, sep, enc, esc, severity="W") for warning in warnings]
     codec = _CODECS.get(h.charset.upper() if h else "", "utf-8")
     return ("\r".join(segments) + "\r").encode(codec, errors="replace")
-
-
-def _accepted(warnings: Sequence[HubError]) -> str:
-    if not warnings:
-        return "accepted"
-    return f"accepted, with {'a warning' if len(warnings) == 1 else f'{len(warnings)} warnings'} in ERR"
 
 
 def _delimiters(header: Header | None) -> tuple[str, str]:
@@ -115,9 +101,9 @@ def _condition(error: HubError) -> tuple[str, str]:
     return _TABLE_0357.get(error.code, _INTERNAL)
 
 
-def _err(error: HubError, sep: str, enc: str, esc: Callable[[str], str], *, severity: str = "E") -> str:
-    """ERR-1 (v2.4 ELD), ERR-2 (ERL: where), ERR-3 (table 0357), ERR-4 (severity: E error, W warning),
-    ERR-8 (the diagnostics, for a person)."""
+def _err(error: HubError, sep: str, enc: str, esc: Callable[[str], str]) -> str:
+    """ERR-1 (v2.4 ELD), ERR-2 (ERL: where), ERR-3 (table 0357), ERR-4 (severity: E, error), ERR-8 (the
+    diagnostics, for a person)."""
     comp, sub = enc[0], enc[3]
     number, meaning = _condition(error)
     place = _PLACE.match(error.expression[0]) if error.expression else None
@@ -127,4 +113,4 @@ def _err(error: HubError, sep: str, enc: str, esc: Callable[[str], str], *, seve
     repeat = repetition or ("1" if component else "")
     erl = comp.join([segment or "", sequence, field or "", repeat, component or ""]).rstrip(comp)
     code = comp.join([number, esc(meaning), "HL70357"])
-    return sep.join(["ERR", eld, erl, code, severity, "", "", "", esc(error.diagnostics)])
+    return sep.join(["ERR", eld, erl, code, "E", "", "", "", esc(error.diagnostics)])

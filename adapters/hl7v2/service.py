@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -23,7 +23,7 @@ from faststream.kafka import KafkaBroker
 
 from adapters.hl7v2.message import Header, read_header, split_as_sent
 from adapters.hl7v2.replies import ack
-from adapters.hl7v2.to_fhir import map_with_warnings
+from adapters.hl7v2.to_fhir import map_message
 from adapters.hl7v2.transport import RefusedFrame
 from adapters.publishing import Publisher
 from hub.core.errors import (
@@ -77,7 +77,6 @@ class Outcome:
     dead_lettered: bool = False
     event_ids: tuple[str, ...] = ()
     error: HubError | None = None  # what the ACK says went wrong (None: accepted)
-    warnings: tuple[HubError, ...] = ()  # what was wrong without stopping it (ERR severity W)
 
 
 PROCESSING_IDS = {"P": "production", "T": "training", "D": "debugging"}  # HL7 table 0103
@@ -103,8 +102,10 @@ class HospitalIntake:
         clock: Callable[[], datetime] = _utcnow,
         processing_ids: Collection[str] = ("P",),
         enhanced_ack_senders: Collection[str] = (),
+        on_answered: Callable[[str, Sequence[str]], None] | None = None,
     ) -> None:
         self._key_secret = key_secret
+        self._on_answered = on_answered  # (told each MLLP message's MSH-4 and ACK codes: the hub's /metrics)
         self._clock = clock
         self._processing_ids = frozenset(p.upper() for p in processing_ids)
         self._enhanced_senders = frozenset(s.upper() for s in enhanced_ack_senders)
@@ -112,7 +113,7 @@ class HospitalIntake:
 
     async def receive(self, frame: bytes, origin: str) -> list[bytes]:
         """One MLLP frame in; its ACK out (in enhanced mode, none, one or two: see _answers)."""
-        return self._answers(*await self._take(frame, origin))
+        return self._answered(*await self._take(frame, origin))
 
     async def refuse(self, frame: RefusedFrame) -> list[bytes]:
         """The ACK (AR) for a frame the transport would not take; what was read of it is dead-lettered,
@@ -123,7 +124,7 @@ class HospitalIntake:
             whole = (frame.size, frame.digest)
         error = UnsupportedMessageError(reason, ("MSH",), code="too-long" if frame.oversize else "structure")
         header = read_header(frame.head)
-        return self._answers(await self._reject(frame.head, header, error, frame.origin, whole), header)
+        return self._answered(await self._reject(frame.head, header, error, frame.origin, whole), header)
 
     async def ingest(self, raw: bytes, origin: str) -> list[Outcome]:
         """A file: one message, several, or an FHS/BHS batch; each message stands alone."""
@@ -136,15 +137,14 @@ class HospitalIntake:
     async def accept(self, raw: bytes, origin: str) -> tuple[Outcome, bytes]:
         """Map, publish and answer one message (the ACK in original mode)."""
         outcome, header = await self._take(raw, origin)
-        return outcome, self._ack(header, outcome.error, warnings=outcome.warnings)
+        return outcome, self._ack(header, outcome.error)
 
     async def _take(self, raw: bytes, origin: str) -> tuple[Outcome, Header | None]:
         header = read_header(raw)
         control_id = header.control_id if header else ""
         try:
             self._refuse_processing_id(header)
-            mapped = map_with_warnings(raw, key_secret=self._key_secret, now=self._clock())
-            events = mapped.events
+            events = map_message(raw, key_secret=self._key_secret, now=self._clock())
             await self._out.events(events)  # (all or, one too large, none: MessageTooLargeError, refused and kept)
         except InvalidMessageError as error:
             return await self._reject(raw, header, error, origin), header
@@ -153,9 +153,8 @@ class HospitalIntake:
             honest = replace(unsure, diagnostics=UNACKNOWLEDGED)
             return Outcome(control_id, "AE", 0, str(honest), error=honest), header
         log.debug("message %s accepted: %d event(s)", control_id, len(events))
-        ids, warned = tuple(e.event_id for e in events), tuple(mapped.warnings)
-        said = "; ".join(str(w) for w in warned) or None  # (what `carehub ingest hl7` shows beside AA)
-        return Outcome(control_id, "AA", len(events), said, event_ids=ids, warnings=warned), header
+        ids = tuple(e.event_id for e in events)
+        return Outcome(control_id, "AA", len(events), event_ids=ids), header
 
     def _refuse_processing_id(self, header: Header | None) -> None:
         """AR (ERR 202) for a message whose MSH-11 this hub does not take: by default only `P`
@@ -199,15 +198,15 @@ class HospitalIntake:
         log.info("message %s rejected %s: %s", control_id, code, error.code)
         return Outcome(control_id, code, 0, str(error), dead_lettered=True, error=error)
 
-    def _ack(
-        self,
-        header: Header | None,
-        error: HubError | None,
-        *,
-        code: str | None = None,
-        warnings: tuple[HubError, ...] = (),
-    ) -> bytes:
-        return ack(header, error, control_id=uuid.uuid4().hex[:20], now=self._clock(), code=code, warnings=warnings)
+    def _ack(self, header: Header | None, error: HubError | None, *, code: str | None = None) -> bytes:
+        return ack(header, error, control_id=uuid.uuid4().hex[:20], now=self._clock(), code=code)
+
+    def _answered(self, outcome: Outcome, header: Header | None) -> list[bytes]:
+        """_answers, each MLLP message's MSH-4 ('' unread) and the MSA-1 of every ACK sent told to on_answered."""
+        replies = self._answers(outcome, header)
+        if self._on_answered is not None:
+            self._on_answered(header.sending_facility if header else "", [_code_of(reply) for reply in replies])
+        return replies
 
     def _answers(self, outcome: Outcome, header: Header | None) -> list[bytes]:
         """The ACK frames for a message: in original mode its AA, AE or AR. A sender listed in
@@ -219,19 +218,19 @@ class HospitalIntake:
         committed (Kafka unreachable) is always answered CE, whatever MSH-15 says, so the sender
         keeps the message and sends it again; never one that can never be kept (too large even to keep
         its head: CR, and no application acknowledgment)."""
-        error, warnings = outcome.error, outcome.warnings
+        error = outcome.error
         if header is None or not self._enhanced(header):
-            return [self._ack(header, error, warnings=warnings)]
+            return [self._ack(header, error)]
         if isinstance(error, BrokerUnavailableError):
             return [self._ack(header, error, code="CE")]
         unkept = outcome.code != "AA" and not outcome.dead_lettered  # (too large even to keep: never kept)
         accept_code = "CR" if outcome.code == "AR" or unkept else "CA"
         replies = []
         if _wanted(header.accept_ack, accepted=accept_code == "CA"):
-            replies.append(self._ack(header, error, code=accept_code, warnings=warnings))  # (a CA says why, too)
+            replies.append(self._ack(header, error, code=accept_code))  # (a CA of a refused message says why)
         rejected = accept_code == "CR" and replies
         if not rejected and _wanted(header.application_ack, accepted=outcome.code == "AA"):
-            replies.append(self._ack(header, error, warnings=warnings))
+            replies.append(self._ack(header, error))
         if not replies:
             log.debug(
                 "message %s: MSH-15/16 %s|%s ask for no acknowledgment",
@@ -244,6 +243,12 @@ class HospitalIntake:
     def _enhanced(self, header: Header) -> bool:
         said = bool(header.accept_ack or header.application_ack)
         return said and header.sending_facility.upper() in self._enhanced_senders
+
+
+def _code_of(reply: bytes) -> str:
+    """MSA-1 of an ACK replies.ack built (MSH, then MSA; MSH's fourth byte the field separator, ASCII),
+    read from what is sent: the code the sender is told, whichever branch chose it."""
+    return reply.split(b"\r")[1].split(reply[3:4])[1].decode("ascii")
 
 
 def _wanted(condition: str, *, accepted: bool) -> bool:

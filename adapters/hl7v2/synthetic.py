@@ -202,12 +202,11 @@ class _Writer:
         pv1: str | None = None,
         extra: tuple[str, ...] = (),
         died: datetime | None = None,
-        mrn: bool = True,
     ) -> bytes:
         self.sequence += 1
         stamp = _stamp(when)
         structure = {"A40": "ADT_A39", "A03": "ADT_A03", "A24": "ADT_A24"}.get(trigger, "ADT_A01")
-        ids = f"{nhs_number or person.nhs_number}^^^NHS^NH" + (f"~{person.mrn}^^^{self.hospital}^MR" if mrn else "")
+        ids = f"{nhs_number or person.nhs_number}^^^NHS^NH~{person.mrn}^^^{self.hospital}^MR"
         segments = [
             f"MSH|^~\\&|PAS|{self.hospital}|CAREHUB|CAREHUB|{stamp}||ADT^{trigger}^{structure}"
             f"|{self.prefix}{self.sequence:07d}|P|2.4|||AL|NE|GBR|UNICODE UTF-8",
@@ -351,10 +350,10 @@ def _faults(
         person = rng.choice(locality.people)
         when = start + timedelta(minutes=rng.randrange(days * 24 * 60))
         kind = n % 3
-        if kind == 0:  # a transcription slip: last digit wrong, fails Modulus 11, and no hospital number beside
-            wrong = person.nhs_number[:-1] + str((int(person.nhs_number[-1]) + 1) % 10)  # it (which it would
-            pv1 = _pv1(f"F{n:07d}", "AMU", when)  # be accepted on, the bad number dropped: a warning)
-            faults.append((when, writer.message("A01", when, person, nhs_number=wrong, pv1=pv1, mrn=False)))
+        if kind == 0:  # a transcription slip: last digit wrong, fails Modulus 11
+            wrong = person.nhs_number[:-1] + str((int(person.nhs_number[-1]) + 1) % 10)
+            pv1 = _pv1(f"F{n:07d}", "AMU", when)
+            faults.append((when, writer.message("A01", when, person, nhs_number=wrong, pv1=pv1)))
         elif kind == 1:  # a link message this hub does not take
             faults.append((when, writer.message("A24", when, person)))
         else:  # a discharge that lost its visit segment

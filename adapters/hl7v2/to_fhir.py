@@ -85,21 +85,7 @@ class MappedEvent:
     payload: Json
 
 
-@dataclass(frozen=True)
-class MappedMessage:
-    """One message's events, and what was wrong in it without stopping it (ACK ERR severity W)."""
-
-    events: list[MappedEvent]
-    warnings: tuple[InvalidMessageError, ...] = ()
-
-
 def map_message(raw: bytes, *, key_secret: bytes, now: datetime | None = None) -> list[MappedEvent]:
-    """Parse, map and validate one ADT message; raises InvalidMessageError naming the field (map_with_warnings
-    says what was dropped, too)."""
-    return map_with_warnings(raw, key_secret=key_secret, now=now).events
-
-
-def map_with_warnings(raw: bytes, *, key_secret: bytes, now: datetime | None = None) -> MappedMessage:
     """Parse, map and validate one ADT message; raises InvalidMessageError naming the field.
 
     `now` is the hub's clock: a time the message gives (EVN-2 or MSH-7, PV1-44, PV1-45, PID-7, PID-29) later
@@ -118,11 +104,9 @@ def map_with_warnings(raw: bytes, *, key_secret: bytes, now: datetime | None = N
     when = _event_time(f, msh, latest)
     message_key = f"{control_id}|{fingerprint(raw)}"  # see the module docstring
     if trigger == "A40":
-        return MappedMessage(
-            _merges(f, key_secret, latest, sender=sender, control_id=control_id, key=message_key, at=when)
-        )
+        return _merges(f, key_secret, latest, sender=sender, control_id=control_id, key=message_key, at=when)
     pid = f.first("PID")
-    person = person_in(f, pid, "PID", sender, key_secret, lenient=True)
+    person = person_in(f, pid, "PID", sender, key_secret)
     resources = _patient_and_practice(f, pid, person, latest)
     pv1 = f.first("PV1")
     if trigger in ("A01", "A02", "A03", "A04", "A11", "A12", "A13") and pv1 is None:
@@ -135,9 +119,7 @@ def map_with_warnings(raw: bytes, *, key_secret: bytes, now: datetime | None = N
         )
     if pv1 is not None and trigger not in ("A28", "A31"):
         resources.append(encounter(f, pv1, trigger, sender, message_key, person.key, latest))
-    return MappedMessage(
-        [_event(trigger, sender, control_id, message_key, when, person.key, resources)], person.dropped
-    )
+    return [_event(trigger, sender, control_id, message_key, when, person.key, resources)]
 
 
 def _event_time(f: Fields, msh: Any, latest: datetime | None) -> datetime:

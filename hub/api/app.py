@@ -1,5 +1,5 @@
 """The HTTP application: FHIR routes under /fhir, errors as OperationOutcome, /healthz (liveness) and
-/readyz (readiness: the database and Kafka answer) for probes."""
+/readyz (readiness: the database and Kafka answer) for probes, /metrics (Prometheus) for monitoring."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from fastapi import FastAPI
 
-from hub.api import health, outcomes
+from hub.api import health, metrics, outcomes
 from hub.api.auth import TokenVerifier
 from hub.api.routes import coordination, huddle
 from hub.api.routes.fhir import Publish, router
@@ -24,10 +24,12 @@ def create_app(
     publish: Publish | None = None,
     commands: coordination.CoordinationApi | None = None,
     checks: Mapping[str, health.Check] | None = None,
+    meters: metrics.Metrics | None = None,
 ) -> FastAPI:
     """The API over a record reader: tokens checked by `tokens`, every read decided by `policy`
     (None: not enforced) and recorded in `ledger`; Consents published with `publish`. /readyz runs
-    `checks` (hub.api.health; None: the reader's database, where it has one)."""
+    `checks` (hub.api.health; None: the reader's database, where it has one); /metrics shows `meters`
+    (hub.api.metrics; None: no MLLP counts, nor dead letters)."""
     app = FastAPI(
         title="CareHub FHIR API",
         version="0.1.0",
@@ -43,4 +45,5 @@ def create_app(
     if checks is None:
         checks = {"database": health.database_answers(reader.engine)} if isinstance(reader, SqlRecordReader) else {}
     app.include_router(health.router(health.Readiness(checks)))
+    app.include_router(metrics.router(meters or metrics.Metrics()))
     return app

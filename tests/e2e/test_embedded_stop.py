@@ -62,7 +62,7 @@ async def send_all(port: int, round_: int) -> tuple[int, int]:
             for i in range(EACH):
                 tag = f"{round_}x{n}x{i}"
                 nhs = BAD_NHS if i % 10 == 9 else None
-                mrn = None if nhs else f"M{tag}"  # (a bad NHS number beside a hospital number is dropped, AA)
+                mrn = None if nhs else f"M{tag}"
                 ack = await client.send(an_adt(control_id=f"S{tag}", visit=f"V{tag}", mrn=mrn, nhs_number=nhs))
                 accepted += b"MSA|AA" in ack
                 refused += b"MSA|AE" in ack

@@ -114,7 +114,7 @@ def test_an_nhs_number_in_3_3_4_form_is_normalised() -> None:
     ],
 )
 def test_a_bad_nhs_number_is_invalid_at_pid_3_and_the_number_is_never_echoed(number: str, why: str) -> None:
-    error = refused(an_adt(nhs_number=number, mrn=None))  # (beside a hospital number it is dropped: a warning)
+    error = refused(an_adt(nhs_number=number))  # (beside the hospital number M100: refused all the same)
     assert type(error) is InvalidMessageError
     assert error.expression == ("PID-3",)
     assert error.code == "value"

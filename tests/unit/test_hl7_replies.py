@@ -9,7 +9,7 @@ import pytest
 
 from adapters.hl7v2.message import Header, read_header
 from adapters.hl7v2.replies import ack
-from adapters.hl7v2.to_fhir import map_message, map_with_warnings
+from adapters.hl7v2.to_fhir import map_message
 from hub.core.errors import (
     BrokerUnavailableError,
     DuplicateEventError,
@@ -238,10 +238,11 @@ def test_an_ack_without_an_error_for_a_headerless_frame_is_still_well_formed() -
 
 def test_the_err_names_the_repetition_and_the_segment_occurrence_where_the_bad_nhs_number_is() -> None:
     raw = an_adt(nhs_number=None, mrn="M100").replace(b"M100^^^RXX^MR", b"M100^^^RXX^MR~9434765910^^^NHS^NH")
-    warnings = map_with_warnings(raw, key_secret=b"replies").warnings  # (beside a hospital number: dropped)
-    err = segments(ack(header(raw), None, control_id="ACK-R", now=NOW, warnings=warnings))["ERR"]
+    reply = segments(ack(header(raw), error_of(raw), control_id="ACK-R", now=NOW))  # (refused beside it too)
+    err = reply["ERR"]
+    assert reply["MSA"][1] == "AE"
     assert err[1].split("^")[:3] == ["PID", "1", "3"]  # (v2.4 ELD has no repetition)
-    assert (err[2], err[4]) == ("PID^1^3^2", "W")  # ERL: the second repetition of PID-3
+    assert (err[2], err[4]) == ("PID^1^3^2", "E")  # ERL: the second repetition of PID-3
     pairs = (
         "PID|1||9434765919^^^NHS^NH||SMITH^ANN",
         "MRG|OLD1^^^RXX^MR",
