@@ -31,6 +31,10 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # a UK postcode's shape (outward code, inward code), not a check that Royal Mail delivers to it
 _POSTCODE = re.compile(r"GIR ?0AA|[A-Z]{1,2}[0-9][A-Z0-9]? ?[0-9][A-Z]{2}", re.ASCII)
 _PHONE = re.compile(r"\+?[0-9 ().-]+", re.ASCII)  # digits, with the spaces, brackets and dashes people write
+# what may follow the number: a UK extension (ext 4521, ext. 4521, extn 4521, extension 4521, x4521), then
+# a short note in brackets, letters and not digits ("(home)", "(mum's mobile)"); neither is checked further
+_EXTENSION = re.compile(r"\s*\b(?:ext(?:n|ension)?\.?|x)\s*[0-9]{1,6}\s*$", re.ASCII | re.IGNORECASE)
+_NOTE = re.compile(r"\s*\([A-Za-z][A-Za-z ,.'&/-]{0,23}\)\s*$", re.ASCII)
 _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
 
 
@@ -123,22 +127,26 @@ class RowFields:
 
     def phone(self, name: str) -> str | None:
         """A phone number as written (spaces, brackets and dashes allowed): a UK one of 10 or 11 digits
-        starting 0, or an international one starting + or 00; None when absent. Not echoed."""
+        starting 0, or an international one starting + or 00, then perhaps an extension (ext 4521, x4521)
+        and a short note in brackets ("(home)"); None when absent. Not echoed."""
         raw = self.text(name, required=False)
         if raw is None:
             return None
         raw = " ".join(raw.split())
         if _SCIENTIFIC.fullmatch(raw):
             raise self.fail(name, f"is a number Excel has shown in scientific notation (like 9.43E+09){_AS_TEXT}")
-        digits = re.sub(r"[^0-9]", "", raw.replace("(0)", "") if raw.startswith("+44") else raw)
-        if _PHONE.fullmatch(raw) and _is_phone(digits, international=raw.startswith(("+", "00"))):
+        number = _NOTE.sub("", raw, count=1)
+        number = _EXTENSION.sub("", number, count=1)
+        digits = re.sub(r"[^0-9]", "", number.replace("(0)", "") if number.startswith("+44") else number)
+        if _PHONE.fullmatch(number) and _is_phone(digits, international=number.startswith(("+", "00"))):
             return raw
         if _PHONE.fullmatch(raw) and not raw.startswith("+") and len(digits) in (9, 10) and digits[0] != "0":
             raise self.fail(name, f"has no leading 0, as Excel drops it from a column of numbers{_AS_TEXT}")
         raise self.fail(
             name,
             "is not a phone number (a UK number of 10 or 11 digits starting 0, such as 01632 960123, or an "
-            "international one starting +, such as +44 1632 960123; spaces, brackets and dashes are fine)",
+            "international one starting +, such as +44 1632 960123; spaces, brackets and dashes are fine, and "
+            "an extension such as ext 4521 or a short note in brackets)",
         )
 
     def email(self, name: str) -> str | None:

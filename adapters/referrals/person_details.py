@@ -7,19 +7,27 @@ who the person is (hub.core.record, "stubs"). The worker who made the referral i
 contained in the ServiceRequest: its requester refers to it and keeps the organisation's identifier and
 display, which the KPIs, a withdrawal's authority and the huddle read. The referrer's own case reference
 is a ServiceRequest identifier whose system names the referrer, as the referral_id's does.
+
+A malformed phone number, postcode or email address is left out, not the referral: the row is taken
+without it and says so in a warning naming the row and the field (never the value), which the intake
+reports as the row's outcome. A carer relationship whose only way to reach the carer was such a phone
+is left out with it. Every other problem (a required field, a name that is not text) refuses the row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.referrals.fields import RowFields
+from hub.core.errors import InvalidMessageError
 
 Json = dict[str, Any]
 CASE_REFERENCE_SYSTEM = "https://carehub.invalid/Id/case-reference"  # + "/<referrer>"
 WORKER = "referring-worker"  # the contained PractitionerRole's id
 MAX_CASE_REFERENCE = 64
+LEFT_OUT = "left out: the referral was accepted without it"  # (after a warning's reason)
 ADDRESS_LINES = ("address_line_1", "address_line_2", "address_line_3", "address_line_4")
 FIELDS = (  # read by the asc-csv, asc-json and vcse-json layouts (README), all optional
     "given_name", "family_name", *ADDRESS_LINES, "postcode", "phone",
@@ -36,6 +44,7 @@ class PersonDetails:
     patient: Json = field(default_factory=dict)
     worker: Json = field(default_factory=dict)
     case_reference: str | None = None
+    warnings: tuple[str, ...] = ()  # the details left out, each naming row and field (not part of the event)
 
     def said(self) -> list[Any]:
         """For the event id: nothing when nothing was said, so a row without these fields keeps the id
@@ -45,22 +54,46 @@ class PersonDetails:
         return [{"patient": self.patient, "worker": self.worker, "case_reference": self.case_reference}]
 
 
+class _Lenient:
+    """A row's phone numbers, postcode and email address, each left out with a warning when malformed."""
+
+    def __init__(self, f: RowFields) -> None:
+        self.f = f
+        self.warnings: list[str] = []
+
+    def read(self, check: Callable[[str], str | None], name: str) -> str | None:
+        try:
+            return check(name)
+        except InvalidMessageError as error:  # (its reason names the row and field, never the value)
+            self.warnings.append(f"{error.diagnostics}; {LEFT_OUT}")
+            return None
+
+    def phone(self, name: str) -> str | None:
+        return self.read(self.f.phone, name)
+
+    def left_out(self, name: str) -> bool:
+        return any(w.startswith(f"row {self.f.number}, field {name}:") for w in self.warnings)
+
+
 def read_details(f: RowFields) -> PersonDetails:
-    """The row's person details, worker and case reference; InvalidMessageError naming the field."""
+    """The row's person details, worker and case reference, a malformed phone, postcode or email left out
+    with a warning; InvalidMessageError naming the field for any other problem."""
+    said = _Lenient(f)
     patient: Json = {}
     name = _name(f)
     if name:
         patient["name"] = [name]
-    address = _address(f)
+    address = _address(said)
     if address:
         patient["address"] = [address]
-    phone = f.phone("phone")
+    phone = said.phone("phone")
     if phone:
         patient["telecom"] = [_phone(phone, "home")]
-    contact = _contact(f)
+    contact = _contact(said)
     if contact:
         patient["contact"] = [contact]
-    return PersonDetails(patient, _worker(f), _case_reference(f))
+    worker, case_reference = _worker(said), _case_reference(f)
+    return PersonDetails(patient, worker, case_reference, tuple(said.warnings))
 
 
 def on_patient(patient: Json, details: PersonDetails) -> Json:
@@ -88,9 +121,10 @@ def _name(f: RowFields) -> Json:
     return name | {"given": [given]} if given else name
 
 
-def _address(f: RowFields) -> Json:
+def _address(said: _Lenient) -> Json:
+    f = said.f
     lines = [line for name in ADDRESS_LINES if (line := f.text(name, required=False))]
-    postcode = f.postcode("postcode")
+    postcode = said.read(f.postcode, "postcode")
     if not (lines or postcode):
         return {}
     address: Json = {"use": "home"}
@@ -99,10 +133,13 @@ def _address(f: RowFields) -> Json:
     return address | {"postalCode": postcode} if postcode else address
 
 
-def _contact(f: RowFields) -> Json:
+def _contact(said: _Lenient) -> Json:
+    f = said.f
     name = f.text("carer_name", required=False)
     relationship = f.text("carer_relationship", required=False)
-    phone = f.phone("carer_phone")
+    phone = said.phone("carer_phone")
+    if relationship and not name and said.left_out("carer_phone"):
+        return {}  # (a relationship alone names no one to call: left out with the phone)
     if relationship and not (name or phone):
         raise f.fail(
             "carer_name",
@@ -115,9 +152,9 @@ def _contact(f: RowFields) -> Json:
     return contact | {"telecom": [_phone(phone, "home")]} if phone else contact
 
 
-def _worker(f: RowFields) -> Json:
-    name = f.text("worker_name", required=False)
-    phone, email = f.phone("worker_phone"), f.email("worker_email")
+def _worker(said: _Lenient) -> Json:
+    name = said.f.text("worker_name", required=False)
+    phone, email = said.phone("worker_phone"), said.read(said.f.email, "worker_email")
     worker: Json = {"practitioner": {"display": name}} if name else {}
     telecom = [*([_phone(phone, "work")] if phone else []), *([_email(email)] if email else [])]
     return worker | {"telecom": telecom} if telecom else worker

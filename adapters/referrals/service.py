@@ -9,7 +9,9 @@ reported again but not kept again. A row Kafka does not acknowledge is reported 
 neither published nor dead-lettered: ingesting the file again sends it, and the rows already
 applied are recognised by their event ids. A rejection too large for Kafka to keep whole keeps its
 head (adapters/publishing.py). A referral whose referral_id its referrer used already for another
-person with another birth date is refused (adapters/referrals/clashes.py).
+person with another birth date is refused (adapters/referrals/clashes.py). A referral accepted without a
+malformed optional detail (a phone, postcode or email: adapters/referrals/person_details.py) is accepted
+with a warning naming the row and the field as its reason.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ class Outcome:
     event_id: str = ""
     already_kept: bool = False  # rejected, and dead-lettered already (an earlier sending, or this one)
     without_id: bool = False  # an accepted referral with no referral_id: a correction of it cannot move it
+    # accepted without a malformed optional detail (a phone, postcode or email): each warning names the
+    # row and field, never the value, and is the row's reason too, one "warning: ..." a line
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,18 @@ class ReferralIntake:
             return Outcome(row.number, NOT_SENT, event.event_type, error.diagnostics)
         self._ids.sent(event)
         log.debug("row %d accepted: %s %s", row.number, event.event_type, event.event_id)
-        return Outcome(row.number, ACCEPTED, event.event_type, event_id=event.event_id, without_id=_no_id(fmt, event))
+        warned = "\n".join(f"warning: {said}" for said in event.warnings) or None
+        if event.warnings:  # (the fields alone: the values are the person's)
+            log.info("row %d accepted without field(s) %s", row.number, ", ".join(_fields(event.warnings)))
+        return Outcome(
+            row.number,
+            ACCEPTED,
+            event.event_type,
+            warned,
+            event_id=event.event_id,
+            without_id=_no_id(fmt, event),
+            warnings=event.warnings,
+        )
 
     async def _reject(self, raw: bytes, row: Row | None, error: HubError, origin: str, content_type: str) -> Outcome:
         number = row.number if row else None
@@ -190,6 +206,11 @@ def _sender(row: Row | None) -> str:
         if is_ods(code) or is_gss(code):
             return code
     return ""
+
+
+def _fields(warnings: tuple[str, ...]) -> list[str]:
+    """The fields warnings name ("row 3, field phone: ..." -> phone)."""
+    return [w.split(", field ", 1)[-1].split(":", 1)[0] for w in warnings]
 
 
 def _no_id(fmt: Format, event: MappedEvent) -> bool:

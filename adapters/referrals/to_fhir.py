@@ -10,7 +10,8 @@ A Care Act assessment outcome given with an adult social care referral travels i
 REFERRAL_RECEIVED Bundle as an Observation (one row, one event), which the ServiceRequest cites in
 `supportingInfo`. The event time of a date is the start of that day in the UK (midnight, GMT or BST).
 A referral's ServiceRequest carries the birth date its referrer gave (extension BIRTH_DATE_SAID). The
-person's name, address, phone and carer, the referring worker and the case reference are person_details.py's.
+person's name, address, phone and carer, the referring worker and the case reference are person_details.py's
+(a malformed phone, postcode or email left out, and named in the event's `warnings`).
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ class MappedEvent:
     event_time: datetime
     person_key: str
     payload: Json
+    # what the row's outcome warns of: details left out, each naming row and field (person_details.py);
+    # not part of the event, whose id and payload are the row's without them
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def source(self) -> str:
@@ -256,7 +260,8 @@ def _referral_event(f: RowFields, r: _Referral) -> MappedEvent:
     said += r.details.said()  # (nothing when the row gives none: its id is the one it had before)
     content = orjson.dumps([r.referred.fhir, r.addressed_to, *said]).decode()  # free text may hold "|"
     event_id = stable_id("referral-received", rid, content)
-    return _event(f, co.REFERRAL_RECEIVED, event_id, r.referrer, r.referred.utc, r.key, resources)
+    warnings = r.details.warnings
+    return _event(f, co.REFERRAL_RECEIVED, event_id, r.referrer, r.referred.utc, r.key, resources, warnings)
 
 
 def _outcome(f: RowFields, secret: bytes, now: datetime, *, council: bool = False) -> MappedEvent:
@@ -336,13 +341,20 @@ _MODELS: dict[str, Any] = {"Patient": Patient, "Observation": Observation, "Serv
 
 
 def _event(
-    f: RowFields, kind: EventType, event_id: str, sender: str, when: datetime, key: str, resources: list[Json]
+    f: RowFields,
+    kind: EventType,
+    event_id: str,
+    sender: str,
+    when: datetime,
+    key: str,
+    resources: list[Json],
+    warnings: tuple[str, ...] = (),
 ) -> MappedEvent:
     for resource in resources:
         _validate(f, resource)
     bundle: Json = {"resourceType": "Bundle", "type": "collection", "timestamp": when.isoformat()}
     bundle["entry"] = [{"resource": r} for r in resources]
-    return MappedEvent(kind.type, event_id, sender, when, key, bundle)
+    return MappedEvent(kind.type, event_id, sender, when, key, bundle, warnings)
 
 
 def _validate(f: RowFields, resource: Json) -> None:

@@ -196,17 +196,6 @@ def test_phone_numbers_are_taken_as_written(phone: str, shown: str, use: str) ->
 @pytest.mark.parametrize(
     ("field", "value", "reason"),
     [
-        ("postcode", "EX1", "row 2, field postcode: is not a UK postcode"),
-        ("postcode", "12345", "row 2, field postcode: is not a UK postcode"),
-        ("postcode", "EX1 2ABC", "row 2, field postcode: is not a UK postcode"),
-        ("phone", "not known", "row 2, field phone: is not a phone number"),
-        ("phone", "0163296", "row 2, field phone: is not a phone number"),
-        ("phone", "01632 960123 ext 4", "row 2, field phone: is not a phone number"),
-        ("carer_phone", "call the son", "row 2, field carer_phone: is not a phone number"),
-        ("worker_phone", "x", "row 2, field worker_phone: is not a phone number"),
-        ("worker_email", "sam.patel", "row 2, field worker_email: is not an email address"),
-        ("phone", "7700900123", "row 2, field phone: has no leading 0"),
-        ("phone", "7.7009E+09", "row 2, field phone: is a number Excel has shown in scientific notation"),
         ("given_name", 42, "row 2, field given_name: must be a string, got int"),
         ("case_reference", "C" * 65, "row 2, field case_reference: is longer than 64 characters"),
         ("family_name", "x" * 2001, "row 2, field family_name: is longer than 2000 characters"),
@@ -218,9 +207,124 @@ def test_each_bad_detail_rejects_the_row_naming_row_and_field(field: str, value:
 
 
 @pytest.mark.parametrize("value", ["EX1 2AB", "07700 900123", "sam.patel@example.gov.uk"])
-def test_a_bad_value_is_not_echoed_in_the_reason(value: str) -> None:
-    said = rejection(Format.ASC_JSON, asc_referral(postcode="ZZ" + value, phone=value + "x", worker_email="@" + value))
-    assert value not in said
+def test_a_bad_value_is_not_echoed_in_the_warning(value: str) -> None:
+    event = one(Format.ASC_JSON, asc_referral(postcode="ZZ" + value, phone=value + "x", worker_email="@" + value))
+    assert len(event.warnings) == 3
+    assert not any(value in said for said in event.warnings)
+
+
+# --- a malformed optional detail is left out, not the referral ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("phone", "use"),
+    [
+        ("01632 960000 ext 4521", "home"),
+        ("01632 960000 Ext. 4521", "home"),
+        ("01632 960000 x4521", "home"),
+        ("01632 960000 extension 4521", "home"),
+        ("01632 960123 (home)", "home"),
+        ("07700 900123 (mum's mobile)", "mobile"),
+        ("01632 960000 ext 4521 (duty desk)", "home"),
+        ("+44 (0)1632 960000 ext 12", "home"),
+    ],
+)
+def test_a_uk_extension_and_a_short_note_in_brackets_are_taken_as_written(phone: str, use: str) -> None:
+    event = one(Format.ASC_JSON, asc_referral(phone=phone, worker_phone=phone, carer_name="Dan", carer_phone=phone))
+    assert event.warnings == ()
+    patient = patient_of(event)
+    assert patient["telecom"] == [{"system": "phone", "value": phone, "use": use}]
+    assert patient["contact"][0]["telecom"][0]["value"] == phone
+    assert request_of(event)["contained"][0]["telecom"] == [{"system": "phone", "value": phone, "use": "work"}]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "warning"),
+    [
+        ("phone", "0800 1111", "row 2, field phone: is not a phone number"),
+        ("phone", "01632 960123 / 07700 900123", "row 2, field phone: is not a phone number"),
+        ("phone", "not known", "row 2, field phone: is not a phone number"),
+        ("phone", "0163296", "row 2, field phone: is not a phone number"),
+        ("phone", "01632 960123 ext", "row 2, field phone: is not a phone number"),
+        ("phone", "01632 960123 (a note far too long to be a short note)", "row 2, field phone: is not a phone"),
+        ("phone", "7700900123", "row 2, field phone: has no leading 0"),
+        ("phone", "7.7009E+09", "row 2, field phone: is a number Excel has shown in scientific notation"),
+        ("phone", 1632960123, "row 2, field phone: must be a string, got int"),
+        ("postcode", "EX1", "row 2, field postcode: is not a UK postcode"),
+        ("postcode", "12345", "row 2, field postcode: is not a UK postcode"),
+        ("postcode", "EX1 2ABC", "row 2, field postcode: is not a UK postcode"),
+        ("carer_phone", "call the son", "row 2, field carer_phone: is not a phone number"),
+        ("worker_phone", "x", "row 2, field worker_phone: is not a phone number"),
+        ("worker_email", "sam.patel", "row 2, field worker_email: is not an email address"),
+    ],
+)
+def test_a_malformed_optional_detail_is_left_out_with_a_warning_naming_row_and_field(
+    field: str, value: Any, warning: str
+) -> None:
+    for fmt, values in ((Format.ASC_JSON, asc_referral(**DETAILS)), (Format.VCSE_JSON, vcse_referral(**DETAILS))):
+        event = one(fmt, values | {field: value})
+        (said,) = event.warnings
+        assert said.startswith(warning)
+        assert said.endswith("left out: the referral was accepted without it")
+        whole = one(fmt, values)
+        patient, request = patient_of(event), request_of(event)
+        assert patient["name"] == patient_of(whole)["name"]  # the rest of what the row said is taken
+        assert request["identifier"] == request_of(whole)["identifier"]
+        left = {
+            "phone": "telecom" not in patient,
+            "postcode": "postalCode" not in patient["address"][0] and patient["address"][0]["line"],
+            "carer_phone": "telecom" not in patient["contact"][0],
+            "worker_phone": [t["system"] for t in request["contained"][0]["telecom"]] == ["email"],
+            "worker_email": [t["system"] for t in request["contained"][0]["telecom"]] == ["phone"],
+        }
+        assert left[field]
+
+
+def test_a_carer_relationship_whose_only_phone_is_left_out_is_left_out_with_it() -> None:
+    event = one(Format.ASC_JSON, asc_referral(carer_relationship="Son", carer_phone="ring the son"))
+    assert [w.split(":")[0] for w in event.warnings] == ["row 2, field carer_phone"]
+    assert "contact" not in patient_of(event)
+
+
+def test_a_row_that_leaves_a_bad_detail_out_is_the_event_of_the_row_without_it() -> None:
+    assert (
+        one(Format.ASC_JSON, asc_referral(phone="0800 1111")).event_id == one(Format.ASC_JSON, asc_referral()).event_id
+    )
+
+
+def test_a_bad_required_field_still_refuses_the_referral_whatever_its_details() -> None:
+    assert rejection(Format.ASC_JSON, asc_referral(phone="0800 1111", reason=None)).startswith(
+        "row 2, field reason: is required"
+    )
+
+
+async def test_the_rows_outcome_is_accepted_with_the_warning_and_logs_and_outcomes_echo_no_value(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="adapters.referrals")
+    header = ASC_HEADER
+    rows = [
+        asc_referral(**DETAILS | {"worker_phone": "01632 960000 ext 4521", "phone": "01632 960123 (home)"}),
+        asc_referral(**DETAILS | {"referral_id": "ASC-2", "phone": "0800 1111", "postcode": "EX1"}),
+    ]
+    broker = FakeBroker()
+    outcomes = await intake(broker).ingest(csv_of(rows, header), "file:s5.csv", Format.ASC_CSV)
+    assert [(o.row, o.status) for o in outcomes] == [(2, ACCEPTED), (3, ACCEPTED)]
+    assert outcomes[0].reason is None
+    assert outcomes[1].warnings == (
+        "row 3, field postcode: is not a UK postcode (an outward and an inward code, such as SW1A 1AA or M1 1AE); "
+        "left out: the referral was accepted without it",
+        "row 3, field phone: is not a phone number (a UK number of 10 or 11 digits starting 0, such as 01632 "
+        "960123, or an international one starting +, such as +44 1632 960123; spaces, brackets and dashes are "
+        "fine, and an extension such as ext 4521 or a short note in brackets); left out: the referral was "
+        "accepted without it",
+    )
+    assert outcomes[1].reason == "\n".join(f"warning: {w}" for w in outcomes[1].warnings)
+    assert len(broker.sent) == 2  # both published, nothing dead-lettered
+    text = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
+    assert "row 3 accepted without field(s) postcode, phone" in text
+    for said in ("0800", "1111", "EX1", "Okafor", NHS):
+        assert said not in text and said not in (outcomes[1].reason or "")
 
 
 def test_a_carer_relationship_alone_names_no_one_to_call() -> None:
@@ -285,13 +389,16 @@ def test_what_a_hospital_says_later_replaces_the_referrals_stub() -> None:
 async def test_info_logs_name_no_name_address_or_phone(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="adapters.referrals")
     bad = asc_referral(**DETAILS | {"phone": "Mary Okafor 0163"})
+    refused = asc_referral(**DETAILS | {"referral_id": "ASC-3", "referred_on": "Mary Okafor"})
     good = asc_referral(**DETAILS | {"referral_id": "ASC-2"})
-    outcomes = await intake(FakeBroker()).ingest(csv_of([bad, good], ASC_HEADER), "f", Format.ASC_CSV)
-    assert [o.status for o in outcomes] == [REJECTED, ACCEPTED]
+    outcomes = await intake(FakeBroker()).ingest(csv_of([bad, refused, good], ASC_HEADER), "f", Format.ASC_CSV)
+    assert [o.status for o in outcomes] == [ACCEPTED, REJECTED, ACCEPTED]
     text = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
-    assert "row 2 rejected" in text
+    assert "row 2 accepted without field(s) phone" in text
+    assert "row 3 rejected" in text
     for said in ("Mary", "Okafor", "Elm Road", "EX1", "960123", "Daniel", "Sam Patel", NHS):
         assert said not in text
+    assert not any(said in (outcomes[0].reason or "") for said in ("Mary", "Okafor", "0163 ", NHS))
 
 
 def test_the_examples_name_the_people_they_introduce() -> None:
@@ -336,3 +443,4 @@ def test_any_details_are_mapped_as_valid_fhir_or_rejected_naming_row_and_field(d
         assert problem.expression[1] in PERSON_DETAILS
     else:
         assert event.event_type == "uk.nhs.carehub.referral.received.v1"
+        assert all(w.startswith("row 2, field ") for w in event.warnings)
