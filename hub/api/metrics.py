@@ -59,6 +59,7 @@ class Metrics:
         self._acks: dict[tuple[str, str], int] = {}
         self._last: dict[str, float] = {}
         self._named = 0  # senders with a label of their own (unknown and other aside)
+        self._full = False  # (the cap reached: said once)
         self._reading: asyncio.Task[tuple[int, int]] | None = None
 
     def record(self, sender: str, codes: Sequence[str]) -> None:
@@ -72,11 +73,25 @@ class Metrics:
                 self._acks[label, code] = self._acks.get((label, code), 0) + 1
 
     def _label(self, sender: str) -> str:
+        """The sender's label: its MSH-4 in capitals (as the hub matches senders, so `rcb` and `RCB`
+        are one feed); `unknown` and `other` are the hub's own buckets, a sender so named included.
+        Past the cap (which anyone who can reach the listener can fill with made-up senders) a new
+        sender counts under `other`, said once at WARNING, so an operator knows to look there."""
+        sender = sender.strip().upper()
         if not sender:
             return UNKNOWN
-        if sender in self._last:
+        if sender in self._last and sender not in (UNKNOWN.upper(), OTHER.upper()):
             return sender
-        if len(sender) > MAX_SENDER_CHARS or self._named >= self._max_senders:
+        if len(sender) > MAX_SENDER_CHARS or sender in (UNKNOWN.upper(), OTHER.upper()):
+            return OTHER
+        if self._named >= self._max_senders:
+            if not self._full:
+                self._full = True
+                log.warning(
+                    "the MLLP metrics name %d senders, their most: senders new since are counted under "
+                    'sender="other" (a restart counts afresh)',
+                    self._max_senders,
+                )
             return OTHER
         self._named += 1
         return sender
@@ -94,9 +109,10 @@ class Metrics:
                 [((), self.started)],
             ),
             *_family(
-                "carehub_mllp_messages_total",
+                "carehub_mllp_acks_total",
                 "counter",
-                "ACKs the MLLP listener sent, by sender (MSH-4) and code (MSA-1).",
+                "ACKs the MLLP listener sent, by sender (MSH-4) and code (MSA-1): an enhanced-mode message may "
+                "have two (CA then AA) or none.",
                 [((("sender", s), ("ack", code)), n) for (s, code), n in acks],
             ),
             *_family(

@@ -62,12 +62,12 @@ async def test_acks_by_sender_each_senders_last_message_and_dead_letters_are_scr
     assert scraped.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert BAD_NHS not in scraped.text and "SMITH" not in scraped.text
     said = samples(scraped.text)
-    counted = {k: v for k, v in said.items() if k.startswith("carehub_mllp_messages_total")}
+    counted = {k: v for k, v in said.items() if k.startswith("carehub_mllp_acks_total")}
     assert counted == {
-        'carehub_mllp_messages_total{sender="RCB",ack="AA"}': 2,
-        'carehub_mllp_messages_total{sender="RXX",ack="AA"}': 1,
-        'carehub_mllp_messages_total{sender="RXX",ack="AE"}': 1,
-        'carehub_mllp_messages_total{sender="unknown",ack="AR"}': 1,
+        'carehub_mllp_acks_total{sender="RCB",ack="AA"}': 2,
+        'carehub_mllp_acks_total{sender="RXX",ack="AA"}': 1,
+        'carehub_mllp_acks_total{sender="RXX",ack="AE"}': 1,
+        'carehub_mllp_acks_total{sender="unknown",ack="AR"}': 1,
     }
     for sender in ("RXX", "RCB", "unknown"):
         assert before <= said[f'carehub_mllp_last_message_timestamp_seconds{{sender="{sender}"}}'] <= after
@@ -75,4 +75,4 @@ async def test_acks_by_sender_each_senders_last_message_and_dead_letters_are_scr
     assert said["carehub_dead_letters_resolved"] == 0
     assert said["carehub_up"] == 1
     assert said["carehub_start_time_seconds"] <= before
-    assert "# TYPE carehub_mllp_messages_total counter" in scraped.text
+    assert "# TYPE carehub_mllp_acks_total counter" in scraped.text

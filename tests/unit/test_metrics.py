@@ -4,9 +4,12 @@ sender labels capped, and what the MLLP intake tells it (every ACK's code, by MS
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from datetime import UTC, datetime
+
+import pytest
 
 from adapters.hl7v2.service import HospitalIntake
 from adapters.hl7v2.transport import RefusedFrame
@@ -34,7 +37,7 @@ async def test_a_sender_with_quotes_and_line_feeds_cannot_break_the_exposition()
     text = await metrics.exposition()
     assert text.endswith("\n")
     assert all(SAMPLE.match(line) for line in text.splitlines() if not line.startswith("#")), text
-    assert samples(text)['carehub_mllp_messages_total{sender="R\\"X\\\\X\\n} 99\\ncarehub_up 0",ack="AE"}'] == "1"
+    assert samples(text)['carehub_mllp_acks_total{sender="R\\"X\\\\X\\n} 99\\nCAREHUB_UP 0",ack="AE"}'] == "1"
     assert samples(text)["carehub_up"] == "1"
 
 
@@ -45,14 +48,14 @@ async def test_senders_past_the_cap_are_counted_as_other_and_known_ones_still_as
         metrics.record(sender, ["AA"])
     metrics.record("R" * 65, ["AR"])  # (longer than any ODS code: never a label of its own)
     said = samples(await metrics.exposition())
-    counts = {k: v for k, v in said.items() if k.startswith("carehub_mllp_messages_total")}
+    counts = {k: v for k, v in said.items() if k.startswith("carehub_mllp_acks_total")}
     assert counts == {
-        'carehub_mllp_messages_total{sender="RCB",ack="AA"}': "1",
-        'carehub_mllp_messages_total{sender="RXX",ack="AA"}': "2",
-        'carehub_mllp_messages_total{sender="RYJ",ack="AA"}': "1",
-        'carehub_mllp_messages_total{sender="other",ack="AA"}': "3",
-        'carehub_mllp_messages_total{sender="other",ack="AR"}': "1",
-        'carehub_mllp_messages_total{sender="unknown",ack="AR"}': "1",
+        'carehub_mllp_acks_total{sender="RCB",ack="AA"}': "1",
+        'carehub_mllp_acks_total{sender="RXX",ack="AA"}': "2",
+        'carehub_mllp_acks_total{sender="RYJ",ack="AA"}': "1",
+        'carehub_mllp_acks_total{sender="other",ack="AA"}': "3",
+        'carehub_mllp_acks_total{sender="other",ack="AR"}': "1",
+        'carehub_mllp_acks_total{sender="unknown",ack="AR"}': "1",
     }
     lasts = [k for k in said if k.startswith("carehub_mllp_last_message_timestamp_seconds")]
     assert len(lasts) == 5  # RCB RXX RYJ other unknown
@@ -64,7 +67,7 @@ async def test_twenty_thousand_invented_senders_hold_no_more_labels_than_the_cap
         metrics.record(f"X{n}", ["AA"])
     said = samples(await metrics.exposition())
     assert sum(k.startswith("carehub_mllp_last_message_timestamp_seconds") for k in said) == 1_001
-    assert said['carehub_mllp_messages_total{sender="other",ack="AA"}'] == "19000"
+    assert said['carehub_mllp_acks_total{sender="other",ack="AA"}'] == "19000"
 
 
 async def test_the_last_message_gauge_is_when_each_sender_was_last_answered() -> None:
@@ -78,7 +81,7 @@ async def test_the_last_message_gauge_is_when_each_sender_was_last_answered() ->
     said = samples(await metrics.exposition())
     assert said['carehub_mllp_last_message_timestamp_seconds{sender="RXX"}'] == "100"
     assert said['carehub_mllp_last_message_timestamp_seconds{sender="RCB"}'] == "300"
-    assert said['carehub_mllp_messages_total{sender="RCB",ack="AE"}'] == "1"
+    assert said['carehub_mllp_acks_total{sender="RCB",ack="AE"}'] == "1"
 
 
 async def test_dead_letters_are_read_when_scraped_and_left_out_when_the_store_does_not_answer() -> None:
@@ -117,3 +120,22 @@ async def test_the_intake_tells_every_ack_it_sends_by_msh_4() -> None:
     head = an_adt(sender="RYJ")[:60]
     await hub.refuse(RefusedFrame("too big", head, 10_000, "mllp:test", oversize=True, ended=True, digest="0" * 64))
     assert told == [("RXX", ["AA"]), ("RXX", ["AE"]), ("RCB", ["CA"]), ("", ["AR"]), ("RYJ", ["AR"])]
+
+
+async def test_a_sender_is_one_series_in_any_case_and_the_hubs_own_buckets_are_not_a_senders(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = Metrics(clock=lambda: 1_000.0, max_senders=2)
+    for sender in ["rcb", "RCB", " Rcb ", "other", "UNKNOWN", "RXX"]:
+        metrics.record(sender, ["AA"])
+    with caplog.at_level(logging.WARNING, logger="hub.api.metrics"):
+        metrics.record("RYJ", ["AA"])  # (past the cap of 2: other, said once)
+        metrics.record("R01", ["AA"])
+    said = samples(await metrics.exposition())
+    counts = {k: v for k, v in said.items() if k.startswith("carehub_mllp_acks_total")}
+    assert counts == {
+        'carehub_mllp_acks_total{sender="RCB",ack="AA"}': "3",
+        'carehub_mllp_acks_total{sender="RXX",ack="AA"}': "1",
+        'carehub_mllp_acks_total{sender="other",ack="AA"}': "4",
+    }
+    assert [r.getMessage().count('sender="other"') for r in caplog.records] == [1]
