@@ -50,16 +50,9 @@ Rules, in the order they are applied to each event:
                     An outcome dated before the referral was last said, but not before the date it gives
                     (authoredOn: a referral corrected after it was answered), or by day alone on its UK day
                     (hub.core.days), answers it all the same, until an outcome is on it
-    stubs           a Patient carried by a referral, register row or PIC summary only introduces a person the
-                    record does not know yet (it is held at _STUB_TIME, 1900: no one's word on its time); it
-                    never replaces what a hospital or practice said (a Patient held at any other time), and
-                    anything they say later replaces it, whatever its event time. But a referral's is the
-                    referrer's word on the person's details over another stub (a register row's, an earlier
-                    referral's), in log order as "corrections" take referrals: each of name, address,
-                    telecom and contact it gives replaces the held stub's (a spelling fixed, a phone added),
-                    one it leaves out is kept; birthDate and gender only where the held stub has none.
-                    The rest (identifiers, the practice, a merged-away stub) stays as it is; the version keeps
-                    the stub time and its lastUpdated never goes back
+    stubs           a Patient carried by a referral or register row only introduces a person the record does
+                    not know yet; it never replaces what a hospital or practice said, and anything they say
+                    later replaces it, whatever its event time
     practice        but a register row is the practice's word that the person is registered there: the
                     newest word on the practice by event time (a register row's, or a hospital's Patient
                     naming one, dated by its version) is the Patient's generalPractitioner, where the
@@ -99,7 +92,6 @@ from hub.core.record_content import (
     retimed,
     same_content,
     stamp,
-    stub_details,
 )
 from hub.core.record_merges import (
     SUBJECT_FIELDS,
@@ -216,11 +208,7 @@ def _write(
     current = uow.get(kind, rid)
     stub = kind == "Patient" and event.type in PATIENT_STUB_EVENTS
     if stub and current is not None:
-        if event.type == REGISTER_ROW.type:
-            return registered_row(uow, event, incoming, current)
-        if event.type == REFERRAL_RECEIVED.type and current.event_time == _STUB_TIME:
-            return _stub_details(uow, event, incoming, current, when)
-        return UNCHANGED
+        return registered_row(uow, event, incoming, current) if event.type == REGISTER_ROW.type else UNCHANGED
     if stub and event.type == REGISTER_ROW.type:
         incoming = register_said(incoming, event.time)
     if kind == "Task" and current is not None and event.type == TASK_UPDATED.type and _refused_move(current, incoming):
@@ -270,22 +258,6 @@ def _write(
     if latest != event.time:
         when = latest.isoformat()
     stored = stamp(event, content, kind, rid, key, current, _STUB_TIME if stub else latest, when)
-    uow.put(stored)
-    return stored
-
-
-def _stub_details(
-    uow: RecordUnitOfWork, event: RecordEvent, incoming: Json, current: StoredResource, when: str
-) -> StoredResource:
-    """A referral's stub Patient over another stub (see "stubs"): the details it gives on what the held
-    one says, still at _STUB_TIME, its lastUpdated never dated back. UNCHANGED when that is what is held."""
-    content = stub_details(current.content, incoming)
-    if content is None:
-        return UNCHANGED
-    said = (current.content.get("meta") or {}).get("lastUpdated")
-    if isinstance(said, str) and datetime.fromisoformat(said) > event.time:
-        when = said  # (a referral corrected with an earlier date: the version is no older for it)
-    stored = stamp(event, content, "Patient", current.id, current.person_key, current, _STUB_TIME, when)
     uow.put(stored)
     return stored
 

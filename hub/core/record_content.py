@@ -103,28 +103,6 @@ def next_content(event: RecordEvent, incoming: Json, current: StoredResource | N
     return labelled(_cancel_discharge(event, content), labels)
 
 
-STUB_DETAILS = ("name", "address", "telecom", "contact")  # a referral's word replaces another stub's
-STUB_FILLS = ("birthDate", "gender")  # only where the held stub says none
-
-
-def stub_details(held: Json, said: Json) -> Json | None:
-    """A stub Patient (`said`, a referral's) over another the record holds (hub.core.record, "stubs"): each
-    of STUB_DETAILS it gives in place of the held one's, STUB_FILLS where none is held, everything else
-    (identifiers, the practice) and the security labels of both kept. None: nothing new (or the held
-    stub is merged away: a retired record keeps what it held)."""
-    if replaced_by(held):
-        return None
-    content = {k: v for k, v in held.items() if k != "meta"}
-    for element in STUB_DETAILS:
-        if said.get(element):
-            content[element] = said[element]
-    for element in STUB_FILLS:
-        if said.get(element) and not held.get(element):
-            content[element] = said[element]
-    content = labelled(content, labels_of(held.get("meta")) | labels_of(said.get("meta")))
-    return None if same_content(content, held) else content
-
-
 def _overlaid_patient(before: Json, said: Json) -> Json:
     """A Patient as its sender said it again, over what the record holds from that same sender: an
     element it left out is kept (HL7 v2: an empty field is no change, and a transfer or discharge often
