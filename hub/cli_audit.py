@@ -79,12 +79,12 @@ def audit_verify(
         read = counted(checked, "entry", "entries")
         console.print(f"[red]ledger broken at entry {broken.seq}: {broken.problem}[/red] ({read} read)")
         raise typer.Exit(1)
-    console.print(chain_verdict(counted(checked, "entry", "entries"), anchor), soft_wrap=True)
-    if entries:
-        head = f"{entries[-1].seq}:{entries[-1].hash}"
+    today = f"{entries[-1].seq}:{entries[-1].hash}" if entries else None
+    console.print(chain_verdict(checked, anchor, today), soft_wrap=True)
+    if today is not None:
         console.print(
-            f"head {head} (keep it outside the hub, with the auditor or in a signed export: a later "
-            f"`carehub audit verify --head {head}` proves nothing up to it was changed or cut)",
+            f"head {today} (keep it outside the hub, with the auditor or in a signed export: a later "
+            f"`carehub audit verify --head {today}` proves nothing up to it was changed or cut)",
             soft_wrap=True,
         )
 

@@ -67,20 +67,33 @@ def refuse_dash(option: str, path: Path | None) -> None:
         fail(f"{option} -: {_DASH[option]}")
 
 
-def chain_verdict(checked: str, anchor: tuple[int, str] | None) -> str:
-    """What a chain that verifies shows: a consistent chain alone proves nothing (anyone who can write
-    the database can rewrite an entry and recompute every hash after it); one that still leads to a
-    head kept outside the hub proves nothing up to that head was changed."""
-    if anchor is not None:
+def chain_verdict(checked: int, anchor: tuple[int, str] | None, head: str | None = None) -> str:
+    """What a chain of `checked` entries that verifies shows: a consistent chain alone proves nothing
+    (anyone who can write the database can rewrite an entry and recompute every hash after it); one
+    that still leads to a head kept outside the hub proves nothing up to that head was changed, and of
+    the entries after it (`head`: today's, to keep) no more than that they are consistent."""
+    if anchor is None:
         return (
-            f"ledger intact: {checked}, and entry {anchor[0]} is the head kept ({anchor[0]}:{anchor[1]}): "
+            f"ledger chain consistent: {counted(checked, 'entry', 'entries')}, each entry matching its hash and "
+            "the one before it. This proves nothing was changed only against a head kept outside the hub: anyone "
+            "who can write to the database can rewrite an entry and recompute the chain after it"
+        )
+    seq, kept = anchor
+    if checked <= seq:
+        return (
+            f"ledger intact: {counted(checked, 'entry', 'entries')}, and entry {seq} is the head kept ({seq}:{kept}): "
             "nothing up to it was changed or cut since that head was kept"
         )
     return (
-        f"ledger chain consistent: {checked}, each entry matching its hash and the one before it. This "
-        "proves nothing was changed only against a head kept outside the hub: anyone who can write to the "
-        "database can rewrite an entry and recompute the chain after it"
+        f"ledger: {_entries(1, seq)} intact against the head kept ({seq}:{kept}): nothing up to it was changed or "
+        f"cut since that head was kept; {_entries(seq + 1, checked)} consistent only, since anyone who can write to "
+        f"the database can rewrite an entry after the head and recompute the chain after it (keep today's head: "
+        f"{head})"
     )
+
+
+def _entries(first: int, last: int) -> str:
+    return f"entry {first}" if first == last else f"entries {first}-{last}"
 
 
 def trusted_ledger(engine: Any, *, unverified: bool) -> str:
@@ -88,13 +101,15 @@ def trusted_ledger(engine: Any, *, unverified: bool) -> str:
     filed under another person would otherwise be reported as if true (a subject-access request
     would count a disclosure as a denial, or leave it out). A break refuses the report (exit 1),
     naming the entry, unless --unverified asks for it anyway, when it is said above the report.
-    Returns what a file written from the report says of the ledger: "verified", or the break."""
+    Returns what a file written from the report says of the ledger: "consistent" (the chain holds
+    together: without a head kept outside the hub it proves no more, hub.cli_audit's verify), or the
+    break."""
     from hub.core.ledger import verify
     from hub.store.ledger import SqlLedger
 
     _, broken = verify(SqlLedger(engine).entries())
     if broken is None:
-        return "verified"
+        return "consistent"
     said = f"ledger broken at entry {broken.seq}: {broken.problem}"
     if not unverified:
         fail(
@@ -188,7 +203,7 @@ def selected_rows(rows: list[Any], *, changed: bool, cannot_tell: bool) -> list[
 def time_travel_csv(rows: list[Any], path: Path, ledger: str, came: Mapping[int, Any] | None = None) -> None:
     """The report's rows, every column in full (the table cuts them to the terminal's width), each
     saying what its decision came to (`came`, by seq: hub.core.ledger.results) and whether the
-    ledger verified (a spreadsheet travels without the console's warning)."""
+    ledger's chain was consistent (a spreadsheet travels without the console's warning)."""
     import csv
 
     from hub.kpi_report import spreadsheet_text

@@ -7,7 +7,7 @@ import asyncio
 import shutil
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
@@ -32,7 +32,7 @@ from hub.settings import Settings
 
 if TYPE_CHECKING:
     from hub.replay import ReplayResult
-    from hub.replay_key import LogKey
+    from hub.replay_key import Candidate, KeyCheck, LogKey
 
 
 @record_app.command("hash")
@@ -103,14 +103,15 @@ def replay(
         console.print(f"[red]carehub replay {NO_LOG}[/red]")
         raise typer.Exit(2)
     made = _made_by_replay(into, url)  # all a failed replay removes: never a database that was there before it
-    from hub.replay_key import keyed_note, log_key
+    from hub.replay_key import candidates, keyed_note
 
-    key = log_key(settings)  # (read before --into is made: it may be the folder the hub's record is in)
+    found = candidates(settings)  # (read before --into is made: it may be the folder the hub's secrets are in)
     engine = None
     try:
         engine = _open_empty(url, target)
-        _hold_log_key(engine, key, target)
+        checked = _log_key(bootstrap, found, engine, target, made)
         result = _replay_record(bootstrap, engine, target, made, since, until, as_of, workers)
+        held_before = _hold_log_key(engine, checked.key, target)  # (only once the record is written)
         if settings.coordination.enabled:
             _replay_coordination(settings, bootstrap, engine, target, made, since, until, as_of)
     except BaseException:  # (failed, refused or stopped: what it made is no record to trust, nor an empty one)
@@ -127,28 +128,53 @@ def replay(
         )
     summary = _replay_summary(result, target, resources, since=since, until=until, as_of=as_of)
     console.print(escape(summary), soft_wrap=True)
-    note = escape(keyed_note(key, settings))
-    console.print(note if key else f"[yellow]{note}[/yellow]", soft_wrap=True)
+    note = escape(keyed_note(checked, settings, held_before))
+    console.print(note if checked.key else f"[yellow]{note}[/yellow]", soft_wrap=True)
     typer.echo(f"{digest}  {resources} resources, {events} events applied")
 
 
-def _hold_log_key(engine: Any, key: LogKey | None, target: str) -> None:
-    """Record in the rebuilt record the fingerprint of the key its log was written under, so a hub with
-    another secret is refused on it; refused (one line, exit 2) where --into holds another's."""
+def _log_key(bootstrap: str, found: list[Candidate], engine: Any, target: str, made: list[Path]) -> KeyCheck:
+    """The candidates checked against the first people on the log (hub.replay_key), before the fold;
+    refused (one line, exit 2) where --into holds the fingerprint of another key than the log's, and
+    on failure or Ctrl-C one line saying nothing was written (exit 1 or 130), as the replay's own."""
+    from hub.core.errors import HubError
+    from hub.replay_key import log_key
+    from hub.store.key_fingerprint import held_fingerprint
+
+    try:
+        checked = asyncio.run(log_key(bootstrap, found))
+    except (RuntimeError, HubError) as exc:  # (the log unreachable)
+        fail(f"{exc} (replaying into {target}): {_left(target, made, written=False)}", 1)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]replay interrupted: {escape(_left(target, made, written=False))}[/yellow]")
+        raise typer.Exit(130) from None
+    if checked.key is not None and held_fingerprint(engine) not in (None, checked.key.fingerprint):
+        _refuse_another_key(target, checked.key)
+    return checked
+
+
+def _hold_log_key(engine: Any, key: LogKey | None, target: str) -> str | None:
+    """Record in the rebuilt record the fingerprint of the key its log was written under (checked
+    against it), so a hub with another secret is refused on it: only once the replay's own writes are
+    done (a failed replay leaves none). None, or where there is no such key and --into held a
+    fingerprint already, what became of it."""
     from hub.store.database import DatabaseRefusedError
     from hub.store.key_fingerprint import held_fingerprint, hold_fingerprint
 
     if key is None:
-        return
-    if held_fingerprint(engine) in (None, key.fingerprint):
-        try:
-            hold_fingerprint(engine, key.fingerprint, source=f"the log's, from {key.found_in}")
-            return
-        except DatabaseRefusedError:  # (another recorded first)
-            pass
+        held = held_fingerprint(engine)
+        return f"the fingerprint {target} held before is left as it was, unchecked" if held is not None else None
+    try:
+        hold_fingerprint(engine, key.fingerprint, source=f"the log's, from {key.found_in}")
+    except DatabaseRefusedError:  # (another recorded since it was checked)
+        _refuse_another_key(target, key)
+    return None
+
+
+def _refuse_another_key(target: str, key: LogKey) -> NoReturn:
     fail(
         f"--into {target} holds the fingerprint of another person-key secret than the one the log was written "
-        f"under (from {key.found_in}): everyone in the rebuilt record would be keyed apart from it; give "
+        f"under (that in {key.found_in}): everyone in the rebuilt record would be keyed apart from it; give "
         "--into a new folder, or an empty database that no hub with another secret has used"
     )
 

@@ -1,74 +1,202 @@
 """The person-key fingerprint a replayed record is given: that of the key its log was written under (the
 events carry person keys made with it), so a hub started on it with another secret is refused, as on
-the record it rebuilds, instead of making each person it sees a second Patient."""
+the record it rebuilds, instead of making each person it sees a second Patient.
+
+A key is taken only once it is checked against the log: the secret CAREHUB_SECURITY__KEY_SECRET gives,
+and that of --data-dir's secrets.json, are each the log's only if they give the person key of a
+Patient on it from that Patient's NHS number (hub.core.identity.person_key). The first records on the
+log are read for a few such people before the fold; a key that gives none of their keys is another
+hub's (a folder holding another hub's var/, say), and no fingerprint is recorded rather than a wrong
+one. A fingerprint kept in a database is never taken: it cannot be checked against the log."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+import contextlib
+import hmac
+from collections.abc import AsyncGenerator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
 
-import sqlalchemy as sa
+import orjson
 
 from hub.settings import Settings
+
+PEOPLE = 5  # people on the log (distinct NHS numbers) a key is checked against
+WITHIN = 2_000  # records read for them at most (they are in the first few on any hub's log)
+_NHS = "https://fhir.nhs.uk/Id/nhs-number"
+_ENV = "CAREHUB_SECURITY__KEY_SECRET"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A person-key secret that may be the log's, and where it was found (never said: the secret)."""
+
+    secret: bytes = field(repr=False)
+    found_in: str
 
 
 @dataclass(frozen=True)
 class LogKey:
-    """The fingerprint of the key the log was written under, and where it was found."""
+    """The fingerprint of the key the log was written under, where it was found, and how many people
+    on the log it gave the person key of."""
 
     fingerprint: str
     found_in: str
+    people: int = 0
 
 
-def log_key(settings: Settings) -> LogKey | None:
-    """The fingerprint the hub's own database holds, else that of the person-key secret configured
-    or kept in --data-dir's secrets.json; None where neither says (nothing is made to find out)."""
-    from hub.secret_keys import kept_key
+@dataclass(frozen=True)
+class KeyCheck:
+    """What checking the candidates against the log found: the log's key (None: none of them is),
+    where each candidate that did not give the log's person keys was found, and how many people on the
+    log they were checked against (0: no record read carried a Patient with an NHS number)."""
+
+    key: LogKey | None
+    wrong: tuple[str, ...] = ()
+    people: int = 0
+    candidates: int = 0
+
+
+def candidates(settings: Settings) -> list[Candidate]:
+    """The person-key secrets that may be the log's: CAREHUB_SECURITY__KEY_SECRET's, then that of
+    --data-dir's secrets.json (read, never made: a new one would key no one on the log)."""
+    import json
+
+    found = []
+    if settings.security.key_secret is not None:
+        found.append(Candidate(settings.security.key_secret.get_secret_value().encode(), _ENV))
+    path = settings.data_dir / "secrets.json"
+    if path.is_file():
+        try:
+            secret = str(json.loads(path.read_text())["key"]).encode()
+        except (ValueError, KeyError, TypeError, OSError):
+            secret = b""
+        if secret and all(c.secret != secret for c in found):
+            found.append(Candidate(secret, str(path.resolve())))
+    return found
+
+
+async def people_on_the_log(bootstrap: str, *, want: int = PEOPLE, within: int = WITHIN) -> list[tuple[str, set[str]]]:
+    """Up to `want` people on the log, from its first `within` records: each one's NHS number and the
+    person keys the log files them under (the Patient's id, the event's subject)."""
+    from hub.replay_read import read_log
+
+    people: dict[str, set[str]] = {}
+    read = 0
+    reading = cast(AsyncGenerator[list[Any], None], read_log(bootstrap))  # (closed: its consumer stopped)
+    async with contextlib.aclosing(reading) as records_read:
+        async for records in records_read:
+            for record in records:
+                for nhs, keys in _people_in(record):
+                    people.setdefault(nhs, set()).update(keys)
+            read += len(records)
+            if len(people) >= want or read >= within:
+                break
+    return list(people.items())[:want]
+
+
+def check(found: list[Candidate], people: list[tuple[str, set[str]]]) -> KeyCheck:
+    """The first candidate that gives the person key of any of these people from their NHS number (a
+    key that gives one is the log's: another would by chance one time in 2**128), else none."""
+    from hub.core.identity import person_key
     from hub.store.key_fingerprint import fingerprint
 
-    held = _held(settings.database())
-    if held is not None:
-        return held
-    kept = kept_key(settings)
-    return LogKey(fingerprint(kept[0]), kept[1]) if kept else None
-
-
-def _held(url: str) -> LogKey | None:
-    """The fingerprint the database at `url` holds, if it answers and holds one (a local file that is
-    not there is not made)."""
-    from hub.core.errors import StoreUnavailableError
-    from hub.store.database import open_engine
-    from hub.store.key_fingerprint import held_fingerprint
-
-    parsed = sa.make_url(url)
-    if parsed.get_backend_name() == "sqlite" and not (parsed.database and Path(parsed.database).is_file()):
-        return None
-    try:
-        engine = open_engine(url, migrate=False)
-        try:
-            held = held_fingerprint(engine)
-        finally:
-            engine.dispose()
-    except (StoreUnavailableError, sa.exc.SQLAlchemyError):
-        return None  # (no database to read: the secret, where known, says the same)
-    shown = parsed.render_as_string(hide_password=True)
-    return LogKey(held, f"the record in {shown}") if held is not None else None
-
-
-def keyed_note(key: LogKey | None, settings: Settings) -> str:
-    """What replay's summary says of the rebuilt record's key: the secret it needs to be served."""
-    kept = settings.data_dir / "secrets.json"
-    copy = f"copy {kept} into the serving hub's --data-dir" if kept.is_file() else "copy the hub's secrets.json"
-    how = f"{copy}, or set the same CAREHUB_SECURITY__KEY_SECRET"
-    if key is None:
-        database = sa.make_url(settings.database()).render_as_string(hide_password=True)
-        return (
-            f"warning: no person-key fingerprint recorded in the rebuilt record: neither {database} "
-            f"nor {kept} nor CAREHUB_SECURITY__KEY_SECRET gives the key the log was written under. The first "
-            f"hub on it records its own: start it only with that secret ({how}), or everyone it sees is keyed "
-            "apart from their record"
+    wrong: list[str] = []
+    for candidate in found:
+        gives = sum(
+            any(hmac.compare_digest(person_key(candidate.secret, nhs, None), k) for k in keys) for nhs, keys in people
         )
+        if gives:
+            key = LogKey(fingerprint(candidate.secret), candidate.found_in, gives)
+            return KeyCheck(key, tuple(wrong), len(people), len(found))
+        wrong.append(candidate.found_in)
+    return KeyCheck(None, tuple(wrong) if people else (), len(people), len(found))
+
+
+async def log_key(bootstrap: str, found: list[Candidate]) -> KeyCheck:
+    """The candidates checked against the first people on the log (nothing read where there are none)."""
+    if not found:
+        return KeyCheck(None)
+    return check(found, await people_on_the_log(bootstrap))
+
+
+def _people_in(record: Any) -> Iterator[tuple[str, set[str]]]:
+    """Each Patient with an NHS number in the record's payload, and the keys the record files it under."""
+    subject = None
+    for name, value in record.headers or ():
+        if name == "ce_subject" and value is not None:
+            subject = value.decode(errors="replace")
+    try:
+        payload = orjson.loads(record.value) if record.value is not None else None
+    except orjson.JSONDecodeError:
+        return
+    for patient in _patients(payload, 0):
+        nhs = next(
+            (
+                i["value"]
+                for i in patient.get("identifier") or ()
+                if isinstance(i, dict) and i.get("system") == _NHS and isinstance(i.get("value"), str) and i["value"]
+            ),
+            None,
+        )
+        if nhs is not None:
+            keys = {str(patient["id"])} if isinstance(patient.get("id"), str) else set()
+            yield nhs, keys | ({subject} if subject else set())
+
+
+def _patients(value: Any, depth: int) -> Iterator[dict[str, Any]]:
+    """The Patient resources in a payload (a Bundle's entries, a resource's contained ones)."""
+    if depth > 6:
+        return
+    if isinstance(value, dict):
+        if value.get("resourceType") == "Patient":
+            yield value
+        for inner in value.values():
+            if isinstance(inner, (dict, list)):
+                yield from _patients(inner, depth + 1)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _patients(inner, depth + 1)
+
+
+def keyed_note(checked: KeyCheck, settings: Settings, held_before: str | None = None) -> str:
+    """What replay's summary says of the rebuilt record's key: the secret it needs to be served."""
+    key = checked.key
+    if key is not None:
+        if key.found_in == _ENV:
+            how = f"set the same {_ENV} (or copy the secrets.json that holds it into the serving hub's --data-dir)"
+        else:
+            how = f"copy {key.found_in} into the serving hub's --data-dir, or set the same {_ENV}"
+        return (
+            "the rebuilt record needs the person-key secret the log was written under to be served (that in "
+            f"{key.found_in}, which gives the person keys the log holds for {_people(key.people)} checked: its "
+            f"fingerprint is recorded in it, and a hub with another secret is refused): {how}"
+        )
+    kept = settings.data_dir / "secrets.json"
+    if not checked.candidates:
+        why = f"neither {_ENV} nor {kept} gives a person-key secret to check against the log"
+    elif not checked.people:
+        why = (
+            f"no Patient with an NHS number in the log's first {WITHIN:,} records to check a person-key secret against"
+        )
+    else:
+        first, *rest = checked.wrong
+        checked_against = (
+            f"the person keys the log holds for {_people(checked.people)} checked (from their NHS numbers)"
+        )
+        if rest:
+            others = "".join(f" nor that in {where}" for where in rest)
+            why = f"neither the person-key secret in {first}{others} gives {checked_against}: each is another hub's"
+        else:
+            why = f"the person-key secret in {first} does not give {checked_against}: it is another hub's"
+        why += ", not the one the log was written under"
+    before = f"; {held_before}" if held_before else ""
     return (
-        "the rebuilt record needs the person-key secret the log was written under to be served (its "
-        f"fingerprint, from {key.found_in}, is recorded in it, and a hub with another secret is refused): {how}"
+        f"warning: no person-key fingerprint recorded in the rebuilt record: {why}{before}. Serve it only with "
+        f"the secret of the hub whose log it is: copy that hub's secrets.json into the serving hub's --data-dir, "
+        f"or set {_ENV} as it has it (a hub with no secret is refused on a record, rather than make its own)"
     )
+
+
+def _people(n: int) -> str:
+    return f"{n:,} {'person' if n == 1 else 'people'}"

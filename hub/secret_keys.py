@@ -36,6 +36,8 @@ def load_secrets(settings: Settings) -> Secrets:
     path = settings.data_dir / "secrets.json"
     if not path.exists():
         _refuse_to_make(settings)
+        if sec.key_secret is None:  # (a token secret alone may be made: it keys no one)
+            _refuse_a_new_key_for_a_record(settings)
         make_private_folder(path.parent)
         fresh = {"key": secrets.token_hex(32), "token": secrets.token_hex(32)}
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -56,6 +58,64 @@ def kept_key(settings: Settings) -> tuple[bytes, str] | None:
     if not path.is_file():
         return None
     return str(json.loads(path.read_text())["key"]).encode(), str(path.resolve())
+
+
+def _refuse_a_new_key_for_a_record(settings: Settings) -> None:
+    """Refused (DatabaseRefusedError, before secrets.json is made) where the local database already
+    holds a record or a key fingerprint: a new person-key secret would key everyone it sees apart from
+    the people it holds (an A08 for someone in it: a second Patient), or be refused on the fingerprint
+    and be left behind, in the way of the right one. A record rebuilt by `carehub replay`, or a hub
+    whose secrets.json was lost, is served only with the secret its log was written under."""
+    held = _record_held(settings.database())
+    if held is None:
+        return
+    kind, shown = held
+    path = (settings.data_dir / "secrets.json").resolve()
+    if kind == "fingerprint":
+        why = (
+            f"a new person-key secret ({path}) does not match the one the record in {shown} was built with (no new "
+            "one would: its fingerprint is kept there), so none is made"
+        )
+    else:
+        why = (
+            f"{shown} already holds a record: a new person-key secret would key everyone in it apart from their "
+            "record, so none is made"
+        )
+    raise DatabaseRefusedError(
+        f"no secrets.json in {settings.data_dir} and no CAREHUB_SECURITY__KEY_SECRET: {why}. Copy the secrets.json "
+        f"of the hub whose log it is into {settings.data_dir}, or set CAREHUB_SECURITY__KEY_SECRET as that hub has it"
+    )
+
+
+def _record_held(url: str) -> tuple[str, str] | None:
+    """What the local SQLite database at `url` holds that a new person-key secret would key apart
+    ("fingerprint", else "record") and the database as a person reads it; None where it holds neither,
+    is not there (nothing is made here), or is not a database a hub could open either."""
+    import sqlite3
+    from pathlib import Path
+
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    file = Path(parsed.database).resolve()
+    if not file.is_file():
+        return None
+    shown = parsed.render_as_string(hide_password=True)
+    try:  # (read and write, never create: a read-only open of a WAL database may not see its last writes)
+        connection = sqlite3.connect(f"{file.as_uri()}?mode=rw", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "key_fingerprint" in tables and connection.execute("SELECT 1 FROM key_fingerprint").fetchone():
+            return "fingerprint", shown
+        if "record_resource" in tables and connection.execute("SELECT 1 FROM record_resource LIMIT 1").fetchone():
+            return "record", shown
+    except sqlite3.Error:
+        return None
+    finally:
+        connection.close()
+    return None
 
 
 def _refuse_to_make(settings: Settings) -> None:

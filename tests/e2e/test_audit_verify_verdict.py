@@ -5,6 +5,7 @@ the head and how to check it later; only `--head` with a head kept earlier catch
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -88,3 +89,45 @@ def test_a_chain_that_leads_to_the_head_kept_is_said_to_be_unchanged_up_to_it(tm
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"ledger intact: 4 entries, and entry 4 is the head kept ({head})" in said(checked)
     assert "nothing up to it was changed or cut since that head was kept" in said(checked)
+
+
+def test_a_head_kept_before_later_entries_proves_only_the_entries_up_to_it(tmp_path: Path) -> None:
+    engine = a_hub_with_a_ledger(tmp_path / "hub")
+    kept = next(w for w in verify(tmp_path / "hub").stdout.split() if w.startswith("4:"))
+    services = build(Settings(data_dir=tmp_path / "hub"))
+    for i in range(4, 7):  # (decisions made since the head was kept)
+        at, person = T0 + timedelta(seconds=i), f"p{i}"
+        services.ledger.append([Disclosure(at, "Y90001", f"u{i}", "read", person, (f"Patient/{person}#h",), "permit")])
+    services.engine.dispose()
+    today = next(w for w in verify(tmp_path / "hub").stdout.split() if w.startswith("7:"))
+
+    checked = verify(tmp_path / "hub", "--head", kept)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    verdict = said(checked)
+    assert "ledger intact: 7 entries" not in verdict, verdict  # (it said so: 5-7 were never checked against a head)
+    assert f"entries 1-4 intact against the head kept ({kept})" in verdict, verdict
+    assert "entries 5-7 consistent only" in verdict, verdict
+    assert f"(keep today's head: {today})" in verdict, verdict
+
+    rewrite_and_rechain(engine, 6)  # (after the head kept: the chain alone cannot tell, and it is not called intact)
+    rewritten = verify(tmp_path / "hub", "--head", kept)
+    assert rewritten.returncode == 0, rewritten.stdout + rewritten.stderr
+    assert "entries 5-7 consistent only" in said(rewritten), said(rewritten)
+
+
+def test_the_report_csvs_call_a_chain_with_no_head_consistent_not_verified(tmp_path: Path) -> None:
+    from hub.core.identity import person_key
+
+    nhs = "9434765919"
+    services = build(Settings(data_dir=tmp_path / "hub"))
+    person = person_key(services.secrets.key, nhs, None)
+    services.ledger.append([Disclosure(T0, "Y90001", "u1", "read", person, (f"Patient/{person}#h",), "permit")])
+    services.engine.dispose()
+    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "250"}
+    for report in (["disclosures", "--nhs-number", nhs], ["time-travel"]):
+        sheet = tmp_path / f"{report[0]}.csv"
+        command = [CAREHUB, "audit", *report, "--csv", str(sheet), "--data-dir", str(tmp_path / "hub")]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        with sheet.open(newline="") as rows:
+            assert {row["ledger"] for row in csv.DictReader(rows)} == {"consistent"}, report
