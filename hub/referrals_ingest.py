@@ -112,7 +112,7 @@ async def ingest_referral_files(
             )
             table = listing("file", "row", "outcome", "event", "reason")
             accepted: list[str] = []
-            kept = again = 0
+            kept = again = warned = 0
             notes: list[str] = []
             for path in files:
                 chosen = Format(fmt) if fmt else None
@@ -123,6 +123,7 @@ async def ingest_referral_files(
                     accepted += [o.event_id] if o.status == ACCEPTED else []
                     kept += o.dead_lettered
                     again += o.already_kept
+                    warned += bool(o.warnings)
                     row = "file" if o.row is None else str(o.row)
                     kind = o.event_type.removeprefix("uk.nhs.carehub.")
                     table.add_row(escape(path.name), row, o.status, kind, escape(o.reason or ""))
@@ -135,6 +136,7 @@ async def ingest_referral_files(
             console.print("[yellow]the record had not applied every event before the timeout[/yellow]")
     summary = ", ".join(f"{status} {n}" for status, n in sorted(statuses.items()))
     summary += f" ({again} already in the dead-letter store)" if again else ""
+    summary += f" ({warned} accepted with a detail left out: its warning is in the reason column)" if warned else ""
     console.print(f"{sum(statuses.values())} row(s) from {len(files)} file(s): {summary or 'none'}")
     if embedded and statuses.get(ACCEPTED):
         console.print(f"[yellow]{escape(one_off_log(settings.data_dir))}[/yellow]", soft_wrap=True)

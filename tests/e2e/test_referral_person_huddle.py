@@ -49,10 +49,17 @@ def test_a_council_referral_with_the_persons_details_names_them_on_the_huddle_ag
         "Mary,Okafor,12 Elm Road,Exampleton,ex1 2ab,01632 960123,Daniel Okafor,Son,07700 900456,"
         "Sam Patel,01632 960999,sam.patel@example.gov.uk,MOS-448812"
     )
-    (tmp_path / "council.csv").write_text(f"{HEADER}\n{row}\n")
+    misdialled = (  # (someone else, their worker's phone mistyped: left out, the referral kept)
+        f"WCC-78,9990000026,1938-05-01,Y90001,{referred},E10000023,Example County Council,Y0PIC,Falls,"
+        ",,,,,,,,,Sam Patel,0163 29,,MOS-448813"
+    )
+    (tmp_path / "council.csv").write_text(f"{HEADER}\n{row}\n{misdialled}\n")
     ingest = carehub("ingest", "referrals", "council.csv", "--data-dir", "d", cwd=tmp_path)
     assert ingest.returncode == 0, ingest.stdout + ingest.stderr
     assert "ignored" not in ingest.stdout
+    said = " ".join(ingest.stdout.split())
+    assert "2 row(s) from 1 file(s): accepted 2 (1 accepted with a detail left out" in said, said
+    assert "row 3, field worker_phone" in said and "0163 29" not in said
     assert "Okafor" not in ingest.stderr and NHS not in ingest.stderr  # INFO logs name no one
 
     services = build(Settings(data_dir=tmp_path / "d"))
