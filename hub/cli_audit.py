@@ -331,18 +331,7 @@ def kpi(
     data_dir: DataDir = None,
 ) -> None:
     """The commissioner's KPIs for a month, computed from the event log: CSV and an HTML report with charts."""
-    from hub.kpi_report import (
-        COMPLETE,
-        about,
-        checked_month,
-        fold_log,
-        months_counted,
-        skipped_note,
-        trend,
-        write_csv,
-        write_html,
-        write_trend_csv,
-    )
+    from hub.kpi_report import COMPLETE, checked_month, fold_log, months_counted, skipped_note, write_report
     from hub.rules import load_rules
 
     try:
@@ -360,20 +349,7 @@ def kpi(
         raise typer.Exit(2)
     rules = load_rules(settings.coordination.rules)
     fold, read = asyncio.run(fold_log(bootstrap, rules.service.ods))
-    rows = fold.report(month)
-    said = about(fold, month, datetime.now(UTC))
-    months = trend(fold, month)
-    write_csv(rows, out / f"kpi-{month}.csv", skipped=fold.skipped, about=said)
-    write_trend_csv(months, out / f"kpi-{month}-trend.csv")
-    write_html(
-        rows,
-        out / f"kpi-{month}.html",
-        month=month,
-        title=rules.service.name,
-        skipped=fold.skipped,
-        about=said,
-        trend=months,
-    )
+    rows, said = write_report(fold, month, out, title=rules.service.name, now=datetime.now(UTC))
     table = listing("KPI", "breakdown", "value", "target")
     for row in rows:  # practice, source and coordinator codes come from payloads: text, never markup
         value = "n/a" if row.value is None else f"{row.value:g}"

@@ -29,7 +29,7 @@ from hub.core.huddle import SECTIONS
 from hub.core.identity import person_key
 from hub.core.task_status import FINAL
 from hub.core.tasks import FIND_PRACTICE
-from hub.kpi_report import about, fold_log, trend, write_csv, write_html, write_trend_csv
+from hub.kpi_report import fold_log, write_report
 from schemas.events import coordination as co
 from schemas.subscriptions import Subscription
 
@@ -247,21 +247,9 @@ async def kpis(run: Running, month: str, console: Console) -> None:
     """The commissioner's report for the month, from the log."""
     rules = run.services.rules.rules
     fold, _ = await fold_log(run.bootstrap, rules.service.ods)
-    rows = fold.report(month)
     out = run.services.settings.data_dir / "kpi"
     # the same files `carehub kpi` writes, so a commissioner's concatenation tells them apart
-    said, months = about(fold, month, datetime.now(UTC)), trend(fold, month)
-    write_csv(rows, out / f"kpi-{month}.csv", skipped=fold.skipped, about=said)
-    write_trend_csv(months, out / f"kpi-{month}-trend.csv")
-    write_html(
-        rows,
-        out / f"kpi-{month}.html",
-        month=month,
-        title=rules.service.name,
-        skipped=fold.skipped,
-        about=said,
-        trend=months,
-    )
+    rows, _ = write_report(fold, month, out, title=rules.service.name, now=datetime.now(UTC))
     headline = {(r.kpi, r.breakdown): r.value for r in rows}
 
     def shown(kpi: str, breakdown: str, unit: str = "") -> str:

@@ -29,6 +29,7 @@ import csv
 import math
 import re
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from html import escape
 from pathlib import Path
 
@@ -114,6 +115,19 @@ def write_csv(
             )
         for reason, count in sorted((skipped or {}).items()):
             writer.writerow([month, SKIPPED, spreadsheet_text(reason), count, "count", "", "", "", "", *said])
+
+
+def write_report(fold: KpiFold, month: str, out: Path, *, title: str, now: datetime) -> tuple[list[Row], About]:
+    """The month's figures, and the files `carehub kpi` writes into `out`: kpi-MONTH.csv (with the month
+    and its status on every line), kpi-MONTH-trend.csv and kpi-MONTH.html."""
+    rows = fold.report(month)
+    said, months = about(fold, month, now), trend(fold, month)
+    write_csv(rows, out / f"kpi-{month}.csv", skipped=fold.skipped, about=said)
+    write_trend_csv(months, out / f"kpi-{month}-trend.csv")
+    write_html(
+        rows, out / f"kpi-{month}.html", month=month, title=title, skipped=fold.skipped, about=said, trend=months
+    )
+    return rows, said
 
 
 def unit(row: Row) -> str:

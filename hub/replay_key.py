@@ -19,12 +19,13 @@ from typing import Any, cast
 
 import orjson
 
+from hub.core.nhs_number import NHS_NUMBER_SYSTEM
+from hub.secret_keys import KEY_ENV
 from hub.settings import Settings
+from schemas.envelope import header_value
 
 PEOPLE = 5  # people on the log (distinct NHS numbers) a key is checked against
 WITHIN = 2_000  # records read for them at most (they are in the first few on any hub's log)
-_NHS = "https://fhir.nhs.uk/Id/nhs-number"
-_ENV = "CAREHUB_SECURITY__KEY_SECRET"
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def candidates(settings: Settings) -> list[Candidate]:
 
     found = []
     if settings.security.key_secret is not None:
-        found.append(Candidate(settings.security.key_secret.get_secret_value().encode(), _ENV))
+        found.append(Candidate(settings.security.key_secret.get_secret_value().encode(), KEY_ENV))
     path = settings.data_dir / "secrets.json"
     if path.is_file():
         try:
@@ -122,10 +123,7 @@ async def log_key(bootstrap: str, found: list[Candidate]) -> KeyCheck:
 
 def _people_in(record: Any) -> Iterator[tuple[str, set[str]]]:
     """Each Patient with an NHS number in the record's payload, and the keys the record files it under."""
-    subject = None
-    for name, value in record.headers or ():
-        if name == "ce_subject" and value is not None:
-            subject = value.decode(errors="replace")
+    subject = header_value(record.headers or (), "ce_subject")
     try:
         payload = orjson.loads(record.value) if record.value is not None else None
     except orjson.JSONDecodeError:
@@ -135,7 +133,10 @@ def _people_in(record: Any) -> Iterator[tuple[str, set[str]]]:
             (
                 i["value"]
                 for i in patient.get("identifier") or ()
-                if isinstance(i, dict) and i.get("system") == _NHS and isinstance(i.get("value"), str) and i["value"]
+                if isinstance(i, dict)
+                and i.get("system") == NHS_NUMBER_SYSTEM
+                and isinstance(i.get("value"), str)
+                and i["value"]
             ),
             None,
         )
@@ -163,10 +164,10 @@ def keyed_note(checked: KeyCheck, settings: Settings, held_before: str | None = 
     """What replay's summary says of the rebuilt record's key: the secret it needs to be served."""
     key = checked.key
     if key is not None:
-        if key.found_in == _ENV:
-            how = f"set the same {_ENV} (or copy the secrets.json that holds it into the serving hub's --data-dir)"
+        if key.found_in == KEY_ENV:
+            how = f"set the same {KEY_ENV} (or copy the secrets.json that holds it into the serving hub's --data-dir)"
         else:
-            how = f"copy {key.found_in} into the serving hub's --data-dir, or set the same {_ENV}"
+            how = f"copy {key.found_in} into the serving hub's --data-dir, or set the same {KEY_ENV}"
         return (
             "the rebuilt record needs the person-key secret the log was written under to be served (that in "
             f"{key.found_in}, which gives the person keys the log holds for {_people(key.people)} checked: its "
@@ -174,7 +175,7 @@ def keyed_note(checked: KeyCheck, settings: Settings, held_before: str | None = 
         )
     kept = settings.data_dir / "secrets.json"
     if not checked.candidates:
-        why = f"neither {_ENV} nor {kept} gives a person-key secret to check against the log"
+        why = f"neither {KEY_ENV} nor {kept} gives a person-key secret to check against the log"
     elif not checked.people:
         why = (
             f"no Patient with an NHS number in the log's first {WITHIN:,} records to check a person-key secret against"
@@ -194,7 +195,7 @@ def keyed_note(checked: KeyCheck, settings: Settings, held_before: str | None = 
     return (
         f"warning: no person-key fingerprint recorded in the rebuilt record: {why}{before}. Serve it only with "
         f"the secret of the hub whose log it is: copy that hub's secrets.json into the serving hub's --data-dir, "
-        f"or set {_ENV} as it has it (a hub with no secret is refused on a record, rather than make its own)"
+        f"or set {KEY_ENV} as it has it (a hub with no secret is refused on a record, rather than make its own)"
     )
 
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from hub.settings import Settings
 from hub.store.database import DatabaseRefusedError, is_local, make_private_folder
 
-_ENV = "CAREHUB_SECURITY__KEY_SECRET"  # (where a key that is not from secrets.json comes from)
+KEY_ENV = "CAREHUB_SECURITY__KEY_SECRET"  # (where a key that is not from secrets.json comes from)
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,9 @@ def load_secrets(settings: Settings) -> Secrets:
     database is local (DatabaseRefusedError where it is a server's)."""
     sec = settings.security
     if sec.key_secret and sec.token_secret:
-        return Secrets(sec.key_secret.get_secret_value().encode(), sec.token_secret.get_secret_value().encode(), _ENV)
+        return Secrets(
+            sec.key_secret.get_secret_value().encode(), sec.token_secret.get_secret_value().encode(), KEY_ENV
+        )
     path = settings.data_dir / "secrets.json"
     if not path.exists():
         _refuse_to_make(settings)
@@ -46,18 +48,7 @@ def load_secrets(settings: Settings) -> Secrets:
     stored = json.loads(path.read_text())
     key = sec.key_secret.get_secret_value() if sec.key_secret else stored["key"]
     token = sec.token_secret.get_secret_value() if sec.token_secret else stored["token"]
-    return Secrets(key.encode(), token.encode(), _ENV if sec.key_secret else str(path.resolve()))
-
-
-def kept_key(settings: Settings) -> tuple[bytes, str] | None:
-    """The person-key secret as configured, else as <data_dir>/secrets.json keeps it, and where it
-    came from; None where there is neither (never made here: a new one would key no one the hub has)."""
-    if settings.security.key_secret is not None:
-        return settings.security.key_secret.get_secret_value().encode(), _ENV
-    path = settings.data_dir / "secrets.json"
-    if not path.is_file():
-        return None
-    return str(json.loads(path.read_text())["key"]).encode(), str(path.resolve())
+    return Secrets(key.encode(), token.encode(), KEY_ENV if sec.key_secret else str(path.resolve()))
 
 
 def _refuse_a_new_key_for_a_record(settings: Settings) -> None:

@@ -32,11 +32,11 @@ from hub.api.outcomes import FhirResponse
 from hub.api.routes.coordination_acceptance import claimed, complete_acceptance, complete_decline
 from hub.api.routes.coordination_commands import REFERRER_ROLES, CoordinationApi, Id, best_effort, referral_of
 from hub.api.routes.coordination_input import at_param, not_before, param, parameters, person_of, with_outcome
-from hub.api.routes.coordination_withdrawn import complete_withdrawal, publish_withdrawal, requester_of
+from hub.api.routes.coordination_withdrawn import complete_withdrawal, publish_withdrawal
 from hub.api.routes.fhir import bearer_caller, read_body
 from hub.api.shapes import parameters_in
 from hub.core.errors import ConsentDeniedError, RuleRefusedError
-from hub.core.fhir_read import REQUEST_ENDED, care_manager, outcome_of
+from hub.core.fhir_read import REQUEST_ENDED, care_manager, outcome_of, requester_of
 from hub.core.ports import Decline, Json, Withdrawal
 from schemas.events import coordination as co
 

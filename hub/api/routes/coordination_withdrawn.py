@@ -8,8 +8,7 @@ from hub.api.auth import Principal
 from hub.api.routes.coordination_commands import CoordinationApi, best_effort, emit, mark_sent
 from hub.api.routes.coordination_input import no_earlier_than_held, person_of
 from hub.core.errors import BrokerUnavailableError, RuleRefusedError, UnfinishedError
-from hub.core.fhir_read import outcome_of
-from hub.core.fhir_read import requester_of as requester_of  # (imported from here before)
+from hub.core.fhir_read import outcome_of, requester_of
 from hub.core.identity import stable_id
 from hub.core.ports import Json, Withdrawal
 from schemas.events import coordination as co
