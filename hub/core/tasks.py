@@ -2,7 +2,7 @@
 
 Pure: one person's state (plain JSON, kept by the caller) and one event in; the state changed in
 place, derived events and clock changes out. No clock reads: a task is due a duration after the
-event that opened it, and a clock runs out only when a clock tick (the hub's clock, written onto
+event that opened it (a discharge's: after the discharge itself, which the event carries), and a clock runs out only when a clock tick (the hub's clock, written onto
 the log) reaches its due time, so a replay of the log opens, closes and escalates exactly the same
 tasks at exactly the same times.
 
@@ -78,6 +78,7 @@ from hub.core.fhir_read import (
     register_measures,
 )
 from hub.core.identity import stable_id
+from hub.core.kpi_reading import fhir_time
 from hub.core.merges import Rules as MergeRules
 from hub.core.merges import close_stay_rule, fold
 from hub.core.pic_summary import LETTER_DUE, practice_found
@@ -97,6 +98,7 @@ from hub.core.referral_moves import (
 from hub.core.task_status import FINAL, may_move
 from schemas.coordination_rules import CoordinationRules, Fulfilment, TaskRule
 from schemas.events import coordination as co
+from schemas.events.encounter import ENCOUNTER_DISCHARGED
 from schemas.events.patient import PATIENT_MERGED
 
 _OWN = frozenset(
@@ -237,8 +239,8 @@ class Engine:
                 if source and source in criterion.referral_sources:
                     matched = criterion.id
                     break
-        if matched is None:
-            return
+        if matched is None or state.get("died"):
+            return  # (no one who died is put on a case list: hub.core.deaths)
         state["eligible"] = matched
         out.events.append(self.events.case_listed(state, event, matched))
 
@@ -265,18 +267,19 @@ class Engine:
         closing = [c for c in map(care_manager, of_kind(resources, "EpisodeOfCare")) if c]  # episode.closed
         coordinator = episode.get("coordinator") or (closing[0] if closing else None)
         owner = coordinator if rule.owner == "coordinator" and coordinator else self.rules.service.ods
+        began = _began(event, resources)
         task: Json = {
             "rule": rule.id,
             "title": rule.title,
             "status": "requested",
-            "opened": event.time.isoformat(),
-            "due": (event.time + rule.due).isoformat(),
+            "opened": began.isoformat(),
+            "due": (began + rule.due).isoformat(),
             "owner": owner,
             "focus": focus,
             "version": self.rules.version,
         }
         state["tasks"][task_id] = task
-        out.set.append(Clock(task_id, event.subject, event.time + rule.due, "task"))
+        out.set.append(Clock(task_id, event.subject, began + rule.due, "task"))
         out.events.append(self.events.task_event(co.TASK_CREATED.type, task_id, event.subject, event.time, task))
         self._answer_remembered(state, event, task_id, task, rule, focus, out)
 
@@ -380,6 +383,17 @@ def _matches(
         for_it = {referral for e in stays for referral in referrals_of(e)}
         return task.get("stay") in {e.get("id") for e in stays} or task["focus"] in for_it
     return True
+
+
+def _began(event: RecordEvent, resources: list[Json]) -> datetime:
+    """When what a task is about began, from which its clock runs: the event's time, but a discharge's
+    own time (the Encounter's period.end, PV1-45) when the hospital sent it later (a Saturday's
+    discharges sent on Monday: the follow-up is due 48 h after the person left, and a call made in
+    between answers it). Never later than the event: a period.end ahead of it is not taken."""
+    if event.type != ENCOUNTER_DISCHARGED.type:
+        return event.time
+    ends = [fhir_time((e.get("period") or {}).get("end"), event.time) for e in of_kind(resources, "Encounter")]
+    return min([event.time, *ends])
 
 
 def _too_early(f: Fulfilment, at: datetime, task: Json, made: datetime | None) -> bool:
