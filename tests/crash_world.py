@@ -1,7 +1,7 @@
 """The mixed traffic the crash-safety tests stream, and what two runs over it must agree on.
 
 The stream: a hospital's synthetic ADT (adapters/hl7v2/synthetic.py), and for some of the same
-people what the coordination rules (hub/rules/croydon-pic.v3.yaml) act on, built by the adapters
+people what the coordination rules (hub/rules/croydon-pic.v4.yaml) act on, built by the adapters
 and builders the other tests use:
 
   objections   FHIR Consents (tests/builders.an_objection) refusing the subscribing practice, each the

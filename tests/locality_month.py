@@ -1,6 +1,6 @@
 """A scripted month in one locality (November 2026), with its task lists worked out by hand.
 
-Practice Y01 has six people; the PIC service is Y0PIC (hub/rules/croydon-pic.v3.yaml); coordinators
+Practice Y01 has six people; the PIC service is Y0PIC (hub/rules/croydon-pic.v4.yaml); coordinators
 c-ann and c-bob. The expectations below were computed by hand from the rules file, not by the code:
 
   P1  register row 3 admissions, 2 conditions        -> case list (croydon-a)

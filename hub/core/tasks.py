@@ -2,9 +2,9 @@
 
 Pure: one person's state (plain JSON, kept by the caller) and one event in; the state changed in
 place, derived events and clock changes out. No clock reads: a task is due a duration after the
-event that opened it (a discharge's: after the discharge itself, which the event carries), and a clock runs out only when a clock tick (the hub's clock, written onto
-the log) reaches its due time, so a replay of the log opens, closes and escalates exactly the same
-tasks at exactly the same times.
+event that opened it (a discharge's: after the discharge itself, which the event carries), and a
+clock runs out only when a clock tick (the hub's clock, written onto the log) reaches its due time,
+so a replay of the log opens, closes and escalates exactly the same tasks at exactly the same times.
 
 Order of work for each event (Engine.handle; the steps live here unless another module is named):
     person      a Patient's registered practice is remembered: the newest word on it by event time, a
@@ -121,6 +121,9 @@ def short_name(event_type: str) -> str:
 
 OUTCOME_EVENT = short_name(co.REFERRAL_OUTCOME.type)
 OWN_STAY_CLOSE = 3  # the rules version from which a stay's close ends only the tasks of the stay it names
+# the rules version from which a discharge's tasks run from the discharge itself (_began), and no one who
+# died is case-listed
+FROM_DISCHARGE = 4
 
 
 def new_state() -> Json:
@@ -142,6 +145,7 @@ class Engine:
         self._merges = MergeRules(self.events, self._contacts, rules.long_stay, close_stay)
         # (versions 1 and 2: any stay's close ends the person's stay tasks, as a replay under them always did)
         self._own_stay = rules.version >= OWN_STAY_CLOSE
+        self._from_discharge = rules.version >= FROM_DISCHARGE  # (before: from the event, and the dead listed)
 
     def handle(self, state: Json, event: RecordEvent) -> Outcome:
         """Apply one event to one person's state."""
@@ -239,7 +243,7 @@ class Engine:
                 if source and source in criterion.referral_sources:
                     matched = criterion.id
                     break
-        if matched is None or state.get("died"):
+        if matched is None or (state.get("died") and self._from_discharge):
             return  # (no one who died is put on a case list: hub.core.deaths)
         state["eligible"] = matched
         out.events.append(self.events.case_listed(state, event, matched))
@@ -267,7 +271,7 @@ class Engine:
         closing = [c for c in map(care_manager, of_kind(resources, "EpisodeOfCare")) if c]  # episode.closed
         coordinator = episode.get("coordinator") or (closing[0] if closing else None)
         owner = coordinator if rule.owner == "coordinator" and coordinator else self.rules.service.ods
-        began = _began(event, resources)
+        began = _began(event, resources) if self._from_discharge else event.time
         task: Json = {
             "rule": rule.id,
             "title": rule.title,

@@ -8,7 +8,7 @@ import yaml
 
 from schemas.coordination_rules import CoordinationRules
 
-DEFAULT = Path(__file__).with_name("croydon-pic.v3.yaml")  # the newest version
+DEFAULT = Path(__file__).with_name("croydon-pic.v4.yaml")  # the newest version
 # earlier versions stay shipped: a hub pinned to one (CAREHUB_COORDINATION__RULES) keeps it, and a
 # log replayed under it makes what it made (a change of meaning is a new version: hub.core.tasks)
 

@@ -19,7 +19,7 @@ from hub.store.memory import MemoryCoordinationStore
 from schemas.coordination_rules import CoordinationRules
 from tests import locality_month as month
 
-RULES = DEFAULT  # the shipped rules (hub/rules/croydon-pic.v3.yaml)
+RULES = DEFAULT  # the shipped rules (hub/rules/croydon-pic.v4.yaml)
 ENGINE = Engine(CoordinationRules.model_validate(yaml.safe_load(RULES.read_text())))
 
 

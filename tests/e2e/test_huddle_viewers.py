@@ -117,7 +117,7 @@ def test_a_pcn_and_a_coordination_service_whose_code_is_practice_shaped_see_it_a
 ) -> None:
     service = "Y02345"  # (the rules' service.ods: no practice, whatever its shape)
     rules = tmp_path / "rules.yaml"
-    shipped = resources.files("hub.rules").joinpath("croydon-pic.v3.yaml").read_text(encoding="utf-8")
+    shipped = resources.files("hub.rules").joinpath("croydon-pic.v4.yaml").read_text(encoding="utf-8")
     rules.write_text(shipped.replace("ods: Y0PIC", f"ods: {service}"), encoding="utf-8")
     services = build(Settings(data_dir=tmp_path / "hub", coordination={"rules": rules}))
     seed(services)

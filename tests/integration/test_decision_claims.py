@@ -45,7 +45,7 @@ from tests.integration.test_accept_race import (
 )
 
 pytestmark = pytest.mark.timeout(120)
-CAP = 28  # the shipped rules' caseload cap (hub/rules/croydon-pic.v3.yaml)
+CAP = 28  # the shipped rules' caseload cap (hub/rules/croydon-pic.v4.yaml)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

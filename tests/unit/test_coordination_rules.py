@@ -23,7 +23,7 @@ from schemas.events import coordination as co
 from tests import locality_month as month
 from tests.builders import an_adt
 
-RULES = DEFAULT  # the shipped rules (hub/rules/croydon-pic.v3.yaml)
+RULES = DEFAULT  # the shipped rules (hub/rules/croydon-pic.v4.yaml)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ is put on a case list by a register row that comes after the news.
 
 P1 is referred by their GP on 4 Nov 2026 and on c-ann's caseload from 6 Nov. They are discharged on
 Saturday 21 Nov at 10:00; the hospital's A03 (EVN-2, MSH-7) is recorded on Monday 23 Nov at 20:00
-(UTC = UK time in November)."""
+(UTC = UK time in November). Rules version 4 (hub/rules/croydon-pic.v4.yaml); a log replayed under
+version 3 makes what it always made."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from adapters.hl7v2.to_fhir import map_message
 from hub.core.coordination import tick
 from hub.core.ports import RecordEvent
 from hub.core.tasks import Engine
+from hub.rules import DEFAULT, load_rules
 from hub.store.memory import MemoryCoordinationStore
 from schemas.events import coordination as co
 from tests import locality_month as month
@@ -97,3 +99,12 @@ def test_a_register_row_after_the_news_of_a_death_puts_no_one_on_the_case_list(e
     assert [e for e in derived if e.type == co.CASELIST_ADDED.type] == []
     alive = run(engine, [row], MemoryCoordinationStore())  # the same row for someone alive: listed
     assert [e.type for e in alive if e.type == co.CASELIST_ADDED.type] == [co.CASELIST_ADDED.type]
+
+
+def test_under_rules_version_3_the_clock_runs_from_the_message_and_the_dead_are_listed_as_they_were() -> None:
+    v3 = Engine(load_rules(DEFAULT.with_name("croydon-pic.v3.yaml")))
+    [opened] = follow_ups(run(v3, [*on_the_caseload(), a03(discharge="202611211000")], MemoryCoordinationStore()))
+    assert period(opened) == (MONDAY, month.at(25, 20))
+    row = month.register_row("P1", month.at(7, 9, month=12), admissions=3, conditions=2)
+    derived = run(v3, [died(), row], MemoryCoordinationStore())
+    assert [e.type for e in derived if e.type == co.CASELIST_ADDED.type] == [co.CASELIST_ADDED.type]

@@ -1,5 +1,5 @@
 """The shipped coordination rule versions (hub/rules/*.yaml) and what the schema holds a rule set to:
-version 3 is the default, versions 1 and 2 are as they were (a change of meaning is a new version), and
+version 4 is the default, versions 1 to 3 are as they were (a change of meaning is a new version), and
 a `duplicate-stay` rule is the merge's, one a rule set."""
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ def shipped(version: int) -> dict[str, Any]:
     return loaded
 
 
-def test_the_default_rules_are_version_3_with_the_duplicate_stay_task() -> None:
+def test_the_default_rules_are_version_4_with_the_duplicate_stay_task() -> None:
     rules = load_rules()
-    assert rules.version == 3
+    assert rules.version == 4
     assert [(r.id, r.trigger) for r in rules.tasks if r.when == "duplicate-stay"] == [
         ("close-duplicate-stay", "patient.merged")
     ]
@@ -35,7 +35,7 @@ def test_versions_1_and_2_have_no_duplicate_stay_task(version: int) -> None:
     assert [r.id for r in rules.tasks if r.when == "duplicate-stay" or r.trigger == "patient.merged"] == []
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_every_version_cancels_a_referrals_tasks_when_it_is_withdrawn(version: int) -> None:
     rules = load_rules(DEFAULT.with_name(f"croydon-pic.v{version}.yaml"))
     for rule in (r for r in rules.tasks if r.id in ("referral-triage", "first-visit")):
@@ -47,6 +47,12 @@ def test_version_3_is_version_2_with_the_duplicate_stay_task() -> None:
     added = [t for t in v3["tasks"] if t["id"] == "close-duplicate-stay"]
     assert len(added) == 1
     assert {**v3, "version": 2, "tasks": [t for t in v3["tasks"] if t not in added]} == v2
+
+
+def test_version_4_is_version_3_in_its_rules_the_engine_reading_its_number() -> None:
+    """Version 4's changes (the discharge follow-up from the discharge itself, no one who died
+    case-listed) are the engine's, by version number (tests/unit/test_discharge_follow_up_clock.py)."""
+    assert {**shipped(4), "version": 3} == shipped(3)
 
 
 def test_a_duplicate_stay_rule_must_be_triggered_by_a_merge() -> None:
