@@ -47,6 +47,9 @@ from tests.builders import an_agreement
 from tests.kafka_log import header, produce, read_all
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
+# the practice of the API walkthroughs below: a GP practice's code (a letter and five digits), as only a
+# practice's `gp` referral makes it the person's practice (hub.api.routes.coordination.patient_stub)
+GP_PRACTICE = "Y01001"
 ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
 
 
@@ -179,13 +182,13 @@ def pic_sharing(services: Services, tmp_path: Path, now: datetime) -> Path:
     PIC summaries into a mailbox folder (returned)."""
     services.agreements.load(
         an_agreement(
-            month.SERVICE, month.PRACTICE, "LA123", categories=("demographics", "care-plans", "referrals", "tasks")
+            month.SERVICE, GP_PRACTICE, "LA123", categories=("demographics", "care-plans", "referrals", "tasks")
         ),
         at=now,
     )
-    mailbox = tmp_path / "mailbox" / month.PRACTICE
+    mailbox = tmp_path / "mailbox" / GP_PRACTICE
     services.subscriptions.save(
-        Subscription(id="gp-pic", org=month.PRACTICE, events=(co.PIC_SUMMARY_SENT.type,), mailbox=str(mailbox))
+        Subscription(id="gp-pic", org=GP_PRACTICE, events=(co.PIC_SUMMARY_SENT.type,), mailbox=str(mailbox))
     )
     return mailbox
 
@@ -241,7 +244,7 @@ async def test_a_coordinators_work_over_the_api_ends_with_the_pic_summary_at_the
             scope="addressed",
         )
     )
-    gp = _bearer(services.secrets.token, month.PRACTICE, "clinician", now)
+    gp = _bearer(services.secrets.token, GP_PRACTICE, "clinician", now)
     pic = _bearer(services.secrets.token, month.SERVICE, "coordinator", now)
 
     async with (
@@ -416,11 +419,11 @@ async def test_a_coordinator_who_finds_the_persons_practice_names_it_and_the_hel
         for task, params, code, why in [
             (
                 triage,
-                _params(status="completed", practice=month.PRACTICE),
+                _params(status="completed", practice=GP_PRACTICE),
                 400,
                 "only on completing a find-gp-practice",
             ),
-            (find, _params(status="in-progress", practice=month.PRACTICE), 400, "only with status completed"),
+            (find, _params(status="in-progress", practice=GP_PRACTICE), 400, "only with status completed"),
             (find, _params(status="completed", practice="Y01 surgery"), 400, "'Y01 surgery' is not an ODS code"),
             (find, _params(status="completed"), 400, "completing a find-gp-practice task names the practice found"),
             (find, _params(status="completed", practice=month.SERVICE), 409, "is the coordination service itself"),
@@ -443,16 +446,16 @@ async def test_a_coordinator_who_finds_the_persons_practice_names_it_and_the_hel
             assert why in issue["diagnostics"] and issue["expression"] == ["Parameters.parameter[practice]"]
         assert not mailbox.exists() or not any(mailbox.glob("*.json"))  # (none of them sent it anywhere)
 
-        named = _params(status="completed", practice=month.PRACTICE.lower())
+        named = _params(status="completed", practice=GP_PRACTICE.lower())
         answer = await http.post(f"/Task/{find['id']}/$status", json=named, headers=pic)
         assert answer.status_code == 200, answer.text
         [output] = answer.json()["output"]
-        assert output["valueReference"]["identifier"] == {"system": ODS, "value": month.PRACTICE}
+        assert output["valueReference"]["identifier"] == {"system": ODS, "value": GP_PRACTICE}
         await until(lambda: any(mailbox.glob("*.json")), 30, "the held PIC summary in the practice's mailbox")
         [sent] = [orjson.loads(f.read_bytes()) for f in mailbox.glob("*.json")]
         kinds = {e["resource"]["resourceType"]: e["resource"] for e in sent["entry"]}
         assert kinds["Composition"]["id"] == find["focus"]["reference"].removeprefix("Composition/")
-        assert kinds["Patient"]["generalPractitioner"][0]["identifier"]["value"] == month.PRACTICE
+        assert kinds["Patient"]["generalPractitioner"][0]["identifier"]["value"] == GP_PRACTICE
         kept = services.reader.read("Task", find["id"]) or {}
         assert (kept["status"], kept["output"]) == ("completed", [output])
 
@@ -462,7 +465,7 @@ async def test_a_referral_sent_again_with_its_referrers_identifier_is_made_once(
     services = build(settings)
     now = datetime.now(UTC)
     secret = services.secrets.token
-    gp = _bearer(secret, month.PRACTICE, "clinician", now)
+    gp = _bearer(secret, GP_PRACTICE, "clinician", now)
     other = _bearer(secret, "Y02", "clinician", now)
     body = _referral("9434765919") | {"identifier": [{"system": "https://gp.example/referrals", "value": "R-1"}]}
 
@@ -507,7 +510,7 @@ async def test_a_time_in_the_future_is_refused_400_naming_the_field_and_never_re
     services = build(settings)
     now = datetime.now(UTC)
     secret = services.secrets.token
-    gp = _bearer(secret, month.PRACTICE, "clinician", now)
+    gp = _bearer(secret, GP_PRACTICE, "clinician", now)
     pic = _bearer(secret, month.SERVICE, "coordinator", now)
     ahead = (now + timedelta(days=57)).isoformat()  # 2027-02-01, said on 2026-12-06: February's KPIs
 
@@ -576,7 +579,7 @@ async def test_a_coordinator_moves_a_task_through_permitted_statuses_only(tmp_pa
     services = build(settings)
     now = datetime.now(UTC)
     secret = services.secrets.token
-    gp = _bearer(secret, month.PRACTICE, "clinician", now)
+    gp = _bearer(secret, GP_PRACTICE, "clinician", now)
     pic = _bearer(secret, month.SERVICE, "coordinator", now)
     council = _bearer(secret, "LA123", "coordinator", now)
 

@@ -85,6 +85,7 @@ from hub.core.errors import (
     UnknownPersonError,
 )
 from hub.core.fhir_read import addressed_to, requester_of
+from hub.core.huddle import is_gp_practice
 from hub.core.identity import identities, person_key, stable_id
 from hub.core.pic_summary import composition, practice_output
 from hub.core.ports import Closure, Json
@@ -166,7 +167,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         request_.setdefault("performer", [{"identifier": {"system": ODS_SYSTEM, "value": rules.service.ods}}])
         source = source_of(request_)
         request_ = with_source(request_, source)
-        stub = patient_stub(person, nhs, source, who.org)
+        stub = patient_stub(person, nhs, source, who.org, rules.service.ods)
         await emit(api_, co.REFERRAL_RECEIVED.type, who, person, authored, request_, stub, event_id=event_id)
         return FhirResponse(request_, status_code=201, headers={"Location": f"/fhir/ServiceRequest/{request_['id']}"})
 
@@ -341,14 +342,17 @@ def made_already(made: str) -> FhirResponse:
     return FhirResponse({"resourceType": "OperationOutcome", "issue": [issue]}, headers={"Location": f"/fhir/{made}"})
 
 
-def patient_stub(person: str, nhs: str, source: str, caller_org: str) -> Json:
-    """The Patient a referral names; only a GP's own referral says the caller is the person's practice."""
+def patient_stub(person: str, nhs: str, source: str, caller_org: str, service: str | None = None) -> Json:
+    """The Patient a referral names; only a GP practice's own referral (source `gp` from an organisation
+    whose code is a practice's: hub.core.huddle.is_gp_practice) says the caller is the person's practice.
+    A hospital or PCN saying `gp` (the GP identified them) is not their practice: the PIC summary would
+    go to it; with no practice named, the letter is held and the coordinator asked to find the practice."""
     stub: Json = {
         "resourceType": "Patient",
         "id": person,
         "identifier": [{"system": nhs_number.NHS_NUMBER_SYSTEM, "value": nhs}],
     }
-    if source == "gp":
+    if source == "gp" and is_gp_practice(caller_org, service):
         stub["generalPractitioner"] = [{"identifier": {"system": ODS_SYSTEM, "value": caller_org}}]
     return stub
 

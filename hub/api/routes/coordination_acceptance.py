@@ -51,6 +51,7 @@ from hub.api.routes.coordination_commands import (
 from hub.api.routes.coordination_input import (
     accept_ids,
     at_param,
+    coordinator_id,
     episode_for,
     no_earlier_than_held,
     not_before,
@@ -88,7 +89,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
     async def accept(request: Request, id: Id, who: Caller) -> FhirResponse:
         coordinator_only(api_, who)
         params = parameters(await read_body(request))
-        coordinator = str(param(params, "coordinator", required=True))
+        coordinator = coordinator_id(str(param(params, "coordinator", required=True)))
         now = datetime.now(UTC)
         at = at_param(params, now)
         referral = referral_to_service(api_, id)

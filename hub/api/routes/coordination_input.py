@@ -32,6 +32,24 @@ _DATE_ONLY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _YEAR_OR_MONTH = re.compile(r"[0-9]{4}(-(0[1-9]|1[0-2]))?")  # ISO 8601 (and a FHIR dateTime), too coarse for a time
 
 
+_COORDINATOR = re.compile(r"[a-z0-9][a-z0-9._@'-]{0,99}")
+
+
+def coordinator_id(said: str) -> str:
+    """A coordinator as `$accept` names them: lower case, so `C-Ben` is `c-ben`, whose caseload cap
+    and tasks are theirs (told apart by case, a typo opened a second caseload past the cap); one word
+    of letters, digits and . _ @ ' -, at most 100. Anything else is refused, naming the parameter."""
+    coordinator = said.strip().lower()
+    if _COORDINATOR.fullmatch(coordinator) is None:
+        raise InvalidMessageError(
+            f"coordinator {said[:40]!r} is not a coordinator's id: one word of letters, digits and . _ @ ' - "
+            "(at most 100), such as c-amara; case does not matter",
+            ("Parameters.parameter[coordinator]",),
+            code="value",
+        )
+    return coordinator
+
+
 def business_identifier(request: Json) -> tuple[str, str] | None:
     """The referrer's own identifier for the referral (the first with a system and a value), if any."""
     for ident in request.get("identifier") or []:
