@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from hub.api import health, metrics, outcomes
 from hub.api.auth import TokenVerifier
-from hub.api.routes import coordination, huddle
+from hub.api.routes import coordination, coordination_worklist, huddle
 from hub.api.routes.fhir import Publish, router
 from hub.core.ports import Ledger, RecordReader
 from hub.store.agreements import PolicySource
@@ -41,6 +41,7 @@ def create_app(
     app.include_router(huddle.router(reader, tokens, ledger, policy, service))  # before /fhir/{kind}: /fhir/List
     if commands is not None:
         app.include_router(coordination.router(commands, tokens))
+        app.include_router(coordination_worklist.router(commands, tokens, ledger, policy))
     app.include_router(router(reader, tokens, ledger, policy, publish))
     if checks is None:
         checks = {"database": health.database_answers(reader.engine)} if isinstance(reader, SqlRecordReader) else {}
