@@ -326,8 +326,12 @@ def _refuse_out(out: Path, *, force: bool) -> Path:
 def kpi(
     month: Annotated[str, typer.Option(help="The month, YYYY-MM")],
     out: Annotated[
-        Path, typer.Option(help="Folder for kpi-YYYY-MM.csv, kpi-YYYY-MM-trend.csv and kpi-YYYY-MM.html")
-    ] = Path("var/kpi"),
+        Path | None,
+        typer.Option(
+            help="Folder for kpi-YYYY-MM.csv, kpi-YYYY-MM-trend.csv and kpi-YYYY-MM.html",
+            show_default="the data folder's kpi/",
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """The commissioner's KPIs for a month, computed from the event log: CSV and an HTML report with charts."""
@@ -338,9 +342,10 @@ def kpi(
         month = checked_month(month, datetime.now(UTC).astimezone(UK).date())
     except ValueError as exc:
         fail(f"--month {exc}")
+    settings = make_settings(data_dir)
+    out = out if out is not None else settings.data_dir / "kpi"  # (beside the hub's data, wherever it is run from)
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file: give a folder for kpi-{month}.csv and kpi-{month}.html")
-    settings = make_settings(data_dir)
     from hub.embedded import shared_kafka
 
     bootstrap = shared_kafka(settings)

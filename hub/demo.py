@@ -99,7 +99,7 @@ async def run_demo(settings: Settings, console: Console, *, people: int, days: i
         await settle(run)
         meeting = today.date()
         report(run, month, locality, console, meeting)
-        await kpis(run, month.busiest, console)
+        await kpis(run, month.busiest, console, month.letters)
         practice = month.practice
         console.print(
             f"The huddle page: TOKEN=$({_carehub()} token --org {practice} --role coordinator "

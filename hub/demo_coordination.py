@@ -24,6 +24,7 @@ from rich.table import Table
 from adapters.hl7v2.synthetic import Locality, Person
 from hub.api.auth import issue_token
 from hub.bootstrap import Running
+from hub.core.days import UK
 from hub.core.deaths import death_said
 from hub.core.huddle import SECTIONS
 from hub.core.identity import person_key
@@ -57,6 +58,7 @@ class Month:
     closed: int
     busiest: str  # the month (YYYY-MM) most referrals fell in
     practice: str  # the practice of the latest referral, whose huddle agenda the demo shows
+    letters: str = ""  # the month (YYYY-MM, UK) the discharges from the service, and so their GP letters, fell in
 
 
 def _params(**values: str) -> dict[str, Any]:
@@ -181,7 +183,8 @@ async def run_month(run: Running, locality: Locality, start: datetime, end: date
             closed += answer.status_code == 200
     if run.tick is not None:
         await run.tick()  # the hub's clock, now: every deadline already past runs out
-    return Month(sources, accepted, declined, closed, months.most_common(1)[0][0], people[-1].practice.ods)
+    letters = latest.astimezone(UK).strftime("%Y-%m")  # (the last close's: the closes are this morning's)
+    return Month(sources, accepted, declined, closed, months.most_common(1)[0][0], people[-1].practice.ods, letters)
 
 
 def _died(services: Any, person: Person) -> bool:
@@ -243,8 +246,10 @@ def report(run: Running, month: Month, locality: Locality, console: Console, mee
     console.print(huddle)
 
 
-async def kpis(run: Running, month: str, console: Console) -> None:
-    """The commissioner's report for the month, from the log."""
+async def kpis(run: Running, month: str, console: Console, letters: str = "") -> None:
+    """The commissioner's report for the month, from the log; and where the discharges from the service
+    fell in another month (`letters`: this morning's, after a month of referrals), that month's GP
+    letters figure too, which the month's report cannot show (it has no discharge to count)."""
     rules = run.services.rules.rules
     fold, _ = await fold_log(run.bootstrap, rules.service.ods)
     out = run.services.settings.data_dir / "kpi"
@@ -264,3 +269,12 @@ async def kpis(run: Running, month: str, console: Console) -> None:
         + (f"; {pending:g} discharges still within their 48 h are not counted yet" if pending else "")
         + f"); report in {out}"
     )
+    if letters and letters != month:
+        said = {(r.kpi, r.breakdown): r.value for r in fold.report(letters)}
+        within, waiting = said[("GP letters within 48 hours", "%")], said[("GP letters within 48 hours", "pending")]
+        console.print(
+            f"GP letters within 48 h for {letters}, when this morning's discharges from the service fell: "
+            + ("n/a" if within is None else f"{within:g}%")
+            + (f" ({waiting:g} still within their 48 h, not counted yet)" if waiting else "")
+            + f" (target 90%; `carehub kpi --month {letters}` for its report)"
+        )

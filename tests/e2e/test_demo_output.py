@@ -145,3 +145,12 @@ def test_the_demos_kpi_files_are_those_carehub_kpi_writes_month_and_status_on_ev
             lines = list(csv.DictReader(f))
         said = {(line["month"], bool(line["month_status"]), bool(line["generated_utc"])) for line in lines}
         assert lines and said == {(month, True, True)}, report
+
+
+def test_the_demo_gives_the_gp_letters_figure_of_the_month_its_discharges_fell_in(demo: DemoRun) -> None:
+    """The discharges from the service are this morning's; a KPI line for a month of referrals before
+    them said n/a for the letters (a GP practice's walkthrough). The month they fell in is reported."""
+    said = " ".join(demo.stdout.split())
+    figures = re.findall(r"GP letters within 48 h(?: for \d{4}-\d{2}, when [^:]*)?:? (n/a|\d+(?:\.\d+)?%)", said)
+    assert figures, said[-1500:]
+    assert figures[-1] != "n/a", said[-1500:]

@@ -369,6 +369,18 @@ def test_the_kpi_command_writes_the_months_status_into_both_files_and_says_it(tm
     assert f"Month status: {NO_EVENTS}" in (tmp_path / "kpi" / "kpi-2026-10.html").read_text()
 
 
+def test_without_out_the_kpi_files_go_to_the_data_folder_not_where_the_command_was_run(
+    tmp_path: Path, log: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    done = CliRunner().invoke(app, ["kpi", "--month", "2026-11", "--data-dir", str(tmp_path / "hub")])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "hub" / "kpi" / "kpi-2026-11.csv").exists()
+    assert list(elsewhere.iterdir()) == []
+
+
 # --- month by month: "referrals by month" is a series, not one month ----------------------------
 
 
