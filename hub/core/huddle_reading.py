@@ -19,6 +19,7 @@ from schemas.events.coordination import (
     CRITERION_EXTENSION,
     ELIGIBLE,
     FLAG_SYSTEM,
+    OUTCOME_EXTENSION,
     SOURCE_EXTENSION,
     TASK_SYSTEM,
 )
@@ -66,7 +67,11 @@ def describe_referral(r: Json, names: Mapping[str, str] | None = None) -> str:
     reasons = "; ".join(str(c["text"]) for c in r.get("reasonCode") or [] if c.get("text"))
     text = "Referral" + (f" from {by}" if by else "") + (f" ({source})" if source else "")
     text += f": {reasons}" if reasons else ""
-    return text + (f" [{r['status']}]" if r.get("status") not in (None, "active") else "")
+    # what became of it, where anything has (accepted, declined, withdrawn, contacted, attended: the
+    # meeting need not discuss again whom the service has taken on); else a status other than active
+    said = next((str(e["valueCode"]) for e in extensions(r, OUTCOME_EXTENSION) if e.get("valueCode")), None)
+    shown = said or (r.get("status") if r.get("status") not in (None, "active") else None)
+    return text + (f" [{shown}]" if shown else "")
 
 
 def describe_flag(r: Json) -> str:

@@ -30,6 +30,7 @@ from schemas.events.coordination import (
     CRITERION_EXTENSION,
     ELIGIBLE,
     FLAG_SYSTEM,
+    OUTCOME_EXTENSION,
     SOURCE_EXTENSION,
     TASK_SYSTEM,
 )
@@ -139,6 +140,25 @@ def test_referrals_are_those_authored_in_the_seven_days_before_the_meeting_day()
     assert (first.person_key, first.name, first.nhs_number) == ("p1", "Jane SMITH", "9434765919")
     assert first.what == "Referral from Age UK Croydon: lives alone, two falls"
     assert found.referrals[2].what.endswith("[revoked]")
+
+
+def test_a_referral_says_what_became_of_it_so_the_meeting_does_not_discuss_it_again() -> None:
+    def answered(id_: str, outcome: str, status: str = "active") -> Json:
+        referral = a_referral(id_, "p1", "2026-11-20T10:00:00+00:00", status=status)
+        referral["extension"] = [*referral.get("extension", []), {"url": OUTCOME_EXTENSION, "valueCode": outcome}]
+        return referral
+
+    resources = [
+        a_patient("p1"),
+        answered("taken", "accepted"),
+        answered("said-no", "declined", "revoked"),
+        a_referral("waiting", "p1", "2026-11-21T10:00:00+00:00"),
+    ]
+
+    said = {i.reference.removeprefix("ServiceRequest/"): i.what for i in agenda(HERE, MEETING, resources).referrals}
+
+    assert said["taken"].endswith("[accepted]") and said["said-no"].endswith("[declined]")
+    assert not said["waiting"].endswith("]"), said["waiting"]
 
 
 def test_the_window_is_in_uk_local_time_across_the_clocks_going_forward() -> None:
