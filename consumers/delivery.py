@@ -40,7 +40,7 @@ from hub.core.delivery import (
 )
 from hub.core.errors import InfrastructureError
 from hub.core.identity import MAX_HOPS, stable_id
-from hub.core.pic_summary import for_practice
+from hub.core.pic_summary import for_practice, letter_practice
 from hub.core.policy import UNENFORCED, Asker, ConsentRule, Decision, decide, person_of
 from hub.core.ports import Json, Ledger, RecordEvent, RecordUnitOfWork, Registrations
 from hub.core.record import resources_of
@@ -320,7 +320,9 @@ class Deliverer:
         registered: set[str],
     ) -> int:
         resources = [{**r, "meta": {**(r.get("meta") or {}), "source": event.source}} for r in resources_of(event)]
+        addressed: Json = {}  # a letter's practice, as its event names it: only its delivery is a receipt
         if event.type == PIC_SUMMARY_SENT.type:  # (its Patient as the record holds it: name, birth date, address)
+            addressed = {"practice": letter_practice(resources)}
             resources = for_practice(resources, await asyncio.to_thread(self.patient, event.subject))
         summary = {"id": event.id, "type": event.type, "time": event.time.isoformat()}
         delivered, queued = 0, []
@@ -346,16 +348,17 @@ class Deliverer:
                         "subscription_id": sub.id,
                         "event_id": event.id,
                         "person_key": event.subject,
-                        "body": {"event": summary, "resources": planned.permitted},
+                        "body": {"event": summary, "resources": planned.permitted, **addressed},
                     }
                 )
         if queued:
             await asyncio.to_thread(self.outbox.enqueue, queued, now=now)
         return delivered
 
-    async def receipt(self, sub: Subscription, delivery: Delivery, at: datetime, how: str) -> None:
-        """Publish the practice's receipt for a PIC summary (same id however often it is sent)."""
-        composition = next((r for r in delivery.body["resources"] if r.get("resourceType") == "Composition"), None)
+    async def receipt(self, sub: Subscription, delivery: Delivery, summary: Json, at: datetime, how: str) -> None:
+        """Publish the practice's receipt for a PIC summary (same id however often it is sent): `sub` is
+        the practice's, and its delivery carried `summary` (the Composition: hub.core.pic_summary.received_summary).
+        It names the practice and the letter, so that the folds need not take it on trust."""
         communication: Json = {
             "resourceType": "Communication",
             "id": stable_id("receipt", delivery.event_id, sub.id),
@@ -364,9 +367,8 @@ class Deliverer:
             "received": at.isoformat(),
             "recipient": [{"identifier": {"system": ODS_SYSTEM, "value": sub.org}}],
             "note": [{"text": f"delivered by {how} to subscription {sub.id}"}],
+            "about": [{"reference": f"Composition/{summary['id']}"}],
         }
-        if composition is not None:
-            communication["about"] = [{"reference": f"Composition/{composition['id']}"}]
         envelope = Envelope(
             id=stable_id("receipt-event", delivery.event_id, sub.id),
             source=f"urn:ods:{sub.org}",

@@ -36,7 +36,7 @@ from consumers.delivery import Deliverer, people_in
 from hub.core.delivery import ledger_entries, plan, result_entries
 from hub.core.errors import InfrastructureError
 from hub.core.ledger import DISCLOSED, NOT_DISCLOSED, POSSIBLY_DISCLOSED, Disclosure
-from hub.core.pic_summary import mailbox_name
+from hub.core.pic_summary import letter_practice, mailbox_name, received_summary
 from hub.core.ports import Json
 from hub.store.subscriptions import Delivery
 from schemas.events.coordination import PIC_SUMMARY_SENT
@@ -343,7 +343,7 @@ class WebhookSender:
             withheld = "withheld: the policy no longer permits it"
             return Tried(await self._settled(claimed.id, claimed.attempts, "withheld", now, withheld), onward=True)
         sent = await self._send(sub, claimed, planned.body, entries)
-        return await self._settle(sub, claimed, sent, now, channel)
+        return await self._settle(sub, claimed, sent, now, channel, planned.body)
 
     async def _settled(self, id: int, tried: int, status: str, at: datetime, error: str | None) -> int:
         """Settle a delivery claimed for its `tried`th try (1), unless another sender claimed it
@@ -391,9 +391,11 @@ class WebhookSender:
             return sent_by(None, exc)
         return sent_by(response)
 
-    async def _settle(self, sub: Subscription, delivery: Delivery, sent: Sent, now: datetime, how: str) -> Tried:
+    async def _settle(
+        self, sub: Subscription, delivery: Delivery, sent: Sent, now: datetime, how: str, body: Json
+    ) -> Tried:
         if sent.outcome == DISCLOSED:
-            return Tried(await self._delivered(sub, delivery, delivery.attempts, now, how), onward=True)
+            return Tried(await self._delivered(sub, delivery, delivery.attempts, now, how, body), onward=True)
         final = delivery.attempts >= sub.max_attempts
         status, at = ("failed", now) if final else ("pending", now + backoff(delivery.attempts))
         settled = await self._settled(delivery.id, delivery.attempts, status, at, sent.error)
@@ -419,18 +421,30 @@ class WebhookSender:
                 return Sent(NOT_DISCLOSED, f"mailbox: no thread free to write it within {self.try_timeout:g} s")
             return Sent(POSSIBLY_DISCLOSED, f"mailbox: the write did not return within {self.try_timeout:g} s")
 
-    async def _delivered(self, sub: Subscription, delivery: Delivery, attempts: int, now: datetime, how: str) -> int:
-        """Settle a delivery; a PIC summary's delivery is the practice's receipt, published as an event
-        (it closes the coordinator's PIC-summary task), when the summary (its Composition) was in it."""
-        d = self.deliverer
+    async def _delivered(
+        self, sub: Subscription, delivery: Delivery, attempts: int, now: datetime, how: str, body: Json
+    ) -> int:
+        """Settle a delivery (`body`: what went); a PIC summary's delivery to the practice it is
+        addressed to is the practice's receipt, published as an event (it closes the coordinator's
+        PIC-summary task and counts in the KPI), when the summary (its Composition) went in it."""
         if delivery.body["event"].get("type") == PIC_SUMMARY_SENT.type:
-            if any(r.get("resourceType") == "Composition" for r in delivery.body["resources"]):
-                await d.receipt(sub, delivery, now, how)
-            else:  # the policy let the letter's other resources through, not the summary: no letter came
-                log.warning(
-                    "delivery %s (subscription %s): the PIC summary itself was withheld by policy, so no "
-                    "receipt: its task stays open",
-                    delivery.id,
-                    sub.id,
-                )
+            await self._receipt(sub, delivery, now, how, body)
         return await self._settled(delivery.id, attempts, "delivered", now, None)
+
+    async def _receipt(self, sub: Subscription, delivery: Delivery, now: datetime, how: str, body: Json) -> None:
+        """The practice's receipt for a letter delivered as `body`, if it is one (hub.core.pic_summary.
+        received_summary): any other subscriber's copy is theirs alone. The practice is the one the
+        letter's event named, kept with the delivery (one queued before it was kept: the one its
+        Patient, if that went, names)."""
+        said = delivery.body
+        practice = said["practice"] if "practice" in said else letter_practice(said["resources"])
+        summary = received_summary(sub.org, practice, body)
+        if summary is not None:
+            await self.deliverer.receipt(sub, delivery, summary, now, how)
+        elif sub.org == practice:  # the practice's own delivery without the letter: no letter came
+            log.warning(
+                "delivery %s (subscription %s): the PIC summary itself did not go (withheld by policy, or "
+                "the subscription's content level), so no receipt: its task stays open",
+                delivery.id,
+                sub.id,
+            )

@@ -50,6 +50,7 @@ from hub.core.kpi_reading import (
     why_unreadable,
 )
 from hub.core.merges import retirements
+from hub.core.pic_summary import by_its_practice, letter_practice, receipt_names
 from hub.core.ports import Json, RecordEvent
 from hub.core.record import resources_of
 from hub.core.stays import opens_another_stay
@@ -118,7 +119,9 @@ class KpiFacts:
     _in_error: set[str] = field(default_factory=set)  # those it closed entered-in-error: never a stay
     _opened_for: dict[str, set[str]] = field(default_factory=dict)  # episode -> the referrals it names
     _merges: list[tuple[datetime, int, str, str]] = field(default_factory=list)  # (time, order, retired, into)
-    _receipts: list[tuple[str, datetime]] = field(default_factory=list)  # (person, when) per PIC summary receipt
+    # (person, when, recipient, letter) per PIC summary receipt; recipient and letter where it names them
+    _receipts: list[tuple[str, datetime, str | None, str | None]] = field(default_factory=list)
+    _addressed: dict[str, str | None] = field(default_factory=dict)  # a letter (Composition id) -> its practice
     # what `resolve` made of the merges, for the events seen so far (len(_seen) when it was made)
     _resolved: int = -1
     _who: dict[str, str] = field(default_factory=dict)  # a key merged away -> the person it now is
@@ -280,10 +283,14 @@ class KpiFacts:
 
     def _letters(self) -> None:
         """Each PIC summary receipt is the letter of the person's latest discharge at or before it that
-        has none yet (under any of their keys: the hub sends a merged person's letter as the survivor's)."""
+        has none yet (under any of their keys: the hub sends a merged person's letter as the survivor's).
+        A receipt naming a recipient other than the practice its letter was addressed to (on a log from
+        before only the practice's delivery was a receipt: another subscriber's) is no letter to the GP."""
         for episode in self.episodes.values():
             episode.letter = None
-        for key, when in self._receipts:
+        for key, when, recipient, letter in self._receipts:
+            if not by_its_practice(recipient, letter, self._addressed):
+                continue
             stays = (self.episodes[e] for e in self.episodes_of(self.who(key)))
             closed = [e for e in stays if e.end is not None and e.end <= when]
             if closed:
@@ -443,7 +450,13 @@ class KpiFacts:
                 self.summaries[eid] = onward
 
     def _receipt(self, event: RecordEvent, resources: list[Json]) -> None:
-        self._receipts.append((event.subject, event.time))  # (the letter it answers: see resolve)
+        recipient, letter = next((receipt_names(c) for c in of_kind(resources, "Communication")), (None, None))
+        self._receipts.append((event.subject, event.time, recipient, letter))  # (the letter it answers: see resolve)
+
+    def _letter(self, event: RecordEvent, resources: list[Json]) -> None:
+        practice = letter_practice(resources)  # (the hub's own letter: whom it was addressed to)
+        for summary in of_kind(resources, "Composition"):
+            self._addressed[str(summary.get("id"))] = practice
 
     def _merged(self, event: RecordEvent, resources: list[Json]) -> None:
         said = retirements(resources)
@@ -486,6 +499,7 @@ _HANDLERS: dict[str, Any] = {
     co.REFERRAL_OUTCOME.type: KpiFacts._outcome,
     co.EPISODE_OPENED.type: KpiFacts._opened,
     co.EPISODE_CLOSED.type: KpiFacts._closed,
+    co.PIC_SUMMARY_SENT.type: KpiFacts._letter,
     co.PIC_SUMMARY_RECEIPT.type: KpiFacts._receipt,
     co.HUDDLE_AGENDA.type: KpiFacts._huddle,
     PATIENT_MERGED.type: KpiFacts._merged,

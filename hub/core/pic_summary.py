@@ -14,13 +14,15 @@ practice files the letter by two identifiers) and leaves the episode on the reco
 are not in the letter: a document carries every resource it refers to); `delivered_document` makes
 what the policy let through a FHIR R4 document (type `document`, an identifier, a timestamp, the
 Composition first, absolute fullUrls) when the Composition and its Patient both went; and
-`mailbox_name` names its mailbox file so a practice can sort and find it.
+`mailbox_name` names its mailbox file so a practice can sort and find it. Only a delivery that
+carried the Composition whole to the practice the letter is addressed to is the practice's receipt
+(`received_summary`); a receipt names its recipient and letter (`receipt_names`), so the folds can check it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from html import escape
 from zoneinfo import ZoneInfo
@@ -229,6 +231,62 @@ def _dicts(items: object) -> list[Json]:
 
 def _bare(resource: Json) -> Json:
     return {k: v for k, v in resource.items() if k != "meta"}
+
+
+def letter_practice(resources: Sequence[Json]) -> str | None:
+    """The practice a letter (a PIC summary event's resources, as `letter` makes them) is addressed
+    to: the ODS code its Patient, the Composition's subject, names as its general practitioner."""
+    composition = next((r for r in resources if r.get("resourceType") == "Composition"), None)
+    subject = str(((composition or {}).get("subject") or {}).get("reference", ""))
+    for patient in resources:
+        if patient.get("resourceType") != "Patient" or f"Patient/{patient.get('id')}" != subject:
+            continue
+        for gp in _dicts(patient.get("generalPractitioner")):
+            ident = gp.get("identifier")
+            if isinstance(ident, dict) and ident.get("system") == ODS_SYSTEM and ident.get("value"):
+                return str(ident["value"])
+    return None
+
+
+def summary_sent(sent: Json) -> Json | None:
+    """The Composition a delivery's Bundle (`sent`, as it left at its content level) carried whole:
+    none at `empty` or `id-only`, nor where the policy withheld it (no letter came)."""
+    for entry in _dicts(sent.get("entry")):
+        resource = entry.get("resource")
+        if isinstance(resource, dict) and resource.get("resourceType") == "Composition":
+            return resource
+    return None
+
+
+def received_summary(org: str, practice: str | None, sent: Json) -> Json | None:
+    """The Composition of which a delivery to a subscription of `org`, of a letter addressed to
+    `practice` (letter_practice), sent as `sent`, is the practice's receipt: where the summary itself
+    went, to that practice. Any other subscriber's copy (another practice's, a council's) is theirs
+    alone, a receipt of nothing."""
+    return summary_sent(sent) if practice is not None and org == practice else None
+
+
+def receipt_names(communication: Json) -> tuple[str | None, str | None]:
+    """The recipient (ODS code) and the letter (its Composition's id) a receipt names, where it names
+    them (a Communication that names neither, as a hand-made log's may, gives neither)."""
+    recipients = [
+        ident.get("value")
+        for r in _dicts(communication.get("recipient"))
+        if isinstance(ident := r.get("identifier"), dict) and ident.get("system") == ODS_SYSTEM
+    ]
+    abouts = [str(a.get("reference", "")) for a in _dicts(communication.get("about"))]
+    letters = [a.removeprefix("Composition/") for a in abouts if a.startswith("Composition/")]
+    recipient = recipients[0] if recipients and isinstance(recipients[0], str) else None
+    return recipient, letters[0] if letters else None
+
+
+def by_its_practice(recipient: str | None, letter: str | None, addressed: Mapping[str, str | None]) -> bool:
+    """Whether a receipt naming `recipient` and `letter` (receipt_names) may be the practice's, given
+    the practice each letter on the log was addressed to (`addressed`, by Composition id): not when it
+    names another recipient (a log from before only the practice's delivery was a receipt); one that
+    names neither, or a letter not on the log, is taken as it always was."""
+    practice = addressed.get(letter) if letter is not None else None
+    return recipient is None or practice is None or recipient == practice
 
 
 def practice_output(code: str) -> Json:

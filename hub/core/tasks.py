@@ -81,7 +81,7 @@ from hub.core.identity import stable_id
 from hub.core.kpi_reading import fhir_time
 from hub.core.merges import Rules as MergeRules
 from hub.core.merges import close_stay_rule, fold
-from hub.core.pic_summary import LETTER_DUE, practice_found
+from hub.core.pic_summary import LETTER_DUE, by_its_practice, letter_practice, practice_found, receipt_names
 from hub.core.ports import Json, RecordEvent
 from hub.core.practices import remember
 from hub.core.referral_moves import (
@@ -121,8 +121,8 @@ def short_name(event_type: str) -> str:
 
 OUTCOME_EVENT = short_name(co.REFERRAL_OUTCOME.type)
 OWN_STAY_CLOSE = 3  # the rules version from which a stay's close ends only the tasks of the stay it names
-# the rules version from which a discharge's tasks run from the discharge itself (_began), and no one who
-# died is case-listed
+# the rules version from which a discharge's tasks run from the discharge itself (_began), no one who
+# died is case-listed, and only the practice's receipt answers its letter's task (_fulfil)
 FROM_DISCHARGE = 4
 
 
@@ -196,6 +196,15 @@ class Engine:
     # --- the steps -------------------------------------------------------------------------
 
     def _fulfil(self, state: Json, event: RecordEvent, name: str, resources: list[Json], out: Outcome) -> None:
+        if event.type == co.PIC_SUMMARY_SENT.type and self._from_discharge:  # the practice each letter is for
+            for letter in of_kind(resources, "Composition"):
+                state.setdefault("letters", {})[str(letter.get("id"))] = letter_practice(resources)
+        if event.type == co.PIC_SUMMARY_RECEIPT.type and self._from_discharge:
+            # only the practice's receipt: one from another subscriber, on a log from before only the
+            # practice's delivery was a receipt, answers nothing, as the KPIs count none (hub.core.kpi_facts)
+            named = next((receipt_names(c) for c in of_kind(resources, "Communication")), (None, None))
+            if not by_its_practice(*named, state.get("letters") or {}):
+                return
         rules = {r.id: r for r in self.rules.tasks}
         for task_id, task in sorted(state["tasks"].items(), key=lambda kv: (kv[1]["due"], kv[0])):
             rule = rules.get(task["rule"])
