@@ -69,9 +69,15 @@ class Caseload:
         for referral in sorted(referrals_of(episode)):  # the stay each referral opened: the first
             state.setdefault("episode_of", {}).setdefault(referral, episode["id"])
         out.set.append(Clock(f"long-stay:{episode['id']}", event.subject, start + self.rules.long_stay, "long-stay"))
-        for task in state["tasks"].values():  # the team's open tasks go to the new coordinator
-            if task["status"] not in FINAL and task["owner"] == self.rules.service.ods:
-                task["owner"] = state["episode"]["coordinator"] or task["owner"]
+        for task_id, task in sorted(state["tasks"].items()):  # the team's open tasks go to the new coordinator
+            coordinator = state["episode"]["coordinator"]
+            if task["status"] not in FINAL and task["owner"] == self.rules.service.ods and coordinator:
+                task["owner"] = coordinator
+                # said on the log too, so the record's Task (and the worklist's ?owner=) names them now,
+                # not only once the task completes or goes overdue
+                out.events.append(
+                    self.events.task_event(co.TASK_UPDATED.type, task_id, event.subject, event.time, task)
+                )
             if task["status"] not in FINAL and str(task.get("focus") or "").startswith("ServiceRequest/"):
                 task["stay"] = episode["id"]  # a referral waiting when the stay began (log order)
 
