@@ -22,13 +22,26 @@ OVERDUE_EXTENSION = "https://carehub.invalid/StructureDefinition/worklist-overdu
 def waiting(referral: Json, service: str) -> bool:
     """Whether a referral waits for `service`'s decision: a ServiceRequest addressed to it (or to no one
     in particular), not ended (revoked, completed, entered-in-error) and not accepted, declined or
-    withdrawn as the record holds it. (A decision claimed but not yet on the record is the caller's.)"""
+    withdrawn as the record holds it; and a referral itself, not the stand-in the record keeps for an
+    outcome that came before its referral (it says no authoredOn, nor to whom it is addressed). (A decision
+    claimed but not yet on the record is the caller's; so is what its tasks say: still_asked.)"""
     return (
         referral.get("resourceType") == "ServiceRequest"
+        and bool(referral.get("authoredOn"))  # a referral said: not an outcome that came alone, standing for it
         and referral.get("status") not in REQUEST_ENDED
         and outcome_of(referral) not in DECIDED
         and addressed_to(referral, service)
     )
+
+
+def still_asked(referral_id: str, tasks: Iterable[Json]) -> bool:
+    """Whether the rules engine still asks anything of a referral: one of its Tasks (its triage, its first
+    visit) is open, or it has none yet (the engine lags the record by a moment). All of them ended, it has
+    been answered another way: the person died, a stay on the caseload closed without them (the KPIs no
+    longer count it waiting), or the visit was made; an accept of it would open a stay for nothing."""
+    focus = f"ServiceRequest/{referral_id}"
+    theirs = [t for t in tasks if str((t.get("focus") or {}).get("reference")) == focus]
+    return not theirs or any(is_open(t) for t in theirs)
 
 
 def oldest_first(referrals: Iterable[Json]) -> list[Json]:

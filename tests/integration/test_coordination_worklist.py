@@ -265,6 +265,7 @@ def test_open_tasks_are_listed_soonest_due_first_and_filtered_by_owner(hub: Hub)
     gp_triage = [t for t in held.values() if t.get("focus", {}).get("reference") == f"ServiceRequest/{gp}"]
     assert {t["status"] for t in gp_triage if code_of(t) == "referral-triage"} == {"completed"}  # (by the accept)
     assert {(code_of(t), owner_of(t)) for t in (held[r.removeprefix("Task/")] for r in listed(amara))} == {
+        ("first-visit", "c-amara"),  # (the team's, given to the coordinator who accepted the person)
         ("review-6-weeks", "c-amara"),
         ("review-12-weeks", "c-amara"),
     }
@@ -272,7 +273,7 @@ def test_open_tasks_are_listed_soonest_due_first_and_filtered_by_owner(hub: Hub)
     assert code_of(escalated["resource"]) == "referral-triage" and overdue_said(escalated)
     assert escalated["resource"]["focus"]["reference"] == f"ServiceRequest/{community}"
     assert {(code_of(e["resource"]), owner_of(e["resource"])) for e in team["entry"]} == {("first-visit", PIC)}
-    assert len(team["entry"]) == 2  # (both referrals' first visits)
+    assert len(team["entry"]) == 1  # (the first visit of the referral no one has accepted)
     assert len(everyone["entry"]) == len(amara["entry"]) + len(lead["entry"]) + len(team["entry"])
     assert bundle(hub.get(TASKS, owner="C-Amara"))["entry"] == amara["entry"]  # (as $accept takes them)
     assert bundle(hub.get(TASKS, owner="c-nobody"))["entry"] == []

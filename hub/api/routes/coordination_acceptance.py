@@ -137,7 +137,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         if stands is not None:  # a retry, or a second click: the first decline stands
             return await declined_already(api_, who, referral, stands)
         if outcome_of(referral) == "declined":  # (declined before declines were claimed)
-            return FhirResponse(referral)
+            return FhirResponse(the_decision(referral))
         await refuse_deciding_withdrawn(api_, referral, "declined")
         await refuse_declining_accepted(api_, who, referral, claimed(api_, id, person_of(referral)))
         at = not_before(params, at, referral.get("authoredOn"), "the referral was made", referral)
@@ -153,7 +153,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
             raise await withdrawn_refusal(api_, referral, "declined", found)
         await refuse_declining_accepted(api_, who, referral, found)  # an accept did
         await publish_decline(api_, who, referral, Decline(declined, at))
-        return FhirResponse(declined)
+        return FhirResponse(the_decision(declined))
 
     return api
 
@@ -363,9 +363,24 @@ async def declined_already(api_: CoordinationApi, who: Principal, referral: Json
     as the record has it, or publishing it again where the record does not have it yet and Kafka is
     not known to have taken it."""
     if outcome_of(referral) == "declined":
-        return FhirResponse(referral)
+        return FhirResponse(the_decision(referral))
     await complete_decline(api_, who, referral, decline)
-    return FhirResponse(decline.referral)
+    return FhirResponse(the_decision(decline.referral))
+
+
+def the_decision(referral: Json) -> Json:
+    """A decline's answer: the ServiceRequest as far as the decision goes (its id, status, the person's
+    reference, the outcome and the note given), not what the referral said. The command names a referral
+    by id alone, and the sharing policy may withhold its content from the service (a referrer with no
+    agreement): read it through /fhir, where the policy decides and the ledger records it."""
+    kept: Json = {k: referral[k] for k in ("resourceType", "id", "status", "intent") if k in referral}
+    reference = (referral.get("subject") or {}).get("reference")
+    if reference:
+        kept["subject"] = {"reference": reference}
+    kept["extension"] = [e for e in referral.get("extension") or [] if e.get("url") == co.OUTCOME_EXTENSION]
+    if referral.get("note"):
+        kept["note"] = referral["note"]
+    return kept
 
 
 async def publish_decline(api_: CoordinationApi, who: Principal, referral: Json, decline: Decline) -> None:

@@ -37,7 +37,17 @@ from hub.core.errors import ConsentDeniedError, InvalidMessageError
 from hub.core.ledger import Disclosure
 from hub.core.policy import Asker, Decision
 from hub.core.ports import Json, Ledger, RecordReader
-from hub.core.worklist import OVERDUE_EXTENSION, by_due, is_open, oldest_first, overdue, owned_by, tasks_of, waiting
+from hub.core.worklist import (
+    OVERDUE_EXTENSION,
+    by_due,
+    is_open,
+    oldest_first,
+    overdue,
+    owned_by,
+    still_asked,
+    tasks_of,
+    waiting,
+)
 from hub.store.agreements import PolicySource
 
 CHANNEL = "worklist"  # the ledger's channel for these reads
@@ -90,13 +100,13 @@ def router(
     )
     def referrals(request: Request, who: Caller) -> FhirResponse:
         judge = allowed(request, who, ())
-        held = [r for r in api_.reader.search("ServiceRequest", None) if waiting(r, service)]
-        found = oldest_first(undecided(api_, held))
+        held = undecided(api_, [r for r in api_.reader.search("ServiceRequest", None) if waiting(r, service)])
+        asked = tasks_about(api_.reader, held)  # (read to decide what is listed: shown only as the policy lets)
+        found = oldest_first(r for r in held if still_asked(str(r["id"]), asked))
         judge.page(found)
         judged = [(r, judge(r)) for r in found]
         shown = [r for r, d in judged if d.permitted]
-        held_tasks = tasks_about(api_.reader, shown)
-        theirs = [(r, tasks_of(str(r["id"]), held_tasks)) for r in shown]
+        theirs = [(r, tasks_of(str(r["id"]), asked)) for r in shown]
         judge.page([t for _, tasks in theirs for t in tasks])
         with_tasks = [(r, [(t, judge(t)) for t in tasks]) for r, tasks in theirs]
         every_task = [pair for _, pairs in with_tasks for pair in pairs]
