@@ -113,6 +113,10 @@ def test_an_outcome_that_came_before_its_referral_is_not_listed(hub: Hub) -> Non
     assert held, "the record keeps the outcome's stand-in"
 
     assert not any(f"ServiceRequest/{r['id']}" in listed(bundle(hub.get(REFERRALS))) for r in held)
+    for command in ("$accept", "$decline"):  # nor taken for the referral by id: 409, naming what it is
+        answer = hub.command(f"/fhir/ServiceRequest/{held[0]['id']}/{command}", coordinator="c-amara")
+        assert answer.status_code == 409, answer.text
+        assert "stands for an outcome that came before its referral" in answer.json()["issue"][0]["diagnostics"]
 
 
 def test_a_decline_answers_with_the_decision_not_the_referral_it_may_not_read(hub: Hub) -> None:

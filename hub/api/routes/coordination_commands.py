@@ -18,7 +18,7 @@ from fastapi import Path
 from hub.api.auth import Principal
 from hub.api.routes.fhir import fhir_id
 from hub.api.shapes import FHIR_ID
-from hub.core.errors import ConsentDeniedError, InfrastructureError, UnknownPersonError
+from hub.core.errors import ConsentDeniedError, InfrastructureError, RuleRefusedError, UnknownPersonError
 from hub.core.fhir_read import addressed_to
 from hub.core.ports import CoordinationStore, Json, RecordReader
 from hub.core.tasks import Engine
@@ -99,6 +99,12 @@ def referral_to_service(api_: CoordinationApi, id: str) -> Json:
             f"ServiceRequest/{id} is not addressed to {service.ods} ({service.name}): only the organisation "
             "a referral is addressed to accepts or declines it",
             ("ServiceRequest.performer",),
+        )
+    if not found.get("authoredOn"):  # the record's stand-in for an outcome that came before its referral
+        raise RuleRefusedError(
+            f"ServiceRequest/{id} stands for an outcome that came before its referral: the referral itself is "
+            "not on the record yet (nor whom it is addressed to); accept or decline it once it comes",
+            ("ServiceRequest.authoredOn",),
         )
     return found
 
