@@ -57,7 +57,7 @@ def is_open(task: Json) -> bool:
 
 def owned_by(task: Json, owner: str) -> bool:
     """Whether the Task's owner is `owner`: a coordinator's id (the team lead's among them) or the
-    service's ODS code (a team task), in any case (`C-Amara` is `c-amara`, as `$accept` takes them)."""
+    service's ODS code (a team task), in any case (`$accept` refuses a second spelling of one with a caseload)."""
     value = ((task.get("owner") or {}).get("identifier") or {}).get("value")
     return value is not None and str(value).strip().lower() == owner.strip().lower()
 

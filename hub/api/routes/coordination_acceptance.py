@@ -89,7 +89,8 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
     async def accept(request: Request, id: Id, who: Caller) -> FhirResponse:
         coordinator_only(api_, who)
         params = parameters(await read_body(request))
-        coordinator = coordinator_id(str(param(params, "coordinator", required=True)))
+        said = str(param(params, "coordinator", required=True))
+        coordinator = coordinator_id(said, await asyncio.to_thread(api_.coordination.caseloads))
         now = datetime.now(UTC)
         at = at_param(params, now)
         referral = referral_to_service(api_, id)

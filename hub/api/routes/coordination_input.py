@@ -6,7 +6,7 @@ No `from __future__ import annotations` here, as in the routes that use it.
 
 import copy
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,18 +32,27 @@ _DATE_ONLY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _YEAR_OR_MONTH = re.compile(r"[0-9]{4}(-(0[1-9]|1[0-2]))?")  # ISO 8601 (and a FHIR dateTime), too coarse for a time
 
 
-_COORDINATOR = re.compile(r"[a-z0-9][a-z0-9._@'-]{0,99}")
+_COORDINATOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@'-]{0,99}")
 
 
-def coordinator_id(said: str) -> str:
-    """A coordinator as `$accept` names them: lower case, so `C-Ben` is `c-ben`, whose caseload cap
-    and tasks are theirs (told apart by case, a typo opened a second caseload past the cap); one word
-    of letters, digits and . _ @ ' -, at most 100. Anything else is refused, naming the parameter."""
-    coordinator = said.strip().lower()
+def coordinator_id(said: str, known: Iterable[str] = ()) -> str:
+    """A coordinator as `$accept` names them: one word of letters, digits and . _ @ ' -, at most 100,
+    kept as given (ids are compared exactly, as claims and caseloads made before hold them). One that
+    differs only in case from a coordinator `known` to have a caseload is refused, naming them: `C-Ben`
+    beside `c-ben` opened a second caseload past the cap, and took tasks nobody would look for."""
+    coordinator = said.strip()
     if _COORDINATOR.fullmatch(coordinator) is None:
         raise InvalidMessageError(
             f"coordinator {said[:40]!r} is not a coordinator's id: one word of letters, digits and . _ @ ' - "
-            "(at most 100), such as c-amara; case does not matter",
+            "(at most 100), such as c-amara",
+            ("Parameters.parameter[coordinator]",),
+            code="value",
+        )
+    twin = next((k for k in sorted(known) if k != coordinator and k.casefold() == coordinator.casefold()), None)
+    if twin is not None:
+        raise InvalidMessageError(
+            f"coordinator {coordinator!r} differs only in case from {twin!r}, who has a caseload: give their id "
+            "as it is (a second spelling would be a second caseload, past the cap)",
             ("Parameters.parameter[coordinator]",),
             code="value",
         )
