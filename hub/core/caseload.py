@@ -24,6 +24,7 @@ from hub.core.task_status import FINAL
 from schemas.coordination_rules import CoordinationRules
 from schemas.events import coordination as co
 
+HANDED_OVER = 4  # the rules version from which the hand-over of the team's tasks is said on the log
 FIND_PRACTICE = "find-gp-practice"  # the engine's own task: a PIC summary waits for the person's practice
 FIND_PRACTICE_TITLE = "Find the person's GP practice: their PIC summary is held until one is known"
 IN_ERROR = "entered-in-error"  # an EpisodeOfCare that should never have been on the person's record
@@ -73,11 +74,10 @@ class Caseload:
             coordinator = state["episode"]["coordinator"]
             if task["status"] not in FINAL and task["owner"] == self.rules.service.ods and coordinator:
                 task["owner"] = coordinator
-                # said on the log too, so the record's Task (and the worklist's ?owner=) names them now,
-                # not only once the task completes or goes overdue
-                out.events.append(
-                    self.events.task_event(co.TASK_UPDATED.type, task_id, event.subject, event.time, task)
-                )
+                if self.rules.version >= HANDED_OVER:  # said on the log too, so the record's Task (and the
+                    # worklist's ?owner=) names them now, not only once the task completes or goes overdue
+                    said = self.events.task_event(co.TASK_UPDATED.type, task_id, event.subject, event.time, task)
+                    out.events.append(said)
             if task["status"] not in FINAL and str(task.get("focus") or "").startswith("ServiceRequest/"):
                 task["stay"] = episode["id"]  # a referral waiting when the stay began (log order)
 

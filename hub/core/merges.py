@@ -131,6 +131,8 @@ def _fold_facts(state: Json, theirs: Json) -> None:
             kept += [k for k in theirs[key] if k not in kept]
     if theirs.get("held"):
         state["held"] = {**theirs["held"], **(state.get("held") or {})}
+    if theirs.get("letters"):  # (the practice each letter was for: only its receipt answers it, hub.core.tasks)
+        state["letters"] = {**theirs["letters"], **(state.get("letters") or {})}
 
 
 def _fold_tasks(events: DerivedEvents, state: Json, theirs: Json, event: RecordEvent, out: Outcome) -> set[str]:

@@ -263,7 +263,8 @@ def received_summary(org: str, practice: str | None, sent: Json) -> Json | None:
     `practice` (letter_practice), sent as `sent`, is the practice's receipt: where the summary itself
     went, to that practice. Any other subscriber's copy (another practice's, a council's) is theirs
     alone, a receipt of nothing."""
-    return summary_sent(sent) if practice is not None and org == practice else None
+    same = practice is not None and org.strip().upper() == practice.strip().upper()  # (PD1-3 may be lower case)
+    return summary_sent(sent) if same else None
 
 
 def receipt_names(communication: Json) -> tuple[str | None, str | None]:
@@ -286,7 +287,7 @@ def by_its_practice(recipient: str | None, letter: str | None, addressed: Mappin
     names another recipient (a log from before only the practice's delivery was a receipt); one that
     names neither, or a letter not on the log, is taken as it always was."""
     practice = addressed.get(letter) if letter is not None else None
-    return recipient is None or practice is None or recipient == practice
+    return recipient is None or practice is None or recipient.strip().upper() == practice.strip().upper()
 
 
 def practice_output(code: str) -> Json:

@@ -58,11 +58,11 @@ events carry: hub.core.derived_events.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, time, timedelta
 
 from hub.core.caseload import FIND_PRACTICE as FIND_PRACTICE
 from hub.core.caseload import Caseload, closes_in_error, opens_nothing
-from hub.core.days import answers_that_day
+from hub.core.days import UK, answers_that_day
 from hub.core.deaths import cancel_contacts, contact_rules, learn
 from hub.core.derived_events import Clock, DerivedEvents, Outcome
 from hub.core.fhir_read import (
@@ -275,6 +275,8 @@ class Engine:
             # the event again, or the same referral, stay or discharge sent again (corrected, or a retry)
             if focus and event.type == co.REFERRAL_RECEIVED.type:
                 self._retime(state, event, rule, focus, out)
+            elif focus and event.type == ENCOUNTER_DISCHARGED.type and self._from_discharge:
+                self._retime_discharge(state, event, rule, focus, _began(event, resources), out)
             return
         episode = state.get("episode") or {}
         closing = [c for c in map(care_manager, of_kind(resources, "EpisodeOfCare")) if c]  # episode.closed
@@ -327,6 +329,24 @@ class Engine:
             key = f"retimed|{task_id}|{event.id}"
             out.events.append(self.events.derived(co.TASK_UPDATED.type, key, event.subject, event.time, resource))
             self._answer_remembered(state, event, task_id, task, rule, focus, out)
+
+    def _retime_discharge(
+        self, state: Json, event: RecordEvent, rule: TaskRule, focus: str, began: datetime, out: Outcome
+    ) -> None:
+        """A discharge sent again with another discharge time (an A03 after an A13 cancelled the first,
+        correcting it) moves the clock of its task still open and not yet overdue: due as long after the
+        discharge it now gives as the rule says. A retry, giving the same time, changes nothing."""
+        for task_id, task in sorted(state["tasks"].items()):
+            if not _same_task(task, rule.id, focus) or task["status"] in FINAL or task.get("overdue"):
+                continue
+            if datetime.fromisoformat(task["opened"]) == began:
+                continue
+            due = began + rule.due
+            task |= {"opened": began.isoformat(), "due": due.isoformat()}
+            out.set.append(Clock(task_id, event.subject, due, "task"))
+            resource = self.events.task_resource(task_id, event.subject, task)
+            key = f"retimed|{task_id}|{event.id}"
+            out.events.append(self.events.derived(co.TASK_UPDATED.type, key, event.subject, event.time, resource))
 
     def _manual(self, state: Json, event: RecordEvent, resources: list[Json]) -> Outcome:
         out = Outcome()
@@ -398,15 +418,31 @@ def _matches(
     return True
 
 
+_LATE = timedelta(days=7)  # a discharge sent later than this is news of an old one: timed from the message
+
+
 def _began(event: RecordEvent, resources: list[Json]) -> datetime:
     """When what a task is about began, from which its clock runs: the event's time, but a discharge's
-    own time (the Encounter's period.end, PV1-45) when the hospital sent it later (a Saturday's
+    own time (the Encounter's period.end, PV1-45) when the hospital sent the A03 later (a Saturday's
     discharges sent on Monday: the follow-up is due 48 h after the person left, and a call made in
-    between answers it). Never later than the event: a period.end ahead of it is not taken."""
+    between answers it). Only a discharge time to the minute (a bare date or month says too little: a
+    ward call that morning would answer it; the hospital adapter writes one as that day's UK midnight,
+    so midnight itself is taken as no time), not before the stay began, nor after the message, nor
+    more than _LATE before it (a backlog of old discharges is not a pile of overdue follow-ups)."""
     if event.type != ENCOUNTER_DISCHARGED.type:
         return event.time
-    ends = [fhir_time((e.get("period") or {}).get("end"), event.time) for e in of_kind(resources, "Encounter")]
-    return min([event.time, *ends])
+    found = [event.time]
+    for encounter in of_kind(resources, "Encounter"):
+        period = encounter.get("period") or {}
+        end, start = period.get("end"), period.get("start")
+        if not isinstance(end, str) or "T" not in end:
+            continue
+        left = fhir_time(end, event.time)
+        if left.astimezone(UK).time() == time(0):  # the hospital adapter writes a bare date (PV1-45 20261121) so
+            continue
+        if event.time - _LATE <= left and (not isinstance(start, str) or fhir_time(start, left) <= left):
+            found.append(left)
+    return min(found)
 
 
 def _too_early(f: Fulfilment, at: datetime, task: Json, made: datetime | None) -> bool:

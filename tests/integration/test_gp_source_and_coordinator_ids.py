@@ -110,3 +110,52 @@ def _check_digit(nine: str) -> int | None:
     total = sum(int(d) * (10 - i) for i, d in enumerate(nine))
     digit = 11 - total % 11
     return 0 if digit == 11 else None if digit == 10 else digit
+
+
+def test_a_status_moved_before_the_engine_hands_the_task_over_keeps_the_coordinator_as_owner(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The accept's events reach the record a moment before the rules engine reads them; a coordinator
+    moving the first visit in between moved the record's copy, which named the team, and the engine's
+    hand-over that came after it was a move back, refused: the task was the team's for good."""
+    from hub.core.coordination import Positioned, process
+    from hub.core.ports import RecordEvent
+    from hub.core.record import apply_events
+
+    with served_hub(build(Settings(data_dir=tmp_path_factory.mktemp("owner-race")))) as live:
+        read = 0
+
+        def engine() -> list[RecordEvent]:
+            """The rules engine reads what it has not yet, and derives (published, not yet on the record)."""
+            nonlocal read
+            events = live.events()[read:]
+            read += len(events)
+            with live.services.coordination.unit_of_work() as uow:
+                derived = process(live.services.rules, uow, [Positioned(e, 0) for e in events])
+                uow.commit()
+            return derived
+
+        def record(events: list[RecordEvent]) -> None:
+            with live.services.uow_factory() as uow:
+                apply_events(uow, events)
+                uow.commit()
+
+        with httpx.Client(base_url=live.url, timeout=10) as http:
+            referral_id = referred(live, http, "9434765919")
+            record(engine())
+            [first_visit] = [
+                t for t in live.services.reader.search("Task", None) if t["code"]["coding"][0]["code"] == "first-visit"
+            ]
+            assert accept(live, http, referral_id, "c-ann").status_code == 201
+            live.record()
+            handed_over = engine()  # on the log next; the record has not applied it yet
+            body = {"resourceType": "Parameters", "parameter": [{"name": "status", "valueCode": "in-progress"}]}
+            moved = http.post(f"/fhir/Task/{first_visit['id']}/$status", json=body, headers=coordinator(live))
+            assert moved.status_code == 200, moved.text
+            record(handed_over)  # in log order: the hand-over, then the move
+            live.record()
+            record(engine())
+
+        on_record = live.services.reader.read("Task", first_visit["id"])
+        assert on_record is not None
+        assert (on_record["status"], on_record["owner"]["identifier"]["value"]) == ("in-progress", "c-ann")

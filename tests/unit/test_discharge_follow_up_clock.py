@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import orjson
+import pytest
 
 from adapters.hl7v2.to_fhir import map_message
 from hub.core.coordination import tick
@@ -108,3 +109,40 @@ def test_under_rules_version_3_the_clock_runs_from_the_message_and_the_dead_are_
     row = month.register_row("P1", month.at(7, 9, month=12), admissions=3, conditions=2)
     derived = run(v3, [died(), row], MemoryCoordinationStore())
     assert [e.type for e in derived if e.type == co.CASELIST_ADDED.type] == [co.CASELIST_ADDED.type]
+
+
+@pytest.mark.parametrize(
+    ("discharge", "why"),
+    [
+        ("202611", "a month alone"),
+        ("20261121", "a day alone: a ward call that morning would answer it"),
+        ("202611210000", "midnight, as the adapter writes a day alone"),
+        ("202611151000", "more than a week before the message"),
+    ],
+)
+def test_a_discharge_time_that_says_too_little_or_cannot_be_runs_the_clock_from_the_message(
+    engine: Engine, discharge: str, why: str
+) -> None:
+    admitted = "202611140900" if discharge == "202611151000" else "202611180900"
+    raw = an_adt(trigger="A03", control_id="D1", event_time="202611232000", admit=admitted, discharge=discharge)
+    [mapped] = map_message(raw, key_secret=b"k")
+    payload = orjson.loads(orjson.dumps(mapped.payload).replace(mapped.person_key.encode(), P1.encode()))
+    sent = RecordEvent(mapped.event_id, mapped.event_type, mapped.source, mapped.event_time, P1, payload)
+    [opened] = follow_ups(run(engine, [*on_the_caseload(), sent], MemoryCoordinationStore()))
+    assert period(opened) == (MONDAY, month.at(25, 20)), why
+
+
+def test_a_discharge_cancelled_and_sent_again_with_its_true_time_moves_the_clock(engine: Engine) -> None:
+    store = MemoryCoordinationStore()
+    run(engine, [*on_the_caseload(), a03(discharge="202611211000")], store)
+    raw = an_adt(
+        trigger="A03", control_id="D2", event_time="202611242100", admit="202611180900", discharge="202611241400"
+    )
+    [mapped] = map_message(raw, key_secret=b"k")
+    payload = orjson.loads(orjson.dumps(mapped.payload).replace(mapped.person_key.encode(), P1.encode()))
+    corrected = RecordEvent(mapped.event_id, mapped.event_type, mapped.source, mapped.event_time, P1, payload)
+
+    [moved] = follow_ups(run(engine, [corrected], store))
+
+    assert period(moved) == (month.at(24, 14), month.at(26, 14))
+    assert follow_ups(run(engine, [corrected], store)) == []  # (the same again: nothing)

@@ -166,14 +166,15 @@ def named_receipt(recipient: str, at: datetime) -> RecordEvent:
     return RecordEvent(f"receipt-event-{recipient}", event.type, event.source, at, event.subject, event.payload)
 
 
-@pytest.mark.parametrize("version", [3, 4])
-def test_the_engine_takes_only_the_practices_receipt_as_the_letters_from_version_4(version: int) -> None:
+@pytest.mark.parametrize(("version", "merged"), [(3, False), (4, False), (4, True)])
+def test_the_engine_takes_only_the_practices_receipt_as_the_letters_from_version_4(version: int, merged: bool) -> None:
     """An older log holds receipts from every subscriber: from rules version 4 the engine, as the KPIs,
     lets only the practice's answer the PIC summary task (the letter it read back names the practice)."""
     from hub.core.tasks import Engine
     from hub.rules import DEFAULT, load_rules
     from hub.store.memory import MemoryCoordinationStore
     from tests.unit.test_coordination_rules import discharged_from_the_service, run
+    from tests.unit.test_engine_merges import merge_of
 
     engine = Engine(load_rules(DEFAULT.with_name(f"croydon-pic.v{version}.yaml")))
     store = MemoryCoordinationStore()
@@ -184,9 +185,22 @@ def test_the_engine_takes_only_the_practices_receipt_as_the_letters_from_version
             entry["resource"]["subject"] = {"reference": f"Patient/{month.PEOPLE['P1']}"}
     derived = run(engine, [registered, opened, closing], store)
     [sent] = [e for e in derived if e.type == co.PIC_SUMMARY_SENT.type]  # to month.PRACTICE, read back off the log
-    other = run(engine, [sent, named_receipt("Y90001", month.at(20, 10))], store)
+    run(engine, [sent], store)  # the letter read back off the log
+    if merged:  # (the person merged into another identity: the survivor's state holds the letter too)
+        run(engine, [merge_of(month.PEOPLE["P1"], "survivor-key", "M1", month.at(20, 9, 30))], store)
+    other = run(engine, [named_receipt("Y90001", month.at(20, 10))], store)
     done = [e for e in other if e.payload.get("resourceType") == "Task" and e.payload["status"] == "completed"]
     assert len(done) == (1 if version == 3 else 0)
     if version == 4:
         theirs = run(engine, [named_receipt(month.PRACTICE, month.at(20, 11))], store)
         assert [e.payload["status"] for e in theirs if e.payload.get("resourceType") == "Task"] == ["completed"]
+
+
+def test_a_practice_code_in_lower_case_on_the_letter_is_the_practice_all_the_same() -> None:
+    """HL7 is the one input that keeps an ODS code as sent (PD1-3 `y90002`): its letter's receipt is the
+    practice's, and counts, as the same code in capitals."""
+    assert received_summary(GP, GP.lower(), sent_at("full-resource")) is not None
+    assert received_summary(OTHER, GP.lower(), sent_at("full-resource")) is None
+    from hub.core.pic_summary import by_its_practice
+
+    assert by_its_practice(GP, "c1", {"c1": GP.lower()}) and not by_its_practice(OTHER, "c1", {"c1": GP.lower()})

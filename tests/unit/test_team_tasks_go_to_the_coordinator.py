@@ -38,3 +38,13 @@ def test_the_teams_open_tasks_go_to_the_coordinator_in_a_task_updated_as_the_sta
     assert [
         e for e in run(engine, [month.episode("P3", month.at(6, 9), "c-ann")], store) if e.type == co.TASK_UPDATED.type
     ] == []
+
+
+def test_under_rules_version_3_the_hand_over_is_the_engines_alone_as_it_was() -> None:
+    from hub.rules import DEFAULT, load_rules
+
+    v3 = Engine(load_rules(DEFAULT.with_name("croydon-pic.v3.yaml")))
+    store = MemoryCoordinationStore()
+    run(v3, [month.referral("P3", month.at(4, 10), "gp")], store)
+    opened = run(v3, [month.episode("P3", month.at(6, 9), "c-ann")], store)
+    assert [e for e in opened if e.type == co.TASK_UPDATED.type] == []

@@ -309,6 +309,13 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         if practice:  # the held PIC summary goes to it (hub.core.tasks)
             moved["output"] = [practice_output(practice)]
         person = str(task["for"]["reference"]).removeprefix("Patient/")
+        # the owner as the rules engine has it: it gives the team's tasks to the accepting coordinator a
+        # moment before the record hears it, and a status moved from the record's copy in between named
+        # the team again, for good (the engine's own update then came after it, a move back, refused)
+        engine_state = await asyncio.to_thread(api_.coordination.person_state, person)
+        owner = ((engine_state or {}).get("tasks") or {}).get(str(task["id"]), {}).get("owner")
+        if owner and owner != rules.service.ods:
+            moved["owner"] = {"identifier": {"system": co.COORDINATOR_SYSTEM, "value": owner}}
         await emit(api_, co.TASK_UPDATED.type, who, person, at, moved)
         return FhirResponse(moved)
 
