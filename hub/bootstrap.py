@@ -208,6 +208,29 @@ def _publisher(broker: Any, timeout: float) -> Callable[[Envelope], Awaitable[No
     return publish
 
 
+def _refuser(broker: Any, timeout: float) -> Callable[[bytes, Any, str], Awaitable[object]]:
+    """Keep an API refusal (a discharge summary, hub.api.routes.discharge) whole on the dead-letter
+    topic, as the intake adapters keep theirs (adapters.publishing), keyed by the sender."""
+    import hashlib
+    from datetime import UTC, datetime
+
+    from adapters.publishing import Publisher
+    from hub.core.identity import stable_id
+
+    out = Publisher(
+        broker, timeout=timeout, clock=lambda: datetime.now(UTC), unit="the document", retry="send it again"
+    )
+
+    async def refused(raw: bytes, error: Any, sender: str) -> object:
+        event_id = stable_id("rejected", "api", sender, hashlib.sha256(raw).hexdigest())
+        origin = "http:POST /fhir/Bundle"
+        return await out.rejected(
+            raw, event_id=event_id, sender=sender, origin=origin, content_type="application/fhir+json", error=error
+        )
+
+    return refused
+
+
 async def _serve_http(
     services: Services,
     listener: socket.socket,
@@ -243,6 +266,7 @@ async def _serve_http(
         commands,
         checks,
         meters,
+        _refuser(broker, services.settings.kafka.publish_timeout_s) if broker is not None else None,
     )
     host, port = listener.getsockname()[:2]
     server = _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))

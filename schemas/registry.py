@@ -6,6 +6,7 @@ from schemas.events import coordination
 from schemas.events.agreement import AGREEMENT_LOADED
 from schemas.events.base import EventType
 from schemas.events.consent import CONSENT_RECORDED
+from schemas.events.document import DISCHARGE_SUMMARY_RECEIVED
 from schemas.events.encounter import (
     ADMISSION_CANCELLED,
     DISCHARGE_CANCELLED,
@@ -29,6 +30,7 @@ REGISTRY: dict[str, EventType] = {
         PATIENT_MERGED,
         CONSENT_RECORDED,
         AGREEMENT_LOADED,
+        DISCHARGE_SUMMARY_RECEIVED,
         *coordination.ALL,
     )
 }

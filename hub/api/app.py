@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from hub.api import health, metrics, outcomes
 from hub.api.auth import TokenVerifier
-from hub.api.routes import coordination, coordination_worklist, huddle
+from hub.api.routes import coordination, coordination_worklist, discharge, huddle
 from hub.api.routes.fhir import Publish, router
 from hub.core.ports import Ledger, RecordReader
 from hub.store.agreements import PolicySource
@@ -25,11 +25,13 @@ def create_app(
     commands: coordination.CoordinationApi | None = None,
     checks: Mapping[str, health.Check] | None = None,
     meters: metrics.Metrics | None = None,
+    refused: discharge.Refused | None = None,
 ) -> FastAPI:
     """The API over a record reader: tokens checked by `tokens`, every read decided by `policy`
     (None: not enforced) and recorded in `ledger`; Consents published with `publish`. /readyz runs
     `checks` (hub.api.health; None: the reader's database, where it has one); /metrics shows `meters`
-    (hub.api.metrics; None: no MLLP counts, nor dead letters)."""
+    (hub.api.metrics; None: no MLLP counts, nor dead letters). A discharge summary refused as bad
+    input is handed to `refused` (hub.api.routes.discharge: the dead-letter topic; None: not kept)."""
     app = FastAPI(
         title="CareHub FHIR API",
         version="0.1.0",
@@ -42,6 +44,7 @@ def create_app(
     if commands is not None:
         app.include_router(coordination.router(commands, tokens))
         app.include_router(coordination_worklist.router(commands, tokens, ledger, policy))
+        app.include_router(discharge.router(commands, tokens, refused))  # POST /fhir/Bundle: discharge summaries
     app.include_router(router(reader, tokens, ledger, policy, publish))
     if checks is None:
         checks = {"database": health.database_answers(reader.engine)} if isinstance(reader, SqlRecordReader) else {}

@@ -48,6 +48,7 @@ huddle.agenda       List (per practice per week) of new referrals, newly eligibl
 from __future__ import annotations
 
 from schemas.events.base import EventType
+from schemas.events.document import DISCHARGE_SUMMARY_RECEIVED
 
 REFERRAL_SOURCE_SYSTEM = "https://carehub.invalid/CodeSystem/referral-source"
 REFERRAL_SOURCES = (
@@ -137,7 +138,10 @@ CASELOAD_LONG_STAY = EventType(
 )
 HUDDLE_AGENDA = EventType("uk.nhs.carehub.huddle.agenda.v1", "a practice's weekly huddle / MDT agenda", ("List",))
 
-PATIENT_STUB_EVENTS = frozenset({REFERRAL_RECEIVED.type, REGISTER_ROW.type, PIC_SUMMARY_SENT.type})
+# (a hospital's discharge summary names the person; what its ADT or the practice says of them stands)
+PATIENT_STUB_EVENTS = frozenset(
+    {REFERRAL_RECEIVED.type, REGISTER_ROW.type, PIC_SUMMARY_SENT.type, DISCHARGE_SUMMARY_RECEIVED.type}
+)
 NOT_RECORDED = frozenset({CLOCK_TICK.type})
 ALL = (
     REFERRAL_RECEIVED,
