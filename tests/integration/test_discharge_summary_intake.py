@@ -218,6 +218,18 @@ def broken(change: str) -> dict[str, Any]:
         del body["entry"][0]["resource"]["identifier"]
     elif change == "not-fhir":
         body["entry"][0]["resource"]["status"] = 7
+    elif change == "wrong-subject":  # (filed under the Patient sent, it was a letter about the wrong person)
+        body["entry"][0]["resource"]["subject"] = {"reference": "Patient/someone-else"}
+    elif change == "two-patients":
+        body["entry"].append({"fullUrl": "urn:uuid:another", "resource": copy.deepcopy(body["entry"][1]["resource"])})
+    elif change in ("preliminary", "entered-in-error"):
+        body["entry"][0]["resource"]["status"] = change
+    elif change == "encounter-status":
+        body["entry"][2]["resource"]["status"] = "nonsense"
+    elif change == "encounter-someone-else":
+        body["entry"][2]["resource"]["subject"] = {"reference": "Patient/someone-else"}
+    elif change == "stu3-type":  # (fhir.resources raised KeyError on it: a 500, nothing kept)
+        body["entry"].append({"fullUrl": "urn:uuid:stu3", "resource": {"resourceType": "ProcedureRequest", "id": "p"}})
     return body
 
 
@@ -230,6 +242,13 @@ def broken(change: str) -> dict[str, Any]:
         ("no-patient", "Bundle.entry.resource.ofType(Patient)"),
         ("no-identifier", "Bundle.identifier"),
         ("not-fhir", "Bundle.entry[0].resource.status"),
+        ("wrong-subject", "Bundle.entry[0].resource.subject"),
+        ("two-patients", "Bundle.entry[3].resource"),
+        ("preliminary", "Bundle.entry[0].resource.status"),
+        ("entered-in-error", "Bundle.entry[0].resource.status"),
+        ("encounter-status", "Bundle.entry[2].resource.status"),
+        ("encounter-someone-else", "Bundle.entry[2].resource.subject"),
+        ("stu3-type", "Bundle.entry[3].resource.resourceType"),
     ],
 )
 def test_bad_documents_are_refused_naming_the_element_and_kept_whole(
@@ -255,3 +274,27 @@ def test_a_role_that_sends_no_clinical_data_is_refused(hub: Hub, http: httpx.Cli
     assert response.status_code == 403, response.text
     assert response.json()["issue"][0]["expression"] == ["Authorization"]
     assert (len(hub.published), len(kafka.records)) == (before, letters)  # nothing read, nothing kept
+
+
+def test_a_document_sent_again_changed_under_its_identifier_corrects_the_letter(hub: Hub, http: httpx.Client) -> None:
+    """The same identifier with other content, once the record holds the first: news, not a duplicate
+    (it was answered 200 duplicate and the correction never sent)."""
+    body = document("doc-corrected")
+    first = send(hub, http, body)
+    assert first.status_code == 201, first.text
+    hub.record()
+    before = len(hub.published)
+    corrected = copy.deepcopy(body)
+    corrected["entry"][0]["resource"]["title"] = "Discharge summary (corrected)"
+    corrected["entry"][0]["resource"]["status"] = "amended"
+    corrected["entry"][0]["resource"]["date"] = "2021-02-13T09:00:00+00:00"
+
+    second = send(hub, http, corrected)
+
+    assert second.status_code == 200, second.text
+    assert len(hub.published) == before + 1  # one event: the correction
+    assert second.json()["id"] == first.json()["id"]  # the same letter, corrected
+    hub.record()
+    held = hub.services.reader.read("Composition", first.json()["id"])
+    assert (held["title"], held["status"]) == ("Discharge summary (corrected)", "amended")
+    assert send(hub, http, corrected).json()["issue"][0]["code"] == "duplicate"  # and that again is nothing new

@@ -15,13 +15,16 @@ No `from __future__ import annotations` here: FastAPI reads these annotations at
 """
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Request
+from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.composition import Composition
 from fhir.resources.R4B.encounter import Encounter
@@ -96,16 +99,20 @@ def router(api_: CoordinationApi, tokens: TokenVerifier, refused: Refused | None
             raise
         person = person_key(api_.key_secret, nhs, None)
         composition_id = stable_id("discharge-summary", who.org, *said, person)
-        if api_.reader.read("Composition", composition_id) is not None:
-            return received_already(composition_id)
         letter = composition_of(document, composition_id, person, nhs, who.org)
+        held = api_.reader.read("Composition", composition_id)
+        if held is not None and {k: v for k, v in held.items() if k != "meta"} == letter:
+            return received_already(composition_id)
         resources = [letter, patient_stub(person, nhs, "hospital", who.org)]
         if document.encounter is not None:
             resources.append(encounter_of(document.encounter, letter["encounter"]["reference"], person, who.org))
-        event_id = stable_id("discharge-summary-event", who.org, *said, person)
+        # the same document is the same event; sent again changed (a correction under its identifier) it is
+        # news, which replaces the letter the record holds (its date no earlier: the record's own rule)
+        sent = hashlib.sha256(orjson.dumps(resources, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        event_id = stable_id("discharge-summary-event", who.org, *said, person, sent)
         await emit(api_, DISCHARGE_SUMMARY_RECEIVED.type, who, person, at, *resources, event_id=event_id)
         location = f"/fhir/Composition/{composition_id}"
-        return FhirResponse(letter, status_code=201, headers={"Location": location})
+        return FhirResponse(letter, status_code=201 if held is None else 200, headers={"Location": location})
 
     return api
 
@@ -136,6 +143,7 @@ def read_document(body: Json) -> Document:
     """The document's parts, each checked; an InvalidMessageError naming the element otherwise."""
     if body.get("resourceType") != "Bundle":
         raise InvalidMessageError("the body must be a FHIR Bundle (a document)", ("Bundle.resourceType",))
+    refuse_unknown_types(body)
     validate(Bundle, body, "Bundle")
     if body.get("type") != "document":
         raise InvalidMessageError(
@@ -150,21 +158,82 @@ def read_document(body: Json) -> Document:
     composition = entries[0]
     validate(Composition, composition, "Bundle.entry[0].resource")
     refuse_other_documents(composition)
+    if composition.get("status") not in LETTER_STATUSES:  # (preliminary: not yet a letter; entered-in-error: none)
+        raise InvalidMessageError(
+            f"Composition.status {composition.get('status')!r}: a discharge summary is taken when it is "
+            f"{' or '.join(sorted(LETTER_STATUSES))}",
+            ("Bundle.entry[0].resource.status",),
+            code="code-invalid",
+        )
     if not composition.get("date"):
         raise InvalidMessageError("a Composition has a date", ("Bundle.entry[0].resource.date",), code="required")
-    patient_at = referenced(composition.get("subject"), entries, urls, "Patient")
-    if patient_at is None:
+    patients = [i for i, e in enumerate(entries) if e.get("resourceType") == "Patient"]
+    if len(patients) > 1:  # (whose letter would it be: one document is about one person)
+        raise InvalidMessageError(
+            f"the document has {len(patients)} Patient entries: a discharge summary is about one person",
+            (f"Bundle.entry[{patients[1]}].resource",),
+        )
+    if not patients:
         raise InvalidMessageError(
             "the document has no Patient entry (Composition.subject names the person the document is about)",
             ("Bundle.entry.resource.ofType(Patient)",),
+            code="required",
+        )
+    patient_at = referenced(composition.get("subject"), entries, urls, "Patient")
+    if patient_at is None:
+        raise InvalidMessageError(
+            "Composition.subject must name the document's Patient entry (by its fullUrl or Patient/id): the "
+            "person the document is about",
+            ("Bundle.entry[0].resource.subject",),
             code="required",
         )
     validate(Patient, entries[patient_at], f"Bundle.entry[{patient_at}].resource")
     encounter_at = referenced(composition.get("encounter"), entries, urls, "Encounter")
     encounter = entries[encounter_at] if encounter_at is not None else None
     if encounter is not None:
-        validate(Encounter, encounter, f"Bundle.entry[{encounter_at}].resource")
+        where = f"Bundle.entry[{encounter_at}].resource"
+        validate(Encounter, encounter, where)
+        if encounter.get("status") not in ENCOUNTER_STATUSES:
+            raise InvalidMessageError(
+                f"Encounter.status {encounter.get('status')!r} is not an R4 encounter status",
+                (f"{where}.status",),
+                code="code-invalid",
+            )
+        about = encounter.get("subject")
+        if about is not None and referenced(about, entries, urls, "Patient") != patient_at:
+            raise InvalidMessageError(
+                "Encounter.subject names someone other than the document's Patient", (f"{where}.subject",)
+            )
     return Document(composition, entries[patient_at], patient_at, encounter)
+
+
+LETTER_STATUSES = frozenset({"final", "amended"})
+ENCOUNTER_STATUSES = frozenset(
+    {"planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled", "entered-in-error", "unknown"}
+)
+
+
+def refuse_unknown_types(body: Json) -> None:
+    """Refuse (400) an entry whose resourceType FHIR R4 does not have, naming it: STU3's ReferralRequest,
+    say (fhir.resources raises KeyError on it, not a validation error), with a word on STU3 documents."""
+    for index, entry in enumerate(body.get("entry") or []):
+        kind = (entry.get("resource") or {}).get("resourceType") if isinstance(entry, dict) else None
+        if not isinstance(kind, str):
+            continue
+        try:
+            get_fhir_model_class(kind)
+        except (ValueError, KeyError):
+            raise InvalidMessageError(
+                f"{kind[:40]!r} is not a FHIR R4 resource type{_stu3_hint(body)}",
+                (f"Bundle.entry[{index}].resource.resourceType",),
+                code="code-invalid",
+            ) from None
+
+
+def _stu3_hint(body: Json) -> str:
+    profiles = [str(p) for p in (body.get("meta") or {}).get("profile") or []]
+    stu3 = any("/STU3/" in p for p in profiles)
+    return ": this looks like a FHIR STU3 document (ITK Transfer of Care); only FHIR R4 is taken here" if stu3 else ""
 
 
 def refuse_other_documents(composition: Json) -> None:
@@ -180,14 +249,15 @@ def refuse_other_documents(composition: Json) -> None:
 
 
 def referenced(reference: object, entries: list[Json], urls: list[str], kind: str) -> int | None:
-    """The index of the entry of `kind` the reference names (by fullUrl or kind/id); else the first of
-    that kind, where the reference names none of the entries."""
+    """The index of the entry of `kind` the reference names (by fullUrl or kind/id); None where it names
+    none of the entries. (Never the first of that kind instead: a letter filed under someone it does
+    not name is a letter about the wrong person.)"""
     ref = str(reference.get("reference") or "") if isinstance(reference, dict) else ""
     for index, (entry, url) in enumerate(zip(entries, urls, strict=True)):
         named = ref and (ref == url or ref == f"{kind}/{entry.get('id')}" or url.endswith(f"/{ref}"))
         if entry.get("resourceType") == kind and named:
             return index
-    return next((i for i, e in enumerate(entries) if e.get("resourceType") == kind), None)
+    return None
 
 
 def nhs_number_in(patient: Json, at: int) -> str:
