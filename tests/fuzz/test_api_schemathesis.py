@@ -150,6 +150,11 @@ def test_no_request_gets_a_server_error(case: schemathesis.Case, live_api: LiveA
     response = case.call(app=live_api.app)
 
     case.validate_response(response, checks=[not_a_server_error])
+    if case.path == "/huddle/{ods}" and response.status_code == 403:
+        # the printable page refuses another practice's agenda as a page, for the person at the browser
+        # (hub.api.routes.huddle): a fuzzed practice code other than the token's (Y00001) is refused so
+        assert response.headers["content-type"][0] == "text/html; charset=utf-8", response.headers
+        return
     assert_error_is_an_operation_outcome(response)
 
 
