@@ -24,7 +24,7 @@ from adapters.referrals.to_fhir import LOCAL_AUTHORITY_SYSTEM
 from hub.bootstrap import build
 from hub.core.ports import RecordEvent
 from hub.core.record import apply_events
-from hub.settings import Settings
+from hub.settings import PolicySettings, Settings
 from schemas.events import coordination as co
 from schemas.events.consent import CONSENT_RECORDED
 from tests.builders import an_agreement
@@ -38,7 +38,11 @@ EVERYTHING = ("demographics", "encounters", "referrals", "tasks", "care-plans", 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    services = build(Settings(data_dir=tmp_path_factory.mktemp("consent-provisions")))
+    # The agreements are loaded once, before the API serves, so they are read once for the module: with
+    # the default 1 s re-read, a search that took over a second on a loaded runner read them again in
+    # the next, and the fixed-number-of-queries test counted that as a query per task (13, not 11).
+    policy = PolicySettings(agreements_ttl_s=3600)
+    services = build(Settings(data_dir=tmp_path_factory.mktemp("consent-provisions"), policy=policy))
     pic = services.rules.rules.service.ods
     now = datetime.now(UTC)
     services.agreements.load(an_agreement(GP, pic, COUNCIL, id="gp-pic-council", categories=EVERYTHING), at=now)
