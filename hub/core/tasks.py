@@ -322,12 +322,7 @@ class Engine:
                 # (overdue: with the team lead as it was; or a retry, or a correction of something else)
                 self._answer_remembered(state, event, task_id, task, rule, focus, out)
                 continue
-            due = event.time + rule.due
-            task |= {"opened": event.time.isoformat(), "due": due.isoformat()}
-            out.set.append(Clock(task_id, event.subject, due, "task"))
-            resource = self.events.task_resource(task_id, event.subject, task)
-            key = f"retimed|{task_id}|{event.id}"
-            out.events.append(self.events.derived(co.TASK_UPDATED.type, key, event.subject, event.time, resource))
+            self._move_clock(task_id, task, rule, event.time, event, out)
             self._answer_remembered(state, event, task_id, task, rule, focus, out)
 
     def _retime_discharge(
@@ -341,12 +336,19 @@ class Engine:
                 continue
             if datetime.fromisoformat(task["opened"]) == began:
                 continue
-            due = began + rule.due
-            task |= {"opened": began.isoformat(), "due": due.isoformat()}
-            out.set.append(Clock(task_id, event.subject, due, "task"))
-            resource = self.events.task_resource(task_id, event.subject, task)
-            key = f"retimed|{task_id}|{event.id}"
-            out.events.append(self.events.derived(co.TASK_UPDATED.type, key, event.subject, event.time, resource))
+            self._move_clock(task_id, task, rule, began, event, out)
+
+    def _move_clock(
+        self, task_id: str, task: Json, rule: TaskRule, began: datetime, event: RecordEvent, out: Outcome
+    ) -> None:
+        """A task's clock run again from `began` (a referral's corrected date, a discharge's corrected time):
+        due as long after it as the rule says, the clock set again and the record told (task.updated)."""
+        due = began + rule.due
+        task |= {"opened": began.isoformat(), "due": due.isoformat()}
+        out.set.append(Clock(task_id, event.subject, due, "task"))
+        resource = self.events.task_resource(task_id, event.subject, task)
+        key = f"retimed|{task_id}|{event.id}"
+        out.events.append(self.events.derived(co.TASK_UPDATED.type, key, event.subject, event.time, resource))
 
     def _manual(self, state: Json, event: RecordEvent, resources: list[Json]) -> Outcome:
         out = Outcome()

@@ -54,11 +54,11 @@ from hub.api.routes.coordination_close import (
 )
 from hub.api.routes.coordination_commands import (
     ODS_SYSTEM,
-    REFERRER_ROLES,
     CoordinationApi,
     Id,
     coordinator_only,
     emit,
+    refuse_unless_sender,
 )
 from hub.api.routes.coordination_input import (
     at_param,
@@ -126,11 +126,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier) -> APIRouter:
         openapi_extra=SERVICE_REQUEST_IN,
     )
     async def refer(request: Request, who: Caller) -> FhirResponse:
-        if who.role not in REFERRER_ROLES:
-            raise ConsentDeniedError(
-                f"the {who.role} role does not refer people (roles that do: {', '.join(REFERRER_ROLES)})",
-                ("Authorization",),
-            )
+        refuse_unless_sender(who, "refer people")
         body = json_body(await read_body(request), "ServiceRequest")
         if body.get("resourceType") != "ServiceRequest":
             raise InvalidMessageError("the body must be a FHIR ServiceRequest", ("ServiceRequest.resourceType",))

@@ -88,6 +88,15 @@ def referral_of(api_: CoordinationApi, id: str) -> Json:
     return found
 
 
+def refuse_unless_sender(who: Principal, doing: str) -> None:
+    """403 unless the caller's role sends clinical data (REFERRER_ROLES): an auditor reads, it does not
+    `doing` (refer people, send clinical documents)."""
+    if who.role not in REFERRER_ROLES:
+        raise ConsentDeniedError(
+            f"the {who.role} role does not {doing} (roles that do: {', '.join(REFERRER_ROLES)})", ("Authorization",)
+        )
+
+
 def referral_to_service(api_: CoordinationApi, id: str) -> Json:
     """The referral on the record (or 404) if it is addressed to the service (or to nobody in
     particular); else 403: a referral to another organisation (adult social care, say) is theirs to

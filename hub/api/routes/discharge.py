@@ -34,11 +34,11 @@ from pydantic import ValidationError
 from hub.api.auth import Principal, TokenVerifier
 from hub.api.outcomes import FhirResponse
 from hub.api.routes.coordination import patient_stub
-from hub.api.routes.coordination_commands import ODS_SYSTEM, REFERRER_ROLES, CoordinationApi, emit
+from hub.api.routes.coordination_commands import ODS_SYSTEM, CoordinationApi, emit, refuse_unless_sender
 from hub.api.routes.coordination_input import at_time, json_body
 from hub.api.routes.fhir import bearer_caller, read_body
 from hub.core import nhs_number
-from hub.core.errors import ConsentDeniedError, HubError, InfrastructureError, InvalidMessageError
+from hub.core.errors import HubError, InfrastructureError, InvalidMessageError
 from hub.core.identity import person_key, stable_id
 from hub.core.ports import Json
 from schemas.events.document import DISCHARGE_SUMMARY_RECEIVED, DISCHARGE_SUMMARY_SNOMED
@@ -82,11 +82,7 @@ def router(api_: CoordinationApi, tokens: TokenVerifier, refused: Refused | None
         openapi_extra=BUNDLE_IN,
     )
     async def discharge_summary(request: Request, who: Caller) -> FhirResponse:
-        if who.role not in REFERRER_ROLES:
-            raise ConsentDeniedError(
-                f"the {who.role} role does not send clinical documents (roles that do: {', '.join(REFERRER_ROLES)})",
-                ("Authorization",),
-            )
+        refuse_unless_sender(who, "send clinical documents")
         raw = await read_body(request)
         try:
             body = json_body(raw, "Bundle")
